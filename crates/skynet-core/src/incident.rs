@@ -1,0 +1,123 @@
+//! Observations (evidence from one rule) and incidents (what the case system receives).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{CameraId, Detection, GridId, OwnerKind};
+
+/// The rule that produced a piece of evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// The rule's name in the config.
+    pub name: String,
+    /// What kind of rule it is (`zone_intrusion`, ...).
+    pub kind: String,
+    /// The zone it watches, when it watches one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// Evidence that something worth attention happened in a grid cell.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub camera: CameraId,
+    pub grid: GridId,
+    pub owner: OwnerKind,
+    pub category: String,
+    pub rule: RuleRef,
+    pub at: DateTime<Utc>,
+    /// How much this evidence raises the grid's risk, in (0, 1].
+    pub weight: f32,
+    pub detections: Vec<Detection>,
+}
+
+/// Risk levels of the national emergency scale, IV (blue, lowest) to I (red, highest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RiskLevel {
+    IV,
+    III,
+    II,
+    I,
+}
+
+impl RiskLevel {
+    pub const ALL: [RiskLevel; 4] = [RiskLevel::IV, RiskLevel::III, RiskLevel::II, RiskLevel::I];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IV => "IV",
+            Self::III => "III",
+            Self::II => "II",
+            Self::I => "I",
+        }
+    }
+
+    pub fn colour(self) -> &'static str {
+        match self {
+            Self::IV => "blue",
+            Self::III => "yellow",
+            Self::II => "orange",
+            Self::I => "red",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RiskLevel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RiskLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown risk level `{s}`, expected IV, III, II or I")))
+    }
+}
+
+/// Where an incident is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    /// First emission.
+    Opened,
+    /// The grid's risk level rose while the incident was open.
+    Escalated,
+    /// New evidence since the last emission, sent when the pipeline shuts down or flushes.
+    Updated,
+    /// No evidence for the configured quiet period.
+    Closed,
+}
+
+/// An incident as the case system sees it. Each emission carries a new `revision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub revision: u32,
+    pub status: IncidentStatus,
+    pub category: String,
+    pub level: RiskLevel,
+    pub level_colour: String,
+    /// The grid's fused risk score, 0 to 1, when this revision was made.
+    pub risk_score: f32,
+    pub grid: GridId,
+    pub camera: CameraId,
+    pub owner: OwnerKind,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub observations: u32,
+    pub detections: Vec<Detection>,
+    pub rule: RuleRef,
+}

@@ -1,0 +1,20 @@
+//! Shared types of the skynet pipeline.
+//!
+//! Every stage speaks these types: a source produces [`Frame`]s, the detector turns them into
+//! [`AnalysedFrame`]s, rules turn those into [`Observation`]s, the risk engine turns observations
+//! into [`Incident`]s, and the emitters deliver incidents. The stage traits themselves live in the
+//! stage crates, next to their typed errors.
+
+pub mod geometry;
+pub mod ids;
+pub mod incident;
+pub mod queue;
+pub mod shutdown;
+pub mod vision;
+
+pub use geometry::{BBox, Point};
+pub use ids::{CameraId, GridId, OwnerKind};
+pub use incident::{Incident, IncidentStatus, Observation, RiskLevel, RuleRef};
+pub use queue::{OverloadPolicy, QueueClosed, StageQueue, recv_or_closed, stage_queue};
+pub use shutdown::Shutdown;
+pub use vision::{AnalysedFrame, Detection, Frame, PixelOrder};

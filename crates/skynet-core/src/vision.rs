@@ -1,0 +1,64 @@
+//! Frames and what the detector finds in them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{BBox, CameraId};
+
+/// Channel order of a packed 8-bit, 3-channel image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelOrder {
+    Bgr,
+    Rgb,
+}
+
+/// One decoded video frame: packed 8-bit, 3 channels, rows `stride` bytes apart.
+#[derive(Clone)]
+pub struct Frame {
+    pub camera: CameraId,
+    /// Counts frames from this camera's source, from 0, with no gaps; a gap downstream is a drop.
+    pub seq: u64,
+    /// Event time: when the frame was captured (live) or the source's start plus the
+    /// frame's timestamp (files), so replaying a file gives the same timeline at any speed.
+    pub captured_at: DateTime<Utc>,
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    pub order: PixelOrder,
+    pub data: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("camera", &self.camera)
+            .field("seq", &self.seq)
+            .field("captured_at", &self.captured_at)
+            .field("size", &(self.width, self.height))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One object the model found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    pub label: String,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: BBox,
+}
+
+/// A frame after detection: the pixels are gone, the findings remain.
+#[derive(Debug, Clone)]
+pub struct AnalysedFrame {
+    pub camera: CameraId,
+    pub seq: u64,
+    pub captured_at: DateTime<Utc>,
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<Detection>,
+    pub inference: Duration,
+}

@@ -1,0 +1,25 @@
+//! Detection stage: runs ONNX models through ONNX Runtime on frames, then applies each
+//! camera's zones and rules to what was found.
+//!
+//! - [`manifest`]: what a model is (file, sha256, input layout, labels, post-processing family).
+//! - [`runtime`]: finding and loading the ONNX Runtime shared library.
+//! - [`preprocess`] and [`yolox`]: letterbox in, boxes out.
+//! - [`detector`]: the [`Detector`] trait and its ONNX implementation.
+//! - [`zone`] and [`rules`]: per-camera polygons and the rules that turn detections into evidence.
+
+pub mod detector;
+pub mod error;
+pub mod manifest;
+pub mod preprocess;
+pub mod rules;
+pub mod runtime;
+pub mod yolox;
+pub mod zone;
+
+pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
+pub use error::DetectError;
+pub use manifest::ModelManifest;
+pub use preprocess::ImageView;
+pub use rules::{CameraRules, Rule, RuleHit, ZoneIntrusionRule};
+pub use runtime::OnnxRuntime;
+pub use zone::{Zone, ZoneError};

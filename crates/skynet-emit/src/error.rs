@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("outbox {path}: {source}")]
+    Outbox {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("could not create the directory for {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sink `{sink}`: {source}")]
+    SinkIo {
+        sink: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event could not be serialised: {0}")]
+    Serialise(#[from] serde_json::Error),
+}

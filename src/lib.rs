@@ -1,0 +1,1 @@
+//! Holds the cross-crate tests in tests/ and the benchmarks in benches/.
