@@ -1,7 +1,7 @@
 //! Frames and what the detector finds in them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,8 @@ pub struct Frame {
     /// Event time: when the frame was captured (live) or the source's start plus the
     /// frame's timestamp (files), so replaying a file gives the same timeline at any speed.
     pub captured_at: DateTime<Utc>,
+    /// When this process decoded it, for latency metrics.
+    pub decoded_at: Instant,
     pub width: u32,
     pub height: u32,
     pub stride: usize,
@@ -57,6 +59,7 @@ pub struct AnalysedFrame {
     pub camera: CameraId,
     pub seq: u64,
     pub captured_at: DateTime<Utc>,
+    pub decoded_at: Instant,
     pub width: u32,
     pub height: u32,
     pub detections: Vec<Detection>,

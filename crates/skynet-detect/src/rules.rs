@@ -143,6 +143,7 @@ mod tests {
             camera: CameraId::new("cam"),
             seq,
             captured_at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(seq as i64 * 100),
+            decoded_at: std::time::Instant::now(),
             width: 100,
             height: 100,
             detections,

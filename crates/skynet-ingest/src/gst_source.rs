@@ -10,7 +10,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use skynet_core::{CameraId, Frame, PixelOrder, Shutdown};
 
-use crate::{FrameOutput, FrameSource, IngestError, SourceExit};
+use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
 
 #[derive(Debug, Clone)]
 pub struct GstSourceOptions {
@@ -27,13 +27,14 @@ pub struct GstSourceOptions {
 pub struct GstSource {
     camera: CameraId,
     options: GstSourceOptions,
+    stats: SourceStats,
 }
 
 const PULL_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl GstSource {
     pub fn new(camera: CameraId, options: GstSourceOptions) -> Self {
-        Self { camera, options }
+        Self { camera, options, stats: SourceStats::default() }
     }
 
     /// Turns a local path into a `file://` URI; leaves URIs alone.
@@ -115,6 +116,7 @@ impl GstSource {
             camera: self.camera.clone(),
             seq,
             captured_at,
+            decoded_at: std::time::Instant::now(),
             width,
             height,
             stride,
@@ -138,7 +140,7 @@ impl GstSource {
         None
     }
 
-    fn pump(&self, pipeline: &gst::Pipeline, sink: &gst_app::AppSink, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError> {
+    fn pump(&mut self, pipeline: &gst::Pipeline, sink: &gst_app::AppSink, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError> {
         let started = Utc::now();
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
@@ -158,7 +160,8 @@ impl GstSource {
             };
             let frame = self.frame_from(&sample, seq, started)?;
             decoded.increment(1);
-            out.send(frame)?;
+            self.stats.decoded += 1;
+            self.stats.dropped += out.send(frame)? as u64;
             seq += 1;
             if self.options.max_frames.is_some_and(|max| seq >= max) {
                 return Ok(SourceExit::FrameLimit);
@@ -178,6 +181,10 @@ fn has_uri_scheme(s: &str) -> bool {
 impl FrameSource for GstSource {
     fn camera(&self) -> &CameraId {
         &self.camera
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
     }
 
     fn run(&mut self, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError> {

@@ -22,6 +22,14 @@ pub enum SourceExit {
     Stopped,
 }
 
+/// What a source has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub decoded: u64,
+    /// Frames dropped, oldest first, because detection could not keep up.
+    pub dropped: u64,
+}
+
 /// Where a source sends its frames.
 pub type FrameOutput = StageQueue<Frame>;
 
@@ -32,6 +40,8 @@ pub trait FrameSource: Send {
     /// Produces frames into `out` until the stream ends, the frame limit is reached, or `stop`
     /// is triggered. Returns an error only for failures that end the stream.
     fn run(&mut self, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError>;
+
+    fn stats(&self) -> SourceStats;
 }
 
 impl From<QueueClosed> for IngestError {

@@ -1,1 +1,13 @@
+//! The skynet application: reads a config, wires the stages together and runs them.
+//!
+//! - [`config`]: the TOML config, validated into a [`PipelineConfig`] with errors that name
+//!   the file, line and column.
+//! - [`pipeline`]: the threads and bounded queues from cameras to sinks.
+//! - [`paths`]: where set-up puts the runtime, models and media.
 
+pub mod config;
+pub mod paths;
+pub mod pipeline;
+
+pub use config::{ConfigError, PipelineConfig};
+pub use pipeline::{PipelineError, RunOptions, RunSummary};

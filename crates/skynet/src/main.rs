@@ -1,1 +1,150 @@
-fn main() {}
+//! `skynet`: run the pipeline, detect objects in images, or check a config.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use skynet::{PipelineConfig, RunOptions, paths, pipeline};
+use skynet_core::{PixelOrder, Shutdown};
+use skynet_detect::{Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime};
+
+#[derive(Parser)]
+#[command(name = "skynet", version, about = "Real-time video and sensor fusion: cameras and sensors in, grid risk and incidents out.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline described by a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop once every file source has ended (instead of waiting for SIGINT/SIGTERM).
+        #[arg(long)]
+        until_eof: bool,
+    },
+    /// Detect objects in images; prints one JSON object per image.
+    Detect {
+        /// Model manifest (models/*.toml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Minimum score (objectness x class) to report.
+        #[arg(long, default_value_t = 0.3)]
+        threshold: f32,
+        /// IoU above which NMS suppresses a box of the same class.
+        #[arg(long, default_value_t = 0.45)]
+        nms_iou: f32,
+        /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then where set-up put it).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Validate a config file: exit 0 when valid, else an error naming file, line and column.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, until_eof } => run(&config, until_eof),
+        Command::Detect { model, threshold, nms_iou, onnxruntime, images } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // Logs go to stderr: stdout carries incidents and detections as JSON.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn check(config: &Path) -> Result<ExitCode> {
+    let c = PipelineConfig::load(config)?;
+    println!(
+        "ok: {} ({} camera(s), {} rule(s), {} grid cell(s), model {})",
+        config.display(),
+        c.cameras.len(),
+        c.rule_count(),
+        c.grids.grids().len(),
+        c.model.model.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config_path)?;
+    skynet_serve::install_metrics(config.metrics_listen).context("starting the metrics endpoint")?;
+    let shutdown = Shutdown::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while draining exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, shutdown.flag()).context("installing signal handlers")?;
+        signal_hook::flag::register(signal, shutdown.flag()).context("installing signal handlers")?;
+    }
+    tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), "starting");
+    let summary = pipeline::run(&config, RunOptions { shutdown: shutdown.clone() })?;
+    tracing::info!(
+        decoded = summary.frames_decoded,
+        analysed = summary.frames_analysed,
+        dropped = summary.frames_dropped,
+        observations = summary.observations,
+        incident_revisions = summary.incident_revisions,
+        seconds = summary.elapsed.as_secs_f64(),
+        "pipeline finished"
+    );
+    if !until_eof && !shutdown.is_triggered() {
+        // Keep serving metrics until asked to stop, as a service would.
+        tracing::info!("every source has ended; waiting for SIGINT or SIGTERM");
+        while !shutdown.is_triggered() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    if summary.failed_cameras.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let ids: Vec<String> = summary.failed_cameras.iter().map(ToString::to_string).collect();
+        eprintln!("error: camera(s) failed: {}", ids.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn detect(model: &Path, threshold: f32, nms_iou: f32, onnxruntime: Option<&Path>, images: &[PathBuf]) -> Result<ExitCode> {
+    let runtime = OnnxRuntime::init(onnxruntime, &[paths::data_dir()])?;
+    let manifest = Arc::new(ModelManifest::load(model)?);
+    let options = DetectorOptions { threshold, nms_iou, intra_threads: 2, weight_dirs: vec![paths::data_dir().join("models")], ..DetectorOptions::default() };
+    let mut detector = OnnxDetector::new(&runtime, manifest, options)?;
+    let mut failed = false;
+    for path in images {
+        let result = skynet_detect::detector::load_image(path).and_then(|(width, height, rgb)| {
+            let image = ImageView::new(width, height, width as usize * 3, PixelOrder::Rgb, &rgb)?;
+            detector.detect(&image)
+        });
+        match result {
+            Ok(detections) => {
+                let line = serde_json::json!({ "image": path, "detections": detections });
+                println!("{line}");
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,435 @@
+//! The running pipeline: threads joined by bounded queues.
+//!
+//! ```text
+//!  camera source ─┐ (per-camera queue: drop-oldest when live, wait when replaying a file)
+//!  camera source ─┼─► detect workers (N ONNX sessions) ─► rules + risk ─► outbox ─► sinks
+//!  camera source ─┘                                     (in order per camera)  (never drops)
+//! ```
+//!
+//! A failing camera ends only its own thread. Shutdown stops the sources; every later stage
+//! then drains what is in flight, the risk engine flushes, and the outbox relay delivers
+//! everything before `run` returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Select};
+use skynet_core::{
+    AnalysedFrame, CameraId, Frame, Incident, OverloadPolicy, QueueClosed, Shutdown, StageQueue, recv_or_closed, stage_queue,
+};
+use skynet_detect::{CameraRules, DetectError, Detector, ImageView, OnnxDetector, OnnxRuntime, ZoneIntrusionRule};
+use skynet_emit::{EmitError, IncidentSink, JsonLinesSink, Outbox, Relay, StdoutSink};
+use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
+use skynet_risk::{GridRiskEngine, RiskEngine};
+
+use crate::config::{CameraSpec, PipelineConfig, RuleKind, SinkKind};
+use crate::paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    #[error("could not start the {stage} thread: {source}")]
+    Spawn {
+        stage: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {0} stage panicked")]
+    Panicked(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Triggered to stop; sources stop first and everything in flight is flushed.
+    pub shutdown: Shutdown,
+}
+
+/// What a run did, for the CLI's last log line, tests and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub frames_decoded: u64,
+    pub frames_analysed: u64,
+    pub frames_dropped: u64,
+    pub observations: u64,
+    pub incident_revisions: u64,
+    pub failed_cameras: Vec<CameraId>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    decoded: AtomicU64,
+    analysed: AtomicU64,
+    dropped: AtomicU64,
+    observations: AtomicU64,
+    incidents: AtomicU64,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Everything that can fail before a frame flows: runtime, model sessions, outbox, sinks.
+/// Built first so a bad set-up fails fast with one clear error.
+struct Prepared {
+    detectors: Vec<OnnxDetector>,
+    relay: Relay,
+}
+
+fn prepare(config: &PipelineConfig) -> Result<Prepared, PipelineError> {
+    let runtime = OnnxRuntime::init(config.onnxruntime.as_deref(), &[paths::data_dir()])?;
+    let detectors = (0..config.workers)
+        .map(|_| OnnxDetector::new(&runtime, Arc::clone(&config.model), config.detector.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outbox = Outbox::open(&config.outbox)?;
+    let sinks: Vec<Box<dyn IncidentSink>> = config
+        .sinks
+        .iter()
+        .map(|s| -> Box<dyn IncidentSink> {
+            match (s.kind, &s.path) {
+                (SinkKind::Jsonl, Some(path)) => Box::new(JsonLinesSink::new(&s.name, path)),
+                _ => Box::new(StdoutSink::new(&s.name)),
+            }
+        })
+        .collect();
+    Ok(Prepared { detectors, relay: Relay::new(&config.node, outbox, sinks) })
+}
+
+/// Runs until every source has ended or `options.shutdown` is triggered, then drains.
+pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, PipelineError> {
+    let started = std::time::Instant::now();
+    let Prepared { detectors, relay } = prepare(config)?;
+    skynet_ingest::init().map_err(|e| PipelineError::Spawn { stage: "ingest".into(), source: std::io::Error::other(e.to_string()) })?;
+    let counters = Arc::new(Counters::default());
+    let shutdown = options.shutdown;
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|source| PipelineError::Spawn { stage: name, source })
+    };
+
+    // Emit: the outbox owns incidents from here on.
+    let (incident_queue, incidents_rx) = stage_queue::<Incident>("incidents", "risk", 64, OverloadPolicy::Block);
+    let emit = spawn("emit".into(), Box::new(move || emit_stage(relay, incidents_rx)))?;
+
+    // Rules and risk: one thread, so every camera's frames are seen in order.
+    let (analysed_queue, analysed_rx) = stage_queue::<AnalysedFrame>("analysed", "detect", 64, OverloadPolicy::Block);
+    let camera_rules: Vec<CameraRules> = config.cameras.iter().map(build_rules).collect();
+    let engine = GridRiskEngine::new(config.risk.clone());
+    let workers = detectors.len();
+    let risk = spawn("rules-risk".into(), {
+        let counters = Arc::clone(&counters);
+        Box::new(move || rules_and_risk_stage(camera_rules, engine, analysed_rx, incident_queue, workers, &counters))
+    })?;
+
+    // Sources: one thread and one queue per camera.
+    let mut frame_receivers = Vec::new();
+    let mut sources: Vec<(CameraId, JoinHandle<bool>)> = Vec::new();
+    for camera in &config.cameras {
+        let policy = if camera.is_live() { OverloadPolicy::DropOldest } else { OverloadPolicy::Block };
+        let (queue, rx) = stage_queue::<Frame>("frames", camera.id.to_string(), config.queue, policy);
+        frame_receivers.push(rx);
+        let mut source = GstSource::new(
+            camera.id.clone(),
+            GstSourceOptions { uri: camera.uri.clone(), max_frames: camera.max_frames, realtime: camera.realtime, convert_threads: 1 },
+        );
+        let (stop, counters) = (shutdown.clone(), Arc::clone(&counters));
+        let handle = std::thread::Builder::new()
+            .name(format!("source-{}", camera.id))
+            .spawn(move || source_stage(&mut source, &queue, &stop, &counters))
+            .map_err(|source| PipelineError::Spawn { stage: format!("source {}", camera.id), source })?;
+        sources.push((camera.id.clone(), handle));
+    }
+
+    // Detection: each worker serves every camera queue, fairly.
+    let mut detect_handles = Vec::new();
+    for (i, detector) in detectors.into_iter().enumerate() {
+        let (receivers, out, counters) = (frame_receivers.clone(), analysed_queue.clone(), Arc::clone(&counters));
+        detect_handles.push(spawn(format!("detect-{i}"), Box::new(move || detect_stage(detector, receivers, out, &counters)))?);
+    }
+    drop((frame_receivers, analysed_queue));
+
+    let mut failed_cameras = Vec::new();
+    for (camera, handle) in sources {
+        match handle.join() {
+            Ok(true) => {}
+            Ok(false) => failed_cameras.push(camera),
+            Err(_) => {
+                tracing::error!(camera = %camera, "source thread panicked");
+                failed_cameras.push(camera);
+            }
+        }
+    }
+    tracing::info!("all sources ended; draining the pipeline");
+    for (i, handle) in detect_handles.into_iter().enumerate() {
+        handle.join().map_err(|_| PipelineError::Panicked(format!("detect-{i}")))?;
+    }
+    risk.join().map_err(|_| PipelineError::Panicked("rules-risk".into()))?;
+    emit.join().map_err(|_| PipelineError::Panicked("emit".into()))?;
+
+    Ok(RunSummary {
+        frames_decoded: counters.decoded.load(Ordering::Relaxed),
+        frames_analysed: counters.analysed.load(Ordering::Relaxed),
+        frames_dropped: counters.dropped.load(Ordering::Relaxed),
+        observations: counters.observations.load(Ordering::Relaxed),
+        incident_revisions: counters.incidents.load(Ordering::Relaxed),
+        failed_cameras,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn build_rules(camera: &CameraSpec) -> CameraRules {
+    let rules = camera
+        .rules
+        .iter()
+        .map(|r| -> Box<dyn skynet_detect::Rule> {
+            match r.kind {
+                RuleKind::ZoneIntrusion => Box::new(ZoneIntrusionRule::new(
+                    &r.name,
+                    r.zone.clone(),
+                    r.labels.clone(),
+                    r.min_score,
+                    r.min_frames,
+                    r.cooldown,
+                    &r.category,
+                    r.weight,
+                )),
+            }
+        })
+        .collect();
+    CameraRules { camera: camera.id.clone(), grid: camera.grid.clone(), owner: camera.owner, rules }
+}
+
+/// Returns false when the camera failed.
+fn source_stage(source: &mut dyn FrameSource, queue: &StageQueue<Frame>, stop: &Shutdown, counters: &Counters) -> bool {
+    let camera = source.camera().clone();
+    let result = source.run(queue, stop);
+    let stats = source.stats();
+    counters.decoded.fetch_add(stats.decoded, Ordering::Relaxed);
+    counters.dropped.fetch_add(stats.dropped, Ordering::Relaxed);
+    match result {
+        Ok(exit) => {
+            tracing::info!(camera = %camera, ?exit, decoded = stats.decoded, dropped = stats.dropped, "source finished");
+            true
+        }
+        Err(e) => {
+            metrics::counter!("skynet_source_errors_total", "camera" => camera.to_string()).increment(1);
+            tracing::error!(camera = %camera, error = %e, "camera failed; the other cameras go on");
+            false
+        }
+    }
+}
+
+fn detect_stage(mut detector: OnnxDetector, mut receivers: Vec<Receiver<Frame>>, out: StageQueue<AnalysedFrame>, counters: &Counters) {
+    while !receivers.is_empty() {
+        let mut select = Select::new();
+        for rx in &receivers {
+            select.recv(rx);
+        }
+        let Ok(op) = select.select_timeout(POLL) else { continue };
+        let index = op.index();
+        let frame = match op.recv(&receivers[index]) {
+            Ok(frame) => frame,
+            Err(_) => {
+                // That camera's source has ended and its queue is empty.
+                receivers.swap_remove(index);
+                continue;
+            }
+        };
+        let span = tracing::debug_span!("detect", camera = %frame.camera, seq = frame.seq);
+        let _entered = span.enter();
+        let detections = match ImageView::of_frame(&frame).and_then(|image| detector.detect(&image)) {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::counter!("skynet_detect_errors_total", "camera" => frame.camera.to_string()).increment(1);
+                tracing::warn!(camera = %frame.camera, seq = frame.seq, error = %e, "frame skipped");
+                continue;
+            }
+        };
+        counters.analysed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("skynet_frames_analysed_total", "camera" => frame.camera.to_string()).increment(1);
+        let analysed = AnalysedFrame {
+            camera: frame.camera.clone(),
+            seq: frame.seq,
+            captured_at: frame.captured_at,
+            decoded_at: frame.decoded_at,
+            width: frame.width,
+            height: frame.height,
+            detections,
+            inference: frame.decoded_at.elapsed(),
+        };
+        if out.send(analysed).is_err() {
+            return;
+        }
+    }
+}
+
+/// Restores each camera's frame order after parallel detection. A sequence number missing
+/// while more frames than there are workers wait behind it was dropped upstream.
+struct Reorder {
+    next: u64,
+    waiting: BTreeMap<u64, AnalysedFrame>,
+}
+
+impl Reorder {
+    fn push(&mut self, frame: AnalysedFrame, in_flight: usize) -> Vec<AnalysedFrame> {
+        self.waiting.insert(frame.seq, frame);
+        let mut ready = Vec::new();
+        loop {
+            if let Some(f) = self.waiting.remove(&self.next) {
+                self.next = f.seq + 1;
+                ready.push(f);
+            } else if self.waiting.len() > in_flight {
+                // The gap will not be filled: skip to the oldest frame we have.
+                if let Some((&seq, _)) = self.waiting.iter().next() {
+                    self.next = seq;
+                }
+            } else {
+                return ready;
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<AnalysedFrame> {
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
+}
+
+fn rules_and_risk_stage(
+    mut cameras: Vec<CameraRules>,
+    mut engine: GridRiskEngine,
+    analysed: Receiver<AnalysedFrame>,
+    incidents: StageQueue<Incident>,
+    workers: usize,
+    counters: &Counters,
+) {
+    let mut order: BTreeMap<CameraId, Reorder> = BTreeMap::new();
+    let mut clock: Option<DateTime<Utc>> = None;
+    let emit = |list: Vec<Incident>| -> Result<(), QueueClosed> {
+        for incident in list {
+            counters.incidents.fetch_add(1, Ordering::Relaxed);
+            incidents.send(incident)?;
+        }
+        Ok(())
+    };
+    let mut apply = |frame: AnalysedFrame, engine: &mut GridRiskEngine, clock: &mut Option<DateTime<Utc>>| -> Result<(), QueueClosed> {
+        metrics::histogram!("skynet_frame_latency_seconds", "camera" => frame.camera.to_string())
+            .record(frame.decoded_at.elapsed().as_secs_f64());
+        *clock = Some(clock.map_or(frame.captured_at, |c| c.max(frame.captured_at)));
+        if let Some(rules) = cameras.iter_mut().find(|c| c.camera == frame.camera) {
+            for observation in rules.apply(&frame) {
+                counters.observations.fetch_add(1, Ordering::Relaxed);
+                let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
+                emit(engine.observe(&observation))?;
+            }
+        }
+        Ok(())
+    };
+    loop {
+        match recv_or_closed(&analysed, POLL) {
+            Ok(Some(frame)) => {
+                let reorder = order.entry(frame.camera.clone()).or_insert(Reorder { next: 0, waiting: BTreeMap::new() });
+                for ready in reorder.push(frame, workers) {
+                    if apply(ready, &mut engine, &mut clock).is_err() {
+                        return;
+                    }
+                }
+                if let Some(now) = clock
+                    && emit(engine.advance(now)).is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => {
+                // Quiet cameras still let time pass: incidents close on the wall clock too.
+                let now = clock.map_or_else(Utc::now, |c| c.max(Utc::now()));
+                if emit(engine.advance(now)).is_err() {
+                    return;
+                }
+            }
+            Err(QueueClosed) => break,
+        }
+    }
+    for reorder in order.values_mut() {
+        for frame in reorder.drain() {
+            if apply(frame, &mut engine, &mut clock).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = emit(engine.flush());
+}
+
+fn emit_stage(mut relay: Relay, incidents: Receiver<Incident>) {
+    loop {
+        match recv_or_closed(&incidents, POLL) {
+            Ok(Some(incident)) => {
+                let span = tracing::info_span!("emit", incident = %incident.id, grid = %incident.grid, camera = %incident.camera);
+                let _entered = span.enter();
+                store_until_committed(&mut relay, &incident);
+                relay.pump();
+            }
+            Ok(None) => {
+                relay.pump();
+            }
+            Err(QueueClosed) => break,
+        }
+    }
+    let behind = relay.drain(DRAIN_DEADLINE);
+    for (sink, pending) in behind {
+        tracing::warn!(sink = %sink, pending, "sink still behind at shutdown; the events stay in the outbox for the next start");
+    }
+}
+
+/// An incident is never dropped: if the outbox cannot take it (disk full, locked), retry.
+fn store_until_committed(relay: &mut Relay, incident: &Incident) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match relay.store(incident) {
+            Ok(_) => return,
+            Err(e) => {
+                metrics::counter!("skynet_outbox_retries_total").increment(1);
+                tracing::error!(error = %e, retry_in = ?backoff, "outbox write failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysed(seq: u64) -> AnalysedFrame {
+        AnalysedFrame {
+            camera: CameraId::new("c"),
+            seq,
+            captured_at: DateTime::<Utc>::UNIX_EPOCH,
+            decoded_at: std::time::Instant::now(),
+            width: 1,
+            height: 1,
+            detections: Vec::new(),
+            inference: Duration::ZERO,
+        }
+    }
+
+    fn seqs(frames: Vec<AnalysedFrame>) -> Vec<u64> {
+        frames.into_iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn reorder_restores_order_and_skips_gaps_left_by_drops() {
+        let mut r = Reorder { next: 0, waiting: BTreeMap::new() };
+        assert_eq!(seqs(r.push(analysed(1), 2)), Vec::<u64>::new());
+        assert_eq!(seqs(r.push(analysed(0), 2)), vec![0, 1]);
+        // 2 was dropped: once more than `in_flight` frames wait, skip it.
+        assert_eq!(seqs(r.push(analysed(4), 2)), Vec::<u64>::new());
+        assert_eq!(seqs(r.push(analysed(3), 2)), Vec::<u64>::new());
+        assert_eq!(seqs(r.push(analysed(5), 2)), vec![3, 4, 5]);
+    }
+}
