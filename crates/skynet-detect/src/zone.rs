@@ -34,9 +34,6 @@ impl Zone {
             }
         }
         let pts: Vec<Point> = points.iter().map(|&[x, y]| Point { x: x as f32, y: y as f32 }).collect();
-        if signed_area(&pts).abs() < 1e-9 {
-            return Err(ZoneError::Degenerate);
-        }
         let n = pts.len();
         for i in 0..n {
             for j in i + 1..n {
@@ -48,6 +45,9 @@ impl Zone {
                     return Err(ZoneError::SelfIntersecting { first: i, second: j });
                 }
             }
+        }
+        if signed_area(&pts).abs() < 1e-9 {
+            return Err(ZoneError::Degenerate);
         }
         Ok(Self { name: name.into(), points: pts })
     }

@@ -1,0 +1,94 @@
+//! Finding what the tests need: the ONNX Runtime library, the model weights and the media
+//! that `scripts/setup.sh` installs, falling back to ../shared where the machine has it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared() -> PathBuf {
+    repo().join("../shared")
+}
+
+/// A media file (vtest.avi, dog.jpg).
+pub fn media(name: &str) -> PathBuf {
+    let candidates = [skynet::paths::data_dir().join("media").join(name), shared().join("media").join(name)];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("test media {name} is missing (looked in {candidates:?}); run scripts/setup.sh"))
+}
+
+pub fn manifest_path() -> PathBuf {
+    repo().join("models/yolox_nano.toml")
+}
+
+pub fn weight_dirs() -> Vec<PathBuf> {
+    vec![skynet::paths::data_dir().join("models"), shared().join("models")]
+}
+
+pub fn runtime() -> skynet_detect::OnnxRuntime {
+    skynet_detect::OnnxRuntime::init(None, &[skynet::paths::data_dir()])
+        .unwrap_or_else(|e| panic!("{e}\n(the tests need what scripts/setup.sh installs)"))
+}
+
+/// A pipeline config over the first `frames` frames of vtest.avi with one zone rule.
+pub fn vtest_config(dir: &Path, camera: &str, zone: &str, frames: u64) -> String {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[node]
+name = "test-node"
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+workers = 2
+
+[risk]
+half_life_s = 60
+close_after_s = 120
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+[[sinks]]
+kind = "jsonl"
+path = "{dir}/incidents.jsonl"
+
+[[cameras]]
+id = "{camera}"
+owner = "city_management"
+uri = "{media}"
+grid = "G-0102"
+max_frames = {frames}
+
+  [[cameras.zones]]
+  name = "zone"
+  polygon = {zone}
+
+  [[cameras.rules]]
+  name = "zone-rule"
+  kind = "zone_intrusion"
+  zone = "zone"
+  labels = ["person"]
+  min_frames = 3
+  cooldown_s = 2.0
+"#,
+        grids = esc(&repo().join("configs/demo-grids.geojson")),
+        model = esc(&manifest_path()),
+        dir = esc(dir),
+        media = esc(&media("vtest.avi")),
+    )
+}
+
+/// Where people walk in vtest.avi (feet inside in 180 of the first 200 frames; see
+/// tests/reference/vtest_zones.md).
+pub const WALKWAY: &str = "[[0.30, 0.40], [0.60, 0.40], [0.80, 0.55], [0.45, 0.55]]";
+/// A building wall no person box touches in any frame.
+pub const NOBODY: &str = "[[0.42, 0.0], [0.74, 0.0], [0.74, 0.15], [0.42, 0.15]]";
