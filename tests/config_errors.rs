@@ -12,7 +12,9 @@ fn error_for(text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     match PipelineConfig::load(&path) {
         Ok(_) => panic!("config was accepted:\n{text}"),
-        Err(e) => e.to_string().replace(&path.display().to_string(), "bad.toml"),
+        Err(e) => e
+            .to_string()
+            .replace(&path.display().to_string(), "bad.toml"),
     }
 }
 
@@ -33,8 +35,13 @@ fn the_valid_base_config_is_accepted() {
 
 #[test]
 fn missing_file() {
-    let e = PipelineConfig::load(Path::new("/nonexistent/skynet.toml")).unwrap_err().to_string();
-    assert!(e.contains("/nonexistent/skynet.toml") && e.contains("No such file"), "{e}");
+    let e = PipelineConfig::load(Path::new("/nonexistent/skynet.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/nonexistent/skynet.toml") && e.contains("No such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -49,14 +56,23 @@ fn wrong_type() {
 fn unknown_key() {
     let text = valid().replace("workers = 2", "workers = 2\nthreshhold = 0.4");
     let e = error_for(&text);
-    assert!(e.starts_with("bad.toml:11:1: unknown field `threshhold`"), "{e}");
+    assert!(
+        e.starts_with("bad.toml:11:1: unknown field `threshhold`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_polygon() {
-    let text = valid().replace(common::WALKWAY, "[[0.2, 0.2], [0.8, 0.8], [0.8, 0.2], [0.2, 0.8]]");
+    let text = valid().replace(
+        common::WALKWAY,
+        "[[0.2, 0.2], [0.8, 0.8], [0.8, 0.2], [0.2, 0.8]]",
+    );
     let e = error_for(&text);
-    assert!(e.contains("bad.toml:32:13: invalid polygon for zone `zone`: the polygon crosses itself"), "{e}");
+    assert!(
+        e.contains("bad.toml:32:13: invalid polygon for zone `zone`: the polygon crosses itself"),
+        "{e}"
+    );
     let text = valid().replace(common::WALKWAY, "[[0.2, 0.2], [0.8, 0.8]]");
     assert!(error_for(&text).contains("needs at least 3 points, got 2"));
     let text = valid().replace(common::WALKWAY, "[[0.2, 0.2], [0.8, 0.8], [640, 0.2]]");
@@ -67,21 +83,39 @@ fn invalid_polygon() {
 fn unknown_model() {
     let text = valid().replace(&common::manifest_path().display().to_string(), "yolov99");
     let e = error_for(&text);
-    assert!(e.starts_with("bad.toml:9:9: unknown model `yolov99`: no manifest yolov99.toml in"), "{e}");
-    let text = valid().replace(&common::manifest_path().display().to_string(), "/nowhere/model.toml");
+    assert!(
+        e.starts_with("bad.toml:9:9: unknown model `yolov99`: no manifest yolov99.toml in"),
+        "{e}"
+    );
+    let text = valid().replace(
+        &common::manifest_path().display().to_string(),
+        "/nowhere/model.toml",
+    );
     assert!(error_for(&text).contains("manifest /nowhere/model.toml does not exist"));
 }
 
 #[test]
 fn references_and_placement_are_checked() {
     let e = error_for(&valid().replace("zone = \"zone\"", "zone = \"zoen\""));
-    assert!(e.contains("unknown zone `zoen`; camera `cam` has: zone"), "{e}");
+    assert!(
+        e.contains("unknown zone `zoen`; camera `cam` has: zone"),
+        "{e}"
+    );
     let e = error_for(&valid().replace("grid = \"G-0102\"", "grid = \"G-9999\""));
-    assert!(e.contains("unknown grid `G-9999`; the grid file has: G-0101, G-0102, G-0201"), "{e}");
+    assert!(
+        e.contains("unknown grid `G-9999`; the grid file has: G-0101, G-0102, G-0201"),
+        "{e}"
+    );
     let e = error_for(&valid().replace("grid = \"G-0102\"", "location = [0.0, 0.0]"));
-    assert!(e.contains("location [0, 0] is outside every grid cell"), "{e}");
+    assert!(
+        e.contains("location [0, 0] is outside every grid cell"),
+        "{e}"
+    );
     let e = error_for(&valid().replace("labels = [\"person\"]", "labels = [\"face\"]"));
-    assert!(e.contains("label `face` is not one model `yolox_nano` detects"), "{e}");
+    assert!(
+        e.contains("label `face` is not one model `yolox_nano` detects"),
+        "{e}"
+    );
     let e = error_for(&valid().replace("owner = \"city_management\"", "owner = \"army\""));
     assert!(e.contains("unknown variant `army`"), "{e}");
 }

@@ -6,15 +6,26 @@ mod common;
 use skynet::{PipelineConfig, RunOptions, pipeline};
 use skynet_emit::{CloudEvent, Outbox};
 
-fn run_vtest(camera: &str, zone: &str, frames: u64) -> (tempfile::TempDir, skynet::RunSummary, Vec<CloudEvent>) {
+fn run_vtest(
+    camera: &str,
+    zone: &str,
+    frames: u64,
+) -> (tempfile::TempDir, skynet::RunSummary, Vec<CloudEvent>) {
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, common::vtest_config(dir.path(), camera, zone, frames)).unwrap();
+    std::fs::write(
+        &path,
+        common::vtest_config(dir.path(), camera, zone, frames),
+    )
+    .unwrap();
     let mut config = PipelineConfig::load(&path).unwrap();
     config.detector.weight_dirs = common::weight_dirs();
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
-    let events = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap().events().unwrap();
+    let events = Outbox::open(&dir.path().join("outbox.sqlite"))
+        .unwrap()
+        .events()
+        .unwrap();
     (dir, summary, events)
 }
 
@@ -39,15 +50,31 @@ fn people_on_the_walkway_raise_an_incident() {
     assert_eq!(incident.owner, skynet_core::OwnerKind::CityManagement);
     assert_eq!(incident.level, skynet_core::RiskLevel::IV);
     assert_eq!(incident.rule.zone.as_deref(), Some("zone"));
-    assert!(!incident.detections.is_empty() && incident.detections.iter().all(|d| d.label == "person" && d.score >= 0.5));
+    assert!(
+        !incident.detections.is_empty()
+            && incident
+                .detections
+                .iter()
+                .all(|d| d.label == "person" && d.score >= 0.5)
+    );
     // All revisions are of one incident, and the risk only rose within 20 s of footage.
     assert!(events.iter().all(|e| e.data.id == incident.id));
-    assert!(events.windows(2).all(|w| w[0].data.revision < w[1].data.revision && w[0].data.level <= w[1].data.level));
-    assert!(events.len() >= 2, "the cell escalates while people keep walking there: {events:#?}");
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0].data.revision < w[1].data.revision && w[0].data.level <= w[1].data.level)
+    );
+    assert!(
+        events.len() >= 2,
+        "the cell escalates while people keep walking there: {events:#?}"
+    );
 
     // The JSON Lines sink got the same events, in the same order.
     let lines = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
-    let from_file: Vec<CloudEvent> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let from_file: Vec<CloudEvent> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(from_file, events);
 }
 
@@ -57,7 +84,10 @@ fn an_empty_zone_raises_nothing() {
     assert_eq!(summary.frames_analysed, 200);
     assert_eq!(summary.observations, 0);
     assert!(events.is_empty(), "{events:#?}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap_or_default(), "");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap_or_default(),
+        ""
+    );
 }
 
 #[test]
@@ -79,7 +109,14 @@ grid = "G-0101"
     let mut config = PipelineConfig::load(&path).unwrap();
     config.detector.weight_dirs = common::weight_dirs();
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
-    assert_eq!(summary.failed_cameras.iter().map(|c| c.as_str()).collect::<Vec<_>>(), vec!["cam-broken"]);
+    assert_eq!(
+        summary
+            .failed_cameras
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>(),
+        vec!["cam-broken"]
+    );
     assert_eq!(summary.frames_analysed, 30);
 }
 
@@ -88,7 +125,11 @@ fn shutdown_stops_sources_and_flushes() {
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, common::vtest_config(dir.path(), "cam-stop", common::WALKWAY, 795)).unwrap();
+    std::fs::write(
+        &path,
+        common::vtest_config(dir.path(), "cam-stop", common::WALKWAY, 795),
+    )
+    .unwrap();
     let mut config = PipelineConfig::load(&path).unwrap();
     config.detector.weight_dirs = common::weight_dirs();
     let options = RunOptions::default();
@@ -102,6 +143,10 @@ fn shutdown_stops_sources_and_flushes() {
     assert!(summary.frames_decoded < 795, "{summary:?}");
     // Everything decoded was analysed: nothing in flight was lost on the way out.
     assert_eq!(summary.frames_analysed, summary.frames_decoded);
-    let stored = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap().events().unwrap().len() as u64;
+    let stored = Outbox::open(&dir.path().join("outbox.sqlite"))
+        .unwrap()
+        .events()
+        .unwrap()
+        .len() as u64;
     assert_eq!(stored, summary.incident_revisions);
 }

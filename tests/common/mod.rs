@@ -14,12 +14,17 @@ fn shared() -> PathBuf {
 
 /// A media file (vtest.avi, dog.jpg).
 pub fn media(name: &str) -> PathBuf {
-    let candidates = [skynet::paths::data_dir().join("media").join(name), shared().join("media").join(name)];
+    let candidates = [
+        skynet::paths::data_dir().join("media").join(name),
+        shared().join("media").join(name),
+    ];
     candidates
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .unwrap_or_else(|| panic!("test media {name} is missing (looked in {candidates:?}); run scripts/setup.sh"))
+        .unwrap_or_else(|| {
+            panic!("test media {name} is missing (looked in {candidates:?}); run scripts/setup.sh")
+        })
 }
 
 pub fn manifest_path() -> PathBuf {
@@ -27,7 +32,10 @@ pub fn manifest_path() -> PathBuf {
 }
 
 pub fn weight_dirs() -> Vec<PathBuf> {
-    vec![skynet::paths::data_dir().join("models"), shared().join("models")]
+    vec![
+        skynet::paths::data_dir().join("models"),
+        shared().join("models"),
+    ]
 }
 
 pub fn runtime() -> skynet_detect::OnnxRuntime {

@@ -50,7 +50,10 @@ impl BBox {
 
     /// Where a standing object touches the ground: the point zones are tested with.
     pub fn bottom_center(&self) -> Point {
-        Point { x: (self.x1 + self.x2) / 2.0, y: self.y2 }
+        Point {
+            x: (self.x1 + self.x2) / 2.0,
+            y: self.y2,
+        }
     }
 
     pub fn clamp_to(&self, width: f32, height: f32) -> BBox {

@@ -64,7 +64,9 @@ impl RiskLevel {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -83,7 +85,11 @@ impl Serialize for RiskLevel {
 impl<'de> Deserialize<'de> for RiskLevel {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Self::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown risk level `{s}`, expected IV, III, II or I")))
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown risk level `{s}`, expected IV, III, II or I"
+            ))
+        })
     }
 }
 

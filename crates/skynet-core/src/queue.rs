@@ -52,7 +52,13 @@ pub fn stage_queue<T>(
 ) -> (StageQueue<T>, Receiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let evict = (policy == OverloadPolicy::DropOldest).then(|| rx.clone());
-    let q = StageQueue { name, label: label.into(), policy, tx, evict };
+    let q = StageQueue {
+        name,
+        label: label.into(),
+        policy,
+        tx,
+        evict,
+    };
     (q, rx)
 }
 
@@ -91,7 +97,9 @@ impl<T> StageQueue<T> {
                 Err(TrySendError::Disconnected(_)) => return Err(QueueClosed),
                 Err(TrySendError::Full(back)) => {
                     item = back;
-                    let Some(evict) = &self.evict else { return Err(QueueClosed) };
+                    let Some(evict) = &self.evict else {
+                        return Err(QueueClosed);
+                    };
                     match evict.try_recv() {
                         Ok(_stale) => {
                             dropped += 1;
@@ -109,7 +117,8 @@ impl<T> StageQueue<T> {
     }
 
     fn record_depth(&self) {
-        metrics::gauge!("skynet_queue_depth", "queue" => self.name, "source" => self.label.clone()).set(self.tx.len() as f64);
+        metrics::gauge!("skynet_queue_depth", "queue" => self.name, "source" => self.label.clone())
+            .set(self.tx.len() as f64);
     }
 
     pub fn len(&self) -> usize {

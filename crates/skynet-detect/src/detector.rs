@@ -10,11 +10,11 @@ use ort::value::TensorRef;
 use serde::Deserialize;
 use skynet_core::Detection;
 
+use crate::DetectError;
 use crate::manifest::{Family, ModelManifest};
 use crate::preprocess::{ImageView, Letterbox};
 use crate::runtime::OnnxRuntime;
 use crate::yolox::YoloxDecoder;
-use crate::DetectError;
 
 /// Finds objects in one image. Each inference worker owns one.
 pub trait Detector: Send {
@@ -63,34 +63,66 @@ pub struct OnnxDetector {
 }
 
 impl OnnxDetector {
-    pub fn new(runtime: &OnnxRuntime, manifest: Arc<ModelManifest>, options: DetectorOptions) -> Result<Self, DetectError> {
+    pub fn new(
+        runtime: &OnnxRuntime,
+        manifest: Arc<ModelManifest>,
+        options: DetectorOptions,
+    ) -> Result<Self, DetectError> {
         let weights_path = manifest.locate_weights(&options.weight_dirs)?;
         let weights = manifest.read_verified_weights(&weights_path)?;
         let model = manifest.model.name.clone();
         let fail = |action: &'static str| {
             let model = model.clone();
-            move |e: ort::Error<_>| DetectError::Session { model: model.clone(), action, reason: e.to_string() }
+            move |e: ort::Error<_>| DetectError::Session {
+                model: model.clone(),
+                action,
+                reason: e.to_string(),
+            }
         };
         let mut builder = Session::builder(&runtime.environment)
-            .map_err(|e| DetectError::Session { model: model.clone(), action: "session builder", reason: e.to_string() })?
+            .map_err(|e| DetectError::Session {
+                model: model.clone(),
+                action: "session builder",
+                reason: e.to_string(),
+            })?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(fail("optimisation level"))?
             .with_intra_threads(options.intra_threads.max(1))
             .map_err(fail("thread settings"))?
             .with_execution_providers(execution_providers(&options.execution_providers))
             .map_err(fail("execution provider registration"))?;
-        let session = builder.commit_from_memory(&weights).map_err(|e| DetectError::Session {
-            model: model.clone(),
-            action: "model load",
-            reason: e.to_string(),
-        })?;
+        let session = builder
+            .commit_from_memory(&weights)
+            .map_err(|e| DetectError::Session {
+                model: model.clone(),
+                action: "model load",
+                reason: e.to_string(),
+            })?;
         let input = &manifest.input;
         let Family::Yolox = manifest.model.family;
-        let decoder = YoloxDecoder::new(input.width, input.height, &manifest.output.strides, manifest.labels.len());
-        let letterbox = Letterbox::new(input.width, input.height, input.pad_value, input.scale, input.channel_order);
+        let decoder = YoloxDecoder::new(
+            input.width,
+            input.height,
+            &manifest.output.strides,
+            manifest.labels.len(),
+        );
+        let letterbox = Letterbox::new(
+            input.width,
+            input.height,
+            input.pad_value,
+            input.scale,
+            input.channel_order,
+        );
         let buffer = vec![0.0; letterbox.tensor_len()];
         tracing::debug!(model = %manifest.model.name, weights = %weights_path.display(), "detector ready");
-        Ok(Self { session, manifest, options, letterbox, decoder, input: buffer })
+        Ok(Self {
+            session,
+            manifest,
+            options,
+            letterbox,
+            decoder,
+            input: buffer,
+        })
     }
 
     pub fn manifest(&self) -> &ModelManifest {
@@ -103,20 +135,35 @@ impl OnnxDetector {
     }
 
     /// Runs the model on the current input and decodes the output.
-    pub fn run(&mut self, geometry: crate::preprocess::LetterboxGeometry, source_size: (u32, u32)) -> Result<Vec<Detection>, DetectError> {
+    pub fn run(
+        &mut self,
+        geometry: crate::preprocess::LetterboxGeometry,
+        source_size: (u32, u32),
+    ) -> Result<Vec<Detection>, DetectError> {
         let manifest = &self.manifest;
         let model = &manifest.model.name;
         let session_err = |action: &'static str| {
-            move |e: ort::Error| DetectError::Session { model: model.clone(), action, reason: e.to_string() }
+            move |e: ort::Error| DetectError::Session {
+                model: model.clone(),
+                action,
+                reason: e.to_string(),
+            }
         };
-        let shape = [1usize, 3, manifest.input.height as usize, manifest.input.width as usize];
-        let tensor = TensorRef::from_array_view((shape, &self.input[..])).map_err(session_err("input tensor"))?;
+        let shape = [
+            1usize,
+            3,
+            manifest.input.height as usize,
+            manifest.input.width as usize,
+        ];
+        let tensor = TensorRef::from_array_view((shape, &self.input[..]))
+            .map_err(session_err("input tensor"))?;
         let started = Instant::now();
         let outputs = self
             .session
             .run(ort::inputs![manifest.input.name.as_str() => tensor])
             .map_err(session_err("inference"))?;
-        metrics::histogram!("skynet_inference_seconds", "model" => model.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("skynet_inference_seconds", "model" => model.clone())
+            .record(started.elapsed().as_secs_f64());
         let Some(output) = outputs.get(manifest.output.name.as_str()) else {
             return Err(DetectError::Session {
                 model: model.clone(),
@@ -124,12 +171,26 @@ impl OnnxDetector {
                 reason: format!("no output named `{}`", manifest.output.name),
             });
         };
-        let (shape, values) = output.try_extract_tensor::<f32>().map_err(session_err("output extraction"))?;
+        let (shape, values) = output
+            .try_extract_tensor::<f32>()
+            .map_err(session_err("output extraction"))?;
         let (anchors, columns) = (self.decoder.anchors(), manifest.output_columns());
         if values.len() != anchors * columns {
-            return Err(DetectError::OutputShape { model: model.clone(), shape: shape.to_vec(), anchors, columns });
+            return Err(DetectError::OutputShape {
+                model: model.clone(),
+                shape: shape.to_vec(),
+                anchors,
+                columns,
+            });
         }
-        Ok(self.decoder.decode(values, &manifest.labels, self.options.threshold, self.options.nms_iou, geometry, source_size))
+        Ok(self.decoder.decode(
+            values,
+            &manifest.labels,
+            self.options.threshold,
+            self.options.nms_iou,
+            geometry,
+            source_size,
+        ))
     }
 }
 
@@ -155,7 +216,10 @@ fn execution_providers(wanted: &[ExecutionProvider]) -> Vec<ort::ep::ExecutionPr
 
 /// Loads a still image from disk as an RGB buffer for [`Detector::detect`].
 pub fn load_image(path: &std::path::Path) -> Result<(u32, u32, Vec<u8>), DetectError> {
-    let img = image::open(path).map_err(|e| DetectError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    let img = image::open(path).map_err(|e| DetectError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let rgb = img.into_rgb8();
     Ok((rgb.width(), rgb.height(), rgb.into_raw()))
 }

@@ -15,7 +15,11 @@ pub enum DetectError {
     )]
     WeightsMissing { model: String, tried: String },
     #[error("model weights {path} have sha256 {actual}, but the manifest accepts only {expected}")]
-    WeightsChecksum { path: PathBuf, actual: String, expected: String },
+    WeightsChecksum {
+        path: PathBuf,
+        actual: String,
+        expected: String,
+    },
     #[error("could not read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -23,11 +27,26 @@ pub enum DetectError {
         source: std::io::Error,
     },
     #[error("model `{model}`: ONNX Runtime {action} failed: {reason}")]
-    Session { model: String, action: &'static str, reason: String },
+    Session {
+        model: String,
+        action: &'static str,
+        reason: String,
+    },
     #[error("model `{model}`: output has shape {shape:?}, expected [1, {anchors}, {columns}]")]
-    OutputShape { model: String, shape: Vec<i64>, anchors: usize, columns: usize },
+    OutputShape {
+        model: String,
+        shape: Vec<i64>,
+        anchors: usize,
+        columns: usize,
+    },
     #[error("image {width}x{height} with stride {stride} needs {needed} bytes, got {got}")]
-    ImageSize { width: u32, height: u32, stride: usize, needed: usize, got: usize },
+    ImageSize {
+        width: u32,
+        height: u32,
+        stride: usize,
+        needed: usize,
+        got: usize,
+    },
     #[error("could not decode image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
 }

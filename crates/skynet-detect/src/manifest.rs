@@ -90,24 +90,42 @@ pub struct OutputSection {
 
 impl ModelManifest {
     pub fn load(path: &Path) -> Result<Self, DetectError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut manifest: ModelManifest =
-            toml::from_str(&text).map_err(|e| DetectError::Manifest { path: path.to_path_buf(), reason: e.to_string() })?;
+            toml::from_str(&text).map_err(|e| DetectError::Manifest {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         manifest.path = path.to_path_buf();
         manifest.validate()?;
         Ok(manifest)
     }
 
     fn validate(&self) -> Result<(), DetectError> {
-        let bad = |reason: String| Err(DetectError::Manifest { path: self.path.clone(), reason });
+        let bad = |reason: String| {
+            Err(DetectError::Manifest {
+                path: self.path.clone(),
+                reason,
+            })
+        };
         if self.labels.is_empty() {
             return bad("`labels` is empty".into());
         }
         if self.input.width == 0 || self.input.height == 0 {
             return bad("input width and height must be positive".into());
         }
-        if let Some(s) = self.output.strides.iter().find(|s| **s == 0 || self.input.width % **s != 0 || self.input.height % **s != 0) {
-            return bad(format!("stride {s} does not divide the input size {}x{}", self.input.width, self.input.height));
+        if let Some(s) = self.output.strides.iter().find(|s| {
+            **s == 0
+                || !self.input.width.is_multiple_of(**s)
+                || !self.input.height.is_multiple_of(**s)
+        }) {
+            return bad(format!(
+                "stride {s} does not divide the input size {}x{}",
+                self.input.width, self.input.height
+            ));
         }
         if self.model.sha256.len() != 64 {
             return bad("`sha256` must be 64 hex digits".into());
@@ -131,16 +149,30 @@ impl ModelManifest {
     /// Finds the weights: beside the manifest, then in each of `search_dirs`.
     pub fn locate_weights(&self, search_dirs: &[PathBuf]) -> Result<PathBuf, DetectError> {
         let beside = self.path.parent().map(|d| d.join(&self.model.file));
-        let candidates: Vec<PathBuf> = beside.into_iter().chain(search_dirs.iter().map(|d| d.join(&self.model.file))).collect();
-        candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| DetectError::WeightsMissing {
-            model: self.model.name.clone(),
-            tried: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        })
+        let candidates: Vec<PathBuf> = beside
+            .into_iter()
+            .chain(search_dirs.iter().map(|d| d.join(&self.model.file)))
+            .collect();
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| DetectError::WeightsMissing {
+                model: self.model.name.clone(),
+                tried: candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Reads the weights and checks them against the accepted checksums.
     pub fn read_verified_weights(&self, path: &Path) -> Result<Vec<u8>, DetectError> {
-        let bytes = std::fs::read(path).map_err(|source| DetectError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| DetectError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let actual = hex(&Sha256::digest(&bytes));
         let accepted = std::iter::once(&self.model.sha256).chain(&self.model.accepted_sha256);
         if accepted.clone().any(|s| s.eq_ignore_ascii_case(&actual)) {

@@ -20,16 +20,44 @@ pub struct ImageView<'a> {
 }
 
 impl<'a> ImageView<'a> {
-    pub fn new(width: u32, height: u32, stride: usize, order: PixelOrder, data: &'a [u8]) -> Result<Self, DetectError> {
-        let needed = if height == 0 { 0 } else { stride * (height as usize - 1) + width as usize * 3 };
+    pub fn new(
+        width: u32,
+        height: u32,
+        stride: usize,
+        order: PixelOrder,
+        data: &'a [u8],
+    ) -> Result<Self, DetectError> {
+        let needed = if height == 0 {
+            0
+        } else {
+            stride * (height as usize - 1) + width as usize * 3
+        };
         if width == 0 || height == 0 || stride < width as usize * 3 || data.len() < needed {
-            return Err(DetectError::ImageSize { width, height, stride, needed, got: data.len() });
+            return Err(DetectError::ImageSize {
+                width,
+                height,
+                stride,
+                needed,
+                got: data.len(),
+            });
         }
-        Ok(Self { width, height, stride, order, data })
+        Ok(Self {
+            width,
+            height,
+            stride,
+            order,
+            data,
+        })
     }
 
     pub fn of_frame(frame: &'a Frame) -> Result<Self, DetectError> {
-        Self::new(frame.width, frame.height, frame.stride, frame.order, &frame.data)
+        Self::new(
+            frame.width,
+            frame.height,
+            frame.stride,
+            frame.order,
+            &frame.data,
+        )
     }
 }
 
@@ -50,6 +78,15 @@ struct Tap {
     weight_next: f32,
 }
 
+/// Resampling taps for one source size.
+#[derive(Debug)]
+struct Resampling {
+    source: (u32, u32),
+    geometry: LetterboxGeometry,
+    x: Vec<Tap>,
+    y: Vec<Tap>,
+}
+
 /// Reusable letterboxer for one model input size; caches the resampling taps per source size.
 #[derive(Debug)]
 pub struct Letterbox {
@@ -58,14 +95,29 @@ pub struct Letterbox {
     pad_value: f32,
     scale_values: f32,
     channel_order: ChannelOrder,
-    cached: Option<(u32, u32, LetterboxGeometry, Vec<Tap>, Vec<Tap>)>,
+    cached: Option<Resampling>,
     row_a: Vec<f32>,
     row_b: Vec<f32>,
 }
 
 impl Letterbox {
-    pub fn new(width: u32, height: u32, pad_value: f32, scale_values: f32, channel_order: ChannelOrder) -> Self {
-        Self { width, height, pad_value, scale_values, channel_order, cached: None, row_a: Vec::new(), row_b: Vec::new() }
+    pub fn new(
+        width: u32,
+        height: u32,
+        pad_value: f32,
+        scale_values: f32,
+        channel_order: ChannelOrder,
+    ) -> Self {
+        Self {
+            width,
+            height,
+            pad_value,
+            scale_values,
+            channel_order,
+            cached: None,
+            row_a: Vec::new(),
+            row_b: Vec::new(),
+        }
     }
 
     /// The number of floats [`fill`](Self::fill) writes.
@@ -86,9 +138,27 @@ impl Letterbox {
     /// Writes `image` letterboxed into `out` (planar, `3 x height x width`).
     pub fn fill(&mut self, image: &ImageView<'_>, out: &mut [f32]) -> LetterboxGeometry {
         assert_eq!(out.len(), self.tensor_len(), "tensor buffer size");
-        let (geometry, x_taps, y_taps) = self.taps_for(image.width, image.height);
+        let source = (image.width, image.height);
+        let resampling = match self.cached.take() {
+            Some(r) if r.source == source => r,
+            _ => {
+                let geometry = Self::geometry(self.width, self.height, image.width, image.height);
+                let x = axis_taps(image.width as usize, geometry.resized_width as usize);
+                let y = axis_taps(image.height as usize, geometry.resized_height as usize);
+                Resampling {
+                    source,
+                    geometry,
+                    x,
+                    y,
+                }
+            }
+        };
+        let (geometry, x_taps, y_taps) = (resampling.geometry, &resampling.x, &resampling.y);
         let (w, h) = (self.width as usize, self.height as usize);
-        let (rw, rh) = (geometry.resized_width as usize, geometry.resized_height as usize);
+        let (rw, rh) = (
+            geometry.resized_width as usize,
+            geometry.resized_height as usize,
+        );
         let plane = w * h;
         let pad = self.pad_value * self.scale_values;
         out.fill(pad);
@@ -96,7 +166,11 @@ impl Letterbox {
         // Output channel c reads source channel src_channel[c].
         let want_bgr = self.channel_order == ChannelOrder::Bgr;
         let src_is_bgr = image.order == PixelOrder::Bgr;
-        let src_channel: [usize; 3] = if want_bgr == src_is_bgr { [0, 1, 2] } else { [2, 1, 0] };
+        let src_channel: [usize; 3] = if want_bgr == src_is_bgr {
+            [0, 1, 2]
+        } else {
+            [2, 1, 0]
+        };
 
         self.row_a.resize(rw * 3, 0.0);
         self.row_b.resize(rw * 3, 0.0);
@@ -108,12 +182,12 @@ impl Letterbox {
                     std::mem::swap(&mut self.row_a, &mut self.row_b);
                     std::mem::swap(&mut in_a, &mut in_b);
                 } else {
-                    resample_row(image, tap.index, &x_taps, &mut self.row_a);
+                    resample_row(image, tap.index, x_taps, &mut self.row_a);
                     in_a = tap.index;
                 }
             }
             if in_b != tap.next {
-                resample_row(image, tap.next, &x_taps, &mut self.row_b);
+                resample_row(image, tap.next, x_taps, &mut self.row_b);
                 in_b = tap.next;
             }
 
@@ -127,21 +201,8 @@ impl Letterbox {
                 }
             }
         }
+        self.cached = Some(resampling);
         geometry
-    }
-
-    fn taps_for(&mut self, src_w: u32, src_h: u32) -> (LetterboxGeometry, Vec<Tap>, Vec<Tap>) {
-        if let Some((w, h, g, xs, ys)) = &self.cached
-            && *w == src_w
-            && *h == src_h
-        {
-            return (*g, xs.clone(), ys.clone());
-        }
-        let g = Self::geometry(self.width, self.height, src_w, src_h);
-        let xs = axis_taps(src_w as usize, g.resized_width as usize);
-        let ys = axis_taps(src_h as usize, g.resized_height as usize);
-        self.cached = Some((src_w, src_h, g, xs.clone(), ys.clone()));
-        (g, xs, ys)
     }
 }
 
@@ -153,7 +214,15 @@ fn axis_taps(src: usize, dst: usize) -> Vec<Tap> {
             let pos = ((i as f32 + 0.5) * ratio - 0.5).max(0.0);
             let index = (pos.floor() as usize).min(src - 1);
             let next = (index + 1).min(src - 1);
-            Tap { index, next, weight_next: if next == index { 0.0 } else { pos - index as f32 } }
+            Tap {
+                index,
+                next,
+                weight_next: if next == index {
+                    0.0
+                } else {
+                    pos - index as f32
+                },
+            }
         })
         .collect()
 }

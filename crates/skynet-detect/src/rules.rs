@@ -1,7 +1,9 @@
 //! Rules turn what a camera sees into evidence ([`Observation`]s) for its grid cell.
 
 use chrono::{DateTime, Utc};
-use skynet_core::{AnalysedFrame, CameraId, Detection, GridId, Observation, OwnerKind, Point, RuleRef};
+use skynet_core::{
+    AnalysedFrame, CameraId, Detection, GridId, Observation, OwnerKind, Point, RuleRef,
+};
 
 use crate::Zone;
 
@@ -66,7 +68,10 @@ impl ZoneIntrusionRule {
 
     fn inside(&self, frame: &AnalysedFrame, d: &Detection) -> bool {
         let feet = d.bbox.bottom_center();
-        let normalised = Point { x: feet.x / frame.width.max(1) as f32, y: feet.y / frame.height.max(1) as f32 };
+        let normalised = Point {
+            x: feet.x / frame.width.max(1) as f32,
+            y: feet.y / frame.height.max(1) as f32,
+        };
         self.zone.contains(normalised)
     }
 }
@@ -80,7 +85,9 @@ impl Rule for ZoneIntrusionRule {
         let intruders: Vec<Detection> = frame
             .detections
             .iter()
-            .filter(|d| d.score >= self.min_score && self.labels.iter().any(|l| *l == d.label) && self.inside(frame, d))
+            .filter(|d| {
+                d.score >= self.min_score && self.labels.contains(&d.label) && self.inside(frame, d)
+            })
             .cloned()
             .collect();
         if intruders.is_empty() {
@@ -88,13 +95,19 @@ impl Rule for ZoneIntrusionRule {
             return None;
         }
         self.streak += 1;
-        let cooled = self.last_hit.is_none_or(|t| frame.captured_at - t >= self.cooldown);
+        let cooled = self
+            .last_hit
+            .is_none_or(|t| frame.captured_at - t >= self.cooldown);
         if self.streak < self.min_frames || !cooled {
             return None;
         }
         self.last_hit = Some(frame.captured_at);
         Some(RuleHit {
-            rule: RuleRef { name: self.name.clone(), kind: Self::KIND.into(), zone: Some(self.zone.name.clone()) },
+            rule: RuleRef {
+                name: self.name.clone(),
+                kind: Self::KIND.into(),
+                zone: Some(self.zone.name.clone()),
+            },
             category: self.category.clone(),
             weight: self.weight,
             detections: intruders,
@@ -142,7 +155,8 @@ mod tests {
         AnalysedFrame {
             camera: CameraId::new("cam"),
             seq,
-            captured_at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(seq as i64 * 100),
+            captured_at: DateTime::<Utc>::UNIX_EPOCH
+                + chrono::Duration::milliseconds(seq as i64 * 100),
             decoded_at: std::time::Instant::now(),
             width: 100,
             height: 100,
@@ -152,29 +166,55 @@ mod tests {
     }
 
     fn person_at(x: f32, y: f32) -> Detection {
-        Detection { label: "person".into(), score: 0.9, bbox: BBox::new(x - 5.0, y - 20.0, x + 5.0, y) }
+        Detection {
+            label: "person".into(),
+            score: 0.9,
+            bbox: BBox::new(x - 5.0, y - 20.0, x + 5.0, y),
+        }
     }
 
     fn rule() -> ZoneIntrusionRule {
         let zone = Zone::new("left", &[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]).unwrap();
-        ZoneIntrusionRule::new("r", zone, vec!["person".into()], 0.5, 2, chrono::Duration::seconds(1), "intrusion", 0.3)
+        ZoneIntrusionRule::new(
+            "r",
+            zone,
+            vec!["person".into()],
+            0.5,
+            2,
+            chrono::Duration::seconds(1),
+            "intrusion",
+            0.3,
+        )
     }
 
     #[test]
     fn fires_after_min_frames_then_respects_cooldown() {
         let mut r = rule();
-        let hits: Vec<bool> = (0..25).map(|i| r.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).is_some()).collect();
+        let hits: Vec<bool> = (0..25)
+            .map(|i| r.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).is_some())
+            .collect();
         // Frame 1 completes the streak; then one hit per second (10 frames).
-        let fired: Vec<usize> = hits.iter().enumerate().filter(|(_, h)| **h).map(|(i, _)| i).collect();
+        let fired: Vec<usize> = hits
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(fired, vec![1, 11, 21]);
     }
 
     #[test]
     fn ignores_objects_outside_the_zone_or_of_other_labels() {
         let mut r = rule();
-        let car = Detection { label: "car".into(), ..person_at(20.0, 50.0) };
+        let car = Detection {
+            label: "car".into(),
+            ..person_at(20.0, 50.0)
+        };
         for i in 0..5 {
-            assert!(r.evaluate(&frame(i, vec![person_at(80.0, 50.0), car.clone()])).is_none());
+            assert!(
+                r.evaluate(&frame(i, vec![person_at(80.0, 50.0), car.clone()]))
+                    .is_none()
+            );
         }
     }
 }

@@ -24,7 +24,9 @@ pub struct OnnxRuntime {
 
 impl std::fmt::Debug for OnnxRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxRuntime").field("library", &self.library).finish_non_exhaustive()
+        f.debug_struct("OnnxRuntime")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
     }
 }
 
@@ -32,24 +34,38 @@ impl OnnxRuntime {
     /// Loads the library once per process. Looks, in order, at `explicit` (from config),
     /// `ORT_DYLIB_PATH`, then `lib/libonnxruntime.so` under each of `data_dirs`.
     pub fn init(explicit: Option<&Path>, data_dirs: &[PathBuf]) -> Result<Self, DetectError> {
-        let _guard = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = LOADING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(runtime) = LOADED.get() {
             return Ok(runtime.clone());
         }
         let candidates = Self::candidates(explicit, data_dirs);
         let Some(library) = candidates.iter().find(|p| p.is_file()).cloned() else {
             return Err(DetectError::RuntimeMissing {
-                tried: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                tried: candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         };
-        let load_err = |reason: String| DetectError::RuntimeLoad { path: library.clone(), reason };
+        let load_err = |reason: String| DetectError::RuntimeLoad {
+            path: library.clone(),
+            reason,
+        };
         let environment = ort::init_from(&library)
             .map_err(|e| load_err(e.to_string()))?
             .with_name("skynet")
             .build()
             .map_err(|e| load_err(e.to_string()))?;
         tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-        Ok(LOADED.get_or_init(|| OnnxRuntime { library, environment }).clone())
+        Ok(LOADED
+            .get_or_init(|| OnnxRuntime {
+                library,
+                environment,
+            })
+            .clone())
     }
 
     fn candidates(explicit: Option<&Path>, data_dirs: &[PathBuf]) -> Vec<PathBuf> {
@@ -60,6 +76,9 @@ impl OnnxRuntime {
         if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
             return vec![PathBuf::from(p)];
         }
-        data_dirs.iter().map(|d| d.join("lib").join("libonnxruntime.so")).collect()
+        data_dirs
+            .iter()
+            .map(|d| d.join("lib").join("libonnxruntime.so"))
+            .collect()
     }
 }

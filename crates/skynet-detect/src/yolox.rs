@@ -34,7 +34,10 @@ impl YoloxDecoder {
                 }
             }
         }
-        Self { grid, columns: 5 + classes }
+        Self {
+            grid,
+            columns: 5 + classes,
+        }
     }
 
     pub fn anchors(&self) -> usize {
@@ -58,11 +61,15 @@ impl YoloxDecoder {
                 // score = objectness * class score <= objectness: nothing in this row can pass.
                 continue;
             }
-            let (class, class_score) = row[5..]
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0, f32::MIN), |best, (i, s)| if s > best.1 { (i, s) } else { best });
+            let (class, class_score) =
+                row[5..]
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, f32::MIN),
+                        |best, (i, s)| if s > best.1 { (i, s) } else { best },
+                    );
             let score = objectness * class_score;
             if score < threshold {
                 continue;
@@ -71,16 +78,29 @@ impl YoloxDecoder {
             let cy = (row[1] + gy) * stride;
             let w = row[2].exp() * stride;
             let h = row[3].exp() * stride;
-            candidates.push(Candidate { class, score, bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0) });
+            candidates.push(Candidate {
+                class,
+                score,
+                bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0),
+            });
         }
         let kept = nms_per_class(candidates, nms_iou);
         let inv = 1.0 / geometry.scale;
         let (sw, sh) = (source_size.0 as f32, source_size.1 as f32);
         kept.into_iter()
             .map(|c| Detection {
-                label: labels.get(c.class).cloned().unwrap_or_else(|| format!("class_{}", c.class)),
+                label: labels
+                    .get(c.class)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class_{}", c.class)),
                 score: c.score,
-                bbox: BBox::new(c.bbox.x1 * inv, c.bbox.y1 * inv, c.bbox.x2 * inv, c.bbox.y2 * inv).clamp_to(sw, sh),
+                bbox: BBox::new(
+                    c.bbox.x1 * inv,
+                    c.bbox.y1 * inv,
+                    c.bbox.x2 * inv,
+                    c.bbox.y2 * inv,
+                )
+                .clamp_to(sw, sh),
             })
             .collect()
     }
@@ -91,7 +111,10 @@ fn nms_per_class(mut candidates: Vec<Candidate>, iou: f32) -> Vec<Candidate> {
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Candidate> = Vec::new();
     for c in candidates {
-        if kept.iter().all(|k| k.class != c.class || k.bbox.iou(&c.bbox) <= iou) {
+        if kept
+            .iter()
+            .all(|k| k.class != c.class || k.bbox.iou(&c.bbox) <= iou)
+        {
             kept.push(c);
         }
     }
@@ -103,7 +126,11 @@ mod tests {
     use super::*;
 
     fn geometry() -> LetterboxGeometry {
-        LetterboxGeometry { scale: 0.5, resized_width: 32, resized_height: 32 }
+        LetterboxGeometry {
+            scale: 0.5,
+            resized_width: 32,
+            resized_height: 32,
+        }
     }
 
     #[test]
@@ -124,7 +151,11 @@ mod tests {
     #[test]
     fn nms_suppresses_overlaps_only_within_a_class() {
         let b = BBox::new(0.0, 0.0, 10.0, 10.0);
-        let c = |class, score| Candidate { class, score, bbox: b };
+        let c = |class, score| Candidate {
+            class,
+            score,
+            bbox: b,
+        };
         let kept = nms_per_class(vec![c(0, 0.5), c(0, 0.9), c(1, 0.4)], 0.45);
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);

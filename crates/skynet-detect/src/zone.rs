@@ -9,7 +9,9 @@ use skynet_core::Point;
 pub enum ZoneError {
     #[error("a polygon needs at least 3 points, got {0}")]
     TooFewPoints(usize),
-    #[error("point {index} ({x}, {y}) is outside the frame: coordinates are fractions of the image, from 0 to 1")]
+    #[error(
+        "point {index} ({x}, {y}) is outside the frame: coordinates are fractions of the image, from 0 to 1"
+    )]
     OutOfRange { index: usize, x: f64, y: f64 },
     #[error("the polygon has no area (its points are on one line or repeated)")]
     Degenerate,
@@ -33,7 +35,13 @@ impl Zone {
                 return Err(ZoneError::OutOfRange { index, x, y });
             }
         }
-        let pts: Vec<Point> = points.iter().map(|&[x, y]| Point { x: x as f32, y: y as f32 }).collect();
+        let pts: Vec<Point> = points
+            .iter()
+            .map(|&[x, y]| Point {
+                x: x as f32,
+                y: y as f32,
+            })
+            .collect();
         let n = pts.len();
         for i in 0..n {
             for j in i + 1..n {
@@ -42,14 +50,20 @@ impl Zone {
                     continue;
                 }
                 if segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]) {
-                    return Err(ZoneError::SelfIntersecting { first: i, second: j });
+                    return Err(ZoneError::SelfIntersecting {
+                        first: i,
+                        second: j,
+                    });
                 }
             }
         }
         if signed_area(&pts).abs() < 1e-9 {
             return Err(ZoneError::Degenerate);
         }
-        Ok(Self { name: name.into(), points: pts })
+        Ok(Self {
+            name: name.into(),
+            points: pts,
+        })
     }
 
     /// Whether a point, in normalised coordinates, lies inside (even-odd rule).
@@ -74,7 +88,10 @@ impl Zone {
 
 fn signed_area(p: &[Point]) -> f32 {
     let n = p.len();
-    (0..n).map(|i| p[i].x * p[(i + 1) % n].y - p[(i + 1) % n].x * p[i].y).sum::<f32>() / 2.0
+    (0..n)
+        .map(|i| p[i].x * p[(i + 1) % n].y - p[(i + 1) % n].x * p[i].y)
+        .sum::<f32>()
+        / 2.0
 }
 
 fn orientation(a: Point, b: Point, c: Point) -> f32 {
@@ -103,10 +120,22 @@ mod tests {
 
     #[test]
     fn invalid_polygons_are_rejected_with_the_reason() {
-        assert_eq!(Zone::new("z", &SQUARE[..2]), Err(ZoneError::TooFewPoints(2)));
-        assert!(matches!(Zone::new("z", &[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]), Err(ZoneError::OutOfRange { index: 1, .. })));
-        assert_eq!(Zone::new("z", &[[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]), Err(ZoneError::Degenerate));
+        assert_eq!(
+            Zone::new("z", &SQUARE[..2]),
+            Err(ZoneError::TooFewPoints(2))
+        );
+        assert!(matches!(
+            Zone::new("z", &[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]),
+            Err(ZoneError::OutOfRange { index: 1, .. })
+        ));
+        assert_eq!(
+            Zone::new("z", &[[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]),
+            Err(ZoneError::Degenerate)
+        );
         let bowtie = [[0.2, 0.2], [0.8, 0.8], [0.8, 0.2], [0.2, 0.8]];
-        assert!(matches!(Zone::new("z", &bowtie), Err(ZoneError::SelfIntersecting { .. })));
+        assert!(matches!(
+            Zone::new("z", &bowtie),
+            Err(ZoneError::SelfIntersecting { .. })
+        ));
     }
 }

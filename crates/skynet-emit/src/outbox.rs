@@ -54,16 +54,28 @@ impl Outbox {
     /// Opens (creating if needed) the outbox at `path`; `:memory:` gives a throwaway one.
     pub fn open(path: &Path) -> Result<Self, EmitError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| EmitError::CreateDir { path: path.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| EmitError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
-        let err = |source| EmitError::Outbox { path: path.to_path_buf(), source };
+        let err = |source| EmitError::Outbox {
+            path: path.to_path_buf(),
+            source,
+        };
         let conn = Connection::open(path).map_err(err)?;
         // WAL with FULL sync: a committed incident survives a crash or power loss.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Self { path: path.to_path_buf(), conn })
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -71,7 +83,10 @@ impl Outbox {
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> EmitError + '_ {
-        move |source| EmitError::Outbox { path: self.path.clone(), source }
+        move |source| EmitError::Outbox {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Stores an event and updates the incident history, atomically. Returns false when an
@@ -80,7 +95,10 @@ impl Outbox {
         let body = serde_json::to_string(event)?;
         let incident = &event.data;
         let path = self.path.clone();
-        let err = move |source| EmitError::Outbox { path: path.clone(), source };
+        let err = move |source| EmitError::Outbox {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(&err)?;
         let inserted = tx
             .execute(
@@ -117,7 +135,11 @@ impl Outbox {
     fn cursor(&self, sink: &str) -> Result<i64, EmitError> {
         let seq: Option<i64> = self
             .conn
-            .query_row("SELECT delivered_seq FROM sink_cursors WHERE sink = ?1", [sink], |r| r.get(0))
+            .query_row(
+                "SELECT delivered_seq FROM sink_cursors WHERE sink = ?1",
+                [sink],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(self.err())?;
         Ok(seq.unwrap_or(0))
@@ -126,16 +148,30 @@ impl Outbox {
     /// Up to `limit` events `sink` has not acknowledged, oldest first.
     pub fn pending(&self, sink: &str, limit: usize) -> Result<Vec<StoredEvent>, EmitError> {
         let after = self.cursor(sink)?;
-        let mut stmt = self.conn.prepare_cached("SELECT seq, id, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2").map_err(self.err())?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, id, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![after, limit as i64], |r| Ok(StoredEvent { seq: r.get(0)?, id: r.get(1)?, body: r.get(2)? }))
+            .query_map(params![after, limit as i64], |r| {
+                Ok(StoredEvent {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
     pub fn pending_count(&self, sink: &str) -> Result<u64, EmitError> {
         let after = self.cursor(sink)?;
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM events WHERE seq > ?1", [after], |r| r.get(0)).map_err(self.err())?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events WHERE seq > ?1", [after], |r| {
+                r.get(0)
+            })
+            .map_err(self.err())?;
         Ok(n as u64)
     }
 
@@ -153,8 +189,13 @@ impl Outbox {
 
     /// Every stored event, oldest first.
     pub fn events(&self) -> Result<Vec<CloudEvent>, EmitError> {
-        let mut stmt = self.conn.prepare("SELECT body FROM events ORDER BY seq").map_err(self.err())?;
-        let bodies = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.err())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM events ORDER BY seq")
+            .map_err(self.err())?;
+        let bodies = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err())?;
         let mut events = Vec::new();
         for body in bodies {
             events.push(serde_json::from_str(&body.map_err(self.err())?)?);
@@ -164,8 +205,13 @@ impl Outbox {
 
     /// The latest revision of every incident, as JSON bodies, most recent first.
     pub fn incidents(&self) -> Result<Vec<skynet_core::Incident>, EmitError> {
-        let mut stmt = self.conn.prepare("SELECT body FROM incidents ORDER BY last_seen DESC").map_err(self.err())?;
-        let bodies = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.err())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM incidents ORDER BY last_seen DESC")
+            .map_err(self.err())?;
+        let bodies = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err())?;
         let mut incidents = Vec::new();
         for body in bodies {
             incidents.push(serde_json::from_str(&body.map_err(self.err())?)?);

@@ -25,8 +25,19 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(node: impl Into<String>, outbox: Outbox, sinks: Vec<Box<dyn IncidentSink>>) -> Self {
-        let sinks = sinks.into_iter().map(|sink| SinkState { sink, retry_at: None, backoff: FIRST_BACKOFF }).collect();
-        Self { node: node.into(), outbox, sinks }
+        let sinks = sinks
+            .into_iter()
+            .map(|sink| SinkState {
+                sink,
+                retry_at: None,
+                backoff: FIRST_BACKOFF,
+            })
+            .collect();
+        Self {
+            node: node.into(),
+            outbox,
+            sinks,
+        }
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -59,14 +70,16 @@ impl Relay {
                 }
                 Err(e) => {
                     let sink = state.sink.name().to_string();
-                    metrics::counter!("skynet_sink_retries_total", "sink" => sink.clone()).increment(1);
+                    metrics::counter!("skynet_sink_retries_total", "sink" => sink.clone())
+                        .increment(1);
                     tracing::warn!(sink = %sink, error = %e, retry_in = ?state.backoff, "sink delivery failed; will retry");
                     state.retry_at = Some(now + state.backoff);
                     state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
                 }
             }
             if let Ok(pending) = self.outbox.pending_count(state.sink.name()) {
-                metrics::gauge!("skynet_outbox_pending", "sink" => state.sink.name().to_string()).set(pending as f64);
+                metrics::gauge!("skynet_outbox_pending", "sink" => state.sink.name().to_string())
+                    .set(pending as f64);
             }
         }
         delivered
@@ -103,13 +116,16 @@ fn deliver_pending(outbox: &Outbox, sink: &mut dyn IncidentSink) -> Result<usize
     let mut delivered = 0;
     loop {
         let batch = outbox.pending(sink.name(), BATCH)?;
-        let Some(last) = batch.last().map(|e| e.seq) else { return Ok(delivered) };
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            return Ok(delivered);
+        };
         for event in &batch {
             sink.deliver(event)?;
         }
         sink.flush()?;
         outbox.acknowledge(sink.name(), last)?;
-        metrics::counter!("skynet_incidents_emitted_total", "sink" => sink.name().to_string()).increment(batch.len() as u64);
+        metrics::counter!("skynet_incidents_emitted_total", "sink" => sink.name().to_string())
+            .increment(batch.len() as u64);
         delivered += batch.len();
     }
 }
@@ -138,7 +154,11 @@ mod tests {
             last_seen: DateTime::<Utc>::UNIX_EPOCH,
             observations: 1,
             detections: Vec::new(),
-            rule: RuleRef { name: "r".into(), kind: "zone_intrusion".into(), zone: None },
+            rule: RuleRef {
+                name: "r".into(),
+                kind: "zone_intrusion".into(),
+                zone: None,
+            },
         }
     }
 
@@ -154,7 +174,10 @@ mod tests {
         }
         fn deliver(&mut self, event: &StoredEvent) -> Result<(), EmitError> {
             if *self.broken.lock().unwrap() {
-                return Err(EmitError::SinkIo { sink: "flaky".into(), source: std::io::ErrorKind::BrokenPipe.into() });
+                return Err(EmitError::SinkIo {
+                    sink: "flaky".into(),
+                    source: std::io::ErrorKind::BrokenPipe.into(),
+                });
             }
             self.got.lock().unwrap().push(event.id.clone());
             Ok(())
@@ -167,7 +190,10 @@ mod tests {
         let path = dir.path().join("outbox.sqlite");
         let broken = Arc::new(Mutex::new(true));
         let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = FlakySink { broken: broken.clone(), got: got.clone() };
+        let sink = FlakySink {
+            broken: broken.clone(),
+            got: got.clone(),
+        };
         let mut relay = Relay::new("n1", Outbox::open(&path).unwrap(), vec![Box::new(sink)]);
         relay.store(&incident(1)).unwrap();
         relay.store(&incident(2)).unwrap();
@@ -179,7 +205,10 @@ mod tests {
 
         // A restart resumes from the cursor: nothing is delivered twice.
         drop(relay);
-        let sink = FlakySink { broken, got: got.clone() };
+        let sink = FlakySink {
+            broken,
+            got: got.clone(),
+        };
         let mut relay = Relay::new("n1", Outbox::open(&path).unwrap(), vec![Box::new(sink)]);
         relay.store(&incident(3)).unwrap();
         relay.pump();

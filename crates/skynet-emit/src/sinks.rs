@@ -26,11 +26,18 @@ pub struct JsonLinesSink {
 
 impl JsonLinesSink {
     pub fn new(name: impl Into<String>, path: &Path) -> Self {
-        Self { name: name.into(), path: path.to_path_buf(), writer: None }
+        Self {
+            name: name.into(),
+            path: path.to_path_buf(),
+            writer: None,
+        }
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> EmitError + '_ {
-        move |source| EmitError::SinkIo { sink: self.name.clone(), source }
+        move |source| EmitError::SinkIo {
+            sink: self.name.clone(),
+            source,
+        }
     }
 
     fn writer(&mut self) -> Result<&mut BufWriter<File>, EmitError> {
@@ -40,7 +47,13 @@ impl JsonLinesSink {
                 if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(self.io())?;
                 }
-                BufWriter::new(OpenOptions::new().create(true).append(true).open(&self.path).map_err(self.io())?)
+                BufWriter::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&self.path)
+                        .map_err(self.io())?,
+                )
             }
         };
         Ok(self.writer.insert(writer))
@@ -92,10 +105,18 @@ impl IncidentSink for StdoutSink {
 
     fn deliver(&mut self, event: &StoredEvent) -> Result<(), EmitError> {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", event.body).map_err(|source| EmitError::SinkIo { sink: self.name.clone(), source })
+        writeln!(out, "{}", event.body).map_err(|source| EmitError::SinkIo {
+            sink: self.name.clone(),
+            source,
+        })
     }
 
     fn flush(&mut self) -> Result<(), EmitError> {
-        std::io::stdout().flush().map_err(|source| EmitError::SinkIo { sink: self.name.clone(), source })
+        std::io::stdout()
+            .flush()
+            .map_err(|source| EmitError::SinkIo {
+                sink: self.name.clone(),
+                source,
+            })
     }
 }

@@ -4,14 +4,28 @@ use skynet_core::CameraId;
 pub enum IngestError {
     #[error("GStreamer could not be initialised: {0}")]
     Init(String),
-    #[error("camera {camera}: missing GStreamer element `{element}` (install the GStreamer plugin packages with scripts/setup.sh)")]
+    #[error(
+        "camera {camera}: missing GStreamer element `{element}` (install the GStreamer plugin packages with scripts/setup.sh)"
+    )]
     MissingElement { camera: CameraId, element: String },
     #[error("camera {camera}: invalid source `{uri}`: {reason}")]
-    InvalidUri { camera: CameraId, uri: String, reason: String },
+    InvalidUri {
+        camera: CameraId,
+        uri: String,
+        reason: String,
+    },
     #[error("camera {camera}: could not start the stream from {uri}: {reason}")]
-    Start { camera: CameraId, uri: String, reason: String },
+    Start {
+        camera: CameraId,
+        uri: String,
+        reason: String,
+    },
     #[error("camera {camera}: stream error from {element}: {reason}")]
-    Stream { camera: CameraId, element: String, reason: String },
+    Stream {
+        camera: CameraId,
+        element: String,
+        reason: String,
+    },
     #[error("camera {camera}: unexpected frame format: {reason}")]
     Format { camera: CameraId, reason: String },
     #[error("the detection stage has stopped")]

@@ -34,7 +34,11 @@ const PULL_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl GstSource {
     pub fn new(camera: CameraId, options: GstSourceOptions) -> Self {
-        Self { camera, options, stats: SourceStats::default() }
+        Self {
+            camera,
+            options,
+            stats: SourceStats::default(),
+        }
     }
 
     /// Turns a local path into a `file://` URI; leaves URIs alone.
@@ -46,20 +50,27 @@ impl GstSource {
         let absolute = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+            std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| path.to_path_buf())
         };
-        gst::glib::filename_to_uri(&absolute, None).map(|u| u.to_string()).map_err(|e| IngestError::InvalidUri {
-            camera: camera.clone(),
-            uri: uri.to_string(),
-            reason: e.to_string(),
-        })
+        gst::glib::filename_to_uri(&absolute, None)
+            .map(|u| u.to_string())
+            .map_err(|e| IngestError::InvalidUri {
+                camera: camera.clone(),
+                uri: uri.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     fn build(&self, uri: &str) -> Result<(gst::Pipeline, gst_app::AppSink), IngestError> {
         let make = |factory: &str| {
             gst::ElementFactory::make(factory)
                 .build()
-                .map_err(|_| IngestError::MissingElement { camera: self.camera.clone(), element: factory.to_string() })
+                .map_err(|_| IngestError::MissingElement {
+                    camera: self.camera.clone(),
+                    element: factory.to_string(),
+                })
         };
         let decode = make("uridecodebin")?;
         decode.set_property("uri", uri);
@@ -67,13 +78,25 @@ impl GstSource {
         if convert.has_property("n-threads") {
             convert.set_property("n-threads", self.options.convert_threads.max(1));
         }
-        let caps = gst::Caps::builder("video/x-raw").field("format", "BGR").build();
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "BGR")
+            .build();
         // A small appsink queue: backpressure (or dropping) is the stage queue's job.
-        let sink = gst_app::AppSink::builder().caps(&caps).sync(self.options.realtime).max_buffers(2).build();
+        let sink = gst_app::AppSink::builder()
+            .caps(&caps)
+            .sync(self.options.realtime)
+            .max_buffers(2)
+            .build();
 
         let pipeline = gst::Pipeline::with_name(&format!("camera-{}", self.camera));
-        let start_err = |reason: String| IngestError::Start { camera: self.camera.clone(), uri: uri.to_string(), reason };
-        pipeline.add_many([&decode, &convert, sink.upcast_ref()]).map_err(|e| start_err(e.to_string()))?;
+        let start_err = |reason: String| IngestError::Start {
+            camera: self.camera.clone(),
+            uri: uri.to_string(),
+            reason,
+        };
+        pipeline
+            .add_many([&decode, &convert, sink.upcast_ref()])
+            .map_err(|e| start_err(e.to_string()))?;
         convert.link(&sink).map_err(|e| start_err(e.to_string()))?;
 
         let convert_weak = convert.downgrade();
@@ -94,23 +117,50 @@ impl GstSource {
         Ok((pipeline, sink))
     }
 
-    fn frame_from(&self, sample: &gst::Sample, seq: u64, started: DateTime<Utc>) -> Result<Frame, IngestError> {
-        let format_err = |reason: &str| IngestError::Format { camera: self.camera.clone(), reason: reason.to_string() };
-        let caps = sample.caps().ok_or_else(|| format_err("sample without caps"))?;
+    fn frame_from(
+        &self,
+        sample: &gst::Sample,
+        seq: u64,
+        started: DateTime<Utc>,
+    ) -> Result<Frame, IngestError> {
+        let format_err = |reason: &str| IngestError::Format {
+            camera: self.camera.clone(),
+            reason: reason.to_string(),
+        };
+        let caps = sample
+            .caps()
+            .ok_or_else(|| format_err("sample without caps"))?;
         let s = caps.structure(0).ok_or_else(|| format_err("empty caps"))?;
-        let width = s.get::<i32>("width").map_err(|_| format_err("caps without width"))?;
-        let height = s.get::<i32>("height").map_err(|_| format_err("caps without height"))?;
-        let (width, height) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
+        let width = s
+            .get::<i32>("width")
+            .map_err(|_| format_err("caps without width"))?;
+        let height = s
+            .get::<i32>("height")
+            .map_err(|_| format_err("caps without height"))?;
+        let (width, height) = (
+            u32::try_from(width).unwrap_or(0),
+            u32::try_from(height).unwrap_or(0),
+        );
         if width == 0 || height == 0 {
             return Err(format_err("zero-sized frame"));
         }
-        let buffer = sample.buffer().ok_or_else(|| format_err("sample without buffer"))?;
-        let map = buffer.map_readable().map_err(|_| format_err("unreadable buffer"))?;
+        let buffer = sample
+            .buffer()
+            .ok_or_else(|| format_err("sample without buffer"))?;
+        let map = buffer
+            .map_readable()
+            .map_err(|_| format_err("unreadable buffer"))?;
         let stride = map.len() / height as usize;
         if stride < width as usize * 3 {
-            return Err(format_err(&format!("{} bytes for a {width}x{height} BGR frame", map.len())));
+            return Err(format_err(&format!(
+                "{} bytes for a {width}x{height} BGR frame",
+                map.len()
+            )));
         }
-        let pts = buffer.pts().map(|t| Duration::from_nanos(t.nseconds())).unwrap_or_default();
+        let pts = buffer
+            .pts()
+            .map(|t| Duration::from_nanos(t.nseconds()))
+            .unwrap_or_default();
         let captured_at = started + chrono::Duration::from_std(pts).unwrap_or_default();
         Ok(Frame {
             camera: self.camera.clone(),
@@ -129,18 +179,31 @@ impl GstSource {
         let bus = pipeline.bus()?;
         while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
             if let gst::MessageView::Error(err) = msg.view() {
-                let element = err.src().map(|s| s.path_string().to_string()).unwrap_or_else(|| "pipeline".into());
+                let element = err
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_else(|| "pipeline".into());
                 let mut reason = err.error().to_string();
                 if let Some(debug) = err.debug() {
                     reason = format!("{reason} ({debug})");
                 }
-                return Some(IngestError::Stream { camera: self.camera.clone(), element, reason });
+                return Some(IngestError::Stream {
+                    camera: self.camera.clone(),
+                    element,
+                    reason,
+                });
             }
         }
         None
     }
 
-    fn pump(&mut self, pipeline: &gst::Pipeline, sink: &gst_app::AppSink, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError> {
+    fn pump(
+        &mut self,
+        pipeline: &gst::Pipeline,
+        sink: &gst_app::AppSink,
+        out: &FrameOutput,
+        stop: &Shutdown,
+    ) -> Result<SourceExit, IngestError> {
         let started = Utc::now();
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
@@ -152,7 +215,9 @@ impl GstSource {
             if let Some(err) = self.bus_error(pipeline) {
                 return Err(err);
             }
-            let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_nseconds(PULL_TIMEOUT.as_nanos() as u64)) else {
+            let Some(sample) =
+                sink.try_pull_sample(gst::ClockTime::from_nseconds(PULL_TIMEOUT.as_nanos() as u64))
+            else {
                 if sink.is_eos() {
                     return Ok(SourceExit::EndOfStream);
                 }
@@ -173,8 +238,13 @@ impl GstSource {
 /// `scheme://...` with a scheme as RFC 3986 defines it.
 fn has_uri_scheme(s: &str) -> bool {
     s.split_once("://").is_some_and(|(scheme, _)| {
-        scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     })
 }
 
@@ -194,9 +264,16 @@ impl FrameSource for GstSource {
         let span = tracing::info_span!("source", camera = %self.camera, uri = %uri);
         let _enter = span.enter();
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let reason = self.bus_error(&pipeline).map(|e| e.to_string()).unwrap_or_else(|| e.to_string());
+            let reason = self
+                .bus_error(&pipeline)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| e.to_string());
             let _ = pipeline.set_state(gst::State::Null);
-            return Err(IngestError::Start { camera: self.camera.clone(), uri, reason });
+            return Err(IngestError::Start {
+                camera: self.camera.clone(),
+                uri,
+                reason,
+            });
         }
         tracing::info!("stream started");
         let result = self.pump(&pipeline, &sink, out, stop);
@@ -216,8 +293,14 @@ mod tests {
     #[test]
     fn paths_become_file_uris_and_uris_stay() {
         let cam = CameraId::new("c");
-        assert_eq!(GstSource::resolve_uri(&cam, "rtsp://10.0.0.1/stream").unwrap(), "rtsp://10.0.0.1/stream");
-        assert_eq!(GstSource::resolve_uri(&cam, "/tmp/a b.avi").unwrap(), "file:///tmp/a%20b.avi");
+        assert_eq!(
+            GstSource::resolve_uri(&cam, "rtsp://10.0.0.1/stream").unwrap(),
+            "rtsp://10.0.0.1/stream"
+        );
+        assert_eq!(
+            GstSource::resolve_uri(&cam, "/tmp/a b.avi").unwrap(),
+            "file:///tmp/a%20b.avi"
+        );
         assert!(!has_uri_scheme("C:/video.avi"));
     }
 }

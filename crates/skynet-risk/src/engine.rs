@@ -36,16 +36,26 @@ pub struct LevelThresholds {
 
 impl Default for LevelThresholds {
     fn default() -> Self {
-        Self { iv: 0.25, iii: 0.5, ii: 0.7, i: 0.85 }
+        Self {
+            iv: 0.25,
+            iii: 0.5,
+            ii: 0.7,
+            i: 0.85,
+        }
     }
 }
 
 impl LevelThresholds {
     pub fn level(&self, score: f32) -> Option<RiskLevel> {
-        [(self.i, RiskLevel::I), (self.ii, RiskLevel::II), (self.iii, RiskLevel::III), (self.iv, RiskLevel::IV)]
-            .into_iter()
-            .find(|(t, _)| score >= *t)
-            .map(|(_, l)| l)
+        [
+            (self.i, RiskLevel::I),
+            (self.ii, RiskLevel::II),
+            (self.iii, RiskLevel::III),
+            (self.iv, RiskLevel::IV),
+        ]
+        .into_iter()
+        .find(|(t, _)| score >= *t)
+        .map(|(_, l)| l)
     }
 
     /// Thresholds must rise strictly from IV to I, within (0, 1].
@@ -55,7 +65,10 @@ impl LevelThresholds {
             return Err("level thresholds must be within (0, 1]".into());
         }
         if t.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!("level thresholds must rise from IV to I, got iv={} iii={} ii={} i={}", t[0], t[1], t[2], t[3]));
+            return Err(format!(
+                "level thresholds must rise from IV to I, got iv={} iii={} ii={} i={}",
+                t[0], t[1], t[2], t[3]
+            ));
         }
         Ok(())
     }
@@ -120,12 +133,19 @@ pub struct GridRiskEngine {
 
 impl GridRiskEngine {
     pub fn new(config: RiskConfig) -> Self {
-        Self { config, cells: BTreeMap::new(), open: BTreeMap::new() }
+        Self {
+            config,
+            cells: BTreeMap::new(),
+            open: BTreeMap::new(),
+        }
     }
 
     /// A cell's current score and level, decayed to `now`.
     pub fn cell_risk(&self, grid: &GridId, now: DateTime<Utc>) -> (f32, Option<RiskLevel>) {
-        let score = self.cells.get(grid).map_or(0.0, |c| c.decayed(now, self.config.half_life));
+        let score = self
+            .cells
+            .get(grid)
+            .map_or(0.0, |c| c.decayed(now, self.config.half_life));
         (score, self.config.thresholds.level(score))
     }
 
@@ -135,7 +155,10 @@ impl GridRiskEngine {
 
     fn raise(&mut self, grid: &GridId, weight: f32, at: DateTime<Utc>) -> f32 {
         let half_life = self.config.half_life;
-        let cell = self.cells.entry(grid.clone()).or_insert(CellRisk { score: 0.0, at });
+        let cell = self
+            .cells
+            .entry(grid.clone())
+            .or_insert(CellRisk { score: 0.0, at });
         let now = at.max(cell.at);
         let decayed = cell.decayed(now, half_life);
         let score = 1.0 - (1.0 - decayed) * (1.0 - weight.clamp(0.0, 1.0));
@@ -154,7 +177,9 @@ impl GridRiskEngine {
 impl RiskEngine for GridRiskEngine {
     fn observe(&mut self, obs: &Observation) -> Vec<Incident> {
         let score = self.raise(&obs.grid, obs.weight, obs.at);
-        let Some(level) = self.config.thresholds.level(score) else { return Vec::new() };
+        let Some(level) = self.config.thresholds.level(score) else {
+            return Vec::new();
+        };
         let key: IncidentKey = (obs.grid.clone(), obs.camera.clone(), obs.rule.name.clone());
         let mut detections = obs.detections.clone();
         detections.truncate(self.config.max_detections);
@@ -178,7 +203,14 @@ impl RiskEngine for GridRiskEngine {
         if level < self.config.open_at {
             return Vec::new();
         }
-        let name = format!("{}/{}/{}/{}/{}", self.config.node, obs.grid, obs.camera, obs.rule.name, obs.at.timestamp_millis());
+        let name = format!(
+            "{}/{}/{}/{}/{}",
+            self.config.node,
+            obs.grid,
+            obs.camera,
+            obs.rule.name,
+            obs.at.timestamp_millis()
+        );
         let incident = Incident {
             id: Uuid::new_v5(&INCIDENT_NAMESPACE, name.as_bytes()).to_string(),
             revision: 1,
@@ -197,15 +229,25 @@ impl RiskEngine for GridRiskEngine {
             rule: obs.rule.clone(),
         };
         tracing::info!(incident = %incident.id, grid = %obs.grid, camera = %obs.camera, level = %level, "incident opened");
-        self.open.insert(key, OpenIncident { incident: incident.clone(), changed_since_emit: false });
+        self.open.insert(
+            key,
+            OpenIncident {
+                incident: incident.clone(),
+                changed_since_emit: false,
+            },
+        );
         metrics::gauge!("skynet_incidents_open").set(self.open.len() as f64);
         vec![incident]
     }
 
     fn advance(&mut self, now: DateTime<Utc>) -> Vec<Incident> {
         let close_after = self.config.close_after;
-        let quiet: Vec<IncidentKey> =
-            self.open.iter().filter(|(_, o)| now - o.incident.last_seen >= close_after).map(|(k, _)| k.clone()).collect();
+        let quiet: Vec<IncidentKey> = self
+            .open
+            .iter()
+            .filter(|(_, o)| now - o.incident.last_seen >= close_after)
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut closed = Vec::with_capacity(quiet.len());
         for key in quiet {
             if let Some(mut open) = self.open.remove(&key) {
@@ -244,7 +286,11 @@ mod tests {
             grid: GridId::new("G1"),
             owner: OwnerKind::Police,
             category: "intrusion".into(),
-            rule: RuleRef { name: "r".into(), kind: "zone_intrusion".into(), zone: Some("z".into()) },
+            rule: RuleRef {
+                name: "r".into(),
+                kind: "zone_intrusion".into(),
+                zone: Some("z".into()),
+            },
             at: DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(secs),
             weight,
             detections: Vec::new(),
@@ -256,14 +302,31 @@ mod tests {
         let mut engine = GridRiskEngine::new(RiskConfig::default());
         let opened = engine.observe(&obs(0, 0.3));
         assert_eq!(opened.len(), 1);
-        assert_eq!((opened[0].status, opened[0].level, opened[0].revision), (IncidentStatus::Opened, RiskLevel::IV, 1));
+        assert_eq!(
+            (opened[0].status, opened[0].level, opened[0].revision),
+            (IncidentStatus::Opened, RiskLevel::IV, 1)
+        );
         // 1 - 0.7^2 = 0.51: level III.
         let escalated = engine.observe(&obs(0, 0.3));
-        assert_eq!((escalated[0].status, escalated[0].level, escalated[0].revision), (IncidentStatus::Escalated, RiskLevel::III, 2));
+        assert_eq!(
+            (
+                escalated[0].status,
+                escalated[0].level,
+                escalated[0].revision
+            ),
+            (IncidentStatus::Escalated, RiskLevel::III, 2)
+        );
         assert_eq!(escalated[0].id, opened[0].id);
-        assert!(engine.advance(DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60)).is_empty());
+        assert!(
+            engine
+                .advance(DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60))
+                .is_empty()
+        );
         let closed = engine.advance(DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(120));
-        assert_eq!((closed[0].status, closed[0].revision), (IncidentStatus::Closed, 3));
+        assert_eq!(
+            (closed[0].status, closed[0].revision),
+            (IncidentStatus::Closed, 3)
+        );
         assert_eq!(engine.open_incidents(), 0);
     }
 
@@ -271,7 +334,10 @@ mod tests {
     fn risk_decays_with_half_life_and_weak_evidence_opens_nothing() {
         let mut engine = GridRiskEngine::new(RiskConfig::default());
         assert!(engine.observe(&obs(0, 0.2)).is_empty());
-        let (score, level) = engine.cell_risk(&GridId::new("G1"), DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60));
+        let (score, level) = engine.cell_risk(
+            &GridId::new("G1"),
+            DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60),
+        );
         assert!((score - 0.1).abs() < 1e-4, "{score}");
         assert_eq!(level, None);
     }
@@ -284,13 +350,25 @@ mod tests {
         assert!(a.flush().is_empty());
         assert!(a.observe(&obs(6, 0.1)).is_empty());
         let updated = a.flush();
-        assert_eq!((updated[0].status, updated[0].observations), (IncidentStatus::Updated, 2));
+        assert_eq!(
+            (updated[0].status, updated[0].observations),
+            (IncidentStatus::Updated, 2)
+        );
         assert!(a.flush().is_empty());
     }
 
     #[test]
     fn thresholds_must_rise() {
         assert!(LevelThresholds::default().validate().is_ok());
-        assert!(LevelThresholds { iv: 0.5, iii: 0.4, ii: 0.7, i: 0.9 }.validate().is_err());
+        assert!(
+            LevelThresholds {
+                iv: 0.5,
+                iii: 0.4,
+                ii: 0.7,
+                i: 0.9
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

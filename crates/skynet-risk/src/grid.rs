@@ -17,9 +17,18 @@ pub enum GridError {
         source: std::io::Error,
     },
     #[error("grid file {path}:{line}:{column}: {reason}")]
-    Json { path: PathBuf, line: usize, column: usize, reason: String },
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
     #[error("grid file {path}: feature {index}: {reason}")]
-    Feature { path: PathBuf, index: usize, reason: String },
+    Feature {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +52,10 @@ pub struct GridMap {
 
 impl GridMap {
     pub fn load(path: &Path) -> Result<Self, GridError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| GridError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -54,25 +66,50 @@ impl GridMap {
             column: e.column(),
             reason: e.to_string(),
         })?;
-        let top_err = |reason: &str| GridError::Json { path: path.to_path_buf(), line: 1, column: 1, reason: reason.to_string() };
+        let top_err = |reason: &str| GridError::Json {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            reason: reason.to_string(),
+        };
         if value.get("type").and_then(Value::as_str) != Some("FeatureCollection") {
             return Err(top_err("expected a GeoJSON FeatureCollection"));
         }
-        let features = value.get("features").and_then(Value::as_array).ok_or_else(|| top_err("`features` must be an array"))?;
+        let features = value
+            .get("features")
+            .and_then(Value::as_array)
+            .ok_or_else(|| top_err("`features` must be an array"))?;
         let mut grids: Vec<Grid> = Vec::with_capacity(features.len());
         for (index, feature) in features.iter().enumerate() {
-            let bad = |reason: String| GridError::Feature { path: path.to_path_buf(), index, reason };
+            let bad = |reason: String| GridError::Feature {
+                path: path.to_path_buf(),
+                index,
+                reason,
+            };
             let id = feature
                 .pointer("/properties/id")
-                .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string())))
+                .and_then(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
                 .ok_or_else(|| bad("needs a string `properties.id`".into()))?;
             if grids.iter().any(|g| g.id.as_str() == id) {
                 return Err(bad(format!("grid id `{id}` appears twice")));
             }
-            let name = feature.pointer("/properties/name").and_then(Value::as_str).map(str::to_string);
-            let geometry = feature.get("geometry").ok_or_else(|| bad("has no geometry".into()))?;
+            let name = feature
+                .pointer("/properties/name")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let geometry = feature
+                .get("geometry")
+                .ok_or_else(|| bad("has no geometry".into()))?;
             let rings = outer_rings(geometry).map_err(|r| bad(format!("grid `{id}`: {r}")))?;
-            grids.push(Grid { id: GridId::new(id), name, rings });
+            grids.push(Grid {
+                id: GridId::new(id),
+                name,
+                rings,
+            });
         }
         Ok(Self { grids })
     }
@@ -97,25 +134,50 @@ impl GridMap {
 
 fn outer_rings(geometry: &Value) -> Result<Vec<Vec<(f64, f64)>>, String> {
     let kind = geometry.get("type").and_then(Value::as_str).unwrap_or("");
-    let coords = geometry.get("coordinates").ok_or("geometry has no coordinates")?;
+    let coords = geometry
+        .get("coordinates")
+        .ok_or("geometry has no coordinates")?;
     let polygons: Vec<&Value> = match kind {
         "Polygon" => vec![coords],
-        "MultiPolygon" => coords.as_array().ok_or("MultiPolygon coordinates must be an array")?.iter().collect(),
-        other => return Err(format!("geometry type `{other}` is not a Polygon or MultiPolygon")),
+        "MultiPolygon" => coords
+            .as_array()
+            .ok_or("MultiPolygon coordinates must be an array")?
+            .iter()
+            .collect(),
+        other => {
+            return Err(format!(
+                "geometry type `{other}` is not a Polygon or MultiPolygon"
+            ));
+        }
     };
     polygons
         .into_iter()
         .map(|polygon| {
-            let outer = polygon.get(0).and_then(Value::as_array).ok_or("a polygon needs an outer ring")?;
+            let outer = polygon
+                .get(0)
+                .and_then(Value::as_array)
+                .ok_or("a polygon needs an outer ring")?;
             let ring: Vec<(f64, f64)> = outer
                 .iter()
-                .map(|p| match (p.get(0).and_then(Value::as_f64), p.get(1).and_then(Value::as_f64)) {
-                    (Some(lon), Some(lat)) if (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat) => Ok((lon, lat)),
-                    _ => Err(format!("position {p} is not [longitude, latitude]")),
+                .map(|p| {
+                    match (
+                        p.get(0).and_then(Value::as_f64),
+                        p.get(1).and_then(Value::as_f64),
+                    ) {
+                        (Some(lon), Some(lat))
+                            if (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat) =>
+                        {
+                            Ok((lon, lat))
+                        }
+                        _ => Err(format!("position {p} is not [longitude, latitude]")),
+                    }
                 })
                 .collect::<Result<_, _>>()?;
             if ring.len() < 4 {
-                return Err(format!("a ring needs at least 4 positions (closed), got {}", ring.len()));
+                return Err(format!(
+                    "a ring needs at least 4 positions (closed), got {}",
+                    ring.len()
+                ));
             }
             Ok(ring)
         })
@@ -157,10 +219,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_place() {
-        let err = GridMap::parse(Path::new("t.geojson"), "{\n  \"type\": ").unwrap_err().to_string();
+        let err = GridMap::parse(Path::new("t.geojson"), "{\n  \"type\": ")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("grid file t.geojson:2:"), "{err}");
         let no_id = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":null}]}"#;
-        let err = GridMap::parse(Path::new("t.geojson"), no_id).unwrap_err().to_string();
-        assert!(err.contains("feature 0") && err.contains("properties.id"), "{err}");
+        let err = GridMap::parse(Path::new("t.geojson"), no_id)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("feature 0") && err.contains("properties.id"),
+            "{err}"
+        );
     }
 }

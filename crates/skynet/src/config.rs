@@ -26,7 +26,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 // ---- The file as written -------------------------------------------------------------
@@ -58,12 +63,18 @@ struct NodeSection {
 
 impl Default for NodeSection {
     fn default() -> Self {
-        Self { name: default_node_name() }
+        Self {
+            name: default_node_name(),
+        }
     }
 }
 
 fn default_node_name() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "skynet".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skynet".into())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +146,12 @@ struct RiskSection {
 
 impl Default for RiskSection {
     fn default() -> Self {
-        Self { half_life_s: default_half_life(), close_after_s: default_close_after(), open_at: default_open_at(), levels: None }
+        Self {
+            half_life_s: default_half_life(),
+            close_after_s: default_close_after(),
+            open_at: default_open_at(),
+            levels: None,
+        }
     }
 }
 
@@ -167,7 +183,9 @@ struct OutboxSection {
 
 impl Default for OutboxSection {
     fn default() -> Self {
-        Self { path: default_outbox_path() }
+        Self {
+            path: default_outbox_path(),
+        }
     }
 }
 
@@ -304,7 +322,8 @@ pub struct CameraSpec {
 impl CameraSpec {
     /// Live streams lose stale frames under overload; files replayed as fast as possible wait.
     pub fn is_live(&self) -> bool {
-        self.realtime || !(self.uri.starts_with("file://") || !self.uri.contains("://"))
+        let is_file = self.uri.starts_with("file://") || !self.uri.contains("://");
+        self.realtime || !is_file
     }
 }
 
@@ -333,20 +352,33 @@ impl Locator<'_> {
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        ConfigError::Invalid { path: self.path.to_path_buf(), line, column, message: message.into() }
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// Resolves a path-like value: `${VAR}` expanded, then relative to the config file.
     fn path(&self, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
-        let expanded = paths::expand_vars(value.get_ref()).map_err(|m| self.error(value.span(), m))?;
+        let expanded =
+            paths::expand_vars(value.get_ref()).map_err(|m| self.error(value.span(), m))?;
         let p = PathBuf::from(expanded);
-        Ok(if p.is_absolute() { p } else { self.path.parent().unwrap_or(Path::new(".")).join(p) })
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        })
     }
 }
 
 impl PipelineConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -367,19 +399,22 @@ impl PipelineConfig {
 fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, ConfigError> {
     let metrics_listen = match &file.metrics.listen {
         None => None,
-        Some(listen) => Some(
-            listen
-                .get_ref()
-                .parse::<SocketAddr>()
-                .map_err(|e| at.error(listen.span(), format!("`listen` must be host:port, like 127.0.0.1:9464: {e}")))?,
-        ),
+        Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+            at.error(
+                listen.span(),
+                format!("`listen` must be host:port, like 127.0.0.1:9464: {e}"),
+            )
+        })?),
     };
 
     let d = &file.detect;
     let model = Arc::new(load_model(at, &d.model)?);
     for (name, value) in [("threshold", &d.threshold), ("nms_iou", &d.nms_iou)] {
         if !(0.0..=1.0).contains(value.get_ref()) {
-            return Err(at.error(value.span(), format!("`{name}` must be between 0 and 1, got {}", value.get_ref())));
+            return Err(at.error(
+                value.span(),
+                format!("`{name}` must be between 0 and 1, got {}", value.get_ref()),
+            ));
         }
     }
     for (name, value) in [("workers", &d.workers), ("queue", &d.queue)] {
@@ -397,7 +432,8 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
     };
 
     let grids_path = at.path(&file.grids.file)?;
-    let grids = GridMap::load(&grids_path).map_err(|e| at.error(file.grids.file.span(), e.to_string()))?;
+    let grids =
+        GridMap::load(&grids_path).map_err(|e| at.error(file.grids.file.span(), e.to_string()))?;
 
     let risk = validate_risk(at, &file.risk, &file.node.name)?;
     let outbox = at.path(&file.outbox.path)?;
@@ -410,7 +446,10 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
     for camera in &file.cameras {
         let spec = validate_camera(at, camera, &grids, model.as_ref())?;
         if cameras.iter().any(|c| c.id == spec.id) {
-            return Err(at.error(camera.id.span(), format!("camera id `{}` is used twice", spec.id)));
+            return Err(at.error(
+                camera.id.span(),
+                format!("camera id `{}` is used twice", spec.id),
+            ));
         }
         cameras.push(spec);
     }
@@ -438,35 +477,66 @@ fn load_model(at: &Locator<'_>, model: &Spanned<String>) -> Result<ModelManifest
         at.path(model)?
     } else {
         let config_dir = at.path.parent().unwrap_or(Path::new("."));
-        let dirs = [config_dir.join("../models"), config_dir.join("models"), paths::data_dir().join("models")];
+        let dirs = [
+            config_dir.join("../models"),
+            config_dir.join("models"),
+            paths::data_dir().join("models"),
+        ];
         let file = format!("{value}.toml");
         match dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
             Some(p) => p,
             None => {
-                let looked = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(at.error(model.span(), format!("unknown model `{value}`: no manifest {file} in {looked}")));
+                let looked = dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(at.error(
+                    model.span(),
+                    format!("unknown model `{value}`: no manifest {file} in {looked}"),
+                ));
             }
         }
     };
     if !manifest_path.is_file() {
-        return Err(at.error(model.span(), format!("unknown model: manifest {} does not exist", manifest_path.display())));
+        return Err(at.error(
+            model.span(),
+            format!(
+                "unknown model: manifest {} does not exist",
+                manifest_path.display()
+            ),
+        ));
     }
     ModelManifest::load(&manifest_path).map_err(|e| at.error(model.span(), e.to_string()))
 }
 
-fn validate_risk(at: &Locator<'_>, risk: &RiskSection, node: &str) -> Result<RiskConfig, ConfigError> {
+fn validate_risk(
+    at: &Locator<'_>,
+    risk: &RiskSection,
+    node: &str,
+) -> Result<RiskConfig, ConfigError> {
     let seconds = |v: &Spanned<f64>, name: &str| {
         if v.get_ref().is_finite() && *v.get_ref() > 0.0 {
-            Ok(chrono::Duration::milliseconds((v.get_ref() * 1000.0) as i64))
+            Ok(chrono::Duration::milliseconds(
+                (v.get_ref() * 1000.0) as i64,
+            ))
         } else {
-            Err(at.error(v.span(), format!("`{name}` must be a positive number of seconds")))
+            Err(at.error(
+                v.span(),
+                format!("`{name}` must be a positive number of seconds"),
+            ))
         }
     };
     let thresholds = match &risk.levels {
         None => LevelThresholds::default(),
         Some(levels) => {
             let l = levels.get_ref();
-            let t = LevelThresholds { iv: l.iv, iii: l.iii, ii: l.ii, i: l.i };
+            let t = LevelThresholds {
+                iv: l.iv,
+                iii: l.iii,
+                ii: l.ii,
+                i: l.i,
+            };
             t.validate().map_err(|m| at.error(levels.span(), m))?;
             t
         }
@@ -491,38 +561,70 @@ fn validate_sinks(at: &Locator<'_>, sinks: &[SinkSection]) -> Result<Vec<SinkSpe
         });
         let path = match (kind, &sink.path) {
             (SinkKind::Jsonl, Some(p)) => Some(at.path(p)?),
-            (SinkKind::Jsonl, None) => return Err(at.error(sink.kind.span(), "a `jsonl` sink needs a `path`")),
-            (SinkKind::Stdout, Some(p)) => return Err(at.error(p.span(), "a `stdout` sink takes no `path`")),
+            (SinkKind::Jsonl, None) => {
+                return Err(at.error(sink.kind.span(), "a `jsonl` sink needs a `path`"));
+            }
+            (SinkKind::Stdout, Some(p)) => {
+                return Err(at.error(p.span(), "a `stdout` sink takes no `path`"));
+            }
             (SinkKind::Stdout, None) => None,
         };
         if specs.iter().any(|s| s.name == name) {
-            return Err(at.error(sink.kind.span(), format!("two sinks are named `{name}`: give each a distinct `name`")));
+            return Err(at.error(
+                sink.kind.span(),
+                format!("two sinks are named `{name}`: give each a distinct `name`"),
+            ));
         }
         specs.push(SinkSpec { kind, name, path });
     }
     Ok(specs)
 }
 
-fn validate_camera(at: &Locator<'_>, camera: &CameraSection, grids: &GridMap, model: &ModelManifest) -> Result<CameraSpec, ConfigError> {
+fn validate_camera(
+    at: &Locator<'_>,
+    camera: &CameraSection,
+    grids: &GridMap,
+    model: &ModelManifest,
+) -> Result<CameraSpec, ConfigError> {
     let id = camera.id.get_ref().trim();
     if id.is_empty() || id.contains(char::is_whitespace) {
-        return Err(at.error(camera.id.span(), "camera `id` must be non-empty, without spaces"));
+        return Err(at.error(
+            camera.id.span(),
+            "camera `id` must be non-empty, without spaces",
+        ));
     }
     let grid = match (&camera.grid, &camera.location) {
         (Some(grid), _) => match grids.get(grid.get_ref()) {
             Some(g) => g.id.clone(),
             None => {
-                return Err(at.error(grid.span(), format!("unknown grid `{}`; the grid file has: {}", grid.get_ref(), grids.ids().join(", "))));
+                return Err(at.error(
+                    grid.span(),
+                    format!(
+                        "unknown grid `{}`; the grid file has: {}",
+                        grid.get_ref(),
+                        grids.ids().join(", ")
+                    ),
+                ));
             }
         },
         (None, Some(location)) => {
             let [lon, lat] = *location.get_ref();
             match grids.locate(lon, lat) {
                 Some(g) => g.id.clone(),
-                None => return Err(at.error(location.span(), format!("location [{lon}, {lat}] is outside every grid cell"))),
+                None => {
+                    return Err(at.error(
+                        location.span(),
+                        format!("location [{lon}, {lat}] is outside every grid cell"),
+                    ));
+                }
             }
         }
-        (None, None) => return Err(at.error(camera.id.span(), format!("camera `{id}` needs a `grid` or a `location`"))),
+        (None, None) => {
+            return Err(at.error(
+                camera.id.span(),
+                format!("camera `{id}` needs a `grid` or a `location`"),
+            ));
+        }
     };
     let uri = if camera.uri.get_ref().contains("://") {
         paths::expand_vars(camera.uri.get_ref()).map_err(|m| at.error(camera.uri.span(), m))?
@@ -532,10 +634,17 @@ fn validate_camera(at: &Locator<'_>, camera: &CameraSection, grids: &GridMap, mo
 
     let mut zones: Vec<Zone> = Vec::new();
     for zone in &camera.zones {
-        let z = Zone::new(zone.name.get_ref(), zone.polygon.get_ref())
-            .map_err(|e| at.error(zone.polygon.span(), format!("invalid polygon for zone `{}`: {e}", zone.name.get_ref())))?;
+        let z = Zone::new(zone.name.get_ref(), zone.polygon.get_ref()).map_err(|e| {
+            at.error(
+                zone.polygon.span(),
+                format!("invalid polygon for zone `{}`: {e}", zone.name.get_ref()),
+            )
+        })?;
         if zones.iter().any(|other| other.name == z.name) {
-            return Err(at.error(zone.name.span(), format!("zone `{}` is defined twice on camera `{id}`", z.name)));
+            return Err(at.error(
+                zone.name.span(),
+                format!("zone `{}` is defined twice on camera `{id}`", z.name),
+            ));
         }
         zones.push(z);
     }
@@ -544,14 +653,35 @@ fn validate_camera(at: &Locator<'_>, camera: &CameraSection, grids: &GridMap, mo
     for rule in &camera.rules {
         let Some(zone) = zones.iter().find(|z| z.name == *rule.zone.get_ref()) else {
             let known: Vec<&str> = zones.iter().map(|z| z.name.as_str()).collect();
-            return Err(at.error(rule.zone.span(), format!("unknown zone `{}`; camera `{id}` has: {}", rule.zone.get_ref(), known.join(", "))));
+            return Err(at.error(
+                rule.zone.span(),
+                format!(
+                    "unknown zone `{}`; camera `{id}` has: {}",
+                    rule.zone.get_ref(),
+                    known.join(", ")
+                ),
+            ));
         };
-        if let Some(unknown) = rule.labels.get_ref().iter().find(|l| !model.labels.contains(l)) {
-            return Err(at.error(rule.labels.span(), format!("label `{unknown}` is not one model `{}` detects", model.model.name)));
+        if let Some(unknown) = rule
+            .labels
+            .get_ref()
+            .iter()
+            .find(|l| !model.labels.contains(l))
+        {
+            return Err(at.error(
+                rule.labels.span(),
+                format!(
+                    "label `{unknown}` is not one model `{}` detects",
+                    model.model.name
+                ),
+            ));
         }
         let weight = *rule.weight.get_ref();
         if !(weight > 0.0 && weight <= 1.0) {
-            return Err(at.error(rule.weight.span(), format!("`weight` must be in (0, 1], got {weight}")));
+            return Err(at.error(
+                rule.weight.span(),
+                format!("`weight` must be in (0, 1], got {weight}"),
+            ));
         }
         rules.push(RuleSpec {
             name: rule.name.get_ref().clone(),

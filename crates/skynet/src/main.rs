@@ -8,10 +8,16 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use skynet::{PipelineConfig, RunOptions, paths, pipeline};
 use skynet_core::{PixelOrder, Shutdown};
-use skynet_detect::{Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime};
+use skynet_detect::{
+    Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime,
+};
 
 #[derive(Parser)]
-#[command(name = "skynet", version, about = "Real-time video and sensor fusion: cameras and sensors in, grid risk and incidents out.")]
+#[command(
+    name = "skynet",
+    version,
+    about = "Real-time video and sensor fusion: cameras and sensors in, grid risk and incidents out."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +62,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, until_eof } => run(&config, until_eof),
-        Command::Detect { model, threshold, nms_iou, onnxruntime, images } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
+        Command::Detect {
+            model,
+            threshold,
+            nms_iou,
+            onnxruntime,
+            images,
+        } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
         Command::Check { config } => check(&config),
     };
     match result {
@@ -71,8 +83,13 @@ fn main() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Logs go to stderr: stdout carries incidents and detections as JSON.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn check(config: &Path) -> Result<ExitCode> {
@@ -90,15 +107,23 @@ fn check(config: &Path) -> Result<ExitCode> {
 
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
-    skynet_serve::install_metrics(config.metrics_listen).context("starting the metrics endpoint")?;
+    skynet_serve::install_metrics(config.metrics_listen)
+        .context("starting the metrics endpoint")?;
     let shutdown = Shutdown::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, shutdown.flag()).context("installing signal handlers")?;
-        signal_hook::flag::register(signal, shutdown.flag()).context("installing signal handlers")?;
+        signal_hook::flag::register_conditional_shutdown(signal, 130, shutdown.flag())
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, shutdown.flag())
+            .context("installing signal handlers")?;
     }
     tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), "starting");
-    let summary = pipeline::run(&config, RunOptions { shutdown: shutdown.clone() })?;
+    let summary = pipeline::run(
+        &config,
+        RunOptions {
+            shutdown: shutdown.clone(),
+        },
+    )?;
     tracing::info!(
         decoded = summary.frames_decoded,
         analysed = summary.frames_analysed,
@@ -118,16 +143,32 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     if summary.failed_cameras.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        let ids: Vec<String> = summary.failed_cameras.iter().map(ToString::to_string).collect();
+        let ids: Vec<String> = summary
+            .failed_cameras
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         eprintln!("error: camera(s) failed: {}", ids.join(", "));
         Ok(ExitCode::from(1))
     }
 }
 
-fn detect(model: &Path, threshold: f32, nms_iou: f32, onnxruntime: Option<&Path>, images: &[PathBuf]) -> Result<ExitCode> {
+fn detect(
+    model: &Path,
+    threshold: f32,
+    nms_iou: f32,
+    onnxruntime: Option<&Path>,
+    images: &[PathBuf],
+) -> Result<ExitCode> {
     let runtime = OnnxRuntime::init(onnxruntime, &[paths::data_dir()])?;
     let manifest = Arc::new(ModelManifest::load(model)?);
-    let options = DetectorOptions { threshold, nms_iou, intra_threads: 2, weight_dirs: vec![paths::data_dir().join("models")], ..DetectorOptions::default() };
+    let options = DetectorOptions {
+        threshold,
+        nms_iou,
+        intra_threads: 2,
+        weight_dirs: vec![paths::data_dir().join("models")],
+        ..DetectorOptions::default()
+    };
     let mut detector = OnnxDetector::new(&runtime, manifest, options)?;
     let mut failed = false;
     for path in images {
@@ -146,5 +187,9 @@ fn detect(model: &Path, threshold: f32, nms_iou: f32, onnxruntime: Option<&Path>
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -13,7 +13,9 @@ pub fn data_dir() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(xdg).join("skynet");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/skynet")
 }
 
@@ -52,7 +54,11 @@ mod tests {
             assert_eq!(expand_vars("${HOME}/x").unwrap(), format!("{home}/x"));
         }
         assert!(expand_vars("${SKYNET_DATA_DIR}/m").unwrap().ends_with("/m"));
-        assert!(expand_vars("${SKYNET_SURELY_UNSET_VAR}").unwrap_err().contains("SKYNET_SURELY_UNSET_VAR"));
+        assert!(
+            expand_vars("${SKYNET_SURELY_UNSET_VAR}")
+                .unwrap_err()
+                .contains("SKYNET_SURELY_UNSET_VAR")
+        );
         assert_eq!(expand_vars("plain").unwrap(), "plain");
     }
 }

@@ -19,9 +19,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Select};
 use skynet_core::{
-    AnalysedFrame, CameraId, Frame, Incident, OverloadPolicy, QueueClosed, Shutdown, StageQueue, recv_or_closed, stage_queue,
+    AnalysedFrame, CameraId, Frame, Incident, OverloadPolicy, QueueClosed, Shutdown, StageQueue,
+    recv_or_closed, stage_queue,
 };
-use skynet_detect::{CameraRules, DetectError, Detector, ImageView, OnnxDetector, OnnxRuntime, ZoneIntrusionRule};
+use skynet_detect::{
+    CameraRules, DetectError, Detector, ImageView, OnnxDetector, OnnxRuntime, ZoneIntrusionRule,
+};
 use skynet_emit::{EmitError, IncidentSink, JsonLinesSink, Outbox, Relay, StdoutSink};
 use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
 use skynet_risk::{GridRiskEngine, RiskEngine};
@@ -98,58 +101,104 @@ fn prepare(config: &PipelineConfig) -> Result<Prepared, PipelineError> {
             }
         })
         .collect();
-    Ok(Prepared { detectors, relay: Relay::new(&config.node, outbox, sinks) })
+    Ok(Prepared {
+        detectors,
+        relay: Relay::new(&config.node, outbox, sinks),
+    })
 }
 
 /// Runs until every source has ended or `options.shutdown` is triggered, then drains.
 pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, PipelineError> {
     let started = std::time::Instant::now();
     let Prepared { detectors, relay } = prepare(config)?;
-    skynet_ingest::init().map_err(|e| PipelineError::Spawn { stage: "ingest".into(), source: std::io::Error::other(e.to_string()) })?;
+    skynet_ingest::init().map_err(|e| PipelineError::Spawn {
+        stage: "ingest".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let counters = Arc::new(Counters::default());
     let shutdown = options.shutdown;
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|source| PipelineError::Spawn { stage: name, source })
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(f)
+            .map_err(|source| PipelineError::Spawn {
+                stage: name,
+                source,
+            })
     };
 
     // Emit: the outbox owns incidents from here on.
-    let (incident_queue, incidents_rx) = stage_queue::<Incident>("incidents", "risk", 64, OverloadPolicy::Block);
-    let emit = spawn("emit".into(), Box::new(move || emit_stage(relay, incidents_rx)))?;
+    let (incident_queue, incidents_rx) =
+        stage_queue::<Incident>("incidents", "risk", 64, OverloadPolicy::Block);
+    let emit = spawn(
+        "emit".into(),
+        Box::new(move || emit_stage(relay, incidents_rx)),
+    )?;
 
     // Rules and risk: one thread, so every camera's frames are seen in order.
-    let (analysed_queue, analysed_rx) = stage_queue::<AnalysedFrame>("analysed", "detect", 64, OverloadPolicy::Block);
+    let (analysed_queue, analysed_rx) =
+        stage_queue::<AnalysedFrame>("analysed", "detect", 64, OverloadPolicy::Block);
     let camera_rules: Vec<CameraRules> = config.cameras.iter().map(build_rules).collect();
     let engine = GridRiskEngine::new(config.risk.clone());
     let workers = detectors.len();
     let risk = spawn("rules-risk".into(), {
         let counters = Arc::clone(&counters);
-        Box::new(move || rules_and_risk_stage(camera_rules, engine, analysed_rx, incident_queue, workers, &counters))
+        Box::new(move || {
+            rules_and_risk_stage(
+                camera_rules,
+                engine,
+                analysed_rx,
+                incident_queue,
+                workers,
+                &counters,
+            )
+        })
     })?;
 
     // Sources: one thread and one queue per camera.
     let mut frame_receivers = Vec::new();
     let mut sources: Vec<(CameraId, JoinHandle<bool>)> = Vec::new();
     for camera in &config.cameras {
-        let policy = if camera.is_live() { OverloadPolicy::DropOldest } else { OverloadPolicy::Block };
-        let (queue, rx) = stage_queue::<Frame>("frames", camera.id.to_string(), config.queue, policy);
+        let policy = if camera.is_live() {
+            OverloadPolicy::DropOldest
+        } else {
+            OverloadPolicy::Block
+        };
+        let (queue, rx) =
+            stage_queue::<Frame>("frames", camera.id.to_string(), config.queue, policy);
         frame_receivers.push(rx);
         let mut source = GstSource::new(
             camera.id.clone(),
-            GstSourceOptions { uri: camera.uri.clone(), max_frames: camera.max_frames, realtime: camera.realtime, convert_threads: 1 },
+            GstSourceOptions {
+                uri: camera.uri.clone(),
+                max_frames: camera.max_frames,
+                realtime: camera.realtime,
+                convert_threads: 1,
+            },
         );
         let (stop, counters) = (shutdown.clone(), Arc::clone(&counters));
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
             .spawn(move || source_stage(&mut source, &queue, &stop, &counters))
-            .map_err(|source| PipelineError::Spawn { stage: format!("source {}", camera.id), source })?;
+            .map_err(|source| PipelineError::Spawn {
+                stage: format!("source {}", camera.id),
+                source,
+            })?;
         sources.push((camera.id.clone(), handle));
     }
 
     // Detection: each worker serves every camera queue, fairly.
     let mut detect_handles = Vec::new();
     for (i, detector) in detectors.into_iter().enumerate() {
-        let (receivers, out, counters) = (frame_receivers.clone(), analysed_queue.clone(), Arc::clone(&counters));
-        detect_handles.push(spawn(format!("detect-{i}"), Box::new(move || detect_stage(detector, receivers, out, &counters)))?);
+        let (receivers, out, counters) = (
+            frame_receivers.clone(),
+            analysed_queue.clone(),
+            Arc::clone(&counters),
+        );
+        detect_handles.push(spawn(
+            format!("detect-{i}"),
+            Box::new(move || detect_stage(detector, receivers, out, &counters)),
+        )?);
     }
     drop((frame_receivers, analysed_queue));
 
@@ -166,10 +215,14 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     tracing::info!("all sources ended; draining the pipeline");
     for (i, handle) in detect_handles.into_iter().enumerate() {
-        handle.join().map_err(|_| PipelineError::Panicked(format!("detect-{i}")))?;
+        handle
+            .join()
+            .map_err(|_| PipelineError::Panicked(format!("detect-{i}")))?;
     }
-    risk.join().map_err(|_| PipelineError::Panicked("rules-risk".into()))?;
-    emit.join().map_err(|_| PipelineError::Panicked("emit".into()))?;
+    risk.join()
+        .map_err(|_| PipelineError::Panicked("rules-risk".into()))?;
+    emit.join()
+        .map_err(|_| PipelineError::Panicked("emit".into()))?;
 
     Ok(RunSummary {
         frames_decoded: counters.decoded.load(Ordering::Relaxed),
@@ -201,11 +254,21 @@ fn build_rules(camera: &CameraSpec) -> CameraRules {
             }
         })
         .collect();
-    CameraRules { camera: camera.id.clone(), grid: camera.grid.clone(), owner: camera.owner, rules }
+    CameraRules {
+        camera: camera.id.clone(),
+        grid: camera.grid.clone(),
+        owner: camera.owner,
+        rules,
+    }
 }
 
 /// Returns false when the camera failed.
-fn source_stage(source: &mut dyn FrameSource, queue: &StageQueue<Frame>, stop: &Shutdown, counters: &Counters) -> bool {
+fn source_stage(
+    source: &mut dyn FrameSource,
+    queue: &StageQueue<Frame>,
+    stop: &Shutdown,
+    counters: &Counters,
+) -> bool {
     let camera = source.camera().clone();
     let result = source.run(queue, stop);
     let stats = source.stats();
@@ -217,20 +280,28 @@ fn source_stage(source: &mut dyn FrameSource, queue: &StageQueue<Frame>, stop: &
             true
         }
         Err(e) => {
-            metrics::counter!("skynet_source_errors_total", "camera" => camera.to_string()).increment(1);
+            metrics::counter!("skynet_source_errors_total", "camera" => camera.to_string())
+                .increment(1);
             tracing::error!(camera = %camera, error = %e, "camera failed; the other cameras go on");
             false
         }
     }
 }
 
-fn detect_stage(mut detector: OnnxDetector, mut receivers: Vec<Receiver<Frame>>, out: StageQueue<AnalysedFrame>, counters: &Counters) {
+fn detect_stage(
+    mut detector: OnnxDetector,
+    mut receivers: Vec<Receiver<Frame>>,
+    out: StageQueue<AnalysedFrame>,
+    counters: &Counters,
+) {
     while !receivers.is_empty() {
         let mut select = Select::new();
         for rx in &receivers {
             select.recv(rx);
         }
-        let Ok(op) = select.select_timeout(POLL) else { continue };
+        let Ok(op) = select.select_timeout(POLL) else {
+            continue;
+        };
         let index = op.index();
         let frame = match op.recv(&receivers[index]) {
             Ok(frame) => frame,
@@ -242,7 +313,8 @@ fn detect_stage(mut detector: OnnxDetector, mut receivers: Vec<Receiver<Frame>>,
         };
         let span = tracing::debug_span!("detect", camera = %frame.camera, seq = frame.seq);
         let _entered = span.enter();
-        let detections = match ImageView::of_frame(&frame).and_then(|image| detector.detect(&image)) {
+        let detections = match ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
+        {
             Ok(d) => d,
             Err(e) => {
                 metrics::counter!("skynet_detect_errors_total", "camera" => frame.camera.to_string()).increment(1);
@@ -251,7 +323,8 @@ fn detect_stage(mut detector: OnnxDetector, mut receivers: Vec<Receiver<Frame>>,
             }
         };
         counters.analysed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("skynet_frames_analysed_total", "camera" => frame.camera.to_string()).increment(1);
+        metrics::counter!("skynet_frames_analysed_total", "camera" => frame.camera.to_string())
+            .increment(1);
         let analysed = AnalysedFrame {
             camera: frame.camera.clone(),
             seq: frame.seq,
@@ -316,7 +389,10 @@ fn rules_and_risk_stage(
         }
         Ok(())
     };
-    let mut apply = |frame: AnalysedFrame, engine: &mut GridRiskEngine, clock: &mut Option<DateTime<Utc>>| -> Result<(), QueueClosed> {
+    let mut apply = |frame: AnalysedFrame,
+                     engine: &mut GridRiskEngine,
+                     clock: &mut Option<DateTime<Utc>>|
+     -> Result<(), QueueClosed> {
         metrics::histogram!("skynet_frame_latency_seconds", "camera" => frame.camera.to_string())
             .record(frame.decoded_at.elapsed().as_secs_f64());
         *clock = Some(clock.map_or(frame.captured_at, |c| c.max(frame.captured_at)));
@@ -332,7 +408,10 @@ fn rules_and_risk_stage(
     loop {
         match recv_or_closed(&analysed, POLL) {
             Ok(Some(frame)) => {
-                let reorder = order.entry(frame.camera.clone()).or_insert(Reorder { next: 0, waiting: BTreeMap::new() });
+                let reorder = order.entry(frame.camera.clone()).or_insert(Reorder {
+                    next: 0,
+                    waiting: BTreeMap::new(),
+                });
                 for ready in reorder.push(frame, workers) {
                     if apply(ready, &mut engine, &mut clock).is_err() {
                         return;
@@ -424,7 +503,10 @@ mod tests {
 
     #[test]
     fn reorder_restores_order_and_skips_gaps_left_by_drops() {
-        let mut r = Reorder { next: 0, waiting: BTreeMap::new() };
+        let mut r = Reorder {
+            next: 0,
+            waiting: BTreeMap::new(),
+        };
         assert_eq!(seqs(r.push(analysed(1), 2)), Vec::<u64>::new());
         assert_eq!(seqs(r.push(analysed(0), 2)), vec![0, 1]);
         // 2 was dropped: once more than `in_flight` frames wait, skip it.

@@ -1,0 +1,211 @@
+//! The `skynet` binary as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn skynet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("skynet runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn dog_jpg() -> PathBuf {
+    [
+        skynet::paths::data_dir().join("media/dog.jpg"),
+        repo().join("../shared/media/dog.jpg"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .expect("dog.jpg: run scripts/setup.sh")
+}
+
+#[test]
+fn check_accepts_the_demo_config() {
+    let out = skynet(&["check", "--config", "configs/demo.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(
+        "ok: configs/demo.toml (1 camera(s), 1 rule(s), 3 grid cell(s), model yolox_nano)"
+    ));
+}
+
+#[test]
+fn check_rejects_a_bad_config_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let demo = std::fs::read_to_string(repo().join("configs/demo.toml")).unwrap();
+    std::fs::write(&bad, demo.replace("[grids]\nfile", "[grids]\nfiel")).unwrap();
+    let out = skynet(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:18:1: unknown field `fiel`, expected `file`",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn detect_prints_one_json_object_per_image() {
+    let dog = dog_jpg();
+    let out = skynet(&[
+        "detect",
+        "--model",
+        "models/yolox_nano.toml",
+        "--threshold",
+        "0.5",
+        dog.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["image"], dog.to_str().unwrap());
+    let labels: Vec<&str> = v["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["dog", "bicycle", "car"]);
+    assert_eq!(v["detections"][0]["box"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn detect_reports_a_bad_image_and_goes_on() {
+    let dog = dog_jpg();
+    let out = skynet(&[
+        "detect",
+        "--model",
+        "models/yolox_nano.toml",
+        "/nonexistent.jpg",
+        dog.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent.jpg"));
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_missing_onnx_runtime_says_what_to_run() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["detect", "--model", "models/yolox_nano.toml", "x.jpg"])
+        .current_dir(repo())
+        .env_remove("ORT_DYLIB_PATH")
+        .env("SKYNET_DATA_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("ONNX Runtime library not found"), "{err}");
+    assert!(
+        err.contains(
+            &empty
+                .path()
+                .join("lib/libonnxruntime.so")
+                .display()
+                .to_string()
+        ),
+        "{err}"
+    );
+    assert!(err.contains("scripts/setup.sh"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = skynet(&[
+        "detect",
+        "--onnxruntime",
+        "/opt/nowhere/libonnxruntime.so",
+        "--model",
+        "models/yolox_nano.toml",
+        "x.jpg",
+    ]);
+    assert!(
+        text(&out.stderr).contains("looked in: /opt/nowhere/libonnxruntime.so"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The demo config, with its outputs moved into `dir` and `extra` camera settings.
+fn demo_config_in(dir: &std::path::Path, extra: &str) -> PathBuf {
+    let demo = std::fs::read_to_string(repo().join("configs/demo.toml")).unwrap();
+    let config = demo
+        .replace("\"../models/", &format!("\"{}/models/", repo().display()))
+        .replace(
+            "\"demo-grids.geojson\"",
+            &format!("\"{}/configs/demo-grids.geojson\"", repo().display()),
+        )
+        .replace("listen = \"127.0.0.1:9464\"", "listen = \"127.0.0.1:0\"")
+        .replace("../var/demo/", "./")
+        .replace(
+            "uri = \"${SKYNET_DATA_DIR}/media/vtest.avi\"",
+            &format!("uri = \"${{SKYNET_DATA_DIR}}/media/vtest.avi\"\n{extra}"),
+        );
+    let path = dir.join("demo.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn run_until_eof_prints_incidents_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = demo_config_in(dir.path(), "max_frames = 120");
+    let out = skynet(&["run", "--config", path.to_str().unwrap(), "--until-eof"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout.lines().next().expect("an incident on stdout")).unwrap();
+    assert_eq!(first["type"], "skynet.incident.v1");
+    assert_eq!(first["data"]["camera"], "cam-street-01");
+    assert!(dir.path().join("outbox.sqlite").is_file());
+    let jsonl = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
+    assert_eq!(
+        jsonl, stdout,
+        "the file sink and stdout carry the same events"
+    );
+    assert!(text(&out.stderr).contains("pipeline finished"));
+}
+
+#[test]
+fn sigterm_drains_everything_in_flight_to_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    // Paced like a live camera, so it is still running when the signal comes.
+    let path = demo_config_in(dir.path(), "realtime = true");
+    let child = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("pipeline finished"), "{stderr}");
+    // Every incident revision made before the signal reached stdout, the file and the outbox.
+    let outbox = skynet_emit::Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
+    let stored = outbox.events().unwrap().len();
+    assert!(stored >= 1, "{stderr}");
+    assert_eq!(text(&out.stdout).lines().count(), stored);
+    assert_eq!(outbox.pending_count("stdout").unwrap(), 0);
+    assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
+}
