@@ -20,6 +20,6 @@ pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
 pub use error::DetectError;
 pub use manifest::ModelManifest;
 pub use preprocess::ImageView;
-pub use rules::{CameraRules, Rule, RuleHit, ZoneIntrusionRule};
+pub use rules::{CameraRules, Rule, RuleHit, ZoneIntrusionRule, ZoneIntrusionSpec};
 pub use runtime::OnnxRuntime;
 pub use zone::{Zone, ZoneError};

@@ -22,18 +22,26 @@ pub trait Rule: Send {
     fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit>;
 }
 
-/// Fires when objects of the given labels stand inside a zone for `min_frames` frames in a row;
-/// then at most once per `cooldown` while they stay.
-#[derive(Debug)]
-pub struct ZoneIntrusionRule {
+/// The settings of a [`ZoneIntrusionRule`], as the config gives them.
+#[derive(Debug, Clone)]
+pub struct ZoneIntrusionSpec {
     pub name: String,
     pub zone: Zone,
     pub labels: Vec<String>,
     pub min_score: f32,
+    /// Frames in a row with an intruder before the rule fires.
     pub min_frames: u32,
+    /// At most one hit per cooldown while intruders stay.
     pub cooldown: chrono::Duration,
     pub category: String,
     pub weight: f32,
+}
+
+/// Fires when objects of the given labels stand inside a zone for `min_frames` frames in a row;
+/// then at most once per `cooldown` while they stay.
+#[derive(Debug)]
+pub struct ZoneIntrusionRule {
+    spec: ZoneIntrusionSpec,
     streak: u32,
     last_hit: Option<DateTime<Utc>>,
 }
@@ -41,26 +49,9 @@ pub struct ZoneIntrusionRule {
 impl ZoneIntrusionRule {
     pub const KIND: &'static str = "zone_intrusion";
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: impl Into<String>,
-        zone: Zone,
-        labels: Vec<String>,
-        min_score: f32,
-        min_frames: u32,
-        cooldown: chrono::Duration,
-        category: impl Into<String>,
-        weight: f32,
-    ) -> Self {
+    pub fn new(spec: ZoneIntrusionSpec) -> Self {
         Self {
-            name: name.into(),
-            zone,
-            labels,
-            min_score,
-            min_frames: min_frames.max(1),
-            cooldown,
-            category: category.into(),
-            weight,
+            spec,
             streak: 0,
             last_hit: None,
         }
@@ -72,13 +63,13 @@ impl ZoneIntrusionRule {
             x: feet.x / frame.width.max(1) as f32,
             y: feet.y / frame.height.max(1) as f32,
         };
-        self.zone.contains(normalised)
+        self.spec.zone.contains(normalised)
     }
 }
 
 impl Rule for ZoneIntrusionRule {
     fn name(&self) -> &str {
-        &self.name
+        &self.spec.name
     }
 
     fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit> {
@@ -86,7 +77,9 @@ impl Rule for ZoneIntrusionRule {
             .detections
             .iter()
             .filter(|d| {
-                d.score >= self.min_score && self.labels.contains(&d.label) && self.inside(frame, d)
+                d.score >= self.spec.min_score
+                    && self.spec.labels.contains(&d.label)
+                    && self.inside(frame, d)
             })
             .cloned()
             .collect();
@@ -95,21 +88,22 @@ impl Rule for ZoneIntrusionRule {
             return None;
         }
         self.streak += 1;
+        let spec = &self.spec;
         let cooled = self
             .last_hit
-            .is_none_or(|t| frame.captured_at - t >= self.cooldown);
-        if self.streak < self.min_frames || !cooled {
+            .is_none_or(|t| frame.captured_at - t >= spec.cooldown);
+        if self.streak < spec.min_frames.max(1) || !cooled {
             return None;
         }
         self.last_hit = Some(frame.captured_at);
         Some(RuleHit {
             rule: RuleRef {
-                name: self.name.clone(),
+                name: spec.name.clone(),
                 kind: Self::KIND.into(),
-                zone: Some(self.zone.name.clone()),
+                zone: Some(spec.zone.name.clone()),
             },
-            category: self.category.clone(),
-            weight: self.weight,
+            category: spec.category.clone(),
+            weight: spec.weight,
             detections: intruders,
         })
     }
@@ -175,16 +169,16 @@ mod tests {
 
     fn rule() -> ZoneIntrusionRule {
         let zone = Zone::new("left", &[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]).unwrap();
-        ZoneIntrusionRule::new(
-            "r",
+        ZoneIntrusionRule::new(ZoneIntrusionSpec {
+            name: "r".into(),
             zone,
-            vec!["person".into()],
-            0.5,
-            2,
-            chrono::Duration::seconds(1),
-            "intrusion",
-            0.3,
-        )
+            labels: vec!["person".into()],
+            min_score: 0.5,
+            min_frames: 2,
+            cooldown: chrono::Duration::seconds(1),
+            category: "intrusion".into(),
+            weight: 0.3,
+        })
     }
 
     #[test]

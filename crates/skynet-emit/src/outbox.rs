@@ -189,33 +189,23 @@ impl Outbox {
 
     /// Every stored event, oldest first.
     pub fn events(&self) -> Result<Vec<CloudEvent>, EmitError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body FROM events ORDER BY seq")
-            .map_err(self.err())?;
-        let bodies = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.err())?;
-        let mut events = Vec::new();
-        for body in bodies {
-            events.push(serde_json::from_str(&body.map_err(self.err())?)?);
-        }
-        Ok(events)
+        self.json_rows("SELECT body FROM events ORDER BY seq")
     }
 
-    /// The latest revision of every incident, as JSON bodies, most recent first.
+    /// The latest revision of every incident, most recently seen first.
     pub fn incidents(&self) -> Result<Vec<skynet_core::Incident>, EmitError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body FROM incidents ORDER BY last_seen DESC")
-            .map_err(self.err())?;
+        self.json_rows("SELECT body FROM incidents ORDER BY last_seen DESC")
+    }
+
+    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, EmitError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
         let bodies = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(self.err())?;
-        let mut incidents = Vec::new();
+        let mut rows = Vec::new();
         for body in bodies {
-            incidents.push(serde_json::from_str(&body.map_err(self.err())?)?);
+            rows.push(serde_json::from_str(&body.map_err(self.err())?)?);
         }
-        Ok(incidents)
+        Ok(rows)
     }
 }

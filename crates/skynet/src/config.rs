@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use skynet_core::{CameraId, GridId, OwnerKind, RiskLevel};
-use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone};
+use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone, ZoneIntrusionSpec};
 use skynet_risk::{GridMap, LevelThresholds, RiskConfig};
 use toml::Spanned;
 
@@ -327,17 +327,10 @@ impl CameraSpec {
     }
 }
 
+/// A rule as configured; each run builds fresh rule state from it.
 #[derive(Debug, Clone)]
-pub struct RuleSpec {
-    pub name: String,
-    pub kind: RuleKind,
-    pub zone: Zone,
-    pub labels: Vec<String>,
-    pub min_score: f32,
-    pub min_frames: u32,
-    pub cooldown: chrono::Duration,
-    pub category: String,
-    pub weight: f32,
+pub enum RuleSpec {
+    ZoneIntrusion(ZoneIntrusionSpec),
 }
 
 /// Turns byte offsets into `file:line:column` errors.
@@ -683,9 +676,8 @@ fn validate_camera(
                 format!("`weight` must be in (0, 1], got {weight}"),
             ));
         }
-        rules.push(RuleSpec {
+        let spec = ZoneIntrusionSpec {
             name: rule.name.get_ref().clone(),
-            kind: rule.kind,
             zone: zone.clone(),
             labels: rule.labels.get_ref().clone(),
             min_score: rule.min_score,
@@ -693,6 +685,9 @@ fn validate_camera(
             cooldown: chrono::Duration::milliseconds((rule.cooldown_s.max(0.0) * 1000.0) as i64),
             category: rule.category.clone(),
             weight,
+        };
+        rules.push(match rule.kind {
+            RuleKind::ZoneIntrusion => RuleSpec::ZoneIntrusion(spec),
         });
     }
 

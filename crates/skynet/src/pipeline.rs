@@ -29,7 +29,7 @@ use skynet_emit::{EmitError, IncidentSink, JsonLinesSink, Outbox, Relay, StdoutS
 use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
-use crate::config::{CameraSpec, PipelineConfig, RuleKind, SinkKind};
+use crate::config::{CameraSpec, PipelineConfig, RuleSpec, SinkKind};
 use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
@@ -240,17 +240,8 @@ fn build_rules(camera: &CameraSpec) -> CameraRules {
         .rules
         .iter()
         .map(|r| -> Box<dyn skynet_detect::Rule> {
-            match r.kind {
-                RuleKind::ZoneIntrusion => Box::new(ZoneIntrusionRule::new(
-                    &r.name,
-                    r.zone.clone(),
-                    r.labels.clone(),
-                    r.min_score,
-                    r.min_frames,
-                    r.cooldown,
-                    &r.category,
-                    r.weight,
-                )),
+            match r {
+                RuleSpec::ZoneIntrusion(spec) => Box::new(ZoneIntrusionRule::new(spec.clone())),
             }
         })
         .collect();
@@ -313,6 +304,7 @@ fn detect_stage(
         };
         let span = tracing::debug_span!("detect", camera = %frame.camera, seq = frame.seq);
         let _entered = span.enter();
+        let started = std::time::Instant::now();
         let detections = match ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
         {
             Ok(d) => d,
@@ -333,7 +325,7 @@ fn detect_stage(
             width: frame.width,
             height: frame.height,
             detections,
-            inference: frame.decoded_at.elapsed(),
+            inference: started.elapsed(),
         };
         if out.send(analysed).is_err() {
             return;
