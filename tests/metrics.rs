@@ -1,0 +1,64 @@
+//! The pipeline's Prometheus metrics, rendered and served over HTTP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use skynet::{PipelineConfig, RunOptions, pipeline};
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_name_every_stage_and_are_served_over_http() {
+    let addr = free_port();
+    let handle = skynet_serve::install_metrics(Some(addr)).unwrap();
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &path,
+        common::vtest_config(dir.path(), "cam-metrics", common::WALKWAY, 60),
+    )
+    .unwrap();
+    let mut config = PipelineConfig::load(&path).unwrap();
+    config.detector.weight_dirs = common::weight_dirs();
+    let summary = pipeline::run(&config, RunOptions::default()).unwrap();
+    assert!(summary.incident_revisions >= 1, "{summary:?}");
+
+    let text = handle.render();
+    for expected in [
+        "skynet_frames_decoded_total{camera=\"cam-metrics\"} 60",
+        "skynet_frames_analysed_total{camera=\"cam-metrics\"} 60",
+        "skynet_inference_seconds_count{model=\"yolox_nano\"} 60",
+        "skynet_frame_latency_seconds_bucket{camera=\"cam-metrics\"",
+        "skynet_queue_depth{queue=\"frames\",source=\"cam-metrics\"}",
+        "skynet_observations_total{camera=\"cam-metrics\",rule=\"zone-rule\"}",
+        "skynet_grid_risk_score{grid=\"G-0102\"}",
+        "skynet_incidents_stored_total",
+        "skynet_incidents_emitted_total{sink=\"jsonl\"}",
+        "skynet_outbox_pending{sink=\"jsonl\"} 0",
+        "# HELP skynet_inference_seconds Model inference time per frame, per model.",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+
+    let response = http_get(addr, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("skynet_frames_decoded_total{camera=\"cam-metrics\"} 60"));
+}
