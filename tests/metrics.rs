@@ -47,7 +47,8 @@ fn metrics_name_every_stage_and_are_served_over_http() {
         "skynet_frames_analysed_total{camera=\"cam-metrics\"} 60",
         "skynet_inference_seconds_count{model=\"yolox_nano\"} 60",
         "skynet_frame_latency_seconds_bucket{camera=\"cam-metrics\"",
-        "skynet_queue_depth{queue=\"frames\",source=\"cam-metrics\"}",
+        // Drained at the end: the gauge follows items out, not only in.
+        "skynet_queue_depth{queue=\"frames\",source=\"cam-metrics\"} 0",
         "skynet_observations_total{camera=\"cam-metrics\",rule=\"zone-rule\"}",
         "skynet_grid_risk_score{grid=\"G-0102\"}",
         "skynet_incidents_stored_total",

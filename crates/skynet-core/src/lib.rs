@@ -15,6 +15,6 @@ pub mod vision;
 pub use geometry::{BBox, Point};
 pub use ids::{CameraId, GridId, OwnerKind};
 pub use incident::{Incident, IncidentStatus, Observation, RiskLevel, RuleRef};
-pub use queue::{OverloadPolicy, QueueClosed, StageQueue, recv_or_closed, stage_queue};
+pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use shutdown::Shutdown;
 pub use vision::{AnalysedFrame, Detection, Frame, PixelOrder};

@@ -22,23 +22,40 @@ pub struct QueueClosed;
 /// The sending side of a bounded stage queue.
 #[derive(Debug)]
 pub struct StageQueue<T> {
-    name: &'static str,
-    label: String,
     policy: OverloadPolicy,
     tx: Sender<T>,
     // A DropOldest queue evicts from the front itself. Only it holds a receiver: a blocking
     // queue must see its consumer go away, or a producer would wait forever.
     evict: Option<Receiver<T>>,
+    depth: metrics::Gauge,
+    dropped: metrics::Counter,
 }
 
 impl<T> Clone for StageQueue<T> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name,
-            label: self.label.clone(),
             policy: self.policy,
             tx: self.tx.clone(),
             evict: self.evict.clone(),
+            depth: self.depth.clone(),
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// The receiving side. It keeps the depth gauge current as items leave, so an idle queue
+/// reads 0 rather than its depth at the last send.
+#[derive(Debug)]
+pub struct StageReceiver<T> {
+    rx: Receiver<T>,
+    depth: metrics::Gauge,
+}
+
+impl<T> Clone for StageReceiver<T> {
+    fn clone(&self) -> Self {
+        Self {
+            rx: self.rx.clone(),
+            depth: self.depth.clone(),
         }
     }
 }
@@ -49,17 +66,22 @@ pub fn stage_queue<T>(
     label: impl Into<String>,
     capacity: usize,
     policy: OverloadPolicy,
-) -> (StageQueue<T>, Receiver<T>) {
+) -> (StageQueue<T>, StageReceiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    let label: String = label.into();
+    // Resolved once: the per-item cost is an atomic store, not a registry lookup.
+    let depth = metrics::gauge!("skynet_queue_depth", "queue" => name, "source" => label.clone());
+    let dropped =
+        metrics::counter!("skynet_queue_dropped_total", "queue" => name, "source" => label);
     let evict = (policy == OverloadPolicy::DropOldest).then(|| rx.clone());
-    let q = StageQueue {
-        name,
-        label: label.into(),
+    let queue = StageQueue {
         policy,
         tx,
         evict,
+        depth: depth.clone(),
+        dropped,
     };
-    (q, rx)
+    (queue, StageReceiver { rx, depth })
 }
 
 impl<T> StageQueue<T> {
@@ -72,21 +94,8 @@ impl<T> StageQueue<T> {
             }
             OverloadPolicy::DropOldest => self.send_dropping_oldest(item)?,
         };
-        self.record_depth();
+        self.depth.set(self.tx.len() as f64);
         Ok(dropped)
-    }
-
-    /// Like [`send`](Self::send) for a blocking queue, but gives up after `timeout` so the
-    /// caller can check for shutdown; returns the item back on timeout.
-    pub fn send_timeout(&self, item: T, timeout: Duration) -> Result<Result<(), T>, QueueClosed> {
-        match self.tx.send_timeout(item, timeout) {
-            Ok(()) => {
-                self.record_depth();
-                Ok(Ok(()))
-            }
-            Err(crossbeam_channel::SendTimeoutError::Timeout(item)) => Ok(Err(item)),
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => Err(QueueClosed),
-        }
     }
 
     fn send_dropping_oldest(&self, mut item: T) -> Result<usize, QueueClosed> {
@@ -103,8 +112,7 @@ impl<T> StageQueue<T> {
                     match evict.try_recv() {
                         Ok(_stale) => {
                             dropped += 1;
-                            metrics::counter!("skynet_queue_dropped_total", "queue" => self.name, "source" => self.label.clone())
-                                .increment(1);
+                            self.dropped.increment(1);
                         }
                         // A consumer took one meanwhile: there is room now.
                         Err(TryRecvError::Empty) => {}
@@ -116,11 +124,6 @@ impl<T> StageQueue<T> {
         Ok(dropped)
     }
 
-    fn record_depth(&self) {
-        metrics::gauge!("skynet_queue_depth", "queue" => self.name, "source" => self.label.clone())
-            .set(self.tx.len() as f64);
-    }
-
     pub fn len(&self) -> usize {
         self.tx.len()
     }
@@ -130,12 +133,33 @@ impl<T> StageQueue<T> {
     }
 }
 
-/// Receives with a timeout, telling apart "nothing yet" from "all senders are gone".
-pub fn recv_or_closed<T>(rx: &Receiver<T>, timeout: Duration) -> Result<Option<T>, QueueClosed> {
-    match rx.recv_timeout(timeout) {
-        Ok(item) => Ok(Some(item)),
-        Err(RecvTimeoutError::Timeout) => Ok(None),
-        Err(RecvTimeoutError::Disconnected) => Err(QueueClosed),
+impl<T> StageReceiver<T> {
+    /// Waits up to `timeout`: `Ok(None)` when nothing came, `Err` once every sender is gone
+    /// and the queue is empty.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<T>, QueueClosed> {
+        let result = match self.rx.recv_timeout(timeout) {
+            Ok(item) => Ok(Some(item)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(QueueClosed),
+        };
+        self.took();
+        result
+    }
+
+    /// The channel itself, for `crossbeam_channel::Select` over several queues; call
+    /// [`took`](Self::took) after receiving through it.
+    pub fn channel(&self) -> &Receiver<T> {
+        &self.rx
+    }
+
+    /// Updates the depth gauge after an item left through [`channel`](Self::channel).
+    pub fn took(&self) {
+        self.depth.set(self.rx.len() as f64);
+    }
+
+    /// Receives until every sender is gone.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.rx.iter().inspect(|_| self.took())
     }
 }
 
@@ -150,7 +174,7 @@ mod tests {
         assert_eq!(q.send(2).unwrap(), 0);
         assert_eq!(q.send(3).unwrap(), 1);
         assert_eq!(q.send(4).unwrap(), 1);
-        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(rx.channel().try_iter().collect::<Vec<_>>(), vec![3, 4]);
     }
 
     #[test]

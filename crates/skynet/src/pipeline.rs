@@ -17,10 +17,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::Select;
 use skynet_core::{
     AnalysedFrame, CameraId, Frame, Incident, OverloadPolicy, QueueClosed, Shutdown, StageQueue,
-    recv_or_closed, stage_queue,
+    StageReceiver, stage_queue,
 };
 use skynet_detect::{
     CameraRules, DetectError, Detector, ImageView, OnnxDetector, OnnxRuntime, ZoneIntrusionRule,
@@ -281,21 +281,24 @@ fn source_stage(
 
 fn detect_stage(
     mut detector: OnnxDetector,
-    mut receivers: Vec<Receiver<Frame>>,
+    mut receivers: Vec<StageReceiver<Frame>>,
     out: StageQueue<AnalysedFrame>,
     counters: &Counters,
 ) {
     while !receivers.is_empty() {
         let mut select = Select::new();
         for rx in &receivers {
-            select.recv(rx);
+            select.recv(rx.channel());
         }
         let Ok(op) = select.select_timeout(POLL) else {
             continue;
         };
         let index = op.index();
-        let frame = match op.recv(&receivers[index]) {
-            Ok(frame) => frame,
+        let frame = match op.recv(receivers[index].channel()) {
+            Ok(frame) => {
+                receivers[index].took();
+                frame
+            }
             Err(_) => {
                 // That camera's source has ended and its queue is empty.
                 receivers.swap_remove(index);
@@ -367,7 +370,7 @@ impl Reorder {
 fn rules_and_risk_stage(
     mut cameras: Vec<CameraRules>,
     mut engine: GridRiskEngine,
-    analysed: Receiver<AnalysedFrame>,
+    analysed: StageReceiver<AnalysedFrame>,
     incidents: StageQueue<Incident>,
     workers: usize,
     counters: &Counters,
@@ -398,7 +401,7 @@ fn rules_and_risk_stage(
         Ok(())
     };
     loop {
-        match recv_or_closed(&analysed, POLL) {
+        match analysed.recv_timeout(POLL) {
             Ok(Some(frame)) => {
                 let reorder = order.entry(frame.camera.clone()).or_insert(Reorder {
                     next: 0,
@@ -435,9 +438,9 @@ fn rules_and_risk_stage(
     let _ = emit(engine.flush());
 }
 
-fn emit_stage(mut relay: Relay, incidents: Receiver<Incident>) {
+fn emit_stage(mut relay: Relay, incidents: StageReceiver<Incident>) {
     loop {
-        match recv_or_closed(&incidents, POLL) {
+        match incidents.recv_timeout(POLL) {
             Ok(Some(incident)) => {
                 let span = tracing::info_span!("emit", incident = %incident.id, grid = %incident.grid, camera = %incident.camera);
                 let _entered = span.enter();
