@@ -26,7 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 apt_packages=(
-  build-essential pkg-config curl ca-certificates python3 python3-venv unzip
+  build-essential pkg-config curl ca-certificates python3 python3-pip unzip
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
@@ -121,9 +121,10 @@ install_media() {
     mkdir -p "$media"; cp "$src" "$media/vtest.avi"; rm -rf "$tmp"
     sha_ok "$media/vtest.avi" "$vtest_sha" || log "warning: vtest.avi from opencv-doc differs from the tested copy"
   fi
+  # dog.jpg only serves the detection test: without it the demo still runs.
   fetch "media dog.jpg" "$media/dog.jpg" "$dog_sha" "$shared_dir/media/dog.jpg" \
     "https://raw.githubusercontent.com/Megvii-BaseDetection/YOLOX/main/assets/dog.jpg" \
-    || die "dog.jpg: not in $shared_dir/media and the download failed"
+    || log "warning: dog.jpg is not in $shared_dir/media and could not be downloaded; the detection test needs it"
 }
 
 install_packages
