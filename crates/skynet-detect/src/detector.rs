@@ -60,6 +60,7 @@ pub struct OnnxDetector {
     letterbox: Letterbox,
     decoder: YoloxDecoder,
     input: Vec<f32>,
+    inference_seconds: metrics::Histogram,
 }
 
 impl OnnxDetector {
@@ -115,6 +116,8 @@ impl OnnxDetector {
         );
         let buffer = vec![0.0; letterbox.tensor_len()];
         tracing::debug!(model = %manifest.model.name, weights = %weights_path.display(), "detector ready");
+        let inference_seconds =
+            metrics::histogram!("skynet_inference_seconds", "model" => manifest.model.name.clone());
         Ok(Self {
             session,
             manifest,
@@ -122,6 +125,7 @@ impl OnnxDetector {
             letterbox,
             decoder,
             input: buffer,
+            inference_seconds,
         })
     }
 
@@ -162,7 +166,7 @@ impl OnnxDetector {
             .session
             .run(ort::inputs![manifest.input.name.as_str() => tensor])
             .map_err(session_err("inference"))?;
-        metrics::histogram!("skynet_inference_seconds", "model" => model.clone())
+        self.inference_seconds
             .record(started.elapsed().as_secs_f64());
         let Some(output) = outputs.get(manifest.output.name.as_str()) else {
             return Err(DetectError::Session {

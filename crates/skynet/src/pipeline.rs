@@ -138,22 +138,19 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // Rules and risk: one thread, so every camera's frames are seen in order.
     let (analysed_queue, analysed_rx) =
         stage_queue::<AnalysedFrame>("analysed", "detect", 64, OverloadPolicy::Block);
-    let camera_rules: Vec<CameraRules> = config.cameras.iter().map(build_rules).collect();
-    let engine = GridRiskEngine::new(config.risk.clone());
-    let workers = detectors.len();
-    let risk = spawn("rules-risk".into(), {
-        let counters = Arc::clone(&counters);
+    let mut rules_and_risk = RulesAndRisk::new(
+        config,
+        incident_queue,
+        detectors.len(),
+        Arc::clone(&counters),
+    );
+    let risk = spawn(
+        "rules-risk".into(),
         Box::new(move || {
-            rules_and_risk_stage(
-                camera_rules,
-                engine,
-                analysed_rx,
-                incident_queue,
-                workers,
-                &counters,
-            )
-        })
-    })?;
+            // Err only means the emit stage is gone; it reports its own failure.
+            let _ = rules_and_risk.run(&analysed_rx);
+        }),
+    )?;
 
     // Sources: one thread and one queue per camera.
     let mut frame_receivers = Vec::new();
@@ -166,7 +163,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         };
         let (queue, rx) =
             stage_queue::<Frame>("frames", camera.id.to_string(), config.queue, policy);
-        frame_receivers.push(rx);
+        frame_receivers.push(CameraInput::new(&camera.id, rx));
         let mut source = GstSource::new(
             camera.id.clone(),
             GstSourceOptions {
@@ -279,24 +276,44 @@ fn source_stage(
     }
 }
 
+/// A camera's frame queue and the metric handles of its detection, resolved once.
+#[derive(Clone)]
+struct CameraInput {
+    frames: StageReceiver<Frame>,
+    analysed: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl CameraInput {
+    fn new(camera: &CameraId, frames: StageReceiver<Frame>) -> Self {
+        let label = camera.to_string();
+        Self {
+            frames,
+            analysed: metrics::counter!("skynet_frames_analysed_total", "camera" => label.clone()),
+            errors: metrics::counter!("skynet_detect_errors_total", "camera" => label),
+        }
+    }
+}
+
 fn detect_stage(
     mut detector: OnnxDetector,
-    mut receivers: Vec<StageReceiver<Frame>>,
+    mut receivers: Vec<CameraInput>,
     out: StageQueue<AnalysedFrame>,
     counters: &Counters,
 ) {
     while !receivers.is_empty() {
         let mut select = Select::new();
-        for rx in &receivers {
-            select.recv(rx.channel());
+        for input in &receivers {
+            select.recv(input.frames.channel());
         }
         let Ok(op) = select.select_timeout(POLL) else {
             continue;
         };
         let index = op.index();
-        let frame = match op.recv(receivers[index].channel()) {
+        let input = &receivers[index];
+        let frame = match op.recv(input.frames.channel()) {
             Ok(frame) => {
-                receivers[index].took();
+                input.frames.took();
                 frame
             }
             Err(_) => {
@@ -312,14 +329,13 @@ fn detect_stage(
         {
             Ok(d) => d,
             Err(e) => {
-                metrics::counter!("skynet_detect_errors_total", "camera" => frame.camera.to_string()).increment(1);
+                input.errors.increment(1);
                 tracing::warn!(camera = %frame.camera, seq = frame.seq, error = %e, "frame skipped");
                 continue;
             }
         };
         counters.analysed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("skynet_frames_analysed_total", "camera" => frame.camera.to_string())
-            .increment(1);
+        input.analysed.increment(1);
         let analysed = AnalysedFrame {
             camera: frame.camera.clone(),
             seq: frame.seq,
@@ -367,75 +383,127 @@ impl Reorder {
     }
 }
 
-fn rules_and_risk_stage(
-    mut cameras: Vec<CameraRules>,
-    mut engine: GridRiskEngine,
-    analysed: StageReceiver<AnalysedFrame>,
+/// One camera's state in the rules stage.
+struct CameraStage {
+    rules: CameraRules,
+    order: Reorder,
+    latency: metrics::Histogram,
+}
+
+/// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
+struct RulesAndRisk {
+    cameras: BTreeMap<CameraId, CameraStage>,
+    engine: GridRiskEngine,
     incidents: StageQueue<Incident>,
     workers: usize,
-    counters: &Counters,
-) {
-    let mut order: BTreeMap<CameraId, Reorder> = BTreeMap::new();
-    let mut clock: Option<DateTime<Utc>> = None;
-    let emit = |list: Vec<Incident>| -> Result<(), QueueClosed> {
-        for incident in list {
-            counters.incidents.fetch_add(1, Ordering::Relaxed);
-            incidents.send(incident)?;
+    /// The latest event time seen.
+    clock: Option<DateTime<Utc>>,
+    /// Live cameras let the wall clock close incidents while no frames come; a file replay
+    /// runs on its own timeline only.
+    wall_clock_when_idle: bool,
+    counters: Arc<Counters>,
+}
+
+impl RulesAndRisk {
+    fn new(
+        config: &PipelineConfig,
+        incidents: StageQueue<Incident>,
+        workers: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let cameras = config
+            .cameras
+            .iter()
+            .map(|c| {
+                let stage = CameraStage {
+                    rules: build_rules(c),
+                    order: Reorder { next: 0, waiting: BTreeMap::new() },
+                    latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => c.id.to_string()),
+                };
+                (c.id.clone(), stage)
+            })
+            .collect();
+        Self {
+            cameras,
+            engine: GridRiskEngine::new(config.risk.clone()),
+            incidents,
+            workers,
+            clock: None,
+            wall_clock_when_idle: config.cameras.iter().any(CameraSpec::is_live),
+            counters,
         }
-        Ok(())
-    };
-    let mut apply = |frame: AnalysedFrame,
-                     engine: &mut GridRiskEngine,
-                     clock: &mut Option<DateTime<Utc>>|
-     -> Result<(), QueueClosed> {
-        metrics::histogram!("skynet_frame_latency_seconds", "camera" => frame.camera.to_string())
-            .record(frame.decoded_at.elapsed().as_secs_f64());
-        *clock = Some(clock.map_or(frame.captured_at, |c| c.max(frame.captured_at)));
-        if let Some(rules) = cameras.iter_mut().find(|c| c.camera == frame.camera) {
-            for observation in rules.apply(&frame) {
-                counters.observations.fetch_add(1, Ordering::Relaxed);
-                let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
-                emit(engine.observe(&observation))?;
-            }
-        }
-        Ok(())
-    };
-    loop {
-        match analysed.recv_timeout(POLL) {
-            Ok(Some(frame)) => {
-                let reorder = order.entry(frame.camera.clone()).or_insert(Reorder {
-                    next: 0,
-                    waiting: BTreeMap::new(),
-                });
-                for ready in reorder.push(frame, workers) {
-                    if apply(ready, &mut engine, &mut clock).is_err() {
-                        return;
+    }
+
+    /// Runs until detection has stopped, then applies what waits and flushes the engine.
+    /// Stops early, with `Err`, if the emit stage has gone.
+    fn run(&mut self, analysed: &StageReceiver<AnalysedFrame>) -> Result<(), QueueClosed> {
+        loop {
+            match analysed.recv_timeout(POLL) {
+                Ok(Some(frame)) => {
+                    self.take(frame)?;
+                    if let Some(now) = self.clock {
+                        let closed = self.engine.advance(now);
+                        self.emit(closed)?;
                     }
                 }
-                if let Some(now) = clock
-                    && emit(engine.advance(now)).is_err()
-                {
-                    return;
+                Ok(None) if self.wall_clock_when_idle => {
+                    let now = self.clock.map_or_else(Utc::now, |c| c.max(Utc::now()));
+                    let closed = self.engine.advance(now);
+                    self.emit(closed)?;
                 }
-            }
-            Ok(None) => {
-                // Quiet cameras still let time pass: incidents close on the wall clock too.
-                let now = clock.map_or_else(Utc::now, |c| c.max(Utc::now()));
-                if emit(engine.advance(now)).is_err() {
-                    return;
-                }
-            }
-            Err(QueueClosed) => break,
-        }
-    }
-    for reorder in order.values_mut() {
-        for frame in reorder.drain() {
-            if apply(frame, &mut engine, &mut clock).is_err() {
-                return;
+                Ok(None) => {}
+                Err(QueueClosed) => break,
             }
         }
+        let waiting: Vec<AnalysedFrame> = self
+            .cameras
+            .values_mut()
+            .flat_map(|c| c.order.drain())
+            .collect();
+        for frame in waiting {
+            self.apply(frame)?;
+        }
+        let flushed = self.engine.flush();
+        self.emit(flushed)
     }
-    let _ = emit(engine.flush());
+
+    fn take(&mut self, frame: AnalysedFrame) -> Result<(), QueueClosed> {
+        let Some(camera) = self.cameras.get_mut(&frame.camera) else {
+            return Ok(());
+        };
+        for ready in camera.order.push(frame, self.workers) {
+            self.apply(ready)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: AnalysedFrame) -> Result<(), QueueClosed> {
+        self.clock = Some(
+            self.clock
+                .map_or(frame.captured_at, |c| c.max(frame.captured_at)),
+        );
+        let Some(camera) = self.cameras.get_mut(&frame.camera) else {
+            return Ok(());
+        };
+        camera
+            .latency
+            .record(frame.decoded_at.elapsed().as_secs_f64());
+        for observation in camera.rules.apply(&frame) {
+            self.counters.observations.fetch_add(1, Ordering::Relaxed);
+            let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
+            let revisions = self.engine.observe(&observation);
+            self.emit(revisions)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, revisions: Vec<Incident>) -> Result<(), QueueClosed> {
+        for incident in revisions {
+            self.counters.incidents.fetch_add(1, Ordering::Relaxed);
+            self.incidents.send(incident)?;
+        }
+        Ok(())
+    }
 }
 
 fn emit_stage(mut relay: Relay, incidents: StageReceiver<Incident>) {
