@@ -60,6 +60,8 @@ fn check_rejects_a_bad_config_naming_file_line_and_column() {
 fn detect_prints_one_json_object_per_image() {
     let dog = dog_jpg();
     let out = skynet(&[
+        "--log-format",
+        "json",
         "detect",
         "--model",
         "models/yolox_nano.toml",
@@ -81,6 +83,11 @@ fn detect_prints_one_json_object_per_image() {
         .collect();
     assert_eq!(labels, ["dog", "bicycle", "car"]);
     assert_eq!(v["detections"][0]["box"].as_array().unwrap().len(), 4);
+    // Logs stay off stdout, one JSON object per line on stderr.
+    for line in text(&out.stderr).lines() {
+        let log: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(log["level"].is_string(), "{line}");
+    }
 }
 
 #[test]
