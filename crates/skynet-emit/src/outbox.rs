@@ -187,6 +187,21 @@ impl Outbox {
         Ok(())
     }
 
+    /// Deletes events stored before `before` that every one of `sinks` has acknowledged,
+    /// so the outbox stays bounded; the `incidents` history is kept. Returns how many went.
+    pub fn prune(&self, sinks: &[&str], before: chrono::DateTime<Utc>) -> Result<usize, EmitError> {
+        let mut delivered_by_all = i64::MAX;
+        for sink in sinks {
+            delivered_by_all = delivered_by_all.min(self.cursor(sink)?);
+        }
+        self.conn
+            .execute(
+                "DELETE FROM events WHERE seq <= ?1 AND stored_at < ?2",
+                params![delivered_by_all, before.to_rfc3339()],
+            )
+            .map_err(self.err())
+    }
+
     /// Every stored event, oldest first.
     pub fn events(&self) -> Result<Vec<CloudEvent>, EmitError> {
         self.json_rows("SELECT body FROM events ORDER BY seq")

@@ -21,7 +21,11 @@ pub struct Relay {
     node: String,
     outbox: Outbox,
     sinks: Vec<SinkState>,
+    retention: Option<chrono::Duration>,
+    last_prune: Option<Instant>,
 }
+
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Relay {
     pub fn new(node: impl Into<String>, outbox: Outbox, sinks: Vec<Box<dyn IncidentSink>>) -> Self {
@@ -37,6 +41,31 @@ impl Relay {
             node: node.into(),
             outbox,
             sinks,
+            retention: None,
+            last_prune: None,
+        }
+    }
+
+    /// Deletes delivered events once they are older than `retention` (checked every 10
+    /// minutes while pumping).
+    pub fn with_retention(mut self, retention: chrono::Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    fn prune_if_due(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let names: Vec<&str> = self.sinks.iter().map(|s| s.sink.name()).collect();
+        match self.outbox.prune(&names, chrono::Utc::now() - retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned delivered events past retention"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the outbox"),
         }
     }
 
@@ -82,6 +111,7 @@ impl Relay {
                     .set(pending as f64);
             }
         }
+        self.prune_if_due();
         delivered
     }
 
@@ -216,5 +246,29 @@ mod tests {
         let history = relay.outbox().incidents().unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].revision, 3);
+    }
+
+    #[test]
+    fn prune_keeps_what_a_sink_still_needs_and_the_incident_history() {
+        let outbox = Outbox::open(std::path::Path::new(":memory:")).unwrap();
+        let mut relay = Relay::new("n1", outbox, Vec::new());
+        for revision in 1..=3 {
+            relay.store(&incident(revision)).unwrap();
+        }
+        let outbox = relay.outbox();
+        outbox.acknowledge("a", 3).unwrap();
+        outbox.acknowledge("b", 1).unwrap();
+        let later = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(outbox.prune(&["a", "b"], later).unwrap(), 1);
+        assert_eq!(outbox.pending("b", 10).unwrap().len(), 2);
+        assert_eq!(
+            outbox
+                .prune(&["a"], Utc::now() - chrono::Duration::days(1))
+                .unwrap(),
+            0
+        );
+        assert_eq!(outbox.prune(&["a"], later).unwrap(), 2);
+        assert!(outbox.events().unwrap().is_empty());
+        assert_eq!(outbox.incidents().unwrap()[0].revision, 3);
     }
 }

@@ -179,14 +179,22 @@ struct LevelsSection {
 struct OutboxSection {
     #[serde(default = "default_outbox_path")]
     path: Spanned<String>,
+    /// Days a delivered event stays in the outbox; the incident history is kept.
+    #[serde(default = "default_retain_days")]
+    retain_days: Spanned<f64>,
 }
 
 impl Default for OutboxSection {
     fn default() -> Self {
         Self {
             path: default_outbox_path(),
+            retain_days: default_retain_days(),
         }
     }
+}
+
+fn default_retain_days() -> Spanned<f64> {
+    Spanned::new(0..0, 7.0)
 }
 
 fn default_outbox_path() -> Spanned<String> {
@@ -297,6 +305,7 @@ pub struct PipelineConfig {
     pub grids: Arc<GridMap>,
     pub risk: RiskConfig,
     pub outbox: PathBuf,
+    pub outbox_retention: chrono::Duration,
     pub sinks: Vec<SinkSpec>,
     pub cameras: Vec<CameraSpec>,
 }
@@ -430,6 +439,14 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
 
     let risk = validate_risk(at, &file.risk, &file.node.name)?;
     let outbox = at.path(&file.outbox.path)?;
+    let retain = &file.outbox.retain_days;
+    if !(retain.get_ref().is_finite() && *retain.get_ref() > 0.0) {
+        return Err(at.error(
+            retain.span(),
+            "`retain_days` must be a positive number of days",
+        ));
+    }
+    let outbox_retention = chrono::Duration::seconds((retain.get_ref() * 86_400.0) as i64);
     let sinks = validate_sinks(at, &file.sinks)?;
 
     if file.cameras.is_empty() {
@@ -459,6 +476,7 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
         grids: Arc::new(grids),
         risk,
         outbox,
+        outbox_retention,
         sinks,
         cameras,
     })

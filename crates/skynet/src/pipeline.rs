@@ -103,7 +103,7 @@ fn prepare(config: &PipelineConfig) -> Result<Prepared, PipelineError> {
         .collect();
     Ok(Prepared {
         detectors,
-        relay: Relay::new(&config.node, outbox, sinks),
+        relay: Relay::new(&config.node, outbox, sinks).with_retention(config.outbox_retention),
     })
 }
 
