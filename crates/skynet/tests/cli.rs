@@ -216,3 +216,26 @@ fn sigterm_drains_everything_in_flight_to_the_outbox() {
     assert_eq!(outbox.pending_count("stdout").unwrap(), 0);
     assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
 }
+
+#[test]
+fn the_deployment_example_config_stays_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo().join("deploy/skynet.example.toml")).unwrap();
+    // Installed paths (container, systemd) point into the repository here.
+    let local = example
+        .replace(
+            "/etc/skynet/grids.geojson",
+            &repo()
+                .join("configs/demo-grids.geojson")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "/usr/share/skynet/models/",
+            &format!("{}/models/", repo().display()),
+        );
+    let path = dir.path().join("skynet.toml");
+    std::fs::write(&path, local).unwrap();
+    let out = skynet(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
