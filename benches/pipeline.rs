@@ -8,35 +8,18 @@
 //! `cargo bench --bench pipeline`; `SKYNET_BENCH_FRAMES` sets the frame count (default 795,
 //! the whole file).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skynet::{PipelineConfig, RunOptions, paths, pipeline};
+use skynet::{RunOptions, paths, pipeline};
 use skynet_core::{Frame, OverloadPolicy, Shutdown, stage_queue};
 use skynet_detect::{DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime};
 use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn find(rel: &str) -> PathBuf {
-    [
-        paths::data_dir().join(rel),
-        repo().join("../shared").join(rel),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| panic!("{rel} is missing: run scripts/setup.sh"))
-}
-
-fn weight_dirs() -> Vec<PathBuf> {
-    vec![
-        paths::data_dir().join("models"),
-        repo().join("../shared/models"),
-    ]
-}
+// The tests' helpers find the media, model and weights the same way for the benchmark.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// Decodes `frames` frames through the pipeline's source stage; returns frames/s and the
 /// first `keep` frames.
@@ -90,7 +73,7 @@ fn inference_alone(
 ) -> f64 {
     let options = DetectorOptions {
         intra_threads: threads,
-        weight_dirs: weight_dirs(),
+        weight_dirs: common::weight_dirs(),
         ..DetectorOptions::default()
     };
     let detectors: Vec<OnnxDetector> = (0..workers)
@@ -99,7 +82,7 @@ fn inference_alone(
         })
         .collect();
     let per_worker = frames / workers as u64;
-    let size = (input.width, input.height);
+    let size = (input.info.width, input.info.height);
     let mut prepared = Vec::new();
     for mut d in detectors {
         let geometry = d.preprocess(&ImageView::of_frame(input).expect("frame"));
@@ -119,40 +102,12 @@ fn inference_alone(
     (per_worker * workers as u64) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn whole_pipeline(video: &Path, frames: u64, workers: usize) -> (f64, skynet::RunSummary) {
+fn whole_pipeline(frames: u64) -> (f64, skynet::RunSummary) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        r#"
-[grids]
-file = "{grids}"
-[detect]
-model = "{model}"
-workers = {workers}
-[outbox]
-path = "{dir}/outbox.sqlite"
-[[cameras]]
-id = "bench"
-owner = "city_management"
-uri = "{video}"
-grid = "G-0102"
-max_frames = {frames}
-  [[cameras.zones]]
-  name = "walkway"
-  polygon = [[0.30, 0.40], [0.60, 0.40], [0.80, 0.55], [0.45, 0.55]]
-  [[cameras.rules]]
-  name = "walkway"
-  kind = "zone_intrusion"
-  zone = "walkway"
-"#,
-        grids = repo().join("configs/demo-grids.geojson").display(),
-        model = repo().join("models/yolox_nano.toml").display(),
-        dir = dir.path().display(),
-        video = video.display(),
+    let config = common::pipeline_config(
+        dir.path(),
+        &common::vtest_config(dir.path(), "bench", common::WALKWAY, frames),
     );
-    let path = dir.path().join("bench.toml");
-    std::fs::write(&path, text).expect("config");
-    let mut config = PipelineConfig::load(&path).expect("config");
-    config.detector.weight_dirs = weight_dirs();
     let started = Instant::now();
     let summary = pipeline::run(&config, RunOptions::default()).expect("pipeline");
     (
@@ -166,11 +121,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(795);
-    let video = find("media/vtest.avi");
+    let video = common::media("vtest.avi");
     let runtime =
         OnnxRuntime::init(None, &[paths::data_dir()]).expect("ONNX Runtime: run scripts/setup.sh");
-    let manifest =
-        Arc::new(ModelManifest::load(&repo().join("models/yolox_nano.toml")).expect("manifest"));
+    let manifest = Arc::new(ModelManifest::load(&common::manifest_path()).expect("manifest"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "skynet pipeline benchmark: vtest.avi 768x576, {frames} frames, YOLOX-Nano 416x416, {cores} cores"
@@ -183,7 +137,7 @@ fn main() {
     );
 
     let options = DetectorOptions {
-        weight_dirs: weight_dirs(),
+        weight_dirs: common::weight_dirs(),
         ..DetectorOptions::default()
     };
     let mut detector =
@@ -206,7 +160,7 @@ fn main() {
     }
     let (pipeline_infer_fps, single_thread_infer_fps) = (infer[0], infer[2]);
 
-    let (pipeline_fps, summary) = whole_pipeline(&video, frames, 2);
+    let (pipeline_fps, summary) = whole_pipeline(frames);
     println!(
         "  whole pipeline, 2 workers x 1 thread       {pipeline_fps:8.1} frames/s  ({} analysed, {} dropped, {} incident revisions)",
         summary.frames_analysed, summary.frames_dropped, summary.incident_revisions

@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use skynet::{PipelineConfig, RunOptions, pipeline};
+use skynet::{RunOptions, pipeline};
 
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -30,14 +30,10 @@ fn metrics_name_every_stage_and_are_served_over_http() {
     let handle = skynet_serve::install_metrics(Some(addr)).unwrap();
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &path,
-        common::vtest_config(dir.path(), "cam-metrics", common::WALKWAY, 60),
-    )
-    .unwrap();
-    let mut config = PipelineConfig::load(&path).unwrap();
-    config.detector.weight_dirs = common::weight_dirs();
+    let config = common::pipeline_config(
+        dir.path(),
+        &common::vtest_config(dir.path(), "cam-metrics", common::WALKWAY, 60),
+    );
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
     assert!(summary.incident_revisions >= 1, "{summary:?}");
 

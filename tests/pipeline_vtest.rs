@@ -3,7 +3,7 @@
 
 mod common;
 
-use skynet::{PipelineConfig, RunOptions, pipeline};
+use skynet::{RunOptions, pipeline};
 use skynet_emit::{CloudEvent, Outbox};
 
 fn run_vtest(
@@ -13,14 +13,10 @@ fn run_vtest(
 ) -> (tempfile::TempDir, skynet::RunSummary, Vec<CloudEvent>) {
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &path,
-        common::vtest_config(dir.path(), camera, zone, frames),
-    )
-    .unwrap();
-    let mut config = PipelineConfig::load(&path).unwrap();
-    config.detector.weight_dirs = common::weight_dirs();
+    let config = common::pipeline_config(
+        dir.path(),
+        &common::vtest_config(dir.path(), camera, zone, frames),
+    );
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
     let events = Outbox::open(&dir.path().join("outbox.sqlite"))
         .unwrap()
@@ -104,10 +100,7 @@ uri = "/nonexistent/camera.avi"
 grid = "G-0101"
 "#,
     );
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut config = PipelineConfig::load(&path).unwrap();
-    config.detector.weight_dirs = common::weight_dirs();
+    let config = common::pipeline_config(dir.path(), &text);
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
     assert_eq!(
         summary
@@ -124,14 +117,10 @@ grid = "G-0101"
 fn shutdown_stops_sources_and_flushes() {
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &path,
-        common::vtest_config(dir.path(), "cam-stop", common::WALKWAY, 795),
-    )
-    .unwrap();
-    let mut config = PipelineConfig::load(&path).unwrap();
-    config.detector.weight_dirs = common::weight_dirs();
+    let config = common::pipeline_config(
+        dir.path(),
+        &common::vtest_config(dir.path(), "cam-stop", common::WALKWAY, 795),
+    );
     let options = RunOptions::default();
     let stop = options.shutdown.clone();
     let trigger = std::thread::spawn(move || {

@@ -100,3 +100,12 @@ max_frames = {frames}
 pub const WALKWAY: &str = "[[0.30, 0.40], [0.60, 0.40], [0.80, 0.55], [0.45, 0.55]]";
 /// A building wall no person box touches in any frame.
 pub const NOBODY: &str = "[[0.42, 0.0], [0.74, 0.0], [0.74, 0.15], [0.42, 0.15]]";
+
+/// Writes `text` as a config in `dir` and loads it, with the weights found as above.
+pub fn pipeline_config(dir: &Path, text: &str) -> skynet::PipelineConfig {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).expect("write the config");
+    let mut config = skynet::PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    config.detector.weight_dirs = weight_dirs();
+    config
+}

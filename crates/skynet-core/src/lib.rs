@@ -17,4 +17,4 @@ pub use ids::{CameraId, GridId, OwnerKind};
 pub use incident::{Incident, IncidentStatus, Observation, RiskLevel, RuleRef};
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use shutdown::Shutdown;
-pub use vision::{AnalysedFrame, Detection, Frame, PixelOrder};
+pub use vision::{AnalysedFrame, Detection, Frame, FrameInfo, PixelOrder};

@@ -15,9 +15,9 @@ pub enum PixelOrder {
     Rgb,
 }
 
-/// One decoded video frame: packed 8-bit, 3 channels, rows `stride` bytes apart.
-#[derive(Clone)]
-pub struct Frame {
+/// What is known about a frame besides its pixels; it travels on after detection.
+#[derive(Debug, Clone)]
+pub struct FrameInfo {
     pub camera: CameraId,
     /// Counts frames from this camera's source, from 0, with no gaps; a gap downstream is a drop.
     pub seq: u64,
@@ -28,6 +28,12 @@ pub struct Frame {
     pub decoded_at: Instant,
     pub width: u32,
     pub height: u32,
+}
+
+/// One decoded video frame: packed 8-bit, 3 channels, rows `stride` bytes apart.
+#[derive(Clone)]
+pub struct Frame {
+    pub info: FrameInfo,
     pub stride: usize,
     pub order: PixelOrder,
     pub data: Arc<[u8]>,
@@ -36,10 +42,7 @@ pub struct Frame {
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
-            .field("camera", &self.camera)
-            .field("seq", &self.seq)
-            .field("captured_at", &self.captured_at)
-            .field("size", &(self.width, self.height))
+            .field("info", &self.info)
             .finish_non_exhaustive()
     }
 }
@@ -56,12 +59,7 @@ pub struct Detection {
 /// A frame after detection: the pixels are gone, the findings remain.
 #[derive(Debug, Clone)]
 pub struct AnalysedFrame {
-    pub camera: CameraId,
-    pub seq: u64,
-    pub captured_at: DateTime<Utc>,
-    pub decoded_at: Instant,
-    pub width: u32,
-    pub height: u32,
+    pub info: FrameInfo,
     pub detections: Vec<Detection>,
     pub inference: Duration,
 }

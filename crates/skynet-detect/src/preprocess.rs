@@ -52,8 +52,8 @@ impl<'a> ImageView<'a> {
 
     pub fn of_frame(frame: &'a Frame) -> Result<Self, DetectError> {
         Self::new(
-            frame.width,
-            frame.height,
+            frame.info.width,
+            frame.info.height,
             frame.stride,
             frame.order,
             &frame.data,

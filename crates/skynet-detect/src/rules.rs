@@ -60,8 +60,8 @@ impl ZoneIntrusionRule {
     fn inside(&self, frame: &AnalysedFrame, d: &Detection) -> bool {
         let feet = d.bbox.bottom_center();
         let normalised = Point {
-            x: feet.x / frame.width.max(1) as f32,
-            y: feet.y / frame.height.max(1) as f32,
+            x: feet.x / frame.info.width.max(1) as f32,
+            y: feet.y / frame.info.height.max(1) as f32,
         };
         self.spec.zone.contains(normalised)
     }
@@ -91,11 +91,11 @@ impl Rule for ZoneIntrusionRule {
         let spec = &self.spec;
         let cooled = self
             .last_hit
-            .is_none_or(|t| frame.captured_at - t >= spec.cooldown);
+            .is_none_or(|t| frame.info.captured_at - t >= spec.cooldown);
         if self.streak < spec.min_frames.max(1) || !cooled {
             return None;
         }
-        self.last_hit = Some(frame.captured_at);
+        self.last_hit = Some(frame.info.captured_at);
         Some(RuleHit {
             rule: RuleRef {
                 name: spec.name.clone(),
@@ -130,7 +130,7 @@ impl CameraRules {
                     owner: self.owner,
                     category: hit.category,
                     rule: hit.rule,
-                    at: frame.captured_at,
+                    at: frame.info.captured_at,
                     weight: hit.weight,
                     detections: hit.detections,
                 });
@@ -144,16 +144,19 @@ impl CameraRules {
 mod tests {
     use super::*;
     use skynet_core::BBox;
+    use skynet_core::FrameInfo;
 
     fn frame(seq: u64, detections: Vec<Detection>) -> AnalysedFrame {
         AnalysedFrame {
-            camera: CameraId::new("cam"),
-            seq,
-            captured_at: DateTime::<Utc>::UNIX_EPOCH
-                + chrono::Duration::milliseconds(seq as i64 * 100),
-            decoded_at: std::time::Instant::now(),
-            width: 100,
-            height: 100,
+            info: FrameInfo {
+                camera: CameraId::new("cam"),
+                seq,
+                captured_at: DateTime::<Utc>::UNIX_EPOCH
+                    + chrono::Duration::milliseconds(seq as i64 * 100),
+                decoded_at: std::time::Instant::now(),
+                width: 100,
+                height: 100,
+            },
             detections,
             inference: std::time::Duration::ZERO,
         }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use skynet_core::{CameraId, Frame, PixelOrder, Shutdown};
+use skynet_core::{CameraId, Frame, FrameInfo, PixelOrder, Shutdown};
 
 use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
 
@@ -163,12 +163,14 @@ impl GstSource {
             .unwrap_or_default();
         let captured_at = started + chrono::Duration::from_std(pts).unwrap_or_default();
         Ok(Frame {
-            camera: self.camera.clone(),
-            seq,
-            captured_at,
-            decoded_at: std::time::Instant::now(),
-            width,
-            height,
+            info: FrameInfo {
+                camera: self.camera.clone(),
+                seq,
+                captured_at,
+                decoded_at: std::time::Instant::now(),
+                width,
+                height,
+            },
             stride,
             order: PixelOrder::Bgr,
             data: Arc::from(map.as_slice()),

@@ -322,7 +322,8 @@ fn detect_stage(
                 continue;
             }
         };
-        let span = tracing::debug_span!("detect", camera = %frame.camera, seq = frame.seq);
+        let span =
+            tracing::debug_span!("detect", camera = %frame.info.camera, seq = frame.info.seq);
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let detections = match ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
@@ -330,19 +331,14 @@ fn detect_stage(
             Ok(d) => d,
             Err(e) => {
                 input.errors.increment(1);
-                tracing::warn!(camera = %frame.camera, seq = frame.seq, error = %e, "frame skipped");
+                tracing::warn!(camera = %frame.info.camera, seq = frame.info.seq, error = %e, "frame skipped");
                 continue;
             }
         };
         counters.analysed.fetch_add(1, Ordering::Relaxed);
         input.analysed.increment(1);
         let analysed = AnalysedFrame {
-            camera: frame.camera.clone(),
-            seq: frame.seq,
-            captured_at: frame.captured_at,
-            decoded_at: frame.decoded_at,
-            width: frame.width,
-            height: frame.height,
+            info: frame.info.clone(),
             detections,
             inference: started.elapsed(),
         };
@@ -361,11 +357,11 @@ struct Reorder {
 
 impl Reorder {
     fn push(&mut self, frame: AnalysedFrame, in_flight: usize) -> Vec<AnalysedFrame> {
-        self.waiting.insert(frame.seq, frame);
+        self.waiting.insert(frame.info.seq, frame);
         let mut ready = Vec::new();
         loop {
             if let Some(f) = self.waiting.remove(&self.next) {
-                self.next = f.seq + 1;
+                self.next = f.info.seq + 1;
                 ready.push(f);
             } else if self.waiting.len() > in_flight {
                 // The gap will not be filled: skip to the oldest frame we have.
@@ -468,7 +464,7 @@ impl RulesAndRisk {
     }
 
     fn take(&mut self, frame: AnalysedFrame) -> Result<(), QueueClosed> {
-        let Some(camera) = self.cameras.get_mut(&frame.camera) else {
+        let Some(camera) = self.cameras.get_mut(&frame.info.camera) else {
             return Ok(());
         };
         for ready in camera.order.push(frame, self.workers) {
@@ -480,14 +476,14 @@ impl RulesAndRisk {
     fn apply(&mut self, frame: AnalysedFrame) -> Result<(), QueueClosed> {
         self.clock = Some(
             self.clock
-                .map_or(frame.captured_at, |c| c.max(frame.captured_at)),
+                .map_or(frame.info.captured_at, |c| c.max(frame.info.captured_at)),
         );
-        let Some(camera) = self.cameras.get_mut(&frame.camera) else {
+        let Some(camera) = self.cameras.get_mut(&frame.info.camera) else {
             return Ok(());
         };
         camera
             .latency
-            .record(frame.decoded_at.elapsed().as_secs_f64());
+            .record(frame.info.decoded_at.elapsed().as_secs_f64());
         for observation in camera.rules.apply(&frame) {
             self.counters.observations.fetch_add(1, Ordering::Relaxed);
             let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
@@ -546,22 +542,25 @@ fn store_until_committed(relay: &mut Relay, incident: &Incident) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skynet_core::FrameInfo;
 
     fn analysed(seq: u64) -> AnalysedFrame {
         AnalysedFrame {
-            camera: CameraId::new("c"),
-            seq,
-            captured_at: DateTime::<Utc>::UNIX_EPOCH,
-            decoded_at: std::time::Instant::now(),
-            width: 1,
-            height: 1,
+            info: FrameInfo {
+                camera: CameraId::new("c"),
+                seq,
+                captured_at: DateTime::<Utc>::UNIX_EPOCH,
+                decoded_at: std::time::Instant::now(),
+                width: 1,
+                height: 1,
+            },
             detections: Vec::new(),
             inference: Duration::ZERO,
         }
     }
 
     fn seqs(frames: Vec<AnalysedFrame>) -> Vec<u64> {
-        frames.into_iter().map(|f| f.seq).collect()
+        frames.into_iter().map(|f| f.info.seq).collect()
     }
 
     #[test]
