@@ -188,4 +188,15 @@ fn main() {
         "  pipeline / decode alone                    {:8.2}",
         pipeline_fps / decode_fps
     );
+    if let Some(peak) = peak_resident_mib() {
+        println!("  peak resident memory of this process       {peak:8.1} MiB");
+    }
+}
+
+/// VmHWM from /proc: the most memory this process has held, all phases together.
+fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
