@@ -26,7 +26,7 @@ use skynet_detect::{
     CameraRules, DetectError, Detector, ImageView, OnnxDetector, OnnxRuntime, ZoneIntrusionRule,
 };
 use skynet_emit::{EmitError, IncidentSink, JsonLinesSink, Outbox, Relay, StdoutSink};
-use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
+use skynet_ingest::{FrameSource, GstSource, GstSourceOptions, IngestError};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
 use crate::config::{CameraSpec, PipelineConfig, RuleSpec, SinkKind};
@@ -38,6 +38,8 @@ pub enum PipelineError {
     Detect(#[from] DetectError),
     #[error(transparent)]
     Emit(#[from] EmitError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error("could not start the {stage} thread: {source}")]
     Spawn {
         stage: String,
@@ -111,10 +113,7 @@ fn prepare(config: &PipelineConfig) -> Result<Prepared, PipelineError> {
 pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, PipelineError> {
     let started = std::time::Instant::now();
     let Prepared { detectors, relay } = prepare(config)?;
-    skynet_ingest::init().map_err(|e| PipelineError::Spawn {
-        stage: "ingest".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    skynet_ingest::init()?;
     let counters = Arc::new(Counters::default());
     let shutdown = options.shutdown;
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
