@@ -119,3 +119,26 @@ fn references_and_placement_are_checked() {
     let e = error_for(&valid().replace("owner = \"city_management\"", "owner = \"army\""));
     assert!(e.contains("unknown variant `army`"), "{e}");
 }
+
+#[test]
+fn rule_settings_are_checked() {
+    let e = error_for(&valid().replace("min_frames = 3", "min_frames = 3\nmin_score = 5"));
+    assert!(
+        e.contains("`min_score` must be between 0 and 1, got 5"),
+        "{e}"
+    );
+    let e = error_for(&valid().replace("cooldown_s = 2.0", "cooldown_s = -1.0"));
+    assert!(
+        e.contains("`cooldown_s` must be zero or a positive number of seconds"),
+        "{e}"
+    );
+    let twice = format!(
+        "{}\n  [[cameras.rules]]\n  name = \"zone-rule\"\n  kind = \"zone_intrusion\"\n  zone = \"zone\"\n",
+        valid()
+    );
+    let e = error_for(&twice);
+    assert!(
+        e.contains("rule `zone-rule` is defined twice on camera `cam`"),
+        "{e}"
+    );
+}

@@ -15,6 +15,8 @@ struct SinkState {
     sink: Box<dyn IncidentSink>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Has everything stored so far; idle pumps then skip the outbox queries.
+    caught_up: bool,
 }
 
 pub struct Relay {
@@ -35,6 +37,8 @@ impl Relay {
                 sink,
                 retry_at: None,
                 backoff: FIRST_BACKOFF,
+                // Unknown until the first pump: the last run may have left events behind.
+                caught_up: false,
             })
             .collect();
         Self {
@@ -78,6 +82,9 @@ impl Relay {
         let event = CloudEvent::incident(&self.node, incident);
         if self.outbox.append(&event)? {
             metrics::counter!("skynet_incidents_stored_total").increment(1);
+            for state in &mut self.sinks {
+                state.caught_up = false;
+            }
         }
         Ok(event)
     }
@@ -88,7 +95,7 @@ impl Relay {
         let now = Instant::now();
         let mut delivered = 0;
         for state in &mut self.sinks {
-            if state.retry_at.is_some_and(|t| t > now) {
+            if state.caught_up || state.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
             match deliver_pending(&self.outbox, state.sink.as_mut()) {
@@ -96,6 +103,7 @@ impl Relay {
                     delivered += n;
                     state.retry_at = None;
                     state.backoff = FIRST_BACKOFF;
+                    state.caught_up = true;
                 }
                 Err(e) => {
                     let sink = state.sink.name().to_string();

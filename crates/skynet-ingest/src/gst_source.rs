@@ -209,6 +209,7 @@ impl GstSource {
         let started = Utc::now();
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
+        let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera.clone());
         let mut seq = 0u64;
         loop {
             if stop.is_triggered() {
@@ -225,7 +226,15 @@ impl GstSource {
                 }
                 continue;
             };
-            let frame = self.frame_from(&sample, seq, started)?;
+            // One malformed frame is skipped and counted; the stream goes on.
+            let frame = match self.frame_from(&sample, seq, started) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    invalid.increment(1);
+                    tracing::warn!(error = %e, "frame skipped");
+                    continue;
+                }
+            };
             decoded.increment(1);
             self.stats.decoded += 1;
             self.stats.dropped += out.send(frame)? as u64;

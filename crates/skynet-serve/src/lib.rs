@@ -65,6 +65,10 @@ pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("skynet_frames_decoded_total", "Frames decoded, per camera.");
     describe_counter!(
+        "skynet_frames_invalid_total",
+        "Decoded frames skipped as malformed, per camera."
+    );
+    describe_counter!(
         "skynet_frames_analysed_total",
         "Frames that went through detection, per camera."
     );

@@ -260,11 +260,11 @@ struct RuleSection {
     #[serde(default = "default_labels")]
     labels: Spanned<Vec<String>>,
     #[serde(default = "default_min_score")]
-    min_score: f32,
+    min_score: Spanned<f32>,
     #[serde(default = "default_min_frames")]
     min_frames: u32,
     #[serde(default = "default_cooldown")]
-    cooldown_s: f64,
+    cooldown_s: Spanned<f64>,
     #[serde(default = "default_category")]
     category: String,
     #[serde(default = "default_weight")]
@@ -274,14 +274,14 @@ struct RuleSection {
 fn default_labels() -> Spanned<Vec<String>> {
     Spanned::new(0..0, vec!["person".into()])
 }
-fn default_min_score() -> f32 {
-    0.5
+fn default_min_score() -> Spanned<f32> {
+    Spanned::new(0..0, 0.5)
 }
 fn default_min_frames() -> u32 {
     3
 }
-fn default_cooldown() -> f64 {
-    1.0
+fn default_cooldown() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
 }
 fn default_category() -> String {
     "restricted_area_intrusion".into()
@@ -340,6 +340,14 @@ impl CameraSpec {
 #[derive(Debug, Clone)]
 pub enum RuleSpec {
     ZoneIntrusion(ZoneIntrusionSpec),
+}
+
+impl RuleSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::ZoneIntrusion(spec) => &spec.name,
+        }
+    }
 }
 
 /// Turns byte offsets into `file:line:column` errors.
@@ -687,6 +695,34 @@ fn validate_camera(
                 ),
             ));
         }
+        if rules
+            .iter()
+            .any(|r: &RuleSpec| r.name() == rule.name.get_ref())
+        {
+            return Err(at.error(
+                rule.name.span(),
+                format!(
+                    "rule `{}` is defined twice on camera `{id}`",
+                    rule.name.get_ref()
+                ),
+            ));
+        }
+        let min_score = *rule.min_score.get_ref();
+        if !(0.0..=1.0).contains(&min_score) {
+            return Err(at.error(
+                rule.min_score.span(),
+                format!("`min_score` must be between 0 and 1, got {min_score}"),
+            ));
+        }
+        let cooldown_s = *rule.cooldown_s.get_ref();
+        if !(cooldown_s.is_finite() && cooldown_s >= 0.0) {
+            return Err(at.error(
+                rule.cooldown_s.span(),
+                format!(
+                    "`cooldown_s` must be zero or a positive number of seconds, got {cooldown_s}"
+                ),
+            ));
+        }
         let weight = *rule.weight.get_ref();
         if !(weight > 0.0 && weight <= 1.0) {
             return Err(at.error(
@@ -698,9 +734,9 @@ fn validate_camera(
             name: rule.name.get_ref().clone(),
             zone: zone.clone(),
             labels: rule.labels.get_ref().clone(),
-            min_score: rule.min_score,
+            min_score,
             min_frames: rule.min_frames.max(1),
-            cooldown: chrono::Duration::milliseconds((rule.cooldown_s.max(0.0) * 1000.0) as i64),
+            cooldown: chrono::Duration::milliseconds((cooldown_s * 1000.0) as i64),
             category: rule.category.clone(),
             weight,
         };

@@ -176,6 +176,12 @@ fn detect(
     onnxruntime: Option<&Path>,
     images: &[PathBuf],
 ) -> Result<ExitCode> {
+    for (flag, value) in [("--threshold", threshold), ("--nms-iou", nms_iou)] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&value),
+            "{flag} must be between 0 and 1, got {value}"
+        );
+    }
     let runtime = OnnxRuntime::init(onnxruntime, &[paths::data_dir()])?;
     let manifest = Arc::new(ModelManifest::load(model)?);
     let options = DetectorOptions {

@@ -239,3 +239,17 @@ fn the_deployment_example_config_stays_valid() {
     let out = skynet(&["check", "--config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn detect_rejects_an_out_of_range_threshold() {
+    let out = skynet(&[
+        "detect",
+        "--model",
+        "models/yolox_nano.toml",
+        "--threshold",
+        "30",
+        "x.jpg",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--threshold must be between 0 and 1, got 30"));
+}
