@@ -45,6 +45,28 @@ string_id!(
     GridId
 );
 
+/// Checks an id (node, grid, camera, rule, sensor, sink): 1 to 128 characters from
+/// `[A-Za-z0-9._-]`, so it is safe in metric labels, file names, subjects and topics.
+pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!(
+            "{what} id must be 1 to 128 characters, got {}",
+            id.len()
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{what} id `{}` has `{}`: use only letters, digits, `.`, `_` and `-`",
+            id.escape_debug(),
+            bad.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
 /// Who owns a camera. Incidents carry it so the case system can route them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,5 +92,19 @@ impl OwnerKind {
 impl fmt::Display for OwnerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_restricted_to_a_safe_alphabet() {
+        assert!(validate_id("camera", "cam-street_01.a").is_ok());
+        for bad in ["", "a b", "a/b", "a\"b", "ü", "a{b}", "x\n"] {
+            assert!(validate_id("camera", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_id("camera", &"a".repeat(129)).is_err());
     }
 }

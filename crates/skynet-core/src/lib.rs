@@ -5,16 +5,24 @@
 //! into [`Incident`]s, and the emitters deliver incidents. The stage traits themselves live in the
 //! stage crates, next to their typed errors.
 
+pub mod config;
 pub mod geometry;
+pub mod health;
 pub mod ids;
 pub mod incident;
 pub mod queue;
+pub mod redact;
 pub mod shutdown;
 pub mod vision;
+pub mod watermark;
 
+pub use config::{ConfigContext, FieldError};
 pub use geometry::{BBox, Point};
-pub use ids::{CameraId, GridId, OwnerKind};
+pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
+pub use ids::{CameraId, GridId, OwnerKind, validate_id};
 pub use incident::{Incident, IncidentStatus, Observation, RiskLevel, RuleRef};
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
+pub use redact::{Credentials, redact_uri, split_credentials};
 pub use shutdown::Shutdown;
 pub use vision::{AnalysedFrame, Detection, Frame, FrameInfo, PixelOrder};
+pub use watermark::Watermark;

@@ -5,6 +5,8 @@
 //! is how an incident is never dropped.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub struct StageQueue<T> {
     // A DropOldest queue evicts from the front itself. Only it holds a receiver: a blocking
     // queue must see its consumer go away, or a producer would wait forever.
     evict: Option<Receiver<T>>,
+    // Consumers still alive. The evicting receiver keeps the channel open, so a DropOldest
+    // queue learns that later stages are gone from this count instead.
+    consumers: Arc<AtomicUsize>,
     depth: metrics::Gauge,
     dropped: metrics::Counter,
 }
@@ -37,6 +42,7 @@ impl<T> Clone for StageQueue<T> {
             policy: self.policy,
             tx: self.tx.clone(),
             evict: self.evict.clone(),
+            consumers: Arc::clone(&self.consumers),
             depth: self.depth.clone(),
             dropped: self.dropped.clone(),
         }
@@ -49,14 +55,23 @@ impl<T> Clone for StageQueue<T> {
 pub struct StageReceiver<T> {
     rx: Receiver<T>,
     depth: metrics::Gauge,
+    consumers: Arc<AtomicUsize>,
 }
 
 impl<T> Clone for StageReceiver<T> {
     fn clone(&self) -> Self {
+        self.consumers.fetch_add(1, Ordering::SeqCst);
         Self {
             rx: self.rx.clone(),
             depth: self.depth.clone(),
+            consumers: Arc::clone(&self.consumers),
         }
+    }
+}
+
+impl<T> Drop for StageReceiver<T> {
+    fn drop(&mut self) {
+        self.consumers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -74,14 +89,23 @@ pub fn stage_queue<T>(
     let dropped =
         metrics::counter!("skynet_queue_dropped_total", "queue" => name, "source" => label);
     let evict = (policy == OverloadPolicy::DropOldest).then(|| rx.clone());
+    let consumers = Arc::new(AtomicUsize::new(1));
     let queue = StageQueue {
         policy,
         tx,
         evict,
+        consumers: Arc::clone(&consumers),
         depth: depth.clone(),
         dropped,
     };
-    (queue, StageReceiver { rx, depth })
+    (
+        queue,
+        StageReceiver {
+            rx,
+            depth,
+            consumers,
+        },
+    )
 }
 
 impl<T> StageQueue<T> {
@@ -99,6 +123,9 @@ impl<T> StageQueue<T> {
     }
 
     fn send_dropping_oldest(&self, mut item: T) -> Result<usize, QueueClosed> {
+        if !self.has_consumers() {
+            return Err(QueueClosed);
+        }
         let mut dropped = 0;
         loop {
             match self.tx.try_send(item) {
@@ -126,6 +153,11 @@ impl<T> StageQueue<T> {
 
     pub fn len(&self) -> usize {
         self.tx.len()
+    }
+
+    /// False once every receiver is gone: the next stage has stopped.
+    pub fn has_consumers(&self) -> bool {
+        self.consumers.load(Ordering::SeqCst) > 0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,6 +207,17 @@ mod tests {
         assert_eq!(q.send(3).unwrap(), 1);
         assert_eq!(q.send(4).unwrap(), 1);
         assert_eq!(rx.channel().try_iter().collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn drop_oldest_queue_notices_its_consumers_are_gone() {
+        let (q, rx) = stage_queue::<u32>("test", "cam", 2, OverloadPolicy::DropOldest);
+        let rx2 = rx.clone();
+        drop(rx);
+        assert_eq!(q.send(1), Ok(0));
+        drop(rx2);
+        assert!(!q.has_consumers());
+        assert_eq!(q.send(2), Err(QueueClosed));
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! What every component's config validation shares: an error naming the field, path
+//! resolution relative to the config file, `${VAR}` expansion, and range checks that never
+//! overflow.
+
+use std::path::{Path, PathBuf};
+
+/// A validation error inside one component's table. The binary turns `field` into
+/// `file:line:column` (the key's position); an empty `field` points at the table itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The environment variable that moves everything set-up installs.
+pub const DATA_DIR_ENV: &str = "SKYNET_DATA_DIR";
+
+/// `$SKYNET_DATA_DIR`, else `$XDG_DATA_HOME/skynet`, else `~/.local/share/skynet`.
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(xdg).join("skynet");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/skynet")
+}
+
+/// Expands `${NAME}` from the environment in a config value. `SKYNET_DATA_DIR` always has a
+/// value (its default). Returns the name of an unset variable as the error.
+pub fn expand_vars(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in `{value}`"));
+        };
+        let name = &after[..end];
+        let resolved = match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v,
+            _ if name == DATA_DIR_ENV => data_dir().to_string_lossy().into_owned(),
+            _ => return Err(format!("environment variable `{name}` is not set")),
+        };
+        out.push_str(&resolved);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Where a config file lives, for resolving what it names. Pure: no file is opened.
+#[derive(Debug, Clone)]
+pub struct ConfigContext {
+    /// The directory of the config file.
+    pub base_dir: PathBuf,
+}
+
+impl ConfigContext {
+    pub fn new(config_file: &Path) -> Self {
+        Self {
+            base_dir: config_file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        }
+    }
+
+    /// `${VAR}` expanded, then relative to the config file.
+    pub fn resolve_path(&self, field: &str, value: &str) -> Result<PathBuf, FieldError> {
+        let expanded = expand_vars(value).map_err(|m| FieldError::new(field, m))?;
+        let p = PathBuf::from(expanded);
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        })
+    }
+
+    pub fn expand(&self, field: &str, value: &str) -> Result<String, FieldError> {
+        expand_vars(value).map_err(|m| FieldError::new(field, m))
+    }
+}
+
+/// Checks that `value` lies in `[min, max]` (and is finite); the message names the field.
+pub fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<f64, FieldError> {
+    if value.is_finite() && value >= min && value <= max {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("`{field}` must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+/// A number of seconds in `[min, max]` as a `chrono::Duration`, without overflow.
+pub fn seconds_in(
+    field: &str,
+    value: f64,
+    min: f64,
+    max: f64,
+) -> Result<chrono::Duration, FieldError> {
+    let s = check_range(field, value, min, max)?;
+    // max is far below chrono's limit (about 292 million years) for every caller.
+    Ok(chrono::Duration::milliseconds((s * 1000.0).round() as i64))
+}
+
+/// The longest duration any setting accepts: 100 years. Keeps every time sum far from overflow.
+pub const MAX_SECONDS: f64 = 100.0 * 365.25 * 86_400.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_known_variables_and_names_unknown_ones() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        if !home.is_empty() {
+            assert_eq!(expand_vars("${HOME}/x").unwrap(), format!("{home}/x"));
+        }
+        assert!(expand_vars("${SKYNET_DATA_DIR}/m").unwrap().ends_with("/m"));
+        assert!(
+            expand_vars("${SKYNET_SURELY_UNSET_VAR}")
+                .unwrap_err()
+                .contains("SKYNET_SURELY_UNSET_VAR")
+        );
+        assert_eq!(expand_vars("plain").unwrap(), "plain");
+    }
+
+    #[test]
+    fn ranges_reject_nan_infinity_and_huge_values() {
+        assert!(seconds_in("x", f64::NAN, 0.0, MAX_SECONDS).is_err());
+        assert!(seconds_in("x", f64::INFINITY, 0.0, MAX_SECONDS).is_err());
+        assert!(seconds_in("x", 1e300, 0.0, MAX_SECONDS).is_err());
+        assert_eq!(
+            seconds_in("x", 1.5, 0.0, MAX_SECONDS).unwrap(),
+            chrono::Duration::milliseconds(1500)
+        );
+        assert_eq!(seconds_in("x", 1e8, 0.0, 1.0).unwrap_err().field, "x");
+    }
+}
