@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skynet::{RunOptions, paths, pipeline};
-use skynet_core::{Frame, OverloadPolicy, Shutdown, stage_queue};
+use skynet_core::{Frame, OverloadPolicy, Shutdown, Watermark, stage_queue};
 use skynet_detect::{DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime};
-use skynet_ingest::{FrameSource, GstSource, GstSourceOptions};
+use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 
 // The tests' helpers find the media, model and weights the same way for the benchmark.
 #[path = "../tests/common/mod.rs"]
@@ -25,18 +25,17 @@ mod common;
 /// first `keep` frames.
 fn decode_alone(video: &Path, frames: u64, keep: usize) -> (f64, Vec<Frame>) {
     let (queue, rx) = stage_queue::<Frame>("bench", "bench", 4, OverloadPolicy::Block);
+    let out = FrameOutput::new(queue, Watermark::new(false));
     let mut source = GstSource::new(
         skynet_core::CameraId::new("bench"),
         GstSourceOptions {
-            uri: video.display().to_string(),
             max_frames: Some(frames),
-            realtime: false,
-            convert_threads: 1,
+            ..GstSourceOptions::new(video.display().to_string())
         },
     );
     let started = Instant::now();
     let producer = std::thread::spawn(move || {
-        source.run(&queue, &Shutdown::new()).expect("decode");
+        source.run(&out, &Shutdown::new()).expect("decode");
     });
     let mut kept = Vec::with_capacity(keep);
     let mut n = 0u64;

@@ -142,3 +142,110 @@ fn rule_settings_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn ids_are_restricted_to_a_safe_alphabet() {
+    let e = error_for(&valid().replace("id = \"cam\"", "id = \"cam/../x\""));
+    assert!(e.contains("camera id `cam/../x` has `/`"), "{e}");
+    let e = error_for(&valid().replace("name = \"test-node\"", "name = \"node 1\""));
+    assert!(e.starts_with("bad.toml:3:8: node id"), "{e}");
+    let e = error_for(&valid().replace("name = \"zone-rule\"", "name = \"zone{rule}\""));
+    assert!(e.contains("rule id"), "{e}");
+    let e = error_for(&valid().replace("kind = \"jsonl\"", "kind = \"jsonl\"\nname = \"a b\""));
+    assert!(e.contains("sink id"), "{e}");
+}
+
+#[test]
+fn a_huge_retention_is_refused_not_a_crash() {
+    for days in ["1e8", "1e300", "inf", "nan", "-1", "0"] {
+        let e = error_for(&valid().replace("[outbox]", &format!("[outbox]\nretain_days = {days}")));
+        assert!(e.contains("`retain_days` must be between"), "{days}: {e}");
+    }
+}
+
+#[test]
+fn component_errors_point_at_their_key() {
+    let e = error_for(&valid().replace("kind = \"jsonl\"", "kind = \"kafka\""));
+    assert!(
+        e.contains("unknown sink kind `kafka`; known kinds: jsonl, stdout"),
+        "{e}"
+    );
+    let text = valid();
+    let line = text
+        .lines()
+        .position(|l| l.contains("path = ") && l.contains("incidents.jsonl"))
+        .unwrap()
+        + 1;
+    let e = error_for(&text.replace("path = \"", "pth = \""));
+    assert!(e.contains("unknown field `pth`"), "{e}");
+    let e = error_for(&text.replace("max_frames = 10", "max_frames = \"ten\""));
+    assert!(e.contains("invalid type: string \"ten\""), "{e}");
+    let frames_line = text
+        .lines()
+        .position(|l| l.starts_with("max_frames"))
+        .unwrap()
+        + 1;
+    assert!(e.starts_with(&format!("bad.toml:{frames_line}:1: ")), "{e}");
+    let _ = line;
+}
+
+mod ranges {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn accepted(text: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        PipelineConfig::load(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            -1e12..1e12f64,
+            -10.0..200.0f64,
+            Just(0.0),
+            Just(1e300),
+            Just(-1e300),
+            Just(f64::MAX),
+            Just(f64::MIN_POSITIVE),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any number in any of these settings is either accepted, when in range, or refused
+        /// with a located error; never a panic or an overflow.
+        #[test]
+        fn every_number_is_range_checked_without_overflow(
+            half_life in number(), close_after in number(), update_every in number(),
+            retain in number(), threshold in number(), cooldown in number(), weight in number(),
+            workers in -5i64..100, queue in -5i64..20_000,
+        ) {
+            let text = valid()
+                .replace("half_life_s = 60", &format!("half_life_s = {half_life:?}"))
+                .replace("close_after_s = 120", &format!("close_after_s = {close_after:?}\nupdate_every_s = {update_every:?}"))
+                .replace("[outbox]", &format!("[outbox]\nretain_days = {retain:?}"))
+                .replace("workers = 2", &format!("workers = {workers}\nthreshold = {threshold:?}\nqueue = {queue}"))
+                .replace("cooldown_s = 2.0", &format!("cooldown_s = {cooldown:?}\nweight = {weight:?}"));
+            let seconds = |s: f64| (0.001..=skynet_core::config::MAX_SECONDS).contains(&s);
+            let in_range = seconds(half_life) && seconds(close_after) && seconds(update_every)
+                && (1.0 / 24.0..=36_525.0).contains(&retain)
+                && (0.0..=1.0).contains(&threshold)
+                && (0.0..=86_400.0).contains(&cooldown)
+                && weight as f32 > 0.0 && weight as f32 <= 1.0
+                && (1..=64).contains(&workers)
+                && (1..=10_000).contains(&queue);
+            let result = accepted(&text);
+            if in_range {
+                prop_assert!(result.is_ok(), "{result:?}");
+            } else {
+                let e = result.err().unwrap_or_default();
+                prop_assert!(e.contains(".toml:"), "refused without a location: {e}");
+            }
+        }
+    }
+}

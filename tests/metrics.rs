@@ -27,14 +27,22 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 #[test]
 fn metrics_name_every_stage_and_are_served_over_http() {
     let addr = free_port();
-    let handle = skynet_serve::install_metrics(Some(addr)).unwrap();
+    let services = std::sync::Arc::new(skynet::Services::start(Some(addr)).unwrap());
+    let handle = services.metrics.clone();
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let config = common::pipeline_config(
         dir.path(),
         &common::vtest_config(dir.path(), "cam-metrics", common::WALKWAY, 60),
     );
-    let summary = pipeline::run(&config, RunOptions::default()).unwrap();
+    let summary = pipeline::run(
+        &config,
+        RunOptions {
+            services: Some(std::sync::Arc::clone(&services)),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
     assert!(summary.incident_revisions >= 1, "{summary:?}");
 
     let text = handle.render();
@@ -58,4 +66,19 @@ fn metrics_name_every_stage_and_are_served_over_http() {
     let response = http_get(addr, "/metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("skynet_frames_decoded_total{camera=\"cam-metrics\"} 60"));
+    for (component, kind) in [
+        ("cam-metrics", "source"),
+        ("detect-0", "stage"),
+        ("risk", "stage"),
+        ("outbox", "stage"),
+        ("jsonl", "sink"),
+    ] {
+        let line = format!("skynet_component_up{{component=\"{component}\",kind=\"{kind}\"}} 1");
+        assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+    }
+    // A file read to the end is finished, not down: the process is still ready.
+    let ready = http_get(addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains("\"state\":\"finished\""), "{ready}");
+    assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
 }

@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 
 #[derive(Debug)]
 struct State {
+    /// The source has ended: no frame will follow, and a live source stops moving.
+    finished: bool,
     /// Event time of the newest frame, or of the start for a live source.
     event: Option<DateTime<Utc>>,
     /// When `event` was taken, for a live source's extrapolation.
@@ -31,7 +33,21 @@ impl Watermark {
         Self {
             live,
             state: Arc::new(Mutex::new(State {
+                finished: false,
                 event: live.then(Utc::now),
+                at: Instant::now(),
+            })),
+        }
+    }
+
+    /// A file paced like a live camera: it follows its frames' own timeline, moving with the
+    /// wall clock only between frames.
+    pub fn paced() -> Self {
+        Self {
+            live: true,
+            state: Arc::new(Mutex::new(State {
+                finished: false,
+                event: None,
                 at: Instant::now(),
             })),
         }
@@ -51,6 +67,14 @@ impl Watermark {
         }
     }
 
+    /// The source has ended for good: the watermark stays where it is from now on, so a
+    /// realtime file that ended does not go on closing its incidents by the wall clock.
+    pub fn finish(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.event = Self::extrapolate(self.live, &s);
+        s.finished = true;
+    }
+
     /// No frame older than this will follow.
     pub fn current(&self) -> Option<DateTime<Utc>> {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -59,7 +83,7 @@ impl Watermark {
 
     fn extrapolate(live: bool, s: &State) -> Option<DateTime<Utc>> {
         let event = s.event?;
-        if !live {
+        if !live || s.finished {
             return Some(event);
         }
         let elapsed = chrono::Duration::from_std(s.at.elapsed()).unwrap_or_default();
@@ -81,6 +105,15 @@ mod tests {
         assert_eq!(w.current(), Some(t));
         w.observe(t - chrono::Duration::seconds(1));
         assert_eq!(w.current(), Some(t), "never moves back");
+    }
+
+    #[test]
+    fn a_finished_live_watermark_stands_still() {
+        let w = Watermark::new(true);
+        w.finish();
+        let a = w.current();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        assert_eq!(w.current(), a);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
 pub use error::DetectError;
 pub use manifest::ModelManifest;
 pub use preprocess::ImageView;
-pub use rules::{CameraRules, Rule, RuleHit, ZoneIntrusionRule, ZoneIntrusionSpec};
+pub use rules::{
+    CameraRules, Rule, RuleConfig, RuleContext, RuleHit, ZoneIntrusionConfig, ZoneIntrusionRule,
+    ZoneIntrusionSpec,
+};
 pub use runtime::OnnxRuntime;
 pub use zone::{Zone, ZoneError};

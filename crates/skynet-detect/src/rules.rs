@@ -1,11 +1,204 @@
 //! Rules turn what a camera sees into evidence ([`Observation`]s) for its grid cell.
 
 use chrono::{DateTime, Utc};
+use skynet_core::config::check_range;
 use skynet_core::{
-    AnalysedFrame, CameraId, Detection, GridId, Observation, OwnerKind, Point, RuleRef,
+    AnalysedFrame, CameraId, Detection, FieldError, GridId, Observation, OwnerKind, Point, RuleRef,
 };
 
 use crate::Zone;
+
+/// What a rule's validation may look at: the camera's zones and the labels the model detects.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleContext<'a> {
+    pub camera: &'a str,
+    pub zones: &'a [Zone],
+    /// The model's name, for messages.
+    pub model: &'a str,
+    pub labels: &'a [String],
+}
+
+/// A rule kind's settings, as one `[[cameras.rules]]` table gives them (without `kind`).
+///
+/// The binary deserializes the table into the kind's type, calls [`validate`](Self::validate),
+/// then [`build`](Self::build) once per run, so each run starts with fresh rule state.
+pub trait RuleConfig:
+    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The `kind` string in `[[cameras.rules]]`.
+    const KIND: &'static str;
+    /// The rule's unique name on its camera.
+    fn name(&self) -> &str;
+    /// Pure checks (ranges, labels the model knows, the zone exists); errors name the field.
+    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError>;
+    /// The rule, with fresh state. Call after `validate` succeeded.
+    fn build(&self) -> Box<dyn Rule>;
+}
+
+/// The settings of a `zone_intrusion` rule; [`build`](RuleConfig::build) gives a
+/// [`ZoneIntrusionRule`].
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneIntrusionConfig {
+    pub name: String,
+    /// The name of one of the camera's zones.
+    pub zone: String,
+    #[serde(default = "ZoneIntrusionConfig::default_labels")]
+    pub labels: Vec<String>,
+    #[serde(default = "ZoneIntrusionConfig::default_min_score")]
+    pub min_score: f32,
+    #[serde(default = "ZoneIntrusionConfig::default_min_frames")]
+    pub min_frames: u32,
+    #[serde(default = "ZoneIntrusionConfig::default_cooldown_s")]
+    pub cooldown_s: f64,
+    #[serde(default = "ZoneIntrusionConfig::default_category")]
+    pub category: String,
+    #[serde(default = "ZoneIntrusionConfig::default_weight")]
+    pub weight: f32,
+    /// The zone `validate` found, kept so `build` needs no context and cannot fail.
+    #[serde(skip)]
+    resolved_zone: Option<Zone>,
+}
+
+impl ZoneIntrusionConfig {
+    /// The longest cooldown: a day. Longer would mean the rule fires about once per run.
+    pub const MAX_COOLDOWN_S: f64 = 86_400.0;
+    /// The most frames in a row `min_frames` may ask for (minutes of video at 30 fps).
+    pub const MAX_MIN_FRAMES: u32 = 10_000;
+
+    fn default_labels() -> Vec<String> {
+        vec!["person".into()]
+    }
+    fn default_min_score() -> f32 {
+        0.5
+    }
+    fn default_min_frames() -> u32 {
+        3
+    }
+    fn default_cooldown_s() -> f64 {
+        1.0
+    }
+    fn default_category() -> String {
+        "restricted_area_intrusion".into()
+    }
+    fn default_weight() -> f32 {
+        0.3
+    }
+
+    /// The validated settings as the rule runs them; `None` before `validate` succeeded.
+    pub fn spec(&self) -> Option<ZoneIntrusionSpec> {
+        let zone = self.resolved_zone.clone()?;
+        // cooldown_s is at most a day once validated; `try_milliseconds` keeps an unvalidated
+        // value from panicking all the same.
+        let cooldown =
+            chrono::Duration::try_milliseconds((self.cooldown_s * 1000.0).round() as i64)
+                .unwrap_or(chrono::Duration::MAX);
+        Some(ZoneIntrusionSpec {
+            name: self.name.clone(),
+            zone,
+            labels: self.labels.clone(),
+            min_score: self.min_score,
+            min_frames: self.min_frames.max(1),
+            cooldown,
+            category: self.category.clone(),
+            weight: self.weight,
+        })
+    }
+}
+
+impl RuleConfig for ZoneIntrusionConfig {
+    const KIND: &'static str = ZoneIntrusionRule::KIND;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+        skynet_core::validate_id("rule", &self.name).map_err(|m| FieldError::new("name", m))?;
+        let Some(zone) = cx.zones.iter().find(|z| z.name == self.zone) else {
+            let known: Vec<&str> = cx.zones.iter().map(|z| z.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "no zones".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err(FieldError::new(
+                "zone",
+                format!(
+                    "unknown zone `{}`; camera `{}` has: {known}",
+                    self.zone, cx.camera
+                ),
+            ));
+        };
+        if self.labels.is_empty() {
+            return Err(FieldError::new(
+                "labels",
+                "`labels` must name at least one label, or the rule never fires",
+            ));
+        }
+        if let Some(unknown) = self.labels.iter().find(|l| !cx.labels.contains(l)) {
+            return Err(FieldError::new(
+                "labels",
+                format!("label `{unknown}` is not one model `{}` detects", cx.model),
+            ));
+        }
+        check_range("min_score", f64::from(self.min_score), 0.0, 1.0)?;
+        check_range(
+            "min_frames",
+            f64::from(self.min_frames),
+            1.0,
+            f64::from(Self::MAX_MIN_FRAMES),
+        )?;
+        check_range("cooldown_s", self.cooldown_s, 0.0, Self::MAX_COOLDOWN_S).map_err(|e| {
+            FieldError::new(
+                e.field,
+                format!(
+                    "`cooldown_s` must be zero or a positive number of seconds up to {}, got {}",
+                    Self::MAX_COOLDOWN_S,
+                    self.cooldown_s
+                ),
+            )
+        })?;
+        skynet_core::validate_id("category", &self.category)
+            .map_err(|m| FieldError::new("category", m))?;
+        // A weight of 0 would be evidence that never raises the risk: (0, 1], not [0, 1].
+        let weight = f64::from(self.weight);
+        if check_range("weight", weight, 0.0, 1.0).is_err() || weight <= 0.0 {
+            return Err(FieldError::new(
+                "weight",
+                format!("`weight` must be in (0, 1], got {}", self.weight),
+            ));
+        }
+        self.resolved_zone = Some(zone.clone());
+        Ok(())
+    }
+
+    fn build(&self) -> Box<dyn Rule> {
+        match self.spec() {
+            Some(spec) => Box::new(ZoneIntrusionRule::new(spec)),
+            None => {
+                // A programming error in the caller, not a config error: `validate` first.
+                tracing::error!(rule = %self.name, "zone_intrusion rule built before validation; it will never fire");
+                Box::new(NeverFires(self.name.clone()))
+            }
+        }
+    }
+}
+
+/// Stands in for a rule that could not be built, so a caller's mistake costs one rule, not
+/// the camera.
+#[derive(Debug)]
+struct NeverFires(String);
+
+impl Rule for NeverFires {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn evaluate(&mut self, _frame: &AnalysedFrame) -> Option<RuleHit> {
+        None
+    }
+}
 
 /// What a rule reports when it fires.
 #[derive(Debug, Clone)]
@@ -87,7 +280,8 @@ impl Rule for ZoneIntrusionRule {
             self.streak = 0;
             return None;
         }
-        self.streak += 1;
+        // Saturating: a camera watching an intruder for months must not overflow the count.
+        self.streak = self.streak.saturating_add(1);
         let spec = &self.spec;
         let cooled = self
             .last_hit
@@ -198,6 +392,152 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(fired, vec![1, 11, 21]);
+    }
+
+    fn zones() -> Vec<Zone> {
+        vec![
+            Zone::new("left", &[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]).unwrap(),
+            Zone::new("right", &[[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]).unwrap(),
+        ]
+    }
+
+    fn labels() -> Vec<String> {
+        vec!["person".into(), "car".into()]
+    }
+
+    /// Deserializes a rule table (as the binary does, `kind` removed) and validates it.
+    fn configure(table: &str) -> Result<ZoneIntrusionConfig, FieldError> {
+        let mut config: ZoneIntrusionConfig =
+            toml::from_str(table).map_err(|e| FieldError::new("<toml>", e.to_string()))?;
+        let (zones, labels) = (zones(), labels());
+        config.validate(&RuleContext {
+            camera: "cam",
+            zones: &zones,
+            model: "m",
+            labels: &labels,
+        })?;
+        Ok(config)
+    }
+
+    const MINIMAL: &str = "name = \"r\"\nzone = \"left\"\n";
+
+    #[test]
+    fn zone_intrusion_config_takes_defaults_and_builds_a_working_rule() {
+        let config = configure(MINIMAL).unwrap();
+        assert_eq!(ZoneIntrusionConfig::KIND, "zone_intrusion");
+        assert_eq!(config.name(), "r");
+        assert_eq!(config.labels, vec!["person".to_string()]);
+        assert_eq!(
+            (
+                config.min_score,
+                config.min_frames,
+                config.cooldown_s,
+                config.weight
+            ),
+            (0.5, 3, 1.0, 0.3)
+        );
+        assert_eq!(config.category, "restricted_area_intrusion");
+        let spec = config.spec().unwrap();
+        assert_eq!(spec.zone.name, "left");
+        assert_eq!(spec.cooldown, chrono::Duration::seconds(1));
+        let mut rule = config.build();
+        assert_eq!(rule.name(), "r");
+        let fired: Vec<bool> = (0..3)
+            .map(|i| {
+                rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)]))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(fired, vec![false, false, true]);
+    }
+
+    #[test]
+    fn zone_intrusion_config_errors_name_the_field() {
+        let cases: [(&str, &str, &str); 14] = [
+            (
+                "name = \"a b\"\nzone = \"left\"",
+                "name",
+                "rule id `a b` has ` `",
+            ),
+            (
+                "name = \"r\"\nzone = \"middle\"",
+                "zone",
+                "unknown zone `middle`; camera `cam` has: left, right",
+            ),
+            (
+                "labels = [\"face\"]",
+                "labels",
+                "label `face` is not one model `m` detects",
+            ),
+            ("labels = []", "labels", "at least one label"),
+            (
+                "min_score = 1.5",
+                "min_score",
+                "`min_score` must be between 0 and 1, got 1.5",
+            ),
+            ("min_score = nan", "min_score", "got NaN"),
+            (
+                "min_frames = 0",
+                "min_frames",
+                "`min_frames` must be between 1 and 10000, got 0",
+            ),
+            ("min_frames = 10001", "min_frames", "between 1 and 10000"),
+            (
+                "cooldown_s = -1.0",
+                "cooldown_s",
+                "`cooldown_s` must be zero or a positive number of seconds up to 86400, got -1",
+            ),
+            ("cooldown_s = inf", "cooldown_s", "got inf"),
+            (
+                "category = \"a/b\"",
+                "category",
+                "category id `a/b` has `/`",
+            ),
+            (
+                "weight = 0.0",
+                "weight",
+                "`weight` must be in (0, 1], got 0",
+            ),
+            (
+                "weight = 1.01",
+                "weight",
+                "`weight` must be in (0, 1], got 1.01",
+            ),
+            ("weight = nan", "weight", "got NaN"),
+        ];
+        for (extra, field, message) in cases {
+            // Later keys win only if not duplicated, so the base keys are left out when
+            // the case sets them.
+            let table = if extra.starts_with("name") {
+                extra.to_string()
+            } else {
+                format!("{MINIMAL}{extra}\n")
+            };
+            let err = configure(&table).unwrap_err();
+            assert_eq!(err.field, field, "{table}: {err}");
+            assert!(err.message.contains(message), "{table}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn zone_intrusion_config_rejects_unknown_and_missing_keys() {
+        let err = configure(&format!("{MINIMAL}fiel = 1\n")).unwrap_err();
+        assert!(err.message.contains("unknown field `fiel`"), "{err}");
+        let err = configure("name = \"r\"\n").unwrap_err();
+        assert!(err.message.contains("missing field `zone`"), "{err}");
+    }
+
+    #[test]
+    fn an_unvalidated_config_builds_a_rule_that_never_fires() {
+        let config: ZoneIntrusionConfig = toml::from_str(MINIMAL).unwrap();
+        assert!(config.spec().is_none());
+        let mut rule = config.build();
+        for i in 0..5 {
+            assert!(
+                rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)]))
+                    .is_none()
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Zones: polygons drawn on a camera's image, in normalised coordinates.
 //!
 //! Coordinates are fractions of the frame (`[0, 1]`, origin top-left), so a zone stays put
-//! when a camera's resolution changes.
+//! when a camera's resolution changes. The polygon, its validity and containment are `geo`'s.
 
+use geo::algorithm::validation::InvalidPolygon;
+use geo::{Area, Coord, Covers, Intersects, Line, LineString, Polygon, Validation};
 use skynet_core::Point;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -15,6 +17,7 @@ pub enum ZoneError {
     OutOfRange { index: usize, x: f64, y: f64 },
     #[error("the polygon has no area (its points are on one line or repeated)")]
     Degenerate,
+    /// Edge `i` runs from point `i` to point `i + 1` (the last back to point 0).
     #[error("the polygon crosses itself: edge {first} intersects edge {second}")]
     SelfIntersecting { first: usize, second: usize },
 }
@@ -22,7 +25,7 @@ pub enum ZoneError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Zone {
     pub name: String,
-    points: Vec<Point>,
+    polygon: Polygon<f64>,
 }
 
 impl Zone {
@@ -31,77 +34,64 @@ impl Zone {
             return Err(ZoneError::TooFewPoints(points.len()));
         }
         for (index, &[x, y]) in points.iter().enumerate() {
+            // `contains` is false for NaN, so NaN is rejected here too.
             if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
                 return Err(ZoneError::OutOfRange { index, x, y });
             }
         }
-        let pts: Vec<Point> = points
-            .iter()
-            .map(|&[x, y]| Point {
-                x: x as f32,
-                y: y as f32,
-            })
-            .collect();
-        let n = pts.len();
-        for i in 0..n {
-            for j in i + 1..n {
-                // Adjacent edges share a vertex; that is not a crossing.
-                if j == i + 1 || (i == 0 && j == n - 1) {
-                    continue;
-                }
-                if segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]) {
-                    return Err(ZoneError::SelfIntersecting {
-                        first: i,
-                        second: j,
-                    });
-                }
+        let coords: Vec<Coord<f64>> = points.iter().map(|&[x, y]| Coord { x, y }).collect();
+        // `Polygon::new` closes the ring; the config lists each corner once.
+        let polygon = Polygon::new(LineString::new(coords.clone()), Vec::new());
+        match polygon.check_validation() {
+            Ok(()) => {}
+            Err(InvalidPolygon::SelfIntersection(_)) => {
+                // geo says that it crosses, not where; name the edges for the person fixing it.
+                let (first, second) = crossing_edges(&coords).unwrap_or((0, 0));
+                return Err(ZoneError::SelfIntersecting { first, second });
             }
+            // Fewer than 3 distinct points: the repeats leave no area.
+            Err(_) => return Err(ZoneError::Degenerate),
         }
-        if signed_area(&pts).abs() < 1e-9 {
+        // A valid ring can still lie on one line (geo does not treat that as crossing).
+        if polygon.unsigned_area() < 1e-9 {
             return Err(ZoneError::Degenerate);
         }
         Ok(Self {
             name: name.into(),
-            points: pts,
+            polygon,
         })
     }
 
-    /// Whether a point, in normalised coordinates, lies inside (even-odd rule).
+    /// Whether a point, in normalised coordinates, lies inside the zone or on its border.
     pub fn contains(&self, p: Point) -> bool {
-        let mut inside = false;
-        let n = self.points.len();
-        let mut j = n - 1;
-        for i in 0..n {
-            let (a, b) = (self.points[i], self.points[j]);
-            if (a.y > p.y) != (b.y > p.y) && p.x < (b.x - a.x) * (p.y - a.y) / (b.y - a.y) + a.x {
-                inside = !inside;
-            }
-            j = i;
-        }
-        inside
+        // The border counts: a zone drawn to the frame's edge must catch an object whose box
+        // is clamped to that edge (its feet are then exactly on the border).
+        self.polygon
+            .covers(&geo::Point::new(f64::from(p.x), f64::from(p.y)))
     }
 
+    /// The zone's area as a fraction of the frame.
     pub fn area(&self) -> f32 {
-        signed_area(&self.points).abs()
+        self.polygon.unsigned_area() as f32
     }
 }
 
-fn signed_area(p: &[Point]) -> f32 {
-    let n = p.len();
-    (0..n)
-        .map(|i| p[i].x * p[(i + 1) % n].y - p[(i + 1) % n].x * p[i].y)
-        .sum::<f32>()
-        / 2.0
-}
-
-fn orientation(a: Point, b: Point, c: Point) -> f32 {
-    (b.x - a.x) * (c.y - a.y) - (b.y - a.y) * (c.x - a.x)
-}
-
-fn segments_cross(a: Point, b: Point, c: Point, d: Point) -> bool {
-    let (o1, o2) = (orientation(a, b, c), orientation(a, b, d));
-    let (o3, o4) = (orientation(c, d, a), orientation(c, d, b));
-    (o1 * o2 < 0.0) && (o3 * o4 < 0.0)
+/// The first pair of non-adjacent edges that meet, by the same test geo's validation uses
+/// (edges sharing an end point in ring order do not count).
+fn crossing_edges(points: &[Coord<f64>]) -> Option<(usize, usize)> {
+    let n = points.len();
+    let edges: Vec<Line<f64>> = (0..n)
+        .map(|i| Line::new(points[i], points[(i + 1) % n]))
+        .collect();
+    (0..n).find_map(|i| {
+        (i + 1..n)
+            .find(|&j| {
+                let (a, b) = (edges[i], edges[j]);
+                // Symmetric in a and b, so one order per pair is enough.
+                a.intersects(&b) && a.start != b.end && a.end != b.start
+            })
+            .map(|j| (i, j))
+    })
 }
 
 #[cfg(test)]
@@ -119,6 +109,13 @@ mod tests {
     }
 
     #[test]
+    fn the_border_counts_so_a_zone_to_the_frame_edge_catches_clamped_boxes() {
+        let z = Zone::new("bottom", &[[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]).unwrap();
+        assert!(z.contains(Point { x: 0.5, y: 1.0 }));
+        assert!(!z.contains(Point { x: 0.5, y: 0.4 }));
+    }
+
+    #[test]
     fn invalid_polygons_are_rejected_with_the_reason() {
         assert_eq!(
             Zone::new("z", &SQUARE[..2]),
@@ -128,8 +125,16 @@ mod tests {
             Zone::new("z", &[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]),
             Err(ZoneError::OutOfRange { index: 1, .. })
         ));
+        assert!(matches!(
+            Zone::new("z", &[[0.0, 0.0], [f64::NAN, 0.0], [0.0, 1.0]]),
+            Err(ZoneError::OutOfRange { index: 1, .. })
+        ));
         assert_eq!(
             Zone::new("z", &[[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]),
+            Err(ZoneError::Degenerate)
+        );
+        assert_eq!(
+            Zone::new("z", &[[0.1, 0.1], [0.1, 0.1], [0.5, 0.5]]),
             Err(ZoneError::Degenerate)
         );
         let bowtie = [[0.2, 0.2], [0.8, 0.8], [0.8, 0.2], [0.2, 0.8]];
@@ -137,5 +142,9 @@ mod tests {
             Zone::new("z", &bowtie),
             Err(ZoneError::SelfIntersecting { .. })
         ));
+        assert_eq!(
+            Zone::new("z", &bowtie).unwrap_err().to_string(),
+            "the polygon crosses itself: edge 0 intersects edge 2"
+        );
     }
 }

@@ -22,4 +22,7 @@ pub enum EmitError {
     },
     #[error("event could not be serialised: {0}")]
     Serialise(#[from] serde_json::Error),
+    /// A blocking step (file or outbox I/O) panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Background(#[from] tokio::task::JoinError),
 }

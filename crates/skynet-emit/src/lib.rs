@@ -1,19 +1,22 @@
-//! Emit stage: incidents become CloudEvents, are written to a durable outbox first, and are
-//! then relayed to every configured sink.
+//! Emit stage: incidents become CloudEvents, are committed to a durable outbox first, and are
+//! then delivered to every configured sink.
 //!
 //! The outbox (SQLite) is the source of truth: an event is acknowledged to the pipeline only
-//! once it is committed there, and each sink keeps its own cursor into it. A sink that fails
-//! is retried from its cursor, so delivery is at-least-once, in order, per sink; consumers
-//! deduplicate by the CloudEvent `id`.
+//! once it is committed there, in the same transaction as the engine state. Delivery is apart
+//! from the commit: each sink runs in its own task on one tokio runtime, with its own cursor
+//! into the outbox and its own retry, so delivery is at-least-once, in order, per sink, and a
+//! blocked sink holds up nothing else. Consumers deduplicate by the CloudEvent `id`.
 
 mod cloudevent;
+mod delivery;
 mod error;
 mod outbox;
-mod relay;
 mod sinks;
 
 pub use cloudevent::{CloudEvent, INCIDENT_EVENT_TYPE};
+pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
 pub use error::EmitError;
 pub use outbox::{Outbox, StoredEvent};
-pub use relay::Relay;
-pub use sinks::{IncidentSink, JsonLinesSink, StdoutSink};
+pub use sinks::{
+    IncidentSink, JsonLinesSink, JsonLinesSinkConfig, SinkConfig, StdoutSink, StdoutSinkConfig,
+};

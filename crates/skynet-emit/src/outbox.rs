@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{CloudEvent, EmitError};
 
@@ -15,6 +15,8 @@ pub struct StoredEvent {
     pub body: String,
 }
 
+/// The outbox. One connection; open it again on the same path for another thread or task
+/// (WAL lets readers run beside the one writer, and busy_timeout makes writers queue).
 pub struct Outbox {
     path: PathBuf,
     conn: Connection,
@@ -48,7 +50,25 @@ CREATE TABLE IF NOT EXISTS incidents (
     body        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_grid ON incidents (grid, last_seen);
+CREATE TABLE IF NOT EXISTS state (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
 ";
+
+/// The `state` row that holds the engine state and open incidents.
+const PIPELINE_STATE: &str = "pipeline";
+
+/// Whether two stored bodies say the same thing: equal text, or equal JSON (so a change in
+/// field order between versions is not taken for a conflict).
+fn same_json(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (serde_json::from_str::<serde_json::Value>(a), serde_json::from_str::<serde_json::Value>(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
 
 impl Outbox {
     /// Opens (creating if needed) the outbox at `path`; `:memory:` gives a throwaway one.
@@ -92,44 +112,123 @@ impl Outbox {
     /// Stores an event and updates the incident history, atomically. Returns false when an
     /// event with the same id was already stored (a replay), which changes nothing.
     pub fn append(&mut self, event: &CloudEvent) -> Result<bool, EmitError> {
-        let body = serde_json::to_string(event)?;
-        let incident = &event.data;
+        Ok(self.commit(std::slice::from_ref(event), None)? == 1)
+    }
+
+    /// Stores `events`, updates the incident history and, when given, saves the pipeline
+    /// `state`, all in one transaction: after a crash the engine state never runs ahead of
+    /// (or behind) the events it produced. Returns how many events were new.
+    ///
+    /// An id that is already stored with the same body is a replay and changes nothing. An id
+    /// stored with a different body is a bug upstream (an event id reused); the stored event
+    /// is kept, since sinks may already have it, and the conflict is counted and logged.
+    pub fn commit(
+        &mut self,
+        events: &[CloudEvent],
+        state: Option<&str>,
+    ) -> Result<usize, EmitError> {
+        // Serialise first, so a bad event fails the commit before the transaction starts.
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            let status = serde_json::to_value(event.data.status)?;
+            rows.push((
+                event,
+                serde_json::to_string(event)?,
+                serde_json::to_string(&event.data)?,
+                status.as_str().unwrap_or_default().to_string(),
+            ));
+        }
         let path = self.path.clone();
         let err = move |source| EmitError::Outbox {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(&err)?;
-        let inserted = tx
-            .execute(
-                "INSERT OR IGNORE INTO events (id, type, subject, time, body, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![event.id, event.event_type, event.subject, event.time.to_rfc3339(), body, Utc::now().to_rfc3339()],
+        let now = Utc::now().to_rfc3339();
+        // IMMEDIATE takes the write lock up front, under busy_timeout: a deferred transaction
+        // that has to upgrade while a sink acknowledges could fail with SQLITE_BUSY at once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let mut inserted = 0;
+        let mut conflicts = Vec::new();
+        for (event, body, incident_body, status) in &rows {
+            let new = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO events (id, type, subject, time, body, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![event.id, event.event_type, event.subject, event.time.to_rfc3339(), body, now])
+                })
+                .map_err(&err)?
+                == 1;
+            if new {
+                inserted += 1;
+            } else {
+                let stored: Option<String> = tx
+                    .query_row("SELECT body FROM events WHERE id = ?1", [&event.id], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(&err)?;
+                if stored.is_some_and(|stored| !same_json(&stored, body)) {
+                    conflicts.push(event.id.clone());
+                }
+                // A replay or a conflict: the history already has this revision.
+                continue;
+            }
+            let incident = &event.data;
+            tx.prepare_cached(
+                "INSERT INTO incidents (id, revision, status, category, level, grid, camera, owner, first_seen, last_seen, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, status = excluded.status, level = excluded.level,
+                     last_seen = excluded.last_seen, body = excluded.body
+                 WHERE excluded.revision > incidents.revision",
             )
-            .map_err(&err)?
-            == 1;
-        tx.execute(
-            "INSERT INTO incidents (id, revision, status, category, level, grid, camera, owner, first_seen, last_seen, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, status = excluded.status, level = excluded.level,
-                 last_seen = excluded.last_seen, body = excluded.body
-             WHERE excluded.revision > incidents.revision",
-            params![
-                incident.id,
-                incident.revision,
-                serde_json::to_value(incident.status)?.as_str().unwrap_or_default(),
-                incident.category,
-                incident.level.as_str(),
-                incident.grid.as_str(),
-                incident.camera.as_str(),
-                incident.owner.as_str(),
-                incident.first_seen.to_rfc3339(),
-                incident.last_seen.to_rfc3339(),
-                serde_json::to_string(incident)?,
-            ],
-        )
-        .map_err(&err)?;
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    incident.id,
+                    incident.revision,
+                    status,
+                    incident.category,
+                    incident.level.as_str(),
+                    incident.grid.as_str(),
+                    incident.camera.as_str(),
+                    incident.owner.as_str(),
+                    incident.first_seen.to_rfc3339(),
+                    incident.last_seen.to_rfc3339(),
+                    incident_body,
+                ])
+            })
+            .map_err(&err)?;
+        }
+        if let Some(state) = state {
+            tx.execute(
+                "INSERT INTO state (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![PIPELINE_STATE, state, now],
+            )
+            .map_err(&err)?;
+        }
         tx.commit().map_err(&err)?;
+        // Reported only once committed: a rolled-back commit conflicted with nothing.
+        for id in &conflicts {
+            metrics::counter!("skynet_outbox_conflicts_total").increment(1);
+            tracing::error!(event = %id, "event id already stored with a different body; kept the stored event");
+        }
         Ok(inserted)
+    }
+
+    /// The pipeline state saved by the last [`commit`](Self::commit) that carried one.
+    pub fn load_state(&self) -> Result<Option<String>, EmitError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM state WHERE key = ?1",
+                [PIPELINE_STATE],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
     }
 
     fn cursor(&self, sink: &str) -> Result<i64, EmitError> {
@@ -153,13 +252,16 @@ impl Outbox {
             .prepare_cached("SELECT seq, id, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(self.err())?;
         let rows = stmt
-            .query_map(params![after, limit as i64], |r| {
-                Ok(StoredEvent {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    body: r.get(2)?,
-                })
-            })
+            .query_map(
+                params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(StoredEvent {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
@@ -222,5 +324,149 @@ impl Outbox {
             rows.push(serde_json::from_str(&body.map_err(self.err())?)?);
         }
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+    use skynet_core::{CameraId, GridId, Incident, IncidentStatus, OwnerKind, RiskLevel, RuleRef};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn event(revision: u32, risk_score: f32) -> CloudEvent {
+        let incident = Incident {
+            id: "inc-1".into(),
+            revision,
+            status: IncidentStatus::Opened,
+            category: "intrusion".into(),
+            level: RiskLevel::IV,
+            level_colour: "blue".into(),
+            risk_score,
+            grid: GridId::new("G1"),
+            camera: CameraId::new("cam"),
+            owner: OwnerKind::Police,
+            first_seen: DateTime::<Utc>::UNIX_EPOCH,
+            last_seen: DateTime::<Utc>::UNIX_EPOCH,
+            observations: 1,
+            detections: Vec::new(),
+            rule: RuleRef {
+                name: "r".into(),
+                kind: "zone_intrusion".into(),
+                zone: None,
+            },
+        };
+        CloudEvent::incident("n1", &incident)
+    }
+
+    #[test]
+    fn state_is_committed_with_the_events_in_one_transaction_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let mut outbox = Outbox::open(&path).unwrap();
+        assert_eq!(outbox.load_state().unwrap(), None);
+        let events = [event(1, 0.3), event(2, 0.4)];
+        assert_eq!(
+            outbox
+                .commit(&events, Some(r#"{"open":["inc-1"]}"#))
+                .unwrap(),
+            2
+        );
+        drop(outbox);
+
+        let mut outbox = Outbox::open(&path).unwrap();
+        assert_eq!(
+            outbox.load_state().unwrap().as_deref(),
+            Some(r#"{"open":["inc-1"]}"#)
+        );
+        assert_eq!(outbox.events().unwrap(), events);
+        assert_eq!(outbox.incidents().unwrap()[0].revision, 2);
+        // State alone, and a commit without state keeps the last one.
+        assert_eq!(outbox.commit(&[], Some("{}")).unwrap(), 0);
+        assert_eq!(outbox.commit(&[event(3, 0.5)], None).unwrap(), 1);
+        assert_eq!(outbox.load_state().unwrap().as_deref(), Some("{}"));
+    }
+
+    /// Counts `skynet_outbox_conflicts_total` and nothing else.
+    struct ConflictRecorder(Arc<AtomicU64>);
+
+    impl metrics::Recorder for ConflictRecorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            if key.name() == "skynet_outbox_conflicts_total" {
+                metrics::Counter::from_arc(self.0.clone())
+            } else {
+                metrics::Counter::noop()
+            }
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn an_event_id_reused_with_different_content_is_counted_not_silently_ignored() {
+        let mut outbox = Outbox::open(Path::new(":memory:")).unwrap();
+        let conflicts = Arc::new(AtomicU64::new(0));
+        let recorder = ConflictRecorder(conflicts.clone());
+        let original = event(1, 0.3);
+        let reused = event(1, 0.9);
+        assert_eq!(original.id, reused.id);
+        metrics::with_local_recorder(&recorder, || {
+            assert_eq!(
+                outbox
+                    .commit(std::slice::from_ref(&original), None)
+                    .unwrap(),
+                1
+            );
+            // A replay of the same event is not a conflict.
+            assert_eq!(
+                outbox
+                    .commit(std::slice::from_ref(&original), None)
+                    .unwrap(),
+                0
+            );
+            assert_eq!(conflicts.load(Ordering::Relaxed), 0);
+            assert_eq!(
+                outbox.commit(std::slice::from_ref(&reused), None).unwrap(),
+                0
+            );
+        });
+        assert_eq!(conflicts.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.events().unwrap(), vec![original.clone()]);
+        assert_eq!(outbox.incidents().unwrap()[0], original.data);
+        assert!(!outbox.append(&reused).unwrap());
     }
 }

@@ -1,5 +1,7 @@
 use skynet_core::CameraId;
 
+/// Why a source failed. Every `uri` here is redacted (no user name or password), because
+/// these errors end up in logs, health reasons and `/readyz`.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("GStreamer could not be initialised: {0}")]
@@ -28,6 +30,9 @@ pub enum IngestError {
     },
     #[error("camera {camera}: unexpected frame format: {reason}")]
     Format { camera: CameraId, reason: String },
+    /// A live stream ended. Cameras do not end, so this is a fault to retry.
+    #[error("camera {camera}: the live stream ended")]
+    LiveStreamEnded { camera: CameraId },
     #[error("the detection stage has stopped")]
     DownstreamClosed,
 }

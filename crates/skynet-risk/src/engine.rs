@@ -6,13 +6,17 @@
 //! evidence. Thresholds map the score to levels IV to I.
 //!
 //! An incident is one rule's finding on one camera in one cell. It opens when the cell
-//! reaches `open_at`, is re-emitted when the cell's level rises, and closes after
-//! `close_after` without new evidence. All times are event times from the frames, so a
-//! replayed file gives the same incidents at any speed.
+//! reaches `open_at`, is re-emitted when the cell's level rises, is `updated` at most every
+//! `update_every` while it keeps learning, and closes after `close_after` without new
+//! evidence. All times are event times from the frames, and each camera has its own clock:
+//! a file replayed as fast as possible runs far ahead of (or behind) a live camera, so only a
+//! camera's own clock may close its incidents. A replayed file gives the same incidents at
+//! any speed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 use skynet_core::{CameraId, GridId, Incident, IncidentStatus, Observation, RiskLevel};
 use uuid::Uuid;
 
@@ -20,10 +24,33 @@ use uuid::Uuid;
 pub trait RiskEngine: Send {
     /// Takes one observation; returns the incident revisions it causes.
     fn observe(&mut self, observation: &Observation) -> Vec<Incident>;
-    /// Moves the engine's clock to `now` (event time), closing quiet incidents.
-    fn advance(&mut self, now: DateTime<Utc>) -> Vec<Incident>;
+    /// Moves `camera`'s event clock to `now`: closes that camera's quiet incidents (and only
+    /// that camera's), emits `updated` revisions that are due, and refreshes the decayed
+    /// `skynet_grid_risk_score` gauge of the cells that camera feeds.
+    fn advance(&mut self, camera: &CameraId, now: DateTime<Utc>) -> Vec<Incident>;
     /// Emits what open incidents learned since their last revision (at shutdown).
     fn flush(&mut self) -> Vec<Incident>;
+    /// Everything needed to go on after a restart (cell scores, open incidents with their
+    /// revision and pending changes, id bookkeeping), as JSON.
+    fn snapshot(&self) -> serde_json::Value;
+    /// Restores a snapshot taken by `snapshot` (on a fresh engine, before any observation).
+    fn restore(&mut self, snapshot: serde_json::Value) -> Result<(), RiskError>;
+}
+
+/// Why a snapshot could not be restored. The engine is left as it was (fresh).
+#[derive(Debug, thiserror::Error)]
+pub enum RiskError {
+    #[error("risk snapshot is not readable: {0}")]
+    SnapshotFormat(#[source] serde_json::Error),
+    #[error("risk snapshot has version {found}; this build reads version {supported}")]
+    SnapshotVersion { found: String, supported: u32 },
+    #[error("risk snapshot is inconsistent: {0}")]
+    SnapshotInvalid(String),
+    #[error(
+        "a risk snapshot can only be restored into a fresh engine, before any observation \
+         (this one tracks {cells} cells and {open} open incidents)"
+    )]
+    NotFresh { cells: usize, open: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,6 +107,9 @@ pub struct RiskConfig {
     pub node: String,
     pub half_life: Duration,
     pub close_after: Duration,
+    /// An open incident that keeps learning emits an `updated` revision at most this often
+    /// (event time).
+    pub update_every: Duration,
     pub thresholds: LevelThresholds,
     /// The lowest level that opens an incident.
     pub open_at: RiskLevel,
@@ -93,6 +123,7 @@ impl Default for RiskConfig {
             node: "skynet".into(),
             half_life: Duration::seconds(60),
             close_after: Duration::seconds(120),
+            update_every: Duration::seconds(30),
             thresholds: LevelThresholds::default(),
             open_at: RiskLevel::IV,
             max_detections: 16,
@@ -100,7 +131,11 @@ impl Default for RiskConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Below this a decayed cell score is reported as 0 and the cell is forgotten: it no longer
+/// matters to any level, and forgetting keeps a long run's state bounded by the active cells.
+const FORGET_BELOW: f32 = 1e-6;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct CellRisk {
     score: f32,
     at: DateTime<Utc>,
@@ -108,19 +143,51 @@ struct CellRisk {
 
 impl CellRisk {
     fn decayed(&self, now: DateTime<Utc>, half_life: Duration) -> f32 {
-        let elapsed = (now - self.at).num_milliseconds().max(0) as f64;
+        // `signed_duration_since` cannot overflow (any two `DateTime`s differ by far less
+        // than `Duration`'s range); a `now` before the evidence decays nothing.
+        let elapsed = now.signed_duration_since(self.at).num_milliseconds().max(0) as f64;
         let half = half_life.num_milliseconds().max(1) as f64;
         (f64::from(self.score) * 0.5f64.powf(elapsed / half)) as f32
     }
 }
 
-#[derive(Debug)]
+/// `1 - (1 - prior)(1 - weight)`, clamped to `[0, 1]`.
+fn fuse(prior: f32, weight: f32) -> f32 {
+    // A NaN weight is no evidence; it must not poison the cell's score for good.
+    let w = if weight.is_nan() {
+        0.0
+    } else {
+        weight.clamp(0.0, 1.0)
+    };
+    let p = if prior.is_nan() {
+        0.0
+    } else {
+        prior.clamp(0.0, 1.0)
+    };
+    // The product form is monotone in both inputs under rounding but can come out one ulp
+    // below `p` (1 - (1 - p) need not round back to p); the max keeps added evidence from
+    // ever lowering a score.
+    (1.0 - (1.0 - p) * (1.0 - w)).max(p).max(w)
+}
+
+#[derive(Debug, Clone)]
 struct OpenIncident {
     incident: Incident,
-    changed_since_emit: bool,
+    /// Evidence arrived since the last revision.
+    changed: bool,
+    /// Event time of the last revision, for `update_every`.
+    last_revision_at: DateTime<Utc>,
 }
 
 type IncidentKey = (GridId, CameraId, String);
+
+/// What ids a key has been given: names use `first_seen_ms` (the latest first-seen time of
+/// the key's incidents), plus `#reopened` once an incident did not start later than that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct IdState {
+    first_seen_ms: i64,
+    reopened: u64,
+}
 
 // Fixed namespace so the same node, cell, camera, rule and start give the same id on every run.
 const INCIDENT_NAMESPACE: Uuid = Uuid::from_u128(0x5c7e_a1d0_2b4f_4e8a_9c61_7d3f_0e9b_a4c2);
@@ -129,6 +196,9 @@ pub struct GridRiskEngine {
     config: RiskConfig,
     cells: BTreeMap<GridId, CellRisk>,
     open: BTreeMap<IncidentKey, OpenIncident>,
+    ids: BTreeMap<IncidentKey, IdState>,
+    /// The cells each camera has given evidence for: whose gauges its clock refreshes.
+    feeds: BTreeMap<CameraId, BTreeSet<GridId>>,
 }
 
 impl GridRiskEngine {
@@ -137,6 +207,8 @@ impl GridRiskEngine {
             config,
             cells: BTreeMap::new(),
             open: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            feeds: BTreeMap::new(),
         }
     }
 
@@ -159,60 +231,120 @@ impl GridRiskEngine {
             .cells
             .entry(grid.clone())
             .or_insert(CellRisk { score: 0.0, at });
+        // Late evidence (a camera whose clock is behind) counts at the cell's time: a score
+        // never decays backwards.
         let now = at.max(cell.at);
-        let decayed = cell.decayed(now, half_life);
-        let score = 1.0 - (1.0 - decayed) * (1.0 - weight.clamp(0.0, 1.0));
+        let score = fuse(cell.decayed(now, half_life), weight);
         *cell = CellRisk { score, at: now };
         metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string()).set(f64::from(score));
         score
     }
 
-    fn revise(incident: &mut Incident, status: IncidentStatus) -> Incident {
-        incident.revision += 1;
+    fn revise(open: &mut OpenIncident, status: IncidentStatus, at: DateTime<Utc>) -> Incident {
+        let incident = &mut open.incident;
+        incident.revision = incident.revision.saturating_add(1);
         incident.status = status;
+        open.changed = false;
+        // Monotone, so an out-of-order time cannot make the next update due early.
+        open.last_revision_at = open.last_revision_at.max(at);
         incident.clone()
+    }
+
+    fn update_due(&self, open: &OpenIncident, now: DateTime<Utc>) -> bool {
+        open.changed && now.signed_duration_since(open.last_revision_at) >= self.config.update_every
+    }
+
+    fn quiet(&self, open: &OpenIncident, now: DateTime<Utc>) -> bool {
+        now.signed_duration_since(open.incident.last_seen) >= self.config.close_after
+    }
+
+    fn close(&mut self, key: &IncidentKey, now: DateTime<Utc>) -> Option<Incident> {
+        let mut open = self.open.remove(key)?;
+        let (score, _) = self.cell_risk(&key.0, now);
+        open.incident.risk_score = score;
+        tracing::info!(incident = %open.incident.id, grid = %key.0, camera = %key.1, "incident closed");
+        Some(Self::revise(&mut open, IncidentStatus::Closed, now))
+    }
+
+    /// A UUIDv5 of node, cell, camera, rule and first-seen time, so a replay gives the same
+    /// ids, and never one this key was given before (the engine remembers, across restores).
+    fn new_incident_id(&mut self, key: &IncidentKey, first_seen: DateTime<Utc>) -> String {
+        let ms = first_seen.timestamp_millis();
+        let base = |ms: i64| format!("{}/{}/{}/{}/{ms}", self.config.node, key.0, key.1, key.2);
+        let name = match self.ids.get_mut(key) {
+            Some(state) if ms <= state.first_seen_ms => {
+                // Not later than an earlier incident of this key (a camera clock that went
+                // back, the same file replayed again): its plain name may be taken, so count.
+                // Names are then `<latest first-seen>#n`, n rising, all distinct.
+                state.reopened = state.reopened.saturating_add(1);
+                format!("{}#{}", base(state.first_seen_ms), state.reopened)
+            }
+            _ => {
+                // Later than every earlier incident of this key: the plain name is unused.
+                self.ids.insert(
+                    key.clone(),
+                    IdState {
+                        first_seen_ms: ms,
+                        reopened: 0,
+                    },
+                );
+                base(ms)
+            }
+        };
+        Uuid::new_v5(&INCIDENT_NAMESPACE, name.as_bytes()).to_string()
+    }
+
+    fn set_open_gauge(&self) {
+        metrics::gauge!("skynet_incidents_open").set(self.open.len() as f64);
     }
 }
 
 impl RiskEngine for GridRiskEngine {
     fn observe(&mut self, obs: &Observation) -> Vec<Incident> {
-        let score = self.raise(&obs.grid, obs.weight, obs.at);
-        let Some(level) = self.config.thresholds.level(score) else {
-            return Vec::new();
-        };
         let key: IncidentKey = (obs.grid.clone(), obs.camera.clone(), obs.rule.name.clone());
+        let mut out = Vec::new();
+        // The engine keeps its own lifecycle whatever the caller's order: evidence after the
+        // quiet period starts a new incident rather than reviving the old one.
+        if self.open.get(&key).is_some_and(|o| self.quiet(o, obs.at)) {
+            out.extend(self.close(&key, obs.at));
+            self.set_open_gauge();
+        }
+        let score = self.raise(&obs.grid, obs.weight, obs.at);
+        self.feeds
+            .entry(obs.camera.clone())
+            .or_default()
+            .insert(obs.grid.clone());
+        let level = self.config.thresholds.level(score);
         let mut detections = obs.detections.clone();
         detections.truncate(self.config.max_detections);
 
-        if let Some(open) = self.open.get_mut(&key) {
+        if let Some(mut open) = self.open.remove(&key) {
+            // Evidence for an open incident always reaches it, whatever the cell's level:
+            // otherwise `last_seen` stops and the incident closes while evidence still arrives.
             let incident = &mut open.incident;
             incident.last_seen = incident.last_seen.max(obs.at);
-            incident.observations += 1;
+            incident.observations = incident.observations.saturating_add(1);
             incident.detections = detections;
             incident.risk_score = score;
-            if level > incident.level {
+            open.changed = true;
+            if let Some(level) = level
+                && level > incident.level
+            {
                 incident.level = level;
                 incident.level_colour = level.colour().into();
-                open.changed_since_emit = false;
                 tracing::info!(incident = %incident.id, grid = %obs.grid, level = %level, "incident escalated");
-                return vec![Self::revise(incident, IncidentStatus::Escalated)];
+                out.push(Self::revise(&mut open, IncidentStatus::Escalated, obs.at));
+            } else if self.update_due(&open, obs.at) {
+                out.push(Self::revise(&mut open, IncidentStatus::Updated, obs.at));
             }
-            open.changed_since_emit = true;
-            return Vec::new();
+            self.open.insert(key, open);
+            return out;
         }
-        if level < self.config.open_at {
-            return Vec::new();
-        }
-        let name = format!(
-            "{}/{}/{}/{}/{}",
-            self.config.node,
-            obs.grid,
-            obs.camera,
-            obs.rule.name,
-            obs.at.timestamp_millis()
-        );
+        let Some(level) = level.filter(|l| *l >= self.config.open_at) else {
+            return out;
+        };
         let incident = Incident {
-            id: Uuid::new_v5(&INCIDENT_NAMESPACE, name.as_bytes()).to_string(),
+            id: self.new_incident_id(&key, obs.at),
             revision: 1,
             status: IncidentStatus::Opened,
             category: obs.category.clone(),
@@ -233,142 +365,284 @@ impl RiskEngine for GridRiskEngine {
             key,
             OpenIncident {
                 incident: incident.clone(),
-                changed_since_emit: false,
+                changed: false,
+                last_revision_at: obs.at,
             },
         );
-        metrics::gauge!("skynet_incidents_open").set(self.open.len() as f64);
-        vec![incident]
+        self.set_open_gauge();
+        out.push(incident);
+        out
     }
 
-    fn advance(&mut self, now: DateTime<Utc>) -> Vec<Incident> {
-        let close_after = self.config.close_after;
-        let quiet: Vec<IncidentKey> = self
+    fn advance(&mut self, camera: &CameraId, now: DateTime<Utc>) -> Vec<Incident> {
+        let mine: Vec<IncidentKey> = self
             .open
-            .iter()
-            .filter(|(_, o)| now - o.incident.last_seen >= close_after)
-            .map(|(k, _)| k.clone())
+            .keys()
+            .filter(|(_, c, _)| c == camera)
+            .cloned()
             .collect();
-        let mut closed = Vec::with_capacity(quiet.len());
-        for key in quiet {
-            if let Some(mut open) = self.open.remove(&key) {
-                let (score, _) = self.cell_risk(&key.0, now);
-                open.incident.risk_score = score;
-                tracing::info!(incident = %open.incident.id, grid = %key.0, "incident closed");
-                closed.push(Self::revise(&mut open.incident, IncidentStatus::Closed));
+        let mut out = Vec::new();
+        let mut closed_any = false;
+        for key in mine {
+            let Some(open) = self.open.get(&key) else {
+                continue;
+            };
+            if self.quiet(open, now) {
+                out.extend(self.close(&key, now));
+                closed_any = true;
+            } else if self.update_due(open, now)
+                && let Some(open) = self.open.get_mut(&key)
+            {
+                out.push(Self::revise(open, IncidentStatus::Updated, now));
             }
         }
-        if !closed.is_empty() {
-            metrics::gauge!("skynet_incidents_open").set(self.open.len() as f64);
+        if closed_any {
+            self.set_open_gauge();
         }
-        closed
+
+        // Refresh the gauges of this camera's cells: without it a cell's gauge would keep its
+        // last raised value for ever once evidence stops.
+        let half_life = self.config.half_life;
+        let cells = &mut self.cells;
+        if let Some(grids) = self.feeds.get_mut(camera) {
+            grids.retain(|grid| {
+                let gauge = metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string());
+                let score = cells.get(grid).map_or(0.0, |c| c.decayed(now, half_life));
+                if score < FORGET_BELOW {
+                    gauge.set(0.0);
+                    cells.remove(grid);
+                    false
+                } else {
+                    gauge.set(f64::from(score));
+                    true
+                }
+            });
+            if grids.is_empty() {
+                self.feeds.remove(camera);
+            }
+        }
+        out
     }
 
     fn flush(&mut self) -> Vec<Incident> {
         self.open
             .values_mut()
-            .filter(|o| o.changed_since_emit)
+            .filter(|o| o.changed)
             .map(|o| {
-                o.changed_since_emit = false;
-                Self::revise(&mut o.incident, IncidentStatus::Updated)
+                let at = o.incident.last_seen;
+                Self::revise(o, IncidentStatus::Updated, at)
             })
             .collect()
     }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            node: self.config.node.clone(),
+            cells: self
+                .cells
+                .iter()
+                .map(|(grid, c)| CellSnapshot {
+                    grid: grid.clone(),
+                    score: f64::from(c.score),
+                    at: c.at,
+                })
+                .collect(),
+            open: self
+                .open
+                .values()
+                .map(|o| OpenSnapshot {
+                    risk_score: f64::from(o.incident.risk_score),
+                    incident: o.incident.clone(),
+                    changed: o.changed,
+                    last_revision_at: o.last_revision_at,
+                })
+                .collect(),
+            ids: self
+                .ids
+                .iter()
+                .map(|((grid, camera, rule), s)| IdSnapshot {
+                    grid: grid.clone(),
+                    camera: camera.clone(),
+                    rule: rule.clone(),
+                    first_seen_ms: s.first_seen_ms,
+                    reopened: s.reopened,
+                })
+                .collect(),
+            feeds: self
+                .feeds
+                .iter()
+                .map(|(camera, grids)| FeedSnapshot {
+                    camera: camera.clone(),
+                    grids: grids.iter().cloned().collect(),
+                })
+                .collect(),
+        };
+        // Only structs, sequences and string-keyed fields: serializing into a `Value`
+        // cannot fail for these types.
+        serde_json::to_value(&snapshot).expect("risk snapshot types serialize to JSON")
+    }
+
+    fn restore(&mut self, snapshot: serde_json::Value) -> Result<(), RiskError> {
+        if !(self.cells.is_empty()
+            && self.open.is_empty()
+            && self.ids.is_empty()
+            && self.feeds.is_empty())
+        {
+            return Err(RiskError::NotFresh {
+                cells: self.cells.len(),
+                open: self.open.len(),
+            });
+        }
+        // Check the version before the shape, so an old or newer snapshot says so instead
+        // of failing on a field it does not know.
+        match snapshot.get("version") {
+            Some(v) if v.as_u64() == Some(u64::from(SNAPSHOT_VERSION)) => {}
+            found => {
+                return Err(RiskError::SnapshotVersion {
+                    found: found.map_or_else(|| "(none)".into(), ToString::to_string),
+                    supported: SNAPSHOT_VERSION,
+                });
+            }
+        }
+        let snapshot: Snapshot =
+            serde_json::from_value(snapshot).map_err(RiskError::SnapshotFormat)?;
+        let invalid = RiskError::SnapshotInvalid;
+        let unit_score = |what: &str, s: f64| {
+            if (0.0..=1.0).contains(&s) {
+                Ok(s as f32)
+            } else {
+                Err(invalid(format!("{what} has score {s}, outside [0, 1]")))
+            }
+        };
+        if snapshot.node != self.config.node {
+            // Not an error: a renamed node keeps its incidents (their ids stay as issued).
+            tracing::warn!(snapshot = %snapshot.node, node = %self.config.node, "risk snapshot was taken under another node name");
+        }
+
+        let mut cells = BTreeMap::new();
+        for c in snapshot.cells {
+            let score = unit_score(&format!("cell `{}`", c.grid), c.score)?;
+            if cells
+                .insert(c.grid.clone(), CellRisk { score, at: c.at })
+                .is_some()
+            {
+                return Err(invalid(format!("cell `{}` appears twice", c.grid)));
+            }
+        }
+        let mut ids = BTreeMap::new();
+        for s in snapshot.ids {
+            let key = (s.grid, s.camera, s.rule);
+            let state = IdState {
+                first_seen_ms: s.first_seen_ms,
+                reopened: s.reopened,
+            };
+            if ids.insert(key.clone(), state).is_some() {
+                return Err(invalid(format!("id bookkeeping for {key:?} appears twice")));
+            }
+        }
+        let mut open = BTreeMap::new();
+        for o in snapshot.open {
+            let mut incident = o.incident;
+            // JSON text may round an f32 twice on the way back; the f64 of the f32 is exact.
+            incident.risk_score = unit_score(&format!("incident {}", incident.id), o.risk_score)?;
+            if incident.status == IncidentStatus::Closed || incident.revision == 0 {
+                return Err(invalid(format!(
+                    "incident {} is listed as open but is {:?} at revision {}",
+                    incident.id, incident.status, incident.revision
+                )));
+            }
+            let key: IncidentKey = (
+                incident.grid.clone(),
+                incident.camera.clone(),
+                incident.rule.name.clone(),
+            );
+            if !ids.contains_key(&key) {
+                // Without it a reopened incident of this key could be given an old id.
+                return Err(invalid(format!(
+                    "incident {} has no id bookkeeping",
+                    incident.id
+                )));
+            }
+            let id = incident.id.clone();
+            let entry = OpenIncident {
+                incident,
+                changed: o.changed,
+                last_revision_at: o.last_revision_at,
+            };
+            if open.insert(key, entry).is_some() {
+                return Err(invalid(format!(
+                    "two open incidents share the cell, camera and rule of incident {id}"
+                )));
+            }
+        }
+        let feeds = snapshot
+            .feeds
+            .into_iter()
+            .map(|f| (f.camera, f.grids.into_iter().collect()))
+            .collect();
+
+        self.cells = cells;
+        self.open = open;
+        self.ids = ids;
+        self.feeds = feeds;
+        self.set_open_gauge();
+        Ok(())
+    }
+}
+
+// ---- The snapshot's JSON shape ---------------------------------------------------------
+
+/// Bumped whenever the shape below changes incompatibly.
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    version: u32,
+    node: String,
+    cells: Vec<CellSnapshot>,
+    open: Vec<OpenSnapshot>,
+    ids: Vec<IdSnapshot>,
+    feeds: Vec<FeedSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellSnapshot {
+    grid: GridId,
+    /// The f32 score widened to f64, which survives JSON text exactly.
+    score: f64,
+    at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenSnapshot {
+    /// The latest revision as emitted, plus what it has learned since (when `changed`).
+    incident: Incident,
+    /// `incident.risk_score` exactly (see `CellSnapshot::score`).
+    risk_score: f64,
+    changed: bool,
+    last_revision_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdSnapshot {
+    grid: GridId,
+    camera: CameraId,
+    rule: String,
+    first_seen_ms: i64,
+    reopened: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedSnapshot {
+    camera: CameraId,
+    grids: Vec<GridId>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use skynet_core::{OwnerKind, RuleRef};
-
-    fn obs(secs: i64, weight: f32) -> Observation {
-        Observation {
-            camera: CameraId::new("cam"),
-            grid: GridId::new("G1"),
-            owner: OwnerKind::Police,
-            category: "intrusion".into(),
-            rule: RuleRef {
-                name: "r".into(),
-                kind: "zone_intrusion".into(),
-                zone: Some("z".into()),
-            },
-            at: DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(secs),
-            weight,
-            detections: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn evidence_accumulates_opens_escalates_and_closes() {
-        let mut engine = GridRiskEngine::new(RiskConfig::default());
-        let opened = engine.observe(&obs(0, 0.3));
-        assert_eq!(opened.len(), 1);
-        assert_eq!(
-            (opened[0].status, opened[0].level, opened[0].revision),
-            (IncidentStatus::Opened, RiskLevel::IV, 1)
-        );
-        // 1 - 0.7^2 = 0.51: level III.
-        let escalated = engine.observe(&obs(0, 0.3));
-        assert_eq!(
-            (
-                escalated[0].status,
-                escalated[0].level,
-                escalated[0].revision
-            ),
-            (IncidentStatus::Escalated, RiskLevel::III, 2)
-        );
-        assert_eq!(escalated[0].id, opened[0].id);
-        assert!(
-            engine
-                .advance(DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60))
-                .is_empty()
-        );
-        let closed = engine.advance(DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(120));
-        assert_eq!(
-            (closed[0].status, closed[0].revision),
-            (IncidentStatus::Closed, 3)
-        );
-        assert_eq!(engine.open_incidents(), 0);
-    }
-
-    #[test]
-    fn risk_decays_with_half_life_and_weak_evidence_opens_nothing() {
-        let mut engine = GridRiskEngine::new(RiskConfig::default());
-        assert!(engine.observe(&obs(0, 0.2)).is_empty());
-        let (score, level) = engine.cell_risk(
-            &GridId::new("G1"),
-            DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(60),
-        );
-        assert!((score - 0.1).abs() < 1e-4, "{score}");
-        assert_eq!(level, None);
-    }
-
-    #[test]
-    fn flush_emits_only_changed_incidents_and_ids_are_deterministic() {
-        let mut a = GridRiskEngine::new(RiskConfig::default());
-        let mut b = GridRiskEngine::new(RiskConfig::default());
-        assert_eq!(a.observe(&obs(5, 0.3))[0].id, b.observe(&obs(5, 0.3))[0].id);
-        assert!(a.flush().is_empty());
-        assert!(a.observe(&obs(6, 0.1)).is_empty());
-        let updated = a.flush();
-        assert_eq!(
-            (updated[0].status, updated[0].observations),
-            (IncidentStatus::Updated, 2)
-        );
-        assert!(a.flush().is_empty());
-    }
-
-    #[test]
-    fn thresholds_must_rise() {
-        assert!(LevelThresholds::default().validate().is_ok());
-        assert!(
-            LevelThresholds {
-                iv: 0.5,
-                iii: 0.4,
-                ii: 0.7,
-                i: 0.9
-            }
-            .validate()
-            .is_err()
-        );
-    }
-}
+mod tests;

@@ -1,14 +1,36 @@
-//! Serve stage: what operators and engineers reach over the network. Today that is the
-//! Prometheus endpoint; the live console, hazard tickets and tuning tools join it here.
+//! Serve stage: what operators, supervisors and engineers reach over HTTP.
+//!
+//! - `/metrics`: Prometheus text.
+//! - `/healthz`: 200 while the process is alive and serving (a liveness probe).
+//! - `/readyz`: 200 when every component is up (or has finished its work), else 503; the
+//!   JSON body lists every component with its state and, when it is not up, why.
+//!
+//! The console, hazard tickets and tuning tools join these routes later.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use skynet_core::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("metrics endpoint on {addr}: {reason}")]
-    Metrics { addr: String, reason: String },
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
+    #[error("HTTP endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP endpoint stopped: {0}")]
+    Serve(#[source] std::io::Error),
 }
 
 /// Latency buckets for inference and end-to-end timings, in seconds.
@@ -16,48 +38,99 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Installs the process-wide metrics recorder, serving `/metrics` on `listen` when given.
-/// Returns a handle that renders the current metrics as Prometheus text.
-pub fn install_metrics(listen: Option<SocketAddr>) -> Result<PrometheusHandle, ServeError> {
-    let addr = listen.map_or_else(|| "(none)".to_string(), |a| a.to_string());
-    let err = |reason: String| ServeError::Metrics {
-        addr: addr.clone(),
-        reason,
-    };
-    let builder = PrometheusBuilder::new()
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder once and returns its handle (the same handle
+/// on every later call). Metrics recorded before this call are lost.
+pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
+    if let Some(handle) = RECORDER.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| err(e.to_string()))?;
-    let handle = match listen {
-        None => builder.install_recorder().map_err(|e| err(e.to_string()))?,
-        Some(listen) => {
-            // The exporter runs on its own small runtime so the pipeline's threads stay plain.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| err(e.to_string()))?;
-            let (recorder, exporter) = {
-                let _entered = runtime.enter();
-                builder
-                    .with_http_listener(listen)
-                    .build()
-                    .map_err(|e| err(e.to_string()))?
-            };
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
-            std::thread::Builder::new()
-                .name("metrics-http".into())
-                .spawn(move || {
-                    if let Err(e) = runtime.block_on(exporter) {
-                        tracing::error!(error = ?e, "metrics endpoint stopped");
-                    }
-                })
-                .map_err(|e| err(e.to_string()))?;
-            tracing::info!(%listen, "serving Prometheus metrics at /metrics");
-            handle
+        .map_err(|e| ServeError::Recorder(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            let _ = RECORDER.set(handle.clone());
+            describe_metrics();
+            Ok(RECORDER.get().cloned().unwrap_or(handle))
         }
+        // Another thread won the race: use its recorder.
+        Err(e) => RECORDER
+            .get()
+            .cloned()
+            .ok_or_else(|| ServeError::Recorder(e.to_string())),
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: PrometheusHandle,
+    health: Health,
+}
+
+/// The routes, for serving or for tests.
+pub fn router(metrics: PrometheusHandle, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health })
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let report = state.health.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    describe_metrics();
-    Ok(handle)
+    (status, axum::Json(report))
+}
+
+/// Binds `listen` now, so a taken port fails at start-up with a clear error.
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| ServeError::Bind {
+        addr: listen,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Bind {
+            addr: listen,
+            source,
+        })?;
+    Ok(listener)
+}
+
+/// Serves the routes on `listener` until `shutdown` completes. Runs on the I/O runtime.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    metrics: PrometheusHandle,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
 }
 
 /// Names and explains every metric the pipeline records.
@@ -71,6 +144,14 @@ pub fn describe_metrics() {
     describe_counter!(
         "skynet_frames_analysed_total",
         "Frames that went through detection, per camera."
+    );
+    describe_counter!(
+        "skynet_frames_late_total",
+        "Frames dropped because their event time was not after the camera's last applied frame (out of order, or already applied before a restart), per camera."
+    );
+    describe_counter!(
+        "skynet_frame_gaps_total",
+        "Frames missing between two analysed frames of a camera (dropped under overload), per camera."
     );
     describe_counter!(
         "skynet_queue_dropped_total",
@@ -92,7 +173,11 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_source_errors_total",
-        "Camera streams that failed, per camera."
+        "Camera stream failures, per camera."
+    );
+    describe_counter!(
+        "skynet_source_restarts_total",
+        "Camera streams restarted after a failure, per camera."
     );
     describe_counter!(
         "skynet_detect_errors_total",
@@ -104,12 +189,20 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "skynet_grid_risk_score",
-        "Fused risk score of a grid cell, 0 to 1."
+        "Fused risk score of a grid cell, 0 to 1, decayed to the cell's cameras' event time."
     );
     describe_gauge!("skynet_incidents_open", "Incidents currently open.");
     describe_counter!(
         "skynet_incidents_stored_total",
         "Incident revisions committed to the outbox."
+    );
+    describe_counter!(
+        "skynet_outbox_retries_total",
+        "Failed outbox commits that were retried."
+    );
+    describe_counter!(
+        "skynet_outbox_conflicts_total",
+        "Events refused because their id was already stored with other content."
     );
     describe_counter!(
         "skynet_incidents_emitted_total",
@@ -122,5 +215,9 @@ pub fn describe_metrics() {
     describe_gauge!(
         "skynet_outbox_pending",
         "Events in the outbox a sink has not acknowledged, per sink."
+    );
+    describe_gauge!(
+        "skynet_component_up",
+        "1 while a component works (or has finished its work), 0 while it starts, retries or is down; per component and kind (source, stage, sink)."
     );
 }

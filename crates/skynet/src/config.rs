@@ -1,8 +1,9 @@
-//! The TOML config and its validation.
+//! The TOML config: assembly of the components it names, and error location.
 //!
-//! Parsing rejects unknown keys and wrong types; validation then checks what TOML cannot
-//! (polygons, references between zones and rules, grid placement, the model). Every error
-//! names the file, line and column, so `skynet check` points the user at the fix.
+//! Parsing rejects unknown keys and wrong types. Each component kind (source, rule, sink)
+//! owns its config type and validation in its stage crate; this module only finds the kind
+//! in the [`Registry`](crate::components::Registry), hands it its table, and turns the
+//! errors it returns into `file:line:column: message`, so `skynet check` points at the fix.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -10,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use skynet_core::{CameraId, GridId, OwnerKind, RiskLevel};
-use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone, ZoneIntrusionSpec};
+use skynet_core::config::{MAX_SECONDS, check_range, seconds_in};
+use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, RiskLevel, validate_id};
+use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone};
 use skynet_risk::{GridMap, LevelThresholds, RiskConfig};
 use toml::Spanned;
 
+use crate::components::{Registry, RuleBuilder, SinkBuilder, SourceBuilder};
 use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,16 +52,18 @@ struct ConfigFile {
     risk: RiskSection,
     #[serde(default)]
     outbox: OutboxSection,
+    /// Each table goes to the sink kind its `kind` names.
     #[serde(default)]
-    sinks: Vec<SinkSection>,
-    cameras: Vec<CameraSection>,
+    sinks: Vec<Spanned<toml::Table>>,
+    /// The common keys are read here; the rest goes to the camera's source kind.
+    cameras: Vec<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeSection {
     #[serde(default = "default_node_name")]
-    name: String,
+    name: Spanned<String>,
 }
 
 impl Default for NodeSection {
@@ -69,18 +74,26 @@ impl Default for NodeSection {
     }
 }
 
-fn default_node_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
+fn default_node_name() -> Spanned<String> {
+    // Host names may hold characters ids may not: keep the safe ones.
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(128)
+                .collect::<String>()
+        })
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "skynet".into())
+        .unwrap_or_else(|| "skynet".into());
+    Spanned::new(0..0, host)
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsSection {
-    /// `host:port` for the Prometheus endpoint; absent disables it.
+    /// `host:port` for `/metrics`, `/healthz` and `/readyz`; absent disables them.
     listen: Option<Spanned<String>>,
 }
 
@@ -96,36 +109,39 @@ struct DetectSection {
     /// A manifest path (`.toml`) or a model name looked up in the model directories.
     model: Spanned<String>,
     #[serde(default = "default_threshold")]
-    threshold: Spanned<f32>,
+    threshold: Spanned<f64>,
     #[serde(default = "default_nms_iou")]
-    nms_iou: Spanned<f32>,
+    nms_iou: Spanned<f64>,
     #[serde(default = "default_workers")]
-    workers: Spanned<usize>,
-    #[serde(default = "one")]
-    intra_threads: usize,
+    workers: Spanned<i64>,
+    #[serde(default = "default_intra_threads")]
+    intra_threads: Spanned<i64>,
     #[serde(default = "default_providers")]
     execution_providers: Vec<ExecutionProvider>,
     /// Frames waiting per camera before the oldest is dropped (live) or the source waits (files).
     #[serde(default = "default_queue")]
-    queue: Spanned<usize>,
+    queue: Spanned<i64>,
     /// Path of libonnxruntime.so; otherwise ORT_DYLIB_PATH, then where set-up put it.
     onnxruntime: Option<Spanned<String>>,
 }
 
-fn default_threshold() -> Spanned<f32> {
-    Spanned::new(0..0, 0.3)
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
 }
-fn default_nms_iou() -> Spanned<f32> {
-    Spanned::new(0..0, 0.45)
+fn default_threshold() -> Spanned<f64> {
+    spanned(0.3)
 }
-fn default_workers() -> Spanned<usize> {
-    Spanned::new(0..0, 2)
+fn default_nms_iou() -> Spanned<f64> {
+    spanned(0.45)
 }
-fn default_queue() -> Spanned<usize> {
-    Spanned::new(0..0, 4)
+fn default_workers() -> Spanned<i64> {
+    spanned(2)
 }
-fn one() -> usize {
-    1
+fn default_intra_threads() -> Spanned<i64> {
+    spanned(1)
+}
+fn default_queue() -> Spanned<i64> {
+    spanned(4)
 }
 fn default_providers() -> Vec<ExecutionProvider> {
     vec![ExecutionProvider::Cpu]
@@ -138,6 +154,8 @@ struct RiskSection {
     half_life_s: Spanned<f64>,
     #[serde(default = "default_close_after")]
     close_after_s: Spanned<f64>,
+    #[serde(default = "default_update_every")]
+    update_every_s: Spanned<f64>,
     #[serde(default = "default_open_at")]
     open_at: RiskLevel,
     #[serde(default)]
@@ -149,6 +167,7 @@ impl Default for RiskSection {
         Self {
             half_life_s: default_half_life(),
             close_after_s: default_close_after(),
+            update_every_s: default_update_every(),
             open_at: default_open_at(),
             levels: None,
         }
@@ -156,10 +175,13 @@ impl Default for RiskSection {
 }
 
 fn default_half_life() -> Spanned<f64> {
-    Spanned::new(0..0, 60.0)
+    spanned(60.0)
 }
 fn default_close_after() -> Spanned<f64> {
-    Spanned::new(0..0, 120.0)
+    spanned(120.0)
+}
+fn default_update_every() -> Spanned<f64> {
+    spanned(30.0)
 }
 fn default_open_at() -> RiskLevel {
     RiskLevel::IV
@@ -194,100 +216,37 @@ impl Default for OutboxSection {
 }
 
 fn default_retain_days() -> Spanned<f64> {
-    Spanned::new(0..0, 7.0)
+    spanned(7.0)
 }
 
 fn default_outbox_path() -> Spanned<String> {
-    Spanned::new(0..0, "${SKYNET_DATA_DIR}/outbox.sqlite".into())
+    spanned("${SKYNET_DATA_DIR}/outbox.sqlite".into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Jsonl,
-    Stdout,
-}
-
+/// The keys every `[[cameras]]` table has, whatever its source kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SinkSection {
-    kind: Spanned<SinkKind>,
-    name: Option<String>,
-    path: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CameraSection {
-    id: Spanned<String>,
+struct CameraCommon {
+    id: String,
     owner: OwnerKind,
-    /// `rtsp://`, `http(s)://`, `file://` or a local path.
-    uri: Spanned<String>,
     /// The grid cell's id; or give `location` and the cell is looked up.
-    grid: Option<Spanned<String>>,
+    grid: Option<String>,
     /// `[longitude, latitude]` of the camera.
-    location: Option<Spanned<[f64; 2]>>,
-    max_frames: Option<u64>,
-    /// Pace a file source at its frame rate, as a live camera.
-    #[serde(default)]
-    realtime: bool,
+    location: Option<[f64; 2]>,
     #[serde(default)]
     zones: Vec<ZoneSection>,
     #[serde(default)]
-    rules: Vec<RuleSection>,
+    rules: Vec<toml::Table>,
 }
+
+const CAMERA_COMMON_KEYS: [&str; 6] = ["id", "owner", "grid", "location", "zones", "rules"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ZoneSection {
-    name: Spanned<String>,
+    name: String,
     /// Points as `[x, y]` fractions of the frame, origin top-left.
-    polygon: Spanned<Vec<[f64; 2]>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    ZoneIntrusion,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleSection {
-    name: Spanned<String>,
-    kind: RuleKind,
-    zone: Spanned<String>,
-    #[serde(default = "default_labels")]
-    labels: Spanned<Vec<String>>,
-    #[serde(default = "default_min_score")]
-    min_score: Spanned<f32>,
-    #[serde(default = "default_min_frames")]
-    min_frames: u32,
-    #[serde(default = "default_cooldown")]
-    cooldown_s: Spanned<f64>,
-    #[serde(default = "default_category")]
-    category: String,
-    #[serde(default = "default_weight")]
-    weight: Spanned<f32>,
-}
-
-fn default_labels() -> Spanned<Vec<String>> {
-    Spanned::new(0..0, vec!["person".into()])
-}
-fn default_min_score() -> Spanned<f32> {
-    Spanned::new(0..0, 0.5)
-}
-fn default_min_frames() -> u32 {
-    3
-}
-fn default_cooldown() -> Spanned<f64> {
-    Spanned::new(0..0, 1.0)
-}
-fn default_category() -> String {
-    "restricted_area_intrusion".into()
-}
-fn default_weight() -> Spanned<f32> {
-    Spanned::new(0..0, 0.3)
+    polygon: Vec<[f64; 2]>,
 }
 
 // ---- The validated config the pipeline runs -------------------------------------------
@@ -310,47 +269,33 @@ pub struct PipelineConfig {
     pub cameras: Vec<CameraSpec>,
 }
 
+/// A configured sink: its unique name, its kind, and its validated config.
 #[derive(Debug, Clone)]
 pub struct SinkSpec {
-    pub kind: SinkKind,
     pub name: String,
-    pub path: Option<PathBuf>,
+    pub kind: &'static str,
+    pub config: Arc<dyn SinkBuilder>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CameraSpec {
     pub id: CameraId,
     pub owner: OwnerKind,
-    pub uri: String,
     pub grid: GridId,
-    pub max_frames: Option<u64>,
-    pub realtime: bool,
-    pub rules: Vec<RuleSpec>,
+    /// The source kind's validated config.
+    pub source: Arc<dyn SourceBuilder>,
+    pub zones: Vec<Zone>,
+    pub rules: Vec<Arc<dyn RuleBuilder>>,
 }
 
 impl CameraSpec {
     /// Live streams lose stale frames under overload; files replayed as fast as possible wait.
     pub fn is_live(&self) -> bool {
-        let is_file = self.uri.starts_with("file://") || !self.uri.contains("://");
-        self.realtime || !is_file
+        self.source.is_live()
     }
 }
 
-/// A rule as configured; each run builds fresh rule state from it.
-#[derive(Debug, Clone)]
-pub enum RuleSpec {
-    ZoneIntrusion(ZoneIntrusionSpec),
-}
-
-impl RuleSpec {
-    pub fn name(&self) -> &str {
-        match self {
-            Self::ZoneIntrusion(spec) => &spec.name,
-        }
-    }
-}
-
-/// Turns byte offsets into `file:line:column` errors.
+/// Turns byte offsets, and keys inside a table, into `file:line:column` errors.
 struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
@@ -372,15 +317,126 @@ impl Locator<'_> {
 
     /// Resolves a path-like value: `${VAR}` expanded, then relative to the config file.
     fn path(&self, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
-        let expanded =
-            paths::expand_vars(value.get_ref()).map_err(|m| self.error(value.span(), m))?;
-        let p = PathBuf::from(expanded);
-        Ok(if p.is_absolute() {
-            p
-        } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(p)
-        })
+        ConfigContext::new(self.path)
+            .resolve_path("", value.get_ref())
+            .map_err(|e| self.error(value.span(), e.message))
     }
+
+    /// The text of a table whose header is at `header`: up to the next header that is not
+    /// one of its own sub-tables (`[[cameras.zones]]` belongs to the `[[cameras]]` above it).
+    fn table_region(&self, header: &Range<usize>) -> Range<usize> {
+        let start = header.start.min(self.text.len());
+        let name = header_name(&self.text[start..header.end.min(self.text.len())]).unwrap_or("");
+        let own_prefix = format!("{name}.");
+        let body_start = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i + 1);
+        let mut offset = body_start;
+        for line in self.text[body_start..].split_inclusive('\n') {
+            if let Some(other) = header_name(line)
+                && !(other.starts_with(&own_prefix) && !name.is_empty())
+            {
+                return start..offset;
+            }
+            offset += line.len();
+        }
+        start..self.text.len()
+    }
+
+    /// The `n`-th sub-table `[[header]]` inside `region`, as a region of its own.
+    fn sub_table(&self, region: &Range<usize>, header: &str, n: usize) -> Option<Range<usize>> {
+        let mut offset = region.start;
+        let mut seen = 0;
+        for line in self.text[region.clone()].split_inclusive('\n') {
+            if line
+                .trim()
+                .strip_prefix("[[")
+                .and_then(|r| r.strip_suffix("]]"))
+                == Some(header)
+            {
+                if seen == n {
+                    let head = offset + (line.len() - line.trim_start().len());
+                    return Some(self.table_region(&(head..head + line.trim().len())));
+                }
+                seen += 1;
+            }
+            offset += line.len();
+        }
+        None
+    }
+
+    /// Where `key` (dotted for nested keys, like `reconnect.max_backoff_s`) is written in
+    /// `region`; the region's start when it is not written (a default).
+    fn key(&self, region: &Range<usize>, key: &str) -> Range<usize> {
+        let mut from = region.start;
+        for part in key.split('.').filter(|p| !p.is_empty()) {
+            if let Some(at) = find_key(&self.text[from..region.end], part) {
+                from += at;
+            }
+        }
+        from..from
+    }
+
+    /// A component's error: at its key when it names one, else at the table.
+    fn field_error(&self, region: &Range<usize>, error: FieldError) -> ConfigError {
+        let span = if error.field.is_empty() {
+            region.start..region.start
+        } else {
+            self.key(region, &error.field)
+        };
+        self.error(span, error.message)
+    }
+
+    /// A serde error from deserialising a table: located at the key it names.
+    fn serde_error(&self, region: &Range<usize>, error: &toml::de::Error) -> ConfigError {
+        let message = error.message().trim_end().to_string();
+        // toml names the key path in its Display ("in `reconnect.a`"); unknown fields are
+        // named in the message itself.
+        let shown = error.to_string();
+        let key = shown
+            .lines()
+            .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')))
+            .or_else(|| {
+                message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+            })
+            .unwrap_or("")
+            .to_string();
+        self.field_error(region, FieldError::new(key, message))
+    }
+}
+
+/// The table name when `line` is a header (`[name]` or `[[name]]` alone on its line).
+fn header_name(line: &str) -> Option<&str> {
+    let t = line.trim();
+    let inner = t
+        .strip_prefix("[[")
+        .and_then(|r| r.strip_suffix("]]"))
+        .or_else(|| t.strip_prefix('[').and_then(|r| r.strip_suffix(']')))?
+        .trim();
+    let is_name = !inner.is_empty()
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '"'));
+    is_name.then_some(inner)
+}
+
+/// Byte offset of `key =` (at a line start, or inside an inline table) in `text`.
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut search = 0;
+    while let Some(found) = text[search..].find(key) {
+        let at = search + found;
+        let before = text[..at].chars().next_back();
+        let after = text[at + key.len()..].trim_start();
+        let starts_key =
+            before.is_none_or(|c| c == '\n' || c == ' ' || c == '{' || c == ',' || c == '\t');
+        if starts_key && after.starts_with('=') {
+            return Some(at);
+        }
+        search = at + key.len();
+    }
+    None
 }
 
 impl PipelineConfig {
@@ -398,7 +454,7 @@ impl PipelineConfig {
             let message = e.message().trim_end().to_string();
             at.error(e.span().unwrap_or(0..0), message)
         })?;
-        validate(&at, file)
+        validate(&at, file, &crate::components::registry())
     }
 
     pub fn rule_count(&self) -> usize {
@@ -406,7 +462,35 @@ impl PipelineConfig {
     }
 }
 
-fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, ConfigError> {
+fn id_error(at: &Locator<'_>, span: Range<usize>, what: &str, id: &str) -> Result<(), ConfigError> {
+    validate_id(what, id).map_err(|m| at.error(span, m))
+}
+
+/// An integer setting in `[min, max]`.
+fn count(
+    at: &Locator<'_>,
+    name: &str,
+    value: &Spanned<i64>,
+    min: i64,
+    max: i64,
+) -> Result<usize, ConfigError> {
+    let v = *value.get_ref();
+    if v < min || v > max {
+        return Err(at.error(
+            value.span(),
+            format!("`{name}` must be between {min} and {max}, got {v}"),
+        ));
+    }
+    usize::try_from(v).map_err(|_| at.error(value.span(), format!("`{name}` is out of range")))
+}
+
+fn validate(
+    at: &Locator<'_>,
+    file: ConfigFile,
+    registry: &Registry,
+) -> Result<PipelineConfig, ConfigError> {
+    let node = file.node.name.get_ref().clone();
+    id_error(at, file.node.name.span(), "node", &node)?;
     let metrics_listen = match &file.metrics.listen {
         None => None,
         Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|e| {
@@ -420,23 +504,17 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
     let d = &file.detect;
     let model = Arc::new(load_model(at, &d.model)?);
     for (name, value) in [("threshold", &d.threshold), ("nms_iou", &d.nms_iou)] {
-        if !(0.0..=1.0).contains(value.get_ref()) {
-            return Err(at.error(
-                value.span(),
-                format!("`{name}` must be between 0 and 1, got {}", value.get_ref()),
-            ));
-        }
+        check_range(name, *value.get_ref(), 0.0, 1.0)
+            .map_err(|e| at.error(value.span(), e.message))?;
     }
-    for (name, value) in [("workers", &d.workers), ("queue", &d.queue)] {
-        if *value.get_ref() == 0 {
-            return Err(at.error(value.span(), format!("`{name}` must be at least 1")));
-        }
-    }
+    let workers = count(at, "workers", &d.workers, 1, 64)?;
+    let intra_threads = count(at, "intra_threads", &d.intra_threads, 1, 256)?;
+    let queue = count(at, "queue", &d.queue, 1, 10_000)?;
     let onnxruntime = d.onnxruntime.as_ref().map(|p| at.path(p)).transpose()?;
     let detector = DetectorOptions {
-        threshold: *d.threshold.get_ref(),
-        nms_iou: *d.nms_iou.get_ref(),
-        intra_threads: d.intra_threads.max(1),
+        threshold: *d.threshold.get_ref() as f32,
+        nms_iou: *d.nms_iou.get_ref() as f32,
+        intra_threads,
         execution_providers: d.execution_providers.clone(),
         weight_dirs: vec![paths::data_dir().join("models")],
     };
@@ -445,27 +523,25 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
     let grids =
         GridMap::load(&grids_path).map_err(|e| at.error(file.grids.file.span(), e.to_string()))?;
 
-    let risk = validate_risk(at, &file.risk, &file.node.name)?;
+    let risk = validate_risk(at, &file.risk, &node)?;
     let outbox = at.path(&file.outbox.path)?;
     let retain = &file.outbox.retain_days;
-    if !(retain.get_ref().is_finite() && *retain.get_ref() > 0.0) {
-        return Err(at.error(
-            retain.span(),
-            "`retain_days` must be a positive number of days",
-        ));
-    }
-    let outbox_retention = chrono::Duration::seconds((retain.get_ref() * 86_400.0) as i64);
-    let sinks = validate_sinks(at, &file.sinks)?;
+    let retain_days = check_range("retain_days", *retain.get_ref(), 1.0 / 24.0, 36_525.0)
+        .map_err(|e| at.error(retain.span(), format!("{} days", e.message)))?;
+    let outbox_retention = chrono::Duration::seconds((retain_days * 86_400.0) as i64);
+    let sinks = validate_sinks(at, &file.sinks, registry)?;
 
     if file.cameras.is_empty() {
         return Err(at.error(0..0, "no cameras: add at least one [[cameras]] table"));
     }
+    let cx = ConfigContext::new(at.path);
     let mut cameras: Vec<CameraSpec> = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
-        let spec = validate_camera(at, camera, &grids, model.as_ref())?;
+        let spec = validate_camera(at, &cx, camera, &grids, model.as_ref(), registry)?;
         if cameras.iter().any(|c| c.id == spec.id) {
+            let region = at.table_region(&camera.span());
             return Err(at.error(
-                camera.id.span(),
+                at.key(&region, "id"),
                 format!("camera id `{}` is used twice", spec.id),
             ));
         }
@@ -474,13 +550,13 @@ fn validate(at: &Locator<'_>, file: ConfigFile) -> Result<PipelineConfig, Config
 
     Ok(PipelineConfig {
         source: at.path.to_path_buf(),
-        node: file.node.name.clone(),
+        node,
         metrics_listen,
         onnxruntime,
         model,
         detector,
-        workers: *d.workers.get_ref(),
-        queue: *d.queue.get_ref(),
+        workers,
+        queue,
         grids: Arc::new(grids),
         risk,
         outbox,
@@ -535,16 +611,15 @@ fn validate_risk(
     node: &str,
 ) -> Result<RiskConfig, ConfigError> {
     let seconds = |v: &Spanned<f64>, name: &str| {
-        if v.get_ref().is_finite() && *v.get_ref() > 0.0 {
-            Ok(chrono::Duration::milliseconds(
-                (v.get_ref() * 1000.0) as i64,
-            ))
-        } else {
-            Err(at.error(
+        seconds_in(name, *v.get_ref(), 0.001, MAX_SECONDS).map_err(|_| {
+            at.error(
                 v.span(),
-                format!("`{name}` must be a positive number of seconds"),
-            ))
-        }
+                format!(
+                    "`{name}` must be a positive number of seconds up to 100 years, got {}",
+                    v.get_ref()
+                ),
+            )
+        })
     };
     let thresholds = match &risk.levels {
         None => LevelThresholds::default(),
@@ -564,194 +639,239 @@ fn validate_risk(
         node: node.to_string(),
         half_life: seconds(&risk.half_life_s, "half_life_s")?,
         close_after: seconds(&risk.close_after_s, "close_after_s")?,
+        update_every: seconds(&risk.update_every_s, "update_every_s")?,
         thresholds,
         open_at: risk.open_at,
         ..RiskConfig::default()
     })
 }
 
-fn validate_sinks(at: &Locator<'_>, sinks: &[SinkSection]) -> Result<Vec<SinkSpec>, ConfigError> {
+/// Removes `key` from a component's table as a string (`kind`, `name`), if present.
+fn take_string(
+    at: &Locator<'_>,
+    region: &Range<usize>,
+    table: &mut toml::Table,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    match table.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(at.error(
+            at.key(region, key),
+            format!("`{key}` must be a string, got {}", other.type_str()),
+        )),
+    }
+}
+
+fn validate_sinks(
+    at: &Locator<'_>,
+    sinks: &[Spanned<toml::Table>],
+    registry: &Registry,
+) -> Result<Vec<SinkSpec>, ConfigError> {
+    let cx = ConfigContext::new(at.path);
     let mut specs: Vec<SinkSpec> = Vec::new();
     for sink in sinks {
-        let kind = *sink.kind.get_ref();
-        let name = sink.name.clone().unwrap_or_else(|| match kind {
-            SinkKind::Jsonl => "jsonl".into(),
-            SinkKind::Stdout => "stdout".into(),
-        });
-        let path = match (kind, &sink.path) {
-            (SinkKind::Jsonl, Some(p)) => Some(at.path(p)?),
-            (SinkKind::Jsonl, None) => {
-                return Err(at.error(sink.kind.span(), "a `jsonl` sink needs a `path`"));
-            }
-            (SinkKind::Stdout, Some(p)) => {
-                return Err(at.error(p.span(), "a `stdout` sink takes no `path`"));
-            }
-            (SinkKind::Stdout, None) => None,
+        let region = at.table_region(&sink.span());
+        let mut table = sink.get_ref().clone();
+        let Some(kind) = take_string(at, &region, &mut table, "kind")? else {
+            return Err(at.error(
+                region.start..region.start,
+                format!(
+                    "a sink needs a `kind`: one of {}",
+                    registry.sink_kinds().join(", ")
+                ),
+            ));
         };
+        let Some((kind, parse)) = registry.sink(&kind) else {
+            return Err(at.error(
+                at.key(&region, "kind"),
+                format!(
+                    "unknown sink kind `{kind}`; known kinds: {}",
+                    registry.sink_kinds().join(", ")
+                ),
+            ));
+        };
+        let name =
+            take_string(at, &region, &mut table, "name")?.unwrap_or_else(|| kind.to_string());
+        validate_id("sink", &name).map_err(|m| at.error(at.key(&region, "name"), m))?;
+        let config = parse(table, &cx).map_err(|e| match e {
+            crate::components::ParseError::Serde(e) => at.serde_error(&region, &e),
+            crate::components::ParseError::Field(e) => at.field_error(&region, e),
+        })?;
         if specs.iter().any(|s| s.name == name) {
             return Err(at.error(
-                sink.kind.span(),
+                at.key(&region, "kind"),
                 format!("two sinks are named `{name}`: give each a distinct `name`"),
             ));
         }
-        specs.push(SinkSpec { kind, name, path });
+        specs.push(SinkSpec { name, kind, config });
     }
     Ok(specs)
 }
 
 fn validate_camera(
     at: &Locator<'_>,
-    camera: &CameraSection,
+    cx: &ConfigContext,
+    camera: &Spanned<toml::Table>,
     grids: &GridMap,
     model: &ModelManifest,
+    registry: &Registry,
 ) -> Result<CameraSpec, ConfigError> {
-    let id = camera.id.get_ref().trim();
-    if id.is_empty() || id.contains(char::is_whitespace) {
-        return Err(at.error(
-            camera.id.span(),
-            "camera `id` must be non-empty, without spaces",
-        ));
+    let region = at.table_region(&camera.span());
+    let mut common_table = toml::Table::new();
+    let mut source_table = camera.get_ref().clone();
+    for key in CAMERA_COMMON_KEYS {
+        if let Some(v) = source_table.remove(key) {
+            common_table.insert(key.to_string(), v);
+        }
     }
-    let grid = match (&camera.grid, &camera.location) {
-        (Some(grid), _) => match grids.get(grid.get_ref()) {
+    let kind = take_string(at, &region, &mut source_table, "kind")?
+        .unwrap_or_else(|| registry.default_source_kind().to_string());
+    let common: CameraCommon = toml::Value::Table(common_table)
+        .try_into()
+        .map_err(|e: toml::de::Error| at.serde_error(&region, &e))?;
+    let id = common.id.as_str();
+    id_error(at, at.key(&region, "id"), "camera", id)?;
+
+    let grid = match (&common.grid, &common.location) {
+        (Some(grid), _) => match grids.get(grid) {
             Some(g) => g.id.clone(),
             None => {
                 return Err(at.error(
-                    grid.span(),
+                    at.key(&region, "grid"),
                     format!(
-                        "unknown grid `{}`; the grid file has: {}",
-                        grid.get_ref(),
+                        "unknown grid `{grid}`; the grid file has: {}",
                         grids.ids().join(", ")
                     ),
                 ));
             }
         },
-        (None, Some(location)) => {
-            let [lon, lat] = *location.get_ref();
-            match grids.locate(lon, lat) {
-                Some(g) => g.id.clone(),
-                None => {
-                    return Err(at.error(
-                        location.span(),
-                        format!("location [{lon}, {lat}] is outside every grid cell"),
-                    ));
-                }
+        (None, Some([lon, lat])) => match grids.locate(*lon, *lat) {
+            Some(g) => g.id.clone(),
+            None => {
+                return Err(at.error(
+                    at.key(&region, "location"),
+                    format!("location [{lon}, {lat}] is outside every grid cell"),
+                ));
             }
-        }
+        },
         (None, None) => {
             return Err(at.error(
-                camera.id.span(),
+                at.key(&region, "id"),
                 format!("camera `{id}` needs a `grid` or a `location`"),
             ));
         }
     };
-    let uri = if camera.uri.get_ref().contains("://") {
-        paths::expand_vars(camera.uri.get_ref()).map_err(|m| at.error(camera.uri.span(), m))?
-    } else {
-        at.path(&camera.uri)?.to_string_lossy().into_owned()
+
+    let Some((_, parse_source)) = registry.source(&kind) else {
+        return Err(at.error(
+            at.key(&region, "kind"),
+            format!(
+                "unknown camera source kind `{kind}`; known kinds: {}",
+                registry.source_kinds().join(", ")
+            ),
+        ));
     };
+    let source = parse_source(source_table, cx).map_err(|e| match e {
+        crate::components::ParseError::Serde(e) => at.serde_error(&region, &e),
+        crate::components::ParseError::Field(e) => at.field_error(&region, e),
+    })?;
 
     let mut zones: Vec<Zone> = Vec::new();
-    for zone in &camera.zones {
-        let z = Zone::new(zone.name.get_ref(), zone.polygon.get_ref()).map_err(|e| {
+    for (n, zone) in common.zones.iter().enumerate() {
+        let zone_region = at
+            .sub_table(&region, "cameras.zones", n)
+            .unwrap_or(region.clone());
+        let z = Zone::new(&zone.name, &zone.polygon).map_err(|e| {
             at.error(
-                zone.polygon.span(),
-                format!("invalid polygon for zone `{}`: {e}", zone.name.get_ref()),
+                at.key(&zone_region, "polygon"),
+                format!("invalid polygon for zone `{}`: {e}", zone.name),
             )
         })?;
         if zones.iter().any(|other| other.name == z.name) {
             return Err(at.error(
-                zone.name.span(),
+                at.key(&zone_region, "name"),
                 format!("zone `{}` is defined twice on camera `{id}`", z.name),
             ));
         }
         zones.push(z);
     }
 
-    let mut rules = Vec::new();
-    for rule in &camera.rules {
-        let Some(zone) = zones.iter().find(|z| z.name == *rule.zone.get_ref()) else {
-            let known: Vec<&str> = zones.iter().map(|z| z.name.as_str()).collect();
+    let labels = model.labels.clone();
+    let rule_cx = skynet_detect::RuleContext {
+        camera: id,
+        zones: &zones,
+        model: &model.model.name,
+        labels: &labels,
+    };
+    let mut rules: Vec<Arc<dyn RuleBuilder>> = Vec::new();
+    for (n, rule) in common.rules.iter().enumerate() {
+        let rule_region = at
+            .sub_table(&region, "cameras.rules", n)
+            .unwrap_or(region.clone());
+        let mut table = rule.clone();
+        let Some(kind) = take_string(at, &rule_region, &mut table, "kind")? else {
             return Err(at.error(
-                rule.zone.span(),
+                rule_region.start..rule_region.start,
                 format!(
-                    "unknown zone `{}`; camera `{id}` has: {}",
-                    rule.zone.get_ref(),
-                    known.join(", ")
+                    "a rule needs a `kind`: one of {}",
+                    registry.rule_kinds().join(", ")
                 ),
             ));
         };
-        if let Some(unknown) = rule
-            .labels
-            .get_ref()
-            .iter()
-            .find(|l| !model.labels.contains(l))
-        {
+        let Some((_, parse_rule)) = registry.rule(&kind) else {
             return Err(at.error(
-                rule.labels.span(),
+                at.key(&rule_region, "kind"),
                 format!(
-                    "label `{unknown}` is not one model `{}` detects",
-                    model.model.name
+                    "unknown rule kind `{kind}`; known kinds: {}",
+                    registry.rule_kinds().join(", ")
                 ),
             ));
-        }
-        if rules
-            .iter()
-            .any(|r: &RuleSpec| r.name() == rule.name.get_ref())
-        {
-            return Err(at.error(
-                rule.name.span(),
-                format!(
-                    "rule `{}` is defined twice on camera `{id}`",
-                    rule.name.get_ref()
-                ),
-            ));
-        }
-        let min_score = *rule.min_score.get_ref();
-        if !(0.0..=1.0).contains(&min_score) {
-            return Err(at.error(
-                rule.min_score.span(),
-                format!("`min_score` must be between 0 and 1, got {min_score}"),
-            ));
-        }
-        let cooldown_s = *rule.cooldown_s.get_ref();
-        if !(cooldown_s.is_finite() && cooldown_s >= 0.0) {
-            return Err(at.error(
-                rule.cooldown_s.span(),
-                format!(
-                    "`cooldown_s` must be zero or a positive number of seconds, got {cooldown_s}"
-                ),
-            ));
-        }
-        let weight = *rule.weight.get_ref();
-        if !(weight > 0.0 && weight <= 1.0) {
-            return Err(at.error(
-                rule.weight.span(),
-                format!("`weight` must be in (0, 1], got {weight}"),
-            ));
-        }
-        let spec = ZoneIntrusionSpec {
-            name: rule.name.get_ref().clone(),
-            zone: zone.clone(),
-            labels: rule.labels.get_ref().clone(),
-            min_score,
-            min_frames: rule.min_frames.max(1),
-            cooldown: chrono::Duration::milliseconds((cooldown_s * 1000.0) as i64),
-            category: rule.category.clone(),
-            weight,
         };
-        rules.push(match rule.kind {
-            RuleKind::ZoneIntrusion => RuleSpec::ZoneIntrusion(spec),
-        });
+        let built = parse_rule(table, &rule_cx).map_err(|e| match e {
+            crate::components::ParseError::Serde(e) => at.serde_error(&rule_region, &e),
+            crate::components::ParseError::Field(e) => at.field_error(&rule_region, e),
+        })?;
+        if rules.iter().any(|r| r.name() == built.name()) {
+            return Err(at.error(
+                at.key(&rule_region, "name"),
+                format!("rule `{}` is defined twice on camera `{id}`", built.name()),
+            ));
+        }
+        rules.push(built);
     }
 
     Ok(CameraSpec {
         id: CameraId::new(id),
-        owner: camera.owner,
-        uri,
+        owner: common.owner,
         grid,
-        max_frames: camera.max_frames,
-        realtime: camera.realtime,
+        source,
+        zones,
         rules,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_inside_their_table() {
+        let text = "[a]\nx = 1\n\n[[sinks]]\nkind = \"jsonl\"\npath = \"p\"\nr = { a = 1, b = 2 }\n\n[[sinks]]\nkind = \"stdout\"\n";
+        let at = Locator {
+            path: Path::new("t.toml"),
+            text,
+        };
+        let header = text.find("[[sinks]]").unwrap();
+        let region = at.table_region(&(header..header + 9));
+        assert!(
+            text[region.clone()].ends_with("b = 2 }\n\n"),
+            "{:?}",
+            &text[region.clone()]
+        );
+        let e = at.field_error(&region, FieldError::new("path", "bad"));
+        assert_eq!(e.to_string(), "t.toml:6:1: bad");
+        let e = at.field_error(&region, FieldError::new("r.b", "bad"));
+        assert_eq!(e.to_string(), "t.toml:7:14: bad");
+    }
 }

@@ -3,11 +3,13 @@
 //! - [`config`]: the TOML config, validated into a [`PipelineConfig`] with errors that name
 //!   the file, line and column.
 //! - [`pipeline`]: the threads and bounded queues from cameras to sinks.
+//! - [`components`]: the registry of source, rule and sink kinds.
 //! - [`paths`]: where set-up puts the runtime, models and media.
 
+pub mod components;
 pub mod config;
 pub mod paths;
 pub mod pipeline;
 
 pub use config::{ConfigError, PipelineConfig};
-pub use pipeline::{PipelineError, RunOptions, RunSummary};
+pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use skynet::{PipelineConfig, RunOptions, paths, pipeline};
+use skynet::{PipelineConfig, PipelineError, RunOptions, Services, paths, pipeline};
 use skynet_core::{PixelOrder, Shutdown};
 use skynet_detect::{
     Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime,
@@ -123,8 +123,8 @@ fn check(config: &Path) -> Result<ExitCode> {
 
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
-    skynet_serve::install_metrics(config.metrics_listen)
-        .context("starting the metrics endpoint")?;
+    let services =
+        Arc::new(Services::start(config.metrics_listen).context("starting the HTTP endpoint")?);
     let shutdown = Shutdown::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining exits at once.
@@ -134,28 +134,46 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
             .context("installing signal handlers")?;
     }
     tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), "starting");
-    let summary = pipeline::run(
+    let result = pipeline::run(
         &config,
         RunOptions {
             shutdown: shutdown.clone(),
+            services: Some(Arc::clone(&services)),
+            detectors: None,
         },
-    )?;
+    );
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e @ PipelineError::StageFailed { .. }) => {
+            // Drained what could be drained; a supervisor restarts us and we go on from the
+            // state committed last.
+            services.stop();
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => {
+            services.stop();
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         decoded = summary.frames_decoded,
         analysed = summary.frames_analysed,
         dropped = summary.frames_dropped,
+        late = summary.frames_late,
         observations = summary.observations,
         incident_revisions = summary.incident_revisions,
         seconds = summary.elapsed.as_secs_f64(),
         "pipeline finished"
     );
     if !until_eof && !shutdown.is_triggered() {
-        // Keep serving metrics until asked to stop, as a service would.
+        // Keep serving metrics and health until asked to stop, as a service would.
         tracing::info!("every source has ended; waiting for SIGINT or SIGTERM");
         while !shutdown.is_triggered() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
+    services.stop();
     if summary.failed_cameras.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {

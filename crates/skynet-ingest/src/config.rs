@@ -1,0 +1,489 @@
+//! The source's own part of a `[[cameras]]` table. The binary keeps the keys every camera has
+//! (id, owner, grid, ...) and hands the rest here, so a new source kind brings its own keys
+//! and checks without the binary knowing them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::Deserialize;
+use skynet_core::config::check_range;
+use skynet_core::{CameraId, ConfigContext, FieldError, Watermark, redact_uri, split_credentials};
+
+use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
+
+/// The source part of a `[[cameras]]` table (the binary strips the common keys id, owner,
+/// grid, location, zones, rules before deserialising the rest into this). `Debug` shows the
+/// URI without credentials.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GstSourceConfig {
+    /// `rtsp://`, `http(s)://`, `file://` or a local path (relative to the config file). May
+    /// contain `${VAR}` and credentials (`rtsp://user:pass@host/...`).
+    pub uri: String,
+    /// Stop after this many frames (1..=10^12), counted over the source's whole life.
+    #[serde(default)]
+    pub max_frames: Option<u64>,
+    /// Pace a file at its frame rate, as a live camera.
+    #[serde(default)]
+    pub realtime: bool,
+    /// Event time of a file's first frame (RFC 3339, e.g. "2026-01-01T08:00:00Z"); default: the
+    /// file's modification time. Frame time = start_at + PTS, so replaying the same file with
+    /// the same config gives the same times, paced (`realtime`) or not. Network streams are
+    /// timed by the wall clock.
+    #[serde(default, deserialize_with = "deserialize_start_at")]
+    pub start_at: Option<DateTime<Utc>>,
+    /// Restart policy.
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+}
+
+// By hand, so that a debug print of a config never shows the password.
+impl std::fmt::Debug for GstSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GstSourceConfig")
+            .field("uri", &self.display_uri())
+            .field("max_frames", &self.max_frames)
+            .field("realtime", &self.realtime)
+            .field("start_at", &self.start_at)
+            .field("reconnect", &self.reconnect)
+            .finish()
+    }
+}
+
+/// How a failed source is restarted: waits double from `initial_backoff_s` up to
+/// `max_backoff_s`, with jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectConfig {
+    /// First wait after a failure, in seconds (0.01 to 3600). Default 1.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_s: f64,
+    /// Longest wait, in seconds (`initial_backoff_s` to 86400). Default 30.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_s: f64,
+    /// Failures in a row (without a frame in between) before the source is given up.
+    /// Default: none (retry forever) for live sources, 3 for files.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// An RFC 3339 string, or a TOML date-time literal (`start_at = 2026-01-01T08:00:00Z`), which
+/// serde sees as a one-entry map holding the same text.
+fn deserialize_start_at<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{self, MapAccess, Visitor};
+
+    struct Rfc3339;
+    impl<'de> Visitor<'de> for Rfc3339 {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 date and time with an offset, e.g. \"2026-01-01T08:00:00Z\"")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    E::custom(format!(
+                        "`{s}` is not an RFC 3339 date and time with an offset ({e}), e.g. \"2026-01-01T08:00:00Z\""
+                    ))
+                })
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            match map.next_entry::<String, String>()? {
+                Some((_, text)) => self.visit_str(&text),
+                None => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+            }
+        }
+    }
+    d.deserialize_any(Rfc3339).map(Some)
+}
+
+fn default_initial_backoff() -> f64 {
+    1.0
+}
+
+fn default_max_backoff() -> f64 {
+    30.0
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_s: default_initial_backoff(),
+            max_backoff_s: default_max_backoff(),
+            max_attempts: None,
+        }
+    }
+}
+
+/// Retries of a file when `max_attempts` is not set: a file that fails is usually broken, so
+/// retrying for ever would only hide it.
+const FILE_MAX_ATTEMPTS: u32 = 3;
+const MAX_FRAMES_LIMIT: u64 = 1_000_000_000_000;
+
+impl GstSourceConfig {
+    /// A config with every default, for `uri`.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            max_frames: None,
+            realtime: false,
+            start_at: None,
+            reconnect: ReconnectConfig::default(),
+        }
+    }
+
+    /// Pure checks and normalisation: expands `${VAR}` in `uri`, resolves a relative path
+    /// against the config file's directory and checks ranges. No file is opened. Errors name
+    /// the field (`uri`, `max_frames`, `reconnect.max_backoff_s`, ...) and never contain the
+    /// URI's user name or password.
+    pub fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+        self.uri = normalise_uri(cx, &self.uri)?;
+
+        if let Some(max) = self.max_frames
+            && !(1..=MAX_FRAMES_LIMIT).contains(&max)
+        {
+            return Err(FieldError::new(
+                "max_frames",
+                format!("`max_frames` must be between 1 and {MAX_FRAMES_LIMIT}, got {max}"),
+            ));
+        }
+
+        if let Some(start_at) = self.start_at {
+            if is_network_uri(&self.uri) {
+                // A network stream is timed by its own clock, not by a fixed start.
+                return Err(FieldError::new(
+                    "start_at",
+                    "`start_at` applies only to files, not to network streams",
+                ));
+            }
+            // Keeps start_at + PTS (at most 585 years) far from chrono's limits.
+            if !(1970..=9999).contains(&start_at.year()) {
+                return Err(FieldError::new(
+                    "start_at",
+                    format!("`start_at` must be between the years 1970 and 9999, got {start_at}"),
+                ));
+            }
+        }
+
+        let r = &self.reconnect;
+        check_range(
+            "reconnect.initial_backoff_s",
+            r.initial_backoff_s,
+            0.01,
+            3600.0,
+        )?;
+        check_range(
+            "reconnect.max_backoff_s",
+            r.max_backoff_s,
+            r.initial_backoff_s,
+            86_400.0,
+        )?;
+        Ok(())
+    }
+
+    /// Live (drops stale frames under overload): rtsp/http/other network streams, or realtime files. Files replayed as fast as
+    /// possible are not.
+    pub fn is_live(&self) -> bool {
+        self.realtime || is_network_uri(&self.uri)
+    }
+
+    /// The URI without credentials, for logs and errors.
+    pub fn display_uri(&self) -> String {
+        redact_uri(&self.uri)
+    }
+
+    /// The watermark this source's [`FrameOutput`](crate::FrameOutput) should carry: one that
+    /// follows the wall clock for a network stream, the frames only for a file replayed as
+    /// fast as possible, and the frames paced by the wall clock for a `realtime` file (which
+    /// keeps the file's own timeline, so its replays stay exact).
+    pub fn watermark(&self) -> Watermark {
+        if is_network_uri(&self.uri) {
+            Watermark::new(true)
+        } else if self.realtime {
+            Watermark::paced()
+        } else {
+            Watermark::new(false)
+        }
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        // A file ends, paced or not; only a network stream's end is a fault.
+        let live = is_network_uri(&self.uri);
+        let r = &self.reconnect;
+        let initial = seconds_or(r.initial_backoff_s, default_initial_backoff());
+        RetryPolicy {
+            initial,
+            max: seconds_or(r.max_backoff_s, default_max_backoff()).max(initial),
+            max_attempts: r.max_attempts.or((!live).then_some(FILE_MAX_ATTEMPTS)),
+            live,
+        }
+    }
+
+    pub fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
+        let options = GstSourceOptions {
+            max_frames: self.max_frames,
+            realtime: self.realtime,
+            start_at: self.start_at,
+            ..GstSourceOptions::new(self.uri.clone())
+        };
+        // Fails now, not at the first connection, on a path that cannot be a URI.
+        GstSource::resolve_uri(&camera, &self.uri)?;
+        Ok(Box::new(GstSource::new(camera, options)))
+    }
+}
+
+/// `${VAR}` expanded; a local path made absolute against the config file.
+fn normalise_uri(cx: &ConfigContext, raw: &str) -> Result<String, FieldError> {
+    // The expansion error quotes the value, which may hold a password.
+    let expanded = cx
+        .expand("uri", raw)
+        .map_err(|e| FieldError::new("uri", e.message.replace(raw, &redact_uri(raw))))?;
+    let shown = redact_uri(&expanded);
+    if expanded.trim().is_empty() {
+        return Err(FieldError::new("uri", "`uri` is empty"));
+    }
+    let Some(scheme) = uri_scheme(&expanded) else {
+        let path = cx.resolve_path("uri", &expanded)?;
+        return Ok(path.to_string_lossy().into_owned());
+    };
+    if scheme.eq_ignore_ascii_case("file") {
+        return Ok(expanded);
+    }
+    let (_, credentials) = split_credentials(&expanded);
+    if credentials.is_none() && !shown.contains('@') && after_scheme(&expanded).contains('@') {
+        // Not parseable as a URL, so the credentials could not be taken out: GStreamer would
+        // get them in its URI and might echo them in an error.
+        return Err(FieldError::new(
+            "uri",
+            format!(
+                "the user name or password in `uri` ({shown}) must be percent-encoded: `/` as %2F, `@` as %40, `:` in the user name as %3A"
+            ),
+        ));
+    }
+    let authority = after_scheme(&expanded)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(FieldError::new(
+            "uri",
+            format!("`uri` ({shown}) has no host"),
+        ));
+    }
+    Ok(expanded)
+}
+
+fn after_scheme(uri: &str) -> &str {
+    uri.split_once("://").map_or("", |(_, rest)| rest)
+}
+
+/// Seconds as a `Duration`; `default` for a value no `Duration` can hold, so a config that
+/// skipped validation still cannot panic here.
+fn seconds_or(value: f64, default: f64) -> Duration {
+    Duration::try_from_secs_f64(value)
+        .or_else(|_| Duration::try_from_secs_f64(default))
+        .unwrap_or(Duration::from_secs(1))
+}
+
+/// The scheme of `scheme://...` as RFC 3986 defines one; `None` for a local path (also
+/// `C:/video.avi`).
+pub(crate) fn uri_scheme(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// A stream from the network (anything with a scheme but `file`).
+pub(crate) fn is_network_uri(uri: &str) -> bool {
+    uri_scheme(uri).is_some_and(|s| !s.eq_ignore_ascii_case("file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cx() -> ConfigContext {
+        ConfigContext::new(Path::new("/etc/skynet/site.toml"))
+    }
+
+    fn parse(text: &str) -> Result<GstSourceConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn validated(text: &str) -> Result<GstSourceConfig, FieldError> {
+        let mut config = parse(text).expect("parses");
+        config.validate(&cx()).map(|()| config)
+    }
+
+    #[test]
+    fn defaults_and_a_full_table() {
+        let c = validated(r#"uri = "rtsp://cam/x""#).unwrap();
+        assert_eq!(
+            (c.reconnect.initial_backoff_s, c.reconnect.max_backoff_s),
+            (1.0, 30.0)
+        );
+        assert!(c.is_live());
+        let p = c.retry_policy();
+        assert_eq!(
+            (p.initial, p.max, p.max_attempts, p.live),
+            (Duration::from_secs(1), Duration::from_secs(30), None, true)
+        );
+
+        let c = validated(
+            r#"
+            uri = "media/v.avi"
+            max_frames = 10
+            start_at = "2026-01-01T08:00:00Z"
+            reconnect = { initial_backoff_s = 0.5, max_backoff_s = 4, max_attempts = 7 }
+            "#,
+        )
+        .unwrap();
+        assert!(!c.is_live());
+        assert_eq!(
+            c.start_at.unwrap().to_rfc3339(),
+            "2026-01-01T08:00:00+00:00"
+        );
+        // A TOML date-time literal works as well as a string; a local time without offset does not.
+        let literal = validated("uri = \"v.avi\"\nstart_at = 2026-01-01T09:00:00+01:00").unwrap();
+        assert_eq!(literal.start_at, c.start_at);
+        assert!(parse("uri = \"v.avi\"\nstart_at = 2026-01-01T08:00:00").is_err());
+        assert!(parse("uri = \"v.avi\"\nstart_at = \"yesterday\"").is_err());
+        let p = c.retry_policy();
+        assert_eq!(
+            (p.initial, p.max, p.max_attempts, p.live),
+            (
+                Duration::from_millis(500),
+                Duration::from_secs(4),
+                Some(7),
+                false
+            )
+        );
+        // A file gives up after 3 failures unless told otherwise.
+        assert_eq!(
+            validated(r#"uri = "v.avi""#)
+                .unwrap()
+                .retry_policy()
+                .max_attempts,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = parse("uri = \"v.avi\"\nfiel = 1").unwrap_err();
+        assert!(e.to_string().contains("unknown field `fiel`"), "{e}");
+        let e = parse("uri = \"v.avi\"\nreconnect = { initial_backoff = 1 }").unwrap_err();
+        assert!(e.to_string().contains("initial_backoff"), "{e}");
+        assert!(parse("max_frames = 3").is_err(), "uri is required");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let c = validated(r#"uri = "media/v.avi""#).unwrap();
+        assert_eq!(c.uri, "/etc/skynet/media/v.avi");
+        let c = validated(r#"uri = "/srv/v.avi""#).unwrap();
+        assert_eq!(c.uri, "/srv/v.avi");
+        let c = validated(r#"uri = "${SKYNET_DATA_DIR}/media/v.avi""#).unwrap();
+        assert!(
+            c.uri.ends_with("/media/v.avi") && !c.uri.contains("${"),
+            "{}",
+            c.uri
+        );
+        // URIs stay as they are.
+        let c = validated(r#"uri = "file:///srv/v.avi""#).unwrap();
+        assert_eq!(c.uri, "file:///srv/v.avi");
+        let c = validated(r#"uri = "rtsp://10.0.0.5:554/s1""#).unwrap();
+        assert_eq!(c.uri, "rtsp://10.0.0.5:554/s1");
+    }
+
+    #[test]
+    fn ranges_are_checked_and_name_the_field() {
+        let field = |text: &str| validated(text).unwrap_err().field;
+        assert_eq!(field("uri = \"v.avi\"\nmax_frames = 0"), "max_frames");
+        assert_eq!(
+            field("uri = \"v.avi\"\nmax_frames = 1000000000001"),
+            "max_frames"
+        );
+        assert!(validated("uri = \"v.avi\"\nmax_frames = 1000000000000").is_ok());
+        assert_eq!(
+            field("uri = \"v.avi\"\nreconnect = { initial_backoff_s = 0.001 }"),
+            "reconnect.initial_backoff_s"
+        );
+        assert_eq!(
+            field("uri = \"v.avi\"\nreconnect = { initial_backoff_s = nan }"),
+            "reconnect.initial_backoff_s"
+        );
+        assert_eq!(
+            field("uri = \"v.avi\"\nreconnect = { initial_backoff_s = 5, max_backoff_s = 2 }"),
+            "reconnect.max_backoff_s"
+        );
+        assert_eq!(
+            field("uri = \"v.avi\"\nreconnect = { max_backoff_s = 1e6 }"),
+            "reconnect.max_backoff_s"
+        );
+        assert_eq!(field("uri = \"\""), "uri");
+        assert_eq!(field("uri = \"rtsp:///x\""), "uri");
+        assert_eq!(field("uri = \"${SKYNET_SURELY_UNSET_VAR}/v.avi\""), "uri");
+        assert_eq!(
+            field("uri = \"v.avi\"\nstart_at = 1900-01-01T00:00:00Z"),
+            "start_at"
+        );
+        // Live sources are timed by the wall clock.
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\nstart_at = \"2026-01-01T08:00:00Z\""),
+            "start_at"
+        );
+        assert_eq!(
+            field("uri = \"v.avi\"\nrealtime = true\nstart_at = 1900-01-01T00:00:00Z"),
+            "start_at"
+        );
+    }
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        for uri in [
+            "rtsp://admin:s3cret@/x",
+            "rtsp://admin:s3cret@cam/${SKYNET_SURELY_UNSET_VAR}",
+            "rtsp://admin:s3cret@cam/${UNCLOSED",
+            "rtsp://admin:s3/cret@cam/x",
+        ] {
+            let mut c = GstSourceConfig::new(uri);
+            let e = c.validate(&cx()).unwrap_err();
+            assert_eq!(e.field, "uri");
+            assert!(
+                !e.message.contains("s3cret") && !e.message.contains("s3/cret"),
+                "{e}"
+            );
+            assert!(!format!("{e:?}").contains("s3cret"));
+        }
+        let mut c = GstSourceConfig::new("rtsp://admin:s3cret@cam:554/x");
+        c.validate(&cx()).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.display_uri(), "rtsp://cam:554/x");
+    }
+
+    #[test]
+    fn live_means_network_or_realtime() {
+        let live = |uri: &str, realtime: bool| {
+            let mut c = GstSourceConfig::new(uri);
+            c.realtime = realtime;
+            c.is_live()
+        };
+        assert!(live("rtsp://cam/x", false));
+        assert!(live("https://cam/x.m3u8", false));
+        assert!(!live("file:///v.avi", false));
+        assert!(!live("/v.avi", false));
+        assert!(!live("C:/v.avi", false));
+        assert!(live("/v.avi", true));
+    }
+}

@@ -1,0 +1,86 @@
+//! The commit stage: revisions and the state they belong with go into the outbox in one
+//! transaction. Delivery to the sinks happens elsewhere (one task per sink), so a slow or
+//! blocked sink never holds a commit back.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use skynet_core::{ComponentHealth, Incident, QueueClosed, Shutdown, StageReceiver};
+use skynet_emit::Committer;
+
+use super::{Counters, Fatal, POLL};
+
+/// What the rules stage hands over: revisions (maybe none) and the pipeline state after them.
+#[derive(Debug)]
+pub(crate) struct Commit {
+    pub incidents: Vec<Incident>,
+    pub state: Option<String>,
+}
+
+/// How long a failing outbox is retried once shutdown is asked for. Until then it is retried
+/// forever: an incident is never dropped.
+const GIVE_UP_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);
+
+pub(crate) fn run(
+    mut committer: Committer,
+    commits: &StageReceiver<Commit>,
+    health: &ComponentHealth,
+    stop: &Shutdown,
+    fatal: &Fatal,
+    counters: &Counters,
+) {
+    loop {
+        match commits.recv_timeout(POLL) {
+            Ok(Some(commit)) => {
+                if let Err(cause) = commit_until_stored(&mut committer, &commit, health, stop) {
+                    fatal.report("outbox", cause);
+                    return;
+                }
+                counters
+                    .incidents
+                    .fetch_add(commit.incidents.len() as u64, Ordering::Relaxed);
+            }
+            Ok(None) => committer.idle(),
+            Err(QueueClosed) => return,
+        }
+    }
+}
+
+/// Retries with backoff while the outbox refuses (disk full, locked). Gives up only when
+/// shutdown was asked for and the outbox kept failing for a while after: the revisions are
+/// then lost to this run, but the state before them is what the next start goes on from, so
+/// the evidence is applied again.
+fn commit_until_stored(
+    committer: &mut Committer,
+    commit: &Commit,
+    health: &ComponentHealth,
+    stop: &Shutdown,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_millis(100);
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        let span = commit.incidents.first().map(
+            |i| tracing::info_span!("commit", incident = %i.id, grid = %i.grid, camera = %i.camera),
+        );
+        let _entered = span.as_ref().map(|s| s.enter());
+        match committer.commit(&commit.incidents, commit.state.as_deref()) {
+            Ok(_) => {
+                health.up();
+                return Ok(());
+            }
+            Err(e) => {
+                metrics::counter!("skynet_outbox_retries_total").increment(1);
+                health.retrying(e.to_string());
+                tracing::error!(error = %e, retry_in = ?backoff, "outbox commit failed; retrying");
+                if stop.is_triggered() {
+                    let since = *stopping_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= GIVE_UP_AFTER_SHUTDOWN {
+                        return Err(format!("the outbox kept refusing commits: {e}"));
+                    }
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

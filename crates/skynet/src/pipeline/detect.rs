@@ -1,0 +1,152 @@
+//! Detection workers: each serves every camera's queue, fairly, and numbers what it takes.
+//!
+//! Taking a frame and numbering it happen under the camera's lock, so each camera's frames
+//! get dense, gap-free dispatch numbers in queue order. The rules stage restores that order
+//! after parallel inference and never has to guess whether a frame is missing: every taken
+//! frame yields exactly one [`Detected`], even when detection fails. Frames dropped before
+//! they were taken (overload) show up as an explicit `gap` in source sequence numbers.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_channel::{Select, TryRecvError};
+use skynet_core::{AnalysedFrame, CameraId, Frame, StageQueue, StageReceiver};
+use skynet_detect::{Detector, ImageView};
+
+use super::{Counters, POLL, panic_message};
+
+/// One frame's way out of detection.
+#[derive(Debug)]
+pub(crate) struct Detected {
+    pub camera: CameraId,
+    /// Dense per camera, in the order frames left the camera's queue.
+    pub dispatch: u64,
+    /// Frames of this camera's source missing just before this one (dropped under overload).
+    pub gap: u64,
+    /// `None` when detection failed for this frame (counted, and skipped by the rules).
+    pub frame: Option<AnalysedFrame>,
+}
+
+#[derive(Debug, Default)]
+struct Dispatch {
+    next: u64,
+    last_seq: Option<u64>,
+}
+
+/// A camera's frame queue, its dispatch numbering, and its metric handles, resolved once.
+#[derive(Clone)]
+pub(crate) struct CameraInput {
+    camera: CameraId,
+    frames: StageReceiver<Frame>,
+    dispatch: Arc<Mutex<Dispatch>>,
+    analysed: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl CameraInput {
+    pub(crate) fn new(camera: &CameraId, frames: StageReceiver<Frame>) -> Self {
+        let label = camera.to_string();
+        Self {
+            camera: camera.clone(),
+            frames,
+            dispatch: Arc::default(),
+            analysed: metrics::counter!("skynet_frames_analysed_total", "camera" => label.clone()),
+            errors: metrics::counter!("skynet_detect_errors_total", "camera" => label),
+        }
+    }
+
+    /// Takes the next frame and numbers it, atomically with respect to the other workers.
+    fn take(&self) -> Result<Option<(Frame, u64, u64)>, TryRecvError> {
+        let mut d = self.dispatch.lock().unwrap_or_else(PoisonError::into_inner);
+        let frame = match self.frames.channel().try_recv() {
+            Ok(frame) => frame,
+            Err(TryRecvError::Empty) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.frames.took();
+        let seq = frame.info.seq;
+        let gap = match d.last_seq {
+            Some(last) => seq.saturating_sub(last.saturating_add(1)),
+            None => seq,
+        };
+        d.last_seq = Some(seq);
+        let index = d.next;
+        d.next += 1;
+        Ok(Some((frame, index, gap)))
+    }
+}
+
+pub(crate) struct Worker {
+    pub name: String,
+    pub detector: Box<dyn Detector>,
+    pub inputs: Vec<CameraInput>,
+    pub out: StageQueue<Detected>,
+    pub counters: Arc<Counters>,
+}
+
+impl Worker {
+    pub(crate) fn run(mut self) {
+        while !self.inputs.is_empty() {
+            let mut select = Select::new();
+            for input in &self.inputs {
+                select.recv(input.frames.channel());
+            }
+            let Ok(index) = select.ready_timeout(POLL) else {
+                continue;
+            };
+            let (frame, dispatch, gap) = match self.inputs[index].take() {
+                Ok(Some(taken)) => taken,
+                // Another worker was quicker.
+                Ok(None) => continue,
+                Err(_) => {
+                    // That camera's source has ended and its queue is empty.
+                    self.inputs.swap_remove(index);
+                    continue;
+                }
+            };
+            let input = &self.inputs[index];
+            let span =
+                tracing::debug_span!("detect", camera = %frame.info.camera, seq = frame.info.seq);
+            let _entered = span.enter();
+            let started = std::time::Instant::now();
+            let detector = &mut self.detector;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
+            }));
+            let (analysed, panicked) = match outcome {
+                Ok(Ok(detections)) => {
+                    self.counters.analysed.fetch_add(1, Ordering::Relaxed);
+                    input.analysed.increment(1);
+                    let analysed = AnalysedFrame {
+                        info: frame.info.clone(),
+                        detections,
+                        inference: started.elapsed(),
+                    };
+                    (Some(analysed), None)
+                }
+                Ok(Err(e)) => {
+                    input.errors.increment(1);
+                    tracing::warn!(camera = %frame.info.camera, seq = frame.info.seq, error = %e, "frame skipped");
+                    (None, None)
+                }
+                Err(panic) => (None, Some(panic)),
+            };
+            let detected = Detected {
+                camera: input.camera.clone(),
+                dispatch,
+                gap,
+                frame: analysed,
+            };
+            // The rules stage waits for every dispatch number: send even a failed frame.
+            if self.out.send(detected).is_err() {
+                return;
+            }
+            if let Some(panic) = panicked {
+                // The session may be in any state now: this worker stops, and since detection
+                // is a stage whose loss loses data, the pipeline drains and exits non-zero.
+                tracing::error!(worker = %self.name, cause = %panic_message(panic.as_ref()), "the detector panicked");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}

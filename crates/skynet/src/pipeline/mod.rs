@@ -1,0 +1,400 @@
+//! The running pipeline: stage threads joined by bounded queues, sinks on the I/O runtime.
+//!
+//! ```text
+//!  camera source ─┐ (per-camera queue: drop-oldest when live, wait when replaying a file)
+//!  camera source ─┼─► detect workers ─► rules + risk ─► commit ─► outbox (SQLite)
+//!  camera source ─┘   (N sessions)     (per camera,    (one tx: revisions + state)
+//!     supervised,                       in order,              │ wakes
+//!     restarted with backoff            event time)            ▼
+//!                                               sink tasks on tokio, one per sink,
+//!                                               each with its own cursor and retry
+//! ```
+//!
+//! Sources are supervised and restarted. A stage whose loss would lose data (detect, risk,
+//! commit) makes the whole pipeline drain what it can and `run` return
+//! [`PipelineError::StageFailed`], so the process exits non-zero and its supervisor
+//! restarts it; the state committed with the last revision lets it go on from there.
+
+mod commit;
+mod detect;
+mod rules;
+mod services;
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use skynet_core::{CameraId, ComponentHealth, OverloadPolicy, Shutdown, stage_queue};
+use skynet_detect::{DetectError, Detector, OnnxDetector, OnnxRuntime};
+use skynet_emit::{Committer, EmitError, Outbox};
+use skynet_ingest::{FrameOutput, IngestError};
+
+pub use services::Services;
+
+use crate::config::PipelineConfig;
+use crate::paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Serve(#[from] skynet_serve::ServeError),
+    #[error("could not start the {stage} thread: {source}")]
+    Spawn {
+        stage: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pipeline state in the outbox could not be read: {0}")]
+    State(String),
+    /// A stage whose loss would lose data failed; what could be drained was.
+    #[error("the {stage} stage failed: {cause}")]
+    StageFailed { stage: String, cause: String },
+}
+
+/// How to run: the stop signal, and optional parts to plug in.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Triggered to stop; sources stop first and everything in flight is flushed.
+    pub shutdown: Shutdown,
+    /// The I/O runtime, the health table and the metrics; `run` starts its own when absent.
+    pub services: Option<Arc<Services>>,
+    /// Detectors to use instead of ONNX sessions of the configured model, one per worker
+    /// (tests plug in their own implementation of the stage trait here).
+    pub detectors: Option<Vec<Box<dyn Detector>>>,
+}
+
+/// What a run did, for the CLI's last log line, tests and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub frames_decoded: u64,
+    pub frames_analysed: u64,
+    pub frames_dropped: u64,
+    /// Frames not applied because they were older than what the camera had already applied.
+    pub frames_late: u64,
+    pub observations: u64,
+    pub incident_revisions: u64,
+    pub failed_cameras: Vec<CameraId>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    decoded: AtomicU64,
+    analysed: AtomicU64,
+    dropped: AtomicU64,
+    late: AtomicU64,
+    observations: AtomicU64,
+    incidents: AtomicU64,
+}
+
+pub(crate) const POLL: Duration = Duration::from_millis(100);
+/// How long sinks get at shutdown to take what is committed; the rest waits in the outbox.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The first failure of a stage that cannot be lost; it stops the pipeline.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fatal {
+    first: Arc<Mutex<Option<(String, String)>>>,
+    shutdown: Shutdown,
+}
+
+impl Fatal {
+    fn new(shutdown: Shutdown) -> Self {
+        Self {
+            first: Arc::default(),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn report(&self, stage: &str, cause: String) {
+        tracing::error!(stage, cause = %cause, "stage failed; draining what can be drained, then exiting");
+        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some((stage.to_string(), cause));
+        }
+        self.shutdown.trigger();
+    }
+
+    fn take(&self) -> Option<(String, String)> {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// Spawns a stage thread whose panic is a fatal failure of that stage.
+fn spawn_stage(
+    name: &str,
+    health: ComponentHealth,
+    fatal: &Fatal,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, PipelineError> {
+    let (stage, fatal) = (name.to_string(), fatal.clone());
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            health.up();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(()) => {
+                    if health.status().is_some_and(|s| {
+                        s.state.is_ok() || s.state == skynet_core::ComponentState::Starting
+                    }) {
+                        health.finished();
+                    }
+                }
+                Err(panic) => {
+                    let cause = format!("panicked: {}", panic_message(panic.as_ref()));
+                    health.down(cause.clone());
+                    fatal.report(&stage, cause);
+                }
+            }
+        })
+        .map_err(|source| PipelineError::Spawn {
+            stage: name.to_string(),
+            source,
+        })
+}
+
+fn build_detectors(config: &PipelineConfig) -> Result<Vec<Box<dyn Detector>>, PipelineError> {
+    let runtime = OnnxRuntime::init(config.onnxruntime.as_deref(), &[paths::data_dir()])?;
+    (0..config.workers)
+        .map(|_| -> Result<Box<dyn Detector>, PipelineError> {
+            Ok(Box::new(OnnxDetector::new(
+                &runtime,
+                Arc::clone(&config.model),
+                config.detector.clone(),
+            )?))
+        })
+        .collect()
+}
+
+/// Runs until every source has ended or `options.shutdown` is triggered, then drains.
+pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, PipelineError> {
+    let started = std::time::Instant::now();
+    let services = match options.services {
+        Some(services) => services,
+        None => Arc::new(Services::start(None)?),
+    };
+    let health = services.health.clone();
+    let shutdown = options.shutdown;
+    let fatal = Fatal::new(shutdown.clone());
+    let counters = Arc::new(Counters::default());
+
+    // Everything that can fail before a frame flows, so a bad set-up fails fast and clearly.
+    let detectors = match options.detectors {
+        Some(d) if !d.is_empty() => d,
+        _ => build_detectors(config)?,
+    };
+    skynet_ingest::init()?;
+    let outbox = Outbox::open(&config.outbox)?;
+    let restored = outbox
+        .load_state()?
+        .map(|s| rules::PipelineState::parse(&s))
+        .transpose()
+        .map_err(PipelineError::State)?;
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let committer =
+        Committer::new(&config.node, outbox).with_retention(config.outbox_retention, sink_names);
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for spec in &config.sinks {
+        sinks.push((
+            spec.config.build(&spec.name)?,
+            health.register(&spec.name, "sink"),
+        ));
+    }
+    let deliveries = skynet_emit::spawn_deliveries(
+        &services.runtime(),
+        &config.outbox,
+        sinks,
+        committer.wake_handle(),
+    );
+
+    // Commit: the outbox owns incidents from here on.
+    let (commit_queue, commit_rx) =
+        stage_queue::<commit::Commit>("commits", "risk", 64, OverloadPolicy::Block);
+    let commit_thread = {
+        let (stop, fatal, counters) = (shutdown.clone(), fatal.clone(), Arc::clone(&counters));
+        let stage_health = health.register("outbox", "stage");
+        let reported = stage_health.clone();
+        spawn_stage("outbox", stage_health, &fatal.clone(), move || {
+            commit::run(committer, &commit_rx, &reported, &stop, &fatal, &counters)
+        })?
+    };
+
+    // Rules and risk: one thread, each camera's frames in order on its own clock.
+    let (analysed_queue, analysed_rx) =
+        stage_queue::<detect::Detected>("analysed", "detect", 64, OverloadPolicy::Block);
+    let mut watermarks = Vec::new();
+    for camera in &config.cameras {
+        watermarks.push(camera.source.watermark());
+    }
+    let mut rules_and_risk = rules::RulesAndRisk::new(
+        config,
+        &watermarks,
+        restored,
+        commit_queue,
+        Arc::clone(&counters),
+    )
+    .map_err(PipelineError::State)?;
+    let risk_thread = spawn_stage(
+        "risk",
+        health.register("risk", "stage"),
+        &fatal,
+        move || {
+            // Err only means the commit stage is gone; it reports its own failure.
+            let _ = rules_and_risk.run(&analysed_rx);
+        },
+    )?;
+
+    // Sources: one supervised thread and one queue per camera.
+    let mut inputs = Vec::new();
+    let mut sources: Vec<(CameraId, JoinHandle<bool>)> = Vec::new();
+    for (camera, watermark) in config.cameras.iter().zip(watermarks) {
+        let policy = if camera.is_live() {
+            OverloadPolicy::DropOldest
+        } else {
+            OverloadPolicy::Block
+        };
+        let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
+        inputs.push(detect::CameraInput::new(&camera.id, rx));
+        let out = FrameOutput::new(queue, watermark);
+        let source_health = health.register(camera.id.as_str(), "source");
+        let (stop, counters, spec) = (shutdown.clone(), Arc::clone(&counters), camera.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("source-{}", camera.id))
+            .spawn(move || source_stage(&spec, &out, &stop, &source_health, &counters))
+            .map_err(|source| PipelineError::Spawn {
+                stage: format!("source {}", camera.id),
+                source,
+            })?;
+        sources.push((camera.id.clone(), handle));
+    }
+
+    // Detection: each worker serves every camera queue, fairly.
+    let mut detect_threads = Vec::new();
+    for (i, detector) in detectors.into_iter().enumerate() {
+        let worker = detect::Worker {
+            name: format!("detect-{i}"),
+            detector,
+            inputs: inputs.clone(),
+            out: analysed_queue.clone(),
+            counters: Arc::clone(&counters),
+        };
+        let stage_health = health.register(format!("detect-{i}"), "stage");
+        detect_threads.push(spawn_stage(
+            &format!("detect-{i}"),
+            stage_health,
+            &fatal,
+            move || worker.run(),
+        )?);
+    }
+    drop((inputs, analysed_queue));
+
+    let mut failed_cameras = Vec::new();
+    for (camera, handle) in sources {
+        match handle.join() {
+            Ok(true) => {}
+            Ok(false) => failed_cameras.push(camera),
+            Err(panic) => {
+                tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
+                failed_cameras.push(camera);
+            }
+        }
+    }
+    tracing::info!("all sources ended; draining the pipeline");
+    for handle in detect_threads {
+        let _ = handle.join();
+    }
+    let _ = risk_thread.join();
+    let _ = commit_thread.join();
+    for (sink, pending) in deliveries.shutdown(DRAIN_DEADLINE) {
+        tracing::warn!(sink = %sink, pending, "sink still behind at shutdown; the events stay in the outbox for the next start");
+    }
+
+    if let Some((stage, cause)) = fatal.take() {
+        return Err(PipelineError::StageFailed { stage, cause });
+    }
+    Ok(RunSummary {
+        frames_decoded: counters.decoded.load(Ordering::Relaxed),
+        frames_analysed: counters.analysed.load(Ordering::Relaxed),
+        frames_dropped: counters.dropped.load(Ordering::Relaxed),
+        frames_late: counters.late.load(Ordering::Relaxed),
+        observations: counters.observations.load(Ordering::Relaxed),
+        incident_revisions: counters.incidents.load(Ordering::Relaxed),
+        failed_cameras,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Runs one camera under supervision. Returns false when the camera failed for good.
+fn source_stage(
+    camera: &crate::config::CameraSpec,
+    out: &FrameOutput,
+    stop: &Shutdown,
+    health: &ComponentHealth,
+    counters: &Counters,
+) -> bool {
+    let span =
+        tracing::info_span!("source", camera = %camera.id, uri = %camera.source.display_uri());
+    let _entered = span.enter();
+    let mut source = match camera.source.build(camera.id.clone()) {
+        Ok(source) => source,
+        Err(e) => {
+            health.down(e.to_string());
+            tracing::error!(error = %e, "camera could not be built; the other cameras go on");
+            return false;
+        }
+    };
+    let result = skynet_ingest::run_supervised(
+        source.as_mut(),
+        out,
+        stop,
+        health,
+        &camera.source.retry_policy(),
+    );
+    // Nothing follows: the camera's clock stops where its frames stopped.
+    out.watermark().finish();
+    let stats = source.stats();
+    counters.decoded.fetch_add(stats.decoded, Ordering::Relaxed);
+    counters.dropped.fetch_add(stats.dropped, Ordering::Relaxed);
+    match result {
+        Ok(exit) => {
+            tracing::info!(
+                ?exit,
+                decoded = stats.decoded,
+                dropped = stats.dropped,
+                "source finished"
+            );
+            true
+        }
+        Err(IngestError::DownstreamClosed) => {
+            // A later stage has gone; it reports its own failure.
+            tracing::warn!(
+                decoded = stats.decoded,
+                "source stopped: the detection stage has gone"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "camera failed for good; the other cameras go on");
+            false
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Rules and risk: each camera's frames in order, on that camera's own event clock.
+//!
+//! - Order: frames come back from parallel detection in any order; each camera's dense
+//!   dispatch numbers put them back. Nothing is guessed: a frame the detector could not
+//!   process still arrives (empty), and frames dropped under overload arrive as a counted gap.
+//! - Time: a camera's clock is the event time of its last applied frame. A frame older than
+//!   that is late: dropped and counted. While a live camera is quiet (or gone), its
+//!   watermark moves with the wall clock, so its incidents still close on time; a file's
+//!   clock moves only with its frames, so a replay gives the same result at any speed. One
+//!   camera's clock never closes another camera's incidents.
+//! - State: the engine's state and each camera's clock go to the commit stage with every
+//!   batch of revisions (and every few seconds while evidence changes), committed in the same
+//!   transaction as the revisions. After a restart, even after SIGKILL, the engine goes on
+//!   from the last committed state, and frames at or before a camera's committed clock are
+//!   not applied twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use skynet_core::{CameraId, Incident, QueueClosed, StageQueue, StageReceiver, Watermark};
+use skynet_detect::CameraRules;
+use skynet_risk::{GridRiskEngine, RiskEngine};
+
+use super::commit::Commit;
+use super::detect::Detected;
+use super::{Counters, POLL};
+use crate::config::PipelineConfig;
+
+/// How often evidence that changed no incident is still saved.
+const STATE_EVERY: Duration = Duration::from_secs(2);
+/// A live camera with no frame for this long is quiet: its watermark drives its clock.
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// What survives a restart, stored in the outbox with the revisions it led to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PipelineState {
+    pub version: u32,
+    /// Each camera's last applied frame time.
+    pub cameras: BTreeMap<String, DateTime<Utc>>,
+    pub engine: serde_json::Value,
+}
+
+impl PipelineState {
+    const VERSION: u32 = 1;
+
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let state: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if state.version != Self::VERSION {
+            return Err(format!(
+                "state version {} is not the {} this build reads",
+                state.version,
+                Self::VERSION
+            ));
+        }
+        Ok(state)
+    }
+}
+
+/// Restores each camera's order after parallel detection, by dispatch number.
+#[derive(Debug, Default)]
+pub(crate) struct Reorder {
+    next: u64,
+    waiting: BTreeMap<u64, Detected>,
+}
+
+impl Reorder {
+    /// Takes one detected frame; returns those now in order.
+    pub(crate) fn push(&mut self, detected: Detected) -> Vec<Detected> {
+        if detected.dispatch < self.next {
+            // Cannot happen with dense numbering; never apply a number twice.
+            return Vec::new();
+        }
+        self.waiting.insert(detected.dispatch, detected);
+        let mut ready = Vec::new();
+        while let Some(d) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            ready.push(d);
+        }
+        ready
+    }
+
+    /// At the end: what still waits, in order (a number is missing only when a detect worker
+    /// died with that frame).
+    pub(crate) fn drain(&mut self) -> Vec<Detected> {
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// One camera's state in the rules stage.
+struct CameraStage {
+    rules: CameraRules,
+    order: Reorder,
+    watermark: Watermark,
+    /// Event time of the last applied frame.
+    clock: Option<DateTime<Utc>>,
+    /// The clock committed before a restart: frames at or before it were applied then.
+    restored: Option<DateTime<Utc>>,
+    last_frame: Instant,
+    latency: metrics::Histogram,
+    late: metrics::Counter,
+    gaps: metrics::Counter,
+}
+
+/// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
+pub(crate) struct RulesAndRisk {
+    cameras: BTreeMap<CameraId, CameraStage>,
+    engine: Box<dyn RiskEngine>,
+    commits: StageQueue<Commit>,
+    counters: Arc<Counters>,
+    /// Evidence or clocks changed since the state was last sent.
+    dirty: bool,
+    last_state: Instant,
+}
+
+impl RulesAndRisk {
+    pub(crate) fn new(
+        config: &PipelineConfig,
+        watermarks: &[Watermark],
+        restored: Option<PipelineState>,
+        commits: StageQueue<Commit>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, String> {
+        let mut engine: Box<dyn RiskEngine> = Box::new(GridRiskEngine::new(config.risk.clone()));
+        let mut clocks = BTreeMap::new();
+        if let Some(state) = restored {
+            engine
+                .restore(state.engine)
+                .map_err(|e| format!("the risk engine's saved state: {e}"))?;
+            clocks = state.cameras;
+            tracing::info!(
+                cameras = clocks.len(),
+                "going on from the state committed before the last stop"
+            );
+        }
+        let cameras = config
+            .cameras
+            .iter()
+            .zip(watermarks)
+            .map(|(c, watermark)| {
+                let label = c.id.to_string();
+                let stage = CameraStage {
+                    rules: CameraRules {
+                        camera: c.id.clone(),
+                        grid: c.grid.clone(),
+                        owner: c.owner,
+                        rules: c.rules.iter().map(|r| r.build()).collect(),
+                    },
+                    order: Reorder::default(),
+                    watermark: watermark.clone(),
+                    clock: None,
+                    restored: clocks.get(c.id.as_str()).copied(),
+                    last_frame: Instant::now(),
+                    latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
+                    late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
+                    gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
+                };
+                (c.id.clone(), stage)
+            })
+            .collect();
+        Ok(Self {
+            cameras,
+            engine,
+            commits,
+            counters,
+            dirty: false,
+            last_state: Instant::now(),
+        })
+    }
+
+    /// Runs until detection has stopped, then applies what waits and flushes the engine.
+    /// Stops early, with `Err`, if the commit stage has gone.
+    pub(crate) fn run(&mut self, detected: &StageReceiver<Detected>) -> Result<(), QueueClosed> {
+        let mut last_tick = Instant::now();
+        loop {
+            match detected.recv_timeout(POLL) {
+                Ok(Some(d)) => self.take(d)?,
+                Ok(None) => {}
+                Err(QueueClosed) => break,
+            }
+            if last_tick.elapsed() >= POLL {
+                last_tick = Instant::now();
+                self.advance_quiet_cameras()?;
+                if self.dirty && self.last_state.elapsed() >= STATE_EVERY {
+                    self.commit(Vec::new())?;
+                }
+            }
+        }
+        let ids: Vec<CameraId> = self.cameras.keys().cloned().collect();
+        for id in ids {
+            let waiting = self
+                .cameras
+                .get_mut(&id)
+                .map(|c| c.order.drain())
+                .unwrap_or_default();
+            for d in waiting {
+                self.apply(&id, d)?;
+            }
+        }
+        let flushed = self.engine.flush();
+        // The last state goes out even when nothing changed, so a restart goes on from here.
+        self.commit(flushed)
+    }
+
+    fn take(&mut self, detected: Detected) -> Result<(), QueueClosed> {
+        let id = detected.camera.clone();
+        let Some(camera) = self.cameras.get_mut(&id) else {
+            return Ok(());
+        };
+        camera.last_frame = Instant::now();
+        for ready in camera.order.push(detected) {
+            self.apply(&id, ready)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, id: &CameraId, detected: Detected) -> Result<(), QueueClosed> {
+        let Some(camera) = self.cameras.get_mut(id) else {
+            return Ok(());
+        };
+        if detected.gap > 0 {
+            camera.gaps.increment(detected.gap);
+            tracing::debug!(camera = %id, missing = detected.gap, "frames dropped before detection");
+        }
+        let Some(frame) = detected.frame else {
+            return Ok(());
+        };
+        let t = frame.info.captured_at;
+        let late = camera.clock.is_some_and(|c| t < c) || camera.restored.is_some_and(|r| t <= r);
+        if late {
+            camera.late.increment(1);
+            self.counters.late.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        camera.clock = Some(t);
+        self.dirty = true;
+        camera
+            .latency
+            .record(frame.info.decoded_at.elapsed().as_secs_f64());
+        let mut revisions = Vec::new();
+        for observation in camera.rules.apply(&frame) {
+            self.counters.observations.fetch_add(1, Ordering::Relaxed);
+            let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
+            revisions.extend(self.engine.observe(&observation));
+        }
+        revisions.extend(self.engine.advance(id, t));
+        if revisions.is_empty() {
+            return Ok(());
+        }
+        self.commit(revisions)
+    }
+
+    /// Live cameras with nothing in flight and no frame for a while follow their watermark.
+    fn advance_quiet_cameras(&mut self) -> Result<(), QueueClosed> {
+        let mut revisions: Vec<Incident> = Vec::new();
+        for (id, camera) in &self.cameras {
+            if !camera.watermark.is_live()
+                || !camera.order.is_empty()
+                || camera.last_frame.elapsed() < QUIET_AFTER
+            {
+                continue;
+            }
+            if let Some(now) = camera.watermark.current() {
+                revisions.extend(self.engine.advance(id, now));
+            }
+        }
+        if revisions.is_empty() {
+            return Ok(());
+        }
+        self.commit(revisions)
+    }
+
+    fn state(&self) -> Option<String> {
+        let state = PipelineState {
+            version: PipelineState::VERSION,
+            cameras: self
+                .cameras
+                .iter()
+                .filter_map(|(id, c)| c.clock.or(c.restored).map(|t| (id.to_string(), t)))
+                .collect(),
+            engine: self.engine.snapshot(),
+        };
+        match serde_json::to_string(&state) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "the pipeline state could not be serialised");
+                None
+            }
+        }
+    }
+
+    /// Sends revisions and the state they belong with to the commit stage (which blocks
+    /// rather than drop anything).
+    fn commit(&mut self, incidents: Vec<Incident>) -> Result<(), QueueClosed> {
+        let state = self.state();
+        self.dirty = false;
+        self.last_state = Instant::now();
+        self.commits.send(Commit { incidents, state })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use skynet_core::{AnalysedFrame, FrameInfo};
+
+    fn detected(dispatch: u64) -> Detected {
+        Detected {
+            camera: CameraId::new("c"),
+            dispatch,
+            gap: 0,
+            frame: Some(AnalysedFrame {
+                info: FrameInfo {
+                    camera: CameraId::new("c"),
+                    seq: dispatch,
+                    captured_at: DateTime::<Utc>::UNIX_EPOCH,
+                    decoded_at: Instant::now(),
+                    width: 1,
+                    height: 1,
+                },
+                detections: Vec::new(),
+                inference: Duration::ZERO,
+            }),
+        }
+    }
+
+    fn dispatches(ready: Vec<Detected>) -> Vec<u64> {
+        ready.into_iter().map(|d| d.dispatch).collect()
+    }
+
+    #[test]
+    fn a_late_arrival_waits_for_nothing_and_is_never_applied_late() {
+        let mut r = Reorder::default();
+        assert!(r.push(detected(1)).is_empty());
+        assert!(r.push(detected(2)).is_empty());
+        // However many wait behind it, 0 is never skipped: it is applied first when it comes.
+        assert_eq!(dispatches(r.push(detected(0))), vec![0, 1, 2]);
+        assert_eq!(dispatches(r.push(detected(3))), vec![3]);
+    }
+
+    proptest! {
+        /// Workers finish in any order (each frame delayed by a random amount); the rules
+        /// still see every frame exactly once, in order.
+        #[test]
+        fn reorder_restores_order_under_random_worker_delays(delays in proptest::collection::vec(0u32..50, 1..200)) {
+            let mut arrivals: Vec<(u32, u64)> = delays
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i as u32 + d, i as u64))
+                .collect();
+            arrivals.sort();
+            let mut r = Reorder::default();
+            let mut applied = Vec::new();
+            for (_, dispatch) in arrivals {
+                applied.extend(dispatches(r.push(detected(dispatch))));
+            }
+            applied.extend(dispatches(r.drain()));
+            prop_assert_eq!(applied, (0..delays.len() as u64).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! What runs beside the stage threads: the one tokio runtime for network I/O (sinks, the HTTP
+//! endpoint, and MQTT and NATS next), the health table and the metrics recorder.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use skynet_core::Health;
+use skynet_serve::ServeError;
+use tokio::sync::watch;
+
+pub struct Services {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    pub health: Health,
+    pub metrics: PrometheusHandle,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
+    pub http: Option<SocketAddr>,
+    stop_http: watch::Sender<bool>,
+}
+
+impl Services {
+    /// Starts the runtime (2 worker threads: I/O only, the heavy work has its own threads),
+    /// installs the metrics recorder, and serves HTTP on `listen` when given.
+    pub fn start(listen: Option<SocketAddr>) -> Result<Self, ServeError> {
+        let metrics = skynet_serve::install_metrics()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("io")
+            .enable_all()
+            .build()
+            .map_err(|e| ServeError::Recorder(format!("the I/O runtime could not start: {e}")))?;
+        let handle = runtime.handle().clone();
+        let health = Health::new();
+        let (stop_http, mut stopped) = watch::channel(false);
+        let mut http = None;
+        if let Some(listen) = listen {
+            let listener = skynet_serve::bind(listen)?;
+            http = listener.local_addr().ok();
+            let (metrics, health) = (metrics.clone(), health.clone());
+            handle.spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(e) = skynet_serve::serve(listener, metrics, health, shutdown).await {
+                    tracing::error!(error = %e, "the HTTP endpoint stopped");
+                }
+            });
+        }
+        Ok(Self {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            health,
+            metrics,
+            http,
+            stop_http,
+        })
+    }
+
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+
+    /// Stops the HTTP endpoint and the runtime; tasks still blocked (a sink writing into a
+    /// full pipe) are abandoned after a second.
+    pub fn stop(&self) {
+        let _ = self.stop_http.send(true);
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let runtime = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(runtime) = runtime {
+            // Never block a drop on a task that will not end.
+            runtime.shutdown_background();
+        }
+    }
+}

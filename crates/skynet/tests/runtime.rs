@@ -1,0 +1,309 @@
+//! The runtime's promises, tested on the `skynet` binary as a supervisor runs it: restarts
+//! after SIGKILL, sinks that block, sources that keep failing.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The demo config with its outputs in `dir`, `camera` settings added to the demo camera,
+/// `listen` for the HTTP endpoint, and `more` appended.
+fn config_in(dir: &Path, camera: &str, listen: SocketAddr, more: &str) -> PathBuf {
+    let demo = std::fs::read_to_string(repo().join("configs/demo.toml")).unwrap();
+    let config = demo
+        .replace("\"../models/", &format!("\"{}/models/", repo().display()))
+        .replace(
+            "\"demo-grids.geojson\"",
+            &format!("\"{}/configs/demo-grids.geojson\"", repo().display()),
+        )
+        .replace(
+            "listen = \"127.0.0.1:9464\"",
+            &format!("listen = \"{listen}\""),
+        )
+        .replace("../var/demo/", "./")
+        .replace(
+            "uri = \"${SKYNET_DATA_DIR}/media/vtest.avi\"",
+            &format!("uri = \"${{SKYNET_DATA_DIR}}/media/vtest.avi\"\n{camera}"),
+        );
+    let path = dir.join("skynet.toml");
+    std::fs::write(&path, format!("{config}\n{more}")).unwrap();
+    path
+}
+
+fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(extra)
+        .current_dir(repo())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skynet starts")
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Polls until `check` holds, for up to `within`.
+fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn stored_events(dir: &Path) -> Vec<skynet_emit::CloudEvent> {
+    skynet_emit::Outbox::open(&dir.join("outbox.sqlite"))
+        .and_then(|o| o.events())
+        .unwrap_or_default()
+}
+
+fn lines_by_id(jsonl: &str) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut by_id: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        let id = v["id"].as_str().unwrap().to_string();
+        by_id.entry(id).or_default().push(v);
+    }
+    by_id
+}
+
+#[test]
+fn an_incident_open_at_sigkill_goes_on_under_the_same_id_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Paced like a live camera so it is mid-stream when killed; a fixed start keeps both runs
+    // on the same timeline.
+    let config = config_in(
+        dir.path(),
+        "realtime = true\nmax_frames = 150\nstart_at = \"2026-11-26T08:00:00Z\"",
+        free_port(),
+        "",
+    );
+    let first = spawn_run(&config, &["--until-eof"], Stdio::piped());
+    let opened = eventually(Duration::from_secs(60), || {
+        !stored_events(dir.path()).is_empty()
+    });
+    let mut first = first;
+    first.kill().unwrap(); // SIGKILL
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        opened,
+        "no incident before the kill: {}",
+        text(&first.stderr)
+    );
+    let before = stored_events(dir.path());
+    let open_incident = before.last().unwrap().data.clone();
+    assert_ne!(open_incident.status, skynet_core::IncidentStatus::Closed);
+
+    let second = spawn_run(&config, &["--until-eof"], Stdio::piped())
+        .wait_with_output()
+        .unwrap();
+    let stderr = text(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("going on from the state committed"),
+        "{stderr}"
+    );
+
+    let after = stored_events(dir.path());
+    // The open incident went on under the same id, with the next revisions.
+    let later: Vec<_> = after
+        .iter()
+        .filter(|e| e.data.id == open_incident.id && e.data.revision > open_incident.revision)
+        .collect();
+    assert!(
+        !later.is_empty(),
+        "the open incident did not go on: {after:#?}"
+    );
+    assert_eq!(later[0].data.revision, open_incident.revision + 1);
+    assert_eq!(later[0].data.first_seen, open_incident.first_seen);
+
+    // Every revision in the outbox reached every sink at least once, and no event id was
+    // ever delivered with two different contents.
+    let jsonl = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
+    let stdout = format!("{}{}", text(&first.stdout), text(&second.stdout));
+    for (sink, delivered) in [
+        ("jsonl", lines_by_id(&jsonl)),
+        ("stdout", lines_by_id(&stdout)),
+    ] {
+        for event in &after {
+            assert!(
+                delivered.contains_key(&event.id),
+                "{sink} lacks {}",
+                event.id
+            );
+        }
+        for (id, copies) in &delivered {
+            assert!(
+                copies.windows(2).all(|w| w[0] == w[1]),
+                "{sink}: {id} delivered with different content"
+            );
+        }
+    }
+    let outbox: BTreeMap<String, serde_json::Value> = after
+        .iter()
+        .map(|e| (e.id.clone(), serde_json::to_value(e).unwrap()))
+        .collect();
+    for (id, copies) in lines_by_id(&jsonl) {
+        assert_eq!(copies[0], outbox[&id], "{id} differs from the outbox");
+    }
+}
+
+#[test]
+fn a_stdout_sink_nobody_reads_stalls_neither_the_outbox_nor_the_file_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "max_frames = 300", free_port(), "");
+    // A pipe that is already full: every write to it blocks.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let filler = writer.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut filler = filler;
+        let _ = filler.write_all(&vec![b'x'; 1 << 16]);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let child = spawn_run(
+        &config,
+        &["--until-eof"],
+        Stdio::from(writer.try_clone().unwrap()),
+    );
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120), "{stderr}");
+    // Every frame analysed, every revision committed and in the file.
+    assert!(stderr.contains("decoded=300 analysed=300"), "{stderr}");
+    let events = stored_events(dir.path());
+    assert!(!events.is_empty(), "{stderr}");
+    let jsonl = lines_by_id(&std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap());
+    for e in &events {
+        assert!(jsonl.contains_key(&e.id), "jsonl lacks {}", e.id);
+    }
+    // The stdout sink is behind; its events wait in the outbox for the next start.
+    assert!(stderr.contains("sink still behind at shutdown"), "{stderr}");
+    let outbox = skynet_emit::Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
+    assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
+    assert!(outbox.pending_count("stdout").unwrap() > 0);
+    drop(reader);
+    let _ = writer.flush();
+}
+
+#[test]
+fn a_source_that_keeps_failing_is_retried_and_readyz_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    // Nothing listens on this port: every connection is refused.
+    let dead = free_port();
+    let config = config_in(
+        dir.path(),
+        "max_frames = 20",
+        listen,
+        &format!(
+            r#"
+[[cameras]]
+id = "cam-gone"
+owner = "police"
+uri = "rtsp://operator:s3cret-pw@127.0.0.1:{}/stream1"
+grid = "G-0101"
+reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
+"#,
+            dead.port()
+        ),
+    );
+    let mut child = spawn_run(&config, &[], Stdio::null());
+    let mut readyz = String::new();
+    let mut metrics = String::new();
+    let retried = eventually(Duration::from_secs(60), || {
+        readyz = http_get(listen, "/readyz").unwrap_or_default();
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        let restarts = metrics
+            .lines()
+            .find(|l| l.starts_with("skynet_source_restarts_total{camera=\"cam-gone\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        restarts >= 3.0
+    });
+    let healthz = http_get(listen, "/healthz").unwrap_or_default();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(retried, "not retried:\n{metrics}\n{stderr}");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    let body: serde_json::Value =
+        serde_json::from_str(readyz.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap();
+    assert_eq!(body["ready"], false);
+    let gone = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "cam-gone")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(gone["kind"], "source");
+    assert_eq!(gone["state"], "retrying");
+    assert!(
+        gone["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{gone}"
+    );
+    assert!(
+        metrics.contains("skynet_component_up{component=\"cam-gone\",kind=\"source\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("skynet_component_up{component=\"jsonl\",kind=\"sink\"} 1"),
+        "{metrics}"
+    );
+    // The password is in no log line, health reason or metric.
+    for (what, output) in [
+        ("stderr", &stderr),
+        ("readyz", &readyz),
+        ("metrics", &metrics),
+    ] {
+        assert!(
+            !output.contains("s3cret-pw"),
+            "{what} shows the password:\n{output}"
+        );
+    }
+    // The process was stopped by the signal, with a camera failing: not a clean success.
+    assert!(status.code().is_some(), "{stderr}");
+}

@@ -1,0 +1,189 @@
+//! Event time and failing stages, on real footage: replays are exact, each camera runs on
+//! its own clock, and a stage that dies takes the process down only after draining.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use skynet::{PipelineError, RunOptions, pipeline};
+use skynet_core::{BBox, Detection, IncidentStatus};
+use skynet_detect::{DetectError, Detector, ImageView};
+use skynet_emit::{CloudEvent, Outbox};
+
+fn events(dir: &std::path::Path) -> Vec<CloudEvent> {
+    Outbox::open(&dir.join("outbox.sqlite"))
+        .unwrap()
+        .events()
+        .unwrap()
+}
+
+fn with_start(config: &str) -> String {
+    config.replace(
+        "max_frames =",
+        "start_at = \"2026-11-26T08:00:00Z\"\nmax_frames =",
+    )
+}
+
+#[test]
+fn replaying_the_same_file_with_the_same_config_gives_identical_incidents() {
+    let _ = common::runtime();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let text = with_start(&common::vtest_config(
+            dir.path(),
+            "cam-replay",
+            common::WALKWAY,
+            200,
+        ));
+        let config = common::pipeline_config(dir.path(), &text);
+        pipeline::run(&config, RunOptions::default()).unwrap();
+        runs.push(events(dir.path()));
+    }
+    assert!(!runs[0].is_empty());
+    assert_eq!(runs[0], runs[1], "ids, revisions and content are the same");
+    // The timeline is start_at plus the frames' timestamps.
+    assert!(
+        runs[0][0]
+            .data
+            .first_seen
+            .to_rfc3339()
+            .starts_with("2026-11-26T08:00:")
+    );
+}
+
+#[test]
+fn running_again_on_the_same_outbox_applies_nothing_twice() {
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_start(&common::vtest_config(
+        dir.path(),
+        "cam-again",
+        common::WALKWAY,
+        120,
+    ));
+    let config = common::pipeline_config(dir.path(), &text);
+    pipeline::run(&config, RunOptions::default()).unwrap();
+    let first = events(dir.path());
+    let again = pipeline::run(&config, RunOptions::default()).unwrap();
+    assert_eq!(again.frames_late, 120, "{again:?}");
+    assert_eq!(events(dir.path()), first);
+}
+
+#[test]
+fn a_fast_camera_never_closes_a_realtime_cameras_incident() {
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    // Both replay vtest.avi from the same start: the fast one covers 50 s of footage in a few
+    // seconds, the paced one 6 s. Incidents close after 5 quiet seconds of their own camera.
+    let mut text = with_start(&common::vtest_config(
+        dir.path(),
+        "cam-fast",
+        common::WALKWAY,
+        500,
+    ))
+    .replace("close_after_s = 120", "close_after_s = 5");
+    let paced = text[text.find("[[cameras]]").unwrap()..]
+        .replace("cam-fast", "cam-paced")
+        .replace("max_frames = 500", "max_frames = 60\nrealtime = true");
+    text.push_str(&paced);
+    let config = common::pipeline_config(dir.path(), &text);
+    let summary = pipeline::run(&config, RunOptions::default()).unwrap();
+    assert_eq!(summary.frames_analysed, 560, "{summary:?}");
+
+    let all = events(dir.path());
+    let paced: Vec<_> = all
+        .iter()
+        .filter(|e| e.data.camera.as_str() == "cam-paced")
+        .collect();
+    assert!(
+        !paced.is_empty(),
+        "the paced camera raised an incident: {all:#?}"
+    );
+    let fast_end = all
+        .iter()
+        .filter(|e| e.data.camera.as_str() == "cam-fast")
+        .map(|e| e.data.last_seen)
+        .max()
+        .unwrap();
+    let paced_last_seen = paced.iter().map(|e| e.data.last_seen).max().unwrap();
+    assert!(
+        fast_end > paced_last_seen + chrono::Duration::seconds(5),
+        "the fast camera's clock ran past the paced camera's close time"
+    );
+    assert!(
+        paced
+            .iter()
+            .all(|e| e.data.status != IncidentStatus::Closed),
+        "the paced camera's incident was closed by another camera's clock: {paced:#?}"
+    );
+}
+
+/// Finds a person on the walkway in every frame, and panics on the `panic_at`-th call.
+struct PanickingDetector {
+    calls: Arc<AtomicU64>,
+    panic_at: u64,
+}
+
+impl Detector for PanickingDetector {
+    fn detect(&mut self, image: &ImageView<'_>) -> Result<Vec<Detection>, DetectError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.panic_at {
+            panic!("injected fault in the detect stage");
+        }
+        // Feet at (0.5, 0.47) of the frame: inside the walkway zone.
+        let (w, h) = (image.width as f32, image.height as f32);
+        Ok(vec![Detection {
+            label: "person".into(),
+            score: 0.9,
+            bbox: BBox::new(0.48 * w, 0.3 * h, 0.52 * w, 0.47 * h),
+        }])
+    }
+}
+
+#[test]
+fn a_detect_stage_that_panics_drains_what_it_can_and_fails_naming_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_start(&common::vtest_config(
+        dir.path(),
+        "cam-fault",
+        common::WALKWAY,
+        400,
+    ));
+    let config = common::pipeline_config(dir.path(), &text);
+    let calls = Arc::new(AtomicU64::new(0));
+    let detectors: Vec<Box<dyn Detector>> = vec![Box::new(PanickingDetector {
+        calls: Arc::clone(&calls),
+        panic_at: 100,
+    })];
+    let result = pipeline::run(
+        &config,
+        RunOptions {
+            detectors: Some(detectors),
+            ..RunOptions::default()
+        },
+    );
+    match result {
+        Err(PipelineError::StageFailed { stage, cause }) => {
+            assert_eq!(stage, "detect-0");
+            assert!(
+                cause.contains("injected fault in the detect stage"),
+                "{cause}"
+            );
+        }
+        other => panic!("expected a failed detect stage, got {other:?}"),
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        100,
+        "the source stopped instead of feeding a dead stage"
+    );
+    // What was found before the fault was committed and delivered.
+    let stored = events(dir.path());
+    assert!(!stored.is_empty());
+    let jsonl = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), stored.len());
+    let outbox = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
+    assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
+}
