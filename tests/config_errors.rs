@@ -185,7 +185,10 @@ fn component_errors_point_at_their_key() {
         .position(|l| l.starts_with("max_frames"))
         .unwrap()
         + 1;
-    assert!(e.starts_with(&format!("bad.toml:{frames_line}:1: ")), "{e}");
+    assert!(
+        e.starts_with(&format!("bad.toml:{frames_line}:14: ")),
+        "{e}"
+    );
     let _ = line;
 }
 

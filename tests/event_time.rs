@@ -90,7 +90,12 @@ fn a_fast_camera_never_closes_a_realtime_cameras_incident() {
     text.push_str(&paced);
     let config = common::pipeline_config(dir.path(), &text);
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
-    assert_eq!(summary.frames_analysed, 560, "{summary:?}");
+    // The paced camera is live: under load it may drop its oldest frames, never stall.
+    assert_eq!(
+        summary.frames_analysed + summary.frames_dropped,
+        560,
+        "{summary:?}"
+    );
 
     let all = events(dir.path());
     let paced: Vec<_> = all

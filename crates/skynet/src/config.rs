@@ -377,12 +377,24 @@ impl Locator<'_> {
         from..from
     }
 
-    /// A component's error: at its key when it names one, else at the table.
+    /// Where the value of `key` starts (after `=`), or where the key is when it has none.
+    fn value(&self, region: &Range<usize>, key: &str) -> Range<usize> {
+        let at = self.key(region, key).start;
+        let rest = &self.text[at..region.end.max(at)];
+        let offset = rest
+            .find('=')
+            .map(|eq| eq + 1 + (rest[eq + 1..].len() - rest[eq + 1..].trim_start().len()))
+            .filter(|o| !rest[..*o].contains('\n'))
+            .unwrap_or(0);
+        at + offset..at + offset
+    }
+
+    /// A component's error: at the value of the key it names, else at the table.
     fn field_error(&self, region: &Range<usize>, error: FieldError) -> ConfigError {
         let span = if error.field.is_empty() {
             region.start..region.start
         } else {
-            self.key(region, &error.field)
+            self.value(region, &error.field)
         };
         self.error(span, error.message)
     }
@@ -403,6 +415,10 @@ impl Locator<'_> {
             })
             .unwrap_or("")
             .to_string();
+        if message.starts_with("unknown field") {
+            // The key itself is what is wrong.
+            return self.error(self.key(region, &key), message);
+        }
         self.field_error(region, FieldError::new(key, message))
     }
 }
@@ -784,7 +800,7 @@ fn validate_camera(
             .unwrap_or(region.clone());
         let z = Zone::new(&zone.name, &zone.polygon).map_err(|e| {
             at.error(
-                at.key(&zone_region, "polygon"),
+                at.value(&zone_region, "polygon"),
                 format!("invalid polygon for zone `{}`: {e}", zone.name),
             )
         })?;
@@ -870,8 +886,8 @@ mod tests {
             &text[region.clone()]
         );
         let e = at.field_error(&region, FieldError::new("path", "bad"));
-        assert_eq!(e.to_string(), "t.toml:6:1: bad");
+        assert_eq!(e.to_string(), "t.toml:6:8: bad");
         let e = at.field_error(&region, FieldError::new("r.b", "bad"));
-        assert_eq!(e.to_string(), "t.toml:7:14: bad");
+        assert_eq!(e.to_string(), "t.toml:7:18: bad");
     }
 }
