@@ -7,4 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --locked -p skynet
+# Each demo starts from a clean state: a deployment keeps its outbox, and a restart goes on
+# where the last run stopped (a replayed file would then apply nothing twice).
+rm -rf var/demo
 exec target/release/skynet run --config configs/demo.toml --until-eof "$@"

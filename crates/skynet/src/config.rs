@@ -334,7 +334,7 @@ impl Locator<'_> {
         let mut offset = body_start;
         for line in self.text[body_start..].split_inclusive('\n') {
             if let Some(other) = header_name(line)
-                && !(other.starts_with(&own_prefix) && !name.is_empty())
+                && (name.is_empty() || !other.starts_with(&own_prefix))
             {
                 return start..offset;
             }
