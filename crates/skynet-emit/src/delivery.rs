@@ -459,34 +459,11 @@ fn jittered(d: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::StoredEvent;
-    use chrono::DateTime;
-    use skynet_core::{
-        CameraId, ComponentState, GridId, IncidentStatus, OwnerKind, RiskLevel, RuleRef,
-    };
+    use skynet_core::ComponentState;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn incident(revision: u32) -> Incident {
-        Incident {
-            id: "inc-1".into(),
-            revision,
-            status: IncidentStatus::Opened,
-            category: "intrusion".into(),
-            level: RiskLevel::IV,
-            level_colour: "blue".into(),
-            risk_score: 0.3,
-            grid: GridId::new("G1"),
-            camera: CameraId::new("cam"),
-            owner: OwnerKind::Police,
-            first_seen: DateTime::<Utc>::UNIX_EPOCH,
-            last_seen: DateTime::<Utc>::UNIX_EPOCH,
-            observations: 1,
-            detections: Vec::new(),
-            rule: RuleRef {
-                name: "r".into(),
-                kind: "zone_intrusion".into(),
-                zone: None,
-            },
-        }
+        crate::test_support::incident(revision, 0.3)
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -12,6 +12,8 @@ mod delivery;
 mod error;
 mod outbox;
 mod sinks;
+#[cfg(test)]
+mod test_support;
 
 pub use cloudevent::{CloudEvent, INCIDENT_EVENT_TYPE};
 pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};

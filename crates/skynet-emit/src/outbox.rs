@@ -330,34 +330,11 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
-    use skynet_core::{CameraId, GridId, Incident, IncidentStatus, OwnerKind, RiskLevel, RuleRef};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn event(revision: u32, risk_score: f32) -> CloudEvent {
-        let incident = Incident {
-            id: "inc-1".into(),
-            revision,
-            status: IncidentStatus::Opened,
-            category: "intrusion".into(),
-            level: RiskLevel::IV,
-            level_colour: "blue".into(),
-            risk_score,
-            grid: GridId::new("G1"),
-            camera: CameraId::new("cam"),
-            owner: OwnerKind::Police,
-            first_seen: DateTime::<Utc>::UNIX_EPOCH,
-            last_seen: DateTime::<Utc>::UNIX_EPOCH,
-            observations: 1,
-            detections: Vec::new(),
-            rule: RuleRef {
-                name: "r".into(),
-                kind: "zone_intrusion".into(),
-                zone: None,
-            },
-        };
-        CloudEvent::incident("n1", &incident)
+        CloudEvent::incident("n1", &crate::test_support::incident(revision, risk_score))
     }
 
     #[test]

@@ -17,7 +17,7 @@ use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone};
 use skynet_risk::{GridMap, LevelThresholds, RiskConfig};
 use toml::Spanned;
 
-use crate::components::{Registry, RuleBuilder, SinkBuilder, SourceBuilder};
+use crate::components::{ParseError, Registry, RuleBuilder, SinkBuilder, SourceBuilder};
 use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +399,14 @@ impl Locator<'_> {
         self.error(span, error.message)
     }
 
+    /// A component's refusal of its table, located.
+    fn parse_error(&self, region: &Range<usize>, error: ParseError) -> ConfigError {
+        match error {
+            ParseError::Serde(e) => self.serde_error(region, &e),
+            ParseError::Field(e) => self.field_error(region, e),
+        }
+    }
+
     /// A serde error from deserialising a table: located at the key it names.
     fn serde_error(&self, region: &Range<usize>, error: &toml::de::Error) -> ConfigError {
         let message = error.message().trim_end().to_string();
@@ -710,10 +718,7 @@ fn validate_sinks(
         let name =
             take_string(at, &region, &mut table, "name")?.unwrap_or_else(|| kind.to_string());
         validate_id("sink", &name).map_err(|m| at.error(at.key(&region, "name"), m))?;
-        let config = parse(table, &cx).map_err(|e| match e {
-            crate::components::ParseError::Serde(e) => at.serde_error(&region, &e),
-            crate::components::ParseError::Field(e) => at.field_error(&region, e),
-        })?;
+        let config = parse(table, &cx).map_err(|e| at.parse_error(&region, e))?;
         if specs.iter().any(|s| s.name == name) {
             return Err(at.error(
                 at.key(&region, "kind"),
@@ -788,10 +793,7 @@ fn validate_camera(
             ),
         ));
     };
-    let source = parse_source(source_table, cx).map_err(|e| match e {
-        crate::components::ParseError::Serde(e) => at.serde_error(&region, &e),
-        crate::components::ParseError::Field(e) => at.field_error(&region, e),
-    })?;
+    let source = parse_source(source_table, cx).map_err(|e| at.parse_error(&region, e))?;
 
     let mut zones: Vec<Zone> = Vec::new();
     for (n, zone) in common.zones.iter().enumerate() {
@@ -844,10 +846,7 @@ fn validate_camera(
                 ),
             ));
         };
-        let built = parse_rule(table, &rule_cx).map_err(|e| match e {
-            crate::components::ParseError::Serde(e) => at.serde_error(&rule_region, &e),
-            crate::components::ParseError::Field(e) => at.field_error(&rule_region, e),
-        })?;
+        let built = parse_rule(table, &rule_cx).map_err(|e| at.parse_error(&rule_region, e))?;
         if rules.iter().any(|r| r.name() == built.name()) {
             return Err(at.error(
                 at.key(&rule_region, "name"),

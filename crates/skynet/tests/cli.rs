@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use common::{repo, text};
 
 fn skynet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_skynet"))
@@ -13,10 +13,6 @@ fn skynet(args: &[&str]) -> Output {
         .current_dir(repo())
         .output()
         .expect("skynet runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn dog_jpg() -> PathBuf {
@@ -148,22 +144,7 @@ fn a_missing_onnx_runtime_says_what_to_run() {
 
 /// The demo config, with its outputs moved into `dir` and `extra` camera settings.
 fn demo_config_in(dir: &std::path::Path, extra: &str) -> PathBuf {
-    let demo = std::fs::read_to_string(repo().join("configs/demo.toml")).unwrap();
-    let config = demo
-        .replace("\"../models/", &format!("\"{}/models/", repo().display()))
-        .replace(
-            "\"demo-grids.geojson\"",
-            &format!("\"{}/configs/demo-grids.geojson\"", repo().display()),
-        )
-        .replace("listen = \"127.0.0.1:9464\"", "listen = \"127.0.0.1:0\"")
-        .replace("../var/demo/", "./")
-        .replace(
-            "uri = \"${SKYNET_DATA_DIR}/media/vtest.avi\"",
-            &format!("uri = \"${{SKYNET_DATA_DIR}}/media/vtest.avi\"\n{extra}"),
-        );
-    let path = dir.join("demo.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    common::config_in(dir, extra, "127.0.0.1:0".parse().unwrap(), "")
 }
 
 #[test]

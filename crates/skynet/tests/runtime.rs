@@ -3,47 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// The demo config with its outputs in `dir`, `camera` settings added to the demo camera,
-/// `listen` for the HTTP endpoint, and `more` appended.
-fn config_in(dir: &Path, camera: &str, listen: SocketAddr, more: &str) -> PathBuf {
-    let demo = std::fs::read_to_string(repo().join("configs/demo.toml")).unwrap();
-    let config = demo
-        .replace("\"../models/", &format!("\"{}/models/", repo().display()))
-        .replace(
-            "\"demo-grids.geojson\"",
-            &format!("\"{}/configs/demo-grids.geojson\"", repo().display()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:9464\"",
-            &format!("listen = \"{listen}\""),
-        )
-        .replace("../var/demo/", "./")
-        .replace(
-            "uri = \"${SKYNET_DATA_DIR}/media/vtest.avi\"",
-            &format!("uri = \"${{SKYNET_DATA_DIR}}/media/vtest.avi\"\n{camera}"),
-        );
-    let path = dir.join("skynet.toml");
-    std::fs::write(&path, format!("{config}\n{more}")).unwrap();
-    path
-}
+use common::{config_in, free_port, repo, text};
 
 fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skynet"))

@@ -66,25 +66,22 @@ impl Services {
     /// full pipe) are abandoned after a second.
     pub fn stop(&self) {
         let _ = self.stop_http.send(true);
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(runtime) = runtime {
+        if let Some(runtime) = self.take_runtime() {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
+    }
+
+    fn take_runtime(&self) -> Option<tokio::runtime::Runtime> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        let runtime = self
-            .runtime
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(runtime) = runtime {
+        if let Some(runtime) = self.take_runtime() {
             // Never block a drop on a task that will not end.
             runtime.shutdown_background();
         }

@@ -1,0 +1,29 @@
+//! What the unit tests of this crate share.
+
+use chrono::{DateTime, Utc};
+use skynet_core::{CameraId, GridId, Incident, IncidentStatus, OwnerKind, RiskLevel, RuleRef};
+
+/// Revision `revision` of one incident, `inc-1`, with `risk_score`.
+pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
+    Incident {
+        id: "inc-1".into(),
+        revision,
+        status: IncidentStatus::Opened,
+        category: "intrusion".into(),
+        level: RiskLevel::IV,
+        level_colour: "blue".into(),
+        risk_score,
+        grid: GridId::new("G1"),
+        camera: CameraId::new("cam"),
+        owner: OwnerKind::Police,
+        first_seen: DateTime::<Utc>::UNIX_EPOCH,
+        last_seen: DateTime::<Utc>::UNIX_EPOCH,
+        observations: 1,
+        detections: Vec::new(),
+        rule: RuleRef {
+            name: "r".into(),
+            kind: "zone_intrusion".into(),
+            zone: None,
+        },
+    }
+}
