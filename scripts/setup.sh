@@ -29,7 +29,9 @@ apt_packages=(
   build-essential pkg-config curl ca-certificates python3 python3-pip unzip
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
+  # The tests' RTSP camera (tests/support/rtsp_camera.py): GStreamer's RTSP server from Python.
+  python3-gi gir1.2-gst-rtsp-server-1.0
 )
 
 install_packages() {

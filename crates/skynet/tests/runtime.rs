@@ -23,6 +23,30 @@ fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
         .expect("skynet starts")
 }
 
+/// Runs `skynet run` with its stderr read as it comes (a pipe nobody reads would block its
+/// logging); the log so far is in the returned buffer.
+fn spawn_logged(
+    config: &Path,
+    extra: &[&str],
+) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = spawn_run(config, extra, Stdio::null());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, log)
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -212,7 +236,7 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
             dead.port()
         ),
     );
-    let mut child = spawn_run(&config, &[], Stdio::null());
+    let (mut child, log) = spawn_logged(&config, &[]);
     let mut readyz = String::new();
     let mut metrics = String::new();
     let retried = eventually(Duration::from_secs(60), || {
@@ -232,13 +256,8 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stderr = log.lock().unwrap().clone();
     assert!(retried, "not retried:\n{metrics}\n{stderr}");
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
     assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
@@ -278,4 +297,124 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
     }
     // The process was stopped by the signal, with a camera failing: not a clean success.
     assert!(status.code().is_some(), "{stderr}");
+}
+
+/// GStreamer's RTSP server serving vtest.avi on `port`, from tests/support/rtsp_camera.py.
+struct RtspCamera {
+    child: Child,
+    // Kept open: the camera's stdout must not break under it.
+    _stdout: std::process::ChildStdout,
+}
+
+impl RtspCamera {
+    fn start(port: u16) -> Self {
+        let video = skynet::paths::data_dir().join("media/vtest.avi");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(repo().join("tests/support/rtsp_camera.py"))
+            .args([&port.to_string(), video.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the RTSP camera starts (python3-gi and gir1.2-gst-rtsp-server-1.0, from scripts/setup.sh)");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut ready = [0u8; 6];
+        stdout
+            .read_exact(&mut ready)
+            .expect("the RTSP camera says it is ready");
+        assert_eq!(&ready, b"ready\n");
+        Self {
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// Gone at once, like a camera that loses power.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspCamera {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_live_camera_that_vanishes_is_reconnected_without_a_process_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let port = free_port().port();
+    let camera = RtspCamera::start(port);
+    let config = config_in(
+        dir.path(),
+        "",
+        listen,
+        &format!(
+            r#"
+[[cameras]]
+id = "cam-rtsp"
+owner = "police"
+uri = "rtsp://127.0.0.1:{port}/cam"
+grid = "G-0101"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+"#
+        ),
+    );
+    let (mut child, log) = spawn_logged(&config, &[]);
+    let decoded = "skynet_frames_decoded_total{camera=\"cam-rtsp\"}";
+    let up = "skynet_component_up{component=\"cam-rtsp\",kind=\"source\"}";
+    let restarts = "skynet_source_restarts_total{camera=\"cam-rtsp\"}";
+    let mut metrics = String::new();
+    let flowing = eventually(Duration::from_secs(60), || {
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        metric(&metrics, decoded) >= 20.0 && metric(&metrics, up) == 1.0
+    });
+    assert!(flowing, "no frames from the RTSP camera:\n{metrics}");
+
+    camera.kill();
+    let mut readyz = String::new();
+    let noticed = eventually(Duration::from_secs(60), || {
+        readyz = http_get(listen, "/readyz").unwrap_or_default();
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        readyz.starts_with("HTTP/1.1 503") && metric(&metrics, up) == 0.0
+    });
+    assert!(
+        noticed,
+        "the camera's loss went unnoticed:\n{readyz}\n{metrics}"
+    );
+    assert!(readyz.contains("\"component\":\"cam-rtsp\""), "{readyz}");
+    std::thread::sleep(Duration::from_secs(3));
+    let before = metric(&metrics, decoded);
+
+    let _camera = RtspCamera::start(port);
+    let back = eventually(Duration::from_secs(60), || {
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        metric(&metrics, up) == 1.0 && metric(&metrics, decoded) >= before + 20.0
+    });
+    let ready_again = http_get(listen, "/readyz").unwrap_or_default();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        back,
+        "the camera did not come back:\n{metrics}\n{}",
+        log.lock().unwrap()
+    );
+    assert!(metric(&metrics, restarts) >= 1.0, "{metrics}");
+    assert!(ready_again.starts_with("HTTP/1.1 200"), "{ready_again}");
+    assert!(status.success(), "exit {status:?}");
 }
