@@ -43,15 +43,16 @@ pub fn split_credentials(uri: &str) -> (String, Option<Credentials>) {
 
 /// The URI as it may be shown: with no user name or password in it.
 pub fn redact_uri(uri: &str) -> String {
-    if let Ok(url) = url::Url::parse(uri) {
-        return split_credentials(url.as_str()).0;
+    // Anything between `://` and the last `@` may be a password, even when the URL parser
+    // reads it otherwise (`rtsp://admin:12/ab@host/x` parses as host `admin`, port 12): cut it.
+    if let (Some(scheme_end), Some(at)) = (uri.find("://"), uri.rfind('@'))
+        && at > scheme_end
+    {
+        return format!("{}://{}", &uri[..scheme_end], &uri[at + 1..]);
     }
-    // Not parseable as a URL: still cut anything between `://` and an `@`.
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://{}", &uri[..scheme_end], &uri[at + 1..])
-        }
-        _ => uri.to_string(),
+    match url::Url::parse(uri) {
+        Ok(url) => split_credentials(url.as_str()).0,
+        Err(_) => uri.to_string(),
     }
 }
 
@@ -77,5 +78,11 @@ mod tests {
         assert_eq!(redact_uri("http://cam/x"), "http://cam/x");
         assert_eq!(redact_uri("/tmp/a.avi"), "/tmp/a.avi");
         assert!(!redact_uri("rtsp://u:sec ret@cam/x y").contains("sec"));
+        // A password with an unencoded `/` ends the authority early for a URL parser.
+        assert_eq!(
+            redact_uri("rtsp://admin:2024/Secret@10.0.0.5/stream"),
+            "rtsp://10.0.0.5/stream"
+        );
+        assert!(!redact_uri("rtsp://admin:12#ab@cam/x").contains("ab@"));
     }
 }

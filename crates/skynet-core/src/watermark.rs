@@ -40,19 +40,6 @@ impl Watermark {
         }
     }
 
-    /// A file paced like a live camera: it follows its frames' own timeline, moving with the
-    /// wall clock only between frames.
-    pub fn paced() -> Self {
-        Self {
-            live: true,
-            state: Arc::new(Mutex::new(State {
-                finished: false,
-                event: None,
-                at: Instant::now(),
-            })),
-        }
-    }
-
     pub fn is_live(&self) -> bool {
         self.live
     }

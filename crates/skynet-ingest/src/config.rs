@@ -35,6 +35,14 @@ pub struct GstSourceConfig {
     /// Restart policy.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// A network stream that delivers no frame for this long (connected or not) is restarted:
+    /// a server that stops sending without closing the connection is caught too.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_s: f64,
+}
+
+fn default_stall_timeout() -> f64 {
+    10.0
 }
 
 // By hand, so that a debug print of a config never shows the password.
@@ -46,6 +54,7 @@ impl std::fmt::Debug for GstSourceConfig {
             .field("realtime", &self.realtime)
             .field("start_at", &self.start_at)
             .field("reconnect", &self.reconnect)
+            .field("stall_timeout_s", &self.stall_timeout_s)
             .finish()
     }
 }
@@ -135,6 +144,7 @@ impl GstSourceConfig {
             realtime: false,
             start_at: None,
             reconnect: ReconnectConfig::default(),
+            stall_timeout_s: default_stall_timeout(),
         }
     }
 
@@ -184,6 +194,7 @@ impl GstSourceConfig {
             r.initial_backoff_s,
             86_400.0,
         )?;
+        check_range("stall_timeout_s", self.stall_timeout_s, 0.5, 3600.0)?;
         Ok(())
     }
 
@@ -199,17 +210,10 @@ impl GstSourceConfig {
     }
 
     /// The watermark this source's [`FrameOutput`](crate::FrameOutput) should carry: one that
-    /// follows the wall clock for a network stream, the frames only for a file replayed as
-    /// fast as possible, and the frames paced by the wall clock for a `realtime` file (which
-    /// keeps the file's own timeline, so its replays stay exact).
+    /// follows the wall clock for a network stream, and the frames only for a file, paced or
+    /// not (a file keeps its own timeline, so its replays stay exact at any speed and load).
     pub fn watermark(&self) -> Watermark {
-        if is_network_uri(&self.uri) {
-            Watermark::new(true)
-        } else if self.realtime {
-            Watermark::paced()
-        } else {
-            Watermark::new(false)
-        }
+        Watermark::new(is_network_uri(&self.uri))
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -230,6 +234,8 @@ impl GstSourceConfig {
             max_frames: self.max_frames,
             realtime: self.realtime,
             start_at: self.start_at,
+            stall_timeout: is_network_uri(&self.uri)
+                .then(|| seconds_or(self.stall_timeout_s, 10.0)),
             ..GstSourceOptions::new(self.uri.clone())
         };
         // Fails now, not at the first connection, on a path that cannot be a URI.
@@ -256,7 +262,9 @@ fn normalise_uri(cx: &ConfigContext, raw: &str) -> Result<String, FieldError> {
         return Ok(expanded);
     }
     let (_, credentials) = split_credentials(&expanded);
-    if credentials.is_none() && !shown.contains('@') && after_scheme(&expanded).contains('@') {
+    // An `@` that the URL parser did not read as the end of user:password (a password with an
+    // unencoded `/`, `?` or `#` ends the authority early) would leave the password in the URI.
+    if credentials.is_none() && after_scheme(&expanded).contains('@') {
         // Not parseable as a URL, so the credentials could not be taken out: GStreamer would
         // get them in its URI and might echo them in an error.
         return Err(FieldError::new(
@@ -456,13 +464,16 @@ mod tests {
             "rtsp://admin:s3cret@cam/${SKYNET_SURELY_UNSET_VAR}",
             "rtsp://admin:s3cret@cam/${UNCLOSED",
             "rtsp://admin:s3/cret@cam/x",
+            // Parses as host `admin`, port 2024: the `@` is in the path.
+            "rtsp://admin:2024/s3cret@10.0.0.5/stream",
+            "rtsp://admin:12#s3cret@cam/x",
         ] {
             let mut c = GstSourceConfig::new(uri);
             let e = c.validate(&cx()).unwrap_err();
             assert_eq!(e.field, "uri");
             assert!(
                 !e.message.contains("s3cret") && !e.message.contains("s3/cret"),
-                "{e}"
+                "{uri}: {e}"
             );
             assert!(!format!("{e:?}").contains("s3cret"));
         }

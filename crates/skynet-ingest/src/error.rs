@@ -33,6 +33,9 @@ pub enum IngestError {
     /// A live stream ended. Cameras do not end, so this is a fault to retry.
     #[error("camera {camera}: the live stream ended")]
     LiveStreamEnded { camera: CameraId },
+    /// No frame for too long while the stream stayed open: restarted like a failure.
+    #[error("camera {camera}: no frame for {seconds} s (stalled)")]
+    Stalled { camera: CameraId, seconds: f64 },
     #[error("the detection stage has stopped")]
     DownstreamClosed,
 }

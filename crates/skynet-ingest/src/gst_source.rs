@@ -34,6 +34,8 @@ pub struct GstSourceOptions {
     /// Event time of a file's first frame (paced or not); default: the file's modification
     /// time. Network streams follow the wall clock instead.
     pub start_at: Option<DateTime<Utc>>,
+    /// Restart when no frame comes for this long (network streams).
+    pub stall_timeout: Option<Duration>,
 }
 
 impl GstSourceOptions {
@@ -45,6 +47,7 @@ impl GstSourceOptions {
             realtime: false,
             convert_threads: 1,
             start_at: None,
+            stall_timeout: None,
         }
     }
 }
@@ -58,6 +61,7 @@ impl std::fmt::Debug for GstSourceOptions {
             .field("realtime", &self.realtime)
             .field("convert_threads", &self.convert_threads)
             .field("start_at", &self.start_at)
+            .field("stall_timeout", &self.stall_timeout)
             .finish()
     }
 }
@@ -332,6 +336,7 @@ impl GstSource {
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
         let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera);
+        let mut last_sample = std::time::Instant::now();
         loop {
             if stop.is_triggered() {
                 return Ok(SourceExit::Stopped);
@@ -345,8 +350,17 @@ impl GstSource {
                 if sink.is_eos() {
                     return Ok(SourceExit::EndOfStream);
                 }
+                if let Some(limit) = self.options.stall_timeout
+                    && last_sample.elapsed() >= limit
+                {
+                    return Err(IngestError::Stalled {
+                        camera: self.camera.clone(),
+                        seconds: limit.as_secs_f64(),
+                    });
+                }
                 continue;
             };
+            last_sample = std::time::Instant::now();
             let pts = sample.buffer().and_then(|b| b.pts());
             // A file restarted after a failure decodes from the start again: skip what was
             // delivered already, so no frame (and no event time) comes twice.

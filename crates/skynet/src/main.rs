@@ -142,6 +142,7 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
             shutdown: shutdown.clone(),
             services: Some(Arc::clone(&services)),
             detectors: None,
+            wait_for_shutdown: !until_eof,
         },
     );
     let summary = match result {
@@ -168,13 +169,6 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
         seconds = summary.elapsed.as_secs_f64(),
         "pipeline finished"
     );
-    if !until_eof && !shutdown.is_triggered() {
-        // Keep serving metrics and health until asked to stop, as a service would.
-        tracing::info!("every source has ended; waiting for SIGINT or SIGTERM");
-        while !shutdown.is_triggered() {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
     services.stop();
     if summary.failed_cameras.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -369,6 +369,7 @@ owner = "police"
 uri = "rtsp://127.0.0.1:{port}/cam"
 grid = "G-0101"
 reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+stall_timeout_s = 2
 "#
         ),
     );
@@ -398,12 +399,27 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     std::thread::sleep(Duration::from_secs(3));
     let before = metric(&metrics, decoded);
 
-    let _camera = RtspCamera::start(port);
+    let camera = RtspCamera::start(port);
     let back = eventually(Duration::from_secs(60), || {
         metrics = http_get(listen, "/metrics").unwrap_or_default();
         metric(&metrics, up) == 1.0 && metric(&metrics, decoded) >= before + 20.0
     });
     let ready_again = http_get(listen, "/readyz").unwrap_or_default();
+
+    // A camera that stops sending but keeps its connection open (frozen) is caught by the
+    // stall watchdog, and comes back when it thaws.
+    let pid = camera.child.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let stalled = eventually(Duration::from_secs(30), || {
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        metric(&metrics, up) == 0.0
+    });
+    let frozen_at = metric(&metrics, decoded);
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let thawed = eventually(Duration::from_secs(60), || {
+        metrics = http_get(listen, "/metrics").unwrap_or_default();
+        metric(&metrics, up) == 1.0 && metric(&metrics, decoded) >= frozen_at + 10.0
+    });
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -33,6 +33,7 @@ pub(crate) fn run(
         match commits.recv_timeout(POLL) {
             Ok(Some(commit)) => {
                 if let Err(cause) = commit_until_stored(&mut committer, &commit, health, stop) {
+                    health.down(cause.clone());
                     fatal.report("outbox", cause);
                     return;
                 }

@@ -69,6 +69,10 @@ pub struct RunOptions {
     /// Detectors to use instead of ONNX sessions of the configured model, one per worker
     /// (tests plug in their own implementation of the stage trait here).
     pub detectors: Option<Vec<Box<dyn Detector>>>,
+    /// Once every source has ended, keep delivering to the sinks until `shutdown` is
+    /// triggered, as a service does (a sink that is down catches up when it comes back).
+    /// Without it, `run` returns as soon as everything is drained (`--until-eof`).
+    pub wait_for_shutdown: bool,
 }
 
 /// What a run did, for the CLI's last log line, tests and benchmarks.
@@ -194,6 +198,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     };
     let health = services.health.clone();
     let shutdown = options.shutdown;
+    let wait_for_shutdown = options.wait_for_shutdown;
     let fatal = Fatal::new(shutdown.clone());
     let counters = Arc::new(Counters::default());
 
@@ -324,6 +329,12 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     let _ = risk_thread.join();
     let _ = commit_thread.join();
+    if wait_for_shutdown && !shutdown.is_triggered() {
+        tracing::info!("every source has ended; delivering and serving until SIGINT or SIGTERM");
+        while !shutdown.is_triggered() {
+            std::thread::sleep(POLL);
+        }
+    }
     for (sink, pending) in deliveries.shutdown(DRAIN_DEADLINE) {
         tracing::warn!(sink = %sink, pending, "sink still behind at shutdown; the events stay in the outbox for the next start");
     }

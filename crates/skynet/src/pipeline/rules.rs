@@ -115,6 +115,9 @@ pub(crate) struct RulesAndRisk {
     engine: Box<dyn RiskEngine>,
     commits: StageQueue<Commit>,
     counters: Arc<Counters>,
+    /// Cameras in the restored state that the config no longer has: their incidents close
+    /// by the wall clock, since no frame of theirs will come.
+    gone: BTreeMap<CameraId, DateTime<Utc>>,
     /// Evidence or clocks changed since the state was last sent.
     dirty: bool,
     last_state: Instant,
@@ -140,6 +143,11 @@ impl RulesAndRisk {
                 "going on from the state committed before the last stop"
             );
         }
+        let gone = clocks
+            .iter()
+            .filter(|(id, _)| !config.cameras.iter().any(|c| c.id.as_str() == id.as_str()))
+            .map(|(id, t)| (CameraId::new(id), *t))
+            .collect();
         let cameras = config
             .cameras
             .iter()
@@ -170,6 +178,7 @@ impl RulesAndRisk {
             engine,
             commits,
             counters,
+            gone,
             dirty: false,
             last_state: Instant::now(),
         })
@@ -271,6 +280,10 @@ impl RulesAndRisk {
                 revisions.extend(self.engine.advance(id, now));
             }
         }
+        for (id, clock) in &mut self.gone {
+            *clock = (*clock).max(Utc::now());
+            revisions.extend(self.engine.advance(id, *clock));
+        }
         if revisions.is_empty() {
             return Ok(());
         }
@@ -284,6 +297,7 @@ impl RulesAndRisk {
                 .cameras
                 .iter()
                 .filter_map(|(id, c)| c.clock.or(c.restored).map(|t| (id.to_string(), t)))
+                .chain(self.gone.iter().map(|(id, t)| (id.to_string(), *t)))
                 .collect(),
             engine: self.engine.snapshot(),
         };
