@@ -194,7 +194,11 @@ const INCIDENT_NAMESPACE: Uuid = Uuid::from_u128(0x5c7e_a1d0_2b4f_4e8a_9c61_7d3f
 
 pub struct GridRiskEngine {
     config: RiskConfig,
-    cells: BTreeMap<GridId, CellRisk>,
+    /// Each camera's contribution to each cell, on that camera's own clock: one camera's time
+    /// never decays (or forgets) another camera's evidence.
+    cells: BTreeMap<GridId, BTreeMap<CameraId, CellRisk>>,
+    /// Each camera's latest event time, from its observations and `advance`.
+    clocks: BTreeMap<CameraId, DateTime<Utc>>,
     open: BTreeMap<IncidentKey, OpenIncident>,
     ids: BTreeMap<IncidentKey, IdState>,
     /// The cells each camera has given evidence for: whose gauges its clock refreshes.
@@ -206,36 +210,71 @@ impl GridRiskEngine {
         Self {
             config,
             cells: BTreeMap::new(),
+            clocks: BTreeMap::new(),
             open: BTreeMap::new(),
             ids: BTreeMap::new(),
             feeds: BTreeMap::new(),
         }
     }
 
-    /// A cell's current score and level, decayed to `now`.
+    /// A cell's score and level with every camera's contribution decayed to `now`.
     pub fn cell_risk(&self, grid: &GridId, now: DateTime<Utc>) -> (f32, Option<RiskLevel>) {
-        let score = self
-            .cells
-            .get(grid)
-            .map_or(0.0, |c| c.decayed(now, self.config.half_life));
+        let half_life = self.config.half_life;
+        let score = self.cells.get(grid).map_or(0.0, |by_camera| {
+            by_camera
+                .values()
+                .fold(0.0, |score, c| fuse(score, c.decayed(now, half_life)))
+        });
         (score, self.config.thresholds.level(score))
+    }
+
+    /// A cell's fused score, each camera's contribution decayed to that camera's own clock.
+    fn cell_score(&self, grid: &GridId) -> f32 {
+        let half_life = self.config.half_life;
+        self.cells.get(grid).map_or(0.0, |by_camera| {
+            by_camera.iter().fold(0.0, |score, (camera, c)| {
+                let now = self.clocks.get(camera).copied().unwrap_or(c.at);
+                fuse(score, c.decayed(now, half_life))
+            })
+        })
+    }
+
+    fn tick(&mut self, camera: &CameraId, now: DateTime<Utc>) {
+        let clock = self.clocks.entry(camera.clone()).or_insert(now);
+        *clock = (*clock).max(now);
     }
 
     pub fn open_incidents(&self) -> usize {
         self.open.len()
     }
 
-    fn raise(&mut self, grid: &GridId, weight: f32, at: DateTime<Utc>) -> f32 {
+    fn raise(&mut self, grid: &GridId, camera: &CameraId, weight: f32, at: DateTime<Utc>) -> f32 {
         let half_life = self.config.half_life;
-        let cell = self
+        self.tick(camera, at);
+        let contribution = self
             .cells
             .entry(grid.clone())
+            .or_default()
+            .entry(camera.clone())
             .or_insert(CellRisk { score: 0.0, at });
-        // Late evidence (a camera whose clock is behind) counts at the cell's time: a score
-        // never decays backwards.
-        let now = at.max(cell.at);
-        let score = fuse(cell.decayed(now, half_life), weight);
-        *cell = CellRisk { score, at: now };
+        // Late evidence counts at the contribution's time: a score never decays backwards.
+        let now = at.max(contribution.at);
+        let own = fuse(contribution.decayed(now, half_life), weight);
+        *contribution = CellRisk {
+            score: own,
+            at: now,
+        };
+        // This camera's evidence as of this observation, with the other cameras' as of their
+        // own clocks.
+        let score = self.cells.get(grid).map_or(own, |by_camera| {
+            by_camera
+                .iter()
+                .filter(|(other, _)| *other != camera)
+                .fold(own, |score, (other, c)| {
+                    let at = self.clocks.get(other).copied().unwrap_or(c.at);
+                    fuse(score, c.decayed(at, half_life))
+                })
+        });
         metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string()).set(f64::from(score));
         score
     }
@@ -260,8 +299,7 @@ impl GridRiskEngine {
 
     fn close(&mut self, key: &IncidentKey, now: DateTime<Utc>) -> Option<Incident> {
         let mut open = self.open.remove(key)?;
-        let (score, _) = self.cell_risk(&key.0, now);
-        open.incident.risk_score = score;
+        open.incident.risk_score = self.cell_score(&key.0);
         tracing::info!(incident = %open.incident.id, grid = %key.0, camera = %key.1, "incident closed");
         Some(Self::revise(&mut open, IncidentStatus::Closed, now))
     }
@@ -309,7 +347,7 @@ impl RiskEngine for GridRiskEngine {
             out.extend(self.close(&key, obs.at));
             self.set_open_gauge();
         }
-        let score = self.raise(&obs.grid, obs.weight, obs.at);
+        let score = self.raise(&obs.grid, &obs.camera, obs.weight, obs.at);
         self.feeds
             .entry(obs.camera.clone())
             .or_default()
@@ -375,6 +413,7 @@ impl RiskEngine for GridRiskEngine {
     }
 
     fn advance(&mut self, camera: &CameraId, now: DateTime<Utc>) -> Vec<Incident> {
+        self.tick(camera, now);
         let mine: Vec<IncidentKey> = self
             .open
             .keys()
@@ -401,25 +440,38 @@ impl RiskEngine for GridRiskEngine {
         }
 
         // Refresh the gauges of this camera's cells: without it a cell's gauge would keep its
-        // last raised value for ever once evidence stops.
+        // last raised value for ever once evidence stops. Only this camera's own contribution
+        // is forgotten once it has decayed away.
         let half_life = self.config.half_life;
-        let cells = &mut self.cells;
-        if let Some(grids) = self.feeds.get_mut(camera) {
-            grids.retain(|grid| {
-                let gauge = metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string());
-                let score = cells.get(grid).map_or(0.0, |c| c.decayed(now, half_life));
-                if score < FORGET_BELOW {
-                    gauge.set(0.0);
-                    cells.remove(grid);
-                    false
-                } else {
-                    gauge.set(f64::from(score));
-                    true
+        let grids: Vec<GridId> = self
+            .feeds
+            .get(camera)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+        for grid in grids {
+            let faded = self
+                .cells
+                .get(&grid)
+                .and_then(|by_camera| by_camera.get(camera))
+                .is_none_or(|c| c.decayed(now, half_life) < FORGET_BELOW);
+            if faded {
+                if let Some(by_camera) = self.cells.get_mut(&grid) {
+                    by_camera.remove(camera);
+                    if by_camera.is_empty() {
+                        self.cells.remove(&grid);
+                    }
                 }
-            });
-            if grids.is_empty() {
-                self.feeds.remove(camera);
+                if let Some(feeds) = self.feeds.get_mut(camera) {
+                    feeds.remove(&grid);
+                }
             }
+            let score = self.cell_score(&grid);
+            let score = if score < FORGET_BELOW { 0.0 } else { score };
+            metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string())
+                .set(f64::from(score));
+        }
+        if self.feeds.get(camera).is_some_and(BTreeSet::is_empty) {
+            self.feeds.remove(camera);
         }
         out
     }
@@ -442,10 +494,21 @@ impl RiskEngine for GridRiskEngine {
             cells: self
                 .cells
                 .iter()
-                .map(|(grid, c)| CellSnapshot {
-                    grid: grid.clone(),
-                    score: f64::from(c.score),
-                    at: c.at,
+                .flat_map(|(grid, by_camera)| {
+                    by_camera.iter().map(|(camera, c)| CellSnapshot {
+                        grid: grid.clone(),
+                        camera: camera.clone(),
+                        score: f64::from(c.score),
+                        at: c.at,
+                    })
+                })
+                .collect(),
+            clocks: self
+                .clocks
+                .iter()
+                .map(|(camera, at)| ClockSnapshot {
+                    camera: camera.clone(),
+                    at: *at,
                 })
                 .collect(),
             open: self
@@ -520,16 +583,26 @@ impl RiskEngine for GridRiskEngine {
             tracing::warn!(snapshot = %snapshot.node, node = %self.config.node, "risk snapshot was taken under another node name");
         }
 
-        let mut cells = BTreeMap::new();
+        let mut cells: BTreeMap<GridId, BTreeMap<CameraId, CellRisk>> = BTreeMap::new();
         for c in snapshot.cells {
             let score = unit_score(&format!("cell `{}`", c.grid), c.score)?;
             if cells
-                .insert(c.grid.clone(), CellRisk { score, at: c.at })
+                .entry(c.grid.clone())
+                .or_default()
+                .insert(c.camera.clone(), CellRisk { score, at: c.at })
                 .is_some()
             {
-                return Err(invalid(format!("cell `{}` appears twice", c.grid)));
+                return Err(invalid(format!(
+                    "cell `{}` has camera `{}` twice",
+                    c.grid, c.camera
+                )));
             }
         }
+        let clocks = snapshot
+            .clocks
+            .into_iter()
+            .map(|c| (c.camera, c.at))
+            .collect();
         let mut ids = BTreeMap::new();
         for s in snapshot.ids {
             let key = (s.grid, s.camera, s.rule);
@@ -583,6 +656,7 @@ impl RiskEngine for GridRiskEngine {
             .collect();
 
         self.cells = cells;
+        self.clocks = clocks;
         self.open = open;
         self.ids = ids;
         self.feeds = feeds;
@@ -594,7 +668,7 @@ impl RiskEngine for GridRiskEngine {
 // ---- The snapshot's JSON shape ---------------------------------------------------------
 
 /// Bumped whenever the shape below changes incompatibly.
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -602,6 +676,7 @@ struct Snapshot {
     version: u32,
     node: String,
     cells: Vec<CellSnapshot>,
+    clocks: Vec<ClockSnapshot>,
     open: Vec<OpenSnapshot>,
     ids: Vec<IdSnapshot>,
     feeds: Vec<FeedSnapshot>,
@@ -611,8 +686,17 @@ struct Snapshot {
 #[serde(deny_unknown_fields)]
 struct CellSnapshot {
     grid: GridId,
+    /// Whose contribution this is.
+    camera: CameraId,
     /// The f32 score widened to f64, which survives JSON text exactly.
     score: f64,
+    at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockSnapshot {
+    camera: CameraId,
     at: DateTime<Utc>,
 }
 

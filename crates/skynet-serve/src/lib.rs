@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
@@ -38,12 +38,14 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// Installs the process-wide metrics recorder once and returns its handle (the same handle
-/// on every later call). Metrics recorded before this call are lost.
+/// on every later call, from any thread). Metrics recorded before this call are lost.
 pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
-    if let Some(handle) = RECORDER.get() {
+    // Held across the install, so two threads starting at once get the same recorder.
+    let mut installed = RECORDER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let recorder = PrometheusBuilder::new()
@@ -51,18 +53,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
         .map_err(|e| ServeError::Recorder(e.to_string()))?
         .build_recorder();
     let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
-            let _ = RECORDER.set(handle.clone());
-            describe_metrics();
-            Ok(RECORDER.get().cloned().unwrap_or(handle))
-        }
-        // Another thread won the race: use its recorder.
-        Err(e) => RECORDER
-            .get()
-            .cloned()
-            .ok_or_else(|| ServeError::Recorder(e.to_string())),
-    }
+    metrics::set_global_recorder(recorder).map_err(|e| ServeError::Recorder(e.to_string()))?;
+    *installed = Some(handle.clone());
+    describe_metrics();
+    Ok(handle)
 }
 
 #[derive(Clone)]

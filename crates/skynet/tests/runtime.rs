@@ -432,5 +432,13 @@ stall_timeout_s = 2
     );
     assert!(metric(&metrics, restarts) >= 1.0, "{metrics}");
     assert!(ready_again.starts_with("HTTP/1.1 200"), "{ready_again}");
+    let log = log.lock().unwrap().clone();
+    assert!(stalled, "a frozen camera still shows up:\n{metrics}\n{log}");
+    assert!(
+        thawed,
+        "the thawed camera did not come back:\n{metrics}\n{log}"
+    );
+    assert!(log.contains("stalled"), "{log}");
     assert!(status.success(), "exit {status:?}");
+    drop(camera);
 }

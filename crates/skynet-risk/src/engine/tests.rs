@@ -301,10 +301,10 @@ fn restore_rejects_what_it_cannot_continue_from() {
 
     let fresh = || GridRiskEngine::new(RiskConfig::default());
     let mut newer = good.clone();
-    newer["version"] = serde_json::json!(2);
+    newer["version"] = serde_json::json!(3);
     let err = fresh().restore(newer).unwrap_err().to_string();
     assert!(
-        err.contains("version 2; this build reads version 1"),
+        err.contains("version 3; this build reads version 2"),
         "{err}"
     );
     let err = fresh()
@@ -722,4 +722,32 @@ proptest! {
         let distinct: BTreeSet<&str> = opened.iter().copied().collect();
         prop_assert_eq!(distinct.len(), opened.len());
     }
+}
+
+#[test]
+fn a_camera_far_ahead_never_decays_or_forgets_another_cameras_evidence_in_the_same_cell() {
+    let mut engine = GridRiskEngine::new(RiskConfig::default());
+    let slow = CameraId::new("slow");
+    let fast = CameraId::new("fast");
+    let opened = engine.observe(&obs_on("slow", "G1", "r", secs(0), 0.3));
+    assert_eq!(opened[0].status, IncidentStatus::Opened);
+    // The fast camera in the same cell runs an hour ahead (60 half-lives).
+    engine.observe(&obs_on("fast", "G1", "r2", secs(3600), 0.1));
+    assert!(
+        engine
+            .advance(&fast, secs(3600))
+            .iter()
+            .all(|i| i.camera == fast)
+    );
+    // The slow camera's evidence is still there at its own time: one more observation takes
+    // the cell to level III, as it would with the slow camera alone (0.51) plus a little.
+    let escalated = engine.observe(&obs_on("slow", "G1", "r", secs(1), 0.3));
+    assert_eq!(
+        escalated[0].status,
+        IncidentStatus::Escalated,
+        "{escalated:?}"
+    );
+    assert_eq!(escalated[0].id, opened[0].id);
+    assert!(escalated[0].risk_score >= 0.5, "{escalated:?}");
+    assert!(engine.advance(&slow, secs(2)).is_empty());
 }

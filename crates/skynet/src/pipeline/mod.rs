@@ -209,11 +209,17 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     };
     skynet_ingest::init()?;
     let outbox = Outbox::open(&config.outbox)?;
+    // A state this build cannot read (another version, or damaged) must not keep the cameras
+    // from running: say so loudly and start afresh.
     let restored = outbox
         .load_state()?
-        .map(|s| rules::PipelineState::parse(&s))
-        .transpose()
-        .map_err(PipelineError::State)?;
+        .and_then(|s| match rules::PipelineState::parse(&s) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::error!(error = %e, "the saved pipeline state cannot be read; starting without it");
+                None
+            }
+        });
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let committer =
         Committer::new(&config.node, outbox).with_retention(config.outbox_retention, sink_names);
@@ -256,8 +262,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         restored,
         commit_queue,
         Arc::clone(&counters),
-    )
-    .map_err(PipelineError::State)?;
+    );
     let risk_thread = spawn_stage(
         "risk",
         health.register("risk", "stage"),

@@ -130,18 +130,24 @@ impl RulesAndRisk {
         restored: Option<PipelineState>,
         commits: StageQueue<Commit>,
         counters: Arc<Counters>,
-    ) -> Result<Self, String> {
+    ) -> Self {
         let mut engine: Box<dyn RiskEngine> = Box::new(GridRiskEngine::new(config.risk.clone()));
         let mut clocks = BTreeMap::new();
         if let Some(state) = restored {
-            engine
-                .restore(state.engine)
-                .map_err(|e| format!("the risk engine's saved state: {e}"))?;
-            clocks = state.cameras;
-            tracing::info!(
-                cameras = clocks.len(),
-                "going on from the state committed before the last stop"
-            );
+            match engine.restore(state.engine) {
+                Ok(()) => {
+                    clocks = state.cameras;
+                    tracing::info!(
+                        cameras = clocks.len(),
+                        "going on from the state committed before the last stop"
+                    );
+                }
+                Err(e) => {
+                    // Cameras keep running on a fresh engine rather than not at all.
+                    tracing::error!(error = %e, "the risk engine's saved state cannot be restored; starting without it");
+                    engine = Box::new(GridRiskEngine::new(config.risk.clone()));
+                }
+            }
         }
         let gone = clocks
             .iter()
@@ -173,7 +179,7 @@ impl RulesAndRisk {
                 (c.id.clone(), stage)
             })
             .collect();
-        Ok(Self {
+        Self {
             cameras,
             engine,
             commits,
@@ -181,7 +187,7 @@ impl RulesAndRisk {
             gone,
             dirty: false,
             last_state: Instant::now(),
-        })
+        }
     }
 
     /// Runs until detection has stopped, then applies what waits and flushes the engine.
