@@ -192,3 +192,23 @@ fn a_detect_stage_that_panics_drains_what_it_can_and_fails_naming_the_cause() {
     let outbox = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
     assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
 }
+
+#[test]
+fn a_saved_state_that_cannot_be_read_starts_afresh_instead_of_stopping_the_cameras() {
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_start(&common::vtest_config(
+        dir.path(),
+        "cam-fresh",
+        common::WALKWAY,
+        60,
+    ));
+    let config = common::pipeline_config(dir.path(), &text);
+    let mut outbox = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
+    outbox.commit(&[], Some("{\"version\": 99}")).unwrap();
+    drop(outbox);
+    let summary = pipeline::run(&config, RunOptions::default()).unwrap();
+    assert_eq!(summary.frames_analysed, 60);
+    assert_eq!(summary.frames_late, 0);
+    assert!(!events(dir.path()).is_empty());
+}

@@ -52,8 +52,6 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the pipeline state in the outbox could not be read: {0}")]
-    State(String),
     /// A stage whose loss would lose data failed; what could be drained was.
     #[error("the {stage} stage failed: {cause}")]
     StageFailed { stage: String, cause: String },
