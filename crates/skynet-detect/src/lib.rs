@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod preprocess;
 pub mod rules;
 pub mod runtime;
+pub mod settings;
 pub mod yolox;
 pub mod zone;
 
@@ -25,4 +26,5 @@ pub use rules::{
     ZoneIntrusionSpec,
 };
 pub use runtime::OnnxRuntime;
+pub use settings::{DetectPlan, DetectSettings};
 pub use zone::{Zone, ZoneError};

@@ -11,6 +11,7 @@ mod cloudevent;
 mod delivery;
 mod error;
 mod outbox;
+mod settings;
 mod sinks;
 #[cfg(test)]
 mod test_support;
@@ -19,6 +20,7 @@ pub use cloudevent::{CloudEvent, INCIDENT_EVENT_TYPE};
 pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
 pub use error::EmitError;
 pub use outbox::{Outbox, StoredEvent};
+pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::{
     IncidentSink, JsonLinesSink, JsonLinesSinkConfig, SinkConfig, StdoutSink, StdoutSinkConfig,
 };

@@ -10,6 +10,8 @@
 
 mod engine;
 mod grid;
+mod settings;
 
 pub use engine::{GridRiskEngine, LevelThresholds, RiskConfig, RiskEngine, RiskError};
 pub use grid::{Grid, GridError, GridMap};
+pub use settings::{LevelSettings, RiskSettings};

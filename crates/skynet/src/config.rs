@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use skynet_core::config::{MAX_SECONDS, check_range, seconds_in};
-use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, RiskLevel, validate_id};
-use skynet_detect::{DetectorOptions, ExecutionProvider, ModelManifest, Zone};
-use skynet_risk::{GridMap, LevelThresholds, RiskConfig};
+use serde::de::DeserializeOwned;
+use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, validate_id};
+use skynet_detect::{DetectSettings, DetectorOptions, ModelManifest, Zone};
+use skynet_emit::OutboxSettings;
+use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
 
 use crate::components::{ParseError, Registry, RuleBuilder, SinkBuilder, SourceBuilder};
-use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,11 +47,10 @@ struct ConfigFile {
     #[serde(default)]
     metrics: MetricsSection,
     grids: GridsSection,
-    detect: DetectSection,
-    #[serde(default)]
-    risk: RiskSection,
-    #[serde(default)]
-    outbox: OutboxSection,
+    /// `[detect]`, `[risk]` and `[outbox]` go to their stage crate's settings type.
+    detect: Spanned<toml::Table>,
+    risk: Option<Spanned<toml::Table>>,
+    outbox: Option<Spanned<toml::Table>>,
     /// Each table goes to the sink kind its `kind` names.
     #[serde(default)]
     sinks: Vec<Spanned<toml::Table>>,
@@ -101,126 +100,6 @@ struct MetricsSection {
 #[serde(deny_unknown_fields)]
 struct GridsSection {
     file: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DetectSection {
-    /// A manifest path (`.toml`) or a model name looked up in the model directories.
-    model: Spanned<String>,
-    #[serde(default = "default_threshold")]
-    threshold: Spanned<f64>,
-    #[serde(default = "default_nms_iou")]
-    nms_iou: Spanned<f64>,
-    #[serde(default = "default_workers")]
-    workers: Spanned<i64>,
-    #[serde(default = "default_intra_threads")]
-    intra_threads: Spanned<i64>,
-    #[serde(default = "default_providers")]
-    execution_providers: Vec<ExecutionProvider>,
-    /// Frames waiting per camera before the oldest is dropped (live) or the source waits (files).
-    #[serde(default = "default_queue")]
-    queue: Spanned<i64>,
-    /// Path of libonnxruntime.so; otherwise ORT_DYLIB_PATH, then where set-up put it.
-    onnxruntime: Option<Spanned<String>>,
-}
-
-fn spanned<T>(value: T) -> Spanned<T> {
-    Spanned::new(0..0, value)
-}
-fn default_threshold() -> Spanned<f64> {
-    spanned(0.3)
-}
-fn default_nms_iou() -> Spanned<f64> {
-    spanned(0.45)
-}
-fn default_workers() -> Spanned<i64> {
-    spanned(2)
-}
-fn default_intra_threads() -> Spanned<i64> {
-    spanned(1)
-}
-fn default_queue() -> Spanned<i64> {
-    spanned(4)
-}
-fn default_providers() -> Vec<ExecutionProvider> {
-    vec![ExecutionProvider::Cpu]
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RiskSection {
-    #[serde(default = "default_half_life")]
-    half_life_s: Spanned<f64>,
-    #[serde(default = "default_close_after")]
-    close_after_s: Spanned<f64>,
-    #[serde(default = "default_update_every")]
-    update_every_s: Spanned<f64>,
-    #[serde(default = "default_open_at")]
-    open_at: RiskLevel,
-    #[serde(default)]
-    levels: Option<Spanned<LevelsSection>>,
-}
-
-impl Default for RiskSection {
-    fn default() -> Self {
-        Self {
-            half_life_s: default_half_life(),
-            close_after_s: default_close_after(),
-            update_every_s: default_update_every(),
-            open_at: default_open_at(),
-            levels: None,
-        }
-    }
-}
-
-fn default_half_life() -> Spanned<f64> {
-    spanned(60.0)
-}
-fn default_close_after() -> Spanned<f64> {
-    spanned(120.0)
-}
-fn default_update_every() -> Spanned<f64> {
-    spanned(30.0)
-}
-fn default_open_at() -> RiskLevel {
-    RiskLevel::IV
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LevelsSection {
-    iv: f32,
-    iii: f32,
-    ii: f32,
-    i: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OutboxSection {
-    #[serde(default = "default_outbox_path")]
-    path: Spanned<String>,
-    /// Days a delivered event stays in the outbox; the incident history is kept.
-    #[serde(default = "default_retain_days")]
-    retain_days: Spanned<f64>,
-}
-
-impl Default for OutboxSection {
-    fn default() -> Self {
-        Self {
-            path: default_outbox_path(),
-            retain_days: default_retain_days(),
-        }
-    }
-}
-
-fn default_retain_days() -> Spanned<f64> {
-    spanned(7.0)
-}
-
-fn default_outbox_path() -> Spanned<String> {
-    spanned("${SKYNET_DATA_DIR}/outbox.sqlite".into())
 }
 
 /// The keys every `[[cameras]]` table has, whatever its source kind.
@@ -490,22 +369,20 @@ fn id_error(at: &Locator<'_>, span: Range<usize>, what: &str, id: &str) -> Resul
     validate_id(what, id).map_err(|m| at.error(span, m))
 }
 
-/// An integer setting in `[min, max]`.
-fn count(
+/// A settings table (`[detect]`, `[risk]`, `[outbox]`) as its stage crate's type, with the
+/// table's region for locating errors; a table left out takes every default.
+fn section<T: DeserializeOwned>(
     at: &Locator<'_>,
-    name: &str,
-    value: &Spanned<i64>,
-    min: i64,
-    max: i64,
-) -> Result<usize, ConfigError> {
-    let v = *value.get_ref();
-    if v < min || v > max {
-        return Err(at.error(
-            value.span(),
-            format!("`{name}` must be between {min} and {max}, got {v}"),
-        ));
-    }
-    usize::try_from(v).map_err(|_| at.error(value.span(), format!("`{name}` is out of range")))
+    table: Option<&Spanned<toml::Table>>,
+) -> Result<(T, Range<usize>), ConfigError> {
+    let (table, region) = match table {
+        Some(t) => (t.get_ref().clone(), at.table_region(&t.span())),
+        None => (toml::Table::new(), 0..0),
+    };
+    let settings = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| at.serde_error(&region, &e))?;
+    Ok((settings, region))
 }
 
 fn validate(
@@ -525,40 +402,30 @@ fn validate(
         })?),
     };
 
-    let d = &file.detect;
-    let model = Arc::new(load_model(at, &d.model)?);
-    for (name, value) in [("threshold", &d.threshold), ("nms_iou", &d.nms_iou)] {
-        check_range(name, *value.get_ref(), 0.0, 1.0)
-            .map_err(|e| at.error(value.span(), e.message))?;
-    }
-    let workers = count(at, "workers", &d.workers, 1, 64)?;
-    let intra_threads = count(at, "intra_threads", &d.intra_threads, 1, 256)?;
-    let queue = count(at, "queue", &d.queue, 1, 10_000)?;
-    let onnxruntime = d.onnxruntime.as_ref().map(|p| at.path(p)).transpose()?;
-    let detector = DetectorOptions {
-        threshold: *d.threshold.get_ref() as f32,
-        nms_iou: *d.nms_iou.get_ref() as f32,
-        intra_threads,
-        execution_providers: d.execution_providers.clone(),
-        weight_dirs: vec![paths::data_dir().join("models")],
-    };
+    let cx = ConfigContext::new(at.path);
+    let (detect, region) = section::<DetectSettings>(at, Some(&file.detect))?;
+    let detect = detect
+        .validate(&cx)
+        .map_err(|e| at.field_error(&region, e))?;
+    let model = Arc::new(detect.model);
 
     let grids_path = at.path(&file.grids.file)?;
     let grids =
         GridMap::load(&grids_path).map_err(|e| at.error(file.grids.file.span(), e.to_string()))?;
 
-    let risk = validate_risk(at, &file.risk, &node)?;
-    let outbox = at.path(&file.outbox.path)?;
-    let retain = &file.outbox.retain_days;
-    let retain_days = check_range("retain_days", *retain.get_ref(), 1.0 / 24.0, 36_525.0)
-        .map_err(|e| at.error(retain.span(), format!("{} days", e.message)))?;
-    let outbox_retention = chrono::Duration::seconds((retain_days * 86_400.0) as i64);
+    let (risk, region) = section::<RiskSettings>(at, file.risk.as_ref())?;
+    let risk = risk
+        .validate(&node)
+        .map_err(|e| at.field_error(&region, e))?;
+    let (outbox, region) = section::<OutboxSettings>(at, file.outbox.as_ref())?;
+    let outbox = outbox
+        .validate(&cx)
+        .map_err(|e| at.field_error(&region, e))?;
     let sinks = validate_sinks(at, &file.sinks, registry)?;
 
     if file.cameras.is_empty() {
         return Err(at.error(0..0, "no cameras: add at least one [[cameras]] table"));
     }
-    let cx = ConfigContext::new(at.path);
     let mut cameras: Vec<CameraSpec> = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
         let spec = validate_camera(at, &cx, camera, &grids, model.as_ref(), registry)?;
@@ -576,97 +443,17 @@ fn validate(
         source: at.path.to_path_buf(),
         node,
         metrics_listen,
-        onnxruntime,
+        onnxruntime: detect.onnxruntime,
         model,
-        detector,
-        workers,
-        queue,
+        detector: detect.options,
+        workers: detect.workers,
+        queue: detect.queue,
         grids: Arc::new(grids),
         risk,
-        outbox,
-        outbox_retention,
+        outbox: outbox.path,
+        outbox_retention: outbox.retention,
         sinks,
         cameras,
-    })
-}
-
-fn load_model(at: &Locator<'_>, model: &Spanned<String>) -> Result<ModelManifest, ConfigError> {
-    let value = model.get_ref();
-    let manifest_path = if value.ends_with(".toml") {
-        at.path(model)?
-    } else {
-        let config_dir = at.path.parent().unwrap_or(Path::new("."));
-        let dirs = [
-            config_dir.join("../models"),
-            config_dir.join("models"),
-            paths::data_dir().join("models"),
-        ];
-        let file = format!("{value}.toml");
-        match dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
-            Some(p) => p,
-            None => {
-                let looked = dirs
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(at.error(
-                    model.span(),
-                    format!("unknown model `{value}`: no manifest {file} in {looked}"),
-                ));
-            }
-        }
-    };
-    if !manifest_path.is_file() {
-        return Err(at.error(
-            model.span(),
-            format!(
-                "unknown model: manifest {} does not exist",
-                manifest_path.display()
-            ),
-        ));
-    }
-    ModelManifest::load(&manifest_path).map_err(|e| at.error(model.span(), e.to_string()))
-}
-
-fn validate_risk(
-    at: &Locator<'_>,
-    risk: &RiskSection,
-    node: &str,
-) -> Result<RiskConfig, ConfigError> {
-    let seconds = |v: &Spanned<f64>, name: &str| {
-        seconds_in(name, *v.get_ref(), 0.001, MAX_SECONDS).map_err(|_| {
-            at.error(
-                v.span(),
-                format!(
-                    "`{name}` must be a positive number of seconds up to 100 years, got {}",
-                    v.get_ref()
-                ),
-            )
-        })
-    };
-    let thresholds = match &risk.levels {
-        None => LevelThresholds::default(),
-        Some(levels) => {
-            let l = levels.get_ref();
-            let t = LevelThresholds {
-                iv: l.iv,
-                iii: l.iii,
-                ii: l.ii,
-                i: l.i,
-            };
-            t.validate().map_err(|m| at.error(levels.span(), m))?;
-            t
-        }
-    };
-    Ok(RiskConfig {
-        node: node.to_string(),
-        half_life: seconds(&risk.half_life_s, "half_life_s")?,
-        close_after: seconds(&risk.close_after_s, "close_after_s")?,
-        update_every: seconds(&risk.update_every_s, "update_every_s")?,
-        thresholds,
-        open_at: risk.open_at,
-        ..RiskConfig::default()
     })
 }
 
