@@ -442,3 +442,36 @@ stall_timeout_s = 2
     assert!(status.success(), "exit {status:?}");
     drop(camera);
 }
+
+#[test]
+fn an_outbox_that_keeps_refusing_commits_ends_the_process_non_zero_naming_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "max_frames = 200", free_port(), "");
+    let (mut child, log) = spawn_logged(&config, &[]);
+    let started = eventually(Duration::from_secs(60), || {
+        log.lock().unwrap().contains("stream started")
+    });
+    assert!(started, "{}", log.lock().unwrap());
+    // Another process takes the outbox's write lock and keeps it: every commit is refused.
+    let locker = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = eventually(Duration::from_secs(60), || {
+        log.lock()
+            .unwrap()
+            .contains("outbox commit failed; retrying")
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = log.lock().unwrap().clone();
+    drop(locker);
+    assert!(refused, "{log}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("error: the outbox stage failed: the outbox kept refusing commits"),
+        "{log}"
+    );
+}
