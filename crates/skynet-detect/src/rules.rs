@@ -213,6 +213,21 @@ pub struct RuleHit {
 pub trait Rule: Send {
     fn name(&self) -> &str;
     fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit>;
+    /// What the rule has learned from the frames so far (streaks, cooldowns). The pipeline
+    /// saves it with the engine's state, so a restart goes on as an uninterrupted run would.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Takes back what [`state`](Self::state) gave; anything it cannot read is ignored (the
+    /// rule then starts afresh, as on a first run).
+    fn restore(&mut self, _state: serde_json::Value) {}
+}
+
+/// A [`ZoneIntrusionRule`]'s memory between frames.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ZoneIntrusionState {
+    streak: u32,
+    last_hit: Option<DateTime<Utc>>,
 }
 
 /// The settings of a [`ZoneIntrusionRule`], as the config gives them.
@@ -265,6 +280,21 @@ impl Rule for ZoneIntrusionRule {
         &self.spec.name
     }
 
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(ZoneIntrusionState {
+            streak: self.streak,
+            last_hit: self.last_hit,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) {
+        if let Ok(s) = serde_json::from_value::<ZoneIntrusionState>(state) {
+            self.streak = s.streak;
+            self.last_hit = s.last_hit;
+        }
+    }
+
     fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit> {
         let intruders: Vec<Detection> = frame
             .detections
@@ -312,6 +342,24 @@ pub struct CameraRules {
 }
 
 impl CameraRules {
+    /// Each rule's state, by rule name.
+    pub fn state(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.rules
+            .iter()
+            .map(|r| (r.name().to_string(), r.state()))
+            .filter(|(_, s)| !s.is_null())
+            .collect()
+    }
+
+    /// Gives each rule its saved state (rules not in `saved` start afresh).
+    pub fn restore(&mut self, mut saved: std::collections::BTreeMap<String, serde_json::Value>) {
+        for rule in &mut self.rules {
+            if let Some(state) = saved.remove(rule.name()) {
+                rule.restore(state);
+            }
+        }
+    }
+
     pub fn apply(&mut self, frame: &AnalysedFrame) -> Vec<Observation> {
         let mut observations = Vec::new();
         for rule in &mut self.rules {
@@ -538,6 +586,40 @@ mod tests {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn a_restored_rule_goes_on_with_its_streak_and_cooldown() {
+        let mut before = rule();
+        assert!(
+            before
+                .evaluate(&frame(0, vec![person_at(20.0, 50.0)]))
+                .is_none()
+        );
+        // A restart between frame 0 and frame 1: the streak carries over.
+        let mut after = rule();
+        after.restore(before.state());
+        assert!(
+            after
+                .evaluate(&frame(1, vec![person_at(20.0, 50.0)]))
+                .is_some()
+        );
+        // And so does the cooldown: no second hit within a second.
+        let mut again = rule();
+        again.restore(after.state());
+        assert!(
+            again
+                .evaluate(&frame(2, vec![person_at(20.0, 50.0)]))
+                .is_none()
+        );
+        // A state it cannot read leaves it fresh.
+        let mut fresh = rule();
+        fresh.restore(serde_json::json!({"streak": "many"}));
+        assert!(
+            fresh
+                .evaluate(&frame(0, vec![person_at(20.0, 50.0)]))
+                .is_none()
+        );
     }
 
     #[test]

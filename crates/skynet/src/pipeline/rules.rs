@@ -41,6 +41,9 @@ pub(crate) struct PipelineState {
     pub version: u32,
     /// Each camera's last applied frame time.
     pub cameras: BTreeMap<String, DateTime<Utc>>,
+    /// Each camera's rules' memory (streaks, cooldowns), by camera and rule.
+    #[serde(default)]
+    pub rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     pub engine: serde_json::Value,
 }
 
@@ -133,10 +136,12 @@ impl RulesAndRisk {
     ) -> Self {
         let mut engine: Box<dyn RiskEngine> = Box::new(GridRiskEngine::new(config.risk.clone()));
         let mut clocks = BTreeMap::new();
+        let mut rule_states = BTreeMap::new();
         if let Some(state) = restored {
             match engine.restore(state.engine) {
                 Ok(()) => {
                     clocks = state.cameras;
+                    rule_states = state.rules;
                     tracing::info!(
                         cameras = clocks.len(),
                         "going on from the state committed before the last stop"
@@ -160,13 +165,17 @@ impl RulesAndRisk {
             .zip(watermarks)
             .map(|(c, watermark)| {
                 let label = c.id.to_string();
+                let mut rules = CameraRules {
+                    camera: c.id.clone(),
+                    grid: c.grid.clone(),
+                    owner: c.owner,
+                    rules: c.rules.iter().map(|r| r.build()).collect(),
+                };
+                if let Some(saved) = rule_states.remove(c.id.as_str()) {
+                    rules.restore(saved);
+                }
                 let stage = CameraStage {
-                    rules: CameraRules {
-                        camera: c.id.clone(),
-                        grid: c.grid.clone(),
-                        owner: c.owner,
-                        rules: c.rules.iter().map(|r| r.build()).collect(),
-                    },
+                    rules,
                     order: Reorder::default(),
                     watermark: watermark.clone(),
                     clock: None,
@@ -304,6 +313,12 @@ impl RulesAndRisk {
                 .iter()
                 .filter_map(|(id, c)| c.clock.or(c.restored).map(|t| (id.to_string(), t)))
                 .chain(self.gone.iter().map(|(id, t)| (id.to_string(), *t)))
+                .collect(),
+            rules: self
+                .cameras
+                .iter()
+                .map(|(id, c)| (id.to_string(), c.rules.state()))
+                .filter(|(_, rules)| !rules.is_empty())
                 .collect(),
             engine: self.engine.snapshot(),
         };
