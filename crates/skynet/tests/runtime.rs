@@ -47,6 +47,22 @@ fn spawn_logged(
     (child, log)
 }
 
+/// SIGTERM, as a supervisor stops it; returns how it exited and everything it logged.
+fn terminate(
+    child: &mut Child,
+    log: &std::sync::Arc<std::sync::Mutex<String>>,
+) -> (std::process::ExitStatus, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    // The reader thread takes the last lines once the pipe closes.
+    std::thread::sleep(Duration::from_millis(200));
+    let text = log.lock().unwrap().clone();
+    (status, text)
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -251,13 +267,7 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
         restarts >= 3.0
     });
     let healthz = http_get(listen, "/healthz").unwrap_or_default();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let stderr = log.lock().unwrap().clone();
+    let (status, stderr) = terminate(&mut child, &log);
     assert!(retried, "not retried:\n{metrics}\n{stderr}");
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
     assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
@@ -420,19 +430,10 @@ stall_timeout_s = 2
         metrics = http_get(listen, "/metrics").unwrap_or_default();
         metric(&metrics, up) == 1.0 && metric(&metrics, decoded) >= frozen_at + 10.0
     });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        back,
-        "the camera did not come back:\n{metrics}\n{}",
-        log.lock().unwrap()
-    );
+    let (status, log) = terminate(&mut child, &log);
+    assert!(back, "the camera did not come back:\n{metrics}\n{log}");
     assert!(metric(&metrics, restarts) >= 1.0, "{metrics}");
     assert!(ready_again.starts_with("HTTP/1.1 200"), "{ready_again}");
-    let log = log.lock().unwrap().clone();
     assert!(stalled, "a frozen camera still shows up:\n{metrics}\n{log}");
     assert!(
         thawed,
@@ -460,13 +461,7 @@ fn an_outbox_that_keeps_refusing_commits_ends_the_process_non_zero_naming_the_st
             .unwrap()
             .contains("outbox commit failed; retrying")
     });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let log = log.lock().unwrap().clone();
+    let (status, log) = terminate(&mut child, &log);
     drop(locker);
     assert!(refused, "{log}");
     assert_eq!(status.code(), Some(1), "{log}");
