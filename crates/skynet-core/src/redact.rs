@@ -43,16 +43,20 @@ pub fn split_credentials(uri: &str) -> (String, Option<Credentials>) {
 
 /// The URI as it may be shown: with no user name or password in it.
 pub fn redact_uri(uri: &str) -> String {
-    // Anything between `://` and the last `@` may be a password, even when the URL parser
-    // reads it otherwise (`rtsp://admin:12/ab@host/x` parses as host `admin`, port 12): cut it.
-    if let (Some(scheme_end), Some(at)) = (uri.find("://"), uri.rfind('@'))
-        && at > scheme_end
-    {
-        return format!("{}://{}", &uri[..scheme_end], &uri[at + 1..]);
+    let (clean, credentials) = split_credentials(uri);
+    if credentials.is_some() {
+        return clean;
     }
-    match url::Url::parse(uri) {
-        Ok(url) => split_credentials(url.as_str()).0,
-        Err(_) => uri.to_string(),
+    // An `@` the URL parser did not read as the end of user:password may still end one (a
+    // password with an unencoded `/`: `rtsp://admin:12/ab@host/x` parses as host `admin`,
+    // port 12). Cut up to it, except in file URIs, which carry no credentials.
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme_end), Some(at))
+            if at > scheme_end && !uri[..scheme_end].eq_ignore_ascii_case("file") =>
+        {
+            format!("{}://{}", &uri[..scheme_end], &uri[at + 1..])
+        }
+        _ => uri.to_string(),
     }
 }
 
@@ -84,5 +88,14 @@ mod tests {
             "rtsp://10.0.0.5/stream"
         );
         assert!(!redact_uri("rtsp://admin:12#ab@cam/x").contains("ab@"));
+        // An `@` after the host, once the credentials are out, is part of the path.
+        assert_eq!(
+            redact_uri("rtsp://u:p@cam/live@main"),
+            "rtsp://cam/live@main"
+        );
+        assert_eq!(
+            redact_uri("file:///rec/cam1@0800.mp4"),
+            "file:///rec/cam1@0800.mp4"
+        );
     }
 }

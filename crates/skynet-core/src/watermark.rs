@@ -62,6 +62,14 @@ impl Watermark {
         s.finished = true;
     }
 
+    /// The source has ended for good (see [`finish`](Self::finish)).
+    pub fn is_finished(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finished
+    }
+
     /// No frame older than this will follow.
     pub fn current(&self) -> Option<DateTime<Utc>> {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);

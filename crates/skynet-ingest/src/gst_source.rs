@@ -101,6 +101,8 @@ impl std::fmt::Debug for GstSource {
     }
 }
 
+/// The least time a new connection gets for its first frame before the stall watchdog acts.
+const FIRST_FRAME_GRACE: Duration = Duration::from_secs(20);
 const PULL_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl GstSource {
@@ -337,6 +339,7 @@ impl GstSource {
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
         let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera);
         let mut last_sample = std::time::Instant::now();
+        let mut got_frame = false;
         loop {
             if stop.is_triggered() {
                 return Ok(SourceExit::Stopped);
@@ -350,7 +353,16 @@ impl GstSource {
                 if sink.is_eos() {
                     return Ok(SourceExit::EndOfStream);
                 }
-                if let Some(limit) = self.options.stall_timeout
+                // Connecting and waiting for a first key frame may take a while: the first
+                // frame of a connection gets at least FIRST_FRAME_GRACE.
+                let limit = self.options.stall_timeout.map(|t| {
+                    if got_frame {
+                        t
+                    } else {
+                        t.max(FIRST_FRAME_GRACE)
+                    }
+                });
+                if let Some(limit) = limit
                     && last_sample.elapsed() >= limit
                 {
                     return Err(IngestError::Stalled {
@@ -361,6 +373,7 @@ impl GstSource {
                 continue;
             };
             last_sample = std::time::Instant::now();
+            got_frame = true;
             let pts = sample.buffer().and_then(|b| b.pts());
             // A file restarted after a failure decodes from the start again: skip what was
             // delivered already, so no frame (and no event time) comes twice.
@@ -442,10 +455,9 @@ impl FrameSource for GstSource {
             return Ok(SourceExit::FrameLimit);
         }
         crate::init()?;
+        // GStreamer gets the URI without credentials (they go to the source element as
+        // properties); validation refuses URIs whose credentials cannot be split out.
         let (clean, credentials) = split_credentials(&self.options.uri);
-        // Credentials that could not be split out (an unparseable URI) are cut off here
-        // rather than handed to GStreamer, which may echo its URI in errors.
-        let clean = redact_uri(&clean);
         let uri = Self::resolve_uri(&self.camera, &clean)?;
         if !is_network_uri(&self.options.uri) && self.file_clock.is_none() {
             let epoch = self

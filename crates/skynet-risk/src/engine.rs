@@ -30,6 +30,8 @@ pub trait RiskEngine: Send {
     fn advance(&mut self, camera: &CameraId, now: DateTime<Utc>) -> Vec<Incident>;
     /// Emits what open incidents learned since their last revision (at shutdown).
     fn flush(&mut self) -> Vec<Incident>;
+    /// How many incidents are open.
+    fn open_incidents(&self) -> usize;
     /// Everything needed to go on after a restart (cell scores, open incidents with their
     /// revision and pending changes, id bookkeeping), as JSON.
     fn snapshot(&self) -> serde_json::Value;
@@ -244,10 +246,6 @@ impl GridRiskEngine {
         *clock = (*clock).max(now);
     }
 
-    pub fn open_incidents(&self) -> usize {
-        self.open.len()
-    }
-
     fn raise(&mut self, grid: &GridId, camera: &CameraId, weight: f32, at: DateTime<Utc>) -> f32 {
         let half_life = self.config.half_life;
         self.tick(camera, at);
@@ -338,6 +336,10 @@ impl GridRiskEngine {
 }
 
 impl RiskEngine for GridRiskEngine {
+    fn open_incidents(&self) -> usize {
+        self.open.len()
+    }
+
     fn observe(&mut self, obs: &Observation) -> Vec<Incident> {
         let key: IncidentKey = (obs.grid.clone(), obs.camera.clone(), obs.rule.name.clone());
         let mut out = Vec::new();

@@ -260,6 +260,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         restored,
         commit_queue,
         Arc::clone(&counters),
+        wait_for_shutdown.then(|| shutdown.clone()),
     );
     let risk_thread = spawn_stage(
         "risk",

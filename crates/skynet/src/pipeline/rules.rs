@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use skynet_core::{CameraId, Incident, QueueClosed, StageQueue, StageReceiver, Watermark};
+use skynet_core::{
+    CameraId, Incident, QueueClosed, Shutdown, StageQueue, StageReceiver, Watermark,
+};
 use skynet_detect::CameraRules;
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
@@ -121,6 +123,8 @@ pub(crate) struct RulesAndRisk {
     /// Cameras in the restored state that the config no longer has: their incidents close
     /// by the wall clock, since no frame of theirs will come.
     gone: BTreeMap<CameraId, DateTime<Utc>>,
+    /// Set when the process keeps running after its sources end (a service): the stop signal.
+    keep_running: Option<Shutdown>,
     /// Evidence or clocks changed since the state was last sent.
     dirty: bool,
     last_state: Instant,
@@ -133,6 +137,7 @@ impl RulesAndRisk {
         restored: Option<PipelineState>,
         commits: StageQueue<Commit>,
         counters: Arc<Counters>,
+        keep_running: Option<Shutdown>,
     ) -> Self {
         let mut engine: Box<dyn RiskEngine> = Box::new(GridRiskEngine::new(config.risk.clone()));
         let mut clocks = BTreeMap::new();
@@ -194,6 +199,7 @@ impl RulesAndRisk {
             commits,
             counters,
             gone,
+            keep_running,
             dirty: false,
             last_state: Instant::now(),
         }
@@ -207,6 +213,10 @@ impl RulesAndRisk {
             match detected.recv_timeout(POLL) {
                 Ok(Some(d)) => self.take(d)?,
                 Ok(None) => {}
+                // Every source has ended. A live camera that was given up on still has open
+                // incidents to close by its (wall-clock) watermark: while the process keeps
+                // running, keep its clock going.
+                Err(QueueClosed) if self.keep_clocks_running() => std::thread::sleep(POLL),
                 Err(QueueClosed) => break,
             }
             if last_tick.elapsed() >= POLL {
@@ -231,6 +241,17 @@ impl RulesAndRisk {
         let flushed = self.engine.flush();
         // The last state goes out even when nothing changed, so a restart goes on from here.
         self.commit(flushed)
+    }
+
+    fn keep_clocks_running(&self) -> bool {
+        self.keep_running
+            .as_ref()
+            .is_some_and(|stop| !stop.is_triggered())
+            && self
+                .cameras
+                .values()
+                .any(|c| c.watermark.is_live() && !c.watermark.is_finished())
+            && self.engine.open_incidents() > 0
     }
 
     fn take(&mut self, detected: Detected) -> Result<(), QueueClosed> {
