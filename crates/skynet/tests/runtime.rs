@@ -258,13 +258,10 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
     let retried = eventually(Duration::from_secs(60), || {
         readyz = http_get(listen, "/readyz").unwrap_or_default();
         metrics = http_get(listen, "/metrics").unwrap_or_default();
-        let restarts = metrics
-            .lines()
-            .find(|l| l.starts_with("skynet_source_restarts_total{camera=\"cam-gone\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        restarts >= 3.0
+        metric(
+            &metrics,
+            "skynet_source_restarts_total{camera=\"cam-gone\"}",
+        ) >= 3.0
     });
     let healthz = http_get(listen, "/healthz").unwrap_or_default();
     let (status, stderr) = terminate(&mut child, &log);
