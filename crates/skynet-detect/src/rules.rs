@@ -228,6 +228,8 @@ pub trait Rule: Send {
 struct ZoneIntrusionState {
     streak: u32,
     last_hit: Option<DateTime<Utc>>,
+    #[serde(default)]
+    last_frame: Option<DateTime<Utc>>,
 }
 
 /// The settings of a [`ZoneIntrusionRule`], as the config gives them.
@@ -252,7 +254,12 @@ pub struct ZoneIntrusionRule {
     spec: ZoneIntrusionSpec,
     streak: u32,
     last_hit: Option<DateTime<Utc>>,
+    /// Event time of the last frame seen, to tell a streak from frames across a silence.
+    last_frame: Option<DateTime<Utc>>,
 }
+
+/// Frames further apart than this are not "in a row".
+const MAX_STREAK_GAP: chrono::Duration = chrono::Duration::seconds(10);
 
 impl ZoneIntrusionRule {
     pub const KIND: &'static str = "zone_intrusion";
@@ -262,6 +269,7 @@ impl ZoneIntrusionRule {
             spec,
             streak: 0,
             last_hit: None,
+            last_frame: None,
         }
     }
 
@@ -284,6 +292,7 @@ impl Rule for ZoneIntrusionRule {
         serde_json::to_value(ZoneIntrusionState {
             streak: self.streak,
             last_hit: self.last_hit,
+            last_frame: self.last_frame,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -292,6 +301,7 @@ impl Rule for ZoneIntrusionRule {
         if let Ok(s) = serde_json::from_value::<ZoneIntrusionState>(state) {
             self.streak = s.streak;
             self.last_hit = s.last_hit;
+            self.last_frame = s.last_frame;
         }
     }
 
@@ -306,8 +316,17 @@ impl Rule for ZoneIntrusionRule {
             })
             .cloned()
             .collect();
-        if intruders.is_empty() {
+        let t = frame.info.captured_at;
+        // Frames in a row means without a long silence between them (a camera that was gone,
+        // or a process that was down): the streak starts over after one.
+        let broken = self
+            .last_frame
+            .is_some_and(|last| t.signed_duration_since(last) > MAX_STREAK_GAP);
+        self.last_frame = Some(t);
+        if intruders.is_empty() || broken {
             self.streak = 0;
+        }
+        if intruders.is_empty() {
             return None;
         }
         // Saturating: a camera watching an intruder for months must not overflow the count.
@@ -612,6 +631,12 @@ mod tests {
                 .evaluate(&frame(2, vec![person_at(20.0, 50.0)]))
                 .is_none()
         );
+        // After a long silence (the process was down for a minute) the streak starts over.
+        let mut later = rule();
+        later.restore(before.state());
+        let mut late_frame = frame(1, vec![person_at(20.0, 50.0)]);
+        late_frame.info.captured_at += chrono::Duration::seconds(60);
+        assert!(later.evaluate(&late_frame).is_none());
         // A state it cannot read leaves it fresh.
         let mut fresh = rule();
         fresh.restore(serde_json::json!({"streak": "many"}));
