@@ -131,14 +131,6 @@ impl ComponentHealth {
         Health::new().register(component, kind)
     }
 
-    pub fn component(&self) -> &str {
-        &self.key.0
-    }
-
-    pub fn kind(&self) -> &str {
-        &self.key.1
-    }
-
     pub fn up(&self) {
         self.set(ComponentState::Up, None);
     }

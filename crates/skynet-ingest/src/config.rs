@@ -147,12 +147,35 @@ impl GstSourceConfig {
             stall_timeout_s: default_stall_timeout(),
         }
     }
+}
+
+/// A camera source kind, Vector style: its config (the source part of a `[[cameras]]` table),
+/// its pure validation and its construction. The binary's registry maps `kind` to it.
+pub trait SourceConfig:
+    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The `kind` of a `[[cameras]]` table (optional there; the first registered is the default).
+    const KIND: &'static str;
+    /// Pure checks and normalisation; errors name the field and never hold a password.
+    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError>;
+    /// Drops stale frames under overload rather than making the source wait.
+    fn is_live(&self) -> bool;
+    /// The source's address without credentials, for logs.
+    fn display_uri(&self) -> String;
+    fn retry_policy(&self) -> RetryPolicy;
+    /// The source's event clock.
+    fn watermark(&self) -> Watermark;
+    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError>;
+}
+
+impl SourceConfig for GstSourceConfig {
+    const KIND: &'static str = "gstreamer";
 
     /// Pure checks and normalisation: expands `${VAR}` in `uri`, resolves a relative path
     /// against the config file's directory and checks ranges. No file is opened. Errors name
     /// the field (`uri`, `max_frames`, `reconnect.max_backoff_s`, ...) and never contain the
     /// URI's user name or password.
-    pub fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
         self.uri = normalise_uri(cx, &self.uri)?;
 
         if let Some(max) = self.max_frames
@@ -200,23 +223,23 @@ impl GstSourceConfig {
 
     /// Live (drops stale frames under overload): rtsp/http/other network streams, or realtime files. Files replayed as fast as
     /// possible are not.
-    pub fn is_live(&self) -> bool {
+    fn is_live(&self) -> bool {
         self.realtime || is_network_uri(&self.uri)
     }
 
     /// The URI without credentials, for logs and errors.
-    pub fn display_uri(&self) -> String {
+    fn display_uri(&self) -> String {
         redact_uri(&self.uri)
     }
 
     /// The watermark this source's [`FrameOutput`](crate::FrameOutput) should carry: one that
     /// follows the wall clock for a network stream, and the frames only for a file, paced or
     /// not (a file keeps its own timeline, so its replays stay exact at any speed and load).
-    pub fn watermark(&self) -> Watermark {
+    fn watermark(&self) -> Watermark {
         Watermark::new(is_network_uri(&self.uri))
     }
 
-    pub fn retry_policy(&self) -> RetryPolicy {
+    fn retry_policy(&self) -> RetryPolicy {
         // A file ends, paced or not; only a network stream's end is a fault.
         let live = is_network_uri(&self.uri);
         let r = &self.reconnect;
@@ -229,7 +252,7 @@ impl GstSourceConfig {
         }
     }
 
-    pub fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
+    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
         let options = GstSourceOptions {
             max_frames: self.max_frames,
             realtime: self.realtime,

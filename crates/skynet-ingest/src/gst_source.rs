@@ -500,6 +500,7 @@ impl FrameSource for GstSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SourceConfig;
     use crate::{GstSourceConfig, run_supervised};
     use skynet_core::{
         ComponentHealth, ComponentState, ConfigContext, OverloadPolicy, StageReceiver, Watermark,

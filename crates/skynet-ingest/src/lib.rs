@@ -11,7 +11,7 @@ mod error;
 mod gst_source;
 mod supervise;
 
-pub use config::{GstSourceConfig, ReconnectConfig};
+pub use config::{GstSourceConfig, ReconnectConfig, SourceConfig};
 pub use error::IngestError;
 pub use gst_source::{GstSource, GstSourceOptions};
 pub use supervise::{RetryPolicy, run_supervised};
@@ -95,11 +95,6 @@ impl FrameOutput {
 
     pub fn watermark(&self) -> &Watermark {
         &self.watermark
-    }
-
-    /// The camera's queue.
-    pub fn frames(&self) -> &StageQueue<Frame> {
-        &self.frames
     }
 
     /// Whether a frame has been sent through this copy.

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
 use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
 use skynet_emit::{EmitError, IncidentSink, JsonLinesSinkConfig, SinkConfig, StdoutSinkConfig};
-use skynet_ingest::{FrameSource, GstSourceConfig, IngestError, RetryPolicy};
+use skynet_ingest::{FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig};
 
 /// Every kind skynet knows.
 pub fn registry() -> Registry {
@@ -29,42 +29,6 @@ pub enum ParseError {
     Serde(toml::de::Error),
     /// The component's own validation.
     Field(FieldError),
-}
-
-/// A camera source kind: its config, validation and construction.
-pub trait SourceConfig: DeserializeOwned + Debug + Send + Sync + 'static {
-    /// The `kind` of a `[[cameras]]` table (optional there; the first registered is the default).
-    const KIND: &'static str;
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError>;
-    fn is_live(&self) -> bool;
-    /// The source's address without credentials, for logs.
-    fn display_uri(&self) -> String;
-    fn retry_policy(&self) -> RetryPolicy;
-    /// The source's event clock (see [`Watermark`]).
-    fn watermark(&self) -> Watermark;
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError>;
-}
-
-impl SourceConfig for GstSourceConfig {
-    const KIND: &'static str = "gstreamer";
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
-        GstSourceConfig::validate(self, cx)
-    }
-    fn is_live(&self) -> bool {
-        GstSourceConfig::is_live(self)
-    }
-    fn display_uri(&self) -> String {
-        GstSourceConfig::display_uri(self)
-    }
-    fn retry_policy(&self) -> RetryPolicy {
-        GstSourceConfig::retry_policy(self)
-    }
-    fn watermark(&self) -> Watermark {
-        GstSourceConfig::watermark(self)
-    }
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
-        GstSourceConfig::build(self, camera)
-    }
 }
 
 /// A validated source config, whatever its kind.
@@ -97,16 +61,12 @@ impl<T: SourceConfig> SourceBuilder for T {
 /// A validated rule config, whatever its kind.
 pub trait RuleBuilder: Debug + Send + Sync {
     fn name(&self) -> &str;
-    fn kind(&self) -> &'static str;
     fn build(&self) -> Box<dyn Rule>;
 }
 
 impl<T: RuleConfig> RuleBuilder for T {
     fn name(&self) -> &str {
         RuleConfig::name(self)
-    }
-    fn kind(&self) -> &'static str {
-        T::KIND
     }
     fn build(&self) -> Box<dyn Rule> {
         RuleConfig::build(self)
