@@ -56,6 +56,11 @@ impl BBox {
         }
     }
 
+    /// The box with x multiplied by `sx` and y by `sy`: from one image size to another.
+    pub fn scaled(&self, sx: f32, sy: f32) -> BBox {
+        BBox::new(self.x1 * sx, self.y1 * sy, self.x2 * sx, self.y2 * sy)
+    }
+
     pub fn clamp_to(&self, width: f32, height: f32) -> BBox {
         BBox {
             x1: self.x1.clamp(0.0, width),

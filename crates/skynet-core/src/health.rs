@@ -46,6 +46,13 @@ pub struct ComponentStatus {
     /// Failed attempts since it was last up.
     pub retries: u32,
     pub since: DateTime<Utc>,
+    /// The component's own finer state, where it has one (a camera: `starting`, `running`,
+    /// `stalled`, `retrying`, `stopped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A source's last frame (wall clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_frame_at: Option<DateTime<Utc>>,
 }
 
 /// What `/readyz` answers: ready when every component is ok.
@@ -84,6 +91,8 @@ impl Health {
             reason: None,
             retries: 0,
             since: Utc::now(),
+            detail: None,
+            last_frame_at: None,
         };
         self.lock()
             .insert((component.clone(), kind.clone()), status);
@@ -162,6 +171,15 @@ impl ComponentHealth {
             }
             status.state = state;
             status.reason = reason;
+        }
+    }
+
+    /// Sets the finer state and last frame time shown beside the state.
+    pub fn describe(&self, detail: Option<&str>, last_frame_at: Option<DateTime<Utc>>) {
+        let mut table = self.health.lock();
+        if let Some(status) = table.get_mut(&self.key) {
+            status.detail = detail.map(str::to_string);
+            status.last_frame_at = last_frame_at;
         }
     }
 

@@ -33,6 +33,22 @@ pub struct Observation {
     pub detections: Vec<Detection>,
 }
 
+/// A device (a camera, later a sensor) that has delivered nothing for too long: a fault of
+/// the equipment, not a hazard. It opens an incident that stays open, whatever the quiet
+/// period, until the device works again.
+#[derive(Debug, Clone)]
+pub struct DeviceFault {
+    pub camera: CameraId,
+    pub grid: GridId,
+    pub owner: OwnerKind,
+    /// The incident's category, e.g. `camera_offline`.
+    pub category: String,
+    /// The last time the device worked (its last frame), or when it was first expected to.
+    pub since: DateTime<Utc>,
+    /// When the fault was declared.
+    pub at: DateTime<Utc>,
+}
+
 /// Risk levels of the national emergency scale, IV (blue, lowest) to I (red, highest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RiskLevel {

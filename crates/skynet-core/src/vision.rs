@@ -16,6 +16,9 @@ pub enum PixelOrder {
 }
 
 /// What is known about a frame besides its pixels; it travels on after detection.
+///
+/// `width` and `height` are the camera's own resolution: detection boxes are in those pixels,
+/// whatever size the detector was handed.
 #[derive(Debug, Clone)]
 pub struct FrameInfo {
     pub camera: CameraId,
@@ -26,23 +29,74 @@ pub struct FrameInfo {
     pub captured_at: DateTime<Utc>,
     /// When this process decoded it, for latency metrics.
     pub decoded_at: Instant,
+    /// Frames the source's motion gate kept from the detector before this one, in all: a
+    /// gap in `seq` that this does not explain is a drop.
+    pub skipped: u64,
     pub width: u32,
     pub height: u32,
 }
 
-/// One decoded video frame: packed 8-bit, 3 channels, rows `stride` bytes apart.
+/// Pixel bytes shared without copying: a decoder's own buffer, or a plain vector.
+#[derive(Clone)]
+pub struct FrameData(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl FrameData {
+    /// Wraps whatever owns the bytes (a mapped GStreamer buffer keeps it alive, unmapped
+    /// when the last clone goes).
+    pub fn new(owner: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(owner))
+    }
+}
+
+impl std::ops::Deref for FrameData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl From<Vec<u8>> for FrameData {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::new(bytes)
+    }
+}
+
+/// The pixels handed to the detector: packed 8-bit, 3 channels, rows `stride` bytes apart.
+/// Sources scale them to what the detector needs, so they may be smaller than the camera's
+/// resolution ([`FrameInfo::width`]).
+#[derive(Clone)]
+pub struct FrameImage {
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    pub order: PixelOrder,
+    pub data: FrameData,
+}
+
+/// One decoded video frame.
 #[derive(Clone)]
 pub struct Frame {
     pub info: FrameInfo,
-    pub stride: usize,
-    pub order: PixelOrder,
-    pub data: Arc<[u8]>,
+    pub image: FrameImage,
+}
+
+impl Frame {
+    /// Camera pixels per image pixel, along x and y: what maps a detection on the image back
+    /// to the camera's resolution.
+    pub fn image_scale(&self) -> (f32, f32) {
+        (
+            self.info.width as f32 / self.image.width.max(1) as f32,
+            self.info.height as f32 / self.image.height.max(1) as f32,
+        )
+    }
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
             .field("info", &self.info)
+            .field("image", &(self.image.width, self.image.height))
             .finish_non_exhaustive()
     }
 }

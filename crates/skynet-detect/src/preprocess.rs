@@ -50,13 +50,16 @@ impl<'a> ImageView<'a> {
         })
     }
 
+    /// The frame's image (possibly scaled down from the camera's resolution: see
+    /// [`Frame::image_scale`]).
     pub fn of_frame(frame: &'a Frame) -> Result<Self, DetectError> {
+        let image = &frame.image;
         Self::new(
-            frame.info.width,
-            frame.info.height,
-            frame.stride,
-            frame.order,
-            &frame.data,
+            image.width,
+            image.height,
+            image.stride,
+            image.order,
+            &image.data,
         )
     }
 }

@@ -415,6 +415,7 @@ mod tests {
                 captured_at: DateTime::<Utc>::UNIX_EPOCH
                     + chrono::Duration::milliseconds(seq as i64 * 100),
                 decoded_at: std::time::Instant::now(),
+                skipped: 0,
                 width: 100,
                 height: 100,
             },

@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use skynet_core::config::check_range;
-use skynet_core::{CameraId, ConfigContext, FieldError, Watermark, redact_uri, split_credentials};
+use skynet_core::{
+    CameraId, ConfigContext, Credentials, FieldError, Watermark, redact_uri, split_credentials,
+};
 
 use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
 
@@ -39,10 +41,85 @@ pub struct GstSourceConfig {
     /// a server that stops sending without closing the connection is caught too.
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_s: f64,
+    /// Play a file again from the start when it ends, its timeline going on. Default false.
+    #[serde(default, rename = "loop")]
+    pub loop_file: bool,
+    /// RTSP lower transport: `tcp` (default: passes NAT and firewalls, no loss), `udp`, or
+    /// `auto` (UDP, falling back to TCP).
+    #[serde(default)]
+    pub transport: Transport,
+    /// RTSP jitter buffer, in milliseconds (0 to 10000). Default 200.
+    #[serde(default = "default_latency_ms")]
+    pub latency_ms: u32,
+    /// Connection and read timeout of network streams, in seconds (0.5 to 600). Default 10.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// User name for the camera; may be `${VAR}`. Overrides one in `uri`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for the camera; best given as `${VAR}`, so it stays out of the file. Given to
+    /// the source element as a property, never put in a URI, log, error or metric.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `auto` (default: a hardware decoder when one is installed, else software), `software`,
+    /// or a GStreamer decoder's name (`nvh264dec`, `vah264dec`, ...) to prefer. A hardware
+    /// decoder that fails falls back to software.
+    #[serde(default)]
+    pub decoder: DecoderChoice,
 }
 
 fn default_stall_timeout() -> f64 {
     10.0
+}
+
+fn default_latency_ms() -> u32 {
+    200
+}
+
+fn default_timeout() -> f64 {
+    10.0
+}
+
+/// RTSP lower transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+    Auto,
+}
+
+/// Which video decoder a camera uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DecoderChoice {
+    /// Hardware when present, else software.
+    #[default]
+    Auto,
+    Software,
+    /// This GStreamer element, when it can decode the stream.
+    Element(String),
+}
+
+impl<'de> Deserialize<'de> for DecoderChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(match name.as_str() {
+            "auto" => Self::Auto,
+            "software" => Self::Software,
+            _ => Self::Element(name),
+        })
+    }
+}
+
+/// How frames leave a source: what the pipeline asks of every source kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameDelivery {
+    /// Frames per second passed on for analysis (the camera's `fps`); `None`: every frame.
+    pub fps: Option<f64>,
+    /// The largest image the detector needs; bigger frames are scaled down to fit, keeping
+    /// their aspect ratio, in the same step as the colour conversion.
+    pub max_size: Option<(u32, u32)>,
 }
 
 // By hand, so that a debug print of a config never shows the password.
@@ -55,6 +132,13 @@ impl std::fmt::Debug for GstSourceConfig {
             .field("start_at", &self.start_at)
             .field("reconnect", &self.reconnect)
             .field("stall_timeout_s", &self.stall_timeout_s)
+            .field("loop", &self.loop_file)
+            .field("transport", &self.transport)
+            .field("latency_ms", &self.latency_ms)
+            .field("timeout_s", &self.timeout_s)
+            .field("user", &self.user.as_ref().map(|_| "<set>"))
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("decoder", &self.decoder)
             .finish()
     }
 }
@@ -70,8 +154,8 @@ pub struct ReconnectConfig {
     /// Longest wait, in seconds (`initial_backoff_s` to 86400). Default 30.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_s: f64,
-    /// Failures in a row (without a frame in between) before the source is given up.
-    /// Default: none (retry forever) for live sources, 3 for files.
+    /// Failures in a row (without a frame in between) before a file is given up. Default 3.
+    /// Files only: a live camera is retried for as long as the process runs.
     #[serde(default)]
     pub max_attempts: Option<u32>,
 }
@@ -145,6 +229,13 @@ impl GstSourceConfig {
             start_at: None,
             reconnect: ReconnectConfig::default(),
             stall_timeout_s: default_stall_timeout(),
+            loop_file: false,
+            transport: Transport::default(),
+            latency_ms: default_latency_ms(),
+            timeout_s: default_timeout(),
+            user: None,
+            password: None,
+            decoder: DecoderChoice::default(),
         }
     }
 }
@@ -165,7 +256,11 @@ pub trait SourceConfig:
     fn retry_policy(&self) -> RetryPolicy;
     /// The source's event clock.
     fn watermark(&self) -> Watermark;
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError>;
+    fn build(
+        &self,
+        camera: CameraId,
+        delivery: &FrameDelivery,
+    ) -> Result<Box<dyn FrameSource>, IngestError>;
 }
 
 impl SourceConfig for GstSourceConfig {
@@ -218,6 +313,59 @@ impl SourceConfig for GstSourceConfig {
             86_400.0,
         )?;
         check_range("stall_timeout_s", self.stall_timeout_s, 0.5, 3600.0)?;
+        check_range("timeout_s", self.timeout_s, 0.5, 600.0)?;
+        if self.latency_ms > 10_000 {
+            return Err(FieldError::new(
+                "latency_ms",
+                format!(
+                    "`latency_ms` must be between 0 and 10000, got {}",
+                    self.latency_ms
+                ),
+            ));
+        }
+        let network = is_network_uri(&self.uri);
+        if network && r.max_attempts.is_some() {
+            return Err(FieldError::new(
+                "reconnect.max_attempts",
+                "`reconnect.max_attempts` applies only to files: a live camera is retried for as long as the process runs",
+            ));
+        }
+        if network && self.loop_file {
+            return Err(FieldError::new(
+                "loop",
+                "`loop` applies only to files: a live stream does not end",
+            ));
+        }
+        for (field, value) in [("user", &mut self.user), ("password", &mut self.password)] {
+            if let Some(raw) = value.as_mut() {
+                // The error names the variable, never the value.
+                *raw = cx
+                    .expand(field, raw)
+                    .map_err(|e| FieldError::new(field, e.message.replace(raw.as_str(), "…")))?;
+            }
+        }
+        if self.password.is_some()
+            && self.user.is_none()
+            && split_credentials(&self.uri).1.is_none()
+        {
+            return Err(FieldError::new(
+                "password",
+                "`password` needs a `user` (here or in `uri`)",
+            ));
+        }
+        if let DecoderChoice::Element(name) = &self.decoder
+            && (name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+        {
+            return Err(FieldError::new(
+                "decoder",
+                format!(
+                    "`decoder` must be \"auto\", \"software\" or a GStreamer element name, got `{name}`"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -247,18 +395,49 @@ impl SourceConfig for GstSourceConfig {
         RetryPolicy {
             initial,
             max: seconds_or(r.max_backoff_s, default_max_backoff()).max(initial),
-            max_attempts: r.max_attempts.or((!live).then_some(FILE_MAX_ATTEMPTS)),
+            max_attempts: if live {
+                None
+            } else {
+                r.max_attempts.or(Some(FILE_MAX_ATTEMPTS))
+            },
             live,
         }
     }
 
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
+    fn build(
+        &self,
+        camera: CameraId,
+        delivery: &FrameDelivery,
+    ) -> Result<Box<dyn FrameSource>, IngestError> {
+        let network = is_network_uri(&self.uri);
+        let (_, uri_credentials) = split_credentials(&self.uri);
+        let credentials = match (&self.user, &self.password, uri_credentials) {
+            (Some(user), password, from_uri) => Some(Credentials {
+                user: user.clone(),
+                password: password
+                    .clone()
+                    .or(from_uri.map(|c| c.password))
+                    .unwrap_or_default(),
+            }),
+            (None, Some(password), Some(from_uri)) => Some(Credentials {
+                user: from_uri.user,
+                password: password.clone(),
+            }),
+            (None, _, from_uri) => from_uri,
+        };
         let options = GstSourceOptions {
             max_frames: self.max_frames,
             realtime: self.realtime,
             start_at: self.start_at,
-            stall_timeout: is_network_uri(&self.uri)
-                .then(|| seconds_or(self.stall_timeout_s, 10.0)),
+            stall_timeout: network.then(|| seconds_or(self.stall_timeout_s, 10.0)),
+            loop_file: self.loop_file && !network,
+            transport: self.transport,
+            latency_ms: self.latency_ms,
+            timeout: seconds_or(self.timeout_s, 10.0),
+            credentials,
+            decoder: self.decoder.clone(),
+            fps: delivery.fps,
+            max_size: delivery.max_size,
             ..GstSourceOptions::new(self.uri.clone())
         };
         // Fails now, not at the first connection, on a path that cannot be a URI.
@@ -302,7 +481,8 @@ fn normalise_uri(cx: &ConfigContext, raw: &str) -> Result<String, FieldError> {
         .next()
         .unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
-    if host.is_empty() {
+    // A device URI (`v4l2:///dev/video0`) names a path, not a host.
+    if host.is_empty() && !scheme.eq_ignore_ascii_case("v4l2") {
         return Err(FieldError::new(
             "uri",
             format!("`uri` ({shown}) has no host"),

@@ -1,45 +1,75 @@
-//! A camera decoded by GStreamer: `uridecodebin ! videoconvert ! BGR appsink`.
+//! A camera decoded by GStreamer:
+//!
+//! ```text
+//! uridecodebin ─► [videorate ─► framerate caps] ─► videoconvertscale ─► BGR (scaled) ─► appsink
+//! ```
+//!
+//! - The decoder is picked by `uridecodebin` (hardware first when one is installed), unless the
+//!   camera's `decoder` says otherwise; a hardware decoder that fails gives way to software.
+//! - `videorate` passes on at most the camera's analysis `fps`, before any conversion, so frames
+//!   that are not analysed cost no colour conversion.
+//! - `videoconvertscale` converts and scales in one step to what the detector needs: frames
+//!   larger than that are scaled down keeping their aspect ratio.
+//! - The appsink's buffers go on without a copy: a [`Frame`] holds the mapped buffer itself.
 //!
 //! The pipeline never sees credentials: they are cut out of the URI and set as properties
 //! on the source element, so nothing GStreamer logs or reports can contain them.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use gstreamer as gst;
+use gstreamer::glib;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 use skynet_core::{
-    CameraId, Credentials, Frame, FrameInfo, PixelOrder, Shutdown, redact_uri, split_credentials,
+    CameraId, Credentials, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, Shutdown,
+    redact_uri, split_credentials,
 };
 
-use crate::config::{is_network_uri, uri_scheme};
+use crate::config::{DecoderChoice, Transport, is_network_uri, uri_scheme};
 use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
 
 #[derive(Clone)]
 pub struct GstSourceOptions {
-    /// A URI (`file://`, `rtsp://`, `http://`) or a local path. May hold credentials
+    /// A URI (`file://`, `rtsp://`, `http://`, `v4l2://`) or a local path. May hold credentials
     /// (`rtsp://user:pass@host/...`); they go to the source element, never into the pipeline.
     pub uri: String,
     /// Stop after this many frames, counted over the source's whole life (restarts included).
     pub max_frames: Option<u64>,
     /// Pace a file at its own frame rate, as a live camera would deliver it.
     pub realtime: bool,
-    /// Threads for colour conversion.
+    /// Threads for colour conversion and scaling.
     pub convert_threads: u32,
     /// Event time of a file's first frame (paced or not); default: the file's modification
     /// time. Network streams follow the wall clock instead.
     pub start_at: Option<DateTime<Utc>>,
     /// Restart when no frame comes for this long (network streams).
     pub stall_timeout: Option<Duration>,
+    /// Play a file again when it ends, its timeline going on.
+    pub loop_file: bool,
+    /// RTSP lower transport.
+    pub transport: Transport,
+    /// RTSP jitter buffer.
+    pub latency_ms: u32,
+    /// Connection and read timeout of network sources.
+    pub timeout: Duration,
+    /// Credentials for the source element; overrides any in `uri`.
+    pub credentials: Option<Credentials>,
+    pub decoder: DecoderChoice,
+    /// At most this many frames per second passed on; `None`: all.
+    pub fps: Option<f64>,
+    /// Frames larger than this are scaled down to fit, keeping their aspect ratio.
+    pub max_size: Option<(u32, u32)>,
 }
 
 impl GstSourceOptions {
-    /// Options with every default: no frame limit, as fast as possible, one conversion thread.
+    /// Options with every default: no frame limit, as fast as possible, one conversion thread,
+    /// every frame at its own size.
     pub fn new(uri: impl Into<String>) -> Self {
         Self {
             uri: uri.into(),
@@ -48,6 +78,14 @@ impl GstSourceOptions {
             convert_threads: 1,
             start_at: None,
             stall_timeout: None,
+            loop_file: false,
+            transport: Transport::default(),
+            latency_ms: 200,
+            timeout: Duration::from_secs(10),
+            credentials: None,
+            decoder: DecoderChoice::default(),
+            fps: None,
+            max_size: None,
         }
     }
 }
@@ -62,6 +100,14 @@ impl std::fmt::Debug for GstSourceOptions {
             .field("convert_threads", &self.convert_threads)
             .field("start_at", &self.start_at)
             .field("stall_timeout", &self.stall_timeout)
+            .field("loop_file", &self.loop_file)
+            .field("transport", &self.transport)
+            .field("latency_ms", &self.latency_ms)
+            .field("timeout", &self.timeout)
+            .field("credentials", &self.credentials.as_ref().map(|_| "<set>"))
+            .field("decoder", &self.decoder)
+            .field("fps", &self.fps)
+            .field("max_size", &self.max_size)
             .finish()
     }
 }
@@ -70,12 +116,49 @@ impl std::fmt::Debug for GstSourceOptions {
 /// neither moves nor repeats event times.
 #[derive(Debug, Clone, Copy)]
 struct FileClock {
-    /// Event time of the first frame.
+    /// Event time of the first frame (of this pass, when looping).
     epoch: DateTime<Utc>,
     /// PTS of the first frame: some containers do not start at 0.
     first_pts: Option<gst::ClockTime>,
     /// PTS of the last frame delivered; a restart skips up to it.
     last_pts: Option<gst::ClockTime>,
+    /// Event time of the last frame delivered, and the step to the one before: where the
+    /// next pass of a looped file starts.
+    last_time: Option<DateTime<Utc>>,
+    step: chrono::Duration,
+}
+
+impl FileClock {
+    /// The next pass of a looped file starts one frame after this one's last.
+    fn next_pass(&mut self) {
+        if let Some(last) = self.last_time {
+            let step = if self.step > chrono::Duration::zero() {
+                self.step
+            } else {
+                chrono::Duration::milliseconds(40)
+            };
+            self.epoch = last + step;
+        }
+        self.first_pts = None;
+        self.last_pts = None;
+    }
+}
+
+/// The decoder a connection is using, as `deep-element-added` saw it.
+#[derive(Debug, Clone, Default)]
+struct DecoderInUse(Arc<Mutex<Option<(String, bool)>>>);
+
+impl DecoderInUse {
+    fn set(&self, name: String, hardware: bool) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((name, hardware));
+    }
+
+    fn get(&self) -> Option<(String, bool)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub struct GstSource {
@@ -88,6 +171,10 @@ pub struct GstSource {
     seq: u64,
     /// `None` for a live source, and for a file until its first connection.
     file_clock: Option<FileClock>,
+    /// Set once a hardware decoder failed: software from then on.
+    force_software: bool,
+    /// The decoder the last connection reported, for its gauge.
+    reported_decoder: Option<(String, bool)>,
 }
 
 impl std::fmt::Debug for GstSource {
@@ -103,7 +190,58 @@ impl std::fmt::Debug for GstSource {
 
 /// The least time a new connection gets for its first frame before the stall watchdog acts.
 const FIRST_FRAME_GRACE: Duration = Duration::from_secs(20);
+/// A running stream quiet for this long (or half its stall timeout, if shorter) is `stalled`.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
 const PULL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
+
+/// Element-name prefixes of hardware video decoders (NVIDIA, VA-API, V4L2 stateless, Intel
+/// Media SDK / oneVPL, Direct3D, Apple), for factories whose class does not say "Hardware".
+const HARDWARE_DECODER_PREFIXES: [&str; 9] = [
+    "nv", "va", "vaapi", "v4l2sl", "v4l2", "msdk", "qsv", "d3d11", "vtdec",
+];
+
+/// A video decoder factory.
+fn is_video_decoder(factory: &gst::ElementFactory) -> bool {
+    let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or("");
+    klass.contains("Decoder") && klass.contains("Video")
+}
+
+/// A hardware video decoder factory.
+fn is_hardware_decoder(factory: &gst::ElementFactory) -> bool {
+    let klass = factory.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or("");
+    let name = factory.name();
+    is_video_decoder(factory)
+        && (klass.contains("Hardware")
+            || HARDWARE_DECODER_PREFIXES
+                .iter()
+                .any(|p| name.starts_with(p) && !name.starts_with("vaapipostproc")))
+}
+
+/// Makes installed hardware decoders win `uridecodebin`'s choice in `auto` mode: some
+/// register below the software decoders' rank. Once per process.
+fn prefer_hardware_decoders() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let registry = gst::Registry::get();
+        for feature in registry.features(gst::ElementFactory::static_type()) {
+            let Ok(factory) = feature.clone().downcast::<gst::ElementFactory>() else {
+                continue;
+            };
+            if is_hardware_decoder(&factory) && feature.rank() < gst::Rank::PRIMARY + 1 {
+                feature.set_rank(gst::Rank::PRIMARY + 1);
+                tracing::info!(decoder = %factory.name(), "hardware decoder available");
+            }
+        }
+    });
+}
+
+/// `GST_AUTOPLUG_SELECT_TRY` or `_SKIP`, as the `autoplug-select` signal wants it.
+fn autoplug_result(skip: bool) -> Option<glib::Value> {
+    let class = glib::EnumClass::with_type(glib::Type::from_name("GstAutoplugSelectResult")?)?;
+    class.to_value(if skip { 2 } else { 0 })
+}
 
 impl GstSource {
     pub fn new(camera: CameraId, options: GstSourceOptions) -> Self {
@@ -114,6 +252,8 @@ impl GstSource {
             stats: SourceStats::default(),
             seq: 0,
             file_clock: None,
+            force_software: false,
+            reported_decoder: None,
         }
     }
 
@@ -150,7 +290,8 @@ impl GstSource {
         &self,
         uri: &str,
         credentials: Option<Credentials>,
-    ) -> Result<(gst::Pipeline, gst_app::AppSink), IngestError> {
+        decoder_in_use: &DecoderInUse,
+    ) -> Result<Connection, IngestError> {
         let make = |factory: &str| {
             gst::ElementFactory::make(factory)
                 .build()
@@ -161,27 +302,97 @@ impl GstSource {
         };
         let decode = make("uridecodebin")?;
         decode.set_property("uri", uri);
-        if let Some(credentials) = credentials {
-            // uridecodebin creates its source element (rtspsrc, souphttpsrc, ...) when it
-            // starts and announces it here, before it connects.
+        {
+            // uridecodebin creates its source element (rtspsrc, souphttpsrc, v4l2src, ...) when
+            // it starts and announces it here, before it connects.
             let camera = self.camera.clone();
+            let options = self.options.clone();
             decode.connect("source-setup", false, move |args| {
                 if let Some(Ok(element)) = args.get(1).map(|v| v.get::<gst::Element>()) {
-                    set_credentials(&camera, &element, &credentials);
+                    configure_source(&camera, &element, &options, credentials.as_ref());
                 }
                 None
             });
         }
-        let convert = make("videoconvert")?;
+        {
+            let choice = if self.force_software {
+                DecoderChoice::Software
+            } else {
+                self.options.decoder.clone()
+            };
+            if choice == DecoderChoice::Auto {
+                prefer_hardware_decoders();
+            }
+            decode.connect("autoplug-select", false, move |args| {
+                let factory = args
+                    .get(3)
+                    .and_then(|v| v.get::<gst::ElementFactory>().ok());
+                let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+                let skip = match (&choice, factory) {
+                    (DecoderChoice::Software, Some(f)) => is_hardware_decoder(&f),
+                    (DecoderChoice::Element(name), Some(f)) if is_video_decoder(&f) => {
+                        // Another decoder only when the named one cannot take this stream.
+                        f.name() != name.as_str()
+                            && gst::ElementFactory::find(name).is_some_and(|wanted| {
+                                caps.as_ref().is_some_and(|c| wanted.can_sink_any_caps(c))
+                            })
+                    }
+                    _ => false,
+                };
+                autoplug_result(skip)
+            });
+        }
+        let rate = match self.options.fps {
+            Some(fps) => {
+                let rate = make("videorate")?;
+                rate.set_property("drop-only", true);
+                let filter = make("capsfilter")?;
+                let framerate = gst::Fraction::approximate_f64(fps)
+                    .filter(|f| f.numer() > 0)
+                    .unwrap_or_else(|| gst::Fraction::new(1, 1));
+                filter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("framerate", framerate)
+                        .build(),
+                );
+                Some((rate, filter))
+            }
+            None => None,
+        };
+        let convert = match make("videoconvertscale") {
+            Ok(element) => element,
+            // Before GStreamer 1.22: the two elements, chained.
+            Err(_) => {
+                let bin = gst::parse::bin_from_description("videoconvert ! videoscale", true)
+                    .map_err(|e| IngestError::Start {
+                        camera: self.camera.clone(),
+                        uri: uri.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                bin.upcast()
+            }
+        };
         if convert.has_property("n-threads") {
             convert.set_property("n-threads", self.options.convert_threads.max(1));
         }
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "BGR")
-            .build();
+        if convert.has_property("add-borders") {
+            convert.set_property("add-borders", false);
+        }
+        let scale = make("capsfilter")?;
+        scale.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "BGR")
+                .build(),
+        );
         // A small appsink queue: backpressure (or dropping) is the stage queue's job.
         let sink = gst_app::AppSink::builder()
-            .caps(&caps)
+            .caps(
+                &gst::Caps::builder("video/x-raw")
+                    .field("format", "BGR")
+                    .build(),
+            )
             .sync(self.options.realtime)
             .max_buffers(2)
             .build();
@@ -192,51 +403,110 @@ impl GstSource {
             uri: uri.to_string(),
             reason,
         };
+        {
+            let decoder_in_use = decoder_in_use.clone();
+            pipeline.connect_deep_element_added(move |_, _, element| {
+                if let Some(factory) = element.factory()
+                    && is_video_decoder(&factory)
+                {
+                    decoder_in_use.set(factory.name().to_string(), is_hardware_decoder(&factory));
+                }
+            });
+        }
         pipeline
-            .add_many([&decode, &convert, sink.upcast_ref()])
+            .add_many([&decode, &convert, &scale, sink.upcast_ref()])
             .map_err(|e| start_err(e.to_string()))?;
-        convert.link(&sink).map_err(|e| start_err(e.to_string()))?;
+        gst::Element::link_many([&convert, &scale, sink.upcast_ref()])
+            .map_err(|e| start_err(e.to_string()))?;
+        let first = match &rate {
+            Some((rate, filter)) => {
+                pipeline
+                    .add_many([rate, filter])
+                    .map_err(|e| start_err(e.to_string()))?;
+                gst::Element::link_many([rate, filter, &convert])
+                    .map_err(|e| start_err(e.to_string()))?;
+                rate.clone()
+            }
+            None => convert.clone(),
+        };
 
-        let convert_weak = convert.downgrade();
+        let first_weak = first.downgrade();
+        let scale_weak = scale.downgrade();
         let camera = self.camera.clone();
+        let max_size = self.options.max_size;
         decode.connect_pad_added(move |_, pad| {
-            let Some(convert) = convert_weak.upgrade() else {
+            let (Some(first), Some(scale)) = (first_weak.upgrade(), scale_weak.upgrade()) else {
                 return;
             };
-            let is_video = pad
-                .current_caps()
-                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                .unwrap_or(false);
-            let Some(sink_pad) = convert.static_pad("sink") else {
+            let caps = pad.current_caps();
+            let structure = caps.as_ref().and_then(|c| c.structure(0));
+            if !structure.is_some_and(|s| s.name().starts_with("video/")) {
+                return;
+            }
+            // Scale down to what the detector needs, once, while converting.
+            if let (Some((max_w, max_h)), Some(s)) = (max_size, structure)
+                && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+                && let Some((w, h)) = fit_within(w, h, max_w, max_h)
+            {
+                let par = s
+                    .get::<gst::Fraction>("pixel-aspect-ratio")
+                    .unwrap_or_else(|_| gst::Fraction::new(1, 1));
+                scale.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "BGR")
+                        .field("width", w)
+                        .field("height", h)
+                        .field("pixel-aspect-ratio", par)
+                        .build(),
+                );
+            }
+            let Some(sink_pad) = first.static_pad("sink") else {
                 return;
             };
-            if is_video
-                && !sink_pad.is_linked()
+            if !sink_pad.is_linked()
                 && let Err(e) = pad.link(&sink_pad)
             {
                 tracing::warn!(camera = %camera, error = ?e, "could not link the decoded video pad");
             }
         });
-        Ok((pipeline, sink))
+        Ok(Connection {
+            pipeline,
+            sink,
+            convert,
+            rate: rate.map(|(rate, _)| rate),
+        })
     }
 
-    /// Event time of a frame with timestamp `pts`, from a connection made at `connected_at`.
+    /// Event time of a frame with timestamp `pts`, from a connection made at `connected_at`;
+    /// `reference` is the capture time the stream itself gave (RTCP sender reports, RFC 7273).
     fn event_time(
         &mut self,
         pts: Option<gst::ClockTime>,
         connected_at: DateTime<Utc>,
+        reference: Option<DateTime<Utc>>,
     ) -> DateTime<Utc> {
-        let Some(pts) = pts else {
+        if let Some(clock) = &mut self.file_clock {
+            let Some(pts) = pts else {
+                return clock.last_time.unwrap_or(clock.epoch);
+            };
+            let first = *clock.first_pts.get_or_insert(pts);
+            let at = offset_time(clock.epoch, pts.saturating_sub(first));
+            if let Some(last) = clock.last_time
+                && at > last
+            {
+                clock.step = at - last;
+            }
+            return at;
+        }
+        if let Some(at) = reference {
+            return at;
+        }
+        match pts {
+            Some(pts) => offset_time(connected_at, pts),
             // Without a timestamp the arrival time is the best there is; a fixed fallback
             // would freeze the camera's time.
-            return Utc::now();
-        };
-        match &mut self.file_clock {
-            Some(clock) => {
-                let first = *clock.first_pts.get_or_insert(pts);
-                offset_time(clock.epoch, pts.saturating_sub(first))
-            }
-            None => offset_time(connected_at, pts),
+            None => Utc::now(),
         }
     }
 
@@ -244,6 +514,7 @@ impl GstSource {
         &self,
         sample: &gst::Sample,
         captured_at: DateTime<Utc>,
+        native: Option<(u32, u32)>,
     ) -> Result<Frame, IngestError> {
         let format_err = |reason: &str| IngestError::Format {
             camera: self.camera.clone(),
@@ -262,11 +533,11 @@ impl GstSource {
             return Err(format_err("zero-sized frame"));
         }
         let buffer = sample
-            .buffer()
+            .buffer_owned()
             .ok_or_else(|| format_err("sample without buffer"))?;
         // Mapping as a video frame honours a buffer's own layout (its video meta) over the
-        // default one the caps imply.
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        // default one the caps imply. The mapped frame travels on as it is: no copy.
+        let frame = gst_video::VideoFrame::from_buffer_readable(buffer, &info)
             .map_err(|_| format_err("buffer too small for its caps"))?;
         let row = width as usize * 3;
         let stride = frame
@@ -275,27 +546,33 @@ impl GstSource {
             .and_then(|s| usize::try_from(*s).ok())
             .filter(|s| *s >= row)
             .ok_or_else(|| format_err("row stride shorter than a row"))?;
-        let data = frame
+        let len = frame
             .plane_data(0)
-            .map_err(|_| format_err("unreadable plane"))?;
-        if data.len() < stride * (height as usize - 1) + row {
+            .map_err(|_| format_err("unreadable plane"))?
+            .len();
+        if len < stride * (height as usize - 1) + row {
             return Err(format_err(&format!(
-                "{} bytes for a {width}x{height} BGR frame with stride {stride}",
-                data.len()
+                "{len} bytes for a {width}x{height} BGR frame with stride {stride}"
             )));
         }
+        let (native_width, native_height) = native.unwrap_or((width, height));
         Ok(Frame {
             info: FrameInfo {
                 camera: self.camera.clone(),
                 seq: self.seq,
                 captured_at,
-                decoded_at: std::time::Instant::now(),
+                decoded_at: Instant::now(),
+                skipped: 0,
+                width: native_width,
+                height: native_height,
+            },
+            image: FrameImage {
                 width,
                 height,
+                stride,
+                order: PixelOrder::Bgr,
+                data: FrameData::new(MappedImage(frame)),
             },
-            stride,
-            order: PixelOrder::Bgr,
-            data: Arc::from(data),
         })
     }
 
@@ -327,19 +604,49 @@ impl GstSource {
         self.options.max_frames.is_some_and(|max| self.seq >= max)
     }
 
+    /// Logs the decoder a connection picked, once per change, and sets its gauge
+    /// `skynet_camera_decoder{camera,decoder,hardware}`.
+    fn report_decoder(&mut self, in_use: &DecoderInUse) {
+        let Some(current) = in_use.get() else {
+            return;
+        };
+        if self.reported_decoder.as_ref() == Some(&current) {
+            return;
+        }
+        let camera = self.camera.to_string();
+        if let Some((old, hardware)) = self.reported_decoder.take() {
+            metrics::gauge!("skynet_camera_decoder", "camera" => camera.clone(), "decoder" => old, "hardware" => hardware.to_string()).set(0.0);
+        }
+        let (name, hardware) = current.clone();
+        tracing::info!(camera = %self.camera, decoder = %name, hardware, "decoder chosen");
+        metrics::gauge!("skynet_camera_decoder", "camera" => camera, "decoder" => name, "hardware" => hardware.to_string()).set(1.0);
+        self.reported_decoder = Some(current);
+    }
+
     fn pump(
         &mut self,
-        pipeline: &gst::Pipeline,
-        sink: &gst_app::AppSink,
+        connection: &Connection,
+        decoder_in_use: &DecoderInUse,
         out: &FrameOutput,
         stop: &Shutdown,
     ) -> Result<SourceExit, IngestError> {
         let connected_at = Utc::now();
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
-        let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera);
-        let mut last_sample = std::time::Instant::now();
+        let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera.clone());
+        let dropped_invalid = metrics::counter!("skynet_frames_dropped_total", "camera" => camera.clone(), "reason" => "invalid");
+        let skipped_rate = metrics::counter!("skynet_frames_skipped_total", "camera" => camera, "reason" => "rate");
+        let mut rate_dropped_seen = 0u64;
+        let mut last_sample = Instant::now();
         let mut got_frame = false;
+        let mut reported_stall = false;
+        let stalled_after = self.options.stall_timeout.map(|t| STALLED_AFTER.min(t / 2));
+        let Connection {
+            pipeline,
+            sink,
+            convert,
+            rate,
+        } = connection;
         loop {
             if stop.is_triggered() {
                 return Ok(SourceExit::Stopped);
@@ -353,6 +660,12 @@ impl GstSource {
                 if sink.is_eos() {
                     return Ok(SourceExit::EndOfStream);
                 }
+                let quiet = last_sample.elapsed();
+                if got_frame && !reported_stall && stalled_after.is_some_and(|after| quiet >= after)
+                {
+                    reported_stall = true;
+                    out.stalled(format!("no frame for {:.1} s", quiet.as_secs_f64()));
+                }
                 // Connecting and waiting for a first key frame may take a while: the first
                 // frame of a connection gets at least FIRST_FRAME_GRACE.
                 let limit = self.options.stall_timeout.map(|t| {
@@ -363,7 +676,7 @@ impl GstSource {
                     }
                 });
                 if let Some(limit) = limit
-                    && last_sample.elapsed() >= limit
+                    && quiet >= limit
                 {
                     return Err(IngestError::Stalled {
                         camera: self.camera.clone(),
@@ -372,9 +685,19 @@ impl GstSource {
                 }
                 continue;
             };
-            last_sample = std::time::Instant::now();
-            got_frame = true;
-            let pts = sample.buffer().and_then(|b| b.pts());
+            last_sample = Instant::now();
+            reported_stall = false;
+            if !got_frame {
+                got_frame = true;
+                self.report_decoder(decoder_in_use);
+            }
+            if let Some(rate) = rate {
+                let dropped = rate.property::<u64>("drop");
+                skipped_rate.increment(dropped.saturating_sub(rate_dropped_seen));
+                rate_dropped_seen = dropped;
+            }
+            let buffer = sample.buffer();
+            let pts = buffer.and_then(|b| b.pts());
             // A file restarted after a failure decodes from the start again: skip what was
             // delivered already, so no frame (and no event time) comes twice.
             if let (Some(clock), Some(pts)) = (&self.file_clock, pts)
@@ -382,12 +705,14 @@ impl GstSource {
             {
                 continue;
             }
-            let captured_at = self.event_time(pts, connected_at);
+            let reference = buffer.and_then(reference_time);
+            let captured_at = self.event_time(pts, connected_at, reference);
             // One malformed frame is skipped and counted; the stream goes on.
-            let frame = match self.frame_from(&sample, captured_at) {
+            let frame = match self.frame_from(&sample, captured_at, native_size(convert)) {
                 Ok(frame) => frame,
                 Err(e) => {
                     invalid.increment(1);
+                    dropped_invalid.increment(1);
                     tracing::warn!(error = %e, "frame skipped");
                     continue;
                 }
@@ -396,32 +721,156 @@ impl GstSource {
             self.stats.decoded += 1;
             self.stats.dropped += out.send(frame)? as u64;
             self.seq += 1;
-            if let Some(clock) = &mut self.file_clock
-                && pts.is_some()
-            {
-                clock.last_pts = pts;
+            if let Some(clock) = &mut self.file_clock {
+                if pts.is_some() {
+                    clock.last_pts = pts;
+                }
+                clock.last_time = Some(captured_at);
             }
             if self.limit_reached() {
                 return Ok(SourceExit::FrameLimit);
             }
         }
     }
+
+    /// One connection: builds, plays and pumps a pipeline until it ends.
+    fn connect(
+        &mut self,
+        uri: &str,
+        credentials: Option<Credentials>,
+        out: &FrameOutput,
+        stop: &Shutdown,
+    ) -> Result<SourceExit, IngestError> {
+        let decoder_in_use = DecoderInUse::default();
+        let connection = self.build(uri, credentials, &decoder_in_use)?;
+        let pipeline = &connection.pipeline;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let reason = self
+                .bus_error(pipeline)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| e.to_string());
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(IngestError::Start {
+                camera: self.camera.clone(),
+                uri: uri.to_string(),
+                reason,
+            });
+        }
+        tracing::info!(seq = self.seq, "stream started");
+        let result = self.pump(&connection, &decoder_in_use, out, stop);
+        let _ = pipeline.set_state(gst::State::Null);
+        if result.is_err()
+            && !self.force_software
+            && let Some((name, true)) = decoder_in_use.get()
+        {
+            // The hardware path may be what failed (a driver, a lost GPU): software next time.
+            tracing::warn!(camera = %self.camera, decoder = %name, "the hardware decoder's stream failed; falling back to software decoding");
+            self.force_software = true;
+        }
+        result
+    }
 }
 
-/// Gives the source element the credentials, if it takes them (`user-id`/`user-pw`: rtspsrc,
-/// souphttpsrc).
-fn set_credentials(camera: &CameraId, element: &gst::Element, credentials: &Credentials) {
+/// A connection's pipeline and the elements the pump reads.
+struct Connection {
+    pipeline: gst::Pipeline,
+    sink: gst_app::AppSink,
+    /// Its sink pad's caps give the camera's own resolution.
+    convert: gst::Element,
+    /// Counts the frames it dropped to hold the analysis rate.
+    rate: Option<gst::Element>,
+}
+
+/// The pixels of a mapped video frame, held by the [`Frame`] itself until the last stage is
+/// done with it.
+struct MappedImage(gst_video::VideoFrame<gst_video::video_frame::Readable>);
+
+impl AsRef<[u8]> for MappedImage {
+    fn as_ref(&self) -> &[u8] {
+        self.0.plane_data(0).unwrap_or(&[])
+    }
+}
+
+/// `(w, h)` scaled down to fit `max_w` x `max_h`, keeping its aspect ratio; `None` when it
+/// fits already.
+fn fit_within(w: i32, h: i32, max_w: u32, max_h: u32) -> Option<(i32, i32)> {
+    let (w, h) = (u32::try_from(w).ok()?, u32::try_from(h).ok()?);
+    if w == 0 || h == 0 || (w <= max_w && h <= max_h) {
+        return None;
+    }
+    let scale = (f64::from(max_w) / f64::from(w)).min(f64::from(max_h) / f64::from(h));
+    let fit = |v: u32| ((f64::from(v) * scale).round() as i32).max(1);
+    Some((fit(w), fit(h)))
+}
+
+/// The decoded stream's own size, before scaling.
+fn native_size(convert: &gst::Element) -> Option<(u32, u32)> {
+    let caps = convert.static_pad("sink")?.current_caps()?;
+    let s = caps.structure(0)?;
+    let (w, h) = (s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?);
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+}
+
+/// The capture time a stream gave for this buffer (an NTP reference timestamp meta, from an
+/// RFC 7273 clock or, with GStreamer 1.24+, RTCP sender reports).
+fn reference_time(buffer: &gst::BufferRef) -> Option<DateTime<Utc>> {
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| {
+            m.reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == "timestamp/x-ntp")
+        })
+        .and_then(|m| ntp_to_utc(m.timestamp()))
+}
+
+fn ntp_to_utc(since_1900: gst::ClockTime) -> Option<DateTime<Utc>> {
+    let unix = since_1900
+        .nseconds()
+        .checked_sub(NTP_UNIX_OFFSET_S * 1_000_000_000)?;
+    Some(DateTime::from_timestamp_nanos(i64::try_from(unix).ok()?))
+}
+
+/// Gives the source element the camera's network settings and credentials, where it takes
+/// them (rtspsrc, souphttpsrc).
+fn configure_source(
+    camera: &CameraId,
+    element: &gst::Element,
+    options: &GstSourceOptions,
+    credentials: Option<&Credentials>,
+) {
     let factory = element
         .factory()
         .map(|f| f.name().to_string())
         .unwrap_or_default();
+    let micros = u64::try_from(options.timeout.as_micros()).unwrap_or(u64::MAX);
+    if factory == "rtspsrc" {
+        let protocols = match options.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp+udp-mcast",
+            Transport::Auto => "udp+udp-mcast+tcp",
+        };
+        element.set_property_from_str("protocols", protocols);
+        element.set_property("latency", options.latency_ms);
+        element.set_property("tcp-timeout", micros);
+        element.set_property("timeout", micros);
+        if element.has_property("add-reference-timestamp-meta") {
+            element.set_property("add-reference-timestamp-meta", true);
+        }
+    } else if element.has_property_with_type("timeout", u32::static_type()) {
+        // souphttpsrc: whole seconds.
+        element.set_property("timeout", options.timeout.as_secs().clamp(1, 3600) as u32);
+    }
+    let Some(credentials) = credentials else {
+        return;
+    };
     let takes = |name: &str| element.has_property_with_type(name, String::static_type());
     if takes("user-id") && takes("user-pw") {
         element.set_property("user-id", credentials.user.as_str());
         element.set_property("user-pw", credentials.password.as_str());
         tracing::debug!(camera = %camera, element = %factory, "credentials set on the source element");
     } else {
-        tracing::warn!(camera = %camera, element = %factory, "the source element takes no credentials; the URI's user name and password are not used");
+        tracing::warn!(camera = %camera, element = %factory, "the source element takes no credentials; the user name and password are not used");
     }
 }
 
@@ -457,7 +906,8 @@ impl FrameSource for GstSource {
         crate::init()?;
         // GStreamer gets the URI without credentials (they go to the source element as
         // properties); validation refuses URIs whose credentials cannot be split out.
-        let (clean, credentials) = split_credentials(&self.options.uri);
+        let (clean, from_uri) = split_credentials(&self.options.uri);
+        let credentials = self.options.credentials.clone().or(from_uri);
         let uri = Self::resolve_uri(&self.camera, &clean)?;
         if !is_network_uri(&self.options.uri) && self.file_clock.is_none() {
             let epoch = self
@@ -469,31 +919,27 @@ impl FrameSource for GstSource {
                 epoch,
                 first_pts: None,
                 last_pts: None,
+                last_time: None,
+                step: chrono::Duration::zero(),
             });
         }
         let span = tracing::info_span!("source", camera = %self.camera, uri = %uri);
         let _enter = span.enter();
-        let (pipeline, sink) = self.build(&uri, credentials)?;
-        if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let reason = self
-                .bus_error(&pipeline)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| e.to_string());
-            let _ = pipeline.set_state(gst::State::Null);
-            return Err(IngestError::Start {
-                camera: self.camera.clone(),
-                uri,
-                reason,
-            });
+        loop {
+            let result = self.connect(&uri, credentials.clone(), out, stop);
+            match &result {
+                Ok(SourceExit::EndOfStream) if self.options.loop_file && !stop.is_triggered() => {
+                    if let Some(clock) = &mut self.file_clock {
+                        clock.next_pass();
+                    }
+                    tracing::info!(seq = self.seq, "file ended; playing it again");
+                    continue;
+                }
+                Ok(exit) => tracing::info!(?exit, seq = self.seq, "stream ended"),
+                Err(e) => tracing::debug!(error = %e, "stream failed"),
+            }
+            return result;
         }
-        tracing::info!(seq = self.seq, "stream started");
-        let result = self.pump(&pipeline, &sink, out, stop);
-        let _ = pipeline.set_state(gst::State::Null);
-        match &result {
-            Ok(exit) => tracing::info!(?exit, seq = self.seq, "stream ended"),
-            Err(e) => tracing::debug!(error = %e, "stream failed"),
-        }
-        result
     }
 }
 
@@ -501,10 +947,9 @@ impl FrameSource for GstSource {
 mod tests {
     use super::*;
     use crate::SourceConfig;
-    use crate::{GstSourceConfig, run_supervised};
+    use crate::{CameraHealth, FrameDelivery, GstSourceConfig, run_supervised};
     use skynet_core::{
-        ComponentHealth, ComponentState, ConfigContext, OverloadPolicy, StageReceiver, Watermark,
-        stage_queue,
+        ComponentState, ConfigContext, OverloadPolicy, StageReceiver, Watermark, stage_queue,
     };
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
@@ -530,6 +975,16 @@ mod tests {
         config.reconnect.initial_backoff_s = 0.01;
         config.reconnect.max_backoff_s = 0.02;
         config.reconnect.max_attempts = Some(max_attempts);
+    }
+
+    /// A live camera's policy, made to give up after `max_attempts` so a test ends.
+    fn giving_up(max_attempts: u32) -> crate::RetryPolicy {
+        crate::RetryPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            max_attempts: Some(max_attempts),
+            live: true,
+        }
     }
 
     fn validated(mut config: GstSourceConfig) -> GstSourceConfig {
@@ -570,8 +1025,10 @@ mod tests {
         let start_at = config.start_at.unwrap();
 
         let replay = || {
-            let health = ComponentHealth::detached("cam-replay", "source");
-            let mut source = config.build(CameraId::new("cam-replay")).unwrap();
+            let health = CameraHealth::detached("cam-replay");
+            let mut source = config
+                .build(CameraId::new("cam-replay"), &FrameDelivery::default())
+                .unwrap();
             let (out, rx) = output(config.is_live());
             let exit = run_supervised(
                 source.as_mut(),
@@ -582,7 +1039,10 @@ mod tests {
             )
             .unwrap();
             assert_eq!(exit, SourceExit::FrameLimit);
-            assert_eq!(health.status().unwrap().state, ComponentState::Finished);
+            assert_eq!(
+                health.component().status().unwrap().state,
+                ComponentState::Finished
+            );
             let frames: Vec<Frame> = rx.channel().try_iter().collect();
             assert_eq!(
                 out.watermark().current(),
@@ -605,8 +1065,9 @@ mod tests {
                 start_at + chrono::Duration::milliseconds(100 * n as i64)
             );
             assert_eq!((frame.info.width, frame.info.height), (768, 576));
-            assert!(frame.stride >= 768 * 3);
-            assert!(frame.data.len() >= frame.stride * 575 + 768 * 3);
+            assert_eq!((frame.image.width, frame.image.height), (768, 576));
+            assert!(frame.image.stride >= 768 * 3);
+            assert!(frame.image.data.len() >= frame.image.stride * 575 + 768 * 3);
         }
     }
 
@@ -686,8 +1147,10 @@ mod tests {
         let config = validated(config);
         let policy = config.retry_policy();
         assert_eq!(policy.max_attempts, Some(3));
-        let health = ComponentHealth::detached("cam-missing", "source");
-        let mut source = config.build(CameraId::new("cam-missing")).unwrap();
+        let health = CameraHealth::detached("cam-missing");
+        let mut source = config
+            .build(CameraId::new("cam-missing"), &FrameDelivery::default())
+            .unwrap();
         let (out, rx) = output(false);
         let err =
             run_supervised(source.as_mut(), &out, &Shutdown::new(), &health, &policy).unwrap_err();
@@ -695,7 +1158,7 @@ mod tests {
             matches!(err, IngestError::Start { .. } | IngestError::Stream { .. }),
             "{err}"
         );
-        let status = health.status().unwrap();
+        let status = health.component().status().unwrap();
         assert_eq!((status.state, status.retries), (ComponentState::Down, 3));
         assert_eq!(status.reason, Some(err.to_string()));
         assert!(rx.channel().try_iter().next().is_none());
@@ -703,12 +1166,14 @@ mod tests {
 
     #[test]
     fn credentials_never_appear_in_errors() {
-        let mut config = GstSourceConfig::new("rtsp://user:s3cret@127.0.0.1:9/x");
-        tiny_backoff(&mut config, 1);
+        let config = GstSourceConfig::new("rtsp://user:s3cret@127.0.0.1:9/x");
+
         let config = validated(config);
         assert_eq!(config.display_uri(), "rtsp://127.0.0.1:9/x");
-        let health = ComponentHealth::detached("cam-secret", "source");
-        let mut source = config.build(CameraId::new("cam-secret")).unwrap();
+        let health = CameraHealth::detached("cam-secret");
+        let mut source = config
+            .build(CameraId::new("cam-secret"), &FrameDelivery::default())
+            .unwrap();
         let (out, _rx) = output(true);
         let started = Instant::now();
         let err = run_supervised(
@@ -716,15 +1181,23 @@ mod tests {
             &out,
             &Shutdown::new(),
             &health,
-            &config.retry_policy(),
+            &giving_up(1),
         )
         .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(30));
-        let reason = health.status().unwrap().reason.unwrap_or_default();
+        let reason = health
+            .component()
+            .status()
+            .unwrap()
+            .reason
+            .unwrap_or_default();
         for text in [err.to_string(), format!("{err:?}"), reason] {
             assert!(!text.contains("s3cret"), "{text}");
         }
-        assert_eq!(health.status().unwrap().state, ComponentState::Down);
+        assert_eq!(
+            health.component().status().unwrap().state,
+            ComponentState::Down
+        );
     }
 
     /// An HTTP server that asks for Basic authentication once, then answers 404; it sends
@@ -763,18 +1236,20 @@ mod tests {
     #[test]
     fn credentials_reach_the_source_element_but_not_the_pipeline() {
         let (port, requests) = auth_server();
-        let mut config = GstSourceConfig::new(format!("http://user:s3cret@127.0.0.1:{port}/x"));
-        tiny_backoff(&mut config, 0);
+        let config = GstSourceConfig::new(format!("http://user:s3cret@127.0.0.1:{port}/x"));
+
         let config = validated(config);
-        let health = ComponentHealth::detached("cam-http", "source");
-        let mut source = config.build(CameraId::new("cam-http")).unwrap();
+        let health = CameraHealth::detached("cam-http");
+        let mut source = config
+            .build(CameraId::new("cam-http"), &FrameDelivery::default())
+            .unwrap();
         let (out, _rx) = output(true);
         let err = run_supervised(
             source.as_mut(),
             &out,
             &Shutdown::new(),
             &health,
-            &config.retry_policy(),
+            &giving_up(0),
         )
         .unwrap_err();
         let heads: Vec<String> = requests.try_iter().collect();
@@ -793,7 +1268,12 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\n'), "{text}");
-        let reason = health.status().unwrap().reason.unwrap_or_default();
+        let reason = health
+            .component()
+            .status()
+            .unwrap()
+            .reason
+            .unwrap_or_default();
         assert!(!reason.contains("s3cret"), "{reason}");
     }
 }

@@ -6,19 +6,26 @@
 //! [`run_supervised`] restarts a failing source with backoff and reports its health.
 //! [`GstSourceConfig`] is the source's part of a `[[cameras]]` table.
 
+mod camera;
 mod config;
 mod error;
 mod gst_source;
+mod motion;
 mod supervise;
 
-pub use config::{GstSourceConfig, ReconnectConfig, SourceConfig};
+pub use camera::{CameraEvent, CameraHealth, CameraState, CameraStatus};
+pub use config::{
+    DecoderChoice, FrameDelivery, GstSourceConfig, ReconnectConfig, SourceConfig, Transport,
+};
 pub use error::IngestError;
 pub use gst_source::{GstSource, GstSourceOptions};
+pub use motion::{GateDecision, MotionConfig, MotionGate, ObjectsInView};
 pub use supervise::{RetryPolicy, run_supervised};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use skynet_core::{CameraId, ComponentHealth, Frame, QueueClosed, Shutdown, StageQueue, Watermark};
+use skynet_core::{CameraId, Frame, QueueClosed, Shutdown, StageQueue, Watermark};
 
 /// Why a source stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +47,31 @@ pub struct SourceStats {
 }
 
 /// Where a source sends its frames: the camera's queue, and the watermark that tells later
-/// stages how far the camera's event time has got.
+/// stages how far the camera's event time has got. On the way it reports the frame to the
+/// camera's health and lets the camera's motion gate keep frames of a static scene from the
+/// detector (counted in `skynet_frames_skipped_total{camera,reason="static"}`); frames that the
+/// queue drops to make room for newer ones are counted in
+/// `skynet_frames_dropped_total{camera,reason="overload"}`.
 ///
-/// It is also how a source reports "up" without knowing about health: the supervisor hands
-/// each connection a copy made by [`reporting_up`](Self::reporting_up), whose first frame
-/// marks the component up.
+/// The supervisor hands each connection a copy made by [`for_connection`](Self::for_connection)
+/// that tells whether that connection delivered anything.
 #[derive(Debug)]
 pub struct FrameOutput {
     frames: StageQueue<Frame>,
     watermark: Watermark,
-    up_on_first_frame: Option<ComponentHealth>,
+    health: Option<CameraHealth>,
+    gate: Option<Arc<Mutex<MotionGate>>>,
+    /// Frames the gate kept from the detector so far; stamped on each frame sent, so that
+    /// later stages tell skipped frames from dropped ones.
+    skipped: Arc<AtomicU64>,
+    counters: Arc<OnceLock<OutputCounters>>,
     sent: AtomicBool,
+}
+
+#[derive(Debug)]
+struct OutputCounters {
+    skipped_static: metrics::Counter,
+    dropped_overload: metrics::Counter,
 }
 
 impl FrameOutput {
@@ -61,40 +82,93 @@ impl FrameOutput {
         Self {
             frames,
             watermark,
-            up_on_first_frame: None,
+            health: None,
+            gate: None,
+            skipped: Arc::default(),
+            counters: Arc::default(),
             sent: AtomicBool::new(false),
         }
     }
 
-    /// A copy feeding the same queue and watermark that marks `health` up when its first frame
-    /// is sent. The supervisor makes one per connection, so every reconnection that works is
-    /// reported as soon as it delivers.
-    pub fn reporting_up(&self, health: &ComponentHealth) -> Self {
+    /// Reports every frame to `health` (running, last frame time).
+    pub fn with_health(mut self, health: CameraHealth) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Passes frames through `gate` first.
+    pub fn with_gate(mut self, gate: MotionGate) -> Self {
+        self.gate = Some(Arc::new(Mutex::new(gate)));
+        self
+    }
+
+    /// A copy feeding the same queue, watermark, health and gate, whose
+    /// [`has_sent`](Self::has_sent) starts false: the supervisor makes one per connection.
+    pub fn for_connection(&self) -> Self {
         Self {
             frames: self.frames.clone(),
             watermark: self.watermark.clone(),
-            up_on_first_frame: Some(health.clone()),
+            health: self.health.clone(),
+            gate: self.gate.clone(),
+            skipped: Arc::clone(&self.skipped),
+            counters: Arc::clone(&self.counters),
             sent: AtomicBool::new(false),
         }
     }
 
     /// Sends `frame` and moves the watermark to its event time; returns how many old frames
-    /// were dropped to make room.
-    pub fn send(&self, frame: Frame) -> Result<usize, QueueClosed> {
+    /// were dropped to make room. A frame the motion gate skips is not queued (0 dropped).
+    pub fn send(&self, mut frame: Frame) -> Result<usize, QueueClosed> {
         // Observed before the frame is queued: a stage that reads the watermark after taking
         // a frame never sees it behind that frame.
         self.watermark.observe(frame.info.captured_at);
+        self.sent.store(true, Ordering::Relaxed);
+        if let Some(health) = &self.health {
+            health.frame();
+        }
+        let counters = self.counters.get_or_init(|| {
+            let camera = frame.info.camera.to_string();
+            OutputCounters {
+                skipped_static: metrics::counter!("skynet_frames_skipped_total", "camera" => camera.clone(), "reason" => "static"),
+                dropped_overload: metrics::counter!("skynet_frames_dropped_total", "camera" => camera, "reason" => "overload"),
+            }
+        });
+        if let Some(gate) = &self.gate {
+            let decision = gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .decide(&frame.image, frame.info.captured_at);
+            if !decision.passes() {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                counters.skipped_static.increment(1);
+                // Nothing reads this camera any more: say so even for skipped frames.
+                if !self.frames.has_consumers() {
+                    return Err(QueueClosed);
+                }
+                return Ok(0);
+            }
+        }
+        frame.info.skipped = self.skipped.load(Ordering::Relaxed);
         let dropped = self.frames.send(frame)?;
-        if !self.sent.swap(true, Ordering::Relaxed)
-            && let Some(health) = &self.up_on_first_frame
-        {
-            health.up();
+        if dropped > 0 {
+            counters.dropped_overload.increment(dropped as u64);
         }
         Ok(dropped)
     }
 
+    /// Reports that a connected stream has delivered nothing for a while.
+    pub fn stalled(&self, reason: impl Into<String>) {
+        if let Some(health) = &self.health {
+            health.stalled(reason);
+        }
+    }
+
     pub fn watermark(&self) -> &Watermark {
         &self.watermark
+    }
+
+    pub fn health(&self) -> Option<&CameraHealth> {
+        self.health.as_ref()
     }
 
     /// Whether a frame has been sent through this copy.

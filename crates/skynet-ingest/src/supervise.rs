@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use skynet_core::{ComponentHealth, Shutdown};
+use skynet_core::Shutdown;
 
-use crate::{FrameOutput, FrameSource, IngestError, SourceExit};
+use crate::{CameraHealth, FrameOutput, FrameSource, IngestError, SourceExit};
 
 /// How a source is restarted after a failure.
 #[derive(Debug, Clone)]
@@ -44,10 +44,11 @@ impl RetryPolicy {
 }
 
 /// Runs `source` until it ends for good: restarts it after failures with capped exponential
-/// backoff and jitter, reporting through `health`: starting (as registered) → up on the first
-/// frame of each connection → retrying(reason) after a failure → finished when a file ends, the
-/// frame limit is reached or `stop` is triggered; down(reason) when it gives up or the next
-/// stage has gone.
+/// backoff and jitter, reporting through `health` (which `out` should carry, see
+/// [`FrameOutput::with_health`], so frames mark the camera running): starting → running on
+/// the first frame of each connection → retrying(reason) after a failure → stopped when a file
+/// ends, the frame limit is reached or `stop` is triggered; stopped(reason) when it gives up
+/// or the next stage has gone.
 ///
 /// For a live source, end of stream is a fault (retried), not the end. A connection that
 /// delivered a frame starts the backoff and the attempt count over. Stops within about 20 ms
@@ -60,7 +61,7 @@ pub fn run_supervised(
     source: &mut dyn FrameSource,
     out: &FrameOutput,
     stop: &Shutdown,
-    health: &ComponentHealth,
+    health: &CameraHealth,
     policy: &RetryPolicy,
 ) -> Result<SourceExit, IngestError> {
     let camera = source.camera().clone();
@@ -70,19 +71,19 @@ pub fn run_supervised(
     // Failures since the source last delivered a frame.
     let mut failures: u32 = 0;
     loop {
-        let connection = out.reporting_up(health);
+        let connection = out.for_connection();
         let result = source.run(&connection, stop);
         let error = match result {
             Ok(SourceExit::EndOfStream) if policy.live => IngestError::LiveStreamEnded {
                 camera: camera.clone(),
             },
             Ok(exit) => {
-                health.finished();
+                health.stopped();
                 return Ok(exit);
             }
             Err(IngestError::DownstreamClosed) => {
                 // Nothing reads this camera any more: a restart could not help.
-                health.down(IngestError::DownstreamClosed.to_string());
+                health.failed(IngestError::DownstreamClosed.to_string());
                 return Err(IngestError::DownstreamClosed);
             }
             Err(e) => e,
@@ -90,7 +91,7 @@ pub fn run_supervised(
         if stop.is_triggered() {
             // A stream that fails or ends while the process stops is not a fault: tearing it
             // down can itself make it report an error.
-            health.finished();
+            health.stopped();
             return Ok(SourceExit::Stopped);
         }
         errors.increment(1);
@@ -101,7 +102,7 @@ pub fn run_supervised(
         let reason = error.to_string();
         if policy.max_attempts.is_some_and(|max| failures > max) {
             tracing::error!(camera = %camera, error = %reason, failures, "source failed; giving up");
-            health.down(reason);
+            health.failed(reason);
             return Err(error);
         }
         let wait = policy.backoff(failures);
@@ -114,10 +115,11 @@ pub fn run_supervised(
         );
         health.retrying(reason);
         if !wait_unless_stopped(wait, stop) {
-            health.finished();
+            health.stopped();
             return Ok(SourceExit::Stopped);
         }
         restarts.increment(1);
+        health.reconnecting();
     }
 }
 
@@ -141,10 +143,9 @@ mod tests {
     use super::*;
     use crate::SourceStats;
     use skynet_core::{
-        CameraId, ComponentState, ComponentStatus, Frame, FrameInfo, OverloadPolicy, PixelOrder,
-        StageReceiver, Watermark, stage_queue,
+        CameraId, ComponentHealth, ComponentState, ComponentStatus, Frame, FrameImage, FrameInfo,
+        OverloadPolicy, PixelOrder, StageReceiver, Watermark, stage_queue,
     };
-    use std::sync::Arc;
 
     /// What one call of [`Scripted::run`] does.
     #[derive(Debug, Clone, Copy)]
@@ -241,18 +242,30 @@ mod tests {
                 seq,
                 captured_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(seq as i64),
                 decoded_at: Instant::now(),
+                skipped: 0,
                 width: 1,
                 height: 1,
             },
-            stride: 3,
-            order: PixelOrder::Bgr,
-            data: Arc::from(&[0u8, 0, 0][..]),
+            image: FrameImage {
+                width: 1,
+                height: 1,
+                stride: 3,
+                order: PixelOrder::Bgr,
+                data: vec![0u8, 0, 0].into(),
+            },
         }
     }
 
-    fn output(live: bool) -> (FrameOutput, StageReceiver<Frame>) {
+    fn output(health: &CameraHealth, live: bool) -> (FrameOutput, StageReceiver<Frame>) {
         let (queue, rx) = stage_queue("frames", "cam-test", 64, OverloadPolicy::Block);
-        (FrameOutput::new(queue, Watermark::new(live)), rx)
+        let out = FrameOutput::new(queue, Watermark::new(live)).with_health(health.clone());
+        (out, rx)
+    }
+
+    fn new_health() -> (CameraHealth, ComponentHealth) {
+        let camera = CameraHealth::detached("cam-test");
+        let component = camera.component().clone();
+        (camera, component)
     }
 
     fn policy(initial_ms: u64, max_ms: u64, max_attempts: Option<u32>, live: bool) -> RetryPolicy {
@@ -293,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_failing_source_is_retried_with_capped_backoff_and_reports_retrying_then_up() {
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let steps = vec![
             Step::Fail,
             Step::Fail,
@@ -303,9 +316,9 @@ mod tests {
             Step::Frames(3, SourceExit::EndOfStream),
         ];
         let mut source = Scripted::new(steps, &health);
-        let (out, rx) = output(false);
+        let (out, rx) = output(&camera_health, false);
         let p = policy(20, 80, Some(5), false);
-        let exit = run_supervised(&mut source, &out, &Shutdown::new(), &health, &p).unwrap();
+        let exit = run_supervised(&mut source, &out, &Shutdown::new(), &camera_health, &p).unwrap();
         assert_eq!(exit, SourceExit::EndOfStream);
         assert_eq!(rx.channel().try_iter().count(), 3);
 
@@ -333,14 +346,14 @@ mod tests {
 
     #[test]
     fn a_source_that_keeps_failing_is_given_up_and_reported_down() {
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let mut source = Scripted::new(vec![], &health);
-        let (out, _rx) = output(true);
+        let (out, _rx) = output(&camera_health, true);
         let err = run_supervised(
             &mut source,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, Some(2), true),
         )
         .unwrap_err();
@@ -358,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_connection_that_delivered_starts_the_count_over() {
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let steps = vec![
             Step::Fail,
             Step::Fail,
@@ -367,12 +380,12 @@ mod tests {
             Step::Frames(1, SourceExit::FrameLimit),
         ];
         let mut source = Scripted::new(steps, &health);
-        let (out, rx) = output(true);
+        let (out, rx) = output(&camera_health, true);
         let exit = run_supervised(
             &mut source,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, Some(2), true),
         )
         .unwrap();
@@ -384,15 +397,15 @@ mod tests {
 
     #[test]
     fn a_live_sources_end_of_stream_is_a_fault_and_a_files_is_the_end() {
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let ends = vec![Step::Frames(1, SourceExit::EndOfStream); 5];
         let mut live = Scripted::new(ends.clone(), &health);
-        let (out, rx) = output(true);
+        let (out, rx) = output(&camera_health, true);
         let err = run_supervised(
             &mut live,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, Some(0), true),
         )
         .unwrap_err();
@@ -401,13 +414,14 @@ mod tests {
         assert_eq!(rx.channel().try_iter().count(), 1);
 
         // Retried while attempts remain; each reconnection reports up again.
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
+        let (out, _rx) = output(&camera_health, true);
         let mut live = Scripted::new(ends[..2].to_vec(), &health);
         let _ = run_supervised(
             &mut live,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, Some(1), true),
         );
         // Two ends, each after a frame (so the count starts over), then one plain failure
@@ -419,14 +433,14 @@ mod tests {
                 .all(|s| state(s).0 == ComponentState::Up)
         );
 
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let mut file = Scripted::new(ends, &health);
-        let (out, _rx) = output(false);
+        let (out, _rx) = output(&camera_health, false);
         let exit = run_supervised(
             &mut file,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, Some(3), false),
         )
         .unwrap();
@@ -437,9 +451,9 @@ mod tests {
 
     #[test]
     fn stop_interrupts_a_backoff_wait_promptly() {
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let mut source = Scripted::new(vec![], &health);
-        let (out, _rx) = output(true);
+        let (out, _rx) = output(&camera_health, true);
         let stop = Shutdown::new();
         let trigger = {
             let stop = stop.clone();
@@ -453,7 +467,7 @@ mod tests {
             &mut source,
             &out,
             &stop,
-            &health,
+            &camera_health,
             &policy(60_000, 60_000, None, true),
         )
         .unwrap();
@@ -472,14 +486,14 @@ mod tests {
     #[test]
     fn downstream_closed_is_not_retried() {
         // Reported by the source itself...
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let mut source = Scripted::new(vec![Step::DownstreamGone], &health);
-        let (out, _rx) = output(true);
+        let (out, _rx) = output(&camera_health, true);
         let err = run_supervised(
             &mut source,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, None, true),
         )
         .unwrap_err();
@@ -488,15 +502,15 @@ mod tests {
         assert_eq!(state(&health.status()).0, ComponentState::Down);
 
         // ...or found when sending into a queue nobody reads.
-        let health = ComponentHealth::detached("cam-test", "source");
+        let (camera_health, health) = new_health();
         let mut source = Scripted::new(vec![Step::Frames(1, SourceExit::EndOfStream); 3], &health);
-        let (out, rx) = output(true);
+        let (out, rx) = output(&camera_health, true);
         drop(rx);
         let err = run_supervised(
             &mut source,
             &out,
             &Shutdown::new(),
-            &health,
+            &camera_health,
             &policy(1, 2, None, true),
         )
         .unwrap_err();
@@ -506,7 +520,8 @@ mod tests {
 
     #[test]
     fn frame_output_moves_the_watermark() {
-        let (out, _rx) = output(false);
+        let (camera_health, _) = new_health();
+        let (out, _rx) = output(&camera_health, false);
         assert_eq!(out.watermark().current(), None);
         let camera = CameraId::new("cam-test");
         out.send(frame(&camera, 5)).unwrap();

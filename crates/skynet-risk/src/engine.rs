@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use skynet_core::{CameraId, GridId, Incident, IncidentStatus, Observation, RiskLevel};
+use skynet_core::{
+    CameraId, DeviceFault, GridId, Incident, IncidentStatus, Observation, RiskLevel, RuleRef,
+};
 use uuid::Uuid;
 
 /// The stage trait: observations in, incident revisions out.
@@ -30,6 +32,17 @@ pub trait RiskEngine: Send {
     fn advance(&mut self, camera: &CameraId, now: DateTime<Utc>) -> Vec<Incident>;
     /// Emits what open incidents learned since their last revision (at shutdown).
     fn flush(&mut self) -> Vec<Incident>;
+    /// A device has stopped working: opens its fault incident (once; a second call while it
+    /// is open does nothing). The incident does not raise the cell's risk, and stays open
+    /// until [`device_recovered`](Self::device_recovered), however long that takes.
+    fn device_fault(&mut self, fault: &DeviceFault) -> Vec<Incident>;
+    /// The device works again: closes its open fault incidents of `category`.
+    fn device_recovered(
+        &mut self,
+        camera: &CameraId,
+        category: &str,
+        at: DateTime<Utc>,
+    ) -> Vec<Incident>;
     /// How many incidents are open.
     fn open_incidents(&self) -> usize;
     /// Everything needed to go on after a restart (cell scores, open incidents with their
@@ -179,7 +192,14 @@ struct OpenIncident {
     changed: bool,
     /// Event time of the last revision, for `update_every`.
     last_revision_at: DateTime<Utc>,
+    /// A device fault: open until the device recovers, never closed for being quiet.
+    held: bool,
 }
+
+/// The rule kind of device-fault incidents.
+pub const DEVICE_FAULT_KIND: &str = "device_fault";
+/// The level a device fault opens at: blue, an equipment matter for the owner, not a hazard.
+const DEVICE_FAULT_LEVEL: RiskLevel = RiskLevel::IV;
 
 type IncidentKey = (GridId, CameraId, String);
 
@@ -292,7 +312,7 @@ impl GridRiskEngine {
     }
 
     fn quiet(&self, open: &OpenIncident, now: DateTime<Utc>) -> bool {
-        now.signed_duration_since(open.incident.last_seen) >= self.config.close_after
+        !open.held && now.signed_duration_since(open.incident.last_seen) >= self.config.close_after
     }
 
     fn close(&mut self, key: &IncidentKey, now: DateTime<Utc>) -> Option<Incident> {
@@ -407,6 +427,7 @@ impl RiskEngine for GridRiskEngine {
                 incident: incident.clone(),
                 changed: false,
                 last_revision_at: obs.at,
+                held: false,
             },
         );
         self.set_open_gauge();
@@ -489,6 +510,75 @@ impl RiskEngine for GridRiskEngine {
             .collect()
     }
 
+    fn device_fault(&mut self, fault: &DeviceFault) -> Vec<Incident> {
+        let key: IncidentKey = (
+            fault.grid.clone(),
+            fault.camera.clone(),
+            fault.category.clone(),
+        );
+        if self.open.contains_key(&key) {
+            return Vec::new();
+        }
+        let incident = Incident {
+            id: self.new_incident_id(&key, fault.since),
+            revision: 1,
+            status: IncidentStatus::Opened,
+            category: fault.category.clone(),
+            level: DEVICE_FAULT_LEVEL,
+            level_colour: DEVICE_FAULT_LEVEL.colour().into(),
+            risk_score: self.cell_score(&fault.grid),
+            grid: fault.grid.clone(),
+            camera: fault.camera.clone(),
+            owner: fault.owner,
+            first_seen: fault.since,
+            last_seen: fault.at,
+            observations: 1,
+            detections: Vec::new(),
+            rule: RuleRef {
+                name: fault.category.clone(),
+                kind: DEVICE_FAULT_KIND.into(),
+                zone: None,
+            },
+        };
+        tracing::warn!(incident = %incident.id, grid = %fault.grid, camera = %fault.camera, category = %fault.category, "device fault incident opened");
+        self.open.insert(
+            key,
+            OpenIncident {
+                incident: incident.clone(),
+                changed: false,
+                last_revision_at: fault.at,
+                held: true,
+            },
+        );
+        self.set_open_gauge();
+        vec![incident]
+    }
+
+    fn device_recovered(
+        &mut self,
+        camera: &CameraId,
+        category: &str,
+        at: DateTime<Utc>,
+    ) -> Vec<Incident> {
+        let keys: Vec<IncidentKey> = self
+            .open
+            .iter()
+            .filter(|((_, c, rule), o)| c == camera && rule == category && o.held)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(open) = self.open.get_mut(&key) {
+                open.incident.last_seen = open.incident.last_seen.max(at);
+            }
+            out.extend(self.close(&key, at));
+        }
+        if !out.is_empty() {
+            self.set_open_gauge();
+        }
+        out
+    }
+
     fn snapshot(&self) -> serde_json::Value {
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
@@ -521,6 +611,7 @@ impl RiskEngine for GridRiskEngine {
                     incident: o.incident.clone(),
                     changed: o.changed,
                     last_revision_at: o.last_revision_at,
+                    held: o.held,
                 })
                 .collect(),
             ids: self
@@ -644,6 +735,7 @@ impl RiskEngine for GridRiskEngine {
                 incident,
                 changed: o.changed,
                 last_revision_at: o.last_revision_at,
+                held: o.held,
             };
             if open.insert(key, entry).is_some() {
                 return Err(invalid(format!(
@@ -711,6 +803,9 @@ struct OpenSnapshot {
     risk_score: f64,
     changed: bool,
     last_revision_at: DateTime<Utc>,
+    /// A device fault (absent in snapshots from before device faults: false).
+    #[serde(default)]
+    held: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -12,6 +12,8 @@ mod engine;
 mod grid;
 mod settings;
 
-pub use engine::{GridRiskEngine, LevelThresholds, RiskConfig, RiskEngine, RiskError};
+pub use engine::{
+    DEVICE_FAULT_KIND, GridRiskEngine, LevelThresholds, RiskConfig, RiskEngine, RiskError,
+};
 pub use grid::{Grid, GridError, GridMap};
 pub use settings::{LevelSettings, RiskSettings};

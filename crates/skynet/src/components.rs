@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
 use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
 use skynet_emit::{EmitError, IncidentSink, JsonLinesSinkConfig, SinkConfig, StdoutSinkConfig};
-use skynet_ingest::{FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig};
+use skynet_ingest::{
+    FrameDelivery, FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig,
+};
 
 /// Every kind skynet knows.
 pub fn registry() -> Registry {
@@ -37,7 +39,11 @@ pub trait SourceBuilder: Debug + Send + Sync {
     fn display_uri(&self) -> String;
     fn retry_policy(&self) -> RetryPolicy;
     fn watermark(&self) -> Watermark;
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError>;
+    fn build(
+        &self,
+        camera: CameraId,
+        delivery: &FrameDelivery,
+    ) -> Result<Box<dyn FrameSource>, IngestError>;
 }
 
 impl<T: SourceConfig> SourceBuilder for T {
@@ -53,8 +59,12 @@ impl<T: SourceConfig> SourceBuilder for T {
     fn watermark(&self) -> Watermark {
         SourceConfig::watermark(self)
     }
-    fn build(&self, camera: CameraId) -> Result<Box<dyn FrameSource>, IngestError> {
-        SourceConfig::build(self, camera)
+    fn build(
+        &self,
+        camera: CameraId,
+        delivery: &FrameDelivery,
+    ) -> Result<Box<dyn FrameSource>, IngestError> {
+        SourceConfig::build(self, camera, delivery)
     }
 }
 

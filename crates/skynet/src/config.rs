@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use skynet_core::config::check_range;
 use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, validate_id};
 use skynet_detect::{DetectSettings, DetectorOptions, ModelManifest, Zone};
 use skynet_emit::OutboxSettings;
+use skynet_ingest::MotionConfig;
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
 
@@ -116,9 +118,31 @@ struct CameraCommon {
     zones: Vec<ZoneSection>,
     #[serde(default)]
     rules: Vec<toml::Table>,
+    /// Frames per second passed on for analysis; default: every frame.
+    fps: Option<f64>,
+    /// A live camera without frames for this long opens a `camera_offline` incident.
+    #[serde(default = "default_offline_after")]
+    offline_after_s: f64,
+    /// Motion gating; on by default.
+    #[serde(default)]
+    motion: MotionConfig,
 }
 
-const CAMERA_COMMON_KEYS: [&str; 6] = ["id", "owner", "grid", "location", "zones", "rules"];
+fn default_offline_after() -> f64 {
+    30.0
+}
+
+const CAMERA_COMMON_KEYS: [&str; 9] = [
+    "id",
+    "owner",
+    "grid",
+    "location",
+    "zones",
+    "rules",
+    "fps",
+    "offline_after_s",
+    "motion",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +189,11 @@ pub struct CameraSpec {
     pub source: Arc<dyn SourceBuilder>,
     pub zones: Vec<Zone>,
     pub rules: Vec<Arc<dyn RuleBuilder>>,
+    /// Frames per second passed on for analysis; `None`: every frame.
+    pub fps: Option<f64>,
+    /// A live camera without frames for this long is offline (a `camera_offline` incident).
+    pub offline_after: std::time::Duration,
+    pub motion: MotionConfig,
 }
 
 impl CameraSpec {
@@ -540,6 +569,15 @@ fn validate_camera(
         .map_err(|e: toml::de::Error| at.serde_error(&region, &e))?;
     let id = common.id.as_str();
     id_error(at, at.key(&region, "id"), "camera", id)?;
+    if let Some(fps) = common.fps {
+        check_range("fps", fps, 0.01, 1000.0).map_err(|e| at.field_error(&region, e))?;
+    }
+    check_range("offline_after_s", common.offline_after_s, 1.0, 86_400.0)
+        .map_err(|e| at.field_error(&region, e))?;
+    common
+        .motion
+        .validate()
+        .map_err(|e| at.field_error(&region, e))?;
 
     let grid = match (&common.grid, &common.location) {
         (Some(grid), _) => match grids.get(grid) {
@@ -650,6 +688,9 @@ fn validate_camera(
         source,
         zones,
         rules,
+        fps: common.fps,
+        offline_after: std::time::Duration::from_secs_f64(common.offline_after_s),
+        motion: common.motion,
     })
 }
 

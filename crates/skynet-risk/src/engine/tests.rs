@@ -751,3 +751,47 @@ fn a_camera_far_ahead_never_decays_or_forgets_another_cameras_evidence_in_the_sa
     assert!(escalated[0].risk_score >= 0.5, "{escalated:?}");
     assert!(engine.advance(&slow, secs(2)).is_empty());
 }
+
+fn offline(since: i64, at: i64) -> DeviceFault {
+    DeviceFault {
+        camera: cam(),
+        grid: GridId::new("G1"),
+        owner: OwnerKind::CityManagement,
+        category: "camera_offline".into(),
+        since: secs(since),
+        at: secs(at),
+    }
+}
+
+#[test]
+fn a_device_fault_stays_open_until_recovery_and_raises_no_risk() {
+    let mut engine = GridRiskEngine::new(RiskConfig::default());
+    let opened = engine.device_fault(&offline(10, 40));
+    assert_eq!(statuses(&opened), vec![(IncidentStatus::Opened, 1)]);
+    let incident = &opened[0];
+    assert_eq!(incident.category, "camera_offline");
+    assert_eq!(incident.rule.kind, DEVICE_FAULT_KIND);
+    assert_eq!(
+        (incident.first_seen, incident.last_seen),
+        (secs(10), secs(40))
+    );
+    assert_eq!(incident.level, RiskLevel::IV);
+    assert_eq!(engine.cell_risk(&GridId::new("G1"), secs(40)).0, 0.0);
+    // Declared again while open: nothing new.
+    assert!(engine.device_fault(&offline(10, 41)).is_empty());
+    // Hours of quiet do not close it.
+    assert!(engine.advance(&cam(), secs(10_000)).is_empty());
+    assert_eq!(engine.open_incidents(), 1);
+    // It survives a restart.
+    let mut restored = GridRiskEngine::new(RiskConfig::default());
+    restored.restore(engine.snapshot()).unwrap();
+    assert!(restored.advance(&cam(), secs(20_000)).is_empty());
+    let closed = restored.device_recovered(&cam(), "camera_offline", secs(20_001));
+    assert_eq!(statuses(&closed), vec![(IncidentStatus::Closed, 2)]);
+    assert_eq!(closed[0].id, incident.id);
+    assert_eq!(restored.open_incidents(), 0);
+    // A later outage is a new incident with a new id.
+    let again = restored.device_fault(&offline(30_000, 30_030));
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].id, incident.id);
+}

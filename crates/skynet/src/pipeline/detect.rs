@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crossbeam_channel::{Select, TryRecvError};
 use skynet_core::{AnalysedFrame, CameraId, Frame, StageQueue, StageReceiver};
 use skynet_detect::{Detector, ImageView};
+use skynet_ingest::ObjectsInView;
 
 use super::{Counters, POLL, panic_message};
 
@@ -30,7 +31,8 @@ pub(crate) struct Detected {
 #[derive(Debug, Default)]
 struct Dispatch {
     next: u64,
-    last_seq: Option<u64>,
+    /// The last frame taken: its number and the source's count of skipped frames then.
+    last: Option<(u64, u64)>,
 }
 
 /// A camera's frame queue, its dispatch numbering, and its metric handles, resolved once.
@@ -39,17 +41,24 @@ pub(crate) struct CameraInput {
     camera: CameraId,
     frames: StageReceiver<Frame>,
     dispatch: Arc<Mutex<Dispatch>>,
+    /// Tells the camera's motion gate whether the last detection found anything.
+    objects: ObjectsInView,
     analysed: metrics::Counter,
     errors: metrics::Counter,
 }
 
 impl CameraInput {
-    pub(crate) fn new(camera: &CameraId, frames: StageReceiver<Frame>) -> Self {
+    pub(crate) fn new(
+        camera: &CameraId,
+        frames: StageReceiver<Frame>,
+        objects: ObjectsInView,
+    ) -> Self {
         let label = camera.to_string();
         Self {
             camera: camera.clone(),
             frames,
             dispatch: Arc::default(),
+            objects,
             analysed: metrics::counter!("skynet_frames_analysed_total", "camera" => label.clone()),
             errors: metrics::counter!("skynet_detect_errors_total", "camera" => label),
         }
@@ -64,12 +73,15 @@ impl CameraInput {
             Err(e) => return Err(e),
         };
         self.frames.took();
-        let seq = frame.info.seq;
-        let gap = match d.last_seq {
-            Some(last) => seq.saturating_sub(last.saturating_add(1)),
-            None => seq,
+        let (seq, skipped) = (frame.info.seq, frame.info.skipped);
+        // Frames the motion gate skipped on purpose are not missing.
+        let gap = match d.last {
+            Some((last, skipped_then)) => seq
+                .saturating_sub(last.saturating_add(1))
+                .saturating_sub(skipped.saturating_sub(skipped_then)),
+            None => seq.saturating_sub(skipped),
         };
-        d.last_seq = Some(seq);
+        d.last = Some((seq, skipped));
         let index = d.next;
         d.next += 1;
         Ok(Some((frame, index, gap)))
@@ -114,7 +126,15 @@ impl Worker {
                 ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
             }));
             let (analysed, panicked) = match outcome {
-                Ok(Ok(detections)) => {
+                Ok(Ok(mut detections)) => {
+                    input.objects.set(!detections.is_empty());
+                    // Boxes in the camera's own pixels, whatever size the detector saw.
+                    let (sx, sy) = frame.image_scale();
+                    if (sx, sy) != (1.0, 1.0) {
+                        for d in &mut detections {
+                            d.bbox = d.bbox.scaled(sx, sy);
+                        }
+                    }
                     self.counters.analysed.fetch_add(1, Ordering::Relaxed);
                     input.analysed.increment(1);
                     let analysed = AnalysedFrame {

@@ -29,7 +29,9 @@ use std::time::Duration;
 use skynet_core::{CameraId, ComponentHealth, OverloadPolicy, Shutdown, stage_queue};
 use skynet_detect::{DetectError, Detector, OnnxDetector, OnnxRuntime};
 use skynet_emit::{Committer, EmitError, Outbox};
-use skynet_ingest::{FrameOutput, IngestError};
+use skynet_ingest::{
+    CameraEvent, CameraHealth, FrameDelivery, FrameOutput, IngestError, MotionGate, ObjectsInView,
+};
 
 pub use services::Services;
 
@@ -254,6 +256,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     for camera in &config.cameras {
         watermarks.push(camera.source.watermark());
     }
+    // Camera state changes, for the offline check in the risk stage. Rare: a small queue
+    // is plenty, and a full one loses only notifications (the state stays in the table).
+    let (camera_events, camera_events_rx) = crossbeam_channel::bounded::<CameraEvent>(1024);
     let mut rules_and_risk = rules::RulesAndRisk::new(
         config,
         &watermarks,
@@ -261,7 +266,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         commit_queue,
         Arc::clone(&counters),
         wait_for_shutdown.then(|| shutdown.clone()),
-    );
+    )
+    .with_camera_events(camera_events_rx);
     let risk_thread = spawn_stage(
         "risk",
         health.register("risk", "stage"),
@@ -272,7 +278,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         },
     )?;
 
-    // Sources: one supervised thread and one queue per camera.
+    // Sources: one supervised thread and one queue per camera. Frames come scaled to the
+    // model's input size, at each camera's analysis rate.
+    let max_size = Some((config.model.input.width, config.model.input.height));
     let mut inputs = Vec::new();
     let mut sources: Vec<(CameraId, JoinHandle<bool>)> = Vec::new();
     for (camera, watermark) in config.cameras.iter().zip(watermarks) {
@@ -282,13 +290,25 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             OverloadPolicy::Block
         };
         let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
-        inputs.push(detect::CameraInput::new(&camera.id, rx));
-        let out = FrameOutput::new(queue, watermark);
-        let source_health = health.register(camera.id.as_str(), "source");
+        let objects = ObjectsInView::default();
+        inputs.push(detect::CameraInput::new(&camera.id, rx, objects.clone()));
+        let camera_health = CameraHealth::new(
+            camera.id.clone(),
+            health.register(camera.id.as_str(), "source"),
+            Some(camera_events.clone()),
+        );
+        let mut out = FrameOutput::new(queue, watermark).with_health(camera_health.clone());
+        if camera.motion.enabled {
+            out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
+        }
+        let delivery = FrameDelivery {
+            fps: camera.fps,
+            max_size,
+        };
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(&counters), camera.clone());
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
-            .spawn(move || source_stage(&spec, &out, &stop, &source_health, &counters))
+            .spawn(move || source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters))
             .map_err(|source| PipelineError::Spawn {
                 stage: format!("source {}", camera.id),
                 source,
@@ -314,7 +334,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             move || worker.run(),
         )?);
     }
-    drop((inputs, analysed_queue));
+    drop((inputs, analysed_queue, camera_events));
 
     let mut failed_cameras = Vec::new();
     for (camera, handle) in sources {
@@ -361,18 +381,19 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 /// Runs one camera under supervision. Returns false when the camera failed for good.
 fn source_stage(
     camera: &crate::config::CameraSpec,
+    delivery: &FrameDelivery,
     out: &FrameOutput,
     stop: &Shutdown,
-    health: &ComponentHealth,
+    health: &CameraHealth,
     counters: &Counters,
 ) -> bool {
     let span =
         tracing::info_span!("source", camera = %camera.id, uri = %camera.source.display_uri());
     let _entered = span.enter();
-    let mut source = match camera.source.build(camera.id.clone()) {
+    let mut source = match camera.source.build(camera.id.clone(), delivery) {
         Ok(source) => source,
         Err(e) => {
-            health.down(e.to_string());
+            health.failed(e.to_string());
             tracing::error!(error = %e, "camera could not be built; the other cameras go on");
             return false;
         }

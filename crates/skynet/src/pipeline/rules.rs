@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use skynet_core::{
-    CameraId, Incident, QueueClosed, Shutdown, StageQueue, StageReceiver, Watermark,
+    CameraId, DeviceFault, Incident, QueueClosed, Shutdown, StageQueue, StageReceiver, Watermark,
 };
 use skynet_detect::CameraRules;
+use skynet_ingest::{CameraEvent, CameraState};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
 use super::commit::Commit;
@@ -112,6 +113,23 @@ struct CameraStage {
     latency: metrics::Histogram,
     late: metrics::Counter,
     gaps: metrics::Counter,
+    /// Live cameras only: when frames stopped, for the `camera_offline` incident.
+    offline: Option<OfflineWatch>,
+}
+
+/// The category of the incident a camera without frames for `offline_after_s` opens.
+pub(crate) const CAMERA_OFFLINE: &str = "camera_offline";
+
+/// Watches one live camera for being offline longer than its `offline_after_s`.
+struct OfflineWatch {
+    after: chrono::Duration,
+    grid: skynet_core::GridId,
+    owner: skynet_core::OwnerKind,
+    /// When frames stopped (its last frame, or the start when none came yet); `None` while
+    /// frames flow.
+    since: Option<DateTime<Utc>>,
+    /// Its fault incident has been opened (and not yet closed).
+    declared: bool,
 }
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
@@ -128,6 +146,8 @@ pub(crate) struct RulesAndRisk {
     /// Evidence or clocks changed since the state was last sent.
     dirty: bool,
     last_state: Instant,
+    /// Camera state changes (running, stalled, retrying, ...).
+    camera_events: Option<crossbeam_channel::Receiver<CameraEvent>>,
 }
 
 impl RulesAndRisk {
@@ -189,6 +209,14 @@ impl RulesAndRisk {
                     latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
                     late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
                     gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
+                    offline: watermark.is_live().then(|| OfflineWatch {
+                        after: chrono::Duration::from_std(c.offline_after)
+                            .unwrap_or(chrono::Duration::seconds(30)),
+                        grid: c.grid.clone(),
+                        owner: c.owner,
+                        since: Some(Utc::now()),
+                        declared: false,
+                    }),
                 };
                 (c.id.clone(), stage)
             })
@@ -202,7 +230,80 @@ impl RulesAndRisk {
             keep_running,
             dirty: false,
             last_state: Instant::now(),
+            camera_events: None,
         }
+    }
+
+    /// Listens to camera state changes: a live camera without frames for its
+    /// `offline_after_s` opens a `camera_offline` incident, closed when frames flow again.
+    pub(crate) fn with_camera_events(
+        mut self,
+        events: crossbeam_channel::Receiver<CameraEvent>,
+    ) -> Self {
+        self.camera_events = Some(events);
+        self
+    }
+
+    /// Applies camera state changes and declares cameras offline that have been quiet too
+    /// long; returns the incident revisions that causes.
+    fn watch_cameras(&mut self) -> Vec<Incident> {
+        let mut revisions = Vec::new();
+        let events: Vec<CameraEvent> = self
+            .camera_events
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default();
+        for event in events {
+            let Some(watch) = self
+                .cameras
+                .get_mut(&event.camera)
+                .and_then(|c| c.offline.as_mut())
+            else {
+                continue;
+            };
+            match event.state {
+                CameraState::Running => {
+                    watch.since = None;
+                    // Also after a restart, when the incident was opened by the process before.
+                    revisions.extend(self.engine.device_recovered(
+                        &event.camera,
+                        CAMERA_OFFLINE,
+                        event.at,
+                    ));
+                    watch.declared = false;
+                }
+                // Shutting down is not going offline.
+                CameraState::Stopped if event.reason.is_none() => watch.since = None,
+                _ => {
+                    if watch.since.is_none() {
+                        watch.since = Some(event.last_frame_at.unwrap_or(event.at));
+                    }
+                }
+            }
+        }
+        let now = Utc::now();
+        for (id, camera) in &mut self.cameras {
+            let Some(watch) = camera.offline.as_mut() else {
+                continue;
+            };
+            let Some(since) = watch.since else {
+                continue;
+            };
+            if watch.declared || now.signed_duration_since(since) < watch.after {
+                continue;
+            }
+            watch.declared = true;
+            tracing::warn!(camera = %id, since = %since, "camera offline");
+            revisions.extend(self.engine.device_fault(&DeviceFault {
+                camera: id.clone(),
+                grid: watch.grid.clone(),
+                owner: watch.owner,
+                category: CAMERA_OFFLINE.into(),
+                since,
+                at: now,
+            }));
+        }
+        revisions
     }
 
     /// Runs until detection has stopped, then applies what waits and flushes the engine.
@@ -221,6 +322,10 @@ impl RulesAndRisk {
             }
             if last_tick.elapsed() >= POLL {
                 last_tick = Instant::now();
+                let revisions = self.watch_cameras();
+                if !revisions.is_empty() {
+                    self.commit(revisions)?;
+                }
                 self.advance_quiet_cameras()?;
                 if self.dirty && self.last_state.elapsed() >= STATE_EVERY {
                     self.commit(Vec::new())?;
@@ -380,6 +485,7 @@ mod tests {
                     seq: dispatch,
                     captured_at: DateTime::<Utc>::UNIX_EPOCH,
                     decoded_at: Instant::now(),
+                    skipped: 0,
                     width: 1,
                     height: 1,
                 },
