@@ -2,97 +2,16 @@
 //! after SIGKILL, sinks that block, sources that keep failing.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{config_in, free_port, repo, text};
-
-fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_skynet"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .args(extra)
-        .current_dir(repo())
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("skynet starts")
-}
-
-/// Runs `skynet run` with its stderr read as it comes (a pipe nobody reads would block its
-/// logging); the log so far is in the returned buffer.
-fn spawn_logged(
-    config: &Path,
-    extra: &[&str],
-) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
-    let mut child = spawn_run(config, extra, Stdio::null());
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = std::sync::Arc::clone(&log);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    (child, log)
-}
-
-/// SIGTERM, as a supervisor stops it; returns how it exited and everything it logged.
-fn terminate(
-    child: &mut Child,
-    log: &std::sync::Arc<std::sync::Mutex<String>>,
-) -> (std::process::ExitStatus, String) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    // The reader thread takes the last lines once the pipe closes.
-    std::thread::sleep(Duration::from_millis(200));
-    let text = log.lock().unwrap().clone();
-    (status, text)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-/// Polls until `check` holds, for up to `within`.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn stored_events(dir: &Path) -> Vec<skynet_emit::CloudEvent> {
-    skynet_emit::Outbox::open(&dir.join("outbox.sqlite"))
-        .and_then(|o| o.events())
-        .unwrap_or_default()
-}
+use common::{
+    RtspCamera, config_in, eventually, free_port, http_get, metric, spawn_logged, spawn_run,
+    stored_events, terminate, text,
+};
 
 fn lines_by_id(jsonl: &str) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut by_id: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -304,58 +223,6 @@ reconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.5 }}
     }
     // The process was stopped by the signal, with a camera failing: not a clean success.
     assert!(status.code().is_some(), "{stderr}");
-}
-
-/// GStreamer's RTSP server serving vtest.avi on `port`, from tests/support/rtsp_camera.py.
-struct RtspCamera {
-    child: Child,
-    // Kept open: the camera's stdout must not break under it.
-    _stdout: std::process::ChildStdout,
-}
-
-impl RtspCamera {
-    fn start(port: u16) -> Self {
-        let video = skynet::paths::data_dir().join("media/vtest.avi");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(repo().join("tests/support/rtsp_camera.py"))
-            .args([&port.to_string(), video.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the RTSP camera starts (python3-gi and gir1.2-gst-rtsp-server-1.0, from scripts/setup.sh)");
-        let mut stdout = child.stdout.take().unwrap();
-        let mut ready = [0u8; 6];
-        stdout
-            .read_exact(&mut ready)
-            .expect("the RTSP camera says it is ready");
-        assert_eq!(&ready, b"ready\n");
-        Self {
-            child,
-            _stdout: stdout,
-        }
-    }
-
-    /// Gone at once, like a camera that loses power.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RtspCamera {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn metric(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! its outputs moved into a test's directory.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -41,3 +44,153 @@ pub fn config_in(dir: &Path, camera: &str, listen: SocketAddr, more: &str) -> Pa
     std::fs::write(&path, format!("{config}\n{more}")).unwrap();
     path
 }
+
+/// As [`config_in`], without the demo's file camera: only the `cameras` given.
+pub fn live_config_in(dir: &Path, listen: SocketAddr, cameras: &str) -> PathBuf {
+    let path = config_in(dir, "", listen, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text.split("\n[[cameras]]").next().unwrap().to_string();
+    std::fs::write(&path, format!("{head}\n{cameras}")).unwrap();
+    path
+}
+
+pub fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(extra)
+        .current_dir(repo())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skynet starts")
+}
+
+/// Runs `skynet run` with its stderr read as it comes (a pipe nobody reads would block its
+/// logging); the log so far is in the returned buffer.
+pub fn spawn_logged(
+    config: &Path,
+    extra: &[&str],
+) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = spawn_run(config, extra, Stdio::null());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, log)
+}
+
+/// SIGTERM, as a supervisor stops it; returns how it exited and everything it logged.
+pub fn terminate(
+    child: &mut Child,
+    log: &std::sync::Arc<std::sync::Mutex<String>>,
+) -> (std::process::ExitStatus, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    // The reader thread takes the last lines once the pipe closes.
+    std::thread::sleep(Duration::from_millis(200));
+    let text = log.lock().unwrap().clone();
+    (status, text)
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Polls until `check` holds, for up to `within`.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+pub fn stored_events(dir: &Path) -> Vec<skynet_emit::CloudEvent> {
+    skynet_emit::Outbox::open(&dir.join("outbox.sqlite"))
+        .and_then(|o| o.events())
+        .unwrap_or_default()
+}
+
+/// GStreamer's RTSP server serving vtest.avi on `port`, from tests/support/rtsp_camera.py.
+pub struct RtspCamera {
+    pub child: Child,
+    // Kept open: the camera's stdout must not break under it.
+    _stdout: std::process::ChildStdout,
+}
+
+impl RtspCamera {
+    pub fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With more arguments for rtsp_camera.py (`--user NAME --password PW`, `--still`).
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let video = skynet::paths::data_dir().join("media/vtest.avi");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(repo().join("tests/support/rtsp_camera.py"))
+            .args([&port.to_string(), video.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the RTSP camera starts (python3-gi and gir1.2-gst-rtsp-server-1.0, from scripts/setup.sh)");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut ready = [0u8; 6];
+        stdout
+            .read_exact(&mut ready)
+            .expect("the RTSP camera says it is ready");
+        assert_eq!(&ready, b"ready\n");
+        Self {
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// Gone at once, like a camera that loses power.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspCamera {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
