@@ -69,10 +69,7 @@ fn truncated_and_garbled_files_are_survived() {
     .expect("damaged files do not stop the pipeline");
     // 100 intact frames, most of the truncated file (795 * 2/5 = 318 frames at most), and
     // the garbled file around its damage; only the file that is no video at all is given up.
-    assert!(
-        summary.frames_decoded >= 100 + 250 + 600,
-        "{summary:?}"
-    );
+    assert!(summary.frames_decoded >= 100 + 250 + 600, "{summary:?}");
     assert_eq!(
         summary.failed_cameras,
         vec![skynet_core::CameraId::new("cam-not-video")]

@@ -116,9 +116,14 @@ fn on_vtest_gating_changes_no_incident() {
     let off = tempfile::tempdir().unwrap();
     let (gated, analysed_gated) = incidents(on.path(), "");
     let (all, analysed_all) = incidents(off.path(), "motion = { enabled = false }");
-    eprintln!("vtest.avi: {analysed_gated} of {analysed_all} frames went to the detector with gating on");
+    eprintln!(
+        "vtest.avi: {analysed_gated} of {analysed_all} frames went to the detector with gating on"
+    );
     assert_eq!(analysed_all, 400);
     assert!(analysed_gated <= analysed_all);
     assert!(!all.is_empty());
-    assert_eq!(gated, all, "{analysed_gated} of {analysed_all} frames analysed with gating");
+    assert_eq!(
+        gated, all,
+        "{analysed_gated} of {analysed_all} frames analysed with gating"
+    );
 }

@@ -1276,4 +1276,93 @@ mod tests {
             .unwrap_or_default();
         assert!(!reason.contains("s3cret"), "{reason}");
     }
+
+    fn frames_of(mut options: GstSourceOptions) -> (GstSource, Vec<Frame>) {
+        options.start_at = Some("2026-01-01T08:00:00Z".parse().unwrap());
+        let mut source = GstSource::new(CameraId::new("cam-options"), options);
+        let (out, rx) = output(false);
+        let exit = source.run(&out, &Shutdown::new()).unwrap();
+        assert_eq!(exit, SourceExit::FrameLimit);
+        let frames = rx.channel().try_iter().collect();
+        (source, frames)
+    }
+
+    fn steps_ms(frames: &[Frame]) -> Vec<i64> {
+        frames
+            .windows(2)
+            .map(|w| (w[1].info.captured_at - w[0].info.captured_at).num_milliseconds())
+            .collect()
+    }
+
+    #[test]
+    fn frames_come_scaled_for_the_detector_at_the_analysis_rate() {
+        let mut options = GstSourceOptions::new(vtest().display().to_string());
+        options.max_frames = Some(6);
+        options.max_size = Some((416, 416));
+        options.fps = Some(2.0);
+        let (_, frames) = frames_of(options);
+        assert_eq!(frames.len(), 6);
+        for f in &frames {
+            // The camera's own size travels with the frame; the pixels fit the model.
+            assert_eq!((f.info.width, f.info.height), (768, 576));
+            assert_eq!((f.image.width, f.image.height), (416, 312));
+            assert!(f.image.data.len() >= f.image.stride * 311 + 416 * 3);
+        }
+        // vtest.avi runs at 10 frames/s: every fifth frame passes.
+        assert_eq!(steps_ms(&frames), vec![500; 5]);
+        let seqs: Vec<u64> = frames.iter().map(|f| f.info.seq).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_looped_file_plays_again_with_its_timeline_going_on() {
+        let mut options = GstSourceOptions::new(vtest().display().to_string());
+        options.max_frames = Some(800);
+        options.max_size = Some((160, 160));
+        options.loop_file = true;
+        let (_, frames) = frames_of(options);
+        assert_eq!(frames.len(), 800);
+        // 795 frames, then the first again, 100 ms after the last.
+        assert!(
+            steps_ms(&frames).iter().all(|s| *s == 100),
+            "{:?}",
+            &steps_ms(&frames)[790..]
+        );
+    }
+
+    #[test]
+    fn a_decoder_that_is_not_installed_gives_way_to_software() {
+        for choice in [
+            DecoderChoice::Software,
+            DecoderChoice::Element("nvh264dec".into()),
+            DecoderChoice::Auto,
+        ] {
+            let mut options = GstSourceOptions::new(vtest().display().to_string());
+            options.max_frames = Some(2);
+            options.decoder = choice.clone();
+            let (source, frames) = frames_of(options);
+            assert_eq!(frames.len(), 2);
+            assert_eq!(
+                source.reported_decoder,
+                Some(("avdec_msmpeg4".to_string(), false)),
+                "{choice:?}"
+            );
+        }
+        let factory = |name: &str| gst::ElementFactory::find(name).unwrap();
+        assert!(!is_hardware_decoder(&factory("avdec_h264")));
+        assert!(is_video_decoder(&factory("avdec_h264")));
+        assert!(!is_video_decoder(&factory("videoconvert")));
+    }
+
+    #[test]
+    fn ntp_reference_times_become_utc() {
+        let at = ntp_to_utc(gst::ClockTime::from_seconds(
+            NTP_UNIX_OFFSET_S + 1_700_000_000,
+        ));
+        assert_eq!(at.unwrap().timestamp(), 1_700_000_000);
+        assert_eq!(ntp_to_utc(gst::ClockTime::from_seconds(5)), None);
+        assert_eq!(fit_within(768, 576, 416, 416), Some((416, 312)));
+        assert_eq!(fit_within(576, 768, 416, 416), Some((312, 416)));
+        assert_eq!(fit_within(320, 240, 416, 416), None);
+    }
 }

@@ -75,7 +75,11 @@ latency_ms = 100
             && state_of(&metrics, "cam-b", "running") == 1.0
             && decoded(&metrics, "cam-a") >= 5.0
     });
-    assert!(running, "the cameras did not start:\n{metrics}\n{}", log.lock().unwrap());
+    assert!(
+        running,
+        "the cameras did not start:\n{metrics}\n{}",
+        log.lock().unwrap()
+    );
 
     // The server goes away for 10 s.
     camera_a.kill();
@@ -134,7 +138,9 @@ latency_ms = 100
     assert!(readyz.contains("\"detail\":\"running\""), "{readyz}");
     assert!(readyz.contains("\"last_frame_at\""), "{readyz}");
     assert!(
-        metrics.contains("skynet_camera_decoder{camera=\"cam-a\",decoder=\"avdec_h264\",hardware=\"false\"} 1"),
+        metrics.contains(
+            "skynet_camera_decoder{camera=\"cam-a\",decoder=\"avdec_h264\",hardware=\"false\"} 1"
+        ),
         "{metrics}"
     );
     assert!(status.success(), "exit {status:?}\n{log}");
@@ -218,7 +224,10 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
         "{readyz}"
     );
     for text in [&readyz, &metrics, &log] {
-        assert!(!text.contains("wr0ng-s3cret"), "the password leaked:\n{text}");
+        assert!(
+            !text.contains("wr0ng-s3cret"),
+            "the password leaked:\n{text}"
+        );
         assert!(!text.contains("right-pw"), "the password leaked:\n{text}");
     }
 }

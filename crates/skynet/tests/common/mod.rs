@@ -193,4 +193,3 @@ pub fn metric(metrics: &str, prefix: &str) -> f64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0)
 }
-
