@@ -1365,4 +1365,122 @@ mod tests {
         assert_eq!(fit_within(576, 768, 416, 416), Some((312, 416)));
         assert_eq!(fit_within(320, 240, 416, 416), None);
     }
+
+    /// A tiny HTTP server: `/mjpeg` streams `jpeg` as multipart/x-mixed-replace (an IP
+    /// camera's MJPEG), anything else is a file from `dir`.
+    fn http_server(dir: PathBuf, jpeg: Vec<u8>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (dir, jpeg) = (dir.clone(), jpeg.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request = String::new();
+                    let _ = reader.read_line(&mut request);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    if path == "/mjpeg" {
+                        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n");
+                        for _ in 0..200 {
+                            let head = format!(
+                                "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                                jpeg.len()
+                            );
+                            if stream.write_all(head.as_bytes()).is_err()
+                                || stream.write_all(&jpeg).is_err()
+                                || stream.write_all(b"\r\n").is_err()
+                            {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        return;
+                    }
+                    let file = dir.join(path.trim_start_matches('/'));
+                    let Ok(body) = std::fs::read(&file) else {
+                        let _ = stream
+                            .write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    };
+                    let kind = if path.ends_with(".m3u8") {
+                        "application/vnd.apple.mpegurl"
+                    } else {
+                        "video/mp2t"
+                    };
+                    let head = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                });
+            }
+        });
+        port
+    }
+
+    fn network_frames(uri: String, n: u64) -> Vec<Frame> {
+        let mut options = GstSourceOptions::new(uri);
+        options.max_frames = Some(n);
+        options.max_size = Some((416, 416));
+        options.stall_timeout = Some(Duration::from_secs(20));
+        let mut source = GstSource::new(CameraId::new("cam-http"), options);
+        let (out, rx) = output(true);
+        let exit = source.run(&out, &Shutdown::new()).unwrap();
+        assert_eq!(exit, SourceExit::FrameLimit);
+        rx.channel().try_iter().collect()
+    }
+
+    #[test]
+    fn an_mjpeg_camera_over_http_is_decoded() {
+        let jpeg = std::fs::read(skynet_core::config::data_dir().join("media/dog.jpg")).unwrap();
+        let port = http_server(PathBuf::from("/nonexistent"), jpeg);
+        let frames = network_frames(format!("http://127.0.0.1:{port}/mjpeg"), 5);
+        assert_eq!(frames.len(), 5);
+        // dog.jpg is 768x576.
+        assert_eq!((frames[0].info.width, frames[0].info.height), (768, 576));
+        assert_eq!((frames[0].image.width, frames[0].image.height), (416, 312));
+    }
+
+    #[test]
+    fn an_hls_stream_is_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("gst-launch-1.0")
+            .args([
+                "-q",
+                "videotestsrc",
+                "num-buffers=40",
+                "!",
+                "video/x-raw,width=320,height=240,framerate=10/1",
+                "!",
+                "x264enc",
+                "key-int-max=10",
+                "!",
+                "h264parse",
+                "!",
+                "hlssink2",
+                "target-duration=1",
+                "max-files=0",
+                "playlist-length=0",
+            ])
+            .arg(format!("location={}/seg%05d.ts", dir.path().display()))
+            .arg(format!(
+                "playlist-location={}/playlist.m3u8",
+                dir.path().display()
+            ))
+            .status()
+            .expect("gst-launch-1.0");
+        assert!(status.success());
+        let port = http_server(dir.path().to_path_buf(), Vec::new());
+        let frames = network_frames(format!("http://127.0.0.1:{port}/playlist.m3u8"), 15);
+        assert_eq!(frames.len(), 15);
+        assert_eq!((frames[0].info.width, frames[0].info.height), (320, 240));
+    }
 }

@@ -1,6 +1,6 @@
 //! Cameras that survive the street, tested on the `skynet` binary against real RTSP servers
-//! (GStreamer's, from tests/support/rtsp_camera.py): a server gone for 10 s, bad URIs and
-//! wrong passwords.
+//! (GStreamer's, from tests/support/rtsp_camera.py): a server gone for 10 s, bad URIs, a
+//! missing device and wrong passwords.
 
 use std::time::{Duration, Instant};
 
@@ -186,11 +186,23 @@ owner = "city_management"
 uri = "rtsp://127.0.0.1:{nothing}/cam"
 grid = "G-0102"
 reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
+
+[[cameras]]
+id = "cam-no-device"
+owner = "city_management"
+uri = "v4l2:///dev/video-skynet-missing"
+grid = "G-0102"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
 "#
         ),
     );
     let (mut child, log) = spawn_logged(&config, &[]);
-    let bad = ["cam-wrong-password", "cam-no-such-path", "cam-nobody-home"];
+    let bad = [
+        "cam-wrong-password",
+        "cam-no-such-path",
+        "cam-nobody-home",
+        "cam-no-device",
+    ];
     let mut metrics = String::new();
     let settled = eventually(Duration::from_secs(60), || {
         metrics = http_get(listen, "/metrics").unwrap_or_default();

@@ -1,0 +1,429 @@
+//! The camera stage's figures, each against a baseline measured in the same run:
+//!
+//! - `decode`: frames/s of decode + convert + scale (to the detector's 416x416, BGR) through
+//!   the pipeline's source, for vtest.avi and for a 1080p H.264 clip made with x264enc,
+//!   against `gst-launch-1.0 filesrc ! decodebin ! fakesink` decoding the same clip.
+//! - `cameras`: how many 1080p H.264 RTSP cameras one machine ingests at 5 frames/s analysis
+//!   with motion gating on, and the memory each costs.
+//! - `memory`: resident memory over time (default 10 minutes) with 8 cameras and a detector
+//!   slower than the cameras; the drift between the first and the last minute.
+//!
+//! `cargo bench --bench cameras` runs all three; `SKYNET_BENCH_PART=decode|cameras|memory`
+//! picks one, `SKYNET_BENCH_MEMORY_S` sets the memory run's length and
+//! `SKYNET_BENCH_CAMERAS=2,4,8` the camera counts tried.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skynet::{RunOptions, Services, pipeline};
+use skynet_core::{CameraId, Detection, Frame, OverloadPolicy, Shutdown, Watermark, stage_queue};
+use skynet_detect::{DetectError, Detector, ImageView};
+use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// The detector's input size: what the pipeline scales frames to.
+const MODEL_SIZE: (u32, u32) = (416, 416);
+
+fn main() {
+    let part = std::env::var("SKYNET_BENCH_PART").unwrap_or_else(|_| "all".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("skynet camera benchmark, {cores} cores");
+    let clip = clip_1080p();
+    if part == "all" || part == "decode" {
+        decode(&common::media("vtest.avi"), "vtest.avi 768x576 DivX", 1);
+        decode(&clip, "1080p H.264 (x264enc)", 1);
+        decode(&clip, "1080p H.264 (x264enc), 2 convert threads", 2);
+    }
+    if part == "all" || part == "cameras" {
+        cameras(&clip);
+    }
+    if part == "all" || part == "memory" {
+        memory(&clip);
+    }
+}
+
+/// vtest.avi scaled to 1920x1080 and encoded as H.264 in MP4 at 10 frames/s (795 frames),
+/// made once and kept under target/.
+fn clip_1080p() -> PathBuf {
+    let dir = common::repo().join("target/bench-media");
+    let path = dir.join("vtest-1080p.mp4");
+    if path.exists() {
+        return path;
+    }
+    std::fs::create_dir_all(&dir).expect("target/bench-media");
+    let partial = dir.join("vtest-1080p.mp4.part");
+    println!("  making the 1080p H.264 clip with x264enc (once)...");
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", common::media("vtest.avi").display()))
+        .args([
+            "!",
+            "decodebin",
+            "!",
+            "videoconvert",
+            "!",
+            "videoscale",
+            "!",
+            "video/x-raw,width=1920,height=1080,format=I420",
+            "!",
+            "x264enc",
+            "speed-preset=veryfast",
+            "bitrate=4000",
+            "key-int-max=20",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", partial.display()))
+        .status()
+        .expect("gst-launch-1.0 (gstreamer1.0-tools)");
+    assert!(status.success(), "making the clip failed");
+    std::fs::rename(&partial, &path).expect("rename");
+    path
+}
+
+/// Frames in `video`, and seconds `gst-launch-1.0 ... ! fakesink` takes to decode them.
+fn gst_launch_decode(video: &Path) -> (u64, f64) {
+    let started = Instant::now();
+    let output = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", video.display()))
+        .args([
+            "!",
+            "decodebin",
+            "!",
+            "fakesink",
+            "sync=false",
+            "silent=false",
+            "-v",
+        ])
+        .output()
+        .expect("gst-launch-1.0");
+    let seconds = started.elapsed().as_secs_f64();
+    // -v with silent=false prints one "chain" line per buffer reaching the fakesink.
+    let frames = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("fakesink0: last-message = chain"))
+        .count() as u64;
+    (frames, seconds)
+}
+
+/// Seconds the plain `gst-launch-1.0 filesrc ! decodebin ! fakesink` takes (no per-buffer
+/// printing), best of three.
+fn gst_launch_seconds(video: &Path) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("gst-launch-1.0")
+                .args(["-q", "filesrc"])
+                .arg(format!("location={}", video.display()))
+                .args(["!", "decodebin", "!", "fakesink", "sync=false"])
+                .status()
+                .expect("gst-launch-1.0");
+            assert!(status.success());
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Seconds from process start to a playing, empty pipeline: what gst-launch pays before its
+/// first frame, taken off its time so both sides count decoding only.
+fn gst_launch_startup() -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("gst-launch-1.0")
+                .args(["-q", "fakesrc", "num-buffers=1", "!", "fakesink"])
+                .status()
+                .expect("gst-launch-1.0");
+            assert!(status.success());
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Frames/s through the pipeline's source: decode, convert and scale to the model's size,
+/// mapped without a copy and queued. Best of three.
+fn source_fps(video: &Path, threads: u32) -> (u64, f64) {
+    let mut best = (0, 0.0f64);
+    for _ in 0..3 {
+        let (queue, rx) = stage_queue::<Frame>("bench", "bench", 4, OverloadPolicy::Block);
+        let out = FrameOutput::new(queue, Watermark::new(false));
+        let mut options = GstSourceOptions::new(video.display().to_string());
+        options.max_size = Some(MODEL_SIZE);
+        options.convert_threads = threads;
+        let mut source = GstSource::new(CameraId::new("bench"), options);
+        let started = Instant::now();
+        let producer = std::thread::spawn(move || {
+            source.run(&out, &Shutdown::new()).expect("decode");
+        });
+        let n = rx.iter().count() as u64;
+        producer.join().expect("decoder thread");
+        let fps = n as f64 / started.elapsed().as_secs_f64();
+        if fps > best.1 {
+            best = (n, fps);
+        }
+    }
+    best
+}
+
+fn decode(video: &Path, name: &str, threads: u32) {
+    let (frames, _) = gst_launch_decode(video);
+    let startup = gst_launch_startup();
+    let launch = gst_launch_seconds(video);
+    let launch_fps = frames as f64 / (launch - startup).max(1e-3);
+    let (n, ours) = source_fps(video, threads);
+    println!("  {name}: {frames} frames");
+    println!(
+        "    gst-launch-1.0 decodebin ! fakesink      {launch_fps:8.1} frames/s  ({launch:.2} s, less {startup:.2} s start-up)"
+    );
+    println!(
+        "    skynet source, decode+convert+scale   {ours:8.1} frames/s  ({n} frames to {}x{} BGR)",
+        MODEL_SIZE.0, MODEL_SIZE.1
+    );
+    println!(
+        "    skynet / gst-launch                   {:8.2}",
+        ours / launch_fps
+    );
+}
+
+/// Finds nothing, after `delay`.
+struct NullDetector {
+    delay: Duration,
+}
+
+impl Detector for NullDetector {
+    fn detect(&mut self, _image: &ImageView<'_>) -> Result<Vec<Detection>, DetectError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// GStreamer's RTSP server sending `clip` as it is (no re-encoding) on /cam0 .. /cam{n-1}.
+struct Server {
+    child: Child,
+    _stdout: std::process::ChildStdout,
+}
+
+impl Server {
+    fn start(port: u16, clip: &Path, mounts: usize) -> Self {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(common::repo().join("tests/support/rtsp_camera.py"))
+            .args([&port.to_string(), clip.to_str().expect("path"), "--h264"])
+            .args(["--mounts", &mounts.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tests/support/rtsp_camera.py (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut ready = [0u8; 6];
+        stdout.read_exact(&mut ready).expect("ready");
+        Self {
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of a process, from its /proc stat file.
+fn cpu_seconds(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let fields: Vec<&str> = text
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command: state is field 0, utime 11, stime 12; 100 ticks per second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+fn config_for(dir: &Path, port: u16, cameras: usize, fps: f64) -> skynet::PipelineConfig {
+    let mut text = common::vtest_config(dir, "unused", common::NOBODY, 1);
+    // Only the RTSP cameras below.
+    text.truncate(text.find("[[cameras]]").expect("a camera table"));
+    for n in 0..cameras {
+        text.push_str(&format!(
+            "\n[[cameras]]\nid = \"cam{n}\"\nowner = \"police\"\nuri = \"rtsp://127.0.0.1:{port}/cam{n}\"\ngrid = \"G-0101\"\nfps = {fps}\n"
+        ));
+    }
+    common::pipeline_config(dir, &text)
+}
+
+/// Runs `cameras` RTSP cameras for `seconds` with `workers` detectors of `delay` each;
+/// `sample` is called every second with the seconds since the start.
+fn run_cameras(
+    clip: &Path,
+    cameras: usize,
+    seconds: f64,
+    delay: Duration,
+    workers: usize,
+    mut sample: impl FnMut(f64, &Server),
+) -> (skynet::RunSummary, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let server = Server::start(port, clip, cameras);
+    let config = config_for(dir.path(), port, cameras, 5.0);
+    let services = Arc::new(Services::start(None).expect("services"));
+    let shutdown = Shutdown::new();
+    let detectors: Vec<Box<dyn Detector>> = (0..workers)
+        .map(|_| Box::new(NullDetector { delay }) as Box<dyn Detector>)
+        .collect();
+    let options = RunOptions {
+        shutdown: shutdown.clone(),
+        services: Some(Arc::clone(&services)),
+        detectors: Some(detectors),
+        wait_for_shutdown: true,
+    };
+    let run = std::thread::spawn(move || pipeline::run(&config, options));
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        sample(started.elapsed().as_secs_f64(), &server);
+    }
+    let metrics = services.metrics.render();
+    shutdown.trigger();
+    let summary = run.join().expect("pipeline thread").expect("pipeline");
+    (summary, metrics)
+}
+
+fn per_camera(metrics: &str, name: &str) -> Vec<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{camera=\"cam")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn cameras(clip: &Path) {
+    let counts: Vec<usize> = std::env::var("SKYNET_BENCH_CAMERAS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 8, 12, 16, 20, 24]);
+    let seconds = 30.0;
+    println!(
+        "  1080p H.264 RTSP cameras at 5 frames/s analysis, motion gating on, {seconds} s each:"
+    );
+    println!("    cameras  frames/s per camera (min, mean)  skynet CPU  server CPU  resident MiB");
+    let baseline_rss = resident_mib();
+    for n in counts {
+        let own = cpu_seconds("/proc/self/stat");
+        let mut server_cpu = (0.0, 0.0);
+        let mut warm = None;
+        let mut rss = 0.0f64;
+        let (_, metrics) = run_cameras(clip, n, seconds, Duration::ZERO, 1, |t, server| {
+            // The first 10 s connect and fill buffers; measure after.
+            if t >= 10.0 && warm.is_none() {
+                warm = Some((Instant::now(), cpu_seconds("/proc/self/stat")));
+                server_cpu.0 = server.cpu_seconds();
+            }
+            server_cpu.1 = server.cpu_seconds();
+            rss = rss.max(resident_mib());
+        });
+        let _ = own;
+        let decoded = per_camera(&metrics, "skynet_frames_decoded_total");
+        let (min, mean) = if decoded.len() == n {
+            (
+                decoded.iter().copied().fold(f64::INFINITY, f64::min) / seconds,
+                decoded.iter().sum::<f64>() / n as f64 / seconds,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let (cpu, server) = match warm {
+            Some((at, cpu)) => {
+                let span = at.elapsed().as_secs_f64().max(1e-3);
+                (
+                    (cpu_seconds("/proc/self/stat") - cpu) / span,
+                    (server_cpu.1 - server_cpu.0) / span,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        println!(
+            "    {n:7}  {min:9.2} {mean:9.2}                  {:7.0} %   {:7.0} %   {rss:8.1} (+{:.1} per camera)",
+            cpu * 100.0,
+            server * 100.0,
+            (rss - baseline_rss) / n as f64
+        );
+    }
+}
+
+fn memory(clip: &Path) {
+    let seconds: f64 = std::env::var("SKYNET_BENCH_MEMORY_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600.0);
+    println!(
+        "  memory: 8 cameras (1080p H.264 RTSP, 5 frames/s analysis) and one detector taking 250 ms a frame, {seconds} s:"
+    );
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let (summary, metrics) =
+        run_cameras(clip, 8, seconds, Duration::from_millis(250), 1, |t, _| {
+            samples.push((t, resident_mib()));
+            if (t as u64).is_multiple_of(60) {
+                println!("    {t:5.0} s  {:8.1} MiB", resident_mib());
+            }
+        });
+    let minute = |from: f64, to: f64| {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, m)| *m)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    // The first minute connects and fills the queues; compare the second with the last.
+    let first = minute(60.0, 120.0);
+    let last = minute(seconds - 60.0, seconds + 1.0);
+    let dropped: f64 = per_camera(&metrics, "skynet_frames_dropped_total")
+        .iter()
+        .sum();
+    println!(
+        "    resident memory, minute 2 {first:.1} MiB, last minute {last:.1} MiB: drift {:+.1} %",
+        (last - first) / first * 100.0
+    );
+    println!(
+        "    {} frames decoded, {} analysed, {dropped} dropped oldest-first",
+        summary.frames_decoded, summary.frames_analysed
+    );
+}
