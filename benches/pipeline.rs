@@ -30,6 +30,8 @@ fn decode_alone(video: &Path, frames: u64, keep: usize) -> (f64, Vec<Frame>) {
         skynet_core::CameraId::new("bench"),
         GstSourceOptions {
             max_frames: Some(frames),
+            // As the pipeline does: converted and scaled to the model's input in one step.
+            max_size: Some((416, 416)),
             ..GstSourceOptions::new(video.display().to_string())
         },
     );
@@ -81,7 +83,7 @@ fn inference_alone(
         })
         .collect();
     let per_worker = frames / workers as u64;
-    let size = (input.info.width, input.info.height);
+    let size = (input.image.width, input.image.height);
     let mut prepared = Vec::new();
     for mut d in detectors {
         let geometry = d.preprocess(&ImageView::of_frame(input).expect("frame"));

@@ -59,6 +59,13 @@ fn metrics_name_every_stage_and_are_served_over_http() {
         "skynet_incidents_emitted_total{sink=\"jsonl\"}",
         "skynet_outbox_pending{sink=\"jsonl\"} 0",
         "# HELP skynet_inference_seconds Model inference time per frame, per model.",
+        // The file played out: the camera is stopped, not up, and said which decoder it used.
+        "skynet_camera_state{camera=\"cam-metrics\",state=\"stopped\"} 1",
+        "skynet_camera_state{camera=\"cam-metrics\",state=\"running\"} 0",
+        "skynet_camera_up{camera=\"cam-metrics\"} 0",
+        "skynet_camera_decoder{camera=\"cam-metrics\",decoder=\"avdec_msmpeg4\",hardware=\"false\"} 1",
+        "# HELP skynet_camera_state",
+        "# HELP skynet_frames_skipped_total",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }

@@ -136,6 +136,34 @@ pub fn describe_metrics() {
         "Decoded frames skipped as malformed, per camera."
     );
     describe_counter!(
+        "skynet_frames_dropped_total",
+        "Frames lost, per camera and reason: overload (the oldest dropped for a newer one), invalid (malformed)."
+    );
+    describe_counter!(
+        "skynet_frames_skipped_total",
+        "Frames kept from the detector on purpose, per camera and reason: static (motion gating), rate (above the camera's analysis fps)."
+    );
+    describe_gauge!(
+        "skynet_camera_up",
+        "1 while a camera's frames flow, else 0."
+    );
+    describe_gauge!(
+        "skynet_camera_state",
+        "1 for a camera's current state (starting, running, stalled, retrying, stopped), 0 for the others."
+    );
+    describe_counter!(
+        "skynet_camera_reconnects_total",
+        "Reconnection attempts, per camera."
+    );
+    describe_gauge!(
+        "skynet_camera_decoder",
+        "1 for the video decoder a camera uses, with whether it is hardware."
+    );
+    describe_counter!(
+        "skynet_camera_events_dropped_total",
+        "Camera state-change notifications lost because nobody read them, per camera."
+    );
+    describe_counter!(
         "skynet_frames_analysed_total",
         "Frames that went through detection, per camera."
     );
@@ -145,7 +173,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_frame_gaps_total",
-        "Frames missing between two analysed frames of a camera (dropped under overload), per camera."
+        "Frames missing between two analysed frames of a camera (dropped under overload; frames skipped on purpose are not gaps), per camera."
     );
     describe_counter!(
         "skynet_queue_dropped_total",

@@ -153,6 +153,29 @@ fn bad_sources_are_retried_with_a_clear_error_and_never_show_the_password() {
     let port = free_port().port();
     let nothing = free_port().port();
     let _camera = RtspCamera::start_with(port, &["--user", "admin", "--password", "right-pw"]);
+    let bad_cameras = [
+        (
+            "cam-wrong-password",
+            format!("rtsp://admin:wr0ng-s3cret@127.0.0.1:{port}/cam"),
+        ),
+        (
+            "cam-no-such-path",
+            format!("rtsp://admin:wr0ng-s3cret@127.0.0.1:{port}/no-such-stream"),
+        ),
+        ("cam-nobody-home", format!("rtsp://127.0.0.1:{nothing}/cam")),
+        (
+            "cam-no-device",
+            "v4l2:///dev/video-skynet-missing".to_string(),
+        ),
+    ];
+    let tables: String = bad_cameras
+        .iter()
+        .map(|(id, uri)| {
+            format!(
+                "\n[[cameras]]\nid = \"{id}\"\nowner = \"city_management\"\nuri = \"{uri}\"\ngrid = \"G-0102\"\nreconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}\n"
+            )
+        })
+        .collect();
     let config = live_config_in(
         dir.path(),
         listen,
@@ -165,44 +188,11 @@ uri = "rtsp://127.0.0.1:{port}/cam"
 user = "admin"
 password = "right-pw"
 grid = "G-0101"
-
-[[cameras]]
-id = "cam-wrong-password"
-owner = "police"
-uri = "rtsp://admin:wr0ng-s3cret@127.0.0.1:{port}/cam"
-grid = "G-0101"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
-
-[[cameras]]
-id = "cam-no-such-path"
-owner = "city_management"
-uri = "rtsp://admin:wr0ng-s3cret@127.0.0.1:{port}/no-such-stream"
-grid = "G-0102"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
-
-[[cameras]]
-id = "cam-nobody-home"
-owner = "city_management"
-uri = "rtsp://127.0.0.1:{nothing}/cam"
-grid = "G-0102"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
-
-[[cameras]]
-id = "cam-no-device"
-owner = "city_management"
-uri = "v4l2:///dev/video-skynet-missing"
-grid = "G-0102"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
-"#
+{tables}"#
         ),
     );
     let (mut child, log) = spawn_logged(&config, &[]);
-    let bad = [
-        "cam-wrong-password",
-        "cam-no-such-path",
-        "cam-nobody-home",
-        "cam-no-device",
-    ];
+    let bad = bad_cameras.map(|(id, _)| id);
     let mut metrics = String::new();
     let settled = eventually(Duration::from_secs(60), || {
         metrics = http_get(listen, "/metrics").unwrap_or_default();
