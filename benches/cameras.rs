@@ -252,13 +252,21 @@ fn resident_mib() -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
+/// Camera ids are unique per run: the metrics recorder lives as long as the process.
+static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn config_runs() -> usize {
+    RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn config_for(dir: &Path, port: u16, cameras: usize, fps: f64) -> skynet::PipelineConfig {
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut text = common::vtest_config(dir, "unused", common::NOBODY, 1);
     // Only the RTSP cameras below.
     text.truncate(text.find("[[cameras]]").expect("a camera table"));
     for n in 0..cameras {
         text.push_str(&format!(
-            "\n[[cameras]]\nid = \"cam{n}\"\nowner = \"police\"\nuri = \"rtsp://127.0.0.1:{port}/cam{n}\"\ngrid = \"G-0101\"\nfps = {fps}\n"
+            "\n[[cameras]]\nid = \"cam{n}-run{run}\"\nowner = \"police\"\nuri = \"rtsp://127.0.0.1:{port}/cam{n}\"\ngrid = \"G-0101\"\nfps = {fps}\n"
         ));
     }
     common::pipeline_config(dir, &text)
@@ -304,10 +312,13 @@ fn run_cameras(
     (summary, metrics)
 }
 
+/// A metric's values for the cameras of the last run (whose ids end in `-run<N>`).
 fn per_camera(metrics: &str, name: &str) -> Vec<f64> {
+    let run = config_runs().saturating_sub(1);
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{camera=\"cam")))
+        .filter(|l| l.contains(&format!("-run{run}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect()
 }
@@ -317,53 +328,89 @@ fn cameras(clip: &Path) {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 4, 8, 12, 16, 20, 24]);
-    let seconds = 30.0;
+    if let [n] = counts[..]
+        && std::env::var_os("SKYNET_BENCH_CHILD").is_some()
+    {
+        cameras_once(clip, n);
+        return;
+    }
     println!(
-        "  1080p H.264 RTSP cameras at 5 frames/s analysis, motion gating on, {seconds} s each:"
+        "  1080p H.264 RTSP cameras at 5 frames/s analysis, motion gating on, {CAMERA_SECONDS} s each, each count in a fresh process:"
     );
-    println!("    cameras  frames/s per camera (min, mean)  skynet CPU  server CPU  resident MiB");
-    let baseline_rss = resident_mib();
+    println!(
+        "    cameras  frames/s per camera (min, mean)  skynet CPU  server CPU  resident MiB (per camera above one)"
+    );
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let mut one = None;
     for n in counts {
-        let own = cpu_seconds("/proc/self/stat");
-        let mut server_cpu = (0.0, 0.0);
-        let mut warm = None;
-        let mut rss = 0.0f64;
-        let (_, metrics) = run_cameras(clip, n, seconds, Duration::ZERO, 1, |t, server| {
-            // The first 10 s connect and fill buffers; measure after.
-            if t >= 10.0 && warm.is_none() {
-                warm = Some((Instant::now(), cpu_seconds("/proc/self/stat")));
-                server_cpu.0 = server.cpu_seconds();
-            }
-            server_cpu.1 = server.cpu_seconds();
-            rss = rss.max(resident_mib());
-        });
-        let _ = own;
-        let decoded = per_camera(&metrics, "skynet_frames_decoded_total");
-        let (min, mean) = if decoded.len() == n {
-            (
-                decoded.iter().copied().fold(f64::INFINITY, f64::min) / seconds,
-                decoded.iter().sum::<f64>() / n as f64 / seconds,
-            )
-        } else {
-            (0.0, 0.0)
+        let output = Command::new(&exe)
+            .arg("--bench")
+            .env("SKYNET_BENCH_PART", "cameras")
+            .env("SKYNET_BENCH_CAMERAS", n.to_string())
+            .env("SKYNET_BENCH_CHILD", "1")
+            .stderr(Stdio::null())
+            .output()
+            .expect("the benchmark runs itself");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+            println!("    {n:7}  (no result: exit {:?})", output.status);
+            continue;
         };
-        let (cpu, server) = match warm {
-            Some((at, cpu)) => {
-                let span = at.elapsed().as_secs_f64().max(1e-3);
-                (
-                    (cpu_seconds("/proc/self/stat") - cpu) / span,
-                    (server_cpu.1 - server_cpu.0) / span,
-                )
-            }
-            None => (0.0, 0.0),
+        let v: Vec<f64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
+        let [min, mean, cpu, server, rss] = v[..] else {
+            continue;
+        };
+        let base = *one.get_or_insert(rss);
+        let per = if n > 1 {
+            format!("(+{:.1})", (rss - base) / (n as f64 - 1.0))
+        } else {
+            String::new()
         };
         println!(
-            "    {n:7}  {min:9.2} {mean:9.2}                  {:7.0} %   {:7.0} %   {rss:8.1} (+{:.1} per camera)",
+            "    {n:7}  {min:9.2} {mean:9.2}                  {:7.0} %   {:7.0} %   {rss:8.1} {per}",
             cpu * 100.0,
             server * 100.0,
-            (rss - baseline_rss) / n as f64
         );
     }
+}
+
+const CAMERA_SECONDS: f64 = 30.0;
+
+/// One camera count, in this process; prints `RESULT min mean cpu server rss`.
+fn cameras_once(clip: &Path, n: usize) {
+    let seconds = CAMERA_SECONDS;
+    let mut server_cpu = (0.0, 0.0);
+    let mut warm = None;
+    let mut rss = 0.0f64;
+    let (_, metrics) = run_cameras(clip, n, seconds, Duration::ZERO, 1, |t, server| {
+        // The first 10 s connect and fill buffers; measure after.
+        if t >= 10.0 && warm.is_none() {
+            warm = Some((Instant::now(), cpu_seconds("/proc/self/stat")));
+            server_cpu.0 = server.cpu_seconds();
+        }
+        server_cpu.1 = server.cpu_seconds();
+        rss = rss.max(resident_mib());
+    });
+    let decoded = per_camera(&metrics, "skynet_frames_decoded_total");
+    let (min, mean) = if decoded.len() == n {
+        (
+            decoded.iter().copied().fold(f64::INFINITY, f64::min) / seconds,
+            decoded.iter().sum::<f64>() / n as f64 / seconds,
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    let (cpu, server) = match warm {
+        Some((at, cpu)) => {
+            let span = at.elapsed().as_secs_f64().max(1e-3);
+            (
+                (cpu_seconds("/proc/self/stat") - cpu) / span,
+                (server_cpu.1 - server_cpu.0) / span,
+            )
+        }
+        None => (0.0, 0.0),
+    };
+    println!("RESULT {min} {mean} {cpu} {server} {rss}");
 }
 
 fn memory(clip: &Path) {

@@ -66,6 +66,11 @@ pub struct GstSourceConfig {
     /// decoder that fails falls back to software.
     #[serde(default)]
     pub decoder: DecoderChoice,
+    /// Threads of a software decoder (0: one per core). Default: 1 for a live camera (it
+    /// decodes at its own rate, and many cameras share the cores; each thread holds frames),
+    /// 0 for a file (replayed as fast as possible).
+    #[serde(default)]
+    pub decode_threads: Option<u32>,
 }
 
 fn default_stall_timeout() -> f64 {
@@ -139,6 +144,7 @@ impl std::fmt::Debug for GstSourceConfig {
             .field("user", &self.user.as_ref().map(|_| "<set>"))
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("decoder", &self.decoder)
+            .field("decode_threads", &self.decode_threads)
             .finish()
     }
 }
@@ -236,6 +242,7 @@ impl GstSourceConfig {
             user: None,
             password: None,
             decoder: DecoderChoice::default(),
+            decode_threads: None,
         }
     }
 }
@@ -314,6 +321,14 @@ impl SourceConfig for GstSourceConfig {
         )?;
         check_range("stall_timeout_s", self.stall_timeout_s, 0.5, 3600.0)?;
         check_range("timeout_s", self.timeout_s, 0.5, 600.0)?;
+        if let Some(threads) = self.decode_threads
+            && threads > 256
+        {
+            return Err(FieldError::new(
+                "decode_threads",
+                format!("`decode_threads` must be between 0 and 256, got {threads}"),
+            ));
+        }
         if self.latency_ms > 10_000 {
             return Err(FieldError::new(
                 "latency_ms",
@@ -438,6 +453,9 @@ impl SourceConfig for GstSourceConfig {
             decoder: self.decoder.clone(),
             fps: delivery.fps,
             max_size: delivery.max_size,
+            decode_threads: self
+                .decode_threads
+                .unwrap_or(if self.is_live() { 1 } else { 0 }),
             ..GstSourceOptions::new(self.uri.clone())
         };
         // Fails now, not at the first connection, on a path that cannot be a URI.

@@ -64,6 +64,8 @@ pub struct GstSourceOptions {
     pub decoder: DecoderChoice,
     /// At most this many frames per second passed on; `None`: all.
     pub fps: Option<f64>,
+    /// Threads of a software decoder; 0: as many as it likes.
+    pub decode_threads: u32,
     /// Frames larger than this are scaled down to fit, keeping their aspect ratio.
     pub max_size: Option<(u32, u32)>,
 }
@@ -87,6 +89,7 @@ impl GstSourceOptions {
             decoder: DecoderChoice::default(),
             fps: None,
             max_size: None,
+            decode_threads: 0,
         }
     }
 }
@@ -109,6 +112,7 @@ impl std::fmt::Debug for GstSourceOptions {
             .field("decoder", &self.decoder)
             .field("fps", &self.fps)
             .field("max_size", &self.max_size)
+            .field("decode_threads", &self.decode_threads)
             .finish()
     }
 }
@@ -420,10 +424,18 @@ impl GstSource {
         };
         {
             let decoder_in_use = decoder_in_use.clone();
+            let threads = self.options.decode_threads;
             pipeline.connect_deep_element_added(move |_, _, element| {
                 if let Some(factory) = element.factory()
                     && is_video_decoder(&factory)
                 {
+                    // libav's decoders take a thread per core by default, each holding frames:
+                    // one camera among many needs neither.
+                    if threads > 0
+                        && element.has_property_with_type("max-threads", i32::static_type())
+                    {
+                        element.set_property("max-threads", i32::try_from(threads).unwrap_or(1));
+                    }
                     decoder_in_use.set(factory.name().to_string(), is_hardware_decoder(&factory));
                 }
             });
@@ -1436,6 +1448,7 @@ mod tests {
         options.max_frames = Some(n);
         options.max_size = Some((416, 416));
         options.stall_timeout = Some(Duration::from_secs(20));
+        options.decode_threads = 1;
         let mut source = GstSource::new(CameraId::new("cam-http"), options);
         let (out, rx) = output(true);
         let exit = source.run(&out, &Shutdown::new()).unwrap();
