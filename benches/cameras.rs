@@ -33,7 +33,10 @@ fn main() {
     let part = std::env::var("SKYNET_BENCH_PART").unwrap_or_else(|_| "all".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("skynet camera benchmark, {cores} cores");
-    let clip = clip_1080p();
+    // SKYNET_BENCH_CLIP: another H.264 MP4 to serve (a longer one, say).
+    let clip = std::env::var_os("SKYNET_BENCH_CLIP")
+        .map(PathBuf::from)
+        .unwrap_or_else(clip_1080p);
     if part == "all" || part == "decode" {
         decode(&common::media("vtest.avi"), "vtest.avi 768x576 DivX", 1);
         decode(
