@@ -198,6 +198,8 @@ const FIRST_FRAME_GRACE: Duration = Duration::from_secs(20);
 /// A running stream quiet for this long (or half its stall timeout, if shorter) is `stalled`.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 const PULL_TIMEOUT: Duration = Duration::from_millis(100);
+/// A live frame's time further than this from its arrival is not believed.
+const MAX_CLOCK_SKEW_MS: i64 = 10_000;
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
 const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
 
@@ -497,20 +499,30 @@ impl GstSource {
                 tracing::warn!(camera = %camera, error = ?e, "could not link the decoded video pad");
             }
         });
+        // A live stream runs on the realtime clock, so running times map to wall-clock times.
+        let realtime = is_network_uri(uri);
+        if realtime {
+            let clock = glib::Object::builder::<gst::SystemClock>()
+                .property("clock-type", gst::ClockType::Realtime)
+                .build();
+            pipeline.use_clock(Some(&clock));
+        }
         Ok(Connection {
             pipeline,
             sink,
             convert,
             rate: rate.map(|(rate, _)| rate),
+            realtime,
         })
     }
 
-    /// Event time of a frame with timestamp `pts`, from a connection made at `connected_at`;
-    /// `reference` is the capture time the stream itself gave (RTCP sender reports, RFC 7273).
+    /// Event time of a frame with timestamp `pts` (running time), on a connection whose
+    /// running time 0 was the wall-clock time `running_zero`; `reference` is the capture time
+    /// the stream itself gave (an NTP reference timestamp meta).
     fn event_time(
         &mut self,
         pts: Option<gst::ClockTime>,
-        connected_at: DateTime<Utc>,
+        running_zero: DateTime<Utc>,
         reference: Option<DateTime<Utc>>,
     ) -> DateTime<Utc> {
         if let Some(clock) = &mut self.file_clock {
@@ -526,14 +538,15 @@ impl GstSource {
             }
             return at;
         }
-        if let Some(at) = reference {
-            return at;
-        }
-        match pts {
-            Some(pts) => offset_time(connected_at, pts),
+        let now = Utc::now();
+        let at = reference.or_else(|| pts.map(|pts| offset_time(running_zero, pts)));
+        match at {
+            // A camera clock far off (never set, wrong zone) must not move its frames hours
+            // away: the arrival time is then the better guess.
+            Some(at) if (at - now).num_milliseconds().abs() <= MAX_CLOCK_SKEW_MS => at,
             // Without a timestamp the arrival time is the best there is; a fixed fallback
             // would freeze the camera's time.
-            None => Utc::now(),
+            _ => now,
         }
     }
 
@@ -657,7 +670,16 @@ impl GstSource {
         out: &FrameOutput,
         stop: &Shutdown,
     ) -> Result<SourceExit, IngestError> {
-        let connected_at = Utc::now();
+        // With the pipeline on the realtime clock, running time 0 is the base time as a wall
+        // time: a frame's capture time is that plus its timestamp (which, with RTCP sender
+        // reports, rtspsrc's NTP sync has set from the sender's clock).
+        let running_zero = connection
+            .realtime
+            .then(|| connection.pipeline.base_time())
+            .flatten()
+            .and_then(|base| i64::try_from(base.nseconds()).ok())
+            .map(DateTime::from_timestamp_nanos)
+            .unwrap_or_else(Utc::now);
         let camera = self.camera.to_string();
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
         let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera.clone());
@@ -673,6 +695,7 @@ impl GstSource {
             sink,
             convert,
             rate,
+            ..
         } = connection;
         loop {
             if stop.is_triggered() {
@@ -733,7 +756,7 @@ impl GstSource {
                 continue;
             }
             let reference = buffer.and_then(reference_time);
-            let captured_at = self.event_time(pts, connected_at, reference);
+            let captured_at = self.event_time(pts, running_zero, reference);
             // One malformed frame is skipped and counted; the stream goes on.
             let frame = match self.frame_from(&sample, captured_at, native_size(convert)) {
                 Ok(frame) => frame,
@@ -806,6 +829,8 @@ struct Connection {
     convert: gst::Element,
     /// Counts the frames it dropped to hold the analysis rate.
     rate: Option<gst::Element>,
+    /// The pipeline runs on the realtime clock (live streams).
+    realtime: bool,
 }
 
 /// The pixels of a mapped video frame, held by the [`Frame`] itself until the last stage is
@@ -881,6 +906,10 @@ fn configure_source(
         element.set_property("latency", options.latency_ms);
         element.set_property("tcp-timeout", micros);
         element.set_property("timeout", micros);
+        // Frame times from the sender's clock (RTCP sender reports), where it is within 3 s of
+        // ours; beyond that the arrival time is kept.
+        element.set_property("ntp-sync", true);
+        element.set_property("max-ts-offset", 3_000_000_000i64);
         if element.has_property("add-reference-timestamp-meta") {
             element.set_property("add-reference-timestamp-meta", true);
         }
@@ -1500,5 +1529,59 @@ mod tests {
         let frames = network_frames(format!("http://127.0.0.1:{port}/playlist.m3u8"), 15);
         assert_eq!(frames.len(), 15);
         assert_eq!((frames[0].info.width, frames[0].info.height), (320, 240));
+    }
+
+    /// GStreamer's RTSP server (tests/support/rtsp_camera.py) serving vtest.avi.
+    struct RtspServer(std::process::Child);
+
+    impl RtspServer {
+        fn start() -> (Self, u16) {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/rtsp_camera.py");
+            let mut child = std::process::Command::new("/usr/bin/python3")
+                .arg(script)
+                .args([port.to_string(), vtest().display().to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3-gi and gir1.2-gst-rtsp-server-1.0 (scripts/setup.sh)");
+            let mut ready = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut ready)
+                .unwrap();
+            assert_eq!(ready, "ready\n");
+            (Self(child), port)
+        }
+    }
+
+    impl Drop for RtspServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn an_rtsp_camera_is_timed_by_the_wall_clock_of_its_capture() {
+        let (_server, port) = RtspServer::start();
+        let before = Utc::now();
+        let frames = network_frames(format!("rtsp://127.0.0.1:{port}/cam"), 12);
+        let after = Utc::now();
+        assert_eq!(frames.len(), 12);
+        for f in &frames {
+            let t = f.info.captured_at;
+            // Captured after the test began (less the jitter buffer), and not in the future.
+            assert!(
+                t >= before - chrono::Duration::seconds(1) && t <= after,
+                "{t} not within {before} .. {after}"
+            );
+        }
+        // 10 frames/s, each later than the one before.
+        let steps = steps_ms(&frames);
+        assert!(steps.iter().all(|s| (40..=250).contains(s)), "{steps:?}");
     }
 }
