@@ -30,6 +30,8 @@ mod common;
 const MODEL_SIZE: (u32, u32) = (416, 416);
 
 fn main() {
+    // As the `skynet` binary does.
+    skynet::memory::limit_malloc_arenas();
     let part = std::env::var("SKYNET_BENCH_PART").unwrap_or_else(|_| "all".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("skynet camera benchmark, {cores} cores");
@@ -440,15 +442,22 @@ fn memory(clip: &Path) {
             .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    // The first minute connects and fills the queues; compare the second with the last.
-    let first = minute(60.0, 120.0);
+    // The first two minutes connect, fill the queues and the decoders' pools; compare the
+    // third minute with the last, and the second too.
+    let second = minute(60.0, 120.0);
+    let third = minute(120.0, 180.0);
     let last = minute(seconds - 60.0, seconds + 1.0);
     let dropped: f64 = per_camera(&metrics, "skynet_frames_dropped_total")
         .iter()
         .sum();
+    let drift = |from: f64| (last - from) / from * 100.0;
     println!(
-        "    resident memory, minute 2 {first:.1} MiB, last minute {last:.1} MiB: drift {:+.1} %",
-        (last - first) / first * 100.0
+        "    resident memory: minute 2 {second:.1} MiB, minute 3 {third:.1} MiB, last minute {last:.1} MiB"
+    );
+    println!(
+        "    drift from minute 3 to the last {:+.1} % (from minute 2 {:+.1} %)",
+        drift(third),
+        drift(second)
     );
     println!(
         "    {} frames decoded, {} analysed, {dropped} dropped oldest-first",

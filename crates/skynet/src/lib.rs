@@ -5,9 +5,11 @@
 //! - [`pipeline`]: the threads and bounded queues from cameras to sinks.
 //! - [`components`]: the registry of source, rule and sink kinds.
 //! - [`paths`]: where set-up puts the runtime, models and media.
+//! - [`memory`]: allocator settings that keep memory flat with many cameras.
 
 pub mod components;
 pub mod config;
+pub mod memory;
 pub mod paths;
 pub mod pipeline;
 

@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    skynet::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
