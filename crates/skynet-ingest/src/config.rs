@@ -718,4 +718,66 @@ mod tests {
         assert!(!live("C:/v.avi", false));
         assert!(live("/v.avi", true));
     }
+
+    #[test]
+    fn camera_keys_are_checked_and_credentials_come_from_the_environment() {
+        let field = |text: &str| validated(text).unwrap_err().field;
+        // A live camera is never given up on, and never ends.
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\nreconnect = { max_attempts = 3 }"),
+            "reconnect.max_attempts"
+        );
+        assert_eq!(field("uri = \"rtsp://cam/x\"\nloop = true"), "loop");
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\nlatency_ms = 20000"),
+            "latency_ms"
+        );
+        assert_eq!(field("uri = \"rtsp://cam/x\"\ntimeout_s = 0"), "timeout_s");
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\ndecoder = \"nv h264\""),
+            "decoder"
+        );
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\ndecode_threads = 1000"),
+            "decode_threads"
+        );
+        assert_eq!(
+            field("uri = \"rtsp://cam/x\"\npassword = \"pw\""),
+            "password"
+        );
+        assert!(parse("uri = \"rtsp://cam/x\"\ntransport = \"sctp\"").is_err());
+
+        let c = validated(
+            "uri = \"rtsp://cam/x\"\ntransport = \"udp\"\ndecoder = \"software\"\nlatency_ms = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.transport, c.decoder.clone(), c.latency_ms),
+            (Transport::Udp, DecoderChoice::Software, 0)
+        );
+        assert_eq!(
+            validated("uri = \"v.avi\"\ndecoder = \"nvh264dec\"\nloop = true")
+                .unwrap()
+                .decoder,
+            DecoderChoice::Element("nvh264dec".into())
+        );
+        // A device has no host.
+        assert!(validated("uri = \"v4l2:///dev/video0\"").unwrap().is_live());
+
+        // `${VAR}` in user and password; an unset one is named, its value never shown.
+        let home = std::env::var("HOME").unwrap();
+        let c =
+            validated("uri = \"rtsp://cam/x\"\nuser = \"viewer\"\npassword = \"${HOME}\"").unwrap();
+        assert_eq!(c.password.as_deref(), Some(home.as_str()));
+        assert!(!format!("{c:?}").contains(&home));
+        let e = validated(
+            "uri = \"rtsp://cam/x\"\nuser = \"viewer\"\npassword = \"${SKYNET_SURELY_UNSET_PW}\"",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "password");
+        assert!(e.message.contains("SKYNET_SURELY_UNSET_PW"), "{e}");
+        let e =
+            validated("uri = \"rtsp://cam/x\"\nuser = \"v\"\npassword = \"s3cret${\"").unwrap_err();
+        assert!(!e.message.contains("s3cret"), "{e}");
+    }
 }

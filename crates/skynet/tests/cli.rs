@@ -217,8 +217,28 @@ fn the_deployment_example_config_stays_valid() {
         );
     let path = dir.path().join("skynet.toml");
     std::fs::write(&path, local).unwrap();
-    let out = skynet(&["check", "--config", path.to_str().unwrap()]);
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_skynet"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .current_dir(repo())
+    };
+    // The camera's credentials come from the environment, as a service gets them.
+    let out = check()
+        .env("CAM_SQUARE_NORTH_01_USER", "viewer")
+        .env("CAM_SQUARE_NORTH_01_PASSWORD", "pw-from-env")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Without them, the error names the variable and where it is used.
+    let out = check()
+        .env_remove("CAM_SQUARE_NORTH_01_USER")
+        .env_remove("CAM_SQUARE_NORTH_01_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("CAM_SQUARE_NORTH_01_USER"), "{stderr}");
+    assert!(stderr.contains("skynet.toml:"), "{stderr}");
 }
 
 #[test]

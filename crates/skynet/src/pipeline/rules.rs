@@ -309,6 +309,16 @@ impl RulesAndRisk {
     /// Runs until detection has stopped, then applies what waits and flushes the engine.
     /// Stops early, with `Err`, if the commit stage has gone.
     pub(crate) fn run(&mut self, detected: &StageReceiver<Detected>) -> Result<(), QueueClosed> {
+        // A camera taken out of the config is not offline any more: its fault incident closes.
+        let now = Utc::now();
+        let gone: Vec<CameraId> = self.gone.keys().cloned().collect();
+        let closed: Vec<Incident> = gone
+            .iter()
+            .flat_map(|id| self.engine.device_recovered(id, CAMERA_OFFLINE, now))
+            .collect();
+        if !closed.is_empty() {
+            self.commit(closed)?;
+        }
         let mut last_tick = Instant::now();
         loop {
             match detected.recv_timeout(POLL) {
