@@ -218,9 +218,11 @@ fn the_deployment_example_config_stays_valid() {
     let path = dir.path().join("skynet.toml");
     std::fs::write(&path, local).unwrap();
     let check = || {
-        Command::new(env!("CARGO_BIN_EXE_skynet"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skynet"));
+        command
             .args(["check", "--config", path.to_str().unwrap()])
-            .current_dir(repo())
+            .current_dir(repo());
+        command
     };
     // The camera's credentials come from the environment, as a service gets them.
     let out = check()
