@@ -459,6 +459,16 @@ impl GstSource {
             None => handoff.clone(),
         };
 
+        // Liveness is judged on decoded frames, before the analysis rate thins them: a camera
+        // analysed once a minute is not stalled between two analyses.
+        let heartbeat = Arc::new(Heartbeat::new());
+        if let Some(pad) = first.static_pad("sink") {
+            let beat = Arc::clone(&heartbeat);
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                beat.beat();
+                gst::PadProbeReturn::Ok
+            });
+        }
         let first_weak = first.downgrade();
         let scale_weak = scale.downgrade();
         let camera = self.camera.clone();
@@ -513,6 +523,7 @@ impl GstSource {
             convert,
             rate: rate.map(|(rate, _)| rate),
             realtime,
+            heartbeat,
         })
     }
 
@@ -695,6 +706,7 @@ impl GstSource {
             sink,
             convert,
             rate,
+            heartbeat,
             ..
         } = connection;
         loop {
@@ -710,21 +722,20 @@ impl GstSource {
                 if sink.is_eos() {
                     return Ok(SourceExit::EndOfStream);
                 }
-                let quiet = last_sample.elapsed();
-                if got_frame && !reported_stall && stalled_after.is_some_and(|after| quiet >= after)
-                {
+                // Quiet since the last frame decoded (or delivered, if that is later).
+                let decoded = heartbeat.quiet();
+                let quiet = decoded.map_or(last_sample.elapsed(), |d| d.min(last_sample.elapsed()));
+                let flowing = got_frame || decoded.is_some();
+                if flowing && !reported_stall && stalled_after.is_some_and(|after| quiet >= after) {
                     reported_stall = true;
                     out.stalled(format!("no frame for {:.1} s", quiet.as_secs_f64()));
                 }
                 // Connecting and waiting for a first key frame may take a while: the first
                 // frame of a connection gets at least FIRST_FRAME_GRACE.
-                let limit = self.options.stall_timeout.map(|t| {
-                    if got_frame {
-                        t
-                    } else {
-                        t.max(FIRST_FRAME_GRACE)
-                    }
-                });
+                let limit = self
+                    .options
+                    .stall_timeout
+                    .map(|t| if flowing { t } else { t.max(FIRST_FRAME_GRACE) });
                 if let Some(limit) = limit
                     && quiet >= limit
                 {
@@ -831,6 +842,42 @@ struct Connection {
     rate: Option<gst::Element>,
     /// The pipeline runs on the realtime clock (live streams).
     realtime: bool,
+    /// When the decoder last delivered a frame.
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// When a connection's decoder last delivered a frame, set from its streaming thread.
+struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, plus one; 0 while no frame has come.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_ms
+            .store(ms.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last decoded frame; `None` before the first.
+    fn quiet(&self) -> Option<Duration> {
+        match self.last_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms - 1)),
+            ),
+        }
+    }
 }
 
 /// The pixels of a mapped video frame, held by the [`Frame`] itself until the last stage is
@@ -1583,5 +1630,30 @@ mod tests {
         // 10 frames/s, each later than the one before.
         let steps = steps_ms(&frames);
         assert!(steps.iter().all(|s| (40..=250).contains(s)), "{steps:?}");
+    }
+
+    #[test]
+    fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
+        let (_server, port) = RtspServer::start();
+        let mut options = GstSourceOptions::new(format!("rtsp://127.0.0.1:{port}/cam"));
+        options.max_frames = Some(3);
+        options.max_size = Some((416, 416));
+        // One frame every 2.5 s, watchdog at 1.5 s: frames are decoded all along.
+        options.fps = Some(0.4);
+        options.stall_timeout = Some(Duration::from_millis(1500));
+        let health = CameraHealth::detached("cam-rare");
+        let mut source = GstSource::new(CameraId::new("cam-rare"), options);
+        let (out, rx) = output(true);
+        let out = out.with_health(health.clone());
+        let exit = source.run(&out, &Shutdown::new()).unwrap();
+        assert_eq!(exit, SourceExit::FrameLimit);
+        let frames: Vec<Frame> = rx.channel().try_iter().collect();
+        assert_eq!(frames.len(), 3);
+        assert!(
+            steps_ms(&frames).iter().all(|s| (2000..=3000).contains(s)),
+            "{:?}",
+            steps_ms(&frames)
+        );
+        assert_eq!(health.state(), crate::CameraState::Running);
     }
 }
