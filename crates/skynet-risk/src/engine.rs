@@ -36,6 +36,8 @@ pub trait RiskEngine: Send {
     /// is open does nothing). The incident does not raise the cell's risk, and stays open
     /// until [`device_recovered`](Self::device_recovered), however long that takes.
     fn device_fault(&mut self, fault: &DeviceFault) -> Vec<Incident>;
+    /// The devices with an open fault incident.
+    fn faulty_devices(&self) -> Vec<CameraId>;
     /// The device works again: closes its open fault incidents of `category`.
     fn device_recovered(
         &mut self,
@@ -552,6 +554,16 @@ impl RiskEngine for GridRiskEngine {
         );
         self.set_open_gauge();
         vec![incident]
+    }
+
+    fn faulty_devices(&self) -> Vec<CameraId> {
+        let devices: BTreeSet<CameraId> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.held)
+            .map(|((_, camera, _), _)| camera.clone())
+            .collect();
+        devices.into_iter().collect()
     }
 
     fn device_recovered(

@@ -779,6 +779,7 @@ fn a_device_fault_stays_open_until_recovery_and_raises_no_risk() {
     assert_eq!(engine.cell_risk(&GridId::new("G1"), secs(40)).0, 0.0);
     // Declared again while open: nothing new.
     assert!(engine.device_fault(&offline(10, 41)).is_empty());
+    assert_eq!(engine.faulty_devices(), vec![cam()]);
     // Hours of quiet do not close it.
     assert!(engine.advance(&cam(), secs(10_000)).is_empty());
     assert_eq!(engine.open_incidents(), 1);

@@ -311,10 +311,18 @@ impl RulesAndRisk {
     pub(crate) fn run(&mut self, detected: &StageReceiver<Detected>) -> Result<(), QueueClosed> {
         // A camera taken out of the config is not offline any more: its fault incident closes.
         let now = Utc::now();
-        let gone: Vec<CameraId> = self.gone.keys().cloned().collect();
+        let gone: Vec<CameraId> = self
+            .engine
+            .faulty_devices()
+            .into_iter()
+            .filter(|id| !self.cameras.contains_key(id))
+            .collect();
         let closed: Vec<Incident> = gone
             .iter()
-            .flat_map(|id| self.engine.device_recovered(id, CAMERA_OFFLINE, now))
+            .flat_map(|id| {
+                tracing::info!(camera = %id, "camera no longer configured; closing its camera_offline incident");
+                self.engine.device_recovered(id, CAMERA_OFFLINE, now)
+            })
             .collect();
         if !closed.is_empty() {
             self.commit(closed)?;
