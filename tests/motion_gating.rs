@@ -28,8 +28,11 @@ impl Detector for CountingDetector {
 /// 15 s of a still test card at 10 frames/s (not `smpte`: its corner of snow moves), as Motion-JPEG in AVI.
 fn still_clip(dir: &Path) -> PathBuf {
     let path = dir.join("still.avi");
-    let status = Command::new("gst-launch-1.0")
+    // Under a time limit, so a hung encoder cannot hold the suite.
+    let status = Command::new("timeout")
         .args([
+            "60",
+            "gst-launch-1.0",
             "-q",
             "videotestsrc",
             "pattern=pinwheel",
