@@ -100,15 +100,14 @@ fn clip_1080p() -> PathBuf {
     path
 }
 
-/// Seconds `gst-launch-1.0 filesrc ! decodebin ! fakesink` takes, best of five.
-fn gst_launch_seconds(video: &Path) -> f64 {
-    (0..5)
+/// The shortest of `runs` timed runs of `gst-launch-1.0 -q ARGS`, in seconds.
+fn best_gst_launch(runs: usize, args: &[String]) -> f64 {
+    (0..runs)
         .map(|_| {
             let started = Instant::now();
             let status = Command::new("gst-launch-1.0")
-                .args(["-q", "filesrc"])
-                .arg(format!("location={}", video.display()))
-                .args(["!", "decodebin", "!", "fakesink", "sync=false"])
+                .arg("-q")
+                .args(args)
                 .status()
                 .expect("gst-launch-1.0");
             assert!(status.success());
@@ -117,20 +116,26 @@ fn gst_launch_seconds(video: &Path) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Seconds `gst-launch-1.0 filesrc ! decodebin ! fakesink` takes, best of five.
+fn gst_launch_seconds(video: &Path) -> f64 {
+    let location = format!("location={}", video.display());
+    let args = [
+        "filesrc",
+        &location,
+        "!",
+        "decodebin",
+        "!",
+        "fakesink",
+        "sync=false",
+    ];
+    best_gst_launch(5, &args.map(String::from))
+}
+
 /// Seconds from process start to a playing, empty pipeline: what gst-launch pays before its
 /// first frame, taken off its time so both sides count decoding only.
 fn gst_launch_startup() -> f64 {
-    (0..3)
-        .map(|_| {
-            let started = Instant::now();
-            let status = Command::new("gst-launch-1.0")
-                .args(["-q", "fakesrc", "num-buffers=1", "!", "fakesink"])
-                .status()
-                .expect("gst-launch-1.0");
-            assert!(status.success());
-            started.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+    let args = ["fakesrc", "num-buffers=1", "!", "fakesink"];
+    best_gst_launch(3, &args.map(String::from))
 }
 
 /// Frames/s through the pipeline's source: decode, convert and scale to the model's size,
