@@ -39,8 +39,10 @@ pub fn data_dir() -> PathBuf {
     home.join(".local/share/skynet")
 }
 
-/// Expands `${NAME}` from the environment in a config value. `SKYNET_DATA_DIR` always has a
-/// value (its default). Returns the name of an unset variable as the error.
+/// Expands `${NAME}` and `${NAME:-default}` from the environment in a config value, as a
+/// shell does: the default is used when the variable is unset or empty. `SKYNET_DATA_DIR`
+/// always has a value (its default). Returns the name of an unset variable (without a
+/// default) as the error; a value never appears in an error, since it may be a secret.
 pub fn expand_vars(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -48,11 +50,23 @@ pub fn expand_vars(value: &str) -> Result<String, String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(format!("unclosed `${{` in `{value}`"));
+            return Err("unclosed `${` in a config value".to_string());
         };
-        let name = &after[..end];
-        let resolved = match std::env::var(name) {
-            Ok(v) if !v.is_empty() => v,
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(format!(
+                "`${{{name}}}` is not a variable name: use ${{NAME}} or ${{NAME:-default}}"
+            ));
+        }
+        let resolved = match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => v,
+            (_, Some(default)) => default.to_string(),
             _ if name == DATA_DIR_ENV => data_dir().to_string_lossy().into_owned(),
             _ => return Err(format!("environment variable `{name}` is not set")),
         };
@@ -137,6 +151,26 @@ mod tests {
                 .contains("SKYNET_SURELY_UNSET_VAR")
         );
         assert_eq!(expand_vars("plain").unwrap(), "plain");
+    }
+
+    #[test]
+    fn defaults_apply_when_unset_or_empty() {
+        assert_eq!(
+            expand_vars("${SKYNET_SURELY_UNSET_VAR:-mqtt://127.0.0.1:1883}").unwrap(),
+            "mqtt://127.0.0.1:1883"
+        );
+        assert_eq!(expand_vars("a${SKYNET_SURELY_UNSET_VAR:-}b").unwrap(), "ab");
+        assert_eq!(
+            expand_vars("${SKYNET_SURELY_UNSET_VAR:-../var/city}/outbox.db").unwrap(),
+            "../var/city/outbox.db"
+        );
+        let home = std::env::var("HOME").unwrap_or_default();
+        if !home.is_empty() {
+            assert_eq!(expand_vars("${HOME:-/nowhere}").unwrap(), home);
+        }
+        assert!(expand_vars("${:-x}").is_err());
+        assert!(expand_vars("${A B}").is_err());
+        assert!(expand_vars("${OPEN").is_err());
     }
 
     #[test]

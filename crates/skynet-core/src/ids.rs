@@ -20,6 +20,16 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self(Arc::from(""))
+            }
         }
 
         impl fmt::Display for $name {
@@ -39,6 +49,10 @@ macro_rules! string_id {
 string_id!(
     /// A camera, unique within a deployment (`cam-street-01`).
     CameraId
+);
+string_id!(
+    /// A sensor, unique within a deployment and distinct from every camera id (`gas-07`).
+    SensorId
 );
 string_id!(
     /// A grid cell (網格) of the city map, as named in the grid GeoJSON.

@@ -5,7 +5,25 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{CameraId, Detection, GridId, OwnerKind};
+use crate::{CameraId, Detection, GridId, OwnerKind, SensorId};
+
+/// What kind of device gave a piece of evidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    #[default]
+    Camera,
+    Sensor,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Camera => "camera",
+            Self::Sensor => "sensor",
+        }
+    }
+}
 
 /// The rule that produced a piece of evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,7 +40,10 @@ pub struct RuleRef {
 /// Evidence that something worth attention happened in a grid cell.
 #[derive(Debug, Clone)]
 pub struct Observation {
+    /// The device that gave the evidence: a camera's id, or a sensor's when `source` is
+    /// [`SourceKind::Sensor`] (the two share one namespace, so either keys the device).
     pub camera: CameraId,
+    pub source: SourceKind,
     pub grid: GridId,
     pub owner: OwnerKind,
     pub category: String,
@@ -33,12 +54,14 @@ pub struct Observation {
     pub detections: Vec<Detection>,
 }
 
-/// A device (a camera, later a sensor) that has delivered nothing for too long: a fault of
+/// A device (a camera or a sensor) that has delivered nothing for too long: a fault of
 /// the equipment, not a hazard. It opens an incident that stays open, whatever the quiet
 /// period, until the device works again.
 #[derive(Debug, Clone)]
 pub struct DeviceFault {
+    /// The device: a camera's id, or a sensor's when `source` is [`SourceKind::Sensor`].
     pub camera: CameraId,
+    pub source: SourceKind,
     pub grid: GridId,
     pub owner: OwnerKind,
     /// The incident's category, e.g. `camera_offline`.
@@ -135,11 +158,50 @@ pub struct Incident {
     /// The grid's fused risk score, 0 to 1, when this revision was made.
     pub risk_score: f32,
     pub grid: GridId,
+    /// The camera that saw it; left out for a sensor's incident.
+    #[serde(default, skip_serializing_if = "CameraId::is_empty")]
     pub camera: CameraId,
+    /// The sensor that measured it, for a sensor's incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<SensorId>,
     pub owner: OwnerKind,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub observations: u32,
     pub detections: Vec<Detection>,
     pub rule: RuleRef,
+}
+
+impl Incident {
+    /// The device the incident belongs to (its sensor, else its camera), as the risk engine
+    /// and the outbox key it.
+    pub fn device(&self) -> CameraId {
+        match &self.sensor {
+            Some(sensor) => CameraId::new(sensor.as_str()),
+            None => self.camera.clone(),
+        }
+    }
+
+    /// Which kind of device the incident belongs to.
+    pub fn source(&self) -> SourceKind {
+        if self.sensor.is_some() {
+            SourceKind::Sensor
+        } else {
+            SourceKind::Camera
+        }
+    }
+
+    /// Sets the device from an observation's (or fault's) device id and kind.
+    pub fn set_device(&mut self, device: &CameraId, source: SourceKind) {
+        match source {
+            SourceKind::Camera => {
+                self.camera = device.clone();
+                self.sensor = None;
+            }
+            SourceKind::Sensor => {
+                self.camera = CameraId::default();
+                self.sensor = Some(SensorId::new(device.as_str()));
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod incident;
 pub mod queue;
 pub mod redact;
+pub mod sensor;
 pub mod shutdown;
 pub mod vision;
 pub mod watermark;
@@ -19,10 +20,13 @@ pub mod watermark;
 pub use config::{ConfigContext, FieldError};
 pub use geometry::{BBox, Point};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
-pub use ids::{CameraId, GridId, OwnerKind, validate_id};
-pub use incident::{DeviceFault, Incident, IncidentStatus, Observation, RiskLevel, RuleRef};
+pub use ids::{CameraId, GridId, OwnerKind, SensorId, validate_id};
+pub use incident::{
+    DeviceFault, Incident, IncidentStatus, Observation, RiskLevel, RuleRef, SourceKind,
+};
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};
+pub use sensor::SensorReading;
 pub use shutdown::Shutdown;
 pub use vision::{AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder};
 pub use watermark::Watermark;

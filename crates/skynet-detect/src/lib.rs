@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod preprocess;
 pub mod rules;
 pub mod runtime;
+pub mod sensor_rules;
 pub mod settings;
 pub mod yolox;
 pub mod zone;
@@ -26,5 +27,8 @@ pub use rules::{
     ZoneIntrusionSpec,
 };
 pub use runtime::OnnxRuntime;
+pub use sensor_rules::{
+    Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleSettings, SensorRuleSpec, SensorRules,
+};
 pub use settings::{DetectPlan, DetectSettings};
 pub use zone::{Zone, ZoneError};

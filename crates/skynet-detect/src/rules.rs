@@ -387,6 +387,7 @@ impl CameraRules {
                     .increment(1);
                 observations.push(Observation {
                     camera: self.camera.clone(),
+                    source: skynet_core::SourceKind::Camera,
                     grid: self.grid.clone(),
                     owner: self.owner,
                     category: hit.category,

@@ -193,7 +193,7 @@ impl Outbox {
                     incident.category,
                     incident.level.as_str(),
                     incident.grid.as_str(),
-                    incident.camera.as_str(),
+                    incident.device().as_str(),
                     incident.owner.as_str(),
                     incident.first_seen.to_rfc3339(),
                     incident.last_seen.to_rfc3339(),

@@ -15,6 +15,7 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
         risk_score,
         grid: GridId::new("G1"),
         camera: CameraId::new("cam"),
+        sensor: None,
         owner: OwnerKind::Police,
         first_seen: DateTime::<Utc>::UNIX_EPOCH,
         last_seen: DateTime::<Utc>::UNIX_EPOCH,

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod gst_source;
 mod motion;
+pub mod sensor;
 mod supervise;
 
 pub use camera::{CameraEvent, CameraHealth, CameraState, CameraStatus};

@@ -414,7 +414,8 @@ impl RiskEngine for GridRiskEngine {
             level_colour: level.colour().into(),
             risk_score: score,
             grid: obs.grid.clone(),
-            camera: obs.camera.clone(),
+            camera: CameraId::default(),
+            sensor: None,
             owner: obs.owner,
             first_seen: obs.at,
             last_seen: obs.at,
@@ -422,6 +423,8 @@ impl RiskEngine for GridRiskEngine {
             detections,
             rule: obs.rule.clone(),
         };
+        let mut incident = incident;
+        incident.set_device(&obs.camera, obs.source);
         tracing::info!(incident = %incident.id, grid = %obs.grid, camera = %obs.camera, level = %level, "incident opened");
         self.open.insert(
             key,
@@ -530,7 +533,8 @@ impl RiskEngine for GridRiskEngine {
             level_colour: DEVICE_FAULT_LEVEL.colour().into(),
             risk_score: self.cell_score(&fault.grid),
             grid: fault.grid.clone(),
-            camera: fault.camera.clone(),
+            camera: CameraId::default(),
+            sensor: None,
             owner: fault.owner,
             first_seen: fault.since,
             last_seen: fault.at,
@@ -542,6 +546,8 @@ impl RiskEngine for GridRiskEngine {
                 zone: None,
             },
         };
+        let mut incident = incident;
+        incident.set_device(&fault.camera, fault.source);
         tracing::warn!(incident = %incident.id, grid = %fault.grid, camera = %fault.camera, category = %fault.category, "device fault incident opened");
         self.open.insert(
             key,
@@ -732,7 +738,7 @@ impl RiskEngine for GridRiskEngine {
             }
             let key: IncidentKey = (
                 incident.grid.clone(),
-                incident.camera.clone(),
+                incident.device(),
                 incident.rule.name.clone(),
             );
             if !ids.contains_key(&key) {

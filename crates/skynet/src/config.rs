@@ -13,10 +13,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use skynet_core::config::check_range;
-use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, validate_id};
+use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, SensorId, validate_id};
 use skynet_detect::{DetectSettings, DetectorOptions, ModelManifest, Zone};
+use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
 use skynet_emit::OutboxSettings;
 use skynet_ingest::MotionConfig;
+use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorKind, SensorSpec};
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
 
@@ -57,7 +59,40 @@ struct ConfigFile {
     #[serde(default)]
     sinks: Vec<Spanned<toml::Table>>,
     /// The common keys are read here; the rest goes to the camera's source kind.
+    #[serde(default)]
     cameras: Vec<Spanned<toml::Table>>,
+    /// The broker sensors publish to, and the sensor families' topics.
+    mqtt: Option<Spanned<toml::Table>>,
+    /// The sensor registry, each with its rules.
+    #[serde(default)]
+    sensors: Vec<Spanned<toml::Table>>,
+}
+
+/// One `[[sensors]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorSection {
+    id: String,
+    kind: SensorKind,
+    owner: OwnerKind,
+    grid: Option<String>,
+    location: Option<[f64; 2]>,
+    /// The record name its readings carry; default: the kind's (`co` for `gas_co`).
+    quantity: Option<String>,
+    /// The unit of readings that name none; default: the kind's canonical unit.
+    unit: Option<String>,
+    /// `[min, max]` a working sensor reports, in the canonical unit; default: the kind's
+    /// physical range.
+    range: Option<[f64; 2]>,
+    /// Nothing for this long: a `sensor_offline` incident. Default 60; 0 never.
+    #[serde(default = "default_expected_interval")]
+    expected_interval_s: f64,
+    #[serde(default)]
+    rules: Vec<toml::Table>,
+}
+
+fn default_expected_interval() -> f64 {
+    60.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +205,17 @@ pub struct PipelineConfig {
     pub outbox_retention: chrono::Duration,
     pub sinks: Vec<SinkSpec>,
     pub cameras: Vec<CameraSpec>,
+    /// The broker sensors publish to; `None` when the config has no `[mqtt]`.
+    pub mqtt: Option<MqttConfig>,
+    pub sensors: Vec<SensorConfig>,
+}
+
+/// A configured sensor: what validation needs, where it is, and its rules.
+#[derive(Debug, Clone)]
+pub struct SensorConfig {
+    pub spec: SensorSpec,
+    pub placement: SensorPlacement,
+    pub rules: Vec<SensorRuleSpec>,
 }
 
 /// A configured sink: its unique name, its kind, and its validated config.
@@ -390,7 +436,8 @@ impl PipelineConfig {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.cameras.iter().map(|c| c.rules.len()).sum()
+        self.cameras.iter().map(|c| c.rules.len()).sum::<usize>()
+            + self.sensors.iter().map(|s| s.rules.len()).sum::<usize>()
     }
 }
 
@@ -423,12 +470,18 @@ fn validate(
     id_error(at, file.node.name.span(), "node", &node)?;
     let metrics_listen = match &file.metrics.listen {
         None => None,
-        Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|e| {
-            at.error(
-                listen.span(),
-                format!("`listen` must be host:port, like 127.0.0.1:9464: {e}"),
-            )
-        })?),
+        Some(listen) => {
+            let expanded = skynet_core::config::expand_vars(listen.get_ref())
+                .map_err(|m| at.error(listen.span(), m))?;
+            Some(expanded.parse::<SocketAddr>().map_err(|e| {
+                at.error(
+                    listen.span(),
+                    format!(
+                        "`listen` must be host:port, like 127.0.0.1:9464, got `{expanded}`: {e}"
+                    ),
+                )
+            })?)
+        }
     };
 
     let cx = ConfigContext::new(at.path);
@@ -452,8 +505,29 @@ fn validate(
         .map_err(|e| at.field_error(&region, e))?;
     let sinks = validate_sinks(at, &file.sinks, registry)?;
 
-    if file.cameras.is_empty() {
-        return Err(at.error(0..0, "no cameras: add at least one [[cameras]] table"));
+    let mqtt = match &file.mqtt {
+        None => None,
+        Some(table) => {
+            let (settings, region) = section::<MqttSettings>(at, Some(table))?;
+            Some(settings.validate(&cx, &node).map_err(|e| {
+                let (region, e) = nested(at, &region, "mqtt.topics", e);
+                at.field_error(&region, e)
+            })?)
+        }
+    };
+    if file.cameras.is_empty() && file.sensors.is_empty() {
+        return Err(at.error(
+            0..0,
+            "no cameras and no sensors: add a [[cameras]] or a [[sensors]] table",
+        ));
+    }
+    if mqtt.is_none()
+        && let Some(first) = file.sensors.first()
+    {
+        return Err(at.error(
+            first.span(),
+            "sensors publish over MQTT: add an [mqtt] table with the broker's url and the sensors' topics",
+        ));
     }
     let mut cameras: Vec<CameraSpec> = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
@@ -466,6 +540,27 @@ fn validate(
             ));
         }
         cameras.push(spec);
+    }
+    let mut sensors: Vec<SensorConfig> = Vec::with_capacity(file.sensors.len());
+    for sensor in &file.sensors {
+        let region = at.table_region(&sensor.span());
+        let spec = validate_sensor(at, &region, sensor.get_ref(), &grids)?;
+        let id = spec.spec.id.as_str();
+        if sensors.iter().any(|s| s.spec.id == spec.spec.id) {
+            return Err(at.error(
+                at.value(&region, "id"),
+                format!("sensor id `{id}` is used twice"),
+            ));
+        }
+        if cameras.iter().any(|c| c.id.as_str() == id) {
+            return Err(at.error(
+                at.value(&region, "id"),
+                format!(
+                    "sensor id `{id}` is also a camera's: cameras and sensors share one namespace"
+                ),
+            ));
+        }
+        sensors.push(spec);
     }
 
     Ok(PipelineConfig {
@@ -483,6 +578,158 @@ fn validate(
         outbox_retention: outbox.retention,
         sinks,
         cameras,
+        mqtt,
+        sensors,
+    })
+}
+
+/// A field error of a nested `[[section.sub]]` table (`topics[2].pattern`), located in the
+/// sub-table it names.
+fn nested(
+    at: &Locator<'_>,
+    region: &Range<usize>,
+    header: &str,
+    e: FieldError,
+) -> (Range<usize>, FieldError) {
+    let Some((head, rest)) = e.field.split_once("].") else {
+        return (region.clone(), e);
+    };
+    let n = head
+        .rsplit_once('[')
+        .and_then(|(_, n)| n.parse::<usize>().ok());
+    match n.and_then(|n| at.sub_table(region, header, n)) {
+        Some(sub) => (sub, FieldError::new(rest, e.message)),
+        None => (region.clone(), e),
+    }
+}
+
+/// The grid cell of a camera or sensor: named (`grid`), or looked up by `location`.
+fn resolve_grid(
+    at: &Locator<'_>,
+    region: &Range<usize>,
+    grids: &GridMap,
+    what: &str,
+    id: &str,
+    grid: Option<&String>,
+    location: Option<&[f64; 2]>,
+) -> Result<GridId, ConfigError> {
+    match (grid, location) {
+        (Some(grid), _) => match grids.get(grid) {
+            Some(g) => Ok(g.id.clone()),
+            None => Err(at.error(
+                at.key(region, "grid"),
+                format!(
+                    "unknown grid `{grid}`; the grid file has: {}",
+                    grids.ids().join(", ")
+                ),
+            )),
+        },
+        (None, Some([lon, lat])) => match grids.locate(*lon, *lat) {
+            Some(g) => Ok(g.id.clone()),
+            None => Err(at.error(
+                at.key(region, "location"),
+                format!("location [{lon}, {lat}] is outside every grid cell"),
+            )),
+        },
+        (None, None) => Err(at.error(
+            at.key(region, "id"),
+            format!("{what} `{id}` needs a `grid` or a `location`"),
+        )),
+    }
+}
+
+fn validate_sensor(
+    at: &Locator<'_>,
+    region: &Range<usize>,
+    table: &toml::Table,
+    grids: &GridMap,
+) -> Result<SensorConfig, ConfigError> {
+    let section: SensorSection = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| at.serde_error(region, &e))?;
+    let id = section.id.as_str();
+    id_error(at, at.value(region, "id"), "sensor", id)?;
+    if section.kind == SensorKind::Unassigned {
+        return Err(at.error(
+            at.value(region, "kind"),
+            "`unassigned` is what unknown sensors are registered as; give this sensor its kind",
+        ));
+    }
+    let grid = resolve_grid(
+        at,
+        region,
+        grids,
+        "sensor",
+        id,
+        section.grid.as_ref(),
+        section.location.as_ref(),
+    )?;
+    let mut spec = SensorSpec::new(SensorId::new(id), section.kind);
+    if let Some(q) = &section.quantity {
+        validate_id("quantity", q).map_err(|m| at.error(at.value(region, "quantity"), m))?;
+        spec.quantity = q.clone();
+    }
+    if let Some(unit) = &section.unit {
+        if skynet_ingest::sensor::convert(0.0, unit, section.kind.canonical_unit()).is_none() {
+            return Err(at.error(
+                at.value(region, "unit"),
+                format!(
+                    "unit `{unit}` does not measure a {} sensor's quantity (its unit is `{}`)",
+                    section.kind.as_str(),
+                    section.kind.canonical_unit()
+                ),
+            ));
+        }
+        spec.unit = Some(unit.clone());
+    }
+    if let Some([lo, hi]) = section.range {
+        let (min, max) = section.kind.physical_range();
+        if !(lo.is_finite() && hi.is_finite() && lo < hi && lo >= min && hi <= max) {
+            return Err(at.error(
+                at.value(region, "range"),
+                format!("`range` must be [min, max] with min < max, within the kind's physical range [{min}, {max}]"),
+            ));
+        }
+        spec.range = (lo, hi);
+    }
+    let expected_interval = match section.expected_interval_s {
+        0.0 => None,
+        s => Some(
+            skynet_core::config::seconds_in("expected_interval_s", s, 1.0, 30.0 * 86_400.0)
+                .map_err(|e| at.field_error(region, e))?,
+        ),
+    };
+    let mut rules: Vec<SensorRuleSpec> = Vec::new();
+    for (n, rule) in section.rules.iter().enumerate() {
+        let rule_region = at
+            .sub_table(region, "sensors.rules", n)
+            .unwrap_or(region.clone());
+        let settings: SensorRuleSettings = toml::Value::Table(rule.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| at.serde_error(&rule_region, &e))?;
+        let built = settings
+            .validate()
+            .map_err(|e| at.field_error(&rule_region, e))?;
+        if rules.iter().any(|r| r.name == built.name) {
+            return Err(at.error(
+                at.key(&rule_region, "name"),
+                format!(
+                    "rule `{}` is defined twice on sensor `{id}`: give each a distinct `name`",
+                    built.name
+                ),
+            ));
+        }
+        rules.push(built);
+    }
+    Ok(SensorConfig {
+        placement: SensorPlacement {
+            sensor: spec.id.clone(),
+            grid,
+            owner: section.owner,
+            expected_interval,
+        },
+        spec,
+        rules,
     })
 }
 
@@ -579,35 +826,15 @@ fn validate_camera(
         .validate()
         .map_err(|e| at.field_error(&region, e))?;
 
-    let grid = match (&common.grid, &common.location) {
-        (Some(grid), _) => match grids.get(grid) {
-            Some(g) => g.id.clone(),
-            None => {
-                return Err(at.error(
-                    at.key(&region, "grid"),
-                    format!(
-                        "unknown grid `{grid}`; the grid file has: {}",
-                        grids.ids().join(", ")
-                    ),
-                ));
-            }
-        },
-        (None, Some([lon, lat])) => match grids.locate(*lon, *lat) {
-            Some(g) => g.id.clone(),
-            None => {
-                return Err(at.error(
-                    at.key(&region, "location"),
-                    format!("location [{lon}, {lat}] is outside every grid cell"),
-                ));
-            }
-        },
-        (None, None) => {
-            return Err(at.error(
-                at.key(&region, "id"),
-                format!("camera `{id}` needs a `grid` or a `location`"),
-            ));
-        }
-    };
+    let grid = resolve_grid(
+        at,
+        &region,
+        grids,
+        "camera",
+        id,
+        common.grid.as_ref(),
+        common.location.as_ref(),
+    )?;
 
     let Some((_, parse_source)) = registry.source(&kind) else {
         return Err(at.error(

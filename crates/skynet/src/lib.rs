@@ -6,12 +6,14 @@
 //! - [`components`]: the registry of source, rule and sink kinds.
 //! - [`paths`]: where set-up puts the runtime, models and media.
 //! - [`memory`]: allocator settings that keep memory flat with many cameras.
+//! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
 
 pub mod components;
 pub mod config;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;
+pub mod simulate;
 
 pub use config::{ConfigError, PipelineConfig};
 pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};

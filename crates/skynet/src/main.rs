@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use skynet::simulate::{Scenario, SimulateOptions};
 use skynet::{PipelineConfig, PipelineError, RunOptions, Services, paths, pipeline};
 use skynet_core::{PixelOrder, Shutdown};
 use skynet_detect::{
@@ -64,6 +65,33 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Publish simulated traffic for demos, tests and benchmarks.
+    Simulate {
+        #[command(subcommand)]
+        what: SimulateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimulateCommand {
+    /// MQTT sensors (the fleet of configs/city.toml): noise, drift, leaks, stuck sensors and
+    /// malformed messages.
+    Sensors {
+        /// The broker, mqtt://host:port.
+        #[arg(long, env = "SKYNET_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+        url: String,
+        /// Messages per second over the whole fleet.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Seconds to run; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        #[arg(long, value_enum, default_value_t = Scenario::Normal)]
+        scenario: Scenario,
+        /// QoS of the published messages (0 or 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +108,27 @@ fn main() -> ExitCode {
             images,
         } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
         Command::Check { config } => check(&config),
+        Command::Simulate {
+            what:
+                SimulateCommand::Sensors {
+                    url,
+                    rate,
+                    duration,
+                    scenario,
+                    qos,
+                },
+        } => skynet::simulate::run(&SimulateOptions {
+            url,
+            rate,
+            duration,
+            scenario,
+            qos: if qos == 0 {
+                rumqttc::QoS::AtMostOnce
+            } else {
+                rumqttc::QoS::AtLeastOnce
+            },
+        })
+        .map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -113,8 +162,13 @@ fn init_tracing(format: LogFormat) {
 
 fn check(config: &Path) -> Result<ExitCode> {
     let c = PipelineConfig::load(config)?;
+    let sensors = if c.sensors.is_empty() {
+        String::new()
+    } else {
+        format!(", {} sensor(s)", c.sensors.len())
+    };
     println!(
-        "ok: {} ({} camera(s), {} rule(s), {} grid cell(s), model {})",
+        "ok: {} ({} camera(s){sensors}, {} rule(s), {} grid cell(s), model {})",
         config.display(),
         c.cameras.len(),
         c.rule_count(),
@@ -136,7 +190,7 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
         signal_hook::flag::register(signal, shutdown.flag())
             .context("installing signal handlers")?;
     }
-    tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), "starting");
+    tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), sensors = config.sensors.len(), "starting");
     let result = pipeline::run(
         &config,
         RunOptions {

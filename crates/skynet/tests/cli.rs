@@ -35,6 +35,19 @@ fn check_accepts_the_demo_config() {
 }
 
 #[test]
+fn check_accepts_the_city_config() {
+    let out = skynet(&["check", "--config", "configs/city.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(
+            "ok: configs/city.toml (1 camera(s), 5 sensor(s), 7 rule(s), 4 grid cell(s), model yolox_nano)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn check_rejects_a_bad_config_naming_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");

@@ -17,6 +17,7 @@ fn secs(s: i64) -> DateTime<Utc> {
 fn obs_on(camera: &str, grid: &str, rule: &str, at: DateTime<Utc>, weight: f32) -> Observation {
     Observation {
         camera: CameraId::new(camera),
+        source: skynet_core::SourceKind::Camera,
         grid: GridId::new(grid),
         owner: OwnerKind::Police,
         category: "intrusion".into(),
@@ -755,6 +756,7 @@ fn a_camera_far_ahead_never_decays_or_forgets_another_cameras_evidence_in_the_sa
 fn offline(since: i64, at: i64) -> DeviceFault {
     DeviceFault {
         camera: cam(),
+        source: skynet_core::SourceKind::Camera,
         grid: GridId::new("G1"),
         owner: OwnerKind::CityManagement,
         category: "camera_offline".into(),

@@ -18,6 +18,7 @@
 mod commit;
 mod detect;
 mod rules;
+pub mod sensors;
 mod services;
 
 use std::any::Any;
@@ -48,6 +49,8 @@ pub enum PipelineError {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Serve(#[from] skynet_serve::ServeError),
+    #[error("sensor ingest: {0}")]
+    Sensors(String),
     #[error("could not start the {stage} thread: {source}")]
     Spawn {
         stage: String,
@@ -205,6 +208,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // Everything that can fail before a frame flows, so a bad set-up fails fast and clearly.
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
+        // Sensors only: no model to load.
+        _ if config.cameras.is_empty() => Vec::new(),
         _ => build_detectors(config)?,
     };
     skynet_ingest::init()?;
@@ -268,6 +273,28 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         wait_for_shutdown.then(|| shutdown.clone()),
     )
     .with_camera_events(camera_events_rx);
+    // Sensors: the MQTT connection on the runtime, validation and rules on their own thread.
+    let mut sensor_thread = None;
+    if let Some(mqtt) = &config.mqtt {
+        let (sensor_events, sensor_events_rx) =
+            crossbeam_channel::bounded::<sensors::SensorEvent>(4096);
+        sensor_thread = Some(sensors::start(
+            &services.runtime(),
+            mqtt,
+            &config.sensors,
+            &health,
+            &shutdown,
+            sensor_events,
+        )?);
+        rules_and_risk = rules_and_risk.with_sensor_events(
+            sensor_events_rx,
+            config
+                .sensors
+                .iter()
+                .map(|s| CameraId::new(s.spec.id.as_str()))
+                .collect(),
+        );
+    }
     let risk_thread = spawn_stage(
         "risk",
         health.register("risk", "stage"),
@@ -353,6 +380,11 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     let _ = risk_thread.join();
     let _ = commit_thread.join();
+    if let Some(thread) = sensor_thread {
+        // It ends once the MQTT connection has stopped (or the risk stage has gone).
+        shutdown.trigger();
+        let _ = thread.join();
+    }
     if wait_for_shutdown && !shutdown.is_triggered() {
         tracing::info!("every source has ended; delivering and serving until SIGINT or SIGTERM");
         while !shutdown.is_triggered() {

@@ -28,8 +28,11 @@ use skynet_detect::CameraRules;
 use skynet_ingest::{CameraEvent, CameraState};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
+use skynet_detect::SENSOR_OFFLINE;
+
 use super::commit::Commit;
 use super::detect::Detected;
+use super::sensors::SensorEvent;
 use super::{Counters, POLL};
 use crate::config::PipelineConfig;
 
@@ -148,6 +151,10 @@ pub(crate) struct RulesAndRisk {
     last_state: Instant,
     /// Camera state changes (running, stalled, retrying, ...).
     camera_events: Option<crossbeam_channel::Receiver<CameraEvent>>,
+    /// Evidence and faults from the sensor stage.
+    sensor_events: Option<crossbeam_channel::Receiver<SensorEvent>>,
+    /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
+    sensors: Vec<CameraId>,
 }
 
 impl RulesAndRisk {
@@ -231,7 +238,57 @@ impl RulesAndRisk {
             dirty: false,
             last_state: Instant::now(),
             camera_events: None,
+            sensor_events: None,
+            sensors: Vec::new(),
         }
+    }
+
+    /// Takes evidence and device faults from the sensor stage. Sensors are live: their
+    /// incidents close by the wall clock.
+    pub(crate) fn with_sensor_events(
+        mut self,
+        events: crossbeam_channel::Receiver<SensorEvent>,
+        sensors: Vec<CameraId>,
+    ) -> Self {
+        self.sensor_events = Some(events);
+        self.sensors = sensors;
+        self
+    }
+
+    /// Applies what the sensor stage sent since the last call (at most a bounded batch, so
+    /// camera frames are never starved); returns the revisions.
+    fn take_sensor_events(&mut self, wait: Duration) -> Vec<Incident> {
+        const BATCH: usize = 4096;
+        let Some(rx) = &self.sensor_events else {
+            return Vec::new();
+        };
+        let first = if wait.is_zero() {
+            rx.try_recv().ok()
+        } else {
+            rx.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else {
+            return Vec::new();
+        };
+        let events: Vec<SensorEvent> = std::iter::once(first)
+            .chain(rx.try_iter().take(BATCH))
+            .collect();
+        let mut revisions = Vec::new();
+        for event in events {
+            match event {
+                SensorEvent::Observation(observation) => {
+                    self.counters.observations.fetch_add(1, Ordering::Relaxed);
+                    self.dirty = true;
+                    let _span = tracing::debug_span!("observe", sensor = %observation.camera, grid = %observation.grid).entered();
+                    revisions.extend(self.engine.observe(&observation));
+                }
+                SensorEvent::Fault(fault) => revisions.extend(self.engine.device_fault(&fault)),
+                SensorEvent::Recovered { device, at } => {
+                    revisions.extend(self.engine.device_recovered(&device, SENSOR_OFFLINE, at));
+                }
+            }
+        }
+        revisions
     }
 
     /// Listens to camera state changes: a live camera without frames for its
@@ -296,6 +353,7 @@ impl RulesAndRisk {
             tracing::warn!(camera = %id, since = %since, "camera offline");
             revisions.extend(self.engine.device_fault(&DeviceFault {
                 camera: id.clone(),
+                source: skynet_core::SourceKind::Camera,
                 grid: watch.grid.clone(),
                 owner: watch.owner,
                 category: CAMERA_OFFLINE.into(),
@@ -315,13 +373,15 @@ impl RulesAndRisk {
             .engine
             .faulty_devices()
             .into_iter()
-            .filter(|id| !self.cameras.contains_key(id))
+            .filter(|id| !self.cameras.contains_key(id) && !self.sensors.contains(id))
             .collect();
         let closed: Vec<Incident> = gone
             .iter()
             .flat_map(|id| {
-                tracing::info!(camera = %id, "camera no longer configured; closing its camera_offline incident");
-                self.engine.device_recovered(id, CAMERA_OFFLINE, now)
+                tracing::info!(device = %id, "device no longer configured; closing its offline incident");
+                let mut closed = self.engine.device_recovered(id, CAMERA_OFFLINE, now);
+                closed.extend(self.engine.device_recovered(id, SENSOR_OFFLINE, now));
+                closed
             })
             .collect();
         if !closed.is_empty() {
@@ -335,8 +395,22 @@ impl RulesAndRisk {
                 // Every source has ended. A live camera that was given up on still has open
                 // incidents to close by its (wall-clock) watermark: while the process keeps
                 // running, keep its clock going.
-                Err(QueueClosed) if self.keep_clocks_running() => std::thread::sleep(POLL),
+                Err(QueueClosed) if self.keep_clocks_running() => {
+                    if self.sensor_events.is_some() {
+                        // Sensors only from here: wait on them instead of sleeping.
+                        let revisions = self.take_sensor_events(POLL);
+                        if !revisions.is_empty() {
+                            self.commit(revisions)?;
+                        }
+                    } else {
+                        std::thread::sleep(POLL);
+                    }
+                }
                 Err(QueueClosed) => break,
+            }
+            let revisions = self.take_sensor_events(Duration::ZERO);
+            if !revisions.is_empty() {
+                self.commit(revisions)?;
             }
             if last_tick.elapsed() >= POLL {
                 last_tick = Instant::now();
@@ -367,9 +441,15 @@ impl RulesAndRisk {
     }
 
     fn keep_clocks_running(&self) -> bool {
-        self.keep_running
+        let running = self
+            .keep_running
             .as_ref()
-            .is_some_and(|stop| !stop.is_triggered())
+            .is_some_and(|stop| !stop.is_triggered());
+        // Sensors keep sending after every camera file has ended.
+        if running && self.sensor_events.is_some() {
+            return true;
+        }
+        running
             && self
                 .cameras
                 .values()
@@ -442,6 +522,10 @@ impl RulesAndRisk {
         for (id, clock) in &mut self.gone {
             *clock = (*clock).max(Utc::now());
             revisions.extend(self.engine.advance(id, *clock));
+        }
+        let now = Utc::now();
+        for sensor in &self.sensors {
+            revisions.extend(self.engine.advance(sensor, now));
         }
         if revisions.is_empty() {
             return Ok(());

@@ -1,0 +1,829 @@
+//! The MQTT connection of the sensor ingest stage (rumqttc on the tokio runtime).
+//!
+//! - A persistent session (`clean_session = false` by default) with QoS 1 subscriptions:
+//!   what the broker queued while skynet was away arrives when it is back.
+//! - Reconnects by itself with capped exponential backoff; subscribes again whenever the
+//!   broker does not have the session any more.
+//! - A last will on the status topic (`offline`, retained); `online` once connected.
+//! - Dead letters: a refused payload is published, as it came, to `deadletter_topic`, never
+//!   blocking the feed (a full client queue drops the copy and counts it).
+//! - `mqtts://` uses rustls, with the CA and client certificate from files.
+//!
+//! The password never reaches a log, an error or a metric: URLs are shown redacted.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use serde::Deserialize;
+use skynet_core::config::{ConfigContext, FieldError, MAX_SECONDS, check_range};
+use skynet_core::{ComponentHealth, Shutdown, redact_uri};
+use tokio::sync::mpsc;
+
+use super::ingest::{IngestLimits, PayloadFormat, SensorFrom, TopicFamily, UnknownSensors};
+use super::payload::{JsonMapping, TimeFormat};
+
+/// The default dead-letter topic.
+pub const DEFAULT_DEADLETTER_TOPIC: &str = "skynet/deadletter/sensors";
+
+fn default_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive() -> f64 {
+    30.0
+}
+fn default_deadletter() -> String {
+    DEFAULT_DEADLETTER_TOPIC.into()
+}
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_max_future() -> f64 {
+    30.0
+}
+fn default_max_age() -> f64 {
+    86_400.0
+}
+fn default_queue() -> usize {
+    4096
+}
+fn default_initial_backoff() -> f64 {
+    0.5
+}
+fn default_max_backoff() -> f64 {
+    10.0
+}
+
+/// The `[mqtt]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` or `mqtts://host:port`; `${VAR}` and `${VAR:-default}` expand.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Names the persistent session; default `skynet-<node>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`); default: the
+    /// system's roots.
+    pub ca_file: Option<String>,
+    /// PEM files of the client certificate and its key, for brokers that ask for one.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: f64,
+    /// `false` keeps the session (and what the broker queues for it) across disconnects.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Retained `online`/`offline` (the last will); default `skynet/status/<client_id>`.
+    pub status_topic: Option<String>,
+    #[serde(default = "default_deadletter")]
+    pub deadletter_topic: String,
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    #[serde(default = "default_max_future")]
+    pub max_future_s: f64,
+    #[serde(default = "default_max_age")]
+    pub max_age_s: f64,
+    /// `reject` (count and dead-letter) or `register` (as `unassigned`).
+    #[serde(default)]
+    pub unknown_sensors: UnknownSensorsSetting,
+    /// Messages waiting for validation; when full, the broker waits (nothing is dropped).
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_s: f64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_s: f64,
+    /// The sensor families: topic filters and payload formats.
+    #[serde(default)]
+    pub topics: Vec<TopicSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSensorsSetting {
+    #[default]
+    Reject,
+    Register,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatSetting {
+    #[default]
+    Senml,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorFromSetting {
+    Topic,
+    Payload,
+}
+
+/// One `[[mqtt.topics]]` table: a family of sensors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// An MQTT topic filter; its first `+` (or `#`) names the sensor.
+    pub pattern: String,
+    #[serde(default)]
+    pub format: FormatSetting,
+    /// Default: `topic` when the pattern has a wildcard, else `payload`.
+    pub sensor_from: Option<SensorFromSetting>,
+    /// JSON pointers (RFC 6901) for `format = "json"`.
+    pub records_pointer: Option<String>,
+    pub value_pointer: Option<String>,
+    pub time_pointer: Option<String>,
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    pub unit_pointer: Option<String>,
+    /// The unit when the payload names none.
+    pub unit: Option<String>,
+    pub name_pointer: Option<String>,
+    pub sensor_pointer: Option<String>,
+}
+
+/// The validated `[mqtt]` table.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// The URL without credentials, for logs.
+    pub display_url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub client_id: String,
+    /// User name and password (shown as `***` by `Debug`).
+    pub credentials: Option<skynet_core::Credentials>,
+    pub ca_file: Option<PathBuf>,
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    pub qos: QoS,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub status_topic: String,
+    pub deadletter_topic: String,
+    pub queue: usize,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub families: Vec<TopicFamily>,
+    pub limits: IngestLimits,
+}
+
+fn check_pointer(field: &str, pointer: &Option<String>) -> Result<(), FieldError> {
+    match pointer {
+        Some(p) if !p.is_empty() && !p.starts_with('/') => Err(FieldError::new(
+            field,
+            format!(
+                "`{field}` must be a JSON pointer starting with `/`, like \"/data/co\", got `{p}`"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_topic(field: &str, topic: &str, filter: bool) -> Result<(), FieldError> {
+    let bad = topic.is_empty()
+        || topic.len() > 1024
+        || topic.contains('\0')
+        || (!filter && (topic.contains('+') || topic.contains('#')))
+        || (filter
+            && topic.split('/').enumerate().any(|(i, level)| {
+                (level.contains('+') && level != "+")
+                    || (level.contains('#') && (level != "#" || i + 1 != topic.split('/').count()))
+            }));
+    if bad {
+        let what = if filter {
+            "an MQTT topic filter (`+` for one level, `#` last)"
+        } else {
+            "an MQTT topic without wildcards"
+        };
+        return Err(FieldError::new(
+            field,
+            format!("`{field}` must be {what}, got `{topic}`"),
+        ));
+    }
+    Ok(())
+}
+
+impl TopicSettings {
+    fn validate(&self, i: usize) -> Result<TopicFamily, FieldError> {
+        let field = |k: &str| format!("topics[{i}].{k}");
+        check_topic(&field("pattern"), &self.pattern, true)?;
+        let has_wildcard = self.pattern.split('/').any(|l| l == "+" || l == "#");
+        let sensor_from = match self.sensor_from {
+            Some(SensorFromSetting::Topic) if !has_wildcard => {
+                return Err(FieldError::new(
+                    field("sensor_from"),
+                    format!(
+                        "`sensor_from = \"topic\"` needs a `+` or `#` in the pattern `{}`",
+                        self.pattern
+                    ),
+                ));
+            }
+            Some(SensorFromSetting::Topic) => SensorFrom::Topic,
+            Some(SensorFromSetting::Payload) => SensorFrom::Payload,
+            None if has_wildcard => SensorFrom::Topic,
+            None => SensorFrom::Payload,
+        };
+        for (k, p) in [
+            ("records_pointer", &self.records_pointer),
+            ("value_pointer", &self.value_pointer),
+            ("time_pointer", &self.time_pointer),
+            ("unit_pointer", &self.unit_pointer),
+            ("name_pointer", &self.name_pointer),
+            ("sensor_pointer", &self.sensor_pointer),
+        ] {
+            check_pointer(&field(k), p)?;
+        }
+        if let Some(unit) = &self.unit
+            && !super::units::is_known_unit(unit)
+        {
+            return Err(FieldError::new(
+                field("unit"),
+                format!("unknown unit `{unit}`"),
+            ));
+        }
+        let format = match self.format {
+            FormatSetting::Senml => {
+                let json_keys = [
+                    &self.records_pointer,
+                    &self.value_pointer,
+                    &self.time_pointer,
+                    &self.unit_pointer,
+                    &self.name_pointer,
+                    &self.sensor_pointer,
+                ];
+                if json_keys.iter().any(|k| k.is_some()) {
+                    return Err(FieldError::new(
+                        field("format"),
+                        "JSON pointers apply to `format = \"json\"` only; SenML names its own fields",
+                    ));
+                }
+                PayloadFormat::Senml
+            }
+            FormatSetting::Json => {
+                let Some(value) = self.value_pointer.clone() else {
+                    return Err(FieldError::new(
+                        field("value_pointer"),
+                        "`format = \"json\"` needs `value_pointer`, the JSON pointer to the value",
+                    ));
+                };
+                if sensor_from == SensorFrom::Payload && self.sensor_pointer.is_none() {
+                    return Err(FieldError::new(
+                        field("sensor_pointer"),
+                        "the topic does not name the sensor: give `sensor_pointer`",
+                    ));
+                }
+                PayloadFormat::Json(JsonMapping {
+                    records: self.records_pointer.clone(),
+                    value,
+                    time: self.time_pointer.clone(),
+                    time_format: self.time_format,
+                    unit: self.unit_pointer.clone(),
+                    fixed_unit: self.unit.clone(),
+                    name: self.name_pointer.clone(),
+                    sensor: self.sensor_pointer.clone(),
+                })
+            }
+        };
+        Ok(TopicFamily {
+            pattern: self.pattern.clone(),
+            format,
+            sensor_from,
+        })
+    }
+}
+
+impl MqttSettings {
+    /// Checks the table; `node` names the default client id.
+    pub fn validate(&self, cx: &ConfigContext, node: &str) -> Result<MqttConfig, FieldError> {
+        let url = cx.expand("url", &self.url)?;
+        let display_url = redact_uri(&url);
+        let parsed = url::Url::parse(&url).map_err(|e| {
+            FieldError::new(
+                "url",
+                format!(
+                    "`url` must be mqtt://host:port or mqtts://host:port, got `{display_url}`: {e}"
+                ),
+            )
+        })?;
+        let tls = match parsed.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(FieldError::new(
+                    "url",
+                    format!("`url` scheme `{other}` is not mqtt:// or mqtts://"),
+                ));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| FieldError::new("url", format!("`url` has no host: `{display_url}`")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+        let (_, from_url) = skynet_core::split_credentials(&url);
+        let mut username = from_url
+            .as_ref()
+            .map(|c| c.user.clone())
+            .filter(|u| !u.is_empty());
+        let mut password = from_url.map(|c| c.password).filter(|p| !p.is_empty());
+        if let Some(u) = &self.username {
+            username = Some(cx.expand("username", u)?)
+                .filter(|u| !u.is_empty())
+                .or(username);
+        }
+        if let Some(p) = &self.password {
+            password = Some(cx.expand("password", p)?)
+                .filter(|p| !p.is_empty())
+                .or(password);
+        }
+        let credentials = match (username, password) {
+            (Some(user), password) => Some(skynet_core::Credentials {
+                user,
+                password: password.unwrap_or_default(),
+            }),
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "password",
+                    "a `password` needs a `username`",
+                ));
+            }
+            (None, None) => None,
+        };
+        let client_id = match &self.client_id {
+            Some(id) => cx.expand("client_id", id)?,
+            None => format!("skynet-{node}"),
+        };
+        if client_id.is_empty() || client_id.len() > 128 || client_id.contains(['/', '+', '#']) {
+            return Err(FieldError::new(
+                "client_id",
+                format!(
+                    "`client_id` must be 1 to 128 characters without `/`, `+` or `#`, got `{client_id}`"
+                ),
+            ));
+        }
+        let qos = match self.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            q => {
+                return Err(FieldError::new(
+                    "qos",
+                    format!("`qos` must be 0, 1 or 2, got {q}"),
+                ));
+            }
+        };
+        let keep_alive = check_range("keep_alive_s", self.keep_alive_s, 5.0, 3600.0)?;
+        let status_topic = match &self.status_topic {
+            Some(t) => cx.expand("status_topic", t)?,
+            None => format!("skynet/status/{client_id}"),
+        };
+        check_topic("status_topic", &status_topic, false)?;
+        let deadletter_topic = cx.expand("deadletter_topic", &self.deadletter_topic)?;
+        check_topic("deadletter_topic", &deadletter_topic, false)?;
+        let path = |field: &str, v: &Option<String>| -> Result<Option<PathBuf>, FieldError> {
+            v.as_ref().map(|p| cx.resolve_path(field, p)).transpose()
+        };
+        let ca_file = path("ca_file", &self.ca_file)?;
+        let client_auth = match (
+            path("cert_file", &self.cert_file)?,
+            path("key_file", &self.key_file)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(FieldError::new("cert_file", "`cert_file` needs `key_file`"));
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::new("key_file", "`key_file` needs `cert_file`"));
+            }
+        };
+        if !tls && (ca_file.is_some() || client_auth.is_some()) {
+            return Err(FieldError::new(
+                "ca_file",
+                "certificates are for mqtts:// URLs; this one is mqtt://",
+            ));
+        }
+        if !(64..=16 * 1024 * 1024).contains(&self.max_payload_bytes) {
+            return Err(FieldError::new(
+                "max_payload_bytes",
+                "`max_payload_bytes` must be between 64 and 16777216",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue) {
+            return Err(FieldError::new(
+                "queue",
+                "`queue` must be between 1 and 1000000",
+            ));
+        }
+        let max_future =
+            skynet_core::config::seconds_in("max_future_s", self.max_future_s, 0.0, MAX_SECONDS)?;
+        let max_age =
+            skynet_core::config::seconds_in("max_age_s", self.max_age_s, 1.0, MAX_SECONDS)?;
+        let initial_backoff =
+            check_range("initial_backoff_s", self.initial_backoff_s, 0.01, 3600.0)?;
+        let max_backoff =
+            check_range("max_backoff_s", self.max_backoff_s, initial_backoff, 3600.0)?;
+        if self.topics.is_empty() {
+            return Err(FieldError::new(
+                "topics",
+                "no sensor topics: add a [[mqtt.topics]] table, like pattern = \"skynet/sensors/+\"",
+            ));
+        }
+        let families = self
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.validate(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        // skynet's own topics must not come back to it: a dead letter it read again would
+        // be refused again, for ever.
+        for (field, topic) in [
+            ("deadletter_topic", &deadletter_topic),
+            ("status_topic", &status_topic),
+        ] {
+            if let Some(f) = families
+                .iter()
+                .find(|f| super::ingest::topic_capture(&f.pattern, topic).is_some())
+            {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "`{field}` `{topic}` matches the sensor topics `{}`: skynet would read its own messages",
+                        f.pattern
+                    ),
+                ));
+            }
+        }
+        Ok(MqttConfig {
+            display_url,
+            host,
+            port,
+            tls,
+            client_id,
+            credentials,
+            ca_file,
+            client_auth,
+            qos,
+            keep_alive: Duration::from_secs_f64(keep_alive),
+            clean_session: self.clean_session,
+            status_topic,
+            deadletter_topic,
+            queue: self.queue,
+            initial_backoff: Duration::from_secs_f64(initial_backoff),
+            max_backoff: Duration::from_secs_f64(max_backoff),
+            families,
+            limits: IngestLimits {
+                max_payload_bytes: self.max_payload_bytes,
+                max_future,
+                max_age,
+                unknown_sensors: match self.unknown_sensors {
+                    UnknownSensorsSetting::Reject => UnknownSensors::Reject,
+                    UnknownSensorsSetting::Register => UnknownSensors::Register,
+                },
+            },
+        })
+    }
+}
+
+/// Why the MQTT client could not be set up. Never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("MQTT {url}: cannot read {what} {path}: {source}")]
+    Certificate {
+        url: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One message from the broker, with its arrival time.
+#[derive(Debug, Clone)]
+pub struct MqttMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub at: DateTime<Utc>,
+    pub received_at: Instant,
+}
+
+/// Publishes refused payloads to the dead-letter topic without ever waiting.
+#[derive(Clone)]
+pub struct DeadLetters {
+    client: AsyncClient,
+    topic: String,
+    published: metrics::Counter,
+    dropped: metrics::Counter,
+}
+
+impl DeadLetters {
+    /// Queues a copy of `payload`; when the client's queue is full the copy is dropped and
+    /// counted (`skynet_sensor_deadletter_dropped_total`): the feed never waits for it.
+    pub fn publish(&self, payload: &[u8]) {
+        match self.client.try_publish(
+            self.topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            payload.to_vec(),
+        ) {
+            Ok(()) => self.published.increment(1),
+            Err(_) => self.dropped.increment(1),
+        }
+    }
+}
+
+/// A connected (or connecting) MQTT client: hand [`MqttClient::run`] to the runtime.
+pub struct MqttClient {
+    config: MqttConfig,
+    client: AsyncClient,
+    eventloop: EventLoop,
+}
+
+impl MqttClient {
+    /// Builds the client (reads the certificate files); connecting happens in `run`.
+    pub fn new(config: MqttConfig) -> Result<Self, MqttError> {
+        let mut options =
+            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(config.clean_session)
+            .set_max_packet_size(config.limits.max_payload_bytes + 64 * 1024, 1024 * 1024)
+            .set_last_will(LastWill::new(
+                config.status_topic.clone(),
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(c) = &config.credentials {
+            options.set_credentials(c.user.clone(), c.password.clone());
+        }
+        if config.tls {
+            let read = |what: &'static str, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| MqttError::Certificate {
+                    url: config.display_url.clone(),
+                    what,
+                    path: path.clone(),
+                    source,
+                })
+            };
+            // One crypto provider for the process (ring), whichever crate asks first.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client_auth = match &config.client_auth {
+                Some((cert, key)) => {
+                    Some((read("client certificate", cert)?, read("client key", key)?))
+                }
+                None => None,
+            };
+            let transport = match &config.ca_file {
+                Some(ca) => Transport::tls(read("CA certificate", ca)?, client_auth, None),
+                None => Transport::tls_with_default_config(),
+            };
+            options.set_transport(transport);
+        }
+        options.set_inflight(1000);
+        let (client, eventloop) = AsyncClient::new(options, 10_000);
+        Ok(Self {
+            config,
+            client,
+            eventloop,
+        })
+    }
+
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            client: self.client.clone(),
+            topic: self.config.deadletter_topic.clone(),
+            published: metrics::counter!("skynet_sensor_deadletter_total"),
+            dropped: metrics::counter!("skynet_sensor_deadletter_dropped_total"),
+        }
+    }
+
+    /// Runs the connection until `stop`: every message on the families' topics goes to
+    /// `out`, waiting when it is full (the broker holds the rest). Returns when stopped or
+    /// when `out` is closed.
+    pub async fn run(
+        mut self,
+        out: mpsc::Sender<MqttMessage>,
+        stop: Shutdown,
+        health: ComponentHealth,
+    ) {
+        let url = self.config.display_url.clone();
+        let connected = metrics::gauge!("skynet_mqtt_connected");
+        let reconnects = metrics::counter!("skynet_mqtt_reconnects_total");
+        let received = metrics::counter!("skynet_mqtt_messages_total");
+        let depth =
+            metrics::gauge!("skynet_queue_depth", "queue" => "sensor_messages", "stage" => "mqtt");
+        let mut backoff = self.config.initial_backoff;
+        let mut was_connected = false;
+        let mut failures = 0u64;
+        connected.set(0.0);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let event = tokio::select! {
+                event = self.eventloop.poll() => event,
+                _ = tick.tick() => {
+                    if stop.is_triggered() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    received.increment(1);
+                    let message = MqttMessage {
+                        topic: p.topic,
+                        payload: p.payload,
+                        at: Utc::now(),
+                        received_at: Instant::now(),
+                    };
+                    depth.set((out.max_capacity() - out.capacity()) as f64);
+                    if out.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = self.config.initial_backoff;
+                    connected.set(1.0);
+                    if was_connected {
+                        reconnects.increment(1);
+                    }
+                    was_connected = true;
+                    failures = 0;
+                    tracing::info!(url = %url, session_present = ack.session_present, "MQTT connected");
+                    health.describe(Some(&format!("connected to {url}")), None);
+                    health.up();
+                    let _ = self.client.try_publish(
+                        self.config.status_topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        "online",
+                    );
+                    // Subscribe on every connection, even when the broker says it kept the
+                    // session: some brokers report a session they do not have (Mosquitto
+                    // 2.0 with persistence, for a new client). A repeated subscription only
+                    // replaces the old one; retained messages it brings again are refused
+                    // as duplicates.
+                    let filters: Vec<rumqttc::SubscribeFilter> = self
+                        .config
+                        .families
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.pattern.clone(), self.config.qos))
+                        .collect();
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::error!(url = %url, error = %e, "MQTT subscribe could not be queued");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(url = %url, "the broker refused a sensor topic subscription");
+                        health.describe(Some("a subscription was refused"), None);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connected.set(0.0);
+                    failures += 1;
+                    let reason = format!("MQTT {url}: {e}");
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %reason, retry_in_s = backoff.as_secs_f64(), attempt = failures, "MQTT connection lost; reconnecting");
+                    }
+                    health.retrying(reason);
+                    let until = tokio::time::Instant::now() + backoff;
+                    while tokio::time::Instant::now() < until && !stop.is_triggered() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        // A clean goodbye: offline (retained) first, then disconnect; a second at most.
+        connected.set(0.0);
+        let _ = self.client.try_publish(
+            self.config.status_topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            "offline",
+        );
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while self.eventloop.poll().await.is_ok() {}
+        })
+        .await;
+        health.finished();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> Result<MqttConfig, FieldError> {
+        let text = format!("{extra}\n[[topics]]\npattern = \"skynet/sensors/+\"\n");
+        let s: MqttSettings =
+            toml::from_str(&text).map_err(|e| FieldError::new("", e.to_string()))?;
+        s.validate(
+            &ConfigContext::new(std::path::Path::new("/etc/skynet/x.toml")),
+            "n1",
+        )
+    }
+
+    #[test]
+    fn defaults_give_a_persistent_qos1_session() {
+        let c = settings("").unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.tls), ("127.0.0.1", 1883, false));
+        assert_eq!(c.qos, QoS::AtLeastOnce);
+        assert!(!c.clean_session);
+        assert_eq!(c.client_id, "skynet-n1");
+        assert_eq!(c.status_topic, "skynet/status/skynet-n1");
+        assert_eq!(c.deadletter_topic, DEFAULT_DEADLETTER_TOPIC);
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_or_the_environment_and_stay_hidden() {
+        let c = settings("url = \"mqtts://ops:s3cr%21t@broker.example:8884\"").unwrap();
+        let credentials = c.credentials.clone().unwrap();
+        assert_eq!(
+            (credentials.user.as_str(), credentials.password.as_str()),
+            ("ops", "s3cr!t")
+        );
+        assert!(!c.display_url.contains("s3cr"), "{}", c.display_url);
+        assert!(!format!("{c:?}").contains("s3cr"));
+        let e = settings("url = \"http://ops:s3cret@x\"").unwrap_err();
+        assert!(!e.message.contains("s3cret"), "{e}");
+        let c = settings("url = \"${SKYNET_SURELY_UNSET_MQTT:-mqtt://10.0.0.1:1999}\"").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 1999));
+    }
+
+    #[test]
+    fn bad_tables_name_their_field() {
+        assert_eq!(settings("qos = 3").unwrap_err().field, "qos");
+        assert_eq!(
+            settings("deadletter_topic = \"a/+\"").unwrap_err().field,
+            "deadletter_topic"
+        );
+        assert_eq!(
+            settings("ca_file = \"/ca.pem\"").unwrap_err().field,
+            "ca_file"
+        );
+        assert_eq!(
+            settings("deadletter_topic = \"skynet/sensors/dead\"")
+                .unwrap_err()
+                .field,
+            "deadletter_topic"
+        );
+        let s: MqttSettings = toml::from_str("[[topics]]\npattern = \"a/#/b\"").unwrap();
+        assert_eq!(
+            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
+                .unwrap_err()
+                .field,
+            "topics[0].pattern"
+        );
+        let s: MqttSettings =
+            toml::from_str("[[topics]]\npattern = \"a/+\"\nformat = \"json\"").unwrap();
+        assert_eq!(
+            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
+                .unwrap_err()
+                .field,
+            "topics[0].value_pointer"
+        );
+        let s: MqttSettings = toml::from_str(
+            "[[topics]]\npattern = \"a/b\"\nformat = \"json\"\nvalue_pointer = \"/v\"",
+        )
+        .unwrap();
+        assert_eq!(
+            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
+                .unwrap_err()
+                .field,
+            "topics[0].sensor_pointer"
+        );
+        let s: MqttSettings = toml::from_str(
+            "[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalue_pointer = \"v\"",
+        )
+        .unwrap();
+        assert_eq!(
+            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
+                .unwrap_err()
+                .field,
+            "topics[0].value_pointer"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The sensor stage: MQTT messages in, evidence and device faults out to the risk stage.
+//!
+//! ```text
+//!  MqttClient (tokio) ─► bounded queue ─► sensor thread: SensorIngest ─► SensorRules ─► risk
+//!        ▲                                   │ refused payloads
+//!        └──── dead-letter topic ◄───────────┘
+//! ```
+//!
+//! Validation and rules run on their own thread, so the connection only moves bytes; a full
+//! queue makes the connection wait (the broker holds the rest), and a full queue to the risk
+//! stage makes this thread wait: no reading that passed validation and no evidence is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use skynet_core::{CameraId, DeviceFault, Health, Observation, Shutdown};
+use skynet_detect::{Liveness, SensorRules};
+use skynet_ingest::sensor::{
+    DeadLetters, MqttClient, MqttConfig, MqttMessage, Reject, SensorIngest,
+};
+use tokio::sync::mpsc;
+
+use super::PipelineError;
+use crate::config::SensorConfig;
+
+/// What the sensor stage hands the risk stage.
+#[derive(Debug, Clone)]
+pub enum SensorEvent {
+    Observation(Observation),
+    Fault(DeviceFault),
+    Recovered { device: CameraId, at: DateTime<Utc> },
+}
+
+/// What the sensor thread receives: a message, or a tick for the liveness checks.
+#[derive(Debug)]
+pub enum SensorInput {
+    Message(MqttMessage),
+    Tick(DateTime<Utc>),
+}
+
+/// Validation, rules and dead letters for every sensor: the thread's whole work, usable
+/// without a broker (tests, the benchmark).
+pub struct SensorStage {
+    ingest: SensorIngest,
+    rules: HashMap<String, SensorRules>,
+    dead_letters: Option<DeadLetters>,
+    latency: metrics::Histogram,
+    /// How many refusals of each reason were logged (first, then powers of two).
+    logged: HashMap<Reject, u64>,
+}
+
+impl SensorStage {
+    pub fn new(
+        mqtt: &MqttConfig,
+        sensors: &[SensorConfig],
+        dead_letters: Option<DeadLetters>,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            ingest: SensorIngest::new(
+                mqtt.families.clone(),
+                sensors.iter().map(|s| s.spec.clone()).collect(),
+                mqtt.limits.clone(),
+            ),
+            rules: sensors
+                .iter()
+                .map(|s| {
+                    (
+                        s.spec.id.to_string(),
+                        SensorRules::new(s.placement.clone(), s.rules.clone(), now),
+                    )
+                })
+                .collect(),
+            dead_letters,
+            latency: metrics::histogram!("skynet_sensor_latency_seconds"),
+            logged: HashMap::new(),
+        }
+    }
+
+    /// Processes one input; each event goes to `emit` (which may block: nothing is dropped).
+    pub fn process(&mut self, input: SensorInput, emit: &mut impl FnMut(SensorEvent)) {
+        match input {
+            SensorInput::Message(message) => self.message(&message, emit),
+            SensorInput::Tick(now) => {
+                for rules in self.rules.values_mut() {
+                    match rules.check_liveness(now) {
+                        Some(Liveness::Offline(fault)) => emit(SensorEvent::Fault(fault)),
+                        Some(Liveness::Recovered { device, at }) => {
+                            emit(SensorEvent::Recovered { device, at })
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, message: &MqttMessage, emit: &mut impl FnMut(SensorEvent)) {
+        let ingested = self.ingest.ingest(
+            &message.topic,
+            &message.payload,
+            message.at,
+            message.received_at,
+        );
+        if let Some(first) = ingested.rejected.first() {
+            if let Some(dead) = &self.dead_letters {
+                dead.publish(&message.payload);
+            }
+            let n = self.logged.entry(first.reason).or_default();
+            *n += 1;
+            if n.is_power_of_two() {
+                let excerpt: String = String::from_utf8_lossy(&message.payload)
+                    .chars()
+                    .take(160)
+                    .collect();
+                tracing::warn!(
+                    topic = %message.topic,
+                    reason = %first.reason,
+                    sensor = first.sensor.as_ref().map(|s| s.as_str()).unwrap_or("-"),
+                    payload = ?excerpt,
+                    refused_so_far = *n,
+                    "sensor payload refused; sent to the dead-letter topic"
+                );
+            }
+        }
+        for reading in ingested.readings {
+            let Some(rules) = self.rules.get_mut(reading.sensor.as_str()) else {
+                continue;
+            };
+            let (observations, back) = rules.apply(&reading, message.at);
+            if let Some(Liveness::Recovered { device, at }) = back {
+                emit(SensorEvent::Recovered { device, at });
+            }
+            for observation in observations {
+                self.latency
+                    .record(reading.received_at.elapsed().as_secs_f64());
+                let _span = tracing::debug_span!("observe", sensor = %reading.sensor, grid = %observation.grid).entered();
+                emit(SensorEvent::Observation(observation));
+            }
+        }
+    }
+}
+
+/// How often liveness is checked.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Starts the MQTT connection on the runtime and the sensor thread; events go to `events`.
+pub fn start(
+    runtime: &tokio::runtime::Handle,
+    mqtt: &MqttConfig,
+    sensors: &[SensorConfig],
+    health: &Health,
+    stop: &Shutdown,
+    events: crossbeam_channel::Sender<SensorEvent>,
+) -> Result<JoinHandle<()>, PipelineError> {
+    let client =
+        MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
+    let mut stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()));
+    let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);
+    let (messages_tx, mut messages_rx) = mpsc::channel::<MqttMessage>(mqtt.queue);
+    let mqtt_health = health.register("mqtt", "source");
+    tracing::info!(url = %mqtt.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
+    runtime.spawn(client.run(messages_tx, stop.clone(), mqtt_health));
+    // One queue into the thread: messages in order, with liveness ticks between them.
+    let ticks = tx.clone();
+    let stopping = stop.clone();
+    runtime.spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                m = messages_rx.recv() => match m {
+                    Some(m) => if tx.send(SensorInput::Message(m)).await.is_err() { return },
+                    None => return,
+                },
+                _ = interval.tick() => {
+                    if stopping.is_triggered() {
+                        return;
+                    }
+                    if ticks.send(SensorInput::Tick(Utc::now())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stage_health = health.register("sensors", "stage");
+    let events = Arc::new(events);
+    std::thread::Builder::new()
+        .name("sensors".into())
+        .spawn(move || {
+            stage_health.up();
+            let mut emit = |event: SensorEvent| {
+                // The risk stage has gone only when the pipeline is stopping.
+                let _ = events.send(event);
+            };
+            while let Some(input) = rx.blocking_recv() {
+                stage.process(input, &mut emit);
+            }
+            stage_health.finished();
+        })
+        .map_err(|source| PipelineError::Spawn {
+            stage: "sensors".into(),
+            source,
+        })
+}

@@ -1,0 +1,815 @@
+//! Sensor ingest end to end: `skynet run` against real Mosquitto brokers.
+//!
+//! - Round trip: every payload form (SenML pack, single record, base fields, a unit to
+//!   convert, vendor JSON) goes from publish to observation and incident.
+//! - Broker restart: a private broker (persistence on, `max_queued_messages 0`) is stopped
+//!   and started mid-stream; the session resumes and QoS 1 messages published while skynet
+//!   was disconnected still arrive.
+//! - Malformed payloads: a generated corpus of over 1,000, each refused with its reason and
+//!   dead-lettered, while valid readings keep flowing.
+//! - configs/city.toml: gas-07's leak gives exactly one `gas_leak` incident in G-0201, and
+//!   normal noise gives none.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+/// A private Mosquitto on a spare port, which tests may stop and start.
+struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let port = free_port().port();
+        let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root runs as its own user: it must be able to persist here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+                 persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again (with what it persisted).
+    fn restart(&mut self) {
+        let child = Command::new("/usr/sbin/mosquitto")
+            .args([
+                "-c",
+                self.dir.path().join("mosquitto.conf").to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_ok()),
+            "the private broker listens"
+        );
+    }
+
+    /// SIGTERM: it saves its sessions and queues, then exits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Messages a test client received: topic and payload.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A publisher (and optionally subscriber) on `url`, its connection polled on a thread.
+struct Mqtt {
+    client: Client,
+    received: Received,
+}
+
+impl Mqtt {
+    fn connect(url: &str, id: &str) -> Self {
+        let u = url::Url::parse(url).unwrap();
+        let mut options = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut connection) = Client::new(options, 10_000);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(Mutex::new(false));
+        let (r, c) = (Arc::clone(&received), Arc::clone(&connected));
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        r.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => *c.lock().unwrap() = true,
+                    Ok(_) => {}
+                    Err(_) => {
+                        *c.lock().unwrap() = false;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        });
+        assert!(
+            eventually(Duration::from_secs(10), || *connected.lock().unwrap()),
+            "test client connects to {url}"
+        );
+        Self { client, received }
+    }
+
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .unwrap();
+    }
+}
+
+/// A sensors-only config (no camera, no model) in `dir`.
+fn sensor_config(dir: &Path, listen: SocketAddr, mqtt: &str, sensors: &str) -> PathBuf {
+    let repo = repo();
+    let text = format!(
+        r#"
+[node]
+name = "sensor-test"
+[metrics]
+listen = "{listen}"
+[grids]
+file = "{grids}"
+[detect]
+model = "{model}"
+[outbox]
+path = "{out}/outbox.sqlite"
+{mqtt}
+{sensors}
+"#,
+        grids = repo.join("configs/city-grids.geojson").display(),
+        model = repo.join("models/yolox_nano.toml").display(),
+        out = dir.display(),
+    );
+    let path = dir.join("skynet.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics(listen: SocketAddr) -> String {
+    http_get(listen, "/metrics").unwrap_or_default()
+}
+
+fn wait_connected(listen: SocketAddr) {
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &metrics(listen),
+            "skynet_mqtt_connected"
+        ) == 1.0),
+        "skynet connects to the broker"
+    );
+}
+
+fn unique(name: &str) -> String {
+    format!("skynet-test/{}-{name}", std::process::id())
+}
+
+fn now_s() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+const GAS_RULE: &str = r#"
+  [[sensors.rules]]
+  kind = "threshold"
+  above = 50.0
+  for_s = 0
+  category = "gas_leak"
+  weight = 0.6
+"#;
+
+#[test]
+fn every_payload_form_goes_from_publish_to_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let prefix = unique("forms");
+    let mqtt = format!(
+        r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+client_id = "{id}"
+clean_session = true
+deadletter_topic = "{prefix}-deadletter"
+  [[mqtt.topics]]
+  pattern = "{prefix}/senml/+"
+  [[mqtt.topics]]
+  pattern = "{prefix}/vendor"
+  format = "json"
+  sensor_pointer = "/device"
+  value_pointer = "/data/level"
+  unit_pointer = "/data/unit"
+  time_pointer = "/ts"
+"#,
+        id = prefix.replace('/', "-"),
+    );
+    let mut sensors = String::new();
+    for id in ["gas-a", "gas-b", "gas-c", "gas-d"] {
+        sensors += &format!(
+            "[[sensors]]\nid = \"{id}\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\n{GAS_RULE}"
+        );
+    }
+    sensors += "[[sensors]]\nid = \"river-1\"\nkind = \"water_level\"\ngrid = \"G-0301\"\nowner = \"city_management\"\n  [[sensors.rules]]\n  kind = \"threshold\"\n  above = 3.0\n  category = \"water_level_high\"\n";
+    let config = sensor_config(dir.path(), listen, &mqtt, &sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    std::thread::sleep(Duration::from_millis(500));
+    let publisher = Mqtt::connect(
+        "mqtt://127.0.0.1:1883",
+        &format!("{}-pub", prefix.replace('/', "-")),
+    );
+    let t = now_s();
+    // A pack with base fields; a single record without the array; a unit to convert; a
+    // name with the sensor's prefix; vendor JSON with quoted numbers and milliseconds.
+    publisher.publish(
+        &format!("{prefix}/senml/gas-a"),
+        format!(
+            r#"[{{"bn":"gas-a/","bt":{t},"bu":"ppm","n":"co","v":61}},{{"n":"co","t":0.5,"v":62}}]"#
+        ),
+    );
+    publisher.publish(
+        &format!("{prefix}/senml/gas-b"),
+        r#"{"n":"co","u":"ppm","v":75}"#,
+    );
+    publisher.publish(
+        &format!("{prefix}/senml/gas-c"),
+        r#"[{"n":"co","u":"ppb","v":80000}]"#,
+    );
+    publisher.publish(
+        &format!("{prefix}/senml/gas-d"),
+        r#"[{"n":"gas-d/co","v":99.5}]"#,
+    );
+    publisher.publish(
+        &format!("{prefix}/vendor"),
+        format!(
+            r#"{{"device":"river-1","ts":{},"data":{{"level":"350","unit":"cm"}}}}"#,
+            (t * 1000.0) as i64
+        ),
+    );
+    let expected = [
+        ("gas-a", 2.0),
+        ("gas-b", 1.0),
+        ("gas-c", 1.0),
+        ("gas-d", 1.0),
+        ("river-1", 1.0),
+    ];
+    let arrived = eventually(Duration::from_secs(20), || {
+        let m = metrics(listen);
+        expected.iter().all(|(s, n)| {
+            metric(
+                &m,
+                &format!("skynet_sensor_readings_total{{sensor=\"{s}\"}}"),
+            ) == *n
+        })
+    });
+    let m = metrics(listen);
+    assert!(arrived, "every form arrived: {m}\n{}", log.lock().unwrap());
+    assert_eq!(
+        metric(&m, "skynet_sensor_value{sensor=\"gas-c\"}"),
+        80.0,
+        "ppb converted to ppm"
+    );
+    assert_eq!(
+        metric(&m, "skynet_sensor_value{sensor=\"river-1\"}"),
+        3.5,
+        "cm converted to m"
+    );
+    // Each is evidence, and becomes an incident of its sensor.
+    let opened = eventually(Duration::from_secs(20), || {
+        let events = stored_events(dir.path());
+        ["gas-a", "gas-b", "gas-c", "gas-d", "river-1"]
+            .iter()
+            .all(|s| {
+                events
+                    .iter()
+                    .any(|e| e.data.sensor.as_ref().is_some_and(|x| x.as_str() == *s))
+            })
+    });
+    let (status, text) = terminate(&mut child, &log);
+    assert!(
+        opened,
+        "an incident per sensor: {:?}\n{text}",
+        stored_events(dir.path())
+    );
+    let events = stored_events(dir.path());
+    let river = events
+        .iter()
+        .find(|e| e.data.category == "water_level_high")
+        .unwrap();
+    let json = serde_json::to_value(&river.data).unwrap();
+    assert_eq!(json["sensor"], "river-1");
+    assert!(
+        json.get("camera").is_none(),
+        "a sensor's incident names no camera: {json}"
+    );
+    assert_eq!(json["grid"], "G-0301");
+    assert!(status.success(), "{text}");
+}
+
+#[test]
+fn the_session_survives_a_broker_restart_and_keeps_what_was_queued() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let mqtt = format!(
+        r#"
+[mqtt]
+url = "{url}"
+client_id = "restart-test"
+initial_backoff_s = 4.0
+max_backoff_s = 4.0
+  [[mqtt.topics]]
+  pattern = "plant/+/senml"
+"#,
+        url = broker.url()
+    );
+    let sensors = "[[sensors]]\nid = \"gas-r\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\nexpected_interval_s = 0\n";
+    let config = sensor_config(dir.path(), listen, &mqtt, sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    // Distinct times: two readings of one sensor at one time are a duplicate.
+    let t0 = now_s();
+    let reading = |i: usize| {
+        format!(
+            r#"[{{"n":"co","u":"ppm","v":{}.0,"bt":{}}}]"#,
+            i % 40,
+            t0 + i as f64 * 0.01
+        )
+    };
+    {
+        let publisher = Mqtt::connect(&broker.url(), "restart-pub-1");
+        for i in 0..50 {
+            publisher.publish("plant/gas-r/senml", reading(i));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(eventually(Duration::from_secs(10), || metric(
+            &metrics(listen),
+            "skynet_sensor_readings_total{sensor=\"gas-r\"}"
+        ) == 50.0));
+    }
+    broker.stop();
+    broker.restart();
+    // skynet waits 4 s before it reconnects: these are published while it is away.
+    let publisher = Mqtt::connect(&broker.url(), "restart-pub-2");
+    for i in 50..250 {
+        publisher.publish("plant/gas-r/senml", reading(i));
+    }
+    assert!(
+        !eventually(Duration::from_millis(300), || metric(
+            &metrics(listen),
+            "skynet_mqtt_connected"
+        ) == 1.0),
+        "published while skynet was disconnected"
+    );
+    let all = eventually(Duration::from_secs(30), || {
+        metric(
+            &metrics(listen),
+            "skynet_sensor_readings_total{sensor=\"gas-r\"}",
+        ) == 250.0
+    });
+    let m = metrics(listen);
+    let (_, text) = terminate(&mut child, &log);
+    assert!(
+        all,
+        "all 250 readings arrived after the restart: {}\n{text}",
+        metric(&m, "skynet_sensor_readings_total{sensor=\"gas-r\"}")
+    );
+    assert!(metric(&m, "skynet_mqtt_reconnects_total") >= 1.0);
+    assert!(text.contains("MQTT connection lost"), "{text}");
+}
+
+/// Malformed payloads of every kind, each with the reason skynet must give.
+fn malformed_corpus(n: usize, now: f64) -> Vec<(String, &'static str)> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    (0..n)
+        .map(|i| match i % 12 {
+            0 => {
+                // Valid JSON cut short at a random point.
+                let full = format!(
+                    r#"[{{"bn":"gas-m/","n":"co","v":{},"bt":{now}}}]"#,
+                    rng.u32(0..100)
+                );
+                let cut = rng.usize(1..full.len() - 1);
+                (full[..cut].to_string(), "malformed_json")
+            }
+            1 => {
+                let garbage: String = (0..rng.usize(1..64))
+                    .map(|_| rng.char('\u{0}'..'\u{7f}'))
+                    .collect();
+                (format!("x{garbage}"), "malformed_json")
+            }
+            2 => (
+                format!(r#"[{{"n":"co","v":"{}"}}]"#, rng.u32(..)),
+                "wrong_type",
+            ),
+            3 => (format!(r#"[{{"n":{},"v":1}}]"#, rng.u32(..)), "wrong_type"),
+            4 => (r#"[{"n":"co"}]"#.to_string(), "missing_value"),
+            5 => (
+                format!(r#"[{{"n":"co","v":{}}}]"#, -1.0 - rng.f64() * 1e3),
+                "out_of_range",
+            ),
+            6 => (
+                format!(r#"[{{"n":"co","v":{}}}]"#, 1e5 + rng.f64() * 1e9),
+                "out_of_range",
+            ),
+            7 => (
+                format!(r#"[{{"bv":1e308,"n":"co","v":1e308,"bt":{now}}}]"#),
+                "not_finite",
+            ),
+            8 => (
+                format!(
+                    r#"[{{"n":"co","v":5,"bt":{}}}]"#,
+                    now + 3600.0 + rng.f64() * 1e6
+                ),
+                "future_time",
+            ),
+            9 => (
+                format!(
+                    r#"[{{"n":"co","v":5,"bt":{}}}]"#,
+                    now - 200_000.0 - rng.f64() * 1e6
+                ),
+                "too_old",
+            ),
+            10 => (
+                format!(r#"[{{"n":"co","u":"unit{}","v":5}}]"#, rng.u32(..)),
+                "unknown_unit",
+            ),
+            _ => (
+                r#"[{"n":"gas-m/temperature","v":5}]"#.to_string(),
+                "unknown_quantity",
+            ),
+        })
+        .collect()
+}
+
+#[test]
+fn a_malformed_corpus_is_refused_with_reasons_while_valid_readings_flow() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let mqtt = format!(
+        r#"
+[mqtt]
+url = "{url}"
+client_id = "corpus-test"
+deadletter_topic = "deadletter/corpus"
+max_age_s = 86400
+  [[mqtt.topics]]
+  pattern = "corpus/+"
+"#,
+        url = broker.url()
+    );
+    let sensors = format!(
+        "[[sensors]]\nid = \"gas-m\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\n{GAS_RULE}"
+    );
+    let config = sensor_config(dir.path(), listen, &mqtt, &sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    let watcher = Mqtt::connect(&broker.url(), "corpus-watcher");
+    watcher
+        .client
+        .subscribe("deadletter/corpus", QoS::AtLeastOnce)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let publisher = Mqtt::connect(&broker.url(), "corpus-pub");
+    let start = now_s() - 100.0;
+    let corpus = malformed_corpus(1200, now_s());
+    let mut valid = 0;
+    let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (i, (payload, reason)) in corpus.iter().enumerate() {
+        publisher.publish("corpus/gas-m", payload.as_bytes());
+        *expected.entry(reason).or_default() += 1.0;
+        if i % 10 == 0 {
+            // A valid reading between them, times rising.
+            publisher.publish(
+                "corpus/gas-m",
+                format!(
+                    r#"[{{"n":"co","u":"ppm","v":60,"bt":{}}}]"#,
+                    start + valid as f64 * 0.05
+                ),
+            );
+            valid += 1;
+        }
+    }
+    let done = eventually(Duration::from_secs(60), || {
+        let m = metrics(listen);
+        metric(&m, "skynet_sensor_readings_total{sensor=\"gas-m\"}") == valid as f64
+            && expected.iter().all(|(r, n)| {
+                metric(
+                    &m,
+                    &format!("skynet_sensor_rejected_total{{reason=\"{r}\"}}"),
+                ) == *n
+            })
+    });
+    let m = metrics(listen);
+    let dead = eventually(Duration::from_secs(20), || {
+        watcher.received.lock().unwrap().len() == corpus.len()
+    });
+    let (status, text) = terminate(&mut child, &log);
+    assert!(
+        done,
+        "valid {valid}, refused by reason {expected:?}:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("skynet_sensor"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        dead,
+        "each refused payload reached the dead-letter topic: {} of {}",
+        watcher.received.lock().unwrap().len(),
+        corpus.len()
+    );
+    // Dead letters are the payloads as they came.
+    let received = watcher.received.lock().unwrap();
+    assert!(
+        received
+            .iter()
+            .all(|(topic, _)| topic == "deadletter/corpus")
+    );
+    assert_eq!(received[5].1, corpus[5].0.as_bytes());
+    assert!(
+        stored_events(dir.path())
+            .iter()
+            .any(|e| e.data.category == "gas_leak"),
+        "valid readings still made evidence"
+    );
+    assert!(status.success(), "{text}");
+}
+
+fn gas_leak_incidents(state: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = stored_events(state)
+        .into_iter()
+        .filter(|e| e.data.category == "gas_leak" && e.data.grid.as_str() == "G-0201")
+        .map(|e| e.data.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn simulate(url: &str, scenario: &str, seconds: u32) {
+    let status = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args([
+            "simulate",
+            "sensors",
+            "--url",
+            url,
+            "--rate",
+            "10",
+            "--duration",
+            &seconds.to_string(),
+            "--scenario",
+            scenario,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "skynet simulate sensors --scenario {scenario}"
+    );
+}
+
+#[test]
+fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
+    let broker = Broker::start();
+    let state = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let config = repo().join("configs/city.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("SKYNET_MQTT_URL", broker.url())
+        .env("SKYNET_STATE_DIR", state.path())
+        .env("SKYNET_METRICS_LISTEN", listen.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    {
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    wait_connected(listen);
+    simulate(&broker.url(), "normal", 20);
+    std::thread::sleep(Duration::from_secs(1));
+    let m = metrics(listen);
+    assert!(
+        metric(&m, "skynet_sensor_readings_total{sensor=\"gas-07\"}") >= 30.0,
+        "{m}\n{}",
+        log.lock().unwrap()
+    );
+    assert!(
+        gas_leak_incidents(state.path()).is_empty(),
+        "normal noise is no leak"
+    );
+    simulate(&broker.url(), "leak", 25);
+    let one = eventually(Duration::from_secs(10), || {
+        gas_leak_incidents(state.path()).len() == 1
+    });
+    let (_, text) = terminate(&mut child, &log);
+    let leaks = gas_leak_incidents(state.path());
+    assert!(one && leaks.len() == 1, "{leaks:?}\n{text}");
+    let events = stored_events(state.path());
+    let leak = events
+        .iter()
+        .find(|e| e.data.category == "gas_leak")
+        .unwrap();
+    assert_eq!(leak.data.sensor.as_ref().unwrap().as_str(), "gas-07");
+    assert_eq!(leak.data.owner.as_str(), "safety_production");
+    // The JSON Lines file has it too.
+    let jsonl = std::fs::read_to_string(state.path().join("incidents.jsonl")).unwrap();
+    assert!(jsonl.contains("gas_leak"));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=skynet test CA",
+        ],
+    );
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN=skynet-{name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn mqtts_with_a_ca_and_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let (tls_port, plain_port) = (free_port().port(), free_port().port());
+    let c = certs.path().display();
+    std::fs::write(
+        certs.path().join("mosquitto.conf"),
+        format!(
+            "allow_anonymous true\n\
+             listener {plain_port} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\nrequire_certificate true\n"
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .args(["-c", certs.path().join("mosquitto.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let plain = format!("mqtt://127.0.0.1:{plain_port}");
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let mqtt = format!(
+        r#"
+[mqtt]
+url = "mqtts://127.0.0.1:{tls_port}"
+client_id = "tls-test"
+ca_file = "{c}/ca.pem"
+cert_file = "{c}/client.pem"
+key_file = "{c}/client.key"
+  [[mqtt.topics]]
+  pattern = "tls/+"
+"#
+    );
+    let sensors = "[[sensors]]\nid = \"gas-t\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\n";
+    let config = sensor_config(dir.path(), listen, &mqtt, sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    let connected = eventually(Duration::from_secs(20), || {
+        metric(&metrics(listen), "skynet_mqtt_connected") == 1.0
+    });
+    assert!(
+        connected,
+        "skynet connects over TLS with its client certificate:\n{}",
+        log.lock().unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let publisher = Mqtt::connect(&plain, "tls-pub");
+    publisher.publish("tls/gas-t", r#"[{"n":"co","u":"ppm","v":7}]"#);
+    let arrived = eventually(Duration::from_secs(10), || {
+        metric(
+            &metrics(listen),
+            "skynet_sensor_readings_total{sensor=\"gas-t\"}",
+        ) == 1.0
+    });
+    let (_, text) = terminate(&mut child, &log);
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(arrived, "{text}");
+}

@@ -1,0 +1,77 @@
+//! The sensor payload parsers and validation, on any bytes: SenML (as a registered sensor's
+//! topic, and as a topic that does not name the sensor) and vendor JSON through pointers.
+//! Nothing may panic; every reading must be finite and within its sensor's range; every
+//! record must come out as a reading or a rejection.
+#![no_main]
+
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use skynet_core::SensorId;
+use skynet_ingest::sensor::{
+    IngestLimits, JsonMapping, PayloadFormat, SensorFrom, SensorIngest, SensorKind, SensorSpec,
+    TimeFormat, TopicFamily, UnknownSensors, parse_mapped, parse_senml,
+};
+
+fn ingest() -> SensorIngest {
+    let families = vec![
+        TopicFamily {
+            pattern: "s/+".into(),
+            format: PayloadFormat::Senml,
+            sensor_from: SensorFrom::Topic,
+        },
+        TopicFamily {
+            pattern: "gw".into(),
+            format: PayloadFormat::Senml,
+            sensor_from: SensorFrom::Payload,
+        },
+        TopicFamily {
+            pattern: "v/+".into(),
+            format: PayloadFormat::Json(JsonMapping {
+                records: Some("/r".into()),
+                value: "/v".into(),
+                time: Some("/t".into()),
+                time_format: TimeFormat::Auto,
+                unit: Some("/u".into()),
+                fixed_unit: None,
+                name: Some("/n".into()),
+                sensor: Some("/s".into()),
+            }),
+            sensor_from: SensorFrom::Topic,
+        },
+    ];
+    let sensors = vec![
+        SensorSpec::new(SensorId::new("gas"), SensorKind::GasCo),
+        SensorSpec::new(SensorId::new("smoke"), SensorKind::Smoke),
+        SensorSpec::new(SensorId::new("river"), SensorKind::WaterLevel),
+    ];
+    SensorIngest::new(
+        families,
+        sensors,
+        IngestLimits {
+            unknown_sensors: UnknownSensors::Register,
+            ..IngestLimits::default()
+        },
+    )
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_senml(data);
+    let _ = parse_mapped(
+        data,
+        &JsonMapping {
+            value: "/a/0/b".into(),
+            time: Some("/t".into()),
+            ..JsonMapping::default()
+        },
+    );
+    let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let mut ingest = ingest();
+    for topic in ["s/gas", "s/smoke", "gw", "v/river", "s/unknown", "elsewhere"] {
+        let got = ingest.ingest(topic, data, now, Instant::now());
+        for r in &got.readings {
+            assert!(r.value.is_finite(), "{r:?}");
+        }
+        assert!(!got.readings.is_empty() || !got.rejected.is_empty());
+    }
+});
