@@ -252,3 +252,130 @@ mod ranges {
         }
     }
 }
+
+/// configs/city.toml, with its relative paths made absolute so it loads from anywhere.
+fn city() -> String {
+    let repo = common::repo();
+    std::fs::read_to_string(repo.join("configs/city.toml"))
+        .unwrap()
+        .replace(
+            "\"city-grids.geojson\"",
+            &format!("\"{}/configs/city-grids.geojson\"", repo.display()),
+        )
+        .replace("\"../models/", &format!("\"{}/models/", repo.display()))
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+}
+
+#[test]
+fn sensor_tables_are_checked_where_they_are_written() {
+    let text = city().replace("kind = \"gas_co\"", "kind = \"gas_xx\"");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "gas_xx"))),
+        "{e}"
+    );
+    assert!(e.contains("unknown variant `gas_xx`"), "{e}");
+
+    let text = city().replace("clear = 35.0", "clear = 60.0");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "clear = 60.0"))),
+        "{e}"
+    );
+    assert!(
+        e.contains("`clear` (60) must be on the safe side of the limit (50)"),
+        "{e}"
+    );
+
+    let text = city().replace("grid = \"G-0301\"", "grid = \"G-9999\"");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "G-9999"))),
+        "{e}"
+    );
+    assert!(e.contains("unknown grid `G-9999`"), "{e}");
+
+    let text = city().replace("id = \"gas-12\"", "id = \"gas-07\"");
+    assert!(error_for(&text).contains("sensor id `gas-07` is used twice"));
+    let text = city().replace("id = \"gas-12\"", "id = \"cam-safety-03\"");
+    assert!(error_for(&text).contains("cameras and sensors share one namespace"));
+}
+
+#[test]
+fn mqtt_tables_are_checked_where_they_are_written() {
+    let text = city().replace(
+        "deadletter_topic = \"skynet/deadletter/sensors\"",
+        "deadletter_topic = \"skynet/sensors/dead\"",
+    );
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{}:",
+            line_of(&text, "skynet/sensors/dead")
+        )),
+        "{e}"
+    );
+    assert!(e.contains("skynet would read its own messages"), "{e}");
+
+    // The second [[mqtt.topics]] table, without its value pointer.
+    let text = city().replace("  value_pointer = \"/level_cm\"\n", "");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{}:",
+            line_of(&text, "vendor/hydro/+/telemetry") - 1
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("`format = \"json\"` needs `value_pointer`"),
+        "{e}"
+    );
+
+    let text = city().replace("qos = 1", "qos = 5");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "qos = 5"))),
+        "{e}"
+    );
+
+    let start = city().find("[mqtt]").unwrap();
+    let end = city().find("[[sensors]]").unwrap();
+    let text = format!("{}{}", &city()[..start], &city()[end..]);
+    assert!(error_for(&text).contains("sensors publish over MQTT: add an [mqtt] table"));
+}
+
+#[test]
+fn the_city_config_takes_its_defaults_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("city.toml");
+    std::fs::write(&path, city()).unwrap();
+    let config = PipelineConfig::load(&path).unwrap();
+    let unset = |name: &str| std::env::var(name).map_or(true, |v| v.is_empty());
+    // Where the environment leaves them unset, the defaults apply.
+    let mqtt = config.mqtt.as_ref().unwrap();
+    if unset("SKYNET_MQTT_URL") {
+        assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
+    }
+    if unset("SKYNET_MQTT_USER") {
+        assert!(mqtt.credentials.is_none());
+    }
+    if unset("SKYNET_METRICS_LISTEN") {
+        assert_eq!(config.metrics_listen.unwrap().to_string(), "127.0.0.1:9464");
+    }
+    if unset("SKYNET_STATE_DIR") {
+        assert_eq!(config.outbox, dir.path().join("../var/city/outbox.sqlite"));
+    }
+    let gas = config
+        .sensors
+        .iter()
+        .find(|s| s.spec.id.as_str() == "gas-07")
+        .unwrap();
+    assert_eq!(gas.placement.grid.as_str(), "G-0201");
+    assert_eq!(gas.placement.owner.as_str(), "safety_production");
+    assert_eq!(gas.rules[0].category, "gas_leak");
+}

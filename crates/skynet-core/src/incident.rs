@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{CameraId, Detection, GridId, OwnerKind, SensorId};
+use crate::{CameraId, Detection, GridId, OwnerKind, ReadingValue, SensorId};
 
 /// What kind of device gave a piece of evidence.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +52,8 @@ pub struct Observation {
     /// How much this evidence raises the grid's risk, in (0, 1].
     pub weight: f32,
     pub detections: Vec<Detection>,
+    /// A sensor's value that made this evidence.
+    pub reading: Option<ReadingValue>,
 }
 
 /// A device (a camera or a sensor) that has delivered nothing for too long: a fault of
@@ -169,6 +171,10 @@ pub struct Incident {
     pub last_seen: DateTime<Utc>,
     pub observations: u32,
     pub detections: Vec<Detection>,
+    /// A sensor's incident: its latest value as evidence (`{"quantity": "co", "value": 98.5,
+    /// "unit": "ppm", "at": ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<ReadingValue>,
     pub rule: RuleRef,
 }
 

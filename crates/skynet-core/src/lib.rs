@@ -26,7 +26,7 @@ pub use incident::{
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};
-pub use sensor::SensorReading;
+pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
 pub use vision::{AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder};
 pub use watermark::Watermark;

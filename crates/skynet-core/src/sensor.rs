@@ -5,8 +5,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::SensorId;
+
+/// A sensor's value as evidence in an observation and its incident: what an inspector reads
+/// first (`co` 98.5 `ppm` at 10:02:07).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingValue {
+    pub quantity: String,
+    pub value: f64,
+    pub unit: String,
+    pub at: DateTime<Utc>,
+}
+
+impl SensorReading {
+    pub fn value_evidence(&self) -> ReadingValue {
+        ReadingValue {
+            quantity: self.quantity.to_string(),
+            value: self.value,
+            unit: self.unit.to_string(),
+            at: self.at,
+        }
+    }
+}
 
 /// A reading that passed validation: a finite value in the sensor kind's canonical unit,
 /// within its physical range, at a time neither in the future nor too old.

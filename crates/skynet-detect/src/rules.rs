@@ -395,6 +395,7 @@ impl CameraRules {
                     at: frame.info.captured_at,
                     weight: hit.weight,
                     detections: hit.detections,
+                    reading: None,
                 });
             }
         }

@@ -446,6 +446,7 @@ impl SensorRules {
                     at: reading.at,
                     weight: rule.spec.weight,
                     detections: Vec::new(),
+                    reading: Some(reading.value_evidence()),
                 });
             }
         }

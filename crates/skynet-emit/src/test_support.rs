@@ -21,6 +21,7 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
         last_seen: DateTime::<Utc>::UNIX_EPOCH,
         observations: 1,
         detections: Vec::new(),
+        reading: None,
         rule: RuleRef {
             name: "r".into(),
             kind: "zone_intrusion".into(),

@@ -387,6 +387,9 @@ impl RiskEngine for GridRiskEngine {
             incident.last_seen = incident.last_seen.max(obs.at);
             incident.observations = incident.observations.saturating_add(1);
             incident.detections = detections;
+            if obs.reading.is_some() {
+                incident.reading = obs.reading.clone();
+            }
             incident.risk_score = score;
             open.changed = true;
             if let Some(level) = level
@@ -421,6 +424,7 @@ impl RiskEngine for GridRiskEngine {
             last_seen: obs.at,
             observations: 1,
             detections,
+            reading: obs.reading.clone(),
             rule: obs.rule.clone(),
         };
         let mut incident = incident;
@@ -540,6 +544,7 @@ impl RiskEngine for GridRiskEngine {
             last_seen: fault.at,
             observations: 1,
             detections: Vec::new(),
+            reading: None,
             rule: RuleRef {
                 name: fault.category.clone(),
                 kind: DEVICE_FAULT_KIND.into(),

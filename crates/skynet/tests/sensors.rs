@@ -662,6 +662,17 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         .unwrap();
     assert_eq!(leak.data.sensor.as_ref().unwrap().as_str(), "gas-07");
     assert_eq!(leak.data.owner.as_str(), "safety_production");
+    // The evidence an inspector reads first: the value that made it.
+    let reading = leak
+        .data
+        .reading
+        .as_ref()
+        .expect("a sensor incident carries its reading");
+    assert_eq!(
+        (reading.quantity.as_str(), reading.unit.as_str()),
+        ("co", "ppm")
+    );
+    assert!(reading.value > 50.0, "{reading:?}");
     // The JSON Lines file has it too.
     let jsonl = std::fs::read_to_string(state.path().join("incidents.jsonl")).unwrap();
     assert!(jsonl.contains("gas_leak"));

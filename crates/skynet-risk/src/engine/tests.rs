@@ -29,6 +29,7 @@ fn obs_on(camera: &str, grid: &str, rule: &str, at: DateTime<Utc>, weight: f32) 
         at,
         weight,
         detections: Vec::new(),
+        reading: None,
     }
 }
 
