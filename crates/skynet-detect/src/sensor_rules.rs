@@ -387,6 +387,9 @@ pub struct SensorRules {
     /// Arrival time of the last reading (or the start).
     last_arrival: DateTime<Utc>,
     offline: bool,
+    /// Until the first reading: a `sensor_offline` incident from before a restart may still
+    /// be open, and the first reading closes it.
+    first_reading: bool,
 }
 
 impl SensorRules {
@@ -402,6 +405,7 @@ impl SensorRules {
             placement,
             last_arrival: started,
             offline: false,
+            first_reading: true,
         }
     }
 
@@ -422,8 +426,12 @@ impl SensorRules {
         arrived: DateTime<Utc>,
     ) -> (Vec<Observation>, Option<Liveness>) {
         self.last_arrival = self.last_arrival.max(arrived);
-        let recovered = std::mem::take(&mut self.offline).then(|| {
-            tracing::info!(sensor = %self.placement.sensor, "sensor back online");
+        let was_offline = std::mem::take(&mut self.offline);
+        let first = std::mem::take(&mut self.first_reading);
+        let recovered = (was_offline || first).then(|| {
+            if was_offline {
+                tracing::info!(sensor = %self.placement.sensor, "sensor back online");
+            }
             Liveness::Recovered {
                 device: self.device.clone(),
                 at: arrived,
@@ -597,13 +605,19 @@ mod tests {
     #[test]
     fn a_silent_sensor_goes_offline_once_and_recovers() {
         let mut rules = gas(vec![]);
-        assert!(rules.check_liveness(t(29)).is_none());
-        let Some(Liveness::Offline(fault)) = rules.check_liveness(t(31)) else {
+        // The first reading after a start closes an offline incident left open before it.
+        assert!(matches!(
+            rules.apply(&reading(0, 1.0), t(0)).1,
+            Some(Liveness::Recovered { .. })
+        ));
+        assert!(rules.apply(&reading(1, 1.0), t(1)).1.is_none());
+        assert!(rules.check_liveness(t(30)).is_none());
+        let Some(Liveness::Offline(fault)) = rules.check_liveness(t(32)) else {
             panic!()
         };
         assert_eq!(
             (fault.category.as_str(), fault.source, fault.since),
-            (SENSOR_OFFLINE, SourceKind::Sensor, t(0))
+            (SENSOR_OFFLINE, SourceKind::Sensor, t(1))
         );
         assert!(rules.check_liveness(t(60)).is_none());
         let (_, back) = rules.apply(&reading(61, 1.0), t(61));

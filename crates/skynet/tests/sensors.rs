@@ -609,32 +609,15 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     let state = tempfile::tempdir().unwrap();
     let listen = free_port();
     let config = repo().join("configs/city.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skynet"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("SKYNET_MQTT_URL", broker.url())
-        .env("SKYNET_STATE_DIR", state.path())
-        .env("SKYNET_METRICS_LISTEN", listen.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    {
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-    }
+    let (mut child, log) = spawn_logged_with_env(
+        &config,
+        &[],
+        &[
+            ("SKYNET_MQTT_URL", broker.url()),
+            ("SKYNET_STATE_DIR", state.path().display().to_string()),
+            ("SKYNET_METRICS_LISTEN", listen.to_string()),
+        ],
+    );
     wait_connected(listen);
     simulate(&broker.url(), "normal", 20);
     std::thread::sleep(Duration::from_secs(1));
@@ -823,4 +806,51 @@ key_file = "{c}/client.key"
     let _ = broker.kill();
     let _ = broker.wait();
     assert!(arrived, "{text}");
+}
+
+#[test]
+fn a_silent_sensor_opens_sensor_offline_and_closes_it_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let prefix = unique("offline");
+    let mqtt = format!(
+        "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"{}\"\nclean_session = true\n  [[mqtt.topics]]\n  pattern = \"{prefix}/+\"\n",
+        prefix.replace('/', "-")
+    );
+    let sensors = "[[sensors]]\nid = \"water-x\"\nkind = \"water_level\"\ngrid = \"G-0301\"\nowner = \"city_management\"\nexpected_interval_s = 2\n";
+    let config = sensor_config(dir.path(), listen, &mqtt, sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    let publisher = Mqtt::connect(
+        "mqtt://127.0.0.1:1883",
+        &format!("{}-pub", prefix.replace('/', "-")),
+    );
+    let topic = format!("{prefix}/water-x");
+    publisher.publish(&topic, r#"[{"n":"level","u":"m","v":1.2}]"#);
+    let offline = |status: &str| {
+        stored_events(dir.path()).iter().any(|e| {
+            e.data.category == "sensor_offline"
+                && e.data
+                    .sensor
+                    .as_ref()
+                    .is_some_and(|s| s.as_str() == "water-x")
+                && serde_json::to_value(e.data.status).unwrap() == status
+        })
+    };
+    let opened = eventually(Duration::from_secs(15), || offline("opened"));
+    publisher.publish(&topic, r#"[{"n":"level","u":"m","v":1.3}]"#);
+    let closed = eventually(Duration::from_secs(15), || offline("closed"));
+    let (_, text) = terminate(&mut child, &log);
+    assert!(
+        opened && closed,
+        "opened {opened}, closed {closed}: {:?}\n{text}",
+        stored_events(dir.path())
+    );
+    let events = stored_events(dir.path());
+    let fault = events
+        .iter()
+        .find(|e| e.data.category == "sensor_offline")
+        .unwrap();
+    assert_eq!(fault.data.rule.kind, "device_fault");
+    assert_eq!(fault.data.level.as_str(), "IV");
 }

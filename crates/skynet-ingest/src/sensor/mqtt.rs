@@ -613,11 +613,11 @@ impl MqttClient {
     }
 
     /// Runs the connection until `stop`: every message on the families' topics goes to
-    /// `out`, waiting when it is full (the broker holds the rest). Returns when stopped or
-    /// when `out` is closed.
-    pub async fn run(
+    /// `out` (as whatever the consumer's queue carries), waiting when it is full (the broker
+    /// holds the rest). Returns when stopped or when `out` is closed.
+    pub async fn run<T: From<MqttMessage> + Send>(
         mut self,
-        out: mpsc::Sender<MqttMessage>,
+        out: mpsc::Sender<T>,
         stop: Shutdown,
         health: ComponentHealth,
     ) {
@@ -652,7 +652,7 @@ impl MqttClient {
                         received_at: Instant::now(),
                     };
                     depth.set((out.max_capacity() - out.capacity()) as f64);
-                    if out.send(message).await.is_err() {
+                    if out.send(T::from(message)).await.is_err() {
                         return;
                     }
                 }

@@ -275,17 +275,39 @@ impl RulesAndRisk {
             .collect();
         let mut revisions = Vec::new();
         for event in events {
-            match event {
-                SensorEvent::Observation(observation) => {
-                    self.counters.observations.fetch_add(1, Ordering::Relaxed);
-                    self.dirty = true;
-                    let _span = tracing::debug_span!("observe", sensor = %observation.camera, grid = %observation.grid).entered();
-                    revisions.extend(self.engine.observe(&observation));
-                }
-                SensorEvent::Fault(fault) => revisions.extend(self.engine.device_fault(&fault)),
-                SensorEvent::Recovered { device, at } => {
-                    revisions.extend(self.engine.device_recovered(&device, SENSOR_OFFLINE, at));
-                }
+            revisions.extend(self.apply_sensor_event(event));
+        }
+        revisions
+    }
+
+    fn apply_sensor_event(&mut self, event: SensorEvent) -> Vec<Incident> {
+        match event {
+            SensorEvent::Observation(observation) => {
+                self.counters.observations.fetch_add(1, Ordering::Relaxed);
+                self.dirty = true;
+                let _span = tracing::debug_span!("observe", sensor = %observation.camera, grid = %observation.grid).entered();
+                self.engine.observe(&observation)
+            }
+            SensorEvent::Fault(fault) => self.engine.device_fault(&fault),
+            SensorEvent::Recovered { device, at } => {
+                self.engine.device_recovered(&device, SENSOR_OFFLINE, at)
+            }
+        }
+    }
+
+    /// At shutdown: what the sensor stage still sends until it has stopped (a few seconds at
+    /// most), so evidence already validated is not lost.
+    fn drain_sensor_events(&mut self) -> Vec<Incident> {
+        let Some(rx) = self.sensor_events.take() else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut revisions = Vec::new();
+        while Instant::now() < deadline {
+            match rx.recv_timeout(POLL) {
+                Ok(event) => revisions.extend(self.apply_sensor_event(event)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
         revisions
@@ -435,7 +457,8 @@ impl RulesAndRisk {
                 self.apply(&id, d)?;
             }
         }
-        let flushed = self.engine.flush();
+        let mut flushed = self.drain_sensor_events();
+        flushed.extend(self.engine.flush());
         // The last state goes out even when nothing changed, so a restart goes on from here.
         self.commit(flushed)
     }

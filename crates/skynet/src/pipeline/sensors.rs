@@ -41,6 +41,12 @@ pub enum SensorInput {
     Tick(DateTime<Utc>),
 }
 
+impl From<MqttMessage> for SensorInput {
+    fn from(message: MqttMessage) -> Self {
+        Self::Message(message)
+    }
+}
+
 /// Validation, rules and dead letters for every sensor: the thread's whole work, usable
 /// without a broker (tests, the benchmark).
 pub struct SensorStage {
@@ -159,30 +165,19 @@ pub fn start(
     let client =
         MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
     let mut stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()));
+    // One queue into the thread: the connection's messages in order, with liveness ticks
+    // between them. The thread ends once both senders have gone.
     let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);
-    let (messages_tx, mut messages_rx) = mpsc::channel::<MqttMessage>(mqtt.queue);
     let mqtt_health = health.register("mqtt", "source");
     tracing::info!(url = %mqtt.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
-    runtime.spawn(client.run(messages_tx, stop.clone(), mqtt_health));
-    // One queue into the thread: messages in order, with liveness ticks between them.
-    let ticks = tx.clone();
+    runtime.spawn(client.run(tx.clone(), stop.clone(), mqtt_health));
     let stopping = stop.clone();
     runtime.spawn(async move {
         let mut interval = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                m = messages_rx.recv() => match m {
-                    Some(m) => if tx.send(SensorInput::Message(m)).await.is_err() { return },
-                    None => return,
-                },
-                _ = interval.tick() => {
-                    if stopping.is_triggered() {
-                        return;
-                    }
-                    if ticks.send(SensorInput::Tick(Utc::now())).await.is_err() {
-                        return;
-                    }
-                }
+            interval.tick().await;
+            if stopping.is_triggered() || tx.send(SensorInput::Tick(Utc::now())).await.is_err() {
+                return;
             }
         }
     });

@@ -55,9 +55,20 @@ pub fn live_config_in(dir: &Path, listen: SocketAddr, cameras: &str) -> PathBuf 
 }
 
 pub fn spawn_run(config: &Path, extra: &[&str], stdout: Stdio) -> Child {
+    spawn_run_with_env(config, extra, stdout, &[])
+}
+
+/// As [`spawn_run`], with environment variables set for the process.
+pub fn spawn_run_with_env(
+    config: &Path,
+    extra: &[&str],
+    stdout: Stdio,
+    env: &[(&str, String)],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skynet"))
         .args(["run", "--config", config.to_str().unwrap()])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(repo())
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -71,7 +82,16 @@ pub fn spawn_logged(
     config: &Path,
     extra: &[&str],
 ) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
-    let mut child = spawn_run(config, extra, Stdio::null());
+    spawn_logged_with_env(config, extra, &[])
+}
+
+/// As [`spawn_logged`], with environment variables set for the process.
+pub fn spawn_logged_with_env(
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = spawn_run_with_env(config, extra, Stdio::null(), env);
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr = child.stderr.take().unwrap();
     let sink = std::sync::Arc::clone(&log);
