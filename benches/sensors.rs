@@ -5,12 +5,12 @@
 //!   subscriber that only counts (the broker's delivery rate), and by skynet's sensor stage
 //!   (the MQTT client, validation of 1,000 registered sensors, rules, one observation per
 //!   reading). Readings/s as a ratio of the plain rate, at QoS 0 and QoS 1. Goal: 0.8.
-//! - `latency`: a publisher at a steady rate (default 20,000 messages/s for 10 s); the time
+//! - `latency`: a publisher at a steady rate (default 10,000 messages/s for 10 s); the time
 //!   from a reading's time (set at publish) to its observation, p50/p99/max, and the
 //!   process's resident memory meanwhile.
 //!
 //! `cargo bench --bench sensors`; `SKYNET_BENCH_MESSAGES` (default 200000) and
-//! `SKYNET_BENCH_RATE` (default 20000) change the sizes.
+//! `SKYNET_BENCH_RATE` (default 10000) change the sizes.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -262,7 +262,7 @@ fn main() {
     let rate: f64 = std::env::var("SKYNET_BENCH_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000.0);
+        .unwrap_or(10_000.0);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!("skynet sensor benchmark, {cores} cores, {SENSORS} sensors, single-record SenML");
     let runtime = tokio::runtime::Builder::new_multi_thread()
