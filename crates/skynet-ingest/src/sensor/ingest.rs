@@ -85,7 +85,7 @@ pub enum UnknownSensors {
 pub const MAX_UNASSIGNED: usize = 1_000;
 
 /// Limits on what is believed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IngestLimits {
     pub max_payload_bytes: usize,
     /// How far ahead of the clock a reading's time may be (sensor clocks drift).
@@ -106,10 +106,15 @@ impl Default for IngestLimits {
     }
 }
 
+/// How many of a sensor's latest reading times are remembered, so that a message the broker
+/// delivers again (QoS 1 after a reconnect) is a `duplicate`, not `out_of_order`.
+const RECENT_TIMES: usize = 16;
+
 struct SensorEntry {
     spec: SensorSpec,
     quantity: Arc<str>,
-    last_at: Option<DateTime<Utc>>,
+    /// The latest accepted reading times, newest last.
+    recent: std::collections::VecDeque<DateTime<Utc>>,
     readings: metrics::Counter,
     value: metrics::Gauge,
 }
@@ -119,7 +124,7 @@ impl SensorEntry {
         let label = spec.id.to_string();
         Self {
             quantity: Arc::from(spec.quantity.as_str()),
-            last_at: None,
+            recent: std::collections::VecDeque::with_capacity(RECENT_TIMES),
             readings: metrics::counter!("skynet_sensor_readings_total", "sensor" => label.clone()),
             value: metrics::gauge!("skynet_sensor_value", "sensor" => label),
             spec,
@@ -270,7 +275,7 @@ impl SensorIngest {
         now: DateTime<Utc>,
         received_at: Instant,
     ) -> Result<SensorReading, (Reject, Option<SensorId>)> {
-        let limits = self.limits.clone();
+        let limits = self.limits;
         let entry = sensor
             .and_then(|id| self.entry(id))
             .ok_or((Reject::UnknownSensor, None))?;
@@ -335,12 +340,16 @@ impl SensorIngest {
         if at < now - limits.max_age {
             return Err(fail(Reject::TooOld));
         }
-        match entry.last_at {
-            Some(last) if at == last => return Err(fail(Reject::Duplicate)),
-            Some(last) if at < last => return Err(fail(Reject::OutOfOrder)),
-            _ => {}
+        if entry.recent.contains(&at) {
+            return Err(fail(Reject::Duplicate));
         }
-        entry.last_at = Some(at);
+        if entry.recent.back().is_some_and(|last| at < *last) {
+            return Err(fail(Reject::OutOfOrder));
+        }
+        if entry.recent.len() == RECENT_TIMES {
+            entry.recent.pop_front();
+        }
+        entry.recent.push_back(at);
         entry.readings.increment(1);
         entry.value.set(value);
         Ok(SensorReading {
@@ -548,6 +557,11 @@ mod tests {
                 .ingest(topic, at(-5).as_bytes(), now(), Instant::now())
                 .rejected
                 .is_empty()
+        );
+        // A redelivery of an older message is a duplicate, not out of order.
+        assert_eq!(
+            reasons(&ingest.ingest(topic, at(-10).as_bytes(), now(), Instant::now())),
+            vec!["duplicate"]
         );
     }
 

@@ -69,7 +69,7 @@ impl SensorStage {
             ingest: SensorIngest::new(
                 mqtt.families.clone(),
                 sensors.iter().map(|s| s.spec.clone()).collect(),
-                mqtt.limits.clone(),
+                mqtt.limits,
             ),
             rules: sensors
                 .iter()
