@@ -8,9 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
+use skynet_ingest::sensor::BrokerUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -198,25 +199,19 @@ pub fn run(options: &SimulateOptions) -> Result<u64> {
         "--duration must be 0 (until Ctrl-C) or a number of seconds, got {}",
         options.duration
     );
-    let url = url::Url::parse(&options.url).with_context(|| {
-        format!(
-            "--url must be mqtt://host:port, got `{}`",
-            skynet_core::redact_uri(&options.url)
-        )
-    })?;
+    let broker = BrokerUrl::parse(&options.url).map_err(|m| anyhow::anyhow!("--url {m}"))?;
     anyhow::ensure!(
-        url.scheme() == "mqtt",
+        !broker.tls,
         "--url must be mqtt://host:port (the simulator speaks plain MQTT)"
     );
-    let host = url.host_str().context("--url has no host")?.to_string();
-    let port = url.port().unwrap_or(1883);
-    let mut mqtt = MqttOptions::new(format!("skynet-sim-{}", std::process::id()), host, port);
+    let mut mqtt = MqttOptions::new(
+        format!("skynet-sim-{}", std::process::id()),
+        broker.host,
+        broker.port,
+    );
     mqtt.set_keep_alive(Duration::from_secs(30));
-    if !url.username().is_empty() {
-        let (_, credentials) = skynet_core::split_credentials(&options.url);
-        if let Some(c) = credentials {
-            mqtt.set_credentials(c.user, c.password);
-        }
+    if let Some(c) = broker.credentials {
+        mqtt.set_credentials(c.user, c.password);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -112,8 +112,8 @@ struct Mqtt {
 
 impl Mqtt {
     fn connect(url: &str, id: &str) -> Self {
-        let u = url::Url::parse(url).unwrap();
-        let mut options = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
+        let broker = skynet_ingest::sensor::BrokerUrl::parse(url).unwrap();
+        let mut options = MqttOptions::new(id, broker.host, broker.port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut connection) = Client::new(options, 10_000);
@@ -853,4 +853,88 @@ fn a_silent_sensor_opens_sensor_offline_and_closes_it_when_back() {
         .unwrap();
     assert_eq!(fault.data.rule.kind, "device_fault");
     assert_eq!(fault.data.level.as_str(), "IV");
+}
+
+#[test]
+fn a_broker_down_at_start_is_waited_for_and_shown_in_readyz() {
+    let mut broker = Broker::start();
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let mqtt = format!(
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"late-broker\"\nmax_backoff_s = 1.0\n  [[mqtt.topics]]\n  pattern = \"late/+\"\n",
+        broker.url()
+    );
+    let sensors = "[[sensors]]\nid = \"gas-l\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\nexpected_interval_s = 0\n";
+    let config = sensor_config(dir.path(), listen, &mqtt, sensors);
+    let (mut child, log) = spawn_logged(&config, &[]);
+    // Up and serving, not ready: the mqtt component says why.
+    let waiting = eventually(Duration::from_secs(20), || {
+        http_get(listen, "/readyz").is_some_and(|r| {
+            r.starts_with("HTTP/1.1 503") && r.contains("\"mqtt\"") && r.contains("retrying")
+        })
+    });
+    assert!(child.try_wait().unwrap().is_none(), "skynet keeps running");
+    broker.restart();
+    wait_connected(listen);
+    let publisher = Mqtt::connect(&broker.url(), "late-pub");
+    publisher.publish("late/gas-l", r#"[{"n":"co","u":"ppm","v":3}]"#);
+    let arrived = eventually(Duration::from_secs(10), || {
+        metric(
+            &metrics(listen),
+            "skynet_sensor_readings_total{sensor=\"gas-l\"}",
+        ) == 1.0
+    });
+    let (status, text) = terminate(&mut child, &log);
+    assert!(waiting, "/readyz showed the broker retrying:\n{text}");
+    assert!(arrived, "{text}");
+    assert!(status.success(), "{text}");
+}
+
+#[test]
+fn kill_9_then_restart_goes_on_with_the_same_sensor_incident() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let mqtt = format!(
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"kill-test\"\n  [[mqtt.topics]]\n  pattern = \"kill/+\"\n",
+        broker.url()
+    );
+    let sensors = format!(
+        "[[sensors]]\nid = \"gas-k\"\nkind = \"gas_co\"\ngrid = \"G-0201\"\nowner = \"safety_production\"\nexpected_interval_s = 0\n{GAS_RULE}"
+    );
+    let config = sensor_config(dir.path(), listen, &mqtt, &sensors);
+    let publisher = Mqtt::connect(&broker.url(), "kill-pub");
+    let t0 = now_s();
+    let leak = |s: f64| format!(r#"[{{"n":"co","u":"ppm","v":80,"bt":{}}}]"#, t0 + s);
+    let leaks = |state: &Path| -> Vec<(String, u32)> {
+        stored_events(state)
+            .into_iter()
+            .filter(|e| e.data.category == "gas_leak")
+            .map(|e| (e.data.id, e.data.revision))
+            .collect()
+    };
+    let (mut child, _log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    publisher.publish("kill/gas-k", leak(-30.0));
+    assert!(eventually(Duration::from_secs(15), || !leaks(dir.path()).is_empty()));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Published while skynet is dead: the persistent session keeps it.
+    publisher.publish("kill/gas-k", leak(-10.0));
+    let (mut child, log) = spawn_logged(&config, &[]);
+    wait_connected(listen);
+    eventually(Duration::from_secs(15), || leaks(dir.path()).len() >= 2);
+    let (_, text) = terminate(&mut child, &log);
+    let seen = leaks(dir.path());
+    let ids: std::collections::BTreeSet<&String> = seen.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one incident across the kill: {seen:?}\n{text}"
+    );
+    assert!(
+        seen.iter().any(|(_, r)| *r >= 2),
+        "it went on with a new revision: {seen:?}\n{text}"
+    );
 }

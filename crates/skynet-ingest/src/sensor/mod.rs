@@ -17,8 +17,8 @@ pub use ingest::{
     SensorSpec, TopicFamily, UnknownSensors, topic_capture,
 };
 pub use mqtt::{
-    DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttError, MqttMessage,
-    MqttSettings, TopicSettings,
+    BrokerUrl, DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttError,
+    MqttMessage, MqttSettings, TopicSettings,
 };
 pub use payload::{
     JsonMapping, MappedRecord, RawRecord, RawTime, RawValue, Reject, TimeFormat, parse_mapped,

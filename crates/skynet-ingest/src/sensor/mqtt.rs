@@ -303,42 +303,64 @@ impl TopicSettings {
     }
 }
 
-impl MqttSettings {
-    /// Checks the table; `node` names the default client id.
-    pub fn validate(&self, cx: &ConfigContext, node: &str) -> Result<MqttConfig, FieldError> {
-        let url = cx.expand("url", &self.url)?;
-        let display_url = redact_uri(&url);
-        let parsed = url::Url::parse(&url).map_err(|e| {
-            FieldError::new(
-                "url",
-                format!(
-                    "`url` must be mqtt://host:port or mqtts://host:port, got `{display_url}`: {e}"
-                ),
-            )
+/// A broker's address from an `mqtt://` or `mqtts://` URL, with the credentials taken out.
+#[derive(Debug, Clone)]
+pub struct BrokerUrl {
+    /// The URL without credentials, for logs and errors.
+    pub display: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// User name and password from the URL, when it has a user name.
+    pub credentials: Option<skynet_core::Credentials>,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://[user[:password]@]host[:port]` (`tcp://`) or `mqtts://` (`ssl://`);
+    /// the default port is 1883, or 8883 with TLS. The error never shows the password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let display = redact_uri(url);
+        let parsed = url::Url::parse(url).map_err(|e| {
+            format!("must be mqtt://host:port or mqtts://host:port, got `{display}`: {e}")
         })?;
         let tls = match parsed.scheme() {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => {
-                return Err(FieldError::new(
-                    "url",
-                    format!("`url` scheme `{other}` is not mqtt:// or mqtts://"),
-                ));
-            }
+            other => return Err(format!("scheme `{other}` is not mqtt:// or mqtts://")),
         };
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| FieldError::new("url", format!("`url` has no host: `{display_url}`")))?
+            .ok_or_else(|| format!("has no host: `{display}`"))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
-        let (_, from_url) = skynet_core::split_credentials(&url);
-        let mut username = from_url
-            .as_ref()
-            .map(|c| c.user.clone())
-            .filter(|u| !u.is_empty());
+        let (_, credentials) = skynet_core::split_credentials(url);
+        Ok(Self {
+            display,
+            host,
+            port,
+            tls,
+            credentials: credentials.filter(|c| !c.user.is_empty()),
+        })
+    }
+}
+
+impl MqttSettings {
+    /// Checks the table; `node` names the default client id.
+    pub fn validate(&self, cx: &ConfigContext, node: &str) -> Result<MqttConfig, FieldError> {
+        let url = cx.expand("url", &self.url)?;
+        let broker =
+            BrokerUrl::parse(&url).map_err(|m| FieldError::new("url", format!("`url` {m}")))?;
+        let BrokerUrl {
+            display: display_url,
+            host,
+            port,
+            tls,
+            credentials: from_url,
+        } = broker;
+        let mut username = from_url.as_ref().map(|c| c.user.clone());
         let mut password = from_url.map(|c| c.password).filter(|p| !p.is_empty());
         if let Some(u) = &self.username {
             username = Some(cx.expand("username", u)?)
@@ -790,39 +812,27 @@ mod tests {
                 .field,
             "deadletter_topic"
         );
-        let s: MqttSettings = toml::from_str("[[topics]]\npattern = \"a/#/b\"").unwrap();
-        assert_eq!(
+        // Each table with one bad `[[topics]]` entry, which the error names.
+        let topic_error = |text: &str| {
+            let s: MqttSettings = toml::from_str(text).unwrap();
             s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
                 .unwrap_err()
-                .field,
+                .field
+        };
+        assert_eq!(
+            topic_error("[[topics]]\npattern = \"a/#/b\""),
             "topics[0].pattern"
         );
-        let s: MqttSettings =
-            toml::from_str("[[topics]]\npattern = \"a/+\"\nformat = \"json\"").unwrap();
         assert_eq!(
-            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
-                .unwrap_err()
-                .field,
+            topic_error("[[topics]]\npattern = \"a/+\"\nformat = \"json\""),
             "topics[0].value_pointer"
         );
-        let s: MqttSettings = toml::from_str(
-            "[[topics]]\npattern = \"a/b\"\nformat = \"json\"\nvalue_pointer = \"/v\"",
-        )
-        .unwrap();
         assert_eq!(
-            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
-                .unwrap_err()
-                .field,
+            topic_error("[[topics]]\npattern = \"a/b\"\nformat = \"json\"\nvalue_pointer = \"/v\""),
             "topics[0].sensor_pointer"
         );
-        let s: MqttSettings = toml::from_str(
-            "[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalue_pointer = \"v\"",
-        )
-        .unwrap();
         assert_eq!(
-            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
-                .unwrap_err()
-                .field,
+            topic_error("[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalue_pointer = \"v\""),
             "topics[0].value_pointer"
         );
     }
