@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::{CameraId, Detection, GridId, OwnerKind, ReadingValue, SensorId};
 
 /// What kind of device gave a piece of evidence.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     #[default]
@@ -37,28 +39,126 @@ pub struct RuleRef {
     pub zone: Option<String>,
 }
 
-/// Evidence that something worth attention happened in a grid cell.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    /// The device that gave the evidence: a camera's id, or a sensor's when `source` is
-    /// [`SourceKind::Sensor`] (the two share one namespace, so either keys the device).
-    pub camera: CameraId,
-    pub source: SourceKind,
-    pub grid: GridId,
-    pub owner: OwnerKind,
-    pub category: String,
-    pub rule: RuleRef,
-    pub at: DateTime<Utc>,
-    /// How much this evidence raises the grid's risk, in (0, 1].
-    pub weight: f32,
+/// The device an observation came from: `{"kind": "camera", "id": "cam-safety-03"}`.
+/// Camera and sensor ids share one namespace, so the id alone keys the device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub kind: SourceKind,
+    pub id: CameraId,
+}
+
+impl SourceRef {
+    pub fn camera(id: &CameraId) -> Self {
+        Self {
+            kind: SourceKind::Camera,
+            id: id.clone(),
+        }
+    }
+
+    pub fn sensor(id: &CameraId) -> Self {
+        Self {
+            kind: SourceKind::Sensor,
+            id: id.clone(),
+        }
+    }
+}
+
+/// A device fault carried by an observation: the device stopped (`offline`, with the time it
+/// last worked) or works again (`recovered`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FaultEvidence {
+    Offline { since: DateTime<Utc> },
+    Recovered,
+}
+
+/// What supports an observation: the rule, the detections, the reading, a device fault.
+/// Every part is optional in the JSON form; keys it does not know are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Who owns the device (routes the incident); a replay may leave it to the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerKind>,
+    /// The rule that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
+    /// A camera's supporting detections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detections: Vec<Detection>,
-    /// A sensor's value that made this evidence.
+    /// A sensor's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reading: Option<ReadingValue>,
+    /// A device fault or recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultEvidence>,
+    /// Anything else a producer attached, kept as it came.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One piece of evidence about a grid cell, from any source: video rules, sensor rules and
+/// device faults all produce it, and the risk engine consumes nothing else. Its JSON form is
+/// a public interface (`schemas/observation.schema.json`):
+///
+/// `{"at": RFC 3339, "source": {"kind": "camera"|"sensor", "id": ID}, "grid": ID,
+///   "category": NAME, "weight": 0..1, "confidence": 0..1, "evidence": {...}}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Event time: when it was seen or measured.
+    pub at: DateTime<Utc>,
+    pub source: SourceRef,
+    pub grid: GridId,
+    pub category: String,
+    /// How severe this evidence is on its own, in [0, 1].
+    pub weight: f32,
+    /// How sure the source is of it, in [0, 1] (a camera: its best detection's score).
+    #[serde(default = "full_confidence")]
+    pub confidence: f32,
+    #[serde(default)]
+    pub evidence: Evidence,
+}
+
+fn full_confidence() -> f32 {
+    1.0
+}
+
+impl Observation {
+    /// The device's id (camera or sensor).
+    pub fn device(&self) -> &CameraId {
+        &self.source.id
+    }
+
+    /// Checks the values the engine relies on; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::validate_id("grid", self.grid.as_str())?;
+        crate::validate_id("source", self.source.id.as_str())?;
+        if self.category.is_empty() || self.category.len() > 64 {
+            return Err("`category` must be 1 to 64 characters".into());
+        }
+        if let Some(bad) = self
+            .category
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+        {
+            return Err(format!(
+                "`category` `{}` has `{}`: use lower-case letters, digits and `_`",
+                self.category.escape_debug(),
+                bad.escape_debug()
+            ));
+        }
+        for (name, v) in [("weight", self.weight), ("confidence", self.confidence)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("`{name}` must be within [0, 1], got {v}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A device (a camera or a sensor) that has delivered nothing for too long: a fault of
-/// the equipment, not a hazard. It opens an incident that stays open, whatever the quiet
-/// period, until the device works again.
+/// the equipment, not a hazard. It reaches the engine as an observation whose evidence
+/// carries the fault, and opens an incident that stays open, whatever the quiet period,
+/// until the device works again.
 #[derive(Debug, Clone)]
 pub struct DeviceFault {
     /// The device: a camera's id, or a sensor's when `source` is [`SourceKind::Sensor`].
@@ -72,6 +172,49 @@ pub struct DeviceFault {
     pub since: DateTime<Utc>,
     /// When the fault was declared.
     pub at: DateTime<Utc>,
+}
+
+impl DeviceFault {
+    /// The fault as the observation the engine takes.
+    pub fn observation(&self) -> Observation {
+        Observation {
+            at: self.at,
+            source: SourceRef {
+                kind: self.source,
+                id: self.camera.clone(),
+            },
+            grid: self.grid.clone(),
+            category: self.category.clone(),
+            weight: 0.0,
+            confidence: 1.0,
+            evidence: Evidence {
+                owner: Some(self.owner),
+                fault: Some(FaultEvidence::Offline { since: self.since }),
+                ..Evidence::default()
+            },
+        }
+    }
+
+    /// The observation that says the device works again (closes its `category` fault).
+    pub fn recovery(
+        device: SourceRef,
+        grid: GridId,
+        category: &str,
+        at: DateTime<Utc>,
+    ) -> Observation {
+        Observation {
+            at,
+            source: device,
+            grid,
+            category: category.to_string(),
+            weight: 0.0,
+            confidence: 1.0,
+            evidence: Evidence {
+                fault: Some(FaultEvidence::Recovered),
+                ..Evidence::default()
+            },
+        }
+    }
 }
 
 /// Risk levels of the national emergency scale, IV (blue, lowest) to I (red, highest).
@@ -148,34 +291,215 @@ pub enum IncidentStatus {
     Closed,
 }
 
+/// Where an incident is in the case system's hands (its lifecycle). skynet opens it; the
+/// case system's feedback moves it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// Raised, not yet taken by anyone.
+    #[default]
+    Open,
+    /// An operator has seen it.
+    Acknowledged,
+    /// A crew or department has been sent.
+    Dispatched,
+    /// The department reports it solved; waiting for verification.
+    Resolved,
+    /// The solution was checked on site.
+    Verified,
+    /// A false alarm.
+    Rejected,
+    /// Over: quiet with nobody acting on it, or closed by the case system.
+    Closed,
+}
+
+impl IncidentState {
+    pub const ALL: [IncidentState; 7] = [
+        Self::Open,
+        Self::Acknowledged,
+        Self::Dispatched,
+        Self::Resolved,
+        Self::Verified,
+        Self::Rejected,
+        Self::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Acknowledged => "acknowledged",
+            Self::Dispatched => "dispatched",
+            Self::Resolved => "resolved",
+            Self::Verified => "verified",
+            Self::Rejected => "rejected",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// No further state follows: the incident has left the engine.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Verified | Self::Rejected | Self::Closed)
+    }
+
+    /// Whether the case system may move an incident from `self` to `next`: forward along
+    /// open → acknowledged → dispatched → resolved → verified, or to rejected or closed
+    /// from any state that is not final.
+    pub fn may_become(self, next: IncidentState) -> bool {
+        use IncidentState::*;
+        if self.is_final() {
+            return false;
+        }
+        match next {
+            Rejected | Closed => true,
+            Acknowledged => self == Open,
+            Dispatched => matches!(self, Open | Acknowledged),
+            Resolved => matches!(self, Open | Acknowledged | Dispatched),
+            Verified => self == Resolved,
+            Open => false,
+        }
+    }
+}
+
+/// What made a revision of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentChange {
+    /// First revision.
+    Opened,
+    /// New evidence (sent at most every `update_every_s`).
+    Evidence,
+    /// The level rose with the evidence.
+    Escalated,
+    /// A deadline passed: the level rose one step.
+    DeadlineMissed,
+    /// A camera of the cell confirmed a sensor's alarm that was waiting for verification.
+    Confirmed,
+    /// Evidence came back within the cooldown after closing: the same incident again.
+    Reopened,
+    /// No evidence for the quiet period while nobody acted on it.
+    Quiet,
+    /// The faulty device works again.
+    Recovered,
+    /// The case system's feedback (the new `state` says which).
+    Feedback,
+}
+
+/// When the department must act, from the incident's level (`[risk.deadlines]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_by: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_by: Option<DateTime<Utc>>,
+}
+
+/// One observation (the latest of its source and category) that an incident rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub at: DateTime<Utc>,
+    pub source: SourceRef,
+    pub category: String,
+    pub weight: f32,
+    pub confidence: f32,
+    /// How many observations of this source and category it stands for.
+    pub count: u32,
+}
+
 /// An incident as the case system sees it. Each emission carries a new `revision`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: String,
     pub revision: u32,
     pub status: IncidentStatus,
+    /// Where it is in the case system's hands.
+    #[serde(default)]
+    pub state: IncidentState,
+    /// What made this revision.
+    pub change: IncidentChange,
     pub category: String,
     pub level: RiskLevel,
     pub level_colour: String,
-    /// The grid's fused risk score, 0 to 1, when this revision was made.
+    /// The incident's category score in its cell, 0 to 1, when this revision was made.
     pub risk_score: f32,
+    /// How sure the evidence is, 0 to 1: it grows with each agreeing observation.
+    pub confidence: f32,
+    /// `required` when a sensor's alarm is not (yet) seen by the cameras of its cell,
+    /// `confirmed` once one of them saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
     pub grid: GridId,
-    /// The camera that saw it; left out for a sensor's incident.
+    /// The department that must act.
+    pub department: String,
+    pub deadlines: Deadlines,
+    /// Deadlines it has missed (`dispatch`, `resolve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<String>,
+    /// The camera that saw it first; left out for a sensor's incident.
     #[serde(default, skip_serializing_if = "CameraId::is_empty")]
     pub camera: CameraId,
-    /// The sensor that measured it, for a sensor's incident.
+    /// The sensor that measured it first, for a sensor's incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensor: Option<SensorId>,
     pub owner: OwnerKind,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub observations: u32,
+    /// Every source and category the incident rests on (a fused incident lists each part).
+    #[serde(default)]
+    pub contributions: Vec<Contribution>,
     pub detections: Vec<Detection>,
     /// A sensor's incident: its latest value as evidence (`{"quantity": "co", "value": 98.5,
     /// "unit": "ppm", "at": ...}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reading: Option<ReadingValue>,
     pub rule: RuleRef,
+}
+
+/// A grid cell's risk level changed (`skynet.grid_risk.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridRisk {
+    /// Stable for the same change (a UUIDv5 of node, cell, revision and time).
+    pub id: String,
+    pub grid: GridId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Counts this cell's level changes, from 1.
+    pub revision: u64,
+    /// The new level; `null` when the cell is back to no risk.
+    pub level: Option<RiskLevel>,
+    pub level_colour: Option<String>,
+    pub previous_level: Option<RiskLevel>,
+    /// The fused score, 0 to 1.
+    pub score: f32,
+    pub at: DateTime<Utc>,
+    /// Each category's (capped) score in the cell.
+    pub categories: std::collections::BTreeMap<String, f32>,
+    /// The incidents open in the cell.
+    pub incidents: Vec<String>,
+}
+
+/// What the risk engine emits: incident revisions and cell level changes.
+// Most events are incident revisions: boxing them would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum RiskEvent {
+    Incident(Incident),
+    GridRisk(GridRisk),
+}
+
+impl RiskEvent {
+    pub fn as_incident(&self) -> Option<&Incident> {
+        match self {
+            Self::Incident(i) => Some(i),
+            Self::GridRisk(_) => None,
+        }
+    }
 }
 
 impl Incident {

@@ -82,7 +82,7 @@ impl ZoneIntrusionConfig {
         "restricted_area_intrusion".into()
     }
     fn default_weight() -> f32 {
-        0.3
+        0.5
     }
 
     /// The validated settings as the rule runs them; `None` before `validate` succeeded.
@@ -385,17 +385,30 @@ impl CameraRules {
             if let Some(hit) = rule.evaluate(frame) {
                 metrics::counter!("skynet_observations_total", "camera" => self.camera.to_string(), "rule" => hit.rule.name.clone())
                     .increment(1);
+                // The rule's confidence is its best supporting detection's score.
+                let confidence = hit
+                    .detections
+                    .iter()
+                    .map(|d| d.score)
+                    .fold(0.0f32, f32::max)
+                    .clamp(0.0, 1.0);
                 observations.push(Observation {
-                    camera: self.camera.clone(),
-                    source: skynet_core::SourceKind::Camera,
-                    grid: self.grid.clone(),
-                    owner: self.owner,
-                    category: hit.category,
-                    rule: hit.rule,
                     at: frame.info.captured_at,
+                    source: skynet_core::SourceRef::camera(&self.camera),
+                    grid: self.grid.clone(),
+                    category: hit.category,
                     weight: hit.weight,
-                    detections: hit.detections,
-                    reading: None,
+                    confidence: if hit.detections.is_empty() {
+                        1.0
+                    } else {
+                        confidence
+                    },
+                    evidence: skynet_core::Evidence {
+                        owner: Some(self.owner),
+                        rule: Some(hit.rule),
+                        detections: hit.detections,
+                        ..skynet_core::Evidence::default()
+                    },
                 });
             }
         }
@@ -504,7 +517,7 @@ mod tests {
                 config.cooldown_s,
                 config.weight
             ),
-            (0.5, 3, 1.0, 0.3)
+            (0.5, 3, 1.0, 0.5)
         );
         assert_eq!(config.category, "restricted_area_intrusion");
         let spec = config.spec().unwrap();

@@ -18,8 +18,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use skynet_core::config::{MAX_SECONDS, check_range, seconds_in};
 use skynet_core::{
-    CameraId, DeviceFault, FieldError, GridId, Observation, OwnerKind, RuleRef, SensorId,
-    SensorReading, SourceKind,
+    CameraId, DeviceFault, Evidence, FieldError, GridId, Observation, OwnerKind, RuleRef, SensorId,
+    SensorReading, SourceKind, SourceRef,
 };
 
 /// The category of a stale sensor's device-fault incident.
@@ -441,20 +441,22 @@ impl SensorRules {
         for rule in &mut self.rules {
             if rule.evaluate(reading.at, reading.value) {
                 out.push(Observation {
-                    camera: self.device.clone(),
-                    source: SourceKind::Sensor,
-                    grid: self.placement.grid.clone(),
-                    owner: self.placement.owner,
-                    category: rule.spec.category.clone(),
-                    rule: RuleRef {
-                        name: rule.spec.name.clone(),
-                        kind: rule.spec.kind.as_str().into(),
-                        zone: None,
-                    },
                     at: reading.at,
+                    source: SourceRef::sensor(&self.device),
+                    grid: self.placement.grid.clone(),
+                    category: rule.spec.category.clone(),
                     weight: rule.spec.weight,
-                    detections: Vec::new(),
-                    reading: Some(reading.value_evidence()),
+                    confidence: 1.0,
+                    evidence: Evidence {
+                        owner: Some(self.placement.owner),
+                        rule: Some(RuleRef {
+                            name: rule.spec.name.clone(),
+                            kind: rule.spec.kind.as_str().into(),
+                            zone: None,
+                        }),
+                        reading: Some(reading.value_evidence()),
+                        ..Evidence::default()
+                    },
                 });
             }
         }

@@ -2,38 +2,127 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use skynet_core::Incident;
+use skynet_core::{GridRisk, Incident, RiskEvent};
 
 pub const INCIDENT_EVENT_TYPE: &str = "skynet.incident.v1";
+pub const GRID_RISK_EVENT_TYPE: &str = "skynet.grid_risk.v1";
 
+/// One CloudEvent; `data` is an [`Incident`] revision (`skynet.incident.v1`) or a cell's
+/// level change, [`GridRisk`] (`skynet.grid_risk.v1`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CloudEvent {
+pub struct CloudEvent<T = Incident> {
     pub specversion: String,
-    /// `<incident id>/<revision>`: stable, so a redelivered event deduplicates downstream.
+    /// Stable, so a redelivered event deduplicates downstream: `<incident id>/<revision>`,
+    /// or the grid-risk change's id.
     pub id: String,
     /// `skynet/<node>`.
     pub source: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The incident id, for consumers that route or filter by it.
+    /// The incident id, or the grid cell id, for consumers that route or filter by it.
     pub subject: String,
     pub time: DateTime<Utc>,
     pub datacontenttype: String,
-    pub data: Incident,
+    pub data: T,
 }
 
-impl CloudEvent {
+fn envelope<T>(
+    node: &str,
+    id: String,
+    event_type: &str,
+    subject: String,
+    time: DateTime<Utc>,
+    data: T,
+) -> CloudEvent<T> {
+    CloudEvent {
+        specversion: "1.0".into(),
+        id,
+        source: format!("skynet/{node}"),
+        event_type: event_type.into(),
+        subject,
+        time,
+        datacontenttype: "application/json".into(),
+        data,
+    }
+}
+
+impl CloudEvent<Incident> {
     pub fn incident(node: &str, incident: &Incident) -> Self {
-        Self {
-            specversion: "1.0".into(),
-            id: format!("{}/{}", incident.id, incident.revision),
-            source: format!("skynet/{node}"),
-            event_type: INCIDENT_EVENT_TYPE.into(),
-            subject: incident.id.clone(),
-            // The time of the occurrence the revision reports: when it was last seen.
-            time: incident.last_seen,
-            datacontenttype: "application/json".into(),
-            data: incident.clone(),
+        // The time of the occurrence the revision reports: when it was last seen.
+        envelope(
+            node,
+            format!("{}/{}", incident.id, incident.revision),
+            INCIDENT_EVENT_TYPE,
+            incident.id.clone(),
+            incident.last_seen,
+            incident.clone(),
+        )
+    }
+}
+
+impl CloudEvent<GridRisk> {
+    pub fn grid_risk(node: &str, change: &GridRisk) -> Self {
+        envelope(
+            node,
+            change.id.clone(),
+            GRID_RISK_EVENT_TYPE,
+            change.grid.to_string(),
+            change.at,
+            change.clone(),
+        )
+    }
+}
+
+/// Either kind of event, as the outbox stores it.
+// Mostly incident revisions, briefly held: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxEvent {
+    Incident(CloudEvent<Incident>),
+    GridRisk(CloudEvent<GridRisk>),
+}
+
+impl OutboxEvent {
+    pub fn new(node: &str, event: &RiskEvent) -> Self {
+        match event {
+            RiskEvent::Incident(i) => Self::Incident(CloudEvent::incident(node, i)),
+            RiskEvent::GridRisk(g) => Self::GridRisk(CloudEvent::grid_risk(node, g)),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Incident(e) => &e.id,
+            Self::GridRisk(e) => &e.id,
+        }
+    }
+
+    pub fn event_type(&self) -> &str {
+        match self {
+            Self::Incident(e) => &e.event_type,
+            Self::GridRisk(e) => &e.event_type,
+        }
+    }
+
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::Incident(e) => &e.subject,
+            Self::GridRisk(e) => &e.subject,
+        }
+    }
+
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Self::Incident(e) => e.time,
+            Self::GridRisk(e) => e.time,
+        }
+    }
+
+    /// The event as one line of JSON.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        match self {
+            Self::Incident(e) => serde_json::to_string(e),
+            Self::GridRisk(e) => serde_json::to_string(e),
         }
     }
 }

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use skynet_core::{ComponentHealth, Incident};
+use skynet_core::{ComponentHealth, RiskEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{CloudEvent, EmitError, IncidentSink, Outbox};
+use crate::{EmitError, IncidentSink, Outbox, OutboxEvent};
 
 /// Events read and delivered at once.
 const BATCH: usize = 256;
@@ -97,12 +97,12 @@ impl Committer {
     /// events will be delivered to every sink, across restarts if need be.
     pub fn commit(
         &mut self,
-        incidents: &[Incident],
+        changes: &[RiskEvent],
         state: Option<&str>,
-    ) -> Result<Vec<CloudEvent>, EmitError> {
-        let events: Vec<CloudEvent> = incidents
+    ) -> Result<Vec<OutboxEvent>, EmitError> {
+        let events: Vec<OutboxEvent> = changes
             .iter()
-            .map(|incident| CloudEvent::incident(&self.node, incident))
+            .map(|change| OutboxEvent::new(&self.node, change))
             .collect();
         // Nothing to write: skip the transaction and its fsync.
         if !events.is_empty() || state.is_some() {
@@ -462,8 +462,8 @@ mod tests {
     use skynet_core::ComponentState;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-    fn incident(revision: u32) -> Incident {
-        crate::test_support::incident(revision, 0.3)
+    fn incident(revision: u32) -> RiskEvent {
+        RiskEvent::Incident(crate::test_support::incident(revision, 0.3))
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -573,7 +573,7 @@ mod tests {
         // Ten commits of ten, so the deliveries are woken while the blocked one is stuck.
         let started = Instant::now();
         for first in (1..=100).step_by(10) {
-            let incidents: Vec<Incident> = (first..first + 10).map(incident).collect();
+            let incidents: Vec<RiskEvent> = (first..first + 10).map(incident).collect();
             assert_eq!(committer.commit(&incidents, None).unwrap().len(), 10);
         }
         // Generous for a loaded machine: the point is that no commit waits on a sink.

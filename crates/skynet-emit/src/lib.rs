@@ -16,7 +16,7 @@ mod sinks;
 #[cfg(test)]
 mod test_support;
 
-pub use cloudevent::{CloudEvent, INCIDENT_EVENT_TYPE};
+pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
 pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
 pub use error::EmitError;
 pub use outbox::{Outbox, StoredEvent};

@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{CloudEvent, EmitError};
+use crate::{CloudEvent, EmitError, OutboxEvent};
+
+fn incident_status(incident: &skynet_core::Incident) -> String {
+    serde_json::to_value(incident.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
 
 /// An event as stored: its place in the outbox and its JSON body, ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +57,16 @@ CREATE TABLE IF NOT EXISTS incidents (
     body        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_grid ON incidents (grid, last_seen);
+CREATE TABLE IF NOT EXISTS grid_risk (
+    id          TEXT PRIMARY KEY,
+    grid        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    at          TEXT NOT NULL,
+    level       TEXT,
+    score       REAL NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grid_risk_by_grid ON grid_risk (grid, at);
 CREATE TABLE IF NOT EXISTS state (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL,
@@ -112,7 +129,7 @@ impl Outbox {
     /// Stores an event and updates the incident history, atomically. Returns false when an
     /// event with the same id was already stored (a replay), which changes nothing.
     pub fn append(&mut self, event: &CloudEvent) -> Result<bool, EmitError> {
-        Ok(self.commit(std::slice::from_ref(event), None)? == 1)
+        Ok(self.commit(&[OutboxEvent::Incident(event.clone())], None)? == 1)
     }
 
     /// Stores `events`, updates the incident history and, when given, saves the pipeline
@@ -124,19 +141,17 @@ impl Outbox {
     /// is kept, since sinks may already have it, and the conflict is counted and logged.
     pub fn commit(
         &mut self,
-        events: &[CloudEvent],
+        events: &[OutboxEvent],
         state: Option<&str>,
     ) -> Result<usize, EmitError> {
         // Serialise first, so a bad event fails the commit before the transaction starts.
         let mut rows = Vec::with_capacity(events.len());
         for event in events {
-            let status = serde_json::to_value(event.data.status)?;
-            rows.push((
-                event,
-                serde_json::to_string(event)?,
-                serde_json::to_string(&event.data)?,
-                status.as_str().unwrap_or_default().to_string(),
-            ));
+            let data = match event {
+                OutboxEvent::Incident(e) => serde_json::to_string(&e.data)?,
+                OutboxEvent::GridRisk(e) => serde_json::to_string(&e.data)?,
+            };
+            rows.push((event, event.to_json()?, data));
         }
         let path = self.path.clone();
         let err = move |source| EmitError::Outbox {
@@ -152,13 +167,13 @@ impl Outbox {
             .map_err(&err)?;
         let mut inserted = 0;
         let mut conflicts = Vec::new();
-        for (event, body, incident_body, status) in &rows {
+        for (event, body, data_body) in &rows {
             let new = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events (id, type, subject, time, body, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .and_then(|mut stmt| {
-                    stmt.execute(params![event.id, event.event_type, event.subject, event.time.to_rfc3339(), body, now])
+                    stmt.execute(params![event.id(), event.event_type(), event.subject(), event.time().to_rfc3339(), body, now])
                 })
                 .map_err(&err)?
                 == 1;
@@ -166,18 +181,42 @@ impl Outbox {
                 inserted += 1;
             } else {
                 let stored: Option<String> = tx
-                    .query_row("SELECT body FROM events WHERE id = ?1", [&event.id], |r| {
+                    .query_row("SELECT body FROM events WHERE id = ?1", [event.id()], |r| {
                         r.get(0)
                     })
                     .optional()
                     .map_err(&err)?;
                 if stored.is_some_and(|stored| !same_json(&stored, body)) {
-                    conflicts.push(event.id.clone());
+                    conflicts.push(event.id().to_string());
                 }
                 // A replay or a conflict: the history already has this revision.
                 continue;
             }
-            let incident = &event.data;
+            let incident = match event {
+                OutboxEvent::Incident(e) => &e.data,
+                OutboxEvent::GridRisk(e) => {
+                    // The cell's risk history, for charts.
+                    let change = &e.data;
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO grid_risk (id, grid, revision, at, level, score, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            change.id,
+                            change.grid.as_str(),
+                            i64::try_from(change.revision).unwrap_or(i64::MAX),
+                            change.at.to_rfc3339(),
+                            change.level.map(|l| l.as_str()),
+                            f64::from(change.score),
+                            data_body,
+                        ])
+                    })
+                    .map_err(&err)?;
+                    continue;
+                }
+            };
+            let status = incident_status(incident);
             tx.prepare_cached(
                 "INSERT INTO incidents (id, revision, status, category, level, grid, camera, owner, first_seen, last_seen, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -197,7 +236,7 @@ impl Outbox {
                     incident.owner.as_str(),
                     incident.first_seen.to_rfc3339(),
                     incident.last_seen.to_rfc3339(),
-                    incident_body,
+                    data_body,
                 ])
             })
             .map_err(&err)?;
@@ -305,11 +344,28 @@ impl Outbox {
     }
 
     /// Every stored event, oldest first.
+    /// The incident events still in the outbox, in order.
     pub fn events(&self) -> Result<Vec<CloudEvent>, EmitError> {
-        self.json_rows("SELECT body FROM events ORDER BY seq")
+        self.json_rows("SELECT body FROM events WHERE type = 'skynet.incident.v1' ORDER BY seq")
     }
 
     /// The latest revision of every incident, most recently seen first.
+    /// A cell's level changes, oldest first (`skynet.grid_risk.v1` data), for charts.
+    pub fn grid_risk_history(&self, grid: &str) -> Result<Vec<skynet_core::GridRisk>, EmitError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM grid_risk WHERE grid = ?1 ORDER BY at, revision")
+            .map_err(self.err())?;
+        let bodies = stmt
+            .query_map([grid], |r| r.get::<_, String>(0))
+            .map_err(self.err())?;
+        let mut rows = Vec::new();
+        for body in bodies {
+            rows.push(serde_json::from_str(&body.map_err(self.err())?)?);
+        }
+        Ok(rows)
+    }
+
     pub fn incidents(&self) -> Result<Vec<skynet_core::Incident>, EmitError> {
         self.json_rows("SELECT body FROM incidents ORDER BY last_seen DESC")
     }
@@ -344,9 +400,10 @@ mod tests {
         let mut outbox = Outbox::open(&path).unwrap();
         assert_eq!(outbox.load_state().unwrap(), None);
         let events = [event(1, 0.3), event(2, 0.4)];
+        let wrapped = events.clone().map(OutboxEvent::Incident);
         assert_eq!(
             outbox
-                .commit(&events, Some(r#"{"open":["inc-1"]}"#))
+                .commit(&wrapped, Some(r#"{"open":["inc-1"]}"#))
                 .unwrap(),
             2
         );
@@ -361,7 +418,12 @@ mod tests {
         assert_eq!(outbox.incidents().unwrap()[0].revision, 2);
         // State alone, and a commit without state keeps the last one.
         assert_eq!(outbox.commit(&[], Some("{}")).unwrap(), 0);
-        assert_eq!(outbox.commit(&[event(3, 0.5)], None).unwrap(), 1);
+        assert_eq!(
+            outbox
+                .commit(&[OutboxEvent::Incident(event(3, 0.5))], None)
+                .unwrap(),
+            1
+        );
         assert_eq!(outbox.load_state().unwrap().as_deref(), Some("{}"));
     }
 
@@ -418,9 +480,11 @@ mod tests {
         let mut outbox = Outbox::open(Path::new(":memory:")).unwrap();
         let conflicts = Arc::new(AtomicU64::new(0));
         let recorder = ConflictRecorder(conflicts.clone());
-        let original = event(1, 0.3);
-        let reused = event(1, 0.9);
-        assert_eq!(original.id, reused.id);
+        let original_event = event(1, 0.3);
+        let reused_event = event(1, 0.9);
+        let original = OutboxEvent::Incident(original_event.clone());
+        let reused = OutboxEvent::Incident(reused_event.clone());
+        assert_eq!(original.id(), reused.id());
         metrics::with_local_recorder(&recorder, || {
             assert_eq!(
                 outbox
@@ -442,8 +506,8 @@ mod tests {
             );
         });
         assert_eq!(conflicts.load(Ordering::Relaxed), 1);
-        assert_eq!(outbox.events().unwrap(), vec![original.clone()]);
-        assert_eq!(outbox.incidents().unwrap()[0], original.data);
-        assert!(!outbox.append(&reused).unwrap());
+        assert_eq!(outbox.events().unwrap(), vec![original_event.clone()]);
+        assert_eq!(outbox.incidents().unwrap()[0], original_event.data);
+        assert!(!outbox.append(&reused_event).unwrap());
     }
 }

@@ -1,7 +1,10 @@
 //! What the unit tests of this crate share.
 
 use chrono::{DateTime, Utc};
-use skynet_core::{CameraId, GridId, Incident, IncidentStatus, OwnerKind, RiskLevel, RuleRef};
+use skynet_core::{
+    CameraId, Deadlines, GridId, Incident, IncidentChange, IncidentState, IncidentStatus,
+    OwnerKind, RiskLevel, RuleRef,
+};
 
 /// Revision `revision` of one incident, `inc-1`, with `risk_score`.
 pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
@@ -9,17 +12,25 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
         id: "inc-1".into(),
         revision,
         status: IncidentStatus::Opened,
+        state: IncidentState::Open,
+        change: IncidentChange::Opened,
         category: "intrusion".into(),
         level: RiskLevel::IV,
         level_colour: "blue".into(),
         risk_score,
+        confidence: 1.0,
+        verification: None,
         grid: GridId::new("G1"),
+        department: "command_center".into(),
+        deadlines: Deadlines::default(),
+        missed: Vec::new(),
         camera: CameraId::new("cam"),
         sensor: None,
         owner: OwnerKind::Police,
         first_seen: DateTime::<Utc>::UNIX_EPOCH,
         last_seen: DateTime::<Utc>::UNIX_EPOCH,
         observations: 1,
+        contributions: Vec::new(),
         detections: Vec::new(),
         reading: None,
         rule: RuleRef {

@@ -3,9 +3,11 @@
 //!
 //! - [`GridMap`] reads the city's grid cells from GeoJSON (with `geojson`, as `geo` shapes)
 //!   and places cameras and sensors.
-//! - [`RiskEngine`] is the stage trait; [`GridRiskEngine`] fuses evidence per cell with
-//!   exponential decay and runs each incident's lifecycle (opened, escalated, updated, closed)
-//!   on each camera's own event clock. Its state survives a restart through
+//! - [`RiskEngine`] is the stage trait; [`GridRiskEngine`] turns [`skynet_core::Observation`]s
+//!   from every source into one risk level per cell (saturating per category, capped at each
+//!   category's ceiling, fused across kinds and by fusion rules, with hysteresis) and into
+//!   incidents per cell and category with departments, deadlines and a lifecycle. It takes
+//!   time only from its inputs, so a replay is exact. Its state survives a restart through
 //!   [`RiskEngine::snapshot`] and [`RiskEngine::restore`].
 
 mod engine;
@@ -13,7 +15,11 @@ mod grid;
 mod settings;
 
 pub use engine::{
-    DEVICE_FAULT_KIND, GridRiskEngine, LevelThresholds, RiskConfig, RiskEngine, RiskError,
+    DEVICE_FAULT_KIND, DeviceInfo, FUSION_KIND, GridRiskEngine, LevelThresholds, RiskConfig,
+    RiskContext, RiskEngine, RiskError,
 };
-pub use grid::{Grid, GridError, GridMap};
-pub use settings::{LevelSettings, RiskSettings};
+pub use grid::{CellInfo, Grid, GridError, GridMap};
+pub use settings::{
+    CategoryPolicy, Condition, FusionRule, FusionScope, FusionSettings, GridKindPolicy,
+    LevelDeadlines, LevelSettings, RiskSettings,
+};

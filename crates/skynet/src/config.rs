@@ -133,10 +133,90 @@ struct MetricsSection {
     listen: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GridsSection {
-    file: Spanned<String>,
+/// `[grids]`: polygon cells from a GeoJSON `file`, or H3 hexagons generated at
+/// `h3_resolution` (for a city without a cell file), with the `kind` and `department` every
+/// H3 cell gets. Exactly one of `file` and `h3_resolution`.
+#[derive(Debug)]
+enum GridsSection {
+    File(Spanned<String>),
+    H3 {
+        resolution: Spanned<u8>,
+        kind: Option<Spanned<String>>,
+        department: Option<String>,
+    },
+}
+
+/// Read by hand rather than derived: which keys may be given depends on the others, and a
+/// derived error for an unknown key would list the H3 keys before `file`, the usual one.
+/// Errors here are placed by toml: at the key for an unknown key, else at the table.
+impl<'de> Deserialize<'de> for GridsSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        enum Key {
+            File,
+            H3Resolution,
+            Kind,
+            Department,
+        }
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let key = String::deserialize(deserializer)?;
+                match key.as_str() {
+                    "file" => Ok(Key::File),
+                    "h3_resolution" => Ok(Key::H3Resolution),
+                    "kind" => Ok(Key::Kind),
+                    "department" => Ok(Key::Department),
+                    other => Err(serde::de::Error::custom(format!(
+                        "unknown field `{other}`, expected `file`, `h3_resolution`, `kind` or `department`"
+                    ))),
+                }
+            }
+        }
+
+        struct Table;
+        impl<'de> serde::de::Visitor<'de> for Table {
+            type Value = GridsSection;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table with `file`, or with `h3_resolution`")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<GridsSection, A::Error> {
+                use serde::de::Error;
+                let (mut file, mut resolution, mut kind, mut department) = (None, None, None, None);
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::File => file = Some(map.next_value()?),
+                        Key::H3Resolution => resolution = Some(map.next_value()?),
+                        Key::Kind => kind = Some(map.next_value()?),
+                        Key::Department => department = Some(map.next_value()?),
+                    }
+                }
+                const ONE_OF: &str = "`[grids]` needs exactly one of `file` (polygon cells from \
+                    GeoJSON) or `h3_resolution` (H3 hexagons, 0 to 15)";
+                match (file, resolution) {
+                    (Some(_), Some(_)) => Err(A::Error::custom(format!("{ONE_OF}, not both"))),
+                    (None, None) => Err(A::Error::custom(ONE_OF)),
+                    (Some(_), None) if kind.is_some() || department.is_some() => {
+                        Err(A::Error::custom(
+                            "`kind` and `department` in `[grids]` are for H3 cells; a grid file \
+                             gives each cell's in its feature's `properties`",
+                        ))
+                    }
+                    (Some(file), None) => Ok(GridsSection::File(file)),
+                    (None, Some(resolution)) => Ok(GridsSection::H3 {
+                        resolution,
+                        kind,
+                        department,
+                    }),
+                }
+            }
+        }
+
+        deserializer.deserialize_map(Table)
+    }
 }
 
 /// The keys every `[[cameras]]` table has, whatever its source kind.
@@ -418,6 +498,21 @@ fn find_key(text: &str, key: &str) -> Option<usize> {
 }
 
 impl PipelineConfig {
+    /// What the risk engine knows of the city: the cells and every configured device.
+    pub fn risk_context(&self) -> skynet_risk::RiskContext {
+        let cameras = self.cameras.iter().map(|c| skynet_risk::DeviceInfo {
+            source: skynet_core::SourceRef::camera(&c.id),
+            grid: c.grid.clone(),
+            owner: c.owner,
+        });
+        let sensors = self.sensors.iter().map(|s| skynet_risk::DeviceInfo {
+            source: skynet_core::SourceRef::sensor(&CameraId::new(s.placement.sensor.as_str())),
+            grid: s.placement.grid.clone(),
+            owner: s.placement.owner,
+        });
+        skynet_risk::RiskContext::new(self.grids.clone(), cameras.chain(sensors))
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -491,9 +586,35 @@ fn validate(
         .map_err(|e| at.field_error(&region, e))?;
     let model = Arc::new(detect.model);
 
-    let grids_path = at.path(&file.grids.file)?;
-    let grids =
-        GridMap::load(&grids_path).map_err(|e| at.error(file.grids.file.span(), e.to_string()))?;
+    let grids = match &file.grids {
+        GridsSection::File(path) => {
+            let grids_path = at.path(path)?;
+            GridMap::load(&grids_path).map_err(|e| at.error(path.span(), e.to_string()))?
+        }
+        GridsSection::H3 {
+            resolution,
+            kind,
+            department,
+        } => GridMap::h3(
+            *resolution.get_ref(),
+            kind.as_ref().map(|k| k.get_ref().clone()),
+            department.clone(),
+        )
+        .map_err(|e| {
+            let at_kind = matches!(
+                e,
+                skynet_risk::GridError::H3 {
+                    setting: "kind",
+                    ..
+                }
+            );
+            let span = match kind {
+                Some(kind) if at_kind => kind.span(),
+                _ => resolution.span(),
+            };
+            at.error(span, e.to_string())
+        })?,
+    };
 
     let (risk, region) = section::<RiskSettings>(at, file.risk.as_ref())?;
     let risk = risk
@@ -614,18 +735,31 @@ fn resolve_grid(
     location: Option<&[f64; 2]>,
 ) -> Result<GridId, ConfigError> {
     match (grid, location) {
-        (Some(grid), _) => match grids.get(grid) {
-            Some(g) => Ok(g.id.clone()),
+        (Some(grid), _) => match grids.cell(grid) {
+            // The cell's own id: for H3, the canonical spelling of the index given.
+            Some(cell) => Ok(cell.id),
             None => Err(at.error(
                 at.key(region, "grid"),
-                format!(
-                    "unknown grid `{grid}`; the grid file has: {}",
-                    grids.ids().join(", ")
-                ),
+                match grids.h3_resolution() {
+                    // H3 cells are not listed: say what a valid id looks like instead.
+                    Some(resolution) => format!(
+                        "grid `{grid}` is not an H3 cell index at resolution {resolution} (the \
+                         `[grids]` `h3_resolution`): give the cell's index, 15 hex digits, or a \
+                         `location`"
+                    ),
+                    None => format!(
+                        "unknown grid `{grid}`; the grid file has: {}",
+                        grids.ids().join(", ")
+                    ),
+                },
             )),
         },
         (None, Some([lon, lat])) => match grids.locate(*lon, *lat) {
-            Some(g) => Ok(g.id.clone()),
+            Some(cell) => Ok(cell.id),
+            None if grids.is_h3() => Err(at.error(
+                at.key(region, "location"),
+                format!("location [{lon}, {lat}] is not a [longitude, latitude] on Earth"),
+            )),
             None => Err(at.error(
                 at.key(region, "location"),
                 format!("location [{lon}, {lat}] is outside every grid cell"),

@@ -7,12 +7,14 @@
 //! - [`paths`]: where set-up puts the runtime, models and media.
 //! - [`memory`]: allocator settings that keep memory flat with many cameras.
 //! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
+//! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 
 pub mod components;
 pub mod config;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;
+pub mod replay;
 pub mod simulate;
 
 pub use config::{ConfigError, PipelineConfig};

@@ -60,6 +60,14 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Feed recorded observations (JSON Lines; `-` for stdin) through the config's risk
+    /// engine and print the incident and grid-risk CloudEvents, one per line. The same input
+    /// always gives the same output, ids included.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        observations: PathBuf,
+    },
     /// Validate a config file: exit 0 when valid, else an error naming file, line and column.
     Check {
         #[arg(long, short)]
@@ -108,6 +116,10 @@ fn main() -> ExitCode {
             images,
         } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
         Command::Check { config } => check(&config),
+        Command::Replay {
+            config,
+            observations,
+        } => replay(&config, &observations),
         Command::Simulate {
             what:
                 SimulateCommand::Sensors {
@@ -168,14 +180,45 @@ fn check(config: &Path) -> Result<ExitCode> {
         format!(", {} sensor(s)", c.sensors.len())
     };
     println!(
-        "ok: {} ({} camera(s){sensors}, {} rule(s), {} grid cell(s), model {})",
+        "ok: {} ({} camera(s){sensors}, {} rule(s), {}, model {})",
         config.display(),
         c.cameras.len(),
         c.rule_count(),
-        c.grids.grids().len(),
+        if c.grids.is_h3() {
+            c.grids.describe()
+        } else {
+            format!("{} grid cell(s)", c.grids.grids().len())
+        },
         c.model.model.name
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay(config: &Path, observations: &Path) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config)?;
+    let input: Box<dyn std::io::BufRead> = if observations == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(observations)
+            .with_context(|| format!("opening {}", observations.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let name = observations.display().to_string();
+    let report = skynet::replay::replay(&config, input, stdout, |line, reason| {
+        eprintln!("error: {name}:{line}: {reason}");
+    })?;
+    tracing::info!(
+        observations = report.observations,
+        refused = report.refused,
+        events = report.events,
+        "replay finished"
+    );
+    Ok(if report.refused > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {

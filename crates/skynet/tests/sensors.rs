@@ -304,21 +304,25 @@ deadletter_topic = "{prefix}-deadletter"
         3.5,
         "cm converted to m"
     );
-    // Each is evidence, and becomes an incident of its sensor.
+    // Each is evidence: the leak in G-0201 is one incident (one cell, one category) that
+    // lists every gas sensor, and the river has its own.
     let opened = eventually(Duration::from_secs(20), || {
         let events = stored_events(dir.path());
         ["gas-a", "gas-b", "gas-c", "gas-d", "river-1"]
             .iter()
             .all(|s| {
-                events
-                    .iter()
-                    .any(|e| e.data.sensor.as_ref().is_some_and(|x| x.as_str() == *s))
+                events.iter().any(|e| {
+                    e.data
+                        .contributions
+                        .iter()
+                        .any(|c| c.source.id.as_str() == *s)
+                })
             })
     });
     let (status, text) = terminate(&mut child, &log);
     assert!(
         opened,
-        "an incident per sensor: {:?}\n{text}",
+        "every sensor in an incident: {:?}\n{text}",
         stored_events(dir.path())
     );
     let events = stored_events(dir.path());

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use skynet_core::{ComponentHealth, Incident, QueueClosed, Shutdown, StageReceiver};
+use skynet_core::{ComponentHealth, QueueClosed, RiskEvent, Shutdown, StageReceiver};
 use skynet_emit::Committer;
 
 use super::{Counters, Fatal, POLL};
@@ -13,7 +13,7 @@ use super::{Counters, Fatal, POLL};
 /// What the rules stage hands over: revisions (maybe none) and the pipeline state after them.
 #[derive(Debug)]
 pub(crate) struct Commit {
-    pub incidents: Vec<Incident>,
+    pub incidents: Vec<RiskEvent>,
     pub state: Option<String>,
 }
 
@@ -37,9 +37,14 @@ pub(crate) fn run(
                     fatal.report("outbox", cause);
                     return;
                 }
+                let revisions = commit
+                    .incidents
+                    .iter()
+                    .filter(|e| e.as_incident().is_some())
+                    .count();
                 counters
                     .incidents
-                    .fetch_add(commit.incidents.len() as u64, Ordering::Relaxed);
+                    .fetch_add(revisions as u64, Ordering::Relaxed);
             }
             Ok(None) => committer.idle(),
             Err(QueueClosed) => return,
@@ -60,8 +65,8 @@ fn commit_until_stored(
     let mut backoff = Duration::from_millis(100);
     let mut stopping_since: Option<Instant> = None;
     loop {
-        let span = commit.incidents.first().map(
-            |i| tracing::info_span!("commit", incident = %i.id, grid = %i.grid, camera = %i.camera),
+        let span = commit.incidents.iter().find_map(RiskEvent::as_incident).map(
+            |i| tracing::info_span!("commit", incident = %i.id, grid = %i.grid, device = %i.device()),
         );
         let _entered = span.as_ref().map(|s| s.enter());
         match committer.commit(&commit.incidents, commit.state.as_deref()) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use skynet_core::{
-    CameraId, DeviceFault, Incident, QueueClosed, Shutdown, StageQueue, StageReceiver, Watermark,
+    CameraId, DeviceFault, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
 };
 use skynet_detect::CameraRules;
 use skynet_ingest::{CameraEvent, CameraState};
@@ -166,7 +166,9 @@ impl RulesAndRisk {
         counters: Arc<Counters>,
         keep_running: Option<Shutdown>,
     ) -> Self {
-        let mut engine: Box<dyn RiskEngine> = Box::new(GridRiskEngine::new(config.risk.clone()));
+        let context = config.risk_context();
+        let mut engine: Box<dyn RiskEngine> =
+            Box::new(GridRiskEngine::new(config.risk.clone(), context.clone()));
         let mut clocks = BTreeMap::new();
         let mut rule_states = BTreeMap::new();
         if let Some(state) = restored {
@@ -182,7 +184,7 @@ impl RulesAndRisk {
                 Err(e) => {
                     // Cameras keep running on a fresh engine rather than not at all.
                     tracing::error!(error = %e, "the risk engine's saved state cannot be restored; starting without it");
-                    engine = Box::new(GridRiskEngine::new(config.risk.clone()));
+                    engine = Box::new(GridRiskEngine::new(config.risk.clone(), context));
                 }
             }
         }
@@ -257,7 +259,7 @@ impl RulesAndRisk {
 
     /// Applies what the sensor stage sent since the last call (at most a bounded batch, so
     /// camera frames are never starved); returns the revisions.
-    fn take_sensor_events(&mut self, wait: Duration) -> Vec<Incident> {
+    fn take_sensor_events(&mut self, wait: Duration) -> Vec<RiskEvent> {
         const BATCH: usize = 4096;
         let Some(rx) = &self.sensor_events else {
             return Vec::new();
@@ -280,24 +282,35 @@ impl RulesAndRisk {
         revisions
     }
 
-    fn apply_sensor_event(&mut self, event: SensorEvent) -> Vec<Incident> {
+    fn apply_sensor_event(&mut self, event: SensorEvent) -> Vec<RiskEvent> {
         match event {
             SensorEvent::Observation(observation) => {
                 self.counters.observations.fetch_add(1, Ordering::Relaxed);
                 self.dirty = true;
-                let _span = tracing::debug_span!("observe", sensor = %observation.camera, grid = %observation.grid).entered();
+                let _span = tracing::debug_span!("observe", sensor = %observation.source.id, grid = %observation.grid).entered();
                 self.engine.observe(&observation)
             }
-            SensorEvent::Fault(fault) => self.engine.device_fault(&fault),
-            SensorEvent::Recovered { device, at } => {
-                self.engine.device_recovered(&device, SENSOR_OFFLINE, at)
-            }
+            SensorEvent::Fault(fault) => self.engine.observe(&fault.observation()),
+            SensorEvent::Recovered { device, at } => self.recover(&device, SENSOR_OFFLINE, at),
         }
+    }
+
+    /// The device works again: the observation that closes its open `category` fault.
+    fn recover(&mut self, device: &CameraId, category: &str, at: DateTime<Utc>) -> Vec<RiskEvent> {
+        let faults = self.engine.faulty_devices();
+        let Some((source, grid, _)) = faults
+            .into_iter()
+            .find(|(source, _, c)| &source.id == device && c == category)
+        else {
+            return Vec::new();
+        };
+        self.engine
+            .observe(&DeviceFault::recovery(source, grid, category, at))
     }
 
     /// At shutdown: what the sensor stage still sends until it has stopped (a few seconds at
     /// most), so evidence already validated is not lost.
-    fn drain_sensor_events(&mut self) -> Vec<Incident> {
+    fn drain_sensor_events(&mut self) -> Vec<RiskEvent> {
         let Some(rx) = self.sensor_events.take() else {
             return Vec::new();
         };
@@ -325,7 +338,7 @@ impl RulesAndRisk {
 
     /// Applies camera state changes and declares cameras offline that have been quiet too
     /// long; returns the incident revisions that causes.
-    fn watch_cameras(&mut self) -> Vec<Incident> {
+    fn watch_cameras(&mut self) -> Vec<RiskEvent> {
         let mut revisions = Vec::new();
         let events: Vec<CameraEvent> = self
             .camera_events
@@ -343,13 +356,9 @@ impl RulesAndRisk {
             match event.state {
                 CameraState::Running => {
                     watch.since = None;
-                    // Also after a restart, when the incident was opened by the process before.
-                    revisions.extend(self.engine.device_recovered(
-                        &event.camera,
-                        CAMERA_OFFLINE,
-                        event.at,
-                    ));
                     watch.declared = false;
+                    // Also after a restart, when the incident was opened by the process before.
+                    revisions.extend(self.recover(&event.camera, CAMERA_OFFLINE, event.at));
                 }
                 // Shutting down is not going offline.
                 CameraState::Stopped if event.reason.is_none() => watch.since = None,
@@ -373,7 +382,7 @@ impl RulesAndRisk {
             }
             watch.declared = true;
             tracing::warn!(camera = %id, since = %since, "camera offline");
-            revisions.extend(self.engine.device_fault(&DeviceFault {
+            let fault = DeviceFault {
                 camera: id.clone(),
                 source: skynet_core::SourceKind::Camera,
                 grid: watch.grid.clone(),
@@ -381,7 +390,8 @@ impl RulesAndRisk {
                 category: CAMERA_OFFLINE.into(),
                 since,
                 at: now,
-            }));
+            };
+            revisions.extend(self.engine.observe(&fault.observation()));
         }
         revisions
     }
@@ -391,21 +401,22 @@ impl RulesAndRisk {
     pub(crate) fn run(&mut self, detected: &StageReceiver<Detected>) -> Result<(), QueueClosed> {
         // A camera taken out of the config is not offline any more: its fault incident closes.
         let now = Utc::now();
-        let gone: Vec<CameraId> = self
+        let gone: Vec<_> = self
             .engine
             .faulty_devices()
             .into_iter()
-            .filter(|id| !self.cameras.contains_key(id) && !self.sensors.contains(id))
-            .collect();
-        let closed: Vec<Incident> = gone
-            .iter()
-            .flat_map(|id| {
-                tracing::info!(device = %id, "device no longer configured; closing its offline incident");
-                let mut closed = self.engine.device_recovered(id, CAMERA_OFFLINE, now);
-                closed.extend(self.engine.device_recovered(id, SENSOR_OFFLINE, now));
-                closed
+            .filter(|(source, _, _)| {
+                !self.cameras.contains_key(&source.id) && !self.sensors.contains(&source.id)
             })
             .collect();
+        let mut closed = Vec::new();
+        for (source, grid, category) in gone {
+            tracing::info!(device = %source.id, "device no longer configured; closing its offline incident");
+            closed.extend(
+                self.engine
+                    .observe(&DeviceFault::recovery(source, grid, &category, now)),
+            );
+        }
         if !closed.is_empty() {
             self.commit(closed)?;
         }
@@ -518,10 +529,10 @@ impl RulesAndRisk {
         let mut revisions = Vec::new();
         for observation in camera.rules.apply(&frame) {
             self.counters.observations.fetch_add(1, Ordering::Relaxed);
-            let _span = tracing::debug_span!("observe", camera = %observation.camera, grid = %observation.grid).entered();
+            let _span = tracing::debug_span!("observe", camera = %observation.source.id, grid = %observation.grid).entered();
             revisions.extend(self.engine.observe(&observation));
         }
-        revisions.extend(self.engine.advance(id, t));
+        revisions.extend(self.engine.advance(t));
         if revisions.is_empty() {
             return Ok(());
         }
@@ -530,8 +541,8 @@ impl RulesAndRisk {
 
     /// Live cameras with nothing in flight and no frame for a while follow their watermark.
     fn advance_quiet_cameras(&mut self) -> Result<(), QueueClosed> {
-        let mut revisions: Vec<Incident> = Vec::new();
-        for (id, camera) in &self.cameras {
+        let mut revisions: Vec<RiskEvent> = Vec::new();
+        for camera in self.cameras.values() {
             if !camera.watermark.is_live()
                 || !camera.order.is_empty()
                 || camera.last_frame.elapsed() < QUIET_AFTER
@@ -539,16 +550,16 @@ impl RulesAndRisk {
                 continue;
             }
             if let Some(now) = camera.watermark.current() {
-                revisions.extend(self.engine.advance(id, now));
+                revisions.extend(self.engine.advance(now));
             }
         }
-        for (id, clock) in &mut self.gone {
+        for clock in self.gone.values_mut() {
             *clock = (*clock).max(Utc::now());
-            revisions.extend(self.engine.advance(id, *clock));
+            revisions.extend(self.engine.advance(*clock));
         }
-        let now = Utc::now();
-        for sensor in &self.sensors {
-            revisions.extend(self.engine.advance(sensor, now));
+        if !self.sensors.is_empty() {
+            // Sensors are live: their time is the wall clock.
+            revisions.extend(self.engine.advance(Utc::now()));
         }
         if revisions.is_empty() {
             return Ok(());
@@ -584,7 +595,7 @@ impl RulesAndRisk {
 
     /// Sends revisions and the state they belong with to the commit stage (which blocks
     /// rather than drop anything).
-    fn commit(&mut self, incidents: Vec<Incident>) -> Result<(), QueueClosed> {
+    fn commit(&mut self, incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
         let state = self.state();
         self.dirty = false;
         self.last_state = Instant::now();

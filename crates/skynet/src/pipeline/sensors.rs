@@ -27,6 +27,8 @@ use super::PipelineError;
 use crate::config::SensorConfig;
 
 /// What the sensor stage hands the risk stage.
+// Nearly every event is an observation: boxing them would add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SensorEvent {
     Observation(Observation),

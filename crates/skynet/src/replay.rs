@@ -1,0 +1,95 @@
+//! `skynet replay`: recorded observations through the same risk engine as `skynet run`.
+//!
+//! The input is JSON Lines, one observation per line in the public JSON form
+//! (`schemas/observation.schema.json`). The output is the CloudEvents the engine emits,
+//! incident revisions (`skynet.incident.v1`) and cell level changes (`skynet.grid_risk.v1`),
+//! one per line. The engine takes time only from its inputs, so the same config and input
+//! always give the same output, ids included: engineers try a change of weights on a
+//! recorded day before they make it.
+
+use std::io::{BufRead, Write};
+
+use skynet_emit::OutboxEvent;
+use skynet_risk::{GridRiskEngine, RiskEngine};
+
+use crate::PipelineConfig;
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub observations: u64,
+    /// Lines that were not valid observations (each reported to `refused`).
+    pub refused: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading the observations: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("writing the events: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("an event could not be serialised: {0}")]
+    Serialise(#[source] serde_json::Error),
+}
+
+/// Feeds every observation of `input` through a fresh engine built from `config`, writes
+/// each event to `output`, and reports each refused line (its number and why) to `refused`.
+/// At the end of the input the engine flushes what open incidents learned since their last
+/// revision, as `skynet run` does when it stops.
+pub fn replay(
+    config: &PipelineConfig,
+    input: impl BufRead,
+    mut output: impl Write,
+    mut refused: impl FnMut(usize, String),
+) -> Result<ReplayReport, ReplayError> {
+    let mut engine = GridRiskEngine::new(config.risk.clone(), config.risk_context());
+    let mut report = ReplayReport::default();
+    let emit = |events: Vec<skynet_core::RiskEvent>,
+                output: &mut dyn Write,
+                report: &mut ReplayReport|
+     -> Result<(), ReplayError> {
+        for event in events {
+            let line = OutboxEvent::new(&config.node, &event)
+                .to_json()
+                .map_err(ReplayError::Serialise)?;
+            writeln!(output, "{line}").map_err(ReplayError::Write)?;
+            report.events += 1;
+        }
+        Ok(())
+    };
+    for (index, line) in input.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(ReplayError::Read)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let observation: skynet_core::Observation = match serde_json::from_str(&line) {
+            Ok(o) => o,
+            Err(e) => {
+                report.refused += 1;
+                refused(number, format!("not an observation: {e}"));
+                continue;
+            }
+        };
+        let known = observation.validate().and_then(|()| {
+            config
+                .grids
+                .cell(observation.grid.as_str())
+                .map(|_| ())
+                .ok_or_else(|| format!("unknown grid `{}`", observation.grid))
+        });
+        if let Err(reason) = known {
+            report.refused += 1;
+            refused(number, reason);
+            continue;
+        }
+        report.observations += 1;
+        let events = engine.observe(&observation);
+        emit(events, &mut output, &mut report)?;
+    }
+    let events = engine.flush();
+    emit(events, &mut output, &mut report)?;
+    output.flush().map_err(ReplayError::Write)?;
+    Ok(report)
+}

@@ -1,0 +1,281 @@
+//! `skynet replay` on configs/city.toml: recorded observations in, exactly the expected
+//! incidents and grid-risk changes out, the same on every run.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+use common::{repo, text};
+use serde_json::Value;
+
+/// Runs `skynet replay --config configs/city.toml <observations>`; the events it printed.
+fn replay(observations: &Path) -> (Vec<Value>, String, bool) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["replay", "--config", "configs/city.toml"])
+        .arg(observations)
+        .current_dir(repo())
+        .output()
+        .expect("skynet runs");
+    let events = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    (events, text(&out.stderr), out.status.success())
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    repo().join("tests/fixtures/replay").join(name)
+}
+
+/// `(category, revision, change, level, state)` of each incident revision, in order.
+fn incidents(events: &[Value]) -> Vec<(String, u64, String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "skynet.incident.v1")
+        .map(|e| {
+            let d = &e["data"];
+            (
+                d["category"].as_str().unwrap().to_string(),
+                d["revision"].as_u64().unwrap(),
+                d["change"].as_str().unwrap().to_string(),
+                d["level"].as_str().unwrap().to_string(),
+                d["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `(grid, previous level, level)` of each grid-risk change.
+fn grid_changes(events: &[Value]) -> Vec<(String, Value, Value)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "skynet.grid_risk.v1")
+        .map(|e| {
+            let d = &e["data"];
+            (
+                d["grid"].as_str().unwrap().to_string(),
+                d["previous_level"].clone(),
+                d["level"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn row(
+    category: &str,
+    revision: u64,
+    change: &str,
+    level: &str,
+) -> (String, u64, String, String, String) {
+    (
+        category.into(),
+        revision,
+        change.into(),
+        level.into(),
+        "open".into(),
+    )
+}
+
+#[test]
+fn a_gas_leak_and_a_person_present_make_a_level_one_incident() {
+    let (events, stderr, ok) = replay(&fixture("gas-and-person.jsonl"));
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        incidents(&events),
+        vec![
+            // Not seen by the cell's camera yet: flagged, at lower confidence.
+            row("gas_leak", 1, "opened", "IV"),
+            row("gas_leak", 2, "evidence", "IV"),
+            // The camera sees a person: the alarm is confirmed...
+            row("gas_leak", 3, "confirmed", "IV"),
+            // ...and the fusion rule makes the level I incident.
+            row("person_exposed_to_gas", 1, "opened", "I"),
+            row("gas_leak", 4, "escalated", "II"),
+            row("person_exposed_to_gas", 2, "evidence", "I"),
+        ]
+    );
+    assert_eq!(
+        grid_changes(&events),
+        vec![
+            ("G-0201".into(), Value::Null, "IV".into()),
+            ("G-0201".into(), "IV".into(), "I".into()),
+        ]
+    );
+    let fused = &events
+        .iter()
+        .find(|e| e["data"]["category"] == "person_exposed_to_gas")
+        .unwrap()["data"];
+    assert_eq!(fused["department"], "emergency-management");
+    assert_eq!(fused["rule"]["kind"], "fusion");
+    assert_eq!(fused["rule"]["name"], "person-exposed-to-gas");
+    // Dispatched within 5 minutes, resolved within the hour (the category's deadlines).
+    assert_eq!(fused["deadlines"]["dispatch_by"], "2026-11-27T09:06:30Z");
+    assert_eq!(fused["deadlines"]["resolve_by"], "2026-11-27T10:01:30Z");
+    // It explains itself: every observation that contributed.
+    let parts: Vec<(&str, &str)> = fused["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["source"]["id"].as_str().unwrap(),
+                c["category"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        vec![("gas-07", "gas_leak"), ("cam-safety-03", "person_present")]
+    );
+    let leak = &events[0]["data"];
+    assert_eq!(leak["verification"], "required");
+    assert_eq!(leak["sensor"], "gas-07");
+    assert_eq!(leak["reading"]["unit"], "ppm");
+}
+
+#[test]
+fn smoke_and_a_crowd_make_a_confirmed_fire() {
+    let (events, stderr, ok) = replay(&fixture("smoke-and-crowd.jsonl"));
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        incidents(&events),
+        vec![
+            row("smoke", 1, "opened", "IV"),
+            row("smoke", 2, "confirmed", "IV"),
+            row("crowd", 1, "opened", "III"),
+            row("fire_confirmed", 1, "opened", "II"),
+        ]
+    );
+    let fire = &events
+        .iter()
+        .find(|e| e["data"]["category"] == "fire_confirmed")
+        .unwrap()["data"];
+    assert_eq!(fire["department"], "fire-brigade");
+    assert_eq!(fire["contributions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        grid_changes(&events),
+        vec![
+            ("G-0201".into(), Value::Null, "IV".into()),
+            ("G-0201".into(), "IV".into(), "II".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_camera_offline_opens_until_it_is_back() {
+    let (events, stderr, ok) = replay(&fixture("camera-offline.jsonl"));
+    assert!(ok, "{stderr}");
+    let revisions = incidents(&events);
+    assert_eq!(
+        revisions,
+        vec![
+            row("camera_offline", 1, "opened", "IV"),
+            (
+                "camera_offline".into(),
+                2,
+                "recovered".into(),
+                "IV".into(),
+                "closed".into()
+            ),
+        ]
+    );
+    assert_eq!(events[0]["data"]["camera"], "cam-safety-03");
+    assert_eq!(events[0]["data"]["rule"]["kind"], "device_fault");
+    assert_eq!(events[0]["data"]["first_seen"], "2026-11-27T09:00:00Z");
+    assert!(grid_changes(&events).is_empty(), "a fault is not a hazard");
+}
+
+#[test]
+fn a_duplicate_storm_gives_one_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("storm.jsonl");
+    let line = std::fs::read_to_string(fixture("gas-and-person.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&path, format!("{line}\n").repeat(1000)).unwrap();
+    let (events, stderr, ok) = replay(&path);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        incidents(&events),
+        vec![
+            row("gas_leak", 1, "opened", "IV"),
+            // At the end of the input: what the 999 repeats added (count, confidence).
+            row("gas_leak", 2, "evidence", "IV"),
+        ]
+    );
+    let last = &events.last().unwrap()["data"];
+    assert_eq!(last["observations"], 1000);
+    assert_eq!(last["contributions"][0]["count"], 1000);
+    assert_eq!(grid_changes(&events).len(), 1);
+}
+
+#[test]
+fn a_missed_deadline_escalates_the_incident() {
+    let (events, stderr, ok) = replay(&fixture("missed-deadline.jsonl"));
+    assert!(ok, "{stderr}");
+    let revisions = incidents(&events);
+    let changes: Vec<(&str, &str)> = revisions
+        .iter()
+        .filter(|r| r.2 != "evidence")
+        .map(|r| (r.2.as_str(), r.3.as_str()))
+        .collect();
+    assert_eq!(changes, vec![("opened", "II"), ("deadline_missed", "I")]);
+    let missed = events
+        .iter()
+        .find(|e| e["data"]["change"] == "deadline_missed")
+        .unwrap();
+    assert_eq!(missed["data"]["missed"], serde_json::json!(["dispatch"]));
+    assert_eq!(missed["data"]["department"], "water-affairs");
+    assert_eq!(missed["time"], "2026-11-27T09:30:00Z");
+    assert_eq!(
+        grid_changes(&events),
+        vec![
+            ("G-0301".into(), Value::Null, "II".into()),
+            ("G-0301".into(), "II".into(), "I".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_replay_is_exact_ids_included() {
+    let first = replay(&fixture("gas-and-person.jsonl")).0;
+    let second = replay(&fixture("gas-and-person.jsonl")).0;
+    assert!(!first.is_empty());
+    assert_eq!(first, second);
+}
+
+#[test]
+fn bad_lines_are_named_and_the_rest_still_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.jsonl");
+    let good = std::fs::read_to_string(fixture("gas-and-person.jsonl")).unwrap();
+    let good = good.lines().next().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{good}\n{{\"at\": \"yesterday\"}}\n{}\n\n{}\n",
+            good.replace("G-0201", "G-9999"),
+            good.replace("\"weight\":0.6", "\"weight\":7"),
+        ),
+    )
+    .unwrap();
+    let (events, stderr, ok) = replay(&path);
+    assert!(!ok, "refused lines make the exit status 1");
+    assert!(
+        stderr.contains("mixed.jsonl:2: not an observation"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mixed.jsonl:3: unknown grid `G-9999`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mixed.jsonl:5: `weight` must be within [0, 1], got 7"),
+        "{stderr}"
+    );
+    assert_eq!(incidents(&events).len(), 1, "the good line still counts");
+}
