@@ -42,6 +42,7 @@ pub struct RuleRef {
 /// The device an observation came from: `{"kind": "camera", "id": "cam-safety-03"}`.
 /// Camera and sensor ids share one namespace, so the id alone keys the device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SourceRef {
     pub kind: SourceKind,
     pub id: CameraId,
@@ -103,6 +104,7 @@ pub struct Evidence {
 /// `{"at": RFC 3339, "source": {"kind": "camera"|"sensor", "id": ID}, "grid": ID,
 ///   "category": NAME, "weight": 0..1, "confidence": 0..1, "evidence": {...}}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Observation {
     /// Event time: when it was seen or measured.
     pub at: DateTime<Utc>,
@@ -532,6 +534,95 @@ impl Incident {
                 self.camera = CameraId::default();
                 self.sensor = Some(SensorId::new(device.as_str()));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../../../schemas/observation.schema.json");
+
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The published schema and the type agree: its example parses, and everything the type
+    /// writes is a property the schema names.
+    #[test]
+    fn the_json_schema_describes_the_observation_type() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        let example = schema["examples"][0].clone();
+        let parsed: Observation = serde_json::from_value(example.clone()).unwrap();
+        assert!(parsed.validate().is_ok());
+        let text = serde_json::to_string(&parsed).unwrap();
+        assert_eq!(serde_json::from_str::<Observation>(&text).unwrap(), parsed);
+
+        let fault = DeviceFault {
+            camera: CameraId::new("cam-1"),
+            source: SourceKind::Camera,
+            grid: GridId::new("G-1"),
+            owner: OwnerKind::Police,
+            category: "camera_offline".into(),
+            since: DateTime::UNIX_EPOCH,
+            at: DateTime::UNIX_EPOCH,
+        };
+        let mut full = fault.observation();
+        full.evidence.rule = Some(RuleRef {
+            name: "r".into(),
+            kind: "zone_intrusion".into(),
+            zone: Some("z".into()),
+        });
+        full.evidence.detections = vec![Detection {
+            label: "person".into(),
+            score: 0.9,
+            bbox: crate::BBox::new(1.0, 2.0, 3.0, 4.0),
+        }];
+        full.evidence.reading = Some(ReadingValue {
+            quantity: "co".into(),
+            value: 1.0,
+            unit: "ppm".into(),
+            at: DateTime::UNIX_EPOCH,
+        });
+        let json = serde_json::to_value(&full).unwrap();
+        let properties = &schema["properties"];
+        for key in keys(&json) {
+            assert!(
+                properties.get(&key).is_some(),
+                "`{key}` is not in the schema"
+            );
+        }
+        for key in keys(&json["evidence"]) {
+            assert!(
+                properties["evidence"]["properties"].get(&key).is_some(),
+                "`evidence.{key}` is not in the schema"
+            );
+        }
+        for key in schema["required"].as_array().unwrap() {
+            assert!(json.get(key.as_str().unwrap()).is_some());
+        }
+        // Unknown top-level keys are refused, as the schema says.
+        let mut extra = example;
+        extra["colour"] = "red".into();
+        assert!(serde_json::from_value::<Observation>(extra).is_err());
+    }
+
+    #[test]
+    fn the_lifecycle_moves_forward_or_ends() {
+        use IncidentState::*;
+        assert!(Open.may_become(Acknowledged));
+        assert!(Acknowledged.may_become(Dispatched));
+        assert!(Dispatched.may_become(Resolved));
+        assert!(Resolved.may_become(Verified));
+        assert!(Open.may_become(Rejected) && Dispatched.may_become(Closed));
+        assert!(!Dispatched.may_become(Acknowledged));
+        assert!(!Open.may_become(Verified));
+        assert!(!Closed.may_become(Open) && !Verified.may_become(Closed));
+        for s in IncidentState::ALL {
+            assert_eq!(IncidentState::parse(s.as_str()), Some(s));
         }
     }
 }

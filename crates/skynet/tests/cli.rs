@@ -40,7 +40,7 @@ fn check_accepts_the_city_config() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with(
-            "ok: configs/city.toml (1 camera(s), 5 sensor(s), 7 rule(s), 4 grid cell(s), model yolox_nano)"
+            "ok: configs/city.toml (1 camera(s), 5 sensor(s), 8 rule(s), 4 grid cell(s), model yolox_nano)"
         ),
         "{}",
         text(&out.stdout)
