@@ -379,3 +379,64 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
     assert_eq!(gas.placement.owner.as_str(), "safety_production");
     assert_eq!(gas.rules[0].category, "gas_leak");
 }
+
+/// A grid file with errors: each names the feature (index and id) and the problem, at the
+/// config's `[grids] file` line.
+#[test]
+fn a_grid_file_with_errors_names_the_feature_and_the_problem() {
+    let cells =
+        |features: &str| format!(r#"{{"type": "FeatureCollection", "features": [{features}]}}"#);
+    let square = |id: &str, x: f64, kind: &str| {
+        format!(
+            r#"{{"type": "Feature", "properties": {{"id": "{id}"{kind}}}, "geometry": {{"type": "Polygon", "coordinates": [[[{x},0],[{x1},0],[{x1},1],[{x},1],[{x},0]]]}}}}"#,
+            x1 = x + 1.0
+        )
+    };
+    let cases = [
+        (
+            cells(&format!(
+                "{},{}",
+                square("A", 0.0, ""),
+                square("B", 0.5, "")
+            )),
+            "feature 1 (`B`): overlaps feature 0 (`A`)",
+        ),
+        (
+            cells(&square("A", 0.0, r#", "kind": 7"#)),
+            "feature 0 (`A`): `properties.kind` must be a string",
+        ),
+        (
+            cells(&square("A", 0.0, r#", "kind": "School Zone""#)),
+            "feature 0 (`A`): `properties.kind`",
+        ),
+        (
+            cells(
+                r#"{"type": "Feature", "properties": {"id": "flat"}, "geometry": {"type": "Polygon", "coordinates": [[[0,0],[1,1],[2,2],[0,0]]]}}"#,
+            ),
+            "feature 0 (`flat`)",
+        ),
+        (cells(""), "has no features"),
+    ];
+    for (geojson, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let grids = dir.path().join("cells.geojson");
+        std::fs::write(&grids, &geojson).unwrap();
+        let demo = common::repo().join("configs/demo-grids.geojson");
+        let text = valid().replace(
+            &demo.display().to_string().replace('\\', "/"),
+            &grids.display().to_string().replace('\\', "/"),
+        );
+        let e = error_for(&text);
+        assert!(e.contains(expected), "{e}\n  expected: {expected}");
+        assert!(e.contains("cells.geojson"), "names the grid file: {e}");
+        let line = valid()
+            .lines()
+            .position(|l| l.starts_with("file = "))
+            .unwrap()
+            + 1;
+        assert!(
+            e.contains(&format!("bad.toml:{line}:")),
+            "at the `file` line: {e}"
+        );
+    }
+}

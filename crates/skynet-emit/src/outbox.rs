@@ -427,6 +427,51 @@ mod tests {
         assert_eq!(outbox.load_state().unwrap().as_deref(), Some("{}"));
     }
 
+    #[test]
+    fn grid_risk_changes_are_delivered_and_kept_as_the_cells_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
+        let change = |revision: u64, level: Option<skynet_core::RiskLevel>| skynet_core::GridRisk {
+            id: format!("g-{revision}"),
+            grid: skynet_core::GridId::new("G1"),
+            name: Some("north".into()),
+            kind: Some("school".into()),
+            revision,
+            level,
+            level_colour: level.map(|l| l.colour().to_string()),
+            previous_level: None,
+            score: 0.5,
+            at: chrono::DateTime::from_timestamp(1_800_000_000 + revision as i64, 0).unwrap(),
+            categories: Default::default(),
+            incidents: vec!["inc-1".into()],
+        };
+        let events = [
+            OutboxEvent::new(
+                "n1",
+                &skynet_core::RiskEvent::GridRisk(change(1, Some(skynet_core::RiskLevel::III))),
+            ),
+            OutboxEvent::Incident(event(1, 0.5)),
+            OutboxEvent::new("n1", &skynet_core::RiskEvent::GridRisk(change(2, None))),
+        ];
+        assert_eq!(outbox.commit(&events, None).unwrap(), 3);
+        // Sinks get both kinds, in order.
+        let pending = outbox.pending("s", 10).unwrap();
+        assert_eq!(pending.len(), 3);
+        let first: serde_json::Value = serde_json::from_str(&pending[0].body).unwrap();
+        assert_eq!(first["type"], crate::GRID_RISK_EVENT_TYPE);
+        assert_eq!(first["subject"], "G1");
+        assert_eq!(first["data"]["level"], "III");
+        // The history has the cell's changes; the incident history only incidents.
+        let history = outbox.grid_risk_history("G1").unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].level, None);
+        assert_eq!(outbox.incidents().unwrap().len(), 1);
+        assert_eq!(outbox.events().unwrap().len(), 1);
+        // A replay stores nothing twice.
+        assert_eq!(outbox.commit(&events, None).unwrap(), 0);
+        assert_eq!(outbox.grid_risk_history("G1").unwrap().len(), 2);
+    }
+
     /// Counts `skynet_outbox_conflicts_total` and nothing else.
     struct ConflictRecorder(Arc<AtomicU64>);
 

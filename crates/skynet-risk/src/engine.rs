@@ -434,6 +434,10 @@ pub struct GridRiskEngine {
     window: Duration,
     /// The policy of categories the config does not list.
     default_policy: CategoryPolicy,
+    /// The cells that have a camera (whose alarms can be verified).
+    camera_cells: std::collections::BTreeSet<GridId>,
+    /// The kind policy of each polygon cell that has one: looked up on every observation.
+    kind_of_cell: BTreeMap<GridId, GridKindPolicy>,
 }
 
 impl GridRiskEngine {
@@ -451,12 +455,29 @@ impl GridRiskEngine {
             department: None,
             deadlines: config.deadlines,
         };
+        let camera_cells = context
+            .devices
+            .values()
+            .filter(|d| d.source.kind == SourceKind::Camera)
+            .map(|d| d.grid.clone())
+            .collect();
+        let kind_of_cell = context
+            .grids
+            .grids()
+            .iter()
+            .filter_map(|g| {
+                let policy = config.grid_kinds.get(g.kind.as_deref()?)?;
+                Some((g.id.clone(), *policy))
+            })
+            .collect();
         Self {
             config,
             context,
             state: State::default(),
             window,
             default_policy,
+            camera_cells,
+            kind_of_cell,
         }
     }
 
@@ -502,6 +523,10 @@ impl GridRiskEngine {
     }
 
     fn grid_kind(&self, grid: &GridId) -> Option<GridKindPolicy> {
+        if !self.context.grids.is_h3() {
+            return self.kind_of_cell.get(grid).copied();
+        }
+        // H3 cells are generated, all of one configured kind.
         let kind = self.context.grids.cell(grid.as_str())?.kind?;
         self.config.grid_kinds.get(&kind).copied()
     }
@@ -586,21 +611,22 @@ impl GridRiskEngine {
                 .thresholds
                 .level_with_hysteresis(previous, score, self.config.hysteresis);
         metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string()).set(f64::from(score));
+        if level == previous {
+            if let Some(cell) = self.state.cells.get_mut(grid) {
+                cell.score = score;
+            }
+            return;
+        }
         let info = self.context.grids.cell(grid.as_str());
         let incidents: Vec<String> = self
-            .state
-            .open
-            .iter()
-            .filter(|(k, o)| &k.grid == grid && !o.held)
+            .open_in(grid)
+            .filter(|(_, o)| !o.held)
             .map(|(_, o)| o.incident.id.clone())
             .collect();
         let Some(cell) = self.state.cells.get_mut(grid) else {
             return;
         };
         cell.score = score;
-        if level == previous {
-            return;
-        }
         cell.level = level;
         cell.revision += 1;
         metrics::gauge!("skynet_grid_risk_level", "grid" => grid.to_string())
@@ -702,10 +728,23 @@ impl GridRiskEngine {
     }
 
     fn has_camera(&self, grid: &GridId) -> bool {
-        self.context
-            .devices
-            .values()
-            .any(|d| d.source.kind == SourceKind::Camera && &d.grid == grid)
+        self.camera_cells.contains(grid)
+    }
+
+    /// The open incidents of one cell (keys are ordered by cell first).
+    fn open_in<'a>(
+        &'a self,
+        grid: &'a GridId,
+    ) -> impl Iterator<Item = (&'a IncidentKey, &'a OpenIncident)> + 'a {
+        let from = IncidentKey {
+            grid: grid.clone(),
+            category: String::new(),
+            device: CameraId::default(),
+        };
+        self.state
+            .open
+            .range(from..)
+            .take_while(move |(k, _)| &k.grid == grid)
     }
 
     fn new_incident_id(&mut self, key: &IncidentKey, first_seen: DateTime<Utc>) -> String {
@@ -1094,8 +1133,19 @@ impl GridRiskEngine {
 
     /// The `all` fusion rules this observation completes: each one's incident evidence.
     fn fuse_rules(&mut self, obs: &Observation, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
-        let rules = self.config.fusion.clone();
-        for rule in &rules {
+        let concerned: Vec<FusionRule> = self
+            .config
+            .fusion
+            .iter()
+            .filter(|rule| match rule {
+                FusionRule::All { when, .. } => when
+                    .iter()
+                    .any(|c| c.matches(&obs.category, obs.source.kind)),
+                FusionRule::Unconfirmed { .. } => false,
+            })
+            .cloned()
+            .collect();
+        for rule in &concerned {
             let FusionRule::All {
                 name,
                 when,
@@ -1218,13 +1268,9 @@ impl GridRiskEngine {
             })
         };
         let keys: Vec<IncidentKey> = self
-            .state
-            .open
-            .iter()
+            .open_in(&obs.grid)
             .filter(|(k, o)| {
-                k.grid == obs.grid
-                    && o.incident.verification.as_deref() == Some("required")
-                    && confirms(&k.category)
+                o.incident.verification.as_deref() == Some("required") && confirms(&k.category)
             })
             .map(|(k, _)| k.clone())
             .collect();
