@@ -24,7 +24,7 @@
 //! by an observation or by [`RiskEngine::advance`]. The same inputs always give the same
 //! outputs, ids included, which is what `skynet replay` relies on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -314,6 +314,12 @@ struct Held {
     at: DateTime<Utc>,
 }
 
+/// An incident's key within its cell: its category, and the device for a device fault
+/// (empty for hazards: one incident per cell and category).
+type CellKey = (String, CameraId);
+
+/// Everything the engine keeps about one cell. All of it lives here, so an observation
+/// touches one cell's small maps after one lookup, however large the city.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CellState {
     /// By category, then source (a fusion rule's parts count as the source `fusion/<rule>`).
@@ -323,6 +329,32 @@ struct CellState {
     score: f32,
     /// Counts level changes.
     revision: u64,
+    /// The latest observation of each source and category, for fusion windows.
+    recent: Vec<Recent>,
+    #[serde(with = "pairs")]
+    open: BTreeMap<CellKey, OpenIncident>,
+    /// Closed within the cooldown: evidence now reopens them.
+    #[serde(with = "pairs")]
+    closed: BTreeMap<CellKey, ClosedIncident>,
+}
+
+impl CellState {
+    fn is_idle(&self) -> bool {
+        self.held.is_empty()
+            && self.level.is_none()
+            && self.recent.is_empty()
+            && self.open.is_empty()
+            && self.closed.is_empty()
+    }
+
+    /// The open hazard incident of `category`, if any.
+    fn hazard(&self, category: &str) -> Option<&OpenIncident> {
+        // A cell has a handful of incidents: a scan, with no key to allocate.
+        self.open
+            .iter()
+            .find(|((c, device), _)| c == category && device.is_empty())
+            .map(|(_, o)| o)
+    }
 }
 
 /// The latest observation of one source and category in a cell, for fusion windows.
@@ -336,12 +368,26 @@ struct Recent {
     count: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct IncidentKey {
     grid: GridId,
     category: String,
     /// A device fault's device; empty for hazards (one incident per cell and category).
     device: CameraId,
+}
+
+impl IncidentKey {
+    fn hazard(grid: &GridId, category: &str) -> Self {
+        Self {
+            grid: grid.clone(),
+            category: category.to_string(),
+            device: CameraId::default(),
+        }
+    }
+
+    fn in_cell(&self) -> CellKey {
+        (self.category.clone(), self.device.clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -375,39 +421,66 @@ struct State {
     clock: Option<DateTime<Utc>>,
     last_sweep: Option<DateTime<Utc>>,
     #[serde(with = "pairs")]
-    cells: BTreeMap<GridId, CellState>,
+    cells: HashMap<GridId, CellState>,
+    /// Kept when a cell is forgotten, so an id is never given twice.
     #[serde(with = "pairs")]
-    recent: BTreeMap<GridId, Vec<Recent>>,
-    #[serde(with = "pairs")]
-    open: BTreeMap<IncidentKey, OpenIncident>,
-    #[serde(with = "pairs")]
-    closed: BTreeMap<IncidentKey, ClosedIncident>,
-    #[serde(with = "pairs")]
-    ids: BTreeMap<IncidentKey, IdState>,
+    ids: HashMap<IncidentKey, IdState>,
 }
 
-/// Maps with non-string keys as JSON arrays of `[key, value]` pairs.
+/// Maps as JSON arrays of `[key, value]` pairs, in key order (so a snapshot of the same
+/// state is the same text, whatever the map's own order).
 mod pairs {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
+    use std::hash::Hash;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
+    /// The maps the engine stores.
+    pub trait Map<K, V>: FromIterator<(K, V)> {
+        fn entries(&self) -> Vec<(&K, &V)>;
+        fn len(&self) -> usize;
     }
 
-    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    impl<K: Ord, V> Map<K, V> for BTreeMap<K, V> {
+        fn entries(&self) -> Vec<(&K, &V)> {
+            self.iter().collect()
+        }
+        fn len(&self) -> usize {
+            BTreeMap::len(self)
+        }
+    }
+
+    impl<K: Ord + Hash + Eq, V> Map<K, V> for HashMap<K, V> {
+        fn entries(&self) -> Vec<(&K, &V)> {
+            let mut entries: Vec<(&K, &V)> = self.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            entries
+        }
+        fn len(&self) -> usize {
+            HashMap::len(self)
+        }
+    }
+
+    pub fn serialize<S, M, K, V>(map: &M, s: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        M: Map<K, V>,
+        K: Serialize,
+        V: Serialize,
+    {
+        s.collect_seq(map.entries())
+    }
+
+    pub fn deserialize<'de, D, M, K, V>(d: D) -> Result<M, D::Error>
     where
         D: Deserializer<'de>,
-        K: Deserialize<'de> + Ord,
+        M: Map<K, V>,
+        K: Deserialize<'de>,
         V: Deserialize<'de>,
     {
         let pairs = Vec::<(K, V)>::deserialize(d)?;
         let n = pairs.len();
-        let map: BTreeMap<K, V> = pairs.into_iter().collect();
+        let map: M = pairs.into_iter().collect();
         if map.len() != n {
             return Err(serde::de::Error::custom("a key appears twice"));
         }
@@ -430,14 +503,16 @@ pub struct GridRiskEngine {
     config: RiskConfig,
     context: RiskContext,
     state: State,
+    /// How many incidents are open, over all cells.
+    open_count: usize,
     /// The longest fusion window: how long recent observations are kept.
     window: Duration,
     /// The policy of categories the config does not list.
     default_policy: CategoryPolicy,
     /// The cells that have a camera (whose alarms can be verified).
-    camera_cells: std::collections::BTreeSet<GridId>,
+    camera_cells: HashSet<GridId>,
     /// The kind policy of each polygon cell that has one: looked up on every observation.
-    kind_of_cell: BTreeMap<GridId, GridKindPolicy>,
+    kind_of_cell: HashMap<GridId, GridKindPolicy>,
 }
 
 impl GridRiskEngine {
@@ -474,6 +549,7 @@ impl GridRiskEngine {
             config,
             context,
             state: State::default(),
+            open_count: 0,
             window,
             default_policy,
             camera_cells,
@@ -497,12 +573,9 @@ impl GridRiskEngine {
     /// The open incident of a cell and category, if any.
     pub fn open_incident(&self, grid: &GridId, category: &str) -> Option<&Incident> {
         self.state
-            .open
-            .get(&IncidentKey {
-                grid: grid.clone(),
-                category: category.into(),
-                device: CameraId::default(),
-            })
+            .cells
+            .get(grid)?
+            .hazard(category)
             .map(|o| &o.incident)
     }
 
@@ -531,14 +604,6 @@ impl GridRiskEngine {
         self.config.grid_kinds.get(&kind).copied()
     }
 
-    /// The highest level `category` reaches on its own in `grid`.
-    fn ceiling(&self, grid: &GridId, category: &str) -> RiskLevel {
-        let base = self
-            .fused_level(category)
-            .unwrap_or_else(|| self.policy(category).ceiling);
-        raise(base, self.grid_kind(grid).map_or(0, |k| k.raise))
-    }
-
     fn reliability(&self, source: &SourceRef) -> f32 {
         self.config
             .reliability
@@ -561,21 +626,38 @@ impl GridRiskEngine {
     fn category_score(
         &self,
         grid: &GridId,
+        cell: &CellState,
         category: &str,
         by_source: &BTreeMap<String, Held>,
         now: DateTime<Utc>,
     ) -> f32 {
-        let half_life = self.policy(category).half_life;
+        let raise_by = self.grid_kind(grid).map_or(0, |k| k.raise);
+        let fused = self.fused_level(category);
+        self.category_score_in(cell, category, by_source, now, fused, raise_by)
+    }
+
+    /// [`category_score`](Self::category_score) with the cell's raise and the category's
+    /// fusion level already looked up (a cell's categories are scored on every observation).
+    fn category_score_in(
+        &self,
+        cell: &CellState,
+        category: &str,
+        by_source: &BTreeMap<String, Held>,
+        now: DateTime<Utc>,
+        fused: Option<RiskLevel>,
+        raise_by: u8,
+    ) -> f32 {
+        let policy = self.policy(category);
+        let half_life = policy.half_life;
         let combined = by_source
             .values()
             .fold(0.0, |s, h| fuse(s, decay(h.score, h.at, now, half_life)));
-        let capped = combined.min(self.config.thresholds.of(self.ceiling(grid, category)));
-        let key = IncidentKey {
-            grid: grid.clone(),
-            category: category.into(),
-            device: CameraId::default(),
-        };
-        match self.state.open.get(&key) {
+        let ceiling = raise(fused.unwrap_or(policy.ceiling), raise_by);
+        let capped = combined.min(self.config.thresholds.of(ceiling));
+        if cell.open.is_empty() {
+            return capped;
+        }
+        match cell.hazard(category) {
             Some(o) if !o.incident.missed.is_empty() => {
                 capped.max(self.config.thresholds.of(o.incident.level))
             }
@@ -583,52 +665,66 @@ impl GridRiskEngine {
         }
     }
 
+    /// A cell's fused score at `now`. Categories combine as independent evidence; a fusion
+    /// rule's category already stands for its parts, so it counts by its own level rather
+    /// than on top of them.
+    fn cell_score(&self, grid: &GridId, cell: &CellState, now: DateTime<Utc>) -> f32 {
+        let raise_by = self.grid_kind(grid).map_or(0, |k| k.raise);
+        let (mut plain, mut fused) = (0.0f32, 0.0f32);
+        for (category, by_source) in &cell.held {
+            let level = self.fused_level(category);
+            let score = self.category_score_in(cell, category, by_source, now, level, raise_by);
+            if level.is_some() {
+                fused = fused.max(score);
+            } else {
+                plain = fuse(plain, score);
+            }
+        }
+        let score = plain.max(fused);
+        if score < FORGET_BELOW { 0.0 } else { score }
+    }
+
     /// Recomputes a cell's score and level; a changed level is a grid-risk event.
     fn rescore(&mut self, grid: &GridId, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
         let Some(cell) = self.state.cells.get(grid) else {
             return;
         };
-        let categories: BTreeMap<String, f32> = cell
-            .held
-            .iter()
-            .map(|(c, by_source)| (c.clone(), self.category_score(grid, c, by_source, now)))
-            .collect();
-        // Categories combine as independent evidence; a fusion rule's category already
-        // stands for its parts, so it counts by its own level rather than on top of them.
-        let (mut plain, mut fused) = (0.0f32, 0.0f32);
-        for (category, score) in &categories {
-            if self.fused_level(category).is_some() {
-                fused = fused.max(*score);
-            } else {
-                plain = fuse(plain, *score);
-            }
-        }
-        let score = plain.max(fused);
-        let score = if score < FORGET_BELOW { 0.0 } else { score };
+        let score = self.cell_score(grid, cell, now);
         let previous = cell.level;
         let level =
             self.config
                 .thresholds
                 .level_with_hysteresis(previous, score, self.config.hysteresis);
-        metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string()).set(f64::from(score));
         if level == previous {
             if let Some(cell) = self.state.cells.get_mut(grid) {
                 cell.score = score;
             }
             return;
         }
-        let info = self.context.grids.cell(grid.as_str());
-        let incidents: Vec<String> = self
-            .open_in(grid)
-            .filter(|(_, o)| !o.held)
-            .map(|(_, o)| o.incident.id.clone())
+        let categories: BTreeMap<String, f32> = cell
+            .held
+            .iter()
+            .map(|(c, by_source)| {
+                (
+                    c.clone(),
+                    self.category_score(grid, cell, c, by_source, now),
+                )
+            })
             .collect();
+        let incidents: Vec<String> = cell
+            .open
+            .values()
+            .filter(|o| !o.held)
+            .map(|o| o.incident.id.clone())
+            .collect();
+        let info = self.context.grids.cell(grid.as_str());
         let Some(cell) = self.state.cells.get_mut(grid) else {
             return;
         };
         cell.score = score;
         cell.level = level;
         cell.revision += 1;
+        metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string()).set(f64::from(score));
         metrics::gauge!("skynet_grid_risk_level", "grid" => grid.to_string())
             .set(level.map_or(0.0, |l| (level_index(l) + 1) as f64));
         tracing::info!(grid = %grid, level = ?level.map(RiskLevel::as_str), previous = ?previous.map(RiskLevel::as_str), score, "grid risk level changed");
@@ -659,37 +755,35 @@ impl GridRiskEngine {
     }
 
     /// Raises one source's held value for a category in a cell (saturating).
-    fn hold(
-        &mut self,
-        grid: &GridId,
-        category: &str,
-        source: String,
-        score: f32,
-        at: DateTime<Utc>,
-    ) {
+    fn hold(&mut self, grid: &GridId, category: &str, source: &str, score: f32, at: DateTime<Utc>) {
         let half_life = self.policy(category).half_life;
-        let held = self
-            .state
-            .cells
-            .entry(grid.clone())
-            .or_default()
-            .held
-            .entry(category.to_string())
-            .or_default()
-            .entry(source)
-            .or_insert(Held { score: 0.0, at });
-        // Late evidence counts at the held value's time: a value never decays backwards.
-        let t = held.at.max(at);
-        let new = decay(score, at, t, half_life).max(decay(held.score, held.at, t, half_life));
-        *held = Held { score: new, at: t };
+        let cell = self.state.cells.entry(grid.clone()).or_default();
+        if !cell.held.contains_key(category) {
+            cell.held.insert(category.to_string(), BTreeMap::new());
+        }
+        let Some(by_source) = cell.held.get_mut(category) else {
+            return;
+        };
+        match by_source.get_mut(source) {
+            Some(held) => {
+                // Late evidence counts at the held value's time: a value never decays
+                // backwards.
+                let t = held.at.max(at);
+                let new =
+                    decay(score, at, t, half_life).max(decay(held.score, held.at, t, half_life));
+                *held = Held { score: new, at: t };
+            }
+            None => {
+                by_source.insert(source.to_string(), Held { score, at });
+            }
+        }
     }
 
     fn remember(&mut self, obs: &Observation) {
-        let horizon = self.window;
-        if horizon.is_zero() {
+        if self.window.is_zero() {
             return;
         }
-        let recent = self.state.recent.entry(obs.grid.clone()).or_default();
+        let recent = &mut self.state.cells.entry(obs.grid.clone()).or_default().recent;
         match recent
             .iter_mut()
             .find(|r| r.source == obs.source && r.category == obs.category)
@@ -722,29 +816,9 @@ impl GridRiskEngine {
     ) -> impl Iterator<Item = &'a Recent> + 'a {
         grids
             .iter()
-            .filter_map(|g| self.state.recent.get(g))
-            .flatten()
+            .filter_map(|g| self.state.cells.get(g))
+            .flat_map(|c| c.recent.iter())
             .filter(move |r| r.at <= at && at.signed_duration_since(r.at) <= within)
-    }
-
-    fn has_camera(&self, grid: &GridId) -> bool {
-        self.camera_cells.contains(grid)
-    }
-
-    /// The open incidents of one cell (keys are ordered by cell first).
-    fn open_in<'a>(
-        &'a self,
-        grid: &'a GridId,
-    ) -> impl Iterator<Item = (&'a IncidentKey, &'a OpenIncident)> + 'a {
-        let from = IncidentKey {
-            grid: grid.clone(),
-            category: String::new(),
-            device: CameraId::default(),
-        };
-        self.state
-            .open
-            .range(from..)
-            .take_while(move |(k, _)| &k.grid == grid)
     }
 
     fn new_incident_id(&mut self, key: &IncidentKey, first_seen: DateTime<Utc>) -> String {
@@ -777,13 +851,7 @@ impl GridRiskEngine {
     }
 
     fn deadlines(&self, category: &str, level: RiskLevel, from: DateTime<Utc>) -> Deadlines {
-        let d = if self.fused_level(category).is_some()
-            && !self.config.categories.contains_key(category)
-        {
-            self.config.deadlines[level_index(level)]
-        } else {
-            self.policy(category).deadlines[level_index(level)]
-        };
+        let d = self.policy(category).deadlines[level_index(level)];
         Deadlines {
             dispatch_by: d.dispatch.and_then(|d| from.checked_add_signed(d)),
             resolve_by: d.resolve.and_then(|d| from.checked_add_signed(d)),
@@ -826,7 +894,7 @@ impl GridRiskEngine {
     }
 
     fn set_open_gauge(&self) {
-        metrics::gauge!("skynet_incidents_open").set(self.state.open.len() as f64);
+        metrics::gauge!("skynet_incidents_open").set(self.open_count as f64);
     }
 
     fn close(
@@ -836,39 +904,52 @@ impl GridRiskEngine {
         state: IncidentState,
         at: DateTime<Utc>,
     ) -> Option<RiskEvent> {
-        let mut open = self.state.open.remove(key)?;
+        let cell = self.state.cells.get_mut(&key.grid)?;
+        let in_cell = key.in_cell();
+        let mut open = cell.open.remove(&in_cell)?;
         open.incident.state = state;
         tracing::info!(incident = %open.incident.id, grid = %key.grid, category = %key.category, "incident closed");
         let event = Self::revise(&mut open, IncidentStatus::Closed, change, at);
         if !open.held {
-            self.state.closed.insert(
-                key.clone(),
+            cell.closed.insert(
+                in_cell,
                 ClosedIncident {
                     incident: open.incident,
                     closed_at: at,
                 },
             );
         }
+        self.open_count = self.open_count.saturating_sub(1);
         self.set_open_gauge();
         Some(event)
     }
 
-    /// Adds an observation's part to an incident's contributions (one per source and
-    /// category, the latest), keeping at most `max`, in time order.
-    fn contribute(max: usize, list: &mut Vec<Contribution>, part: Contribution) {
-        match list
-            .iter_mut()
-            .find(|c| c.source == part.source && c.category == part.category)
-        {
-            Some(c) => {
-                if part.at >= c.at {
-                    c.at = part.at;
-                    c.weight = part.weight;
-                    c.confidence = part.confidence;
+    fn insert_open(&mut self, key: &IncidentKey, open: OpenIncident) {
+        let cell = self.state.cells.entry(key.grid.clone()).or_default();
+        if cell.open.insert(key.in_cell(), open).is_none() {
+            self.open_count += 1;
+        }
+        self.set_open_gauge();
+    }
+
+    /// Adds observations' parts to an incident's contributions (one per source and
+    /// category, the latest), keeping the latest `max`, in time order.
+    fn contribute(max: usize, list: &mut Vec<Contribution>, parts: Vec<Contribution>) {
+        for part in parts {
+            match list
+                .iter_mut()
+                .find(|c| c.source == part.source && c.category == part.category)
+            {
+                Some(c) => {
+                    if part.at >= c.at {
+                        c.at = part.at;
+                        c.weight = part.weight;
+                        c.confidence = part.confidence;
+                    }
+                    c.count = c.count.saturating_add(part.count);
                 }
-                c.count = c.count.saturating_add(part.count);
+                None => list.push(part),
             }
-            None => list.push(part),
         }
         list.sort_by(|a, b| (a.at, &a.source, &a.category).cmp(&(b.at, &b.source, &b.category)));
         if list.len() > max {
@@ -887,16 +968,22 @@ impl GridRiskEngine {
         level: Option<RiskLevel>,
         score: f32,
         parts: Vec<Contribution>,
-        rule: RuleRef,
+        rule: Option<&RuleRef>,
+        confidence_gain: f32,
         verification: Option<&'static str>,
         now: DateTime<Utc>,
         out: &mut Vec<RiskEvent>,
     ) {
         let mut detections = obs.evidence.detections.clone();
         detections.truncate(self.config.max_detections);
-        let confidence_gain = obs.confidence;
 
-        if let Some(mut open) = self.state.open.remove(&key) {
+        let in_cell = key.in_cell();
+        let open = self
+            .state
+            .cells
+            .get_mut(&key.grid)
+            .and_then(|c| c.open.remove(&in_cell));
+        if let Some(mut open) = open {
             let incident = &mut open.incident;
             incident.last_seen = incident.last_seen.max(obs.at);
             incident.observations = incident.observations.saturating_add(1);
@@ -908,13 +995,11 @@ impl GridRiskEngine {
             }
             incident.risk_score = incident.risk_score.max(score);
             incident.confidence = fuse(incident.confidence, confidence_gain);
-            for p in parts {
-                Self::contribute(
-                    self.config.max_contributions,
-                    &mut incident.contributions,
-                    p,
-                );
-            }
+            Self::contribute(
+                self.config.max_contributions,
+                &mut incident.contributions,
+                parts,
+            );
             open.changed = true;
             let confirmed = verification == Some("confirmed")
                 && incident.verification.as_deref() == Some("required");
@@ -956,14 +1041,21 @@ impl GridRiskEngine {
                     obs.at,
                 ));
             }
-            self.state.open.insert(key, open);
+            if let Some(cell) = self.state.cells.get_mut(&key.grid) {
+                cell.open.insert(in_cell, open);
+            }
             return;
         }
 
         let Some(level) = level.filter(|l| *l >= self.config.open_at) else {
             return;
         };
-        if let Some(closed) = self.state.closed.remove(&key)
+        let closed = self
+            .state
+            .cells
+            .get_mut(&key.grid)
+            .and_then(|c| c.closed.remove(&in_cell));
+        if let Some(closed) = closed
             && obs.at.signed_duration_since(closed.closed_at) < self.config.cooldown
         {
             // The same problem again soon after: the same incident, not a second ticket.
@@ -977,13 +1069,11 @@ impl GridRiskEngine {
                 incident.level = level;
                 incident.level_colour = level.colour().into();
             }
-            for p in parts {
-                Self::contribute(
-                    self.config.max_contributions,
-                    &mut incident.contributions,
-                    p,
-                );
-            }
+            Self::contribute(
+                self.config.max_contributions,
+                &mut incident.contributions,
+                parts,
+            );
             let mut open = OpenIncident {
                 incident,
                 changed: false,
@@ -997,8 +1087,7 @@ impl GridRiskEngine {
                 IncidentChange::Reopened,
                 obs.at,
             ));
-            self.state.open.insert(key, open);
-            self.set_open_gauge();
+            self.insert_open(&key, open);
             return;
         }
 
@@ -1027,20 +1116,22 @@ impl GridRiskEngine {
             contributions: Vec::new(),
             detections,
             reading: obs.evidence.reading.clone(),
-            rule,
+            rule: rule.cloned().unwrap_or_else(|| RuleRef {
+                name: key.category.clone(),
+                kind: obs.source.kind.as_str().into(),
+                zone: None,
+            }),
         };
         incident.set_device(&obs.source.id, obs.source.kind);
-        for p in parts {
-            Self::contribute(
-                self.config.max_contributions,
-                &mut incident.contributions,
-                p,
-            );
-        }
+        Self::contribute(
+            self.config.max_contributions,
+            &mut incident.contributions,
+            parts,
+        );
         tracing::info!(incident = %incident.id, grid = %key.grid, category = %key.category, level = %level, "incident opened");
         out.push(RiskEvent::Incident(incident.clone()));
-        self.state.open.insert(
-            key,
+        self.insert_open(
+            &key,
             OpenIncident {
                 incident,
                 changed: false,
@@ -1048,7 +1139,6 @@ impl GridRiskEngine {
                 held: false,
             },
         );
-        self.set_open_gauge();
     }
 
     fn fault(&mut self, obs: &Observation, fault: FaultEvidence, out: &mut Vec<RiskEvent>) {
@@ -1061,14 +1151,17 @@ impl GridRiskEngine {
             FaultEvidence::Recovered => {
                 // Also a fault opened in another cell (the device was moved in the config).
                 let keys: Vec<IncidentKey> = self
-                    .state
-                    .open
-                    .iter()
-                    .filter(|(k, o)| o.held && k.device == key.device && k.category == key.category)
-                    .map(|(k, _)| k.clone())
+                    .faults()
+                    .filter(|(k, _)| k.device == key.device && k.category == key.category)
+                    .map(|(k, _)| k)
                     .collect();
                 for k in keys {
-                    if let Some(open) = self.state.open.get_mut(&k) {
+                    if let Some(open) = self
+                        .state
+                        .cells
+                        .get_mut(&k.grid)
+                        .and_then(|c| c.open.get_mut(&k.in_cell()))
+                    {
                         open.incident.last_seen = open.incident.last_seen.max(obs.at);
                     }
                     out.extend(self.close(
@@ -1080,7 +1173,12 @@ impl GridRiskEngine {
                 }
             }
             FaultEvidence::Offline { since } => {
-                if self.state.open.contains_key(&key) {
+                let known = self
+                    .state
+                    .cells
+                    .get(&key.grid)
+                    .is_some_and(|c| c.open.contains_key(&key.in_cell()));
+                if known {
                     return;
                 }
                 let mut incident = Incident {
@@ -1117,8 +1215,8 @@ impl GridRiskEngine {
                 incident.set_device(&obs.source.id, obs.source.kind);
                 tracing::warn!(incident = %incident.id, grid = %obs.grid, device = %obs.source.id, category = %obs.category, "device fault incident opened");
                 out.push(RiskEvent::Incident(incident.clone()));
-                self.state.open.insert(
-                    key,
+                self.insert_open(
+                    &key,
                     OpenIncident {
                         incident,
                         changed: false,
@@ -1126,99 +1224,39 @@ impl GridRiskEngine {
                         held: true,
                     },
                 );
-                self.set_open_gauge();
             }
         }
     }
 
     /// The `all` fusion rules this observation completes: each one's incident evidence.
     fn fuse_rules(&mut self, obs: &Observation, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
-        let concerned: Vec<FusionRule> = self
-            .config
-            .fusion
-            .iter()
-            .filter(|rule| match rule {
-                FusionRule::All { when, .. } => when
-                    .iter()
-                    .any(|c| c.matches(&obs.category, obs.source.kind)),
-                FusionRule::Unconfirmed { .. } => false,
-            })
-            .cloned()
-            .collect();
-        for rule in &concerned {
-            let FusionRule::All {
-                name,
-                when,
-                within,
-                scope,
-                category,
-                level,
-            } = rule
-            else {
+        for index in 0..self.config.fusion.len() {
+            let Some((name, category, level, parts)) = self.fusion_match(index, obs) else {
                 continue;
             };
-            if !when
-                .iter()
-                .any(|c| c.matches(&obs.category, obs.source.kind))
-            {
-                continue;
-            }
-            let mut grids = vec![obs.grid.clone()];
-            if *scope == FusionScope::Neighbours {
-                grids.extend(self.context.grids.neighbours(obs.grid.as_str()));
-            }
-            let mut parts: Vec<Contribution> = Vec::new();
-            let mut all = true;
-            for condition in when {
-                let matching: Vec<Contribution> = self
-                    .recent_in(&grids, obs.at, *within)
-                    .filter(|r| condition.matches(&r.category, r.source.kind))
-                    .map(|r| Contribution {
-                        at: r.at,
-                        source: r.source.clone(),
-                        category: r.category.clone(),
-                        weight: r.weight,
-                        confidence: r.confidence,
-                        count: r.count,
-                    })
-                    .collect();
-                if matching.is_empty() {
-                    all = false;
-                    break;
-                }
-                parts.extend(matching);
-            }
-            if !all {
-                continue;
-            }
-            parts.sort_by(|a, b| (&a.source, &a.category).cmp(&(&b.source, &b.category)));
-            parts.dedup_by(|a, b| a.source == b.source && a.category == b.category);
             metrics::counter!("skynet_fusion_matches_total", "rule" => name.clone()).increment(1);
-            let score = self.config.thresholds.of(*level);
-            self.hold(&obs.grid, category, format!("fusion/{name}"), score, obs.at);
-            let key = IncidentKey {
-                grid: obs.grid.clone(),
-                category: category.clone(),
-                device: CameraId::default(),
-            };
+            let score = self.config.thresholds.of(level);
+            self.hold(
+                &obs.grid,
+                &category,
+                &format!("fusion/{name}"),
+                score,
+                obs.at,
+            );
             let confidence = parts.iter().fold(0.0, |c, p| fuse(c, p.confidence));
-            let fused = Observation {
-                category: category.clone(),
-                confidence,
-                ..obs.clone()
-            };
             let rule = RuleRef {
-                name: name.clone(),
+                name,
                 kind: FUSION_KIND.into(),
                 zone: None,
             };
             self.incident_evidence(
-                key,
-                &fused,
-                Some(*level),
+                IncidentKey::hazard(&obs.grid, &category),
+                obs,
+                Some(level),
                 score,
                 parts,
-                rule,
+                Some(&rule),
+                confidence,
                 None,
                 now,
                 out,
@@ -1226,10 +1264,82 @@ impl GridRiskEngine {
         }
     }
 
+    /// Whether `obs` completes `all` fusion rule `index`: its name, category and level, and
+    /// the observations that met its conditions (the latest of each source and category).
+    fn fusion_match(
+        &self,
+        index: usize,
+        obs: &Observation,
+    ) -> Option<(String, String, RiskLevel, Vec<Contribution>)> {
+        let FusionRule::All {
+            name,
+            when,
+            within,
+            scope,
+            category,
+            level,
+        } = self.config.fusion.get(index)?
+        else {
+            return None;
+        };
+        if !when
+            .iter()
+            .any(|c| c.matches(&obs.category, obs.source.kind))
+        {
+            return None;
+        }
+        let neighbours = match scope {
+            FusionScope::Cell => std::borrow::Cow::Borrowed(&[][..]),
+            FusionScope::Neighbours => self.context.grids.neighbours_of(obs.grid.as_str()),
+        };
+        // One pass over the recent observations in scope: which conditions each meets.
+        let mut met = 0u64;
+        let mut matching: Vec<&Recent> = Vec::new();
+        for grid in std::iter::once(&obs.grid).chain(neighbours.iter()) {
+            let Some(cell) = self.state.cells.get(grid) else {
+                continue;
+            };
+            for r in &cell.recent {
+                if r.at > obs.at || obs.at.signed_duration_since(r.at) > *within {
+                    continue;
+                }
+                let mut any = false;
+                for (i, condition) in when.iter().enumerate().take(64) {
+                    if condition.matches(&r.category, r.source.kind) {
+                        met |= 1 << i;
+                        any = true;
+                    }
+                }
+                if any {
+                    matching.push(r);
+                }
+            }
+        }
+        // Validated to have 2 or more conditions; only the first 64 are told apart.
+        let all = when.len().clamp(1, 64);
+        if met != u64::MAX >> (64 - all) {
+            return None;
+        }
+        let mut parts: Vec<Contribution> = matching
+            .into_iter()
+            .map(|r| Contribution {
+                at: r.at,
+                source: r.source.clone(),
+                category: r.category.clone(),
+                weight: r.weight,
+                confidence: r.confidence,
+                count: r.count,
+            })
+            .collect();
+        parts.sort_by(|a, b| (&a.source, &a.category).cmp(&(&b.source, &b.category)));
+        parts.dedup_by(|a, b| a.source == b.source && a.category == b.category);
+        Some((name.clone(), category.clone(), *level, parts))
+    }
+
     /// Whether a sensor's observation waits for a camera's confirmation, and the factor on
     /// its confidence.
     fn unconfirmed(&self, obs: &Observation) -> Option<f32> {
-        if obs.source.kind != SourceKind::Sensor || !self.has_camera(&obs.grid) {
+        if obs.source.kind != SourceKind::Sensor || !self.camera_cells.contains(&obs.grid) {
             return None;
         }
         let grids = [obs.grid.clone()];
@@ -1267,15 +1377,25 @@ impl GridRiskEngine {
                 _ => false,
             })
         };
-        let keys: Vec<IncidentKey> = self
-            .open_in(&obs.grid)
-            .filter(|(k, o)| {
-                o.incident.verification.as_deref() == Some("required") && confirms(&k.category)
+        let keys: Vec<CellKey> = self
+            .state
+            .cells
+            .get(&obs.grid)
+            .map(|cell| {
+                cell.open
+                    .iter()
+                    .filter(|((category, _), o)| {
+                        o.incident.verification.as_deref() == Some("required") && confirms(category)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
             })
-            .map(|(k, _)| k.clone())
-            .collect();
+            .unwrap_or_default();
+        let Some(cell) = self.state.cells.get_mut(&obs.grid) else {
+            return;
+        };
         for key in keys {
-            if let Some(open) = self.state.open.get_mut(&key) {
+            if let Some(open) = cell.open.get_mut(&key) {
                 open.incident.verification = Some("confirmed".into());
                 open.incident.last_seen = open.incident.last_seen.max(obs.at);
                 out.push(Self::revise(
@@ -1290,10 +1410,41 @@ impl GridRiskEngine {
 
     fn sweep(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
         self.state.last_sweep = Some(now);
-        // Incidents: quiet ones close, missed deadlines escalate, due updates go out.
-        let keys: Vec<IncidentKey> = self.state.open.keys().cloned().collect();
-        for key in keys {
-            let Some(open) = self.state.open.get(&key) else {
+        // In cell order, so the events come out the same on every run.
+        let mut grids: Vec<GridId> = self.state.cells.keys().cloned().collect();
+        grids.sort_unstable();
+        for grid in grids {
+            self.sweep_incidents(&grid, now, out);
+            self.rescore(&grid, now, out);
+            if let Some(cell) = self.state.cells.get(&grid) {
+                let score = cell.score;
+                metrics::gauge!("skynet_grid_risk_score", "grid" => grid.to_string())
+                    .set(f64::from(score));
+            }
+            self.forget_faded(&grid, now);
+        }
+    }
+
+    /// A cell's incidents: quiet ones close, missed deadlines escalate, due updates go out.
+    fn sweep_incidents(&mut self, grid: &GridId, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
+        let keys: Vec<CellKey> = self
+            .state
+            .cells
+            .get(grid)
+            .map(|c| c.open.keys().cloned().collect())
+            .unwrap_or_default();
+        for (category, device) in keys {
+            let key = IncidentKey {
+                grid: grid.clone(),
+                category,
+                device,
+            };
+            let Some(open) = self
+                .state
+                .cells
+                .get(grid)
+                .and_then(|c| c.open.get(&key.in_cell()))
+            else {
                 continue;
             };
             let incident = &open.incident;
@@ -1318,7 +1469,12 @@ impl GridRiskEngine {
                 && !incident.missed.iter().any(|m| m == "resolve");
             let update_due = open.changed
                 && now.signed_duration_since(open.last_revision_at) >= self.config.update_every;
-            let Some(open) = self.state.open.get_mut(&key) else {
+            let Some(open) = self
+                .state
+                .cells
+                .get_mut(grid)
+                .and_then(|c| c.open.get_mut(&key.in_cell()))
+            else {
                 continue;
             };
             if missed_dispatch || missed_resolve {
@@ -1349,45 +1505,51 @@ impl GridRiskEngine {
                 ));
             }
         }
-        // Cells: decay, level changes, and forgetting what has faded.
-        let grids: Vec<GridId> = self.state.cells.keys().cloned().collect();
-        for grid in grids {
-            self.rescore(&grid, now, out);
-            let policies: BTreeMap<String, Duration> = self
-                .state
-                .cells
-                .get(&grid)
-                .map(|c| {
-                    c.held
-                        .keys()
-                        .map(|k| (k.clone(), self.policy(k).half_life))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(cell) = self.state.cells.get_mut(&grid) {
-                for (category, by_source) in &mut cell.held {
-                    let half_life = policies
-                        .get(category)
-                        .copied()
-                        .unwrap_or(self.config.half_life);
-                    by_source.retain(|_, h| decay(h.score, h.at, now, half_life) >= FORGET_BELOW);
-                }
-                cell.held.retain(|_, s| !s.is_empty());
-                if cell.held.is_empty() && cell.level.is_none() {
-                    self.state.cells.remove(&grid);
-                }
-            }
+    }
+
+    /// Drops what has decayed away, passed fusion windows and cooldowns, and the cell itself
+    /// once nothing is left: a long run's state stays bounded by the active cells.
+    fn forget_faded(&mut self, grid: &GridId, now: DateTime<Utc>) {
+        let (window, cooldown) = (self.window, self.config.cooldown);
+        let half_lives: Vec<Duration> = self
+            .state
+            .cells
+            .get(grid)
+            .map(|c| c.held.keys().map(|k| self.policy(k).half_life).collect())
+            .unwrap_or_default();
+        let Some(cell) = self.state.cells.get_mut(grid) else {
+            return;
+        };
+        for (by_source, half_life) in cell.held.values_mut().zip(half_lives) {
+            by_source.retain(|_, h| decay(h.score, h.at, now, half_life) >= FORGET_BELOW);
         }
-        // Fusion windows and cooldowns that have passed.
-        let window = self.window;
-        for recent in self.state.recent.values_mut() {
-            recent.retain(|r| now.signed_duration_since(r.at) <= window);
-        }
-        self.state.recent.retain(|_, r| !r.is_empty());
-        let cooldown = self.config.cooldown;
-        self.state
-            .closed
+        cell.held.retain(|_, s| !s.is_empty());
+        cell.recent
+            .retain(|r| now.signed_duration_since(r.at) <= window);
+        cell.closed
             .retain(|_, c| now.signed_duration_since(c.closed_at) < cooldown);
+        if cell.is_idle() {
+            self.state.cells.remove(grid);
+        }
+    }
+
+    /// Every open device-fault incident, with its key.
+    fn faults(&self) -> impl Iterator<Item = (IncidentKey, &OpenIncident)> + '_ {
+        self.state.cells.iter().flat_map(|(grid, cell)| {
+            cell.open
+                .iter()
+                .filter(|(_, o)| o.held)
+                .map(move |((category, device), o)| {
+                    (
+                        IncidentKey {
+                            grid: grid.clone(),
+                            category: category.clone(),
+                            device: device.clone(),
+                        },
+                        o,
+                    )
+                })
+        })
     }
 
     fn sweep_if_due(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
@@ -1410,7 +1572,7 @@ fn earlier(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTim
 
 impl RiskEngine for GridRiskEngine {
     fn open_incidents(&self) -> usize {
-        self.state.open.len()
+        self.open_count
     }
 
     fn observe(&mut self, obs: &Observation) -> Vec<RiskEvent> {
@@ -1438,28 +1600,20 @@ impl RiskEngine for GridRiskEngine {
         self.hold(
             &obs.grid,
             &obs.category,
-            obs.source.id.to_string(),
+            obs.source.id.as_str(),
             contribution,
             obs.at,
         );
         self.confirm(obs, &mut out);
 
-        let by_source = self
-            .state
-            .cells
-            .get(&obs.grid)
-            .and_then(|c| c.held.get(&obs.category))
-            .cloned()
-            .unwrap_or_default();
         // The incident reports the occurrence: its level is the evidence as of the
         // observation's own time, also when the observation arrives late.
-        let score = self.category_score(&obs.grid, &obs.category, &by_source, obs.at);
+        let score = self.state.cells.get(&obs.grid).map_or(0.0, |cell| {
+            cell.held.get(&obs.category).map_or(0.0, |by_source| {
+                self.category_score(&obs.grid, cell, &obs.category, by_source, obs.at)
+            })
+        });
         let level = self.config.thresholds.level(score);
-        let key = IncidentKey {
-            grid: obs.grid.clone(),
-            category: obs.category.clone(),
-            device: CameraId::default(),
-        };
         let part = Contribution {
             at: obs.at,
             source: obs.source.clone(),
@@ -1468,22 +1622,14 @@ impl RiskEngine for GridRiskEngine {
             confidence,
             count: 1,
         };
-        let rule = obs.evidence.rule.clone().unwrap_or_else(|| RuleRef {
-            name: obs.category.clone(),
-            kind: obs.source.kind.as_str().into(),
-            zone: None,
-        });
-        let observed = Observation {
-            confidence,
-            ..obs.clone()
-        };
         self.incident_evidence(
-            key,
-            &observed,
+            IncidentKey::hazard(&obs.grid, &obs.category),
+            obs,
             level,
             score,
             vec![part],
-            rule,
+            obs.evidence.rule.as_ref(),
+            confidence,
             verify.map(|_| "required"),
             now,
             &mut out,
@@ -1502,15 +1648,24 @@ impl RiskEngine for GridRiskEngine {
     }
 
     fn flush(&mut self) -> Vec<RiskEvent> {
-        self.state
-            .open
-            .values_mut()
-            .filter(|o| o.changed)
-            .map(|o| {
-                let at = o.incident.last_seen;
-                Self::revise(o, IncidentStatus::Updated, IncidentChange::Evidence, at)
-            })
-            .collect()
+        let mut grids: Vec<GridId> = self.state.cells.keys().cloned().collect();
+        grids.sort_unstable();
+        let mut out = Vec::new();
+        for grid in grids {
+            let Some(cell) = self.state.cells.get_mut(&grid) else {
+                continue;
+            };
+            for open in cell.open.values_mut().filter(|o| o.changed) {
+                let at = open.incident.last_seen;
+                out.push(Self::revise(
+                    open,
+                    IncidentStatus::Updated,
+                    IncidentChange::Evidence,
+                    at,
+                ));
+            }
+        }
+        out
     }
 
     fn feedback(
@@ -1520,16 +1675,24 @@ impl RiskEngine for GridRiskEngine {
         at: DateTime<Utc>,
     ) -> Result<Vec<RiskEvent>, RiskError> {
         let now = self.tick(at);
-        let Some(key) = self
-            .state
-            .open
-            .iter()
-            .find(|(_, o)| o.incident.id == id)
-            .map(|(k, _)| k.clone())
-        else {
+        let Some(key) = self.state.cells.iter().find_map(|(grid, cell)| {
+            cell.open
+                .iter()
+                .find(|(_, o)| o.incident.id == id)
+                .map(|((category, device), _)| IncidentKey {
+                    grid: grid.clone(),
+                    category: category.clone(),
+                    device: device.clone(),
+                })
+        }) else {
             return Err(RiskError::UnknownIncident(id.to_string()));
         };
-        let Some(open) = self.state.open.get_mut(&key) else {
+        let Some(open) = self
+            .state
+            .cells
+            .get_mut(&key.grid)
+            .and_then(|c| c.open.get_mut(&key.in_cell()))
+        else {
             return Err(RiskError::UnknownIncident(id.to_string()));
         };
         let from = open.incident.state;
@@ -1556,21 +1719,21 @@ impl RiskEngine for GridRiskEngine {
     }
 
     fn faulty_devices(&self) -> Vec<(SourceRef, GridId, String)> {
-        self.state
-            .open
-            .iter()
-            .filter(|(_, o)| o.held)
-            .map(|(k, o)| {
+        let mut faults: Vec<(SourceRef, GridId, String)> = self
+            .faults()
+            .map(|(key, open)| {
                 (
                     SourceRef {
-                        kind: o.incident.source(),
-                        id: k.device.clone(),
+                        kind: open.incident.source(),
+                        id: key.device,
                     },
-                    k.grid.clone(),
-                    k.category.clone(),
+                    key.grid,
+                    key.category,
                 )
             })
-            .collect()
+            .collect();
+        faults.sort();
+        faults
     }
 
     fn snapshot(&self) -> serde_json::Value {
@@ -1584,11 +1747,10 @@ impl RiskEngine for GridRiskEngine {
     }
 
     fn restore(&mut self, snapshot: serde_json::Value) -> Result<(), RiskError> {
-        if !(self.state.cells.is_empty() && self.state.open.is_empty() && self.state.ids.is_empty())
-        {
+        if !(self.state.cells.is_empty() && self.state.ids.is_empty()) {
             return Err(RiskError::NotFresh {
                 cells: self.state.cells.len(),
-                open: self.state.open.len(),
+                open: self.open_count,
             });
         }
         match snapshot.get("version") {
@@ -1603,32 +1765,40 @@ impl RiskEngine for GridRiskEngine {
         let snapshot: Snapshot =
             serde_json::from_value(snapshot).map_err(RiskError::SnapshotFormat)?;
         let invalid = RiskError::SnapshotInvalid;
+        let mut open_count = 0;
         for (grid, cell) in &snapshot.state.cells {
             for h in cell.held.values().flat_map(BTreeMap::values) {
                 if !(0.0..=1.0).contains(&h.score) {
                     return Err(invalid(format!("cell `{grid}` holds score {}", h.score)));
                 }
             }
-        }
-        for (key, open) in &snapshot.state.open {
-            if open.incident.status == IncidentStatus::Closed || open.incident.revision == 0 {
-                return Err(invalid(format!(
-                    "incident {} is listed as open but is {:?} at revision {}",
-                    open.incident.id, open.incident.status, open.incident.revision
-                )));
-            }
-            if !snapshot.state.ids.contains_key(key) {
-                // Without it a reopened incident of this key could be given an old id.
-                return Err(invalid(format!(
-                    "incident {} has no id bookkeeping",
-                    open.incident.id
-                )));
+            for ((category, device), open) in &cell.open {
+                if open.incident.status == IncidentStatus::Closed || open.incident.revision == 0 {
+                    return Err(invalid(format!(
+                        "incident {} is listed as open but is {:?} at revision {}",
+                        open.incident.id, open.incident.status, open.incident.revision
+                    )));
+                }
+                let key = IncidentKey {
+                    grid: grid.clone(),
+                    category: category.clone(),
+                    device: device.clone(),
+                };
+                if !snapshot.state.ids.contains_key(&key) {
+                    // Without it a reopened incident of this key could be given an old id.
+                    return Err(invalid(format!(
+                        "incident {} has no id bookkeeping",
+                        open.incident.id
+                    )));
+                }
+                open_count += 1;
             }
         }
         if snapshot.node != self.config.node {
             tracing::warn!(snapshot = %snapshot.node, node = %self.config.node, "risk snapshot was taken under another node name");
         }
         self.state = snapshot.state;
+        self.open_count = open_count;
         self.set_open_gauge();
         Ok(())
     }

@@ -346,15 +346,22 @@ impl GridMap {
     /// The cells touching this one (a shared border or corner), sorted by id, without itself;
     /// empty for an unknown id.
     pub fn neighbours(&self, id: &str) -> Vec<GridId> {
+        self.neighbours_of(id).into_owned()
+    }
+
+    /// [`neighbours`](Self::neighbours) without a copy for polygon cells (the risk engine
+    /// asks on every observation a neighbourhood fusion rule concerns).
+    pub fn neighbours_of(&self, id: &str) -> std::borrow::Cow<'_, [GridId]> {
         match &self.cells {
             Cells::Polygons(p) => p
                 .by_id
                 .get(id)
-                .map(|&i| p.neighbours[i].clone())
-                .unwrap_or_default(),
+                .map_or(std::borrow::Cow::Borrowed(&[][..]), |&i| {
+                    std::borrow::Cow::Borrowed(p.neighbours[i].as_slice())
+                }),
             Cells::H3(h3) => {
                 let Some(cell) = h3.parse(id) else {
-                    return Vec::new();
+                    return Vec::new().into();
                 };
                 let mut ids: Vec<GridId> = cell
                     .grid_disk::<Vec<_>>(1)
@@ -363,7 +370,7 @@ impl GridMap {
                     .map(|c| GridId::new(c.to_string()))
                     .collect();
                 ids.sort();
-                ids
+                std::borrow::Cow::Owned(ids)
             }
         }
     }
