@@ -29,9 +29,10 @@ pub struct GstSourceConfig {
     #[serde(default)]
     pub realtime: bool,
     /// Event time of a file's first frame (RFC 3339, e.g. "2026-01-01T08:00:00Z"); default: the
-    /// file's modification time. Frame time = start_at + PTS, so replaying the same file with
-    /// the same config gives the same times, paced (`realtime`) or not. Network streams are
-    /// timed by the wall clock.
+    /// file's modification time, or for a `realtime` file the time it starts (it plays as a
+    /// live camera). Frame time = start_at + PTS, so replaying the same file with the same
+    /// `start_at` gives the same times, paced or not. Network streams are timed by the wall
+    /// clock.
     #[serde(default, deserialize_with = "deserialize_start_at")]
     pub start_at: Option<DateTime<Utc>>,
     /// Restart policy.

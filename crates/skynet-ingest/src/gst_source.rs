@@ -1013,10 +1013,19 @@ impl FrameSource for GstSource {
         let credentials = self.options.credentials.clone().or(from_uri);
         let uri = Self::resolve_uri(&self.camera, &clean)?;
         if !is_network_uri(&self.options.uri) && self.file_clock.is_none() {
+            // A file paced like a live camera plays as if it were one: its frames are timed
+            // from when it starts, beside the live sources it is fused with. Replayed as fast
+            // as possible, it keeps the file's own time, so a replay is the same every run.
             let epoch = self
                 .options
                 .start_at
-                .or_else(|| file_mtime(&uri))
+                .or_else(|| {
+                    if self.options.realtime {
+                        None
+                    } else {
+                        file_mtime(&uri)
+                    }
+                })
                 .unwrap_or_else(Utc::now);
             self.file_clock = Some(FileClock {
                 epoch,

@@ -7,7 +7,8 @@
 //!   was disconnected still arrive.
 //! - Malformed payloads: a generated corpus of over 1,000, each refused with its reason and
 //!   dead-lettered, while valid readings keep flowing.
-//! - configs/city.toml: gas-07's leak gives exactly one `gas_leak` incident in G-0201, and
+//! - configs/city.toml: gas-07's leak gives exactly one `gas_leak` incident in G-0201 and,
+//!   with cam-safety-03 seeing people there, a level I `person_exposed_to_gas` incident, and
 //!   normal noise gives none.
 
 mod common;
@@ -642,10 +643,41 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     let one = eventually(Duration::from_secs(10), || {
         gas_leak_incidents(state.path()).len() == 1
     });
+    // cam-safety-03 sees people in the same cell: the fusion rule's level I incident.
+    let fused = |events: &[skynet_emit::CloudEvent]| {
+        events
+            .iter()
+            .find(|e| e.data.category == "person_exposed_to_gas")
+            .cloned()
+    };
+    let exposed = eventually(Duration::from_secs(20), || {
+        fused(&stored_events(state.path())).is_some()
+    });
     let (_, text) = terminate(&mut child, &log);
     let leaks = gas_leak_incidents(state.path());
     assert!(one && leaks.len() == 1, "{leaks:?}\n{text}");
     let events = stored_events(state.path());
+    assert!(
+        exposed,
+        "a person_exposed_to_gas incident: {events:?}\n{text}"
+    );
+    let exposed = fused(&events).unwrap().data;
+    assert_eq!(exposed.level, skynet_core::RiskLevel::I);
+    assert_eq!(exposed.grid.as_str(), "G-0201");
+    assert_eq!(exposed.department, "emergency-management");
+    assert_eq!(
+        exposed.deadlines.dispatch_by,
+        Some(exposed.first_seen + chrono::Duration::seconds(300))
+    );
+    let parts: Vec<&str> = exposed
+        .contributions
+        .iter()
+        .map(|c| c.source.id.as_str())
+        .collect();
+    assert!(
+        parts.contains(&"gas-07") && parts.contains(&"cam-safety-03"),
+        "{parts:?}"
+    );
     let leak = events
         .iter()
         .find(|e| e.data.category == "gas_leak")
