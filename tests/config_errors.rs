@@ -369,7 +369,39 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
     }
     if unset("SKYNET_STATE_DIR") {
         assert_eq!(config.outbox, dir.path().join("../var/city/outbox.sqlite"));
+        assert_eq!(
+            config.record_observations,
+            Some(dir.path().join("../var/city/observations.jsonl"))
+        );
     }
+    // The fusion rule the city runs on.
+    let fusion = config
+        .risk
+        .fusion
+        .iter()
+        .find(|f| f.name() == "person-exposed-to-gas")
+        .expect("the gas and person fusion rule");
+    match fusion {
+        skynet_risk::FusionRule::All {
+            when,
+            within,
+            category,
+            level,
+            ..
+        } => {
+            assert_eq!(category, "person_exposed_to_gas");
+            assert_eq!(*level, skynet_core::RiskLevel::I);
+            assert_eq!(*within, chrono::Duration::seconds(300));
+            assert_eq!(when[0].categories, vec!["gas_leak".to_string()]);
+            assert_eq!(when[1].categories, vec!["person_present".to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let camera = &config.cameras[0];
+    assert_eq!(
+        (camera.id.as_str(), camera.grid.as_str()),
+        ("cam-safety-03", "G-0201")
+    );
     let gas = config
         .sensors
         .iter()

@@ -79,6 +79,10 @@ pub struct RiskSettings {
     pub deadlines: BTreeMap<String, DeadlineSettings>,
     #[serde(default)]
     pub fusion: Vec<FusionSettings>,
+    /// Appends every observation the engine takes to this JSON Lines file, for
+    /// `skynet replay`.
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -252,6 +256,7 @@ impl Default for RiskSettings {
             reliability: ReliabilitySettings::default(),
             deadlines: BTreeMap::new(),
             fusion: Vec::new(),
+            record: None,
         }
     }
 }
@@ -414,6 +419,17 @@ fn deadlines_by_level(
 }
 
 impl RiskSettings {
+    /// Where to record observations (`record`), resolved against the config file.
+    pub fn record_path(
+        &self,
+        cx: &skynet_core::ConfigContext,
+    ) -> Result<Option<std::path::PathBuf>, FieldError> {
+        self.record
+            .as_deref()
+            .map(|p| cx.resolve_path("record", p))
+            .transpose()
+    }
+
     /// Checks every value and gives the engine's config for `node`. Errors name the key.
     pub fn validate(&self, node: &str) -> Result<RiskConfig, FieldError> {
         let thresholds = match self.levels {

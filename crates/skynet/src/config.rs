@@ -281,6 +281,8 @@ pub struct PipelineConfig {
     pub queue: usize,
     pub grids: Arc<GridMap>,
     pub risk: RiskConfig,
+    /// Every observation the engine takes is appended here (JSON Lines), for `skynet replay`.
+    pub record_observations: Option<PathBuf>,
     pub outbox: PathBuf,
     pub outbox_retention: chrono::Duration,
     pub sinks: Vec<SinkSpec>,
@@ -617,6 +619,9 @@ fn validate(
     };
 
     let (risk, region) = section::<RiskSettings>(at, file.risk.as_ref())?;
+    let record_observations = risk
+        .record_path(&cx)
+        .map_err(|e| at.field_error(&region, e))?;
     let risk = risk
         .validate(&node)
         .map_err(|e| at.field_error(&region, e))?;
@@ -695,6 +700,7 @@ fn validate(
         queue: detect.queue,
         grids: Arc::new(grids),
         risk,
+        record_observations,
         outbox: outbox.path,
         outbox_retention: outbox.retention,
         sinks,

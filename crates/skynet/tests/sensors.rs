@@ -698,6 +698,32 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     // The JSON Lines file has it too.
     let jsonl = std::fs::read_to_string(state.path().join("incidents.jsonl")).unwrap();
     assert!(jsonl.contains("gas_leak"));
+
+    // `[risk] record` kept every observation; replayed, they make the same two incidents.
+    let recorded = state.path().join("observations.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg(&recorded)
+        .env("SKYNET_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = String::from_utf8_lossy(&out.stdout);
+    let categories: std::collections::BTreeSet<String> = replayed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "skynet.incident.v1")
+        .filter_map(|e| e["data"]["category"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        categories.contains("gas_leak") && categories.contains("person_exposed_to_gas"),
+        "{categories:?}"
+    );
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -155,6 +155,59 @@ pub(crate) struct RulesAndRisk {
     sensor_events: Option<crossbeam_channel::Receiver<SensorEvent>>,
     /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
     sensors: Vec<CameraId>,
+    /// `[risk] record`: every observation the engine takes, for `skynet replay`.
+    recorder: Option<Recorder>,
+}
+
+/// Appends observations to a JSON Lines file. A failing file stops the recording (logged
+/// and counted), never the pipeline.
+struct Recorder {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    recorded: metrics::Counter,
+}
+
+impl Recorder {
+    fn open(path: &std::path::Path) -> Option<Self> {
+        let file = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            });
+        match file {
+            Ok(file) => {
+                tracing::info!(path = %path.display(), "recording observations");
+                Some(Self {
+                    path: path.to_path_buf(),
+                    out: std::io::BufWriter::new(file),
+                    recorded: metrics::counter!("skynet_observations_recorded_total"),
+                })
+            }
+            Err(e) => {
+                metrics::counter!("skynet_observations_record_errors_total").increment(1);
+                tracing::error!(path = %path.display(), error = %e, "cannot record observations; going on without");
+                None
+            }
+        }
+    }
+
+    fn write(&mut self, observation: &skynet_core::Observation) -> std::io::Result<()> {
+        use std::io::Write;
+        serde_json::to_writer(&mut self.out, observation)?;
+        self.out.write_all(b"\n")?;
+        self.recorded.increment(1);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.out.flush()
+    }
 }
 
 impl RulesAndRisk {
@@ -242,6 +295,10 @@ impl RulesAndRisk {
             camera_events: None,
             sensor_events: None,
             sensors: Vec::new(),
+            recorder: config
+                .record_observations
+                .as_deref()
+                .and_then(Recorder::open),
         }
     }
 
@@ -288,11 +345,23 @@ impl RulesAndRisk {
                 self.counters.observations.fetch_add(1, Ordering::Relaxed);
                 self.dirty = true;
                 let _span = tracing::debug_span!("observe", sensor = %observation.source.id, grid = %observation.grid).entered();
-                self.engine.observe(&observation)
+                self.observe(&observation)
             }
-            SensorEvent::Fault(fault) => self.engine.observe(&fault.observation()),
+            SensorEvent::Fault(fault) => self.observe(&fault.observation()),
             SensorEvent::Recovered { device, at } => self.recover(&device, SENSOR_OFFLINE, at),
         }
+    }
+
+    /// Hands one observation to the engine, recording it first when `[risk] record` is set.
+    fn observe(&mut self, observation: &skynet_core::Observation) -> Vec<RiskEvent> {
+        if let Some(recorder) = &mut self.recorder
+            && let Err(e) = recorder.write(observation)
+        {
+            metrics::counter!("skynet_observations_record_errors_total").increment(1);
+            tracing::error!(path = %recorder.path.display(), error = %e, "recording observations failed; stopped recording");
+            self.recorder = None;
+        }
+        self.engine.observe(observation)
     }
 
     /// The device works again: the observation that closes its open `category` fault.
@@ -304,8 +373,7 @@ impl RulesAndRisk {
         else {
             return Vec::new();
         };
-        self.engine
-            .observe(&DeviceFault::recovery(source, grid, category, at))
+        self.observe(&DeviceFault::recovery(source, grid, category, at))
     }
 
     /// At shutdown: what the sensor stage still sends until it has stopped (a few seconds at
@@ -370,6 +438,7 @@ impl RulesAndRisk {
             }
         }
         let now = Utc::now();
+        let mut faults = Vec::new();
         for (id, camera) in &mut self.cameras {
             let Some(watch) = camera.offline.as_mut() else {
                 continue;
@@ -391,7 +460,10 @@ impl RulesAndRisk {
                 since,
                 at: now,
             };
-            revisions.extend(self.engine.observe(&fault.observation()));
+            faults.push(fault.observation());
+        }
+        for fault in faults {
+            revisions.extend(self.observe(&fault));
         }
         revisions
     }
@@ -412,10 +484,7 @@ impl RulesAndRisk {
         let mut closed = Vec::new();
         for (source, grid, category) in gone {
             tracing::info!(device = %source.id, "device no longer configured; closing its offline incident");
-            closed.extend(
-                self.engine
-                    .observe(&DeviceFault::recovery(source, grid, &category, now)),
-            );
+            closed.extend(self.observe(&DeviceFault::recovery(source, grid, &category, now)));
         }
         if !closed.is_empty() {
             self.commit(closed)?;
@@ -530,7 +599,7 @@ impl RulesAndRisk {
         for observation in camera.rules.apply(&frame) {
             self.counters.observations.fetch_add(1, Ordering::Relaxed);
             let _span = tracing::debug_span!("observe", camera = %observation.source.id, grid = %observation.grid).entered();
-            revisions.extend(self.engine.observe(&observation));
+            revisions.extend(self.observe(&observation));
         }
         revisions.extend(self.engine.advance(t));
         if revisions.is_empty() {
@@ -596,6 +665,13 @@ impl RulesAndRisk {
     /// Sends revisions and the state they belong with to the commit stage (which blocks
     /// rather than drop anything).
     fn commit(&mut self, incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+        if let Some(recorder) = &mut self.recorder
+            && let Err(e) = recorder.flush()
+        {
+            metrics::counter!("skynet_observations_record_errors_total").increment(1);
+            tracing::error!(path = %recorder.path.display(), error = %e, "recording observations failed; stopped recording");
+            self.recorder = None;
+        }
         let state = self.state();
         self.dirty = false;
         self.last_state = Instant::now();
