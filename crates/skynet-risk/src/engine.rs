@@ -1001,11 +1001,6 @@ impl GridRiskEngine {
                 parts,
             );
             open.changed = true;
-            let confirmed = verification == Some("confirmed")
-                && incident.verification.as_deref() == Some("required");
-            if confirmed {
-                incident.verification = Some("confirmed".into());
-            }
             if let Some(level) = level
                 && level > incident.level
             {
@@ -1022,13 +1017,6 @@ impl GridRiskEngine {
                     &mut open,
                     IncidentStatus::Escalated,
                     IncidentChange::Escalated,
-                    obs.at,
-                ));
-            } else if confirmed {
-                out.push(Self::revise(
-                    &mut open,
-                    IncidentStatus::Updated,
-                    IncidentChange::Confirmed,
                     obs.at,
                 ));
             } else if open.changed

@@ -519,3 +519,37 @@ proptest! {
         prop_assert_eq!(run(&inputs), run(&inputs));
     }
 }
+
+/// Level changes of cell C while a water sensor reports a level that wavers just above III's
+/// threshold (0.5) every 10 s for 20 minutes. With a 60 s half-life its evidence decays
+/// below 0.5 between two readings, but not below 0.45.
+fn level_changes_around_a_threshold(hysteresis: f32, weights: &[f32]) -> usize {
+    let mut e = engine_with(&format!("hysteresis = {hysteresis}\n{SETTINGS}"));
+    let mut changes = 0;
+    for (i, w) in weights.iter().enumerate() {
+        let at = i as i64 * 10;
+        changes += grid_levels(&e.observe(&obs(at, "C", "water_level_high", "water-1", *w))).len();
+        changes += grid_levels(&e.advance(t(at + 5))).len();
+    }
+    changes
+}
+
+#[test]
+fn without_hysteresis_the_same_noise_flaps() {
+    let weights: Vec<f32> = (0..120)
+        .map(|i| if i % 2 == 0 { 0.50 } else { 0.54 })
+        .collect();
+    assert!(level_changes_around_a_threshold(0.0, &weights) > 10);
+    assert_eq!(level_changes_around_a_threshold(0.05, &weights), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The engine, not only the level function: evidence wavering around a threshold moves
+    /// the cell's level once, and it stays.
+    #[test]
+    fn hysteresis_keeps_a_cell_from_flapping(weights in prop::collection::vec(0.50f32..0.54, 120)) {
+        prop_assert_eq!(level_changes_around_a_threshold(0.05, &weights), 1);
+    }
+}
