@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use skynet_core::{
     CameraId, Contribution, Deadlines, FaultEvidence, GridId, GridRisk, Incident, IncidentChange,
     IncidentState, IncidentStatus, Observation, OwnerKind, RiskEvent, RiskLevel, RuleRef,
@@ -62,10 +63,11 @@ pub trait RiskEngine: Send {
     fn faulty_devices(&self) -> Vec<(SourceRef, GridId, String)>;
     /// How many incidents are open.
     fn open_incidents(&self) -> usize;
-    /// Everything needed to go on after a restart, as JSON.
-    fn snapshot(&self) -> serde_json::Value;
+    /// Everything needed to go on after a restart, as JSON text (written straight from the
+    /// state: a city's state can be large, and a tree of JSON values is many times larger).
+    fn snapshot(&self) -> Box<RawValue>;
     /// Restores a snapshot taken by `snapshot` (on a fresh engine, before any observation).
-    fn restore(&mut self, snapshot: serde_json::Value) -> Result<(), RiskError>;
+    fn restore(&mut self, snapshot: &RawValue) -> Result<(), RiskError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,9 +304,13 @@ fn fuse(a: f32, b: f32) -> f32 {
 }
 
 fn decay(score: f32, from: DateTime<Utc>, to: DateTime<Utc>, half_life: Duration) -> f32 {
-    let elapsed = to.signed_duration_since(from).num_milliseconds().max(0) as f64;
+    let elapsed = to.signed_duration_since(from).num_milliseconds().max(0);
+    if elapsed == 0 {
+        return score;
+    }
     let half = half_life.num_milliseconds().max(1) as f64;
-    (f64::from(score) * 0.5f64.powf(elapsed / half)) as f32
+    // 2^-x rather than 0.5^x: the same value, without powf's logarithm.
+    (f64::from(score) * (-(elapsed as f64) / half).exp2()) as f32
 }
 
 /// One source's saturated value for one category in one cell.
@@ -491,12 +497,22 @@ mod pairs {
 /// Bumped whenever the snapshot's shape changes incompatibly.
 const SNAPSHOT_VERSION: u32 = 3;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Snapshot {
+    /// Checked on its own before the rest is read.
+    #[allow(dead_code)]
     version: u32,
     node: String,
     state: State,
+}
+
+/// [`Snapshot`] as written, borrowing the state instead of copying it.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    node: &'a str,
+    state: &'a State,
 }
 
 pub struct GridRiskEngine {
@@ -1724,34 +1740,42 @@ impl RiskEngine for GridRiskEngine {
         faults
     }
 
-    fn snapshot(&self) -> serde_json::Value {
-        let snapshot = Snapshot {
+    fn snapshot(&self) -> Box<RawValue> {
+        let snapshot = SnapshotRef {
             version: SNAPSHOT_VERSION,
-            node: self.config.node.clone(),
-            state: self.state.clone(),
+            node: &self.config.node,
+            state: &self.state,
         };
         // Only structs, sequences and string-keyed maps: serializing cannot fail.
-        serde_json::to_value(&snapshot).expect("risk snapshot types serialize to JSON")
+        serde_json::value::to_raw_value(&snapshot).expect("risk snapshot types serialize to JSON")
     }
 
-    fn restore(&mut self, snapshot: serde_json::Value) -> Result<(), RiskError> {
+    fn restore(&mut self, snapshot: &RawValue) -> Result<(), RiskError> {
         if !(self.state.cells.is_empty() && self.state.ids.is_empty()) {
             return Err(RiskError::NotFresh {
                 cells: self.state.cells.len(),
                 open: self.open_count,
             });
         }
-        match snapshot.get("version") {
+        // The version first, so an old or newer snapshot says so instead of failing on a
+        // field it does not know.
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<serde_json::Value>,
+        }
+        let found: Version =
+            serde_json::from_str(snapshot.get()).map_err(RiskError::SnapshotFormat)?;
+        match found.version {
             Some(v) if v.as_u64() == Some(u64::from(SNAPSHOT_VERSION)) => {}
             found => {
                 return Err(RiskError::SnapshotVersion {
-                    found: found.map_or_else(|| "(none)".into(), ToString::to_string),
+                    found: found.map_or_else(|| "(none)".into(), |v| v.to_string()),
                     supported: SNAPSHOT_VERSION,
                 });
             }
         }
         let snapshot: Snapshot =
-            serde_json::from_value(snapshot).map_err(RiskError::SnapshotFormat)?;
+            serde_json::from_str(snapshot.get()).map_err(RiskError::SnapshotFormat)?;
         let invalid = RiskError::SnapshotInvalid;
         let mut open_count = 0;
         for (grid, cell) in &snapshot.state.cells {

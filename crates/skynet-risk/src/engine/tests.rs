@@ -396,7 +396,7 @@ fn a_restored_engine_goes_on_exactly_like_the_original() {
     let text = serde_json::to_string(&first.snapshot()).unwrap();
     let mut second = engine();
     second
-        .restore(serde_json::from_str(&text).unwrap())
+        .restore(&serde_json::from_str::<Box<RawValue>>(&text).unwrap())
         .unwrap();
     for o in &inputs[100..] {
         got.extend(second.observe(o));
@@ -404,11 +404,12 @@ fn a_restored_engine_goes_on_exactly_like_the_original() {
     assert_eq!(got, expected);
     // Only into a fresh engine, and only its own version.
     assert!(matches!(
-        second.restore(straight.snapshot()),
+        second.restore(&straight.snapshot()),
         Err(RiskError::NotFresh { .. })
     ));
     assert!(matches!(
-        engine().restore(serde_json::json!({"version": 2})),
+        engine()
+            .restore(&serde_json::value::to_raw_value(&serde_json::json!({"version": 2})).unwrap()),
         Err(RiskError::SnapshotVersion { .. })
     ));
 }

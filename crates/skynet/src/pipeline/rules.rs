@@ -50,7 +50,7 @@ pub(crate) struct PipelineState {
     /// Each camera's rules' memory (streaks, cooldowns), by camera and rule.
     #[serde(default)]
     pub rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
-    pub engine: serde_json::Value,
+    pub engine: Box<serde_json::value::RawValue>,
 }
 
 impl PipelineState {
@@ -225,7 +225,7 @@ impl RulesAndRisk {
         let mut clocks = BTreeMap::new();
         let mut rule_states = BTreeMap::new();
         if let Some(state) = restored {
-            match engine.restore(state.engine) {
+            match engine.restore(&state.engine) {
                 Ok(()) => {
                     clocks = state.cameras;
                     rule_states = state.rules;
