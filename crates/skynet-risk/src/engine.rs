@@ -952,22 +952,29 @@ impl GridRiskEngine {
     /// category, the latest), keeping the latest `max`, in time order.
     fn contribute(max: usize, list: &mut Vec<Contribution>, parts: Vec<Contribution>) {
         for part in parts {
-            match list
-                .iter_mut()
-                .find(|c| c.source == part.source && c.category == part.category)
+            let entry = match list
+                .iter()
+                .position(|c| c.source == part.source && c.category == part.category)
             {
-                Some(c) => {
+                Some(i) => {
+                    let mut c = list.remove(i);
                     if part.at >= c.at {
                         c.at = part.at;
                         c.weight = part.weight;
                         c.confidence = part.confidence;
                     }
                     c.count = c.count.saturating_add(part.count);
+                    c
                 }
-                None => list.push(part),
-            }
+                None => part,
+            };
+            // Evidence mostly arrives in time order: the place is usually the end, found by
+            // comparing times alone.
+            let at = list.partition_point(|c| {
+                (c.at, &c.source, &c.category) <= (entry.at, &entry.source, &entry.category)
+            });
+            list.insert(at, entry);
         }
-        list.sort_by(|a, b| (a.at, &a.source, &a.category).cmp(&(b.at, &b.source, &b.category)));
         if list.len() > max {
             let excess = list.len() - max;
             list.drain(..excess);
