@@ -279,3 +279,56 @@ fn bad_lines_are_named_and_the_rest_still_replays() {
     );
     assert_eq!(incidents(&events).len(), 1, "the good line still counts");
 }
+
+/// The published JSON Schemas describe what skynet really reads and writes: every fixture
+/// observation, and every event a replay of them prints, validates against its schema.
+#[test]
+fn the_events_and_observations_validate_against_the_published_schemas() {
+    let schema = |name: &str| {
+        let text = std::fs::read_to_string(repo().join("schemas").join(name)).unwrap();
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let observation = schema("observation.schema.json");
+    let incident = schema("incident.schema.json");
+    let grid_risk = schema("grid_risk.schema.json");
+    let mut seen = std::collections::BTreeSet::new();
+    for name in [
+        "gas-and-person.jsonl",
+        "smoke-and-crowd.jsonl",
+        "camera-offline.jsonl",
+        "missed-deadline.jsonl",
+    ] {
+        let input = std::fs::read_to_string(fixture(name)).unwrap();
+        for line in input.lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            let errors: Vec<String> = observation
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{name}: {line}: {errors:?}");
+        }
+        let (events, stderr, ok) = replay(&fixture(name));
+        assert!(ok, "{stderr}");
+        for event in &events {
+            let kind = event["type"].as_str().unwrap().to_string();
+            let validator = match kind.as_str() {
+                "skynet.incident.v1" => &incident,
+                "skynet.grid_risk.v1" => &grid_risk,
+                other => panic!("unexpected event type {other}"),
+            };
+            let errors: Vec<String> = validator
+                .iter_errors(event)
+                .map(|e| format!("{e} at {}", e.instance_path))
+                .collect();
+            assert!(errors.is_empty(), "{name}: {event}: {errors:?}");
+            seen.insert(kind);
+        }
+    }
+    assert_eq!(seen.len(), 2, "both event types were checked");
+    // And the schemas refuse what is wrong: a level that does not exist.
+    let (events, _, _) = replay(&fixture("gas-and-person.jsonl"));
+    let mut wrong = events[0].clone();
+    wrong["data"]["level"] = "V".into();
+    assert!(!incident.is_valid(&wrong));
+}
