@@ -981,6 +981,50 @@ impl GridRiskEngine {
         }
     }
 
+    /// Revision 1 of a new incident of `key` at `level`, first seen at `first_seen`, on
+    /// `obs`'s device: no evidence detail yet (the caller adds what it has).
+    fn first_revision(
+        &mut self,
+        key: &IncidentKey,
+        obs: &Observation,
+        level: RiskLevel,
+        first_seen: DateTime<Utc>,
+    ) -> Incident {
+        let mut incident = Incident {
+            id: self.new_incident_id(key, first_seen),
+            revision: 1,
+            status: IncidentStatus::Opened,
+            state: IncidentState::Open,
+            change: IncidentChange::Opened,
+            category: key.category.clone(),
+            level,
+            level_colour: level.colour().into(),
+            risk_score: 0.0,
+            confidence: 1.0,
+            verification: None,
+            grid: key.grid.clone(),
+            department: self.department(&key.grid, &key.category),
+            deadlines: self.deadlines(&key.category, level, obs.at),
+            missed: Vec::new(),
+            camera: CameraId::default(),
+            sensor: None,
+            owner: self.owner(obs),
+            first_seen,
+            last_seen: obs.at,
+            observations: 1,
+            contributions: Vec::new(),
+            detections: Vec::new(),
+            reading: None,
+            rule: RuleRef {
+                name: key.category.clone(),
+                kind: String::new(),
+                zone: None,
+            },
+        };
+        incident.set_device(&obs.source.id, obs.source.kind);
+        incident
+    }
+
     /// Evidence for the incident of `key`: merges into the open one, reopens one closed
     /// within the cooldown, or opens one when the level reaches `open_at`.
     #[allow(clippy::too_many_arguments)]
@@ -1102,38 +1146,17 @@ impl GridRiskEngine {
             return;
         }
 
-        let mut incident = Incident {
-            id: self.new_incident_id(&key, obs.at),
-            revision: 1,
-            status: IncidentStatus::Opened,
-            state: IncidentState::Open,
-            change: IncidentChange::Opened,
-            category: key.category.clone(),
-            level,
-            level_colour: level.colour().into(),
-            risk_score: score,
-            confidence: confidence_gain.clamp(0.0, 1.0),
-            verification: verification.map(str::to_string),
-            grid: key.grid.clone(),
-            department: self.department(&key.grid, &key.category),
-            deadlines: self.deadlines(&key.category, level, obs.at),
-            missed: Vec::new(),
-            camera: CameraId::default(),
-            sensor: None,
-            owner: self.owner(obs),
-            first_seen: obs.at,
-            last_seen: obs.at,
-            observations: 1,
-            contributions: Vec::new(),
-            detections,
-            reading: obs.evidence.reading.clone(),
-            rule: rule.cloned().unwrap_or_else(|| RuleRef {
-                name: key.category.clone(),
-                kind: obs.source.kind.as_str().into(),
-                zone: None,
-            }),
-        };
-        incident.set_device(&obs.source.id, obs.source.kind);
+        let mut incident = self.first_revision(&key, obs, level, obs.at);
+        incident.risk_score = score;
+        incident.confidence = confidence_gain.clamp(0.0, 1.0);
+        incident.verification = verification.map(str::to_string);
+        incident.detections = detections;
+        incident.reading = obs.evidence.reading.clone();
+        incident.rule = rule.cloned().unwrap_or_else(|| RuleRef {
+            name: key.category.clone(),
+            kind: obs.source.kind.as_str().into(),
+            zone: None,
+        });
         Self::contribute(
             self.config.max_contributions,
             &mut incident.contributions,
@@ -1192,38 +1215,8 @@ impl GridRiskEngine {
                 if known {
                     return;
                 }
-                let mut incident = Incident {
-                    id: self.new_incident_id(&key, since),
-                    revision: 1,
-                    status: IncidentStatus::Opened,
-                    state: IncidentState::Open,
-                    change: IncidentChange::Opened,
-                    category: obs.category.clone(),
-                    level: DEVICE_FAULT_LEVEL,
-                    level_colour: DEVICE_FAULT_LEVEL.colour().into(),
-                    risk_score: 0.0,
-                    confidence: 1.0,
-                    verification: None,
-                    grid: obs.grid.clone(),
-                    department: self.department(&obs.grid, &obs.category),
-                    deadlines: self.deadlines(&obs.category, DEVICE_FAULT_LEVEL, obs.at),
-                    missed: Vec::new(),
-                    camera: CameraId::default(),
-                    sensor: None,
-                    owner: self.owner(obs),
-                    first_seen: since,
-                    last_seen: obs.at,
-                    observations: 1,
-                    contributions: Vec::new(),
-                    detections: Vec::new(),
-                    reading: None,
-                    rule: RuleRef {
-                        name: obs.category.clone(),
-                        kind: DEVICE_FAULT_KIND.into(),
-                        zone: None,
-                    },
-                };
-                incident.set_device(&obs.source.id, obs.source.kind);
+                let mut incident = self.first_revision(&key, obs, DEVICE_FAULT_LEVEL, since);
+                incident.rule.kind = DEVICE_FAULT_KIND.into();
                 tracing::warn!(incident = %incident.id, grid = %obs.grid, device = %obs.source.id, category = %obs.category, "device fault incident opened");
                 out.push(RiskEvent::Incident(incident.clone()));
                 self.insert_open(

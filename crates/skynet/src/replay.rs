@@ -64,7 +64,7 @@ pub fn replay(
         if line.trim().is_empty() {
             continue;
         }
-        let observation: skynet_core::Observation = match serde_json::from_str(&line) {
+        let mut observation: skynet_core::Observation = match serde_json::from_str(&line) {
             Ok(o) => o,
             Err(e) => {
                 report.refused += 1;
@@ -76,13 +76,17 @@ pub fn replay(
             config
                 .grids
                 .cell(observation.grid.as_str())
-                .map(|_| ())
                 .ok_or_else(|| format!("unknown grid `{}`", observation.grid))
         });
-        if let Err(reason) = known {
-            report.refused += 1;
-            refused(number, reason);
-            continue;
+        match known {
+            // The cell's own id (an H3 index in any case becomes the map's lower case), as
+            // the pipeline's devices have it.
+            Ok(cell) => observation.grid = cell.id,
+            Err(reason) => {
+                report.refused += 1;
+                refused(number, reason);
+                continue;
+            }
         }
         report.observations += 1;
         let events = engine.observe(&observation);

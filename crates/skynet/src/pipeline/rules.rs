@@ -721,6 +721,35 @@ mod tests {
         assert_eq!(dispatches(r.push(detected(3))), vec![3]);
     }
 
+    #[test]
+    fn a_recording_that_cannot_be_written_is_dropped_and_the_rest_goes_on() {
+        // A directory where the file should be: opening fails, nothing panics.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Recorder::open(dir.path()).is_none());
+        // A writable one records each observation on its own line.
+        let path = dir.path().join("sub/observations.jsonl");
+        let mut recorder = Recorder::open(&path).expect("creates its directory");
+        let observation = skynet_core::DeviceFault {
+            camera: CameraId::new("c"),
+            source: skynet_core::SourceKind::Camera,
+            grid: skynet_core::GridId::new("g"),
+            owner: skynet_core::OwnerKind::Police,
+            category: "camera_offline".into(),
+            since: DateTime::<Utc>::UNIX_EPOCH,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+        .observation();
+        recorder.write(&observation).unwrap();
+        recorder.write(&observation).unwrap();
+        recorder.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<skynet_core::Observation> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines, vec![observation.clone(), observation]);
+    }
+
     proptest! {
         /// Workers finish in any order (each frame delayed by a random amount); the rules
         /// still see every frame exactly once, in order.
