@@ -366,6 +366,72 @@ impl IncidentState {
     }
 }
 
+/// The CloudEvent type of the case system's feedback.
+pub const CASE_STATUS_EVENT_TYPE: &str = "skynet.case_status.v1";
+
+/// The statuses the case system may report.
+pub const CASE_STATUSES: [IncidentState; 5] = [
+    IncidentState::Acknowledged,
+    IncidentState::Dispatched,
+    IncidentState::Resolved,
+    IncidentState::Verified,
+    IncidentState::Rejected,
+];
+
+/// The `data` of a `skynet.case_status.v1` event: what the case system did with an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseStatus {
+    /// The incident's id (not the event id of one of its revisions).
+    pub incident: String,
+    pub status: IncidentState,
+    /// The department now handling it, when the case system reassigned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl CaseStatus {
+    /// Checks what serde cannot: the status is one the case system may send, and the texts
+    /// are of a sane size. The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.incident.trim().is_empty() || self.incident.len() > 256 {
+            return Err("`incident` must be an incident id (1 to 256 characters)".into());
+        }
+        if !CASE_STATUSES.contains(&self.status) {
+            return Err(format!(
+                "`status` {} is not one the case system sends (acknowledged, dispatched, resolved, verified, rejected)",
+                self.status.as_str()
+            ));
+        }
+        // A department is an id like those in the config: the incident schema holds it so.
+        if let Some(department) = &self.department
+            && (department.is_empty()
+                || department.len() > 128
+                || !department
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "`department` `{department}` must be 1 to 128 letters, digits, `.`, `_` or `-`"
+            ));
+        }
+        for (field, value, max) in [
+            ("assignee", &self.assignee, 256),
+            ("note", &self.note, 4096),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(format!("`{field}` is longer than {max} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What made a revision of an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -436,6 +502,12 @@ pub struct Incident {
     pub grid: GridId,
     /// The department that must act.
     pub department: String,
+    /// Who the case system assigned, from its last status event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// The case system's last note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub deadlines: Deadlines,
     /// Deadlines it has missed (`dispatch`, `resolve`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

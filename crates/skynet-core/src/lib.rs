@@ -22,9 +22,9 @@ pub use geometry::{BBox, Point};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
 pub use ids::{CameraId, GridId, OwnerKind, SensorId, validate_id};
 pub use incident::{
-    Contribution, Deadlines, DeviceFault, Evidence, FaultEvidence, GridRisk, Incident,
-    IncidentChange, IncidentState, IncidentStatus, Observation, RiskEvent, RiskLevel, RuleRef,
-    SourceKind, SourceRef,
+    CASE_STATUS_EVENT_TYPE, CASE_STATUSES, CaseStatus, Contribution, Deadlines, DeviceFault,
+    Evidence, FaultEvidence, GridRisk, Incident, IncidentChange, IncidentState, IncidentStatus,
+    Observation, RiskEvent, RiskLevel, RuleRef, SourceKind, SourceRef,
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};

@@ -14,8 +14,6 @@ use tokio::task::JoinHandle;
 
 use crate::{EmitError, IncidentSink, Outbox, OutboxEvent};
 
-/// Events read and delivered at once.
-const BATCH: usize = 256;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// While shutting down, retries come at least this often: a sink that recovers is then
@@ -326,7 +324,8 @@ impl Worker {
             };
 
             let name = self.name.clone();
-            let batch = match blocking(&db, move |o| o.pending(&name, BATCH)).await {
+            let limit = self.sink.batch_size().max(1);
+            let batch = match blocking(&db, move |o| o.pending(&name, limit)).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     // Reopen: the connection may be what is broken.

@@ -20,6 +20,9 @@ pub enum EmitError {
         #[source]
         source: std::io::Error,
     },
+    /// A remote sink (a broker, a server) refused or could not be reached; retried.
+    #[error("sink `{sink}`: {message}")]
+    Remote { sink: String, message: String },
     #[error("event could not be serialised: {0}")]
     Serialise(#[from] serde_json::Error),
     /// A blocking step (file or outbox I/O) panicked or was cancelled.

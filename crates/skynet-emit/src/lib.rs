@@ -7,20 +7,24 @@
 //! into the outbox and its own retry, so delivery is at-least-once, in order, per sink, and a
 //! blocked sink holds up nothing else. Consumers deduplicate by the CloudEvent `id`.
 
+mod cases;
 mod cloudevent;
 mod delivery;
 mod error;
 mod outbox;
 mod settings;
-mod sinks;
+pub mod sinks;
 #[cfg(test)]
 mod test_support;
 
+pub use cases::{CaseAck, CaseFeedback, CasesSettings, spawn_case_consumer};
 pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
 pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
 pub use error::EmitError;
 pub use outbox::{Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
+pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
-    IncidentSink, JsonLinesSink, JsonLinesSinkConfig, SinkConfig, StdoutSink, StdoutSinkConfig,
+    Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, NatsSink, NatsSinkConfig,
+    Retention, SinkConfig, StdoutSink, StdoutSinkConfig, StreamPlan, route_token,
 };

@@ -23,6 +23,8 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
         grid: GridId::new("G1"),
         department: "command_center".into(),
         deadlines: Deadlines::default(),
+        assignee: None,
+        note: None,
         missed: Vec::new(),
         camera: CameraId::new("cam"),
         sensor: None,

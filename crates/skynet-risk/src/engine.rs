@@ -31,9 +31,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use skynet_core::{
-    CameraId, Contribution, Deadlines, FaultEvidence, GridId, GridRisk, Incident, IncidentChange,
-    IncidentState, IncidentStatus, Observation, OwnerKind, RiskEvent, RiskLevel, RuleRef,
-    SourceKind, SourceRef,
+    CameraId, CaseStatus, Contribution, Deadlines, FaultEvidence, GridId, GridRisk, Incident,
+    IncidentChange, IncidentState, IncidentStatus, Observation, OwnerKind, RiskEvent, RiskLevel,
+    RuleRef, SourceKind, SourceRef,
 };
 use uuid::Uuid;
 
@@ -53,12 +53,10 @@ pub trait RiskEngine: Send {
     /// Emits what open incidents learned since their last revision (at shutdown).
     fn flush(&mut self) -> Vec<RiskEvent>;
     /// The case system moved incident `id` to `state`.
-    fn feedback(
-        &mut self,
-        id: &str,
-        state: IncidentState,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<RiskEvent>, RiskError>;
+    /// The case system's status for an incident: moves its lifecycle and makes a revision.
+    /// Resolved, verified and rejected incidents take their category's evidence out of the
+    /// cell (the hazard was dealt with, or was never there), which lowers its risk.
+    fn feedback(&mut self, update: &CaseStatus) -> Result<Vec<RiskEvent>, RiskError>;
     /// The devices with an open fault incident, with its cell and category.
     fn faulty_devices(&self) -> Vec<(SourceRef, GridId, String)>;
     /// How many incidents are open.
@@ -1005,6 +1003,8 @@ impl GridRiskEngine {
             grid: key.grid.clone(),
             department: self.department(&key.grid, &key.category),
             deadlines: self.deadlines(&key.category, level, obs.at),
+            assignee: None,
+            note: None,
             missed: Vec::new(),
             camera: CameraId::default(),
             sensor: None,
@@ -1672,13 +1672,9 @@ impl RiskEngine for GridRiskEngine {
         out
     }
 
-    fn feedback(
-        &mut self,
-        id: &str,
-        state: IncidentState,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<RiskEvent>, RiskError> {
-        let now = self.tick(at);
+    fn feedback(&mut self, update: &CaseStatus) -> Result<Vec<RiskEvent>, RiskError> {
+        let (id, state) = (update.incident.as_str(), update.status);
+        let now = self.tick(update.at);
         let Some(key) = self.state.cells.iter().find_map(|(grid, cell)| {
             cell.open
                 .iter()
@@ -1707,7 +1703,27 @@ impl RiskEngine for GridRiskEngine {
                 to: state.as_str(),
             });
         }
+        if let Some(department) = &update.department {
+            open.incident.department.clone_from(department);
+        }
+        if update.assignee.is_some() {
+            open.incident.assignee.clone_from(&update.assignee);
+        }
+        if update.note.is_some() {
+            open.incident.note.clone_from(&update.note);
+        }
         let mut out = Vec::new();
+        if state == IncidentState::Rejected {
+            // What engineers tune against: which rule on which device raised a false alarm.
+            metrics::counter!(
+                "skynet_false_alarms_total",
+                "category" => key.category.clone(),
+                "device" => open.incident.device().to_string(),
+                "rule" => open.incident.rule.name.clone(),
+            )
+            .increment(1);
+            tracing::info!(incident = %id, grid = %key.grid, category = %key.category, "rejected as a false alarm");
+        }
         if state.is_final() {
             out.extend(self.close(&key, IncidentChange::Feedback, state, now));
         } else {
@@ -1718,6 +1734,14 @@ impl RiskEngine for GridRiskEngine {
                 IncidentChange::Feedback,
                 now,
             ));
+        }
+        if matches!(
+            state,
+            IncidentState::Resolved | IncidentState::Verified | IncidentState::Rejected
+        ) && let Some(cell) = self.state.cells.get_mut(&key.grid)
+            && cell.held.remove(&key.category).is_some()
+        {
+            self.rescore(&key.grid, now, &mut out);
         }
         Ok(out)
     }

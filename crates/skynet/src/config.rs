@@ -16,7 +16,7 @@ use skynet_core::config::check_range;
 use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, SensorId, validate_id};
 use skynet_detect::{DetectSettings, DetectorOptions, ModelManifest, Zone};
 use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
-use skynet_emit::OutboxSettings;
+use skynet_emit::{CasesSettings, OutboxSettings};
 use skynet_ingest::MotionConfig;
 use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorKind, SensorSpec};
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
@@ -66,6 +66,8 @@ struct ConfigFile {
     /// The sensor registry, each with its rules.
     #[serde(default)]
     sensors: Vec<Spanned<toml::Table>>,
+    /// Where the case system's status events come from (NATS JetStream).
+    cases: Option<Spanned<toml::Table>>,
 }
 
 /// One `[[sensors]]` table.
@@ -290,6 +292,8 @@ pub struct PipelineConfig {
     /// The broker sensors publish to; `None` when the config has no `[mqtt]`.
     pub mqtt: Option<MqttConfig>,
     pub sensors: Vec<SensorConfig>,
+    /// The case system's status feedback; `None` when the config has no `[cases]`.
+    pub cases: Option<CasesSettings>,
 }
 
 /// A configured sensor: what validation needs, where it is, and its rules.
@@ -641,6 +645,16 @@ fn validate(
             })?)
         }
     };
+    let cases = match &file.cases {
+        None => None,
+        Some(table) => {
+            let (mut settings, region) = section::<CasesSettings>(at, Some(table))?;
+            settings
+                .validate(&cx)
+                .map_err(|e| at.field_error(&region, e))?;
+            Some(settings)
+        }
+    };
     if file.cameras.is_empty() && file.sensors.is_empty() {
         return Err(at.error(
             0..0,
@@ -707,6 +721,7 @@ fn validate(
         cameras,
         mqtt,
         sensors,
+        cases,
     })
 }
 

@@ -2,10 +2,14 @@
 //! and how it is built, so adding a kind touches only its own module (as Vector's sinks do).
 
 mod jsonl;
+pub mod nats;
 mod stdout;
 
 pub use jsonl::{JsonLinesSink, JsonLinesSinkConfig};
+pub use nats::{NatsSink, NatsSinkConfig, Retention, StreamPlan};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
+
+use std::borrow::Cow;
 
 use skynet_core::{ConfigContext, FieldError};
 
@@ -17,6 +21,10 @@ use crate::{EmitError, StoredEvent};
 pub trait IncidentSink: Send {
     /// Unique among the configured sinks; names the sink's cursor in the outbox.
     fn name(&self) -> &str;
+    /// The most events handed to one `deliver` call.
+    fn batch_size(&self) -> usize {
+        256
+    }
     /// Writes the batch and makes it durable; only then is it acknowledged in the outbox.
     /// Must not block the runtime's threads: blocking I/O goes through `spawn_blocking`.
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Result<(), EmitError>;
@@ -42,4 +50,128 @@ fn lines(batch: &[StoredEvent]) -> Vec<u8> {
         buf.push(b'\n');
     }
     buf
+}
+
+/// What a sink needs to route and label an event, read from its stored body: the CloudEvent
+/// attributes (for binary-mode headers) and the cell and category (for subjects and topics).
+#[derive(Debug, serde::Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(borrow)]
+    pub specversion: Cow<'a, str>,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub subject: Cow<'a, str>,
+    #[serde(borrow)]
+    pub time: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: Route<'a>,
+}
+
+/// The part of `data` that routes an event.
+#[derive(Debug, serde::Deserialize)]
+pub struct Route<'a> {
+    #[serde(borrow)]
+    pub grid: Cow<'a, str>,
+    /// Incidents only.
+    #[serde(default, borrow)]
+    pub category: Option<Cow<'a, str>>,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn parse(event: &'a StoredEvent) -> Result<Self, EmitError> {
+        Ok(serde_json::from_str(&event.body)?)
+    }
+
+    /// Where the event goes, as tokens after a prefix: `incidents.<grid>.<category>` or
+    /// `grid_risk.<grid>` (other types: `events.<type>`). Each token is made safe for NATS
+    /// subjects and MQTT topics alike (no `.`, `/`, `*`, `>`, `+`, `#` or spaces).
+    pub fn route(&self) -> [Cow<'_, str>; 3] {
+        match self.event_type.as_ref() {
+            crate::INCIDENT_EVENT_TYPE => [
+                Cow::Borrowed("incidents"),
+                route_token(&self.data.grid),
+                route_token(self.data.category.as_deref().unwrap_or("unknown")),
+            ],
+            crate::GRID_RISK_EVENT_TYPE => [
+                Cow::Borrowed("grid_risk"),
+                route_token(&self.data.grid),
+                Cow::Borrowed(""),
+            ],
+            other => [
+                Cow::Borrowed("events"),
+                route_token(other),
+                Cow::Borrowed(""),
+            ],
+        }
+    }
+
+    /// `<prefix><sep>` followed by the route's tokens joined by `sep`.
+    pub fn address(&self, prefix: &str, sep: char) -> String {
+        let mut out = String::with_capacity(prefix.len() + 48);
+        out.push_str(prefix);
+        for token in self.route().iter().filter(|t| !t.is_empty()) {
+            out.push(sep);
+            out.push_str(token);
+        }
+        out
+    }
+}
+
+/// One subject or topic level: characters with a meaning to NATS or MQTT become `_`.
+pub fn route_token(value: &str) -> Cow<'_, str> {
+    let bad = |c: char| {
+        matches!(c, '.' | '/' | '*' | '>' | '+' | '#') || c.is_whitespace() || c.is_control()
+    };
+    if value.is_empty() {
+        Cow::Borrowed("_")
+    } else if value.contains(bad) {
+        Cow::Owned(
+            value
+                .chars()
+                .map(|c| if bad(c) { '_' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn stored(body: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            id: "x".into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn incidents_and_grid_risk_get_their_subjects_with_unsafe_characters_replaced() {
+        let incident = stored(
+            r#"{"specversion":"1.0","id":"i/1","source":"skynet/n","type":"skynet.incident.v1","subject":"i","time":"t","datacontenttype":"application/json","data":{"grid":"G-0201","category":"gas leak.co","level":"II"}}"#,
+        );
+        let envelope = Envelope::parse(&incident).unwrap();
+        assert_eq!(
+            envelope.address("skynet", '.'),
+            "skynet.incidents.G-0201.gas_leak_co"
+        );
+        assert_eq!(
+            envelope.address("skynet", '/'),
+            "skynet/incidents/G-0201/gas_leak_co"
+        );
+        let risk = stored(
+            r#"{"specversion":"1.0","id":"g","source":"s","type":"skynet.grid_risk.v1","subject":"G>1","time":"t","data":{"grid":"G>1"}}"#,
+        );
+        let envelope = Envelope::parse(&risk).unwrap();
+        assert_eq!(envelope.address("skynet", '.'), "skynet.grid_risk.G_1");
+        assert_eq!(route_token(""), "_");
+    }
 }

@@ -259,12 +259,15 @@ fn dispatched_in_time_is_not_escalated_and_feedback_follows_the_lifecycle() {
     let id = incidents(&e.observe(&obs(0, "A", "gas_leak", "gas-1", 0.8)))[0]
         .id
         .clone();
-    let ack = e.feedback(&id, IncidentState::Acknowledged, t(60)).unwrap();
+    let ack = e
+        .feedback(&case(&id, IncidentState::Acknowledged, t(60)))
+        .unwrap();
     assert_eq!(incidents(&ack)[0].state, IncidentState::Acknowledged);
     assert_eq!(incidents(&ack)[0].change, IncidentChange::Feedback);
-    e.feedback(&id, IncidentState::Dispatched, t(120)).unwrap();
+    e.feedback(&case(&id, IncidentState::Dispatched, t(120)))
+        .unwrap();
     let err = e
-        .feedback(&id, IncidentState::Acknowledged, t(130))
+        .feedback(&case(&id, IncidentState::Acknowledged, t(130)))
         .unwrap_err();
     assert!(
         err.to_string()
@@ -272,7 +275,7 @@ fn dispatched_in_time_is_not_escalated_and_feedback_follows_the_lifecycle() {
         "{err}"
     );
     assert!(matches!(
-        e.feedback("nope", IncidentState::Resolved, t(130)),
+        e.feedback(&case("nope", IncidentState::Resolved, t(130))),
         Err(RiskError::UnknownIncident(_))
     ));
     // Dispatched: quiet evidence does not close it, and the dispatch deadline does not count.
@@ -287,8 +290,11 @@ fn dispatched_in_time_is_not_escalated_and_feedback_follows_the_lifecycle() {
             .iter()
             .all(|i| !i.missed.contains(&"dispatch".to_string()))
     );
-    e.feedback(&id, IncidentState::Resolved, t(3700)).unwrap();
-    let done = e.feedback(&id, IncidentState::Verified, t(3800)).unwrap();
+    e.feedback(&case(&id, IncidentState::Resolved, t(3700)))
+        .unwrap();
+    let done = e
+        .feedback(&case(&id, IncidentState::Verified, t(3800)))
+        .unwrap();
     assert_eq!(incidents(&done)[0].status, IncidentStatus::Closed);
     assert_eq!(incidents(&done)[0].state, IncidentState::Verified);
     assert_eq!(e.open_incidents(), 0);
@@ -553,4 +559,53 @@ proptest! {
     fn hysteresis_keeps_a_cell_from_flapping(weights in prop::collection::vec(0.50f32..0.54, 120)) {
         prop_assert_eq!(level_changes_around_a_threshold(0.05, &weights), 1);
     }
+}
+
+fn case(id: &str, status: IncidentState, at: DateTime<Utc>) -> skynet_core::CaseStatus {
+    skynet_core::CaseStatus {
+        incident: id.to_string(),
+        status,
+        department: None,
+        assignee: None,
+        note: None,
+        at,
+    }
+}
+
+#[test]
+fn resolving_an_incident_lowers_its_cells_risk_and_rejecting_one_is_a_false_alarm() {
+    let mut e = engine();
+    let opened = e.observe(&obs(0, "A", "gas_leak", "gas-1", 0.8));
+    let id = incidents(&opened)[0].id.clone();
+    let raised = e.cell_level(&GridId::new("A")).0;
+    assert!(raised.is_some(), "the evidence raised the cell");
+    let mut update = case(&id, IncidentState::Dispatched, t(30));
+    update.department = Some("fire_brigade".into());
+    update.assignee = Some("crew 7".into());
+    update.note = Some("on the way".into());
+    let dispatched = e.feedback(&update).unwrap();
+    let revision = incidents(&dispatched)[0];
+    assert_eq!(revision.department, "fire_brigade");
+    assert_eq!(revision.assignee.as_deref(), Some("crew 7"));
+    assert_eq!(revision.note.as_deref(), Some("on the way"));
+    let resolved = e
+        .feedback(&case(&id, IncidentState::Resolved, t(60)))
+        .unwrap();
+    assert!(
+        resolved
+            .iter()
+            .any(|r| matches!(r, RiskEvent::GridRisk(g) if g.level.is_none())),
+        "the cell's level falls with the resolved hazard: {resolved:?}"
+    );
+    assert_eq!(e.cell_level(&GridId::new("A")).0, None);
+
+    let id = incidents(&e.observe(&obs(600, "B", "intrusion", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let rejected = e
+        .feedback(&case(&id, IncidentState::Rejected, t(630)))
+        .unwrap();
+    assert_eq!(incidents(&rejected)[0].state, IncidentState::Rejected);
+    assert_eq!(incidents(&rejected)[0].status, IncidentStatus::Closed);
+    assert_eq!(e.cell_level(&GridId::new("B")).0, None);
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use skynet_core::{ComponentHealth, QueueClosed, RiskEvent, Shutdown, StageReceiver};
-use skynet_emit::Committer;
+use skynet_emit::{CaseAck, Committer};
 
 use super::{Counters, Fatal, POLL};
 
@@ -15,6 +15,8 @@ use super::{Counters, Fatal, POLL};
 pub(crate) struct Commit {
     pub incidents: Vec<RiskEvent>,
     pub state: Option<String>,
+    /// The case system's status events these revisions apply: acknowledged once stored.
+    pub acks: Vec<CaseAck>,
 }
 
 /// How long a failing outbox is retried once shutdown is asked for. Until then it is retried
@@ -36,6 +38,9 @@ pub(crate) fn run(
                     health.down(cause.clone());
                     fatal.report("outbox", cause);
                     return;
+                }
+                for ack in commit.acks {
+                    ack.ack();
                 }
                 let revisions = commit
                     .incidents

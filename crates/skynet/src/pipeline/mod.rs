@@ -295,6 +295,19 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 .collect(),
         );
     }
+    // The case system's status events: the consumer on the runtime, applied by the risk stage.
+    let mut case_consumer = None;
+    if let Some(cases) = &config.cases {
+        let (feedback, feedback_rx) = crossbeam_channel::bounded(1024);
+        case_consumer = Some(skynet_emit::spawn_case_consumer(
+            &services.runtime(),
+            cases.clone(),
+            feedback,
+            health.register("cases", "source"),
+            shutdown.clone(),
+        ));
+        rules_and_risk = rules_and_risk.with_case_feedback(feedback_rx);
+    }
     let risk_thread = spawn_stage(
         "risk",
         health.register("risk", "stage"),
@@ -379,6 +392,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         let _ = handle.join();
     }
     let _ = risk_thread.join();
+    if let Some(consumer) = case_consumer {
+        // Status events not yet committed are not acknowledged: they come again next start.
+        consumer.abort();
+    }
     let _ = commit_thread.join();
     if let Some(thread) = sensor_thread {
         // It ends once the MQTT connection has stopped (or the risk stage has gone).

@@ -29,6 +29,8 @@ use skynet_ingest::{CameraEvent, CameraState};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
 use skynet_detect::SENSOR_OFFLINE;
+use skynet_emit::{CaseAck, CaseFeedback};
+use skynet_risk::RiskError;
 
 use super::commit::Commit;
 use super::detect::Detected;
@@ -157,6 +159,10 @@ pub(crate) struct RulesAndRisk {
     sensors: Vec<CameraId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
     recorder: Option<Recorder>,
+    /// The case system's status events.
+    cases: Option<crossbeam_channel::Receiver<CaseFeedback>>,
+    /// Acks of status events whose revisions go with the next commit.
+    acks: Vec<CaseAck>,
 }
 
 /// Appends observations to a JSON Lines file. A failing file stops the recording (logged
@@ -295,6 +301,8 @@ impl RulesAndRisk {
             camera_events: None,
             sensor_events: None,
             sensors: Vec::new(),
+            cases: None,
+            acks: Vec::new(),
             recorder: config
                 .record_observations
                 .as_deref()
@@ -312,6 +320,55 @@ impl RulesAndRisk {
         self.sensor_events = Some(events);
         self.sensors = sensors;
         self
+    }
+
+    /// Takes the case system's status events.
+    pub(crate) fn with_case_feedback(
+        mut self,
+        cases: crossbeam_channel::Receiver<CaseFeedback>,
+    ) -> Self {
+        self.cases = Some(cases);
+        self
+    }
+
+    /// Applies the status events that came since the last call; returns the revisions. An
+    /// event that changed something is acknowledged only once its revision is committed.
+    fn take_case_feedback(&mut self) -> Vec<RiskEvent> {
+        let Some(rx) = &self.cases else {
+            return Vec::new();
+        };
+        let events: Vec<CaseFeedback> = rx.try_iter().take(1024).collect();
+        let mut revisions = Vec::new();
+        for feedback in events {
+            let status = &feedback.status;
+            let _span = tracing::info_span!("case_status", incident = %status.incident, event = %feedback.event_id).entered();
+            match self.engine.feedback(status) {
+                Ok(changes) => {
+                    metrics::counter!("skynet_case_status_applied_total", "status" => status.status.as_str())
+                        .increment(1);
+                    tracing::info!(status = status.status.as_str(), "case status applied");
+                    self.dirty = true;
+                    revisions.extend(changes);
+                    self.acks.push(feedback.ack);
+                }
+                Err(RiskError::Transition { from, to, .. }) if from == to => {
+                    // Delivered again (a restart before its ack): already applied.
+                    metrics::counter!("skynet_case_status_duplicates_total").increment(1);
+                    feedback.ack.ack();
+                }
+                Err(e) => {
+                    let reason = match e {
+                        RiskError::UnknownIncident(_) => "unknown_incident",
+                        _ => "transition",
+                    };
+                    metrics::counter!("skynet_case_status_rejected_total", "reason" => reason)
+                        .increment(1);
+                    tracing::warn!(error = %e, "case status refused");
+                    feedback.ack.ack();
+                }
+            }
+        }
+        revisions
     }
 
     /// Applies what the sensor stage sent since the last call (at most a bounded batch, so
@@ -510,8 +567,9 @@ impl RulesAndRisk {
                 }
                 Err(QueueClosed) => break,
             }
-            let revisions = self.take_sensor_events(Duration::ZERO);
-            if !revisions.is_empty() {
+            let mut revisions = self.take_sensor_events(Duration::ZERO);
+            revisions.extend(self.take_case_feedback());
+            if !revisions.is_empty() || !self.acks.is_empty() {
                 self.commit(revisions)?;
             }
             if last_tick.elapsed() >= POLL {
@@ -538,6 +596,7 @@ impl RulesAndRisk {
             }
         }
         let mut flushed = self.drain_sensor_events();
+        flushed.extend(self.take_case_feedback());
         flushed.extend(self.engine.flush());
         // The last state goes out even when nothing changed, so a restart goes on from here.
         self.commit(flushed)
@@ -548,8 +607,8 @@ impl RulesAndRisk {
             .keep_running
             .as_ref()
             .is_some_and(|stop| !stop.is_triggered());
-        // Sensors keep sending after every camera file has ended.
-        if running && self.sensor_events.is_some() {
+        // Sensors and the case system keep sending after every camera file has ended.
+        if running && (self.sensor_events.is_some() || self.cases.is_some()) {
             return true;
         }
         running
@@ -675,7 +734,12 @@ impl RulesAndRisk {
         let state = self.state();
         self.dirty = false;
         self.last_state = Instant::now();
-        self.commits.send(Commit { incidents, state })?;
+        let acks = std::mem::take(&mut self.acks);
+        self.commits.send(Commit {
+            incidents,
+            state,
+            acks,
+        })?;
         Ok(())
     }
 }

@@ -1,0 +1,438 @@
+//! The NATS JetStream sink: the production queue the city's case system consumes.
+//!
+//! Every event is published to a JetStream stream (created when missing) with its CloudEvent
+//! id as `Nats-Msg-Id`, so the server drops a redelivered event within the stream's duplicate
+//! window, and the batch is acknowledged in the outbox only once every publish is acked by
+//! the stream. Publishes are pipelined: the whole batch is sent before the first ack is
+//! awaited. The structured CloudEvent is the body; its attributes also go out as binary-mode
+//! `ce-*` headers, so a consumer can route without parsing the body.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use skynet_core::config::check_range;
+use skynet_core::{ConfigContext, FieldError, redact::redact_uri};
+
+use super::{Envelope, IncidentSink, SinkConfig};
+use crate::{EmitError, StoredEvent};
+
+/// The environment variables credentials come from, so they never sit in a config file.
+pub const CREDS_ENV: &str = "SKYNET_NATS_CREDS";
+pub const NKEY_ENV: &str = "SKYNET_NATS_NKEY";
+pub const TOKEN_ENV: &str = "SKYNET_NATS_TOKEN";
+pub const USER_ENV: &str = "SKYNET_NATS_USER";
+pub const PASSWORD_ENV: &str = "SKYNET_NATS_PASSWORD";
+
+/// JetStream's retention policies, as the config names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Kept until the stream's age or size limits; any number of consumers.
+    #[default]
+    Limits,
+    /// Kept while a consumer has not acknowledged it.
+    Interest,
+    /// Removed once one consumer acknowledges it.
+    Workqueue,
+}
+
+impl From<Retention> for stream::RetentionPolicy {
+    fn from(r: Retention) -> Self {
+        match r {
+            Retention::Limits => Self::Limits,
+            Retention::Interest => Self::Interest,
+            Retention::Workqueue => Self::WorkQueue,
+        }
+    }
+}
+
+/// `kind = "nats"`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// `nats://host:4222` (or `tls://`); `${VAR}` expanded. A comma separates several servers.
+    pub url: String,
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long the stream keeps an event; 0 keeps it until the other limits remove it.
+    #[serde(default = "default_max_age_days")]
+    pub max_age_days: f64,
+    /// The server drops an event whose `Nats-Msg-Id` it saw this recently.
+    #[serde(default = "default_duplicate_window_s")]
+    pub duplicate_window_s: f64,
+    /// Subjects are `<prefix>.incidents.<grid>.<category>` and `<prefix>.grid_risk.<grid>`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// A `.creds` file (JWT and nkey seed); `${VAR}` expanded. `SKYNET_NATS_CREDS` also works.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// Events published before the first ack is awaited (one outbox batch).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// How long a publish may wait for its ack before the batch is retried.
+    #[serde(default = "default_ack_timeout_s")]
+    pub ack_timeout_s: f64,
+}
+
+fn default_stream() -> String {
+    "SKYNET_INCIDENTS".into()
+}
+const fn default_replicas() -> usize {
+    1
+}
+const fn default_max_age_days() -> f64 {
+    30.0
+}
+const fn default_duplicate_window_s() -> f64 {
+    // JetStream's own default.
+    120.0
+}
+fn default_subject_prefix() -> String {
+    "skynet".into()
+}
+const fn default_max_in_flight() -> usize {
+    4096
+}
+const fn default_ack_timeout_s() -> f64 {
+    10.0
+}
+
+/// The stream as the sink creates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPlan {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    pub replicas: usize,
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+}
+
+impl StreamPlan {
+    fn config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            retention: self.retention.into(),
+            num_replicas: self.replicas,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl SinkConfig for NatsSinkConfig {
+    const KIND: &'static str = "nats";
+
+    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+        self.url = cx.expand("url", &self.url)?;
+        check_url("url", &self.url)?;
+        check_name("stream", &self.stream)?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(FieldError::new(
+                "replicas",
+                format!("{} replicas: JetStream allows 1 to 5", self.replicas),
+            ));
+        }
+        check_range("max_age_days", self.max_age_days, 0.0, 36_525.0)?;
+        check_range("duplicate_window_s", self.duplicate_window_s, 1.0, 86_400.0)?;
+        check_range("ack_timeout_s", self.ack_timeout_s, 0.1, 600.0)?;
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return Err(FieldError::new(
+                "max_in_flight",
+                format!("{} is not within 1 to 100000", self.max_in_flight),
+            ));
+        }
+        let prefix_ok = !self.subject_prefix.is_empty()
+            && self
+                .subject_prefix
+                .split('.')
+                .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
+        if !prefix_ok {
+            return Err(FieldError::new(
+                "subject_prefix",
+                format!(
+                    "`{}` is not a plain NATS subject (dot-separated tokens, no wildcards)",
+                    self.subject_prefix
+                ),
+            ));
+        }
+        if let Some(path) = &self.credentials {
+            let path = cx.resolve_path("credentials", path)?;
+            self.credentials = Some(path.to_string_lossy().into_owned());
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+        // No connection yet: the process starts, and keeps committing, while NATS is down.
+        Ok(Box::new(NatsSink::new(name, self.clone())))
+    }
+}
+
+impl NatsSinkConfig {
+    /// A config with every default, for `url` (tests, benchmarks, examples).
+    pub fn for_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream: default_stream(),
+            retention: Retention::default(),
+            replicas: default_replicas(),
+            max_age_days: default_max_age_days(),
+            duplicate_window_s: default_duplicate_window_s(),
+            subject_prefix: default_subject_prefix(),
+            credentials: None,
+            max_in_flight: default_max_in_flight(),
+            ack_timeout_s: default_ack_timeout_s(),
+        }
+    }
+
+    pub fn stream_plan(&self) -> StreamPlan {
+        StreamPlan {
+            name: self.stream.clone(),
+            subjects: vec![
+                format!("{}.incidents.>", self.subject_prefix),
+                format!("{}.grid_risk.>", self.subject_prefix),
+            ],
+            retention: self.retention,
+            replicas: self.replicas,
+            max_age: Duration::from_secs_f64(self.max_age_days * 86_400.0),
+            duplicate_window: Duration::from_secs_f64(self.duplicate_window_s),
+        }
+    }
+}
+
+/// Connection options with credentials from `credentials` (a `.creds` file) or the
+/// environment (`SKYNET_NATS_CREDS`, `SKYNET_NATS_NKEY`, `SKYNET_NATS_TOKEN`, or
+/// `SKYNET_NATS_USER` with `SKYNET_NATS_PASSWORD`).
+async fn connect_options(credentials: Option<&str>) -> std::io::Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("skynet")
+        .connection_timeout(Duration::from_secs(5));
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let creds = credentials.map(str::to_string).or_else(|| env(CREDS_ENV));
+    if let Some(path) = creds {
+        options = options.credentials_file(path).await?;
+    } else if let Some(seed) = env(NKEY_ENV) {
+        options = options.nkey(seed);
+    } else if let Some(token) = env(TOKEN_ENV) {
+        options = options.token(token);
+    } else if let (Some(user), Some(password)) = (env(USER_ENV), env(PASSWORD_ENV)) {
+        options = options.user_and_password(user, password);
+    }
+    Ok(options)
+}
+
+/// Connects to `url` (servers separated by commas). Errors never carry the password a URL
+/// may hold.
+pub async fn connect(url: &str, credentials: Option<&str>) -> Result<async_nats::Client, String> {
+    let options = connect_options(credentials)
+        .await
+        .map_err(|e| format!("NATS credentials: {e}"))?;
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| format!("could not connect to {}: {e}", redact_uri(url)))
+}
+
+/// Checks a NATS `url` as the config gives it (several servers separated by commas).
+pub fn check_url(field: &str, url: &str) -> Result<(), FieldError> {
+    if url.trim().is_empty() {
+        return Err(FieldError::new(
+            field,
+            format!("`{field}` must not be empty"),
+        ));
+    }
+    for server in url.split(',') {
+        let server = server.trim();
+        let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|s| server.starts_with(s))
+            || !server.contains("://");
+        if server.is_empty() || !scheme_ok {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "`{}` is not a NATS server address (nats://host:port or tls://host:port)",
+                    redact_uri(server)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// JetStream names: letters, digits, `_` and `-`.
+pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("`{name}` may hold only letters, digits, `_` and `-`"),
+        ))
+    }
+}
+
+/// Publishes to JetStream; see the module doc.
+pub struct NatsSink {
+    name: String,
+    config: NatsSinkConfig,
+    /// Set once connected and the stream is there; async-nats reconnects by itself after.
+    context: Option<jetstream::Context>,
+    duplicates: metrics::Counter,
+}
+
+impl NatsSink {
+    pub fn new(name: impl Into<String>, config: NatsSinkConfig) -> Self {
+        let name = name.into();
+        let duplicates = metrics::counter!("skynet_sink_duplicates_total", "sink" => name.clone());
+        Self {
+            name,
+            config,
+            context: None,
+            duplicates,
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> EmitError {
+        EmitError::Remote {
+            sink: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    async fn context(&mut self) -> Result<jetstream::Context, EmitError> {
+        if let Some(context) = &self.context {
+            return Ok(context.clone());
+        }
+        let client = connect(&self.config.url, self.config.credentials.as_deref())
+            .await
+            .map_err(|e| self.error(e))?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs_f64(self.config.ack_timeout_s))
+            .ack_timeout(Duration::from_secs_f64(self.config.ack_timeout_s))
+            .max_ack_inflight(self.config.max_in_flight.max(1))
+            .build(client);
+        let plan = self.config.stream_plan();
+        let stream = context
+            .get_or_create_stream(plan.config())
+            .await
+            .map_err(|e| self.error(format!("stream {}: {e}", plan.name)))?;
+        let subjects = &stream.cached_info().config.subjects;
+        for wanted in &plan.subjects {
+            if !subjects.iter().any(|s| s == wanted || s == ">") {
+                tracing::warn!(sink = %self.name, stream = %plan.name, subject = %wanted, existing = ?subjects,
+                    "the existing stream does not capture this subject; its events will not be stored");
+            }
+        }
+        tracing::info!(sink = %self.name, url = %redact_uri(&self.config.url), stream = %plan.name, "connected to NATS JetStream");
+        self.context = Some(context.clone());
+        Ok(context)
+    }
+}
+
+/// The CloudEvents NATS binding's binary-mode attributes, and the id JetStream dedups by.
+fn headers(event: &StoredEvent, envelope: &Envelope<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.as_str());
+    headers.insert("ce-specversion", envelope.specversion.as_ref());
+    headers.insert("ce-id", envelope.id.as_ref());
+    headers.insert("ce-source", envelope.source.as_ref());
+    headers.insert("ce-type", envelope.event_type.as_ref());
+    headers.insert("ce-subject", envelope.subject.as_ref());
+    headers.insert("ce-time", envelope.time.as_ref());
+    headers.insert("content-type", "application/cloudevents+json");
+    headers
+}
+
+#[async_trait::async_trait]
+impl IncidentSink for NatsSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    async fn deliver(&mut self, batch: &[StoredEvent]) -> Result<(), EmitError> {
+        let context = self.context().await?;
+        let mut acks = Vec::with_capacity(batch.len());
+        for event in batch {
+            let envelope = Envelope::parse(event)?;
+            let subject = envelope.address(&self.config.subject_prefix, '.');
+            let headers = headers(event, &envelope);
+            let ack = context
+                .publish_with_headers(subject, headers, Bytes::from(event.body.clone()))
+                .await
+                .map_err(|e| self.error(format!("publish {}: {e}", event.id)))?;
+            acks.push((ack, &event.id));
+        }
+        for (ack, id) in acks {
+            let ack = ack
+                .await
+                .map_err(|e| self.error(format!("no ack for {id}: {e}")))?;
+            if ack.duplicate {
+                // Stored before (a retried batch): the server kept one copy.
+                self.duplicates.increment(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<NatsSinkConfig, String> {
+        let mut config: NatsSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let cx = ConfigContext::new(std::path::Path::new("/etc/skynet/skynet.toml"));
+        config
+            .validate(&cx)
+            .map_err(|e| format!("{}: {e}", e.field))?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_give_the_documented_stream_and_subjects() {
+        let config = parse(r#"url = "nats://127.0.0.1:4222""#).unwrap();
+        let plan = config.stream_plan();
+        assert_eq!(plan.name, "SKYNET_INCIDENTS");
+        assert_eq!(plan.subjects, ["skynet.incidents.>", "skynet.grid_risk.>"]);
+        assert_eq!(plan.retention, Retention::Limits);
+        assert_eq!(plan.replicas, 1);
+        assert_eq!(plan.duplicate_window, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_never_show_a_password() {
+        let err = parse(r#"url = "http://user:hunter2@host""#).unwrap_err();
+        assert!(err.contains("url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse("url = \"nats://h\"\nstream = \"a.b\"").unwrap_err();
+        assert!(err.contains("stream"), "{err}");
+        let err = parse("url = \"nats://h\"\nreplicas = 7").unwrap_err();
+        assert!(err.contains("replicas"), "{err}");
+        let err = parse("url = \"nats://h\"\nretention = \"forever\"").unwrap_err();
+        assert!(err.contains("forever"), "{err}");
+        let err = parse("url = \"nats://h\"\nsubject_prefix = \"a.*\"").unwrap_err();
+        assert!(err.contains("subject_prefix"), "{err}");
+    }
+}

@@ -1,0 +1,457 @@
+//! Delivery to NATS JetStream and the case system's feedback, against real servers: the
+//! session's nats-server at 127.0.0.1:4222 (each test with its own stream, subjects and
+//! consumer names, deleted at the end) and private ones on spare ports that a test stops
+//! and starts again (`nats-server -js -p PORT -sd DIR`).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use skynet_core::{ComponentHealth, RiskEvent};
+use skynet_emit::{Committer, IncidentSink, JsonLinesSink, NatsSink, NatsSinkConfig, Outbox};
+
+const SESSION_NATS: &str = "nats://127.0.0.1:4222";
+
+/// Names no other test (or run) uses: streams and subjects are global on a server.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}{}x{}x{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A nats-server of the test's own, on a spare port, with its store in `dir`.
+struct PrivateNats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    fn start(dir: &Path) -> Self {
+        let mut server = Self {
+            port: free_port().port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn resume(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                self.port
+            ))
+            .is_ok()),
+            "nats-server did not start on {}",
+            self.port
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every message in `stream`, as (Nats-Msg-Id, subject, headers, body), read with an
+/// ephemeral ordered consumer.
+async fn read_stream(
+    url: &str,
+    stream: &str,
+) -> Vec<(String, String, BTreeMap<String, String>, Value)> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let total = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the stream's messages come")
+            .unwrap()
+            .unwrap();
+        let headers: BTreeMap<String, String> = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.first().map(|v| v.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let id = headers.get("Nats-Msg-Id").cloned().unwrap_or_default();
+        out.push((
+            id,
+            message.subject.to_string(),
+            headers,
+            serde_json::from_slice(&message.payload).unwrap(),
+        ));
+    }
+    out
+}
+
+async fn delete_streams(url: &str, streams: &[&str]) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    for stream in streams {
+        let _ = js.delete_stream(stream).await;
+    }
+}
+
+fn incident(n: u32) -> RiskEvent {
+    RiskEvent::Incident(
+        serde_json::from_value(json!({
+            "id": format!("inc-{n}"), "revision": 1, "status": "opened", "state": "open",
+            "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
+            "risk_score": 0.7, "confidence": 1.0, "grid": format!("G-{:02}", n % 7),
+            "department": "fire", "deadlines": {}, "sensor": "gas-07", "owner": "safety_production",
+            "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
+            "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
+            // About 1 KB, as a real revision with its evidence.
+            "note": "x".repeat(600),
+        }))
+        .unwrap(),
+    )
+}
+
+#[test]
+fn every_revision_reaches_jetstream_once_after_dedup_while_nats_is_stopped_for_30_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = PrivateNats::start(&dir.path().join("nats"));
+    let outbox_path = dir.path().join("outbox.sqlite");
+    let rt = runtime();
+    let mut config = NatsSinkConfig::for_url(nats.url());
+    config.ack_timeout_s = 2.0;
+    let nats_health = ComponentHealth::detached("nats", "sink");
+    let sinks: Vec<(Box<dyn IncidentSink>, ComponentHealth)> = vec![
+        (Box::new(NatsSink::new("nats", config)), nats_health.clone()),
+        (
+            Box::new(JsonLinesSink::new(
+                "file",
+                &dir.path().join("incidents.jsonl"),
+            )),
+            ComponentHealth::detached("file", "sink"),
+        ),
+    ];
+    let mut committer = Committer::new("n1", Outbox::open(&outbox_path).unwrap());
+    let deliveries =
+        skynet_emit::spawn_deliveries(rt.handle(), &outbox_path, sinks, committer.wake_handle());
+
+    // 20 revisions a second for 45 s; NATS stops at 5 s for 30 s.
+    let started = Instant::now();
+    let mut stopped_at = None;
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(45) {
+        committer.commit(&[incident(n)], None).unwrap();
+        n += 1;
+        let t = started.elapsed();
+        if stopped_at.is_none() && t >= Duration::from_secs(5) {
+            nats.stop();
+            stopped_at = Some(t);
+        }
+        if nats.child.is_none() && stopped_at.is_some_and(|s| t >= s + Duration::from_secs(30)) {
+            assert!(
+                nats_health.status().unwrap().state != skynet_core::ComponentState::Up,
+                "the sink shows that NATS is down"
+            );
+            nats.resume();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        deliveries.shutdown(Duration::from_secs(60)).is_empty(),
+        "every sink caught up"
+    );
+
+    let stored: BTreeSet<String> = committer
+        .outbox()
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(stored.len(), n as usize);
+    let messages = rt.block_on(read_stream(&nats.url(), "SKYNET_INCIDENTS"));
+    let delivered: BTreeSet<String> = messages.iter().map(|(id, ..)| id.clone()).collect();
+    assert_eq!(
+        delivered, stored,
+        "after dedup by id, JetStream holds exactly the outbox"
+    );
+    // The server deduplicated by Nats-Msg-Id: each event is in the stream once.
+    assert_eq!(messages.len(), stored.len());
+    let (id, subject, headers, body) = &messages[0];
+    assert_eq!(subject, "skynet.incidents.G-00.gas_leak");
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(headers["ce-id"], *id);
+    assert_eq!(headers["ce-type"], "skynet.incident.v1");
+    assert_eq!(headers["ce-specversion"], "1.0");
+    assert_eq!(headers["ce-source"], "skynet/n1");
+    let file = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), n as usize);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Publishes a case-status event for `incident` to JetStream (acked, as a case system does).
+async fn send_status(url: &str, prefix: &str, incident: &str, status: &str, note: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let event = json!({
+        "specversion": "1.0", "id": unique("case-"), "source": "cases/test",
+        "type": "skynet.case_status.v1", "datacontenttype": "application/json",
+        "data": {"incident": incident, "status": status, "department": "patrol",
+                 "assignee": "crew 7", "note": note, "at": chrono::Utc::now()}
+    });
+    let subject = format!("{prefix}.{incident}");
+    // The stream is skynet's: it may not exist yet in the first seconds.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = js
+            .publish(subject.clone(), serde_json::to_vec(&event).unwrap().into())
+            .await;
+        if let Ok(ack) = sent
+            && ack.await.is_ok()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "could not publish a case status on {subject}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn stored(dir: &Path) -> Vec<Value> {
+    let Ok(outbox) = Outbox::open(&dir.join("outbox.sqlite")) else {
+        return Vec::new();
+    };
+    outbox
+        .pending("never-acknowledged", 1_000_000)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect()
+}
+
+#[test]
+fn case_status_moves_the_lifecycle_across_a_sigkill_and_every_revision_reaches_jetstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = unique("T_INC_");
+    let prefix = unique("t");
+    let cases_stream = unique("T_CASES_");
+    let cases_prefix = format!("{prefix}.cases");
+    let more = format!(
+        r#"
+[[sinks]]
+kind = "nats"
+name = "queue"
+url = "${{TEST_NATS_URL}}"
+stream = "{stream}"
+subject_prefix = "{prefix}"
+
+[cases]
+url = "${{TEST_NATS_URL}}"
+stream = "{cases_stream}"
+subject_prefix = "{cases_prefix}"
+durable = "{prefix}"
+"#
+    );
+    let config = config_in(
+        dir.path(),
+        "realtime = true\nmax_frames = 250\nstart_at = \"2026-11-26T08:00:00Z\"",
+        free_port(),
+        &more,
+    );
+    let env = [("TEST_NATS_URL", SESSION_NATS.to_string())];
+    let rt = runtime();
+
+    // Killed with SIGKILL once the first incident is committed, then started again.
+    let (mut first, first_log) = spawn_logged_with_env(&config, &["--until-eof"], &env);
+    let opened = eventually(Duration::from_secs(60), || {
+        stored(dir.path())
+            .iter()
+            .any(|e| e["type"] == "skynet.incident.v1")
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        opened,
+        "no incident before the kill: {}",
+        first_log.lock().unwrap()
+    );
+    let (mut second, second_log) = spawn_logged_with_env(&config, &["--until-eof"], &env);
+
+    let incident = stored(dir.path())
+        .into_iter()
+        .find(|e| e["type"] == "skynet.incident.v1")
+        .unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let has_state = |state: &str| {
+        stored(dir.path()).iter().any(|e| {
+            e["data"]["id"] == incident.as_str()
+                && e["data"]["state"] == state
+                && e["data"]["change"] == "feedback"
+        })
+    };
+    rt.block_on(send_status(
+        SESSION_NATS,
+        &cases_prefix,
+        &incident,
+        "acknowledged",
+        "seen",
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || has_state("acknowledged")),
+        "no acknowledged revision: {}",
+        second_log.lock().unwrap()
+    );
+    rt.block_on(send_status(
+        SESSION_NATS,
+        &cases_prefix,
+        &incident,
+        "dispatched",
+        "crew out",
+    ));
+    assert!(eventually(Duration::from_secs(30), || has_state(
+        "dispatched"
+    )));
+    // Sent twice (a case system retrying): applied once.
+    rt.block_on(send_status(
+        SESSION_NATS,
+        &cases_prefix,
+        &incident,
+        "dispatched",
+        "crew out",
+    ));
+    rt.block_on(send_status(
+        SESSION_NATS,
+        &cases_prefix,
+        &incident,
+        "resolved",
+        "cleared",
+    ));
+    assert!(eventually(Duration::from_secs(30), || has_state(
+        "resolved"
+    )));
+    // Not a case-status event at all: refused, and nothing else stops.
+    let client = rt.block_on(async_nats::connect(SESSION_NATS)).unwrap();
+    rt.block_on(async {
+        let js = jetstream::new(client);
+        js.publish(format!("{cases_prefix}.{incident}"), "{not json".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+
+    let status = second.wait().unwrap();
+    let log = second_log.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("case status event refused"), "{log}");
+
+    let events = stored(dir.path());
+    let revisions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["data"]["id"] == incident.as_str() && e["data"]["change"] == "feedback")
+        .collect();
+    let states: Vec<&str> = revisions
+        .iter()
+        .map(|e| e["data"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["acknowledged", "dispatched", "resolved"],
+        "applied once each, in order"
+    );
+    let resolved = revisions[2];
+    assert_eq!(resolved["data"]["department"], "patrol");
+    assert_eq!(resolved["data"]["assignee"], "crew 7");
+    assert_eq!(resolved["data"]["note"], "cleared");
+
+    // Every revision in the outbox reached JetStream; after dedup the sets are equal.
+    let ids: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let messages = rt.block_on(read_stream(SESSION_NATS, &stream));
+    let delivered: BTreeSet<String> = messages.iter().map(|(id, ..)| id.clone()).collect();
+    assert_eq!(delivered, ids);
+    for (_, subject, _, body) in &messages {
+        let expected = match body["type"].as_str().unwrap() {
+            "skynet.incident.v1" => format!(
+                "{prefix}.incidents.{}.{}",
+                body["data"]["grid"].as_str().unwrap(),
+                body["data"]["category"].as_str().unwrap()
+            ),
+            _ => format!(
+                "{prefix}.grid_risk.{}",
+                body["data"]["grid"].as_str().unwrap()
+            ),
+        };
+        assert_eq!(subject, &expected);
+    }
+    rt.block_on(delete_streams(SESSION_NATS, &[&stream, &cases_stream]));
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
