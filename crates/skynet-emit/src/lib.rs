@@ -17,10 +17,13 @@ mod sinks;
 mod test_support;
 
 pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
-pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
+pub use delivery::{
+    CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,
+};
 pub use error::EmitError;
-pub use outbox::{Outbox, StoredEvent};
+pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::{
-    IncidentSink, JsonLinesSink, JsonLinesSinkConfig, SinkConfig, StdoutSink, StdoutSinkConfig,
+    Delivery, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, Rejection, SinkConfig, StdoutSink,
+    StdoutSinkConfig, WebhookSink, WebhookSinkConfig,
 };
