@@ -10,7 +10,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
 use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
-use skynet_emit::{EmitError, IncidentSink, JsonLinesSinkConfig, SinkConfig, StdoutSinkConfig};
+use skynet_emit::{
+    EmitError, IncidentSink, JsonLinesSinkConfig, SinkConfig, StdoutSinkConfig, WebhookSinkConfig,
+};
 use skynet_ingest::{
     FrameDelivery, FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig,
 };
@@ -22,6 +24,7 @@ pub fn registry() -> Registry {
         .with_rule::<ZoneIntrusionConfig>()
         .with_sink::<JsonLinesSinkConfig>()
         .with_sink::<StdoutSinkConfig>()
+        .with_sink::<WebhookSinkConfig>()
 }
 
 /// Why a component's table was refused.
