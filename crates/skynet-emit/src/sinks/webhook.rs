@@ -33,6 +33,10 @@ const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents+json";
 const EXCERPT_BYTES: usize = 2048;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// A call hands back what it has done after this long, so a slow receiver's progress is
+/// acknowledged as it goes (fewer events sent twice after a crash) and a long batch is not
+/// taken for a stalled delivery.
+const BATCH_BUDGET: Duration = Duration::from_secs(5);
 
 /// `kind = "webhook"`.
 #[derive(Clone, serde::Deserialize)]
@@ -403,8 +407,15 @@ impl IncidentSink for WebhookSink {
     /// One event at a time, in order: the receiver sees them in outbox order. An event that
     /// keeps failing ends the call there, with what came before it handled.
     async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
+        let started = std::time::Instant::now();
         let mut rejected = Vec::new();
         for (i, event) in batch.iter().enumerate() {
+            if i > 0 && started.elapsed() >= BATCH_BUDGET {
+                return Ok(Delivery {
+                    rejected,
+                    handled_through: Some(batch[i - 1].seq),
+                });
+            }
             let mut wait = FIRST_RETRY;
             let mut attempt = 1;
             loop {
