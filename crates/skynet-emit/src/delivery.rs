@@ -12,7 +12,9 @@ use skynet_core::{ComponentHealth, RiskEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{EmitError, IncidentSink, Outbox, OutboxEvent};
+use crate::{
+    DeadLetter, Delivery, EmitError, IncidentSink, Outbox, OutboxEvent, Rejection, StoredEvent,
+};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -150,6 +152,23 @@ impl Committer {
     }
 }
 
+/// How the sink tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// A sink more than this many events behind shows the lag alarm: its health turns to
+    /// `retrying` with the count, an ERROR line is logged once, and
+    /// `skynet_sink_lag_alarm{sink}` is 1 until it is back under (an INFO line then).
+    pub lag_alarm_events: u64,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            lag_alarm_events: 10_000,
+        }
+    }
+}
+
 /// The running sink tasks.
 ///
 /// Dropping it without [`shutdown`](Self::shutdown) leaves the tasks running until the
@@ -176,6 +195,23 @@ pub fn spawn_deliveries(
     sinks: Vec<(Box<dyn IncidentSink>, ComponentHealth)>,
     signal: CommitSignal,
 ) -> Deliveries {
+    spawn_deliveries_with(
+        runtime,
+        outbox_path,
+        sinks,
+        signal,
+        DeliveryOptions::default(),
+    )
+}
+
+/// [`spawn_deliveries`] with `options` (the `[outbox]` settings).
+pub fn spawn_deliveries_with(
+    runtime: &tokio::runtime::Handle,
+    outbox_path: &Path,
+    sinks: Vec<(Box<dyn IncidentSink>, ComponentHealth)>,
+    signal: CommitSignal,
+    options: DeliveryOptions,
+) -> Deliveries {
     let (stop, _) = watch::channel(false);
     let tasks = sinks
         .into_iter()
@@ -195,6 +231,10 @@ pub fn spawn_deliveries(
                 backoff: FIRST_BACKOFF,
                 reported_up: false,
                 pending: Arc::clone(&pending),
+                lag_limit: options.lag_alarm_events,
+                lag_alarm: false,
+                alarm_shown: false,
+                gauges: None,
             };
             SinkTask {
                 name,
@@ -277,6 +317,19 @@ struct Worker {
     backoff: Duration,
     reported_up: bool,
     pending: Arc<AtomicU64>,
+    /// Events behind beyond which the lag alarm is on.
+    lag_limit: u64,
+    lag_alarm: bool,
+    /// The health table shows the lag alarm now (not a failure, not up).
+    alarm_shown: bool,
+    /// Registered when the task starts.
+    gauges: Option<Gauges>,
+}
+
+struct Gauges {
+    pending: metrics::Gauge,
+    lag: metrics::Gauge,
+    alarm: metrics::Gauge,
 }
 
 /// Runs an outbox call on the blocking pool: SQLite calls block (fsync, busy_timeout).
@@ -296,7 +349,15 @@ impl Worker {
     async fn run(mut self) {
         let emitted =
             metrics::counter!("skynet_incidents_emitted_total", "sink" => self.name.clone());
-        let gauge = metrics::gauge!("skynet_outbox_pending", "sink" => self.name.clone());
+        let dead_letters =
+            metrics::counter!("skynet_sink_dead_letters_total", "sink" => self.name.clone());
+        let alarm = metrics::gauge!("skynet_sink_lag_alarm", "sink" => self.name.clone());
+        alarm.set(0.0);
+        self.gauges = Some(Gauges {
+            pending: metrics::gauge!("skynet_outbox_pending", "sink" => self.name.clone()),
+            lag: metrics::gauge!("skynet_sink_lag_events", "sink" => self.name.clone()),
+            alarm,
+        });
         let mut outbox: Option<Arc<Mutex<Outbox>>> = None;
         let mut last_count: Option<Instant> = None;
         loop {
@@ -323,6 +384,53 @@ impl Worker {
                 }
             };
 
+            // Dead letters an operator queued again go first: the cursor has passed them, so
+            // they are delivered apart from it, and they are few.
+            let name = self.name.clone();
+            let limit = self.sink.batch_size().max(1);
+            let replays = match blocking(&db, move |o| o.replays(&name, limit)).await {
+                Ok(replays) => replays,
+                Err(e) => {
+                    outbox = None;
+                    self.failed(&e).await;
+                    continue;
+                }
+            };
+            if !replays.is_empty() {
+                let delivery = match self.deliver_watched(&replays).await {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        self.failed(&e).await;
+                        continue;
+                    }
+                };
+                let Some(handled) = self.handled(&replays, delivery).await else {
+                    continue;
+                };
+                let delivered: Vec<i64> = replays
+                    .iter()
+                    .filter(|e| {
+                        e.seq <= handled.through && !handled.dead.iter().any(|d| d.seq == e.seq)
+                    })
+                    .map(|e| e.seq)
+                    .collect();
+                let (name, dead) = (self.name.clone(), handled.dead.clone());
+                let count = delivered.len();
+                if let Err(e) =
+                    blocking(&db, move |o| o.settle_replays(&name, &delivered, &dead)).await
+                {
+                    outbox = None;
+                    self.failed(&e).await;
+                    continue;
+                }
+                emitted.increment(count as u64);
+                self.report_dead(&dead_letters, &handled.dead, true);
+                tracing::info!(sink = %self.name, delivered = count, refused_again = handled.dead.len(), "replayed dead letters");
+                self.report_up();
+                self.backoff = FIRST_BACKOFF;
+                continue;
+            }
+
             let name = self.name.clone();
             let limit = self.sink.batch_size().max(1);
             let batch = match blocking(&db, move |o| o.pending(&name, limit)).await {
@@ -334,8 +442,8 @@ impl Worker {
                     continue;
                 }
             };
-            let Some(last) = batch.last().map(|e| e.seq) else {
-                self.set_pending(&gauge, 0);
+            if batch.is_empty() {
+                self.set_pending(0);
                 self.report_up();
                 self.backoff = FIRST_BACKOFF;
                 if self.draining {
@@ -350,55 +458,173 @@ impl Worker {
                 let name = self.name.clone();
                 // Before delivering, so a sink stuck in `deliver` still shows its backlog.
                 if let Ok(n) = blocking(&db, move |o| o.pending_count(&name)).await {
-                    self.set_pending(&gauge, n);
+                    self.set_pending(n);
                 }
             }
 
-            let delivered = {
-                let deliver = self.sink.deliver(&batch);
-                tokio::pin!(deliver);
-                tokio::select! {
-                    result = &mut deliver => result,
-                    () = tokio::time::sleep(STALLED_AFTER) => {
-                        // Still waiting (a pipe nobody reads): not up, though nothing failed.
-                        self.health.retrying(format!(
-                            "delivery has not completed within {} s",
-                            STALLED_AFTER.as_secs()
-                        ));
-                        self.reported_up = false;
-                        deliver.await
-                    }
+            let delivery = match self.deliver_watched(&batch).await {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    self.failed(&e).await;
+                    continue;
                 }
             };
-            if let Err(e) = delivered {
-                self.failed(&e).await;
+            let Some(handled) = self.handled(&batch, delivery).await else {
                 continue;
-            }
-            let name = self.name.clone();
-            if let Err(e) = blocking(&db, move |o| o.acknowledge(&name, last)).await {
+            };
+            let (name, dead, through) = (self.name.clone(), handled.dead.clone(), handled.through);
+            // The cursor moves past the refused events only together with storing them.
+            if let Err(e) = blocking(&db, move |o| {
+                o.acknowledge_with_dead_letters(&name, through, &dead)
+            })
+            .await
+            {
                 // Delivered but not acknowledged: the batch goes again (at-least-once).
                 outbox = None;
                 self.failed(&e).await;
                 continue;
             }
-            emitted.increment(batch.len() as u64);
+            let taken = handled.count - handled.dead.len();
+            emitted.increment(taken as u64);
+            self.report_dead(&dead_letters, &handled.dead, false);
             let known = self.pending.load(Ordering::Relaxed);
             // u64::MAX is "not counted yet": leave it for the next count.
             if known != u64::MAX {
-                self.set_pending(&gauge, known.saturating_sub(batch.len() as u64));
+                self.set_pending(known.saturating_sub(handled.count as u64));
             }
             self.report_up();
             self.backoff = FIRST_BACKOFF;
         }
     }
 
-    fn set_pending(&self, gauge: &metrics::Gauge, n: u64) {
-        self.pending.store(n, Ordering::Relaxed);
-        gauge.set(n as f64);
+    /// The sink's delivery of `batch`, showing the sink as not up while it takes longer
+    /// than [`STALLED_AFTER`].
+    async fn deliver_watched(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
+        let deliver = self.sink.deliver_batch(batch);
+        tokio::pin!(deliver);
+        tokio::select! {
+            result = &mut deliver => result,
+            () = tokio::time::sleep(STALLED_AFTER) => {
+                // Still waiting (a pipe nobody reads): not up, though nothing failed.
+                self.health.retrying(format!(
+                    "delivery has not completed within {} s",
+                    STALLED_AFTER.as_secs()
+                ));
+                self.reported_up = false;
+                self.alarm_shown = false;
+                deliver.await
+            }
+        }
     }
 
+    /// What the sink's answer means for the outbox: how far the batch was handled and the
+    /// dead letters to keep. `None` (after the backoff) when the answer handled nothing.
+    async fn handled(&mut self, batch: &[StoredEvent], delivery: Delivery) -> Option<Handled> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return None;
+        };
+        let through = delivery.handled_through.unwrap_or(last.seq).min(last.seq);
+        if through < first.seq {
+            let e = EmitError::Sink {
+                sink: self.name.clone(),
+                message: "the sink handled none of the batch".into(),
+            };
+            self.failed(&e).await;
+            return None;
+        }
+        let now = Utc::now();
+        let mut dead = Vec::with_capacity(delivery.rejected.len());
+        for Rejection {
+            seq,
+            status,
+            reason,
+        } in delivery.rejected
+        {
+            // Only events of this batch, as far as it was handled: anything else would be a
+            // bug in the sink, and must not turn an event into a dead letter by mistake.
+            let Some(event) = batch.iter().find(|e| e.seq == seq && seq <= through) else {
+                tracing::error!(sink = %self.name, seq, "sink refused an event outside its batch; ignored");
+                continue;
+            };
+            if dead.iter().any(|d: &DeadLetter| d.seq == seq) {
+                continue;
+            }
+            dead.push(DeadLetter {
+                sink: self.name.clone(),
+                seq,
+                id: event.id.clone(),
+                status,
+                reason,
+                at: now,
+                body: event.body.clone(),
+                replay: false,
+            });
+        }
+        let count = batch.iter().filter(|e| e.seq <= through).count();
+        Some(Handled {
+            through,
+            count,
+            dead,
+        })
+    }
+
+    /// Counts and logs the events just stored as dead letters.
+    fn report_dead(&self, counter: &metrics::Counter, dead: &[DeadLetter], replay: bool) {
+        counter.increment(dead.len() as u64);
+        for letter in dead {
+            tracing::error!(
+                sink = %self.name,
+                event = %letter.id,
+                seq = letter.seq,
+                status = letter.status,
+                replay,
+                "the destination refused the event for good; kept in the dead letters (`skynet outbox dead-letters`)"
+            );
+        }
+    }
+
+    /// Records how many events the sink lacks, and turns the lag alarm on or off when the
+    /// count crosses the limit.
+    fn set_pending(&mut self, n: u64) {
+        self.pending.store(n, Ordering::Relaxed);
+        if let Some(g) = &self.gauges {
+            g.pending.set(n as f64);
+            g.lag.set(n as f64);
+        }
+        let over = n > self.lag_limit;
+        if over == self.lag_alarm {
+            return;
+        }
+        self.lag_alarm = over;
+        if let Some(g) = &self.gauges {
+            g.alarm.set(if over { 1.0 } else { 0.0 });
+        }
+        if over {
+            tracing::error!(sink = %self.name, behind = n, limit = self.lag_limit, "sink is falling behind: events wait in the outbox (nothing is dropped)");
+            self.show_alarm(n);
+        } else {
+            tracing::info!(sink = %self.name, behind = n, limit = self.lag_limit, "sink is back under its lag limit");
+            // The next success shows it up again.
+            self.alarm_shown = false;
+            self.reported_up = false;
+        }
+    }
+
+    fn show_alarm(&mut self, n: u64) {
+        self.health
+            .retrying(format!("{n} events behind, limit {}", self.lag_limit));
+        self.alarm_shown = true;
+        self.reported_up = false;
+    }
+
+    /// After a success: up, unless the lag alarm is on, which then shows instead.
     fn report_up(&mut self) {
-        if !self.reported_up {
+        if self.lag_alarm {
+            if !self.alarm_shown {
+                let n = self.pending.load(Ordering::Relaxed);
+                self.show_alarm(n);
+            }
+        } else if !self.reported_up {
             self.health.up();
             self.reported_up = true;
         }
@@ -428,6 +654,7 @@ impl Worker {
         tracing::warn!(sink = %self.name, error = %error, retry_in = ?wait, "sink delivery failed; will retry");
         self.health.retrying(error.to_string());
         self.reported_up = false;
+        self.alarm_shown = false;
         let cap = if self.draining {
             DRAIN_MAX_BACKOFF
         } else {
@@ -444,6 +671,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// A sink's answer, checked against its batch.
+struct Handled {
+    /// The last seq handled (taken or refused).
+    through: i64,
+    /// Events handled, refused ones included.
+    count: usize,
+    dead: Vec<DeadLetter>,
 }
 
 /// `d` stretched by up to 10 %, so sinks that failed together do not retry in lockstep.
@@ -724,6 +960,153 @@ mod tests {
         committer.last_prune = None;
         committer.idle();
         assert!(committer.outbox().events().unwrap().is_empty());
+    }
+
+    /// Refuses for good the events whose ids are in `refuse`; records what it took.
+    struct RefusingSink {
+        refuse: Arc<Mutex<Vec<String>>>,
+        got: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl IncidentSink for RefusingSink {
+        fn name(&self) -> &str {
+            "picky"
+        }
+        async fn deliver(&mut self, _batch: &[StoredEvent]) -> Result<(), EmitError> {
+            unreachable!("the worker calls deliver_batch")
+        }
+        async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
+            let refuse = self.refuse.lock().unwrap().clone();
+            let mut delivery = Delivery::all();
+            for event in batch {
+                if refuse.contains(&event.id) {
+                    delivery.rejected.push(Rejection {
+                        seq: event.seq,
+                        status: Some(422),
+                        reason: "no".into(),
+                    });
+                } else {
+                    self.got.lock().unwrap().push(event.id.clone());
+                }
+            }
+            Ok(delivery)
+        }
+    }
+
+    #[test]
+    fn a_refused_event_becomes_a_dead_letter_the_rest_flow_and_a_replay_delivers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let rt = runtime();
+        let refuse = Arc::new(Mutex::new(vec!["inc-1/3".to_string()]));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = RefusingSink {
+            refuse: Arc::clone(&refuse),
+            got: Arc::clone(&got),
+        };
+        let mut committer = Committer::new("n1", Outbox::open(&path).unwrap());
+        let deliveries = spawn_deliveries(
+            rt.handle(),
+            &path,
+            vec![(Box::new(sink), ComponentHealth::detached("picky", "sink"))],
+            committer.wake_handle(),
+        );
+        let incidents: Vec<RiskEvent> = (1..=5).map(incident).collect();
+        committer.commit(&incidents, None).unwrap();
+        let outbox = Outbox::open(&path).unwrap();
+        eventually("the batch is handled", || {
+            outbox.pending_count("picky").unwrap() == 0
+        });
+        assert_eq!(
+            *got.lock().unwrap(),
+            ["inc-1/1", "inc-1/2", "inc-1/4", "inc-1/5"]
+        );
+        let dead = outbox.dead_letters(Some("picky")).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].id.as_str(), dead[0].seq, dead[0].status),
+            ("inc-1/3", 3, Some(422))
+        );
+        assert!(dead[0].body.contains("inc-1/3") && !dead[0].replay);
+
+        // Replayed while still refused: it stays, no longer queued.
+        assert_eq!(
+            outbox
+                .request_replay(Some("picky"), Some("inc-1/3"))
+                .unwrap(),
+            1
+        );
+        eventually("the replay is settled", || {
+            outbox.dead_letters(None).unwrap().iter().all(|d| !d.replay)
+        });
+        assert_eq!(outbox.dead_letters(None).unwrap().len(), 1);
+        // Taken this time: delivered and gone from the dead letters.
+        refuse.lock().unwrap().clear();
+        assert_eq!(outbox.request_replay(None, None).unwrap(), 1);
+        eventually("the replay is delivered", || {
+            outbox.dead_letters(None).unwrap().is_empty()
+        });
+        assert_eq!(got.lock().unwrap().last().unwrap(), "inc-1/3");
+        assert_eq!(outbox.request_replay(None, Some("inc-1/3")).unwrap(), 0);
+        assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    }
+
+    /// Holds each delivery until `open` is set.
+    struct GatedSink {
+        open: Arc<AtomicBool>,
+    }
+
+    #[async_trait::async_trait]
+    impl IncidentSink for GatedSink {
+        fn name(&self) -> &str {
+            "gated"
+        }
+        async fn deliver(&mut self, _batch: &[StoredEvent]) -> Result<(), EmitError> {
+            while !self.open.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_behind_by_more_than_the_limit_shows_the_alarm_until_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let rt = runtime();
+        let open = Arc::new(AtomicBool::new(false));
+        let health = ComponentHealth::detached("gated", "sink");
+        let mut committer = Committer::new("n1", Outbox::open(&path).unwrap());
+        let incidents: Vec<RiskEvent> = (1..=10).map(incident).collect();
+        committer.commit(&incidents, None).unwrap();
+        let deliveries = spawn_deliveries_with(
+            rt.handle(),
+            &path,
+            vec![(
+                Box::new(GatedSink {
+                    open: Arc::clone(&open),
+                }),
+                health.clone(),
+            )],
+            committer.wake_handle(),
+            DeliveryOptions {
+                lag_alarm_events: 5,
+            },
+        );
+        eventually("the alarm shows", || {
+            health
+                .status()
+                .unwrap()
+                .reason
+                .is_some_and(|r| r == "10 events behind, limit 5")
+        });
+        assert_eq!(health.status().unwrap().state, ComponentState::Retrying);
+        open.store(true, Ordering::SeqCst);
+        eventually("the sink is up again", || {
+            health.status().unwrap().state == ComponentState::Up
+        });
+        assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
     }
 
     #[test]

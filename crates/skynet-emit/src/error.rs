@@ -20,9 +20,10 @@ pub enum EmitError {
         #[source]
         source: std::io::Error,
     },
-    /// A remote sink (a broker, a server) refused or could not be reached; retried.
+    /// A sink failed in a way that is not an I/O error (a webhook answering 503). The
+    /// message never holds a secret: URLs in it are redacted.
     #[error("sink `{sink}`: {message}")]
-    Remote { sink: String, message: String },
+    Sink { sink: String, message: String },
     #[error("event could not be serialised: {0}")]
     Serialise(#[from] serde_json::Error),
     /// A blocking step (file or outbox I/O) panicked or was cancelled.

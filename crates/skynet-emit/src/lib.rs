@@ -19,12 +19,15 @@ mod test_support;
 
 pub use cases::{CaseAck, CaseFeedback, CasesSettings, spawn_case_consumer};
 pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
-pub use delivery::{CommitSignal, Committer, Deliveries, spawn_deliveries};
+pub use delivery::{
+    CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,
+};
 pub use error::EmitError;
-pub use outbox::{Outbox, StoredEvent};
+pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
-    Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, NatsSink, NatsSinkConfig,
-    Retention, SinkConfig, StdoutSink, StdoutSinkConfig, StreamPlan, route_token,
+    Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, NatsSink, NatsSinkConfig,
+    Rejection, Retention, SinkConfig, StdoutSink, StdoutSinkConfig, StreamPlan, WebhookSink,
+    WebhookSinkConfig, route_token,
 };

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::{CloudEvent, EmitError, OutboxEvent};
 
@@ -20,6 +20,27 @@ pub struct StoredEvent {
     pub seq: i64,
     pub id: String,
     pub body: String,
+}
+
+/// An event a sink's destination refused for good, kept with its body so that it outlives
+/// the retention of delivered events and can be replayed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    pub sink: String,
+    /// The event's place in the outbox when it was refused.
+    pub seq: i64,
+    /// The CloudEvent id.
+    pub id: String,
+    /// The destination's status code (HTTP 400), if it gave one.
+    pub status: Option<u16>,
+    /// Why, as the destination said it (bounded).
+    pub reason: String,
+    pub at: chrono::DateTime<Utc>,
+    /// The stored CloudEvent JSON.
+    #[serde(skip)]
+    pub body: String,
+    /// Queued for delivery again (`skynet outbox replay`).
+    pub replay: bool,
 }
 
 /// The outbox. One connection; open it again on the same path for another thread or task
@@ -67,12 +88,43 @@ CREATE TABLE IF NOT EXISTS grid_risk (
     body        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS grid_risk_by_grid ON grid_risk (grid, at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sink        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    status      INTEGER,
+    reason      TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    replay      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, seq)
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_id ON dead_letters (id);
 CREATE TABLE IF NOT EXISTS state (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
 ";
+
+fn upsert_dead_letter(tx: &Transaction<'_>, letter: &DeadLetter) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "INSERT INTO dead_letters (sink, seq, id, status, reason, at, body, replay)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(sink, seq) DO UPDATE SET status = excluded.status, reason = excluded.reason,
+             at = excluded.at",
+    )?
+    .execute(params![
+        letter.sink,
+        letter.seq,
+        letter.id,
+        letter.status,
+        letter.reason,
+        letter.at.to_rfc3339(),
+        letter.body,
+        letter.replay,
+    ])
+}
 
 /// The `state` row that holds the engine state and open incidents.
 const PIPELINE_STATE: &str = "pipeline";
@@ -328,6 +380,129 @@ impl Outbox {
         Ok(())
     }
 
+    /// Records that `sink` has handled every event up to `seq`, and keeps the events it
+    /// refused for good in `dead_letters`, in one transaction: an event is never both behind
+    /// the cursor and missing from the dead letters. A dead letter stored again (the batch
+    /// was offered twice) is updated, keeping a replay already asked for.
+    pub fn acknowledge_with_dead_letters(
+        &self,
+        sink: &str,
+        seq: i64,
+        dead: &[DeadLetter],
+    ) -> Result<(), EmitError> {
+        let tx = self.immediate()?;
+        for letter in dead {
+            upsert_dead_letter(&tx, letter).map_err(self.err())?;
+        }
+        tx.execute(
+            "INSERT INTO sink_cursors (sink, delivered_seq) VALUES (?1, ?2)
+             ON CONFLICT(sink) DO UPDATE SET delivered_seq = max(delivered_seq, excluded.delivered_seq)",
+            params![sink, seq],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    /// Up to `limit` dead letters of `sink` queued for delivery again, oldest first.
+    pub fn replays(&self, sink: &str, limit: usize) -> Result<Vec<StoredEvent>, EmitError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, id, body FROM dead_letters WHERE sink = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(
+                params![sink, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(StoredEvent {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                },
+            )
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// After a replay: the `delivered` dead letters of `sink` are gone, the `rejected` ones
+    /// stay with their new reason and no longer queued. One transaction. Only the rows
+    /// named are touched: a replay asked for meanwhile is not lost.
+    pub fn settle_replays(
+        &self,
+        sink: &str,
+        delivered: &[i64],
+        rejected: &[DeadLetter],
+    ) -> Result<(), EmitError> {
+        let tx = self.immediate()?;
+        for seq in delivered {
+            tx.execute(
+                "DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2",
+                params![sink, seq],
+            )
+            .map_err(self.err())?;
+        }
+        for letter in rejected {
+            upsert_dead_letter(&tx, letter).map_err(self.err())?;
+            tx.execute(
+                "UPDATE dead_letters SET replay = 0 WHERE sink = ?1 AND seq = ?2",
+                params![letter.sink, letter.seq],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    /// The dead letters, of one sink or all, by sink and then in outbox order.
+    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, EmitError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT sink, seq, id, status, reason, at, body, replay FROM dead_letters
+                 WHERE ?1 IS NULL OR sink = ?1 ORDER BY sink, seq",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([sink], |r| {
+                let at: String = r.get(5)?;
+                Ok(DeadLetter {
+                    sink: r.get(0)?,
+                    seq: r.get(1)?,
+                    id: r.get(2)?,
+                    status: r.get(3)?,
+                    reason: r.get(4)?,
+                    // Written by this module as RFC 3339; a row edited by hand shows as 1970
+                    // rather than hiding the others.
+                    at: chrono::DateTime::parse_from_rfc3339(&at)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    body: r.get(6)?,
+                    replay: r.get(7)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Queues dead letters for delivery again: those of `sink` (or every sink) with event
+    /// id `id` (or every one). The sink's worker delivers them before its next events, even
+    /// while skynet runs. Returns how many are queued.
+    pub fn request_replay(&self, sink: Option<&str>, id: Option<&str>) -> Result<usize, EmitError> {
+        self.conn
+            .execute(
+                "UPDATE dead_letters SET replay = 1
+                 WHERE (?1 IS NULL OR sink = ?1) AND (?2 IS NULL OR id = ?2)",
+                params![sink, id],
+            )
+            .map_err(self.err())
+    }
+
+    /// A write transaction that takes the lock up front, under busy_timeout (see `commit`).
+    fn immediate(&self) -> Result<Transaction<'_>, EmitError> {
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(self.err())
+    }
+
     /// Deletes events stored before `before` that every one of `sinks` has acknowledged,
     /// so the outbox stays bounded; the `incidents` history is kept. Returns how many went.
     pub fn prune(&self, sinks: &[&str], before: chrono::DateTime<Utc>) -> Result<usize, EmitError> {
@@ -554,5 +729,64 @@ mod tests {
         assert_eq!(outbox.events().unwrap(), vec![original_event.clone()]);
         assert_eq!(outbox.incidents().unwrap()[0], original_event.data);
         assert!(!outbox.append(&reused_event).unwrap());
+    }
+
+    fn letter(seq: i64, reason: &str) -> DeadLetter {
+        DeadLetter {
+            sink: "s".into(),
+            seq,
+            id: format!("inc-1/{seq}"),
+            status: Some(400),
+            reason: reason.into(),
+            at: Utc::now(),
+            body: format!("{{\"id\":\"inc-1/{seq}\"}}"),
+            replay: false,
+        }
+    }
+
+    #[test]
+    fn dead_letters_move_with_the_cursor_and_a_settle_touches_only_the_rows_it_names() {
+        let mut outbox = Outbox::open(Path::new(":memory:")).unwrap();
+        for revision in 1..=3 {
+            assert!(outbox.append(&event(revision, 0.3)).unwrap());
+        }
+        outbox
+            .acknowledge_with_dead_letters("s", 3, &[letter(1, "bad"), letter(2, "bad")])
+            .unwrap();
+        assert!(outbox.pending("s", 10).unwrap().is_empty());
+        assert_eq!(outbox.dead_letters(Some("s")).unwrap().len(), 2);
+        assert!(outbox.dead_letters(Some("other")).unwrap().is_empty());
+
+        // The same batch acknowledged again (a retry after a lost acknowledgement): no
+        // second row, and a replay already asked for is kept.
+        assert_eq!(
+            outbox.request_replay(Some("s"), Some("inc-1/1")).unwrap(),
+            1
+        );
+        outbox
+            .acknowledge_with_dead_letters("s", 3, &[letter(1, "bad")])
+            .unwrap();
+        let rows = outbox.dead_letters(None).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].replay && !rows[1].replay);
+        let replays = outbox.replays("s", 10).unwrap();
+        assert_eq!(replays.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(replays[0].body, letter(1, "").body);
+
+        // Seq 2 is queued after the worker read its replays: settling seq 1 leaves it queued.
+        outbox.request_replay(None, Some("inc-1/2")).unwrap();
+        outbox.settle_replays("s", &[1], &[]).unwrap();
+        let rows = outbox.dead_letters(None).unwrap();
+        assert_eq!((rows.len(), rows[0].seq, rows[0].replay), (1, 2, true));
+        // Refused again: kept with the new reason, no longer queued.
+        outbox
+            .settle_replays("s", &[], &[letter(2, "still bad")])
+            .unwrap();
+        let rows = outbox.dead_letters(None).unwrap();
+        assert_eq!(
+            (rows[0].reason.as_str(), rows[0].replay),
+            ("still bad", false)
+        );
+        assert!(outbox.replays("s", 10).unwrap().is_empty());
     }
 }

@@ -16,6 +16,10 @@ pub struct OutboxSettings {
     /// Days a delivered event stays; the incident history is kept.
     #[serde(default = "default_retain_days")]
     pub retain_days: f64,
+    /// A sink this many events behind shows an alarm (health, log, gauge). Nothing is ever
+    /// dropped to bound the backlog: the alarm is how an operator learns of it.
+    #[serde(default = "default_lag_alarm_events")]
+    pub lag_alarm_events: i64,
 }
 
 fn default_path() -> String {
@@ -24,12 +28,18 @@ fn default_path() -> String {
 const fn default_retain_days() -> f64 {
     7.0
 }
+const fn default_lag_alarm_events() -> i64 {
+    10_000
+}
+/// Far above any backlog a disk holds, and exact in the f64 of a gauge.
+const MAX_LAG_ALARM_EVENTS: i64 = 1_000_000_000_000;
 
 impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
             path: default_path(),
             retain_days: default_retain_days(),
+            lag_alarm_events: default_lag_alarm_events(),
         }
     }
 }
@@ -39,6 +49,8 @@ impl Default for OutboxSettings {
 pub struct OutboxPlan {
     pub path: PathBuf,
     pub retention: chrono::Duration,
+    /// Events behind beyond which a sink shows the lag alarm.
+    pub lag_alarm_events: u64,
 }
 
 impl OutboxSettings {
@@ -48,9 +60,48 @@ impl OutboxSettings {
         let path = cx.resolve_path("path", &self.path)?;
         let days = check_range("retain_days", self.retain_days, 1.0 / 24.0, 36_525.0)
             .map_err(|e| FieldError::new(e.field, format!("{} days", e.message)))?;
+        let lag_alarm_events = u64::try_from(self.lag_alarm_events)
+            .ok()
+            .filter(|n| (1..=MAX_LAG_ALARM_EVENTS as u64).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(
+                    "lag_alarm_events",
+                    format!(
+                        "`lag_alarm_events` must be between 1 and {MAX_LAG_ALARM_EVENTS} events, got {}",
+                        self.lag_alarm_events
+                    ),
+                )
+            })?;
         Ok(OutboxPlan {
             path,
             retention: chrono::Duration::seconds((days * 86_400.0) as i64),
+            lag_alarm_events,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_alarm_defaults_to_ten_thousand_and_refuses_nonsense_by_name() {
+        let cx = ConfigContext::new(std::path::Path::new("/etc/skynet/skynet.toml"));
+        let plan = OutboxSettings::default().validate(&cx).unwrap();
+        assert_eq!(plan.lag_alarm_events, 10_000);
+        for bad in [0, -5, MAX_LAG_ALARM_EVENTS + 1] {
+            let settings = OutboxSettings {
+                lag_alarm_events: bad,
+                ..OutboxSettings::default()
+            };
+            let e = settings.validate(&cx).unwrap_err();
+            assert_eq!(e.field, "lag_alarm_events");
+            assert!(e.message.contains(&bad.to_string()), "{}", e.message);
+        }
+        let settings = OutboxSettings {
+            lag_alarm_events: 1,
+            ..OutboxSettings::default()
+        };
+        assert_eq!(settings.validate(&cx).unwrap().lag_alarm_events, 1);
     }
 }

@@ -12,6 +12,7 @@ use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
 use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
 use skynet_emit::{
     EmitError, IncidentSink, JsonLinesSinkConfig, NatsSinkConfig, SinkConfig, StdoutSinkConfig,
+    WebhookSinkConfig,
 };
 use skynet_ingest::{
     FrameDelivery, FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig,
@@ -25,6 +26,7 @@ pub fn registry() -> Registry {
         .with_sink::<JsonLinesSinkConfig>()
         .with_sink::<StdoutSinkConfig>()
         .with_sink::<NatsSinkConfig>()
+        .with_sink::<WebhookSinkConfig>()
 }
 
 /// Why a component's table was refused.

@@ -287,6 +287,8 @@ pub struct PipelineConfig {
     pub record_observations: Option<PathBuf>,
     pub outbox: PathBuf,
     pub outbox_retention: chrono::Duration,
+    /// A sink this many events behind shows the lag alarm (`[outbox] lag_alarm_events`).
+    pub outbox_lag_alarm_events: u64,
     pub sinks: Vec<SinkSpec>,
     pub cameras: Vec<CameraSpec>,
     /// The broker sensors publish to; `None` when the config has no `[mqtt]`.
@@ -717,6 +719,7 @@ fn validate(
         record_observations,
         outbox: outbox.path,
         outbox_retention: outbox.retention,
+        outbox_lag_alarm_events: outbox.lag_alarm_events,
         sinks,
         cameras,
         mqtt,

@@ -7,10 +7,12 @@
 //! - [`paths`]: where set-up puts the runtime, models and media.
 //! - [`memory`]: allocator settings that keep memory flat with many cameras.
 //! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
+//! - [`dead_letters`]: `skynet outbox dead-letters` and `skynet outbox replay`.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 
 pub mod components;
 pub mod config;
+pub mod dead_letters;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;

@@ -73,10 +73,46 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Look into the outbox: events a sink's destination refused for good.
+    Outbox {
+        #[command(subcommand)]
+        what: OutboxCommand,
+    },
     /// Publish simulated traffic for demos, tests and benchmarks.
     Simulate {
         #[command(subcommand)]
         what: SimulateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List the dead letters: seq, event id, sink, status, when, reason.
+    DeadLetters {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead letters for delivery again; the sink's worker delivers them before its
+    /// next events (at once if skynet is running, else at its next start). Exit 1 when
+    /// `--id` matches none.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// The CloudEvent id of the event to replay.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter (of `--sink`, else of every configured sink).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -120,6 +156,18 @@ fn main() -> ExitCode {
             config,
             observations,
         } => replay(&config, &observations),
+        Command::Outbox {
+            what: OutboxCommand::DeadLetters { config, sink, json },
+        } => dead_letters(&config, sink.as_deref(), json),
+        Command::Outbox {
+            what:
+                OutboxCommand::Replay {
+                    config,
+                    sink,
+                    id,
+                    all: _,
+                },
+        } => replay_dead_letters(&config, sink.as_deref(), id.as_deref()),
         Command::Simulate {
             what:
                 SimulateCommand::Sensors {
@@ -192,6 +240,49 @@ fn check(config: &Path) -> Result<ExitCode> {
         c.model.model.name
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters(config: &Path, sink: Option<&str>, json: bool) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config)?;
+    let letters = skynet::dead_letters::list(&config, sink)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    if !json && !letters.is_empty() {
+        writeln!(out, "seq\tid\tsink\tstatus\tat\treason")?;
+    }
+    for letter in &letters {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(letter)?)?;
+        } else {
+            writeln!(out, "{}", skynet::dead_letters::text_line(letter))?;
+        }
+    }
+    out.flush()?;
+    if !json && letters.is_empty() {
+        eprintln!("no dead letters");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay_dead_letters(config: &Path, sink: Option<&str>, id: Option<&str>) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config)?;
+    let queued = skynet::dead_letters::replay(&config, sink, id)?;
+    match (queued, id) {
+        (0, Some(id)) => {
+            eprintln!("error: no dead letter with id `{id}`");
+            Ok(ExitCode::from(1))
+        }
+        (0, None) => {
+            eprintln!("no dead letters to replay");
+            Ok(ExitCode::SUCCESS)
+        }
+        (n, _) => {
+            eprintln!(
+                "queued {n} dead letter(s) for delivery; the sink delivers them before its next events"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn replay(config: &Path, observations: &Path) -> Result<ExitCode> {

@@ -4,10 +4,12 @@
 mod jsonl;
 pub mod nats;
 mod stdout;
+mod webhook;
 
 pub use jsonl::{JsonLinesSink, JsonLinesSinkConfig};
 pub use nats::{NatsSink, NatsSinkConfig, Retention, StreamPlan};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
+pub use webhook::{WebhookSink, WebhookSinkConfig};
 
 use std::borrow::Cow;
 
@@ -28,6 +30,46 @@ pub trait IncidentSink: Send {
     /// Writes the batch and makes it durable; only then is it acknowledged in the outbox.
     /// Must not block the runtime's threads: blocking I/O goes through `spawn_blocking`.
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Result<(), EmitError>;
+
+    /// What the delivery worker calls. Sinks whose destination judges each event (an HTTP
+    /// endpoint answering 400) override it to report the events refused for good, which the
+    /// worker then keeps in the outbox's dead letters instead of retrying them forever; an
+    /// `Err` is still "try the batch again later". The default takes the whole batch or
+    /// fails it, through [`deliver`](Self::deliver), so sinks that have no such refusal need
+    /// not know about it.
+    async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
+        self.deliver(batch).await?;
+        Ok(Delivery::all())
+    }
+}
+
+/// What a sink did with a batch that it did not fail as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Events the destination refused for good: they go to the dead letters, with the
+    /// reason, and are not retried unless replayed (`skynet outbox replay`).
+    pub rejected: Vec<Rejection>,
+    /// `Some(seq)`: only the events up to `seq` were handled (taken or rejected); the rest of
+    /// the batch is offered again at the next call. `None`: the whole batch was handled.
+    pub handled_through: Option<i64>,
+}
+
+impl Delivery {
+    /// Every event of the batch taken.
+    pub fn all() -> Self {
+        Self::default()
+    }
+}
+
+/// One event a destination refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The event's place in the outbox ([`StoredEvent::seq`]).
+    pub seq: i64,
+    /// The destination's status code, if it gave one (HTTP 400).
+    pub status: Option<u16>,
+    /// Why, as the destination said it (a bounded excerpt of the response body).
+    pub reason: String,
 }
 
 /// The config of one sink kind: one `[[sinks]]` table, without its `kind` and `name` keys.

@@ -311,7 +311,7 @@ impl NatsSink {
     }
 
     fn error(&self, message: impl Into<String>) -> EmitError {
-        EmitError::Remote {
+        EmitError::Sink {
             sink: self.name.clone(),
             message: message.into(),
         }

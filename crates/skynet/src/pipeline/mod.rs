@@ -235,11 +235,14 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             health.register(&spec.name, "sink"),
         ));
     }
-    let deliveries = skynet_emit::spawn_deliveries(
+    let deliveries = skynet_emit::spawn_deliveries_with(
         &services.runtime(),
         &config.outbox,
         sinks,
         committer.wake_handle(),
+        skynet_emit::DeliveryOptions {
+            lag_alarm_events: config.outbox_lag_alarm_events,
+        },
     );
 
     // Commit: the outbox owns incidents from here on.
