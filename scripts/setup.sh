@@ -32,8 +32,9 @@ apt_packages=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
   # The tests' RTSP camera (tests/support/rtsp_camera.py): GStreamer's RTSP server from Python.
   python3-gi gir1.2-gst-rtsp-server-1.0
-  # The sensor tests and benchmark start private brokers; the TLS test makes certificates.
-  mosquitto openssl
+  # The sensor, sink and feedback tests and benchmarks start private brokers (Mosquitto, NATS
+  # with JetStream) that they stop and start again; the TLS test makes certificates.
+  mosquitto nats-server openssl
 )
 
 install_packages() {

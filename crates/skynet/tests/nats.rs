@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -300,6 +301,13 @@ fn case_status_moves_the_lifecycle_across_a_sigkill_and_every_revision_reaches_j
     let prefix = unique("t");
     let cases_stream = unique("T_CASES_");
     let cases_prefix = format!("{prefix}.cases");
+    // The webhook receiver answers 500 for its first 8 s, then takes every signed event.
+    let rt = runtime();
+    let receiver = Arc::new(Mutex::new(Hook::default()));
+    let hook = rt.block_on(serve_hook(
+        Arc::clone(&receiver),
+        Instant::now() + Duration::from_secs(8),
+    ));
     let more = format!(
         r#"
 [[sinks]]
@@ -308,6 +316,13 @@ name = "queue"
 url = "${{TEST_NATS_URL}}"
 stream = "{stream}"
 subject_prefix = "{prefix}"
+
+[[sinks]]
+kind = "webhook"
+name = "hook"
+url = "http://{hook}/events"
+secret = "{HOOK_SECRET}"
+timeout_s = 2
 
 [cases]
 url = "${{TEST_NATS_URL}}"
@@ -323,7 +338,6 @@ durable = "{prefix}"
         &more,
     );
     let env = [("TEST_NATS_URL", SESSION_NATS.to_string())];
-    let rt = runtime();
 
     // Killed with SIGKILL once the first incident is committed, then started again.
     let (mut first, first_log) = spawn_logged_with_env(&config, &["--until-eof"], &env);
@@ -452,6 +466,64 @@ durable = "{prefix}"
         };
         assert_eq!(subject, &expected);
     }
+    // The webhook got every revision too, each signed, after its failures.
+    let hook = receiver.lock().unwrap();
+    assert!(hook.failed > 0, "the receiver answered 500 for a while");
+    assert_eq!(hook.bad_signatures, 0);
+    assert_eq!(hook.taken.iter().cloned().collect::<BTreeSet<_>>(), ids);
+    // And so did the file.
+    let file: BTreeSet<String> = std::fs::read_to_string(dir.path().join("incidents.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(file, ids);
     rt.block_on(delete_streams(SESSION_NATS, &[&stream, &cases_stream]));
     rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+const HOOK_SECRET: &str = "conservation-secret";
+
+/// A webhook receiver: 500 until `fail_until`, then 200 for every correctly signed event.
+#[derive(Default)]
+struct Hook {
+    taken: Vec<String>,
+    failed: usize,
+    bad_signatures: usize,
+}
+
+async fn serve_hook(state: Arc<Mutex<Hook>>, fail_until: Instant) -> std::net::SocketAddr {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let state = Arc::clone(&state);
+            async move {
+                let mut hook = state.lock().unwrap();
+                if Instant::now() < fail_until {
+                    hook.failed += 1;
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let signed = headers.get("x-skynet-signature").is_some_and(|v| {
+                    v.as_bytes() == webhook_signature(HOOK_SECRET, &body).as_bytes()
+                });
+                if !signed {
+                    hook.bad_signatures += 1;
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let event: Value = serde_json::from_str(&body).unwrap();
+                hook.taken.push(event["id"].as_str().unwrap().to_string());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
 }

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use skynet::{PipelineConfig, Services};
 use skynet_core::{
     CameraId, Deadlines, GridId, Incident, IncidentChange, IncidentState, IncidentStatus,
@@ -23,7 +21,7 @@ use skynet_emit::{Committer, DeliveryOptions, Outbox};
 
 mod common;
 
-use common::{eventually, repo, text};
+use common::{eventually, repo, text, webhook_signature};
 
 const SECRET: &str = "webhook-test-secret";
 const EVENTS: u32 = 20;
@@ -41,18 +39,12 @@ struct Receiver {
     refuse: Option<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn receive(
     state: Arc<Mutex<Receiver>>,
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, &'static str) {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let expected = format!("sha256={}", hex(&mac.finalize().into_bytes()));
+    let expected = webhook_signature(SECRET, &body);
     let signed = headers
         .get("x-skynet-signature")
         .is_some_and(|v| v.as_bytes() == expected.as_bytes());

@@ -213,3 +213,18 @@ pub fn metric(metrics: &str, prefix: &str) -> f64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The `X-Skynet-Signature` a webhook receiver expects for `body`: `sha256=` and the hex
+/// HMAC-SHA256 under `secret`.
+pub fn webhook_signature(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
