@@ -18,11 +18,11 @@ pub mod vision;
 pub mod watermark;
 
 pub use config::{ConfigContext, FieldError};
-pub use geometry::{BBox, Point};
+pub use geometry::{BBox, FramePolygonError, Point, check_frame_polygon, check_frame_polygons};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
 pub use ids::{CameraId, GridId, OwnerKind, SensorId, validate_id};
 pub use incident::{
-    Contribution, Deadlines, DeviceFault, Evidence, FaultEvidence, GridRisk, Incident,
+    Contribution, Deadlines, DeviceFault, Evidence, EvidenceRef, FaultEvidence, GridRisk, Incident,
     IncidentChange, IncidentState, IncidentStatus, Observation, RiskEvent, RiskLevel, RuleRef,
     SourceKind, SourceRef,
 };
