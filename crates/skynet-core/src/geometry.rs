@@ -146,11 +146,17 @@ mod tests {
         let e = check_frame_polygons(
             "privacy_masks",
             "privacy mask",
-            &[vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]], vec![[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]]],
+            &[
+                vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]],
+                vec![[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]],
+            ],
         )
         .unwrap_err();
         assert_eq!(e.field, "privacy_masks");
-        assert!(e.message.starts_with("privacy mask 2: point 1 (2, 0)"), "{e}");
+        assert!(
+            e.message.starts_with("privacy mask 2: point 1 (2, 0)"),
+            "{e}"
+        );
     }
 
     #[test]
