@@ -8,9 +8,11 @@
 //! - [`memory`]: allocator settings that keep memory flat with many cameras.
 //! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
+//! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
 
 pub mod components;
 pub mod config;
+pub mod evidence;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;
