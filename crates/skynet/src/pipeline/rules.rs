@@ -32,6 +32,7 @@ use skynet_detect::SENSOR_OFFLINE;
 
 use super::commit::Commit;
 use super::detect::Detected;
+use super::evidence::EvidenceStage;
 use super::sensors::SensorEvent;
 use super::{Counters, POLL};
 use crate::config::PipelineConfig;
@@ -157,6 +158,8 @@ pub(crate) struct RulesAndRisk {
     sensors: Vec<CameraId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
     recorder: Option<Recorder>,
+    /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
+    evidence: Option<EvidenceStage>,
 }
 
 /// Appends observations to a JSON Lines file. A failing file stops the recording (logged
@@ -299,6 +302,7 @@ impl RulesAndRisk {
                 .record_observations
                 .as_deref()
                 .and_then(Recorder::open),
+            evidence: EvidenceStage::new(config),
         }
     }
 
@@ -583,6 +587,9 @@ impl RulesAndRisk {
         let Some(frame) = detected.frame else {
             return Ok(());
         };
+        if let (Some(evidence), Some(image)) = (&mut self.evidence, detected.image) {
+            evidence.remember(&frame, image);
+        }
         let t = frame.info.captured_at;
         let late = camera.clock.is_some_and(|c| t < c) || camera.restored.is_some_and(|r| t <= r);
         if late {
@@ -664,7 +671,10 @@ impl RulesAndRisk {
 
     /// Sends revisions and the state they belong with to the commit stage (which blocks
     /// rather than drop anything).
-    fn commit(&mut self, incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+    fn commit(&mut self, mut incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+        if let Some(evidence) = &mut self.evidence {
+            evidence.attach(&mut incidents);
+        }
         if let Some(recorder) = &mut self.recorder
             && let Err(e) = recorder.flush()
         {
@@ -704,6 +714,7 @@ mod tests {
                 detections: Vec::new(),
                 inference: Duration::ZERO,
             }),
+            image: None,
         }
     }
 
