@@ -19,7 +19,7 @@ use skynet_core::{
 use skynet_detect::Zone;
 
 use crate::config::PipelineConfig;
-use crate::evidence::{Annotations, EvidenceStore, render};
+use crate::evidence::{Annotations, EvidenceConfig, EvidenceStore, render};
 
 /// The last frame of a camera that had detections, with its pixels.
 struct Latest {
@@ -79,20 +79,28 @@ impl Skip {
 impl EvidenceStage {
     /// `None` when `[evidence] enabled = false`.
     pub(crate) fn new(config: &PipelineConfig) -> Option<Self> {
-        let settings = &config.evidence;
-        if !settings.enabled {
-            return None;
-        }
         let cameras = config
             .cameras
             .iter()
-            .map(|c| {
+            .map(|c| (c.id.clone(), c.zones.clone(), c.privacy_masks.clone()));
+        Self::for_cameras(&config.evidence, cameras)
+    }
+
+    fn for_cameras(
+        settings: &EvidenceConfig,
+        cameras: impl Iterator<Item = (CameraId, Vec<Zone>, Vec<Vec<[f64; 2]>>)>,
+    ) -> Option<Self> {
+        if !settings.enabled {
+            return None;
+        }
+        let cameras = cameras
+            .map(|(id, zones, privacy_masks)| {
                 let view = CameraView {
-                    zones: c.zones.clone(),
-                    privacy_masks: c.privacy_masks.clone(),
+                    zones,
+                    privacy_masks,
                     latest: None,
                 };
-                (c.id.clone(), view)
+                (id, view)
             })
             .collect();
         Some(Self {
@@ -249,5 +257,152 @@ impl EvidenceStage {
         }
         self.tokens -= 1.0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use skynet_core::{BBox, ConfigContext, FrameInfo, PixelOrder};
+
+    use super::*;
+    use crate::evidence::EvidenceSettings;
+
+    fn stage_in(dir: &Path, max_per_s: f64) -> EvidenceStage {
+        let settings = EvidenceSettings {
+            dir: Some(dir.display().to_string()),
+            max_per_s,
+            ..EvidenceSettings::default()
+        }
+        .validate(&ConfigContext::new(Path::new("x.toml")))
+        .unwrap();
+        let masks = vec![vec![[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]];
+        EvidenceStage::for_cameras(
+            &settings,
+            std::iter::once((CameraId::new("cam"), Vec::new(), masks)),
+        )
+        .unwrap()
+    }
+
+    fn detection(x: f32) -> Detection {
+        Detection {
+            label: "person".into(),
+            score: 0.9,
+            bbox: BBox::new(x, 100.0, x + 50.0, 300.0),
+        }
+    }
+
+    /// A 640x480 camera's frame at second `at`, analysed at 320x240.
+    fn frame(at: i64, detections: Vec<Detection>) -> (AnalysedFrame, Arc<FrameImage>) {
+        let info = FrameInfo {
+            camera: CameraId::new("cam"),
+            seq: at as u64,
+            captured_at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(at),
+            decoded_at: Instant::now(),
+            skipped: 0,
+            width: 640,
+            height: 480,
+        };
+        let image = FrameImage {
+            width: 320,
+            height: 240,
+            stride: 320 * 3,
+            order: PixelOrder::Bgr,
+            data: vec![128u8; 320 * 240 * 3].into(),
+        };
+        let frame = AnalysedFrame {
+            info,
+            detections,
+            inference: Duration::ZERO,
+        };
+        (frame, Arc::new(image))
+    }
+
+    fn revision(id: &str, revision: u32, detections: &[Detection]) -> RiskEvent {
+        let incident = serde_json::json!({
+            "id": id, "revision": revision, "status": "updated", "change": "evidence",
+            "category": "restricted_area_intrusion", "level": "IV", "level_colour": "blue",
+            "risk_score": 0.3, "confidence": 0.9, "grid": "G-1", "department": "d",
+            "deadlines": {}, "camera": "cam", "owner": "police",
+            "first_seen": "1970-01-01T00:00:00Z", "last_seen": "1970-01-01T00:00:00Z",
+            "observations": 1, "detections": detections,
+            "rule": {"name": "r", "kind": "zone_intrusion"}
+        });
+        RiskEvent::Incident(serde_json::from_value(incident).unwrap())
+    }
+
+    fn evidence(event: &RiskEvent) -> &[EvidenceRef] {
+        &event.as_incident().unwrap().evidence
+    }
+
+    #[test]
+    fn new_detections_get_one_snapshot_and_repeats_get_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage_in(dir.path(), 100.0);
+        let seen = vec![detection(100.0)];
+        let (f, image) = frame(0, vec![detection(100.0), detection(400.0)]);
+        stage.remember(&f, image);
+
+        let mut events = vec![revision("inc-1", 1, &seen)];
+        stage.attach(&mut events);
+        let taken = evidence(&events[0]);
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].width, taken[0].height), (320, 240));
+        assert_eq!(taken[0].frame_at, f.info.captured_at);
+        let bytes = std::fs::read(dir.path().join("inc-1/1.jpg")).unwrap();
+        assert_eq!(taken[0].sha256, crate::evidence::sha256_hex(&bytes));
+
+        // The same detections in the next revision: nothing new to show.
+        let mut events = vec![revision("inc-1", 2, &seen)];
+        stage.attach(&mut events);
+        assert!(evidence(&events[0]).is_empty());
+
+        // New ones, but within min_interval_s of the last snapshot (event time).
+        let (f, image) = frame(2, vec![detection(200.0)]);
+        stage.remember(&f, image);
+        let mut events = vec![revision("inc-1", 3, &[detection(200.0)])];
+        stage.attach(&mut events);
+        assert!(evidence(&events[0]).is_empty());
+        // Later, they are taken.
+        let (f, image) = frame(10, vec![detection(200.0)]);
+        stage.remember(&f, image);
+        let mut events = vec![revision("inc-1", 4, &[detection(200.0)])];
+        stage.attach(&mut events);
+        assert_eq!(evidence(&events[0]).len(), 1);
+
+        // Detections of a frame no longer held: no snapshot of the wrong frame.
+        let mut events = vec![revision("inc-2", 1, &[detection(10.0)])];
+        stage.attach(&mut events);
+        assert!(evidence(&events[0]).is_empty());
+    }
+
+    #[test]
+    fn the_rate_cap_and_a_failing_store_never_hold_a_revision_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage_in(dir.path(), 0.01);
+        let (f, image) = frame(0, vec![detection(100.0)]);
+        stage.remember(&f, image);
+        let mut events = vec![
+            revision("inc-1", 1, &[detection(100.0)]),
+            revision("inc-2", 1, &[detection(100.0)]),
+        ];
+        stage.attach(&mut events);
+        // One token: the first incident gets its snapshot, the second goes out without.
+        assert_eq!(evidence(&events[0]).len(), 1);
+        assert!(evidence(&events[1]).is_empty());
+
+        // A directory that cannot be created (a file is in the way): logged and counted,
+        // the revision goes on as it was.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        let mut failing = stage_in(&blocked, 100.0);
+        let (f, image) = frame(0, vec![detection(100.0)]);
+        failing.remember(&f, image);
+        let mut events = vec![revision("inc-3", 1, &[detection(100.0)])];
+        let before = events.clone();
+        failing.attach(&mut events);
+        assert_eq!(events, before);
     }
 }
