@@ -21,7 +21,7 @@ use skynet_detect::Zone;
 use crate::config::PipelineConfig;
 use crate::evidence::{Annotations, EvidenceConfig, EvidenceStore, render};
 
-/// The last frame of a camera that had detections, with its pixels.
+/// The last frame of a camera that led to an observation, with its pixels.
 struct Latest {
     at: DateTime<Utc>,
     /// The camera's resolution, which detection boxes are in.
@@ -116,7 +116,9 @@ impl EvidenceStage {
         })
     }
 
-    /// Keeps `image` as the camera's latest, replacing the one before.
+    /// Keeps `image` as the camera's latest, replacing the one before. The rules stage
+    /// calls it for frames that led to an observation: only those can bring an incident
+    /// new detections, also in a revision that comes out later (at a flush).
     pub(crate) fn remember(&mut self, frame: &AnalysedFrame, image: Arc<FrameImage>) {
         if let Some(view) = self.cameras.get_mut(&frame.info.camera) {
             view.latest = Some(Latest {

@@ -587,9 +587,6 @@ impl RulesAndRisk {
         let Some(frame) = detected.frame else {
             return Ok(());
         };
-        if let (Some(evidence), Some(image)) = (&mut self.evidence, detected.image) {
-            evidence.remember(&frame, image);
-        }
         let t = frame.info.captured_at;
         let late = camera.clock.is_some_and(|c| t < c) || camera.restored.is_some_and(|r| t <= r);
         if late {
@@ -602,8 +599,15 @@ impl RulesAndRisk {
         camera
             .latency
             .record(frame.info.decoded_at.elapsed().as_secs_f64());
+        let observations = camera.rules.apply(&frame);
+        // An incident's detections come from an observation: its frame is the one to keep.
+        if !observations.is_empty()
+            && let (Some(evidence), Some(image)) = (&mut self.evidence, detected.image)
+        {
+            evidence.remember(&frame, image);
+        }
         let mut revisions = Vec::new();
-        for observation in camera.rules.apply(&frame) {
+        for observation in observations {
             self.counters.observations.fetch_add(1, Ordering::Relaxed);
             let _span = tracing::debug_span!("observe", camera = %observation.source.id, grid = %observation.grid).entered();
             revisions.extend(self.observe(&observation));
