@@ -70,13 +70,61 @@ fn invalid_polygon() {
     );
     let e = error_for(&text);
     assert!(
-        e.contains("bad.toml:32:13: invalid polygon for zone `zone`: the polygon crosses itself"),
+        e.contains("bad.toml:35:13: invalid polygon for zone `zone`: the polygon crosses itself"),
         "{e}"
     );
     let text = valid().replace(common::WALKWAY, "[[0.2, 0.2], [0.8, 0.8]]");
     assert!(error_for(&text).contains("needs at least 3 points, got 2"));
     let text = valid().replace(common::WALKWAY, "[[0.2, 0.2], [0.8, 0.8], [640, 0.2]]");
     assert!(error_for(&text).contains("point 2 (640, 0.2) is outside the frame"));
+}
+
+#[test]
+fn privacy_masks_and_evidence_settings_are_checked_where_written() {
+    let with_masks = |masks: &str| {
+        valid().replace(
+            "max_frames = ",
+            &format!("privacy_masks = {masks}\nmax_frames = "),
+        )
+    };
+    let ok = with_masks("[[[0.0, 0.0], [0.3, 0.0], [0.3, 0.3]]]");
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::pipeline_config(dir.path(), &ok);
+    assert_eq!(
+        config.cameras[0].privacy_masks,
+        vec![vec![[0.0, 0.0], [0.3, 0.0], [0.3, 0.3]]]
+    );
+    // The same checks, and words, as motion masks.
+    let text = with_masks("[[[0.0, 0.0], [0.3, 0.0], [0.3, 0.3]], [[0.1, 0.1], [0.2, 0.2]]]");
+    let e = error_for(&text);
+    let line = line_of(&text, "privacy_masks");
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{line}:17: privacy mask 2: a polygon needs at least 3 points, got 2"
+        )),
+        "{e}"
+    );
+    let e = error_for(&with_masks("[[[0.0, 0.0], [1.5, 0.0], [0.3, 0.3]]]"));
+    assert!(
+        e.contains("privacy mask 1: point 1 (1.5, 0) is outside the frame"),
+        "{e}"
+    );
+
+    let evidence =
+        |setting: &str| valid().replace("[evidence]\n", &format!("[evidence]\n{setting}\n"));
+    let text = evidence("jpeg_quality = 0");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{}:16: `jpeg_quality` must be between 1 and 100",
+            line_of(&text, "jpeg_quality")
+        )),
+        "{e}"
+    );
+    let text = evidence("url_base = \"evidence\"");
+    assert!(error_for(&text).contains("`url_base` must be an absolute URL"));
+    let text = evidence("keep_days = 3");
+    assert!(error_for(&text).contains("unknown field `keep_days`"));
 }
 
 #[test]
@@ -373,7 +421,10 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
             config.record_observations,
             Some(dir.path().join("../var/city/observations.jsonl"))
         );
+        assert_eq!(config.evidence.dir, dir.path().join("../var/city/evidence"));
     }
+    assert!(config.evidence.enabled && config.evidence.url_base.starts_with("file:///"));
+    assert_eq!(config.cameras[0].privacy_masks.len(), 1);
     // The fusion rule the city runs on.
     let fusion = config
         .risk

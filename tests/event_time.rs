@@ -31,12 +31,17 @@ fn replaying_the_same_file_with_the_same_config_gives_identical_incidents() {
     let mut runs = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
+        // Snapshot urls name the directory; one base for both runs.
         let text = with_start(&common::vtest_config(
             dir.path(),
             "cam-replay",
             common::WALKWAY,
             200,
-        ));
+        ))
+        .replace(
+            "[evidence]\n",
+            "[evidence]\nurl_base = \"https://skynet.test/evidence/\"\n",
+        );
         let config = common::pipeline_config(dir.path(), &text);
         pipeline::run(&config, RunOptions::default()).unwrap();
         runs.push(events(dir.path()));

@@ -69,6 +69,9 @@ path = "{dir}/outbox.sqlite"
 kind = "jsonl"
 path = "{dir}/incidents.jsonl"
 
+[evidence]
+dir = "{dir}/evidence"
+
 [[cameras]]
 id = "{camera}"
 owner = "city_management"

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::FieldError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     pub x: f32,
@@ -86,9 +88,76 @@ impl<'de> Deserialize<'de> for BBox {
     }
 }
 
+/// Why a polygon in frame coordinates (`[x, y]` fractions of the frame, origin top-left) is
+/// refused. Zones, motion masks and privacy masks are all checked by [`check_frame_polygon`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FramePolygonError {
+    #[error("a polygon needs at least 3 points, got {0}")]
+    TooFewPoints(usize),
+    #[error(
+        "point {index} ({x}, {y}) is outside the frame: coordinates are fractions of the image, from 0 to 1"
+    )]
+    OutOfRange { index: usize, x: f64, y: f64 },
+}
+
+/// At least 3 points, each within the frame (`[0, 1]` on both axes; NaN is outside).
+pub fn check_frame_polygon(points: &[[f64; 2]]) -> Result<(), FramePolygonError> {
+    if points.len() < 3 {
+        return Err(FramePolygonError::TooFewPoints(points.len()));
+    }
+    for (index, &[x, y]) in points.iter().enumerate() {
+        // `contains` is false for NaN, so NaN is rejected here too.
+        if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
+            return Err(FramePolygonError::OutOfRange { index, x, y });
+        }
+    }
+    Ok(())
+}
+
+/// A list of masks (`motion.masks`, `privacy_masks`) checked with [`check_frame_polygon`];
+/// the error names `field` and the mask (`privacy mask 2: ...`, counted from 1).
+pub fn check_frame_polygons(
+    field: &str,
+    what: &str,
+    polygons: &[Vec<[f64; 2]>],
+) -> Result<(), FieldError> {
+    for (n, points) in polygons.iter().enumerate() {
+        check_frame_polygon(points)
+            .map_err(|e| FieldError::new(field, format!("{what} {}: {e}", n + 1)))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_polygons_need_three_points_inside_the_frame() {
+        assert!(check_frame_polygon(&[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]).is_ok());
+        assert_eq!(
+            check_frame_polygon(&[[0.0, 0.0], [1.0, 1.0]]),
+            Err(FramePolygonError::TooFewPoints(2))
+        );
+        assert!(matches!(
+            check_frame_polygon(&[[0.0, 0.0], [f64::NAN, 0.0], [1.0, 1.0]]),
+            Err(FramePolygonError::OutOfRange { index: 1, .. })
+        ));
+        let e = check_frame_polygons(
+            "privacy_masks",
+            "privacy mask",
+            &[
+                vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]],
+                vec![[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]],
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "privacy_masks");
+        assert!(
+            e.message.starts_with("privacy mask 2: point 1 (2, 0)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn iou_of_identical_boxes_is_one_and_of_disjoint_is_zero() {

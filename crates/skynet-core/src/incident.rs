@@ -477,6 +477,29 @@ pub struct Contribution {
     pub count: u32,
 }
 
+/// A file that documents a revision: so far an annotated JPEG snapshot (`kind: "snapshot"`)
+/// of the frame its new detections came from, privacy masks blurred.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceRef {
+    /// `snapshot`.
+    pub kind: String,
+    /// Where the file is: `[evidence] url_base` followed by `<incident id>/<revision>.jpg`.
+    pub url: String,
+    /// SHA-256 of the file's bytes, lower-case hex: proves the file is the one referenced.
+    pub sha256: String,
+    /// The camera whose frame it is.
+    pub camera: CameraId,
+    /// The frame's event time.
+    pub frame_at: DateTime<Utc>,
+    /// The image's size in pixels (the analysed frame's, which may be below the camera's).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl EvidenceRef {
+    pub const SNAPSHOT: &'static str = "snapshot";
+}
+
 /// An incident as the case system sees it. Each emission carries a new `revision`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
@@ -531,6 +554,10 @@ pub struct Incident {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reading: Option<ReadingValue>,
     pub rule: RuleRef,
+    /// Files taken for this revision: a snapshot when it brought new detections. Left out
+    /// when there are none (an earlier revision's files stay listed on that revision).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<EvidenceRef>,
 }
 
 /// A grid cell's risk level changed (`skynet.grid_risk.v1`).

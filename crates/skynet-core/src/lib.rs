@@ -18,13 +18,13 @@ pub mod vision;
 pub mod watermark;
 
 pub use config::{ConfigContext, FieldError};
-pub use geometry::{BBox, Point};
+pub use geometry::{BBox, FramePolygonError, Point, check_frame_polygon, check_frame_polygons};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
 pub use ids::{CameraId, GridId, OwnerKind, SensorId, validate_id};
 pub use incident::{
     CASE_STATUS_EVENT_TYPE, CASE_STATUSES, CaseStatus, Contribution, Deadlines, DeviceFault,
-    Evidence, FaultEvidence, GridRisk, Incident, IncidentChange, IncidentState, IncidentStatus,
-    Observation, RiskEvent, RiskLevel, RuleRef, SourceKind, SourceRef,
+    Evidence, EvidenceRef, FaultEvidence, GridRisk, Incident, IncidentChange, IncidentState,
+    IncidentStatus, Observation, RiskEvent, RiskLevel, RuleRef, SourceKind, SourceRef,
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};

@@ -74,6 +74,18 @@ pub struct FrameImage {
     pub data: FrameData,
 }
 
+impl std::fmt::Debug for FrameImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The size and layout; the pixels would only flood a log.
+        f.debug_struct("FrameImage")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("stride", &self.stride)
+            .field("order", &self.order)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One decoded video frame.
 #[derive(Clone)]
 pub struct Frame {

@@ -5,16 +5,13 @@
 
 use geo::algorithm::validation::InvalidPolygon;
 use geo::{Area, Coord, Covers, Intersects, Line, LineString, Polygon, Validation};
-use skynet_core::Point;
+use skynet_core::{FramePolygonError, Point};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ZoneError {
-    #[error("a polygon needs at least 3 points, got {0}")]
-    TooFewPoints(usize),
-    #[error(
-        "point {index} ({x}, {y}) is outside the frame: coordinates are fractions of the image, from 0 to 1"
-    )]
-    OutOfRange { index: usize, x: f64, y: f64 },
+    /// Too few points, or a point outside the frame: the checks every frame polygon shares.
+    #[error(transparent)]
+    Frame(#[from] FramePolygonError),
     #[error("the polygon has no area (its points are on one line or repeated)")]
     Degenerate,
     /// Edge `i` runs from point `i` to point `i + 1` (the last back to point 0).
@@ -30,15 +27,7 @@ pub struct Zone {
 
 impl Zone {
     pub fn new(name: impl Into<String>, points: &[[f64; 2]]) -> Result<Self, ZoneError> {
-        if points.len() < 3 {
-            return Err(ZoneError::TooFewPoints(points.len()));
-        }
-        for (index, &[x, y]) in points.iter().enumerate() {
-            // `contains` is false for NaN, so NaN is rejected here too.
-            if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
-                return Err(ZoneError::OutOfRange { index, x, y });
-            }
-        }
+        skynet_core::check_frame_polygon(points)?;
         let coords: Vec<Coord<f64>> = points.iter().map(|&[x, y]| Coord { x, y }).collect();
         // `Polygon::new` closes the ring; the config lists each corner once.
         let polygon = Polygon::new(LineString::new(coords.clone()), Vec::new());
@@ -68,6 +57,14 @@ impl Zone {
         // is clamped to that edge (its feet are then exactly on the border).
         self.polygon
             .covers(&geo::Point::new(f64::from(p.x), f64::from(p.y)))
+    }
+
+    /// The corners, as `[x, y]` fractions of the frame (for drawing the outline).
+    pub fn points(&self) -> Vec<[f64; 2]> {
+        let ring = &self.polygon.exterior().0;
+        // The ring is closed: its last point repeats the first.
+        let open = ring.len().saturating_sub(1);
+        ring[..open].iter().map(|c| [c.x, c.y]).collect()
     }
 
     /// The zone's area as a fraction of the frame.
@@ -119,15 +116,21 @@ mod tests {
     fn invalid_polygons_are_rejected_with_the_reason() {
         assert_eq!(
             Zone::new("z", &SQUARE[..2]),
-            Err(ZoneError::TooFewPoints(2))
+            Err(ZoneError::Frame(FramePolygonError::TooFewPoints(2)))
         );
         assert!(matches!(
             Zone::new("z", &[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]),
-            Err(ZoneError::OutOfRange { index: 1, .. })
+            Err(ZoneError::Frame(FramePolygonError::OutOfRange {
+                index: 1,
+                ..
+            }))
         ));
         assert!(matches!(
             Zone::new("z", &[[0.0, 0.0], [f64::NAN, 0.0], [0.0, 1.0]]),
-            Err(ZoneError::OutOfRange { index: 1, .. })
+            Err(ZoneError::Frame(FramePolygonError::OutOfRange {
+                index: 1,
+                ..
+            }))
         ));
         assert_eq!(
             Zone::new("z", &[[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]),

@@ -40,5 +40,6 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
             kind: "zone_intrusion".into(),
             zone: None,
         },
+        evidence: Vec::new(),
     }
 }

@@ -93,32 +93,7 @@ impl MotionConfig {
             3600.0,
         )?;
         check_range("motion.keepalive_s", self.keepalive_s, 0.1, 86_400.0)?;
-        for (n, mask) in self.masks.iter().enumerate() {
-            if mask.len() < 3 {
-                return Err(FieldError::new(
-                    "motion.masks",
-                    format!(
-                        "motion mask {} has {} points; a polygon needs at least 3",
-                        n + 1,
-                        mask.len()
-                    ),
-                ));
-            }
-            if mask
-                .iter()
-                .flatten()
-                .any(|v| !v.is_finite() || !(0.0..=1.0).contains(v))
-            {
-                return Err(FieldError::new(
-                    "motion.masks",
-                    format!(
-                        "motion mask {} has a point outside the frame: points are [x, y] fractions from 0 to 1",
-                        n + 1
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        skynet_core::check_frame_polygons("motion.masks", "motion mask", &self.masks)
     }
 }
 

@@ -1020,6 +1020,7 @@ impl GridRiskEngine {
                 kind: String::new(),
                 zone: None,
             },
+            evidence: Vec::new(),
         };
         incident.set_device(&obs.source.id, obs.source.kind);
         incident

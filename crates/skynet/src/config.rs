@@ -23,6 +23,7 @@ use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
 
 use crate::components::{ParseError, Registry, RuleBuilder, SinkBuilder, SourceBuilder};
+use crate::evidence::{EvidenceConfig, EvidenceSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,6 +56,8 @@ struct ConfigFile {
     detect: Spanned<toml::Table>,
     risk: Option<Spanned<toml::Table>>,
     outbox: Option<Spanned<toml::Table>>,
+    /// `[evidence]`: incident snapshots; every key has a default.
+    evidence: Option<Spanned<toml::Table>>,
     /// Each table goes to the sink kind its `kind` names.
     #[serde(default)]
     sinks: Vec<Spanned<toml::Table>>,
@@ -243,13 +246,17 @@ struct CameraCommon {
     /// Motion gating; on by default.
     #[serde(default)]
     motion: MotionConfig,
+    /// Areas blurred in every evidence snapshot (windows of homes, a neighbour's garden):
+    /// polygons of `[x, y]` fractions of the frame, origin top-left.
+    #[serde(default)]
+    privacy_masks: Vec<Vec<[f64; 2]>>,
 }
 
 fn default_offline_after() -> f64 {
     30.0
 }
 
-const CAMERA_COMMON_KEYS: [&str; 9] = [
+const CAMERA_COMMON_KEYS: [&str; 10] = [
     "id",
     "owner",
     "grid",
@@ -259,6 +266,7 @@ const CAMERA_COMMON_KEYS: [&str; 9] = [
     "fps",
     "offline_after_s",
     "motion",
+    "privacy_masks",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +304,8 @@ pub struct PipelineConfig {
     pub sensors: Vec<SensorConfig>,
     /// The case system's status feedback; `None` when the config has no `[cases]`.
     pub cases: Option<CasesSettings>,
+    /// `[evidence]`: where incident snapshots go, and how often they are taken.
+    pub evidence: EvidenceConfig,
 }
 
 /// A configured sensor: what validation needs, where it is, and its rules.
@@ -328,6 +338,8 @@ pub struct CameraSpec {
     /// A live camera without frames for this long is offline (a `camera_offline` incident).
     pub offline_after: std::time::Duration,
     pub motion: MotionConfig,
+    /// Blurred in evidence snapshots: polygons of `[x, y]` fractions of the frame.
+    pub privacy_masks: Vec<Vec<[f64; 2]>>,
 }
 
 impl CameraSpec {
@@ -636,6 +648,10 @@ fn validate(
         .validate(&cx)
         .map_err(|e| at.field_error(&region, e))?;
     let sinks = validate_sinks(at, &file.sinks, registry)?;
+    let (evidence, region) = section::<EvidenceSettings>(at, file.evidence.as_ref())?;
+    let evidence = evidence
+        .validate(&cx)
+        .map_err(|e| at.field_error(&region, e))?;
 
     let mqtt = match &file.mqtt {
         None => None,
@@ -725,6 +741,7 @@ fn validate(
         mqtt,
         sensors,
         cases,
+        evidence,
     })
 }
 
@@ -983,6 +1000,9 @@ fn validate_camera(
         .motion
         .validate()
         .map_err(|e| at.field_error(&region, e))?;
+    // The same checks as motion masks and zones: 3 points or more, inside the frame.
+    skynet_core::check_frame_polygons("privacy_masks", "privacy mask", &common.privacy_masks)
+        .map_err(|e| at.field_error(&region, e))?;
 
     let grid = resolve_grid(
         at,
@@ -1076,6 +1096,7 @@ fn validate_camera(
         fps: common.fps,
         offline_after: std::time::Duration::from_secs_f64(common.offline_after_s),
         motion: common.motion,
+        privacy_masks: common.privacy_masks,
     })
 }
 

@@ -9,10 +9,12 @@
 //! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
 //! - [`dead_letters`]: `skynet outbox dead-letters` and `skynet outbox replay`.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
+//! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
 
 pub mod components;
 pub mod config;
 pub mod dead_letters;
+pub mod evidence;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;

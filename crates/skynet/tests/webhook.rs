@@ -125,6 +125,7 @@ fn incident(revision: u32) -> RiskEvent {
         assignee: None,
         note: None,
         missed: Vec::new(),
+        evidence: Vec::new(),
         camera: CameraId::new("cam"),
         sensor: None,
         owner: OwnerKind::SafetyProduction,

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Select, TryRecvError};
-use skynet_core::{AnalysedFrame, CameraId, Frame, StageQueue, StageReceiver};
+use skynet_core::{AnalysedFrame, CameraId, Frame, FrameImage, StageQueue, StageReceiver};
 use skynet_detect::{Detector, ImageView};
 use skynet_ingest::ObjectsInView;
 
@@ -26,6 +26,9 @@ pub(crate) struct Detected {
     pub gap: u64,
     /// `None` when detection failed for this frame (counted, and skipped by the rules).
     pub frame: Option<AnalysedFrame>,
+    /// The analysed pixels, for evidence snapshots: only when the camera takes snapshots
+    /// and the frame has detections (a frame without any brings no incident new ones).
+    pub image: Option<Arc<FrameImage>>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +48,8 @@ pub(crate) struct CameraInput {
     objects: ObjectsInView,
     analysed: metrics::Counter,
     errors: metrics::Counter,
+    /// Pass the pixels of frames with detections on, for evidence snapshots.
+    keep_images: bool,
 }
 
 impl CameraInput {
@@ -61,7 +66,14 @@ impl CameraInput {
             objects,
             analysed: metrics::counter!("skynet_frames_analysed_total", "camera" => label.clone()),
             errors: metrics::counter!("skynet_detect_errors_total", "camera" => label),
+            keep_images: false,
         }
+    }
+
+    /// Passes the pixels of frames with detections on to the rules stage.
+    pub(crate) fn keeping_images(mut self, keep: bool) -> Self {
+        self.keep_images = keep;
+        self
     }
 
     /// Takes the next frame and numbers it, atomically with respect to the other workers.
@@ -125,6 +137,7 @@ impl Worker {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
             }));
+            let mut image = None;
             let (analysed, panicked) = match outcome {
                 Ok(Ok(mut detections)) => {
                     input.objects.set(!detections.is_empty());
@@ -134,6 +147,9 @@ impl Worker {
                         for d in &mut detections {
                             d.bbox = d.bbox.scaled(sx, sy);
                         }
+                    }
+                    if input.keep_images && !detections.is_empty() {
+                        image = owned_copy(&frame.image).map(Arc::new);
                     }
                     self.counters.analysed.fetch_add(1, Ordering::Relaxed);
                     input.analysed.increment(1);
@@ -156,6 +172,7 @@ impl Worker {
                 dispatch,
                 gap,
                 frame: analysed,
+                image,
             };
             // The rules stage waits for every dispatch number: send even a failed frame.
             if self.out.send(detected).is_err() {
@@ -169,4 +186,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// The pixels in a buffer of their own, rows packed. A copy (a few hundred kilobytes at the
+/// model's input size, only for frames with detections) rather than a clone of the frame:
+/// the clone would keep the decoder's buffer mapped for as long as the rules stage holds the
+/// camera's latest image, and a decoder's buffer pool may be small.
+fn owned_copy(image: &FrameImage) -> Option<FrameImage> {
+    let row = image.width as usize * 3;
+    let height = image.height as usize;
+    let mut data = Vec::with_capacity(row * height);
+    for y in 0..height {
+        let start = y * image.stride;
+        data.extend_from_slice(image.data.get(start..start + row)?);
+    }
+    Some(FrameImage {
+        width: image.width,
+        height: image.height,
+        stride: row,
+        order: image.order,
+        data: data.into(),
+    })
 }

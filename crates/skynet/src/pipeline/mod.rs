@@ -17,6 +17,7 @@
 
 mod commit;
 mod detect;
+mod evidence;
 mod rules;
 pub mod sensors;
 mod services;
@@ -146,6 +147,15 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
+/// Triggers its signal when dropped: a helper thread stops on every way out of [`run`].
+struct StopOnDrop(Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
 /// Spawns a stage thread whose panic is a fatal failure of that stage.
 fn spawn_stage(
     name: &str,
@@ -245,6 +255,23 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         },
     );
 
+    // Evidence retention: old snapshots deleted hourly, on a thread of its own.
+    let sweeper = if config.evidence.enabled {
+        let stop = StopOnDrop(Shutdown::new());
+        let handle = crate::evidence::spawn_sweeper(
+            config.evidence.dir.clone(),
+            config.evidence.retain,
+            stop.0.clone(),
+        )
+        .map_err(|source| PipelineError::Spawn {
+            stage: "evidence-sweep".into(),
+            source,
+        })?;
+        Some((stop, handle))
+    } else {
+        None
+    };
+
     // Commit: the outbox owns incidents from here on.
     let (commit_queue, commit_rx) =
         stage_queue::<commit::Commit>("commits", "risk", 64, OverloadPolicy::Block);
@@ -334,7 +361,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         };
         let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
         let objects = ObjectsInView::default();
-        inputs.push(detect::CameraInput::new(&camera.id, rx, objects.clone()));
+        inputs.push(
+            detect::CameraInput::new(&camera.id, rx, objects.clone())
+                .keeping_images(config.evidence.enabled),
+        );
         let camera_health = CameraHealth::new(
             camera.id.clone(),
             health.register(camera.id.as_str(), "source"),
@@ -413,6 +443,11 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     for (sink, pending) in deliveries.shutdown(DRAIN_DEADLINE) {
         tracing::warn!(sink = %sink, pending, "sink still behind at shutdown; the events stay in the outbox for the next start");
+    }
+
+    if let Some((stop, handle)) = sweeper {
+        drop(stop);
+        let _ = handle.join();
     }
 
     if let Some((stage, cause)) = fatal.take() {

@@ -34,6 +34,7 @@ use skynet_risk::RiskError;
 
 use super::commit::Commit;
 use super::detect::Detected;
+use super::evidence::EvidenceStage;
 use super::sensors::SensorEvent;
 use super::{Counters, POLL};
 use crate::config::PipelineConfig;
@@ -163,6 +164,8 @@ pub(crate) struct RulesAndRisk {
     cases: Option<crossbeam_channel::Receiver<CaseFeedback>>,
     /// Acks of status events whose revisions go with the next commit.
     acks: Vec<CaseAck>,
+    /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
+    evidence: Option<EvidenceStage>,
 }
 
 /// Appends observations to a JSON Lines file. A failing file stops the recording (logged
@@ -307,6 +310,7 @@ impl RulesAndRisk {
                 .record_observations
                 .as_deref()
                 .and_then(Recorder::open),
+            evidence: EvidenceStage::new(config),
         }
     }
 
@@ -654,8 +658,15 @@ impl RulesAndRisk {
         camera
             .latency
             .record(frame.info.decoded_at.elapsed().as_secs_f64());
+        let observations = camera.rules.apply(&frame);
+        // An incident's detections come from an observation: its frame is the one to keep.
+        if !observations.is_empty()
+            && let (Some(evidence), Some(image)) = (&mut self.evidence, detected.image)
+        {
+            evidence.remember(&frame, image);
+        }
         let mut revisions = Vec::new();
-        for observation in camera.rules.apply(&frame) {
+        for observation in observations {
             self.counters.observations.fetch_add(1, Ordering::Relaxed);
             let _span = tracing::debug_span!("observe", camera = %observation.source.id, grid = %observation.grid).entered();
             revisions.extend(self.observe(&observation));
@@ -723,7 +734,10 @@ impl RulesAndRisk {
 
     /// Sends revisions and the state they belong with to the commit stage (which blocks
     /// rather than drop anything).
-    fn commit(&mut self, incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+    fn commit(&mut self, mut incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+        if let Some(evidence) = &mut self.evidence {
+            evidence.attach(&mut incidents);
+        }
         if let Some(recorder) = &mut self.recorder
             && let Err(e) = recorder.flush()
         {
@@ -768,6 +782,7 @@ mod tests {
                 detections: Vec::new(),
                 inference: Duration::ZERO,
             }),
+            image: None,
         }
     }
 
