@@ -262,6 +262,8 @@ async fn send_status(url: &str, prefix: &str, incident: &str, status: &str, note
         "data": {"incident": incident, "status": status, "department": "patrol",
                  "assignee": "crew 7", "note": note, "at": chrono::Utc::now()}
     });
+    let errors = schema_errors(&published_schema("case_status.schema.json"), &event);
+    assert!(errors.is_empty(), "{event}: {errors:?}");
     let subject = format!("{prefix}.{incident}");
     // The stream is skynet's: it may not exist yet in the first seconds.
     let until = Instant::now() + Duration::from_secs(30);
@@ -443,6 +445,20 @@ durable = "{prefix}"
     assert_eq!(resolved["data"]["department"], "patrol");
     assert_eq!(resolved["data"]["assignee"], "crew 7");
     assert_eq!(resolved["data"]["note"], "cleared");
+
+    // Feedback revisions and all: what skynet wrote matches its published schemas.
+    let (incident_schema, grid_risk_schema) = (
+        published_schema("incident.schema.json"),
+        published_schema("grid_risk.schema.json"),
+    );
+    for event in &events {
+        let schema = match event["type"].as_str() {
+            Some("skynet.incident.v1") => &incident_schema,
+            _ => &grid_risk_schema,
+        };
+        let errors = schema_errors(schema, event);
+        assert!(errors.is_empty(), "{event}: {errors:?}");
+    }
 
     // Every revision in the outbox reached JetStream; after dedup the sets are equal.
     let ids: BTreeSet<String> = events

@@ -6,7 +6,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{repo, text};
+use common::{published_schema, repo, schema_errors, text};
 use serde_json::Value;
 
 /// Runs `skynet replay --config configs/city.toml <observations>`; the events it printed.
@@ -284,11 +284,7 @@ fn bad_lines_are_named_and_the_rest_still_replays() {
 /// observation, and every event a replay of them prints, validates against its schema.
 #[test]
 fn the_events_and_observations_validate_against_the_published_schemas() {
-    let schema = |name: &str| {
-        let text = std::fs::read_to_string(repo().join("schemas").join(name)).unwrap();
-        let schema: Value = serde_json::from_str(&text).unwrap();
-        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+    let schema = published_schema;
     let observation = schema("observation.schema.json");
     let incident = schema("incident.schema.json");
     let grid_risk = schema("grid_risk.schema.json");
@@ -317,10 +313,7 @@ fn the_events_and_observations_validate_against_the_published_schemas() {
                 "skynet.grid_risk.v1" => &grid_risk,
                 other => panic!("unexpected event type {other}"),
             };
-            let errors: Vec<String> = validator
-                .iter_errors(event)
-                .map(|e| format!("{e} at {}", e.instance_path))
-                .collect();
+            let errors = schema_errors(validator, event);
             assert!(errors.is_empty(), "{name}: {event}: {errors:?}");
             seen.insert(kind);
         }

@@ -228,3 +228,18 @@ pub fn webhook_signature(secret: &str, body: &str) -> String {
         .collect();
     format!("sha256={hex}")
 }
+
+/// A validator for one of the published schemas in `schemas/`.
+pub fn published_schema(name: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repo().join("schemas").join(name)).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Why `value` does not validate, with where (empty when it does).
+pub fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(value)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect()
+}
