@@ -425,6 +425,21 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
     }
     assert!(config.evidence.enabled && config.evidence.url_base.starts_with("file:///"));
     assert_eq!(config.cameras[0].privacy_masks.len(), 1);
+    // Incidents go to the file and to NATS JetStream; case status comes back from NATS.
+    let sinks: Vec<(&str, &str)> = config
+        .sinks
+        .iter()
+        .map(|s| (s.kind, s.name.as_str()))
+        .collect();
+    assert_eq!(sinks, [("jsonl", "jsonl"), ("nats", "nats")]);
+    let cases = config.cases.as_ref().expect("[cases]");
+    assert_eq!(
+        (cases.stream.as_str(), cases.subject_prefix.as_str()),
+        ("SKYNET_CASES", "skynet.cases")
+    );
+    if unset("SKYNET_NATS_URL") {
+        assert_eq!(cases.url, "nats://127.0.0.1:4222");
+    }
     // The fusion rule the city runs on.
     let fusion = config
         .risk

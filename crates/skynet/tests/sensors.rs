@@ -615,6 +615,9 @@ fn simulate(url: &str, scenario: &str, seconds: u32) {
 fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     let broker = Broker::start();
     let state = tempfile::tempdir().unwrap();
+    // The city delivers to NATS JetStream (stream SKYNET_INCIDENTS): a private server, so the
+    // session's keeps no stream of this test.
+    let nats = PrivateNats::start(&state.path().join("nats"));
     let listen = free_port();
     let config = repo().join("configs/city.toml");
     let (mut child, log) = spawn_logged_with_env(
@@ -622,6 +625,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         &[],
         &[
             ("SKYNET_MQTT_URL", broker.url()),
+            ("SKYNET_NATS_URL", nats.url()),
             ("SKYNET_STATE_DIR", state.path().display().to_string()),
             ("SKYNET_METRICS_LISTEN", listen.to_string()),
         ],
@@ -695,9 +699,20 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         ("co", "ppm")
     );
     assert!(reading.value > 50.0, "{reading:?}");
-    // The JSON Lines file has it too.
+    // The JSON Lines file has it too, and so does JetStream, on the documented subject.
     let jsonl = std::fs::read_to_string(state.path().join("incidents.jsonl")).unwrap();
     assert!(jsonl.contains("gas_leak"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let queued = rt.block_on(read_stream(&nats.url(), "SKYNET_INCIDENTS"));
+    assert!(
+        queued.iter().any(
+            |(id, subject, ..)| *id == leak.id && subject == "skynet.incidents.G-0201.gas_leak"
+        ),
+        "{queued:?}"
+    );
 
     // `[risk] record` kept every observation; replayed, they make the same two incidents.
     let recorded = state.path().join("observations.jsonl");

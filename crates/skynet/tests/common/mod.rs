@@ -243,3 +243,122 @@ pub fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Valu
         .map(|e| format!("{e} at {}", e.instance_path))
         .collect()
 }
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+
+/// A nats-server of the test's own, on a spare port, with its store in `dir`.
+pub struct PrivateNats {
+    port: u16,
+    dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl PrivateNats {
+    pub fn start(dir: &Path) -> Self {
+        let mut server = Self {
+            port: free_port().port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn resume(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                self.port
+            ))
+            .is_ok()),
+            "nats-server did not start on {}",
+            self.port
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every message in `stream`, as (Nats-Msg-Id, subject, headers, body), read with an
+/// ephemeral ordered consumer.
+pub async fn read_stream(
+    url: &str,
+    stream: &str,
+) -> Vec<(String, String, BTreeMap<String, String>, serde_json::Value)> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let total = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the stream's messages come")
+            .unwrap()
+            .unwrap();
+        let headers: BTreeMap<String, String> = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.first().map(|v| v.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let id = headers.get("Nats-Msg-Id").cloned().unwrap_or_default();
+        out.push((
+            id,
+            message.subject.to_string(),
+            headers,
+            serde_json::from_slice(&message.payload).unwrap(),
+        ));
+    }
+    out
+}
+
+pub async fn delete_streams(url: &str, streams: &[&str]) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    for stream in streams {
+        let _ = js.delete_stream(stream).await;
+    }
+}
