@@ -373,7 +373,8 @@ impl Worker {
                 Some(db) => Arc::clone(db),
                 None => {
                     let path = self.outbox_path.clone();
-                    let opened = tokio::task::spawn_blocking(move || Outbox::open(&path)).await;
+                    let opened =
+                        tokio::task::spawn_blocking(move || Outbox::open_for_delivery(&path)).await;
                     match opened.map_err(EmitError::from).and_then(|r| r) {
                         Ok(db) => Arc::clone(outbox.insert(Arc::new(Mutex::new(db)))),
                         Err(e) => {

@@ -139,7 +139,28 @@ fn same_json(a: &str, b: &str) -> bool {
         )
 }
 
+/// The busy handler: poll the lock every millisecond, give up after about 5 s.
+fn wait_for_lock(attempts: i32) -> bool {
+    if attempts >= 5_000 {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    true
+}
+
 impl Outbox {
+    /// A connection for a sink's cursor: its commits are not fsynced one by one (WAL with
+    /// `synchronous=NORMAL`), since a cursor lost to a power cut only means events are
+    /// delivered again, which consumers deduplicate; the commit stays fully durable.
+    pub fn open_for_delivery(path: &Path) -> Result<Self, EmitError> {
+        let outbox = Self::open(path)?;
+        outbox
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(outbox.err())?;
+        Ok(outbox)
+    }
+
     /// Opens (creating if needed) the outbox at `path`; `:memory:` gives a throwaway one.
     pub fn open(path: &Path) -> Result<Self, EmitError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -158,8 +179,11 @@ impl Outbox {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
+        // Writers (the commit and each sink's cursor) queue for the lock by polling every
+        // millisecond, for up to 5 s. SQLite's own busy_timeout backs off to 100 ms sleeps,
+        // which under steady commits and acks left a waiter sleeping through free windows
+        // for most of a second (seen as a p99 commit-to-ack of 0.9 s in the delivery bench).
+        conn.busy_handler(Some(wait_for_lock)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
