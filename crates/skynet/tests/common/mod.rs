@@ -2,6 +2,8 @@
 //! its outputs moved into a test's directory.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
