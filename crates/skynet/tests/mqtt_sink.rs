@@ -8,32 +8,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{Broker, Mqtt};
-use serde_json::{Value, json};
-use skynet_core::{ComponentHealth, ConfigContext, RiskEvent};
+use common::{incident, outbox_ids, runtime};
+use serde_json::Value;
+use skynet_core::{ComponentHealth, ConfigContext};
 use skynet_emit::{Committer, IncidentSink, MqttSinkConfig, Outbox, SinkConfig};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn incident(n: u32) -> RiskEvent {
-    RiskEvent::Incident(
-        serde_json::from_value(json!({
-            "id": format!("inc-{n}"), "revision": 1, "status": "opened", "state": "open",
-            "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
-            "risk_score": 0.7, "confidence": 1.0, "grid": format!("G-{:02}", n % 7),
-            "department": "fire", "deadlines": {}, "sensor": "gas-07", "owner": "safety_production",
-            "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
-            "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
-            "note": "x".repeat(600),
-        }))
-        .unwrap(),
-    )
-}
 
 #[test]
 fn every_event_reaches_a_qos1_subscriber_after_dedup_while_the_broker_is_stopped_for_10_s() {
@@ -102,13 +80,7 @@ fn every_event_reaches_a_qos1_subscriber_after_dedup_while_the_broker_is_stopped
         "the sink caught up"
     );
 
-    let stored: BTreeSet<String> = committer
-        .outbox()
-        .events()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let stored = outbox_ids(&committer);
     assert_eq!(stored.len(), n as usize);
     // Every acknowledged publish was queued for the subscriber: wait for it to drain.
     let ids = || -> BTreeSet<String> {
