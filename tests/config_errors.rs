@@ -407,10 +407,13 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
     // Where the environment leaves them unset, the defaults apply.
     let mqtt = config.mqtt.as_ref().unwrap();
     if unset("SKYNET_MQTT_URL") {
-        assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
+        assert_eq!(
+            (mqtt.connection.host.as_str(), mqtt.connection.port),
+            ("127.0.0.1", 1883)
+        );
     }
     if unset("SKYNET_MQTT_USER") {
-        assert!(mqtt.credentials.is_none());
+        assert!(mqtt.connection.credentials.is_none());
     }
     if unset("SKYNET_METRICS_LISTEN") {
         assert_eq!(config.metrics_listen.unwrap().to_string(), "127.0.0.1:9464");

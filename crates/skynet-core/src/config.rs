@@ -82,13 +82,23 @@ pub fn expand_vars(value: &str) -> Result<String, String> {
 pub struct ConfigContext {
     /// The directory of the config file.
     pub base_dir: PathBuf,
+    /// The node's name (`[node] name`), for defaults that must differ between nodes sharing
+    /// a broker (an MQTT client id); empty where the caller does not know it.
+    pub node: String,
 }
 
 impl ConfigContext {
     pub fn new(config_file: &Path) -> Self {
         Self {
             base_dir: config_file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            node: String::new(),
         }
+    }
+
+    /// The same context, knowing the node's name.
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
     }
 
     /// `${VAR}` expanded, then relative to the config file.

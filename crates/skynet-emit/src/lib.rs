@@ -27,7 +27,7 @@ pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
-    Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, NatsSink, NatsSinkConfig,
-    Rejection, Retention, SinkConfig, StdoutSink, StdoutSinkConfig, StreamPlan, WebhookSink,
-    WebhookSinkConfig, route_token,
+    Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, MqttSink, MqttSinkConfig,
+    NatsSink, NatsSinkConfig, Rejection, Retention, SinkConfig, StdoutSink, StdoutSinkConfig,
+    StreamPlan, WebhookSink, WebhookSinkConfig, route_token,
 };

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
 use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
 use skynet_emit::{
-    EmitError, IncidentSink, JsonLinesSinkConfig, NatsSinkConfig, SinkConfig, StdoutSinkConfig,
-    WebhookSinkConfig,
+    EmitError, IncidentSink, JsonLinesSinkConfig, MqttSinkConfig, NatsSinkConfig, SinkConfig,
+    StdoutSinkConfig, WebhookSinkConfig,
 };
 use skynet_ingest::{
     FrameDelivery, FrameSource, GstSourceConfig, IngestError, RetryPolicy, SourceConfig,
@@ -27,6 +27,7 @@ pub fn registry() -> Registry {
         .with_sink::<StdoutSinkConfig>()
         .with_sink::<NatsSinkConfig>()
         .with_sink::<WebhookSinkConfig>()
+        .with_sink::<MqttSinkConfig>()
 }
 
 /// Why a component's table was refused.

@@ -647,7 +647,7 @@ fn validate(
     let outbox = outbox
         .validate(&cx)
         .map_err(|e| at.field_error(&region, e))?;
-    let sinks = validate_sinks(at, &file.sinks, registry)?;
+    let sinks = validate_sinks(at, &node, &file.sinks, registry)?;
     let (evidence, region) = section::<EvidenceSettings>(at, file.evidence.as_ref())?;
     let evidence = evidence
         .validate(&cx)
@@ -927,10 +927,11 @@ fn take_string(
 
 fn validate_sinks(
     at: &Locator<'_>,
+    node: &str,
     sinks: &[Spanned<toml::Table>],
     registry: &Registry,
 ) -> Result<Vec<SinkSpec>, ConfigError> {
-    let cx = ConfigContext::new(at.path);
+    let cx = ConfigContext::new(at.path).with_node(node);
     let mut specs: Vec<SinkSpec> = Vec::new();
     for sink in sinks {
         let region = at.table_region(&sink.span());

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use common::*;
 use serde_json::{Value, json};
-use skynet_core::{ComponentHealth, RiskEvent};
+use skynet_core::ComponentHealth;
 use skynet_emit::{Committer, IncidentSink, JsonLinesSink, NatsSink, NatsSinkConfig, Outbox};
 
 const SESSION_NATS: &str = "nats://127.0.0.1:4222";
@@ -30,30 +30,6 @@ fn unique(prefix: &str) -> String {
         "{prefix}{}x{}x{nanos}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn incident(n: u32) -> RiskEvent {
-    RiskEvent::Incident(
-        serde_json::from_value(json!({
-            "id": format!("inc-{n}"), "revision": 1, "status": "opened", "state": "open",
-            "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
-            "risk_score": 0.7, "confidence": 1.0, "grid": format!("G-{:02}", n % 7),
-            "department": "fire", "deadlines": {}, "sensor": "gas-07", "owner": "safety_production",
-            "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
-            "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
-            // About 1 KB, as a real revision with its evidence.
-            "note": "x".repeat(600),
-        }))
-        .unwrap(),
     )
 }
 
@@ -106,13 +82,7 @@ fn every_revision_reaches_jetstream_once_after_dedup_while_nats_is_stopped_for_3
         "every sink caught up"
     );
 
-    let stored: BTreeSet<String> = committer
-        .outbox()
-        .events()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let stored = outbox_ids(&committer);
     assert_eq!(stored.len(), n as usize);
     let messages = rt.block_on(read_stream(&nats.url(), "SKYNET_INCIDENTS"));
     let delivered: BTreeSet<String> = messages.iter().map(|(id, ..)| id.clone()).collect();

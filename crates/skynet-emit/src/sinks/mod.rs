@@ -2,11 +2,13 @@
 //! and how it is built, so adding a kind touches only its own module (as Vector's sinks do).
 
 mod jsonl;
+mod mqtt;
 pub mod nats;
 mod stdout;
 mod webhook;
 
 pub use jsonl::{JsonLinesSink, JsonLinesSinkConfig};
+pub use mqtt::{MqttSink, MqttSinkConfig};
 pub use nats::{NatsSink, NatsSinkConfig, Retention, StreamPlan};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
 pub use webhook::{WebhookSink, WebhookSinkConfig};

@@ -7,18 +7,22 @@
 //!                 └──────── DeadLetters ◄─────────────┘
 //! ```
 
+mod broker;
 mod ingest;
 mod mqtt;
 mod payload;
 mod units;
 
+pub use broker::{
+    BrokerUrl, MqttConnection, MqttConnectionKeys, MqttError, check_client_id, check_topic,
+};
 pub use ingest::{
     IngestLimits, Ingested, MAX_UNASSIGNED, PayloadFormat, Rejection, SensorFrom, SensorIngest,
     SensorSpec, TopicFamily, UnknownSensors, topic_capture,
 };
 pub use mqtt::{
-    BrokerUrl, DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttError,
-    MqttMessage, MqttSettings, TopicSettings,
+    DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttMessage, MqttSettings,
+    TopicSettings,
 };
 pub use payload::{
     JsonMapping, MappedRecord, RawRecord, RawTime, RawValue, Reject, TimeFormat, parse_mapped,

@@ -11,16 +11,16 @@
 //!
 //! The password never reaches a log, an error or a metric: URLs are shown redacted.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
 use serde::Deserialize;
 use skynet_core::config::{ConfigContext, FieldError, MAX_SECONDS, check_range};
-use skynet_core::{ComponentHealth, Shutdown, redact_uri};
+use skynet_core::{ComponentHealth, Shutdown};
 use tokio::sync::mpsc;
 
+use super::broker::{MqttConnection, MqttConnectionKeys, MqttError, check_topic};
 use super::ingest::{IngestLimits, PayloadFormat, SensorFrom, TopicFamily, UnknownSensors};
 use super::payload::{JsonMapping, TimeFormat};
 
@@ -156,18 +156,9 @@ pub struct TopicSettings {
 /// The validated `[mqtt]` table.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    /// The URL without credentials, for logs.
-    pub display_url: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub client_id: String,
-    /// User name and password (shown as `***` by `Debug`).
-    pub credentials: Option<skynet_core::Credentials>,
-    pub ca_file: Option<PathBuf>,
-    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// Broker, client id, credentials and certificates (shared with the MQTT sink).
+    pub connection: MqttConnection,
     pub qos: QoS,
-    pub keep_alive: Duration,
     pub clean_session: bool,
     pub status_topic: String,
     pub deadletter_topic: String,
@@ -188,30 +179,6 @@ fn check_pointer(field: &str, pointer: &Option<String>) -> Result<(), FieldError
         )),
         _ => Ok(()),
     }
-}
-
-fn check_topic(field: &str, topic: &str, filter: bool) -> Result<(), FieldError> {
-    let bad = topic.is_empty()
-        || topic.len() > 1024
-        || topic.contains('\0')
-        || (!filter && (topic.contains('+') || topic.contains('#')))
-        || (filter
-            && topic.split('/').enumerate().any(|(i, level)| {
-                (level.contains('+') && level != "+")
-                    || (level.contains('#') && (level != "#" || i + 1 != topic.split('/').count()))
-            }));
-    if bad {
-        let what = if filter {
-            "an MQTT topic filter (`+` for one level, `#` last)"
-        } else {
-            "an MQTT topic without wildcards"
-        };
-        return Err(FieldError::new(
-            field,
-            format!("`{field}` must be {what}, got `{topic}`"),
-        ));
-    }
-    Ok(())
 }
 
 impl TopicSettings {
@@ -303,100 +270,21 @@ impl TopicSettings {
     }
 }
 
-/// A broker's address from an `mqtt://` or `mqtts://` URL, with the credentials taken out.
-#[derive(Debug, Clone)]
-pub struct BrokerUrl {
-    /// The URL without credentials, for logs and errors.
-    pub display: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    /// User name and password from the URL, when it has a user name.
-    pub credentials: Option<skynet_core::Credentials>,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://[user[:password]@]host[:port]` (`tcp://`) or `mqtts://` (`ssl://`);
-    /// the default port is 1883, or 8883 with TLS. The error never shows the password.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let display = redact_uri(url);
-        let parsed = url::Url::parse(url).map_err(|e| {
-            format!("must be mqtt://host:port or mqtts://host:port, got `{display}`: {e}")
-        })?;
-        let tls = match parsed.scheme() {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            other => return Err(format!("scheme `{other}` is not mqtt:// or mqtts://")),
-        };
-        let host = parsed
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("has no host: `{display}`"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
-        let (_, credentials) = skynet_core::split_credentials(url);
-        Ok(Self {
-            display,
-            host,
-            port,
-            tls,
-            credentials: credentials.filter(|c| !c.user.is_empty()),
-        })
-    }
-}
-
 impl MqttSettings {
     /// Checks the table; `node` names the default client id.
     pub fn validate(&self, cx: &ConfigContext, node: &str) -> Result<MqttConfig, FieldError> {
-        let url = cx.expand("url", &self.url)?;
-        let broker =
-            BrokerUrl::parse(&url).map_err(|m| FieldError::new("url", format!("`url` {m}")))?;
-        let BrokerUrl {
-            display: display_url,
-            host,
-            port,
-            tls,
-            credentials: from_url,
-        } = broker;
-        let mut username = from_url.as_ref().map(|c| c.user.clone());
-        let mut password = from_url.map(|c| c.password).filter(|p| !p.is_empty());
-        if let Some(u) = &self.username {
-            username = Some(cx.expand("username", u)?)
-                .filter(|u| !u.is_empty())
-                .or(username);
+        let connection = MqttConnectionKeys {
+            url: &self.url,
+            client_id: self.client_id.as_deref(),
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            cert_file: self.cert_file.as_deref(),
+            key_file: self.key_file.as_deref(),
+            keep_alive_s: self.keep_alive_s,
         }
-        if let Some(p) = &self.password {
-            password = Some(cx.expand("password", p)?)
-                .filter(|p| !p.is_empty())
-                .or(password);
-        }
-        let credentials = match (username, password) {
-            (Some(user), password) => Some(skynet_core::Credentials {
-                user,
-                password: password.unwrap_or_default(),
-            }),
-            (None, Some(_)) => {
-                return Err(FieldError::new(
-                    "password",
-                    "a `password` needs a `username`",
-                ));
-            }
-            (None, None) => None,
-        };
-        let client_id = match &self.client_id {
-            Some(id) => cx.expand("client_id", id)?,
-            None => format!("skynet-{node}"),
-        };
-        if client_id.is_empty() || client_id.len() > 128 || client_id.contains(['/', '+', '#']) {
-            return Err(FieldError::new(
-                "client_id",
-                format!(
-                    "`client_id` must be 1 to 128 characters without `/`, `+` or `#`, got `{client_id}`"
-                ),
-            ));
-        }
+        .validate(cx, &format!("skynet-{node}"))?;
+        let client_id = &connection.client_id;
         let qos = match self.qos {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
@@ -408,7 +296,6 @@ impl MqttSettings {
                 ));
             }
         };
-        let keep_alive = check_range("keep_alive_s", self.keep_alive_s, 5.0, 3600.0)?;
         let status_topic = match &self.status_topic {
             Some(t) => cx.expand("status_topic", t)?,
             None => format!("skynet/status/{client_id}"),
@@ -416,29 +303,6 @@ impl MqttSettings {
         check_topic("status_topic", &status_topic, false)?;
         let deadletter_topic = cx.expand("deadletter_topic", &self.deadletter_topic)?;
         check_topic("deadletter_topic", &deadletter_topic, false)?;
-        let path = |field: &str, v: &Option<String>| -> Result<Option<PathBuf>, FieldError> {
-            v.as_ref().map(|p| cx.resolve_path(field, p)).transpose()
-        };
-        let ca_file = path("ca_file", &self.ca_file)?;
-        let client_auth = match (
-            path("cert_file", &self.cert_file)?,
-            path("key_file", &self.key_file)?,
-        ) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(FieldError::new("cert_file", "`cert_file` needs `key_file`"));
-            }
-            (None, Some(_)) => {
-                return Err(FieldError::new("key_file", "`key_file` needs `cert_file`"));
-            }
-        };
-        if !tls && (ca_file.is_some() || client_auth.is_some()) {
-            return Err(FieldError::new(
-                "ca_file",
-                "certificates are for mqtts:// URLs; this one is mqtt://",
-            ));
-        }
         if !(64..=16 * 1024 * 1024).contains(&self.max_payload_bytes) {
             return Err(FieldError::new(
                 "max_payload_bytes",
@@ -491,16 +355,8 @@ impl MqttSettings {
             }
         }
         Ok(MqttConfig {
-            display_url,
-            host,
-            port,
-            tls,
-            client_id,
-            credentials,
-            ca_file,
-            client_auth,
+            connection,
             qos,
-            keep_alive: Duration::from_secs_f64(keep_alive),
             clean_session: self.clean_session,
             status_topic,
             deadletter_topic,
@@ -519,19 +375,6 @@ impl MqttSettings {
             },
         })
     }
-}
-
-/// Why the MQTT client could not be set up. Never holds the password.
-#[derive(Debug, thiserror::Error)]
-pub enum MqttError {
-    #[error("MQTT {url}: cannot read {what} {path}: {source}")]
-    Certificate {
-        url: String,
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// One message from the broker, with its arrival time.
@@ -578,10 +421,8 @@ pub struct MqttClient {
 impl MqttClient {
     /// Builds the client (reads the certificate files); connecting happens in `run`.
     pub fn new(config: MqttConfig) -> Result<Self, MqttError> {
-        let mut options =
-            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        let mut options = config.connection.options()?;
         options
-            .set_keep_alive(config.keep_alive)
             .set_clean_session(config.clean_session)
             .set_max_packet_size(config.limits.max_payload_bytes + 64 * 1024, 1024 * 1024)
             .set_last_will(LastWill::new(
@@ -590,32 +431,6 @@ impl MqttClient {
                 QoS::AtLeastOnce,
                 true,
             ));
-        if let Some(c) = &config.credentials {
-            options.set_credentials(c.user.clone(), c.password.clone());
-        }
-        if config.tls {
-            let read = |what: &'static str, path: &PathBuf| {
-                std::fs::read(path).map_err(|source| MqttError::Certificate {
-                    url: config.display_url.clone(),
-                    what,
-                    path: path.clone(),
-                    source,
-                })
-            };
-            // One crypto provider for the process (ring), whichever crate asks first.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client_auth = match &config.client_auth {
-                Some((cert, key)) => {
-                    Some((read("client certificate", cert)?, read("client key", key)?))
-                }
-                None => None,
-            };
-            let transport = match &config.ca_file {
-                Some(ca) => Transport::tls(read("CA certificate", ca)?, client_auth, None),
-                None => Transport::tls_with_default_config(),
-            };
-            options.set_transport(transport);
-        }
         options.set_inflight(1000);
         let (client, eventloop) = AsyncClient::new(options, 10_000);
         Ok(Self {
@@ -643,7 +458,7 @@ impl MqttClient {
         stop: Shutdown,
         health: ComponentHealth,
     ) {
-        let url = self.config.display_url.clone();
+        let url = self.config.connection.display_url.clone();
         let connected = metrics::gauge!("skynet_mqtt_connected");
         let reconnects = metrics::counter!("skynet_mqtt_reconnects_total");
         let received = metrics::counter!("skynet_mqtt_messages_total");
@@ -771,10 +586,11 @@ mod tests {
     #[test]
     fn defaults_give_a_persistent_qos1_session() {
         let c = settings("").unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.tls), ("127.0.0.1", 1883, false));
+        let n = &c.connection;
+        assert_eq!((n.host.as_str(), n.port, n.tls), ("127.0.0.1", 1883, false));
         assert_eq!(c.qos, QoS::AtLeastOnce);
         assert!(!c.clean_session);
-        assert_eq!(c.client_id, "skynet-n1");
+        assert_eq!(n.client_id, "skynet-n1");
         assert_eq!(c.status_topic, "skynet/status/skynet-n1");
         assert_eq!(c.deadletter_topic, DEFAULT_DEADLETTER_TOPIC);
     }
@@ -782,17 +598,24 @@ mod tests {
     #[test]
     fn credentials_come_from_the_url_or_the_environment_and_stay_hidden() {
         let c = settings("url = \"mqtts://ops:s3cr%21t@broker.example:8884\"").unwrap();
-        let credentials = c.credentials.clone().unwrap();
+        let credentials = c.connection.credentials.clone().unwrap();
         assert_eq!(
             (credentials.user.as_str(), credentials.password.as_str()),
             ("ops", "s3cr!t")
         );
-        assert!(!c.display_url.contains("s3cr"), "{}", c.display_url);
+        assert!(
+            !c.connection.display_url.contains("s3cr"),
+            "{}",
+            c.connection.display_url
+        );
         assert!(!format!("{c:?}").contains("s3cr"));
         let e = settings("url = \"http://ops:s3cret@x\"").unwrap_err();
         assert!(!e.message.contains("s3cret"), "{e}");
         let c = settings("url = \"${SKYNET_SURELY_UNSET_MQTT:-mqtt://10.0.0.1:1999}\"").unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("10.0.0.1", 1999));
+        assert_eq!(
+            (c.connection.host.as_str(), c.connection.port),
+            ("10.0.0.1", 1999)
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub fn start(
     // between them. The thread ends once both senders have gone.
     let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);
     let mqtt_health = health.register("mqtt", "source");
-    tracing::info!(url = %mqtt.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
+    tracing::info!(url = %mqtt.connection.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
     runtime.spawn(client.run(tx.clone(), stop.clone(), mqtt_health));
     let stopping = stop.clone();
     runtime.spawn(async move {

@@ -2,6 +2,8 @@
 //! its outputs moved into a test's directory.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -361,4 +363,41 @@ pub async fn delete_streams(url: &str, streams: &[&str]) {
     for stream in streams {
         let _ = js.delete_stream(stream).await;
     }
+}
+
+/// A multi-threaded runtime of two workers, as the binary's delivery runtime.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Incident `inc-<n>`, opened, `gas_leak` in grid `G-<n mod 7>`.
+pub fn incident(n: u32) -> skynet_core::RiskEvent {
+    skynet_core::RiskEvent::Incident(
+        serde_json::from_value(serde_json::json!({
+            "id": format!("inc-{n}"), "revision": 1, "status": "opened", "state": "open",
+            "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
+            "risk_score": 0.7, "confidence": 1.0, "grid": format!("G-{:02}", n % 7),
+            "department": "fire", "deadlines": {}, "sensor": "gas-07", "owner": "safety_production",
+            "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
+            "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
+            // About 1 KB, as a real revision with its evidence.
+            "note": "x".repeat(600),
+        }))
+        .unwrap(),
+    )
+}
+
+/// The ids of every event in the committer's outbox.
+pub fn outbox_ids(committer: &skynet_emit::Committer) -> std::collections::BTreeSet<String> {
+    committer
+        .outbox()
+        .events()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
 }
