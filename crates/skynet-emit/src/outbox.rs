@@ -362,13 +362,24 @@ impl Outbox {
     /// Up to `limit` events `sink` has not acknowledged, oldest first.
     pub fn pending(&self, sink: &str, limit: usize) -> Result<Vec<StoredEvent>, EmitError> {
         let after = self.cursor(sink)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, id, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .map_err(self.err())?;
+        self.stored_events(
+            "SELECT seq, id, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            &after,
+            limit,
+        )
+    }
+
+    /// Events as `sql` selects them (`seq, id, body`, with `?1` the key and `?2` the limit).
+    fn stored_events(
+        &self,
+        sql: &str,
+        key: &dyn rusqlite::ToSql,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, EmitError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
         let rows = stmt
             .query_map(
-                params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![key, i64::try_from(limit).unwrap_or(i64::MAX)],
                 |r| {
                     Ok(StoredEvent {
                         seq: r.get(0)?,
@@ -429,25 +440,11 @@ impl Outbox {
 
     /// Up to `limit` dead letters of `sink` queued for delivery again, oldest first.
     pub fn replays(&self, sink: &str, limit: usize) -> Result<Vec<StoredEvent>, EmitError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, id, body FROM dead_letters WHERE sink = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(
-                params![sink, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(StoredEvent {
-                        seq: r.get(0)?,
-                        id: r.get(1)?,
-                        body: r.get(2)?,
-                    })
-                },
-            )
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+        self.stored_events(
+            "SELECT seq, id, body FROM dead_letters WHERE sink = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
+            &sink,
+            limit,
+        )
     }
 
     /// After a replay: the `delivered` dead letters of `sink` are gone, the `rejected` ones

@@ -11,17 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use chrono::{DateTime, Utc};
 use skynet::{PipelineConfig, Services};
-use skynet_core::{
-    CameraId, Deadlines, GridId, Incident, IncidentChange, IncidentState, IncidentStatus,
-    OwnerKind, RiskEvent, RiskLevel, RuleRef,
-};
+use skynet_core::RiskEvent;
 use skynet_emit::{Committer, DeliveryOptions, Outbox};
 
 mod common;
 
-use common::{eventually, repo, text, webhook_signature};
+use common::{eventually, incident_revision, repo, text, webhook_signature};
 
 const SECRET: &str = "webhook-test-secret";
 const EVENTS: u32 = 20;
@@ -107,40 +103,7 @@ headers = {{ X-Tenant = "city" }}
 }
 
 fn incident(revision: u32) -> RiskEvent {
-    RiskEvent::Incident(Incident {
-        id: "inc-w".into(),
-        revision,
-        status: IncidentStatus::Opened,
-        state: IncidentState::Open,
-        change: IncidentChange::Opened,
-        category: "gas_leak".into(),
-        level: RiskLevel::III,
-        level_colour: "yellow".into(),
-        risk_score: 0.5,
-        confidence: 1.0,
-        verification: None,
-        grid: GridId::new("G-0201"),
-        department: "command_center".into(),
-        deadlines: Deadlines::default(),
-        assignee: None,
-        note: None,
-        missed: Vec::new(),
-        evidence: Vec::new(),
-        camera: CameraId::new("cam"),
-        sensor: None,
-        owner: OwnerKind::SafetyProduction,
-        first_seen: DateTime::<Utc>::UNIX_EPOCH,
-        last_seen: DateTime::<Utc>::UNIX_EPOCH,
-        observations: 1,
-        contributions: Vec::new(),
-        detections: Vec::new(),
-        reading: None,
-        rule: RuleRef {
-            name: "r".into(),
-            kind: "threshold".into(),
-            zone: None,
-        },
-    })
+    incident_revision("inc-w", revision, "G-0201")
 }
 
 fn skynet(args: &[&str]) -> std::process::Output {

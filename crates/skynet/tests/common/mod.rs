@@ -376,11 +376,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Incident `inc-<n>`, opened, `gas_leak` in grid `G-<n mod 7>`.
 pub fn incident(n: u32) -> skynet_core::RiskEvent {
+    incident_revision(&format!("inc-{n}"), 1, &format!("G-{:02}", n % 7))
+}
+
+/// Revision `revision` of incident `id`, `gas_leak` in `grid`, about 1 KB.
+pub fn incident_revision(id: &str, revision: u32, grid: &str) -> skynet_core::RiskEvent {
     skynet_core::RiskEvent::Incident(
         serde_json::from_value(serde_json::json!({
-            "id": format!("inc-{n}"), "revision": 1, "status": "opened", "state": "open",
+            "id": id, "revision": revision, "status": "opened", "state": "open",
             "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
-            "risk_score": 0.7, "confidence": 1.0, "grid": format!("G-{:02}", n % 7),
+            "risk_score": 0.7, "confidence": 1.0, "grid": grid,
             "department": "fire", "deadlines": {}, "sensor": "gas-07", "owner": "safety_production",
             "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
             "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
