@@ -1686,7 +1686,21 @@ impl RiskEngine for GridRiskEngine {
                     device: device.clone(),
                 })
         }) else {
-            return Err(RiskError::UnknownIncident(id.to_string()));
+            // Closed by this very status (a final one, sent again): already applied.
+            let closed_as = self.state.cells.values().find_map(|cell| {
+                cell.closed
+                    .values()
+                    .find(|c| c.incident.id == id)
+                    .map(|c| c.incident.state)
+            });
+            return Err(match closed_as {
+                Some(from) if from == state => RiskError::Transition {
+                    id: id.to_string(),
+                    from: from.as_str(),
+                    to: state.as_str(),
+                },
+                _ => RiskError::UnknownIncident(id.to_string()),
+            });
         };
         let Some(open) = self
             .state

@@ -8,6 +8,7 @@
 //! - [`memory`]: allocator settings that keep memory flat with many cameras.
 //! - [`simulate`]: `skynet simulate sensors`, realistic MQTT sensor traffic.
 //! - [`dead_letters`]: `skynet outbox dead-letters` and `skynet outbox replay`.
+//! - [`false_alarms`]: `skynet outbox false-alarms`, the rates engineers tune against.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 //! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
 
@@ -15,6 +16,7 @@ pub mod components;
 pub mod config;
 pub mod dead_letters;
 pub mod evidence;
+pub mod false_alarms;
 pub mod memory;
 pub mod paths;
 pub mod pipeline;

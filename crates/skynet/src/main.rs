@@ -73,7 +73,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Look into the outbox: events a sink's destination refused for good.
+    /// Look into the outbox: events a sink's destination refused for good, false-alarm rates.
     Outbox {
         #[command(subcommand)]
         what: OutboxCommand,
@@ -113,6 +113,15 @@ enum OutboxCommand {
         /// Every dead letter (of `--sink`, else of every configured sink).
         #[arg(long)]
         all: bool,
+    },
+    /// False-alarm rates from the incident history: per category, rule and device, the
+    /// incidents, those the case system decided on, and those it rejected as false alarms.
+    FalseAlarms {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -168,6 +177,9 @@ fn main() -> ExitCode {
                     all: _,
                 },
         } => replay_dead_letters(&config, sink.as_deref(), id.as_deref()),
+        Command::Outbox {
+            what: OutboxCommand::FalseAlarms { config, json },
+        } => false_alarms(&config, json),
         Command::Simulate {
             what:
                 SimulateCommand::Sensors {
@@ -260,6 +272,33 @@ fn dead_letters(config: &Path, sink: Option<&str>, json: bool) -> Result<ExitCod
     out.flush()?;
     if !json && letters.is_empty() {
         eprintln!("no dead letters");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn false_alarms(config: &Path, json: bool) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config)?;
+    let outbox = skynet_emit::Outbox::open(&config.outbox)
+        .with_context(|| format!("opening the outbox {}", config.outbox.display()))?;
+    let rates = skynet::false_alarms::rates(&outbox.incidents()?);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    if !json && !rates.is_empty() {
+        writeln!(
+            out,
+            "category\trule\tdevice\tincidents\tdecided\trejected\trate"
+        )?;
+    }
+    for rate in &rates {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(rate)?)?;
+        } else {
+            writeln!(out, "{}", skynet::false_alarms::text_line(rate))?;
+        }
+    }
+    out.flush()?;
+    if !json && rates.is_empty() {
+        eprintln!("no incidents in the history yet");
     }
     Ok(ExitCode::SUCCESS)
 }

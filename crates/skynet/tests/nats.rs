@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -297,6 +298,26 @@ durable = "{prefix}"
     assert_eq!(resolved["data"]["department"], "patrol");
     assert_eq!(resolved["data"]["assignee"], "crew 7");
     assert_eq!(resolved["data"]["note"], "cleared");
+
+    // The incident's rule has one decided incident and no false alarm in the history.
+    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(["outbox", "false-alarms", "--json", "--config"])
+        .arg(&config)
+        .env("TEST_NATS_URL", SESSION_NATS)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rates: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rule = &resolved["data"]["rule"]["name"];
+    let rate = rates
+        .iter()
+        .find(|r| r["rule"] == *rule)
+        .expect("the incident's rule");
+    assert!(rate["decided"].as_u64().unwrap() >= 1, "{rates:?}");
+    assert_eq!(rate["rejected"], 0);
 
     // Feedback revisions and all: what skynet wrote matches its published schemas.
     let (incident_schema, grid_risk_schema) = (
