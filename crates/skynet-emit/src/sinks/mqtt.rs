@@ -519,6 +519,10 @@ mod tests {
             ("url = \"mqtt://h\"\nkeep_alive_s = 1", "keep_alive_s"),
             ("url = \"mqtt://h\"\nclient_id = \"a/b\"", "client_id"),
             ("url = \"mqtt://h\"\nca_file = \"/ca.pem\"", "ca_file"),
+            (
+                "url = \"mqtts://h\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"",
+                "cert_file",
+            ),
             ("url = \"mqtt://h\"\npassword = \"hunter2\"", "password"),
             (
                 "url = \"mqtt://h\"\nusername = \"u\"\npassword = \"${SKYNET_SURELY_UNSET_PW}\"",

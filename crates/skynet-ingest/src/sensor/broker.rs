@@ -217,6 +217,14 @@ impl MqttConnectionKeys<'_> {
                 "certificates are for mqtts:// URLs; this one is mqtt://",
             ));
         }
+        // With the system's roots, rumqttc's TLS set-up takes no client certificate: it would
+        // be ignored without a word, and the broker would refuse the connection.
+        if client_auth.is_some() && ca_file.is_none() {
+            return Err(FieldError::new(
+                "cert_file",
+                "a client certificate needs `ca_file` too (the PEM CA that signed the broker's certificate)",
+            ));
+        }
         Ok(MqttConnection {
             display_url,
             host,
