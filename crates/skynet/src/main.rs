@@ -257,23 +257,13 @@ fn check(config: &Path) -> Result<ExitCode> {
 fn dead_letters(config: &Path, sink: Option<&str>, json: bool) -> Result<ExitCode> {
     let config = PipelineConfig::load(config)?;
     let letters = skynet::dead_letters::list(&config, sink)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    use std::io::Write;
-    if !json && !letters.is_empty() {
-        writeln!(out, "seq\tid\tsink\tstatus\tat\treason")?;
-    }
-    for letter in &letters {
-        if json {
-            writeln!(out, "{}", serde_json::to_string(letter)?)?;
-        } else {
-            writeln!(out, "{}", skynet::dead_letters::text_line(letter))?;
-        }
-    }
-    out.flush()?;
-    if !json && letters.is_empty() {
-        eprintln!("no dead letters");
-    }
-    Ok(ExitCode::SUCCESS)
+    print_rows(
+        &letters,
+        json,
+        "seq\tid\tsink\tstatus\tat\treason",
+        skynet::dead_letters::text_line,
+        "no dead letters",
+    )
 }
 
 fn false_alarms(config: &Path, json: bool) -> Result<ExitCode> {
@@ -281,24 +271,39 @@ fn false_alarms(config: &Path, json: bool) -> Result<ExitCode> {
     let outbox = skynet_emit::Outbox::open(&config.outbox)
         .with_context(|| format!("opening the outbox {}", config.outbox.display()))?;
     let rates = skynet::false_alarms::rates(&outbox.incidents()?);
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    print_rows(
+        &rates,
+        json,
+        "category\trule\tdevice\tincidents\tdecided\trejected\trate",
+        skynet::false_alarms::text_line,
+        "no incidents in the history yet",
+    )
+}
+
+/// Rows on stdout: one JSON object per line, or a header and tab-separated lines; `none` on
+/// stderr when there are no rows to show as text.
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    header: &str,
+    text_line: fn(&T) -> String,
+    none: &str,
+) -> Result<ExitCode> {
     use std::io::Write;
-    if !json && !rates.is_empty() {
-        writeln!(
-            out,
-            "category\trule\tdevice\tincidents\tdecided\trejected\trate"
-        )?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !json && !rows.is_empty() {
+        writeln!(out, "{header}")?;
     }
-    for rate in &rates {
+    for row in rows {
         if json {
-            writeln!(out, "{}", serde_json::to_string(rate)?)?;
+            writeln!(out, "{}", serde_json::to_string(row)?)?;
         } else {
-            writeln!(out, "{}", skynet::false_alarms::text_line(rate))?;
+            writeln!(out, "{}", text_line(row))?;
         }
     }
     out.flush()?;
-    if !json && rates.is_empty() {
-        eprintln!("no incidents in the history yet");
+    if !json && rows.is_empty() {
+        eprintln!("{none}");
     }
     Ok(ExitCode::SUCCESS)
 }
