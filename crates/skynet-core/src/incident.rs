@@ -399,7 +399,8 @@ impl CaseStatus {
     /// Checks what serde cannot: the status is one the case system may send, and the texts
     /// are of a sane size. The message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.incident.trim().is_empty() || self.incident.len() > 256 {
+        // Lengths in characters, as the schema's maxLength counts them.
+        if self.incident.trim().is_empty() || self.incident.chars().count() > 256 {
             return Err("`incident` must be an incident id (1 to 256 characters)".into());
         }
         if !CASE_STATUSES.contains(&self.status) {
@@ -411,7 +412,7 @@ impl CaseStatus {
         // A department is an id like those in the config: the incident schema holds it so.
         if let Some(department) = &self.department
             && (department.is_empty()
-                || department.len() > 128
+                || department.chars().count() > 128
                 || !department
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
@@ -424,8 +425,8 @@ impl CaseStatus {
             ("assignee", &self.assignee, 256),
             ("note", &self.note, 4096),
         ] {
-            if value.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(format!("`{field}` is longer than {max} bytes"));
+            if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+                return Err(format!("`{field}` is longer than {max} characters"));
             }
         }
         Ok(())

@@ -20,8 +20,9 @@ use skynet_core::{
 
 use crate::sinks::nats::{check_name, check_url, connect};
 
-/// `[cases]` as written: where the case system's status events come from.
-#[derive(Debug, Clone, Deserialize)]
+/// `[cases]` as written: where the case system's status events come from. Its `Debug`
+/// shows the URL without credentials.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CasesSettings {
     /// `nats://host:4222`; `${VAR}` expanded.
@@ -41,6 +42,19 @@ pub struct CasesSettings {
     /// How long the stream keeps a status event.
     #[serde(default = "default_max_age_days")]
     pub max_age_days: f64,
+}
+
+impl std::fmt::Debug for CasesSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CasesSettings")
+            .field("url", &redact_uri(&self.url))
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("durable", &self.durable)
+            .field("credentials", &self.credentials)
+            .field("max_age_days", &self.max_age_days)
+            .finish()
+    }
 }
 
 fn default_stream() -> String {

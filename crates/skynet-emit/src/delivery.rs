@@ -427,6 +427,14 @@ impl Worker {
                 emitted.increment(count as u64);
                 self.report_dead(&dead_letters, &handled.dead, true);
                 tracing::info!(sink = %self.name, delivered = count, refused_again = handled.dead.len(), "replayed dead letters");
+                if let Some(message) = handled.failure {
+                    let e = EmitError::Sink {
+                        sink: self.name.clone(),
+                        message,
+                    };
+                    self.failed(&e).await;
+                    continue;
+                }
                 self.report_up();
                 self.backoff = FIRST_BACKOFF;
                 continue;
@@ -492,6 +500,16 @@ impl Worker {
             // u64::MAX is "not counted yet": leave it for the next count.
             if known != u64::MAX {
                 self.set_pending(known.saturating_sub(handled.count as u64));
+            }
+            if let Some(message) = handled.failure {
+                // What came before the failure is kept; the rest waits out the backoff, and
+                // the sink does not show as up meanwhile.
+                let e = EmitError::Sink {
+                    sink: self.name.clone(),
+                    message,
+                };
+                self.failed(&e).await;
+                continue;
             }
             self.report_up();
             self.backoff = FIRST_BACKOFF;
@@ -566,6 +584,7 @@ impl Worker {
             through,
             count,
             dead,
+            failure: delivery.failure,
         })
     }
 
@@ -681,6 +700,8 @@ struct Handled {
     /// Events handled, refused ones included.
     count: usize,
     dead: Vec<DeadLetter>,
+    /// The rest of the batch failed, with this reason: back off before offering it again.
+    failure: Option<String>,
 }
 
 /// `d` stretched by up to 10 %, so sinks that failed together do not retry in lockstep.
@@ -891,6 +912,74 @@ mod tests {
         let history = committer.outbox().incidents().unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].revision, 3);
+    }
+
+    /// Takes only the first event of its first batch and fails the rest; then takes all.
+    struct HalfFailing {
+        calls: Arc<AtomicUsize>,
+        got: Arc<Mutex<Vec<String>>>,
+        health_at_second_call: Arc<Mutex<Option<ComponentState>>>,
+        health: ComponentHealth,
+    }
+
+    #[async_trait::async_trait]
+    impl IncidentSink for HalfFailing {
+        fn name(&self) -> &str {
+            "half"
+        }
+        async fn deliver(&mut self, _batch: &[StoredEvent]) -> Result<(), EmitError> {
+            unreachable!("the worker calls deliver_batch")
+        }
+        async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call == 1 {
+                *self.health_at_second_call.lock().unwrap() = self.health.status().map(|s| s.state);
+            }
+            if call == 0 && batch.len() > 1 {
+                self.got.lock().unwrap().push(batch[0].id.clone());
+                return Ok(Delivery {
+                    rejected: Vec::new(),
+                    handled_through: Some(batch[0].seq),
+                    failure: Some("the rest timed out".into()),
+                });
+            }
+            let mut got = self.got.lock().unwrap();
+            got.extend(batch.iter().map(|e| e.id.clone()));
+            Ok(Delivery::all())
+        }
+    }
+
+    #[test]
+    fn a_batch_that_fails_part_way_keeps_what_was_taken_and_backs_off_before_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let mut committer = Committer::new("n1", Outbox::open(&path).unwrap());
+        committer
+            .commit(&[incident(1), incident(2), incident(3)], None)
+            .unwrap();
+        let rt = runtime();
+        let health = ComponentHealth::detached("half", "sink");
+        let sink = HalfFailing {
+            calls: Arc::default(),
+            got: Arc::default(),
+            health_at_second_call: Arc::default(),
+            health: health.clone(),
+        };
+        let (got, seen) = (sink.got.clone(), sink.health_at_second_call.clone());
+        let deliveries = spawn_deliveries(
+            rt.handle(),
+            &path,
+            vec![(Box::new(sink), health.clone())],
+            committer.wake_handle(),
+        );
+        eventually("all three arrive", || got.lock().unwrap().len() >= 3);
+        assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+        assert_eq!(*got.lock().unwrap(), ids(1..=3), "in order, none twice");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(ComponentState::Retrying),
+            "the failure was reported (and backed off) before the rest was offered again"
+        );
     }
 
     #[test]

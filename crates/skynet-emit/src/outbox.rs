@@ -441,7 +441,7 @@ impl Outbox {
     /// Up to `limit` dead letters of `sink` queued for delivery again, oldest first.
     pub fn replays(&self, sink: &str, limit: usize) -> Result<Vec<StoredEvent>, EmitError> {
         self.stored_events(
-            "SELECT seq, id, body FROM dead_letters WHERE sink = ?1 AND replay = 1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, id, body FROM dead_letters WHERE sink = ?1 AND replay > 0 ORDER BY seq LIMIT ?2",
             &sink,
             limit,
         )
@@ -449,7 +449,8 @@ impl Outbox {
 
     /// After a replay: the `delivered` dead letters of `sink` are gone, the `rejected` ones
     /// stay with their new reason and no longer queued. One transaction. Only the rows
-    /// named are touched: a replay asked for meanwhile is not lost.
+    /// named are touched, and a replay asked for meanwhile is not lost: each request counts
+    /// `replay` up (to 2 at most), and a delivery refused again counts it down by one.
     pub fn settle_replays(
         &self,
         sink: &str,
@@ -467,7 +468,7 @@ impl Outbox {
         for letter in rejected {
             upsert_dead_letter(&tx, letter).map_err(self.err())?;
             tx.execute(
-                "UPDATE dead_letters SET replay = 0 WHERE sink = ?1 AND seq = ?2",
+                "UPDATE dead_letters SET replay = max(replay - 1, 0) WHERE sink = ?1 AND seq = ?2",
                 params![letter.sink, letter.seq],
             )
             .map_err(self.err())?;
@@ -512,7 +513,7 @@ impl Outbox {
     pub fn request_replay(&self, sink: Option<&str>, id: Option<&str>) -> Result<usize, EmitError> {
         self.conn
             .execute(
-                "UPDATE dead_letters SET replay = 1
+                "UPDATE dead_letters SET replay = min(replay + 1, 2)
                  WHERE (?1 IS NULL OR sink = ?1) AND (?2 IS NULL OR id = ?2)",
                 params![sink, id],
             )

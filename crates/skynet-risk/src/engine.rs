@@ -1675,7 +1675,10 @@ impl RiskEngine for GridRiskEngine {
 
     fn feedback(&mut self, update: &CaseStatus) -> Result<Vec<RiskEvent>, RiskError> {
         let (id, state) = (update.incident.as_str(), update.status);
-        let now = self.tick(update.at);
+        // The case system's clock is not the engine's: a status never moves the engine's
+        // time (a clock running fast would age every cell). Its revision is dated at the
+        // engine's time; `at` is the case system's record.
+        let now = self.state.clock.unwrap_or(update.at);
         let Some(key) = self.state.cells.iter().find_map(|(grid, cell)| {
             cell.open
                 .iter()

@@ -156,6 +156,10 @@ fn case_status_moves_the_lifecycle_across_a_sigkill_and_every_revision_reaches_j
     let prefix = unique("t");
     let cases_stream = unique("T_CASES_");
     let cases_prefix = format!("{prefix}.cases");
+    let _cleanup = StreamsCleanup {
+        url: SESSION_NATS.into(),
+        streams: vec![stream.clone(), cases_stream.clone()],
+    };
     // The webhook receiver answers 500 for its first 8 s, then takes every signed event.
     let rt = runtime();
     let receiver = Arc::new(Mutex::new(Hook::default()));
@@ -372,7 +376,6 @@ durable = "{prefix}"
         })
         .collect();
     assert_eq!(file, ids);
-    rt.block_on(delete_streams(SESSION_NATS, &[&stream, &cases_stream]));
     rt.shutdown_timeout(Duration::from_secs(1));
 }
 

@@ -54,6 +54,10 @@ pub struct Delivery {
     /// `Some(seq)`: only the events up to `seq` were handled (taken or rejected); the rest of
     /// the batch is offered again at the next call. `None`: the whole batch was handled.
     pub handled_through: Option<i64>,
+    /// Why the rest of the batch failed, when it did (not just a batch cut short to show
+    /// progress): the worker keeps what was handled, then reports the failure and backs off
+    /// before offering the rest again.
+    pub failure: Option<String>,
 }
 
 impl Delivery {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use skynet_core::config::check_range;
 use skynet_core::{ConfigContext, FieldError, redact::redact_uri};
 
-use super::{Envelope, IncidentSink, SinkConfig};
+use super::{Delivery, Envelope, IncidentSink, SinkConfig};
 use crate::{EmitError, StoredEvent};
 
 /// The environment variables credentials come from, so they never sit in a config file.
@@ -48,8 +48,8 @@ impl From<Retention> for stream::RetentionPolicy {
     }
 }
 
-/// `kind = "nats"`.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// `kind = "nats"`. Its `Debug` shows the URL without credentials.
+#[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// `nats://host:4222` (or `tls://`); `${VAR}` expanded. A comma separates several servers.
@@ -78,6 +78,23 @@ pub struct NatsSinkConfig {
     /// How long a publish may wait for its ack before the batch is retried.
     #[serde(default = "default_ack_timeout_s")]
     pub ack_timeout_s: f64,
+}
+
+impl std::fmt::Debug for NatsSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSinkConfig")
+            .field("url", &redact_uri(&self.url))
+            .field("stream", &self.stream)
+            .field("retention", &self.retention)
+            .field("replicas", &self.replicas)
+            .field("max_age_days", &self.max_age_days)
+            .field("duplicate_window_s", &self.duplicate_window_s)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("credentials", &self.credentials)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("ack_timeout_s", &self.ack_timeout_s)
+            .finish()
+    }
 }
 
 fn default_stream() -> String {
@@ -372,28 +389,67 @@ impl IncidentSink for NatsSink {
     }
 
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Result<(), EmitError> {
+        match self.deliver_batch(batch).await? {
+            Delivery { failure: None, .. } => Ok(()),
+            Delivery {
+                failure: Some(message),
+                ..
+            } => Err(self.error(message)),
+        }
+    }
+
+    /// Publishes the whole batch, then awaits the acks in order. When one fails, what was
+    /// acked before it is kept (handed back as handled) and the rest is offered again after
+    /// the worker's backoff: a long outage after a partial batch then republishes only what
+    /// the stream does not have, even past its duplicate window.
+    async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
         let context = self.context().await?;
         let mut acks = Vec::with_capacity(batch.len());
+        let mut failure = None;
         for event in batch {
             let envelope = Envelope::parse(event)?;
             let subject = envelope.address(&self.config.subject_prefix, '.');
             let headers = headers(event, &envelope);
-            let ack = context
+            match context
                 .publish_with_headers(subject, headers, Bytes::from(event.body.clone()))
                 .await
-                .map_err(|e| self.error(format!("publish {}: {e}", event.id)))?;
-            acks.push((ack, &event.id));
-        }
-        for (ack, id) in acks {
-            let ack = ack
-                .await
-                .map_err(|e| self.error(format!("no ack for {id}: {e}")))?;
-            if ack.duplicate {
-                // Stored before (a retried batch): the server kept one copy.
-                self.duplicates.increment(1);
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    failure = Some(format!("publish {}: {e}", event.id));
+                    break;
+                }
             }
         }
-        Ok(())
+        let mut acked: usize = 0;
+        for (ack, event) in acks.into_iter().zip(batch) {
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        // Stored before (a retried batch): the server kept one copy.
+                        self.duplicates.increment(1);
+                    }
+                    acked += 1;
+                }
+                Err(e) => {
+                    failure = Some(format!("no ack for {}: {e}", event.id));
+                    break;
+                }
+            }
+        }
+        let Some(message) = failure else {
+            return Ok(Delivery::all());
+        };
+        // Connect and look at the stream again next time (it may have been deleted).
+        self.context = None;
+        match acked.checked_sub(1).map(|last| batch[last].seq) {
+            None => Err(self.error(message)),
+            Some(through) => Ok(Delivery {
+                rejected: Vec::new(),
+                handled_through: Some(through),
+                failure: Some(message),
+            }),
+        }
     }
 }
 
@@ -426,6 +482,8 @@ mod tests {
         let err = parse(r#"url = "http://user:hunter2@host""#).unwrap_err();
         assert!(err.contains("url"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+        let config = parse(r#"url = "nats://user:hunter2@host:4222""#).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
         let err = parse("url = \"nats://h\"\nstream = \"a.b\"").unwrap_err();
         assert!(err.contains("stream"), "{err}");
         let err = parse("url = \"nats://h\"\nreplicas = 7").unwrap_err();

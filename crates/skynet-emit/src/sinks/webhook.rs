@@ -414,6 +414,7 @@ impl IncidentSink for WebhookSink {
                 return Ok(Delivery {
                     rejected,
                     handled_through: Some(batch[i - 1].seq),
+                    failure: None,
                 });
             }
             let mut wait = FIRST_RETRY;
@@ -441,6 +442,10 @@ impl IncidentSink for WebhookSink {
                         return Ok(Delivery {
                             rejected,
                             handled_through: Some(before),
+                            failure: Some(format!(
+                                "{reason} (event {}, {attempt} attempt(s))",
+                                event.id
+                            )),
                         });
                     }
                     Attempt::Retry(reason) => {
@@ -455,6 +460,7 @@ impl IncidentSink for WebhookSink {
         Ok(Delivery {
             rejected,
             handled_through: None,
+            failure: None,
         })
     }
 }

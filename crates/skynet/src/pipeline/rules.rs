@@ -356,9 +356,11 @@ impl RulesAndRisk {
                     self.acks.push(feedback.ack);
                 }
                 Err(RiskError::Transition { from, to, .. }) if from == to => {
-                    // Delivered again (a restart before its ack): already applied.
+                    // Delivered again (a restart, or a commit slower than JetStream's ack
+                    // wait): already applied. Its ack is the original's too (the same stream
+                    // message), so it waits for the next commit like the original's.
                     metrics::counter!("skynet_case_status_duplicates_total").increment(1);
-                    feedback.ack.ack();
+                    self.acks.push(feedback.ack);
                 }
                 Err(e) => {
                     let reason = match e {
@@ -368,7 +370,8 @@ impl RulesAndRisk {
                     metrics::counter!("skynet_case_status_rejected_total", "reason" => reason)
                         .increment(1);
                     tracing::warn!(error = %e, "case status refused");
-                    feedback.ack.ack();
+                    // After the next commit, for the same reason as a duplicate's.
+                    self.acks.push(feedback.ack);
                 }
             }
         }

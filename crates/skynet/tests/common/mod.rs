@@ -357,8 +357,33 @@ pub async fn read_stream(
     out
 }
 
+/// Deletes the named streams on `url` when dropped, so a failing test leaves nothing on the
+/// session's server either.
+pub struct StreamsCleanup {
+    pub url: String,
+    pub streams: Vec<String>,
+}
+
+impl Drop for StreamsCleanup {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let names: Vec<&str> = self.streams.iter().map(String::as_str).collect();
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(5), delete_streams(&self.url, &names))
+                .await;
+        });
+    }
+}
+
 pub async fn delete_streams(url: &str, streams: &[&str]) {
-    let client = async_nats::connect(url).await.unwrap();
+    let Ok(client) = async_nats::connect(url).await else {
+        return;
+    };
     let js = jetstream::new(client);
     for stream in streams {
         let _ = js.delete_stream(stream).await;
