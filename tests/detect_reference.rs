@@ -67,3 +67,23 @@ fn dog_jpg_matches_the_python_reference() {
         "same number of detections after NMS: {got:?}"
     );
 }
+
+/// A manifest that disagrees with its model fails when the detector loads, saying what
+/// differs, instead of at the first frame.
+#[test]
+fn a_manifest_that_disagrees_with_the_real_model_is_refused_at_load() {
+    let runtime = common::runtime();
+    let mut manifest = ModelManifest::load(&common::manifest_path()).unwrap();
+    manifest.input.width = 640;
+    manifest.input.height = 640;
+    let options = DetectorOptions {
+        weight_dirs: common::weight_dirs(),
+        ..DetectorOptions::default()
+    };
+    let err = match OnnxDetector::new(&runtime, Arc::new(manifest), options) {
+        Ok(_) => panic!("a 640x640 manifest for the 416x416 model was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(err.contains("[1, 3, 416, 416]"), "{err}");
+}

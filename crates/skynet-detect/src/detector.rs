@@ -11,7 +11,7 @@ use serde::Deserialize;
 use skynet_core::Detection;
 
 use crate::DetectError;
-use crate::manifest::{Family, ModelManifest};
+use crate::manifest::{Family, ModelManifest, ModelPort};
 use crate::preprocess::{ImageView, Letterbox};
 use crate::runtime::OnnxRuntime;
 use crate::yolox::YoloxDecoder;
@@ -99,6 +99,16 @@ impl OnnxDetector {
                 action: "model load",
                 reason: e.to_string(),
             })?;
+        let ports = |outlets: &[ort::value::Outlet]| -> Vec<ModelPort> {
+            outlets
+                .iter()
+                .map(|o| ModelPort {
+                    name: o.name().to_string(),
+                    shape: o.dtype().tensor_shape().map(|s| s.to_vec()),
+                })
+                .collect()
+        };
+        manifest.check_ports(&ports(session.inputs()), &ports(session.outputs()))?;
         let input = &manifest.input;
         let Family::Yolox = manifest.model.family;
         let decoder = YoloxDecoder::new(

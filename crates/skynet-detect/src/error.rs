@@ -32,6 +32,13 @@ pub enum DetectError {
         action: &'static str,
         reason: String,
     },
+    /// The model file's real inputs or outputs are not what its manifest describes.
+    #[error("model `{model}` does not match its manifest {manifest}: {reason}")]
+    ModelMismatch {
+        model: String,
+        manifest: PathBuf,
+        reason: String,
+    },
     #[error("model `{model}`: output has shape {shape:?}, expected [1, {anchors}, {columns}]")]
     OutputShape {
         model: String,

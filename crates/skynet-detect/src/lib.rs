@@ -20,7 +20,7 @@ pub mod zone;
 
 pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
 pub use error::DetectError;
-pub use manifest::ModelManifest;
+pub use manifest::{ModelManifest, ModelPort};
 pub use preprocess::ImageView;
 pub use rules::{
     CameraRules, Rule, RuleConfig, RuleContext, RuleHit, ZoneIntrusionConfig, ZoneIntrusionRule,

@@ -88,7 +88,91 @@ pub struct OutputSection {
     pub strides: Vec<u32>,
 }
 
+/// One input or output of a model as the model file declares it: its name and, for a
+/// tensor, its dimensions (negative where the model leaves one open, such as the batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPort {
+    pub name: String,
+    pub shape: Option<Vec<i64>>,
+}
+
 impl ModelManifest {
+    /// Checks the model's real inputs and outputs against the manifest, so a manifest that
+    /// disagrees with its model fails at load with what differs, not at the first frame.
+    pub fn check_ports(
+        &self,
+        inputs: &[ModelPort],
+        outputs: &[ModelPort],
+    ) -> Result<(), DetectError> {
+        let mismatch = |reason: String| DetectError::ModelMismatch {
+            model: self.model.name.clone(),
+            manifest: self.path.clone(),
+            reason,
+        };
+        let names = |ports: &[ModelPort]| {
+            ports
+                .iter()
+                .map(|p| format!("`{}`", p.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let missing = |ports: &[ModelPort], name: &str, what: &str| {
+            mismatch(format!(
+                "{what} `{name}` is not in the model; its {what}s: {}",
+                names(ports)
+            ))
+        };
+        // A dimension the model fixes must be the one the manifest expects.
+        let agrees = |dim: i64, expected: usize| dim < 0 || dim as u64 == expected as u64;
+
+        let input = inputs
+            .iter()
+            .find(|p| p.name == self.input.name)
+            .ok_or_else(|| missing(inputs, &self.input.name, "input"))?;
+        if let Some(shape) = &input.shape {
+            let (w, h) = (self.input.width as usize, self.input.height as usize);
+            let fits = shape.len() == 4
+                && agrees(shape[1], 3)
+                && agrees(shape[2], h)
+                && agrees(shape[3], w);
+            if !fits {
+                return Err(mismatch(format!(
+                    "input `{}` has shape {shape:?}; the manifest describes NCHW [N, 3, {h}, {w}] (input.width = {w}, input.height = {h})",
+                    input.name
+                )));
+            }
+        }
+        let output = outputs
+            .iter()
+            .find(|p| p.name == self.output.name)
+            .ok_or_else(|| missing(outputs, &self.output.name, "output"))?;
+        let Family::Yolox = self.model.family;
+        if let Some(shape) = &output.shape {
+            let columns = 5 + self.labels.len();
+            let anchors: usize = self
+                .output
+                .strides
+                .iter()
+                .map(|&s| {
+                    let s = s.max(1) as usize;
+                    (self.input.height as usize / s) * (self.input.width as usize / s)
+                })
+                .sum();
+            let fits = shape.len() == 3 && agrees(shape[1], anchors) && agrees(shape[2], columns);
+            if !fits {
+                return Err(mismatch(format!(
+                    "output `{}` has shape {shape:?}; the manifest describes [N, {anchors}, {columns}] ({} labels + 5; anchors from strides {:?} at {}x{})",
+                    output.name,
+                    self.labels.len(),
+                    self.output.strides,
+                    self.input.width,
+                    self.input.height
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, DetectError> {
         let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
             path: path.to_path_buf(),
@@ -189,4 +273,68 @@ impl ModelManifest {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    fn manifest() -> ModelManifest {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/yolox_nano.toml");
+        ModelManifest::load(&path).unwrap()
+    }
+
+    fn port(name: &str, shape: &[i64]) -> ModelPort {
+        ModelPort {
+            name: name.into(),
+            shape: Some(shape.to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_model_that_matches_its_manifest_passes_and_open_dimensions_are_accepted() {
+        let m = manifest();
+        let input = [port("images", &[1, 3, 416, 416])];
+        let output = [port("output", &[1, 3549, 85])];
+        m.check_ports(&input, &output).unwrap();
+        // A symbolic batch axis (the dynamic-batch export).
+        m.check_ports(
+            &[port("images", &[-1, 3, 416, 416])],
+            &[port("output", &[-1, 3549, 85])],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_manifest_that_disagrees_with_its_model_says_what_differs() {
+        let m = manifest();
+        let input = [port("images", &[1, 3, 416, 416])];
+        let output = [port("output", &[1, 3549, 85])];
+        let err = |inputs: &[ModelPort], outputs: &[ModelPort]| {
+            m.check_ports(inputs, outputs).unwrap_err().to_string()
+        };
+        let e = err(&[port("input.1", &[1, 3, 416, 416])], &output);
+        assert!(
+            e.contains("input `images` is not in the model; its inputs: `input.1`"),
+            "{e}"
+        );
+        assert!(e.contains("yolox_nano.toml"), "{e}");
+        let e = err(&[port("images", &[1, 3, 640, 640])], &output);
+        assert!(
+            e.contains("[1, 3, 640, 640]") && e.contains("input.width = 416"),
+            "{e}"
+        );
+        let e = err(&input, &[port("dets", &[1, 100, 6])]);
+        assert!(
+            e.contains("output `output` is not in the model; its outputs: `dets`"),
+            "{e}"
+        );
+        // An 84-column (ultralytics-style) output, or a label list of the wrong length.
+        let e = err(&input, &[port("output", &[1, 3549, 84])]);
+        assert!(e.contains("[N, 3549, 85] (80 labels + 5"), "{e}");
+        let mut fewer = m.clone();
+        fewer.labels.truncate(79);
+        let e = fewer.check_ports(&input, &output).unwrap_err().to_string();
+        assert!(e.contains("79 labels"), "{e}");
+    }
 }
