@@ -18,7 +18,7 @@ use skynet_core::{
     redact_uri,
 };
 
-use crate::sinks::nats::{check_name, check_url, connect};
+use crate::sinks::nats::{check_name, check_subject_prefix, check_url, connect};
 
 /// `[cases]` as written: where the case system's status events come from. Its `Debug`
 /// shows the URL without credentials.
@@ -76,20 +76,7 @@ impl CasesSettings {
         check_url("url", &self.url)?;
         check_name("stream", &self.stream)?;
         check_name("durable", &self.durable)?;
-        if self.subject_prefix.is_empty()
-            || self
-                .subject_prefix
-                .split('.')
-                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
-        {
-            return Err(FieldError::new(
-                "subject_prefix",
-                format!(
-                    "`{}` is not a plain NATS subject (dot-separated tokens, no wildcards)",
-                    self.subject_prefix
-                ),
-            ));
-        }
+        check_subject_prefix("subject_prefix", &self.subject_prefix)?;
         skynet_core::config::check_range("max_age_days", self.max_age_days, 0.0, 36_525.0)?;
         if let Some(path) = &self.credentials {
             let path = cx.resolve_path("credentials", path)?;

@@ -427,16 +427,7 @@ impl Worker {
                 emitted.increment(count as u64);
                 self.report_dead(&dead_letters, &handled.dead, true);
                 tracing::info!(sink = %self.name, delivered = count, refused_again = handled.dead.len(), "replayed dead letters");
-                if let Some(message) = handled.failure {
-                    let e = EmitError::Sink {
-                        sink: self.name.clone(),
-                        message,
-                    };
-                    self.failed(&e).await;
-                    continue;
-                }
-                self.report_up();
-                self.backoff = FIRST_BACKOFF;
+                self.settled(handled.failure).await;
                 continue;
             }
 
@@ -501,18 +492,26 @@ impl Worker {
             if known != u64::MAX {
                 self.set_pending(known.saturating_sub(handled.count as u64));
             }
-            if let Some(message) = handled.failure {
-                // What came before the failure is kept; the rest waits out the backoff, and
-                // the sink does not show as up meanwhile.
+            self.settled(handled.failure).await;
+        }
+    }
+
+    /// After a batch's outcome is stored: up again, or, when the rest of the batch failed,
+    /// the failure reported and backed off (what came before it is kept, and the sink does
+    /// not show as up meanwhile).
+    async fn settled(&mut self, failure: Option<String>) {
+        match failure {
+            Some(message) => {
                 let e = EmitError::Sink {
                     sink: self.name.clone(),
                     message,
                 };
                 self.failed(&e).await;
-                continue;
             }
-            self.report_up();
-            self.backoff = FIRST_BACKOFF;
+            None => {
+                self.report_up();
+                self.backoff = FIRST_BACKOFF;
+            }
         }
     }
 

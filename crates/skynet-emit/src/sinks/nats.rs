@@ -174,20 +174,7 @@ impl SinkConfig for NatsSinkConfig {
                 format!("{} is not within 1 to 100000", self.max_in_flight),
             ));
         }
-        let prefix_ok = !self.subject_prefix.is_empty()
-            && self
-                .subject_prefix
-                .split('.')
-                .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
-        if !prefix_ok {
-            return Err(FieldError::new(
-                "subject_prefix",
-                format!(
-                    "`{}` is not a plain NATS subject (dot-separated tokens, no wildcards)",
-                    self.subject_prefix
-                ),
-            ));
-        }
+        check_subject_prefix("subject_prefix", &self.subject_prefix)?;
         if let Some(path) = &self.credentials {
             let path = cx.resolve_path("credentials", path)?;
             self.credentials = Some(path.to_string_lossy().into_owned());
@@ -292,6 +279,22 @@ pub fn check_url(field: &str, url: &str) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// A subject prefix: dot-separated tokens, none empty, no wildcards or spaces.
+pub fn check_subject_prefix(field: &str, prefix: &str) -> Result<(), FieldError> {
+    let plain = !prefix.is_empty()
+        && prefix
+            .split('.')
+            .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
+    if plain {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("`{prefix}` is not a plain NATS subject (dot-separated tokens, no wildcards)"),
+        ))
+    }
 }
 
 /// JetStream names: letters, digits, `_` and `-`.
