@@ -141,6 +141,7 @@ impl Detector for PanickingDetector {
             label: "person".into(),
             score: 0.9,
             bbox: BBox::new(0.48 * w, 0.3 * h, 0.52 * w, 0.47 * h),
+            track: None,
         }])
     }
 }

@@ -680,6 +680,7 @@ mod tests {
             label: "person".into(),
             score: 0.9,
             bbox: crate::BBox::new(1.0, 2.0, 3.0, 4.0),
+            track: Some(7),
         }];
         full.evidence.reading = Some(ReadingValue {
             quantity: "co".into(),

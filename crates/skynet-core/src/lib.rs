@@ -30,5 +30,7 @@ pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_qu
 pub use redact::{Credentials, redact_uri, split_credentials};
 pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
-pub use vision::{AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder};
+pub use vision::{
+    AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, TrackedObject,
+};
 pub use watermark::Watermark;

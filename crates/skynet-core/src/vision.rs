@@ -120,12 +120,64 @@ pub struct Detection {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: BBox,
+    /// The tracker's id for this object on its camera, once tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<u64>,
+}
+
+impl Detection {
+    pub fn new(label: impl Into<String>, score: f32, bbox: BBox) -> Self {
+        Self {
+            label: label.into(),
+            score,
+            bbox,
+            track: None,
+        }
+    }
+}
+
+/// An object the tracker follows on one camera, as it stands at one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackedObject {
+    /// Stable while the object stays in view; never reused on the camera during a run.
+    pub id: u64,
+    pub label: String,
+    /// The score of the detection that last confirmed the track.
+    pub score: f32,
+    /// Where the object is at this frame, in the camera's pixels: the matched detection's box,
+    /// or the motion model's prediction when the object was not detected in this frame.
+    #[serde(rename = "box")]
+    pub bbox: BBox,
+    /// When the track was first confirmed (event time).
+    pub first_seen: DateTime<Utc>,
+    /// Since when the object has stood still, if it does.
+    pub stationary_since: Option<DateTime<Utc>>,
+    /// Whether a detection confirmed the track at this frame (false: predicted only).
+    pub detected: bool,
+}
+
+impl TrackedObject {
+    /// The object as evidence: its box and label with its track id.
+    pub fn as_detection(&self) -> Detection {
+        Detection {
+            label: self.label.clone(),
+            score: self.score,
+            bbox: self.bbox,
+            track: Some(self.id),
+        }
+    }
 }
 
 /// A frame after detection: the pixels are gone, the findings remain.
 #[derive(Debug, Clone)]
 pub struct AnalysedFrame {
     pub info: FrameInfo,
+    /// What the detector found in this frame; empty when it did not run on it (see `inferred`).
     pub detections: Vec<Detection>,
     pub inference: Duration,
+    /// Whether the detector ran on this frame. Frames it skipped (the inference interval)
+    /// still reach the tracker, which predicts where its objects are.
+    pub inferred: bool,
+    /// The camera's tracked objects at this frame, filled by the tracker before the rules run.
+    pub tracks: Vec<TrackedObject>,
 }

@@ -16,9 +16,24 @@ use crate::preprocess::{ImageView, Letterbox};
 use crate::runtime::OnnxRuntime;
 use crate::yolox::YoloxDecoder;
 
-/// Finds objects in one image. Each inference worker owns one.
+/// Finds objects in images. Each inference worker owns one.
 pub trait Detector: Send {
     fn detect(&mut self, image: &ImageView<'_>) -> Result<Vec<Detection>, DetectError>;
+
+    /// The most images one [`detect_batch`](Self::detect_batch) call runs at once: 1 unless
+    /// the model has a dynamic batch axis and batching was asked for.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Detects in several images (from any cameras) in one model call where the model allows
+    /// it; one result per image, in order. A failure of the whole call fails every image.
+    fn detect_batch(
+        &mut self,
+        images: &[ImageView<'_>],
+    ) -> Vec<Result<Vec<Detection>, DetectError>> {
+        images.iter().map(|image| self.detect(image)).collect()
+    }
 }
 
 /// Where inference runs. Listed in order of preference; CPU is always the last resort.

@@ -436,6 +436,8 @@ mod tests {
             },
             detections,
             inference: std::time::Duration::ZERO,
+            inferred: true,
+            tracks: Vec::new(),
         }
     }
 
@@ -444,6 +446,7 @@ mod tests {
             label: "person".into(),
             score: 0.9,
             bbox: BBox::new(x - 5.0, y - 20.0, x + 5.0, y),
+            track: None,
         }
     }
 

@@ -101,6 +101,7 @@ impl YoloxDecoder {
                     c.bbox.y2 * inv,
                 )
                 .clamp_to(sw, sh),
+                track: None,
             })
             .collect()
     }

@@ -747,6 +747,7 @@ mod tests {
                 w as f32 * 0.95,
                 h as f32 * 0.3,
             ),
+            track: Some(3),
         };
         let zone = Zone::new("z", &[[0.05, 0.8], [0.2, 0.8], [0.2, 0.95], [0.05, 0.95]]).unwrap();
         for order in [PixelOrder::Bgr, PixelOrder::Rgb] {

@@ -157,6 +157,8 @@ impl Worker {
                         info: frame.info.clone(),
                         detections,
                         inference: started.elapsed(),
+                        inferred: true,
+                        tracks: Vec::new(),
                     };
                     (Some(analysed), None)
                 }

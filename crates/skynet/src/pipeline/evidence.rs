@@ -293,6 +293,7 @@ mod tests {
             label: "person".into(),
             score: 0.9,
             bbox: BBox::new(x, 100.0, x + 50.0, 300.0),
+            track: None,
         }
     }
 
@@ -318,6 +319,8 @@ mod tests {
             info,
             detections,
             inference: Duration::ZERO,
+            inferred: true,
+            tracks: Vec::new(),
         };
         (frame, Arc::new(image))
     }

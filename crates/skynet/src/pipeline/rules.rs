@@ -784,6 +784,8 @@ mod tests {
                 },
                 detections: Vec::new(),
                 inference: Duration::ZERO,
+                inferred: true,
+                tracks: Vec::new(),
             }),
             image: None,
         }
