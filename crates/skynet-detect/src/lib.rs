@@ -9,17 +9,22 @@
 
 pub mod detector;
 pub mod error;
+pub mod filter;
+pub mod interval;
 pub mod manifest;
 pub mod preprocess;
 pub mod rules;
 pub mod runtime;
 pub mod sensor_rules;
 pub mod settings;
+pub mod tracker;
 pub mod yolox;
 pub mod zone;
 
 pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
 pub use error::DetectError;
+pub use filter::{ClassLimits, ClassLimitsTable, DetectionFilter, OwnerClasses};
+pub use interval::{InferenceInterval, IntervalConfig};
 pub use manifest::{ModelManifest, ModelPort};
 pub use preprocess::ImageView;
 pub use rules::{

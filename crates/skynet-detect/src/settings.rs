@@ -6,7 +6,8 @@ use serde::Deserialize;
 use skynet_core::config::{check_range, data_dir};
 use skynet_core::{ConfigContext, FieldError};
 
-use crate::{DetectorOptions, ExecutionProvider, ModelManifest};
+use crate::filter::validate_class_limits;
+use crate::{ClassLimitsTable, DetectorOptions, ExecutionProvider, ModelManifest, OwnerClasses};
 
 /// `[detect]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +32,12 @@ pub struct DetectSettings {
     pub queue: i64,
     /// Path of libonnxruntime.so; otherwise ORT_DYLIB_PATH, then where set-up put it.
     pub onnxruntime: Option<String>,
+    /// Per class, for every camera: minimum score and box-area range.
+    #[serde(default)]
+    pub classes: ClassLimitsTable,
+    /// Per owner, the labels its cameras look for.
+    #[serde(default)]
+    pub owner_classes: OwnerClasses,
 }
 
 const fn default_threshold() -> f64 {
@@ -60,6 +67,10 @@ pub struct DetectPlan {
     pub workers: usize,
     pub queue: usize,
     pub onnxruntime: Option<PathBuf>,
+    /// `[detect.classes]`, checked against the model's labels.
+    pub classes: ClassLimitsTable,
+    /// `[detect.owner_classes]`, checked against the model's labels.
+    pub owner_classes: OwnerClasses,
 }
 
 fn count(name: &str, value: i64, min: i64, max: i64) -> Result<usize, FieldError> {
@@ -89,6 +100,15 @@ impl DetectSettings {
             .as_deref()
             .map(|p| cx.resolve_path("onnxruntime", p))
             .transpose()?;
+        validate_class_limits(
+            "classes",
+            &self.classes,
+            &model.model.name,
+            &model.labels,
+            threshold,
+        )?;
+        self.owner_classes
+            .validate(&model.model.name, &model.labels)?;
         Ok(DetectPlan {
             model,
             options: DetectorOptions {
@@ -101,6 +121,8 @@ impl DetectSettings {
             workers,
             queue,
             onnxruntime,
+            classes: self.classes.clone(),
+            owner_classes: self.owner_classes.clone(),
         })
     }
 }

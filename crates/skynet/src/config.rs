@@ -14,7 +14,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use skynet_core::config::check_range;
 use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, SensorId, validate_id};
-use skynet_detect::{DetectSettings, DetectorOptions, ModelManifest, Zone};
+use skynet_detect::{
+    ClassLimitsTable, DetectSettings, DetectorOptions, IntervalConfig, ModelManifest, OwnerClasses,
+    Zone, tracker::TrackerSettings,
+};
 use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
 use skynet_emit::{CasesSettings, OutboxSettings};
 use skynet_ingest::MotionConfig;
@@ -250,13 +253,22 @@ struct CameraCommon {
     /// polygons of `[x, y]` fractions of the frame, origin top-left.
     #[serde(default)]
     privacy_masks: Vec<Vec<[f64; 2]>>,
+    /// Per class, this camera's limits over `[detect.classes]`.
+    #[serde(default)]
+    classes: ClassLimitsTable,
+    /// Detect every N-th frame, N adapting to motion; the tracker carries objects between.
+    #[serde(default)]
+    inference_interval: IntervalConfig,
+    /// The tracker that follows this camera's objects for the rules.
+    #[serde(default)]
+    tracker: TrackerSettings,
 }
 
 fn default_offline_after() -> f64 {
     30.0
 }
 
-const CAMERA_COMMON_KEYS: [&str; 10] = [
+const CAMERA_COMMON_KEYS: [&str; 13] = [
     "id",
     "owner",
     "grid",
@@ -267,6 +279,9 @@ const CAMERA_COMMON_KEYS: [&str; 10] = [
     "offline_after_s",
     "motion",
     "privacy_masks",
+    "classes",
+    "inference_interval",
+    "tracker",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +304,10 @@ pub struct PipelineConfig {
     pub detector: DetectorOptions,
     pub workers: usize,
     pub queue: usize,
+    /// `[detect.classes]`: every camera's per-class limits, under its own.
+    pub classes: ClassLimitsTable,
+    /// How long a batch waits to fill (`[detect] max_wait_ms`).
+    pub batch_wait: std::time::Duration,
     pub grids: Arc<GridMap>,
     pub risk: RiskConfig,
     /// Every observation the engine takes is appended here (JSON Lines), for `skynet replay`.
@@ -340,6 +359,13 @@ pub struct CameraSpec {
     pub motion: MotionConfig,
     /// Blurred in evidence snapshots: polygons of `[x, y]` fractions of the frame.
     pub privacy_masks: Vec<Vec<[f64; 2]>>,
+    /// The labels the camera's owner looks for.
+    pub allowed_classes: Vec<String>,
+    /// This camera's per-class limits (over `[detect.classes]`, merged when the filter is
+    /// built).
+    pub classes: ClassLimitsTable,
+    pub inference_interval: IntervalConfig,
+    pub tracker: TrackerSettings,
 }
 
 impl CameraSpec {
@@ -689,7 +715,12 @@ fn validate(
     }
     let mut cameras: Vec<CameraSpec> = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
-        let spec = validate_camera(at, &cx, camera, &grids, model.as_ref(), registry)?;
+        let detect_cx = CameraDetectContext {
+            model: model.as_ref(),
+            threshold: f64::from(detect.options.threshold),
+            owner_classes: &detect.owner_classes,
+        };
+        let spec = validate_camera(at, &cx, camera, &grids, &detect_cx, registry)?;
         if cameras.iter().any(|c| c.id == spec.id) {
             let region = at.table_region(&camera.span());
             return Err(at.error(
@@ -730,6 +761,9 @@ fn validate(
         detector: detect.options,
         workers: detect.workers,
         queue: detect.queue,
+        classes: detect.classes,
+        // Until `[detect] max_wait_ms` lands with the batching detector.
+        batch_wait: std::time::Duration::from_millis(5),
         grids: Arc::new(grids),
         risk,
         record_observations,
@@ -969,14 +1003,22 @@ fn validate_sinks(
     Ok(specs)
 }
 
+/// What a camera's validation needs from `[detect]`.
+struct CameraDetectContext<'a> {
+    model: &'a ModelManifest,
+    threshold: f64,
+    owner_classes: &'a OwnerClasses,
+}
+
 fn validate_camera(
     at: &Locator<'_>,
     cx: &ConfigContext,
     camera: &Spanned<toml::Table>,
     grids: &GridMap,
-    model: &ModelManifest,
+    detect: &CameraDetectContext<'_>,
     registry: &Registry,
 ) -> Result<CameraSpec, ConfigError> {
+    let model = detect.model;
     let region = at.table_region(&camera.span());
     let mut common_table = toml::Table::new();
     let mut source_table = camera.get_ref().clone();
@@ -1004,6 +1046,23 @@ fn validate_camera(
     // The same checks as motion masks and zones: 3 points or more, inside the frame.
     skynet_core::check_frame_polygons("privacy_masks", "privacy mask", &common.privacy_masks)
         .map_err(|e| at.field_error(&region, e))?;
+    skynet_detect::filter::validate_class_limits(
+        "classes",
+        &common.classes,
+        &model.model.name,
+        &model.labels,
+        detect.threshold,
+    )
+    .map_err(|e| at.field_error(&region, e))?;
+    common
+        .inference_interval
+        .validate()
+        .map_err(|e| at.field_error(&region, e))?;
+    common
+        .tracker
+        .validate()
+        .map_err(|e| at.field_error(&region, e))?;
+    let allowed_classes = detect.owner_classes.allowed(common.owner, &model.labels);
 
     let grid = resolve_grid(
         at,
@@ -1098,6 +1157,10 @@ fn validate_camera(
         offline_after: std::time::Duration::from_secs_f64(common.offline_after_s),
         motion: common.motion,
         privacy_masks: common.privacy_masks,
+        allowed_classes,
+        classes: common.classes,
+        inference_interval: common.inference_interval,
+        tracker: common.tracker,
     })
 }
 

@@ -269,7 +269,10 @@ pub fn render(image: &FrameImage, annotations: Annotations<'_>) -> Result<RgbIma
                 BOX_COLOUR,
             );
         }
-        let label = format!("{} {:.2}", d.label, d.score);
+        let label = match d.track {
+            Some(track) => format!("{} #{track} {:.2}", d.label, d.score),
+            None => format!("{} {:.2}", d.label, d.score),
+        };
         let text_w = label.chars().count() as i64 * GLYPH_ADVANCE + 2;
         let text_h = GLYPH_HEIGHT + 2;
         // Above the box when there is room, else inside its top edge.

@@ -11,10 +11,12 @@
 //! - [`false_alarms`]: `skynet outbox false-alarms`, the rates engineers tune against.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 //! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
+//! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
 
 pub mod components;
 pub mod config;
 pub mod dead_letters;
+pub mod detect_cli;
 pub mod evidence;
 pub mod false_alarms;
 pub mod memory;

@@ -7,11 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use skynet::simulate::{Scenario, SimulateOptions};
-use skynet::{PipelineConfig, PipelineError, RunOptions, Services, paths, pipeline};
-use skynet_core::{PixelOrder, Shutdown};
-use skynet_detect::{
-    Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector, OnnxRuntime,
-};
+use skynet::{PipelineConfig, PipelineError, RunOptions, Services, pipeline};
+use skynet_core::Shutdown;
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +40,7 @@ enum Command {
         #[arg(long)]
         until_eof: bool,
     },
-    /// Detect objects in images; prints one JSON object per image.
+    /// Detect objects in images and videos; prints one JSON object per image or video frame.
     Detect {
         /// Model manifest (models/*.toml).
         #[arg(long)]
@@ -57,8 +54,21 @@ enum Command {
         /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then where set-up put it).
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
+        /// Track objects across a video's frames: detections carry `track` ids.
+        #[arg(long)]
+        track: bool,
+        /// Write each image or frame, boxes, labels and zones drawn, into this directory.
+        #[arg(long, value_name = "DIR")]
+        annotate: Option<PathBuf>,
+        /// With --camera: draw that camera's zones and blur its privacy masks.
+        #[arg(long, short, requires = "camera")]
+        config: Option<PathBuf>,
+        /// The camera of --config whose zones are drawn.
+        #[arg(long, requires = "config")]
+        camera: Option<String>,
+        /// Images (.jpg, .jpeg, .png, .bmp, .webp) or videos (anything else GStreamer reads).
         #[arg(required = true)]
-        images: Vec<PathBuf>,
+        inputs: Vec<PathBuf>,
     },
     /// Feed recorded observations (JSON Lines; `-` for stdin) through the config's risk
     /// engine and print the incident and grid-risk CloudEvents, one per line. The same input
@@ -158,8 +168,29 @@ fn main() -> ExitCode {
             threshold,
             nms_iou,
             onnxruntime,
-            images,
-        } => detect(&model, threshold, nms_iou, onnxruntime.as_deref(), &images),
+            track,
+            annotate,
+            config,
+            camera,
+            inputs,
+        } => skynet::detect_cli::run(&skynet::detect_cli::DetectArgs {
+            model,
+            threshold,
+            nms_iou,
+            onnxruntime,
+            track,
+            annotate,
+            config,
+            camera,
+            inputs,
+        })
+        .map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
         Command::Check { config } => check(&config),
         Command::Replay {
             config,
@@ -414,51 +445,4 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
         eprintln!("error: camera(s) failed: {}", ids.join(", "));
         Ok(ExitCode::from(1))
     }
-}
-
-fn detect(
-    model: &Path,
-    threshold: f32,
-    nms_iou: f32,
-    onnxruntime: Option<&Path>,
-    images: &[PathBuf],
-) -> Result<ExitCode> {
-    for (flag, value) in [("--threshold", threshold), ("--nms-iou", nms_iou)] {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&value),
-            "{flag} must be between 0 and 1, got {value}"
-        );
-    }
-    let runtime = OnnxRuntime::init(onnxruntime, &[paths::data_dir()])?;
-    let manifest = Arc::new(ModelManifest::load(model)?);
-    let options = DetectorOptions {
-        threshold,
-        nms_iou,
-        intra_threads: 2,
-        weight_dirs: vec![paths::data_dir().join("models")],
-        ..DetectorOptions::default()
-    };
-    let mut detector = OnnxDetector::new(&runtime, manifest, options)?;
-    let mut failed = false;
-    for path in images {
-        let result = skynet_detect::detector::load_image(path).and_then(|(width, height, rgb)| {
-            let image = ImageView::new(width, height, width as usize * 3, PixelOrder::Rgb, &rgb)?;
-            detector.detect(&image)
-        });
-        match result {
-            Ok(detections) => {
-                let line = serde_json::json!({ "image": path, "detections": detections });
-                println!("{line}");
-            }
-            Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }

@@ -1,5 +1,10 @@
 //! Detection workers: each serves every camera's queue, fairly, and numbers what it takes.
 //!
+//! A worker whose detector takes batches (a model with a dynamic batch axis, `max_batch`)
+//! fills each batch from the cameras in turn, one frame per camera per sweep, waiting at most
+//! `max_wait_ms` for it to fill. Each camera's inference interval decides which of its frames
+//! the detector sees; the others go straight on to the tracker.
+//!
 //! Taking a frame and numbering it happen under the camera's lock, so each camera's frames
 //! get dense, gap-free dispatch numbers in queue order. The rules stage restores that order
 //! after parallel inference and never has to guess whether a frame is missing: every taken
@@ -8,10 +13,15 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, TryRecvError};
-use skynet_core::{AnalysedFrame, CameraId, Frame, FrameImage, StageQueue, StageReceiver};
-use skynet_detect::{Detector, ImageView};
+use skynet_core::{
+    AnalysedFrame, CameraId, Detection, Frame, FrameImage, StageQueue, StageReceiver,
+};
+use skynet_detect::{
+    DetectError, DetectionFilter, Detector, ImageView, InferenceInterval, IntervalConfig,
+};
 use skynet_ingest::ObjectsInView;
 
 use super::{Counters, POLL, panic_message};
@@ -31,11 +41,23 @@ pub(crate) struct Detected {
     pub image: Option<Arc<FrameImage>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Dispatch {
     next: u64,
     /// The last frame taken: its number and the source's count of skipped frames then.
     last: Option<(u64, u64)>,
+    /// Which frames go to the detector (the rest only to the tracker).
+    interval: InferenceInterval,
+}
+
+/// A frame taken from a camera's queue, numbered.
+struct Taken {
+    input: usize,
+    frame: Frame,
+    dispatch: u64,
+    gap: u64,
+    /// Whether the detector runs on it (the inference interval).
+    infer: bool,
 }
 
 /// A camera's frame queue, its dispatch numbering, and its metric handles, resolved once.
@@ -46,8 +68,12 @@ pub(crate) struct CameraInput {
     dispatch: Arc<Mutex<Dispatch>>,
     /// Tells the camera's motion gate whether the last detection found anything.
     objects: ObjectsInView,
+    /// The classes the camera's owner looks for, and their limits.
+    filter: Arc<DetectionFilter>,
     analysed: metrics::Counter,
+    inferred: metrics::Counter,
     errors: metrics::Counter,
+    queue_wait: metrics::Histogram,
     /// Pass the pixels of frames with detections on, for evidence snapshots.
     keep_images: bool,
 }
@@ -57,15 +83,24 @@ impl CameraInput {
         camera: &CameraId,
         frames: StageReceiver<Frame>,
         objects: ObjectsInView,
+        filter: DetectionFilter,
+        interval: IntervalConfig,
     ) -> Self {
         let label = camera.to_string();
         Self {
             camera: camera.clone(),
             frames,
-            dispatch: Arc::default(),
+            dispatch: Arc::new(Mutex::new(Dispatch {
+                next: 0,
+                last: None,
+                interval: InferenceInterval::new(interval),
+            })),
             objects,
+            filter: Arc::new(filter),
             analysed: metrics::counter!("skynet_frames_analysed_total", "camera" => label.clone()),
-            errors: metrics::counter!("skynet_detect_errors_total", "camera" => label),
+            inferred: metrics::counter!("skynet_frames_inferred_total", "camera" => label.clone()),
+            errors: metrics::counter!("skynet_detect_errors_total", "camera" => label.clone()),
+            queue_wait: metrics::histogram!("skynet_inference_queue_wait_seconds", "camera" => label),
             keep_images: false,
         }
     }
@@ -77,7 +112,7 @@ impl CameraInput {
     }
 
     /// Takes the next frame and numbers it, atomically with respect to the other workers.
-    fn take(&self) -> Result<Option<(Frame, u64, u64)>, TryRecvError> {
+    fn take(&self, input: usize) -> Result<Option<Taken>, TryRecvError> {
         let mut d = self.dispatch.lock().unwrap_or_else(PoisonError::into_inner);
         let frame = match self.frames.channel().try_recv() {
             Ok(frame) => frame,
@@ -85,6 +120,8 @@ impl CameraInput {
             Err(e) => return Err(e),
         };
         self.frames.took();
+        self.queue_wait
+            .record(frame.info.decoded_at.elapsed().as_secs_f64());
         let (seq, skipped) = (frame.info.seq, frame.info.skipped);
         // Frames the motion gate skipped on purpose are not missing.
         let gap = match d.last {
@@ -94,9 +131,25 @@ impl CameraInput {
             None => seq.saturating_sub(skipped),
         };
         d.last = Some((seq, skipped));
-        let index = d.next;
+        let dispatch = d.next;
         d.next += 1;
-        Ok(Some((frame, index, gap)))
+        let infer = d.interval.infer_now();
+        Ok(Some(Taken {
+            input,
+            frame,
+            dispatch,
+            gap,
+            infer,
+        }))
+    }
+
+    /// Learns what the detector found, for the next interval.
+    fn observe(&self, detections: &[Detection]) {
+        self.dispatch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interval
+            .observe(detections);
     }
 }
 
@@ -106,10 +159,22 @@ pub(crate) struct Worker {
     pub inputs: Vec<CameraInput>,
     pub out: StageQueue<Detected>,
     pub counters: Arc<Counters>,
+    /// How long a batch waits to fill once its first frame is taken.
+    pub max_wait: Duration,
+}
+
+/// What became of a detection call for one frame.
+enum Outcome {
+    Found(Vec<Detection>),
+    Failed(DetectError),
+    /// The detector panicked: the session may be in any state.
+    Panicked,
 }
 
 impl Worker {
     pub(crate) fn run(mut self) {
+        // Where the next sweep for a batch starts, so no camera is always first.
+        let mut cursor = 0;
         while !self.inputs.is_empty() {
             let mut select = Select::new();
             for input in &self.inputs {
@@ -118,7 +183,7 @@ impl Worker {
             let Ok(index) = select.ready_timeout(POLL) else {
                 continue;
             };
-            let (frame, dispatch, gap) = match self.inputs[index].take() {
+            let first = match self.inputs[index].take(index) {
                 Ok(Some(taken)) => taken,
                 // Another worker was quicker.
                 Ok(None) => continue,
@@ -128,19 +193,144 @@ impl Worker {
                     continue;
                 }
             };
-            let input = &self.inputs[index];
-            let span =
-                tracing::debug_span!("detect", camera = %frame.info.camera, seq = frame.info.seq);
-            let _entered = span.enter();
-            let started = std::time::Instant::now();
+            let mut batch = Vec::with_capacity(self.detector.max_batch().max(1));
+            if !self.admit(first, &mut batch) {
+                return;
+            }
+            if !self.fill(&mut batch, &mut cursor) {
+                return;
+            }
+            if !batch.is_empty() && !self.detect(batch) {
+                return;
+            }
+        }
+    }
+
+    /// Sends a frame the interval skips straight on (the tracker predicts it); keeps a frame
+    /// to detect in `batch`. False when the rules stage is gone.
+    fn admit(&self, taken: Taken, batch: &mut Vec<Taken>) -> bool {
+        if taken.infer {
+            batch.push(taken);
+            return true;
+        }
+        let input = &self.inputs[taken.input];
+        self.counters.analysed.fetch_add(1, Ordering::Relaxed);
+        input.analysed.increment(1);
+        let detected = Detected {
+            camera: input.camera.clone(),
+            dispatch: taken.dispatch,
+            gap: taken.gap,
+            frame: Some(AnalysedFrame {
+                info: taken.frame.info,
+                detections: Vec::new(),
+                inference: Duration::ZERO,
+                inferred: false,
+                tracks: Vec::new(),
+            }),
+            image: None,
+        };
+        self.out.send(detected).is_ok()
+    }
+
+    /// Fills `batch` up to the detector's batch size with frames from the cameras in turn,
+    /// one per camera per sweep (so a busy camera cannot crowd the others out), waiting at
+    /// most `max_wait` for frames to arrive. False when the rules stage is gone.
+    fn fill(&mut self, batch: &mut Vec<Taken>, cursor: &mut usize) -> bool {
+        let capacity = self.detector.max_batch().max(1);
+        if batch.len() >= capacity || batch.is_empty() {
+            return true;
+        }
+        let deadline = Instant::now() + self.max_wait;
+        while batch.len() < capacity {
+            let mut took_any = false;
+            let count = self.inputs.len();
+            for step in 0..count {
+                if batch.len() >= capacity {
+                    break;
+                }
+                let index = (*cursor + step) % count;
+                if let Ok(Some(taken)) = self.inputs[index].take(index) {
+                    took_any = true;
+                    if !self.admit(taken, batch) {
+                        return false;
+                    }
+                }
+            }
+            *cursor = (*cursor + 1) % count.max(1);
+            if took_any {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let mut select = Select::new();
+            for input in &self.inputs {
+                select.recv(input.frames.channel());
+            }
+            if select.ready_timeout(deadline - now).is_err() {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Runs the detector on `batch` and sends every frame on. False when the rules stage is
+    /// gone; panics again (after sending) if the detector panicked.
+    fn detect(&mut self, batch: Vec<Taken>) -> bool {
+        let span = tracing::debug_span!("detect", frames = batch.len());
+        let _entered = span.enter();
+        let started = Instant::now();
+        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        let mut panic = None;
+        let mut views = Vec::with_capacity(batch.len());
+        let mut viewed = Vec::with_capacity(batch.len());
+        for (i, taken) in batch.iter().enumerate() {
+            match ImageView::of_frame(&taken.frame) {
+                Ok(view) => {
+                    views.push(view);
+                    viewed.push(i);
+                }
+                Err(e) => outcomes[i] = Some(Outcome::Failed(e)),
+            }
+        }
+        if !views.is_empty() {
             let detector = &mut self.detector;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ImageView::of_frame(&frame).and_then(|image| detector.detect(&image))
+            let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                detector.detect_batch(&views)
             }));
+            drop(views);
+            match results {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for &i in &viewed {
+                        outcomes[i] = Some(match results.next() {
+                            Some(Ok(found)) => Outcome::Found(found),
+                            Some(Err(e)) => Outcome::Failed(e),
+                            None => Outcome::Failed(DetectError::Session {
+                                model: "detector".into(),
+                                action: "batch",
+                                reason: "fewer results than images".into(),
+                            }),
+                        });
+                    }
+                }
+                Err(payload) => {
+                    tracing::error!(worker = %self.name, cause = %panic_message(payload.as_ref()), "the detector panicked");
+                    for &i in &viewed {
+                        outcomes[i] = Some(Outcome::Panicked);
+                    }
+                    panic = Some(payload);
+                }
+            }
+        }
+        let inference = started.elapsed();
+        for (taken, outcome) in batch.into_iter().zip(outcomes) {
+            let input = &self.inputs[taken.input];
+            let frame = &taken.frame;
             let mut image = None;
-            let (analysed, panicked) = match outcome {
-                Ok(Ok(mut detections)) => {
-                    input.objects.set(!detections.is_empty());
+            let analysed = match outcome {
+                Some(Outcome::Found(mut detections)) => {
                     // Boxes in the camera's own pixels, whatever size the detector saw.
                     let (sx, sy) = frame.image_scale();
                     if (sx, sy) != (1.0, 1.0) {
@@ -148,45 +338,51 @@ impl Worker {
                             d.bbox = d.bbox.scaled(sx, sy);
                         }
                     }
+                    input
+                        .filter
+                        .apply(&mut detections, frame.info.width, frame.info.height);
+                    input.objects.set(!detections.is_empty());
+                    input.observe(&detections);
                     if input.keep_images && !detections.is_empty() {
                         image = owned_copy(&frame.image).map(Arc::new);
                     }
                     self.counters.analysed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.inferred.fetch_add(1, Ordering::Relaxed);
                     input.analysed.increment(1);
-                    let analysed = AnalysedFrame {
+                    input.inferred.increment(1);
+                    Some(AnalysedFrame {
                         info: frame.info.clone(),
                         detections,
-                        inference: started.elapsed(),
+                        inference,
                         inferred: true,
                         tracks: Vec::new(),
-                    };
-                    (Some(analysed), None)
+                    })
                 }
-                Ok(Err(e)) => {
+                Some(Outcome::Failed(e)) => {
                     input.errors.increment(1);
                     tracing::warn!(camera = %frame.info.camera, seq = frame.info.seq, error = %e, "frame skipped");
-                    (None, None)
+                    None
                 }
-                Err(panic) => (None, Some(panic)),
+                Some(Outcome::Panicked) | None => None,
             };
             let detected = Detected {
                 camera: input.camera.clone(),
-                dispatch,
-                gap,
+                dispatch: taken.dispatch,
+                gap: taken.gap,
                 frame: analysed,
                 image,
             };
             // The rules stage waits for every dispatch number: send even a failed frame.
             if self.out.send(detected).is_err() {
-                return;
-            }
-            if let Some(panic) = panicked {
-                // The session may be in any state now: this worker stops, and since detection
-                // is a stage whose loss loses data, the pipeline drains and exits non-zero.
-                tracing::error!(worker = %self.name, cause = %panic_message(panic.as_ref()), "the detector panicked");
-                std::panic::resume_unwind(panic);
+                return false;
             }
         }
+        if let Some(payload) = panic {
+            // The session may be in any state now: this worker stops, and since detection
+            // is a stage whose loss loses data, the pipeline drains and exits non-zero.
+            std::panic::resume_unwind(payload);
+        }
+        true
     }
 }
 

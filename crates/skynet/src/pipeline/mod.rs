@@ -84,6 +84,8 @@ pub struct RunOptions {
 pub struct RunSummary {
     pub frames_decoded: u64,
     pub frames_analysed: u64,
+    /// Analysed frames the detector ran on (the rest: the inference interval skipped them).
+    pub frames_inferred: u64,
     pub frames_dropped: u64,
     /// Frames not applied because they were older than what the camera had already applied.
     pub frames_late: u64,
@@ -97,6 +99,7 @@ pub struct RunSummary {
 pub(crate) struct Counters {
     decoded: AtomicU64,
     analysed: AtomicU64,
+    inferred: AtomicU64,
     dropped: AtomicU64,
     late: AtomicU64,
     observations: AtomicU64,
@@ -361,9 +364,21 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         };
         let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
         let objects = ObjectsInView::default();
+        let filter = skynet_detect::DetectionFilter::new(
+            &camera.id,
+            &camera.allowed_classes,
+            &config.classes,
+            &camera.classes,
+        );
         inputs.push(
-            detect::CameraInput::new(&camera.id, rx, objects.clone())
-                .keeping_images(config.evidence.enabled),
+            detect::CameraInput::new(
+                &camera.id,
+                rx,
+                objects.clone(),
+                filter,
+                camera.inference_interval.clone(),
+            )
+            .keeping_images(config.evidence.enabled),
         );
         let camera_health = CameraHealth::new(
             camera.id.clone(),
@@ -398,6 +413,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             inputs: inputs.clone(),
             out: analysed_queue.clone(),
             counters: Arc::clone(&counters),
+            max_wait: config.batch_wait,
         };
         let stage_health = health.register(format!("detect-{i}"), "stage");
         detect_threads.push(spawn_stage(
@@ -456,6 +472,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     Ok(RunSummary {
         frames_decoded: counters.decoded.load(Ordering::Relaxed),
         frames_analysed: counters.analysed.load(Ordering::Relaxed),
+        frames_inferred: counters.inferred.load(Ordering::Relaxed),
         frames_dropped: counters.dropped.load(Ordering::Relaxed),
         frames_late: counters.late.load(Ordering::Relaxed),
         observations: counters.observations.load(Ordering::Relaxed),

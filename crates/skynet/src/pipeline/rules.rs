@@ -25,6 +25,7 @@ use skynet_core::{
     CameraId, DeviceFault, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
 };
 use skynet_detect::CameraRules;
+use skynet_detect::tracker::Tracker;
 use skynet_ingest::{CameraEvent, CameraState};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
@@ -108,6 +109,8 @@ impl Reorder {
 
 /// One camera's state in the rules stage.
 struct CameraStage {
+    /// Follows the camera's objects from frame to frame, before the rules look at them.
+    tracker: Tracker,
     rules: CameraRules,
     order: Reorder,
     watermark: Watermark,
@@ -271,6 +274,7 @@ impl RulesAndRisk {
                     rules.restore(saved);
                 }
                 let stage = CameraStage {
+                    tracker: Tracker::new(c.tracker.clone()),
                     rules,
                     order: Reorder::default(),
                     watermark: watermark.clone(),
@@ -646,7 +650,7 @@ impl RulesAndRisk {
             camera.gaps.increment(detected.gap);
             tracing::debug!(camera = %id, missing = detected.gap, "frames dropped before detection");
         }
-        let Some(frame) = detected.frame else {
+        let Some(mut frame) = detected.frame else {
             return Ok(());
         };
         let t = frame.info.captured_at;
@@ -661,6 +665,7 @@ impl RulesAndRisk {
         camera
             .latency
             .record(frame.info.decoded_at.elapsed().as_secs_f64());
+        camera.tracker.update(&mut frame);
         let observations = camera.rules.apply(&frame);
         // An incident's detections come from an observation: its frame is the one to keep.
         if !observations.is_empty()
