@@ -541,3 +541,60 @@ fn a_grid_file_with_errors_names_the_feature_and_the_problem() {
         );
     }
 }
+
+#[test]
+fn class_limits_owner_classes_and_the_inference_interval_are_checked_where_written() {
+    let cases = [
+        (
+            valid().replace(
+                "workers = 2",
+                "workers = 2\nclasses = { person = { min_score = 0.1 } }",
+            ),
+            "classes = ",
+            "`classes.person.min_score` = 0.1 is below `[detect] threshold` = 0.3",
+        ),
+        (
+            valid().replace("workers = 2", "workers = 2\nclasses = { face = {} }"),
+            "classes = ",
+            "label `face` is not one model `yolox_nano` detects",
+        ),
+        (
+            valid().replace(
+                "workers = 2",
+                "workers = 2\nowner_classes = { police = [\"unicorn\"] }",
+            ),
+            "owner_classes",
+            "label `unicorn` in `owner_classes.police`",
+        ),
+        (
+            valid().replace(
+                "max_frames = 10",
+                "max_frames = 10\nclasses = { car = { min_area = 0.5, max_area = 0.1 } }",
+            ),
+            "classes = ",
+            "`classes.car.min_area` = 0.5 is larger than `classes.car.max_area` = 0.1",
+        ),
+        (
+            valid().replace(
+                "max_frames = 10",
+                "max_frames = 10\ninference_interval = { max = 0 }",
+            ),
+            "inference_interval",
+            "`inference_interval.max` must be between 1 (every frame) and 30, got 0",
+        ),
+        (
+            valid().replace(
+                "max_frames = 10",
+                "max_frames = 10\ninference_interval = { maximum = 3 }",
+            ),
+            "inference_interval",
+            "unknown field `maximum`",
+        ),
+    ];
+    for (text, key, message) in cases {
+        let e = error_for(&text);
+        let line = line_of(&text, key);
+        assert!(e.starts_with(&format!("bad.toml:{line}:")), "{key}: {e}");
+        assert!(e.contains(message), "{key}: {e}");
+    }
+}
