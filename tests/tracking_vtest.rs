@@ -6,8 +6,8 @@
 //! - **fragmentation**: a person track born or ending away from the frame's border, after the
 //!   first and before the last frames. People enter and leave through the border; a track
 //!   that starts or stops in the middle is (mostly) a person whose track broke in two;
-//! - **ID switches**: a track whose box jumps by more than half its size between consecutive
-//!   frames: it took over another person.
+//! - **ID switches**: a track whose feet (box bottom centre) jump by more than half its box
+//!   height between consecutive detector runs: it took over another person.
 //!
 //! Both are compared with a naive tracker (greedy IoU between consecutive frames, no motion
 //! model, no memory, no low-score stage), and bounded by the values measured when the test
@@ -34,8 +34,9 @@ use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 const EDGE_FRAMES: usize = 10;
 /// A box within this fraction of the frame from an edge touches the border.
 const BORDER: f32 = 0.03;
-/// A centre moving more than this fraction of the box's size (square root of its area)
-/// between two consecutive frames is a jump (10 frames/s: a walker moves ~0.1 of it).
+/// Feet (the box's bottom centre) moving more than this fraction of the box's height between
+/// two detector runs on the track is a jump: it took over another person (at 10 frames/s a
+/// walker's feet move about 0.05 of their height per frame).
 const JUMP: f32 = 0.5;
 
 /// Every frame's info and person detections (threshold 0.1, so the low-score stage has
@@ -164,7 +165,7 @@ struct Quality {
     interior_births: usize,
     /// Tracks ending away from the border before the last frames.
     interior_deaths: usize,
-    /// Jumps of a track's box between consecutive frames where it was detected.
+    /// Jumps of a track's feet between consecutive detector runs on it.
     switches: usize,
     /// Mean frames per track.
     mean_length: f32,
@@ -200,13 +201,20 @@ fn measure(frames: &[Vec<TrackedObject>]) -> Quality {
             if !t.detected {
                 continue;
             }
+            // Consecutive detector runs on the track (1 to 3 frames apart, as the intervals).
             if let Some((j, before)) = last_detected.insert(t.id, (i, t.bbox))
-                && j + 1 == i
+                && i - j <= 3
             {
-                let centre = |b: &BBox| ((b.x1 + b.x2) / 2.0, (b.y1 + b.y2) / 2.0);
-                let (a, b) = (centre(&before), centre(&t.bbox));
-                let size = before.area().sqrt().max(1.0);
-                if (a.0 - b.0).hypot(a.1 - b.1) > JUMP * size {
+                // Where the rules see the object: its feet. A box that only grows or shrinks
+                // upwards (a person behind another, merged for a frame) moves them little.
+                let (a, b) = (before.bottom_center(), t.bbox.bottom_center());
+                if (a.x - b.x).hypot(a.y - b.y) > JUMP * before.height().max(1.0) {
+                    if std::env::var_os("SKYNET_TRACE_SWITCHES").is_some() {
+                        eprintln!(
+                            "jump: frame {i} track {} {before:?} -> {:?} score {}",
+                            t.id, t.bbox, t.score
+                        );
+                    }
                     switches += 1;
                 }
             }
@@ -236,9 +244,8 @@ fn tracker_on_vtest_keeps_ids_better_than_a_naive_tracker() {
     let ours = measure(&track(TrackerSettings::default(), 1));
     let reference = measure(&naive(0.5, 0.3));
     eprintln!("vtest.avi, detector at every frame:\n  tracker: {ours:?}\n  naive:   {reference:?}");
-    // Measured when written (YOLOX-Nano, CPU): see README "Tracking quality on vtest.avi".
-    // Bounds: the measured value plus about 25% (detector scores vary slightly between ONNX
-    // Runtime builds and CPUs), and always clearly better than the naive tracker.
+    // Bounds: see the constants below (measured value plus a margin); and always far better
+    // than the naive tracker (measured: 25 times less fragmentation, tracks 6 times longer).
     assert!(
         ours.fragmentation() <= FRAGMENTATION_BOUND,
         "fragmentation {} > {FRAGMENTATION_BOUND}: {ours:?}",
@@ -250,7 +257,7 @@ fn tracker_on_vtest_keeps_ids_better_than_a_naive_tracker() {
         ours.switches
     );
     assert!(
-        ours.fragmentation() * 2 <= reference.fragmentation(),
+        ours.fragmentation() * 5 <= reference.fragmentation() && ours.tracks < reference.tracks,
         "not clearly better than the naive tracker: {ours:?} vs {reference:?}"
     );
     assert!(
@@ -265,7 +272,7 @@ fn inferring_every_2nd_or_3rd_frame_fragments_little_more() {
     for interval in [2, 3] {
         let q = measure(&track(TrackerSettings::default(), interval));
         eprintln!("vtest.avi, detector every {interval} frames: {q:?} (every frame: {every:?})");
-        // Measured when written: see README; bound: the every-frame value plus the margin.
+        // Bound: the every-frame value plus the measured rise and a margin (see the constants).
         let bound = every.fragmentation() + INTERVAL_EXTRA_FRAGMENTATION;
         assert!(
             q.fragmentation() <= bound,
@@ -276,7 +283,18 @@ fn inferring_every_2nd_or_3rd_frame_fragments_little_more() {
     }
 }
 
-/// Measured 0 (placeholder until measured).
-const FRAGMENTATION_BOUND: usize = usize::MAX;
-const SWITCH_BOUND: usize = usize::MAX;
-const INTERVAL_EXTRA_FRAGMENTATION: usize = usize::MAX;
+// The bounds: the values measured when the test was written (YOLOX-Nano on ONNX Runtime's
+// CPU provider, default TrackerSettings) plus a margin for detector scores that differ
+// slightly between ONNX Runtime builds and CPUs. Measured, with the detector at every frame:
+// 25 person tracks, fragmentation 10 (6 interior births + 4 interior deaths), 4 jumps (boxes
+// that grow by a hidden person's legs or a second person behind, rather than true takeovers:
+// the naive tracker, which never matches below IoU 0.3, has 1), mean track 206 frames; the
+// naive tracker: 145 tracks, fragmentation 250, mean 33 frames. Every 2nd frame:
+// fragmentation 13 (+3), 3 jumps; every 3rd: 19 (+9), 0 jumps.
+
+/// Measured 10; margin 4.
+const FRAGMENTATION_BOUND: usize = 14;
+/// Measured 4 (every frame), 3 and 0 (every 2nd, 3rd); margin 2.
+const SWITCH_BOUND: usize = 6;
+/// Measured +3 (every 2nd frame) and +9 (every 3rd); margin 4.
+const INTERVAL_EXTRA_FRAGMENTATION: usize = 13;
