@@ -5,7 +5,9 @@
 //! - [`runtime`]: finding and loading the ONNX Runtime shared library.
 //! - [`preprocess`] and [`yolox`]: letterbox in, boxes out.
 //! - [`detector`]: the [`Detector`] trait and its ONNX implementation.
-//! - [`zone`] and [`rules`]: per-camera polygons and the rules that turn detections into evidence.
+//! - [`tracker`]: follows objects from frame to frame (ByteTrack-style), telling which stand still.
+//! - [`zone`] and [`rules`]: per-camera polygons and lines, and the rules that turn tracks into
+//!   evidence.
 
 pub mod detector;
 pub mod error;
@@ -28,7 +30,9 @@ pub use interval::{InferenceInterval, IntervalConfig};
 pub use manifest::{ModelManifest, ModelPort};
 pub use preprocess::ImageView;
 pub use rules::{
-    CameraRules, Rule, RuleConfig, RuleContext, RuleHit, ZoneIntrusionConfig, ZoneIntrusionRule,
+    CameraRules, CrossingDirection, CrowdConfig, CrowdRule, DwellConfig, DwellRule,
+    LineCrossingConfig, LineCrossingRule, Rule, RuleConfig, RuleContext, RuleHit,
+    StationaryObjectConfig, StationaryObjectRule, ZoneIntrusionConfig, ZoneIntrusionRule,
     ZoneIntrusionSpec,
 };
 pub use runtime::OnnxRuntime;
@@ -36,4 +40,5 @@ pub use sensor_rules::{
     Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleSettings, SensorRuleSpec, SensorRules,
 };
 pub use settings::{DetectPlan, DetectSettings};
+pub use tracker::{Tracker, TrackerSettings};
 pub use zone::{Zone, ZoneError};

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
-use skynet_detect::{Rule, RuleConfig, RuleContext, ZoneIntrusionConfig};
+use skynet_detect::{
+    CrowdConfig, DwellConfig, LineCrossingConfig, Rule, RuleConfig, RuleContext,
+    StationaryObjectConfig, ZoneIntrusionConfig,
+};
 use skynet_emit::{
     EmitError, IncidentSink, JsonLinesSinkConfig, MqttSinkConfig, NatsSinkConfig, SinkConfig,
     StdoutSinkConfig, WebhookSinkConfig,
@@ -23,6 +26,10 @@ pub fn registry() -> Registry {
     Registry::default()
         .with_source::<GstSourceConfig>()
         .with_rule::<ZoneIntrusionConfig>()
+        .with_rule::<DwellConfig>()
+        .with_rule::<LineCrossingConfig>()
+        .with_rule::<CrowdConfig>()
+        .with_rule::<StationaryObjectConfig>()
         .with_sink::<JsonLinesSinkConfig>()
         .with_sink::<StdoutSinkConfig>()
         .with_sink::<NatsSinkConfig>()

@@ -1,39 +1,14 @@
-//! Rules turn what a camera sees into evidence ([`Observation`]s) for its grid cell.
+//! `zone_intrusion`: objects of given labels inside a zone, with inertia.
 
 use chrono::{DateTime, Utc};
 use skynet_core::config::check_range;
-use skynet_core::{
-    AnalysedFrame, CameraId, Detection, FieldError, GridId, Observation, OwnerKind, Point, RuleRef,
+use skynet_core::{AnalysedFrame, FieldError, TrackedObject};
+
+use super::{
+    MAX_STREAK_GAP, PerTrack, Rule, RuleConfig, RuleContext, RuleHit, check_category, check_labels,
+    check_name, check_weight, find_zone, position, rule_ref, tracks_with,
 };
-
 use crate::Zone;
-
-/// What a rule's validation may look at: the camera's zones and the labels the model detects.
-#[derive(Debug, Clone, Copy)]
-pub struct RuleContext<'a> {
-    pub camera: &'a str,
-    pub zones: &'a [Zone],
-    /// The model's name, for messages.
-    pub model: &'a str,
-    pub labels: &'a [String],
-}
-
-/// A rule kind's settings, as one `[[cameras.rules]]` table gives them (without `kind`).
-///
-/// The binary deserializes the table into the kind's type, calls [`validate`](Self::validate),
-/// then [`build`](Self::build) once per run, so each run starts with fresh rule state.
-pub trait RuleConfig:
-    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-    /// The `kind` string in `[[cameras.rules]]`.
-    const KIND: &'static str;
-    /// The rule's unique name on its camera.
-    fn name(&self) -> &str;
-    /// Pure checks (ranges, labels the model knows, the zone exists); errors name the field.
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError>;
-    /// The rule, with fresh state. Call after `validate` succeeded.
-    fn build(&self) -> Box<dyn Rule>;
-}
 
 /// The settings of a `zone_intrusion` rule; [`build`](RuleConfig::build) gives a
 /// [`ZoneIntrusionRule`].
@@ -88,18 +63,15 @@ impl ZoneIntrusionConfig {
     /// The validated settings as the rule runs them; `None` before `validate` succeeded.
     pub fn spec(&self) -> Option<ZoneIntrusionSpec> {
         let zone = self.resolved_zone.clone()?;
-        // cooldown_s is at most a day once validated; `try_milliseconds` keeps an unvalidated
-        // value from panicking all the same.
-        let cooldown =
-            chrono::Duration::try_milliseconds((self.cooldown_s * 1000.0).round() as i64)
-                .unwrap_or(chrono::Duration::MAX);
         Some(ZoneIntrusionSpec {
             name: self.name.clone(),
             zone,
             labels: self.labels.clone(),
             min_score: self.min_score,
             min_frames: self.min_frames.max(1),
-            cooldown,
+            // At most a day once validated; `duration` keeps an unvalidated value from
+            // panicking all the same.
+            cooldown: super::duration(self.cooldown_s),
             category: self.category.clone(),
             weight: self.weight,
         })
@@ -114,34 +86,9 @@ impl RuleConfig for ZoneIntrusionConfig {
     }
 
     fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
-        skynet_core::validate_id("rule", &self.name).map_err(|m| FieldError::new("name", m))?;
-        let Some(zone) = cx.zones.iter().find(|z| z.name == self.zone) else {
-            let known: Vec<&str> = cx.zones.iter().map(|z| z.name.as_str()).collect();
-            let known = if known.is_empty() {
-                "no zones".to_string()
-            } else {
-                known.join(", ")
-            };
-            return Err(FieldError::new(
-                "zone",
-                format!(
-                    "unknown zone `{}`; camera `{}` has: {known}",
-                    self.zone, cx.camera
-                ),
-            ));
-        };
-        if self.labels.is_empty() {
-            return Err(FieldError::new(
-                "labels",
-                "`labels` must name at least one label, or the rule never fires",
-            ));
-        }
-        if let Some(unknown) = self.labels.iter().find(|l| !cx.labels.contains(l)) {
-            return Err(FieldError::new(
-                "labels",
-                format!("label `{unknown}` is not one model `{}` detects", cx.model),
-            ));
-        }
+        check_name(&self.name)?;
+        let zone = find_zone(cx, &self.zone)?;
+        check_labels(cx, &self.labels)?;
         check_range("min_score", f64::from(self.min_score), 0.0, 1.0)?;
         check_range(
             "min_frames",
@@ -159,74 +106,24 @@ impl RuleConfig for ZoneIntrusionConfig {
                 ),
             )
         })?;
-        skynet_core::validate_id("category", &self.category)
-            .map_err(|m| FieldError::new("category", m))?;
-        // A weight of 0 would be evidence that never raises the risk: (0, 1], not [0, 1].
-        let weight = f64::from(self.weight);
-        if check_range("weight", weight, 0.0, 1.0).is_err() || weight <= 0.0 {
-            return Err(FieldError::new(
-                "weight",
-                format!("`weight` must be in (0, 1], got {}", self.weight),
-            ));
-        }
-        self.resolved_zone = Some(zone.clone());
+        check_category(&self.category)?;
+        check_weight(self.weight)?;
+        self.resolved_zone = Some(zone);
         Ok(())
     }
 
     fn build(&self) -> Box<dyn Rule> {
         match self.spec() {
             Some(spec) => Box::new(ZoneIntrusionRule::new(spec)),
-            None => {
-                // A programming error in the caller, not a config error: `validate` first.
-                tracing::error!(rule = %self.name, "zone_intrusion rule built before validation; it will never fire");
-                Box::new(NeverFires(self.name.clone()))
-            }
+            None => super::unvalidated(Self::KIND, &self.name),
         }
     }
 }
 
-/// Stands in for a rule that could not be built, so a caller's mistake costs one rule, not
-/// the camera.
-#[derive(Debug)]
-struct NeverFires(String);
-
-impl Rule for NeverFires {
-    fn name(&self) -> &str {
-        &self.0
-    }
-
-    fn evaluate(&mut self, _frame: &AnalysedFrame) -> Option<RuleHit> {
-        None
-    }
-}
-
-/// What a rule reports when it fires.
-#[derive(Debug, Clone)]
-pub struct RuleHit {
-    pub rule: RuleRef,
-    pub category: String,
-    pub weight: f32,
-    pub detections: Vec<Detection>,
-}
-
-/// A per-camera rule, fed every analysed frame of its camera in order.
-pub trait Rule: Send {
-    fn name(&self) -> &str;
-    fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit>;
-    /// What the rule has learned from the frames so far (streaks, cooldowns). The pipeline
-    /// saves it with the engine's state, so a restart goes on as an uninterrupted run would.
-    fn state(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-    /// Takes back what [`state`](Self::state) gave; anything it cannot read is ignored (the
-    /// rule then starts afresh, as on a first run).
-    fn restore(&mut self, _state: serde_json::Value) {}
-}
-
-/// A [`ZoneIntrusionRule`]'s memory between frames.
+/// A [`ZoneIntrusionRule`]'s memory between frames that outlives a restart. Streaks are per
+/// track and the tracker starts over with new ids after a restart, so they are not kept.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct ZoneIntrusionState {
-    streak: u32,
     last_hit: Option<DateTime<Utc>>,
     #[serde(default)]
     last_frame: Option<DateTime<Utc>>,
@@ -239,7 +136,7 @@ pub struct ZoneIntrusionSpec {
     pub zone: Zone,
     pub labels: Vec<String>,
     pub min_score: f32,
-    /// Frames in a row with an intruder before the rule fires.
+    /// Frames in a row a track must be in the zone before it counts as an intruder.
     pub min_frames: u32,
     /// At most one hit per cooldown while intruders stay.
     pub cooldown: chrono::Duration,
@@ -247,19 +144,29 @@ pub struct ZoneIntrusionSpec {
     pub weight: f32,
 }
 
-/// Fires when objects of the given labels stand inside a zone for `min_frames` frames in a row;
-/// then at most once per `cooldown` while they stay.
+/// What the rule knows of one track.
+#[derive(Debug, Clone, Copy, Default)]
+struct Presence {
+    /// Frames in a row the track has been in the zone.
+    streak: u32,
+    /// The frame (by the rule's own count) the streak was last extended at.
+    frame: u64,
+    /// The track was in a hit: once it stands still it raises no more.
+    reported: bool,
+}
+
+/// Fires when tracked objects of the given labels stand inside a zone for `min_frames` frames
+/// in a row; then at most once per `cooldown` while they stay. A stationary object (a parked
+/// car) is reported once, not at every cooldown: it raises hits again only once it moves.
 #[derive(Debug)]
 pub struct ZoneIntrusionRule {
     spec: ZoneIntrusionSpec,
-    streak: u32,
+    tracks: PerTrack<Presence>,
+    frames: u64,
     last_hit: Option<DateTime<Utc>>,
     /// Event time of the last frame seen, to tell a streak from frames across a silence.
     last_frame: Option<DateTime<Utc>>,
 }
-
-/// Frames further apart than this are not "in a row".
-const MAX_STREAK_GAP: chrono::Duration = chrono::Duration::seconds(10);
 
 impl ZoneIntrusionRule {
     pub const KIND: &'static str = "zone_intrusion";
@@ -267,19 +174,15 @@ impl ZoneIntrusionRule {
     pub fn new(spec: ZoneIntrusionSpec) -> Self {
         Self {
             spec,
-            streak: 0,
+            tracks: PerTrack::default(),
+            frames: 0,
             last_hit: None,
             last_frame: None,
         }
     }
 
-    fn inside(&self, frame: &AnalysedFrame, d: &Detection) -> bool {
-        let feet = d.bbox.bottom_center();
-        let normalised = Point {
-            x: feet.x / frame.info.width.max(1) as f32,
-            y: feet.y / frame.info.height.max(1) as f32,
-        };
-        self.spec.zone.contains(normalised)
+    fn counts(&self, frame: &AnalysedFrame, t: &TrackedObject) -> bool {
+        t.score >= self.spec.min_score && self.spec.zone.contains(position(frame, &t.bbox))
     }
 }
 
@@ -290,7 +193,6 @@ impl Rule for ZoneIntrusionRule {
 
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(ZoneIntrusionState {
-            streak: self.streak,
             last_hit: self.last_hit,
             last_frame: self.last_frame,
         })
@@ -299,130 +201,88 @@ impl Rule for ZoneIntrusionRule {
 
     fn restore(&mut self, state: serde_json::Value) {
         if let Ok(s) = serde_json::from_value::<ZoneIntrusionState>(state) {
-            self.streak = s.streak;
             self.last_hit = s.last_hit;
             self.last_frame = s.last_frame;
         }
     }
 
-    fn evaluate(&mut self, frame: &AnalysedFrame) -> Option<RuleHit> {
-        let intruders: Vec<Detection> = frame
-            .detections
-            .iter()
-            .filter(|d| {
-                d.score >= self.spec.min_score
-                    && self.spec.labels.contains(&d.label)
-                    && self.inside(frame, d)
-            })
-            .cloned()
-            .collect();
-        let t = frame.info.captured_at;
+    fn evaluate(&mut self, frame: &AnalysedFrame) -> Vec<RuleHit> {
+        let now = frame.info.captured_at;
         // Frames in a row means without a long silence between them (a camera that was gone,
-        // or a process that was down): the streak starts over after one.
-        let broken = self
+        // or a process that was down): streaks start over after one.
+        if self
             .last_frame
-            .is_some_and(|last| t.signed_duration_since(last) > MAX_STREAK_GAP);
-        self.last_frame = Some(t);
-        if intruders.is_empty() || broken {
-            self.streak = 0;
+            .is_some_and(|last| now.signed_duration_since(last) > MAX_STREAK_GAP)
+        {
+            self.tracks.clear();
         }
-        if intruders.is_empty() {
-            return None;
+        self.last_frame = Some(now);
+        self.frames += 1;
+        let this_frame = self.frames;
+        let min_frames = self.spec.min_frames.max(1);
+        let mut fresh: Vec<&TrackedObject> = Vec::new();
+        for t in tracks_with(frame, &self.spec.labels) {
+            if !self.counts(frame, t) {
+                continue;
+            }
+            let p = self.tracks.seen(t.id, now, Presence::default);
+            // A track missing from a frame (or outside the zone) broke its streak.
+            p.streak = if p.frame + 1 == this_frame {
+                p.streak.saturating_add(1)
+            } else {
+                1
+            };
+            p.frame = this_frame;
+            let still_and_told = t.stationary_since.is_some() && p.reported;
+            if p.streak >= min_frames && !still_and_told {
+                fresh.push(t);
+            }
         }
-        // Saturating: a camera watching an intruder for months must not overflow the count.
-        self.streak = self.streak.saturating_add(1);
-        let spec = &self.spec;
+        self.tracks.forget_older(now, MAX_STREAK_GAP);
         let cooled = self
             .last_hit
-            .is_none_or(|t| frame.info.captured_at - t >= spec.cooldown);
-        if self.streak < spec.min_frames.max(1) || !cooled {
-            return None;
+            .is_none_or(|last| now - last >= self.spec.cooldown);
+        if fresh.is_empty() || !cooled {
+            return Vec::new();
         }
-        self.last_hit = Some(frame.info.captured_at);
-        Some(RuleHit {
-            rule: RuleRef {
-                name: spec.name.clone(),
-                kind: Self::KIND.into(),
-                zone: Some(spec.zone.name.clone()),
-            },
-            category: spec.category.clone(),
-            weight: spec.weight,
-            detections: intruders,
-        })
-    }
-}
-
-/// A camera's rules, with where the camera is, so hits become grid observations.
-pub struct CameraRules {
-    pub camera: CameraId,
-    pub grid: GridId,
-    pub owner: OwnerKind,
-    pub rules: Vec<Box<dyn Rule>>,
-}
-
-impl CameraRules {
-    /// Each rule's state, by rule name.
-    pub fn state(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
-        self.rules
-            .iter()
-            .map(|r| (r.name().to_string(), r.state()))
-            .filter(|(_, s)| !s.is_null())
-            .collect()
-    }
-
-    /// Gives each rule its saved state (rules not in `saved` start afresh).
-    pub fn restore(&mut self, mut saved: std::collections::BTreeMap<String, serde_json::Value>) {
-        for rule in &mut self.rules {
-            if let Some(state) = saved.remove(rule.name()) {
-                rule.restore(state);
+        self.last_hit = Some(now);
+        for t in &fresh {
+            if let Some(p) = self.tracks.get_mut(t.id) {
+                p.reported = true;
             }
         }
-    }
-
-    pub fn apply(&mut self, frame: &AnalysedFrame) -> Vec<Observation> {
-        let mut observations = Vec::new();
-        for rule in &mut self.rules {
-            if let Some(hit) = rule.evaluate(frame) {
-                metrics::counter!("skynet_observations_total", "camera" => self.camera.to_string(), "rule" => hit.rule.name.clone())
-                    .increment(1);
-                // The rule's confidence is its best supporting detection's score.
-                let confidence = hit
-                    .detections
-                    .iter()
-                    .map(|d| d.score)
-                    .fold(0.0f32, f32::max)
-                    .clamp(0.0, 1.0);
-                observations.push(Observation {
-                    at: frame.info.captured_at,
-                    source: skynet_core::SourceRef::camera(&self.camera),
-                    grid: self.grid.clone(),
-                    category: hit.category,
-                    weight: hit.weight,
-                    confidence: if hit.detections.is_empty() {
-                        1.0
-                    } else {
-                        confidence
-                    },
-                    evidence: skynet_core::Evidence {
-                        owner: Some(self.owner),
-                        rule: Some(hit.rule),
-                        detections: hit.detections,
-                        ..skynet_core::Evidence::default()
-                    },
-                });
-            }
-        }
-        observations
+        vec![RuleHit {
+            rule: rule_ref(&self.spec.name, Self::KIND, Some(&self.spec.zone)),
+            category: self.spec.category.clone(),
+            weight: self.spec.weight,
+            detections: fresh.iter().map(|t| t.as_detection()).collect(),
+            extra: serde_json::Map::new(),
+        }]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skynet_core::BBox;
-    use skynet_core::FrameInfo;
+    use skynet_core::{BBox, CameraId, Detection, FrameInfo};
 
+    /// A frame whose tracks are the given objects, the i-th with track id i + 1.
     fn frame(seq: u64, detections: Vec<Detection>) -> AnalysedFrame {
+        let captured_at =
+            DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(seq as i64 * 100);
+        let tracks = detections
+            .iter()
+            .enumerate()
+            .map(|(i, d)| TrackedObject {
+                id: i as u64 + 1,
+                label: d.label.clone(),
+                score: d.score,
+                bbox: d.bbox,
+                first_seen: captured_at,
+                stationary_since: None,
+                detected: true,
+            })
+            .collect();
         AnalysedFrame {
             info: FrameInfo {
                 camera: CameraId::new("cam"),
@@ -437,7 +297,7 @@ mod tests {
             detections,
             inference: std::time::Duration::ZERO,
             inferred: true,
-            tracks: Vec::new(),
+            tracks,
         }
     }
 
@@ -468,7 +328,7 @@ mod tests {
     fn fires_after_min_frames_then_respects_cooldown() {
         let mut r = rule();
         let hits: Vec<bool> = (0..25)
-            .map(|i| r.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).is_some())
+            .map(|i| r.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).len() == 1)
             .collect();
         // Frame 1 completes the streak; then one hit per second (10 frames).
         let fired: Vec<usize> = hits
@@ -529,10 +389,7 @@ mod tests {
         let mut rule = config.build();
         assert_eq!(rule.name(), "r");
         let fired: Vec<bool> = (0..3)
-            .map(|i| {
-                rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)]))
-                    .is_some()
-            })
+            .map(|i| rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).len() == 1)
             .collect();
         assert_eq!(fired, vec![false, false, true]);
     }
@@ -621,49 +478,44 @@ mod tests {
         for i in 0..5 {
             assert!(
                 rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)]))
-                    .is_none()
+                    .is_empty()
             );
         }
     }
 
     #[test]
-    fn a_restored_rule_goes_on_with_its_streak_and_cooldown() {
+    fn a_restored_rule_keeps_its_cooldown_but_not_track_streaks() {
+        let p = || vec![person_at(20.0, 50.0)];
         let mut before = rule();
-        assert!(
-            before
-                .evaluate(&frame(0, vec![person_at(20.0, 50.0)]))
-                .is_none()
-        );
-        // A restart between frame 0 and frame 1: the streak carries over.
+        assert!(before.evaluate(&frame(0, p())).is_empty());
+        assert_eq!(before.evaluate(&frame(1, p())).len(), 1);
+        // A restart after frame 1: the tracker starts over (new ids), so streaks do too...
         let mut after = rule();
         after.restore(before.state());
-        assert!(
-            after
-                .evaluate(&frame(1, vec![person_at(20.0, 50.0)]))
-                .is_some()
-        );
-        // And so does the cooldown: no second hit within a second.
-        let mut again = rule();
-        again.restore(after.state());
-        assert!(
-            again
-                .evaluate(&frame(2, vec![person_at(20.0, 50.0)]))
-                .is_none()
-        );
-        // After a long silence (the process was down for a minute) the streak starts over.
-        let mut later = rule();
-        later.restore(before.state());
-        let mut late_frame = frame(1, vec![person_at(20.0, 50.0)]);
-        late_frame.info.captured_at += chrono::Duration::seconds(60);
-        assert!(later.evaluate(&late_frame).is_none());
+        assert!(after.evaluate(&frame(2, p())).is_empty());
+        // ...and the cooldown carries over: the streak is complete at frame 3, but the hit
+        // waits for a second after frame 1's.
+        let fired: Vec<u64> = (3..15)
+            .filter(|&i| !after.evaluate(&frame(i, p())).is_empty())
+            .collect();
+        assert_eq!(fired, vec![11]);
         // A state it cannot read leaves it fresh.
         let mut fresh = rule();
-        fresh.restore(serde_json::json!({"streak": "many"}));
+        fresh.restore(serde_json::json!({"last_hit": "many"}));
+        assert!(fresh.evaluate(&frame(0, p())).is_empty());
+        assert_eq!(fresh.evaluate(&frame(1, p())).len(), 1);
+    }
+
+    #[test]
+    fn a_long_silence_starts_streaks_over() {
+        let mut r = rule();
         assert!(
-            fresh
-                .evaluate(&frame(0, vec![person_at(20.0, 50.0)]))
-                .is_none()
+            r.evaluate(&frame(0, vec![person_at(20.0, 50.0)]))
+                .is_empty()
         );
+        let mut late = frame(1, vec![person_at(20.0, 50.0)]);
+        late.info.captured_at += chrono::Duration::seconds(60);
+        assert!(r.evaluate(&late).is_empty());
     }
 
     #[test]
@@ -676,7 +528,7 @@ mod tests {
         for i in 0..5 {
             assert!(
                 r.evaluate(&frame(i, vec![person_at(80.0, 50.0), car.clone()]))
-                    .is_none()
+                    .is_empty()
             );
         }
     }
