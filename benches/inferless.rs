@@ -77,8 +77,7 @@ fn run(frames: u64, interval: &str) -> Outcome {
         seconds: started.elapsed().as_secs_f64(),
         ..Outcome::default()
     };
-    let incidents =
-        std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap_or_default();
+    let incidents = std::fs::read_to_string(dir.path().join("incidents.jsonl")).unwrap_or_default();
     for line in incidents.lines() {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;

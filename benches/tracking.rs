@@ -96,6 +96,7 @@ fn rules() -> CameraRules {
         zones: &zones,
         model: "bench",
         labels: &labels,
+        allowed: None,
     };
     fn make<C: RuleConfig>(cx: &RuleContext<'_>, table: &str) -> Box<dyn skynet_detect::Rule> {
         let mut c: C = toml::from_str(table).expect("rule table");

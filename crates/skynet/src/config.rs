@@ -1111,6 +1111,7 @@ fn validate_camera(
         zones: &zones,
         model: &model.model.name,
         labels: &labels,
+        allowed: Some(&allowed_classes),
     };
     let mut rules: Vec<Arc<dyn RuleBuilder>> = Vec::new();
     for (n, rule) in common.rules.iter().enumerate() {

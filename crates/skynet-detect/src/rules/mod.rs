@@ -43,6 +43,9 @@ pub struct RuleContext<'a> {
     /// The model's name, for messages.
     pub model: &'a str,
     pub labels: &'a [String],
+    /// The labels the camera keeps (its owner's classes, `[detect.owner_classes]`); `None`:
+    /// all the model's. A rule on a label the camera drops would never fire.
+    pub allowed: Option<&'a [String]>,
 }
 
 /// A rule kind's settings, as one `[[cameras.rules]]` table gives them (without `kind`).
@@ -241,6 +244,19 @@ pub(crate) fn check_labels(cx: &RuleContext<'_>, labels: &[String]) -> Result<()
         return Err(FieldError::new(
             "labels",
             format!("label `{unknown}` is not one model `{}` detects", cx.model),
+        ));
+    }
+    if let Some(allowed) = cx.allowed
+        && let Some(dropped) = labels.iter().find(|l| !allowed.contains(l))
+    {
+        return Err(FieldError::new(
+            "labels",
+            format!(
+                "camera `{}` does not look for `{dropped}` (its owner's classes: {}): add it to \
+                 `[detect.owner_classes]`, or the rule never fires",
+                cx.camera,
+                allowed.join(", ")
+            ),
         ));
     }
     Ok(())

@@ -69,6 +69,7 @@ fn configure<C: RuleConfig>(table: &str) -> Result<C, FieldError> {
         zones: &zones,
         model: "m",
         labels: &labels,
+        allowed: None,
     })?;
     Ok(config)
 }

@@ -361,6 +361,7 @@ mod tests {
             zones: &zones,
             model: "m",
             labels: &labels,
+            allowed: None,
         })?;
         Ok(config)
     }

@@ -216,6 +216,11 @@ impl Worker {
         let input = &self.inputs[taken.input];
         self.counters.analysed.fetch_add(1, Ordering::Relaxed);
         input.analysed.increment(1);
+        // The tracker carries objects through this frame and a rule may fire on it: while
+        // objects are in view, its pixels are the snapshot of that moment.
+        let image = (input.keep_images && input.objects.get())
+            .then(|| owned_copy(&taken.frame.image).map(Arc::new))
+            .flatten();
         let detected = Detected {
             camera: input.camera.clone(),
             dispatch: taken.dispatch,
@@ -227,7 +232,7 @@ impl Worker {
                 inferred: false,
                 tracks: Vec::new(),
             }),
-            image: None,
+            image,
         };
         self.out.send(detected).is_ok()
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use skynet_core::{
     AnalysedFrame, CameraId, Detection, EvidenceRef, FrameImage, Incident, IncidentStatus,
-    RiskEvent, SourceKind,
+    RiskEvent, SourceKind, TrackedObject,
 };
 use skynet_detect::Zone;
 
@@ -124,7 +124,14 @@ impl EvidenceStage {
             view.latest = Some(Latest {
                 at: frame.info.captured_at,
                 camera_size: (frame.info.width, frame.info.height),
-                detections: frame.detections.clone(),
+                // Rules report tracked objects (with their track ids); the raw detections are
+                // kept too for rules that report those.
+                detections: frame
+                    .tracks
+                    .iter()
+                    .map(TrackedObject::as_detection)
+                    .chain(frame.detections.iter().cloned())
+                    .collect(),
                 image,
             });
         }
