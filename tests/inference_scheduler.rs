@@ -138,31 +138,22 @@ fn the_inference_interval_skips_frames_for_the_detector_only() {
 
 #[test]
 fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
+    // A camera whose owner looks only for cars cannot have a rule on people: it would never
+    // fire, so the config says so where the rule is.
     let dir = tempfile::tempdir().unwrap();
-    // Police cameras look for people by default; here only for cars, so the walkway rule
-    // (people) never sees anyone.
     let text = config_text(dir.path(), 1, 30, "").replace(
         "[detect]\n",
         "[detect]\nowner_classes = { city_management = [\"car\"] }\n",
     );
-    let config = common::pipeline_config(dir.path(), &text);
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let detector = RecordingDetector {
-        max_batch: 1,
-        calls: Arc::clone(&calls),
-    };
-    let summary = pipeline::run(
-        &config,
-        RunOptions {
-            detectors: Some(vec![Box::new(detector)]),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(summary.frames_analysed, 30);
-    assert_eq!(summary.observations, 0, "{summary:?}");
+    let path = dir.path().join("owners.toml");
+    std::fs::write(&path, &text).unwrap();
+    let e = skynet::PipelineConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("camera `cam-0` does not look for `person` (its owner's classes: car)"),
+        "{e}"
+    );
 
-    // A per-camera minimum score above the detections' keeps them out too.
+    // A per-camera minimum score above the detections' keeps them from the rules.
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
         dir.path(),
@@ -182,5 +173,23 @@ fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
         },
     )
     .unwrap();
+    assert_eq!(summary.frames_analysed, 30);
     assert_eq!(summary.observations, 0, "{summary:?}");
+
+    // And with a limit it passes, the same frames make observations.
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), 1, 30, "classes = { person = { min_score = 0.8 } }");
+    let config = common::pipeline_config(dir.path(), &text);
+    let summary = pipeline::run(
+        &config,
+        RunOptions {
+            detectors: Some(vec![Box::new(RecordingDetector {
+                max_batch: 1,
+                calls: Arc::new(Mutex::new(Vec::new())),
+            })]),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(summary.observations > 0, "{summary:?}");
 }

@@ -30,7 +30,7 @@ fn check_accepts_the_demo_config() {
     let out = skynet(&["check", "--config", "configs/demo.toml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with(
-        "ok: configs/demo.toml (1 camera(s), 1 rule(s), 3 grid cell(s), model yolox_nano)"
+        "ok: configs/demo.toml (1 camera(s), 3 rule(s), 3 grid cell(s), model yolox_nano)"
     ));
 }
 
