@@ -3,22 +3,27 @@
 //!
 //! - [`manifest`]: what a model is (file, sha256, input layout, labels, post-processing family).
 //! - [`runtime`]: finding and loading the ONNX Runtime shared library.
-//! - [`preprocess`] and [`yolox`]: letterbox in, boxes out.
+//! - [`preprocess`]: letterbox in; [`decode`] with one module per model family ([`yolox`],
+//!   [`yolov8`], [`nms_inside`]): boxes out.
 //! - [`detector`]: the [`Detector`] trait and its ONNX implementation.
 //! - [`zone`] and [`rules`]: per-camera polygons and the rules that turn detections into evidence.
 
+pub mod decode;
 pub mod detector;
 pub mod error;
 pub mod manifest;
+pub mod nms_inside;
 pub mod preprocess;
 pub mod rules;
 pub mod runtime;
 pub mod sensor_rules;
 pub mod settings;
+pub mod yolov8;
 pub mod yolox;
 pub mod zone;
 
-pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
+pub use decode::{BoxDecoder, DecodeParams};
+pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector, TensorRtOptions};
 pub use error::DetectError;
 pub use manifest::{ModelManifest, ModelPort};
 pub use preprocess::ImageView;
@@ -30,5 +35,5 @@ pub use runtime::OnnxRuntime;
 pub use sensor_rules::{
     Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleSettings, SensorRuleSpec, SensorRules,
 };
-pub use settings::{DetectPlan, DetectSettings};
+pub use settings::{DetectPlan, DetectSettings, TensorRtSettings};
 pub use zone::{Zone, ZoneError};

@@ -1,11 +1,13 @@
 //! The `[detect]` table of the config: the model, its thresholds and the inference workers.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use skynet_core::config::{check_range, data_dir};
 use skynet_core::{ConfigContext, FieldError};
 
+use crate::detector::TensorRtOptions;
 use crate::{DetectorOptions, ExecutionProvider, ModelManifest};
 
 /// `[detect]` as written.
@@ -24,13 +26,41 @@ pub struct DetectSettings {
     /// ONNX Runtime threads per session.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: i64,
+    /// ONNX Runtime inter-op threads per session (above 1: parallel graph execution).
+    #[serde(default = "default_inter_threads")]
+    pub inter_threads: i64,
+    /// Tried in order; the first that loads the model is used.
     #[serde(default = "default_providers")]
     pub execution_providers: Vec<ExecutionProvider>,
+    #[serde(default)]
+    pub tensorrt: TensorRtSettings,
+    /// Images per model call, for a model with a dynamic batch axis.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: i64,
+    /// How long the scheduler may hold a frame to fill a batch.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: i64,
+    /// Candidates per image kept for NMS (the best by score).
+    #[serde(default = "default_max_candidates")]
+    pub max_candidates: i64,
+    /// Detections per image kept after NMS (the best by score).
+    #[serde(default = "default_max_detections")]
+    pub max_detections: i64,
     /// Frames waiting per camera before the oldest is dropped (live) or the source waits.
     #[serde(default = "default_queue")]
     pub queue: i64,
     /// Path of libonnxruntime.so; otherwise ORT_DYLIB_PATH, then where set-up put it.
     pub onnxruntime: Option<String>,
+}
+
+/// `[detect.tensorrt]`: used when `tensorrt` is among the execution providers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtSettings {
+    #[serde(default)]
+    pub fp16: bool,
+    /// Directory where built engines are cached across starts.
+    pub engine_cache_dir: Option<String>,
 }
 
 const fn default_threshold() -> f64 {
@@ -44,6 +74,21 @@ const fn default_workers() -> i64 {
 }
 const fn default_intra_threads() -> i64 {
     1
+}
+const fn default_inter_threads() -> i64 {
+    1
+}
+const fn default_max_batch() -> i64 {
+    1
+}
+const fn default_max_wait_ms() -> i64 {
+    5
+}
+const fn default_max_candidates() -> i64 {
+    1000
+}
+const fn default_max_detections() -> i64 {
+    300
 }
 const fn default_queue() -> i64 {
     4
@@ -59,6 +104,8 @@ pub struct DetectPlan {
     pub options: DetectorOptions,
     pub workers: usize,
     pub queue: usize,
+    /// `max_wait_ms`: the longest a frame waits for a batch to fill (`options.max_batch`).
+    pub max_wait: Duration,
     pub onnxruntime: Option<PathBuf>,
 }
 
@@ -83,6 +130,35 @@ impl DetectSettings {
         let nms_iou = check_range("nms_iou", self.nms_iou, 0.0, 1.0)?;
         let workers = count("workers", self.workers, 1, 64)?;
         let intra_threads = count("intra_threads", self.intra_threads, 1, 256)?;
+        let inter_threads = count("inter_threads", self.inter_threads, 1, 256)?;
+        let max_batch = count("max_batch", self.max_batch, 1, 256)?;
+        let max_wait_ms = count("max_wait_ms", self.max_wait_ms, 0, 10_000)?;
+        let max_candidates = count("max_candidates", self.max_candidates, 1, 1_000_000)?;
+        let max_detections = count("max_detections", self.max_detections, 1, 100_000)?;
+        if self.execution_providers.is_empty() {
+            return Err(FieldError::new(
+                "execution_providers",
+                "`execution_providers` is empty: list at least one of \"tensorrt\", \"cuda\", \"cpu\"",
+            ));
+        }
+        if let Some(p) = self
+            .execution_providers
+            .iter()
+            .enumerate()
+            .find(|(i, p)| self.execution_providers[..*i].contains(p))
+            .map(|(_, p)| p)
+        {
+            return Err(FieldError::new(
+                "execution_providers",
+                format!("`execution_providers` lists \"{p}\" twice"),
+            ));
+        }
+        let engine_cache_dir = self
+            .tensorrt
+            .engine_cache_dir
+            .as_deref()
+            .map(|p| cx.resolve_path("engine_cache_dir", p))
+            .transpose()?;
         let queue = count("queue", self.queue, 1, 10_000)?;
         let onnxruntime = self
             .onnxruntime
@@ -95,11 +171,20 @@ impl DetectSettings {
                 threshold: threshold as f32,
                 nms_iou: nms_iou as f32,
                 intra_threads,
+                inter_threads,
                 execution_providers: self.execution_providers.clone(),
+                tensorrt: TensorRtOptions {
+                    fp16: self.tensorrt.fp16,
+                    engine_cache_dir,
+                },
+                max_batch,
+                max_candidates,
+                max_detections,
                 weight_dirs: vec![data_dir().join("models")],
             },
             workers,
             queue,
+            max_wait: Duration::from_millis(max_wait_ms as u64),
             onnxruntime,
         })
     }
