@@ -39,8 +39,8 @@ impl NmsInsideDecoder {
         if output.len().is_multiple_of(COLUMNS) {
             for row in output.chunks_exact(COLUMNS) {
                 let class = row[5];
-                // Written so that NaN fails; the cast is then exact for the integer part.
-                if !(class >= 0.0 && class < MAX_CLASS) || class.fract() != 0.0 {
+                // NaN is in no range; the cast is then exact.
+                if !(0.0..MAX_CLASS).contains(&class) || class.fract() != 0.0 {
                     continue;
                 }
                 candidates.push(class as usize, row[4], row[0], row[1], row[2], row[3]);

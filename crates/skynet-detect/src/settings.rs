@@ -225,3 +225,82 @@ fn find_model(cx: &ConfigContext, value: &str) -> Result<ModelManifest, FieldErr
     }
     ModelManifest::load(&manifest_path).map_err(|e| err(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(extra: &str) -> Result<DetectPlan, FieldError> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let text = format!("model = \"yolox_nano\"\n{extra}");
+        let settings: DetectSettings =
+            toml::from_str(&text).map_err(|e| FieldError::new("toml", e.to_string()))?;
+        settings.validate(&ConfigContext::new(&repo.join("configs/x.toml")))
+    }
+
+    #[test]
+    fn engine_keys_have_defaults_and_reach_the_plan() {
+        let p = plan("").unwrap();
+        assert_eq!(p.options.max_batch, 1);
+        assert_eq!(p.max_wait, Duration::from_millis(5));
+        assert_eq!(p.options.inter_threads, 1);
+        assert_eq!(
+            (p.options.max_candidates, p.options.max_detections),
+            (1000, 300)
+        );
+        assert_eq!(p.options.execution_providers, vec![ExecutionProvider::Cpu]);
+        assert_eq!(p.options.tensorrt, TensorRtOptions::default());
+
+        let p = plan(
+            "execution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\ninter_threads = 2\nmax_batch = 8\nmax_wait_ms = 12\nmax_candidates = 500\nmax_detections = 50\n[tensorrt]\nfp16 = true\nengine_cache_dir = \"/var/cache/skynet/trt\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.options.execution_providers,
+            vec![
+                ExecutionProvider::Tensorrt,
+                ExecutionProvider::Cuda,
+                ExecutionProvider::Cpu
+            ]
+        );
+        assert_eq!((p.options.inter_threads, p.options.max_batch), (2, 8));
+        assert_eq!(p.max_wait, Duration::from_millis(12));
+        assert_eq!(
+            (p.options.max_candidates, p.options.max_detections),
+            (500, 50)
+        );
+        assert!(p.options.tensorrt.fp16);
+        assert_eq!(
+            p.options.tensorrt.engine_cache_dir.as_deref(),
+            Some(Path::new("/var/cache/skynet/trt"))
+        );
+    }
+
+    #[test]
+    fn bad_engine_values_name_their_key() {
+        for (text, key) in [
+            ("max_batch = 0", "max_batch"),
+            ("max_wait_ms = -1", "max_wait_ms"),
+            ("inter_threads = 0", "inter_threads"),
+            ("max_candidates = 0", "max_candidates"),
+            ("max_detections = 0", "max_detections"),
+            ("execution_providers = []", "execution_providers"),
+            (
+                "execution_providers = [\"cuda\", \"cuda\"]",
+                "execution_providers",
+            ),
+        ] {
+            let e = plan(text).unwrap_err();
+            assert_eq!(e.field, key, "{text}: {e:?}");
+            assert!(
+                e.message.contains(&format!("`{key}`")),
+                "{text}: {}",
+                e.message
+            );
+        }
+        let e = plan("[tensorrt]\nfp17 = true").unwrap_err();
+        assert!(e.message.contains("fp17"), "{}", e.message);
+        let e = plan("execution_providers = [\"gpu\"]").unwrap_err();
+        assert!(e.message.contains("gpu"), "{}", e.message);
+    }
+}

@@ -65,9 +65,10 @@ impl YoloxDecoder {
         if output.len() == self.anchors() * self.columns {
             for (row, &(gx, gy, stride)) in output.chunks_exact(self.columns).zip(&self.grid) {
                 let objectness = row[4];
-                // score = objectness * class score <= objectness for probabilities; written
-                // so that NaN skips the row too.
-                if !(objectness >= threshold) {
+                // score = objectness * class score <= objectness for probabilities; a NaN
+                // objectness fails the comparison and skips the row too.
+                let may_pass = objectness >= threshold;
+                if !may_pass {
                     continue;
                 }
                 let (class, class_score) = best_class(&row[5..]);
