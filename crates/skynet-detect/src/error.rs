@@ -39,12 +39,11 @@ pub enum DetectError {
         manifest: PathBuf,
         reason: String,
     },
-    #[error("model `{model}`: output has shape {shape:?}, expected [1, {anchors}, {columns}]")]
+    #[error("model `{model}`: output has shape {shape:?}, expected {expected}")]
     OutputShape {
         model: String,
         shape: Vec<i64>,
-        anchors: usize,
-        columns: usize,
+        expected: String,
     },
     #[error("image {width}x{height} with stride {stride} needs {needed} bytes, got {got}")]
     ImageSize {

@@ -3,27 +3,32 @@
 //!
 //! - [`manifest`]: what a model is (file, sha256, input layout, labels, post-processing family).
 //! - [`runtime`]: finding and loading the ONNX Runtime shared library.
-//! - [`preprocess`] and [`yolox`]: letterbox in, boxes out.
+//! - [`preprocess`]: letterbox in; [`decode`] with one module per model family ([`yolox`],
+//!   [`yolov8`], [`nms_inside`]): boxes out.
 //! - [`detector`]: the [`Detector`] trait and its ONNX implementation.
 //! - [`tracker`]: follows objects from frame to frame (ByteTrack-style), telling which stand still.
 //! - [`zone`] and [`rules`]: per-camera polygons and lines, and the rules that turn tracks into
 //!   evidence.
 
+pub mod decode;
 pub mod detector;
 pub mod error;
 pub mod filter;
 pub mod interval;
 pub mod manifest;
+pub mod nms_inside;
 pub mod preprocess;
 pub mod rules;
 pub mod runtime;
 pub mod sensor_rules;
 pub mod settings;
 pub mod tracker;
+pub mod yolov8;
 pub mod yolox;
 pub mod zone;
 
-pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector};
+pub use decode::{BoxDecoder, DecodeParams};
+pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector, TensorRtOptions};
 pub use error::DetectError;
 pub use filter::{ClassLimits, ClassLimitsTable, DetectionFilter, OwnerClasses};
 pub use interval::{InferenceInterval, IntervalConfig};
@@ -39,6 +44,6 @@ pub use runtime::OnnxRuntime;
 pub use sensor_rules::{
     Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleSettings, SensorRuleSpec, SensorRules,
 };
-pub use settings::{DetectPlan, DetectSettings};
+pub use settings::{DetectPlan, DetectSettings, TensorRtSettings};
 pub use tracker::{Tracker, TrackerSettings};
 pub use zone::{Zone, ZoneError};

@@ -36,16 +36,40 @@ pub struct ModelSection {
     pub accepted_sha256: Vec<String>,
     #[serde(default)]
     pub url: Option<String>,
+    /// Not downloaded but generated from another model (the name of its manifest in
+    /// models/) by `scripts/derive_models.py` with [`recipe`](Self::recipe); `sha256` is that
+    /// of the generated file.
+    #[serde(default)]
+    pub derived_from: Option<String>,
+    /// The derivation: `dynamic-batch`, `yolov8-layout` or `nms-inside`.
+    #[serde(default)]
+    pub recipe: Option<String>,
     #[serde(default)]
     pub license: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
 }
 
+/// How the output tensor is laid out, and so decoded (see [`crate::decode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Family {
+    /// `[N, anchors, 5 + classes]`: grid-relative boxes, objectness, class scores.
     Yolox,
+    /// `[N, 4 + classes, anchors]`: boxes in input pixels, class scores (ultralytics).
+    Yolov8,
+    /// `[N, K, 6]`: final boxes `x1, y1, x2, y2, score, class` in input pixels.
+    NmsInside,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Yolox => "yolox",
+            Family::Yolov8 => "yolov8",
+            Family::NmsInside => "nms-inside",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,7 +108,9 @@ fn one() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
     pub name: String,
-    /// Feature-map strides, in the order the anchors appear in the output.
+    /// Feature-map strides, in the order the anchors appear in the output (`yolox` and
+    /// `yolov8`; they give the number of anchors).
+    #[serde(default)]
     pub strides: Vec<u32>,
 }
 
@@ -146,27 +172,36 @@ impl ModelManifest {
             .iter()
             .find(|p| p.name == self.output.name)
             .ok_or_else(|| missing(outputs, &self.output.name, "output"))?;
-        let Family::Yolox = self.model.family;
         if let Some(shape) = &output.shape {
-            let columns = 5 + self.labels.len();
-            let anchors: usize = self
-                .output
-                .strides
-                .iter()
-                .map(|&s| {
-                    let s = s.max(1) as usize;
-                    (self.input.height as usize / s) * (self.input.width as usize / s)
-                })
-                .sum();
-            let fits = shape.len() == 3 && agrees(shape[1], anchors) && agrees(shape[2], columns);
+            let classes = self.labels.len();
+            let anchors = self.anchors();
+            let (w, h) = (self.input.width, self.input.height);
+            let strides = &self.output.strides;
+            let (fits, expected) = match self.model.family {
+                Family::Yolox => (
+                    shape.len() == 3 && agrees(shape[1], anchors) && agrees(shape[2], 5 + classes),
+                    format!(
+                        "[N, {anchors}, {}] ({classes} labels + 5; anchors from strides {strides:?} at {w}x{h})",
+                        5 + classes
+                    ),
+                ),
+                Family::Yolov8 => (
+                    shape.len() == 3 && agrees(shape[1], 4 + classes) && agrees(shape[2], anchors),
+                    format!(
+                        "[N, {}, {anchors}] (4 + {classes} labels; anchors from strides {strides:?} at {w}x{h})",
+                        4 + classes
+                    ),
+                ),
+                Family::NmsInside => (
+                    shape.len() == 3 && agrees(shape[2], crate::nms_inside::COLUMNS),
+                    "[N, K, 6] (x1, y1, x2, y2, score, class per row)".to_string(),
+                ),
+            };
             if !fits {
                 return Err(mismatch(format!(
-                    "output `{}` has shape {shape:?}; the manifest describes [N, {anchors}, {columns}] ({} labels + 5; anchors from strides {:?} at {}x{})",
+                    "output `{}` has shape {shape:?}; the manifest (family `{}`) describes {expected}",
                     output.name,
-                    self.labels.len(),
-                    self.output.strides,
-                    self.input.width,
-                    self.input.height
+                    self.model.family.name(),
                 )));
             }
         }
@@ -211,21 +246,40 @@ impl ModelManifest {
                 self.input.width, self.input.height
             ));
         }
+        let needs_strides = matches!(self.model.family, Family::Yolox | Family::Yolov8);
+        if needs_strides && self.output.strides.is_empty() {
+            return bad(format!(
+                "family `{}` needs `output.strides` (they give the number of anchors)",
+                self.model.family.name()
+            ));
+        }
+        if self.model.derived_from.is_some() != self.model.recipe.is_some() {
+            return bad(
+                "`derived_from` and `recipe` go together: a derived model names both".into(),
+            );
+        }
         if self.model.sha256.len() != 64 {
             return bad("`sha256` must be 64 hex digits".into());
         }
         Ok(())
     }
 
-    /// The number of values per anchor in the output: box (4), objectness, then class scores.
+    /// The number of values per output row: for `yolox` box (4), objectness, then class
+    /// scores; for `yolov8` box and class scores (one column per anchor); for `nms-inside`
+    /// box, score and class.
     pub fn output_columns(&self) -> usize {
-        5 + self.labels.len()
+        match self.model.family {
+            Family::Yolox => 5 + self.labels.len(),
+            Family::Yolov8 => 4 + self.labels.len(),
+            Family::NmsInside => crate::nms_inside::COLUMNS,
+        }
     }
 
     pub fn anchors(&self) -> usize {
         self.output
             .strides
             .iter()
+            .filter(|s| **s > 0)
             .map(|s| ((self.input.width / s) * (self.input.height / s)) as usize)
             .sum()
     }
@@ -332,9 +386,88 @@ mod port_tests {
         // An 84-column (ultralytics-style) output, or a label list of the wrong length.
         let e = err(&input, &[port("output", &[1, 3549, 84])]);
         assert!(e.contains("[N, 3549, 85] (80 labels + 5"), "{e}");
+        assert!(e.contains("family `yolox`"), "{e}");
         let mut fewer = m.clone();
         fewer.labels.truncate(79);
         let e = fewer.check_ports(&input, &output).unwrap_err().to_string();
         assert!(e.contains("79 labels"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    fn load(name: &str) -> ModelManifest {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../models/{name}.toml"));
+        ModelManifest::load(&path).unwrap()
+    }
+
+    fn port(name: &str, shape: &[i64]) -> ModelPort {
+        ModelPort {
+            name: name.into(),
+            shape: Some(shape.to_vec()),
+        }
+    }
+
+    #[test]
+    fn every_family_checks_its_own_output_layout() {
+        let input = [port("images", &[1, 3, 416, 416])];
+        let v8 = load("yolox_nano_v8");
+        assert_eq!(v8.model.family, Family::Yolov8);
+        assert_eq!(v8.model.derived_from.as_deref(), Some("yolox_nano"));
+        v8.check_ports(&input, &[port("output0", &[1, 84, 3549])])
+            .unwrap();
+        let e = v8
+            .check_ports(&input, &[port("output0", &[1, 3549, 84])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("family `yolov8`") && e.contains("[N, 84, 3549]"),
+            "{e}"
+        );
+
+        let nms = load("yolox_nano_nms");
+        assert_eq!(nms.model.family, Family::NmsInside);
+        nms.check_ports(&input, &[port("detections", &[1, -1, 6])])
+            .unwrap();
+        let e = nms
+            .check_ports(&input, &[port("detections", &[1, 100, 7])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("family `nms-inside`") && e.contains("[N, K, 6]"),
+            "{e}"
+        );
+
+        let dynamic = load("yolox_nano_dynamic");
+        dynamic
+            .check_ports(
+                &[port("images", &[-1, 3, 416, 416])],
+                &[port("output", &[-1, 3549, 85])],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn derived_models_name_both_parent_and_recipe_and_anchor_families_need_strides() {
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/yolox_nano_v8.toml"),
+        )
+        .unwrap();
+        text = text.replace("recipe = \"yolov8-layout\"\n", "");
+        let dir = std::env::temp_dir().join(format!("skynet-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(&path, &text).unwrap();
+        let e = ModelManifest::load(&path).unwrap_err().to_string();
+        assert!(e.contains("`derived_from` and `recipe` go together"), "{e}");
+        let text = text
+            .replace("derived_from = \"yolox_nano\"\n", "")
+            .replace("strides = [8, 16, 32]\n", "");
+        std::fs::write(&path, &text).unwrap();
+        let e = ModelManifest::load(&path).unwrap_err().to_string();
+        assert!(e.contains("family `yolov8` needs `output.strides`"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

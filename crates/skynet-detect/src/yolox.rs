@@ -1,11 +1,10 @@
-//! YOLOX output decoding and class-aware non-maximum suppression.
-//!
-//! The output holds one row per anchor over the stride-8, 16 and 32 grids, in that order:
-//! `cx, cy, w, h` (grid-relative), objectness, then one score per class. Both scores are
-//! already probabilities in this export.
+//! The `yolox` family: one row per anchor over the stride grids, in order, each
+//! `cx, cy, w, h` (grid-relative, log sizes), objectness, then one score per class. Both
+//! scores are already probabilities in this export. Output `[N, anchors, 5 + classes]`.
 
-use skynet_core::{BBox, Detection};
+use skynet_core::Detection;
 
+use crate::decode::{Candidates, DecodeParams, MAX_LOG_SIZE};
 use crate::preprocess::LetterboxGeometry;
 
 /// Anchor-grid offsets and strides, computed once per model.
@@ -13,30 +12,33 @@ use crate::preprocess::LetterboxGeometry;
 pub struct YoloxDecoder {
     grid: Vec<(f32, f32, f32)>,
     columns: usize,
+    input_size: (u32, u32),
 }
 
-/// A candidate before NMS, in model-input pixels.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    class: usize,
-    score: f32,
-    bbox: BBox,
+/// The anchor grid of a model: (x, y, stride) per anchor, strides in order.
+pub(crate) fn anchor_grid(
+    input_width: u32,
+    input_height: u32,
+    strides: &[u32],
+) -> Vec<(f32, f32, f32)> {
+    let mut grid = Vec::new();
+    for &stride in strides.iter().filter(|s| **s > 0) {
+        let (gw, gh) = (input_width / stride, input_height / stride);
+        for gy in 0..gh {
+            for gx in 0..gw {
+                grid.push((gx as f32, gy as f32, stride as f32));
+            }
+        }
+    }
+    grid
 }
 
 impl YoloxDecoder {
     pub fn new(input_width: u32, input_height: u32, strides: &[u32], classes: usize) -> Self {
-        let mut grid = Vec::new();
-        for &stride in strides {
-            let (gw, gh) = (input_width / stride, input_height / stride);
-            for gy in 0..gh {
-                for gx in 0..gw {
-                    grid.push((gx as f32, gy as f32, stride as f32));
-                }
-            }
-        }
         Self {
-            grid,
+            grid: anchor_grid(input_width, input_height, strides),
             columns: 5 + classes,
+            input_size: (input_width, input_height),
         }
     }
 
@@ -44,87 +46,68 @@ impl YoloxDecoder {
         self.grid.len()
     }
 
-    /// Decodes `output` into detections in source-image pixels, after class-aware NMS.
+    /// Values per anchor: box (4), objectness, class scores.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// Decodes one image's `output` into detections in source-image pixels.
     pub fn decode(
         &self,
         output: &[f32],
         labels: &[String],
-        threshold: f32,
-        nms_iou: f32,
+        params: &DecodeParams,
         geometry: LetterboxGeometry,
         source_size: (u32, u32),
     ) -> Vec<Detection> {
-        let mut candidates = Vec::new();
-        for (row, &(gx, gy, stride)) in output.chunks_exact(self.columns).zip(&self.grid) {
-            let objectness = row[4];
-            if objectness < threshold {
-                // score = objectness * class score <= objectness: nothing in this row can pass.
-                continue;
+        let mut candidates = Candidates::new(params.threshold, self.input_size);
+        let threshold = candidates.threshold();
+        if output.len() == self.anchors() * self.columns {
+            for (row, &(gx, gy, stride)) in output.chunks_exact(self.columns).zip(&self.grid) {
+                let objectness = row[4];
+                // score = objectness * class score <= objectness for probabilities; a NaN
+                // objectness fails the comparison and skips the row too.
+                let may_pass = objectness >= threshold;
+                if !may_pass {
+                    continue;
+                }
+                let (class, class_score) = best_class(&row[5..]);
+                let score = objectness * class_score;
+                let w = row[2].min(MAX_LOG_SIZE).exp() * stride;
+                let h = row[3].min(MAX_LOG_SIZE).exp() * stride;
+                candidates.push_centre(
+                    class,
+                    score,
+                    (row[0] + gx) * stride,
+                    (row[1] + gy) * stride,
+                    w,
+                    h,
+                );
             }
-            let (class, class_score) =
-                row[5..]
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .fold(
-                        (0, f32::MIN),
-                        |best, (i, s)| if s > best.1 { (i, s) } else { best },
-                    );
-            let score = objectness * class_score;
-            if score < threshold {
-                continue;
-            }
-            let cx = (row[0] + gx) * stride;
-            let cy = (row[1] + gy) * stride;
-            let w = row[2].exp() * stride;
-            let h = row[3].exp() * stride;
-            candidates.push(Candidate {
-                class,
-                score,
-                bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0),
-            });
         }
-        let kept = nms_per_class(candidates, nms_iou);
-        let inv = 1.0 / geometry.scale;
-        let (sw, sh) = (source_size.0 as f32, source_size.1 as f32);
-        kept.into_iter()
-            .map(|c| Detection {
-                label: labels
-                    .get(c.class)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class_{}", c.class)),
-                score: c.score,
-                bbox: BBox::new(
-                    c.bbox.x1 * inv,
-                    c.bbox.y1 * inv,
-                    c.bbox.x2 * inv,
-                    c.bbox.y2 * inv,
-                )
-                .clamp_to(sw, sh),
-                track: None,
-            })
-            .collect()
+        candidates.finish(params, labels, geometry, source_size)
     }
 }
 
-/// Greedy NMS, highest score first, suppressing only boxes of the same class.
-fn nms_per_class(mut candidates: Vec<Candidate>, iou: f32) -> Vec<Candidate> {
-    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Candidate> = Vec::new();
-    for c in candidates {
-        if kept
-            .iter()
-            .all(|k| k.class != c.class || k.bbox.iou(&c.bbox) <= iou)
-        {
-            kept.push(c);
-        }
-    }
-    kept
+/// The class with the highest score; NaN scores never win.
+pub(crate) fn best_class(scores: &[f32]) -> (usize, f32) {
+    scores
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NAN), |best, (i, s)| {
+            if s > best.1 || (best.1.is_nan() && !s.is_nan()) {
+                (i, s)
+            } else {
+                best
+            }
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skynet_core::BBox;
 
     fn geometry() -> LetterboxGeometry {
         LetterboxGeometry {
@@ -142,7 +125,13 @@ mod tests {
         // Anchor (1, 0): centre (1.5*32, 0.5*32) = (48, 16), size exp(0)*32 = 32.
         out[7..14].copy_from_slice(&[0.5, 0.5, 0.0, 0.0, 0.9, 0.1, 0.8]);
         let labels = vec!["a".to_string(), "b".to_string()];
-        let d = decoder.decode(&out, &labels, 0.3, 0.45, geometry(), (1000, 1000));
+        let d = decoder.decode(
+            &out,
+            &labels,
+            &DecodeParams::default(),
+            geometry(),
+            (1000, 1000),
+        );
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].label, "b");
         assert!((d[0].score - 0.72).abs() < 1e-6);
@@ -150,16 +139,63 @@ mod tests {
     }
 
     #[test]
-    fn nms_suppresses_overlaps_only_within_a_class() {
-        let b = BBox::new(0.0, 0.0, 10.0, 10.0);
-        let c = |class, score| Candidate {
-            class,
-            score,
-            bbox: b,
-        };
-        let kept = nms_per_class(vec![c(0, 0.5), c(0, 0.9), c(1, 0.4)], 0.45);
-        assert_eq!(kept.len(), 2);
-        assert_eq!(kept[0].score, 0.9);
-        assert_eq!(kept[1].class, 1);
+    fn nan_inf_and_huge_outputs_give_no_box_and_no_panic() {
+        let decoder = YoloxDecoder::new(64, 64, &[32], 2);
+        let labels = vec!["a".to_string(), "b".to_string()];
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            f32::MAX,
+            f32::MIN,
+        ] {
+            for column in 0..7 {
+                let mut row = [0.5, 0.5, 0.0, 0.0, 0.9, 0.1, 0.8];
+                row[column] = v;
+                let out = row.repeat(4);
+                let d = decoder.decode(
+                    &out,
+                    &labels,
+                    &DecodeParams::default(),
+                    geometry(),
+                    (1000, 1000),
+                );
+                for det in &d {
+                    assert!(
+                        det.score.is_finite() && det.bbox.area() > 0.0,
+                        "{v} in column {column}: {det:?}"
+                    );
+                    assert!(
+                        [det.bbox.x1, det.bbox.y1, det.bbox.x2, det.bbox.y2]
+                            .iter()
+                            .all(|c| c.is_finite())
+                    );
+                }
+                // A bad value in the box or objectness removes the box.
+                if column < 5 {
+                    assert!(d.is_empty(), "{v} in column {column}: {d:?}");
+                }
+            }
+        }
+        // Wrong lengths give nothing.
+        assert!(
+            decoder
+                .decode(
+                    &[0.9; 5],
+                    &labels,
+                    &DecodeParams::default(),
+                    geometry(),
+                    (10, 10)
+                )
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn best_class_ignores_nan() {
+        assert_eq!(best_class(&[f32::NAN, 0.2, 0.1]), (1, 0.2));
+        assert!(best_class(&[f32::NAN]).1.is_nan());
     }
 }

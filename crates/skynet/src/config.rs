@@ -762,8 +762,7 @@ fn validate(
         workers: detect.workers,
         queue: detect.queue,
         classes: detect.classes,
-        // Until `[detect] max_wait_ms` lands with the batching detector.
-        batch_wait: std::time::Duration::from_millis(5),
+        batch_wait: detect.max_wait,
         grids: Arc::new(grids),
         risk,
         record_observations,
