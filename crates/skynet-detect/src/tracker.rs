@@ -433,12 +433,7 @@ fn associate(
     // is no match: leaving it out costs the total nothing, so the optimum is the same.
     let pairs: Vec<(usize, usize)> = if rows <= cols {
         let m = Matrix::from_fn(rows, cols, |(r, c)| weights[r * cols + c].2);
-        kuhn_munkres(&m)
-            .1
-            .into_iter()
-            .enumerate()
-            .map(|(r, c)| (r, c))
-            .collect()
+        kuhn_munkres(&m).1.into_iter().enumerate().collect()
     } else {
         let m = Matrix::from_fn(cols, rows, |(c, r)| weights[r * cols + c].2);
         kuhn_munkres(&m)
