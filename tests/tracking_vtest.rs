@@ -313,6 +313,7 @@ fn line_counts(interval: usize) -> (usize, usize) {
             zones: &[],
             model: "yolox_nano",
             labels: &labels,
+            allowed: None,
         })
         .unwrap();
     let mut rules = CameraRules {
