@@ -147,6 +147,8 @@ install_derived_models() {
     [ -n "$file" ] && [ -n "$sha" ] && [ -n "$recipe" ] && [ -n "$parent_file" ] \
       || die "$manifest: a derived model needs file, sha256, recipe and a models/$parent.toml"
     if sha_ok "$data_dir/models/$file" "$sha"; then log "model $name: present"; continue; fi
+    # A copy already made (an air-gapped site's shared folder) saves the derivation.
+    fetch "model $name" "$data_dir/models/$file" "$sha" "$shared_dir/models/$file" 2>/dev/null && continue
     [ -n "$pythonpath" ] || pythonpath="$(install_onnx_python)"
     log "model $name: deriving from $parent_file (recipe $recipe)"
     PYTHONPATH="$pythonpath" python3 "$here/scripts/derive_models.py" \

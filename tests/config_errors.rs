@@ -577,6 +577,27 @@ fn class_limits_owner_classes_and_the_inference_interval_are_checked_where_writt
         (
             valid().replace(
                 "max_frames = 10",
+                "max_frames = 10\nclasses = { dog = { min_score = 0.5 } }",
+            ),
+            "classes = ",
+            "`classes.dog`: camera `cam` does not look for `dog`",
+        ),
+        (
+            valid()
+                .replace(
+                    "workers = 2",
+                    "workers = 2\nclasses = { person = { min_area = 0.2 } }",
+                )
+                .replace(
+                    "max_frames = 10",
+                    "max_frames = 10\nclasses = { person = { max_area = 0.1 } }",
+                ),
+            "classes = { person = { max",
+            "the camera's `min_area` is 0.2 and its `max_area` 0.1",
+        ),
+        (
+            valid().replace(
+                "max_frames = 10",
                 "max_frames = 10\ninference_interval = { max = 0 }",
             ),
             "inference_interval",

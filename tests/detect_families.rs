@@ -222,6 +222,30 @@ fn the_nms_inside_export_finds_the_dog_bicycle_and_car() {
     finds_the_reference_objects("yolox_nano_nms");
 }
 
+/// An empty scene is a result, not a failure, in every family: an end-to-end export that
+/// finds nothing gives an output with no rows, and each image of the call still gets its
+/// (empty) list.
+#[test]
+fn an_empty_scene_gives_no_detections_not_an_error_in_every_family() {
+    let grey = Rgb {
+        width: 320,
+        height: 240,
+        stride: 320 * 3,
+        data: vec![114; 320 * 240 * 3],
+    };
+    for model in ["yolox_nano", "yolox_nano_v8", "yolox_nano_nms"] {
+        let mut d = detector(model, DetectorOptions::default());
+        let results = d.detect_batch(&[grey.view()]);
+        assert_eq!(results.len(), 1, "{model}");
+        let found = results.into_iter().next().unwrap();
+        assert_eq!(
+            found.unwrap_or_else(|e| panic!("{model}: {e}")),
+            vec![],
+            "{model}"
+        );
+    }
+}
+
 /// On this CPU-only ONNX Runtime, CUDA fails to register; the detector says so and loads
 /// on the CPU, and the gauge names the provider in effect.
 #[test]

@@ -178,7 +178,12 @@ fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
 
     // And with a limit it passes, the same frames make observations.
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), 1, 30, "classes = { person = { min_score = 0.8 } }");
+    let text = config_text(
+        dir.path(),
+        1,
+        30,
+        "classes = { person = { min_score = 0.8 } }",
+    );
     let config = common::pipeline_config(dir.path(), &text);
     let summary = pipeline::run(
         &config,

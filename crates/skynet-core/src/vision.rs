@@ -144,8 +144,9 @@ pub struct TrackedObject {
     pub label: String,
     /// The score of the detection that last confirmed the track.
     pub score: f32,
-    /// Where the object is at this frame, in the camera's pixels: the matched detection's box,
-    /// or the motion model's prediction when the object was not detected in this frame.
+    /// Where the object is at this frame, in the camera's pixels: the tracker's estimate (its
+    /// motion model corrected by the matched detection, or predicted alone when the object
+    /// was not detected in this frame).
     #[serde(rename = "box")]
     pub bbox: BBox,
     /// When the track was first confirmed (event time).

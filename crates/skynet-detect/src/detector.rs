@@ -148,7 +148,19 @@ impl OnnxDetector {
         let weights_path = manifest.locate_weights(&options.weight_dirs)?;
         let weights = manifest.read_verified_weights(&weights_path)?;
         let model = manifest.model.name.clone();
-        let (session, provider) = build_session(runtime, &weights, &options, &model)?;
+        // TensorRT builds its engine for the input shapes it is told; without a profile a
+        // dynamic batch axis would make it rebuild (for seconds to minutes) at the first call
+        // of each new batch size.
+        let input = &manifest.input;
+        let trt_profile = (options.max_batch > 1).then(|| TrtProfile {
+            min: format!("{}:1x3x{}x{}", input.name, input.height, input.width),
+            max: format!(
+                "{}:{}x3x{}x{}",
+                input.name, options.max_batch, input.height, input.width
+            ),
+        });
+        let (session, provider) =
+            build_session(runtime, &weights, &options, &model, trt_profile.as_ref())?;
         let ports = |outlets: &[ort::value::Outlet]| -> Vec<ModelPort> {
             outlets
                 .iter()
@@ -306,10 +318,15 @@ impl OnnxDetector {
                 },
             });
         }
+        // By index, not by chunks: an output with no rows (an end-to-end model that found
+        // nothing) has no chunks, and each image must still get its (empty) result.
         Ok(images
             .iter()
-            .zip(values.chunks(per_image.max(1)))
-            .map(|(&(geometry, source_size), values)| {
+            .enumerate()
+            .map(|(i, &(geometry, source_size))| {
+                let values = values
+                    .get(i * per_image..(i + 1) * per_image)
+                    .unwrap_or(&[]);
                 self.decoder.decode(
                     values,
                     &manifest.labels,
@@ -366,11 +383,19 @@ impl Detector for OnnxDetector {
 /// Tries each configured provider in order with error-on-failure registration, so a
 /// provider that is missing or fails is seen and the next one tried explicitly, instead
 /// of ONNX Runtime silently dropping to CPU.
+/// TensorRT's optimisation profile for a dynamic batch axis: `name:NxCxHxW` at batch 1 and at
+/// `max_batch` (also the shape it optimises for).
+struct TrtProfile {
+    min: String,
+    max: String,
+}
+
 fn build_session(
     runtime: &OnnxRuntime,
     weights: &[u8],
     options: &DetectorOptions,
     model: &str,
+    trt_profile: Option<&TrtProfile>,
 ) -> Result<(Session, ExecutionProvider), DetectError> {
     let wanted: &[ExecutionProvider] = if options.execution_providers.is_empty() {
         &[ExecutionProvider::Cpu]
@@ -379,7 +404,7 @@ fn build_session(
     };
     let mut failures = Vec::new();
     for &provider in wanted {
-        match session_on(runtime, weights, options, provider) {
+        match session_on(runtime, weights, options, provider, trt_profile) {
             Ok(session) => {
                 if !failures.is_empty() {
                     tracing::info!(
@@ -413,6 +438,7 @@ fn session_on(
     weights: &[u8],
     options: &DetectorOptions,
     provider: ExecutionProvider,
+    trt_profile: Option<&TrtProfile>,
 ) -> Result<Session, String> {
     let mut builder = Session::builder(&runtime.environment)
         .map_err(|e| format!("session builder: {e}"))?
@@ -439,6 +465,12 @@ fn session_on(
                     .with_engine_cache_path(dir.display())
                     .with_timing_cache(true)
                     .with_timing_cache_path(dir.display());
+            }
+            if let Some(profile) = trt_profile {
+                ep = ep
+                    .with_profile_min_shapes(&profile.min)
+                    .with_profile_opt_shapes(&profile.max)
+                    .with_profile_max_shapes(&profile.max);
             }
             ep.build()
         }

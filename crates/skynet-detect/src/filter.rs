@@ -63,11 +63,97 @@ pub struct OwnerClasses {
 /// People and vehicles: what police and street cameras look for unless configured.
 const PEOPLE_AND_VEHICLES: [&str; 6] = ["person", "bicycle", "car", "motorcycle", "bus", "truck"];
 
+/// The COCO classes of general-purpose detectors. A model's labels outside this list are
+/// what it was trained for specially (fire, smoke, helmets, spills): its hazard classes.
+const GENERAL_PURPOSE: [&str; 80] = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+];
+
 impl OwnerClasses {
     /// The labels `owner`'s cameras keep. Unconfigured: police and street (city-management)
     /// cameras look for people and vehicles; safety-production cameras for people and the
-    /// labels of hazard models (`hazard_labels`: every label of a model that is not a
-    /// general-purpose one), as far as the model knows them.
+    /// hazard classes of the model (its labels that are not general-purpose COCO classes:
+    /// none for YOLOX-Nano; `fire` and `smoke` for a fire model), as far as the model knows
+    /// them.
     pub fn allowed(&self, owner: OwnerKind, model_labels: &[String]) -> Vec<String> {
         let configured = match owner {
             OwnerKind::Police => &self.police,
@@ -77,13 +163,13 @@ impl OwnerClasses {
         if let Some(labels) = configured {
             return labels.clone();
         }
-        let defaults: &[&str] = match owner {
-            OwnerKind::Police | OwnerKind::CityManagement => &PEOPLE_AND_VEHICLES,
-            OwnerKind::SafetyProduction => &["person"],
+        let keep = |label: &str| match owner {
+            OwnerKind::Police | OwnerKind::CityManagement => PEOPLE_AND_VEHICLES.contains(&label),
+            OwnerKind::SafetyProduction => label == "person" || !GENERAL_PURPOSE.contains(&label),
         };
         model_labels
             .iter()
-            .filter(|l| defaults.contains(&l.as_str()))
+            .filter(|l| keep(l.as_str()))
             .cloned()
             .collect()
     }
@@ -164,6 +250,30 @@ pub fn validate_class_limits(
                     "`{}` = {min} is larger than `{}` = {max}: no box would be kept",
                     key("min_area"),
                     key("max_area")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a camera's limits merged over the global ones: each table may be fine alone and
+/// still leave no box possible together (`min_area` from one above `max_area` from the
+/// other).
+pub fn check_merged(
+    global: &ClassLimitsTable,
+    camera: &ClassLimitsTable,
+) -> Result<(), FieldError> {
+    for (label, own) in camera {
+        let merged = own.over(global.get(label).copied().unwrap_or_default());
+        if let (Some(min), Some(max)) = (merged.min_area, merged.max_area)
+            && min > max
+        {
+            return Err(FieldError::new(
+                "classes",
+                format!(
+                    "`classes.{label}`: with `[detect.classes.{label}]` the camera's `min_area` is \
+                     {min} and its `max_area` {max}: no box would be kept"
                 ),
             ));
         }
@@ -283,6 +393,13 @@ mod tests {
             owners.allowed(OwnerKind::SafetyProduction, &labels()),
             vec!["person"]
         );
+        // A hazard model's own classes are what safety-production cameras look for.
+        let fire_model: Vec<String> = ["fire", "smoke", "car"].map(String::from).to_vec();
+        assert_eq!(
+            owners.allowed(OwnerKind::SafetyProduction, &fire_model),
+            vec!["fire", "smoke"]
+        );
+        assert!(owners.allowed(OwnerKind::Police, &fire_model) == vec!["car"]);
         let configured = OwnerClasses {
             safety_production: Some(vec!["person".into(), "backpack".into()]),
             ..OwnerClasses::default()

@@ -5,8 +5,9 @@
 //! After each detection the new boxes are compared with the previous detection's: an object
 //! that appeared, vanished or moved by more than a share of its size shortens the interval to
 //! 1 (the next frame is detected); a scene whose objects barely moved lengthens it by one, up
-//! to `max`. An empty scene runs at `max`: the motion gate in front of the detector already
-//! keeps still frames away, and anything new is seen at most `max - 1` frames late.
+//! to `max`. A scene empty at two detections in a row runs at `max`: the motion gate in front
+//! of the detector already keeps still frames away, and anything new is seen at most
+//! `max - 1` frames late.
 //!
 //! `inference_interval = { max = 3 }` in a `[[cameras]]` table; the default, `max = 1`,
 //! detects every frame.
@@ -131,9 +132,12 @@ impl InferenceInterval {
                     .fold(0.0f32, f32::max);
                 best < still_iou
             });
-        self.current = if detections.is_empty() {
+        self.current = if detections.is_empty() && self.previous.is_empty() {
+            // Nothing twice in a row: an empty scene, watched at the longest interval.
             self.config.max
         } else if moved {
+            // Including the last object gone: it may be a single missed detection, and the
+            // tracker needs the next frame to tell.
             1
         } else {
             (self.current + 1).min(self.config.max)
@@ -203,6 +207,16 @@ mod tests {
         assert!(i.infer_now());
         i.observe(&[]);
         assert_eq!(i.current(), 5);
+        // The last object gone: maybe one missed detection, so look again at once; only a
+        // second empty detection makes it an empty scene.
+        let mut gone = InferenceInterval::new(config(5, true));
+        gone.observe(&[person(0.0)]);
+        gone.observe(&[person(0.0)]);
+        assert_eq!(gone.current(), 2);
+        gone.observe(&[]);
+        assert_eq!(gone.current(), 1);
+        gone.observe(&[]);
+        assert_eq!(gone.current(), 5);
         assert!(i.infer_now() || i.infer_now() || i.infer_now() || i.infer_now() || i.infer_now());
         i.observe(&[person(0.0)]);
         assert_eq!(i.current(), 1);

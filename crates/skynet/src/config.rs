@@ -717,6 +717,7 @@ fn validate(
     for camera in &file.cameras {
         let detect_cx = CameraDetectContext {
             model: model.as_ref(),
+            classes: &detect.classes,
             threshold: f64::from(detect.options.threshold),
             owner_classes: &detect.owner_classes,
         };
@@ -1005,6 +1006,8 @@ fn validate_sinks(
 /// What a camera's validation needs from `[detect]`.
 struct CameraDetectContext<'a> {
     model: &'a ModelManifest,
+    /// `[detect.classes]`, under each camera's own.
+    classes: &'a ClassLimitsTable,
     threshold: f64,
     owner_classes: &'a OwnerClasses,
 }
@@ -1053,6 +1056,8 @@ fn validate_camera(
         detect.threshold,
     )
     .map_err(|e| at.field_error(&region, e))?;
+    skynet_detect::filter::check_merged(detect.classes, &common.classes)
+        .map_err(|e| at.field_error(&region, e))?;
     common
         .inference_interval
         .validate()
@@ -1062,6 +1067,33 @@ fn validate_camera(
         .validate()
         .map_err(|e| at.field_error(&region, e))?;
     let allowed_classes = detect.owner_classes.allowed(common.owner, &model.labels);
+    if allowed_classes.is_empty() {
+        return Err(at.error(
+            at.value(&region, "owner"),
+            format!(
+                "camera `{id}` would detect nothing: model `{}` has none of the classes {} \
+                 cameras look for; list them in `[detect.owner_classes] {}`",
+                model.model.name, common.owner, common.owner
+            ),
+        ));
+    }
+    // Limits for a class the camera drops would never apply: most likely a typo or a
+    // forgotten owner class.
+    if let Some(label) = common
+        .classes
+        .keys()
+        .find(|label| !allowed_classes.contains(label))
+    {
+        return Err(at.error(
+            at.value(&region, "classes"),
+            format!(
+                "`classes.{label}`: camera `{id}` does not look for `{label}` (its owner's \
+                 classes: {}); add it to `[detect.owner_classes] {}`",
+                allowed_classes.join(", "),
+                common.owner
+            ),
+        ));
+    }
 
     let grid = resolve_grid(
         at,

@@ -197,6 +197,13 @@ impl Rule for LineCrossingRule {
         let band = self.config.dead_band as f32;
         let mut hits = Vec::new();
         for t in tracks_with(frame, &self.config.labels) {
+            if !t.detected {
+                // A predicted position only (the detector skipped this frame, or missed the
+                // object): momentum could carry it over a line the object stopped short of.
+                // Sides are decided on detected positions alone.
+                self.sides.touch(t.id, now);
+                continue;
+            }
             let p = position(frame, &t.bbox);
             let offset = self.offset(p);
             if offset.abs() <= band || !offset.is_finite() {

@@ -222,10 +222,14 @@ impl Rule for ZoneIntrusionRule {
         let min_frames = self.spec.min_frames.max(1);
         let mut fresh: Vec<&TrackedObject> = Vec::new();
         for t in tracks_with(frame, &self.spec.labels) {
-            if !self.counts(frame, t) {
+            let counts = self.counts(frame, t);
+            // Every track of the labels in view keeps its memory (whether it was reported),
+            // so a parked car whose score dips for a while is not reported again.
+            let p = self.tracks.seen(t.id, now, Presence::default);
+            if !counts {
+                p.streak = 0;
                 continue;
             }
-            let p = self.tracks.seen(t.id, now, Presence::default);
             // A track missing from a frame (or outside the zone) broke its streak.
             p.streak = if p.frame + 1 == this_frame {
                 p.streak.saturating_add(1)

@@ -120,8 +120,6 @@ impl CameraInput {
             Err(e) => return Err(e),
         };
         self.frames.took();
-        self.queue_wait
-            .record(frame.info.decoded_at.elapsed().as_secs_f64());
         let (seq, skipped) = (frame.info.seq, frame.info.skipped);
         // Frames the motion gate skipped on purpose are not missing.
         let gap = match d.last {
@@ -246,32 +244,47 @@ impl Worker {
             return true;
         }
         let deadline = Instant::now() + self.max_wait;
+        // Cameras whose source has ended and whose queue is empty: a closed channel is always
+        // "ready", so waiting on it would spin. `run` removes them (batch entries hold input
+        // indices, so not here).
+        let count = self.inputs.len();
+        let mut ended = vec![false; count];
         while batch.len() < capacity {
             let mut took_any = false;
-            let count = self.inputs.len();
             for step in 0..count {
                 if batch.len() >= capacity {
                     break;
                 }
                 let index = (*cursor + step) % count;
-                if let Ok(Some(taken)) = self.inputs[index].take(index) {
-                    took_any = true;
-                    if !self.admit(taken, batch) {
-                        return false;
+                if ended[index] {
+                    continue;
+                }
+                match self.inputs[index].take(index) {
+                    Ok(Some(taken)) => {
+                        took_any = true;
+                        if !self.admit(taken, batch) {
+                            return false;
+                        }
                     }
+                    Ok(None) => {}
+                    Err(_) => ended[index] = true,
                 }
             }
             *cursor = (*cursor + 1) % count.max(1);
-            if took_any {
-                continue;
-            }
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
+            if took_any {
+                continue;
+            }
+            let open: Vec<usize> = (0..count).filter(|&i| !ended[i]).collect();
+            if open.is_empty() {
+                break;
+            }
             let mut select = Select::new();
-            for input in &self.inputs {
-                select.recv(input.frames.channel());
+            for &i in &open {
+                select.recv(self.inputs[i].frames.channel());
             }
             if select.ready_timeout(deadline - now).is_err() {
                 break;
@@ -286,6 +299,12 @@ impl Worker {
         let span = tracing::debug_span!("detect", frames = batch.len());
         let _entered = span.enter();
         let started = Instant::now();
+        for taken in &batch {
+            // Decode to the model call: the camera's queue and the wait for the batch to fill.
+            self.inputs[taken.input]
+                .queue_wait
+                .record(taken.frame.info.decoded_at.elapsed().as_secs_f64());
+        }
         let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
         let mut panic = None;
         let mut views = Vec::with_capacity(batch.len());
