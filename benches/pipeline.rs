@@ -32,9 +32,28 @@ use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+/// Frames per second of wall-clock time, and this process's CPU time (all its threads) per
+/// frame over the same span. On a machine shared with other work the wall-clock figure moves
+/// with their load; the CPU time per frame much less, so both are reported.
+#[derive(Clone, Copy)]
+struct Rate {
+    fps: f64,
+    cpu_ms: f64,
+}
+
+impl Rate {
+    fn over(frames: u64, started: Instant, cpu_before: Duration) -> Self {
+        let frames = frames.max(1) as f64;
+        Self {
+            fps: frames / started.elapsed().as_secs_f64(),
+            cpu_ms: (process_cpu() - cpu_before).as_secs_f64() * 1000.0 / frames,
+        }
+    }
+}
+
 /// Decodes `frames` frames through the pipeline's source stage; returns frames/s and the
 /// first `keep` frames.
-fn decode_alone(video: &Path, frames: u64, keep: usize) -> (f64, Vec<Frame>) {
+fn decode_alone(video: &Path, frames: u64, keep: usize) -> (Rate, Vec<Frame>) {
     let (queue, rx) = stage_queue::<Frame>("bench", "bench", 4, OverloadPolicy::Block);
     let out = FrameOutput::new(queue, Watermark::new(false));
     let mut source = GstSource::new(
@@ -46,7 +65,7 @@ fn decode_alone(video: &Path, frames: u64, keep: usize) -> (f64, Vec<Frame>) {
             ..GstSourceOptions::new(video.display().to_string())
         },
     );
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
     let producer = std::thread::spawn(move || {
         source.run(&out, &Shutdown::new()).expect("decode");
     });
@@ -59,7 +78,7 @@ fn decode_alone(video: &Path, frames: u64, keep: usize) -> (f64, Vec<Frame>) {
         n += 1;
     }
     producer.join().expect("decoder thread");
-    (n as f64 / started.elapsed().as_secs_f64(), kept)
+    (Rate::over(n, started, cpu_before), kept)
 }
 
 /// Letterboxing alone: mean time per frame on one thread.
@@ -74,7 +93,7 @@ fn preprocess_alone(detector: &mut OnnxDetector, inputs: &[Frame], rounds: usize
 }
 
 /// Runs `frames` inferences split over `workers` sessions of `threads` intra-op threads each,
-/// on already letterboxed input. Returns frames/s.
+/// on already letterboxed input.
 fn inference_alone(
     runtime: &OnnxRuntime,
     manifest: &Arc<ModelManifest>,
@@ -82,7 +101,7 @@ fn inference_alone(
     frames: u64,
     workers: usize,
     threads: usize,
-) -> f64 {
+) -> Rate {
     let options = DetectorOptions {
         intra_threads: threads,
         weight_dirs: common::weight_dirs(),
@@ -101,7 +120,7 @@ fn inference_alone(
         d.run(geometry, size).expect("warm-up");
         prepared.push((d, geometry));
     }
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
     std::thread::scope(|scope| {
         for (mut d, geometry) in prepared {
             scope.spawn(move || {
@@ -111,7 +130,7 @@ fn inference_alone(
             });
         }
     });
-    (per_worker * workers as u64) as f64 / started.elapsed().as_secs_f64()
+    Rate::over(per_worker * workers as u64, started, cpu_before)
 }
 
 /// How the benchmark's cameras are paced and analysed.
@@ -196,16 +215,16 @@ grid = "G-0102"
 
 /// The whole pipeline on `cameras` cameras at full speed; returns frames analysed per second
 /// (all cameras together) and the run's summary.
-fn whole_pipeline(cameras: usize, frames: u64) -> (f64, skynet::RunSummary) {
+fn whole_pipeline(cameras: usize, frames: u64) -> (Rate, skynet::RunSummary) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = common::pipeline_config(
         dir.path(),
         &cameras_config(dir.path(), cameras, Pace::FullSpeed { frames }),
     );
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
     let summary = pipeline::run(&config, RunOptions::default()).expect("pipeline");
     (
-        summary.frames_analysed as f64 / started.elapsed().as_secs_f64(),
+        Rate::over(summary.frames_analysed, started, cpu_before),
         summary,
     )
 }
@@ -242,7 +261,7 @@ fn python_baseline() -> Option<PathBuf> {
 
 /// What the Python baseline printed for one run.
 struct PythonRun {
-    frames_per_s: f64,
+    rate: Rate,
     frames: u64,
 }
 
@@ -278,9 +297,14 @@ fn python_streams(python: &Path, streams: usize, frames: u64) -> Result<PythonRu
     }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("the baseline printed no JSON ({e})"))?;
+    let frames = report["frames"].as_u64().ok_or("no frames")?;
     Ok(PythonRun {
-        frames_per_s: report["frames_per_s"].as_f64().ok_or("no frames_per_s")?,
-        frames: report["frames"].as_u64().ok_or("no frames")?,
+        rate: Rate {
+            fps: report["frames_per_s"].as_f64().ok_or("no frames_per_s")?,
+            cpu_ms: report["cpu_seconds"].as_f64().ok_or("no cpu_seconds")? * 1000.0
+                / frames.max(1) as f64,
+        },
+        frames,
     })
 }
 
@@ -289,7 +313,7 @@ fn python_streams(python: &Path, streams: usize, frames: u64) -> Result<PythonRu
 /// inference figures measured right before it: on a shared machine the load drifts over a
 /// run of several minutes, and the limit should see the load the pipeline sees.
 struct Costs {
-    decode_fps: f64,
+    decode: Rate,
     pre_ms: f64,
     cores: usize,
 }
@@ -298,10 +322,16 @@ impl Costs {
     /// The lower of two limits: the slowest stage if each had cores of its own, and the CPU
     /// budget when decode, letterbox and inference share the machine's cores.
     fn limit(&self, pipeline_infer_fps: f64, single_thread_infer_fps: f64) -> f64 {
-        let stage_limit = self.decode_fps.min(pipeline_infer_fps);
-        let cpu_ms = 1000.0 / self.decode_fps + self.pre_ms + 1000.0 / single_thread_infer_fps;
+        let stage_limit = self.decode.fps.min(pipeline_infer_fps);
+        let cpu_ms = 1000.0 / self.decode.fps + self.pre_ms + 1000.0 / single_thread_infer_fps;
         let cpu_limit = self.cores as f64 * 1000.0 / cpu_ms;
         stage_limit.min(cpu_limit)
+    }
+
+    /// CPU time per frame of the stages alone, added up: decode, letterbox, inference with
+    /// the pipeline's layout.
+    fn cpu_ms(&self, pipeline_infer: Rate) -> f64 {
+        self.decode.cpu_ms + self.pre_ms + pipeline_infer.cpu_ms
     }
 }
 
@@ -315,10 +345,12 @@ fn references(
     // GStreamer's first start in a process loads its plugin registry; keep that out of the
     // figure, as the pipeline runs after it.
     decode_alone(video, 8, 0);
-    let (decode_fps, sample) = decode_alone(video, frames, 32);
+    let (decode, sample) = decode_alone(video, frames, 32);
     println!(
-        "  decode alone (GStreamer -> BGR)            {decode_fps:8.1} frames/s  {:6.2} ms/frame",
-        1000.0 / decode_fps
+        "  decode alone (GStreamer -> BGR)            {:8.1} frames/s  {:6.2} ms/frame  CPU {:6.2} ms/frame",
+        decode.fps,
+        1000.0 / decode.fps,
+        decode.cpu_ms
     );
 
     let options = DetectorOptions {
@@ -334,14 +366,16 @@ fn references(
     );
 
     // One session of two threads, for the record: two sessions of one thread beat it.
-    let fps = inference_alone(runtime, manifest, &sample[0], frames, 1, 2);
+    let rate = inference_alone(runtime, manifest, &sample[0], frames, 1, 2);
     println!(
-        "  inference alone, 1 session x 2 threads     {fps:8.1} frames/s  {:6.2} ms/frame",
-        1000.0 / fps
+        "  inference alone, 1 session x 2 threads     {:8.1} frames/s  {:6.2} ms/frame  CPU {:6.2} ms/frame",
+        rate.fps,
+        1000.0 / rate.fps,
+        rate.cpu_ms
     );
     (
         Costs {
-            decode_fps,
+            decode,
             pre_ms,
             cores,
         },
@@ -366,32 +400,53 @@ fn throughput(
 
     println!();
     println!(
-        "  {:>7}  {:>12}  {:>12}  {:>8}  {:>12}  {:>13}",
-        "cameras", "skynet fps", "python fps", "limit", "skynet/limit", "skynet/python"
+        "  wall clock: frames/s, all cameras together; CPU: this process's CPU ms per frame \
+         (limit: the stages alone added up); ratios are limit or python over skynet's cost"
+    );
+    println!(
+        "  {:>7}  {:>10}  {:>10}  {:>8}  {:>12}  {:>13}  {:>10}  {:>10}  {:>9}  {:>11}  {:>12}",
+        "cameras",
+        "skynet fps",
+        "python fps",
+        "limit",
+        "skynet/limit",
+        "skynet/python",
+        "skynet CPU",
+        "python CPU",
+        "limit CPU",
+        "CPU: limit/",
+        "CPU: python/"
     );
     for &cameras in camera_counts {
         // The limit's inference part, measured right before this count's runs.
         let infer_2x1 = inference_alone(runtime, manifest, &sample[0], frames, 2, 1);
         let infer_1x1 = inference_alone(runtime, manifest, &sample[0], frames, 1, 1);
-        let limit = costs.limit(infer_2x1, infer_1x1);
-        let (skynet_fps, summary) = whole_pipeline(cameras, frames);
+        let limit = costs.limit(infer_2x1.fps, infer_1x1.fps);
+        let limit_cpu_ms = costs.cpu_ms(infer_2x1);
+        let (skynet, summary) = whole_pipeline(cameras, frames);
         let python_run = python
             .as_deref()
             .map(|python| python_streams(python, cameras, frames));
-        let (python_fps, python_ratio) = match &python_run {
+        let dash = || "-".to_string();
+        let (python_fps, python_ratio, python_cpu, python_cpu_ratio) = match &python_run {
             Some(Ok(run)) => (
-                format!("{:.1}", run.frames_per_s),
-                format!("{:.2}", skynet_fps / run.frames_per_s),
+                format!("{:.1}", run.rate.fps),
+                format!("{:.2}", skynet.fps / run.rate.fps),
+                format!("{:.2}", run.rate.cpu_ms),
+                format!("{:.2}", run.rate.cpu_ms / skynet.cpu_ms),
             ),
-            _ => ("-".into(), "-".into()),
+            _ => (dash(), dash(), dash(), dash()),
         };
         println!(
-            "  {cameras:>7}  {skynet_fps:>12.1}  {python_fps:>12}  {limit:>8.1}  {:>12.2}  {python_ratio:>13}",
-            skynet_fps / limit,
+            "  {cameras:>7}  {:>10.1}  {python_fps:>10}  {limit:>8.1}  {:>12.2}  {python_ratio:>13}  {:>10.2}  {python_cpu:>10}  {limit_cpu_ms:>9.2}  {:>11.2}  {python_cpu_ratio:>12}",
+            skynet.fps,
+            skynet.fps / limit,
+            skynet.cpu_ms,
+            limit_cpu_ms / skynet.cpu_ms,
         );
         println!(
-            "           limit: inference alone 2 x 1 {infer_2x1:.1}, 1 x 1 {infer_1x1:.1} frames/s, decode alone {:.1}",
-            costs.decode_fps
+            "           limit: inference alone 2 x 1 {:.1} frames/s (CPU {:.2} ms/frame), 1 x 1 {:.1}; decode alone {:.1}",
+            infer_2x1.fps, infer_2x1.cpu_ms, infer_1x1.fps, costs.decode.fps
         );
         println!(
             "           skynet: {} analysed, {} dropped, {} incident revisions",

@@ -26,7 +26,9 @@ do in skynet.
 The clock runs from before the sessions are created to the last frame's result, as
 skynet's does around `pipeline::run`. Prints one JSON object on stdout:
 
-    {"streams": 4, "frames": 3180, "seconds": 45.1, "frames_per_s": 70.5, ...}
+    {"streams": 4, "frames": 3180, "seconds": 45.1, "cpu_seconds": 88.0, "frames_per_s": 70.5, ...}
+
+`cpu_seconds` is the process's user + system time over the same span, all threads.
 
 Run with benches/baseline/setup.sh's venv:
 
@@ -167,6 +169,7 @@ def main():
     args = ap.parse_args()
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     sessions = []
     for _ in range(args.workers):
         opts = ort.SessionOptions()
@@ -193,6 +196,7 @@ def main():
     for w in workers:
         w.join()
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
 
     if failures:
         sys.exit("; ".join(failures))
@@ -205,6 +209,7 @@ def main():
         "frames": total,
         "detections": sum(w.detections for w in workers),
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "frames_per_s": round(total / seconds, 2) if seconds > 0 else None,
         "inference_p50_ms": percentile(latencies, 50),
         "inference_p99_ms": percentile(latencies, 99),
