@@ -136,6 +136,22 @@ fn the_inference_interval_skips_frames_for_the_detector_only() {
     );
 }
 
+/// Runs `text` with a detector taking one image per call.
+fn run_one_at_a_time(dir: &std::path::Path, text: &str) -> skynet::RunSummary {
+    let config = common::pipeline_config(dir, text);
+    pipeline::run(
+        &config,
+        RunOptions {
+            detectors: Some(vec![Box::new(RecordingDetector {
+                max_batch: 1,
+                calls: Arc::new(Mutex::new(Vec::new())),
+            })]),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
     // A camera whose owner looks only for cars cannot have a rule on people: it would never
@@ -161,18 +177,7 @@ fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
         30,
         "classes = { person = { min_score = 0.95 } }",
     );
-    let config = common::pipeline_config(dir.path(), &text);
-    let summary = pipeline::run(
-        &config,
-        RunOptions {
-            detectors: Some(vec![Box::new(RecordingDetector {
-                max_batch: 1,
-                calls: Arc::new(Mutex::new(Vec::new())),
-            })]),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
+    let summary = run_one_at_a_time(dir.path(), &text);
     assert_eq!(summary.frames_analysed, 30);
     assert_eq!(summary.observations, 0, "{summary:?}");
 
@@ -184,17 +189,6 @@ fn class_limits_and_owner_classes_filter_what_a_camera_keeps() {
         30,
         "classes = { person = { min_score = 0.8 } }",
     );
-    let config = common::pipeline_config(dir.path(), &text);
-    let summary = pipeline::run(
-        &config,
-        RunOptions {
-            detectors: Some(vec![Box::new(RecordingDetector {
-                max_batch: 1,
-                calls: Arc::new(Mutex::new(Vec::new())),
-            })]),
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
+    let summary = run_one_at_a_time(dir.path(), &text);
     assert!(summary.observations > 0, "{summary:?}");
 }

@@ -2,10 +2,11 @@
 //! its objects in between (DL Streamer's `inference-interval`), with N adapting to how much
 //! moves.
 //!
-//! After each detection the new boxes are compared with the previous detection's: an object
-//! that appeared, vanished or moved by more than a share of its size shortens the interval to
-//! 1 (the next frame is detected); a scene whose objects barely moved lengthens it by one, up
-//! to `max`. A scene empty at two detections in a row runs at `max`: the motion gate in front
+//! After each detection the new boxes are compared with the last two detections': an object
+//! that appeared (or the last object gone) shortens the interval to 1, so the next frame is
+//! detected and the tracker confirms it; an object that moved by more than a share of its
+//! size halves the interval; a scene whose objects barely moved lengthens it by one, up to
+//! `max`. A scene empty at two detections in a row runs at `max`: the motion gate in front
 //! of the detector already keeps still frames away, and anything new is seen at most
 //! `max - 1` frames late.
 //!
@@ -83,7 +84,12 @@ pub struct InferenceInterval {
     since_inferred: Option<u32>,
     /// What the last detection found, to compare the next one with.
     previous: Vec<Detection>,
+    /// What the detection before it found: an object missed once and found again is not new.
+    earlier: Vec<Detection>,
 }
+
+/// Below this IoU with every box of its label at the last two detections, an object is new.
+const NEW_OBJECT_IOU: f32 = 0.1;
 
 impl InferenceInterval {
     pub fn new(config: IntervalConfig) -> Self {
@@ -94,6 +100,7 @@ impl InferenceInterval {
             current,
             since_inferred: None,
             previous: Vec::new(),
+            earlier: Vec::new(),
         }
     }
 
@@ -122,28 +129,35 @@ impl InferenceInterval {
             return;
         }
         let still_iou = self.config.still_iou as f32;
-        let moved = detections.len() != self.previous.len()
-            || detections.iter().any(|d| {
-                let best = self
-                    .previous
+        // Each object's overlap with where it was (the best box of its label at the last
+        // two detections).
+        let overlaps: Vec<f32> = detections
+            .iter()
+            .map(|d| {
+                self.previous
                     .iter()
+                    .chain(&self.earlier)
                     .filter(|p| p.label == d.label)
                     .map(|p| p.bbox.iou(&d.bbox))
-                    .fold(0.0f32, f32::max);
-                best < still_iou
-            });
+                    .fold(0.0f32, f32::max)
+            })
+            .collect();
+        let appeared = overlaps.iter().any(|&o| o < NEW_OBJECT_IOU);
+        let moved = overlaps.iter().any(|&o| o < still_iou);
         self.current = if detections.is_empty() && self.previous.is_empty() {
             // Nothing twice in a row: an empty scene, watched at the longest interval.
             self.config.max
-        } else if moved {
-            // Including the last object gone: it may be a single missed detection, and the
-            // tracker needs the next frame to tell.
+        } else if appeared || detections.is_empty() {
+            // Something new (the tracker confirms it over the next frames), or the last
+            // object gone (maybe a single missed detection; the next frame tells).
             1
+        } else if moved {
+            // Movement the tracker follows, but with less margin: halve the interval.
+            (self.current / 2).max(1)
         } else {
             (self.current + 1).min(self.config.max)
         };
-        self.previous.clear();
-        self.previous.extend_from_slice(detections);
+        self.earlier = std::mem::replace(&mut self.previous, detections.to_vec());
     }
 }
 
