@@ -32,6 +32,8 @@ pub struct DetectArgs {
     pub onnxruntime: Option<PathBuf>,
     /// Run the tracker over each video's frames.
     pub track: bool,
+    /// Stop each video after this many frames.
+    pub max_frames: Option<u64>,
     /// Write annotated images here.
     pub annotate: Option<PathBuf>,
     /// Zones and privacy masks of this camera of `config` are drawn on annotated images.
@@ -157,7 +159,10 @@ fn video(
     let out = FrameOutput::new(queue, Watermark::new(false));
     let mut source = GstSource::new(
         camera,
-        GstSourceOptions::new(absolute.display().to_string()),
+        GstSourceOptions {
+            max_frames: args.max_frames,
+            ..GstSourceOptions::new(absolute.display().to_string())
+        },
     );
     let stop = Shutdown::new();
     let decoder = {

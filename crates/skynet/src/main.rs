@@ -57,6 +57,9 @@ enum Command {
         /// Track objects across a video's frames: detections carry `track` ids.
         #[arg(long)]
         track: bool,
+        /// Stop each video after this many frames.
+        #[arg(long, value_name = "N")]
+        max_frames: Option<u64>,
         /// Write each image or frame, boxes, labels and zones drawn, into this directory.
         #[arg(long, value_name = "DIR")]
         annotate: Option<PathBuf>,
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
             nms_iou,
             onnxruntime,
             track,
+            max_frames,
             annotate,
             config,
             camera,
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
             nms_iou,
             onnxruntime,
             track,
+            max_frames,
             annotate,
             config,
             camera,

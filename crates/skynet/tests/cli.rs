@@ -273,3 +273,86 @@ fn detect_rejects_an_out_of_range_threshold() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--threshold must be between 0 and 1, got 30"));
 }
+
+#[test]
+fn detect_tracks_a_video_and_writes_annotated_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = skynet::paths::data_dir().join("media/vtest.avi");
+    let video = if video.is_file() {
+        video
+    } else {
+        repo().join("../shared/media/vtest.avi")
+    };
+    let annotated = dir.path().join("frames");
+    let out = skynet(&[
+        "detect",
+        "--model",
+        "models/yolox_nano.toml",
+        "--track",
+        "--max-frames",
+        "12",
+        "--annotate",
+        annotated.to_str().unwrap(),
+        "--config",
+        "configs/demo.toml",
+        "--camera",
+        "cam-street-01",
+        video.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12, "one line per frame");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["frame"], i as u64);
+        assert!(line["time"].is_string());
+        assert!(line["tracks"].is_array());
+    }
+    // People walk through every frame of vtest.avi: by the last frames the tracker has
+    // confirmed some, and their detections carry the track ids it lists.
+    let last = &lines[11];
+    let tracked: Vec<u64> = last["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["track"].as_u64())
+        .collect();
+    assert!(!tracked.is_empty(), "{last}");
+    let listed: Vec<u64> = last["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_u64())
+        .collect();
+    assert!(tracked.iter().all(|id| listed.contains(id)), "{last}");
+    // One annotated JPEG per frame.
+    let mut written: Vec<String> = std::fs::read_dir(&annotated)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written.len(), 12);
+    assert_eq!(written[0], "vtest-000000.jpg");
+    let image = image::open(annotated.join(&written[11])).unwrap();
+    assert!(image.width() > 0);
+}
+
+#[test]
+fn detect_needs_config_and_camera_together() {
+    let out = skynet(&[
+        "detect",
+        "--model",
+        "models/yolox_nano.toml",
+        "--camera",
+        "cam-street-01",
+        "x.jpg",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--config"),
+        "{}",
+        text(&out.stderr)
+    );
+}
