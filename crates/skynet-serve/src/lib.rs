@@ -189,6 +189,43 @@ pub fn describe_metrics() {
         "Model inference time per frame, per model."
     );
     describe_histogram!(
+        "skynet_inference_batch_size",
+        "Images per model call, per model."
+    );
+    describe_histogram!(
+        "skynet_inference_queue_wait_seconds",
+        Unit::Seconds,
+        "Decode to the model call (the camera's queue and the wait for a batch to fill), per camera."
+    );
+    describe_gauge!(
+        "skynet_execution_provider",
+        "1 for the execution provider a model's sessions run on."
+    );
+    describe_counter!(
+        "skynet_frames_inferred_total",
+        "Analysed frames the detector ran on, per camera (the others were carried by the tracker)."
+    );
+    describe_counter!(
+        "skynet_detections_filtered_total",
+        "Detections a camera dropped, per camera and reason: class (not one its owner looks for), score, area."
+    );
+    describe_gauge!(
+        "skynet_tracks_active",
+        "Confirmed tracks in view at a camera's last frame."
+    );
+    describe_counter!(
+        "skynet_tracks_started_total",
+        "Tracks confirmed (ids given), per camera."
+    );
+    describe_counter!(
+        "skynet_tracker_rejected_detections_total",
+        "Detections the tracker skipped as malformed (NaN or empty box or score), per camera."
+    );
+    describe_counter!(
+        "skynet_line_crossings_total",
+        "Crossings of a line_crossing rule's line, per camera, rule and direction (in, out)."
+    );
+    describe_histogram!(
         "skynet_frame_latency_seconds",
         Unit::Seconds,
         "From decode to rules applied, per camera."
