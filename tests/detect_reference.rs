@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use skynet_core::{BBox, PixelOrder};
+use skynet_core::PixelOrder;
 use skynet_detect::detector::load_image;
 use skynet_detect::{Detector, DetectorOptions, ImageView, ModelManifest, OnnxDetector};
 
@@ -23,43 +23,15 @@ fn dog_jpg_matches_the_python_reference() {
     let image = ImageView::new(w, h, w as usize * 3, PixelOrder::Rgb, &rgb).unwrap();
     let got = detector.detect(&image).unwrap();
 
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("tests/fixtures/dog_expected.json")).unwrap(),
-    )
-    .unwrap();
-    let expected = expected["detections"].as_array().unwrap();
+    let expected = common::dog_reference();
     for label in ["dog", "bicycle", "car"] {
         assert!(
             got.iter().any(|d| d.label == label),
             "no {label} in {got:?}"
         );
     }
-    for e in expected {
-        let label = e["label"].as_str().unwrap();
-        let score = e["score"].as_f64().unwrap() as f32;
-        let b: Vec<f32> = e["box"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let want = BBox::new(b[0], b[1], b[2], b[3]);
-        let best = got
-            .iter()
-            .filter(|d| d.label == label)
-            .max_by(|a, b| a.bbox.iou(&want).total_cmp(&b.bbox.iou(&want)))
-            .unwrap_or_else(|| panic!("expected a {label}, got {got:?}"));
-        assert!(
-            best.bbox.iou(&want) >= 0.9,
-            "{label}: IoU {} for {:?} vs {want:?}",
-            best.bbox.iou(&want),
-            best.bbox
-        );
-        assert!(
-            (best.score - score).abs() <= 0.02,
-            "{label}: score {} vs {score}",
-            best.score
-        );
+    for want in &expected {
+        common::assert_matches_reference(&got, want, "yolox_nano");
     }
     assert_eq!(
         got.len(),

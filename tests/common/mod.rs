@@ -112,3 +112,63 @@ pub fn pipeline_config(dir: &Path, text: &str) -> skynet::PipelineConfig {
     config.detector.weight_dirs = weight_dirs();
     config
 }
+
+/// One detection of the Python onnxruntime reference on dog.jpg
+/// (tests/fixtures/dog_expected.json, made by tests/reference/yolox_reference.py).
+pub struct ReferenceDetection {
+    pub label: String,
+    pub score: f32,
+    pub bbox: skynet_core::BBox,
+}
+
+pub fn dog_reference() -> Vec<ReferenceDetection> {
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/dog_expected.json"))
+        .expect("the dog.jpg fixture");
+    let expected: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
+    expected["detections"]
+        .as_array()
+        .expect("a detections array")
+        .iter()
+        .map(|e| {
+            let b: Vec<f32> = e["box"]
+                .as_array()
+                .expect("a box")
+                .iter()
+                .map(|v| v.as_f64().expect("a number") as f32)
+                .collect();
+            ReferenceDetection {
+                label: e["label"].as_str().expect("a label").to_string(),
+                score: e["score"].as_f64().expect("a score") as f32,
+                bbox: skynet_core::BBox::new(b[0], b[1], b[2], b[3]),
+            }
+        })
+        .collect()
+}
+
+/// The detection in `got` of the reference's label that overlaps it best matches it: IoU at
+/// least 0.9 and score within 0.02. `what` names the detector in messages.
+pub fn assert_matches_reference(
+    got: &[skynet_core::Detection],
+    want: &ReferenceDetection,
+    what: &str,
+) {
+    let label = &want.label;
+    let best = got
+        .iter()
+        .filter(|d| &d.label == label)
+        .max_by(|a, b| a.bbox.iou(&want.bbox).total_cmp(&b.bbox.iou(&want.bbox)))
+        .unwrap_or_else(|| panic!("{what}: expected a {label}, got {got:?}"));
+    assert!(
+        best.bbox.iou(&want.bbox) >= 0.9,
+        "{what} {label}: IoU {} for {:?} vs {:?}",
+        best.bbox.iou(&want.bbox),
+        best.bbox,
+        want.bbox
+    );
+    assert!(
+        (best.score - want.score).abs() <= 0.02,
+        "{what} {label}: score {} vs {}",
+        best.score,
+        want.score
+    );
+}
