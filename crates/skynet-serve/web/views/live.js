@@ -1,0 +1,183 @@
+// Live view: the alert strip of the newest active incidents above the camera wall. Both
+// update in place from the shared event stream.
+
+import { api } from '../api.js';
+import { cacheBusted, errorText, trackBusy, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, timeElement } from '../dom.js';
+import { onEvent } from '../events.js';
+import { t } from '../i18n.js';
+import { can } from '../session.js';
+import { ackButton, newer } from './shared.js';
+
+const STRIP_SIZE = 20;
+const ACTIVE_STATES = ['open', 'acknowledged', 'dispatched', 'resolved'];
+const FRAME_REFRESH_MS = 2000;
+
+export function mount(container) {
+  const controller = new AbortController();
+  const incidents = new Map();
+  const cameras = new Map();
+  const tiles = new Map(); // camera id -> {element, image, placeholder, badge, details, loading, failedFor}
+  const announced = new Set(); // incident ids seen since mount: a new one is highlighted
+
+  const strip = h('ul', { class: 'alert-strip', testid: 'alert-strip', 'aria-live': 'polite' });
+  const stripStatus = h('p', { class: 'muted', testid: 'alert-strip-status' }, t('common.loading'));
+  const wall = h('div', { class: 'camera-wall', testid: 'camera-wall' });
+  const wallStatus = h('p', { class: 'muted' }, t('common.loading'));
+
+  container.append(
+    h('h1', { tabindex: '-1', class: 'page-title' }, t('live.title')),
+    h('section', { class: 'panel', 'aria-labelledby': 'alerts-heading' },
+      h('h2', { id: 'alerts-heading' }, t('live.alerts')), stripStatus, strip),
+    can('sources.read') && h('section', { class: 'panel', 'aria-labelledby': 'cameras-heading' },
+      h('h2', { id: 'cameras-heading' }, t('live.cameras')), wallStatus, wall));
+
+  // ---- Alert strip ----------------------------------------------------------------------
+
+  function renderStrip() {
+    const newest = [...incidents.values()]
+      .sort((a, b) => String(b.last_seen).localeCompare(String(a.last_seen)))
+      .slice(0, STRIP_SIZE);
+    stripStatus.hidden = newest.length > 0;
+    stripStatus.textContent = t('live.noAlerts');
+    replaceChildren(strip, newest.map((incident) => {
+      const item = h('li', {
+        class: `alert-item level-border-${incident.level ?? 'none'} ${announced.has(incident.id) ? '' : 'is-new'}`,
+        testid: 'alert-item', dataset: { incidentId: incident.id, level: incident.level ?? '', state: incident.state },
+      },
+      h('div', { class: 'alert-head' }, levelBadge(incident.level), stateBadge(incident.state)),
+      h('a', { class: 'alert-title', href: `#/incidents/${encodeURIComponent(incident.id)}` }, label('category', incident.category)),
+      h('p', { class: 'alert-meta' }, t('common.grid'), ' ', h('strong', {}, incident.grid), ' · ', timeElement(incident.last_seen)),
+      incident.acknowledged && h('p', { class: 'alert-meta' }, t('incident.acknowledgedBy', { name: incident.acknowledged.by })),
+      ackButton(incident));
+      return item;
+    }));
+    newest.forEach((incident) => announced.add(incident.id));
+  }
+
+  function onIncident(incident) {
+    if (FINAL_STATES.has(incident.state)) incidents.delete(incident.id);
+    else incidents.set(incident.id, newer(incidents.get(incident.id), incident));
+    renderStrip();
+  }
+
+  async function loadIncidents() {
+    try {
+      const { incidents: list } = await api.incidents({ state: ACTIVE_STATES, limit: STRIP_SIZE }, controller.signal);
+      incidents.clear();
+      list.forEach((incident) => { incidents.set(incident.id, incident); announced.add(incident.id); });
+      renderStrip();
+    } catch (error) {
+      if (error.name !== 'AbortError') stripStatus.textContent = errorText(error);
+    }
+  }
+
+  // ---- Camera wall ----------------------------------------------------------------------
+
+  function tileFor(camera) {
+    let tile = tiles.get(camera.id);
+    if (tile) return tile;
+    const image = h('img', { class: 'camera-frame', alt: '', hidden: true, width: 416, height: 312, decoding: 'async' });
+    const placeholder = h('p', { class: 'camera-placeholder' });
+    const badge = h('span', { class: 'badge', testid: 'camera-state' });
+    const details = h('span', { class: 'camera-details' });
+    const element = h('figure', { class: 'camera-tile', testid: 'camera-tile', dataset: { cameraId: camera.id } },
+      h('div', { class: 'camera-screen' }, image, placeholder),
+      h('figcaption', {}, h('strong', {}, camera.id), ' ', badge, h('br'), details));
+    tile = { element, image, placeholder, badge, details, loading: false, failedFor: null };
+    tiles.set(camera.id, tile);
+    return tile;
+  }
+
+  function renderTile(camera) {
+    const tile = tileFor(camera);
+    tile.element.dataset.state = camera.state;
+    tile.badge.className = `badge camera-state state-${camera.state}`;
+    tile.badge.textContent = label('cameraState', camera.state);
+    tile.badge.title = camera.reason ?? '';
+    tile.details.textContent = [
+      `${t('common.grid')} ${camera.grid}`,
+      label('owner', camera.owner),
+      camera.fps != null ? t('live.fps', { fps: Number(camera.fps).toFixed(1) }) : null,
+      camera.reason,
+    ].filter(Boolean).join(' · ');
+    tile.image.alt = t('live.frameAlt', { camera: camera.id, grid: camera.grid });
+    const hasFrame = Boolean(camera.frame_url) && tile.failedFor !== camera.last_frame_at;
+    tile.placeholder.hidden = hasFrame && !tile.image.hidden;
+    tile.placeholder.textContent = hasFrame ? t('common.loading') : t('live.noFrame');
+  }
+
+  function renderWall() {
+    const sorted = [...cameras.values()].sort((a, b) => a.id.localeCompare(b.id));
+    sorted.forEach(renderTile);
+    wallStatus.hidden = sorted.length > 0;
+    wallStatus.textContent = t('live.noCameras');
+    replaceChildren(wall, sorted.map((camera) => tiles.get(camera.id).element));
+  }
+
+  // Loads the next frame off-screen and swaps it in once decoded, so tiles never flash
+  // empty, and never asks for a camera's frame while the previous one is still loading.
+  function refreshFrame(camera) {
+    const tile = tiles.get(camera.id);
+    if (!tile || tile.loading || !camera.frame_url || tile.failedFor === camera.last_frame_at) return;
+    tile.loading = true;
+    const next = new Image();
+    next.onload = () => {
+      tile.loading = false;
+      tile.image.src = next.src;
+      tile.image.hidden = false;
+      tile.placeholder.hidden = true;
+    };
+    next.onerror = () => {
+      // No frame (yet): wait for the camera's next reported frame before asking again.
+      tile.loading = false;
+      tile.failedFor = camera.last_frame_at;
+      renderTile(camera);
+    };
+    next.src = cacheBusted(camera.frame_url);
+  }
+
+  function refreshFrames() {
+    if (document.hidden) return;
+    for (const camera of cameras.values()) refreshFrame(camera);
+  }
+
+  async function loadCameras() {
+    try {
+      const { cameras: list } = await api.cameras(controller.signal);
+      cameras.clear();
+      list.forEach((camera) => cameras.set(camera.id, camera));
+      renderWall();
+      refreshFrames();
+    } catch (error) {
+      if (error.name !== 'AbortError') wallStatus.textContent = errorText(error);
+    }
+  }
+
+  function onSource(update) {
+    if (update.kind !== 'camera' || !can('sources.read')) return;
+    const camera = { ...cameras.get(update.id), ...update };
+    delete camera.kind;
+    const isNew = !cameras.has(update.id);
+    cameras.set(update.id, camera);
+    if (isNew) renderWall();
+    else renderTile(camera);
+  }
+
+  const unsubscribers = [
+    onEvent('incident', onIncident),
+    onEvent('source', onSource),
+    onEvent('resync', () => { loadIncidents(); if (can('sources.read')) loadCameras(); }),
+  ];
+  trackBusy(container, loadIncidents());
+  let frameTimer = null;
+  if (can('sources.read')) {
+    trackBusy(container, loadCameras());
+    frameTimer = setInterval(refreshFrames, FRAME_REFRESH_MS);
+  }
+
+  return () => {
+    controller.abort();
+    clearInterval(frameTimer);
+    unsubscribers.forEach((unsubscribe) => unsubscribe());
+  };
+}

@@ -1,0 +1,166 @@
+// Sources: the health of every camera and sensor, for engineers and operators. Engineers
+// (thresholds.write) tune a camera's per-class detection thresholds here; each change is
+// audited by the server.
+
+import { api } from '../api.js';
+import { errorText, formatNumber, trackBusy, h, label, notify, replaceChildren, timeElement } from '../dom.js';
+import { onEvent } from '../events.js';
+import { t } from '../i18n.js';
+import { can } from '../session.js';
+
+const CAMERA_COLUMNS = ['id', 'grid', 'owner', 'state', 'fps', 'decoded', 'dropped', 'skipped', 'analysed', 'lastFrame', 'reason', 'thresholds'];
+const SENSOR_COLUMNS = ['id', 'grid', 'owner', 'quantity', 'state', 'lastReading'];
+
+function headerRow(columns, prefix) {
+  return h('thead', {}, h('tr', {}, columns.map((column) => h('th', { scope: 'col' }, t(`${prefix}.${column}`)))));
+}
+
+export function mount(container) {
+  const controller = new AbortController();
+  const cameras = new Map();
+  const sensors = new Map();
+  const cameraBody = h('tbody', { testid: 'camera-rows' });
+  const sensorBody = h('tbody', { testid: 'sensor-rows' });
+  const cameraStatus = h('p', { class: 'muted' }, t('common.loading'));
+  const sensorStatus = h('p', { class: 'muted' }, t('common.loading'));
+
+  container.append(
+    h('h1', { tabindex: '-1', class: 'page-title' }, t('sources.title')),
+    h('section', { class: 'panel', 'aria-labelledby': 'camera-heading' },
+      h('h2', { id: 'camera-heading' }, t('sources.cameras')), cameraStatus,
+      h('div', { class: 'table-scroll' }, h('table', { class: 'table sources' },
+        h('caption', { class: 'visually-hidden' }, t('sources.cameras')), headerRow(CAMERA_COLUMNS, 'sources.camera'), cameraBody))),
+    h('section', { class: 'panel', 'aria-labelledby': 'sensor-heading' },
+      h('h2', { id: 'sensor-heading' }, t('sources.sensors')), sensorStatus,
+      h('div', { class: 'table-scroll' }, h('table', { class: 'table sources' },
+        h('caption', { class: 'visually-hidden' }, t('sources.sensors')), headerRow(SENSOR_COLUMNS, 'sources.sensor'), sensorBody))));
+
+  function thresholdsCell(camera) {
+    const entries = Object.entries(camera.thresholds ?? {}).sort(([a], [b]) => a.localeCompare(b));
+    if (entries.length === 0) return h('td', {}, '–');
+    if (!can('thresholds.write')) {
+      return h('td', {}, entries.map(([name, value]) => `${label('class', name)} ${formatNumber(value)}`).join(', '));
+    }
+    const inputs = entries.map(([name, value]) => {
+      const inputId = `threshold-${camera.id}-${name}`;
+      return h('span', { class: 'threshold' },
+        h('label', { for: inputId }, label('class', name)),
+        h('input', {
+          id: inputId, type: 'number', min: 0, max: 1, step: 0.01, value: String(value), required: true,
+          testid: 'threshold-input', dataset: { class: name, original: String(value) }, inputmode: 'decimal',
+        }));
+    });
+    const save = h('button', { type: 'submit', class: 'button', testid: 'threshold-save', 'aria-label': t('sources.saveThresholdsOf', { camera: camera.id }) }, t('action.save'));
+    const form = h('form', {
+      class: 'threshold-form', testid: 'threshold-form', dataset: { cameraId: camera.id },
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const changed = {};
+        for (const input of form.querySelectorAll('input')) {
+          if (input.value !== input.dataset.original) changed[input.dataset.class] = Number(input.value);
+        }
+        if (Object.keys(changed).length === 0) return;
+        save.disabled = true;
+        try {
+          const { thresholds } = await api.setThresholds(camera.id, changed);
+          cameras.set(camera.id, { ...cameras.get(camera.id), thresholds });
+          notify(t('sources.thresholdsSaved', { camera: camera.id }));
+          renderCamera(cameras.get(camera.id));
+        } catch (error) {
+          notify(errorText(error), 'error');
+          save.disabled = false;
+        }
+      },
+    }, inputs, save);
+    return h('td', {}, form);
+  }
+
+  function cameraRow(camera) {
+    return h('tr', { testid: 'camera-row', dataset: { cameraId: camera.id, state: camera.state } },
+      h('th', { scope: 'row' }, camera.id),
+      h('td', {}, camera.grid ?? '–'),
+      h('td', {}, label('owner', camera.owner)),
+      h('td', {}, h('span', { class: `badge camera-state state-${camera.state}` }, label('cameraState', camera.state))),
+      h('td', { class: 'number' }, camera.fps == null ? '–' : formatNumber(camera.fps, 1)),
+      h('td', { class: 'number' }, formatNumber(camera.frames_decoded, 0)),
+      h('td', { class: 'number' }, formatNumber(camera.frames_dropped, 0)),
+      h('td', { class: 'number' }, formatNumber(camera.frames_skipped, 0)),
+      h('td', { class: 'number' }, formatNumber(camera.frames_analysed, 0)),
+      h('td', {}, timeElement(camera.last_frame_at)),
+      h('td', { class: 'reason' }, camera.reason ?? '–'),
+      thresholdsCell(camera));
+  }
+
+  function sensorRow(sensor) {
+    const reading = sensor.last_reading;
+    return h('tr', { testid: 'sensor-row', dataset: { sensorId: sensor.id, state: sensor.state } },
+      h('th', { scope: 'row' }, sensor.id),
+      h('td', {}, sensor.grid ?? '–'),
+      h('td', {}, label('owner', sensor.owner)),
+      h('td', {}, `${label('quantity', sensor.quantity)}${sensor.unit ? ` (${sensor.unit})` : ''}`),
+      h('td', {}, h('span', { class: `badge sensor-state state-${sensor.state}` }, label('sensorState', sensor.state))),
+      h('td', {}, reading ? [`${formatNumber(reading.value)} ${reading.unit ?? sensor.unit ?? ''} · `, timeElement(reading.at)] : '–'));
+  }
+
+  // A row being edited is not replaced by a live update: the engineer's input would be lost.
+  function renderCamera(camera) {
+    const existing = [...cameraBody.rows].find((row) => row.dataset.cameraId === camera.id);
+    if (existing?.contains(document.activeElement) && document.activeElement.tagName === 'INPUT') return;
+    if (existing) existing.replaceWith(cameraRow(camera));
+    else renderCameras();
+  }
+
+  function renderCameras() {
+    const sorted = [...cameras.values()].sort((a, b) => a.id.localeCompare(b.id));
+    cameraStatus.hidden = sorted.length > 0;
+    cameraStatus.textContent = t('sources.noCameras');
+    replaceChildren(cameraBody, sorted.map(cameraRow));
+  }
+
+  function renderSensors() {
+    const sorted = [...sensors.values()].sort((a, b) => a.id.localeCompare(b.id));
+    sensorStatus.hidden = sorted.length > 0;
+    sensorStatus.textContent = t('sources.noSensors');
+    replaceChildren(sensorBody, sorted.map(sensorRow));
+  }
+
+  async function load() {
+    const [cameraResult, sensorResult] = await Promise.allSettled([api.cameras(controller.signal), api.sensors(controller.signal)]);
+    if (controller.signal.aborted) return;
+    if (cameraResult.status === 'fulfilled') {
+      cameras.clear();
+      cameraResult.value.cameras.forEach((camera) => cameras.set(camera.id, camera));
+      renderCameras();
+    } else {
+      cameraStatus.textContent = errorText(cameraResult.reason);
+    }
+    if (sensorResult.status === 'fulfilled') {
+      sensors.clear();
+      sensorResult.value.sensors.forEach((sensor) => sensors.set(sensor.id, sensor));
+      renderSensors();
+    } else {
+      sensorStatus.textContent = errorText(sensorResult.reason);
+    }
+  }
+
+  function onSource(update) {
+    const { kind, ...fields } = update;
+    if (kind === 'camera') {
+      const camera = { ...cameras.get(update.id), ...fields };
+      cameras.set(update.id, camera);
+      renderCamera(camera);
+    } else if (kind === 'sensor') {
+      sensors.set(update.id, { ...sensors.get(update.id), ...fields });
+      const existing = [...sensorBody.rows].find((row) => row.dataset.sensorId === update.id);
+      if (existing) existing.replaceWith(sensorRow(sensors.get(update.id)));
+      else renderSensors();
+    }
+  }
+
+  const unsubscribers = [onEvent('source', onSource), onEvent('resync', load)];
+  trackBusy(container, load());
+  return () => {
+    controller.abort();
+    unsubscribers.forEach((unsubscribe) => unsubscribe());
+  };
+}

@@ -1,0 +1,363 @@
+// Browser test of the skynet web console: each role logs in through the form, sees only its
+// pages, is refused what it may not do, and the pages pass axe-core in both languages with no
+// console error and no failed request.
+//
+//   SKYNET_CONSOLE_URL       the server, e.g. http://127.0.0.1:8080 (required)
+//   SKYNET_TEST_USERS        {"operator": {"username", "password"}, "inspector": ..., "engineer": ..., "admin": ...}
+//   SKYNET_TRIGGER_INCIDENT  optional shell command run once the operator watches the live view;
+//                            it must make a level I or II incident (run.sh runs the gas-leak
+//                            simulator). Without it, such an incident must arrive on its own.
+//   SKYNET_TEST_ARTIFACTS    where screenshots go (default target/console-artifacts)
+//   CHROMIUM                 the browser (default /usr/bin/chromium)
+//
+// Run: tests/console/run.sh (starts skynet), or node --test tests/console/ against a server.
+
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BASE_URL = (process.env.SKYNET_CONSOLE_URL ?? '').replace(/\/$/, '');
+const USERS = JSON.parse(process.env.SKYNET_TEST_USERS ?? '{}');
+const TRIGGER = process.env.SKYNET_TRIGGER_INCIDENT ?? '';
+const ARTIFACTS = path.resolve(process.env.SKYNET_TEST_ARTIFACTS ?? path.join(HERE, '../../target/console-artifacts'));
+const AXE_PATH = path.join(HERE, 'node_modules/axe-core/axe.min.js');
+const LANGUAGES = ['en', 'zh-CN'];
+const INCIDENT_TIMEOUT_MS = Number(process.env.SKYNET_INCIDENT_TIMEOUT_MS ?? 150_000);
+
+// Every page each role may open, in the order the navigation lists them.
+const NAV_PAGES = ['live', 'map', 'tickets', 'sources', 'audit'];
+const ROLE_PAGES = {
+  operator: ['live', 'map', 'sources'],
+  inspector: ['live', 'map', 'tickets'],
+  engineer: ['live', 'map', 'sources'],
+  admin: ['live', 'map', 'tickets', 'sources', 'audit'],
+};
+
+assert.ok(BASE_URL, 'set SKYNET_CONSOLE_URL to the console server, e.g. http://127.0.0.1:8080');
+for (const role of Object.keys(ROLE_PAGES)) {
+  assert.ok(USERS[role]?.username, `SKYNET_TEST_USERS has no ${role}`);
+}
+
+let browser;
+let trigger = null;
+// Set by the operator's test, used by the inspector's: the incident that arrived live.
+let liveIncidentId = null;
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (trigger && trigger.exitCode === null) trigger.kill('SIGTERM');
+});
+
+/**
+ * A fresh browser context with every console error, page error, failed request and HTTP
+ * error collected in `problems`. Requests the browser aborts itself (a view that leaves while
+ * an image loads, the event stream at logout) are not failures.
+ */
+async function openSession(language) {
+  const context = await browser.newContext({
+    locale: language === 'en' ? 'en-US' : 'zh-CN',
+    viewport: { width: 1400, height: 900 },
+  });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()} (${message.location()?.url ?? ''})`);
+  });
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('requestfailed', (request) => {
+    const reason = request.failure()?.errorText ?? '';
+    if (reason === 'net::ERR_ABORTED') return;
+    problems.push(`request failed: ${request.method()} ${request.url()} ${reason}`);
+  });
+  page.on('response', (response) => {
+    if (response.status() >= 400) problems.push(`HTTP ${response.status()}: ${response.request().method()} ${response.url()}`);
+  });
+  await page.goto(`${BASE_URL}/`);
+  return { context, page, problems };
+}
+
+function assertNoProblems(session, what) {
+  assert.deepEqual(session.problems, [], `${what}: console errors or failed requests:\n${session.problems.join('\n')}`);
+}
+
+async function login(page, role) {
+  await page.locator('[data-testid=login-form]').waitFor();
+  await page.getByTestId('login-username').fill(USERS[role].username);
+  await page.getByTestId('login-password').fill(USERS[role].password);
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('user-name').waitFor({ state: 'visible' });
+}
+
+/** Waits until the mounted view has loaded (its root drops aria-busy). */
+async function waitForView(page, name) {
+  await page.locator(`[data-testid=view-${name}]:not([aria-busy])`).waitFor({ timeout: 20_000 });
+}
+
+async function openPage(page, name) {
+  const link = page.getByTestId(`nav-${name}`);
+  if (await link.isVisible()) await link.click();
+  else await page.evaluate((hash) => { location.hash = hash; }, `#/${name}`);
+  await waitForView(page, name);
+}
+
+async function setLanguage(page, language) {
+  await page.getByTestId('language-switch').selectOption(language);
+  await page.locator(`html[lang="${language}"]`).waitFor({ state: 'attached' });
+}
+
+/** axe-core on the current page; fails on critical or serious violations, printing them. */
+async function checkAccessibility(page, label) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.addScriptTag({ path: AXE_PATH });
+  const violations = await page.evaluate(async () => {
+    const results = await window.axe.run(document, { resultTypes: ['violations'] });
+    return results.violations.map((violation) => ({
+      id: violation.id, impact: violation.impact, help: violation.help,
+      nodes: violation.nodes.map((node) => `${node.target.join(' ')}: ${node.failureSummary}`),
+    }));
+  });
+  const blocking = violations.filter((violation) => violation.impact === 'critical' || violation.impact === 'serious');
+  for (const violation of blocking) {
+    console.log(`axe ${label}: [${violation.impact}] ${violation.id}: ${violation.help}\n  ${violation.nodes.join('\n  ')}`);
+  }
+  assert.equal(blocking.length, 0, `${label}: ${blocking.length} critical/serious axe violations: ${blocking.map((v) => v.id).join(', ')}`);
+}
+
+async function screenshot(page, name) {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+async function checkNavigation(page, role) {
+  for (const name of NAV_PAGES) {
+    const expected = ROLE_PAGES[role].includes(name);
+    assert.equal(await page.getByTestId(`nav-${name}`).isVisible(), expected,
+      `${role}: the ${name} link should be ${expected ? 'shown' : 'hidden'}`);
+  }
+}
+
+/** Every page of the role, in both languages: loaded, accessible, screenshotted. */
+async function checkPages(session, role, extraPages = []) {
+  const { page } = session;
+  for (const language of LANGUAGES) {
+    await setLanguage(page, language);
+    for (const name of ROLE_PAGES[role]) {
+      await openPage(page, name);
+      await checkAccessibility(page, `${role} ${name} ${language}`);
+      await screenshot(page, `${role}-${name}-${language}`);
+    }
+    for (const { name, hash } of extraPages) {
+      await page.evaluate((target) => { location.hash = target; }, hash);
+      await waitForView(page, name);
+      await checkAccessibility(page, `${role} ${name} ${language}`);
+      await screenshot(page, `${role}-${name}-${language}`);
+    }
+  }
+}
+
+/** A direct API call with the session's cookie, outside the page (so the page stays clean). */
+async function apiStatus(context, method, url, data) {
+  const response = await context.request.fetch(`${BASE_URL}${url}`, {
+    method, data, headers: data ? { 'Content-Type': 'application/json' } : {}, failOnStatusCode: false,
+  });
+  return response.status();
+}
+
+async function anyIncidentId(context) {
+  const response = await context.request.get(`${BASE_URL}/api/v1/incidents?limit=1`);
+  assert.equal(response.status(), 200);
+  const { incidents } = await response.json();
+  return incidents[0]?.id ?? 'no-such-incident';
+}
+
+async function logout(session) {
+  await session.page.getByTestId('logout').click();
+  await session.page.locator('[data-testid=login-form]').waitFor();
+}
+
+describe('skynet console', { concurrency: false }, () => {
+  test('login page: accessible in both languages, wrong password refused', async () => {
+    const session = await openSession('en');
+    const { page } = session;
+    for (const language of LANGUAGES) {
+      await setLanguage(page, language);
+      await page.locator('[data-testid=login-form]').waitFor();
+      await checkAccessibility(page, `login ${language}`);
+      await screenshot(page, `login-${language}`);
+    }
+    assert.equal(await page.getByTestId('nav-live').count(), 0, 'no navigation before login');
+    assertNoProblems(session, 'login page');
+    await session.context.close();
+  });
+
+  test('operator: an incident arrives live, the alarm sounds, acknowledging stops it', async () => {
+    const session = await openSession('en');
+    const { page, context } = session;
+    await login(page, 'operator');
+    await waitForView(page, 'live');
+    await checkNavigation(page, 'operator');
+    assert.equal(await page.getByTestId('camera-tile').count() > 0, true, 'the camera wall shows the cameras');
+
+    // Refused: an operator sets no status, neither through the page nor directly.
+    assert.equal(await page.getByTestId('status-button').count(), 0);
+    assert.equal(await apiStatus(context, 'POST', `/api/v1/incidents/${await anyIncidentId(context)}/status`, { status: 'dispatched' }), 403);
+
+    // The page must not reload: the incident has to come through the event stream.
+    await page.evaluate(() => { window.__sameDocument = true; });
+    const known = await page.getByTestId('alert-item').evaluateAll((items) => items.map((item) => item.dataset.incidentId));
+    if (TRIGGER) trigger = spawn(TRIGGER, { shell: true, stdio: ['ignore', 'ignore', 'inherit'] });
+
+    // A new open level I or II incident, not on the strip when the page loaded.
+    const arrived = await page.waitForFunction((before) => [...document.querySelectorAll('[data-testid=alert-item][data-state=open]')]
+      .find((item) => ['I', 'II'].includes(item.dataset.level) && !before.includes(item.dataset.incidentId)
+        && item.querySelector('[data-testid=ack-button]'))?.dataset.incidentId,
+    known, { timeout: INCIDENT_TIMEOUT_MS, polling: 500 });
+    liveIncidentId = await arrived.jsonValue();
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was not reloaded');
+
+    const banner = page.getByTestId('alarm-banner');
+    await banner.waitFor({ state: 'visible' });
+    assert.ok(await page.getByTestId('sound-toggle').isVisible(), 'the banner offers sound control');
+    await checkAccessibility(page, 'operator live with alarm en');
+    await screenshot(page, 'operator-alarm-en');
+
+    // Acknowledge the new incident from its alert; acknowledge any other alarming one from
+    // the banner (the leak may also fuse into a second, level I incident), until it is gone.
+    await page.locator(`[data-testid=alert-item][data-incident-id="${liveIncidentId}"] [data-testid=ack-button]`).click();
+    await page.locator(`[data-testid=alert-item][data-incident-id="${liveIncidentId}"][data-state=acknowledged], [data-testid=alert-item][data-incident-id="${liveIncidentId}"]:not(:has([data-testid=ack-button]))`)
+      .first().waitFor({ timeout: 10_000 });
+    for (let round = 0; round < 10 && await banner.isVisible(); round += 1) {
+      const ack = page.getByTestId('alarm-ack').first();
+      if (await ack.isVisible()) await ack.click().catch(() => {});
+      await page.waitForTimeout(1000);
+    }
+    await banner.waitFor({ state: 'hidden', timeout: 15_000 });
+
+    // The grid map by keyboard: the incident's cell, selected with Enter, lists it.
+    await openPage(page, 'map');
+    const incident = await (await context.request.get(`${BASE_URL}/api/v1/incidents/${liveIncidentId}`)).json();
+    const cell = page.locator(`[data-testid=map-cell][data-grid-id="${incident.incident.grid}"]`);
+    await cell.focus();
+    await page.keyboard.press('Enter');
+    await page.locator(`[data-testid=cell-incident][data-incident-id="${liveIncidentId}"]`).waitFor();
+
+    await checkPages(session, 'operator', [{ name: 'incident', hash: `#/incidents/${liveIncidentId}` }]);
+    assertNoProblems(session, 'operator');
+    await logout(session);
+    assertNoProblems(session, 'operator logout');
+    await session.context.close();
+  });
+
+  test('inspector: sees the ticket with its countdown and dispatches it; cannot acknowledge', async () => {
+    const session = await openSession('zh-CN');
+    const { page, context } = session;
+    await login(page, 'inspector');
+    await waitForView(page, 'tickets');
+    await checkNavigation(page, 'inspector');
+
+    const row = liveIncidentId
+      ? page.locator(`[data-testid=ticket-row][data-incident-id="${liveIncidentId}"]`)
+      : page.locator('[data-testid=ticket-row]').filter({ has: page.locator('[data-status=dispatched]') }).first();
+    await row.waitFor({ timeout: 30_000 });
+    const incidentId = await row.getAttribute('data-incident-id');
+    const countdown = row.locator('[data-testid=countdown-dispatch], [data-testid=countdown-resolve]').first();
+    assert.match(await countdown.textContent(), /\d/, 'the ticket shows a countdown');
+    const first = await countdown.textContent();
+    await page.waitForTimeout(1500);
+    assert.notEqual(await countdown.textContent(), first, 'the countdown runs');
+    await screenshot(page, 'inspector-ticket-zh-CN');
+
+    await row.locator('[data-testid=status-button][data-status=dispatched]').click();
+    await page.locator(`[data-testid=ticket-row][data-incident-id="${incidentId}"][data-state=dispatched]`).waitFor({ timeout: 10_000 });
+
+    // Refused: no acknowledge button anywhere, and the server answers 403 to a direct call.
+    await openPage(page, 'live');
+    assert.ok(await page.getByTestId('alert-item').count() > 0, 'the inspector sees incidents of their department');
+    assert.equal(await page.getByTestId('ack-button').count(), 0, 'an inspector has no acknowledge button');
+    assert.equal(await page.getByTestId('alarm-ack').count(), 0);
+    assert.equal(await apiStatus(context, 'POST', `/api/v1/incidents/${incidentId}/ack`, {}), 403);
+
+    // A note on the incident shows in its timeline.
+    await page.evaluate((hash) => { location.hash = hash; }, `#/incidents/${incidentId}`);
+    await waitForView(page, 'incident');
+    const entries = await page.getByTestId('timeline-entry').count();
+    await page.getByTestId('note-text').fill('现场已派人核查 / on site');
+    await page.getByTestId('note-submit').click();
+    await page.waitForFunction((count) => document.querySelectorAll('[data-testid=timeline-entry]').length > count, entries);
+
+    await checkPages(session, 'inspector', [{ name: 'incident', hash: `#/incidents/${incidentId}` }]);
+    assertNoProblems(session, 'inspector');
+    await session.context.close();
+  });
+
+  test('engineer: sources and thresholds; the audit log is refused', async () => {
+    const session = await openSession('en');
+    const { page, context } = session;
+    await login(page, 'engineer');
+    await waitForView(page, 'live');
+    await checkNavigation(page, 'engineer');
+
+    await page.evaluate(() => { location.hash = '#/audit'; });
+    await page.getByTestId('forbidden').waitFor();
+    assert.equal(await apiStatus(context, 'GET', '/api/v1/audit'), 403, 'the server refuses the audit log');
+    assert.equal(await page.getByTestId('ack-button').count(), 0);
+
+    await openPage(page, 'sources');
+    assert.ok(await page.getByTestId('camera-row').count() > 0, 'cameras are listed');
+    assert.ok(await page.getByTestId('sensor-row').count() > 0, 'sensors are listed');
+    const input = page.getByTestId('threshold-input').first();
+    const form = page.getByTestId('threshold-form').first();
+    const original = Number(await input.inputValue());
+    const changed = original >= 0.9 ? original - 0.05 : original + 0.05;
+    await input.fill(changed.toFixed(2));
+    await form.getByTestId('threshold-save').click();
+    await page.getByTestId('notice').first().waitFor();
+    const cameraId = await form.getAttribute('data-camera-id');
+    const { cameras } = await (await context.request.get(`${BASE_URL}/api/v1/cameras`)).json();
+    const label = await input.getAttribute('data-class');
+    assert.equal(cameras.find((camera) => camera.id === cameraId).thresholds[label].toFixed(2), changed.toFixed(2));
+
+    await checkPages(session, 'engineer');
+    assertNoProblems(session, 'engineer');
+    await session.context.close();
+  });
+
+  test('admin: every page, the audit log with filters, and the kiosk wall', async () => {
+    const session = await openSession('en');
+    const { page } = session;
+    await login(page, 'admin');
+    await waitForView(page, 'live');
+    await checkNavigation(page, 'admin');
+
+    await openPage(page, 'audit');
+    await page.getByTestId('audit-actor').fill(USERS.engineer.username);
+    await page.getByTestId('audit-filter').click();
+    await page.getByTestId('audit-row').first().waitFor({ timeout: 10_000 });
+    const actors = await page.getByTestId('audit-row').evaluateAll((rows) => rows.map((row) => row.cells[1].textContent));
+    assert.ok(actors.every((actor) => actor === USERS.engineer.username), `only the engineer's entries: ${actors}`);
+
+    await checkPages(session, 'admin');
+
+    // The video wall: no header or navigation, the cameras and the alerts still there.
+    await page.goto(`${BASE_URL}/?kiosk=1#/live`);
+    await waitForView(page, 'live');
+    assert.equal(await page.getByTestId('header').isVisible(), false, 'kiosk mode hides the header');
+    assert.ok(await page.getByTestId('camera-tile').first().isVisible());
+    await checkAccessibility(page, 'admin kiosk');
+    await screenshot(page, 'admin-kiosk');
+
+    assertNoProblems(session, 'admin');
+    await session.context.close();
+  });
+});
