@@ -73,8 +73,16 @@ async function openSession(language) {
   });
   const page = await context.newPage();
   const problems = [];
+  // Errors the test provokes on purpose: {path, status}.
+  const provoked = [];
+  const isProvoked = (url, status) =>
+    provoked.some((entry) => new URL(url).pathname === entry.path && entry.status === status);
   page.on('console', (message) => {
-    if (message.type() === 'error') problems.push(`console error: ${message.text()} (${message.location()?.url ?? ''})`);
+    if (message.type() !== 'error') return;
+    // Chromium logs every HTTP error as "Failed to load resource: ... status of 401 (...)".
+    const status = Number(/status of (\d{3})/.exec(message.text())?.[1]);
+    if (status && message.location()?.url && isProvoked(message.location().url, status)) return;
+    problems.push(`console error: ${message.text()} (${message.location()?.url ?? ''})`);
   });
   page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
   page.on('requestfailed', (request) => {
@@ -83,10 +91,11 @@ async function openSession(language) {
     problems.push(`request failed: ${request.method()} ${request.url()} ${reason}`);
   });
   page.on('response', (response) => {
+    if (response.status() >= 400 && isProvoked(response.url(), response.status())) return;
     if (response.status() >= 400) problems.push(`HTTP ${response.status()}: ${response.request().method()} ${response.url()}`);
   });
   await page.goto(`${BASE_URL}/`);
-  return { context, page, problems };
+  return { context, page, problems, provoke: (path, status) => provoked.push({ path, status }) };
 }
 
 function assertNoProblems(session, what) {
@@ -197,6 +206,22 @@ describe('skynet console', { concurrency: false }, () => {
       await screenshot(page, `login-${language}`);
     }
     assert.equal(await page.getByTestId('nav-live').count(), 0, 'no navigation before login');
+
+    // A wrong password is refused with a message, and nothing is signed in.
+    session.provoke('/api/v1/login', 401);
+    await page.getByTestId('login-username').fill(USERS.operator.username);
+    await page.getByTestId('login-password').fill('not-the-password');
+    await page.getByTestId('login-submit').click();
+    await page.getByTestId('login-error').waitFor({ state: 'visible' });
+    assert.equal(await page.getByTestId('user-name').isVisible(), false);
+
+    // Both languages have the same keys.
+    const missing = await page.evaluate(async () => {
+      const { dictionaries } = await import('/i18n.js');
+      const [en, zh] = [Object.keys(dictionaries.en), Object.keys(dictionaries['zh-CN'])];
+      return [...en.filter((key) => !zh.includes(key)), ...zh.filter((key) => !en.includes(key))];
+    });
+    assert.deepEqual(missing, [], 'keys missing from one of the dictionaries');
     assertNoProblems(session, 'login page');
     await session.context.close();
   });

@@ -19,7 +19,12 @@ export function onUnauthorized(handler) {
 
 async function call(path, { method = 'GET', body, signal } = {}) {
   const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  // Every mutating call is JSON, even without a body: the server may refuse other types
+  // (a form post from another site cannot send application/json without CORS).
+  if (method !== 'GET') {
+    headers['Content-Type'] = 'application/json';
+    body ??= {};
+  }
   let response;
   try {
     response = await fetch(path, {

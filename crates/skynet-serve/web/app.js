@@ -4,7 +4,7 @@
 import { api, onUnauthorized } from './api.js';
 import { render as renderAlarm, startAlarm, stopAlarm } from './alarm.js';
 import { h, replaceChildren } from './dom.js';
-import { onConnectionStatus, startEvents, stopEvents } from './events.js';
+import { onConnectionStatus, onEvent, startEvents, stopEvents } from './events.js';
 import { applyStaticTranslations, language, onLanguageChange, setLanguage, t } from './i18n.js';
 import { can, maybeSignedIn, setUser, user } from './session.js';
 import * as auditView from './views/audit.js';
@@ -148,6 +148,15 @@ async function logout() {
   }
   endSession();
 }
+
+// Each (re)connection's hello carries the user as the server sees them now: a changed role
+// or permission shows in the navigation without a reload.
+onEvent('hello', ({ user: current }) => {
+  if (!current || !user()) return;
+  const changed = JSON.stringify(current.permissions) !== JSON.stringify(user().permissions);
+  setUser(current);
+  if (changed) route();
+});
 
 function setupConnectionIndicator() {
   const element = document.getElementById('connection');
