@@ -2,7 +2,7 @@
 // server (actor, action), so the table shows the newest matching entries.
 
 import { api } from '../api.js';
-import { errorText, h, trackBusy, replaceChildren, timeElement } from '../dom.js';
+import { errorText, h, replaceChildren, timeElement, trackBusy } from '../dom.js';
 import { t } from '../i18n.js';
 
 const LIMIT = 200;

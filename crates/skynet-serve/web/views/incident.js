@@ -3,7 +3,7 @@
 // with the actions the user may take.
 
 import { api } from '../api.js';
-import { countdown, errorText, trackBusy, formatNumber, h, label, levelBadge, notify, replaceChildren, stateBadge, timeElement } from '../dom.js';
+import { countdown, errorText, formatNumber, h, label, levelBadge, notify, replaceChildren, stateBadge, timeElement, trackBusy } from '../dom.js';
 import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { can } from '../session.js';

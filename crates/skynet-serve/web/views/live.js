@@ -2,7 +2,7 @@
 // update in place from the shared event stream.
 
 import { api } from '../api.js';
-import { cacheBusted, errorText, trackBusy, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, timeElement } from '../dom.js';
+import { cacheBusted, errorText, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, timeElement, trackBusy } from '../dom.js';
 import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { can } from '../session.js';

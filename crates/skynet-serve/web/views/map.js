@@ -3,7 +3,7 @@
 // enough at a city's size. Selecting a cell lists its incidents and devices.
 
 import { api } from '../api.js';
-import { errorText, formatNumber, trackBusy, h, label, levelBadge, replaceChildren, s, stateBadge, timeElement } from '../dom.js';
+import { errorText, formatNumber, h, label, levelBadge, replaceChildren, s, stateBadge, timeElement, trackBusy } from '../dom.js';
 import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { can } from '../session.js';

@@ -3,7 +3,7 @@
 // audited by the server.
 
 import { api } from '../api.js';
-import { errorText, formatNumber, trackBusy, h, label, notify, replaceChildren, timeElement } from '../dom.js';
+import { errorText, formatNumber, h, label, notify, replaceChildren, timeElement, trackBusy } from '../dom.js';
 import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { can } from '../session.js';

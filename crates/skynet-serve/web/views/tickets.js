@@ -3,7 +3,7 @@
 // close and red (督办, supervised) when a deadline passed or was missed.
 
 import { api } from '../api.js';
-import { countdown, deadlineUrgency, errorText, trackBusy, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge } from '../dom.js';
+import { countdown, deadlineUrgency, errorText, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, trackBusy } from '../dom.js';
 import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { newer, statusButtons } from './shared.js';
