@@ -202,6 +202,7 @@ const en = {
   'sensorState.ok': 'ok',
   'sensorState.stale': 'stale',
   'sensorState.offline': 'offline',
+  'sensorState.waiting': 'waiting for data',
 
   'category.gas_leak': 'Gas leak',
   'category.person_present': 'Person present',
@@ -478,6 +479,7 @@ const zh = {
   'sensorState.ok': '正常',
   'sensorState.stale': '数据过期',
   'sensorState.offline': '离线',
+  'sensorState.waiting': '等待数据',
 
   'category.gas_leak': '燃气泄漏',
   'category.person_present': '有人员',

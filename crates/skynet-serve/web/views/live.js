@@ -73,6 +73,9 @@ export function mount(container) {
 
   // ---- Camera wall ----------------------------------------------------------------------
 
+  // Which frame the server holds: a failed load is retried only once this changes.
+  const frameStamp = (camera) => camera.frame_at ?? camera.last_frame_at ?? null;
+
   function tileFor(camera) {
     let tile = tiles.get(camera.id);
     if (tile) return tile;
@@ -101,7 +104,7 @@ export function mount(container) {
       camera.reason,
     ].filter(Boolean).join(' · ');
     tile.image.alt = t('live.frameAlt', { camera: camera.id, grid: camera.grid });
-    const hasFrame = Boolean(camera.frame_url) && tile.failedFor !== camera.last_frame_at;
+    const hasFrame = Boolean(camera.frame_url) && tile.failedFor !== frameStamp(camera);
     tile.placeholder.hidden = hasFrame && !tile.image.hidden;
     tile.placeholder.textContent = hasFrame ? t('common.loading') : t('live.noFrame');
   }
@@ -118,7 +121,7 @@ export function mount(container) {
   // empty, and never asks for a camera's frame while the previous one is still loading.
   function refreshFrame(camera) {
     const tile = tiles.get(camera.id);
-    if (!tile || tile.loading || !camera.frame_url || tile.failedFor === camera.last_frame_at) return;
+    if (!tile || tile.loading || !camera.frame_url || tile.failedFor === frameStamp(camera)) return;
     tile.loading = true;
     const next = new Image();
     next.onload = () => {
@@ -130,7 +133,7 @@ export function mount(container) {
     next.onerror = () => {
       // No frame (yet): wait for the camera's next reported frame before asking again.
       tile.loading = false;
-      tile.failedFor = camera.last_frame_at;
+      tile.failedFor = frameStamp(camera);
       renderTile(camera);
     };
     next.src = cacheBusted(camera.frame_url);

@@ -11,6 +11,9 @@ import { can } from '../session.js';
 const CAMERA_COLUMNS = ['id', 'grid', 'owner', 'state', 'fps', 'decoded', 'dropped', 'skipped', 'analysed', 'lastFrame', 'reason', 'thresholds'];
 const SENSOR_COLUMNS = ['id', 'grid', 'owner', 'quantity', 'state', 'lastReading'];
 
+// Thresholds are f32 on the server: 0.3 arrives as 0.30000001192092896.
+const tidy = (value) => String(Math.round(Number(value) * 1000) / 1000);
+
 function headerRow(columns, prefix) {
   return h('thead', {}, h('tr', {}, columns.map((column) => h('th', { scope: 'col' }, t(`${prefix}.${column}`)))));
 }
@@ -46,8 +49,8 @@ export function mount(container) {
       return h('span', { class: 'threshold' },
         h('label', { for: inputId }, label('class', name)),
         h('input', {
-          id: inputId, type: 'number', min: 0, max: 1, step: 0.01, value: String(value), required: true,
-          testid: 'threshold-input', dataset: { class: name, original: String(value) }, inputmode: 'decimal',
+          id: inputId, type: 'number', min: tidy(camera.threshold_floor ?? 0), max: 1, step: 0.01, value: tidy(value), required: true,
+          testid: 'threshold-input', dataset: { class: name, original: tidy(value) }, inputmode: 'decimal',
         }));
     });
     const save = h('button', { type: 'submit', class: 'button', testid: 'threshold-save', 'aria-label': t('sources.saveThresholdsOf', { camera: camera.id }) }, t('action.save'));
