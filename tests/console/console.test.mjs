@@ -193,6 +193,18 @@ async function anyIncidentId(context) {
   return incidents[0]?.id ?? 'no-such-incident';
 }
 
+/** The id of an incident with an evidence snapshot, waiting for one to be taken. */
+async function waitForIncidentWithEvidence(context) {
+  for (let attempt = 0; attempt < 30; attempt += 1) {
+    const response = await context.request.get(`${BASE_URL}/api/v1/incidents?limit=100`);
+    const { incidents } = await response.json();
+    const found = incidents.find((incident) => (incident.evidence_urls ?? []).length > 0);
+    if (found) return found.id;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  throw new Error('no incident with an evidence snapshot after 30 s');
+}
+
 async function logout(session) {
   await session.page.getByTestId('logout').click();
   await session.page.locator('[data-testid=login-form]').waitFor();
@@ -236,6 +248,9 @@ describe('skynet console', { concurrency: false }, () => {
     await waitForView(page, 'live');
     await checkNavigation(page, 'operator');
     assert.equal(await page.getByTestId('camera-tile').count() > 0, true, 'the camera wall shows the cameras');
+    // At least one camera shows its latest annotated frame (the city config replays a file).
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=camera-tile] img')]
+      .some((image) => !image.hidden && image.complete && image.naturalWidth > 0), null, { timeout: 30_000 });
 
     // Refused: an operator sets no status, neither through the page nor directly.
     assert.equal(await page.getByTestId('status-button').count(), 0);
@@ -374,6 +389,14 @@ describe('skynet console', { concurrency: false }, () => {
     await page.getByTestId('audit-row').first().waitFor({ timeout: 10_000 });
     const actors = await page.getByTestId('audit-row').evaluateAll((rows) => rows.map((row) => row.cells[1].textContent));
     assert.ok(actors.every((actor) => actor === USERS.engineer.username), `only the engineer's entries: ${actors}`);
+
+    // The evidence snapshot of a camera's incident is shown on its page.
+    const withEvidence = await waitForIncidentWithEvidence(session.context);
+    await page.evaluate((hash) => { location.hash = hash; }, `#/incidents/${withEvidence}`);
+    await waitForView(page, 'incident');
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=evidence-image]')]
+      .some((image) => image.complete && image.naturalWidth > 0), null, { timeout: 10_000 });
+    await screenshot(page, 'admin-evidence-en');
 
     await checkPages(session, 'admin');
 

@@ -3,7 +3,7 @@
 
 import { api, onUnauthorized } from './api.js';
 import { render as renderAlarm, startAlarm, stopAlarm } from './alarm.js';
-import { h, replaceChildren } from './dom.js';
+import { h, label, replaceChildren } from './dom.js';
 import { onConnectionStatus, onEvent, startEvents, stopEvents } from './events.js';
 import { applyStaticTranslations, language, onLanguageChange, setLanguage, t } from './i18n.js';
 import { can, maybeSignedIn, setUser, user } from './session.js';
@@ -68,7 +68,7 @@ function renderNav() {
   const nameElement = document.getElementById('user-name');
   const logoutButton = document.getElementById('logout');
   nameElement.hidden = logoutButton.hidden = !user();
-  if (user()) nameElement.textContent = `${user().name} · ${t(`role.${user().role}`)}`;
+  if (user()) nameElement.textContent = `${user().name} · ${label('role', user().role)}`;
 }
 
 function route() {

@@ -23,6 +23,7 @@ const en = {
   'role.inspector': 'inspector',
   'role.engineer': 'engineer',
   'role.admin': 'administrator',
+  'role.cli': 'command line',
 
   'action.logout': 'Log out',
   'action.ack': 'Acknowledge',
@@ -300,6 +301,7 @@ const zh = {
   'role.inspector': '网格员',
   'role.engineer': '工程师',
   'role.admin': '管理员',
+  'role.cli': '命令行',
 
   'action.logout': '退出登录',
   'action.ack': '确认',

@@ -2,7 +2,7 @@
 // server (actor, action), so the table shows the newest matching entries.
 
 import { api } from '../api.js';
-import { errorText, h, replaceChildren, timeElement, trackBusy } from '../dom.js';
+import { errorText, h, label, replaceChildren, timeElement, trackBusy } from '../dom.js';
 import { t } from '../i18n.js';
 
 const LIMIT = 200;
@@ -44,7 +44,7 @@ export function mount(container) {
       replaceChildren(body, entries.map((entry) => h('tr', { testid: 'audit-row', dataset: { auditId: entry.id } },
         h('td', {}, timeElement(entry.at)),
         h('td', {}, entry.actor ?? '–'),
-        h('td', {}, entry.role ? t(`role.${entry.role}`) : '–'),
+        h('td', {}, label('role', entry.role)),
         h('td', {}, entry.action),
         h('td', {}, entry.target ?? '–'),
         h('td', {}, compact(entry.before)),
