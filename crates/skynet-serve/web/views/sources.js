@@ -8,6 +8,10 @@ import { onEvent } from '../events.js';
 import { t } from '../i18n.js';
 import { can } from '../session.js';
 
+// The stream tells state changes; counters and readings move all the time and are not
+// pushed, so the page asks for them again this often while it is visible.
+const REFRESH_MS = 10_000;
+
 const CAMERA_COLUMNS = ['id', 'grid', 'owner', 'state', 'fps', 'decoded', 'dropped', 'skipped', 'analysed', 'lastFrame', 'reason', 'thresholds'];
 const SENSOR_COLUMNS = ['id', 'grid', 'owner', 'quantity', 'state', 'lastReading'];
 
@@ -120,6 +124,12 @@ export function mount(container) {
     replaceChildren(cameraBody, sorted.map(cameraRow));
   }
 
+  function renderSensor(sensor) {
+    const existing = [...sensorBody.rows].find((row) => row.dataset.sensorId === sensor.id);
+    if (existing) existing.replaceWith(sensorRow(sensor));
+    else renderSensors();
+  }
+
   function renderSensors() {
     const sorted = [...sensors.values()].sort((a, b) => a.id.localeCompare(b.id));
     sensorStatus.hidden = sorted.length > 0;
@@ -131,17 +141,34 @@ export function mount(container) {
     const [cameraResult, sensorResult] = await Promise.allSettled([api.cameras(controller.signal), api.sensors(controller.signal)]);
     if (controller.signal.aborted) return;
     if (cameraResult.status === 'fulfilled') {
+      const list = cameraResult.value.cameras;
+      const sameRows = list.length === cameras.size && list.every((camera) => cameras.has(camera.id));
       cameras.clear();
-      cameraResult.value.cameras.forEach((camera) => cameras.set(camera.id, camera));
-      renderCameras();
+      list.forEach((camera) => cameras.set(camera.id, camera));
+      // Row by row when the set is unchanged, so a threshold being edited is kept.
+      if (sameRows && cameraBody.rows.length === list.length) {
+        list.forEach(renderCamera);
+        cameraStatus.hidden = list.length > 0;
+      } else {
+        renderCameras();
+      }
     } else {
+      cameraStatus.hidden = false;
       cameraStatus.textContent = errorText(cameraResult.reason);
     }
     if (sensorResult.status === 'fulfilled') {
+      const list = sensorResult.value.sensors;
+      const sameRows = list.length === sensors.size && list.every((sensor) => sensors.has(sensor.id));
       sensors.clear();
-      sensorResult.value.sensors.forEach((sensor) => sensors.set(sensor.id, sensor));
-      renderSensors();
+      list.forEach((sensor) => sensors.set(sensor.id, sensor));
+      if (sameRows && sensorBody.rows.length === list.length) {
+        list.forEach(renderSensor);
+        sensorStatus.hidden = list.length > 0;
+      } else {
+        renderSensors();
+      }
     } else {
+      sensorStatus.hidden = false;
       sensorStatus.textContent = errorText(sensorResult.reason);
     }
   }
@@ -154,16 +181,16 @@ export function mount(container) {
       renderCamera(camera);
     } else if (kind === 'sensor') {
       sensors.set(update.id, { ...sensors.get(update.id), ...fields });
-      const existing = [...sensorBody.rows].find((row) => row.dataset.sensorId === update.id);
-      if (existing) existing.replaceWith(sensorRow(sensors.get(update.id)));
-      else renderSensors();
+      renderSensor(sensors.get(update.id));
     }
   }
 
   const unsubscribers = [onEvent('source', onSource), onEvent('resync', load)];
   trackBusy(container, load());
+  const refreshTimer = setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
   return () => {
     controller.abort();
+    clearInterval(refreshTimer);
     unsubscribers.forEach((unsubscribe) => unsubscribe());
   };
 }
