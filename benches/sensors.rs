@@ -202,8 +202,16 @@ fn skynet_drain(
     let health = Health::new();
     let mqtt = config.mqtt.as_ref().unwrap();
     let started = Instant::now();
-    let thread =
-        sensors::start(runtime.handle(), mqtt, &config.sensors, &health, &stop, tx).unwrap();
+    let thread = sensors::start(
+        runtime.handle(),
+        mqtt,
+        &config.sensors,
+        &health,
+        &stop,
+        tx,
+        None,
+    )
+    .unwrap();
     if let Some(f) = started_at {
         f();
     }

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod redact;
 pub mod sensor;
 pub mod shutdown;
+pub mod tuning;
 pub mod vision;
 pub mod watermark;
 
@@ -30,6 +31,7 @@ pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_qu
 pub use redact::{Credentials, redact_uri, split_credentials};
 pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
+pub use tuning::LiveThresholds;
 pub use vision::{
     AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, TrackedObject,
 };

@@ -19,10 +19,11 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use skynet_core::config::check_range;
-use skynet_core::{CameraId, Detection, FieldError, OwnerKind};
+use skynet_core::{CameraId, Detection, FieldError, LiveThresholds, OwnerKind};
 
 /// Limits for one class, as written; keys not given fall back to the wider table's, then to
 /// no limit (score: the detector's threshold).
@@ -294,6 +295,8 @@ struct Limits {
 pub struct DetectionFilter {
     /// Allowed labels with their limits; a label absent here is not one the owner looks for.
     classes: BTreeMap<String, Limits>,
+    /// The lowest kept score per allowed label, which engineers may change while running.
+    scores: Arc<LiveThresholds>,
     /// Dropped detections, by why: resolved once per camera.
     dropped_class: metrics::Counter,
     dropped_score: metrics::Counter,
@@ -301,14 +304,16 @@ pub struct DetectionFilter {
 }
 
 impl DetectionFilter {
-    /// `camera` limits over `global` ones, for the labels `allowed`.
+    /// `camera` limits over `global` ones, for the labels `allowed`; `floor` is the
+    /// detector's threshold (nothing below it ever reaches the filter).
     pub fn new(
         camera: &CameraId,
         allowed: &[String],
         global: &ClassLimitsTable,
         camera_limits: &ClassLimitsTable,
+        floor: f32,
     ) -> Self {
-        let classes = allowed
+        let classes: BTreeMap<String, Limits> = allowed
             .iter()
             .map(|label| {
                 let wider = global.get(label).copied().unwrap_or_default();
@@ -326,7 +331,12 @@ impl DetectionFilter {
             })
             .collect();
         let counter = |reason: &'static str| metrics::counter!("skynet_detections_filtered_total", "camera" => camera.to_string(), "reason" => reason);
+        let scores = classes
+            .iter()
+            .map(|(label, limits)| (label.clone(), limits.min_score))
+            .collect();
         Self {
+            scores: Arc::new(LiveThresholds::new(floor, scores)),
             classes,
             dropped_class: counter("class"),
             dropped_score: counter("score"),
@@ -343,22 +353,31 @@ impl DetectionFilter {
     /// frame.
     pub fn apply(&self, detections: &mut Vec<Detection>, width: u32, height: u32) {
         let frame_area = (width.max(1) as f32) * (height.max(1) as f32);
-        detections.retain(|d| {
-            let Some(limits) = self.classes.get(&d.label) else {
-                self.dropped_class.increment(1);
-                return false;
-            };
-            if d.score.is_nan() || d.score < limits.min_score {
-                self.dropped_score.increment(1);
-                return false;
-            }
-            let area = d.bbox.area() / frame_area;
-            if !(limits.min_area..=limits.max_area).contains(&area) {
-                self.dropped_area.increment(1);
-                return false;
-            }
-            true
+        self.scores.with(|scores| {
+            detections.retain(|d| {
+                let (Some(limits), Some(&min_score)) =
+                    (self.classes.get(&d.label), scores.get(&d.label))
+                else {
+                    self.dropped_class.increment(1);
+                    return false;
+                };
+                if d.score.is_nan() || d.score < min_score {
+                    self.dropped_score.increment(1);
+                    return false;
+                }
+                let area = d.bbox.area() / frame_area;
+                if !(limits.min_area..=limits.max_area).contains(&area) {
+                    self.dropped_area.increment(1);
+                    return false;
+                }
+                true
+            });
         });
+    }
+
+    /// The camera's score thresholds, to read and change while running.
+    pub fn thresholds(&self) -> Arc<LiveThresholds> {
+        Arc::clone(&self.scores)
     }
 }
 
@@ -434,6 +453,7 @@ mod tests {
             &["person".to_string(), "car".to_string()],
             &global,
             &camera,
+            0.0,
         );
         // 100x100 frame: 10x10 is 0.01 of it.
         let mut found = vec![

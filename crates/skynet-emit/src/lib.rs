@@ -11,6 +11,7 @@ mod cases;
 mod cloudevent;
 mod delivery;
 mod error;
+mod history;
 mod outbox;
 mod settings;
 pub mod sinks;
@@ -23,6 +24,7 @@ pub use delivery::{
     CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,
 };
 pub use error::EmitError;
+pub use history::{IncidentPage, IncidentQuery};
 pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::nats::connect as connect_nats;

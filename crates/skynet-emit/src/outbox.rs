@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     body        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_grid ON incidents (grid, last_seen);
+CREATE INDEX IF NOT EXISTS incidents_by_last_seen ON incidents (last_seen, id);
+CREATE INDEX IF NOT EXISTS events_by_subject ON events (subject, seq);
 CREATE TABLE IF NOT EXISTS grid_risk (
     id          TEXT PRIMARY KEY,
     grid        TEXT NOT NULL,
@@ -195,7 +197,11 @@ impl Outbox {
         &self.path
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> EmitError + '_ {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> EmitError + '_ {
         move |source| EmitError::Outbox {
             path: self.path.clone(),
             source,

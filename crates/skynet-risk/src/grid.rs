@@ -94,6 +94,36 @@ impl Grid {
         self.area.covers(&geo::Point::new(lon, lat))
     }
 
+    /// The cell as a GeoJSON feature (for maps): its area, with `id`, `name`, `kind`,
+    /// `street` and `department` as properties.
+    pub fn to_feature(&self) -> serde_json::Value {
+        let polygons: Vec<serde_json::Value> = self
+            .area
+            .0
+            .iter()
+            .map(|polygon| {
+                let ring = |line: &geo::LineString<f64>| -> Vec<[f64; 2]> {
+                    line.0.iter().map(|c| [c.x, c.y]).collect()
+                };
+                let mut rings = vec![ring(polygon.exterior())];
+                rings.extend(polygon.interiors().iter().map(ring));
+                serde_json::json!(rings)
+            })
+            .collect();
+        serde_json::json!({
+            "type": "Feature",
+            "id": self.id,
+            "geometry": {"type": "MultiPolygon", "coordinates": polygons},
+            "properties": {
+                "id": self.id,
+                "name": self.name,
+                "kind": self.kind,
+                "street": self.street,
+                "department": self.department,
+            },
+        })
+    }
+
     pub fn info(&self) -> CellInfo {
         CellInfo {
             id: self.id.clone(),

@@ -5,7 +5,8 @@
 //! - `/readyz`: 200 when every component is up (or has finished its work), else 503; the
 //!   JSON body lists every component with its state and, when it is not up, why.
 //!
-//! The console, hazard tickets and tuning tools join these routes later.
+//! The people's console (the API under `/api/v1` and the web console at `/`) is served on a
+//! listener of its own, `[api] listen`: see [`console`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use skynet_core::Health;
+
+pub mod console;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -127,9 +130,79 @@ pub async fn serve(
         .map_err(ServeError::Serve)
 }
 
+/// Serves the console on `listener` until `shutdown` completes. Runs on the I/O runtime.
+pub async fn serve_console(
+    listener: std::net::TcpListener,
+    console: std::sync::Arc<console::Console>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving the console at / and its API at /api/v1");
+    }
+    let app = console::console_router(console).layer(axum::middleware::from_fn(record_request));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve)
+}
+
+/// Times every console request, by route (the route's pattern, never its ids).
+async fn record_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| {
+            if request.uri().path().starts_with("/api/") {
+                "unmatched".into()
+            } else {
+                "static".into()
+            }
+        });
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!("skynet_api_request_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("skynet_api_requests_total", "route" => route, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
 /// Names and explains every metric the pipeline records.
 pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "skynet_api_request_seconds",
+        Unit::Seconds,
+        "Console API request time, per route pattern."
+    );
+    describe_counter!(
+        "skynet_api_requests_total",
+        "Console API requests, per route pattern and HTTP status."
+    );
+    describe_counter!(
+        "skynet_api_errors_total",
+        "Console API errors answered, per error code (unauthorized, forbidden, not_found, transition, rate_limited, ...)."
+    );
+    describe_counter!(
+        "skynet_api_logins_total",
+        "Console logins, per result: ok, failed, rate_limited."
+    );
+    describe_gauge!(
+        "skynet_api_live_clients",
+        "Browser tabs connected to the live stream (/api/v1/events)."
+    );
+    describe_counter!(
+        "skynet_api_live_lagged_total",
+        "Live messages a slow browser missed (it was told to reload its lists)."
+    );
     describe_counter!("skynet_frames_decoded_total", "Frames decoded, per camera.");
     describe_counter!(
         "skynet_frames_invalid_total",

@@ -74,6 +74,8 @@ struct ConfigFile {
     sensors: Vec<Spanned<toml::Table>>,
     /// Where the case system's status events come from (NATS JetStream).
     cases: Option<Spanned<toml::Table>>,
+    /// The people's console and its HTTP API.
+    api: Option<Spanned<toml::Table>>,
 }
 
 /// One `[[sensors]]` table.
@@ -323,6 +325,8 @@ pub struct PipelineConfig {
     pub sensors: Vec<SensorConfig>,
     /// The case system's status feedback; `None` when the config has no `[cases]`.
     pub cases: Option<CasesSettings>,
+    /// The console and its API; `None` when the config has no `[api]`.
+    pub api: Option<skynet_serve::console::ApiConfig>,
     /// `[evidence]`: where incident snapshots go, and how often they are taken.
     pub evidence: EvidenceConfig,
 }
@@ -699,6 +703,18 @@ fn validate(
             Some(settings)
         }
     };
+    let api = match &file.api {
+        None => None,
+        Some(table) => {
+            let (settings, region) =
+                section::<skynet_serve::console::ApiSettings>(at, Some(table))?;
+            Some(
+                settings
+                    .validate(&cx)
+                    .map_err(|e| at.field_error(&region, e))?,
+            )
+        }
+    };
     if file.cameras.is_empty() && file.sensors.is_empty() {
         return Err(at.error(
             0..0,
@@ -775,6 +791,7 @@ fn validate(
         mqtt,
         sensors,
         cases,
+        api,
         evidence,
     })
 }

@@ -12,6 +12,7 @@
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 //! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
 //! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
+//! - [`users`]: `skynet users`, the console's users and API tokens.
 
 pub mod components;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod replay;
 pub mod simulate;
+pub mod users;
 
 pub use config::{ConfigError, PipelineConfig};
 pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};

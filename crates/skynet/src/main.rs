@@ -96,6 +96,58 @@ enum Command {
         #[command(subcommand)]
         what: SimulateCommand,
     },
+    /// The console's users and API tokens, kept in the state database (the outbox file).
+    Users {
+        #[command(subcommand)]
+        what: UsersCommand,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Operator,
+    Inspector,
+    Engineer,
+    Admin,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user, or replace one of the same name; the password is read from stdin.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The department whose incidents an inspector sees.
+        #[arg(long)]
+        department: Option<String>,
+        /// Narrows an inspector to one owner's incidents: police, safety_production,
+        /// city_management.
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create an API token for a machine acting as user NAME; printed once on stdout.
+    Token {
+        name: String,
+        /// What the token is for (shown in the audit log).
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List the users: name, role, department, owner.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove a user and every token of theirs. Exit 1 when there is no such user.
+    Remove {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +289,7 @@ fn main() -> ExitCode {
             },
         })
         .map(|_| ExitCode::SUCCESS),
+        Command::Users { what } => users(what),
     };
     match result {
         Ok(code) => code,
@@ -390,6 +443,57 @@ fn replay(config: &Path, observations: &Path) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn users(command: UsersCommand) -> Result<ExitCode> {
+    use skynet::users;
+    let load = |config: &Path| PipelineConfig::load(config);
+    match command {
+        UsersCommand::Add {
+            name,
+            role,
+            department,
+            owner,
+            config,
+        } => {
+            let config = load(&config)?;
+            let password = users::read_password(&mut std::io::stdin().lock())?;
+            let role = match role {
+                RoleArg::Operator => skynet_serve::console::Role::Operator,
+                RoleArg::Inspector => skynet_serve::console::Role::Inspector,
+                RoleArg::Engineer => skynet_serve::console::Role::Engineer,
+                RoleArg::Admin => skynet_serve::console::Role::Admin,
+            };
+            users::add(
+                &config,
+                users::NewUser {
+                    name,
+                    role,
+                    department,
+                    owner,
+                },
+                &password,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        UsersCommand::Token {
+            name,
+            label,
+            config,
+        } => {
+            users::token(&load(&config)?, &name, label.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        UsersCommand::List { config } => {
+            users::list(&load(&config)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        UsersCommand::Remove { name, config } => Ok(if users::remove(&load(&config)?, &name)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+    }
 }
 
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {

@@ -30,6 +30,7 @@ pub(crate) fn run(
     stop: &Shutdown,
     fatal: &Fatal,
     counters: &Counters,
+    console: Option<&skynet_serve::console::Console>,
 ) {
     loop {
         match commits.recv_timeout(POLL) {
@@ -41,6 +42,10 @@ pub(crate) fn run(
                 }
                 for ack in commit.acks {
                     ack.ack();
+                }
+                // Stored: the browsers may see it now.
+                if let Some(console) = console {
+                    console.publish(&commit.incidents);
                 }
                 let revisions = commit
                     .incidents

@@ -16,6 +16,7 @@
 //! restarts it; the state committed with the last revision lets it go on from there.
 
 mod commit;
+mod console;
 mod detect;
 mod evidence;
 mod rules;
@@ -52,6 +53,8 @@ pub enum PipelineError {
     Serve(#[from] skynet_serve::ServeError),
     #[error("sensor ingest: {0}")]
     Sensors(String),
+    #[error("the console: {0}")]
+    Console(String),
     #[error("could not start the {stage} thread: {source}")]
     Spawn {
         stage: String,
@@ -219,6 +222,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let counters = Arc::new(Counters::default());
 
     // Everything that can fail before a frame flows, so a bad set-up fails fast and clearly.
+    let console = console::start(config, &services)?;
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
@@ -282,8 +286,17 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         let (stop, fatal, counters) = (shutdown.clone(), fatal.clone(), Arc::clone(&counters));
         let stage_health = health.register("outbox", "stage");
         let reported = stage_health.clone();
+        let console = console.clone();
         spawn_stage("outbox", stage_health, &fatal.clone(), move || {
-            commit::run(committer, &commit_rx, &reported, &stop, &fatal, &counters)
+            commit::run(
+                committer,
+                &commit_rx,
+                &reported,
+                &stop,
+                &fatal,
+                &counters,
+                console.as_deref(),
+            )
         })?
     };
 
@@ -306,6 +319,14 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         wait_for_shutdown.then(|| shutdown.clone()),
     )
     .with_camera_events(camera_events_rx);
+    // The console's camera tiles: the latest frames, drawn on a thread of their own.
+    let mut preview_thread = None;
+    if let Some(console) = &console {
+        let (preview, handle) =
+            console::spawn_preview(config, Arc::clone(console), shutdown.clone())?;
+        rules_and_risk = rules_and_risk.with_preview(preview);
+        preview_thread = Some(handle);
+    }
     // Sensors: the MQTT connection on the runtime, validation and rules on their own thread.
     let mut sensor_thread = None;
     if let Some(mqtt) = &config.mqtt {
@@ -318,6 +339,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             &health,
             &shutdown,
             sensor_events,
+            console.clone(),
         )?);
         rules_and_risk = rules_and_risk.with_sensor_events(
             sensor_events_rx,
@@ -328,17 +350,23 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 .collect(),
         );
     }
-    // The case system's status events: the consumer on the runtime, applied by the risk stage.
+    // Status changes: the case system's events (the consumer on the runtime) and people's
+    // (the console), applied alike by the risk stage.
     let mut case_consumer = None;
-    if let Some(cases) = &config.cases {
+    if config.cases.is_some() || console.is_some() {
         let (feedback, feedback_rx) = crossbeam_channel::bounded(1024);
-        case_consumer = Some(skynet_emit::spawn_case_consumer(
-            &services.runtime(),
-            cases.clone(),
-            feedback,
-            health.register("cases", "source"),
-            shutdown.clone(),
-        ));
+        if let Some(cases) = &config.cases {
+            case_consumer = Some(skynet_emit::spawn_case_consumer(
+                &services.runtime(),
+                cases.clone(),
+                feedback.clone(),
+                health.register("cases", "source"),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(console) = &console {
+            console::connect_status(console, feedback);
+        }
         rules_and_risk = rules_and_risk.with_case_feedback(feedback_rx);
     }
     let risk_thread = spawn_stage(
@@ -369,7 +397,16 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             &camera.allowed_classes,
             &config.classes,
             &camera.classes,
+            config.detector.threshold,
         );
+        if let Some(console) = &console {
+            console.register_camera(skynet_serve::console::CameraRegistration {
+                id: camera.id.clone(),
+                grid: camera.grid.to_string(),
+                owner: camera.owner,
+                thresholds: filter.thresholds(),
+            });
+        }
         inputs.push(
             detect::CameraInput::new(
                 &camera.id,
@@ -378,7 +415,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 filter,
                 camera.inference_interval.clone(),
             )
-            .keeping_images(config.evidence.enabled),
+            .keeping_images(config.evidence.enabled || console.is_some()),
         );
         let camera_health = CameraHealth::new(
             camera.id.clone(),
@@ -461,6 +498,14 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         tracing::warn!(sink = %sink, pending, "sink still behind at shutdown; the events stay in the outbox for the next start");
     }
 
+    if let Some(handle) = preview_thread {
+        // It ends with the rules stage's sender, or at the stop signal.
+        let _ = handle.join();
+    }
+    if let Some(console) = &console {
+        // Status changes made from now on have no stage to apply them.
+        console.disconnect_status();
+    }
     if let Some((stop, handle)) = sweeper {
         drop(stop);
         let _ = handle.join();

@@ -169,6 +169,8 @@ pub(crate) struct RulesAndRisk {
     acks: Vec<CaseAck>,
     /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
     evidence: Option<EvidenceStage>,
+    /// The console's camera tiles; `None` without `[api]`.
+    preview: Option<super::console::Preview>,
 }
 
 /// Appends observations to a JSON Lines file. A failing file stops the recording (logged
@@ -315,6 +317,7 @@ impl RulesAndRisk {
                 .as_deref()
                 .and_then(Recorder::open),
             evidence: EvidenceStage::new(config),
+            preview: None,
         }
     }
 
@@ -327,6 +330,12 @@ impl RulesAndRisk {
     ) -> Self {
         self.sensor_events = Some(events);
         self.sensors = sensors;
+        self
+    }
+
+    /// Offers analysed frames to the console's camera tiles.
+    pub(crate) fn with_preview(mut self, preview: super::console::Preview) -> Self {
+        self.preview = Some(preview);
         self
     }
 
@@ -666,6 +675,9 @@ impl RulesAndRisk {
             .latency
             .record(frame.info.decoded_at.elapsed().as_secs_f64());
         camera.tracker.update(&mut frame);
+        if let (Some(preview), Some(image)) = (&self.preview, &detected.image) {
+            preview.offer(&frame, image);
+        }
         let observations = camera.rules.apply(&frame);
         // An incident's detections come from an observation: its frame is the one to keep.
         if !observations.is_empty()

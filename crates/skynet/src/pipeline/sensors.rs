@@ -58,6 +58,8 @@ pub struct SensorStage {
     latency: metrics::Histogram,
     /// How many refusals of each reason were logged (first, then powers of two).
     logged: HashMap<Reject, u64>,
+    /// The console's sensor list: last readings and offline states.
+    console: Option<Arc<skynet_serve::console::Console>>,
 }
 
 impl SensorStage {
@@ -85,7 +87,14 @@ impl SensorStage {
             dead_letters,
             latency: metrics::histogram!("skynet_sensor_latency_seconds"),
             logged: HashMap::new(),
+            console: None,
         }
+    }
+
+    /// Shows each sensor's last reading and offline state on the console.
+    pub fn with_console(mut self, console: Option<Arc<skynet_serve::console::Console>>) -> Self {
+        self.console = console;
+        self
     }
 
     /// Processes one input; each event goes to `emit` (which may block: nothing is dropped).
@@ -95,8 +104,16 @@ impl SensorStage {
             SensorInput::Tick(now) => {
                 for rules in self.rules.values_mut() {
                     match rules.check_liveness(now) {
-                        Some(Liveness::Offline(fault)) => emit(SensorEvent::Fault(fault)),
+                        Some(Liveness::Offline(fault)) => {
+                            if let Some(console) = &self.console {
+                                console.sensor_offline(fault.camera.as_str(), Some(fault.since));
+                            }
+                            emit(SensorEvent::Fault(fault))
+                        }
                         Some(Liveness::Recovered { device, at }) => {
+                            if let Some(console) = &self.console {
+                                console.sensor_offline(device.as_str(), None);
+                            }
                             emit(SensorEvent::Recovered { device, at })
                         }
                         None => {}
@@ -139,7 +156,18 @@ impl SensorStage {
                 continue;
             };
             let (observations, back) = rules.apply(&reading, message.at);
+            if let Some(console) = &self.console {
+                console.sensor_reading(
+                    reading.sensor.as_str(),
+                    reading.value,
+                    reading.unit,
+                    reading.at,
+                );
+            }
             if let Some(Liveness::Recovered { device, at }) = back {
+                if let Some(console) = &self.console {
+                    console.sensor_offline(device.as_str(), None);
+                }
                 emit(SensorEvent::Recovered { device, at });
             }
             for observation in observations {
@@ -178,10 +206,12 @@ pub fn start(
     health: &Health,
     stop: &Shutdown,
     events: crossbeam_channel::Sender<SensorEvent>,
+    console: Option<Arc<skynet_serve::console::Console>>,
 ) -> Result<JoinHandle<()>, PipelineError> {
     let client =
         MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
-    let mut stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()));
+    let mut stage =
+        SensorStage::new(mqtt, sensors, Some(client.dead_letters())).with_console(console);
     // One queue into the thread: the connection's messages in order, with liveness ticks
     // between them. The thread ends once both senders have gone.
     let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);

@@ -18,6 +18,8 @@ pub struct Services {
     /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
     pub http: Option<SocketAddr>,
     stop_http: watch::Sender<bool>,
+    /// Where the console is served, when it is.
+    console: Mutex<Option<SocketAddr>>,
 }
 
 impl Services {
@@ -55,7 +57,41 @@ impl Services {
             metrics,
             http,
             stop_http,
+            console: Mutex::new(None),
         })
+    }
+
+    /// Binds `listen` now (a taken port fails the start clearly) and serves the console
+    /// there until [`stop`](Self::stop).
+    pub fn serve_console(
+        &self,
+        listen: SocketAddr,
+        console: std::sync::Arc<skynet_serve::console::Console>,
+    ) -> Result<SocketAddr, ServeError> {
+        let listener = skynet_serve::bind(listen)?;
+        let addr = listener.local_addr().unwrap_or(listen);
+        let mut stopped = self.stop_http.subscribe();
+        self.handle.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = skynet_serve::serve_console(listener, console, shutdown).await {
+                tracing::error!(error = %e, "the console stopped");
+            }
+        });
+        *self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+        Ok(addr)
+    }
+
+    /// Where the console is served, once it is.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        *self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn runtime(&self) -> tokio::runtime::Handle {

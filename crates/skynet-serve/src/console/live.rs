@@ -1,0 +1,527 @@
+//! The console's hub: what the pipeline feeds in, what the API reads out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use skynet_core::{
+    CameraId, CaseStatus, GridRisk, Health, Incident, IncidentState, LiveThresholds, OwnerKind,
+    RiskEvent,
+};
+use skynet_emit::Outbox;
+use tokio::sync::broadcast;
+
+use super::auth::LoginLimiter;
+use super::settings::ApiConfig;
+use super::store::{Ack, ConsoleStore, StoreError};
+
+/// Hands a person's status change to the risk stage, which applies it exactly as a case
+/// system's status event. `Err` when it cannot be taken now (the stage is gone or full).
+pub type SubmitStatus = Box<dyn Fn(CaseStatus) -> Result<(), String> + Send + Sync>;
+
+/// One message for the browsers: already serialised once for every client.
+#[derive(Debug, Clone)]
+pub struct LiveMessage {
+    /// The SSE event name: `incident`, `grid` or `source`.
+    pub kind: &'static str,
+    /// For incidents: who may see it.
+    pub department: Option<String>,
+    pub owner: Option<String>,
+    /// For incidents: its id and revision (so a request can wait for its own change).
+    pub incident: Option<(String, u32)>,
+    pub data: Arc<str>,
+}
+
+/// A camera as the console shows it.
+pub struct CameraRegistration {
+    pub id: CameraId,
+    pub grid: String,
+    pub owner: OwnerKind,
+    pub thresholds: Arc<LiveThresholds>,
+}
+
+/// A sensor as the console shows it.
+pub struct SensorRegistration {
+    pub id: String,
+    pub grid: String,
+    pub owner: OwnerKind,
+    pub quantity: String,
+    pub unit: Option<String>,
+}
+
+pub(crate) struct CameraEntry {
+    pub grid: String,
+    pub owner: OwnerKind,
+    pub thresholds: Arc<LiveThresholds>,
+    pub frame: Option<(Arc<[u8]>, DateTime<Utc>)>,
+}
+
+pub(crate) struct SensorEntry {
+    pub grid: String,
+    pub owner: OwnerKind,
+    pub quantity: String,
+    pub unit: Option<String>,
+    pub last: Option<(f64, String, DateTime<Utc>)>,
+    pub offline_since: Option<DateTime<Utc>>,
+}
+
+/// Outbox connections for the API's reads (one per concurrent request, kept for reuse).
+pub(crate) struct OutboxPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Outbox>>,
+}
+
+impl OutboxPool {
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&Outbox) -> Result<R, skynet_emit::EmitError>,
+    ) -> Result<R, skynet_emit::EmitError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let outbox = match pooled {
+            Some(outbox) => outbox,
+            None => Outbox::open(&self.path)?,
+        };
+        let result = f(&outbox);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < 8 {
+            idle.push(outbox);
+        }
+        result
+    }
+}
+
+/// The hub. Built by the binary, fed by the pipeline's stages, read by the API.
+pub struct Console {
+    pub(crate) config: ApiConfig,
+    pub(crate) store: ConsoleStore,
+    pub(crate) outbox: OutboxPool,
+    pub(crate) evidence_dir: Option<PathBuf>,
+    pub(crate) health: Health,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) limiter: LoginLimiter,
+    /// The grid cells as GeoJSON features (geometry and static properties).
+    pub(crate) grids: RwLock<Vec<Value>>,
+    pub(crate) cameras: RwLock<BTreeMap<CameraId, CameraEntry>>,
+    pub(crate) sensors: RwLock<BTreeMap<String, SensorEntry>>,
+    pub(crate) acks: Mutex<HashMap<String, Ack>>,
+    submit: RwLock<Option<SubmitStatus>>,
+    pub(crate) events: broadcast::Sender<LiveMessage>,
+}
+
+/// How many live messages a slow browser may fall behind before it is told to reload.
+const LIVE_BACKLOG: usize = 4096;
+
+impl Console {
+    /// `state_db`: the outbox's SQLite file, which also holds the console's tables.
+    pub fn open(
+        config: ApiConfig,
+        state_db: &std::path::Path,
+        evidence_dir: Option<PathBuf>,
+        health: Health,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, StoreError> {
+        let store = ConsoleStore::open(state_db)?;
+        let acks = store.acks()?.into_iter().collect();
+        Ok(Self {
+            config,
+            store,
+            outbox: OutboxPool {
+                path: state_db.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            },
+            evidence_dir,
+            health,
+            metrics,
+            limiter: LoginLimiter::default(),
+            grids: RwLock::new(Vec::new()),
+            cameras: RwLock::new(BTreeMap::new()),
+            sensors: RwLock::new(BTreeMap::new()),
+            acks: Mutex::new(acks),
+            submit: RwLock::new(None),
+            events: broadcast::channel(LIVE_BACKLOG).0,
+        })
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &ConsoleStore {
+        &self.store
+    }
+
+    /// The grid cells, as GeoJSON features whose properties carry at least `id`.
+    pub fn set_grids(&self, features: Vec<Value>) {
+        *self.grids.write().unwrap_or_else(PoisonError::into_inner) = features;
+    }
+
+    /// Adds a camera; a threshold change saved earlier is applied to it again.
+    pub fn register_camera(&self, camera: CameraRegistration) {
+        if let Ok(saved) = self.store.saved_thresholds() {
+            for (id, scores) in saved {
+                if id == camera.id.as_str()
+                    && let Err(e) = camera.thresholds.set(&scores)
+                {
+                    tracing::warn!(camera = %camera.id, error = %e, "a saved threshold change no longer applies; kept the configured thresholds");
+                }
+            }
+        }
+        self.cameras
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                camera.id,
+                CameraEntry {
+                    grid: camera.grid,
+                    owner: camera.owner,
+                    thresholds: camera.thresholds,
+                    frame: None,
+                },
+            );
+    }
+
+    pub fn register_sensor(&self, sensor: SensorRegistration) {
+        self.sensors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                sensor.id,
+                SensorEntry {
+                    grid: sensor.grid,
+                    owner: sensor.owner,
+                    quantity: sensor.quantity,
+                    unit: sensor.unit,
+                    last: None,
+                    offline_since: None,
+                },
+            );
+    }
+
+    /// Connects status changes made in the console to the risk stage.
+    pub fn connect_status(&self, submit: SubmitStatus) {
+        *self.submit.write().unwrap_or_else(PoisonError::into_inner) = Some(submit);
+    }
+
+    /// The pipeline has stopped: status changes can no longer be applied.
+    pub fn disconnect_status(&self) {
+        *self.submit.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    pub(crate) fn submit_status(&self, status: CaseStatus) -> Result<(), String> {
+        match &*self.submit.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(submit) => submit(status),
+            None => Err("no pipeline is running to apply it".into()),
+        }
+    }
+
+    /// A camera's latest annotated frame (JPEG).
+    pub fn set_frame(&self, camera: &CameraId, jpeg: Vec<u8>, at: DateTime<Utc>) {
+        if let Some(entry) = self
+            .cameras
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(camera)
+        {
+            entry.frame = Some((jpeg.into(), at));
+        }
+    }
+
+    /// A sensor's latest valid reading.
+    pub fn sensor_reading(&self, sensor: &str, value: f64, unit: &str, at: DateTime<Utc>) {
+        let mut sensors = self.sensors.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = sensors.get_mut(sensor) {
+            let newer = entry.last.as_ref().is_none_or(|(_, _, last)| at >= *last);
+            if newer {
+                entry.last = Some((value, unit.to_string(), at));
+            }
+            if entry.offline_since.take().is_some() {
+                drop(sensors);
+                self.publish_source("sensor", sensor);
+            }
+        }
+    }
+
+    /// A sensor declared offline (`Some(since)`) or working again (`None`).
+    pub fn sensor_offline(&self, sensor: &str, since: Option<DateTime<Utc>>) {
+        let changed = {
+            let mut sensors = self.sensors.write().unwrap_or_else(PoisonError::into_inner);
+            sensors
+                .get_mut(sensor)
+                .is_some_and(|entry| std::mem::replace(&mut entry.offline_since, since) != since)
+        };
+        if changed {
+            self.publish_source("sensor", sensor);
+        }
+    }
+
+    /// Pushes committed revisions and cell changes to the browsers. Called by the commit
+    /// stage once they are stored.
+    pub fn publish(&self, events: &[RiskEvent]) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        for event in events {
+            let message = match event {
+                RiskEvent::Incident(incident) => self.incident_message(incident),
+                RiskEvent::GridRisk(change) => grid_message(change),
+            };
+            // No receiver is not an error: nobody is watching.
+            let _ = self.events.send(message);
+        }
+    }
+
+    pub(crate) fn incident_message(&self, incident: &Incident) -> LiveMessage {
+        LiveMessage {
+            kind: "incident",
+            department: Some(incident.department.clone()),
+            owner: Some(incident.owner.as_str().to_string()),
+            incident: Some((incident.id.clone(), incident.revision)),
+            data: self.incident_view(incident).to_string().into(),
+        }
+    }
+
+    pub(crate) fn publish_source(&self, kind: &'static str, id: &str) {
+        let view = match kind {
+            "camera" => self.camera_views().into_iter().find(|c| c["id"] == id),
+            _ => self.sensor_views().into_iter().find(|s| s["id"] == id),
+        };
+        if let Some(mut view) = view {
+            view["kind"] = json!(kind);
+            let _ = self.events.send(LiveMessage {
+                kind: "source",
+                department: None,
+                owner: None,
+                incident: None,
+                data: view.to_string().into(),
+            });
+        }
+    }
+
+    /// An incident as the API shows it: the revision, with who acknowledged it and where
+    /// its evidence images are served.
+    pub(crate) fn incident_view(&self, incident: &Incident) -> Value {
+        let mut view = serde_json::to_value(incident).unwrap_or_else(|_| json!({}));
+        let ack = self
+            .acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&incident.id)
+            .cloned();
+        view["acknowledged"] = match ack {
+            Some(ack) => json!({"by": ack.by, "at": ack.at}),
+            // The case system took it over: nobody need be woken for it any more.
+            None if incident.state != IncidentState::Open => {
+                json!({"by": incident.assignee, "at": null})
+            }
+            None => Value::Null,
+        };
+        view["evidence_urls"] = incident
+            .evidence
+            .iter()
+            .filter_map(|e| e.url.rsplit('/').next())
+            .map(|file| format!("/api/v1/evidence/{}/{file}", incident.id))
+            .collect();
+        view
+    }
+
+    pub(crate) fn remember_ack(&self, incident: &str, ack: Ack) {
+        self.acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(incident.to_string(), ack);
+    }
+
+    /// Every camera with its health, counters and thresholds.
+    pub(crate) fn camera_views(&self) -> Vec<Value> {
+        let counters = self
+            .metrics
+            .as_ref()
+            .map(|m| CameraCounters::parse(&m.render()))
+            .unwrap_or_default();
+        let cameras = self.cameras.read().unwrap_or_else(PoisonError::into_inner);
+        cameras
+            .iter()
+            .map(|(id, entry)| {
+                let status = self.health.state(id.as_str(), "source");
+                let state = status.as_ref().map_or("starting".to_string(), camera_state);
+                let count = |name: &str| counters.get(id.as_str(), name);
+                json!({
+                    "id": id,
+                    "grid": entry.grid,
+                    "owner": entry.owner,
+                    "state": state,
+                    "reason": status.as_ref().and_then(|s| s.reason.clone()),
+                    "retries": status.as_ref().map_or(0, |s| s.retries),
+                    "since": status.as_ref().map(|s| s.since),
+                    "last_frame_at": status.as_ref().and_then(|s| s.last_frame_at),
+                    "frames_decoded": count("skynet_frames_decoded_total"),
+                    "frames_dropped": count("skynet_frames_dropped_total"),
+                    "frames_skipped": count("skynet_frames_skipped_total"),
+                    "frames_analysed": count("skynet_frames_analysed_total"),
+                    "frame_url": entry.frame.as_ref().map(|_| format!("/api/v1/cameras/{id}/frame")),
+                    "frame_at": entry.frame.as_ref().map(|(_, at)| *at),
+                    "thresholds": entry.thresholds.snapshot().into_iter().map(|(label, score)| (label, round4(score))).collect::<BTreeMap<_, _>>(),
+                    "threshold_floor": round4(entry.thresholds.floor()),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn sensor_views(&self) -> Vec<Value> {
+        let sensors = self.sensors.read().unwrap_or_else(PoisonError::into_inner);
+        sensors
+            .iter()
+            .map(|(id, s)| {
+                let state = match (&s.offline_since, &s.last) {
+                    (Some(_), _) => "offline",
+                    (None, Some(_)) => "ok",
+                    (None, None) => "waiting",
+                };
+                json!({
+                    "id": id,
+                    "grid": s.grid,
+                    "owner": s.owner,
+                    "quantity": s.quantity,
+                    "unit": s.unit,
+                    "state": state,
+                    "offline_since": s.offline_since,
+                    "last_reading": s.last.as_ref().map(|(value, unit, at)| json!({"value": value, "unit": unit, "at": at})),
+                })
+            })
+            .collect()
+    }
+
+    /// Watches camera health and tells browsers when a camera's state changes. Runs on the
+    /// I/O runtime until the console is dropped.
+    pub fn spawn_health_watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let console = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut last: HashMap<String, (String, Option<String>)> = HashMap::new();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(console) = console.upgrade() else {
+                    return;
+                };
+                if console.events.receiver_count() == 0 {
+                    continue;
+                }
+                for view in console.camera_views() {
+                    let id = view["id"].as_str().unwrap_or_default().to_string();
+                    let now = (
+                        view["state"].as_str().unwrap_or_default().to_string(),
+                        view["reason"].as_str().map(str::to_string),
+                    );
+                    if last.get(&id) != Some(&now) {
+                        last.insert(id.clone(), now);
+                        console.publish_source("camera", &id);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A score as people write it (0.3, not 0.30000001192092896, the f32's nearest f64).
+fn round4(score: f32) -> f64 {
+    (f64::from(score) * 10_000.0).round() / 10_000.0
+}
+
+/// A camera's state in the console's words: running, stalled, retrying, offline, starting
+/// or stopped (a file read to its end).
+fn camera_state(status: &skynet_core::ComponentStatus) -> String {
+    use skynet_core::ComponentState::*;
+    match (status.state, status.detail.as_deref()) {
+        (Down, _) => "offline".into(),
+        (_, Some(detail)) => detail.to_string(),
+        (Up, None) => "running".into(),
+        (Starting, None) => "starting".into(),
+        (Retrying, None) => "retrying".into(),
+        (Finished, None) => "stopped".into(),
+    }
+}
+
+fn grid_message(change: &GridRisk) -> LiveMessage {
+    LiveMessage {
+        kind: "grid",
+        department: None,
+        owner: None,
+        incident: None,
+        data: serde_json::to_string(change)
+            .unwrap_or_else(|_| "{}".into())
+            .into(),
+    }
+}
+
+/// Per-camera counters read off the metrics registry: the one place they are counted.
+#[derive(Debug, Default)]
+struct CameraCounters {
+    values: HashMap<(String, String), f64>,
+}
+
+impl CameraCounters {
+    const NAMES: [&'static str; 4] = [
+        "skynet_frames_decoded_total",
+        "skynet_frames_dropped_total",
+        "skynet_frames_skipped_total",
+        "skynet_frames_analysed_total",
+    ];
+
+    /// Sums each counter over its other labels (reasons) per camera.
+    fn parse(text: &str) -> Self {
+        let mut values = HashMap::new();
+        for line in text.lines() {
+            let Some(name) = Self::NAMES
+                .iter()
+                .find(|n| line.starts_with(**n) && line.as_bytes().get(n.len()) == Some(&b'{'))
+            else {
+                continue;
+            };
+            let Some(camera) = line
+                .split_once("camera=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(camera, _)| camera)
+            else {
+                continue;
+            };
+            let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            *values
+                .entry((camera.to_string(), (*name).to_string()))
+                .or_insert(0.0) += value;
+        }
+        Self { values }
+    }
+
+    fn get(&self, camera: &str, name: &str) -> u64 {
+        self.values
+            .get(&(camera.to_string(), name.to_string()))
+            .map_or(0, |v| *v as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_counters_sum_over_reasons() {
+        let text = "# HELP x\n\
+            skynet_frames_dropped_total{camera=\"cam-1\",reason=\"overload\"} 3\n\
+            skynet_frames_dropped_total{camera=\"cam-1\",reason=\"invalid\"} 2\n\
+            skynet_frames_decoded_total{camera=\"cam-1\"} 100\n\
+            skynet_frames_decoded_total_extra{camera=\"cam-1\"} 7\n";
+        let counters = CameraCounters::parse(text);
+        assert_eq!(counters.get("cam-1", "skynet_frames_dropped_total"), 5);
+        assert_eq!(counters.get("cam-1", "skynet_frames_decoded_total"), 100);
+        assert_eq!(counters.get("cam-2", "skynet_frames_decoded_total"), 0);
+    }
+}

@@ -1,0 +1,21 @@
+//! The people's console: an HTTP API under `/api/v1` and the web console at `/`, served on
+//! `[api] listen`, beside (not instead of) `/metrics`, `/healthz` and `/readyz`.
+//!
+//! [`Console`] is the hub the pipeline feeds: committed revisions and cell changes (pushed to
+//! browsers over one Server-Sent Events stream per tab), each camera's latest annotated frame
+//! and live thresholds, each sensor's last reading, and the way back into the risk stage for
+//! status changes made by people. It reads the incident history from the outbox and keeps
+//! users, tokens, notes, acknowledgements and the audit log in the same state database.
+
+mod api;
+mod assets;
+pub mod auth;
+mod live;
+mod settings;
+pub mod store;
+
+pub use api::router as console_router;
+pub use auth::{Permission, Role, Scope, User};
+pub use live::{CameraRegistration, Console, LiveMessage, SensorRegistration, SubmitStatus};
+pub use settings::{ApiConfig, ApiSettings};
+pub use store::{ConsoleStore, StoreError, TokenKind};

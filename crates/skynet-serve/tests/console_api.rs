@@ -1,0 +1,753 @@
+//! The console's API end to end on a real state database: every route as every role (the
+//! role matrix), the audit entry of every change, scopes, the live stream, and that the
+//! OpenAPI document names exactly the routes the server answers.
+//!
+//! The risk stage is stood in for by a status applier that commits the next revision to
+//! the outbox and publishes it, as the pipeline's commit stage does; the whole pipeline
+//! behind the console is exercised by the browser test (tests/console).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use skynet_core::{CaseStatus, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
+use skynet_emit::{CloudEvent, Outbox, OutboxEvent};
+use skynet_serve::console::{
+    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
+};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn incident(id: &str, department: &str, owner: &str, level: &str) -> Incident {
+    serde_json::from_value(json!({
+        "id": id, "revision": 1, "status": "opened", "state": "open", "change": "opened",
+        "category": "gas_leak", "level": level, "level_colour": "orange", "risk_score": 0.7,
+        "confidence": 0.9, "grid": "G-0201", "department": department,
+        "deadlines": {"dispatch_by": "2026-11-27T12:00:00Z", "resolve_by": "2026-11-27T20:00:00Z"},
+        "sensor": "gas-07", "owner": owner,
+        "first_seen": "2026-11-27T10:00:00Z", "last_seen": "2026-11-27T10:00:00Z",
+        "observations": 3, "contributions": [], "detections": [],
+        "rule": {"name": "gas-high", "kind": "threshold"}
+    }))
+    .expect("a valid incident")
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    console: Arc<Console>,
+    app: Router,
+    /// A bearer token per role.
+    tokens: Vec<(Role, String)>,
+}
+
+fn commit(path: &std::path::Path, incident: &Incident) {
+    let mut outbox = Outbox::open(path).unwrap();
+    outbox
+        .commit(
+            &[OutboxEvent::Incident(CloudEvent::incident(
+                "test", incident,
+            ))],
+            None,
+        )
+        .unwrap();
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.sqlite");
+    commit(
+        &db,
+        &incident("inc-gas", "emergency", "safety_production", "II"),
+    );
+    commit(
+        &db,
+        &incident("inc-street", "streets", "city_management", "III"),
+    );
+    let evidence = dir.path().join("evidence");
+    std::fs::create_dir_all(evidence.join("inc-gas")).unwrap();
+    std::fs::write(evidence.join("inc-gas/1.jpg"), b"\xff\xd8jpeg").unwrap();
+    let console = Console::open(
+        ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            session_ttl: Duration::from_secs(3600),
+        },
+        &db,
+        Some(evidence),
+        Health::new(),
+        None,
+    )
+    .unwrap();
+    console.set_grids(vec![json!({
+        "type": "Feature", "id": "G-0201",
+        "geometry": {"type": "Polygon", "coordinates": [[[114.0, 22.0], [114.1, 22.0], [114.1, 22.1], [114.0, 22.0]]]},
+        "properties": {"id": "G-0201", "name": "Warehouses"}
+    })]);
+    console.register_camera(CameraRegistration {
+        id: skynet_core::CameraId::new("cam-1"),
+        grid: "G-0201".into(),
+        owner: OwnerKind::SafetyProduction,
+        thresholds: Arc::new(LiveThresholds::new(
+            0.3,
+            [("person".to_string(), 0.4)].into(),
+        )),
+    });
+    console.register_sensor(SensorRegistration {
+        id: "gas-07".into(),
+        grid: "G-0201".into(),
+        owner: OwnerKind::SafetyProduction,
+        quantity: "ch4".into(),
+        unit: Some("%LEL".into()),
+    });
+    console.set_frame(
+        &skynet_core::CameraId::new("cam-1"),
+        b"\xff\xd8frame".to_vec(),
+        chrono::Utc::now(),
+    );
+    let console = Arc::new(console);
+    // The stand-in for the risk stage: the next revision, committed, then published.
+    let applier = Arc::downgrade(&console);
+    let path = db.clone();
+    console.connect_status(Box::new(move |status: CaseStatus| {
+        let outbox = Outbox::open(&path).map_err(|e| e.to_string())?;
+        let mut next = outbox
+            .incident(&status.incident)
+            .map_err(|e| e.to_string())?
+            .ok_or("unknown incident")?;
+        next.revision += 1;
+        next.state = status.status;
+        next.change = skynet_core::IncidentChange::Feedback;
+        next.assignee = status.assignee;
+        next.note = status.note;
+        commit(&path, &next);
+        if let Some(console) = applier.upgrade() {
+            console.publish(&[RiskEvent::Incident(next)]);
+        }
+        Ok(())
+    }));
+    let store = ConsoleStore::open(&db).unwrap();
+    let users = [
+        ("op", Role::Operator, None, None),
+        (
+            "insp",
+            Role::Inspector,
+            Some("emergency"),
+            Some("safety_production"),
+        ),
+        ("eng", Role::Engineer, None, None),
+        ("adm", Role::Admin, None, None),
+    ];
+    for (name, role, department, owner) in users {
+        store
+            .put_user(
+                &User {
+                    name: name.into(),
+                    role,
+                    department: department.map(str::to_string),
+                    owner: owner.map(str::to_string),
+                },
+                PASSWORD,
+            )
+            .unwrap();
+    }
+    let app = skynet_serve::console::console_router(Arc::clone(&console));
+    let mut tokens = Vec::new();
+    for (name, role, _, _) in users {
+        let (status, body, _) = call(
+            &app,
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"username": name, "password": PASSWORD})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokens.push((role, body["token"].as_str().unwrap().to_string()));
+    }
+    Fixture {
+        _dir: dir,
+        console,
+        app,
+        tokens,
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(body) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+impl Fixture {
+    fn token(&self, role: Role) -> &str {
+        &self.tokens.iter().find(|(r, _)| *r == role).unwrap().1
+    }
+
+    fn audit_actions(&self) -> Vec<(String, String, String)> {
+        ConsoleStore::open(&self.db())
+            .unwrap()
+            .audit_entries(&skynet_serve::console::store::AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.target))
+            .collect()
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self._dir.path().join("outbox.sqlite")
+    }
+}
+
+/// Allowed (a 2xx answer) or refused with 403, per role: operator, inspector, engineer, admin.
+const MATRIX: &[(&str, &str, &str, [bool; 4])] = &[
+    ("GET", "/api/v1/me", "", [true, true, true, true]),
+    ("GET", "/api/v1/incidents", "", [true, true, true, true]),
+    (
+        "GET",
+        "/api/v1/incidents/inc-gas",
+        "",
+        [true, true, true, true],
+    ),
+    (
+        "GET",
+        "/api/v1/evidence/inc-gas/1.jpg",
+        "",
+        [true, true, true, true],
+    ),
+    (
+        "POST",
+        "/api/v1/incidents/inc-gas/notes",
+        r#"{"text":"on it"}"#,
+        [true, true, false, true],
+    ),
+    ("GET", "/api/v1/grids", "", [true, true, true, true]),
+    (
+        "GET",
+        "/api/v1/grids/G-0201/history",
+        "",
+        [true, true, true, true],
+    ),
+    ("GET", "/api/v1/cameras", "", [true, false, true, true]),
+    (
+        "GET",
+        "/api/v1/cameras/cam-1/frame",
+        "",
+        [true, false, true, true],
+    ),
+    (
+        "PUT",
+        "/api/v1/cameras/cam-1/thresholds",
+        r#"{"person":0.5}"#,
+        [false, false, true, true],
+    ),
+    ("GET", "/api/v1/sensors", "", [true, false, true, true]),
+    ("GET", "/api/v1/tickets", "", [false, true, false, true]),
+    ("GET", "/api/v1/audit", "", [false, false, false, true]),
+    ("GET", "/api/v1/users", "", [false, false, false, true]),
+    (
+        "POST",
+        "/api/v1/users",
+        r#"{"name":"new-op","role":"operator","password":"long enough pw"}"#,
+        [false, false, false, true],
+    ),
+    (
+        "POST",
+        "/api/v1/incidents/inc-gas/ack",
+        "{}",
+        [true, false, false, true],
+    ),
+    (
+        "POST",
+        "/api/v1/incidents/inc-gas/status",
+        r#"{"status":"dispatched"}"#,
+        [false, true, false, true],
+    ),
+];
+
+#[tokio::test]
+async fn every_route_as_every_role_is_allowed_or_refused_as_the_matrix_says() {
+    let roles = [Role::Operator, Role::Inspector, Role::Engineer, Role::Admin];
+    for (method, uri, body, allowed) in MATRIX {
+        let mut shared = Some(fixture().await);
+        for (role, allow) in roles.iter().zip(allowed) {
+            // A status change allowed for one role would make the same change a conflict
+            // for the next: those get a fresh store per call.
+            let f = match shared.take() {
+                Some(f) if !uri.ends_with("/status") => f,
+                _ => fixture().await,
+            };
+            let body = (!body.is_empty()).then(|| serde_json::from_str(body).unwrap());
+            let (status, answer, _) = call(
+                &f.app,
+                method.parse().unwrap(),
+                uri,
+                Some(f.token(*role)),
+                body,
+            )
+            .await;
+            if *allow {
+                assert!(
+                    status.is_success(),
+                    "{method} {uri} as {role:?}: {status} {answer}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {uri} as {role:?}: {answer}"
+                );
+                assert_eq!(answer["error"], "forbidden");
+            }
+            shared = Some(f);
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_needs_a_caller() {
+    let f = fixture().await;
+    let doc: Value = serde_json::from_str(
+        &call(&f.app, Method::GET, "/api/v1/openapi.json", None, None)
+            .await
+            .1
+            .to_string(),
+    )
+    .unwrap();
+    let mut documented = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            documented += 1;
+            let uri = path
+                .replace("{id}", "inc-gas")
+                .replace("{incident}", "inc-gas")
+                .replace("{file}", "1.jpg");
+            let (status, body, _) = call(
+                &f.app,
+                method.to_uppercase().parse().unwrap(),
+                &uri,
+                None,
+                Some(json!({})),
+            )
+            .await;
+            let public = operation.get("security") == Some(&json!([]));
+            if public {
+                assert_ne!(status, StatusCode::NOT_FOUND, "{method} {path}");
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            } else {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+                assert_eq!(body["error"], "unauthorized");
+            }
+            assert!(operation["responses"].is_object(), "{method} {path}");
+        }
+    }
+    // Every route of the router is documented: the matrix covers each one.
+    let routed: std::collections::BTreeSet<(String, String)> = MATRIX
+        .iter()
+        .map(|(m, uri, _, _)| (m.to_lowercase(), uri.to_string()))
+        .collect();
+    assert!(
+        documented >= routed.len() + 4,
+        "login, logout, events, openapi too"
+    );
+    let unknown = call(&f.app, Method::GET, "/api/v1/nothing", None, None).await;
+    assert_eq!(unknown.0, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.1["error"], "not_found");
+}
+
+#[tokio::test]
+async fn inspectors_see_and_change_only_their_departments_incidents() {
+    let f = fixture().await;
+    let inspector = f.token(Role::Inspector).to_string();
+    let (_, list, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/incidents",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    let ids: Vec<&str> = list["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["inc-gas"]);
+    // Asking for another department gives nothing rather than widening the scope.
+    let (_, other, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/incidents?department=streets",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    assert_eq!(other["incidents"], json!([]));
+    for uri in [
+        "/api/v1/incidents/inc-street",
+        "/api/v1/incidents/inc-street/notes",
+    ] {
+        let method = if uri.ends_with("notes") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let (status, _, _) = call(
+            &f.app,
+            method,
+            uri,
+            Some(&inspector),
+            Some(json!({"text": "x"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let (status, _, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-street/status",
+        Some(&inspector),
+        Some(json!({"status": "dispatched"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, tickets, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/tickets",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    assert_eq!(tickets["tickets"][0]["id"], "inc-gas");
+    assert_eq!(
+        tickets["tickets"][0]["next_deadline"],
+        "2026-11-27T12:00:00Z"
+    );
+}
+
+#[tokio::test]
+async fn status_changes_follow_the_lifecycle_and_every_change_is_audited() {
+    let f = fixture().await;
+    let inspector = f.token(Role::Inspector).to_string();
+    let operator = f.token(Role::Operator).to_string();
+    let engineer = f.token(Role::Engineer).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/ack",
+        Some(&operator),
+        Some(json!({"note": "seen"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["incident"]["state"], "acknowledged");
+    assert_eq!(body["incident"]["acknowledged"]["by"], "op");
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/status",
+        Some(&inspector),
+        Some(json!({"status": "dispatched", "note": "team 3"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["incident"]["state"], "dispatched");
+    // verified only follows resolved.
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/status",
+        Some(&inspector),
+        Some(json!({"status": "verified"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"], "transition");
+    let (status, _, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/notes",
+        Some(&inspector),
+        Some(json!({"text": "gas valve closed"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body, _) = call(
+        &f.app,
+        Method::PUT,
+        "/api/v1/cameras/cam-1/thresholds",
+        Some(&engineer),
+        Some(json!({"person": 0.2})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "below the detector's floor: {body}"
+    );
+    let (status, _, _) = call(
+        &f.app,
+        Method::PUT,
+        "/api/v1/cameras/cam-1/thresholds",
+        Some(&engineer),
+        Some(json!({"person": 0.55})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, detail, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/incidents/inc-gas",
+        Some(&operator),
+        None,
+    )
+    .await;
+    let kinds: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["system", "status", "ack", "note"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    assert_eq!(detail["revisions"].as_array().unwrap().len(), 3);
+
+    let actions = f.audit_actions();
+    for (actor, action, target) in [
+        ("op", "incident.ack", "inc-gas"),
+        ("insp", "incident.status", "inc-gas"),
+        ("insp", "incident.note", "inc-gas"),
+        ("eng", "camera.thresholds", "cam-1"),
+        ("op", "login", "op"),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(a, b, c)| a == actor && b == action && c == target),
+            "{actor} {action} {target} in {actions:?}"
+        );
+    }
+    // The refused change left no entry claiming it happened; before and after are kept.
+    let admin = f.token(Role::Admin).to_string();
+    let (_, audit, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/audit?action=camera.thresholds",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["before"]["person"].as_f64().unwrap() as f32, 0.4);
+    assert_eq!(entries[0]["after"]["person"].as_f64().unwrap() as f32, 0.55);
+    // The threshold change outlives a restart: a new console applies it to the camera.
+    let again = Arc::new(LiveThresholds::new(
+        0.3,
+        [("person".to_string(), 0.4)].into(),
+    ));
+    f.console.register_camera(CameraRegistration {
+        id: skynet_core::CameraId::new("cam-1"),
+        grid: "G-0201".into(),
+        owner: OwnerKind::SafetyProduction,
+        thresholds: Arc::clone(&again),
+    });
+    assert_eq!(again.get("person"), Some(0.55));
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_sessions_end_at_logout_and_errors_are_json() {
+    let f = fixture().await;
+    for _ in 0..5 {
+        let (status, body, _) = call(
+            &f.app,
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"username": "op", "password": "wrong password"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "invalid_credentials");
+    }
+    let (status, body, headers) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/login",
+        None,
+        Some(json!({"username": "op", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    // A body that is not JSON is refused with a JSON error.
+    let response = f
+        .app
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // The session cookie works like the bearer token, and logout ends it.
+    let token = f.token(Role::Admin).to_string();
+    let with_cookie = |uri: &str, method: Method| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(
+                header::COOKIE,
+                format!("theme=dark; skynet_session={token}"),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let me = f
+        .app
+        .clone()
+        .oneshot(with_cookie("/api/v1/me", Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    let out = f
+        .app
+        .clone()
+        .oneshot(with_cookie("/api/v1/logout", Method::POST))
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let me = f
+        .app
+        .clone()
+        .oneshot(with_cookie("/api/v1/me", Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_live_stream_brings_revisions_to_those_who_may_see_them() {
+    let f = fixture().await;
+    let open = |role: Role| {
+        let token = f.token(role).to_string();
+        let app = f.app.clone();
+        async move {
+            let response = app
+                .oneshot(
+                    Request::get("/api/v1/events")
+                        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "text/event-stream"
+            );
+            response.into_body()
+        }
+    };
+    let mut operator = open(Role::Operator).await;
+    let mut inspector = open(Role::Inspector).await;
+    async fn next_event(body: &mut Body) -> String {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("an event within 5 s")
+                .unwrap()
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                let text = String::from_utf8_lossy(&data).to_string();
+                if !text.starts_with(':') {
+                    return text;
+                }
+            }
+        }
+    }
+    assert!(next_event(&mut operator).await.starts_with("event: hello"));
+    assert!(next_event(&mut inspector).await.starts_with("event: hello"));
+    let mut street = incident("inc-street", "streets", "city_management", "I");
+    street.revision = 2;
+    let mut gas = incident("inc-gas", "emergency", "safety_production", "I");
+    gas.revision = 2;
+    f.console
+        .publish(&[RiskEvent::Incident(street), RiskEvent::Incident(gas)]);
+    let first = next_event(&mut operator).await;
+    assert!(first.contains("inc-street") && first.starts_with("event: incident"));
+    assert!(next_event(&mut operator).await.contains("inc-gas"));
+    // The inspector's first incident is their own: the other department's never came.
+    let mine = next_event(&mut inspector).await;
+    assert!(mine.contains("inc-gas"), "{mine}");
+    assert!(mine.contains("\"acknowledged\":null"));
+}
+
+#[tokio::test]
+async fn the_console_page_is_served_compressed_with_an_etag() {
+    let f = fixture().await;
+    let response = f
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/")
+                .header(header::ACCEPT_ENCODING, "gzip, br")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+    assert!(
+        response.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    let etag = response.headers()[header::ETAG].clone();
+    let again = f
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/")
+                .header(header::IF_NONE_MATCH, etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}

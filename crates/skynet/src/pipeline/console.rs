@@ -1,0 +1,202 @@
+//! Wiring the people's console into the pipeline: the hub is opened on the state database,
+//! served on `[api] listen`, and fed by the stages (revisions from the commit stage, frames
+//! from the rules stage through a preview thread, readings from the sensor stage); people's
+//! status changes go back to the risk stage like the case system's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use skynet_core::{CameraId, Detection, FrameImage, Shutdown, TrackedObject};
+use skynet_detect::Zone;
+use skynet_emit::{CaseAck, CaseFeedback};
+use skynet_serve::console::{Console, SensorRegistration};
+
+use super::{PipelineError, Services};
+use crate::config::PipelineConfig;
+use crate::evidence::{Annotations, render};
+
+/// Opens the console when the config has `[api]`, and serves it.
+pub(crate) fn start(
+    config: &PipelineConfig,
+    services: &Services,
+) -> Result<Option<Arc<Console>>, PipelineError> {
+    let Some(api) = &config.api else {
+        return Ok(None);
+    };
+    let console = Console::open(
+        api.clone(),
+        &config.outbox,
+        config.evidence.enabled.then(|| config.evidence.dir.clone()),
+        services.health.clone(),
+        Some(services.metrics.clone()),
+    )
+    .map_err(|e| PipelineError::Console(e.to_string()))?;
+    console.set_grids(
+        config
+            .grids
+            .grids()
+            .iter()
+            .map(|g| g.to_feature())
+            .collect(),
+    );
+    for sensor in &config.sensors {
+        console.register_sensor(SensorRegistration {
+            id: sensor.spec.id.to_string(),
+            grid: sensor.placement.grid.to_string(),
+            owner: sensor.placement.owner,
+            quantity: sensor.spec.quantity.clone(),
+            unit: sensor.spec.unit.clone(),
+        });
+    }
+    let console = Arc::new(console);
+    services.serve_console(api.listen, Arc::clone(&console))?;
+    console.spawn_health_watch(&services.runtime());
+    Ok(Some(console))
+}
+
+/// Status changes made in the console reach the risk stage through the same queue as the
+/// case system's, and are applied exactly as those are.
+pub(crate) fn connect_status(console: &Console, feedback: crossbeam_channel::Sender<CaseFeedback>) {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    console.connect_status(Box::new(move |status| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        feedback
+            .try_send(CaseFeedback {
+                event_id: format!("console/{}/{n}", status.incident),
+                status,
+                // Nothing to acknowledge: the console waits for the revision itself.
+                ack: CaseAck::none(),
+            })
+            .map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => {
+                    "the risk stage is busy; try again".to_string()
+                }
+                crossbeam_channel::TrySendError::Disconnected(_) => {
+                    "the risk stage has stopped".to_string()
+                }
+            })
+    }));
+}
+
+/// What the rules stage offers the preview thread: a camera's analysed frame.
+pub(crate) struct PreviewFrame {
+    camera: CameraId,
+    at: DateTime<Utc>,
+    /// The camera's resolution, which the boxes are in.
+    camera_size: (u32, u32),
+    detections: Vec<Detection>,
+    image: Arc<FrameImage>,
+}
+
+/// The rules stage's side: offers frames without ever waiting (a full queue drops the
+/// offer; the next frame comes soon).
+#[derive(Clone)]
+pub(crate) struct Preview {
+    tx: crossbeam_channel::Sender<PreviewFrame>,
+}
+
+/// What is drawn on a camera's frames: its zones, and its privacy masks (blurred).
+type CameraDrawing = (Vec<Zone>, Vec<Vec<[f64; 2]>>);
+
+/// How often a camera's tile on the console changes.
+const PREVIEW_EVERY: Duration = Duration::from_secs(1);
+
+impl Preview {
+    pub(crate) fn offer(&self, frame: &skynet_core::AnalysedFrame, image: &Arc<FrameImage>) {
+        let detections = if frame.tracks.is_empty() {
+            frame.detections.clone()
+        } else {
+            frame
+                .tracks
+                .iter()
+                .map(TrackedObject::as_detection)
+                .collect()
+        };
+        let _ = self.tx.try_send(PreviewFrame {
+            camera: frame.info.camera.clone(),
+            at: frame.info.captured_at,
+            camera_size: (frame.info.width, frame.info.height),
+            detections,
+            image: Arc::clone(image),
+        });
+    }
+}
+
+/// Starts the thread that draws each camera's latest frame (boxes, zones, privacy masks
+/// blurred) at most once a second and hands the JPEG to the console.
+pub(crate) fn spawn_preview(
+    config: &PipelineConfig,
+    console: Arc<Console>,
+    stop: Shutdown,
+) -> Result<(Preview, JoinHandle<()>), PipelineError> {
+    let (tx, rx) = crossbeam_channel::bounded::<PreviewFrame>(4);
+    let views: HashMap<CameraId, CameraDrawing> = config
+        .cameras
+        .iter()
+        .map(|c| (c.id.clone(), (c.zones.clone(), c.privacy_masks.clone())))
+        .collect();
+    let handle = std::thread::Builder::new()
+        .name("console-preview".into())
+        .spawn(move || {
+            let mut drawn: HashMap<CameraId, Instant> = HashMap::new();
+            loop {
+                let frame = match rx.recv_timeout(super::POLL) {
+                    Ok(frame) => frame,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if stop.is_triggered() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                };
+                if drawn
+                    .get(&frame.camera)
+                    .is_some_and(|at| at.elapsed() < PREVIEW_EVERY)
+                {
+                    continue;
+                }
+                drawn.insert(frame.camera.clone(), Instant::now());
+                let Some((zones, masks)) = views.get(&frame.camera) else {
+                    continue;
+                };
+                let (cw, ch) = frame.camera_size;
+                let sx = frame.image.width as f32 / cw.max(1) as f32;
+                let sy = frame.image.height as f32 / ch.max(1) as f32;
+                let boxes: Vec<Detection> = frame
+                    .detections
+                    .iter()
+                    .map(|d| Detection {
+                        bbox: d.bbox.scaled(sx, sy),
+                        ..d.clone()
+                    })
+                    .collect();
+                let annotations = Annotations {
+                    detections: &boxes,
+                    zones,
+                    privacy_masks: masks,
+                };
+                let jpeg = render(&frame.image, annotations).and_then(|rgb| {
+                    let mut jpeg = Vec::new();
+                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 75)
+                        .encode_image(&rgb)?;
+                    Ok(jpeg)
+                });
+                match jpeg {
+                    Ok(jpeg) => console.set_frame(&frame.camera, jpeg, frame.at),
+                    Err(e) => {
+                        metrics::counter!("skynet_console_preview_errors_total").increment(1);
+                        tracing::debug!(camera = %frame.camera, error = %e, "preview frame not drawn");
+                    }
+                }
+            }
+        })
+        .map_err(|source| PipelineError::Spawn {
+            stage: "console-preview".into(),
+            source,
+        })?;
+    Ok((Preview { tx }, handle))
+}
