@@ -76,8 +76,11 @@ METRICS_PORT=$(free_port)
 export SKYNET_API_LISTEN="127.0.0.1:$API_PORT"
 export SKYNET_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
 export SKYNET_STATE_DIR="$WORK/state"
-# A debug build serves the pages from disk, so edits need no rebuild.
-export SKYNET_CONSOLE_DIR="$ROOT/crates/skynet-serve/web"
+# The pages from disk, so edits need no rebuild; SKYNET_CONSOLE_EMBEDDED=1 tests the copy
+# built into the binary instead.
+if [ "${SKYNET_CONSOLE_EMBEDDED:-0}" != 1 ]; then
+  export SKYNET_CONSOLE_DIR="$ROOT/crates/skynet-serve/web"
+fi
 mkdir -p "$SKYNET_STATE_DIR"
 
 # One user per role, with random passwords. The inspector works for the department of the
