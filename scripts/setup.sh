@@ -39,6 +39,9 @@ apt_packages=(
   # The sensor, sink and feedback tests and benchmarks start private brokers (Mosquitto, NATS
   # with JetStream) that they stop and start again; the TLS test makes certificates.
   mosquitto nats-server openssl
+  # The console's browser test (tests/console): Debian's Chromium, driven headless, and a
+  # local font for the Chinese pages (the console loads nothing from outside).
+  chromium fonts-wqy-microhei
 )
 
 install_packages() {
@@ -180,7 +183,24 @@ install_media() {
     || log "warning: dog.jpg is not in $shared_dir/media and could not be downloaded; the detection test needs it"
 }
 
+# Node.js for the browser test, from Debian when the machine has none; then the test's two
+# npm packages (playwright-core, axe-core) at the versions package-lock.json pins.
+install_console_test() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js and npm"
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  local dir="$here/tests/console"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    log "console test: npm ci (playwright-core, axe-core)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  else
+    log "console test: npm packages present"
+  fi
+}
+
 install_packages
+install_console_test
 install_rust
 install_onnxruntime
 install_models

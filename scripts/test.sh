@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Every test on a fresh machine: set-up, then the workspace's unit and integration tests
-# (real GStreamer, ONNX Runtime, YOLOX-Nano and SQLite; no mocks).
+# (real GStreamer, ONNX Runtime, YOLOX-Nano and SQLite; no mocks), then the web console in
+# a real browser against a running `skynet run` (tests/console).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+# The browser test runs the binary the tests above were built with.
+cargo build -p skynet --locked
+tests/console/run.sh
