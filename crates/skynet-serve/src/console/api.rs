@@ -530,7 +530,14 @@ async fn incident_detail(
     .await?;
     let mut timeline = timeline(&revisions);
     let ack = console.incident_view(&incident)["acknowledged"].clone();
-    if let Some(at) = ack.get("at").filter(|at| !at.is_null()) {
+    // An acknowledgement that moved the lifecycle is already the `acknowledged` status entry.
+    let acknowledged_in_lifecycle = revisions
+        .iter()
+        .any(|r| r.state == IncidentState::Acknowledged);
+    if let Some(at) = ack
+        .get("at")
+        .filter(|at| !at.is_null() && !acknowledged_in_lifecycle)
+    {
         timeline.push(
             json!({"at": at, "kind": "ack", "actor": ack["by"], "text": null,
             "state": null, "level": null, "revision": null, "change": null}),
@@ -990,9 +997,16 @@ async fn set_thresholds(
     let before = thresholds
         .set(&changes)
         .map_err(|e| ApiError::bad_request(format!("camera {id}: {e}")))?;
-    let after = thresholds.snapshot();
+    let rounded = |scores: std::collections::BTreeMap<String, f32>| -> Value {
+        scores
+            .into_iter()
+            .map(|(label, score)| (label, json!(super::live::round4(score))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let after = rounded(thresholds.snapshot());
     let c = Arc::clone(&console);
-    let (before_json, after_json) = (json!(before), json!(after));
+    let (before_json, after_json) = (rounded(before), after.clone());
     let target = id.clone();
     blocking(move || {
         c.store

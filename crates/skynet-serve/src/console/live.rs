@@ -113,6 +113,9 @@ pub struct Console {
     pub(crate) acks: Mutex<HashMap<String, Ack>>,
     submit: RwLock<Option<SubmitStatus>>,
     pub(crate) events: broadcast::Sender<LiveMessage>,
+    /// Per camera: the decoded count and when it was read, and the frame rate from the
+    /// reading before.
+    rates: Mutex<HashMap<String, (u64, std::time::Instant, Option<f64>)>>,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.
@@ -146,6 +149,7 @@ impl Console {
             acks: Mutex::new(acks),
             submit: RwLock::new(None),
             events: broadcast::channel(LIVE_BACKLOG).0,
+            rates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -219,6 +223,11 @@ impl Console {
             Some(submit) => submit(status),
             None => Err("no pipeline is running to apply it".into()),
         }
+    }
+
+    /// A receiver of everything published to the browsers (benchmarks, tests).
+    pub fn subscribe_live(&self) -> broadcast::Receiver<LiveMessage> {
+        self.events.subscribe()
     }
 
     /// A camera's latest annotated frame (JPEG).
@@ -352,7 +361,9 @@ impl Console {
                 let status = self.health.state(id.as_str(), "source");
                 let state = status.as_ref().map_or("starting".to_string(), camera_state);
                 let count = |name: &str| counters.get(id.as_str(), name);
+                let fps = self.frame_rate(id.as_str(), count("skynet_frames_decoded_total"));
                 json!({
+                    "fps": fps,
                     "id": id,
                     "grid": entry.grid,
                     "owner": entry.owner,
@@ -372,6 +383,29 @@ impl Console {
                 })
             })
             .collect()
+    }
+
+    /// Decoded frames per second since the reading before (taken at least 2 s apart, so
+    /// a page refreshed often still sees a steady figure).
+    fn frame_rate(&self, camera: &str, decoded: u64) -> Option<f64> {
+        let now = std::time::Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        match rates.get_mut(camera) {
+            None => {
+                rates.insert(camera.to_string(), (decoded, now, None));
+                None
+            }
+            Some((count, at, rate)) => {
+                let dt = now.duration_since(*at).as_secs_f64();
+                if dt >= 2.0 {
+                    *rate =
+                        Some(((decoded.saturating_sub(*count)) as f64 / dt * 10.0).round() / 10.0);
+                    *count = decoded;
+                    *at = now;
+                }
+                *rate
+            }
+        }
     }
 
     pub(crate) fn sensor_views(&self) -> Vec<Value> {
@@ -430,7 +464,7 @@ impl Console {
 }
 
 /// A score as people write it (0.3, not 0.30000001192092896, the f32's nearest f64).
-fn round4(score: f32) -> f64 {
+pub(crate) fn round4(score: f32) -> f64 {
     (f64::from(score) * 10_000.0).round() / 10_000.0
 }
 
