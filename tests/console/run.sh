@@ -76,9 +76,10 @@ METRICS_PORT=$(free_port)
 export SKYNET_API_LISTEN="127.0.0.1:$API_PORT"
 export SKYNET_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
 export SKYNET_STATE_DIR="$WORK/state"
-# The pages from disk, so edits need no rebuild; SKYNET_CONSOLE_EMBEDDED=1 tests the copy
-# built into the binary instead.
-if [ "${SKYNET_CONSOLE_EMBEDDED:-0}" != 1 ]; then
+# The pages built into the binary, as they ship. SKYNET_CONSOLE_FROM_DISK=1 serves them from
+# crates/skynet-serve/web instead, so edits need no rebuild while working on them.
+unset SKYNET_CONSOLE_DIR
+if [ "${SKYNET_CONSOLE_FROM_DISK:-0}" = 1 ]; then
   export SKYNET_CONSOLE_DIR="$ROOT/crates/skynet-serve/web"
 fi
 mkdir -p "$SKYNET_STATE_DIR"
