@@ -550,8 +550,11 @@ async fn incident_detail(
         );
     }
     timeline.sort_by(|a, b| a["at"].as_str().cmp(&b["at"].as_str()));
+    // The observations that contributed, per source and category: what explains a fusion.
+    let observations = incident.contributions.clone();
     Ok(Json(json!({
         "incident": console.incident_view(&incident),
+        "observations": observations,
         "revisions": revisions,
         "timeline": timeline,
     })))
