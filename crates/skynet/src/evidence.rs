@@ -236,6 +236,24 @@ pub struct Annotations<'a> {
     pub privacy_masks: &'a [Vec<[f64; 2]>],
 }
 
+/// Detections in a camera's pixels (`camera_size`), moved onto `image`, which may be smaller
+/// (scaled for the model).
+pub fn boxes_on_image(
+    detections: &[Detection],
+    camera_size: (u32, u32),
+    image: &FrameImage,
+) -> Vec<Detection> {
+    let sx = image.width as f32 / camera_size.0.max(1) as f32;
+    let sy = image.height as f32 / camera_size.1.max(1) as f32;
+    detections
+        .iter()
+        .map(|d| Detection {
+            bbox: d.bbox.scaled(sx, sy),
+            ..d.clone()
+        })
+        .collect()
+}
+
 /// The annotated snapshot: privacy masks blurred, then zone outlines, boxes and labels.
 pub fn render(image: &FrameImage, annotations: Annotations<'_>) -> Result<RgbImage, EvidenceError> {
     let mut rgb = to_rgb(image)?;

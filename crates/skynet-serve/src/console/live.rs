@@ -22,6 +22,9 @@ use super::store::{Ack, ConsoleStore, StoreError};
 /// system's status event. `Err` when it cannot be taken now (the stage is gone or full).
 pub type SubmitStatus = Box<dyn Fn(CaseStatus) -> Result<(), String> + Send + Sync>;
 
+/// A camera's decoded count, when it was read, and the frame rate from the reading before.
+type RateSample = (u64, std::time::Instant, Option<f64>);
+
 /// One message for the browsers: already serialised once for every client.
 #[derive(Debug, Clone)]
 pub struct LiveMessage {
@@ -115,7 +118,7 @@ pub struct Console {
     pub(crate) events: broadcast::Sender<LiveMessage>,
     /// Per camera: the decoded count and when it was read, and the frame rate from the
     /// reading before.
-    rates: Mutex<HashMap<String, (u64, std::time::Instant, Option<f64>)>>,
+    rates: Mutex<HashMap<String, RateSample>>,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.

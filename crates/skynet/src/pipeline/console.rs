@@ -16,7 +16,7 @@ use skynet_serve::console::{Console, SensorRegistration};
 
 use super::{PipelineError, Services};
 use crate::config::PipelineConfig;
-use crate::evidence::{Annotations, render};
+use crate::evidence::{Annotations, boxes_on_image, render};
 
 /// Opens the console when the config has `[api]`, and serves it.
 pub(crate) fn start(
@@ -163,17 +163,7 @@ pub(crate) fn spawn_preview(
                 let Some((zones, masks)) = views.get(&frame.camera) else {
                     continue;
                 };
-                let (cw, ch) = frame.camera_size;
-                let sx = frame.image.width as f32 / cw.max(1) as f32;
-                let sy = frame.image.height as f32 / ch.max(1) as f32;
-                let boxes: Vec<Detection> = frame
-                    .detections
-                    .iter()
-                    .map(|d| Detection {
-                        bbox: d.bbox.scaled(sx, sy),
-                        ..d.clone()
-                    })
-                    .collect();
+                let boxes = boxes_on_image(&frame.detections, frame.camera_size, &frame.image);
                 let annotations = Annotations {
                     detections: &boxes,
                     zones,

@@ -19,7 +19,7 @@ use skynet_core::{
 use skynet_detect::Zone;
 
 use crate::config::PipelineConfig;
-use crate::evidence::{Annotations, EvidenceConfig, EvidenceStore, render};
+use crate::evidence::{Annotations, EvidenceConfig, EvidenceStore, boxes_on_image, render};
 
 /// The last frame of a camera that led to an observation, with its pixels.
 struct Latest {
@@ -186,17 +186,7 @@ impl EvidenceStage {
         }
         self.take_token()?;
         let view = self.cameras.get(&camera).ok_or(Skip::NoFrame)?;
-        // Boxes are in the camera's pixels; the image may be smaller (scaled for the model).
-        let sx = image.width as f32 / cw.max(1) as f32;
-        let sy = image.height as f32 / ch.max(1) as f32;
-        let boxes: Vec<Detection> = incident
-            .detections
-            .iter()
-            .map(|d| Detection {
-                bbox: d.bbox.scaled(sx, sy),
-                ..d.clone()
-            })
-            .collect();
+        let boxes = boxes_on_image(&incident.detections, (cw, ch), &image);
         let annotations = Annotations {
             detections: &boxes,
             zones: &view.zones,
