@@ -418,6 +418,12 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
     if unset("SKYNET_METRICS_LISTEN") {
         assert_eq!(config.metrics_listen.unwrap().to_string(), "127.0.0.1:9464");
     }
+    if unset("SKYNET_API_LISTEN") {
+        assert_eq!(
+            config.api.as_ref().expect("[api]").listen.to_string(),
+            "127.0.0.1:8080"
+        );
+    }
     if unset("SKYNET_STATE_DIR") {
         assert_eq!(config.outbox, dir.path().join("../var/city/outbox.sqlite"));
         assert_eq!(
@@ -618,4 +624,27 @@ fn class_limits_owner_classes_and_the_inference_interval_are_checked_where_writt
         assert!(e.starts_with(&format!("bad.toml:{line}:")), "{key}: {e}");
         assert!(e.contains(message), "{key}: {e}");
     }
+}
+
+#[test]
+fn the_console_settings_are_checked_where_written() {
+    let with_api = |api: &str| format!("{}\n[api]\n{api}\n", valid());
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::pipeline_config(dir.path(), &with_api("listen = \"127.0.0.1:0\""));
+    let api = config.api.expect("[api]");
+    assert_eq!(api.session_ttl.as_secs(), 12 * 3600);
+    let text = with_api("listen = \"localhost\"");
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{}:",
+            line_of(&text, "listen = \"localhost")
+        )),
+        "{e}"
+    );
+    assert!(e.contains("`listen` `localhost` must be host:port"), "{e}");
+    let e = error_for(&with_api("listen = \"127.0.0.1:8080\"\nsession_ttl_s = 5"));
+    assert!(e.contains("`session_ttl_s` = 5 must be between 60"), "{e}");
+    let e = error_for(&with_api("listen = \"127.0.0.1:8080\"\nport = 80"));
+    assert!(e.contains("unknown field `port`"), "{e}");
 }
