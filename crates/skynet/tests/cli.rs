@@ -356,3 +356,127 @@ fn detect_needs_config_and_camera_together() {
         text(&out.stderr)
     );
 }
+
+/// `skynet` with `input` on stdin.
+fn skynet_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skynet"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skynet runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config_in(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let add = |args: &[&str], password: &str| {
+        let mut all = vec!["users", "add"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", config]);
+        skynet_with_stdin(&all, password)
+    };
+    let out = add(&["op", "--role", "operator"], "a long password\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("added user `op` (operator)"));
+    // An inspector needs a department; owners and roles are checked.
+    let out = add(&["insp", "--role", "inspector"], "a long password\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("give --department"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = add(
+        &[
+            "insp",
+            "--role",
+            "inspector",
+            "--department",
+            "emergency",
+            "--owner",
+            "army",
+        ],
+        "a long password\n",
+    );
+    assert!(text(&out.stderr).contains("--owner `army` is not one of"));
+    let out = add(&["x", "--role", "king"], "a long password\n");
+    assert_eq!(out.status.code(), Some(2));
+    let out = add(&["short", "--role", "operator"], "short\n");
+    assert!(
+        text(&out.stderr).contains("at least 8 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = add(&["empty", "--role", "operator"], "");
+    assert!(text(&out.stderr).contains("no password on stdin"));
+    let out = add(
+        &["insp", "--role", "inspector", "--department", "emergency"],
+        "another long one",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = skynet(&["users", "list", "--config", config]);
+    assert_eq!(
+        text(&out.stdout),
+        "insp\tinspector\temergency\t-\nop\toperator\t-\t-\n"
+    );
+    let out = skynet(&[
+        "users",
+        "token",
+        "op",
+        "--label",
+        "video wall",
+        "--config",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(token.starts_with("ska_") && token.len() == 68, "{token}");
+    let out = skynet(&["users", "token", "nobody", "--config", config]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // The password and the token are stored hashed, and the changes are in the audit log.
+    let db = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    let hash: String = db
+        .query_row(
+            "SELECT password_hash FROM console_users WHERE name = 'op'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$") && !hash.contains("a long password"));
+    let tokens: i64 = db
+        .query_row(
+            "SELECT count(*) FROM console_tokens WHERE hash = ?1",
+            [&token],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tokens, 0, "never stored as issued");
+    let actions: Vec<String> = db
+        .prepare("SELECT action || ' ' || target FROM console_audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(actions, ["user.put op", "user.put insp", "token.issue op"]);
+
+    let out = skynet(&["users", "remove", "op", "--config", config]);
+    assert!(out.status.success());
+    let out = skynet(&["users", "remove", "op", "--config", config]);
+    assert_eq!(out.status.code(), Some(1));
+}
