@@ -23,6 +23,9 @@ pub struct IncidentQuery {
     pub until: Option<DateTime<Utc>>,
     /// Only incidents not in a final state (verified, rejected, closed).
     pub active_only: bool,
+    /// Earliest deadline first (dispatch until dispatched, then resolution; none last)
+    /// instead of newest first; `after` does not apply.
+    pub by_deadline: bool,
     /// The page: after this `(last_seen, id)` cursor, from the previous page's last row.
     pub after: Option<(String, String)>,
     pub limit: usize,
@@ -90,10 +93,19 @@ impl Outbox {
         }
         let limit = query.limit.clamp(1, 1000);
         // One more than asked: whether a next page exists without a second query.
-        sql.push_str(&format!(
-            " ORDER BY last_seen DESC, id DESC LIMIT {}",
-            limit + 1
-        ));
+        if query.by_deadline {
+            sql.push_str(&format!(
+                " ORDER BY coalesce(CASE WHEN coalesce(json_extract(body, '$.state'), 'open') IN ('open', 'acknowledged')
+                     THEN json_extract(body, '$.deadlines.dispatch_by') END,
+                   json_extract(body, '$.deadlines.resolve_by'), '9999') ASC, id LIMIT {}",
+                limit + 1
+            ));
+        } else {
+            sql.push_str(&format!(
+                " ORDER BY last_seen DESC, id DESC LIMIT {}",
+                limit + 1
+            ));
+        }
         let mut stmt = self.conn().prepare_cached(&sql).map_err(self.err())?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), |r| {

@@ -113,6 +113,10 @@ async fn fixture() -> Fixture {
     let applier = Arc::downgrade(&console);
     let path = db.clone();
     console.connect_status(Box::new(move |status: CaseStatus| {
+        if status.note.as_deref() == Some("refused by the risk stage") {
+            // Taken, then refused (another person's change came first): no revision.
+            return Ok(());
+        }
         let outbox = Outbox::open(&path).map_err(|e| e.to_string())?;
         let mut next = outbox
             .incident(&status.incident)
@@ -634,7 +638,8 @@ async fn logins_are_rate_limited_sessions_end_at_logout_and_errors_are_json() {
                 header::COOKIE,
                 format!("theme=dark; skynet_session={token}"),
             )
-            .body(Body::empty())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
             .unwrap()
     };
     let me = f
@@ -752,4 +757,140 @@ async fn the_console_page_is_served_compressed_with_an_etag() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn a_reopened_incident_must_be_acknowledged_again() {
+    let f = fixture().await;
+    let operator = f.token(Role::Operator).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/ack",
+        Some(&operator),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["incident"]["acknowledged"]["by"], "op");
+    // The engine closes it, then it comes back within its cooldown: the same id, open.
+    let mut reopened = incident("inc-gas", "emergency", "safety_production", "I");
+    reopened.revision = 5;
+    reopened.change = skynet_core::IncidentChange::Reopened;
+    commit(&f.db(), &reopened);
+    f.console.publish(&[RiskEvent::Incident(reopened)]);
+    let (_, detail, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/incidents/inc-gas",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(detail["incident"]["state"], "open");
+    assert_eq!(
+        detail["incident"]["acknowledged"],
+        Value::Null,
+        "the alarm sounds again"
+    );
+}
+
+#[tokio::test]
+async fn a_status_change_the_risk_stage_refuses_answers_202_and_is_audited_as_not_applied() {
+    let f = fixture().await;
+    let inspector = f.token(Role::Inspector).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/incidents/inc-gas/status",
+        Some(&inspector),
+        Some(json!({"status": "dispatched", "note": "refused by the risk stage"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["incident"]["state"], "open");
+    let admin = f.token(Role::Admin).to_string();
+    let (_, audit, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/audit?action=incident.status",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let after = &audit["entries"][0]["after"];
+    assert_eq!(after["requested"], "dispatched");
+    assert_eq!(after["state"], "open");
+    assert_eq!(after["applied"], false);
+}
+
+#[tokio::test]
+async fn changes_need_json_from_the_consoles_own_origin_and_every_error_is_json() {
+    let f = fixture().await;
+    let operator = f.token(Role::Operator).to_string();
+    let send = |request: Request<Body>| {
+        let app = f.app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let ack = |content_type: &'static str, origin: Option<&'static str>, body: &'static str| {
+        let mut request = Request::post("/api/v1/incidents/inc-gas/ack")
+            .header(header::AUTHORIZATION, format!("Bearer {operator}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::HOST, "console.city:8080");
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        request.body(Body::from(body)).unwrap()
+    };
+    // A form post: what another site can make a browser send with its cookie.
+    let (status, body) = send(ack("application/x-www-form-urlencoded", None, "note=x")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"], "unsupported_media_type");
+    let (status, body) = send(ack("application/json", Some("http://evil.example"), "{}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "cross_origin");
+    let (status, body) = send(ack(
+        "application/json",
+        Some("http://console.city:8080"),
+        "{}",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Malformed query strings, too many filter values, a wrong method: JSON errors.
+    let many = format!("/api/v1/incidents?grid={}", vec!["G"; 101].join(","));
+    for (method, uri, code) in [
+        (
+            Method::GET,
+            "/api/v1/incidents?limit=many",
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::GET, many.as_str(), StatusCode::BAD_REQUEST),
+        (
+            Method::GET,
+            "/api/v1/incidents?state=lost",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/incidents",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let (status, body, _) = call(
+            &f.app,
+            method.clone(),
+            uri,
+            Some(&operator),
+            (method == Method::DELETE).then(|| json!({})),
+        )
+        .await;
+        assert_eq!(status, code, "{method} {uri}: {body}");
+        assert!(body["error"].is_string(), "{method} {uri}: {body}");
+    }
 }

@@ -52,19 +52,6 @@ pub struct NewUser {
 }
 
 pub fn add(config: &PipelineConfig, user: NewUser, password: &str) -> Result<()> {
-    if let Some(owner) = &user.owner
-        && !["police", "safety_production", "city_management"].contains(&owner.as_str())
-    {
-        bail!("--owner `{owner}` is not one of police, safety_production, city_management");
-    }
-    if let Some(department) = &user.department
-        && skynet_core::validate_id("department", department).is_err()
-    {
-        bail!("--department `{department}` must be letters, digits, `.`, `_` or `-`");
-    }
-    if user.role == Role::Inspector && user.department.is_none() {
-        bail!("an inspector sees the incidents of their department: give --department");
-    }
     let store = open(config)?;
     let user = User {
         name: user.name,

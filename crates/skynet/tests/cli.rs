@@ -395,7 +395,7 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
     let out = add(&["insp", "--role", "inspector"], "a long password\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("give --department"),
+        text(&out.stderr).contains("an inspector sees the incidents of their department"),
         "{}",
         text(&out.stderr)
     );
@@ -411,7 +411,7 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
         ],
         "a long password\n",
     );
-    assert!(text(&out.stderr).contains("--owner `army` is not one of"));
+    assert!(text(&out.stderr).contains("owner `army` is not one of"));
     let out = add(&["x", "--role", "king"], "a long password\n");
     assert_eq!(out.status.code(), Some(2));
     let out = add(&["short", "--role", "operator"], "short\n");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -55,11 +55,64 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/users", get(list_users).post(add_user))
         .route("/events", get(events))
         .route("/openapi.json", get(openapi))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") });
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn(guard_changes));
     Router::new()
         .nest("/api/v1", api)
         .fallback(super::assets::serve)
         .with_state(console)
+}
+
+/// Changes come as JSON from this origin only. A page on another site (or another port of
+/// this host) can post a form or a `no-cors` fetch with the browser's cookie, but neither can
+/// send `application/json`; and a browser names the page's origin on every such request.
+async fn guard_changes(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method();
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send changes as `Content-Type: application/json` (an empty object when there is nothing to say)",
+        )
+        .into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host);
+        if !same {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "changes are accepted only from the console's own pages",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// An error as the API answers it.
@@ -148,6 +201,11 @@ async fn blocking<T: Send + 'static>(
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     body.map(|Json(v)| v)
         .map_err(|e| ApiError::bad_request(format!("the request body: {}", e.body_text())))
+}
+
+/// Query parameters, with a JSON error when they do not parse.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<Query<T>> {
+    query.map_err(|e| ApiError::bad_request(format!("the query string: {}", e.body_text())))
 }
 
 /// The authenticated caller.
@@ -271,7 +329,20 @@ async fn login(
     request: Result<Json<LoginRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let request = body(request)?;
-    if let Some(wait) = console.limiter.blocked(&request.username, addr) {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "unknown user or wrong password",
+        )
+    };
+    // A name no user can have is counted against the address only, and never stored.
+    let name = if super::store::valid_name(&request.username) {
+        request.username.clone()
+    } else {
+        String::new()
+    };
+    if let Err(wait) = console.limiter.begin(&name, addr) {
         metrics::counter!("skynet_api_logins_total", "result" => "rate_limited").increment(1);
         let mut error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -281,33 +352,43 @@ async fn login(
         error.retry_after = Some(wait.as_secs().max(1));
         return Err(error);
     }
+    if name.is_empty() {
+        metrics::counter!("skynet_api_logins_total", "result" => "failed").increment(1);
+        return Err(invalid());
+    }
+    let _permit = tokio::time::timeout(Duration::from_secs(10), console.password_checks.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many logins at once; try again",
+            )
+        })?;
     let c = Arc::clone(&console);
-    let name = request.username.clone();
+    let checked = name.clone();
     let user = blocking(move || {
         c.store
-            .check_password(&name, &request.password)
+            .check_password(&checked, &request.password)
             .map_err(ApiError::internal)
     })
     .await?;
     let Some(user) = user else {
-        console.limiter.failed(&request.username, addr);
         metrics::counter!("skynet_api_logins_total", "result" => "failed").increment(1);
         // The name tried is kept, never the password.
-        let _ = console.store.audit(
-            &request.username,
-            "",
-            "login.failed",
-            &addr.map(|a| a.to_string()).unwrap_or_default(),
-            None,
-            None,
-        );
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "unknown user or wrong password",
-        ));
+        let c = Arc::clone(&console);
+        let target = addr.map(|a| a.to_string()).unwrap_or_default();
+        blocking(move || {
+            c.store
+                .audit(&name, "", "login.failed", &target, None, None)
+                .map_err(ApiError::internal)
+        })
+        .await?;
+        return Err(invalid());
     };
-    console.limiter.succeeded(&user.name);
+    console.limiter.succeeded(&user.name, addr);
     metrics::counter!("skynet_api_logins_total", "result" => "ok").increment(1);
     let ttl = console.config.session_ttl;
     let c = Arc::clone(&console);
@@ -371,6 +452,9 @@ fn list(value: &Option<String>) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Values one filter may list (each becomes a bound SQL parameter).
+const MAX_FILTER_VALUES: usize = 100;
 
 fn time(name: &str, value: &Option<String>) -> ApiResult<Option<DateTime<Utc>>> {
     value
@@ -446,6 +530,20 @@ fn incident_query(caller: &Caller, filters: &IncidentFilters) -> ApiResult<Optio
             )));
         }
     }
+    for (name, value) in [
+        ("state", &filters.state),
+        ("level", &filters.level),
+        ("grid", &filters.grid),
+        ("category", &filters.category),
+        ("owner", &filters.owner),
+        ("department", &filters.department),
+    ] {
+        if list(value).len() > MAX_FILTER_VALUES {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` lists more than {MAX_FILTER_VALUES} values"
+            )));
+        }
+    }
     let scope = caller.user.scope();
     let (Some(departments), Some(owners)) = (
         scoped(list(&filters.department), &scope.department),
@@ -467,6 +565,7 @@ fn incident_query(caller: &Caller, filters: &IncidentFilters) -> ApiResult<Optio
         since: time("since", &filters.since)?,
         until: time("until", &filters.until)?,
         active_only: false,
+        by_deadline: false,
         after: filters.before.as_deref().map(decode_cursor).transpose()?,
         limit: filters.limit.unwrap_or(100).clamp(1, 1000),
     }))
@@ -475,9 +574,10 @@ fn incident_query(caller: &Caller, filters: &IncidentFilters) -> ApiResult<Optio
 async fn list_incidents(
     State(console): State<Arc<Console>>,
     caller: Caller,
-    Query(filters): Query<IncidentFilters>,
+    filters: Result<Query<IncidentFilters>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Permission::IncidentsRead)?;
+    let Query(filters) = query(filters)?;
     let Some(query) = incident_query(&caller, &filters)? else {
         return Ok(Json(json!({"incidents": [], "next": null})));
     };
@@ -596,20 +696,20 @@ struct AckRequest {
     note: Option<String>,
 }
 
-/// Waits for the incident's next committed revision after `after` (the risk stage applied
-/// the change), or gives up after [`APPLY_WAIT`].
+/// Waits for the revision that applies a status change to the incident (the risk stage
+/// committed it), or gives up after [`APPLY_WAIT`] (the stage is busy, or refused it: two
+/// people racing, say; the caller then reads the state as it is).
 async fn applied(
     mut rx: tokio::sync::broadcast::Receiver<LiveMessage>,
     id: &str,
-    after: u32,
+    status: IncidentState,
 ) -> bool {
     let wait = async {
         loop {
             match rx.recv().await {
                 Ok(message) => {
-                    if let Some((incident, revision)) = &message.incident
-                        && incident == id
-                        && *revision > after
+                    if message.applied_status == Some(status)
+                        && message.incident.as_ref().is_some_and(|(i, _)| i == id)
                     {
                         return true;
                     }
@@ -669,7 +769,7 @@ async fn acknowledge(
             at: Utc::now(),
         };
         match console.submit_status(status) {
-            Ok(()) => moved = applied(rx, &id, before.revision).await,
+            Ok(()) => moved = applied(rx, &id, IncidentState::Acknowledged).await,
             Err(e) => {
                 tracing::warn!(incident = %id, error = %e, "acknowledged in the console only")
             }
@@ -791,13 +891,16 @@ async fn change_status(
             format!("the status change cannot be applied now: {e}"),
         )
     })?;
-    let done = applied(rx, &id, before.revision).await;
+    let waited = applied(rx, &id, status).await;
     let c = Arc::clone(&console);
     let (lookup, scope) = (id.clone(), caller.user.scope());
     let after = blocking(move || load_incident(&c, &scope, &lookup)).await?;
+    let done = waited || after.state == status;
     let c = Arc::clone(&console);
     let before_json = json!({"state": before.state});
-    let after_json = json!({"state": if done { after.state } else { status }, "note": request.note, "assignee": request.assignee});
+    // What was asked, and where the incident stood when this answered.
+    let after_json = json!({"requested": status, "state": after.state, "applied": done,
+        "note": request.note, "assignee": request.assignee});
     let target = id.clone();
     blocking(move || {
         caller.audit(
@@ -812,7 +915,8 @@ async fn change_status(
     let code = if done {
         StatusCode::OK
     } else {
-        // Taken, but not yet committed: the live stream brings the revision.
+        // Taken, but not applied yet (or refused by the risk stage after a race): the live
+        // stream brings the revision if it comes.
         StatusCode::ACCEPTED
     };
     Ok((
@@ -997,9 +1101,6 @@ async fn set_thresholds(
         .get(&skynet_core::CameraId::new(id.as_str()))
         .map(|c| Arc::clone(&c.thresholds))
         .ok_or_else(|| ApiError::not_found("camera"))?;
-    let before = thresholds
-        .set(&changes)
-        .map_err(|e| ApiError::bad_request(format!("camera {id}: {e}")))?;
     let rounded = |scores: std::collections::BTreeMap<String, f32>| -> Value {
         scores
             .into_iter()
@@ -1007,21 +1108,34 @@ async fn set_thresholds(
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    let after = rounded(thresholds.snapshot());
     let c = Arc::clone(&console);
-    let (before_json, after_json) = (rounded(before), after.clone());
     let target = id.clone();
-    blocking(move || {
-        c.store
-            .save_thresholds(&target, &changes)
-            .map_err(ApiError::internal)?;
-        caller.audit(
-            &c,
-            "camera.thresholds",
-            &target,
-            Some(&before_json),
-            Some(&after_json),
-        )
+    let after = blocking(move || {
+        // Applied, saved and audited as one step, one change at a time, so what runs, what
+        // a restart applies and what the audit log says never differ.
+        let _one_at_a_time = c
+            .threshold_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = thresholds
+            .set(&changes)
+            .map_err(|e| ApiError::bad_request(format!("camera {target}: {e}")))?;
+        let saved = c.store.save_thresholds(&target, &changes).and_then(|()| {
+            c.store.audit(
+                &caller.user.name,
+                caller.user.role.as_str(),
+                "camera.thresholds",
+                &target,
+                Some(&rounded(before.clone())),
+                Some(&rounded(thresholds.snapshot())),
+            )
+        });
+        if let Err(e) = saved {
+            // Not kept, not audited: not applied either.
+            let _ = thresholds.set(&before);
+            return Err(ApiError::internal(e));
+        }
+        Ok(rounded(thresholds.snapshot()))
     })
     .await?;
     tracing::info!(camera = %id, thresholds = ?after, "detection thresholds changed from the console");
@@ -1051,6 +1165,8 @@ async fn tickets(State(console): State<Arc<Console>>, caller: Caller) -> ApiResu
         departments: scope.department.into_iter().collect(),
         owners: scope.owner.into_iter().collect(),
         active_only: true,
+        // The most urgent first, also when there are more than a page of them.
+        by_deadline: true,
         limit: 1000,
         ..IncidentQuery::default()
     };
@@ -1090,9 +1206,10 @@ struct AuditFilters {
 async fn audit(
     State(console): State<Arc<Console>>,
     caller: Caller,
-    Query(filters): Query<AuditFilters>,
+    filters: Result<Query<AuditFilters>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Permission::AuditRead)?;
+    let Query(filters) = query(filters)?;
     let query = AuditQuery {
         actor: filters.actor,
         action: filters.action,
@@ -1145,7 +1262,7 @@ async fn add_user(
     };
     let c = Arc::clone(&console);
     let added = user.clone();
-    blocking(move || {
+    let replaced = blocking(move || {
         let before = c
             .store
             .put_user(&added, &request.password)
@@ -1157,34 +1274,48 @@ async fn add_user(
             &c,
             "user.put",
             &added.name,
-            before.map(|u| user_json(&u)).as_ref(),
+            before.as_ref().map(user_json).as_ref(),
             Some(&user_json(&added)),
-        )
+        )?;
+        Ok(before.is_some())
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"user": user_json(&user)}))))
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(json!({"user": user_json(&user)}))))
 }
+
+/// How often a live stream checks that its token still stands (logout, expiry, a removed
+/// user or a changed role end the stream).
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// One stream per browser tab: incidents (scoped), cell changes and source health.
 async fn events(State(console): State<Arc<Console>>, caller: Caller) -> Response {
     let rx = console.events.subscribe();
-    let user = caller.user;
     metrics::gauge!("skynet_api_live_clients").increment(1.0);
     struct Live {
+        console: Arc<Console>,
         rx: tokio::sync::broadcast::Receiver<LiveMessage>,
         user: User,
+        token: String,
         hello: Option<Value>,
+        recheck: tokio::time::Instant,
     }
     impl Drop for Live {
         fn drop(&mut self) {
             metrics::gauge!("skynet_api_live_clients").decrement(1.0);
         }
     }
-    let hello = json!({"user": user_json(&user)});
     let state = Live {
+        console,
         rx,
-        user,
-        hello: Some(hello),
+        hello: Some(json!({"user": user_json(&caller.user)})),
+        user: caller.user,
+        token: caller.token,
+        recheck: tokio::time::Instant::now() + RECHECK,
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         if let Some(hello) = state.hello.take() {
@@ -1192,7 +1323,22 @@ async fn events(State(console): State<Arc<Console>>, caller: Caller) -> Response
             return Some((Ok::<_, std::convert::Infallible>(event), state));
         }
         loop {
-            match state.rx.recv().await {
+            let received = tokio::select! {
+                received = state.rx.recv() => received,
+                () = tokio::time::sleep_until(state.recheck) => {
+                    let (c, token) = (Arc::clone(&state.console), state.token.clone());
+                    let now = blocking(move || c.store.user_for_token(&token).map_err(ApiError::internal)).await;
+                    match now {
+                        Ok(Some(user)) if user == state.user => {
+                            state.recheck = tokio::time::Instant::now() + RECHECK;
+                            continue;
+                        }
+                        // Logged out, expired, removed or changed: the tab logs in again.
+                        _ => return None,
+                    }
+                }
+            };
+            match received {
                 Ok(message) => {
                     if visible(&state.user, &message) {
                         let event = Event::default().event(message.kind).data(&*message.data);

@@ -142,65 +142,83 @@ impl User {
     }
 }
 
-/// Failed logins per name and per address: after `MAX_FAILURES` in `WINDOW`, further tries
-/// are refused until the window has passed, whatever the password.
+/// Login attempts, per name from one address and per address. A name is blocked only from
+/// the address that failed with it (anyone can type a colleague's name: that must not lock
+/// the colleague out everywhere); an address is blocked after more failures over any names.
+/// An attempt is counted before its password is checked, so parallel requests cannot slip
+/// past the limit, and refunded when it succeeds.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    attempts: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
+/// Failed logins for one name from one address within [`WINDOW`].
 pub const MAX_FAILURES: usize = 5;
+/// Failed logins from one address, whatever the names, within [`WINDOW`].
+pub const MAX_ADDRESS_FAILURES: usize = 20;
 pub const WINDOW: Duration = Duration::from_secs(300);
+/// Names and addresses tracked at once; past it, new ones wait for the window to pass.
+const MAX_KEYS: usize = 10_000;
 
 impl LoginLimiter {
-    fn keys(name: &str, addr: Option<IpAddr>) -> Vec<String> {
-        let mut keys = vec![format!("user:{name}")];
-        if let Some(addr) = addr {
-            keys.push(format!("addr:{addr}"));
-        }
-        keys
+    fn keys(name: &str, addr: Option<IpAddr>) -> Vec<(String, usize)> {
+        let addr = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        vec![
+            (format!("pair:{addr}|{name}"), MAX_FAILURES),
+            (format!("addr:{addr}"), MAX_ADDRESS_FAILURES),
+        ]
     }
 
-    /// `Some(wait)` when this name or address must wait before trying again.
-    pub fn blocked(&self, name: &str, addr: Option<IpAddr>) -> Option<Duration> {
+    /// Counts an attempt, or `Err(wait)` when this name from this address (or the address)
+    /// must wait before trying again.
+    pub fn begin(&self, name: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut wait = None;
-        for key in Self::keys(name, addr) {
-            if let Some(times) = failures.get_mut(&key) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = Self::keys(name, addr);
+        let mut wait: Option<Duration> = None;
+        for (key, limit) in &keys {
+            if let Some(times) = attempts.get_mut(key) {
                 times.retain(|t| now.duration_since(*t) < WINDOW);
-                if times.len() >= MAX_FAILURES
+                if times.len() >= *limit
                     && let Some(oldest) = times.first()
                 {
                     let left = WINDOW.saturating_sub(now.duration_since(*oldest));
-                    wait = Some(wait.map_or(left, |w: Duration| w.max(left)));
+                    wait = Some(wait.map_or(left, |w| w.max(left)));
                 }
             }
         }
-        wait
-    }
-
-    pub fn failed(&self, name: &str, addr: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        // Bounded: a flood of made-up names cannot grow the table for ever.
-        if failures.len() > 10_000 {
-            failures.retain(|_, times| {
+        if let Some(wait) = wait {
+            return Err(wait.max(Duration::from_secs(1)));
+        }
+        if keys.iter().any(|(key, _)| !attempts.contains_key(key)) && attempts.len() >= MAX_KEYS {
+            attempts.retain(|_, times| {
                 times
                     .last()
                     .is_some_and(|t| now.duration_since(*t) < WINDOW)
             });
+            if attempts.len() >= MAX_KEYS {
+                return Err(WINDOW);
+            }
         }
-        for key in Self::keys(name, addr) {
-            failures.entry(key).or_default().push(now);
+        for (key, _) in keys {
+            attempts.entry(key).or_default().push(now);
         }
+        Ok(())
     }
 
-    pub fn succeeded(&self, name: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&format!("user:{name}"));
+    /// The attempt succeeded: it does not count, and the name's failures from this address
+    /// are forgiven.
+    pub fn succeeded(&self, name: &str, addr: Option<IpAddr>) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = Self::keys(name, addr).into_iter();
+        if let Some((pair, _)) = keys.next() {
+            attempts.remove(&pair);
+        }
+        for (key, _) in keys {
+            if let Some(times) = attempts.get_mut(&key) {
+                times.pop();
+            }
+        }
     }
 }
 
@@ -240,15 +258,26 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failures_block_the_name_and_the_address() {
+    fn repeated_failures_block_the_name_from_that_address_then_the_address() {
         let limiter = LoginLimiter::default();
-        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        let attacker: IpAddr = "10.0.0.1".parse().unwrap();
+        let colleague: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..MAX_FAILURES {
-            assert!(limiter.blocked("op", Some(addr)).is_none());
-            limiter.failed("op", Some(addr));
+            assert!(limiter.begin("op", Some(attacker)).is_ok());
         }
-        assert!(limiter.blocked("op", None).is_some());
-        assert!(limiter.blocked("someone-else", Some(addr)).is_some());
-        assert!(limiter.blocked("someone-else", None).is_none());
+        assert!(limiter.begin("op", Some(attacker)).is_err());
+        // The operator logs in from their own desk all the same.
+        assert!(limiter.begin("op", Some(colleague)).is_ok());
+        limiter.succeeded("op", Some(colleague));
+        // Many names from one address block the address.
+        for n in 0..(MAX_ADDRESS_FAILURES - MAX_FAILURES) {
+            assert!(limiter.begin(&format!("user{n}"), Some(attacker)).is_ok());
+        }
+        assert!(limiter.begin("someone-else", Some(attacker)).is_err());
+        // A success is not counted against the address.
+        for _ in 0..(MAX_ADDRESS_FAILURES * 2) {
+            assert!(limiter.begin("op", Some(colleague)).is_ok());
+            limiter.succeeded("op", Some(colleague));
+        }
     }
 }

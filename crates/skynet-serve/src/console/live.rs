@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use skynet_core::{
-    CameraId, CaseStatus, GridRisk, Health, Incident, IncidentState, LiveThresholds, OwnerKind,
-    RiskEvent,
+    CameraId, CaseStatus, GridRisk, Health, Incident, IncidentChange, IncidentState,
+    LiveThresholds, OwnerKind, RiskEvent,
 };
 use skynet_emit::Outbox;
 use tokio::sync::broadcast;
@@ -35,6 +35,9 @@ pub struct LiveMessage {
     pub owner: Option<String>,
     /// For incidents: its id and revision (so a request can wait for its own change).
     pub incident: Option<(String, u32)>,
+    /// For incidents: the lifecycle state a status change moved it to (`None` for any
+    /// other revision).
+    pub applied_status: Option<IncidentState>,
     pub data: Arc<str>,
 }
 
@@ -103,7 +106,12 @@ impl OutboxPool {
 /// The hub. Built by the binary, fed by the pipeline's stages, read by the API.
 pub struct Console {
     pub(crate) config: ApiConfig,
-    pub(crate) store: ConsoleStore,
+    pub(crate) store: Arc<ConsoleStore>,
+    /// Password checks at once (argon2 takes 19 MiB and tens of milliseconds each): a flood
+    /// of logins waits here instead of exhausting memory.
+    pub(crate) password_checks: tokio::sync::Semaphore,
+    /// Threshold changes one at a time: applied, saved and audited in the same order.
+    pub(crate) threshold_writes: Mutex<()>,
     pub(crate) outbox: OutboxPool,
     pub(crate) evidence_dir: Option<PathBuf>,
     pub(crate) health: Health,
@@ -137,7 +145,9 @@ impl Console {
         let acks = store.acks()?.into_iter().collect();
         Ok(Self {
             config,
-            store,
+            store: Arc::new(store),
+            password_checks: tokio::sync::Semaphore::new(2),
+            threshold_writes: Mutex::new(()),
             outbox: OutboxPool {
                 path: state_db.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -276,6 +286,13 @@ impl Console {
     /// Pushes committed revisions and cell changes to the browsers. Called by the commit
     /// stage once they are stored.
     pub fn publish(&self, events: &[RiskEvent]) {
+        for event in events {
+            if let RiskEvent::Incident(incident) = event
+                && incident.change == IncidentChange::Reopened
+            {
+                self.forget_ack(&incident.id);
+            }
+        }
         if self.events.receiver_count() == 0 {
             return;
         }
@@ -289,12 +306,35 @@ impl Console {
         }
     }
 
+    /// An incident open again needs acknowledging again: its alarm must sound.
+    fn forget_ack(&self, incident: &str) {
+        let now = Utc::now();
+        let forgotten = self
+            .acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(incident)
+            .is_some();
+        if forgotten {
+            // Off the commit stage's thread: the database may be busy for a moment.
+            let (store, id) = (Arc::clone(&self.store), incident.to_string());
+            let _ = std::thread::Builder::new()
+                .name("console-ack".into())
+                .spawn(move || {
+                    if let Err(e) = store.clear_ack_before(&id, now) {
+                        tracing::warn!(incident = %id, error = %e, "the acknowledgement of a reopened incident could not be cleared");
+                    }
+                });
+        }
+    }
+
     pub(crate) fn incident_message(&self, incident: &Incident) -> LiveMessage {
         LiveMessage {
             kind: "incident",
             department: Some(incident.department.clone()),
             owner: Some(incident.owner.as_str().to_string()),
             incident: Some((incident.id.clone(), incident.revision)),
+            applied_status: (incident.change == IncidentChange::Feedback).then_some(incident.state),
             data: self.incident_view(incident).to_string().into(),
         }
     }
@@ -311,6 +351,7 @@ impl Console {
                 department: None,
                 owner: None,
                 incident: None,
+                applied_status: None,
                 data: view.to_string().into(),
             });
         }
@@ -435,6 +476,19 @@ impl Console {
             .collect()
     }
 
+    /// Each camera's state and reason, cheaply (no counters): what the health watch compares.
+    fn camera_states(&self) -> Vec<(String, (String, Option<String>))> {
+        let cameras = self.cameras.read().unwrap_or_else(PoisonError::into_inner);
+        cameras
+            .keys()
+            .map(|id| {
+                let status = self.health.state(id.as_str(), "source");
+                let state = status.as_ref().map_or("starting".to_string(), camera_state);
+                (id.to_string(), (state, status.and_then(|s| s.reason)))
+            })
+            .collect()
+    }
+
     /// Watches camera health and tells browsers when a camera's state changes. Runs on the
     /// I/O runtime until the console is dropped.
     pub fn spawn_health_watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
@@ -450,12 +504,7 @@ impl Console {
                 if console.events.receiver_count() == 0 {
                     continue;
                 }
-                for view in console.camera_views() {
-                    let id = view["id"].as_str().unwrap_or_default().to_string();
-                    let now = (
-                        view["state"].as_str().unwrap_or_default().to_string(),
-                        view["reason"].as_str().map(str::to_string),
-                    );
+                for (id, now) in console.camera_states() {
                     if last.get(&id) != Some(&now) {
                         last.insert(id.clone(), now);
                         console.publish_source("camera", &id);
@@ -491,6 +540,7 @@ fn grid_message(change: &GridRisk) -> LiveMessage {
         department: None,
         owner: None,
         incident: None,
+        applied_status: None,
         data: serde_json::to_string(change)
             .unwrap_or_else(|_| "{}".into())
             .into(),

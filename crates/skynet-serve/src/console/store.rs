@@ -187,7 +187,7 @@ fn json_or_null(text: Option<String>) -> Option<serde_json::Value> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -252,6 +252,27 @@ impl ConsoleStore {
                 "user name `{}` must be 1 to 64 letters, digits, `.`, `_`, `-` or `@`",
                 user.name.escape_debug()
             )));
+        }
+        if let Some(owner) = &user.owner
+            && !["police", "safety_production", "city_management"].contains(&owner.as_str())
+        {
+            return Err(StoreError::Invalid(format!(
+                "owner `{}` is not one of police, safety_production, city_management",
+                owner.escape_debug()
+            )));
+        }
+        if let Some(department) = &user.department
+            && skynet_core::validate_id("department", department).is_err()
+        {
+            return Err(StoreError::Invalid(format!(
+                "department `{}` must be letters, digits, `.`, `_` or `-`",
+                department.escape_debug()
+            )));
+        }
+        if user.role == Role::Inspector && user.department.is_none() {
+            return Err(StoreError::Invalid(
+                "an inspector sees the incidents of their department: give one".into(),
+            ));
         }
         if password.chars().count() < 8 {
             return Err(StoreError::Invalid(
@@ -521,6 +542,21 @@ impl ConsoleStore {
                 },
             )
         })
+    }
+
+    /// Forgets an acknowledgement made before `before` (the incident opened again since).
+    pub fn clear_ack_before(
+        &self,
+        incident: &str,
+        before: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM console_acks WHERE incident = ?1 AND at < ?2",
+                params![incident, before.to_rfc3339()],
+            )
+        })?;
+        Ok(())
     }
 
     pub fn acks(&self) -> Result<Vec<(String, Ack)>, StoreError> {

@@ -76,7 +76,19 @@ pub(crate) struct CameraInput {
     queue_wait: metrics::Histogram,
     /// Pass the pixels of frames with detections on, for evidence snapshots.
     keep_images: bool,
+    /// When a frame's pixels last went on for the console's camera tile (milliseconds since
+    /// `previews_since`); `None` without a console.
+    preview: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
+
+/// The clock of the console's tiles.
+fn previews_since() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// How often a camera's pixels go on for its tile, whatever is in view.
+const PREVIEW_EVERY_MS: u64 = 1000;
 
 impl CameraInput {
     pub(crate) fn new(
@@ -102,7 +114,29 @@ impl CameraInput {
             errors: metrics::counter!("skynet_detect_errors_total", "camera" => label.clone()),
             queue_wait: metrics::histogram!("skynet_inference_queue_wait_seconds", "camera" => label),
             keep_images: false,
+            preview: None,
         }
+    }
+
+    /// Also passes a frame's pixels on about once a second for the console's camera tile,
+    /// with or without detections (an empty scene is what the wall should show then).
+    pub(crate) fn with_preview(mut self) -> Self {
+        self.preview = Some(Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        self
+    }
+
+    /// Whether this frame's pixels are due for the tile (at most one frame a second).
+    fn preview_due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(last) = &self.preview else {
+            return false;
+        };
+        let now = previews_since().elapsed().as_millis() as u64 + PREVIEW_EVERY_MS;
+        let before = last.load(Ordering::Relaxed);
+        now.saturating_sub(before) >= PREVIEW_EVERY_MS
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Passes the pixels of frames with detections on to the rules stage.
@@ -216,7 +250,7 @@ impl Worker {
         input.analysed.increment(1);
         // The tracker carries objects through this frame and a rule may fire on it: while
         // objects are in view, its pixels are the snapshot of that moment.
-        let image = (input.keep_images && input.objects.get())
+        let image = ((input.keep_images && input.objects.get()) || input.preview_due())
             .then(|| owned_copy(&taken.frame.image).map(Arc::new))
             .flatten();
         let detected = Detected {
@@ -367,7 +401,7 @@ impl Worker {
                         .apply(&mut detections, frame.info.width, frame.info.height);
                     input.objects.set(!detections.is_empty());
                     input.observe(&detections);
-                    if input.keep_images && !detections.is_empty() {
+                    if (input.keep_images && !detections.is_empty()) || input.preview_due() {
                         image = owned_copy(&frame.image).map(Arc::new);
                     }
                     self.counters.analysed.fetch_add(1, Ordering::Relaxed);

@@ -407,16 +407,18 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 thresholds: filter.thresholds(),
             });
         }
-        inputs.push(
-            detect::CameraInput::new(
-                &camera.id,
-                rx,
-                objects.clone(),
-                filter,
-                camera.inference_interval.clone(),
-            )
-            .keeping_images(config.evidence.enabled || console.is_some()),
-        );
+        let mut input = detect::CameraInput::new(
+            &camera.id,
+            rx,
+            objects.clone(),
+            filter,
+            camera.inference_interval.clone(),
+        )
+        .keeping_images(config.evidence.enabled);
+        if console.is_some() {
+            input = input.with_preview();
+        }
+        inputs.push(input);
         let camera_health = CameraHealth::new(
             camera.id.clone(),
             health.register(camera.id.as_str(), "source"),
