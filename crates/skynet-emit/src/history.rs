@@ -189,19 +189,28 @@ impl Outbox {
         Ok(cells)
     }
 
-    /// How many incidents in each cell are not in a final state.
-    pub fn active_incidents_by_grid(&self) -> Result<Vec<(String, u64)>, EmitError> {
+    /// How many incidents in each cell are not in a final state; only those of `department`
+    /// and `owner` when given.
+    pub fn active_incidents_by_grid(
+        &self,
+        department: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, EmitError> {
         let mut stmt = self
             .conn()
             .prepare_cached(
                 "SELECT grid, count(*) FROM incidents
                  WHERE coalesce(json_extract(body, '$.state'), 'open') NOT IN ('verified', 'rejected', 'closed')
                    AND status != 'closed'
+                   AND (?1 IS NULL OR json_extract(body, '$.department') = ?1)
+                   AND (?2 IS NULL OR owner = ?2)
                  GROUP BY grid",
             )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map(rusqlite::params![department, owner], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(self.err())?;
         let mut counts = Vec::new();
         for row in rows {
@@ -216,7 +225,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::{CloudEvent, OutboxEvent};
-    use skynet_core::{GridId, IncidentState, RiskLevel};
+    use skynet_core::{IncidentState, RiskLevel};
 
     fn incident(id: &str, revision: u32, minute: u32, level: RiskLevel) -> Incident {
         let mut incident = crate::test_support::incident(revision, 0.5);
@@ -243,7 +252,6 @@ mod tests {
         }
         let mut later = incident("inc-0", 2, 30, RiskLevel::I);
         later.state = IncidentState::Dispatched;
-        later.grid = GridId::new("G-9");
         events.push(OutboxEvent::Incident(CloudEvent::incident("n", &later)));
         outbox.commit(&events, None).unwrap();
 
@@ -279,7 +287,7 @@ mod tests {
         let dispatched = outbox
             .query_incidents(&IncidentQuery {
                 states: vec!["dispatched".into()],
-                grids: vec!["G-9".into()],
+                levels: vec!["I".into()],
                 limit: 10,
                 ..IncidentQuery::default()
             })
@@ -293,5 +301,26 @@ mod tests {
         );
         assert_eq!(outbox.incident("inc-0").unwrap().unwrap().revision, 2);
         assert!(outbox.incident("nope").unwrap().is_none());
+
+        // Tickets: the earliest deadline first, dispatch until dispatched.
+        let by_deadline = outbox
+            .query_incidents(&IncidentQuery {
+                by_deadline: true,
+                active_only: true,
+                limit: 10,
+                ..IncidentQuery::default()
+            })
+            .unwrap();
+        assert_eq!(by_deadline.incidents.len(), 5);
+        assert_eq!(
+            outbox.active_incidents_by_grid(None, None).unwrap(),
+            [("G1".to_string(), 5)]
+        );
+        assert!(
+            outbox
+                .active_incidents_by_grid(Some("elsewhere"), None)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

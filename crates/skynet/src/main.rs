@@ -137,6 +137,15 @@ enum UsersCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Revoke user NAME's API tokens (those with --label, when given). Exit 1 when none was
+    /// revoked.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List the users: name, role, department, owner.
     List {
         #[arg(long, short)]
@@ -484,6 +493,17 @@ fn users(command: UsersCommand) -> Result<ExitCode> {
             users::token(&load(&config)?, &name, label.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
+        UsersCommand::Revoke {
+            name,
+            label,
+            config,
+        } => Ok(
+            if users::revoke(&load(&config)?, &name, label.as_deref())? > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            },
+        ),
         UsersCommand::List { config } => {
             users::list(&load(&config)?)?;
             Ok(ExitCode::SUCCESS)

@@ -128,3 +128,21 @@ pub fn remove(config: &PipelineConfig, name: &str) -> Result<bool> {
     }
     Ok(before.is_some())
 }
+
+/// Revokes `name`'s machine tokens (with `label`, when given). Returns how many.
+pub fn revoke(config: &PipelineConfig, name: &str, label: Option<&str>) -> Result<usize> {
+    let store = open(config)?;
+    let revoked = store.revoke_api_tokens(name, label)?;
+    if revoked > 0 {
+        store.audit(
+            &actor(),
+            "cli",
+            "token.revoke",
+            name,
+            Some(&serde_json::json!({"label": label, "tokens": revoked})),
+            None,
+        )?;
+    }
+    eprintln!("revoked {revoked} API token(s) of `{name}`");
+    Ok(revoked)
+}

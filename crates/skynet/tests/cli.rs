@@ -475,6 +475,21 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
         .unwrap();
     assert_eq!(actions, ["user.put op", "user.put insp", "token.issue op"]);
 
+    let out = skynet(&[
+        "users", "revoke", "op", "--label", "other", "--config", config,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no token has that label");
+    let out = skynet(&[
+        "users",
+        "revoke",
+        "op",
+        "--label",
+        "video wall",
+        "--config",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("revoked 1 API token(s) of `op`"));
     let out = skynet(&["users", "remove", "op", "--config", config]);
     assert!(out.status.success());
     let out = skynet(&["users", "remove", "op", "--config", config]);

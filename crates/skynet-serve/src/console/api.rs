@@ -970,14 +970,25 @@ async fn evidence_file(
     Ok(jpeg(bytes))
 }
 
-async fn grids(State(console): State<Arc<Console>>, _caller: Caller) -> ApiResult<Json<Value>> {
+async fn grids(State(console): State<Arc<Console>>, caller: Caller) -> ApiResult<Json<Value>> {
     let c = Arc::clone(&console);
+    // Cell levels are the city's; incident counts are the caller's scope's.
+    let scope = caller.user.scope();
     let (latest, active) = blocking(move || {
         c.outbox
-            .with(|o| Ok((o.latest_grid_risk()?, o.active_incidents_by_grid()?)))
+            .with(|o| {
+                Ok((
+                    o.latest_grid_risk()?,
+                    o.active_incidents_by_grid(
+                        scope.department.as_deref(),
+                        scope.owner.as_deref(),
+                    )?,
+                ))
+            })
             .map_err(ApiError::internal)
     })
     .await?;
+    let sources = caller.user.may(Permission::SourcesRead);
     let cameras: Vec<(String, String)> = console
         .cameras
         .read()
@@ -1010,20 +1021,21 @@ async fn grids(State(console): State<Arc<Console>>, _caller: Caller) -> ApiResul
             props["score"] = json!(risk.map_or(0.0, |r| r.score));
             props["open_incidents"] =
                 json!(active.iter().find(|(g, _)| *g == id).map_or(0, |(_, n)| *n));
-            props["cameras"] = json!(
-                cameras
-                    .iter()
-                    .filter(|(_, g)| *g == id)
-                    .map(|(c, _)| c)
-                    .collect::<Vec<_>>()
-            );
-            props["sensors"] = json!(
-                sensors
-                    .iter()
-                    .filter(|(_, g)| *g == id)
-                    .map(|(s, _)| s)
-                    .collect::<Vec<_>>()
-            );
+            // Which devices sit where is for those who may see the sources.
+            let in_cell = |devices: &[(String, String)]| -> Value {
+                if !sources {
+                    return json!([]);
+                }
+                json!(
+                    devices
+                        .iter()
+                        .filter(|(_, g)| *g == id)
+                        .map(|(d, _)| d)
+                        .collect::<Vec<_>>()
+                )
+            };
+            props["cameras"] = in_cell(&cameras);
+            props["sensors"] = in_cell(&sensors);
             feature["id"] = json!(id);
             feature
         })

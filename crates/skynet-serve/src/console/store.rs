@@ -423,6 +423,16 @@ impl ConsoleStore {
         }
     }
 
+    /// Revokes `user`'s machine tokens (those with `label`, when given); returns how many.
+    pub fn revoke_api_tokens(&self, user: &str, label: Option<&str>) -> Result<usize, StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM console_tokens WHERE user = ?1 AND kind = 'api' AND (?2 IS NULL OR label = ?2)",
+                params![user, label],
+            )
+        })
+    }
+
     pub fn revoke_token(&self, token: &str) -> Result<(), StoreError> {
         self.with(|conn| {
             conn.execute(
