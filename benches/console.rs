@@ -75,6 +75,7 @@ fn serve(runtime: &tokio::runtime::Runtime) -> Served {
             ApiConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 session_ttl: Duration::from_secs(3600),
+                secure_cookie: false,
             },
             &db,
             None,

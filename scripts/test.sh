@@ -7,6 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo test --workspace --locked "$@"
-# The browser test runs the binary the tests above were built with.
-cargo build -p skynet --locked
+# The browser test runs target/debug/skynet, which the tests above have just built (a plain
+# `cargo build` would rebuild it with other features for nothing).
 tests/console/run.sh

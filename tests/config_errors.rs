@@ -633,6 +633,12 @@ fn the_console_settings_are_checked_where_written() {
     let config = common::pipeline_config(dir.path(), &with_api("listen = \"127.0.0.1:0\""));
     let api = config.api.expect("[api]");
     assert_eq!(api.session_ttl.as_secs(), 12 * 3600);
+    assert!(!api.secure_cookie);
+    let behind_tls = common::pipeline_config(
+        dir.path(),
+        &with_api("listen = \"127.0.0.1:0\"\nsecure_cookie = true"),
+    );
+    assert!(behind_tls.api.expect("[api]").secure_cookie);
     let text = with_api("listen = \"localhost\"");
     let e = error_for(&text);
     assert!(

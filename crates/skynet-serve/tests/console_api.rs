@@ -75,6 +75,7 @@ async fn fixture() -> Fixture {
         ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             session_ttl: Duration::from_secs(3600),
+            secure_cookie: false,
         },
         &db,
         Some(evidence),
@@ -593,6 +594,22 @@ async fn status_changes_follow_the_lifecycle_and_every_change_is_audited() {
 #[tokio::test]
 async fn logins_are_rate_limited_sessions_end_at_logout_and_errors_are_json() {
     let f = fixture().await;
+    let (status, _, headers) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/login",
+        None,
+        Some(json!({"username": "eng", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.starts_with("skynet_session=sks_")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     for _ in 0..5 {
         let (status, body, _) = call(
             &f.app,

@@ -410,8 +410,13 @@ async fn login(
     })
     .await?;
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        ttl.as_secs()
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        ttl.as_secs(),
+        if console.config.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     let mut response = Json(json!({"token": token, "user": user_json(&user)})).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {

@@ -15,6 +15,10 @@ pub struct ApiSettings {
     /// How long a browser session lasts after login, in seconds (default 12 h: a shift).
     #[serde(default)]
     pub session_ttl_s: Option<u64>,
+    /// Mark the session cookie `Secure` (sent over HTTPS only): set it when a TLS proxy
+    /// fronts the console.
+    #[serde(default)]
+    pub secure_cookie: bool,
 }
 
 /// `[api]`, checked.
@@ -22,6 +26,7 @@ pub struct ApiSettings {
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub session_ttl: Duration,
+    pub secure_cookie: bool,
 }
 
 impl ApiSettings {
@@ -43,6 +48,7 @@ impl ApiSettings {
         Ok(ApiConfig {
             listen,
             session_ttl: Duration::from_secs(ttl),
+            secure_cookie: self.secure_cookie,
         })
     }
 }
