@@ -171,22 +171,11 @@ impl Outbox {
 
     /// Each cell's latest level change.
     pub fn latest_grid_risk(&self) -> Result<Vec<GridRisk>, EmitError> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached(
-                "SELECT g.body FROM grid_risk g
-                 JOIN (SELECT grid, max(revision) AS revision FROM grid_risk GROUP BY grid) latest
-                   ON g.grid = latest.grid AND g.revision = latest.revision",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.err())?;
-        let mut cells = Vec::new();
-        for row in rows {
-            cells.push(serde_json::from_str(&row.map_err(self.err())?)?);
-        }
-        Ok(cells)
+        self.json_rows(
+            "SELECT g.body FROM grid_risk g
+             JOIN (SELECT grid, max(revision) AS revision FROM grid_risk GROUP BY grid) latest
+               ON g.grid = latest.grid AND g.revision = latest.revision",
+        )
     }
 
     /// How many incidents in each cell are not in a final state; only those of `department`

@@ -573,7 +573,10 @@ impl Outbox {
         self.json_rows("SELECT body FROM incidents ORDER BY last_seen DESC")
     }
 
-    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, EmitError> {
+    pub(crate) fn json_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<T>, EmitError> {
         let mut stmt = self.conn.prepare(sql).map_err(self.err())?;
         let bodies = stmt
             .query_map([], |r| r.get::<_, String>(0))

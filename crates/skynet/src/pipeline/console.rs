@@ -91,21 +91,31 @@ pub(crate) struct PreviewFrame {
     image: Arc<FrameImage>,
 }
 
-/// The rules stage's side: offers frames without ever waiting (a full queue drops the
-/// offer; the next frame comes soon).
-#[derive(Clone)]
+/// The rules stage's side: offers a camera's frame at most once per [`PREVIEW_EVERY`],
+/// without ever waiting (a full queue drops the offer; the next frame comes soon). Frames in
+/// between cost nothing: no copy, no message.
 pub(crate) struct Preview {
     tx: crossbeam_channel::Sender<PreviewFrame>,
+    offered: HashMap<CameraId, Instant>,
 }
 
 /// What is drawn on a camera's frames: its zones, and its privacy masks (blurred).
 type CameraDrawing = (Vec<Zone>, Vec<Vec<[f64; 2]>>);
 
 /// How often a camera's tile on the console changes.
-const PREVIEW_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const PREVIEW_EVERY: Duration = Duration::from_secs(1);
 
 impl Preview {
-    pub(crate) fn offer(&self, frame: &skynet_core::AnalysedFrame, image: &Arc<FrameImage>) {
+    pub(crate) fn offer(&mut self, frame: &skynet_core::AnalysedFrame, image: &Arc<FrameImage>) {
+        let camera = &frame.info.camera;
+        if self
+            .offered
+            .get(camera)
+            .is_some_and(|at| at.elapsed() < PREVIEW_EVERY)
+        {
+            return;
+        }
+        self.offered.insert(camera.clone(), Instant::now());
         let detections = if frame.tracks.is_empty() {
             frame.detections.clone()
         } else {
@@ -141,7 +151,6 @@ pub(crate) fn spawn_preview(
     let handle = std::thread::Builder::new()
         .name("console-preview".into())
         .spawn(move || {
-            let mut drawn: HashMap<CameraId, Instant> = HashMap::new();
             loop {
                 let frame = match rx.recv_timeout(super::POLL) {
                     Ok(frame) => frame,
@@ -153,13 +162,6 @@ pub(crate) fn spawn_preview(
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                 };
-                if drawn
-                    .get(&frame.camera)
-                    .is_some_and(|at| at.elapsed() < PREVIEW_EVERY)
-                {
-                    continue;
-                }
-                drawn.insert(frame.camera.clone(), Instant::now());
                 let Some((zones, masks)) = views.get(&frame.camera) else {
                     continue;
                 };
@@ -188,5 +190,11 @@ pub(crate) fn spawn_preview(
             stage: "console-preview".into(),
             source,
         })?;
-    Ok((Preview { tx }, handle))
+    Ok((
+        Preview {
+            tx,
+            offered: HashMap::new(),
+        },
+        handle,
+    ))
 }

@@ -87,8 +87,9 @@ fn previews_since() -> std::time::Instant {
     *START.get_or_init(std::time::Instant::now)
 }
 
-/// How often a camera's pixels go on for its tile, whatever is in view.
-const PREVIEW_EVERY_MS: u64 = 1000;
+/// How often a camera's pixels go on for its tile, whatever is in view: as often as the
+/// tile changes.
+const PREVIEW_EVERY_MS: u64 = super::console::PREVIEW_EVERY.as_millis() as u64;
 
 impl CameraInput {
     pub(crate) fn new(

@@ -675,7 +675,7 @@ impl RulesAndRisk {
             .latency
             .record(frame.info.decoded_at.elapsed().as_secs_f64());
         camera.tracker.update(&mut frame);
-        if let (Some(preview), Some(image)) = (&self.preview, &detected.image) {
+        if let (Some(preview), Some(image)) = (&mut self.preview, &detected.image) {
             preview.offer(&frame, image);
         }
         let observations = camera.rules.apply(&frame);
