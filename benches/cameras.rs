@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skynet::{RunOptions, Services, pipeline};
-use skynet_core::{CameraId, Detection, Frame, OverloadPolicy, Shutdown, Watermark, stage_queue};
+use skynet_core::{Detection, DeviceId, Frame, OverloadPolicy, Shutdown, Watermark, stage_queue};
 use skynet_detect::{DetectError, Detector, ImageView};
 use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 
@@ -148,7 +148,7 @@ fn source_fps(video: &Path, threads: u32) -> (u64, f64) {
         let mut options = GstSourceOptions::new(video.display().to_string());
         options.max_size = Some(MODEL_SIZE);
         options.convert_threads = threads;
-        let mut source = GstSource::new(CameraId::new("bench"), options);
+        let mut source = GstSource::new(DeviceId::new("bench"), options);
         let started = Instant::now();
         let producer = std::thread::spawn(move || {
             source.run(&out, &Shutdown::new()).expect("decode");

@@ -57,7 +57,7 @@ fn decode_alone(video: &Path, frames: u64, keep: usize) -> (Rate, Vec<Frame>) {
     let (queue, rx) = stage_queue::<Frame>("bench", "bench", 4, OverloadPolicy::Block);
     let out = FrameOutput::new(queue, Watermark::new(false));
     let mut source = GstSource::new(
-        skynet_core::CameraId::new("bench"),
+        skynet_core::DeviceId::new("bench"),
         GstSourceOptions {
             max_frames: Some(frames),
             // As the pipeline does: converted and scaled to the model's input in one step.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skynet_core::{
-    CameraId, Evidence, GridId, Observation, OwnerKind, ReadingValue, RiskEvent, RuleRef,
+    DeviceId, Evidence, GridId, Observation, OwnerKind, ReadingValue, RiskEvent, RuleRef,
     SourceKind, SourceRef,
 };
 use skynet_risk::{
@@ -144,7 +144,7 @@ fn observations(
                 at,
                 source: SourceRef {
                     kind,
-                    id: CameraId::new(device),
+                    id: DeviceId::new(device),
                 },
                 grid: GridId::new(format!("C-{cell}")),
                 category: category.into(),
@@ -293,12 +293,12 @@ fn main() {
             let grid = GridId::new(format!("C-{c}"));
             [
                 DeviceInfo {
-                    source: SourceRef::camera(&CameraId::new(format!("cam-{c}"))),
+                    source: SourceRef::camera(&DeviceId::new(format!("cam-{c}"))),
                     grid: grid.clone(),
                     owner: OwnerKind::CityManagement,
                 },
                 DeviceInfo {
-                    source: SourceRef::sensor(&CameraId::new(format!("sensor-{c}"))),
+                    source: SourceRef::sensor(&DeviceId::new(format!("sensor-{c}"))),
                     grid,
                     owner: OwnerKind::SafetyProduction,
                 },

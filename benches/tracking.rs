@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use skynet_core::{AnalysedFrame, BBox, CameraId, Detection, FrameInfo, GridId, OwnerKind};
+use skynet_core::{AnalysedFrame, BBox, Detection, DeviceId, FrameInfo, GridId, OwnerKind};
 use skynet_detect::{
     CameraRules, CrowdConfig, DwellConfig, LineCrossingConfig, RuleConfig, RuleContext,
     StationaryObjectConfig, Tracker, TrackerSettings, Zone, ZoneIntrusionConfig,
@@ -104,7 +104,7 @@ fn rules() -> CameraRules {
         c.build()
     }
     CameraRules {
-        camera: CameraId::new("bench"),
+        camera: DeviceId::new("bench"),
         grid: GridId::new("G-0101"),
         owner: OwnerKind::Police,
         rules: vec![
@@ -123,7 +123,7 @@ fn rules() -> CameraRules {
 fn frame(i: usize, detections: Vec<Detection>) -> AnalysedFrame {
     AnalysedFrame {
         info: FrameInfo {
-            camera: CameraId::new("bench"),
+            camera: DeviceId::new("bench"),
             seq: i as u64,
             captured_at: DateTime::<Utc>::UNIX_EPOCH
                 + chrono::Duration::milliseconds(i as i64 * 100),

@@ -72,7 +72,7 @@ fn truncated_and_garbled_files_are_survived() {
     assert!(summary.frames_decoded >= 100 + 250 + 600, "{summary:?}");
     assert_eq!(
         summary.failed_cameras,
-        vec![skynet_core::CameraId::new("cam-not-video")]
+        vec![skynet_core::DeviceId::new("cam-not-video")]
     );
     assert_eq!(calls.load(Ordering::Relaxed), summary.frames_analysed);
 }

@@ -56,7 +56,7 @@ fn detections() -> &'static [(FrameInfo, Vec<Detection>)] {
         let (queue, rx) = stage_queue::<Frame>("test", "test", 8, OverloadPolicy::Block);
         let out = FrameOutput::new(queue, Watermark::new(false));
         let mut source = GstSource::new(
-            skynet_core::CameraId::new("vtest"),
+            skynet_core::DeviceId::new("vtest"),
             GstSourceOptions {
                 // As the pipeline does: scaled to the model's input while converting.
                 max_size: Some((416, 416)),
@@ -302,7 +302,7 @@ const INTERVAL_EXTRA_FRAGMENTATION: usize = 13;
 /// Crossings of a line across the whole frame at mid-height, (in, out), with the detector
 /// every `interval` frames.
 fn line_counts(interval: usize) -> (usize, usize) {
-    use skynet_core::{CameraId, GridId, OwnerKind};
+    use skynet_core::{DeviceId, GridId, OwnerKind};
     use skynet_detect::{CameraRules, LineCrossingConfig, RuleConfig, RuleContext};
     let mut config: LineCrossingConfig =
         toml::from_str("name = \"mid\"\nline = [[0.0, 0.5], [1.0, 0.5]]\n").unwrap();
@@ -317,7 +317,7 @@ fn line_counts(interval: usize) -> (usize, usize) {
         })
         .unwrap();
     let mut rules = CameraRules {
-        camera: CameraId::new("vtest"),
+        camera: DeviceId::new("vtest"),
         grid: GridId::new("G-0101"),
         owner: OwnerKind::CityManagement,
         rules: vec![config.build()],

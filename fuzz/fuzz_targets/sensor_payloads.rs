@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use skynet_core::SensorId;
+use skynet_core::DeviceId;
 use skynet_ingest::sensor::{
     IngestLimits, JsonMapping, PayloadFormat, SensorFrom, SensorIngest, SensorKind, SensorSpec,
     TimeFormat, TopicFamily, UnknownSensors, parse_mapped, parse_senml,
@@ -41,9 +41,9 @@ fn ingest() -> SensorIngest {
         },
     ];
     let sensors = vec![
-        SensorSpec::new(SensorId::new("gas"), SensorKind::GasCo),
-        SensorSpec::new(SensorId::new("smoke"), SensorKind::Smoke),
-        SensorSpec::new(SensorId::new("river"), SensorKind::WaterLevel),
+        SensorSpec::new(DeviceId::new("gas"), SensorKind::GasCo),
+        SensorSpec::new(DeviceId::new("smoke"), SensorKind::Smoke),
+        SensorSpec::new(DeviceId::new("river"), SensorKind::WaterLevel),
     ];
     SensorIngest::new(
         families,

@@ -47,12 +47,9 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// A camera, unique within a deployment (`cam-street-01`).
-    CameraId
-);
-string_id!(
-    /// A sensor, unique within a deployment and distinct from every camera id (`gas-07`).
-    SensorId
+    /// A device: a camera (`cam-street-01`) or a sensor (`gas-07`), unique within a
+    /// deployment. Camera and sensor ids share one namespace, so one type names both.
+    DeviceId
 );
 string_id!(
     /// A grid cell (網格) of the city map, as named in the grid GeoJSON.

@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{CameraId, Detection, GridId, OwnerKind, ReadingValue, SensorId};
+use crate::{Detection, DeviceId, GridId, OwnerKind, ReadingValue};
 
 /// What kind of device gave a piece of evidence.
 #[derive(
@@ -45,18 +45,18 @@ pub struct RuleRef {
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
     pub kind: SourceKind,
-    pub id: CameraId,
+    pub id: DeviceId,
 }
 
 impl SourceRef {
-    pub fn camera(id: &CameraId) -> Self {
+    pub fn camera(id: &DeviceId) -> Self {
         Self {
             kind: SourceKind::Camera,
             id: id.clone(),
         }
     }
 
-    pub fn sensor(id: &CameraId) -> Self {
+    pub fn sensor(id: &DeviceId) -> Self {
         Self {
             kind: SourceKind::Sensor,
             id: id.clone(),
@@ -126,7 +126,7 @@ fn full_confidence() -> f32 {
 
 impl Observation {
     /// The device's id (camera or sensor).
-    pub fn device(&self) -> &CameraId {
+    pub fn device(&self) -> &DeviceId {
         &self.source.id
     }
 
@@ -164,7 +164,7 @@ impl Observation {
 #[derive(Debug, Clone)]
 pub struct DeviceFault {
     /// The device: a camera's id, or a sensor's when `source` is [`SourceKind::Sensor`].
-    pub camera: CameraId,
+    pub camera: DeviceId,
     pub source: SourceKind,
     pub grid: GridId,
     pub owner: OwnerKind,
@@ -489,7 +489,7 @@ pub struct EvidenceRef {
     /// SHA-256 of the file's bytes, lower-case hex: proves the file is the one referenced.
     pub sha256: String,
     /// The camera whose frame it is.
-    pub camera: CameraId,
+    pub camera: DeviceId,
     /// The frame's event time.
     pub frame_at: DateTime<Utc>,
     /// The image's size in pixels (the analysed frame's, which may be below the camera's).
@@ -537,11 +537,11 @@ pub struct Incident {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missed: Vec<String>,
     /// The camera that saw it first; left out for a sensor's incident.
-    #[serde(default, skip_serializing_if = "CameraId::is_empty")]
-    pub camera: CameraId,
+    #[serde(default, skip_serializing_if = "DeviceId::is_empty")]
+    pub camera: DeviceId,
     /// The sensor that measured it first, for a sensor's incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sensor: Option<SensorId>,
+    pub sensor: Option<DeviceId>,
     pub owner: OwnerKind,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
@@ -607,9 +607,9 @@ impl RiskEvent {
 impl Incident {
     /// The device the incident belongs to (its sensor, else its camera), as the risk engine
     /// and the outbox key it.
-    pub fn device(&self) -> CameraId {
+    pub fn device(&self) -> DeviceId {
         match &self.sensor {
-            Some(sensor) => CameraId::new(sensor.as_str()),
+            Some(sensor) => DeviceId::new(sensor.as_str()),
             None => self.camera.clone(),
         }
     }
@@ -624,15 +624,15 @@ impl Incident {
     }
 
     /// Sets the device from an observation's (or fault's) device id and kind.
-    pub fn set_device(&mut self, device: &CameraId, source: SourceKind) {
+    pub fn set_device(&mut self, device: &DeviceId, source: SourceKind) {
         match source {
             SourceKind::Camera => {
                 self.camera = device.clone();
                 self.sensor = None;
             }
             SourceKind::Sensor => {
-                self.camera = CameraId::default();
-                self.sensor = Some(SensorId::new(device.as_str()));
+                self.camera = DeviceId::default();
+                self.sensor = Some(DeviceId::new(device.as_str()));
             }
         }
     }
@@ -662,7 +662,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Observation>(&text).unwrap(), parsed);
 
         let fault = DeviceFault {
-            camera: CameraId::new("cam-1"),
+            camera: DeviceId::new("cam-1"),
             source: SourceKind::Camera,
             grid: GridId::new("G-1"),
             owner: OwnerKind::Police,

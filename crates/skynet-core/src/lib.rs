@@ -21,7 +21,7 @@ pub mod watermark;
 pub use config::{ConfigContext, FieldError};
 pub use geometry::{BBox, FramePolygonError, Point, check_frame_polygon, check_frame_polygons};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
-pub use ids::{CameraId, GridId, OwnerKind, SensorId, validate_id};
+pub use ids::{DeviceId, GridId, OwnerKind, validate_id};
 pub use incident::{
     CASE_STATUS_EVENT_TYPE, CASE_STATUSES, CaseStatus, Contribution, Deadlines, DeviceFault,
     Evidence, EvidenceRef, FaultEvidence, GridRisk, Incident, IncidentChange, IncidentState,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::SensorId;
+use crate::DeviceId;
 
 /// A sensor's value as evidence in an observation and its incident: what an inspector reads
 /// first (`co` 98.5 `ppm` at 10:02:07).
@@ -34,7 +34,7 @@ impl SensorReading {
 /// within its physical range, at a time neither in the future nor too old.
 #[derive(Debug, Clone)]
 pub struct SensorReading {
-    pub sensor: SensorId,
+    pub sensor: DeviceId,
     /// What was measured (`co`, `level`, ...), from the record's name or the sensor's kind.
     pub quantity: Arc<str>,
     pub value: f64,

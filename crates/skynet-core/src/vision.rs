@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{BBox, CameraId};
+use crate::{BBox, DeviceId};
 
 /// Channel order of a packed 8-bit, 3-channel image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum PixelOrder {
 /// whatever size the detector was handed.
 #[derive(Debug, Clone)]
 pub struct FrameInfo {
-    pub camera: CameraId,
+    pub camera: DeviceId,
     /// Counts frames from this camera's source, from 0, with no gaps; a gap downstream is a drop.
     pub seq: u64,
     /// Event time: when the frame was captured (live) or the source's start plus the

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use skynet_core::config::check_range;
-use skynet_core::{CameraId, Detection, FieldError, LiveThresholds, OwnerKind};
+use skynet_core::{Detection, DeviceId, FieldError, LiveThresholds, OwnerKind};
 
 /// Limits for one class, as written; keys not given fall back to the wider table's, then to
 /// no limit (score: the detector's threshold).
@@ -307,7 +307,7 @@ impl DetectionFilter {
     /// `camera` limits over `global` ones, for the labels `allowed`; `floor` is the
     /// detector's threshold (nothing below it ever reaches the filter).
     pub fn new(
-        camera: &CameraId,
+        camera: &DeviceId,
         allowed: &[String],
         global: &ClassLimitsTable,
         camera_limits: &ClassLimitsTable,
@@ -449,7 +449,7 @@ mod tests {
         )]
         .into();
         let filter = DetectionFilter::new(
-            &CameraId::new("c"),
+            &DeviceId::new("c"),
             &["person".to_string(), "car".to_string()],
             &global,
             &camera,

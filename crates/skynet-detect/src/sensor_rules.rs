@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use skynet_core::config::{MAX_SECONDS, check_range, seconds_in};
 use skynet_core::{
-    CameraId, DeviceFault, Evidence, FieldError, GridId, Observation, OwnerKind, RuleRef, SensorId,
+    DeviceFault, DeviceId, Evidence, FieldError, GridId, Observation, OwnerKind, RuleRef,
     SensorReading, SourceKind, SourceRef,
 };
 
@@ -366,13 +366,13 @@ pub enum Liveness {
     /// No reading within its expected interval: open its `sensor_offline` incident.
     Offline(DeviceFault),
     /// Readings again: close it.
-    Recovered { device: CameraId, at: DateTime<Utc> },
+    Recovered { device: DeviceId, at: DateTime<Utc> },
 }
 
 /// Where a sensor is, who owns it, and how often it should speak.
 #[derive(Debug, Clone)]
 pub struct SensorPlacement {
-    pub sensor: SensorId,
+    pub sensor: DeviceId,
     pub grid: GridId,
     pub owner: OwnerKind,
     /// `None`: never declared offline.
@@ -382,7 +382,7 @@ pub struct SensorPlacement {
 /// One sensor's rules and liveness.
 pub struct SensorRules {
     placement: SensorPlacement,
-    device: CameraId,
+    device: DeviceId,
     rules: Vec<RuleState>,
     /// Arrival time of the last reading (or the start).
     last_arrival: DateTime<Utc>,
@@ -400,7 +400,7 @@ impl SensorRules {
     ) -> Self {
         let id = placement.sensor.to_string();
         Self {
-            device: CameraId::new(placement.sensor.as_str()),
+            device: DeviceId::new(placement.sensor.as_str()),
             rules: rules.into_iter().map(|r| RuleState::new(&id, r)).collect(),
             placement,
             last_arrival: started,
@@ -409,12 +409,12 @@ impl SensorRules {
         }
     }
 
-    pub fn sensor(&self) -> &SensorId {
+    pub fn sensor(&self) -> &DeviceId {
         &self.placement.sensor
     }
 
     /// The sensor's key in the risk engine.
-    pub fn device(&self) -> &CameraId {
+    pub fn device(&self) -> &DeviceId {
         &self.device
     }
 
@@ -501,7 +501,7 @@ mod tests {
     fn gas(rules: Vec<SensorRuleSpec>) -> SensorRules {
         SensorRules::new(
             SensorPlacement {
-                sensor: SensorId::new("gas-07"),
+                sensor: DeviceId::new("gas-07"),
                 grid: GridId::new("G-0201"),
                 owner: OwnerKind::SafetyProduction,
                 expected_interval: Some(Duration::seconds(30)),
@@ -513,7 +513,7 @@ mod tests {
 
     fn reading(s: i64, value: f64) -> SensorReading {
         SensorReading {
-            sensor: SensorId::new("gas-07"),
+            sensor: DeviceId::new("gas-07"),
             quantity: Arc::from("co"),
             value,
             unit: "ppm",

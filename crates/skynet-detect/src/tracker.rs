@@ -670,7 +670,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skynet_core::{CameraId, FrameInfo};
+    use skynet_core::{DeviceId, FrameInfo};
 
     fn at(ms: i64) -> DateTime<Utc> {
         DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::milliseconds(ms)
@@ -680,7 +680,7 @@ mod tests {
     fn frame(ms: i64, detections: Option<Vec<Detection>>) -> AnalysedFrame {
         AnalysedFrame {
             info: FrameInfo {
-                camera: CameraId::new("cam"),
+                camera: DeviceId::new("cam"),
                 seq: (ms / 100) as u64,
                 captured_at: at(ms),
                 decoded_at: std::time::Instant::now(),

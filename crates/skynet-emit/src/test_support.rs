@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use skynet_core::{
-    CameraId, Deadlines, GridId, Incident, IncidentChange, IncidentState, IncidentStatus,
+    Deadlines, DeviceId, GridId, Incident, IncidentChange, IncidentState, IncidentStatus,
     OwnerKind, RiskLevel, RuleRef,
 };
 
@@ -26,7 +26,7 @@ pub(crate) fn incident(revision: u32, risk_score: f32) -> Incident {
         assignee: None,
         note: None,
         missed: Vec::new(),
-        camera: CameraId::new("cam"),
+        camera: DeviceId::new("cam"),
         sensor: None,
         owner: OwnerKind::Police,
         first_seen: DateTime::<Utc>::UNIX_EPOCH,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use skynet_core::{CameraId, ComponentHealth, ComponentState};
+use skynet_core::{ComponentHealth, ComponentState, DeviceId};
 
 /// Where a camera is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -68,7 +68,7 @@ impl std::fmt::Display for CameraState {
 /// A state change, for the stages after the camera (the offline check, the console).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CameraEvent {
-    pub camera: CameraId,
+    pub camera: DeviceId,
     pub state: CameraState,
     pub at: DateTime<Utc>,
     /// The last error, for `retrying`, `stalled` and a `stopped` that was a failure.
@@ -91,7 +91,7 @@ pub struct CameraStatus {
 }
 
 struct Shared {
-    camera: CameraId,
+    camera: DeviceId,
     component: ComponentHealth,
     /// The current state's index in `CameraState::ALL`: the per-frame path reads only this.
     state: AtomicU8,
@@ -124,7 +124,7 @@ impl CameraHealth {
     /// Starts in `starting`. `component` is the camera's entry in the process health table
     /// (`/readyz`, `skynet_component_up`); `events` receives every state change.
     pub fn new(
-        camera: CameraId,
+        camera: DeviceId,
         component: ComponentHealth,
         events: Option<crossbeam_channel::Sender<CameraEvent>>,
     ) -> Self {
@@ -161,13 +161,13 @@ impl CameraHealth {
     /// A handle reporting into tables of its own: for tests and tools that run one camera.
     pub fn detached(camera: &str) -> Self {
         Self::new(
-            CameraId::new(camera),
+            DeviceId::new(camera),
             ComponentHealth::detached(camera, "source"),
             None,
         )
     }
 
-    pub fn camera(&self) -> &CameraId {
+    pub fn camera(&self) -> &DeviceId {
         &self.shared.camera
     }
 
@@ -327,7 +327,7 @@ mod tests {
     fn states_follow_the_life_of_a_camera_and_send_one_event_per_change() {
         let (tx, rx) = crossbeam_channel::bounded(16);
         let health = CameraHealth::new(
-            CameraId::new("cam-1"),
+            DeviceId::new("cam-1"),
             ComponentHealth::detached("cam-1", "source"),
             Some(tx),
         );

@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use skynet_core::config::check_range;
 use skynet_core::{
-    CameraId, ConfigContext, Credentials, FieldError, Watermark, redact_uri, split_credentials,
+    ConfigContext, Credentials, DeviceId, FieldError, Watermark, redact_uri, split_credentials,
 };
 
 use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
@@ -266,7 +266,7 @@ pub trait SourceConfig:
     fn watermark(&self) -> Watermark;
     fn build(
         &self,
-        camera: CameraId,
+        camera: DeviceId,
         delivery: &FrameDelivery,
     ) -> Result<Box<dyn FrameSource>, IngestError>;
 }
@@ -422,7 +422,7 @@ impl SourceConfig for GstSourceConfig {
 
     fn build(
         &self,
-        camera: CameraId,
+        camera: DeviceId,
         delivery: &FrameDelivery,
     ) -> Result<Box<dyn FrameSource>, IngestError> {
         let network = is_network_uri(&self.uri);

@@ -1,4 +1,4 @@
-use skynet_core::CameraId;
+use skynet_core::DeviceId;
 
 /// Why a source failed. Every `uri` here is redacted (no user name or password), because
 /// these errors end up in logs, health reasons and `/readyz`.
@@ -9,33 +9,33 @@ pub enum IngestError {
     #[error(
         "camera {camera}: missing GStreamer element `{element}` (install the GStreamer plugin packages with scripts/setup.sh)"
     )]
-    MissingElement { camera: CameraId, element: String },
+    MissingElement { camera: DeviceId, element: String },
     #[error("camera {camera}: invalid source `{uri}`: {reason}")]
     InvalidUri {
-        camera: CameraId,
+        camera: DeviceId,
         uri: String,
         reason: String,
     },
     #[error("camera {camera}: could not start the stream from {uri}: {reason}")]
     Start {
-        camera: CameraId,
+        camera: DeviceId,
         uri: String,
         reason: String,
     },
     #[error("camera {camera}: stream error from {element}: {reason}")]
     Stream {
-        camera: CameraId,
+        camera: DeviceId,
         element: String,
         reason: String,
     },
     #[error("camera {camera}: unexpected frame format: {reason}")]
-    Format { camera: CameraId, reason: String },
+    Format { camera: DeviceId, reason: String },
     /// A live stream ended. Cameras do not end, so this is a fault to retry.
     #[error("camera {camera}: the live stream ended")]
-    LiveStreamEnded { camera: CameraId },
+    LiveStreamEnded { camera: DeviceId },
     /// No frame for too long while the stream stayed open: restarted like a failure.
     #[error("camera {camera}: no frame for {seconds} s (stalled)")]
-    Stalled { camera: CameraId, seconds: f64 },
+    Stalled { camera: DeviceId, seconds: f64 },
     #[error("the detection stage has stopped")]
     DownstreamClosed,
 }

@@ -28,7 +28,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 use skynet_core::{
-    CameraId, Credentials, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, Shutdown,
+    Credentials, DeviceId, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, Shutdown,
     redact_uri, split_credentials,
 };
 
@@ -167,7 +167,7 @@ impl DecoderInUse {
 }
 
 pub struct GstSource {
-    camera: CameraId,
+    camera: DeviceId,
     options: GstSourceOptions,
     live: bool,
     stats: SourceStats,
@@ -251,7 +251,7 @@ fn autoplug_result(skip: bool) -> Option<glib::Value> {
 }
 
 impl GstSource {
-    pub fn new(camera: CameraId, options: GstSourceOptions) -> Self {
+    pub fn new(camera: DeviceId, options: GstSourceOptions) -> Self {
         Self {
             live: options.realtime || is_network_uri(&options.uri),
             camera,
@@ -271,7 +271,7 @@ impl GstSource {
 
     /// Turns a local path into a `file://` URI; leaves URIs alone. Relative paths are taken
     /// from the current directory (a config's paths are already absolute after validation).
-    pub fn resolve_uri(camera: &CameraId, uri: &str) -> Result<String, IngestError> {
+    pub fn resolve_uri(camera: &DeviceId, uri: &str) -> Result<String, IngestError> {
         if uri_scheme(uri).is_some() {
             return Ok(uri.to_string());
         }
@@ -933,7 +933,7 @@ fn ntp_to_utc(since_1900: gst::ClockTime) -> Option<DateTime<Utc>> {
 /// Gives the source element the camera's network settings and credentials, where it takes
 /// them (rtspsrc, souphttpsrc).
 fn configure_source(
-    camera: &CameraId,
+    camera: &DeviceId,
     element: &gst::Element,
     options: &GstSourceOptions,
     credentials: Option<&Credentials>,
@@ -994,7 +994,7 @@ fn file_mtime(uri: &str) -> Option<DateTime<Utc>> {
 }
 
 impl FrameSource for GstSource {
-    fn camera(&self) -> &CameraId {
+    fn camera(&self) -> &DeviceId {
         &self.camera
     }
 
@@ -1107,7 +1107,7 @@ mod tests {
 
     #[test]
     fn paths_become_file_uris_and_uris_stay() {
-        let cam = CameraId::new("c");
+        let cam = DeviceId::new("c");
         assert_eq!(
             GstSource::resolve_uri(&cam, "rtsp://10.0.0.1/stream").unwrap(),
             "rtsp://10.0.0.1/stream"
@@ -1123,7 +1123,7 @@ mod tests {
     fn options_never_print_the_password() {
         let options = GstSourceOptions::new("rtsp://admin:s3cret@cam/x");
         assert!(!format!("{options:?}").contains("s3cret"));
-        let source = GstSource::new(CameraId::new("c"), options);
+        let source = GstSource::new(DeviceId::new("c"), options);
         assert!(!format!("{source:?}").contains("s3cret"));
         assert!(source.is_live());
     }
@@ -1139,7 +1139,7 @@ mod tests {
         let replay = || {
             let health = CameraHealth::detached("cam-replay");
             let mut source = config
-                .build(CameraId::new("cam-replay"), &FrameDelivery::default())
+                .build(DeviceId::new("cam-replay"), &FrameDelivery::default())
                 .unwrap();
             let (out, rx) = output(config.is_live());
             let exit = run_supervised(
@@ -1192,7 +1192,7 @@ mod tests {
             .into();
         let mut options = GstSourceOptions::new(path.display().to_string());
         options.max_frames = Some(2);
-        let mut source = GstSource::new(CameraId::new("cam-mtime"), options);
+        let mut source = GstSource::new(DeviceId::new("cam-mtime"), options);
         let (out, rx) = output(false);
         source.run(&out, &Shutdown::new()).unwrap();
         let times: Vec<_> = rx
@@ -1212,7 +1212,7 @@ mod tests {
         options.max_frames = Some(12);
         options.start_at = Some("2026-01-01T08:00:00Z".parse().unwrap());
         let start_at = options.start_at.unwrap();
-        let mut source = GstSource::new(CameraId::new("cam-resume"), options);
+        let mut source = GstSource::new(DeviceId::new("cam-resume"), options);
         let (out, rx) = output(false);
 
         // Stopped part-way, from outside, as a failure would end it.
@@ -1261,7 +1261,7 @@ mod tests {
         assert_eq!(policy.max_attempts, Some(3));
         let health = CameraHealth::detached("cam-missing");
         let mut source = config
-            .build(CameraId::new("cam-missing"), &FrameDelivery::default())
+            .build(DeviceId::new("cam-missing"), &FrameDelivery::default())
             .unwrap();
         let (out, rx) = output(false);
         let err =
@@ -1284,7 +1284,7 @@ mod tests {
         assert_eq!(config.display_uri(), "rtsp://127.0.0.1:9/x");
         let health = CameraHealth::detached("cam-secret");
         let mut source = config
-            .build(CameraId::new("cam-secret"), &FrameDelivery::default())
+            .build(DeviceId::new("cam-secret"), &FrameDelivery::default())
             .unwrap();
         let (out, _rx) = output(true);
         let started = Instant::now();
@@ -1348,7 +1348,7 @@ mod tests {
         let config = validated(config);
         let health = CameraHealth::detached("cam-http");
         let mut source = config
-            .build(CameraId::new("cam-http"), &FrameDelivery::default())
+            .build(DeviceId::new("cam-http"), &FrameDelivery::default())
             .unwrap();
         let (out, _rx) = output(true);
         let err = run_supervised(
@@ -1381,7 +1381,7 @@ mod tests {
 
     fn frames_of(mut options: GstSourceOptions) -> (GstSource, Vec<Frame>) {
         options.start_at = Some("2026-01-01T08:00:00Z".parse().unwrap());
-        let mut source = GstSource::new(CameraId::new("cam-options"), options);
+        let mut source = GstSource::new(DeviceId::new("cam-options"), options);
         let (out, rx) = output(false);
         let exit = source.run(&out, &Shutdown::new()).unwrap();
         assert_eq!(exit, SourceExit::FrameLimit);
@@ -1534,7 +1534,7 @@ mod tests {
         options.max_size = Some((416, 416));
         options.stall_timeout = Some(Duration::from_secs(20));
         options.decode_threads = 1;
-        let mut source = GstSource::new(CameraId::new("cam-http"), options);
+        let mut source = GstSource::new(DeviceId::new("cam-http"), options);
         let (out, rx) = output(true);
         let exit = source.run(&out, &Shutdown::new()).unwrap();
         assert_eq!(exit, SourceExit::FrameLimit);
@@ -1661,7 +1661,7 @@ mod tests {
         options.fps = Some(0.3);
         options.stall_timeout = Some(Duration::from_secs(2));
         let health = CameraHealth::detached("cam-rare");
-        let mut source = GstSource::new(CameraId::new("cam-rare"), options);
+        let mut source = GstSource::new(DeviceId::new("cam-rare"), options);
         let (out, rx) = output(true);
         let out = out.with_health(health.clone());
         let exit = source.run(&out, &Shutdown::new()).unwrap();

@@ -26,7 +26,7 @@ pub use supervise::{RetryPolicy, run_supervised};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use skynet_core::{CameraId, Frame, QueueClosed, Shutdown, StageQueue, Watermark};
+use skynet_core::{DeviceId, Frame, QueueClosed, Shutdown, StageQueue, Watermark};
 
 /// Why a source stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +180,7 @@ impl FrameOutput {
 
 /// A camera stream.
 pub trait FrameSource: Send {
-    fn camera(&self) -> &CameraId;
+    fn camera(&self) -> &DeviceId;
 
     /// Produces frames into `out` until the stream ends, the frame limit is reached, or `stop`
     /// is triggered. Returns an error only for failures that end the stream. It may be called

@@ -143,7 +143,7 @@ mod tests {
     use super::*;
     use crate::SourceStats;
     use skynet_core::{
-        CameraId, ComponentHealth, ComponentState, ComponentStatus, Frame, FrameImage, FrameInfo,
+        ComponentHealth, ComponentState, ComponentStatus, DeviceId, Frame, FrameImage, FrameInfo,
         OverloadPolicy, PixelOrder, StageReceiver, Watermark, stage_queue,
     };
 
@@ -160,7 +160,7 @@ mod tests {
 
     /// A source that follows a script, one step per `run`, and records what it saw.
     struct Scripted {
-        camera: CameraId,
+        camera: DeviceId,
         steps: Vec<Step>,
         health: ComponentHealth,
         runs: Vec<(Instant, Option<ComponentStatus>)>,
@@ -172,7 +172,7 @@ mod tests {
     impl Scripted {
         fn new(steps: Vec<Step>, health: &ComponentHealth) -> Self {
             Self {
-                camera: CameraId::new("cam-test"),
+                camera: DeviceId::new("cam-test"),
                 steps,
                 health: health.clone(),
                 runs: Vec::new(),
@@ -202,7 +202,7 @@ mod tests {
     }
 
     impl FrameSource for Scripted {
-        fn camera(&self) -> &CameraId {
+        fn camera(&self) -> &DeviceId {
             &self.camera
         }
 
@@ -235,7 +235,7 @@ mod tests {
         }
     }
 
-    fn frame(camera: &CameraId, seq: u64) -> Frame {
+    fn frame(camera: &DeviceId, seq: u64) -> Frame {
         Frame {
             info: FrameInfo {
                 camera: camera.clone(),
@@ -523,7 +523,7 @@ mod tests {
         let (camera_health, _) = new_health();
         let (out, _rx) = output(&camera_health, false);
         assert_eq!(out.watermark().current(), None);
-        let camera = CameraId::new("cam-test");
+        let camera = DeviceId::new("cam-test");
         out.send(frame(&camera, 5)).unwrap();
         assert_eq!(
             out.watermark().current(),

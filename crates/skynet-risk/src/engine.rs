@@ -31,7 +31,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use skynet_core::{
-    CameraId, CaseStatus, Contribution, Deadlines, FaultEvidence, GridId, GridRisk, Incident,
+    CaseStatus, Contribution, Deadlines, DeviceId, FaultEvidence, GridId, GridRisk, Incident,
     IncidentChange, IncidentState, IncidentStatus, Observation, OwnerKind, RiskEvent, RiskLevel,
     RuleRef, SourceKind, SourceRef,
 };
@@ -262,7 +262,7 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, Default)]
 pub struct RiskContext {
     pub grids: Arc<GridMap>,
-    pub devices: BTreeMap<CameraId, DeviceInfo>,
+    pub devices: BTreeMap<DeviceId, DeviceInfo>,
 }
 
 impl RiskContext {
@@ -320,7 +320,7 @@ struct Held {
 
 /// An incident's key within its cell: its category, and the device for a device fault
 /// (empty for hazards: one incident per cell and category).
-type CellKey = (String, CameraId);
+type CellKey = (String, DeviceId);
 
 /// Everything the engine keeps about one cell. All of it lives here, so an observation
 /// touches one cell's small maps after one lookup, however large the city.
@@ -377,7 +377,7 @@ struct IncidentKey {
     grid: GridId,
     category: String,
     /// A device fault's device; empty for hazards (one incident per cell and category).
-    device: CameraId,
+    device: DeviceId,
 }
 
 impl IncidentKey {
@@ -385,7 +385,7 @@ impl IncidentKey {
         Self {
             grid: grid.clone(),
             category: category.to_string(),
-            device: CameraId::default(),
+            device: DeviceId::default(),
         }
     }
 
@@ -1006,7 +1006,7 @@ impl GridRiskEngine {
             assignee: None,
             note: None,
             missed: Vec::new(),
-            camera: CameraId::default(),
+            camera: DeviceId::default(),
             sensor: None,
             owner: self.owner(obs),
             first_seen,

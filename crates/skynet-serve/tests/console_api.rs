@@ -89,7 +89,7 @@ async fn fixture() -> Fixture {
         "properties": {"id": "G-0201", "name": "Warehouses"}
     })]);
     console.register_camera(CameraRegistration {
-        id: skynet_core::CameraId::new("cam-1"),
+        id: skynet_core::DeviceId::new("cam-1"),
         grid: "G-0201".into(),
         owner: OwnerKind::SafetyProduction,
         thresholds: Arc::new(LiveThresholds::new(
@@ -105,7 +105,7 @@ async fn fixture() -> Fixture {
         unit: Some("%LEL".into()),
     });
     console.set_frame(
-        &skynet_core::CameraId::new("cam-1"),
+        &skynet_core::DeviceId::new("cam-1"),
         b"\xff\xd8frame".to_vec(),
         chrono::Utc::now(),
     );
@@ -583,7 +583,7 @@ async fn status_changes_follow_the_lifecycle_and_every_change_is_audited() {
         [("person".to_string(), 0.4)].into(),
     ));
     f.console.register_camera(CameraRegistration {
-        id: skynet_core::CameraId::new("cam-1"),
+        id: skynet_core::DeviceId::new("cam-1"),
         grid: "G-0201".into(),
         owner: OwnerKind::SafetyProduction,
         thresholds: Arc::clone(&again),

@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use skynet_core::{CameraId, ConfigContext, FieldError, Watermark};
+use skynet_core::{ConfigContext, DeviceId, FieldError, Watermark};
 use skynet_detect::{
     CrowdConfig, DwellConfig, LineCrossingConfig, Rule, RuleConfig, RuleContext,
     StationaryObjectConfig, ZoneIntrusionConfig,
@@ -54,7 +54,7 @@ pub trait SourceBuilder: Debug + Send + Sync {
     fn watermark(&self) -> Watermark;
     fn build(
         &self,
-        camera: CameraId,
+        camera: DeviceId,
         delivery: &FrameDelivery,
     ) -> Result<Box<dyn FrameSource>, IngestError>;
 }
@@ -74,7 +74,7 @@ impl<T: SourceConfig> SourceBuilder for T {
     }
     fn build(
         &self,
-        camera: CameraId,
+        camera: DeviceId,
         delivery: &FrameDelivery,
     ) -> Result<Box<dyn FrameSource>, IngestError> {
         SourceConfig::build(self, camera, delivery)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use skynet_core::config::check_range;
-use skynet_core::{CameraId, ConfigContext, FieldError, GridId, OwnerKind, SensorId, validate_id};
+use skynet_core::{ConfigContext, DeviceId, FieldError, GridId, OwnerKind, validate_id};
 use skynet_detect::{
     ClassLimitsTable, DetectSettings, DetectorOptions, IntervalConfig, ModelManifest, OwnerClasses,
     Zone, tracker::TrackerSettings,
@@ -349,7 +349,7 @@ pub struct SinkSpec {
 
 #[derive(Debug, Clone)]
 pub struct CameraSpec {
-    pub id: CameraId,
+    pub id: DeviceId,
     pub owner: OwnerKind,
     pub grid: GridId,
     /// The source kind's validated config.
@@ -556,7 +556,7 @@ impl PipelineConfig {
             owner: c.owner,
         });
         let sensors = self.sensors.iter().map(|s| skynet_risk::DeviceInfo {
-            source: skynet_core::SourceRef::sensor(&CameraId::new(s.placement.sensor.as_str())),
+            source: skynet_core::SourceRef::sensor(&DeviceId::new(s.placement.sensor.as_str())),
             grid: s.placement.grid.clone(),
             owner: s.placement.owner,
         });
@@ -890,7 +890,7 @@ fn validate_sensor(
         section.grid.as_ref(),
         section.location.as_ref(),
     )?;
-    let mut spec = SensorSpec::new(SensorId::new(id), section.kind);
+    let mut spec = SensorSpec::new(DeviceId::new(id), section.kind);
     if let Some(q) = &section.quantity {
         validate_id("quantity", q).map_err(|m| at.error(at.value(region, "quantity"), m))?;
         spec.quantity = q.clone();
@@ -1196,7 +1196,7 @@ fn validate_camera(
     }
 
     Ok(CameraSpec {
-        id: CameraId::new(id),
+        id: DeviceId::new(id),
         owner: common.owner,
         grid,
         source,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use skynet_core::{
-    AnalysedFrame, CameraId, Frame, FrameImage, OverloadPolicy, PixelOrder, Shutdown, Watermark,
+    AnalysedFrame, DeviceId, Frame, FrameImage, OverloadPolicy, PixelOrder, Shutdown, Watermark,
     stage_queue,
 };
 use skynet_detect::{
@@ -154,7 +154,7 @@ fn video(
     skynet_ingest::init()?;
     anyhow::ensure!(path.is_file(), "no such file");
     let absolute = std::fs::canonicalize(path)?;
-    let camera = CameraId::new("detect");
+    let camera = DeviceId::new("detect");
     let (queue, frames) = stage_queue::<Frame>("frames", "detect", 8, OverloadPolicy::Block);
     let out = FrameOutput::new(queue, Watermark::new(false));
     let mut source = GstSource::new(

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use skynet_core::config::check_range;
 use skynet_core::{
-    AnalysedFrame, BBox, CameraId, Detection, FieldError, GridId, Observation, OwnerKind, Point,
+    AnalysedFrame, BBox, Detection, DeviceId, FieldError, GridId, Observation, OwnerKind, Point,
     RuleRef, TrackedObject,
 };
 
@@ -117,7 +117,7 @@ pub trait Rule: Send {
 
 /// A camera's rules, with where the camera is, so hits become grid observations.
 pub struct CameraRules {
-    pub camera: CameraId,
+    pub camera: DeviceId,
     pub grid: GridId,
     pub owner: OwnerKind,
     pub rules: Vec<Box<dyn Rule>>,

@@ -2,7 +2,7 @@
 //! calls it: exactly the expected observations, and nothing else.
 
 use chrono::{DateTime, Utc};
-use skynet_core::{BBox, CameraId, FrameInfo, GridId, OwnerKind, TrackedObject};
+use skynet_core::{BBox, DeviceId, FrameInfo, GridId, OwnerKind, TrackedObject};
 
 use super::*;
 
@@ -34,7 +34,7 @@ fn person(id: u64, x: f32, y: f32) -> TrackedObject {
 fn frame(ms: i64, tracks: Vec<TrackedObject>) -> AnalysedFrame {
     AnalysedFrame {
         info: FrameInfo {
-            camera: CameraId::new("cam"),
+            camera: DeviceId::new("cam"),
             seq: (ms / 100) as u64,
             captured_at: t(ms),
             decoded_at: std::time::Instant::now(),
@@ -76,7 +76,7 @@ fn configure<C: RuleConfig>(table: &str) -> Result<C, FieldError> {
 
 fn camera(rule: Box<dyn Rule>) -> CameraRules {
     CameraRules {
-        camera: CameraId::new("cam"),
+        camera: DeviceId::new("cam"),
         grid: GridId::new("G-0101"),
         owner: OwnerKind::Police,
         rules: vec![rule],

@@ -268,7 +268,7 @@ impl Rule for ZoneIntrusionRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skynet_core::{BBox, CameraId, Detection, FrameInfo};
+    use skynet_core::{BBox, Detection, DeviceId, FrameInfo};
 
     /// A frame whose tracks are the given objects, the i-th with track id i + 1.
     fn frame(seq: u64, detections: Vec<Detection>) -> AnalysedFrame {
@@ -289,7 +289,7 @@ mod tests {
             .collect();
         AnalysedFrame {
             info: FrameInfo {
-                camera: CameraId::new("cam"),
+                camera: DeviceId::new("cam"),
                 seq,
                 captured_at: DateTime::<Utc>::UNIX_EPOCH
                     + chrono::Duration::milliseconds(seq as i64 * 100),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use skynet_core::{SensorId, SensorReading};
+use skynet_core::{DeviceId, SensorReading};
 
 use super::payload::{
     JsonMapping, RawRecord, RawTime, RawValue, Reject, parse_mapped, parse_senml,
@@ -20,7 +20,7 @@ use super::units::{SensorKind, convert};
 /// A registered sensor, as validation needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensorSpec {
-    pub id: SensorId,
+    pub id: DeviceId,
     pub kind: SensorKind,
     /// The record name its readings carry (after the sensor's own prefix).
     pub quantity: String,
@@ -32,7 +32,7 @@ pub struct SensorSpec {
 }
 
 impl SensorSpec {
-    pub fn new(id: SensorId, kind: SensorKind) -> Self {
+    pub fn new(id: DeviceId, kind: SensorKind) -> Self {
         Self {
             id,
             kind,
@@ -136,7 +136,7 @@ impl SensorEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub reason: Reject,
-    pub sensor: Option<SensorId>,
+    pub sensor: Option<DeviceId>,
 }
 
 /// What one message gave.
@@ -261,7 +261,7 @@ impl SensorIngest {
             }
             self.unassigned += 1;
             tracing::info!(sensor = id, "unknown sensor registered as unassigned");
-            let mut spec = SensorSpec::new(SensorId::new(id), SensorKind::Unassigned);
+            let mut spec = SensorSpec::new(DeviceId::new(id), SensorKind::Unassigned);
             spec.quantity = String::new();
             self.sensors.insert(id.to_string(), SensorEntry::new(spec));
         }
@@ -274,7 +274,7 @@ impl SensorIngest {
         record: RawRecord<'_>,
         now: DateTime<Utc>,
         received_at: Instant,
-    ) -> Result<SensorReading, (Reject, Option<SensorId>)> {
+    ) -> Result<SensorReading, (Reject, Option<DeviceId>)> {
         let limits = self.limits;
         let entry = sensor
             .and_then(|id| self.entry(id))
@@ -419,7 +419,7 @@ mod tests {
                 format: PayloadFormat::Senml,
                 sensor_from: SensorFrom::Topic,
             }],
-            vec![SensorSpec::new(SensorId::new("gas-07"), SensorKind::GasCo)],
+            vec![SensorSpec::new(DeviceId::new("gas-07"), SensorKind::GasCo)],
             IngestLimits {
                 unknown_sensors: unknown,
                 ..IngestLimits::default()
@@ -618,7 +618,7 @@ mod tests {
                 sensor_from: SensorFrom::Payload,
             }],
             vec![SensorSpec::new(
-                SensorId::new("water-02"),
+                DeviceId::new("water-02"),
                 SensorKind::WaterLevel,
             )],
             IngestLimits::default(),

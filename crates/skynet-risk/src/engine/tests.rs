@@ -68,7 +68,7 @@ fn engine_with(settings: &str) -> GridRiskEngine {
     .map(|(id, kind, grid)| DeviceInfo {
         source: SourceRef {
             kind,
-            id: CameraId::new(id),
+            id: DeviceId::new(id),
         },
         grid: GridId::new(grid),
         owner: OwnerKind::SafetyProduction,
@@ -90,7 +90,7 @@ fn obs(at: i64, grid: &str, category: &str, device: &str, weight: f32) -> Observ
         at: t(at),
         source: SourceRef {
             kind,
-            id: CameraId::new(device),
+            id: DeviceId::new(device),
         },
         grid: GridId::new(grid),
         category: category.into(),
@@ -325,7 +325,7 @@ fn quiet_incidents_close_and_evidence_within_the_cooldown_reopens_them() {
 fn a_device_fault_opens_until_the_device_recovers() {
     let mut e = engine();
     let fault = DeviceFault {
-        camera: CameraId::new("cam-1"),
+        camera: DeviceId::new("cam-1"),
         source: SourceKind::Camera,
         grid: GridId::new("A"),
         owner: OwnerKind::Police,
@@ -344,7 +344,7 @@ fn a_device_fault_opens_until_the_device_recovers() {
     assert_eq!(e.faulty_devices().len(), 1);
     assert_eq!(e.cell_level(&GridId::new("A")).0, None, "no hazard");
     let recovered = e.observe(&DeviceFault::recovery(
-        SourceRef::camera(&CameraId::new("cam-1")),
+        SourceRef::camera(&DeviceId::new("cam-1")),
         GridId::new("A"),
         "camera_offline",
         t(10_001),

@@ -1090,7 +1090,7 @@ async fn camera_frame(
         .cameras
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&skynet_core::CameraId::new(id.as_str()))
+        .get(&skynet_core::DeviceId::new(id.as_str()))
         .and_then(|c| c.frame.as_ref().map(|(jpeg, _)| Arc::clone(jpeg)));
     match frame {
         Some(frame) => Ok(jpeg(frame.to_vec())),
@@ -1115,7 +1115,7 @@ async fn set_thresholds(
         .cameras
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&skynet_core::CameraId::new(id.as_str()))
+        .get(&skynet_core::DeviceId::new(id.as_str()))
         .map(|c| Arc::clone(&c.thresholds))
         .ok_or_else(|| ApiError::not_found("camera"))?;
     let rounded = |scores: std::collections::BTreeMap<String, f32>| -> Value {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use skynet_core::{
-    CameraId, CaseStatus, GridRisk, Health, Incident, IncidentChange, IncidentState,
+    CaseStatus, DeviceId, GridRisk, Health, Incident, IncidentChange, IncidentState,
     LiveThresholds, OwnerKind, RiskEvent,
 };
 use skynet_emit::Outbox;
@@ -43,7 +43,7 @@ pub struct LiveMessage {
 
 /// A camera as the console shows it.
 pub struct CameraRegistration {
-    pub id: CameraId,
+    pub id: DeviceId,
     pub grid: String,
     pub owner: OwnerKind,
     pub thresholds: Arc<LiveThresholds>,
@@ -119,7 +119,7 @@ pub struct Console {
     pub(crate) limiter: LoginLimiter,
     /// The grid cells as GeoJSON features (geometry and static properties).
     pub(crate) grids: RwLock<Vec<Value>>,
-    pub(crate) cameras: RwLock<BTreeMap<CameraId, CameraEntry>>,
+    pub(crate) cameras: RwLock<BTreeMap<DeviceId, CameraEntry>>,
     pub(crate) sensors: RwLock<BTreeMap<String, SensorEntry>>,
     pub(crate) acks: Mutex<HashMap<String, Ack>>,
     submit: RwLock<Option<SubmitStatus>>,
@@ -244,7 +244,7 @@ impl Console {
     }
 
     /// A camera's latest annotated frame (JPEG).
-    pub fn set_frame(&self, camera: &CameraId, jpeg: Vec<u8>, at: DateTime<Utc>) {
+    pub fn set_frame(&self, camera: &DeviceId, jpeg: Vec<u8>, at: DateTime<Utc>) {
         if let Some(entry) = self
             .cameras
             .write()

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use skynet_core::{CameraId, Detection, FrameImage, Shutdown, TrackedObject};
+use skynet_core::{Detection, DeviceId, FrameImage, Shutdown, TrackedObject};
 use skynet_detect::Zone;
 use skynet_emit::{CaseAck, CaseFeedback};
 use skynet_serve::console::{Console, SensorRegistration};
@@ -83,7 +83,7 @@ pub(crate) fn connect_status(console: &Console, feedback: crossbeam_channel::Sen
 
 /// What the rules stage offers the preview thread: a camera's analysed frame.
 pub(crate) struct PreviewFrame {
-    camera: CameraId,
+    camera: DeviceId,
     at: DateTime<Utc>,
     /// The camera's resolution, which the boxes are in.
     camera_size: (u32, u32),
@@ -96,7 +96,7 @@ pub(crate) struct PreviewFrame {
 /// between cost nothing: no copy, no message.
 pub(crate) struct Preview {
     tx: crossbeam_channel::Sender<PreviewFrame>,
-    offered: HashMap<CameraId, Instant>,
+    offered: HashMap<DeviceId, Instant>,
 }
 
 /// What is drawn on a camera's frames: its zones, and its privacy masks (blurred).
@@ -143,7 +143,7 @@ pub(crate) fn spawn_preview(
     stop: Shutdown,
 ) -> Result<(Preview, JoinHandle<()>), PipelineError> {
     let (tx, rx) = crossbeam_channel::bounded::<PreviewFrame>(4);
-    let views: HashMap<CameraId, CameraDrawing> = config
+    let views: HashMap<DeviceId, CameraDrawing> = config
         .cameras
         .iter()
         .map(|c| (c.id.clone(), (c.zones.clone(), c.privacy_masks.clone())))

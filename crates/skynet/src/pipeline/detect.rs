@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Select, TryRecvError};
 use skynet_core::{
-    AnalysedFrame, CameraId, Detection, Frame, FrameImage, StageQueue, StageReceiver,
+    AnalysedFrame, Detection, DeviceId, Frame, FrameImage, StageQueue, StageReceiver,
 };
 use skynet_detect::{
     DetectError, DetectionFilter, Detector, ImageView, InferenceInterval, IntervalConfig,
@@ -29,7 +29,7 @@ use super::{Counters, POLL, panic_message};
 /// One frame's way out of detection.
 #[derive(Debug)]
 pub(crate) struct Detected {
-    pub camera: CameraId,
+    pub camera: DeviceId,
     /// Dense per camera, in the order frames left the camera's queue.
     pub dispatch: u64,
     /// Frames of this camera's source missing just before this one (dropped under overload).
@@ -63,7 +63,7 @@ struct Taken {
 /// A camera's frame queue, its dispatch numbering, and its metric handles, resolved once.
 #[derive(Clone)]
 pub(crate) struct CameraInput {
-    camera: CameraId,
+    camera: DeviceId,
     frames: StageReceiver<Frame>,
     dispatch: Arc<Mutex<Dispatch>>,
     /// Tells the camera's motion gate whether the last detection found anything.
@@ -93,7 +93,7 @@ const PREVIEW_EVERY_MS: u64 = super::console::PREVIEW_EVERY.as_millis() as u64;
 
 impl CameraInput {
     pub(crate) fn new(
-        camera: &CameraId,
+        camera: &DeviceId,
         frames: StageReceiver<Frame>,
         objects: ObjectsInView,
         filter: DetectionFilter,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use skynet_core::{
-    AnalysedFrame, CameraId, Detection, EvidenceRef, FrameImage, Incident, IncidentStatus,
+    AnalysedFrame, Detection, DeviceId, EvidenceRef, FrameImage, Incident, IncidentStatus,
     RiskEvent, SourceKind, TrackedObject,
 };
 use skynet_detect::Zone;
@@ -44,7 +44,7 @@ struct Taken {
 
 pub(crate) struct EvidenceStage {
     store: EvidenceStore,
-    cameras: BTreeMap<CameraId, CameraView>,
+    cameras: BTreeMap<DeviceId, CameraView>,
     incidents: HashMap<String, Taken>,
     min_interval: chrono::Duration,
     max_per_s: f64,
@@ -88,7 +88,7 @@ impl EvidenceStage {
 
     fn for_cameras(
         settings: &EvidenceConfig,
-        cameras: impl Iterator<Item = (CameraId, Vec<Zone>, Vec<Vec<[f64; 2]>>)>,
+        cameras: impl Iterator<Item = (DeviceId, Vec<Zone>, Vec<Vec<[f64; 2]>>)>,
     ) -> Option<Self> {
         if !settings.enabled {
             return None;
@@ -227,7 +227,7 @@ impl EvidenceStage {
 
     /// The camera, and its latest frame, whose detections the incident's are: the cameras
     /// the incident rests on, its own first.
-    fn frame_of(&self, incident: &Incident) -> Option<(CameraId, &Latest)> {
+    fn frame_of(&self, incident: &Incident) -> Option<(DeviceId, &Latest)> {
         let contributing = incident
             .contributions
             .iter()
@@ -280,7 +280,7 @@ mod tests {
         let masks = vec![vec![[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]];
         EvidenceStage::for_cameras(
             &settings,
-            std::iter::once((CameraId::new("cam"), Vec::new(), masks)),
+            std::iter::once((DeviceId::new("cam"), Vec::new(), masks)),
         )
         .unwrap()
     }
@@ -297,7 +297,7 @@ mod tests {
     /// A 640x480 camera's frame at second `at`, analysed at 320x240.
     fn frame(at: i64, detections: Vec<Detection>) -> (AnalysedFrame, Arc<FrameImage>) {
         let info = FrameInfo {
-            camera: CameraId::new("cam"),
+            camera: DeviceId::new("cam"),
             seq: at as u64,
             captured_at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(at),
             decoded_at: Instant::now(),

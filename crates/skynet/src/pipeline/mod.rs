@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use skynet_core::{CameraId, ComponentHealth, OverloadPolicy, Shutdown, stage_queue};
+use skynet_core::{ComponentHealth, DeviceId, OverloadPolicy, Shutdown, stage_queue};
 use skynet_detect::{DetectError, Detector, OnnxDetector, OnnxRuntime};
 use skynet_emit::{Committer, EmitError, Outbox};
 use skynet_ingest::{
@@ -94,7 +94,7 @@ pub struct RunSummary {
     pub frames_late: u64,
     pub observations: u64,
     pub incident_revisions: u64,
-    pub failed_cameras: Vec<CameraId>,
+    pub failed_cameras: Vec<DeviceId>,
     pub elapsed: Duration,
 }
 
@@ -346,7 +346,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             config
                 .sensors
                 .iter()
-                .map(|s| CameraId::new(s.spec.id.as_str()))
+                .map(|s| DeviceId::new(s.spec.id.as_str()))
                 .collect(),
         );
     }
@@ -383,7 +383,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // model's input size, at each camera's analysis rate.
     let max_size = Some((config.model.input.width, config.model.input.height));
     let mut inputs = Vec::new();
-    let mut sources: Vec<(CameraId, JoinHandle<bool>)> = Vec::new();
+    let mut sources: Vec<(DeviceId, JoinHandle<bool>)> = Vec::new();
     for (camera, watermark) in config.cameras.iter().zip(watermarks) {
         let policy = if camera.is_live() {
             OverloadPolicy::DropOldest

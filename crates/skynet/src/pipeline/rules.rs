@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use skynet_core::{
-    CameraId, DeviceFault, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
+    DeviceFault, DeviceId, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
 };
 use skynet_detect::CameraRules;
 use skynet_detect::tracker::Tracker;
@@ -143,13 +143,13 @@ struct OfflineWatch {
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
 pub(crate) struct RulesAndRisk {
-    cameras: BTreeMap<CameraId, CameraStage>,
+    cameras: BTreeMap<DeviceId, CameraStage>,
     engine: Box<dyn RiskEngine>,
     commits: StageQueue<Commit>,
     counters: Arc<Counters>,
     /// Cameras in the restored state that the config no longer has: their incidents close
     /// by the wall clock, since no frame of theirs will come.
-    gone: BTreeMap<CameraId, DateTime<Utc>>,
+    gone: BTreeMap<DeviceId, DateTime<Utc>>,
     /// Set when the process keeps running after its sources end (a service): the stop signal.
     keep_running: Option<Shutdown>,
     /// Evidence or clocks changed since the state was last sent.
@@ -160,7 +160,7 @@ pub(crate) struct RulesAndRisk {
     /// Evidence and faults from the sensor stage.
     sensor_events: Option<crossbeam_channel::Receiver<SensorEvent>>,
     /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
-    sensors: Vec<CameraId>,
+    sensors: Vec<DeviceId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
     recorder: Option<Recorder>,
     /// The case system's status events.
@@ -258,7 +258,7 @@ impl RulesAndRisk {
         let gone = clocks
             .iter()
             .filter(|(id, _)| !config.cameras.iter().any(|c| c.id.as_str() == id.as_str()))
-            .map(|(id, t)| (CameraId::new(id), *t))
+            .map(|(id, t)| (DeviceId::new(id), *t))
             .collect();
         let cameras = config
             .cameras
@@ -326,7 +326,7 @@ impl RulesAndRisk {
     pub(crate) fn with_sensor_events(
         mut self,
         events: crossbeam_channel::Receiver<SensorEvent>,
-        sensors: Vec<CameraId>,
+        sensors: Vec<DeviceId>,
     ) -> Self {
         self.sensor_events = Some(events);
         self.sensors = sensors;
@@ -442,7 +442,7 @@ impl RulesAndRisk {
     }
 
     /// The device works again: the observation that closes its open `category` fault.
-    fn recover(&mut self, device: &CameraId, category: &str, at: DateTime<Utc>) -> Vec<RiskEvent> {
+    fn recover(&mut self, device: &DeviceId, category: &str, at: DateTime<Utc>) -> Vec<RiskEvent> {
         let faults = self.engine.faulty_devices();
         let Some((source, grid, _)) = faults
             .into_iter()
@@ -604,7 +604,7 @@ impl RulesAndRisk {
                 }
             }
         }
-        let ids: Vec<CameraId> = self.cameras.keys().cloned().collect();
+        let ids: Vec<DeviceId> = self.cameras.keys().cloned().collect();
         for id in ids {
             let waiting = self
                 .cameras
@@ -651,7 +651,7 @@ impl RulesAndRisk {
         Ok(())
     }
 
-    fn apply(&mut self, id: &CameraId, detected: Detected) -> Result<(), QueueClosed> {
+    fn apply(&mut self, id: &DeviceId, detected: Detected) -> Result<(), QueueClosed> {
         let Some(camera) = self.cameras.get_mut(id) else {
             return Ok(());
         };
@@ -786,12 +786,12 @@ mod tests {
 
     fn detected(dispatch: u64) -> Detected {
         Detected {
-            camera: CameraId::new("c"),
+            camera: DeviceId::new("c"),
             dispatch,
             gap: 0,
             frame: Some(AnalysedFrame {
                 info: FrameInfo {
-                    camera: CameraId::new("c"),
+                    camera: DeviceId::new("c"),
                     seq: dispatch,
                     captured_at: DateTime::<Utc>::UNIX_EPOCH,
                     decoded_at: Instant::now(),
@@ -831,7 +831,7 @@ mod tests {
         let path = dir.path().join("sub/observations.jsonl");
         let mut recorder = Recorder::open(&path).expect("creates its directory");
         let observation = skynet_core::DeviceFault {
-            camera: CameraId::new("c"),
+            camera: DeviceId::new("c"),
             source: skynet_core::SourceKind::Camera,
             grid: skynet_core::GridId::new("g"),
             owner: skynet_core::OwnerKind::Police,

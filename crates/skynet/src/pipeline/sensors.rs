@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use skynet_core::{CameraId, DeviceFault, Health, Observation, Shutdown};
+use skynet_core::{DeviceFault, DeviceId, Health, Observation, Shutdown};
 use skynet_detect::{Liveness, SensorRules};
 use skynet_ingest::sensor::{
     DeadLetters, MqttClient, MqttConfig, MqttMessage, Reject, SensorIngest,
@@ -33,7 +33,7 @@ use crate::config::SensorConfig;
 pub enum SensorEvent {
     Observation(Observation),
     Fault(DeviceFault),
-    Recovered { device: CameraId, at: DateTime<Utc> },
+    Recovered { device: DeviceId, at: DateTime<Utc> },
 }
 
 /// What the sensor thread receives: a message, or a tick for the liveness checks.
