@@ -5,6 +5,7 @@
 //! into [`Incident`]s, and the emitters deliver incidents. The stage traits themselves live in the
 //! stage crates, next to their typed errors.
 
+pub mod component;
 pub mod config;
 pub mod geometry;
 pub mod health;
@@ -12,12 +13,14 @@ pub mod ids;
 pub mod incident;
 pub mod queue;
 pub mod redact;
+pub mod secret;
 pub mod sensor;
 pub mod shutdown;
 pub mod tuning;
 pub mod vision;
 pub mod watermark;
 
+pub use component::{Component, Erase, Family, Kind, Registry, TableError};
 pub use config::{ConfigContext, FieldError};
 pub use geometry::{BBox, FramePolygonError, Point, check_frame_polygon, check_frame_polygons};
 pub use health::{ComponentHealth, ComponentState, ComponentStatus, Health, HealthReport};
@@ -29,6 +32,7 @@ pub use incident::{
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};
+pub use secret::Secret;
 pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
 pub use tuning::LiveThresholds;
