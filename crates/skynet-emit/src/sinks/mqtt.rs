@@ -8,8 +8,8 @@
 //! disconnect interrupts fails as a whole and the worker retries it on a fresh connection:
 //! at-least-once, so consumers deduplicate by the CloudEvent `id`.
 //!
-//! The connection (broker URL, credentials, TLS) is the sensor feed's code in
-//! [`skynet_ingest::sensor::MqttConnectionKeys`]; nothing connects before the first delivery,
+//! The connection (broker URL, credentials, TLS) is the code the sensor feed shares, in
+//! [`skynet_mqtt::MqttConnectionKeys`]; nothing connects before the first delivery,
 //! so skynet starts and commits while the broker is down.
 
 use std::collections::HashSet;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use skynet_core::redact::redact_uri;
 use skynet_core::{ConfigContext, FieldError};
-use skynet_ingest::sensor::{MqttConnection, MqttConnectionKeys, check_topic};
+use skynet_mqtt::{MqttConnection, MqttConnectionKeys, check_topic};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -7,15 +7,13 @@
 //!                 └──────── DeadLetters ◄─────────────┘
 //! ```
 
-mod broker;
 mod ingest;
 mod mqtt;
 mod payload;
 mod units;
 
-pub use broker::{
-    BrokerUrl, MqttConnection, MqttConnectionKeys, MqttError, check_client_id, check_topic,
-};
+// The connection code lives in skynet-mqtt (shared with the MQTT sink); re-exported here so
+// the sensor feed's paths stay as they were.
 pub use ingest::{
     IngestLimits, Ingested, MAX_UNASSIGNED, PayloadFormat, Rejection, SensorFrom, SensorIngest,
     SensorSpec, TopicFamily, UnknownSensors, topic_capture,
@@ -27,5 +25,8 @@ pub use mqtt::{
 pub use payload::{
     JsonMapping, MappedRecord, RawRecord, RawTime, RawValue, Reject, TimeFormat, parse_mapped,
     parse_senml,
+};
+pub use skynet_mqtt::{
+    BrokerUrl, MqttConnection, MqttConnectionKeys, MqttError, check_client_id, check_topic,
 };
 pub use units::{SensorKind, convert, is_known_unit};

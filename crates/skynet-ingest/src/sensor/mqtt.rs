@@ -18,9 +18,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
 use serde::Deserialize;
 use skynet_core::config::{ConfigContext, FieldError, MAX_SECONDS, check_range};
 use skynet_core::{ComponentHealth, Shutdown};
+use skynet_mqtt::{MqttConnection, MqttConnectionKeys, MqttError, check_topic};
 use tokio::sync::mpsc;
 
-use super::broker::{MqttConnection, MqttConnectionKeys, MqttError, check_topic};
 use super::ingest::{IngestLimits, PayloadFormat, SensorFrom, TopicFamily, UnknownSensors};
 use super::payload::{JsonMapping, TimeFormat};
 
@@ -58,8 +58,8 @@ fn default_max_backoff() -> f64 {
     10.0
 }
 
-/// The `[mqtt]` table as written.
-#[derive(Debug, Clone, Deserialize)]
+/// The `[mqtt]` table as written. Its `Debug` hides the password and the URL's credentials.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port`; `${VAR}` and `${VAR:-default}` expand.
@@ -105,6 +105,34 @@ pub struct MqttSettings {
     /// The sensor families: topic filters and payload formats.
     #[serde(default)]
     pub topics: Vec<TopicSettings>,
+}
+
+/// Shows the table without its secrets: the password and URL credentials.
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("url", &skynet_core::redact_uri(&self.url))
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("qos", &self.qos)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("clean_session", &self.clean_session)
+            .field("status_topic", &self.status_topic)
+            .field("deadletter_topic", &self.deadletter_topic)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_future_s", &self.max_future_s)
+            .field("max_age_s", &self.max_age_s)
+            .field("unknown_sensors", &self.unknown_sensors)
+            .field("queue", &self.queue)
+            .field("initial_backoff_s", &self.initial_backoff_s)
+            .field("max_backoff_s", &self.max_backoff_s)
+            .field("topics", &self.topics)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -609,6 +637,15 @@ mod tests {
             c.connection.display_url
         );
         assert!(!format!("{c:?}").contains("s3cr"));
+        let s: MqttSettings = toml::from_str(
+            "url = \"mqtts://ops:s3cr%21t@broker.example:8884\"\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("s3cr") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         let e = settings("url = \"http://ops:s3cret@x\"").unwrap_err();
         assert!(!e.message.contains("s3cret"), "{e}");
         let c = settings("url = \"${SKYNET_SURELY_UNSET_MQTT:-mqtt://10.0.0.1:1999}\"").unwrap();
