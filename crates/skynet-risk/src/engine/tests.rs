@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use proptest::prelude::*;
-use skynet_core::{DeviceFault, Evidence};
+use skynet_core::{DeviceFault, Evidence, IncidentChange, IncidentState, IncidentStatus};
 
 use super::*;
 use crate::RiskSettings;
