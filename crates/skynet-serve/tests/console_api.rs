@@ -911,3 +911,351 @@ async fn changes_need_json_from_the_consoles_own_origin_and_every_error_is_json(
         assert!(body["error"].is_string(), "{method} {uri}: {body}");
     }
 }
+
+/// The schema the OpenAPI document gives for an answer, with the document's components
+/// beside it so that its `$ref`s resolve.
+fn documented_schema(doc: &Value, path: &str, method: &str, status: StatusCode) -> Value {
+    let schema = &doc["paths"][path][method]["responses"][status.as_str()]["content"]["application/json"]
+        ["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status}: no JSON schema in openapi.json"
+    );
+    let mut schema = schema.clone();
+    schema["components"] = doc["components"].clone();
+    schema
+}
+
+/// The object keys of `value` that its schema does not declare. Schemas without
+/// `properties` (GeoJSON, revisions, audit before/after) are open; `IncidentView` lists its
+/// own keys and stands for an incident revision too (`schemas/incident.schema.json`).
+fn undeclared(doc: &Value, schema: &Value, value: &Value, at: &str, found: &mut Vec<String>) {
+    let mut schema = schema;
+    let mut extra: Vec<String> = Vec::new();
+    while let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        if name == "IncidentView" {
+            let incident: Value =
+                serde_json::from_str(include_str!("../../../schemas/incident.schema.json"))
+                    .expect("the published incident schema");
+            extra.extend(
+                incident["properties"]["data"]["properties"]
+                    .as_object()
+                    .expect("incident properties")
+                    .keys()
+                    .cloned(),
+            );
+        }
+        schema = &doc["components"]["schemas"][name];
+    }
+    match value {
+        Value::Object(map) => {
+            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (key, item) in map {
+                match properties.get(key) {
+                    Some(declared) => {
+                        undeclared(doc, declared, item, &format!("{at}.{key}"), found)
+                    }
+                    None if extra.contains(key) => {}
+                    None => found.push(format!("{at}.{key}")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(declared) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    undeclared(doc, declared, item, &format!("{at}[{i}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks an answer against openapi.json: valid against its schema, and no key the
+/// document does not name.
+fn check_documented(doc: &Value, path: &str, method: &str, status: StatusCode, body: &Value) {
+    let schema = documented_schema(doc, path, method, status);
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{method} {path} {status}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: {errors:?}\n{body}"
+    );
+    let mut found = Vec::new();
+    undeclared(doc, &schema, body, "", &mut found);
+    assert!(
+        found.is_empty(),
+        "{method} {path} {status}: keys openapi.json does not declare: {found:?}\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_has_the_shape_the_openapi_document_gives() {
+    let f = fixture().await;
+    let doc = call(&f.app, Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .1;
+    let admin = f.token(Role::Admin).to_string();
+    let operator = f.token(Role::Operator).to_string();
+    let inspector = f.token(Role::Inspector).to_string();
+    // Some of everything that may be null or empty: a reading, an acknowledgement, a note.
+    f.console
+        .sensor_reading("gas-07", 12.5, "%LEL", chrono::Utc::now());
+    f.console.sensor_offline("gas-07", Some(chrono::Utc::now()));
+    let calls: &[(&str, &str, &str, Option<&str>, Option<Value>, StatusCode)] = &[
+        (
+            "post",
+            "/api/v1/login",
+            "/api/v1/login",
+            None,
+            Some(json!({"username": "adm", "password": PASSWORD})),
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/login",
+            "/api/v1/login",
+            None,
+            Some(json!({"username": "adm", "password": "wrong"})),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "get",
+            "/api/v1/me",
+            "/api/v1/me",
+            Some(&inspector),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/incidents/{id}/notes",
+            "/api/v1/incidents/inc-gas/notes",
+            Some(&operator),
+            Some(json!({"text": "on my way"})),
+            StatusCode::CREATED,
+        ),
+        (
+            "post",
+            "/api/v1/incidents/{id}/ack",
+            "/api/v1/incidents/inc-gas/ack",
+            Some(&operator),
+            Some(json!({"note": "seen"})),
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/incidents/{id}/status",
+            "/api/v1/incidents/inc-gas/status",
+            Some(&admin),
+            Some(json!({"status": "dispatched", "note": "team 3"})),
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/incidents/{id}/status",
+            "/api/v1/incidents/inc-street/status",
+            Some(&admin),
+            Some(json!({"status": "dispatched", "note": "refused by the risk stage"})),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            "post",
+            "/api/v1/incidents/{id}/status",
+            "/api/v1/incidents/inc-gas/status",
+            Some(&admin),
+            Some(json!({"status": "verified"})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "get",
+            "/api/v1/incidents",
+            "/api/v1/incidents",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/incidents",
+            "/api/v1/incidents?limit=1",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/incidents",
+            "/api/v1/incidents?state=bogus",
+            Some(&admin),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "get",
+            "/api/v1/incidents/{id}",
+            "/api/v1/incidents/inc-gas",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/incidents/{id}",
+            "/api/v1/incidents/inc-street",
+            Some(&inspector),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "get",
+            "/api/v1/grids",
+            "/api/v1/grids",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/grids/{id}/history",
+            "/api/v1/grids/G-0201/history",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/cameras",
+            "/api/v1/cameras",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/cameras",
+            "/api/v1/cameras",
+            Some(&inspector),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "put",
+            "/api/v1/cameras/{id}/thresholds",
+            "/api/v1/cameras/cam-1/thresholds",
+            Some(&admin),
+            Some(json!({"person": 0.55})),
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/sensors",
+            "/api/v1/sensors",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/tickets",
+            "/api/v1/tickets",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/audit",
+            "/api/v1/audit",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/users",
+            "/api/v1/users",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/users",
+            "/api/v1/users",
+            Some(&admin),
+            Some(
+                json!({"name": "new-op", "role": "operator", "password": "long enough pw", "department": "x"}),
+            ),
+            StatusCode::CREATED,
+        ),
+        (
+            "post",
+            "/api/v1/users",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "new-op", "role": "operator", "password": "long enough pw"})),
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/me",
+            "/api/v1/me",
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (method, path, uri, token, body, expected) in calls {
+        let (status, answer, _) = call(
+            &f.app,
+            method.to_uppercase().parse().unwrap(),
+            uri,
+            *token,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, *expected, "{method} {uri}: {answer}");
+        check_documented(&doc, path, method, status, &answer);
+    }
+    // The detail now has a person's entries in its timeline, and the grid cell its devices.
+    let (_, detail, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/incidents/inc-gas",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let kinds: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"note") && kinds.contains(&"status"),
+        "{kinds:?}"
+    );
+    let (_, grids, _) = call(&f.app, Method::GET, "/api/v1/grids", Some(&admin), None).await;
+    assert_eq!(
+        grids["features"][0]["properties"]["cameras"],
+        json!(["cam-1"])
+    );
+    assert_eq!(grids["features"][0]["properties"]["name"], "Warehouses");
+    let (_, sensors, _) = call(&f.app, Method::GET, "/api/v1/sensors", Some(&admin), None).await;
+    assert_eq!(sensors["sensors"][0]["last_reading"]["value"], 12.5);
+    // And the check sees a key the document does not name.
+    let mut found = Vec::new();
+    let me = documented_schema(&doc, "/api/v1/me", "get", StatusCode::OK);
+    let surprise = json!({"name": "adm", "last_reading": {"at": null, "extra": 1}});
+    undeclared(&doc, &me, &surprise, "", &mut found);
+    assert_eq!(found, [".last_reading"]);
+}

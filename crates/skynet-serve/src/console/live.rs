@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{Value, json};
+use serde_json::Value;
 use skynet_core::{
     CaseStatus, DeviceId, GridRisk, Health, Incident, IncidentChange, IncidentState,
     LiveThresholds, OwnerKind, RiskEvent,
@@ -17,6 +17,9 @@ use tokio::sync::broadcast;
 use super::auth::LoginLimiter;
 use super::settings::ApiConfig;
 use super::store::{Ack, ConsoleStore, StoreError};
+use super::views::{
+    AckView, CameraView, IncidentView, Reading, SensorView, SourceMessage, json_text,
+};
 
 /// Hands a person's status change to the risk stage, which applies it exactly as a case
 /// system's status event. `Err` when it cannot be taken now (the stage is gone or full).
@@ -335,53 +338,67 @@ impl Console {
             owner: Some(incident.owner.as_str().to_string()),
             incident: Some((incident.id.clone(), incident.revision)),
             applied_status: (incident.change == IncidentChange::Feedback).then_some(incident.state),
-            data: self.incident_view(incident).to_string().into(),
+            data: json_text(&self.incident_view(incident)).into(),
         }
     }
 
     pub(crate) fn publish_source(&self, kind: &'static str, id: &str) {
-        let view = match kind {
-            "camera" => self.camera_views().into_iter().find(|c| c["id"] == id),
-            _ => self.sensor_views().into_iter().find(|s| s["id"] == id),
+        let data = match kind {
+            "camera" => self
+                .camera_views()
+                .into_iter()
+                .find(|c| c.id.as_str() == id)
+                .map(|view| json_text(&SourceMessage { view, kind })),
+            _ => self
+                .sensor_views()
+                .into_iter()
+                .find(|s| s.id == id)
+                .map(|view| json_text(&SourceMessage { view, kind })),
         };
-        if let Some(mut view) = view {
-            view["kind"] = json!(kind);
+        if let Some(data) = data {
             let _ = self.events.send(LiveMessage {
                 kind: "source",
                 department: None,
                 owner: None,
                 incident: None,
                 applied_status: None,
-                data: view.to_string().into(),
+                data: data.into(),
             });
         }
     }
 
     /// An incident as the API shows it: the revision, with who acknowledged it and where
     /// its evidence images are served.
-    pub(crate) fn incident_view(&self, incident: &Incident) -> Value {
-        let mut view = serde_json::to_value(incident).unwrap_or_else(|_| json!({}));
+    pub(crate) fn incident_view(&self, incident: &Incident) -> IncidentView {
         let ack = self
             .acks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&incident.id)
             .cloned();
-        view["acknowledged"] = match ack {
-            Some(ack) => json!({"by": ack.by, "at": ack.at}),
+        let acknowledged = match ack {
+            Some(ack) => Some(AckView {
+                by: Some(ack.by),
+                at: Some(ack.at),
+            }),
             // The case system took it over: nobody need be woken for it any more.
-            None if incident.state != IncidentState::Open => {
-                json!({"by": incident.assignee, "at": null})
-            }
-            None => Value::Null,
+            None if incident.state != IncidentState::Open => Some(AckView {
+                by: incident.assignee.clone(),
+                at: None,
+            }),
+            None => None,
         };
-        view["evidence_urls"] = incident
+        let evidence_urls = incident
             .evidence
             .iter()
             .filter_map(|e| e.url.rsplit('/').next())
             .map(|file| format!("/api/v1/evidence/{}/{file}", incident.id))
             .collect();
-        view
+        IncidentView {
+            incident: incident.clone(),
+            acknowledged,
+            evidence_urls,
+        }
     }
 
     pub(crate) fn remember_ack(&self, incident: &str, ack: Ack) {
@@ -392,7 +409,7 @@ impl Console {
     }
 
     /// Every camera with its health, counters and thresholds.
-    pub(crate) fn camera_views(&self) -> Vec<Value> {
+    pub(crate) fn camera_views(&self) -> Vec<CameraView> {
         let counters = self
             .metrics
             .as_ref()
@@ -406,25 +423,33 @@ impl Console {
                 let state = status.as_ref().map_or("starting".to_string(), camera_state);
                 let count = |name: &str| counters.get(id.as_str(), name);
                 let fps = self.frame_rate(id.as_str(), count("skynet_frames_decoded_total"));
-                json!({
-                    "fps": fps,
-                    "id": id,
-                    "grid": entry.grid,
-                    "owner": entry.owner,
-                    "state": state,
-                    "reason": status.as_ref().and_then(|s| s.reason.clone()),
-                    "retries": status.as_ref().map_or(0, |s| s.retries),
-                    "since": status.as_ref().map(|s| s.since),
-                    "last_frame_at": status.as_ref().and_then(|s| s.last_frame_at),
-                    "frames_decoded": count("skynet_frames_decoded_total"),
-                    "frames_dropped": count("skynet_frames_dropped_total"),
-                    "frames_skipped": count("skynet_frames_skipped_total"),
-                    "frames_analysed": count("skynet_frames_analysed_total"),
-                    "frame_url": entry.frame.as_ref().map(|_| format!("/api/v1/cameras/{id}/frame")),
-                    "frame_at": entry.frame.as_ref().map(|(_, at)| *at),
-                    "thresholds": entry.thresholds.snapshot().into_iter().map(|(label, score)| (label, round4(score))).collect::<BTreeMap<_, _>>(),
-                    "threshold_floor": round4(entry.thresholds.floor()),
-                })
+                CameraView {
+                    fps,
+                    id: id.clone(),
+                    grid: entry.grid.clone(),
+                    owner: entry.owner,
+                    state,
+                    reason: status.as_ref().and_then(|s| s.reason.clone()),
+                    retries: status.as_ref().map_or(0, |s| s.retries),
+                    since: status.as_ref().map(|s| s.since),
+                    last_frame_at: status.as_ref().and_then(|s| s.last_frame_at),
+                    frames_decoded: count("skynet_frames_decoded_total"),
+                    frames_dropped: count("skynet_frames_dropped_total"),
+                    frames_skipped: count("skynet_frames_skipped_total"),
+                    frames_analysed: count("skynet_frames_analysed_total"),
+                    frame_url: entry
+                        .frame
+                        .as_ref()
+                        .map(|_| format!("/api/v1/cameras/{id}/frame")),
+                    frame_at: entry.frame.as_ref().map(|(_, at)| *at),
+                    thresholds: entry
+                        .thresholds
+                        .snapshot()
+                        .into_iter()
+                        .map(|(label, score)| (label, round4(score)))
+                        .collect(),
+                    threshold_floor: round4(entry.thresholds.floor()),
+                }
             })
             .collect()
     }
@@ -452,7 +477,7 @@ impl Console {
         }
     }
 
-    pub(crate) fn sensor_views(&self) -> Vec<Value> {
+    pub(crate) fn sensor_views(&self) -> Vec<SensorView> {
         let sensors = self.sensors.read().unwrap_or_else(PoisonError::into_inner);
         sensors
             .iter()
@@ -462,16 +487,20 @@ impl Console {
                     (None, Some(_)) => "ok",
                     (None, None) => "waiting",
                 };
-                json!({
-                    "id": id,
-                    "grid": s.grid,
-                    "owner": s.owner,
-                    "quantity": s.quantity,
-                    "unit": s.unit,
-                    "state": state,
-                    "offline_since": s.offline_since,
-                    "last_reading": s.last.as_ref().map(|(value, unit, at)| json!({"value": value, "unit": unit, "at": at})),
-                })
+                SensorView {
+                    id: id.clone(),
+                    grid: s.grid.clone(),
+                    owner: s.owner,
+                    quantity: s.quantity.clone(),
+                    unit: s.unit.clone(),
+                    state,
+                    offline_since: s.offline_since,
+                    last_reading: s.last.as_ref().map(|(value, unit, at)| Reading {
+                        value: *value,
+                        unit: unit.clone(),
+                        at: *at,
+                    }),
+                }
             })
             .collect()
     }

@@ -13,6 +13,7 @@ pub mod auth;
 mod live;
 mod settings;
 pub mod store;
+mod views;
 
 pub use api::router as console_router;
 pub use auth::{Permission, Role, Scope, User};

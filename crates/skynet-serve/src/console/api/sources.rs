@@ -1,0 +1,374 @@
+//! The city and its sources: grid cells with their levels and history, cameras (frames,
+//! thresholds), sensors, and the tickets (the active incidents by deadline).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use skynet_core::{GridRisk, Incident, IncidentState, RiskLevel};
+use skynet_emit::IncidentQuery;
+
+use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg};
+use super::session::Caller;
+use crate::console::auth::Permission;
+use crate::console::live::{Console, round4};
+use crate::console::views::{CameraView, IncidentView, SensorView};
+
+/// The grid cells as GeoJSON.
+#[derive(Serialize)]
+pub(super) struct FeatureCollection {
+    /// Always `FeatureCollection`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    features: Vec<GridFeature>,
+}
+
+/// A cell: its feature as configured, with its id and its live properties.
+#[derive(Serialize)]
+pub(super) struct GridFeature {
+    /// The rest of the configured feature (`type`, `geometry`, …).
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+    id: String,
+    properties: GridProperties,
+}
+
+#[derive(Serialize)]
+pub(super) struct GridProperties {
+    /// The configured properties (`id`, `name`, …).
+    #[serde(flatten)]
+    statics: Map<String, Value>,
+    level: Option<RiskLevel>,
+    colour: Option<&'static str>,
+    score: f32,
+    /// Active incidents in the caller's scope.
+    open_incidents: u64,
+    /// Device ids; empty for those who may not see the sources.
+    cameras: Vec<String>,
+    sensors: Vec<String>,
+}
+
+impl GridProperties {
+    /// The properties set here, over any configured ones of the same name.
+    const SET_HERE: [&str; 6] = [
+        "level",
+        "colour",
+        "score",
+        "open_incidents",
+        "cameras",
+        "sensors",
+    ];
+}
+
+#[derive(Serialize)]
+pub(super) struct GridHistory {
+    grid: String,
+    history: Vec<GridRisk>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Cameras {
+    cameras: Vec<CameraView>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Sensors {
+    sensors: Vec<SensorView>,
+}
+
+/// A camera's thresholds after a change, per label.
+#[derive(Serialize)]
+pub(super) struct Thresholds {
+    thresholds: BTreeMap<String, f64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Tickets {
+    tickets: Vec<Ticket>,
+}
+
+/// An incident with the deadline it must meet next.
+#[derive(Serialize)]
+pub(super) struct Ticket {
+    #[serde(flatten)]
+    incident: IncidentView,
+    next_deadline: Option<DateTime<Utc>>,
+}
+
+/// Scores per label as the audit log keeps them.
+fn audit_json(scores: &BTreeMap<String, f64>) -> Value {
+    scores
+        .iter()
+        .map(|(label, score)| (label.clone(), Value::from(*score)))
+        .collect::<Map<_, _>>()
+        .into()
+}
+
+pub(super) async fn grids(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+) -> ApiResult<Reply<FeatureCollection>> {
+    let c = Arc::clone(&console);
+    // Cell levels are the city's; incident counts are the caller's scope's.
+    let scope = caller.user.scope();
+    let (latest, active) = blocking(move || {
+        c.outbox
+            .with(|o| {
+                Ok((
+                    o.latest_grid_risk()?,
+                    o.active_incidents_by_grid(
+                        scope.department.as_deref(),
+                        scope.owner.as_deref(),
+                    )?,
+                ))
+            })
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let sources = caller.user.may(Permission::SourcesRead);
+    let cameras: Vec<(String, String)> = console
+        .cameras
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(id, c)| (id.to_string(), c.grid.clone()))
+        .collect();
+    let sensors: Vec<(String, String)> = console
+        .sensors
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(id, s)| (id.clone(), s.grid.clone()))
+        .collect();
+    let features = console
+        .grids
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|feature| {
+            // The feature as configured (geometry, static properties), less what is set here.
+            let mut rest = feature.as_object().cloned().unwrap_or_default();
+            let mut statics = match rest.remove("properties") {
+                Some(Value::Object(properties)) => properties,
+                _ => Map::new(),
+            };
+            let id = statics
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            rest.remove("id");
+            for key in GridProperties::SET_HERE {
+                statics.remove(key);
+            }
+            let risk = latest.iter().find(|r| r.grid.as_str() == id);
+            // Which devices sit where is for those who may see the sources.
+            let in_cell = |devices: &[(String, String)]| -> Vec<String> {
+                if !sources {
+                    return Vec::new();
+                }
+                devices
+                    .iter()
+                    .filter(|(_, g)| *g == id)
+                    .map(|(d, _)| d.clone())
+                    .collect()
+            };
+            let properties = GridProperties {
+                statics,
+                level: risk.and_then(|r| r.level),
+                colour: risk.and_then(|r| r.level).map(|l| l.colour()),
+                score: risk.map_or(0.0, |r| r.score),
+                open_incidents: active.iter().find(|(g, _)| *g == id).map_or(0, |(_, n)| *n),
+                cameras: in_cell(&cameras),
+                sensors: in_cell(&sensors),
+            };
+            GridFeature {
+                rest,
+                id,
+                properties,
+            }
+        })
+        .collect();
+    Ok(Reply(FeatureCollection {
+        kind: "FeatureCollection",
+        features,
+    }))
+}
+
+pub(super) async fn grid_history(
+    State(console): State<Arc<Console>>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Reply<GridHistory>> {
+    let known = console
+        .grids
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|f| f["properties"]["id"] == id.as_str());
+    let c = Arc::clone(&console);
+    let lookup = id.clone();
+    let history = blocking(move || {
+        c.outbox
+            .with(|o| o.grid_risk_history(&lookup))
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    if !known && history.is_empty() {
+        return Err(ApiError::not_found("grid cell"));
+    }
+    Ok(Reply(GridHistory { grid: id, history }))
+}
+
+pub(super) async fn cameras(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+) -> ApiResult<Reply<Cameras>> {
+    caller.require(Permission::SourcesRead)?;
+    Ok(Reply(Cameras {
+        cameras: console.camera_views(),
+    }))
+}
+
+pub(super) async fn camera_frame(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::SourcesRead)?;
+    let frame = console
+        .cameras
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&skynet_core::DeviceId::new(id.as_str()))
+        .and_then(|c| c.frame.as_ref().map(|(jpeg, _)| Arc::clone(jpeg)));
+    match frame {
+        Some(frame) => Ok(jpeg(frame.to_vec())),
+        None => Err(ApiError::not_found("frame for this camera yet")),
+    }
+}
+
+pub(super) async fn set_thresholds(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request: Result<Json<BTreeMap<String, f32>>, JsonRejection>,
+) -> ApiResult<Reply<Thresholds>> {
+    caller.require(Permission::ThresholdsWrite)?;
+    let changes = body(request)?;
+    if changes.is_empty() {
+        return Err(ApiError::bad_request(
+            "give at least one label and its score, like {\"person\": 0.45}",
+        ));
+    }
+    let thresholds = console
+        .cameras
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&skynet_core::DeviceId::new(id.as_str()))
+        .map(|c| Arc::clone(&c.thresholds))
+        .ok_or_else(|| ApiError::not_found("camera"))?;
+    let rounded = |scores: BTreeMap<String, f32>| -> BTreeMap<String, f64> {
+        scores
+            .into_iter()
+            .map(|(label, score)| (label, round4(score)))
+            .collect()
+    };
+    let c = Arc::clone(&console);
+    let target = id.clone();
+    let after = blocking(move || {
+        // Applied, saved and audited as one step, one change at a time, so what runs, what
+        // a restart applies and what the audit log says never differ.
+        let _one_at_a_time = c
+            .threshold_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = thresholds
+            .set(&changes)
+            .map_err(|e| ApiError::bad_request(format!("camera {target}: {e}")))?;
+        let saved = c.store.save_thresholds(&target, &changes).and_then(|()| {
+            c.store.audit(
+                &caller.user.name,
+                caller.user.role.as_str(),
+                "camera.thresholds",
+                &target,
+                Some(&audit_json(&rounded(before.clone()))),
+                Some(&audit_json(&rounded(thresholds.snapshot()))),
+            )
+        });
+        if let Err(e) = saved {
+            // Not kept, not audited: not applied either.
+            let _ = thresholds.set(&before);
+            return Err(ApiError::internal(e));
+        }
+        Ok(rounded(thresholds.snapshot()))
+    })
+    .await?;
+    tracing::info!(camera = %id, thresholds = ?after, "detection thresholds changed from the console");
+    Ok(Reply(Thresholds { thresholds: after }))
+}
+
+pub(super) async fn sensors(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+) -> ApiResult<Reply<Sensors>> {
+    caller.require(Permission::SourcesRead)?;
+    Ok(Reply(Sensors {
+        sensors: console.sensor_views(),
+    }))
+}
+
+/// The earliest deadline still ahead of the incident: dispatch until dispatched, then
+/// resolution.
+fn next_deadline(incident: &Incident) -> Option<DateTime<Utc>> {
+    let before_dispatch = matches!(
+        incident.state,
+        IncidentState::Open | IncidentState::Acknowledged
+    );
+    let dispatch = incident.deadlines.dispatch_by.filter(|_| before_dispatch);
+    dispatch.or(incident.deadlines.resolve_by)
+}
+
+pub(super) async fn tickets(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+) -> ApiResult<Reply<Tickets>> {
+    caller.require(Permission::TicketsRead)?;
+    let scope = caller.user.scope();
+    let query = IncidentQuery {
+        departments: scope.department.into_iter().collect(),
+        owners: scope.owner.into_iter().collect(),
+        active_only: true,
+        // The most urgent first, also when there are more than a page of them.
+        by_deadline: true,
+        limit: 1000,
+        ..IncidentQuery::default()
+    };
+    let c = Arc::clone(&console);
+    let page = blocking(move || {
+        c.outbox
+            .with(|o| o.query_incidents(&query))
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let mut incidents: Vec<&Incident> = page
+        .incidents
+        .iter()
+        .filter(|i| i.status != skynet_core::IncidentStatus::Closed)
+        .collect();
+    incidents.sort_by_key(|i| next_deadline(i).unwrap_or(DateTime::<Utc>::MAX_UTC));
+    let tickets = incidents
+        .into_iter()
+        .map(|i| Ticket {
+            incident: console.incident_view(i),
+            next_deadline: next_deadline(i),
+        })
+        .collect();
+    Ok(Reply(Tickets { tickets }))
+}
