@@ -996,6 +996,17 @@ fn check_documented(doc: &Value, path: &str, method: &str, status: StatusCode, b
     );
 }
 
+/// A call and the answer it must get: method and path as openapi.json names them, the URI,
+/// the caller's token, the body, the status.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<Value>,
+    StatusCode,
+);
+
 #[tokio::test]
 async fn every_answer_has_the_shape_the_openapi_document_gives() {
     let f = fixture().await;
@@ -1009,7 +1020,7 @@ async fn every_answer_has_the_shape_the_openapi_document_gives() {
     f.console
         .sensor_reading("gas-07", 12.5, "%LEL", chrono::Utc::now());
     f.console.sensor_offline("gas-07", Some(chrono::Utc::now()));
-    let calls: &[(&str, &str, &str, Option<&str>, Option<Value>, StatusCode)] = &[
+    let calls: &[Case] = &[
         (
             "post",
             "/api/v1/login",

@@ -134,3 +134,41 @@ pub(super) fn jpeg(bytes: Vec<u8>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API's bytes must not depend on the order of a body's fields: the bodies were
+    /// `json!` maps, whose keys serde_json keeps sorted, and clients may compare them.
+    #[tokio::test]
+    async fn typed_bodies_are_written_with_their_keys_sorted() {
+        #[derive(Serialize)]
+        struct Inner {
+            zeta: u8,
+            alpha: Option<u8>,
+        }
+        #[derive(Serialize)]
+        struct Body {
+            b: Inner,
+            #[serde(flatten)]
+            a: Inner,
+        }
+        let inner = || Inner {
+            zeta: 1,
+            alpha: None,
+        };
+        let response = Reply(Body {
+            b: inner(),
+            a: inner(),
+        })
+        .into_response();
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("the body");
+        assert_eq!(
+            &bytes[..],
+            br#"{"alpha":null,"b":{"alpha":null,"zeta":1},"zeta":1}"#
+        );
+    }
+}

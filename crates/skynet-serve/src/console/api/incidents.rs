@@ -88,14 +88,18 @@ pub(super) struct NoteReply {
     note: Note,
 }
 
-/// The audit log's before and after of an acknowledgement. `Option<Option<_>>`: absent, or
-/// present and maybe `null`.
+/// The audit log's before of an acknowledgement (`acknowledged` is `null`), and its after.
 #[derive(Serialize)]
-struct AckAudit {
+struct AckBefore {
     state: IncidentState,
     acknowledged: Option<AckView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<Option<String>>,
+}
+
+#[derive(Serialize)]
+struct AckAfter {
+    state: IncidentState,
+    acknowledged: Option<AckView>,
+    note: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -103,18 +107,21 @@ struct NoteAudit<'a> {
     text: &'a str,
 }
 
-/// The audit log's before (the state only) and after of a status change.
-#[derive(Serialize, Default)]
-struct StatusAudit {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    requested: Option<IncidentState>,
+/// The audit log's before of a status change: the state only.
+#[derive(Serialize)]
+struct StatusBefore {
     state: IncidentState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    applied: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    assignee: Option<Option<String>>,
+}
+
+/// The audit log's after of a status change: what was asked, and where the incident stood
+/// when the request answered.
+#[derive(Serialize)]
+struct StatusAfter {
+    requested: IncidentState,
+    state: IncidentState,
+    applied: bool,
+    note: Option<String>,
+    assignee: Option<String>,
 }
 
 /// An audit entry's before or after, as the store keeps it.
@@ -479,15 +486,14 @@ pub(super) async fn acknowledge(
     }
     let view = console.incident_view(&after);
     let c = Arc::clone(&console);
-    let before_json = audit_json(&AckAudit {
+    let before_json = audit_json(&AckBefore {
         state: before.state,
         acknowledged: None,
-        note: None,
     })?;
-    let after_json = audit_json(&AckAudit {
+    let after_json = audit_json(&AckAfter {
         state: after.state,
         acknowledged: view.acknowledged.clone(),
-        note: Some(request.note),
+        note: request.note,
     })?;
     blocking(move || {
         caller.audit(
@@ -600,17 +606,15 @@ pub(super) async fn change_status(
     let after = blocking(move || load_incident(&c, &scope, &lookup)).await?;
     let done = waited || after.state == status;
     let c = Arc::clone(&console);
-    let before_json = audit_json(&StatusAudit {
+    let before_json = audit_json(&StatusBefore {
         state: before.state,
-        ..StatusAudit::default()
     })?;
-    // What was asked, and where the incident stood when this answered.
-    let after_json = audit_json(&StatusAudit {
-        requested: Some(status),
+    let after_json = audit_json(&StatusAfter {
+        requested: status,
         state: after.state,
-        applied: Some(done),
-        note: Some(request.note),
-        assignee: Some(request.assignee),
+        applied: done,
+        note: request.note,
+        assignee: request.assignee,
     })?;
     let target = id.clone();
     blocking(move || {
