@@ -10,10 +10,13 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use skynet_core::{AnalysedFrame, BBox, Detection, DeviceId, FrameInfo, GridId, OwnerKind};
+use skynet_core::{
+    AnalysedFrame, BBox, Component, Detection, DeviceId, FrameInfo, GridId, OwnerKind,
+};
 use skynet_detect::{
-    CameraRules, CrowdConfig, DwellConfig, LineCrossingConfig, RuleConfig, RuleContext,
-    StationaryObjectConfig, Tracker, TrackerSettings, Zone, ZoneIntrusionConfig,
+    BuildRule, CameraRuleFamily, CameraRules, CrowdConfig, DwellConfig, LineCrossingConfig,
+    RuleBuildContext, RuleContext, StationaryObjectConfig, Tracker, TrackerSettings, Zone,
+    ZoneIntrusionConfig,
 };
 
 const OBJECTS: usize = 50;
@@ -98,10 +101,16 @@ fn rules() -> CameraRules {
         labels: &labels,
         allowed: None,
     };
-    fn make<C: RuleConfig>(cx: &RuleContext<'_>, table: &str) -> Box<dyn skynet_detect::Rule> {
-        let mut c: C = toml::from_str(table).expect("rule table");
-        c.validate(cx).expect("valid rule");
-        c.build()
+    fn make<C>(cx: &RuleContext<'_>, table: &str) -> Box<dyn skynet_detect::Rule>
+    where
+        C: Component<CameraRuleFamily>,
+        C::Validated: BuildRule,
+    {
+        let c: C = toml::from_str(table).expect("rule table");
+        let camera = DeviceId::new("bench");
+        c.validate(cx)
+            .expect("valid rule")
+            .build(&RuleBuildContext { camera: &camera })
     }
     CameraRules {
         camera: DeviceId::new("bench"),

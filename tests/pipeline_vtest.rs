@@ -235,7 +235,7 @@ fn incidents_reference_snapshots_with_privacy_masks_blurred() {
             evidence.url
         );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(evidence.sha256, skynet::evidence::sha256_hex(&bytes));
+        assert_eq!(evidence.sha256, skynet_snapshot::sha256_hex(&bytes));
         let jpeg = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(jpeg.dimensions(), (evidence.width, evidence.height));
         // A revision that brings no new detections gets no new snapshot.

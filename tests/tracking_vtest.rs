@@ -302,12 +302,15 @@ const INTERVAL_EXTRA_FRAGMENTATION: usize = 13;
 /// Crossings of a line across the whole frame at mid-height, (in, out), with the detector
 /// every `interval` frames.
 fn line_counts(interval: usize) -> (usize, usize) {
+    use skynet_core::Component;
     use skynet_core::{DeviceId, GridId, OwnerKind};
-    use skynet_detect::{CameraRules, LineCrossingConfig, RuleConfig, RuleContext};
-    let mut config: LineCrossingConfig =
+    use skynet_detect::{
+        BuildRule, CameraRules, LineCrossingConfig, RuleBuildContext, RuleContext,
+    };
+    let config: LineCrossingConfig =
         toml::from_str("name = \"mid\"\nline = [[0.0, 0.5], [1.0, 0.5]]\n").unwrap();
     let labels = ["person".to_string()];
-    config
+    let config = config
         .validate(&RuleContext {
             camera: "vtest",
             zones: &[],
@@ -316,11 +319,12 @@ fn line_counts(interval: usize) -> (usize, usize) {
             allowed: None,
         })
         .unwrap();
+    let camera = DeviceId::new("vtest");
     let mut rules = CameraRules {
-        camera: DeviceId::new("vtest"),
+        rules: vec![config.build(&RuleBuildContext { camera: &camera })],
+        camera,
         grid: GridId::new("G-0101"),
         owner: OwnerKind::CityManagement,
-        rules: vec![config.build()],
     };
     let (mut inward, mut outward) = (0, 0);
     for ((info, _), tracks) in detections()

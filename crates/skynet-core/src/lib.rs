@@ -37,6 +37,7 @@ pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
 pub use tuning::LiveThresholds;
 pub use vision::{
-    AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, PixelOrder, TrackedObject,
+    AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, ObjectsInView, PixelOrder,
+    TrackedObject,
 };
 pub use watermark::Watermark;

@@ -182,3 +182,18 @@ pub struct AnalysedFrame {
     /// The camera's tracked objects at this frame, filled by the tracker before the rules run.
     pub tracks: Vec<TrackedObject>,
 }
+
+/// Tells a camera's motion gate whether the last detection on its camera found anything.
+/// The detection stage holds one end, the camera's gate the other.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectsInView(Arc<std::sync::atomic::AtomicBool>);
+
+impl ObjectsInView {
+    pub fn set(&self, present: bool) {
+        self.0.store(present, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -11,6 +11,7 @@
 //!   evidence.
 
 pub mod decode;
+mod describe;
 pub mod detector;
 pub mod error;
 pub mod filter;
@@ -18,8 +19,10 @@ pub mod interval;
 pub mod manifest;
 pub mod nms_inside;
 pub mod preprocess;
+pub mod reorder;
 pub mod rules;
 pub mod runtime;
+pub mod scheduler;
 pub mod sensor_rules;
 pub mod settings;
 pub mod tracker;
@@ -28,6 +31,7 @@ pub mod yolox;
 pub mod zone;
 
 pub use decode::{BoxDecoder, DecodeParams};
+pub use describe::describe_metrics;
 pub use detector::{Detector, DetectorOptions, ExecutionProvider, OnnxDetector, TensorRtOptions};
 pub use error::DetectError;
 pub use filter::{ClassLimits, ClassLimitsTable, DetectionFilter, OwnerClasses};
@@ -36,14 +40,22 @@ pub use manifest::{ModelManifest, ModelPort};
 pub use preprocess::ImageView;
 pub use rules::{
     CameraRules, CrossingDirection, CrowdConfig, CrowdRule, DwellConfig, DwellRule,
-    LineCrossingConfig, LineCrossingRule, Rule, RuleConfig, RuleContext, RuleHit,
+    BuildRule, CameraRuleFamily, LineCrossingConfig, LineCrossingRule, Rule, RuleBuildContext,
+    RuleContext, RuleHit, ValidRule,
     StationaryObjectConfig, StationaryObjectRule, ZoneIntrusionConfig, ZoneIntrusionRule,
     ZoneIntrusionSpec,
 };
 pub use runtime::OnnxRuntime;
 pub use sensor_rules::{
-    Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleSettings, SensorRuleSpec, SensorRules,
+    BuildSensorRule, Liveness, SENSOR_OFFLINE, SensorPlacement, SensorRuleContext,
+    SensorRuleFamily, SensorRuleSettings, SensorRuleSpec, SensorRules,
 };
 pub use settings::{DetectPlan, DetectSettings, TensorRtSettings};
 pub use tracker::{Tracker, TrackerSettings};
 pub use zone::{Zone, ZoneError};
+
+/// Every component kind of the detection stage, for the binary's registry.
+pub fn register(registry: &mut skynet_core::Registry) {
+    rules::register(registry);
+    sensor_rules::register(registry);
+}

@@ -10,12 +10,13 @@
 mod cases;
 mod cloudevent;
 mod delivery;
+mod describe;
 mod error;
 mod history;
 mod outbox;
 mod settings;
 pub mod sinks;
-#[cfg(test)]
+/// Sample incidents, for this crate's tests and the sink conformance suite.
 mod test_support;
 
 pub use cases::{CaseAck, CaseFeedback, CasesSettings, spawn_case_consumer};
@@ -23,13 +24,19 @@ pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, Outb
 pub use delivery::{
     CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,
 };
+pub use describe::describe_metrics;
 pub use error::EmitError;
 pub use history::{IncidentPage, IncidentQuery};
 pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
 pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
-    Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, MqttSink, MqttSinkConfig,
-    NatsSink, NatsSinkConfig, Rejection, Retention, SinkConfig, StdoutSink, StdoutSinkConfig,
-    StreamPlan, WebhookSink, WebhookSinkConfig, route_token,
+    BuildSink, Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, MqttSink,
+    MqttSinkConfig, NatsSink, NatsSinkConfig, Rejection, Retention, SinkBuildContext, SinkFamily,
+    StdoutSink, StdoutSinkConfig, StreamPlan, WebhookSink, WebhookSinkConfig, route_token,
 };
+
+/// Every component kind of the emit stage, for the binary's registry.
+pub fn register(registry: &mut skynet_core::Registry) {
+    sinks::register(registry);
+}

@@ -2,13 +2,15 @@
 //! (id, owner, grid, ...) and hands the rest here, so a new source kind brings its own keys
 //! and checks without the binary knowing them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use skynet_core::config::check_range;
 use skynet_core::{
-    ConfigContext, Credentials, DeviceId, FieldError, Watermark, redact_uri, split_credentials,
+    Component, ConfigContext, Credentials, DeviceId, Erase, Family, FieldError, Registry,
+    Watermark, redact_uri, split_credentials,
 };
 
 use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
@@ -248,15 +250,34 @@ impl GstSourceConfig {
     }
 }
 
-/// A camera source kind, Vector style: its config (the source part of a `[[cameras]]` table),
-/// its pure validation and its construction. The binary's registry maps `kind` to it.
-pub trait SourceConfig:
-    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-    /// The `kind` of a `[[cameras]]` table (optional there; the first registered is the default).
-    const KIND: &'static str;
-    /// Pure checks and normalisation; errors name the field and never hold a password.
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError>;
+/// The camera source family: the source part of a `[[cameras]]` table (`kind`, default
+/// the first registered, plus the kind's keys; the keys every camera has are read by the
+/// camera's own config). Every kind is a [`Component`] whose validated value is a
+/// [`BuildSource`].
+#[derive(Debug)]
+pub struct CameraSourceFamily;
+
+impl Family for CameraSourceFamily {
+    const NAME: &'static str = "camera source";
+    type Context<'a> = ConfigContext;
+    type Validated = dyn BuildSource;
+}
+
+impl<V: BuildSource + 'static> Erase<V> for CameraSourceFamily {
+    fn erase(validated: V) -> Arc<dyn BuildSource> {
+        Arc::new(validated)
+    }
+}
+
+/// What building a source may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceBuildContext<'a> {
+    pub camera: &'a DeviceId,
+    pub delivery: &'a FrameDelivery,
+}
+
+/// A validated camera source of any kind.
+pub trait BuildSource: std::fmt::Debug + Send + Sync {
     /// Drops stale frames under overload rather than making the source wait.
     fn is_live(&self) -> bool;
     /// The source's address without credentials, for logs.
@@ -264,21 +285,27 @@ pub trait SourceConfig:
     fn retry_policy(&self) -> RetryPolicy;
     /// The source's event clock.
     fn watermark(&self) -> Watermark;
-    fn build(
-        &self,
-        camera: DeviceId,
-        delivery: &FrameDelivery,
-    ) -> Result<Box<dyn FrameSource>, IngestError>;
+    /// The running source; called again by the supervisor after each failure.
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError>;
 }
 
-impl SourceConfig for GstSourceConfig {
+/// This crate's camera source kinds; the first is the default.
+pub fn register(registry: &mut Registry) {
+    registry.register::<CameraSourceFamily, GstSourceConfig>();
+}
+
+impl Component<CameraSourceFamily> for GstSourceConfig {
     const KIND: &'static str = "gstreamer";
+    const EXAMPLE: &'static str = "uri = \"rtsp://127.0.0.1:8554/cam\"";
+    // The checked config is the config itself, normalised (`${VAR}` expanded, paths made
+    // absolute): building needs nothing validation found besides.
+    type Validated = Self;
 
     /// Pure checks and normalisation: expands `${VAR}` in `uri`, resolves a relative path
     /// against the config file's directory and checks ranges. No file is opened. Errors name
     /// the field (`uri`, `max_frames`, `reconnect.max_backoff_s`, ...) and never contain the
     /// URI's user name or password.
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
         self.uri = normalise_uri(cx, &self.uri)?;
 
         if let Some(max) = self.max_frames
@@ -382,9 +409,11 @@ impl SourceConfig for GstSourceConfig {
                 ),
             ));
         }
-        Ok(())
+        Ok(self)
     }
+}
 
+impl BuildSource for GstSourceConfig {
     /// Live (drops stale frames under overload): rtsp/http/other network streams, or realtime files. Files replayed as fast as
     /// possible are not.
     fn is_live(&self) -> bool {
@@ -420,11 +449,8 @@ impl SourceConfig for GstSourceConfig {
         }
     }
 
-    fn build(
-        &self,
-        camera: DeviceId,
-        delivery: &FrameDelivery,
-    ) -> Result<Box<dyn FrameSource>, IngestError> {
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError> {
+        let (camera, delivery) = (cx.camera.clone(), cx.delivery);
         let network = is_network_uri(&self.uri);
         let (_, uri_credentials) = split_credentials(&self.uri);
         let credentials = match (&self.user, &self.password, uri_credentials) {
@@ -551,8 +577,7 @@ mod tests {
     }
 
     fn validated(text: &str) -> Result<GstSourceConfig, FieldError> {
-        let mut config = parse(text).expect("parses");
-        config.validate(&cx()).map(|()| config)
+        parse(text).expect("parses").validate(&cx())
     }
 
     #[test]
@@ -690,8 +715,7 @@ mod tests {
             "rtsp://admin:2024/s3cret@10.0.0.5/stream",
             "rtsp://admin:12#s3cret@cam/x",
         ] {
-            let mut c = GstSourceConfig::new(uri);
-            let e = c.validate(&cx()).unwrap_err();
+            let e = GstSourceConfig::new(uri).validate(&cx()).unwrap_err();
             assert_eq!(e.field, "uri");
             assert!(
                 !e.message.contains("s3cret") && !e.message.contains("s3/cret"),
@@ -699,8 +723,9 @@ mod tests {
             );
             assert!(!format!("{e:?}").contains("s3cret"));
         }
-        let mut c = GstSourceConfig::new("rtsp://admin:s3cret@cam:554/x");
-        c.validate(&cx()).unwrap();
+        let c = GstSourceConfig::new("rtsp://admin:s3cret@cam:554/x")
+            .validate(&cx())
+            .unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.display_uri(), "rtsp://cam:554/x");
     }

@@ -8,20 +8,29 @@
 
 mod camera;
 mod config;
+mod describe;
 mod error;
 mod gst_source;
+pub mod liveness;
 mod motion;
 pub mod sensor;
 mod supervise;
 
 pub use camera::{CameraEvent, CameraHealth, CameraState, CameraStatus};
 pub use config::{
-    DecoderChoice, FrameDelivery, GstSourceConfig, ReconnectConfig, SourceConfig, Transport,
+    BuildSource, CameraSourceFamily, DecoderChoice, FrameDelivery, GstSourceConfig,
+    ReconnectConfig, SourceBuildContext, Transport,
 };
+pub use describe::describe_metrics;
 pub use error::IngestError;
 pub use gst_source::{GstSource, GstSourceOptions};
 pub use motion::{GateDecision, MotionConfig, MotionGate, ObjectsInView};
 pub use supervise::{RetryPolicy, run_supervised};
+
+/// Every component kind of the ingest stage, for the binary's registry.
+pub fn register(registry: &mut skynet_core::Registry) {
+    config::register(registry);
+}
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};

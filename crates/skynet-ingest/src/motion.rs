@@ -10,14 +10,13 @@
 //! (a static scene is still looked at now and then). Times are the frames' event times, so a
 //! replayed file is gated the same way at any speed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use chrono::{DateTime, Utc};
 use geo::{Contains, LineString, Point as GeoPoint, Polygon};
 use serde::Deserialize;
 use skynet_core::config::check_range;
 use skynet_core::{FieldError, FrameImage, PixelOrder};
+// Shared with the detection stage, which sets it; defined in core so detect needs no ingest.
+pub use skynet_core::ObjectsInView;
 
 /// `motion = { ... }` in a `[[cameras]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,21 +93,6 @@ impl MotionConfig {
         )?;
         check_range("motion.keepalive_s", self.keepalive_s, 0.1, 86_400.0)?;
         skynet_core::check_frame_polygons("motion.masks", "motion mask", &self.masks)
-    }
-}
-
-/// Tells the gate whether the last detection on its camera found anything. The detection
-/// stage holds one end, the camera's gate the other.
-#[derive(Debug, Clone, Default)]
-pub struct ObjectsInView(Arc<AtomicBool>);
-
-impl ObjectsInView {
-    pub fn set(&self, present: bool) {
-        self.0.store(present, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -10,10 +10,15 @@
 //!   time only from its inputs, so a replay is exact. Its state survives a restart through
 //!   [`RiskEngine::snapshot`] and [`RiskEngine::restore`].
 
+pub mod case_status;
+mod describe;
 mod engine;
 mod grid;
+pub mod recorder;
 mod settings;
+pub mod state;
 
+pub use describe::describe_metrics;
 pub use engine::{
     DEVICE_FAULT_KIND, DeviceInfo, FUSION_KIND, GridRiskEngine, LevelThresholds, RiskConfig,
     RiskContext, RiskEngine, RiskError,

@@ -13,20 +13,24 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use skynet_core::config::check_range;
-use skynet_core::{ConfigContext, DeviceId, FieldError, GridId, OwnerKind, validate_id};
+use skynet_core::{
+    ConfigContext, DeviceId, FieldError, GridId, OwnerKind, Registry, TableError, validate_id,
+};
+use skynet_detect::{BuildRule, CameraRuleFamily};
 use skynet_detect::{
     ClassLimitsTable, DetectSettings, DetectorOptions, IntervalConfig, ModelManifest, OwnerClasses,
     Zone, tracker::TrackerSettings,
 };
 use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
+use skynet_emit::{BuildSink, SinkFamily};
 use skynet_emit::{CasesSettings, OutboxSettings};
 use skynet_ingest::MotionConfig;
 use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorKind, SensorSpec};
+use skynet_ingest::{BuildSource, CameraSourceFamily};
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
 
-use crate::components::{ParseError, Registry, RuleBuilder, SinkBuilder, SourceBuilder};
-use crate::evidence::{EvidenceConfig, EvidenceSettings};
+use skynet_snapshot::{SnapshotConfig, SnapshotSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -328,7 +332,7 @@ pub struct PipelineConfig {
     /// The console and its API; `None` when the config has no `[api]`.
     pub api: Option<skynet_serve::console::ApiConfig>,
     /// `[evidence]`: where incident snapshots go, and how often they are taken.
-    pub evidence: EvidenceConfig,
+    pub evidence: SnapshotConfig,
 }
 
 /// A configured sensor: what validation needs, where it is, and its rules.
@@ -344,7 +348,7 @@ pub struct SensorConfig {
 pub struct SinkSpec {
     pub name: String,
     pub kind: &'static str,
-    pub config: Arc<dyn SinkBuilder>,
+    pub config: Arc<dyn BuildSink>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,9 +357,9 @@ pub struct CameraSpec {
     pub owner: OwnerKind,
     pub grid: GridId,
     /// The source kind's validated config.
-    pub source: Arc<dyn SourceBuilder>,
+    pub source: Arc<dyn BuildSource>,
     pub zones: Vec<Zone>,
-    pub rules: Vec<Arc<dyn RuleBuilder>>,
+    pub rules: Vec<Arc<dyn BuildRule>>,
     /// Frames per second passed on for analysis; `None`: every frame.
     pub fps: Option<f64>,
     /// A live camera without frames for this long is offline (a `camera_offline` incident).
@@ -484,10 +488,10 @@ impl Locator<'_> {
     }
 
     /// A component's refusal of its table, located.
-    fn parse_error(&self, region: &Range<usize>, error: ParseError) -> ConfigError {
+    fn parse_error(&self, region: &Range<usize>, error: TableError) -> ConfigError {
         match error {
-            ParseError::Serde(e) => self.serde_error(region, &e),
-            ParseError::Field(e) => self.field_error(region, e),
+            TableError::Serde(e) => self.serde_error(region, &e),
+            TableError::Field(e) => self.field_error(region, e),
         }
     }
 
@@ -678,7 +682,7 @@ fn validate(
         .validate(&cx)
         .map_err(|e| at.field_error(&region, e))?;
     let sinks = validate_sinks(at, &node, &file.sinks, registry)?;
-    let (evidence, region) = section::<EvidenceSettings>(at, file.evidence.as_ref())?;
+    let (evidence, region) = section::<SnapshotSettings>(at, file.evidence.as_ref())?;
     let evidence = evidence
         .validate(&cx)
         .map_err(|e| at.field_error(&region, e))?;
@@ -992,23 +996,18 @@ fn validate_sinks(
                 region.start..region.start,
                 format!(
                     "a sink needs a `kind`: one of {}",
-                    registry.sink_kinds().join(", ")
+                    registry.names::<SinkFamily>().join(", ")
                 ),
             ));
         };
-        let Some((kind, parse)) = registry.sink(&kind) else {
-            return Err(at.error(
-                at.key(&region, "kind"),
-                format!(
-                    "unknown sink kind `{kind}`; known kinds: {}",
-                    registry.sink_kinds().join(", ")
-                ),
-            ));
-        };
+        let kind = registry
+            .lookup::<SinkFamily>(&kind)
+            .map_err(|m| at.error(at.key(&region, "kind"), m))?;
         let name =
-            take_string(at, &region, &mut table, "name")?.unwrap_or_else(|| kind.to_string());
+            take_string(at, &region, &mut table, "name")?.unwrap_or_else(|| kind.name.to_string());
         validate_id("sink", &name).map_err(|m| at.error(at.key(&region, "name"), m))?;
-        let config = parse(table, &cx).map_err(|e| at.parse_error(&region, e))?;
+        let config = (kind.parse)(table, &cx).map_err(|e| at.parse_error(&region, e))?;
+        let kind = kind.name;
         if specs.iter().any(|s| s.name == name) {
             return Err(at.error(
                 at.key(&region, "kind"),
@@ -1047,7 +1046,13 @@ fn validate_camera(
         }
     }
     let kind = take_string(at, &region, &mut source_table, "kind")?
-        .unwrap_or_else(|| registry.default_source_kind().to_string());
+        .or_else(|| {
+            registry
+                .kinds::<CameraSourceFamily>()
+                .first()
+                .map(|k| k.name.to_string())
+        })
+        .unwrap_or_default();
     let common: CameraCommon = toml::Value::Table(common_table)
         .try_into()
         .map_err(|e: toml::de::Error| at.serde_error(&region, &e))?;
@@ -1122,16 +1127,10 @@ fn validate_camera(
         common.location.as_ref(),
     )?;
 
-    let Some((_, parse_source)) = registry.source(&kind) else {
-        return Err(at.error(
-            at.key(&region, "kind"),
-            format!(
-                "unknown camera source kind `{kind}`; known kinds: {}",
-                registry.source_kinds().join(", ")
-            ),
-        ));
-    };
-    let source = parse_source(source_table, cx).map_err(|e| at.parse_error(&region, e))?;
+    let source_kind = registry
+        .lookup::<CameraSourceFamily>(&kind)
+        .map_err(|m| at.error(at.key(&region, "kind"), m))?;
+    let source = (source_kind.parse)(source_table, cx).map_err(|e| at.parse_error(&region, e))?;
 
     let mut zones: Vec<Zone> = Vec::new();
     for (n, zone) in common.zones.iter().enumerate() {
@@ -1161,7 +1160,7 @@ fn validate_camera(
         labels: &labels,
         allowed: Some(&allowed_classes),
     };
-    let mut rules: Vec<Arc<dyn RuleBuilder>> = Vec::new();
+    let mut rules: Vec<Arc<dyn BuildRule>> = Vec::new();
     for (n, rule) in common.rules.iter().enumerate() {
         let rule_region = at
             .sub_table(&region, "cameras.rules", n)
@@ -1172,20 +1171,15 @@ fn validate_camera(
                 rule_region.start..rule_region.start,
                 format!(
                     "a rule needs a `kind`: one of {}",
-                    registry.rule_kinds().join(", ")
+                    registry.names::<CameraRuleFamily>().join(", ")
                 ),
             ));
         };
-        let Some((_, parse_rule)) = registry.rule(&kind) else {
-            return Err(at.error(
-                at.key(&rule_region, "kind"),
-                format!(
-                    "unknown rule kind `{kind}`; known kinds: {}",
-                    registry.rule_kinds().join(", ")
-                ),
-            ));
-        };
-        let built = parse_rule(table, &rule_cx).map_err(|e| at.parse_error(&rule_region, e))?;
+        let rule_kind = registry
+            .lookup::<CameraRuleFamily>(&kind)
+            .map_err(|m| at.error(at.key(&rule_region, "kind"), m))?;
+        let built =
+            (rule_kind.parse)(table, &rule_cx).map_err(|e| at.parse_error(&rule_region, e))?;
         if rules.iter().any(|r| r.name() == built.name()) {
             return Err(at.error(
                 at.key(&rule_region, "name"),

@@ -20,7 +20,7 @@ use skynet_detect::{
 };
 use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 
-use crate::evidence::{Annotations, render};
+use skynet_snapshot::{Annotations, render};
 use crate::{PipelineConfig, paths};
 
 /// What `skynet detect` was asked to do.

@@ -10,15 +10,14 @@
 //! - [`dead_letters`]: `skynet outbox dead-letters` and `skynet outbox replay`.
 //! - [`false_alarms`]: `skynet outbox false-alarms`, the rates engineers tune against.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
-//! - [`evidence`]: incident snapshots, privacy masks blurred, and their retention.
 //! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
 //! - [`users`]: `skynet users`, the console's users and API tokens.
 
 pub mod components;
 pub mod config;
 pub mod dead_letters;
+mod describe;
 pub mod detect_cli;
-pub mod evidence;
 pub mod false_alarms;
 pub mod memory;
 pub mod paths;
@@ -28,4 +27,5 @@ pub mod simulate;
 pub mod users;
 
 pub use config::{ConfigError, PipelineConfig};
+pub use describe::describe_metrics;
 pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};

@@ -1,11 +1,12 @@
 //! `crowd`: at least `min_count` tracked objects in a zone for `min_duration_s`.
 
 use chrono::{DateTime, Utc};
+use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::{AnalysedFrame, FieldError, TrackedObject};
 
 use super::{
-    EXIT_GRACE, MAX_STREAK_GAP, Rule, RuleConfig, RuleContext, RuleHit, check_category,
+    EXIT_GRACE, MAX_STREAK_GAP, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category,
     check_labels, check_name, check_seconds, check_weight, dwell::default_person, find_zone,
     position, rule_ref, seconds_between, tracks_with,
 };
@@ -29,8 +30,6 @@ pub struct CrowdConfig {
     pub category: String,
     #[serde(default = "CrowdConfig::default_weight")]
     pub weight: f32,
-    #[serde(skip)]
-    resolved_zone: Option<Zone>,
 }
 
 impl CrowdConfig {
@@ -51,14 +50,12 @@ impl CrowdConfig {
     }
 }
 
-impl RuleConfig for CrowdConfig {
+impl Component<CameraRuleFamily> for CrowdConfig {
     const KIND: &'static str = CrowdRule::KIND;
+    const EXAMPLE: &'static str = "name = \"crowd\"\nzone = \"left\"";
+    type Validated = ValidRule<Self>;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+    fn validate(self, cx: &RuleContext<'_>) -> Result<ValidRule<Self>, FieldError> {
         check_name(&self.name)?;
         let zone = find_zone(cx, &self.zone)?;
         check_labels(cx, &self.labels)?;
@@ -71,20 +68,22 @@ impl RuleConfig for CrowdConfig {
         check_seconds("min_duration_s", self.min_duration_s)?;
         check_category(&self.category)?;
         check_weight(self.weight)?;
-        self.resolved_zone = Some(zone);
-        Ok(())
+        Ok(ValidRule::new(self, Some(zone)))
+    }
+}
+
+impl BuildRule for ValidRule<CrowdConfig> {
+    fn name(&self) -> &str {
+        &self.config.name
     }
 
-    fn build(&self) -> Box<dyn Rule> {
-        match &self.resolved_zone {
-            Some(zone) => Box::new(CrowdRule {
-                config: self.clone(),
-                zone: zone.clone(),
-                min_duration: super::duration(self.min_duration_s),
-                state: CrowdState::default(),
-            }),
-            None => super::unvalidated(Self::KIND, &self.name),
-        }
+    fn build(&self, _cx: &RuleBuildContext<'_>) -> Box<dyn Rule> {
+        Box::new(CrowdRule {
+            config: self.config.clone(),
+            zone: self.zone().clone(),
+            min_duration: super::duration(self.config.min_duration_s),
+            state: CrowdState::default(),
+        })
     }
 }
 

@@ -1,10 +1,11 @@
 //! `dwell`: an object stays in a zone longer than `min_dwell_s` (loitering).
 
 use chrono::{DateTime, Utc};
+use skynet_core::Component;
 use skynet_core::{AnalysedFrame, FieldError};
 
 use super::{
-    EXIT_GRACE, PerTrack, Rule, RuleConfig, RuleContext, RuleHit, check_category, check_labels,
+    EXIT_GRACE, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category, check_labels,
     check_name, check_seconds, check_weight, find_zone, position, rule_ref, seconds_between,
     tracks_with,
 };
@@ -26,8 +27,6 @@ pub struct DwellConfig {
     pub category: String,
     #[serde(default = "DwellConfig::default_weight")]
     pub weight: f32,
-    #[serde(skip)]
-    resolved_zone: Option<Zone>,
 }
 
 pub(crate) fn default_person() -> Vec<String> {
@@ -46,34 +45,34 @@ impl DwellConfig {
     }
 }
 
-impl RuleConfig for DwellConfig {
+impl Component<CameraRuleFamily> for DwellConfig {
     const KIND: &'static str = DwellRule::KIND;
+    const EXAMPLE: &'static str = "name = \"loitering\"\nzone = \"left\"";
+    type Validated = ValidRule<Self>;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+    fn validate(self, cx: &RuleContext<'_>) -> Result<ValidRule<Self>, FieldError> {
         check_name(&self.name)?;
         let zone = find_zone(cx, &self.zone)?;
         check_labels(cx, &self.labels)?;
         check_seconds("min_dwell_s", self.min_dwell_s)?;
         check_category(&self.category)?;
         check_weight(self.weight)?;
-        self.resolved_zone = Some(zone);
-        Ok(())
+        Ok(ValidRule::new(self, Some(zone)))
+    }
+}
+
+impl BuildRule for ValidRule<DwellConfig> {
+    fn name(&self) -> &str {
+        &self.config.name
     }
 
-    fn build(&self) -> Box<dyn Rule> {
-        match &self.resolved_zone {
-            Some(zone) => Box::new(DwellRule {
-                config: self.clone(),
-                zone: zone.clone(),
-                min_dwell: super::duration(self.min_dwell_s),
-                stays: PerTrack::default(),
-            }),
-            None => super::unvalidated(Self::KIND, &self.name),
-        }
+    fn build(&self, _cx: &RuleBuildContext<'_>) -> Box<dyn Rule> {
+        Box::new(DwellRule {
+            config: self.config.clone(),
+            zone: self.zone().clone(),
+            min_dwell: super::duration(self.config.min_dwell_s),
+            stays: PerTrack::default(),
+        })
     }
 }
 

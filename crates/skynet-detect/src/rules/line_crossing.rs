@@ -9,10 +9,11 @@
 //! is below it and `in` means moving up the image; drawn right to left, `in` means moving down.
 
 use metrics::counter;
+use skynet_core::Component;
 use skynet_core::{AnalysedFrame, FieldError, Point};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, RuleConfig, RuleContext, RuleHit, check_category, check_labels,
+    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category, check_labels,
     check_name, check_weight, dwell::default_person, position, rule_ref, tracks_with,
 };
 
@@ -58,8 +59,6 @@ pub struct LineCrossingConfig {
     pub category: String,
     #[serde(default = "LineCrossingConfig::default_weight")]
     pub weight: f32,
-    #[serde(skip)]
-    validated: bool,
 }
 
 impl LineCrossingConfig {
@@ -74,14 +73,12 @@ impl LineCrossingConfig {
     }
 }
 
-impl RuleConfig for LineCrossingConfig {
+impl Component<CameraRuleFamily> for LineCrossingConfig {
     const KIND: &'static str = LineCrossingRule::KIND;
+    const EXAMPLE: &'static str = "name = \"gate\"\nline = [[0.5, 0.0], [0.5, 1.0]]";
+    type Validated = ValidRule<Self>;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+    fn validate(self, cx: &RuleContext<'_>) -> Result<ValidRule<Self>, FieldError> {
         check_name(&self.name)?;
         for (i, &[x, y]) in self.line.iter().enumerate() {
             if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
@@ -105,15 +102,17 @@ impl RuleConfig for LineCrossingConfig {
         skynet_core::config::check_range("dead_band", self.dead_band, 0.0, 0.5)?;
         check_category(&self.category)?;
         check_weight(self.weight)?;
-        self.validated = true;
-        Ok(())
+        Ok(ValidRule::new(self, None))
+    }
+}
+
+impl BuildRule for ValidRule<LineCrossingConfig> {
+    fn name(&self) -> &str {
+        &self.config.name
     }
 
-    fn build(&self) -> Box<dyn Rule> {
-        if !self.validated {
-            return super::unvalidated(Self::KIND, &self.name);
-        }
-        Box::new(LineCrossingRule::new(self.clone()))
+    fn build(&self, _cx: &RuleBuildContext<'_>) -> Box<dyn Rule> {
+        Box::new(LineCrossingRule::new(self.config.clone()))
     }
 }
 

@@ -7,12 +7,15 @@
 //! fraction of the frame, the coordinates zones and lines are drawn in.
 //!
 //! Kinds: [`zone_intrusion`], [`dwell`], [`line_crossing`], [`crowd`] and
-//! [`stationary_object`]. Each is a [`RuleConfig`] (settings, validation, build) and a [`Rule`].
+//! [`stationary_object`]. Each is a [`Component`](skynet_core::Component) of the [`CameraRuleFamily`] (settings, validation) whose
+//! validated value builds a [`Rule`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use skynet_core::config::check_range;
+use skynet_core::{Erase, Family, Registry};
 use skynet_core::{
     AnalysedFrame, BBox, Detection, DeviceId, FieldError, GridId, Observation, OwnerKind, Point,
     RuleRef, TrackedObject,
@@ -20,6 +23,7 @@ use skynet_core::{
 
 use crate::Zone;
 
+pub mod conformance;
 pub mod crowd;
 pub mod dwell;
 pub mod line_crossing;
@@ -48,43 +52,69 @@ pub struct RuleContext<'a> {
     pub allowed: Option<&'a [String]>,
 }
 
-/// A rule kind's settings, as one `[[cameras.rules]]` table gives them (without `kind`).
-///
-/// The binary deserializes the table into the kind's type, calls [`validate`](Self::validate),
-/// then [`build`](Self::build) once per run, so each run starts with fresh rule state.
-pub trait RuleConfig:
-    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-    /// The `kind` string in `[[cameras.rules]]`.
-    const KIND: &'static str;
+/// The camera-rule family: one `[[cameras.rules]]` table each, `kind` plus the kind's keys.
+/// Every kind is a [`Component`](skynet_core::Component) of this family whose validated value is a [`BuildRule`].
+#[derive(Debug)]
+pub struct CameraRuleFamily;
+
+impl Family for CameraRuleFamily {
+    const NAME: &'static str = "rule";
+    type Context<'a> = RuleContext<'a>;
+    type Validated = dyn BuildRule;
+}
+
+impl<V: BuildRule + 'static> Erase<V> for CameraRuleFamily {
+    fn erase(validated: V) -> Arc<dyn BuildRule> {
+        Arc::new(validated)
+    }
+}
+
+/// What building a rule may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleBuildContext<'a> {
+    pub camera: &'a DeviceId,
+}
+
+/// A validated rule of any kind: builds the running [`Rule`], with fresh state, once per run.
+pub trait BuildRule: std::fmt::Debug + Send + Sync {
     /// The rule's unique name on its camera.
     fn name(&self) -> &str;
-    /// Pure checks (ranges, labels the model knows, the zone exists); errors name the field.
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError>;
-    /// The rule, with fresh state. Call after `validate` succeeded.
-    fn build(&self) -> Box<dyn Rule>;
+    fn build(&self, cx: &RuleBuildContext<'_>) -> Box<dyn Rule>;
 }
 
-/// Stands in for a rule that could not be built, so a caller's mistake costs one rule, not
-/// the camera.
-#[derive(Debug)]
-pub(crate) struct NeverFires(pub(crate) String);
+/// A rule config that passed validation, with the zone it names resolved. Only this crate's
+/// validation makes one, so a rule is never built from settings nobody checked.
+#[derive(Debug, Clone)]
+pub struct ValidRule<C> {
+    pub(crate) config: C,
+    pub(crate) zone: Option<Zone>,
+}
 
-impl Rule for NeverFires {
-    fn name(&self) -> &str {
-        &self.0
+impl<C> ValidRule<C> {
+    pub(crate) fn new(config: C, zone: Option<Zone>) -> Self {
+        Self { config, zone }
     }
 
-    fn evaluate(&mut self, _frame: &AnalysedFrame) -> Vec<RuleHit> {
-        Vec::new()
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// The zone of a kind that always has one (validation found it).
+    pub(crate) fn zone(&self) -> &Zone {
+        self.zone
+            .as_ref()
+            .expect("validation of a zone rule resolves its zone")
     }
 }
 
-/// A `build` called before `validate`: a programming error in the caller, not a config
-/// error. Logs it and gives a rule that never fires.
-pub(crate) fn unvalidated(kind: &str, name: &str) -> Box<dyn Rule> {
-    tracing::error!(rule = %name, kind, "rule built before validation; it will never fire");
-    Box::new(NeverFires(name.to_string()))
+/// This crate's camera rule kinds.
+pub fn register(registry: &mut Registry) {
+    registry
+        .register::<CameraRuleFamily, ZoneIntrusionConfig>()
+        .register::<CameraRuleFamily, DwellConfig>()
+        .register::<CameraRuleFamily, LineCrossingConfig>()
+        .register::<CameraRuleFamily, CrowdConfig>()
+        .register::<CameraRuleFamily, StationaryObjectConfig>();
 }
 
 /// What a rule reports when it fires.

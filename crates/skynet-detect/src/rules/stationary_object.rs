@@ -2,10 +2,11 @@
 //! `min_stationary_s`, in a zone or anywhere: a bag left behind, a car in a fire lane.
 
 use chrono::{DateTime, Utc};
+use skynet_core::Component;
 use skynet_core::{AnalysedFrame, FieldError};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, RuleConfig, RuleContext, RuleHit, check_category, check_labels,
+    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category, check_labels,
     check_name, check_seconds, check_weight, find_zone, position, rule_ref, seconds_between,
     tracks_with,
 };
@@ -29,8 +30,6 @@ pub struct StationaryObjectConfig {
     pub category: String,
     #[serde(default = "StationaryObjectConfig::default_weight")]
     pub weight: f32,
-    #[serde(skip)]
-    resolved: Option<Option<Zone>>,
 }
 
 impl StationaryObjectConfig {
@@ -50,14 +49,12 @@ impl StationaryObjectConfig {
     }
 }
 
-impl RuleConfig for StationaryObjectConfig {
+impl Component<CameraRuleFamily> for StationaryObjectConfig {
     const KIND: &'static str = StationaryObjectRule::KIND;
+    const EXAMPLE: &'static str = "name = \"left_luggage\"";
+    type Validated = ValidRule<Self>;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+    fn validate(self, cx: &RuleContext<'_>) -> Result<ValidRule<Self>, FieldError> {
         check_name(&self.name)?;
         let zone = self
             .zone
@@ -68,20 +65,22 @@ impl RuleConfig for StationaryObjectConfig {
         check_seconds("min_stationary_s", self.min_stationary_s)?;
         check_category(&self.category)?;
         check_weight(self.weight)?;
-        self.resolved = Some(zone);
-        Ok(())
+        Ok(ValidRule::new(self, zone))
+    }
+}
+
+impl BuildRule for ValidRule<StationaryObjectConfig> {
+    fn name(&self) -> &str {
+        &self.config.name
     }
 
-    fn build(&self) -> Box<dyn Rule> {
-        match &self.resolved {
-            Some(zone) => Box::new(StationaryObjectRule {
-                config: self.clone(),
-                zone: zone.clone(),
-                min_stationary: super::duration(self.min_stationary_s),
-                reported: PerTrack::default(),
-            }),
-            None => super::unvalidated(Self::KIND, &self.name),
-        }
+    fn build(&self, _cx: &RuleBuildContext<'_>) -> Box<dyn Rule> {
+        Box::new(StationaryObjectRule {
+            config: self.config.clone(),
+            zone: self.zone.clone(),
+            min_stationary: super::duration(self.config.min_stationary_s),
+            reported: PerTrack::default(),
+        })
     }
 }
 

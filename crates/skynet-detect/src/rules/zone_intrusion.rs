@@ -1,11 +1,12 @@
 //! `zone_intrusion`: objects of given labels inside a zone, with inertia.
 
 use chrono::{DateTime, Utc};
+use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::{AnalysedFrame, FieldError, TrackedObject};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, RuleConfig, RuleContext, RuleHit, check_category, check_labels,
+    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, RuleContext, RuleHit, check_category, check_labels,
     check_name, check_weight, find_zone, position, rule_ref, tracks_with,
 };
 use crate::Zone;
@@ -30,9 +31,6 @@ pub struct ZoneIntrusionConfig {
     pub category: String,
     #[serde(default = "ZoneIntrusionConfig::default_weight")]
     pub weight: f32,
-    /// The zone `validate` found, kept so `build` needs no context and cannot fail.
-    #[serde(skip)]
-    resolved_zone: Option<Zone>,
 }
 
 impl ZoneIntrusionConfig {
@@ -60,32 +58,14 @@ impl ZoneIntrusionConfig {
         0.5
     }
 
-    /// The validated settings as the rule runs them; `None` before `validate` succeeded.
-    pub fn spec(&self) -> Option<ZoneIntrusionSpec> {
-        let zone = self.resolved_zone.clone()?;
-        Some(ZoneIntrusionSpec {
-            name: self.name.clone(),
-            zone,
-            labels: self.labels.clone(),
-            min_score: self.min_score,
-            min_frames: self.min_frames.max(1),
-            // At most a day once validated; `duration` keeps an unvalidated value from
-            // panicking all the same.
-            cooldown: super::duration(self.cooldown_s),
-            category: self.category.clone(),
-            weight: self.weight,
-        })
-    }
 }
 
-impl RuleConfig for ZoneIntrusionConfig {
+impl Component<CameraRuleFamily> for ZoneIntrusionConfig {
     const KIND: &'static str = ZoneIntrusionRule::KIND;
+    const EXAMPLE: &'static str = "name = \"intrusion\"\nzone = \"left\"";
+    type Validated = ZoneIntrusionSpec;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn validate(&mut self, cx: &RuleContext<'_>) -> Result<(), FieldError> {
+    fn validate(self, cx: &RuleContext<'_>) -> Result<ZoneIntrusionSpec, FieldError> {
         check_name(&self.name)?;
         let zone = find_zone(cx, &self.zone)?;
         check_labels(cx, &self.labels)?;
@@ -108,15 +88,26 @@ impl RuleConfig for ZoneIntrusionConfig {
         })?;
         check_category(&self.category)?;
         check_weight(self.weight)?;
-        self.resolved_zone = Some(zone);
-        Ok(())
+        Ok(ZoneIntrusionSpec {
+            name: self.name,
+            zone,
+            labels: self.labels,
+            min_score: self.min_score,
+            min_frames: self.min_frames,
+            cooldown: super::duration(self.cooldown_s),
+            category: self.category,
+            weight: self.weight,
+        })
+    }
+}
+
+impl BuildRule for ZoneIntrusionSpec {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn build(&self) -> Box<dyn Rule> {
-        match self.spec() {
-            Some(spec) => Box::new(ZoneIntrusionRule::new(spec)),
-            None => super::unvalidated(Self::KIND, &self.name),
-        }
+    fn build(&self, _cx: &RuleBuildContext<'_>) -> Box<dyn Rule> {
+        Box::new(ZoneIntrusionRule::new(self.clone()))
     }
 }
 
@@ -356,8 +347,8 @@ mod tests {
     }
 
     /// Deserializes a rule table (as the binary does, `kind` removed) and validates it.
-    fn configure(table: &str) -> Result<ZoneIntrusionConfig, FieldError> {
-        let mut config: ZoneIntrusionConfig =
+    fn configure(table: &str) -> Result<ZoneIntrusionSpec, FieldError> {
+        let config: ZoneIntrusionConfig =
             toml::from_str(table).map_err(|e| FieldError::new("<toml>", e.to_string()))?;
         let (zones, labels) = (zones(), labels());
         config.validate(&RuleContext {
@@ -366,32 +357,26 @@ mod tests {
             model: "m",
             labels: &labels,
             allowed: None,
-        })?;
-        Ok(config)
+        })
     }
 
     const MINIMAL: &str = "name = \"r\"\nzone = \"left\"\n";
 
     #[test]
     fn zone_intrusion_config_takes_defaults_and_builds_a_working_rule() {
-        let config = configure(MINIMAL).unwrap();
+        let spec = configure(MINIMAL).unwrap();
         assert_eq!(ZoneIntrusionConfig::KIND, "zone_intrusion");
-        assert_eq!(config.name(), "r");
-        assert_eq!(config.labels, vec!["person".to_string()]);
+        assert_eq!(BuildRule::name(&spec), "r");
+        assert_eq!(spec.labels, vec!["person".to_string()]);
         assert_eq!(
-            (
-                config.min_score,
-                config.min_frames,
-                config.cooldown_s,
-                config.weight
-            ),
-            (0.5, 3, 1.0, 0.5)
+            (spec.min_score, spec.min_frames, spec.weight),
+            (0.5, 3, 0.5)
         );
-        assert_eq!(config.category, "restricted_area_intrusion");
-        let spec = config.spec().unwrap();
+        assert_eq!(spec.category, "restricted_area_intrusion");
         assert_eq!(spec.zone.name, "left");
         assert_eq!(spec.cooldown, chrono::Duration::seconds(1));
-        let mut rule = config.build();
+        let camera = skynet_core::DeviceId::new("cam");
+        let mut rule = spec.build(&RuleBuildContext { camera: &camera });
         assert_eq!(rule.name(), "r");
         let fired: Vec<bool> = (0..3)
             .map(|i| rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)])).len() == 1)
@@ -473,19 +458,6 @@ mod tests {
         assert!(err.message.contains("unknown field `fiel`"), "{err}");
         let err = configure("name = \"r\"\n").unwrap_err();
         assert!(err.message.contains("missing field `zone`"), "{err}");
-    }
-
-    #[test]
-    fn an_unvalidated_config_builds_a_rule_that_never_fires() {
-        let config: ZoneIntrusionConfig = toml::from_str(MINIMAL).unwrap();
-        assert!(config.spec().is_none());
-        let mut rule = config.build();
-        for i in 0..5 {
-            assert!(
-                rule.evaluate(&frame(i, vec![person_at(20.0, 50.0)]))
-                    .is_empty()
-            );
-        }
     }
 
     #[test]

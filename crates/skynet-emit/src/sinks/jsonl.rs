@@ -4,9 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use skynet_core::Component;
 use skynet_core::{ConfigContext, FieldError};
 
-use super::{IncidentSink, SinkConfig, lines};
+use super::{BuildSink, IncidentSink, SinkBuildContext, SinkFamily, lines};
 use crate::{EmitError, StoredEvent};
 
 /// `kind = "jsonl"`.
@@ -17,10 +18,12 @@ pub struct JsonLinesSinkConfig {
     pub path: PathBuf,
 }
 
-impl SinkConfig for JsonLinesSinkConfig {
+impl Component<SinkFamily> for JsonLinesSinkConfig {
     const KIND: &'static str = "jsonl";
+    const EXAMPLE: &'static str = "path = \"conformance.jsonl\"";
+    type Validated = Self;
 
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
         if self.path.as_os_str().is_empty() {
             return Err(FieldError::new("path", "`path` must not be empty"));
         }
@@ -29,10 +32,13 @@ impl SinkConfig for JsonLinesSinkConfig {
             // Not UTF-8, so it holds no `${VAR}` to expand; only make it absolute.
             None => cx.base_dir.join(&self.path),
         };
-        Ok(())
+        Ok(self)
     }
+}
 
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+impl BuildSink for JsonLinesSinkConfig {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError> {
+        let name = cx.name;
         // The file is opened at the first delivery: a path that is not writable yet (a disk
         // still mounting) is then retried like any other failed delivery.
         Ok(Box::new(JsonLinesSink::new(name, &self.path)))
@@ -185,9 +191,9 @@ mod tests {
     #[test]
     fn config_resolves_the_path_and_rejects_unknown_or_empty_fields() {
         let cx = ConfigContext::new(Path::new("/etc/skynet/skynet.toml"));
-        let mut config: JsonLinesSinkConfig =
+        let config: JsonLinesSinkConfig =
             serde_json::from_value(serde_json::json!({"path": "out/incidents.jsonl"})).unwrap();
-        config.validate(&cx).unwrap();
+        let config = config.validate(&cx).unwrap();
         assert_eq!(config.path, Path::new("/etc/skynet/out/incidents.jsonl"));
         assert_eq!(JsonLinesSinkConfig::KIND, "jsonl");
 
@@ -195,10 +201,10 @@ mod tests {
             serde_json::json!({"path": "x", "fsync": false}),
         );
         assert!(unknown.is_err());
-        let mut empty = JsonLinesSinkConfig {
+        let empty = JsonLinesSinkConfig {
             path: PathBuf::new(),
         };
         assert_eq!(empty.validate(&cx).unwrap_err().field, "path");
-        assert!(config.build("jsonl").is_ok());
+        assert!(config.build(&SinkBuildContext { name: "jsonl" }).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Where incidents go after the outbox. Each sink kind owns its config type, its validation
 //! and how it is built, so adding a kind touches only its own module (as Vector's sinks do).
 
+pub mod conformance;
 mod jsonl;
 mod mqtt;
 pub mod nats;
@@ -14,8 +15,9 @@ pub use stdout::{StdoutSink, StdoutSinkConfig};
 pub use webhook::{WebhookSink, WebhookSinkConfig};
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use skynet_core::{ConfigContext, FieldError};
+use skynet_core::{ConfigContext, Erase, Family, Registry};
 
 use crate::{EmitError, StoredEvent};
 
@@ -78,16 +80,46 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// The config of one sink kind: one `[[sinks]]` table, without its `kind` and `name` keys.
-pub trait SinkConfig:
-    serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
-{
-    /// The `kind` string in `[[sinks]]`.
-    const KIND: &'static str;
-    /// Pure checks and normalisation (resolve relative paths with cx); no I/O.
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError>;
-    /// Builds the running sink; may do I/O.
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError>;
+/// The sink family: one `[[sinks]]` table each, `kind` (and `name`) plus the kind's keys.
+/// Every kind is a [`Component`] of this family whose validated value is a [`BuildSink`].
+#[derive(Debug)]
+pub struct SinkFamily;
+
+impl Family for SinkFamily {
+    const NAME: &'static str = "sink";
+    type Context<'a> = ConfigContext;
+    type Validated = dyn BuildSink;
+}
+
+impl<V: BuildSink + 'static> Erase<V> for SinkFamily {
+    fn erase(validated: V) -> Arc<dyn BuildSink> {
+        Arc::new(validated)
+    }
+}
+
+/// What building a sink may look at (Vector's `SinkContext`).
+#[derive(Debug, Clone, Copy)]
+pub struct SinkBuildContext<'a> {
+    /// The sink's unique name (`[[sinks]] name`, default its kind): its cursor, its metric
+    /// label and its dead-letter list.
+    pub name: &'a str,
+}
+
+/// A validated sink of any kind: builds the running [`IncidentSink`]. Building may do I/O,
+/// but a sink must not need its destination to be up: the process starts, and keeps
+/// committing, while a destination is down.
+pub trait BuildSink: std::fmt::Debug + Send + Sync {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError>;
+}
+
+/// This crate's sink kinds.
+pub fn register(registry: &mut Registry) {
+    registry
+        .register::<SinkFamily, JsonLinesSinkConfig>()
+        .register::<SinkFamily, StdoutSinkConfig>()
+        .register::<SinkFamily, NatsSinkConfig>()
+        .register::<SinkFamily, WebhookSinkConfig>()
+        .register::<SinkFamily, MqttSinkConfig>();
 }
 
 /// Joins the bodies into one buffer, one event per line, so a batch is written at once.

@@ -16,13 +16,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use skynet_core::Component;
 use skynet_core::redact::redact_uri;
 use skynet_core::{ConfigContext, FieldError};
 use skynet_mqtt::{MqttConnection, MqttConnectionKeys, check_topic};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Envelope, IncidentSink, SinkConfig};
+use super::{BuildSink, Envelope, IncidentSink, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
 
 /// MQTT's own limit on a packet (the remaining length field's largest value): rumqttc's
@@ -144,10 +145,12 @@ impl MqttSinkConfig {
     }
 }
 
-impl SinkConfig for MqttSinkConfig {
+impl Component<SinkFamily> for MqttSinkConfig {
     const KIND: &'static str = "mqtt";
+    const EXAMPLE: &'static str = "url = \"mqtt://127.0.0.1:1883\"";
+    type Validated = Self;
 
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
         self.node = cx.node.clone();
         // The sink's name is not known here: the default id is completed in `build`, from
         // ids and names that are already checked.
@@ -185,10 +188,13 @@ impl SinkConfig for MqttSinkConfig {
         }
         skynet_core::config::check_range("ack_timeout_s", self.ack_timeout_s, 0.1, 600.0)?;
         self.connection = Some(connection);
-        Ok(())
+        Ok(self)
     }
+}
 
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+impl BuildSink for MqttSinkConfig {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError> {
+        let name = cx.name;
         Ok(Box::new(MqttSink::new(name, self)?))
     }
 }
@@ -453,13 +459,12 @@ mod tests {
     const SESSION_MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
 
     fn parse(toml_text: &str) -> Result<MqttSinkConfig, String> {
-        let mut config: MqttSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let config: MqttSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
         let cx =
             ConfigContext::new(std::path::Path::new("/etc/skynet/skynet.toml")).with_node("n1");
         config
             .validate(&cx)
-            .map_err(|e| format!("{}: {e}", e.field))?;
-        Ok(config)
+            .map_err(|e| format!("{}: {e}", e.field))
     }
 
     fn stored(seq: i64, id: &str, event_type: &str, grid: &str, category: &str) -> StoredEvent {

@@ -12,10 +12,11 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::{ConfigContext, FieldError, redact::redact_uri};
 
-use super::{Delivery, Envelope, IncidentSink, SinkConfig};
+use super::{BuildSink, Delivery, Envelope, IncidentSink, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
 
 /// The environment variables credentials come from, so they never sit in a config file.
@@ -152,10 +153,12 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-impl SinkConfig for NatsSinkConfig {
+impl Component<SinkFamily> for NatsSinkConfig {
     const KIND: &'static str = "nats";
+    const EXAMPLE: &'static str = "url = \"nats://127.0.0.1:4222\"";
+    type Validated = Self;
 
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
         self.url = cx.expand("url", &self.url)?;
         check_url("url", &self.url)?;
         check_name("stream", &self.stream)?;
@@ -179,10 +182,13 @@ impl SinkConfig for NatsSinkConfig {
             let path = cx.resolve_path("credentials", path)?;
             self.credentials = Some(path.to_string_lossy().into_owned());
         }
-        Ok(())
+        Ok(self)
     }
+}
 
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+impl BuildSink for NatsSinkConfig {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError> {
+        let name = cx.name;
         // No connection yet: the process starts, and keeps committing, while NATS is down.
         Ok(Box::new(NatsSink::new(name, self.clone())))
     }
@@ -461,12 +467,11 @@ mod tests {
     use super::*;
 
     fn parse(toml_text: &str) -> Result<NatsSinkConfig, String> {
-        let mut config: NatsSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let config: NatsSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
         let cx = ConfigContext::new(std::path::Path::new("/etc/skynet/skynet.toml"));
         config
             .validate(&cx)
-            .map_err(|e| format!("{}: {e}", e.field))?;
-        Ok(config)
+            .map_err(|e| format!("{}: {e}", e.field))
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The standard output sink.
 
+use skynet_core::Component;
 use skynet_core::{ConfigContext, FieldError};
 use tokio::io::AsyncWriteExt;
 
-use super::{IncidentSink, SinkConfig, lines};
+use super::{BuildSink, IncidentSink, SinkBuildContext, SinkFamily, lines};
 use crate::{EmitError, StoredEvent};
 
 /// `kind = "stdout"`: no settings.
@@ -11,14 +12,19 @@ use crate::{EmitError, StoredEvent};
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {}
 
-impl SinkConfig for StdoutSinkConfig {
+impl Component<SinkFamily> for StdoutSinkConfig {
     const KIND: &'static str = "stdout";
+    const EXAMPLE: &'static str = "";
+    type Validated = Self;
 
-    fn validate(&mut self, _cx: &ConfigContext) -> Result<(), FieldError> {
-        Ok(())
+    fn validate(self, _cx: &ConfigContext) -> Result<Self, FieldError> {
+        Ok(self)
     }
+}
 
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+impl BuildSink for StdoutSinkConfig {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError> {
+        let name = cx.name;
         Ok(Box::new(StdoutSink::new(name)))
     }
 }
@@ -65,13 +71,13 @@ mod tests {
     #[tokio::test]
     async fn config_takes_no_settings_and_builds_a_sink() {
         assert_eq!(StdoutSinkConfig::KIND, "stdout");
-        let mut config: StdoutSinkConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+        let config: StdoutSinkConfig = serde_json::from_value(serde_json::json!({})).unwrap();
         let cx = ConfigContext::new(std::path::Path::new("skynet.toml"));
-        config.validate(&cx).unwrap();
+        let config = config.validate(&cx).unwrap();
         assert!(
             serde_json::from_value::<StdoutSinkConfig>(serde_json::json!({"path": "x"})).is_err()
         );
-        let mut sink = config.build("out").unwrap();
+        let mut sink = config.build(&SinkBuildContext { name: "out" }).unwrap();
         assert_eq!(sink.name(), "out");
         // An empty batch writes nothing and still flushes.
         sink.deliver(&[]).await.unwrap();

@@ -14,11 +14,12 @@ use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
+use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::redact::redact_uri;
 use skynet_core::{ConfigContext, FieldError};
 
-use super::{Delivery, IncidentSink, Rejection, SinkConfig};
+use super::{BuildSink, Delivery, IncidentSink, Rejection, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.
@@ -95,10 +96,12 @@ const RESERVED: [&str; 6] = [
     EVENT_ID_HEADER,
 ];
 
-impl SinkConfig for WebhookSinkConfig {
+impl Component<SinkFamily> for WebhookSinkConfig {
     const KIND: &'static str = "webhook";
+    const EXAMPLE: &'static str = "url = \"http://127.0.0.1:9/hook\"\nsecret = \"example-secret\"";
+    type Validated = Self;
 
-    fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
+    fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
         let url = cx.expand("url", &self.url)?;
         // The message never repeats the URL as written: it may hold a password.
         let parsed = reqwest::Url::parse(&url).map_err(|e| {
@@ -182,10 +185,13 @@ impl SinkConfig for WebhookSinkConfig {
             headers.insert(name, value);
         }
         self.headers = headers;
-        Ok(())
+        Ok(self)
     }
+}
 
-    fn build(&self, name: &str) -> Result<Box<dyn IncidentSink>, EmitError> {
+impl BuildSink for WebhookSinkConfig {
+    fn build(&self, cx: &SinkBuildContext<'_>) -> Result<Box<dyn IncidentSink>, EmitError> {
+        let name = cx.name;
         Ok(Box::new(WebhookSink::new(name, self)?))
     }
 }
@@ -528,15 +534,14 @@ mod tests {
     }
 
     fn config(url: &str) -> WebhookSinkConfig {
-        let mut config: WebhookSinkConfig = serde_json::from_value(serde_json::json!({
+        let config: WebhookSinkConfig = serde_json::from_value(serde_json::json!({
             "url": url, "secret": SECRET, "timeout_s": 2.0, "max_attempts": 2,
             "headers": {"Authorization": "Bearer tok-123"}
         }))
         .unwrap();
         config
             .validate(&ConfigContext::new(Path::new("/etc/skynet/skynet.toml")))
-            .unwrap();
-        config
+            .unwrap()
     }
 
     fn event(seq: i64) -> StoredEvent {
@@ -651,8 +656,8 @@ mod tests {
     fn config_checks_the_url_the_secret_and_the_headers_and_never_shows_a_secret() {
         let cx = ConfigContext::new(Path::new("/etc/skynet/skynet.toml"));
         let parse = |v: serde_json::Value| {
-            let mut c: WebhookSinkConfig = serde_json::from_value(v).unwrap();
-            c.validate(&cx).map(|()| c)
+            let c: WebhookSinkConfig = serde_json::from_value(v).unwrap();
+            c.validate(&cx)
         };
         let ok = parse(serde_json::json!({"url": "https://u:pw-9@hooks.example/x", "secret": "k"}))
             .unwrap();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use skynet_core::{Detection, DeviceId, FrameImage, Shutdown, TrackedObject};
@@ -16,7 +16,7 @@ use skynet_serve::console::{Console, SensorRegistration};
 
 use super::{PipelineError, Services};
 use crate::config::PipelineConfig;
-use crate::evidence::{Annotations, boxes_on_image, render};
+use skynet_snapshot::{Annotations, boxes_on_image, render};
 
 /// Opens the console when the config has `[api]`, and serves it.
 pub(crate) fn start(
@@ -102,8 +102,8 @@ pub(crate) struct Preview {
 /// What is drawn on a camera's frames: its zones, and its privacy masks (blurred).
 type CameraDrawing = (Vec<Zone>, Vec<Vec<[f64; 2]>>);
 
-/// How often a camera's tile on the console changes.
-pub(crate) const PREVIEW_EVERY: Duration = Duration::from_secs(1);
+/// How often a camera's tile on the console changes: the scheduler's period, shared.
+pub(crate) use skynet_detect::scheduler::PREVIEW_EVERY;
 
 impl Preview {
     pub(crate) fn offer(&mut self, frame: &skynet_core::AnalysedFrame, image: &Arc<FrameImage>) {

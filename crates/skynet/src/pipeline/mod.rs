@@ -18,7 +18,6 @@
 mod commit;
 mod console;
 mod detect;
-mod evidence;
 mod rules;
 pub mod sensors;
 mod services;
@@ -248,7 +247,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let mut sinks = Vec::with_capacity(config.sinks.len());
     for spec in &config.sinks {
         sinks.push((
-            spec.config.build(&spec.name)?,
+            spec.config.build(&skynet_emit::SinkBuildContext { name: &spec.name })?,
             health.register(&spec.name, "sink"),
         ));
     }
@@ -265,7 +264,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // Evidence retention: old snapshots deleted hourly, on a thread of its own.
     let sweeper = if config.evidence.enabled {
         let stop = StopOnDrop(Shutdown::new());
-        let handle = crate::evidence::spawn_sweeper(
+        let handle = skynet_snapshot::spawn_sweeper(
             config.evidence.dir.clone(),
             config.evidence.retain,
             stop.0.clone(),
@@ -446,7 +445,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // Detection: each worker serves every camera queue, fairly.
     let mut detect_threads = Vec::new();
     for (i, detector) in detectors.into_iter().enumerate() {
-        let worker = detect::Worker {
+        let worker = detect::InferenceWorker {
             name: format!("detect-{i}"),
             detector,
             inputs: inputs.clone(),
@@ -541,7 +540,11 @@ fn source_stage(
     let span =
         tracing::info_span!("source", camera = %camera.id, uri = %camera.source.display_uri());
     let _entered = span.enter();
-    let mut source = match camera.source.build(camera.id.clone(), delivery) {
+    let cx = skynet_ingest::SourceBuildContext {
+        camera: &camera.id,
+        delivery,
+    };
+    let mut source = match camera.source.build(&cx) {
         Ok(source) => source,
         Err(e) => {
             health.failed(e.to_string());

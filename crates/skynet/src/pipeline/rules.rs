@@ -20,22 +20,27 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use skynet_core::{
     DeviceFault, DeviceId, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
 };
 use skynet_detect::CameraRules;
+use skynet_detect::reorder::Reorder;
 use skynet_detect::tracker::Tracker;
-use skynet_ingest::{CameraEvent, CameraState};
+use skynet_ingest::CameraEvent;
+use skynet_ingest::liveness::{CAMERA_OFFLINE, OfflineWatch};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
 use skynet_detect::SENSOR_OFFLINE;
 use skynet_emit::{CaseAck, CaseFeedback};
-use skynet_risk::RiskError;
+use skynet_risk::case_status::{CaseOutcome, apply_case_status};
+use skynet_risk::recorder::ObservationRecorder;
+use skynet_snapshot::SnapshotStage;
+
+// The persisted state schema, read by `run` at start.
+pub(crate) use skynet_risk::state::PipelineState;
 
 use super::commit::Commit;
 use super::detect::Detected;
-use super::evidence::EvidenceStage;
 use super::sensors::SensorEvent;
 use super::{Counters, POLL};
 use crate::config::PipelineConfig;
@@ -44,68 +49,6 @@ use crate::config::PipelineConfig;
 const STATE_EVERY: Duration = Duration::from_secs(2);
 /// A live camera with no frame for this long is quiet: its watermark drives its clock.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
-
-/// What survives a restart, stored in the outbox with the revisions it led to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PipelineState {
-    pub version: u32,
-    /// Each camera's last applied frame time.
-    pub cameras: BTreeMap<String, DateTime<Utc>>,
-    /// Each camera's rules' memory (streaks, cooldowns), by camera and rule.
-    #[serde(default)]
-    pub rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
-    pub engine: Box<serde_json::value::RawValue>,
-}
-
-impl PipelineState {
-    const VERSION: u32 = 1;
-
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let state: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if state.version != Self::VERSION {
-            return Err(format!(
-                "state version {} is not the {} this build reads",
-                state.version,
-                Self::VERSION
-            ));
-        }
-        Ok(state)
-    }
-}
-
-/// Restores each camera's order after parallel detection, by dispatch number.
-#[derive(Debug, Default)]
-pub(crate) struct Reorder {
-    next: u64,
-    waiting: BTreeMap<u64, Detected>,
-}
-
-impl Reorder {
-    /// Takes one detected frame; returns those now in order.
-    pub(crate) fn push(&mut self, detected: Detected) -> Vec<Detected> {
-        if detected.dispatch < self.next {
-            // Cannot happen with dense numbering; never apply a number twice.
-            return Vec::new();
-        }
-        self.waiting.insert(detected.dispatch, detected);
-        let mut ready = Vec::new();
-        while let Some(d) = self.waiting.remove(&self.next) {
-            self.next += 1;
-            ready.push(d);
-        }
-        ready
-    }
-
-    /// At the end: what still waits, in order (a number is missing only when a detect worker
-    /// died with that frame).
-    pub(crate) fn drain(&mut self) -> Vec<Detected> {
-        std::mem::take(&mut self.waiting).into_values().collect()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-}
 
 /// One camera's state in the rules stage.
 struct CameraStage {
@@ -124,21 +67,6 @@ struct CameraStage {
     gaps: metrics::Counter,
     /// Live cameras only: when frames stopped, for the `camera_offline` incident.
     offline: Option<OfflineWatch>,
-}
-
-/// The category of the incident a camera without frames for `offline_after_s` opens.
-pub(crate) const CAMERA_OFFLINE: &str = "camera_offline";
-
-/// Watches one live camera for being offline longer than its `offline_after_s`.
-struct OfflineWatch {
-    after: chrono::Duration,
-    grid: skynet_core::GridId,
-    owner: skynet_core::OwnerKind,
-    /// When frames stopped (its last frame, or the start when none came yet); `None` while
-    /// frames flow.
-    since: Option<DateTime<Utc>>,
-    /// Its fault incident has been opened (and not yet closed).
-    declared: bool,
 }
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
@@ -162,66 +90,15 @@ pub(crate) struct RulesAndRisk {
     /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
     sensors: Vec<DeviceId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
-    recorder: Option<Recorder>,
+    recorder: Option<ObservationRecorder>,
     /// The case system's status events.
     cases: Option<crossbeam_channel::Receiver<CaseFeedback>>,
     /// Acks of status events whose revisions go with the next commit.
     acks: Vec<CaseAck>,
     /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
-    evidence: Option<EvidenceStage>,
+    evidence: Option<SnapshotStage>,
     /// The console's camera tiles; `None` without `[api]`.
     preview: Option<super::console::Preview>,
-}
-
-/// Appends observations to a JSON Lines file. A failing file stops the recording (logged
-/// and counted), never the pipeline.
-struct Recorder {
-    path: std::path::PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
-    recorded: metrics::Counter,
-}
-
-impl Recorder {
-    fn open(path: &std::path::Path) -> Option<Self> {
-        let file = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-            });
-        match file {
-            Ok(file) => {
-                tracing::info!(path = %path.display(), "recording observations");
-                Some(Self {
-                    path: path.to_path_buf(),
-                    out: std::io::BufWriter::new(file),
-                    recorded: metrics::counter!("skynet_observations_recorded_total"),
-                })
-            }
-            Err(e) => {
-                metrics::counter!("skynet_observations_record_errors_total").increment(1);
-                tracing::error!(path = %path.display(), error = %e, "cannot record observations; going on without");
-                None
-            }
-        }
-    }
-
-    fn write(&mut self, observation: &skynet_core::Observation) -> std::io::Result<()> {
-        use std::io::Write;
-        serde_json::to_writer(&mut self.out, observation)?;
-        self.out.write_all(b"\n")?;
-        self.recorded.increment(1);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        use std::io::Write;
-        self.out.flush()
-    }
 }
 
 impl RulesAndRisk {
@@ -270,7 +147,11 @@ impl RulesAndRisk {
                     camera: c.id.clone(),
                     grid: c.grid.clone(),
                     owner: c.owner,
-                    rules: c.rules.iter().map(|r| r.build()).collect(),
+                    rules: c
+                        .rules
+                        .iter()
+                        .map(|r| r.build(&skynet_detect::RuleBuildContext { camera: &c.id }))
+                        .collect(),
                 };
                 if let Some(saved) = rule_states.remove(c.id.as_str()) {
                     rules.restore(saved);
@@ -286,13 +167,13 @@ impl RulesAndRisk {
                     latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
                     late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
                     gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
-                    offline: watermark.is_live().then(|| OfflineWatch {
-                        after: chrono::Duration::from_std(c.offline_after)
-                            .unwrap_or(chrono::Duration::seconds(30)),
-                        grid: c.grid.clone(),
-                        owner: c.owner,
-                        since: Some(Utc::now()),
-                        declared: false,
+                    offline: watermark.is_live().then(|| {
+                        OfflineWatch::new(
+                            chrono::Duration::from_std(c.offline_after)
+                                .unwrap_or(chrono::Duration::seconds(30)),
+                            c.grid.clone(),
+                            c.owner,
+                        )
                     }),
                 };
                 (c.id.clone(), stage)
@@ -315,8 +196,14 @@ impl RulesAndRisk {
             recorder: config
                 .record_observations
                 .as_deref()
-                .and_then(Recorder::open),
-            evidence: EvidenceStage::new(config),
+                .and_then(ObservationRecorder::open),
+            evidence: SnapshotStage::for_cameras(
+                &config.evidence,
+                config
+                    .cameras
+                    .iter()
+                    .map(|c| (c.id.clone(), c.zones.clone(), c.privacy_masks.clone())),
+            ),
             preview: None,
         }
     }
@@ -359,34 +246,12 @@ impl RulesAndRisk {
         for feedback in events {
             let status = &feedback.status;
             let _span = tracing::info_span!("case_status", incident = %status.incident, event = %feedback.event_id).entered();
-            match self.engine.feedback(status) {
-                Ok(changes) => {
-                    metrics::counter!("skynet_case_status_applied_total", "status" => status.status.as_str())
-                        .increment(1);
-                    tracing::info!(status = status.status.as_str(), "case status applied");
-                    self.dirty = true;
-                    revisions.extend(changes);
-                    self.acks.push(feedback.ack);
-                }
-                Err(RiskError::Transition { from, to, .. }) if from == to => {
-                    // Delivered again (a restart, or a commit slower than JetStream's ack
-                    // wait): already applied. Its ack is the original's too (the same stream
-                    // message), so it waits for the next commit like the original's.
-                    metrics::counter!("skynet_case_status_duplicates_total").increment(1);
-                    self.acks.push(feedback.ack);
-                }
-                Err(e) => {
-                    let reason = match e {
-                        RiskError::UnknownIncident(_) => "unknown_incident",
-                        _ => "transition",
-                    };
-                    metrics::counter!("skynet_case_status_rejected_total", "reason" => reason)
-                        .increment(1);
-                    tracing::warn!(error = %e, "case status refused");
-                    // After the next commit, for the same reason as a duplicate's.
-                    self.acks.push(feedback.ack);
-                }
+            if let CaseOutcome::Applied(changes) = apply_case_status(self.engine.as_mut(), status) {
+                self.dirty = true;
+                revisions.extend(changes);
             }
+            // Applied, delivered again or refused: acknowledged once the next commit is made.
+            self.acks.push(feedback.ack);
         }
         revisions
     }
@@ -435,7 +300,7 @@ impl RulesAndRisk {
             && let Err(e) = recorder.write(observation)
         {
             metrics::counter!("skynet_observations_record_errors_total").increment(1);
-            tracing::error!(path = %recorder.path.display(), error = %e, "recording observations failed; stopped recording");
+            tracing::error!(path = %recorder.path().display(), error = %e, "recording observations failed; stopped recording");
             self.recorder = None;
         }
         self.engine.observe(observation)
@@ -498,46 +363,17 @@ impl RulesAndRisk {
             else {
                 continue;
             };
-            match event.state {
-                CameraState::Running => {
-                    watch.since = None;
-                    watch.declared = false;
-                    // Also after a restart, when the incident was opened by the process before.
-                    revisions.extend(self.recover(&event.camera, CAMERA_OFFLINE, event.at));
-                }
-                // Shutting down is not going offline.
-                CameraState::Stopped if event.reason.is_none() => watch.since = None,
-                _ => {
-                    if watch.since.is_none() {
-                        watch.since = Some(event.last_frame_at.unwrap_or(event.at));
-                    }
-                }
+            if watch.on_event(&event) {
+                // Also after a restart, when the incident was opened by the process before.
+                revisions.extend(self.recover(&event.camera, CAMERA_OFFLINE, event.at));
             }
         }
         let now = Utc::now();
         let mut faults = Vec::new();
         for (id, camera) in &mut self.cameras {
-            let Some(watch) = camera.offline.as_mut() else {
-                continue;
-            };
-            let Some(since) = watch.since else {
-                continue;
-            };
-            if watch.declared || now.signed_duration_since(since) < watch.after {
-                continue;
+            if let Some(fault) = camera.offline.as_mut().and_then(|w| w.due(id, now)) {
+                faults.push(fault.observation());
             }
-            watch.declared = true;
-            tracing::warn!(camera = %id, since = %since, "camera offline");
-            let fault = DeviceFault {
-                camera: id.clone(),
-                source: skynet_core::SourceKind::Camera,
-                grid: watch.grid.clone(),
-                owner: watch.owner,
-                category: CAMERA_OFFLINE.into(),
-                since,
-                at: now,
-            };
-            faults.push(fault.observation());
         }
         for fault in faults {
             revisions.extend(self.observe(&fault));
@@ -762,7 +598,7 @@ impl RulesAndRisk {
             && let Err(e) = recorder.flush()
         {
             metrics::counter!("skynet_observations_record_errors_total").increment(1);
-            tracing::error!(path = %recorder.path.display(), error = %e, "recording observations failed; stopped recording");
+            tracing::error!(path = %recorder.path().display(), error = %e, "recording observations failed; stopped recording");
             self.recorder = None;
         }
         let state = self.state();
@@ -775,100 +611,5 @@ impl RulesAndRisk {
             acks,
         })?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use skynet_core::{AnalysedFrame, FrameInfo};
-
-    fn detected(dispatch: u64) -> Detected {
-        Detected {
-            camera: DeviceId::new("c"),
-            dispatch,
-            gap: 0,
-            frame: Some(AnalysedFrame {
-                info: FrameInfo {
-                    camera: DeviceId::new("c"),
-                    seq: dispatch,
-                    captured_at: DateTime::<Utc>::UNIX_EPOCH,
-                    decoded_at: Instant::now(),
-                    skipped: 0,
-                    width: 1,
-                    height: 1,
-                },
-                detections: Vec::new(),
-                inference: Duration::ZERO,
-                inferred: true,
-                tracks: Vec::new(),
-            }),
-            image: None,
-        }
-    }
-
-    fn dispatches(ready: Vec<Detected>) -> Vec<u64> {
-        ready.into_iter().map(|d| d.dispatch).collect()
-    }
-
-    #[test]
-    fn a_late_arrival_waits_for_nothing_and_is_never_applied_late() {
-        let mut r = Reorder::default();
-        assert!(r.push(detected(1)).is_empty());
-        assert!(r.push(detected(2)).is_empty());
-        // However many wait behind it, 0 is never skipped: it is applied first when it comes.
-        assert_eq!(dispatches(r.push(detected(0))), vec![0, 1, 2]);
-        assert_eq!(dispatches(r.push(detected(3))), vec![3]);
-    }
-
-    #[test]
-    fn a_recording_that_cannot_be_written_is_dropped_and_the_rest_goes_on() {
-        // A directory where the file should be: opening fails, nothing panics.
-        let dir = tempfile::tempdir().unwrap();
-        assert!(Recorder::open(dir.path()).is_none());
-        // A writable one records each observation on its own line.
-        let path = dir.path().join("sub/observations.jsonl");
-        let mut recorder = Recorder::open(&path).expect("creates its directory");
-        let observation = skynet_core::DeviceFault {
-            camera: DeviceId::new("c"),
-            source: skynet_core::SourceKind::Camera,
-            grid: skynet_core::GridId::new("g"),
-            owner: skynet_core::OwnerKind::Police,
-            category: "camera_offline".into(),
-            since: DateTime::<Utc>::UNIX_EPOCH,
-            at: DateTime::<Utc>::UNIX_EPOCH,
-        }
-        .observation();
-        recorder.write(&observation).unwrap();
-        recorder.write(&observation).unwrap();
-        recorder.flush().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<skynet_core::Observation> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines, vec![observation.clone(), observation]);
-    }
-
-    proptest! {
-        /// Workers finish in any order (each frame delayed by a random amount); the rules
-        /// still see every frame exactly once, in order.
-        #[test]
-        fn reorder_restores_order_under_random_worker_delays(delays in proptest::collection::vec(0u32..50, 1..200)) {
-            let mut arrivals: Vec<(u32, u64)> = delays
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (i as u32 + d, i as u64))
-                .collect();
-            arrivals.sort();
-            let mut r = Reorder::default();
-            let mut applied = Vec::new();
-            for (_, dispatch) in arrivals {
-                applied.extend(dispatches(r.push(detected(dispatch))));
-            }
-            applied.extend(dispatches(r.drain()));
-            prop_assert_eq!(applied, (0..delays.len() as u64).collect::<Vec<_>>());
-        }
     }
 }

@@ -27,6 +27,8 @@ impl Services {
     /// installs the metrics recorder, and serves HTTP on `listen` when given.
     pub fn start(listen: Option<SocketAddr>) -> Result<Self, ServeError> {
         let metrics = skynet_serve::install_metrics()?;
+        // Every crate's metric descriptions, now that a recorder takes them.
+        crate::describe_metrics();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("io")

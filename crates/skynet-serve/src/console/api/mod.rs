@@ -5,11 +5,11 @@
 //! permission (403 when missing) and, for incidents, the caller's scope (an inspector's
 //! department; out-of-scope incidents answer 404, so their existence does not leak). Every
 //! change is written to the audit log. Errors are JSON: `{"error": code, "message": text}`.
-
 //!
 //! One job per file: [`session`] (who is calling), [`incidents`], [`sources`] (grid cells,
 //! cameras, sensors, tickets), [`admin`] (users, audit), [`events`] (the live stream), and
-//! [`error`] (the JSON plumbing they share). Every body is a typed struct.
+//! [`error`] (the JSON plumbing they share). Every body is a typed struct; `openapi.json`
+//! is written by hand, and tests/console_api.rs checks every answer against it.
 
 mod admin;
 mod error;

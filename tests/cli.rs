@@ -8,7 +8,7 @@ mod common;
 use common::{repo, text};
 
 fn skynet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skynet"))
+    Command::new(common::skynet_bin())
         .args(args)
         .current_dir(repo())
         .output()
@@ -117,7 +117,7 @@ fn detect_reports_a_bad_image_and_goes_on() {
 #[test]
 fn a_missing_onnx_runtime_says_what_to_run() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let out = Command::new(common::skynet_bin())
         .args(["detect", "--model", "models/yolox_nano.toml", "x.jpg"])
         .current_dir(repo())
         .env_remove("ORT_DYLIB_PATH")
@@ -185,7 +185,7 @@ fn sigterm_drains_everything_in_flight_to_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     // Paced like a live camera, so it is still running when the signal comes.
     let path = demo_config_in(dir.path(), "realtime = true");
-    let child = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let child = Command::new(common::skynet_bin())
         .args(["run", "--config", path.to_str().unwrap()])
         .current_dir(repo())
         .stdout(std::process::Stdio::piped())
@@ -235,7 +235,7 @@ fn the_deployment_example_config_stays_valid() {
     let path = dir.path().join("skynet.toml");
     std::fs::write(&path, local).unwrap();
     let check = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_skynet"));
+        let mut command = Command::new(common::skynet_bin());
         command
             .args(["check", "--config", path.to_str().unwrap()])
             .current_dir(repo());
@@ -360,7 +360,7 @@ fn detect_needs_config_and_camera_together() {
 /// `skynet` with `input` on stdin.
 fn skynet_with_stdin(args: &[&str], input: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let mut child = Command::new(common::skynet_bin())
         .args(args)
         .current_dir(repo())
         .stdin(std::process::Stdio::piped())

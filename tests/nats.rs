@@ -39,7 +39,7 @@ fn every_revision_reaches_jetstream_once_after_dedup_while_nats_is_stopped_for_3
     let dir = tempfile::tempdir().unwrap();
     let mut nats = PrivateNats::start(&dir.path().join("nats"));
     let outbox_path = dir.path().join("outbox.sqlite");
-    let rt = runtime();
+    let rt = tokio_runtime();
     let mut config = NatsSinkConfig::for_url(nats.url());
     config.ack_timeout_s = 2.0;
     let nats_health = ComponentHealth::detached("nats", "sink");
@@ -161,7 +161,7 @@ fn case_status_moves_the_lifecycle_across_a_sigkill_and_every_revision_reaches_j
         streams: vec![stream.clone(), cases_stream.clone()],
     };
     // The webhook receiver answers 500 for its first 8 s, then takes every signed event.
-    let rt = runtime();
+    let rt = tokio_runtime();
     let receiver = Arc::new(Mutex::new(Hook::default()));
     let hook = rt.block_on(serve_hook(
         Arc::clone(&receiver),
@@ -304,7 +304,7 @@ durable = "{prefix}"
     assert_eq!(resolved["data"]["note"], "cleared");
 
     // The incident's rule has one decided incident and no false alarm in the history.
-    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let out = Command::new(common::skynet_bin())
         .args(["outbox", "false-alarms", "--json", "--config"])
         .arg(&config)
         .env("TEST_NATS_URL", SESSION_NATS)

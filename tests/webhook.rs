@@ -107,7 +107,7 @@ fn incident(revision: u32) -> RiskEvent {
 }
 
 fn skynet(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_skynet"))
+    Command::new(common::skynet_bin())
         .args(args)
         .output()
         .expect("skynet runs")
@@ -155,7 +155,9 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
         .iter()
         .map(|s| {
             (
-                s.config.build(&s.name).unwrap(),
+                s.config
+                    .build(&skynet_emit::SinkBuildContext { name: &s.name })
+                    .unwrap(),
                 services.health.register(&s.name, "sink"),
             )
         })

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Runs `skynet replay --config configs/city.toml <observations>`; the events it printed.
 fn replay(observations: &Path) -> (Vec<Value>, String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let out = Command::new(common::skynet_bin())
         .args(["replay", "--config", "configs/city.toml"])
         .arg(observations)
         .current_dir(repo())

@@ -1,4 +1,4 @@
-//! Evidence in the rules stage: the latest analysed image of each camera, and a snapshot
+//! Snapshots in the rules stage: the latest analysed image of each camera, and a snapshot
 //! for each incident revision that brings new detections.
 //!
 //! The snapshot is encoded and written before the revision goes to the commit stage, so the
@@ -18,8 +18,9 @@ use skynet_core::{
 };
 use skynet_detect::Zone;
 
-use crate::config::PipelineConfig;
-use crate::evidence::{Annotations, EvidenceConfig, EvidenceStore, boxes_on_image, render};
+use crate::draw::{Annotations, boxes_on_image, render};
+use crate::settings::SnapshotConfig;
+use crate::store::SnapshotStore;
 
 /// The last frame of a camera that led to an observation, with its pixels.
 struct Latest {
@@ -37,15 +38,15 @@ struct CameraView {
 }
 
 /// What was last snapshotted of an incident.
-struct Taken {
+struct LastSnapshot {
     detections: Vec<Detection>,
     frame_at: DateTime<Utc>,
 }
 
-pub(crate) struct EvidenceStage {
-    store: EvidenceStore,
+pub struct SnapshotStage {
+    store: SnapshotStore,
     cameras: BTreeMap<DeviceId, CameraView>,
-    incidents: HashMap<String, Taken>,
+    incidents: HashMap<String, LastSnapshot>,
     min_interval: chrono::Duration,
     max_per_s: f64,
     /// A token bucket for `max_per_s`: tokens now, and when they were counted.
@@ -76,18 +77,11 @@ impl Skip {
     }
 }
 
-impl EvidenceStage {
-    /// `None` when `[evidence] enabled = false`.
-    pub(crate) fn new(config: &PipelineConfig) -> Option<Self> {
-        let cameras = config
-            .cameras
-            .iter()
-            .map(|c| (c.id.clone(), c.zones.clone(), c.privacy_masks.clone()));
-        Self::for_cameras(&config.evidence, cameras)
-    }
-
-    fn for_cameras(
-        settings: &EvidenceConfig,
+impl SnapshotStage {
+    /// Snapshots for `cameras` (each with its zones and privacy masks); `None` when
+    /// `[evidence] enabled = false`.
+    pub fn for_cameras(
+        settings: &SnapshotConfig,
         cameras: impl Iterator<Item = (DeviceId, Vec<Zone>, Vec<Vec<[f64; 2]>>)>,
     ) -> Option<Self> {
         if !settings.enabled {
@@ -104,7 +98,7 @@ impl EvidenceStage {
             })
             .collect();
         Some(Self {
-            store: EvidenceStore::new(settings),
+            store: SnapshotStore::new(settings),
             cameras,
             incidents: HashMap::new(),
             min_interval: settings.min_interval,
@@ -119,7 +113,7 @@ impl EvidenceStage {
     /// Keeps `image` as the camera's latest, replacing the one before. The rules stage
     /// calls it for frames that led to an observation: only those can bring an incident
     /// new detections, also in a revision that comes out later (at a flush).
-    pub(crate) fn remember(&mut self, frame: &AnalysedFrame, image: Arc<FrameImage>) {
+    pub fn remember(&mut self, frame: &AnalysedFrame, image: Arc<FrameImage>) {
         if let Some(view) = self.cameras.get_mut(&frame.info.camera) {
             view.latest = Some(Latest {
                 at: frame.info.captured_at,
@@ -139,7 +133,7 @@ impl EvidenceStage {
 
     /// Adds a snapshot to each incident revision whose detections are new since its last
     /// snapshot.
-    pub(crate) fn attach(&mut self, events: &mut [RiskEvent]) {
+    pub fn attach(&mut self, events: &mut [RiskEvent]) {
         for event in events {
             let RiskEvent::Incident(incident) = event else {
                 continue;
@@ -196,7 +190,7 @@ impl EvidenceStage {
         // not retried on every later revision.
         self.incidents.insert(
             incident.id.clone(),
-            Taken {
+            LastSnapshot {
                 detections: incident.detections.clone(),
                 frame_at,
             },
@@ -267,18 +261,18 @@ mod tests {
     use skynet_core::{BBox, ConfigContext, FrameInfo, PixelOrder};
 
     use super::*;
-    use crate::evidence::EvidenceSettings;
+    use crate::settings::SnapshotSettings;
 
-    fn stage_in(dir: &Path, max_per_s: f64) -> EvidenceStage {
-        let settings = EvidenceSettings {
+    fn stage_in(dir: &Path, max_per_s: f64) -> SnapshotStage {
+        let settings = SnapshotSettings {
             dir: Some(dir.display().to_string()),
             max_per_s,
-            ..EvidenceSettings::default()
+            ..SnapshotSettings::default()
         }
         .validate(&ConfigContext::new(Path::new("x.toml")))
         .unwrap();
         let masks = vec![vec![[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]];
-        EvidenceStage::for_cameras(
+        SnapshotStage::for_cameras(
             &settings,
             std::iter::once((DeviceId::new("cam"), Vec::new(), masks)),
         )
@@ -354,7 +348,7 @@ mod tests {
         assert_eq!((taken[0].width, taken[0].height), (320, 240));
         assert_eq!(taken[0].frame_at, f.info.captured_at);
         let bytes = std::fs::read(dir.path().join("inc-1/1.jpg")).unwrap();
-        assert_eq!(taken[0].sha256, crate::evidence::sha256_hex(&bytes));
+        assert_eq!(taken[0].sha256, crate::store::sha256_hex(&bytes));
 
         // The same detections in the next revision: nothing new to show.
         let mut events = vec![revision("inc-1", 2, &seen)];

@@ -458,7 +458,7 @@ fn gas_leak_incidents(state: &Path) -> Vec<String> {
 }
 
 fn simulate(url: &str, scenario: &str, seconds: u32) {
-    let status = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let status = Command::new(common::skynet_bin())
         .args([
             "simulate",
             "sensors",
@@ -586,7 +586,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
 
     // `[risk] record` kept every observation; replayed, they make the same two incidents.
     let recorded = state.path().join("observations.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_skynet"))
+    let out = Command::new(common::skynet_bin())
         .args(["replay", "--config"])
         .arg(&config)
         .arg(&recorded)

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{Broker, Mqtt};
-use common::{incident, outbox_ids, runtime};
+use common::{incident, outbox_ids, tokio_runtime};
 use serde_json::Value;
+use skynet_core::Component;
 use skynet_core::{ComponentHealth, ConfigContext};
-use skynet_emit::{Committer, IncidentSink, MqttSinkConfig, Outbox, SinkConfig};
+use skynet_emit::{BuildSink, Committer, IncidentSink, MqttSinkConfig, Outbox, SinkBuildContext};
 
 #[test]
 fn every_event_reaches_a_qos1_subscriber_after_dedup_while_the_broker_is_stopped_for_10_s() {
@@ -34,19 +35,19 @@ fn every_event_reaches_a_qos1_subscriber_after_dedup_while_the_broker_is_stopped
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut config: MqttSinkConfig = toml::from_str(&format!(
+    let config: MqttSinkConfig = toml::from_str(&format!(
         "url = \"{}\"\ntopic_prefix = \"{prefix}\"\nack_timeout_s = 2\nmax_in_flight = 50",
         broker.url()
     ))
     .unwrap();
     let cx = ConfigContext::new(&dir.path().join("skynet.toml")).with_node(format!("it{tag}"));
-    config.validate(&cx).unwrap();
-    let sink = config.build("mqtt").unwrap();
+    let config = config.validate(&cx).unwrap();
+    let sink = config.build(&SinkBuildContext { name: "mqtt" }).unwrap();
     let health = ComponentHealth::detached("mqtt", "sink");
     let sinks: Vec<(Box<dyn IncidentSink>, ComponentHealth)> = vec![(sink, health.clone())];
 
     let outbox_path = dir.path().join("outbox.sqlite");
-    let rt = runtime();
+    let rt = tokio_runtime();
     let mut committer = Committer::new("n1", Outbox::open(&outbox_path).unwrap());
     let deliveries =
         skynet_emit::spawn_deliveries(rt.handle(), &outbox_path, sinks, committer.wake_handle());

@@ -1,0 +1,35 @@
+//! The descriptions (`# HELP`) of the metrics this crate records, installed once the
+//! process's recorder is (skynet calls every stage crate's `describe_metrics()` at start).
+
+/// Names and explains the metrics recorded in this crate.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "skynet_case_consumer_retries_total",
+        "Reconnections of the case status consumer after a failure."
+    );
+    describe_counter!(
+        "skynet_case_status_received_total",
+        "Case status events taken from the [cases] stream."
+    );
+    describe_counter!(
+        "skynet_case_status_rejected_total",
+        "Case status events refused, per reason: malformed, wrong_type, invalid, wrong_subject, unknown_incident, transition."
+    );
+    describe_counter!(
+        "skynet_sink_dead_letters_total",
+        "Events a sink's destination refused for good, kept in the dead letters, per sink (a replay refused again counts again)."
+    );
+    describe_counter!(
+        "skynet_sink_duplicates_total",
+        "Events JetStream had already stored (a retried batch), dropped by the server, per sink."
+    );
+    describe_gauge!(
+        "skynet_sink_lag_events",
+        "Events committed but not yet delivered to a sink, per sink."
+    );
+    describe_gauge!(
+        "skynet_sink_lag_alarm",
+        "1 while a sink is more than [outbox] lag_alarm_events behind, else 0, per sink."
+    );
+}

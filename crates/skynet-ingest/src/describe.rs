@@ -1,0 +1,43 @@
+//! The descriptions (`# HELP`) of the metrics this crate records, installed once the
+//! process's recorder is (skynet calls every stage crate's `describe_metrics()` at start).
+
+/// Names and explains the metrics recorded in this crate.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "skynet_mqtt_connected",
+        "1 while connected to the sensors' MQTT broker, else 0."
+    );
+    describe_counter!(
+        "skynet_mqtt_reconnects_total",
+        "Reconnections to the sensors' MQTT broker."
+    );
+    describe_counter!(
+        "skynet_mqtt_messages_total",
+        "MQTT messages received from the sensors' broker."
+    );
+    describe_counter!(
+        "skynet_sensor_readings_total",
+        "Sensor readings accepted, per sensor."
+    );
+    describe_gauge!(
+        "skynet_sensor_value",
+        "The last accepted value of a sensor, in its kind's unit."
+    );
+    describe_counter!(
+        "skynet_sensor_rejected_total",
+        "Sensor records refused, per reason."
+    );
+    describe_counter!(
+        "skynet_sensor_unknown_total",
+        "Readings of sensors not in the config."
+    );
+    describe_counter!(
+        "skynet_sensor_deadletter_total",
+        "Refused sensor payloads published to the dead-letter topic."
+    );
+    describe_counter!(
+        "skynet_sensor_deadletter_dropped_total",
+        "Dead-letter copies dropped because the MQTT client's queue was full."
+    );
+}

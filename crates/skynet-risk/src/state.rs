@@ -1,0 +1,44 @@
+//! The persisted state schema: what survives a restart, stored in the outbox with the
+//! revisions it led to. Its JSON is a public contract of the outbox: field names and
+//! `version` change only together.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a saved state cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("state version {found} is not the {expected} this build reads")]
+    Version { found: u32, expected: u32 },
+}
+
+/// What survives a restart, stored in the outbox with the revisions it led to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineState {
+    pub version: u32,
+    /// Each camera's last applied frame time.
+    pub cameras: BTreeMap<String, DateTime<Utc>>,
+    /// Each camera's rules' memory (streaks, cooldowns), by camera and rule.
+    #[serde(default)]
+    pub rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    pub engine: Box<serde_json::value::RawValue>,
+}
+
+impl PipelineState {
+    pub const VERSION: u32 = 1;
+
+    pub fn parse(text: &str) -> Result<Self, StateError> {
+        let state: Self = serde_json::from_str(text)?;
+        if state.version != Self::VERSION {
+            return Err(StateError::Version {
+                found: state.version,
+                expected: Self::VERSION,
+            });
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,28 @@
+//! The descriptions (`# HELP`) of every metric skynet records: each stage crate describes
+//! the metrics it records, and this module those the binary's own wiring records.
+
+/// Describes every metric of every crate; called once the metrics recorder is installed
+/// (descriptions given before that are lost).
+pub fn describe_metrics() {
+    skynet_serve::describe_metrics();
+    skynet_ingest::describe_metrics();
+    skynet_detect::describe_metrics();
+    skynet_risk::describe_metrics();
+    skynet_snapshot::describe_metrics();
+    skynet_emit::describe_metrics();
+    describe_own_metrics();
+}
+
+/// The metrics the binary's wiring records itself.
+fn describe_own_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "skynet_console_preview_errors_total",
+        "Camera tiles for the console that could not be drawn."
+    );
+    describe_histogram!(
+        "skynet_sensor_latency_seconds",
+        Unit::Seconds,
+        "From a sensor message's arrival to its observation."
+    );
+}

@@ -1,1 +1,0 @@
-//! Holds the cross-crate tests in tests/ and the benchmarks in benches/.
