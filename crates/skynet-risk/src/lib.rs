@@ -13,6 +13,7 @@
 pub mod case_status;
 mod describe;
 mod engine;
+pub mod fusion_rules;
 mod grid;
 pub mod recorder;
 mod settings;
@@ -23,8 +24,14 @@ pub use engine::{
     DEVICE_FAULT_KIND, DeviceInfo, FUSION_KIND, GridRiskEngine, LevelThresholds, RiskConfig,
     RiskContext, RiskEngine, RiskError,
 };
+pub use fusion_rules::{FusionContext, FusionRuleFamily};
 pub use grid::{CellInfo, Grid, GridError, GridMap};
 pub use settings::{
     CategoryPolicy, Condition, FusionRule, FusionScope, FusionSettings, GridKindPolicy,
     LevelDeadlines, LevelSettings, RiskSettings,
 };
+
+/// Every component kind of the risk stage, for the binary's registry.
+pub fn register(registry: &mut skynet_core::Registry) {
+    fusion_rules::register(registry);
+}

@@ -33,9 +33,11 @@ use std::collections::BTreeMap;
 use chrono::Duration;
 use serde::Deserialize;
 use skynet_core::config::{MAX_SECONDS, seconds_in};
-use skynet_core::{FieldError, RiskLevel, SourceKind};
+use skynet_core::{FieldError, RiskLevel};
 
 use crate::{LevelThresholds, RiskConfig};
+
+pub use crate::fusion_rules::{Condition, FusionRule, FusionScope, FusionSettings};
 
 /// `[risk]` as written. Every key has a default, so the table may be left out.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,68 +151,6 @@ pub struct DeadlineSettings {
     pub resolve_s: Option<f64>,
 }
 
-/// `[[risk.fusion]]`: a correlation across sources.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum FusionSettings {
-    /// Every condition met within `within_s` in the cell (or its neighbours): an incident of
-    /// `category` at `level`, listing the observations that met them.
-    All {
-        name: String,
-        when: Vec<ConditionSettings>,
-        within_s: f64,
-        #[serde(default)]
-        scope: FusionScope,
-        category: String,
-        level: RiskLevel,
-    },
-    /// A sensor's alarm (`sensor` categories) in a cell whose cameras saw nothing (`confirm`
-    /// categories, or anything when empty) within `within_s`: its confidence is multiplied
-    /// by `confidence` and its incident is flagged for verification.
-    Unconfirmed {
-        name: String,
-        sensor: Vec<String>,
-        #[serde(default)]
-        confirm: Vec<String>,
-        within_s: f64,
-        confidence: f32,
-    },
-}
-
-/// Where the parts of a fusion may be.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FusionScope {
-    #[default]
-    Cell,
-    /// The cell and the cells that touch it.
-    Neighbours,
-}
-
-/// One condition of an `all` fusion: an observation of one of `category`, from `source`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionSettings {
-    pub category: OneOrMany,
-    pub source: Option<SourceKind>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(s) => vec![s],
-            Self::Many(v) => v,
-        }
-    }
-}
-
 const fn one() -> f32 {
     1.0
 }
@@ -286,52 +226,6 @@ pub struct GridKindPolicy {
     pub raise: u8,
 }
 
-/// A validated fusion rule.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FusionRule {
-    All {
-        name: String,
-        when: Vec<Condition>,
-        within: Duration,
-        scope: FusionScope,
-        category: String,
-        level: RiskLevel,
-    },
-    Unconfirmed {
-        name: String,
-        sensor: Vec<String>,
-        confirm: Vec<String>,
-        within: Duration,
-        confidence: f32,
-    },
-}
-
-impl FusionRule {
-    pub fn name(&self) -> &str {
-        match self {
-            Self::All { name, .. } | Self::Unconfirmed { name, .. } => name,
-        }
-    }
-
-    pub fn within(&self) -> Duration {
-        match self {
-            Self::All { within, .. } | Self::Unconfirmed { within, .. } => *within,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Condition {
-    pub categories: Vec<String>,
-    pub source: Option<SourceKind>,
-}
-
-impl Condition {
-    pub fn matches(&self, category: &str, source: SourceKind) -> bool {
-        self.source.is_none_or(|s| s == source) && self.categories.iter().any(|c| c == category)
-    }
-}
-
 /// Default deadlines by level, IV to I: level I dispatched within 15 min, resolved within
 /// 2 h; level IV has no dispatch deadline and three days to be resolved.
 pub fn default_deadlines() -> [LevelDeadlines; 4] {
@@ -357,7 +251,7 @@ pub(crate) fn level_index(level: RiskLevel) -> usize {
     }
 }
 
-fn seconds(name: &str, value: f64) -> Result<Duration, FieldError> {
+pub(crate) fn seconds(name: &str, value: f64) -> Result<Duration, FieldError> {
     seconds_in(name, value, 0.001, MAX_SECONDS).map_err(|_| {
         FieldError::new(
             name,
@@ -366,7 +260,7 @@ fn seconds(name: &str, value: f64) -> Result<Duration, FieldError> {
     })
 }
 
-fn unit(name: &str, value: f32, allow_zero: bool) -> Result<f32, FieldError> {
+pub(crate) fn unit(name: &str, value: f32, allow_zero: bool) -> Result<f32, FieldError> {
     let ok = value.is_finite() && value <= 1.0 && (value > 0.0 || (allow_zero && value == 0.0));
     if ok {
         Ok(value)
@@ -378,7 +272,7 @@ fn unit(name: &str, value: f32, allow_zero: bool) -> Result<f32, FieldError> {
     }
 }
 
-fn category_name(field: &str, name: &str) -> Result<(), FieldError> {
+pub(crate) fn category_name(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -530,75 +424,7 @@ impl RiskSettings {
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in self.fusion.iter().enumerate() {
             let field = |key: &str| format!("fusion[{i}].{key}");
-            let rule = match f.clone() {
-                FusionSettings::All {
-                    name,
-                    when,
-                    within_s,
-                    scope,
-                    category,
-                    level,
-                } => {
-                    if when.len() < 2 {
-                        return Err(FieldError::new(
-                            field("when"),
-                            "a fusion needs at least two conditions in `when`",
-                        ));
-                    }
-                    category_name(&field("category"), &category)?;
-                    let when = when
-                        .into_iter()
-                        .map(|c| {
-                            let categories = c.category.into_vec();
-                            if categories.is_empty() {
-                                return Err(FieldError::new(
-                                    field("when"),
-                                    "each condition names at least one category",
-                                ));
-                            }
-                            for c in &categories {
-                                category_name(&field("when"), c)?;
-                            }
-                            Ok(Condition {
-                                categories,
-                                source: c.source,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    FusionRule::All {
-                        within: seconds(&field("within_s"), within_s)?,
-                        name,
-                        when,
-                        scope,
-                        category,
-                        level,
-                    }
-                }
-                FusionSettings::Unconfirmed {
-                    name,
-                    sensor,
-                    confirm,
-                    within_s,
-                    confidence,
-                } => {
-                    if sensor.is_empty() {
-                        return Err(FieldError::new(
-                            field("sensor"),
-                            "name the sensor categories to verify",
-                        ));
-                    }
-                    for c in sensor.iter().chain(&confirm) {
-                        category_name(&field("sensor"), c)?;
-                    }
-                    FusionRule::Unconfirmed {
-                        within: seconds(&field("within_s"), within_s)?,
-                        confidence: unit(&field("confidence"), confidence, false)?,
-                        name,
-                        sensor,
-                        confirm,
-                    }
-                }
-            };
+            let rule = f.validate(i)?;
             skynet_core::validate_id("fusion", rule.name())
                 .map_err(|m| FieldError::new(field("name"), m))?;
             if !names.insert(rule.name().to_string()) {
