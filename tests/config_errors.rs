@@ -447,7 +447,7 @@ fn the_city_config_takes_its_defaults_and_the_environment() {
         ("SKYNET_CASES", "skynet.cases")
     );
     if unset("SKYNET_NATS_URL") {
-        assert_eq!(cases.url, "nats://127.0.0.1:4222");
+        assert_eq!(cases.url.expose(), "nats://127.0.0.1:4222");
     }
     // The fusion rule the city runs on.
     let fusion = config

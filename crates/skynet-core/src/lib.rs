@@ -32,7 +32,7 @@ pub use incident::{
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};
-pub use secret::Secret;
+pub use secret::{MaskedUri, Secret};
 pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
 pub use tuning::LiveThresholds;

@@ -62,6 +62,66 @@ impl Serialize for Secret {
     }
 }
 
+/// A URI that may carry a user name and password (`rtsp://user:pw@cam/x`). `Debug` and
+/// `Display` show it without them ([`redact_uri`](crate::redact_uri)); the whole URI is read
+/// through [`MaskedUri::expose`] or as a `&str` (`Deref`), where it is used.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct MaskedUri(String);
+
+impl MaskedUri {
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self(uri.into())
+    }
+
+    /// The URI with its credentials, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI without credentials.
+    pub fn redacted(&self) -> String {
+        crate::redact_uri(&self.0)
+    }
+}
+
+impl std::ops::Deref for MaskedUri {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for MaskedUri {
+    fn from(uri: String) -> Self {
+        Self(uri)
+    }
+}
+
+impl From<&str> for MaskedUri {
+    fn from(uri: &str) -> Self {
+        Self(uri.to_string())
+    }
+}
+
+impl fmt::Debug for MaskedUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for MaskedUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for MaskedUri {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +138,21 @@ mod tests {
         ] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains(REDACTED), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_masked_uri_shows_no_credentials() {
+        let uri: MaskedUri = serde_json::from_str("\"rtsp://admin:hunter2@cam:554/x\"").unwrap();
+        assert_eq!(uri.expose(), "rtsp://admin:hunter2@cam:554/x");
+        assert!(uri.starts_with("rtsp://"));
+        for shown in [
+            format!("{uri:?}"),
+            format!("{uri}"),
+            serde_json::to_string(&uri).unwrap(),
+        ] {
+            assert!(!shown.contains("hunter2") && !shown.contains("admin"), "{shown}");
+            assert!(shown.contains("cam:554/x"), "{shown}");
         }
     }
 }

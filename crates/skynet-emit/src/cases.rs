@@ -14,19 +14,19 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use skynet_core::{
-    CASE_STATUS_EVENT_TYPE, CaseStatus, ComponentHealth, ConfigContext, FieldError, Shutdown,
-    redact_uri,
+    CASE_STATUS_EVENT_TYPE, CaseStatus, ComponentHealth, ConfigContext, FieldError, MaskedUri,
+    Shutdown, redact_uri,
 };
 
 use crate::sinks::nats::{check_name, check_subject_prefix, check_url, connect};
 
 /// `[cases]` as written: where the case system's status events come from. Its `Debug`
-/// shows the URL without credentials.
-#[derive(Clone, Deserialize)]
+/// shows the URL without credentials (a [`MaskedUri`]).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CasesSettings {
     /// `nats://host:4222`; `${VAR}` expanded.
-    pub url: String,
+    pub url: MaskedUri,
     /// The stream that keeps status events until skynet has taken them (created when missing).
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -44,19 +44,6 @@ pub struct CasesSettings {
     pub max_age_days: f64,
 }
 
-impl std::fmt::Debug for CasesSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CasesSettings")
-            .field("url", &redact_uri(&self.url))
-            .field("stream", &self.stream)
-            .field("subject_prefix", &self.subject_prefix)
-            .field("durable", &self.durable)
-            .field("credentials", &self.credentials)
-            .field("max_age_days", &self.max_age_days)
-            .finish()
-    }
-}
-
 fn default_stream() -> String {
     "SKYNET_CASES".into()
 }
@@ -72,7 +59,7 @@ const fn default_max_age_days() -> f64 {
 
 impl CasesSettings {
     pub fn validate(&mut self, cx: &ConfigContext) -> Result<(), FieldError> {
-        self.url = cx.expand("url", &self.url)?;
+        self.url = cx.expand("url", &self.url)?.into();
         check_url("url", &self.url)?;
         check_name("stream", &self.stream)?;
         check_name("durable", &self.durable)?;
@@ -87,7 +74,7 @@ impl CasesSettings {
 
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: MaskedUri::new(url),
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
             durable: default_durable(),

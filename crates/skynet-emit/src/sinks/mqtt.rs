@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use skynet_core::Component;
-use skynet_core::redact::redact_uri;
-use skynet_core::{ConfigContext, FieldError};
+use skynet_core::{ConfigContext, FieldError, MaskedUri, Secret};
 use skynet_mqtt::{MqttConnection, MqttConnectionKeys, check_topic};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,18 +30,19 @@ use crate::{EmitError, StoredEvent};
 /// ever; the broker's own `message_size_limit` is the one that counts.
 const MAX_PACKET_BYTES: usize = 268_435_455;
 
-/// `kind = "mqtt"`.
-#[derive(Clone, serde::Deserialize)]
+/// `kind = "mqtt"`. `Debug` shows no secret: the password is a [`Secret`], the URL a
+/// [`MaskedUri`].
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     /// `mqtt://host:port` or `mqtts://host:port`; `${VAR}` expanded. A user name and password
     /// in it are used to log in and never shown.
-    pub url: String,
+    pub url: MaskedUri,
     /// Override the URL's credentials; `${VAR}` expanded.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Default `skynet-<node>-sink-<name>`: unique per node and sink, since a broker drops a
     /// connection when another one logs in with the same id.
     #[serde(default)]
@@ -93,32 +93,12 @@ const fn default_ack_timeout_s() -> f64 {
     10.0
 }
 
-/// Shows the config without its secrets: the password and URL credentials.
-impl std::fmt::Debug for MqttSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttSinkConfig")
-            .field("url", &redact_uri(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("client_id", &self.client_id)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("keep_alive_s", &self.keep_alive_s)
-            .field("topic_prefix", &self.topic_prefix)
-            .field("retain", &self.retain)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("ack_timeout_s", &self.ack_timeout_s)
-            .finish()
-    }
-}
-
 impl MqttSinkConfig {
     /// A config with every default, for `url` (tests, examples); call `validate` before
     /// building it.
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: MaskedUri::new(url),
             username: None,
             password: None,
             client_id: None,
@@ -158,7 +138,7 @@ impl Component<SinkFamily> for MqttSinkConfig {
             url: &self.url,
             client_id: self.client_id.as_deref(),
             username: self.username.as_deref(),
-            password: self.password.as_deref(),
+            password: self.password.as_ref().map(Secret::expose),
             ca_file: self.ca_file.as_deref(),
             cert_file: self.cert_file.as_deref(),
             key_file: self.key_file.as_deref(),

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use skynet_core::Component;
 use skynet_core::config::check_range;
-use skynet_core::{ConfigContext, FieldError, redact::redact_uri};
+use skynet_core::{ConfigContext, FieldError, MaskedUri, redact::redact_uri};
 
 use super::{BuildSink, Delivery, Envelope, IncidentSink, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
@@ -49,12 +49,12 @@ impl From<Retention> for stream::RetentionPolicy {
     }
 }
 
-/// `kind = "nats"`. Its `Debug` shows the URL without credentials.
-#[derive(Clone, serde::Deserialize)]
+/// `kind = "nats"`. Its `Debug` shows the URL without credentials (a [`MaskedUri`]).
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// `nats://host:4222` (or `tls://`); `${VAR}` expanded. A comma separates several servers.
-    pub url: String,
+    pub url: MaskedUri,
     #[serde(default = "default_stream")]
     pub stream: String,
     #[serde(default)]
@@ -79,23 +79,6 @@ pub struct NatsSinkConfig {
     /// How long a publish may wait for its ack before the batch is retried.
     #[serde(default = "default_ack_timeout_s")]
     pub ack_timeout_s: f64,
-}
-
-impl std::fmt::Debug for NatsSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSinkConfig")
-            .field("url", &redact_uri(&self.url))
-            .field("stream", &self.stream)
-            .field("retention", &self.retention)
-            .field("replicas", &self.replicas)
-            .field("max_age_days", &self.max_age_days)
-            .field("duplicate_window_s", &self.duplicate_window_s)
-            .field("subject_prefix", &self.subject_prefix)
-            .field("credentials", &self.credentials)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("ack_timeout_s", &self.ack_timeout_s)
-            .finish()
-    }
 }
 
 fn default_stream() -> String {
@@ -159,7 +142,7 @@ impl Component<SinkFamily> for NatsSinkConfig {
     type Validated = Self;
 
     fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
-        self.url = cx.expand("url", &self.url)?;
+        self.url = cx.expand("url", &self.url)?.into();
         check_url("url", &self.url)?;
         check_name("stream", &self.stream)?;
         if !(1..=5).contains(&self.replicas) {
@@ -198,7 +181,7 @@ impl NatsSinkConfig {
     /// A config with every default, for `url` (tests, benchmarks, examples).
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: MaskedUri::new(url),
             stream: default_stream(),
             retention: Retention::default(),
             replicas: default_replicas(),

@@ -17,7 +17,7 @@ use sha2::Sha256;
 use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::redact::redact_uri;
-use skynet_core::{ConfigContext, FieldError};
+use skynet_core::{ConfigContext, FieldError, MaskedUri, Secret};
 
 use super::{BuildSink, Delivery, IncidentSink, Rejection, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
@@ -39,17 +39,18 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// taken for a stalled delivery.
 const BATCH_BUDGET: Duration = Duration::from_secs(5);
 
-/// `kind = "webhook"`.
-#[derive(Clone, serde::Deserialize)]
+/// `kind = "webhook"`. `Debug` shows no secret: the key and header values are [`Secret`]s,
+/// the URL a [`MaskedUri`].
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSinkConfig {
     /// The endpoint, `http://` or `https://`; `${VAR}` expanded. A user name and password in
     /// it are sent as basic auth and never shown.
-    pub url: String,
+    pub url: MaskedUri,
     /// The HMAC-SHA256 key of `X-Skynet-Signature`; `${VAR}` expanded. One of `secret`
     /// and `secret_env` is required.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// The environment variable holding the key.
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -62,7 +63,7 @@ pub struct WebhookSinkConfig {
     /// More headers (`Authorization = "Bearer ${TOKEN}"`); values `${VAR}` expanded and
     /// never shown.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
 }
 
 const fn default_timeout_s() -> f64 {
@@ -70,20 +71,6 @@ const fn default_timeout_s() -> f64 {
 }
 const fn default_max_attempts() -> u32 {
     3
-}
-
-/// Shows the config without its secrets: the key, header values and URL credentials.
-impl std::fmt::Debug for WebhookSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSinkConfig")
-            .field("url", &redact_uri(&self.url))
-            .field("secret", &self.secret.as_ref().map(|_| "***"))
-            .field("secret_env", &self.secret_env)
-            .field("timeout_s", &self.timeout_s)
-            .field("max_attempts", &self.max_attempts)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .finish()
-    }
 }
 
 /// Headers the sink sets itself; a config may not replace them.
@@ -119,7 +106,7 @@ impl Component<SinkFamily> for WebhookSinkConfig {
                 ),
             ));
         }
-        self.url = url;
+        self.url = url.into();
 
         self.secret = match (self.secret.take(), &self.secret_env) {
             (Some(_), Some(_)) => {
@@ -134,15 +121,19 @@ impl Component<SinkFamily> for WebhookSinkConfig {
                     "a webhook sink needs `secret` (or `secret_env`, the variable holding it): every request is signed",
                 ));
             }
-            (Some(secret), None) => Some(cx.expand("secret", &secret)?),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                FieldError::new(
-                    "secret_env",
-                    format!("environment variable `{var}` is not set"),
-                )
-            })?),
+            (Some(secret), None) => Some(cx.expand("secret", secret.expose())?.into()),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        FieldError::new(
+                            "secret_env",
+                            format!("environment variable `{var}` is not set"),
+                        )
+                    })?
+                    .into(),
+            ),
         };
-        if self.secret.as_deref().is_some_and(str::is_empty) {
+        if self.secret.as_ref().is_some_and(Secret::is_empty) {
             return Err(FieldError::new(
                 if self.secret_env.is_some() {
                     "secret_env"
@@ -174,7 +165,7 @@ impl Component<SinkFamily> for WebhookSinkConfig {
                     format!("`{name}` is set by the webhook sink itself"),
                 ));
             }
-            let value = cx.expand(&field, &value)?;
+            let value = cx.expand(&field, value.expose())?;
             // The value is not repeated: it may be a token.
             HeaderValue::from_str(&value).map_err(|_| {
                 FieldError::new(
@@ -182,7 +173,7 @@ impl Component<SinkFamily> for WebhookSinkConfig {
                     format!("the value of header `{name}` is not valid in HTTP"),
                 )
             })?;
-            headers.insert(name, value);
+            headers.insert(name, value.into());
         }
         self.headers = headers;
         Ok(self)
@@ -230,7 +221,8 @@ impl WebhookSink {
             .map_err(|e| fail(format!("`url` is not a URL: {e}")))?;
         let secret = config
             .secret
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .ok_or_else(|| fail("no secret: validate the config first".into()))?;
         let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
             .map_err(|_| fail("the secret cannot key HMAC-SHA256".into()))?;
@@ -238,7 +230,7 @@ impl WebhookSink {
         for (key, value) in &config.headers {
             let key = HeaderName::from_bytes(key.as_bytes())
                 .map_err(|_| fail(format!("`{key}` is not a header name")))?;
-            let mut value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value.expose())
                 .map_err(|_| fail(format!("the value of header `{key}` is not valid in HTTP")))?;
             // Kept out of hyper's debug output: it may be a token.
             value.set_sensitive(true);
