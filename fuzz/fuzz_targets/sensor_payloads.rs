@@ -4,12 +4,13 @@
 //! record must come out as a reading or a rejection.
 #![no_main]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use skynet_core::DeviceId;
 use skynet_ingest::sensor::{
-    IngestLimits, JsonMapping, PayloadFormat, SensorFrom, SensorIngest, SensorKind, SensorSpec,
+    IngestLimits, JsonMapping, SenmlParser, SensorFrom, SensorIngest, SensorKind, SensorSpec,
     TimeFormat, TopicFamily, UnknownSensors, parse_mapped, parse_senml,
 };
 
@@ -17,17 +18,17 @@ fn ingest() -> SensorIngest {
     let families = vec![
         TopicFamily {
             pattern: "s/+".into(),
-            format: PayloadFormat::Senml,
+            format: Arc::new(SenmlParser),
             sensor_from: SensorFrom::Topic,
         },
         TopicFamily {
             pattern: "gw".into(),
-            format: PayloadFormat::Senml,
+            format: Arc::new(SenmlParser),
             sensor_from: SensorFrom::Payload,
         },
         TopicFamily {
             pattern: "v/+".into(),
-            format: PayloadFormat::Json(JsonMapping {
+            format: Arc::new(JsonMapping {
                 records: Some("/r".into()),
                 value: "/v".into(),
                 time: Some("/t".into()),

@@ -30,6 +30,7 @@ pub use supervise::{RetryPolicy, run_supervised};
 /// Every component kind of the ingest stage, for the binary's registry.
 pub fn register(registry: &mut skynet_core::Registry) {
     config::register(registry);
+    sensor::formats::register(registry);
 }
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

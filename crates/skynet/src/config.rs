@@ -691,7 +691,7 @@ fn validate(
         None => None,
         Some(table) => {
             let (settings, region) = section::<MqttSettings>(at, Some(table))?;
-            Some(settings.validate(&cx, &node).map_err(|e| {
+            Some(settings.validate(&cx, &node, registry).map_err(|e| {
                 let (region, e) = nested(at, &region, "mqtt.topics", e);
                 at.field_error(&region, e)
             })?)

@@ -12,9 +12,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use skynet_core::{DeviceId, SensorReading};
 
-use super::payload::{
-    JsonMapping, RawRecord, RawTime, RawValue, Reject, parse_mapped, parse_senml,
-};
+use super::formats::PayloadParser;
+use super::payload::{RawRecord, RawTime, RawValue, Reject};
 use super::units::{SensorKind, convert};
 
 /// A registered sensor, as validation needs it.
@@ -43,15 +42,6 @@ impl SensorSpec {
     }
 }
 
-/// How a family's payloads are written.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PayloadFormat {
-    /// SenML JSON (RFC 8428).
-    Senml,
-    /// Vendor JSON, read through JSON pointers.
-    Json(JsonMapping),
-}
-
 /// Where the sensor id of a message comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SensorFrom {
@@ -62,11 +52,13 @@ pub enum SensorFrom {
 }
 
 /// A family of sensors: the topics they publish on and how their payloads are written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TopicFamily {
     /// An MQTT topic filter (`skynet/sensors/+`).
     pub pattern: String,
-    pub format: PayloadFormat,
+    /// The validated payload format (a kind of
+    /// [`PayloadFormatFamily`](super::formats::PayloadFormatFamily)).
+    pub format: Arc<dyn PayloadParser>,
     pub sensor_from: SensorFrom,
 }
 
@@ -224,16 +216,7 @@ impl SensorIngest {
             SensorFrom::Topic => from_topic.map(str::to_string),
             SensorFrom::Payload => None,
         };
-        let records: Vec<(Option<String>, RawRecord<'_>)> = match &family.format {
-            PayloadFormat::Senml => parse_senml(payload)?
-                .into_iter()
-                .map(|r| (None, r))
-                .collect(),
-            PayloadFormat::Json(map) => parse_mapped(payload, map)?
-                .into_iter()
-                .map(|m| (m.sensor, m.record))
-                .collect(),
-        };
+        let records = family.format.parse(payload)?;
         for (payload_sensor, record) in records {
             let sensor = topic_sensor.clone().or(payload_sensor).or_else(|| {
                 record
@@ -411,12 +394,13 @@ pub fn topic_capture<'t>(filter: &str, topic: &'t str) -> Option<Option<&'t str>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensor::formats::{JsonMapping, SenmlParser};
 
     fn gas_ingest(unknown: UnknownSensors) -> SensorIngest {
         SensorIngest::new(
             vec![TopicFamily {
                 pattern: "skynet/sensors/+".into(),
-                format: PayloadFormat::Senml,
+                format: Arc::new(SenmlParser),
                 sensor_from: SensorFrom::Topic,
             }],
             vec![SensorSpec::new(DeviceId::new("gas-07"), SensorKind::GasCo)],
@@ -608,7 +592,7 @@ mod tests {
         let mut ingest = SensorIngest::new(
             vec![TopicFamily {
                 pattern: "vendor/acme/telemetry".into(),
-                format: PayloadFormat::Json(JsonMapping {
+                format: Arc::new(JsonMapping {
                     value: "/level_cm".into(),
                     sensor: Some("/dev".into()),
                     fixed_unit: Some("cm".into()),

@@ -7,6 +7,7 @@
 //!                 └──────── DeadLetters ◄─────────────┘
 //! ```
 
+pub mod formats;
 mod ingest;
 mod mqtt;
 mod payload;
@@ -14,18 +15,19 @@ mod units;
 
 // The connection code lives in skynet-mqtt (shared with the MQTT sink); re-exported here so
 // the sensor feed's paths stay as they were.
+pub use formats::{
+    FormatContext, JsonFormat, JsonMapping, MappedRecord, ParsedRecord, PayloadFormatFamily,
+    PayloadParser, SenmlFormat, SenmlParser, TimeFormat, parse_mapped, parse_senml,
+};
 pub use ingest::{
-    IngestLimits, Ingested, MAX_UNASSIGNED, PayloadFormat, Rejection, SensorFrom, SensorIngest,
-    SensorSpec, TopicFamily, UnknownSensors, topic_capture,
+    IngestLimits, Ingested, MAX_UNASSIGNED, Rejection, SensorFrom, SensorIngest, SensorSpec,
+    TopicFamily, UnknownSensors, topic_capture,
 };
 pub use mqtt::{
     DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttMessage, MqttSettings,
     TopicSettings,
 };
-pub use payload::{
-    JsonMapping, MappedRecord, RawRecord, RawTime, RawValue, Reject, TimeFormat, parse_mapped,
-    parse_senml,
-};
+pub use payload::{RawRecord, RawTime, RawValue, Reject};
 pub use skynet_mqtt::{
     BrokerUrl, MqttConnection, MqttConnectionKeys, MqttError, check_client_id, check_topic,
 };

@@ -17,12 +17,12 @@ use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
 use serde::Deserialize;
 use skynet_core::config::{ConfigContext, FieldError, MAX_SECONDS, check_range};
-use skynet_core::{ComponentHealth, Shutdown};
+use skynet_core::{ComponentHealth, Registry, Shutdown, TableError};
 use skynet_mqtt::{MqttConnection, MqttConnectionKeys, MqttError, check_topic};
 use tokio::sync::mpsc;
 
-use super::ingest::{IngestLimits, PayloadFormat, SensorFrom, TopicFamily, UnknownSensors};
-use super::payload::{JsonMapping, TimeFormat};
+use super::formats::{FormatContext, PayloadFormatFamily};
+use super::ingest::{IngestLimits, SensorFrom, TopicFamily, UnknownSensors};
 
 /// The default dead-letter topic.
 pub const DEFAULT_DEADLETTER_TOPIC: &str = "skynet/deadletter/sensors";
@@ -56,6 +56,9 @@ fn default_initial_backoff() -> f64 {
 }
 fn default_max_backoff() -> f64 {
     10.0
+}
+fn default_format() -> String {
+    "senml".into()
 }
 
 /// The `[mqtt]` table as written. Its `Debug` hides the password and the URL's credentials.
@@ -143,14 +146,6 @@ pub enum UnknownSensorsSetting {
     Register,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FormatSetting {
-    #[default]
-    Senml,
-    Json,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorFromSetting {
@@ -158,27 +153,21 @@ pub enum SensorFromSetting {
     Payload,
 }
 
-/// One `[[mqtt.topics]]` table: a family of sensors.
+/// One `[[mqtt.topics]]` table: a family of sensors. The keys every payload format shares;
+/// the rest of the table is the format kind's own keys, read and checked by that kind.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TopicSettings {
     /// An MQTT topic filter; its first `+` (or `#`) names the sensor.
     pub pattern: String,
-    #[serde(default)]
-    pub format: FormatSetting,
+    /// The payload format kind (`senml`, `json`, ...: the registry's
+    /// [`PayloadFormatFamily`]). Default `senml`.
+    #[serde(default = "default_format")]
+    pub format: String,
     /// Default: `topic` when the pattern has a wildcard, else `payload`.
     pub sensor_from: Option<SensorFromSetting>,
-    /// JSON pointers (RFC 6901) for `format = "json"`.
-    pub records_pointer: Option<String>,
-    pub value_pointer: Option<String>,
-    pub time_pointer: Option<String>,
-    #[serde(default)]
-    pub time_format: TimeFormat,
-    pub unit_pointer: Option<String>,
-    /// The unit when the payload names none.
-    pub unit: Option<String>,
-    pub name_pointer: Option<String>,
-    pub sensor_pointer: Option<String>,
+    /// The format kind's keys (unknown ones are refused by the kind).
+    #[serde(flatten)]
+    pub keys: toml::Table,
 }
 
 /// The validated `[mqtt]` table.
@@ -197,20 +186,8 @@ pub struct MqttConfig {
     pub limits: IngestLimits,
 }
 
-fn check_pointer(field: &str, pointer: &Option<String>) -> Result<(), FieldError> {
-    match pointer {
-        Some(p) if !p.is_empty() && !p.starts_with('/') => Err(FieldError::new(
-            field,
-            format!(
-                "`{field}` must be a JSON pointer starting with `/`, like \"/data/co\", got `{p}`"
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl TopicSettings {
-    fn validate(&self, i: usize) -> Result<TopicFamily, FieldError> {
+    fn validate(&self, i: usize, formats: &Registry) -> Result<TopicFamily, FieldError> {
         let field = |k: &str| format!("topics[{i}].{k}");
         check_topic(&field("pattern"), &self.pattern, true)?;
         let has_wildcard = self.pattern.split('/').any(|l| l == "+" || l == "#");
@@ -229,67 +206,11 @@ impl TopicSettings {
             None if has_wildcard => SensorFrom::Topic,
             None => SensorFrom::Payload,
         };
-        for (k, p) in [
-            ("records_pointer", &self.records_pointer),
-            ("value_pointer", &self.value_pointer),
-            ("time_pointer", &self.time_pointer),
-            ("unit_pointer", &self.unit_pointer),
-            ("name_pointer", &self.name_pointer),
-            ("sensor_pointer", &self.sensor_pointer),
-        ] {
-            check_pointer(&field(k), p)?;
-        }
-        if let Some(unit) = &self.unit
-            && !super::units::is_known_unit(unit)
-        {
-            return Err(FieldError::new(
-                field("unit"),
-                format!("unknown unit `{unit}`"),
-            ));
-        }
-        let format = match self.format {
-            FormatSetting::Senml => {
-                let json_keys = [
-                    &self.records_pointer,
-                    &self.value_pointer,
-                    &self.time_pointer,
-                    &self.unit_pointer,
-                    &self.name_pointer,
-                    &self.sensor_pointer,
-                ];
-                if json_keys.iter().any(|k| k.is_some()) {
-                    return Err(FieldError::new(
-                        field("format"),
-                        "JSON pointers apply to `format = \"json\"` only; SenML names its own fields",
-                    ));
-                }
-                PayloadFormat::Senml
-            }
-            FormatSetting::Json => {
-                let Some(value) = self.value_pointer.clone() else {
-                    return Err(FieldError::new(
-                        field("value_pointer"),
-                        "`format = \"json\"` needs `value_pointer`, the JSON pointer to the value",
-                    ));
-                };
-                if sensor_from == SensorFrom::Payload && self.sensor_pointer.is_none() {
-                    return Err(FieldError::new(
-                        field("sensor_pointer"),
-                        "the topic does not name the sensor: give `sensor_pointer`",
-                    ));
-                }
-                PayloadFormat::Json(JsonMapping {
-                    records: self.records_pointer.clone(),
-                    value,
-                    time: self.time_pointer.clone(),
-                    time_format: self.time_format,
-                    unit: self.unit_pointer.clone(),
-                    fixed_unit: self.unit.clone(),
-                    name: self.name_pointer.clone(),
-                    sensor: self.sensor_pointer.clone(),
-                })
-            }
-        };
+        let kind = formats
+            .lookup::<PayloadFormatFamily>(&self.format)
+            .map_err(|message| FieldError::new(field("format"), message))?;
+        let format = (kind.parse)(self.keys.clone(), &FormatContext { sensor_from })
+            .map_err(|e| topic_error(i, e))?;
         Ok(TopicFamily {
             pattern: self.pattern.clone(),
             format,
@@ -298,9 +219,41 @@ impl TopicSettings {
     }
 }
 
+/// A format kind's refusal of its keys, named in the `[[topics]]` table (`topics[1].unit`),
+/// as the binary locates it.
+fn topic_error(i: usize, error: TableError) -> FieldError {
+    let field = |k: &str| format!("topics[{i}].{k}");
+    match error {
+        TableError::Field(e) => FieldError::new(field(&e.field), e.message),
+        TableError::Serde(e) => {
+            let message = e.message().trim_end().to_string();
+            // toml names the key path in its Display ("in `unit`"); unknown fields are
+            // named in the message itself.
+            let shown = e.to_string();
+            let key = shown
+                .lines()
+                .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')))
+                .or_else(|| {
+                    message
+                        .strip_prefix("unknown field `")
+                        .and_then(|rest| rest.split('`').next())
+                })
+                .unwrap_or("")
+                .to_string();
+            FieldError::new(field(&key), message)
+        }
+    }
+}
+
 impl MqttSettings {
-    /// Checks the table; `node` names the default client id.
-    pub fn validate(&self, cx: &ConfigContext, node: &str) -> Result<MqttConfig, FieldError> {
+    /// Checks the table; `node` names the default client id, and `formats` holds the
+    /// payload format kinds the topics may name.
+    pub fn validate(
+        &self,
+        cx: &ConfigContext,
+        node: &str,
+        formats: &Registry,
+    ) -> Result<MqttConfig, FieldError> {
         let connection = MqttConnectionKeys {
             url: &self.url,
             client_id: self.client_id.as_deref(),
@@ -361,7 +314,7 @@ impl MqttSettings {
             .topics
             .iter()
             .enumerate()
-            .map(|(i, t)| t.validate(i))
+            .map(|(i, t)| t.validate(i, formats))
             .collect::<Result<Vec<_>, _>>()?;
         // skynet's own topics must not come back to it: a dead letter it read again would
         // be refused again, for ever.
@@ -601,6 +554,12 @@ impl MqttClient {
 mod tests {
     use super::*;
 
+    fn formats() -> Registry {
+        let mut registry = Registry::default();
+        super::super::formats::register(&mut registry);
+        registry
+    }
+
     fn settings(extra: &str) -> Result<MqttConfig, FieldError> {
         let text = format!("{extra}\n[[topics]]\npattern = \"skynet/sensors/+\"\n");
         let s: MqttSettings =
@@ -608,6 +567,7 @@ mod tests {
         s.validate(
             &ConfigContext::new(std::path::Path::new("/etc/skynet/x.toml")),
             "n1",
+            &formats(),
         )
     }
 
@@ -675,9 +635,13 @@ mod tests {
         // Each table with one bad `[[topics]]` entry, which the error names.
         let topic_error = |text: &str| {
             let s: MqttSettings = toml::from_str(text).unwrap();
-            s.validate(&ConfigContext::new(std::path::Path::new("x")), "n")
-                .unwrap_err()
-                .field
+            s.validate(
+                &ConfigContext::new(std::path::Path::new("x")),
+                "n",
+                &formats(),
+            )
+            .unwrap_err()
+            .field
         };
         assert_eq!(
             topic_error("[[topics]]\npattern = \"a/#/b\""),
@@ -694,6 +658,73 @@ mod tests {
         assert_eq!(
             topic_error("[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalue_pointer = \"v\""),
             "topics[0].value_pointer"
+        );
+    }
+
+    #[test]
+    fn each_format_checks_its_own_keys() {
+        let refused = |text: &str| {
+            let s: MqttSettings = toml::from_str(text).unwrap();
+            s.validate(
+                &ConfigContext::new(std::path::Path::new("x")),
+                "n",
+                &formats(),
+            )
+            .unwrap_err()
+        };
+        let e = refused("[[topics]]\npattern = \"a/+\"\nvalue_pointer = \"/v\"");
+        assert_eq!(e.field, "topics[0].format");
+        assert_eq!(
+            e.message,
+            "JSON pointers apply to `format = \"json\"` only; SenML names its own fields"
+        );
+        let e = refused("[[topics]]\npattern = \"a/+\"\nformat = \"xml\"");
+        assert_eq!(e.field, "topics[0].format");
+        assert!(
+            e.message.contains("unknown payload format kind `xml`"),
+            "{e}"
+        );
+        let e = refused(
+            "[[topics]]\npattern = \"a/+\"\n[[topics]]\npattern = \"b/+\"\nformat = \"json\"\nvalue_pointer = \"/v\"\nunit = \"furlong\"",
+        );
+        assert_eq!(e.field, "topics[1].unit");
+        assert_eq!(e.message, "unknown unit `furlong`");
+        let e = refused("[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalu_pointer = \"/v\"");
+        assert_eq!(e.field, "topics[0].valu_pointer");
+        assert!(e.message.contains("unknown field `valu_pointer`"), "{e}");
+        // SenML keeps reading (and ignoring) `time_format`, and checking `unit`, as the one
+        // flat topic table did.
+        let text = "[[topics]]\npattern = \"a/+\"\ntime_format = \"unix_ms\"\nunit = \"ppm\"";
+        let s: MqttSettings = toml::from_str(text).unwrap();
+        assert!(
+            s.validate(
+                &ConfigContext::new(std::path::Path::new("x")),
+                "n",
+                &formats()
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            refused("[[topics]]\npattern = \"a/+\"\nunit = \"furlong\"").field,
+            "topics[0].unit"
+        );
+        // A JSON family reads its records through its mapping.
+        let text = "[[topics]]\npattern = \"v/+\"\nformat = \"json\"\nvalue_pointer = \"/v\"\ntime_format = \"unix_ms\"\ntime_pointer = \"/t\"";
+        let s: MqttSettings = toml::from_str(text).unwrap();
+        let c = s
+            .validate(
+                &ConfigContext::new(std::path::Path::new("x")),
+                "n",
+                &formats(),
+            )
+            .unwrap();
+        let records = c.families[0]
+            .format
+            .parse(br#"{"v":3,"t":1800000000000}"#)
+            .unwrap();
+        assert_eq!(
+            records[0].1.time,
+            Some(super::super::RawTime::Absolute(1.8e9))
         );
     }
 }
