@@ -9,6 +9,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::default();
     skynet_ingest::register(&mut registry);
     skynet_detect::register(&mut registry);
+    skynet_risk::register(&mut registry);
     skynet_emit::register(&mut registry);
     registry
 }
