@@ -12,11 +12,11 @@
 
 use skynet_core::{BBox, Detection};
 
-use crate::manifest::{Family, ModelManifest};
-use crate::nms_inside::NmsInsideDecoder;
+use std::sync::Arc;
+
+use crate::manifest::ModelManifest;
+use crate::model_family::Decode;
 use crate::preprocess::LetterboxGeometry;
-use crate::yolov8::Yolov8Decoder;
-use crate::yolox::YoloxDecoder;
 
 /// Thresholds and caps of the decoding that follows the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,51 +178,22 @@ fn nms_per_class(sorted: &[Candidate], iou: f32, limit: usize) -> Vec<Candidate>
 
 /// The decoder for a model's family, made once per model.
 #[derive(Debug, Clone)]
-pub enum BoxDecoder {
-    Yolox(YoloxDecoder),
-    Yolov8(Yolov8Decoder),
-    NmsInside(NmsInsideDecoder),
-}
+pub struct BoxDecoder(Arc<dyn Decode>);
 
 impl BoxDecoder {
     pub fn for_manifest(manifest: &ModelManifest) -> Self {
-        let input = &manifest.input;
-        let classes = manifest.labels.len();
-        let strides = &manifest.output.strides;
-        match manifest.model.family {
-            Family::Yolox => Self::Yolox(YoloxDecoder::new(
-                input.width,
-                input.height,
-                strides,
-                classes,
-            )),
-            Family::Yolov8 => Self::Yolov8(Yolov8Decoder::new(
-                input.width,
-                input.height,
-                strides,
-                classes,
-            )),
-            Family::NmsInside => Self::NmsInside(NmsInsideDecoder::new(input.width, input.height)),
-        }
+        Self(manifest.model.family.decoder(manifest))
     }
 
     /// Output values per image, where the layout fixes it (not for `nms-inside`, whose
     /// number of rows varies).
     pub fn values_per_image(&self) -> Option<usize> {
-        match self {
-            Self::Yolox(d) => Some(d.anchors() * d.columns()),
-            Self::Yolov8(d) => Some(d.anchors() * d.columns()),
-            Self::NmsInside(_) => None,
-        }
+        self.0.values_per_image()
     }
 
     /// The values of one image must be a whole number of these.
     pub fn row_len(&self) -> usize {
-        match self {
-            Self::Yolox(d) => d.columns(),
-            Self::Yolov8(d) => d.columns(),
-            Self::NmsInside(_) => crate::nms_inside::COLUMNS,
-        }
+        self.0.row_len()
     }
 
     /// Decodes the output of one image. Any values, of any length, give a result (values
@@ -235,11 +206,7 @@ impl BoxDecoder {
         geometry: LetterboxGeometry,
         source_size: (u32, u32),
     ) -> Vec<Detection> {
-        match self {
-            Self::Yolox(d) => d.decode(output, labels, params, geometry, source_size),
-            Self::Yolov8(d) => d.decode(output, labels, params, geometry, source_size),
-            Self::NmsInside(d) => d.decode(output, labels, params, geometry, source_size),
-        }
+        self.0.decode(output, labels, params, geometry, source_size)
     }
 }
 

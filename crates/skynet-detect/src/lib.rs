@@ -17,6 +17,7 @@ pub mod error;
 pub mod filter;
 pub mod interval;
 pub mod manifest;
+pub mod model_family;
 pub mod nms_inside;
 pub mod preprocess;
 pub mod reorder;
@@ -37,6 +38,7 @@ pub use error::DetectError;
 pub use filter::{ClassLimits, ClassLimitsTable, DetectionFilter, OwnerClasses};
 pub use interval::{InferenceInterval, IntervalConfig};
 pub use manifest::{ModelManifest, ModelPort};
+pub use model_family::{ModelFamilies, ModelFamily};
 pub use preprocess::ImageView;
 pub use rules::{
     CameraRules, CrossingDirection, CrowdConfig, CrowdRule, DwellConfig, DwellRule,
@@ -58,4 +60,5 @@ pub use zone::{Zone, ZoneError};
 pub fn register(registry: &mut skynet_core::Registry) {
     rules::register(registry);
     sensor_rules::register(registry);
+    model_family::register(registry);
 }

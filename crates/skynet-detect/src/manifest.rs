@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::DetectError;
+pub use crate::model_family::FamilyRef;
+use crate::model_family::agrees;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +30,7 @@ pub struct ModelManifest {
 pub struct ModelSection {
     pub name: String,
     /// Post-processing family; decides how the output tensor is decoded.
-    pub family: Family,
+    pub family: FamilyRef,
     pub file: String,
     pub sha256: String,
     /// Other exports of the same model with identical inputs and outputs.
@@ -48,28 +50,6 @@ pub struct ModelSection {
     pub license: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
-}
-
-/// How the output tensor is laid out, and so decoded (see [`crate::decode`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Family {
-    /// `[N, anchors, 5 + classes]`: grid-relative boxes, objectness, class scores.
-    Yolox,
-    /// `[N, 4 + classes, anchors]`: boxes in input pixels, class scores (ultralytics).
-    Yolov8,
-    /// `[N, K, 6]`: final boxes `x1, y1, x2, y2, score, class` in input pixels.
-    NmsInside,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Yolox => "yolox",
-            Family::Yolov8 => "yolov8",
-            Family::NmsInside => "nms-inside",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -148,8 +128,6 @@ impl ModelManifest {
                 names(ports)
             ))
         };
-        // A dimension the model fixes must be the one the manifest expects.
-        let agrees = |dim: i64, expected: usize| dim < 0 || dim as u64 == expected as u64;
 
         let input = inputs
             .iter()
@@ -172,38 +150,14 @@ impl ModelManifest {
             .iter()
             .find(|p| p.name == self.output.name)
             .ok_or_else(|| missing(outputs, &self.output.name, "output"))?;
-        if let Some(shape) = &output.shape {
-            let classes = self.labels.len();
-            let anchors = self.anchors();
-            let (w, h) = (self.input.width, self.input.height);
-            let strides = &self.output.strides;
-            let (fits, expected) = match self.model.family {
-                Family::Yolox => (
-                    shape.len() == 3 && agrees(shape[1], anchors) && agrees(shape[2], 5 + classes),
-                    format!(
-                        "[N, {anchors}, {}] ({classes} labels + 5; anchors from strides {strides:?} at {w}x{h})",
-                        5 + classes
-                    ),
-                ),
-                Family::Yolov8 => (
-                    shape.len() == 3 && agrees(shape[1], 4 + classes) && agrees(shape[2], anchors),
-                    format!(
-                        "[N, {}, {anchors}] (4 + {classes} labels; anchors from strides {strides:?} at {w}x{h})",
-                        4 + classes
-                    ),
-                ),
-                Family::NmsInside => (
-                    shape.len() == 3 && agrees(shape[2], crate::nms_inside::COLUMNS),
-                    "[N, K, 6] (x1, y1, x2, y2, score, class per row)".to_string(),
-                ),
-            };
-            if !fits {
-                return Err(mismatch(format!(
-                    "output `{}` has shape {shape:?}; the manifest (family `{}`) describes {expected}",
-                    output.name,
-                    self.model.family.name(),
-                )));
-            }
+        if let Some(shape) = &output.shape
+            && let Err(expected) = self.model.family.check_output(self, shape)
+        {
+            return Err(mismatch(format!(
+                "output `{}` has shape {shape:?}; the manifest (family `{}`) describes {expected}",
+                output.name,
+                self.model.family.name(),
+            )));
         }
         Ok(())
     }
@@ -246,12 +200,8 @@ impl ModelManifest {
                 self.input.width, self.input.height
             ));
         }
-        let needs_strides = matches!(self.model.family, Family::Yolox | Family::Yolov8);
-        if needs_strides && self.output.strides.is_empty() {
-            return bad(format!(
-                "family `{}` needs `output.strides` (they give the number of anchors)",
-                self.model.family.name()
-            ));
+        if let Err(reason) = self.model.family.check_manifest(self) {
+            return bad(reason);
         }
         if self.model.derived_from.is_some() != self.model.recipe.is_some() {
             return bad(
@@ -264,15 +214,9 @@ impl ModelManifest {
         Ok(())
     }
 
-    /// The number of values per output row: for `yolox` box (4), objectness, then class
-    /// scores; for `yolov8` box and class scores (one column per anchor); for `nms-inside`
-    /// box, score and class.
+    /// The number of values per output row, as the model's family lays it out.
     pub fn output_columns(&self) -> usize {
-        match self.model.family {
-            Family::Yolox => 5 + self.labels.len(),
-            Family::Yolov8 => 4 + self.labels.len(),
-            Family::NmsInside => crate::nms_inside::COLUMNS,
-        }
+        self.model.family.output_columns(self)
     }
 
     pub fn anchors(&self) -> usize {
@@ -414,7 +358,7 @@ mod family_tests {
     fn every_family_checks_its_own_output_layout() {
         let input = [port("images", &[1, 3, 416, 416])];
         let v8 = load("yolox_nano_v8");
-        assert_eq!(v8.model.family, Family::Yolov8);
+        assert_eq!(v8.model.family.name(), "yolov8");
         assert_eq!(v8.model.derived_from.as_deref(), Some("yolox_nano"));
         v8.check_ports(&input, &[port("output0", &[1, 84, 3549])])
             .unwrap();
@@ -428,7 +372,7 @@ mod family_tests {
         );
 
         let nms = load("yolox_nano_nms");
-        assert_eq!(nms.model.family, Family::NmsInside);
+        assert_eq!(nms.model.family.name(), "nms-inside");
         nms.check_ports(&input, &[port("detections", &[1, -1, 6])])
             .unwrap();
         let e = nms

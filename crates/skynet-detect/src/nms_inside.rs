@@ -6,7 +6,10 @@
 use skynet_core::Detection;
 
 use crate::decode::{Candidates, DecodeParams};
+use crate::manifest::ModelManifest;
+use crate::model_family::{Decode, ModelFamily, agrees};
 use crate::preprocess::LetterboxGeometry;
+use std::sync::Arc;
 
 /// Values per row: box (4), score, class index.
 pub const COLUMNS: usize = 6;
@@ -113,5 +116,52 @@ mod tests {
                 )
                 .is_empty()
         );
+    }
+}
+
+crate::model_family::family_without_keys!(NmsInsideFamily, "nms-inside");
+
+impl ModelFamily for NmsInsideFamily {
+    fn name(&self) -> &'static str {
+        "nms-inside"
+    }
+
+    fn output_columns(&self, _manifest: &ModelManifest) -> usize {
+        COLUMNS
+    }
+
+    fn check_output(&self, _manifest: &ModelManifest, shape: &[i64]) -> Result<(), String> {
+        if shape.len() == 3 && agrees(shape[2], COLUMNS) {
+            return Ok(());
+        }
+        Err("[N, K, 6] (x1, y1, x2, y2, score, class per row)".to_string())
+    }
+
+    fn decoder(&self, manifest: &ModelManifest) -> Arc<dyn Decode> {
+        Arc::new(NmsInsideDecoder::new(
+            manifest.input.width,
+            manifest.input.height,
+        ))
+    }
+}
+
+impl Decode for NmsInsideDecoder {
+    fn values_per_image(&self) -> Option<usize> {
+        None
+    }
+
+    fn row_len(&self) -> usize {
+        COLUMNS
+    }
+
+    fn decode(
+        &self,
+        output: &[f32],
+        labels: &[String],
+        params: &DecodeParams,
+        geometry: LetterboxGeometry,
+        source_size: (u32, u32),
+    ) -> Vec<Detection> {
+        NmsInsideDecoder::decode(self, output, labels, params, geometry, source_size)
     }
 }

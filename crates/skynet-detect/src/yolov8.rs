@@ -5,7 +5,10 @@
 use skynet_core::Detection;
 
 use crate::decode::{Candidates, DecodeParams};
+use crate::manifest::ModelManifest;
+use crate::model_family::{Decode, ModelFamily, agrees};
 use crate::preprocess::LetterboxGeometry;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Yolov8Decoder {
@@ -139,5 +142,66 @@ mod tests {
                 )
                 .is_empty()
         );
+    }
+}
+
+crate::model_family::family_without_keys!(Yolov8Family, "yolov8");
+
+impl ModelFamily for Yolov8Family {
+    fn name(&self) -> &'static str {
+        "yolov8"
+    }
+
+    fn check_manifest(&self, manifest: &ModelManifest) -> Result<(), String> {
+        crate::yolox::needs_strides(self.name(), manifest)
+    }
+
+    fn output_columns(&self, manifest: &ModelManifest) -> usize {
+        4 + manifest.labels.len()
+    }
+
+    fn check_output(&self, manifest: &ModelManifest, shape: &[i64]) -> Result<(), String> {
+        let classes = manifest.labels.len();
+        let anchors = manifest.anchors();
+        let (w, h) = (manifest.input.width, manifest.input.height);
+        let strides = &manifest.output.strides;
+        if shape.len() == 3 && agrees(shape[1], 4 + classes) && agrees(shape[2], anchors) {
+            return Ok(());
+        }
+        Err(format!(
+            "[N, {}, {anchors}] (4 + {classes} labels; anchors from strides {strides:?} at {w}x{h})",
+            4 + classes
+        ))
+    }
+
+    fn decoder(&self, manifest: &ModelManifest) -> Arc<dyn Decode> {
+        let input = &manifest.input;
+        Arc::new(Yolov8Decoder::new(
+            input.width,
+            input.height,
+            &manifest.output.strides,
+            manifest.labels.len(),
+        ))
+    }
+}
+
+impl Decode for Yolov8Decoder {
+    fn values_per_image(&self) -> Option<usize> {
+        Some(self.anchors() * self.columns())
+    }
+
+    fn row_len(&self) -> usize {
+        self.columns()
+    }
+
+    fn decode(
+        &self,
+        output: &[f32],
+        labels: &[String],
+        params: &DecodeParams,
+        geometry: LetterboxGeometry,
+        source_size: (u32, u32),
+    ) -> Vec<Detection> {
+        Yolov8Decoder::decode(self, output, labels, params, geometry, source_size)
     }
 }

@@ -5,7 +5,10 @@
 use skynet_core::Detection;
 
 use crate::decode::{Candidates, DecodeParams, MAX_LOG_SIZE};
+use crate::manifest::ModelManifest;
+use crate::model_family::{Decode, ModelFamily, agrees};
 use crate::preprocess::LetterboxGeometry;
+use std::sync::Arc;
 
 /// Anchor-grid offsets and strides, computed once per model.
 #[derive(Debug, Clone)]
@@ -197,5 +200,76 @@ mod tests {
     fn best_class_ignores_nan() {
         assert_eq!(best_class(&[f32::NAN, 0.2, 0.1]), (1, 0.2));
         assert!(best_class(&[f32::NAN]).1.is_nan());
+    }
+}
+
+crate::model_family::family_without_keys!(YoloxFamily, "yolox");
+
+/// Strides are what give a grid family its number of anchors.
+pub(crate) fn needs_strides(family: &str, manifest: &ModelManifest) -> Result<(), String> {
+    if manifest.output.strides.is_empty() {
+        return Err(format!(
+            "family `{family}` needs `output.strides` (they give the number of anchors)"
+        ));
+    }
+    Ok(())
+}
+
+impl ModelFamily for YoloxFamily {
+    fn name(&self) -> &'static str {
+        "yolox"
+    }
+
+    fn check_manifest(&self, manifest: &ModelManifest) -> Result<(), String> {
+        needs_strides(self.name(), manifest)
+    }
+
+    fn output_columns(&self, manifest: &ModelManifest) -> usize {
+        5 + manifest.labels.len()
+    }
+
+    fn check_output(&self, manifest: &ModelManifest, shape: &[i64]) -> Result<(), String> {
+        let classes = manifest.labels.len();
+        let anchors = manifest.anchors();
+        let (w, h) = (manifest.input.width, manifest.input.height);
+        let strides = &manifest.output.strides;
+        if shape.len() == 3 && agrees(shape[1], anchors) && agrees(shape[2], 5 + classes) {
+            return Ok(());
+        }
+        Err(format!(
+            "[N, {anchors}, {}] ({classes} labels + 5; anchors from strides {strides:?} at {w}x{h})",
+            5 + classes
+        ))
+    }
+
+    fn decoder(&self, manifest: &ModelManifest) -> Arc<dyn Decode> {
+        let input = &manifest.input;
+        Arc::new(YoloxDecoder::new(
+            input.width,
+            input.height,
+            &manifest.output.strides,
+            manifest.labels.len(),
+        ))
+    }
+}
+
+impl Decode for YoloxDecoder {
+    fn values_per_image(&self) -> Option<usize> {
+        Some(self.anchors() * self.columns())
+    }
+
+    fn row_len(&self) -> usize {
+        self.columns()
+    }
+
+    fn decode(
+        &self,
+        output: &[f32],
+        labels: &[String],
+        params: &DecodeParams,
+        geometry: LetterboxGeometry,
+        source_size: (u32, u32),
+    ) -> Vec<Detection> {
+        YoloxDecoder::decode(self, output, labels, params, geometry, source_size)
     }
 }
