@@ -25,7 +25,7 @@ use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
 use skynet_emit::{BuildSink, SinkFamily};
 use skynet_emit::{CasesSettings, OutboxSettings};
 use skynet_ingest::MotionConfig;
-use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorKind, SensorSpec};
+use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorSettings, SensorSpec};
 use skynet_ingest::{BuildSource, CameraSourceFamily};
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
 use toml::Spanned;
@@ -80,33 +80,6 @@ struct ConfigFile {
     cases: Option<Spanned<toml::Table>>,
     /// The people's console and its HTTP API.
     api: Option<Spanned<toml::Table>>,
-}
-
-/// One `[[sensors]]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SensorSection {
-    id: String,
-    kind: SensorKind,
-    owner: OwnerKind,
-    grid: Option<String>,
-    location: Option<[f64; 2]>,
-    /// The record name its readings carry; default: the kind's (`co` for `gas_co`).
-    quantity: Option<String>,
-    /// The unit of readings that name none; default: the kind's canonical unit.
-    unit: Option<String>,
-    /// `[min, max]` a working sensor reports, in the canonical unit; default: the kind's
-    /// physical range.
-    range: Option<[f64; 2]>,
-    /// Nothing for this long: a `sensor_offline` incident. Default 60; 0 never.
-    #[serde(default = "default_expected_interval")]
-    expected_interval_s: f64,
-    #[serde(default)]
-    rules: Vec<toml::Table>,
-}
-
-fn default_expected_interval() -> f64 {
-    60.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -874,63 +847,22 @@ fn validate_sensor(
     table: &toml::Table,
     grids: &GridMap,
 ) -> Result<SensorConfig, ConfigError> {
-    let section: SensorSection = toml::Value::Table(table.clone())
+    let section: SensorSettings = toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| at.serde_error(region, &e))?;
-    let id = section.id.as_str();
-    id_error(at, at.value(region, "id"), "sensor", id)?;
-    if section.kind == SensorKind::Unassigned {
-        return Err(at.error(
-            at.value(region, "kind"),
-            "`unassigned` is what unknown sensors are registered as; give this sensor its kind",
-        ));
-    }
+    let sensor = section.validate().map_err(|e| at.field_error(region, e))?;
+    let id = sensor.spec.id.as_str();
     let grid = resolve_grid(
         at,
         region,
         grids,
         "sensor",
         id,
-        section.grid.as_ref(),
-        section.location.as_ref(),
+        sensor.grid.as_ref(),
+        sensor.location.as_ref(),
     )?;
-    let mut spec = SensorSpec::new(DeviceId::new(id), section.kind);
-    if let Some(q) = &section.quantity {
-        validate_id("quantity", q).map_err(|m| at.error(at.value(region, "quantity"), m))?;
-        spec.quantity = q.clone();
-    }
-    if let Some(unit) = &section.unit {
-        if skynet_ingest::sensor::convert(0.0, unit, section.kind.canonical_unit()).is_none() {
-            return Err(at.error(
-                at.value(region, "unit"),
-                format!(
-                    "unit `{unit}` does not measure a {} sensor's quantity (its unit is `{}`)",
-                    section.kind.as_str(),
-                    section.kind.canonical_unit()
-                ),
-            ));
-        }
-        spec.unit = Some(unit.clone());
-    }
-    if let Some([lo, hi]) = section.range {
-        let (min, max) = section.kind.physical_range();
-        if !(lo.is_finite() && hi.is_finite() && lo < hi && lo >= min && hi <= max) {
-            return Err(at.error(
-                at.value(region, "range"),
-                format!("`range` must be [min, max] with min < max, within the kind's physical range [{min}, {max}]"),
-            ));
-        }
-        spec.range = (lo, hi);
-    }
-    let expected_interval = match section.expected_interval_s {
-        0.0 => None,
-        s => Some(
-            skynet_core::config::seconds_in("expected_interval_s", s, 1.0, 30.0 * 86_400.0)
-                .map_err(|e| at.field_error(region, e))?,
-        ),
-    };
     let mut rules: Vec<SensorRuleSpec> = Vec::new();
-    for (n, rule) in section.rules.iter().enumerate() {
+    for (n, rule) in sensor.rules.iter().enumerate() {
         let rule_region = at
             .sub_table(region, "sensors.rules", n)
             .unwrap_or(region.clone());
@@ -953,12 +885,12 @@ fn validate_sensor(
     }
     Ok(SensorConfig {
         placement: SensorPlacement {
-            sensor: spec.id.clone(),
+            sensor: sensor.spec.id.clone(),
             grid,
-            owner: section.owner,
-            expected_interval,
+            owner: sensor.owner,
+            expected_interval: sensor.expected_interval,
         },
-        spec,
+        spec: sensor.spec,
         rules,
     })
 }

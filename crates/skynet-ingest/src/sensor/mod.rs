@@ -11,6 +11,7 @@ pub mod formats;
 mod ingest;
 mod mqtt;
 mod payload;
+mod registration;
 mod units;
 
 // The connection code lives in skynet-mqtt (shared with the MQTT sink); re-exported here so
@@ -28,6 +29,7 @@ pub use mqtt::{
     TopicSettings,
 };
 pub use payload::{RawRecord, RawTime, RawValue, Reject};
+pub use registration::{SensorSettings, ValidSensor};
 pub use skynet_mqtt::{
     BrokerUrl, MqttConnection, MqttConnectionKeys, MqttError, check_client_id, check_topic,
 };
