@@ -692,6 +692,8 @@ mod tests {
         let e = refused("[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalu_pointer = \"/v\"");
         assert_eq!(e.field, "topics[0].valu_pointer");
         assert!(e.message.contains("unknown field `valu_pointer`"), "{e}");
+        let e = refused("[[topics]]\npattern = \"a/+\"\nformat = \"json\"\nvalue_pointer = 5");
+        assert_eq!(e.field, "topics[0].value_pointer", "{e}");
         // SenML keeps reading (and ignoring) `time_format`, and checking `unit`, as the one
         // flat topic table did.
         let text = "[[topics]]\npattern = \"a/+\"\ntime_format = \"unix_ms\"\nunit = \"ppm\"";
