@@ -9,8 +9,8 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Deserialize;
 use skynet_core::config::check_range;
 use skynet_core::{
-    Component, ConfigContext, Credentials, DeviceId, Erase, Family, FieldError, Registry,
-    Watermark, redact_uri, split_credentials,
+    Component, ConfigContext, Credentials, DeviceId, Erase, Family, FieldError, MaskedUri,
+    Registry, Secret, Watermark, redact_uri, split_credentials,
 };
 
 use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
@@ -18,12 +18,12 @@ use crate::{FrameSource, GstSource, GstSourceOptions, IngestError, RetryPolicy};
 /// The source part of a `[[cameras]]` table (the binary strips the common keys id, owner,
 /// grid, location, zones, rules before deserialising the rest into this). `Debug` shows the
 /// URI without credentials.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GstSourceConfig {
     /// `rtsp://`, `http(s)://`, `file://` or a local path (relative to the config file). May
     /// contain `${VAR}` and credentials (`rtsp://user:pass@host/...`).
-    pub uri: String,
+    pub uri: MaskedUri,
     /// Stop after this many frames (1..=10^12), counted over the source's whole life.
     #[serde(default)]
     pub max_frames: Option<u64>,
@@ -59,11 +59,11 @@ pub struct GstSourceConfig {
     pub timeout_s: f64,
     /// User name for the camera; may be `${VAR}`. Overrides one in `uri`.
     #[serde(default)]
-    pub user: Option<String>,
+    pub user: Option<Secret>,
     /// Password for the camera; best given as `${VAR}`, so it stays out of the file. Given to
     /// the source element as a property, never put in a URI, log, error or metric.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `auto` (default: a hardware decoder when one is installed, else software), `software`,
     /// or a GStreamer decoder's name (`nvh264dec`, `vah264dec`, ...) to prefer. A hardware
     /// decoder that fails falls back to software.
@@ -128,28 +128,6 @@ pub struct FrameDelivery {
     /// The largest image the detector needs; bigger frames are scaled down to fit, keeping
     /// their aspect ratio, in the same step as the colour conversion.
     pub max_size: Option<(u32, u32)>,
-}
-
-// By hand, so that a debug print of a config never shows the password.
-impl std::fmt::Debug for GstSourceConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GstSourceConfig")
-            .field("uri", &self.display_uri())
-            .field("max_frames", &self.max_frames)
-            .field("realtime", &self.realtime)
-            .field("start_at", &self.start_at)
-            .field("reconnect", &self.reconnect)
-            .field("stall_timeout_s", &self.stall_timeout_s)
-            .field("loop", &self.loop_file)
-            .field("transport", &self.transport)
-            .field("latency_ms", &self.latency_ms)
-            .field("timeout_s", &self.timeout_s)
-            .field("user", &self.user.as_ref().map(|_| "<set>"))
-            .field("password", &self.password.as_ref().map(|_| "<set>"))
-            .field("decoder", &self.decoder)
-            .field("decode_threads", &self.decode_threads)
-            .finish()
-    }
 }
 
 /// How a failed source is restarted: waits double from `initial_backoff_s` up to
@@ -232,7 +210,7 @@ impl GstSourceConfig {
     /// A config with every default, for `uri`.
     pub fn new(uri: impl Into<String>) -> Self {
         Self {
-            uri: uri.into(),
+            uri: MaskedUri::new(uri),
             max_frames: None,
             realtime: false,
             start_at: None,
@@ -306,7 +284,7 @@ impl Component<CameraSourceFamily> for GstSourceConfig {
     /// the field (`uri`, `max_frames`, `reconnect.max_backoff_s`, ...) and never contain the
     /// URI's user name or password.
     fn validate(mut self, cx: &ConfigContext) -> Result<Self, FieldError> {
-        self.uri = normalise_uri(cx, &self.uri)?;
+        self.uri = normalise_uri(cx, &self.uri)?.into();
 
         if let Some(max) = self.max_frames
             && !(1..=MAX_FRAMES_LIMIT).contains(&max)
@@ -383,8 +361,9 @@ impl Component<CameraSourceFamily> for GstSourceConfig {
             if let Some(raw) = value.as_mut() {
                 // The error names the variable, never the value.
                 *raw = cx
-                    .expand(field, raw)
-                    .map_err(|e| FieldError::new(field, e.message.replace(raw.as_str(), "…")))?;
+                    .expand(field, raw.expose())
+                    .map_err(|e| FieldError::new(field, e.message.replace(raw.expose(), "…")))?
+                    .into();
             }
         }
         if self.password.is_some()
@@ -455,15 +434,16 @@ impl BuildSource for GstSourceConfig {
         let (_, uri_credentials) = split_credentials(&self.uri);
         let credentials = match (&self.user, &self.password, uri_credentials) {
             (Some(user), password, from_uri) => Some(Credentials {
-                user: user.clone(),
+                user: user.expose().to_string(),
                 password: password
-                    .clone()
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
                     .or(from_uri.map(|c| c.password))
                     .unwrap_or_default(),
             }),
             (None, Some(password), Some(from_uri)) => Some(Credentials {
                 user: from_uri.user,
-                password: password.clone(),
+                password: password.expose().to_string(),
             }),
             (None, _, from_uri) => from_uri,
         };
@@ -483,7 +463,7 @@ impl BuildSource for GstSourceConfig {
             decode_threads: self
                 .decode_threads
                 .unwrap_or(if self.is_live() { 1 } else { 0 }),
-            ..GstSourceOptions::new(self.uri.clone())
+            ..GstSourceOptions::new(self.uri.expose())
         };
         // Fails now, not at the first connection, on a path that cannot be a URI.
         GstSource::resolve_uri(&camera, &self.uri)?;
@@ -645,9 +625,9 @@ mod tests {
     #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let c = validated(r#"uri = "media/v.avi""#).unwrap();
-        assert_eq!(c.uri, "/etc/skynet/media/v.avi");
+        assert_eq!(c.uri.expose(), "/etc/skynet/media/v.avi");
         let c = validated(r#"uri = "/srv/v.avi""#).unwrap();
-        assert_eq!(c.uri, "/srv/v.avi");
+        assert_eq!(c.uri.expose(), "/srv/v.avi");
         let c = validated(r#"uri = "${SKYNET_DATA_DIR}/media/v.avi""#).unwrap();
         assert!(
             c.uri.ends_with("/media/v.avi") && !c.uri.contains("${"),
@@ -656,9 +636,9 @@ mod tests {
         );
         // URIs stay as they are.
         let c = validated(r#"uri = "file:///srv/v.avi""#).unwrap();
-        assert_eq!(c.uri, "file:///srv/v.avi");
+        assert_eq!(c.uri.expose(), "file:///srv/v.avi");
         let c = validated(r#"uri = "rtsp://10.0.0.5:554/s1""#).unwrap();
-        assert_eq!(c.uri, "rtsp://10.0.0.5:554/s1");
+        assert_eq!(c.uri.expose(), "rtsp://10.0.0.5:554/s1");
     }
 
     #[test]
@@ -794,7 +774,7 @@ mod tests {
         let home = std::env::var("HOME").unwrap();
         let c =
             validated("uri = \"rtsp://cam/x\"\nuser = \"viewer\"\npassword = \"${HOME}\"").unwrap();
-        assert_eq!(c.password.as_deref(), Some(home.as_str()));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some(home.as_str()));
         assert!(!format!("{c:?}").contains(&home));
         let e = validated(
             "uri = \"rtsp://cam/x\"\nuser = \"viewer\"\npassword = \"${SKYNET_SURELY_UNSET_PW}\"",
