@@ -5,7 +5,7 @@
 //! [`yolov8`](crate::yolov8), [`nms_inside`](crate::nms_inside)), listed in [`register`].
 //! A family has no keys of its own (its table is empty): what it reads is the manifest, so
 //! its [`ModelFamily`] methods take the manifest. A new family is one module plus one line
-//! in [`register`].
+//! in [`register`]; every registered family passes [`check_model_family`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -161,6 +161,75 @@ macro_rules! family_without_keys {
 }
 pub(crate) use family_without_keys;
 
+/// The checks every registered family passes, on a manifest of the family's shape (a
+/// manifest with `output.strides`, whose `family` the suite sets to the kind): the
+/// manifest passes the family's own checks; the decoder's rows are `output_columns` long
+/// and a fixed-size output is whole rows; model output is outside input, so an output of
+/// zeros, or of NaN, infinities and huge values, of any length, never panics and never
+/// gives a detection.
+pub fn check_model_family(
+    kind: &skynet_core::Kind<ModelFamilies>,
+    manifest: &ModelManifest,
+) -> Result<(), String> {
+    let name = kind.name;
+    let family = FamilyRef::named(name)
+        .ok_or_else(|| format!("model family `{name}`: not found by its name"))?;
+    if family.name() != name {
+        return Err(format!(
+            "model family `{name}`: calls itself `{}`",
+            family.name()
+        ));
+    }
+    let mut manifest = manifest.clone();
+    manifest.model.family = family.clone();
+    family
+        .check_manifest(&manifest)
+        .map_err(|e| format!("model family `{name}`: refuses a manifest with strides: {e}"))?;
+    let decoder = crate::BoxDecoder::for_manifest(&manifest);
+    let row = decoder.row_len();
+    if row == 0 || row != family.output_columns(&manifest) {
+        return Err(format!(
+            "model family `{name}`: rows of {row} values, but `output_columns` says {}",
+            family.output_columns(&manifest)
+        ));
+    }
+    let whole = decoder.values_per_image().unwrap_or(row * 16);
+    if !whole.is_multiple_of(row) {
+        return Err(format!(
+            "model family `{name}`: {whole} values per image are not whole rows of {row}"
+        ));
+    }
+    let params = DecodeParams::default();
+    let geometry = LetterboxGeometry {
+        scale: 1.0,
+        resized_width: manifest.input.width,
+        resized_height: manifest.input.height,
+    };
+    let size = (manifest.input.width, manifest.input.height);
+    let garbage = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        1e30,
+    ];
+    for len in [0, 1, row - 1, row, whole - 1, whole, whole + 1] {
+        let zeros = vec![0.0f32; len];
+        let junk: Vec<f32> = (0..len).map(|i| garbage[i % garbage.len()]).collect();
+        for (what, output) in [("zeros", zeros), ("NaN, infinities and huge values", junk)] {
+            let found = decoder.decode(&output, &manifest.labels, &params, geometry, size);
+            if !found.is_empty() {
+                return Err(format!(
+                    "model family `{name}`: {len} values of {what} gave {} detections",
+                    found.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +253,19 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_registered_model_family_passes_the_suite() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/yolox_nano.toml");
+        let manifest = ModelManifest::load(&path).unwrap();
+        let mut registry = Registry::default();
+        crate::register(&mut registry);
+        for kind in registry.kinds::<ModelFamilies>() {
+            if let Err(e) = check_model_family(kind, &manifest) {
+                panic!("{e}");
+            }
+        }
     }
 }
