@@ -244,39 +244,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let committer =
         Committer::new(&config.node, outbox).with_retention(config.outbox_retention, sink_names);
-    let mut sinks = Vec::with_capacity(config.sinks.len());
-    for spec in &config.sinks {
-        sinks.push((
-            spec.config.build(&skynet_emit::SinkBuildContext { name: &spec.name })?,
-            health.register(&spec.name, "sink"),
-        ));
-    }
-    let deliveries = skynet_emit::spawn_deliveries_with(
-        &services.runtime(),
-        &config.outbox,
-        sinks,
-        committer.wake_handle(),
-        skynet_emit::DeliveryOptions {
-            lag_alarm_events: config.outbox_lag_alarm_events,
-        },
-    );
+    let deliveries = start_deliveries(config, &services, &committer)?;
 
     // Evidence retention: old snapshots deleted hourly, on a thread of its own.
-    let sweeper = if config.evidence.enabled {
-        let stop = StopOnDrop(Shutdown::new());
-        let handle = skynet_snapshot::spawn_sweeper(
-            config.evidence.dir.clone(),
-            config.evidence.retain,
-            stop.0.clone(),
-        )
-        .map_err(|source| PipelineError::Spawn {
-            stage: "evidence-sweep".into(),
-            source,
-        })?;
-        Some((stop, handle))
-    } else {
-        None
-    };
+    let sweeper = start_sweeper(config)?;
 
     // Commit: the outbox owns incidents from here on.
     let (commit_queue, commit_rx) =
@@ -380,87 +351,26 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 
     // Sources: one supervised thread and one queue per camera. Frames come scaled to the
     // model's input size, at each camera's analysis rate.
-    let max_size = Some((config.model.input.width, config.model.input.height));
-    let mut inputs = Vec::new();
-    let mut sources: Vec<(DeviceId, JoinHandle<bool>)> = Vec::new();
-    for (camera, watermark) in config.cameras.iter().zip(watermarks) {
-        let policy = if camera.is_live() {
-            OverloadPolicy::DropOldest
-        } else {
-            OverloadPolicy::Block
-        };
-        let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
-        let objects = ObjectsInView::default();
-        let filter = skynet_detect::DetectionFilter::new(
-            &camera.id,
-            &camera.allowed_classes,
-            &config.classes,
-            &camera.classes,
-            config.detector.threshold,
-        );
-        if let Some(console) = &console {
-            console.register_camera(skynet_serve::console::CameraRegistration {
-                id: camera.id.clone(),
-                grid: camera.grid.to_string(),
-                owner: camera.owner,
-                thresholds: filter.thresholds(),
-            });
-        }
-        let mut input = detect::CameraInput::new(
-            &camera.id,
-            rx,
-            objects.clone(),
-            filter,
-            camera.inference_interval.clone(),
-        )
-        .keeping_images(config.evidence.enabled);
-        if console.is_some() {
-            input = input.with_preview();
-        }
-        inputs.push(input);
-        let camera_health = CameraHealth::new(
-            camera.id.clone(),
-            health.register(camera.id.as_str(), "source"),
-            Some(camera_events.clone()),
-        );
-        let mut out = FrameOutput::new(queue, watermark).with_health(camera_health.clone());
-        if camera.motion.enabled {
-            out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
-        }
-        let delivery = FrameDelivery {
-            fps: camera.fps,
-            max_size,
-        };
-        let (stop, counters, spec) = (shutdown.clone(), Arc::clone(&counters), camera.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("source-{}", camera.id))
-            .spawn(move || source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters))
-            .map_err(|source| PipelineError::Spawn {
-                stage: format!("source {}", camera.id),
-                source,
-            })?;
-        sources.push((camera.id.clone(), handle));
-    }
+    let (inputs, sources) = start_cameras(
+        config,
+        watermarks,
+        console.as_ref(),
+        &camera_events,
+        &health,
+        &shutdown,
+        &counters,
+    )?;
 
     // Detection: each worker serves every camera queue, fairly.
-    let mut detect_threads = Vec::new();
-    for (i, detector) in detectors.into_iter().enumerate() {
-        let worker = detect::InferenceWorker {
-            name: format!("detect-{i}"),
-            detector,
-            inputs: inputs.clone(),
-            out: analysed_queue.clone(),
-            counters: Arc::clone(&counters),
-            max_wait: config.batch_wait,
-        };
-        let stage_health = health.register(format!("detect-{i}"), "stage");
-        detect_threads.push(spawn_stage(
-            &format!("detect-{i}"),
-            stage_health,
-            &fatal,
-            move || worker.run(),
-        )?);
-    }
+    let detect_threads = start_detectors(
+        config,
+        detectors,
+        &inputs,
+        &analysed_queue,
+        &health,
+        &fatal,
+        &counters,
+    )?;
     drop((inputs, analysed_queue, camera_events));
 
     let mut failed_cameras = Vec::new();
@@ -526,6 +436,164 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         failed_cameras,
         elapsed: started.elapsed(),
     })
+}
+
+/// Builds each sink and starts its delivery task, each from its own outbox cursor.
+fn start_deliveries(
+    config: &PipelineConfig,
+    services: &Services,
+    committer: &Committer,
+) -> Result<skynet_emit::Deliveries, PipelineError> {
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for spec in &config.sinks {
+        sinks.push((
+            spec.config
+                .build(&skynet_emit::SinkBuildContext { name: &spec.name })?,
+            services.health.register(&spec.name, "sink"),
+        ));
+    }
+    let deliveries = skynet_emit::spawn_deliveries_with(
+        &services.runtime(),
+        &config.outbox,
+        sinks,
+        committer.wake_handle(),
+        skynet_emit::DeliveryOptions {
+            lag_alarm_events: config.outbox_lag_alarm_events,
+        },
+    );
+    Ok(deliveries)
+}
+
+/// The snapshot sweeper's thread and the handle that stops it, when snapshots are kept.
+fn start_sweeper(
+    config: &PipelineConfig,
+) -> Result<Option<(StopOnDrop, JoinHandle<()>)>, PipelineError> {
+    if !config.evidence.enabled {
+        return Ok(None);
+    }
+    let stop = StopOnDrop(Shutdown::new());
+    let handle = skynet_snapshot::spawn_sweeper(
+        config.evidence.dir.clone(),
+        config.evidence.retain,
+        stop.0.clone(),
+    )
+    .map_err(|source| PipelineError::Spawn {
+        stage: "evidence-sweep".into(),
+        source,
+    })?;
+    Ok(Some((stop, handle)))
+}
+
+/// Each camera's source thread; `false` from it: the camera failed for good.
+type SourceThreads = Vec<(DeviceId, JoinHandle<bool>)>;
+
+/// Sources: one supervised thread and one queue per camera. Frames come scaled to the
+/// model's input size, at each camera's analysis rate. Returns the detect stage's inputs and
+/// the source threads.
+#[allow(clippy::too_many_arguments)]
+fn start_cameras(
+    config: &PipelineConfig,
+    watermarks: Vec<skynet_core::Watermark>,
+    console: Option<&Arc<skynet_serve::console::Console>>,
+    camera_events: &crossbeam_channel::Sender<CameraEvent>,
+    health: &skynet_core::Health,
+    shutdown: &Shutdown,
+    counters: &Arc<Counters>,
+) -> Result<(Vec<detect::CameraInput>, SourceThreads), PipelineError> {
+    let max_size = Some((config.model.input.width, config.model.input.height));
+    let mut inputs = Vec::new();
+    let mut sources: SourceThreads = Vec::new();
+    for (camera, watermark) in config.cameras.iter().zip(watermarks) {
+        let policy = if camera.is_live() {
+            OverloadPolicy::DropOldest
+        } else {
+            OverloadPolicy::Block
+        };
+        let (queue, rx) = stage_queue("frames", camera.id.to_string(), config.queue, policy);
+        let objects = ObjectsInView::default();
+        let filter = skynet_detect::DetectionFilter::new(
+            &camera.id,
+            &camera.allowed_classes,
+            &config.classes,
+            &camera.classes,
+            config.detector.threshold,
+        );
+        if let Some(console) = console {
+            console.register_camera(skynet_serve::console::CameraRegistration {
+                id: camera.id.clone(),
+                grid: camera.grid.to_string(),
+                owner: camera.owner,
+                thresholds: filter.thresholds(),
+            });
+        }
+        let mut input = detect::CameraInput::new(
+            &camera.id,
+            rx,
+            objects.clone(),
+            filter,
+            camera.inference_interval.clone(),
+        )
+        .keeping_images(config.evidence.enabled);
+        if console.is_some() {
+            input = input.with_preview();
+        }
+        inputs.push(input);
+        let camera_health = CameraHealth::new(
+            camera.id.clone(),
+            health.register(camera.id.as_str(), "source"),
+            Some(camera_events.clone()),
+        );
+        let mut out = FrameOutput::new(queue, watermark).with_health(camera_health.clone());
+        if camera.motion.enabled {
+            out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
+        }
+        let delivery = FrameDelivery {
+            fps: camera.fps,
+            max_size,
+        };
+        let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("source-{}", camera.id))
+            .spawn(move || source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters))
+            .map_err(|source| PipelineError::Spawn {
+                stage: format!("source {}", camera.id),
+                source,
+            })?;
+        sources.push((camera.id.clone(), handle));
+    }
+    Ok((inputs, sources))
+}
+
+/// Detection: each worker serves every camera queue, fairly.
+#[allow(clippy::too_many_arguments)]
+fn start_detectors(
+    config: &PipelineConfig,
+    detectors: Vec<Box<dyn Detector>>,
+    inputs: &[detect::CameraInput],
+    analysed_queue: &skynet_core::StageQueue<detect::Detected>,
+    health: &skynet_core::Health,
+    fatal: &Fatal,
+    counters: &Arc<Counters>,
+) -> Result<Vec<JoinHandle<()>>, PipelineError> {
+    let mut detect_threads = Vec::new();
+    for (i, detector) in detectors.into_iter().enumerate() {
+        let worker = detect::InferenceWorker {
+            name: format!("detect-{i}"),
+            detector,
+            inputs: inputs.to_vec(),
+            out: analysed_queue.clone(),
+            counters: Arc::clone(counters),
+            max_wait: config.batch_wait,
+        };
+        let stage_health = health.register(format!("detect-{i}"), "stage");
+        detect_threads.push(spawn_stage(
+            &format!("detect-{i}"),
+            stage_health,
+            fatal,
+            move || worker.run(),
+        )?);
+    }
+    Ok(detect_threads)
 }
 
 /// Runs one camera under supervision. Returns false when the camera failed for good.
