@@ -1,20 +1,11 @@
 //! Credentials never reach a log, an error or a metric: URIs are shown without them, and
 //! sources receive them separately.
 
-/// User name and password taken out of a URI.
-#[derive(Clone, PartialEq, Eq)]
+/// User name and password taken out of a URI; `Debug` shows no password.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"***")
-            .finish()
-    }
+    pub password: crate::Secret,
 }
 
 /// Splits `scheme://user:pass@host/...` into the URI without credentials and the credentials
@@ -34,7 +25,7 @@ pub fn split_credentials(uri: &str) -> (String, Option<Credentials>) {
     };
     let credentials = Credentials {
         user: decode(url.username()),
-        password: url.password().map(decode).unwrap_or_default(),
+        password: url.password().map(decode).unwrap_or_default().into(),
     };
     let _ = url.set_username("");
     let _ = url.set_password(None);
@@ -70,7 +61,7 @@ mod tests {
         assert_eq!(clean, "rtsp://10.0.0.5:554/stream1");
         let creds = creds.unwrap();
         assert_eq!(
-            (creds.user.as_str(), creds.password.as_str()),
+            (creds.user.as_str(), creds.password.expose()),
             ("admin", "p@ss:word")
         );
         assert!(!format!("{creds:?}").contains("p@ss"));

@@ -436,14 +436,13 @@ impl BuildSource for GstSourceConfig {
             (Some(user), password, from_uri) => Some(Credentials {
                 user: user.expose().to_string(),
                 password: password
-                    .as_ref()
-                    .map(|p| p.expose().to_string())
+                    .clone()
                     .or(from_uri.map(|c| c.password))
                     .unwrap_or_default(),
             }),
             (None, Some(password), Some(from_uri)) => Some(Credentials {
                 user: from_uri.user,
-                password: password.expose().to_string(),
+                password: password.clone(),
             }),
             (None, _, from_uri) => from_uri,
         };

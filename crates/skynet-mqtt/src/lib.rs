@@ -171,7 +171,7 @@ impl MqttConnectionKeys<'_> {
         }
         if let Some(p) = self.password {
             // The message of a failed expansion names the variable, never a value.
-            password = Some(cx.expand("password", p)?)
+            password = Some(skynet_core::Secret::from(cx.expand("password", p)?))
                 .filter(|p| !p.is_empty())
                 .or(password);
         }
@@ -248,7 +248,7 @@ impl MqttConnection {
         let mut options = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         options.set_keep_alive(self.keep_alive);
         if let Some(c) = &self.credentials {
-            options.set_credentials(c.user.clone(), c.password.clone());
+            options.set_credentials(c.user.clone(), c.password.expose());
         }
         if self.tls {
             let read = |what: &'static str, path: &PathBuf| {

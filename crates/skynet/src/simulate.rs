@@ -211,7 +211,7 @@ pub fn run(options: &SimulateOptions) -> Result<u64> {
     );
     mqtt.set_keep_alive(Duration::from_secs(30));
     if let Some(c) = broker.credentials {
-        mqtt.set_credentials(c.user, c.password);
+        mqtt.set_credentials(c.user, c.password.expose());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

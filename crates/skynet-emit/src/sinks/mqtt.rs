@@ -534,7 +534,7 @@ mod tests {
         )
         .unwrap();
         let credentials = config.connection.as_ref().unwrap().credentials.clone();
-        assert_eq!(credentials.as_ref().unwrap().password, "s3cret");
+        assert_eq!(credentials.as_ref().unwrap().password.expose(), "s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
         let sink = MqttSink::new("x", &config).unwrap();
         let login = sink.options.credentials().unwrap();

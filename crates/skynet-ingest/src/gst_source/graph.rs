@@ -317,7 +317,7 @@ fn configure_source(
     let takes = |name: &str| element.has_property_with_type(name, String::static_type());
     if takes("user-id") && takes("user-pw") {
         element.set_property("user-id", credentials.user.as_str());
-        element.set_property("user-pw", credentials.password.as_str());
+        element.set_property("user-pw", credentials.password.expose());
         tracing::debug!(camera = %camera, element = %factory, "credentials set on the source element");
     } else {
         tracing::warn!(camera = %camera, element = %factory, "the source element takes no credentials; the user name and password are not used");

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
 use serde::Deserialize;
 use skynet_core::config::{ConfigContext, FieldError, MAX_SECONDS, check_range};
-use skynet_core::{ComponentHealth, Registry, Shutdown, TableError};
+use skynet_core::{ComponentHealth, MaskedUri, Registry, Secret, Shutdown, TableError};
 use skynet_mqtt::{MqttConnection, MqttConnectionKeys, MqttError, check_topic};
 use tokio::sync::mpsc;
 
@@ -27,7 +27,7 @@ use super::ingest::{IngestLimits, SensorFrom, TopicFamily, UnknownSensors};
 /// The default dead-letter topic.
 pub const DEFAULT_DEADLETTER_TOPIC: &str = "skynet/deadletter/sensors";
 
-fn default_url() -> String {
+fn default_url() -> MaskedUri {
     "mqtt://127.0.0.1:1883".into()
 }
 fn default_qos() -> u8 {
@@ -61,17 +61,18 @@ fn default_format() -> String {
     "senml".into()
 }
 
-/// The `[mqtt]` table as written. Its `Debug` hides the password and the URL's credentials.
-#[derive(Clone, Deserialize)]
+/// The `[mqtt]` table as written. Its `Debug` hides the password (a [`Secret`]) and the
+/// URL's credentials (a [`MaskedUri`]).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port`; `${VAR}` and `${VAR:-default}` expand.
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: MaskedUri,
     /// Names the persistent session; default `skynet-<node>`.
     pub client_id: Option<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM file of the CA that signed the broker's certificate (`mqtts://`); default: the
     /// system's roots.
     pub ca_file: Option<String>,
@@ -108,34 +109,6 @@ pub struct MqttSettings {
     /// The sensor families: topic filters and payload formats.
     #[serde(default)]
     pub topics: Vec<TopicSettings>,
-}
-
-/// Shows the table without its secrets: the password and URL credentials.
-impl std::fmt::Debug for MqttSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttSettings")
-            .field("url", &skynet_core::redact_uri(&self.url))
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("qos", &self.qos)
-            .field("keep_alive_s", &self.keep_alive_s)
-            .field("clean_session", &self.clean_session)
-            .field("status_topic", &self.status_topic)
-            .field("deadletter_topic", &self.deadletter_topic)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("max_future_s", &self.max_future_s)
-            .field("max_age_s", &self.max_age_s)
-            .field("unknown_sensors", &self.unknown_sensors)
-            .field("queue", &self.queue)
-            .field("initial_backoff_s", &self.initial_backoff_s)
-            .field("max_backoff_s", &self.max_backoff_s)
-            .field("topics", &self.topics)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -258,7 +231,7 @@ impl MqttSettings {
             url: &self.url,
             client_id: self.client_id.as_deref(),
             username: self.username.as_deref(),
-            password: self.password.as_deref(),
+            password: self.password.as_ref().map(Secret::expose),
             ca_file: self.ca_file.as_deref(),
             cert_file: self.cert_file.as_deref(),
             key_file: self.key_file.as_deref(),
@@ -588,7 +561,7 @@ mod tests {
         let c = settings("url = \"mqtts://ops:s3cr%21t@broker.example:8884\"").unwrap();
         let credentials = c.connection.credentials.clone().unwrap();
         assert_eq!(
-            (credentials.user.as_str(), credentials.password.as_str()),
+            (credentials.user.as_str(), credentials.password.expose()),
             ("ops", "s3cr!t")
         );
         assert!(
