@@ -270,7 +270,10 @@ mod tests {
             _ => panic!("a zone that does not exist must be refused"),
         }
         let unknown: toml::Table = toml::from_str("zone = \"door\"\nzoen = 1").unwrap();
-        assert!(matches!((kind.parse)(unknown, &cx), Err(TableError::Serde(_))));
+        assert!(matches!(
+            (kind.parse)(unknown, &cx),
+            Err(TableError::Serde(_))
+        ));
     }
 
     #[test]
@@ -286,6 +289,8 @@ mod tests {
     #[should_panic(expected = "registered twice")]
     fn a_kind_name_is_claimed_once() {
         let mut registry = Registry::default();
-        registry.register::<Rules, InZone>().register::<Rules, InZone>();
+        registry
+            .register::<Rules, InZone>()
+            .register::<Rules, InZone>();
     }
 }

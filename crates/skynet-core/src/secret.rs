@@ -151,7 +151,10 @@ mod tests {
             format!("{uri}"),
             serde_json::to_string(&uri).unwrap(),
         ] {
-            assert!(!shown.contains("hunter2") && !shown.contains("admin"), "{shown}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("admin"),
+                "{shown}"
+            );
             assert!(shown.contains("cam:554/x"), "{shown}");
         }
     }

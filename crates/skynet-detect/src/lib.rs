@@ -41,11 +41,10 @@ pub use manifest::{ModelManifest, ModelPort};
 pub use model_family::{ModelFamilies, ModelFamily};
 pub use preprocess::ImageView;
 pub use rules::{
-    CameraRules, CrossingDirection, CrowdConfig, CrowdRule, DwellConfig, DwellRule,
-    BuildRule, CameraRuleFamily, LineCrossingConfig, LineCrossingRule, Rule, RuleBuildContext,
-    RuleContext, RuleHit, ValidRule,
-    StationaryObjectConfig, StationaryObjectRule, ZoneIntrusionConfig, ZoneIntrusionRule,
-    ZoneIntrusionSpec,
+    BuildRule, CameraRuleFamily, CameraRules, CrossingDirection, CrowdConfig, CrowdRule,
+    DwellConfig, DwellRule, LineCrossingConfig, LineCrossingRule, Rule, RuleBuildContext,
+    RuleContext, RuleHit, StationaryObjectConfig, StationaryObjectRule, ValidRule,
+    ZoneIntrusionConfig, ZoneIntrusionRule, ZoneIntrusionSpec,
 };
 pub use runtime::OnnxRuntime;
 pub use sensor_rules::{

@@ -20,8 +20,8 @@ use skynet_detect::{
 };
 use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 
-use skynet_snapshot::{Annotations, render};
 use crate::{PipelineConfig, paths};
+use skynet_snapshot::{Annotations, render};
 
 /// What `skynet detect` was asked to do.
 #[derive(Debug, Clone)]

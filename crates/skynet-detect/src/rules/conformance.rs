@@ -41,7 +41,9 @@ const FRAME_MS: i64 = 200;
 
 fn at(ms: i64) -> DateTime<Utc> {
     // A fixed start, so runs compare to the letter.
-    DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000) + chrono::Duration::milliseconds(ms)
+    DateTime::<Utc>::UNIX_EPOCH
+        + chrono::Duration::days(20_000)
+        + chrono::Duration::milliseconds(ms)
 }
 
 fn object(id: u64, label: &str, x: f32, y: f32, still_since: Option<i64>) -> TrackedObject {
@@ -170,9 +172,8 @@ pub fn check_rule_kind(kind: &Kind<CameraRuleFamily>) -> Result<(), String> {
     run(&mut before, head);
     let saved = before.state();
     let text = serde_json::to_string(&saved).map_err(|e| e.to_string())?;
-    let reread = serde_json::from_str(&text).map_err(|e| {
-        format!("rule kind `{name}`: its saved state does not read back: {e}")
-    })?;
+    let reread = serde_json::from_str(&text)
+        .map_err(|e| format!("rule kind `{name}`: its saved state does not read back: {e}"))?;
     let mut restored = camera_rules(rule.as_ref());
     restored.restore(reread);
     if restored.state() != saved {

@@ -6,9 +6,9 @@ use skynet_core::config::check_range;
 use skynet_core::{AnalysedFrame, FieldError, TrackedObject};
 
 use super::{
-    EXIT_GRACE, MAX_STREAK_GAP, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category,
-    check_labels, check_name, check_seconds, check_weight, dwell::default_person, find_zone,
-    position, rule_ref, seconds_between, tracks_with,
+    BuildRule, CameraRuleFamily, EXIT_GRACE, MAX_STREAK_GAP, Rule, RuleBuildContext, RuleContext,
+    RuleHit, ValidRule, check_category, check_labels, check_name, check_seconds, check_weight,
+    dwell::default_person, find_zone, position, rule_ref, seconds_between, tracks_with,
 };
 use crate::Zone;
 

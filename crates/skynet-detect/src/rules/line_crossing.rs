@@ -13,8 +13,9 @@ use skynet_core::Component;
 use skynet_core::{AnalysedFrame, FieldError, Point};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category, check_labels,
-    check_name, check_weight, dwell::default_person, position, rule_ref, tracks_with,
+    BuildRule, CameraRuleFamily, MAX_STREAK_GAP, PerTrack, Rule, RuleBuildContext, RuleContext,
+    RuleHit, ValidRule, check_category, check_labels, check_name, check_weight,
+    dwell::default_person, position, rule_ref, tracks_with,
 };
 
 /// Which crossings a `line_crossing` rule reports (all are counted).

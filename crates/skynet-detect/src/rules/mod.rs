@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use skynet_core::config::check_range;
-use skynet_core::{Erase, Family, Registry};
 use skynet_core::{
     AnalysedFrame, BBox, Detection, DeviceId, FieldError, GridId, Observation, OwnerKind, Point,
     RuleRef, TrackedObject,
 };
+use skynet_core::{Erase, Family, Registry};
 
 use crate::Zone;
 

@@ -6,9 +6,9 @@ use skynet_core::Component;
 use skynet_core::{AnalysedFrame, FieldError};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, ValidRule, RuleContext, RuleHit, check_category, check_labels,
-    check_name, check_seconds, check_weight, find_zone, position, rule_ref, seconds_between,
-    tracks_with,
+    BuildRule, CameraRuleFamily, MAX_STREAK_GAP, PerTrack, Rule, RuleBuildContext, RuleContext,
+    RuleHit, ValidRule, check_category, check_labels, check_name, check_seconds, check_weight,
+    find_zone, position, rule_ref, seconds_between, tracks_with,
 };
 use crate::Zone;
 

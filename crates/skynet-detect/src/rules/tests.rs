@@ -58,8 +58,7 @@ fn zones() -> Vec<Zone> {
 
 /// A rule of kind `C` from its TOML table (without `kind`), validated as the binary does.
 fn configure<C: Component<CameraRuleFamily>>(table: &str) -> Result<C::Validated, FieldError> {
-    let config: C =
-        toml::from_str(table).map_err(|e| FieldError::new("<toml>", e.to_string()))?;
+    let config: C = toml::from_str(table).map_err(|e| FieldError::new("<toml>", e.to_string()))?;
     let (zones, labels) = (
         zones(),
         ["person", "car", "backpack", "handbag", "suitcase"].map(String::from),
@@ -516,4 +515,3 @@ fn configs_take_their_defaults_and_refuse_bad_values() {
         "{err:?}"
     );
 }
-

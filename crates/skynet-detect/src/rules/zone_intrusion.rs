@@ -6,8 +6,9 @@ use skynet_core::config::check_range;
 use skynet_core::{AnalysedFrame, FieldError, TrackedObject};
 
 use super::{
-    MAX_STREAK_GAP, PerTrack, Rule, BuildRule, CameraRuleFamily, RuleBuildContext, RuleContext, RuleHit, check_category, check_labels,
-    check_name, check_weight, find_zone, position, rule_ref, tracks_with,
+    BuildRule, CameraRuleFamily, MAX_STREAK_GAP, PerTrack, Rule, RuleBuildContext, RuleContext,
+    RuleHit, check_category, check_labels, check_name, check_weight, find_zone, position, rule_ref,
+    tracks_with,
 };
 use crate::Zone;
 
@@ -57,7 +58,6 @@ impl ZoneIntrusionConfig {
     fn default_weight() -> f32 {
         0.5
     }
-
 }
 
 impl Component<CameraRuleFamily> for ZoneIntrusionConfig {
