@@ -11,6 +11,7 @@ pub mod geometry;
 pub mod health;
 pub mod ids;
 pub mod incident;
+pub mod locate;
 pub mod queue;
 pub mod redact;
 pub mod secret;

@@ -26,6 +26,7 @@ pub mod replay;
 pub mod simulate;
 pub mod users;
 
-pub use config::{ConfigError, PipelineConfig};
+pub use config::PipelineConfig;
 pub use describe::describe_metrics;
 pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};
+pub use skynet_core::locate::ConfigError;
