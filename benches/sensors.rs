@@ -161,7 +161,8 @@ async fn plain_drain(port: u16, id: &str, n: usize) -> f64 {
 
 /// The bench's sensors: each with a CO threshold rule at `above` ppm.
 fn config(port: u16, id: &str, qos: u8, above: f64) -> PipelineConfig {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The bench is a target of the tests package (tests/); the repository is its parent.
+    let repo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut text = format!(
         r#"
 [grids]
