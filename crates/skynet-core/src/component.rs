@@ -128,6 +128,20 @@ where
     Ok(F::erase(config.validate(cx)?))
 }
 
+/// Takes the `kind` key out of a table read by serde, for a family whose table is read
+/// inside a `Deserialize` impl: missing or not a string is the same serde error as a derived
+/// enum's tag gives.
+pub fn take_kind<E: serde::de::Error>(table: &mut toml::Table) -> Result<String, E> {
+    match table.remove("kind") {
+        None => Err(E::missing_field("kind")),
+        Some(toml::Value::String(kind)) => Ok(kind),
+        Some(other) => Err(E::invalid_type(
+            serde::de::Unexpected::Other(other.type_str()),
+            &"variant identifier",
+        )),
+    }
+}
+
 /// Every kind of every family, filled by the stage crates' `register` functions.
 #[derive(Default)]
 pub struct Registry {

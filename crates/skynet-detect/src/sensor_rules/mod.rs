@@ -238,16 +238,7 @@ pub struct SensorRuleSettings {
 impl<'de> Deserialize<'de> for SensorRuleSettings {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut table = toml::Table::deserialize(deserializer)?;
-        let kind = match table.remove("kind") {
-            None => return Err(D::Error::missing_field("kind")),
-            Some(toml::Value::String(kind)) => kind,
-            Some(other) => {
-                return Err(D::Error::invalid_type(
-                    serde::de::Unexpected::Other(other.type_str()),
-                    &"variant identifier",
-                ));
-            }
-        };
+        let kind = skynet_core::component::take_kind::<D::Error>(&mut table)?;
         let (registry, names) = builtin();
         let Some(found) = registry.kind::<SensorRuleFamily>(&kind) else {
             return Err(D::Error::unknown_variant(&kind, names));
