@@ -141,26 +141,33 @@ impl Locator<'_> {
 
     /// A serde error from deserialising a table: located at the key it names.
     pub fn serde_error(&self, region: &Range<usize>, error: &toml::de::Error) -> ConfigError {
-        let message = error.message().trim_end().to_string();
-        // toml names the key path in its Display ("in `reconnect.a`"); unknown fields are
-        // named in the message itself.
-        let shown = error.to_string();
-        let key = shown
-            .lines()
-            .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')))
-            .or_else(|| {
-                message
-                    .strip_prefix("unknown field `")
-                    .and_then(|rest| rest.split('`').next())
-            })
-            .unwrap_or("")
-            .to_string();
-        if message.starts_with("unknown field") {
+        let e = serde_field_error(error);
+        if e.message.starts_with("unknown field") {
             // The key itself is what is wrong.
-            return self.error(self.key(region, &key), message);
+            return self.error(self.key(region, &e.field), e.message);
         }
-        self.field_error(region, FieldError::new(key, message))
+        self.field_error(region, e)
     }
+}
+
+/// A serde error from deserialising a table, as a [`FieldError`] naming the key it is about
+/// (empty when toml names none).
+pub fn serde_field_error(error: &toml::de::Error) -> FieldError {
+    let message = error.message().trim_end().to_string();
+    // toml names the key path in its Display ("in `reconnect.a`"); unknown fields are named
+    // in the message itself.
+    let shown = error.to_string();
+    let key = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')))
+        .or_else(|| {
+            message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+        })
+        .unwrap_or("")
+        .to_string();
+    FieldError::new(key, message)
 }
 
 /// The table name when `line` is a header (`[name]` or `[[name]]` alone on its line).

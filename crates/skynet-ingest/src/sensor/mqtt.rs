@@ -199,21 +199,8 @@ fn topic_error(i: usize, error: TableError) -> FieldError {
     match error {
         TableError::Field(e) => FieldError::new(field(&e.field), e.message),
         TableError::Serde(e) => {
-            let message = e.message().trim_end().to_string();
-            // toml names the key path in its Display ("in `unit`"); unknown fields are
-            // named in the message itself.
-            let shown = e.to_string();
-            let key = shown
-                .lines()
-                .find_map(|l| l.strip_prefix("in `").and_then(|k| k.strip_suffix('`')))
-                .or_else(|| {
-                    message
-                        .strip_prefix("unknown field `")
-                        .and_then(|rest| rest.split('`').next())
-                })
-                .unwrap_or("")
-                .to_string();
-            FieldError::new(field(&key), message)
+            let e = skynet_core::locate::serde_field_error(&e);
+            FieldError::new(field(&e.field), e.message)
         }
     }
 }
