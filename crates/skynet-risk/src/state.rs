@@ -25,6 +25,11 @@ pub struct PipelineState {
     /// Each camera's rules' memory (streaks, cooldowns), by camera and rule.
     #[serde(default)]
     pub rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Each sensor's rules' memory (a `for_s` streak, rate-of-change windows, flapping
+    /// history), by sensor and rule: saved with the commit that acknowledges the readings
+    /// that made it, so a restart goes on where the streak was.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensor_rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     pub engine: Box<serde_json::value::RawValue>,
 }
 

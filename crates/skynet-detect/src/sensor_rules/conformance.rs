@@ -5,9 +5,10 @@
 //! - the example validates;
 //! - **determinism on replay**: two rules built from one config give the same observations
 //!   for the same readings, so `skynet replay` matches what ran live;
-//! - **state**: sensor rules keep no saved state (a restart starts them afresh), so the
-//!   promise is that a rule's memory is its own: two rules from one config fed the same
-//!   readings in turn, or interleaved, agree with each other;
+//! - **state**: a rule's memory is its own: two rules from one config fed the same readings
+//!   in turn, or interleaved, agree with each other; and it is all in its saved state: rules
+//!   restored (through JSON) at a quarter, half or three quarters of the alarm series give
+//!   the same observations for the rest as rules that ran on without a restart;
 //! - **no output in the normal band**: readings that stay in [`CALM`] never fire;
 //! - the example fires at least once on the alarm series, so the checks above are not vacuous.
 
@@ -145,6 +146,25 @@ pub fn check_sensor_rule_kind(kind: &Kind<SensorRuleFamily>) -> Result<(), Strin
             "sensor rule kind `{name}`: two rules fed the same readings side by side differ \
              from one fed alone (rules share memory)"
         ));
+    }
+
+    // A restart anywhere in the series: the saved memory, through its JSON, restored into
+    // fresh rules, gives the same observations for the rest as the rules that ran on.
+    for cut in [alarms.len() / 4, alarms.len() / 2, alarms.len() * 3 / 4] {
+        let mut before = rules(&spec);
+        let mut seen = run(&mut before, &alarms[..cut]);
+        let saved = serde_json::to_string(&before.state()).map_err(|e| e.to_string())?;
+        let mut after = rules(&spec);
+        after.restore(serde_json::from_str(&saved).map_err(|e| e.to_string())?);
+        seen.extend(run(&mut after, &alarms[cut..]));
+        if seen != first {
+            return Err(format!(
+                "sensor rule kind `{name}`: restored from its saved state after reading {cut} of \
+                 {}, it gives other observations than without the restart (is all of its \
+                 memory in `SensorCondition::state`?)",
+                alarms.len()
+            ));
+        }
     }
 
     let silent = run(&mut rules(&spec), &calm_series());

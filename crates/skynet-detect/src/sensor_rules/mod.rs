@@ -78,6 +78,17 @@ pub trait SensorCondition: Send {
     /// Whether this reading is evidence. `due`: whether `repeat_s` has passed since the last
     /// evidence; a kind calls [`Gate::emit`] to give evidence (which flapping may suppress).
     fn evaluate(&mut self, at: DateTime<Utc>, value: f64, due: bool, gate: &mut Gate) -> bool;
+
+    /// The condition's memory (a `for_s` streak, a window of readings, flapping history),
+    /// saved with the pipeline state so a restart goes on where it stopped. `Null`: nothing
+    /// worth keeping.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Takes back what [`state`](Self::state) gave; anything it cannot read is ignored (the
+    /// condition then starts afresh, as on a first run).
+    fn restore(&mut self, _state: serde_json::Value) {}
 }
 
 /// The registered kind `T` (the family reads the shared keys itself, so the kind's table
@@ -314,6 +325,15 @@ impl Gate {
     }
 }
 
+/// What a rule's [`Gate`] keeps across a restart.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedGate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_emitted: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    flapping: bool,
+}
+
 /// One rule's memory.
 struct RuleState {
     spec: SensorRuleSpec,
@@ -337,6 +357,43 @@ impl RuleState {
             .last_emitted
             .is_none_or(|t| at - t >= self.spec.repeat);
         self.condition.evaluate(at, value, due, &mut self.gate)
+    }
+
+    /// `{"gate": …, "condition": …}`, without the parts that hold nothing.
+    fn state(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        let gate = SavedGate {
+            last_emitted: self.gate.last_emitted,
+            flapping: self.gate.flapping,
+        };
+        if gate.last_emitted.is_some() || gate.flapping {
+            if let Ok(v) = serde_json::to_value(&gate) {
+                out.insert("gate".into(), v);
+            }
+        }
+        let condition = self.condition.state();
+        if !condition.is_null() {
+            out.insert("condition".into(), condition);
+        }
+        if out.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::Object(out)
+        }
+    }
+
+    fn restore(&mut self, mut state: serde_json::Value) {
+        if let Some(gate) = state
+            .get_mut("gate")
+            .map(serde_json::Value::take)
+            .and_then(|v| serde_json::from_value::<SavedGate>(v).ok())
+        {
+            self.gate.last_emitted = gate.last_emitted;
+            self.gate.set_flapping(gate.flapping);
+        }
+        if let Some(condition) = state.get_mut("condition").map(serde_json::Value::take) {
+            self.condition.restore(condition);
+        }
     }
 }
 
@@ -441,6 +498,27 @@ impl SensorRules {
             }
         }
         (out, recovered)
+    }
+
+    /// Each rule's memory, by rule name (rules with nothing to keep are left out): part of
+    /// the pipeline's saved state, so a `for_s` streak or a rate-of-change window that began
+    /// before a restart goes on after it.
+    pub fn state(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.rules
+            .iter()
+            .map(|r| (r.spec.name.clone(), r.state()))
+            .filter(|(_, s)| !s.is_null())
+            .collect()
+    }
+
+    /// Gives each rule its saved memory (rules not in `saved` start afresh; a rule whose kind
+    /// changed ignores what it cannot read).
+    pub fn restore(&mut self, mut saved: std::collections::BTreeMap<String, serde_json::Value>) {
+        for rule in &mut self.rules {
+            if let Some(state) = saved.remove(&rule.spec.name) {
+                rule.restore(state);
+            }
+        }
     }
 
     /// Declares the sensor offline once nothing has arrived for its expected interval.

@@ -103,4 +103,26 @@ impl SensorCondition for RateOfChangeState {
         let fell = fall.is_some_and(|f| hi - value > f);
         (rose || fell) && gate.emit(at, due)
     }
+
+    /// The readings within the window, as `[[time, value], …]`.
+    fn state(&self) -> serde_json::Value {
+        if self.window.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::to_value(&self.window).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) {
+        if let Ok(window) = serde_json::from_value::<VecDeque<(DateTime<Utc>, f64)>>(state) {
+            // Only finite values in time order: what `evaluate` itself would have kept.
+            if window.iter().all(|(_, v)| v.is_finite())
+                && window
+                    .iter()
+                    .zip(window.iter().skip(1))
+                    .all(|(a, b)| a.0 <= b.0)
+            {
+                self.window = window;
+            }
+        }
+    }
 }

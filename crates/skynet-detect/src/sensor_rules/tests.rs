@@ -103,6 +103,60 @@ fn flapping_is_suppressed_until_it_settles() {
     assert_eq!(feed(&mut rules, &[(300, 10.0), (400, 60.0)]), vec![400]);
 }
 
+/// Saves `rules`' memory through JSON into fresh rules of the same specs: a restart.
+fn restarted(rules: &SensorRules, specs: Vec<SensorRuleSpec>) -> SensorRules {
+    let text = serde_json::to_string(&rules.state()).unwrap();
+    let mut fresh = gas(specs);
+    fresh.restore(serde_json::from_str(&text).unwrap());
+    fresh
+}
+
+#[test]
+fn a_for_s_streak_goes_on_across_a_restart() {
+    let mut rules = gas(vec![rule(CO)]);
+    // Above the limit from t=2; at t=8 the process restarts.
+    assert!(feed(&mut rules, &[(0, 10.0), (2, 60.0), (5, 60.0), (8, 60.0)]).is_empty());
+    let mut after = restarted(&rules, vec![rule(CO)]);
+    // 10 s after the streak began, not 10 s after the restart.
+    assert_eq!(feed(&mut after, &[(10, 60.0), (12, 60.0)]), vec![12]);
+    // The active alarm and its last evidence survive too: `repeat_s` (5 s) counts from 12.
+    let mut again = restarted(&after, vec![rule(CO)]);
+    assert_eq!(feed(&mut again, &[(14, 60.0), (17, 60.0)]), vec![17]);
+    // Nothing to keep: no state at all.
+    assert!(gas(vec![rule(CO)]).state().is_empty());
+    // Garbage or another kind's memory is ignored: the rule starts afresh.
+    let mut odd = gas(vec![rule(CO)]);
+    odd.restore(
+        [(
+            "threshold".to_string(),
+            serde_json::json!({"condition": [1, 2]}),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    assert!(feed(&mut odd, &[(0, 60.0), (5, 60.0)]).is_empty());
+}
+
+#[test]
+fn flapping_and_rate_windows_survive_a_restart() {
+    let flappy = "kind = \"threshold\"\ncategory = \"gas_leak\"\nabove = 50.0\nflap_changes = 4\nflap_window_s = 60";
+    let mut rules = gas(vec![rule(flappy)]);
+    let series: Vec<(i64, f64)> = (0..10)
+        .flat_map(|i| [(i * 2, 60.0), (i * 2 + 1, 10.0)])
+        .collect();
+    assert_eq!(feed(&mut rules, &series), vec![0, 2]);
+    let mut after = restarted(&rules, vec![rule(flappy)]);
+    // Still flapping after the restart: suppressed.
+    assert!(feed(&mut after, &[(20, 60.0)]).is_empty());
+
+    let river = "kind = \"rate_of_change\"\ncategory = \"water_rising\"\nrise = 0.5\nwindow_s = 60";
+    let mut rules = gas(vec![rule(river)]);
+    assert!(feed(&mut rules, &[(0, 1.0), (10, 1.2), (20, 1.4)]).is_empty());
+    let mut after = restarted(&rules, vec![rule(river)]);
+    // The rise is measured from the reading before the restart.
+    assert_eq!(feed(&mut after, &[(30, 1.6)]), vec![30]);
+}
+
 #[test]
 fn rate_of_change_sees_a_rising_river() {
     let spec = rule(

@@ -115,6 +115,17 @@ impl BuildSensorRule for Threshold {
     }
 }
 
+/// What a threshold keeps across a restart.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedThreshold {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    active: bool,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    changes: VecDeque<DateTime<Utc>>,
+}
+
 /// A running threshold's memory.
 #[derive(Debug)]
 struct ThresholdState {
@@ -162,6 +173,26 @@ impl SensorCondition for ThresholdState {
         self.changed(at, gate);
         // A new alarm is always news, whatever `repeat_s`.
         gate.emit(at, true)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        if self.pending_since.is_none() && !self.active && self.changes.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::to_value(SavedThreshold {
+            pending_since: self.pending_since,
+            active: self.active,
+            changes: self.changes.clone(),
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) {
+        if let Ok(saved) = serde_json::from_value::<SavedThreshold>(state) {
+            self.pending_since = saved.pending_since;
+            self.active = saved.active;
+            self.changes = saved.changes;
+        }
     }
 }
 
