@@ -25,6 +25,10 @@ pub fn describe_metrics() {
         "Events JetStream had already stored (a retried batch), dropped by the server, per sink."
     );
     describe_gauge!(
+        "skynet_sink_refusing",
+        "1 while a sink's destination refuses it as a whole (a webhook's 401, 403, 404 or 410; a NATS stream that captures none of its subjects), else 0, per sink: its events wait in the outbox and are retried with backoff, none is dead-lettered."
+    );
+    describe_gauge!(
         "skynet_sink_lag_events",
         "Events committed but not yet delivered to a sink, per sink."
     );

@@ -24,6 +24,11 @@ pub enum EmitError {
     /// message never holds a secret: URLs in it are redacted.
     #[error("sink `{sink}`: {message}")]
     Sink { sink: String, message: String },
+    /// The destination refuses the sink as a whole (a webhook's 401, 403, 404 or 410: a
+    /// rotated token, a moved endpoint), not one event: retried with backoff, never
+    /// dead-lettered, and shown as the sink's `refusing` state.
+    #[error("sink `{sink}` is refused by its destination: {message}")]
+    Refusing { sink: String, message: String },
     #[error("event could not be serialised: {0}")]
     Serialise(#[from] serde_json::Error),
     /// A blocking step (file or outbox I/O) panicked or was cancelled.

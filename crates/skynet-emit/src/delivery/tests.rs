@@ -228,6 +228,7 @@ impl IncidentSink for HalfFailing {
                 rejected: Vec::new(),
                 handled_through: Some(batch[0].seq),
                 failure: Some("the rest timed out".into()),
+                refusing: false,
             });
         }
         let mut got = self.got.lock().unwrap();

@@ -48,6 +48,9 @@ pub(super) struct Worker {
     lag_alarm: bool,
     /// The health table shows the lag alarm now (not a failure, not up).
     alarm_shown: bool,
+    /// The destination refuses the sink as a whole (a webhook's 401): shown as the
+    /// `refusing` state and alarmed until an event is taken again.
+    refusing: bool,
     /// Registered when the task starts.
     gauges: Option<Gauges>,
 }
@@ -56,7 +59,11 @@ struct Gauges {
     pending: metrics::Gauge,
     lag: metrics::Gauge,
     alarm: metrics::Gauge,
+    refusing: metrics::Gauge,
 }
+
+/// The health detail of a sink its destination refuses (`/readyz`, the console).
+pub(crate) const REFUSING: &str = "refusing";
 
 /// Runs an outbox call on the blocking pool: SQLite calls block (fsync, busy_timeout).
 async fn blocking<T: Send + 'static>(
@@ -98,6 +105,7 @@ impl Worker {
             lag_limit,
             lag_alarm: false,
             alarm_shown: false,
+            refusing: false,
             gauges: None,
         }
     }
@@ -109,10 +117,13 @@ impl Worker {
             metrics::counter!("skynet_sink_dead_letters_total", "sink" => self.name.clone());
         let alarm = metrics::gauge!("skynet_sink_lag_alarm", "sink" => self.name.clone());
         alarm.set(0.0);
+        let refusing = metrics::gauge!("skynet_sink_refusing", "sink" => self.name.clone());
+        refusing.set(0.0);
         self.gauges = Some(Gauges {
             pending: metrics::gauge!("skynet_outbox_pending", "sink" => self.name.clone()),
             lag: metrics::gauge!("skynet_sink_lag_events", "sink" => self.name.clone()),
             alarm,
+            refusing,
         });
         let mut outbox: Option<Arc<Mutex<Outbox>>> = None;
         let mut last_count: Option<Instant> = None;
@@ -183,7 +194,7 @@ impl Worker {
                 emitted.increment(count as u64);
                 self.report_dead(&dead_letters, &handled.dead, true);
                 tracing::info!(sink = %self.name, delivered = count, refused_again = handled.dead.len(), "replayed dead letters");
-                self.settled(handled.failure).await;
+                self.settled(handled.failure, handled.refusing).await;
                 continue;
             }
 
@@ -199,6 +210,7 @@ impl Worker {
                 }
             };
             if batch.is_empty() {
+                self.set_refusing(None);
                 self.set_pending(0);
                 self.report_up();
                 self.backoff = FIRST_BACKOFF;
@@ -248,23 +260,26 @@ impl Worker {
             if known != u64::MAX {
                 self.set_pending(known.saturating_sub(handled.count as u64));
             }
-            self.settled(handled.failure).await;
+            self.settled(handled.failure, handled.refusing).await;
         }
     }
 
     /// After a batch's outcome is stored: up again, or, when the rest of the batch failed,
     /// the failure reported and backed off (what came before it is kept, and the sink does
     /// not show as up meanwhile).
-    async fn settled(&mut self, failure: Option<String>) {
+    async fn settled(&mut self, failure: Option<String>, refusing: bool) {
         match failure {
             Some(message) => {
-                let e = EmitError::Sink {
-                    sink: self.name.clone(),
-                    message,
+                let sink = self.name.clone();
+                let e = if refusing {
+                    EmitError::Refusing { sink, message }
+                } else {
+                    EmitError::Sink { sink, message }
                 };
                 self.failed(&e).await;
             }
             None => {
+                self.set_refusing(None);
                 self.report_up();
                 self.backoff = FIRST_BACKOFF;
             }
@@ -340,6 +355,7 @@ impl Worker {
             count,
             dead,
             failure: delivery.failure,
+            refusing: delivery.refusing,
         })
     }
 
@@ -405,6 +421,27 @@ impl Worker {
         }
     }
 
+    /// Turns the `refusing` state on (with the alarm: an ERROR line once, the
+    /// `skynet_sink_refusing` gauge, the health detail) or off.
+    fn set_refusing(&mut self, error: Option<&EmitError>) {
+        let on = error.is_some();
+        if on == self.refusing {
+            return;
+        }
+        self.refusing = on;
+        if let Some(g) = &self.gauges {
+            g.refusing.set(if on { 1.0 } else { 0.0 });
+        }
+        if let Some(error) = error {
+            tracing::error!(sink = %self.name, error = %error,
+                "the destination refuses this sink (credentials or URL?); its events wait in the outbox and are retried with backoff, none is dead-lettered");
+            self.health.describe(Some(REFUSING), None);
+        } else {
+            tracing::info!(sink = %self.name, "the destination no longer refuses this sink");
+            self.health.describe(None, None);
+        }
+    }
+
     /// Waits for a commit, a shutdown or the periodic re-check.
     async fn wait_for_commit(&mut self) {
         tokio::select! {
@@ -426,8 +463,12 @@ impl Worker {
     async fn failed(&mut self, error: &EmitError) {
         metrics::counter!("skynet_sink_retries_total", "sink" => self.name.clone()).increment(1);
         let wait = jittered(self.backoff);
-        tracing::warn!(sink = %self.name, error = %error, retry_in = ?wait, "sink delivery failed; will retry");
+        let refused = matches!(error, EmitError::Refusing { .. });
+        if !(refused && self.refusing) {
+            tracing::warn!(sink = %self.name, error = %error, retry_in = ?wait, "sink delivery failed; will retry");
+        }
         self.health.retrying(error.to_string());
+        self.set_refusing(refused.then_some(error));
         self.reported_up = false;
         self.alarm_shown = false;
         let cap = if self.draining {
@@ -457,6 +498,8 @@ struct Handled {
     dead: Vec<DeadLetter>,
     /// The rest of the batch failed, with this reason: back off before offering it again.
     failure: Option<String>,
+    /// The failure is the destination refusing the sink.
+    refusing: bool,
 }
 
 /// `d` stretched by up to 10 %, so sinks that failed together do not retry in lockstep.

@@ -60,6 +60,9 @@ pub struct Delivery {
     /// progress): the worker keeps what was handled, then reports the failure and backs off
     /// before offering the rest again.
     pub failure: Option<String>,
+    /// The failure is the destination refusing the sink as a whole (a webhook's 401 after a
+    /// token rotation): the worker shows the sink as `refusing` and raises its alarm.
+    pub refusing: bool,
 }
 
 impl Delivery {

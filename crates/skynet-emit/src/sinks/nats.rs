@@ -6,17 +6,27 @@
 //! the stream. Publishes are pipelined: the whole batch is sent before the first ack is
 //! awaited. The structured CloudEvent is the body; its attributes also go out as binary-mode
 //! `ce-*` headers, so a consumer can route without parsing the body.
+//!
+//! The duplicate window defaults to an hour, longer than a restart with back-off or a
+//! reboot, and an existing stream's window is brought to the configured one at connect.
+//! An event the server will never take (its subject is one this user may not publish to, or
+//! it is larger than the stream or server allows) goes to the dead letters, so the events
+//! after it still flow; a stream that captures none of the sink's subjects shows the sink as
+//! `refusing` and is retried.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use skynet_core::Component;
 use skynet_core::config::check_range;
 use skynet_core::{ConfigContext, FieldError, MaskedUri, redact::redact_uri};
 
-use super::{BuildSink, Delivery, Envelope, IncidentSink, SinkBuildContext, SinkFamily};
+use super::{BuildSink, Delivery, Envelope, IncidentSink, Rejection, SinkBuildContext, SinkFamily};
 use crate::{EmitError, StoredEvent};
 
 /// The environment variables credentials come from, so they never sit in a config file.
@@ -64,7 +74,9 @@ pub struct NatsSinkConfig {
     /// How long the stream keeps an event; 0 keeps it until the other limits remove it.
     #[serde(default = "default_max_age_days")]
     pub max_age_days: f64,
-    /// The server drops an event whose `Nats-Msg-Id` it saw this recently.
+    /// The server drops an event whose `Nats-Msg-Id` it saw this recently. An hour by
+    /// default: longer than a restart with back-off, so an event published just before a
+    /// crash and again after it is stored once. An existing stream's window is updated to it.
     #[serde(default = "default_duplicate_window_s")]
     pub duplicate_window_s: f64,
     /// Subjects are `<prefix>.incidents.<grid>.<category>` and `<prefix>.grid_risk.<grid>`.
@@ -91,8 +103,8 @@ const fn default_max_age_days() -> f64 {
     30.0
 }
 const fn default_duplicate_window_s() -> f64 {
-    // JetStream's own default.
-    120.0
+    // JetStream's own default of 120 s is shorter than a restart with back-off or a reboot.
+    3600.0
 }
 fn default_subject_prefix() -> String {
     "skynet".into()
@@ -195,6 +207,12 @@ impl NatsSinkConfig {
     }
 
     pub fn stream_plan(&self) -> StreamPlan {
+        let max_age = Duration::from_secs_f64(self.max_age_days * 86_400.0);
+        let mut duplicate_window = Duration::from_secs_f64(self.duplicate_window_s);
+        // JetStream refuses a window longer than the stream keeps events (0: no age limit).
+        if !max_age.is_zero() {
+            duplicate_window = duplicate_window.min(max_age);
+        }
         StreamPlan {
             name: self.stream.clone(),
             subjects: vec![
@@ -203,8 +221,8 @@ impl NatsSinkConfig {
             ],
             retention: self.retention,
             replicas: self.replicas,
-            max_age: Duration::from_secs_f64(self.max_age_days * 86_400.0),
-            duplicate_window: Duration::from_secs_f64(self.duplicate_window_s),
+            max_age,
+            duplicate_window,
         }
     }
 }
@@ -236,6 +254,13 @@ pub async fn connect(url: &str, credentials: Option<&str>) -> Result<async_nats:
     let options = connect_options(credentials)
         .await
         .map_err(|e| format!("NATS credentials: {e}"))?;
+    connect_with(url, options).await
+}
+
+async fn connect_with(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, String> {
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     options
         .connect(servers.as_slice())
@@ -298,13 +323,59 @@ pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
     }
 }
 
+/// The subjects the server said this connection may not publish to. A publish refused for
+/// permissions gets no ack (the server drops it and says so on the connection, as `-ERR
+/// 'Permissions Violation for Publish to "<subject>"'`), so an ack that times out on such a
+/// subject is a refusal for good, not an outage.
+#[derive(Debug, Clone, Default)]
+struct Denied(Arc<Mutex<HashSet<String>>>);
+
+const PUBLISH_VIOLATION: &str = "permissions violation for publish to ";
+
+impl Denied {
+    /// Notes the subject of a publish permissions violation the server reported.
+    fn note(&self, error: &async_nats::ServerError) {
+        let async_nats::ServerError::Other(text) = error else {
+            return;
+        };
+        let lower = text.to_ascii_lowercase();
+        let Some(at) = lower.find(PUBLISH_VIOLATION) else {
+            return;
+        };
+        let subject = text[at + PUBLISH_VIOLATION.len()..]
+            .trim()
+            .trim_matches('"');
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(subject.to_string());
+    }
+
+    fn contains(&self, subject: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(subject)
+    }
+}
+
 /// Publishes to JetStream; see the module doc.
 pub struct NatsSink {
     name: String,
     config: NatsSinkConfig,
     /// Set once connected and the stream is there; async-nats reconnects by itself after.
     context: Option<jetstream::Context>,
+    /// What the current connection may not publish to.
+    denied: Denied,
     duplicates: metrics::Counter,
+}
+
+/// One event of a batch on its way.
+enum Sent<'a> {
+    /// Published; its ack to come.
+    Published(&'a StoredEvent, String, PublishAckFuture),
+    /// Refused for good before it went out.
+    Refused(Rejection),
 }
 
 impl NatsSink {
@@ -315,6 +386,7 @@ impl NatsSink {
             name,
             config,
             context: None,
+            denied: Denied::default(),
             duplicates,
         }
     }
@@ -330,7 +402,20 @@ impl NatsSink {
         if let Some(context) = &self.context {
             return Ok(context.clone());
         }
-        let client = connect(&self.config.url, self.config.credentials.as_deref())
+        let denied = Denied::default();
+        let noted = denied.clone();
+        let options = connect_options(self.config.credentials.as_deref())
+            .await
+            .map_err(|e| self.error(format!("NATS credentials: {e}")))?
+            .event_callback(move |event| {
+                let noted = noted.clone();
+                async move {
+                    if let async_nats::Event::ServerError(error) = &event {
+                        noted.note(error);
+                    }
+                }
+            });
+        let client = connect_with(&self.config.url, options)
             .await
             .map_err(|e| self.error(e))?;
         let context = jetstream::ContextBuilder::new()
@@ -343,7 +428,22 @@ impl NatsSink {
             .get_or_create_stream(plan.config())
             .await
             .map_err(|e| self.error(format!("stream {}: {e}", plan.name)))?;
-        let subjects = &stream.cached_info().config.subjects;
+        let existing = stream.cached_info().config.clone();
+        if existing.duplicate_window != plan.duplicate_window {
+            // A stream made by an older version (JetStream's 120 s) or by hand: a redelivery
+            // after a long outage would be stored twice.
+            let mut config = existing.clone();
+            config.duplicate_window = plan.duplicate_window;
+            match context.update_stream(config).await {
+                Ok(_) => tracing::info!(sink = %self.name, stream = %plan.name,
+                    from_s = existing.duplicate_window.as_secs_f64(), to_s = plan.duplicate_window.as_secs_f64(),
+                    "updated the stream's duplicate window"),
+                Err(e) => tracing::warn!(sink = %self.name, stream = %plan.name, error = %e,
+                    window_s = existing.duplicate_window.as_secs_f64(), wanted_s = plan.duplicate_window.as_secs_f64(),
+                    "could not update the stream's duplicate window; events redelivered after it are stored twice"),
+            }
+        }
+        let subjects = &existing.subjects;
         for wanted in &plan.subjects {
             if !subjects.iter().any(|s| s == wanted || s == ">") {
                 tracing::warn!(sink = %self.name, stream = %plan.name, subject = %wanted, existing = ?subjects,
@@ -352,7 +452,24 @@ impl NatsSink {
         }
         tracing::info!(sink = %self.name, url = %redact_uri(&self.config.url), stream = %plan.name, "connected to NATS JetStream");
         self.context = Some(context.clone());
+        self.denied = denied;
         Ok(context)
+    }
+
+    /// Why a failed publish of an event on `subject` will never succeed, if it will not: a
+    /// subject this user may not publish to, or an event larger than allowed.
+    fn refused_for_good(&self, e: &PublishError, subject: &str) -> Option<String> {
+        match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => Some(e.to_string()),
+            PublishErrorKind::TimedOut if self.denied.contains(subject) => Some(format!(
+                "permissions violation: this user may not publish to {subject}"
+            )),
+            PublishErrorKind::Other => std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .filter(|s| s.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+                .map(ToString::to_string),
+            _ => None,
+        }
     }
 }
 
@@ -381,65 +498,105 @@ impl IncidentSink for NatsSink {
     }
 
     async fn deliver(&mut self, batch: &[StoredEvent]) -> Result<(), EmitError> {
-        match self.deliver_batch(batch).await? {
-            Delivery { failure: None, .. } => Ok(()),
-            Delivery {
-                failure: Some(message),
-                ..
-            } => Err(self.error(message)),
+        let delivery = self.deliver_batch(batch).await?;
+        if let Some(message) = delivery.failure {
+            return Err(self.error(message));
+        }
+        match delivery.rejected.first() {
+            None => Ok(()),
+            Some(refused) => Err(self.error(format!(
+                "event seq {} refused for good: {}",
+                refused.seq, refused.reason
+            ))),
         }
     }
 
     /// Publishes the whole batch, then awaits the acks in order. When one fails, what was
     /// acked before it is kept (handed back as handled) and the rest is offered again after
     /// the worker's backoff: a long outage after a partial batch then republishes only what
-    /// the stream does not have, even past its duplicate window.
+    /// the stream does not have, even past its duplicate window. An event refused for good
+    /// is handed back as rejected (a dead letter) and the ones after it go on.
     async fn deliver_batch(&mut self, batch: &[StoredEvent]) -> Result<Delivery, EmitError> {
         let context = self.context().await?;
-        let mut acks = Vec::with_capacity(batch.len());
+        let mut sent = Vec::with_capacity(batch.len());
         let mut failure = None;
+        let mut refusing = false;
         for event in batch {
             let envelope = Envelope::parse(event)?;
             let subject = envelope.address(&self.config.subject_prefix, '.');
             let headers = headers(event, &envelope);
             match context
-                .publish_with_headers(subject, headers, Bytes::from(event.body.clone()))
+                .publish_with_headers(subject.clone(), headers, Bytes::from(event.body.clone()))
                 .await
             {
-                Ok(ack) => acks.push(ack),
-                Err(e) => {
-                    failure = Some(format!("publish {}: {e}", event.id));
-                    break;
-                }
+                Ok(ack) => sent.push(Sent::Published(event, subject, ack)),
+                Err(e) => match self.refused_for_good(&e, &subject) {
+                    Some(reason) => sent.push(Sent::Refused(Rejection {
+                        seq: event.seq,
+                        status: None,
+                        reason,
+                    })),
+                    None => {
+                        failure = Some(format!("publish {}: {e}", event.id));
+                        break;
+                    }
+                },
             }
         }
-        let mut acked: usize = 0;
-        for (ack, event) in acks.into_iter().zip(batch) {
-            match ack.await {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        // Stored before (a retried batch): the server kept one copy.
-                        self.duplicates.increment(1);
+        let mut rejected = Vec::new();
+        let mut handled: Option<i64> = None;
+        for step in sent {
+            match step {
+                Sent::Refused(rejection) => {
+                    handled = Some(rejection.seq);
+                    rejected.push(rejection);
+                }
+                Sent::Published(event, subject, ack) => match ack.await {
+                    Ok(ack) => {
+                        if ack.duplicate {
+                            // Stored before (a retried batch): the server kept one copy.
+                            self.duplicates.increment(1);
+                        }
+                        handled = Some(event.seq);
                     }
-                    acked += 1;
-                }
-                Err(e) => {
-                    failure = Some(format!("no ack for {}: {e}", event.id));
-                    break;
-                }
+                    Err(e) => match self.refused_for_good(&e, &subject) {
+                        Some(reason) => {
+                            handled = Some(event.seq);
+                            rejected.push(Rejection {
+                                seq: event.seq,
+                                status: None,
+                                reason,
+                            });
+                        }
+                        None => {
+                            // No stream captures the subject: every event would fail alike.
+                            refusing = e.kind() == PublishErrorKind::StreamNotFound;
+                            failure = Some(format!("no ack for {}: {e}", event.id));
+                            break;
+                        }
+                    },
+                },
             }
         }
         let Some(message) = failure else {
-            return Ok(Delivery::all());
+            return Ok(Delivery {
+                rejected,
+                ..Delivery::default()
+            });
         };
         // Connect and look at the stream again next time (it may have been deleted).
         self.context = None;
-        match acked.checked_sub(1).map(|last| batch[last].seq) {
+        match handled {
+            None if refusing => Err(EmitError::Refusing {
+                sink: self.name.clone(),
+                message,
+            }),
             None => Err(self.error(message)),
             Some(through) => Ok(Delivery {
-                rejected: Vec::new(),
+                rejected,
                 handled_through: Some(through),
                 failure: Some(message),
+                refusing,
             }),
         }
     }
@@ -465,7 +622,13 @@ mod tests {
         assert_eq!(plan.subjects, ["skynet.incidents.>", "skynet.grid_risk.>"]);
         assert_eq!(plan.retention, Retention::Limits);
         assert_eq!(plan.replicas, 1);
-        assert_eq!(plan.duplicate_window, Duration::from_secs(120));
+        assert_eq!(plan.duplicate_window, Duration::from_secs(3600));
+        // Never longer than the stream keeps events, which JetStream would refuse.
+        let short = parse("url = \"nats://h\"\nmax_age_days = 0.01").unwrap();
+        assert_eq!(
+            short.stream_plan().duplicate_window,
+            Duration::from_secs(864)
+        );
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! The webhook sink: each event POSTed as a structured-mode CloudEvent, signed with
 //! HMAC-SHA256 so the receiver knows it came from skynet and was not altered.
 //!
-//! An answer decides what happens to the event: 2xx delivered; 5xx, 408, 429, a redirect,
-//! a refused connection or a timeout is tried again (`max_attempts` times at once, then with
-//! the worker's backoff, in order); any other 4xx is a refusal for good, which the worker
-//! keeps in the outbox's dead letters so the events after it still flow.
+//! An answer decides what happens to the event:
+//! - 2xx: delivered.
+//! - 400, 413 and 422: this one event is refused for good (malformed, too large, not
+//!   acceptable); the worker keeps it in the outbox's dead letters so the events after it
+//!   still flow.
+//! - 401, 403, 404, 410 and any other 4xx: the destination refuses the sink itself (a rotated
+//!   token, a moved endpoint), not the event. Every event would be refused alike, so none is
+//!   dead-lettered: the sink shows the `refusing` state, raises its alarm and retries with the
+//!   worker's backoff until the receiver takes events again.
+//! - 5xx, 408, 429, a redirect, a refused connection or a timeout: tried again
+//!   (`max_attempts` times at once, then with the worker's backoff, in order).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -203,8 +210,10 @@ pub struct WebhookSink {
 /// One request's outcome.
 enum Attempt {
     Taken,
-    /// Refused for good.
+    /// This event refused for good.
     Refused(Rejection),
+    /// The destination refuses the sink as a whole (credentials, endpoint); why.
+    Refusing(String),
     /// Worth trying again; why.
     Retry(String),
 }
@@ -291,7 +300,7 @@ impl WebhookSink {
         let excerpt = excerpt(&mut response).await;
         if status.is_success() {
             Attempt::Taken
-        } else if is_permanent(status) {
+        } else if refuses_the_event(status) {
             Attempt::Refused(Rejection {
                 seq: event.seq,
                 status: Some(status.as_u16()),
@@ -301,16 +310,29 @@ impl WebhookSink {
                     excerpt
                 },
             })
+        } else if refuses_the_sink(status) {
+            Attempt::Refusing(format!("POST {} answered {status}", self.shown_url))
         } else {
             Attempt::Retry(format!("POST {} answered {status}", self.shown_url))
         }
     }
 }
 
-/// 4xx but 408 (timeout) and 429 (too many requests): the request itself is wrong, and the
-/// same request would be refused again.
-fn is_permanent(status: StatusCode) -> bool {
+/// 400, 413 and 422: this request (this event) is wrong, and the same request would be
+/// refused again; the next event may well be taken.
+fn refuses_the_event(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+    )
+}
+
+/// Any other 4xx but 408 (timeout) and 429 (too many requests): 401, 403, 404, 410 and the
+/// like say the sink's credentials or URL are wrong, which an operator fixes; the event
+/// itself is fine and is kept for then.
+fn refuses_the_sink(status: StatusCode) -> bool {
     status.is_client_error()
+        && !refuses_the_event(status)
         && status != StatusCode::REQUEST_TIMEOUT
         && status != StatusCode::TOO_MANY_REQUESTS
 }
@@ -412,7 +434,7 @@ impl IncidentSink for WebhookSink {
                 return Ok(Delivery {
                     rejected,
                     handled_through: Some(batch[i - 1].seq),
-                    failure: None,
+                    ..Delivery::default()
                 });
             }
             let mut wait = FIRST_RETRY;
@@ -423,6 +445,23 @@ impl IncidentSink for WebhookSink {
                     Attempt::Refused(rejection) => {
                         rejected.push(rejection);
                         break;
+                    }
+                    // Not tried again at once: the worker backs off, so a receiver whose
+                    // token was rotated is not hammered while an operator fixes it.
+                    Attempt::Refusing(reason) => {
+                        let message = format!("{reason} (event {})", event.id);
+                        let Some(before) = i.checked_sub(1).map(|j| batch[j].seq) else {
+                            return Err(EmitError::Refusing {
+                                sink: self.name.clone(),
+                                message,
+                            });
+                        };
+                        return Ok(Delivery {
+                            rejected,
+                            handled_through: Some(before),
+                            failure: Some(message),
+                            refusing: true,
+                        });
                     }
                     Attempt::Retry(reason) if attempt >= self.max_attempts => {
                         let Some(before) = i.checked_sub(1).map(|j| batch[j].seq) else {
@@ -444,6 +483,7 @@ impl IncidentSink for WebhookSink {
                                 "{reason} (event {}, {attempt} attempt(s))",
                                 event.id
                             )),
+                            refusing: false,
                         });
                     }
                     Attempt::Retry(reason) => {
@@ -457,8 +497,7 @@ impl IncidentSink for WebhookSink {
         }
         Ok(Delivery {
             rejected,
-            handled_through: None,
-            failure: None,
+            ..Delivery::default()
         })
     }
 }
@@ -585,6 +624,45 @@ mod tests {
         // Through `deliver`, all or nothing, a refusal is an error.
         receiver.lock().unwrap().answers = vec![(404, String::new())];
         assert!(sink.deliver(&[event(4)]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_401_403_404_or_410_refuses_the_sink_not_the_event_and_is_not_retried_at_once() {
+        let receiver = Arc::new(Mutex::new(Receiver::default()));
+        let addr = serve(Arc::clone(&receiver)).await;
+        let mut sink = WebhookSink::new("hook", &config(&format!("http://{addr}/hook"))).unwrap();
+        for status in [401, 403, 404, 410] {
+            receiver.lock().unwrap().answers = vec![(status, "token expired".into())];
+            let e = sink.deliver_batch(&[event(1), event(2)]).await.unwrap_err();
+            assert!(
+                matches!(&e, EmitError::Refusing { message, .. } if message.contains(&status.to_string())),
+                "{status}: {e}"
+            );
+        }
+        // One request each: the worker's backoff does the retrying.
+        assert_eq!(receiver.lock().unwrap().got.len(), 4);
+        // Mid-batch: what came before is handled, nothing is a dead letter.
+        receiver.lock().unwrap().answers = vec![(200, String::new()), (401, String::new())];
+        let delivery = sink
+            .deliver_batch(&[event(1), event(2), event(3)])
+            .await
+            .unwrap();
+        assert_eq!(delivery.handled_through, Some(1));
+        assert!(delivery.refusing && delivery.rejected.is_empty());
+        assert!(delivery.failure.is_some());
+        // 400, 413 and 422 refuse one event: dead letters, and the rest goes on.
+        receiver.lock().unwrap().answers = vec![(400, String::new()), (413, String::new())];
+        let delivery = sink
+            .deliver_batch(&[event(1), event(2), event(3)])
+            .await
+            .unwrap();
+        let refused: Vec<_> = delivery
+            .rejected
+            .iter()
+            .map(|r| (r.seq, r.status))
+            .collect();
+        assert_eq!(refused, [(1, Some(400)), (2, Some(413))]);
+        assert_eq!(delivery.handled_through, None);
     }
 
     #[tokio::test]
