@@ -192,7 +192,16 @@ fn sigterm_drains_everything_in_flight_to_the_outbox() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // The signal comes once the first incident is committed (a condition, not a pause):
+    // the run is then mid-video with revisions in flight.
+    let outbox_path = dir.path().join("outbox.sqlite");
+    let committed = common::eventually(std::time::Duration::from_secs(120), || {
+        outbox_path.exists()
+            && skynet_emit::Outbox::open(&outbox_path)
+                .and_then(|o| o.events())
+                .is_ok_and(|e| !e.is_empty())
+    });
+    assert!(committed, "no incident committed before the signal");
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -1,13 +1,14 @@
-//! Delivery to NATS JetStream and the case system's feedback, against real servers: the
-//! session's nats-server at 127.0.0.1:4222 (each test with its own stream, subjects and
-//! consumer names, deleted at the end) and private ones on spare ports that a test stops
-//! and starts again (`nats-server -js -p PORT -sd DIR`).
+//! Delivery to NATS JetStream and the case system's feedback, against real servers: each
+//! test starts its own nats-server on a spare port (`nats-server -js -p PORT -sd DIR`,
+//! stopped by its pid when the test ends), which it may stop and start again. None uses a
+//! server it did not start.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,8 +18,6 @@ use common::*;
 use serde_json::{Value, json};
 use skynet_core::ComponentHealth;
 use skynet_emit::{Committer, IncidentSink, JsonLinesSink, NatsSink, NatsSinkConfig, Outbox};
-
-const SESSION_NATS: &str = "nats://127.0.0.1:4222";
 
 /// Names no other test (or run) uses: streams and subjects are global on a server.
 fn unique(prefix: &str) -> String {
@@ -57,7 +56,8 @@ fn every_revision_reaches_jetstream_once_after_dedup_while_nats_is_stopped_for_3
     let deliveries =
         skynet_emit::spawn_deliveries(rt.handle(), &outbox_path, sinks, committer.wake_handle());
 
-    // 20 revisions a second for 45 s; NATS stops at 5 s for 30 s.
+    // 20 revisions a second for 45 s; NATS stops at 5 s for 30 s. The pacing is the
+    // simulated workload: no assertion depends on how fast anything runs.
     let started = Instant::now();
     let mut stopped_at = None;
     let mut n = 0;
@@ -71,7 +71,11 @@ fn every_revision_reaches_jetstream_once_after_dedup_while_nats_is_stopped_for_3
         }
         if nats.child.is_none() && stopped_at.is_some_and(|s| t >= s + Duration::from_secs(30)) {
             assert!(
-                nats_health.status().unwrap().state != skynet_core::ComponentState::Up,
+                eventually(Duration::from_secs(60), || nats_health
+                    .status()
+                    .unwrap()
+                    .state
+                    != skynet_core::ComponentState::Up),
                 "the sink shows that NATS is down"
             );
             nats.resume();
@@ -119,7 +123,7 @@ async fn send_status(url: &str, prefix: &str, incident: &str, status: &str, note
     assert!(errors.is_empty(), "{event}: {errors:?}");
     let subject = format!("{prefix}.{incident}");
     // The stream is skynet's: it may not exist yet in the first seconds.
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(60);
     loop {
         let sent = js
             .publish(subject.clone(), serde_json::to_vec(&event).unwrap().into())
@@ -152,21 +156,19 @@ fn stored(dir: &Path) -> Vec<Value> {
 #[test]
 fn case_status_moves_the_lifecycle_across_a_sigkill_and_every_revision_reaches_jetstream() {
     let dir = tempfile::tempdir().unwrap();
+    // The test's own server: it goes with the test (stopped by pid on drop).
+    let nats = PrivateNats::start(&dir.path().join("nats"));
+    let session_nats = nats.url();
+    let session_nats = session_nats.as_str();
     let stream = unique("T_INC_");
     let prefix = unique("t");
     let cases_stream = unique("T_CASES_");
     let cases_prefix = format!("{prefix}.cases");
-    let _cleanup = StreamsCleanup {
-        url: SESSION_NATS.into(),
-        streams: vec![stream.clone(), cases_stream.clone()],
-    };
-    // The webhook receiver answers 500 for its first 8 s, then takes every signed event.
+    // The webhook receiver answers 500 to its first 5 requests, then takes every signed
+    // event: a count, not a time, so a slow start cannot skip the failures.
     let rt = tokio_runtime();
     let receiver = Arc::new(Mutex::new(Hook::default()));
-    let hook = rt.block_on(serve_hook(
-        Arc::clone(&receiver),
-        Instant::now() + Duration::from_secs(8),
-    ));
+    let hook = rt.block_on(serve_hook(Arc::clone(&receiver), 5));
     let more = format!(
         r#"
 [[sinks]]
@@ -196,7 +198,7 @@ durable = "{prefix}"
         free_port(),
         &more,
     );
-    let env = [("TEST_NATS_URL", SESSION_NATS.to_string())];
+    let env = [("TEST_NATS_URL", session_nats.to_string())];
 
     // Killed with SIGKILL once the first incident is committed, then started again.
     let (mut first, first_log) = spawn_logged_with_env(&config, &["--until-eof"], &env);
@@ -229,47 +231,47 @@ durable = "{prefix}"
         })
     };
     rt.block_on(send_status(
-        SESSION_NATS,
+        session_nats,
         &cases_prefix,
         &incident,
         "acknowledged",
         "seen",
     ));
     assert!(
-        eventually(Duration::from_secs(30), || has_state("acknowledged")),
+        eventually(Duration::from_secs(60), || has_state("acknowledged")),
         "no acknowledged revision: {}",
         second_log.lock().unwrap()
     );
     rt.block_on(send_status(
-        SESSION_NATS,
+        session_nats,
         &cases_prefix,
         &incident,
         "dispatched",
         "crew out",
     ));
-    assert!(eventually(Duration::from_secs(30), || has_state(
+    assert!(eventually(Duration::from_secs(60), || has_state(
         "dispatched"
     )));
     // Sent twice (a case system retrying): applied once.
     rt.block_on(send_status(
-        SESSION_NATS,
+        session_nats,
         &cases_prefix,
         &incident,
         "dispatched",
         "crew out",
     ));
     rt.block_on(send_status(
-        SESSION_NATS,
+        session_nats,
         &cases_prefix,
         &incident,
         "resolved",
         "cleared",
     ));
-    assert!(eventually(Duration::from_secs(30), || has_state(
+    assert!(eventually(Duration::from_secs(60), || has_state(
         "resolved"
     )));
     // Not a case-status event at all: refused, and nothing else stops.
-    let client = rt.block_on(async_nats::connect(SESSION_NATS)).unwrap();
+    let client = rt.block_on(async_nats::connect(session_nats)).unwrap();
     rt.block_on(async {
         let js = jetstream::new(client);
         js.publish(format!("{cases_prefix}.{incident}"), "{not json".into())
@@ -307,7 +309,7 @@ durable = "{prefix}"
     let out = Command::new(common::skynet_bin())
         .args(["outbox", "false-alarms", "--json", "--config"])
         .arg(&config)
-        .env("TEST_NATS_URL", SESSION_NATS)
+        .env("TEST_NATS_URL", session_nats)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -342,7 +344,7 @@ durable = "{prefix}"
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
-    let messages = rt.block_on(read_stream(SESSION_NATS, &stream));
+    let messages = rt.block_on(read_stream(session_nats, &stream));
     let delivered: BTreeSet<String> = messages.iter().map(|(id, ..)| id.clone()).collect();
     assert_eq!(delivered, ids);
     for (_, subject, _, body) in &messages {
@@ -381,7 +383,8 @@ durable = "{prefix}"
 
 const HOOK_SECRET: &str = "conservation-secret";
 
-/// A webhook receiver: 500 until `fail_until`, then 200 for every correctly signed event.
+/// A webhook receiver: 500 to its first `failures` requests, then 200 for every correctly
+/// signed event.
 #[derive(Default)]
 struct Hook {
     taken: Vec<String>,
@@ -389,15 +392,17 @@ struct Hook {
     bad_signatures: usize,
 }
 
-async fn serve_hook(state: Arc<Mutex<Hook>>, fail_until: Instant) -> std::net::SocketAddr {
+async fn serve_hook(state: Arc<Mutex<Hook>>, failures: usize) -> std::net::SocketAddr {
+    let requests = Arc::new(AtomicUsize::new(0));
     use axum::http::{HeaderMap, StatusCode};
     let app = axum::Router::new().route(
         "/events",
         axum::routing::post(move |headers: HeaderMap, body: String| {
             let state = Arc::clone(&state);
+            let requests = Arc::clone(&requests);
             async move {
                 let mut hook = state.lock().unwrap();
-                if Instant::now() < fail_until {
+                if requests.fetch_add(1, Ordering::SeqCst) < failures {
                     hook.failed += 1;
                     return StatusCode::INTERNAL_SERVER_ERROR;
                 }

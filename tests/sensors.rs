@@ -1,4 +1,7 @@
-//! Sensor ingest end to end: `skynet run` against real Mosquitto brokers.
+//! Sensor ingest end to end: `skynet run` against real Mosquitto brokers, each test with
+//! its own private broker on a spare port (tests/common/mosquitto.rs), never the machine's.
+//! Before publishing, a test waits for skynet's subscription in the broker's log: a
+//! reading published earlier would be lost, whatever the test's timing.
 //!
 //! - Round trip: every payload form (SenML pack, single record, base fields, a unit to
 //!   convert, vendor JSON) goes from publish to observation and incident.
@@ -55,7 +58,7 @@ fn metrics(listen: SocketAddr) -> String {
 
 fn wait_connected(listen: SocketAddr) {
     assert!(
-        eventually(Duration::from_secs(20), || metric(
+        eventually(Duration::from_secs(60), || metric(
             &metrics(listen),
             "skynet_mqtt_connected"
         ) == 1.0),
@@ -85,10 +88,11 @@ fn every_payload_form_goes_from_publish_to_observation() {
     let dir = tempfile::tempdir().unwrap();
     let listen = free_port();
     let prefix = unique("forms");
+    let broker = Broker::start();
     let mqtt = format!(
         r#"
 [mqtt]
-url = "mqtt://127.0.0.1:1883"
+url = "{url}"
 client_id = "{id}"
 clean_session = true
 deadletter_topic = "{prefix}-deadletter"
@@ -102,6 +106,7 @@ deadletter_topic = "{prefix}-deadletter"
   unit_pointer = "/data/unit"
   time_pointer = "/ts"
 "#,
+        url = broker.url(),
         id = prefix.replace('/', "-"),
     );
     let mut sensors = String::new();
@@ -114,11 +119,10 @@ deadletter_topic = "{prefix}-deadletter"
     let config = sensor_config(dir.path(), listen, &mqtt, &sensors);
     let (mut child, log) = spawn_logged(&config, &[]);
     wait_connected(listen);
-    std::thread::sleep(Duration::from_millis(500));
-    let publisher = Mqtt::connect(
-        "mqtt://127.0.0.1:1883",
-        &format!("{}-pub", prefix.replace('/', "-")),
-    );
+    let id = prefix.replace('/', "-");
+    broker.wait_subscribed(&id, &format!("{prefix}/senml/+"), 1);
+    broker.wait_subscribed(&id, &format!("{prefix}/vendor"), 1);
+    let publisher = Mqtt::connect(&broker.url(), &format!("{id}-pub"));
     let t = now_s();
     // A pack with base fields; a single record without the array; a unit to convert; a
     // name with the sensor's prefix; vendor JSON with quoted numbers and milliseconds.
@@ -186,10 +190,10 @@ deadletter_topic = "{prefix}-deadletter"
                 .any(|c| c.source.id.as_str() == s)
         })
     };
-    let opened = eventually(Duration::from_secs(20), || {
+    let opened = eventually(Duration::from_secs(30), || {
         contributed("gas-a") && contributed("river-1")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // No pause before the stop: the shutdown flushes the revision that merges the rest.
     let (status, text) = terminate(&mut child, &log);
     assert!(opened, "{:?}\n{text}", stored_events(dir.path()));
     for sensor in ["gas-a", "gas-b", "gas-c", "gas-d", "river-1"] {
@@ -224,8 +228,8 @@ fn the_session_survives_a_broker_restart_and_keeps_what_was_queued() {
 [mqtt]
 url = "{url}"
 client_id = "restart-test"
-initial_backoff_s = 4.0
-max_backoff_s = 4.0
+initial_backoff_s = 8.0
+max_backoff_s = 8.0
   [[mqtt.topics]]
   pattern = "plant/+/senml"
 "#,
@@ -235,6 +239,7 @@ max_backoff_s = 4.0
     let config = sensor_config(dir.path(), listen, &mqtt, sensors);
     let (mut child, log) = spawn_logged(&config, &[]);
     wait_connected(listen);
+    broker.wait_subscribed("restart-test", "plant/+/senml", 1);
     // Distinct times: two readings of one sensor at one time are a duplicate.
     let t0 = now_s();
     let reading = |i: usize| {
@@ -248,28 +253,32 @@ max_backoff_s = 4.0
         let publisher = Mqtt::connect(&broker.url(), "restart-pub-1");
         for i in 0..50 {
             publisher.publish("plant/gas-r/senml", reading(i));
-            std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(eventually(Duration::from_secs(10), || metric(
+        assert!(eventually(Duration::from_secs(30), || metric(
             &metrics(listen),
             "skynet_sensor_readings_total{sensor=\"gas-r\"}"
         ) == 50.0));
     }
     broker.stop();
     broker.restart();
-    // skynet waits 4 s before it reconnects: these are published while it is away.
+    // skynet waits its backoff before it reconnects: these are published while it is
+    // away. Whether they were is read from the broker's log (skynet subscribes again on
+    // every connection), not assumed from timing; the check names the test's premise.
     let publisher = Mqtt::connect(&broker.url(), "restart-pub-2");
     for i in 50..250 {
         publisher.publish("plant/gas-r/senml", reading(i));
     }
+    // The DISCONNECT goes out after the publishes, on the same connection: once the broker
+    // logs it, it has queued all 200 for skynet's session.
+    publisher.client.disconnect().unwrap();
     assert!(
-        !eventually(Duration::from_millis(300), || metric(
-            &metrics(listen),
-            "skynet_mqtt_connected"
-        ) == 1.0),
-        "published while skynet was disconnected"
+        eventually(Duration::from_secs(30), || broker
+            .log()
+            .contains("Client restart-pub-2 disconnected")),
+        "{}",
+        broker.log()
     );
-    let all = eventually(Duration::from_secs(30), || {
+    let all = eventually(Duration::from_secs(60), || {
         metric(
             &metrics(listen),
             "skynet_sensor_readings_total{sensor=\"gas-r\"}",
@@ -281,6 +290,22 @@ max_backoff_s = 4.0
         all,
         "all 250 readings arrived after the restart: {}\n{text}",
         metric(&m, "skynet_sensor_readings_total{sensor=\"gas-r\"}")
+    );
+    // The premise, read from the broker's log rather than assumed from the backoff: the
+    // 200 were queued before skynet came back and subscribed again.
+    let broker_log = broker.log();
+    let lines: Vec<&str> = broker_log.lines().collect();
+    let gone = lines
+        .iter()
+        .position(|l| l.contains("Client restart-pub-2 disconnected"));
+    let back = lines.iter().rposition(|l| {
+        l.starts_with(|c: char| c.is_ascii_digit())
+            && l.ends_with(" plant/+/senml")
+            && l.contains(": restart-test ")
+    });
+    assert!(
+        gone.is_some() && back.is_some() && gone < back,
+        "published while skynet was disconnected:\n{broker_log}"
     );
     assert!(metric(&m, "skynet_mqtt_reconnects_total") >= 1.0);
     assert!(text.contains("MQTT connection lost"), "{text}");
@@ -373,12 +398,9 @@ max_age_s = 86400
     let config = sensor_config(dir.path(), listen, &mqtt, &sensors);
     let (mut child, log) = spawn_logged(&config, &[]);
     wait_connected(listen);
+    broker.wait_subscribed("corpus-test", "corpus/+", 1);
     let watcher = Mqtt::connect(&broker.url(), "corpus-watcher");
-    watcher
-        .client
-        .subscribe("deadletter/corpus", QoS::AtLeastOnce)
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    watcher.subscribe_acked("deadletter/corpus", QoS::AtLeastOnce);
     let publisher = Mqtt::connect(&broker.url(), "corpus-pub");
     let start = now_s() - 100.0;
     let corpus = malformed_corpus(1200, now_s());
@@ -501,11 +523,14 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         ],
     );
     wait_connected(listen);
+    broker.wait_subscribed("skynet-city-node", "skynet/sensors/+", 1);
     simulate(&broker.url(), "normal", 20);
-    std::thread::sleep(Duration::from_secs(1));
-    let m = metrics(listen);
+    let mut m = String::new();
     assert!(
-        metric(&m, "skynet_sensor_readings_total{sensor=\"gas-07\"}") >= 30.0,
+        eventually(Duration::from_secs(30), || {
+            m = metrics(listen);
+            metric(&m, "skynet_sensor_readings_total{sensor=\"gas-07\"}") >= 30.0
+        }),
         "{m}\n{}",
         log.lock().unwrap()
     );
@@ -514,7 +539,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         "normal noise is no leak"
     );
     simulate(&broker.url(), "leak", 25);
-    let one = eventually(Duration::from_secs(10), || {
+    let one = eventually(Duration::from_secs(30), || {
         gas_leak_incidents(state.path()).len() == 1
     });
     // cam-safety-03 sees people in the same cell: the fusion rule's level I incident.
@@ -524,7 +549,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
             .find(|e| e.data.category == "person_exposed_to_gas")
             .cloned()
     };
-    let exposed = eventually(Duration::from_secs(20), || {
+    let exposed = eventually(Duration::from_secs(30), || {
         fused(&stored_events(state.path())).is_some()
     });
     let (_, text) = terminate(&mut child, &log);
@@ -693,6 +718,16 @@ fn certificates(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A child process killed (by its pid) and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn mqtts_with_a_ca_and_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
@@ -704,16 +739,20 @@ fn mqtts_with_a_ca_and_a_client_certificate() {
         format!(
             "allow_anonymous true\n\
              listener {plain_port} 127.0.0.1\n\
-             listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\nrequire_certificate true\n"
+             listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\nrequire_certificate true\n\
+             log_dest file {c}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type subscribe\n"
         ),
     )
     .unwrap();
-    let mut broker = Command::new("/usr/sbin/mosquitto")
-        .args(["-c", certs.path().join("mosquitto.conf").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed by its pid when the test ends, even by a failed assertion.
+    let _broker = KillOnDrop(
+        Command::new("/usr/sbin/mosquitto")
+            .args(["-c", certs.path().join("mosquitto.conf").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let plain = format!("mqtt://127.0.0.1:{plain_port}");
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
@@ -743,7 +782,16 @@ key_file = "{c}/client.key"
         "skynet connects over TLS with its client certificate:\n{}",
         log.lock().unwrap()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Mosquitto logs the subscription once it is in place (`log_type subscribe`).
+    let broker_log =
+        || std::fs::read_to_string(certs.path().join("mosquitto.log")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(30), || broker_log()
+            .lines()
+            .any(|l| l.ends_with(": tls-test 1 tls/+"))),
+        "skynet subscribed over TLS: {}",
+        broker_log()
+    );
     let publisher = Mqtt::connect(&plain, "tls-pub");
     publisher.publish("tls/gas-t", r#"[{"n":"co","u":"ppm","v":7}]"#);
     let arrived = eventually(Duration::from_secs(10), || {
@@ -753,8 +801,6 @@ key_file = "{c}/client.key"
         ) == 1.0
     });
     let (_, text) = terminate(&mut child, &log);
-    let _ = broker.kill();
-    let _ = broker.wait();
     assert!(arrived, "{text}");
 }
 
@@ -763,18 +809,18 @@ fn a_silent_sensor_opens_sensor_offline_and_closes_it_when_back() {
     let dir = tempfile::tempdir().unwrap();
     let listen = free_port();
     let prefix = unique("offline");
+    let broker = Broker::start();
+    let id = prefix.replace('/', "-");
     let mqtt = format!(
-        "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"{}\"\nclean_session = true\n  [[mqtt.topics]]\n  pattern = \"{prefix}/+\"\n",
-        prefix.replace('/', "-")
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"{id}\"\nclean_session = true\n  [[mqtt.topics]]\n  pattern = \"{prefix}/+\"\n",
+        broker.url()
     );
     let sensors = "[[sensors]]\nid = \"water-x\"\nkind = \"water_level\"\ngrid = \"G-0301\"\nowner = \"city_management\"\nexpected_interval_s = 2\n";
     let config = sensor_config(dir.path(), listen, &mqtt, sensors);
     let (mut child, log) = spawn_logged(&config, &[]);
     wait_connected(listen);
-    let publisher = Mqtt::connect(
-        "mqtt://127.0.0.1:1883",
-        &format!("{}-pub", prefix.replace('/', "-")),
-    );
+    broker.wait_subscribed(&id, &format!("{prefix}/+"), 1);
+    let publisher = Mqtt::connect(&broker.url(), &format!("{id}-pub"));
     let topic = format!("{prefix}/water-x");
     publisher.publish(&topic, r#"[{"n":"level","u":"m","v":1.2}]"#);
     let offline = |status: &str| {
@@ -787,9 +833,9 @@ fn a_silent_sensor_opens_sensor_offline_and_closes_it_when_back() {
                 && serde_json::to_value(e.data.status).unwrap() == status
         })
     };
-    let opened = eventually(Duration::from_secs(15), || offline("opened"));
+    let opened = eventually(Duration::from_secs(30), || offline("opened"));
     publisher.publish(&topic, r#"[{"n":"level","u":"m","v":1.3}]"#);
-    let closed = eventually(Duration::from_secs(15), || offline("closed"));
+    let closed = eventually(Duration::from_secs(30), || offline("closed"));
     let (_, text) = terminate(&mut child, &log);
     assert!(
         opened && closed,
@@ -819,7 +865,7 @@ fn a_broker_down_at_start_is_waited_for_and_shown_in_readyz() {
     let config = sensor_config(dir.path(), listen, &mqtt, sensors);
     let (mut child, log) = spawn_logged(&config, &[]);
     // Up and serving, not ready: the mqtt component says why.
-    let waiting = eventually(Duration::from_secs(20), || {
+    let waiting = eventually(Duration::from_secs(60), || {
         http_get(listen, "/readyz").is_some_and(|r| {
             r.starts_with("HTTP/1.1 503") && r.contains("\"mqtt\"") && r.contains("retrying")
         })
@@ -827,6 +873,7 @@ fn a_broker_down_at_start_is_waited_for_and_shown_in_readyz() {
     assert!(child.try_wait().unwrap().is_none(), "skynet keeps running");
     broker.restart();
     wait_connected(listen);
+    broker.wait_subscribed("late-broker", "late/+", 1);
     let publisher = Mqtt::connect(&broker.url(), "late-pub");
     publisher.publish("late/gas-l", r#"[{"n":"co","u":"ppm","v":3}]"#);
     let arrived = eventually(Duration::from_secs(10), || {
@@ -866,15 +913,16 @@ fn kill_9_then_restart_goes_on_with_the_same_sensor_incident() {
     };
     let (mut child, _log) = spawn_logged(&config, &[]);
     wait_connected(listen);
+    broker.wait_subscribed("kill-test", "kill/+", 1);
     publisher.publish("kill/gas-k", leak(-30.0));
-    assert!(eventually(Duration::from_secs(15), || !leaks(dir.path()).is_empty()));
+    assert!(eventually(Duration::from_secs(30), || !leaks(dir.path()).is_empty()));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Published while skynet is dead: the persistent session keeps it.
     publisher.publish("kill/gas-k", leak(-10.0));
     let (mut child, log) = spawn_logged(&config, &[]);
     wait_connected(listen);
-    eventually(Duration::from_secs(15), || leaks(dir.path()).len() >= 2);
+    eventually(Duration::from_secs(30), || leaks(dir.path()).len() >= 2);
     let (_, text) = terminate(&mut child, &log);
     let seen = leaks(dir.path());
     let ids: std::collections::BTreeSet<&String> = seen.iter().map(|(id, _)| id).collect();

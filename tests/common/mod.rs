@@ -464,7 +464,13 @@ impl PrivateNats {
     }
 
     pub fn resume(&mut self) {
-        let child = Command::new("nats-server")
+        // Debian puts it in /usr/sbin, which a non-root user's PATH may lack.
+        let bin = if Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(bin)
             .args([
                 "-js",
                 "-a",

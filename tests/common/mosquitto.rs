@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +29,10 @@ impl Broker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-                 persistence true\npersistence_location {}/\nautosave_interval 1\n",
-                dir.path().display()
+                 persistence true\npersistence_location {dir}/\nautosave_interval 1\n\
+                 log_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\n\
+                 log_type notice\nlog_type information\nlog_type subscribe\n",
+                dir = dir.path().display()
             ),
         )
         .unwrap();
@@ -68,6 +71,44 @@ impl Broker {
         );
     }
 
+    /// The broker's log so far: connections, disconnections and subscriptions, in the
+    /// order the broker handled them.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// How many times the broker has accepted a subscription of `client_id` to exactly
+    /// `filter`, read from its log (`log_type subscribe`: Mosquitto writes the line once
+    /// the subscription is in place, before its SUBACK). A client resubscribing after each
+    /// reconnect adds one line each time.
+    pub fn subscriptions(&self, client_id: &str, filter: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| {
+                // "<time>: <client id> <qos> <filter>"
+                let Some((_, rest)) = line.split_once(": ") else {
+                    return false;
+                };
+                let mut parts = rest.splitn(3, ' ');
+                parts.next() == Some(client_id)
+                    && parts.next().is_some_and(|q| q.parse::<u8>().is_ok())
+                    && parts.next() == Some(filter)
+            })
+            .count()
+    }
+
+    /// Waits until `client_id` (skynet's sensor feed, say) has subscribed to `filter` at
+    /// least `times` times: messages published after that reach it, whatever its session.
+    pub fn wait_subscribed(&self, client_id: &str, filter: &str, times: usize) {
+        assert!(
+            eventually(Duration::from_secs(30), || self
+                .subscriptions(client_id, filter)
+                >= times),
+            "{client_id} subscribed to {filter} {times} time(s) on the private broker: {}",
+            self.log()
+        );
+    }
+
     /// SIGTERM: it saves its sessions and queues, then exits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -96,6 +137,8 @@ pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 pub struct Mqtt {
     pub client: Client,
     pub received: Received,
+    /// SUBACKs received so far (see [`Mqtt::subscribe_acked`]).
+    pub subacks: Arc<AtomicUsize>,
 }
 
 impl Mqtt {
@@ -114,7 +157,12 @@ impl Mqtt {
         let (client, mut connection) = Client::new(options, 10_000);
         let received = Arc::new(Mutex::new(Vec::new()));
         let connected = Arc::new(Mutex::new(false));
-        let (r, c) = (Arc::clone(&received), Arc::clone(&connected));
+        let subacks = Arc::new(AtomicUsize::new(0));
+        let (r, c, acks) = (
+            Arc::clone(&received),
+            Arc::clone(&connected),
+            Arc::clone(&subacks),
+        );
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
@@ -124,6 +172,9 @@ impl Mqtt {
                             .push((p.topic.clone(), p.payload.to_vec()));
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => *c.lock().unwrap() = true,
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks.fetch_add(1, Ordering::SeqCst);
+                    }
                     Ok(_) => {}
                     Err(_) => {
                         *c.lock().unwrap() = false;
@@ -136,7 +187,25 @@ impl Mqtt {
             eventually(Duration::from_secs(10), || *connected.lock().unwrap()),
             "test client connects to {url}"
         );
-        Self { client, received }
+        Self {
+            client,
+            received,
+            subacks,
+        }
+    }
+
+    /// Subscribes and waits for the broker's SUBACK: what is published after this returns
+    /// reaches the client.
+    pub fn subscribe_acked(&self, filter: &str, qos: QoS) {
+        let before = self.subacks.load(Ordering::SeqCst);
+        self.client.subscribe(filter, qos).unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || self
+                .subacks
+                .load(Ordering::SeqCst)
+                > before),
+            "the broker acknowledged the subscription to {filter}"
+        );
     }
 
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {

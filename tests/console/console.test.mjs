@@ -317,7 +317,10 @@ describe('skynet console', { concurrency: false }, () => {
     const countdown = row.locator('[data-testid=countdown-dispatch], [data-testid=countdown-resolve]').first();
     assert.match(await countdown.textContent(), /\d/, 'the ticket shows a countdown');
     const first = await countdown.textContent();
-    await page.waitForTimeout(1500);
+    // The countdown runs: wait for its text to change (a condition, not a fixed pause; the
+    // 30 s is a deadline for a loaded machine, the countdown ticks each second).
+    const handle = await countdown.elementHandle();
+    await page.waitForFunction(([element, before]) => element.textContent !== before, [handle, first], { timeout: 30_000 });
     assert.notEqual(await countdown.textContent(), first, 'the countdown runs');
     await screenshot(page, 'inspector-ticket-zh-CN');
 

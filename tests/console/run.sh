@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The web console's browser test against a real skynet:
-#   1. its own Mosquitto and NATS on free ports (when installed), so it neither disturbs nor
-#      is disturbed by other skynet instances on this machine;
+#   1. its own Mosquitto and NATS on free ports (scripts/setup.sh installs both), so it
+#      neither uses nor disturbs any broker already running on this machine;
 #   2. `skynet run --config configs/city.toml` with the API, the metrics and the state
 #      (outbox, users, evidence) in a temporary directory;
 #   3. one user per role;
@@ -54,13 +54,17 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if command -v mosquitto >/dev/null; then
-  MQTT_PORT=$(free_port)
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$MQTT_PORT" >"$WORK/mosquitto.conf"
-  mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
-  PIDS+=($!)
-  export SKYNET_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+# Never the machine's own broker (a fresh machine has none at 127.0.0.1:1883).
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+if [ ! -x "$MOSQUITTO" ]; then
+  echo "run.sh: mosquitto is missing: scripts/setup.sh installs it (apt-get install mosquitto)" >&2
+  exit 1
 fi
+MQTT_PORT=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$MQTT_PORT" >"$WORK/mosquitto.conf"
+"$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+PIDS+=($!)
+export SKYNET_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
 if command -v nats-server >/dev/null; then
   NATS_PORT=$(free_port)
   nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
@@ -122,7 +126,7 @@ if [ "$ready" != true ]; then
 fi
 
 export SKYNET_CONSOLE_URL="http://$SKYNET_API_LISTEN"
-export SKYNET_TRIGGER_INCIDENT="'$SKYNET' simulate sensors --scenario leak --duration 30 --url '${SKYNET_MQTT_URL:-mqtt://127.0.0.1:1883}'"
+export SKYNET_TRIGGER_INCIDENT="'$SKYNET' simulate sensors --scenario leak --duration 30 --url '$SKYNET_MQTT_URL'"
 
 set +e
 node --test --test-reporter=spec tests/console/console.test.mjs 2>&1 | tee "$WORK/node-test.log"

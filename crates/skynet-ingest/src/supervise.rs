@@ -474,8 +474,11 @@ mod tests {
         let returned = Instant::now();
         let triggered = trigger.join().unwrap();
         assert_eq!(exit, SourceExit::Stopped);
+        // The backoff is 60 s: returning well before it ends shows the wait was
+        // interrupted. The bound is that contract with room for a loaded machine, not a
+        // latency check (how promptly is a matter for a bench).
         assert!(
-            returned.duration_since(triggered) < Duration::from_millis(200),
+            returned.duration_since(triggered) < Duration::from_secs(30),
             "took {:?}",
             returned.duration_since(triggered)
         );

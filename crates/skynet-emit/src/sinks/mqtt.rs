@@ -436,7 +436,65 @@ impl IncidentSink for MqttSink {
 mod tests {
     use super::*;
 
-    const SESSION_MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
+    /// A Mosquitto of the test's own on a spare port (`/usr/sbin/mosquitto -c CONF`, which
+    /// scripts/setup.sh installs), killed by its pid on drop: unit tests use no broker they
+    /// did not start.
+    struct PrivateMosquitto {
+        port: u16,
+        dir: std::path::PathBuf,
+        child: std::process::Child,
+    }
+
+    impl PrivateMosquitto {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = std::env::temp_dir().join(format!(
+                "skynet-emit-mosquitto-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"),
+            )
+            .unwrap();
+            let child = std::process::Command::new("/usr/sbin/mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("mosquitto starts (scripts/setup.sh installs it)");
+            let broker = Self { port, dir, child };
+            // Ready when it accepts connections; a generous deadline, not a timing check.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the private mosquitto listens on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            broker
+        }
+
+        fn url(&self) -> String {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for PrivateMosquitto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 
     fn parse(toml_text: &str) -> Result<MqttSinkConfig, String> {
         let config: MqttSinkConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
@@ -576,11 +634,13 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_reaches_the_session_broker_at_qos_1() {
+    fn a_batch_reaches_a_private_broker_at_qos_1() {
+        let broker = PrivateMosquitto::start();
         let unique = format!("t{}x{}", std::process::id(), fastrand_suffix());
         let prefix = format!("skynet-test/{unique}");
         let mut config = parse(&format!(
-            "url = \"{SESSION_MOSQUITTO}\"\ntopic_prefix = \"{prefix}\"\nmax_in_flight = 7"
+            "url = \"{}\"\ntopic_prefix = \"{prefix}\"\nmax_in_flight = 7",
+            broker.url()
         ))
         .unwrap();
         config.client_id = None;
@@ -598,7 +658,7 @@ mod tests {
             .collect();
         runtime().block_on(async {
             // Subscribe first: the broker keeps nothing for a subscriber that is not there.
-            let mut options = MqttOptions::new(format!("sub-{unique}"), "127.0.0.1", 1883);
+            let mut options = MqttOptions::new(format!("sub-{unique}"), "127.0.0.1", broker.port);
             options.set_max_packet_size(1 << 20, 1 << 20);
             let (client, mut eventloop) = AsyncClient::new(options, 100);
             client
@@ -616,7 +676,7 @@ mod tests {
             }
             let mut got = Vec::new();
             while got.len() < batch.len() {
-                let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+                let event = tokio::time::timeout(Duration::from_secs(60), eventloop.poll())
                     .await
                     .expect("the published events arrive")
                     .unwrap();
