@@ -29,6 +29,7 @@ impl Broker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+                 max_inflight_messages 10000\n\
                  persistence true\npersistence_location {dir}/\nautosave_interval 1\n\
                  log_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\n\
                  log_type notice\nlog_type information\nlog_type subscribe\n",

@@ -40,4 +40,16 @@ pub fn describe_metrics() {
         "skynet_sensor_deadletter_dropped_total",
         "Dead-letter copies dropped because the MQTT client's queue was full."
     );
+    describe_counter!(
+        "skynet_sensor_acked_total",
+        "Sensor messages acknowledged to the broker, each once what it led to was committed."
+    );
+    describe_counter!(
+        "skynet_sensor_queue_full_total",
+        "Sensor messages that waited in the MQTT connection because the sensor stage's queue was full (the connection kept polling)."
+    );
+    describe_gauge!(
+        "skynet_mqtt_backlog",
+        "Sensor messages waiting in the MQTT connection for room in the sensor stage's queue."
+    );
 }

@@ -366,10 +366,10 @@ impl RuleState {
             last_emitted: self.gate.last_emitted,
             flapping: self.gate.flapping,
         };
-        if gate.last_emitted.is_some() || gate.flapping {
-            if let Ok(v) = serde_json::to_value(&gate) {
-                out.insert("gate".into(), v);
-            }
+        if (gate.last_emitted.is_some() || gate.flapping)
+            && let Ok(v) = serde_json::to_value(&gate)
+        {
+            out.insert("gate".into(), v);
         }
         let condition = self.condition.state();
         if !condition.is_null() {

@@ -25,8 +25,8 @@ pub use ingest::{
     TopicFamily, UnknownSensors, topic_capture,
 };
 pub use mqtt::{
-    DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttMessage, MqttSettings,
-    TopicSettings,
+    AckSender, DEFAULT_DEADLETTER_TOPIC, DeadLetters, MqttClient, MqttConfig, MqttMessage,
+    MqttSettings, PendingAck, ReadingAcks, TopicSettings,
 };
 pub use payload::{RawRecord, RawTime, RawValue, Reject};
 pub use registration::{SensorSettings, ValidSensor};

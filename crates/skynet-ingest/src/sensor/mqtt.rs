@@ -2,6 +2,11 @@
 //!
 //! - A persistent session (`clean_session = false` by default) with QoS 1 subscriptions:
 //!   what the broker queued while skynet was away arrives when it is back.
+//! - Manual acknowledgements: a message is acknowledged (PUBACK) only once what it led to
+//!   is committed ([`ReadingAcks`]), in receipt order. Until then the broker keeps it, and
+//!   sends it again after a crash.
+//! - The event loop never waits on a full queue: messages wait in a bounded backlog while
+//!   keep-alive pings still go out, and the broker's in-flight window holds the rest.
 //! - Reconnects by itself with capped exponential backoff; subscribes again whenever the
 //!   broker does not have the session any more.
 //! - A last will on the status topic (`offline`, retained); `online` once connected.
@@ -99,7 +104,9 @@ pub struct MqttSettings {
     /// `reject` (count and dead-letter) or `register` (as `unassigned`).
     #[serde(default)]
     pub unknown_sensors: UnknownSensorsSetting,
-    /// Messages waiting for validation; when full, the broker waits (nothing is dropped).
+    /// Messages waiting for validation; when full, the broker waits (nothing is dropped): the
+    /// connection stops taking messages, and the broker stops sending once its in-flight
+    /// window (Mosquitto's `max_inflight_messages`) of unacknowledged ones is full.
     #[serde(default = "default_queue")]
     pub queue: usize,
     #[serde(default = "default_initial_backoff")]
@@ -325,6 +332,71 @@ pub struct MqttMessage {
     pub payload: bytes::Bytes,
     pub at: DateTime<Utc>,
     pub received_at: Instant,
+    /// Its place in the broker's in-flight window (QoS 1 and 2): the broker holds the
+    /// message, and sends it again after a crash, until this is acknowledged.
+    pub ack: Option<PendingAck>,
+}
+
+/// A received QoS 1 (or 2) message not yet acknowledged to the broker: its packet id on the
+/// connection it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAck {
+    /// Which connection (counted from 1): a packet id means something only on its own
+    /// connection, and the broker sends unacknowledged messages again after a reconnect.
+    connection: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+/// Where acknowledgements go: to the MQTT connection, which sends them in the order they
+/// come. Unbounded, but never long: the broker stops sending at its in-flight window (and a
+/// packet id is 16 bits), so at most that many acknowledgements are ever outstanding.
+#[derive(Debug, Clone)]
+pub struct AckSender(mpsc::UnboundedSender<Vec<PendingAck>>);
+
+/// Acknowledgements of received messages, in receipt order, that travel with the data they
+/// led to and are sent once that data is durable ([`ReadingAcks::ack`]). Dropping them
+/// without acking leaves the messages with the broker, which sends them again on the next
+/// start.
+#[derive(Debug)]
+pub struct ReadingAcks {
+    to: AckSender,
+    acks: Vec<PendingAck>,
+}
+
+impl ReadingAcks {
+    pub fn new(to: AckSender) -> Self {
+        Self {
+            to,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Where these go (for the next batch).
+    pub fn sender(&self) -> AckSender {
+        self.to.clone()
+    }
+
+    pub fn push(&mut self, ack: PendingAck) {
+        self.acks.push(ack);
+    }
+
+    /// How many messages this acknowledges.
+    pub fn len(&self) -> usize {
+        self.acks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    /// Hands the acknowledgements to the connection (which sends them in order). Once the
+    /// connection has stopped, nothing is sent: the broker keeps the messages.
+    pub fn ack(self) {
+        if !self.acks.is_empty() {
+            let _ = self.to.0.send(self.acks);
+        }
+    }
 }
 
 /// Publishes refused payloads to the dead-letter topic without ever waiting.
@@ -352,32 +424,51 @@ impl DeadLetters {
     }
 }
 
+/// At most this many messages wait in the connection for room in the consumer's queue. At
+/// QoS 1 the broker's in-flight window (and the 16-bit packet id) keeps the backlog well below
+/// it; at QoS 0 the broker has no window, so at this size the connection stops reading until
+/// the queue has room (TCP then holds the broker back, as before manual acknowledgements).
+const MAX_BACKLOG: usize = 65_536;
+
 /// A connected (or connecting) MQTT client: hand [`MqttClient::run`] to the runtime.
 pub struct MqttClient {
     config: MqttConfig,
     client: AsyncClient,
     eventloop: EventLoop,
+    acks: mpsc::UnboundedReceiver<Vec<PendingAck>>,
+    /// Given out by [`MqttClient::ack_sender`]; dropped when `run` starts, so the connection
+    /// sees when every sender has gone.
+    ack_sender: Option<AckSender>,
 }
 
 impl MqttClient {
     /// Builds the client (reads the certificate files); connecting happens in `run`.
+    /// Acknowledgements are manual: a message is acknowledged when its [`ReadingAcks`] are
+    /// acked, not when it arrives.
     pub fn new(config: MqttConfig) -> Result<Self, MqttError> {
         let mut options = config.connection.options()?;
         options
             .set_clean_session(config.clean_session)
             .set_max_packet_size(config.limits.max_payload_bytes + 64 * 1024, 1024 * 1024)
+            .set_manual_acks(true)
             .set_last_will(LastWill::new(
                 config.status_topic.clone(),
                 "offline",
                 QoS::AtLeastOnce,
                 true,
             ));
+        // Our own publishes (status, dead letters): the client-to-broker window. The
+        // broker-to-client window is the broker's setting (Mosquitto's
+        // `max_inflight_messages`); MQTT 3.1.1 gives the client no say in it.
         options.set_inflight(1000);
         let (client, eventloop) = AsyncClient::new(options, 10_000);
+        let (tx, rx) = mpsc::unbounded_channel();
         Ok(Self {
             config,
             client,
             eventloop,
+            acks: rx,
+            ack_sender: Some(AckSender(tx)),
         })
     }
 
@@ -390,52 +481,169 @@ impl MqttClient {
         }
     }
 
+    /// Where the consumer sends acknowledgements (see [`ReadingAcks`]). Take it before `run`.
+    pub fn ack_sender(&self) -> Option<AckSender> {
+        self.ack_sender.clone()
+    }
+
     /// Runs the connection until `stop`: every message on the families' topics goes to
-    /// `out` (as whatever the consumer's queue carries), waiting when it is full (the broker
-    /// holds the rest). Returns when stopped or when `out` is closed.
+    /// `out` (as whatever the consumer's queue carries), in order.
+    ///
+    /// - While `out` is full, messages wait in a local backlog and the connection keeps
+    ///   polling, so keep-alive pings go out; the broker stops sending once its in-flight
+    ///   window of unacknowledged messages is full. Each message that had to wait is counted
+    ///   in `skynet_sensor_queue_full_total`.
+    /// - Acknowledgements from [`ReadingAcks`] are sent in the order they come; those of an
+    ///   earlier connection are dropped (the broker sends those messages again).
+    /// - At `stop`, messages not yet in `out` are dropped unacknowledged (the broker keeps
+    ///   them) and `out` is closed; the connection goes on sending acknowledgements until
+    ///   every [`AckSender`] has gone (what was taken is then acked or given up), then says
+    ///   `offline` and disconnects.
     pub async fn run<T: From<MqttMessage> + Send>(
-        mut self,
+        self,
         out: mpsc::Sender<T>,
         stop: Shutdown,
         health: ComponentHealth,
     ) {
-        let url = self.config.connection.display_url.clone();
+        let Self {
+            config,
+            client,
+            mut eventloop,
+            acks: mut ack_rx,
+            ack_sender,
+        } = self;
+        drop(ack_sender);
+        let url = config.connection.display_url.clone();
         let connected = metrics::gauge!("skynet_mqtt_connected");
         let reconnects = metrics::counter!("skynet_mqtt_reconnects_total");
         let received = metrics::counter!("skynet_mqtt_messages_total");
+        let queue_full = metrics::counter!("skynet_sensor_queue_full_total");
+        let acked = metrics::counter!("skynet_sensor_acked_total");
+        let backlog_gauge = metrics::gauge!("skynet_mqtt_backlog");
         let depth =
             metrics::gauge!("skynet_queue_depth", "queue" => "sensor_messages", "stage" => "mqtt");
-        let mut backoff = self.config.initial_backoff;
+        let mut backoff = config.initial_backoff;
         let mut was_connected = false;
         let mut failures = 0u64;
+        let mut out = Some(out);
+        let mut backlog: std::collections::VecDeque<T> = std::collections::VecDeque::new();
+        let mut to_ack: std::collections::VecDeque<PendingAck> =
+            std::collections::VecDeque::new();
+        let mut connection = 0u64;
+        let mut acks_open = true;
+        let mut stopping = false;
         connected.set(0.0);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
+            if !stopping && stop.is_triggered() {
+                stopping = true;
+                if !backlog.is_empty() {
+                    tracing::info!(
+                        waiting = backlog.len(),
+                        "sensor feed stopping: messages not yet taken stay with the broker"
+                    );
+                }
+                backlog.clear();
+                backlog_gauge.set(0.0);
+                // Closing the queue lets the sensor stage drain what it holds, and end.
+                out = None;
+            }
+            // Acknowledgements go into the client's request queue; what does not fit waits
+            // for the next turn (the event loop empties that queue as it runs).
+            while let Some(ack) = to_ack.front() {
+                let publish = rumqttc::Publish {
+                    dup: false,
+                    qos: ack.qos,
+                    retain: false,
+                    topic: String::new(),
+                    pkid: ack.pkid,
+                    payload: bytes::Bytes::new(),
+                };
+                match client.try_ack(&publish) {
+                    Ok(()) => {
+                        acked.increment(1);
+                        to_ack.pop_front();
+                    }
+                    Err(_) => break,
+                }
+            }
+            if stopping && !acks_open && to_ack.is_empty() {
+                break;
+            }
+            // An owned handle for the wait on the queue, so the branches below may close it.
+            let waiting_for_room = out.clone().filter(|_| !backlog.is_empty());
             let event = tokio::select! {
-                event = self.eventloop.poll() => event,
-                _ = tick.tick() => {
-                    if stop.is_triggered() {
-                        break;
+                batch = ack_rx.recv(), if acks_open => {
+                    match batch {
+                        Some(batch) => to_ack.extend(batch.into_iter().filter(|a| a.connection == connection)),
+                        None => acks_open = false,
                     }
                     continue;
                 }
+                permit = async move {
+                    match waiting_for_room {
+                        Some(queue) => queue.reserve_owned().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if !backlog.is_empty() => {
+                    match (permit, backlog.pop_front()) {
+                        (Some(permit), Some(item)) => {
+                            permit.send(item);
+                        }
+                        // The consumer has gone: nothing more can be handed over.
+                        _ => {
+                            backlog.clear();
+                            out = None;
+                        }
+                    }
+                    backlog_gauge.set(backlog.len() as f64);
+                    continue;
+                }
+                event = eventloop.poll(), if backlog.len() < MAX_BACKLOG => event,
+                _ = tick.tick() => continue,
             };
             match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     received.increment(1);
-                    let message = MqttMessage {
+                    // Stopping (or no consumer): not taken, so not acknowledged; the broker
+                    // sends it again on the next start.
+                    let Some(queue) = out.as_ref() else {
+                        continue;
+                    };
+                    let ack = (p.qos != QoS::AtMostOnce).then_some(PendingAck {
+                        connection,
+                        pkid: p.pkid,
+                        qos: p.qos,
+                    });
+                    let message = T::from(MqttMessage {
                         topic: p.topic,
                         payload: p.payload,
                         at: Utc::now(),
                         received_at: Instant::now(),
-                    };
-                    depth.set((out.max_capacity() - out.capacity()) as f64);
-                    if out.send(T::from(message)).await.is_err() {
-                        return;
+                        ack,
+                    });
+                    depth.set((queue.max_capacity() - queue.capacity()) as f64);
+                    if !backlog.is_empty() {
+                        queue_full.increment(1);
+                        backlog.push_back(message);
+                    } else {
+                        match queue.try_send(message) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(message)) => {
+                                queue_full.increment(1);
+                                backlog.push_back(message);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => out = None,
+                        }
                     }
+                    backlog_gauge.set(backlog.len() as f64);
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = self.config.initial_backoff;
+                    // A new connection: packet ids of the old one mean nothing here, and the
+                    // broker sends its unacknowledged messages again.
+                    connection += 1;
+                    to_ack.clear();
+                    backoff = config.initial_backoff;
                     connected.set(1.0);
                     if was_connected {
                         reconnects.increment(1);
@@ -445,8 +653,8 @@ impl MqttClient {
                     tracing::info!(url = %url, session_present = ack.session_present, "MQTT connected");
                     health.describe(Some(&format!("connected to {url}")), None);
                     health.up();
-                    let _ = self.client.try_publish(
-                        self.config.status_topic.clone(),
+                    let _ = client.try_publish(
+                        config.status_topic.clone(),
                         QoS::AtLeastOnce,
                         true,
                         "online",
@@ -456,13 +664,12 @@ impl MqttClient {
                     // 2.0 with persistence, for a new client). A repeated subscription only
                     // replaces the old one; retained messages it brings again are refused
                     // as duplicates.
-                    let filters: Vec<rumqttc::SubscribeFilter> = self
-                        .config
+                    let filters: Vec<rumqttc::SubscribeFilter> = config
                         .families
                         .iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f.pattern.clone(), self.config.qos))
+                        .map(|f| rumqttc::SubscribeFilter::new(f.pattern.clone(), config.qos))
                         .collect();
-                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                    if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::error!(url = %url, error = %e, "MQTT subscribe could not be queued");
                     }
                 }
@@ -485,25 +692,30 @@ impl MqttClient {
                         tracing::warn!(error = %reason, retry_in_s = backoff.as_secs_f64(), attempt = failures, "MQTT connection lost; reconnecting");
                     }
                     health.retrying(reason);
+                    if stopping {
+                        // Nothing more can be acknowledged on this connection.
+                        break;
+                    }
                     let until = tokio::time::Instant::now() + backoff;
                     while tokio::time::Instant::now() < until && !stop.is_triggered() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    backoff = (backoff * 2).min(config.max_backoff);
                 }
             }
         }
-        // A clean goodbye: offline (retained) first, then disconnect; a second at most.
+        // A clean goodbye: offline (retained) first, then disconnect; a second at most. The
+        // acknowledgements queued before are sent first (the client's queue is in order).
         connected.set(0.0);
-        let _ = self.client.try_publish(
-            self.config.status_topic.clone(),
+        let _ = client.try_publish(
+            config.status_topic.clone(),
             QoS::AtLeastOnce,
             true,
             "offline",
         );
-        let _ = self.client.try_disconnect();
+        let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while self.eventloop.poll().await.is_ok() {}
+            while eventloop.poll().await.is_ok() {}
         })
         .await;
         health.finished();

@@ -17,6 +17,9 @@ pub(crate) struct Commit {
     pub state: Option<String>,
     /// The case system's status events these revisions apply: acknowledged once stored.
     pub acks: Vec<CaseAck>,
+    /// Sensor messages whose effect (or, for those that changed nothing, everything before
+    /// them) this commit holds: acknowledged to the broker once stored, in receipt order.
+    pub sensor_acks: Vec<skynet_ingest::sensor::ReadingAcks>,
 }
 
 /// How long a failing outbox is retried once shutdown is asked for. Until then it is retried
@@ -42,6 +45,9 @@ pub(crate) fn run(
                 }
                 for ack in commit.acks {
                     ack.ack();
+                }
+                for acks in commit.sensor_acks {
+                    acks.ack();
                 }
                 // Stored: the browsers may see it now.
                 if let Some(console) = console {

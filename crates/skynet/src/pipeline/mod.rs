@@ -241,6 +241,11 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 None
             }
         });
+    // The sensor stage's rules go on from their saved memory too (streaks across a restart).
+    let restored_sensor_rules = restored
+        .as_ref()
+        .map(|s| s.sensor_rules.clone())
+        .unwrap_or_default();
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let committer =
         Committer::new(&config.node, outbox).with_retention(config.outbox_retention, sink_names);
@@ -298,11 +303,11 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         preview_thread = Some(handle);
     }
     // Sensors: the MQTT connection on the runtime, validation and rules on their own thread.
-    let mut sensor_thread = None;
+    let mut sensor_feed = None;
     if let Some(mqtt) = &config.mqtt {
         let (sensor_events, sensor_events_rx) =
             crossbeam_channel::bounded::<sensors::SensorEvent>(4096);
-        sensor_thread = Some(sensors::start(
+        sensor_feed = Some(sensors::start(
             &services.runtime(),
             mqtt,
             &config.sensors,
@@ -310,6 +315,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             &shutdown,
             sensor_events,
             console.clone(),
+            restored_sensor_rules,
         )?);
         rules_and_risk = rules_and_risk.with_sensor_events(
             sensor_events_rx,
@@ -388,16 +394,31 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     for handle in detect_threads {
         let _ = handle.join();
     }
+    if let Some(feed) = &mut sensor_feed {
+        // Sensors drain first: the connection stops taking messages at the stop signal (now,
+        // when the run ends with its files), and the sensor thread ends once it has handed
+        // the risk stage what was queued; risk applies it, and its last commit acknowledges
+        // it to the broker. Only then do risk and commit stop.
+        if !wait_for_shutdown {
+            shutdown.trigger();
+        }
+        if let Some(thread) = feed.thread.take() {
+            let _ = thread.join();
+        }
+    }
     let _ = risk_thread.join();
     if let Some(consumer) = case_consumer {
         // Status events not yet committed are not acknowledged: they come again next start.
         consumer.abort();
     }
     let _ = commit_thread.join();
-    if let Some(thread) = sensor_thread {
-        // It ends once the MQTT connection has stopped (or the risk stage has gone).
+    if let Some(feed) = sensor_feed {
+        // Every commit is stored (or given up): the connection sends the last
+        // acknowledgements, says `offline` and disconnects.
         shutdown.trigger();
-        let _ = thread.join();
+        if !feed.wait_for_connection(Duration::from_secs(5)) {
+            tracing::warn!("the MQTT connection did not finish in time; unacknowledged readings come again on the next start");
+        }
     }
     if wait_for_shutdown && !shutdown.is_triggered() {
         tracing::info!("every source has ended; delivering and serving until SIGINT or SIGTERM");

@@ -47,6 +47,11 @@ use crate::config::PipelineConfig;
 
 /// How often evidence that changed no incident is still saved.
 const STATE_EVERY: Duration = Duration::from_secs(2);
+/// Sensor messages wait at most about this long for a commit to acknowledge them (when no
+/// revision makes one sooner); the broker sends no more than its in-flight window meanwhile.
+const SENSOR_ACKS_EVERY: Duration = Duration::from_millis(20);
+/// ... or this many checkpoints (each up to `CHECKPOINT_EVERY` messages).
+const SENSOR_ACK_BATCHES: usize = 16;
 /// A live camera with no frame for this long is quiet: its watermark drives its clock.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 
@@ -87,6 +92,10 @@ pub(crate) struct RulesAndRisk {
     camera_events: Option<crossbeam_channel::Receiver<CameraEvent>>,
     /// Evidence and faults from the sensor stage.
     sensor_events: Option<crossbeam_channel::Receiver<SensorEvent>>,
+    /// Acks of sensor messages whose effect the next commit holds (in receipt order).
+    sensor_acks: Vec<skynet_ingest::sensor::ReadingAcks>,
+    /// Each sensor's rules' memory as of the last checkpoint, saved with the state.
+    sensor_rules: BTreeMap<String, super::sensors::SensorRulesState>,
     /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
     sensors: Vec<DeviceId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
@@ -115,11 +124,13 @@ impl RulesAndRisk {
             Box::new(GridRiskEngine::new(config.risk.clone(), context.clone()));
         let mut clocks = BTreeMap::new();
         let mut rule_states = BTreeMap::new();
+        let mut sensor_rules = BTreeMap::new();
         if let Some(state) = restored {
             match engine.restore(&state.engine) {
                 Ok(()) => {
                     clocks = state.cameras;
                     rule_states = state.rules;
+                    sensor_rules = state.sensor_rules;
                     tracing::info!(
                         cameras = clocks.len(),
                         "going on from the state committed before the last stop"
@@ -190,6 +201,8 @@ impl RulesAndRisk {
             last_state: Instant::now(),
             camera_events: None,
             sensor_events: None,
+            sensor_acks: Vec::new(),
+            sensor_rules,
             sensors: Vec::new(),
             cases: None,
             acks: Vec::new(),
@@ -291,6 +304,20 @@ impl RulesAndRisk {
             }
             SensorEvent::Fault(fault) => self.observe(&fault.observation()),
             SensorEvent::Recovered { device, at } => self.recover(&device, SENSOR_OFFLINE, at),
+            SensorEvent::Checkpoint { acks, rules } => {
+                if !rules.is_empty() {
+                    self.dirty = true;
+                }
+                for (sensor, state) in rules {
+                    if state.is_empty() {
+                        self.sensor_rules.remove(&sensor);
+                    } else {
+                        self.sensor_rules.insert(sensor, state);
+                    }
+                }
+                self.sensor_acks.extend(acks);
+                Vec::new()
+            }
         }
     }
 
@@ -318,13 +345,22 @@ impl RulesAndRisk {
         self.observe(&DeviceFault::recovery(source, grid, category, at))
     }
 
-    /// At shutdown: what the sensor stage still sends until it has stopped (a few seconds at
-    /// most), so evidence already validated is not lost.
+    /// Whether sensor messages wait for a commit to be acknowledged, and it is time for one:
+    /// promptly, even when they changed nothing, or the broker's in-flight window fills.
+    fn sensor_acks_due(&self) -> bool {
+        !self.sensor_acks.is_empty()
+            && (self.last_state.elapsed() >= SENSOR_ACKS_EVERY
+                || self.sensor_acks.len() >= SENSOR_ACK_BATCHES)
+    }
+
+    /// At shutdown: what the sensor stage still sends until it has stopped (it drains its
+    /// queue first: the connection stopped taking messages at the stop signal), so every
+    /// message it took is applied and acknowledged with the last commit.
     fn drain_sensor_events(&mut self) -> Vec<RiskEvent> {
         let Some(rx) = self.sensor_events.take() else {
             return Vec::new();
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut revisions = Vec::new();
         while Instant::now() < deadline {
             match rx.recv_timeout(POLL) {
@@ -425,7 +461,7 @@ impl RulesAndRisk {
             }
             let mut revisions = self.take_sensor_events(Duration::ZERO);
             revisions.extend(self.take_case_feedback());
-            if !revisions.is_empty() || !self.acks.is_empty() {
+            if !revisions.is_empty() || !self.acks.is_empty() || self.sensor_acks_due() {
                 self.commit(revisions)?;
             }
             if last_tick.elapsed() >= POLL {
@@ -577,6 +613,7 @@ impl RulesAndRisk {
                 .map(|(id, c)| (id.to_string(), c.rules.state()))
                 .filter(|(_, rules)| !rules.is_empty())
                 .collect(),
+            sensor_rules: self.sensor_rules.clone(),
             engine: self.engine.snapshot(),
         };
         match serde_json::to_string(&state) {
@@ -605,10 +642,12 @@ impl RulesAndRisk {
         self.dirty = false;
         self.last_state = Instant::now();
         let acks = std::mem::take(&mut self.acks);
+        let sensor_acks = std::mem::take(&mut self.sensor_acks);
         self.commits.send(Commit {
             incidents,
             state,
             acks,
+            sensor_acks,
         })?;
         Ok(())
     }

@@ -7,10 +7,19 @@
 //! ```
 //!
 //! Validation and rules run on their own thread, so the connection only moves bytes; a full
-//! queue makes the connection wait (the broker holds the rest), and a full queue to the risk
-//! stage makes this thread wait: no reading that passed validation and no evidence is dropped.
+//! queue makes the connection hold messages back (the broker holds the rest), and a full
+//! queue to the risk stage makes this thread wait: no reading that passed validation and no
+//! evidence is dropped.
+//!
+//! Acknowledgements: each message's ack travels behind the evidence it gave, in a
+//! [`SensorEvent::Checkpoint`] with the memory of the rules it changed. The risk stage puts
+//! both into its next commit, and the commit stage acks once that commit is stored: a
+//! reading is acknowledged to the broker only when its effect (or, for a reading that
+//! changes nothing or is refused, everything received before it) is durable, in receipt
+//! order. A checkpoint goes out whenever the queue runs empty, and at least every
+//! [`CHECKPOINT_EVERY`] messages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,7 +28,8 @@ use chrono::{DateTime, Utc};
 use skynet_core::{DeviceFault, DeviceId, Health, Observation, Shutdown};
 use skynet_detect::{Liveness, SensorRules};
 use skynet_ingest::sensor::{
-    DeadLetters, MqttClient, MqttConfig, MqttMessage, Reject, SensorIngest,
+    AckSender, DeadLetters, MqttClient, MqttConfig, MqttMessage, ReadingAcks, Reject,
+    SensorIngest,
 };
 use tokio::sync::mpsc;
 
@@ -28,13 +38,29 @@ use crate::config::SensorConfig;
 
 /// What the sensor stage hands the risk stage.
 // Nearly every event is an observation: boxing them would add an allocation each.
+// Not `Clone`: a checkpoint's acknowledgements are sent once.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum SensorEvent {
     Observation(Observation),
     Fault(DeviceFault),
     Recovered { device: DeviceId, at: DateTime<Utc> },
+    /// Everything sent before this is the effect of the messages `acks` acknowledges: ack
+    /// them once a commit made after it is stored. `rules`: the rules' memory of each
+    /// sensor whose readings changed it since the last checkpoint (an empty map: nothing
+    /// left to keep), for the saved state.
+    Checkpoint {
+        acks: Option<ReadingAcks>,
+        rules: Vec<(String, SensorRulesState)>,
+    },
 }
+
+/// One sensor's rules' memory, by rule name ([`skynet_detect::SensorRules::state`]).
+pub type SensorRulesState = BTreeMap<String, serde_json::Value>;
+
+/// A checkpoint goes out at least this often (in messages), even while the queue stays
+/// full, so acknowledgements keep flowing under load.
+pub const CHECKPOINT_EVERY: usize = 512;
 
 /// What the sensor thread receives: a message, or a tick for the liveness checks.
 #[derive(Debug)]
@@ -60,6 +86,12 @@ pub struct SensorStage {
     logged: HashMap<Reject, u64>,
     /// The console's sensor list: last readings and offline states.
     console: Option<Arc<skynet_serve::console::Console>>,
+    /// Acknowledgements of the messages processed since the last checkpoint.
+    acks: Option<ReadingAcks>,
+    /// Messages processed since the last checkpoint.
+    since_checkpoint: usize,
+    /// Sensors whose rules saw a reading since the last checkpoint.
+    changed: BTreeSet<String>,
 }
 
 impl SensorStage {
@@ -88,7 +120,63 @@ impl SensorStage {
             latency: metrics::histogram!("skynet_sensor_latency_seconds"),
             logged: HashMap::new(),
             console: None,
+            acks: None,
+            since_checkpoint: 0,
+            changed: BTreeSet::new(),
         }
+    }
+
+    /// Acknowledges each message through `to` once the checkpoint after it is committed.
+    pub fn with_acks(mut self, to: Option<AckSender>) -> Self {
+        self.acks = to.map(ReadingAcks::new);
+        self
+    }
+
+    /// Gives each sensor's rules the memory saved before the last stop
+    /// ([`PipelineState::sensor_rules`](skynet_risk::state::PipelineState)).
+    pub fn with_restored(mut self, mut saved: BTreeMap<String, SensorRulesState>) -> Self {
+        let mut restored = 0usize;
+        for (sensor, rules) in &mut self.rules {
+            if let Some(state) = saved.remove(sensor) {
+                rules.restore(state);
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                sensors = restored,
+                "sensor rules go on from the memory committed before the last stop"
+            );
+        }
+        self
+    }
+
+    /// Messages processed since the last checkpoint.
+    pub fn since_checkpoint(&self) -> usize {
+        self.since_checkpoint
+    }
+
+    /// Sends what was processed since the last checkpoint to `emit`: the acknowledgements,
+    /// behind the evidence, and the memory of the rules that changed. Nothing when nothing
+    /// was processed.
+    pub fn checkpoint(&mut self, emit: &mut impl FnMut(SensorEvent)) {
+        if self.since_checkpoint == 0 && self.changed.is_empty() {
+            return;
+        }
+        self.since_checkpoint = 0;
+        let rules = std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter_map(|sensor| {
+                let state = self.rules.get(&sensor)?.state();
+                Some((sensor, state))
+            })
+            .collect();
+        let acks = self.acks.as_mut().and_then(|pending| {
+            let fresh = ReadingAcks::new(pending.sender());
+            let full = std::mem::replace(pending, fresh);
+            (!full.is_empty()).then_some(full)
+        });
+        emit(SensorEvent::Checkpoint { acks, rules });
     }
 
     /// Shows each sensor's last reading and offline state on the console.
@@ -100,7 +188,15 @@ impl SensorStage {
     /// Processes one input; each event goes to `emit` (which may block: nothing is dropped).
     pub fn process(&mut self, input: SensorInput, emit: &mut impl FnMut(SensorEvent)) {
         match input {
-            SensorInput::Message(message) => self.message(&message, emit),
+            SensorInput::Message(message) => {
+                self.message(&message, emit);
+                self.since_checkpoint += 1;
+                // Refused or evidence-free alike: acknowledged with the next checkpoint's
+                // commit, in receipt order.
+                if let (Some(ack), Some(pending)) = (message.ack, self.acks.as_mut()) {
+                    pending.push(ack);
+                }
+            }
             SensorInput::Tick(now) => {
                 for rules in self.rules.values_mut() {
                     match rules.check_liveness(now) {
@@ -156,6 +252,9 @@ impl SensorStage {
                 continue;
             };
             let (observations, back) = rules.apply(&reading, message.at);
+            if !self.changed.contains(reading.sensor.as_str()) {
+                self.changed.insert(reading.sensor.to_string());
+            }
             if let Some(console) = &self.console {
                 console.sensor_reading(
                     reading.sensor.as_str(),
@@ -198,7 +297,29 @@ fn next_input(rx: &mut mpsc::Receiver<SensorInput>) -> Option<SensorInput> {
 /// How often liveness is checked.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The running sensor feed: the sensor thread and the MQTT connection's task.
+pub struct SensorFeed {
+    /// Ends once the connection has stopped taking messages (at the stop signal) and what it
+    /// had queued is processed, or once the risk stage has gone.
+    pub thread: Option<JoinHandle<()>>,
+    connection: std::sync::mpsc::Receiver<()>,
+}
+
+impl SensorFeed {
+    /// Waits (at most `within`) for the connection to finish: it ends once every
+    /// acknowledgement handed out was sent or given up (the stage and every commit that
+    /// carried them have gone), then says `offline` and disconnects.
+    pub fn wait_for_connection(&self, within: Duration) -> bool {
+        !matches!(
+            self.connection.recv_timeout(within),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+}
+
 /// Starts the MQTT connection on the runtime and the sensor thread; events go to `events`.
+/// `restored`: each sensor's rules' memory from the saved state.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     runtime: &tokio::runtime::Handle,
     mqtt: &MqttConfig,
@@ -207,17 +328,25 @@ pub fn start(
     stop: &Shutdown,
     events: crossbeam_channel::Sender<SensorEvent>,
     console: Option<Arc<skynet_serve::console::Console>>,
-) -> Result<JoinHandle<()>, PipelineError> {
+    restored: BTreeMap<String, SensorRulesState>,
+) -> Result<SensorFeed, PipelineError> {
     let client =
         MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
-    let mut stage =
-        SensorStage::new(mqtt, sensors, Some(client.dead_letters())).with_console(console);
+    let mut stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()))
+        .with_console(console)
+        .with_acks(client.ack_sender())
+        .with_restored(restored);
     // One queue into the thread: the connection's messages in order, with liveness ticks
     // between them. The thread ends once both senders have gone.
     let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);
     let mqtt_health = health.register("mqtt", "source");
     tracing::info!(url = %mqtt.connection.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
-    runtime.spawn(client.run(tx.clone(), stop.clone(), mqtt_health));
+    let (done, connection) = std::sync::mpsc::channel();
+    let run = client.run(tx.clone(), stop.clone(), mqtt_health);
+    runtime.spawn(async move {
+        run.await;
+        let _ = done.send(());
+    });
     let stopping = stop.clone();
     runtime.spawn(async move {
         let mut interval = tokio::time::interval(TICK);
@@ -230,7 +359,7 @@ pub fn start(
     });
     let stage_health = health.register("sensors", "stage");
     let events = Arc::new(events);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("sensors".into())
         .spawn(move || {
             stage_health.up();
@@ -240,11 +369,21 @@ pub fn start(
             };
             while let Some(input) = next_input(&mut rx) {
                 stage.process(input, &mut emit);
+                // While more waits, keep going (one checkpoint covers many messages), but
+                // not for ever: acknowledgements must keep flowing under load.
+                if rx.is_empty() || stage.since_checkpoint() >= CHECKPOINT_EVERY {
+                    stage.checkpoint(&mut emit);
+                }
             }
+            stage.checkpoint(&mut emit);
             stage_health.finished();
         })
         .map_err(|source| PipelineError::Spawn {
             stage: "sensors".into(),
             source,
-        })
+        })?;
+    Ok(SensorFeed {
+        thread: Some(thread),
+        connection,
+    })
 }
