@@ -19,13 +19,19 @@ impl Detector for NoDetections {
     }
 }
 
-fn run(dir: &Path, text: &str, stop_after: Option<Duration>) -> skynet::RunSummary {
+/// Runs the pipeline; with `stop_when`, stops it once that holds (polled; a deadline of
+/// 120 s for a loaded machine) rather than after a fixed time.
+fn run(
+    dir: &Path,
+    text: &str,
+    stop_when: Option<Box<dyn Fn() -> bool + Send>>,
+) -> skynet::RunSummary {
     let config = common::pipeline_config(dir, text);
     let shutdown = Shutdown::new();
-    if let Some(after) = stop_after {
+    if let Some(done) = stop_when {
         let stop = shutdown.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(after);
+            common::eventually(Duration::from_secs(120), done);
             stop.trigger();
         });
     }
@@ -69,8 +75,19 @@ fn an_unreachable_camera_opens_camera_offline_and_leaving_the_config_closes_it()
     let with_gone = format!(
         "{base}\n[[cameras]]\nid = \"cam-unreachable\"\nowner = \"police\"\nuri = \"rtsp://127.0.0.1:{nothing}/cam\"\ngrid = \"G-0101\"\noffline_after_s = 1\nreconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.2 }}\n"
     );
-    // Never connects: offline after 1 s, the incident in its cell.
-    run(dir.path(), &with_gone, Some(Duration::from_secs(4)));
+    // Never connects: offline after 1 s, the incident in its cell. Stopped once it is
+    // committed.
+    let outbox = dir.path().join("outbox.sqlite");
+    run(
+        dir.path(),
+        &with_gone,
+        Some(Box::new(move || {
+            outbox.exists()
+                && Outbox::open(&outbox)
+                    .and_then(|o| o.events())
+                    .is_ok_and(|e| e.iter().any(|e| e.data.category == "camera_offline"))
+        })),
+    );
     assert_eq!(
         offline_revisions(dir.path()),
         vec![("Opened".into(), 1, "cam-unreachable".into())]

@@ -734,13 +734,20 @@ fn mqtts_with_a_ca_and_a_client_certificate() {
     certificates(certs.path());
     let (tls_port, plain_port) = (free_port().port(), free_port().port());
     let c = certs.path().display();
+    // Mosquitto started as root writes its log as its own user: a folder it may write in.
+    let logs = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     std::fs::write(
         certs.path().join("mosquitto.conf"),
         format!(
             "allow_anonymous true\n\
              listener {plain_port} 127.0.0.1\n\
              listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\nrequire_certificate true\n\
-             log_dest file {c}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type subscribe\n"
+             log_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type subscribe\n",
+            logs.path().display()
         ),
     )
     .unwrap();
@@ -784,7 +791,7 @@ key_file = "{c}/client.key"
     );
     // Mosquitto logs the subscription once it is in place (`log_type subscribe`).
     let broker_log =
-        || std::fs::read_to_string(certs.path().join("mosquitto.log")).unwrap_or_default();
+        || std::fs::read_to_string(logs.path().join("mosquitto.log")).unwrap_or_default();
     assert!(
         eventually(Duration::from_secs(30), || broker_log()
             .lines()

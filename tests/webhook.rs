@@ -177,7 +177,7 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
     // The receiver fails the first requests: the sink is behind by more than the limit of
     // 5 meanwhile, and says so.
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(60), || {
             metric(
                 &services.metrics.render(),
                 "skynet_sink_lag_alarm{sink=\"hook\"}",
@@ -192,7 +192,7 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
         .map(|r| format!("inc-w/{r}"))
         .collect();
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(60), || {
             let taken: BTreeSet<String> = state.lock().unwrap().taken.iter().cloned().collect();
             taken.len() == expected.len()
         }),
@@ -227,7 +227,7 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
         .len();
     assert_eq!(expected.len() + letters.len(), stored);
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(60), || {
             let m = services.metrics.render();
             metric(&m, "skynet_sink_lag_alarm{sink=\"hook\"}") == Some(0.0)
                 && metric(&m, "skynet_sink_lag_events{sink=\"hook\"}") == Some(0.0)
@@ -263,7 +263,7 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
     ]);
     assert!(replayed.status.success(), "{}", text(&replayed.stderr));
     assert!(
-        eventually(Duration::from_secs(5), || state
+        eventually(Duration::from_secs(60), || state
             .lock()
             .unwrap()
             .taken
@@ -272,7 +272,7 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
         "the replayed event did not arrive"
     );
     assert!(
-        eventually(Duration::from_secs(5), || Outbox::open(&config.outbox)
+        eventually(Duration::from_secs(60), || Outbox::open(&config.outbox)
             .unwrap()
             .dead_letters(None)
             .unwrap()
@@ -281,6 +281,6 @@ fn a_refused_event_is_dead_lettered_the_rest_arrive_in_order_and_replay_delivers
     );
     let taken: BTreeSet<String> = state.lock().unwrap().taken.iter().cloned().collect();
     assert_eq!(taken.len(), stored);
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
     services.stop();
 }

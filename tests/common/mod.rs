@@ -316,8 +316,12 @@ pub fn terminate(
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    // The reader thread takes the last lines once the pipe closes.
-    std::thread::sleep(Duration::from_millis(200));
+    // The reader thread takes the last lines once the pipe closes, then ends and drops its
+    // handle on the log: wait for that (a condition, with a deadline for a loaded machine),
+    // not for a fixed time.
+    eventually(Duration::from_secs(30), || {
+        std::sync::Arc::strong_count(log) == 1
+    });
     let text = log.lock().unwrap().clone();
     (status, text)
 }
