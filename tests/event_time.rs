@@ -196,8 +196,10 @@ fn a_detect_stage_that_panics_drains_what_it_can_and_fails_naming_the_cause() {
     assert_eq!(outbox.pending_count("jsonl").unwrap(), 0);
 }
 
+/// Starting from nothing would leave the incidents the state held open downstream for ever:
+/// an unreadable state stops the start and says how to recover (issue 21).
 #[test]
-fn a_saved_state_that_cannot_be_read_starts_afresh_instead_of_stopping_the_cameras() {
+fn a_saved_state_that_cannot_be_read_stops_the_start_and_names_the_file() {
     let _ = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let text = with_start(&common::vtest_config(
@@ -210,8 +212,11 @@ fn a_saved_state_that_cannot_be_read_starts_afresh_instead_of_stopping_the_camer
     let mut outbox = Outbox::open(&dir.path().join("outbox.sqlite")).unwrap();
     outbox.commit(&[], Some("{\"version\": 99}")).unwrap();
     drop(outbox);
-    let summary = pipeline::run(&config, RunOptions::default()).unwrap();
-    assert_eq!(summary.frames_analysed, 60);
-    assert_eq!(summary.frames_late, 0);
-    assert!(!events(dir.path()).is_empty());
+    let Err(e) = pipeline::run(&config, RunOptions::default()) else {
+        panic!("started without the saved state");
+    };
+    let message = e.to_string();
+    assert!(message.contains("outbox.sqlite"), "{message}");
+    assert!(message.contains("skynet state recover"), "{message}");
+    assert!(events(dir.path()).is_empty(), "nothing ran");
 }

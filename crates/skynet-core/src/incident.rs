@@ -455,6 +455,9 @@ pub enum IncidentChange {
     Recovered,
     /// The case system's feedback (the new `state` says which).
     Feedback,
+    /// Closed by `skynet state recover`: the engine's saved state was unreadable, so nothing
+    /// would ever close it otherwise.
+    StateLost,
 }
 
 /// When the department must act, from the incident's level (`[risk.deadlines]`).

@@ -16,6 +16,7 @@ mod history;
 mod outbox;
 mod settings;
 pub mod sinks;
+mod state_store;
 /// Sample incidents, for this crate's tests and the sink conformance suite.
 mod test_support;
 
@@ -29,6 +30,7 @@ pub use error::EmitError;
 pub use history::{IncidentPage, IncidentQuery};
 pub use outbox::{DeadLetter, Outbox, StoredEvent};
 pub use settings::{OutboxPlan, OutboxSettings};
+pub use state_store::{StateChanges, StoredState};
 pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
     BuildSink, Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, MqttSink,

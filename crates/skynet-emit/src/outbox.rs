@@ -128,8 +128,7 @@ fn upsert_dead_letter(tx: &Transaction<'_>, letter: &DeadLetter) -> rusqlite::Re
     ])
 }
 
-/// The `state` row that holds the engine state and open incidents.
-const PIPELINE_STATE: &str = "pipeline";
+use crate::state_store::PIPELINE_STATE;
 
 /// Whether two stored bodies say the same thing: equal text, or equal JSON (so a change in
 /// field order between versions is not taken for a conflict).
@@ -187,6 +186,8 @@ impl Outbox {
         // for most of a second (seen as a p99 commit-to-ack of 0.9 s in the delivery bench).
         conn.busy_handler(Some(wait_for_lock)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(crate::state_store::SCHEMA)
+            .map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
             conn,
@@ -225,6 +226,18 @@ impl Outbox {
         &mut self,
         events: &[OutboxEvent],
         state: Option<&str>,
+    ) -> Result<usize, EmitError> {
+        self.commit_with(events, |tx, now| match state {
+            Some(state) => crate::state_store::write_pipeline(tx, state, now),
+            None => Ok(()),
+        })
+    }
+
+    /// [`commit`](Self::commit), with `write_state` writing the state in the transaction.
+    pub(crate) fn commit_with(
+        &mut self,
+        events: &[OutboxEvent],
+        write_state: impl FnOnce(&Transaction<'_>, &str) -> rusqlite::Result<()>,
     ) -> Result<usize, EmitError> {
         // Serialise first, so a bad event fails the commit before the transaction starts.
         let mut rows = Vec::with_capacity(events.len());
@@ -323,14 +336,7 @@ impl Outbox {
             })
             .map_err(&err)?;
         }
-        if let Some(state) = state {
-            tx.execute(
-                "INSERT INTO state (key, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![PIPELINE_STATE, state, now],
-            )
-            .map_err(&err)?;
-        }
+        write_state(&tx, &now).map_err(&err)?;
         tx.commit().map_err(&err)?;
         // Reported only once committed: a rolled-back commit conflicted with nothing.
         for id in &conflicts {

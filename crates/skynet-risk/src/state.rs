@@ -34,11 +34,15 @@ pub struct PipelineState {
 }
 
 impl PipelineState {
-    pub const VERSION: u32 = 1;
+    /// The engine's cells and incident ids are rows of their own (`state_cells`,
+    /// `state_ids`); `engine` holds only its small global part.
+    pub const VERSION: u32 = 2;
+    /// The old layout, still read once: `engine` is the engine's whole snapshot.
+    pub const VERSION_ONE_ROW: u32 = 1;
 
     pub fn parse(text: &str) -> Result<Self, StateError> {
         let state: Self = serde_json::from_str(text)?;
-        if state.version != Self::VERSION {
+        if state.version != Self::VERSION && state.version != Self::VERSION_ONE_ROW {
             return Err(StateError::Version {
                 found: state.version,
                 expected: Self::VERSION,
@@ -46,4 +50,25 @@ impl PipelineState {
         }
         Ok(state)
     }
+}
+
+/// The risk engine's rows changed since the last commit
+/// ([`RiskEngine::take_changes`](crate::RiskEngine::take_changes)): what a commit writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineChanges {
+    /// The engine's small global part (version, node, clock, last sweep), as JSON: always.
+    pub meta: String,
+    /// By cell id: the cell's JSON, or `None` for a cell the engine forgot.
+    pub cells: Vec<(String, Option<String>)>,
+    /// Incident-id bookkeeping by key (the key as JSON): its JSON, or `None` when removed.
+    pub ids: Vec<(String, Option<String>)>,
+}
+
+/// The risk engine's stored rows, as read back at start
+/// ([`RiskEngine::restore_rows`](crate::RiskEngine::restore_rows)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineRows {
+    pub meta: String,
+    pub cells: Vec<(String, String)>,
+    pub ids: Vec<(String, String)>,
 }

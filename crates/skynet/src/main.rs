@@ -101,6 +101,22 @@ enum Command {
         #[command(subcommand)]
         what: UsersCommand,
     },
+    /// The saved pipeline state (in the outbox file).
+    State {
+        #[command(subcommand)]
+        what: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// After a saved state that cannot be read: close every incident the outbox lists as
+    /// open with a `state_lost` revision (delivered to every sink) and delete the saved
+    /// state, so the next `skynet run` starts afresh. Run it while skynet is stopped.
+    Recover {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -299,6 +315,9 @@ fn main() -> ExitCode {
         })
         .map(|_| ExitCode::SUCCESS),
         Command::Users { what } => users(what),
+        Command::State {
+            what: StateCommand::Recover { config },
+        } => recover_state(&config),
     };
     match result {
         Ok(code) => code,
@@ -516,6 +535,38 @@ fn users(command: UsersCommand) -> Result<ExitCode> {
     }
 }
 
+/// `skynet state recover`: closes downstream what an unreadable state held open, and clears
+/// the state.
+fn recover_state(config: &Path) -> Result<ExitCode> {
+    let config = PipelineConfig::load(config)?;
+    let mut outbox = skynet_emit::Outbox::open(&config.outbox)
+        .with_context(|| format!("opening the outbox {}", config.outbox.display()))?;
+    let damaged = outbox.quick_check()?;
+    let closed = outbox
+        .close_lost_incidents(&config.node)
+        .with_context(|| format!("closing the open incidents in {}", config.outbox.display()))?;
+    for incident in &closed {
+        println!(
+            "{}\t{}\t{}\trevision {}\tclosed: state_lost",
+            incident.id, incident.grid, incident.category, incident.revision
+        );
+    }
+    eprintln!(
+        "closed {} incident(s) with a `state_lost` revision (delivered to every sink by the next \
+         `skynet run`); the saved state is deleted, so the next start is a fresh one",
+        closed.len()
+    );
+    if let Some(problems) = damaged.and(outbox.quick_check()?) {
+        eprintln!(
+            "error: {} is still damaged ({problems}): move it aside (or restore a backup) \
+             before the next start",
+            config.outbox.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
     let services =
@@ -540,6 +591,14 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     );
     let summary = match result {
         Ok(summary) => summary,
+        Err(e @ PipelineError::State { .. }) => {
+            services.stop();
+            eprintln!(
+                "error: {e}\n  skynet state recover --config {}",
+                config_path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
         Err(e @ PipelineError::StageFailed { .. }) => {
             // Drained what could be drained; a supervisor restarts us and we go on from the
             // state committed last.

@@ -11,6 +11,10 @@ use tokio::sync::watch;
 use crate::{EmitError, Outbox, OutboxEvent};
 
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the WAL is checkpointed while the commit thread is idle.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// How often that checkpoint also truncates the WAL file.
+const TRUNCATE_EVERY: Duration = Duration::from_secs(600);
 
 /// Wakes the sink tasks when new events are committed. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -52,6 +56,8 @@ pub struct Committer {
     signal: CommitSignal,
     retention: Option<(chrono::Duration, Vec<String>)>,
     last_prune: Option<Instant>,
+    last_checkpoint: Option<Instant>,
+    last_truncate: Option<Instant>,
 }
 
 impl Committer {
@@ -62,6 +68,9 @@ impl Committer {
             signal: CommitSignal::new(),
             retention: None,
             last_prune: None,
+            // The first checkpoints come a period after the start, not at once.
+            last_checkpoint: Some(Instant::now()),
+            last_truncate: Some(Instant::now()),
         }
     }
 
@@ -80,13 +89,37 @@ impl Committer {
         changes: &[RiskEvent],
         state: Option<&str>,
     ) -> Result<Vec<OutboxEvent>, EmitError> {
+        self.commit_events(changes, state.is_some(), |outbox, events| {
+            outbox.commit(events, state)
+        })
+    }
+
+    /// [`commit`](Self::commit) with the state as the rows that changed
+    /// ([`StateChanges`](crate::StateChanges)).
+    pub fn commit_state(
+        &mut self,
+        changes: &[RiskEvent],
+        state: Option<&crate::StateChanges>,
+    ) -> Result<Vec<OutboxEvent>, EmitError> {
+        self.commit_events(changes, state.is_some(), |outbox, events| match state {
+            Some(state) => outbox.commit_state(events, state),
+            None => outbox.commit(events, None),
+        })
+    }
+
+    fn commit_events(
+        &mut self,
+        changes: &[RiskEvent],
+        with_state: bool,
+        commit: impl FnOnce(&mut Outbox, &[OutboxEvent]) -> Result<usize, EmitError>,
+    ) -> Result<Vec<OutboxEvent>, EmitError> {
         let events: Vec<OutboxEvent> = changes
             .iter()
             .map(|change| OutboxEvent::new(&self.node, change))
             .collect();
         // Nothing to write: skip the transaction and its fsync.
-        if !events.is_empty() || state.is_some() {
-            let inserted = self.outbox.commit(&events, state)?;
+        if !events.is_empty() || with_state {
+            let inserted = commit(&mut self.outbox, &events)?;
             if inserted > 0 {
                 metrics::counter!("skynet_incidents_stored_total").increment(inserted as u64);
                 self.signal.notify();
@@ -100,9 +133,33 @@ impl Committer {
         &self.outbox
     }
 
-    /// Periodic housekeeping when idle (prune if due).
+    /// Periodic housekeeping when idle (prune if due, checkpoint the WAL).
     pub fn idle(&mut self) {
         self.prune_if_due();
+        self.checkpoint_if_due();
+    }
+
+    /// Copies the WAL into the database every [`CHECKPOINT_EVERY`] of idle time, so it
+    /// does not grow with the state rows rewritten by every commit: a passive checkpoint
+    /// (never waits for a reader), and one that empties the WAL file every
+    /// [`TRUNCATE_EVERY`].
+    fn checkpoint_if_due(&mut self) {
+        if self
+            .last_checkpoint
+            .is_some_and(|t| t.elapsed() < CHECKPOINT_EVERY)
+        {
+            return;
+        }
+        let truncate = self
+            .last_truncate
+            .is_none_or(|t| t.elapsed() >= TRUNCATE_EVERY);
+        self.last_checkpoint = Some(Instant::now());
+        if truncate {
+            self.last_truncate = Some(Instant::now());
+        }
+        if let Err(e) = self.outbox.checkpoint(truncate) {
+            tracing::warn!(error = %e, "could not checkpoint the outbox's WAL");
+        }
     }
 
     /// A handle the deliveries wait on.

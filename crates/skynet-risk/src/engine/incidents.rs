@@ -502,6 +502,10 @@ impl GridRiskEngine {
         grids.sort_unstable();
         let mut out = Vec::new();
         for grid in grids {
+            // Only cells with news become changed rows.
+            if !self.state.cells[&grid].open.values().any(|o| o.changed) {
+                continue;
+            }
             let Some(cell) = self.state.cells.get_mut(&grid) else {
                 continue;
             };

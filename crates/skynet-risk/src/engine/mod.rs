@@ -46,6 +46,7 @@ use skynet_core::{
 };
 
 use crate::GridMap;
+use crate::state::{EngineChanges, EngineRows};
 use crate::settings::{
     CategoryPolicy, FusionRule, GridKindPolicy, LevelDeadlines, default_deadlines,
 };
@@ -78,7 +79,15 @@ pub trait RiskEngine: Send {
     /// state: a city's state can be large, and a tree of JSON values is many times larger).
     fn snapshot(&self) -> Box<RawValue>;
     /// Restores a snapshot taken by `snapshot` (on a fresh engine, before any observation).
+    /// Every row then counts as changed: the next [`take_changes`](Self::take_changes)
+    /// writes them all (how a state of the old one-row layout moves to rows).
     fn restore(&mut self, snapshot: &RawValue) -> Result<(), RiskError>;
+    /// The state's rows (cells, incident ids) changed since the last call or the restore,
+    /// serialized, with the small global part: what a commit writes. Its cost follows what
+    /// changed, not how many incidents are open.
+    fn take_changes(&mut self) -> EngineChanges;
+    /// Restores the rows that [`take_changes`](Self::take_changes) wrote (on a fresh engine).
+    fn restore_rows(&mut self, rows: &EngineRows) -> Result<(), RiskError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +96,13 @@ pub enum RiskError {
     SnapshotFormat(#[source] serde_json::Error),
     #[error("risk snapshot has version {found}; this build reads version {supported}")]
     SnapshotVersion { found: String, supported: u32 },
+    #[error("risk state row `{key}` of `{table}` is not readable: {source}")]
+    Row {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("risk snapshot is inconsistent: {0}")]
     SnapshotInvalid(String),
     #[error(
@@ -402,6 +418,14 @@ impl RiskEngine for GridRiskEngine {
 
     fn restore(&mut self, snapshot: &RawValue) -> Result<(), RiskError> {
         self.read_snapshot(snapshot)
+    }
+
+    fn take_changes(&mut self) -> EngineChanges {
+        self.changed_rows()
+    }
+
+    fn restore_rows(&mut self, rows: &EngineRows) -> Result<(), RiskError> {
+        self.read_rows(rows)
     }
 }
 

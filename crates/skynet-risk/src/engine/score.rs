@@ -152,6 +152,10 @@ pub(super) struct CellState {
     #[serde(with = "pairs")]
     pub(super) held: BTreeMap<String, BTreeMap<String, Held>>,
     pub(super) level: Option<RiskLevel>,
+    /// A cache of the score at the last rescore: not stored (it changes with every sweep's
+    /// decay, and storing it would make every cell a changed row on every commit); a restore
+    /// recomputes it.
+    #[serde(skip_serializing, default)]
     pub(super) score: f32,
     /// Counts level changes.
     pub(super) revision: u64,
@@ -258,7 +262,7 @@ impl GridRiskEngine {
     /// A cell's fused score at `now`. Categories combine as independent evidence; a fusion
     /// rule's category already stands for its parts, so it counts by its own level rather
     /// than on top of them.
-    fn cell_score(&self, grid: &GridId, cell: &CellState, now: DateTime<Utc>) -> f32 {
+    pub(super) fn cell_score(&self, grid: &GridId, cell: &CellState, now: DateTime<Utc>) -> f32 {
         let raise_by = self.grid_kind(grid).map_or(0, |k| k.raise);
         let (mut plain, mut fused) = (0.0f32, 0.0f32);
         for (category, by_source) in &cell.held {
@@ -286,7 +290,8 @@ impl GridRiskEngine {
                 .thresholds
                 .level_with_hysteresis(previous, score, self.config.hysteresis);
         if level == previous {
-            if let Some(cell) = self.state.cells.get_mut(grid) {
+            // The cached score alone: not a changed row.
+            if let Some(cell) = self.state.cells.get_mut_unpersisted(grid) {
                 cell.score = score;
             }
             return;
@@ -386,6 +391,31 @@ impl GridRiskEngine {
             .get(grid)
             .map(|c| c.held.keys().map(|k| self.policy(k).half_life).collect())
             .unwrap_or_default();
+        // Looked at first, so a sweep changes (and a commit writes) only the cells that lose
+        // something.
+        let fades = self.state.cells.get(grid).is_some_and(|cell| {
+            cell.held
+                .values()
+                .zip(&half_lives)
+                .any(|(by_source, half_life)| {
+                    by_source
+                        .values()
+                        .any(|h| decay(h.score, h.at, now, *half_life) < FORGET_BELOW)
+                })
+                || cell.held.values().any(BTreeMap::is_empty)
+                || cell
+                    .recent
+                    .iter()
+                    .any(|r| now.signed_duration_since(r.at) > window)
+                || cell
+                    .closed
+                    .values()
+                    .any(|c| now.signed_duration_since(c.closed_at) >= cooldown)
+                || cell.is_idle()
+        });
+        if !fades {
+            return;
+        }
         let Some(cell) = self.state.cells.get_mut(grid) else {
             return;
         };

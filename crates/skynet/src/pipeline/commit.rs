@@ -14,7 +14,8 @@ use super::{Counters, Fatal, POLL};
 #[derive(Debug)]
 pub(crate) struct Commit {
     pub incidents: Vec<RiskEvent>,
-    pub state: Option<String>,
+    /// The state's changes since the last commit (the engine's changed rows, not all of it).
+    pub state: Option<skynet_emit::StateChanges>,
     /// The case system's status events these revisions apply: acknowledged once stored.
     pub acks: Vec<CaseAck>,
     /// Sensor messages whose effect (or, for those that changed nothing, everything before
@@ -85,7 +86,7 @@ fn commit_until_stored(
             |i| tracing::info_span!("commit", incident = %i.id, grid = %i.grid, device = %i.device()),
         );
         let _entered = span.as_ref().map(|s| s.enter());
-        match committer.commit(&commit.incidents, commit.state.as_deref()) {
+        match committer.commit_state(&commit.incidents, commit.state.as_ref()) {
             Ok(_) => {
                 health.up();
                 return Ok(());

@@ -18,12 +18,14 @@
 mod commit;
 mod console;
 mod detect;
+mod state;
 mod rules;
 pub mod sensors;
 mod services;
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -61,6 +63,15 @@ pub enum PipelineError {
         source: std::io::Error,
     },
     /// A stage whose loss would lose data failed; what could be drained was.
+    /// The saved state cannot be read: nothing starts (starting from nothing would leave the
+    /// incidents it held open downstream for ever).
+    #[error(
+        "the saved state in {} cannot be read: {cause}. Nothing was started. Run `skynet state \
+         recover --config FILE` (FILE: this config) to close the incidents it held, with a \
+         `state_lost` revision to every sink, and start afresh",
+        path.display()
+    )]
+    State { path: PathBuf, cause: String },
     #[error("the {stage} stage failed: {cause}")]
     StageFailed { stage: String, cause: String },
 }
@@ -230,21 +241,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     };
     skynet_ingest::init()?;
     let outbox = Outbox::open(&config.outbox)?;
-    // A state this build cannot read (another version, or damaged) must not keep the cameras
-    // from running: say so loudly and start afresh.
-    let restored = outbox
-        .load_state()?
-        .and_then(|s| match rules::PipelineState::parse(&s) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                tracing::error!(error = %e, "the saved pipeline state cannot be read; starting without it");
-                None
-            }
-        });
+    // A state this build cannot read (another version, or damaged) stops the start: going on
+    // from nothing would leave the incidents it held open downstream for ever.
+    let restored = state::restore(config, &outbox)?;
     // The sensor stage's rules go on from their saved memory too (streaks across a restart).
     let restored_sensor_rules = restored
         .as_ref()
-        .map(|s| s.sensor_rules.clone())
+        .map(|s| s.state.sensor_rules.clone())
         .unwrap_or_default();
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let committer =

@@ -114,35 +114,30 @@ impl RulesAndRisk {
     pub(crate) fn new(
         config: &PipelineConfig,
         watermarks: &[Watermark],
-        restored: Option<PipelineState>,
+        restored: Option<super::state::Restored>,
         commits: StageQueue<Commit>,
         counters: Arc<Counters>,
         keep_running: Option<Shutdown>,
     ) -> Self {
-        let context = config.risk_context();
-        let mut engine: Box<dyn RiskEngine> =
-            Box::new(GridRiskEngine::new(config.risk.clone(), context.clone()));
         let mut clocks = BTreeMap::new();
         let mut rule_states = BTreeMap::new();
         let mut sensor_rules = BTreeMap::new();
-        if let Some(state) = restored {
-            match engine.restore(&state.engine) {
-                Ok(()) => {
-                    clocks = state.cameras;
-                    rule_states = state.rules;
-                    sensor_rules = state.sensor_rules;
-                    tracing::info!(
-                        cameras = clocks.len(),
-                        "going on from the state committed before the last stop"
-                    );
-                }
-                Err(e) => {
-                    // Cameras keep running on a fresh engine rather than not at all.
-                    tracing::error!(error = %e, "the risk engine's saved state cannot be restored; starting without it");
-                    engine = Box::new(GridRiskEngine::new(config.risk.clone(), context));
-                }
+        // Restored (and checked) before: an unreadable state never gets this far.
+        let engine = match restored {
+            Some(super::state::Restored { state, engine }) => {
+                clocks = state.cameras;
+                rule_states = state.rules;
+                sensor_rules = state.sensor_rules;
+                tracing::info!(
+                    cameras = clocks.len(),
+                    open_incidents = engine.open_incidents(),
+                    "going on from the state committed before the last stop"
+                );
+                engine
             }
-        }
+            None => Box::new(GridRiskEngine::new(config.risk.clone(), config.risk_context()))
+                as Box<dyn RiskEngine>,
+        };
         let gone = clocks
             .iter()
             .filter(|(id, _)| !config.cameras.iter().any(|c| c.id.as_str() == id.as_str()))
@@ -598,7 +593,7 @@ impl RulesAndRisk {
         self.commit(revisions)
     }
 
-    fn state(&self) -> Option<String> {
+    fn state(&mut self) -> Option<skynet_emit::StateChanges> {
         let state = PipelineState {
             version: PipelineState::VERSION,
             cameras: self
@@ -614,15 +609,10 @@ impl RulesAndRisk {
                 .filter(|(_, rules)| !rules.is_empty())
                 .collect(),
             sensor_rules: self.sensor_rules.clone(),
-            engine: self.engine.snapshot(),
+            // Replaced by the engine's small part: its cells and ids go as changed rows.
+            engine: serde_json::value::RawValue::NULL.to_owned(),
         };
-        match serde_json::to_string(&state) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, "the pipeline state could not be serialised");
-                None
-            }
-        }
+        Some(super::state::changes(self.engine.as_mut(), state))
     }
 
     /// Sends revisions and the state they belong with to the commit stage (which blocks
