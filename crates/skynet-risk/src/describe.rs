@@ -33,6 +33,10 @@ pub fn describe_metrics() {
         "Case status events already applied (sent again), ignored."
     );
     describe_counter!(
+        "skynet_clock_jumps_total",
+        "Times an input moved the risk engine's clock forward by more than [risk] max_clock_step_s (a wall clock stepped, a device with a wrong clock); the clock followed in steps of that size."
+    );
+    describe_counter!(
         "skynet_observations_recorded_total",
         "Observations appended to the [risk] record file."
     );

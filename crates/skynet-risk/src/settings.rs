@@ -70,6 +70,10 @@ pub struct RiskSettings {
     /// Evidence this soon after an incident closed reopens it instead of opening another.
     #[serde(default = "default_cooldown")]
     pub cooldown_s: f64,
+    /// How far one input (a reading's time, the wall clock) may move the engine's clock
+    /// forward; further is a jump (`skynet_clock_jumps_total`), followed in steps this size.
+    #[serde(default = "default_max_clock_step")]
+    pub max_clock_step_s: f64,
     #[serde(default)]
     pub categories: BTreeMap<String, CategorySettings>,
     #[serde(default)]
@@ -178,6 +182,10 @@ fn default_department() -> String {
 const fn default_cooldown() -> f64 {
     300.0
 }
+#[allow(clippy::cast_precision_loss)] // a small constant
+const fn default_max_clock_step() -> f64 {
+    crate::engine::DEFAULT_MAX_CLOCK_STEP_S as f64
+}
 
 impl Default for RiskSettings {
     fn default() -> Self {
@@ -191,6 +199,7 @@ impl Default for RiskSettings {
             default_ceiling: default_ceiling(),
             default_department: default_department(),
             cooldown_s: default_cooldown(),
+            max_clock_step_s: default_max_clock_step(),
             categories: BTreeMap::new(),
             grid_kinds: BTreeMap::new(),
             reliability: ReliabilitySettings::default(),
@@ -442,6 +451,17 @@ impl RiskSettings {
             close_after: seconds("close_after_s", self.close_after_s)?,
             update_every: seconds("update_every_s", self.update_every_s)?,
             cooldown: seconds("cooldown_s", self.cooldown_s)?,
+            // At least a sweep's interval: a smaller step would never reach the next sweep.
+            max_clock_step: seconds_in("max_clock_step_s", self.max_clock_step_s, 1.0, MAX_SECONDS)
+                .map_err(|_| {
+                    FieldError::new(
+                        "max_clock_step_s",
+                        format!(
+                            "`max_clock_step_s` must be at least 1 second and at most 100 years, got {}",
+                            self.max_clock_step_s
+                        ),
+                    )
+                })?,
             thresholds,
             open_at: self.open_at,
             hysteresis: self.hysteresis,
@@ -482,6 +502,7 @@ mod tests {
         for (field, text) in [
             ("half_life_s", "half_life_s = 0"),
             ("close_after_s", "close_after_s = -1"),
+            ("max_clock_step_s", "max_clock_step_s = 0.5"),
             ("update_every_s", "update_every_s = 1e300"),
             (
                 "levels",

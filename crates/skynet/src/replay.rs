@@ -6,6 +6,12 @@
 //! one per line. The engine takes time only from its inputs, so the same config and input
 //! always give the same output, ids included: engineers try a change of weights on a
 //! recorded day before they make it.
+//!
+//! A recording holds observations, not the wall clock that ticked between them live. Its
+//! times are taken as true: before each observation the engine's clock follows to its time
+//! ([`GridRiskEngine::follow`], without the live step bound), so what went quiet or fell due
+//! in a gap (a night) happens first, at its own time. Incidents then come out as live:
+//! evidence after a gap opens a new incident once the old one's cooldown has passed.
 
 use std::io::{BufRead, Write};
 
@@ -89,6 +95,7 @@ pub fn replay(
             }
         }
         report.observations += 1;
+        engine.follow(observation.at);
         let events = engine.observe(&observation);
         emit(events, &mut output, &mut report)?;
     }

@@ -1,6 +1,9 @@
 //! The incident lifecycle: ids, opening, merging evidence, escalating, reopening within the
 //! cooldown, closing quiet incidents and missed deadlines, and the case system's statuses.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use skynet_core::{
@@ -57,6 +60,17 @@ pub(super) struct OpenIncident {
 pub(super) struct ClosedIncident {
     pub(super) incident: Incident,
     pub(super) closed_at: DateTime<Utc>,
+}
+
+/// An open incident's next timed action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// No evidence for `close_after` while nobody acted on it.
+    Quiet,
+    /// Deadlines passed (both when they fall at one time).
+    Missed { dispatch: bool, resolve: bool },
+    /// New evidence, `update_every` after the last revision.
+    Update,
 }
 
 /// What ids a key has been given: names use `first_seen_ms` (the latest first-seen time of
@@ -278,6 +292,9 @@ impl GridRiskEngine {
         let mut detections = obs.evidence.detections.clone();
         detections.truncate(self.config.max_detections);
 
+        // What this incident had due before the evidence happens first, whenever the last
+        // sweep was: the same revisions live (swept often) and in replay (swept at inputs).
+        self.run_due(&key, obs.at, out);
         let in_cell = key.in_cell();
         let open = self
             .state
@@ -409,66 +426,81 @@ impl GridRiskEngine {
         );
     }
 
-    /// A cell's incidents: quiet ones close, missed deadlines escalate, due updates go out.
-    pub(super) fn sweep_incidents(
-        &mut self,
-        grid: &GridId,
-        now: DateTime<Utc>,
-        out: &mut Vec<RiskEvent>,
-    ) {
-        let keys: Vec<CellKey> = self
-            .state
-            .cells
-            .get(grid)
-            .map(|c| c.open.keys().cloned().collect())
-            .unwrap_or_default();
-        for (category, device) in keys {
-            let key = IncidentKey {
-                grid: grid.clone(),
-                category,
-                device,
-            };
-            let Some(open) = self
-                .state
-                .cells
-                .get(grid)
-                .and_then(|c| c.open.get(&key.in_cell()))
-            else {
-                continue;
-            };
-            let incident = &open.incident;
-            if !open.held
-                && incident.state == IncidentState::Open
-                && now.signed_duration_since(incident.last_seen) >= self.config.close_after
-            {
-                out.extend(self.close(&key, IncidentChange::Quiet, IncidentState::Closed, now));
-                continue;
+    /// An open incident's earliest timed action, and when it falls due: closing when quiet
+    /// (`last_seen + close_after`), a missed deadline, or an update of new evidence
+    /// (`update_every` after the last revision). At one time, closing comes first.
+    fn next_due(&self, open: &OpenIncident) -> Option<(DateTime<Utc>, Due)> {
+        let incident = &open.incident;
+        let missed = |what: &str| incident.missed.iter().any(|m| m == what);
+        let quiet = (!open.held && incident.state == IncidentState::Open)
+            .then(|| {
+                incident
+                    .last_seen
+                    .checked_add_signed(self.config.close_after)
+            })
+            .flatten();
+        let dispatch = incident.deadlines.dispatch_by.filter(|_| {
+            matches!(
+                incident.state,
+                IncidentState::Open | IncidentState::Acknowledged
+            ) && !missed("dispatch")
+        });
+        let resolve = incident.deadlines.resolve_by.filter(|_| {
+            !matches!(
+                incident.state,
+                IncidentState::Resolved | IncidentState::Verified
+            ) && !missed("resolve")
+        });
+        let update = open
+            .changed
+            .then(|| {
+                open.last_revision_at
+                    .checked_add_signed(self.config.update_every)
+            })
+            .flatten();
+        let at = [quiet, dispatch, resolve, update]
+            .into_iter()
+            .flatten()
+            .min()?;
+        let due = if quiet == Some(at) {
+            Due::Quiet
+        } else if dispatch == Some(at) || resolve == Some(at) {
+            Due::Missed {
+                dispatch: dispatch == Some(at),
+                resolve: resolve == Some(at),
             }
-            let missed_dispatch = incident.deadlines.dispatch_by.is_some_and(|t| now >= t)
-                && matches!(
-                    incident.state,
-                    IncidentState::Open | IncidentState::Acknowledged
-                )
-                && !incident.missed.iter().any(|m| m == "dispatch");
-            let missed_resolve = incident.deadlines.resolve_by.is_some_and(|t| now >= t)
-                && !matches!(
-                    incident.state,
-                    IncidentState::Resolved | IncidentState::Verified
-                )
-                && !incident.missed.iter().any(|m| m == "resolve");
-            let update_due = open.changed
-                && now.signed_duration_since(open.last_revision_at) >= self.config.update_every;
-            let Some(open) = self
-                .state
-                .cells
-                .get_mut(grid)
-                .and_then(|c| c.open.get_mut(&key.in_cell()))
-            else {
-                continue;
-            };
-            if missed_dispatch || missed_resolve {
+        } else {
+            Due::Update
+        };
+        Some((at, due))
+    }
+
+    /// Runs the earliest timed action of `key`'s open incident if it is due by `until`, at
+    /// its own time; returns when its next one is due, if that is by `until` too.
+    fn run_next_due(
+        &mut self,
+        key: &IncidentKey,
+        until: DateTime<Utc>,
+        out: &mut Vec<RiskEvent>,
+    ) -> Option<DateTime<Utc>> {
+        let open = self.state.cells.get(&key.grid)?.open.get(&key.in_cell())?;
+        let (at, due) = self.next_due(open).filter(|(at, _)| *at <= until)?;
+        match due {
+            Due::Quiet => {
+                // Dated when it went quiet, not when a sweep noticed: after a gap the
+                // cooldown runs from here, as it did live.
+                out.extend(self.close(key, IncidentChange::Quiet, IncidentState::Closed, at));
+                return None;
+            }
+            Due::Missed { dispatch, resolve } => {
+                let open = self
+                    .state
+                    .cells
+                    .get_mut(&key.grid)?
+                    .open
+                    .get_mut(&key.in_cell())?;
                 let incident = &mut open.incident;
-                for (missed, what) in [(missed_dispatch, "dispatch"), (missed_resolve, "resolve")] {
+                for (missed, what) in [(dispatch, "dispatch"), (resolve, "resolve")] {
                     if missed {
                         incident.missed.push(what.into());
                         metrics::counter!("skynet_deadlines_missed_total", "deadline" => what)
@@ -483,15 +515,70 @@ impl GridRiskEngine {
                     open,
                     IncidentStatus::Escalated,
                     IncidentChange::DeadlineMissed,
-                    now,
+                    at,
                 ));
-            } else if update_due {
+            }
+            Due::Update => {
+                let open = self
+                    .state
+                    .cells
+                    .get_mut(&key.grid)?
+                    .open
+                    .get_mut(&key.in_cell())?;
                 out.push(Self::revise(
                     open,
                     IncidentStatus::Updated,
                     IncidentChange::Evidence,
-                    now,
+                    at,
                 ));
+            }
+        }
+        let open = self.state.cells.get(&key.grid)?.open.get(&key.in_cell())?;
+        self.next_due(open)
+            .map(|(at, _)| at)
+            .filter(|at| *at <= until)
+    }
+
+    /// Every timed action of `key`'s open incident due by `until`, in time order: before
+    /// evidence at `until` joins it, it closes if it went quiet before.
+    pub(super) fn run_due(
+        &mut self,
+        key: &IncidentKey,
+        until: DateTime<Utc>,
+        out: &mut Vec<RiskEvent>,
+    ) {
+        while self.run_next_due(key, until, out).is_some() {}
+    }
+
+    /// Every incident's timed actions due by `now`, each at its own time, in time order over
+    /// all cells (then by cell and key): quiet ones close, missed deadlines escalate, due
+    /// updates go out. However far the clock moved since the last sweep, they come out as
+    /// they would have at one sweep a second. Only the cells with something due are touched.
+    pub(super) fn sweep_incidents(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
+        let this = &*self;
+        let mut due: BinaryHeap<Reverse<(DateTime<Utc>, IncidentKey)>> = this
+            .state
+            .cells
+            .iter()
+            .flat_map(|(grid, cell)| {
+                cell.open
+                    .iter()
+                    .filter_map(move |((category, device), open)| {
+                        let (at, _) = this.next_due(open).filter(|(at, _)| *at <= now)?;
+                        Some(Reverse((
+                            at,
+                            IncidentKey {
+                                grid: grid.clone(),
+                                category: category.clone(),
+                                device: device.clone(),
+                            },
+                        )))
+                    })
+            })
+            .collect();
+        while let Some(Reverse((_, key))) = due.pop() {
+            if let Some(next) = self.run_next_due(&key, now, out) {
+                due.push(Reverse((next, key)));
             }
         }
     }

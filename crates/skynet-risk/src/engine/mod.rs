@@ -24,6 +24,16 @@
 //! by an observation or by [`RiskEngine::advance`]. The same inputs always give the same
 //! outputs, ids included, which is what `skynet replay` relies on.
 //!
+//! Time in steps. One input moves the clock at most `max_clock_step` forward: a time
+//! further ahead (a wall clock stepped by NTP, a device with a wrong clock) is a *jump*,
+//! logged and counted in `skynet_clock_jumps_total`; the clock follows it one step per input,
+//! so a real correction is followed within a few inputs (the live pipeline advances ten
+//! times a second) while one bogus time moves the clock one step at most. Timed actions
+//! (closing a quiet incident, a missed deadline, a due update) happen at their own time, in
+//! time order, however far a sweep looks; before an observation is applied, what was due
+//! before its time has happened. [`GridRiskEngine::follow`] moves the clock without a bound,
+//! for time that is known to be true (a recording's gaps in `skynet replay`).
+//!
 //! One job per file: `score` (levels, fusing and decaying evidence, a cell's state and
 //! level), `incidents` (the incident lifecycle and case statuses), `fusion` (fusion rules
 //! and camera confirmation), `faults` (device faults) and `snapshot` (the state as it is
@@ -46,10 +56,10 @@ use skynet_core::{
 };
 
 use crate::GridMap;
-use crate::state::{EngineChanges, EngineRows};
 use crate::settings::{
     CategoryPolicy, FusionRule, GridKindPolicy, LevelDeadlines, default_deadlines,
 };
+use crate::state::{EngineChanges, EngineRows};
 use incidents::IncidentKey;
 use snapshot::State;
 
@@ -61,8 +71,9 @@ pub use score::LevelThresholds;
 pub trait RiskEngine: Send {
     /// Takes one observation (evidence, a device fault or a recovery); returns what it causes.
     fn observe(&mut self, observation: &Observation) -> Vec<RiskEvent>;
-    /// Moves the clock to `now` (never back): closes quiet incidents, escalates missed
-    /// deadlines, emits due updates and lets cell levels decay.
+    /// Moves the clock to `now` (never back; at most `max_clock_step` forward per call, see
+    /// the module's notes on time): closes quiet incidents, escalates missed deadlines,
+    /// emits due updates, each at its own time, and lets cell levels decay.
     fn advance(&mut self, now: DateTime<Utc>) -> Vec<RiskEvent>;
     /// Emits what open incidents learned since their last revision (at shutdown).
     fn flush(&mut self) -> Vec<RiskEvent>;
@@ -75,6 +86,11 @@ pub trait RiskEngine: Send {
     fn faulty_devices(&self) -> Vec<(SourceRef, GridId, String)>;
     /// How many incidents are open.
     fn open_incidents(&self) -> usize;
+    /// The department an open incident is routed to (`None`: not open): what a case
+    /// status's assignee is checked against when the status names no department.
+    fn incident_department(&self, _id: &str) -> Option<String> {
+        None
+    }
     /// Everything needed to go on after a restart, as JSON text (written straight from the
     /// state: a city's state can be large, and a tree of JSON values is many times larger).
     fn snapshot(&self) -> Box<RawValue>;
@@ -153,6 +169,9 @@ pub struct RiskConfig {
     pub max_contributions: usize,
     /// How often (event time) decay, deadlines and quiet incidents are looked at.
     pub sweep_every: Duration,
+    /// How far one input may move the clock forward; further is a jump, followed in steps
+    /// of this size (`[risk] max_clock_step_s`).
+    pub max_clock_step: Duration,
 }
 
 impl Default for RiskConfig {
@@ -178,9 +197,15 @@ impl Default for RiskConfig {
             max_detections: 16,
             max_contributions: 32,
             sweep_every: Duration::seconds(1),
+            max_clock_step: Duration::seconds(DEFAULT_MAX_CLOCK_STEP_S),
         }
     }
 }
+
+/// The default of `[risk] max_clock_step_s`: a minute, sixty sweeps. A restart within it
+/// (a deploy) is no jump; a longer stop, or a step of the wall clock, is followed a minute of
+/// event time per input.
+pub const DEFAULT_MAX_CLOCK_STEP_S: i64 = 60;
 
 /// A configured device, as the engine needs it: where it is and who owns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +248,10 @@ pub struct GridRiskEngine {
     camera_cells: HashSet<GridId>,
     /// The kind policy of each polygon cell that has one: looked up on every observation.
     kind_of_cell: HashMap<GridId, GridKindPolicy>,
+    /// The clock is following a jump in steps: counted and logged once, when it began.
+    jumping: bool,
+    /// Jumps since this engine was made (also counted in `skynet_clock_jumps_total`).
+    jumps: u64,
 }
 
 impl GridRiskEngine {
@@ -264,12 +293,20 @@ impl GridRiskEngine {
             default_policy,
             camera_cells,
             kind_of_cell,
+            jumping: false,
+            jumps: 0,
         }
     }
 
-    /// The engine's clock: the latest time it was given.
+    /// The engine's clock: the latest time it was given (or, while it follows a jump, where
+    /// its steps have got to).
     pub fn clock(&self) -> Option<DateTime<Utc>> {
         self.state.clock
+    }
+
+    /// How many times an input jumped the clock forward by more than `max_clock_step`.
+    pub fn clock_jumps(&self) -> u64 {
+        self.jumps
     }
 
     /// A cell's current level and fused score.
@@ -289,19 +326,66 @@ impl GridRiskEngine {
             .map(|o| &o.incident)
     }
 
+    /// Moves the clock towards `at`, never back and at most `max_clock_step` forward.
     fn tick(&mut self, at: DateTime<Utc>) -> DateTime<Utc> {
-        let clock = self.state.clock.map_or(at, |c| c.max(at));
-        self.state.clock = Some(clock);
-        clock
+        let Some(clock) = self.state.clock else {
+            self.state.clock = Some(at);
+            return at;
+        };
+        let step = self.config.max_clock_step;
+        if at <= clock {
+            // A time at or behind the clock (a bogus time gone, a late input) ends a jump.
+            if clock.signed_duration_since(at) <= step {
+                self.jumping = false;
+            }
+            return clock;
+        }
+        let next = if at.signed_duration_since(clock) > step {
+            if !self.jumping {
+                // Once per jump: the steps that follow it are the same jump.
+                self.jumping = true;
+                self.jumps += 1;
+                metrics::counter!("skynet_clock_jumps_total").increment(1);
+                tracing::warn!(
+                    from = %clock,
+                    to = %at,
+                    step_s = step.num_seconds(),
+                    "the clock jumped forward; following it in steps"
+                );
+            }
+            clock.checked_add_signed(step).unwrap_or(at)
+        } else {
+            self.jumping = false;
+            at
+        };
+        self.state.clock = Some(next);
+        next
+    }
+
+    /// Moves the clock to `to` (never back) without the step bound: for time known to be
+    /// true, such as the gaps of a recording (`skynet replay`, where no wall clock ticked
+    /// through the night). The next input sweeps: what fell due in between happens then, at
+    /// its own time, in order, before that input's evidence.
+    pub fn follow(&mut self, to: DateTime<Utc>) {
+        if self.state.clock.is_none_or(|c| to > c) {
+            self.state.clock = Some(to);
+            self.jumping = false;
+        }
     }
 
     fn sweep(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
+        // Timed actions first, in time order over all cells; then each cell as of now, in
+        // cell order, so the events come out the same on every run.
+        self.sweep_incidents(now, out);
+        self.sweep_cells(now, out);
+    }
+
+    /// A sweep's second half: each cell's score and level as of `now`, and what faded.
+    fn sweep_cells(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
         self.state.last_sweep = Some(now);
-        // In cell order, so the events come out the same on every run.
         let mut grids: Vec<GridId> = self.state.cells.keys().cloned().collect();
         grids.sort_unstable();
         for grid in grids {
-            self.sweep_incidents(&grid, now, out);
             self.rescore(&grid, now, out);
             if let Some(cell) = self.state.cells.get(&grid) {
                 let score = cell.score;
@@ -312,12 +396,14 @@ impl GridRiskEngine {
         }
     }
 
-    fn sweep_if_due(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
-        let due = self
-            .state
+    fn sweep_due(&self, now: DateTime<Utc>) -> bool {
+        self.state
             .last_sweep
-            .is_none_or(|last| now.signed_duration_since(last) >= self.config.sweep_every);
-        if due {
+            .is_none_or(|last| now.signed_duration_since(last) >= self.config.sweep_every)
+    }
+
+    fn sweep_if_due(&mut self, now: DateTime<Utc>, out: &mut Vec<RiskEvent>) {
+        if self.sweep_due(now) {
             self.sweep(now, out);
         }
     }
@@ -328,6 +414,15 @@ impl RiskEngine for GridRiskEngine {
         self.open_count
     }
 
+    fn incident_department(&self, id: &str) -> Option<String> {
+        self.state.cells.values().find_map(|cell| {
+            cell.open
+                .values()
+                .find(|o| o.incident.id == id)
+                .map(|o| o.incident.department.clone())
+        })
+    }
+
     fn observe(&mut self, obs: &Observation) -> Vec<RiskEvent> {
         let mut out = Vec::new();
         if let Err(reason) = obs.validate() {
@@ -336,9 +431,30 @@ impl RiskEngine for GridRiskEngine {
             return out;
         }
         let now = self.tick(obs.at);
+        // A time ahead of the clock (a jump being followed in steps) counts as the clock's:
+        // evidence dated further on would hold its incident open until then.
+        let clamped;
+        let obs = if obs.at > now {
+            clamped = Observation {
+                at: now,
+                ..obs.clone()
+            };
+            &clamped
+        } else {
+            obs
+        };
+        // What went quiet or fell due before this observation happens first, at its own
+        // time: evidence after a gap opens a new incident, as it does live. The cells are
+        // scored after it, with its evidence (a sweep's two halves around the observation).
+        let sweep = self.sweep_due(now);
+        if sweep {
+            self.sweep_incidents(now, &mut out);
+        }
         if let Some(fault) = obs.evidence.fault {
             self.fault(obs, fault, &mut out);
-            self.sweep_if_due(now, &mut out);
+            if sweep {
+                self.sweep_cells(now, &mut out);
+            }
             return out;
         }
 
@@ -389,7 +505,9 @@ impl RiskEngine for GridRiskEngine {
         );
         self.fuse_rules(obs, now, &mut out);
         self.rescore(&obs.grid, now, &mut out);
-        self.sweep_if_due(now, &mut out);
+        if sweep {
+            self.sweep_cells(now, &mut out);
+        }
         out
     }
 

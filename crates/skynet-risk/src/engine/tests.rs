@@ -16,7 +16,10 @@ const GRIDS: &str = r#"{"type": "FeatureCollection", "features": [
    "geometry": {"type": "Polygon", "coordinates": [[[5,5],[6,5],[6,6],[5,6],[5,5]]]}}
 ]}"#;
 
+// The clock may move a day per input: these tests model risk over gaps of minutes without
+// a wall clock ticking through them (the bounded step has tests of its own, at the end).
 const SETTINGS: &str = r#"
+max_clock_step_s = 86400
 half_life_s = 60
 close_after_s = 120
 update_every_s = 30
@@ -249,7 +252,8 @@ fn a_missed_deadline_escalates_once() {
     assert_eq!(missed.len(), 1, "escalated once");
     assert_eq!(missed[0].level, RiskLevel::I, "one step above its ceiling");
     assert_eq!(missed[0].missed, vec!["dispatch".to_string()]);
-    assert!(missed[0].last_seen >= dispatch_by);
+    // Escalated at its due time, before the evidence of that time joined it.
+    assert!(missed[0].last_seen < dispatch_by);
     assert_eq!(e.cell_level(&GridId::new("A")).0, Some(RiskLevel::I));
 }
 
@@ -782,4 +786,164 @@ fn a_whole_snapshot_restored_counts_every_row_as_changed() {
         ),
         "{err}"
     );
+}
+
+/// Time: before evidence is applied, what went quiet before it closes at its own close time.
+#[test]
+fn evidence_after_a_gap_closes_the_quiet_incident_first_then_opens_a_new_one() {
+    let mut e = engine();
+    let first = incidents(&e.observe(&obs(0, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    // Three hours later, with no input in between (a recorded night).
+    let events = e.observe(&obs(3 * 3600, "A", "loitering", "cam-1", 0.6));
+    let revisions = incidents(&events);
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+    assert_eq!(
+        revisions[0].id, first,
+        "the old one's closing revision comes first"
+    );
+    assert_eq!(revisions[0].change, IncidentChange::Quiet);
+    assert_eq!(revisions[0].status, IncidentStatus::Closed);
+    assert_eq!(revisions[0].last_seen, t(0));
+    assert_ne!(revisions[1].id, first, "a new incident");
+    assert_eq!(revisions[1].change, IncidentChange::Opened);
+    assert_eq!(revisions[1].first_seen, t(3 * 3600));
+}
+
+/// The closing revision is dated at `last_seen + close_after`, not at the evidence that
+/// found it quiet: the cooldown runs from there.
+#[test]
+fn an_incident_closes_at_its_close_time_and_the_cooldown_runs_from_it() {
+    // Closed at 120; evidence at 400 is 280 s later, within the 300 s cooldown: reopened.
+    let mut e = engine();
+    let id = incidents(&e.observe(&obs(0, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let events = e.observe(&obs(400, "A", "loitering", "cam-1", 0.6));
+    let changes: Vec<(&str, IncidentChange)> = incidents(&events)
+        .iter()
+        .map(|i| (i.id.as_str(), i.change))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (id.as_str(), IncidentChange::Quiet),
+            (id.as_str(), IncidentChange::Reopened)
+        ]
+    );
+    // Evidence at 500 is 380 s after the close at 120: a new incident.
+    let mut e = engine();
+    e.observe(&obs(0, "A", "loitering", "cam-1", 0.6));
+    let events = e.observe(&obs(500, "A", "loitering", "cam-1", 0.6));
+    let opened = incidents(&events);
+    assert_eq!(opened.len(), 2);
+    assert_ne!(opened[1].id, id);
+    assert_eq!(opened[1].change, IncidentChange::Opened);
+}
+
+/// After a gap, timed actions come out in time order over all cells, not in cell order.
+#[test]
+fn after_a_gap_incidents_close_in_the_order_they_went_quiet() {
+    let mut e = engine();
+    let b = incidents(&e.observe(&obs(0, "B", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let a = incidents(&e.observe(&obs(50, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let events = e.observe(&obs(3 * 3600, "C", "loitering", "cam-1", 0.6));
+    let closed: Vec<&str> = incidents(&events)
+        .iter()
+        .filter(|i| i.change == IncidentChange::Quiet)
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(
+        closed,
+        vec![b.as_str(), a.as_str()],
+        "B went quiet at 120, A at 170"
+    );
+}
+
+/// A lone time far ahead (a bogus wall clock, a device's wrong clock) moves the clock one
+/// step: counted once, open incidents are not closed by it, and evidence dated there counts
+/// as the clock's time.
+#[test]
+fn a_jump_moves_the_clock_one_step_and_is_counted_once() {
+    let mut e = engine_with(&SETTINGS.replace("max_clock_step_s = 86400", "max_clock_step_s = 60"));
+    let id = incidents(&e.observe(&obs(0, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let year = 365 * 24 * 3600;
+    let events = e.advance(t(year));
+    assert!(incidents(&events).is_empty(), "nothing closed: {events:?}");
+    assert_eq!(e.clock(), Some(t(60)), "one step");
+    assert_eq!(e.clock_jumps(), 1);
+    // Evidence stamped a year ahead, in the same jump: one more step, at the clock's time,
+    // not counted again.
+    e.observe(&obs(year, "A", "loitering", "cam-1", 0.6));
+    assert_eq!(e.clock_jumps(), 1);
+    assert_eq!(e.clock(), Some(t(120)));
+    let open = e.open_incident(&GridId::new("A"), "loitering").unwrap();
+    assert_eq!(open.id, id);
+    assert_eq!(open.last_seen, t(120));
+    // The wall clock is back: the jump is over; the incident closes once quiet (at 240).
+    e.advance(t(100));
+    let mut later = e.advance(t(180));
+    later.extend(e.advance(t(230)));
+    assert!(incidents(&later).is_empty());
+    later.extend(e.advance(t(280)));
+    let closed = incidents(&later);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].change, IncidentChange::Quiet);
+    assert_eq!(e.clock_jumps(), 1);
+    // A new jump is counted again.
+    e.advance(t(year));
+    assert_eq!(e.clock_jumps(), 2);
+}
+
+/// A real forward step (the clock was corrected) is followed, one step per input, and what
+/// falls due on the way happens at its own time, in order.
+#[test]
+fn a_forward_step_is_followed_in_steps() {
+    let mut e = engine_with(&SETTINGS.replace("max_clock_step_s = 86400", "max_clock_step_s = 60"));
+    let id = incidents(&e.observe(&obs(0, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    let mut events = Vec::new();
+    // The live pipeline calls `advance` ten times a second with the (stepped) wall clock.
+    let mut calls = 0;
+    while e.clock() < Some(t(3600)) {
+        events.extend(e.advance(t(3600) + Duration::milliseconds(100 * calls)));
+        calls += 1;
+        assert!(calls < 100, "followed within a few inputs");
+    }
+    assert_eq!(e.clock_jumps(), 1);
+    let revisions = incidents(&events);
+    assert_eq!(revisions.len(), 1);
+    assert_eq!(
+        (revisions[0].id.as_str(), revisions[0].change),
+        (id.as_str(), IncidentChange::Quiet)
+    );
+    // Then the clock follows each input again.
+    e.advance(t(3610));
+    assert_eq!(e.clock(), Some(t(3610)));
+    assert_eq!(e.clock_jumps(), 1);
+}
+
+/// `follow` moves the clock over a gap known to be true, without the bound.
+#[test]
+fn follow_moves_the_clock_over_a_true_gap() {
+    let mut e = engine_with(&SETTINGS.replace("max_clock_step_s = 86400", "max_clock_step_s = 60"));
+    let first = incidents(&e.observe(&obs(0, "A", "loitering", "cam-1", 0.6)))[0]
+        .id
+        .clone();
+    e.follow(t(3 * 3600));
+    assert_eq!(e.clock(), Some(t(3 * 3600)));
+    let events = e.observe(&obs(3 * 3600, "A", "loitering", "cam-1", 0.6));
+    let revisions = incidents(&events);
+    assert_eq!(revisions[0].id, first);
+    assert_eq!(revisions[0].change, IncidentChange::Quiet);
+    assert_ne!(revisions[1].id, first);
+    assert_eq!(e.clock_jumps(), 0, "not a jump");
 }
