@@ -1,12 +1,15 @@
 //! The loop back from the case system: `skynet.case_status.v1` CloudEvents on NATS subjects
-//! `skynet.cases.<incident-id>`, read from a JetStream stream with a durable pull consumer.
+//! `skynet.cases.<id>`, read from a JetStream stream with a durable pull consumer.
 //!
-//! A status event is acknowledged to JetStream only once the revision it caused is committed
-//! to the outbox (the [`CaseAck`] travels with the revision to the commit stage). A process
-//! killed in between gets the event again at its next start, so no status is ever lost;
-//! one applied twice is recognised as such and changes nothing. Events that can never be
-//! applied (not JSON, not a case status, an unknown status) are logged with their subject
-//! and an excerpt, counted, and terminated so JetStream does not redeliver them forever.
+//! The consumer only carries each message (its subject, body, `Skynet-Signature` header and
+//! stream sequence) to the risk stage, which checks it (`skynet_risk::case_status`: the
+//! signature, the schema, the `source`, the id not applied before, the department, the
+//! transition) and applies it or refuses it. Either way the message is answered to
+//! JetStream only once what it caused is committed to the outbox (the [`CaseAck`] travels
+//! with the revision to the commit stage): an applied one is acknowledged, with its id kept
+//! in the outbox's `case_events` so it is never applied again; a refused one is kept in the
+//! dead letters (sink `cases`) and terminated, so JetStream does not redeliver it forever. A
+//! process killed in between gets the message again at its next start.
 
 use std::time::Duration;
 
@@ -14,14 +17,20 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use skynet_core::{
-    CASE_STATUS_EVENT_TYPE, CaseStatus, ComponentHealth, ConfigContext, FieldError, MaskedUri,
-    Shutdown, redact_uri,
+    CaseStatus, ComponentHealth, ConfigContext, FieldError, MaskedUri, Secret, Shutdown, redact_uri,
 };
 
+use crate::DeadLetter;
 use crate::sinks::nats::{check_name, check_subject_prefix, check_url, connect};
 
-/// `[cases]` as written: where the case system's status events come from. Its `Debug`
-/// shows the URL without credentials (a [`MaskedUri`]).
+/// The NATS header of a status event's signature: `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub const CASE_SIGNATURE_HEADER: &str = "Skynet-Signature";
+
+/// The dead-letter sink name of refused status events.
+pub const CASES_DEAD_LETTER_SINK: &str = "cases";
+
+/// `[cases]` as written: where the case system's status events come from, and what is taken
+/// from there. Its `Debug` shows the URL without credentials (a [`MaskedUri`]) and no secret.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CasesSettings {
@@ -39,9 +48,19 @@ pub struct CasesSettings {
     /// A `.creds` file; `${VAR}` expanded. The environment also works, as for the NATS sink.
     #[serde(default)]
     pub credentials: Option<String>,
-    /// How long the stream keeps a status event.
+    /// How long the stream keeps a status event; applied event ids are remembered as long.
     #[serde(default = "default_max_age_days")]
     pub max_age_days: f64,
+    /// The CloudEvent `source` values taken (the case system's); any other is refused.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The HMAC-SHA256 key of `Skynet-Signature`; `${VAR}` expanded. Empty (or unset): no
+    /// signature is asked for.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// The environment variable holding the secret, instead of `secret`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
 }
 
 fn default_stream() -> String {
@@ -69,6 +88,42 @@ impl CasesSettings {
             let path = cx.resolve_path("credentials", path)?;
             self.credentials = Some(path.to_string_lossy().into_owned());
         }
+        if self.sources.is_empty() {
+            return Err(FieldError::new(
+                "sources",
+                "list the CloudEvent `source` values of the case system, like `sources = [\"case-system\"]`: events from any other source are refused",
+            ));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if source.trim().is_empty() || source.chars().count() > 256 {
+                return Err(FieldError::new(
+                    format!("sources[{i}]"),
+                    "a source is 1 to 256 characters",
+                ));
+            }
+        }
+        self.secret = match (self.secret.take(), &self.secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "secret_env",
+                    "give either `secret` or `secret_env`, not both",
+                ));
+            }
+            (None, None) => None,
+            (Some(secret), None) => Some(cx.expand("secret", secret.expose())?.into()),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        FieldError::new(
+                            "secret_env",
+                            format!("environment variable `{var}` is not set"),
+                        )
+                    })?
+                    .into(),
+            ),
+        };
+        // An empty secret (`${SKYNET_CASES_SECRET:-}` unset) asks for no signature.
+        self.secret = self.secret.take().filter(|s| !s.is_empty());
         Ok(())
     }
 
@@ -80,6 +135,9 @@ impl CasesSettings {
             durable: default_durable(),
             credentials: None,
             max_age_days: default_max_age_days(),
+            sources: vec!["case-system".into()],
+            secret: None,
+            secret_env: None,
         }
     }
 
@@ -88,110 +146,117 @@ impl CasesSettings {
     }
 }
 
-/// Acknowledges a status event to JetStream once what it caused is committed. Dropped
-/// without [`ack`](Self::ack), the event comes again later.
+/// Answers a status event to JetStream once what it caused is committed: acknowledged when
+/// applied, terminated when refused (so it is not redelivered). Dropped without
+/// [`ack`](Self::ack), the event comes again later.
 pub struct CaseAck {
     acker: Option<(jetstream::message::Acker, tokio::runtime::Handle)>,
+    terminate: bool,
 }
 
 impl std::fmt::Debug for CaseAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CaseAck")
+        f.write_str(if self.terminate {
+            "CaseAck(term)"
+        } else {
+            "CaseAck"
+        })
     }
 }
 
 impl CaseAck {
-    /// Sends the ack without waiting (callable from any thread). A lost ack only means the
-    /// event comes again, which changes nothing.
+    /// Sends the answer without waiting (callable from any thread). A lost ack only means
+    /// the event comes again, and is then refused as a duplicate.
     pub fn ack(mut self) {
         if let Some((acker, runtime)) = self.acker.take() {
+            let kind = if self.terminate {
+                AckKind::Term
+            } else {
+                AckKind::Ack
+            };
             runtime.spawn(async move {
-                if let Err(e) = acker.ack().await {
-                    tracing::debug!(error = %e, "could not acknowledge a case status event; it will come again");
+                if let Err(e) = acker.ack_with(kind).await {
+                    tracing::debug!(error = %e, "could not answer a case status event; it will come again");
                 }
             });
         }
     }
 
+    /// The event was refused: once its dead letter is committed, JetStream is told not to
+    /// deliver it again.
+    pub fn refused(mut self) -> Self {
+        self.terminate = true;
+        self
+    }
+
     /// An ack that does nothing (tests, and events that came without JetStream).
     pub fn none() -> Self {
-        Self { acker: None }
+        Self {
+            acker: None,
+            terminate: false,
+        }
     }
 }
 
-/// One status event, checked, for the risk stage.
+/// A status event as it came from the stream, not yet checked.
 #[derive(Debug)]
-pub struct CaseFeedback {
-    pub status: CaseStatus,
-    /// The CloudEvent id, for logs.
-    pub event_id: String,
+pub struct CaseMessage {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    /// The `Skynet-Signature` header, when the message has one.
+    pub signature: Option<String>,
+    /// Its sequence in the stream: the `seq` of its dead letter, if refused.
+    pub stream_seq: u64,
     pub ack: CaseAck,
 }
 
-#[derive(Deserialize)]
-struct CaseEvent {
-    specversion: String,
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    data: CaseStatus,
+/// A status change for the risk stage.
+#[derive(Debug)]
+pub enum CaseFeedback {
+    /// From the case system's stream: checked by the risk stage before anything is applied.
+    Message(Box<CaseMessage>),
+    /// From a person in the console, whose API has checked it and audits it.
+    Console(CaseStatus),
 }
 
-/// Why a status event was refused (the `reason` label of `skynet_case_status_rejected_total`).
-#[derive(Debug, PartialEq)]
-pub struct Refused {
-    pub reason: &'static str,
-    pub message: String,
+/// What a commit records of the status events it answers, in the same transaction as the
+/// revisions they caused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseRecord {
+    /// Applied: the id is never applied again (kept `max_age_days`).
+    Applied {
+        id: String,
+        incident: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    /// Refused: kept in the dead letters (sink `cases`) with its reason.
+    Refused(DeadLetter),
 }
 
-/// Reads one status event: a structured-mode CloudEvent whose subject names its incident.
-pub fn parse_case_event(
-    subject: &str,
-    prefix: &str,
-    payload: &[u8],
-) -> Result<(String, CaseStatus), Refused> {
-    let event: CaseEvent = serde_json::from_slice(payload).map_err(|e| Refused {
-        reason: "malformed",
-        message: format!("not a case-status CloudEvent: {e}"),
-    })?;
-    if event.specversion != "1.0" {
-        return Err(Refused {
-            reason: "malformed",
-            message: format!("specversion {} (expected 1.0)", event.specversion),
-        });
+/// At most this much of a refused event's body is kept in its dead letter and the log: the
+/// rest is not the case system's status, and a flood must not fill the disk.
+pub const REFUSED_BODY_LIMIT: usize = 16 * 1024;
+
+/// The dead letter of a refused status event: `reason` is `<reason>: <message>`.
+pub fn refused_letter(message: &CaseMessage, id: Option<&str>, reason: &str) -> DeadLetter {
+    let payload = &message.payload[..message.payload.len().min(REFUSED_BODY_LIMIT)];
+    DeadLetter {
+        sink: CASES_DEAD_LETTER_SINK.into(),
+        seq: i64::try_from(message.stream_seq).unwrap_or(i64::MAX),
+        id: id.unwrap_or_default().chars().take(256).collect(),
+        status: None,
+        reason: reason.chars().take(1000).collect(),
+        at: chrono::Utc::now(),
+        body: String::from_utf8_lossy(payload).into_owned(),
+        replay: false,
     }
-    if event.event_type != CASE_STATUS_EVENT_TYPE {
-        return Err(Refused {
-            reason: "wrong_type",
-            message: format!(
-                "type `{}` (expected {CASE_STATUS_EVENT_TYPE})",
-                event.event_type
-            ),
-        });
-    }
-    event.data.validate().map_err(|message| Refused {
-        reason: "invalid",
-        message,
-    })?;
-    let named = subject
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('.'));
-    if named != Some(event.data.incident.as_str()) {
-        return Err(Refused {
-            reason: "wrong_subject",
-            message: format!(
-                "subject `{subject}` does not name incident `{}` (expected {prefix}.{})",
-                event.data.incident, event.data.incident
-            ),
-        });
-    }
-    Ok((event.id, event.data))
 }
 
 /// At most this much of a refused payload goes into the log.
 const EXCERPT: usize = 200;
 
-fn excerpt(payload: &[u8]) -> String {
+/// A printable excerpt of a payload, for the log.
+pub fn excerpt(payload: &[u8]) -> String {
     let text = String::from_utf8_lossy(&payload[..payload.len().min(EXCERPT)]);
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -285,43 +350,36 @@ async fn consume(
             None => return Err("the consumer's message stream ended".into()),
         };
         received.increment(1);
+        // The stream sequence: where a refused event's dead letter is kept.
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let (message, acker) = message.split();
-        let subject = message.subject.as_str();
-        match parse_case_event(subject, &settings.subject_prefix, &message.payload) {
-            Ok((event_id, status)) => {
-                let span = tracing::info_span!("case_status", incident = %status.incident, status = status.status.as_str());
-                let _entered = span.enter();
-                let mut feedback = CaseFeedback {
-                    status,
-                    event_id,
-                    ack: CaseAck {
-                        acker: Some((acker, runtime.clone())),
-                    },
-                };
-                // The risk stage is busy: wait (JetStream holds the rest), never drop.
-                loop {
-                    match out.try_send(feedback) {
-                        Ok(()) => break,
-                        Err(crossbeam_channel::TrySendError::Full(back)) => {
-                            feedback = back;
-                            if shutdown.is_triggered() {
-                                return Ok(());
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(()),
+        let signature = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(CASE_SIGNATURE_HEADER))
+            .map(|v| v.as_str().to_string());
+        let mut feedback = CaseFeedback::Message(Box::new(CaseMessage {
+            subject: message.subject.to_string(),
+            payload: message.payload,
+            signature,
+            stream_seq,
+            ack: CaseAck {
+                acker: Some((acker, runtime.clone())),
+                terminate: false,
+            },
+        }));
+        // The risk stage is busy: wait (JetStream holds the rest), never drop.
+        loop {
+            match out.try_send(feedback) {
+                Ok(()) => break,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    feedback = back;
+                    if shutdown.is_triggered() {
+                        return Ok(());
                     }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-            }
-            Err(refused) => {
-                metrics::counter!("skynet_case_status_rejected_total", "reason" => refused.reason)
-                    .increment(1);
-                tracing::warn!(subject, reason = refused.reason, error = %refused.message, payload = %excerpt(&message.payload),
-                    "case status event refused");
-                // Redelivering it would refuse it again.
-                if let Err(e) = acker.ack_with(AckKind::Term).await {
-                    tracing::debug!(error = %e, "could not terminate a refused case status event");
-                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(()),
             }
         }
     }
@@ -331,55 +389,52 @@ async fn consume(
 mod tests {
     use super::*;
 
-    fn event(subject_incident: &str, data: &str) -> (String, Vec<u8>) {
-        (
-            format!("skynet.cases.{subject_incident}"),
-            format!(
-                r#"{{"specversion":"1.0","id":"e1","source":"cases","type":"skynet.case_status.v1","data":{data}}}"#
-            )
-            .into_bytes(),
-        )
+    fn settings(text: &str) -> Result<CasesSettings, FieldError> {
+        let mut settings: CasesSettings =
+            toml::from_str(text).map_err(|e| FieldError::new("", e.to_string()))?;
+        settings.validate(&ConfigContext::new(std::path::Path::new("skynet.toml")))?;
+        Ok(settings)
     }
 
     #[test]
-    fn a_case_status_event_is_read_and_bad_ones_are_refused_with_a_reason() {
-        let (subject, payload) = event(
-            "inc-1",
-            r#"{"incident":"inc-1","status":"dispatched","department":"fire","assignee":"crew 7","note":"go","at":"2026-11-27T10:00:00Z"}"#,
+    fn sources_are_required_and_the_secret_is_never_shown() {
+        let e = settings("url = \"nats://127.0.0.1:4222\"").unwrap_err();
+        assert!(e.to_string().contains("sources"), "{e}");
+        let ok = settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"case-system\"]\nsecret = \"k-secret-55\"").unwrap();
+        assert_eq!(ok.secret.as_ref().map(Secret::expose), Some("k-secret-55"));
+        assert!(!format!("{ok:?}").contains("k-secret-55"));
+        let empty =
+            settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"case-system\"]\nsecret = \"\"")
+                .unwrap();
+        assert!(
+            empty.secret.is_none(),
+            "an empty secret asks for no signature"
         );
-        let (id, status) = parse_case_event(&subject, "skynet.cases", &payload).unwrap();
-        assert_eq!(id, "e1");
-        assert_eq!(status.status, skynet_core::IncidentState::Dispatched);
-        assert_eq!(status.assignee.as_deref(), Some("crew 7"));
+        let both = settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"c\"]\nsecret = \"k\"\nsecret_env = \"X\"").unwrap_err();
+        assert!(both.to_string().contains("secret_env"), "{both}");
+        assert!(settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"\"]").is_err());
+    }
 
-        let refused = |subject: &str, payload: &[u8]| {
-            parse_case_event(subject, "skynet.cases", payload)
-                .unwrap_err()
-                .reason
+    #[test]
+    fn a_refused_event_becomes_a_bounded_dead_letter_of_the_cases_sink() {
+        let message = CaseMessage {
+            subject: "skynet.cases.x".into(),
+            payload: vec![b'a'; REFUSED_BODY_LIMIT * 2].into(),
+            signature: None,
+            stream_seq: 42,
+            ack: CaseAck::none(),
         };
-        assert_eq!(refused("skynet.cases.x", b"{not json"), "malformed");
-        let (s, p) = event(
-            "inc-1",
-            r#"{"incident":"inc-1","status":"open","at":"2026-11-27T10:00:00Z"}"#,
+        let letter = refused_letter(
+            &message,
+            Some("e1"),
+            "signature: no Skynet-Signature header",
         );
-        assert_eq!(refused(&s, &p), "invalid");
-        let (s, p) = event(
-            "inc-1",
-            r#"{"incident":"inc-1","status":"fixed","at":"2026-11-27T10:00:00Z"}"#,
-        );
-        assert_eq!(refused(&s, &p), "malformed");
-        let (s, p) = event(
-            "inc-2",
-            r#"{"incident":"inc-1","status":"resolved","at":"2026-11-27T10:00:00Z"}"#,
-        );
-        assert_eq!(refused(&s, &p), "wrong_subject");
-        let (s, p) = event(
-            "inc-1",
-            r#"{"incident":"inc-1","status":"resolved","at":"2026-11-27T10:00:00Z","extra":1}"#,
-        );
-        assert_eq!(refused(&s, &p), "malformed");
-        let wrong = br#"{"specversion":"1.0","id":"e","type":"skynet.incident.v1","data":{"incident":"inc-1","status":"resolved","at":"2026-11-27T10:00:00Z"}}"#;
-        assert_eq!(refused("skynet.cases.inc-1", wrong), "wrong_type");
-        assert!(excerpt(&[b'a'; 1000]).len() == EXCERPT);
+        assert_eq!(letter.sink, "cases");
+        assert_eq!(letter.seq, 42);
+        assert_eq!(letter.id, "e1");
+        assert_eq!(letter.body.len(), REFUSED_BODY_LIMIT);
+        assert!(letter.reason.starts_with("signature"));
+        assert_eq!(excerpt(&[b'a'; 1000]).len(), EXCERPT);
+        assert_eq!(format!("{:?}", CaseAck::none().refused()), "CaseAck(term)");
     }
 }

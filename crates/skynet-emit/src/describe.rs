@@ -13,10 +13,6 @@ pub fn describe_metrics() {
         "Case status events taken from the [cases] stream."
     );
     describe_counter!(
-        "skynet_case_status_rejected_total",
-        "Case status events refused, per reason: malformed, wrong_type, invalid, wrong_subject, unknown_incident, transition."
-    );
-    describe_counter!(
         "skynet_sink_dead_letters_total",
         "Events a sink's destination refused for good, kept in the dead letters, per sink (a replay refused again counts again)."
     );

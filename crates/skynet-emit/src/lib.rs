@@ -8,6 +8,7 @@
 //! blocked sink holds up nothing else. Consumers deduplicate by the CloudEvent `id`.
 
 mod cases;
+mod cases_log;
 mod cloudevent;
 mod delivery;
 mod describe;
@@ -20,7 +21,10 @@ mod state_store;
 /// Sample incidents, for this crate's tests and the sink conformance suite.
 mod test_support;
 
-pub use cases::{CaseAck, CaseFeedback, CasesSettings, spawn_case_consumer};
+pub use cases::{
+    CASE_SIGNATURE_HEADER, CASES_DEAD_LETTER_SINK, CaseAck, CaseFeedback, CaseMessage, CaseRecord,
+    CasesSettings, REFUSED_BODY_LIMIT, excerpt, refused_letter, spawn_case_consumer,
+};
 pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
 pub use delivery::{
     CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,

@@ -48,6 +48,8 @@ pub struct DeadLetter {
 pub struct Outbox {
     path: PathBuf,
     conn: Connection,
+    /// What the next commit records of case status events (see [`Outbox::stage_cases`]).
+    pub(crate) staged_cases: crate::cases_log::StagedCases,
 }
 
 const SCHEMA: &str = "
@@ -109,7 +111,7 @@ CREATE TABLE IF NOT EXISTS state (
 );
 ";
 
-fn upsert_dead_letter(tx: &Transaction<'_>, letter: &DeadLetter) -> rusqlite::Result<usize> {
+pub(crate) fn upsert_dead_letter(tx: &Transaction<'_>, letter: &DeadLetter) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "INSERT INTO dead_letters (sink, seq, id, status, reason, at, body, replay)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -188,9 +190,11 @@ impl Outbox {
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(crate::state_store::SCHEMA)
             .map_err(err)?;
+        conn.execute_batch(crate::cases_log::SCHEMA).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
             conn,
+            staged_cases: Default::default(),
         })
     }
 
@@ -337,7 +341,9 @@ impl Outbox {
             .map_err(&err)?;
         }
         write_state(&tx, &now).map_err(&err)?;
+        crate::cases_log::write(&tx, &self.staged_cases).map_err(&err)?;
         tx.commit().map_err(&err)?;
+        self.staged_cases = Default::default();
         // Reported only once committed: a rolled-back commit conflicted with nothing.
         for id in &conflicts {
             metrics::counter!("skynet_outbox_conflicts_total").increment(1);

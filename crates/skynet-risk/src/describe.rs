@@ -29,8 +29,8 @@ pub fn describe_metrics() {
         "Case status events that moved an incident, per status."
     );
     describe_counter!(
-        "skynet_case_status_duplicates_total",
-        "Case status events already applied (sent again), ignored."
+        "skynet_case_status_refused_total",
+        "Case status events refused and not applied, kept in the dead letters (sink cases), per reason: source, signature, department, duplicate, schema, transition."
     );
     describe_counter!(
         "skynet_clock_jumps_total",

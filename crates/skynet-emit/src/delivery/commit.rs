@@ -118,7 +118,7 @@ impl Committer {
             .map(|change| OutboxEvent::new(&self.node, change))
             .collect();
         // Nothing to write: skip the transaction and its fsync.
-        if !events.is_empty() || with_state {
+        if !events.is_empty() || with_state || self.outbox.has_staged_cases() {
             let inserted = commit(&mut self.outbox, &events)?;
             if inserted > 0 {
                 metrics::counter!("skynet_incidents_stored_total").increment(inserted as u64);
@@ -127,6 +127,16 @@ impl Committer {
         }
         self.prune_if_due();
         Ok(events)
+    }
+
+    /// Stages what the next commit records of case status events, in its transaction
+    /// ([`Outbox::stage_cases`]).
+    pub fn stage_cases(
+        &mut self,
+        records: Vec<crate::CaseRecord>,
+        forget_before: Option<chrono::DateTime<Utc>>,
+    ) {
+        self.outbox.stage_cases(records, forget_before);
     }
 
     pub fn outbox(&self) -> &Outbox {

@@ -361,6 +361,21 @@ impl GridRiskEngine {
             .cells
             .get_mut(&key.grid)
             .and_then(|c| c.closed.remove(&in_cell));
+        // A false alarm stays closed while its evidence goes on: the rejected incident is not
+        // reopened, and nothing new opens until the cooldown after the rejection has passed.
+        let closed = match closed {
+            Some(rejected)
+                if rejected.incident.state == IncidentState::Rejected
+                    && obs.at.signed_duration_since(rejected.closed_at) < self.config.cooldown =>
+            {
+                tracing::debug!(incident = %rejected.incident.id, grid = %key.grid, "evidence for a rejected incident within its cooldown; nothing opened");
+                if let Some(cell) = self.state.cells.get_mut(&key.grid) {
+                    cell.closed.insert(in_cell.clone(), rejected);
+                }
+                return;
+            }
+            other => other,
+        };
         if let Some(closed) = closed
             && obs.at.signed_duration_since(closed.closed_at) < self.config.cooldown
         {

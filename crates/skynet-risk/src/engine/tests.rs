@@ -565,6 +565,41 @@ proptest! {
     }
 }
 
+/// Issue 21: a `rejected` status while the evidence still comes closes the incident as a
+/// false alarm; the evidence that goes on opens nothing (neither reopens it nor opens
+/// another) until `cooldown_s` (300 s here) after the rejection; then fresh evidence opens a
+/// new incident.
+#[test]
+fn a_rejected_incident_stays_closed_while_its_evidence_goes_on_until_the_cooldown() {
+    let mut e = engine();
+    let opened = e.observe(&obs(0, "A", "gas_leak", "gas-1", 0.8));
+    let id = incidents(&opened)[0].id.clone();
+    e.observe(&obs(5, "A", "gas_leak", "gas-1", 0.8));
+    let rejected = e
+        .feedback(&case(&id, IncidentState::Rejected, t(10)))
+        .unwrap();
+    assert_eq!(incidents(&rejected)[0].state, IncidentState::Rejected);
+    assert_eq!(incidents(&rejected)[0].status, IncidentStatus::Closed);
+    assert_eq!(e.open_incidents(), 0);
+    // The sensor keeps reporting for the whole cooldown: no incident revision at all.
+    for at in (15..300).step_by(5) {
+        let out = e.observe(&obs(at, "A", "gas_leak", "gas-1", 0.8));
+        assert!(
+            incidents(&out).is_empty(),
+            "evidence at {at} s opened or reopened an incident: {out:?}"
+        );
+        e.advance(t(at));
+    }
+    assert_eq!(e.open_incidents(), 0);
+    // Past the cooldown after the rejection (10 + 300 s): a new incident.
+    let fresh = e.observe(&obs(315, "A", "gas_leak", "gas-1", 0.8));
+    let fresh = incidents(&fresh);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_ne!(fresh[0].id, id, "a new incident, not the false alarm reopened");
+    assert_eq!(fresh[0].state, IncidentState::Open);
+    assert_eq!(e.open_incidents(), 1);
+}
+
 fn case(id: &str, status: IncidentState, at: DateTime<Utc>) -> skynet_core::CaseStatus {
     skynet_core::CaseStatus {
         incident: id.to_string(),

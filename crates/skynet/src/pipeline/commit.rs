@@ -21,6 +21,8 @@ pub(crate) struct Commit {
     /// Sensor messages whose effect (or, for those that changed nothing, everything before
     /// them) this commit holds: acknowledged to the broker once stored, in receipt order.
     pub sensor_acks: Vec<skynet_ingest::sensor::ReadingAcks>,
+    /// What is recorded of those events (applied ids, refusals), in the same transaction.
+    pub cases: super::cases::CaseCommit,
 }
 
 /// How long a failing outbox is retried once shutdown is asked for. Until then it is retried
@@ -38,7 +40,11 @@ pub(crate) fn run(
 ) {
     loop {
         match commits.recv_timeout(POLL) {
-            Ok(Some(commit)) => {
+            Ok(Some(mut commit)) => {
+                committer.stage_cases(
+                    std::mem::take(&mut commit.cases.records),
+                    commit.cases.forget_before,
+                );
                 if let Err(cause) = commit_until_stored(&mut committer, &commit, health, stop) {
                     health.down(cause.clone());
                     fatal.report("outbox", cause);
@@ -47,6 +53,7 @@ pub(crate) fn run(
                 for ack in commit.acks {
                     ack.ack();
                 }
+                super::cases::audit(console, committer.outbox().path(), &commit.cases.audits);
                 for acks in commit.sensor_acks {
                     acks.ack();
                 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use skynet_core::{Detection, DeviceId, FrameImage, Shutdown, TrackedObject};
 use skynet_detect::Zone;
-use skynet_emit::{CaseAck, CaseFeedback};
+use skynet_emit::CaseFeedback;
 use skynet_serve::console::{Console, SensorRegistration};
 
 use super::{PipelineError, Services};
@@ -60,16 +60,9 @@ pub(crate) fn start(
 /// Status changes made in the console reach the risk stage through the same queue as the
 /// case system's, and are applied exactly as those are.
 pub(crate) fn connect_status(console: &Console, feedback: crossbeam_channel::Sender<CaseFeedback>) {
-    let counter = std::sync::atomic::AtomicU64::new(0);
     console.connect_status(Box::new(move |status| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         feedback
-            .try_send(CaseFeedback {
-                event_id: format!("console/{}/{n}", status.incident),
-                status,
-                // Nothing to acknowledge: the console waits for the revision itself.
-                ack: CaseAck::none(),
-            })
+            .try_send(CaseFeedback::Console(status))
             .map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => {
                     "the risk stage is busy; try again".to_string()

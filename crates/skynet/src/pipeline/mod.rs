@@ -15,6 +15,7 @@
 //! [`PipelineError::StageFailed`], so the process exits non-zero and its supervisor
 //! restarts it; the state committed with the last revision lets it go on from there.
 
+mod cases;
 mod commit;
 mod console;
 mod detect;
@@ -346,7 +347,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         if let Some(console) = &console {
             console::connect_status(console, feedback);
         }
-        rules_and_risk = rules_and_risk.with_case_feedback(feedback_rx);
+        rules_and_risk =
+            rules_and_risk.with_case_feedback(cases::CaseDesk::new(config, feedback_rx)?);
     }
     let risk_thread = spawn_stage(
         "risk",

@@ -31,8 +31,7 @@ use skynet_ingest::liveness::{CAMERA_OFFLINE, OfflineWatch};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
 use skynet_detect::SENSOR_OFFLINE;
-use skynet_emit::{CaseAck, CaseFeedback};
-use skynet_risk::case_status::{CaseOutcome, apply_case_status};
+use super::cases::CaseDesk;
 use skynet_risk::recorder::ObservationRecorder;
 use skynet_snapshot::SnapshotStage;
 
@@ -100,10 +99,9 @@ pub(crate) struct RulesAndRisk {
     sensors: Vec<DeviceId>,
     /// `[risk] record`: every observation the engine takes, for `skynet replay`.
     recorder: Option<ObservationRecorder>,
-    /// The case system's status events.
-    cases: Option<crossbeam_channel::Receiver<CaseFeedback>>,
-    /// Acks of status events whose revisions go with the next commit.
-    acks: Vec<CaseAck>,
+    /// Status changes (the case system's and the console's), and what of them the next
+    /// commit answers and records.
+    cases: Option<CaseDesk>,
     /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
     evidence: Option<SnapshotStage>,
     /// The console's camera tiles; `None` without `[api]`.
@@ -200,7 +198,6 @@ impl RulesAndRisk {
             sensor_rules,
             sensors: Vec::new(),
             cases: None,
-            acks: Vec::new(),
             recorder: config
                 .record_observations
                 .as_deref()
@@ -234,34 +231,28 @@ impl RulesAndRisk {
         self
     }
 
-    /// Takes the case system's status events.
-    pub(crate) fn with_case_feedback(
-        mut self,
-        cases: crossbeam_channel::Receiver<CaseFeedback>,
-    ) -> Self {
+    /// Takes status changes: the case system's events and the console's.
+    pub(crate) fn with_case_feedback(mut self, cases: CaseDesk) -> Self {
         self.cases = Some(cases);
         self
     }
 
-    /// Applies the status events that came since the last call; returns the revisions. An
-    /// event that changed something is acknowledged only once its revision is committed.
+    /// Applies (or refuses) the status events that came since the last call; returns the
+    /// revisions. Each is answered to the case system only once the next commit is made.
     fn take_case_feedback(&mut self) -> Vec<RiskEvent> {
-        let Some(rx) = &self.cases else {
+        let Some(desk) = &mut self.cases else {
             return Vec::new();
         };
-        let events: Vec<CaseFeedback> = rx.try_iter().take(1024).collect();
-        let mut revisions = Vec::new();
-        for feedback in events {
-            let status = &feedback.status;
-            let _span = tracing::info_span!("case_status", incident = %status.incident, event = %feedback.event_id).entered();
-            if let CaseOutcome::Applied(changes) = apply_case_status(self.engine.as_mut(), status) {
-                self.dirty = true;
-                revisions.extend(changes);
-            }
-            // Applied, delivered again or refused: acknowledged once the next commit is made.
-            self.acks.push(feedback.ack);
+        let revisions = desk.take(self.engine.as_mut());
+        if !revisions.is_empty() {
+            self.dirty = true;
         }
         revisions
+    }
+
+    /// Whether status events wait for a commit to be answered or recorded.
+    fn cases_pending(&self) -> bool {
+        self.cases.as_ref().is_some_and(CaseDesk::has_pending)
     }
 
     /// Applies what the sensor stage sent since the last call (at most a bounded batch, so
@@ -456,7 +447,7 @@ impl RulesAndRisk {
             }
             let mut revisions = self.take_sensor_events(Duration::ZERO);
             revisions.extend(self.take_case_feedback());
-            if !revisions.is_empty() || !self.acks.is_empty() || self.sensor_acks_due() {
+            if !revisions.is_empty() || self.cases_pending() || self.sensor_acks_due() {
                 self.commit(revisions)?;
             }
             if last_tick.elapsed() >= POLL {
@@ -631,13 +622,18 @@ impl RulesAndRisk {
         let state = self.state();
         self.dirty = false;
         self.last_state = Instant::now();
-        let acks = std::mem::take(&mut self.acks);
+        let (acks, cases) = self
+            .cases
+            .as_mut()
+            .map(CaseDesk::take_commit)
+            .unwrap_or_default();
         let sensor_acks = std::mem::take(&mut self.sensor_acks);
         self.commits.send(Commit {
             incidents,
             state,
             acks,
             sensor_acks,
+            cases,
         })?;
         Ok(())
     }

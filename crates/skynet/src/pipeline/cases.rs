@@ -1,0 +1,358 @@
+//! The risk stage's desk for status changes: the case system's events (checked before
+//! anything is applied: signature, schema, source, id not applied before, department,
+//! transition; see `skynet_risk::case_status`) and people's changes from the console.
+//!
+//! What a commit must record goes with it ([`CaseCommit`]): the ids applied (so a redelivered
+//! event is never applied again, even after a restart) and the refused events as dead
+//! letters (sink `cases`), in the same transaction as the revisions; after it, the applied
+//! events go to the console's audit log with the case system (the event's `source`) as actor.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use skynet_core::{CaseStatus, RiskEvent};
+use skynet_emit::{
+    CaseAck, CaseFeedback, CaseMessage, CaseRecord, Outbox, excerpt, refused_letter,
+};
+use skynet_risk::RiskEngine;
+use skynet_risk::case_status::{
+    AppliedEvents, CaseIntake, CaseOutcome, KnownUsers, Refusal, RefusalReason, apply_case_status,
+    check_assignment, count_refusal,
+};
+use skynet_serve::console::{Console, ConsoleStore};
+
+use super::PipelineError;
+use crate::config::PipelineConfig;
+
+/// How often applied ids past the stream's age are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long the console's users are taken as read before they are read again.
+const USERS_EVERY: Duration = Duration::from_secs(5);
+
+/// An applied case-system event, for the console's audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct CaseAudit {
+    /// The CloudEvent `source`: the actor.
+    pub source: String,
+    pub event_id: String,
+    pub status: CaseStatus,
+}
+
+/// What the next commit records of status events, with the revisions they caused.
+#[derive(Debug, Default)]
+pub(crate) struct CaseCommit {
+    pub records: Vec<CaseRecord>,
+    /// Applied ids older than this are deleted from the outbox.
+    pub forget_before: Option<DateTime<Utc>>,
+    pub audits: Vec<CaseAudit>,
+}
+
+impl CaseCommit {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.forget_before.is_none() && self.audits.is_empty()
+    }
+}
+
+/// The `[cases]` part: what is accepted, and what was applied.
+struct CaseSystem {
+    intake: CaseIntake,
+    applied: AppliedEvents,
+    /// The console's users (the state database), for the assignee check.
+    users: Option<ConsoleStore>,
+    known_users: KnownUsers,
+    users_read: Option<Instant>,
+    last_prune: Option<Instant>,
+}
+
+pub(crate) struct CaseDesk {
+    rx: crossbeam_channel::Receiver<CaseFeedback>,
+    /// `None` without `[cases]`: only the console's changes come.
+    system: Option<CaseSystem>,
+    pending: CaseCommit,
+    acks: Vec<CaseAck>,
+}
+
+/// Every department the config names: `[risk] default_department`, the categories' and the
+/// cells'.
+pub(crate) fn known_departments(config: &PipelineConfig) -> BTreeSet<String> {
+    std::iter::once(config.risk.default_department.clone())
+        .chain(
+            config
+                .risk
+                .categories
+                .values()
+                .filter_map(|c| c.department.clone()),
+        )
+        .chain(
+            config
+                .grids
+                .grids()
+                .iter()
+                .filter_map(|g| g.department.clone()),
+        )
+        .collect()
+}
+
+impl CaseDesk {
+    /// The desk for `config`: with `[cases]`, the ids applied within `max_age_days` are read
+    /// from the outbox, so an event delivered again after a restart is still refused.
+    pub(crate) fn new(
+        config: &PipelineConfig,
+        rx: crossbeam_channel::Receiver<CaseFeedback>,
+    ) -> Result<Self, PipelineError> {
+        let system = match &config.cases {
+            None => None,
+            Some(cases) => {
+                let keep = chrono::Duration::try_milliseconds(
+                    (cases.max_age_days * 86_400_000.0).ceil() as i64,
+                )
+                .unwrap_or(chrono::Duration::MAX);
+                let since = Utc::now().checked_sub_signed(keep);
+                let applied = Outbox::open(&config.outbox)?.applied_case_events(since)?;
+                tracing::debug!(ids = applied.len(), "case status ids applied before");
+                // The users table is the console's; it exists (empty) without `[api]` too.
+                let users = match ConsoleStore::open(&config.outbox) {
+                    Ok(store) => Some(store),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the console's users cannot be read; assignees are not checked");
+                        None
+                    }
+                };
+                Some(CaseSystem {
+                    intake: CaseIntake {
+                        subject_prefix: cases.subject_prefix.clone(),
+                        sources: cases.sources.iter().cloned().collect(),
+                        secret: cases.secret.clone(),
+                        departments: known_departments(config),
+                    },
+                    applied: AppliedEvents::new(keep, applied),
+                    users,
+                    known_users: KnownUsers::new(),
+                    users_read: None,
+                    last_prune: None,
+                })
+            }
+        };
+        Ok(Self {
+            rx,
+            system,
+            pending: CaseCommit::default(),
+            acks: Vec::new(),
+        })
+    }
+
+    /// Whether the next commit has something to answer or record, even with no revision.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.acks.is_empty() || !self.pending.is_empty()
+    }
+
+    /// What the next commit takes: the answers to JetStream and the records.
+    pub(crate) fn take_commit(&mut self) -> (Vec<CaseAck>, CaseCommit) {
+        (
+            std::mem::take(&mut self.acks),
+            std::mem::take(&mut self.pending),
+        )
+    }
+
+    /// Applies or refuses what came since the last call (a bounded batch); returns the
+    /// revisions.
+    pub(crate) fn take(&mut self, engine: &mut dyn RiskEngine) -> Vec<RiskEvent> {
+        let events: Vec<CaseFeedback> = self.rx.try_iter().take(1024).collect();
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let now = Utc::now();
+        if let Some(system) = &mut self.system {
+            system.refresh_users();
+            if system.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                system.last_prune = Some(Instant::now());
+                self.pending.forget_before = system.applied.prune(now);
+            }
+        }
+        let mut revisions = Vec::new();
+        for event in events {
+            match event {
+                CaseFeedback::Console(status) => {
+                    let _span = tracing::info_span!("case_status", incident = %status.incident, from = "console").entered();
+                    // Audited by the console's API, which asked for it.
+                    if let CaseOutcome::Applied(changes) = apply_case_status(engine, &status) {
+                        revisions.extend(changes);
+                    }
+                }
+                CaseFeedback::Message(message) => {
+                    revisions.extend(self.take_message(engine, *message, now));
+                }
+            }
+        }
+        revisions
+    }
+
+    fn take_message(
+        &mut self,
+        engine: &mut dyn RiskEngine,
+        message: CaseMessage,
+        now: DateTime<Utc>,
+    ) -> Vec<RiskEvent> {
+        let Some(system) = &mut self.system else {
+            // Messages come only from the `[cases]` consumer.
+            return Vec::new();
+        };
+        let event = match system.intake.check(
+            &message.subject,
+            &message.payload,
+            message.signature.as_deref(),
+        ) {
+            Ok(event) => event,
+            Err(refusal) => {
+                let id = event_id(&message.payload);
+                self.refuse(message, id.as_deref(), &refusal, true);
+                return Vec::new();
+            }
+        };
+        let _span = tracing::info_span!("case_status", incident = %event.status.incident, event = %event.id, source = %event.source).entered();
+        if system.applied.contains(&event.id) {
+            let refusal = Refusal {
+                reason: RefusalReason::Duplicate,
+                message: "this event id was applied already".into(),
+            };
+            self.refuse(message, Some(&event.id), &refusal, true);
+            return Vec::new();
+        }
+        let now_in = engine.incident_department(&event.status.incident);
+        if let Err(refusal) = check_assignment(
+            &event.status,
+            &system.intake.departments,
+            &system.known_users,
+            now_in.as_deref(),
+        ) {
+            self.refuse(message, Some(&event.id), &refusal, true);
+            return Vec::new();
+        }
+        match apply_case_status(engine, &event.status) {
+            CaseOutcome::Applied(changes) => {
+                system.applied.insert(event.id.clone(), now);
+                self.pending.records.push(CaseRecord::Applied {
+                    id: event.id.clone(),
+                    incident: event.status.incident.clone(),
+                    at: now,
+                });
+                self.pending.audits.push(CaseAudit {
+                    source: event.source,
+                    event_id: event.id,
+                    status: event.status,
+                });
+                self.acks.push(message.ack);
+                changes
+            }
+            // Counted and logged where it was refused.
+            CaseOutcome::Refused(refusal) => {
+                self.refuse(message, Some(&event.id), &refusal, false);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Keeps a refused event in the dead letters (with the next commit), and terminates it
+    /// once that is committed.
+    fn refuse(&mut self, message: CaseMessage, id: Option<&str>, refusal: &Refusal, count: bool) {
+        if count {
+            count_refusal(refusal.reason);
+            tracing::warn!(subject = %message.subject, event = id.unwrap_or(""), reason = refusal.reason.as_str(),
+                error = %refusal.message, payload = %excerpt(&message.payload), "case status event refused");
+        }
+        let letter = refused_letter(&message, id, &refusal.to_string());
+        self.pending.records.push(CaseRecord::Refused(letter));
+        self.acks.push(message.ack.refused());
+    }
+}
+
+impl CaseSystem {
+    /// Reads the console's users again when the last read is old: users are added while
+    /// skynet runs (`skynet users add`, the console).
+    fn refresh_users(&mut self) {
+        let Some(store) = &self.users else {
+            return;
+        };
+        if self.users_read.is_some_and(|t| t.elapsed() < USERS_EVERY) {
+            return;
+        }
+        self.users_read = Some(Instant::now());
+        match store.users() {
+            Ok(users) => {
+                self.known_users = users.into_iter().map(|u| (u.name, u.department)).collect();
+            }
+            Err(e) => {
+                // The last list read stays in force.
+                tracing::warn!(error = %e, "could not read the console's users");
+            }
+        }
+    }
+}
+
+/// The `id` of an event refused before it was read, when its body has one (for the dead
+/// letter and the log).
+fn event_id(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<serde_json::Value>,
+    }
+    let id = serde_json::from_slice::<Id>(payload).ok()?.id?;
+    id.as_str().map(|s| s.chars().take(256).collect())
+}
+
+/// Writes the applied case-system events to the console's audit log, the case system (the
+/// event's `source`) as actor. After the commit: an entry never tells of a change that was
+/// not stored. Without `[api]`, the audit log of the same state database is written.
+pub(crate) fn audit(console: Option<&Console>, outbox: &Path, audits: &[CaseAudit]) {
+    if audits.is_empty() {
+        return;
+    }
+    let opened;
+    let store = match console {
+        Some(console) => console.store(),
+        None => match ConsoleStore::open(outbox) {
+            Ok(store) => {
+                opened = store;
+                &opened
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit log cannot be opened; case status changes not audited");
+                return;
+            }
+        },
+    };
+    for audit in audits {
+        let after = serde_json::json!({
+            "event": audit.event_id,
+            "status": audit.status.status,
+            "department": audit.status.department,
+            "assignee": audit.status.assignee,
+            "note": audit.status.note,
+            "at": audit.status.at,
+        });
+        if let Err(e) = store.audit(
+            &audit.source,
+            "case_system",
+            "incident.status",
+            &audit.status.incident,
+            None,
+            Some(&after),
+        ) {
+            tracing::warn!(error = %e, incident = %audit.status.incident, "could not write a case status change to the audit log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_of_a_refused_body_is_read_when_it_has_one() {
+        assert_eq!(event_id(br#"{"id":"e-7","x":1}"#).as_deref(), Some("e-7"));
+        assert_eq!(event_id(br#"{"id":7}"#), None);
+        assert_eq!(event_id(b"{not json"), None);
+    }
+}
