@@ -91,11 +91,6 @@ pub trait RiskEngine: Send {
     fn incident_department(&self, _id: &str) -> Option<String> {
         None
     }
-    /// The department an open incident is routed to (`None`: not open): what a case
-    /// status's assignee is checked against when the status names no department.
-    fn incident_department(&self, _id: &str) -> Option<String> {
-        None
-    }
     /// Everything needed to go on after a restart, as JSON text (written straight from the
     /// state: a city's state can be large, and a tree of JSON values is many times larger).
     fn snapshot(&self) -> Box<RawValue>;
@@ -417,15 +412,6 @@ impl GridRiskEngine {
 impl RiskEngine for GridRiskEngine {
     fn open_incidents(&self) -> usize {
         self.open_count
-    }
-
-    fn incident_department(&self, id: &str) -> Option<String> {
-        self.state.cells.values().find_map(|cell| {
-            cell.open
-                .values()
-                .find(|o| o.incident.id == id)
-                .map(|o| o.incident.department.clone())
-        })
     }
 
     fn incident_department(&self, id: &str) -> Option<String> {
