@@ -25,6 +25,18 @@ pub fn describe_metrics() {
         "1 while a sink's destination refuses it as a whole (a webhook's 401, 403, 404 or 410; a NATS stream that captures none of its subjects), else 0, per sink: its events wait in the outbox and are retried with backoff, none is dead-lettered."
     );
     describe_gauge!(
+        "skynet_disk_free_bytes",
+        "Free bytes on the filesystem holding the outbox (below [outbox] min_free_mb, /readyz says degraded)."
+    );
+    describe_counter!(
+        "skynet_outbox_pruned_total",
+        "Rows pruned past [outbox] retain_days, per table: events, incidents (closed), grid_risk (superseded levels), dead_letters."
+    );
+    describe_counter!(
+        "skynet_sink_backlog_abandoned_total",
+        "Undelivered events moved to a sink's dead letters because it stayed behind past [outbox] max_lag_days, per sink."
+    );
+    describe_gauge!(
         "skynet_sink_lag_events",
         "Events committed but not yet delivered to a sink, per sink."
     );

@@ -15,6 +15,7 @@ mod describe;
 mod error;
 mod history;
 mod outbox;
+mod prune;
 mod settings;
 pub mod sinks;
 mod state_store;
@@ -33,14 +34,18 @@ pub use describe::describe_metrics;
 pub use error::EmitError;
 pub use history::{IncidentPage, IncidentQuery};
 pub use outbox::{DeadLetter, Outbox, StoredEvent};
+pub use prune::{
+    DEGRADED, DiskWatch, PRUNE_BATCH, PruneOptions, Pruned, Pruner, disk_free_bytes, prune_once,
+    spawn_pruner,
+};
 pub use settings::{OutboxPlan, OutboxSettings};
-pub use state_store::{StateChanges, StoredState};
 pub use sinks::nats::connect as connect_nats;
 pub use sinks::{
     BuildSink, Delivery, Envelope, IncidentSink, JsonLinesSink, JsonLinesSinkConfig, MqttSink,
     MqttSinkConfig, NatsSink, NatsSinkConfig, Rejection, Retention, SinkBuildContext, SinkFamily,
     StdoutSink, StdoutSinkConfig, StreamPlan, WebhookSink, WebhookSinkConfig, route_token,
 };
+pub use state_store::{StateChanges, StoredState};
 
 /// Every component kind of the emit stage, for the binary's registry.
 pub fn register(registry: &mut skynet_core::Registry) {

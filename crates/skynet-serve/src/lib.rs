@@ -3,7 +3,12 @@
 //! - `/metrics`: Prometheus text.
 //! - `/healthz`: 200 while the process is alive and serving (a liveness probe).
 //! - `/readyz`: 200 when every component is up (or has finished its work), else 503; the
-//!   JSON body lists every component with its state and, when it is not up, why.
+//!   JSON body lists every component with its state and, when it is not up, why. Its
+//!   `status` is `ready`, `not_ready`, or `degraded`: every component works but one shows
+//!   the detail `degraded` (the outbox's disk below `[outbox] min_free_mb`). Degraded is
+//!   still 200: the node takes and stores data, and taking it out of rotation would stop
+//!   intake on every node sharing the volume; the body and `skynet_disk_free_bytes` carry
+//!   the alarm.
 //!
 //! The people's console (the API under `/api/v1` and the web console at `/`) is served on a
 //! listener of its own, `[api] listen`: see [`console`].
@@ -88,14 +93,31 @@ async fn healthz() -> impl IntoResponse {
     "ok\n"
 }
 
+/// What `/readyz` answers: the health report with its one-word `status`.
+#[derive(serde::Serialize)]
+struct Readiness {
+    status: &'static str,
+    #[serde(flatten)]
+    report: skynet_core::HealthReport,
+}
+
+/// The component detail that makes a ready process `degraded` (see the module doc).
+const DEGRADED: &str = "degraded";
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let report = state.health.report();
-    let status = if report.ready {
-        StatusCode::OK
+    let (code, status) = if !report.ready {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    } else if report
+        .components
+        .iter()
+        .any(|c| c.detail.as_deref() == Some(DEGRADED))
+    {
+        (StatusCode::OK, DEGRADED)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ready")
     };
-    (status, axum::Json(report))
+    (code, axum::Json(Readiness { status, report }))
 }
 
 /// Binds `listen` now, so a taken port fails at start-up with a clear error.
@@ -332,6 +354,10 @@ pub fn describe_metrics() {
         "skynet_outbox_retries_total",
         "Failed outbox commits that were retried."
     );
+    describe_gauge!(
+        "skynet_outbox_commit_failing",
+        "1 while outbox commits fail and are retried (a full disk, a locked file): intake waits and nothing committed is lost; 0 once a commit succeeds."
+    );
     describe_counter!(
         "skynet_outbox_conflicts_total",
         "Events refused because their id was already stored with other content."
@@ -352,4 +378,54 @@ pub fn describe_metrics() {
         "skynet_component_up",
         "1 while a component works (or has finished its work), 0 while it starts, retries or is down; per component and kind (source, stage, sink)."
     );
+}
+
+#[cfg(test)]
+mod readyz_tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn readyz_of(health: &Health) -> (StatusCode, serde_json::Value) {
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let response = router(metrics, health.clone())
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_low_disk_is_degraded_with_200_and_a_component_down_is_503() {
+        let health = Health::new();
+        let disk = health.register("disk", "storage");
+        disk.up();
+        let (code, body) = readyz_of(&health).await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (StatusCode::OK, Some("ready"))
+        );
+        disk.set(skynet_core::ComponentState::Up, Some("10 MiB free".into()));
+        disk.describe(Some(DEGRADED), None);
+        let (code, body) = readyz_of(&health).await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (StatusCode::OK, Some("degraded"))
+        );
+        assert_eq!(body["ready"], true);
+        assert_eq!(body["components"][0]["detail"], "degraded");
+        health.register("sink", "sink").retrying("down");
+        let (code, body) = readyz_of(&health).await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
+        );
+    }
 }

@@ -276,6 +276,11 @@ pub struct PipelineConfig {
     pub outbox_retention: chrono::Duration,
     /// A sink this many events behind shows the lag alarm (`[outbox] lag_alarm_events`).
     pub outbox_lag_alarm_events: u64,
+    /// A sink's undelivered events older than this move to its dead letters
+    /// (`[outbox] max_lag_days`).
+    pub outbox_max_lag: chrono::Duration,
+    /// Free bytes below which `/readyz` says `degraded` (`[outbox] min_free_mb`).
+    pub outbox_min_free_bytes: u64,
     pub sinks: Vec<SinkSpec>,
     pub cameras: Vec<CameraSpec>,
     /// The broker sensors publish to; `None` when the config has no `[mqtt]`.
@@ -560,6 +565,8 @@ fn validate(
         outbox: outbox.path,
         outbox_retention: outbox.retention,
         outbox_lag_alarm_events: outbox.lag_alarm_events,
+        outbox_max_lag: outbox.max_lag,
+        outbox_min_free_bytes: outbox.min_free_bytes,
         sinks,
         cameras,
         mqtt,

@@ -95,13 +95,24 @@ fn commit_until_stored(
         let _entered = span.as_ref().map(|s| s.enter());
         match committer.commit_state(&commit.incidents, commit.state.as_ref()) {
             Ok(_) => {
+                if stopping_since.is_some() || backoff > Duration::from_millis(100) {
+                    tracing::info!("the outbox takes commits again");
+                }
+                metrics::gauge!("skynet_outbox_commit_failing").set(0.0);
                 health.up();
                 return Ok(());
             }
             Err(e) => {
+                // The alarm: nothing flows into the outbox until this is 0 again. Intake
+                // waits behind the full commit queue; what was committed stays committed.
+                metrics::gauge!("skynet_outbox_commit_failing").set(1.0);
                 metrics::counter!("skynet_outbox_retries_total").increment(1);
                 health.retrying(e.to_string());
-                tracing::error!(error = %e, retry_in = ?backoff, "outbox commit failed; retrying");
+                if e.is_disk_full() {
+                    tracing::error!(error = %e, retry_in = ?backoff, "the outbox's disk is full: intake is paused (nothing committed is lost) and resumes by itself once space returns");
+                } else {
+                    tracing::error!(error = %e, retry_in = ?backoff, "outbox commit failed; retrying");
+                }
                 if stop.is_triggered() {
                     let since = *stopping_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= GIVE_UP_AFTER_SHUTDOWN {

@@ -251,8 +251,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         .map(|s| s.state.sensor_rules.clone())
         .unwrap_or_default();
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-    let committer =
-        Committer::new(&config.node, outbox).with_retention(config.outbox_retention, sink_names);
+    // Retention runs on a thread of its own (never on the commit thread), with the disk watch.
+    let pruner = services::start_pruner(config, &health, sink_names)?;
+    let committer = Committer::new(&config.node, outbox);
     let deliveries = start_deliveries(config, &services, &committer)?;
 
     // Evidence retention: old snapshots deleted hourly, on a thread of its own.
@@ -443,6 +444,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         // Status changes made from now on have no stage to apply them.
         console.disconnect_status();
     }
+    pruner.stop();
     if let Some((stop, handle)) = sweeper {
         drop(stop);
         let _ = handle.join();

@@ -28,8 +28,7 @@ use chrono::{DateTime, Utc};
 use skynet_core::{DeviceFault, DeviceId, Health, Observation, Shutdown};
 use skynet_detect::{Liveness, SensorRules};
 use skynet_ingest::sensor::{
-    AckSender, DeadLetters, MqttClient, MqttConfig, MqttMessage, ReadingAcks, Reject,
-    SensorIngest,
+    AckSender, DeadLetters, MqttClient, MqttConfig, MqttMessage, ReadingAcks, Reject, SensorIngest,
 };
 use tokio::sync::mpsc;
 
@@ -44,7 +43,10 @@ use crate::config::SensorConfig;
 pub enum SensorEvent {
     Observation(Observation),
     Fault(DeviceFault),
-    Recovered { device: DeviceId, at: DateTime<Utc> },
+    Recovered {
+        device: DeviceId,
+        at: DateTime<Utc>,
+    },
     /// Everything sent before this is the effect of the messages `acks` acknowledges: ack
     /// them once a commit made after it is stored. `rules`: the rules' memory of each
     /// sensor whose readings changed it since the last checkpoint (an empty map: nothing

@@ -125,3 +125,29 @@ impl Drop for Services {
         }
     }
 }
+
+/// The outbox's retention and disk watch, on a thread of its own with its own connection
+/// (never on the commit thread): `[outbox] retain_days` for events and the history tables,
+/// `max_lag_days` for a sink that stays down, `min_free_mb` for `/readyz`. Its health
+/// component is `disk` (kind `storage`): up, with the detail `degraded` while the free space
+/// is below the minimum.
+pub(crate) fn start_pruner(
+    config: &crate::config::PipelineConfig,
+    health: &Health,
+    sinks: Vec<String>,
+) -> Result<skynet_emit::Pruner, super::PipelineError> {
+    skynet_emit::spawn_pruner(
+        &config.outbox,
+        skynet_emit::PruneOptions {
+            retention: config.outbox_retention,
+            max_lag: config.outbox_max_lag,
+            sinks,
+            min_free_bytes: config.outbox_min_free_bytes,
+        },
+        health.register("disk", "storage"),
+    )
+    .map_err(|source| super::PipelineError::Spawn {
+        stage: "outbox-prune".into(),
+        source,
+    })
+}
