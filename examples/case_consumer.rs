@@ -79,7 +79,8 @@ fn case_status(incident: &str, status: &str, department: &str) -> Value {
     json!({
         "specversion": "1.0",
         "id": format!("case/{incident}/{status}/{}", now.timestamp_nanos_opt().unwrap_or_default()),
-        "source": "cases/example",
+        // One of skynet's `[cases] sources`.
+        "source": "case-system",
         "type": "skynet.case_status.v1",
         "subject": incident,
         "time": now,
@@ -93,6 +94,19 @@ fn case_status(incident: &str, status: &str, department: &str) -> Value {
             "at": now,
         }
     })
+}
+
+/// The hex HMAC-SHA256 of `body` under `secret`.
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -170,8 +184,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             for status in &args.respond {
                 let body = serde_json::to_vec(&case_status(&incident, status, department))?;
                 let subject = format!("{}.{incident}", args.cases_prefix);
+                // Signed when skynet has a `[cases] secret`: Skynet-Signature, the
+                // HMAC-SHA256 of the body.
+                let mut headers = async_nats::HeaderMap::new();
+                if let Ok(secret) = std::env::var("SKYNET_CASES_SECRET")
+                    && !secret.is_empty()
+                {
+                    headers.insert(
+                        "Skynet-Signature",
+                        format!("sha256={}", sign(&secret, &body)).as_str(),
+                    );
+                }
                 // Acked by JetStream: the status is kept until skynet takes it.
-                js.publish(subject, body.into()).await?.await?;
+                js.publish_with_headers(subject, headers, body.into())
+                    .await?
+                    .await?;
             }
             tickets += 1;
         }

@@ -116,7 +116,7 @@ async fn send_status(url: &str, prefix: &str, incident: &str, status: &str, note
     let event = json!({
         "specversion": "1.0", "id": unique("case-"), "source": "cases/test",
         "type": "skynet.case_status.v1", "datacontenttype": "application/json",
-        "data": {"incident": incident, "status": status, "department": "patrol",
+        "data": {"incident": incident, "status": status, "department": "city-management-bureau",
                  "assignee": "crew 7", "note": note, "at": chrono::Utc::now()}
     });
     let errors = schema_errors(&published_schema("case_status.schema.json"), &event);
@@ -190,6 +190,7 @@ url = "${{TEST_NATS_URL}}"
 stream = "{cases_stream}"
 subject_prefix = "{cases_prefix}"
 durable = "{prefix}"
+sources = ["cases/test"]
 "#
     );
     let config = config_in(
@@ -301,7 +302,7 @@ durable = "{prefix}"
         "applied once each, in order"
     );
     let resolved = revisions[2];
-    assert_eq!(resolved["data"]["department"], "patrol");
+    assert_eq!(resolved["data"]["department"], "city-management-bureau");
     assert_eq!(resolved["data"]["assignee"], "crew 7");
     assert_eq!(resolved["data"]["note"], "cleared");
 
