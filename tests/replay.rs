@@ -142,7 +142,9 @@ fn smoke_and_a_crowd_make_a_confirmed_fire() {
         incidents(&events),
         vec![
             row("smoke", 1, "opened", "IV"),
-            row("smoke", 2, "confirmed", "IV"),
+            // The 09:00:20 reading, `update_every_s` (30 s) after the opening, as live.
+            row("smoke", 2, "evidence", "IV"),
+            row("smoke", 3, "confirmed", "IV"),
             row("crowd", 1, "opened", "III"),
             row("fire_confirmed", 1, "opened", "II"),
         ]
@@ -230,7 +232,9 @@ fn a_missed_deadline_escalates_the_incident() {
         .unwrap();
     assert_eq!(missed["data"]["missed"], serde_json::json!(["dispatch"]));
     assert_eq!(missed["data"]["department"], "water-affairs");
-    assert_eq!(missed["time"], "2026-11-27T09:30:00Z");
+    // Escalated at its due time (09:30), before the evidence of that minute joined it: the
+    // revision reports the occurrence as last seen, at 09:29.
+    assert_eq!(missed["time"], "2026-11-27T09:29:00Z");
     assert_eq!(
         grid_changes(&events),
         vec![
