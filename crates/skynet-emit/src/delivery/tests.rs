@@ -19,9 +19,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Polls `done` for up to 10 s.
+/// Polls `done` for up to 60 s (a deadline for a loaded machine; it returns as soon as
+/// `done` holds).
 fn eventually(what: &str, done: impl Fn() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(Instant::now() < until, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(10));
@@ -121,8 +122,9 @@ fn a_blocked_sink_delays_neither_the_commit_nor_the_other_sinks() {
         let incidents: Vec<RiskEvent> = (first..first + 10).map(incident).collect();
         assert_eq!(committer.commit(&incidents, None).unwrap().len(), 10);
     }
-    // Generous for a loaded machine: the point is that no commit waits on a sink.
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The point is that no commit waits on a sink (the blocked one never returns, so a
+    // commit that waited would never end): a generous deadline, not a latency check.
+    assert!(started.elapsed() < Duration::from_secs(60));
 
     eventually("the recording sink has all 100", || {
         recording.got().len() >= 100
@@ -132,10 +134,12 @@ fn a_blocked_sink_delays_neither_the_commit_nor_the_other_sinks() {
         recording_health.status().unwrap().state == ComponentState::Up
     });
 
+    // The shutdown gives up on the blocked sink at its deadline rather than waiting for
+    // ever: bounded far above the 0.5 s for a loaded machine (not a latency check).
     let started = Instant::now();
     let behind = deliveries.shutdown(Duration::from_millis(500));
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
@@ -172,7 +176,7 @@ fn a_failing_sink_catches_up_in_order_from_its_cursor_and_a_restart_resumes_with
 
     flaky.broken.store(false, Ordering::SeqCst);
     eventually("the sink caught up", || flaky.got().len() >= 2);
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
     assert_eq!(flaky.got(), ids(1..=2));
     assert_eq!(health.status().unwrap().state, ComponentState::Up);
     drop(committer);
@@ -193,7 +197,7 @@ fn a_failing_sink_catches_up_in_order_from_its_cursor_and_a_restart_resumes_with
         std::thread::sleep(Duration::from_millis(300));
         broken.store(false, Ordering::SeqCst);
     });
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
     heal.join().unwrap();
     assert_eq!(flaky.got(), ids(1..=3));
     let history = committer.outbox().incidents().unwrap();
@@ -261,7 +265,7 @@ fn a_batch_that_fails_part_way_keeps_what_was_taken_and_backs_off_before_the_res
         committer.wake_handle(),
     );
     eventually("all three arrive", || got.lock().unwrap().len() >= 3);
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
     assert_eq!(*got.lock().unwrap(), ids(1..=3), "in order, none twice");
     assert_eq!(
         *seen.lock().unwrap(),
@@ -287,7 +291,7 @@ fn a_sink_added_later_starts_from_what_is_left_in_the_outbox() {
         )],
         committer.wake_handle(),
     );
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
     assert_eq!(late.got(), ids(1..=2));
 }
 
@@ -378,7 +382,7 @@ fn a_refused_event_becomes_a_dead_letter_the_rest_flow_and_a_replay_delivers_it(
     });
     assert_eq!(got.lock().unwrap().last().unwrap(), "inc-1/3");
     assert_eq!(outbox.request_replay(None, Some("inc-1/3")).unwrap(), 0);
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
 }
 
 /// Holds each delivery until `open` is set.
@@ -435,7 +439,7 @@ fn a_sink_behind_by_more_than_the_limit_shows_the_alarm_until_it_catches_up() {
     eventually("the sink is up again", || {
         health.status().unwrap().state == ComponentState::Up
     });
-    assert!(deliveries.shutdown(Duration::from_secs(5)).is_empty());
+    assert!(deliveries.shutdown(Duration::from_secs(60)).is_empty());
 }
 
 #[test]
