@@ -7,8 +7,10 @@
 //!   from every source into one risk level per cell (saturating per category, capped at each
 //!   category's ceiling, fused across kinds and by fusion rules, with hysteresis) and into
 //!   incidents per cell and category with departments, deadlines and a lifecycle. It takes
-//!   time only from its inputs, so a replay is exact. Its state survives a restart through
-//!   [`RiskEngine::snapshot`] and [`RiskEngine::restore`].
+//!   time only from its inputs, so a replay is exact. Its state survives a restart as rows:
+//!   [`RiskEngine::take_changes`] gives the cells and incident ids changed since the last
+//!   commit, [`RiskEngine::restore_rows`] reads them back; [`RiskEngine::snapshot`] and
+//!   [`RiskEngine::restore`] take and restore the whole state at once.
 
 pub mod case_status;
 mod describe;

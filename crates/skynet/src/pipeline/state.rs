@@ -157,4 +157,46 @@ mod tests {
         assert!(message.contains(":memory:"), "{message}");
         assert!(message.contains("skynet state recover"), "{message}");
     }
+
+    #[test]
+    fn a_state_of_the_one_row_layout_is_read_once_and_written_as_rows() {
+        let config = config();
+        let mut engine = GridRiskEngine::new(config.risk.clone(), config.risk_context());
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let grid = skynet_core::GridId::new("G-1");
+        let leak = skynet_core::Observation {
+            at,
+            source: skynet_core::SourceRef::sensor(&skynet_core::DeviceId::new("gas-1")),
+            grid: grid.clone(),
+            category: "gas_leak".into(),
+            weight: 1.0,
+            confidence: 1.0,
+            evidence: Default::default(),
+        };
+        engine.observe(&leak);
+        assert_eq!(engine.open_incidents(), 1);
+        let old = PipelineState {
+            version: PipelineState::VERSION_ONE_ROW,
+            cameras: Default::default(),
+            rules: Default::default(),
+            sensor_rules: Default::default(),
+            engine: engine.snapshot(),
+        };
+        let mut outbox = Outbox::open(Path::new(":memory:")).unwrap();
+        outbox
+            .commit(&[], Some(&serde_json::to_string(&old).unwrap()))
+            .unwrap();
+        let mut restored = restore(&config, &outbox).unwrap().unwrap();
+        assert_eq!(restored.engine.open_incidents(), 1);
+        // The first commit writes every row, and the small row of the new layout.
+        let first = changes(restored.engine.as_mut(), restored.state);
+        assert_eq!(first.cells.len(), 1);
+        assert_eq!(first.ids.len(), 1);
+        outbox.commit_state(&[], &first).unwrap();
+        let stored = outbox.load_state_rows().unwrap();
+        let small = PipelineState::parse(stored.pipeline.as_deref().unwrap()).unwrap();
+        assert_eq!(small.version, PipelineState::VERSION);
+        let again = restore(&config, &outbox).unwrap().unwrap();
+        assert_eq!(again.engine.snapshot().get(), engine.snapshot().get());
+    }
 }
