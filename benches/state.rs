@@ -157,7 +157,9 @@ fn measure(open: usize, commits: usize) -> Figures {
     // thread's idle path does: otherwise the first measured commit pays for copying it.
     outbox.checkpoint(true).unwrap();
     let mut legacy = Outbox::open(&dir.path().join("legacy.sqlite")).unwrap();
-    legacy.commit(&events(&revisions), Some(&whole(&e))).unwrap();
+    legacy
+        .commit(&events(&revisions), Some(&whole(&e)))
+        .unwrap();
     legacy.checkpoint(true).unwrap();
 
     let mut rng = fastrand::Rng::with_seed(7);

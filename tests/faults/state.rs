@@ -70,7 +70,10 @@ fn a_corrupt_state_stops_the_start_and_recover_closes_what_it_held() {
     assert!(!refused.status.success(), "started from a corrupt state");
     assert!(stderr.contains(&outbox.display().to_string()), "{stderr}");
     assert!(stderr.contains("skynet state recover"), "{stderr}");
-    assert!(stderr.contains(&stored.cells[0].0), "names the row: {stderr}");
+    assert!(
+        stderr.contains(&stored.cells[0].0),
+        "names the row: {stderr}"
+    );
     // Nothing was applied or closed by the refused start.
     assert_eq!(open_incidents(&outbox).len(), open.len());
 

@@ -34,7 +34,10 @@ pub(crate) fn restore(
         path: outbox.path().to_path_buf(),
         cause,
     };
-    if let Some(problems) = outbox.quick_check().map_err(|e| unreadable(e.to_string()))? {
+    if let Some(problems) = outbox
+        .quick_check()
+        .map_err(|e| unreadable(e.to_string()))?
+    {
         return Err(unreadable(format!("quick_check: {problems}")));
     }
     let stored = outbox
@@ -66,7 +69,9 @@ fn read(stored: StoredState, engine: &mut dyn RiskEngine) -> Result<PipelineStat
             return Err("a state of the one-row layout beside rows of the new one".into());
         }
         engine.restore(&state.engine).map_err(|e| e.to_string())?;
-        tracing::info!("read a saved state of the one-row layout; the next commit writes it as rows");
+        tracing::info!(
+            "read a saved state of the one-row layout; the next commit writes it as rows"
+        );
     } else {
         engine
             .restore_rows(&EngineRows {
@@ -108,15 +113,10 @@ mod tests {
 
     use super::*;
 
+    /// The demo's config (its outbox is not opened: the tests use one in memory).
     fn config() -> PipelineConfig {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "node = \"n1\"\n[outbox]\npath = \"{}\"\n",
-            dir.path().join("o.sqlite").display()
-        );
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
-        PipelineConfig::load(&path).unwrap()
+        PipelineConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.toml"))
+            .unwrap()
     }
 
     #[test]
@@ -163,7 +163,7 @@ mod tests {
         let config = config();
         let mut engine = GridRiskEngine::new(config.risk.clone(), config.risk_context());
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let grid = skynet_core::GridId::new("G-1");
+        let grid = skynet_core::GridId::new("G-0102");
         let leak = skynet_core::Observation {
             at,
             source: skynet_core::SourceRef::sensor(&skynet_core::DeviceId::new("gas-1")),
