@@ -339,12 +339,21 @@ fn the_deploy_nats_config_lets_only_the_case_system_publish_status_events() {
     } else {
         "nats-server"
     };
+    // The deploy config as it is, with the store in the test's directory (`-sd` may not
+    // repeat a store_dir the file sets).
+    let conf = std::fs::read_to_string(repo().join("deploy/nats/nats-server.conf"))
+        .unwrap()
+        .replace(
+            "store_dir: \"/data\"",
+            &format!("store_dir: \"{}\"", dir.path().join("js").display()),
+        );
+    let conf_path = dir.path().join("nats-server.conf");
+    std::fs::write(&conf_path, conf).unwrap();
     let mut server = std::process::Command::new(bin)
         .arg("-c")
-        .arg(repo().join("deploy/nats/nats-server.conf"))
+        .arg(&conf_path)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", &free_port().port().to_string(), "-sd"])
-        .arg(dir.path())
+        .args(["-m", &free_port().port().to_string()])
         .env("SKYNET_NATS_PASSWORD", "skynet-pw")
         .env("CASE_SYSTEM_NATS_PASSWORD", "cases-pw")
         .stdout(std::process::Stdio::null())
@@ -359,7 +368,11 @@ fn the_deploy_nats_config_lets_only_the_case_system_publish_status_events() {
         .is_ok()),
         "nats-server starts with the deploy config"
     );
-    let url = |user: &str, pw: &str| format!("nats://{user}:{pw}@127.0.0.1:{port}");
+    let address = format!("nats://127.0.0.1:{port}");
+    let as_user = |user: &str, pw: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), pw.into())
+            .connect(address.clone())
+    };
     let rt = tokio_runtime();
     rt.block_on(async {
         // No user: refused at connect.
@@ -368,16 +381,8 @@ fn the_deploy_nats_config_lets_only_the_case_system_publish_status_events() {
                 .await
                 .is_err()
         );
-        let skynet = jetstream::new(
-            async_nats::connect(url("skynet", "skynet-pw"))
-                .await
-                .unwrap(),
-        );
-        let cases = jetstream::new(
-            async_nats::connect(url("case-system", "cases-pw"))
-                .await
-                .unwrap(),
-        );
+        let skynet = jetstream::new(as_user("skynet", "skynet-pw").await.unwrap());
+        let cases = jetstream::new(as_user("case-system", "cases-pw").await.unwrap());
         // skynet creates both streams, as it does at start.
         for (name, subjects) in [
             ("SKYNET_INCIDENTS", "skynet.incidents.>"),
