@@ -5,7 +5,6 @@
 //! waits for conditions, never for a fixed time.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 mod case_status;

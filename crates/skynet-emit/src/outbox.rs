@@ -111,7 +111,10 @@ CREATE TABLE IF NOT EXISTS state (
 );
 ";
 
-pub(crate) fn upsert_dead_letter(tx: &Transaction<'_>, letter: &DeadLetter) -> rusqlite::Result<usize> {
+pub(crate) fn upsert_dead_letter(
+    tx: &Transaction<'_>,
+    letter: &DeadLetter,
+) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "INSERT INTO dead_letters (sink, seq, id, status, reason, at, body, replay)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)

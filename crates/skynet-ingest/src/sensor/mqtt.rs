@@ -527,8 +527,7 @@ impl MqttClient {
         let mut failures = 0u64;
         let mut out = Some(out);
         let mut backlog: std::collections::VecDeque<T> = std::collections::VecDeque::new();
-        let mut to_ack: std::collections::VecDeque<PendingAck> =
-            std::collections::VecDeque::new();
+        let mut to_ack: std::collections::VecDeque<PendingAck> = std::collections::VecDeque::new();
         let mut connection = 0u64;
         let mut acks_open = true;
         let mut stopping = false;

@@ -595,7 +595,10 @@ fn a_rejected_incident_stays_closed_while_its_evidence_goes_on_until_the_cooldow
     let fresh = e.observe(&obs(315, "A", "gas_leak", "gas-1", 0.8));
     let fresh = incidents(&fresh);
     assert_eq!(fresh.len(), 1, "{fresh:?}");
-    assert_ne!(fresh[0].id, id, "a new incident, not the false alarm reopened");
+    assert_ne!(
+        fresh[0].id, id,
+        "a new incident, not the false alarm reopened"
+    );
     assert_eq!(fresh[0].state, IncidentState::Open);
     assert_eq!(e.open_incidents(), 1);
 }

@@ -53,10 +53,10 @@ pub(crate) fn run(
                 for ack in commit.acks {
                     ack.ack();
                 }
-                super::cases::audit(console, committer.outbox().path(), &commit.cases.audits);
                 for acks in commit.sensor_acks {
                     acks.ack();
                 }
+                super::cases::audit(console, committer.outbox().path(), &commit.cases.audits);
                 // Stored: the browsers may see it now.
                 if let Some(console) = console {
                     console.publish(&commit.incidents);

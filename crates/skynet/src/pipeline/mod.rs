@@ -19,14 +19,14 @@ mod cases;
 mod commit;
 mod console;
 mod detect;
-mod state;
 mod rules;
 pub mod sensors;
 mod services;
+mod state;
 
 use std::any::Any;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -63,7 +63,6 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
-    /// A stage whose loss would lose data failed; what could be drained was.
     /// The saved state cannot be read: nothing starts (starting from nothing would leave the
     /// incidents it held open downstream for ever).
     #[error(
@@ -73,6 +72,7 @@ pub enum PipelineError {
         path.display()
     )]
     State { path: PathBuf, cause: String },
+    /// A stage whose loss would lose data failed; what could be drained was.
     #[error("the {stage} stage failed: {cause}")]
     StageFailed { stage: String, cause: String },
 }
@@ -423,7 +423,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         // acknowledgements, says `offline` and disconnects.
         shutdown.trigger();
         if !feed.wait_for_connection(Duration::from_secs(5)) {
-            tracing::warn!("the MQTT connection did not finish in time; unacknowledged readings come again on the next start");
+            tracing::warn!(
+                "the MQTT connection did not finish in time; unacknowledged readings come again on the next start"
+            );
         }
     }
     if wait_for_shutdown && !shutdown.is_triggered() {

@@ -30,8 +30,8 @@ use skynet_ingest::CameraEvent;
 use skynet_ingest::liveness::{CAMERA_OFFLINE, OfflineWatch};
 use skynet_risk::{GridRiskEngine, RiskEngine};
 
-use skynet_detect::SENSOR_OFFLINE;
 use super::cases::CaseDesk;
+use skynet_detect::SENSOR_OFFLINE;
 use skynet_risk::recorder::ObservationRecorder;
 use skynet_snapshot::SnapshotStage;
 
@@ -133,8 +133,10 @@ impl RulesAndRisk {
                 );
                 engine
             }
-            None => Box::new(GridRiskEngine::new(config.risk.clone(), config.risk_context()))
-                as Box<dyn RiskEngine>,
+            None => Box::new(GridRiskEngine::new(
+                config.risk.clone(),
+                config.risk_context(),
+            )) as Box<dyn RiskEngine>,
         };
         let gone = clocks
             .iter()
