@@ -546,28 +546,11 @@ impl Outbox {
         Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(self.err())
     }
 
-    /// Deletes events stored before `before` that every one of `sinks` has acknowledged,
-    /// so the outbox stays bounded; the `incidents` history is kept. Returns how many went.
-    pub fn prune(&self, sinks: &[&str], before: chrono::DateTime<Utc>) -> Result<usize, EmitError> {
-        let mut delivered_by_all = i64::MAX;
-        for sink in sinks {
-            delivered_by_all = delivered_by_all.min(self.cursor(sink)?);
-        }
-        self.conn
-            .execute(
-                "DELETE FROM events WHERE seq <= ?1 AND stored_at < ?2",
-                params![delivered_by_all, before.to_rfc3339()],
-            )
-            .map_err(self.err())
-    }
-
-    /// Every stored event, oldest first.
     /// The incident events still in the outbox, in order.
     pub fn events(&self) -> Result<Vec<CloudEvent>, EmitError> {
         self.json_rows("SELECT body FROM events WHERE type = 'skynet.incident.v1' ORDER BY seq")
     }
 
-    /// The latest revision of every incident, most recently seen first.
     /// A cell's level changes, oldest first (`skynet.grid_risk.v1` data), for charts.
     pub fn grid_risk_history(&self, grid: &str) -> Result<Vec<skynet_core::GridRisk>, EmitError> {
         let mut stmt = self
@@ -584,6 +567,7 @@ impl Outbox {
         Ok(rows)
     }
 
+    /// The latest revision of every incident, most recently seen first.
     pub fn incidents(&self) -> Result<Vec<skynet_core::Incident>, EmitError> {
         self.json_rows("SELECT body FROM incidents ORDER BY last_seen DESC")
     }

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use crate::{EmitError, Outbox, OutboxEvent};
 
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the WAL is checkpointed while the commit thread is idle.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// How often that checkpoint also truncates the WAL file.
@@ -54,8 +53,6 @@ pub struct Committer {
     node: String,
     outbox: Outbox,
     signal: CommitSignal,
-    retention: Option<(chrono::Duration, Vec<String>)>,
-    last_prune: Option<Instant>,
     last_checkpoint: Option<Instant>,
     last_truncate: Option<Instant>,
 }
@@ -66,19 +63,10 @@ impl Committer {
             node: node.into(),
             outbox,
             signal: CommitSignal::new(),
-            retention: None,
-            last_prune: None,
             // The first checkpoints come a period after the start, not at once.
             last_checkpoint: Some(Instant::now()),
             last_truncate: Some(Instant::now()),
         }
-    }
-
-    /// Deletes delivered events older than `retention`, checked at most every 10 minutes
-    /// during commit/idle calls. Needs the sink names to know what every sink has taken.
-    pub fn with_retention(mut self, retention: chrono::Duration, sink_names: Vec<String>) -> Self {
-        self.retention = Some((retention, sink_names));
-        self
     }
 
     /// Turns the revisions into CloudEvents and commits them with `state` in one
@@ -125,7 +113,6 @@ impl Committer {
                 self.signal.notify();
             }
         }
-        self.prune_if_due();
         Ok(events)
     }
 
@@ -145,7 +132,6 @@ impl Committer {
 
     /// Periodic housekeeping when idle (prune if due, checkpoint the WAL).
     pub fn idle(&mut self) {
-        self.prune_if_due();
         self.checkpoint_if_due();
     }
 
@@ -175,85 +161,5 @@ impl Committer {
     /// A handle the deliveries wait on.
     pub fn wake_handle(&self) -> CommitSignal {
         self.signal.clone()
-    }
-
-    fn prune_if_due(&mut self) {
-        let Some((retention, sinks)) = &self.retention else {
-            return;
-        };
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
-            return;
-        }
-        self.last_prune = Some(Instant::now());
-        // A retention reaching back past the calendar chrono can represent means nothing is
-        // old enough yet: never prune rather than overflow.
-        let Some(before) = Utc::now().checked_sub_signed(*retention) else {
-            return;
-        };
-        let names: Vec<&str> = sinks.iter().map(String::as_str).collect();
-        match self.outbox.prune(&names, before) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(events = n, "pruned delivered events past retention"),
-            Err(e) => tracing::warn!(error = %e, "could not prune the outbox"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn incident(revision: u32) -> RiskEvent {
-        RiskEvent::Incident(crate::test_support::incident(revision, 0.3))
-    }
-
-    #[test]
-    fn prune_keeps_what_a_sink_still_needs_and_the_incident_history() {
-        let outbox = Outbox::open(Path::new(":memory:")).unwrap();
-        let mut committer = Committer::new("n1", outbox);
-        for revision in 1..=3 {
-            committer.commit(&[incident(revision)], None).unwrap();
-        }
-        let outbox = committer.outbox();
-        outbox.acknowledge("a", 3).unwrap();
-        outbox.acknowledge("b", 1).unwrap();
-        let later = Utc::now() + chrono::Duration::seconds(1);
-        assert_eq!(outbox.prune(&["a", "b"], later).unwrap(), 1);
-        assert_eq!(outbox.pending("b", 10).unwrap().len(), 2);
-        assert_eq!(
-            outbox
-                .prune(&["a"], Utc::now() - chrono::Duration::days(1))
-                .unwrap(),
-            0
-        );
-        assert_eq!(outbox.prune(&["a"], later).unwrap(), 2);
-        assert!(outbox.events().unwrap().is_empty());
-        assert_eq!(outbox.incidents().unwrap()[0].revision, 3);
-    }
-
-    #[test]
-    fn a_retention_too_long_for_the_calendar_never_prunes_and_never_panics() {
-        for retention in [chrono::Duration::days(100_000_000), chrono::Duration::MAX] {
-            // What used to panic: `Utc::now() - retention` overflows chrono's range.
-            assert!(Utc::now().checked_sub_signed(retention).is_none());
-            let outbox = Outbox::open(Path::new(":memory:")).unwrap();
-            let mut committer =
-                Committer::new("n1", outbox).with_retention(retention, vec!["a".into()]);
-            committer.commit(&[incident(1)], None).unwrap();
-            committer.outbox().acknowledge("a", 1).unwrap();
-            committer.last_prune = None;
-            committer.idle();
-            assert_eq!(committer.outbox().events().unwrap().len(), 1);
-        }
-        // A short one does prune what every sink has taken.
-        let outbox = Outbox::open(Path::new(":memory:")).unwrap();
-        let mut committer = Committer::new("n1", outbox)
-            .with_retention(chrono::Duration::milliseconds(-1000), vec!["a".into()]);
-        committer.commit(&[incident(1)], None).unwrap();
-        committer.outbox().acknowledge("a", 1).unwrap();
-        committer.last_prune = None;
-        committer.idle();
-        assert!(committer.outbox().events().unwrap().is_empty());
     }
 }
