@@ -392,9 +392,10 @@ fn a_nats_outage_longer_than_the_duplicate_window_stores_every_event_once() {
     services.stop();
 }
 
-/// A nats-server of this test's own whose one user, `skynet`, may not publish incidents of
-/// cell `G-DENIED`. A client without credentials is that user (`no_auth_user`): async-nats
-/// does not send a URL's user and password, and the environment is the whole test binary's.
+/// A nats-server of this test's own whose user `skynet` may not publish incidents of cell
+/// `G-DENIED`. The sink logs in as `skynet` with the `user:password@` of its URL; a client
+/// without credentials (the test's reader) is `reader`, who may do anything, so a sink whose
+/// URL credentials were not sent would publish the denied event and fail the test.
 struct NatsWithUsers {
     port: u16,
     child: Child,
@@ -411,9 +412,10 @@ impl NatsWithUsers {
                 r#"
 listen: "127.0.0.1:{port}"
 jetstream {{ store_dir: "{store}" }}
-no_auth_user: "skynet"
+no_auth_user: "reader"
 authorization {{
   users = [
+    {{ user: "reader", password: "reader-pw" }}
     {{ user: "skynet", password: "skynet-pw", permissions: {{
         publish: {{ allow: [">"], deny: ["denied.incidents.G-DENIED.>"] }}
         subscribe: {{ allow: [">"] }}
@@ -446,6 +448,11 @@ authorization {{
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// As the user `skynet`, in the URL.
+    fn skynet_url(&self) -> String {
+        format!("nats://skynet:skynet-pw@127.0.0.1:{}", self.port)
+    }
 }
 
 impl Drop for NatsWithUsers {
@@ -462,7 +469,7 @@ fn an_event_the_nats_user_may_not_publish_is_a_dead_letter_and_later_events_stil
     let runtime = crate::common::tokio_runtime();
     let nats = NatsWithUsers::start(&dir.path().join("nats"));
     let stream = "FAULTS_DENIED";
-    let mut sink_config = NatsSinkConfig::for_url(nats.url());
+    let mut sink_config = NatsSinkConfig::for_url(nats.skynet_url());
     sink_config.stream = stream.into();
     sink_config.subject_prefix = "denied".into();
     sink_config.ack_timeout_s = 1.0;

@@ -230,7 +230,14 @@ impl NatsSinkConfig {
 /// Connection options with credentials from `credentials` (a `.creds` file) or the
 /// environment (`SKYNET_NATS_CREDS`, `SKYNET_NATS_NKEY`, `SKYNET_NATS_TOKEN`, or
 /// `SKYNET_NATS_USER` with `SKYNET_NATS_PASSWORD`).
-async fn connect_options(credentials: Option<&str>) -> std::io::Result<async_nats::ConnectOptions> {
+/// The connection's options and its credentials, first found of: the `credentials` file (or
+/// its environment variable), an nkey seed, a token, a user and password from the environment,
+/// and a `user:password@` written in the first server of `url` (async-nats reads the URL for
+/// the address only, so without this such a URL would connect anonymously).
+async fn connect_options(
+    url: &str,
+    credentials: Option<&str>,
+) -> std::io::Result<async_nats::ConnectOptions> {
     let mut options = async_nats::ConnectOptions::new()
         .name("skynet")
         .connection_timeout(Duration::from_secs(5));
@@ -244,14 +251,23 @@ async fn connect_options(credentials: Option<&str>) -> std::io::Result<async_nat
         options = options.token(token);
     } else if let (Some(user), Some(password)) = (env(USER_ENV), env(PASSWORD_ENV)) {
         options = options.user_and_password(user, password);
+    } else if let Some((user, password)) = url_user_and_password(url) {
+        options = options.user_and_password(user, password);
     }
     Ok(options)
+}
+
+/// The `user:password@` of the first server in `url` (percent-decoded), if it has one.
+fn url_user_and_password(url: &str) -> Option<(String, String)> {
+    let first = url.split(',').next()?.trim();
+    let (_, credentials) = skynet_core::split_credentials(first);
+    credentials.map(|c| (c.user, c.password.expose().to_string()))
 }
 
 /// Connects to `url` (servers separated by commas). Errors never carry the password a URL
 /// may hold.
 pub async fn connect(url: &str, credentials: Option<&str>) -> Result<async_nats::Client, String> {
-    let options = connect_options(credentials)
+    let options = connect_options(url, credentials)
         .await
         .map_err(|e| format!("NATS credentials: {e}"))?;
     connect_with(url, options).await
@@ -404,7 +420,7 @@ impl NatsSink {
         }
         let denied = Denied::default();
         let noted = denied.clone();
-        let options = connect_options(self.config.credentials.as_deref())
+        let options = connect_options(&self.config.url, self.config.credentials.as_deref())
             .await
             .map_err(|e| self.error(format!("NATS credentials: {e}")))?
             .event_callback(move |event| {
@@ -646,5 +662,14 @@ mod tests {
         assert!(err.contains("forever"), "{err}");
         let err = parse("url = \"nats://h\"\nsubject_prefix = \"a.*\"").unwrap_err();
         assert!(err.contains("subject_prefix"), "{err}");
+    }
+
+    #[test]
+    fn a_user_and_password_in_the_url_log_in_when_nothing_else_is_configured() {
+        assert_eq!(
+            url_user_and_password("nats://skynet:p%40ss@nats:4222, nats://other:4222"),
+            Some(("skynet".into(), "p@ss".into()))
+        );
+        assert_eq!(url_user_and_password("nats://nats:4222"), None);
     }
 }
