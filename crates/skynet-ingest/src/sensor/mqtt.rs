@@ -372,6 +372,14 @@ impl ReadingAcks {
         }
     }
 
+    /// Room for `n` acknowledgements from the start (a batch about as large as the last).
+    pub fn with_capacity(to: AckSender, n: usize) -> Self {
+        Self {
+            to,
+            acks: Vec::with_capacity(n),
+        }
+    }
+
     /// Where these go (for the next batch).
     pub fn sender(&self) -> AckSender {
         self.to.clone()

@@ -49,8 +49,10 @@ const STATE_EVERY: Duration = Duration::from_secs(2);
 /// Sensor messages wait at most about this long for a commit to acknowledge them (when no
 /// revision makes one sooner); the broker sends no more than its in-flight window meanwhile.
 const SENSOR_ACKS_EVERY: Duration = Duration::from_millis(20);
-/// ... or this many checkpoints (each up to `CHECKPOINT_EVERY` messages).
-const SENSOR_ACK_BATCHES: usize = 16;
+/// ... or once this many messages wait: well inside the broker's in-flight window (10,000 in
+/// deploy/mosquitto.conf), so acks flow before it fills, yet a commit covers many messages
+/// (counted in messages, not checkpoints: a checkpoint may hold one message or hundreds).
+const SENSOR_ACK_MESSAGES: usize = 4096;
 /// A live camera with no frame for this long is quiet: its watermark drives its clock.
 const QUIET_AFTER: Duration = Duration::from_secs(1);
 
@@ -93,6 +95,8 @@ pub(crate) struct RulesAndRisk {
     sensor_events: Option<crossbeam_channel::Receiver<SensorEvent>>,
     /// Acks of sensor messages whose effect the next commit holds (in receipt order).
     sensor_acks: Vec<skynet_ingest::sensor::ReadingAcks>,
+    /// How many messages `sensor_acks` acknowledges.
+    sensor_acked: usize,
     /// Each sensor's rules' memory as of the last checkpoint, saved with the state.
     sensor_rules: BTreeMap<String, super::sensors::SensorRulesState>,
     /// The configured sensors' keys in the engine: live devices whose clock is the wall clock.
@@ -197,6 +201,7 @@ impl RulesAndRisk {
             camera_events: None,
             sensor_events: None,
             sensor_acks: Vec::new(),
+            sensor_acked: 0,
             sensor_rules,
             sensors: Vec::new(),
             cases: None,
@@ -303,7 +308,10 @@ impl RulesAndRisk {
                         self.sensor_rules.insert(sensor, state);
                     }
                 }
-                self.sensor_acks.extend(acks);
+                if let Some(acks) = acks {
+                    self.sensor_acked += acks.len();
+                    self.sensor_acks.push(acks);
+                }
                 Vec::new()
             }
         }
@@ -338,7 +346,7 @@ impl RulesAndRisk {
     fn sensor_acks_due(&self) -> bool {
         !self.sensor_acks.is_empty()
             && (self.last_state.elapsed() >= SENSOR_ACKS_EVERY
-                || self.sensor_acks.len() >= SENSOR_ACK_BATCHES)
+                || self.sensor_acked >= SENSOR_ACK_MESSAGES)
     }
 
     /// At shutdown: what the sensor stage still sends until it has stopped (it drains its
@@ -630,6 +638,7 @@ impl RulesAndRisk {
             .map(CaseDesk::take_commit)
             .unwrap_or_default();
         let sensor_acks = std::mem::take(&mut self.sensor_acks);
+        self.sensor_acked = 0;
         self.commits.send(Commit {
             incidents,
             state,

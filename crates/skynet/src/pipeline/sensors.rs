@@ -16,13 +16,14 @@
 //! both into its next commit, and the commit stage acks once that commit is stored: a
 //! reading is acknowledged to the broker only when its effect (or, for a reading that
 //! changes nothing or is refused, everything received before it) is durable, in receipt
-//! order. A checkpoint goes out whenever the queue runs empty, and at least every
-//! [`CHECKPOINT_EVERY`] messages.
+//! order. A checkpoint goes out when the queue runs empty and the last one is at least
+//! [`CHECKPOINT_AFTER`] old, at least every [`CHECKPOINT_EVERY`] messages, before the thread
+//! parks (nothing processed ever waits for more input), and at the end.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skynet_core::{DeviceFault, DeviceId, Health, Observation, Shutdown};
@@ -64,6 +65,12 @@ pub type SensorRulesState = BTreeMap<String, serde_json::Value>;
 /// full, so acknowledgements keep flowing under load.
 pub const CHECKPOINT_EVERY: usize = 512;
 
+/// While messages keep coming, a checkpoint goes out at most this often when the queue
+/// runs empty: when the thread keeps up, the queue is empty after nearly every message, and a
+/// checkpoint each (the rules' memory serialized, an event, an ack batch) would cost more
+/// than the message. Far below the risk stage's wait for an ack commit (20 ms).
+pub const CHECKPOINT_AFTER: Duration = Duration::from_millis(2);
+
 /// What the sensor thread receives: a message, or a tick for the liveness checks.
 #[derive(Debug)]
 pub enum SensorInput {
@@ -81,7 +88,9 @@ impl From<MqttMessage> for SensorInput {
 /// without a broker (tests, the benchmark).
 pub struct SensorStage {
     ingest: SensorIngest,
-    rules: HashMap<String, SensorRules>,
+    /// Each sensor's place in `sensors`.
+    index: HashMap<String, usize>,
+    sensors: Vec<SensorSlot>,
     dead_letters: Option<DeadLetters>,
     latency: metrics::Histogram,
     /// How many refusals of each reason were logged (first, then powers of two).
@@ -92,8 +101,18 @@ pub struct SensorStage {
     acks: Option<ReadingAcks>,
     /// Messages processed since the last checkpoint.
     since_checkpoint: usize,
-    /// Sensors whose rules saw a reading since the last checkpoint.
-    changed: BTreeSet<String>,
+    /// Sensors (places in `sensors`) whose rules saw a reading since the last checkpoint.
+    changed: Vec<usize>,
+    /// When the last checkpoint went out.
+    last_checkpoint: Instant,
+}
+
+/// One registered sensor's rules, and whether a reading changed them since the checkpoint
+/// (a flag, so marking costs no lookup or allocation per message).
+struct SensorSlot {
+    id: String,
+    rules: SensorRules,
+    changed: bool,
 }
 
 impl SensorStage {
@@ -103,28 +122,39 @@ impl SensorStage {
         dead_letters: Option<DeadLetters>,
     ) -> Self {
         let now = Utc::now();
+        // One slot per sensor id (a later entry replaces an earlier one, as in a map).
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut slots: Vec<SensorSlot> = Vec::new();
+        for s in sensors {
+            let slot = SensorSlot {
+                id: s.spec.id.to_string(),
+                rules: SensorRules::new(s.placement.clone(), s.rules.clone(), now),
+                changed: false,
+            };
+            match index.get(&slot.id) {
+                Some(&i) => slots[i] = slot,
+                None => {
+                    index.insert(slot.id.clone(), slots.len());
+                    slots.push(slot);
+                }
+            }
+        }
         Self {
             ingest: SensorIngest::new(
                 mqtt.families.clone(),
                 sensors.iter().map(|s| s.spec.clone()).collect(),
                 mqtt.limits,
             ),
-            rules: sensors
-                .iter()
-                .map(|s| {
-                    (
-                        s.spec.id.to_string(),
-                        SensorRules::new(s.placement.clone(), s.rules.clone(), now),
-                    )
-                })
-                .collect(),
+            index,
+            sensors: slots,
             dead_letters,
             latency: metrics::histogram!("skynet_sensor_latency_seconds"),
             logged: HashMap::new(),
             console: None,
             acks: None,
             since_checkpoint: 0,
-            changed: BTreeSet::new(),
+            changed: Vec::new(),
+            last_checkpoint: Instant::now(),
         }
     }
 
@@ -138,9 +168,9 @@ impl SensorStage {
     /// ([`PipelineState::sensor_rules`](skynet_risk::state::PipelineState)).
     pub fn with_restored(mut self, mut saved: BTreeMap<String, SensorRulesState>) -> Self {
         let mut restored = 0usize;
-        for (sensor, rules) in &mut self.rules {
-            if let Some(state) = saved.remove(sensor) {
-                rules.restore(state);
+        for slot in &mut self.sensors {
+            if let Some(state) = saved.remove(&slot.id) {
+                slot.rules.restore(state);
                 restored += 1;
             }
         }
@@ -158,6 +188,16 @@ impl SensorStage {
         self.since_checkpoint
     }
 
+    /// Whether a checkpoint is due after a message: every [`CHECKPOINT_EVERY`] messages,
+    /// or when the queue ran empty (`queue_empty`) and the last one is [`CHECKPOINT_AFTER`]
+    /// old. (Before parking, the caller checkpoints regardless.)
+    pub fn checkpoint_due(&self, queue_empty: bool) -> bool {
+        self.since_checkpoint >= CHECKPOINT_EVERY
+            || (queue_empty
+                && (self.since_checkpoint > 0 || !self.changed.is_empty())
+                && self.last_checkpoint.elapsed() >= CHECKPOINT_AFTER)
+    }
+
     /// Sends what was processed since the last checkpoint to `emit`: the acknowledgements,
     /// behind the evidence, and the memory of the rules that changed. Nothing when nothing
     /// was processed.
@@ -166,15 +206,19 @@ impl SensorStage {
             return;
         }
         self.since_checkpoint = 0;
-        let rules = std::mem::take(&mut self.changed)
-            .into_iter()
-            .filter_map(|sensor| {
-                let state = self.rules.get(&sensor)?.state();
-                Some((sensor, state))
+        self.last_checkpoint = Instant::now();
+        let rules = self
+            .changed
+            .drain(..)
+            .filter_map(|i| {
+                let slot = self.sensors.get_mut(i)?;
+                slot.changed = false;
+                Some((slot.id.clone(), slot.rules.state()))
             })
             .collect();
         let acks = self.acks.as_mut().and_then(|pending| {
-            let fresh = ReadingAcks::new(pending.sender());
+            // About as many as the last batch: no regrowing message by message.
+            let fresh = ReadingAcks::with_capacity(pending.sender(), pending.len());
             let full = std::mem::replace(pending, fresh);
             (!full.is_empty()).then_some(full)
         });
@@ -200,8 +244,8 @@ impl SensorStage {
                 }
             }
             SensorInput::Tick(now) => {
-                for rules in self.rules.values_mut() {
-                    match rules.check_liveness(now) {
+                for slot in &mut self.sensors {
+                    match slot.rules.check_liveness(now) {
                         Some(Liveness::Offline(fault)) => {
                             if let Some(console) = &self.console {
                                 console.sensor_offline(fault.camera.as_str(), Some(fault.since));
@@ -250,12 +294,14 @@ impl SensorStage {
             }
         }
         for reading in ingested.readings {
-            let Some(rules) = self.rules.get_mut(reading.sensor.as_str()) else {
+            let Some(&i) = self.index.get(reading.sensor.as_str()) else {
                 continue;
             };
-            let (observations, back) = rules.apply(&reading, message.at);
-            if !self.changed.contains(reading.sensor.as_str()) {
-                self.changed.insert(reading.sensor.to_string());
+            let slot = &mut self.sensors[i];
+            let (observations, back) = slot.rules.apply(&reading, message.at);
+            if !slot.changed {
+                slot.changed = true;
+                self.changed.push(i);
             }
             if let Some(console) = &self.console {
                 console.sensor_reading(
@@ -284,8 +330,13 @@ impl SensorStage {
 /// The next input, or `None` once every sender has gone. Under load the next message is
 /// microseconds away, and parking the thread costs a system call on both sides for every
 /// message: look again a few times (yielding the core, to the connection among others)
-/// before parking.
-fn next_input(rx: &mut mpsc::Receiver<SensorInput>) -> Option<SensorInput> {
+/// before parking. Before parking, what was processed goes out in a checkpoint: nothing
+/// waits for acknowledgement while the thread sleeps.
+fn next_input(
+    rx: &mut mpsc::Receiver<SensorInput>,
+    stage: &mut SensorStage,
+    emit: &mut impl FnMut(SensorEvent),
+) -> Option<SensorInput> {
     for _ in 0..32 {
         match rx.try_recv() {
             Ok(input) => return Some(input),
@@ -293,6 +344,7 @@ fn next_input(rx: &mut mpsc::Receiver<SensorInput>) -> Option<SensorInput> {
             Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
+    stage.checkpoint(emit);
     rx.blocking_recv()
 }
 
@@ -369,11 +421,11 @@ pub fn start(
                 // The risk stage has gone only when the pipeline is stopping.
                 let _ = events.send(event);
             };
-            while let Some(input) = next_input(&mut rx) {
+            while let Some(input) = next_input(&mut rx, &mut stage, &mut emit) {
                 stage.process(input, &mut emit);
                 // While more waits, keep going (one checkpoint covers many messages), but
                 // not for ever: acknowledgements must keep flowing under load.
-                if rx.is_empty() || stage.since_checkpoint() >= CHECKPOINT_EVERY {
+                if stage.checkpoint_due(rx.is_empty()) {
                     stage.checkpoint(&mut emit);
                 }
             }
