@@ -115,6 +115,30 @@ impl ConfigContext {
     pub fn expand(&self, field: &str, value: &str) -> Result<String, FieldError> {
         expand_vars(value).map_err(|m| FieldError::new(field, m))
     }
+
+    /// A secret given as `secret` (`${VAR}` expanded) or as `secret_env` (the variable that
+    /// holds it), never both; `None` when neither is given. The caller decides whether an
+    /// absent or empty secret is allowed. Errors name the key, never the value.
+    pub fn secret(
+        &self,
+        secret: Option<crate::Secret>,
+        secret_env: Option<&str>,
+    ) -> Result<Option<crate::Secret>, FieldError> {
+        match (secret, secret_env) {
+            (Some(_), Some(_)) => Err(FieldError::new(
+                "secret_env",
+                "give either `secret` or `secret_env`, not both",
+            )),
+            (None, None) => Ok(None),
+            (Some(secret), None) => Ok(Some(self.expand("secret", secret.expose())?.into())),
+            (None, Some(var)) => std::env::var(var).map(|v| Some(v.into())).map_err(|_| {
+                FieldError::new(
+                    "secret_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+        }
+    }
 }
 
 /// Checks that `value` lies in `[min, max]` (and is finite); the message names the field.

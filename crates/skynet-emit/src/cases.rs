@@ -102,26 +102,7 @@ impl CasesSettings {
                 ));
             }
         }
-        self.secret = match (self.secret.take(), &self.secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    "secret_env",
-                    "give either `secret` or `secret_env`, not both",
-                ));
-            }
-            (None, None) => None,
-            (Some(secret), None) => Some(cx.expand("secret", secret.expose())?.into()),
-            (None, Some(var)) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        FieldError::new(
-                            "secret_env",
-                            format!("environment variable `{var}` is not set"),
-                        )
-                    })?
-                    .into(),
-            ),
-        };
+        self.secret = cx.secret(self.secret.take(), self.secret_env.as_deref())?;
         // An empty secret (`${SKYNET_CASES_SECRET:-}` unset) asks for no signature.
         self.secret = self.secret.take().filter(|s| !s.is_empty());
         Ok(())

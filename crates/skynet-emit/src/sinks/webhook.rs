@@ -115,31 +115,13 @@ impl Component<SinkFamily> for WebhookSinkConfig {
         }
         self.url = url.into();
 
-        self.secret = match (self.secret.take(), &self.secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    "secret_env",
-                    "give either `secret` or `secret_env`, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(FieldError::new(
-                    "",
-                    "a webhook sink needs `secret` (or `secret_env`, the variable holding it): every request is signed",
-                ));
-            }
-            (Some(secret), None) => Some(cx.expand("secret", secret.expose())?.into()),
-            (None, Some(var)) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        FieldError::new(
-                            "secret_env",
-                            format!("environment variable `{var}` is not set"),
-                        )
-                    })?
-                    .into(),
-            ),
-        };
+        self.secret = cx.secret(self.secret.take(), self.secret_env.as_deref())?;
+        if self.secret.is_none() {
+            return Err(FieldError::new(
+                "",
+                "a webhook sink needs `secret` (or `secret_env`, the variable holding it): every request is signed",
+            ));
+        }
         if self.secret.as_ref().is_some_and(Secret::is_empty) {
             return Err(FieldError::new(
                 if self.secret_env.is_some() {
