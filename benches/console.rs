@@ -73,9 +73,8 @@ fn serve(runtime: &tokio::runtime::Runtime) -> Served {
     let console = Arc::new(
         Console::open(
             ApiConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
                 session_ttl: Duration::from_secs(3600),
-                secure_cookie: false,
+                ..ApiConfig::local("127.0.0.1:0".parse().unwrap())
             },
             &db,
             None,
@@ -103,7 +102,7 @@ fn serve(runtime: &tokio::runtime::Runtime) -> Served {
     let addr = listener.local_addr().unwrap();
     let served = Arc::clone(&console);
     runtime.spawn(async move {
-        let _ = skynet_serve::serve_console(listener, served, std::future::pending()).await;
+        let _ = skynet_serve::serve_console(listener, served, None, std::future::pending()).await;
     });
     Served {
         _dir: dir,
@@ -126,7 +125,7 @@ async fn live_client(
     stream
         .write_all(
             format!(
-                "GET /api/v1/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+                "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
             )
             .as_bytes(),
         )

@@ -10,12 +10,16 @@
 //!   intake on every node sharing the volume; the body and `skynet_disk_free_bytes` carry
 //!   the alarm.
 //!
+//! With `[metrics] auth_token`, `/metrics` and `/readyz` need `Authorization: Bearer
+//! <token>` (401 without); `/healthz` stays open for liveness probes.
+//!
 //! The people's console (the API under `/api/v1` and the web console at `/`) is served on a
-//! listener of its own, `[api] listen`: see [`console`].
+//! listener of its own, `[api] listen`: see [`console`]. Both listeners run the accept loop
+//! of [`listener`]: header and idle timeouts, a connection cap, optional TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
@@ -26,6 +30,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use skynet_core::Health;
 
 pub mod console;
+pub mod listener;
+
+pub use listener::{Limits, Tls, serve_router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,6 +46,12 @@ pub enum ServeError {
     },
     #[error("HTTP endpoint stopped: {0}")]
     Serve(#[source] std::io::Error),
+    /// `[api] tls_cert` or `tls_key` cannot be used; names the file, never its content.
+    #[error("TLS file {}: {message}", path.display())]
+    Tls {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 /// Latency buckets for inference and end-to-end timings, in seconds.
@@ -75,11 +88,67 @@ struct AppState {
 
 /// The routes, for serving or for tests.
 pub fn router(metrics: PrometheusHandle, health: Health) -> Router {
-    Router::new()
+    router_with_token(metrics, health, None)
+}
+
+/// The routes; with `auth_token`, `/metrics` and `/readyz` need it as a bearer token.
+pub fn router_with_token(
+    metrics: PrometheusHandle,
+    health: Health,
+    auth_token: Option<skynet_core::Secret>,
+) -> Router<()> {
+    let guarded = Router::new()
         .route("/metrics", get(render_metrics))
+        .route("/readyz", get(readyz));
+    let guarded = match auth_token {
+        Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
+            Arc::new(digest(token.expose().as_bytes())),
+            require_token,
+        )),
+        None => guarded,
+    };
+    // Added after the layer: liveness probes need no token.
+    guarded
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health })
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// `Authorization: Bearer <token>` against `[metrics] auth_token`. Both sides are hashed
+/// first and the digests compared without an early exit, so the time taken says nothing
+/// about how much of a guess was right (nor the token's length).
+async fn require_token(
+    State(expected): State<Arc<[u8; 32]>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| digest(token.trim().as_bytes()));
+    let same = presented.is_some_and(|presented| {
+        presented
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    });
+    if same {
+        return next.run(request).await;
+    }
+    metrics::counter!("skynet_metrics_unauthorized_total").increment(1);
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "send `Authorization: Bearer <[metrics] auth_token>`\n",
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -135,41 +204,53 @@ pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves the routes on `listener` until `shutdown` completes. Runs on the I/O runtime.
+/// Serves the routes on `listener` until `shutdown` completes, with the metrics listener's
+/// [`Limits`]. With `auth_token`, `/metrics` and `/readyz` need it. Runs on the I/O runtime.
 pub async fn serve(
     listener: std::net::TcpListener,
     metrics: PrometheusHandle,
     health: Health,
+    auth_token: Option<skynet_core::Secret>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tracing::info!(%addr, token = auth_token.is_some(), "serving /metrics, /healthz and /readyz");
     }
-    axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    let app = router_with_token(metrics, health, auth_token);
+    serve_router(listener, app, Limits::metrics(), None, shutdown).await
 }
 
-/// Serves the console on `listener` until `shutdown` completes. Runs on the I/O runtime.
+/// Loads `[api] tls_cert` and `tls_key` when set: call at start-up, so a bad file stops the
+/// start with an error that names it.
+pub fn console_tls(config: &console::ApiConfig) -> Result<Option<Tls>, ServeError> {
+    config
+        .tls
+        .as_ref()
+        .map(|files| Tls::load(&files.cert, &files.key))
+        .transpose()
+}
+
+/// Serves the console on `listener` until `shutdown` completes, over TLS when `tls` is
+/// given, with `[api]`'s limits and `Host` allow-list. Runs on the I/O runtime.
 pub async fn serve_console(
     listener: std::net::TcpListener,
-    console: std::sync::Arc<console::Console>,
+    console: Arc<console::Console>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving the console at / and its API at /api/v1");
-    }
-    let app = console::console_router(console).layer(axum::middleware::from_fn(record_request));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(ServeError::Serve)
+    let bound = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(addr = %bound, tls = tls.is_some(), "serving the console at / and its API at /api/v1");
+    let limits = Limits::console(console.config());
+    let hosts = console::AllowedHosts::new(console.config(), bound.port());
+    let app = console::console_router(console)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            console::check_host,
+        ))
+        .layer(axum::middleware::from_fn(record_request));
+    serve_router(listener, app, limits, tls, shutdown).await
 }
 
 /// Times every console request, by route (the route's pattern, never its ids).
@@ -215,7 +296,27 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_api_logins_total",
-        "Console logins, per result: ok, failed, rate_limited."
+        "Console logins, per outcome: ok, failed, rate_limited (slowed by the guessing limits), busy (no password check free in time)."
+    );
+    describe_counter!(
+        "skynet_api_refused_total",
+        "Console requests refused before any work, per reason: streams_per_user and streams_total (a live stream past [api] max_streams_per_user or max_streams: 429 with Retry-After), host (a Host header not in [api] hosts: 421)."
+    );
+    describe_gauge!(
+        "skynet_http_connections",
+        "Open connections, per listener (console, metrics)."
+    );
+    describe_counter!(
+        "skynet_http_connections_capped_total",
+        "Times a listener reached its connection cap ([api] max_connections; 256 for metrics) and stopped accepting until a connection closed, per listener."
+    );
+    describe_counter!(
+        "skynet_http_timeouts_total",
+        "Connections closed by a timeout, per listener and reason: header (a request head not complete within [api] header_timeout_s), idle (a kept-alive connection silent for connection_idle_s), handshake (TLS)."
+    );
+    describe_counter!(
+        "skynet_metrics_unauthorized_total",
+        "Requests to /metrics or /readyz without the [metrics] auth_token."
     );
     describe_gauge!(
         "skynet_api_live_clients",

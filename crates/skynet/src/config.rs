@@ -99,6 +99,10 @@ fn default_node_name() -> Spanned<String> {
 struct MetricsSection {
     /// `host:port` for `/metrics`, `/healthz` and `/readyz`; absent disables them.
     listen: Option<Spanned<String>>,
+    /// A bearer token `/metrics` and `/readyz` require (`${VAR}` expanded); `/healthz`
+    /// stays open. Or `auth_token_env`: the variable that holds it.
+    auth_token: Option<Spanned<String>>,
+    auth_token_env: Option<Spanned<String>>,
 }
 
 /// `[grids]`: polygon cells from a GeoJSON `file`, or H3 hexagons generated at
@@ -259,6 +263,9 @@ pub struct PipelineConfig {
     pub source: PathBuf,
     pub node: String,
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] auth_token` (or `auth_token_env`): the bearer `/metrics` and `/readyz`
+    /// require.
+    pub metrics_auth_token: Option<skynet_core::Secret>,
     pub onnxruntime: Option<PathBuf>,
     pub model: Arc<ModelManifest>,
     pub detector: DetectorOptions,
@@ -385,6 +392,48 @@ fn id_error(at: &Locator<'_>, span: Range<usize>, what: &str, id: &str) -> Resul
     validate_id(what, id).map_err(|m| at.error(span, m))
 }
 
+/// `[metrics] auth_token` or `auth_token_env`, never both, never empty. Errors name the key,
+/// never the value.
+fn metrics_token(
+    at: &Locator<'_>,
+    metrics: &MetricsSection,
+) -> Result<Option<skynet_core::Secret>, ConfigError> {
+    let token = match (&metrics.auth_token, &metrics.auth_token_env) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(env)) => {
+            return Err(at.error(
+                env.span(),
+                "give `auth_token` or `auth_token_env`, not both",
+            ));
+        }
+        (Some(token), None) => (
+            token.span(),
+            skynet_core::config::expand_vars(token.get_ref())
+                .map_err(|m| at.error(token.span(), m))?,
+        ),
+        (None, Some(env)) => (
+            env.span(),
+            std::env::var(env.get_ref()).map_err(|_| {
+                at.error(
+                    env.span(),
+                    format!(
+                        "`auth_token_env`: environment variable `{}` is not set",
+                        env.get_ref()
+                    ),
+                )
+            })?,
+        ),
+    };
+    let (span, token) = token;
+    if token.trim().is_empty() {
+        return Err(at.error(
+            span,
+            "`auth_token` is empty: leave it out for open metrics, or give a token",
+        ));
+    }
+    Ok(Some(skynet_core::Secret::from(token.trim().to_string())))
+}
+
 fn validate(
     at: &Locator<'_>,
     file: ConfigFile,
@@ -407,6 +456,8 @@ fn validate(
             })?)
         }
     };
+
+    let metrics_auth_token = metrics_token(at, &file.metrics)?;
 
     let cx = ConfigContext::new(at.path);
     let (detect, region) = section::<DetectSettings>(at, Some(&file.detect))?;
@@ -552,6 +603,7 @@ fn validate(
         source: at.path.to_path_buf(),
         node,
         metrics_listen,
+        metrics_auth_token,
         onnxruntime: detect.onnxruntime,
         model,
         detector: detect.options,

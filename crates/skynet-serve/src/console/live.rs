@@ -42,6 +42,54 @@ pub struct LiveMessage {
     /// other revision).
     pub applied_status: Option<IncidentState>,
     pub data: Arc<str>,
+    /// For cell changes: the change and who may see each of its incidents, so a stream of a
+    /// narrower scope sends it narrowed (see [`GridScope::narrowed`]).
+    pub grid: Option<Arc<GridScope>>,
+}
+
+/// A cell change with the scope of each incident it lists.
+#[derive(Debug, Clone)]
+pub struct GridScope {
+    pub change: GridRisk,
+    /// Per incident id: its department, owner and category; an id not found (no longer in
+    /// the outbox) is in nobody's narrowed scope.
+    pub incidents: HashMap<String, (String, String, String)>,
+}
+
+impl GridScope {
+    /// The change as a caller of `scope` sees it. The cell's level and fused score are the
+    /// city's (every map shows them, as `GET /grids` does); the incident detail is the
+    /// caller's: only the incidents in scope, and only the category scores of their
+    /// categories, so neither an out-of-scope id nor what kind of incident it is shows.
+    pub fn narrowed(&self, scope: &super::Scope) -> GridRisk {
+        narrow_grid(self.change.clone(), scope, |id| {
+            self.incidents.get(id).cloned()
+        })
+    }
+}
+
+/// `change` narrowed to `scope` (see [`GridScope::narrowed`]); `lookup` gives an incident's
+/// department, owner and category.
+pub(crate) fn narrow_grid(
+    mut change: GridRisk,
+    scope: &super::Scope,
+    lookup: impl Fn(&str) -> Option<(String, String, String)>,
+) -> GridRisk {
+    if scope.department.is_none() && scope.owner.is_none() {
+        return change;
+    }
+    let mut categories = std::collections::BTreeSet::new();
+    change.incidents.retain(|id| match lookup(id) {
+        Some((department, owner, category)) if scope.allows(&department, &owner) => {
+            categories.insert(category);
+            true
+        }
+        _ => false,
+    });
+    change
+        .categories
+        .retain(|category, _| categories.contains(category));
+    change
 }
 
 /// A camera as the console shows it.
@@ -127,6 +175,8 @@ pub struct Console {
     pub(crate) acks: Mutex<HashMap<String, Ack>>,
     submit: RwLock<Option<SubmitStatus>>,
     pub(crate) events: broadcast::Sender<LiveMessage>,
+    /// Live-stream slots (`[api] max_streams_per_user`, `max_streams`).
+    pub(crate) streams: super::streams::StreamSlots,
     /// Per camera: the decoded count and when it was read, and the frame rate from the
     /// reading before.
     rates: Mutex<HashMap<String, RateSample>>,
@@ -146,6 +196,9 @@ impl Console {
     ) -> Result<Self, StoreError> {
         let store = ConsoleStore::open(state_db)?;
         let acks = store.acks()?.into_iter().collect();
+        let limiter = LoginLimiter::new(store.secret_key("device_cookie")?);
+        let streams =
+            super::streams::StreamSlots::new(config.max_streams_per_user, config.max_streams);
         Ok(Self {
             config,
             store: Arc::new(store),
@@ -158,13 +211,14 @@ impl Console {
             evidence_dir,
             health,
             metrics,
-            limiter: LoginLimiter::default(),
+            limiter,
             grids: RwLock::new(Vec::new()),
             cameras: RwLock::new(BTreeMap::new()),
             sensors: RwLock::new(BTreeMap::new()),
             acks: Mutex::new(acks),
             submit: RwLock::new(None),
             events: broadcast::channel(LIVE_BACKLOG).0,
+            streams,
             rates: Mutex::new(HashMap::new()),
         })
     }
@@ -302,10 +356,49 @@ impl Console {
         for event in events {
             let message = match event {
                 RiskEvent::Incident(incident) => self.incident_message(incident),
-                RiskEvent::GridRisk(change) => grid_message(change),
+                RiskEvent::GridRisk(change) => {
+                    grid_message(change, self.grid_scope(change, events))
+                }
             };
             // No receiver is not an error: nobody is watching.
             let _ = self.events.send(message);
+        }
+    }
+
+    /// Who may see each incident a cell change lists: from the revisions committed with it,
+    /// else from the outbox (a cell lists the few incidents open in it).
+    fn grid_scope(&self, change: &GridRisk, batch: &[RiskEvent]) -> GridScope {
+        let mut incidents = HashMap::new();
+        for id in &change.incidents {
+            let scope_of = |i: &Incident| {
+                (
+                    i.department.clone(),
+                    i.owner.as_str().to_string(),
+                    i.category.clone(),
+                )
+            };
+            let known = batch
+                .iter()
+                .filter_map(RiskEvent::as_incident)
+                .find(|i| i.id == *id)
+                .map(scope_of);
+            let found = match known {
+                Some(found) => Some(found),
+                None => match self.outbox.with(|o| o.incident(id)) {
+                    Ok(incident) => incident.as_ref().map(scope_of),
+                    Err(e) => {
+                        tracing::warn!(incident = %id, error = %e, "a cell's incident could not be read; left out of scoped streams");
+                        None
+                    }
+                },
+            };
+            if let Some(found) = found {
+                incidents.insert(id.clone(), found);
+            }
+        }
+        GridScope {
+            change: change.clone(),
+            incidents,
         }
     }
 
@@ -339,6 +432,7 @@ impl Console {
             incident: Some((incident.id.clone(), incident.revision)),
             applied_status: (incident.change == IncidentChange::Feedback).then_some(incident.state),
             data: json_text(&self.incident_view(incident)).into(),
+            grid: None,
         }
     }
 
@@ -363,6 +457,7 @@ impl Console {
                 incident: None,
                 applied_status: None,
                 data: data.into(),
+                grid: None,
             });
         }
     }
@@ -563,7 +658,7 @@ fn camera_state(status: &skynet_core::ComponentStatus) -> String {
     }
 }
 
-fn grid_message(change: &GridRisk) -> LiveMessage {
+fn grid_message(change: &GridRisk, scope: GridScope) -> LiveMessage {
     LiveMessage {
         kind: "grid",
         department: None,
@@ -573,6 +668,7 @@ fn grid_message(change: &GridRisk) -> LiveMessage {
         data: serde_json::to_string(change)
             .unwrap_or_else(|_| "{}".into())
             .into(),
+        grid: Some(Arc::new(scope)),
     }
 }
 

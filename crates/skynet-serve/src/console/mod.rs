@@ -10,13 +10,19 @@
 mod api;
 mod assets;
 pub mod auth;
+mod hosts;
 mod live;
+pub mod passwords;
 mod settings;
 pub mod store;
+mod streams;
 mod views;
 
 pub use api::router as console_router;
 pub use auth::{Permission, Role, Scope, User};
-pub use live::{CameraRegistration, Console, LiveMessage, SensorRegistration, SubmitStatus};
+pub use hosts::{AllowedHosts, check_host};
+pub use live::{
+    CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
+};
 pub use settings::{ApiConfig, ApiSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};

@@ -26,6 +26,15 @@ impl Services {
     /// Starts the runtime (2 worker threads: I/O only, the heavy work has its own threads),
     /// installs the metrics recorder, and serves HTTP on `listen` when given.
     pub fn start(listen: Option<SocketAddr>) -> Result<Self, ServeError> {
+        Self::start_with_token(listen, None)
+    }
+
+    /// [`start`](Self::start), with `[metrics] auth_token` required on `/metrics` and
+    /// `/readyz`.
+    pub fn start_with_token(
+        listen: Option<SocketAddr>,
+        auth_token: Option<skynet_core::Secret>,
+    ) -> Result<Self, ServeError> {
         let metrics = skynet_serve::install_metrics()?;
         // Every crate's metric descriptions, now that a recorder takes them.
         crate::describe_metrics();
@@ -47,7 +56,9 @@ impl Services {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 };
-                if let Err(e) = skynet_serve::serve(listener, metrics, health, shutdown).await {
+                if let Err(e) =
+                    skynet_serve::serve(listener, metrics, health, auth_token, shutdown).await
+                {
                     tracing::error!(error = %e, "the HTTP endpoint stopped");
                 }
             });
@@ -70,6 +81,9 @@ impl Services {
         listen: SocketAddr,
         console: std::sync::Arc<skynet_serve::console::Console>,
     ) -> Result<SocketAddr, ServeError> {
+        // A bad certificate or key stops the start, naming the file.
+        let tls = skynet_serve::console_tls(console.config())?;
+        warn_insecure(console.config());
         let listener = skynet_serve::bind(listen)?;
         let addr = listener.local_addr().unwrap_or(listen);
         let mut stopped = self.stop_http.subscribe();
@@ -77,7 +91,7 @@ impl Services {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = skynet_serve::serve_console(listener, console, shutdown).await {
+            if let Err(e) = skynet_serve::serve_console(listener, console, tls, shutdown).await {
                 tracing::error!(error = %e, "the console stopped");
             }
         });
@@ -123,6 +137,23 @@ impl Drop for Services {
             // Never block a drop on a task that will not end.
             runtime.shutdown_background();
         }
+    }
+}
+
+/// Says what an operator should know before people log in over this listener: passwords,
+/// session cookies and tokens cross the network in clear unless TLS protects them.
+fn warn_insecure(config: &skynet_serve::console::ApiConfig) {
+    if config.insecure_cookie_forced {
+        tracing::warn!(
+            listen = %config.listen,
+            "[api] secure_cookie = false on a listener beyond loopback: browsers send the session cookie over plain HTTP, where anyone on the path can read it and act as the user"
+        );
+    }
+    if !config.listen.ip().is_loopback() && config.tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the console listens beyond loopback without [api] tls_cert: passwords, session cookies and API tokens cross the network in clear unless a TLS proxy fronts it"
+        );
     }
 }
 

@@ -90,6 +90,17 @@ impl IntoResponse for ApiError {
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
+/// A store error inside an audited change: a refused value is the caller's mistake (400),
+/// anything else the server's (500, the cause in the log).
+impl From<crate::console::store::StoreError> for ApiError {
+    fn from(error: crate::console::store::StoreError) -> Self {
+        match error {
+            crate::console::store::StoreError::Invalid(message) => Self::bad_request(message),
+            e => Self::internal(e),
+        }
+    }
+}
+
 /// A typed JSON body. It is written through [`serde_json::Value`], whose maps keep their
 /// keys sorted, so the bytes are those the API has always sent whatever the field order.
 pub(super) struct Reply<T>(pub T);
@@ -114,13 +125,73 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 /// A JSON body, with a JSON error when it is not one.
 pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request(format!("the request body: {}", e.body_text())))
+    body.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // The route's body limit (see `router`).
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is larger than this route takes",
+            )
+        } else {
+            ApiError::bad_request(format!("the request body: {}", e.body_text()))
+        }
+    })
 }
 
 /// Query parameters, with a JSON error when they do not parse.
 pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<Query<T>> {
     query.map_err(|e| ApiError::bad_request(format!("the query string: {}", e.body_text())))
+}
+
+/// The last word on errors, around every route: an error answered as something other than
+/// JSON (axum's own rejections: a path segment that is not UTF-8 once decoded, a body over
+/// the route's limit, a content type the JSON extractor refuses) is rewritten into the API's
+/// error shape, its status and headers kept, so a client parses every error the same way.
+/// A 422 (a JSON body of the wrong shape) becomes the 400 that [`body`] gives it. Found by
+/// the OpenAPI fuzzer (tests/security/openapi_fuzz.rs).
+pub(super) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Rejection texts are short; a longer body is cut rather than read whole.
+    let detail = axum::body::to_bytes(body, 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (status, code) = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (status, "too_large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (status, "unsupported_media_type"),
+        StatusCode::NOT_FOUND => (status, "not_found"),
+        StatusCode::METHOD_NOT_ALLOWED => (status, "method_not_allowed"),
+        s if s.is_server_error() => (s, "internal"),
+        s => (s, "error"),
+    };
+    let message = if detail.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        detail
+    };
+    let mut replaced = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in parts.headers.drain().filter_map(|(n, v)| n.map(|n| (n, v))) {
+        replaced.headers_mut().entry(name).or_insert(value);
+    }
+    replaced
 }
 
 /// A JPEG that is not to be cached (evidence files, camera frames).

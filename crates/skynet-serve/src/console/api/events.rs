@@ -1,9 +1,11 @@
 //! The live stream: one Server-Sent Events stream per browser tab.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -12,6 +14,7 @@ use super::error::{ApiError, blocking};
 use super::session::Caller;
 use crate::console::auth::{Permission, User};
 use crate::console::live::{Console, LiveMessage};
+use crate::console::streams::{StreamCap, StreamSlot};
 use crate::console::views::{UserView, json_text};
 
 /// The stream's first event: who it is for.
@@ -20,15 +23,42 @@ struct Hello {
     user: UserView,
 }
 
-/// How often a live stream checks that its token still stands (logout, expiry, a removed
-/// user or a changed role end the stream).
+/// How often a live stream checks that its token still stands (logout, expiry, an idle
+/// timeout, a removed user or a changed role end the stream).
 const RECHECK: Duration = Duration::from_secs(30);
+
+/// `Retry-After` on a stream refused by a cap: a closing tab frees its slot at once, so a
+/// retry soon may well succeed.
+const STREAM_RETRY_AFTER_S: u64 = 10;
 
 /// One stream per browser tab: incidents (scoped), cell changes and source health.
 pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) -> Response {
+    // A slot first: past a cap, nothing is subscribed and no token check is scheduled.
+    let slot = match console.streams.acquire(&caller.user.name) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            metrics::counter!("skynet_api_refused_total", "reason" => cap.reason()).increment(1);
+            let message = match cap {
+                StreamCap::PerUser => format!(
+                    "you have {} live streams open (the most one user may): close a console tab",
+                    console.config.max_streams_per_user
+                ),
+                StreamCap::Total => {
+                    "the console holds as many live streams as it may; try again shortly"
+                        .to_string()
+                }
+            };
+            let mut refused =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message);
+            refused.retry_after = Some(STREAM_RETRY_AFTER_S);
+            return refused.into_response();
+        }
+    };
     let rx = console.events.subscribe();
     metrics::gauge!("skynet_api_live_clients").increment(1.0);
     struct Live {
+        /// Freed when the stream drops (the tab closed or the token ended).
+        _slot: StreamSlot,
         console: Arc<Console>,
         rx: tokio::sync::broadcast::Receiver<LiveMessage>,
         user: User,
@@ -42,6 +72,7 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
         }
     }
     let state = Live {
+        _slot: slot,
         console,
         rx,
         hello: Some(json_text(&Hello {
@@ -61,7 +92,9 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
                 received = state.rx.recv() => received,
                 () = tokio::time::sleep_until(state.recheck) => {
                     let (c, token) = (Arc::clone(&state.console), state.token.clone());
-                    let now = blocking(move || c.store.user_for_token(&token).map_err(ApiError::internal)).await;
+                    // The stream is not the user's activity: an idle session ends it here.
+                    let idle = c.config.idle_timeout;
+                    let now = blocking(move || c.store.authenticate(&token, Some(idle), false).map_err(ApiError::internal)).await;
                     match now {
                         Ok(Some(user)) if user == state.user => {
                             state.recheck = tokio::time::Instant::now() + RECHECK;
@@ -74,8 +107,8 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
             };
             match received {
                 Ok(message) => {
-                    if visible(&state.user, &message) {
-                        let event = Event::default().event(message.kind).data(&*message.data);
+                    if let Some(data) = shown(&state.user, &message) {
+                        let event = Event::default().event(message.kind).data(data);
                         return Some((Ok(event), state));
                     }
                 }
@@ -97,16 +130,37 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
         .into_response()
 }
 
-fn visible(user: &User, message: &LiveMessage) -> bool {
+/// What `user`'s stream sends of `message`: nothing when it is not theirs to see, a cell
+/// change narrowed to their scope (see [`crate::console::GridScope::narrowed`]), else the shared text.
+fn shown<'m>(user: &User, message: &'m LiveMessage) -> Option<Cow<'m, str>> {
+    let shared = || Some(Cow::Borrowed(&*message.data));
     match message.kind {
         "incident" => {
-            user.may(Permission::IncidentsRead)
+            let visible = user.may(Permission::IncidentsRead)
                 && user.scope().allows(
                     message.department.as_deref().unwrap_or_default(),
                     message.owner.as_deref().unwrap_or_default(),
-                )
+                );
+            if visible { shared() } else { None }
         }
-        "source" => user.may(Permission::SourcesRead),
-        _ => true,
+        "source" => user
+            .may(Permission::SourcesRead)
+            .then(|| Cow::Borrowed(&*message.data)),
+        "grid" => {
+            let scope = user.scope();
+            match &message.grid {
+                Some(grid) if scope.department.is_some() || scope.owner.is_some() => {
+                    // As the shared text is written (the change's own field order).
+                    let narrowed = serde_json::to_string(&grid.narrowed(&scope));
+                    Some(Cow::Owned(narrowed.unwrap_or_else(|_| "{}".into())))
+                }
+                Some(_) => shared(),
+                // A cell change without its incidents' scopes is sent whole only to those
+                // who see everything.
+                None if scope.department.is_none() && scope.owner.is_none() => shared(),
+                None => None,
+            }
+        }
+        _ => shared(),
     }
 }

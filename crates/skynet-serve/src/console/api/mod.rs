@@ -21,6 +21,7 @@ mod sources;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -34,6 +35,12 @@ use incidents::{
 };
 use session::{login, logout, me};
 use sources::{camera_frame, cameras, grid_history, grids, sensors, set_thresholds, tickets};
+
+/// Request bodies: login, notes, acknowledgements and status changes are a few fields of
+/// text (a note is at most a few thousand characters). Past the limit: 413.
+const SMALL_BODY: usize = 16 * 1024;
+/// Threshold changes (a score per class) and new users (with a department and owner).
+const LARGER_BODY: usize = 64 * 1024;
 
 /// The console's routes, for serving or for tests.
 pub fn router(console: Arc<Console>) -> Router {
@@ -51,11 +58,19 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/grids/{id}/history", get(grid_history))
         .route("/cameras", get(cameras))
         .route("/cameras/{id}/frame", get(camera_frame))
-        .route("/cameras/{id}/thresholds", put(set_thresholds))
+        .route(
+            "/cameras/{id}/thresholds",
+            put(set_thresholds).layer(DefaultBodyLimit::max(LARGER_BODY)),
+        )
         .route("/sensors", get(sensors))
         .route("/tickets", get(tickets))
         .route("/audit", get(audit))
-        .route("/users", get(list_users).post(add_user))
+        .route(
+            "/users",
+            get(list_users)
+                .post(add_user)
+                .layer(DefaultBodyLimit::max(LARGER_BODY)),
+        )
         .route("/events", get(events))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -66,7 +81,11 @@ pub fn router(console: Arc<Console>) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(axum::middleware::from_fn(guard_changes));
+        .layer(axum::middleware::from_fn(guard_changes))
+        // The routes above that take a body say otherwise; every other is small JSON.
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        // Outermost: every error leaves as JSON, axum's own rejections included.
+        .layer(axum::middleware::map_response(error::json_errors));
     Router::new()
         .nest("/api/v1", api)
         .fallback(super::assets::serve)

@@ -1,0 +1,494 @@
+//! The accept loop both listeners run (the console's `[api] listen` and `[metrics] listen`).
+//!
+//! `axum::serve` has no header-read timeout, no idle timeout and no cap on connections: a
+//! client that sends half a request header and goes silent holds its socket (and a task)
+//! for ever, and a few thousand of them exhaust the file descriptors. This loop adds:
+//!
+//! - **a header timeout**: a request's head must arrive whole within `header_timeout` of
+//!   its first byte (of the accept, for a connection's first request);
+//! - **an idle timeout**: a kept-alive connection with no request in flight is closed after
+//!   `connection_idle` without a byte;
+//! - **a connection cap**: past `max_connections` open at once the loop stops accepting
+//!   (the kernel's backlog holds the rest) until one closes, counted in
+//!   `skynet_http_connections_capped_total`;
+//! - optional in-process TLS (rustls with ring), the handshake bound by `header_timeout`.
+//!
+//! hyper's own `header_read_timeout` is not used: it runs from the end of the previous
+//! response to the end of the next head, so one value would be both the limit for a slow
+//! head (seconds) and for an idle kept-alive connection (a minute). The [`Watched`] stream
+//! below keeps the two apart: it knows when a request is in flight from the service.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::ServeError;
+
+/// How long a stopping listener waits for its open connections (a live stream ends only
+/// when the process does) before it returns anyway.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A listener's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The `listener` label of the listener's metrics: `console` or `metrics`.
+    pub name: &'static str,
+    pub header_timeout: Duration,
+    pub connection_idle: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The metrics listener's: scrapers and probes are few and quick.
+    pub fn metrics() -> Self {
+        Self {
+            name: "metrics",
+            header_timeout: Duration::from_secs(10),
+            connection_idle: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+
+    /// The console's, from `[api]`.
+    pub fn console(config: &crate::console::ApiConfig) -> Self {
+        Self {
+            name: "console",
+            header_timeout: config.header_timeout,
+            connection_idle: config.connection_idle,
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+/// A TLS server configuration loaded from PEM files (`[api] tls_cert`, `tls_key`).
+#[derive(Clone)]
+pub struct Tls(tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Reads the certificate chain and the private key; an error names the file at fault.
+    /// The ring provider is named here, not taken from the process default, so the console
+    /// serves TLS whichever crate installed (or did not install) a default.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, ServeError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls_error = |path: &Path, message: String| ServeError::Tls {
+            path: path.to_path_buf(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| tls_error(cert, format!("cannot read a PEM certificate: {e}")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_error(cert, format!("not a PEM certificate chain: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_error(cert, "holds no PEM certificate".into()));
+        }
+        // The key's error never shows the key: pki-types reports only what failed.
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| tls_error(key, format!("not a PEM private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(cert, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)
+            .map_err(|e| {
+                tls_error(
+                    key,
+                    format!(
+                        "does not go with the certificate in {}: {e}",
+                        cert.display()
+                    ),
+                )
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// Serves `router` on `listener` with `limits` until `shutdown` completes; then stops
+/// accepting, asks every open connection to finish its request, and waits for them (at
+/// most [`DRAIN`]). Each request carries `ConnectInfo<SocketAddr>`, the TCP peer.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let limits = Arc::new(limits);
+    loop {
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics::counter!("skynet_http_connections_capped_total", "listener" => limits.name)
+                    .increment(1);
+                tracing::warn!(
+                    listener = limits.name,
+                    max_connections = limits.max_connections,
+                    "connection cap reached: new connections wait until one closes"
+                );
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // The client gave up between SYN and accept: nothing to do.
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused) => continue,
+                Err(e) => {
+                    // Out of file descriptors, most likely: accepting again at once would
+                    // spin. Connections closing free some.
+                    tracing::warn!(listener = limits.name, error = %e, "accept failed; retrying in a second");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            Arc::clone(&limits),
+            tls.clone(),
+            stopping.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
+    Ok(())
+}
+
+/// Open connections, per listener, while this lives.
+struct Open(&'static str);
+
+impl Open {
+    fn new(name: &'static str) -> Self {
+        metrics::gauge!("skynet_http_connections", "listener" => name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("skynet_http_connections", "listener" => self.0).decrement(1.0);
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Arc<Limits>,
+    tls: Option<Tls>,
+    stopping: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _open = Open::new(limits.name);
+    match tls {
+        None => serve_io(stream, peer, router, limits, stopping).await,
+        Some(Tls(acceptor)) => {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_io(stream, peer, router, limits, stopping).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = limits.name, %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => timed_out(&limits, "handshake"),
+            }
+        }
+    }
+}
+
+fn timed_out(limits: &Limits, reason: &'static str) {
+    metrics::counter!("skynet_http_timeouts_total", "listener" => limits.name, "reason" => reason)
+        .increment(1);
+}
+
+async fn serve_io<IO>(
+    io: IO,
+    peer: SocketAddr,
+    router: Router,
+    limits: Arc<Limits>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let clock = Arc::new(Clock::default());
+    let io = Watched::new(io, Arc::clone(&clock), Arc::clone(&limits));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let busy = Busy::start(&clock);
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request).await?;
+            Ok::<_, Infallible>(response.map(|body| Guarded { body, _busy: busy }))
+        }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(listener = limits.name, %peer, error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    // Finish the request in flight, then close.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// What the service tells the stream: requests started, and those still in flight (until
+/// their response body is written or dropped).
+#[derive(Default)]
+struct Clock {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+    /// The connection task, when a read found a request in flight: hyper may not read again
+    /// on its own once the response is written, so the idle deadline would never be set.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Clock {
+    fn wake_reader(&self) {
+        let waker = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A request in flight, from the service call to the end of its response body.
+struct Busy(Arc<Clock>);
+
+impl Busy {
+    fn start(clock: &Arc<Clock>) -> Self {
+        clock.in_flight.fetch_add(1, Ordering::AcqRel);
+        clock.started.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(clock))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake_reader();
+        }
+    }
+}
+
+/// A response body that holds its request's [`Busy`] until hyper drops it.
+struct Guarded {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What a connection with no request in flight waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A request is in flight (or was, since the last read): no deadline.
+    Nothing,
+    /// The first byte of the next request, until `connection_idle`.
+    Idle,
+    /// The rest of a request head, until `header_timeout` after its first byte.
+    Head,
+}
+
+/// The connection's byte stream with the header and idle deadlines (see the module doc).
+/// hyper reads only when it wants a request head or while a request is in flight, so the
+/// deadlines are checked where a read would wait.
+struct Watched<IO> {
+    io: IO,
+    clock: Arc<Clock>,
+    limits: Arc<Limits>,
+    /// `clock.started` at the last read: a change means a request came and went.
+    seen: u64,
+    wait: Wait,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<IO> Watched<IO> {
+    fn new(io: IO, clock: Arc<Clock>, limits: Arc<Limits>) -> Self {
+        // A new connection owes its first head within header_timeout of the accept.
+        let deadline = Box::pin(tokio::time::sleep(limits.header_timeout));
+        Self {
+            io,
+            clock,
+            limits,
+            seen: 0,
+            wait: Wait::Head,
+            deadline,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let started = this.clock.started.load(Ordering::Acquire);
+        if started != this.seen {
+            this.seen = started;
+            this.wait = Wait::Nothing;
+        }
+        let busy = this.clock.in_flight.load(Ordering::Acquire) > 0;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if !busy && buf.filled().len() > before && this.wait != Wait::Head {
+                    // The first bytes of the next request: its head has header_timeout.
+                    this.wait = Wait::Head;
+                    let at = tokio::time::Instant::now() + this.limits.header_timeout;
+                    this.deadline.as_mut().reset(at);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if busy => {
+                this.wait = Wait::Nothing;
+                *this
+                    .clock
+                    .reader
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+                // The request may have ended since `busy` was read, before the waker was
+                // left: then nobody would wake this read.
+                if this.clock.in_flight.load(Ordering::Acquire) > 0 {
+                    return Poll::Pending;
+                }
+                this.arm_idle();
+                this.expired(cx)
+            }
+            Poll::Pending => {
+                this.arm_idle();
+                this.expired(cx)
+            }
+        }
+    }
+}
+
+impl<IO> Watched<IO> {
+    /// No request in flight and none begun: the idle deadline runs from now.
+    fn arm_idle(&mut self) {
+        if self.wait == Wait::Nothing {
+            self.wait = Wait::Idle;
+            let at = tokio::time::Instant::now() + self.limits.connection_idle;
+            self.deadline.as_mut().reset(at);
+        }
+    }
+
+    /// A read that would wait: fails it once the deadline has passed (hyper then closes
+    /// the connection), else waits for the data or the deadline.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let reason = if self.wait == Wait::Head {
+            "header"
+        } else {
+            "idle"
+        };
+        timed_out(&self.limits, reason);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no request {reason} in time; connection closed"),
+        )))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
