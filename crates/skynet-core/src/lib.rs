@@ -12,11 +12,13 @@ pub mod health;
 pub mod ids;
 pub mod incident;
 pub mod locate;
+pub mod private_fs;
 pub mod queue;
 pub mod redact;
 pub mod secret;
 pub mod sensor;
 pub mod shutdown;
+pub mod terminal;
 pub mod tuning;
 pub mod vision;
 pub mod watermark;
@@ -36,6 +38,7 @@ pub use redact::{Credentials, redact_uri, split_credentials};
 pub use secret::{MaskedUri, Secret};
 pub use sensor::{ReadingValue, SensorReading};
 pub use shutdown::Shutdown;
+pub use terminal::{escape_control, escape_control_lines, escape_json_controls};
 pub use tuning::LiveThresholds;
 pub use vision::{
     AnalysedFrame, Detection, Frame, FrameData, FrameImage, FrameInfo, ObjectsInView, PixelOrder,

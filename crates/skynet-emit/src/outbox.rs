@@ -169,12 +169,14 @@ impl Outbox {
 
     /// Opens (creating if needed) the outbox at `path`; `:memory:` gives a throwaway one.
     pub fn open(path: &Path) -> Result<Self, EmitError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| EmitError::CreateDir {
+        // The file holds the console's password and token hashes, notes and audit: owner
+        // only, and its directory too when created here.
+        skynet_core::private_fs::prepare_private_sqlite(path).map_err(|source| {
+            EmitError::CreateDir {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        }
+            }
+        })?;
         let err = |source| EmitError::Outbox {
             path: path.to_path_buf(),
             source,

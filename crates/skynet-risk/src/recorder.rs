@@ -13,12 +13,11 @@ pub struct ObservationRecorder {
 
 impl ObservationRecorder {
     pub fn open(path: &Path) -> Option<Self> {
-        let file = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
+        // Observations name people's whereabouts: the file is owner only.
+        let file = skynet_core::private_fs::create_private_parent(path)
+            .and_then(|()| skynet_core::private_fs::restrict(path))
+            .and_then(|_| {
+                skynet_core::private_fs::private_open_options()
                     .create(true)
                     .append(true)
                     .open(path)

@@ -76,11 +76,17 @@ impl SnapshotStore {
             let path = path.to_path_buf();
             move |source| SnapshotError::Write { path, source }
         };
-        std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(jpeg)?;
-            f.sync_all()
-        });
+        // Evidence shows people: owner-only files in owner-only folders, whatever the umask.
+        skynet_core::private_fs::create_private_dir(&folder).map_err(io(&folder))?;
+        let written = skynet_core::private_fs::private_open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(jpeg)?;
+                f.sync_all()
+            });
         if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(&path)(e));

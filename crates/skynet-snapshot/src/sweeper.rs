@@ -30,13 +30,20 @@ pub fn sweep(dir: &Path, retain: Duration) -> std::io::Result<usize> {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < cutoff);
-            if old && file.file_type().is_ok_and(|t| t.is_file()) {
+            if !file.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if old {
                 match std::fs::remove_file(file.path()) {
                     Ok(()) => deleted += 1,
                     Err(e) => {
                         tracing::warn!(path = %file.path().display(), error = %e, "old evidence could not be deleted")
                     }
                 }
+            } else if let Err(e) = skynet_core::private_fs::restrict(&file.path()) {
+                // Evidence written before files were created owner-only (or copied in) is
+                // tightened at the sweep at start; restrict names each one it changes.
+                tracing::warn!(path = %file.path().display(), error = %e, "evidence readable by others could not be tightened");
             }
         }
         // Fails, harmlessly, while the folder still has files.

@@ -66,8 +66,10 @@ pub fn replay(
 }
 
 /// One line of the text listing: `seq id sink status at reason`, the reason on one line and
-/// cut short (`--json` has it whole).
+/// cut short (`--json` has it whole). The reason and id came from outside (a destination's
+/// answer, an event): control characters in them are shown escaped, never obeyed.
 pub fn text_line(letter: &DeadLetter) -> String {
+    use skynet_core::escape_control;
     const REASON_CHARS: usize = 120;
     let flat: String = letter
         .reason
@@ -81,11 +83,11 @@ pub fn text_line(letter: &DeadLetter) -> String {
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}{}",
         letter.seq,
-        letter.id,
-        letter.sink,
+        escape_control(&letter.id),
+        escape_control(&letter.sink),
         letter.status.map_or("-".to_string(), |s| s.to_string()),
         letter.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        reason,
+        escape_control(&reason),
         if letter.replay {
             "\t(replay queued)"
         } else {

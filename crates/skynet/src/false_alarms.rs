@@ -67,11 +67,14 @@ pub fn rates(incidents: &[Incident]) -> Vec<FalseAlarmRate> {
 
 /// One tab-separated line: category, rule, device, incidents, decided, rejected, rate.
 pub fn text_line(rate: &FalseAlarmRate) -> String {
+    use skynet_core::escape_control;
+    // Names come from the stored history, which another node or an old config wrote:
+    // printed escaped, never obeyed by the terminal.
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-        rate.category,
-        rate.rule,
-        rate.device,
+        escape_control(&rate.category),
+        escape_control(&rate.rule),
+        escape_control(&rate.device),
         rate.incidents,
         rate.decided,
         rate.rejected,

@@ -1,6 +1,6 @@
 //! The JSON Lines file sink.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -101,10 +101,10 @@ impl IncidentSink for JsonLinesSink {
 /// Opens `path` for appending, first cutting a torn last line (a write interrupted by a
 /// crash or a full disk), so every line in the file stays a whole JSON document.
 fn open_repaired(sink: &str, path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = OpenOptions::new()
+    // Incidents name places and people: a new file is owner only. An existing one keeps its
+    // mode, which an operator may have opened to a log shipper's group.
+    skynet_core::private_fs::create_private_parent(path)?;
+    let mut file = skynet_core::private_fs::private_open_options()
         .read(true)
         .append(true)
         .create(true)
