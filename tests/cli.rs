@@ -425,7 +425,7 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
     assert_eq!(out.status.code(), Some(2));
     let out = add(&["short", "--role", "operator"], "short\n");
     assert!(
-        text(&out.stderr).contains("at least 8 characters"),
+        text(&out.stderr).contains("at least 12 characters"),
         "{}",
         text(&out.stderr)
     );

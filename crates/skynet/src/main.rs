@@ -150,6 +150,9 @@ enum UsersCommand {
         /// What the token is for (shown in the audit log).
         #[arg(long)]
         label: Option<String>,
+        /// Days until the token expires (1 to 3650); issue a new one before then.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        ttl_days: u32,
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -507,9 +510,10 @@ fn users(command: UsersCommand) -> Result<ExitCode> {
         UsersCommand::Token {
             name,
             label,
+            ttl_days,
             config,
         } => {
-            users::token(&load(&config)?, &name, label.as_deref())?;
+            users::token(&load(&config)?, &name, label.as_deref(), ttl_days)?;
             Ok(ExitCode::SUCCESS)
         }
         UsersCommand::Revoke {

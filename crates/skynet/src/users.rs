@@ -77,22 +77,33 @@ pub fn add(config: &PipelineConfig, user: NewUser, password: &str) -> Result<()>
     Ok(())
 }
 
-/// Prints a new API token for `name` on stdout; it is shown this once and stored hashed.
-pub fn token(config: &PipelineConfig, name: &str, label: Option<&str>) -> Result<()> {
+/// Prints a new API token for `name` on stdout, valid for `ttl_days`; it is shown this once
+/// and stored hashed. A password or role change for the user ends it too.
+pub fn token(
+    config: &PipelineConfig,
+    name: &str,
+    label: Option<&str>,
+    ttl_days: u32,
+) -> Result<()> {
     let store = open(config)?;
     if store.user(name)?.is_none() {
         bail!("no user `{name}`: add it first with `skynet users add`");
     }
-    let token = store.issue_token(name, TokenKind::Api, label, None)?;
+    let ttl = chrono::TimeDelta::days(i64::from(ttl_days));
+    let token = store.issue_token(name, TokenKind::Api, label, Some(ttl))?;
     store.audit(
         &actor(),
         "cli",
         "token.issue",
         name,
         None,
-        Some(&serde_json::json!({"label": label})),
+        Some(&serde_json::json!({"label": label, "ttl_days": ttl_days})),
     )?;
     println!("{token}");
+    eprintln!(
+        "the token expires on {}",
+        (chrono::Utc::now() + ttl).format("%Y-%m-%d %H:%M UTC")
+    );
     Ok(())
 }
 

@@ -142,83 +142,317 @@ impl User {
     }
 }
 
-/// Login attempts, per name from one address and per address. A name is blocked only from
-/// the address that failed with it (anyone can type a colleague's name: that must not lock
-/// the colleague out everywhere); an address is blocked after more failures over any names.
-/// An attempt is counted before its password is checked, so parallel requests cannot slip
-/// past the limit, and refunded when it succeeds.
-#[derive(Debug, Default)]
+/// Failed logins, counted so that guessing slows down without locking anyone out (OWASP's
+/// "device cookies"). A login is counted against the client's address and against the
+/// account tried; one that presents a valid device cookie for the account (the browser
+/// logged in as that user before) is counted against that device only, so someone guessing
+/// at an account from many addresses cannot keep its owner out. Past a few free failures,
+/// each further one doubles the wait before the next attempt on that key, up to a cap;
+/// failures are forgotten [`FORGET_AFTER`] after the last. An attempt is counted before its
+/// password is checked, so parallel requests cannot slip past the limit, and refunded when
+/// it succeeds.
 pub struct LoginLimiter {
-    attempts: Mutex<HashMap<String, Vec<Instant>>>,
+    tables: Mutex<Tables>,
+    /// Signs device cookies; kept in the state database so they outlive a restart.
+    device_key: [u8; 32],
+    /// Password checks for logins with a valid device cookie, beside the console's shared
+    /// ones: a flood of guesses queued for those cannot make a known device wait.
+    pub(crate) device_checks: tokio::sync::Semaphore,
 }
 
-/// Failed logins for one name from one address within [`WINDOW`].
-pub const MAX_FAILURES: usize = 5;
-/// Failed logins from one address, whatever the names, within [`WINDOW`].
-pub const MAX_ADDRESS_FAILURES: usize = 20;
-pub const WINDOW: Duration = Duration::from_secs(300);
-/// Names and addresses tracked at once; past it, new ones wait for the window to pass.
-const MAX_KEYS: usize = 10_000;
+/// When a key starts to wait, and how long at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Failures within the window that cost nothing.
+    pub free: u32,
+    /// The longest wait between attempts.
+    pub cap: Duration,
+}
+
+/// One client address, whatever the names it tries.
+pub const ADDRESS: Policy = Policy {
+    free: 5,
+    cap: Duration::from_secs(300),
+};
+/// One account, from every address without its device cookie.
+pub const ACCOUNT: Policy = Policy {
+    free: 10,
+    cap: Duration::from_secs(300),
+};
+/// One device cookie (a browser the account logged in from before).
+pub const DEVICE: Policy = Policy {
+    free: 5,
+    cap: Duration::from_secs(300),
+};
+/// Failures are forgotten this long after the last one on a key.
+pub const FORGET_AFTER: Duration = Duration::from_secs(900);
+/// Keys tracked per kind (addresses, accounts, devices); past it, the key with the fewest
+/// failures makes room, so an attacker filling the table forgets its own keys first.
+pub const MAX_KEYS: usize = 10_000;
+
+impl Policy {
+    /// The wait after `failures`: none while free, then 1 s, doubling with each further
+    /// failure, up to the cap.
+    pub fn wait(self, failures: u32) -> Duration {
+        if failures < self.free {
+            return Duration::ZERO;
+        }
+        let doublings = (failures - self.free).min(30);
+        Duration::from_secs(1u64 << doublings).min(self.cap)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// One kind of key, bounded.
+struct Table<K> {
+    policy: Policy,
+    entries: HashMap<K, Failures>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Table<K> {
+    fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// How long `key` must still wait at `now`.
+    fn wait(&mut self, key: &K, now: Instant) -> Duration {
+        let Some(failures) = self.entries.get(key).copied() else {
+            return Duration::ZERO;
+        };
+        let since = now.saturating_duration_since(failures.last);
+        if since >= FORGET_AFTER {
+            self.entries.remove(key);
+            return Duration::ZERO;
+        }
+        self.policy.wait(failures.count).saturating_sub(since)
+    }
+
+    fn count(&mut self, key: K, now: Instant) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= MAX_KEYS {
+            self.entries
+                .retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
+            if self.entries.len() >= MAX_KEYS
+                && let Some(fewest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, f)| (f.count, f.last))
+                    .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&fewest);
+            }
+        }
+        let failures = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        failures.count = failures.count.saturating_add(1);
+        failures.last = now;
+    }
+
+    fn restart(&mut self, key: &K, now: Instant) {
+        if let Some(failures) = self.entries.get_mut(key) {
+            failures.last = now;
+        }
+    }
+
+    fn refund(&mut self, key: &K, forgive: bool) {
+        if let Some(failures) = self.entries.get_mut(key) {
+            failures.count = if forgive {
+                0
+            } else {
+                failures.count.saturating_sub(1)
+            };
+            if failures.count == 0 {
+                self.entries.remove(key);
+            }
+        }
+    }
+}
+
+struct Tables {
+    addresses: Table<IpAddr>,
+    accounts: Table<String>,
+    devices: Table<String>,
+}
+
+/// What one login attempt was counted against, to refund when it succeeds.
+#[derive(Debug)]
+#[must_use = "end the attempt with `succeeded` or `failed`"]
+pub struct Attempt {
+    address: Option<IpAddr>,
+    account: Option<String>,
+    device: Option<String>,
+}
 
 impl LoginLimiter {
-    fn keys(name: &str, addr: Option<IpAddr>) -> Vec<(String, usize)> {
-        let addr = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        vec![
-            (format!("pair:{addr}|{name}"), MAX_FAILURES),
-            (format!("addr:{addr}"), MAX_ADDRESS_FAILURES),
-        ]
+    /// `device_key` signs device cookies (see [`crate::console::store::ConsoleStore::secret_key`]).
+    pub fn new(device_key: [u8; 32]) -> Self {
+        Self {
+            tables: Mutex::new(Tables {
+                addresses: Table::new(ADDRESS),
+                accounts: Table::new(ACCOUNT),
+                devices: Table::new(DEVICE),
+            }),
+            device_key,
+            device_checks: tokio::sync::Semaphore::new(1),
+        }
     }
 
-    /// Counts an attempt, or `Err(wait)` when this name from this address (or the address)
-    /// must wait before trying again.
-    pub fn begin(&self, name: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
+    /// Counts an attempt on `account` (empty: a name no user can have, counted against the
+    /// address only) from `client`, with `device`, the id of a device cookie already checked
+    /// to be valid for `account`; or `Err(wait)` when one of its keys must wait.
+    pub fn begin(
+        &self,
+        client: Option<IpAddr>,
+        account: &str,
+        device: Option<&str>,
+    ) -> Result<Attempt, Duration> {
         let now = Instant::now();
-        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
-        let keys = Self::keys(name, addr);
-        let mut wait: Option<Duration> = None;
-        for (key, limit) in &keys {
-            if let Some(times) = attempts.get_mut(key) {
-                times.retain(|t| now.duration_since(*t) < WINDOW);
-                if times.len() >= *limit
-                    && let Some(oldest) = times.first()
-                {
-                    let left = WINDOW.saturating_sub(now.duration_since(*oldest));
-                    wait = Some(wait.map_or(left, |w| w.max(left)));
-                }
-            }
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let attempt = match device {
+            // A known device answers for its own failures only.
+            Some(device) => Attempt {
+                address: None,
+                account: None,
+                device: Some(device.to_string()),
+            },
+            None => Attempt {
+                address: client,
+                account: (!account.is_empty()).then(|| account.to_string()),
+                device: None,
+            },
+        };
+        let mut wait = Duration::ZERO;
+        if let Some(address) = &attempt.address {
+            wait = wait.max(tables.addresses.wait(address, now));
         }
-        if let Some(wait) = wait {
-            return Err(wait.max(Duration::from_secs(1)));
+        if let Some(account) = &attempt.account {
+            wait = wait.max(tables.accounts.wait(account, now));
         }
-        if keys.iter().any(|(key, _)| !attempts.contains_key(key)) && attempts.len() >= MAX_KEYS {
-            attempts.retain(|_, times| {
-                times
-                    .last()
-                    .is_some_and(|t| now.duration_since(*t) < WINDOW)
-            });
-            if attempts.len() >= MAX_KEYS {
-                return Err(WINDOW);
-            }
+        if let Some(device) = &attempt.device {
+            wait = wait.max(tables.devices.wait(device, now));
         }
-        for (key, _) in keys {
-            attempts.entry(key).or_default().push(now);
+        if !wait.is_zero() {
+            // Whole seconds for Retry-After, never 0.
+            return Err(Duration::from_secs(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ));
         }
-        Ok(())
+        if let Some(address) = attempt.address {
+            tables.addresses.count(address, now);
+        }
+        if let Some(account) = &attempt.account {
+            tables.accounts.count(account.clone(), now);
+        }
+        if let Some(device) = &attempt.device {
+            tables.devices.count(device.clone(), now);
+        }
+        Ok(attempt)
     }
 
-    /// The attempt succeeded: it does not count, and the name's failures from this address
-    /// are forgiven.
-    pub fn succeeded(&self, name: &str, addr: Option<IpAddr>) {
-        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut keys = Self::keys(name, addr).into_iter();
-        if let Some((pair, _)) = keys.next() {
-            attempts.remove(&pair);
+    /// The attempt's password was wrong: the wait runs from now, when the check ended (an
+    /// argon2 check takes a while, more so under load).
+    pub fn failed(&self, attempt: Attempt) {
+        let now = Instant::now();
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(address) = &attempt.address {
+            tables.addresses.restart(address, now);
         }
-        for (key, _) in keys {
-            if let Some(times) = attempts.get_mut(&key) {
-                times.pop();
-            }
+        if let Some(account) = &attempt.account {
+            tables.accounts.restart(account, now);
         }
+        if let Some(device) = &attempt.device {
+            tables.devices.restart(device, now);
+        }
+    }
+
+    /// The attempt's password was right: it does not count, and a device that logged in
+    /// starts afresh.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(address) = &attempt.address {
+            tables.addresses.refund(address, false);
+        }
+        if let Some(account) = &attempt.account {
+            tables.accounts.refund(account, false);
+        }
+        if let Some(device) = &attempt.device {
+            tables.devices.refund(device, true);
+        }
+    }
+
+    /// Keys tracked now, all kinds together (bounded by 3 × [`MAX_KEYS`]).
+    pub fn tracked(&self) -> usize {
+        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.addresses.entries.len()
+            + tables.accounts.entries.len()
+            + tables.devices.entries.len()
+    }
+
+    /// A new device cookie value for `user`: `user|id|mac`, the id random and the mac an
+    /// HMAC-SHA256 of both under the server's key, so it cannot be forged or moved to
+    /// another user.
+    pub fn issue_device(&self, user: &str) -> Option<String> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).ok()?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let mac = self.device_mac(user, &id);
+        Some(format!("{user}|{id}|{mac}"))
+    }
+
+    /// The device id in `cookie` when it was issued by this server for `user`.
+    pub fn check_device<'a>(&self, cookie: &'a str, user: &str) -> Option<&'a str> {
+        let mut parts = cookie.split('|');
+        let (name, id, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || name != user || id.len() != 32 {
+            return None;
+        }
+        use hmac::Mac;
+        let mut check = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.device_key).ok()?;
+        check.update(format!("{name}|{id}").as_bytes());
+        let mac = decode_hex(mac)?;
+        check.verify_slice(&mac).ok()?;
+        Some(id)
+    }
+
+    fn device_mac(&self, user: &str, id: &str) -> String {
+        use hmac::Mac;
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.device_key) else {
+            return String::new();
+        };
+        mac.update(format!("{user}|{id}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+impl std::fmt::Debug for LoginLimiter {
+    // The key stays out of every log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginLimiter")
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
     }
 }
 
@@ -257,27 +491,84 @@ mod tests {
         assert!(!no_department.scope().allows("emergency", "police"));
     }
 
+    fn limiter() -> LoginLimiter {
+        LoginLimiter::new([7; 32])
+    }
+
     #[test]
-    fn repeated_failures_block_the_name_from_that_address_then_the_address() {
-        let limiter = LoginLimiter::default();
+    fn waits_start_after_the_free_failures_and_double_up_to_the_cap() {
+        assert_eq!(ADDRESS.wait(ADDRESS.free - 1), Duration::ZERO);
+        assert_eq!(ADDRESS.wait(ADDRESS.free), Duration::from_secs(1));
+        assert_eq!(ADDRESS.wait(ADDRESS.free + 1), Duration::from_secs(2));
+        assert_eq!(ADDRESS.wait(ADDRESS.free + 3), Duration::from_secs(8));
+        assert_eq!(ADDRESS.wait(u32::MAX), ADDRESS.cap);
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_waits_and_another_does_not() {
+        let limiter = limiter();
         let attacker: IpAddr = "10.0.0.1".parse().unwrap();
         let colleague: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..MAX_FAILURES {
-            assert!(limiter.begin("op", Some(attacker)).is_ok());
+        for n in 0..ADDRESS.free {
+            assert!(
+                limiter
+                    .begin(Some(attacker), &format!("user{n}"), None)
+                    .is_ok()
+            );
         }
-        assert!(limiter.begin("op", Some(attacker)).is_err());
-        // The operator logs in from their own desk all the same.
-        assert!(limiter.begin("op", Some(colleague)).is_ok());
-        limiter.succeeded("op", Some(colleague));
-        // Many names from one address block the address.
-        for n in 0..(MAX_ADDRESS_FAILURES - MAX_FAILURES) {
-            assert!(limiter.begin(&format!("user{n}"), Some(attacker)).is_ok());
+        let wait = limiter.begin(Some(attacker), "other", None).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(1));
+        // The colleague logs in all the same, and a success costs nothing.
+        for _ in 0..ADDRESS.free * 3 {
+            let attempt = limiter.begin(Some(colleague), "op", None).unwrap();
+            limiter.succeeded(attempt);
         }
-        assert!(limiter.begin("someone-else", Some(attacker)).is_err());
-        // A success is not counted against the address.
-        for _ in 0..(MAX_ADDRESS_FAILURES * 2) {
-            assert!(limiter.begin("op", Some(colleague)).is_ok());
-            limiter.succeeded("op", Some(colleague));
+    }
+
+    #[test]
+    fn an_account_guessed_from_many_addresses_waits_but_not_for_its_own_device() {
+        let limiter = limiter();
+        for n in 0..ACCOUNT.free {
+            let address = IpAddr::from([10, 1, 0, n as u8]);
+            assert!(limiter.begin(Some(address), "op", None).is_ok());
         }
+        // A fresh address gets no further on that account.
+        assert!(
+            limiter
+                .begin(Some("10.2.0.1".parse().unwrap()), "op", None)
+                .is_err()
+        );
+        // Nor does a forged or another user's device cookie.
+        let theirs = limiter.issue_device("eng").unwrap();
+        assert_eq!(limiter.check_device(&theirs, "op"), None);
+        let forged = format!("op|{}|{}", "0".repeat(32), "0".repeat(64));
+        assert_eq!(limiter.check_device(&forged, "op"), None);
+        // The owner's browser, which logged in before, is not held back.
+        let cookie = limiter.issue_device("op").unwrap();
+        let device = limiter.check_device(&cookie, "op").unwrap();
+        let attempt = limiter.begin(None, "op", Some(device)).unwrap();
+        limiter.succeeded(attempt);
+        // A device has its own limit.
+        for _ in 0..DEVICE.free {
+            assert!(limiter.begin(None, "op", Some(device)).is_ok());
+        }
+        assert!(limiter.begin(None, "op", Some(device)).is_err());
+        // Another key, with another key's mac, is refused.
+        assert_eq!(LoginLimiter::new([8; 32]).check_device(&cookie, "op"), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_the_heaviest_keys_stay() {
+        let limiter = limiter();
+        let target: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            let _ = limiter.begin(Some(target), "", None);
+        }
+        for n in 0..(MAX_KEYS as u32 + 500) {
+            let _ = limiter.begin(Some(IpAddr::from(n.to_be_bytes())), "", None);
+        }
+        assert!(limiter.tracked() <= MAX_KEYS);
+        let tables = limiter.tables.lock().unwrap();
+        assert_eq!(tables.addresses.entries[&target].count, 3);
     }
 }

@@ -1,6 +1,8 @@
-//! `[api]`: where the console and its API are served.
+//! `[api]`: where the console and its API are served, and the limits that keep it standing
+//! when it is attacked.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,10 +17,42 @@ pub struct ApiSettings {
     /// How long a browser session lasts after login, in seconds (default 12 h: a shift).
     #[serde(default)]
     pub session_ttl_s: Option<u64>,
-    /// Mark the session cookie `Secure` (sent over HTTPS only): set it when a TLS proxy
-    /// fronts the console.
+    /// A browser session ends after this long without a request (default 30 min).
     #[serde(default)]
-    pub secure_cookie: bool,
+    pub idle_timeout_s: Option<u64>,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Default: on whenever the
+    /// listen address is not loopback (a TLS proxy or `tls_cert` is then expected).
+    #[serde(default)]
+    pub secure_cookie: Option<bool>,
+    /// Addresses (or CIDR ranges) of reverse proxies whose `X-Forwarded-For` names the
+    /// client. From any other peer, the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The `Host` values this console answers to (`name` or `name:port`). Default: the
+    /// listen address, `localhost` and the loopback addresses, at the listen port.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    /// PEM certificate chain and private key: serve HTTPS in-process (both or neither).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// Seconds a client has to send a request's headers (default 10).
+    #[serde(default)]
+    pub header_timeout_s: Option<u64>,
+    /// Seconds a kept-alive connection may sit idle between requests (default 60).
+    #[serde(default)]
+    pub connection_idle_s: Option<u64>,
+    /// Open connections at once on this listener (default 4096); past it, new connections
+    /// wait in the kernel's backlog.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Live streams (`/api/v1/events`) one user may hold open (default 10).
+    #[serde(default)]
+    pub max_streams_per_user: Option<usize>,
+    /// Live streams open at once, all users together (default 2000).
+    #[serde(default)]
+    pub max_streams: Option<usize>,
 }
 
 /// `[api]`, checked.
@@ -26,29 +60,281 @@ pub struct ApiSettings {
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub session_ttl: Duration,
+    pub idle_timeout: Duration,
     pub secure_cookie: bool,
+    /// `secure_cookie = false` written on a listener beyond loopback: the binary warns.
+    pub insecure_cookie_forced: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Lower-case `Host` values accepted (with and without the port).
+    pub hosts: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    pub header_timeout: Duration,
+    pub connection_idle: Duration,
+    pub max_connections: usize,
+    pub max_streams_per_user: usize,
+    pub max_streams: usize,
+}
+
+/// The PEM files `[api] tls_cert` and `tls_key` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ApiConfig {
+    /// Every default, for `listen`: what `[api]` with only `listen` gives. Tests and
+    /// benches start from it.
+    pub fn local(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            session_ttl: Duration::from_secs(12 * 3600),
+            idle_timeout: Duration::from_secs(1800),
+            secure_cookie: !listen.ip().is_loopback(),
+            insecure_cookie_forced: false,
+            trusted_proxies: Vec::new(),
+            hosts: default_hosts(listen),
+            tls: None,
+            header_timeout: Duration::from_secs(10),
+            connection_idle: Duration::from_secs(60),
+            max_connections: 4096,
+            max_streams_per_user: 10,
+            max_streams: 2000,
+        }
+    }
+
+    /// Whether `peer` is one of `trusted_proxies`.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// An IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, what a dual-stack socket reports) is
+/// the IPv4 address.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn default_hosts(listen: SocketAddr) -> Vec<String> {
+    let port = listen.port();
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "[::1]".into()];
+    let ip = listen.ip();
+    if !ip.is_unspecified() {
+        names.push(match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        });
+    }
+    names
+        .into_iter()
+        .flat_map(|name| [format!("{name}:{port}"), name])
+        .collect()
+}
+
+fn seconds(
+    field: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, FieldError> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "`{field}` = {value} must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+fn count(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, FieldError> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "`{field}` = {value} must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 impl ApiSettings {
     pub fn validate(&self, cx: &ConfigContext) -> Result<ApiConfig, FieldError> {
         let listen = cx.expand("listen", &self.listen)?;
-        let listen = listen.parse().map_err(|e| {
+        let listen: SocketAddr = listen.parse().map_err(|e| {
             FieldError::new(
                 "listen",
                 format!("`listen` `{listen}` must be host:port, like 127.0.0.1:8080: {e}"),
             )
         })?;
-        let ttl = self.session_ttl_s.unwrap_or(12 * 3600);
-        if !(60..=30 * 86_400).contains(&ttl) {
-            return Err(FieldError::new(
-                "session_ttl_s",
-                format!("`session_ttl_s` = {ttl} must be between 60 and 2592000 (30 days)"),
-            ));
-        }
+        let defaults = ApiConfig::local(listen);
+        let session_ttl = seconds(
+            "session_ttl_s",
+            self.session_ttl_s,
+            12 * 3600,
+            60..=30 * 86_400,
+        )
+        .map_err(|e| FieldError::new("session_ttl_s", format!("{} (30 days)", e.message)))?;
+        let idle_timeout = seconds(
+            "idle_timeout_s",
+            self.idle_timeout_s,
+            1800,
+            60..=30 * 86_400,
+        )?;
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| match net {
+                        ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len().saturating_sub(96))
+                                .map_or(net, ipnet::IpNet::V4),
+                            None => net,
+                        },
+                        v4 => v4,
+                    })
+                    .map_err(|_| {
+                        FieldError::new(
+                            "trusted_proxies",
+                            format!(
+                                "`trusted_proxies` entry `{entry}` must be an IP address or a CIDR range, like 10.0.0.5 or 10.0.0.0/24"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let hosts = match &self.hosts {
+            None => defaults.hosts.clone(),
+            Some(hosts) if hosts.is_empty() => {
+                return Err(FieldError::new(
+                    "hosts",
+                    "`hosts` is empty: no request could be answered; leave it out for the default (the listen address and localhost)",
+                ));
+            }
+            Some(hosts) => {
+                let mut accepted = Vec::new();
+                for host in hosts {
+                    let host = cx.expand("hosts", host)?.trim().to_ascii_lowercase();
+                    if host.is_empty() || host.contains(['/', ' ', '@']) {
+                        return Err(FieldError::new(
+                            "hosts",
+                            format!(
+                                "`hosts` entry `{host}` must be a host name or address, with an optional :port"
+                            ),
+                        ));
+                    }
+                    // A name written without a port is accepted at the listen port too.
+                    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.ends_with(':')
+                            && p.parse::<u16>().is_ok()
+                            && (!host.starts_with('[') || h.ends_with(']'))
+                    });
+                    if !has_port {
+                        accepted.push(format!("{host}:{}", listen.port()));
+                    }
+                    accepted.push(host);
+                }
+                accepted
+            }
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cx.resolve_path("tls_cert", cert)?,
+                key: cx.resolve_path("tls_key", key)?,
+            }),
+            (Some(_), None) => {
+                return Err(FieldError::new(
+                    "tls_key",
+                    "`tls_cert` is set but `tls_key` is not: give both PEM files, or neither",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "tls_cert",
+                    "`tls_key` is set but `tls_cert` is not: give both PEM files, or neither",
+                ));
+            }
+        };
+        let loopback = listen.ip().is_loopback();
+        let secure_cookie = self.secure_cookie.unwrap_or(!loopback || tls.is_some());
+        let max_connections = count(
+            "max_connections",
+            self.max_connections,
+            4096,
+            16..=1_000_000,
+        )?;
+        let max_streams = count("max_streams", self.max_streams, 2000, 1..=100_000)?;
+        let max_streams_per_user = count(
+            "max_streams_per_user",
+            self.max_streams_per_user,
+            10,
+            1..=max_streams,
+        )?;
         Ok(ApiConfig {
             listen,
-            session_ttl: Duration::from_secs(ttl),
-            secure_cookie: self.secure_cookie,
+            session_ttl,
+            idle_timeout,
+            secure_cookie,
+            insecure_cookie_forced: self.secure_cookie == Some(false) && !loopback,
+            trusted_proxies,
+            hosts,
+            tls,
+            header_timeout: seconds("header_timeout_s", self.header_timeout_s, 10, 1..=300)?,
+            connection_idle: seconds("connection_idle_s", self.connection_idle_s, 60, 1..=3600)?,
+            max_connections,
+            max_streams_per_user,
+            max_streams,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_ipv4_is_ipv4_and_proxies_match_ranges() {
+        let mut config = ApiConfig::local("127.0.0.1:8080".parse().unwrap());
+        config.trusted_proxies = vec!["10.0.0.0/24".parse().unwrap()];
+        assert!(config.is_trusted_proxy("10.0.0.7".parse().unwrap()));
+        assert!(config.is_trusted_proxy("::ffff:10.0.0.7".parse().unwrap()));
+        assert!(!config.is_trusted_proxy("10.0.1.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn default_hosts_are_the_listen_address_and_localhost_at_its_port() {
+        let config = ApiConfig::local("192.168.1.5:8080".parse().unwrap());
+        for host in [
+            "localhost:8080",
+            "localhost",
+            "127.0.0.1:8080",
+            "192.168.1.5:8080",
+        ] {
+            assert!(config.hosts.iter().any(|h| h == host), "{host}");
+        }
+        assert!(config.secure_cookie, "beyond loopback the cookie is Secure");
+        assert!(!ApiConfig::local("127.0.0.1:8080".parse().unwrap()).secure_cookie);
     }
 }

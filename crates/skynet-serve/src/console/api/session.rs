@@ -1,31 +1,39 @@
 //! Who is calling: login, logout and `/me`, and the caller every other route takes (a
 //! bearer token or the session cookie).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{ApiError, ApiResult, Reply, blocking, body};
+use super::error::{ApiError, ApiResult, Reply, blocking, body, query};
 use crate::console::auth::{Permission, User};
 use crate::console::live::Console;
-use crate::console::store::TokenKind;
+use crate::console::settings::{ApiConfig, canonical};
+use crate::console::store::{NewAudit, TokenKind};
 use crate::console::views::UserView;
 
 const SESSION_COOKIE: &str = "skynet_session";
+/// Set at each login: this browser has logged in as that user before, so guesses at the
+/// account from elsewhere do not keep it out (see [`crate::console::auth::LoginLimiter`]).
+const DEVICE_COOKIE: &str = "skynet_device";
+/// How long a device stays known after its last login.
+const DEVICE_COOKIE_MAX_AGE: u64 = 180 * 86_400;
 
 /// The authenticated caller.
 pub struct Caller {
     pub(super) user: User,
     pub(super) token: String,
+    /// Where the request came from (see [`Peer`]), for the audit log.
+    pub(super) client: Option<IpAddr>,
 }
 
 impl Caller {
@@ -47,15 +55,28 @@ impl Caller {
     ) -> ApiResult<()> {
         console
             .store
-            .audit(
-                &self.user.name,
-                self.user.role.as_str(),
-                action,
-                target,
-                before,
-                after,
-            )
+            .record(&self.entry(action, target, before.cloned(), after.cloned()))
             .map_err(ApiError::internal)
+    }
+
+    /// An audit entry of this caller's: the authenticated user as actor, with the client
+    /// address.
+    pub(super) fn entry(
+        &self,
+        action: &str,
+        target: &str,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> NewAudit {
+        NewAudit {
+            actor: self.user.name.clone(),
+            role: self.user.role.as_str().to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            before,
+            after,
+            client: self.client,
+        }
     }
 }
 
@@ -66,13 +87,17 @@ fn token_from(headers: &HeaderMap) -> Option<String> {
     {
         return Some(token.trim().to_string());
     }
+    cookie(headers, SESSION_COOKIE)
+}
+
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value.to_string())
 }
 
@@ -91,17 +116,27 @@ impl FromRequestParts<Arc<Console>> for Caller {
             )
         };
         let token = token_from(&parts.headers).ok_or_else(unauthorized)?;
+        let Peer(client) = Peer::from_request_parts(parts, console)
+            .await
+            .unwrap_or(Peer(None));
+        // Any request is the user's activity, but for opening the live stream: a tab left
+        // open all night must not keep its session alive.
+        let touch = !parts.uri.path().ends_with("/events");
         let console = Arc::clone(console);
         let lookup = token.clone();
         let user = blocking(move || {
             console
                 .store
-                .user_for_token(&lookup)
+                .authenticate(&lookup, Some(console.config.idle_timeout), touch)
                 .map_err(ApiError::internal)
         })
         .await?
         .ok_or_else(unauthorized)?;
-        Ok(Caller { user, token })
+        Ok(Caller {
+            user,
+            token,
+            client,
+        })
     }
 }
 
@@ -118,27 +153,62 @@ pub(super) struct LoginReply {
     user: UserView,
 }
 
-/// The peer's address, when the server knows it (tests calling the router directly don't).
-pub(super) struct Peer(Option<std::net::IpAddr>);
+/// The client's address: the TCP peer, or, when the peer is one of `[api] trusted_proxies`,
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy (read from
+/// the right: a client can write anything on the left of the header, but each trusted proxy
+/// appends the address it saw). `None` only when the server does not know the peer (tests
+/// calling the router directly).
+pub(super) struct Peer(pub(super) Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
+/// The client address for a request that came from `peer` with these headers.
+pub(super) fn client_address(
+    config: &ApiConfig,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    let peer = canonical(peer?);
+    if !config.is_trusted_proxy(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|entry| entry.trim().parse::<IpAddr>().ok().map(canonical))
+        .collect();
+    let mut client = peer;
+    for hop in forwarded.into_iter().rev() {
+        client = hop;
+        if !config.is_trusted_proxy(hop) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+impl FromRequestParts<Arc<Console>> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Arc<Console>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        Ok(Peer(client_address(console.config(), peer, &parts.headers)))
     }
 }
 
 pub(super) async fn login(
     State(console): State<Arc<Console>>,
     Peer(addr): Peer,
+    headers: HeaderMap,
     request: Result<Json<LoginRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let headers = &headers;
     let request = body(request)?;
     let invalid = || {
         ApiError::new(
@@ -153,25 +223,41 @@ pub(super) async fn login(
     } else {
         String::new()
     };
-    if let Err(wait) = console.limiter.begin(&name, addr) {
-        metrics::counter!("skynet_api_logins_total", "result" => "rate_limited").increment(1);
-        let mut error = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed logins; wait before trying again",
-        );
-        error.retry_after = Some(wait.as_secs().max(1));
-        return Err(error);
-    }
+    let device_cookie = cookie(headers, DEVICE_COOKIE);
+    let device = device_cookie
+        .as_deref()
+        .and_then(|cookie| console.limiter.check_device(cookie, &name))
+        .filter(|_| !name.is_empty());
+    let attempt = match console.limiter.begin(addr, &name, device) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            metrics::counter!("skynet_api_logins_total", "outcome" => "rate_limited").increment(1);
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed logins; wait before trying again",
+            );
+            error.retry_after = Some(wait.as_secs().max(1));
+            return Err(error);
+        }
+    };
     if name.is_empty() {
-        metrics::counter!("skynet_api_logins_total", "result" => "failed").increment(1);
+        console.limiter.failed(attempt);
+        metrics::counter!("skynet_api_logins_total", "outcome" => "failed").increment(1);
         return Err(invalid());
     }
-    let _permit = tokio::time::timeout(Duration::from_secs(10), console.password_checks.acquire())
+    // A known device has its own password check, so a queue of guesses cannot hold it.
+    let checks = if device.is_some() {
+        &console.limiter.device_checks
+    } else {
+        &console.password_checks
+    };
+    let _permit = tokio::time::timeout(Duration::from_secs(10), checks.acquire())
         .await
         .ok()
         .and_then(Result::ok)
         .ok_or_else(|| {
+            metrics::counter!("skynet_api_logins_total", "outcome" => "busy").increment(1);
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
@@ -187,20 +273,27 @@ pub(super) async fn login(
     })
     .await?;
     let Some(user) = user else {
-        metrics::counter!("skynet_api_logins_total", "result" => "failed").increment(1);
+        console.limiter.failed(attempt);
+        metrics::counter!("skynet_api_logins_total", "outcome" => "failed").increment(1);
         // The name tried is kept, never the password.
         let c = Arc::clone(&console);
         let target = addr.map(|a| a.to_string()).unwrap_or_default();
         blocking(move || {
             c.store
-                .audit(&name, "", "login.failed", &target, None, None)
+                .record(&NewAudit {
+                    actor: name,
+                    action: "login.failed".into(),
+                    target,
+                    client: addr,
+                    ..NewAudit::default()
+                })
                 .map_err(ApiError::internal)
         })
         .await?;
         return Err(invalid());
     };
-    console.limiter.succeeded(&user.name, addr);
-    metrics::counter!("skynet_api_logins_total", "result" => "ok").increment(1);
+    console.limiter.succeeded(attempt);
+    metrics::counter!("skynet_api_logins_total", "outcome" => "ok").increment(1);
     let ttl = console.config.session_ttl;
     let c = Arc::clone(&console);
     let u = user.clone();
@@ -215,19 +308,26 @@ pub(super) async fn login(
             )
             .map_err(ApiError::internal)?;
         c.store
-            .audit(&u.name, u.role.as_str(), "login", &u.name, None, None)
+            .record(&NewAudit {
+                actor: u.name.clone(),
+                role: u.role.as_str().into(),
+                action: "login".into(),
+                target: u.name.clone(),
+                client: addr,
+                ..NewAudit::default()
+            })
             .map_err(ApiError::internal)?;
         Ok(token)
     })
     .await?;
+    let secure = if console.config.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         ttl.as_secs(),
-        if console.config.secure_cookie {
-            "; Secure"
-        } else {
-            ""
-        }
     );
     let mut response = Reply(LoginReply {
         token,
@@ -235,21 +335,52 @@ pub(super) async fn login(
     })
     .into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    // A fresh device cookie at each login (OWASP: the old one is not reused). Sent back to
+    // the login route only.
+    if let Some(device) = console.limiter.issue_device(&user.name)
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{DEVICE_COOKIE}={device}; HttpOnly; SameSite=Strict; Path=/api/v1/login; Max-Age={DEVICE_COOKIE_MAX_AGE}{secure}"
+        ))
+    {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
 }
 
+#[derive(Deserialize)]
+pub(super) struct LogoutQuery {
+    /// End every browser session of the caller, not just this one.
+    all: Option<bool>,
+}
+
+/// Ends the caller's token (a session, or the API token that calls it); with `?all=true`,
+/// every browser session of the caller too: the way out after a forgotten workstation.
+/// Other API tokens stay: they are machines' (`skynet users revoke` ends them, and so does
+/// a password reset).
 pub(super) async fn logout(
     State(console): State<Arc<Console>>,
     caller: Caller,
+    logout: Result<Query<LogoutQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(logout) = query(logout)?;
+    let all = logout.all.unwrap_or(false);
     let c = Arc::clone(&console);
     blocking(move || {
         c.store
             .revoke_token(&caller.token)
             .map_err(ApiError::internal)?;
-        caller.audit(&c, "logout", &caller.user.name, None, None)
+        if all {
+            let ended = c
+                .store
+                .revoke_sessions(&caller.user.name)
+                .map_err(ApiError::internal)?;
+            let after = serde_json::json!({"all": true, "other_sessions": ended});
+            caller.audit(&c, "logout", &caller.user.name, None, Some(&after))
+        } else {
+            caller.audit(&c, "logout", &caller.user.name, None, None)
+        }
     })
     .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -262,4 +393,37 @@ pub(super) async fn logout(
 
 pub(super) async fn me(caller: Caller) -> Reply<UserView> {
     Reply(UserView::from(&caller.user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(forwarded).unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
+        let mut config = ApiConfig::local("127.0.0.1:8080".parse().unwrap());
+        config.trusted_proxies = vec!["10.0.0.0/24".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.9".parse().unwrap();
+        // From the proxy: the nearest untrusted hop, whatever the client wrote on the left.
+        let client = client_address(&config, Some(proxy), &headers("1.2.3.4, 198.51.100.7"));
+        assert_eq!(client, Some("198.51.100.7".parse().unwrap()));
+        // Two trusted proxies in a row are skipped.
+        let client = client_address(&config, Some(proxy), &headers("198.51.100.7, 10.0.0.3"));
+        assert_eq!(client, Some("198.51.100.7".parse().unwrap()));
+        // From anyone else the header is ignored.
+        let client = client_address(&config, Some(stranger), &headers("198.51.100.7"));
+        assert_eq!(client, Some(stranger));
+        // A proxy that sent no header is the client.
+        assert_eq!(
+            client_address(&config, Some(proxy), &HeaderMap::new()),
+            Some(proxy)
+        );
+    }
 }

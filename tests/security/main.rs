@@ -1,0 +1,10 @@
+//! Attack tests of issue 22 ("the console under attack"), one binary so the skynet crates
+//! are linked once. Each module is named by the attack it plays, and each test checks both
+//! directions: the attack fails, and the legitimate use beside it still works. Tests wait
+//! for conditions (a status code, a closed socket, a metric), never for a fixed time.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod listeners;
+mod logins;
+mod sessions;
