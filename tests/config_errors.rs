@@ -654,3 +654,30 @@ fn the_console_settings_are_checked_where_written() {
     let e = error_for(&with_api("listen = \"127.0.0.1:8080\"\nport = 80"));
     assert!(e.contains("unknown field `port`"), "{e}");
 }
+
+#[test]
+fn the_metrics_token_is_read_from_the_config_or_the_environment_and_never_shown() {
+    let with_metrics = |metrics: &str| {
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{metrics}\n",
+            valid()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::pipeline_config(dir.path(), &with_metrics(""));
+    assert!(config.metrics_auth_token.is_none());
+    let config =
+        common::pipeline_config(dir.path(), &with_metrics("auth_token = \"s3cret-scrape\""));
+    let token = config.metrics_auth_token.clone().expect("a token");
+    assert_eq!(token.expose(), "s3cret-scrape");
+    assert!(!format!("{config:?}").contains("s3cret-scrape"));
+    // The variable named by auth_token_env must be set; the error names it, not a value.
+    let e = error_for(&with_metrics(
+        "auth_token_env = \"SKYNET_TEST_METRICS_TOKEN_UNSET_4b1d\"",
+    ));
+    assert!(e.contains("SKYNET_TEST_METRICS_TOKEN_UNSET_4b1d"), "{e}");
+    let e = error_for(&with_metrics("auth_token = \"x\"\nauth_token_env = \"X\""));
+    assert!(e.contains("not both"), "{e}");
+    let e = error_for(&with_metrics("auth_token = \"  \""));
+    assert!(e.contains("`auth_token` is empty"), "{e}");
+}

@@ -461,3 +461,37 @@ async fn tls_serves_a_client_that_trusts_the_certificate() {
     .unwrap();
     assert!(answer.is_none(), "plain HTTP was answered on the TLS port");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_the_route_limit_gets_413_and_a_normal_one_is_read() {
+    let served = serve(local(), &["op"], None).await;
+    let host = served.addr.to_string();
+    let post = |body: String| {
+        format!(
+            "POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let padded = format!(
+        r#"{{"username": "op", "password": "{}"}}"#,
+        "x".repeat(20 * 1024)
+    );
+    let mut stream = TcpStream::connect(served.addr).await.unwrap();
+    stream.write_all(post(padded).as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let normal = r#"{"username": "op", "password": "a long and unguessable passphrase 7f3k"}"#;
+    let mut stream = TcpStream::connect(served.addr).await.unwrap();
+    stream
+        .write_all(post(normal.to_string()).as_bytes())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}

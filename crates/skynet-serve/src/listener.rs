@@ -413,11 +413,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if busy => {
                 this.wait = Wait::Nothing;
-                *this
-                    .clock
-                    .reader
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+                {
+                    // Every write of a live stream polls this: clone the waker only when
+                    // it changed.
+                    let mut reader = this
+                        .clock
+                        .reader
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *reader = Some(cx.waker().clone());
+                    }
+                }
                 // The request may have ended since `busy` was read, before the waker was
                 // left: then nobody would wake this read.
                 if this.clock.in_flight.load(Ordering::Acquire) > 0 {

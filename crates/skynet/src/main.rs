@@ -106,6 +106,21 @@ enum Command {
         #[command(subcommand)]
         what: StateCommand,
     },
+    /// The console's audit log (in the state database).
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: "ok, N rows" (exit 0), or the first row where it
+    /// breaks and what differs there (exit 1).
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -321,11 +336,28 @@ fn main() -> ExitCode {
         Command::State {
             what: StateCommand::Recover { config },
         } => recover_state(&config),
+        Command::Audit {
+            what: AuditCommand::Verify { config },
+        } => PipelineConfig::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| skynet::audit_cli::verify(&config))
+            .map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote what came from outside (a file, a database, a destination's
+            // answer): control characters are shown escaped, never obeyed.
+            eprintln!(
+                "error: {}",
+                skynet_core::escape_control_lines(&format!("{e:#}"))
+            );
             ExitCode::from(2)
         }
     }
@@ -416,7 +448,8 @@ fn print_rows<T: serde::Serialize>(
     }
     for row in rows {
         if json {
-            writeln!(out, "{}", serde_json::to_string(row)?)?;
+            let line = serde_json::to_string(row)?;
+            writeln!(out, "{}", skynet_core::escape_json_controls(&line))?;
         } else {
             writeln!(out, "{}", text_line(row))?;
         }
@@ -461,7 +494,11 @@ fn replay(config: &Path, observations: &Path) -> Result<ExitCode> {
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let name = observations.display().to_string();
     let report = skynet::replay::replay(&config, input, stdout, |line, reason| {
-        eprintln!("error: {name}:{line}: {reason}");
+        eprintln!(
+            "error: {}:{line}: {}",
+            skynet_core::escape_control(&name),
+            skynet_core::escape_control(&reason.to_string())
+        );
     })?;
     tracing::info!(
         observations = report.observations,
@@ -550,9 +587,13 @@ fn recover_state(config: &Path) -> Result<ExitCode> {
         .close_lost_incidents(&config.node)
         .with_context(|| format!("closing the open incidents in {}", config.outbox.display()))?;
     for incident in &closed {
+        use skynet_core::escape_control;
         println!(
             "{}\t{}\t{}\trevision {}\tclosed: state_lost",
-            incident.id, incident.grid, incident.category, incident.revision
+            escape_control(&incident.id),
+            incident.grid,
+            escape_control(&incident.category),
+            incident.revision
         );
     }
     eprintln!(
@@ -573,8 +614,10 @@ fn recover_state(config: &Path) -> Result<ExitCode> {
 
 fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
-    let services =
-        Arc::new(Services::start(config.metrics_listen).context("starting the HTTP endpoint")?);
+    let services = Arc::new(
+        Services::start_with_token(config.metrics_listen, config.metrics_auth_token.clone())
+            .context("starting the HTTP endpoint")?,
+    );
     let shutdown = Shutdown::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining exits at once.
@@ -607,7 +650,10 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
             // Drained what could be drained; a supervisor restarts us and we go on from the
             // state committed last.
             services.stop();
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {}",
+                skynet_core::escape_control_lines(&e.to_string())
+            );
             return Ok(ExitCode::from(1));
         }
         Err(e) => {
