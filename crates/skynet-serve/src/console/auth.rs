@@ -158,6 +158,10 @@ pub struct LoginLimiter {
     /// Password checks for logins with a valid device cookie, beside the console's shared
     /// ones: a flood of guesses queued for those cannot make a known device wait.
     pub(crate) device_checks: tokio::sync::Semaphore,
+    /// Password checks for logins from an address and at an account with no failures
+    /// counted: someone logging in from a new browser does not queue behind guesses from
+    /// addresses that have already failed (a botnet's fresh addresses still share it).
+    pub(crate) clean_checks: tokio::sync::Semaphore,
 }
 
 /// When a key starts to wait, and how long at most.
@@ -290,6 +294,10 @@ pub struct Attempt {
     address: Option<IpAddr>,
     account: Option<String>,
     device: Option<String>,
+    /// A valid device cookie came with it.
+    pub known_device: bool,
+    /// Neither its address nor its account had failures counted.
+    pub clean: bool,
 }
 
 impl LoginLimiter {
@@ -303,6 +311,7 @@ impl LoginLimiter {
             }),
             device_key,
             device_checks: tokio::sync::Semaphore::new(1),
+            clean_checks: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -317,17 +326,21 @@ impl LoginLimiter {
     ) -> Result<Attempt, Duration> {
         let now = Instant::now();
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let attempt = match device {
+        let mut attempt = match device {
             // A known device answers for its own failures only.
             Some(device) => Attempt {
                 address: None,
                 account: None,
                 device: Some(device.to_string()),
+                known_device: true,
+                clean: false,
             },
             None => Attempt {
                 address: client,
                 account: (!account.is_empty()).then(|| account.to_string()),
                 device: None,
+                known_device: false,
+                clean: false,
             },
         };
         let mut wait = Duration::ZERO;
@@ -346,6 +359,15 @@ impl LoginLimiter {
                 wait.as_secs_f64().ceil().max(1.0) as u64
             ));
         }
+        // (`wait` above has dropped failures old enough to be forgotten.)
+        attempt.clean = device.is_none()
+            && attempt
+                .address
+                .is_none_or(|a| !tables.addresses.entries.contains_key(&a))
+            && attempt
+                .account
+                .as_ref()
+                .is_none_or(|a| !tables.accounts.entries.contains_key(a));
         if let Some(address) = attempt.address {
             tables.addresses.count(address, now);
         }
@@ -518,11 +540,17 @@ mod tests {
         }
         let wait = limiter.begin(Some(attacker), "other", None).unwrap_err();
         assert_eq!(wait, Duration::from_secs(1));
-        // The colleague logs in all the same, and a success costs nothing.
+        // The colleague logs in all the same, and a success costs nothing: each attempt
+        // is clean (nothing failed from there or at that account).
         for _ in 0..ADDRESS.free * 3 {
             let attempt = limiter.begin(Some(colleague), "op", None).unwrap();
+            assert!(attempt.clean);
             limiter.succeeded(attempt);
         }
+        // After a failure, an address's attempts are no longer clean.
+        let attempt = limiter.begin(Some(colleague), "op", None).unwrap();
+        limiter.failed(attempt);
+        assert!(!limiter.begin(Some(colleague), "eng", None).unwrap().clean);
     }
 
     #[test]

@@ -246,9 +246,12 @@ pub(super) async fn login(
         metrics::counter!("skynet_api_logins_total", "outcome" => "failed").increment(1);
         return Err(invalid());
     }
-    // A known device has its own password check, so a queue of guesses cannot hold it.
-    let checks = if device.is_some() {
+    // A known device, and a client with no failures at an account with none, each have a
+    // password check of their own, so a queue of guesses cannot hold them.
+    let checks = if attempt.known_device {
         &console.limiter.device_checks
+    } else if attempt.clean {
+        &console.limiter.clean_checks
     } else {
         &console.password_checks
     };
