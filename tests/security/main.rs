@@ -3,8 +3,10 @@
 //! directions: the attack fails, and the legitimate use beside it still works. Tests wait
 //! for conditions (a status code, a closed socket, a metric), never for a fixed time.
 
+mod audit;
 #[path = "../common/mod.rs"]
 mod common;
 mod listeners;
 mod logins;
+mod scope;
 mod sessions;

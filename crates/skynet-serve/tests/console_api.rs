@@ -73,9 +73,8 @@ async fn fixture() -> Fixture {
     std::fs::write(evidence.join("inc-gas/1.jpg"), b"\xff\xd8jpeg").unwrap();
     let console = Console::open(
         ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
             session_ttl: Duration::from_secs(3600),
-            secure_cookie: false,
+            ..ApiConfig::local("127.0.0.1:0".parse().unwrap())
         },
         &db,
         Some(evidence),
@@ -118,20 +117,24 @@ async fn fixture() -> Fixture {
             // Taken, then refused (another person's change came first): no revision.
             return Ok(());
         }
-        let outbox = Outbox::open(&path).map_err(|e| e.to_string())?;
-        let mut next = outbox
-            .incident(&status.incident)
-            .map_err(|e| e.to_string())?
-            .ok_or("unknown incident")?;
-        next.revision += 1;
-        next.state = status.status;
-        next.change = skynet_core::IncidentChange::Feedback;
-        next.assignee = status.assignee;
-        next.note = status.note;
-        commit(&path, &next);
-        if let Some(console) = applier.upgrade() {
-            console.publish(&[RiskEvent::Incident(next)]);
-        }
+        // Applied on another thread, as the risk stage does: the console hands the change
+        // over inside the transaction of its audit entry, and does not wait for it there.
+        let (path, applier) = (path.clone(), applier.clone());
+        std::thread::spawn(move || {
+            let outbox = Outbox::open(&path).unwrap();
+            let Some(mut next) = outbox.incident(&status.incident).unwrap() else {
+                return;
+            };
+            next.revision += 1;
+            next.state = status.status;
+            next.change = skynet_core::IncidentChange::Feedback;
+            next.assignee = status.assignee;
+            next.note = status.note;
+            commit(&path, &next);
+            if let Some(console) = applier.upgrade() {
+                console.publish(&[RiskEvent::Incident(next)]);
+            }
+        });
         Ok(())
     }));
     let store = ConsoleStore::open(&db).unwrap();
@@ -817,7 +820,7 @@ async fn a_reopened_incident_must_be_acknowledged_again() {
 }
 
 #[tokio::test]
-async fn a_status_change_the_risk_stage_refuses_answers_202_and_is_audited_as_not_applied() {
+async fn a_status_change_the_risk_stage_refuses_answers_202_and_is_audited_as_requested() {
     let f = fixture().await;
     let inspector = f.token(Role::Inspector).to_string();
     let (status, body, _) = call(
@@ -839,10 +842,10 @@ async fn a_status_change_the_risk_stage_refuses_answers_202_and_is_audited_as_no
         None,
     )
     .await;
+    // Audited as it was handed over: what was asked (the revisions say it was not applied).
     let after = &audit["entries"][0]["after"];
     assert_eq!(after["requested"], "dispatched");
-    assert_eq!(after["state"], "open");
-    assert_eq!(after["applied"], false);
+    assert_eq!(audit["entries"][0]["actor"], "insp");
 }
 
 #[tokio::test]

@@ -12,7 +12,9 @@
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 //! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
 //! - [`users`]: `skynet users`, the console's users and API tokens.
+//! - [`audit_cli`]: `skynet audit verify`, and the CLI's actor in the audit log.
 
+pub mod audit_cli;
 pub mod components;
 pub mod config;
 pub mod dead_letters;

@@ -1,24 +1,19 @@
 //! `skynet users`: the console's users and machines' API tokens, in the state database (the
-//! outbox file of the config). Each change is written to the audit log as done by `cli`.
+//! outbox file of the config). Each change is written to the audit log as done by
+//! `cli:<os user>`, in the same transaction as the change.
 
 use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
-use skynet_serve::console::{ConsoleStore, Role, TokenKind, User};
+use skynet_serve::console::{ConsoleStore, Role, StoreError, TokenKind, User};
 
 use crate::PipelineConfig;
+// The audit entry of a change made here: `cli:<os user>`, the user from the process's uid.
+use crate::audit_cli::cli_entry;
 
 fn open(config: &PipelineConfig) -> Result<ConsoleStore> {
     ConsoleStore::open(&config.outbox)
         .with_context(|| format!("opening the state database {}", config.outbox.display()))
-}
-
-/// The actor the audit log names for changes made here: the operating-system user.
-fn actor() -> String {
-    let name = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{name}")
 }
 
 fn user_json(user: &User) -> serde_json::Value {
@@ -59,15 +54,17 @@ pub fn add(config: &PipelineConfig, user: NewUser, password: &str) -> Result<()>
         department: user.department,
         owner: user.owner,
     };
-    let before = store.put_user(&user, password)?;
-    store.audit(
-        &actor(),
-        "cli",
-        "user.put",
-        &user.name,
-        before.as_ref().map(user_json).as_ref(),
-        Some(&user_json(&user)),
-    )?;
+    // The user and its audit entry: both, or neither.
+    let before = store.audited(|| {
+        let before = store.put_user(&user, password)?;
+        let entry = cli_entry(
+            "user.put",
+            &user.name,
+            before.as_ref().map(user_json),
+            Some(user_json(&user)),
+        );
+        Ok::<_, StoreError>((before, Some(entry)))
+    })?;
     eprintln!(
         "{} user `{}` ({})",
         if before.is_some() { "updated" } else { "added" },
@@ -90,15 +87,14 @@ pub fn token(
         bail!("no user `{name}`: add it first with `skynet users add`");
     }
     let ttl = chrono::TimeDelta::days(i64::from(ttl_days));
-    let token = store.issue_token(name, TokenKind::Api, label, Some(ttl))?;
-    store.audit(
-        &actor(),
-        "cli",
-        "token.issue",
-        name,
-        None,
-        Some(&serde_json::json!({"label": label, "ttl_days": ttl_days})),
-    )?;
+    let token = store.audited(|| {
+        let token = store.issue_token(name, TokenKind::Api, label, Some(ttl))?;
+        let after = serde_json::json!({"label": label, "ttl_days": ttl_days});
+        Ok::<_, StoreError>((
+            token,
+            Some(cli_entry("token.issue", name, None, Some(after))),
+        ))
+    })?;
     println!("{token}");
     eprintln!(
         "the token expires on {}",
@@ -109,13 +105,16 @@ pub fn token(
 
 pub fn list(config: &PipelineConfig) -> Result<()> {
     let store = open(config)?;
+    // What the database holds is printed escaped: a row written by another tool must not
+    // drive the terminal.
+    use skynet_core::escape_control;
     for user in store.users()? {
         println!(
             "{}\t{}\t{}\t{}",
-            user.name,
+            escape_control(&user.name),
             user.role.as_str(),
-            user.department.as_deref().unwrap_or("-"),
-            user.owner.as_deref().unwrap_or("-")
+            escape_control(user.department.as_deref().unwrap_or("-")),
+            escape_control(user.owner.as_deref().unwrap_or("-"))
         );
     }
     Ok(())
@@ -123,19 +122,20 @@ pub fn list(config: &PipelineConfig) -> Result<()> {
 
 pub fn remove(config: &PipelineConfig, name: &str) -> Result<bool> {
     let store = open(config)?;
-    let before = store.remove_user(name)?;
-    if let Some(user) = &before {
-        store.audit(
-            &actor(),
-            "cli",
-            "user.remove",
-            name,
-            Some(&user_json(user)),
-            None,
-        )?;
-        eprintln!("removed user `{name}` and its tokens");
+    let before = store.audited(|| {
+        let before = store.remove_user(name)?;
+        let entry = before
+            .as_ref()
+            .map(|user| cli_entry("user.remove", name, Some(user_json(user)), None));
+        Ok::<_, StoreError>((before, entry))
+    })?;
+    if before.is_some() {
+        eprintln!(
+            "removed user `{}` and its tokens",
+            skynet_core::escape_control(name)
+        );
     } else {
-        eprintln!("no user `{name}`");
+        eprintln!("no user `{}`", skynet_core::escape_control(name));
     }
     Ok(before.is_some())
 }
@@ -143,17 +143,17 @@ pub fn remove(config: &PipelineConfig, name: &str) -> Result<bool> {
 /// Revokes `name`'s machine tokens (with `label`, when given). Returns how many.
 pub fn revoke(config: &PipelineConfig, name: &str, label: Option<&str>) -> Result<usize> {
     let store = open(config)?;
-    let revoked = store.revoke_api_tokens(name, label)?;
-    if revoked > 0 {
-        store.audit(
-            &actor(),
-            "cli",
-            "token.revoke",
-            name,
-            Some(&serde_json::json!({"label": label, "tokens": revoked})),
-            None,
-        )?;
-    }
-    eprintln!("revoked {revoked} API token(s) of `{name}`");
+    let revoked = store.audited(|| {
+        let revoked = store.revoke_api_tokens(name, label)?;
+        let entry = (revoked > 0).then(|| {
+            let before = serde_json::json!({"label": label, "tokens": revoked});
+            cli_entry("token.revoke", name, Some(before), None)
+        });
+        Ok::<_, StoreError>((revoked, entry))
+    })?;
+    eprintln!(
+        "revoked {revoked} API token(s) of `{}`",
+        skynet_core::escape_control(name)
+    );
     Ok(revoked)
 }

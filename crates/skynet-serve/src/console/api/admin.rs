@@ -104,28 +104,25 @@ pub(super) async fn add_user(
     let c = Arc::clone(&console);
     let added = user.clone();
     let replaced = blocking(move || {
-        let before = c
-            .store
-            .put_user(&added, &request.password)
-            .map_err(|e| match e {
-                StoreError::Invalid(message) => ApiError::bad_request(message),
-                e => ApiError::internal(e),
-            })?;
-        let as_json = |user: &User| serde_json::to_value(UserView::from(user));
-        let before_json = before
-            .as_ref()
-            .map(as_json)
-            .transpose()
-            .map_err(ApiError::internal)?;
-        let after_json = as_json(&added).map_err(ApiError::internal)?;
-        caller.audit(
-            &c,
-            "user.put",
-            &added.name,
-            before_json.as_ref(),
-            Some(&after_json),
-        )?;
-        Ok(before.is_some())
+        // The user and its audit entry: both, or neither.
+        c.store.audited(|| {
+            let before = c
+                .store
+                .put_user(&added, &request.password)
+                .map_err(|e| match e {
+                    StoreError::Invalid(message) => ApiError::bad_request(message),
+                    e => ApiError::internal(e),
+                })?;
+            let as_json = |user: &User| serde_json::to_value(UserView::from(user));
+            let before_json = before
+                .as_ref()
+                .map(as_json)
+                .transpose()
+                .map_err(ApiError::internal)?;
+            let after_json = as_json(&added).map_err(ApiError::internal)?;
+            let entry = caller.entry("user.put", &added.name, before_json, Some(after_json));
+            Ok::<_, ApiError>((before.is_some(), Some(entry)))
+        })
     })
     .await?;
     let status = if replaced {

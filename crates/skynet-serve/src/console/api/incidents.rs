@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg, query};
 use super::session::Caller;
 use crate::console::auth::Permission;
 use crate::console::live::{Console, LiveMessage};
-use crate::console::store::Note;
+use crate::console::store::{AuditEntry, AuditQuery, Note};
 use crate::console::views::{AckView, IncidentView};
 
 /// How long a status change waits for its revision to be committed before answering 202.
@@ -49,7 +49,11 @@ pub(super) struct TimelineEntry {
     at: DateTime<Utc>,
     /// `system`, `status`, `ack` or `note`.
     kind: &'static str,
+    /// Who made it: a person (the authenticated caller the audit log names), the case system
+    /// (its event source), or `null` for the system's own revisions.
     actor: Option<String>,
+    /// For a status change: whom the incident is assigned to (never the actor's stand-in).
+    assignee: Option<String>,
     text: Option<String>,
     state: Option<IncidentState>,
     level: Option<RiskLevel>,
@@ -68,6 +72,7 @@ impl TimelineEntry {
             at,
             kind,
             actor,
+            assignee: None,
             text,
             state: None,
             level: None,
@@ -113,13 +118,12 @@ struct StatusBefore {
     state: IncidentState,
 }
 
-/// The audit log's after of a status change: what was asked, and where the incident stood
-/// when the request answered.
+/// The audit log's after of a status change: what was asked, written in the transaction
+/// that hands it to the risk stage (which applies it, or refuses it after a race: the
+/// revisions tell which).
 #[derive(Serialize)]
 struct StatusAfter {
     requested: IncidentState,
-    state: IncidentState,
-    applied: bool,
     note: Option<String>,
     assignee: Option<String>,
 }
@@ -314,17 +318,25 @@ pub(super) async fn incident_detail(
     caller.require(Permission::IncidentsRead)?;
     let scope = caller.user.scope();
     let c = Arc::clone(&console);
-    let (incident, revisions, notes) = blocking(move || {
+    let (incident, revisions, notes, changes) = blocking(move || {
         let incident = load_incident(&c, &scope, &id)?;
         let revisions = c
             .outbox
             .with(|o| o.incident_revisions(&id))
             .map_err(ApiError::internal)?;
         let notes = c.store.notes(&id).map_err(ApiError::internal)?;
-        Ok((incident, revisions, notes))
+        let changes = c
+            .store
+            .audit_entries(&AuditQuery {
+                target: Some(id.clone()),
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .map_err(ApiError::internal)?;
+        Ok((incident, revisions, notes, changes))
     })
     .await?;
-    let mut timeline = timeline(&revisions);
+    let mut timeline = timeline(&revisions, &changes);
     let view = console.incident_view(&incident);
     // An acknowledgement that moved the lifecycle is already the `acknowledged` status entry.
     let acknowledged_in_lifecycle = revisions
@@ -356,12 +368,50 @@ pub(super) async fn incident_detail(
     }))
 }
 
+/// The state a status-changing audit entry asked for: a person's status change
+/// (`requested`), an acknowledgement that moved the lifecycle (`state`), or the case
+/// system's event (`status`).
+fn requested_state(entry: &AuditEntry) -> Option<IncidentState> {
+    let after = entry.after.as_ref()?;
+    let state = match (entry.action.as_str(), entry.role.as_str()) {
+        ("incident.status", "case_system") => after.get("status"),
+        ("incident.status", _) => after.get("requested"),
+        ("incident.ack", _) => after.get("state"),
+        _ => None,
+    }?;
+    IncidentState::parse(state.as_str()?)
+}
+
+/// Who made each status revision: the audit entries that asked for a state, oldest first,
+/// matched in order to the revisions that reached it (an entry whose request the risk stage
+/// refused matches nothing, or is passed over by the next of the same state).
+fn actors(revisions: &[Incident], changes: &[AuditEntry]) -> Vec<Option<String>> {
+    let mut asked: Vec<(IncidentState, &str)> = changes
+        .iter()
+        .rev()
+        .filter_map(|e| requested_state(e).map(|s| (s, e.actor.as_str())))
+        .collect();
+    revisions
+        .iter()
+        .map(|revision| {
+            if revision.change != IncidentChange::Feedback {
+                return None;
+            }
+            let at = asked.iter().position(|(s, _)| *s == revision.state)?;
+            let actor = asked[at].1.to_string();
+            asked.drain(..=at);
+            Some(actor)
+        })
+        .collect()
+}
+
 /// The system's entries: one for each revision that changed the state or the level, or
 /// brought feedback from the case system.
-fn timeline(revisions: &[Incident]) -> Vec<TimelineEntry> {
+fn timeline(revisions: &[Incident], changes: &[AuditEntry]) -> Vec<TimelineEntry> {
+    let actors = actors(revisions, changes);
     let mut entries = Vec::new();
     let mut previous: Option<&Incident> = None;
-    for revision in revisions {
+    for (revision, actor) in revisions.iter().zip(actors) {
         let changed = previous.is_none_or(|p| {
             p.state != revision.state || p.level != revision.level || p.status != revision.status
         });
@@ -380,7 +430,8 @@ fn timeline(revisions: &[Incident]) -> Vec<TimelineEntry> {
                     revision.last_seen
                 },
                 kind,
-                actor: revision.assignee.clone(),
+                actor,
+                assignee: revision.assignee.clone(),
                 text: revision.note.clone(),
                 state: Some(revision.state),
                 level: Some(revision.level),
@@ -391,6 +442,25 @@ fn timeline(revisions: &[Incident]) -> Vec<TimelineEntry> {
         previous = Some(revision);
     }
     entries
+}
+
+/// Why an acknowledgement's transaction was rolled back: an error, or the risk stage could
+/// not take the lifecycle move (then it is made again without it).
+enum Refused {
+    Api(ApiError),
+    HandOver,
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<crate::console::store::StoreError> for Refused {
+    fn from(e: crate::console::store::StoreError) -> Self {
+        Self::Api(e.into())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -448,64 +518,94 @@ pub(super) async fn acknowledge(
     let c = Arc::clone(&console);
     let lookup = id.clone();
     let before = blocking(move || load_incident(&c, &scope, &lookup)).await?;
+    let after_scope = caller.user.scope();
+    let rx = console.events.subscribe();
     let c = Arc::clone(&console);
-    let (actor, target) = (caller.user.name.clone(), id.clone());
-    let ack = blocking(move || {
-        c.store
-            .acknowledge(&target, &actor)
-            .map_err(ApiError::internal)
+    let target = id.clone();
+    let note = request.note.clone();
+    // The acknowledgement, its audit entry and its hand-over to the risk stage: one
+    // transaction, the hand-over last (see `change_status`).
+    let handed = blocking(move || {
+        let previous = c
+            .acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target)
+            .cloned();
+        let acknowledge = |hand_over: bool| {
+            c.store.audited(|| {
+                let ack = c.store.acknowledge(&target, &caller.user.name)?;
+                // Known before the revision it causes is published, which shows it.
+                c.remember_ack(&target, ack.clone());
+                let before_json = audit_json(&AckBefore {
+                    state: before.state,
+                    acknowledged: None,
+                })?;
+                let after_json = audit_json(&AckAfter {
+                    state: if hand_over {
+                        IncidentState::Acknowledged
+                    } else {
+                        before.state
+                    },
+                    acknowledged: Some(AckView {
+                        by: Some(ack.by.clone()),
+                        at: Some(ack.at),
+                    }),
+                    note: note.clone(),
+                })?;
+                let entry =
+                    caller.entry("incident.ack", &target, Some(before_json), Some(after_json));
+                c.store.record(&entry)?;
+                if hand_over {
+                    let status = CaseStatus {
+                        incident: target.clone(),
+                        status: IncidentState::Acknowledged,
+                        department: None,
+                        assignee: Some(caller.user.name.clone()),
+                        note: note.clone(),
+                        at: Utc::now(),
+                    };
+                    c.submit_status(status).map_err(|e| {
+                        tracing::warn!(incident = %target, error = %e, "acknowledged in the console only");
+                        Refused::HandOver
+                    })?;
+                }
+                Ok::<_, Refused>(((), None))
+            })
+        };
+        // An open incident moves to acknowledged in its lifecycle too, as the case system's
+        // acknowledgement would move it; one already past it keeps its state. When the risk
+        // stage cannot take it, the acknowledgement is kept in the console only.
+        let wanted = before.state == IncidentState::Open;
+        let done = match acknowledge(wanted) {
+            Err(Refused::HandOver) => acknowledge(false).map(|()| false),
+            other => other.map(|()| wanted),
+        };
+        if done.is_err() {
+            // Not kept: the console forgets it too.
+            let mut acks = c.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match previous {
+                Some(ack) => acks.insert(target.clone(), ack),
+                None => acks.remove(&target),
+            };
+        }
+        done.map_err(|e| match e {
+            Refused::Api(e) => e,
+            Refused::HandOver => ApiError::internal("the acknowledgement could not be kept"),
+        })
     })
     .await?;
-    console.remember_ack(&id, ack.clone());
-    // An open incident moves to acknowledged in its lifecycle too, as the case system's
-    // acknowledgement would move it; one already past it keeps its state.
-    let mut moved = false;
-    if before.state == IncidentState::Open {
-        let rx = console.events.subscribe();
-        let status = CaseStatus {
-            incident: id.clone(),
-            status: IncidentState::Acknowledged,
-            department: None,
-            assignee: Some(caller.user.name.clone()),
-            note: request.note.clone(),
-            at: Utc::now(),
-        };
-        match console.submit_status(status) {
-            Ok(()) => moved = applied(rx, &id, IncidentState::Acknowledged).await,
-            Err(e) => {
-                tracing::warn!(incident = %id, error = %e, "acknowledged in the console only")
-            }
-        }
-    }
+    let moved = handed && applied(rx, &id, IncidentState::Acknowledged).await;
     let c = Arc::clone(&console);
-    let (lookup, scope) = (id.clone(), caller.user.scope());
-    let after = blocking(move || load_incident(&c, &scope, &lookup)).await?;
+    let lookup = id.clone();
+    let after = blocking(move || load_incident(&c, &after_scope, &lookup)).await?;
     if !moved {
         // No new revision carries the acknowledgement: tell the other browsers directly.
         let _ = console.events.send(console.incident_message(&after));
     }
-    let view = console.incident_view(&after);
-    let c = Arc::clone(&console);
-    let before_json = audit_json(&AckBefore {
-        state: before.state,
-        acknowledged: None,
-    })?;
-    let after_json = audit_json(&AckAfter {
-        state: after.state,
-        acknowledged: view.acknowledged.clone(),
-        note: request.note,
-    })?;
-    blocking(move || {
-        caller.audit(
-            &c,
-            "incident.ack",
-            &id,
-            Some(&before_json),
-            Some(&after_json),
-        )
-    })
-    .await?;
-    Ok(Reply(IncidentReply { incident: view }))
+    Ok(Reply(IncidentReply {
+        incident: console.incident_view(&after),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -529,13 +629,13 @@ pub(super) async fn add_note(
     let c = Arc::clone(&console);
     let note = blocking(move || {
         load_incident(&c, &scope, &id)?;
-        let note = c
-            .store
-            .add_note(&id, &caller.user.name, &text)
-            .map_err(ApiError::internal)?;
-        let after = audit_json(&NoteAudit { text: &text })?;
-        caller.audit(&c, "incident.note", &id, None, Some(&after))?;
-        Ok(note)
+        // The note and its audit entry: both, or neither.
+        c.store.audited(|| {
+            let note = c.store.add_note(&id, &caller.user.name, &text)?;
+            let after = audit_json(&NoteAudit { text: &text })?;
+            let entry = caller.entry("incident.note", &id, None, Some(after));
+            Ok::<_, ApiError>((note, Some(entry)))
+        })
     })
     .await?;
     Ok((StatusCode::CREATED, Reply(NoteReply { note })))
@@ -546,6 +646,26 @@ pub(super) struct StatusRequest {
     status: String,
     note: Option<String>,
     assignee: Option<String>,
+}
+
+/// An assignee named in a status change must be a console user of the incident's
+/// department: anyone else could not act on it, and a made-up name would stand in the
+/// incident's record as if someone had taken it.
+fn check_assignee(console: &Console, assignee: &str, incident: &Incident) -> ApiResult<()> {
+    let user = console.store.user(assignee).map_err(ApiError::internal)?;
+    if user.is_some_and(|u| u.department.as_deref() == Some(incident.department.as_str())) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "assignee",
+        format!(
+            "`assignee` `{}` is not a console user of department `{}`, which incident {} belongs to",
+            assignee.escape_debug(),
+            incident.department,
+            incident.id
+        ),
+    ))
 }
 
 pub(super) async fn change_status(
@@ -568,7 +688,15 @@ pub(super) async fn change_status(
     let scope = caller.user.scope();
     let c = Arc::clone(&console);
     let lookup = id.clone();
-    let before = blocking(move || load_incident(&c, &scope, &lookup)).await?;
+    let assignee = request.assignee.clone();
+    let before = blocking(move || {
+        let before = load_incident(&c, &scope, &lookup)?;
+        if let Some(assignee) = &assignee {
+            check_assignee(&c, assignee, &before)?;
+        }
+        Ok(before)
+    })
+    .await?;
     if !before.state.may_become(status) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -592,41 +720,48 @@ pub(super) async fn change_status(
         at: Utc::now(),
     };
     case_status.validate().map_err(ApiError::bad_request)?;
+    let after_scope = caller.user.scope();
     let rx = console.events.subscribe();
-    console.submit_status(case_status).map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the status change cannot be applied now: {e}"),
-        )
-    })?;
-    let waited = applied(rx, &id, status).await;
     let c = Arc::clone(&console);
-    let (lookup, scope) = (id.clone(), caller.user.scope());
-    let after = blocking(move || load_incident(&c, &scope, &lookup)).await?;
-    let done = waited || after.state == status;
-    let c = Arc::clone(&console);
-    let before_json = audit_json(&StatusBefore {
-        state: before.state,
-    })?;
-    let after_json = audit_json(&StatusAfter {
-        requested: status,
-        state: after.state,
-        applied: done,
-        note: request.note,
-        assignee: request.assignee,
-    })?;
     let target = id.clone();
+    // Decided here, applied by the risk stage: the audit entry is written first in the
+    // transaction that hands the change over, and the hand-over is its last step. An entry
+    // that cannot be written hands nothing over (500); a change that cannot be handed over
+    // (503) rolls its entry back. Whether the risk stage then applied it (or refused it after
+    // a race) is the answer's 200 or 202, and the revisions.
     blocking(move || {
-        caller.audit(
-            &c,
-            "incident.status",
-            &target,
-            Some(&before_json),
-            Some(&after_json),
-        )
+        c.store.audited(|| {
+            let before_json = audit_json(&StatusBefore {
+                state: before.state,
+            })?;
+            let after_json = audit_json(&StatusAfter {
+                requested: status,
+                note: request.note,
+                assignee: request.assignee,
+            })?;
+            let entry = caller.entry(
+                "incident.status",
+                &target,
+                Some(before_json),
+                Some(after_json),
+            );
+            c.store.record(&entry)?;
+            c.submit_status(case_status).map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the status change cannot be applied now: {e}"),
+                )
+            })?;
+            Ok::<_, ApiError>(((), None))
+        })
     })
     .await?;
+    let waited = applied(rx, &id, status).await;
+    let c = Arc::clone(&console);
+    let lookup = id.clone();
+    let after = blocking(move || load_incident(&c, &after_scope, &lookup)).await?;
+    let done = waited || after.state == status;
     let code = if done {
         StatusCode::OK
     } else {
@@ -669,8 +804,15 @@ pub(super) async fn evidence_file(
     let c = Arc::clone(&console);
     let bytes = blocking(move || {
         load_incident(&c, &scope, &incident)?;
-        std::fs::read(dir.join(&incident).join(&file))
-            .map_err(|_| ApiError::not_found("evidence file"))
+        let bytes = std::fs::read(dir.join(&incident).join(&file))
+            .map_err(|_| ApiError::not_found("evidence file"))?;
+        // Who looked at which evidence, from where: one row per image served (the console
+        // shows a few per incident opened). No entry, no image.
+        let target = format!("{incident}/{file}");
+        c.store
+            .record(&caller.entry("evidence.read", &target, None, None))
+            .map_err(ApiError::internal)?;
+        Ok(bytes)
     })
     .await?;
     Ok(jpeg(bytes))

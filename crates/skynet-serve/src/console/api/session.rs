@@ -370,20 +370,24 @@ pub(super) async fn logout(
     let Query(logout) = query(logout)?;
     let all = logout.all.unwrap_or(false);
     let c = Arc::clone(&console);
+    // The logout and its audit entry: one transaction (the entry is written inside it).
     blocking(move || {
-        c.store
-            .revoke_token(&caller.token)
-            .map_err(ApiError::internal)?;
-        if all {
-            let ended = c
-                .store
-                .revoke_sessions(&caller.user.name)
+        c.store.audited(|| {
+            c.store
+                .revoke_token(&caller.token)
                 .map_err(ApiError::internal)?;
-            let after = serde_json::json!({"all": true, "other_sessions": ended});
-            caller.audit(&c, "logout", &caller.user.name, None, Some(&after))
-        } else {
-            caller.audit(&c, "logout", &caller.user.name, None, None)
-        }
+            if all {
+                let ended = c
+                    .store
+                    .revoke_sessions(&caller.user.name)
+                    .map_err(ApiError::internal)?;
+                let after = serde_json::json!({"all": true, "other_sessions": ended});
+                caller.audit(&c, "logout", &caller.user.name, None, Some(&after))?;
+            } else {
+                caller.audit(&c, "logout", &caller.user.name, None, None)?;
+            }
+            Ok::<_, ApiError>(((), None))
+        })
     })
     .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -1,7 +1,7 @@
 //! The city and its sources: grid cells with their levels and history, cameras (frames,
 //! thresholds), sensors, and the tickets (the active incidents by deadline).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,7 +17,7 @@ use skynet_emit::IncidentQuery;
 use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg};
 use super::session::Caller;
 use crate::console::auth::Permission;
-use crate::console::live::{Console, round4};
+use crate::console::live::{Console, narrow_grid, round4};
 use crate::console::views::{CameraView, IncidentView, SensorView};
 
 /// The grid cells as GeoJSON.
@@ -203,7 +203,7 @@ pub(super) async fn grids(
 
 pub(super) async fn grid_history(
     State(console): State<Arc<Console>>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Reply<GridHistory>> {
     let known = console
@@ -214,9 +214,30 @@ pub(super) async fn grid_history(
         .any(|f| f["properties"]["id"] == id.as_str());
     let c = Arc::clone(&console);
     let lookup = id.clone();
+    let scope = caller.user.scope();
     let history = blocking(move || {
         c.outbox
-            .with(|o| o.grid_risk_history(&lookup))
+            .with(|o| {
+                let history = o.grid_risk_history(&lookup)?;
+                if scope.department.is_none() && scope.owner.is_none() {
+                    return Ok(history);
+                }
+                // Each incident the history lists, looked up once: who may see it and its
+                // category (see `GridScope::narrowed` for what a narrower scope is shown).
+                let mut seen: HashMap<String, Option<(String, String, String)>> = HashMap::new();
+                for id in history.iter().flat_map(|h| &h.incidents) {
+                    if !seen.contains_key(id) {
+                        let found = o
+                            .incident(id)?
+                            .map(|i| (i.department, i.owner.as_str().to_string(), i.category));
+                        seen.insert(id.clone(), found);
+                    }
+                }
+                Ok(history
+                    .into_iter()
+                    .map(|h| narrow_grid(h, &scope, |id| seen.get(id).cloned().flatten()))
+                    .collect())
+            })
             .map_err(ApiError::internal)
     })
     .await?;
@@ -292,15 +313,16 @@ pub(super) async fn set_thresholds(
         let before = thresholds
             .set(&changes)
             .map_err(|e| ApiError::bad_request(format!("camera {target}: {e}")))?;
-        let saved = c.store.save_thresholds(&target, &changes).and_then(|()| {
-            c.store.audit(
-                &caller.user.name,
-                caller.user.role.as_str(),
+        // Saved and audited in one transaction: both, or neither.
+        let saved = c.store.audited(|| {
+            c.store.save_thresholds(&target, &changes)?;
+            let entry = caller.entry(
                 "camera.thresholds",
                 &target,
-                Some(&audit_json(&rounded(before.clone()))),
-                Some(&audit_json(&rounded(thresholds.snapshot()))),
-            )
+                Some(audit_json(&rounded(before.clone()))),
+                Some(audit_json(&rounded(thresholds.snapshot()))),
+            );
+            Ok::<_, crate::console::store::StoreError>(((), Some(entry)))
         });
         if let Err(e) = saved {
             // Not kept, not audited: not applied either.
