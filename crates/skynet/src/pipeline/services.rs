@@ -149,6 +149,14 @@ fn warn_insecure(config: &skynet_serve::console::ApiConfig) {
             "[api] secure_cookie = false on a listener beyond loopback: browsers send the session cookie over plain HTTP, where anyone on the path can read it and act as the user"
         );
     }
+    if config.listen.ip().is_unspecified()
+        && config.hosts == skynet_serve::console::ApiConfig::local(config.listen).hosts
+    {
+        tracing::warn!(
+            listen = %config.listen,
+            "the console listens on every address but [api] hosts is the default (localhost and the loopback addresses): requests by this machine's name or network address answer 421; list the names people use in [api] hosts"
+        );
+    }
     if !config.listen.ip().is_loopback() && config.tls.is_none() {
         tracing::warn!(
             listen = %config.listen,
