@@ -16,6 +16,7 @@
 //!
 //! The password never reaches a log, an error or a metric: URLs are shown redacted.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -438,6 +439,67 @@ impl DeadLetters {
 /// the queue has room (TCP then holds the broker back, as before manual acknowledgements).
 const MAX_BACKLOG: usize = 65_536;
 
+/// How long one turn of writing acknowledgements may wait for the socket (rumqttc's own
+/// default for a flush); what was not written by then waits for the next turn.
+const ACK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes the waiting acknowledgements into the connection's write buffer and flushes once;
+/// returns how many were written. Through the client's request queue (`try_ack`) each would
+/// be one turn of the event loop with a write and a flush of its own: a system call and a
+/// 4-byte TCP segment per message, on this side and on the broker's, which cost more than
+/// the rest of a message's handling (the broker's own acknowledgements on receipt go out in
+/// batches of up to 10 per read). Without a connection (lost, not yet back) they are dropped:
+/// the broker sends those messages again on the next connection, which has its own packet ids.
+async fn write_acks(eventloop: &mut EventLoop, to_ack: &mut VecDeque<PendingAck>) -> usize {
+    if eventloop.network.is_none() {
+        to_ack.clear();
+        return 0;
+    }
+    // `handle_outgoing_packet` queues an `Outgoing` event per acknowledgement for `poll` to
+    // return; nobody reads those, so they are taken out again.
+    let events = eventloop.state.events.len();
+    let mut written = 0;
+    let result = tokio::time::timeout(ACK_WRITE_TIMEOUT, async {
+        while let Some(ack) = to_ack.front() {
+            let request = match ack.qos {
+                QoS::AtMostOnce => None,
+                QoS::AtLeastOnce => Some(rumqttc::Request::PubAck(rumqttc::PubAck::new(ack.pkid))),
+                QoS::ExactlyOnce => Some(rumqttc::Request::PubRec(rumqttc::PubRec::new(ack.pkid))),
+            };
+            if let Some(request) = request
+                && let Some(packet) = eventloop.state.handle_outgoing_packet(request)?
+                && let Some(network) = eventloop.network.as_mut()
+            {
+                network.write(packet).await?;
+            }
+            to_ack.pop_front();
+            written += 1;
+        }
+        match eventloop.network.as_mut() {
+            Some(network) => network.flush().await,
+            None => Ok(()),
+        }
+    })
+    .await;
+    eventloop.state.events.truncate(events);
+    match result {
+        Ok(Ok(())) => {}
+        // The connection is failing: the event loop sees it on its next turn and reconnects;
+        // the broker sends again what these would have acknowledged.
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "acknowledgements not written; the connection is failing");
+            to_ack.clear();
+            return 0;
+        }
+        // What was written goes out with the next flush; the rest waits for the next turn.
+        Err(_) => tracing::warn!(
+            waiting = to_ack.len(),
+            "acknowledgements wait: the broker does not take them"
+        ),
+    }
+    written
+}
+
 /// A connected (or connecting) MQTT client: hand [`MqttClient::run`] to the runtime.
 pub struct MqttClient {
     config: MqttConfig,
@@ -535,7 +597,7 @@ impl MqttClient {
         let mut failures = 0u64;
         let mut out = Some(out);
         let mut backlog: std::collections::VecDeque<T> = std::collections::VecDeque::new();
-        let mut to_ack: std::collections::VecDeque<PendingAck> = std::collections::VecDeque::new();
+        let mut to_ack: VecDeque<PendingAck> = VecDeque::new();
         let mut connection = 0u64;
         let mut acks_open = true;
         let mut stopping = false;
@@ -555,24 +617,11 @@ impl MqttClient {
                 // Closing the queue lets the sensor stage drain what it holds, and end.
                 out = None;
             }
-            // Acknowledgements go into the client's request queue; what does not fit waits
-            // for the next turn (the event loop empties that queue as it runs).
-            while let Some(ack) = to_ack.front() {
-                let publish = rumqttc::Publish {
-                    dup: false,
-                    qos: ack.qos,
-                    retain: false,
-                    topic: String::new(),
-                    pkid: ack.pkid,
-                    payload: bytes::Bytes::new(),
-                };
-                match client.try_ack(&publish) {
-                    Ok(()) => {
-                        acked.increment(1);
-                        to_ack.pop_front();
-                    }
-                    Err(_) => break,
-                }
+            // Acknowledgements go straight into the connection's write buffer, all that wait
+            // with one flush (see `write_acks`).
+            if !to_ack.is_empty() {
+                let written = write_acks(&mut eventloop, &mut to_ack).await;
+                acked.increment(written as u64);
             }
             if stopping && !acks_open && to_ack.is_empty() {
                 break;
@@ -712,7 +761,7 @@ impl MqttClient {
             }
         }
         // A clean goodbye: offline (retained) first, then disconnect; a second at most. The
-        // acknowledgements queued before are sent first (the client's queue is in order).
+        // acknowledgements were flushed before (`write_acks`).
         connected.set(0.0);
         let _ = client.try_publish(
             config.status_topic.clone(),
