@@ -725,6 +725,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cell_change_narrowed_keeps_the_citys_score_and_only_the_callers_incidents() {
+        let change: GridRisk = serde_json::from_value(serde_json::json!({
+            "id": "g-1", "grid": "G-1", "revision": 1, "level": "II", "level_colour": "orange",
+            "previous_level": null, "score": 0.7, "at": "2026-11-27T10:00:00Z",
+            "categories": {"gas_leak": 0.5, "brawl": 0.7, "smoke": 0.2},
+            "incidents": ["mine", "theirs", "gone"]
+        }))
+        .unwrap();
+        let lookup = |id: &str| match id {
+            "mine" => Some(("emergency".into(), "police".into(), "gas_leak".into())),
+            "theirs" => Some(("police-dept".into(), "police".into(), "brawl".into())),
+            _ => None,
+        };
+        let inspector = super::super::Scope {
+            department: Some("emergency".into()),
+            owner: None,
+        };
+        let narrowed = narrow_grid(change.clone(), &inspector, lookup);
+        assert_eq!(narrowed.incidents, vec!["mine".to_string()]);
+        assert_eq!(narrowed.categories.keys().collect::<Vec<_>>(), ["gas_leak"]);
+        assert_eq!(
+            (narrowed.level, narrowed.score),
+            (change.level, change.score)
+        );
+        // Everyone's scope: the change as it is.
+        let all = narrow_grid(change.clone(), &super::super::Scope::default(), lookup);
+        assert_eq!(all, change);
+        // An owner scope narrows as well.
+        let owner = super::super::Scope {
+            department: None,
+            owner: Some("city_management".into()),
+        };
+        assert!(narrow_grid(change, &owner, lookup).incidents.is_empty());
+    }
+
+    #[test]
     fn camera_counters_sum_over_reasons() {
         let text = "# HELP x\n\
             skynet_frames_dropped_total{camera=\"cam-1\",reason=\"overload\"} 3\n\

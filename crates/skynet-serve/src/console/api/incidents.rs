@@ -817,3 +817,96 @@ pub(super) async fn evidence_file(
     .await?;
     Ok(jpeg(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(state: &str, change: &str) -> Incident {
+        serde_json::from_value(serde_json::json!({
+            "id": "inc-1", "revision": 1, "status": "opened", "state": state, "change": change,
+            "category": "gas_leak", "level": "II", "level_colour": "orange", "risk_score": 0.7,
+            "confidence": 0.9, "grid": "G-1", "department": "emergency",
+            "deadlines": {}, "owner": "police",
+            "first_seen": "2026-11-27T10:00:00Z", "last_seen": "2026-11-27T10:00:00Z",
+            "observations": 1, "contributions": [], "detections": [],
+            "rule": {"name": "r", "kind": "threshold"}
+        }))
+        .unwrap()
+    }
+
+    fn entry(id: i64, actor: &str, role: &str, action: &str, after: Value) -> AuditEntry {
+        AuditEntry {
+            id,
+            at: Utc::now(),
+            actor: actor.into(),
+            role: role.into(),
+            action: action.into(),
+            target: "inc-1".into(),
+            before: None,
+            after: Some(after),
+            client: None,
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn each_status_revision_is_credited_to_whoever_asked_for_it() {
+        let revisions = [
+            revision("open", "opened"),
+            revision("acknowledged", "feedback"),
+            revision("dispatched", "feedback"),
+            revision("resolved", "feedback"),
+        ];
+        // Newest first, as the audit log reads; one request the risk stage refused.
+        let changes = [
+            entry(
+                5,
+                "case-system",
+                "case_system",
+                "incident.status",
+                serde_json::json!({"status": "resolved"}),
+            ),
+            entry(
+                4,
+                "insp",
+                "inspector",
+                "incident.status",
+                serde_json::json!({"requested": "dispatched", "assignee": "insp-b"}),
+            ),
+            entry(
+                3,
+                "insp-b",
+                "inspector",
+                "incident.status",
+                serde_json::json!({"requested": "verified"}),
+            ),
+            entry(
+                2,
+                "op",
+                "operator",
+                "incident.note",
+                serde_json::json!({"text": "x"}),
+            ),
+            entry(
+                1,
+                "op",
+                "operator",
+                "incident.ack",
+                serde_json::json!({"state": "acknowledged"}),
+            ),
+        ];
+        let actors = actors(&revisions, &changes);
+        assert_eq!(
+            actors,
+            [
+                None,
+                Some("op".into()),
+                Some("insp".into()),
+                Some("case-system".into())
+            ]
+        );
+        let timeline = timeline(&revisions, &changes);
+        assert_eq!(timeline[2].actor.as_deref(), Some("insp"));
+    }
+}
