@@ -96,6 +96,8 @@ export function mount(container, { params }) {
       if (entry.state) parts.push(label('state', entry.state));
     } else if (entry.kind === 'status') {
       parts.push(t('incident.statusTo', { state: label('state', entry.state) }));
+      // Whom it is assigned to, beside (never instead of) who made the change.
+      if (entry.assignee) parts.push(`${t('incident.assignee')}: ${entry.assignee}`);
     } else if (entry.kind === 'ack') {
       parts.push(t('incident.acked'));
     }
