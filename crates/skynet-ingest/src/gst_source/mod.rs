@@ -448,7 +448,12 @@ impl FrameSource for GstSource {
         crate::init()?;
         let (uri, credentials) = self.pipeline_uri()?;
         self.start_file_clock(&uri);
-        let span = tracing::info_span!("source", camera = %self.camera, uri = %uri);
+        // `uri` is without user:password@ but may still hold `?password=`: logged redacted.
+        let span = tracing::info_span!(
+            "source",
+            camera = %self.camera,
+            uri = %skynet_core::redact_uri(&uri)
+        );
         let _enter = span.enter();
         loop {
             let result = self.connect(&uri, credentials.clone(), out, stop);
