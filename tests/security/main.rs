@@ -6,7 +6,9 @@
 mod audit;
 #[path = "../common/mod.rs"]
 mod common;
+mod files;
 mod listeners;
 mod logins;
+mod openapi_fuzz;
 mod scope;
 mod sessions;
