@@ -180,6 +180,53 @@ async fn slowloris_half_a_header_is_dropped_while_a_normal_client_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_is_cut_off_while_a_whole_one_is_read() {
+    let config = ApiConfig {
+        header_timeout: Duration::from_secs(1),
+        ..local()
+    };
+    let served = serve(config, &["op"], None).await;
+    let host = served.addr.to_string();
+    // The whole head, then 10 of the 100 bytes the body announces, then silence.
+    let mut slow = TcpStream::connect(served.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"username\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // It is answered with an error (the body failed) and closed, or closed at once.
+    let cut = tokio::time::timeout(GUARD, async {
+        if let Some(answer) = read_answer(&mut slow).await {
+            assert_eq!(answer.status, 400, "{}", answer.body);
+        }
+        closed_by_server(&mut slow, GUARD).await
+    })
+    .await;
+    assert_eq!(cut, Ok(true), "a slow body must not hold the connection");
+    // A whole body beside it is read.
+    let body = r#"{"username": "op", "password": "a long and unguessable passphrase 7f3k"}"#;
+    let mut stream = TcpStream::connect(served.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_dropped_and_one_in_use_is_kept() {
     // The header timeout is far beyond the guard: a close within it is the idle timer's.
     let config = ApiConfig {

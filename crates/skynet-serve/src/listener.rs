@@ -5,7 +5,8 @@
 //! for ever, and a few thousand of them exhaust the file descriptors. This loop adds:
 //!
 //! - **a header timeout**: a request's head must arrive whole within `header_timeout` of
-//!   its first byte (of the accept, for a connection's first request);
+//!   its first byte (of the accept, for a connection's first request), and its body within
+//!   `header_timeout` of the head (a body of at most 64 KiB: see the routes' limits);
 //! - **an idle timeout**: a kept-alive connection with no request in flight is closed after
 //!   `connection_idle` without a byte;
 //! - **a connection cap**: past `max_connections` open at once the loop stops accepting
@@ -252,7 +253,11 @@ async fn serve_io<IO>(
 {
     let clock = Arc::new(Clock::default());
     let io = Watched::new(io, Arc::clone(&clock), Arc::clone(&limits));
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let body_timeout = limits.header_timeout;
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        // A body, too, must arrive within header_timeout: a slow POST would otherwise hold
+        // the connection as long as it trickles.
+        let mut request = request.map(|body| TimedBody::new(body, body_timeout));
         request.extensions_mut().insert(ConnectInfo(peer));
         let busy = Busy::start(&clock);
         let router = router.clone();
@@ -336,6 +341,53 @@ impl http_body::Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails once `timeout` has passed since the request began without its
+/// last byte (the handler then answers 400, and the connection is closed).
+struct TimedBody {
+    body: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(body: Incoming, timeout: Duration) -> Self {
+        Self {
+            body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(
+                        "the request body did not arrive within the header timeout".into(),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
