@@ -466,7 +466,10 @@ fn replay_dead_letters(config: &Path, sink: Option<&str>, id: Option<&str>) -> R
     let queued = skynet::dead_letters::replay(&config, sink, id)?;
     match (queued, id) {
         (0, Some(id)) => {
-            eprintln!("error: no dead letter with id `{id}`");
+            eprintln!(
+                "error: no dead letter with id `{}`",
+                skynet_core::escape_control(id)
+            );
             Ok(ExitCode::from(1))
         }
         (0, None) => {
