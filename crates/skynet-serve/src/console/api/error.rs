@@ -210,6 +210,41 @@ pub(super) fn jpeg(bytes: Vec<u8>) -> Response {
 mod tests {
     use super::*;
 
+    /// axum's own rejections answer in plain text; they leave as the API's JSON error, their
+    /// status (a 422 as 400) and other headers kept, and JSON errors pass untouched.
+    #[tokio::test]
+    async fn errors_that_are_not_json_are_rewritten_as_json() {
+        async fn body_of(response: Response) -> serde_json::Value {
+            let bytes = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .expect("the body");
+            serde_json::from_slice(&bytes).expect("JSON")
+        }
+        let plain = (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            [(header::ALLOW, "GET")],
+            "Failed to deserialize the JSON body: missing field `text`",
+        )
+            .into_response();
+        let response = json_errors(plain).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::ALLOW], "GET");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = body_of(response).await;
+        assert_eq!(body["error"], "bad_request");
+        assert!(body["message"].as_str().unwrap().contains("missing field"));
+
+        let too_large = json_errors((StatusCode::PAYLOAD_TOO_LARGE, "").into_response()).await;
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body_of(too_large).await["error"], "too_large");
+
+        let api = ApiError::new(StatusCode::FORBIDDEN, "forbidden", "no").into_response();
+        let kept = json_errors(api).await;
+        assert_eq!(body_of(kept).await["error"], "forbidden");
+        let fine = json_errors((StatusCode::OK, "a jpeg").into_response()).await;
+        assert_eq!(fine.status(), StatusCode::OK);
+    }
+
     /// The API's bytes must not depend on the order of a body's fields: the bodies were
     /// `json!` maps, whose keys serde_json keeps sorted, and clients may compare them.
     #[tokio::test]
