@@ -142,17 +142,22 @@ pub async fn serve_router(
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let limits = Arc::new(limits);
+    // Under a flood the cap is met again at every close: warn once a minute, count always.
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 metrics::counter!("skynet_http_connections_capped_total", "listener" => limits.name)
                     .increment(1);
-                tracing::warn!(
-                    listener = limits.name,
-                    max_connections = limits.max_connections,
-                    "connection cap reached: new connections wait until one closes"
-                );
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        listener = limits.name,
+                        max_connections = limits.max_connections,
+                        "connection cap reached: new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     permit = Arc::clone(&permits).acquire_owned() => match permit {
                         Ok(permit) => permit,
