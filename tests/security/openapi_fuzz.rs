@@ -692,9 +692,11 @@ async fn no_request_the_document_describes_gets_a_5xx_or_an_error_not_in_json() 
             };
             sent += 1;
             let (status, content_type, bytes) = send(&target.app, request, streaming).await;
-            *statuses
-                .entry((format!("{} {}", op.method, op.path), status.as_u16()))
-                .or_default() += 1;
+            if case < CASES {
+                *statuses
+                    .entry((format!("{} {}", op.method, op.path), status.as_u16()))
+                    .or_default() += 1;
+            }
             if status.is_server_error() {
                 findings.push(Finding {
                     case: description,
@@ -714,13 +716,15 @@ async fn no_request_the_document_describes_gets_a_5xx_or_an_error_not_in_json() 
         }
     }
     // Answers the document does not list: reported, not failed (schemathesis's
-    // `status_code_conformance` is a documentation check, not an attack).
+    // `status_code_conformance` is a documentation check, not an attack). The document's
+    // description states 413 (a body over the route's limit), 421 (a Host not served) and
+    // 400 (a path parameter that is not UTF-8) for every route.
     for ((operation, status), count) in &statuses {
         let documented = operations
             .iter()
             .find(|op| format!("{} {}", op.method, op.path) == *operation)
             .is_some_and(|op| op.documented.contains(status));
-        if !documented && *status != 405 {
+        if !documented && ![400, 405, 413, 421].contains(status) {
             eprintln!("undocumented: {operation} answered {status} ({count} times)");
         }
     }
