@@ -10,6 +10,8 @@ pub enum IngestError {
         "camera {camera}: missing GStreamer element `{element}` (install the GStreamer plugin packages with scripts/setup.sh)"
     )]
     MissingElement { camera: DeviceId, element: String },
+    /// `uri` here and in `Start` is always redacted ([`skynet_core::redact_uri`]): these
+    /// errors reach the log and `/readyz`.
     #[error("camera {camera}: invalid source `{uri}`: {reason}")]
     InvalidUri {
         camera: DeviceId,

@@ -72,7 +72,7 @@ impl GstSource {
                 let bin = gst::parse::bin_from_description("videoconvert ! videoscale", true)
                     .map_err(|e| IngestError::Start {
                         camera: self.camera.clone(),
-                        uri: uri.to_string(),
+                        uri: skynet_core::redact_uri(uri),
                         reason: e.to_string(),
                     })?;
                 bin.upcast()
@@ -119,7 +119,7 @@ impl GstSource {
         let pipeline = gst::Pipeline::with_name(&format!("camera-{}", self.camera));
         let start_err = |reason: String| IngestError::Start {
             camera: self.camera.clone(),
-            uri: uri.to_string(),
+            uri: skynet_core::redact_uri(uri),
             reason,
         };
         watch_decoder(&pipeline, decoder_in_use, self.options.decode_threads);

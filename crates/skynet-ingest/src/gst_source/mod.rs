@@ -403,7 +403,7 @@ impl GstSource {
             let _ = pipeline.set_state(gst::State::Null);
             return Err(IngestError::Start {
                 camera: self.camera.clone(),
-                uri: uri.to_string(),
+                uri: skynet_core::redact_uri(uri),
                 reason,
             });
         }
