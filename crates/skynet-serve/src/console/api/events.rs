@@ -64,7 +64,10 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
         user: User,
         token: String,
         hello: Option<String>,
-        recheck: tokio::time::Instant,
+        /// One timer for the stream's life, reset at each check: a `sleep_until` made anew
+        /// in the loop would register and drop a timer for every message sent (200,000 a
+        /// second with 2,000 streams at 100 incidents/s).
+        recheck: std::pin::Pin<Box<tokio::time::Sleep>>,
     }
     impl Drop for Live {
         fn drop(&mut self) {
@@ -80,7 +83,7 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
         })),
         user: caller.user,
         token: caller.token,
-        recheck: tokio::time::Instant::now() + RECHECK,
+        recheck: Box::pin(tokio::time::sleep(RECHECK)),
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         if let Some(hello) = state.hello.take() {
@@ -90,14 +93,15 @@ pub(super) async fn events(State(console): State<Arc<Console>>, caller: Caller) 
         loop {
             let received = tokio::select! {
                 received = state.rx.recv() => received,
-                () = tokio::time::sleep_until(state.recheck) => {
+                () = state.recheck.as_mut() => {
                     let (c, token) = (Arc::clone(&state.console), state.token.clone());
                     // The stream is not the user's activity: an idle session ends it here.
                     let idle = c.config.idle_timeout;
                     let now = blocking(move || c.store.authenticate(&token, Some(idle), false).map_err(ApiError::internal)).await;
                     match now {
                         Ok(Some(user)) if user == state.user => {
-                            state.recheck = tokio::time::Instant::now() + RECHECK;
+                            let next = tokio::time::Instant::now() + RECHECK;
+                            state.recheck.as_mut().reset(next);
                             continue;
                         }
                         // Logged out, expired, removed or changed: the tab logs in again.
