@@ -429,6 +429,12 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
         "{}",
         text(&out.stderr)
     );
+    let out = add(&["common", "--role", "operator"], "1QAZ2WSX3EDC\n");
+    assert!(
+        text(&out.stderr).contains("list of common passwords"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = add(&["empty", "--role", "operator"], "");
     assert!(text(&out.stderr).contains("no password on stdin"));
     let out = add(
@@ -456,6 +462,39 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
     assert!(token.starts_with("ska_") && token.len() == 68, "{token}");
     let out = skynet(&["users", "token", "nobody", "--config", config]);
     assert_eq!(out.status.code(), Some(2));
+    // Tokens expire: 90 days unless --ttl-days says otherwise (at least 1).
+    let out = skynet(&[
+        "users",
+        "token",
+        "op",
+        "--ttl-days",
+        "0",
+        "--config",
+        config,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = skynet(&[
+        "users",
+        "token",
+        "op",
+        "--ttl-days",
+        "7",
+        "--config",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the token expires on"));
+    {
+        let db = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+        let days: Vec<i64> = db
+            .prepare("SELECT CAST(julianday(expires_at) - julianday('now') + 0.5 AS INTEGER) FROM console_tokens WHERE kind = 'api' ORDER BY created_at")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(days, [90, 7]);
+    }
 
     // The password and the token are stored hashed, and the changes are in the audit log.
     let db = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
@@ -482,7 +521,15 @@ fn users_are_added_listed_given_tokens_and_removed_with_audit_entries() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(actions, ["user.put op", "user.put insp", "token.issue op"]);
+    assert_eq!(
+        actions,
+        [
+            "user.put op",
+            "user.put insp",
+            "token.issue op",
+            "token.issue op"
+        ]
+    );
 
     let out = skynet(&[
         "users", "revoke", "op", "--label", "other", "--config", config,

@@ -240,6 +240,13 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
     }
 
     fn count(&mut self, key: K, now: Instant) {
+        let failures = self.entry(key, now);
+        failures.count = failures.count.saturating_add(1);
+        failures.last = now;
+    }
+
+    /// `key`'s entry, made (with no failures) when there is none: room is made first.
+    fn entry(&mut self, key: K, now: Instant) -> &mut Failures {
         if !self.entries.contains_key(&key) && self.entries.len() >= MAX_KEYS {
             self.entries
                 .retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
@@ -253,12 +260,10 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
                 self.entries.remove(&fewest);
             }
         }
-        let failures = self.entries.entry(key).or_insert(Failures {
+        self.entries.entry(key).or_insert(Failures {
             count: 0,
             last: now,
-        });
-        failures.count = failures.count.saturating_add(1);
-        failures.last = now;
+        })
     }
 
     fn restart(&mut self, key: &K, now: Instant) {
@@ -354,6 +359,11 @@ impl LoginLimiter {
             wait = wait.max(tables.devices.wait(device, now));
         }
         if !wait.is_zero() {
+            // The address is no longer clean (it costs it no wait): a guesser slowed on an
+            // account does not move on to the clean password check with fresh names.
+            if let Some(address) = attempt.address {
+                tables.addresses.entry(address, now);
+            }
             // Whole seconds for Retry-After, never 0.
             return Err(Duration::from_secs(
                 wait.as_secs_f64().ceil().max(1.0) as u64
@@ -551,6 +561,17 @@ mod tests {
         let attempt = limiter.begin(Some(colleague), "op", None).unwrap();
         limiter.failed(attempt);
         assert!(!limiter.begin(Some(colleague), "eng", None).unwrap().clean);
+        // Nor after a 429, which costs the address no wait.
+        for n in 0..ACCOUNT.free {
+            let attempt = limiter
+                .begin(Some(IpAddr::from([10, 9, 0, n as u8])), "victim", None)
+                .unwrap();
+            limiter.failed(attempt);
+        }
+        let other: IpAddr = "10.0.0.3".parse().unwrap();
+        assert!(limiter.begin(Some(other), "victim", None).is_err());
+        let attempt = limiter.begin(Some(other), "fresh-name", None).unwrap();
+        assert!(!attempt.clean);
     }
 
     #[test]
