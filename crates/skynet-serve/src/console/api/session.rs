@@ -170,15 +170,22 @@ pub(super) fn client_address(
     if !config.is_trusted_proxy(peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
+    // Every entry, the client's own included: what a client writes on the left must not
+    // hide what the proxies appended on the right (a parse that stopped at the first bad
+    // entry from the left would make `X-Forwarded-For: x` name the proxy as the client).
+    let forwarded: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map_while(|entry| entry.trim().parse::<IpAddr>().ok().map(canonical))
         .collect();
     let mut client = peer;
     for hop in forwarded.into_iter().rev() {
+        // An entry that is not an address was written by the client (a trusted proxy
+        // appends addresses): the last trusted hop is the nearest known client.
+        let Ok(hop) = hop.trim().parse::<IpAddr>().map(canonical) else {
+            break;
+        };
         client = hop;
         if !config.is_trusted_proxy(hop) {
             break;
@@ -427,6 +434,12 @@ mod tests {
         // From anyone else the header is ignored.
         let client = client_address(&config, Some(stranger), &headers("198.51.100.7"));
         assert_eq!(client, Some(stranger));
+        // What the client wrote on the left, garbage included, does not hide the address
+        // the proxy appended.
+        let client = client_address(&config, Some(proxy), &headers("not-an-ip, 198.51.100.7"));
+        assert_eq!(client, Some("198.51.100.7".parse().unwrap()));
+        let client = client_address(&config, Some(proxy), &headers("x"));
+        assert_eq!(client, Some(proxy));
         // A proxy that sent no header is the client.
         assert_eq!(
             client_address(&config, Some(proxy), &HeaderMap::new()),
