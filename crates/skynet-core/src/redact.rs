@@ -75,7 +75,14 @@ fn redact_query(uri: &str) -> Cow<'_, str> {
     let mut changed = false;
     let mut rest = &uri[start + 1..];
     loop {
-        let end = rest.find(['&', ';', '#', '?']).unwrap_or(rest.len());
+        let mut end = rest.find(['&', ';', '#', '?']).unwrap_or(rest.len());
+        if let Some((key, _)) = rest[..end].split_once('=')
+            && secret_key(key)
+        {
+            // A `?` is a plain character inside a query value: a secret's value runs on to
+            // the next `&`, `;` or `#`, so `password=ab?cd` hides `cd` too.
+            end = rest.find(['&', ';', '#']).unwrap_or(rest.len());
+        }
         let pair = &rest[..end];
         match pair.split_once('=') {
             Some((key, value)) if secret_key(key) && value != REDACTED_VALUE => {
@@ -197,5 +204,10 @@ mod tests {
         // An `@` in the query (a mail address) must not let a password through.
         assert!(!redact_uri("rtsp://cam:554/x?mail=a@b&password=secret").contains("secret"));
         assert!(!redact_uri("http://cam/x?password=se%26cret").contains("cret"));
+        // A `?` inside a secret's value is part of it.
+        assert_eq!(
+            redact_uri("rtsp://cam/x?password=ab?cd&channel=1"),
+            "rtsp://cam/x?password=***&channel=1"
+        );
     }
 }
