@@ -312,7 +312,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_http_timeouts_total",
-        "Connections closed by a timeout, per listener and reason: header (a request head not complete within [api] header_timeout_s), idle (a kept-alive connection silent for connection_idle_s), handshake (TLS)."
+        "Connections closed by a timeout, per listener and reason: header (a request head not complete within [api] header_timeout_s), idle (a kept-alive connection silent for connection_idle_s), write (the client read nothing of its answer for connection_idle_s), handshake (TLS)."
     );
     describe_counter!(
         "skynet_metrics_unauthorized_total",

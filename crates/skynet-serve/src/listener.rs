@@ -9,6 +9,9 @@
 //!   `header_timeout` of the head (a body of at most 64 KiB: see the routes' limits);
 //! - **an idle timeout**: a kept-alive connection with no request in flight is closed after
 //!   `connection_idle` without a byte;
+//! - **a write-stall timeout**: a client that stops reading its answer (a response, or a
+//!   live stream) for `connection_idle` is closed: it would otherwise hold its connection,
+//!   and a slot under the cap, for ever;
 //! - **a connection cap**: past `max_connections` open at once the loop stops accepting
 //!   (the kernel's backlog holds the rest) until one closes, counted in
 //!   `skynet_http_connections_capped_total`;
@@ -426,12 +429,16 @@ struct Watched<IO> {
     seen: u64,
     wait: Wait,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// A write is waiting for the client to read: since when, with its deadline.
+    write_stalled: bool,
+    write_deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<IO> Watched<IO> {
     fn new(io: IO, clock: Arc<Clock>, limits: Arc<Limits>) -> Self {
         // A new connection owes its first head within header_timeout of the accept.
         let deadline = Box::pin(tokio::time::sleep(limits.header_timeout));
+        let idle = limits.connection_idle;
         Self {
             io,
             clock,
@@ -439,6 +446,8 @@ impl<IO> Watched<IO> {
             seen: 0,
             wait: Wait::Head,
             deadline,
+            write_stalled: false,
+            write_deadline: Box::pin(tokio::time::sleep(idle)),
         }
     }
 }
@@ -527,13 +536,43 @@ impl<IO> Watched<IO> {
     }
 }
 
+impl<IO> Watched<IO> {
+    /// A write that made progress ends a stall; one that waits starts it (the first time)
+    /// and fails once the client has read nothing for `connection_idle`.
+    fn write_progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.write_stalled = false;
+            return poll;
+        }
+        if !self.write_stalled {
+            self.write_stalled = true;
+            let at = tokio::time::Instant::now() + self.limits.connection_idle;
+            self.write_deadline.as_mut().reset(at);
+        }
+        if self.write_deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        timed_out(&self.limits, "write");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing of its answer in time; connection closed",
+        )))
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.write_progress(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -541,7 +580,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.write_progress(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -549,10 +590,55 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.write_progress(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn limits(idle: Duration) -> Arc<Limits> {
+        Arc::new(Limits {
+            name: "test",
+            header_timeout: Duration::from_secs(10),
+            connection_idle: idle,
+            max_connections: 16,
+        })
+    }
+
+    /// A client that asks for an answer and never reads it (a slow-read attack) no longer
+    /// holds its connection for ever; one that reads, however slowly each time, is served.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_and_one_that_reads_is_served() {
+        let answer = vec![7u8; 64 * 1024];
+        // Never read: the write fails with a timeout (a guard keeps a regression from
+        // hanging the suite; it is no timed assertion).
+        let (server, _client) = tokio::io::duplex(1024);
+        let mut watched = Watched::new(server, Arc::default(), limits(Duration::from_millis(100)));
+        let written = tokio::time::timeout(Duration::from_secs(60), watched.write_all(&answer))
+            .await
+            .expect("a stalled write must end");
+        assert_eq!(written.unwrap_err().kind(), io::ErrorKind::TimedOut);
+
+        // Read as it comes: the whole answer arrives.
+        let (server, mut client) = tokio::io::duplex(1024);
+        let mut watched = Watched::new(server, Arc::default(), limits(Duration::from_secs(30)));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got.len())
+        });
+        watched.write_all(&answer).await.unwrap();
+        watched.shutdown().await.unwrap();
+        drop(watched);
+        assert_eq!(reader.await.unwrap().unwrap(), answer.len());
     }
 }
