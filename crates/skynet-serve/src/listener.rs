@@ -48,6 +48,9 @@ use crate::ServeError;
 /// when the process does) before it returns anyway.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// The most a request head may take (hyper's read buffer; a body streams through it).
+const MAX_HEAD: usize = 32 * 1024;
+
 /// A listener's limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -274,8 +277,12 @@ async fn serve_io<IO>(
             Ok::<_, Infallible>(response.map(|body| Guarded { body, _busy: busy }))
         }
     });
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    // hyper would buffer a request head of up to ~400 KiB: 4096 slow heads that size hold
+    // 1.6 GiB. A console request's head (a cookie or two, a bearer token) is far below this;
+    // a larger one is answered 431.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
@@ -613,6 +620,42 @@ mod tests {
             connection_idle: idle,
             max_connections: 16,
         })
+    }
+
+    /// Sends `head` on a fresh connection to a listener answering 200 to everything;
+    /// returns the answer's status line.
+    async fn status_line(head: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().fallback(|| async { "ok" });
+        let limits = Limits::metrics();
+        tokio::spawn(serve_router(
+            listener,
+            router,
+            limits,
+            None,
+            std::future::pending(),
+        ));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_past_the_limit_is_refused_and_a_normal_one_served() {
+        let normal = "GET / HTTP/1.1\r\nHost: x\r\nCookie: a=b\r\n\r\n".to_string();
+        assert!(status_line(normal).await.contains(" 200 "));
+        let padding = "a".repeat(100 * 1024);
+        let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {padding}\r\n\r\n");
+        assert!(status_line(huge).await.contains(" 431 "));
     }
 
     /// A client that asks for an answer and never reads it (a slow-read attack) no longer
