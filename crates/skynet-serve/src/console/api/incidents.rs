@@ -376,7 +376,12 @@ fn requested_state(entry: &AuditEntry) -> Option<IncidentState> {
     let state = match (entry.action.as_str(), entry.role.as_str()) {
         ("incident.status", "case_system") => after.get("status"),
         ("incident.status", _) => after.get("requested"),
-        ("incident.ack", _) => after.get("state"),
+        // An acknowledgement that left the state as it was (already past open, or the
+        // risk stage could not take it) asked for nothing: it must not be credited with a
+        // later revision that reaches that state.
+        ("incident.ack", _) => after
+            .get("state")
+            .filter(|state| entry.before.as_ref().and_then(|b| b.get("state")) != Some(*state)),
         _ => None,
     }?;
     IncidentState::parse(state.as_str()?)
@@ -897,6 +902,28 @@ mod tests {
             ),
         ];
         let actors = actors(&revisions, &changes);
+        assert_eq!(
+            actors,
+            [
+                None,
+                Some("op".into()),
+                Some("insp".into()),
+                Some("case-system".into())
+            ]
+        );
+        // An acknowledgement that left the state where it was (dispatched) asked for
+        // nothing: the dispatched revision stays the inspector's.
+        let mut changes = changes.to_vec();
+        let mut idle_ack = entry(
+            3,
+            "op-2",
+            "operator",
+            "incident.ack",
+            serde_json::json!({"state": "dispatched"}),
+        );
+        idle_ack.before = Some(serde_json::json!({"state": "dispatched"}));
+        changes.insert(2, idle_ack);
+        let actors = self::actors(&revisions, &changes);
         assert_eq!(
             actors,
             [
