@@ -1,0 +1,11 @@
+//! The deployment files under deploy/, run or checked as they are committed:
+//! - `three_level`: the city hub and two district leaf nodes of deploy/three-level/, each a
+//!   nats-server of the test's own on spare ports (stopped by its pid), with JetStream domains,
+//!   the city's stream sourcing the districts', and a cut link that catches up;
+//! - `manifests`: deploy/kubernetes/*.yaml against Kubernetes' schemas (kubernetes-validate).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod manifests;
+mod three_level;
