@@ -421,6 +421,21 @@ impl LoginLimiter {
         }
     }
 
+    /// The attempt's password was never checked (no check free in time, or the check
+    /// failed to run): it does not count, and forgives nothing either.
+    pub fn cancelled(&self, attempt: Attempt) {
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(address) = &attempt.address {
+            tables.addresses.refund(address, false);
+        }
+        if let Some(account) = &attempt.account {
+            tables.accounts.refund(account, false);
+        }
+        if let Some(device) = &attempt.device {
+            tables.devices.refund(device, false);
+        }
+    }
+
     /// Keys tracked now, all kinds together (bounded by 3 × [`MAX_KEYS`]).
     pub fn tracked(&self) -> usize {
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -604,6 +619,27 @@ mod tests {
         assert!(limiter.begin(None, "op", Some(device)).is_err());
         // Another key, with another key's mac, is refused.
         assert_eq!(LoginLimiter::new([8; 32]).check_device(&cookie, "op"), None);
+    }
+
+    #[test]
+    fn an_attempt_never_checked_costs_nothing_and_forgives_nothing() {
+        let limiter = limiter();
+        let client: IpAddr = "10.3.0.1".parse().unwrap();
+        let cookie = limiter.issue_device("op").unwrap();
+        let device = limiter.check_device(&cookie, "op").unwrap().to_string();
+        for _ in 0..DEVICE.free - 1 {
+            limiter.failed(limiter.begin(None, "op", Some(&device)).unwrap());
+        }
+        // As many unchecked attempts as one likes (a login that found no password check
+        // free): none of them counts.
+        for _ in 0..ADDRESS.free * 3 {
+            limiter.cancelled(limiter.begin(Some(client), "op", None).unwrap());
+            limiter.cancelled(limiter.begin(None, "op", Some(&device)).unwrap());
+        }
+        assert!(limiter.begin(Some(client), "op", None).unwrap().clean);
+        // The device's earlier failures still stand: one more and it waits.
+        limiter.failed(limiter.begin(None, "op", Some(&device)).unwrap());
+        assert!(limiter.begin(None, "op", Some(&device)).is_err());
     }
 
     #[test]

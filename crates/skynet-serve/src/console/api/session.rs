@@ -262,18 +262,21 @@ pub(super) async fn login(
     } else {
         &console.password_checks
     };
-    let _permit = tokio::time::timeout(Duration::from_secs(10), checks.acquire())
+    let permit = tokio::time::timeout(Duration::from_secs(10), checks.acquire())
         .await
         .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            metrics::counter!("skynet_api_logins_total", "outcome" => "busy").increment(1);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many logins at once; try again",
-            )
-        })?;
+        .and_then(Result::ok);
+    let Some(_permit) = permit else {
+        // The password was never checked: the attempt costs the client nothing (a user
+        // waiting behind guesses must not be slowed as a guesser).
+        console.limiter.cancelled(attempt);
+        metrics::counter!("skynet_api_logins_total", "outcome" => "busy").increment(1);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many logins at once; try again",
+        ));
+    };
     let c = Arc::clone(&console);
     let checked = name.clone();
     let user = blocking(move || {
@@ -281,7 +284,14 @@ pub(super) async fn login(
             .check_password(&checked, &request.password)
             .map_err(ApiError::internal)
     })
-    .await?;
+    .await;
+    let user = match user {
+        Ok(user) => user,
+        Err(e) => {
+            console.limiter.cancelled(attempt);
+            return Err(e);
+        }
+    };
     let Some(user) = user else {
         console.limiter.failed(attempt);
         metrics::counter!("skynet_api_logins_total", "outcome" => "failed").increment(1);
