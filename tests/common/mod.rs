@@ -5,6 +5,9 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod nats_server;
+
+pub use nats_server::PrivateNats;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -443,75 +446,6 @@ pub fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Valu
         .iter_errors(value)
         .map(|e| format!("{e} at {}", e.instance_path))
         .collect()
-}
-
-/// A nats-server of the test's own, on a spare port, with its store in `dir`.
-pub struct PrivateNats {
-    port: u16,
-    dir: PathBuf,
-    pub child: Option<Child>,
-}
-
-impl PrivateNats {
-    pub fn start(dir: &Path) -> Self {
-        let mut server = Self {
-            port: free_port().port(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        server.resume();
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn resume(&mut self) {
-        // Debian puts it in /usr/sbin, which a non-root user's PATH may lack.
-        let bin = if Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server"
-        } else {
-            "nats-server"
-        };
-        let child = Command::new(bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        assert!(
-            eventually(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                self.port
-            ))
-            .is_ok()),
-            "nats-server did not start on {}",
-            self.port
-        );
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Every message in `stream`, as (Nats-Msg-Id, subject, headers, body), read with an
