@@ -323,6 +323,75 @@ mod tests {
         assert!(!config.is_trusted_proxy("10.0.1.7".parse().unwrap()));
     }
 
+    /// `[api]` from its keys as written (JSON stands in for TOML: the same serde names).
+    fn api(keys: serde_json::Value) -> Result<ApiConfig, FieldError> {
+        let settings: ApiSettings = serde_json::from_value(keys).unwrap();
+        settings.validate(&ConfigContext::new(std::path::Path::new(
+            "/etc/skynet/skynet.toml",
+        )))
+    }
+
+    #[test]
+    fn the_public_keys_are_read_and_bad_values_refused_naming_the_key() {
+        use serde_json::json;
+        let config = api(json!({
+            "listen": "0.0.0.0:8443",
+            "idle_timeout_s": 600,
+            "trusted_proxies": ["10.0.0.5", "10.1.0.0/16"],
+            "hosts": ["Console.City.Example", "console.city.example:443"],
+            "tls_cert": "tls/cert.pem",
+            "tls_key": "tls/key.pem",
+        }))
+        .unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(600));
+        assert!(config.is_trusted_proxy("10.0.0.5".parse().unwrap()));
+        assert!(config.is_trusted_proxy("10.1.200.3".parse().unwrap()));
+        assert!(!config.is_trusted_proxy("10.0.0.6".parse().unwrap()));
+        // Lower-cased; a name with no port is accepted bare and at the listen port.
+        for host in [
+            "console.city.example",
+            "console.city.example:8443",
+            "console.city.example:443",
+        ] {
+            assert!(config.hosts.iter().any(|h| h == host), "{host}");
+        }
+        assert!(!config.hosts.iter().any(|h| h.starts_with("localhost")));
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert, std::path::Path::new("/etc/skynet/tls/cert.pem"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/skynet/tls/key.pem"));
+        assert!(config.secure_cookie, "beyond loopback the cookie is Secure");
+        assert!(!config.insecure_cookie_forced);
+        let forced = api(json!({"listen": "0.0.0.0:8080", "secure_cookie": false})).unwrap();
+        assert!(!forced.secure_cookie && forced.insecure_cookie_forced);
+
+        for (keys, field) in [
+            (
+                json!({"listen": "127.0.0.1:8080", "idle_timeout_s": 5}),
+                "idle_timeout_s",
+            ),
+            (
+                json!({"listen": "127.0.0.1:8080", "trusted_proxies": ["proxy.lan"]}),
+                "trusted_proxies",
+            ),
+            (json!({"listen": "127.0.0.1:8080", "hosts": []}), "hosts"),
+            (
+                json!({"listen": "127.0.0.1:8080", "hosts": ["a b"]}),
+                "hosts",
+            ),
+            (
+                json!({"listen": "127.0.0.1:8080", "tls_cert": "c.pem"}),
+                "tls_key",
+            ),
+            (
+                json!({"listen": "127.0.0.1:8080", "tls_key": "k.pem"}),
+                "tls_cert",
+            ),
+        ] {
+            let error = api(keys.clone()).unwrap_err();
+            assert_eq!(error.field, field, "{keys}: {}", error.message);
+        }
+    }
+
     #[test]
     fn default_hosts_are_the_listen_address_and_localhost_at_its_port() {
         let config = ApiConfig::local("192.168.1.5:8080".parse().unwrap());
