@@ -155,8 +155,16 @@ async fn count(js: &jetstream::Context, name: &str) -> u64 {
     }
 }
 
-/// Every message of `name`, as (Nats-Msg-Id, subject), in stream order.
-async fn read_all(js: &jetstream::Context, name: &str) -> Vec<(String, String)> {
+/// One stored message: its `Nats-Msg-Id`, its CloudEvent source, and for a sourced one the
+/// `Nats-Stream-Source` header's origin (`<stream>:<hash of the source's API prefix>`).
+struct Stored {
+    id: String,
+    ce_source: String,
+    origin: Option<String>,
+}
+
+/// Every message of `name`, in stream order.
+async fn read_all(js: &jetstream::Context, name: &str) -> Vec<Stored> {
     let mut stream = js.get_stream(name).await.unwrap();
     let total = stream.info().await.unwrap().state.messages;
     let consumer = stream
@@ -171,13 +179,20 @@ async fn read_all(js: &jetstream::Context, name: &str) -> Vec<(String, String)> 
             .expect("the stream's messages come")
             .expect("the consumer goes on")
             .unwrap();
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        out.push((id, message.subject.to_string()));
+        let header = |key: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(key))
+                .map(|v| v.to_string())
+        };
+        out.push(Stored {
+            id: header("Nats-Msg-Id").unwrap_or_default(),
+            ce_source: header("ce-source").unwrap_or_default(),
+            // "SKYNET_INCIDENTS:GdAn74Cw 17": the origin, then the district's sequence.
+            origin: header("Nats-Stream-Source")
+                .and_then(|v| v.split(' ').next().map(str::to_string)),
+        });
     }
     out
 }
@@ -229,9 +244,29 @@ async fn assert_city_holds(city: &jetstream::Context, expected: &BTreeSet<String
     .await;
     let messages = read_all(city, STREAM).await;
     let mut seen = BTreeMap::<&str, usize>::new();
-    for (id, _) in &messages {
-        *seen.entry(id.as_str()).or_default() += 1;
+    // Which district each message came from, by the source JetStream names in its header:
+    // one origin per district, whatever the events say of themselves.
+    let mut origins = BTreeMap::<&str, BTreeSet<&str>>::new();
+    for m in &messages {
+        *seen.entry(m.id.as_str()).or_default() += 1;
+        let origin = m
+            .origin
+            .as_deref()
+            .expect("a sourced message names its origin");
+        origins
+            .entry(origin)
+            .or_default()
+            .insert(m.ce_source.as_str());
     }
+    assert_eq!(
+        origins.len(),
+        2,
+        "{when}: one origin per district: {origins:?}"
+    );
+    assert!(
+        origins.values().all(|sources| sources.len() == 1),
+        "{when}: each origin is one district: {origins:?}"
+    );
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -409,7 +444,7 @@ fn districts_feed_the_city_and_a_cut_link_catches_up() {
             let own: BTreeSet<String> = read_all(js, STREAM)
                 .await
                 .into_iter()
-                .map(|(id, _)| id)
+                .map(|m| m.id)
                 .collect();
             assert_eq!(
                 &own, &per_district[name],
