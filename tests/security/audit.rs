@@ -321,6 +321,19 @@ async fn a_row_changed_in_the_database_breaks_the_chain_and_skynet_audit_verify_
             .output()
             .unwrap()
     };
+    // A config whose state database is not there verifies nothing, and says so (opening
+    // it would create an empty one that holds).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let missing = crate::common::config_in(elsewhere.path(), "", crate::common::free_port(), "");
+    let out = std::process::Command::new(crate::common::skynet_bin())
+        .args(["audit", "verify", "--config"])
+        .arg(&missing)
+        .current_dir(crate::common::repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state database"));
+    assert!(!elsewhere.path().join("outbox.sqlite").exists());
     let out = verify();
     assert!(
         out.status.success(),

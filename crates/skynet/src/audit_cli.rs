@@ -66,6 +66,13 @@ pub fn cli_entry(
 /// rows" on stdout, the last hash on stderr to keep elsewhere: deleting the newest rows
 /// leaves a chain that holds, but not that hash); `Ok(false)` after naming the first break.
 pub fn verify(config: &PipelineConfig) -> Result<bool> {
+    // Opening creates a missing database: a wrong path would then verify as "ok, 0 rows".
+    if !config.outbox.exists() {
+        anyhow::bail!(
+            "no state database at {}: nothing to verify (is this the config the console runs with?)",
+            config.outbox.display()
+        );
+    }
     let store = ConsoleStore::open(&config.outbox)
         .with_context(|| format!("opening the state database {}", config.outbox.display()))?;
     match store.verify_audit()? {
