@@ -10,6 +10,7 @@ pub fn describe_metrics() {
     skynet_risk::describe_metrics();
     skynet_snapshot::describe_metrics();
     skynet_emit::describe_metrics();
+    skynet_cluster::describe_metrics();
     describe_own_metrics();
 }
 
