@@ -183,7 +183,12 @@ pub(super) fn client_address(
     for hop in forwarded.into_iter().rev() {
         // An entry that is not an address was written by the client (a trusted proxy
         // appends addresses): the last trusted hop is the nearest known client.
-        let Ok(hop) = hop.trim().parse::<IpAddr>().map(canonical) else {
+        // Some proxies append the port too (`1.2.3.4:5678`, `[2001:db8::1]:5678`).
+        let hop = hop.trim();
+        let parsed = hop
+            .parse::<IpAddr>()
+            .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()));
+        let Ok(hop) = parsed.map(canonical) else {
             break;
         };
         client = hop;
@@ -450,6 +455,11 @@ mod tests {
         assert_eq!(client, Some("198.51.100.7".parse().unwrap()));
         let client = client_address(&config, Some(proxy), &headers("x"));
         assert_eq!(client, Some(proxy));
+        // An address with its port is the address.
+        let client = client_address(&config, Some(proxy), &headers("198.51.100.7:50123"));
+        assert_eq!(client, Some("198.51.100.7".parse().unwrap()));
+        let client = client_address(&config, Some(proxy), &headers("[2001:db8::7]:443"));
+        assert_eq!(client, Some("2001:db8::7".parse().unwrap()));
         // A proxy that sent no header is the client.
         assert_eq!(
             client_address(&config, Some(proxy), &HeaderMap::new()),
