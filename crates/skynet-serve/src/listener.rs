@@ -658,6 +658,59 @@ mod tests {
         assert!(status_line(huge).await.contains(" 431 "));
     }
 
+    /// Stopping the listener lets a request in flight finish (its answer arrives, whole,
+    /// with the connection closed after it) and then returns; an idle connection is closed.
+    #[tokio::test]
+    async fn a_stopping_listener_finishes_the_request_in_flight_and_returns() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let handler_release = Arc::clone(&release);
+        let router = Router::new().route(
+            "/slow",
+            axum::routing::get(move || {
+                let entered = entered_tx.lock().unwrap().take();
+                let release = Arc::clone(&handler_release);
+                async move {
+                    if let Some(entered) = entered {
+                        let _ = entered.send(());
+                    }
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve_router(
+            listener,
+            router,
+            Limits::metrics(),
+            None,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        entered_rx.await.unwrap();
+        stop_tx.send(()).unwrap();
+        // The idle connection is closed (EOF) while the busy one's request goes on.
+        let mut byte = [0u8; 1];
+        assert_eq!(idle.read(&mut byte).await.unwrap(), 0);
+        release.notify_one();
+        let mut answer = Vec::new();
+        busy.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        served.await.unwrap().unwrap();
+    }
+
     /// A client that asks for an answer and never reads it (a slow-read attack) no longer
     /// holds its connection for ever; one that reads, however slowly each time, is served.
     #[tokio::test]
