@@ -8,7 +8,9 @@
 //!   members, so when one member leaves only its items move.
 //! - [`Leases`]: `camera.<id>` in the `skynet_leases` bucket, taken only if absent, renewed
 //!   with compare-and-swap on its revision, expired by the bucket's age limit.
+//! - [`Claims`]: an edge's share of the cameras, each run only while its lease is held.
 
+mod claims;
 mod config;
 mod describe;
 mod error;
@@ -16,6 +18,7 @@ mod hash;
 mod lease;
 mod membership;
 
+pub use claims::Claims;
 pub use config::{ClusterConfig, Role, Timing, check_node_name};
 pub use describe::describe_metrics;
 pub use error::ClusterError;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nats_server::PrivateNats;
 use skynet_cluster::{
-    Assignments, ClusterConfig, ClusterError, Leases, Membership, Role, View, owner,
+    Assignments, Claims, ClusterConfig, ClusterError, Leases, Membership, Role, View, owner,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -246,4 +246,140 @@ async fn no_url_is_a_single_node_and_bad_names_are_refused() {
         leases.try_acquire("camera.").await,
         Err(ClusterError::InvalidKey(_))
     ));
+}
+
+/// Two (then three) edges sharing 12 cameras: together they run every camera, no camera is
+/// ever runnable on two edges at the same moment (sampled every 10 ms throughout), a
+/// crashed edge's cameras run on the survivor once its leases expire, and a joining edge
+/// gets its share from the others at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_share_the_cameras_and_a_crashed_edges_cameras_run_on_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(&dir.path().join("nats"));
+    let url = nats.url();
+    let timing = config(&url).timing();
+    let keys: Vec<String> = (0..12)
+        .map(|i| Leases::camera_key(&format!("cam-{i:02}")))
+        .collect();
+    let all: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+
+    async fn edge(url: &str, node: &str, keys: &[String]) -> (Membership, Claims) {
+        let c = client(url).await;
+        let m = Membership::join(&c, &config(url), node, Role::Edge)
+            .await
+            .unwrap();
+        let leases = Leases::open(&c, &config(url), node).await.unwrap();
+        let claims = Claims::start(&m, leases, Role::Edge, keys.to_vec(), config(url).timing());
+        (m, claims)
+    }
+
+    let (ma, a) = edge(&url, "edge-a", &keys).await;
+    let (mb, b) = edge(&url, "edge-b", &keys).await;
+    let ra = a.runnable();
+    let rb = b.runnable();
+
+    // The invariant, checked all along: never runnable on two edges at once.
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(vec![ra.clone(), rb.clone()]));
+    let checker = {
+        let watched = watched.clone();
+        tokio::spawn(async move {
+            let mut samples = 0u64;
+            loop {
+                {
+                    let sets: Vec<_> = watched
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.borrow().clone())
+                        .collect();
+                    for (i, x) in sets.iter().enumerate() {
+                        for y in &sets[i + 1..] {
+                            let both: Vec<_> = x.intersection(y).collect();
+                            assert!(both.is_empty(), "runnable on two edges at once: {both:?}");
+                        }
+                    }
+                }
+                samples += 1;
+                if samples > 1_000_000 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    let union = |rs: &[&watch::Receiver<std::collections::BTreeSet<String>>]| {
+        rs.iter()
+            .flat_map(|r| r.borrow().clone())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let wait = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
+        tokio::time::timeout(GUARD, async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not within {GUARD:?}: {what}"));
+    };
+
+    {
+        let (ra, rb, all) = (ra.clone(), rb.clone(), all.clone());
+        wait(
+            "two edges run every camera between them",
+            Box::new(move || {
+                union(&[&ra, &rb]) == all && !ra.borrow().is_empty() && !rb.borrow().is_empty()
+            }),
+        )
+        .await;
+    }
+
+    // edge-b crashes: its heartbeat stops and its leases are neither renewed nor released.
+    let crashed_at = Instant::now();
+    drop(b);
+    drop(mb);
+    {
+        let (ra, all) = (ra.clone(), all.clone());
+        wait(
+            "the survivor runs every camera",
+            Box::new(move || *ra.borrow() == all),
+        )
+        .await;
+    }
+    println!(
+        "a crashed edge's cameras all ran on the survivor {:.2} s after the crash (failover_s {FAILOVER_S}, expiry {:.2} s)",
+        crashed_at.elapsed().as_secs_f64(),
+        timing.expiry.as_secs_f64()
+    );
+
+    // edge-c joins: it takes its share, handed over by edge-a at once.
+    let (mc, c) = edge(&url, "edge-c", &keys).await;
+    let rc = c.runnable();
+    watched.lock().unwrap().push(rc.clone());
+    {
+        let (ra, rc, all) = (ra.clone(), rc.clone(), all.clone());
+        wait(
+            "two edges share the cameras again",
+            Box::new(move || {
+                union(&[&ra, &rc]) == all && !ra.borrow().is_empty() && !rc.borrow().is_empty()
+            }),
+        )
+        .await;
+    }
+
+    // edge-c stops cleanly: it releases its leases and leaves, and edge-a runs all again.
+    c.stop().await;
+    mc.leave().await.unwrap();
+    {
+        let (ra, all) = (ra.clone(), all.clone());
+        wait(
+            "edge-a runs every camera again",
+            Box::new(move || *ra.borrow() == all),
+        )
+        .await;
+    }
+    assert!(!checker.is_finished(), "the invariant checker failed");
+    checker.abort();
+    a.stop().await;
+    drop(ma);
 }
