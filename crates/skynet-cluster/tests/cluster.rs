@@ -383,3 +383,28 @@ async fn edges_share_the_cameras_and_a_crashed_edges_cameras_run_on_the_survivor
     a.stop().await;
     drop(ma);
 }
+
+/// While NATS is down a node sees no heartbeat, its own included, so it claims nothing;
+/// when NATS is back, the members are seen again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_come_back_after_a_nats_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = PrivateNats::start(&dir.path().join("nats"));
+    let url = nats.url();
+    let a = join(&url, "edge-a", Role::Edge).await;
+    let b = join(&url, "edge-b", Role::Edge).await;
+    let mut view = a.view(Role::Edge);
+    let both = names(&["edge-a", "edge-b"]);
+    until(&mut view, |v| v.members == both).await;
+
+    nats.stop();
+    until(&mut view, |v| v.members.is_empty()).await;
+    let resumed_at = Instant::now();
+    nats.resume();
+    until(&mut view, |v| v.members == both).await;
+    until(&mut b.view(Role::Edge), |v| v.members == both).await;
+    println!(
+        "members seen again {:.2} s after nats-server came back",
+        resumed_at.elapsed().as_secs_f64()
+    );
+}
