@@ -7,6 +7,8 @@
 pub mod mosquitto;
 pub mod nats_server;
 
+// Not every test binary starts a NATS server of its own.
+#[allow(unused_imports)]
 pub use nats_server::PrivateNats;
 
 use std::io::{Read, Write};
