@@ -137,6 +137,12 @@ impl Keeper {
         }
     }
 
+    /// How often a held lease is renewed: every heartbeat, or more often where the lease
+    /// bucket was made by a node with a shorter expiry (its leases last only that long).
+    fn renew_every(&self) -> std::time::Duration {
+        self.timing.heartbeat.min(self.leases.ttl() / 2)
+    }
+
     /// Publishes the items whose lease is held for at least two more checks.
     fn publish(&self, runnable: &watch::Sender<BTreeSet<String>>) {
         let until = Instant::now() + self.timing.check * 2;
@@ -183,13 +189,14 @@ impl Keeper {
                 }
             }
         }
+        let renew_every = self.renew_every();
         for key in &mine {
             match self.held.get_mut(key) {
                 Some(lease) => {
                     let due = self
                         .renewed
                         .get(key)
-                        .is_none_or(|at| now.duration_since(*at) >= self.timing.heartbeat);
+                        .is_none_or(|at| now.duration_since(*at) >= renew_every);
                     if !due {
                         continue;
                     }
