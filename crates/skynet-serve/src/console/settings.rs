@@ -135,32 +135,16 @@ fn default_hosts(listen: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-fn seconds(
+/// `value` (or `default`) when it lies in `range`; otherwise an error naming `field`.
+fn in_range<T>(
     field: &str,
-    value: Option<u64>,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<Duration, FieldError> {
-    let value = value.unwrap_or(default);
-    if !range.contains(&value) {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "`{field}` = {value} must be between {} and {}",
-                range.start(),
-                range.end()
-            ),
-        ));
-    }
-    Ok(Duration::from_secs(value))
-}
-
-fn count(
-    field: &str,
-    value: Option<usize>,
-    default: usize,
-    range: std::ops::RangeInclusive<usize>,
-) -> Result<usize, FieldError> {
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, FieldError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
     let value = value.unwrap_or(default);
     if !range.contains(&value) {
         return Err(FieldError::new(
@@ -173,6 +157,15 @@ fn count(
         ));
     }
     Ok(value)
+}
+
+fn seconds(
+    field: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, FieldError> {
+    in_range(field, value, default, range).map(Duration::from_secs)
 }
 
 impl ApiSettings {
@@ -279,14 +272,14 @@ impl ApiSettings {
         };
         let loopback = listen.ip().is_loopback();
         let secure_cookie = self.secure_cookie.unwrap_or(!loopback || tls.is_some());
-        let max_connections = count(
+        let max_connections = in_range(
             "max_connections",
             self.max_connections,
             4096,
             16..=1_000_000,
         )?;
-        let max_streams = count("max_streams", self.max_streams, 2000, 1..=100_000)?;
-        let max_streams_per_user = count(
+        let max_streams = in_range("max_streams", self.max_streams, 2000, 1..=100_000)?;
+        let max_streams_per_user = in_range(
             "max_streams_per_user",
             self.max_streams_per_user,
             10,
