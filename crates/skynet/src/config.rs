@@ -61,6 +61,8 @@ struct ConfigFile {
     cases: Option<Spanned<toml::Table>>,
     /// The people's console and its HTTP API.
     api: Option<Spanned<toml::Table>>,
+    /// `[cluster]`: the NATS a city's nodes share (issue 23); parsed and checked, not yet run.
+    cluster: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +299,8 @@ pub struct PipelineConfig {
     pub cases: Option<CasesSettings>,
     /// The console and its API; `None` when the config has no `[api]`.
     pub api: Option<skynet_serve::console::ApiConfig>,
+    /// `[cluster]`; an empty `url` (the default) is a single node. Not yet used at run time.
+    pub cluster: skynet_cluster::ClusterConfig,
     /// `[evidence]`: where incident snapshots go, and how often they are taken.
     pub evidence: SnapshotConfig,
 }
@@ -439,7 +443,9 @@ fn validate(
     file: ConfigFile,
     registry: &Registry,
 ) -> Result<PipelineConfig, ConfigError> {
-    let node = file.node.name.get_ref().clone();
+    // `${SKYNET_NODE_NAME:-city-node}`: one config serves every process of a city.
+    let node = skynet_core::config::expand_vars(file.node.name.get_ref())
+        .map_err(|m| at.error(file.node.name.span(), m))?;
     id_error(at, file.node.name.span(), "node", &node)?;
     let metrics_listen = match &file.metrics.listen {
         None => None,
@@ -523,6 +529,20 @@ fn validate(
             })?)
         }
     };
+    let cluster = match &file.cluster {
+        None => skynet_cluster::ClusterConfig::default(),
+        Some(table) => {
+            let (settings, region) = section::<skynet_cluster::ClusterConfig>(at, Some(table))?;
+            settings
+                .validate(&cx)
+                .map_err(|e| at.field_error(&region, e))?
+        }
+    };
+    if !cluster.is_single_node() {
+        // The node's name becomes its member key `<role>.<node>` in the cluster's KV.
+        skynet_cluster::check_node_name("name", &node)
+            .map_err(|e| at.error(file.node.name.span(), e.message))?;
+    }
     let cases = match &file.cases {
         None => None,
         Some(table) => {
@@ -625,6 +645,7 @@ fn validate(
         sensors,
         cases,
         api,
+        cluster,
         evidence,
     })
 }

@@ -630,6 +630,10 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
             .context("installing signal handlers")?;
     }
     tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), sensors = config.sensors.len(), "starting");
+    if !config.cluster.is_single_node() {
+        // Issue 23 in progress: membership and leases exist as a library, not yet as roles.
+        tracing::warn!(cluster = %config.cluster.url, "[cluster] url is set, but the roles that use it are not built yet: running as a single node");
+    }
     let result = pipeline::run(
         &config,
         RunOptions {
