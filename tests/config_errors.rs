@@ -639,6 +639,20 @@ fn the_console_settings_are_checked_where_written() {
         &with_api("listen = \"127.0.0.1:0\"\nsecure_cookie = true"),
     );
     assert!(behind_tls.api.expect("[api]").secure_cookie);
+    // A TLS proxy on the same host reaches a loopback listener: naming a proxy turns the
+    // Secure cookie on by default, and writing it off still wins.
+    let proxied = common::pipeline_config(
+        dir.path(),
+        &with_api("listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]"),
+    );
+    assert!(proxied.api.expect("[api]").secure_cookie);
+    let proxied_off = common::pipeline_config(
+        dir.path(),
+        &with_api(
+            "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\nsecure_cookie = false",
+        ),
+    );
+    assert!(!proxied_off.api.expect("[api]").secure_cookie);
     let text = with_api("listen = \"localhost\"");
     let e = error_for(&text);
     assert!(

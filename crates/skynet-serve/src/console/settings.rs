@@ -21,7 +21,8 @@ pub struct ApiSettings {
     #[serde(default)]
     pub idle_timeout_s: Option<u64>,
     /// Mark the session cookie `Secure` (sent over HTTPS only). Default: on whenever the
-    /// listen address is not loopback (a TLS proxy or `tls_cert` is then expected).
+    /// listen address is not loopback, `tls_cert` is set, or `trusted_proxies` names a
+    /// proxy (a TLS proxy is then expected, on the same host for a loopback listener).
     #[serde(default)]
     pub secure_cookie: Option<bool>,
     /// Addresses (or CIDR ranges) of reverse proxies whose `X-Forwarded-For` names the
@@ -271,7 +272,11 @@ impl ApiSettings {
             }
         };
         let loopback = listen.ip().is_loopback();
-        let secure_cookie = self.secure_cookie.unwrap_or(!loopback || tls.is_some());
+        // A trusted proxy on the same host (TLS ends there) reaches a loopback listener:
+        // the browser still speaks HTTPS, so the cookie is Secure by default then too.
+        let secure_cookie = self
+            .secure_cookie
+            .unwrap_or(!loopback || tls.is_some() || !trusted_proxies.is_empty());
         let max_connections = in_range(
             "max_connections",
             self.max_connections,
