@@ -7,6 +7,8 @@ mod audit;
 #[path = "../common/mod.rs"]
 mod common;
 mod files;
+#[path = "../../crates/skynet-serve/tests/support/fixture.rs"]
+mod fixture;
 mod listeners;
 mod logins;
 mod openapi_fuzz;

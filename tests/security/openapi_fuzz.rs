@@ -19,12 +19,11 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use skynet_core::{Health, Incident, LiveThresholds, OwnerKind};
-use skynet_emit::{CloudEvent, Outbox, OutboxEvent};
-use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
-};
+use skynet_core::{Incident, OwnerKind, RiskEvent};
+use skynet_serve::console::{ApiConfig, ConsoleStore, Role};
 use tower::ServiceExt;
+
+use crate::fixture;
 
 const OPENAPI: &str = include_str!("../../crates/skynet-serve/src/console/openapi.json");
 /// Not on a common-password list, and longer than the minimum.
@@ -66,64 +65,30 @@ struct Target {
 async fn target() -> Target {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state/outbox.sqlite");
-    {
-        let mut outbox = Outbox::open(&db).unwrap();
-        for (id, department, owner) in [
-            ("inc-gas", "emergency", "safety_production"),
-            ("inc-street", "streets", "city_management"),
-        ] {
-            let event = CloudEvent::incident("test", &incident(id, department, owner));
-            outbox
-                .commit(&[OutboxEvent::Incident(event)], None)
-                .unwrap();
-        }
+    for (id, department, owner) in [
+        ("inc-gas", "emergency", "safety_production"),
+        ("inc-street", "streets", "city_management"),
+    ] {
+        fixture::commit(&db, &[RiskEvent::Incident(incident(id, department, owner))]);
     }
-    let evidence = dir.path().join("evidence");
-    std::fs::create_dir_all(evidence.join("inc-gas")).unwrap();
-    std::fs::write(evidence.join("inc-gas/1.jpg"), b"\xff\xd8jpeg").unwrap();
-    let console = Console::open(
-        ApiConfig {
-            session_ttl: Duration::from_secs(3600),
-            ..ApiConfig::local("127.0.0.1:8080".parse().unwrap())
-        },
+    let console = fixture::console(
+        dir.path(),
         &db,
-        Some(evidence),
-        Health::new(),
-        None,
-    )
-    .unwrap();
-    console.set_grids(vec![json!({
-        "type": "Feature", "id": "G-0201",
-        "geometry": {"type": "Polygon", "coordinates": [[[114.0, 22.0], [114.1, 22.0], [114.1, 22.1], [114.0, 22.0]]]},
-        "properties": {"id": "G-0201", "name": "Warehouses"}
-    })]);
-    console.register_camera(CameraRegistration {
-        id: skynet_core::DeviceId::new("cam-1"),
-        grid: "G-0201".into(),
-        owner: OwnerKind::SafetyProduction,
-        thresholds: Arc::new(LiveThresholds::new(
-            0.3,
-            [("person".to_string(), 0.4)].into(),
-        )),
-    });
-    console.register_sensor(SensorRegistration {
-        id: "gas-07".into(),
-        grid: "G-0201".into(),
-        owner: OwnerKind::SafetyProduction,
-        quantity: "ch4".into(),
-        unit: Some("%LEL".into()),
-    });
-    console.set_frame(
-        &skynet_core::DeviceId::new("cam-1"),
-        b"\xff\xd8frame".to_vec(),
-        chrono::Utc::now(),
+        fixture::Seed {
+            config: ApiConfig {
+                session_ttl: Duration::from_secs(3600),
+                ..ApiConfig::local("127.0.0.1:8080".parse().unwrap())
+            },
+            evidence: &[("inc-gas", b"\xff\xd8jpeg")],
+            camera_owner: OwnerKind::SafetyProduction,
+        },
     );
     // A risk stage that takes every change (and commits nothing): status changes reach
     // the end of their handler instead of answering "no pipeline".
     console.connect_status(Box::new(|_| Ok(())));
     let console = Arc::new(console);
     let store = ConsoleStore::open(&db).unwrap();
-    let users = [
+    let users: [fixture::UserSpec; 4] = [
         ("fz-operator", Role::Operator, None, None),
         (
             "fz-inspector",
@@ -134,23 +99,13 @@ async fn target() -> Target {
         ("fz-engineer", Role::Engineer, None, None),
         ("fz-admin", Role::Admin, None, None),
     ];
+    fixture::put_users(&store, &users, PASSWORD);
     let app = skynet_serve::console::console_router(Arc::clone(&console));
     let mut callers = vec![
         Caller::Anonymous,
         Caller::Forged("skt_0000000000000000000000000000000000000000".into()),
     ];
-    for (name, role, department, owner) in users {
-        store
-            .put_user(
-                &User {
-                    name: name.into(),
-                    role,
-                    department: department.map(str::to_string),
-                    owner: owner.map(str::to_string),
-                },
-                PASSWORD,
-            )
-            .unwrap();
+    for (name, role, ..) in users {
         let request = base(Method::POST, "/api/v1/login")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(

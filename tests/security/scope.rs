@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use skynet_core::{CaseStatus, GridRisk, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
-use skynet_emit::{Outbox, OutboxEvent};
-use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
-};
+use skynet_core::{GridRisk, Incident, OwnerKind, RiskEvent};
+use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role};
+
+use crate::fixture;
 
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// The incident no inspector of `emergency` may learn of, and what would give it away.
@@ -48,11 +47,6 @@ fn grid_change(revision: u64) -> GridRisk {
         "incidents": [IN, OUT]
     }))
     .expect("a valid cell change")
-}
-
-fn commit(path: &std::path::Path, events: &[RiskEvent]) {
-    let events: Vec<OutboxEvent> = events.iter().map(|e| OutboxEvent::new("test", e)).collect();
-    Outbox::open(path).unwrap().commit(&events, None).unwrap();
 }
 
 /// The console served on a loopback port over a state database with one incident in the
@@ -89,7 +83,7 @@ pub(crate) async fn world() -> World {
     let db = dir.path().join("outbox.sqlite");
     let inside = incident(IN, "emergency", "safety_production", "gas_leak");
     let outside = incident(OUT, "police-dept", "police", OUT_CATEGORY);
-    commit(
+    fixture::commit(
         &db,
         &[
             RiskEvent::Incident(inside),
@@ -97,75 +91,20 @@ pub(crate) async fn world() -> World {
             RiskEvent::GridRisk(grid_change(1)),
         ],
     );
-    let evidence = dir.path().join("evidence");
-    for id in [IN, OUT] {
-        std::fs::create_dir_all(evidence.join(id)).unwrap();
-    }
-    std::fs::write(evidence.join(IN).join("1.jpg"), b"\xff\xd8in scope").unwrap();
-    std::fs::write(evidence.join(OUT).join("1.jpg"), OUT_EVIDENCE).unwrap();
-    let console = Console::open(
-        ApiConfig::local("127.0.0.1:0".parse().unwrap()),
+    let console = Arc::new(fixture::console(
+        dir.path(),
         &db,
-        Some(evidence),
-        Health::new(),
-        None,
-    )
-    .unwrap();
-    console.set_grids(vec![json!({
-        "type": "Feature", "id": "G-0201",
-        "geometry": {"type": "Polygon", "coordinates": [[[114.0, 22.0], [114.1, 22.0], [114.1, 22.1], [114.0, 22.0]]]},
-        "properties": {"id": "G-0201", "name": "Warehouses"}
-    })]);
-    console.register_camera(CameraRegistration {
-        id: skynet_core::DeviceId::new("cam-1"),
-        grid: "G-0201".into(),
-        owner: OwnerKind::Police,
-        thresholds: Arc::new(LiveThresholds::new(
-            0.3,
-            [("person".to_string(), 0.4)].into(),
-        )),
-    });
-    console.register_sensor(SensorRegistration {
-        id: "gas-07".into(),
-        grid: "G-0201".into(),
-        owner: OwnerKind::SafetyProduction,
-        quantity: "ch4".into(),
-        unit: Some("%LEL".into()),
-    });
-    console.set_frame(
-        &skynet_core::DeviceId::new("cam-1"),
-        b"\xff\xd8frame".to_vec(),
-        chrono::Utc::now(),
-    );
-    let console = Arc::new(console);
+        fixture::Seed {
+            config: ApiConfig::local("127.0.0.1:0".parse().unwrap()),
+            evidence: &[(IN, b"\xff\xd8in scope"), (OUT, OUT_EVIDENCE)],
+            camera_owner: OwnerKind::Police,
+        },
+    ));
     // The stand-in for the risk stage: the next revision committed and published, on its
     // own thread as the pipeline does it.
-    let applier = Arc::downgrade(&console);
-    let path = db.clone();
-    console.connect_status(Box::new(move |status: CaseStatus| {
-        let (path, applier) = (path.clone(), applier.clone());
-        std::thread::spawn(move || {
-            let Some(mut next) = Outbox::open(&path)
-                .unwrap()
-                .incident(&status.incident)
-                .unwrap()
-            else {
-                return;
-            };
-            next.revision += 1;
-            next.state = status.status;
-            next.change = skynet_core::IncidentChange::Feedback;
-            next.assignee = status.assignee;
-            next.note = status.note;
-            commit(&path, &[RiskEvent::Incident(next.clone())]);
-            if let Some(console) = applier.upgrade() {
-                console.publish(&[RiskEvent::Incident(next)]);
-            }
-        });
-        Ok(())
-    }));
+    fixture::connect_risk_stage(&console, &db, |_| false);
     let store = ConsoleStore::open(&db).unwrap();
-    let users = [
+    let users: [fixture::UserSpec; 4] = [
         ("op", Role::Operator, None, None),
         (
             "insp",
@@ -176,19 +115,9 @@ pub(crate) async fn world() -> World {
         ("police", Role::Inspector, Some("police-dept"), None),
         ("adm", Role::Admin, None, None),
     ];
+    fixture::put_users(&store, &users, PASSWORD);
     let mut tokens = Vec::new();
-    for (name, role, department, owner) in users {
-        store
-            .put_user(
-                &User {
-                    name: name.into(),
-                    role,
-                    department: department.map(str::to_string),
-                    owner: owner.map(str::to_string),
-                },
-                PASSWORD,
-            )
-            .unwrap();
+    for (name, ..) in users {
         let token = store
             .issue_token(name, skynet_serve::console::TokenKind::Api, None, None)
             .unwrap();

@@ -14,12 +14,12 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use skynet_core::{CaseStatus, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
-use skynet_emit::{CloudEvent, Outbox, OutboxEvent};
-use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
-};
+use skynet_core::{Incident, LiveThresholds, OwnerKind, RiskEvent};
+use skynet_serve::console::{ApiConfig, CameraRegistration, Console, ConsoleStore, Role};
 use tower::ServiceExt;
+
+#[path = "support/fixture.rs"]
+mod fixture;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -46,15 +46,7 @@ struct Fixture {
 }
 
 fn commit(path: &std::path::Path, incident: &Incident) {
-    let mut outbox = Outbox::open(path).unwrap();
-    outbox
-        .commit(
-            &[OutboxEvent::Incident(CloudEvent::incident(
-                "test", incident,
-            ))],
-            None,
-        )
-        .unwrap();
+    fixture::commit(path, &[RiskEvent::Incident(incident.clone())]);
 }
 
 async fn fixture() -> Fixture {
@@ -68,77 +60,23 @@ async fn fixture() -> Fixture {
         &db,
         &incident("inc-street", "streets", "city_management", "III"),
     );
-    let evidence = dir.path().join("evidence");
-    std::fs::create_dir_all(evidence.join("inc-gas")).unwrap();
-    std::fs::write(evidence.join("inc-gas/1.jpg"), b"\xff\xd8jpeg").unwrap();
-    let console = Console::open(
-        ApiConfig {
-            session_ttl: Duration::from_secs(3600),
-            ..ApiConfig::local("127.0.0.1:0".parse().unwrap())
-        },
+    let console = Arc::new(fixture::console(
+        dir.path(),
         &db,
-        Some(evidence),
-        Health::new(),
-        None,
-    )
-    .unwrap();
-    console.set_grids(vec![json!({
-        "type": "Feature", "id": "G-0201",
-        "geometry": {"type": "Polygon", "coordinates": [[[114.0, 22.0], [114.1, 22.0], [114.1, 22.1], [114.0, 22.0]]]},
-        "properties": {"id": "G-0201", "name": "Warehouses"}
-    })]);
-    console.register_camera(CameraRegistration {
-        id: skynet_core::DeviceId::new("cam-1"),
-        grid: "G-0201".into(),
-        owner: OwnerKind::SafetyProduction,
-        thresholds: Arc::new(LiveThresholds::new(
-            0.3,
-            [("person".to_string(), 0.4)].into(),
-        )),
+        fixture::Seed {
+            config: ApiConfig {
+                session_ttl: Duration::from_secs(3600),
+                ..ApiConfig::local("127.0.0.1:0".parse().unwrap())
+            },
+            evidence: &[("inc-gas", b"\xff\xd8jpeg")],
+            camera_owner: OwnerKind::SafetyProduction,
+        },
+    ));
+    fixture::connect_risk_stage(&console, &db, |status| {
+        status.note.as_deref() == Some("refused by the risk stage")
     });
-    console.register_sensor(SensorRegistration {
-        id: "gas-07".into(),
-        grid: "G-0201".into(),
-        owner: OwnerKind::SafetyProduction,
-        quantity: "ch4".into(),
-        unit: Some("%LEL".into()),
-    });
-    console.set_frame(
-        &skynet_core::DeviceId::new("cam-1"),
-        b"\xff\xd8frame".to_vec(),
-        chrono::Utc::now(),
-    );
-    let console = Arc::new(console);
-    // The stand-in for the risk stage: the next revision, committed, then published.
-    let applier = Arc::downgrade(&console);
-    let path = db.clone();
-    console.connect_status(Box::new(move |status: CaseStatus| {
-        if status.note.as_deref() == Some("refused by the risk stage") {
-            // Taken, then refused (another person's change came first): no revision.
-            return Ok(());
-        }
-        // Applied on another thread, as the risk stage does: the console hands the change
-        // over inside the transaction of its audit entry, and does not wait for it there.
-        let (path, applier) = (path.clone(), applier.clone());
-        std::thread::spawn(move || {
-            let outbox = Outbox::open(&path).unwrap();
-            let Some(mut next) = outbox.incident(&status.incident).unwrap() else {
-                return;
-            };
-            next.revision += 1;
-            next.state = status.status;
-            next.change = skynet_core::IncidentChange::Feedback;
-            next.assignee = status.assignee;
-            next.note = status.note;
-            commit(&path, &next);
-            if let Some(console) = applier.upgrade() {
-                console.publish(&[RiskEvent::Incident(next)]);
-            }
-        });
-        Ok(())
-    }));
     let store = ConsoleStore::open(&db).unwrap();
-    let users = [
+    let users: [fixture::UserSpec; 4] = [
         ("op", Role::Operator, None, None),
         (
             "insp",
@@ -149,19 +87,7 @@ async fn fixture() -> Fixture {
         ("eng", Role::Engineer, None, None),
         ("adm", Role::Admin, None, None),
     ];
-    for (name, role, department, owner) in users {
-        store
-            .put_user(
-                &User {
-                    name: name.into(),
-                    role,
-                    department: department.map(str::to_string),
-                    owner: owner.map(str::to_string),
-                },
-                PASSWORD,
-            )
-            .unwrap();
-    }
+    fixture::put_users(&store, &users, PASSWORD);
     let app = skynet_serve::console::console_router(Arc::clone(&console));
     let mut tokens = Vec::new();
     for (name, role, _, _) in users {
