@@ -457,7 +457,16 @@ pub async fn read_stream(
     stream: &str,
 ) -> Vec<(String, String, BTreeMap<String, String>, serde_json::Value)> {
     let client = async_nats::connect(url).await.unwrap();
-    let js = jetstream::new(client);
+    read_stream_in(&jetstream::new(client), stream, Duration::from_secs(10)).await
+}
+
+/// [`read_stream`] through a JetStream context of the caller's (its credentials, its
+/// domain), waiting at most `within` for each message.
+pub async fn read_stream_in(
+    js: &jetstream::Context,
+    stream: &str,
+    within: Duration,
+) -> Vec<(String, String, BTreeMap<String, String>, serde_json::Value)> {
     let mut stream = js.get_stream(stream).await.unwrap();
     let total = stream.info().await.unwrap().state.messages;
     let consumer = stream
@@ -467,7 +476,7 @@ pub async fn read_stream(
     let mut messages = consumer.messages().await.unwrap();
     let mut out = Vec::new();
     while (out.len() as u64) < total {
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        let message = tokio::time::timeout(within, messages.next())
             .await
             .expect("the stream's messages come")
             .unwrap()

@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
 
-use crate::common::{eventually, free_port, repo};
+use crate::common::{eventually, free_port, read_stream_in, repo};
 
 const STREAM: &str = "SKYNET_INCIDENTS";
 /// How long any one condition may take before the test fails: the sources retry every few
@@ -165,36 +164,18 @@ struct Stored {
 
 /// Every message of `name`, in stream order.
 async fn read_all(js: &jetstream::Context, name: &str) -> Vec<Stored> {
-    let mut stream = js.get_stream(name).await.unwrap();
-    let total = stream.info().await.unwrap().state.messages;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig::default())
+    read_stream_in(js, name, GUARD)
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while (out.len() as u64) < total {
-        let message = tokio::time::timeout(GUARD, messages.next())
-            .await
-            .expect("the stream's messages come")
-            .expect("the consumer goes on")
-            .unwrap();
-        let header = |key: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(key))
-                .map(|v| v.to_string())
-        };
-        out.push(Stored {
-            id: header("Nats-Msg-Id").unwrap_or_default(),
-            ce_source: header("ce-source").unwrap_or_default(),
+        .into_iter()
+        .map(|(id, _, mut headers, _)| Stored {
+            id,
+            ce_source: headers.remove("ce-source").unwrap_or_default(),
             // "SKYNET_INCIDENTS:GdAn74Cw 17": the origin, then the district's sequence.
-            origin: header("Nats-Stream-Source")
+            origin: headers
+                .get("Nats-Stream-Source")
                 .and_then(|v| v.split(' ').next().map(str::to_string)),
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// A district's skynet publishing: `n` incidents and one grid-risk message, ids prefixed by
