@@ -5,6 +5,7 @@
 use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
+use skynet_serve::console::store::NewPassword;
 use skynet_serve::console::{ConsoleStore, Role, StoreError, TokenKind, User};
 
 use crate::PipelineConfig;
@@ -54,9 +55,11 @@ pub fn add(config: &PipelineConfig, user: NewUser, password: &str) -> Result<()>
         department: user.department,
         owner: user.owner,
     };
+    // Hashed before the transaction: argon2 would hold the write lock meanwhile.
+    let password = NewPassword::hash(password)?;
     // The user and its audit entry: both, or neither.
     let before = store.audited(|| {
-        let before = store.put_user(&user, password)?;
+        let before = store.put_user_hashed(&user, &password)?;
         let entry = cli_entry(
             "user.put",
             &user.name,

@@ -432,6 +432,58 @@ fn token_hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// A user's name, owner, department and role are each valid, and go together.
+fn check_user(user: &User) -> Result<(), StoreError> {
+    if !valid_name(&user.name) {
+        return Err(StoreError::Invalid(format!(
+            "user name `{}` must be 1 to 64 letters, digits, `.`, `_`, `-` or `@`",
+            user.name.escape_debug()
+        )));
+    }
+    if let Some(owner) = &user.owner
+        && !["police", "safety_production", "city_management"].contains(&owner.as_str())
+    {
+        return Err(StoreError::Invalid(format!(
+            "owner `{}` is not one of police, safety_production, city_management",
+            owner.escape_debug()
+        )));
+    }
+    if let Some(department) = &user.department
+        && skynet_core::validate_id("department", department).is_err()
+    {
+        return Err(StoreError::Invalid(format!(
+            "department `{}` must be letters, digits, `.`, `_` or `-`",
+            department.escape_debug()
+        )));
+    }
+    if user.role == Role::Inspector && user.department.is_none() {
+        return Err(StoreError::Invalid(
+            "an inspector sees the incidents of their department: give one".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A new password that passed the rules ([`super::passwords::problem`]), hashed with argon2.
+/// Made before a write transaction, so the hashing does not hold the write lock.
+#[derive(Clone)]
+pub struct NewPassword(String);
+
+impl NewPassword {
+    pub fn hash(password: &str) -> Result<Self, StoreError> {
+        if let Some(problem) = super::passwords::problem(password) {
+            return Err(StoreError::Invalid(problem));
+        }
+        hash_password(password).map(Self)
+    }
+}
+
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewPassword(..)")
+    }
+}
+
 pub fn hash_password(password: &str) -> Result<String, StoreError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| StoreError::Random(e.to_string()))?;
@@ -625,39 +677,23 @@ impl ConsoleStore {
     }
 
     /// Adds a user, or replaces one of the same name (a new password or role). Returns the
-    /// user as it was before, if any.
+    /// user as it was before, if any. Inside [`ConsoleStore::audited`], hash first
+    /// ([`NewPassword::hash`]) and call [`ConsoleStore::put_user_hashed`]: argon2 takes tens of
+    /// milliseconds and 19 MiB, and a transaction would hold the write lock meanwhile.
     pub fn put_user(&self, user: &User, password: &str) -> Result<Option<User>, StoreError> {
-        if !valid_name(&user.name) {
-            return Err(StoreError::Invalid(format!(
-                "user name `{}` must be 1 to 64 letters, digits, `.`, `_`, `-` or `@`",
-                user.name.escape_debug()
-            )));
-        }
-        if let Some(owner) = &user.owner
-            && !["police", "safety_production", "city_management"].contains(&owner.as_str())
-        {
-            return Err(StoreError::Invalid(format!(
-                "owner `{}` is not one of police, safety_production, city_management",
-                owner.escape_debug()
-            )));
-        }
-        if let Some(department) = &user.department
-            && skynet_core::validate_id("department", department).is_err()
-        {
-            return Err(StoreError::Invalid(format!(
-                "department `{}` must be letters, digits, `.`, `_` or `-`",
-                department.escape_debug()
-            )));
-        }
-        if user.role == Role::Inspector && user.department.is_none() {
-            return Err(StoreError::Invalid(
-                "an inspector sees the incidents of their department: give one".into(),
-            ));
-        }
-        if let Some(problem) = super::passwords::problem(password) {
-            return Err(StoreError::Invalid(problem));
-        }
-        let hash = hash_password(password)?;
+        check_user(user)?;
+        let password = NewPassword::hash(password)?;
+        self.put_user_hashed(user, &password)
+    }
+
+    /// [`ConsoleStore::put_user`] with the password already checked and hashed.
+    pub fn put_user_hashed(
+        &self,
+        user: &User,
+        password: &NewPassword,
+    ) -> Result<Option<User>, StoreError> {
+        check_user(user)?;
+        let hash = &password.0;
         let before = self.user(&user.name)?;
         self.with(|conn| {
             conn.execute(

@@ -13,7 +13,7 @@ use super::incidents::time;
 use super::session::Caller;
 use crate::console::auth::{Permission, Role, User};
 use crate::console::live::Console;
-use crate::console::store::{AuditEntry, AuditQuery, StoreError};
+use crate::console::store::{AuditEntry, AuditQuery, NewPassword, StoreError};
 use crate::console::views::UserView;
 
 #[derive(Serialize)]
@@ -104,15 +104,18 @@ pub(super) async fn add_user(
     let c = Arc::clone(&console);
     let added = user.clone();
     let replaced = blocking(move || {
+        let refused = |e| match e {
+            StoreError::Invalid(message) => ApiError::bad_request(message),
+            e => ApiError::internal(e),
+        };
+        // Hashed before the transaction: argon2 would hold the write lock meanwhile.
+        let password = NewPassword::hash(&request.password).map_err(refused)?;
         // The user and its audit entry: both, or neither.
         c.store.audited(|| {
             let before = c
                 .store
-                .put_user(&added, &request.password)
-                .map_err(|e| match e {
-                    StoreError::Invalid(message) => ApiError::bad_request(message),
-                    e => ApiError::internal(e),
-                })?;
+                .put_user_hashed(&added, &password)
+                .map_err(refused)?;
             let as_json = |user: &User| serde_json::to_value(UserView::from(user));
             let before_json = before
                 .as_ref()
