@@ -680,11 +680,13 @@ fn the_metrics_token_is_read_from_the_config_or_the_environment_and_never_shown(
     let dir = tempfile::tempdir().unwrap();
     let config = common::pipeline_config(dir.path(), &with_metrics(""));
     assert!(config.metrics_auth_token.is_none());
-    let config =
-        common::pipeline_config(dir.path(), &with_metrics("auth_token = \"s3cret-scrape\""));
+    let config = common::pipeline_config(
+        dir.path(),
+        &with_metrics("auth_token = \"s3cret-scrape-token-7f2a\""),
+    );
     let token = config.metrics_auth_token.clone().expect("a token");
-    assert_eq!(token.expose(), "s3cret-scrape");
-    assert!(!format!("{config:?}").contains("s3cret-scrape"));
+    assert_eq!(token.expose(), "s3cret-scrape-token-7f2a");
+    assert!(!format!("{config:?}").contains("s3cret-scrape-token-7f2a"));
     // The variable named by auth_token_env must be set; the error names it, not a value.
     let e = error_for(&with_metrics(
         "auth_token_env = \"SKYNET_TEST_METRICS_TOKEN_UNSET_4b1d\"",
@@ -694,4 +696,25 @@ fn the_metrics_token_is_read_from_the_config_or_the_environment_and_never_shown(
     assert!(e.contains("not both"), "{e}");
     let e = error_for(&with_metrics("auth_token = \"  \""));
     assert!(e.contains("`auth_token` is empty"), "{e}");
+    // A token that can be guessed, or the placeholder of an example, is refused naming the
+    // key and never showing the value.
+    let e = error_for(&with_metrics("auth_token = \"short-token-15c\""));
+    assert!(
+        e.contains("`auth_token` is shorter than 16 characters"),
+        "{e}"
+    );
+    assert!(!e.contains("short-token-15c"), "{e}");
+    let e = error_for(&with_metrics(
+        "auth_token = \"REPLACE-WITH-A-RANDOM-TOKEN\"",
+    ));
+    assert!(e.contains("`auth_token` is a placeholder"), "{e}");
+    assert!(!e.contains("REPLACE-WITH"), "{e}");
+    let config = common::pipeline_config(
+        dir.path(),
+        &with_metrics("auth_token = \"0123456789abcdef\""),
+    );
+    assert_eq!(
+        config.metrics_auth_token.expect("a token").expose(),
+        "0123456789abcdef"
+    );
 }

@@ -78,3 +78,33 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
     assert!(passed > 0, "no resource was checked:\n{report}");
     eprintln!("{report}");
 }
+
+/// A Secret's value written in a manifest is the same in every cluster that applies it, and
+/// known to everyone who reads the repository: the manifests reference Secrets, created
+/// with `kubectl create secret` (deploy/README.md), and never hold one.
+#[test]
+fn the_kubernetes_manifests_hold_no_secret_value() {
+    for entry in std::fs::read_dir(repo().join("deploy/kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in text.split("\n---") {
+            let is_secret = document.lines().any(|l| l.trim_end() == "kind: Secret");
+            let has_value = document
+                .lines()
+                .any(|l| l.starts_with("data:") || l.starts_with("stringData:"));
+            assert!(
+                !(is_secret && has_value),
+                "{} holds a Secret with a value:\n{document}",
+                path.display()
+            );
+        }
+        assert!(
+            !text.contains("REPLACE-WITH"),
+            "{} holds a placeholder token",
+            path.display()
+        );
+    }
+}

@@ -396,7 +396,11 @@ fn id_error(at: &Locator<'_>, span: Range<usize>, what: &str, id: &str) -> Resul
     validate_id(what, id).map_err(|m| at.error(span, m))
 }
 
-/// `[metrics] auth_token` or `auth_token_env`, never both, never empty. Errors name the key,
+/// The fewest characters a `[metrics]` bearer token may have.
+const MIN_METRICS_TOKEN: usize = 16;
+
+/// `[metrics] auth_token` or `auth_token_env`, never both, never empty, never short or a
+/// placeholder. Errors name the key,
 /// never the value.
 fn metrics_token(
     at: &Locator<'_>,
@@ -429,13 +433,43 @@ fn metrics_token(
         ),
     };
     let (span, token) = token;
-    if token.trim().is_empty() {
+    let token = token.trim();
+    if token.is_empty() {
         return Err(at.error(
             span,
             "`auth_token` is empty: leave it out for open metrics, or give a token",
         ));
     }
-    Ok(Some(skynet_core::Secret::from(token.trim().to_string())))
+    // A short token can be guessed, and a placeholder copied from an example is known to
+    // everyone who read it. Neither message shows the value.
+    let key = if metrics.auth_token.is_some() {
+        "`auth_token`".to_string()
+    } else {
+        format!(
+            "`auth_token_env` (environment variable `{}`)",
+            metrics
+                .auth_token_env
+                .as_ref()
+                .map_or("", |env| env.get_ref())
+        )
+    };
+    if token.to_ascii_uppercase().starts_with("REPLACE") {
+        return Err(at.error(
+            span,
+            format!(
+                "{key} is a placeholder from an example: give a random token, like the output of `openssl rand -hex 32`"
+            ),
+        ));
+    }
+    if token.chars().count() < MIN_METRICS_TOKEN {
+        return Err(at.error(
+            span,
+            format!(
+                "{key} is shorter than {MIN_METRICS_TOKEN} characters: give a random token, like the output of `openssl rand -hex 32`"
+            ),
+        ));
+    }
+    Ok(Some(skynet_core::Secret::from(token.to_string())))
 }
 
 fn validate(
