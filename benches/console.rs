@@ -29,6 +29,9 @@ use skynet_emit::{CloudEvent, Outbox, OutboxEvent};
 use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role, TokenKind, User};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -393,11 +396,7 @@ fn raise_fd_limit() {
 fn main() {
     // reqwest is built without a crypto provider of its own (skynet installs ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::tokio_runtime();
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let flood = only
         .as_deref()

@@ -27,7 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skynet_core::Health;
-use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role, User};
+use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../crates/skynet-serve/tests/support/fixture.rs"]
+mod fixture;
 
 const PASSWORD: &str = "correct horse battery staple";
 const ATTACK_ADDRESSES: u32 = 1000;
@@ -67,28 +72,16 @@ async fn serve() -> Server {
     };
     let console = Arc::new(Console::open(config, &db, None, Health::new(), None).unwrap());
     let store = ConsoleStore::open(&db).unwrap();
-    for (name, role) in [
-        ("op", Role::Operator),
-        ("adm", Role::Admin),
-        ("eng", Role::Engineer),
-    ] {
-        store
-            .put_user(
-                &User {
-                    name: name.into(),
-                    role,
-                    department: None,
-                    owner: None,
-                },
-                PASSWORD,
-            )
-            .unwrap();
-    }
-    let listener = skynet_serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = skynet_serve::serve_console(listener, console, None, std::future::pending()).await;
-    });
+    fixture::put_users(
+        &store,
+        &[
+            ("op", Role::Operator, None, None),
+            ("adm", Role::Admin, None, None),
+            ("eng", Role::Engineer, None, None),
+        ],
+        PASSWORD,
+    );
+    let addr = fixture::serve(console);
     Server {
         _dir: dir,
         addr,
@@ -168,11 +161,7 @@ struct AttackCounts {
 fn main() {
     // reqwest is built without a crypto provider of its own (skynet installs ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::tokio_runtime();
     let count = env("SKYNET_BENCH_LOGINS", 40);
     runtime.block_on(async move {
         let server = Arc::new(serve().await);

@@ -14,6 +14,8 @@ use skynet_core::Health;
 use skynet_serve::console::auth::{ACCOUNT, ADDRESS};
 use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role, User};
 
+use crate::fixture;
+
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// The console served on a loopback port (so every request has a TCP peer: 127.0.0.1),
@@ -58,25 +60,15 @@ pub(crate) async fn serve(configure: impl FnOnce(&mut ApiConfig)) -> Served {
     configure(&mut config);
     let console = Arc::new(Console::open(config, &db, None, Health::new(), None).unwrap());
     let store = ConsoleStore::open(&db).unwrap();
-    for (name, role) in [("op", Role::Operator), ("adm", Role::Admin)] {
-        store
-            .put_user(
-                &User {
-                    name: name.into(),
-                    role,
-                    department: None,
-                    owner: None,
-                },
-                PASSWORD,
-            )
-            .unwrap();
-    }
-    let listener = skynet_serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&console);
-    tokio::spawn(async move {
-        let _ = skynet_serve::serve_console(listener, served, None, std::future::pending()).await;
-    });
+    fixture::put_users(
+        &store,
+        &[
+            ("op", Role::Operator, None, None),
+            ("adm", Role::Admin, None, None),
+        ],
+        PASSWORD,
+    );
+    let addr = fixture::serve(Arc::clone(&console));
     Served {
         _dir: dir,
         db,

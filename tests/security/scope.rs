@@ -126,12 +126,7 @@ pub(crate) async fn world() -> World {
     // People's traces of the out-of-scope incident: a note and an acknowledgement.
     store.add_note(OUT, "op", "out of scope note").unwrap();
     store.acknowledge(OUT, "op").unwrap();
-    let listener = skynet_serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&console);
-    tokio::spawn(async move {
-        let _ = skynet_serve::serve_console(listener, served, None, std::future::pending()).await;
-    });
+    let addr = fixture::serve(Arc::clone(&console));
     World {
         _dir: dir,
         db,

@@ -3,9 +3,12 @@
 //! state database in a temporary directory with evidence files, the grid G-0201, the camera
 //! `cam-1` with a frame, the sensor `gas-07`, users per role, and a stand-in for the risk
 //! stage. Each test keeps its own incidents, users and configuration; only the building is
-//! here. Included with `#[path]`, so it uses only what both packages depend on.
+//! here. The login tests and benchmarks (tests/security/logins.rs, benches/logins.rs,
+//! benches/console.rs) take its users and its server. Included with `#[path]`, so it uses
+//! only what both packages depend on.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -125,4 +128,15 @@ pub fn put_users(store: &ConsoleStore, users: &[UserSpec], password: &str) {
             )
             .unwrap();
     }
+}
+
+/// Serves `console` on a loopback port of its own, on the current tokio runtime, until the
+/// runtime ends; returns the address.
+pub fn serve(console: Arc<Console>) -> SocketAddr {
+    let listener = skynet_serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = skynet_serve::serve_console(listener, console, None, std::future::pending()).await;
+    });
+    addr
 }
