@@ -225,16 +225,16 @@ fn a_dead_letter_reason_with_terminal_escapes_prints_escaped() {
         .acknowledge_with_dead_letters("hook", 1, &[letter])
         .expect("a dead letter stored");
     drop(outbox);
-    let output = Command::new(skynet_bin())
-        .args([
-            "outbox",
-            "dead-letters",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let dead_letters = |extra: &[&str]| {
+        Command::new(skynet_bin())
+            .args(["outbox", "dead-letters"])
+            .args(extra)
+            .args(["--config", config.to_str().unwrap()])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let output = dead_letters(&[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -249,17 +249,7 @@ fn a_dead_letter_reason_with_terminal_escapes_prints_escaped() {
     assert!(stdout.contains("\\u{1b}[2J"), "{stdout}");
     assert!(stdout.contains("\\u{9b}31m"), "{stdout}");
     // `--json` keeps the reason whole, as valid JSON with every control escaped.
-    let output = Command::new(skynet_bin())
-        .args([
-            "outbox",
-            "dead-letters",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = dead_letters(&["--json"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stdout.contains(['\x1b', '\x07', '\r', '\u{9b}']),

@@ -165,6 +165,22 @@ impl Served {
     }
 }
 
+/// An address's free failures spent: `ADDRESS.free` wrong passwords, each for another name
+/// (`nobody<n>`) and named as from `client(n)` in `X-Forwarded-For`, every one refused (401).
+async fn guess_names(served: &Served, client: impl Fn(u32) -> String) {
+    for n in 0..ADDRESS.free {
+        let answer = served
+            .login(
+                &format!("nobody{n}"),
+                "not the password",
+                Some(&client(n)),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
 fn assert_slowed(answer: &Answer) {
     assert_eq!(
         answer.status,
@@ -208,17 +224,7 @@ async fn guessing_behind_a_proxy_slows_the_guesser_and_no_one_else() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     // One client that keeps guessing is slowed, by its own address, whatever the names.
-    for n in 0..ADDRESS.free {
-        let answer = served
-            .login(
-                &format!("nobody{n}"),
-                "not the password",
-                Some("198.51.100.200"),
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    }
+    guess_names(&served, |_| "198.51.100.200".into()).await;
     assert_slowed(
         &served
             .login("op", PASSWORD, Some("198.51.100.200"), None)
@@ -241,17 +247,7 @@ async fn guessing_behind_a_proxy_slows_the_guesser_and_no_one_else() {
 async fn without_trusted_proxies_a_forwarded_for_header_is_ignored() {
     let served = serve(|_| {}).await;
     // A guesser rotating X-Forwarded-For is still the one peer, and is slowed as one.
-    for n in 0..ADDRESS.free {
-        let answer = served
-            .login(
-                &format!("nobody{n}"),
-                "not the password",
-                Some(&format!("198.51.100.{n}")),
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    }
+    guess_names(&served, |n| format!("198.51.100.{n}")).await;
     assert_slowed(
         &served
             .login("op", PASSWORD, Some("203.0.113.77"), None)
