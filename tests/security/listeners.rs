@@ -293,6 +293,67 @@ async fn connections_past_the_cap_wait_and_are_served_when_one_closes() {
     assert_eq!(answer.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_past_its_connection_cap_is_closed_and_another_client_is_served() {
+    // Long timeouts: the held connections must stay open while the test runs.
+    let config = ApiConfig {
+        header_timeout: Duration::from_secs(120),
+        connection_idle: Duration::from_secs(120),
+        ..local()
+    };
+    assert_eq!(config.max_connections_per_client, 64, "the default");
+    let served = serve(config, &[], None).await;
+    let host = served.addr.to_string();
+    // 64 half-headers from 127.0.0.1: each is accepted and held.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    // The 65th from the same address is closed at once, unanswered.
+    let mut past = TcpStream::connect(served.addr).await.unwrap();
+    let _ = past
+        .write_all(format!("GET /api/v1/openapi.json HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(GUARD, past.read_to_end(&mut answer))
+        .await
+        .expect("the 65th connection is closed");
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "the 65th connection was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Another client (127.0.0.2, another loopback address) is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(served.addr).await.unwrap();
+    let answer = tokio::time::timeout(GUARD, get(&mut other, &host, "/api/v1/openapi.json", ""))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(answer.status, 200);
+    // Once one of its connections closes, the first client is served again.
+    drop(held.pop());
+    let answer = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut stream = TcpStream::connect(served.addr).await.unwrap();
+            if let Some(answer) = get(&mut stream, &host, "/api/v1/openapi.json", "").await {
+                return answer;
+            }
+            // The server may not have seen the close yet: try again.
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("served again once a connection closed");
+    assert_eq!(answer.status, 200);
+}
+
 /// Opens a live stream; `Ok` once its `hello` arrived, `Err` with the answer when refused.
 async fn open_stream(addr: SocketAddr, token: &str) -> Result<TcpStream, Answer> {
     let mut stream = TcpStream::connect(addr).await.unwrap();

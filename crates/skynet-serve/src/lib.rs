@@ -311,6 +311,10 @@ pub fn describe_metrics() {
         "Times a listener reached its connection cap ([api] max_connections; 256 for metrics) and stopped accepting until a connection closed, per listener."
     );
     describe_counter!(
+        "skynet_http_connections_per_client_capped_total",
+        "Connections closed at once because their client address already held [api] max_connections_per_client (64 for metrics) open, per listener. trusted_proxies are exempt."
+    );
+    describe_counter!(
         "skynet_http_timeouts_total",
         "Connections closed by a timeout, per listener and reason: header (a request head not complete within [api] header_timeout_s), idle (a kept-alive connection silent for connection_idle_s), write (the client read nothing of its answer for connection_idle_s), handshake (TLS)."
     );

@@ -15,6 +15,12 @@
 //! - **a connection cap**: past `max_connections` open at once the loop stops accepting
 //!   (the kernel's backlog holds the rest) until one closes, counted in
 //!   `skynet_http_connections_capped_total`;
+//! - **a per-client cap**: past `max_per_client` open at once from one peer address (an
+//!   IPv4-mapped IPv6 address counted as the IPv4 one), a new connection from it is closed at
+//!   once, counted in `skynet_http_connections_per_client_capped_total`. Without it one
+//!   address could hold every slot of the cap above by reopening half-headers every
+//!   `header_timeout`. The `exempt` peers (trusted proxies, whose clients are many) are not
+//!   counted;
 //! - optional in-process TLS (rustls with ring), the handshake bound by `header_timeout`.
 //!
 //! hyper's own `header_read_timeout` is not used: it runs from the end of the previous
@@ -22,10 +28,11 @@
 //! head (seconds) and for an idle kept-alive connection (a minute). The [`Watched`] stream
 //! below keeps the two apart: it knows when a request is in flight from the service.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,6 +66,10 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub connection_idle: Duration,
     pub max_connections: usize,
+    /// Open connections at once from one peer address.
+    pub max_per_client: usize,
+    /// Peers not held to `max_per_client` (`[api] trusted_proxies`).
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 impl Limits {
@@ -69,6 +80,8 @@ impl Limits {
             header_timeout: Duration::from_secs(10),
             connection_idle: Duration::from_secs(60),
             max_connections: 256,
+            max_per_client: 64,
+            exempt: Vec::new(),
         }
     }
 
@@ -79,6 +92,8 @@ impl Limits {
             header_timeout: config.header_timeout,
             connection_idle: config.connection_idle,
             max_connections: config.max_connections,
+            max_per_client: config.max_connections_per_client,
+            exempt: config.trusted_proxies.clone(),
         }
     }
 }
@@ -148,6 +163,7 @@ pub async fn serve_router(
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let limits = Arc::new(limits);
+    let clients = Clients::default();
     // Under a flood the cap is met again at every close: warn once a minute, count always.
     let mut warned: Option<tokio::time::Instant> = None;
     loop {
@@ -190,6 +206,15 @@ pub async fn serve_router(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = clients.enter(peer.ip(), &limits) else {
+            // Closed at once (the permit goes back with it): waiting would let this client
+            // hold the backlog instead.
+            metrics::counter!("skynet_http_connections_per_client_capped_total", "listener" => limits.name)
+                .increment(1);
+            tracing::debug!(listener = limits.name, %peer, "per-client connection cap reached: closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,
@@ -198,7 +223,7 @@ pub async fn serve_router(
             Arc::clone(&limits),
             tls.clone(),
             stopping.clone(),
-            permit,
+            (permit, slot),
         ));
     }
     drop(listener);
@@ -206,6 +231,61 @@ pub async fn serve_router(
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
     Ok(())
+}
+
+/// Open connections per peer address. An entry lives while its address has a connection
+/// open (it is removed at zero), so the map holds at most `max_connections` entries.
+#[derive(Clone, Default)]
+struct Clients(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+impl Clients {
+    /// A slot for a connection from `peer`; `None` when `peer` already holds
+    /// `max_per_client`. An exempt peer gets a slot that counts nothing.
+    fn enter(&self, peer: IpAddr, limits: &Limits) -> Option<ClientSlot> {
+        let peer = crate::console::canonical(peer);
+        if limits.exempt.iter().any(|net| net.contains(&peer)) {
+            return Some(ClientSlot(None));
+        }
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(peer).or_insert(0);
+        if *count >= limits.max_per_client {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot(Some((self.clone(), peer))))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// One connection's place under its client's cap, given back on drop.
+struct ClientSlot(Option<(Clients, IpAddr)>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let Some((clients, peer)) = self.0.take() else {
+            return;
+        };
+        let mut open = clients
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&peer);
+            }
+        }
+    }
 }
 
 /// Open connections, per listener, while this lives.
@@ -231,7 +311,7 @@ async fn connection(
     limits: Arc<Limits>,
     tls: Option<Tls>,
     stopping: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, ClientSlot),
 ) {
     let _open = Open::new(limits.name);
     match tls {
@@ -619,7 +699,39 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             connection_idle: idle,
             max_connections: 16,
+            max_per_client: 16,
+            exempt: Vec::new(),
         })
+    }
+
+    #[test]
+    fn per_client_slots_are_capped_mapped_ipv4_counted_as_ipv4_and_removed_at_zero() {
+        let mut limits = Limits::metrics();
+        limits.max_per_client = 2;
+        limits.exempt = vec!["10.0.0.5/32".parse().unwrap()];
+        let clients = Clients::default();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let first = clients.enter(v4, &limits).expect("first");
+        let second = clients
+            .enter(mapped, &limits)
+            .expect("second, the same client");
+        assert!(clients.enter(v4, &limits).is_none(), "past the cap");
+        let other = clients
+            .enter("192.0.2.8".parse().unwrap(), &limits)
+            .expect("another client");
+        let proxy: Vec<_> = (0..5)
+            .map(|_| clients.enter("10.0.0.5".parse().unwrap(), &limits))
+            .collect();
+        assert!(
+            proxy.iter().all(Option::is_some),
+            "a trusted proxy is exempt"
+        );
+        assert_eq!(clients.len(), 2);
+        drop((first, other, proxy));
+        assert_eq!(clients.len(), 1);
+        drop(second);
+        assert_eq!(clients.len(), 0, "an entry is removed at zero");
     }
 
     /// Sends `head` on a fresh connection to a listener answering 200 to everything;

@@ -24,5 +24,6 @@ pub use hosts::{AllowedHosts, check_host};
 pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
 };
+pub(crate) use settings::canonical;
 pub use settings::{ApiConfig, ApiSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};

@@ -48,6 +48,10 @@ pub struct ApiSettings {
     /// wait in the kernel's backlog.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Open connections at once from one client address (default 64); past it, a new
+    /// connection from that address is closed at once. `trusted_proxies` are exempt.
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
     /// Live streams (`/api/v1/events`) one user may hold open (default 10).
     #[serde(default)]
     pub max_streams_per_user: Option<usize>,
@@ -72,6 +76,7 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     pub connection_idle: Duration,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub max_streams_per_user: usize,
     pub max_streams: usize,
 }
@@ -99,6 +104,7 @@ impl ApiConfig {
             header_timeout: Duration::from_secs(10),
             connection_idle: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_client: 64,
             max_streams_per_user: 10,
             max_streams: 2000,
         }
@@ -283,6 +289,12 @@ impl ApiSettings {
             4096,
             16..=1_000_000,
         )?;
+        let max_connections_per_client = in_range(
+            "max_connections_per_client",
+            self.max_connections_per_client,
+            64.min(max_connections),
+            1..=max_connections,
+        )?;
         let max_streams = in_range("max_streams", self.max_streams, 2000, 1..=100_000)?;
         let max_streams_per_user = in_range(
             "max_streams_per_user",
@@ -302,6 +314,7 @@ impl ApiSettings {
             header_timeout: seconds("header_timeout_s", self.header_timeout_s, 10, 1..=300)?,
             connection_idle: seconds("connection_idle_s", self.connection_idle_s, 60, 1..=3600)?,
             max_connections,
+            max_connections_per_client,
             max_streams_per_user,
             max_streams,
         })
@@ -342,6 +355,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(config.idle_timeout, Duration::from_secs(600));
+        assert_eq!(config.max_connections_per_client, 64, "the default");
         assert!(config.is_trusted_proxy("10.0.0.5".parse().unwrap()));
         assert!(config.is_trusted_proxy("10.1.200.3".parse().unwrap()));
         assert!(!config.is_trusted_proxy("10.0.0.6".parse().unwrap()));
@@ -372,6 +386,14 @@ mod tests {
                 "trusted_proxies",
             ),
             (json!({"listen": "127.0.0.1:8080", "hosts": []}), "hosts"),
+            (
+                json!({"listen": "127.0.0.1:8080", "max_connections_per_client": 0}),
+                "max_connections_per_client",
+            ),
+            (
+                json!({"listen": "127.0.0.1:8080", "max_connections": 16, "max_connections_per_client": 17}),
+                "max_connections_per_client",
+            ),
             (
                 json!({"listen": "127.0.0.1:8080", "hosts": ["a b"]}),
                 "hosts",
