@@ -25,17 +25,7 @@ const OUT_EVIDENCE: &[u8] = b"\xff\xd8EVIDENCE-OF-THE-OUT-OF-SCOPE-INCIDENT";
 pub(crate) const IN: &str = "inc-in-scope";
 
 pub(crate) fn incident(id: &str, department: &str, owner: &str, category: &str) -> Incident {
-    serde_json::from_value(json!({
-        "id": id, "revision": 1, "status": "opened", "state": "open", "change": "opened",
-        "category": category, "level": "II", "level_colour": "orange", "risk_score": 0.7,
-        "confidence": 0.9, "grid": "G-0201", "department": department,
-        "deadlines": {"dispatch_by": "2026-11-27T12:00:00Z", "resolve_by": "2026-11-27T20:00:00Z"},
-        "sensor": "gas-07", "owner": owner,
-        "first_seen": "2026-11-27T10:00:00Z", "last_seen": "2026-11-27T10:00:00Z",
-        "observations": 3, "contributions": [], "detections": [],
-        "rule": {"name": "r", "kind": "threshold"}
-    }))
-    .expect("a valid incident")
+    fixture::incident(id, department, owner, category, "II")
 }
 
 fn grid_change(revision: u64) -> GridRisk {

@@ -24,17 +24,7 @@ mod fixture;
 const PASSWORD: &str = "correct horse battery";
 
 fn incident(id: &str, department: &str, owner: &str, level: &str) -> Incident {
-    serde_json::from_value(json!({
-        "id": id, "revision": 1, "status": "opened", "state": "open", "change": "opened",
-        "category": "gas_leak", "level": level, "level_colour": "orange", "risk_score": 0.7,
-        "confidence": 0.9, "grid": "G-0201", "department": department,
-        "deadlines": {"dispatch_by": "2026-11-27T12:00:00Z", "resolve_by": "2026-11-27T20:00:00Z"},
-        "sensor": "gas-07", "owner": owner,
-        "first_seen": "2026-11-27T10:00:00Z", "last_seen": "2026-11-27T10:00:00Z",
-        "observations": 3, "contributions": [], "detections": [],
-        "rule": {"name": "gas-high", "kind": "threshold"}
-    }))
-    .expect("a valid incident")
+    fixture::incident(id, department, owner, "gas_leak", level)
 }
 
 struct Fixture {

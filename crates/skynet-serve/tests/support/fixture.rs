@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::json;
-use skynet_core::{CaseStatus, Health, LiveThresholds, OwnerKind, RiskEvent};
+use skynet_core::{CaseStatus, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
 use skynet_emit::{Outbox, OutboxEvent};
 use skynet_serve::console::{
     ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
@@ -26,6 +26,22 @@ pub type UserSpec = (
     Option<&'static str>,
     Option<&'static str>,
 );
+
+/// Revision 1 of incident `id` of `category` at `level`, opened in grid G-0201 by the sensor
+/// `gas-07`, for `department` and the owner kind `owner`.
+pub fn incident(id: &str, department: &str, owner: &str, category: &str, level: &str) -> Incident {
+    serde_json::from_value(json!({
+        "id": id, "revision": 1, "status": "opened", "state": "open", "change": "opened",
+        "category": category, "level": level, "level_colour": "orange", "risk_score": 0.7,
+        "confidence": 0.9, "grid": "G-0201", "department": department,
+        "deadlines": {"dispatch_by": "2026-11-27T12:00:00Z", "resolve_by": "2026-11-27T20:00:00Z"},
+        "sensor": "gas-07", "owner": owner,
+        "first_seen": "2026-11-27T10:00:00Z", "last_seen": "2026-11-27T10:00:00Z",
+        "observations": 3, "contributions": [], "detections": [],
+        "rule": {"name": "gas-high", "kind": "threshold"}
+    }))
+    .expect("a valid incident")
+}
 
 /// Commits `events` to the outbox at `path` as the risk stage does (node `test`).
 pub fn commit(path: &Path, events: &[RiskEvent]) {
