@@ -128,6 +128,20 @@ async fn get(stream: &mut TcpStream, host: &str, path: &str, extra: &str) -> Opt
     read_answer(stream).await
 }
 
+/// A login POST of `body` on a new connection, and its answer (within the guard).
+async fn post_login(addr: SocketAddr, body: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /api/v1/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(GUARD, read_answer(&mut stream))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// One request on a new connection.
 async fn get_once(addr: SocketAddr, host: &str, path: &str, extra: &str) -> Answer {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -208,21 +222,7 @@ async fn a_slow_body_is_cut_off_while_a_whole_one_is_read() {
     assert_eq!(cut, Ok(true), "a slow body must not hold the connection");
     // A whole body beside it is read.
     let body = r#"{"username": "op", "password": "a long and unguessable passphrase 7f3k"}"#;
-    let mut stream = TcpStream::connect(served.addr).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = post_login(served.addr, body).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
@@ -573,33 +573,13 @@ async fn tls_serves_a_client_that_trusts_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_past_the_route_limit_gets_413_and_a_normal_one_is_read() {
     let served = serve(local(), &["op"], None).await;
-    let host = served.addr.to_string();
-    let post = |body: String| {
-        format!(
-            "POST /api/v1/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
     let padded = format!(
         r#"{{"username": "op", "password": "{}"}}"#,
         "x".repeat(20 * 1024)
     );
-    let mut stream = TcpStream::connect(served.addr).await.unwrap();
-    stream.write_all(post(padded).as_bytes()).await.unwrap();
-    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = post_login(served.addr, &padded).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
     let normal = r#"{"username": "op", "password": "a long and unguessable passphrase 7f3k"}"#;
-    let mut stream = TcpStream::connect(served.addr).await.unwrap();
-    stream
-        .write_all(post(normal.to_string()).as_bytes())
-        .await
-        .unwrap();
-    let answer = tokio::time::timeout(GUARD, read_answer(&mut stream))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = post_login(served.addr, normal).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
 }
