@@ -220,3 +220,31 @@ async fn logout_all_ends_every_session_of_the_caller_and_no_one_elses() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(served.me(&colleague).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_logout_cookie_clear_is_secure_when_the_session_cookie_is() {
+    for secure in [true, false] {
+        let served = serve(|config| config.secure_cookie = secure).await;
+        let login = served.login("op", PASSWORD, None, None).await;
+        let session = login.body["token"].as_str().unwrap().to_string();
+        let answer = served
+            .call(
+                Method::POST,
+                "/api/v1/logout",
+                &[("authorization", format!("Bearer {session}"))],
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT);
+        let cleared = answer
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .find(|v| v.starts_with("skynet_session="))
+            .expect("the session cookie is cleared");
+        assert!(cleared.contains("Max-Age=0"), "{cleared}");
+        // The clear carries the attributes of the cookie it ends.
+        assert_eq!(cleared.contains("; Secure"), secure, "{cleared}");
+    }
+}

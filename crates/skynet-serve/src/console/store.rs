@@ -432,6 +432,12 @@ fn token_hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Decoy verifications run on this thread ([`ConsoleStore::check_password`]).
+    static DECOYS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A user's name, owner, department and role are each valid, and go together.
 fn check_user(user: &User) -> Result<(), StoreError> {
     if !valid_name(&user.name) {
@@ -770,8 +776,12 @@ impl ConsoleStore {
         static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         match self.user_with_hash(name)? {
             Some((user, Some(hash))) if verify_password(password, &hash) => Ok(Some(user)),
-            Some(_) => Ok(None),
-            None => {
+            Some((_, Some(_))) => Ok(None),
+            // A user without a password hash costs as much as one with, so timing does not
+            // tell that the account exists either.
+            Some((_, None)) | None => {
+                #[cfg(test)]
+                DECOYS.with(|n| n.set(n.get() + 1));
                 if let Some(decoy) = DECOY.get() {
                     verify_password(password, decoy);
                 } else if let Ok(hash) = hash_password("decoy password, never used") {
@@ -1158,6 +1168,45 @@ mod tests {
             department: None,
             owner: None,
         }
+    }
+
+    #[test]
+    fn a_user_without_a_password_hash_costs_a_decoy_verification_like_an_unknown_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConsoleStore::open(&dir.path().join("state.sqlite")).unwrap();
+        store
+            .put_user(&user("op", Role::Operator), "correct horse battery")
+            .unwrap();
+        store
+            .with(|conn| {
+                conn.execute(
+                    "UPDATE console_users SET password_hash = NULL WHERE name = 'op'",
+                    [],
+                )
+            })
+            .unwrap();
+        let before = DECOYS.with(std::cell::Cell::get);
+        assert_eq!(
+            store.check_password("op", "correct horse battery").unwrap(),
+            None
+        );
+        assert_eq!(DECOYS.with(std::cell::Cell::get), before + 1);
+        assert_eq!(
+            store.check_password("nobody", "whatever it is").unwrap(),
+            None
+        );
+        assert_eq!(DECOYS.with(std::cell::Cell::get), before + 2);
+        // A known user with a hash verifies that hash, not the decoy.
+        store
+            .put_user(&user("op", Role::Operator), "correct horse battery")
+            .unwrap();
+        assert!(
+            store
+                .check_password("op", "wrong horse battery")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(DECOYS.with(std::cell::Cell::get), before + 2);
     }
 
     #[test]

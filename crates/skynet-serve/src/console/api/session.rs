@@ -413,9 +413,14 @@ pub(super) async fn logout(
     })
     .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
+    // The clear carries the attributes of the cookie it ends, `Secure` included.
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("skynet_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(if console.config.secure_cookie {
+            "skynet_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure"
+        } else {
+            "skynet_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        }),
     );
     Ok(response)
 }
