@@ -358,3 +358,56 @@ async fn a_row_changed_in_the_database_breaks_the_chain_and_skynet_audit_verify_
     let brk = store.verify_audit().unwrap().unwrap_err();
     assert_eq!(brk.id, 3);
 }
+
+#[tokio::test]
+async fn an_assignee_of_the_department_whose_scope_excludes_the_incident_is_refused() {
+    let w = world().await;
+    let store = ConsoleStore::open(&w.db).unwrap();
+    // The incident is emergency's, owned by safety_production. Both are emergency
+    // inspectors; only the second may see it.
+    for (name, owner) in [
+        ("insp-police", "police"),
+        ("insp-safety", "safety_production"),
+    ] {
+        store
+            .put_user(
+                &User {
+                    name: name.into(),
+                    role: Role::Inspector,
+                    department: Some("emergency".into()),
+                    owner: Some(owner.into()),
+                },
+                PASSWORD,
+            )
+            .unwrap();
+    }
+    let inspector = w.token("insp");
+    let path = format!("/api/v1/incidents/{IN}/status");
+    let answer = w
+        .call(
+            Method::POST,
+            &path,
+            Some(&inspector),
+            Some(json!({"status": "dispatched", "assignee": "insp-police"})),
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.json()["error"], "assignee");
+    assert_eq!(state(&w, IN).await, "open", "nothing was handed over");
+    assert!(entries(&w, "incident.status").is_empty());
+    let answer = w
+        .call(
+            Method::POST,
+            &path,
+            Some(&inspector),
+            Some(json!({"status": "dispatched", "assignee": "insp-safety"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["incident"]["assignee"], "insp-safety");
+}

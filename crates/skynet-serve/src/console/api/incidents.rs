@@ -654,21 +654,27 @@ pub(super) struct StatusRequest {
 }
 
 /// An assignee named in a status change must be a console user of the incident's
-/// department: anyone else could not act on it, and a made-up name would stand in the
-/// incident's record as if someone had taken it.
+/// department whose scope allows the incident (its owner too): anyone else could not act on
+/// it, and a made-up name would stand in the incident's record as if someone had taken it.
 fn check_assignee(console: &Console, assignee: &str, incident: &Incident) -> ApiResult<()> {
     let user = console.store.user(assignee).map_err(ApiError::internal)?;
-    if user.is_some_and(|u| u.department.as_deref() == Some(incident.department.as_str())) {
+    if user.is_some_and(|u| {
+        u.department.as_deref() == Some(incident.department.as_str())
+            && u.scope().allows_incident(incident)
+    }) {
         return Ok(());
     }
+    // The message names what the caller already sees (the incident's department and
+    // owner), nothing of the assignee's own scope.
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "assignee",
         format!(
-            "`assignee` `{}` is not a console user of department `{}`, which incident {} belongs to",
+            "`assignee` `{}` is not a console user of department `{}` who may see incident {} (owner `{}`)",
             assignee.escape_debug(),
             incident.department,
-            incident.id
+            incident.id,
+            incident.owner.as_str()
         ),
     ))
 }
