@@ -409,21 +409,18 @@ impl LoginLimiter {
     /// The attempt's password was right: it does not count, and a device that logged in
     /// starts afresh.
     pub fn succeeded(&self, attempt: Attempt) {
-        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(address) = &attempt.address {
-            tables.addresses.refund(address, false);
-        }
-        if let Some(account) = &attempt.account {
-            tables.accounts.refund(account, false);
-        }
-        if let Some(device) = &attempt.device {
-            tables.devices.refund(device, true);
-        }
+        self.refund(attempt, true);
     }
 
     /// The attempt's password was never checked (no check free in time, or the check
     /// failed to run): it does not count, and forgives nothing either.
     pub fn cancelled(&self, attempt: Attempt) {
+        self.refund(attempt, false);
+    }
+
+    /// Takes the attempt back from every table it was counted in; `forgive_device` also
+    /// clears the device's earlier failures (it has just proved it knows the password).
+    fn refund(&self, attempt: Attempt, forgive_device: bool) {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(address) = &attempt.address {
             tables.addresses.refund(address, false);
@@ -432,7 +429,7 @@ impl LoginLimiter {
             tables.accounts.refund(account, false);
         }
         if let Some(device) = &attempt.device {
-            tables.devices.refund(device, false);
+            tables.devices.refund(device, forgive_device);
         }
     }
 

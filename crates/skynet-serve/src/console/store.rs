@@ -665,21 +665,31 @@ impl ConsoleStore {
             return result;
         }
         std::mem::forget(guard);
-        let conn = self
+        let conn = self.checkout()?;
+        let result = f(&conn).map_err(|source| self.sql(source));
+        self.give_back(conn);
+        result
+    }
+
+    /// A pooled connection, or a new one when none is idle.
+    fn checkout(&self) -> Result<Connection, StoreError> {
+        let pooled = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let conn = match conn {
-            Some(conn) => conn,
-            None => self.connect()?,
-        };
-        let result = f(&conn).map_err(|source| self.sql(source));
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => self.connect(),
+        }
+    }
+
+    /// Returns a connection to the pool (at most 8 kept idle).
+    fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < 8 {
             idle.push(conn);
         }
-        result
     }
 
     /// Adds a user, or replaces one of the same name (a new password or role). Returns the
@@ -959,15 +969,7 @@ impl ConsoleStore {
             }
             return Ok(result);
         }
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => self.connect()?,
-        };
+        let conn = self.checkout()?;
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|source| self.sql(source))?;
         IN_CHANGE.with(|slot| *slot.borrow_mut() = Some((guard.key, conn)));
@@ -983,10 +985,7 @@ impl ConsoleStore {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(self.sql(source).into());
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < 8 {
-            idle.push(conn);
-        }
+        self.give_back(conn);
         Ok(result)
     }
 
