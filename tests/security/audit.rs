@@ -360,6 +360,61 @@ async fn a_row_changed_in_the_database_breaks_the_chain_and_skynet_audit_verify_
 }
 
 #[tokio::test]
+async fn a_kept_head_verifies_until_the_newest_rows_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::config_in(dir.path(), "", crate::common::free_port(), "");
+    let outbox = dir.path().join("outbox.sqlite");
+    let store = ConsoleStore::open(&outbox).unwrap();
+    for i in 0..4 {
+        store
+            .audit(
+                "op",
+                "operator",
+                "incident.note",
+                &format!("inc-{i}"),
+                None,
+                None,
+            )
+            .unwrap();
+    }
+    let verify = |head: &str| {
+        std::process::Command::new(crate::common::skynet_bin())
+            .args(["audit", "verify", "--config"])
+            .arg(&config)
+            .args(["--head", head])
+            .current_dir(crate::common::repo())
+            .output()
+            .unwrap()
+    };
+    let (_, head) = store.audit_head().unwrap().unwrap();
+    // A head kept from earlier verifies while the chain still holds it, rows added or not.
+    store
+        .audit("op", "operator", "incident.note", "inc-4", None, None)
+        .unwrap();
+    let out = verify(&head);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok, 5 rows");
+    // Someone with the database file removes the newest rows: the shorter chain holds, but
+    // not the kept head.
+    rusqlite::Connection::open(&outbox)
+        .unwrap()
+        .execute("DELETE FROM console_audit WHERE id >= 4", [])
+        .unwrap();
+    let out = verify(&head);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&head), "{said}");
+    assert!(said.contains("not in the chain"), "{said}");
+    // Anything but a hash is refused before it reaches the output.
+    let out = verify("\x1b[2Jnot-a-hash");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
 async fn an_assignee_of_the_department_whose_scope_excludes_the_incident_is_refused() {
     let w = world().await;
     let store = ConsoleStore::open(&w.db).unwrap();

@@ -64,8 +64,16 @@ pub fn cli_entry(
 
 /// Verifies the chain of the config's state database. `Ok(true)` when it holds ("ok, N
 /// rows" on stdout, the last hash on stderr to keep elsewhere: deleting the newest rows
-/// leaves a chain that holds, but not that hash); `Ok(false)` after naming the first break.
-pub fn verify(config: &PipelineConfig) -> Result<bool> {
+/// leaves a chain that holds, but not that hash); `Ok(false)` after naming the first break,
+/// or `head` (a hash kept from earlier) when no row has it any more.
+pub fn verify(config: &PipelineConfig, head: Option<&str>) -> Result<bool> {
+    // A head is echoed back in the verdict: only a sha256 in hex is taken, so nothing else
+    // from the command line reaches the output.
+    if let Some(head) = head
+        && (head.len() != 64 || !head.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        anyhow::bail!("--head takes a chain hash: 64 hex digits");
+    }
     // Opening creates a missing database: a wrong path would then verify as "ok, 0 rows".
     if !config.outbox.exists() {
         anyhow::bail!(
@@ -77,6 +85,18 @@ pub fn verify(config: &PipelineConfig) -> Result<bool> {
         .with_context(|| format!("opening the state database {}", config.outbox.display()))?;
     match store.verify_audit()? {
         Ok((rows, last)) => {
+            if let Some(head) = head {
+                let head = head.to_ascii_lowercase();
+                match store.audit_row_with_hash(&head)? {
+                    Some(id) => eprintln!("head {head} is row {id}"),
+                    None => {
+                        println!(
+                            "head {head} is not in the chain: rows were removed from its end or it was rewritten since that head was kept"
+                        );
+                        return Ok(false);
+                    }
+                }
+            }
             println!("ok, {rows} rows");
             eprintln!("last hash {last}");
             Ok(true)

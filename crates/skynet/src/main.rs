@@ -120,6 +120,11 @@ enum AuditCommand {
     Verify {
         #[arg(long, short)]
         config: PathBuf,
+        /// A chain head printed earlier ("last hash", or the console's `audit chain head`
+        /// log line) and kept outside the database: exit 1 naming it when no row has it any
+        /// more (the newest rows were removed, or the chain was rewritten, since then).
+        #[arg(long)]
+        head: Option<String>,
     },
 }
 
@@ -337,10 +342,10 @@ fn main() -> ExitCode {
             what: StateCommand::Recover { config },
         } => recover_state(&config),
         Command::Audit {
-            what: AuditCommand::Verify { config },
+            what: AuditCommand::Verify { config, head },
         } => PipelineConfig::load(&config)
             .map_err(anyhow::Error::from)
-            .and_then(|config| skynet::audit_cli::verify(&config))
+            .and_then(|config| skynet::audit_cli::verify(&config, head.as_deref()))
             .map(|ok| {
                 if ok {
                     ExitCode::SUCCESS

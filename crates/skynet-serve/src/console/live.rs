@@ -613,6 +613,64 @@ impl Console {
             .collect()
     }
 
+    /// Logs the audit chain head (newest row id and hash) at INFO as `audit chain head`, so
+    /// the log shipper keeps anchors outside the database for `skynet audit verify --head`:
+    /// whoever can write the database can recompute the chain, not the shipped log. One
+    /// lookup by primary key. `when` says why (start, moved, shutdown). The id logged.
+    pub fn log_audit_head(&self, when: &str) -> Option<i64> {
+        match self.store.audit_head() {
+            Ok(Some((id, hash))) => {
+                tracing::info!(row = id, hash = %hash, when, "audit chain head");
+                Some(id)
+            }
+            Ok(None) => {
+                tracing::info!(
+                    row = 0,
+                    hash = super::store::AUDIT_GENESIS,
+                    when,
+                    "audit chain head"
+                );
+                Some(0)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit chain head: cannot read it");
+                None
+            }
+        }
+    }
+
+    /// Logs the audit chain head at start and then every [`AUDIT_HEAD_EVERY`] when it has
+    /// moved (see [`Self::log_audit_head`]); the pipeline logs it once more at shutdown. Runs
+    /// on the I/O runtime until the console is dropped; the query runs off its workers.
+    pub fn spawn_audit_head_log(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let console = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut logged: Option<i64> = None;
+            let mut tick = tokio::time::interval(AUDIT_HEAD_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(console) = console.upgrade() else {
+                    return;
+                };
+                let before = logged;
+                let head = tokio::task::spawn_blocking(move || {
+                    let head = console.store.audit_head().ok().flatten().map(|(id, _)| id);
+                    // Logged at start, and after that only when rows were added.
+                    if before.is_none() || (head.is_some() && head != before) {
+                        console.log_audit_head(if before.is_none() { "start" } else { "moved" })
+                    } else {
+                        before
+                    }
+                })
+                .await;
+                if let Ok(head) = head {
+                    logged = head.or(logged);
+                }
+            }
+        });
+    }
+
     /// Watches camera health and tells browsers when a camera's state changes. Runs on the
     /// I/O runtime until the console is dropped.
     pub fn spawn_health_watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
@@ -638,6 +696,9 @@ impl Console {
         });
     }
 }
+
+/// How often the console logs the audit chain head when it has moved.
+pub const AUDIT_HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A score as people write it (0.3, not 0.30000001192092896, the f32's nearest f64).
 pub(crate) fn round4(score: f32) -> f64 {

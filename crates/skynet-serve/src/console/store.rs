@@ -1000,6 +1000,34 @@ impl ConsoleStore {
         Ok(verify_chain(rows).map(|n| (n, last)))
     }
 
+    /// The newest audit row's id and hash, the chain head: logged by the console and printed
+    /// by `skynet audit verify` to keep outside the database, where whoever can write the
+    /// database cannot reach it. One lookup by primary key. `None` while the log is empty.
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT id, coalesce(hash, '') FROM console_audit ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+    }
+
+    /// The id of the row whose hash is `head` (a head kept from earlier), `None` when no row
+    /// has it: rows were removed from the end or rewritten since it was kept. With a chain
+    /// that holds ([`Self::verify_audit`]), a row found here proves every row up to it.
+    pub fn audit_row_with_hash(&self, head: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT id FROM console_audit WHERE hash = ?1 ORDER BY id LIMIT 1",
+                [head],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     pub fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -1479,6 +1507,27 @@ mod tests {
         let mut unhashed = rows;
         unhashed[4].hash = None;
         assert_eq!(verify_chain(unhashed).unwrap_err().id, 5);
+    }
+
+    #[test]
+    fn a_kept_head_is_found_until_the_newest_rows_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConsoleStore::open(&dir.path().join("state.sqlite")).unwrap();
+        assert_eq!(store.audit_head().unwrap(), None);
+        for i in 0..5 {
+            store.record(&entry("op", &format!("a{i}"))).unwrap();
+        }
+        let (id, head) = store.audit_head().unwrap().unwrap();
+        assert_eq!(id, 5);
+        assert_eq!(store.verify_audit().unwrap().unwrap(), (5, head.clone()));
+        assert_eq!(store.audit_row_with_hash(&head).unwrap(), Some(5));
+        // Removing the newest rows leaves a chain that holds, but not the kept head.
+        store
+            .with(|c| c.execute("DELETE FROM console_audit WHERE id >= 4", []))
+            .unwrap();
+        assert_eq!(store.verify_audit().unwrap().unwrap().0, 3);
+        assert_eq!(store.audit_row_with_hash(&head).unwrap(), None);
+        assert_eq!(store.audit_head().unwrap().unwrap().0, 3);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(crate) fn start(
     let console = Arc::new(console);
     services.serve_console(api.listen, Arc::clone(&console))?;
     console.spawn_health_watch(&services.runtime());
+    console.spawn_audit_head_log(&services.runtime());
     Ok(Some(console))
 }
 

@@ -445,6 +445,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     if let Some(console) = &console {
         // Status changes made from now on have no stage to apply them.
         console.disconnect_status();
+        // The last anchor for `skynet audit verify --head`, in the shipped log.
+        console.log_audit_head("shutdown");
     }
     pruner.stop();
     if let Some((stop, handle)) = sweeper {
