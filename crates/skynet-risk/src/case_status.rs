@@ -12,7 +12,8 @@
 //! 4. `duplicate`: its id was applied already ([`AppliedEvents`], kept as long as the
 //!    stream keeps events).
 //! 5. `department`: its `department` is one the config knows, and its `assignee` a console
-//!    user of that department (when the console has users).
+//!    user of that department whose scope allows the incident, owner too (when the console
+//!    has users).
 //! 6. `transition`: the incident is open and its lifecycle allows the change.
 //!
 //! A refused event changes nothing.
@@ -253,18 +254,30 @@ impl CaseIntake {
     }
 }
 
-/// The console's users, by name, with their department: the assignees a status may name.
-/// Empty when the console has no users (then any assignee is taken).
-pub type KnownUsers = BTreeMap<String, Option<String>>;
+/// A console user as an assignee: their department, and the owner their scope is limited
+/// to (an inspector's `owner`; `None` when they see every owner).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownUser {
+    pub department: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// The console's users, by name: the assignees a status may name. Empty when the console
+/// has no users (then any assignee is taken).
+pub type KnownUsers = BTreeMap<String, KnownUser>;
 
 /// The `department` check: a department must be one of `departments`; an assignee, when
 /// `users` is not empty, a user of the department the incident will have (the event's, or
-/// else `incident_department`, where it is now).
+/// else `incident_department`, where it is now) whose scope allows the incident, its
+/// `incident_owner` too. The same rule as the console API's (`check_assignee` in
+/// skynet-serve's console/api/incidents.rs): this crate cannot use that one, skynet-serve
+/// sits above it. Change both together.
 pub fn check_assignment(
     status: &CaseStatus,
     departments: &BTreeSet<String>,
     users: &KnownUsers,
     incident_department: Option<&str>,
+    incident_owner: Option<&str>,
 ) -> Result<(), Refusal> {
     let refuse = |message: String| Refusal::new(RefusalReason::Department, message);
     if let Some(department) = &status.department
@@ -287,11 +300,21 @@ pub fn check_assignment(
             "assignee `{}` is not a console user",
             bounded(assignee)
         ))),
-        Some(theirs) if department.is_some() && theirs.as_deref() != department => {
+        Some(theirs) if department.is_some() && theirs.department.as_deref() != department => {
             Err(refuse(format!(
                 "assignee `{}` is not a user of department `{}`",
                 bounded(assignee),
                 bounded(department.unwrap_or_default())
+            )))
+        }
+        // An owner-limited assignee and an incident whose owner is not known (not open):
+        // refused rather than taken, as the scope cannot be shown to allow it.
+        Some(theirs) if theirs.owner.is_some() && theirs.owner.as_deref() != incident_owner => {
+            Err(refuse(format!(
+                "assignee `{}` is not a user of department `{}` who may see this incident (owner `{}`)",
+                bounded(assignee),
+                bounded(department.unwrap_or_default()),
+                bounded(incident_owner.unwrap_or("unknown"))
             )))
         }
         Some(_) => Ok(()),
@@ -514,7 +537,7 @@ mod tests {
         };
         let none = KnownUsers::new();
         let check = |s: &CaseStatus, users: &KnownUsers, now: Option<&str>| {
-            check_assignment(s, &departments, users, now).map_err(|r| r.reason)
+            check_assignment(s, &departments, users, now, Some("police")).map_err(|r| r.reason)
         };
         assert_eq!(
             check(&status(Some("fire"), Some("crew 7")), &none, None),
@@ -525,10 +548,14 @@ mod tests {
             check(&status(Some("nowhere"), None), &none, None),
             Err(RefusalReason::Department)
         );
+        let user = |department: Option<&str>| KnownUser {
+            department: department.map(str::to_string),
+            owner: None,
+        };
         let users: KnownUsers = [
-            ("ana".to_string(), Some("fire".to_string())),
-            ("bo".to_string(), Some("patrol".to_string())),
-            ("admin".to_string(), None),
+            ("ana".to_string(), user(Some("fire"))),
+            ("bo".to_string(), user(Some("patrol"))),
+            ("admin".to_string(), user(None)),
         ]
         .into();
         assert_eq!(
@@ -556,6 +583,49 @@ mod tests {
             check(&status(Some("fire"), Some("admin")), &users, None),
             Err(RefusalReason::Department)
         );
+    }
+
+    #[test]
+    fn an_assignee_whose_scope_excludes_the_incidents_owner_is_refused() {
+        let departments: BTreeSet<String> = ["fire".into()].into();
+        let status = |assignee: &str| CaseStatus {
+            incident: "inc-1".into(),
+            status: skynet_core::IncidentState::Dispatched,
+            department: Some("fire".into()),
+            assignee: Some(assignee.into()),
+            note: None,
+            at: Utc::now(),
+        };
+        // Both are fire's; the second sees only safety_production's incidents.
+        let users: KnownUsers = [
+            (
+                "any".to_string(),
+                KnownUser {
+                    department: Some("fire".into()),
+                    owner: None,
+                },
+            ),
+            (
+                "safety".to_string(),
+                KnownUser {
+                    department: Some("fire".into()),
+                    owner: Some("safety_production".into()),
+                },
+            ),
+        ]
+        .into();
+        let check = |who: &str, owner: Option<&str>| {
+            check_assignment(&status(who), &departments, &users, None, owner).map_err(|r| r.reason)
+        };
+        assert_eq!(check("any", Some("police")), Ok(()));
+        assert_eq!(check("safety", Some("safety_production")), Ok(()));
+        assert_eq!(
+            check("safety", Some("police")),
+            Err(RefusalReason::Department)
+        );
+        // The owner not known (the incident is not open): not shown to be in scope.
+        assert_eq!(check("safety", None), Err(RefusalReason::Department));
+        assert_eq!(check("any", None), Ok(()));
     }
 
     #[test]

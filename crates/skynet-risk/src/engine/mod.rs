@@ -91,6 +91,11 @@ pub trait RiskEngine: Send {
     fn incident_department(&self, _id: &str) -> Option<String> {
         None
     }
+    /// The owner of an open incident, for the assignee check of a status event (an
+    /// inspector limited to one owner may only be assigned that owner's incidents).
+    fn incident_owner(&self, _id: &str) -> Option<skynet_core::OwnerKind> {
+        None
+    }
     /// Everything needed to go on after a restart, as JSON text (written straight from the
     /// state: a city's state can be large, and a tree of JSON values is many times larger).
     fn snapshot(&self) -> Box<RawValue>;
@@ -412,6 +417,15 @@ impl GridRiskEngine {
 impl RiskEngine for GridRiskEngine {
     fn open_incidents(&self) -> usize {
         self.open_count
+    }
+
+    fn incident_owner(&self, id: &str) -> Option<skynet_core::OwnerKind> {
+        self.state.cells.values().find_map(|cell| {
+            cell.open
+                .values()
+                .find(|o| o.incident.id == id)
+                .map(|o| o.incident.owner)
+        })
     }
 
     fn incident_department(&self, id: &str) -> Option<String> {

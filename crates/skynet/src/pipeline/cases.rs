@@ -18,8 +18,8 @@ use skynet_emit::{
 };
 use skynet_risk::RiskEngine;
 use skynet_risk::case_status::{
-    AppliedEvents, CaseIntake, CaseOutcome, KnownUsers, Refusal, RefusalReason, apply_case_status,
-    check_assignment, count_refusal,
+    AppliedEvents, CaseIntake, CaseOutcome, KnownUser, KnownUsers, Refusal, RefusalReason,
+    apply_case_status, check_assignment, count_refusal,
 };
 use skynet_serve::console::{Console, ConsoleStore};
 
@@ -221,11 +221,13 @@ impl CaseDesk {
             return Vec::new();
         }
         let now_in = engine.incident_department(&event.status.incident);
+        let owner = engine.incident_owner(&event.status.incident);
         if let Err(refusal) = check_assignment(
             &event.status,
             &system.intake.departments,
             &system.known_users,
             now_in.as_deref(),
+            owner.map(|o| o.as_str()),
         ) {
             self.refuse(message, Some(&event.id), &refusal, true);
             return Vec::new();
@@ -281,7 +283,21 @@ impl CaseSystem {
         self.users_read = Some(Instant::now());
         match store.users() {
             Ok(users) => {
-                self.known_users = users.into_iter().map(|u| (u.name, u.department)).collect();
+                // The owner an assignee's scope is limited to, from the console's own rule
+                // (`User::scope`: only inspectors are limited).
+                self.known_users = users
+                    .into_iter()
+                    .map(|u| {
+                        let owner = u.scope().owner;
+                        (
+                            u.name,
+                            KnownUser {
+                                department: u.department,
+                                owner,
+                            },
+                        )
+                    })
+                    .collect();
             }
             Err(e) => {
                 // The last list read stays in force.
