@@ -515,6 +515,39 @@ async fn metrics_need_the_auth_token_and_healthz_stays_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_metrics_listener_refuses_a_foreign_host() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let health = Health::new();
+    health.register("stage", "stage").up();
+    let listener = skynet_serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(skynet_serve::serve(
+        listener,
+        handle,
+        health,
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let local = format!("localhost:{}", addr.port());
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        // A DNS-rebinding page names its own host.
+        let evil = get_once(addr, &format!("evil.example:{}", addr.port()), path, "").await;
+        assert_eq!(evil.status, 421, "{path}");
+        assert_eq!(get_once(addr, &local, path, "").await.status, 200, "{path}");
+        assert_eq!(
+            get_once(addr, &addr.to_string(), path, "").await.status,
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_a_client_that_trusts_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

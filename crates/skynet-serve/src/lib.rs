@@ -206,6 +206,12 @@ pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
 
 /// Serves the routes on `listener` until `shutdown` completes, with the metrics listener's
 /// [`Limits`]. With `auth_token`, `/metrics` and `/readyz` need it. Runs on the I/O runtime.
+///
+/// Bound to one address (loopback, or a given one), every route answers only the default
+/// `Host` values of that address, as the console's do (421 otherwise): a DNS-rebinding page
+/// names its own host. Bound to every address (0.0.0.0, ::), no `Host` is checked: the
+/// names it is reached by (a pod's IP in a kubelet probe or a Prometheus scrape, a Service
+/// name) cannot be listed here; a warning says so when no `auth_token` guards it.
 pub async fn serve(
     listener: std::net::TcpListener,
     metrics: PrometheusHandle,
@@ -214,10 +220,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, token = auth_token.is_some(), "serving /metrics, /healthz and /readyz");
+    let bound = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(addr = %bound, token = auth_token.is_some(), "serving /metrics, /healthz and /readyz");
+    let unspecified = bound.ip().is_unspecified();
+    if unspecified && auth_token.is_none() {
+        tracing::warn!(addr = %bound, "the metrics listener is on every address with no [metrics] auth_token: any Host is answered, so a DNS-rebinding page can read /metrics and /readyz; set auth_token or listen on one address");
     }
     let app = router_with_token(metrics, health, auth_token);
+    let app = if unspecified {
+        app
+    } else {
+        // The console's default list for this address (localhost, 127.0.0.1, [::1] and the
+        // address itself, with and without the port).
+        let hosts = console::AllowedHosts::new(&console::ApiConfig::local(bound), bound.port());
+        app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            console::check_host,
+        ))
+    };
     serve_router(listener, app, Limits::metrics(), None, shutdown).await
 }
 
