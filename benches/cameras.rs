@@ -309,6 +309,7 @@ fn run_cameras(
         services: Some(Arc::clone(&services)),
         detectors: Some(detectors),
         wait_for_shutdown: true,
+        ..Default::default()
     };
     let run = std::thread::spawn(move || pipeline::run(&config, options));
     let started = Instant::now();

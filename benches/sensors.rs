@@ -294,6 +294,7 @@ fn pipeline_drain(services: &Arc<skynet::pipeline::Services>, text: &str, n: usi
         services: Some(Arc::clone(services)),
         detectors: None,
         wait_for_shutdown: true,
+        ..Default::default()
     };
     let started = Instant::now();
     let run = std::thread::spawn(move || skynet::pipeline::run(&config, options));

@@ -25,9 +25,20 @@ pub struct ClusterConfig {
     /// member unseen for two thirds of it has vanished, and a lease lasts two thirds of it.
     #[serde(default = "default_failover_s")]
     pub failover_s: f64,
-    /// Replicas of the KV buckets (1 to 5; 3 on a 3-node JetStream cluster).
+    /// Replicas of the KV buckets and the observation stream (1 to 5; 3 on a 3-node
+    /// JetStream cluster).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// The cluster's name, the same in every process of it: incident ids and the
+    /// CloudEvents' `source` carry it instead of the node's name, so whichever scorer owns
+    /// a cell makes the same ids; a city of districts gives each district's cluster its
+    /// own (`north`, `south`), which the city console shows and filters by.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+}
+
+fn default_cluster_name() -> String {
+    "skynet".into()
 }
 
 const fn default_failover_s() -> f64 {
@@ -44,6 +55,7 @@ impl Default for ClusterConfig {
             credentials: None,
             failover_s: default_failover_s(),
             replicas: default_replicas(),
+            name: default_cluster_name(),
         }
     }
 }
@@ -79,6 +91,8 @@ impl ClusterConfig {
         // A second is the least a heartbeat every third of it can keep over a loaded
         // network; an hour is a dead camera unwatched for too long.
         check_range("failover_s", self.failover_s, 1.0, 3600.0)?;
+        self.name = cx.expand("name", &self.name)?.trim().to_string();
+        check_node_name("name", &self.name)?;
         if !(1..=5).contains(&self.replicas) {
             return Err(FieldError::new(
                 "replicas",

@@ -6,6 +6,8 @@ pub enum ClusterError {
     SingleNode,
     #[error("{0}")]
     Connect(String),
+    #[error("stream `{stream}`: {message}")]
+    Stream { stream: String, message: String },
     #[error("KV bucket `{bucket}`: {message}")]
     Bucket { bucket: String, message: String },
     #[error("`{key}` in `{bucket}`: {message}")]

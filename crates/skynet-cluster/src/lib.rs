@@ -10,6 +10,7 @@
 //!   with compare-and-swap on its revision, expired by the bucket's age limit.
 //! - [`Claims`]: an edge's share of the cameras, each run only while its lease is held.
 
+pub mod bus;
 mod claims;
 mod config;
 mod describe;
@@ -19,7 +20,7 @@ mod lease;
 mod membership;
 
 pub use claims::Claims;
-pub use config::{ClusterConfig, Role, Timing, check_node_name};
+pub use config::{ClusterConfig, Role, Timing, UnknownRole, check_node_name};
 pub use describe::describe_metrics;
 pub use error::ClusterError;
 pub use hash::{Assignments, assignments, owner};

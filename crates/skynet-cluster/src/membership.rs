@@ -68,14 +68,26 @@ pub(crate) async fn open_bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
+    // The values are a few bytes of JSON: bounded.
+    open_bucket_sized(client, bucket, max_age, replicas, 4096).await
+}
+
+/// [`open_bucket`] with values of up to `max_value_bytes`; a `max_age` of zero keeps
+/// values until they are replaced.
+pub(crate) async fn open_bucket_sized(
+    client: &async_nats::Client,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+    max_value_bytes: i32,
+) -> Result<kv::Store, ClusterError> {
     let js = jetstream::new(client.clone());
     let stream = jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         max_age,
-        // The values are a few bytes of JSON: bounded.
-        max_message_size: 4096,
+        max_message_size: max_value_bytes,
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
         allow_rollup: true,

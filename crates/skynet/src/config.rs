@@ -61,7 +61,7 @@ struct ConfigFile {
     cases: Option<Spanned<toml::Table>>,
     /// The people's console and its HTTP API.
     api: Option<Spanned<toml::Table>>,
-    /// `[cluster]`: the NATS a city's nodes share (issue 23); parsed and checked, not yet run.
+    /// `[cluster]`: the NATS a city's nodes share.
     cluster: Option<Spanned<toml::Table>>,
 }
 
@@ -299,7 +299,7 @@ pub struct PipelineConfig {
     pub cases: Option<CasesSettings>,
     /// The console and its API; `None` when the config has no `[api]`.
     pub api: Option<skynet_serve::console::ApiConfig>,
-    /// `[cluster]`; an empty `url` (the default) is a single node. Not yet used at run time.
+    /// `[cluster]`; an empty `url` (the default) is a single node.
     pub cluster: skynet_cluster::ClusterConfig,
     /// `[evidence]`: where incident snapshots go, and how often they are taken.
     pub evidence: SnapshotConfig,
@@ -572,10 +572,13 @@ fn validate(
                 .map_err(|e| at.field_error(&region, e))?
         }
     };
+    let mut risk = risk;
     if !cluster.is_single_node() {
         // The node's name becomes its member key `<role>.<node>` in the cluster's KV.
         skynet_cluster::check_node_name("name", &node)
             .map_err(|e| at.error(file.node.name.span(), e.message))?;
+        // Ids and the events' source name the cluster: any scorer makes the same ones.
+        risk.node = cluster.name.clone();
     }
     let cases = match &file.cases {
         None => None,

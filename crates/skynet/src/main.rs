@@ -39,6 +39,11 @@ enum Command {
         /// Stop once every file source has ended (instead of waiting for SIGINT/SIGTERM).
         #[arg(long)]
         until_eof: bool,
+        /// What this process does in a city of many nodes (`[cluster] url`): `all` (one
+        /// node, no NATS), `edge` (cameras, sensors, detection), `scorer` (grid cells,
+        /// incidents, sinks) or `console`.
+        #[arg(long, default_value = "all", value_parser = parse_role)]
+        role: skynet_cluster::Role,
     },
     /// Detect objects in images and videos; prints one JSON object per image or video frame.
     Detect {
@@ -265,7 +270,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Run { config, until_eof } => run(&config, until_eof),
+        Command::Run {
+            config,
+            until_eof,
+            role,
+        } => run(&config, until_eof, role),
         Command::Detect {
             model,
             threshold,
@@ -620,8 +629,20 @@ fn recover_state(config: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
+fn parse_role(text: &str) -> Result<skynet_cluster::Role, String> {
+    text.parse()
+        .map_err(|e: skynet_cluster::UnknownRole| e.to_string())
+}
+
+fn run(config_path: &Path, until_eof: bool, role: skynet_cluster::Role) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
+    if role != skynet_cluster::Role::All && config.cluster.is_single_node() {
+        anyhow::bail!(
+            "--role {role} needs a cluster: set [cluster] url in {} (configs/city.toml reads \
+             SKYNET_CLUSTER_URL)",
+            config_path.display()
+        );
+    }
     let services = Arc::new(
         Services::start_with_token(config.metrics_listen, config.metrics_auth_token.clone())
             .context("starting the HTTP endpoint")?,
@@ -634,11 +655,7 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
         signal_hook::flag::register(signal, shutdown.flag())
             .context("installing signal handlers")?;
     }
-    tracing::info!(config = %config_path.display(), node = %config.node, cameras = config.cameras.len(), sensors = config.sensors.len(), "starting");
-    if !config.cluster.is_single_node() {
-        // Issue 23 in progress: membership and leases exist as a library, not yet as roles.
-        tracing::warn!(cluster = %config.cluster.url, "[cluster] url is set, but the roles that use it are not built yet: running as a single node");
-    }
+    tracing::info!(config = %config_path.display(), node = %config.node, role = %role, cameras = config.cameras.len(), sensors = config.sensors.len(), "starting");
     let result = pipeline::run(
         &config,
         RunOptions {
@@ -646,6 +663,7 @@ fn run(config_path: &Path, until_eof: bool) -> Result<ExitCode> {
             services: Some(Arc::clone(&services)),
             detectors: None,
             wait_for_shutdown: !until_eof,
+            role,
         },
     );
     let summary = match result {

@@ -56,7 +56,7 @@ pub fn replay(
                 report: &mut ReplayReport|
      -> Result<(), ReplayError> {
         for event in events {
-            let line = OutboxEvent::new(&config.node, &event)
+            let line = OutboxEvent::new(&config.risk.node, &event)
                 .to_json()
                 .map_err(ReplayError::Serialise)?;
             writeln!(output, "{line}").map_err(ReplayError::Write)?;

@@ -16,6 +16,7 @@
 //! restarts it; the state committed with the last revision lets it go on from there.
 
 mod cases;
+mod cluster;
 mod commit;
 mod console;
 mod detect;
@@ -57,6 +58,9 @@ pub enum PipelineError {
     Sensors(String),
     #[error("the console: {0}")]
     Console(String),
+    /// `[cluster]`: the NATS could not be reached, or a bucket or stream not opened.
+    #[error("the cluster: {0}")]
+    Cluster(String),
     #[error("could not start the {stage} thread: {source}")]
     Spawn {
         stage: String,
@@ -91,6 +95,9 @@ pub struct RunOptions {
     /// triggered, as a service does (a sink that is down catches up when it comes back).
     /// Without it, `run` returns as soon as everything is drained (`--until-eof`).
     pub wait_for_shutdown: bool,
+    /// What this process does in a city of many nodes (`skynet run --role`); `All`, the
+    /// default, is the single node and never touches `[cluster]`.
+    pub role: skynet_cluster::Role,
 }
 
 /// What a run did, for the CLI's last log line, tests and benchmarks.
@@ -234,6 +241,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 
     // Everything that can fail before a frame flows, so a bad set-up fails fast and clearly.
     let console = console::start(config, &services)?;
+    // In a city of many nodes (`--role`): connected and a live member of the role.
+    let cluster = cluster::join(config, options.role, &services)?;
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
@@ -253,7 +262,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     // Retention runs on a thread of its own (never on the commit thread), with the disk watch.
     let pruner = services::start_pruner(config, &health, sink_names)?;
-    let committer = Committer::new(&config.node, outbox);
+    // The events' source: the node, or in a cluster the cluster (the risk engine's name).
+    let committer = Committer::new(&config.risk.node, outbox);
     let deliveries = start_deliveries(config, &services, &committer)?;
 
     // Evidence retention: old snapshots deleted hourly, on a thread of its own.
@@ -449,6 +459,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         console.log_audit_head("shutdown");
     }
     pruner.stop();
+    if let Some(cluster) = cluster {
+        // Others take over this node's share at once, not after the expiry.
+        cluster.leave();
+    }
     if let Some((stop, handle)) = sweeper {
         drop(stop);
         let _ = handle.join();
