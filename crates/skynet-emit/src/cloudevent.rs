@@ -7,6 +7,13 @@ use skynet_core::{GridRisk, Incident, RiskEvent};
 pub const INCIDENT_EVENT_TYPE: &str = "skynet.incident.v1";
 pub const GRID_RISK_EVENT_TYPE: &str = "skynet.grid_risk.v1";
 
+/// The district an event comes from: its `source` without `skynet/` (the cluster's name,
+/// `[cluster] name`, or on a single node the node's name). The city console shows it with
+/// each incident and filters by it.
+pub fn district_of_source(source: &str) -> &str {
+    source.strip_prefix("skynet/").unwrap_or(source)
+}
+
 /// One CloudEvent; `data` is an [`Incident`] revision (`skynet.incident.v1`) or a cell's
 /// level change, [`GridRisk`] (`skynet.grid_risk.v1`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,9 @@ pub struct IncidentQuery {
     pub categories: Vec<String>,
     pub owners: Vec<String>,
     pub departments: Vec<String>,
+    /// The districts (the events' `source` without `skynet/`, see
+    /// [`crate::district_of_source`]).
+    pub districts: Vec<String>,
     /// Last seen at or after.
     pub since: Option<DateTime<Utc>>,
     /// Last seen before.
@@ -70,6 +73,13 @@ impl Outbox {
             "json_extract(body, '$.department')",
             &query.departments,
         );
+        if !query.districts.is_empty() {
+            let marks = vec!["?"; query.districts.len()].join(", ");
+            sql.push_str(&format!(
+                " AND id IN (SELECT id FROM incident_districts WHERE district IN ({marks}))"
+            ));
+            args.extend(query.districts.iter().map(|v| Value::Text(v.clone())));
+        }
         if query.active_only {
             sql.push_str(
                 " AND coalesce(json_extract(body, '$.state'), 'open') NOT IN ('verified', 'rejected', 'closed')",
@@ -151,6 +161,35 @@ impl Outbox {
         })
     }
 
+    /// The district of each of `ids` that has one (incidents stored before districts were
+    /// kept have none).
+    pub fn incident_districts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, EmitError> {
+        let mut districts = std::collections::HashMap::new();
+        // Bound parameters in chunks well under SQLite's limit.
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut stmt = self
+                .conn()
+                .prepare_cached(&format!(
+                    "SELECT id, district FROM incident_districts WHERE id IN ({marks})"
+                ))
+                .map_err(self.err())?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(self.err())?;
+            for row in rows {
+                let (id, district) = row.map_err(self.err())?;
+                districts.insert(id, district);
+            }
+        }
+        Ok(districts)
+    }
+
     /// An incident's revisions still in the outbox (retention prunes old ones), oldest first.
     pub fn incident_revisions(&self, id: &str) -> Result<Vec<Incident>, EmitError> {
         let mut stmt = self
@@ -222,6 +261,35 @@ mod tests {
         incident.level = level;
         incident.last_seen = format!("2026-11-27T10:{minute:02}:00Z").parse().unwrap();
         incident
+    }
+
+    #[test]
+    fn each_incident_keeps_the_district_of_its_source_and_filters_by_it() {
+        let mut outbox = Outbox::open(std::path::Path::new(":memory:")).unwrap();
+        let events = [("north", "inc-n", 1), ("south", "inc-s", 2)]
+            .map(|(district, id, minute)| {
+                OutboxEvent::Incident(CloudEvent::incident(
+                    district,
+                    &incident(id, 1, minute, RiskLevel::II),
+                ))
+            })
+            .to_vec();
+        outbox.commit(&events, None).unwrap();
+        let north = outbox
+            .query_incidents(&IncidentQuery {
+                districts: vec!["north".into()],
+                limit: 10,
+                ..IncidentQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = north.incidents.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["inc-n"]);
+        let districts = outbox
+            .incident_districts(&["inc-n", "inc-s", "inc-x"])
+            .unwrap();
+        assert_eq!(districts.len(), 2);
+        assert_eq!(districts["inc-s"], "south");
+        assert_eq!(crate::district_of_source("skynet/north"), "north");
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub use cases::{
     CASE_SIGNATURE_HEADER, CASES_DEAD_LETTER_SINK, CaseAck, CaseFeedback, CaseMessage, CaseRecord,
     CasesSettings, REFUSED_BODY_LIMIT, excerpt, refused_letter, spawn_case_consumer,
 };
-pub use cloudevent::{CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent};
+pub use cloudevent::{
+    CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent, district_of_source,
+};
 pub use delivery::{
     CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,
 };

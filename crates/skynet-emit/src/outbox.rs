@@ -104,6 +104,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (sink, seq)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_id ON dead_letters (id);
+-- Each incident's district (its events' `source` without `skynet/`): a table of its own, so
+-- outboxes in the field need no migration; rows without one show no district.
+CREATE TABLE IF NOT EXISTS incident_districts (
+    id          TEXT PRIMARY KEY,
+    district    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL,
@@ -320,6 +326,16 @@ impl Outbox {
                     continue;
                 }
             };
+            if let OutboxEvent::Incident(e) = event {
+                tx.prepare_cached(
+                    "INSERT INTO incident_districts (id, district) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET district = excluded.district",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![incident.id, crate::district_of_source(&e.source)])
+                })
+                .map_err(&err)?;
+            }
             let status = incident_status(incident);
             tx.prepare_cached(
                 "INSERT INTO incidents (id, revision, status, category, level, grid, camera, owner, first_seen, last_seen, body)

@@ -214,6 +214,13 @@ impl Outbox {
                  WHERE status = 'closed' AND last_seen < ?1 LIMIT ?2)",
             &cutoff,
         )?;
+        // The districts of incidents no longer kept.
+        self.delete_in_batches(
+            "DELETE FROM incident_districts WHERE id IN (SELECT d.id FROM incident_districts d
+                 WHERE ?1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = d.id)
+                 LIMIT ?2)",
+            &cutoff,
+        )?;
         // A cell's latest level stays: the map shows it however old.
         pruned.grid_risk = self.delete_in_batches(
             "DELETE FROM grid_risk WHERE rowid IN (SELECT g.rowid FROM grid_risk g

@@ -180,6 +180,8 @@ pub struct Console {
     /// Per camera: the decoded count and when it was read, and the frame rate from the
     /// reading before.
     rates: Mutex<HashMap<String, RateSample>>,
+    /// The cluster's health, in a console of a cluster (`None` on a single node).
+    pub(crate) cluster: RwLock<Option<super::city::ClusterHealth>>,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.
@@ -220,6 +222,7 @@ impl Console {
             events: broadcast::channel(LIVE_BACKLOG).0,
             streams,
             rates: Mutex::new(HashMap::new()),
+            cluster: RwLock::new(None),
         })
     }
 
@@ -465,6 +468,15 @@ impl Console {
     /// An incident as the API shows it: the revision, with who acknowledged it and where
     /// its evidence images are served.
     pub(crate) fn incident_view(&self, incident: &Incident) -> IncidentView {
+        self.incident_view_in(incident, self.district_of(&incident.id))
+    }
+
+    /// [`Self::incident_view`] with the incident's district already read.
+    pub(crate) fn incident_view_in(
+        &self,
+        incident: &Incident,
+        district: Option<String>,
+    ) -> IncidentView {
         let ack = self
             .acks
             .lock()
@@ -493,6 +505,7 @@ impl Console {
             incident: incident.clone(),
             acknowledged,
             evidence_urls,
+            district,
         }
     }
 
@@ -544,6 +557,12 @@ impl Console {
                         .map(|(label, score)| (label, round4(score)))
                         .collect(),
                     threshold_floor: round4(entry.thresholds.floor()),
+                    node: self
+                        .cluster
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_some()
+                        .then(|| self.camera_node(id.as_str())),
                 }
             })
             .collect()

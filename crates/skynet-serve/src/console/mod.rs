@@ -10,6 +10,7 @@
 mod api;
 mod assets;
 pub mod auth;
+mod city;
 mod hosts;
 mod live;
 pub mod passwords;
@@ -20,6 +21,7 @@ mod views;
 
 pub use api::router as console_router;
 pub use auth::{Permission, Role, Scope, User};
+pub use city::ClusterHealth;
 pub use hosts::{AllowedHosts, check_host};
 pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,

@@ -56,6 +56,10 @@ pub(crate) struct IncidentView {
     pub incident: Incident,
     pub acknowledged: Option<AckView>,
     pub evidence_urls: Vec<String>,
+    /// The district it comes from (its events' `source` without `skynet/`): the cluster's
+    /// name, or a single node's name; `null` for an incident stored before districts were
+    /// kept.
+    pub district: Option<String>,
 }
 
 /// A camera with its health, counters and thresholds (`Camera` in openapi.json).
@@ -78,6 +82,10 @@ pub(crate) struct CameraView {
     pub frame_at: Option<DateTime<Utc>>,
     pub thresholds: BTreeMap<String, f64>,
     pub threshold_floor: f64,
+    /// In a cluster: the edge node running the camera (its lease), `null` while none does.
+    /// Absent on a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Option<String>>,
 }
 
 /// A sensor with its state and last reading (`Sensor` in openapi.json).

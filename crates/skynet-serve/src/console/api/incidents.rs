@@ -169,6 +169,8 @@ pub(super) struct IncidentFilters {
     category: Option<String>,
     owner: Option<String>,
     department: Option<String>,
+    /// The districts (comma-separated): the events' `source` without `skynet/`.
+    district: Option<String>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<usize>,
@@ -229,6 +231,7 @@ fn incident_query(caller: &Caller, filters: &IncidentFilters) -> ApiResult<Optio
         ("category", &filters.category),
         ("owner", &filters.owner),
         ("department", &filters.department),
+        ("district", &filters.district),
     ] {
         if list(value).len() > MAX_FILTER_VALUES {
             return Err(ApiError::bad_request(format!(
@@ -254,6 +257,7 @@ fn incident_query(caller: &Caller, filters: &IncidentFilters) -> ApiResult<Optio
         categories: list(&filters.category),
         owners,
         departments,
+        districts: list(&filters.district),
         since: time("since", &filters.since)?,
         until: time("until", &filters.until)?,
         active_only: false,
@@ -277,17 +281,15 @@ pub(super) async fn list_incidents(
         }));
     };
     let c = Arc::clone(&console);
-    let page = blocking(move || {
-        c.outbox
+    let (page, incidents) = blocking(move || {
+        let page = c
+            .outbox
             .with(|o| o.query_incidents(&query))
-            .map_err(ApiError::internal)
+            .map_err(ApiError::internal)?;
+        let views = c.incident_views(&page.incidents);
+        Ok::<_, ApiError>((page, views))
     })
     .await?;
-    let incidents = page
-        .incidents
-        .iter()
-        .map(|i| console.incident_view(i))
-        .collect();
     Ok(Reply(IncidentsPage {
         incidents,
         next: page.next.as_ref().map(encode_cursor),

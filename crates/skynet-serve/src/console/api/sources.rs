@@ -75,6 +75,9 @@ pub(super) struct GridHistory {
 #[derive(Serialize)]
 pub(super) struct Cameras {
     cameras: Vec<CameraView>,
+    /// In a cluster's console: the live members per role and which node runs each camera.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::console::ClusterHealth>,
 }
 
 #[derive(Serialize)]
@@ -254,6 +257,7 @@ pub(super) async fn cameras(
     caller.require(Permission::SourcesRead)?;
     Ok(Reply(Cameras {
         cameras: console.camera_views(),
+        cluster: console.cluster(),
     }))
 }
 
@@ -385,11 +389,16 @@ pub(super) async fn tickets(
         .filter(|i| i.status != skynet_core::IncidentStatus::Closed)
         .collect();
     incidents.sort_by_key(|i| next_deadline(i).unwrap_or(DateTime::<Utc>::MAX_UTC));
-    let tickets = incidents
+    let deadlines: Vec<_> = incidents.iter().map(|i| next_deadline(i)).collect();
+    let incidents: Vec<Incident> = incidents.into_iter().cloned().collect();
+    let c = Arc::clone(&console);
+    let views = blocking(move || Ok(c.incident_views(&incidents))).await?;
+    let tickets = views
         .into_iter()
-        .map(|i| Ticket {
-            incident: console.incident_view(i),
-            next_deadline: next_deadline(i),
+        .zip(deadlines)
+        .map(|(incident, next_deadline)| Ticket {
+            incident,
+            next_deadline,
         })
         .collect();
     Ok(Reply(Tickets { tickets }))
