@@ -21,6 +21,15 @@ fn describe_own_metrics() {
         "skynet_console_preview_errors_total",
         "Camera tiles for the console that could not be drawn."
     );
+    // The console role's projection of SKYNET_INCIDENTS and its status changes.
+    describe_counter!(
+        "skynet_console_projection_events_total",
+        "Events of the incidents stream a console-role console read, per outcome: applied (stored and shown), stale (a revision not newer than the one held, or one already stored), invalid (not an incident or cell-level CloudEvent)."
+    );
+    describe_counter!(
+        "skynet_console_case_status_sent_total",
+        "Status changes and acknowledgements a console-role console sent as signed case-status events, per outcome (sent: JetStream acknowledged it; failed: the person got a 503)."
+    );
     describe_histogram!(
         "skynet_sensor_latency_seconds",
         Unit::Seconds,

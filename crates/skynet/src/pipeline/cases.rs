@@ -123,7 +123,17 @@ impl CaseDesk {
                 Some(CaseSystem {
                     intake: CaseIntake {
                         subject_prefix: cases.subject_prefix.clone(),
-                        sources: cases.sources.iter().cloned().collect(),
+                        // In a cluster, the consoles' status changes come this way too,
+                        // signed with the same secret (`--role console`).
+                        sources: cases
+                            .sources
+                            .iter()
+                            .cloned()
+                            .chain(
+                                (!config.cluster.is_single_node())
+                                    .then(|| super::city_console::CONSOLE_CASE_SOURCE.to_string()),
+                            )
+                            .collect(),
                         secret: cases.secret.clone(),
                         departments: known_departments(config),
                     },

@@ -16,6 +16,7 @@
 //! restarts it; the state committed with the last revision lets it go on from there.
 
 mod cases;
+mod city_console;
 mod cluster;
 mod commit;
 mod console;
@@ -243,6 +244,16 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let console = console::start(config, &services)?;
     // In a city of many nodes (`--role`): connected and a live member of the role.
     let cluster = cluster::join(config, options.role, &services)?;
+    if options.role == skynet_cluster::Role::Console
+        && let Some(cluster) = cluster
+    {
+        // The city's console: the incidents stream and the cluster's health, nothing else.
+        city_console::run(config, &services, console, cluster, &shutdown)?;
+        return Ok(RunSummary {
+            elapsed: started.elapsed(),
+            ..RunSummary::default()
+        });
+    }
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
