@@ -16,7 +16,7 @@ pub fn describe_metrics() {
 
 /// The metrics the binary's wiring records itself.
 fn describe_own_metrics() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "skynet_console_preview_errors_total",
         "Camera tiles for the console that could not be drawn."
@@ -34,5 +34,27 @@ fn describe_own_metrics() {
         "skynet_sensor_latency_seconds",
         Unit::Seconds,
         "From a sensor message's arrival to its observation."
+    );
+    // The bus between an edge and the scorers (`kind`: observation or reading).
+    describe_counter!(
+        "skynet_bus_published_total",
+        "Messages an edge published on the SKYNET_OBSERVATIONS stream and JetStream acknowledged, per kind (observation, reading)."
+    );
+    describe_counter!(
+        "skynet_bus_publish_retries_total",
+        "Messages published again after a failed publish or a missing JetStream ack, per kind (nothing is dropped: they wait and are retried with backoff)."
+    );
+    describe_counter!(
+        "skynet_bus_publish_refused_total",
+        "Messages the SKYNET_OBSERVATIONS stream refused for good on publishing (too large for it), logged and skipped, per kind."
+    );
+    describe_gauge!(
+        "skynet_bus_publish_queue_depth",
+        "Messages handed to an edge's bus publisher and not yet acknowledged by JetStream, per kind; the stages before it wait while it is full."
+    );
+    describe_histogram!(
+        "skynet_bus_publish_seconds",
+        Unit::Seconds,
+        "From a message's hand-over to the bus publisher to JetStream's ack (queueing and retries included), per kind."
     );
 }

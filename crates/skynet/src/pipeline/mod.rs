@@ -21,6 +21,7 @@ mod cluster;
 mod commit;
 mod console;
 mod detect;
+mod edge;
 mod rules;
 pub mod sensors;
 mod services;
@@ -244,6 +245,16 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let console = console::start(config, &services)?;
     // In a city of many nodes (`--role`): connected and a live member of the role.
     let cluster = cluster::join(config, options.role, &services)?;
+    // An edge publishes its observations on the bus instead of scoring them itself.
+    let is_edge = options.role == skynet_cluster::Role::Edge;
+    let publisher = match &cluster {
+        Some(node) if is_edge => Some(edge::ObservationPublisher::start(
+            node,
+            config,
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     if options.role == skynet_cluster::Role::Console
         && let Some(cluster) = cluster
     {
@@ -270,12 +281,18 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         .as_ref()
         .map(|s| s.state.sensor_rules.clone())
         .unwrap_or_default();
-    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    // An edge delivers nothing: its evidence goes to the scorers, which own the sinks.
+    let sink_names: Vec<String> = config
+        .sinks
+        .iter()
+        .filter(|_| !is_edge)
+        .map(|s| s.name.clone())
+        .collect();
     // Retention runs on a thread of its own (never on the commit thread), with the disk watch.
     let pruner = services::start_pruner(config, &health, sink_names)?;
     // The events' source: the node, or in a cluster the cluster (the risk engine's name).
     let committer = Committer::new(&config.risk.node, outbox);
-    let deliveries = start_deliveries(config, &services, &committer)?;
+    let deliveries = start_deliveries(config, &services, &committer, !is_edge)?;
 
     // Evidence retention: old snapshots deleted hourly, on a thread of its own.
     let sweeper = start_sweeper(config)?;
@@ -320,6 +337,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         wait_for_shutdown.then(|| shutdown.clone()),
     )
     .with_camera_events(camera_events_rx);
+    // An edge runs a camera only while it holds the camera's lease among the live edges.
+    let mut camera_claims = None;
+    if let (Some(node), Some(publisher)) = (&cluster, publisher) {
+        let claims = edge::CameraClaims::start(node, config)?;
+        rules_and_risk = rules_and_risk.for_edge(Box::new(publisher), claims.runnable());
+        camera_claims = Some(claims);
+    }
     // The console's camera tiles: the latest frames, drawn on a thread of their own.
     let mut preview_thread = None;
     if let Some(console) = &console {
@@ -392,6 +416,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         &health,
         &shutdown,
         &counters,
+        camera_claims.as_ref(),
     )?;
 
     // Detection: each worker serves every camera queue, fairly.
@@ -416,6 +441,11 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 failed_cameras.push(camera);
             }
         }
+    }
+    if let Some(claims) = camera_claims {
+        // No camera runs here any more: the other edges take them at once, not after the
+        // leases expire (what is in flight still drains and is published).
+        claims.stop();
     }
     tracing::info!("all sources ended; draining the pipeline");
     for handle in detect_threads {
@@ -500,9 +530,10 @@ fn start_deliveries(
     config: &PipelineConfig,
     services: &Services,
     committer: &Committer,
+    with_sinks: bool,
 ) -> Result<skynet_emit::Deliveries, PipelineError> {
     let mut sinks = Vec::with_capacity(config.sinks.len());
-    for spec in &config.sinks {
+    for spec in config.sinks.iter().filter(|_| with_sinks) {
         sinks.push((
             spec.config
                 .build(&skynet_emit::SinkBuildContext { name: &spec.name })?,
@@ -556,6 +587,7 @@ fn start_cameras(
     health: &skynet_core::Health,
     shutdown: &Shutdown,
     counters: &Arc<Counters>,
+    claims: Option<&edge::CameraClaims>,
 ) -> Result<(Vec<detect::CameraInput>, SourceThreads), PipelineError> {
     let max_size = Some((config.model.input.width, config.model.input.height));
     let mut inputs = Vec::new();
@@ -609,9 +641,12 @@ fn start_cameras(
             max_size,
         };
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
+        let gate = claims.map(|c| c.gate(camera.id.as_str()));
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
-            .spawn(move || source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters))
+            .spawn(move || {
+                source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters, gate)
+            })
             .map_err(|source| PipelineError::Spawn {
                 stage: format!("source {}", camera.id),
                 source,
@@ -661,6 +696,7 @@ fn source_stage(
     stop: &Shutdown,
     health: &CameraHealth,
     counters: &Counters,
+    gate: Option<edge::CameraGate>,
 ) -> bool {
     let span =
         tracing::info_span!("source", camera = %camera.id, uri = %camera.source.display_uri());
@@ -677,13 +713,23 @@ fn source_stage(
             return false;
         }
     };
-    let result = skynet_ingest::run_supervised(
-        source.as_mut(),
-        out,
-        stop,
-        health,
-        &camera.source.retry_policy(),
-    );
+    let policy = camera.source.retry_policy();
+    let result = match gate {
+        None => skynet_ingest::run_supervised(source.as_mut(), out, stop, health, &policy),
+        // An edge's camera: run while this node holds its lease, stopped when it moves.
+        Some(mut gate) => gate.run(
+            stop,
+            || {
+                // Not run here for now: ended as far as this node's health goes.
+                if health.state() != skynet_ingest::CameraState::Stopped {
+                    health.stopped();
+                }
+            },
+            |camera_stop| {
+                skynet_ingest::run_supervised(source.as_mut(), out, camera_stop, health, &policy)
+            },
+        ),
+    };
     // Nothing follows: the camera's clock stops where its frames stopped.
     out.watermark().finish();
     let stats = source.stats();

@@ -14,14 +14,15 @@
 //!   from the last committed state, and frames at or before a camera's committed clock are
 //!   not applied twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skynet_core::{
-    DeviceFault, DeviceId, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver, Watermark,
+    DeviceFault, DeviceId, GridId, QueueClosed, RiskEvent, Shutdown, StageQueue, StageReceiver,
+    Watermark,
 };
 use skynet_detect::CameraRules;
 use skynet_detect::reorder::Reorder;
@@ -73,6 +74,8 @@ struct CameraStage {
     gaps: metrics::Counter,
     /// Live cameras only: when frames stopped, for the `camera_offline` incident.
     offline: Option<OfflineWatch>,
+    /// `offline_after_s`: how a fresh watch is made (an edge's camera claimed again).
+    offline_after: chrono::Duration,
 }
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
@@ -110,6 +113,13 @@ pub(crate) struct RulesAndRisk {
     evidence: Option<SnapshotStage>,
     /// The console's camera tiles; `None` without `[api]`.
     preview: Option<super::console::Preview>,
+    /// At an edge: the lease keys of the cameras this node runs now. A camera run elsewhere
+    /// is not offline here.
+    claims: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
+}
+
+fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
+    chrono::Duration::from_std(camera.offline_after).unwrap_or(chrono::Duration::seconds(30))
 }
 
 impl RulesAndRisk {
@@ -178,13 +188,9 @@ impl RulesAndRisk {
                     late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
                     gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
                     offline: watermark.is_live().then(|| {
-                        OfflineWatch::new(
-                            chrono::Duration::from_std(c.offline_after)
-                                .unwrap_or(chrono::Duration::seconds(30)),
-                            c.grid.clone(),
-                            c.owner,
-                        )
+                        OfflineWatch::new(offline_after(c), c.grid.clone(), c.owner)
                     }),
+                    offline_after: offline_after(c),
                 };
                 (c.id.clone(), stage)
             })
@@ -217,7 +223,28 @@ impl RulesAndRisk {
                     .map(|c| (c.id.clone(), c.zones.clone(), c.privacy_masks.clone())),
             ),
             preview: None,
+            claims: None,
         }
+    }
+
+    /// At an edge: `engine` (the bus publisher) instead of the grid engine, and cameras
+    /// watched for going offline only while this node holds their lease (`claims`: the
+    /// runnable lease keys). A saved risk state is not used: the scorers own the cells.
+    pub(crate) fn for_edge(
+        mut self,
+        engine: Box<dyn RiskEngine>,
+        claims: tokio::sync::watch::Receiver<BTreeSet<String>>,
+    ) -> Self {
+        let open = self.engine.open_incidents();
+        if open > 0 {
+            tracing::warn!(
+                open_incidents = open,
+                "the saved state holds incidents of a single node; an edge does not go on with them (the scorers own the cells)"
+            );
+        }
+        self.engine = engine;
+        self.claims = Some(claims);
+        self
     }
 
     /// Takes evidence and device faults from the sensor stage. Sensors are live: their
@@ -332,13 +359,25 @@ impl RulesAndRisk {
     /// The device works again: the observation that closes its open `category` fault.
     fn recover(&mut self, device: &DeviceId, category: &str, at: DateTime<Utc>) -> Vec<RiskEvent> {
         let faults = self.engine.faulty_devices();
-        let Some((source, grid, _)) = faults
+        let found = faults
             .into_iter()
             .find(|(source, _, c)| &source.id == device && c == category)
-        else {
+            .map(|(source, grid, _)| (source, grid));
+        let Some((source, grid)) = found.or_else(|| self.edge_camera(device)) else {
             return Vec::new();
         };
         self.observe(&DeviceFault::recovery(source, grid, category, at))
+    }
+
+    /// At an edge, a camera of this config with its cell: the engine that knows its faults
+    /// is a scorer's, so every recovery goes out (one closing no fault changes nothing).
+    fn edge_camera(&self, device: &DeviceId) -> Option<(skynet_core::SourceRef, GridId)> {
+        self.claims.as_ref()?;
+        let camera = self.cameras.get(device)?;
+        Some((
+            skynet_core::SourceRef::camera(device),
+            camera.rules.grid.clone(),
+        ))
     }
 
     /// Whether sensor messages wait for a commit to be acknowledged, and it is time for one:
@@ -401,8 +440,23 @@ impl RulesAndRisk {
             }
         }
         let now = Utc::now();
+        let claimed = self.claims.as_mut().map(|c| c.borrow_and_update().clone());
         let mut faults = Vec::new();
         for (id, camera) in &mut self.cameras {
+            if let Some(claimed) = &claimed
+                && !claimed.contains(&skynet_cluster::Leases::camera_key(id.as_str()))
+            {
+                // Run by another edge, or by none yet: not offline here. Its watch starts
+                // afresh whenever it is claimed again.
+                if camera.offline.is_some() {
+                    camera.offline = Some(OfflineWatch::new(
+                        camera.offline_after,
+                        camera.rules.grid.clone(),
+                        camera.rules.owner,
+                    ));
+                }
+                continue;
+            }
             if let Some(fault) = camera.offline.as_mut().and_then(|w| w.due(id, now)) {
                 faults.push(fault.observation());
             }
