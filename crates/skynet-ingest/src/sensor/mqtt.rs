@@ -165,6 +165,28 @@ pub struct MqttConfig {
     pub max_backoff: Duration,
     pub families: Vec<TopicFamily>,
     pub limits: IngestLimits,
+    /// Subscribe as a member of this shared-subscription group (`$share/<group>/<filter>`,
+    /// which Mosquitto serves to 3.1.1 clients too): the broker hands each message to one
+    /// member only. Not a key of `[mqtt]`: a cluster's edges set it ([`MqttConfig::shared`]).
+    pub share_group: Option<String>,
+}
+
+impl MqttConfig {
+    /// The same connection, subscribed as a member of the shared-subscription `group`: each
+    /// message goes to one of the group's connections (the cluster's edges share the
+    /// sensors' messages this way).
+    pub fn shared(mut self, group: impl Into<String>) -> Self {
+        self.share_group = Some(group.into());
+        self
+    }
+
+    /// The filter to subscribe to for `pattern`: itself, or its shared form.
+    pub fn subscription(&self, pattern: &str) -> String {
+        match &self.share_group {
+            Some(group) => format!("$share/{group}/{pattern}"),
+            None => pattern.to_string(),
+        }
+    }
 }
 
 impl TopicSettings {
@@ -322,6 +344,7 @@ impl MqttSettings {
                     UnknownSensorsSetting::Register => UnknownSensors::Register,
                 },
             },
+            share_group: None,
         })
     }
 }
@@ -723,7 +746,12 @@ impl MqttClient {
                     let filters: Vec<rumqttc::SubscribeFilter> = config
                         .families
                         .iter()
-                        .map(|f| rumqttc::SubscribeFilter::new(f.pattern.clone(), config.qos))
+                        .map(|f| {
+                            rumqttc::SubscribeFilter::new(
+                                config.subscription(&f.pattern),
+                                config.qos,
+                            )
+                        })
                         .collect();
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::error!(url = %url, error = %e, "MQTT subscribe could not be queued");
@@ -809,6 +837,12 @@ mod tests {
         assert_eq!(n.client_id, "skynet-n1");
         assert_eq!(c.status_topic, "skynet/status/skynet-n1");
         assert_eq!(c.deadletter_topic, DEFAULT_DEADLETTER_TOPIC);
+        assert_eq!(c.subscription("skynet/sensors/+"), "skynet/sensors/+");
+        let c = c.shared("city-edges");
+        assert_eq!(
+            c.subscription("skynet/sensors/+"),
+            "$share/city-edges/skynet/sensors/+"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod commit;
 mod console;
 mod detect;
 mod edge;
+mod readings;
 mod rules;
 pub mod sensors;
 mod services;
@@ -354,7 +355,20 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     // Sensors: the MQTT connection on the runtime, validation and rules on their own thread.
     let mut sensor_feed = None;
-    if let Some(mqtt) = &config.mqtt {
+    if let (Some(mqtt), skynet_cluster::Role::Edge) = (&config.mqtt, options.role) {
+        // An edge validates and publishes on the bus; the scorers run the sensor rules.
+        let node = cluster.as_ref().ok_or_else(|| {
+            PipelineError::Cluster("an edge needs [cluster] url for its sensors".into())
+        })?;
+        sensor_feed = Some(readings::start_edge(
+            mqtt,
+            &config.sensors,
+            node,
+            &config.cluster,
+            &health,
+            &shutdown,
+        )?);
+    } else if let Some(mqtt) = &config.mqtt {
         let (sensor_events, sensor_events_rx) =
             crossbeam_channel::bounded::<sensors::SensorEvent>(4096);
         sensor_feed = Some(sensors::start(

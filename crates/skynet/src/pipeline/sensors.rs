@@ -20,7 +20,7 @@
 //! [`CHECKPOINT_AFTER`] old, at least every [`CHECKPOINT_EVERY`] messages, before the thread
 //! parks (nothing processed ever waits for more input), and at the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,11 +29,13 @@ use chrono::{DateTime, Utc};
 use skynet_core::{DeviceFault, DeviceId, Health, Observation, Shutdown};
 use skynet_detect::{Liveness, SensorRules};
 use skynet_ingest::sensor::{
-    AckSender, DeadLetters, MqttClient, MqttConfig, MqttMessage, ReadingAcks, Reject, SensorIngest,
+    AckSender, DeadLetters, MqttClient, MqttConfig, MqttMessage, ReadingAcks, Reject, Rejection,
+    SensorIngest,
 };
 use tokio::sync::mpsc;
 
 use super::PipelineError;
+use super::readings::BusReading;
 use crate::config::SensorConfig;
 
 /// What the sensor stage hands the risk stage.
@@ -76,6 +78,13 @@ pub const CHECKPOINT_AFTER: Duration = Duration::from_millis(2);
 pub enum SensorInput {
     Message(MqttMessage),
     Tick(DateTime<Utc>),
+    /// A reading an edge validated and published on the bus (a scorer's input): validated
+    /// again and run through the rules of its subject's sensor only, with no broker ack.
+    Bus(BusReading),
+    /// The grid cells whose sensors this process answers for (a scorer's owned cells), or
+    /// `None`: every sensor (the default). Liveness is checked only for theirs, each from
+    /// when its cell became this process's.
+    Cells(Option<HashSet<String>>),
 }
 
 impl From<MqttMessage> for SensorInput {
@@ -91,10 +100,12 @@ pub struct SensorStage {
     /// Each sensor's place in `sensors`.
     index: HashMap<String, usize>,
     sensors: Vec<SensorSlot>,
-    dead_letters: Option<DeadLetters>,
+    refusals: Refusals,
     latency: metrics::Histogram,
-    /// How many refusals of each reason were logged (first, then powers of two).
-    logged: HashMap<Reject, u64>,
+    /// Bus readings refused before validation (unknown sensor, another cell).
+    bus_refused: metrics::Counter,
+    /// The cells whose sensors' liveness this process checks; `None`: every sensor.
+    cells: Option<HashSet<String>>,
     /// The console's sensor list: last readings and offline states.
     console: Option<Arc<skynet_serve::console::Console>>,
     /// Acknowledgements of the messages processed since the last checkpoint.
@@ -113,6 +124,49 @@ struct SensorSlot {
     id: String,
     rules: SensorRules,
     changed: bool,
+    /// Its cell, and how often it should speak (`None`: never offline).
+    grid: String,
+    interval: Option<chrono::Duration>,
+    /// When its cell became this process's (see [`SensorInput::Cells`]): liveness is judged
+    /// from then, not from a reading another process had.
+    owned_since: Option<DateTime<Utc>>,
+}
+
+/// Refused payloads: dead-lettered, and logged the first time and then at powers of two
+/// per reason (a misbehaving publisher must not flood the log).
+pub(crate) struct Refusals {
+    dead_letters: Option<DeadLetters>,
+    logged: HashMap<Reject, u64>,
+}
+
+impl Refusals {
+    pub(crate) fn new(dead_letters: Option<DeadLetters>) -> Self {
+        Self {
+            dead_letters,
+            logged: HashMap::new(),
+        }
+    }
+
+    /// A message (`topic`, `payload`) had a record refused; `first` is the first refusal.
+    pub(crate) fn refuse(&mut self, topic: &str, payload: &[u8], first: &Rejection) {
+        if let Some(dead) = &self.dead_letters {
+            dead.publish(payload);
+        }
+        let n = self.logged.entry(first.reason).or_default();
+        *n += 1;
+        if n.is_power_of_two() {
+            let excerpt: String = String::from_utf8_lossy(payload).chars().take(160).collect();
+            tracing::warn!(
+                topic = %topic,
+                reason = %first.reason,
+                sensor = first.sensor.as_ref().map(|s| s.as_str()).unwrap_or("-"),
+                payload = ?excerpt,
+                refused_so_far = *n,
+                dead_lettered = self.dead_letters.is_some(),
+                "sensor payload refused"
+            );
+        }
+    }
 }
 
 impl SensorStage {
@@ -130,6 +184,9 @@ impl SensorStage {
                 id: s.spec.id.to_string(),
                 rules: SensorRules::new(s.placement.clone(), s.rules.clone(), now),
                 changed: false,
+                grid: s.placement.grid.to_string(),
+                interval: s.placement.expected_interval,
+                owned_since: None,
             };
             match index.get(&slot.id) {
                 Some(&i) => slots[i] = slot,
@@ -147,9 +204,10 @@ impl SensorStage {
             ),
             index,
             sensors: slots,
-            dead_letters,
+            refusals: Refusals::new(dead_letters),
             latency: metrics::histogram!("skynet_sensor_latency_seconds"),
-            logged: HashMap::new(),
+            bus_refused: metrics::counter!("skynet_bus_refused_total", "kind" => "reading"),
+            cells: None,
             console: None,
             acks: None,
             since_checkpoint: 0,
@@ -234,8 +292,29 @@ impl SensorStage {
     /// Processes one input; each event goes to `emit` (which may block: nothing is dropped).
     pub fn process(&mut self, input: SensorInput, emit: &mut impl FnMut(SensorEvent)) {
         match input {
+            SensorInput::Bus(reading) => {
+                if let Some(reason) = self.foreign(&reading) {
+                    self.bus_refused.increment(1);
+                    tracing::warn!(subject = %reading.subject, reason = %reason, "bus reading refused");
+                    return;
+                }
+                self.message(&reading.message, Some(&reading.sensor), emit);
+                self.since_checkpoint += 1;
+            }
+            SensorInput::Cells(cells) => {
+                let now = Utc::now();
+                for slot in &mut self.sensors {
+                    let owned = cells.as_ref().is_none_or(|c| c.contains(&slot.grid));
+                    slot.owned_since = match (owned, slot.owned_since) {
+                        (false, _) => None,
+                        (true, Some(since)) => Some(since),
+                        (true, None) => Some(now),
+                    };
+                }
+                self.cells = cells;
+            }
             SensorInput::Message(message) => {
-                self.message(&message, emit);
+                self.message(&message, None, emit);
                 self.since_checkpoint += 1;
                 // Refused or evidence-free alike: acknowledged with the next checkpoint's
                 // commit, in receipt order.
@@ -245,6 +324,17 @@ impl SensorStage {
             }
             SensorInput::Tick(now) => {
                 for slot in &mut self.sensors {
+                    if self.cells.is_some() {
+                        // Another process's sensor, or one this process took over less
+                        // than its interval ago: not judged here (yet).
+                        let due = match (slot.owned_since, slot.interval) {
+                            (Some(since), Some(interval)) => now - since >= interval,
+                            _ => false,
+                        };
+                        if !due {
+                            continue;
+                        }
+                    }
                     match slot.rules.check_liveness(now) {
                         Some(Liveness::Offline(fault)) => {
                             if let Some(console) = &self.console {
@@ -265,35 +355,48 @@ impl SensorStage {
         }
     }
 
-    fn message(&mut self, message: &MqttMessage, emit: &mut impl FnMut(SensorEvent)) {
+    /// Why a bus reading is not this stage's to process: its sensor is not configured
+    /// here, or is in another cell here than the subject says (the edge's config differs).
+    fn foreign(&self, reading: &BusReading) -> Option<String> {
+        let Some(&i) = self.index.get(&reading.sensor) else {
+            return Some(format!("unknown sensor `{}`", reading.sensor));
+        };
+        let grid = &self.sensors[i].grid;
+        (*grid != reading.grid).then(|| {
+            format!(
+                "sensor `{}` is in {grid} here, not {}",
+                reading.sensor, reading.grid
+            )
+        })
+    }
+
+    /// Validates a message and runs its readings through their sensors' rules; `only`: the
+    /// one sensor whose readings count (a bus reading's subject; the message's other
+    /// records travel on their own subjects and were refused, if at all, at the edge).
+    fn message(
+        &mut self,
+        message: &MqttMessage,
+        only: Option<&str>,
+        emit: &mut impl FnMut(SensorEvent),
+    ) {
         let ingested = self.ingest.ingest(
             &message.topic,
             &message.payload,
             message.at,
             message.received_at,
         );
-        if let Some(first) = ingested.rejected.first() {
-            if let Some(dead) = &self.dead_letters {
-                dead.publish(&message.payload);
-            }
-            let n = self.logged.entry(first.reason).or_default();
-            *n += 1;
-            if n.is_power_of_two() {
-                let excerpt: String = String::from_utf8_lossy(&message.payload)
-                    .chars()
-                    .take(160)
-                    .collect();
-                tracing::warn!(
-                    topic = %message.topic,
-                    reason = %first.reason,
-                    sensor = first.sensor.as_ref().map(|s| s.as_str()).unwrap_or("-"),
-                    payload = ?excerpt,
-                    refused_so_far = *n,
-                    "sensor payload refused; sent to the dead-letter topic"
-                );
-            }
+        let refused = ingested.rejected.iter().find(|r| match (only, &r.sensor) {
+            (Some(only), Some(sensor)) => sensor.as_str() == only,
+            _ => true,
+        });
+        if let Some(first) = refused {
+            self.refusals
+                .refuse(&message.topic, &message.payload, first);
         }
         for reading in ingested.readings {
+            if only.is_some_and(|only| reading.sensor.as_str() != only) {
+                continue;
+            }
             let Some(&i) = self.index.get(reading.sensor.as_str()) else {
                 continue;
             };
@@ -371,6 +474,16 @@ impl SensorFeed {
     }
 }
 
+impl SensorFeed {
+    /// A feed of `thread`, whose connection (if any) says on `connection` when it is done.
+    pub(crate) fn new(thread: JoinHandle<()>, connection: std::sync::mpsc::Receiver<()>) -> Self {
+        Self {
+            thread: Some(thread),
+            connection,
+        }
+    }
+}
+
 /// Starts the MQTT connection on the runtime and the sensor thread; events go to `events`.
 /// `restored`: each sensor's rules' memory from the saved state.
 #[allow(clippy::too_many_arguments)]
@@ -386,13 +499,13 @@ pub fn start(
 ) -> Result<SensorFeed, PipelineError> {
     let client =
         MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
-    let mut stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()))
+    let stage = SensorStage::new(mqtt, sensors, Some(client.dead_letters()))
         .with_console(console)
         .with_acks(client.ack_sender())
         .with_restored(restored);
     // One queue into the thread: the connection's messages in order, with liveness ticks
     // between them. The thread ends once both senders have gone.
-    let (tx, mut rx) = mpsc::channel::<SensorInput>(mqtt.queue);
+    let (tx, rx) = mpsc::channel::<SensorInput>(mqtt.queue);
     let mqtt_health = health.register("mqtt", "source");
     tracing::info!(url = %mqtt.connection.display_url, sensors = sensors.len(), topics = mqtt.families.len(), "sensor ingest starting");
     let (done, connection) = std::sync::mpsc::channel();
@@ -401,6 +514,17 @@ pub fn start(
         run.await;
         let _ = done.send(());
     });
+    spawn_ticks(runtime, tx, stop);
+    let thread = spawn_stage_thread(stage, rx, events, health)?;
+    Ok(SensorFeed::new(thread, connection))
+}
+
+/// Sends a liveness tick into the thread's queue every [`TICK`] until `stop`.
+pub(crate) fn spawn_ticks(
+    runtime: &tokio::runtime::Handle,
+    tx: mpsc::Sender<SensorInput>,
+    stop: &Shutdown,
+) {
     let stopping = stop.clone();
     runtime.spawn(async move {
         let mut interval = tokio::time::interval(TICK);
@@ -411,9 +535,17 @@ pub fn start(
             }
         }
     });
+}
+
+/// The sensor thread: `stage` over what `rx` brings, until every sender has gone.
+pub(crate) fn spawn_stage_thread(
+    mut stage: SensorStage,
+    mut rx: mpsc::Receiver<SensorInput>,
+    events: crossbeam_channel::Sender<SensorEvent>,
+    health: &Health,
+) -> Result<JoinHandle<()>, PipelineError> {
     let stage_health = health.register("sensors", "stage");
-    let events = Arc::new(events);
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("sensors".into())
         .spawn(move || {
             stage_health.up();
@@ -435,9 +567,5 @@ pub fn start(
         .map_err(|source| PipelineError::Spawn {
             stage: "sensors".into(),
             source,
-        })?;
-    Ok(SensorFeed {
-        thread: Some(thread),
-        connection,
-    })
+        })
 }
