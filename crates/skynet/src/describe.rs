@@ -57,4 +57,14 @@ fn describe_own_metrics() {
         Unit::Seconds,
         "From a message's hand-over to the bus publisher to JetStream's ack (queueing and retries included), per kind."
     );
+    // The scorer's side of the bus.
+    describe_counter!(
+        "skynet_bus_refused_total",
+        "Messages of the SKYNET_OBSERVATIONS stream a scorer refused (not an observation or reading, or a grid other than its subject's), logged with subject and sequence and skipped, per kind."
+    );
+    describe_gauge!(
+        "skynet_cluster_observation_lag_seconds",
+        Unit::Seconds,
+        "How far behind its own time the last observation of an owned cell was applied by its scorer (now minus the observation's time), per grid cell."
+    );
 }

@@ -23,6 +23,8 @@ pub(crate) struct Commit {
     pub sensor_acks: Vec<skynet_ingest::sensor::ReadingAcks>,
     /// What is recorded of those events (applied ids, refusals), in the same transaction.
     pub cases: super::cases::CaseCommit,
+    /// At a scorer: the owned cells this commit changed, for KV once it is stored.
+    pub cells: Option<super::scorer::CellSaves>,
 }
 
 /// How long a failing outbox is retried once shutdown is asked for. Until then it is retried
@@ -55,6 +57,9 @@ pub(crate) fn run(
                 }
                 for acks in commit.sensor_acks {
                     acks.ack();
+                }
+                if let Some(cells) = commit.cells.take() {
+                    cells.stored();
                 }
                 super::cases::audit(console, committer.outbox().path(), &commit.cases.audits);
                 // Stored: the browsers may see it now.

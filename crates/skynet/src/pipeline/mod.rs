@@ -24,6 +24,7 @@ mod detect;
 mod edge;
 mod readings;
 mod rules;
+mod scorer;
 pub mod sensors;
 mod services;
 mod state;
@@ -246,16 +247,6 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let console = console::start(config, &services)?;
     // In a city of many nodes (`--role`): connected and a live member of the role.
     let cluster = cluster::join(config, options.role, &services)?;
-    // An edge publishes its observations on the bus instead of scoring them itself.
-    let is_edge = options.role == skynet_cluster::Role::Edge;
-    let publisher = match &cluster {
-        Some(node) if is_edge => Some(edge::ObservationPublisher::start(
-            node,
-            config,
-            shutdown.clone(),
-        )?),
-        _ => None,
-    };
     if options.role == skynet_cluster::Role::Console
         && let Some(cluster) = cluster
     {
@@ -266,17 +257,35 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             ..RunSummary::default()
         });
     }
+    // An edge publishes its observations on the bus instead of scoring them itself.
+    let is_edge = options.role == skynet_cluster::Role::Edge;
+    // A scorer runs no cameras and no MQTT: its evidence comes from the bus, its state from
+    // KV (`scorer.rs`).
+    let is_scorer = options.role == skynet_cluster::Role::Scorer;
+    let publisher = match &cluster {
+        Some(node) if is_edge => Some(edge::ObservationPublisher::start(
+            node,
+            config,
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
-        _ if config.cameras.is_empty() => Vec::new(),
+        _ if config.cameras.is_empty() || is_scorer => Vec::new(),
         _ => build_detectors(config)?,
     };
     skynet_ingest::init()?;
     let outbox = Outbox::open(&config.outbox)?;
     // A state this build cannot read (another version, or damaged) stops the start: going on
     // from nothing would leave the incidents it held open downstream for ever.
-    let restored = state::restore(config, &outbox)?;
+    // A scorer's cells come from KV `skynet_cells`, whoever owned them before.
+    let restored = if is_scorer {
+        None
+    } else {
+        state::restore(config, &outbox)?
+    };
     // The sensor stage's rules go on from their saved memory too (streaks across a restart).
     let restored_sensor_rules = restored
         .as_ref()
@@ -323,7 +332,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let (analysed_queue, analysed_rx) =
         stage_queue::<detect::Detected>("analysed", "detect", 64, OverloadPolicy::Block);
     let mut watermarks = Vec::new();
-    for camera in &config.cameras {
+    for camera in config.cameras.iter().filter(|_| !is_scorer) {
         watermarks.push(camera.source.watermark());
     }
     // Camera state changes, for the offline check in the risk stage. Rare: a small queue
@@ -355,6 +364,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     // Sensors: the MQTT connection on the runtime, validation and rules on their own thread.
     let mut sensor_feed = None;
+    let mut bus_readings = None;
     if let (Some(mqtt), skynet_cluster::Role::Edge) = (&config.mqtt, options.role) {
         // An edge validates and publishes on the bus; the scorers run the sensor rules.
         let node = cluster.as_ref().ok_or_else(|| {
@@ -368,6 +378,30 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             &health,
             &shutdown,
         )?);
+    } else if let (Some(mqtt), true) = (&config.mqtt, is_scorer) {
+        // A scorer runs the sensor rules of its cells on the readings the edges published.
+        let (sensor_events, sensor_events_rx) =
+            crossbeam_channel::bounded::<sensors::SensorEvent>(4096);
+        let (readings, feed) = readings::start_from_bus(
+            &services.runtime(),
+            mqtt,
+            &config.sensors,
+            &health,
+            &shutdown,
+            sensor_events,
+            console.clone(),
+            Default::default(),
+        )?;
+        bus_readings = Some(readings);
+        sensor_feed = Some(feed);
+        rules_and_risk = rules_and_risk.with_sensor_events(
+            sensor_events_rx,
+            config
+                .sensors
+                .iter()
+                .map(|s| DeviceId::new(s.spec.id.as_str()))
+                .collect(),
+        );
     } else if let Some(mqtt) = &config.mqtt {
         let (sensor_events, sensor_events_rx) =
             crossbeam_channel::bounded::<sensors::SensorEvent>(4096);
@@ -390,16 +424,32 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
                 .collect(),
         );
     }
+    // A scorer: its cells by rendezvous over the live scorers, their evidence from the bus.
+    let mut scorer = None;
+    if let Some(node) = cluster.as_ref().filter(|_| is_scorer) {
+        let (parts, intake) = scorer::start(config, node, &shutdown, bus_readings.take())?;
+        rules_and_risk = rules_and_risk.with_bus_observations(intake);
+        scorer = Some(parts);
+    }
     // Status changes: the case system's events (the consumer on the runtime) and people's
     // (the console), applied alike by the risk stage.
     let mut case_consumer = None;
     if config.cases.is_some() || console.is_some() {
         let (feedback, feedback_rx) = crossbeam_channel::bounded(1024);
         if let Some(cases) = &config.cases {
+            let (mut cases, mut to) = (cases.clone(), feedback.clone());
+            if let Some(scorer) = &scorer {
+                // Every scorer sees every status event (a consumer of its own) and keeps
+                // those of the incidents in its cells.
+                cases.durable = format!("{}-{}", cases.durable, config.node);
+                let (filtered, filtered_rx) = crossbeam_channel::bounded(1024);
+                scorer::filter_case_feedback(filtered_rx, to, Arc::clone(&scorer.incidents))?;
+                to = filtered;
+            }
             case_consumer = Some(skynet_emit::spawn_case_consumer(
                 &services.runtime(),
-                cases.clone(),
-                feedback.clone(),
+                cases,
+                to,
                 health.register("cases", "source"),
                 shutdown.clone(),
             ));
@@ -483,6 +533,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         consumer.abort();
     }
     let _ = commit_thread.join();
+    if let Some(scorer) = scorer {
+        // The cells the last commits changed go to KV once the sinks have them (bounded).
+        scorer.stop();
+    }
     if let Some(feed) = sensor_feed {
         // Every commit is stored (or given up): the connection sends the last
         // acknowledgements, says `offline` and disconnects.

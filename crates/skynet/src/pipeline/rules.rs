@@ -116,6 +116,9 @@ pub(crate) struct RulesAndRisk {
     /// At an edge: the lease keys of the cameras this node runs now. A camera run elsewhere
     /// is not offline here.
     claims: Option<tokio::sync::watch::Receiver<BTreeSet<String>>>,
+    /// At a scorer: observations from the bus (owned cells and their neighbours) and
+    /// ownership changes, and the owned cells' state for KV (`scorer.rs`).
+    bus: Option<super::scorer::BusIntake>,
 }
 
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
@@ -224,6 +227,7 @@ impl RulesAndRisk {
             ),
             preview: None,
             claims: None,
+            bus: None,
         }
     }
 
@@ -245,6 +249,60 @@ impl RulesAndRisk {
         self.engine = engine;
         self.claims = Some(claims);
         self
+    }
+
+    /// At a scorer: takes the bus's observations and ownership changes; emits only for
+    /// owned cells, and hands their state to the saver after each commit.
+    pub(crate) fn with_bus_observations(mut self, bus: super::scorer::BusIntake) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Applies what the scorer's intake sent since the last call (a bounded batch); returns
+    /// the revisions. An ownership change commits what the old engine made, then swaps in
+    /// the engine rebuilt for the cells owned now.
+    fn take_bus(&mut self, wait: Duration) -> Result<Vec<RiskEvent>, QueueClosed> {
+        const BATCH: usize = 4096;
+        let Some(bus) = &self.bus else {
+            return Ok(Vec::new());
+        };
+        let first = if wait.is_zero() {
+            bus.rx.try_recv().ok()
+        } else {
+            bus.rx.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let inputs: Vec<super::scorer::BusInput> = std::iter::once(first)
+            .chain(bus.rx.try_iter().take(BATCH))
+            .collect();
+        let mut revisions = Vec::new();
+        for input in inputs {
+            match input {
+                super::scorer::BusInput::Observation { seq, observation } => {
+                    let Some(bus) = &mut self.bus else { break };
+                    let grid = observation.grid.as_str();
+                    if !bus.cells.accept(seq, grid) {
+                        continue;
+                    }
+                    if bus.cells.is_owned(grid) {
+                        bus.cells.record_lag(grid, observation.at);
+                    }
+                    self.counters.observations.fetch_add(1, Ordering::Relaxed);
+                    self.dirty = true;
+                    let _span = tracing::debug_span!("observe", source = %observation.source.id, grid = %observation.grid, seq).entered();
+                    revisions.extend(self.observe(&observation));
+                }
+                super::scorer::BusInput::Rebuild { owned, taken } => {
+                    self.commit(std::mem::take(&mut revisions))?;
+                    let Some(bus) = &mut self.bus else { break };
+                    self.engine = bus.cells.rebuild(owned, taken);
+                    self.dirty = true;
+                }
+            }
+        }
+        Ok(revisions)
     }
 
     /// Takes evidence and device faults from the sensor stage. Sensors are live: their
@@ -497,7 +555,13 @@ impl RulesAndRisk {
                 // incidents to close by its (wall-clock) watermark: while the process keeps
                 // running, keep its clock going.
                 Err(QueueClosed) if self.keep_clocks_running() => {
-                    if self.sensor_events.is_some() {
+                    if self.bus.is_some() {
+                        // A scorer: wait on the bus instead of sleeping.
+                        let revisions = self.take_bus(POLL)?;
+                        if !revisions.is_empty() {
+                            self.commit(revisions)?;
+                        }
+                    } else if self.sensor_events.is_some() {
                         // Sensors only from here: wait on them instead of sleeping.
                         let revisions = self.take_sensor_events(POLL);
                         if !revisions.is_empty() {
@@ -509,7 +573,8 @@ impl RulesAndRisk {
                 }
                 Err(QueueClosed) => break,
             }
-            let mut revisions = self.take_sensor_events(Duration::ZERO);
+            let mut revisions = self.take_bus(Duration::ZERO)?;
+            revisions.extend(self.take_sensor_events(Duration::ZERO));
             revisions.extend(self.take_case_feedback());
             if !revisions.is_empty() || self.cases_pending() || self.sensor_acks_due() {
                 self.commit(revisions)?;
@@ -537,7 +602,8 @@ impl RulesAndRisk {
                 self.apply(&id, d)?;
             }
         }
-        let mut flushed = self.drain_sensor_events();
+        let mut flushed = self.take_bus(Duration::ZERO)?;
+        flushed.extend(self.drain_sensor_events());
         flushed.extend(self.take_case_feedback());
         flushed.extend(self.engine.flush());
         // The last state goes out even when nothing changed, so a restart goes on from here.
@@ -550,7 +616,7 @@ impl RulesAndRisk {
             .as_ref()
             .is_some_and(|stop| !stop.is_triggered());
         // Sensors and the case system keep sending after every camera file has ended.
-        if running && (self.sensor_events.is_some() || self.cases.is_some()) {
+        if running && (self.sensor_events.is_some() || self.cases.is_some() || self.bus.is_some()) {
             return true;
         }
         running
@@ -638,8 +704,8 @@ impl RulesAndRisk {
             *clock = (*clock).max(Utc::now());
             revisions.extend(self.engine.advance(*clock));
         }
-        if !self.sensors.is_empty() {
-            // Sensors are live: their time is the wall clock.
+        if !self.sensors.is_empty() || self.bus.is_some() {
+            // Sensors, and a scorer's bus, are live: their time is the wall clock.
             revisions.extend(self.engine.advance(Utc::now()));
         }
         if revisions.is_empty() {
@@ -673,6 +739,10 @@ impl RulesAndRisk {
     /// Sends revisions and the state they belong with to the commit stage (which blocks
     /// rather than drop anything).
     fn commit(&mut self, mut incidents: Vec<RiskEvent>) -> Result<(), QueueClosed> {
+        if let Some(bus) = &self.bus {
+            // A neighbour's cell is its owner's to emit.
+            bus.cells.keep_owned(&mut incidents);
+        }
         if let Some(evidence) = &mut self.evidence {
             evidence.attach(&mut incidents);
         }
@@ -684,6 +754,10 @@ impl RulesAndRisk {
             self.recorder = None;
         }
         let state = self.state();
+        let cells = match (&mut self.bus, &state) {
+            (Some(bus), Some(state)) => bus.cells.record(state, incidents.len()),
+            _ => None,
+        };
         self.dirty = false;
         self.last_state = Instant::now();
         let (acks, cases) = self
@@ -699,6 +773,7 @@ impl RulesAndRisk {
             acks,
             sensor_acks,
             cases,
+            cells,
         })?;
         Ok(())
     }

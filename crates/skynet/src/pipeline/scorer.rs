@@ -1,0 +1,1099 @@
+//! The scorer role (`skynet run --role scorer`): grid cells owned by rendezvous hashing over
+//! the live scorers, their evidence read from the bus, their state kept in KV for a
+//! successor.
+//!
+//! ```text
+//!  SKYNET_OBSERVATIONS ─► intake task (tokio): ordered consumer over `>`, keeps owned cells
+//!        (ordered)          and their neighbours ─► bounded channel ─► rules + risk stage
+//!  skynet_members ─► view of the scorers ─► ownership; a change: Rebuild through the same
+//!        channel (so it lands between the old consumer's last message and the new one's first)
+//!  rules + risk ─► commit (outbox) ─► cell saver thread ─► KV skynet_cells `cell.<grid>`
+//!                                     (once every sink has delivered what the commit held)
+//! ```
+//!
+//! - Ownership: the config's cells, [`skynet_cluster::Assignments`] over the live scorers.
+//!   Observations of neighbours of owned cells are fed to the engine too (a fusion rule over
+//!   neighbours works across scorer borders), but nothing is emitted for a cell this scorer
+//!   does not own ([`ScorerCells::keep_owned`]) and no state of such a cell is saved.
+//! - Cell state: after each commit, each owned cell whose rows (its cell row, its incident id
+//!   rows) or applied stream sequence changed is saved as a [`CellRecord`]: the stream
+//!   sequence applied for that cell, the engine's small global part, and the rows. It is
+//!   saved only once every sink has delivered the revisions committed with it, so a
+//!   successor re-emits (same ids: incident ids are deterministic and the cluster's name
+//!   names them) what a dead scorer had not delivered; the NATS sink's `Nats-Msg-Id` (the
+//!   CloudEvent id) dedups the re-emission in SKYNET_INCIDENTS.
+//! - Failover: when ownership changes the stage rebuilds a fresh engine from the rows of
+//!   the cells it owns now: its own latest rows for the cells it keeps, the KV's for the
+//!   cells it takes, and the consumer restarts from the lowest point any of them needs
+//!   (each cell skips what it has applied already).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use skynet_cluster::bus::{OBSERVATIONS_PREFIX, READINGS_PREFIX, cell_key};
+use skynet_cluster::{Assignments, Role};
+use skynet_core::{GridId, Observation, RiskEvent, Shutdown};
+use skynet_emit::{CaseFeedback, StateChanges};
+use skynet_risk::RiskEngine;
+use skynet_risk::state::EngineRows;
+
+use super::PipelineError;
+use super::cluster::ClusterNode;
+use crate::config::PipelineConfig;
+
+/// What the intake hands the rules-and-risk stage, in stream order.
+#[derive(Debug)]
+pub(crate) enum BusInput {
+    /// An observation of an owned cell or of a neighbour of one, with its stream sequence.
+    Observation {
+        seq: u64,
+        observation: Box<Observation>,
+    },
+    /// Ownership changed: rebuild the engine for `owned`, taking `taken` (cells newly owned,
+    /// as the KV had them; a cell the KV has nothing of starts empty).
+    Rebuild {
+        owned: BTreeSet<String>,
+        taken: BTreeMap<String, CellRecord>,
+    },
+}
+
+/// One cell's saved state in KV `skynet_cells` (`cell.<grid>`): the stream sequence applied
+/// for it, the engine's small global part (version, node, clock), and the engine's rows of
+/// the cell. Its JSON is read by other scorers (other builds in a rolling upgrade): fields
+/// change only with care.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CellRecord {
+    /// The last SKYNET_OBSERVATIONS sequence whose message for this cell the rows hold.
+    pub seq: u64,
+    /// The engine's meta row (`EngineRows::meta`) at the save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
+    /// The cell's row (`None`: the engine holds nothing of the cell, or forgot it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
+    /// The cell's incident-id rows, by key (the IncidentKey JSON).
+    #[serde(default)]
+    pub ids: BTreeMap<String, String>,
+}
+
+/// The owned cells whose records a commit changed, handed to the saver once the commit is
+/// stored ([`CellSaves::stored`], called by the commit stage).
+#[derive(Debug)]
+pub(crate) struct CellSaves {
+    saves: Vec<(String, CellRecord)>,
+    /// Events the commit stored with them (delivered first).
+    events: usize,
+    to: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>,
+}
+
+impl CellSaves {
+    /// The commit is stored in the outbox: the saver may write these once it is delivered.
+    pub(crate) fn stored(self) {
+        // Err: the saver has gone (shutdown); the successor replays from the last save.
+        let _ = self.to.send((self.saves, self.events));
+    }
+}
+
+/// The cluster's grid cells, as items of the assignment.
+fn cell_ids(config: &PipelineConfig) -> Vec<String> {
+    config.grids.ids()
+}
+
+/// The grid of a subject `<prefix>.<grid>[.<rest>]`.
+fn subject_grid<'a>(subject: &'a str, prefix: &str) -> Option<(&'a str, Option<&'a str>)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    match rest.split_once('.') {
+        Some((grid, tail)) => Some((grid, Some(tail))),
+        None => Some((rest, None)),
+    }
+}
+
+/// The incidents a cell's row holds (open, and closed within the cooldown): their ids. The
+/// row is the engine's persisted JSON (`open` and `closed`: `[key, {"incident": {...}}]`
+/// pairs); incident ids are UUIDs, so the cell cannot be read from the id itself.
+fn incidents_of(cell: &str) -> Vec<String> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(cell) else {
+        return Vec::new();
+    };
+    ["open", "closed"]
+        .iter()
+        .filter_map(|k| value.get(*k)?.as_array())
+        .flatten()
+        .filter_map(|pair| pair.get(1)?.get("incident")?.get("id")?.as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The grid of an incident-id row's key (the IncidentKey JSON: `{"grid": ...}`).
+fn id_row_grid(key: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Key {
+        grid: String,
+    }
+    serde_json::from_str::<Key>(key).ok().map(|k| k.grid)
+}
+
+/// The engine meta's clock, to pick the latest of several.
+fn meta_clock(meta: &str) -> Option<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Clock {
+        clock: Option<DateTime<Utc>>,
+    }
+    serde_json::from_str::<Clock>(meta)
+        .ok()
+        .and_then(|c| c.clock)
+}
+
+fn refused(kind: &'static str) {
+    metrics::counter!("skynet_bus_refused_total", "kind" => kind).increment(1);
+}
+
+/// The rules-and-risk stage's side: which cells it owns, what it applied of each, and the
+/// latest rows of each (the mirror a commit updates and a rebuild restores from).
+pub(crate) struct ScorerCells {
+    owned: BTreeSet<String>,
+    /// Each owned cell's record as of the last commit, with the sequence applied since.
+    cells: BTreeMap<String, CellRecord>,
+    /// Owned cells changed since the last commit.
+    dirty: BTreeSet<String>,
+    /// The engine's meta row at the last commit.
+    meta: Option<String>,
+    saver: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>,
+    /// Makes a fresh engine (a rebuild).
+    new_engine: Box<dyn Fn() -> Box<dyn RiskEngine> + Send>,
+    lag: BTreeMap<String, metrics::Gauge>,
+    /// Each owned cell's incident ids, and all of them for the case-status filter.
+    incidents_by_cell: BTreeMap<String, Vec<String>>,
+    incidents: Arc<RwLock<HashSet<String>>>,
+}
+
+impl ScorerCells {
+    pub(crate) fn is_owned(&self, grid: &str) -> bool {
+        self.owned.contains(grid)
+    }
+
+    /// Whether to apply message `seq` of `grid`: a neighbour's always (its state is not
+    /// this scorer's to keep), an owned cell's only past what it applied.
+    pub(crate) fn accept(&mut self, seq: u64, grid: &str) -> bool {
+        let Some(record) = self.cells.get_mut(grid) else {
+            return !self.owned.contains(grid);
+        };
+        if seq <= record.seq {
+            return false;
+        }
+        record.seq = seq;
+        self.dirty.insert(grid.to_string());
+        true
+    }
+
+    /// `skynet_cluster_observation_lag_seconds{grid}`: how far behind the observation's
+    /// own time its cell's evidence is applied.
+    pub(crate) fn record_lag(&mut self, grid: &str, at: DateTime<Utc>) {
+        let lag = (Utc::now() - at).num_milliseconds() as f64 / 1000.0;
+        self.lag
+            .entry(grid.to_string())
+            .or_insert_with(|| {
+                metrics::gauge!("skynet_cluster_observation_lag_seconds", "grid" => grid.to_string())
+            })
+            .set(lag.max(0.0));
+    }
+
+    /// Drops the revisions of cells this scorer does not own (neighbours fed for fusion).
+    pub(crate) fn keep_owned(&self, events: &mut Vec<RiskEvent>) {
+        events.retain(|e| {
+            let grid: &GridId = match e {
+                RiskEvent::Incident(i) => &i.grid,
+                RiskEvent::GridRisk(g) => &g.grid,
+            };
+            self.owned.contains(grid.as_str())
+        });
+    }
+
+    /// Takes a commit's state changes into the mirror; returns the owned cells to save once
+    /// the commit is stored.
+    pub(crate) fn record(&mut self, state: &StateChanges, events: usize) -> Option<CellSaves> {
+        #[derive(Deserialize)]
+        struct Small<'a> {
+            #[serde(borrow)]
+            engine: &'a serde_json::value::RawValue,
+        }
+        match serde_json::from_str::<Small<'_>>(&state.pipeline) {
+            Ok(small) => self.meta = Some(small.engine.get().to_string()),
+            Err(e) => tracing::error!(error = %e, "the pipeline state has no engine part"),
+        }
+        let mut reindex = false;
+        for (grid, body) in &state.cells {
+            if let Some(record) = self.cells.get_mut(grid) {
+                record.cell = body.clone();
+                self.dirty.insert(grid.clone());
+                let ids = body.as_deref().map(incidents_of).unwrap_or_default();
+                self.incidents_by_cell.insert(grid.clone(), ids);
+                reindex = true;
+            }
+        }
+        if reindex {
+            self.publish_incidents();
+        }
+        for (key, body) in &state.ids {
+            let Some(grid) = id_row_grid(key) else {
+                continue;
+            };
+            if let Some(record) = self.cells.get_mut(&grid) {
+                match body {
+                    Some(body) => record.ids.insert(key.clone(), body.clone()),
+                    None => record.ids.remove(key),
+                };
+                self.dirty.insert(grid);
+            }
+        }
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let saves = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|grid| {
+                let mut record = self.cells.get(&grid)?.clone();
+                record.meta.clone_from(&self.meta);
+                Some((grid, record))
+            })
+            .collect();
+        Some(CellSaves {
+            saves,
+            events,
+            to: self.saver.clone(),
+        })
+    }
+
+    /// A fresh engine for `owned`: the cells kept from the mirror (committed just before),
+    /// the cells taken from `taken`. A row that does not restore is logged and its cell
+    /// starts empty; the others go on.
+    pub(crate) fn rebuild(
+        &mut self,
+        owned: BTreeSet<String>,
+        taken: BTreeMap<String, CellRecord>,
+    ) -> Box<dyn RiskEngine> {
+        let mut cells: BTreeMap<String, CellRecord> = BTreeMap::new();
+        for grid in &owned {
+            let record = match (self.cells.remove(grid), taken.get(grid)) {
+                (Some(kept), _) => kept,
+                (None, Some(saved)) => saved.clone(),
+                (None, None) => CellRecord::default(),
+            };
+            cells.insert(grid.clone(), record);
+        }
+        let dropped = self.cells.len();
+        // The latest clock of the engine and of the records taken over.
+        let meta = self
+            .meta
+            .iter()
+            .chain(cells.values().filter_map(|r| r.meta.as_ref()))
+            .max_by_key(|m| meta_clock(m))
+            .cloned();
+        let mut engine = (self.new_engine)();
+        if let Some(meta) = &meta {
+            let rows = |cells: &BTreeMap<String, CellRecord>| EngineRows {
+                meta: meta.clone(),
+                cells: cells
+                    .iter()
+                    .filter_map(|(g, r)| Some((g.clone(), r.cell.clone()?)))
+                    .collect(),
+                ids: cells
+                    .values()
+                    .flat_map(|r| r.ids.iter().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect(),
+            };
+            if let Err(e) = engine.restore_rows(&rows(&cells)) {
+                tracing::error!(error = %e, "the cells' saved rows do not restore together; restoring them one by one");
+                engine = (self.new_engine)();
+                let mut good = BTreeMap::new();
+                for (grid, record) in &cells {
+                    let mut one = (self.new_engine)();
+                    let single = BTreeMap::from([(grid.clone(), record.clone())]);
+                    match one.restore_rows(&rows(&single)) {
+                        Ok(()) => {
+                            good.insert(grid.clone(), record.clone());
+                        }
+                        Err(e) => {
+                            tracing::error!(grid = %grid, error = %e, "a cell's saved state does not restore; it starts empty")
+                        }
+                    }
+                }
+                if let Err(e) = engine.restore_rows(&rows(&good)) {
+                    tracing::error!(error = %e, "the cells' saved rows do not restore; starting empty");
+                    engine = (self.new_engine)();
+                }
+            }
+        }
+        tracing::info!(
+            owned = owned.len(),
+            taken = taken.len(),
+            dropped,
+            open_incidents = engine.open_incidents(),
+            "scorer cells rebuilt"
+        );
+        self.incidents_by_cell = cells
+            .iter()
+            .map(|(g, r)| {
+                (
+                    g.clone(),
+                    r.cell.as_deref().map(incidents_of).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.cells = cells;
+        self.owned = owned;
+        self.dirty.clear();
+        self.meta = meta;
+        self.publish_incidents();
+        engine
+    }
+
+    /// The incident ids of the owned cells, for the case-status filter.
+    fn publish_incidents(&self) {
+        let all: HashSet<String> = self.incidents_by_cell.values().flatten().cloned().collect();
+        *self
+            .incidents
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = all;
+    }
+}
+
+/// The intake's channel, for the rules-and-risk stage.
+pub(crate) struct BusIntake {
+    pub(crate) rx: crossbeam_channel::Receiver<BusInput>,
+    pub(crate) cells: ScorerCells,
+}
+
+/// What runs for the scorer beside the stages.
+pub(crate) struct Scorer {
+    intake: tokio::task::JoinHandle<()>,
+    saver: Option<JoinHandle<()>>,
+    /// The cells owned now.
+    #[allow(dead_code)] // for /readyz and the console's view of the cluster
+    pub(crate) owned: Arc<RwLock<BTreeSet<String>>>,
+    /// The incidents of the owned cells (open, or closed within the cooldown), as of the
+    /// last commit: the case-status filter keeps the status events of these.
+    pub(crate) incidents: Arc<RwLock<HashSet<String>>>,
+}
+
+impl Scorer {
+    /// Stops the intake; waits (bounded) for the saver to write what was delivered. Call
+    /// once the commit stage has ended.
+    pub(crate) fn stop(mut self) {
+        self.intake.abort();
+        if let Some(saver) = self.saver.take() {
+            let _ = saver.join();
+        }
+    }
+}
+
+/// How many inputs wait for the rules-and-risk stage at most (the intake waits beyond).
+const BUS_QUEUE: usize = 4096;
+/// How long the saver waits at shutdown for the sinks to deliver what was committed.
+const SAVE_DRAIN: Duration = Duration::from_secs(10);
+
+/// Starts the scorer: the intake task and the cell saver. Returns them and the stage's side.
+pub(crate) fn start(
+    config: &PipelineConfig,
+    node: &ClusterNode,
+    shutdown: &Shutdown,
+    readings: Option<super::readings::BusReadings>,
+) -> Result<(Scorer, BusIntake), PipelineError> {
+    let cluster_err = |e: skynet_cluster::ClusterError| PipelineError::Cluster(e.to_string());
+    let (stream, kv) = node.runtime.block_on(async {
+        let stream = skynet_cluster::bus::observation_stream(&node.client, &config.cluster)
+            .await
+            .map_err(cluster_err)?;
+        let kv = skynet_cluster::bus::cells_bucket(&node.client, &config.cluster)
+            .await
+            .map_err(cluster_err)?;
+        Ok::<_, PipelineError>((stream, kv))
+    })?;
+    let (tx, rx) = crossbeam_channel::bounded(BUS_QUEUE);
+    let (save_tx, save_rx) = crossbeam_channel::unbounded();
+    let owned = Arc::new(RwLock::new(BTreeSet::new()));
+    let intake = Intake {
+        node: node.membership.node().to_string(),
+        view: node.membership.view(Role::Scorer),
+        items: cell_ids(config),
+        grids: Arc::clone(&config.grids),
+        stream,
+        kv: kv.clone(),
+        tx,
+        readings,
+        skip_readings: BTreeMap::new(),
+        owned: Arc::clone(&owned),
+        shutdown: shutdown.clone(),
+    };
+    let intake = node.runtime.spawn(intake.run());
+    let saver = Saver {
+        kv,
+        runtime: node.runtime.clone(),
+        outbox: config.outbox.clone(),
+        sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+        owned: Arc::clone(&owned),
+    };
+    let saver = std::thread::Builder::new()
+        .name("cell-saver".into())
+        .spawn(move || saver.run(&save_rx))
+        .map_err(|source| PipelineError::Spawn {
+            stage: "cell-saver".into(),
+            source,
+        })?;
+    let (risk, context) = (config.risk.clone(), config.risk_context());
+    let incidents = Arc::new(RwLock::new(HashSet::new()));
+    let cells = ScorerCells {
+        owned: BTreeSet::new(),
+        cells: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        meta: None,
+        saver: save_tx,
+        new_engine: Box::new(move || {
+            Box::new(skynet_risk::GridRiskEngine::new(
+                risk.clone(),
+                context.clone(),
+            )) as Box<dyn RiskEngine>
+        }),
+        lag: BTreeMap::new(),
+        incidents_by_cell: BTreeMap::new(),
+        incidents: Arc::clone(&incidents),
+    };
+    Ok((
+        Scorer {
+            intake,
+            saver: Some(saver),
+            owned,
+            incidents,
+        },
+        BusIntake { rx, cells },
+    ))
+}
+
+/// The intake task's parts.
+struct Intake {
+    node: String,
+    view: tokio::sync::watch::Receiver<skynet_cluster::View>,
+    items: Vec<String>,
+    grids: Arc<skynet_risk::GridMap>,
+    stream: jetstream::stream::Stream,
+    kv: jetstream::kv::Store,
+    tx: crossbeam_channel::Sender<BusInput>,
+    /// Where readings of owned cells go (the sensor stage, `readings.rs`); `None` without
+    /// `[mqtt]` sensors in the config.
+    readings: Option<super::readings::BusReadings>,
+    /// Each taken cell's saved sequence: its readings at or below it were applied by the
+    /// cell's previous owner (observations are skipped so in the stage, with the rows).
+    skip_readings: BTreeMap<String, u64>,
+    owned: Arc<RwLock<BTreeSet<String>>>,
+    shutdown: Shutdown,
+}
+
+type Messages = jetstream::consumer::pull::Ordered;
+
+/// Hands `input` to the stage, waiting while its queue is full (never dropping); false once
+/// the stage has gone.
+async fn send(tx: &crossbeam_channel::Sender<BusInput>, mut input: BusInput) -> bool {
+    loop {
+        match tx.try_send(input) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::TrySendError::Full(back)) => {
+                input = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+impl Intake {
+    async fn run(mut self) {
+        let mut assignments =
+            Assignments::new(self.node.clone(), Role::Scorer, self.items.iter().cloned());
+        let mut owned: BTreeSet<String> = BTreeSet::new();
+        let mut watched: BTreeSet<String> = BTreeSet::new();
+        let mut messages: Option<Messages> = None;
+        // The last sequence handed on: a restart for a rebuild goes on after it.
+        let mut last: u64 = 0;
+        let mut unrouted_logged = false;
+        // The first view: the member watch has read the bucket.
+        let mut view_changed = true;
+        loop {
+            if self.shutdown.is_triggered() {
+                return;
+            }
+            if view_changed {
+                view_changed = false;
+                let view = self.view.borrow_and_update().clone();
+                // Not (yet) a live member as this node sees it: it owns nothing.
+                let mine: BTreeSet<String> = assignments.update(&view).into_iter().collect();
+                if mine != owned || (messages.is_none() && !mine.is_empty()) {
+                    messages = None;
+                    match self.rebuild(&owned, &mine, last).await {
+                        Some((start, taken)) => {
+                            owned = mine;
+                            watched = owned
+                                .iter()
+                                .flat_map(|g| self.grids.neighbours(g))
+                                .map(|g| g.to_string())
+                                .chain(owned.iter().cloned())
+                                .collect();
+                            *self.owned.write().unwrap_or_else(PoisonError::into_inner) =
+                                owned.clone();
+                            self.skip_readings.retain(|g, _| owned.contains(g));
+                            for (grid, record) in &taken {
+                                self.skip_readings.insert(grid.clone(), record.seq);
+                            }
+                            if let Some(readings) = &self.readings
+                                && readings
+                                    .own_cells(Some(owned.iter().cloned().collect()))
+                                    .await
+                                    .is_err()
+                            {
+                                return;
+                            }
+                            if !send(
+                                &self.tx,
+                                BusInput::Rebuild {
+                                    owned: owned.clone(),
+                                    taken,
+                                },
+                            )
+                            .await
+                            {
+                                return;
+                            }
+                            if !owned.is_empty() {
+                                messages = self.consume(start).await;
+                                if messages.is_none() {
+                                    // Retried on the next view tick.
+                                    owned.clear();
+                                }
+                            }
+                        }
+                        None => {
+                            // The KV could not be read: tried again shortly.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            view_changed = true;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let next = async {
+                match &mut messages {
+                    Some(m) => m.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.view.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    view_changed = true;
+                }
+                message = next => match message {
+                    Some(Ok(message)) => {
+                        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        last = last.max(seq);
+                        if !self.take(&message, seq, &owned, &watched, &mut unrouted_logged).await {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the observation stream's consumer failed; starting it again");
+                        messages = None;
+                        view_changed = true;
+                        owned.clear();
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    None => {
+                        messages = None;
+                        view_changed = true;
+                        owned.clear();
+                    }
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// The cells taken (newly owned) as the KV has them, and where the consumer starts:
+    /// after what was handed on (for the cells kept), or after the lowest saved sequence of
+    /// a taken cell. `None`: the KV could not be read.
+    async fn rebuild(
+        &self,
+        before: &BTreeSet<String>,
+        now: &BTreeSet<String>,
+        last: u64,
+    ) -> Option<(u64, BTreeMap<String, CellRecord>)> {
+        let mut taken = BTreeMap::new();
+        let mut start = last + 1;
+        for grid in now.difference(before) {
+            let key = cell_key(grid);
+            match self.kv.get(&key).await {
+                Ok(Some(bytes)) => match serde_json::from_slice::<CellRecord>(&bytes) {
+                    Ok(record) => {
+                        start = start.min(record.seq + 1);
+                        taken.insert(grid.clone(), record);
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %key, error = %e, "a cell's saved state is not readable; it starts empty");
+                        start = 1;
+                    }
+                },
+                // Never saved: everything the stream still holds of it.
+                Ok(None) => start = 1,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "reading a cell's saved state failed");
+                    return None;
+                }
+            }
+        }
+        Some((start.max(1), taken))
+    }
+
+    /// An ordered consumer over the whole stream from `start` (NATS 2.9: one filter
+    /// subject per consumer, so everything is read and what matters kept).
+    async fn consume(&self, start: u64) -> Option<Messages> {
+        let config = jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        };
+        let consumer = match self.stream.create_consumer(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create the observation consumer");
+                return None;
+            }
+        };
+        match consumer.messages().await {
+            Ok(m) => {
+                tracing::info!(from = start, "reading the observation stream");
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the observation stream");
+                None
+            }
+        }
+    }
+
+    /// One message: handed on when it concerns an owned cell or a neighbour of one; a
+    /// malformed one is refused with a warning. False once the stage has gone.
+    async fn take(
+        &self,
+        message: &jetstream::Message,
+        seq: u64,
+        owned: &BTreeSet<String>,
+        watched: &BTreeSet<String>,
+        unrouted_logged: &mut bool,
+    ) -> bool {
+        let subject = message.subject.as_str();
+        if let Some((grid, rest)) = subject_grid(subject, OBSERVATIONS_PREFIX) {
+            if rest.is_some() || !watched.contains(grid) {
+                return true;
+            }
+            let observation = match serde_json::from_slice::<Observation>(&message.payload) {
+                Ok(o) if o.grid.as_str() == grid => o,
+                Ok(o) => {
+                    refused("observation");
+                    tracing::warn!(subject, seq, grid = %o.grid, "observation refused: its grid is not its subject's");
+                    return true;
+                }
+                Err(e) => {
+                    refused("observation");
+                    tracing::warn!(subject, seq, error = %e, "observation refused: not an observation");
+                    return true;
+                }
+            };
+            return send(
+                &self.tx,
+                BusInput::Observation {
+                    seq,
+                    observation: Box::new(observation),
+                },
+            )
+            .await;
+        }
+        if let Some((grid, _)) = subject_grid(subject, READINGS_PREFIX) {
+            if !owned.contains(grid) || self.skip_readings.get(grid).is_some_and(|&s| seq <= s) {
+                return true;
+            }
+            match &self.readings {
+                // Refuses (warns and counts) a malformed one itself.
+                Some(readings) => {
+                    return readings
+                        .send(subject, message.headers.as_ref(), message.payload.clone())
+                        .await
+                        .is_ok();
+                }
+                None => {
+                    refused("reading");
+                    if !*unrouted_logged {
+                        *unrouted_logged = true;
+                        tracing::warn!(
+                            subject,
+                            seq,
+                            "a sensor reading on the bus, but this config has no [mqtt] sensors to run its rules"
+                        );
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Writes the cells a stored commit changed to KV, once every sink has delivered that
+/// commit's events.
+struct Saver {
+    kv: jetstream::kv::Store,
+    runtime: tokio::runtime::Handle,
+    outbox: std::path::PathBuf,
+    sinks: Vec<String>,
+    /// The cells owned now: a save of a cell that moved meanwhile is dropped, so it never
+    /// overwrites what its new owner saved.
+    owned: Arc<RwLock<BTreeSet<String>>>,
+}
+
+impl Saver {
+    fn run(self, rx: &crossbeam_channel::Receiver<(Vec<(String, CellRecord)>, usize)>) {
+        // Its own connection, to read the sinks' cursors.
+        let outbox = match skynet_emit::Outbox::open_for_delivery(&self.outbox) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::error!(error = %e, "the cell saver cannot read the outbox; cells are saved as soon as committed");
+                None
+            }
+        };
+        // Events committed so far, and the saves queued, each with that count at its commit.
+        let mut committed: u64 = 0;
+        let mut queue: VecDeque<(u64, Vec<(String, CellRecord)>)> = VecDeque::new();
+        let mut ready: BTreeMap<String, CellRecord> = BTreeMap::new();
+        let mut closed_at: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((saves, events)) => {
+                    committed += events as u64;
+                    queue.push_back((committed, saves));
+                    // Everything that waits now, before looking at the cursors.
+                    for (saves, events) in rx.try_iter() {
+                        committed += events as u64;
+                        queue.push_back((committed, saves));
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    closed_at.get_or_insert_with(Instant::now);
+                }
+            }
+            // Delivery is in order per sink: a sink with at most `after` events pending
+            // (those committed after this save's commit) has delivered the save's events.
+            let pending: Option<Vec<u64>> = outbox.as_ref().map(|o| {
+                self.sinks
+                    .iter()
+                    .map(|s| o.pending_count(s).unwrap_or(u64::MAX))
+                    .collect()
+            });
+            while let Some((at, _)) = queue.front() {
+                let after = committed - at;
+                let delivered = pending
+                    .as_ref()
+                    .is_none_or(|p| p.iter().all(|&n| n <= after));
+                if !delivered {
+                    break;
+                }
+                let Some((_, saves)) = queue.pop_front() else {
+                    break;
+                };
+                ready.extend(saves);
+            }
+            if !ready.is_empty() {
+                self.write(&mut ready);
+            }
+            if let Some(closed) = closed_at
+                && (queue.is_empty() || closed.elapsed() >= SAVE_DRAIN)
+            {
+                if !queue.is_empty() {
+                    tracing::warn!(
+                        commits = queue.len(),
+                        "cells not saved: their events were not delivered in time; a successor replays them"
+                    );
+                }
+                return;
+            }
+        }
+    }
+
+    /// Writes the ready records; what fails stays for the next round.
+    fn write(&self, ready: &mut BTreeMap<String, CellRecord>) {
+        let records = std::mem::take(ready);
+        for (grid, record) in records {
+            let key = cell_key(&grid);
+            if !self
+                .owned
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&grid)
+            {
+                tracing::debug!(key = %key, "not saved: the cell moved to another scorer");
+                continue;
+            }
+            let body = match serde_json::to_vec(&record) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(key = %key, error = %e, "a cell's state could not be serialised");
+                    continue;
+                }
+            };
+            match self.runtime.block_on(self.kv.put(&key, body.into())) {
+                Ok(_) => tracing::debug!(key = %key, seq = record.seq, "cell saved"),
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "saving a cell failed; retrying");
+                    ready.insert(grid, record);
+                }
+            }
+        }
+    }
+}
+
+/// The case-status feedback of a scorer: each scorer reads every status event (its own
+/// durable consumer), and passes on only those of incidents in cells it owns; the others
+/// are acknowledged and ignored silently (their owner applies them). An event whose
+/// incident is not known to any scorer any more (closed past the cooldown) is ignored by
+/// every one of them.
+pub(crate) fn filter_case_feedback(
+    from: crossbeam_channel::Receiver<CaseFeedback>,
+    to: crossbeam_channel::Sender<CaseFeedback>,
+    incidents: Arc<RwLock<HashSet<String>>>,
+) -> Result<JoinHandle<()>, PipelineError> {
+    std::thread::Builder::new()
+        .name("case-filter".into())
+        .spawn(move || {
+            for feedback in from {
+                if let CaseFeedback::Message(message) = &feedback
+                    && let Some(incident) = case_incident(&message.payload)
+                    && !incidents
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(&incident)
+                {
+                    if let CaseFeedback::Message(message) = feedback {
+                        message.ack.ack();
+                    }
+                    continue;
+                }
+                if to.send(feedback).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|source| PipelineError::Spawn {
+            stage: "case-filter".into(),
+            source,
+        })
+}
+
+/// The incident a status event names (`data.incident`), when it parses; one that does not
+/// goes on to the stage, which refuses it with a dead letter.
+fn case_incident(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Event {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        incident: String,
+    }
+    serde_json::from_slice::<Event>(payload)
+        .ok()
+        .map(|e| e.data.incident)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_name_their_grid() {
+        assert_eq!(
+            subject_grid("skynet.observations.G-0201", OBSERVATIONS_PREFIX),
+            Some(("G-0201", None))
+        );
+        assert_eq!(
+            subject_grid("skynet.readings.G-0201.gas-07", READINGS_PREFIX),
+            Some(("G-0201", Some("gas-07")))
+        );
+        assert_eq!(subject_grid("skynet.other.G-0201", READINGS_PREFIX), None);
+        assert_eq!(
+            incidents_of(
+                r#"{"open":[[["gas_leak",""],{"incident":{"id":"u-1"}}]],"closed":[[["smoke",""],{"incident":{"id":"u-2"}}]]}"#
+            ),
+            ["u-1", "u-2"]
+        );
+        assert_eq!(
+            id_row_grid(r#"{"grid":"G-0102","category":"gas_leak","device":""}"#).as_deref(),
+            Some("G-0102")
+        );
+        assert_eq!(
+            case_incident(br#"{"id":"e","data":{"incident":"a/G-1/x//1","status":"ack"}}"#)
+                .as_deref(),
+            Some("a/G-1/x//1")
+        );
+    }
+
+    fn cells(saver: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>) -> ScorerCells {
+        ScorerCells {
+            owned: BTreeSet::new(),
+            cells: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            meta: None,
+            saver,
+            new_engine: Box::new(|| {
+                Box::new(skynet_risk::GridRiskEngine::new(
+                    skynet_risk::RiskConfig::default(),
+                    skynet_risk::RiskContext::default(),
+                )) as Box<dyn RiskEngine>
+            }),
+            lag: BTreeMap::new(),
+            incidents_by_cell: BTreeMap::new(),
+            incidents: Arc::default(),
+        }
+    }
+
+    fn gas(grid: &str, at: DateTime<Utc>) -> Observation {
+        Observation {
+            at,
+            source: skynet_core::SourceRef::sensor(&skynet_core::DeviceId::new("gas-1")),
+            grid: GridId::new(grid),
+            category: "gas_leak".into(),
+            weight: 1.0,
+            confidence: 1.0,
+            evidence: Default::default(),
+        }
+    }
+
+    /// A commit's state as `state::changes` makes it.
+    fn commit(engine: &mut dyn RiskEngine) -> StateChanges {
+        let state = skynet_risk::state::PipelineState {
+            version: skynet_risk::state::PipelineState::VERSION,
+            cameras: Default::default(),
+            rules: Default::default(),
+            sensor_rules: Default::default(),
+            engine: serde_json::value::RawValue::NULL.to_owned(),
+        };
+        super::super::state::changes(engine, state)
+    }
+
+    #[test]
+    fn owned_cells_are_saved_and_restored_and_neighbours_are_neither_emitted_nor_saved() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut cells = cells(tx);
+        let mut engine = cells.rebuild(BTreeSet::from(["G-1".to_string()]), BTreeMap::new());
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(cells.accept(5, "G-1"));
+        let mut events = engine.observe(&gas("G-1", at));
+        // A neighbour's evidence is applied whatever its sequence, and not emitted.
+        assert!(cells.accept(6, "G-2"));
+        events.extend(engine.observe(&gas("G-2", at)));
+        assert!(
+            !cells.accept(5, "G-1"),
+            "a sequence applied already is skipped"
+        );
+        cells.keep_owned(&mut events);
+        assert!(!events.is_empty());
+        assert!(events.iter().all(|e| match e {
+            RiskEvent::Incident(i) => i.grid.as_str() == "G-1",
+            RiskEvent::GridRisk(g) => g.grid.as_str() == "G-1",
+        }));
+        let id = events
+            .iter()
+            .find_map(|e| e.as_incident())
+            .unwrap()
+            .id
+            .clone();
+        let saves = cells
+            .record(&commit(engine.as_mut()), events.len())
+            .unwrap();
+        assert_eq!(saves.saves.len(), 1, "only the owned cell is saved");
+        let (grid, record) = &saves.saves[0];
+        assert_eq!((grid.as_str(), record.seq), ("G-1", 5));
+        assert!(record.cell.as_deref().is_some_and(|c| c.contains(&id)));
+        assert_eq!(record.ids.len(), 1);
+        assert!(record.meta.is_some());
+        assert!(cells.incidents.read().unwrap().contains(&id));
+
+        // Another scorer takes the cell from its saved record: the incident goes on.
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut successor = super::tests::cells(tx);
+        let engine = successor.rebuild(
+            BTreeSet::from(["G-1".to_string()]),
+            BTreeMap::from([(grid.clone(), record.clone())]),
+        );
+        assert_eq!(engine.open_incidents(), 1);
+        assert!(engine.incident_owner(&id).is_some());
+        assert!(!successor.accept(5, "G-1"));
+        assert!(successor.accept(7, "G-1"));
+        assert!(successor.incidents.read().unwrap().contains(&id));
+    }
+
+    #[test]
+    fn status_events_of_other_scorers_incidents_are_acknowledged_and_dropped() {
+        let (in_tx, in_rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let incidents = Arc::new(RwLock::new(HashSet::from(["mine".to_string()])));
+        let thread = filter_case_feedback(in_rx, out_tx, incidents).unwrap();
+        let message = |incident: &str| {
+            CaseFeedback::Message(Box::new(skynet_emit::CaseMessage {
+                subject: format!("skynet.cases.{incident}"),
+                payload: format!(r#"{{"id":"e","data":{{"incident":"{incident}"}}}}"#).into(),
+                signature: None,
+                stream_seq: 1,
+                ack: skynet_emit::CaseAck::none(),
+            }))
+        };
+        in_tx.send(message("theirs")).unwrap();
+        in_tx.send(message("mine")).unwrap();
+        // Not a status event: the stage refuses it with a dead letter.
+        in_tx
+            .send(CaseFeedback::Message(Box::new(skynet_emit::CaseMessage {
+                subject: "skynet.cases.x".into(),
+                payload: "garbage".into(),
+                signature: None,
+                stream_seq: 2,
+                ack: skynet_emit::CaseAck::none(),
+            })))
+            .unwrap();
+        drop(in_tx);
+        thread.join().unwrap();
+        let passed: Vec<String> = out_rx
+            .iter()
+            .map(|f| match f {
+                CaseFeedback::Message(m) => m.subject,
+                CaseFeedback::Console(_) => String::new(),
+            })
+            .collect();
+        assert_eq!(passed, ["skynet.cases.mine", "skynet.cases.x"]);
+    }
+
+    #[test]
+    fn a_cell_record_round_trips() {
+        let record = CellRecord {
+            seq: 42,
+            meta: Some(r#"{"version":3,"node":"c","clock":null,"last_sweep":null}"#.into()),
+            cell: Some("{}".into()),
+            ids: BTreeMap::from([("k".into(), "v".into())]),
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<CellRecord>(&text).unwrap(), record);
+    }
+}

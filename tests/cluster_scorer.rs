@@ -1,0 +1,414 @@
+//! The scorer role (issue 23): two scorers share the grid cells by rendezvous hashing over
+//! the live scorers, each emits the incidents of its own cells only, and when one stops the
+//! other takes its cells from KV `skynet_cells` and goes on under the same incident ids.
+//! Observations are published into SKYNET_OBSERVATIONS directly (no edge needed).
+
+mod common;
+
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{PrivateNats, eventually, repo, tokio_runtime};
+use skynet::{RunOptions, pipeline};
+use skynet_cluster::{ClusterConfig, Role};
+use skynet_core::{DeviceId, GridId, Observation, Shutdown, SourceRef};
+
+/// Generous for a loaded 2-core machine; every wait is on a condition.
+const WAIT: Duration = Duration::from_secs(45);
+
+fn config_text(dir: &Path, node: &str, url: &str) -> String {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[node]
+name = "{node}"
+
+[cluster]
+url = "{url}"
+name = "city"
+failover_s = 3
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+
+[risk]
+half_life_s = 600
+close_after_s = 600
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+[[sinks]]
+kind = "jsonl"
+path = "{dir}/incidents.jsonl"
+
+# The edges' camera: a scorer runs none (never connected here).
+[[cameras]]
+id = "cam-1"
+owner = "police"
+uri = "rtsp://127.0.0.1:9/cam"
+grid = "G-0101"
+"#,
+        grids = esc(&repo().join("configs/demo-grids.geojson")),
+        model = esc(&repo().join("models/yolox_nano.toml")),
+        dir = esc(dir),
+    )
+}
+
+/// A scorer running as `skynet run --role scorer` does, until its `Shutdown`.
+struct Scorer {
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<Result<skynet::RunSummary, String>>>,
+    dir: std::path::PathBuf,
+}
+
+impl Scorer {
+    fn start(dir: &Path, node: &str, url: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = common::pipeline_config(dir, &config_text(dir, node, url));
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            pipeline::run(
+                &config,
+                RunOptions {
+                    shutdown: stop,
+                    wait_for_shutdown: true,
+                    role: Role::Scorer,
+                    ..RunOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
+        Self {
+            shutdown,
+            thread: Some(thread),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The incident revisions its JSONL sink delivered: (incident id, grid, revision).
+    fn delivered(&self) -> Vec<(String, String, u64)> {
+        let text = std::fs::read_to_string(self.dir.join("incidents.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"].as_str().is_some_and(|t| t.contains("incident")))
+            .map(|e| {
+                (
+                    e["data"]["id"].as_str().unwrap_or_default().to_string(),
+                    e["data"]["grid"].as_str().unwrap_or_default().to_string(),
+                    e["data"]["revision"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn incidents_in(&self, grid: &str) -> Vec<(String, u64)> {
+        self.delivered()
+            .into_iter()
+            .filter(|(_, g, _)| g == grid)
+            .map(|(id, _, revision)| (id, revision))
+            .collect()
+    }
+
+    fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Scorer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+fn gas(grid: &str, sensor: &str, weight: f32) -> Observation {
+    Observation {
+        at: chrono::Utc::now(),
+        source: SourceRef::sensor(&DeviceId::new(sensor)),
+        grid: GridId::new(grid),
+        category: "gas_leak".into(),
+        weight,
+        confidence: 1.0,
+        evidence: Default::default(),
+    }
+}
+
+/// Two node names (ending in `tag`: each test has its own, as the metrics are the
+/// process's) and a cell owned by each of them (rendezvous over the two), from the demo
+/// grid's cells.
+fn split(tag: &str) -> (String, String, String, String) {
+    let cells = ["G-0101", "G-0102", "G-0201"];
+    for n in 0..100 {
+        let (a, b) = (format!("scorer-a{n}{tag}"), format!("scorer-b{n}{tag}"));
+        let members = vec![a.clone(), b.clone()];
+        let of = |me: &str| {
+            cells
+                .iter()
+                .find(|c| skynet_cluster::owner(c, &members) == Some(me))
+                .map(|c| c.to_string())
+        };
+        if let (Some(cell_a), Some(cell_b)) = (of(&a), of(&b)) {
+            return (a, b, cell_a, cell_b);
+        }
+    }
+    panic!("no split of the cells over two scorers");
+}
+
+/// The test's NATS, its client and JetStream context, and the runtime they run on.
+struct Bus {
+    _nats: PrivateNats,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    cluster: ClusterConfig,
+}
+
+impl Bus {
+    fn start(dir: &Path) -> Self {
+        let nats = PrivateNats::start(&dir.join("nats"));
+        let url = nats.url();
+        let runtime = tokio_runtime();
+        let cluster = ClusterConfig::for_url(url.clone());
+        let client = runtime.block_on(skynet_cluster::connect(&cluster)).unwrap();
+        runtime
+            .block_on(skynet_cluster::bus::observation_stream(&client, &cluster))
+            .unwrap();
+        let js = {
+            let _in = runtime.enter();
+            async_nats::jetstream::new(client.clone())
+        };
+        Self {
+            _nats: nats,
+            url,
+            runtime,
+            client,
+            js,
+            cluster,
+        }
+    }
+
+    /// Publishes on `subject`; returns the stream sequence.
+    fn publish_raw(&self, subject: &str, body: Vec<u8>) -> u64 {
+        self.runtime
+            .block_on(async {
+                self.js
+                    .publish(subject.to_string(), body.into())
+                    .await
+                    .unwrap()
+                    .await
+            })
+            .unwrap()
+            .sequence
+    }
+
+    fn publish(&self, observation: &Observation) -> u64 {
+        self.publish_raw(
+            &skynet_cluster::bus::observation_subject(observation.grid.as_str()),
+            serde_json::to_vec(observation).unwrap(),
+        )
+    }
+
+    /// The saved state of `grid` in KV `skynet_cells`, as JSON.
+    fn saved_cell(&self, grid: &str) -> Option<serde_json::Value> {
+        self.runtime.block_on(async {
+            let kv = skynet_cluster::bus::cells_bucket(&self.client, &self.cluster)
+                .await
+                .ok()?;
+            let bytes = kv.get(skynet_cluster::bus::cell_key(grid)).await.ok()??;
+            serde_json::from_slice(&bytes).ok()
+        })
+    }
+
+    /// Whether `grid`'s saved state holds what the stream had up to `seq` and incident `id`.
+    fn saved_at(&self, grid: &str, seq: u64, id: &str) -> bool {
+        self.saved_cell(grid).is_some_and(|cell| {
+            cell["seq"].as_u64().is_some_and(|s| s >= seq)
+                && cell["cell"].as_str().is_some_and(|c| c.contains(id))
+        })
+    }
+}
+
+/// This process's metrics (every in-process scorer records into them).
+fn metrics() -> String {
+    skynet_serve::install_metrics().unwrap().render()
+}
+
+fn assigned(node: &str) -> f64 {
+    common::metric(
+        &metrics(),
+        &format!("skynet_cluster_assignments{{node=\"{node}\",role=\"scorer\"}}"),
+    )
+}
+
+/// Both scorers see each other and share the three cells.
+fn wait_settled(a: &str, b: &str) {
+    assert!(
+        eventually(WAIT, || assigned(a) >= 1.0
+            && assigned(b) >= 1.0
+            && assigned(a) + assigned(b) == 3.0),
+        "the scorers share the 3 cells: {} and {}",
+        assigned(a),
+        assigned(b)
+    );
+}
+
+#[test]
+fn two_scorers_share_the_cells_and_one_takes_over_the_others_under_the_same_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    let (name_a, name_b, cell_a, cell_b) = split("-h");
+    let a = Scorer::start(&tmp.path().join("a"), &name_a, &bus.url);
+    let b = Scorer::start(&tmp.path().join("b"), &name_b, &bus.url);
+    wait_settled(&name_a, &name_b);
+
+    // A malformed message is refused (counted) and the rest goes on.
+    let refused = || common::metric(&metrics(), "skynet_bus_refused_total{kind=\"observation\"}");
+    let refused_before = refused();
+    bus.publish_raw(
+        &skynet_cluster::bus::observation_subject(&cell_a),
+        b"{not an observation".to_vec(),
+    );
+    bus.publish(&gas(&cell_a, "gas-a", 0.6));
+    let seq_b = bus.publish(&gas(&cell_b, "gas-b", 0.6));
+
+    // Each cell's incident is emitted by its owner only.
+    assert!(
+        eventually(WAIT, || !a.incidents_in(&cell_a).is_empty()
+            && !b.incidents_in(&cell_b).is_empty()),
+        "each owner emits its cell's incident: a {:?}, b {:?}",
+        a.delivered(),
+        b.delivered()
+    );
+    assert!(
+        refused() > refused_before,
+        "the malformed message is counted"
+    );
+    let id_b = b.incidents_in(&cell_b)[0].0.clone();
+    assert!(
+        b.incidents_in(&cell_a).is_empty(),
+        "{cell_a} is emitted by a only: {:?}",
+        b.delivered()
+    );
+    assert!(
+        a.incidents_in(&cell_b).is_empty(),
+        "{cell_b} is emitted by b only: {:?}",
+        a.delivered()
+    );
+    // b saves its cell (once delivered) with the sequence it applied.
+    assert!(
+        eventually(WAIT, || bus.saved_at(&cell_b, seq_b, &id_b)),
+        "{cell_b} saved at {seq_b}: {:?}",
+        bus.saved_cell(&cell_b)
+    );
+
+    // b stops: a takes its cell (from KV, not replaying what b applied) and the incident
+    // goes on under the same id.
+    let last_b = b
+        .incidents_in(&cell_b)
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap();
+    b.stop();
+    bus.publish(&gas(&cell_b, "gas-b2", 0.9));
+    assert!(
+        eventually(WAIT, || a
+            .incidents_in(&cell_b)
+            .iter()
+            .any(|(id, r)| *id == id_b && *r > last_b)),
+        "a goes on with {id_b} after revision {last_b}: {:?}",
+        a.delivered()
+    );
+    assert!(
+        a.incidents_in(&cell_b)
+            .iter()
+            .all(|(id, r)| *id == id_b && *r > last_b),
+        "{cell_b}: the same incident, no revision emitted twice: {:?}",
+        a.delivered()
+    );
+    a.stop();
+}
+
+#[test]
+fn a_killed_scorers_cells_fail_over_within_failover_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    let (name_a, name_b, _, cell_b) = split("-k");
+    let failovers = || common::metric(&metrics(), "skynet_failovers_total{role=\"scorer\"}");
+    let failovers_before = failovers();
+    let a = Scorer::start(&tmp.path().join("a"), &name_a, &bus.url);
+    // b: a `skynet run --role scorer` process, killed with SIGKILL.
+    let dir_b = tmp.path().join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let config_b = dir_b.join("scorer.toml");
+    std::fs::write(&config_b, config_text(&dir_b, &name_b, &bus.url)).unwrap();
+    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
+    let b_delivered = Scorer {
+        shutdown: Shutdown::new(),
+        thread: None,
+        dir: dir_b.clone(),
+    };
+    assert!(
+        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
+        "a sees b and owns part of the cells: {}; b's log: {}",
+        assigned(&name_a),
+        log_b.lock().unwrap()
+    );
+    let seq_b = bus.publish(&gas(&cell_b, "gas-b", 0.6));
+    assert!(
+        eventually(WAIT, || !b_delivered.incidents_in(&cell_b).is_empty()),
+        "b emits {cell_b}'s incident; b's log: {}",
+        log_b.lock().unwrap()
+    );
+    let id_b = b_delivered.incidents_in(&cell_b)[0].0.clone();
+    assert!(
+        eventually(WAIT, || bus.saved_at(&cell_b, seq_b, &id_b)),
+        "{cell_b} saved at {seq_b}: {:?}",
+        bus.saved_cell(&cell_b)
+    );
+    let last_b = b_delivered
+        .incidents_in(&cell_b)
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap();
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = std::time::Instant::now();
+    // Its heartbeat lapses (two thirds of failover_s), a takes the cell and counts it.
+    bus.publish(&gas(&cell_b, "gas-b2", 0.9));
+    assert!(
+        eventually(WAIT, || a
+            .incidents_in(&cell_b)
+            .iter()
+            .any(|(id, r)| *id == id_b && *r > last_b)),
+        "a goes on with {id_b} after revision {last_b}: {:?}",
+        a.delivered()
+    );
+    // For the README's figure (not asserted: the machine's load decides it).
+    eprintln!(
+        "kill -9 to the next revision from the other scorer: {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(
+        a.incidents_in(&cell_b)
+            .iter()
+            .all(|(id, r)| *id == id_b && *r > last_b),
+        "{cell_b}: the same incident, nothing b delivered emitted again: {:?}",
+        a.delivered()
+    );
+    assert!(
+        failovers() > failovers_before,
+        "the takeover is counted in skynet_failovers_total"
+    );
+    a.stop();
+}
