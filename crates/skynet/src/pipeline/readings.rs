@@ -209,22 +209,6 @@ impl BusReadings {
         }
     }
 
-    /// [`BusReadings::send`] from a thread outside the runtime.
-    pub fn blocking_send(
-        &self,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        payload: bytes::Bytes,
-    ) -> Result<(), SensorStageGone> {
-        match self.parse(subject, headers, payload) {
-            Some(reading) => self
-                .tx
-                .blocking_send(SensorInput::Bus(reading))
-                .map_err(|_| SensorStageGone),
-            None => Ok(()),
-        }
-    }
-
     /// The cells this scorer owns now (`None`: every cell). Liveness (`sensor_offline`) is
     /// judged only for their sensors, each from when its cell became this scorer's: a
     /// sensor of another scorer's cell is not declared offline here.
@@ -703,5 +687,91 @@ mod tests {
         }
         let e = BadReading::MissingHeader(TOPIC_HEADER).to_string();
         assert_eq!(e, "no `Skynet-Mqtt-Topic` header");
+    }
+
+    /// configs/city.toml: gas-07 (G-0201, CO above 50 ppm for 10 s is a `gas_leak`,
+    /// offline after 30 s of silence) and gas-12 (G-0201).
+    fn city() -> crate::config::PipelineConfig {
+        crate::config::PipelineConfig::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/city.toml"),
+        )
+        .unwrap()
+    }
+
+    /// gas-07's reading `v` ppm measured at `t`, as an edge published it.
+    fn published(sensor: &str, grid: &str, v: f64, t: DateTime<Utc>) -> BusReading {
+        let subject = skynet_cluster::bus::reading_subject(grid, sensor);
+        let topic = format!("skynet/sensors/{sensor}");
+        let payload = format!(
+            r#"[{{"n":"{sensor}/co","u":"ppm","v":{v},"t":{}}}]"#,
+            t.timestamp_micros() as f64 / 1e6
+        );
+        let received = t + chrono::Duration::milliseconds(100);
+        let headers = reading_headers(&subject, &topic, payload.as_bytes(), received, true);
+        reading_input(&subject, Some(&headers), payload.into()).unwrap()
+    }
+
+    #[test]
+    fn the_scorer_runs_the_sensor_rules_on_bus_readings_and_refuses_foreign_ones() {
+        let config = city();
+        let mut stage = SensorStage::new(config.mqtt.as_ref().unwrap(), &config.sensors, None);
+        let mut events = Vec::new();
+        let start = Utc::now() - chrono::Duration::seconds(60);
+        for i in 0..8 {
+            let at = start + chrono::Duration::seconds(2 * i);
+            stage.process(
+                SensorInput::Bus(published("gas-07", "G-0201", 60.0, at)),
+                &mut |e| events.push(e),
+            );
+        }
+        let leaks = events
+            .iter()
+            .filter(|e| matches!(e, SensorEvent::Observation(o) if o.category == "gas_leak"))
+            .count();
+        assert!(leaks >= 1, "{events:?}");
+        // Unknown here, or in another cell than the subject says: refused, nothing emitted.
+        let before = events.len();
+        let at = start + chrono::Duration::seconds(20);
+        for reading in [
+            published("gas-99", "G-0201", 60.0, at),
+            published("gas-07", "G-0999", 60.0, at),
+        ] {
+            stage.process(SensorInput::Bus(reading), &mut |e| events.push(e));
+        }
+        assert_eq!(events.len(), before);
+        // A checkpoint carries the rules' memory and no acknowledgements.
+        stage.checkpoint(&mut |e| events.push(e));
+        assert!(matches!(
+            events.last(),
+            Some(SensorEvent::Checkpoint { acks: None, rules }) if rules.iter().any(|(s, _)| s == "gas-07")
+        ));
+    }
+
+    #[test]
+    fn a_scorer_judges_liveness_only_for_the_sensors_of_its_cells() {
+        let config = city();
+        let mut stage = SensorStage::new(config.mqtt.as_ref().unwrap(), &config.sensors, None);
+        // The sensors declared offline by one input.
+        let offline = |stage: &mut SensorStage, input: SensorInput| {
+            let mut faults = Vec::new();
+            stage.process(input, &mut |e| {
+                if let SensorEvent::Fault(f) = e {
+                    faults.push(f.camera.to_string());
+                }
+            });
+            faults
+        };
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let cells = |c: &str| SensorInput::Cells(Some(HashSet::from([c.to_string()])));
+        offline(&mut stage, cells("G-0301"));
+        let faults = offline(&mut stage, SensorInput::Tick(later));
+        assert!(!faults.contains(&"gas-07".to_string()), "{faults:?}");
+        // G-0201 becomes this scorer's: its silent sensors go offline once their interval
+        // has passed since then, not at once.
+        offline(&mut stage, cells("G-0201"));
+        let faults = offline(&mut stage, SensorInput::Tick(Utc::now()));
+        assert!(faults.is_empty(), "{faults:?}");
+        let faults = offline(&mut stage, SensorInput::Tick(later));
+        assert!(faults.contains(&"gas-07".to_string()), "{faults:?}");
     }
 }
