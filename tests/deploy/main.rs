@@ -2,10 +2,14 @@
 //! - `three_level`: the city hub and two district leaf nodes of deploy/three-level/, each a
 //!   nats-server of the test's own on spare ports (stopped by its pid), with JetStream domains,
 //!   the city's stream sourcing the districts', and a cut link that catches up;
-//! - `manifests`: deploy/kubernetes/*.yaml against Kubernetes' schemas (kubernetes-validate).
+//! - `manifests`: deploy/kubernetes/*.yaml against Kubernetes' schemas (kubernetes-validate),
+//!   and the city's roles in them (skynet-city.yaml);
+//! - `compose`: deploy/compose-city.yaml's roles and NATS cluster, deploy/compose.yaml's single
+//!   node, and deploy/city.toml (the roles' one config) by `skynet check`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compose;
 mod manifests;
 mod three_level;

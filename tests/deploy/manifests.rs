@@ -2,16 +2,18 @@
 //! pinned in scripts/setup.sh). Its wheel bundles the schemas, so it runs offline. Strict:
 //! a field the schema does not know is an error, and so is a kind it has no schema for.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::Value;
 
 use crate::common::repo;
 
-/// The tool as scripts/setup.sh installs it (`python3 -m kubernetes_validate` with its own
-/// directory on PYTHONPATH), else a `kubernetes-validate` on PATH; None when neither is there.
-fn validator() -> Option<Command> {
+/// The directory scripts/setup.sh installs kubernetes-validate into (with PyYAML beside it),
+/// for PYTHONPATH; None when it is not installed.
+fn kubernetes_validate_dir() -> Option<PathBuf> {
     let python = skynet_core::config::data_dir().join("python");
-    let installed = std::fs::read_dir(&python)
+    std::fs::read_dir(&python)
         .into_iter()
         .flatten()
         .flatten()
@@ -22,8 +24,39 @@ fn validator() -> Option<Command> {
                 .is_some_and(|n| n.starts_with("kubernetes-validate-"))
                 && p.join(".complete").exists()
         })
-        .max();
-    if let Some(dir) = installed {
+        .max()
+}
+
+/// Every YAML document of `path` as JSON, read by PyYAML (installed with kubernetes-validate
+/// by scripts/setup.sh, so no YAML crate is needed); None when no PyYAML is there, which CI
+/// does not allow. Anchors and merge keys (`<<`, used by the compose files) are resolved.
+pub fn yaml_documents(path: &Path) -> Option<Vec<serde_json::Value>> {
+    const PROGRAM: &str = "import json, sys, yaml\n\
+        json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None], sys.stdout)";
+    let mut command = Command::new("python3");
+    if let Some(dir) = kubernetes_validate_dir() {
+        command.env("PYTHONPATH", dir);
+    }
+    let out = command.args(["-c", PROGRAM]).arg(path).output().ok()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No module named 'yaml'") {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false"),
+                "PyYAML is not installed: run scripts/setup.sh"
+            );
+            eprintln!("SKIPPED: PyYAML is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        panic!("{} is not valid YAML:\n{stderr}", path.display());
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("PyYAML's JSON"))
+}
+
+/// The tool as scripts/setup.sh installs it (`python3 -m kubernetes_validate` with its own
+/// directory on PYTHONPATH), else a `kubernetes-validate` on PATH; None when neither is there.
+fn validator() -> Option<Command> {
+    if let Some(dir) = kubernetes_validate_dir() {
         let mut command = Command::new("python3");
         command
             .env("PYTHONPATH", dir)
@@ -107,4 +140,179 @@ fn the_kubernetes_manifests_hold_no_secret_value() {
             path.display()
         );
     }
+}
+
+/// The resource of `kind` named `name` among `docs`.
+fn resource<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("a string"))
+        .collect()
+}
+
+/// The pod template's container named `skynet` (or `nats`).
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {}", workload["metadata"]["name"]))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name} in {}", container["name"]))
+}
+
+/// The city's roles on Kubernetes (deploy/kubernetes/skynet-city.yaml): each role started
+/// with its `--role` from the one config, edges a Deployment named by the pod, scorers a
+/// StatefulSet with a volume for the outbox, one console, NATS a JetStream cluster of three
+/// with the routes to all, `[cluster] replicas = 3`, and the probes on the metrics listener.
+/// The ConfigMaps hold the committed files exactly.
+#[test]
+fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
+    let Some(docs) = yaml_documents(&repo().join("deploy/kubernetes/skynet-city.yaml")) else {
+        return;
+    };
+    fn role_args(role: &str) -> Vec<&str> {
+        vec!["run", "--config", "/etc/skynet/city.toml", "--role", role]
+    }
+
+    let edge = resource(&docs, "Deployment", "skynet-edge");
+    let scorer = resource(&docs, "StatefulSet", "skynet-scorer");
+    let console = resource(&docs, "Deployment", "skynet-console");
+    for (workload, role) in [(edge, "edge"), (scorer, "scorer"), (console, "console")] {
+        let c = container(workload, "skynet");
+        assert_eq!(strings(&c["args"]), role_args(role), "{role}");
+        // Each process its own member key: the pod's name.
+        assert_eq!(
+            env(c, "SKYNET_NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name",
+            "{role}"
+        );
+        assert_eq!(
+            env(c, "SKYNET_CLUSTER_URL")["value"],
+            "nats://nats.skynet.svc:4222",
+            "{role}"
+        );
+        assert_eq!(
+            env(c, "SKYNET_NATS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+            "skynet-nats",
+            "{role}"
+        );
+        let readiness = c["readinessProbe"].to_string();
+        assert!(readiness.contains("/readyz"), "{role}: {readiness}");
+        assert!(readiness.contains("9464"), "{role}: {readiness}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{role}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics", "{role}");
+        let ports: Vec<&Value> = c["ports"].as_array().unwrap().iter().collect();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"] == 9464),
+            "{role}"
+        );
+        let mounts = c["volumeMounts"].to_string();
+        assert!(mounts.contains("/etc/skynet"), "{role}");
+        assert!(mounts.contains("/var/lib/skynet"), "{role}");
+    }
+    // Edges scale freely: no single-writer strategy, no claim of their own.
+    assert!(edge["spec"]["strategy"]["type"] != "Recreate");
+    assert!(edge["spec"]["replicas"].as_u64().unwrap() >= 2);
+    // Scorers: stable names and a volume each for the outbox.
+    assert_eq!(scorer["spec"]["serviceName"], "skynet-scorer");
+    let claims = scorer["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert!(claims.iter().any(|c| c["metadata"]["name"] == "data"));
+    assert!(
+        container(scorer, "skynet")["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "data" && m["mountPath"] == "/var/lib/skynet")
+    );
+    let headless = resource(&docs, "Service", "skynet-scorer");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    // One console.
+    assert_eq!(console["spec"]["replicas"], 1);
+    assert_eq!(
+        env(container(console, "skynet"), "SKYNET_NATS_USER")["value"],
+        "console"
+    );
+
+    // NATS: three nodes of the committed cluster config, each its name and all the routes.
+    let nats = resource(&docs, "StatefulSet", "nats");
+    assert_eq!(nats["spec"]["replicas"], 3);
+    assert_eq!(nats["spec"]["serviceName"], "nats");
+    assert_eq!(
+        resource(&docs, "Service", "nats")["spec"]["clusterIP"],
+        "None"
+    );
+    let args = strings(&container(nats, "nats")["args"]);
+    let after = |flag: &str| {
+        let i = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("nats has no {flag}: {args:?}"));
+        args[i + 1]
+    };
+    assert_eq!(after("-c"), "/etc/nats/nats-server.conf");
+    assert_eq!(after("--server_name"), "$(POD_NAME)");
+    assert_eq!(after("-sd"), "/data");
+    let routes: Vec<&str> = after("--routes").split(',').collect();
+    assert_eq!(
+        routes,
+        (0..3)
+            .map(|i| format!("nats://nats-{i}.nats.skynet.svc:6222"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        nats["spec"]["volumeClaimTemplates"].as_array().unwrap()[0]["metadata"]["name"] == "data"
+    );
+    let nats_conf = resource(&docs, "ConfigMap", "nats-cluster-config");
+    assert_eq!(
+        nats_conf["data"]["nats-server.conf"].as_str().unwrap(),
+        std::fs::read_to_string(repo().join("deploy/nats/nats-cluster.conf")).unwrap(),
+        "the ConfigMap's nats-server.conf is deploy/nats/nats-cluster.conf"
+    );
+
+    // The one config: deploy/city.toml, whose buckets and stream have three replicas.
+    let city = resource(&docs, "ConfigMap", "skynet-city-config");
+    let toml_text = city["data"]["city.toml"].as_str().unwrap();
+    assert_eq!(
+        toml_text,
+        std::fs::read_to_string(repo().join("deploy/city.toml")).unwrap(),
+        "the ConfigMap's city.toml is deploy/city.toml"
+    );
+    assert_eq!(
+        city["data"]["city-grids.geojson"].as_str().unwrap(),
+        std::fs::read_to_string(repo().join("configs/city-grids.geojson")).unwrap()
+    );
+    let parsed: toml::Value = toml::from_str(toml_text).unwrap();
+    assert_eq!(parsed["cluster"]["replicas"].as_integer(), Some(3));
+}
+
+/// The single node's manifest is untouched by the city's: one replica, no role (`all`).
+#[test]
+fn the_single_node_manifest_still_runs_one_node() {
+    let Some(docs) = yaml_documents(&repo().join("deploy/kubernetes/skynet.yaml")) else {
+        return;
+    };
+    let node = resource(&docs, "Deployment", "skynet");
+    assert_eq!(node["spec"]["replicas"], 1);
+    assert_eq!(
+        strings(&container(node, "skynet")["args"]),
+        ["run", "--config", "/etc/skynet/skynet.toml"]
+    );
 }
