@@ -69,8 +69,8 @@ impl Detector for Walker {
 }
 
 /// The config of edge `node`: both cameras (vtest.avi paced and looped, as live cameras),
-/// its own outbox in `dir`, the cluster on `url` with a short failover.
-fn config(dir: &Path, node: &str, url: &str) -> skynet::PipelineConfig {
+/// its own outbox in `dir`, the cluster on `url` with `failover_s`.
+fn config(dir: &Path, node: &str, url: &str, failover_s: u32) -> skynet::PipelineConfig {
     let cameras = cameras();
     let (first, grid) = (cameras[0].0.as_str(), cameras[0].1);
     let base = common::vtest_config(dir, first, common::WALKWAY, 1)
@@ -86,22 +86,27 @@ fn config(dir: &Path, node: &str, url: &str) -> skynet::PipelineConfig {
             &format!("grid = \"{other}\""),
         ));
     }
-    text.push_str(&format!("\n[cluster]\nurl = \"{url}\"\nfailover_s = 3\n"));
+    text.push_str(&format!(
+        "\n[cluster]\nurl = \"{url}\"\nfailover_s = {failover_s}\n"
+    ));
     common::pipeline_config(dir, &text)
 }
+
+/// The tests read the process's metrics (one recorder for all): one test at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Edge {
     name: String,
     services: Arc<Services>,
     shutdown: Shutdown,
-    thread: Option<JoinHandle<Result<RunSummary, PipelineError>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<Result<RunSummary, PipelineError>>>>,
 }
 
 impl Edge {
-    fn start(root: &Path, name: &str, url: &str) -> Self {
+    fn start(root: &Path, name: &str, url: &str, failover_s: u32) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let config = config(&dir, name, url);
+        let config = config(&dir, name, url, failover_s);
         let services = Arc::new(Services::start(None).unwrap());
         let shutdown = Shutdown::new();
         let options = RunOptions {
@@ -116,27 +121,35 @@ impl Edge {
             name: name.to_string(),
             services,
             shutdown,
-            thread: Some(thread),
+            thread: std::sync::Mutex::new(Some(thread)),
         }
     }
 
     /// Whether frames of `camera` flow here now.
     fn runs(&self, camera: &str) -> bool {
-        assert!(
-            self.thread.as_ref().is_some_and(|t| !t.is_finished()),
-            "edge {} ended by itself",
-            self.name
-        );
+        let mut thread = self.thread.lock().unwrap();
+        if thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let ended = thread.take().unwrap().join();
+            panic!("edge {} ended by itself: {ended:?}", self.name);
+        }
+        drop(thread);
         self.services
             .health
             .state(camera, "source")
             .is_some_and(|s| s.state == ComponentState::Up)
     }
 
+    /// The value of a metric line starting with `prefix` (this process's recorder).
+    fn metric(&self, prefix: &str) -> f64 {
+        common::metric(&self.services.metrics.render(), prefix)
+    }
+
     fn stop(&mut self) -> RunSummary {
         self.shutdown.trigger();
         let summary = self
             .thread
+            .lock()
+            .unwrap()
             .take()
             .unwrap()
             .join()
@@ -150,7 +163,7 @@ impl Edge {
 impl Drop for Edge {
     fn drop(&mut self) {
         self.shutdown.trigger();
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
     }
@@ -241,8 +254,9 @@ fn each_camera_runs_on_one_edge_publishes_its_observations_and_moves_when_its_ed
     let nats = common::PrivateNats::start(&root.path().join("nats"));
     let url = nats.url();
     let bus = Bus::new(&url);
-    let mut a = Edge::start(root.path(), EDGES[0], &url);
-    let mut b = Edge::start(root.path(), EDGES[1], &url);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut a = Edge::start(root.path(), EDGES[0], &url, 3);
+    let mut b = Edge::start(root.path(), EDGES[1], &url, 3);
 
     let mut placed = None;
     assert!(
@@ -288,4 +302,45 @@ fn each_camera_runs_on_one_edge_publishes_its_observations_and_moves_when_its_ed
         left.observations + stayed.observations,
         "{left:?} {stayed:?}"
     );
+}
+
+#[test]
+fn observations_made_while_the_stream_is_down_are_published_once_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = tempfile::tempdir().unwrap();
+    let mut nats = common::PrivateNats::start(&root.path().join("nats"));
+    let url = nats.url();
+    let bus = Bus::new(&url);
+    // A long failover: the cameras stay claimed through a short outage.
+    let mut edge = Edge::start(root.path(), EDGES[0], &url, 20);
+    let cameras = cameras();
+    let (camera, grid) = (&cameras[0].0, cameras[0].1);
+    assert!(
+        common::eventually(Duration::from_secs(40), || edge.runs(camera)
+            && bus.last_observation(grid, camera).is_some()),
+        "the edge runs its camera and publishes"
+    );
+    let depth = "skynet_bus_publish_queue_depth{kind=\"observation\"}";
+    let retries = "skynet_bus_publish_retries_total{kind=\"observation\"}";
+    let retried_before = edge.metric(retries);
+
+    nats.stop();
+    // The rules go on: what they make waits, unacknowledged, and is retried.
+    assert!(
+        common::eventually(Duration::from_secs(30), || edge.metric(depth) > 0.0
+            && edge.metric(retries) > retried_before),
+        "observations wait for the stream, retried"
+    );
+    nats.resume();
+    assert!(
+        common::eventually(Duration::from_secs(40), || edge.metric(depth) == 0.0),
+        "everything that waited is published once the stream is back"
+    );
+    let stopped = edge.stop();
+
+    // Each observation is in the stream exactly once: none lost, none stored twice.
+    let evidence = bus.evidence();
+    assert_eq!(evidence.len() as u64, stopped.observations, "{stopped:?}");
+    let ids: std::collections::BTreeSet<String> = evidence.iter().map(|b| b.to_string()).collect();
+    assert_eq!(ids.len(), evidence.len(), "no observation twice");
 }
