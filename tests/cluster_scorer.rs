@@ -228,6 +228,17 @@ impl Bus {
         })
     }
 
+    /// A scorer's floor (`scorer.<node>`): the stream sequence its cells are saved at.
+    fn floor(&self, node: &str) -> Option<serde_json::Value> {
+        self.runtime.block_on(async {
+            let kv = skynet_cluster::bus::cells_bucket(&self.client, &self.cluster)
+                .await
+                .ok()?;
+            let bytes = kv.get(format!("scorer.{node}")).await.ok()??;
+            serde_json::from_slice(&bytes).ok()
+        })
+    }
+
     /// Whether `grid`'s saved state holds what the stream had up to `seq` and incident `id`.
     fn saved_at(&self, grid: &str, seq: u64, id: &str) -> bool {
         self.saved_cell(grid).is_some_and(|cell| {
@@ -374,6 +385,17 @@ fn a_killed_scorers_cells_fail_over_within_failover_s() {
         eventually(WAIT, || bus.saved_at(&cell_b, seq_b, &id_b)),
         "{cell_b} saved at {seq_b}: {:?}",
         bus.saved_cell(&cell_b)
+    );
+    // Quiet: b's floor covers its cells up to there (a successor starts after it).
+    assert!(
+        eventually(WAIT, || bus.floor(&name_b).is_some_and(|f| f["seq"]
+            .as_u64()
+            .is_some_and(|s| s >= seq_b)
+            && f["cells"].as_array().is_some_and(|c| c
+                .iter()
+                .any(|c| c.as_str() == Some(&cell_b))))),
+        "b's floor: {:?}",
+        bus.floor(&name_b)
     );
     let last_b = b_delivered
         .incidents_in(&cell_b)

@@ -294,6 +294,13 @@ impl RulesAndRisk {
                     let _span = tracing::debug_span!("observe", source = %observation.source.id, grid = %observation.grid, seq).entered();
                     revisions.extend(self.observe(&observation));
                 }
+                super::scorer::BusInput::Position(seq) => {
+                    if let Some(bus) = &mut self.bus {
+                        bus.cells.position(seq);
+                    }
+                    // The floor goes out with the next periodic commit.
+                    self.dirty = true;
+                }
                 super::scorer::BusInput::Rebuild { owned, taken } => {
                     self.commit(std::mem::take(&mut revisions))?;
                     let Some(bus) = &mut self.bus else { break };

@@ -55,6 +55,9 @@ pub(crate) enum BusInput {
         seq: u64,
         observation: Box<Observation>,
     },
+    /// Everything of the stream up to this sequence that concerns this scorer has been
+    /// handed on: once committed and delivered, the scorer's floor (see [`Floor`]).
+    Position(u64),
     /// Ownership changed: rebuild the engine for `owned`, taking `taken` (cells newly owned,
     /// as the KV had them; a cell the KV has nothing of starts empty).
     Rebuild {
@@ -82,21 +85,44 @@ pub(crate) struct CellRecord {
     pub ids: BTreeMap<String, String>,
 }
 
-/// The owned cells whose records a commit changed, handed to the saver once the commit is
-/// stored ([`CellSaves::stored`], called by the commit stage).
+/// A scorer's floor in KV `skynet_cells` (`scorer.<node>`): every cell in `cells` has its
+/// state saved as of stream sequence `seq` (a cell without messages since its saved record
+/// included). A successor taking one of these cells starts after the higher of the cell's
+/// own saved sequence and the floor, so a quiet cell (never saved, or saved long ago) does
+/// not make it replay the stream from its start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Floor {
+    pub seq: u64,
+    pub cells: Vec<String>,
+}
+
+/// The KV key of a scorer's floor.
+fn floor_key(node: &str) -> String {
+    format!("scorer.{node}")
+}
+
+/// What the saver gets of one stored commit.
 #[derive(Debug)]
-pub(crate) struct CellSaves {
+struct Stored {
     saves: Vec<(String, CellRecord)>,
     /// Events the commit stored with them (delivered first).
     events: usize,
-    to: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>,
+    floor: Option<Floor>,
+}
+
+/// The owned cells whose records a commit changed (and the floor it reached), handed to the
+/// saver once the commit is stored ([`CellSaves::stored`], called by the commit stage).
+#[derive(Debug)]
+pub(crate) struct CellSaves {
+    stored: Stored,
+    to: crossbeam_channel::Sender<Stored>,
 }
 
 impl CellSaves {
     /// The commit is stored in the outbox: the saver may write these once it is delivered.
     pub(crate) fn stored(self) {
         // Err: the saver has gone (shutdown); the successor replays from the last save.
-        let _ = self.to.send((self.saves, self.events));
+        let _ = self.to.send(self.stored);
     }
 }
 
@@ -164,7 +190,11 @@ pub(crate) struct ScorerCells {
     dirty: BTreeSet<String>,
     /// The engine's meta row at the last commit.
     meta: Option<String>,
-    saver: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>,
+    saver: crossbeam_channel::Sender<Stored>,
+    /// The intake's last [`BusInput::Position`] since the rebuild, and whether the next
+    /// commit carries it as the floor.
+    position: Option<u64>,
+    floor_due: bool,
     /// Makes a fresh engine (a rebuild).
     new_engine: Box<dyn Fn() -> Box<dyn RiskEngine> + Send>,
     lag: BTreeMap<String, metrics::Gauge>,
@@ -190,6 +220,12 @@ impl ScorerCells {
         record.seq = seq;
         self.dirty.insert(grid.to_string());
         true
+    }
+
+    /// The intake has handed on everything up to `seq`: the next commit carries the floor.
+    pub(crate) fn position(&mut self, seq: u64) {
+        self.position = Some(seq);
+        self.floor_due = true;
     }
 
     /// `skynet_cluster_observation_lag_seconds{grid}`: how far behind the observation's
@@ -252,7 +288,15 @@ impl ScorerCells {
                 self.dirty.insert(grid);
             }
         }
-        if self.dirty.is_empty() {
+        let floor = match (self.floor_due, self.position) {
+            (true, Some(seq)) => Some(Floor {
+                seq,
+                cells: self.owned.iter().cloned().collect(),
+            }),
+            _ => None,
+        };
+        self.floor_due = false;
+        if self.dirty.is_empty() && floor.is_none() {
             return None;
         }
         let saves = std::mem::take(&mut self.dirty)
@@ -264,8 +308,11 @@ impl ScorerCells {
             })
             .collect();
         Some(CellSaves {
-            saves,
-            events,
+            stored: Stored {
+                saves,
+                events,
+                floor,
+            },
             to: self.saver.clone(),
         })
     }
@@ -350,6 +397,9 @@ impl ScorerCells {
         self.owned = owned;
         self.dirty.clear();
         self.meta = meta;
+        // Positions from before concern the cells owned before.
+        self.position = None;
+        self.floor_due = false;
         self.publish_incidents();
         engine
     }
@@ -395,6 +445,8 @@ impl Scorer {
 
 /// How many inputs wait for the rules-and-risk stage at most (the intake waits beyond).
 const BUS_QUEUE: usize = 4096;
+/// A position goes to the stage at least every this many messages (and when quiet).
+const POSITION_EVERY: usize = 1024;
 /// How long the saver waits at shutdown for the sinks to deliver what was committed.
 const SAVE_DRAIN: Duration = Duration::from_secs(10);
 
@@ -433,6 +485,7 @@ pub(crate) fn start(
     };
     let intake = node.runtime.spawn(intake.run());
     let saver = Saver {
+        node: node.membership.node().to_string(),
         kv,
         runtime: node.runtime.clone(),
         outbox: config.outbox.clone(),
@@ -454,6 +507,8 @@ pub(crate) fn start(
         dirty: BTreeSet::new(),
         meta: None,
         saver: save_tx,
+        position: None,
+        floor_due: false,
         new_engine: Box::new(move || {
             Box::new(skynet_risk::GridRiskEngine::new(
                 risk.clone(),
@@ -521,6 +576,10 @@ impl Intake {
         // The last sequence handed on: a restart for a rebuild goes on after it.
         let mut last: u64 = 0;
         let mut unrouted_logged = false;
+        // The last position sent to the stage, and messages read since.
+        let (mut sent, mut since) = (0u64, 0usize);
+        // The scorers of the last view: a cell taken now was one of theirs.
+        let mut before: Vec<String> = Vec::new();
         // The first view: the member watch has read the bucket.
         let mut view_changed = true;
         loop {
@@ -532,10 +591,22 @@ impl Intake {
                 let view = self.view.borrow_and_update().clone();
                 // Not (yet) a live member as this node sees it: it owns nothing.
                 let mine: BTreeSet<String> = assignments.update(&view).into_iter().collect();
+                // Whose floors may cover the cells taken: the scorers seen before, those
+                // now, and those that vanished (this node's own, after a restart).
+                let previous: BTreeSet<String> = before
+                    .iter()
+                    .chain(&view.members)
+                    .chain(&view.crashed)
+                    .cloned()
+                    .collect();
+                before.clone_from(&view.members);
                 if mine != owned || (messages.is_none() && !mine.is_empty()) {
                     messages = None;
-                    match self.rebuild(&owned, &mine, last).await {
+                    match self.rebuild(&owned, &mine, last, &previous).await {
                         Some((start, taken)) => {
+                            // The new consumer's messages from here on.
+                            last = start - 1;
+                            sent = last;
                             owned = mine;
                             watched = owned
                                 .iter()
@@ -605,6 +676,13 @@ impl Intake {
                         if !self.take(&message, seq, &owned, &watched, &mut unrouted_logged).await {
                             return;
                         }
+                        since += 1;
+                        if since >= POSITION_EVERY && last > sent {
+                            (sent, since) = (last, 0);
+                            if !send(&self.tx, BusInput::Position(last)).await {
+                                return;
+                            }
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "the observation stream's consumer failed; starting it again");
@@ -619,42 +697,82 @@ impl Intake {
                         owned.clear();
                     }
                 },
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    // Quiet: where the stream is, for the floor.
+                    if messages.is_some() && last > sent {
+                        (sent, since) = (last, 0);
+                        if !send(&self.tx, BusInput::Position(last)).await {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 
     /// The cells taken (newly owned) as the KV has them, and where the consumer starts:
-    /// after what was handed on (for the cells kept), or after the lowest saved sequence of
-    /// a taken cell. `None`: the KV could not be read.
+    /// after what was handed on (for the cells kept), or after the lowest point a taken
+    /// cell's state is saved at: its own record's sequence or, higher, the floor of a scorer
+    /// of `previous` that lists it (a quiet cell). A taken cell's record carries that point
+    /// as its sequence. `None`: the KV could not be read.
     async fn rebuild(
         &self,
         before: &BTreeSet<String>,
         now: &BTreeSet<String>,
         last: u64,
+        previous: &BTreeSet<String>,
     ) -> Option<(u64, BTreeMap<String, CellRecord>)> {
+        let taking: Vec<&String> = now.difference(before).collect();
+        let mut floors: BTreeMap<&str, u64> = BTreeMap::new();
+        if !taking.is_empty() {
+            for node in previous {
+                let key = floor_key(node);
+                match self.kv.get(&key).await {
+                    Ok(Some(bytes)) => match serde_json::from_slice::<Floor>(&bytes) {
+                        Ok(floor) => {
+                            for cell in floor.cells {
+                                if let Some(grid) = taking.iter().find(|g| ***g == cell) {
+                                    let at = floors.entry(grid.as_str()).or_default();
+                                    *at = (*at).max(floor.seq);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = %key, error = %e, "a scorer's floor is not readable; ignored");
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "reading a scorer's floor failed");
+                        return None;
+                    }
+                }
+            }
+        }
         let mut taken = BTreeMap::new();
         let mut start = last + 1;
-        for grid in now.difference(before) {
+        for grid in taking {
             let key = cell_key(grid);
-            match self.kv.get(&key).await {
+            let mut record = match self.kv.get(&key).await {
                 Ok(Some(bytes)) => match serde_json::from_slice::<CellRecord>(&bytes) {
-                    Ok(record) => {
-                        start = start.min(record.seq + 1);
-                        taken.insert(grid.clone(), record);
-                    }
+                    Ok(record) => record,
                     Err(e) => {
                         tracing::error!(key = %key, error = %e, "a cell's saved state is not readable; it starts empty");
-                        start = 1;
+                        CellRecord::default()
                     }
                 },
-                // Never saved: everything the stream still holds of it.
-                Ok(None) => start = 1,
+                // Never saved: from the floor, or everything the stream still holds of it.
+                Ok(None) => CellRecord::default(),
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "reading a cell's saved state failed");
                     return None;
                 }
-            }
+            };
+            record.seq = record
+                .seq
+                .max(floors.get(grid.as_str()).copied().unwrap_or(0));
+            start = start.min(record.seq + 1);
+            taken.insert(grid.clone(), record);
         }
         Some((start.max(1), taken))
     }
@@ -756,6 +874,7 @@ impl Intake {
 /// Writes the cells a stored commit changed to KV, once every sink has delivered that
 /// commit's events.
 struct Saver {
+    node: String,
     kv: jetstream::kv::Store,
     runtime: tokio::runtime::Handle,
     outbox: std::path::PathBuf,
@@ -766,7 +885,7 @@ struct Saver {
 }
 
 impl Saver {
-    fn run(self, rx: &crossbeam_channel::Receiver<(Vec<(String, CellRecord)>, usize)>) {
+    fn run(self, rx: &crossbeam_channel::Receiver<Stored>) {
         // Its own connection, to read the sinks' cursors.
         let outbox = match skynet_emit::Outbox::open_for_delivery(&self.outbox) {
             Ok(o) => Some(o),
@@ -777,18 +896,20 @@ impl Saver {
         };
         // Events committed so far, and the saves queued, each with that count at its commit.
         let mut committed: u64 = 0;
-        let mut queue: VecDeque<(u64, Vec<(String, CellRecord)>)> = VecDeque::new();
+        let mut queue: VecDeque<(u64, Stored)> = VecDeque::new();
         let mut ready: BTreeMap<String, CellRecord> = BTreeMap::new();
+        // The latest floor delivered, written after the cells saved with it.
+        let mut floor: Option<Floor> = None;
         let mut closed_at: Option<Instant> = None;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok((saves, events)) => {
-                    committed += events as u64;
-                    queue.push_back((committed, saves));
+                Ok(stored) => {
+                    committed += stored.events as u64;
+                    queue.push_back((committed, stored));
                     // Everything that waits now, before looking at the cursors.
-                    for (saves, events) in rx.try_iter() {
-                        committed += events as u64;
-                        queue.push_back((committed, saves));
+                    for stored in rx.try_iter() {
+                        committed += stored.events as u64;
+                        queue.push_back((committed, stored));
                     }
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -812,13 +933,22 @@ impl Saver {
                 if !delivered {
                     break;
                 }
-                let Some((_, saves)) = queue.pop_front() else {
+                let Some((_, stored)) = queue.pop_front() else {
                     break;
                 };
-                ready.extend(saves);
+                ready.extend(stored.saves);
+                if stored.floor.is_some() {
+                    floor = stored.floor;
+                }
             }
             if !ready.is_empty() {
                 self.write(&mut ready);
+            }
+            if ready.is_empty()
+                && let Some(f) = floor.take()
+                && !self.write_floor(&f)
+            {
+                floor = Some(f);
             }
             if let Some(closed) = closed_at
                 && (queue.is_empty() || closed.elapsed() >= SAVE_DRAIN)
@@ -830,6 +960,36 @@ impl Saver {
                     );
                 }
                 return;
+            }
+        }
+    }
+
+    /// Writes this scorer's floor over the cells it still owns (a cell that moved meanwhile
+    /// may not have had its last changes saved here). False: to be tried again.
+    fn write_floor(&self, floor: &Floor) -> bool {
+        let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
+        let floor = Floor {
+            seq: floor.seq,
+            cells: floor
+                .cells
+                .iter()
+                .filter(|c| owned.contains(*c))
+                .cloned()
+                .collect(),
+        };
+        drop(owned);
+        let key = floor_key(&self.node);
+        let Ok(body) = serde_json::to_vec(&floor) else {
+            return true;
+        };
+        match self.runtime.block_on(self.kv.put(&key, body.into())) {
+            Ok(_) => {
+                tracing::debug!(key = %key, seq = floor.seq, "floor saved");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "saving the floor failed; retrying");
+                false
             }
         }
     }
@@ -951,13 +1111,15 @@ mod tests {
         );
     }
 
-    fn cells(saver: crossbeam_channel::Sender<(Vec<(String, CellRecord)>, usize)>) -> ScorerCells {
+    fn cells(saver: crossbeam_channel::Sender<Stored>) -> ScorerCells {
         ScorerCells {
             owned: BTreeSet::new(),
             cells: BTreeMap::new(),
             dirty: BTreeSet::new(),
             meta: None,
             saver,
+            position: None,
+            floor_due: false,
             new_engine: Box::new(|| {
                 Box::new(skynet_risk::GridRiskEngine::new(
                     skynet_risk::RiskConfig::default(),
@@ -1024,13 +1186,29 @@ mod tests {
         let saves = cells
             .record(&commit(engine.as_mut()), events.len())
             .unwrap();
-        assert_eq!(saves.saves.len(), 1, "only the owned cell is saved");
-        let (grid, record) = &saves.saves[0];
+        assert_eq!(saves.stored.saves.len(), 1, "only the owned cell is saved");
+        assert!(saves.stored.floor.is_none(), "no position yet");
+        let (grid, record) = &saves.stored.saves[0];
         assert_eq!((grid.as_str(), record.seq), ("G-1", 5));
         assert!(record.cell.as_deref().is_some_and(|c| c.contains(&id)));
         assert_eq!(record.ids.len(), 1);
         assert!(record.meta.is_some());
         assert!(cells.incidents.read().unwrap().contains(&id));
+        // A position: the next commit carries the floor over the owned cells, once.
+        cells.position(9);
+        let floor = cells
+            .record(&commit(engine.as_mut()), 0)
+            .unwrap()
+            .stored
+            .floor;
+        assert_eq!(
+            floor,
+            Some(Floor {
+                seq: 9,
+                cells: vec!["G-1".into()]
+            })
+        );
+        assert!(cells.record(&commit(engine.as_mut()), 0).is_none());
 
         // Another scorer takes the cell from its saved record: the incident goes on.
         let (tx, _rx) = crossbeam_channel::unbounded();
