@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -35,25 +37,29 @@ async fn stored(js: &jetstream::Context) -> u64 {
     }
 }
 
-#[test]
-fn an_edge_publishes_valid_readings_on_the_bus_refuses_malformed_ones_and_acks_only_what_jetstream_has()
- {
-    let dir = tempfile::tempdir().unwrap();
-    let nats_dir = tempfile::tempdir().unwrap();
-    let mut nats = PrivateNats::start(nats_dir.path());
-    let services = std::sync::Arc::new(Services::start(None).unwrap());
-    let metrics = {
-        let services = std::sync::Arc::clone(&services);
-        move |name: &str| metric(&services.metrics.render(), name)
-    };
-    let broker = Broker::start();
-    let prefix = format!("skynet-test/{}-readings", std::process::id());
-    let client_id = format!("edge-readings-{}", std::process::id());
+/// One test at a time: the metrics recorder is the process's.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An edge's config: node `node`, MQTT client `client_id`, sensor gas-a in G-0201 on
+/// `<prefix>/+`, no cameras.
+fn edge_config(
+    dir: &Path,
+    node: &str,
+    client_id: &str,
+    nats: &str,
+    mqtt: &str,
+    prefix: &str,
+) -> skynet::PipelineConfig {
     let repo = repo();
     let text = format!(
         r#"
 [node]
-name = "edge-1"
+name = "{node}"
 [grids]
 file = "{grids}"
 [detect]
@@ -82,27 +88,66 @@ owner = "safety_production"
 "#,
         grids = repo.join("configs/city-grids.geojson").display(),
         model = repo.join("models/yolox_nano.toml").display(),
-        out = dir.path().display(),
-        nats = nats.url(),
-        mqtt = broker.url(),
+        out = dir.display(),
     );
-    let config = pipeline_config(dir.path(), &text);
-    let shutdown = skynet_core::Shutdown::new();
-    let run = {
-        let shutdown = shutdown.clone();
-        std::thread::spawn(move || {
-            pipeline::run(
-                &config,
-                RunOptions {
-                    shutdown,
-                    services: Some(services),
-                    wait_for_shutdown: true,
-                    role: skynet_cluster::Role::Edge,
-                    ..RunOptions::default()
-                },
-            )
-        })
+    pipeline_config(dir, &text)
+}
+
+/// `pipeline::run` in the edge role on a thread, until `shutdown`.
+fn run_edge(
+    config: skynet::PipelineConfig,
+    services: Arc<Services>,
+    shutdown: &skynet_core::Shutdown,
+) -> std::thread::JoinHandle<Result<skynet::RunSummary, skynet::PipelineError>> {
+    let shutdown = shutdown.clone();
+    std::thread::spawn(move || {
+        pipeline::run(
+            &config,
+            RunOptions {
+                shutdown,
+                services: Some(services),
+                wait_for_shutdown: true,
+                role: skynet_cluster::Role::Edge,
+                ..RunOptions::default()
+            },
+        )
+    })
+}
+
+#[test]
+fn an_edge_publishes_valid_readings_on_the_bus_refuses_malformed_ones_and_acks_only_what_jetstream_has()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let mut nats = PrivateNats::start(nats_dir.path());
+    let _serial = serial();
+    let services = Arc::new(Services::start(None).unwrap());
+    // The recorder is the process's: counted from what the other test left.
+    let base = |name: &str| metric(&services.metrics.render(), name);
+    let before = [PUBLISHED, RETRIES, ACKED].map(base);
+    let metrics = {
+        let services = Arc::clone(&services);
+        move |name: &str| {
+            let i = [PUBLISHED, RETRIES, ACKED]
+                .iter()
+                .position(|n| *n == name)
+                .unwrap();
+            metric(&services.metrics.render(), name) - before[i]
+        }
     };
+    let broker = Broker::start();
+    let prefix = format!("skynet-test/{}-readings", std::process::id());
+    let client_id = format!("edge-readings-{}", std::process::id());
+    let config = edge_config(
+        dir.path(),
+        "edge-1",
+        &client_id,
+        &nats.url(),
+        &broker.url(),
+        &prefix,
+    );
+    let shutdown = skynet_core::Shutdown::new();
+    let run = run_edge(config, services, &shutdown);
     // The edge is a member of its cluster's shared subscription: each message goes to one
     // edge.
     broker.wait_subscribed(&client_id, &format!("$share/testcity-edges/{prefix}/+"), 1);
@@ -198,4 +243,69 @@ owner = "safety_production"
 
     shutdown.trigger();
     run.join().unwrap().unwrap();
+}
+
+#[test]
+fn two_edges_share_the_sensor_messages_each_published_once() {
+    let _serial = serial();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(nats_dir.path());
+    let broker = Broker::start();
+    let services = Arc::new(Services::start(None).unwrap());
+    let prefix = format!("skynet-test/{}-shared", std::process::id());
+    let shutdown = skynet_core::Shutdown::new();
+    let mut dirs = Vec::new();
+    let mut runs = Vec::new();
+    for node in ["edge-a", "edge-b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let client_id = format!("{node}-{}", std::process::id());
+        let config = edge_config(
+            dir.path(),
+            node,
+            &client_id,
+            &nats.url(),
+            &broker.url(),
+            &prefix,
+        );
+        runs.push(run_edge(config, Arc::clone(&services), &shutdown));
+        broker.wait_subscribed(&client_id, &format!("$share/testcity-edges/{prefix}/+"), 1);
+        dirs.push(dir);
+    }
+    // Readings with no time of their own: were a message given to both edges, each would
+    // publish it with its own receipt time, and the stream would hold it twice.
+    let publisher = Mqtt::connect(&broker.url(), &format!("{prefix}-pub").replace('/', "-"));
+    let sent = 40;
+    for v in 0..sent {
+        publisher.publish(
+            &format!("{prefix}/gas-a"),
+            format!(r#"[{{"n":"gas-a/co","u":"ppm","v":{v}}}]"#),
+        );
+    }
+    let rt = tokio_runtime();
+    let js = rt.block_on(async { jetstream::new(async_nats::connect(nats.url()).await.unwrap()) });
+    assert!(
+        eventually(Duration::from_secs(30), || rt.block_on(stored(&js)) >= sent),
+        "every reading reaches SKYNET_OBSERVATIONS"
+    );
+    let messages = rt.block_on(async {
+        let stream = js.get_stream("SKYNET_OBSERVATIONS").await.unwrap();
+        let mut out = Vec::new();
+        for seq in 1..=sent {
+            out.push(stream.get_raw_message(seq).await.unwrap());
+        }
+        out
+    });
+    let mut values: Vec<String> = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len() as u64, sent, "each message published once");
+    shutdown.trigger();
+    for run in runs {
+        run.join().unwrap().unwrap();
+    }
+    // Nothing more came after the last one.
+    assert_eq!(rt.block_on(stored(&js)), sent);
 }

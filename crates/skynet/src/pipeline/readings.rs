@@ -16,11 +16,11 @@
 //!   validates and times the readings as of then, so a reading without a time of its own
 //!   gets the same time whichever scorer replays it;
 //! - `Nats-Msg-Id`: the hex SHA-256 of the subject, the topic and the payload, and of the
-//!   receipt time too when a reading took its time from the receipt. A payload whose
-//!   readings carry their own times is stored once however often the broker delivers it
-//!   (to this edge or, after a crash, to another) within the stream's duplicate window; one
-//!   without would be the same bytes every time a steady sensor speaks, so its receipt
-//!   makes it a new message.
+//!   receipt time too unless every record carries an absolute time of its own. A payload
+//!   whose records do is stored once however often the broker delivers it (to this edge
+//!   or, after a crash, to another) within the stream's duplicate window; one without (no
+//!   time, or a time relative to the receipt) would be the same bytes every time a steady
+//!   sensor speaks, so its receipt makes it a new message.
 //!
 //! Acknowledgements: a message's MQTT ack goes only once JetStream has acked every publish
 //! it led to, and in receipt order (refused and evidence-free messages too, behind those
@@ -40,7 +40,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use skynet_core::{Health, Shutdown};
 use skynet_ingest::sensor::{
-    MqttClient, MqttConfig, MqttMessage, PendingAck, ReadingAcks, SensorIngest,
+    MqttClient, MqttConfig, MqttMessage, PendingAck, RawTime, ReadingAcks, SensorIngest,
+    TopicFamily, topic_capture,
 };
 use tokio::sync::mpsc;
 
@@ -65,6 +66,8 @@ pub const WINDOW: usize = 1024;
 /// whenever the edge is about to wait).
 const ACK_BATCH: usize = 512;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an edge that is stopping goes on publishing what it has taken.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A reading taken off the bus, as the scorer's [`SensorStage`] processes it: the MQTT
@@ -107,8 +110,23 @@ pub fn message_id(subject: &str, topic: &str, payload: &[u8], received_at: Optio
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether every record of a message carries an absolute time of its own (its readings'
+/// times then do not depend on when it was received).
+pub fn has_own_times(families: &[TopicFamily], topic: &str, payload: &[u8]) -> bool {
+    families
+        .iter()
+        .find(|f| topic_capture(&f.pattern, topic).is_some())
+        .and_then(|f| f.format.parse(payload).ok())
+        .is_some_and(|records| {
+            !records.is_empty()
+                && records
+                    .iter()
+                    .all(|(_, r)| matches!(r.time, Some(RawTime::Absolute(_))))
+        })
+}
+
 /// The headers of a reading published on `subject` (see the module's doc); `timed`: every
-/// reading of the message carries its own time.
+/// record of the message carries an absolute time ([`has_own_times`]).
 pub fn reading_headers(
     subject: &str,
     topic: &str,
@@ -305,6 +323,7 @@ pub(crate) fn start_edge(
     let client =
         MqttClient::new(mqtt.clone()).map_err(|e| PipelineError::Sensors(e.to_string()))?;
     let feed = EdgeFeed {
+        families: mqtt.families.clone(),
         ingest: SensorIngest::new(
             mqtt.families.clone(),
             sensors.iter().map(|s| s.spec.clone()).collect(),
@@ -320,6 +339,7 @@ pub(crate) fn start_edge(
         window: VecDeque::new(),
         in_flight: 0,
         stop: stop.clone(),
+        give_up_at: None,
         health: health.register("sensors", "stage"),
         backoff: INITIAL_BACKOFF,
         failures: 0,
@@ -367,6 +387,7 @@ struct Publish {
 
 /// The edge's sensor work: validation, publishing, acknowledgement in order.
 struct EdgeFeed {
+    families: Vec<TopicFamily>,
     ingest: SensorIngest,
     /// Each configured sensor's cell.
     grids: HashMap<String, String>,
@@ -377,6 +398,9 @@ struct EdgeFeed {
     /// Publishes in `window` not yet acked.
     in_flight: usize,
     stop: Shutdown,
+    /// Set at the stop signal: past it, what the bus has not acknowledged is given up (the
+    /// broker keeps it), so a bus that is down cannot hold the shutdown.
+    give_up_at: Option<tokio::time::Instant>,
     health: skynet_core::ComponentHealth,
     backoff: Duration,
     /// Failed publishes in a row.
@@ -391,6 +415,15 @@ impl EdgeFeed {
         let mut open = true;
         loop {
             self.release();
+            if self.stop.is_triggered() {
+                let at = *self
+                    .give_up_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+                // Failing, or out of time: what is left stays with the broker.
+                if self.failures > 0 || tokio::time::Instant::now() >= at {
+                    break;
+                }
+            }
             // New messages first while there is room: their publishes go out while earlier
             // ones wait for their acks.
             if open && self.in_flight < WINDOW {
@@ -441,8 +474,6 @@ impl EdgeFeed {
             self.refusals
                 .refuse(&message.topic, &message.payload, first);
         }
-        // A reading that took the receipt time has no time of its own.
-        let timed = ingested.readings.iter().all(|r| r.at != message.at);
         let subjects: BTreeSet<String> = ingested
             .readings
             .iter()
@@ -454,6 +485,8 @@ impl EdgeFeed {
                 Some(skynet_cluster::bus::reading_subject(grid, sensor))
             })
             .collect();
+        let timed =
+            !subjects.is_empty() && has_own_times(&self.families, &message.topic, &message.payload);
         let mut publishes = VecDeque::with_capacity(subjects.len());
         for subject in subjects {
             let headers = reading_headers(
@@ -687,6 +720,26 @@ mod tests {
         }
         let e = BadReading::MissingHeader(TOPIC_HEADER).to_string();
         assert_eq!(e, "no `Skynet-Mqtt-Topic` header");
+    }
+
+    #[test]
+    fn only_absolute_times_of_its_own_make_a_message_timed() {
+        let config = city();
+        let families = &config.mqtt.as_ref().unwrap().families;
+        let topic = "skynet/sensors/gas-07";
+        let timed = |payload: &str| has_own_times(families, topic, payload.as_bytes());
+        assert!(timed(r#"[{"n":"gas-07/co","v":3,"t":1800000000}]"#));
+        assert!(timed(
+            r#"[{"bt":1800000000},{"n":"gas-07/co","v":3,"t":1}]"#
+        ));
+        // No time, or one relative to the receipt: the same bytes are a new reading later.
+        assert!(!timed(r#"[{"n":"gas-07/co","v":3}]"#));
+        assert!(!timed(r#"[{"n":"gas-07/co","v":3,"t":-5}]"#));
+        assert!(!timed(
+            r#"[{"n":"gas-07/co","v":3,"t":1800000000},{"n":"gas-07/co","v":4}]"#
+        ));
+        assert!(!timed("{not json"));
+        assert!(!has_own_times(families, "elsewhere/x", b"[]"));
     }
 
     /// configs/city.toml: gas-07 (G-0201, CO above 50 ppm for 10 s is a `gas_leak`,
