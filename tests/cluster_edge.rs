@@ -75,7 +75,11 @@ fn config(dir: &Path, node: &str, url: &str, failover_s: u32) -> skynet::Pipelin
     let (first, grid) = (cameras[0].0.as_str(), cameras[0].1);
     let base = common::vtest_config(dir, first, common::WALKWAY, 1)
         .replace("name = \"test-node\"", &format!("name = \"{node}\""))
-        .replace("max_frames = 1", "realtime = true\nloop = true")
+        // Offline after 3 s without frames: a camera this edge does not run must never be.
+        .replace(
+            "max_frames = 1",
+            "realtime = true\nloop = true\noffline_after_s = 3",
+        )
         .replace("grid = \"G-0102\"", &format!("grid = \"{grid}\""))
         .replace("cooldown_s = 2.0", "cooldown_s = 1.0");
     let camera = &base[base.find("[[cameras]]").unwrap()..];
@@ -216,16 +220,36 @@ impl Bus {
         })
     }
 
-    /// Every observation in the stream that is evidence (not a camera's recovery).
-    fn evidence(&self) -> Vec<serde_json::Value> {
+    /// The event time of the last observation on `grid`'s subject.
+    fn last_time(&self, grid: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.rt.block_on(async {
+            let stream = self.js.get_stream("SKYNET_OBSERVATIONS").await.ok()?;
+            let message = stream
+                .get_last_raw_message_by_subject(&format!("skynet.observations.{grid}"))
+                .await
+                .ok()?;
+            let body: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+            body["at"].as_str()?.parse().ok()
+        })
+    }
+
+    /// Every observation in the stream.
+    fn observations(&self) -> Vec<serde_json::Value> {
         self.rt.block_on(async {
             common::read_stream_in(&self.js, "SKYNET_OBSERVATIONS", Duration::from_secs(10))
                 .await
                 .into_iter()
                 .map(|(_, _, _, body)| body)
-                .filter(|b| b["evidence"]["fault"].is_null())
                 .collect()
         })
+    }
+
+    /// Every observation in the stream that is evidence (not a camera fault or recovery).
+    fn evidence(&self) -> Vec<serde_json::Value> {
+        self.observations()
+            .into_iter()
+            .filter(|b| b["evidence"]["fault"].is_null())
+            .collect()
     }
 }
 
@@ -255,6 +279,7 @@ fn each_camera_runs_on_one_edge_publishes_its_observations_and_moves_when_its_ed
     let url = nats.url();
     let bus = Bus::new(&url);
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = chrono::Utc::now();
     let mut a = Edge::start(root.path(), EDGES[0], &url, 3);
     let mut b = Edge::start(root.path(), EDGES[1], &url, 3);
 
@@ -267,6 +292,14 @@ fn each_camera_runs_on_one_edge_publishes_its_observations_and_moves_when_its_ed
         "each camera runs on exactly one edge holding its lease, and its observations arrive"
     );
     let placed = placed.unwrap();
+    // Both have run longer than `offline_after_s` (the files are paced: their event time is
+    // the wall clock's), so a camera an edge watched without running it would be offline.
+    assert!(
+        common::eventually(Duration::from_secs(30), || GRIDS.iter().all(|grid| bus
+            .last_time(grid)
+            .is_some_and(|t| t > started + chrono::Duration::seconds(5)))),
+        "the cameras run on"
+    );
     assert_eq!(
         placed
             .iter()
@@ -295,6 +328,13 @@ fn each_camera_runs_on_one_edge_publishes_its_observations_and_moves_when_its_ed
     );
     let stayed = stays.stop();
 
+    // No camera was offline: each edge watched only the cameras it ran.
+    let offline: Vec<_> = bus
+        .observations()
+        .into_iter()
+        .filter(|b| b["evidence"]["fault"]["state"] == "offline")
+        .collect();
+    assert!(offline.is_empty(), "{offline:#?}");
     // Nothing lost: every observation the edges' rules made is in the stream once.
     let evidence = bus.evidence();
     assert_eq!(
@@ -343,4 +383,17 @@ fn observations_made_while_the_stream_is_down_are_published_once_it_is_back() {
     assert_eq!(evidence.len() as u64, stopped.observations, "{stopped:?}");
     let ids: std::collections::BTreeSet<String> = evidence.iter().map(|b| b.to_string()).collect();
     assert_eq!(ids.len(), evidence.len(), "no observation twice");
+
+    // Restarted on its state (the camera clocks its commits saved, an empty engine part): it
+    // goes on publishing.
+    let before = bus.last_observation(grid, camera).unwrap();
+    let mut again = Edge::start(root.path(), EDGES[0], &url, 20);
+    assert!(
+        common::eventually(Duration::from_secs(40), || again.runs(camera)
+            && bus
+                .last_observation(grid, camera)
+                .is_some_and(|seq| seq > before)),
+        "the restarted edge runs its camera and publishes"
+    );
+    again.stop();
 }
