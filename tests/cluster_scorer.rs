@@ -18,6 +18,11 @@ use skynet_core::{DeviceId, GridId, Observation, Shutdown, SourceRef};
 const WAIT: Duration = Duration::from_secs(45);
 
 fn config_text(dir: &Path, node: &str, url: &str) -> String {
+    config_with(dir, node, url, "")
+}
+
+/// [`config_text`] with `extra` TOML at the end.
+fn config_with(dir: &Path, node: &str, url: &str, extra: &str) -> String {
     let esc = |p: &Path| p.display().to_string().replace('\\', "/");
     format!(
         r#"
@@ -52,6 +57,7 @@ id = "cam-1"
 owner = "police"
 uri = "rtsp://127.0.0.1:9/cam"
 grid = "G-0101"
+{extra}
 "#,
         grids = esc(&repo().join("configs/demo-grids.geojson")),
         model = esc(&repo().join("models/yolox_nano.toml")),
@@ -68,8 +74,12 @@ struct Scorer {
 
 impl Scorer {
     fn start(dir: &Path, node: &str, url: &str) -> Self {
+        Self::start_with(dir, node, url, "")
+    }
+
+    fn start_with(dir: &Path, node: &str, url: &str, extra: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let config = common::pipeline_config(dir, &config_text(dir, node, url));
+        let config = common::pipeline_config(dir, &config_with(dir, node, url, extra));
         let shutdown = Shutdown::new();
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
@@ -93,6 +103,22 @@ impl Scorer {
 
     /// The incident revisions its JSONL sink delivered: (incident id, grid, revision).
     fn delivered(&self) -> Vec<(String, String, u64)> {
+        self.delivered_with_category()
+            .into_iter()
+            .map(|(id, grid, revision, _)| (id, grid, revision))
+            .collect()
+    }
+
+    /// The incident revisions of `category` it delivered: (incident id, grid).
+    fn of_category(&self, category: &str) -> Vec<(String, String)> {
+        self.delivered_with_category()
+            .into_iter()
+            .filter(|(_, _, _, c)| c == category)
+            .map(|(id, grid, _, _)| (id, grid))
+            .collect()
+    }
+
+    fn delivered_with_category(&self) -> Vec<(String, String, u64, String)> {
         let text = std::fs::read_to_string(self.dir.join("incidents.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -102,6 +128,10 @@ impl Scorer {
                     e["data"]["id"].as_str().unwrap_or_default().to_string(),
                     e["data"]["grid"].as_str().unwrap_or_default().to_string(),
                     e["data"]["revision"].as_u64().unwrap_or_default(),
+                    e["data"]["category"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect()
@@ -145,7 +175,11 @@ fn gas(grid: &str, sensor: &str, weight: f32) -> Observation {
 /// process's) and a cell owned by each of them (rendezvous over the two), from the demo
 /// grid's cells.
 fn split(tag: &str) -> (String, String, String, String) {
-    let cells = ["G-0101", "G-0102", "G-0201"];
+    split_of(tag, &["G-0101", "G-0102", "G-0201"])
+}
+
+/// [`split`] among `cells`.
+fn split_of(tag: &str, cells: &[&str]) -> (String, String, String, String) {
     for n in 0..100 {
         let (a, b) = (format!("scorer-a{n}{tag}"), format!("scorer-b{n}{tag}"));
         let members = vec![a.clone(), b.clone()];
@@ -178,7 +212,14 @@ impl Bus {
         let url = nats.url();
         let runtime = tokio_runtime();
         let cluster = ClusterConfig::for_url(url.clone());
-        let client = runtime.block_on(skynet_cluster::connect(&cluster)).unwrap();
+        // The server is listening; on a loaded machine its first connection may still be
+        // refused: tried until it is taken.
+        let mut client = None;
+        eventually(WAIT, || {
+            client = runtime.block_on(skynet_cluster::connect(&cluster)).ok();
+            client.is_some()
+        });
+        let client = client.expect("the private nats-server takes connections");
         runtime
             .block_on(skynet_cluster::bus::observation_stream(&client, &cluster))
             .unwrap();
@@ -433,4 +474,73 @@ fn a_killed_scorers_cells_fail_over_within_failover_s() {
         "the takeover is counted in skynet_failovers_total"
     );
     a.stop();
+}
+
+fn person(grid: &str, camera: &str) -> Observation {
+    Observation {
+        at: chrono::Utc::now(),
+        source: SourceRef::camera(&DeviceId::new(camera)),
+        grid: GridId::new(grid),
+        category: "person_present".into(),
+        weight: 0.5,
+        confidence: 0.9,
+        evidence: Default::default(),
+    }
+}
+
+#[test]
+fn a_fusion_rule_over_neighbours_works_across_scorer_borders_and_fires_once() {
+    const EXPOSED: &str = r#"
+[[risk.fusion]]
+kind = "all"
+name = "person-exposed-to-gas"
+when = [{ category = "gas_leak", source = "sensor" }, { category = "person_present", source = "camera" }]
+within_s = 300
+scope = "neighbours"
+category = "person_exposed_to_gas"
+level = "I"
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    // The two halves of the square (neighbours), one owned by each scorer.
+    let (name_a, name_b, gas_cell, person_cell) = split_of("-f", &["G-0101", "G-0102"]);
+    let a = Scorer::start_with(&tmp.path().join("a"), &name_a, &bus.url, EXPOSED);
+    let b = Scorer::start_with(&tmp.path().join("b"), &name_b, &bus.url, EXPOSED);
+    wait_settled(&name_a, &name_b);
+
+    bus.publish(&gas(&gas_cell, "gas-f", 0.6));
+    assert!(
+        eventually(WAIT, || !a.of_category("gas_leak").is_empty()),
+        "a emits the gas leak in {gas_cell}: {:?}",
+        a.delivered()
+    );
+    bus.publish(&person(&person_cell, "cam-f"));
+    // The person completes the rule in b's cell: b fuses it with a's cell's gas.
+    assert!(
+        eventually(WAIT, || !b.of_category("person_exposed_to_gas").is_empty()),
+        "b fuses {person_cell}'s person with the gas next door: b {:?}",
+        b.delivered()
+    );
+    let fused = b.of_category("person_exposed_to_gas");
+    assert!(
+        fused
+            .iter()
+            .all(|(id, grid)| *grid == person_cell && *id == fused[0].0),
+        "one incident, in {person_cell}: {fused:?}"
+    );
+    // a saw both observations too (the person as a neighbour's): it emits neither the
+    // fused incident nor anything in b's cell.
+    assert!(
+        a.of_category("person_exposed_to_gas").is_empty()
+            && a.delivered().iter().all(|(_, g, _)| *g == gas_cell),
+        "a emits only for {gas_cell}: {:?}",
+        a.delivered()
+    );
+    assert!(
+        b.delivered().iter().all(|(_, g, _)| *g == person_cell),
+        "b emits only for {person_cell}: {:?}",
+        b.delivered()
+    );
+    a.stop();
+    b.stop();
 }
