@@ -457,6 +457,14 @@ pub(crate) fn start(
     shutdown: &Shutdown,
     readings: Option<super::readings::BusReadings>,
 ) -> Result<(Scorer, BusIntake), PipelineError> {
+    if cell_ids(config).is_empty() {
+        // H3 cells are not listed: nothing to share by rendezvous (yet).
+        return Err(PipelineError::Cluster(format!(
+            "a scorer shares the grid's listed cells, and [grids] has none ({}): use a grid \
+             file of polygon cells",
+            config.grids.describe()
+        )));
+    }
     let cluster_err = |e: skynet_cluster::ClusterError| PipelineError::Cluster(e.to_string());
     let (stream, kv) = node.runtime.block_on(async {
         let stream = skynet_cluster::bus::observation_stream(&node.client, &config.cluster)
@@ -953,6 +961,12 @@ impl Saver {
             if let Some(closed) = closed_at
                 && (queue.is_empty() || closed.elapsed() >= SAVE_DRAIN)
             {
+                if !ready.is_empty() {
+                    tracing::warn!(
+                        cells = ready.len(),
+                        "cells not saved: KV did not take them in time; a successor replays them"
+                    );
+                }
                 if !queue.is_empty() {
                     tracing::warn!(
                         commits = queue.len(),
