@@ -544,7 +544,82 @@ async fn stop_when_unclaimed(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc as std_mpsc;
+
     use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Step {
+        Waiting,
+        Run,
+        Stopped,
+        Ended,
+    }
+
+    /// A camera runs only while its key is runnable: started when it comes, stopped when it
+    /// goes, started again when it comes back; one that ends by itself waits for its lease
+    /// to move before running again; shutdown ends it all.
+    #[test]
+    fn a_camera_runs_while_its_lease_is_runnable() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = watch::channel(BTreeSet::new());
+        let mut gate = CameraGate {
+            key: Leases::camera_key("c1"),
+            runnable: rx,
+            runtime: rt.handle().clone(),
+        };
+        let shutdown = Shutdown::new();
+        let (steps, seen) = std_mpsc::channel();
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let mut runs = 0;
+            let waiting = steps.clone();
+            gate.run(
+                &stop,
+                move || waiting.send(Step::Waiting).unwrap(),
+                |camera_stop| {
+                    runs += 1;
+                    steps.send(Step::Run).unwrap();
+                    if runs == 2 {
+                        // A file played out while claimed.
+                        steps.send(Step::Ended).unwrap();
+                        return Ok(SourceExit::EndOfStream);
+                    }
+                    while !camera_stop.is_triggered() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    steps.send(Step::Stopped).unwrap();
+                    Ok(SourceExit::Stopped)
+                },
+            )
+        });
+        let next = || seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        let claimed = BTreeSet::from([Leases::camera_key("c1"), Leases::camera_key("c2")]);
+        assert_eq!(next(), Step::Waiting);
+        tx.send_replace(claimed.clone());
+        assert_eq!(next(), Step::Run);
+        // Another camera's lease moving changes nothing here.
+        tx.send_replace(BTreeSet::from([Leases::camera_key("c1")]));
+        tx.send_replace(BTreeSet::new());
+        assert_eq!(next(), Step::Stopped);
+        assert_eq!(next(), Step::Waiting);
+        tx.send_replace(claimed.clone());
+        assert_eq!(next(), Step::Run);
+        assert_eq!(next(), Step::Ended);
+        // Not run again while the lease stays: only once it has moved and come back.
+        tx.send_replace(BTreeSet::new());
+        assert_eq!(next(), Step::Waiting);
+        tx.send_replace(claimed);
+        assert_eq!(next(), Step::Run);
+        shutdown.trigger();
+        assert_eq!(next(), Step::Stopped);
+        assert!(matches!(thread.join().unwrap(), Ok(SourceExit::Stopped)));
+        assert!(seen.try_recv().is_err());
+    }
 
     #[test]
     fn the_message_id_follows_the_content() {
