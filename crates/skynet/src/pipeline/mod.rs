@@ -713,7 +713,15 @@ fn start_cameras(
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
             .spawn(move || {
-                source_stage(&spec, &delivery, &out, &stop, &camera_health, &counters, gate)
+                source_stage(
+                    &spec,
+                    &delivery,
+                    &out,
+                    &stop,
+                    &camera_health,
+                    &counters,
+                    gate,
+                )
             })
             .map_err(|source| PipelineError::Spawn {
                 stage: format!("source {}", camera.id),

@@ -785,3 +785,82 @@ impl RulesAndRisk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use skynet_core::{OverloadPolicy, stage_queue};
+    use skynet_ingest::CameraState;
+
+    use super::*;
+
+    /// At an edge, a camera run elsewhere is never offline here, and once this edge claims it
+    /// its offline time counts from the claim, not from its last frame here long ago.
+    #[test]
+    fn an_edge_watches_a_camera_for_offline_only_while_it_runs_it() {
+        let mut config = PipelineConfig::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.toml"),
+        )
+        .unwrap();
+        config.cameras.truncate(1);
+        config.cameras[0].offline_after = Duration::from_secs(1);
+        let id = config.cameras[0].id.clone();
+        let (commits, _commits) =
+            stage_queue::<Commit>("commits", "risk", 64, OverloadPolicy::Block);
+        let (events, events_rx) = crossbeam_channel::bounded(16);
+        let (claims, runnable) = tokio::sync::watch::channel(BTreeSet::new());
+        let mut stage = RulesAndRisk::new(
+            &config,
+            &[Watermark::new(true)],
+            None,
+            commits,
+            Arc::default(),
+            None,
+        )
+        .with_camera_events(events_rx);
+        // The edge's claims; the grid engine stays, so a fault shows as an incident.
+        stage.claims = Some(runnable);
+        let long_ago = Utc::now() - chrono::Duration::hours(1);
+        let event = |state, reason: Option<&str>| CameraEvent {
+            camera: id.clone(),
+            state,
+            at: Utc::now(),
+            reason: reason.map(str::to_string),
+            last_frame_at: Some(long_ago),
+        };
+        // It ran here an hour ago, and fails now, while another edge runs it.
+        events.send(event(CameraState::Running, None)).unwrap();
+        events
+            .send(event(CameraState::Retrying, Some("refused")))
+            .unwrap();
+        assert!(
+            stage.watch_cameras().is_empty(),
+            "not offline: run elsewhere"
+        );
+
+        // Claimed: it fails here too, but counts only from the claim.
+        let claimed_at = Instant::now();
+        claims.send_replace(BTreeSet::from([skynet_cluster::Leases::camera_key(
+            id.as_str(),
+        )]));
+        events
+            .send(event(CameraState::Retrying, Some("refused")))
+            .unwrap();
+        assert!(stage.watch_cameras().is_empty(), "not offline at once");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let opened = loop {
+            let revisions = stage.watch_cameras();
+            if !revisions.is_empty() || Instant::now() > deadline {
+                break revisions;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(claimed_at.elapsed() >= Duration::from_secs(1));
+        let incident = opened
+            .iter()
+            .find_map(RiskEvent::as_incident)
+            .expect("camera_offline opened");
+        assert_eq!(incident.category, CAMERA_OFFLINE);
+    }
+}
