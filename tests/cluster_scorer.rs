@@ -137,6 +137,19 @@ impl Scorer {
             .collect()
     }
 
+    /// The CloudEvent ids of `incident`'s revision `revision` it delivered.
+    fn event_ids(&self, incident: &str, revision: u64) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.join("incidents.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["data"]["id"].as_str() == Some(incident)
+                    && e["data"]["revision"].as_u64() == Some(revision)
+            })
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
     fn incidents_in(&self, grid: &str) -> Vec<(String, u64)> {
         self.delivered()
             .into_iter()
@@ -543,4 +556,72 @@ level = "I"
     );
     a.stop();
     b.stop();
+}
+
+#[test]
+fn what_a_killed_scorer_had_not_delivered_is_emitted_again_by_its_successor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    let (name_a, name_b, _, cell_b) = split("-u");
+    let a = Scorer::start(&tmp.path().join("a"), &name_a, &bus.url);
+    // b: a process whose second sink never delivers (nothing listens there), so it saves
+    // nothing of its cells: a cell is saved only once every sink has its revisions.
+    let dir_b = tmp.path().join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let undelivered = format!(
+        "[[sinks]]\nkind = \"nats\"\nname = \"down\"\nurl = \"nats://127.0.0.1:{nothing}\"\nstream = \"SKYNET_INCIDENTS\"\n"
+    );
+    let config_b = dir_b.join("scorer.toml");
+    std::fs::write(
+        &config_b,
+        config_with(&dir_b, &name_b, &bus.url, &undelivered),
+    )
+    .unwrap();
+    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
+    let b_delivered = Scorer {
+        shutdown: Shutdown::new(),
+        thread: None,
+        dir: dir_b.clone(),
+    };
+    assert!(
+        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
+        "a sees b: {}; b's log: {}",
+        assigned(&name_a),
+        log_b.lock().unwrap()
+    );
+    bus.publish(&gas(&cell_b, "gas-u", 0.6));
+    assert!(
+        eventually(WAIT, || !b_delivered.incidents_in(&cell_b).is_empty()),
+        "b's JSONL sink has {cell_b}'s incident; b's log: {}",
+        log_b.lock().unwrap()
+    );
+    let (id_b, first) = b_delivered.incidents_in(&cell_b)[0].clone();
+    assert!(
+        bus.saved_cell(&cell_b).is_none(),
+        "not saved while a sink lacks it: {:?}",
+        bus.saved_cell(&cell_b)
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    // a replays the cell from the stream and emits the same incident, the same revision,
+    // again: the NATS sink's Nats-Msg-Id (the CloudEvent id) drops the repeat downstream.
+    assert!(
+        eventually(WAIT, || a
+            .incidents_in(&cell_b)
+            .iter()
+            .any(|(id, r)| *id == id_b && *r == first)),
+        "a emits {id_b} revision {first} again: {:?}",
+        a.delivered()
+    );
+    assert_eq!(
+        a.event_ids(&id_b, first),
+        b_delivered.event_ids(&id_b, first),
+        "the same CloudEvent id, which Nats-Msg-Id carries"
+    );
+    a.stop();
 }
