@@ -12,8 +12,9 @@ use crate::config::PipelineConfig;
 pub(crate) struct ClusterNode {
     pub(crate) client: async_nats::Client,
     pub(crate) membership: Membership,
-    pub(crate) role: Role,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Keeps the `cluster` component's health (what `/readyz` shows for the role).
+    watch: tokio::task::JoinHandle<()>,
 }
 
 impl ClusterNode {
@@ -24,6 +25,7 @@ impl ClusterNode {
     /// Leaves the membership at once (the others take over without waiting for the
     /// expiry); dropping it instead lets the heartbeat lapse, as a crash would.
     pub(crate) fn leave(self) {
+        self.watch.abort();
         let node = self.membership.node().to_string();
         if let Err(e) = self.runtime.block_on(self.membership.leave()) {
             tracing::warn!(node = %node, error = %e, "leaving the cluster");
@@ -50,10 +52,50 @@ pub(crate) fn join(
         })
         .map_err(|e| PipelineError::Cluster(e.to_string()))?;
     tracing::info!(node = %config.node, role = %role, cluster = %cluster.name, "joined the cluster");
+    let health = services.health.register("cluster", "cluster");
+    let watch = runtime.spawn(watch_health(
+        client.clone(),
+        membership.view(role),
+        config.node.clone(),
+        format!("{role} {} in {}", config.node, cluster.name),
+        health,
+    ));
     Ok(Some(ClusterNode {
         client,
         membership,
-        role,
         runtime,
+        watch,
     }))
+}
+
+/// `/readyz` for a role: the `cluster` component is up while the NATS connection is up and
+/// this node is a live member of its role (a node cut off for longer than the expiry has
+/// lost its share to the others, and says so).
+async fn watch_health(
+    client: async_nats::Client,
+    mut view: tokio::sync::watch::Receiver<skynet_cluster::View>,
+    node: String,
+    detail: String,
+    health: skynet_core::ComponentHealth,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last = None;
+    loop {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let live = view.borrow_and_update().members.contains(&node);
+        // Reported on a change only: each report of a failure counts as a retry.
+        if last != Some((connected, live)) {
+            last = Some((connected, live));
+            match (connected, live) {
+                (true, true) => health.up(),
+                (false, _) => health.retrying("the cluster's NATS is not connected"),
+                (true, false) => health.retrying("not (yet) a live member of its role"),
+            }
+            health.describe(Some(&detail), None);
+        }
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = view.changed() => if changed.is_err() { return },
+        }
+    }
 }
