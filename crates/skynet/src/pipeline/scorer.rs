@@ -607,11 +607,13 @@ impl Intake {
                     .chain(&view.crashed)
                     .cloned()
                     .collect();
-                before.clone_from(&view.members);
-                if mine != owned || (messages.is_none() && !mine.is_empty()) {
+                if mine == owned && (messages.is_some() || mine.is_empty()) {
+                    before.clone_from(&view.members);
+                } else {
                     messages = None;
                     match self.rebuild(&owned, &mine, last, &previous).await {
                         Some((start, taken)) => {
+                            before.clone_from(&view.members);
                             // The new consumer's messages from here on.
                             last = start - 1;
                             sent = last;
