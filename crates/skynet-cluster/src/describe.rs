@@ -15,4 +15,8 @@ pub fn describe_metrics() {
         "skynet_failovers_total",
         "Items this node took over because their owner vanished without leaving (its heartbeat expired), per role."
     );
+    describe_counter!(
+        "skynet_cluster_watch_restarts_total",
+        "Times the watch of the skynet_members bucket went silent for two heartbeats (this node's own heartbeat did not come through) and was made anew."
+    );
 }

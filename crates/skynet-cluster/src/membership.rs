@@ -220,10 +220,19 @@ async fn heartbeat(kv: kv::Store, key: String, value: Bytes, timing: Timing) {
 struct Seen {
     live: HashMap<String, Instant>,
     crashed: HashMap<String, Instant>,
+    /// The newest revision seen of each key: a watch made anew replays the last value of
+    /// every key, and a heartbeat already seen must not count as a new one (that would keep
+    /// a dead member alive for another expiry).
+    revisions: HashMap<String, u64>,
 }
 
 impl Seen {
-    fn apply(&mut self, key: &str, operation: kv::Operation, now: Instant) {
+    fn apply(&mut self, key: &str, operation: kv::Operation, revision: u64, now: Instant) {
+        let newest = self.revisions.entry(key.to_string()).or_insert(0);
+        if revision != 0 && revision <= *newest {
+            return;
+        }
+        *newest = revision;
         match operation {
             kv::Operation::Put => {
                 self.crashed.remove(key);
@@ -292,10 +301,18 @@ async fn watch_members(
     let mut seen = Seen::default();
     let mut check = tokio::time::interval(timing.check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // This node's own heartbeat comes through the watch every `heartbeat`: a watch silent
+    // for much longer has stalled (seen when a NATS node of the bucket's stream dies: the
+    // ordered consumer behind it may neither deliver nor fail), and is made anew.
+    let silent_after = timing.heartbeat * 2;
+    let mut last_entry = Instant::now();
     loop {
         tokio::select! {
             entry = next_entry(&mut watcher) => match entry {
-                Some(Ok(entry)) => seen.apply(&entry.key, entry.operation, Instant::now()),
+                Some(Ok(entry)) => {
+                    last_entry = Instant::now();
+                    seen.apply(&entry.key, entry.operation, entry.revision, last_entry);
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "member watch failed; watching anew");
                     watcher = None;
@@ -306,7 +323,14 @@ async fn watch_members(
                 }
             },
             _ = check.tick() => {
-                seen.expire(Instant::now(), timing);
+                let now = Instant::now();
+                seen.expire(now, timing);
+                if watcher.is_some() && now.duration_since(last_entry) >= silent_after {
+                    tracing::warn!("member watch silent for two heartbeats; watching anew");
+                    metrics::counter!("skynet_cluster_watch_restarts_total").increment(1);
+                    watcher = None;
+                    last_entry = now;
+                }
                 if watcher.is_none() {
                     // Meanwhile members age out here, this node included: while it cannot
                     // see the cluster it claims nothing.
@@ -354,16 +378,16 @@ mod tests {
         let timing = ClusterConfig::default().timing();
         let mut seen = Seen::default();
         let t0 = Instant::now();
-        seen.apply("edge.a", kv::Operation::Put, t0);
-        seen.apply("edge.b", kv::Operation::Put, t0);
-        seen.apply("scorer.c", kv::Operation::Put, t0);
+        seen.apply("edge.a", kv::Operation::Put, 1, t0);
+        seen.apply("edge.b", kv::Operation::Put, 2, t0);
+        seen.apply("scorer.c", kv::Operation::Put, 3, t0);
         assert_eq!(seen.view(Role::Edge).members, ["a", "b"]);
         assert_eq!(seen.view(Role::Scorer).members, ["c"]);
 
         // a beats on; b does not; c leaves.
         let t1 = t0 + timing.heartbeat * 2;
-        seen.apply("edge.a", kv::Operation::Put, t1);
-        seen.apply("scorer.c", kv::Operation::Delete, t1);
+        seen.apply("edge.a", kv::Operation::Put, 4, t1);
+        seen.apply("scorer.c", kv::Operation::Delete, 5, t1);
         seen.expire(t0 + timing.expiry, timing);
         assert_eq!(
             seen.view(Role::Edge),
@@ -374,8 +398,12 @@ mod tests {
         );
         assert_eq!(seen.view(Role::Scorer), View::default());
 
+        // A watch made anew replays b's last heartbeat: already seen, it changes nothing.
+        seen.apply("edge.b", kv::Operation::Put, 2, t1);
+        assert_eq!(seen.view(Role::Edge).members, ["a"]);
+
         // b comes back: live, no longer crashed.
-        seen.apply("edge.b", kv::Operation::Put, t1);
+        seen.apply("edge.b", kv::Operation::Put, 6, t1);
         assert_eq!(seen.view(Role::Edge).members, ["a", "b"]);
         assert!(seen.view(Role::Edge).crashed.is_empty());
     }
