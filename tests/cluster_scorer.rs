@@ -78,8 +78,12 @@ impl Scorer {
     }
 
     fn start_with(dir: &Path, node: &str, url: &str, extra: &str) -> Self {
+        Self::start_text(dir, &config_with(dir, node, url, extra))
+    }
+
+    fn start_text(dir: &Path, text: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let config = common::pipeline_config(dir, &config_with(dir, node, url, extra));
+        let config = common::pipeline_config(dir, text);
         let shutdown = Shutdown::new();
         let stop = shutdown.clone();
         let thread = std::thread::spawn(move || {
@@ -316,11 +320,16 @@ fn assigned(node: &str) -> f64 {
 
 /// Both scorers see each other and share the three cells.
 fn wait_settled(a: &str, b: &str) {
+    wait_shared(a, b, 3.0);
+}
+
+/// Both scorers see each other and share the `cells` cells.
+fn wait_shared(a: &str, b: &str, cells: f64) {
     assert!(
         eventually(WAIT, || assigned(a) >= 1.0
             && assigned(b) >= 1.0
-            && assigned(a) + assigned(b) == 3.0),
-        "the scorers share the 3 cells: {} and {}",
+            && assigned(a) + assigned(b) == cells),
+        "the scorers share the {cells} cells: {} and {}",
         assigned(a),
         assigned(b)
     );
@@ -624,4 +633,103 @@ fn what_a_killed_scorer_had_not_delivered_is_emitted_again_by_its_successor() {
         "the same CloudEvent id, which Nats-Msg-Id carries"
     );
     a.stop();
+}
+
+#[test]
+fn each_scorer_applies_the_case_status_of_its_own_incidents_and_ignores_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    // Cells that are not neighbours (the city grid's): neither scorer's engine holds the
+    // other's incident, so only the filter keeps a status event from being refused there.
+    let (name_a, name_b, cell_a, cell_b) = split_of("-c", &["G-0101", "G-0301"]);
+    let cases = format!(
+        "[cases]\nurl = \"{}\"\nsources = [\"case-system\"]\n",
+        bus.url
+    );
+    let text = |dir: &Path, node: &str| {
+        config_with(dir, node, &bus.url, &cases).replace("demo-grids.geojson", "city-grids.geojson")
+    };
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = Scorer::start_text(&dir_a, &text(&dir_a, &name_a));
+    let b = Scorer::start_text(&dir_b, &text(&dir_b, &name_b));
+    wait_shared(&name_a, &name_b, 4.0);
+    bus.publish(&gas(&cell_a, "gas-ca", 0.6));
+    bus.publish(&gas(&cell_b, "gas-cb", 0.6));
+    assert!(
+        eventually(WAIT, || !a.incidents_in(&cell_a).is_empty()
+            && !b.incidents_in(&cell_b).is_empty()),
+        "a {:?}, b {:?}",
+        a.delivered(),
+        b.delivered()
+    );
+    let id_a = a.incidents_in(&cell_a)[0].0.clone();
+    let id_b = b.incidents_in(&cell_b)[0].0.clone();
+    let status = |n: u32, incident: &str| {
+        let event = serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("case-{n}"),
+            "source": "case-system",
+            "type": "skynet.case_status.v1",
+            "data": {
+                "incident": incident,
+                "status": "acknowledged",
+                "at": chrono::Utc::now(),
+            }
+        });
+        bus.publish_raw(
+            &format!("skynet.cases.{incident}"),
+            serde_json::to_vec(&event).unwrap(),
+        )
+    };
+    status(1, &id_b);
+    let last = status(2, &id_a);
+    let acknowledged = |scorer: &Scorer, id: &str| {
+        scorer
+            .delivered_with_category()
+            .iter()
+            .any(|(i, _, r, _)| i == id && *r > 1)
+    };
+    assert!(
+        eventually(WAIT, || acknowledged(&a, &id_a) && acknowledged(&b, &id_b)),
+        "each owner applies its incident's status: a {:?}, b {:?}",
+        a.delivered(),
+        b.delivered()
+    );
+    // Each applied only its own, and refused (dead-lettered) neither of the others.
+    assert!(!acknowledged(&a, &id_b) && !acknowledged(&b, &id_a));
+    let refused = |dir: &Path| {
+        skynet_emit::Outbox::open(&dir.join("outbox.sqlite"))
+            .unwrap()
+            .dead_letters(Some(skynet_emit::CASES_DEAD_LETTER_SINK))
+            .unwrap()
+    };
+    // Every scorer has a consumer of its own, and has answered both events (the other's
+    // acknowledged and ignored).
+    let answered = |node: &str| {
+        bus.runtime.block_on(async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = bus
+                .js
+                .get_stream("SKYNET_CASES")
+                .await
+                .ok()?
+                .get_consumer(&format!("skynet-{node}"))
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            Some(info.ack_floor.stream_sequence)
+        })
+    };
+    assert!(
+        eventually(WAIT, || answered(&name_a) >= Some(last)
+            && answered(&name_b) >= Some(last)),
+        "both consumers answered both events: a {:?}, b {:?}",
+        answered(&name_a),
+        answered(&name_b)
+    );
+    a.stop();
+    b.stop();
+    for dir in [dir_a, dir_b] {
+        let letters = refused(&dir);
+        assert!(letters.is_empty(), "{}: {letters:?}", dir.display());
+    }
 }
