@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,29 +31,8 @@ struct Node {
 
 impl Node {
     fn start(role: &str, name: &str, state: &Path, broker: &Broker, nats: &str) -> Self {
-        let metrics = free_port();
-        let api = free_port();
-        let dir = state.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (child, log) = spawn_logged_with_env(
-            &repo().join("configs/city.toml"),
-            &["--role", role],
-            &[
-                ("SKYNET_MQTT_URL", broker.url()),
-                ("SKYNET_NATS_URL", nats.to_string()),
-                ("SKYNET_CLUSTER_URL", nats.to_string()),
-                ("SKYNET_NODE_NAME", name.to_string()),
-                ("SKYNET_STATE_DIR", dir.display().to_string()),
-                ("SKYNET_METRICS_LISTEN", metrics.to_string()),
-                ("SKYNET_API_LISTEN", api.to_string()),
-            ],
-        );
-        Self {
-            name: name.to_string(),
-            child,
-            log,
-            metrics,
-        }
+        let config = repo().join("configs/city.toml");
+        Self::start_with(&config, role, name, state, broker, nats, "info,ort=warn")
     }
 
     fn metrics(&self) -> String {
@@ -70,6 +49,56 @@ impl Node {
             .status()
             .unwrap();
         let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// As [`Node::start`], on `config` and with `RUST_LOG` set for the process.
+    fn start_with(
+        config: &Path,
+        role: &str,
+        name: &str,
+        state: &Path,
+        broker: &Broker,
+        nats: &str,
+        filter: &str,
+    ) -> Self {
+        let metrics = free_port();
+        let api = free_port();
+        let dir = state.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (child, log) = spawn_logged_with_env(
+            config,
+            &["--role", role],
+            &[
+                ("SKYNET_MQTT_URL", broker.url()),
+                ("SKYNET_NATS_URL", nats.to_string()),
+                ("SKYNET_CLUSTER_URL", nats.to_string()),
+                ("SKYNET_NODE_NAME", name.to_string()),
+                ("SKYNET_STATE_DIR", dir.display().to_string()),
+                ("SKYNET_METRICS_LISTEN", metrics.to_string()),
+                ("SKYNET_API_LISTEN", api.to_string()),
+                ("RUST_LOG", filter.to_string()),
+            ],
+        );
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+            metrics,
+        }
+    }
+
+    /// SIGTERM, as a supervisor's rolling restart stops it; waits for it to exit and
+    /// returns its whole log.
+    fn terminate(&mut self) -> String {
+        let (status, log) = terminate(&mut self.child, &self.log);
+        assert!(
+            status.success(),
+            "{} stops cleanly on SIGTERM: {status}\n{log}",
+            self.name
+        );
+        log
     }
 }
 
@@ -105,7 +134,10 @@ fn simulate(url: &str, scenario: &str, seconds: u32) {
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "skynet simulate sensors --scenario {scenario}");
+    assert!(
+        status.success(),
+        "skynet simulate sensors --scenario {scenario}"
+    );
 }
 
 /// Every incident CloudEvent in SKYNET_INCIDENTS: (event id, body).
@@ -119,7 +151,9 @@ fn incidents(rt: &tokio::runtime::Runtime, url: &str) -> Vec<(String, serde_json
         read_stream_in(&js, "SKYNET_INCIDENTS", Duration::from_secs(10)).await
     })
     .into_iter()
-    .filter(|(_, _, headers, _)| headers.get("ce-type").map(String::as_str) == Some("skynet.incident.v1"))
+    .filter(|(_, _, headers, _)| {
+        headers.get("ce-type").map(String::as_str) == Some("skynet.incident.v1")
+    })
     .map(|(id, _, _, body)| (id, body))
     .collect()
 }
@@ -214,12 +248,20 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
 
     // kill -9 the edge running the camera: the other runs it within failover_s.
     let holder = camera_holder(&rt, &url, "cam-safety-03").unwrap();
-    let (dead, alive) = if holder == edges[0].name { (0, 1) } else { (1, 0) };
+    let (dead, alive) = if holder == edges[0].name {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     edges[dead].kill_9();
     let survivor = edges[alive].name.clone();
     assert!(
-        eventually(Duration::from_secs(60), || camera_holder(&rt, &url, "cam-safety-03")
-            .as_deref()
+        eventually(Duration::from_secs(60), || camera_holder(
+            &rt,
+            &url,
+            "cam-safety-03"
+        )
+        .as_deref()
             == Some(survivor.as_str())),
         "{survivor} runs cam-safety-03 after {holder} was killed\n{}",
         all(&edges, &scorers)
@@ -230,7 +272,11 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
     let owner = skynet_cluster::owner("G-0201", &scorer_names)
         .unwrap()
         .to_string();
-    let (dead, alive) = if owner == scorers[0].name { (0, 1) } else { (1, 0) };
+    let (dead, alive) = if owner == scorers[0].name {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     let revisions_before = events
         .iter()
         .filter(|(_, e)| e["data"]["id"] == leak.as_str())
@@ -266,5 +312,247 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
     assert_eq!(
         incident_ids(&incidents(&rt, &url), "G-0201", "gas_leak"),
         vec![leak]
+    );
+}
+
+/// configs/city.toml in `dir`, its paths made absolute, with its camera rules' cooldowns cut
+/// to half a second: cam-safety-03's people then give observations several times a second,
+/// so some are always in flight while a process stops.
+fn busy_city(dir: &Path) -> std::path::PathBuf {
+    let configs = repo().join("configs");
+    let text = std::fs::read_to_string(configs.join("city.toml")).unwrap();
+    let mut text = text
+        .replace(
+            "file = \"city-grids.geojson\"",
+            &format!(
+                "file = {:?}",
+                configs.join("city-grids.geojson").display().to_string()
+            ),
+        )
+        .replace(
+            "model = \"../models/yolox_nano.toml\"",
+            &format!(
+                "model = {:?}",
+                repo().join("models/yolox_nano.toml").display().to_string()
+            ),
+        );
+    for cooldown in ["cooldown_s = 10.0", "cooldown_s = 5.0"] {
+        assert_eq!(
+            text.matches(cooldown).count(),
+            1,
+            "configs/city.toml: {cooldown}"
+        );
+        text = text.replace(cooldown, "cooldown_s = 0.5");
+    }
+    let path = dir.join("busy-city.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The stream sequence and cell of every observation in SKYNET_OBSERVATIONS (readings left
+/// out).
+fn observations_in_stream(rt: &tokio::runtime::Runtime, url: &str) -> BTreeMap<u64, String> {
+    rt.block_on(async {
+        let Ok(client) = async_nats::connect(url).await else {
+            return BTreeMap::new();
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(mut stream) = js.get_stream("SKYNET_OBSERVATIONS").await else {
+            return BTreeMap::new();
+        };
+        let Ok(info) = stream.info().await else {
+            return BTreeMap::new();
+        };
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut out = BTreeMap::new();
+        for seq in first.max(1)..=last {
+            let message = stream
+                .get_raw_message(seq)
+                .await
+                .unwrap_or_else(|e| panic!("message {seq} of SKYNET_OBSERVATIONS: {e}"));
+            if let Some(grid) = message
+                .subject
+                .as_str()
+                .strip_prefix("skynet.observations.")
+            {
+                out.insert(seq, grid.to_string());
+            }
+        }
+        out
+    })
+}
+
+/// Every `key=<number>` field on the log lines holding `message`.
+fn logged_numbers(log: &str, message: &str, key: &str) -> Vec<u64> {
+    let field = format!("{key}=");
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.strip_prefix(field.as_str()))
+                .find_map(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// What a stopped edge's publisher got acknowledged over its life (logged as it stops).
+fn published_at_stop(name: &str, log: &str) -> u64 {
+    let counts = logged_numbers(log, "observation publisher stopped", "published");
+    assert_eq!(
+        counts.len(),
+        1,
+        "{name} says once what it published as it stops\n{log}"
+    );
+    counts[0]
+}
+
+/// The stream sequences a scorer's log says it applied for the cells it owned.
+fn applied_in(log: &str) -> Vec<u64> {
+    logged_numbers(log, "bus observation applied", "seq")
+}
+
+#[test]
+fn a_rolling_restart_of_every_process_loses_no_observation() {
+    // Generous for a loaded 2-core machine: every wait is on a condition.
+    const WAIT: Duration = Duration::from_secs(120);
+    // Each applied observation logged with its stream sequence (debug, the scorer's module).
+    const FILTER: &str = "info,ort=warn,skynet::pipeline::scorer=debug";
+    let state = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let nats = PrivateNats::start(&state.path().join("nats"));
+    let url = nats.url();
+    let rt = tokio_runtime();
+    let roles = [
+        ("edge", "edge-a"),
+        ("edge", "edge-b"),
+        ("scorer", "scorer-a"),
+        ("scorer", "scorer-b"),
+    ];
+    let config = busy_city(state.path());
+    let start = |(role, name): (&str, &str)| {
+        Node::start_with(&config, role, name, state.path(), &broker, &url, FILTER)
+    };
+    let mut nodes: Vec<Node> = roles.iter().map(|&r| start(r)).collect();
+    let all_logs = |nodes: &[Node]| logs(&nodes.iter().collect::<Vec<_>>());
+    let everyone_live = |nodes: &[Node]| {
+        nodes.iter().all(|n| {
+            let m = n.metrics();
+            metric(&m, "skynet_cluster_members{role=\"edge\"}") == 2.0
+                && metric(&m, "skynet_cluster_members{role=\"scorer\"}") == 2.0
+        })
+    };
+    assert!(
+        eventually(WAIT, || everyone_live(&nodes)
+            && camera_holder(&rt, &url, "cam-safety-03").is_some()),
+        "two edges and two scorers see each other\n{}",
+        all_logs(&nodes)
+    );
+    // The camera's rules publish observations (people on cam-safety-03, every few seconds).
+    assert!(
+        eventually(WAIT, || !observations_in_stream(&rt, &url).is_empty()),
+        "observations flow\n{}",
+        all_logs(&nodes)
+    );
+
+    // Each process in turn: SIGTERM, started again on its state, a live member of its role
+    // again, and observations still flowing, before the next.
+    let mut published = 0u64;
+    let mut scorer_logs: Vec<String> = Vec::new();
+    let stop = |node: &mut Node, role: &str, published: &mut u64, scorer_logs: &mut Vec<String>| {
+        let counted = metric(
+            &node.metrics(),
+            "skynet_bus_published_total{kind=\"observation\"}",
+        ) as u64;
+        let log = node.terminate();
+        if role == "edge" {
+            let at_stop = published_at_stop(&node.name, &log);
+            assert!(
+                at_stop >= counted,
+                "{}: {at_stop} at its stop, {counted} in its metrics before",
+                node.name
+            );
+            *published += at_stop;
+        } else {
+            scorer_logs.push(log);
+        }
+    };
+    for (i, &(role, name)) in roles.iter().enumerate() {
+        let before = observations_in_stream(&rt, &url).len();
+        stop(&mut nodes[i], role, &mut published, &mut scorer_logs);
+        nodes[i] = start((role, name));
+        assert!(
+            eventually(WAIT, || everyone_live(&nodes)),
+            "{name} is a live {role} again after its restart\n{}",
+            all_logs(&nodes)
+        );
+        assert!(
+            eventually(WAIT, || observations_in_stream(&rt, &url).len()
+                >= before + 10),
+            "observations flow on after {name}'s restart\n{}",
+            all_logs(&nodes)
+        );
+    }
+
+    // The end: the edges stop (what they published is then final), the scorers apply the
+    // rest of the stream, then stop.
+    for (i, &(role, _)) in roles.iter().enumerate().take(2) {
+        stop(&mut nodes[i], role, &mut published, &mut scorer_logs);
+    }
+    let stream = observations_in_stream(&rt, &url);
+    let stream_seqs: BTreeSet<u64> = stream.keys().copied().collect();
+    let applied_now = |nodes: &[Node], earlier: &[String]| -> BTreeSet<u64> {
+        let running: Vec<String> = nodes[2..].iter().map(Node::log).collect();
+        earlier
+            .iter()
+            .chain(&running)
+            .flat_map(|l| applied_in(l))
+            .collect()
+    };
+    assert!(
+        eventually(WAIT, || applied_now(&nodes, &scorer_logs)
+            .is_superset(&stream_seqs)),
+        "the scorers apply every observation of the stream: missing {:?}\n{}",
+        stream_seqs
+            .difference(&applied_now(&nodes, &scorer_logs))
+            .collect::<Vec<_>>(),
+        all_logs(&nodes)
+    );
+    // The counter agrees with the log of each scorer still running.
+    for node in &nodes[2..] {
+        assert_eq!(
+            metric(
+                &node.metrics(),
+                "skynet_bus_applied_total{kind=\"observation\"}"
+            ) as usize,
+            applied_in(&node.log()).len(),
+            "{}: skynet_bus_applied_total counts what it logged as applied",
+            node.name
+        );
+    }
+    for (i, &(role, _)) in roles.iter().enumerate().skip(2) {
+        stop(&mut nodes[i], role, &mut published, &mut scorer_logs);
+    }
+
+    // Nothing lost: every observation an edge got acknowledged is in the stream, once (no
+    // acknowledged duplicate), and was applied by the scorer owning its cell then (a
+    // replay after a handover counted once).
+    let applied_all: Vec<u64> = scorer_logs.iter().flat_map(|l| applied_in(l)).collect();
+    let applied: BTreeSet<u64> = applied_all.iter().copied().collect();
+    assert_eq!(
+        stream.len() as u64,
+        published,
+        "the stream holds what the edges published, over every incarnation"
+    );
+    assert_eq!(
+        applied, stream_seqs,
+        "the scorers applied exactly the stream's observations"
+    );
+    assert!(applied_all.len() as u64 >= published);
+    let per_incarnation: Vec<usize> = scorer_logs.iter().map(|l| applied_in(l).len()).collect();
+    eprintln!(
+        "rolling restart: {published} observations published, {} in the stream, {} applied ({} replayed after a handover); applied per scorer incarnation (a, b, a, b): {per_incarnation:?}",
+        stream.len(),
+        applied.len(),
+        applied_all.len() - applied.len()
     );
 }

@@ -62,6 +62,10 @@ fn describe_own_metrics() {
         "skynet_bus_refused_total",
         "Messages of the SKYNET_OBSERVATIONS stream a scorer refused (not an observation or reading, or a grid other than its subject's), logged with subject and sequence and skipped, per kind."
     );
+    describe_counter!(
+        "skynet_bus_applied_total",
+        "Messages of the SKYNET_OBSERVATIONS stream a scorer applied for the cells it owns, per kind (observation); one replayed after a handover counts again (each is logged at debug with its stream sequence)."
+    );
     describe_gauge!(
         "skynet_cluster_observation_lag_seconds",
         Unit::Seconds,

@@ -225,6 +225,24 @@ impl ObservationPublisher {
     }
 }
 
+impl Drop for ObservationPublisher {
+    /// What this publisher got acknowledged over its life (its share of
+    /// `skynet_bus_published_total`), said once it is done, after the stage's last barrier:
+    /// what a rolling restart's audit sums over an edge's incarnations.
+    fn drop(&mut self) {
+        let done = *self
+            .progress
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(
+            published = done,
+            unacknowledged = self.handed.saturating_sub(done),
+            "observation publisher stopped"
+        );
+    }
+}
+
 impl RiskEngine for ObservationPublisher {
     fn observe(&mut self, observation: &Observation) -> Vec<RiskEvent> {
         match serde_json::to_vec(observation) {

@@ -288,6 +288,7 @@ impl RulesAndRisk {
                     }
                     if bus.cells.is_owned(grid) {
                         bus.cells.record_lag(grid, observation.at);
+                        bus.cells.applied(seq, grid);
                     }
                     self.counters.observations.fetch_add(1, Ordering::Relaxed);
                     self.dirty = true;

@@ -198,6 +198,7 @@ pub(crate) struct ScorerCells {
     /// Makes a fresh engine (a rebuild).
     new_engine: Box<dyn Fn() -> Box<dyn RiskEngine> + Send>,
     lag: BTreeMap<String, metrics::Gauge>,
+    applied: metrics::Counter,
     /// Each owned cell's incident ids, and all of them for the case-status filter.
     incidents_by_cell: BTreeMap<String, Vec<String>>,
     incidents: Arc<RwLock<HashSet<String>>>,
@@ -220,6 +221,15 @@ impl ScorerCells {
         record.seq = seq;
         self.dirty.insert(grid.to_string());
         true
+    }
+
+    /// An observation of an owned cell goes to the engine: counted in
+    /// `skynet_bus_applied_total{kind="observation"}` (a message replayed after a handover
+    /// counts again), and logged at debug with its stream sequence, so an audit (or a test)
+    /// can tell which messages were applied, each once, against what the edges published.
+    pub(crate) fn applied(&self, seq: u64, grid: &str) {
+        self.applied.increment(1);
+        tracing::debug!(seq, grid, "bus observation applied");
     }
 
     /// The intake has handed on everything up to `seq`: the next commit carries the floor.
@@ -524,6 +534,7 @@ pub(crate) fn start(
             )) as Box<dyn RiskEngine>
         }),
         lag: BTreeMap::new(),
+        applied: metrics::counter!("skynet_bus_applied_total", "kind" => "observation"),
         incidents_by_cell: BTreeMap::new(),
         incidents: Arc::clone(&incidents),
     };
@@ -1143,6 +1154,7 @@ mod tests {
                 )) as Box<dyn RiskEngine>
             }),
             lag: BTreeMap::new(),
+            applied: metrics::Counter::noop(),
             incidents_by_cell: BTreeMap::new(),
             incidents: Arc::default(),
         }
