@@ -38,6 +38,7 @@ const en = {
 
   'common.loading': 'Loading…',
   'common.grid': 'Grid',
+  'common.district': 'District',
 
   'level.I': 'Level I · red',
   'level.II': 'Level II · orange',
@@ -316,6 +317,7 @@ const zh = {
 
   'common.loading': '加载中…',
   'common.grid': '网格',
+  'common.district': '区',
 
   'level.I': 'I级 · 红色',
   'level.II': 'II级 · 橙色',

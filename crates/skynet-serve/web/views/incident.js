@@ -38,6 +38,7 @@ export function mount(container, { params }) {
       h('dl', { class: 'facts' },
         fact(t('incident.category'), label('category', incident.category)),
         fact(t('common.grid'), incident.grid),
+        fact(t('common.district'), incident.district),
         fact(t('map.department'), label('department', incident.department)),
         fact(t('incident.owner'), label('owner', incident.owner)),
         fact(t('incident.device'), incident.camera ?? incident.sensor),

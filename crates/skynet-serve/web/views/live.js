@@ -46,7 +46,8 @@ export function mount(container) {
       },
       h('div', { class: 'alert-head' }, levelBadge(incident.level), stateBadge(incident.state)),
       h('a', { class: 'alert-title', href: `#/incidents/${encodeURIComponent(incident.id)}` }, label('category', incident.category)),
-      h('p', { class: 'alert-meta' }, t('common.grid'), ' ', h('strong', {}, incident.grid), ' · ', timeElement(incident.last_seen)),
+      h('p', { class: 'alert-meta' }, t('common.grid'), ' ', h('strong', {}, incident.grid),
+        incident.district ? ` · ${t('common.district')} ${incident.district}` : '', ' · ', timeElement(incident.last_seen)),
       incident.acknowledged && h('p', { class: 'alert-meta' }, t('incident.acknowledgedBy', { name: incident.acknowledged.by })),
       ackButton(incident));
       return item;

@@ -27,8 +27,8 @@ use futures_util::StreamExt;
 use skynet_cluster::{Leases, Role};
 use skynet_core::{CASE_STATUS_EVENT_TYPE, CaseStatus, ComponentHealth, RiskEvent, Shutdown};
 use skynet_emit::{
-    CASE_SIGNATURE_HEADER, CasesSettings, CloudEvent, EmitError, GRID_RISK_EVENT_TYPE,
-    INCIDENT_EVENT_TYPE, Outbox, OutboxEvent,
+    CASE_SIGNATURE_HEADER, CasesSettings, EmitError, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE,
+    Outbox, OutboxEvent,
 };
 use skynet_serve::console::{CameraRegistration, ClusterHealth, Console};
 
@@ -135,19 +135,17 @@ fn register_cameras(config: &PipelineConfig, console: &Console) {
     }
 }
 
-/// One event of the stream, read.
-enum Projected {
-    Incident(CloudEvent<skynet_core::Incident>),
-    GridRisk(CloudEvent<skynet_core::GridRisk>),
-}
-
 /// Reads one message of the incidents stream; `None` (counted `invalid`) for anything but
 /// an incident or cell-level CloudEvent.
-fn read_event(payload: &[u8]) -> Option<Projected> {
+fn read_event(payload: &[u8]) -> Option<OutboxEvent> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
     match value.get("type")?.as_str()? {
-        INCIDENT_EVENT_TYPE => serde_json::from_value(value).ok().map(Projected::Incident),
-        GRID_RISK_EVENT_TYPE => serde_json::from_value(value).ok().map(Projected::GridRisk),
+        INCIDENT_EVENT_TYPE => serde_json::from_value(value)
+            .ok()
+            .map(OutboxEvent::Incident),
+        GRID_RISK_EVENT_TYPE => serde_json::from_value(value)
+            .ok()
+            .map(OutboxEvent::GridRisk),
         _ => None,
     }
 }
@@ -180,14 +178,14 @@ impl Projection {
     /// Stores what is new of `batch` in one transaction and returns it, for the browsers:
     /// an incident revision newer than the one held (older ones, and the same one again,
     /// are ignored), a cell change newer than the cell's.
-    fn apply(&mut self, batch: Vec<Projected>) -> Result<Vec<RiskEvent>, EmitError> {
+    fn apply(&mut self, batch: Vec<OutboxEvent>) -> Result<Vec<RiskEvent>, EmitError> {
         let mut held: HashMap<String, u32> = HashMap::new();
         let mut fresh = Vec::new();
         let mut live = Vec::new();
         let mut stale = 0;
         for event in batch {
             match event {
-                Projected::Incident(e) => {
+                OutboxEvent::Incident(e) => {
                     let id = e.data.id.clone();
                     let current = match held.get(&id) {
                         Some(revision) => Some(*revision),
@@ -201,7 +199,7 @@ impl Projection {
                     live.push(RiskEvent::Incident(e.data.clone()));
                     fresh.push(OutboxEvent::Incident(e));
                 }
-                Projected::GridRisk(e) => {
+                OutboxEvent::GridRisk(e) => {
                     let grid = e.data.grid.to_string();
                     if self.grids.get(&grid).is_some_and(|r| *r >= e.data.revision) {
                         stale += 1;
@@ -440,6 +438,8 @@ impl CaseStatusSender {
     ) -> Self {
         let context = Arc::new(OnceLock::new());
         if settings.url.trim() == config.cluster.url.trim() {
+            // A JetStream context spawns a task of its own: on the runtime.
+            let _entered = runtime.enter();
             let _ = context.set(cluster.jetstream());
         } else {
             // The process serves while the case system's NATS is down; changes are

@@ -1,0 +1,366 @@
+//! The console role (issue 23): `skynet run --role console` keeps a projection of
+//! SKYNET_INCIDENTS. Incident CloudEvents of two districts (their `source`
+//! `skynet/<cluster name>`) are published into the stream directly, as the districts'
+//! scorers' NATS sinks would (or the city hub's stream sourcing them); the console lists
+//! each with its district, filters by it, keeps the latest revision of each incident
+//! whatever order revisions come in, and sends an acknowledgement as a signed case-status
+//! event on `[cases]` instead of applying it, showing the revision that comes back.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use common::{PrivateNats, eventually, free_port, incident_revision, repo, tokio_runtime};
+use futures_util::StreamExt;
+use serde_json::Value;
+use skynet::{RunOptions, pipeline};
+use skynet_cluster::Role;
+use skynet_core::{Incident, RiskEvent, Shutdown};
+use skynet_emit::CloudEvent;
+use skynet_serve::console::{ConsoleStore, TokenKind, User};
+
+/// Generous for a loaded 2-core machine; every wait is on a condition.
+const WAIT: Duration = Duration::from_secs(45);
+const SECRET: &str = "console-cases-secret-5b1e";
+
+fn config_text(dir: &Path, url: &str, listen: SocketAddr) -> String {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[node]
+name = "city-console-1"
+
+[cluster]
+url = "{url}"
+name = "city"
+failover_s = 3
+
+[api]
+listen = "{listen}"
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+[cases]
+url = "{url}"
+sources = ["case-system"]
+secret = "{SECRET}"
+
+# An edge's camera: no edge runs here, so no node holds it.
+[[cameras]]
+id = "cam-1"
+owner = "police"
+uri = "rtsp://127.0.0.1:9/cam"
+grid = "G-0101"
+"#,
+        grids = esc(&repo().join("configs/demo-grids.geojson")),
+        model = esc(&repo().join("models/yolox_nano.toml")),
+        dir = esc(dir),
+    )
+}
+
+fn revision(id: &str, revision: u32, grid: &str) -> Incident {
+    match incident_revision(id, revision, grid) {
+        RiskEvent::Incident(incident) => incident,
+        RiskEvent::GridRisk(_) => unreachable!(),
+    }
+}
+
+/// Publishes `incident` from `district` as its scorer's NATS sink does.
+async fn publish(js: &jetstream::Context, district: &str, incident: &Incident) {
+    let event = CloudEvent::incident(district, incident);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.as_str());
+    let subject = format!("skynet.incidents.{}.{}", incident.grid, incident.category);
+    js.publish_with_headers(subject, headers, serde_json::to_vec(&event).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Option<Value> {
+        let answer = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        serde_json::from_str(&answer.text().await.ok()?).ok()
+    }
+
+    /// (id, district, revision) of every incident listed at `query`.
+    async fn incidents(&self, query: &str) -> Vec<(String, String, u64)> {
+        let Some(page) = self.get(&format!("/api/v1/incidents{query}")).await else {
+            return Vec::new();
+        };
+        let mut listed: Vec<(String, String, u64)> = page["incidents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap_or_default().to_string(),
+                    i["district"].as_str().unwrap_or_default().to_string(),
+                    i["revision"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        listed.sort();
+        listed
+    }
+}
+
+/// Polls `read` until `done` holds (or fails after [`WAIT`] naming `what`); the last value.
+fn wait_for<T>(what: &str, mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let mut last = None;
+    let ok = eventually(WAIT, || {
+        let value = read();
+        let ok = done(&value);
+        last = Some(value);
+        ok
+    });
+    assert!(ok, "{what}");
+    last.unwrap()
+}
+
+#[test]
+fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_district() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(&dir.path().join("nats"));
+    let url = nats.url();
+    let rt = tokio_runtime();
+    let js = rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+        // As the districts' NATS sinks create it.
+        js.get_or_create_stream(stream::Config {
+            name: "SKYNET_INCIDENTS".into(),
+            subjects: vec!["skynet.incidents.>".into(), "skynet.grid_risk.>".into()],
+            duplicate_window: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    });
+
+    // Before the console starts: two north incidents (the second's revision 2 before its
+    // revision 1, as a failover's replay may order them), one south.
+    rt.block_on(async {
+        publish(&js, "north", &revision("inc-n1", 1, "G-0101")).await;
+        publish(&js, "north", &revision("inc-n2", 2, "G-0102")).await;
+        publish(&js, "north", &revision("inc-n2", 1, "G-0102")).await;
+        publish(&js, "south", &revision("inc-s1", 1, "G-0201")).await;
+    });
+
+    let state = dir.path().join("console");
+    std::fs::create_dir_all(&state).unwrap();
+    let listen = free_port();
+    let config = common::pipeline_config(&state, &config_text(&state, &url, listen));
+    let token = {
+        let store = ConsoleStore::open(&state.join("outbox.sqlite")).unwrap();
+        let user = User {
+            name: "ana".into(),
+            role: skynet_serve::console::Role::Operator,
+            department: None,
+            owner: None,
+        };
+        store
+            .put_user(&user, "a long and unguessable passphrase 7f3k")
+            .unwrap();
+        store
+            .issue_token("ana", TokenKind::Api, Some("test"), None)
+            .unwrap()
+    };
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let run: JoinHandle<Result<skynet::RunSummary, String>> = std::thread::spawn(move || {
+        pipeline::run(
+            &config,
+            RunOptions {
+                shutdown: stop,
+                wait_for_shutdown: true,
+                role: Role::Console,
+                ..RunOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+    });
+    // Plain HTTP; reqwest is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        base: format!("http://{listen}"),
+        token,
+    };
+
+    let all = wait_for(
+        "the console lists the three incidents of both districts",
+        || rt.block_on(api.incidents("")),
+        |listed| listed.len() == 3,
+    );
+    assert_eq!(
+        all,
+        [
+            ("inc-n1".to_string(), "north".to_string(), 1),
+            ("inc-n2".to_string(), "north".to_string(), 2),
+            ("inc-s1".to_string(), "south".to_string(), 1),
+        ],
+        "each with its district; the latest revision of inc-n2 kept over the older one after it"
+    );
+    let north = rt.block_on(api.incidents("?district=north"));
+    assert_eq!(
+        north
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["inc-n1", "inc-n2"]
+    );
+    let south = rt.block_on(api.incidents("?district=south"));
+    assert_eq!(
+        south
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["inc-s1"]
+    );
+    assert!(rt.block_on(api.incidents("?district=east")).is_empty());
+
+    // A new event while it runs, and one again (the same event id): shown once.
+    rt.block_on(async {
+        publish(&js, "south", &revision("inc-s2", 1, "G-0202")).await;
+        publish(&js, "south", &revision("inc-s1", 1, "G-0201")).await;
+    });
+    let south = wait_for(
+        "the south incident published while running is shown",
+        || rt.block_on(api.incidents("?district=south")),
+        |listed| listed.len() == 2,
+    );
+    assert_eq!(south[0], ("inc-s1".to_string(), "south".to_string(), 1));
+
+    // The Sources view: the cluster's members, and no node running the camera.
+    let cameras = wait_for(
+        "the Sources view shows this console as a member of the cluster",
+        || {
+            rt.block_on(api.get("/api/v1/cameras"))
+                .unwrap_or(Value::Null)
+        },
+        |c| {
+            c["cluster"]["members"]["console"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|n| n == "city-console-1"))
+        },
+    );
+    assert_eq!(cameras["cluster"]["name"], "city");
+    assert_eq!(cameras["cameras"][0]["id"], "cam-1");
+    assert!(cameras["cameras"][0]["node"].is_null(), "{cameras}");
+
+    // An acknowledgement goes out as a signed case-status event on [cases]; the scorer's
+    // revision (here published as a scorer would) is what the console then shows.
+    let ack = {
+        let (client, base, token) = (api.client.clone(), api.base.clone(), api.token.clone());
+        rt.spawn(async move {
+            client
+                .post(format!("{base}/api/v1/incidents/inc-n1/ack"))
+                .bearer_auth(token)
+                .header("Content-Type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let (subject, body, signature) = rt.block_on(async {
+        // The console creates the stream when it sends, if no scorer has yet.
+        let until = tokio::time::Instant::now() + WAIT;
+        let mut stream = loop {
+            if let Ok(stream) = js.get_stream("SKYNET_CASES").await {
+                break stream;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the console sends the acknowledgement on [cases]"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = stream.info().await;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let message = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("the acknowledgement is sent as a case-status event")
+            .unwrap()
+            .unwrap();
+        let signature = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Skynet-Signature"))
+            .map(|v| v.as_str().to_string());
+        (
+            message.subject.to_string(),
+            message.payload.to_vec(),
+            signature,
+        )
+    });
+    assert_eq!(subject, "skynet.cases.inc-n1");
+    let intake = skynet_risk::case_status::CaseIntake {
+        subject_prefix: "skynet.cases".into(),
+        sources: ["skynet-console".to_string()].into(),
+        secret: Some(skynet_core::Secret::from(SECRET.to_string())),
+        departments: Default::default(),
+    };
+    let event = intake
+        .check(&subject, &body, signature.as_deref())
+        .expect("signed with [cases] secret, from the console's source");
+    assert_eq!(
+        event.status.status,
+        skynet_core::IncidentState::Acknowledged
+    );
+    assert_eq!(event.status.assignee.as_deref(), Some("ana"));
+    // The scorer applies it: revision 2, acknowledged, as feedback.
+    let mut applied = revision("inc-n1", 2, "G-0101");
+    applied.state = skynet_core::IncidentState::Acknowledged;
+    applied.change = skynet_core::IncidentChange::Feedback;
+    rt.block_on(publish(&js, "north", &applied));
+    let answer: Value = serde_json::from_str(&rt.block_on(ack).unwrap()).unwrap();
+    let north = wait_for(
+        "the scorer's revision is shown",
+        || rt.block_on(api.incidents("?district=north")),
+        |listed| listed.first().is_some_and(|(_, _, r)| *r == 2),
+    );
+    assert_eq!(north[0].0, "inc-n1");
+    assert_eq!(answer["incident"]["acknowledged"]["by"], "ana", "{answer}");
+
+    shutdown.trigger();
+    run.join().unwrap().unwrap();
+}
