@@ -2,6 +2,8 @@
 //! - `three_level`: the city hub and two district leaf nodes of deploy/three-level/, each a
 //!   nats-server of the test's own on spare ports (stopped by its pid), with JetStream domains,
 //!   the city's stream sourcing the districts', and a cut link that catches up;
+//! - `three_level_console`: the same three levels with a `--role console` skynet process on
+//!   the hub, listing the districts' incidents by district and catching up after a cut link;
 //! - `manifests`: deploy/kubernetes/*.yaml against Kubernetes' schemas (kubernetes-validate),
 //!   and the city's roles in them (skynet-city.yaml);
 //! - `compose`: deploy/compose-city.yaml's roles and NATS cluster, deploy/compose.yaml's single
@@ -13,3 +15,4 @@ mod common;
 mod compose;
 mod manifests;
 mod three_level;
+mod three_level_console;

@@ -15,17 +15,17 @@ use async_nats::jetstream::{self, stream};
 
 use crate::common::{eventually, free_port, read_stream_in, repo};
 
-const STREAM: &str = "SKYNET_INCIDENTS";
+pub(super) const STREAM: &str = "SKYNET_INCIDENTS";
 /// How long any one condition may take before the test fails: the sources retry every few
 /// seconds after a link comes back, so this is a guard, not an expected time.
-const GUARD: Duration = Duration::from_secs(60);
+pub(super) const GUARD: Duration = Duration::from_secs(60);
 
 // nats-server parses an environment variable's value as a config value: quotes, spaces or
 // `#` in a password break the parse (deploy/three-level/README.md says so).
-const CITY_PASSWORD: &str = "city-pw-7f3a";
-const NORTH_LEAF_PASSWORD: &str = "north-leaf-pw";
-const SOUTH_LEAF_PASSWORD: &str = "south-leaf-pw";
-const SKYNET_PASSWORD: &str = "skynet-pw";
+pub(super) const CITY_PASSWORD: &str = "city-pw-7f3a";
+pub(super) const NORTH_LEAF_PASSWORD: &str = "north-leaf-pw";
+pub(super) const SOUTH_LEAF_PASSWORD: &str = "south-leaf-pw";
+pub(super) const SKYNET_PASSWORD: &str = "skynet-pw";
 
 /// `text` with each `from` replaced by its `to`; each must occur exactly once, so an edit of
 /// the committed file that the test no longer matches fails here rather than testing
@@ -44,7 +44,7 @@ fn rewrite(name: &str, text: &str, replacements: &[(&str, String)]) -> String {
 }
 
 /// One nats-server of the test's own, started from a rewritten config; killed by its pid.
-struct Server {
+pub(super) struct Server {
     name: &'static str,
     config: PathBuf,
     client_port: u16,
@@ -54,7 +54,7 @@ struct Server {
 }
 
 impl Server {
-    fn new(
+    pub(super) fn new(
         dir: &Path,
         name: &'static str,
         committed: &str,
@@ -78,7 +78,7 @@ impl Server {
         server
     }
 
-    fn start(&mut self) {
+    pub(super) fn start(&mut self) {
         // Debian puts it in /usr/sbin, which a non-root user's PATH may lack.
         let bin = if Path::new("/usr/sbin/nats-server").exists() {
             "/usr/sbin/nats-server"
@@ -108,14 +108,14 @@ impl Server {
     }
 
     /// SIGKILL, as a crash or a cut cable: nothing is flushed or said goodbye.
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.client_port)
     }
 }
@@ -126,7 +126,7 @@ impl Drop for Server {
     }
 }
 
-async fn connect(url: &str, user: &str, password: &str) -> async_nats::Client {
+pub(super) async fn connect(url: &str, user: &str, password: &str) -> async_nats::Client {
     async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         .connect(url)
         .await
@@ -134,7 +134,7 @@ async fn connect(url: &str, user: &str, password: &str) -> async_nats::Client {
 }
 
 /// Waits for `check` to hold, polling; fails with `what` after the guard.
-async fn until<F, Fut>(what: &str, mut check: F)
+pub(super) async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -147,7 +147,7 @@ where
 }
 
 /// Messages in `stream` of the domain `js` speaks to (0 when it cannot be asked now).
-async fn count(js: &jetstream::Context, name: &str) -> u64 {
+pub(super) async fn count(js: &jetstream::Context, name: &str) -> u64 {
     match js.get_stream(name).await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,

@@ -1,0 +1,437 @@
+//! The city console on the three levels of deploy/three-level/: a `skynet run --role console`
+//! process connected to the city hub (its `[cluster] url` the hub, as user `city`) projects
+//! the city's SKYNET_INCIDENTS, which sources each district's. Incident CloudEvents are
+//! published into each district's own stream, with the source `skynet/north` or
+//! `skynet/south`, as a district's scorers' NATS sinks publish them. The console lists them
+//! with their district and filters by it; then the hub is killed (the districts' links cut),
+//! the districts go on taking incidents and revisions, and once the hub is back the console
+//! shows every incident of both, each once, at its latest revision.
+//!
+//! A district's cluster runs in its own domain beside the city's: its members (KV
+//! `skynet_members`, whose subjects `$KV.skynet_members.>` are the same in every domain) are
+//! not the city's, and the city console's are not the district's.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use serde_json::Value;
+use skynet_cluster::{ClusterConfig, Membership, Role};
+use skynet_core::{Incident, RiskEvent};
+use skynet_emit::CloudEvent;
+
+use super::three_level::{
+    CITY_PASSWORD, GUARD, NORTH_LEAF_PASSWORD, SKYNET_PASSWORD, SOUTH_LEAF_PASSWORD, STREAM,
+    Server, connect, until,
+};
+use crate::common::{
+    eventually, free_port, incident_revision, repo, skynet_bin, spawn_logged_with_env, terminate,
+};
+
+const PASSPHRASE: &str = "a long and unguessable passphrase 9q2w";
+
+/// The console's config: the hub as its cluster (user `city`), the cluster named `city`.
+fn console_config(dir: &Path, hub: &str, listen: SocketAddr) -> std::path::PathBuf {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+    let url = hub.replace("nats://", &format!("nats://city:{CITY_PASSWORD}@"));
+    let text = format!(
+        r#"
+[node]
+name = "city-console-1"
+
+[cluster]
+url = "{url}"
+name = "city"
+failover_s = 3
+
+[api]
+listen = "{listen}"
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+# A district edge's camera: no edge of the city runs it.
+[[cameras]]
+id = "cam-1"
+owner = "police"
+uri = "rtsp://127.0.0.1:9/cam"
+grid = "G-0101"
+"#,
+        grids = esc(&repo().join("configs/demo-grids.geojson")),
+        model = esc(&repo().join("models/yolox_nano.toml")),
+        dir = esc(dir),
+    );
+    let path = dir.join("console.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `skynet ARGS` with `input` on stdin; its stdout, once it succeeded.
+fn skynet(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(skynet_bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "skynet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn revision(id: &str, revision: u32, grid: &str) -> Incident {
+    match incident_revision(id, revision, grid) {
+        RiskEvent::Incident(incident) => incident,
+        RiskEvent::GridRisk(_) => unreachable!(),
+    }
+}
+
+/// Publishes revision `n` of `id` in `district`'s own stream, as its scorers' NATS sink
+/// does (source `skynet/<district>`, the CloudEvent id as `Nats-Msg-Id`), acknowledged by
+/// the district's JetStream whether or not its link to the city is up.
+async fn publish(js: &jetstream::Context, district: &str, id: &str, n: u32, grid: &str) {
+    let incident = revision(id, n, grid);
+    let event = CloudEvent::incident(district, &incident);
+    assert_eq!(event.source, format!("skynet/{district}"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.as_str());
+    headers.insert("ce-source", event.source.as_str());
+    let subject = format!("skynet.incidents.{}.{}", incident.grid, incident.category);
+    let ack = js
+        .publish_with_headers(subject, headers, serde_json::to_vec(&event).unwrap().into())
+        .await
+        .unwrap_or_else(|e| panic!("{district}: publish {id}/{n}: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("{district}: no ack for {id}/{n}: {e}"));
+    assert!(!ack.duplicate, "{district}: {id}/{n} stored once");
+}
+
+/// The console's API, with a token of an operator added by `skynet users`.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    /// The console process's log so far, for a failure's message.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Option<Value> {
+        let answer = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        serde_json::from_str(&answer.text().await.ok()?).ok()
+    }
+
+    /// Each incident listed at `query`: id -> (district, revision); an id listed twice
+    /// fails.
+    async fn incidents(&self, query: &str) -> BTreeMap<String, (String, u64)> {
+        let Some(page) = self.get(&format!("/api/v1/incidents{query}")).await else {
+            return BTreeMap::new();
+        };
+        let mut listed = BTreeMap::new();
+        for i in page["incidents"].as_array().into_iter().flatten() {
+            let id = i["id"].as_str().unwrap_or_default().to_string();
+            let district = i["district"].as_str().unwrap_or_default().to_string();
+            let revision = i["revision"].as_u64().unwrap_or_default();
+            let before = listed.insert(id.clone(), (district, revision));
+            assert!(before.is_none(), "{id} listed twice at {query}: {page}");
+        }
+        listed
+    }
+
+    /// Waits until the console lists exactly `expected` at `query`.
+    async fn wait_for(&self, query: &str, expected: &BTreeMap<String, (String, u64)>, when: &str) {
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            let listed = self.incidents(query).await;
+            if &listed == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{when}: the console lists at `{query}`\n{listed:?}\ninstead of\n{expected:?}\n{}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What `all` holds of `district`.
+fn of(all: &BTreeMap<String, (String, u64)>, district: &str) -> BTreeMap<String, (String, u64)> {
+    all.iter()
+        .filter(|(_, (d, _))| d == district)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub_port, leaf_port, hub_http) =
+        (free_port().port(), free_port().port(), free_port().port());
+    let hub_store = dir.path().join("city");
+    let mut hub = Server::new(
+        dir.path(),
+        "city-hub",
+        "city-hub.conf",
+        &[
+            (
+                "listen: 0.0.0.0:4222",
+                format!("listen: 127.0.0.1:{hub_port}"),
+            ),
+            ("http: 0.0.0.0:8222", format!("http: 127.0.0.1:{hub_http}")),
+            (
+                "listen: 0.0.0.0:7422",
+                format!("listen: 127.0.0.1:{leaf_port}"),
+            ),
+            (
+                "\"/data/city\"",
+                format!("{:?}", hub_store.display().to_string()),
+            ),
+        ],
+        hub_port,
+        vec![
+            ("CITY_NATS_PASSWORD", CITY_PASSWORD.into()),
+            ("NORTH_LEAF_PASSWORD", NORTH_LEAF_PASSWORD.into()),
+            ("SOUTH_LEAF_PASSWORD", SOUTH_LEAF_PASSWORD.into()),
+        ],
+    );
+    let district = |name: &'static str, leaf_password: &str| {
+        let (port, http) = (free_port().port(), free_port().port());
+        let store = dir.path().join(name);
+        Server::new(
+            dir.path(),
+            name,
+            &format!("district-{name}.conf"),
+            &[
+                ("listen: 0.0.0.0:4222", format!("listen: 127.0.0.1:{port}")),
+                ("http: 0.0.0.0:8222", format!("http: 127.0.0.1:{http}")),
+                (
+                    &format!("\"/data/{name}\""),
+                    format!("{:?}", store.display().to_string()),
+                ),
+            ],
+            port,
+            vec![
+                ("SKYNET_NATS_PASSWORD", SKYNET_PASSWORD.into()),
+                (
+                    "CITY_LEAF_URL",
+                    format!("nats-leaf://{name}:{leaf_password}@127.0.0.1:{leaf_port}"),
+                ),
+            ],
+        )
+    };
+    let north = district("north", NORTH_LEAF_PASSWORD);
+    let south = district("south", SOUTH_LEAF_PASSWORD);
+    let rt = crate::common::tokio_runtime();
+
+    // Each district's stream in its own domain, as its sink makes it; the city's by the
+    // committed script once the hub reaches both domains.
+    let districts = rt.block_on(async {
+        let plan = skynet_emit::NatsSinkConfig::for_url("nats://unused").stream_plan();
+        let mut districts = Vec::new();
+        for (name, server) in [("north", &north), ("south", &south)] {
+            let client = connect(&server.url(), "skynet", SKYNET_PASSWORD).await;
+            let js = jetstream::with_domain(client.clone(), name);
+            js.get_or_create_stream(stream::Config {
+                name: plan.name.clone(),
+                subjects: plan.subjects.clone(),
+                max_age: plan.max_age,
+                duplicate_window: plan.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: create {STREAM}: {e}"));
+            districts.push((name, client, js));
+        }
+        let hub_client = connect(&hub.url(), "city", CITY_PASSWORD).await;
+        for (name, _, _) in &districts {
+            let remote = jetstream::with_domain(hub_client.clone(), *name);
+            until(&format!("the hub reaches the {name} domain"), || async {
+                remote.get_stream(STREAM).await.is_ok()
+            })
+            .await;
+        }
+        districts
+    });
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/three-level/create-city-streams.sh"))
+        .env("CITY_NATS_URL", format!("127.0.0.1:{hub_port}"))
+        .env("CITY_NATS_PASSWORD", CITY_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "create-city-streams.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A district cluster's member (a north scorer), in the north domain.
+    let north_member = rt.block_on(async {
+        let config = ClusterConfig {
+            name: "north".into(),
+            failover_s: 3.0,
+            ..ClusterConfig::default()
+        };
+        Membership::join(&districts[0].1, &config, "north-scorer-1", Role::Scorer)
+            .await
+            .unwrap_or_else(|e| panic!("north: join its cluster: {e}"))
+    });
+
+    // Before the console starts, two north incidents and one south.
+    let mut expected: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    rt.block_on(async {
+        for (id, grid) in [("north-inc-1", "G-0101"), ("north-inc-2", "G-0102")] {
+            publish(&districts[0].2, "north", id, 1, grid).await;
+            expected.insert(id.into(), ("north".into(), 1));
+        }
+        publish(&districts[1].2, "south", "south-inc-1", 1, "G-0201").await;
+        expected.insert("south-inc-1".into(), ("south".into(), 1));
+    });
+
+    // The city console: an operator added by `skynet users`, then the process.
+    let state = dir.path().join("console");
+    std::fs::create_dir_all(&state).unwrap();
+    let listen = free_port();
+    let config = console_config(&state, &hub.url(), listen);
+    let config_arg = config.to_str().unwrap();
+    skynet(
+        &[
+            "users", "add", "ana", "--role", "operator", "--config", config_arg,
+        ],
+        &format!("{PASSPHRASE}\n"),
+    );
+    let token = skynet(&["users", "token", "ana", "--config", config_arg], "")
+        .trim()
+        .to_string();
+    let (mut console, log) = spawn_logged_with_env(&config, &["--role", "console"], &[]);
+    // Plain HTTP; reqwest is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://{listen}"),
+        token,
+        log: std::sync::Arc::clone(&log),
+    };
+    let log_of = || log.lock().unwrap().clone();
+
+    rt.block_on(async {
+        // Linked: both districts' incidents, each with its district, filtered by it.
+        api.wait_for("", &expected, "linked").await;
+        api.wait_for("?district=north", &of(&expected, "north"), "linked")
+            .await;
+        api.wait_for("?district=south", &of(&expected, "south"), "linked")
+            .await;
+        assert!(api.incidents("?district=east").await.is_empty());
+        // One published while the console runs.
+        publish(&districts[1].2, "south", "south-inc-2", 1, "G-0202").await;
+        expected.insert("south-inc-2".into(), ("south".into(), 1));
+        api.wait_for(
+            "?district=south",
+            &of(&expected, "south"),
+            "linked, while running",
+        )
+        .await;
+    });
+    assert!(
+        eventually(GUARD, || rt
+            .block_on(api.get("/api/v1/cameras"))
+            .is_some_and(|c| c["cluster"]["members"]["console"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|n| n == "city-console-1")))),
+        "the console is a member of the city's cluster\n{}",
+        log_of()
+    );
+    // Each level's cluster is its own: the north scorer is not a member of the city, the
+    // city console not one of north.
+    let cameras = rt.block_on(api.get("/api/v1/cameras")).unwrap();
+    assert!(
+        cameras["cluster"]["members"]["scorer"]
+            .as_array()
+            .is_none_or(|m| m.is_empty()),
+        "the city's cluster has no scorer of its own: {}",
+        cameras["cluster"]
+    );
+    assert!(
+        north_member.members(Role::Console).is_empty(),
+        "north's cluster has no console: {:?}",
+        north_member.members(Role::Console)
+    );
+
+    // The link is cut (the hub dies); each district goes on: new incidents, and a new
+    // revision of one the city holds.
+    hub.kill();
+    rt.block_on(async {
+        for i in 3..=6 {
+            let id = format!("north-inc-{i}");
+            publish(&districts[0].2, "north", &id, 1, "G-0101").await;
+            expected.insert(id, ("north".into(), 1));
+        }
+        publish(&districts[0].2, "north", "north-inc-1", 2, "G-0101").await;
+        expected.insert("north-inc-1".into(), ("north".into(), 2));
+        publish(&districts[1].2, "south", "south-inc-3", 1, "G-0201").await;
+        publish(&districts[1].2, "south", "south-inc-2", 2, "G-0202").await;
+        expected.insert("south-inc-3".into(), ("south".into(), 1));
+        expected.insert("south-inc-2".into(), ("south".into(), 2));
+    });
+
+    // Back: the city's sources resume, the console reconnects and catches up, nothing lost.
+    hub.start();
+    rt.block_on(async {
+        api.wait_for("", &expected, "after the link came back")
+            .await;
+        api.wait_for(
+            "?district=north",
+            &of(&expected, "north"),
+            "after the link came back",
+        )
+        .await;
+        api.wait_for(
+            "?district=south",
+            &of(&expected, "south"),
+            "after the link came back",
+        )
+        .await;
+    });
+    // Its log handle goes first: terminate waits for the reader to drop the last other one.
+    drop(api);
+    let (status, log) = terminate(&mut console, &log);
+    assert!(
+        status.success(),
+        "the console stops cleanly: {status}\n{log}"
+    );
+    rt.block_on(async {
+        let _ = north_member.leave().await;
+    });
+}
