@@ -7,7 +7,13 @@
 //! - `kill -9` of the edge running cam-safety-03: the other edge runs it within
 //!   `failover_s`;
 //! - `kill -9` of the scorer owning G-0201 mid-leak: the incident goes on under its id on
-//!   the other scorer, and no event id is in SKYNET_INCIDENTS twice with different content.
+//!   the other scorer, and no event id is in SKYNET_INCIDENTS twice with different content;
+//! - a rolling restart (SIGTERM each process in turn, start it again, wait until it is a
+//!   live member of its role) while cam-safety-03's observations flow loses none: what the
+//!   edges published over every incarnation (each logs it as it stops) is the stream's
+//!   observations, once each, and the scorers' logs of what they applied for the cells they
+//!   owned (`skynet_bus_applied_total`, each logged at debug with its stream sequence) cover
+//!   every one, a replay after a handover counted once.
 
 mod common;
 
