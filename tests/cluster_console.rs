@@ -4,7 +4,9 @@
 //! scorers' NATS sinks would (or the city hub's stream sourcing them); the console lists
 //! each with its district, filters by it, keeps the latest revision of each incident
 //! whatever order revisions come in, and sends an acknowledgement as a signed case-status
-//! event on `[cases]` instead of applying it, showing the revision that comes back.
+//! event on `[cases]` instead of applying it, showing the revision that comes back. With a
+//! real scorer beside it (NATS sink into SKYNET_INCIDENTS, `[cases]` with the same secret),
+//! the console's acknowledgement is applied by the scorer and its revision comes back.
 
 mod common;
 
@@ -145,6 +147,61 @@ fn wait_for<T>(what: &str, mut read: impl FnMut() -> T, done: impl Fn(&T) -> boo
     last.unwrap()
 }
 
+/// A console-role pipeline with its state in `state` and the user `ana` (an operator), and
+/// its API as `ana`.
+fn start_console(
+    state: &Path,
+    url: &str,
+) -> (
+    Shutdown,
+    JoinHandle<Result<skynet::RunSummary, String>>,
+    Api,
+) {
+    std::fs::create_dir_all(state).unwrap();
+    let listen = free_port();
+    let config = common::pipeline_config(state, &config_text(state, url, listen));
+    let token = {
+        let store = ConsoleStore::open(&state.join("outbox.sqlite")).unwrap();
+        let user = User {
+            name: "ana".into(),
+            role: skynet_serve::console::Role::Operator,
+            department: None,
+            owner: None,
+        };
+        store
+            .put_user(&user, "a long and unguessable passphrase 7f3k")
+            .unwrap();
+        store
+            .issue_token("ana", TokenKind::Api, Some("test"), None)
+            .unwrap()
+    };
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let run = std::thread::spawn(move || {
+        pipeline::run(
+            &config,
+            RunOptions {
+                shutdown: stop,
+                wait_for_shutdown: true,
+                role: Role::Console,
+                ..RunOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+    });
+    // Plain HTTP; reqwest is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        base: format!("http://{listen}"),
+        token,
+    };
+    (shutdown, run, api)
+}
+
 #[test]
 fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_district() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,49 +231,7 @@ fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_distri
         publish(&js, "south", &revision("inc-s1", 1, "G-0201")).await;
     });
 
-    let state = dir.path().join("console");
-    std::fs::create_dir_all(&state).unwrap();
-    let listen = free_port();
-    let config = common::pipeline_config(&state, &config_text(&state, &url, listen));
-    let token = {
-        let store = ConsoleStore::open(&state.join("outbox.sqlite")).unwrap();
-        let user = User {
-            name: "ana".into(),
-            role: skynet_serve::console::Role::Operator,
-            department: None,
-            owner: None,
-        };
-        store
-            .put_user(&user, "a long and unguessable passphrase 7f3k")
-            .unwrap();
-        store
-            .issue_token("ana", TokenKind::Api, Some("test"), None)
-            .unwrap()
-    };
-    let shutdown = Shutdown::new();
-    let stop = shutdown.clone();
-    let run: JoinHandle<Result<skynet::RunSummary, String>> = std::thread::spawn(move || {
-        pipeline::run(
-            &config,
-            RunOptions {
-                shutdown: stop,
-                wait_for_shutdown: true,
-                role: Role::Console,
-                ..RunOptions::default()
-            },
-        )
-        .map_err(|e| e.to_string())
-    });
-    // Plain HTTP; reqwest is built without a default crypto provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let api = Api {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-        base: format!("http://{listen}"),
-        token,
-    };
+    let (shutdown, run, api) = start_console(&dir.path().join("console"), &url);
 
     let all = wait_for(
         "the console lists the three incidents of both districts",
@@ -363,4 +378,169 @@ fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_distri
 
     shutdown.trigger();
     run.join().unwrap().unwrap();
+}
+
+/// A scorer of cluster `city` with a NATS sink into SKYNET_INCIDENTS and `[cases]` with the
+/// console's secret.
+fn scorer_text(dir: &Path, url: &str) -> String {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[node]
+name = "scorer-1"
+
+[cluster]
+url = "{url}"
+name = "city"
+failover_s = 3
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+
+[risk]
+half_life_s = 600
+close_after_s = 600
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+[[sinks]]
+kind = "nats"
+url = "{url}"
+
+[cases]
+url = "{url}"
+sources = ["case-system"]
+secret = "{SECRET}"
+
+# The edges' camera: a scorer runs none.
+[[cameras]]
+id = "cam-1"
+owner = "police"
+uri = "rtsp://127.0.0.1:9/cam"
+grid = "G-0101"
+"#,
+        grids = esc(&repo().join("configs/demo-grids.geojson")),
+        model = esc(&repo().join("models/yolox_nano.toml")),
+        dir = esc(dir),
+    )
+}
+
+#[test]
+fn an_acknowledgement_in_the_city_console_is_applied_by_the_scorer_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(&dir.path().join("nats"));
+    let url = nats.url();
+    let rt = tokio_runtime();
+    let cluster = skynet_cluster::ClusterConfig::for_url(url.clone());
+    let mut client = None;
+    assert!(
+        eventually(WAIT, || {
+            client = rt.block_on(skynet_cluster::connect(&cluster)).ok();
+            client.is_some()
+        }),
+        "the private nats-server takes connections"
+    );
+    let client = client.unwrap();
+    rt.block_on(skynet_cluster::bus::observation_stream(&client, &cluster))
+        .unwrap();
+    let js = {
+        let _in = rt.enter();
+        jetstream::new(client.clone())
+    };
+
+    let scorer_dir = dir.path().join("scorer");
+    std::fs::create_dir_all(&scorer_dir).unwrap();
+    let scorer_config = common::pipeline_config(&scorer_dir, &scorer_text(&scorer_dir, &url));
+    let scorer_stop = Shutdown::new();
+    let scorer = {
+        let stop = scorer_stop.clone();
+        std::thread::spawn(move || {
+            pipeline::run(
+                &scorer_config,
+                RunOptions {
+                    shutdown: stop,
+                    wait_for_shutdown: true,
+                    role: Role::Scorer,
+                    ..RunOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())
+        })
+    };
+    let (shutdown, run, api) = start_console(&dir.path().join("console"), &url);
+
+    // Gas in G-0101: the scorer opens an incident, its NATS sink publishes it.
+    let observation = skynet_core::Observation {
+        at: chrono::Utc::now(),
+        source: skynet_core::SourceRef::sensor(&skynet_core::DeviceId::new("gas-1")),
+        grid: skynet_core::GridId::new("G-0101"),
+        category: "gas_leak".into(),
+        weight: 0.6,
+        confidence: 1.0,
+        evidence: Default::default(),
+    };
+    let listed = wait_for(
+        "the scorer's incident reaches the city console, district `city`",
+        || {
+            // Published until the scorer owns the cell and has taken it (a message before
+            // it joined is read too: its consumer starts at the stream's beginning).
+            if rt.block_on(api.incidents("")).is_empty() {
+                rt.block_on(async {
+                    js.publish(
+                        skynet_cluster::bus::observation_subject("G-0101"),
+                        serde_json::to_vec(&observation).unwrap().into(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                });
+            }
+            rt.block_on(api.incidents("?district=city"))
+        },
+        |listed| !listed.is_empty(),
+    );
+    let (id, _, before) = listed[0].clone();
+    let answer = rt.block_on(async {
+        api.client
+            .post(format!("{}/api/v1/incidents/{id}/ack", api.base))
+            .bearer_auth(&api.token)
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["incident"]["acknowledged"]["by"], "ana", "{answer}");
+    let state = |detail: &Value| {
+        (
+            detail["incident"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            detail["incident"]["revision"].as_u64().unwrap_or_default(),
+        )
+    };
+    wait_for(
+        "the scorer applies the console's acknowledgement and its revision comes back",
+        || {
+            rt.block_on(api.get(&format!("/api/v1/incidents/{id}")))
+                .map(|d| state(&d))
+                .unwrap_or_default()
+        },
+        |(state, revision)| state == "acknowledged" && *revision > before,
+    );
+
+    shutdown.trigger();
+    run.join().unwrap().unwrap();
+    scorer_stop.trigger();
+    scorer.join().unwrap().unwrap();
 }
