@@ -150,6 +150,9 @@ const en = {
 
   'sources.title': 'Sources',
   'sources.cameras': 'Cameras',
+  'sources.cluster': 'Cluster {name}: {members}',
+  'sources.runsOn': 'on {node}',
+  'sources.noNode': 'no edge runs it',
   'sources.sensors': 'Sensors',
   'sources.noCameras': 'No cameras configured.',
   'sources.noSensors': 'No sensors configured.',
@@ -429,6 +432,9 @@ const zh = {
 
   'sources.title': '设备',
   'sources.cameras': '摄像头',
+  'sources.cluster': '集群 {name}：{members}',
+  'sources.runsOn': '运行于 {node}',
+  'sources.noNode': '无边缘节点运行',
   'sources.sensors': '传感器',
   'sources.noCameras': '未配置摄像头。',
   'sources.noSensors': '未配置传感器。',

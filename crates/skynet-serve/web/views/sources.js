@@ -29,12 +29,14 @@ export function mount(container) {
   const cameraBody = h('tbody', { testid: 'camera-rows' });
   const sensorBody = h('tbody', { testid: 'sensor-rows' });
   const cameraStatus = h('p', { class: 'muted' }, t('common.loading'));
+  // A cluster's console only: the live members of each role.
+  const clusterLine = h('p', { class: 'muted', testid: 'cluster-members', hidden: true });
   const sensorStatus = h('p', { class: 'muted' }, t('common.loading'));
 
   container.append(
     h('h1', { tabindex: '-1', class: 'page-title' }, t('sources.title')),
     h('section', { class: 'panel', 'aria-labelledby': 'camera-heading' },
-      h('h2', { id: 'camera-heading' }, t('sources.cameras')), cameraStatus,
+      h('h2', { id: 'camera-heading' }, t('sources.cameras')), clusterLine, cameraStatus,
       h('div', { class: 'table-scroll' }, h('table', { class: 'table sources' },
         h('caption', { class: 'visually-hidden' }, t('sources.cameras')), headerRow(CAMERA_COLUMNS, 'sources.camera'), cameraBody))),
     h('section', { class: 'panel', 'aria-labelledby': 'sensor-heading' },
@@ -87,7 +89,10 @@ export function mount(container) {
       h('th', { scope: 'row' }, camera.id),
       h('td', {}, camera.grid ?? '–'),
       h('td', {}, label('owner', camera.owner)),
-      h('td', {}, h('span', { class: `badge camera-state state-${camera.state}` }, label('cameraState', camera.state))),
+      h('td', {}, h('span', { class: `badge camera-state state-${camera.state}` }, label('cameraState', camera.state)),
+        // A cluster's console only: which edge runs it (its lease).
+        camera.node !== undefined && h('span', { class: 'muted', testid: 'camera-node' }, ' ',
+          camera.node ? t('sources.runsOn', { node: camera.node }) : t('sources.noNode'))),
       h('td', { class: 'number' }, camera.fps == null ? '–' : formatNumber(camera.fps, 1)),
       h('td', { class: 'number' }, formatNumber(camera.frames_decoded, 0)),
       h('td', { class: 'number' }, formatNumber(camera.frames_dropped, 0)),
@@ -142,6 +147,15 @@ export function mount(container) {
     if (controller.signal.aborted) return;
     if (cameraResult.status === 'fulfilled') {
       const list = cameraResult.value.cameras;
+      const cluster = cameraResult.value.cluster;
+      clusterLine.hidden = !cluster;
+      if (cluster) {
+        clusterLine.textContent = t('sources.cluster', {
+          name: cluster.name,
+          members: Object.entries(cluster.members ?? {})
+            .map(([role, nodes]) => `${role}: ${nodes.length ? nodes.join(', ') : '–'}`).join(' · '),
+        });
+      }
       const sameRows = list.length === cameras.size && list.every((camera) => cameras.has(camera.id));
       cameras.clear();
       list.forEach((camera) => cameras.set(camera.id, camera));
