@@ -297,16 +297,19 @@ fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A district cluster's member (a north scorer), in the north domain.
-    let north_member = rt.block_on(async {
-        let config = ClusterConfig {
-            name: "north".into(),
-            failover_s: 3.0,
-            ..ClusterConfig::default()
-        };
-        Membership::join(&districts[0].1, &config, "north-scorer-1", Role::Scorer)
-            .await
-            .unwrap_or_else(|e| panic!("north: join its cluster: {e}"))
+    // A member of each district's cluster (a scorer), in the district's domain.
+    let [north_member, south_member] = [0, 1].map(|d| {
+        let (name, client, _) = &districts[d];
+        rt.block_on(async {
+            let config = ClusterConfig {
+                name: name.to_string(),
+                failover_s: 3.0,
+                ..ClusterConfig::default()
+            };
+            Membership::join(client, &config, &format!("{name}-scorer-1"), Role::Scorer)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: join its cluster: {e}"))
+        })
     });
 
     // Before the console starts, two north incidents and one south.
@@ -373,8 +376,9 @@ fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link()
         "the console is a member of the city's cluster\n{}",
         log_of()
     );
-    // Each level's cluster is its own: the north scorer is not a member of the city, the
-    // city console not one of north.
+    // Each level's cluster is its own (joined seconds ago, heartbeats every second): the
+    // districts' scorers are not members of the city or of each other's cluster, the city
+    // console not one of a district's.
     let cameras = rt.block_on(api.get("/api/v1/cameras")).unwrap();
     assert!(
         cameras["cluster"]["members"]["scorer"]
@@ -383,11 +387,18 @@ fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link()
         "the city's cluster has no scorer of its own: {}",
         cameras["cluster"]
     );
-    assert!(
-        north_member.members(Role::Console).is_empty(),
-        "north's cluster has no console: {:?}",
-        north_member.members(Role::Console)
-    );
+    for (name, member) in [("north", &north_member), ("south", &south_member)] {
+        assert!(
+            member.members(Role::Console).is_empty(),
+            "{name}'s cluster has no console: {:?}",
+            member.members(Role::Console)
+        );
+        assert_eq!(
+            member.members(Role::Scorer),
+            [format!("{name}-scorer-1")],
+            "{name}'s cluster has its own scorer only"
+        );
+    }
 
     // The link is cut (the hub dies); each district goes on: new incidents, and a new
     // revision of one the city holds.
@@ -433,5 +444,6 @@ fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link()
     );
     rt.block_on(async {
         let _ = north_member.leave().await;
+        let _ = south_member.leave().await;
     });
 }
