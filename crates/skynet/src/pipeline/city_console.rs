@@ -569,6 +569,74 @@ mod tests {
     use super::*;
     use skynet_core::IncidentState;
 
+    fn incident(id: &str, revision: u32) -> skynet_core::Incident {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "revision": revision, "status": "opened", "state": "open",
+            "change": "opened", "category": "gas_leak", "level": "II", "level_colour": "orange",
+            "risk_score": 0.7, "confidence": 1.0, "grid": "G-1", "department": "fire",
+            "deadlines": {}, "owner": "safety_production",
+            "first_seen": "2026-11-27T08:00:00Z", "last_seen": "2026-11-27T08:00:00Z",
+            "observations": 1, "detections": [], "rule": {"name": "co-leak", "kind": "threshold"},
+        }))
+        .unwrap()
+    }
+
+    fn cell(revision: u64) -> skynet_core::GridRisk {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("g-1/{revision}"), "grid": "G-1", "revision": revision, "level": "II",
+            "level_colour": "orange", "previous_level": null, "score": 0.7,
+            "at": "2026-11-27T10:00:00Z", "categories": {}, "incidents": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_projection_keeps_the_latest_revisions_and_ignores_older_and_repeated_ones() {
+        let mut projection = Projection::open(std::path::Path::new(":memory:")).unwrap();
+        let inc = |district: &str, id: &str, revision| {
+            OutboxEvent::Incident(skynet_emit::CloudEvent::incident(
+                district,
+                &incident(id, revision),
+            ))
+        };
+        let grid = |revision| {
+            OutboxEvent::GridRisk(skynet_emit::CloudEvent::grid_risk("north", &cell(revision)))
+        };
+        let live = projection
+            .apply(vec![
+                inc("north", "a", 2),
+                inc("north", "a", 1),
+                inc("south", "b", 1),
+                grid(2),
+                grid(1),
+            ])
+            .unwrap();
+        assert_eq!(
+            live.len(),
+            3,
+            "a/2, b/1 and the cell's revision 2: {live:?}"
+        );
+        // Again, as after a restart: nothing new; a newer revision is.
+        assert!(
+            projection
+                .apply(vec![inc("north", "a", 2), grid(2)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            projection.apply(vec![inc("north", "a", 3)]).unwrap().len(),
+            1
+        );
+        let outbox = &projection.outbox;
+        assert_eq!(outbox.incident("a").unwrap().unwrap().revision, 3);
+        let districts = outbox.incident_districts(&["a", "b"]).unwrap();
+        assert_eq!(
+            (districts["a"].as_str(), districts["b"].as_str()),
+            ("north", "south")
+        );
+        assert_eq!(outbox.latest_grid_risk().unwrap()[0].revision, 2);
+    }
+
     #[test]
     fn a_console_status_change_is_a_case_status_event_the_intake_takes() {
         let mut settings = CasesSettings::for_url("nats://127.0.0.1:4222");
