@@ -72,13 +72,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A reading taken off the bus, as the scorer's [`SensorStage`] processes it: the MQTT
 /// message as the edge received it (no broker ack: the bus has its own), and the cell and
-/// sensor its subject names (the only sensor whose records of it count).
+/// sensor its subject names (the only sensor whose records of it count), and its stream
+/// sequence (the stage's checkpoints say how far each cell's readings are covered).
 #[derive(Debug)]
 pub struct BusReading {
     pub subject: String,
     pub grid: String,
     pub sensor: String,
     pub message: MqttMessage,
+    /// Its SKYNET_OBSERVATIONS sequence (0 where none is known).
+    pub seq: u64,
 }
 
 /// Why a message on a reading subject is not a reading.
@@ -145,7 +148,8 @@ pub fn reading_headers(
 
 /// A message of the bus on a reading subject (`skynet.readings.<grid>.<sensor>`), back as
 /// the MQTT message the edge validated: its topic and receipt time from the headers, no
-/// broker ack. Pure: whether the sensor is configured here is the sensor stage's check.
+/// broker ack, and sequence 0 (the caller sets it). Pure: whether the sensor is configured
+/// here is the sensor stage's check.
 pub fn reading_input(
     subject: &str,
     headers: Option<&HeaderMap>,
@@ -187,6 +191,7 @@ pub fn reading_input(
             received_at,
             ack: None,
         },
+        seq: 0,
     })
 }
 
@@ -205,26 +210,54 @@ pub struct BusReadings {
 pub struct SensorStageGone;
 
 impl BusReadings {
-    /// Parses a message of a reading subject ([`reading_input`]) and queues it for the
-    /// sensor stage, in the order given (give a cell's readings in stream order). A message
+    /// Parses a message of a reading subject ([`reading_input`]), stream sequence `seq`, and
+    /// queues it for the sensor stage, in the order given (give a cell's readings in stream
+    /// order). A message
     /// that is not a reading, or whose sensor is not configured here or in another cell, is
     /// refused with a warning naming its subject and reason and counted in
     /// `skynet_bus_refused_total{kind="reading"}`: `Ok` all the same, nothing else stops.
     /// Waits while the stage's queue is full. `Err` only once the stage has gone.
     pub async fn send(
         &self,
+        seq: u64,
         subject: &str,
         headers: Option<&HeaderMap>,
         payload: bytes::Bytes,
     ) -> Result<(), SensorStageGone> {
         match self.parse(subject, headers, payload) {
-            Some(reading) => self
-                .tx
-                .send(SensorInput::Bus(reading))
-                .await
-                .map_err(|_| SensorStageGone),
+            Some(mut reading) => {
+                reading.seq = seq;
+                self.tx
+                    .send(SensorInput::Bus(reading))
+                    .await
+                    .map_err(|_| SensorStageGone)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Cells taken over from another scorer: their sensors' rules go on from the memory
+    /// saved with them (`rules`, by sensor; a sensor without any starts afresh). Send it
+    /// before the cells' replayed readings.
+    pub async fn restore(
+        &self,
+        cells: BTreeSet<String>,
+        rules: std::collections::BTreeMap<String, SensorRulesState>,
+    ) -> Result<(), SensorStageGone> {
+        self.tx
+            .send(SensorInput::Restore { cells, rules })
+            .await
+            .map_err(|_| SensorStageGone)
+    }
+
+    /// Everything of the bus up to `seq` has been handed on (the intake's `mark`-th
+    /// position): the stage's next checkpoint says so once it has processed what came
+    /// before.
+    pub async fn position(&self, mark: u64, seq: u64) -> Result<(), SensorStageGone> {
+        self.tx
+            .send(SensorInput::Position { mark, seq })
+            .await
+            .map_err(|_| SensorStageGone)
     }
 
     /// The cells this scorer owns now (`None`: every cell). Liveness (`sensor_offline`) is
@@ -796,8 +829,80 @@ mod tests {
         stage.checkpoint(&mut |e| events.push(e));
         assert!(matches!(
             events.last(),
-            Some(SensorEvent::Checkpoint { acks: None, rules }) if rules.iter().any(|(s, _)| s == "gas-07")
+            Some(SensorEvent::Checkpoint { acks: None, rules, .. }) if rules.iter().any(|(s, _)| s == "gas-07")
         ));
+    }
+
+    /// The rules' memory a checkpoint carries, restored in another stage (a successor
+    /// taking the cell), goes on: a `for_s` streak begun at one scorer fires at the other
+    /// once the whole 10 s have passed. Each checkpoint says how far each cell's readings
+    /// (by stream sequence) and the intake's positions are covered.
+    #[test]
+    fn a_streak_goes_on_in_the_stage_that_takes_the_cell_over() {
+        let config = city();
+        let mqtt = config.mqtt.as_ref().unwrap();
+        let start = Utc::now() - chrono::Duration::seconds(60);
+        let leaks = |events: &[SensorEvent]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, SensorEvent::Observation(o) if o.category == "gas_leak"))
+                .count()
+        };
+        let reading = |v: f64, s: i64, seq: u64| {
+            let mut r = published("gas-07", "G-0201", v, start + chrono::Duration::seconds(s));
+            r.seq = seq;
+            SensorInput::Bus(r)
+        };
+        // Scorer A: 60 ppm for 4 s of the rule's 10.
+        let mut a = SensorStage::new(mqtt, &config.sensors, None);
+        let mut events = Vec::new();
+        for (s, seq) in [(0, 3), (4, 7)] {
+            a.process(reading(60.0, s, seq), &mut |e| events.push(e));
+        }
+        a.process(SensorInput::Position { mark: 1, seq: 8 }, &mut |e| {
+            events.push(e)
+        });
+        a.checkpoint(&mut |e| events.push(e));
+        assert_eq!(leaks(&events), 0);
+        let Some(SensorEvent::Checkpoint { rules, bus, .. }) = events.pop() else {
+            panic!("a checkpoint");
+        };
+        assert_eq!(
+            bus.cells,
+            std::collections::BTreeMap::from([("G-0201".to_string(), 7)])
+        );
+        assert_eq!(bus.position, Some((1, 8)));
+        let saved: std::collections::BTreeMap<_, _> = rules.into_iter().collect();
+        assert!(saved.contains_key("gas-07"), "{saved:?}");
+
+        // Without the memory, 8 s more of 60 ppm is not enough.
+        let mut fresh = SensorStage::new(mqtt, &config.sensors, None);
+        let mut events = Vec::new();
+        for (s, seq) in [(6, 9), (12, 10)] {
+            fresh.process(reading(60.0, s, seq), &mut |e| events.push(e));
+        }
+        assert_eq!(leaks(&events), 0, "a streak of 6 s only");
+
+        // Scorer B takes the cell with A's memory: the streak began at A's first reading.
+        let mut b = SensorStage::new(mqtt, &config.sensors, None);
+        let mut events = Vec::new();
+        b.process(
+            SensorInput::Restore {
+                cells: BTreeSet::from(["G-0201".to_string()]),
+                rules: saved,
+            },
+            &mut |e| events.push(e),
+        );
+        // The memory restored goes out with the next checkpoint, even before a reading.
+        b.checkpoint(&mut |e| events.push(e));
+        assert!(matches!(
+            events.last(),
+            Some(SensorEvent::Checkpoint { rules, .. }) if rules.iter().any(|(s, r)| s == "gas-07" && !r.is_empty())
+        ));
+        for (s, seq) in [(6, 9), (12, 10)] {
+            b.process(reading(60.0, s, seq), &mut |e| events.push(e));
+        }
+        assert_eq!(leaks(&events), 1, "{events:?}");
     }
 
     #[test]

@@ -295,17 +295,17 @@ impl RulesAndRisk {
                     let _span = tracing::debug_span!("observe", source = %observation.source.id, grid = %observation.grid, seq).entered();
                     revisions.extend(self.observe(&observation));
                 }
-                super::scorer::BusInput::Position(seq) => {
+                super::scorer::BusInput::Position { mark, seq } => {
                     if let Some(bus) = &mut self.bus {
-                        bus.cells.position(seq);
+                        bus.cells.position(mark, seq);
                     }
                     // The floor goes out with the next periodic commit.
                     self.dirty = true;
                 }
-                super::scorer::BusInput::Rebuild { owned, taken } => {
+                super::scorer::BusInput::Rebuild { owned, taken, mark } => {
                     self.commit(std::mem::take(&mut revisions))?;
                     let Some(bus) = &mut self.bus else { break };
-                    self.engine = bus.cells.rebuild(owned, taken);
+                    self.engine = bus.cells.rebuild(owned, taken, mark);
                     self.dirty = true;
                 }
             }
@@ -390,9 +390,14 @@ impl RulesAndRisk {
             }
             SensorEvent::Fault(fault) => self.observe(&fault.observation()),
             SensorEvent::Recovered { device, at } => self.recover(&device, SENSOR_OFFLINE, at),
-            SensorEvent::Checkpoint { acks, rules } => {
-                if !rules.is_empty() {
+            SensorEvent::Checkpoint { acks, rules, bus } => {
+                if !rules.is_empty() || !bus.is_empty() {
                     self.dirty = true;
+                }
+                // At a scorer: the memory goes with its sensor's cell, and the cells'
+                // readings count as applied up to what this checkpoint covers.
+                if let Some(intake) = &mut self.bus {
+                    intake.cells.sensor_checkpoint(&rules, bus);
                 }
                 for (sensor, state) in rules {
                     if state.is_empty() {

@@ -45,6 +45,7 @@ use skynet_risk::state::EngineRows;
 
 use super::PipelineError;
 use super::cluster::ClusterNode;
+use super::sensors::{BusProgress, SensorRulesState};
 use crate::config::PipelineConfig;
 
 /// What the intake hands the rules-and-risk stage, in stream order.
@@ -55,25 +56,34 @@ pub(crate) enum BusInput {
         seq: u64,
         observation: Box<Observation>,
     },
-    /// Everything of the stream up to this sequence that concerns this scorer has been
-    /// handed on: once committed and delivered, the scorer's floor (see [`Floor`]).
-    Position(u64),
+    /// Everything of the stream up to `seq` that concerns this scorer has been handed on
+    /// (the intake's `mark`-th position; the readings' stage gets the same): once the sensor
+    /// stage has passed it too, committed and delivered, the scorer's floor (see [`Floor`]).
+    Position { mark: u64, seq: u64 },
     /// Ownership changed: rebuild the engine for `owned`, taking `taken` (cells newly owned,
-    /// as the KV had them; a cell the KV has nothing of starts empty).
+    /// as the KV had them; a cell the KV has nothing of starts empty). Positions up to
+    /// `mark` concern the cells owned before.
     Rebuild {
         owned: BTreeSet<String>,
         taken: BTreeMap<String, CellRecord>,
+        mark: u64,
     },
 }
 
-/// One cell's saved state in KV `skynet_cells` (`cell.<grid>`): the stream sequence applied
-/// for it, the engine's small global part (version, node, clock), and the engine's rows of
-/// the cell. Its JSON is read by other scorers (other builds in a rolling upgrade): fields
-/// change only with care.
+/// One cell's saved state in KV `skynet_cells` (`cell.<grid>`): the stream sequences applied
+/// for it (its observations', its readings'), the engine's small global part (version,
+/// node, clock), the engine's rows of the cell, and the memory of its sensors' rules. Its
+/// JSON is read by other scorers (other builds in a rolling upgrade): fields change only
+/// with care.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CellRecord {
-    /// The last SKYNET_OBSERVATIONS sequence whose message for this cell the rows hold.
+    /// The last SKYNET_OBSERVATIONS sequence whose observation for this cell the rows hold.
     pub seq: u64,
+    /// The last sequence up to which every reading of this cell is in the rows and in
+    /// `sensors` (a reading goes through the sensor stage first, so this may trail `seq`).
+    /// `None`: a record of a build before readings had their own (`seq` counts for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings: Option<u64>,
     /// The engine's meta row (`EngineRows::meta`) at the save.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<String>,
@@ -83,6 +93,17 @@ pub(crate) struct CellRecord {
     /// The cell's incident-id rows, by key (the IncidentKey JSON).
     #[serde(default)]
     pub ids: BTreeMap<String, String>,
+    /// The rules' memory of each of the cell's sensors that has some (a `for_s` streak, a
+    /// rate window, flapping history), by sensor: a successor's sensor rules go on from it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensors: BTreeMap<String, SensorRulesState>,
+}
+
+impl CellRecord {
+    /// The sequence up to which the cell's readings are applied.
+    pub(crate) fn readings_seq(&self) -> u64 {
+        self.readings.unwrap_or(self.seq)
+    }
 }
 
 /// A scorer's floor in KV `skynet_cells` (`scorer.<node>`): every cell in `cells` has its
@@ -191,10 +212,17 @@ pub(crate) struct ScorerCells {
     /// The engine's meta row at the last commit.
     meta: Option<String>,
     saver: crossbeam_channel::Sender<Stored>,
-    /// The intake's last [`BusInput::Position`] since the rebuild, and whether the next
-    /// commit carries it as the floor.
-    position: Option<u64>,
+    /// The intake's last [`BusInput::Position`] since the rebuild (`(mark, seq)`), the
+    /// last the sensor stage passed (`readings`: only with a sensor stage, whose readings
+    /// must be covered too), and whether the next commit carries the floor.
+    position: Option<(u64, u64)>,
+    sensor_position: Option<(u64, u64)>,
+    readings: bool,
+    /// Positions up to this mark concern the cells owned before the last rebuild.
+    rebuilt_at: u64,
     floor_due: bool,
+    /// Each configured sensor's cell: its rules' memory is saved with it.
+    sensor_grids: BTreeMap<String, String>,
     /// Makes a fresh engine (a rebuild).
     new_engine: Box<dyn Fn() -> Box<dyn RiskEngine> + Send>,
     lag: BTreeMap<String, metrics::Gauge>,
@@ -232,10 +260,70 @@ impl ScorerCells {
         tracing::debug!(seq, grid, "bus observation applied");
     }
 
-    /// The intake has handed on everything up to `seq`: the next commit carries the floor.
-    pub(crate) fn position(&mut self, seq: u64) {
-        self.position = Some(seq);
-        self.floor_due = true;
+    /// The intake has handed on everything up to `seq`: the next commit carries the floor
+    /// (once the sensor stage has passed it too).
+    pub(crate) fn position(&mut self, mark: u64, seq: u64) {
+        if mark > self.rebuilt_at {
+            self.position = Some((mark, seq));
+            self.floor_due = true;
+        }
+    }
+
+    /// A sensor stage checkpoint: the memory of the rules that changed goes with their
+    /// sensors' cells, and each cell's readings are applied up to the sequence it covers
+    /// (the evidence it sent before is in the engine now, the next commit holds it).
+    pub(crate) fn sensor_checkpoint(
+        &mut self,
+        rules: &[(String, SensorRulesState)],
+        bus: BusProgress,
+    ) {
+        for (sensor, state) in rules {
+            let Some(record) = self
+                .sensor_grids
+                .get(sensor)
+                .and_then(|grid| self.cells.get_mut(grid))
+            else {
+                continue;
+            };
+            let changed = if state.is_empty() {
+                record.sensors.remove(sensor).is_some()
+            } else {
+                record
+                    .sensors
+                    .insert(sensor.clone(), state.clone())
+                    .as_ref()
+                    != Some(state)
+            };
+            if changed && let Some(grid) = self.sensor_grids.get(sensor) {
+                self.dirty.insert(grid.clone());
+            }
+        }
+        for (grid, seq) in bus.cells {
+            if let Some(record) = self.cells.get_mut(&grid)
+                && seq > record.readings_seq()
+            {
+                record.readings = Some(seq);
+                self.dirty.insert(grid);
+            }
+        }
+        if let Some((mark, seq)) = bus.position
+            && mark > self.rebuilt_at
+        {
+            self.sensor_position = Some((mark, seq));
+            self.floor_due = true;
+        }
+    }
+
+    /// How far the floor may go: the intake's last position that both the bus's path and
+    /// (with sensors) the sensor stage's have passed.
+    fn reached(&self) -> Option<u64> {
+        if !self.readings {
+            return self.position.map(|(_, seq)| seq);
+        }
+        match (self.position, self.sensor_position) {
+            (Some(bus), Some(sensors)) => Some(if bus.0 <= sensors.0 { bus.1 } else { sensors.1 }),
+            _ => None,
+        }
     }
 
     /// `skynet_cluster_observation_lag_seconds{grid}`: how far behind the observation's
@@ -298,7 +386,7 @@ impl ScorerCells {
                 self.dirty.insert(grid);
             }
         }
-        let floor = match (self.floor_due, self.position) {
+        let floor = match (self.floor_due, self.reached()) {
             (true, Some(seq)) => Some(Floor {
                 seq,
                 cells: self.owned.iter().cloned().collect(),
@@ -334,13 +422,17 @@ impl ScorerCells {
         &mut self,
         owned: BTreeSet<String>,
         taken: BTreeMap<String, CellRecord>,
+        mark: u64,
     ) -> Box<dyn RiskEngine> {
         let mut cells: BTreeMap<String, CellRecord> = BTreeMap::new();
         for grid in &owned {
             let record = match (self.cells.remove(grid), taken.get(grid)) {
                 (Some(kept), _) => kept,
                 (None, Some(saved)) => saved.clone(),
-                (None, None) => CellRecord::default(),
+                (None, None) => CellRecord {
+                    readings: Some(0),
+                    ..CellRecord::default()
+                },
             };
             cells.insert(grid.clone(), record);
         }
@@ -409,6 +501,8 @@ impl ScorerCells {
         self.meta = meta;
         // Positions from before concern the cells owned before.
         self.position = None;
+        self.sensor_position = None;
+        self.rebuilt_at = self.rebuilt_at.max(mark);
         self.floor_due = false;
         self.publish_incidents();
         engine
@@ -487,6 +581,7 @@ pub(crate) fn start(
     })?;
     let (tx, rx) = crossbeam_channel::bounded(BUS_QUEUE);
     let (save_tx, save_rx) = crossbeam_channel::unbounded();
+    let with_readings = readings.is_some();
     let owned = Arc::new(RwLock::new(BTreeSet::new()));
     let intake = Intake {
         node: node.membership.node().to_string(),
@@ -498,6 +593,7 @@ pub(crate) fn start(
         tx,
         readings,
         skip_readings: BTreeMap::new(),
+        marks: 0,
         owned: Arc::clone(&owned),
         shutdown: shutdown.clone(),
     };
@@ -526,7 +622,15 @@ pub(crate) fn start(
         meta: None,
         saver: save_tx,
         position: None,
+        sensor_position: None,
+        readings: with_readings,
+        rebuilt_at: 0,
         floor_due: false,
+        sensor_grids: config
+            .sensors
+            .iter()
+            .map(|s| (s.spec.id.to_string(), s.placement.grid.to_string()))
+            .collect(),
         new_engine: Box::new(move || {
             Box::new(skynet_risk::GridRiskEngine::new(
                 risk.clone(),
@@ -561,9 +665,13 @@ struct Intake {
     /// Where readings of owned cells go (the sensor stage, `readings.rs`); `None` without
     /// `[mqtt]` sensors in the config.
     readings: Option<super::readings::BusReadings>,
-    /// Each taken cell's saved sequence: its readings at or below it were applied by the
-    /// cell's previous owner (observations are skipped so in the stage, with the rows).
+    /// Each owned cell's readings at or below this were applied already: by the cell's
+    /// previous owner (a taken cell's saved sequence for readings) or handed to this
+    /// scorer's sensor stage before a rebuild (a kept cell). Observations are skipped so
+    /// in the stage, with the rows.
     skip_readings: BTreeMap<String, u64>,
+    /// Positions handed on so far (each a mark: see [`BusInput::Position`]).
+    marks: u64,
     owned: Arc<RwLock<BTreeSet<String>>>,
     shutdown: Shutdown,
 }
@@ -590,6 +698,9 @@ impl Intake {
         let mut assignments =
             Assignments::new(self.node.clone(), Role::Scorer, self.items.iter().cloned());
         let mut owned: BTreeSet<String> = BTreeSet::new();
+        // The cells of the last rebuild handed on (`owned` is emptied to force a new one
+        // when the consumer fails; the stage and the sensor stage still hold these).
+        let mut held: BTreeSet<String> = BTreeSet::new();
         let mut watched: BTreeSet<String> = BTreeSet::new();
         let mut messages: Option<Messages> = None;
         // The last sequence handed on: a restart for a rebuild goes on after it.
@@ -624,6 +735,8 @@ impl Intake {
                     messages = None;
                     match self.rebuild(&owned, &mine, last, &previous).await {
                         Some((start, taken)) => {
+                            // What the consumers so far handed on (of the cells kept).
+                            let handed = if held.is_empty() { 0 } else { last };
                             before.clone_from(&view.members);
                             // The new consumer's messages from here on.
                             last = start - 1;
@@ -637,23 +750,55 @@ impl Intake {
                                 .collect();
                             *self.owned.write().unwrap_or_else(PoisonError::into_inner) =
                                 owned.clone();
+                            // A kept cell's readings up to `handed` went to the sensor stage
+                            // already (the new consumer may start before that, for a taken
+                            // cell): not again.
                             self.skip_readings.retain(|g, _| owned.contains(g));
-                            for (grid, record) in &taken {
-                                self.skip_readings.insert(grid.clone(), record.seq);
+                            for grid in owned.intersection(&held) {
+                                let skip = self.skip_readings.entry(grid.clone()).or_default();
+                                *skip = (*skip).max(handed);
                             }
-                            if let Some(readings) = &self.readings
-                                && readings
+                            // Cells new to the stages (the stage keeps its own rows of the
+                            // others, and the sensor stage their rules' memory).
+                            let fresh: BTreeMap<&String, &CellRecord> =
+                                taken.iter().filter(|(g, _)| !held.contains(*g)).collect();
+                            for (grid, record) in &fresh {
+                                self.skip_readings
+                                    .insert((*grid).clone(), record.readings_seq());
+                            }
+                            if let Some(readings) = &self.readings {
+                                if readings
                                     .own_cells(Some(owned.iter().cloned().collect()))
                                     .await
                                     .is_err()
-                            {
-                                return;
+                                {
+                                    return;
+                                }
+                                // The taken cells' sensors go on from their saved memory,
+                                // before any of their replayed readings.
+                                if !fresh.is_empty()
+                                    && readings
+                                        .restore(
+                                            fresh.keys().map(|g| (*g).clone()).collect(),
+                                            fresh
+                                                .values()
+                                                .flat_map(|r| r.sensors.clone())
+                                                .collect(),
+                                        )
+                                        .await
+                                        .is_err()
+                                {
+                                    return;
+                                }
                             }
+                            drop(fresh);
+                            held.clone_from(&owned);
                             if !send(
                                 &self.tx,
                                 BusInput::Rebuild {
                                     owned: owned.clone(),
                                     taken,
+                                    mark: self.marks,
                                 },
                             )
                             .await
@@ -700,7 +845,7 @@ impl Intake {
                         since += 1;
                         if since >= POSITION_EVERY && last > sent {
                             (sent, since) = (last, 0);
-                            if !send(&self.tx, BusInput::Position(last)).await {
+                            if !self.position(last).await {
                                 return;
                             }
                         }
@@ -722,7 +867,7 @@ impl Intake {
                     // Quiet: where the stream is, for the floor.
                     if messages.is_some() && last > sent {
                         (sent, since) = (last, 0);
-                        if !send(&self.tx, BusInput::Position(last)).await {
+                        if !self.position(last).await {
                             return;
                         }
                     }
@@ -789,13 +934,27 @@ impl Intake {
                     return None;
                 }
             };
-            record.seq = record
-                .seq
-                .max(floors.get(grid.as_str()).copied().unwrap_or(0));
-            start = start.min(record.seq + 1);
+            let floor = floors.get(grid.as_str()).copied().unwrap_or(0);
+            // A record of an older build: its readings are applied up to its `seq`.
+            record.readings = Some(record.readings_seq().max(floor));
+            record.seq = record.seq.max(floor);
+            start = start.min(record.seq.min(record.readings_seq()) + 1);
             taken.insert(grid.clone(), record);
         }
         Some((start.max(1), taken))
+    }
+
+    /// Hands on a position: to the stage, and to the sensor stage (the floor waits for both
+    /// to have passed it). False once either has gone.
+    async fn position(&mut self, seq: u64) -> bool {
+        self.marks += 1;
+        let mark = self.marks;
+        if let Some(readings) = &self.readings
+            && readings.position(mark, seq).await.is_err()
+        {
+            return false;
+        }
+        send(&self.tx, BusInput::Position { mark, seq }).await
     }
 
     /// An ordered consumer over the whole stream from `start` (NATS 2.9: one filter
@@ -871,7 +1030,12 @@ impl Intake {
                 // Refuses (warns and counts) a malformed one itself.
                 Some(readings) => {
                     return readings
-                        .send(subject, message.headers.as_ref(), message.payload.clone())
+                        .send(
+                            seq,
+                            subject,
+                            message.headers.as_ref(),
+                            message.payload.clone(),
+                        )
                         .await
                         .is_ok();
                 }
@@ -1146,7 +1310,11 @@ mod tests {
             meta: None,
             saver,
             position: None,
+            sensor_position: None,
+            readings: false,
+            rebuilt_at: 0,
             floor_due: false,
+            sensor_grids: BTreeMap::new(),
             new_engine: Box::new(|| {
                 Box::new(skynet_risk::GridRiskEngine::new(
                     skynet_risk::RiskConfig::default(),
@@ -1188,7 +1356,7 @@ mod tests {
     fn owned_cells_are_saved_and_restored_and_neighbours_are_neither_emitted_nor_saved() {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let mut cells = cells(tx);
-        let mut engine = cells.rebuild(BTreeSet::from(["G-1".to_string()]), BTreeMap::new());
+        let mut engine = cells.rebuild(BTreeSet::from(["G-1".to_string()]), BTreeMap::new(), 0);
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert!(cells.accept(5, "G-1"));
         let mut events = engine.observe(&gas("G-1", at));
@@ -1223,7 +1391,7 @@ mod tests {
         assert!(record.meta.is_some());
         assert!(cells.incidents.read().unwrap().contains(&id));
         // A position: the next commit carries the floor over the owned cells, once.
-        cells.position(9);
+        cells.position(1, 9);
         let floor = cells
             .record(&commit(engine.as_mut()), 0)
             .unwrap()
@@ -1244,6 +1412,7 @@ mod tests {
         let engine = successor.rebuild(
             BTreeSet::from(["G-1".to_string()]),
             BTreeMap::from([(grid.clone(), record.clone())]),
+            0,
         );
         assert_eq!(engine.open_incidents(), 1);
         assert!(engine.incident_owner(&id).is_some());
@@ -1298,8 +1467,125 @@ mod tests {
             meta: Some(r#"{"version":3,"node":"c","clock":null,"last_sweep":null}"#.into()),
             cell: Some("{}".into()),
             ids: BTreeMap::from([("k".into(), "v".into())]),
+            readings: Some(40),
+            sensors: BTreeMap::from([(
+                "gas-07".into(),
+                BTreeMap::from([(
+                    "co-leak".into(),
+                    serde_json::json!({"pending_since": "2026-12-06T10:00:00Z"}),
+                )]),
+            )]),
         };
         let text = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<CellRecord>(&text).unwrap(), record);
+        // A record of an older build (no `readings`): its readings count as applied up to
+        // its `seq`, as that build took them.
+        let old: CellRecord = serde_json::from_str(r#"{"seq":42,"ids":{}}"#).unwrap();
+        assert_eq!((old.readings, old.readings_seq()), (None, 42));
+        assert!(old.sensors.is_empty());
+    }
+
+    /// A cell's readings are applied (and its saved sequence for them goes) only as far as
+    /// a sensor stage checkpoint covers them, whatever its observations' sequence; its
+    /// sensors' rules' memory goes with it; the floor waits for the sensor stage too.
+    #[test]
+    fn a_cells_readings_and_sensor_memory_are_saved_as_far_as_the_sensor_stage_covers_them() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut cells = cells(tx);
+        cells.readings = true;
+        cells.sensor_grids = BTreeMap::from([
+            ("gas-1".to_string(), "G-1".to_string()),
+            ("gas-2".to_string(), "G-2".to_string()),
+        ]);
+        let mut engine = cells.rebuild(BTreeSet::from(["G-1".to_string()]), BTreeMap::new(), 0);
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        // Reading 10 is on its way through the sensor stage; observation 11 is applied.
+        assert!(cells.accept(11, "G-1"));
+        engine.observe(&gas("G-1", at));
+        let saves = cells.record(&commit(engine.as_mut()), 0).unwrap();
+        let record = &saves.stored.saves[0].1;
+        assert_eq!(record.seq, 11);
+        assert_eq!(
+            record.readings_seq(),
+            0,
+            "reading 10 is not applied until the sensor stage says so"
+        );
+        assert!(record.sensors.is_empty());
+        // The checkpoint after reading 10 (and a neighbour's sensor, not saved here).
+        let streak = BTreeMap::from([("co".to_string(), serde_json::json!({"active": true}))]);
+        cells.sensor_checkpoint(
+            &[
+                ("gas-1".to_string(), streak.clone()),
+                ("gas-2".to_string(), streak.clone()),
+            ],
+            BusProgress {
+                cells: BTreeMap::from([("G-1".to_string(), 10), ("G-2".to_string(), 12)]),
+                position: None,
+            },
+        );
+        let saves = cells.record(&commit(engine.as_mut()), 0).unwrap();
+        assert_eq!(saves.stored.saves.len(), 1);
+        let (grid, record) = &saves.stored.saves[0];
+        assert_eq!(
+            (grid.as_str(), record.seq, record.readings),
+            ("G-1", 11, Some(10))
+        );
+        assert_eq!(
+            record.sensors,
+            BTreeMap::from([("gas-1".to_string(), streak)])
+        );
+        // An empty memory: nothing left to keep.
+        cells.sensor_checkpoint(
+            &[("gas-1".to_string(), BTreeMap::new())],
+            BusProgress::default(),
+        );
+        let saves = cells.record(&commit(engine.as_mut()), 0).unwrap();
+        assert!(saves.stored.saves[0].1.sensors.is_empty());
+
+        // The floor: the intake's position 20 is applied by the stage, but the sensor stage
+        // has passed only position 1 (seq 15): the floor goes to 15, then to 20.
+        cells.position(1, 15);
+        cells.position(2, 20);
+        assert!(
+            cells.record(&commit(engine.as_mut()), 0).is_none(),
+            "no floor before the sensor stage passes a position"
+        );
+        cells.sensor_checkpoint(
+            &[],
+            BusProgress {
+                cells: BTreeMap::new(),
+                position: Some((1, 15)),
+            },
+        );
+        let floor = cells
+            .record(&commit(engine.as_mut()), 0)
+            .unwrap()
+            .stored
+            .floor;
+        assert_eq!(floor.map(|f| f.seq), Some(15));
+        cells.sensor_checkpoint(
+            &[],
+            BusProgress {
+                cells: BTreeMap::new(),
+                position: Some((2, 20)),
+            },
+        );
+        let floor = cells
+            .record(&commit(engine.as_mut()), 0)
+            .unwrap()
+            .stored
+            .floor;
+        assert_eq!(floor.map(|f| f.seq), Some(20));
+        // After a rebuild, positions from before it do not count.
+        let _engine = cells.rebuild(BTreeSet::from(["G-1".to_string()]), BTreeMap::new(), 2);
+        cells.position(3, 30);
+        cells.sensor_checkpoint(
+            &[],
+            BusProgress {
+                cells: BTreeMap::new(),
+                position: Some((2, 25)),
+            },
+        );
+        assert!(cells.reached().is_none());
     }
 }

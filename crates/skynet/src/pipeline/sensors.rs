@@ -20,7 +20,7 @@
 //! [`CHECKPOINT_AFTER`] old, at least every [`CHECKPOINT_EVERY`] messages, before the thread
 //! parks (nothing processed ever waits for more input), and at the end.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,11 +53,33 @@ pub enum SensorEvent {
     /// Everything sent before this is the effect of the messages `acks` acknowledges: ack
     /// them once a commit made after it is stored. `rules`: the rules' memory of each
     /// sensor whose readings changed it since the last checkpoint (an empty map: nothing
-    /// left to keep), for the saved state.
+    /// left to keep), for the saved state. `bus`: at a scorer, how far this covers the
+    /// bus (empty otherwise).
     Checkpoint {
         acks: Option<ReadingAcks>,
         rules: Vec<(String, SensorRulesState)>,
+        bus: BusProgress,
     },
+}
+
+/// What of the bus a scorer's sensor stage has processed by a checkpoint: everything it
+/// sent before the checkpoint is the effect of these readings, so a commit made after the
+/// checkpoint holds them, and a cell's saved sequence for readings may go up to here (and
+/// never past a reading whose evidence is still on its way).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BusProgress {
+    /// Each cell's highest reading sequence processed since the last checkpoint (refused
+    /// ones included: their effect is nothing).
+    pub cells: BTreeMap<String, u64>,
+    /// The latest position marker passed since the last checkpoint
+    /// ([`SensorInput::Position`]): `(mark, seq)`.
+    pub position: Option<(u64, u64)>,
+}
+
+impl BusProgress {
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty() && self.position.is_none()
+    }
 }
 
 /// One sensor's rules' memory, by rule name ([`skynet_detect::SensorRules::state`]).
@@ -85,6 +107,20 @@ pub enum SensorInput {
     /// `None`: every sensor (the default). Liveness is checked only for theirs, each from
     /// when its cell became this process's.
     Cells(Option<HashSet<String>>),
+    /// Cells a scorer takes over: the rules of each of their sensors start afresh, with the
+    /// memory their previous owner saved with the cell (`rules`, by sensor) where there is
+    /// some. Sent before the cells' replayed readings; the next checkpoint carries the
+    /// memory restored, so the cells' saved state has it even before a reading changes it.
+    Restore {
+        cells: BTreeSet<String>,
+        rules: BTreeMap<String, SensorRulesState>,
+    },
+    /// The scorer's intake has handed on everything of the bus up to `seq` (its `mark`-th
+    /// position): the next checkpoint carries it back ([`BusProgress::position`]).
+    Position {
+        mark: u64,
+        seq: u64,
+    },
 }
 
 impl From<MqttMessage> for SensorInput {
@@ -116,6 +152,8 @@ pub struct SensorStage {
     changed: Vec<usize>,
     /// When the last checkpoint went out.
     last_checkpoint: Instant,
+    /// What of the bus was processed since the last checkpoint (a scorer's).
+    bus: BusProgress,
 }
 
 /// One registered sensor's rules, and whether a reading changed them since the checkpoint
@@ -123,6 +161,8 @@ pub struct SensorStage {
 struct SensorSlot {
     id: String,
     rules: SensorRules,
+    /// What its rules are made of (a cell taken over starts them afresh).
+    config: SensorConfig,
     changed: bool,
     /// Its cell, and how often it should speak (`None`: never offline).
     grid: String,
@@ -183,6 +223,7 @@ impl SensorStage {
             let slot = SensorSlot {
                 id: s.spec.id.to_string(),
                 rules: SensorRules::new(s.placement.clone(), s.rules.clone(), now),
+                config: s.clone(),
                 changed: false,
                 grid: s.placement.grid.to_string(),
                 interval: s.placement.expected_interval,
@@ -213,6 +254,7 @@ impl SensorStage {
             since_checkpoint: 0,
             changed: Vec::new(),
             last_checkpoint: Instant::now(),
+            bus: BusProgress::default(),
         }
     }
 
@@ -251,16 +293,19 @@ impl SensorStage {
     /// old. (Before parking, the caller checkpoints regardless.)
     pub fn checkpoint_due(&self, queue_empty: bool) -> bool {
         self.since_checkpoint >= CHECKPOINT_EVERY
-            || (queue_empty
-                && (self.since_checkpoint > 0 || !self.changed.is_empty())
-                && self.last_checkpoint.elapsed() >= CHECKPOINT_AFTER)
+            || (queue_empty && self.pending() && self.last_checkpoint.elapsed() >= CHECKPOINT_AFTER)
+    }
+
+    /// Whether anything waits for a checkpoint.
+    fn pending(&self) -> bool {
+        self.since_checkpoint > 0 || !self.changed.is_empty() || !self.bus.is_empty()
     }
 
     /// Sends what was processed since the last checkpoint to `emit`: the acknowledgements,
     /// behind the evidence, and the memory of the rules that changed. Nothing when nothing
     /// was processed.
     pub fn checkpoint(&mut self, emit: &mut impl FnMut(SensorEvent)) {
-        if self.since_checkpoint == 0 && self.changed.is_empty() {
+        if !self.pending() {
             return;
         }
         self.since_checkpoint = 0;
@@ -280,7 +325,8 @@ impl SensorStage {
             let full = std::mem::replace(pending, fresh);
             (!full.is_empty()).then_some(full)
         });
-        emit(SensorEvent::Checkpoint { acks, rules });
+        let bus = std::mem::take(&mut self.bus);
+        emit(SensorEvent::Checkpoint { acks, rules, bus });
     }
 
     /// Shows each sensor's last reading and offline state on the console.
@@ -293,6 +339,10 @@ impl SensorStage {
     pub fn process(&mut self, input: SensorInput, emit: &mut impl FnMut(SensorEvent)) {
         match input {
             SensorInput::Bus(reading) => {
+                // Processed either way: the cell's readings are covered up to here once the
+                // evidence sent before the next checkpoint is committed.
+                let covered = self.bus.cells.entry(reading.grid.clone()).or_default();
+                *covered = (*covered).max(reading.seq);
                 if let Some(reason) = self.foreign(&reading) {
                     self.bus_refused.increment(1);
                     tracing::warn!(subject = %reading.subject, reason = %reason, "bus reading refused");
@@ -301,6 +351,8 @@ impl SensorStage {
                 self.message(&reading.message, Some(&reading.sensor), emit);
                 self.since_checkpoint += 1;
             }
+            SensorInput::Restore { cells, rules } => self.restore_cells(&cells, rules),
+            SensorInput::Position { mark, seq } => self.bus.position = Some((mark, seq)),
             SensorInput::Cells(cells) => {
                 let now = Utc::now();
                 for slot in &mut self.sensors {
@@ -353,6 +405,45 @@ impl SensorStage {
                 }
             }
         }
+    }
+
+    /// The sensors of `cells` start afresh, each with its memory in `saved` where there is
+    /// some (a scorer taking the cells over); marked changed, so the next checkpoint
+    /// carries what they hold now. What this stage processed of those cells before (an
+    /// earlier time it owned them) is forgotten.
+    fn restore_cells(
+        &mut self,
+        cells: &BTreeSet<String>,
+        mut saved: BTreeMap<String, SensorRulesState>,
+    ) {
+        let now = Utc::now();
+        let mut restored = 0usize;
+        for (i, slot) in self.sensors.iter_mut().enumerate() {
+            if !cells.contains(&slot.grid) {
+                continue;
+            }
+            slot.rules = SensorRules::new(
+                slot.config.placement.clone(),
+                slot.config.rules.clone(),
+                now,
+            );
+            if let Some(state) = saved.remove(&slot.id) {
+                slot.rules.restore(state);
+                restored += 1;
+            }
+            if !slot.changed {
+                slot.changed = true;
+                self.changed.push(i);
+            }
+        }
+        for grid in cells {
+            self.bus.cells.remove(grid);
+        }
+        tracing::info!(
+            cells = cells.len(),
+            sensors = restored,
+            "sensor rules of the cells taken over go on from their saved memory"
+        );
     }
 
     /// Why a bus reading is not this stage's to process: its sensor is not configured
