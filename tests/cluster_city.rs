@@ -453,7 +453,7 @@ fn a_rolling_restart_of_every_process_loses_no_observation() {
         "two edges and two scorers see each other\n{}",
         all_logs(&nodes)
     );
-    // The camera's rules publish observations (people on cam-safety-03, every few seconds).
+    // The camera's rules publish observations (people on cam-safety-03, several a second).
     assert!(
         eventually(WAIT, || !observations_in_stream(&rt, &url).is_empty()),
         "observations flow\n{}",
@@ -485,7 +485,7 @@ fn a_rolling_restart_of_every_process_loses_no_observation() {
     for (i, &(role, name)) in roles.iter().enumerate() {
         stop(&mut nodes[i], role, &mut published, &mut scorer_logs);
         // While it is down the others go on: its camera or its cells move, and what comes
-        // meanwhile is theirs (the process's own state dir waits for it).
+        // meanwhile is theirs.
         let down = observations_in_stream(&rt, &url).len();
         let others: Vec<&Node> = nodes
             .iter()
