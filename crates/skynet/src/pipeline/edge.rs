@@ -227,8 +227,9 @@ impl ObservationPublisher {
 
 impl Drop for ObservationPublisher {
     /// What this publisher got acknowledged over its life (its share of
-    /// `skynet_bus_published_total`), said once it is done, after the stage's last barrier:
-    /// what a rolling restart's audit sums over an edge's incarnations.
+    /// `skynet_bus_published_total`, plus any refused for good, which
+    /// `skynet_bus_publish_refused_total` counts apart), said once it is done, after the
+    /// stage's last barrier: what a rolling restart's audit sums over an edge's incarnations.
     fn drop(&mut self) {
         let done = *self
             .progress
