@@ -61,6 +61,13 @@ pub struct CasesSettings {
     /// The environment variable holding the secret, instead of `secret`.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Not configurable: whether a durable consumer created now starts with the events
+    /// published from then on (a cluster's scorer: its own durable is new when the node is,
+    /// and the events already retained are its peers' business) instead of every event the
+    /// stream retains (a single node, which must apply what came while it was away). An
+    /// existing durable goes on from where it was either way.
+    #[serde(skip)]
+    pub deliver_new: bool,
 }
 
 fn default_stream() -> String {
@@ -119,6 +126,7 @@ impl CasesSettings {
             sources: vec!["case-system".into()],
             secret: None,
             secret_env: None,
+            deliver_new: false,
         }
     }
 
@@ -133,6 +141,8 @@ impl CasesSettings {
 pub struct CaseAck {
     acker: Option<(jetstream::message::Acker, tokio::runtime::Handle)>,
     terminate: bool,
+    /// When JetStream stored the event (`None`: not known, or not from JetStream).
+    published: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for CaseAck {
@@ -163,6 +173,31 @@ impl CaseAck {
         }
     }
 
+    /// Not for this process now, perhaps later (a cluster's scorer that does not hold the
+    /// event's incident yet): JetStream delivers it again after `delay`. Without an answer
+    /// it would come again only after the consumer's `ack_wait`.
+    pub fn retry_in(mut self, delay: Duration) {
+        if let Some((acker, runtime)) = self.acker.take() {
+            runtime.spawn(async move {
+                if let Err(e) = acker.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::debug!(error = %e, "could not defer a case status event; it comes again after ack_wait");
+                }
+            });
+        }
+    }
+
+    /// How long ago JetStream stored the event (`None`: not known).
+    pub fn age(&self) -> Option<Duration> {
+        self.published
+            .map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default())
+    }
+
+    /// The ack of an event JetStream stored at `published` (tests).
+    pub fn published_at(mut self, published: chrono::DateTime<chrono::Utc>) -> Self {
+        self.published = Some(published);
+        self
+    }
+
     /// The event was refused: once its dead letter is committed, JetStream is told not to
     /// deliver it again.
     pub fn refused(mut self) -> Self {
@@ -175,6 +210,7 @@ impl CaseAck {
         Self {
             acker: None,
             terminate: false,
+            published: None,
         }
     }
 }
@@ -303,6 +339,11 @@ async fn consume(
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 filter_subject: settings.filter(),
+                deliver_policy: if settings.deliver_new {
+                    consumer::DeliverPolicy::New
+                } else {
+                    consumer::DeliverPolicy::All
+                },
                 ..Default::default()
             },
         )
@@ -331,8 +372,18 @@ async fn consume(
             None => return Err("the consumer's message stream ended".into()),
         };
         received.increment(1);
-        // The stream sequence: where a refused event's dead letter is kept.
-        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        // The stream sequence: where a refused event's dead letter is kept; the time the
+        // stream stored it: how long a scorer may wait for its incident's cell.
+        let (stream_seq, published) = message
+            .info()
+            .map(|i| {
+                let nanos = i64::try_from(i.published.unix_timestamp_nanos()).ok();
+                (
+                    i.stream_sequence,
+                    nanos.map(chrono::DateTime::from_timestamp_nanos),
+                )
+            })
+            .unwrap_or((0, None));
         let (message, acker) = message.split();
         let signature = message
             .headers
@@ -347,6 +398,7 @@ async fn consume(
             ack: CaseAck {
                 acker: Some((acker, runtime.clone())),
                 terminate: false,
+                published,
             },
         }));
         // The risk stage is busy: wait (JetStream holds the rest), never drop.

@@ -66,6 +66,10 @@ fn describe_own_metrics() {
         "skynet_bus_applied_total",
         "Messages of the SKYNET_OBSERVATIONS stream a scorer applied for the cells it owns, per kind (observation); one replayed after a handover counts again (each is logged at debug with its stream sequence)."
     );
+    describe_counter!(
+        "skynet_case_status_not_owned_total",
+        "Case-status events a scorer took for an incident not in its cells: deferred (delivered again after a third of failover_s, as its cell may be moving to this scorer) or dropped (older than three times failover_s), per outcome."
+    );
     describe_gauge!(
         "skynet_cluster_observation_lag_seconds",
         Unit::Seconds,

@@ -440,10 +440,20 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             let (mut cases, mut to) = (cases.clone(), feedback.clone());
             if let Some(scorer) = &scorer {
                 // Every scorer sees every status event (a consumer of its own) and keeps
-                // those of the incidents in its cells.
+                // those of the incidents in its cells; the others wait a while for a cell
+                // that moves to it. A new scorer's consumer starts at the events to come:
+                // those retained are its peers' (and each would wait out its while here).
                 cases.durable = format!("{}-{}", cases.durable, config.node);
+                cases.deliver_new = true;
                 let (filtered, filtered_rx) = crossbeam_channel::bounded(1024);
-                scorer::filter_case_feedback(filtered_rx, to, Arc::clone(&scorer.incidents))?;
+                let failover =
+                    Duration::from_secs_f64(config.cluster.failover_s.clamp(1.0, 3600.0));
+                scorer::filter_case_feedback(
+                    filtered_rx,
+                    to,
+                    Arc::clone(&scorer.incidents),
+                    scorer::CaseWait::of(failover),
+                )?;
                 to = filtered;
             }
             case_consumer = Some(skynet_emit::spawn_case_consumer(

@@ -1217,16 +1217,43 @@ impl Saver {
     }
 }
 
+/// How long a scorer waits for a status event's incident to come into its cells, from
+/// `[cluster] failover_s`: each such event is deferred (nak'ed, delivered again after
+/// `retry`) until it is `give_up` old, and only then dropped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CaseWait {
+    pub(crate) retry: Duration,
+    pub(crate) give_up: Duration,
+}
+
+impl CaseWait {
+    /// A third of `failover_s` between tries; dropped after three times `failover_s`: a dead
+    /// owner's cells have moved by then (its heartbeat lapses within `failover_s`), and a
+    /// rebalance moves them at once. The intake checks no age of its own on an event.
+    pub(crate) fn of(failover: Duration) -> Self {
+        Self {
+            retry: (failover / 3).max(Duration::from_millis(100)),
+            give_up: failover * 3,
+        }
+    }
+}
+
 /// The case-status feedback of a scorer: each scorer reads every status event (its own
-/// durable consumer), and passes on only those of incidents in cells it owns; the others
-/// are acknowledged and ignored silently (their owner applies them). An event whose
-/// incident is not known to any scorer any more (closed past the cooldown) is ignored by
-/// every one of them.
+/// durable consumer), and passes on only those of incidents in cells it owns. The others
+/// are not its own *now*: their owner may just have died or be handing the cell over, and
+/// the scorer taking the cell must still see the event (a status change acknowledged and
+/// dropped by every scorer in that moment would be lost). So each is deferred (JetStream
+/// delivers it again after `wait.retry`) and dropped (acknowledged, ignored) only once it
+/// is older than `wait.give_up`: by then its owner has it, or no scorer knows the incident
+/// any more (closed past the cooldown).
 pub(crate) fn filter_case_feedback(
     from: crossbeam_channel::Receiver<CaseFeedback>,
     to: crossbeam_channel::Sender<CaseFeedback>,
     incidents: Arc<RwLock<HashSet<String>>>,
+    wait: CaseWait,
 ) -> Result<JoinHandle<()>, PipelineError> {
+    let deferred = metrics::counter!("skynet_case_status_not_owned_total", "outcome" => "deferred");
+    let dropped = metrics::counter!("skynet_case_status_not_owned_total", "outcome" => "dropped");
     std::thread::Builder::new()
         .name("case-filter".into())
         .spawn(move || {
@@ -1239,7 +1266,17 @@ pub(crate) fn filter_case_feedback(
                         .contains(&incident)
                 {
                     if let CaseFeedback::Message(message) = feedback {
-                        message.ack.ack();
+                        // An age not known counts as new: deferred, never dropped unseen.
+                        let age = message.ack.age().unwrap_or_default();
+                        if age < wait.give_up {
+                            tracing::debug!(incident = %incident, seq = message.stream_seq, age = ?age, "case status of an incident not in this scorer's cells; deferred");
+                            deferred.increment(1);
+                            message.ack.retry_in(wait.retry);
+                        } else {
+                            tracing::debug!(incident = %incident, seq = message.stream_seq, age = ?age, "case status of an incident no cell of this scorer took; dropped");
+                            dropped.increment(1);
+                            message.ack.ack();
+                        }
                     }
                     continue;
                 }
@@ -1422,22 +1459,31 @@ mod tests {
     }
 
     #[test]
-    fn status_events_of_other_scorers_incidents_are_acknowledged_and_dropped() {
+    fn status_events_of_incidents_not_in_the_scorers_cells_are_not_passed_on() {
         let (in_tx, in_rx) = crossbeam_channel::unbounded();
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let incidents = Arc::new(RwLock::new(HashSet::from(["mine".to_string()])));
-        let thread = filter_case_feedback(in_rx, out_tx, incidents).unwrap();
-        let message = |incident: &str| {
+        let wait = CaseWait::of(Duration::from_secs(15));
+        assert_eq!(
+            (wait.retry, wait.give_up),
+            (Duration::from_secs(5), Duration::from_secs(45))
+        );
+        let thread = filter_case_feedback(in_rx, out_tx, incidents, wait).unwrap();
+        let message = |incident: &str, age_s: i64| {
             CaseFeedback::Message(Box::new(skynet_emit::CaseMessage {
                 subject: format!("skynet.cases.{incident}"),
                 payload: format!(r#"{{"id":"e","data":{{"incident":"{incident}"}}}}"#).into(),
                 signature: None,
                 stream_seq: 1,
-                ack: skynet_emit::CaseAck::none(),
+                ack: skynet_emit::CaseAck::none()
+                    .published_at(Utc::now() - chrono::Duration::seconds(age_s)),
             }))
         };
-        in_tx.send(message("theirs")).unwrap();
-        in_tx.send(message("mine")).unwrap();
+        // Deferred (its owner-to-be may take the cell yet), and dropped once too old:
+        // neither is passed on (tests/cluster_scorer.rs sees them answered by JetStream).
+        in_tx.send(message("theirs", 1)).unwrap();
+        in_tx.send(message("theirs", 60)).unwrap();
+        in_tx.send(message("mine", 60)).unwrap();
         // Not a status event: the stage refuses it with a dead letter.
         in_tx
             .send(CaseFeedback::Message(Box::new(skynet_emit::CaseMessage {
