@@ -14,8 +14,8 @@
 //!   marker's incident. Each scorer reads the whole stream (NATS 2.9: one filter subject
 //!   per consumer) and applies its own cells and their neighbours, so scaling is sublinear
 //!   by design; the scorers' CPU per 1,000 observations is printed beside it, and the
-//!   number of cells whose observations were applied (`skynet_cluster_observation_lag_seconds`
-//!   series) as a check.
+//!   sum of the scorers' `skynet_bus_applied_total{kind="observation"}` (each applies its
+//!   own cells' observations) against what was published, as a check.
 //! - `cost`: an edge (`--role edge`) against a single node (`--role all`) running the same
 //!   file cameras (vtest.avi, paced as live cameras, looped, 5 frames/s analysed, the real
 //!   YOLOX-Nano, one zone rule each): the process's CPU seconds per camera-second (user +
@@ -251,16 +251,6 @@ impl Node {
                 self.log.lock().unwrap()
             );
         }
-    }
-
-    /// How many metric lines start with `prefix` (a labelled family's series).
-    fn series(&mut self, prefix: &str) -> usize {
-        self.check_alive();
-        http_get(self.metrics, "/metrics")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .count()
     }
 
     fn metric(&mut self, prefix: &str) -> f64 {
@@ -500,11 +490,11 @@ fn throughput(ctx: &Ctx) {
         ctx.cells.len()
     );
     let mut base = None;
-    for k in counts {
+    for (run, k) in counts.into_iter().enumerate() {
         let bus = Bus::start(&ctx.rt);
         let url = bus.url();
-        let names: Vec<String> = (0..k).map(|i| format!("scorer-{k}-{i}")).collect();
-        let root = ctx.root.path().join(format!("throughput-{k}"));
+        let names: Vec<String> = (0..k).map(|i| format!("scorer-r{run}-{i}")).collect();
+        let root = ctx.root.path().join(format!("throughput-{run}"));
         // failover_s 60: paused while the stream fills and loaded after, no scorer may take
         // another for gone (heartbeats every 20 s, gone after 40 s without one).
         let mut nodes: Vec<Node> = names
@@ -596,10 +586,10 @@ fn throughput(ctx: &Ctx) {
                     .count()
             })
             .sum();
-        // Each scorer's lag gauge has a series per owned cell it applied observations of.
-        let applied_cells: usize = nodes
+        // What the scorers applied of their own cells (each message once: no handover).
+        let applied: f64 = nodes
             .iter_mut()
-            .map(|node| node.series("skynet_cluster_observation_lag_seconds{"))
+            .map(|node| node.metric("skynet_bus_applied_total{kind=\"observation\"}"))
             .sum();
         // Observations the engines refused (too late for their clocks, say): none expected.
         let refused: f64 = nodes
@@ -610,13 +600,25 @@ fn throughput(ctx: &Ctx) {
         let rate = total / elapsed.as_secs_f64();
         let base_rate = *base.get_or_insert(rate);
         println!(
-            "  {k} scorer(s): {rate:.0} observations/s applied in {:.2} s; ratio to 1 scorer {:.2} (linear: {k}); scorers' CPU {:.3} s per 1,000 observations; publisher alone {:.0}/s; other incidents {others}; refused {refused}; cells applied {applied_cells} of {}",
+            "  {k} scorer(s): {rate:.0} observations/s applied in {:.2} s; ratio to 1 scorer {:.2} (linear: {k}); scorers' CPU {:.3} s per 1,000 observations; publisher alone {:.0}/s; other incidents {others}; refused {refused}; applied {applied} of {total}",
             elapsed.as_secs_f64(),
             rate / base_rate,
             cpu / total * 1000.0,
             n as f64 / published.as_secs_f64(),
-            ctx.cells.len(),
         );
+        if std::env::var_os("SKYNET_BENCH_LOGS").is_some() {
+            println!("{}", logs(&nodes));
+        } else if elapsed > Duration::from_secs(20) {
+            // An outlier: what the scorers said about it (warnings, consumers restarted).
+            for line in logs(&nodes).lines().filter(|l| {
+                l.starts_with("====")
+                    || l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("observation stream")
+            }) {
+                println!("    {line}");
+            }
+        }
         drop(nodes);
         drop(bus);
     }
