@@ -704,7 +704,8 @@ fn each_scorer_applies_the_case_status_of_its_own_incidents_and_ignores_the_othe
             .unwrap()
     };
     // Every scorer has a consumer of its own, and has answered both events (the other's
-    // acknowledged and ignored).
+    // deferred while its cell might still move here, then acknowledged and ignored once
+    // older than three times failover_s).
     let answered = |node: &str| {
         bus.runtime.block_on(async {
             let mut consumer: async_nats::jetstream::consumer::PullConsumer = bus
@@ -732,4 +733,101 @@ fn each_scorer_applies_the_case_status_of_its_own_incidents_and_ignores_the_othe
         let letters = refused(&dir);
         assert!(letters.is_empty(), "{}: {letters:?}", dir.display());
     }
+}
+
+#[test]
+fn a_status_event_for_a_cell_whose_owner_just_died_is_applied_by_its_successor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    let (name_a, name_b, _, cell_b) = split_of("-d", &["G-0101", "G-0301"]);
+    let cases = format!(
+        "[cases]\nurl = \"{}\"\nsources = [\"case-system\"]\n",
+        bus.url
+    );
+    let text = |dir: &Path, node: &str| {
+        config_with(dir, node, &bus.url, &cases).replace("demo-grids.geojson", "city-grids.geojson")
+    };
+    let dir_a = tmp.path().join("a");
+    let a = Scorer::start_text(&dir_a, &text(&dir_a, &name_a));
+    // b: a `skynet run --role scorer` process, killed with SIGKILL.
+    let dir_b = tmp.path().join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let config_b = dir_b.join("scorer.toml");
+    std::fs::write(&config_b, text(&dir_b, &name_b)).unwrap();
+    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
+    let b_delivered = Scorer {
+        shutdown: Shutdown::new(),
+        thread: None,
+        dir: dir_b.clone(),
+    };
+    assert!(
+        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 4.0),
+        "a sees b and owns part of the cells: {}; b's log: {}",
+        assigned(&name_a),
+        log_b.lock().unwrap()
+    );
+    let seq_b = bus.publish(&gas(&cell_b, "gas-db", 0.6));
+    assert!(
+        eventually(WAIT, || !b_delivered.incidents_in(&cell_b).is_empty()),
+        "b emits {cell_b}'s incident; b's log: {}",
+        log_b.lock().unwrap()
+    );
+    let id_b = b_delivered.incidents_in(&cell_b)[0].0.clone();
+    assert!(
+        eventually(WAIT, || bus.saved_at(&cell_b, seq_b, &id_b)),
+        "{cell_b} saved at {seq_b}: {:?}",
+        bus.saved_cell(&cell_b)
+    );
+    let deferred = || {
+        common::metric(
+            &metrics(),
+            "skynet_case_status_not_owned_total{outcome=\"deferred\"}",
+        )
+    };
+    let deferred_before = deferred();
+    b.kill().unwrap();
+    b.wait().unwrap();
+    // At once, while b's heartbeat has not lapsed yet (two thirds of failover_s) and the
+    // cell is nobody's: an operator acknowledges b's incident. a does not hold it yet.
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "id": "case-died-1",
+        "source": "case-system",
+        "type": "skynet.case_status.v1",
+        "data": {
+            "incident": id_b,
+            "status": "acknowledged",
+            "at": chrono::Utc::now(),
+        }
+    });
+    bus.publish_raw(
+        &format!("skynet.cases.{id_b}"),
+        serde_json::to_vec(&event).unwrap(),
+    );
+    // a takes the cell, and the deferred event comes again: a applies it.
+    let acknowledged_by_a = || {
+        std::fs::read_to_string(dir_a.join("incidents.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| {
+                e["data"]["id"].as_str() == Some(id_b.as_str())
+                    && e["data"]["state"] == "acknowledged"
+            })
+    };
+    assert!(
+        eventually(WAIT, acknowledged_by_a),
+        "a applies the acknowledgement of {id_b} once {cell_b} is its own: {:?}",
+        a.delivered()
+    );
+    assert!(
+        deferred() > deferred_before,
+        "a deferred the event while {cell_b} was not its own yet"
+    );
+    a.stop();
+    let letters = skynet_emit::Outbox::open(&dir_a.join("outbox.sqlite"))
+        .unwrap()
+        .dead_letters(Some(skynet_emit::CASES_DEAD_LETTER_SINK))
+        .unwrap();
+    assert!(letters.is_empty(), "nothing refused: {letters:?}");
 }
