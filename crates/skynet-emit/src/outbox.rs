@@ -431,6 +431,21 @@ impl Outbox {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
+    /// The sequence number of the newest stored event (0: none): every event a commit
+    /// stored before this call is at or below it.
+    pub fn last_seq(&self) -> Result<i64, EmitError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+            .map_err(self.err())?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// The sequence number up to which `sink` has taken every event (0: none yet).
+    pub fn delivered_seq(&self, sink: &str) -> Result<i64, EmitError> {
+        self.cursor(sink)
+    }
+
     pub fn pending_count(&self, sink: &str) -> Result<u64, EmitError> {
         let after = self.cursor(sink)?;
         let n: i64 = self

@@ -355,6 +355,33 @@ impl RulesAndRisk {
         self.cases.as_ref().is_some_and(CaseDesk::has_pending)
     }
 
+    /// Waits until the scorer's intake or the sensor stage has something, or `wait` passed.
+    fn wait_for_bus_or_sensors(&self, wait: Duration) {
+        let started = Instant::now();
+        let mut select = crossbeam_channel::Select::new();
+        let mut empty = Vec::new();
+        if let Some(bus) = &self.bus {
+            select.recv(&bus.rx);
+            empty.push(Box::new(|| bus.rx.is_empty()) as Box<dyn Fn() -> bool + '_>);
+        }
+        if let Some(rx) = &self.sensor_events {
+            select.recv(rx);
+            empty.push(Box::new(|| rx.is_empty()));
+        }
+        if empty.is_empty() {
+            std::thread::sleep(wait);
+            return;
+        }
+        let woke = select.ready_timeout(wait).is_ok();
+        // A channel whose sender has gone is always ready: never spin on it.
+        if woke
+            && empty.iter().all(|e| e())
+            && let Some(rest) = wait.checked_sub(started.elapsed())
+        {
+            std::thread::sleep(rest);
+        }
+    }
+
     /// Applies what the sensor stage sent since the last call (at most a bounded batch, so
     /// camera frames are never starved); returns the revisions.
     fn take_sensor_events(&mut self, wait: Duration) -> Vec<RiskEvent> {
@@ -569,11 +596,10 @@ impl RulesAndRisk {
                 // running, keep its clock going.
                 Err(QueueClosed) if self.keep_clocks_running() => {
                     if self.bus.is_some() {
-                        // A scorer: wait on the bus instead of sleeping.
-                        let revisions = self.take_bus(POLL)?;
-                        if !revisions.is_empty() {
-                            self.commit(revisions)?;
-                        }
+                        // A scorer: wait on the bus and the sensor stage together (its
+                        // readings reach the engine through the sensor stage); what came is
+                        // taken below. Waiting on the bus alone held each reading up to a POLL.
+                        self.wait_for_bus_or_sensors(POLL);
                     } else if self.sensor_events.is_some() {
                         // Sensors only from here: wait on them instead of sleeping.
                         let revisions = self.take_sensor_events(POLL);

@@ -126,7 +126,8 @@ fn floor_key(node: &str) -> String {
 #[derive(Debug)]
 struct Stored {
     saves: Vec<(String, CellRecord)>,
-    /// Events the commit stored with them (delivered first).
+    /// Events the commit stored with them (delivered first), and those of the commits
+    /// folded into it: for the log when they are not delivered in time.
     events: usize,
     floor: Option<Floor>,
 }
@@ -1079,22 +1080,29 @@ impl Saver {
                 None
             }
         };
-        // Events committed so far, and the saves queued, each with that count at its commit.
-        let mut committed: u64 = 0;
-        let mut queue: VecDeque<(u64, Stored)> = VecDeque::new();
+        // The saves queued, each with the outbox's newest event seq when its commit had
+        // been stored: once every sink's cursor reaches it, the commit's events are
+        // delivered. (Counting the commit's events would not do: the outbox skips an event
+        // whose id it already holds, as after a replay, and such a count runs ahead.)
+        let mut queue: VecDeque<(i64, Stored)> = VecDeque::new();
         let mut ready: BTreeMap<String, CellRecord> = BTreeMap::new();
         // The latest floor delivered, written after the cells saved with it.
         let mut floor: Option<Floor> = None;
         let mut closed_at: Option<Instant> = None;
+        let mark = |outbox: &Option<skynet_emit::Outbox>| -> i64 {
+            outbox
+                .as_ref()
+                .map_or(0, |o| o.last_seq().unwrap_or(i64::MAX))
+        };
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(stored) => {
-                    committed += stored.events as u64;
-                    queue.push_back((committed, stored));
+                    let at = mark(&outbox);
+                    enqueue(&mut queue, at, stored);
                     // Everything that waits now, before looking at the cursors.
                     for stored in rx.try_iter() {
-                        committed += stored.events as u64;
-                        queue.push_back((committed, stored));
+                        let at = mark(&outbox);
+                        enqueue(&mut queue, at, stored);
                     }
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -1102,20 +1110,18 @@ impl Saver {
                     closed_at.get_or_insert_with(Instant::now);
                 }
             }
-            // Delivery is in order per sink: a sink with at most `after` events pending
-            // (those committed after this save's commit) has delivered the save's events.
-            let pending: Option<Vec<u64>> = outbox.as_ref().map(|o| {
-                self.sinks
+            // Delivery is in order per sink: the least cursor over the sinks.
+            let delivered: i64 = match &outbox {
+                None => i64::MAX,
+                Some(o) => self
+                    .sinks
                     .iter()
-                    .map(|s| o.pending_count(s).unwrap_or(u64::MAX))
-                    .collect()
-            });
+                    .map(|s| o.delivered_seq(s).unwrap_or(0))
+                    .min()
+                    .unwrap_or(i64::MAX),
+            };
             while let Some((at, _)) = queue.front() {
-                let after = committed - at;
-                let delivered = pending
-                    .as_ref()
-                    .is_none_or(|p| p.iter().all(|&n| n <= after));
-                if !delivered {
+                if *at > delivered {
                     break;
                 }
                 let Some((_, stored)) = queue.pop_front() else {
@@ -1147,6 +1153,7 @@ impl Saver {
                 if !queue.is_empty() {
                     tracing::warn!(
                         commits = queue.len(),
+                        events = queue.iter().map(|(_, s)| s.events).sum::<usize>(),
                         "cells not saved: their events were not delivered in time; a successor replays them"
                     );
                 }
@@ -1238,6 +1245,37 @@ impl CaseWait {
     }
 }
 
+/// Queues a stored commit's saves behind `at`, keeping the queue bounded by the cells
+/// rather than by the commits while a sink is down: a cell saved by a later commit is taken
+/// out of the earlier ones (it is then saved at the later, more conservative point), and
+/// commits left with nothing to save are folded into the new one.
+fn enqueue(queue: &mut VecDeque<(i64, Stored)>, at: i64, stored: Stored) {
+    let cells: BTreeSet<&str> = stored.saves.iter().map(|(c, _)| c.as_str()).collect();
+    let mut moved = false;
+    for (_, earlier) in queue.iter_mut() {
+        let before = earlier.saves.len();
+        earlier.saves.retain(|(c, _)| !cells.contains(c.as_str()));
+        moved |= earlier.saves.len() != before;
+    }
+    // An earlier floor counted on the cells it was committed with being saved before it;
+    // one of them now waits for this later commit, so no earlier floor holds any more
+    // (and a floor of this commit supersedes them anyway).
+    if moved || stored.floor.is_some() {
+        for (_, earlier) in queue.iter_mut() {
+            earlier.floor = None;
+        }
+    }
+    let mut events = stored.events;
+    queue.retain(|(_, s)| {
+        let keep = !s.saves.is_empty() || s.floor.is_some();
+        if !keep {
+            events += s.events;
+        }
+        keep
+    });
+    queue.push_back((at, Stored { events, ..stored }));
+}
+
 /// The case-status feedback of a scorer: each scorer reads every status event (its own
 /// durable consumer), and passes on only those of incidents in cells it owns. The others
 /// are not its own *now*: their owner may just have died or be handing the cell over, and
@@ -1309,6 +1347,42 @@ fn case_incident(payload: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    fn stored(cells: &[&str], floor: Option<u64>, events: usize) -> Stored {
+        Stored {
+            saves: cells
+                .iter()
+                .map(|c| ((*c).to_string(), CellRecord::default()))
+                .collect(),
+            events,
+            floor: floor.map(|seq| Floor {
+                seq,
+                cells: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn queued_saves_fold_into_the_latest_per_cell_and_earlier_floors_give_way() {
+        let mut queue = VecDeque::new();
+        enqueue(&mut queue, 10, stored(&["A", "B"], Some(5), 2));
+        enqueue(&mut queue, 20, stored(&["A"], None, 1));
+        // B still waits behind 10; A moved to 20, so the floor of 10 no longer holds.
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue[0].1.saves.len(), 1);
+        assert_eq!(queue[0].1.saves[0].0, "B");
+        assert!(queue[0].1.floor.is_none());
+        enqueue(&mut queue, 30, stored(&["B", "A"], Some(9), 1));
+        // Everything folded into the last: one entry, its floor, every event counted.
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue[0].0, 30);
+        assert_eq!(queue[0].1.floor.as_ref().map(|f| f.seq), Some(9));
+        assert_eq!(queue[0].1.events, 4);
+        // A commit that saves nothing keeps what waits (it is delivered in order after it).
+        enqueue(&mut queue, 40, stored(&[], None, 3));
+        assert_eq!(queue.len(), 2);
+    }
+
     use super::*;
 
     #[test]
