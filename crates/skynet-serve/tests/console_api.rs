@@ -765,6 +765,81 @@ async fn a_status_change_the_risk_stage_refuses_answers_202_and_is_audited_as_re
 }
 
 #[tokio::test]
+async fn a_status_change_jetstream_did_not_confirm_answers_202_pending_and_a_retry_is_the_same_event()
+ {
+    let f = fixture().await;
+    // A cluster's console whose JetStream does not confirm in time: every change is
+    // published, its storage unknown.
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    f.console.connect_status(Box::new(move |_, event: &str| {
+        seen.lock().unwrap().push(event.to_string());
+        Ok(skynet_serve::console::Submitted::Pending)
+    }));
+    let inspector = f.token(Role::Inspector).to_string();
+    let send = |key: &'static str| {
+        let (app, token) = (f.app.clone(), inspector.clone());
+        async move {
+            let request = Request::post("/api/v1/incidents/inc-gas/status")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", key)
+                .body(Body::from(json!({"status": "dispatched"}).to_string()))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, first) = send("req-1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(first["pending"], true, "{first}");
+    let event = first["event"].as_str().expect("the event id").to_string();
+    // The client retries the same request: the same event (which JetStream's Nats-Msg-Id
+    // and the scorer take once); another request is another event.
+    let (status, again) = send("req-1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["event"], event.as_str());
+    let (_, other) = send("req-2").await;
+    assert_ne!(other["event"], event.as_str());
+    assert_eq!(events.lock().unwrap()[..2], [event.clone(), event.clone()]);
+    let admin = f.token(Role::Admin).to_string();
+    let audited = || async {
+        let (_, audit, _) = call(
+            &f.app,
+            Method::GET,
+            "/api/v1/audit?action=incident.status",
+            Some(&admin),
+            None,
+        )
+        .await;
+        audit["entries"].as_array().cloned().unwrap_or_default()
+    };
+    let entries = audited().await;
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["after"]["delivery"] == "pending" && e["after"]["event"].is_string()),
+        "audited as pending, with the event id: {entries:?}"
+    );
+    // Not taken (NATS not reached): 503, and nothing audited, as nothing happened.
+    f.console.connect_status(Box::new(|_, _| {
+        Err("the case system's NATS is not reached".into())
+    }));
+    let (status, body) = send("req-3").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(audited().await.len(), 3);
+    // A key that is not one: refused before anything is sent.
+    let (status, body) = send("").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
 async fn changes_need_json_from_the_consoles_own_origin_and_every_error_is_json() {
     let f = fixture().await;
     let operator = f.token(Role::Operator).to_string();
