@@ -268,6 +268,45 @@ impl Bus {
             .sequence
     }
 
+    /// Publishes sensor `sensor`'s CO reading of `ppm` measured at `at` (SenML, its own
+    /// time) as an edge does, on `skynet.readings.<grid>.<sensor>`; returns the sequence.
+    fn publish_reading(
+        &self,
+        grid: &str,
+        sensor: &str,
+        ppm: f64,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> u64 {
+        let payload = format!(
+            r#"[{{"n":"{sensor}/co","u":"ppm","v":{ppm},"t":{}}}]"#,
+            at.timestamp_micros() as f64 / 1e6
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Skynet-Mqtt-Topic",
+            format!("skynet/sensors/{sensor}").as_str(),
+        );
+        headers.insert(
+            "Skynet-Received-At",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .as_str(),
+        );
+        self.runtime
+            .block_on(async {
+                self.js
+                    .publish_with_headers(
+                        skynet_cluster::bus::reading_subject(grid, sensor),
+                        headers,
+                        payload.into(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+            })
+            .unwrap()
+            .sequence
+    }
+
     fn publish(&self, observation: &Observation) -> u64 {
         self.publish_raw(
             &skynet_cluster::bus::observation_subject(observation.grid.as_str()),
@@ -830,4 +869,107 @@ fn a_status_event_for_a_cell_whose_owner_just_died_is_applied_by_its_successor()
         .dead_letters(Some(skynet_emit::CASES_DEAD_LETTER_SINK))
         .unwrap();
     assert!(letters.is_empty(), "nothing refused: {letters:?}");
+}
+
+/// A CO sensor `gas-t` in `grid` whose rule needs 50 ppm or more for 10 s (its time: the
+/// readings' own), as the scorers' config has it (nothing connects to the MQTT broker).
+fn co_sensor(grid: &str) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "mqtt://127.0.0.1:9"
+client_id = "scorer-sensors"
+  [[mqtt.topics]]
+  pattern = "skynet/sensors/+"
+  format = "senml"
+
+[[sensors]]
+id = "gas-t"
+kind = "gas_co"
+grid = "{grid}"
+owner = "safety_production"
+
+  [[sensors.rules]]
+  name = "co-leak"
+  kind = "threshold"
+  above = 50.0
+  clear = 35.0
+  for_s = 10
+  category = "gas_leak"
+  weight = 0.6
+"#
+    )
+}
+
+#[test]
+fn a_sensor_rules_streak_begun_at_a_killed_scorer_goes_on_at_its_successor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = Bus::start(tmp.path());
+    let (name_a, name_b, _, cell_b) = split("-s");
+    let sensors = co_sensor(&cell_b);
+    let a = Scorer::start_with(&tmp.path().join("a"), &name_a, &bus.url, &sensors);
+    // b: a `skynet run --role scorer` process owning the sensor's cell, killed with SIGKILL.
+    let dir_b = tmp.path().join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let config_b = dir_b.join("scorer.toml");
+    std::fs::write(&config_b, config_with(&dir_b, &name_b, &bus.url, &sensors)).unwrap();
+    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
+    let b_delivered = Scorer {
+        shutdown: Shutdown::new(),
+        thread: None,
+        dir: dir_b.clone(),
+    };
+    assert!(
+        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
+        "a sees b and owns part of the cells: {}; b's log: {}",
+        assigned(&name_a),
+        log_b.lock().unwrap()
+    );
+    // 60 ppm for 4 s of the rule's 10, at b.
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    bus.publish_reading(&cell_b, "gas-t", 60.0, at(0));
+    let seq = bus.publish_reading(&cell_b, "gas-t", 60.0, at(4));
+    // b saves the cell with the streak's memory, and its readings as applied up to there
+    // (so a successor does not replay them: only the memory can tell it when it began).
+    let streak_saved = || {
+        bus.saved_cell(&cell_b).is_some_and(|cell| {
+            cell["readings"].as_u64().is_some_and(|s| s >= seq)
+                && cell["sensors"]["gas-t"]["co-leak"]["condition"]["pending_since"].is_string()
+        })
+    };
+    assert!(
+        eventually(WAIT, streak_saved),
+        "{cell_b} saved with gas-t's streak and readings up to {seq}: {:?}; b's log: {}",
+        bus.saved_cell(&cell_b),
+        log_b.lock().unwrap()
+    );
+    assert!(
+        b_delivered.of_category("gas_leak").is_empty(),
+        "no leak yet: {:?}",
+        b_delivered.delivered()
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    // 8 s more at a: a leak only when b's 4 s count (a streak of its own would be 4 s).
+    bus.publish_reading(&cell_b, "gas-t", 60.0, at(8));
+    let last = bus.publish_reading(&cell_b, "gas-t", 60.0, at(12));
+    assert!(
+        eventually(WAIT, || a
+            .of_category("gas_leak")
+            .iter()
+            .any(|(_, grid)| *grid == cell_b)),
+        "a fires gas-t's leak in {cell_b} counting b's part of the streak: {:?}",
+        a.delivered()
+    );
+    // a's own save of the cell covers its readings too, the alarm in the memory.
+    assert!(
+        eventually(WAIT, || bus.saved_cell(&cell_b).is_some_and(|cell| {
+            cell["readings"].as_u64().is_some_and(|s| s >= last)
+                && cell["sensors"]["gas-t"]["co-leak"]["condition"]["active"] == true
+        })),
+        "{cell_b} saved by a: {:?}",
+        bus.saved_cell(&cell_b)
+    );
+    a.stop();
 }
