@@ -544,3 +544,35 @@ fn an_acknowledgement_in_the_city_console_is_applied_by_the_scorer_and_comes_bac
     scorer_stop.trigger();
     scorer.join().unwrap().unwrap();
 }
+
+/// A console signs its users' status changes with `[cases] secret`, and the scorers take a
+/// console's changes only when signed: without the secret it refuses to start (before it
+/// joins: no NATS is reached), naming the key and the variable the city configs read it from.
+#[test]
+fn a_console_without_a_cases_secret_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_line = format!("secret = \"{SECRET}\"");
+    // Nothing listens there: the refusal comes before any connection.
+    let text = config_text(dir.path(), "nats://127.0.0.1:9", free_port());
+    assert_eq!(text.matches(&secret_line).count(), 1);
+    for (what, text) in [
+        ("no secret", text.replace(&secret_line, "")),
+        (
+            "an empty secret",
+            text.replace(&secret_line, "secret = \"\""),
+        ),
+    ] {
+        let config = common::pipeline_config(dir.path(), &text);
+        let err = pipeline::run(
+            &config,
+            RunOptions {
+                role: Role::Console,
+                ..RunOptions::default()
+            },
+        )
+        .expect_err(what)
+        .to_string();
+        assert!(err.contains("[cases] secret"), "{what}: {err}");
+        assert!(err.contains("SKYNET_CASES_SECRET"), "{what}: {err}");
+    }
+}

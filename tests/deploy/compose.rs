@@ -75,7 +75,28 @@ fn the_city_compose_file_runs_each_role_over_a_3_node_nats_cluster() {
             env["SKYNET_CLUSTER_URL"], "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222",
             "{name}"
         );
-        assert!(env["SKYNET_NATS_PASSWORD"].is_string(), "{name}");
+        // The NATS user of its role, with that user's password (deploy/nats/nats-cluster.conf).
+        assert_eq!(env["SKYNET_NATS_USER"], role, "{name}");
+        let password = format!("SKYNET_{}_NATS_PASSWORD", role.to_uppercase());
+        assert!(
+            env["SKYNET_NATS_PASSWORD"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&format!("${{{password}:?"))),
+            "{name}: {}",
+            env["SKYNET_NATS_PASSWORD"]
+        );
+        // [cases] secret where status changes are signed or checked, required by compose.
+        if role == "edge" {
+            assert!(env.get("SKYNET_CASES_SECRET").is_none(), "{name}");
+        } else {
+            assert!(
+                env["SKYNET_CASES_SECRET"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("${SKYNET_CASES_SECRET:?")),
+                "{name}: {}",
+                env["SKYNET_CASES_SECRET"]
+            );
+        }
         let mounts = volumes(s);
         assert!(
             mounts.contains(&"./city.toml:/etc/skynet/city.toml:ro"),
@@ -119,7 +140,14 @@ fn the_city_compose_file_runs_each_role_over_a_3_node_nats_cluster() {
             "{name}: {mounts:?}"
         );
         assert!(mounts.contains(&format!("nats-{i}-data:/data").as_str()));
-        assert!(s["environment"]["SKYNET_NATS_PASSWORD"].is_string());
+        for var in [
+            "SKYNET_EDGE_NATS_PASSWORD",
+            "SKYNET_SCORER_NATS_PASSWORD",
+            "SKYNET_CONSOLE_NATS_PASSWORD",
+            "CASE_SYSTEM_NATS_PASSWORD",
+        ] {
+            assert!(s["environment"][var].is_string(), "{name}: {var}");
+        }
     }
     // Every file the services mount from deploy/ is there.
     for s in services.as_object().unwrap().values() {
@@ -137,6 +165,90 @@ fn the_city_compose_file_runs_each_role_over_a_3_node_nats_cluster() {
     }
 }
 
+/// The broker the deploy ships drops the persistent sessions of clients gone for good (an
+/// edge scaled away), which would otherwise stay members of the sensors' shared subscription
+/// and be queued to for ever; and it starts with that setting (a private mosquitto on a
+/// spare port, stopped by its pid).
+#[test]
+fn the_shipped_mosquitto_expires_the_sessions_of_edges_gone_for_good() {
+    let text = std::fs::read_to_string(repo().join("deploy/mosquitto.conf")).unwrap();
+    let expiration: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("persistent_client_expiration "))
+        .collect();
+    assert_eq!(expiration.len(), 1, "{expiration:?}");
+    let Some(docs) = yaml_documents(&repo().join("deploy/compose-city.yaml")) else {
+        return;
+    };
+    assert!(
+        volumes(&docs[0]["services"]["mosquitto"])
+            .contains(&"./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro")
+    );
+    // Mosquitto takes the setting: the committed line in a loopback config of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{}\n",
+            expiration[0]
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let Ok(mut child) = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: no mosquitto (scripts/setup.sh installs it)");
+        return;
+    };
+    let up = crate::common::eventually(std::time::Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            || child.try_wait().ok().flatten().is_some()
+    });
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        up && exited.is_none(),
+        "mosquitto refused `{}`: {}",
+        expiration[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The example placeholder of a secret is refused by `skynet check`, as the metrics token's.
+#[test]
+fn the_city_deploy_config_refuses_a_placeholder_cases_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_city_config(
+        dir.path(),
+        &[("SKYNET_CASES_SECRET", "REPLACE-with-openssl-rand-hex-32")],
+    );
+    assert!(!out.status.success(), "a placeholder secret was taken");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret"), "{stderr}");
+    assert!(stderr.contains("placeholder"), "{stderr}");
+    let ok = check_city_config(dir.path(), &[("SKYNET_CASES_SECRET", "0123456789abcdef")]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
 #[test]
 fn the_single_node_compose_file_still_runs_one_node() {
     let Some(docs) = yaml_documents(&repo().join("deploy/compose.yaml")) else {
@@ -149,11 +261,9 @@ fn the_single_node_compose_file_still_runs_one_node() {
     );
 }
 
-/// deploy/city.toml, as the image holds it, is valid: paths pointed into the repository,
-/// the variables set as the deployments set them.
-#[test]
-fn the_city_deploy_config_stays_valid() {
-    let dir = tempfile::tempdir().unwrap();
+/// `skynet check` of deploy/city.toml as the image holds it: paths pointed into the
+/// repository, the variables set as the deployments set them, plus `extra`.
+fn check_city_config(dir: &std::path::Path, extra: &[(&str, &str)]) -> std::process::Output {
     let text = std::fs::read_to_string(repo().join("deploy/city.toml")).unwrap();
     let local = text
         .replace(
@@ -167,17 +277,25 @@ fn the_city_deploy_config_stays_valid() {
             "/usr/share/skynet/models/",
             &format!("{}/models/", repo().display()),
         );
-    let path = dir.path().join("city.toml");
+    let path = dir.join("city.toml");
     std::fs::write(&path, local).unwrap();
-    let out = Command::new(skynet_bin())
+    Command::new(skynet_bin())
         .args(["check", "--config", path.to_str().unwrap()])
-        .env("SKYNET_NODE_NAME", "skynet-edge-5d8f7c9b4-x2v7q")
+        .env("SKYNET_NODE_NAME", "skynet-edge-0")
         .env("SKYNET_CLUSTER_URL", "nats://nats.skynet.svc:4222")
         .env("SKYNET_NATS_URL", "nats://nats.skynet.svc:4222")
         .env("SKYNET_METRICS_TOKEN", "0123456789abcdef0123456789abcdef")
-        .env("SKYNET_DATA_DIR", dir.path())
+        .env("SKYNET_DATA_DIR", dir)
+        .envs(extra.iter().copied())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// deploy/city.toml, as the image holds it, is valid.
+#[test]
+fn the_city_deploy_config_stays_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_city_config(dir.path(), &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -177,10 +177,12 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The city's roles on Kubernetes (deploy/kubernetes/skynet-city.yaml): each role started
-/// with its `--role` from the one config, edges a Deployment named by the pod, scorers a
-/// StatefulSet with a volume for the outbox, one console, NATS a JetStream cluster of three
-/// with the routes to all, `[cluster] replicas = 3`, and the probes on the metrics listener.
-/// The ConfigMaps hold the committed files exactly.
+/// with its `--role` from the one config and as the NATS user of its role, edges a
+/// StatefulSet (stable names: one MQTT session each), scorers a StatefulSet with a volume for
+/// the outbox, one console, scorers and console with `[cases] secret` from a Secret, NATS a
+/// JetStream cluster of three with the routes to all and every role's password,
+/// `[cluster] replicas = 3`, and the probes on the metrics listener. The ConfigMaps hold the
+/// committed files exactly.
 #[test]
 fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
     let Some(docs) = yaml_documents(&repo().join("deploy/kubernetes/skynet-city.yaml")) else {
@@ -190,7 +192,7 @@ fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
         vec!["run", "--config", "/etc/skynet/city.toml", "--role", role]
     }
 
-    let edge = resource(&docs, "Deployment", "skynet-edge");
+    let edge = resource(&docs, "StatefulSet", "skynet-edge");
     let scorer = resource(&docs, "StatefulSet", "skynet-scorer");
     let console = resource(&docs, "Deployment", "skynet-console");
     for (workload, role) in [(edge, "edge"), (scorer, "scorer"), (console, "console")] {
@@ -207,11 +209,31 @@ fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
             "nats://nats.skynet.svc:4222",
             "{role}"
         );
-        assert_eq!(
-            env(c, "SKYNET_NATS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
-            "skynet-nats",
-            "{role}"
-        );
+        // The NATS user of its role, its password from the Secret's key of that name.
+        assert_eq!(env(c, "SKYNET_NATS_USER")["value"], role);
+        let password = &env(c, "SKYNET_NATS_PASSWORD")["valueFrom"]["secretKeyRef"];
+        assert_eq!(password["name"], "skynet-nats", "{role}");
+        assert_eq!(password["key"], role, "{role}");
+        // [cases] secret from a Secret where status changes are signed or checked.
+        let cases = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "SKYNET_CASES_SECRET");
+        if role == "edge" {
+            assert!(cases.is_none(), "an edge takes no status events");
+        } else {
+            let cases = cases.unwrap_or_else(|| panic!("{role} has no SKYNET_CASES_SECRET"));
+            assert!(
+                cases.get("value").is_none(),
+                "{role}: a value in the manifest"
+            );
+            assert_eq!(
+                cases["valueFrom"]["secretKeyRef"],
+                serde_json::json!({ "name": "skynet-cases", "key": "secret" }),
+                "{role}"
+            );
+        }
         let readiness = c["readinessProbe"].to_string();
         assert!(readiness.contains("/readyz"), "{role}: {readiness}");
         assert!(readiness.contains("9464"), "{role}: {readiness}");
@@ -228,9 +250,21 @@ fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
         assert!(mounts.contains("/etc/skynet"), "{role}");
         assert!(mounts.contains("/var/lib/skynet"), "{role}");
     }
-    // Edges scale freely: no single-writer strategy, no claim of their own.
-    assert!(edge["spec"]["strategy"]["type"] != "Recreate");
+    // Edges scale freely (`kubectl scale statefulset`), started and stopped independently,
+    // each pod under a stable name: its MQTT client id skynet-<pod name> names one
+    // persistent session, taken over by the pod that replaces it.
     assert!(edge["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert_eq!(edge["spec"]["serviceName"], "skynet-edge");
+    assert_eq!(edge["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(
+        resource(&docs, "Service", "skynet-edge")["spec"]["clusterIP"],
+        "None"
+    );
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "skynet-edge")
+    );
     // Scorers: stable names and a volume each for the outbox.
     assert_eq!(scorer["spec"]["serviceName"], "skynet-scorer");
     let claims = scorer["spec"]["volumeClaimTemplates"].as_array().unwrap();
@@ -280,6 +314,20 @@ fn the_city_manifest_runs_each_role_over_a_3_node_nats_cluster() {
     assert!(
         nats["spec"]["volumeClaimTemplates"].as_array().unwrap()[0]["metadata"]["name"] == "data"
     );
+    // Every user's password of the committed conf, each from its own key of the Secret.
+    let nats_container = container(nats, "nats");
+    for (var, key) in [
+        ("SKYNET_EDGE_NATS_PASSWORD", "edge"),
+        ("SKYNET_SCORER_NATS_PASSWORD", "scorer"),
+        ("SKYNET_CONSOLE_NATS_PASSWORD", "console"),
+        ("CASE_SYSTEM_NATS_PASSWORD", "case-system"),
+    ] {
+        assert_eq!(
+            env(nats_container, var)["valueFrom"]["secretKeyRef"],
+            serde_json::json!({ "name": "skynet-nats", "key": key }),
+            "{var}"
+        );
+    }
     let nats_conf = resource(&docs, "ConfigMap", "nats-cluster-config");
     assert_eq!(
         nats_conf["data"]["nats-server.conf"].as_str().unwrap(),

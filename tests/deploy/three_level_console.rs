@@ -59,6 +59,12 @@ model = "{model}"
 [outbox]
 path = "{dir}/outbox.sqlite"
 
+# A console signs its users' status changes: it refuses to start without the secret.
+[cases]
+url = "{url}"
+sources = ["case-system"]
+secret = "three-level-cases-secret"
+
 # A district edge's camera: no edge of the city runs it.
 [[cameras]]
 id = "cam-1"

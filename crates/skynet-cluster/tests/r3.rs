@@ -1,8 +1,8 @@
 //! R3: the city's buckets and observation stream on a 3-node JetStream cluster survive the
 //! loss of one node. Three nats-servers of the test's own on loopback spare ports, each with
 //! its own store, all run the committed deploy/nats/nats-cluster.conf (users and
-//! permissions included) with only what a deployment also gives on the command line (server
-//! name, routes, ports). Members join, a lease is held and observations are published with
+//! permissions included: the edges and the scorer connect as their roles' users) with only
+//! what a deployment also gives on the command line (server name, routes, ports). Members join, a lease is held and observations are published with
 //! `[cluster] replicas = 3`; then the server leading the observation stream is killed (by
 //! its pid, SIGKILL), and the cluster goes on: heartbeats continue, the lease is renewed,
 //! the stream takes new publishes and serves every message. Every wait is for a condition
@@ -28,7 +28,9 @@ const FAILOVER_S: f64 = 15.0;
 const GUARD: Duration = Duration::from_secs(25);
 /// How long after the kill the members' views may take to show both members again.
 const VIEWS_GUARD: Duration = Duration::from_secs(45);
-const PASSWORD: &str = "r3-test-skynet-pw";
+// Each role connects as its own user of the committed config (edge, scorer).
+const EDGE_PASSWORD: &str = "r3-test-edge-pw";
+const SCORER_PASSWORD: &str = "r3-test-scorer-pw";
 const BEFORE: usize = 20;
 const AFTER: usize = 20;
 
@@ -77,7 +79,8 @@ impl Node {
             .args(["--routes", routes])
             .arg("-sd")
             .arg(&store)
-            .env("SKYNET_NATS_PASSWORD", PASSWORD)
+            .env("SKYNET_EDGE_NATS_PASSWORD", EDGE_PASSWORD)
+            .env("SKYNET_SCORER_NATS_PASSWORD", SCORER_PASSWORD)
             .env("SKYNET_CONSOLE_NATS_PASSWORD", "r3-test-console-pw")
             .env("CASE_SYSTEM_NATS_PASSWORD", "r3-test-case-pw")
             .stdout(Stdio::null())
@@ -271,35 +274,44 @@ async fn an_r3_cluster_goes_on_when_one_of_three_nats_servers_is_killed() {
         "3-node cluster ready {:.2} s after the start",
         started.elapsed().as_secs_f64()
     );
-    let url = nodes
-        .iter()
-        .map(|n| format!("nats://skynet:{PASSWORD}@127.0.0.1:{}", n.port))
-        .collect::<Vec<_>>()
-        .join(",");
-    let config = ClusterConfig {
-        failover_s: FAILOVER_S,
-        replicas: 3,
-        ..ClusterConfig::for_url(url)
+    let config_for = |user: &str, password: &str| {
+        let url = nodes
+            .iter()
+            .map(|n| format!("nats://{user}:{password}@127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        ClusterConfig {
+            failover_s: FAILOVER_S,
+            replicas: 3,
+            ..ClusterConfig::for_url(url)
+        }
     };
+    let config = config_for("edge", EDGE_PASSWORD);
+    let scorer_config = config_for("scorer", SCORER_PASSWORD);
     let connect = || async { skynet_cluster::connect(&config).await };
 
     // The buckets and the stream with three replicas: refused until the three servers have
     // found each other and elected a JetStream meta leader, so retried until then.
     let edge_client = retry("connect", connect).await;
-    let scorer_client = retry("connect", connect).await;
+    // A second edge (the lease's rival) and a scorer, each as its role's user.
+    let rival_client = retry("connect", connect).await;
+    let scorer_client = retry("connect", || async {
+        skynet_cluster::connect(&scorer_config).await
+    })
+    .await;
     let edge = retry("the edge joins", || {
         Membership::join(&edge_client, &config, "edge-a", Role::Edge)
     })
     .await;
     let scorer = retry("the scorer joins", || {
-        Membership::join(&scorer_client, &config, "scorer-1", Role::Scorer)
+        Membership::join(&scorer_client, &scorer_config, "scorer-1", Role::Scorer)
     })
     .await;
     let leases = retry("the lease bucket", || {
         Leases::open(&edge_client, &config, "edge-a")
     })
     .await;
-    let rival = Leases::open(&scorer_client, &config, "edge-b")
+    let rival = Leases::open(&rival_client, &config, "edge-b")
         .await
         .expect("the lease bucket, made");
     let mut stream = retry("the observation stream", || {

@@ -112,6 +112,19 @@ impl CasesSettings {
         self.secret = cx.secret(self.secret.take(), self.secret_env.as_deref())?;
         // An empty secret (`${SKYNET_CASES_SECRET:-}` unset) asks for no signature.
         self.secret = self.secret.take().filter(|s| !s.is_empty());
+        // A placeholder copied from an example is known to everyone who read it (as for the
+        // metrics token). The message does not show the value.
+        if self.secret.as_ref().is_some_and(|s| {
+            s.expose()
+                .trim()
+                .to_ascii_uppercase()
+                .starts_with("REPLACE")
+        }) {
+            return Err(FieldError::new(
+                "secret",
+                "a placeholder from an example: give a random secret, like the output of `openssl rand -hex 32` (SKYNET_CASES_SECRET in the city configs)",
+            ));
+        }
         Ok(())
     }
 
@@ -446,6 +459,18 @@ mod tests {
         let both = settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"c\"]\nsecret = \"k\"\nsecret_env = \"X\"").unwrap_err();
         assert!(both.to_string().contains("secret_env"), "{both}");
         assert!(settings("url = \"nats://127.0.0.1:4222\"\nsources = [\"\"]").is_err());
+    }
+
+    #[test]
+    fn a_placeholder_secret_from_an_example_is_refused_without_showing_it() {
+        let e = settings(
+            "url = \"nats://127.0.0.1:4222\"\nsources = [\"case-system\"]\nsecret = \"REPLACE-with-openssl-rand-hex-32\"",
+        )
+        .unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("placeholder"), "{message}");
+        assert!(message.contains("SKYNET_CASES_SECRET"), "{message}");
+        assert!(!message.contains("REPLACE-with"), "{message}");
     }
 
     #[test]

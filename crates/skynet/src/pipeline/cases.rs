@@ -95,6 +95,25 @@ pub(crate) fn known_departments(config: &PipelineConfig) -> BTreeSet<String> {
         .collect()
 }
 
+/// The CloudEvent sources a desk takes: `[cases] sources`, and in a cluster the consoles'
+/// (`--role console`) only when `[cases] secret` is set. Without a secret nothing is signed,
+/// and `source` is a claim anyone who can publish on the subject makes: an unsigned
+/// `skynet-console` event would move incidents on with nobody behind it.
+fn intake_sources(config: &PipelineConfig, cases: &skynet_emit::CasesSettings) -> BTreeSet<String> {
+    let mut sources: BTreeSet<String> = cases.sources.iter().cloned().collect();
+    if !config.cluster.is_single_node() {
+        if cases.secret.as_ref().is_some_and(|s| !s.is_empty()) {
+            sources.insert(super::city_console::CONSOLE_CASE_SOURCE.to_string());
+        } else {
+            tracing::warn!(
+                source = super::city_console::CONSOLE_CASE_SOURCE,
+                "[cases] has no secret: the consoles' status changes are refused (set [cases] secret, SKYNET_CASES_SECRET in the city configs)"
+            );
+        }
+    }
+    sources
+}
+
 impl CaseDesk {
     /// The desk for `config`: with `[cases]`, the ids applied within `max_age_days` are read
     /// from the outbox, so an event delivered again after a restart is still refused.
@@ -123,17 +142,7 @@ impl CaseDesk {
                 Some(CaseSystem {
                     intake: CaseIntake {
                         subject_prefix: cases.subject_prefix.clone(),
-                        // In a cluster, the consoles' status changes come this way too,
-                        // signed with the same secret (`--role console`).
-                        sources: cases
-                            .sources
-                            .iter()
-                            .cloned()
-                            .chain(
-                                (!config.cluster.is_single_node())
-                                    .then(|| super::city_console::CONSOLE_CASE_SOURCE.to_string()),
-                            )
-                            .collect(),
+                        sources: intake_sources(config, cases),
                         secret: cases.secret.clone(),
                         departments: known_departments(config),
                     },
@@ -374,6 +383,104 @@ pub(crate) fn audit(console: Option<&Console>, outbox: &Path, audits: &[CaseAudi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config of a cluster's scorer with `[cases]` and the given `secret` line.
+    fn scorer_config(dir: &Path, secret: &str) -> PipelineConfig {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let esc = |p: &Path| p.display().to_string().replace('\\', "/");
+        let text = format!(
+            r#"
+[node]
+name = "scorer-1"
+
+[cluster]
+url = "nats://127.0.0.1:4222"
+
+[grids]
+file = "{grids}"
+
+[detect]
+model = "{model}"
+
+[outbox]
+path = "{dir}/outbox.sqlite"
+
+[cases]
+url = "nats://127.0.0.1:4222"
+sources = ["case-system"]
+{secret}
+
+[[cameras]]
+id = "cam-1"
+owner = "police"
+uri = "rtsp://127.0.0.1:9/cam"
+grid = "G-0101"
+"#,
+            grids = esc(&repo.join("configs/demo-grids.geojson")),
+            model = esc(&repo.join("models/yolox_nano.toml")),
+            dir = esc(dir),
+        );
+        let path = dir.join("scorer.toml");
+        std::fs::write(&path, &text).unwrap();
+        PipelineConfig::parse(&path, &text).unwrap()
+    }
+
+    /// A status change as a console sends it: (subject, body).
+    fn console_event(config: &PipelineConfig) -> (String, Vec<u8>) {
+        let status = CaseStatus {
+            incident: "inc-1".into(),
+            status: skynet_core::IncidentState::Acknowledged,
+            department: None,
+            assignee: None,
+            note: None,
+            at: Utc::now(),
+        };
+        let settings = config.cases.clone().unwrap();
+        let (subject, body, _) =
+            super::super::city_console::case_status_event(&settings, "console-1", &status).unwrap();
+        (subject, body)
+    }
+
+    /// A scorer with no `[cases] secret` takes no event as the console's: unsigned, its
+    /// `source` is only a claim.
+    #[test]
+    fn a_scorer_without_a_cases_secret_refuses_an_unsigned_console_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = scorer_config(dir.path(), "");
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let desk = CaseDesk::new(&config, rx).unwrap();
+        let intake = &desk.system.as_ref().unwrap().intake;
+        assert!(intake.secret.is_none());
+        let (subject, body) = console_event(&config);
+        let refusal = intake
+            .check(&subject, &body, None)
+            .expect_err("an unsigned console event is refused");
+        assert_eq!(refusal.reason, RefusalReason::Source, "{refusal:?}");
+        assert!(intake.sources.contains("case-system"));
+    }
+
+    /// With a secret, a console's event is taken when signed with it, and refused unsigned.
+    #[test]
+    fn a_scorer_with_a_cases_secret_takes_the_console_s_signed_events_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = scorer_config(dir.path(), r#"secret = "a-shared-cases-secret""#);
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let desk = CaseDesk::new(&config, rx).unwrap();
+        let intake = &desk.system.as_ref().unwrap().intake;
+        let (subject, body) = console_event(&config);
+        assert!(intake.check(&subject, &body, None).is_err(), "unsigned");
+        let signature = format!(
+            "sha256={}",
+            skynet_risk::case_status::sign(b"a-shared-cases-secret", &body)
+        );
+        let event = intake
+            .check(&subject, &body, Some(&signature))
+            .expect("a signed console event is taken");
+        assert_eq!(
+            event.source,
+            super::super::city_console::CONSOLE_CASE_SOURCE
+        );
+    }
 
     #[test]
     fn the_id_of_a_refused_body_is_read_when_it_has_one() {

@@ -55,6 +55,27 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// How often the Sources view's cluster health is read.
 const CLUSTER_EVERY: Duration = Duration::from_secs(2);
 
+/// What `--role console` needs of the config before it joins: `[cases]` with a secret. The
+/// scorers take a console's status changes only when signed (an unsigned `source` is a claim
+/// anyone on the bus can make), so a console without the secret could only fail every change
+/// its users make; it refuses to start instead, naming the key and the variable.
+pub(crate) fn check_config(config: &PipelineConfig) -> Result<(), PipelineError> {
+    let signed = config
+        .cases
+        .as_ref()
+        .and_then(|cases| cases.secret.as_ref())
+        .is_some_and(|secret| !secret.is_empty());
+    if signed {
+        return Ok(());
+    }
+    Err(PipelineError::Console(
+        "--role console needs `[cases] secret`: the scorers take a console's status changes only when signed with it. \
+         Set `secret` (or `secret_env`) in [cases], the same on the scorers; deploy/city.toml and configs/city.toml \
+         read it from the environment variable SKYNET_CASES_SECRET (`openssl rand -hex 32`)"
+            .into(),
+    ))
+}
+
 /// Runs the console role until `shutdown`.
 pub(crate) fn run(
     config: &PipelineConfig,

@@ -244,6 +244,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let counters = Arc::new(Counters::default());
 
     // Everything that can fail before a frame flows, so a bad set-up fails fast and clearly.
+    if options.role == skynet_cluster::Role::Console {
+        city_console::check_config(config)?;
+    }
     let console = console::start(config, &services)?;
     // In a city of many nodes (`--role`): connected and a live member of the role.
     let cluster = cluster::join(config, options.role, &services)?;
