@@ -408,3 +408,111 @@ async fn members_come_back_after_a_nats_outage() {
         resumed_at.elapsed().as_secs_f64()
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A nats-server stopped with SIGSTOP: its connections stay open, and its requests are
+/// neither answered nor refused, as while a JetStream leader is being elected. Resumed
+/// with SIGCONT when dropped, so a failing test leaves no frozen server.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(nats: &PrivateNats) -> Self {
+        let pid = nats.child.as_ref().expect("nats-server runs").id();
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// While the leases' NATS hangs, every renewal waits for an answer that does not come; the
+/// edge must still stop running its cameras before their leases end (after which another
+/// edge may take them), not once the renewals give up. The membership is on a NATS of its
+/// own that keeps answering, so the edge stays assigned its cameras throughout: only the
+/// leases' end can take them out of the set. Each lease was last renewed before NATS
+/// stopped, so each is valid until the stop plus one lease length at the latest: the set
+/// must be empty by then (one check of slack for the scheduler: a correctness bound, not
+/// a speed target), and stay empty. When NATS answers again, after the leases' end, the
+/// edge claims its cameras again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_lease_nats_empties_the_runnable_set_before_the_leases_end_and_claims_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(&dir.path().join("nats"));
+    let url = nats.url();
+    let members = PrivateNats::start(&dir.path().join("members"));
+    let timing = config(&url).timing();
+    let keys: Vec<String> = (0..20)
+        .map(|i| Leases::camera_key(&format!("cam-{i:02}")))
+        .collect();
+    let all: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+
+    let m = join(&members.url(), "edge-a", Role::Edge).await;
+    let leases = Leases::open(&client(&url).await, &config(&url), "edge-a")
+        .await
+        .unwrap();
+    let ttl = leases.ttl();
+    let claims = Claims::start(&m, leases, Role::Edge, keys, timing);
+    let mut runnable = claims.runnable();
+    tokio::time::timeout(GUARD, runnable.wait_for(|s| *s == all))
+        .await
+        .expect("the edge runs every camera")
+        .unwrap();
+
+    let frozen = Frozen::new(&nats);
+    let stopped_at = Instant::now();
+    let bound = stopped_at + ttl + timing.check;
+    let last = runnable.clone();
+    match tokio::time::timeout_at(bound, runnable.wait_for(|s| s.is_empty())).await {
+        Ok(r) => {
+            r.unwrap();
+        }
+        Err(_) => panic!(
+            "still running {:?} {:.2} s after NATS stopped answering, past the leases' end (ttl {:.2} s)",
+            *last.borrow(),
+            stopped_at.elapsed().as_secs_f64(),
+            ttl.as_secs_f64()
+        ),
+    }
+    assert_eq!(
+        m.members(Role::Edge),
+        ["edge-a"],
+        "still assigned every camera"
+    );
+    println!(
+        "the runnable set was empty {:.2} s after NATS stopped answering (ttl {:.2} s)",
+        stopped_at.elapsed().as_secs_f64(),
+        ttl.as_secs_f64()
+    );
+
+    // The outage outlasts the leases: nothing comes back into the set while NATS is down,
+    // and the claims must recover by taking the leases anew.
+    let back = tokio::time::timeout_at(bound, runnable.wait_for(|s| !s.is_empty()))
+        .await
+        .is_ok();
+    assert!(!back, "runnable again while NATS is down");
+    drop(frozen);
+    let resumed_at = Instant::now();
+    tokio::time::timeout(GUARD, runnable.wait_for(|s| *s == all))
+        .await
+        .expect("the edge runs every camera again once NATS answers")
+        .unwrap();
+    println!(
+        "every camera runnable again {:.2} s after NATS answered again",
+        resumed_at.elapsed().as_secs_f64()
+    );
+    claims.stop().await;
+    drop(m);
+}
