@@ -272,6 +272,19 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
         "{survivor} runs cam-safety-03 after {holder} was killed\n{}",
         all(&edges, &scorers)
     );
+    // Its supervisor (a StatefulSet, systemd) starts it again under its name: its MQTT
+    // session, which the broker kept and went on queueing its share of the shared
+    // subscription to, drains (a node that never comes back must be replaced under the
+    // same name; README "The edge role: sensor readings").
+    edges[dead] = Node::start("edge", &holder, state.path(), &broker, &url);
+    assert!(
+        eventually(Duration::from_secs(60), || metric(
+            &edges[dead].metrics(),
+            "skynet_mqtt_connected"
+        ) == 1.0),
+        "{holder} reconnects to the broker\n{}",
+        edges[dead].log()
+    );
 
     // kill -9 the scorer owning G-0201 mid-leak: the incident goes on under its id.
     let scorer_names: Vec<String> = scorers.iter().map(|s| s.name.clone()).collect();
