@@ -358,6 +358,37 @@ fn assigned(node: &str) -> f64 {
 }
 
 /// Both scorers see each other and share the three cells.
+/// A killable scorer b: a `skynet run --role scorer` process with config `text` in `dir`,
+/// and a view of its JSONL sink; returns once scorer `a` sees b (owns at least one cell and
+/// fewer than `below`), so a test can then route work to b's cells.
+fn spawn_scorer_b(
+    dir: &Path,
+    text: &str,
+    a: &str,
+    below: f64,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+    Scorer,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("scorer.toml");
+    std::fs::write(&config, text).unwrap();
+    let (b, log) = common::spawn_logged(&config, &["--role", "scorer"]);
+    let delivered = Scorer {
+        shutdown: Shutdown::new(),
+        thread: None,
+        dir: dir.to_path_buf(),
+    };
+    assert!(
+        eventually(WAIT, || assigned(a) >= 1.0 && assigned(a) < below),
+        "a sees b and owns part of the cells: {}; b's log: {}",
+        assigned(a),
+        log.lock().unwrap()
+    );
+    (b, log, delivered)
+}
+
 fn wait_settled(a: &str, b: &str) {
     wait_shared(a, b, 3.0);
 }
@@ -461,20 +492,11 @@ fn a_killed_scorers_cells_fail_over_within_failover_s() {
     let a = Scorer::start(&tmp.path().join("a"), &name_a, &bus.url);
     // b: a `skynet run --role scorer` process, killed with SIGKILL.
     let dir_b = tmp.path().join("b");
-    std::fs::create_dir_all(&dir_b).unwrap();
-    let config_b = dir_b.join("scorer.toml");
-    std::fs::write(&config_b, config_text(&dir_b, &name_b, &bus.url)).unwrap();
-    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
-    let b_delivered = Scorer {
-        shutdown: Shutdown::new(),
-        thread: None,
-        dir: dir_b.clone(),
-    };
-    assert!(
-        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
-        "a sees b and owns part of the cells: {}; b's log: {}",
-        assigned(&name_a),
-        log_b.lock().unwrap()
+    let (mut b, log_b, b_delivered) = spawn_scorer_b(
+        &dir_b,
+        &config_text(&dir_b, &name_b, &bus.url),
+        &name_a,
+        3.0,
     );
     let seq_b = bus.publish(&gas(&cell_b, "gas-b", 0.6));
     assert!(
@@ -624,23 +646,11 @@ fn what_a_killed_scorer_had_not_delivered_is_emitted_again_by_its_successor() {
     let undelivered = format!(
         "[[sinks]]\nkind = \"nats\"\nname = \"down\"\nurl = \"nats://127.0.0.1:{nothing}\"\nstream = \"SKYNET_INCIDENTS\"\n"
     );
-    let config_b = dir_b.join("scorer.toml");
-    std::fs::write(
-        &config_b,
-        config_with(&dir_b, &name_b, &bus.url, &undelivered),
-    )
-    .unwrap();
-    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
-    let b_delivered = Scorer {
-        shutdown: Shutdown::new(),
-        thread: None,
-        dir: dir_b.clone(),
-    };
-    assert!(
-        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
-        "a sees b: {}; b's log: {}",
-        assigned(&name_a),
-        log_b.lock().unwrap()
+    let (mut b, log_b, b_delivered) = spawn_scorer_b(
+        &dir_b,
+        &config_with(&dir_b, &name_b, &bus.url, &undelivered),
+        &name_a,
+        3.0,
     );
     bus.publish(&gas(&cell_b, "gas-u", 0.6));
     assert!(
@@ -790,21 +800,7 @@ fn a_status_event_for_a_cell_whose_owner_just_died_is_applied_by_its_successor()
     let a = Scorer::start_text(&dir_a, &text(&dir_a, &name_a));
     // b: a `skynet run --role scorer` process, killed with SIGKILL.
     let dir_b = tmp.path().join("b");
-    std::fs::create_dir_all(&dir_b).unwrap();
-    let config_b = dir_b.join("scorer.toml");
-    std::fs::write(&config_b, text(&dir_b, &name_b)).unwrap();
-    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
-    let b_delivered = Scorer {
-        shutdown: Shutdown::new(),
-        thread: None,
-        dir: dir_b.clone(),
-    };
-    assert!(
-        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 4.0),
-        "a sees b and owns part of the cells: {}; b's log: {}",
-        assigned(&name_a),
-        log_b.lock().unwrap()
-    );
+    let (mut b, log_b, b_delivered) = spawn_scorer_b(&dir_b, &text(&dir_b, &name_b), &name_a, 4.0);
     let seq_b = bus.publish(&gas(&cell_b, "gas-db", 0.6));
     assert!(
         eventually(WAIT, || !b_delivered.incidents_in(&cell_b).is_empty()),
@@ -910,20 +906,11 @@ fn a_sensor_rules_streak_begun_at_a_killed_scorer_goes_on_at_its_successor() {
     let a = Scorer::start_with(&tmp.path().join("a"), &name_a, &bus.url, &sensors);
     // b: a `skynet run --role scorer` process owning the sensor's cell, killed with SIGKILL.
     let dir_b = tmp.path().join("b");
-    std::fs::create_dir_all(&dir_b).unwrap();
-    let config_b = dir_b.join("scorer.toml");
-    std::fs::write(&config_b, config_with(&dir_b, &name_b, &bus.url, &sensors)).unwrap();
-    let (mut b, log_b) = common::spawn_logged(&config_b, &["--role", "scorer"]);
-    let b_delivered = Scorer {
-        shutdown: Shutdown::new(),
-        thread: None,
-        dir: dir_b.clone(),
-    };
-    assert!(
-        eventually(WAIT, || assigned(&name_a) >= 1.0 && assigned(&name_a) < 3.0),
-        "a sees b and owns part of the cells: {}; b's log: {}",
-        assigned(&name_a),
-        log_b.lock().unwrap()
+    let (mut b, log_b, b_delivered) = spawn_scorer_b(
+        &dir_b,
+        &config_with(&dir_b, &name_b, &bus.url, &sensors),
+        &name_a,
+        3.0,
     );
     // 60 ppm for 4 s of the rule's 10, at b.
     let t0 = chrono::Utc::now() - chrono::Duration::seconds(30);
