@@ -258,14 +258,15 @@ async fn assert_city_holds(city: &jetstream::Context, expected: &BTreeSet<String
     assert_eq!(messages.len(), expected.len(), "{when}: the city's count");
 }
 
-#[test]
-fn districts_feed_the_city_and_a_cut_link_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
+/// The city hub and the north and south districts, from deploy/three-level/'s configs
+/// rewritten onto loopback ports and store folders in `dir`, each district leaf-linked to
+/// the hub; also the hub's client port (for create-city-streams.sh).
+pub(super) fn city_servers(dir: &Path) -> (Server, Server, Server, u16) {
     let (hub_port, leaf_port, hub_http) =
         (free_port().port(), free_port().port(), free_port().port());
-    let hub_store = dir.path().join("city");
-    let mut hub = Server::new(
-        dir.path(),
+    let hub_store = dir.join("city");
+    let hub = Server::new(
+        dir,
         "city-hub",
         "city-hub.conf",
         &[
@@ -292,9 +293,9 @@ fn districts_feed_the_city_and_a_cut_link_catches_up() {
     );
     let district = |name: &'static str, leaf_password: &str| {
         let (port, http) = (free_port().port(), free_port().port());
-        let store = dir.path().join(name);
+        let store = dir.join(name);
         Server::new(
-            dir.path(),
+            dir,
             name,
             &format!("district-{name}.conf"),
             &[
@@ -317,6 +318,13 @@ fn districts_feed_the_city_and_a_cut_link_catches_up() {
     };
     let north = district("north", NORTH_LEAF_PASSWORD);
     let south = district("south", SOUTH_LEAF_PASSWORD);
+    (hub, north, south, hub_port)
+}
+
+#[test]
+fn districts_feed_the_city_and_a_cut_link_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut hub, north, south, hub_port) = city_servers(dir.path());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

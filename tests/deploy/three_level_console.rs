@@ -24,8 +24,7 @@ use skynet_core::{Incident, RiskEvent};
 use skynet_emit::CloudEvent;
 
 use super::three_level::{
-    CITY_PASSWORD, GUARD, NORTH_LEAF_PASSWORD, SKYNET_PASSWORD, SOUTH_LEAF_PASSWORD, STREAM,
-    Server, connect, until,
+    CITY_PASSWORD, GUARD, SKYNET_PASSWORD, STREAM, city_servers, connect, until,
 };
 use crate::common::{
     eventually, free_port, incident_revision, repo, skynet_bin, spawn_logged_with_env, terminate,
@@ -203,62 +202,7 @@ fn of(all: &BTreeMap<String, (String, u64)>, district: &str) -> BTreeMap<String,
 #[test]
 fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link() {
     let dir = tempfile::tempdir().unwrap();
-    let (hub_port, leaf_port, hub_http) =
-        (free_port().port(), free_port().port(), free_port().port());
-    let hub_store = dir.path().join("city");
-    let mut hub = Server::new(
-        dir.path(),
-        "city-hub",
-        "city-hub.conf",
-        &[
-            (
-                "listen: 0.0.0.0:4222",
-                format!("listen: 127.0.0.1:{hub_port}"),
-            ),
-            ("http: 0.0.0.0:8222", format!("http: 127.0.0.1:{hub_http}")),
-            (
-                "listen: 0.0.0.0:7422",
-                format!("listen: 127.0.0.1:{leaf_port}"),
-            ),
-            (
-                "\"/data/city\"",
-                format!("{:?}", hub_store.display().to_string()),
-            ),
-        ],
-        hub_port,
-        vec![
-            ("CITY_NATS_PASSWORD", CITY_PASSWORD.into()),
-            ("NORTH_LEAF_PASSWORD", NORTH_LEAF_PASSWORD.into()),
-            ("SOUTH_LEAF_PASSWORD", SOUTH_LEAF_PASSWORD.into()),
-        ],
-    );
-    let district = |name: &'static str, leaf_password: &str| {
-        let (port, http) = (free_port().port(), free_port().port());
-        let store = dir.path().join(name);
-        Server::new(
-            dir.path(),
-            name,
-            &format!("district-{name}.conf"),
-            &[
-                ("listen: 0.0.0.0:4222", format!("listen: 127.0.0.1:{port}")),
-                ("http: 0.0.0.0:8222", format!("http: 127.0.0.1:{http}")),
-                (
-                    &format!("\"/data/{name}\""),
-                    format!("{:?}", store.display().to_string()),
-                ),
-            ],
-            port,
-            vec![
-                ("SKYNET_NATS_PASSWORD", SKYNET_PASSWORD.into()),
-                (
-                    "CITY_LEAF_URL",
-                    format!("nats-leaf://{name}:{leaf_password}@127.0.0.1:{leaf_port}"),
-                ),
-            ],
-        )
-    };
-    let north = district("north", NORTH_LEAF_PASSWORD);
-    let south = district("south", SOUTH_LEAF_PASSWORD);
+    let (mut hub, north, south, hub_port) = city_servers(dir.path());
     let rt = crate::common::tokio_runtime();
 
     // Each district's stream in its own domain, as its sink makes it; the city's by the
