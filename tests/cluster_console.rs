@@ -16,12 +16,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use common::{PrivateNats, eventually, free_port, incident_revision, repo, tokio_runtime};
+use common::{PrivateNats, console_get, eventually, free_port, incident_body, repo, tokio_runtime};
 use futures_util::StreamExt;
 use serde_json::Value;
 use skynet::{RunOptions, pipeline};
 use skynet_cluster::Role;
-use skynet_core::{Incident, RiskEvent, Shutdown};
+use skynet_core::{Incident, Shutdown};
 use skynet_emit::CloudEvent;
 use skynet_serve::console::{ConsoleStore, TokenKind, User};
 
@@ -71,13 +71,6 @@ grid = "G-0101"
     )
 }
 
-fn revision(id: &str, revision: u32, grid: &str) -> Incident {
-    match incident_revision(id, revision, grid) {
-        RiskEvent::Incident(incident) => incident,
-        RiskEvent::GridRisk(_) => unreachable!(),
-    }
-}
-
 /// Publishes `incident` from `district` as its scorer's NATS sink does.
 async fn publish(js: &jetstream::Context, district: &str, incident: &Incident) {
     let event = CloudEvent::incident(district, incident);
@@ -99,17 +92,7 @@ struct Api {
 
 impl Api {
     async fn get(&self, path: &str) -> Option<Value> {
-        let answer = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .ok()?;
-        if !answer.status().is_success() {
-            return None;
-        }
-        serde_json::from_str(&answer.text().await.ok()?).ok()
+        console_get(&self.client, &self.base, &self.token, path).await
     }
 
     /// (id, district, revision) of every incident listed at `query`.
@@ -225,10 +208,10 @@ fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_distri
     // Before the console starts: two north incidents (the second's revision 2 before its
     // revision 1, as a failover's replay may order them), one south.
     rt.block_on(async {
-        publish(&js, "north", &revision("inc-n1", 1, "G-0101")).await;
-        publish(&js, "north", &revision("inc-n2", 2, "G-0102")).await;
-        publish(&js, "north", &revision("inc-n2", 1, "G-0102")).await;
-        publish(&js, "south", &revision("inc-s1", 1, "G-0201")).await;
+        publish(&js, "north", &incident_body("inc-n1", 1, "G-0101")).await;
+        publish(&js, "north", &incident_body("inc-n2", 2, "G-0102")).await;
+        publish(&js, "north", &incident_body("inc-n2", 1, "G-0102")).await;
+        publish(&js, "south", &incident_body("inc-s1", 1, "G-0201")).await;
     });
 
     let (shutdown, run, api) = start_console(&dir.path().join("console"), &url);
@@ -267,8 +250,8 @@ fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_distri
 
     // A new event while it runs, and one again (the same event id): shown once.
     rt.block_on(async {
-        publish(&js, "south", &revision("inc-s2", 1, "G-0202")).await;
-        publish(&js, "south", &revision("inc-s1", 1, "G-0201")).await;
+        publish(&js, "south", &incident_body("inc-s2", 1, "G-0202")).await;
+        publish(&js, "south", &incident_body("inc-s1", 1, "G-0201")).await;
     });
     let south = wait_for(
         "the south incident published while running is shown",
@@ -363,7 +346,7 @@ fn a_console_role_projects_the_incidents_of_every_district_and_filters_by_distri
     );
     assert_eq!(event.status.assignee.as_deref(), Some("ana"));
     // The scorer applies it: revision 2, acknowledged, as feedback.
-    let mut applied = revision("inc-n1", 2, "G-0101");
+    let mut applied = incident_body("inc-n1", 2, "G-0101");
     applied.state = skynet_core::IncidentState::Acknowledged;
     applied.change = skynet_core::IncidentChange::Feedback;
     rt.block_on(publish(&js, "north", &applied));

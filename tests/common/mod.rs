@@ -567,6 +567,34 @@ pub fn incident_revision(id: &str, revision: u32, grid: &str) -> skynet_core::Ri
     )
 }
 
+/// [`incident_revision`]'s incident itself, for tests that publish it as a CloudEvent.
+pub fn incident_body(id: &str, revision: u32, grid: &str) -> skynet_core::Incident {
+    match incident_revision(id, revision, grid) {
+        skynet_core::RiskEvent::Incident(incident) => incident,
+        skynet_core::RiskEvent::GridRisk(_) => unreachable!("incident_revision makes incidents"),
+    }
+}
+
+/// GET `path` of a console's API at `base` as the bearer of `token`: its JSON answer, or
+/// None while the console is not up or answers an error (callers poll).
+pub async fn console_get(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let answer = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if !answer.status().is_success() {
+        return None;
+    }
+    serde_json::from_str(&answer.text().await.ok()?).ok()
+}
+
 /// The ids of every event in the committer's outbox.
 pub fn outbox_ids(committer: &skynet_emit::Committer) -> std::collections::BTreeSet<String> {
     committer

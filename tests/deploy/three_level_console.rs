@@ -20,14 +20,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use serde_json::Value;
 use skynet_cluster::{ClusterConfig, Membership, Role};
-use skynet_core::{Incident, RiskEvent};
 use skynet_emit::CloudEvent;
 
 use super::three_level::{
     CITY_PASSWORD, GUARD, SKYNET_PASSWORD, STREAM, city_servers, connect, until,
 };
 use crate::common::{
-    eventually, free_port, incident_revision, repo, skynet_bin, spawn_logged_with_env, terminate,
+    console_get, eventually, free_port, incident_body, repo, skynet_bin, spawn_logged_with_env,
+    terminate,
 };
 
 const PASSPHRASE: &str = "a long and unguessable passphrase 9q2w";
@@ -105,18 +105,11 @@ fn skynet(args: &[&str], input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn revision(id: &str, revision: u32, grid: &str) -> Incident {
-    match incident_revision(id, revision, grid) {
-        RiskEvent::Incident(incident) => incident,
-        RiskEvent::GridRisk(_) => unreachable!(),
-    }
-}
-
 /// Publishes revision `n` of `id` in `district`'s own stream, as its scorers' NATS sink
 /// does (source `skynet/<district>`, the CloudEvent id as `Nats-Msg-Id`), acknowledged by
 /// the district's JetStream whether or not its link to the city is up.
 async fn publish(js: &jetstream::Context, district: &str, id: &str, n: u32, grid: &str) {
-    let incident = revision(id, n, grid);
+    let incident = incident_body(id, n, grid);
     let event = CloudEvent::incident(district, &incident);
     assert_eq!(event.source, format!("skynet/{district}"));
     let mut headers = async_nats::HeaderMap::new();
@@ -143,17 +136,7 @@ struct Api {
 
 impl Api {
     async fn get(&self, path: &str) -> Option<Value> {
-        let answer = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .ok()?;
-        if !answer.status().is_success() {
-            return None;
-        }
-        serde_json::from_str(&answer.text().await.ok()?).ok()
+        console_get(&self.client, &self.base, &self.token, path).await
     }
 
     /// Each incident listed at `query`: id -> (district, revision); an id listed twice
