@@ -20,7 +20,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,30 +122,6 @@ fn logs(nodes: &[&Node]) -> String {
         .collect()
 }
 
-fn simulate(url: &str, scenario: &str, seconds: u32) {
-    let status = Command::new(skynet_bin())
-        .args([
-            "simulate",
-            "sensors",
-            "--url",
-            url,
-            "--rate",
-            "10",
-            "--duration",
-            &seconds.to_string(),
-            "--scenario",
-            scenario,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "skynet simulate sensors --scenario {scenario}"
-    );
-}
-
 /// Every incident CloudEvent in SKYNET_INCIDENTS: (event id, body).
 fn incidents(rt: &tokio::runtime::Runtime, url: &str) -> Vec<(String, serde_json::Value)> {
     rt.block_on(async {
@@ -230,7 +206,7 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
         );
     }
 
-    simulate(&broker.url(), "leak", 25);
+    common::simulate_sensors(&broker.url(), "leak", 25);
     let fused = |events: &[(String, serde_json::Value)]| {
         incident_ids(events, "G-0201", "person_exposed_to_gas")
     };
@@ -303,7 +279,7 @@ fn two_edges_and_two_scorers_give_the_single_nodes_incidents_and_survive_kill_9(
     scorers[dead].kill_9();
     let rest = std::thread::spawn({
         let url = broker.url();
-        move || simulate(&url, "leak", 30)
+        move || common::simulate_sensors(&url, "leak", 30)
     });
     assert!(
         eventually(Duration::from_secs(90), || {

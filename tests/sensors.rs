@@ -479,30 +479,6 @@ fn gas_leak_incidents(state: &Path) -> Vec<String> {
     ids
 }
 
-fn simulate(url: &str, scenario: &str, seconds: u32) {
-    let status = Command::new(common::skynet_bin())
-        .args([
-            "simulate",
-            "sensors",
-            "--url",
-            url,
-            "--rate",
-            "10",
-            "--duration",
-            &seconds.to_string(),
-            "--scenario",
-            scenario,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "skynet simulate sensors --scenario {scenario}"
-    );
-}
-
 #[test]
 fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     let broker = Broker::start();
@@ -524,7 +500,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
     );
     wait_connected(listen);
     broker.wait_subscribed("skynet-city-node", "skynet/sensors/+", 1);
-    simulate(&broker.url(), "normal", 20);
+    common::simulate_sensors(&broker.url(), "normal", 20);
     let mut m = String::new();
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -538,7 +514,7 @@ fn city_gas_07_leak_gives_one_gas_leak_incident_and_noise_none() {
         gas_leak_incidents(state.path()).is_empty(),
         "normal noise is no leak"
     );
-    simulate(&broker.url(), "leak", 25);
+    common::simulate_sensors(&broker.url(), "leak", 25);
     let one = eventually(Duration::from_secs(30), || {
         gas_leak_incidents(state.path()).len() == 1
     });

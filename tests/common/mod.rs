@@ -595,6 +595,32 @@ pub async fn console_get(
     serde_json::from_str(&answer.text().await.ok()?).ok()
 }
 
+/// Runs `skynet simulate sensors --scenario <scenario>` against the MQTT broker at `url`
+/// for `seconds` at 10 readings/s, and asserts it succeeded.
+pub fn simulate_sensors(url: &str, scenario: &str, seconds: u32) {
+    let status = Command::new(skynet_bin())
+        .args([
+            "simulate",
+            "sensors",
+            "--url",
+            url,
+            "--rate",
+            "10",
+            "--duration",
+            &seconds.to_string(),
+            "--scenario",
+            scenario,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "skynet simulate sensors --scenario {scenario}"
+    );
+}
+
 /// The ids of every event in the committer's outbox.
 pub fn outbox_ids(committer: &skynet_emit::Committer) -> std::collections::BTreeSet<String> {
     committer
