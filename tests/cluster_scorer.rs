@@ -684,6 +684,13 @@ fn what_a_killed_scorer_had_not_delivered_is_emitted_again_by_its_successor() {
     a.stop();
 }
 
+/// A scorer's config over the city grid (cells that are not neighbours exist there) that
+/// takes case-status events from `url`.
+fn cases_text(dir: &Path, node: &str, url: &str) -> String {
+    let cases = format!("[cases]\nurl = \"{url}\"\nsources = [\"case-system\"]\n");
+    config_with(dir, node, url, &cases).replace("demo-grids.geojson", "city-grids.geojson")
+}
+
 #[test]
 fn each_scorer_applies_the_case_status_of_its_own_incidents_and_ignores_the_others() {
     let tmp = tempfile::tempdir().unwrap();
@@ -691,16 +698,9 @@ fn each_scorer_applies_the_case_status_of_its_own_incidents_and_ignores_the_othe
     // Cells that are not neighbours (the city grid's): neither scorer's engine holds the
     // other's incident, so only the filter keeps a status event from being refused there.
     let (name_a, name_b, cell_a, cell_b) = split_of("-c", &["G-0101", "G-0301"]);
-    let cases = format!(
-        "[cases]\nurl = \"{}\"\nsources = [\"case-system\"]\n",
-        bus.url
-    );
-    let text = |dir: &Path, node: &str| {
-        config_with(dir, node, &bus.url, &cases).replace("demo-grids.geojson", "city-grids.geojson")
-    };
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = Scorer::start_text(&dir_a, &text(&dir_a, &name_a));
-    let b = Scorer::start_text(&dir_b, &text(&dir_b, &name_b));
+    let a = Scorer::start_text(&dir_a, &cases_text(&dir_a, &name_a, &bus.url));
+    let b = Scorer::start_text(&dir_b, &cases_text(&dir_b, &name_b, &bus.url));
     wait_shared(&name_a, &name_b, 4.0);
     bus.publish(&gas(&cell_a, "gas-ca", 0.6));
     bus.publish(&gas(&cell_b, "gas-cb", 0.6));
@@ -789,18 +789,12 @@ fn a_status_event_for_a_cell_whose_owner_just_died_is_applied_by_its_successor()
     let tmp = tempfile::tempdir().unwrap();
     let bus = Bus::start(tmp.path());
     let (name_a, name_b, _, cell_b) = split_of("-d", &["G-0101", "G-0301"]);
-    let cases = format!(
-        "[cases]\nurl = \"{}\"\nsources = [\"case-system\"]\n",
-        bus.url
-    );
-    let text = |dir: &Path, node: &str| {
-        config_with(dir, node, &bus.url, &cases).replace("demo-grids.geojson", "city-grids.geojson")
-    };
     let dir_a = tmp.path().join("a");
-    let a = Scorer::start_text(&dir_a, &text(&dir_a, &name_a));
+    let a = Scorer::start_text(&dir_a, &cases_text(&dir_a, &name_a, &bus.url));
     // b: a `skynet run --role scorer` process, killed with SIGKILL.
     let dir_b = tmp.path().join("b");
-    let (mut b, log_b, b_delivered) = spawn_scorer_b(&dir_b, &text(&dir_b, &name_b), &name_a, 4.0);
+    let (mut b, log_b, b_delivered) =
+        spawn_scorer_b(&dir_b, &cases_text(&dir_b, &name_b, &bus.url), &name_a, 4.0);
     let seq_b = bus.publish(&gas(&cell_b, "gas-db", 0.6));
     assert!(
         eventually(WAIT, || !b_delivered.incidents_in(&cell_b).is_empty()),
