@@ -258,6 +258,22 @@ async fn assert_city_holds(city: &jetstream::Context, expected: &BTreeSet<String
     assert_eq!(messages.len(), expected.len(), "{when}: the city's count");
 }
 
+/// District `name`'s stream in its own domain (`js`), made as its skynet sink makes it
+/// (the sink's plan: incidents and grid risk in one stream).
+pub(super) async fn district_stream(js: &jetstream::Context, name: &str) {
+    let plan = skynet_emit::NatsSinkConfig::for_url("nats://unused").stream_plan();
+    js.get_or_create_stream(stream::Config {
+        name: plan.name.clone(),
+        subjects: plan.subjects.clone(),
+        max_age: plan.max_age,
+        duplicate_window: plan.duplicate_window,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name}: create {STREAM}: {e}"));
+}
+
 /// The city hub and the north and south districts, from deploy/three-level/'s configs
 /// rewritten onto loopback ports and store folders in `dir`, each district leaf-linked to
 /// the hub; also the hub's client port (for create-city-streams.sh).
@@ -331,23 +347,12 @@ fn districts_feed_the_city_and_a_cut_link_catches_up() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // Each district's stream, made in its own domain as its skynet sink makes it (the
-        // sink's plan: incidents and grid risk in one stream).
-        let plan = skynet_emit::NatsSinkConfig::for_url("nats://unused").stream_plan();
+        // Each district's stream, made in its own domain as its skynet sink makes it.
         let mut districts = Vec::new();
         for (name, server) in [("north", &north), ("south", &south)] {
             let client = connect(&server.url(), "skynet", SKYNET_PASSWORD).await;
             let js = jetstream::with_domain(client, name);
-            js.get_or_create_stream(stream::Config {
-                name: plan.name.clone(),
-                subjects: plan.subjects.clone(),
-                max_age: plan.max_age,
-                duplicate_window: plan.duplicate_window,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{name}: create {STREAM}: {e}"));
+            district_stream(&js, name).await;
             districts.push((name, js));
         }
 

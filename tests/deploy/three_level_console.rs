@@ -17,13 +17,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use serde_json::Value;
 use skynet_cluster::{ClusterConfig, Membership, Role};
 use skynet_emit::CloudEvent;
 
 use super::three_level::{
-    CITY_PASSWORD, GUARD, SKYNET_PASSWORD, STREAM, city_servers, connect, until,
+    CITY_PASSWORD, GUARD, SKYNET_PASSWORD, STREAM, city_servers, connect, district_stream, until,
 };
 use crate::common::{
     console_get, eventually, free_port, incident_body, repo, skynet_bin, spawn_logged_with_env,
@@ -191,21 +191,11 @@ fn district_incidents_reach_the_city_console_which_catches_up_after_a_cut_link()
     // Each district's stream in its own domain, as its sink makes it; the city's by the
     // committed script once the hub reaches both domains.
     let districts = rt.block_on(async {
-        let plan = skynet_emit::NatsSinkConfig::for_url("nats://unused").stream_plan();
         let mut districts = Vec::new();
         for (name, server) in [("north", &north), ("south", &south)] {
             let client = connect(&server.url(), "skynet", SKYNET_PASSWORD).await;
             let js = jetstream::with_domain(client.clone(), name);
-            js.get_or_create_stream(stream::Config {
-                name: plan.name.clone(),
-                subjects: plan.subjects.clone(),
-                max_age: plan.max_age,
-                duplicate_window: plan.duplicate_window,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{name}: create {STREAM}: {e}"));
+            district_stream(&js, name).await;
             districts.push((name, client, js));
         }
         let hub_client = connect(&hub.url(), "city", CITY_PASSWORD).await;
