@@ -70,11 +70,11 @@ pub async fn observation_stream(
         discard: jetstream::stream::DiscardPolicy::Old,
         ..Default::default()
     };
-    js.get_or_create_stream(stream)
+    crate::membership::get_or_create_stream(&js, stream)
         .await
-        .map_err(|e| ClusterError::Stream {
+        .map_err(|message| ClusterError::Stream {
             stream: OBSERVATIONS_STREAM.into(),
-            message: e.to_string(),
+            message,
         })
 }
 

@@ -97,12 +97,35 @@ pub(crate) async fn open_bucket_sized(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    js.get_or_create_stream(stream)
+    get_or_create_stream(&js, stream)
         .await
         .map_err(|e| ClusterError::bucket(bucket, e))?;
     js.get_key_value(bucket)
         .await
         .map_err(|e| ClusterError::bucket(bucket, e))
+}
+
+/// `get_or_create_stream`, tried again a few times: nodes starting together race to create
+/// the same stream, and nats-server 2.9 may refuse the loser's create ("subjects overlap
+/// with an existing stream") instead of answering with the stream the winner made; the next
+/// look finds it.
+pub(crate) async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Stream, String> {
+    const TRIES: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if attempt < TRIES => {
+                tracing::debug!(stream = %config.name, attempt, error = %e, "stream not opened; trying again");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 impl Membership {
