@@ -21,32 +21,9 @@ use super::views::{
     AckView, CameraView, IncidentView, Reading, SensorView, SourceMessage, json_text,
 };
 
-/// Hands a person's status change to what applies it exactly as a case system's status
-/// event: the risk stage of this process, or (`--role console`) the scorers, as a
-/// case-status event published with the given event id (the same for a retry of the same
-/// request, so that one is one event). `Err` when it was not taken (the stage is gone or
-/// full, NATS is not reached): nothing was sent.
-pub type SubmitStatus = Box<dyn Fn(CaseStatus, &str) -> Result<Submitted, String> + Send + Sync>;
-
-/// How far a status change handed over got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Submitted {
-    /// Taken: queued for the risk stage, or stored by JetStream.
-    Sent,
-    /// Published, but JetStream's ack did not come in time: it may be stored (and then
-    /// applied) or not. A retry of the request carries the same event id: one change.
-    Pending,
-}
-
-impl Submitted {
-    /// As the audit log and the API say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sent => "sent",
-            Self::Pending => "pending",
-        }
-    }
-}
+/// Hands a person's status change to the risk stage, which applies it exactly as a case
+/// system's status event. `Err` when it cannot be taken now (the stage is gone or full).
+pub type SubmitStatus = Box<dyn Fn(CaseStatus) -> Result<(), String> + Send + Sync>;
 
 /// A camera's decoded count, when it was read, and the frame rate from the reading before.
 type RateSample = (u64, std::time::Instant, Option<f64>);
@@ -314,13 +291,9 @@ impl Console {
         *self.submit.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    pub(crate) fn submit_status(
-        &self,
-        status: CaseStatus,
-        event_id: &str,
-    ) -> Result<Submitted, String> {
+    pub(crate) fn submit_status(&self, status: CaseStatus) -> Result<(), String> {
         match &*self.submit.read().unwrap_or_else(PoisonError::into_inner) {
-            Some(submit) => submit(status, event_id),
+            Some(submit) => submit(status),
             None => Err("no pipeline is running to apply it".into()),
         }
     }

@@ -25,7 +25,6 @@ pub use city::ClusterHealth;
 pub use hosts::{AllowedHosts, check_host};
 pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
-    Submitted,
 };
 pub(crate) use settings::canonical;
 pub use settings::{ApiConfig, ApiSettings};

@@ -16,7 +16,7 @@ use serde_json::json;
 use skynet_core::{CaseStatus, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
 use skynet_emit::{Outbox, OutboxEvent};
 use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, Submitted, User,
+    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
 };
 
 /// A user: name, role, department, owner kind.
@@ -99,15 +99,15 @@ pub fn console(dir: &Path, db: &Path, seed: Seed<'_>) -> Console {
 
 /// The stand-in for the risk stage: a status change it does not `refuse` becomes the next
 /// revision, committed to `db` and then published. It is applied on another thread, as the
-/// risk stage does: the console hands the change over before it writes its audit entry, and
-/// does not wait for it there. A refused change is taken and leaves no revision (another
-/// person's change came first).
+/// risk stage does: the console hands the change over inside the transaction of its audit
+/// entry, and does not wait for it there. A refused change is taken and leaves no revision
+/// (another person's change came first).
 pub fn connect_risk_stage(console: &Arc<Console>, db: &Path, refuse: fn(&CaseStatus) -> bool) {
     let applier = Arc::downgrade(console);
     let path: PathBuf = db.to_path_buf();
-    console.connect_status(Box::new(move |status: CaseStatus, _event: &str| {
+    console.connect_status(Box::new(move |status: CaseStatus| {
         if refuse(&status) {
-            return Ok(Submitted::Sent);
+            return Ok(());
         }
         let (path, applier) = (path.clone(), applier.clone());
         std::thread::spawn(move || {
@@ -125,7 +125,7 @@ pub fn connect_risk_stage(console: &Arc<Console>, db: &Path, refuse: fn(&CaseSta
                 console.publish(&[RiskEvent::Incident(next)]);
             }
         });
-        Ok(Submitted::Sent)
+        Ok(())
     }));
 }
 

@@ -30,7 +30,7 @@ use skynet_emit::{
     CASE_SIGNATURE_HEADER, CasesSettings, EmitError, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE,
     Outbox, OutboxEvent,
 };
-use skynet_serve::console::{CameraRegistration, ClusterHealth, Console, Submitted};
+use skynet_serve::console::{CameraRegistration, ClusterHealth, Console};
 
 use super::cluster::ClusterNode;
 use super::{POLL, PipelineError, Services};
@@ -48,9 +48,8 @@ pub(crate) const CONSOLE_CASE_SOURCE: &str = "skynet-console";
 const BATCH: usize = 256;
 /// How long a batch waits for more events once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
-/// How long a person's status change may wait for JetStream's ack. Past it the API answers
-/// 202, pending: the event may be stored (and applied) or not; a retry of the request
-/// publishes the same event id, which JetStream and the scorer take once.
+/// How long a person's status change may wait for JetStream's ack before the API answers
+/// 503 (nothing is applied then: the scorer never saw it, or dedups it when it comes again).
 const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// How often the Sources view's cluster health is read.
 const CLUSTER_EVERY: Duration = Duration::from_secs(2);
@@ -97,9 +96,9 @@ pub(crate) fn run(
     match &config.cases {
         Some(cases) => {
             let sender = CaseStatusSender::start(&runtime, &cluster, config, cases.clone());
-            console.connect_status(Box::new(move |status, event| sender.send(status, event)));
+            console.connect_status(Box::new(move |status| sender.send(status)));
         }
-        None => console.connect_status(Box::new(|_, _| {
+        None => console.connect_status(Box::new(|_| {
             Err("this console has no [cases]: status changes cannot reach the scorers".into())
         })),
     }
@@ -180,25 +179,21 @@ fn count(outcome: &'static str, n: usize) {
 }
 
 /// The projection's store: the console's own state database, and the latest cell level
-/// revision stored per cell of each district (so an older change is not pushed again).
+/// revision held per cell (so a cell change replayed on a restart is not pushed again).
 pub(crate) struct Projection {
     outbox: Outbox,
-    /// (district, grid) to revision: districts name their cells alike (each its own
-    /// G-0101), so a cell is known by both. Only what a commit has stored is here: a batch
-    /// whose commit failed is read again and must not be taken as seen.
-    grids: HashMap<(String, String), u64>,
+    grids: HashMap<String, u64>,
 }
 
 impl Projection {
-    /// Starts with no cell revisions held: the stored ones do not say their district, and
-    /// the stream is read from its start anyway (its cell changes come again in order,
-    /// stored once by their ids).
     pub(crate) fn open(path: &std::path::Path) -> Result<Self, EmitError> {
         let outbox = Outbox::open(path)?;
-        Ok(Self {
-            outbox,
-            grids: HashMap::new(),
-        })
+        let grids = outbox
+            .latest_grid_risk()?
+            .into_iter()
+            .map(|g| (g.grid.to_string(), g.revision))
+            .collect();
+        Ok(Self { outbox, grids })
     }
 
     /// Stores what is new of `batch` in one transaction and returns it, for the browsers:
@@ -206,7 +201,6 @@ impl Projection {
     /// are ignored), a cell change newer than the cell's.
     fn apply(&mut self, batch: Vec<OutboxEvent>) -> Result<Vec<RiskEvent>, EmitError> {
         let mut held: HashMap<String, u32> = HashMap::new();
-        let mut held_grids: HashMap<(String, String), u64> = HashMap::new();
         let mut fresh = Vec::new();
         let mut live = Vec::new();
         let mut stale = 0;
@@ -227,16 +221,12 @@ impl Projection {
                     fresh.push(OutboxEvent::Incident(e));
                 }
                 OutboxEvent::GridRisk(e) => {
-                    let key = (
-                        skynet_emit::district_of_source(&e.source).to_string(),
-                        e.data.grid.to_string(),
-                    );
-                    let current = held_grids.get(&key).or_else(|| self.grids.get(&key));
-                    if current.is_some_and(|r| *r >= e.data.revision) {
+                    let grid = e.data.grid.to_string();
+                    if self.grids.get(&grid).is_some_and(|r| *r >= e.data.revision) {
                         stale += 1;
                         continue;
                     }
-                    held_grids.insert(key, e.data.revision);
+                    self.grids.insert(grid, e.data.revision);
                     live.push(RiskEvent::GridRisk(e.data.clone()));
                     fresh.push(OutboxEvent::GridRisk(e));
                 }
@@ -245,8 +235,6 @@ impl Projection {
         if !fresh.is_empty() {
             self.outbox.commit(&fresh, None)?;
         }
-        // Stored: from now on these are what is held.
-        self.grids.extend(held_grids);
         count("stale", stale);
         count("applied", live.len());
         Ok(live)
@@ -459,6 +447,7 @@ struct CaseStatusSender {
     /// Set once connected (the cluster's connection when `[cases] url` is the cluster's).
     context: Arc<OnceLock<jetstream::Context>>,
     settings: CasesSettings,
+    node: String,
 }
 
 impl CaseStatusSender {
@@ -500,22 +489,21 @@ impl CaseStatusSender {
             runtime: runtime.clone(),
             context,
             settings,
+            node: config.node.clone(),
         }
     }
 
-    /// Publishes `status` as event `event_id` (also its `Nats-Msg-Id`) and waits (at most
-    /// [`PUBLISH_WAIT`]) for JetStream's ack; called off the runtime's workers (the API's
-    /// blocking section, outside any transaction of the state database). `Err`: not
-    /// published, or refused by JetStream; `Pending`: published, its storage not confirmed.
-    fn send(&self, status: CaseStatus, event_id: &str) -> Result<Submitted, String> {
+    /// Publishes `status` and waits (at most [`PUBLISH_WAIT`]) for JetStream's ack; called
+    /// off the runtime's workers (the API's blocking section).
+    fn send(&self, status: CaseStatus) -> Result<(), String> {
         let context = self
             .context
             .get()
             .cloned()
             .ok_or_else(|| "the case system's NATS is not reached yet".to_string())?;
-        let (subject, body) = case_status_body(&self.settings, event_id, &status)?;
+        let (subject, body, id) = case_status_event(&self.settings, &self.node, &status)?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event_id);
+        headers.insert("Nats-Msg-Id", id.as_str());
         if let Some(secret) = self.settings.secret.as_ref().filter(|s| !s.is_empty()) {
             let signature = skynet_risk::case_status::sign(secret.expose().as_bytes(), &body);
             headers.insert(
@@ -525,65 +513,28 @@ impl CaseStatusSender {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let settings = self.settings.clone();
-        // Set once the message is handed to the connection: from then on a failure leaves
-        // it unknown whether JetStream stored it.
-        let published = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sent = Arc::clone(&published);
-        let task = self.runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let result = async {
-                ensure_cases_stream(&context, &settings)
-                    .await
-                    .map_err(Delivery::NotSent)?;
-                let ack = context
+                ensure_cases_stream(&context, &settings).await?;
+                context
                     .publish_with_headers(subject, headers, body.into())
                     .await
-                    .map_err(|e| Delivery::NotSent(e.to_string()))?;
-                sent.store(true, std::sync::atomic::Ordering::SeqCst);
-                ack.await.map_err(|e| match e.kind() {
-                    jetstream::context::PublishErrorKind::TimedOut
-                    | jetstream::context::PublishErrorKind::BrokenPipe => {
-                        Delivery::Unconfirmed(e.to_string())
-                    }
-                    _ => Delivery::NotSent(e.to_string()),
-                })?;
-                Ok::<_, Delivery>(())
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
             }
             .await;
             let _ = tx.send(result);
         });
-        let result = rx.recv_timeout(PUBLISH_WAIT).unwrap_or_else(|_| {
-            // Nothing more is sent for this request; what went out may still be stored.
-            task.abort();
-            let e = "the case system's NATS did not answer in time".to_string();
-            Err(if published.load(std::sync::atomic::Ordering::SeqCst) {
-                Delivery::Unconfirmed(e)
-            } else {
-                Delivery::NotSent(e)
-            })
-        });
-        let (outcome, answer) = match result {
-            Ok(()) => ("sent", Ok(Submitted::Sent)),
-            Err(Delivery::Unconfirmed(e)) => {
-                tracing::warn!(event = %event_id, incident = %status.incident, error = %e, "a status change was published but JetStream did not confirm it; pending (a retry is the same event)");
-                ("pending", Ok(Submitted::Pending))
-            }
-            Err(Delivery::NotSent(e)) => (
-                "failed",
-                Err(format!("the status change could not be sent: {e}")),
-            ),
-        };
+        let result = rx
+            .recv_timeout(PUBLISH_WAIT)
+            .unwrap_or_else(|_| Err("the case system's NATS did not answer in time".into()));
+        let outcome = if result.is_ok() { "sent" } else { "failed" };
         metrics::counter!("skynet_console_case_status_sent_total", "outcome" => outcome)
             .increment(1);
-        answer
+        result.map_err(|e| format!("the status change could not be sent: {e}"))
     }
-}
-
-/// Why a status event's publish did not end in JetStream's ack.
-enum Delivery {
-    /// It was not published, or JetStream refused it: nothing is applied.
-    NotSent(String),
-    /// Published, but no ack came: it may be stored.
-    Unconfirmed(String),
 }
 
 /// The stream status events go to, as the scorers' consumer creates it (so a change sent
@@ -605,15 +556,20 @@ async fn ensure_cases_stream(
         .map_err(|e| format!("stream {}: {e}", settings.stream))
 }
 
-/// The subject and body of `status` as a `skynet.case_status.v1` CloudEvent from
-/// [`CONSOLE_CASE_SOURCE`] with id `id`: the console API's, derived from who asked what
-/// of which incident and the request's own key, never the time, so a retried request is
-/// the same event.
-pub(crate) fn case_status_body(
+/// The subject, body and id of `status` as a `skynet.case_status.v1` CloudEvent from
+/// [`CONSOLE_CASE_SOURCE`]. The id names the console node, the incident, the status and the
+/// time, so a publish retried by the API is one event.
+pub(crate) fn case_status_event(
     settings: &CasesSettings,
-    id: &str,
+    node: &str,
     status: &CaseStatus,
-) -> Result<(String, Vec<u8>), String> {
+) -> Result<(String, Vec<u8>, String), String> {
+    let id = format!(
+        "{node}/{}/{}/{}",
+        status.incident,
+        status.status.as_str(),
+        status.at.timestamp_nanos_opt().unwrap_or_default()
+    );
     let subject = format!("{}.{}", settings.subject_prefix, status.incident);
     let body = serde_json::to_vec(&serde_json::json!({
         "specversion": "1.0",
@@ -626,24 +582,6 @@ pub(crate) fn case_status_body(
         "data": status,
     }))
     .map_err(|e| e.to_string())?;
-    Ok((subject, body))
-}
-
-/// [`case_status_body`] with an id of its own (`<node>/<incident>/<status>/<time>`), and
-/// that id (tests).
-#[cfg(test)]
-pub(crate) fn case_status_event(
-    settings: &CasesSettings,
-    node: &str,
-    status: &CaseStatus,
-) -> Result<(String, Vec<u8>, String), String> {
-    let id = format!(
-        "{node}/{}/{}/{}",
-        status.incident,
-        status.status.as_str(),
-        status.at.timestamp_nanos_opt().unwrap_or_default()
-    );
-    let (subject, body) = case_status_body(settings, &id, status)?;
     Ok((subject, body, id))
 }
 
@@ -685,12 +623,6 @@ mod tests {
         let grid = |revision| {
             OutboxEvent::GridRisk(skynet_emit::CloudEvent::grid_risk("north", &cell(revision)))
         };
-        let grid_of = |district: &str, revision| {
-            OutboxEvent::GridRisk(skynet_emit::CloudEvent::grid_risk(
-                district,
-                &cell(revision),
-            ))
-        };
         let live = projection
             .apply(vec![
                 inc("north", "a", 2),
@@ -724,17 +656,6 @@ mod tests {
             ("north", "south")
         );
         assert_eq!(outbox.latest_grid_risk().unwrap()[0].revision, 2);
-        // Another district's G-1 is another cell: its older revision is not stale.
-        let mut south = cell(1);
-        south.id = "south-g-1/1".into();
-        let south = OutboxEvent::GridRisk(skynet_emit::CloudEvent::grid_risk("south", &south));
-        assert_eq!(projection.apply(vec![south]).unwrap().len(), 1);
-        assert!(
-            projection
-                .apply(vec![grid_of("north", 1)])
-                .unwrap()
-                .is_empty()
-        );
     }
 
     #[test]

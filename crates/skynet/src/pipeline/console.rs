@@ -61,12 +61,9 @@ pub(crate) fn start(
 /// Status changes made in the console reach the risk stage through the same queue as the
 /// case system's, and are applied exactly as those are.
 pub(crate) fn connect_status(console: &Console, feedback: crossbeam_channel::Sender<CaseFeedback>) {
-    // The event id is for a cluster's console, whose changes travel as events: here the
-    // change goes straight to the stage.
-    console.connect_status(Box::new(move |status, _event| {
+    console.connect_status(Box::new(move |status| {
         feedback
             .try_send(CaseFeedback::Console(status))
-            .map(|()| skynet_serve::console::Submitted::Sent)
             .map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => {
                     "the risk stage is busy; try again".to_string()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,8 @@ use skynet_emit::IncidentQuery;
 use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg, query};
 use super::session::Caller;
 use crate::console::auth::Permission;
-use crate::console::live::{Console, LiveMessage, Submitted};
-use crate::console::store::{Ack, AuditEntry, AuditQuery, Note};
+use crate::console::live::{Console, LiveMessage};
+use crate::console::store::{AuditEntry, AuditQuery, Note};
 use crate::console::views::{AckView, IncidentView};
 
 /// How long a status change waits for its revision to be committed before answering 202.
@@ -82,16 +82,10 @@ impl TimelineEntry {
     }
 }
 
-/// What a change to one incident answers: the incident as it stands, and for a status
-/// change handed over, the id of the case-status event that carries it and whether
-/// JetStream's storage of it is still unconfirmed (`pending`).
+/// What a change to one incident answers: the incident as it stands.
 #[derive(Serialize)]
 pub(super) struct IncidentReply {
     incident: IncidentView,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pending: bool,
 }
 
 #[derive(Serialize)]
@@ -111,11 +105,6 @@ struct AckAfter {
     state: IncidentState,
     acknowledged: Option<AckView>,
     note: Option<String>,
-    /// How far the lifecycle move got (`sent` or `pending`); absent when none was made.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    delivery: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -129,64 +118,14 @@ struct StatusBefore {
     state: IncidentState,
 }
 
-/// The audit log's after of a status change: what was asked, and how far its hand-over
-/// got (`sent`, or `pending` when JetStream's ack did not come in time) under which event
-/// id. Whether it was applied (or refused after a race) the revisions tell.
+/// The audit log's after of a status change: what was asked, written in the transaction
+/// that hands it to the risk stage (which applies it, or refuses it after a race: the
+/// revisions tell which).
 #[derive(Serialize)]
 struct StatusAfter {
     requested: IncidentState,
     note: Option<String>,
     assignee: Option<String>,
-    delivery: &'static str,
-    event: String,
-}
-
-/// The header a client may send with a status change or an acknowledgement: its own id of
-/// the request, repeated when it retries it, so that the retry is the same change.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The request's own key: the client's `Idempotency-Key` (1 to 128 visible ASCII
-/// characters), or else the incident's revision the change was asked of (a retry before
-/// anything moved the incident is the same change; one after it is a new one).
-fn request_key(headers: &HeaderMap, incident: &Incident) -> ApiResult<String> {
-    match headers.get(IDEMPOTENCY_KEY) {
-        None => Ok(format!("revision:{}", incident.revision)),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()))
-            .map(|k| format!("key:{k}"))
-            .ok_or_else(|| {
-                ApiError::bad_request("`Idempotency-Key` must be 1 to 128 visible ASCII characters")
-            }),
-    }
-}
-
-/// The id of the case-status event that carries a person's change: who asked (`user`),
-/// what (`action`, the status, assignee and note) of which incident, and the request's
-/// key; not its time, so a retried request publishes the same event again, which
-/// JetStream (`Nats-Msg-Id`) and the scorer's applied ids take once.
-fn change_event_id(action: &str, user: &str, status: &CaseStatus, key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in [
-        action,
-        user,
-        status.incident.as_str(),
-        status.status.as_str(),
-        status.assignee.as_deref().unwrap_or_default(),
-        status.note.as_deref().unwrap_or_default(),
-        key,
-    ] {
-        // Length-prefixed: no two different lists of parts hash alike.
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    let hex: String = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("console/{}/{hex}", status.status.as_str())
 }
 
 /// An audit entry's before or after, as the store keeps it.
@@ -512,6 +451,25 @@ fn timeline(revisions: &[Incident], changes: &[AuditEntry]) -> Vec<TimelineEntry
     entries
 }
 
+/// Why an acknowledgement's transaction was rolled back: an error, or the risk stage could
+/// not take the lifecycle move (then it is made again without it).
+enum Refused {
+    Api(ApiError),
+    HandOver,
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<crate::console::store::StoreError> for Refused {
+    fn from(e: crate::console::store::StoreError) -> Self {
+        Self::Api(e.into())
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub(super) struct AckRequest {
     note: Option<String>,
@@ -557,10 +515,9 @@ fn check_note(note: &Option<String>) -> ApiResult<()> {
 pub(super) async fn acknowledge(
     State(console): State<Arc<Console>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
     request: Option<Json<AckRequest>>,
-) -> ApiResult<Response> {
+) -> ApiResult<Reply<IncidentReply>> {
     caller.require(Permission::IncidentsAck)?;
     let request = request.map(|Json(r)| r).unwrap_or_default();
     check_note(&request.note)?;
@@ -568,103 +525,84 @@ pub(super) async fn acknowledge(
     let c = Arc::clone(&console);
     let lookup = id.clone();
     let before = blocking(move || load_incident(&c, &scope, &lookup)).await?;
-    let key = request_key(&headers, &before)?;
     let after_scope = caller.user.scope();
     let rx = console.events.subscribe();
     let c = Arc::clone(&console);
     let target = id.clone();
     let note = request.note.clone();
-    // An open incident moves to acknowledged in its lifecycle too, as the case system's
-    // acknowledgement would move it; one already past it keeps its state. The move is
-    // handed over first, outside any transaction (in a cluster it waits, bounded, for
-    // JetStream, which must not hold the state database's write lock meanwhile); then the
-    // acknowledgement and its audit entry, saying how far the move got, are written
-    // together. A move that cannot be handed over leaves the acknowledgement in the console
-    // only.
-    let (handed, event) = blocking(move || {
+    // The acknowledgement, its audit entry and its hand-over to the risk stage: one
+    // transaction, the hand-over last (see `change_status`).
+    let handed = blocking(move || {
         let previous = c
             .acks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&target)
             .cloned();
-        if previous.is_none() {
-            // Known before the revision the move causes is published, which shows it (the
-            // store's own time replaces it below).
-            c.remember_ack(
-                &target,
-                Ack {
-                    by: caller.user.name.clone(),
-                    at: Utc::now(),
-                },
-            );
-        }
-        let mut event = None;
-        let handed = if before.state == IncidentState::Open {
-            let status = CaseStatus {
-                incident: target.clone(),
-                status: IncidentState::Acknowledged,
-                department: None,
-                assignee: Some(caller.user.name.clone()),
-                note: note.clone(),
-                at: Utc::now(),
-            };
-            let event_id = change_event_id("incident.ack", &caller.user.name, &status, &key);
-            match c.submit_status(status, &event_id) {
-                Ok(submitted) => {
-                    event = Some(event_id);
-                    Some(submitted)
+        let acknowledge = |hand_over: bool| {
+            c.store.audited(|| {
+                let ack = c.store.acknowledge(&target, &caller.user.name)?;
+                // Known before the revision it causes is published, which shows it.
+                c.remember_ack(&target, ack.clone());
+                let before_json = audit_json(&AckBefore {
+                    state: before.state,
+                    acknowledged: None,
+                })?;
+                let after_json = audit_json(&AckAfter {
+                    state: if hand_over {
+                        IncidentState::Acknowledged
+                    } else {
+                        before.state
+                    },
+                    acknowledged: Some(AckView {
+                        by: Some(ack.by.clone()),
+                        at: Some(ack.at),
+                    }),
+                    note: note.clone(),
+                })?;
+                let entry =
+                    caller.entry("incident.ack", &target, Some(before_json), Some(after_json));
+                c.store.record(&entry)?;
+                if hand_over {
+                    let status = CaseStatus {
+                        incident: target.clone(),
+                        status: IncidentState::Acknowledged,
+                        department: None,
+                        assignee: Some(caller.user.name.clone()),
+                        note: note.clone(),
+                        at: Utc::now(),
+                    };
+                    c.submit_status(status).map_err(|e| {
+                        tracing::warn!(incident = %target, error = %e, "acknowledged in the console only");
+                        Refused::HandOver
+                    })?;
                 }
-                Err(e) => {
-                    tracing::warn!(incident = %target, error = %e, "acknowledged in the console only");
-                    None
-                }
-            }
-        } else {
-            None
+                Ok::<_, Refused>(((), None))
+            })
         };
-        let done = c.store.audited(|| {
-            let ack = c.store.acknowledge(&target, &caller.user.name)?;
-            c.remember_ack(&target, ack.clone());
-            let before_json = audit_json(&AckBefore {
-                state: before.state,
-                acknowledged: None,
-            })?;
-            let after_json = audit_json(&AckAfter {
-                state: if handed.is_some() {
-                    IncidentState::Acknowledged
-                } else {
-                    before.state
-                },
-                acknowledged: Some(AckView {
-                    by: Some(ack.by.clone()),
-                    at: Some(ack.at),
-                }),
-                note: note.clone(),
-                delivery: handed.map(Submitted::as_str),
-                event: event.clone(),
-            })?;
-            let entry = caller.entry("incident.ack", &target, Some(before_json), Some(after_json));
-            c.store.record(&entry)?;
-            Ok::<_, ApiError>(((), None))
-        });
-        if let Err(e) = done {
+        // An open incident moves to acknowledged in its lifecycle too, as the case system's
+        // acknowledgement would move it; one already past it keeps its state. When the risk
+        // stage cannot take it, the acknowledgement is kept in the console only.
+        let wanted = before.state == IncidentState::Open;
+        let done = match acknowledge(wanted) {
+            Err(Refused::HandOver) => acknowledge(false).map(|()| false),
+            other => other.map(|()| wanted),
+        };
+        if done.is_err() {
             // Not kept: the console forgets it too.
             let mut acks = c.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match previous {
                 Some(ack) => acks.insert(target.clone(), ack),
                 None => acks.remove(&target),
             };
-            if let Some(event) = &event {
-                tracing::error!(incident = %target, event = %event, "an acknowledgement's lifecycle move went out, but the console could not record the acknowledgement");
-            }
-            return Err(e);
         }
-        Ok((handed, event))
+        done.map_err(|e| match e {
+            Refused::Api(e) => e,
+            Refused::HandOver => ApiError::internal("the acknowledgement could not be kept"),
+        })
     })
     .await?;
-    let moved =
-        handed == Some(Submitted::Sent) && applied(rx, &id, IncidentState::Acknowledged).await;
+    let moved = handed && applied(rx, &id, IncidentState::Acknowledged).await;
     let c = Arc::clone(&console);
     let lookup = id.clone();
     let after = blocking(move || load_incident(&c, &after_scope, &lookup)).await?;
@@ -672,23 +610,9 @@ pub(super) async fn acknowledge(
         // No new revision carries the acknowledgement: tell the other browsers directly.
         let _ = console.events.send(console.incident_message(&after));
     }
-    let pending = handed == Some(Submitted::Pending);
-    // Acknowledged in the console either way; 202 when the lifecycle move's storage by
-    // JetStream is not confirmed yet.
-    let code = if pending {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        code,
-        Reply(IncidentReply {
-            incident: console.incident_view(&after),
-            event,
-            pending,
-        }),
-    )
-        .into_response())
+    Ok(Reply(IncidentReply {
+        incident: console.incident_view(&after),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -760,7 +684,6 @@ fn check_assignee(console: &Console, assignee: &str, incident: &Incident) -> Api
 pub(super) async fn change_status(
     State(console): State<Arc<Console>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
     request: Result<Json<StatusRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
@@ -810,74 +733,59 @@ pub(super) async fn change_status(
         at: Utc::now(),
     };
     case_status.validate().map_err(ApiError::bad_request)?;
-    let key = request_key(&headers, &before)?;
-    let event_id = change_event_id("incident.status", &caller.user.name, &case_status, &key);
     let after_scope = caller.user.scope();
     let rx = console.events.subscribe();
-    // Decided here, applied by the risk stage (in a cluster, the scorer owning the cell).
-    // Handed over first, outside any transaction: in a cluster that waits (bounded) for
-    // JetStream, which must not hold the state database's write lock meanwhile. A change
-    // not taken (503) is not audited: nothing happened. A change taken is audited with how
-    // far it got: `sent`, or `pending` when JetStream's ack did not come in time (it may
-    // still be applied; a retry of the request is the same event, applied once).
-    let c = Arc::clone(&console);
-    let id_sent = event_id.clone();
-    let submitted = blocking(move || {
-        c.submit_status(case_status, &id_sent).map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the status change cannot be applied now: {e}"),
-            )
-        })
-    })
-    .await?;
     let c = Arc::clone(&console);
     let target = id.clone();
-    let id_audited = event_id.clone();
+    // Decided here, applied by the risk stage: the audit entry is written first in the
+    // transaction that hands the change over, and the hand-over is its last step. An entry
+    // that cannot be written hands nothing over (500); a change that cannot be handed over
+    // (503) rolls its entry back. Whether the risk stage then applied it (or refused it after
+    // a race) is the answer's 200 or 202, and the revisions.
     blocking(move || {
-        let before_json = audit_json(&StatusBefore {
-            state: before.state,
-        })?;
-        let after_json = audit_json(&StatusAfter {
-            requested: status,
-            note: request.note,
-            assignee: request.assignee,
-            delivery: submitted.as_str(),
-            event: id_audited.clone(),
-        })?;
-        let entry = caller.entry(
-            "incident.status",
-            &target,
-            Some(before_json),
-            Some(after_json),
-        );
-        c.store.record(&entry).map_err(|e| {
-            tracing::error!(incident = %target, event = %id_audited, error = %e, "a status change went out, but its audit entry could not be written");
-            ApiError::from(e)
+        c.store.audited(|| {
+            let before_json = audit_json(&StatusBefore {
+                state: before.state,
+            })?;
+            let after_json = audit_json(&StatusAfter {
+                requested: status,
+                note: request.note,
+                assignee: request.assignee,
+            })?;
+            let entry = caller.entry(
+                "incident.status",
+                &target,
+                Some(before_json),
+                Some(after_json),
+            );
+            c.store.record(&entry)?;
+            c.submit_status(case_status).map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the status change cannot be applied now: {e}"),
+                )
+            })?;
+            Ok::<_, ApiError>(((), None))
         })
     })
     .await?;
-    let waited = submitted == Submitted::Sent && applied(rx, &id, status).await;
+    let waited = applied(rx, &id, status).await;
     let c = Arc::clone(&console);
     let lookup = id.clone();
     let after = blocking(move || load_incident(&c, &after_scope, &lookup)).await?;
     let done = waited || after.state == status;
-    let pending = submitted == Submitted::Pending;
-    let code = if done && !pending {
+    let code = if done {
         StatusCode::OK
     } else {
-        // Taken, but not applied yet (or refused by the risk stage after a race), or its
-        // storage by JetStream not confirmed yet: the live stream brings the revision if
-        // it comes.
+        // Taken, but not applied yet (or refused by the risk stage after a race): the live
+        // stream brings the revision if it comes.
         StatusCode::ACCEPTED
     };
     Ok((
         code,
         Reply(IncidentReply {
             incident: console.incident_view(&after),
-            event: Some(event_id),
-            pending,
         }),
     )
         .into_response())
