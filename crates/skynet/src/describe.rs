@@ -28,7 +28,7 @@ fn describe_own_metrics() {
     );
     describe_counter!(
         "skynet_console_case_status_sent_total",
-        "Status changes and acknowledgements a console-role console sent as signed case-status events, per outcome (sent: JetStream acknowledged it; pending: published but not acknowledged in time, the person got a 202 with the event id; failed: not sent, the person got a 503)."
+        "Status changes and acknowledgements a console-role console sent as signed case-status events, per outcome (sent: JetStream acknowledged it; failed: the person got a 503)."
     );
     describe_histogram!(
         "skynet_sensor_latency_seconds",
