@@ -179,21 +179,22 @@ fn count(outcome: &'static str, n: usize) {
 }
 
 /// The projection's store: the console's own state database, and the latest cell level
-/// revision held per cell (so a cell change replayed on a restart is not pushed again).
+/// revision held per district and cell (districts may share cell ids).
 pub(crate) struct Projection {
     outbox: Outbox,
-    grids: HashMap<String, u64>,
+    grids: HashMap<(String, String), u64>,
 }
 
 impl Projection {
+    /// Starts with no cell revisions held: the stored cell rows do not say their district,
+    /// and the stream is read from its start anyway (what is stored already is skipped by
+    /// its event id).
     pub(crate) fn open(path: &std::path::Path) -> Result<Self, EmitError> {
         let outbox = Outbox::open(path)?;
-        let grids = outbox
-            .latest_grid_risk()?
-            .into_iter()
-            .map(|g| (g.grid.to_string(), g.revision))
-            .collect();
-        Ok(Self { outbox, grids })
+        Ok(Self {
+            outbox,
+            grids: HashMap::new(),
+        })
     }
 
     /// Stores what is new of `batch` in one transaction and returns it, for the browsers:
@@ -201,6 +202,9 @@ impl Projection {
     /// are ignored), a cell change newer than the cell's.
     fn apply(&mut self, batch: Vec<OutboxEvent>) -> Result<Vec<RiskEvent>, EmitError> {
         let mut held: HashMap<String, u32> = HashMap::new();
+        // Cell revisions of this batch: held only once its commit is stored, so a batch
+        // that failed is not taken for stale when it comes again.
+        let mut cells: HashMap<(String, String), u64> = HashMap::new();
         let mut fresh = Vec::new();
         let mut live = Vec::new();
         let mut stale = 0;
@@ -221,12 +225,13 @@ impl Projection {
                     fresh.push(OutboxEvent::Incident(e));
                 }
                 OutboxEvent::GridRisk(e) => {
-                    let grid = e.data.grid.to_string();
-                    if self.grids.get(&grid).is_some_and(|r| *r >= e.data.revision) {
+                    let cell = (e.source.clone(), e.data.grid.to_string());
+                    let current = cells.get(&cell).or_else(|| self.grids.get(&cell)).copied();
+                    if current.is_some_and(|r| r >= e.data.revision) {
                         stale += 1;
                         continue;
                     }
-                    self.grids.insert(grid, e.data.revision);
+                    cells.insert(cell, e.data.revision);
                     live.push(RiskEvent::GridRisk(e.data.clone()));
                     fresh.push(OutboxEvent::GridRisk(e));
                 }
@@ -235,6 +240,7 @@ impl Projection {
         if !fresh.is_empty() {
             self.outbox.commit(&fresh, None)?;
         }
+        self.grids.extend(cells);
         count("stale", stale);
         count("applied", live.len());
         Ok(live)
@@ -656,6 +662,20 @@ mod tests {
             ("north", "south")
         );
         assert_eq!(outbox.latest_grid_risk().unwrap()[0].revision, 2);
+    }
+
+    #[test]
+    fn a_cell_of_one_district_is_not_taken_for_stale_by_another_districts_cell_of_that_id() {
+        let mut projection = Projection::open(std::path::Path::new(":memory:")).unwrap();
+        let grid = |district: &str, revision| {
+            OutboxEvent::GridRisk(skynet_emit::CloudEvent::grid_risk(
+                district,
+                &cell(revision),
+            ))
+        };
+        assert_eq!(projection.apply(vec![grid("north", 2)]).unwrap().len(), 1);
+        assert_eq!(projection.apply(vec![grid("south", 1)]).unwrap().len(), 1);
+        assert!(projection.apply(vec![grid("north", 1)]).unwrap().is_empty());
     }
 
     #[test]

@@ -581,6 +581,11 @@ pub(crate) fn start(
         Ok::<_, PipelineError>((stream, kv))
     })?;
     let (tx, rx) = crossbeam_channel::bounded(BUS_QUEUE);
+    // Unbounded on purpose, yet bounded in practice: the saver takes everything waiting
+    // before each round of KV writes and folds it per cell (`enqueue`), so what waits here
+    // is at most the commits of one round. A bounded queue would either stall the commit
+    // stage while KV is slow, or have to drop a save, which a later floor would then claim
+    // as written (a successor would skip that cell's observations).
     let (save_tx, save_rx) = crossbeam_channel::unbounded();
     let with_readings = readings.is_some();
     let owned = Arc::new(RwLock::new(BTreeSet::new()));
