@@ -119,6 +119,7 @@ impl Edge {
             detectors: Some(vec![Box::new(Walker(0)) as Box<dyn Detector>]),
             wait_for_shutdown: true,
             role: Role::Edge,
+            reload: None,
         };
         let thread = std::thread::spawn(move || pipeline::run(&config, options));
         Self {

@@ -10,6 +10,7 @@
 //! - [`dead_letters`]: `skynet outbox dead-letters` and `skynet outbox replay`.
 //! - [`false_alarms`]: `skynet outbox false-alarms`, the rates engineers tune against.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
+//! - [`eval_cli`]: `skynet eval`, incidents scored against labelled events, and sweeps.
 //! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
 //! - [`users`]: `skynet users`, the console's users and API tokens.
 //! - [`audit_cli`]: `skynet audit verify`, and the CLI's actor in the audit log.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dead_letters;
 mod describe;
 pub mod detect_cli;
+pub mod eval_cli;
 pub mod false_alarms;
 pub mod memory;
 pub mod paths;
@@ -30,5 +32,5 @@ pub mod users;
 
 pub use config::PipelineConfig;
 pub use describe::describe_metrics;
-pub use pipeline::{PipelineError, RunOptions, RunSummary, Services};
+pub use pipeline::{PipelineError, ReloadOptions, RunOptions, RunSummary, Services};
 pub use skynet_core::locate::ConfigError;

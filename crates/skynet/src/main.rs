@@ -44,7 +44,16 @@ enum Command {
         /// incidents, sinks) or `console`.
         #[arg(long, default_value = "all", value_parser = parse_role)]
         role: skynet_cluster::Role,
+        /// Reload the config when its file changes (SIGHUP reloads it in any case): only the
+        /// components that changed are rebuilt; an invalid config is refused and the running
+        /// one kept.
+        #[arg(long)]
+        watch: bool,
     },
+    /// Score a config's incidents against labelled events (and optionally its detections
+    /// against MOTChallenge `gt.txt` boxes), once or over a sweep of config values; writes
+    /// report.json and report.md (sweep.json, sweep.md and plots for a sweep) to --out.
+    Eval(skynet::eval_cli::EvalArgs),
     /// Detect objects in images and videos; prints one JSON object per image or video frame.
     Detect {
         /// Model manifest (models/*.toml).
@@ -84,6 +93,10 @@ enum Command {
     Replay {
         #[arg(long, short)]
         config: PathBuf,
+        /// What-if: replay with this (older) config too and print the incidents the new
+        /// config adds, drops or changes in level, instead of the events.
+        #[arg(long, value_name = "OLD")]
+        compare: Option<PathBuf>,
         observations: PathBuf,
     },
     /// Validate a config file: exit 0 when valid, else an error naming file, line and column.
@@ -274,7 +287,9 @@ fn main() -> ExitCode {
             config,
             until_eof,
             role,
-        } => run(&config, until_eof, role),
+            watch,
+        } => run(&config, until_eof, role, watch),
+        Command::Eval(args) => skynet::eval_cli::run(&args),
         Command::Detect {
             model,
             threshold,
@@ -308,8 +323,14 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Replay {
             config,
+            compare: None,
             observations,
         } => replay(&config, &observations),
+        Command::Replay {
+            config,
+            compare: Some(old),
+            observations,
+        } => skynet::replay::compare_cli(&config, &old, &observations),
         Command::Outbox {
             what: OutboxCommand::DeadLetters { config, sink, json },
         } => dead_letters(&config, sink.as_deref(), json),
@@ -634,7 +655,12 @@ fn parse_role(text: &str) -> Result<skynet_cluster::Role, String> {
         .map_err(|e: skynet_cluster::UnknownRole| e.to_string())
 }
 
-fn run(config_path: &Path, until_eof: bool, role: skynet_cluster::Role) -> Result<ExitCode> {
+fn run(
+    config_path: &Path,
+    until_eof: bool,
+    role: skynet_cluster::Role,
+    watch: bool,
+) -> Result<ExitCode> {
     let config = PipelineConfig::load(config_path)?;
     if role != skynet_cluster::Role::All && config.cluster.is_single_node() {
         anyhow::bail!(
@@ -664,6 +690,10 @@ fn run(config_path: &Path, until_eof: bool, role: skynet_cluster::Role) -> Resul
             detectors: None,
             wait_for_shutdown: !until_eof,
             role,
+            reload: Some(pipeline::ReloadOptions {
+                config_path: config_path.to_path_buf(),
+                watch,
+            }),
         },
     );
     let summary = match result {

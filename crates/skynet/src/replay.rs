@@ -104,3 +104,14 @@ pub fn replay(
     output.flush().map_err(ReplayError::Write)?;
     Ok(report)
 }
+
+/// `skynet replay --config NEW --compare OLD OBSERVATIONS`: the incidents the new config
+/// would add, drop or change in level. (Skeleton: filled in by the what-if work.)
+pub fn compare_cli(
+    new: &std::path::Path,
+    old: &std::path::Path,
+    observations: &std::path::Path,
+) -> anyhow::Result<std::process::ExitCode> {
+    let _ = (new, old, observations);
+    anyhow::bail!("skynet replay --compare: not built yet")
+}

@@ -102,6 +102,17 @@ pub struct RunOptions {
     /// What this process does in a city of many nodes (`skynet run --role`); `All`, the
     /// default, is the single node and never touches `[cluster]`.
     pub role: skynet_cluster::Role,
+    /// Hot reload (`skynet run`): SIGHUP, and with `watch` a change of the file, reloads
+    /// the config from `config_path`. `None` (tests, `skynet eval`): the config is fixed.
+    pub reload: Option<ReloadOptions>,
+}
+
+/// Where a running pipeline reloads its config from (see [`RunOptions::reload`]).
+#[derive(Debug, Clone)]
+pub struct ReloadOptions {
+    pub config_path: PathBuf,
+    /// Also reload when the file changes, not only on SIGHUP.
+    pub watch: bool,
 }
 
 /// What a run did, for the CLI's last log line, tests and benchmarks.
