@@ -1,22 +1,355 @@
 //! Object-level labels in MOTChallenge `gt.txt` form, scored against the detections.
-//! (Skeleton: filled in by the scoring work.)
+//!
+//! `gt.txt`: one box per line, `frame,id,bb_left,bb_top,bb_width,bb_height,conf,class,visibility`
+//! (comma separated; the frame 1-based; the box in pixels; `visibility` may be left off).
+//! A row with `conf` 0 is ignored (dropped); `class` is a 1-based index into the model's
+//! label list (1 is its first label, `person` for COCO). Blank lines and lines starting with
+//! `#` are skipped. Errors name the file and the line.
+//!
+//! Scoring, per class that has ground truth, at IoU ≥ 0.5:
+//! - detections of the class, over all frames, are taken by descending score (ties: frame,
+//!   then the order within the frame); each takes the unmatched ground-truth box of its class
+//!   and frame with the highest IoU, if that IoU is at least 0.5 (a true positive), else it is
+//!   a false positive;
+//! - precision = true positives / detections (1 when there are none), recall = true positives
+//!   / ground-truth boxes, both over all detections (no score cut);
+//! - AP: all-point interpolated (VOC 2010 and later): the area under the precision–recall
+//!   curve with precision made monotone (each point takes the best precision at any higher
+//!   recall);
+//! - detections of labels without ground truth are not scored; they are counted in
+//!   `other_detections`. `map` is the mean AP over the scored classes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// The IoU at which a detection matches a ground-truth box.
+pub const IOU_THRESHOLD: f64 = 0.5;
 
 /// Per-class figures on the detections at IoU 0.5.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObjectReport {
     pub iou: f64,
     pub per_class: BTreeMap<String, ClassFigures>,
+    /// Mean AP over `per_class` (0 when empty).
+    #[serde(default)]
+    pub map: f64,
+    /// Detections of labels that have no ground truth (not scored), by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other_detections: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClassFigures {
     pub ground_truth: usize,
     pub detections: usize,
+    /// Detections that matched a ground-truth box.
+    #[serde(default)]
+    pub true_positives: usize,
     pub precision: f64,
     pub recall: f64,
     pub ap: f64,
+}
+
+/// One ground-truth box of `gt.txt` (rows with `conf` 0 are not kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GtBox {
+    /// 1-based frame number.
+    pub frame: u64,
+    /// The track id.
+    pub id: i64,
+    /// The model's label for `class`.
+    pub label: String,
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+    /// 1 when the column is left off.
+    pub visibility: f32,
+    /// Its line in the file (1-based).
+    pub line: usize,
+}
+
+/// A frame's detections; `frame` is 1-based, as in `gt.txt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameDetections {
+    pub frame: u64,
+    pub boxes: Vec<DetectedBox>,
+}
+
+/// One detection, in pixels (`x`, `y` the top-left corner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectedBox {
+    pub label: String,
+    pub score: f32,
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line that is not a box: names the file, the line and what is wrong.
+    #[error("{}:{line}: {reason}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// Reads a MOTChallenge `gt.txt`; `labels` is the model's label list (class 1 is `labels[0]`).
+pub fn parse_gt(path: &Path, labels: &[String]) -> Result<Vec<GtBox>, ObjectError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ObjectError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_gt_str(path, &text, labels)
+}
+
+/// Parses `gt.txt` text; errors name `path` and the line.
+pub fn parse_gt_str(path: &Path, text: &str, labels: &[String]) -> Result<Vec<GtBox>, ObjectError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut boxes = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let parsed = parse_gt_line(trimmed, line, labels).map_err(|reason| ObjectError::Line {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        })?;
+        if let Some(gt) = parsed {
+            boxes.push(gt);
+        }
+    }
+    Ok(boxes)
+}
+
+fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<Option<GtBox>, String> {
+    let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+    if !(8..=9).contains(&fields.len()) {
+        return Err(format!(
+            "expected 9 comma-separated fields \
+             (frame,id,bb_left,bb_top,bb_width,bb_height,conf,class,visibility), found {}",
+            fields.len()
+        ));
+    }
+    let number = |index: usize, name: &str| -> Result<f64, String> {
+        let value: f64 = fields[index]
+            .parse()
+            .map_err(|_| format!("`{name}` is not a number ({:?})", fields[index]))?;
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(format!("`{name}` is not a finite number"))
+        }
+    };
+    let integer = |index: usize, name: &str| -> Result<i64, String> {
+        let value = number(index, name)?;
+        if value.fract() != 0.0 || value.abs() > 9.0e15 {
+            return Err(format!(
+                "`{name}` is not a whole number ({})",
+                fields[index]
+            ));
+        }
+        Ok(value as i64)
+    };
+    let frame = integer(0, "frame")?;
+    if frame < 1 {
+        return Err(format!("`frame` is {frame}: frames count from 1"));
+    }
+    let id = integer(1, "id")?;
+    let x = number(2, "bb_left")?;
+    let y = number(3, "bb_top")?;
+    let w = number(4, "bb_width")?;
+    let h = number(5, "bb_height")?;
+    if w < 0.0 || h < 0.0 {
+        return Err(format!("negative box size ({w} x {h})"));
+    }
+    let conf = number(6, "conf")?;
+    let visibility = if fields.len() == 9 {
+        number(8, "visibility")?
+    } else {
+        1.0
+    };
+    if conf == 0.0 {
+        return Ok(None);
+    }
+    let class = integer(7, "class")?;
+    let label = usize::try_from(class)
+        .ok()
+        .and_then(|c| c.checked_sub(1))
+        .and_then(|i| labels.get(i))
+        .ok_or_else(|| {
+            format!(
+                "class {class} is not in the model's labels (1 to {}, 1 = {})",
+                labels.len(),
+                labels.first().map_or("none", String::as_str)
+            )
+        })?;
+    Ok(Some(GtBox {
+        frame: frame as u64,
+        id,
+        label: label.clone(),
+        x: x as f32,
+        y: y as f32,
+        w: w as f32,
+        h: h as f32,
+        visibility: visibility as f32,
+        line,
+    }))
+}
+
+/// Intersection over union of two boxes given as (left, top, width, height).
+pub fn iou(a: (f32, f32, f32, f32), b: (f32, f32, f32, f32)) -> f64 {
+    let (ax, ay, aw, ah) = (a.0 as f64, a.1 as f64, a.2 as f64, a.3 as f64);
+    let (bx, by, bw, bh) = (b.0 as f64, b.1 as f64, b.2 as f64, b.3 as f64);
+    let iw = ((ax + aw).min(bx + bw) - ax.max(bx)).max(0.0);
+    let ih = ((ay + ah).min(by + bh) - ay.max(by)).max(0.0);
+    let inter = iw * ih;
+    let union = aw.max(0.0) * ah.max(0.0) + bw.max(0.0) * bh.max(0.0) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// Scores one clip's detections against its ground truth.
+pub fn score_objects(gt: &[GtBox], detections: &[FrameDetections]) -> ObjectReport {
+    score_object_sets(&[(gt, detections)])
+}
+
+/// Scores several clips together (e.g. one per camera): frames are matched within a clip,
+/// and the detections of all clips are ranked together for AP.
+pub fn score_object_sets(sets: &[(&[GtBox], &[FrameDetections])]) -> ObjectReport {
+    // Ground truth by (clip, frame, label); `true` once matched.
+    type Key<'a> = (usize, u64, &'a str);
+    let mut gt_by: HashMap<Key<'_>, Vec<(&GtBox, bool)>> = HashMap::new();
+    let mut gt_count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (clip, (gt, _)) in sets.iter().enumerate() {
+        for g in gt.iter() {
+            gt_by
+                .entry((clip, g.frame, g.label.as_str()))
+                .or_default()
+                .push((g, false));
+            *gt_count.entry(g.label.as_str()).or_default() += 1;
+        }
+    }
+    // Detections by label, as (score, clip, frame, order within the frame, box).
+    let mut dets_by: BTreeMap<&str, Vec<(f32, usize, u64, usize, &DetectedBox)>> = BTreeMap::new();
+    let mut other_detections: BTreeMap<String, usize> = BTreeMap::new();
+    for (clip, (_, dets)) in sets.iter().enumerate() {
+        for fd in dets.iter() {
+            for (order, d) in fd.boxes.iter().enumerate() {
+                if gt_count.contains_key(d.label.as_str()) {
+                    dets_by
+                        .entry(d.label.as_str())
+                        .or_default()
+                        .push((d.score, clip, fd.frame, order, d));
+                } else {
+                    *other_detections.entry(d.label.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    let mut per_class = BTreeMap::new();
+    for (&label, &ground_truth) in &gt_count {
+        let mut dets = dets_by.remove(label).unwrap_or_default();
+        dets.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        let mut hits = Vec::with_capacity(dets.len());
+        for &(_, clip, frame, _, d) in &dets {
+            let mut best: Option<(usize, f64)> = None;
+            if let Some(candidates) = gt_by.get(&(clip, frame, label)) {
+                for (i, (g, taken)) in candidates.iter().enumerate() {
+                    if *taken {
+                        continue;
+                    }
+                    let overlap = iou((d.x, d.y, d.w, d.h), (g.x, g.y, g.w, g.h));
+                    if overlap >= IOU_THRESHOLD && best.is_none_or(|(_, b)| overlap > b) {
+                        best = Some((i, overlap));
+                    }
+                }
+            }
+            if let Some((i, _)) = best {
+                if let Some(candidates) = gt_by.get_mut(&(clip, frame, label)) {
+                    candidates[i].1 = true;
+                }
+                hits.push(true);
+            } else {
+                hits.push(false);
+            }
+        }
+        let true_positives = hits.iter().filter(|h| **h).count();
+        let detections = hits.len();
+        per_class.insert(
+            label.to_string(),
+            ClassFigures {
+                ground_truth,
+                detections,
+                true_positives,
+                precision: if detections == 0 {
+                    1.0
+                } else {
+                    true_positives as f64 / detections as f64
+                },
+                recall: true_positives as f64 / ground_truth as f64,
+                ap: average_precision(&hits, ground_truth),
+            },
+        );
+    }
+    let map = if per_class.is_empty() {
+        0.0
+    } else {
+        per_class.values().map(|c: &ClassFigures| c.ap).sum::<f64>() / per_class.len() as f64
+    };
+    ObjectReport {
+        iou: IOU_THRESHOLD,
+        per_class,
+        map,
+        other_detections,
+    }
+}
+
+/// All-point interpolated AP of ranked hits (`true` = true positive) against `ground_truth`
+/// boxes.
+pub fn average_precision(hits: &[bool], ground_truth: usize) -> f64 {
+    if ground_truth == 0 || hits.is_empty() {
+        return 0.0;
+    }
+    let mut recall = Vec::with_capacity(hits.len());
+    let mut precision = Vec::with_capacity(hits.len());
+    let mut tp = 0usize;
+    for (rank, hit) in hits.iter().enumerate() {
+        if *hit {
+            tp += 1;
+        }
+        recall.push(tp as f64 / ground_truth as f64);
+        precision.push(tp as f64 / (rank + 1) as f64);
+    }
+    // Monotone envelope: each precision is the best at any rank from there on.
+    for i in (0..precision.len().saturating_sub(1)).rev() {
+        precision[i] = precision[i].max(precision[i + 1]);
+    }
+    let mut ap = 0.0;
+    let mut previous_recall = 0.0;
+    for (r, p) in recall.iter().zip(&precision) {
+        ap += (r - previous_recall) * p;
+        previous_recall = *r;
+    }
+    ap
 }
