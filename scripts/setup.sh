@@ -47,6 +47,8 @@ apt_packages=(
   # The console's browser test (tests/console): Debian's Chromium, driven headless, and a
   # local font for the Chinese pages (the console loads nothing from outside).
   chromium fonts-wqy-microhei
+  # `skynet eval --sweep`: the text on the PNG plots (plotters reads a system TrueType font).
+  fonts-dejavu-core
 )
 
 install_packages() {

@@ -11,6 +11,7 @@
 //! - [`false_alarms`]: `skynet outbox false-alarms`, the rates engineers tune against.
 //! - [`replay`]: `skynet replay`, recorded observations through the risk engine.
 //! - [`eval_cli`]: `skynet eval`, incidents scored against labelled events, and sweeps.
+//! - [`sweep_cli`]: `skynet eval --sweep`, one `skynet eval` process per point of the grid.
 //! - [`detect_cli`]: `skynet detect`, the detector and tracker on images and videos.
 //! - [`users`]: `skynet users`, the console's users and API tokens.
 //! - [`audit_cli`]: `skynet audit verify`, and the CLI's actor in the audit log.
@@ -28,6 +29,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod replay;
 pub mod simulate;
+pub mod sweep_cli;
 pub mod users;
 
 pub use config::PipelineConfig;
