@@ -329,3 +329,194 @@ fn the_events_and_observations_validate_against_the_published_schemas() {
     wrong["data"]["level"] = "V".into();
     assert!(!incident.is_valid(&wrong));
 }
+
+// ---- What-if: `skynet replay --config NEW --compare OLD` -------------------------------
+
+/// configs/city.toml written to `dir/name`, its relative paths made absolute, each
+/// `(from, to)` replaced (each must occur).
+fn city_config(dir: &Path, name: &str, changes: &[(&str, &str)]) -> std::path::PathBuf {
+    let root = repo().display().to_string();
+    let mut text = std::fs::read_to_string(repo().join("configs/city.toml"))
+        .unwrap()
+        .replace(
+            "\"city-grids.geojson\"",
+            &format!("\"{root}/configs/city-grids.geojson\""),
+        )
+        .replace("\"../", &format!("\"{root}/"));
+    for (from, to) in changes {
+        assert!(text.contains(from), "configs/city.toml has no `{from}`");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[detect.classes.person] min_score = 0.85`: the recorded person (0.8) is below it.
+const STRICT_PERSON: (&str, &str) = (
+    "queue = 4\n",
+    "queue = 4\n\n[detect.classes.person]\nmin_score = 0.85\n",
+);
+
+/// Runs `skynet replay --config NEW --compare OLD [--json] OBSERVATIONS`: stdout's lines,
+/// stderr, success.
+fn compare(new: &Path, old: &Path, observations: &Path, json: bool) -> (Vec<String>, String, bool) {
+    let mut command = Command::new(common::skynet_bin());
+    command
+        .arg("replay")
+        .arg("--config")
+        .arg(new)
+        .arg("--compare")
+        .arg(old);
+    if json {
+        command.arg("--json");
+    }
+    let out = command
+        .arg(observations)
+        .current_dir(repo())
+        .output()
+        .expect("skynet runs");
+    let lines = text(&out.stdout).lines().map(str::to_string).collect();
+    (lines, text(&out.stderr), out.status.success())
+}
+
+/// Every fixture's observations, one after the other: a small recorded "day".
+fn recorded_day(dir: &Path) -> std::path::PathBuf {
+    let mut day = String::new();
+    for name in [
+        "gas-and-person.jsonl",
+        "smoke-and-crowd.jsonl",
+        "camera-offline.jsonl",
+        "missed-deadline.jsonl",
+    ] {
+        day.push_str(&std::fs::read_to_string(fixture(name)).unwrap());
+    }
+    let path = dir.join("day.jsonl");
+    std::fs::write(&path, day).unwrap();
+    path
+}
+
+const LEAK: &str = "grid G-0201 gas_leak sensor gas-07 first seen 2026-11-27T09:00:00Z";
+const FUSED: &str =
+    "grid G-0201 person_exposed_to_gas camera cam-safety-03 first seen 2026-11-27T09:01:30Z";
+
+#[test]
+fn a_higher_person_threshold_drops_the_fused_incident_and_lowers_the_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = city_config(dir.path(), "old.toml", &[]);
+    let new = city_config(dir.path(), "new.toml", &[STRICT_PERSON]);
+    let (lines, stderr, ok) = compare(&new, &old, &recorded_day(dir.path()), false);
+    assert!(ok, "{stderr}");
+    // The person seen at 0.8 is below 0.85: no fusion, and the leak is never confirmed by
+    // the camera, so it stays at IV. The other five incidents (smoke, crowd, fire, the
+    // camera's fault, the flood) are as they were.
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(&format!("changed {LEAK} level II\u{2192}IV id ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("dropped {FUSED} level I id ")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[2],
+        "0 added, 1 dropped, 1 changed in level, 5 unchanged"
+    );
+}
+
+#[test]
+fn the_other_way_round_the_fused_incident_is_added_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict = city_config(dir.path(), "strict.toml", &[STRICT_PERSON]);
+    let lax = city_config(dir.path(), "lax.toml", &[]);
+    let (lines, stderr, ok) = compare(&lax, &strict, &fixture("gas-and-person.jsonl"), true);
+    assert!(ok, "{stderr}");
+    let rows: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(rows.len(), 3, "{lines:#?}");
+    assert_eq!(rows[0]["change"], "changed");
+    assert_eq!(rows[0]["category"], "gas_leak");
+    assert_eq!(
+        rows[0]["source"],
+        serde_json::json!({"kind": "sensor", "id": "gas-07"})
+    );
+    assert_eq!(
+        (&rows[0]["old_level"], &rows[0]["new_level"]),
+        (&"IV".into(), &"II".into())
+    );
+    assert_eq!(rows[0]["old_id"], rows[0]["new_id"], "the same occurrence");
+    assert_eq!(rows[1]["change"], "added");
+    assert_eq!(rows[1]["category"], "person_exposed_to_gas");
+    assert_eq!(rows[1]["first_seen"], "2026-11-27T09:01:30Z");
+    assert_eq!(rows[1]["old_level"], Value::Null);
+    assert_eq!(rows[1]["new_level"], "I");
+    assert_eq!(
+        rows[2],
+        serde_json::json!({"summary": {"added": 1, "dropped": 0, "changed": 1, "unchanged": 0,
+            "old_incidents": 1, "new_incidents": 2}})
+    );
+}
+
+#[test]
+fn a_lower_ceiling_changes_the_level_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = city_config(dir.path(), "old.toml", &[]);
+    let new = city_config(
+        dir.path(),
+        "new.toml",
+        &[(
+            "[risk.categories.gas_leak]\n  ceiling = \"II\"",
+            "[risk.categories.gas_leak]\n  ceiling = \"III\"",
+        )],
+    );
+    let (lines, stderr, ok) = compare(&new, &old, &recorded_day(dir.path()), false);
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(&format!("changed {LEAK} level II\u{2192}III id ")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[1],
+        "0 added, 0 dropped, 1 changed in level, 6 unchanged"
+    );
+}
+
+#[test]
+fn a_config_compared_with_itself_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = city_config(dir.path(), "same.toml", &[]);
+    let (lines, stderr, ok) = compare(&config, &config, &recorded_day(dir.path()), false);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        lines,
+        ["0 added, 0 dropped, 0 changed in level, 7 unchanged"]
+    );
+}
+
+#[test]
+fn a_what_if_names_the_lines_it_refused_and_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = city_config(dir.path(), "same.toml", &[]);
+    let path = dir.path().join("mixed.jsonl");
+    let good = std::fs::read_to_string(fixture("gas-and-person.jsonl")).unwrap();
+    std::fs::write(&path, format!("{{\"at\": \"yesterday\"}}\n{good}")).unwrap();
+    let (lines, stderr, ok) = compare(&config, &config, &path, false);
+    assert!(!ok, "a refused line makes the exit status 1");
+    assert!(
+        stderr.contains("mixed.jsonl:1: not an observation"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("mixed.jsonl:1:").count(),
+        1,
+        "reported once, not once per config: {stderr}"
+    );
+    assert_eq!(
+        lines,
+        ["0 added, 0 dropped, 0 changed in level, 2 unchanged"]
+    );
+}

@@ -6,6 +6,7 @@
 //! the outbox and publishes it, as the pipeline's commit stage does; the whole pipeline
 //! behind the console is exercised by the browser test (tests/console).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,10 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use skynet_core::{Incident, LiveThresholds, OwnerKind, RiskEvent};
-use skynet_serve::console::{ApiConfig, CameraRegistration, Console, ConsoleStore, Role};
+use skynet_serve::console::{
+    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, WhatIf, WhatIfError, WhatIfExample,
+    WhatIfReport,
+};
 use tower::ServiceExt;
 
 #[path = "support/fixture.rs"]
@@ -39,7 +43,50 @@ fn commit(path: &std::path::Path, incident: &Incident) {
     fixture::commit(path, &[RiskEvent::Incident(incident.clone())]);
 }
 
+/// Stands in for the pipeline's what-if: the change of `person` decides the counts, so a
+/// test sees which current and proposed thresholds reached it.
+struct FakeWhatIf;
+
+impl WhatIf for FakeWhatIf {
+    fn thresholds(
+        &self,
+        camera: &skynet_core::DeviceId,
+        current: &BTreeMap<String, f32>,
+        proposed: &BTreeMap<String, f32>,
+    ) -> Result<WhatIfReport, WhatIfError> {
+        assert_eq!(camera.as_str(), "cam-1");
+        let (now, then) = (current["person"], proposed["person"]);
+        let until: chrono::DateTime<chrono::Utc> = "2026-11-27T12:00:00Z".parse().unwrap();
+        Ok(WhatIfReport {
+            added: u64::from(then < now),
+            dropped: u64::from(then > now),
+            changed: 2,
+            unchanged: 7,
+            incidents: 9 + u64::from(then > now),
+            observations: 1234,
+            since: until - chrono::Duration::hours(24),
+            until,
+            examples: vec![WhatIfExample {
+                change: "changed",
+                grid: "G-0201".into(),
+                category: "crowd".into(),
+                device: "cam-1".into(),
+                first_seen: until,
+                old_level: Some("III".into()),
+                new_level: Some("IV".into()),
+            }],
+        })
+    }
+}
+
 async fn fixture() -> Fixture {
+    let f = fixture_without_what_if().await;
+    f.console.set_what_if(Arc::new(FakeWhatIf));
+    f
+}
+
+/// A console of a node that records no observations: no what-if.
+async fn fixture_without_what_if() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.sqlite");
     commit(
@@ -187,6 +234,12 @@ const MATRIX: &[(&str, &str, &str, [bool; 4])] = &[
     (
         "PUT",
         "/api/v1/cameras/cam-1/thresholds",
+        r#"{"person":0.5}"#,
+        [false, false, true, true],
+    ),
+    (
+        "POST",
+        "/api/v1/cameras/cam-1/thresholds/what-if",
         r#"{"person":0.5}"#,
         [false, false, true, true],
     ),
@@ -1089,6 +1142,38 @@ async fn every_answer_has_the_shape_the_openapi_document_gives() {
             StatusCode::OK,
         ),
         (
+            "post",
+            "/api/v1/cameras/{id}/thresholds/what-if",
+            "/api/v1/cameras/cam-1/thresholds/what-if",
+            Some(&admin),
+            Some(json!({"person": 0.7})),
+            StatusCode::OK,
+        ),
+        (
+            "post",
+            "/api/v1/cameras/{id}/thresholds/what-if",
+            "/api/v1/cameras/cam-1/thresholds/what-if",
+            Some(&admin),
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "post",
+            "/api/v1/cameras/{id}/thresholds/what-if",
+            "/api/v1/cameras/cam-9/thresholds/what-if",
+            Some(&admin),
+            Some(json!({"person": 0.7})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "post",
+            "/api/v1/cameras/{id}/thresholds/what-if",
+            "/api/v1/cameras/cam-1/thresholds/what-if",
+            Some(&operator),
+            Some(json!({"person": 0.7})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
             "get",
             "/api/v1/sensors",
             "/api/v1/sensors",
@@ -1192,4 +1277,123 @@ async fn every_answer_has_the_shape_the_openapi_document_gives() {
     let surprise = json!({"name": "adm", "last_reading": {"at": null, "extra": 1}});
     undeclared(&doc, &me, &surprise, "", &mut found);
     assert_eq!(found, [".last_reading"]);
+}
+
+#[tokio::test]
+async fn a_threshold_what_if_answers_the_counts_and_applies_nothing() {
+    let f = fixture().await;
+    let engineer = f.token(Role::Engineer).to_string();
+    let what_if = "/api/v1/cameras/cam-1/thresholds/what-if";
+    // Raising `person` from 0.4 to 0.7: the fake says one incident dropped.
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        what_if,
+        Some(&engineer),
+        Some(json!({"person": 0.7})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["added"], 0);
+    assert_eq!(body["dropped"], 1);
+    assert_eq!(body["changed"], 2);
+    assert_eq!(body["unchanged"], 7);
+    assert_eq!(body["incidents"], 10);
+    assert_eq!(body["observations"], 1234);
+    assert_eq!(body["since"], "2026-11-26T12:00:00Z");
+    assert_eq!(body["until"], "2026-11-27T12:00:00Z");
+    assert_eq!(body["examples"][0]["old_level"], "III");
+    assert_eq!(body["examples"][0]["new_level"], "IV");
+    // Nothing was applied, saved or audited.
+    let (_, cameras, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/cameras",
+        Some(&engineer),
+        None,
+    )
+    .await;
+    let person = cameras["cameras"][0]["thresholds"]["person"]
+        .as_f64()
+        .unwrap();
+    assert!((person - 0.4).abs() < 1e-6, "{cameras}");
+    assert!(
+        !f.audit_actions()
+            .iter()
+            .any(|(_, action, _)| action == "camera.thresholds"),
+        "a what-if is not a change"
+    );
+    // The change's own checks: a score below the detector's floor, a label the camera does
+    // not look for, an empty change, a body that is not a score table.
+    for bad in [
+        json!({"person": 0.2}),
+        json!({"bicycle": 0.5}),
+        json!({}),
+        json!({"person": "high"}),
+        json!([0.5]),
+    ] {
+        let (status, body, _) = call(
+            &f.app,
+            Method::POST,
+            what_if,
+            Some(&engineer),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request");
+    }
+    // Attack: a body over the route's 64 KiB is refused before it is read whole.
+    let huge: serde_json::Map<String, Value> = (0..8000)
+        .map(|i| (format!("label-{i:05}-padding-padding"), json!(0.5)))
+        .collect();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        what_if,
+        Some(&engineer),
+        Some(Value::Object(huge)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "too_large");
+    // An operator may not ask.
+    let operator = f.token(Role::Operator).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        what_if,
+        Some(&operator),
+        Some(json!({"person": 0.7})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn a_threshold_what_if_without_a_recording_says_so() {
+    let f = fixture_without_what_if().await;
+    let engineer = f.token(Role::Engineer).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/cameras/cam-1/thresholds/what-if",
+        Some(&engineer),
+        Some(json!({"person": 0.7})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "no_recording");
+    assert!(
+        body["message"].as_str().unwrap().contains("[risk] record"),
+        "{body}"
+    );
+    let doc: Value = serde_json::from_str(include_str!("../src/console/openapi.json")).unwrap();
+    check_documented(
+        &doc,
+        "/api/v1/cameras/{id}/thresholds/what-if",
+        "post",
+        status,
+        &body,
+    );
 }

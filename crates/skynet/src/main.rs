@@ -97,6 +97,9 @@ enum Command {
         /// config adds, drops or changes in level, instead of the events.
         #[arg(long, value_name = "OLD")]
         compare: Option<PathBuf>,
+        /// With --compare: one JSON object per incident, then a summary object.
+        #[arg(long, requires = "compare")]
+        json: bool,
         observations: PathBuf,
     },
     /// Validate a config file: exit 0 when valid, else an error naming file, line and column.
@@ -325,12 +328,14 @@ fn main() -> ExitCode {
             config,
             compare: None,
             observations,
+            ..
         } => replay(&config, &observations),
         Command::Replay {
             config,
             compare: Some(old),
+            json,
             observations,
-        } => skynet::replay::compare_cli(&config, &old, &observations),
+        } => skynet::replay::compare_cli(&config, &old, &observations, json),
         Command::Outbox {
             what: OutboxCommand::DeadLetters { config, sink, json },
         } => dead_letters(&config, sink.as_deref(), json),

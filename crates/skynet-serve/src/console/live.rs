@@ -182,6 +182,10 @@ pub struct Console {
     rates: Mutex<HashMap<String, RateSample>>,
     /// The cluster's health, in a console of a cluster (`None` on a single node).
     pub(crate) cluster: RwLock<Option<super::city::ClusterHealth>>,
+    /// Threshold what-ifs on the recorded observations (`None`: nothing recorded).
+    what_if: RwLock<Option<Arc<dyn super::what_if::WhatIf>>>,
+    /// What-ifs one at a time: each replays a day twice.
+    pub(crate) what_if_running: Mutex<()>,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.
@@ -223,7 +227,21 @@ impl Console {
             streams,
             rates: Mutex::new(HashMap::new()),
             cluster: RwLock::new(None),
+            what_if: RwLock::new(None),
+            what_if_running: Mutex::new(()),
         })
+    }
+
+    /// Gives the console the pipeline's threshold what-if (when observations are recorded).
+    pub fn set_what_if(&self, what_if: Arc<dyn super::what_if::WhatIf>) {
+        *self.what_if.write().unwrap_or_else(PoisonError::into_inner) = Some(what_if);
+    }
+
+    pub(crate) fn what_if(&self) -> Option<Arc<dyn super::what_if::WhatIf>> {
+        self.what_if
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn config(&self) -> &ApiConfig {

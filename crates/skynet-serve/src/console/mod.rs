@@ -18,6 +18,7 @@ mod settings;
 pub mod store;
 mod streams;
 mod views;
+mod what_if;
 
 pub use api::router as console_router;
 pub use auth::{Permission, Role, Scope, User};
@@ -29,3 +30,4 @@ pub use live::{
 pub(crate) use settings::canonical;
 pub use settings::{ApiConfig, ApiSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};
+pub use what_if::{WHAT_IF_EXAMPLES, WhatIf, WhatIfError, WhatIfExample, WhatIfReport};

@@ -3,7 +3,7 @@
 //! from the rules stage through a preview thread, readings from the sensor stage); people's
 //! status changes go back to the risk stage like the case system's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use skynet_core::{Detection, DeviceId, FrameImage, Shutdown, TrackedObject};
 use skynet_detect::Zone;
 use skynet_emit::CaseFeedback;
-use skynet_serve::console::{Console, SensorRegistration};
+use skynet_serve::console::{
+    Console, SensorRegistration, WHAT_IF_EXAMPLES, WhatIf, WhatIfError, WhatIfExample, WhatIfReport,
+};
 
 use super::{PipelineError, Services};
 use crate::config::PipelineConfig;
@@ -51,11 +53,82 @@ pub(crate) fn start(
             unit: sensor.spec.unit.clone(),
         });
     }
+    if let Some(path) = &config.record_observations {
+        console.set_what_if(Arc::new(RecordedWhatIf {
+            config: Arc::new(config.clone()),
+            recording: path.clone(),
+        }));
+    }
     let console = Arc::new(console);
     services.serve_console(api.listen, Arc::clone(&console))?;
     console.spawn_health_watch(&services.runtime());
     console.spawn_audit_head_log(&services.runtime());
     Ok(Some(console))
+}
+
+/// The console's threshold what-if: the last recorded day (see [`crate::replay::last_day`])
+/// through the config's risk engine twice, the camera's detections filtered once by its
+/// current and once by its proposed thresholds; every other camera's recorded detections
+/// are taken as they came (they were made with the thresholds that run).
+struct RecordedWhatIf {
+    config: Arc<PipelineConfig>,
+    recording: std::path::PathBuf,
+}
+
+impl WhatIf for RecordedWhatIf {
+    fn thresholds(
+        &self,
+        camera: &DeviceId,
+        current: &BTreeMap<String, f32>,
+        proposed: &BTreeMap<String, f32>,
+    ) -> Result<WhatIfReport, WhatIfError> {
+        use crate::replay::{self, Thresholds};
+        let lines =
+            replay::recent_lines(&self.recording, replay::RECENT_LINES, replay::RECENT_BYTES)
+                .map_err(|e| {
+                    WhatIfError::Failed(format!(
+                        "reading the recorded observations {}: {e}",
+                        self.recording.display()
+                    ))
+                })?;
+        let (lines, since, until) = replay::last_day(lines, Utc::now());
+        let old = Thresholds::default().with_camera(camera, current.clone());
+        let new = Thresholds::default().with_camera(camera, proposed.clone());
+        let comparison = replay::compare(
+            (&self.config, &new),
+            (&self.config, &old),
+            &lines,
+            |_, _| {},
+        );
+        let examples = comparison
+            .differences
+            .iter()
+            .take(WHAT_IF_EXAMPLES)
+            .map(|d| {
+                let i = d.incident();
+                WhatIfExample {
+                    change: d.kind(),
+                    grid: i.grid.clone(),
+                    category: i.category.clone(),
+                    device: i.device.clone(),
+                    first_seen: i.first_seen,
+                    old_level: d.old_level().map(|l| l.as_str().to_string()),
+                    new_level: d.new_level().map(|l| l.as_str().to_string()),
+                }
+            })
+            .collect();
+        Ok(WhatIfReport {
+            added: comparison.count("added"),
+            dropped: comparison.count("dropped"),
+            changed: comparison.count("changed"),
+            unchanged: comparison.unchanged,
+            incidents: comparison.old_incidents,
+            observations: comparison.old.observations + comparison.old.below_threshold,
+            since,
+            until,
+            examples,
+        })
+    }
 }
 
 /// Status changes made in the console reach the risk stage through the same queue as the

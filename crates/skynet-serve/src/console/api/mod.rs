@@ -34,7 +34,9 @@ use incidents::{
     acknowledge, add_note, change_status, evidence_file, incident_detail, list_incidents,
 };
 use session::{login, logout, me};
-use sources::{camera_frame, cameras, grid_history, grids, sensors, set_thresholds, tickets};
+use sources::{
+    camera_frame, cameras, grid_history, grids, sensors, set_thresholds, threshold_what_if, tickets,
+};
 
 /// Request bodies: login, notes, acknowledgements and status changes are a few fields of
 /// text (a note is at most a few thousand characters). Past the limit: 413.
@@ -61,6 +63,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route(
             "/cameras/{id}/thresholds",
             put(set_thresholds).layer(DefaultBodyLimit::max(LARGER_BODY)),
+        )
+        .route(
+            "/cameras/{id}/thresholds/what-if",
+            post(threshold_what_if).layer(DefaultBodyLimit::max(LARGER_BODY)),
         )
         .route("/sensors", get(sensors))
         .route("/tickets", get(tickets))

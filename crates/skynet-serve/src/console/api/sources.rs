@@ -7,11 +7,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use skynet_core::{GridRisk, Incident, IncidentState, RiskLevel};
+use skynet_core::{GridRisk, Incident, IncidentState, LiveThresholds, RiskLevel};
 use skynet_emit::IncidentQuery;
 
 use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg};
@@ -19,6 +20,7 @@ use super::session::Caller;
 use crate::console::auth::Permission;
 use crate::console::live::{Console, narrow_grid, round4};
 use crate::console::views::{CameraView, IncidentView, SensorView};
+use crate::console::what_if::{WhatIfError, WhatIfReport};
 
 /// The grid cells as GeoJSON.
 #[derive(Serialize)]
@@ -338,6 +340,72 @@ pub(super) async fn set_thresholds(
     .await?;
     tracing::info!(camera = %id, thresholds = ?after, "detection thresholds changed from the console");
     Ok(Reply(Thresholds { thresholds: after }))
+}
+
+/// What a threshold change would have done to the last recorded day's incidents, without
+/// applying it: the same body and checks as the change, the same permission.
+pub(super) async fn threshold_what_if(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request: Result<Json<BTreeMap<String, f32>>, JsonRejection>,
+) -> ApiResult<Reply<WhatIfReport>> {
+    caller.require(Permission::ThresholdsWrite)?;
+    let changes = body(request)?;
+    if changes.is_empty() {
+        return Err(ApiError::bad_request(
+            "give at least one label and its score, like {\"person\": 0.45}",
+        ));
+    }
+    let camera = skynet_core::DeviceId::new(id.as_str());
+    let thresholds = console
+        .cameras
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&camera)
+        .map(|c| Arc::clone(&c.thresholds))
+        .ok_or_else(|| ApiError::not_found("camera"))?;
+    // Checked as the change itself would be, on a copy: nothing is applied.
+    let current = thresholds.snapshot();
+    let trial = LiveThresholds::new(thresholds.floor(), current.clone());
+    trial
+        .set(&changes)
+        .map_err(|e| ApiError::bad_request(format!("camera {id}: {e}")))?;
+    let proposed = trial.snapshot();
+    let what_if = console.what_if().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_recording",
+            "nothing to replay: this node does not record observations (set `[risk] record` in the config)",
+        )
+    })?;
+    let c = Arc::clone(&console);
+    let report = blocking(move || {
+        let _one_at_a_time = match c.what_if_running.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let mut busy = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "another what-if is running; try again when it is done",
+                );
+                busy.retry_after = Some(5);
+                return Err(busy);
+            }
+        };
+        what_if
+            .thresholds(&camera, &current, &proposed)
+            .map_err(|e| match e {
+                WhatIfError::NoRecording(message) => {
+                    ApiError::new(StatusCode::CONFLICT, "no_recording", message)
+                }
+                WhatIfError::Failed(message) => ApiError::internal(message),
+            })
+    })
+    .await?;
+    tracing::info!(camera = %id, added = report.added, dropped = report.dropped, changed = report.changed, "threshold what-if");
+    Ok(Reply(report))
 }
 
 pub(super) async fn sensors(
