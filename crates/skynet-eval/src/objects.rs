@@ -245,7 +245,8 @@ pub fn score_object_sets(sets: &[(&[GtBox], &[FrameDetections])]) -> ObjectRepor
         }
     }
     // Detections by label, as (score, clip, frame, order within the frame, box).
-    let mut dets_by: BTreeMap<&str, Vec<(f32, usize, u64, usize, &DetectedBox)>> = BTreeMap::new();
+    type Ranked<'a> = (f32, usize, u64, usize, &'a DetectedBox);
+    let mut dets_by: BTreeMap<&str, Vec<Ranked<'_>>> = BTreeMap::new();
     let mut other_detections: BTreeMap<String, usize> = BTreeMap::new();
     for (clip, (_, dets)) in sets.iter().enumerate() {
         for fd in dets.iter() {
@@ -352,4 +353,231 @@ pub fn average_precision(hits: &[bool], ground_truth: usize) -> f64 {
         previous_recall = *r;
     }
     ap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        ["person", "bicycle", "car"].map(String::from).to_vec()
+    }
+
+    fn path() -> &'static Path {
+        Path::new("gt.txt")
+    }
+
+    fn det(label: &str, score: f32, x: f32, y: f32, w: f32, h: f32) -> DetectedBox {
+        DetectedBox {
+            label: label.into(),
+            score,
+            x,
+            y,
+            w,
+            h,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    const GT: &str = "\
+1,1,0,0,10,10,1,1,1
+1,2,100,100,10,10,1,1,0.5
+
+# a comment
+2,1,0,0,10,10,1,1,1.0
+2,3,50,50,20,20,1,3,1
+2,4,200,200,10,10,0,99,1
+3,1,0,0,10,10,1,1
+";
+
+    #[test]
+    fn parses_gt_rows_and_drops_ignored_ones() {
+        let gt = parse_gt_str(path(), GT, &labels()).unwrap();
+        let rows: Vec<_> = gt
+            .iter()
+            .map(|g| {
+                (
+                    g.line,
+                    g.frame,
+                    g.id,
+                    g.label.as_str(),
+                    g.x,
+                    g.w,
+                    g.visibility,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, 1, 1, "person", 0.0, 10.0, 1.0),
+                (2, 1, 2, "person", 100.0, 10.0, 0.5),
+                (5, 2, 1, "person", 0.0, 10.0, 1.0),
+                (6, 2, 3, "car", 50.0, 20.0, 1.0),
+                (8, 3, 1, "person", 0.0, 10.0, 1.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_gt_lines_name_file_and_line() {
+        let cases = [
+            ("1,1,0,0,10,10,1", "expected 9 comma-separated fields"),
+            ("1,1,0,0,10,10,1,1,1,1", "found 10"),
+            ("0,1,0,0,10,10,1,1,1", "`frame` is 0"),
+            ("1.5,1,0,0,10,10,1,1,1", "`frame` is not a whole number"),
+            ("1,1,x,0,10,10,1,1,1", "`bb_left` is not a number"),
+            ("1,1,0,0,-10,10,1,1,1", "negative box size"),
+            (
+                "1,1,0,0,10,10,1,0,1",
+                "class 0 is not in the model's labels (1 to 3, 1 = person)",
+            ),
+            (
+                "1,1,0,0,10,10,1,4,1",
+                "class 4 is not in the model's labels",
+            ),
+            ("1,1,0,0,10,inf,1,1,1", "`bb_height` is not a finite number"),
+        ];
+        for (bad, expected) in cases {
+            let text = format!("1,1,0,0,10,10,1,1,1\n{bad}\n");
+            let err = parse_gt_str(path(), &text, &labels()).unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("gt.txt:2: "), "{bad}: {message}");
+            assert!(
+                message.contains(expected),
+                "{bad}: {message} lacks {expected}"
+            );
+        }
+        let err = parse_gt(Path::new("/nonexistent/gt.txt"), &labels()).unwrap_err();
+        assert!(matches!(err, ObjectError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn iou_of_boxes() {
+        assert!(close(
+            iou((0.0, 0.0, 10.0, 10.0), (0.0, 0.0, 10.0, 10.0)),
+            1.0
+        ));
+        assert!(close(
+            iou((0.0, 0.0, 10.0, 10.0), (1.0, 0.0, 10.0, 10.0)),
+            90.0 / 110.0
+        ));
+        assert!(close(
+            iou((0.0, 0.0, 10.0, 10.0), (0.0, 5.0, 10.0, 10.0)),
+            50.0 / 150.0
+        ));
+        assert!(close(
+            iou((0.0, 0.0, 10.0, 10.0), (10.0, 0.0, 10.0, 10.0)),
+            0.0
+        ));
+        assert!(close(iou((0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)), 0.0));
+    }
+
+    #[test]
+    fn all_point_ap_by_hand() {
+        // Ranked T F T T F over 4 boxes: precision 1, .5, .667, .75, .6 at recall .25, .25,
+        // .5, .75, .75; the envelope gives .25·1 + .25·.75 + .25·.75 = 0.625.
+        assert!(close(
+            average_precision(&[true, false, true, true, false], 4),
+            0.625
+        ));
+        assert!(close(average_precision(&[true, true], 2), 1.0));
+        assert!(close(average_precision(&[false, true], 1), 0.5));
+        assert!(close(average_precision(&[], 3), 0.0));
+        assert!(close(average_precision(&[true], 0), 0.0));
+    }
+
+    #[test]
+    fn scores_per_class_with_greedy_matching() {
+        let gt = parse_gt_str(path(), GT, &labels()).unwrap();
+        let detections = vec![
+            FrameDetections {
+                frame: 1,
+                boxes: vec![
+                    det("person", 0.9, 0.0, 0.0, 10.0, 10.0),     // TP (gt 1)
+                    det("person", 0.8, 1.0, 0.0, 10.0, 10.0),     // FP: gt 1 taken
+                    det("person", 0.3, 100.0, 100.0, 10.0, 10.0), // TP (gt 2)
+                ],
+            },
+            FrameDetections {
+                frame: 2,
+                boxes: vec![
+                    det("person", 0.7, 50.0, 0.0, 10.0, 10.0), // FP: no overlap
+                    det("person", 0.6, 0.0, 5.0, 10.0, 10.0),  // FP: IoU 1/3
+                    det("car", 0.5, 50.0, 50.0, 20.0, 20.0),   // TP
+                    det("bicycle", 0.4, 0.0, 0.0, 5.0, 5.0),   // no ground truth
+                    det("person", 0.95, 200.0, 200.0, 10.0, 10.0), // FP: the ignored row
+                ],
+            },
+        ];
+        let report = score_objects(&gt, &detections);
+        assert_eq!(report.iou, 0.5);
+        assert_eq!(
+            report.per_class.keys().collect::<Vec<_>>(),
+            ["car", "person"]
+        );
+        // person, ranked: .95 F, .9 T, .8 F, .7 F, .6 F, .3 T over 4 boxes (frame 3's unseen):
+        // precision at the hits 1/2 and 2/6 at recall 1/4 and 2/4: AP = 1/4·1/2 + 1/4·1/3.
+        let person = &report.per_class["person"];
+        assert_eq!(
+            (
+                person.ground_truth,
+                person.detections,
+                person.true_positives
+            ),
+            (4, 6, 2)
+        );
+        assert!(close(person.precision, 2.0 / 6.0));
+        assert!(close(person.recall, 0.5));
+        assert!(close(person.ap, 0.25 * 0.5 + 0.25 / 3.0));
+        let car = &report.per_class["car"];
+        assert_eq!(
+            (car.ground_truth, car.detections, car.true_positives),
+            (1, 1, 1)
+        );
+        assert!(close(car.precision, 1.0) && close(car.recall, 1.0) && close(car.ap, 1.0));
+        assert!(close(report.map, (0.25 * 0.5 + 0.25 / 3.0 + 1.0) / 2.0));
+        assert_eq!(
+            report.other_detections,
+            BTreeMap::from([("bicycle".to_string(), 1)])
+        );
+
+        // No detections: precision 1 by convention, recall and AP 0.
+        let empty = score_objects(&gt, &[]);
+        let person = &empty.per_class["person"];
+        assert_eq!(
+            (person.precision, person.recall, person.ap),
+            (1.0, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn clips_scored_together_match_only_within_a_clip() {
+        let gt = parse_gt_str(path(), "1,1,0,0,10,10,1,1,1\n", &labels()).unwrap();
+        let hit = vec![FrameDetections {
+            frame: 1,
+            boxes: vec![det("person", 0.5, 0.0, 0.0, 10.0, 10.0)],
+        }];
+        let none: Vec<GtBox> = Vec::new();
+        // Clip 2 has no ground truth: its detection on frame 1 is a false positive ranked
+        // above clip 1's hit.
+        let miss = vec![FrameDetections {
+            frame: 1,
+            boxes: vec![det("person", 0.9, 0.0, 0.0, 10.0, 10.0)],
+        }];
+        let report = score_object_sets(&[(&gt, &hit), (&none, &miss)]);
+        let person = &report.per_class["person"];
+        assert_eq!(
+            (
+                person.ground_truth,
+                person.detections,
+                person.true_positives
+            ),
+            (1, 2, 1)
+        );
+        assert!(close(person.ap, 0.5));
+    }
 }

@@ -209,3 +209,130 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::{ResolvedLabel, Target};
+    use crate::objects::{DetectedBox, FrameDetections, GtBox, score_objects};
+    use crate::score::{EvalIncident, Footage, score};
+    use chrono::{DateTime, Utc};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(&format!("2026-01-01T{s}Z"))
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn sample() -> Report {
+        let labels = vec![
+            ResolvedLabel {
+                line: 1,
+                target: Target::Camera("cam-a".into()),
+                category: "intrusion".into(),
+                start: t("00:01:00"),
+                end: t("00:02:00"),
+            },
+            ResolvedLabel {
+                line: 2,
+                target: Target::Grid("g1".into()),
+                category: "loitering".into(),
+                start: t("00:10:00"),
+                end: t("00:11:00"),
+            },
+        ];
+        let incident = |id: &str, first: &str, last: &str| EvalIncident {
+            id: id.into(),
+            grid: "g1".into(),
+            category: "intrusion".into(),
+            cameras: vec!["cam-a".into()],
+            first_seen: t(first),
+            last_seen: t(last),
+            opened_at: t(first),
+            level: "III".into(),
+        };
+        let incidents = vec![
+            incident("inc-1", "00:01:30", "00:01:40"),
+            incident("inc|2", "00:30:00", "00:31:00"),
+        ];
+        let footage = vec![Footage {
+            camera: "cam-a".into(),
+            grid: "g1".into(),
+            first_frame: t("00:00:00"),
+            last_frame: t("02:00:00"),
+        }];
+        let mut report = score(&incidents, &labels, &footage);
+        let gt = vec![GtBox {
+            frame: 1,
+            id: 1,
+            label: "person".into(),
+            x: 0.0,
+            y: 0.0,
+            w: 10.0,
+            h: 10.0,
+            visibility: 1.0,
+            line: 1,
+        }];
+        let detections = vec![FrameDetections {
+            frame: 1,
+            boxes: vec![DetectedBox {
+                label: "person".into(),
+                score: 0.9,
+                x: 0.0,
+                y: 0.0,
+                w: 10.0,
+                h: 10.0,
+            }],
+        }];
+        report.objects = Some(score_objects(&gt, &detections));
+        report
+    }
+
+    #[test]
+    fn markdown_has_every_table_and_list() {
+        let md = markdown(&sample());
+        for expected in [
+            "# Evaluation report",
+            "2 labelled events, 2 incidents, 2.00 hours of footage.",
+            "## Overall",
+            "| all | 2 | 2 | 1 | 1 | 1 | 0.500 | 0.500 | 0.500 | 2.00 | 0.50 | 30.0 | 30.0 |",
+            "## Per category",
+            "| intrusion | 1 | 2 | 1 | 1 | 1 | 0.500 | 1.000 | 0.667 | 2.00 | 0.50 | 30.0 | 30.0 |",
+            "| loitering | 1 | 0 | 0 | 0 | 0 | 1.000 | 0.000 | 0.000 | 2.00 | 0.00 | – | – |",
+            "## Per camera",
+            "| cam-a | 1 | 2 | 1 | 1 | 1 | 0.500 | 1.000 | 0.667 | 2.00 | 0.50 | 30.0 | 30.0 |",
+            "## Matches (1)",
+            "| 1 | camera cam-a | intrusion | inc-1 | 30.0 |  |",
+            "## Misses (1)",
+            "| 2 | grid g1 | loitering | 2026-01-01T00:10:00.000Z | 2026-01-01T00:11:00.000Z |",
+            "## False alarms (1)",
+            "| inc\\|2 | g1 | cam-a | intrusion | 2026-01-01T00:30:00.000Z | 2026-01-01T00:31:00.000Z |",
+            "## Objects (IoU 0.5; mAP 1.000)",
+            "| person | 1 | 1 | 1 | 1.000 | 1.000 | 1.000 |",
+        ] {
+            assert!(md.contains(expected), "missing {expected:?} in\n{md}");
+        }
+    }
+
+    #[test]
+    fn markdown_of_an_empty_report() {
+        let md = markdown(&Report::default());
+        assert!(md.contains("## Matches (0)\n\n(none)"), "{md}");
+        assert!(!md.contains("## Objects"), "{md}");
+    }
+
+    #[test]
+    fn writes_json_and_markdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("eval");
+        let report = sample();
+        write(&out, &report).unwrap();
+        let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(
+            std::fs::read_to_string(out.join("report.md")).unwrap(),
+            markdown(&report)
+        );
+    }
+}
