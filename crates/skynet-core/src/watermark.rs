@@ -18,6 +18,10 @@ struct State {
     event: Option<DateTime<Utc>>,
     /// When `event` was taken, for a live source's extrapolation.
     at: Instant,
+    /// Event time of the first frame (`skynet eval` measures footage with it).
+    first_frame: Option<DateTime<Utc>>,
+    /// Event time of the newest frame (a live watermark moves on without frames).
+    last_frame: Option<DateTime<Utc>>,
 }
 
 /// Shared between a source (which moves it) and the stages that read it. Cheap to clone.
@@ -36,6 +40,8 @@ impl Watermark {
                 finished: false,
                 event: live.then(Utc::now),
                 at: Instant::now(),
+                first_frame: None,
+                last_frame: None,
             })),
         }
     }
@@ -47,6 +53,12 @@ impl Watermark {
     /// A frame with event time `t` was produced. The watermark never moves back.
     pub fn observe(&self, t: DateTime<Utc>) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.first_frame.is_none_or(|first| t < first) {
+            s.first_frame = Some(t);
+        }
+        if s.last_frame.is_none_or(|last| t > last) {
+            s.last_frame = Some(t);
+        }
         let current = Self::extrapolate(self.live, &s);
         if current.is_none_or(|c| t >= c) {
             s.event = Some(t);
@@ -68,6 +80,12 @@ impl Watermark {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .finished
+    }
+
+    /// The event times of the earliest and the latest frame seen, when any was.
+    pub fn frames_span(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.first_frame.zip(s.last_frame)
     }
 
     /// No frame older than this will follow.

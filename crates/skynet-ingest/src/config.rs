@@ -265,6 +265,11 @@ pub trait BuildSource: std::fmt::Debug + Send + Sync {
     fn watermark(&self) -> Watermark;
     /// The running source; called again by the supervisor after each failure.
     fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError>;
+    /// The recorded clip this source reads, when it reads one (`skynet eval --objects`
+    /// decodes it again, frame by frame).
+    fn file_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// This crate's camera source kinds; the first is the default.
@@ -397,6 +402,17 @@ impl BuildSource for GstSourceConfig {
     /// possible are not.
     fn is_live(&self) -> bool {
         self.realtime || is_network_uri(&self.uri)
+    }
+
+    fn file_path(&self) -> Option<std::path::PathBuf> {
+        let uri: &str = &self.uri;
+        match uri_scheme(uri) {
+            None => Some(std::path::PathBuf::from(uri)),
+            Some(scheme) if scheme.eq_ignore_ascii_case("file") => {
+                url::Url::parse(uri).ok()?.to_file_path().ok()
+            }
+            Some(_) => None,
+        }
     }
 
     /// The URI without credentials, for logs and errors.

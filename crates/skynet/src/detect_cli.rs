@@ -151,6 +151,58 @@ fn video(
     args: &DetectArgs,
     overlay: &Overlay,
 ) -> Result<()> {
+    let mut tracker = args
+        .track
+        .then(|| skynet_detect::tracker::Tracker::new(Default::default()));
+    let stem = file_stem(path);
+    each_video_frame(detector, path, args.max_frames, |frame, detections| {
+        let mut analysed = AnalysedFrame {
+            info: frame.info.clone(),
+            detections,
+            inference: std::time::Duration::ZERO,
+            inferred: true,
+            tracks: Vec::new(),
+        };
+        if let Some(tracker) = &mut tracker {
+            tracker.update(&mut analysed);
+        }
+        let mut line = serde_json::json!({
+            "video": path,
+            "frame": frame.info.seq,
+            "time": frame.info.captured_at,
+            "detections": analysed.detections,
+        });
+        if tracker.is_some() {
+            line["tracks"] = serde_json::to_value(&analysed.tracks)?;
+        }
+        println!("{line}");
+        if let Some(dir) = &args.annotate {
+            let (sx, sy) = frame.image_scale();
+            // Drawn on the decoded image, in its pixels.
+            let boxes: Vec<_> = analysed
+                .detections
+                .iter()
+                .map(|d| skynet_core::Detection {
+                    bbox: d.bbox.scaled(1.0 / sx, 1.0 / sy),
+                    ..d.clone()
+                })
+                .collect();
+            let out = dir.join(format!("{stem}-{:06}.jpg", frame.info.seq));
+            annotate(&frame.image, &boxes, overlay, &out)?;
+        }
+        Ok(())
+    })
+}
+
+/// Decodes every frame of a clip (up to `max_frames`) and runs the detector on it; `on_frame`
+/// gets the frame and its detections in the clip's own pixels. The first error stops the
+/// clip (`skynet detect`, and `skynet eval --objects`).
+pub fn each_video_frame(
+    detector: &mut OnnxDetector,
+    path: &Path,
+    max_frames: Option<u64>,
+    mut on_frame: impl FnMut(&Frame, Vec<skynet_core::Detection>) -> Result<()>,
+) -> Result<()> {
     skynet_ingest::init()?;
     anyhow::ensure!(path.is_file(), "no such file");
     let absolute = std::fs::canonicalize(path)?;
@@ -160,7 +212,7 @@ fn video(
     let mut source = GstSource::new(
         camera,
         GstSourceOptions {
-            max_frames: args.max_frames,
+            max_frames,
             ..GstSourceOptions::new(absolute.display().to_string())
         },
     );
@@ -171,10 +223,6 @@ fn video(
             .name("detect-decode".into())
             .spawn(move || source.run(&out, &stop))?
     };
-    let mut tracker = args
-        .track
-        .then(|| skynet_detect::tracker::Tracker::new(Default::default()));
-    let stem = file_stem(path);
     let mut failure = None;
     for frame in frames.channel().iter() {
         frames.took();
@@ -185,41 +233,7 @@ fn video(
             for d in &mut detections {
                 d.bbox = d.bbox.scaled(sx, sy);
             }
-            let mut analysed = AnalysedFrame {
-                info: frame.info.clone(),
-                detections,
-                inference: std::time::Duration::ZERO,
-                inferred: true,
-                tracks: Vec::new(),
-            };
-            if let Some(tracker) = &mut tracker {
-                tracker.update(&mut analysed);
-            }
-            let mut line = serde_json::json!({
-                "video": path,
-                "frame": frame.info.seq,
-                "time": frame.info.captured_at,
-                "detections": analysed.detections,
-            });
-            if tracker.is_some() {
-                line["tracks"] = serde_json::to_value(&analysed.tracks)?;
-            }
-            println!("{line}");
-            if let Some(dir) = &args.annotate {
-                let (sx, sy) = frame.image_scale();
-                // Drawn on the decoded image, in its pixels.
-                let boxes: Vec<_> = analysed
-                    .detections
-                    .iter()
-                    .map(|d| skynet_core::Detection {
-                        bbox: d.bbox.scaled(1.0 / sx, 1.0 / sy),
-                        ..d.clone()
-                    })
-                    .collect();
-                let out = dir.join(format!("{stem}-{:06}.jpg", frame.info.seq));
-                annotate(&frame.image, &boxes, overlay, &out)?;
-            }
-            Ok(())
+            on_frame(&frame, detections)
         })();
         if let Err(e) = step {
             failure = Some(e.context(format!("frame {}", frame.info.seq)));

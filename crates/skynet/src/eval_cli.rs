@@ -1,8 +1,26 @@
 //! `skynet eval`: the config's file cameras through the same pipeline code as `skynet run`,
 //! at full speed and in event time, and the incidents scored against labelled events.
+//!
+//! A run here is `skynet run --until-eof` with what reaches outside taken away: no sinks, no
+//! console, no metrics listener, no MQTT, no case system, no cluster, no evidence files, no
+//! recording, and a scratch outbox in `--out`. Live cameras are left out (there is no
+//! labelled truth for them), and file cameras play unpaced and once (`realtime` and `loop`
+//! off), so the same clip and config always give the same incidents. A config without file
+//! cameras that records observations (`[risk] record_observations`) is evaluated on its
+//! recording instead, through `skynet replay`'s engine.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use skynet_eval::labels;
+use skynet_eval::objects::{DetectedBox, FrameDetections};
+use skynet_eval::score::{EvalIncident, Footage, Report};
+
+use crate::config::PipelineConfig;
+use crate::pipeline::{self, RunOptions, Services};
 
 /// `skynet eval` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,8 +55,372 @@ pub struct EvalArgs {
     pub max_false_per_hour: f64,
 }
 
-/// Runs `skynet eval`.
-pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("skynet eval: not built yet")
+/// Runs `skynet eval`: one evaluation, or a sweep of them.
+pub fn run(args: &EvalArgs) -> Result<ExitCode> {
+    if !args.sweep.is_empty() {
+        return crate::sweep_cli::run_sweep(args);
+    }
+    let report = evaluate(args)?;
+    skynet_eval::report::write(&args.out, &report)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    let o = &report.overall;
+    println!(
+        "precision {:.3}  recall {:.3}  F1 {:.3}  false alarms/h {:.2}  ({} label(s), {} incident(s), {:.2} h of footage)",
+        o.precision,
+        o.recall,
+        o.f1,
+        o.false_alarms_per_hour,
+        o.labels,
+        o.incidents,
+        o.footage_hours
+    );
+    eprintln!(
+        "report: {} and {}",
+        args.out.join("report.json").display(),
+        args.out.join("report.md").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config as `--set` leaves it: parsed from the file's text with each key changed, so
+/// errors still name the file, line and column.
+pub fn load_with_overrides(path: &Path, set: &[String]) -> Result<(PipelineConfig, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config {}", path.display()))?;
+    let overrides = set
+        .iter()
+        .map(|s| skynet_eval::sweep::parse_set(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let text = skynet_eval::sweep::apply_overrides(&text, &overrides)
+        .with_context(|| format!("applying --set to {}", path.display()))?;
+    let config = PipelineConfig::parse(path, &text)?;
+    Ok((config, text))
+}
+
+/// Runs one evaluation and scores it; writes nothing but its scratch outbox under `--out`.
+pub fn evaluate(args: &EvalArgs) -> Result<Report> {
+    evaluate_with(args, None)
+}
+
+/// [`evaluate`], with these detectors instead of the configured model's (tests).
+pub fn evaluate_with(
+    args: &EvalArgs,
+    detectors: Option<Vec<Box<dyn skynet_detect::Detector>>>,
+) -> Result<Report> {
+    let (config, text) = load_with_overrides(&args.config, &args.set)?;
+    let labels = labels::parse_labels(&args.labels)?;
+    let cameras: Vec<(String, String)> = config
+        .cameras
+        .iter()
+        .map(|c| (c.id.to_string(), c.grid.to_string()))
+        .collect();
+    labels::check_targets(&args.labels, &labels, &cameras)?;
+    let objects = object_labels(args, &config)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let run = if config.cameras.iter().any(|c| !c.is_live()) {
+        let config = for_evaluation(&args.config, &text, &args.out)?;
+        run_cameras(&config, detectors)?
+    } else if let Some(recording) = config.record_observations.clone() {
+        replay_recording(&config, &recording)?
+    } else {
+        anyhow::bail!(
+            "{} has no file cameras and records no observations: nothing to evaluate (live \
+             cameras have no labelled truth; point a camera at a recorded clip)",
+            args.config.display()
+        );
+    };
+    let resolved = labels::resolve(&args.labels, &labels, &run.footage)?;
+    let mut report = skynet_eval::score::score(&run.incidents, &resolved, &run.footage);
+    if !objects.is_empty() {
+        report.objects = Some(score_objects(&config, &objects)?);
+    }
+    Ok(report)
+}
+
+/// What a run gave: its incidents and each camera's footage.
+struct EvalRun {
+    incidents: Vec<EvalIncident>,
+    footage: Vec<Footage>,
+}
+
+/// The config of an evaluation run: file cameras unpaced and once, nothing reaching
+/// outside, a scratch outbox.
+fn for_evaluation(path: &Path, text: &str, out: &Path) -> Result<PipelineConfig> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if let Some(cameras) = doc
+        .get_mut("cameras")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for camera in cameras.iter_mut() {
+            for key in ["realtime", "loop"] {
+                if camera.contains_key(key) {
+                    camera[key] = toml_edit::value(false);
+                }
+            }
+        }
+    }
+    let mut config = PipelineConfig::parse(path, &doc.to_string())?;
+    let live: Vec<String> = config
+        .cameras
+        .iter()
+        .filter(|c| c.is_live())
+        .map(|c| c.id.to_string())
+        .collect();
+    if !live.is_empty() {
+        tracing::warn!(cameras = %live.join(", "), "live cameras are left out of the evaluation");
+    }
+    config.cameras.retain(|c| !c.is_live());
+    config.sinks.clear();
+    config.api = None;
+    config.metrics_listen = None;
+    config.metrics_auth_token = None;
+    config.mqtt = None;
+    config.cases = None;
+    config.cluster = skynet_cluster::ClusterConfig::default();
+    config.evidence.enabled = false;
+    config.record_observations = None;
+    let outbox = out.join(".eval-outbox.sqlite");
+    remove_database(&outbox)?;
+    config.outbox = outbox;
+    Ok(config)
+}
+
+fn remove_database(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pipeline to the end of its files and reads back its incidents and footage.
+fn run_cameras(
+    config: &PipelineConfig,
+    detectors: Option<Vec<Box<dyn skynet_detect::Detector>>>,
+) -> Result<EvalRun> {
+    let services = Arc::new(Services::start(None).context("starting the I/O runtime")?);
+    let summary = pipeline::run(
+        config,
+        RunOptions {
+            services: Some(Arc::clone(&services)),
+            detectors,
+            ..RunOptions::default()
+        },
+    )?;
+    services.stop();
+    if !summary.failed_cameras.is_empty() {
+        let ids: Vec<String> = summary
+            .failed_cameras
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        anyhow::bail!("camera(s) failed during the evaluation: {}", ids.join(", "));
+    }
+    let outbox = skynet_emit::Outbox::open(&config.outbox)
+        .with_context(|| format!("opening {}", config.outbox.display()))?;
+    let incidents = incidents_of(outbox.events()?.into_iter().map(|e| (e.time, e.data)));
+    drop(outbox);
+    remove_database(&config.outbox)?;
+    let grids: BTreeMap<String, String> = config
+        .cameras
+        .iter()
+        .map(|c| (c.id.to_string(), c.grid.to_string()))
+        .collect();
+    let footage = summary
+        .camera_frames
+        .into_iter()
+        .filter_map(|(camera, span)| {
+            let (first_frame, last_frame) = span?;
+            Some(Footage {
+                grid: grids.get(camera.as_str()).cloned().unwrap_or_default(),
+                camera: camera.to_string(),
+                first_frame,
+                last_frame,
+            })
+        })
+        .collect();
+    Ok(EvalRun {
+        incidents,
+        footage,
+    })
+}
+
+/// A recording's observations through the risk engine; footage is each camera's span of
+/// observations in it.
+fn replay_recording(config: &PipelineConfig, recording: &Path) -> Result<EvalRun> {
+    let file = std::fs::File::open(recording)
+        .with_context(|| format!("opening the recording {}", recording.display()))?;
+    let mut events = Vec::new();
+    let name = recording.display().to_string();
+    let report = crate::replay::replay(config, std::io::BufReader::new(file), &mut events, |line, reason| {
+        tracing::warn!(line, reason = %reason, file = %name, "a recorded line was not an observation");
+    })?;
+    tracing::info!(observations = report.observations, "replayed the recording");
+    let mut revisions = Vec::new();
+    let mut spans: BTreeMap<String, (String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        BTreeMap::new();
+    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let value: serde_json::Value = serde_json::from_slice(line)?;
+        if value["type"] != "skynet.incident.v1" {
+            continue;
+        }
+        let event: skynet_emit::CloudEvent = serde_json::from_value(value)?;
+        revisions.push((event.time, event.data));
+    }
+    let file = std::fs::File::open(recording)?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(file)) {
+        let Ok(observation) = serde_json::from_str::<skynet_core::Observation>(&line?) else {
+            continue;
+        };
+        if observation.source.kind != skynet_core::SourceKind::Camera {
+            continue;
+        }
+        let span = spans
+            .entry(observation.source.id.to_string())
+            .or_insert((observation.grid.to_string(), observation.at, observation.at));
+        span.1 = span.1.min(observation.at);
+        span.2 = span.2.max(observation.at);
+    }
+    let footage = spans
+        .into_iter()
+        .map(|(camera, (grid, first_frame, last_frame))| Footage {
+            camera,
+            grid,
+            first_frame,
+            last_frame,
+        })
+        .collect();
+    Ok(EvalRun {
+        incidents: incidents_of(revisions.into_iter()),
+        footage,
+    })
+}
+
+/// Each incident once, from its revisions (event time, data): its latest revision's span,
+/// the time of its first revision, its highest level and every camera it rests on.
+pub fn incidents_of(
+    revisions: impl Iterator<Item = (chrono::DateTime<chrono::Utc>, skynet_core::Incident)>,
+) -> Vec<EvalIncident> {
+    let mut by_id: BTreeMap<String, (EvalIncident, skynet_core::RiskLevel)> = BTreeMap::new();
+    for (time, incident) in revisions {
+        let mut cameras: Vec<String> = Vec::new();
+        if !incident.camera.is_empty() {
+            cameras.push(incident.camera.to_string());
+        }
+        for c in &incident.contributions {
+            let id = c.source.id.to_string();
+            if c.source.kind == skynet_core::SourceKind::Camera && !cameras.contains(&id) {
+                cameras.push(id);
+            }
+        }
+        match by_id.get_mut(&incident.id) {
+            None => {
+                let entry = EvalIncident {
+                    id: incident.id.clone(),
+                    grid: incident.grid.to_string(),
+                    category: incident.category.clone(),
+                    cameras,
+                    first_seen: incident.first_seen,
+                    last_seen: incident.last_seen,
+                    opened_at: time,
+                    level: incident.level.as_str().to_string(),
+                };
+                by_id.insert(incident.id.clone(), (entry, incident.level));
+            }
+            Some((entry, level)) => {
+                entry.first_seen = entry.first_seen.min(incident.first_seen);
+                entry.last_seen = entry.last_seen.max(incident.last_seen);
+                entry.opened_at = entry.opened_at.min(time);
+                for camera in cameras {
+                    if !entry.cameras.contains(&camera) {
+                        entry.cameras.push(camera);
+                    }
+                }
+                if incident.level > *level {
+                    *level = incident.level;
+                    entry.level = incident.level.as_str().to_string();
+                }
+            }
+        }
+    }
+    by_id.into_values().map(|(incident, _)| incident).collect()
+}
+
+/// `--objects CAMERA=GT.TXT`, checked against the config's file cameras.
+fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for arg in &args.objects {
+        let Some((camera, gt)) = arg.split_once('=') else {
+            anyhow::bail!("--objects {arg}: expected CAMERA=GT.TXT");
+        };
+        let Some(spec) = config.cameras.iter().find(|c| c.id.as_str() == camera) else {
+            anyhow::bail!("--objects {arg}: no camera `{camera}` in {}", args.config.display());
+        };
+        let Some(file) = spec.source.file_path() else {
+            anyhow::bail!("--objects {arg}: camera `{camera}` does not read a file");
+        };
+        out.push((camera.to_string(), file, PathBuf::from(gt)));
+    }
+    Ok(out)
+}
+
+/// Each `--objects` camera's clip through the config's detector, frame by frame, scored
+/// against its boxes.
+fn score_objects(
+    config: &PipelineConfig,
+    objects: &[(String, PathBuf, PathBuf)],
+) -> Result<skynet_eval::objects::ObjectReport> {
+    let labels = config.model.labels.clone();
+    let mut gt = Vec::new();
+    let mut detections: Vec<FrameDetections> = Vec::new();
+    let runtime = skynet_detect::OnnxRuntime::init(
+        config.onnxruntime.as_deref(),
+        &[crate::paths::data_dir()],
+    )?;
+    let mut detector = skynet_detect::OnnxDetector::new(
+        &runtime,
+        Arc::clone(&config.model),
+        config.detector.clone(),
+    )?;
+    // Frames of different clips are told apart by an offset (gt.txt numbers frames per
+    // clip).
+    let mut offset = 0u64;
+    for (camera, file, gt_file) in objects {
+        let mut boxes = skynet_eval::objects::parse_gt(gt_file, &labels)?;
+        let mut last = 0;
+        crate::detect_cli::each_video_frame(&mut detector, file, None, |frame, found| {
+            // gt.txt numbers frames from 1.
+            let number = frame.info.seq + 1;
+            last = last.max(number);
+            detections.push(FrameDetections {
+                frame: offset + number,
+                boxes: found
+                    .iter()
+                    .map(|d| DetectedBox {
+                        label: d.label.clone(),
+                        score: d.score,
+                        x: d.bbox.x1,
+                        y: d.bbox.y1,
+                        w: d.bbox.x2 - d.bbox.x1,
+                        h: d.bbox.y2 - d.bbox.y1,
+                    })
+                    .collect(),
+            });
+            Ok(())
+        })
+        .with_context(|| format!("detecting on camera {camera}'s clip {}", file.display()))?;
+        for b in &mut boxes {
+            b.frame += offset;
+        }
+        gt.extend(boxes);
+        offset += last.max(1) + 1;
+    }
+    Ok(skynet_eval::objects::score_objects(&gt, &detections))
 }

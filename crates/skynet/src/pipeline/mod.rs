@@ -115,6 +115,9 @@ pub struct ReloadOptions {
     pub watch: bool,
 }
 
+/// The event times of a camera's first and last frame.
+pub type FrameSpan = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+
 /// What a run did, for the CLI's last log line, tests and benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
@@ -128,6 +131,8 @@ pub struct RunSummary {
     pub observations: u64,
     pub incident_revisions: u64,
     pub failed_cameras: Vec<DeviceId>,
+    /// Each camera's first and last frame in event time (`None`: no frame came).
+    pub camera_frames: Vec<(DeviceId, Option<FrameSpan>)>,
     pub elapsed: Duration,
 }
 
@@ -349,6 +354,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     for camera in config.cameras.iter().filter(|_| !is_scorer) {
         watermarks.push(camera.source.watermark());
     }
+    // Kept to tell what footage each camera gave (the clones share the clock).
+    let camera_clocks: Vec<(DeviceId, skynet_core::Watermark)> = config
+        .cameras
+        .iter()
+        .zip(&watermarks)
+        .map(|(camera, clock)| (camera.id.clone(), clock.clone()))
+        .collect();
     // Camera state changes, for the offline check in the risk stage. Rare: a small queue
     // is plenty, and a full one loses only notifications (the state stays in the table).
     let (camera_events, camera_events_rx) = crossbeam_channel::bounded::<CameraEvent>(1024);
@@ -613,6 +625,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         observations: counters.observations.load(Ordering::Relaxed),
         incident_revisions: counters.incidents.load(Ordering::Relaxed),
         failed_cameras,
+        camera_frames: camera_clocks
+            .into_iter()
+            .map(|(camera, clock)| (camera, clock.frames_span()))
+            .collect(),
         elapsed: started.elapsed(),
     })
 }
