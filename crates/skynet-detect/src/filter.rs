@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 use skynet_core::config::check_range;
@@ -290,11 +290,37 @@ struct Limits {
     max_area: f32,
 }
 
-/// A camera's detection filter, built once from the validated config.
+/// Each of `labels` with its limits: `camera_limits` over `global`, then no limit.
+fn resolve<'a>(
+    labels: impl Iterator<Item = &'a String>,
+    global: &ClassLimitsTable,
+    camera_limits: &ClassLimitsTable,
+) -> BTreeMap<String, Limits> {
+    labels
+        .map(|label| {
+            let wider = global.get(label).copied().unwrap_or_default();
+            let l = camera_limits
+                .get(label)
+                .copied()
+                .unwrap_or_default()
+                .over(wider);
+            let limits = Limits {
+                min_score: l.min_score.unwrap_or(0.0) as f32,
+                min_area: l.min_area.unwrap_or(0.0) as f32,
+                max_area: l.max_area.unwrap_or(1.0) as f32,
+            };
+            (label.clone(), limits)
+        })
+        .collect()
+}
+
+/// A camera's detection filter, built from the validated config; a reload changes its
+/// limits in place ([`reconfigure`](Self::reconfigure)).
 #[derive(Debug)]
 pub struct DetectionFilter {
     /// Allowed labels with their limits; a label absent here is not one the owner looks for.
-    classes: BTreeMap<String, Limits>,
+    /// Behind a lock: a config reload changes the limits (never the labels) while running.
+    classes: RwLock<BTreeMap<String, Limits>>,
     /// The lowest kept score per allowed label, which engineers may change while running.
     scores: Arc<LiveThresholds>,
     /// Dropped detections, by why: resolved once per camera.
@@ -313,23 +339,7 @@ impl DetectionFilter {
         camera_limits: &ClassLimitsTable,
         floor: f32,
     ) -> Self {
-        let classes: BTreeMap<String, Limits> = allowed
-            .iter()
-            .map(|label| {
-                let wider = global.get(label).copied().unwrap_or_default();
-                let l = camera_limits
-                    .get(label)
-                    .copied()
-                    .unwrap_or_default()
-                    .over(wider);
-                let limits = Limits {
-                    min_score: l.min_score.unwrap_or(0.0) as f32,
-                    min_area: l.min_area.unwrap_or(0.0) as f32,
-                    max_area: l.max_area.unwrap_or(1.0) as f32,
-                };
-                (label.clone(), limits)
-            })
-            .collect();
+        let classes = resolve(allowed.iter(), global, camera_limits);
         let counter = |reason: &'static str| metrics::counter!("skynet_detections_filtered_total", "camera" => camera.to_string(), "reason" => reason);
         let scores = classes
             .iter()
@@ -337,7 +347,7 @@ impl DetectionFilter {
             .collect();
         Self {
             scores: Arc::new(LiveThresholds::new(floor, scores)),
-            classes,
+            classes: RwLock::new(classes),
             dropped_class: counter("class"),
             dropped_score: counter("score"),
             dropped_area: counter("area"),
@@ -346,17 +356,46 @@ impl DetectionFilter {
 
     /// Whether the camera keeps detections of `label` at all.
     pub fn allows(&self, label: &str) -> bool {
-        self.classes.contains_key(label)
+        self.limits().contains_key(label)
+    }
+
+    fn limits(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Limits>> {
+        self.classes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A config reload: the limits of the labels the camera keeps (the labels themselves
+    /// stay), `camera_limits` over `global`, with `default_score` (the reloaded `[detect]
+    /// threshold`, at or above the running detector's) as the lowest score of every label.
+    /// The scores are set all or nothing, as a console edit is; returns the scores set.
+    pub fn reconfigure(
+        &self,
+        global: &ClassLimitsTable,
+        camera_limits: &ClassLimitsTable,
+        default_score: f32,
+    ) -> Result<BTreeMap<String, f32>, String> {
+        let labels: Vec<String> = self.limits().keys().cloned().collect();
+        let mut limits = resolve(labels.iter(), global, camera_limits);
+        for l in limits.values_mut() {
+            l.min_score = l.min_score.max(default_score);
+        }
+        let scores: BTreeMap<String, f32> = limits
+            .iter()
+            .map(|(label, l)| (label.clone(), l.min_score))
+            .collect();
+        self.scores.set(&scores)?;
+        *self.classes.write().unwrap_or_else(PoisonError::into_inner) = limits;
+        Ok(scores)
     }
 
     /// Keeps the detections the camera looks for; boxes in pixels of a `width` x `height`
     /// frame.
     pub fn apply(&self, detections: &mut Vec<Detection>, width: u32, height: u32) {
         let frame_area = (width.max(1) as f32) * (height.max(1) as f32);
+        let classes = self.limits();
         self.scores.with(|scores| {
             detections.retain(|d| {
                 let (Some(limits), Some(&min_score)) =
-                    (self.classes.get(&d.label), scores.get(&d.label))
+                    (classes.get(&d.label), scores.get(&d.label))
                 else {
                     self.dropped_class.increment(1);
                     return false;
@@ -468,6 +507,54 @@ mod tests {
         let kept: Vec<(&str, f32)> = found.iter().map(|d| (d.label.as_str(), d.score)).collect();
         assert_eq!(kept, vec![("person", 0.8), ("car", 0.35)]);
         assert!(filter.allows("car") && !filter.allows("dog"));
+    }
+
+    /// A config reload changes the scores and areas in place, for the same labels, with the
+    /// new `[detect] threshold` as every label's lowest score; the console's handle sees it.
+    #[test]
+    fn reconfigure_changes_the_limits_in_place() {
+        let filter = DetectionFilter::new(
+            &DeviceId::new("c"),
+            &["person".to_string(), "car".to_string()],
+            &ClassLimitsTable::new(),
+            &ClassLimitsTable::new(),
+            0.3,
+        );
+        let handle = filter.thresholds();
+        let camera: ClassLimitsTable = [(
+            "person".to_string(),
+            ClassLimits {
+                min_score: Some(0.7),
+                min_area: Some(0.05),
+                max_area: None,
+            },
+        )]
+        .into();
+        let scores = filter
+            .reconfigure(&ClassLimitsTable::new(), &camera, 0.4)
+            .unwrap();
+        assert_eq!(
+            scores,
+            [("car".to_string(), 0.4), ("person".to_string(), 0.7)].into()
+        );
+        assert_eq!(handle.get("person"), Some(0.7));
+        let mut found = vec![
+            d("person", 0.8, 30.0), // kept
+            d("person", 0.6, 30.0), // below 0.7 now
+            d("person", 0.9, 10.0), // 0.01 of the frame: below min_area now
+            d("car", 0.35, 30.0),   // below the new threshold
+            d("car", 0.45, 30.0),   // kept
+        ];
+        filter.apply(&mut found, 100, 100);
+        let kept: Vec<(&str, f32)> = found.iter().map(|d| (d.label.as_str(), d.score)).collect();
+        assert_eq!(kept, vec![("person", 0.8), ("car", 0.45)]);
+        // Below the running detector's threshold (the floor): refused, nothing changed.
+        assert!(
+            filter
+                .reconfigure(&ClassLimitsTable::new(), &camera, 0.2)
+                .is_err()
+        );
+        assert_eq!(handle.get("car"), Some(0.4));
     }
 
     #[test]

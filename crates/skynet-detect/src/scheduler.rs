@@ -139,6 +139,12 @@ impl CameraInput {
         }
     }
 
+    /// The camera's detection filter, shared with every worker: a config reload changes its
+    /// limits in place.
+    pub fn filter(&self) -> Arc<DetectionFilter> {
+        Arc::clone(&self.filter)
+    }
+
     /// Also passes a frame's pixels on about once a second for the console's camera tile,
     /// with or without detections (an empty scene is what the wall should show then).
     pub fn with_preview(mut self) -> Self {

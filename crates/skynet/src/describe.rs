@@ -21,6 +21,10 @@ fn describe_own_metrics() {
         "skynet_console_preview_errors_total",
         "Camera tiles for the console that could not be drawn."
     );
+    describe_counter!(
+        "skynet_config_reloads_total",
+        "Hot reloads of the config (SIGHUP or --watch), per outcome: ok (applied), error (invalid, or a change that needs a restart: refused, the running config goes on)."
+    );
     // The console role's projection of SKYNET_INCIDENTS and its status changes.
     describe_counter!(
         "skynet_console_projection_events_total",

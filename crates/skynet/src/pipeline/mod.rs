@@ -23,6 +23,7 @@ mod console;
 mod detect;
 mod edge;
 mod readings;
+mod reload;
 mod rules;
 mod scorer;
 pub mod sensors;
@@ -256,6 +257,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let health = services.health.clone();
     let shutdown = options.shutdown;
     let wait_for_shutdown = options.wait_for_shutdown;
+    let reload = options.reload;
     let fatal = Fatal::new(shutdown.clone());
     let counters = Arc::new(Counters::default());
 
@@ -373,6 +375,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         wait_for_shutdown.then(|| shutdown.clone()),
     )
     .with_camera_events(camera_events_rx);
+    // Hot reload: rebuilt rules reach the rules stage between frames.
+    let mut rules_control = None;
+    if reload.is_some() {
+        let (control, control_rx) = crossbeam_channel::bounded(16);
+        rules_and_risk = rules_and_risk.with_control(control_rx);
+        rules_control = Some(control);
+    }
     // An edge runs a camera only while it holds the camera's lease among the live edges.
     let mut camera_claims = None;
     if let (Some(node), Some(publisher)) = (&cluster, publisher) {
@@ -508,7 +517,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 
     // Sources: one supervised thread and one queue per camera. Frames come scaled to the
     // model's input size, at each camera's analysis rate.
-    let (inputs, sources) = start_cameras(
+    let (inputs, sources, restarts) = start_cameras(
         config,
         watermarks,
         console.as_ref(),
@@ -517,7 +526,31 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         &shutdown,
         &counters,
         camera_claims.as_ref(),
+        reload.is_some(),
     )?;
+    // Hot reload (`skynet run`): SIGHUP or the watched file; stops with the pipeline, and
+    // hands each camera its stop signal (a restartable source has one of its own).
+    let reloader = match (reload, rules_control) {
+        (Some(options), Some(rules)) => Some(reload::start(reload::Reloader {
+            options,
+            running: config.clone(),
+            cameras: config
+                .cameras
+                .iter()
+                .zip(&inputs)
+                .zip(restarts)
+                .map(|((camera, input), restart)| reload::CameraHandle {
+                    id: camera.id.clone(),
+                    filter: input.filter(),
+                    restart,
+                })
+                .collect(),
+            rules,
+            console: console.clone(),
+            shutdown: shutdown.clone(),
+        })?),
+        _ => None,
+    };
 
     // Detection: each worker serves every camera queue, fairly.
     let detect_threads = start_detectors(
@@ -546,6 +579,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         // No camera runs here any more: the other edges take them at once, not after the
         // leases expire (what is in flight still drains and is published).
         claims.stop();
+    }
+    if let Some(reloader) = reloader {
+        // Every source has ended: nothing is left to reload.
+        reloader.stop();
     }
     tracing::info!("all sources ended; draining the pipeline");
     for handle in detect_threads {
@@ -683,6 +720,14 @@ fn start_sweeper(
 /// Each camera's source thread; `false` from it: the camera failed for good.
 type SourceThreads = Vec<(DeviceId, JoinHandle<bool>)>;
 
+/// The detect stage's inputs, the source threads, and (with hot reload) how to restart each
+/// camera's source on its own.
+type Cameras = (
+    Vec<detect::CameraInput>,
+    SourceThreads,
+    Vec<Option<reload::SourceRestart>>,
+);
+
 /// Sources: one supervised thread and one queue per camera. Frames come scaled to the
 /// model's input size, at each camera's analysis rate. Returns the detect stage's inputs and
 /// the source threads.
@@ -696,10 +741,12 @@ fn start_cameras(
     shutdown: &Shutdown,
     counters: &Arc<Counters>,
     claims: Option<&edge::CameraClaims>,
-) -> Result<(Vec<detect::CameraInput>, SourceThreads), PipelineError> {
+    restartable: bool,
+) -> Result<Cameras, PipelineError> {
     let max_size = Some((config.model.input.width, config.model.input.height));
     let mut inputs = Vec::new();
     let mut sources: SourceThreads = Vec::new();
+    let mut restarts = Vec::new();
     for (camera, watermark) in config.cameras.iter().zip(watermarks) {
         let policy = if camera.is_live() {
             OverloadPolicy::DropOldest
@@ -744,24 +791,53 @@ fn start_cameras(
         if camera.motion.enabled {
             out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
         }
-        let delivery = FrameDelivery {
-            fps: camera.fps,
-            max_size,
-        };
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
         let gate = claims.map(|c| c.gate(camera.id.as_str()));
+        // With hot reload, a camera's source may be restarted on its own (a new `uri`), into
+        // the same queue and clock; an edge's camera runs under its lease, and is not.
+        let (restart, restarted) = match restartable && gate.is_none() {
+            true => {
+                let (restart, restarted) = reload::source_restart(shutdown);
+                (Some(restart), Some(restarted))
+            }
+            false => (None, None),
+        };
+        restarts.push(restart);
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
             .spawn(move || {
-                source_stage(
-                    &spec,
-                    &delivery,
-                    &out,
-                    &stop,
-                    &camera_health,
-                    &counters,
-                    gate,
-                )
+                let mut spec = spec;
+                let mut gate = gate;
+                loop {
+                    let delivery = FrameDelivery {
+                        fps: spec.fps,
+                        max_size,
+                    };
+                    let stop = restarted.as_ref().map_or(stop.clone(), |r| r.stop());
+                    let (ok, built) = source_stage(
+                        &spec,
+                        &delivery,
+                        &out,
+                        &stop,
+                        &camera_health,
+                        &counters,
+                        gate.take(),
+                    );
+                    match restarted.as_ref().and_then(|r| r.next()) {
+                        Some(next) => {
+                            tracing::info!(camera = %spec.id, uri = %next.source.display_uri(), "source restarted with the reloaded config");
+                            spec = next;
+                        }
+                        None => {
+                            // Nothing follows: the camera's clock stops where its frames
+                            // stopped.
+                            if built {
+                                out.watermark().finish();
+                            }
+                            return ok;
+                        }
+                    }
+                }
             })
             .map_err(|source| PipelineError::Spawn {
                 stage: format!("source {}", camera.id),
@@ -769,7 +845,7 @@ fn start_cameras(
             })?;
         sources.push((camera.id.clone(), handle));
     }
-    Ok((inputs, sources))
+    Ok((inputs, sources, restarts))
 }
 
 /// Detection: each worker serves every camera queue, fairly.
@@ -804,7 +880,8 @@ fn start_detectors(
     Ok(detect_threads)
 }
 
-/// Runs one camera under supervision. Returns false when the camera failed for good.
+/// Runs one camera under supervision. Returns false when the camera failed for good, and
+/// whether its source could be built at all.
 fn source_stage(
     camera: &crate::config::CameraSpec,
     delivery: &FrameDelivery,
@@ -813,7 +890,7 @@ fn source_stage(
     health: &CameraHealth,
     counters: &Counters,
     gate: Option<edge::CameraGate>,
-) -> bool {
+) -> (bool, bool) {
     let span =
         tracing::info_span!("source", camera = %camera.id, uri = %camera.source.display_uri());
     let _entered = span.enter();
@@ -826,7 +903,7 @@ fn source_stage(
         Err(e) => {
             health.failed(e.to_string());
             tracing::error!(error = %e, "camera could not be built; the other cameras go on");
-            return false;
+            return (false, false);
         }
     };
     let policy = camera.source.retry_policy();
@@ -846,12 +923,10 @@ fn source_stage(
             },
         ),
     };
-    // Nothing follows: the camera's clock stops where its frames stopped.
-    out.watermark().finish();
     let stats = source.stats();
     counters.decoded.fetch_add(stats.decoded, Ordering::Relaxed);
     counters.dropped.fetch_add(stats.dropped, Ordering::Relaxed);
-    match result {
+    let ok = match result {
         Ok(exit) => {
             tracing::info!(
                 ?exit,
@@ -873,5 +948,6 @@ fn source_stage(
             tracing::error!(error = %e, "camera failed for good; the other cameras go on");
             false
         }
-    }
+    };
+    (ok, true)
 }

@@ -78,6 +78,16 @@ struct CameraStage {
     offline_after: chrono::Duration,
 }
 
+/// A config reload's change to the rules stage (`reload.rs`), applied between frames.
+pub(crate) enum RulesControl {
+    /// A camera's rules (and the zones they use) rebuilt from the reloaded config. Its
+    /// tracker goes on, and each rule whose name stays keeps its memory (streaks, cooldowns).
+    Rebuild {
+        camera: DeviceId,
+        rules: Vec<Arc<dyn skynet_detect::BuildRule>>,
+    },
+}
+
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
 pub(crate) struct RulesAndRisk {
     cameras: BTreeMap<DeviceId, CameraStage>,
@@ -119,6 +129,8 @@ pub(crate) struct RulesAndRisk {
     /// At a scorer: observations from the bus (owned cells and their neighbours) and
     /// ownership changes, and the owned cells' state for KV (`scorer.rs`).
     bus: Option<super::scorer::BusIntake>,
+    /// A config reload's changes (`None` without hot reload).
+    control: Option<crossbeam_channel::Receiver<RulesControl>>,
 }
 
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
@@ -228,6 +240,40 @@ impl RulesAndRisk {
             preview: None,
             claims: None,
             bus: None,
+            control: None,
+        }
+    }
+
+    /// Takes a config reload's changes (`reload.rs`).
+    pub(crate) fn with_control(
+        mut self,
+        control: crossbeam_channel::Receiver<RulesControl>,
+    ) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Applies the reload's changes that came since the last call.
+    fn take_control(&mut self) {
+        let Some(rx) = &self.control else { return };
+        let changes: Vec<RulesControl> = rx.try_iter().collect();
+        for change in changes {
+            match change {
+                RulesControl::Rebuild { camera, rules } => {
+                    let Some(stage) = self.cameras.get_mut(&camera) else {
+                        tracing::warn!(camera = %camera, "reloaded rules for a camera this stage does not run; ignored");
+                        continue;
+                    };
+                    let memory = stage.rules.state();
+                    stage.rules.rules = rules
+                        .iter()
+                        .map(|r| r.build(&skynet_detect::RuleBuildContext { camera: &camera }))
+                        .collect();
+                    stage.rules.restore(memory);
+                    self.dirty = true;
+                    tracing::info!(camera = %camera, rules = stage.rules.rules.len(), "rules rebuilt from the reloaded config");
+                }
+            }
         }
     }
 
@@ -612,6 +658,7 @@ impl RulesAndRisk {
                 }
                 Err(QueueClosed) => break,
             }
+            self.take_control();
             let mut revisions = self.take_bus(Duration::ZERO)?;
             revisions.extend(self.take_sensor_events(Duration::ZERO));
             revisions.extend(self.take_case_feedback());

@@ -1,0 +1,764 @@
+//! Hot reload (`skynet run`): SIGHUP, or with `--watch` a change of the config file, loads
+//! the config again; the old and new files are diffed and only what changed is rebuilt.
+//!
+//! - Live: score thresholds (`[detect] threshold` upwards, `[detect.classes]`, a camera's
+//!   `[cameras.classes]`: each camera's [`DetectionFilter`] in place, then the console's saved
+//!   edits again over them), a camera's rules and zones (rebuilt in the rules stage between
+//!   frames; its tracker and each kept rule's memory go on), and a camera's source (`uri` and
+//!   the other keys of its source kind, `fps`: that camera's source alone is restarted into the
+//!   same queue and clock; the other cameras are not touched).
+//! - Everything else needs a restart: such a reload is refused with the reason, counted as
+//!   `outcome="error"`, and the running config goes on, as it does for an invalid file.
+//!
+//! The file is polled (every second: its content's hash), not watched with inotify: an editor
+//! that replaces the file, or a config map's symlink swap, is seen the same way. A change is
+//! taken once the content has stayed the same for one poll (an editor's several writes make
+//! one reload); a content already tried is not tried again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use skynet_core::{DeviceId, Shutdown};
+use skynet_detect::DetectionFilter;
+
+use super::rules::RulesControl;
+use super::{POLL, PipelineError, ReloadOptions};
+use crate::config::{CameraSpec, PipelineConfig};
+
+/// How often a watched file is read.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What of a changed camera table the reload applies, by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CameraKey {
+    /// `classes`: its score and area limits.
+    Thresholds,
+    /// `rules`, `zones`: its rules, rebuilt.
+    Rules,
+    /// Restart-only keys of every camera.
+    Restart,
+    /// `fps`, and every key of its source kind (`uri`, `realtime`, ...): its source restarted.
+    Source,
+}
+
+fn camera_key(key: &str) -> CameraKey {
+    match key {
+        "classes" => CameraKey::Thresholds,
+        "rules" | "zones" => CameraKey::Rules,
+        // Where the camera is, whose it is, and what is built once around its queue.
+        "id" | "owner" | "grid" | "location" | "offline_after_s" | "motion" | "privacy_masks"
+        | "inference_interval" | "tracker" => CameraKey::Restart,
+        _ => CameraKey::Source,
+    }
+}
+
+/// What changed between two config files, by component.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct ConfigDiff {
+    pub cameras_added: Vec<String>,
+    pub cameras_removed: Vec<String>,
+    /// Cameras whose source kind's keys or `fps` changed.
+    pub camera_sources: Vec<String>,
+    /// Cameras whose `[cameras.classes]` changed.
+    pub camera_thresholds: Vec<String>,
+    /// Cameras whose `rules` or `zones` changed.
+    pub camera_rules: Vec<String>,
+    /// Per camera, the changed keys that only a restart applies.
+    pub camera_restart: BTreeMap<String, Vec<String>>,
+    /// `[detect] threshold`.
+    pub detect_threshold: bool,
+    /// `[detect.classes]`.
+    pub detect_classes: bool,
+    /// The other `[detect]` keys that changed (model, workers, ...): restart-only.
+    pub detect_restart: Vec<String>,
+    /// `[risk]`: restart-only.
+    pub risk: bool,
+    /// The other top-level sections that changed (`outbox`, `sinks`, `api`, ...):
+    /// restart-only.
+    pub sections: Vec<String>,
+}
+
+fn table<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Table> {
+    t.get(key).and_then(toml::Value::as_table)
+}
+
+/// The keys whose values differ between `old` and `new` (absent on one side included).
+fn changed_keys(old: Option<&toml::Table>, new: Option<&toml::Table>) -> Vec<String> {
+    let empty = toml::Table::new();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// `[[cameras]]` by id.
+fn cameras(t: &toml::Table) -> BTreeMap<String, &toml::Table> {
+    t.get("cameras")
+        .and_then(toml::Value::as_array)
+        .map(|cameras| {
+            cameras
+                .iter()
+                .filter_map(toml::Value::as_table)
+                .filter_map(|c| Some((c.get("id")?.as_str()?.to_string(), c)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl ConfigDiff {
+    /// Compares two config files as written (both parsed as TOML; the new one validated).
+    pub(crate) fn between(old: &toml::Table, new: &toml::Table) -> Self {
+        let mut diff = ConfigDiff::default();
+        for section in changed_keys(Some(old), Some(new)) {
+            match section.as_str() {
+                "cameras" => {}
+                "risk" => diff.risk = true,
+                "detect" => {
+                    for key in changed_keys(table(old, "detect"), table(new, "detect")) {
+                        match key.as_str() {
+                            "threshold" => diff.detect_threshold = true,
+                            "classes" => diff.detect_classes = true,
+                            _ => diff.detect_restart.push(key),
+                        }
+                    }
+                }
+                _ => diff.sections.push(section),
+            }
+        }
+        let (before, after) = (cameras(old), cameras(new));
+        for (id, camera) in &after {
+            let Some(was) = before.get(id) else {
+                diff.cameras_added.push(id.clone());
+                continue;
+            };
+            let keys = changed_keys(Some(was), Some(camera));
+            let has = |kind| keys.iter().any(|k| camera_key(k) == kind);
+            if has(CameraKey::Source) {
+                diff.camera_sources.push(id.clone());
+            }
+            if has(CameraKey::Thresholds) {
+                diff.camera_thresholds.push(id.clone());
+            }
+            if has(CameraKey::Rules) {
+                diff.camera_rules.push(id.clone());
+            }
+            let restart: Vec<String> = keys
+                .iter()
+                .filter(|k| camera_key(k) == CameraKey::Restart)
+                .cloned()
+                .collect();
+            if !restart.is_empty() {
+                diff.camera_restart.insert(id.clone(), restart);
+            }
+        }
+        diff.cameras_removed = before
+            .keys()
+            .filter(|id| !after.contains_key(*id))
+            .cloned()
+            .collect();
+        diff
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+
+    /// Why this change cannot be applied while running, one reason per change; empty when
+    /// it can.
+    pub(crate) fn needs_restart(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for section in &self.sections {
+            let name = match section.as_str() {
+                "sinks" | "cameras" | "sensors" => format!("[[{section}]]"),
+                _ => format!("[{section}]"),
+            };
+            reasons.push(format!("changing {name} needs a restart"));
+        }
+        for key in &self.detect_restart {
+            reasons.push(format!("changing [detect] {key} needs a restart"));
+        }
+        if self.risk {
+            reasons.push("changing [risk] needs a restart".into());
+        }
+        for id in &self.cameras_added {
+            reasons.push(format!("adding camera `{id}` needs a restart"));
+        }
+        for id in &self.cameras_removed {
+            reasons.push(format!("removing camera `{id}` needs a restart"));
+        }
+        for (id, keys) in &self.camera_restart {
+            reasons.push(format!(
+                "changing {} of camera `{id}` needs a restart",
+                keys.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        reasons
+    }
+
+    /// One line for the log.
+    pub(crate) fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let list = |what: &str, ids: &[String]| {
+            (!ids.is_empty()).then(|| format!("{what}: {}", ids.join(", ")))
+        };
+        parts.extend(list("cameras added", &self.cameras_added));
+        parts.extend(list("cameras removed", &self.cameras_removed));
+        parts.extend(list("camera sources", &self.camera_sources));
+        parts.extend(list("camera thresholds", &self.camera_thresholds));
+        parts.extend(list("camera rules", &self.camera_rules));
+        for (id, keys) in &self.camera_restart {
+            parts.push(format!("camera {id}: {}", keys.join(", ")));
+        }
+        if self.detect_threshold {
+            parts.push("[detect] threshold".into());
+        }
+        if self.detect_classes {
+            parts.push("[detect.classes]".into());
+        }
+        parts.extend(list("[detect]", &self.detect_restart));
+        if self.risk {
+            parts.push("[risk]".into());
+        }
+        parts.extend(list("sections", &self.sections));
+        if parts.is_empty() {
+            "nothing changed".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+// ---- Restarting one camera's source ----------------------------------------------------
+
+/// The reload's side of a camera's source thread: a new spec to run, and its stop signal.
+pub(crate) struct SourceRestart {
+    specs: crossbeam_channel::Sender<CameraSpec>,
+    stop: Arc<Mutex<Shutdown>>,
+}
+
+/// The source thread's side: the stop signal of its current run, and what to run next.
+pub(crate) struct SourceRestarted {
+    specs: crossbeam_channel::Receiver<CameraSpec>,
+    stop: Arc<Mutex<Shutdown>>,
+    global: Shutdown,
+}
+
+/// A camera source with a stop signal of its own: triggered by a restart, or (by the reload
+/// thread) when the pipeline stops.
+pub(crate) fn source_restart(global: &Shutdown) -> (SourceRestart, SourceRestarted) {
+    let (specs, specs_rx) = crossbeam_channel::bounded(4);
+    let stop = Arc::new(Mutex::new(Shutdown::new()));
+    (
+        SourceRestart {
+            specs,
+            stop: Arc::clone(&stop),
+        },
+        SourceRestarted {
+            specs: specs_rx,
+            stop,
+            global: global.clone(),
+        },
+    )
+}
+
+impl SourceRestart {
+    /// Stops the running source; its thread starts `spec` into the same queue. `Err`: the
+    /// camera's thread has ended (a file that finished).
+    fn restart(&self, spec: CameraSpec) -> Result<(), String> {
+        self.specs.try_send(spec).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                "its source has ended; the new source starts with the next start".to_string()
+            }
+            crossbeam_channel::TrySendError::Full(_) => {
+                "restarts of its source are still waiting".to_string()
+            }
+        })?;
+        self.stop();
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .trigger();
+    }
+}
+
+impl SourceRestarted {
+    /// The stop signal of the run about to start.
+    pub(crate) fn stop(&self) -> Shutdown {
+        self.stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a run ended: the spec to run next (the latest sent), with a fresh stop signal;
+    /// `None` when nothing was sent or the pipeline stops.
+    pub(crate) fn next(&self) -> Option<CameraSpec> {
+        let spec = self.specs.try_iter().last()?;
+        let mut stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock: the reload thread triggers the stop signal in it once the
+        // pipeline stops, so a run started here is always stopped.
+        if self.global.is_triggered() {
+            return None;
+        }
+        *stop = Shutdown::new();
+        Some(spec)
+    }
+}
+
+// ---- The reload thread -------------------------------------------------------------------
+
+/// A running camera as a reload changes it.
+pub(crate) struct CameraHandle {
+    pub id: DeviceId,
+    pub filter: Arc<DetectionFilter>,
+    /// `None`: its source cannot be restarted alone (an edge's camera).
+    pub restart: Option<SourceRestart>,
+}
+
+/// What the reload thread needs.
+pub(crate) struct Reloader {
+    pub options: ReloadOptions,
+    /// The config the pipeline started with.
+    pub running: PipelineConfig,
+    pub cameras: Vec<CameraHandle>,
+    pub rules: crossbeam_channel::Sender<RulesControl>,
+    pub console: Option<Arc<skynet_serve::console::Console>>,
+    pub shutdown: Shutdown,
+}
+
+/// The running reload thread.
+pub(crate) struct Running {
+    stop: Shutdown,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the thread (and with it every camera's own stop signal) and waits for it.
+    pub(crate) fn stop(self) {
+        self.stop.trigger();
+        let _ = self.handle.join();
+    }
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The outcome of one reload: applied, or refused with the reason.
+enum Outcome {
+    Applied(ConfigDiff),
+    Refused(String, Option<ConfigDiff>),
+}
+
+struct State {
+    reloader: Reloader,
+    /// The file as last applied.
+    table: toml::Table,
+    /// The threshold the running detector drops boxes below (fixed until a restart).
+    detector_threshold: f32,
+}
+
+/// Starts the reload thread. It also hands the pipeline's stop signal to every camera with
+/// one of its own, so it runs until the pipeline stops or [`Running::stop`].
+pub(crate) fn start(reloader: Reloader) -> Result<Running, PipelineError> {
+    let stop = Shutdown::new();
+    let path = reloader.options.config_path.clone();
+    let table = match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| toml::from_str::<toml::Table>(&text).map_err(|e| e.to_string()))
+    {
+        Ok(table) => table,
+        Err(e) => {
+            // Changed since the start: the first reload compares with nothing and is refused.
+            tracing::warn!(config = %path.display(), error = %e, "hot reload: the config file cannot be read again; a reload needs a restart");
+            toml::Table::new()
+        }
+    };
+    let state = State {
+        detector_threshold: reloader.running.detector.threshold,
+        reloader,
+        table,
+    };
+    let own_stop = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || state.run(&own_stop))
+        .map_err(|source| PipelineError::Spawn {
+            stage: "reload".into(),
+            source,
+        })?;
+    Ok(Running { stop, handle })
+}
+
+/// However the thread ends (or if it never started), every camera with a stop signal of its
+/// own is stopped with it: nothing else would stop them.
+impl Drop for State {
+    fn drop(&mut self) {
+        for camera in &self.reloader.cameras {
+            if let Some(restart) = &camera.restart {
+                restart.stop();
+            }
+        }
+    }
+}
+
+impl State {
+    fn run(mut self, stop: &Shutdown) {
+        let path = self.reloader.options.config_path.clone();
+        let hup = Arc::new(AtomicBool::new(false));
+        let registered = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+            .map_err(|e| tracing::warn!(error = %e, "hot reload: SIGHUP cannot be caught; it stops the process"))
+            .ok();
+        for outcome in ["ok", "error"] {
+            metrics::counter!("skynet_config_reloads_total", "outcome" => outcome).increment(0);
+        }
+        tracing::info!(config = %path.display(), watch = self.reloader.options.watch, "hot reload: SIGHUP reloads the config{}", if self.reloader.options.watch { ", and so does a change of the file" } else { "" });
+        let mut tried = std::fs::read_to_string(&path).ok().map(|t| hash(&t));
+        let mut pending: Option<u64> = None;
+        let mut last_watch = Instant::now();
+        while !stop.is_triggered() && !self.reloader.shutdown.is_triggered() {
+            std::thread::sleep(POLL);
+            if hup.swap(false, Ordering::Relaxed) {
+                pending = None;
+                tried = self.reload_guarded(&path, "SIGHUP");
+                continue;
+            }
+            if !self.reloader.options.watch || last_watch.elapsed() < WATCH_EVERY {
+                continue;
+            }
+            last_watch = Instant::now();
+            // Unreadable for a moment (being replaced): looked at again next time.
+            let Some(now) = std::fs::read_to_string(&path).ok().map(|t| hash(&t)) else {
+                continue;
+            };
+            if Some(now) == tried {
+                pending = None;
+            } else if pending == Some(now) {
+                // The same for a whole poll: the writes are done.
+                pending = None;
+                tried = self.reload_guarded(&path, "file changed");
+            } else {
+                pending = Some(now);
+            }
+        }
+        // The pipeline stops: so does every camera with its own stop signal (`Drop`).
+        if let Some(id) = registered {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+
+    /// One reload; a panic in it is logged and counted, never the end of the thread (which
+    /// must still hand the stop signal to the cameras). Returns the hash of the text tried.
+    fn reload_guarded(&mut self, path: &Path, trigger: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(path);
+        let tried = text.as_ref().ok().map(|t| hash(t));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &text {
+            Ok(text) => self.reload(path, text),
+            Err(e) => Outcome::Refused(format!("cannot read {}: {e}", path.display()), None),
+        }))
+        .unwrap_or_else(|panic| {
+            Outcome::Refused(
+                format!(
+                    "the reload panicked: {}",
+                    super::panic_message(panic.as_ref())
+                ),
+                None,
+            )
+        });
+        self.report(path, trigger, outcome);
+        tried
+    }
+
+    fn reload(&mut self, path: &Path, text: &str) -> Outcome {
+        let new = match PipelineConfig::parse(path, text) {
+            Ok(config) => config,
+            Err(e) => return Outcome::Refused(e.to_string(), None),
+        };
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(table) => table,
+            Err(e) => return Outcome::Refused(e.to_string(), None),
+        };
+        let diff = ConfigDiff::between(&self.table, &table);
+        if diff.is_empty() {
+            // Comments or layout only.
+            self.table = table;
+            return Outcome::Applied(diff);
+        }
+        let mut reasons = diff.needs_restart();
+        if diff.detect_threshold && new.detector.threshold < self.detector_threshold {
+            reasons.push(format!(
+                "lowering [detect] threshold below {} (the running detector's) needs a restart",
+                self.detector_threshold
+            ));
+        }
+        for id in &diff.camera_sources {
+            let (Some(old), Some(spec)) = (self.running_camera(id), new_camera(&new, id)) else {
+                continue;
+            };
+            if old.is_live() != spec.is_live() {
+                reasons.push(format!(
+                    "switching camera `{id}` between a live stream and a file replay needs a restart"
+                ));
+            }
+            if self.handle(id).is_none_or(|h| h.restart.is_none()) {
+                reasons.push(format!(
+                    "changing the source of camera `{id}` needs a restart here (an edge's camera runs under its lease)"
+                ));
+            }
+        }
+        if !reasons.is_empty() {
+            return Outcome::Refused(reasons.join("; "), Some(diff));
+        }
+        if let Err(e) = self.apply(&diff, &new) {
+            // Only what could not be checked before fails here; what was applied stays.
+            return Outcome::Refused(e, Some(diff));
+        }
+        self.table = table;
+        self.reloader.running = new;
+        Outcome::Applied(diff)
+    }
+
+    fn running_camera(&self, id: &str) -> Option<&CameraSpec> {
+        new_camera(&self.reloader.running, id)
+    }
+
+    fn handle(&self, id: &str) -> Option<&CameraHandle> {
+        self.reloader.cameras.iter().find(|c| c.id.as_str() == id)
+    }
+
+    fn apply(&mut self, diff: &ConfigDiff, new: &PipelineConfig) -> Result<(), String> {
+        // Thresholds: every camera when [detect] changed, else those whose own changed.
+        let all = diff.detect_threshold || diff.detect_classes;
+        let saved = self
+            .reloader
+            .console
+            .as_ref()
+            .and_then(|c| c.store().saved_thresholds().ok())
+            .unwrap_or_default();
+        for camera in &self.reloader.cameras {
+            let id = camera.id.as_str();
+            if !all && !diff.camera_thresholds.iter().any(|c| c == id) {
+                continue;
+            }
+            let Some(spec) = new_camera(new, id) else {
+                continue;
+            };
+            let scores = camera
+                .filter
+                .reconfigure(&new.classes, &spec.classes, new.detector.threshold)
+                .map_err(|e| format!("camera `{id}`: {e}"))?;
+            // The console's saved edits stay over the file's (see the README).
+            for (_, edit) in saved.iter().filter(|(c, _)| c == id) {
+                if let Err(e) = camera.filter.thresholds().set(edit) {
+                    tracing::warn!(camera = %id, error = %e, "a saved console threshold no longer applies; the file's stays");
+                }
+            }
+            tracing::info!(camera = %id, file = ?scores, now = ?camera.filter.thresholds().snapshot(), "thresholds reloaded");
+        }
+        for id in &diff.camera_rules {
+            let Some(spec) = new_camera(new, id) else {
+                continue;
+            };
+            self.reloader
+                .rules
+                .send_timeout(
+                    RulesControl::Rebuild {
+                        camera: spec.id.clone(),
+                        rules: spec.rules.clone(),
+                    },
+                    Duration::from_secs(5),
+                )
+                .map_err(|_| "the rules stage has stopped".to_string())?;
+        }
+        for id in &diff.camera_sources {
+            let (Some(handle), Some(spec)) = (self.handle(id), new_camera(new, id)) else {
+                continue;
+            };
+            if let Some(restart) = &handle.restart
+                && let Err(e) = restart.restart(spec.clone())
+            {
+                tracing::warn!(camera = %id, "{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs, counts and audits one reload.
+    fn report(&self, path: &Path, trigger: &str, outcome: Outcome) {
+        let (label, diff, reason) = match &outcome {
+            Outcome::Applied(diff) => {
+                tracing::info!(config = %path.display(), trigger, changes = %diff.summary(), "config reloaded");
+                ("ok", Some(diff), None)
+            }
+            Outcome::Refused(reason, diff) => {
+                tracing::error!(config = %path.display(), trigger, reason = %reason, "config reload refused; the running config goes on");
+                ("error", diff.as_ref(), Some(reason))
+            }
+        };
+        metrics::counter!("skynet_config_reloads_total", "outcome" => label).increment(1);
+        if let Some(console) = &self.reloader.console {
+            let after = serde_json::json!({
+                "outcome": label,
+                "trigger": trigger,
+                "reason": reason,
+                "diff": diff,
+            });
+            if let Err(e) = console.store().audit(
+                "reload",
+                "system",
+                "config_reload",
+                &path.display().to_string(),
+                None,
+                Some(&after),
+            ) {
+                tracing::warn!(error = %e, "could not write the config reload to the audit log");
+            }
+        }
+    }
+}
+
+fn new_camera<'a>(config: &'a PipelineConfig, id: &str) -> Option<&'a CameraSpec> {
+    config.cameras.iter().find(|c| c.id.as_str() == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    const BASE: &str = r#"
+[node]
+name = "n"
+[grids]
+file = "g.geojson"
+[detect]
+model = "m.toml"
+threshold = 0.3
+[detect.classes.person]
+min_score = 0.4
+[outbox]
+path = "o.sqlite"
+[[sinks]]
+kind = "stdout"
+[[cameras]]
+id = "a"
+owner = "police"
+grid = "G-1"
+uri = "a.avi"
+[cameras.classes.person]
+min_score = 0.5
+[[cameras.rules]]
+name = "r"
+kind = "zone_intrusion"
+zone = "z"
+[[cameras]]
+id = "b"
+owner = "police"
+grid = "G-1"
+uri = "b.avi"
+"#;
+
+    fn diff(new: &str) -> ConfigDiff {
+        ConfigDiff::between(&parse(BASE), &parse(new))
+    }
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        let d = diff(BASE);
+        assert!(d.is_empty(), "{d:?}");
+        assert!(d.needs_restart().is_empty());
+        assert_eq!(d.summary(), "nothing changed");
+    }
+
+    #[test]
+    fn a_cameras_threshold_is_live_and_names_that_camera_only() {
+        let d = diff(&BASE.replace("min_score = 0.5", "min_score = 0.7"));
+        assert_eq!(d.camera_thresholds, vec!["a"]);
+        assert!(d.camera_sources.is_empty() && d.camera_rules.is_empty());
+        assert!(d.needs_restart().is_empty(), "{:?}", d.needs_restart());
+        let d = diff(&BASE.replace("threshold = 0.3", "threshold = 0.35"));
+        assert!(d.detect_threshold && !d.detect_classes);
+        assert!(d.needs_restart().is_empty());
+        let d = diff(&BASE.replace("min_score = 0.4", "min_score = 0.45"));
+        assert!(d.detect_classes && !d.detect_threshold);
+    }
+
+    #[test]
+    fn rules_zones_and_sources_are_live_per_camera() {
+        let d = diff(&BASE.replace("zone = \"z\"", "zone = \"y\""));
+        assert_eq!(d.camera_rules, vec!["a"]);
+        let d = diff(&BASE.replace("uri = \"b.avi\"", "uri = \"c.avi\""));
+        assert_eq!(d.camera_sources, vec!["b"]);
+        assert!(d.needs_restart().is_empty());
+        let d = diff(&BASE.replace("uri = \"b.avi\"", "uri = \"b.avi\"\nfps = 5.0"));
+        assert_eq!(d.camera_sources, vec!["b"]);
+    }
+
+    #[test]
+    fn restart_only_changes_are_refused_with_the_reason() {
+        let d = diff(&BASE.replace("path = \"o.sqlite\"", "path = \"p.sqlite\""));
+        assert_eq!(d.sections, vec!["outbox"]);
+        assert_eq!(d.needs_restart(), vec!["changing [outbox] needs a restart"]);
+        let d = diff(&BASE.replace("kind = \"stdout\"", "kind = \"jsonl\""));
+        assert_eq!(
+            d.needs_restart(),
+            vec!["changing [[sinks]] needs a restart"]
+        );
+        let d = diff(&BASE.replace("model = \"m.toml\"", "model = \"n.toml\"\nworkers = 4"));
+        assert_eq!(
+            d.needs_restart(),
+            vec![
+                "changing [detect] model needs a restart",
+                "changing [detect] workers needs a restart"
+            ]
+        );
+        let d = diff(&format!("{BASE}\n[risk]\nhalf_life_s = 30\n"));
+        assert!(d.risk);
+        assert_eq!(d.needs_restart(), vec!["changing [risk] needs a restart"]);
+        let d = diff(&BASE.replace(
+            "grid = \"G-1\"\nuri = \"b.avi\"",
+            "grid = \"G-2\"\nuri = \"b.avi\"",
+        ));
+        assert_eq!(
+            d.needs_restart(),
+            vec!["changing `grid` of camera `b` needs a restart"]
+        );
+    }
+
+    #[test]
+    fn cameras_added_or_removed_need_a_restart() {
+        let more = format!(
+            "{BASE}\n[[cameras]]\nid = \"c\"\nowner = \"police\"\ngrid = \"G-1\"\nuri = \"c.avi\"\n"
+        );
+        let d = diff(&more);
+        assert_eq!(d.cameras_added, vec!["c"]);
+        assert_eq!(d.needs_restart(), vec!["adding camera `c` needs a restart"]);
+        let fewer = BASE.split("[[cameras]]\nid = \"b\"").next().unwrap();
+        let d = diff(fewer);
+        assert_eq!(d.cameras_removed, vec!["b"]);
+        assert_eq!(
+            d.needs_restart(),
+            vec!["removing camera `b` needs a restart"]
+        );
+    }
+}
