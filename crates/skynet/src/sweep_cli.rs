@@ -202,11 +202,10 @@ fn run_points(
                 }
                 Err(e) => {
                     row.status = PointStatus::Failed;
-                    bar.println(format!(
-                        "point {} ({}) failed: {e}",
-                        run.index,
-                        describe(row, plan)
-                    ));
+                    // Above the bar where there is one; on standard error in any case.
+                    bar.suspend(|| {
+                        eprintln!("point {} ({}) failed: {e}", run.index, describe(row, plan))
+                    });
                     row.error = Some(e);
                     failed += 1;
                 }
@@ -219,11 +218,13 @@ fn run_points(
     }
     let cancelled = cancel.load(Ordering::SeqCst);
     if cancelled {
-        bar.println(format!(
-            "stopping: {} point(s) running are stopped, {} not started",
-            running.len(),
-            rows.len() - next
-        ));
+        bar.suspend(|| {
+            eprintln!(
+                "stopping: {} running point(s) stopped, {} not started",
+                running.len(),
+                rows.len() - next
+            )
+        });
         stop(running);
     }
     bar.finish_and_clear();
