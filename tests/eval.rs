@@ -234,3 +234,133 @@ fn malformed_labels_and_unknown_cameras_are_errors_naming_file_and_line() {
     a.set = vec!["detect.nonexistent.key=1".into()];
     assert!(skynet::eval_cli::evaluate_with(&a, None).is_err());
 }
+
+/// The real model on vtest.avi's first frames, through the binary: a sweep over three
+/// thresholds gives three rows, each equal to a single evaluation with that threshold.
+#[test]
+fn a_sweep_of_three_thresholds_agrees_with_three_single_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::vtest_config(dir.path(), "cam-sweep", common::WALKWAY, 60).replacen(
+        "max_frames",
+        "start_at = \"2026-12-01T08:00:00Z\"\nmax_frames",
+        1,
+    );
+    let config = dir.path().join("sweep.toml");
+    std::fs::write(&config, text).unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"camera\": \"cam-sweep\", \"category\": \"restricted_area_intrusion\", \"start_s\": 0.0, \"end_s\": 2.0}\n\
+         {\"camera\": \"cam-sweep\", \"category\": \"restricted_area_intrusion\", \"start_s\": 30.0, \"end_s\": 40.0}\n",
+    )
+    .unwrap();
+    let eval = |extra: &[&str], out: &Path| {
+        let output = Command::new(common::skynet_bin())
+            .arg("eval")
+            .arg("--config")
+            .arg(&config)
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "skynet eval {extra:?}: {}",
+            common::text(&output.stderr)
+        );
+        common::text(&output.stdout)
+    };
+    let sweep_dir = dir.path().join("sweep");
+    let printed = eval(
+        &["--sweep", "detect.threshold=0.3:0.7:0.2", "--jobs", "2"],
+        &sweep_dir,
+    );
+    assert!(printed.contains("recommended"), "{printed}");
+    let sweep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sweep_dir.join("sweep.json")).unwrap()).unwrap();
+    let rows = sweep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{sweep:#}");
+    assert!(sweep["criterion"].as_str().is_some(), "{sweep:#}");
+    for name in ["sweep.md", "pr_curve.svg", "pr_curve.png"] {
+        assert!(sweep_dir.join(name).is_file(), "{name} is written");
+    }
+    for (i, threshold) in ["0.3", "0.5", "0.7"].iter().enumerate() {
+        let single = dir.path().join(format!("single-{i}"));
+        eval(&["--set", &format!("detect.threshold={threshold}")], &single);
+        let report: skynet_eval::score::Report =
+            serde_json::from_slice(&std::fs::read(single.join("report.json")).unwrap()).unwrap();
+        let row: skynet_eval::sweep::SweepRow = serde_json::from_value(rows[i].clone()).unwrap();
+        assert_eq!(row.figures, Some(report.overall), "threshold {threshold}");
+    }
+}
+
+/// `--objects`: boxes written from `skynet detect`'s own output on the same frames give AP 1
+/// for `person` (frames numbered from 1, boxes in the clip's pixels, as gt.txt has them).
+#[test]
+fn object_labels_from_the_detectors_own_boxes_give_an_ap_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::vtest_config(dir.path(), "cam-objects", common::WALKWAY, 12);
+    let config = dir.path().join("objects.toml");
+    std::fs::write(&config, text).unwrap();
+    let detected = Command::new(common::skynet_bin())
+        .arg("detect")
+        .arg("--model")
+        .arg(common::manifest_path())
+        .args(["--threshold", "0.4", "--max-frames", "12"])
+        .arg(common::media("vtest.avi"))
+        .output()
+        .unwrap();
+    assert!(detected.status.success(), "{}", common::text(&detected.stderr));
+    let mut gt = String::new();
+    let mut people = 0;
+    for line in common::text(&detected.stdout).lines() {
+        let frame: serde_json::Value = serde_json::from_str(line).unwrap();
+        let number = frame["frame"].as_u64().unwrap() + 1;
+        for d in frame["detections"].as_array().unwrap() {
+            if d["label"] != "person" {
+                continue;
+            }
+            let b: Vec<f64> = serde_json::from_value(d["box"].clone()).unwrap();
+            people += 1;
+            gt.push_str(&format!(
+                "{number},{people},{},{},{},{},1,1,1\n",
+                b[0],
+                b[1],
+                b[2] - b[0],
+                b[3] - b[1]
+            ));
+        }
+    }
+    assert!(people > 12, "people in the first frames: {people}");
+    let gt_path = dir.path().join("gt.txt");
+    std::fs::write(&gt_path, gt).unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"camera\": \"cam-objects\", \"category\": \"restricted_area_intrusion\", \"start_s\": 0.0, \"end_s\": 1.0}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let status = Command::new(common::skynet_bin())
+        .arg("eval")
+        .arg("--config")
+        .arg(&config)
+        .arg("--labels")
+        .arg(&labels)
+        .args(["--set", "detect.threshold=0.4", "--objects"])
+        .arg(format!("cam-objects={}", gt_path.display()))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: skynet_eval::score::Report =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let person = &report.objects.expect("object figures").per_class["person"];
+    assert_eq!(person.ground_truth, people);
+    assert!((person.ap - 1.0).abs() < 1e-9, "{person:?}");
+    assert!((person.recall - 1.0).abs() < 1e-9 && (person.precision - 1.0).abs() < 1e-9);
+}

@@ -265,9 +265,9 @@ pub trait BuildSource: std::fmt::Debug + Send + Sync {
     fn watermark(&self) -> Watermark;
     /// The running source; called again by the supervisor after each failure.
     fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError>;
-    /// The recorded clip this source reads, when it reads one (`skynet eval --objects`
-    /// decodes it again, frame by frame).
-    fn file_path(&self) -> Option<std::path::PathBuf> {
+    /// The recorded clip this source reads, when it reads one, and how many of its frames
+    /// (`skynet eval --objects` decodes the same frames again, one by one).
+    fn file_clip(&self) -> Option<(std::path::PathBuf, Option<u64>)> {
         None
     }
 }
@@ -404,15 +404,16 @@ impl BuildSource for GstSourceConfig {
         self.realtime || is_network_uri(&self.uri)
     }
 
-    fn file_path(&self) -> Option<std::path::PathBuf> {
+    fn file_clip(&self) -> Option<(std::path::PathBuf, Option<u64>)> {
         let uri: &str = &self.uri;
-        match uri_scheme(uri) {
-            None => Some(std::path::PathBuf::from(uri)),
+        let path = match uri_scheme(uri) {
+            None => std::path::PathBuf::from(uri),
             Some(scheme) if scheme.eq_ignore_ascii_case("file") => {
-                url::Url::parse(uri).ok()?.to_file_path().ok()
+                url::Url::parse(uri).ok()?.to_file_path().ok()?
             }
-            Some(_) => None,
-        }
+            Some(_) => return None,
+        };
+        Some((path, self.max_frames))
     }
 
     /// The URI without credentials, for logs and errors.

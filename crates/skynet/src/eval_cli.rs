@@ -246,10 +246,7 @@ fn run_cameras(
             })
         })
         .collect();
-    Ok(EvalRun {
-        incidents,
-        footage,
-    })
+    Ok(EvalRun { incidents, footage })
 }
 
 /// A recording's observations through the risk engine; footage is each camera's span of
@@ -259,13 +256,24 @@ fn replay_recording(config: &PipelineConfig, recording: &Path) -> Result<EvalRun
         .with_context(|| format!("opening the recording {}", recording.display()))?;
     let mut events = Vec::new();
     let name = recording.display().to_string();
-    let report = crate::replay::replay(config, std::io::BufReader::new(file), &mut events, |line, reason| {
-        tracing::warn!(line, reason = %reason, file = %name, "a recorded line was not an observation");
-    })?;
+    let report = crate::replay::replay(
+        config,
+        std::io::BufReader::new(file),
+        &mut events,
+        |line, reason| {
+            tracing::warn!(line, reason = %reason, file = %name, "a recorded line was not an observation");
+        },
+    )?;
     tracing::info!(observations = report.observations, "replayed the recording");
     let mut revisions = Vec::new();
-    let mut spans: BTreeMap<String, (String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
-        BTreeMap::new();
+    let mut spans: BTreeMap<
+        String,
+        (
+            String,
+            chrono::DateTime<chrono::Utc>,
+            chrono::DateTime<chrono::Utc>,
+        ),
+    > = BTreeMap::new();
     for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let value: serde_json::Value = serde_json::from_slice(line)?;
         if value["type"] != "skynet.incident.v1" {
@@ -282,9 +290,11 @@ fn replay_recording(config: &PipelineConfig, recording: &Path) -> Result<EvalRun
         if observation.source.kind != skynet_core::SourceKind::Camera {
             continue;
         }
-        let span = spans
-            .entry(observation.source.id.to_string())
-            .or_insert((observation.grid.to_string(), observation.at, observation.at));
+        let span = spans.entry(observation.source.id.to_string()).or_insert((
+            observation.grid.to_string(),
+            observation.at,
+            observation.at,
+        ));
         span.1 = span.1.min(observation.at);
         span.2 = span.2.max(observation.at);
     }
@@ -353,20 +363,36 @@ pub fn incidents_of(
     by_id.into_values().map(|(incident, _)| incident).collect()
 }
 
+/// `--objects CAMERA=GT.TXT`: a camera's clip (the frames it reads) and its boxes.
+struct ObjectLabels {
+    camera: String,
+    clip: PathBuf,
+    max_frames: Option<u64>,
+    gt: PathBuf,
+}
+
 /// `--objects CAMERA=GT.TXT`, checked against the config's file cameras.
-fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<ObjectLabels>> {
     let mut out = Vec::new();
     for arg in &args.objects {
         let Some((camera, gt)) = arg.split_once('=') else {
             anyhow::bail!("--objects {arg}: expected CAMERA=GT.TXT");
         };
         let Some(spec) = config.cameras.iter().find(|c| c.id.as_str() == camera) else {
-            anyhow::bail!("--objects {arg}: no camera `{camera}` in {}", args.config.display());
+            anyhow::bail!(
+                "--objects {arg}: no camera `{camera}` in {}",
+                args.config.display()
+            );
         };
-        let Some(file) = spec.source.file_path() else {
+        let Some((file, max_frames)) = spec.source.file_clip() else {
             anyhow::bail!("--objects {arg}: camera `{camera}` does not read a file");
         };
-        out.push((camera.to_string(), file, PathBuf::from(gt)));
+        out.push(ObjectLabels {
+            camera: camera.to_string(),
+            clip: file,
+            max_frames,
+            gt: PathBuf::from(gt),
+        });
     }
     Ok(out)
 }
@@ -375,11 +401,10 @@ fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<(String
 /// against its boxes.
 fn score_objects(
     config: &PipelineConfig,
-    objects: &[(String, PathBuf, PathBuf)],
+    objects: &[ObjectLabels],
 ) -> Result<skynet_eval::objects::ObjectReport> {
     let labels = config.model.labels.clone();
-    let mut gt = Vec::new();
-    let mut detections: Vec<FrameDetections> = Vec::new();
+    let mut clips = Vec::new();
     let runtime = skynet_detect::OnnxRuntime::init(
         config.onnxruntime.as_deref(),
         &[crate::paths::data_dir()],
@@ -389,38 +414,44 @@ fn score_objects(
         Arc::clone(&config.model),
         config.detector.clone(),
     )?;
-    // Frames of different clips are told apart by an offset (gt.txt numbers frames per
-    // clip).
-    let mut offset = 0u64;
-    for (camera, file, gt_file) in objects {
-        let mut boxes = skynet_eval::objects::parse_gt(gt_file, &labels)?;
-        let mut last = 0;
-        crate::detect_cli::each_video_frame(&mut detector, file, None, |frame, found| {
-            // gt.txt numbers frames from 1.
-            let number = frame.info.seq + 1;
-            last = last.max(number);
-            detections.push(FrameDetections {
-                frame: offset + number,
-                boxes: found
-                    .iter()
-                    .map(|d| DetectedBox {
-                        label: d.label.clone(),
-                        score: d.score,
-                        x: d.bbox.x1,
-                        y: d.bbox.y1,
-                        w: d.bbox.x2 - d.bbox.x1,
-                        h: d.bbox.y2 - d.bbox.y1,
-                    })
-                    .collect(),
-            });
-            Ok(())
-        })
-        .with_context(|| format!("detecting on camera {camera}'s clip {}", file.display()))?;
-        for b in &mut boxes {
-            b.frame += offset;
-        }
-        gt.extend(boxes);
-        offset += last.max(1) + 1;
+    for clip in objects {
+        let gt = skynet_eval::objects::parse_gt(&clip.gt, &labels)?;
+        let mut detections: Vec<FrameDetections> = Vec::new();
+        crate::detect_cli::each_video_frame(
+            &mut detector,
+            &clip.clip,
+            clip.max_frames,
+            |frame, found| {
+                detections.push(FrameDetections {
+                    // gt.txt numbers frames from 1.
+                    frame: frame.info.seq + 1,
+                    boxes: found
+                        .iter()
+                        .map(|d| DetectedBox {
+                            label: d.label.clone(),
+                            score: d.score,
+                            x: d.bbox.x1,
+                            y: d.bbox.y1,
+                            w: d.bbox.x2 - d.bbox.x1,
+                            h: d.bbox.y2 - d.bbox.y1,
+                        })
+                        .collect(),
+                });
+                Ok(())
+            },
+        )
+        .with_context(|| {
+            format!(
+                "detecting on camera {}'s clip {}",
+                clip.camera,
+                clip.clip.display()
+            )
+        })?;
+        clips.push((gt, detections));
     }
-    Ok(skynet_eval::objects::score_objects(&gt, &detections))
+    let sets: Vec<_> = clips
+        .iter()
+        .map(|(gt, detections)| (gt.as_slice(), detections.as_slice()))
+        .collect();
+    Ok(skynet_eval::objects::score_object_sets(&sets))
 }
