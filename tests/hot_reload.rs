@@ -148,7 +148,9 @@ fn a_threshold_reload_reconnects_no_camera_and_stops_no_frames() {
     );
     assert_eq!(reloads(&after, "error"), 0.0);
 
-    let (_, text) = terminate(&mut child, &log);
+    let (status, text) = terminate(&mut child, &log);
+    // Every camera, with its own stop signal, stopped with the process.
+    assert!(status.success(), "{status:?}\n{text}");
     assert!(text.contains("config reloaded"), "{text}");
     assert!(text.contains("camera thresholds: cam-a"), "{text}");
 }
@@ -211,7 +213,9 @@ fn an_invalid_or_restart_only_reload_is_refused_and_the_old_config_goes_on() {
     assert_eq!(score_filtered(&m, "cam-a"), 0.0);
     assert_eq!(reloads(&m, "ok"), 0.0);
 
-    let (_, text) = terminate(&mut child, &log);
+    let (status, text) = terminate(&mut child, &log);
+    // Every camera, with its own stop signal, stopped with the process.
+    assert!(status.success(), "{status:?}\n{text}");
     assert!(text.contains("config reload refused"), "{text}");
     assert!(
         text.contains("skynet.toml:"),
@@ -219,4 +223,108 @@ fn an_invalid_or_restart_only_reload_is_refused_and_the_old_config_goes_on() {
     );
     assert!(text.contains("changing [outbox] needs a restart"), "{text}");
     assert!(!dir.path().join("elsewhere.sqlite").exists());
+}
+
+/// cam-a's zone rule over the walkway of vtest.avi, with `zone` as its polygon.
+fn zone_rule(zone: &str) -> String {
+    format!(
+        r#"
+  [[cameras.zones]]
+  name = "walk"
+  polygon = {zone}
+
+  [[cameras.rules]]
+  name = "walk-rule"
+  kind = "zone_intrusion"
+  zone = "walk"
+  labels = ["person"]
+  min_frames = 3
+  cooldown_s = 2.0
+"#
+    )
+}
+
+#[test]
+fn a_source_and_a_rule_change_restart_that_source_alone_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    // With a console: the reload goes to its audit log.
+    let api = format!("[api]\nlisten = \"{}\"\n", free_port());
+    let config = live_config_in(
+        dir.path(),
+        listen,
+        &format!("{api}{}", cameras(&zone_rule(common::WALKWAY))),
+    );
+    let (mut child, log) = spawn_logged(&config, &["--watch"]);
+    wait_running(listen, &log);
+    let before = metrics(listen);
+
+    // cam-b reads another file; cam-a's zone moves. Seen by the watch.
+    let copy = dir.path().join("vtest-copy.avi");
+    std::fs::copy(media("vtest.avi"), &copy).unwrap();
+    let video = media("vtest.avi").display().to_string();
+    let changed = cameras(&zone_rule(common::NOBODY));
+    let (a, b) = changed.split_at(changed.rfind("[[cameras]]").unwrap());
+    let b = b.replace(&video, &copy.display().to_string());
+    rewrite(&config, &format!("{a}{b}"));
+    assert!(
+        eventually(Duration::from_secs(30), || reloads(&metrics(listen), "ok")
+            == 1.0),
+        "no reload:\n{}",
+        log.lock().unwrap()
+    );
+    let reloaded = metrics(listen);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let text = log.lock().unwrap().clone();
+            let m = metrics(listen);
+            text.contains("source restarted with the reloaded config")
+                && text.contains("rules rebuilt from the reloaded config")
+                && camera(&m, "skynet_frames_decoded_total", "cam-a")
+                    > camera(&reloaded, "skynet_frames_decoded_total", "cam-a") + 8.0
+                && camera(&m, "skynet_frames_decoded_total", "cam-b")
+                    > camera(&reloaded, "skynet_frames_decoded_total", "cam-b") + 8.0
+        }),
+        "cam-b's source was not restarted, the rules not rebuilt, or a camera stopped:\n{}",
+        log.lock().unwrap()
+    );
+    let after = metrics(listen);
+    assert_eq!(
+        camera(&after, "skynet_camera_reconnects_total", "cam-a"),
+        camera(&before, "skynet_camera_reconnects_total", "cam-a"),
+        "cam-a reconnected"
+    );
+    let (status, text) = terminate(&mut child, &log);
+    // Every camera, with its own stop signal, stopped with the process.
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(
+        text.contains("camera sources: cam-b; camera rules: cam-a"),
+        "{text}"
+    );
+    // Only cam-b's source restarted.
+    assert_eq!(
+        text.matches("source restarted with the reloaded config")
+            .count(),
+        1,
+        "{text}"
+    );
+
+    let db = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    let (actor, target, entry): (String, String, String) = db
+        .query_row(
+            "SELECT actor, target, after FROM console_audit WHERE action = 'config_reload'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(actor, "reload");
+    assert!(target.ends_with("skynet.toml"), "{target}");
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(entry["outcome"], "ok");
+    assert_eq!(entry["trigger"], "file changed");
+    assert_eq!(
+        entry["diff"]["camera_sources"],
+        serde_json::json!(["cam-b"])
+    );
+    assert_eq!(entry["diff"]["camera_rules"], serde_json::json!(["cam-a"]));
 }

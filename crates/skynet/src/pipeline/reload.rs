@@ -516,6 +516,11 @@ impl State {
                 reasons.push(format!(
                     "switching camera `{id}` between a live stream and a file replay needs a restart"
                 ));
+            } else if !old.is_live() {
+                // Its frames would come again from the file's start, older than its clock.
+                reasons.push(format!(
+                    "changing the source of camera `{id}`, a file replayed at full speed, needs a restart"
+                ));
             }
             if self.handle(id).is_none_or(|h| h.restart.is_none()) {
                 reasons.push(format!(
