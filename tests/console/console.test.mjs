@@ -255,6 +255,8 @@ describe('skynet console', { concurrency: false }, () => {
     // Refused: an operator sets no status, neither through the page nor directly.
     assert.equal(await page.getByTestId('status-button').count(), 0);
     assert.equal(await apiStatus(context, 'POST', `/api/v1/incidents/${await anyIncidentId(context)}/status`, { status: 'dispatched' }), 403);
+    // Nor a threshold what-if (it replays a day: engineers' work).
+    assert.equal(await apiStatus(context, 'POST', '/api/v1/cameras/cam-safety-03/thresholds/what-if', { person: 0.6 }), 403);
 
     // The page must not reload: the incident has to come through the event stream.
     await page.evaluate(() => { window.__sameDocument = true; });
@@ -367,6 +369,20 @@ describe('skynet console', { concurrency: false }, () => {
     const original = Number(await input.inputValue());
     const changed = original >= 0.9 ? original - 0.05 : original + 0.05;
     await input.fill(changed.toFixed(2));
+    // Preview first: the last recorded day replayed with the current and the proposed
+    // thresholds; nothing is applied.
+    const cameraUnderTest = await form.getAttribute('data-camera-id');
+    const labelUnderTest = await input.getAttribute('data-class');
+    await form.getByTestId('threshold-preview').click();
+    const preview = form.getByTestId('threshold-preview-result');
+    await page.waitForFunction(
+      (id) => document.querySelector(`[data-testid=threshold-form][data-camera-id="${id}"] [data-testid=threshold-preview-result]`)?.dataset.incidents !== undefined,
+      cameraUnderTest, { timeout: 30_000 });
+    assert.match(await preview.textContent(), /^Would have changed \d+ of the last day's \d+ incidents \(\d+ added, \d+ dropped, \d+ changed level\)\.$/);
+    const before = await (await context.request.get(`${BASE_URL}/api/v1/cameras`)).json();
+    assert.equal(before.cameras.find((camera) => camera.id === cameraUnderTest).thresholds[labelUnderTest].toFixed(2), original.toFixed(2),
+      'a preview applies nothing');
+    assert.equal(await input.inputValue(), changed.toFixed(2), 'the edit is kept while previewing');
     await form.getByTestId('threshold-save').click();
     await page.getByTestId('notice').first().waitFor();
     const cameraId = await form.getAttribute('data-camera-id');

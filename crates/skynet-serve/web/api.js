@@ -79,6 +79,8 @@ export const api = {
   sensors: (signal) => call('/api/v1/sensors', { signal }),
   setThresholds: (cameraId, thresholds) =>
     call(`/api/v1/cameras/${id(cameraId)}/thresholds`, { method: 'PUT', body: thresholds }),
+  thresholdsWhatIf: (cameraId, thresholds) =>
+    call(`/api/v1/cameras/${id(cameraId)}/thresholds/what-if`, { method: 'POST', body: thresholds }),
 
   tickets: (signal) => call('/api/v1/tickets', { signal }),
   audit: (params, signal) => call(`/api/v1/audit${query(params)}`, { signal }),

@@ -1,6 +1,7 @@
 // Sources: the health of every camera and sensor, for engineers and operators. Engineers
 // (thresholds.write) tune a camera's per-class detection thresholds here; each change is
-// audited by the server.
+// audited by the server. Before saving, Preview replays the last recorded day with the
+// camera's current and proposed thresholds and says how many incidents would change.
 
 import { api } from '../api.js';
 import { errorText, formatNumber, h, label, notify, replaceChildren, timeElement, trackBusy } from '../dom.js';
@@ -60,27 +61,68 @@ export function mount(container) {
         }));
     });
     const save = h('button', { type: 'submit', class: 'button', testid: 'threshold-save', 'aria-label': t('sources.saveThresholdsOf', { camera: camera.id }) }, t('action.save'));
+    // What the change would have done to the last recorded day's incidents, before saving.
+    const result = h('p', { class: 'muted threshold-preview', role: 'status', 'aria-live': 'polite', testid: 'threshold-preview-result', hidden: true });
+    const preview = h('button', {
+      type: 'button', class: 'button', testid: 'threshold-preview',
+      'aria-label': t('sources.previewThresholdsOf', { camera: camera.id }),
+      onclick: async () => {
+        const changed = changes();
+        if (Object.keys(changed).length === 0) {
+          result.hidden = false;
+          result.textContent = t('sources.previewNothing');
+          return;
+        }
+        preview.disabled = true;
+        result.hidden = false;
+        result.textContent = t('sources.previewRunning');
+        try {
+          const answer = await api.thresholdsWhatIf(camera.id, changed);
+          result.textContent = t('sources.previewResult', {
+            total: formatNumber(answer.added + answer.dropped + answer.changed, 0),
+            incidents: formatNumber(answer.incidents, 0),
+            added: formatNumber(answer.added, 0),
+            dropped: formatNumber(answer.dropped, 0),
+            changed: formatNumber(answer.changed, 0),
+          });
+          result.dataset.added = String(answer.added);
+          result.dataset.dropped = String(answer.dropped);
+          result.dataset.changed = String(answer.changed);
+          result.dataset.incidents = String(answer.incidents);
+        } catch (error) {
+          result.textContent = errorText(error);
+        } finally {
+          preview.disabled = false;
+        }
+      },
+    }, t('sources.preview'));
+    function changes() {
+      const changed = {};
+      for (const input of form.querySelectorAll('input')) {
+        if (input.value !== input.dataset.original) changed[input.dataset.class] = Number(input.value);
+      }
+      return changed;
+    }
     const form = h('form', {
       class: 'threshold-form', testid: 'threshold-form', dataset: { cameraId: camera.id },
+      // A preview is of the values it was asked for: an edit makes it stale.
+      oninput: () => { result.hidden = true; result.textContent = ''; },
       onsubmit: async (event) => {
         event.preventDefault();
-        const changed = {};
-        for (const input of form.querySelectorAll('input')) {
-          if (input.value !== input.dataset.original) changed[input.dataset.class] = Number(input.value);
-        }
+        const changed = changes();
         if (Object.keys(changed).length === 0) return;
         save.disabled = true;
         try {
           const { thresholds } = await api.setThresholds(camera.id, changed);
           cameras.set(camera.id, { ...cameras.get(camera.id), thresholds });
           notify(t('sources.thresholdsSaved', { camera: camera.id }));
-          renderCamera(cameras.get(camera.id));
+          renderCamera(cameras.get(camera.id), true);
         } catch (error) {
           notify(errorText(error), 'error');
           save.disabled = false;
         }
       },
-    }, inputs, save);
+    }, inputs, save, preview, result);
     return h('td', {}, form);
   }
 
@@ -114,10 +156,14 @@ export function mount(container) {
       h('td', {}, reading ? [`${formatNumber(reading.value)} ${reading.unit ?? sensor.unit ?? ''} · `, timeElement(reading.at)] : '–'));
   }
 
-  // A row being edited is not replaced by a live update: the engineer's input would be lost.
-  function renderCamera(camera) {
+  // A row being edited is not replaced by a live update: the engineer's input (and a
+  // preview of it) would be lost. `force`: the row's own change was saved.
+  function renderCamera(camera, force = false) {
     const existing = [...cameraBody.rows].find((row) => row.dataset.cameraId === camera.id);
-    if (existing?.contains(document.activeElement) && document.activeElement.tagName === 'INPUT') return;
+    const editing = existing && (
+      (existing.contains(document.activeElement) && ['INPUT', 'BUTTON'].includes(document.activeElement.tagName))
+      || [...existing.querySelectorAll('input[data-original]')].some((input) => input.value !== input.dataset.original));
+    if (editing && !force) return;
     if (existing) existing.replaceWith(cameraRow(camera));
     else renderCameras();
   }
