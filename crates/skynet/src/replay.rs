@@ -671,6 +671,27 @@ pub fn last_day(
     (kept, since, until)
 }
 
+/// The console's threshold what-if on one camera: the last recorded day (see
+/// [`recent_lines`], [`last_day`]) through `config`'s risk engine twice, the camera's
+/// detections filtered once by its `current` and once by its `proposed` thresholds. Every
+/// other camera's recorded detections are taken as they came: they were made with the
+/// thresholds that run.
+pub fn threshold_what_if(
+    config: &PipelineConfig,
+    recording: &std::path::Path,
+    camera: &DeviceId,
+    current: &BTreeMap<String, f32>,
+    proposed: &BTreeMap<String, f32>,
+    now: DateTime<Utc>,
+) -> std::io::Result<(Comparison, DateTime<Utc>, DateTime<Utc>)> {
+    let lines = recent_lines(recording, RECENT_LINES, RECENT_BYTES)?;
+    let (lines, since, until) = last_day(lines, now);
+    let old = Thresholds::default().with_camera(camera, current.clone());
+    let new = Thresholds::default().with_camera(camera, proposed.clone());
+    let comparison = compare((config, &new), (config, &old), &lines, |_, _| {});
+    Ok((comparison, since, until))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,5 +824,48 @@ mod tests {
             at("2030-01-01T00:00:00Z"),
             "nothing recorded: before now"
         );
+    }
+
+    #[test]
+    fn a_threshold_what_if_replays_the_last_recorded_day() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let config = PipelineConfig::load(&root.join("configs/city.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let recording = dir.path().join("observations.jsonl");
+        let day = std::fs::read_to_string(root.join("tests/fixtures/replay/gas-and-person.jsonl"))
+            .unwrap();
+        // Two days earlier: outside the window, not replayed.
+        let old = day.replace("2026-11-27T09:", "2026-11-25T09:");
+        std::fs::write(&recording, format!("{old}{day}")).unwrap();
+        let camera = DeviceId::new("cam-safety-03");
+        let current: BTreeMap<String, f32> = [("person".to_string(), 0.3)].into();
+        let proposed: BTreeMap<String, f32> = [("person".to_string(), 0.85)].into();
+        let now = at("2030-01-01T00:00:00Z");
+        let (c, since, until) =
+            threshold_what_if(&config, &recording, &camera, &current, &proposed, now).unwrap();
+        assert_eq!(until, at("2026-11-27T09:02:00Z"));
+        assert_eq!(since, at("2026-11-26T09:02:00Z"));
+        assert_eq!(
+            c.old.observations, 4,
+            "the day's four, not the earlier ones"
+        );
+        assert_eq!(c.new.below_threshold, 1, "the person at 0.8");
+        assert_eq!(
+            c.summary(),
+            "0 added, 1 dropped, 1 changed in level, 0 unchanged"
+        );
+        assert_eq!(c.old_incidents, 2);
+        // The same thresholds: nothing changes.
+        let (same, _, _) =
+            threshold_what_if(&config, &recording, &camera, &current, &current, now).unwrap();
+        assert_eq!(
+            same.summary(),
+            "0 added, 0 dropped, 0 changed in level, 2 unchanged"
+        );
+        // Nothing recorded yet: an empty day before now.
+        let none = dir.path().join("none.jsonl");
+        let (empty, _, until) =
+            threshold_what_if(&config, &none, &camera, &current, &proposed, now).unwrap();
+        assert_eq!((empty.old_incidents, until), (0, now));
     }
 }

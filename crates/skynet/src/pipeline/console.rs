@@ -66,10 +66,8 @@ pub(crate) fn start(
     Ok(Some(console))
 }
 
-/// The console's threshold what-if: the last recorded day (see [`crate::replay::last_day`])
-/// through the config's risk engine twice, the camera's detections filtered once by its
-/// current and once by its proposed thresholds; every other camera's recorded detections
-/// are taken as they came (they were made with the thresholds that run).
+/// The console's threshold what-if on the node's recording (see
+/// [`crate::replay::threshold_what_if`]).
 struct RecordedWhatIf {
     config: Arc<PipelineConfig>,
     recording: std::path::PathBuf,
@@ -82,24 +80,20 @@ impl WhatIf for RecordedWhatIf {
         current: &BTreeMap<String, f32>,
         proposed: &BTreeMap<String, f32>,
     ) -> Result<WhatIfReport, WhatIfError> {
-        use crate::replay::{self, Thresholds};
-        let lines =
-            replay::recent_lines(&self.recording, replay::RECENT_LINES, replay::RECENT_BYTES)
-                .map_err(|e| {
-                    WhatIfError::Failed(format!(
-                        "reading the recorded observations {}: {e}",
-                        self.recording.display()
-                    ))
-                })?;
-        let (lines, since, until) = replay::last_day(lines, Utc::now());
-        let old = Thresholds::default().with_camera(camera, current.clone());
-        let new = Thresholds::default().with_camera(camera, proposed.clone());
-        let comparison = replay::compare(
-            (&self.config, &new),
-            (&self.config, &old),
-            &lines,
-            |_, _| {},
-        );
+        let (comparison, since, until) = crate::replay::threshold_what_if(
+            &self.config,
+            &self.recording,
+            camera,
+            current,
+            proposed,
+            Utc::now(),
+        )
+        .map_err(|e| {
+            WhatIfError::Failed(format!(
+                "reading the recorded observations {}: {e}",
+                self.recording.display()
+            ))
+        })?;
         let examples = comparison
             .differences
             .iter()
