@@ -132,6 +132,8 @@ fn evidence_and_recorded_observations_are_owner_only() {
         jpeg_quality: 80,
         min_interval: chrono::Duration::seconds(1),
         max_per_s: 10.0,
+        clips: skynet_snapshot::ClipsConfig::default(),
+        max_bytes: None,
     };
     with_permissive_umask(|| {
         let store = skynet_snapshot::SnapshotStore::new(&config);

@@ -481,8 +481,9 @@ pub struct Contribution {
     pub count: u32,
 }
 
-/// A file that documents a revision: so far an annotated JPEG snapshot (`kind: "snapshot"`)
-/// of the frame its new detections came from, privacy masks blurred.
+/// A file that documents a revision: an annotated JPEG snapshot (`kind: "snapshot"`) of the
+/// frame its new detections came from, privacy masks blurred; or an MP4 event clip
+/// (`kind: "clip"`, with `start`, `end` and `duration_s`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceRef {
     /// `snapshot`.
@@ -498,10 +499,21 @@ pub struct EvidenceRef {
     /// The image's size in pixels (the analysed frame's, which may be below the camera's).
     pub width: u32,
     pub height: u32,
+    /// A clip's first frame (event time); `frame_at` is the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    /// A clip's last frame (event time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+    /// A clip's length in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
 }
 
 impl EvidenceRef {
     pub const SNAPSHOT: &'static str = "snapshot";
+    /// An MP4 event clip (`<incident id>/<revision>.mp4`) with `start`, `end`, `duration_s`.
+    pub const CLIP: &'static str = "clip";
 }
 
 /// An incident as the case system sees it. Each emission carries a new `revision`.

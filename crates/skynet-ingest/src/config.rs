@@ -128,6 +128,8 @@ pub struct FrameDelivery {
     /// The largest image the detector needs; bigger frames are scaled down to fit, keeping
     /// their aspect ratio, in the same step as the colour conversion.
     pub max_size: Option<(u32, u32)>,
+    /// Event clips: the ring a live camera's encoded stream fills (`clips.rs`); `None`: off.
+    pub clip_ring: Option<crate::clips::EncodedRing>,
 }
 
 /// How a failed source is restarted: waits double from `initial_backoff_s` up to
@@ -476,6 +478,7 @@ impl BuildSource for GstSourceConfig {
             decoder: self.decoder.clone(),
             fps: delivery.fps,
             max_size: delivery.max_size,
+            clip_ring: delivery.clip_ring.clone(),
             decode_threads: self
                 .decode_threads
                 .unwrap_or(if self.is_live() { 1 } else { 0 }),

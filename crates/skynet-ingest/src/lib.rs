@@ -7,6 +7,7 @@
 //! [`GstSourceConfig`] is the source's part of a `[[cameras]]` table.
 
 mod camera;
+pub mod clips;
 mod config;
 mod describe;
 mod error;

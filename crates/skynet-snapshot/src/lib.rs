@@ -29,7 +29,7 @@ pub mod sweeper;
 pub use blur::blur_polygons;
 pub use describe::describe_metrics;
 pub use draw::{Annotations, boxes_on_image, render, to_rgb};
-pub use settings::{SnapshotConfig, SnapshotSettings};
+pub use settings::{ClipSettings, ClipsConfig, SnapshotConfig, SnapshotSettings};
 pub use stage::SnapshotStage;
 pub use store::{SnapshotStore, Stored, sha256_hex};
 pub use sweeper::{spawn_sweeper, sweep};

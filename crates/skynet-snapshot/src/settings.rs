@@ -33,6 +33,94 @@ pub struct SnapshotSettings {
     /// of incidents cannot stall the rules stage on encoding. Default 4.
     #[serde(default = "default_max_per_s")]
     pub max_per_s: f64,
+    /// Event clips: `clips = { enabled = true, pre_s = 5, post_s = 10, max_s = 60 }`.
+    #[serde(default)]
+    pub clips: ClipSettings,
+    /// A disk budget for the evidence directory, in GB (10^9 bytes): oldest files removed
+    /// first when over it. Default: none.
+    pub max_gb: Option<f64>,
+}
+
+/// `[evidence] clips` and a camera's `clips` override.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_pre_s")]
+    pub pre_s: f64,
+    #[serde(default = "default_post_s")]
+    pub post_s: f64,
+    #[serde(default = "default_clip_max_s")]
+    pub max_s: f64,
+}
+
+fn default_pre_s() -> f64 {
+    5.0
+}
+fn default_post_s() -> f64 {
+    10.0
+}
+fn default_clip_max_s() -> f64 {
+    60.0
+}
+
+impl Default for ClipSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pre_s: default_pre_s(),
+            post_s: default_post_s(),
+            max_s: default_clip_max_s(),
+        }
+    }
+}
+
+/// Validated clip settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipsConfig {
+    pub enabled: bool,
+    pub pre: Duration,
+    pub post: Duration,
+    pub max: Duration,
+}
+
+impl Default for ClipsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pre: Duration::from_secs(5),
+            post: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ClipSettings {
+    /// Errors name the key as `clips.pre_s` and so on.
+    pub fn validate(&self) -> Result<ClipsConfig, FieldError> {
+        let named = |e: FieldError| {
+            let message = e
+                .message
+                .replace(&format!("`{}`", e.field), &format!("`clips.{}`", e.field));
+            FieldError::new(format!("clips.{}", e.field), message)
+        };
+        let pre = check_range("pre_s", self.pre_s, 0.0, 300.0).map_err(named)?;
+        let post = check_range("post_s", self.post_s, 0.0, 600.0).map_err(named)?;
+        let max = check_range("max_s", self.max_s, 1.0, 3600.0).map_err(named)?;
+        if max < pre {
+            return Err(FieldError::new(
+                "clips.max_s",
+                format!("`clips.max_s` ({max}) must be at least `clips.pre_s` ({pre})"),
+            ));
+        }
+        Ok(ClipsConfig {
+            enabled: self.enabled,
+            pre: Duration::from_secs_f64(pre),
+            post: Duration::from_secs_f64(post),
+            max: Duration::from_secs_f64(max),
+        })
+    }
 }
 
 fn default_enabled() -> bool {
@@ -61,6 +149,8 @@ impl Default for SnapshotSettings {
             jpeg_quality: default_jpeg_quality(),
             min_interval_s: default_min_interval(),
             max_per_s: default_max_per_s(),
+            clips: ClipSettings::default(),
+            max_gb: None,
         }
     }
 }
@@ -76,6 +166,10 @@ pub struct SnapshotConfig {
     pub jpeg_quality: u8,
     pub min_interval: chrono::Duration,
     pub max_per_s: f64,
+    /// The node's clip settings (a camera may override them).
+    pub clips: ClipsConfig,
+    /// `max_gb` in bytes: the evidence directory's disk budget.
+    pub max_bytes: Option<u64>,
 }
 
 impl SnapshotSettings {
@@ -123,7 +217,14 @@ impl SnapshotSettings {
             }
             None => file_url(&dir),
         };
+        let clips = self.clips.validate()?;
+        let max_bytes = match self.max_gb {
+            Some(gb) => Some((check_range("max_gb", gb, 0.001, 1_000_000.0)? * 1e9) as u64),
+            None => None,
+        };
         Ok(SnapshotConfig {
+            clips,
+            max_bytes,
             enabled: self.enabled,
             dir,
             url_base,
@@ -180,5 +281,24 @@ mod tests {
             }),
             "url_base"
         );
+        assert_eq!(
+            bad(SnapshotSettings {
+                max_gb: Some(0.0),
+                ..SnapshotSettings::default()
+            }),
+            "max_gb"
+        );
+        assert_eq!(
+            bad(SnapshotSettings {
+                clips: ClipSettings {
+                    post_s: -1.0,
+                    ..ClipSettings::default()
+                },
+                ..SnapshotSettings::default()
+            }),
+            "clips.post_s"
+        );
+        let config = SnapshotSettings::default().validate(&cx).unwrap();
+        assert!(!config.clips.enabled, "clips are off by default");
     }
 }

@@ -209,6 +209,9 @@ impl SnapshotStage {
                     frame_at,
                     width: image.width,
                     height: image.height,
+                    start: None,
+                    end: None,
+                    duration_s: None,
                 }))
             }
             Err(e) => {

@@ -228,13 +228,15 @@ struct CameraCommon {
     /// The tracker that follows this camera's objects for the rules.
     #[serde(default)]
     tracker: TrackerSettings,
+    /// Event clips for this camera, over `[evidence] clips`.
+    clips: Option<skynet_snapshot::ClipSettings>,
 }
 
 fn default_offline_after() -> f64 {
     30.0
 }
 
-const CAMERA_COMMON_KEYS: [&str; 13] = [
+const CAMERA_COMMON_KEYS: [&str; 14] = [
     "id",
     "owner",
     "grid",
@@ -248,6 +250,7 @@ const CAMERA_COMMON_KEYS: [&str; 13] = [
     "classes",
     "inference_interval",
     "tracker",
+    "clips",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +347,8 @@ pub struct CameraSpec {
     pub classes: ClassLimitsTable,
     pub inference_interval: IntervalConfig,
     pub tracker: TrackerSettings,
+    /// This camera's `clips` override; `None`: `[evidence] clips`.
+    pub clips: Option<skynet_snapshot::ClipsConfig>,
 }
 
 impl CameraSpec {
@@ -879,6 +884,11 @@ fn validate_camera(
     // The same checks as motion masks and zones: 3 points or more, inside the frame.
     skynet_core::check_frame_polygons("privacy_masks", "privacy mask", &common.privacy_masks)
         .map_err(|e| at.field_error(&region, e))?;
+    let clips = common
+        .clips
+        .map(|c| c.validate())
+        .transpose()
+        .map_err(|e| at.field_error(&region, e))?;
     skynet_detect::filter::validate_class_limits(
         "classes",
         &common.classes,
@@ -1013,5 +1023,6 @@ fn validate_camera(
         classes: common.classes,
         inference_interval: common.inference_interval,
         tracker: common.tracker,
+        clips,
     })
 }

@@ -116,7 +116,23 @@ impl GstSource {
 /// clock, that is the base time as a wall time: a frame's capture time is that plus its
 /// timestamp (which, with RTCP sender reports, rtspsrc's NTP sync has set from the sender's
 /// clock). Otherwise, now.
-pub(super) fn running_zero(pipeline: &gst::Pipeline, realtime: bool) -> DateTime<Utc> {
+/// A live stream's buffer's event time, as [`GstSource::event_time`] gives it to decoded
+/// frames: the sender's clock where given and believable, else the running time on the
+/// realtime clock, else the arrival.
+pub(crate) fn live_event_time(
+    buffer: &gst::BufferRef,
+    running_zero: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let now = Utc::now();
+    let at =
+        reference_time(buffer).or_else(|| buffer.pts().map(|pts| offset_time(running_zero, pts)));
+    match at {
+        Some(at) if (at - now).num_milliseconds().abs() <= MAX_CLOCK_SKEW_MS => at,
+        _ => now,
+    }
+}
+
+pub(crate) fn running_zero(pipeline: &gst::Pipeline, realtime: bool) -> DateTime<Utc> {
     realtime
         .then(|| pipeline.base_time())
         .flatten()

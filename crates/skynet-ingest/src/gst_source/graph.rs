@@ -150,45 +150,54 @@ impl GstSource {
                 gst::PadProbeReturn::Ok
             });
         }
-        let first_weak = first.downgrade();
-        let scale_weak = scale.downgrade();
-        let camera = self.camera.clone();
-        let max_size = self.options.max_size;
+        let link = RawLink {
+            first: first.downgrade(),
+            scale: scale.downgrade(),
+            camera: self.camera.clone(),
+            max_size: self.options.max_size,
+        };
+        // Event clips (live streams only): the encoded stream is exposed too, and teed off
+        // before a decoder of our own (`clips.rs`). Without clips, the graph is as before.
+        let clip_ring = self
+            .options
+            .clip_ring
+            .clone()
+            .filter(|_| is_network_uri(uri));
+        if clip_ring.is_some() {
+            let mut caps = decode
+                .property::<Option<gst::Caps>>("caps")
+                .unwrap_or_else(gst::Caps::new_empty);
+            {
+                let caps = caps.make_mut();
+                caps.append(gst::Caps::builder("video/x-h264").build());
+                caps.append(gst::Caps::builder("video/x-h265").build());
+            }
+            decode.set_property("caps", &caps);
+        }
+        let pipeline_weak = pipeline.downgrade();
+        let choice = self.decoder_choice();
+        let realtime = is_network_uri(uri);
         decode.connect_pad_added(move |_, pad| {
-            let (Some(first), Some(scale)) = (first_weak.upgrade(), scale_weak.upgrade()) else {
-                return;
-            };
             let caps = pad.current_caps();
-            let structure = caps.as_ref().and_then(|c| c.structure(0));
-            if !structure.is_some_and(|s| s.name().starts_with("video/")) {
+            let name = caps
+                .as_ref()
+                .and_then(|c| c.structure(0))
+                .map(|s| s.name().to_string())
+                .unwrap_or_default();
+            if let Some(ring) = &clip_ring
+                && (name == "video/x-h264" || name == "video/x-h265")
+            {
+                let Some(pipeline) = pipeline_weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) =
+                    encoded_branch(&pipeline, pad, &name, ring.clone(), &link, &choice, realtime)
+                {
+                    tracing::warn!(camera = %link.camera, error = %e, "could not build the clip branch");
+                }
                 return;
             }
-            // Scale down to what the detector needs, once, while converting.
-            if let (Some((max_w, max_h)), Some(s)) = (max_size, structure)
-                && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
-                && let Some((w, h)) = fit_within(w, h, max_w, max_h)
-            {
-                let par = s
-                    .get::<gst::Fraction>("pixel-aspect-ratio")
-                    .unwrap_or_else(|_| gst::Fraction::new(1, 1));
-                scale.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("format", "BGR")
-                        .field("width", w)
-                        .field("height", h)
-                        .field("pixel-aspect-ratio", par)
-                        .build(),
-                );
-            }
-            let Some(sink_pad) = first.static_pad("sink") else {
-                return;
-            };
-            if !sink_pad.is_linked()
-                && let Err(e) = pad.link(&sink_pad)
-            {
-                tracing::warn!(camera = %camera, error = ?e, "could not link the decoded video pad");
-            }
+            link.link(pad);
         });
         // A live stream runs on the realtime clock, so running times map to wall-clock times.
         let realtime = is_network_uri(uri);
@@ -207,6 +216,122 @@ impl GstSource {
             heartbeat,
         })
     }
+}
+
+/// Links a decoded video pad to the analysis path, setting the scale on the way.
+struct RawLink {
+    first: glib::WeakRef<gst::Element>,
+    scale: glib::WeakRef<gst::Element>,
+    camera: DeviceId,
+    max_size: Option<(u32, u32)>,
+}
+
+impl RawLink {
+    fn link(&self, pad: &gst::Pad) {
+        let (Some(first), Some(scale)) = (self.first.upgrade(), self.scale.upgrade()) else {
+            return;
+        };
+        let caps = pad.current_caps();
+        let structure = caps.as_ref().and_then(|c| c.structure(0));
+        if !structure.is_some_and(|s| s.name().starts_with("video/")) {
+            return;
+        }
+        // Scale down to what the detector needs, once, while converting.
+        if let (Some((max_w, max_h)), Some(s)) = (self.max_size, structure)
+            && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+            && let Some((w, h)) = fit_within(w, h, max_w, max_h)
+        {
+            let par = s
+                .get::<gst::Fraction>("pixel-aspect-ratio")
+                .unwrap_or_else(|_| gst::Fraction::new(1, 1));
+            scale.set_property(
+                "caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "BGR")
+                    .field("width", w)
+                    .field("height", h)
+                    .field("pixel-aspect-ratio", par)
+                    .build(),
+            );
+        }
+        let Some(sink_pad) = first.static_pad("sink") else {
+            return;
+        };
+        if !sink_pad.is_linked()
+            && let Err(e) = pad.link(&sink_pad)
+        {
+            tracing::warn!(camera = %self.camera, error = ?e, "could not link the decoded video pad");
+        }
+    }
+}
+
+/// `pad` (H.264 or H.265) ─► parser (SPS/PPS at every keyframe) ─► tee ─► queue ─► decodebin ─► analysis
+///                                                                    └─► queue ─► appsink (ring)
+fn encoded_branch(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    name: &str,
+    ring: crate::clips::EncodedRing,
+    link: &RawLink,
+    choice: &crate::config::DecoderChoice,
+    realtime: bool,
+) -> Result<(), String> {
+    let make = |factory: &str| {
+        gst::ElementFactory::make(factory)
+            .build()
+            .map_err(|_| format!("missing element {factory}"))
+    };
+    let parse = make(if name == "video/x-h265" {
+        "h265parse"
+    } else {
+        "h264parse"
+    })?;
+    parse.set_property("config-interval", -1i32);
+    let filter = make("capsfilter")?;
+    filter.set_property(
+        "caps",
+        gst::Caps::builder(name)
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build(),
+    );
+    let tee = make("tee")?;
+    let to_decoder = make("queue")?;
+    let decoder = make("decodebin")?;
+    select_decoder(&decoder, choice.clone());
+    let to_ring = make("queue")?;
+    to_ring.set_property_from_str("leaky", "downstream");
+    let sink = crate::clips::ring_sink(ring, pipeline, realtime);
+    let elements = [
+        &parse,
+        &filter,
+        &tee,
+        &to_decoder,
+        &decoder,
+        &to_ring,
+        sink.upcast_ref(),
+    ];
+    pipeline.add_many(elements).map_err(|e| e.to_string())?;
+    gst::Element::link_many([&parse, &filter, &tee]).map_err(|e| e.to_string())?;
+    gst::Element::link_many([&tee, &to_decoder, &decoder]).map_err(|e| e.to_string())?;
+    gst::Element::link_many([&tee, &to_ring, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+    let raw = RawLink {
+        first: link.first.clone(),
+        scale: link.scale.clone(),
+        camera: link.camera.clone(),
+        max_size: link.max_size,
+    };
+    decoder.connect_pad_added(move |_, pad| raw.link(pad));
+    for element in elements {
+        element
+            .sync_state_with_parent()
+            .map_err(|e| e.to_string())?;
+    }
+    let sink_pad = parse
+        .static_pad("sink")
+        .ok_or_else(|| "parser without a sink pad".to_string())?;
+    pad.link(&sink_pad).map_err(|e| format!("{e:?}"))?;
+    Ok(())
 }
 
 /// A connection's pipeline and the elements the pump reads.

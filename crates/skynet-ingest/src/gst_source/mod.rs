@@ -41,6 +41,7 @@ use skynet_core::{
 
 use crate::config::{DecoderChoice, Transport, is_network_uri};
 use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
+pub(crate) use clock::{live_event_time, running_zero as clock_running_zero};
 use clock::{FileClock, reference_time, running_zero};
 use decoder::DecoderInUse;
 use graph::{Connection, native_size};
@@ -78,6 +79,9 @@ pub struct GstSourceOptions {
     pub decode_threads: u32,
     /// Frames larger than this are scaled down to fit, keeping their aspect ratio.
     pub max_size: Option<(u32, u32)>,
+    /// Event clips: a live H.264/H.265 stream's encoded access units, teed off before the
+    /// decoder, fill this ring (`clips.rs`). `None`: the decode path alone, as without clips.
+    pub clip_ring: Option<crate::clips::EncodedRing>,
 }
 
 impl GstSourceOptions {
@@ -100,6 +104,7 @@ impl GstSourceOptions {
             fps: None,
             max_size: None,
             decode_threads: 0,
+            clip_ring: None,
         }
     }
 }
@@ -123,6 +128,7 @@ impl std::fmt::Debug for GstSourceOptions {
             .field("fps", &self.fps)
             .field("max_size", &self.max_size)
             .field("decode_threads", &self.decode_threads)
+            .field("clip_ring", &self.clip_ring.is_some())
             .finish()
     }
 }

@@ -121,6 +121,8 @@ pub(crate) struct RulesAndRisk {
     cases: Option<CaseDesk>,
     /// Snapshots for revisions with new detections; `None` when `[evidence]` is off.
     evidence: Option<SnapshotStage>,
+    /// Event clips of cameras with `clips` on (`clips.rs`).
+    clips: Option<super::clips::ClipStage>,
     /// The console's camera tiles; `None` without `[api]`.
     preview: Option<super::console::Preview>,
     /// At an edge: the lease keys of the cameras this node runs now. A camera run elsewhere
@@ -237,6 +239,7 @@ impl RulesAndRisk {
                     .iter()
                     .map(|c| (c.id.clone(), c.zones.clone(), c.privacy_masks.clone())),
             ),
+            clips: super::clips::ClipStage::for_config(config),
             preview: None,
             claims: None,
             bus: None,
@@ -831,6 +834,9 @@ impl RulesAndRisk {
         }
         if let Some(evidence) = &mut self.evidence {
             evidence.attach(&mut incidents);
+        }
+        if let Some(clips) = &mut self.clips {
+            clips.attach(&mut incidents);
         }
         if let Some(recorder) = &mut self.recorder
             && let Err(e) = recorder.flush()
