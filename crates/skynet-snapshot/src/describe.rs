@@ -18,6 +18,14 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_evidence_deleted_total",
-        "Snapshots deleted after retain_days."
+        "Evidence files (snapshots and clips) deleted after retain_days or over max_gb."
+    );
+    describe_counter!(
+        "skynet_clips_written_total",
+        "Event clips (MP4) written, per camera."
+    );
+    describe_counter!(
+        "skynet_clip_bytes_total",
+        "Bytes of event clips written."
     );
 }
