@@ -43,8 +43,8 @@ impl Detector for PersonFor {
     }
 }
 
-/// The config: `cameras` RTSP cameras on `port` (id, extra keys), clips on.
-fn config(dir: &Path, port: u16, cameras: &[(&str, &str)]) -> String {
+/// The config: `cameras` (id, uri, extra keys), clips on.
+fn config(dir: &Path, cameras: &[(&str, &str, &str)]) -> String {
     let base = common::vtest_config(dir, "unused", common::WALKWAY, 1);
     let head = base.split("\n[[cameras]]").next().unwrap();
     let head = head
@@ -56,13 +56,13 @@ fn config(dir: &Path, port: u16, cameras: &[(&str, &str)]) -> String {
             ),
         );
     let mut text = head.to_string();
-    for (id, extra) in cameras {
+    for (id, uri, extra) in cameras {
         text.push_str(&format!(
             r#"
 [[cameras]]
 id = "{id}"
 owner = "city_management"
-uri = "rtsp://127.0.0.1:{port}/cam"
+uri = "{uri}"
 motion = {{ enabled = false }}
 {extra}
 
@@ -249,10 +249,13 @@ fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked
     let mask = "privacy_masks = [[[0.05, 0.05], [0.45, 0.05], [0.45, 0.95], [0.05, 0.95]]]";
     // In cells of their own: one incident each.
     let masked = format!("grid = \"G-0101\"\n{mask}");
+    let uri = format!("rtsp://127.0.0.1:{port}/cam");
     let text = config(
         dir.path(),
-        port,
-        &[("cam-clip", "grid = \"G-0102\""), ("cam-masked", &masked)],
+        &[
+            ("cam-clip", &uri, "grid = \"G-0102\""),
+            ("cam-masked", &uri, &masked),
+        ],
     );
     run_until_clips(dir.path(), &text, &["cam-clip", "cam-masked"]);
 
@@ -324,4 +327,39 @@ fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked
         masked_out > plain_out * 0.5,
         "outside the mask {plain_out:.1} -> {masked_out:.1}"
     );
+}
+
+#[test]
+fn a_file_camera_cuts_its_clip_from_the_file_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = skynet::paths::data_dir().join("media/vtest.avi");
+    // Paced like a live camera, so the incident outlives the clip's post-roll.
+    let text = config(
+        dir.path(),
+        &[(
+            "cam-file",
+            video.to_str().unwrap(),
+            "grid = \"G-0102\"\nrealtime = true",
+        )],
+    );
+    run_until_clips(dir.path(), &text, &["cam-file"]);
+    let clips = clips_of(dir.path());
+    let (incident, clip) = &clips[0];
+    let path = file_of(&clip.url);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(clip.sha256, skynet_snapshot::sha256_hex(&bytes));
+    let before = (incident.first_seen - clip.start.unwrap()).num_milliseconds() as f64 / 1000.0;
+    assert!(
+        before >= PRE_S - 1.0,
+        "the clip starts {before:.2} s before first_seen"
+    );
+    let duration = mp4_duration(&bytes);
+    assert!(
+        duration >= PRE_S + POST_S - 1.0,
+        "MP4 duration {duration:.2} s"
+    );
+    // Transcoded to H.264 from the file's DivX 3, at the file's own size.
+    assert_eq!((clip.width, clip.height), (768, 576));
+    let frames = decode_grey(&path, clip.width, clip.height);
+    assert!(frames.len() as f64 >= (PRE_S + POST_S - 1.0) * 10.0 - 1.0);
 }

@@ -57,6 +57,10 @@ struct Inner {
     caps: Option<gst::Caps>,
     units: VecDeque<Unit>,
     bytes: usize,
+    /// A file camera: its file, and the event time of the file's position 0.
+    file: Option<(PathBuf, DateTime<Utc>)>,
+    /// A file camera: the newest decoded frame's event time.
+    file_newest: Option<DateTime<Utc>>,
 }
 
 /// A camera's rolling buffer of encoded access units; cheap to clone (shared).
@@ -153,9 +157,29 @@ impl EncodedRing {
         }
     }
 
-    /// The newest unit's time.
+    /// The newest unit's time (a file camera's: its newest decoded frame's).
     pub fn newest(&self) -> Option<DateTime<Utc>> {
-        self.lock().units.back().map(|u| u.at)
+        let inner = self.lock();
+        inner.units.back().map(|u| u.at).max(inner.file_newest)
+    }
+
+    /// A file camera's frame: clips are cut from `path` itself, whose position 0 is at
+    /// event time `origin` (the frame's time less its position). Cheap: set per frame.
+    pub fn file_frame(&self, path: &Path, origin: DateTime<Utc>, at: DateTime<Utc>) {
+        let mut inner = self.lock();
+        if inner
+            .file
+            .as_ref()
+            .is_none_or(|(p, o)| p != path || *o != origin)
+        {
+            inner.file = Some((path.to_path_buf(), origin));
+        }
+        inner.file_newest = Some(at);
+    }
+
+    /// A file camera's file and the event time of its position 0.
+    pub fn file(&self) -> Option<(PathBuf, DateTime<Utc>)> {
+        self.lock().file.clone()
     }
 
     /// The units from the keyframe at or before `start` (or the first held) up to `end`,
@@ -320,6 +344,141 @@ pub fn write_clip(
         width,
         height,
     })
+}
+
+/// Cuts `start..end` (positions in the file) out of a recorded file into MP4 at `path`,
+/// transcoded with x264 (a file may hold any codec: vtest.avi is DivX 3), blurred with
+/// `blur` where given. `origin` is the event time of the file's position 0.
+pub fn write_file_clip(
+    file: &Path,
+    origin: DateTime<Utc>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    path: &Path,
+    blur: Option<MaskBlur>,
+) -> Result<ClipFile, ClipError> {
+    crate::init().map_err(|e| ClipError::Gst(e.to_string()))?;
+    let gst_err = |e: &dyn std::fmt::Display| ClipError::Gst(e.to_string());
+    let offset = |t: DateTime<Utc>| {
+        let ns = (t - origin).num_nanoseconds().unwrap_or(0).max(0);
+        gst::ClockTime::from_nseconds(ns as u64)
+    };
+    let (from, to) = (offset(start), offset(end));
+    if to <= from {
+        return Err(ClipError::NoData { start, end });
+    }
+    let tmp = path.with_extension(format!("mp4.{}.tmp", std::process::id()));
+    let pipeline = gst::parse::launch(
+        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur \
+         ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 ! h264parse \
+         ! mp4mux faststart=true ! filesink name=sink",
+    )
+    .map_err(|e| gst_err(&e))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| ClipError::Gst("not a pipeline".into()))?;
+    let by_name = |name: &str| {
+        pipeline
+            .by_name(name)
+            .ok_or_else(|| ClipError::Gst(format!("no element {name}")))
+    };
+    by_name("file")?.set_property("location", file.to_string_lossy().as_ref());
+    by_name("sink")?.set_property("location", tmp.to_string_lossy().as_ref());
+    let identity = by_name("blur")?;
+    let size = frame_probe(&identity, blur)?;
+    let run = || -> Result<(), ClipError> {
+        pipeline
+            .set_state(gst::State::Paused)
+            .map_err(|e| gst_err(&e))?;
+        let (state, _, _) = pipeline.state(gst::ClockTime::from_seconds(30));
+        state.map_err(|e| gst_err(&e))?;
+        // Sent upstream from before the encoder: the muxer and file sink (in bytes) never see
+        // a seek in time.
+        identity
+            .seek(
+                1.0,
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::SeekType::Set,
+                from,
+                gst::SeekType::Set,
+                to,
+            )
+            .map_err(|e| gst_err(&e))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| gst_err(&e))?;
+        wait_eos(&pipeline)
+    };
+    let result = run();
+    let _ = pipeline.set_state(gst::State::Null);
+    finish(result, &tmp, path)?;
+    let (width, height) = *size.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok(ClipFile {
+        path: path.to_path_buf(),
+        start: origin + chrono::Duration::nanoseconds(from.nseconds() as i64),
+        end: origin + chrono::Duration::nanoseconds(to.nseconds() as i64),
+        width,
+        height,
+    })
+}
+
+/// Records the frames' size at `identity`'s src pad, and blurs them there with `blur`.
+fn frame_probe(
+    identity: &gst::Element,
+    blur: Option<MaskBlur>,
+) -> Result<Arc<Mutex<(u32, u32)>>, ClipError> {
+    let size = Arc::new(Mutex::new((0u32, 0u32)));
+    let pad = identity
+        .static_pad("src")
+        .ok_or_else(|| ClipError::Gst("identity without a src pad".into()))?;
+    let seen = Arc::clone(&size);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(caps) = pad.current_caps() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(video) = gstreamer_video::VideoInfo::from_caps(&caps) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        *seen.lock().unwrap_or_else(PoisonError::into_inner) = (video.width(), video.height());
+        if let (Some(blur), Some(gst::PadProbeData::Buffer(buffer))) = (&blur, &mut info.data) {
+            let stride = video.stride()[0].max(0) as usize;
+            let buffer = buffer.make_mut();
+            if let Ok(mut map) = buffer.map_writable() {
+                blur(video.width(), video.height(), stride, map.as_mut_slice());
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(size)
+}
+
+fn wait_eos(pipeline: &gst::Pipeline) -> Result<(), ClipError> {
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| ClipError::Gst("no bus".into()))?;
+    match bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(300),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    ) {
+        Some(msg) => match msg.view() {
+            gst::MessageView::Error(err) => Err(ClipError::Gst(err.error().to_string())),
+            _ => Ok(()),
+        },
+        None => Err(ClipError::Gst("the clip was not finished in 300 s".into())),
+    }
+}
+
+/// The temporary file renamed to `path` (owner-only), or removed after a failure.
+fn finish(result: Result<(), ClipError>, tmp: &Path, path: &Path) -> Result<(), ClipError> {
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    let io = |source| ClipError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    skynet_core::private_fs::restrict(tmp).map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)
 }
 
 /// The tee's encoded branch: a parser that repeats SPS/PPS at every keyframe (so a clip can

@@ -41,8 +41,8 @@ use skynet_core::{
 
 use crate::config::{DecoderChoice, Transport, is_network_uri};
 use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
-pub(crate) use clock::{live_event_time, running_zero as clock_running_zero};
 use clock::{FileClock, reference_time, running_zero};
+pub(crate) use clock::{live_event_time, running_zero as clock_running_zero};
 use decoder::DecoderInUse;
 use graph::{Connection, native_size};
 
@@ -297,6 +297,15 @@ impl GstSource {
         let mut got_frame = false;
         let mut reported_stall = false;
         let stalled_after = self.options.stall_timeout.map(|t| STALLED_AFTER.min(t / 2));
+        // Event clips of a file camera are cut from the file itself: the ring learns where the
+        // file's position 0 is in event time.
+        let clip_file = match (&self.options.clip_ring, &self.file_clock) {
+            (Some(ring), Some(_)) => Self::resolve_uri(&self.camera, &self.options.uri)
+                .ok()
+                .and_then(|uri| gst::glib::filename_from_uri(&uri).ok())
+                .map(|(path, _)| (ring.clone(), path)),
+            _ => None,
+        };
         let Connection {
             pipeline,
             sink,
@@ -374,6 +383,15 @@ impl GstSource {
                     continue;
                 }
             };
+            if let (Some((ring, path)), Some(pts)) = (&clip_file, pts)
+                && let Ok(offset) = i64::try_from(pts.nseconds())
+            {
+                ring.file_frame(
+                    path,
+                    captured_at - chrono::Duration::nanoseconds(offset),
+                    captured_at,
+                );
+            }
             decoded.increment(1);
             self.stats.decoded += 1;
             self.stats.dropped += out.send(frame)? as u64;

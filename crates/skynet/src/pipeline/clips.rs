@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skynet_core::{DeviceId, EvidenceRef, IncidentChange, IncidentStatus, RiskEvent};
-use skynet_ingest::clips::{EncodedRing, MaskBlur, enforce_budget, write_clip};
+use skynet_ingest::clips::{EncodedRing, MaskBlur, enforce_budget, write_clip, write_file_clip};
 use skynet_snapshot::{ClipsConfig, SnapshotConfig};
 
 /// How long past its end (wall clock) a clip waits for its camera's frames.
@@ -277,12 +277,6 @@ impl Writer {
             tracing::warn!(camera = %job.camera, incident = %job.incident, revision = job.revision, error = %e, "event clip not written");
             None
         };
-        let Some((caps, units)) = job.ring.extract(job.start, end) else {
-            return failed(&format!(
-                "the camera's buffer holds no H.264/H.265 video from {} to {end}",
-                job.start
-            ));
-        };
         let safe = !job.incident.is_empty()
             && job.incident.len() <= 128
             && !job.incident.starts_with('.')
@@ -299,7 +293,27 @@ impl Writer {
         }
         let name = format!("{}.mp4", job.revision);
         let path = folder.join(&name);
-        let clip = match write_clip(&caps, &units, &path, job.blur.clone()) {
+        let written = match job.ring.file() {
+            // A file camera: cut from the file itself (transcoded).
+            Some((file, origin)) => write_file_clip(
+                &file,
+                origin,
+                job.start.max(origin),
+                end,
+                &path,
+                job.blur.clone(),
+            ),
+            None => match job.ring.extract(job.start, end) {
+                Some((caps, units)) => write_clip(&caps, &units, &path, job.blur.clone()),
+                None => {
+                    return failed(&format!(
+                        "the camera's buffer holds no H.264/H.265 video from {} to {end}",
+                        job.start
+                    ));
+                }
+            },
+        };
+        let clip = match written {
             Ok(clip) => clip,
             Err(e) => return failed(&e),
         };
