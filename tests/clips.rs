@@ -363,3 +363,41 @@ fn a_file_camera_cuts_its_clip_from_the_file_itself() {
     let frames = decode_grey(&path, clip.width, clip.height);
     assert!(frames.len() as f64 >= (PRE_S + POST_S - 1.0) * 10.0 - 1.0);
 }
+
+#[test]
+fn bad_clip_settings_name_their_key_and_clips_are_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, text).unwrap();
+        skynet::PipelineConfig::load(&path)
+    };
+    let plain = common::vtest_config(dir.path(), "cam", common::WALKWAY, 10);
+    let config = load(&plain).unwrap();
+    assert!(!config.evidence.clips.enabled);
+    assert!(config.cameras[0].clips.is_none());
+    let node = plain.replace(
+        "[evidence]\n",
+        "[evidence]\nclips = { enabled = true, post_s = -1 }\n",
+    );
+    let e = load(&node).unwrap_err().to_string();
+    assert!(e.contains("clips.post_s"), "{e}");
+    let budget = plain.replace("[evidence]\n", "[evidence]\nmax_gb = 0\n");
+    let e = load(&budget).unwrap_err().to_string();
+    assert!(e.contains("max_gb"), "{e}");
+    let camera = plain.replace(
+        "max_frames = 10\n",
+        "max_frames = 10\nclips = { enabled = true, pre_s = 5, max_s = 2 }\n",
+    );
+    let e = load(&camera).unwrap_err().to_string();
+    assert!(e.contains("clips.max_s"), "{e}");
+    let ok = plain.replace(
+        "max_frames = 10\n",
+        "max_frames = 10\nclips = { enabled = true, pre_s = 2 }\n",
+    );
+    let config = load(&ok).unwrap();
+    let clips = config.cameras[0].clips.unwrap();
+    assert!(clips.enabled);
+    assert_eq!(clips.pre, Duration::from_secs(2));
+    assert_eq!(clips.post, Duration::from_secs(10));
+}
