@@ -292,7 +292,7 @@ fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked
         );
         let duration = mp4_duration(&bytes);
         assert!(
-            duration >= PRE_S + POST_S - 1.0 && duration <= 41.0,
+            (PRE_S + POST_S - 1.0..=41.0).contains(&duration),
             "{camera}: MP4 duration {duration:.2} s"
         );
         assert!((duration - clip.duration_s.unwrap()).abs() < 1.0);

@@ -2,8 +2,8 @@
 //! cut from it without re-encoding.
 //!
 //! ```text
-//! uridecodebin (caps: raw or H.264/H.265) ─► h26Xparse ─► tee ─► queue ─► decodebin ─► (the decode path)
-//!                                                           └──► queue ─► appsink ─► EncodedRing
+//! uridecodebin (caps: raw or H.264/H.265) ─► h26Xparse ─► tee ─► decodebin ─► (the decode path)
+//!                                                           └──► appsink ─► EncodedRing
 //! ```
 //!
 //! The ring keeps whole GOPs: access units with their event time (the same clock as the
@@ -128,7 +128,13 @@ impl EncodedRing {
         let keep = *self.keep.lock().unwrap_or_else(PoisonError::into_inner);
         let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
         let mut inner = self.lock();
-        if inner.caps.as_deref() != Some(caps) {
+        // A new stream (other caps, or times going back by more than any frame reordering:
+        // a new connection) starts afresh.
+        let time = |u: &Unit| u.buffer.dts_or_pts().map(|t| t.nseconds());
+        let went_back = inner.units.back().is_some_and(|last| {
+            matches!((time(last), time(&unit)), (Some(a), Some(b)) if a > b.saturating_add(1_000_000_000))
+        });
+        if went_back || inner.caps.as_deref() != Some(caps) {
             inner.units.clear();
             inner.bytes = 0;
             inner.caps = Some(caps.to_owned());
@@ -240,7 +246,7 @@ pub fn write_clip(
     };
     let middle = if blur.is_some() {
         "decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur ! videoconvert \
-         ! x264enc speed-preset=veryfast key-int-max=30 ! h264parse"
+         ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse"
             .to_string()
     } else {
         parser.to_string()
@@ -370,7 +376,7 @@ pub fn write_file_clip(
     let tmp = path.with_extension(format!("mp4.{}.tmp", std::process::id()));
     let pipeline = gst::parse::launch(
         "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur \
-         ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 ! h264parse \
+         ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse \
          ! mp4mux faststart=true ! filesink name=sink",
     )
     .map_err(|e| gst_err(&e))?

@@ -265,8 +265,8 @@ impl RawLink {
     }
 }
 
-/// `pad` (H.264 or H.265) ─► parser (SPS/PPS at every keyframe) ─► tee ─► queue ─► decodebin ─► analysis
-///                                                                    └─► queue ─► appsink (ring)
+/// `pad` (H.264 or H.265) ─► parser (SPS/PPS at every keyframe) ─► tee ─► decodebin ─► analysis
+///                                                                    └─► appsink (ring)
 fn encoded_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
@@ -296,25 +296,16 @@ fn encoded_branch(
             .build(),
     );
     let tee = make("tee")?;
-    let to_decoder = make("queue")?;
     let decoder = make("decodebin")?;
     select_decoder(&decoder, choice.clone());
-    let to_ring = make("queue")?;
-    to_ring.set_property_from_str("leaky", "downstream");
+    // No queues: the decoder runs in the streaming thread as it does without clips, and the
+    // ring's appsink never blocks (it drops rather than wait, and does not sync).
     let sink = crate::clips::ring_sink(ring, pipeline, realtime);
-    let elements = [
-        &parse,
-        &filter,
-        &tee,
-        &to_decoder,
-        &decoder,
-        &to_ring,
-        sink.upcast_ref(),
-    ];
+    let elements = [&parse, &filter, &tee, &decoder, sink.upcast_ref()];
     pipeline.add_many(elements).map_err(|e| e.to_string())?;
     gst::Element::link_many([&parse, &filter, &tee]).map_err(|e| e.to_string())?;
-    gst::Element::link_many([&tee, &to_decoder, &decoder]).map_err(|e| e.to_string())?;
-    gst::Element::link_many([&tee, &to_ring, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+    gst::Element::link_many([&tee, &decoder]).map_err(|e| e.to_string())?;
+    gst::Element::link_many([&tee, sink.upcast_ref()]).map_err(|e| e.to_string())?;
     let raw = RawLink {
         first: link.first.clone(),
         scale: link.scale.clone(),
