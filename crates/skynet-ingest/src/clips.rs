@@ -521,44 +521,6 @@ pub(crate) fn ring_sink(
     sink
 }
 
-/// Deletes the oldest files under `dir` (one level of incident folders) until what is left
-/// takes at most `max_bytes`. Returns how many went.
-pub fn enforce_budget(dir: &Path, max_bytes: u64) -> usize {
-    let Ok(folders) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut files = Vec::new();
-    for folder in folders.flatten() {
-        let Ok(entries) = std::fs::read_dir(folder.path()) else {
-            continue;
-        };
-        for file in entries.flatten() {
-            if let Ok(meta) = file.metadata()
-                && meta.is_file()
-            {
-                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                files.push((modified, meta.len(), file.path()));
-            }
-        }
-    }
-    let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
-    files.sort();
-    let mut deleted = 0;
-    for (_, len, path) in files {
-        if total <= max_bytes {
-            break;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            total = total.saturating_sub(len);
-            deleted += 1;
-            if let Some(parent) = path.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
-    }
-    deleted
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

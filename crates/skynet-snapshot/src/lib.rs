@@ -32,7 +32,7 @@ pub use draw::{Annotations, boxes_on_image, render, to_rgb};
 pub use settings::{ClipSettings, ClipsConfig, SnapshotConfig, SnapshotSettings};
 pub use stage::SnapshotStage;
 pub use store::{SnapshotStore, Stored, sha256_hex};
-pub use sweeper::{spawn_sweeper, sweep};
+pub use sweeper::{enforce_budget, spawn_sweeper, spawn_sweeper_with_budget, sweep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

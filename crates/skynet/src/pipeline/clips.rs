@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skynet_core::{DeviceId, EvidenceRef, IncidentChange, IncidentStatus, RiskEvent};
-use skynet_ingest::clips::{EncodedRing, MaskBlur, enforce_budget, write_clip, write_file_clip};
+use skynet_ingest::clips::{EncodedRing, MaskBlur, write_clip, write_file_clip};
+use skynet_snapshot::enforce_budget;
 use skynet_snapshot::{ClipsConfig, SnapshotConfig};
 
 /// How long past its end (wall clock) a clip waits for its camera's frames.
