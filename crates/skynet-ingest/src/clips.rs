@@ -568,5 +568,14 @@ mod tests {
             small.push(&caps, unit(ms, ms % 1000 == 0, 10));
         }
         assert_eq!(small.lock().units[0].at.timestamp_millis(), 1_000);
+        // A new connection: times start again from zero, so the ring starts afresh (from
+        // its first keyframe).
+        let mut late = unit(20_000, false, 10);
+        late.buffer
+            .get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(100));
+        small.push(&caps, late);
+        assert!(small.newest().is_none());
     }
 }
