@@ -10,7 +10,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_evidence_errors_total",
-        "Snapshots that failed (the revision went out without one)."
+        "Snapshots that failed (the revision went out without one), and event clips that could not be written."
     );
     describe_counter!(
         "skynet_evidence_skipped_total",
@@ -24,8 +24,5 @@ pub fn describe_metrics() {
         "skynet_clips_written_total",
         "Event clips (MP4) written, per camera."
     );
-    describe_counter!(
-        "skynet_clip_bytes_total",
-        "Bytes of event clips written."
-    );
+    describe_counter!("skynet_clip_bytes_total", "Bytes of event clips written.");
 }
