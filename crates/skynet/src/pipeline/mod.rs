@@ -17,6 +17,7 @@
 
 mod cases;
 mod city_console;
+mod clips;
 mod cluster;
 mod commit;
 mod console;
@@ -705,9 +706,10 @@ fn start_sweeper(
         return Ok(None);
     }
     let stop = StopOnDrop(Shutdown::new());
-    let handle = skynet_snapshot::spawn_sweeper(
+    let handle = skynet_snapshot::spawn_sweeper_with_budget(
         config.evidence.dir.clone(),
         config.evidence.retain,
+        config.evidence.max_bytes,
         stop.0.clone(),
     )
     .map_err(|source| PipelineError::Spawn {
@@ -792,6 +794,8 @@ fn start_cameras(
             out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
         }
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
+        // Event clips: the ring its encoded stream fills, when clips are on for it.
+        let clip_ring = clips::ring_for(&config.evidence, camera);
         let gate = claims.map(|c| c.gate(camera.id.as_str()));
         // With hot reload, a camera's source may be restarted on its own (a new `uri`), into
         // the same queue and clock; an edge's camera runs under its lease, and is not.
@@ -812,6 +816,7 @@ fn start_cameras(
                     let delivery = FrameDelivery {
                         fps: spec.fps,
                         max_size,
+                        clip_ring: clip_ring.clone(),
                     };
                     let stop = restarted.as_ref().map_or(stop.clone(), |r| r.stop());
                     let (ok, built) = source_stage(
