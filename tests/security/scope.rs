@@ -205,6 +205,10 @@ fn how_to_call(method: &str, path: &str) -> Option<Option<(String, Option<Value>
             "/api/v1/cameras/cam-1/thresholds",
             Some(json!({"person": 0.5})),
         ),
+        ("post", "/api/v1/cameras/{id}/thresholds/what-if") => call(
+            "/api/v1/cameras/cam-1/thresholds/what-if",
+            Some(json!({"person": 0.5})),
+        ),
         ("get", "/api/v1/sensors") => call(path, None),
         ("get", "/api/v1/tickets") => call(path, None),
         ("get", "/api/v1/audit") => call(path, None),
