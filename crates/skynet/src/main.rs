@@ -666,7 +666,14 @@ fn run(
     role: skynet_cluster::Role,
     watch: bool,
 ) -> Result<ExitCode> {
-    let config = PipelineConfig::load(config_path)?;
+    // Read once: a reload diffs against exactly the text this config came from.
+    let text = std::fs::read_to_string(config_path).map_err(|source| {
+        skynet_core::locate::ConfigError::Read {
+            path: config_path.to_path_buf(),
+            source,
+        }
+    })?;
+    let config = PipelineConfig::parse(config_path, &text)?;
     if role != skynet_cluster::Role::All && config.cluster.is_single_node() {
         anyhow::bail!(
             "--role {role} needs a cluster: set [cluster] url in {} (configs/city.toml reads \
@@ -686,6 +693,13 @@ fn run(
         signal_hook::flag::register(signal, shutdown.flag())
             .context("installing signal handlers")?;
     }
+    // SIGHUP reloads the config once the pipeline runs (`pipeline/reload.rs`); before that,
+    // and in the console role, it is ignored instead of ending the process.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .context("installing signal handlers")?;
     tracing::info!(config = %config_path.display(), node = %config.node, role = %role, cameras = config.cameras.len(), sensors = config.sensors.len(), "starting");
     let result = pipeline::run(
         &config,
@@ -698,6 +712,7 @@ fn run(
             reload: Some(pipeline::ReloadOptions {
                 config_path: config_path.to_path_buf(),
                 watch,
+                running_text: Some(text),
             }),
         },
     );

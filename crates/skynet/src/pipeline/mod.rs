@@ -110,11 +110,24 @@ pub struct RunOptions {
 }
 
 /// Where a running pipeline reloads its config from (see [`RunOptions::reload`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReloadOptions {
     pub config_path: PathBuf,
     /// Also reload when the file changes, not only on SIGHUP.
     pub watch: bool,
+    /// The text the running config was parsed from, which the first reload diffs against;
+    /// `None`: the file as it is when the pipeline starts.
+    pub running_text: Option<String>,
+}
+
+impl std::fmt::Debug for ReloadOptions {
+    /// Without the text: it may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadOptions")
+            .field("config_path", &self.config_path)
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The event times of a camera's first and last frame.

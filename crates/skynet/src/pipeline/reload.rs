@@ -380,7 +380,11 @@ struct State {
 pub(crate) fn start(reloader: Reloader) -> Result<Running, PipelineError> {
     let stop = Shutdown::new();
     let path = reloader.options.config_path.clone();
-    let table = match std::fs::read_to_string(&path)
+    let running = match &reloader.options.running_text {
+        Some(text) => Ok(text.clone()),
+        None => std::fs::read_to_string(&path),
+    };
+    let table = match running
         .map_err(|e| e.to_string())
         .and_then(|text| toml::from_str::<toml::Table>(&text).map_err(|e| e.to_string()))
     {
@@ -430,7 +434,11 @@ impl State {
             metrics::counter!("skynet_config_reloads_total", "outcome" => outcome).increment(0);
         }
         tracing::info!(config = %path.display(), watch = self.reloader.options.watch, "hot reload: SIGHUP reloads the config{}", if self.reloader.options.watch { ", and so does a change of the file" } else { "" });
-        let mut tried = std::fs::read_to_string(&path).ok().map(|t| hash(&t));
+        // A change made while the pipeline started is seen by the first watch.
+        let mut tried = match &self.reloader.options.running_text {
+            Some(text) => Some(hash(text)),
+            None => std::fs::read_to_string(&path).ok().map(|t| hash(&t)),
+        };
         let mut pending: Option<u64> = None;
         let mut last_watch = Instant::now();
         while !stop.is_triggered() && !self.reloader.shutdown.is_triggered() {
@@ -748,6 +756,35 @@ uri = "b.avi"
             d.needs_restart(),
             vec!["changing `grid` of camera `b` needs a restart"]
         );
+    }
+
+    /// A restart stops the running source and hands its thread the new spec with a fresh
+    /// stop signal; once the pipeline stops, nothing starts again.
+    #[test]
+    fn a_source_restart_stops_the_run_and_starts_the_next_unless_the_pipeline_stops() {
+        let config = PipelineConfig::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.toml"),
+        )
+        .unwrap();
+        let spec = config.cameras[0].clone();
+        let global = Shutdown::new();
+        let (restart, restarted) = source_restart(&global);
+        let first = restarted.stop();
+        assert!(restarted.next().is_none(), "nothing sent: the thread ends");
+        restart.restart(spec.clone()).unwrap();
+        assert!(first.is_triggered(), "the running source is stopped");
+        assert_eq!(restarted.next().map(|s| s.id), Some(spec.id.clone()));
+        let second = restarted.stop();
+        assert!(
+            !second.is_triggered(),
+            "the next run has a fresh stop signal"
+        );
+        global.trigger();
+        restart.restart(spec.clone()).unwrap();
+        assert!(second.is_triggered());
+        assert!(restarted.next().is_none(), "the pipeline stops: no new run");
+        drop(restarted);
+        assert!(restart.restart(spec).is_err(), "the thread has ended");
     }
 
     #[test]
