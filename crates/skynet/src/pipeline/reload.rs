@@ -52,8 +52,9 @@ fn camera_key(key: &str) -> CameraKey {
         "classes" => CameraKey::Thresholds,
         "rules" | "zones" => CameraKey::Rules,
         // Where the camera is, whose it is, and what is built once around its queue.
+        // Event clips: the ring is built with the source's delivery, the writer at start.
         "id" | "owner" | "grid" | "location" | "offline_after_s" | "motion" | "privacy_masks"
-        | "inference_interval" | "tracker" => CameraKey::Restart,
+        | "inference_interval" | "tracker" | "clips" => CameraKey::Restart,
         _ => CameraKey::Source,
     }
 }
