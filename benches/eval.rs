@@ -65,14 +65,15 @@ fn main() {
     let (config_path, labels) = write_inputs(dir.path(), frames);
 
     // 1. Throughput: run --until-eof, then eval, same clip, same process.
-    let config = common::pipeline_config(dir.path(), &std::fs::read_to_string(&config_path).unwrap());
+    let config =
+        common::pipeline_config(dir.path(), &std::fs::read_to_string(&config_path).unwrap());
     let started = Instant::now();
     let summary = pipeline::run(&config, RunOptions::default()).unwrap();
     let run_s = started.elapsed().as_secs_f64();
     let decoded = summary.frames_decoded as f64;
     let started = Instant::now();
-    let report = skynet::eval_cli::evaluate(&args(&config_path, &labels, &dir.path().join("eval")))
-        .unwrap();
+    let report =
+        skynet::eval_cli::evaluate(&args(&config_path, &labels, &dir.path().join("eval"))).unwrap();
     let eval_s = started.elapsed().as_secs_f64();
     println!(
         "throughput on vtest.avi ({decoded} frames): run --until-eof {:.1} frames/s, eval {:.1} frames/s, ratio {:.2} (goal >= 0.9); eval found {} incident(s)",

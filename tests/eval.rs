@@ -41,7 +41,15 @@ fn make_clip(dir: &Path) -> PathBuf {
         .arg(format!("location={}/f%04d.png", frames.display()))
         .arg("index=0")
         .arg(format!("caps=image/png,framerate={FPS}/1"))
-        .args(["!", "pngdec", "!", "videoconvert", "!", "jpegenc", "quality=95"])
+        .args([
+            "!",
+            "pngdec",
+            "!",
+            "videoconvert",
+            "!",
+            "jpegenc",
+            "quality=95",
+        ])
         .args(["!", "avimux", "!", "filesink"])
         .arg(format!("location={}", clip.display()))
         .status()
@@ -180,7 +188,10 @@ fn a_clip_with_known_events_gives_exact_precision_recall_and_delays() {
     let strict = evaluate(&args(dir.path(), write_config(dir.path(), &clip, 0.8)));
     let o = &strict.overall;
     assert_eq!((o.labels, o.incidents), (3, 2), "{strict:#?}");
-    assert_eq!((o.matched_labels, o.matched_incidents, o.false_alarms), (1, 1, 1));
+    assert_eq!(
+        (o.matched_labels, o.matched_incidents, o.false_alarms),
+        (1, 1, 1)
+    );
     assert!((o.precision - 0.5).abs() < 1e-9);
     assert!((o.recall - 1.0 / 3.0).abs() < 1e-9);
     assert!((o.f1 - 0.4).abs() < 1e-9);
@@ -220,7 +231,10 @@ fn malformed_labels_and_unknown_cameras_are_errors_naming_file_and_line() {
         "{\"camera\": \"cam-eval\", \"category\": \"x\", \"start_s\": 1, \"end_s\": 2}\n{\"camera\": \"cam-eval\", \"start_s\": 1}\n",
     )
     .unwrap();
-    let e = format!("{:#}", skynet::eval_cli::evaluate_with(&a, None).unwrap_err());
+    let e = format!(
+        "{:#}",
+        skynet::eval_cli::evaluate_with(&a, None).unwrap_err()
+    );
     assert!(e.contains("labels.jsonl:2"), "{e}");
 
     std::fs::write(
@@ -228,8 +242,14 @@ fn malformed_labels_and_unknown_cameras_are_errors_naming_file_and_line() {
         "{\"camera\": \"cam-nowhere\", \"category\": \"x\", \"start_s\": 1, \"end_s\": 2}\n",
     )
     .unwrap();
-    let e = format!("{:#}", skynet::eval_cli::evaluate_with(&a, None).unwrap_err());
-    assert!(e.contains("labels.jsonl:1") && e.contains("cam-nowhere"), "{e}");
+    let e = format!(
+        "{:#}",
+        skynet::eval_cli::evaluate_with(&a, None).unwrap_err()
+    );
+    assert!(
+        e.contains("labels.jsonl:1") && e.contains("cam-nowhere"),
+        "{e}"
+    );
 
     a.set = vec!["detect.nonexistent.key=1".into()];
     assert!(skynet::eval_cli::evaluate_with(&a, None).is_err());
@@ -289,7 +309,10 @@ fn a_sweep_of_three_thresholds_agrees_with_three_single_evaluations() {
     }
     for (i, threshold) in ["0.3", "0.5", "0.7"].iter().enumerate() {
         let single = dir.path().join(format!("single-{i}"));
-        eval(&["--set", &format!("detect.threshold={threshold}")], &single);
+        eval(
+            &["--set", &format!("detect.threshold={threshold}")],
+            &single,
+        );
         let report: skynet_eval::score::Report =
             serde_json::from_slice(&std::fs::read(single.join("report.json")).unwrap()).unwrap();
         let row: skynet_eval::sweep::SweepRow = serde_json::from_value(rows[i].clone()).unwrap();
@@ -313,7 +336,11 @@ fn object_labels_from_the_detectors_own_boxes_give_an_ap_of_one() {
         .arg(common::media("vtest.avi"))
         .output()
         .unwrap();
-    assert!(detected.status.success(), "{}", common::text(&detected.stderr));
+    assert!(
+        detected.status.success(),
+        "{}",
+        common::text(&detected.stderr)
+    );
     let mut gt = String::new();
     let mut people = 0;
     for line in common::text(&detected.stdout).lines() {
