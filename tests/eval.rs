@@ -391,3 +391,45 @@ fn object_labels_from_the_detectors_own_boxes_give_an_ap_of_one() {
     assert!((person.ap - 1.0).abs() < 1e-9, "{person:?}");
     assert!((person.recall - 1.0).abs() < 1e-9 && (person.precision - 1.0).abs() < 1e-9);
 }
+
+/// A config without file cameras that records its observations is evaluated on its
+/// recording: configs/city.toml's recorded day (the replay fixtures), through the binary.
+#[test]
+fn a_recorded_day_is_evaluated_when_there_are_no_file_cameras() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut day = String::new();
+    for name in ["gas-and-person.jsonl", "smoke-and-crowd.jsonl"] {
+        day.push_str(
+            &std::fs::read_to_string(common::repo().join("tests/fixtures/replay").join(name))
+                .unwrap(),
+        );
+    }
+    std::fs::write(dir.path().join("observations.jsonl"), day).unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"grid\": \"G-0201\", \"category\": \"gas_leak\", \"start\": \"2026-11-27T08:59:00Z\", \"end\": \"2026-11-27T09:03:00Z\"}\n\
+         {\"grid\": \"G-0201\", \"category\": \"fire\", \"start\": \"2026-11-27T10:00:00Z\", \"end\": \"2026-11-27T10:01:00Z\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(common::skynet_bin())
+        .arg("eval")
+        .arg("--config")
+        .arg(common::repo().join("configs/city.toml"))
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&out)
+        .env("SKYNET_STATE_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output.stderr));
+    let report: skynet_eval::score::Report =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let gas = &report.per_category["gas_leak"];
+    assert_eq!((gas.labels, gas.matched_labels), (1, 1), "{report:#?}");
+    assert_eq!(report.overall.labels, 2);
+    assert_eq!(report.misses.len(), 1, "the fire nobody recorded is a miss");
+    assert!(report.overall.incidents >= 2, "{report:#?}");
+}

@@ -225,7 +225,11 @@ fn run_cameras(
     }
     let outbox = skynet_emit::Outbox::open(&config.outbox)
         .with_context(|| format!("opening {}", config.outbox.display()))?;
-    let incidents = incidents_of(outbox.events()?.into_iter().map(|e| (e.time, e.data)));
+    let mut fold = crate::replay::IncidentFold::default();
+    for event in outbox.events()? {
+        fold.add(&event.data);
+    }
+    let incidents = fold.finish().into_iter().map(eval_incident).collect();
     drop(outbox);
     remove_database(&config.outbox)?;
     let grids: BTreeMap<String, String> = config
@@ -249,118 +253,67 @@ fn run_cameras(
     Ok(EvalRun { incidents, footage })
 }
 
-/// A recording's observations through the risk engine; footage is each camera's span of
-/// observations in it.
+/// A recording's observations through the risk engine (`skynet replay`'s, with the
+/// config's thresholds); every camera's footage is the recording's span.
 fn replay_recording(config: &PipelineConfig, recording: &Path) -> Result<EvalRun> {
-    let file = std::fs::File::open(recording)
-        .with_context(|| format!("opening the recording {}", recording.display()))?;
-    let mut events = Vec::new();
+    let open = || {
+        std::fs::File::open(recording)
+            .map(std::io::BufReader::new)
+            .with_context(|| format!("opening the recording {}", recording.display()))
+    };
     let name = recording.display().to_string();
-    let report = crate::replay::replay(
+    let (incidents, report) = crate::replay::incidents(
         config,
-        std::io::BufReader::new(file),
-        &mut events,
+        &crate::replay::Thresholds::of(config),
+        std::io::BufRead::lines(open()?),
         |line, reason| {
             tracing::warn!(line, reason = %reason, file = %name, "a recorded line was not an observation");
         },
-    )?;
+    )
+    .with_context(|| format!("reading the recording {}", recording.display()))?;
     tracing::info!(observations = report.observations, "replayed the recording");
-    let mut revisions = Vec::new();
-    let mut spans: BTreeMap<
-        String,
-        (
-            String,
-            chrono::DateTime<chrono::Utc>,
-            chrono::DateTime<chrono::Utc>,
-        ),
-    > = BTreeMap::new();
-    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line)?;
-        if value["type"] != "skynet.incident.v1" {
-            continue;
-        }
-        let event: skynet_emit::CloudEvent = serde_json::from_value(value)?;
-        revisions.push((event.time, event.data));
-    }
-    let file = std::fs::File::open(recording)?;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(file)) {
+    // The recording covers every camera of the config for its whole span: a camera with
+    // nothing to report records nothing, it was not away.
+    let mut span: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = None;
+    for line in std::io::BufRead::lines(open()?) {
         let Ok(observation) = serde_json::from_str::<skynet_core::Observation>(&line?) else {
             continue;
         };
-        if observation.source.kind != skynet_core::SourceKind::Camera {
-            continue;
-        }
-        let span = spans.entry(observation.source.id.to_string()).or_insert((
-            observation.grid.to_string(),
-            observation.at,
-            observation.at,
-        ));
-        span.1 = span.1.min(observation.at);
-        span.2 = span.2.max(observation.at);
+        let at = observation.at;
+        span = Some(span.map_or((at, at), |(first, last)| (first.min(at), last.max(at))));
     }
-    let footage = spans
-        .into_iter()
-        .map(|(camera, (grid, first_frame, last_frame))| Footage {
-            camera,
-            grid,
-            first_frame,
-            last_frame,
+    let footage = span
+        .map(|(first_frame, last_frame)| {
+            config
+                .cameras
+                .iter()
+                .map(|c| Footage {
+                    camera: c.id.to_string(),
+                    grid: c.grid.to_string(),
+                    first_frame,
+                    last_frame,
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     Ok(EvalRun {
-        incidents: incidents_of(revisions.into_iter()),
+        incidents: incidents.into_iter().map(eval_incident).collect(),
         footage,
     })
 }
 
-/// Each incident once, from its revisions (event time, data): its latest revision's span,
-/// the time of its first revision, its highest level and every camera it rests on.
-pub fn incidents_of(
-    revisions: impl Iterator<Item = (chrono::DateTime<chrono::Utc>, skynet_core::Incident)>,
-) -> Vec<EvalIncident> {
-    let mut by_id: BTreeMap<String, (EvalIncident, skynet_core::RiskLevel)> = BTreeMap::new();
-    for (time, incident) in revisions {
-        let mut cameras: Vec<String> = Vec::new();
-        if !incident.camera.is_empty() {
-            cameras.push(incident.camera.to_string());
-        }
-        for c in &incident.contributions {
-            let id = c.source.id.to_string();
-            if c.source.kind == skynet_core::SourceKind::Camera && !cameras.contains(&id) {
-                cameras.push(id);
-            }
-        }
-        match by_id.get_mut(&incident.id) {
-            None => {
-                let entry = EvalIncident {
-                    id: incident.id.clone(),
-                    grid: incident.grid.to_string(),
-                    category: incident.category.clone(),
-                    cameras,
-                    first_seen: incident.first_seen,
-                    last_seen: incident.last_seen,
-                    opened_at: time,
-                    level: incident.level.as_str().to_string(),
-                };
-                by_id.insert(incident.id.clone(), (entry, incident.level));
-            }
-            Some((entry, level)) => {
-                entry.first_seen = entry.first_seen.min(incident.first_seen);
-                entry.last_seen = entry.last_seen.max(incident.last_seen);
-                entry.opened_at = entry.opened_at.min(time);
-                for camera in cameras {
-                    if !entry.cameras.contains(&camera) {
-                        entry.cameras.push(camera);
-                    }
-                }
-                if incident.level > *level {
-                    *level = incident.level;
-                    entry.level = incident.level.as_str().to_string();
-                }
-            }
-        }
+/// An incident as the scoring takes it.
+fn eval_incident(incident: crate::replay::IncidentSummary) -> EvalIncident {
+    EvalIncident {
+        level: incident.level.as_str().to_string(),
+        id: incident.id,
+        grid: incident.grid,
+        category: incident.category,
+        cameras: incident.cameras,
+        first_seen: incident.first_seen,
+        last_seen: incident.last_seen,
+        opened_at: incident.opened_at,
     }
-    by_id.into_values().map(|(incident, _)| incident).collect()
 }
 
 /// `--objects CAMERA=GT.TXT`: a camera's clip (the frames it reads) and its boxes.

@@ -217,7 +217,8 @@ pub fn replay(
 
 // ---- What-if: the same observations through two configs -----------------------------
 
-/// An incident as a replay ended it: its last revision's facts, at its highest level.
+/// An incident as a replay (or an evaluation run) ended it: its last revision's facts, at
+/// its highest level.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IncidentSummary {
     pub id: String,
@@ -227,8 +228,15 @@ pub struct IncidentSummary {
     pub source: &'static str,
     /// The camera or sensor that saw it first.
     pub device: String,
+    /// Every camera whose evidence it rests on, the first one first.
+    #[serde(skip)]
+    pub cameras: Vec<String>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// The event time of its first revision (a revision is dated when it was last seen):
+    /// when an operator would have seen it.
+    #[serde(skip)]
+    pub opened_at: DateTime<Utc>,
     /// The highest level it reached.
     #[serde(serialize_with = "level_name")]
     pub level: RiskLevel,
@@ -236,6 +244,71 @@ pub struct IncidentSummary {
 
 fn level_name<S: serde::Serializer>(level: &RiskLevel, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(level.as_str())
+}
+
+/// Incident revisions folded into one [`IncidentSummary`] per incident, in the order they
+/// opened: the what-if's and `skynet eval`'s view of a run.
+#[derive(Debug, Default)]
+pub struct IncidentFold {
+    order: Vec<String>,
+    by_id: HashMap<String, IncidentSummary>,
+}
+
+impl IncidentFold {
+    pub fn add(&mut self, incident: &skynet_core::Incident) {
+        let mut cameras: Vec<String> = Vec::new();
+        if !incident.camera.is_empty() {
+            cameras.push(incident.camera.to_string());
+        }
+        for c in &incident.contributions {
+            let id = c.source.id.to_string();
+            if c.source.kind == skynet_core::SourceKind::Camera && !cameras.contains(&id) {
+                cameras.push(id);
+            }
+        }
+        match self.by_id.get_mut(&incident.id) {
+            Some(known) => {
+                known.level = known.level.max(incident.level);
+                known.first_seen = known.first_seen.min(incident.first_seen);
+                known.last_seen = known.last_seen.max(incident.last_seen);
+                known.opened_at = known.opened_at.min(incident.last_seen);
+                for camera in cameras {
+                    if !known.cameras.contains(&camera) {
+                        known.cameras.push(camera);
+                    }
+                }
+            }
+            None => {
+                let (source, device) = match &incident.sensor {
+                    Some(sensor) => ("sensor", sensor.to_string()),
+                    None => ("camera", incident.camera.to_string()),
+                };
+                self.order.push(incident.id.clone());
+                self.by_id.insert(
+                    incident.id.clone(),
+                    IncidentSummary {
+                        id: incident.id.clone(),
+                        grid: incident.grid.to_string(),
+                        category: incident.category.clone(),
+                        source,
+                        device,
+                        cameras,
+                        first_seen: incident.first_seen,
+                        last_seen: incident.last_seen,
+                        opened_at: incident.last_seen,
+                        level: incident.level,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<IncidentSummary> {
+        self.order
+            .into_iter()
+            .filter_map(|id| self.by_id.remove(&id))
+            .collect()
+    }
 }
 
 /// The incidents `config` makes of `lines` (see [`run_engine`]), in the order they opened.
@@ -248,45 +321,14 @@ pub fn incidents<L, E>(
 where
     L: IntoIterator<Item = Result<String, E>>,
 {
-    let mut order: Vec<String> = Vec::new();
-    let mut by_id: HashMap<String, IncidentSummary> = HashMap::new();
+    let mut fold = IncidentFold::default();
     let report = run_engine(config, thresholds, lines, refused, |events| {
         for incident in events.iter().filter_map(RiskEvent::as_incident) {
-            let (source, device) = match &incident.sensor {
-                Some(sensor) => ("sensor", sensor.to_string()),
-                None => ("camera", incident.camera.to_string()),
-            };
-            match by_id.get_mut(&incident.id) {
-                Some(known) => {
-                    known.level = known.level.max(incident.level);
-                    known.first_seen = known.first_seen.min(incident.first_seen);
-                    known.last_seen = known.last_seen.max(incident.last_seen);
-                }
-                None => {
-                    order.push(incident.id.clone());
-                    by_id.insert(
-                        incident.id.clone(),
-                        IncidentSummary {
-                            id: incident.id.clone(),
-                            grid: incident.grid.to_string(),
-                            category: incident.category.clone(),
-                            source,
-                            device,
-                            first_seen: incident.first_seen,
-                            last_seen: incident.last_seen,
-                            level: incident.level,
-                        },
-                    );
-                }
-            }
+            fold.add(incident);
         }
         Ok(())
     })?;
-    let list = order
-        .into_iter()
-        .filter_map(|id| by_id.remove(&id))
-        .collect();
-    Ok((list, report))
+    Ok((fold.finish(), report))
 }
 
 /// How one incident differs between the old and the new config.
@@ -713,8 +755,10 @@ mod tests {
             category: category.into(),
             source: "camera",
             device: "cam-1".into(),
+            cameras: vec!["cam-1".into()],
             first_seen: at(from),
             last_seen: at(to),
+            opened_at: at(from),
             level,
         }
     }
