@@ -125,6 +125,9 @@ pub fn redact_uri(uri: &str) -> String {
         {
             format!("{}://{}", &uri[..scheme_end], &uri[at + 1..])
         }
+        // No scheme a parser would see (`htp//user:pass@host`, `user:pass@host`): a `:`
+        // before an `@` may still be a password, and the value is quoted in errors.
+        (None, Some(at)) if uri[..at].contains(':') => format!("***@{}", &uri[at + 1..]),
         _ => uri.to_string(),
     }
 }
@@ -166,6 +169,12 @@ mod tests {
             redact_uri("file:///rec/cam1@0800.mp4"),
             "file:///rec/cam1@0800.mp4"
         );
+        // A scheme mistyped: still no password.
+        assert_eq!(
+            redact_uri("htp//user:hunter2pass@example.com/x"),
+            "***@example.com/x"
+        );
+        assert_eq!(redact_uri("/rec/cam1@0800.mp4"), "/rec/cam1@0800.mp4");
     }
 
     #[test]

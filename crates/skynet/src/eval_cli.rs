@@ -6,7 +6,7 @@
 //! recording, and a scratch outbox in `--out`. Live cameras are left out (there is no
 //! labelled truth for them), and file cameras play unpaced and once (`realtime` and `loop`
 //! off), so the same clip and config always give the same incidents. A config without file
-//! cameras that records observations (`[risk] record_observations`) is evaluated on its
+//! cameras that records observations (`[risk] record`) is evaluated on its
 //! recording instead, through `skynet replay`'s engine.
 
 use std::collections::BTreeMap;
@@ -118,9 +118,11 @@ pub fn evaluate_with(
     let objects = object_labels(args, &config)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let run = if config.cameras.iter().any(|c| !c.is_live()) {
-        let config = for_evaluation(&args.config, &text, &args.out)?;
-        run_cameras(&config, detectors)?
+    // `realtime` and `loop` files are played once, unpaced: decided on the config as the
+    // evaluation runs it.
+    let eval_config = for_evaluation(&args.config, &text, &args.out)?;
+    let run = if !eval_config.cameras.is_empty() {
+        run_cameras(&eval_config, detectors)?
     } else if let Some(recording) = config.record_observations.clone() {
         replay_recording(&config, &recording)?
     } else {
