@@ -216,10 +216,9 @@ fn a_clip_with_known_events_gives_exact_precision_recall_and_delays() {
     // A camera that plays its file in real time (as a demo does) is evaluated unpaced, with
     // the same incidents.
     let paced = write_config(dir.path(), &clip, 0.6);
-    let text = std::fs::read_to_string(&paced).unwrap().replace(
-        "start_at =",
-        "realtime = true\nstart_at =",
-    );
+    let text = std::fs::read_to_string(&paced)
+        .unwrap()
+        .replace("start_at =", "realtime = true\nstart_at =");
     std::fs::write(&paced, text).unwrap();
     assert_eq!(evaluate(&args(dir.path(), paced)), lenient);
 
