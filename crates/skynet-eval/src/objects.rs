@@ -2,17 +2,30 @@
 //!
 //! `gt.txt`: one box per line, `frame,id,bb_left,bb_top,bb_width,bb_height,conf,class,visibility`
 //! (comma separated; the frame 1-based; the box in pixels; `visibility` may be left off).
-//! A row with `conf` 0 is ignored (dropped); `class` is a 1-based index into the model's
-//! label list (1 is its first label, `person` for COCO). Blank lines and lines starting with
-//! `#` are skipped. Errors name the file and the line.
+//! Blank lines and lines starting with `#` are skipped. Errors name the file and the line.
+//!
+//! `class` is a 1-based index into the *model's* label list: 1 is its first label, `person`
+//! for the COCO models, 3 is `car`, and so on. MOTChallenge's own class numbers agree only for
+//! 1 (pedestrian); its others (2 person on vehicle, 3 car, 4 bicycle, 7 static person, ...)
+//! do not follow COCO, so a file using them must be mapped to the model's numbers first. A
+//! class outside the model's labels is an error naming the file and the line.
+//!
+//! A row with `conf` 0 is a region to ignore (MOTChallenge's static persons, distractors,
+//! reflections...): it is kept as an *ignored* box ([`GtBox::ignored`]), whatever its class
+//! (which must still be a whole number, but is not looked up, and the box ignores detections
+//! of every class). It is not ground truth to find; see below for the detections on it.
 //!
 //! Scoring, per class that has ground truth, at IoU ≥ 0.5:
 //! - detections of the class, over all frames, are taken by descending score (ties: frame,
 //!   then the order within the frame); each takes the unmatched ground-truth box of its class
 //!   and frame with the highest IoU, if that IoU is at least 0.5 (a true positive), else it is
 //!   a false positive;
+//! - except: a detection whose best match at IoU ≥ 0.5 is an ignored box of its frame (that
+//!   box's IoU higher than any unmatched real box of its class; a tie goes to the real box) is
+//!   neither: it is left out of the ranking and counted in `ignored` only. Ignored boxes are
+//!   never used up; any number of detections may fall on one;
 //! - precision = true positives / detections (1 when there are none), recall = true positives
-//!   / ground-truth boxes, both over all detections (no score cut);
+//!   / ground-truth boxes, both over all detections (no score cut; ignored ones not counted);
 //! - AP: all-point interpolated (VOC 2010 and later): the area under the precision–recall
 //!   curve with precision made monotone (each point takes the best precision at any higher
 //!   recall);
@@ -47,19 +60,24 @@ pub struct ClassFigures {
     /// Detections that matched a ground-truth box.
     #[serde(default)]
     pub true_positives: usize,
+    /// Detections on an ignored box (`conf` 0): neither true nor false positives, and not in
+    /// `detections`.
+    #[serde(default)]
+    pub ignored: usize,
     pub precision: f64,
     pub recall: f64,
     pub ap: f64,
 }
 
-/// One ground-truth box of `gt.txt` (rows with `conf` 0 are not kept).
+/// One ground-truth box of `gt.txt`, or a region to ignore (`conf` 0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GtBox {
     /// 1-based frame number.
     pub frame: u64,
     /// The track id.
     pub id: i64,
-    /// The model's label for `class`.
+    /// The model's label for `class`; empty for an ignored box (which applies to every
+    /// class).
     pub label: String,
     pub x: f32,
     pub y: f32,
@@ -69,6 +87,9 @@ pub struct GtBox {
     pub visibility: f32,
     /// Its line in the file (1-based).
     pub line: usize,
+    /// A `conf` 0 row: a region whose detections are neither true nor false positives.
+    #[serde(default)]
+    pub ignored: bool,
 }
 
 /// A frame's detections; `frame` is 1-based, as in `gt.txt`.
@@ -130,14 +151,12 @@ pub fn parse_gt_str(path: &Path, text: &str, labels: &[String]) -> Result<Vec<Gt
             line,
             reason,
         })?;
-        if let Some(gt) = parsed {
-            boxes.push(gt);
-        }
+        boxes.push(parsed);
     }
     Ok(boxes)
 }
 
-fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<Option<GtBox>, String> {
+fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<GtBox, String> {
     let fields: Vec<&str> = text.split(',').map(str::trim).collect();
     if !(8..=9).contains(&fields.len()) {
         return Err(format!(
@@ -184,10 +203,21 @@ fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<Option<Gt
     } else {
         1.0
     };
-    if conf == 0.0 {
-        return Ok(None);
-    }
     let class = integer(7, "class")?;
+    if conf == 0.0 {
+        return Ok(GtBox {
+            frame: frame as u64,
+            id,
+            label: String::new(),
+            x: x as f32,
+            y: y as f32,
+            w: w as f32,
+            h: h as f32,
+            visibility: visibility as f32,
+            line,
+            ignored: true,
+        });
+    }
     let label = usize::try_from(class)
         .ok()
         .and_then(|c| c.checked_sub(1))
@@ -199,7 +229,7 @@ fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<Option<Gt
                 labels.first().map_or("none", String::as_str)
             )
         })?;
-    Ok(Some(GtBox {
+    Ok(GtBox {
         frame: frame as u64,
         id,
         label: label.clone(),
@@ -209,7 +239,8 @@ fn parse_gt_line(text: &str, line: usize, labels: &[String]) -> Result<Option<Gt
         h: h as f32,
         visibility: visibility as f32,
         line,
-    }))
+        ignored: false,
+    })
 }
 
 /// Intersection over union of two boxes given as (left, top, width, height).
@@ -234,9 +265,15 @@ pub fn score_object_sets(sets: &[(&[GtBox], &[FrameDetections])]) -> ObjectRepor
     // Ground truth by (clip, frame, label); `true` once matched.
     type Key<'a> = (usize, u64, &'a str);
     let mut gt_by: HashMap<Key<'_>, Vec<(&GtBox, bool)>> = HashMap::new();
+    // Ignored boxes by (clip, frame), for every class.
+    let mut ignored_by: HashMap<(usize, u64), Vec<&GtBox>> = HashMap::new();
     let mut gt_count: BTreeMap<&str, usize> = BTreeMap::new();
     for (clip, (gt, _)) in sets.iter().enumerate() {
         for g in gt.iter() {
+            if g.ignored {
+                ignored_by.entry((clip, g.frame)).or_default().push(g);
+                continue;
+            }
             gt_by
                 .entry((clip, g.frame, g.label.as_str()))
                 .or_default()
@@ -273,18 +310,35 @@ pub fn score_object_sets(sets: &[(&[GtBox], &[FrameDetections])]) -> ObjectRepor
                 .then(a.3.cmp(&b.3))
         });
         let mut hits = Vec::with_capacity(dets.len());
+        let mut ignored = 0usize;
         for &(_, clip, frame, _, d) in &dets {
+            let d_box = (d.x, d.y, d.w, d.h);
+            let best_ignored = ignored_by
+                .get(&(clip, frame))
+                .into_iter()
+                .flatten()
+                .map(|g| iou(d_box, (g.x, g.y, g.w, g.h)))
+                .filter(|overlap| *overlap >= IOU_THRESHOLD)
+                .max_by(f64::total_cmp);
             let mut best: Option<(usize, f64)> = None;
             if let Some(candidates) = gt_by.get(&(clip, frame, label)) {
                 for (i, (g, taken)) in candidates.iter().enumerate() {
                     if *taken {
                         continue;
                     }
-                    let overlap = iou((d.x, d.y, d.w, d.h), (g.x, g.y, g.w, g.h));
+                    let overlap = iou(d_box, (g.x, g.y, g.w, g.h));
                     if overlap >= IOU_THRESHOLD && best.is_none_or(|(_, b)| overlap > b) {
                         best = Some((i, overlap));
                     }
                 }
+            }
+            // The ignored box is its best match: out of the ranking (a tie goes to the real
+            // box).
+            if let Some(on_ignored) = best_ignored
+                && best.is_none_or(|(_, b)| on_ignored > b)
+            {
+                ignored += 1;
+                continue;
             }
             if let Some((i, _)) = best {
                 if let Some(candidates) = gt_by.get_mut(&(clip, frame, label)) {
@@ -303,6 +357,7 @@ pub fn score_object_sets(sets: &[(&[GtBox], &[FrameDetections])]) -> ObjectRepor
                 ground_truth,
                 detections,
                 true_positives,
+                ignored,
                 precision: if detections == 0 {
                     1.0
                 } else {
@@ -394,7 +449,7 @@ mod tests {
 ";
 
     #[test]
-    fn parses_gt_rows_and_drops_ignored_ones() {
+    fn parses_gt_rows_and_keeps_ignored_ones() {
         let gt = parse_gt_str(path(), GT, &labels()).unwrap();
         let rows: Vec<_> = gt
             .iter()
@@ -407,17 +462,20 @@ mod tests {
                     g.x,
                     g.w,
                     g.visibility,
+                    g.ignored,
                 )
             })
             .collect();
+        // Line 7 (`conf` 0) is an ignored box; its class (99) is not looked up.
         assert_eq!(
             rows,
             vec![
-                (1, 1, 1, "person", 0.0, 10.0, 1.0),
-                (2, 1, 2, "person", 100.0, 10.0, 0.5),
-                (5, 2, 1, "person", 0.0, 10.0, 1.0),
-                (6, 2, 3, "car", 50.0, 20.0, 1.0),
-                (8, 3, 1, "person", 0.0, 10.0, 1.0),
+                (1, 1, 1, "person", 0.0, 10.0, 1.0, false),
+                (2, 1, 2, "person", 100.0, 10.0, 0.5, false),
+                (5, 2, 1, "person", 0.0, 10.0, 1.0, false),
+                (6, 2, 3, "car", 50.0, 20.0, 1.0, false),
+                (7, 2, 4, "", 200.0, 10.0, 1.0, true),
+                (8, 3, 1, "person", 0.0, 10.0, 1.0, false),
             ]
         );
     }
@@ -440,6 +498,7 @@ mod tests {
                 "class 4 is not in the model's labels",
             ),
             ("1,1,0,0,10,inf,1,1,1", "`bb_height` is not a finite number"),
+            ("1,1,0,0,10,10,0,x,1", "`class` is not a number"),
         ];
         for (bad, expected) in cases {
             let text = format!("1,1,0,0,10,10,1,1,1\n{bad}\n");
@@ -509,7 +568,7 @@ mod tests {
                     det("person", 0.6, 0.0, 5.0, 10.0, 10.0),  // FP: IoU 1/3
                     det("car", 0.5, 50.0, 50.0, 20.0, 20.0),   // TP
                     det("bicycle", 0.4, 0.0, 0.0, 5.0, 5.0),   // no ground truth
-                    det("person", 0.95, 200.0, 200.0, 10.0, 10.0), // FP: the ignored row
+                    det("person", 0.95, 200.0, 200.0, 10.0, 10.0), // on the ignored row
                 ],
             },
         ];
@@ -519,27 +578,29 @@ mod tests {
             report.per_class.keys().collect::<Vec<_>>(),
             ["car", "person"]
         );
-        // person, ranked: .95 F, .9 T, .8 F, .7 F, .6 F, .3 T over 4 boxes (frame 3's unseen):
-        // precision at the hits 1/2 and 2/6 at recall 1/4 and 2/4: AP = 1/4·1/2 + 1/4·1/3.
+        // person, ranked (the .95 on the ignored row left out): .9 T, .8 F, .7 F, .6 F, .3 T
+        // over 4 boxes (frame 3's unseen): precision at the hits 1/1 and 2/5 at recall 1/4
+        // and 2/4: AP = 1/4·1 + 1/4·2/5.
         let person = &report.per_class["person"];
         assert_eq!(
             (
                 person.ground_truth,
                 person.detections,
-                person.true_positives
+                person.true_positives,
+                person.ignored
             ),
-            (4, 6, 2)
+            (4, 5, 2, 1)
         );
-        assert!(close(person.precision, 2.0 / 6.0));
+        assert!(close(person.precision, 2.0 / 5.0));
         assert!(close(person.recall, 0.5));
-        assert!(close(person.ap, 0.25 * 0.5 + 0.25 / 3.0));
+        assert!(close(person.ap, 0.25 + 0.25 * 0.4));
         let car = &report.per_class["car"];
         assert_eq!(
             (car.ground_truth, car.detections, car.true_positives),
             (1, 1, 1)
         );
         assert!(close(car.precision, 1.0) && close(car.recall, 1.0) && close(car.ap, 1.0));
-        assert!(close(report.map, (0.25 * 0.5 + 0.25 / 3.0 + 1.0) / 2.0));
+        assert!(close(report.map, (0.35 + 1.0) / 2.0));
         assert_eq!(
             report.other_detections,
             BTreeMap::from([("bicycle".to_string(), 1)])
@@ -552,6 +613,62 @@ mod tests {
             (person.precision, person.recall, person.ap),
             (1.0, 0.0, 0.0)
         );
+    }
+
+    #[test]
+    fn detections_on_ignored_boxes_are_left_out_of_the_ranking() {
+        // Frame 1: person A and an ignored region (class 7, outside the model's labels) beside
+        // it. Frame 2: person B. Frame 3: person C and an ignored region on the same spot.
+        // Frame 4: person D and an ignored region shifted by 1 px.
+        let text = "\
+1,1,0,0,10,10,1,1,1
+1,9,20,0,10,10,0,7,1
+2,2,0,0,10,10,1,1,1
+3,3,0,0,10,10,1,1,1
+3,9,0,0,10,10,0,8,1
+4,4,0,0,10,10,1,1,1
+4,9,1,0,10,10,0,12,1
+";
+        let gt = parse_gt_str(path(), text, &labels()).unwrap();
+        let frame = |frame: u64, boxes: Vec<DetectedBox>| FrameDetections { frame, boxes };
+        let detections = vec![
+            frame(
+                1,
+                vec![
+                    det("person", 0.9, 20.0, 0.0, 10.0, 10.0), // ignored
+                    det("person", 0.8, 20.0, 0.0, 10.0, 10.0), // ignored again: not used up
+                    det("person", 0.6, 0.0, 0.0, 10.0, 10.0),  // TP (A)
+                    det("person", 0.5, 0.0, 0.0, 10.0, 10.0),  // FP: A taken
+                ],
+            ),
+            frame(2, vec![det("person", 0.4, 0.0, 0.0, 10.0, 10.0)]), // TP (B)
+            frame(
+                3,
+                vec![
+                    det("person", 0.3, 0.0, 0.0, 10.0, 10.0), // TP (C): a tie goes to C
+                    det("person", 0.2, 0.0, 0.0, 10.0, 10.0), // ignored: C taken
+                ],
+            ),
+            // IoU 1 with the ignored region, 90/110 with D: ignored, D left unmatched.
+            frame(4, vec![det("person", 0.1, 1.0, 0.0, 10.0, 10.0)]),
+        ];
+        let report = score_objects(&gt, &detections);
+        let person = &report.per_class["person"];
+        assert_eq!(
+            (
+                person.ground_truth,
+                person.detections,
+                person.true_positives,
+                person.ignored
+            ),
+            (4, 4, 3, 4)
+        );
+        // Ranked: .6 T, .5 F, .4 T, .3 T over 4 boxes: precision 1, 1/2, 2/3, 3/4 at recall
+        // 1/4, 1/4, 2/4, 3/4; the envelope gives 1/4·1 + 1/4·3/4 + 1/4·3/4 = 0.625.
+        assert!(close(person.precision, 0.75));
+        assert!(close(person.recall, 0.75));
+        assert!(close(person.ap, 0.625));
+        assert!(report.other_detections.is_empty());
     }
 
     #[test]

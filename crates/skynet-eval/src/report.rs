@@ -23,8 +23,10 @@ pub fn markdown(report: &Report) -> String {
     let o = &report.overall;
     let _ = writeln!(
         md,
-        "{} labelled events, {} incidents, {:.2} hours of footage.\n",
-        o.labels, o.incidents, o.footage_hours
+        "{} labelled events, {} incidents, {} of footage.\n",
+        o.labels,
+        o.incidents,
+        footage(o.footage_hours)
     );
 
     md.push_str("## Overall\n\n");
@@ -138,7 +140,7 @@ fn figures_table<'a>(
     for (name, f) in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2} | {} | {} |",
             cell(name),
             f.labels,
             f.incidents,
@@ -148,7 +150,7 @@ fn figures_table<'a>(
             f.precision,
             f.recall,
             f.f1,
-            f.footage_hours,
+            hours(f.footage_hours),
             f.false_alarms_per_hour,
             delay(f.delay_median_s),
             delay(f.delay_worst_s)
@@ -166,17 +168,19 @@ fn objects_section(md: &mut String, objects: &ObjectReport) {
         md.push_str("(no ground truth)\n");
     } else {
         md.push_str(
-            "| Class | Ground truth | Detections | True positives | Precision | Recall | AP |\n",
+            "| Class | Ground truth | Detections | True positives | On ignored boxes | Precision | \
+             Recall | AP |\n",
         );
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for (class, c) in &objects.per_class {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+                "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
                 cell(class),
                 c.ground_truth,
                 c.detections,
                 c.true_positives,
+                c.ignored,
                 c.precision,
                 c.recall,
                 c.ap
@@ -195,6 +199,33 @@ fn objects_section(md: &mut String, objects: &ObjectReport) {
             others.join(", ")
         );
     }
+}
+
+/// Footage in words: hours from one hour up, else minutes and seconds (a short clip does not
+/// read "0.00 hours").
+fn footage(hours: f64) -> String {
+    if !hours.is_finite() || hours <= 0.0 {
+        return "0 s".to_string();
+    }
+    if hours >= 1.0 {
+        return format!("{hours:.2} hours");
+    }
+    let seconds = hours * 3600.0;
+    if seconds < 60.0 {
+        return format!("{seconds:.1} s");
+    }
+    let whole = seconds.round() as u64;
+    format!("{} min {} s", whole / 60, whole % 60)
+}
+
+/// Hours for a table cell: two decimals from one hour up, else three significant digits
+/// (0.0125 for 45 s).
+fn hours(value: f64) -> String {
+    if !value.is_finite() || value <= 0.0 || value >= 1.0 {
+        return format!("{value:.2}");
+    }
+    let decimals = (2 - value.log10().floor() as i64).clamp(2, 12) as usize;
+    format!("{value:.decimals$}")
 }
 
 fn delay(value: Option<f64>) -> String {
@@ -272,6 +303,7 @@ mod tests {
             h: 10.0,
             visibility: 1.0,
             line: 1,
+            ignored: false,
         }];
         let detections = vec![FrameDetections {
             frame: 1,
@@ -308,10 +340,32 @@ mod tests {
             "## False alarms (1)",
             "| inc\\|2 | g1 | cam-a | intrusion | 2026-01-01T00:30:00.000Z | 2026-01-01T00:31:00.000Z |",
             "## Objects (IoU 0.5; mAP 1.000)",
-            "| person | 1 | 1 | 1 | 1.000 | 1.000 | 1.000 |",
+            "| person | 1 | 1 | 1 | 0 | 1.000 | 1.000 | 1.000 |",
         ] {
             assert!(md.contains(expected), "missing {expected:?} in\n{md}");
         }
+    }
+
+    #[test]
+    fn short_footage_keeps_its_precision() {
+        assert_eq!(footage(2.0), "2.00 hours");
+        assert_eq!(footage(1.0), "1.00 hours");
+        assert_eq!(footage(0.5), "30 min 0 s");
+        assert_eq!(footage(754.4 / 3600.0), "12 min 34 s");
+        assert_eq!(footage(45.0 / 3600.0), "45.0 s");
+        assert_eq!(footage(0.0), "0 s");
+        assert_eq!(hours(2.0), "2.00");
+        assert_eq!(hours(0.5), "0.500");
+        assert_eq!(hours(45.0 / 3600.0), "0.0125");
+        assert_eq!(hours(0.0), "0.00");
+        let mut report = sample();
+        report.overall.footage_hours = 45.0 / 3600.0;
+        let md = markdown(&report);
+        assert!(
+            md.contains("2 labelled events, 2 incidents, 45.0 s of footage."),
+            "{md}"
+        );
+        assert!(md.contains("| 0.500 | 0.0125 | 0.50 |"), "{md}");
     }
 
     #[test]
