@@ -201,6 +201,7 @@ fn how_to_call(method: &str, path: &str) -> Option<Option<(String, Option<Value>
         ("get", "/api/v1/grids/{id}/history") => call("/api/v1/grids/G-0201/history", None),
         ("get", "/api/v1/cameras") => call(path, None),
         ("get", "/api/v1/cameras/{id}/frame") => call("/api/v1/cameras/cam-1/frame", None),
+        ("get", "/api/v1/cameras/{id}/live.mp4") => call("/api/v1/cameras/cam-1/live.mp4", None),
         ("put", "/api/v1/cameras/{id}/thresholds") => call(
             "/api/v1/cameras/cam-1/thresholds",
             Some(json!({"person": 0.5})),

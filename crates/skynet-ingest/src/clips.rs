@@ -69,6 +69,8 @@ pub struct EncodedRing {
     inner: Arc<Mutex<Inner>>,
     keep: Arc<Mutex<Duration>>,
     max_bytes: usize,
+    /// Live viewers of the stream (`crate::live`).
+    live: crate::live::Fanout,
 }
 
 impl PartialEq for EncodedRing {
@@ -91,6 +93,7 @@ impl EncodedRing {
             inner: Arc::default(),
             keep: Arc::new(Mutex::new(keep)),
             max_bytes,
+            live: Default::default(),
         }
     }
 
@@ -144,6 +147,8 @@ impl EncodedRing {
             return;
         }
         let newest = unit.at;
+        // Under the ring's lock, so a new viewer's backlog and its live units never overlap.
+        self.live.send(caps, &unit);
         inner.bytes += unit.buffer.size();
         inner.units.push_back(unit);
         while let Some(next_key) = inner
@@ -161,6 +166,24 @@ impl EncodedRing {
                 inner.bytes = inner.bytes.saturating_sub(unit.buffer.size());
             }
         }
+    }
+
+    pub(crate) fn fanout(&self) -> &crate::live::Fanout {
+        &self.live
+    }
+
+    /// Registers a live viewer and gives it the units from the newest keyframe on, with
+    /// their caps; `None` when the ring holds no stream.
+    pub(crate) fn subscribe_live(
+        &self,
+        viewer: crate::live::ViewerTx,
+    ) -> Option<(gst::Caps, Vec<Unit>)> {
+        let inner = self.lock();
+        let caps = inner.caps.clone()?;
+        let key = inner.units.iter().rposition(|u| u.key)?;
+        let backlog = inner.units.iter().skip(key).cloned().collect();
+        self.live.add(viewer);
+        Some((caps, backlog))
     }
 
     /// The newest unit's time (a file camera's: its newest decoded frame's).

@@ -52,4 +52,12 @@ pub fn describe_metrics() {
         "skynet_mqtt_backlog",
         "Sensor messages waiting in the MQTT connection for room in the sensor stage's queue."
     );
+    describe_gauge!(
+        "skynet_live_viewers",
+        "Live-view viewers (/api/v1/cameras/{id}/live.mp4) watching, per camera."
+    );
+    describe_counter!(
+        "skynet_live_dropped_viewers_total",
+        "Live-view viewers dropped because they fell too far behind (their queue was full); the camera and other viewers never wait on them."
+    );
 }

@@ -12,6 +12,7 @@ mod config;
 mod describe;
 mod error;
 mod gst_source;
+pub mod live;
 pub mod liveness;
 mod motion;
 pub mod sensor;

@@ -186,6 +186,8 @@ pub struct Console {
     what_if: RwLock<Option<Arc<dyn super::what_if::WhatIf>>>,
     /// What-ifs one at a time: each replays a day twice.
     pub(crate) what_if_running: Mutex<()>,
+    /// Live view of the cameras' video (`None`: off).
+    live_video: RwLock<Option<Arc<dyn super::live_view::LiveVideo>>>,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.
@@ -229,12 +231,28 @@ impl Console {
             cluster: RwLock::new(None),
             what_if: RwLock::new(None),
             what_if_running: Mutex::new(()),
+            live_video: RwLock::new(None),
         })
     }
 
     /// Gives the console the pipeline's threshold what-if (when observations are recorded).
     pub fn set_what_if(&self, what_if: Arc<dyn super::what_if::WhatIf>) {
         *self.what_if.write().unwrap_or_else(PoisonError::into_inner) = Some(what_if);
+    }
+
+    /// Gives the console the pipeline's live view (`[api] live.enabled`).
+    pub fn set_live_video(&self, live: Arc<dyn super::live_view::LiveVideo>) {
+        *self
+            .live_video
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(live);
+    }
+
+    pub(crate) fn live_video(&self) -> Option<Arc<dyn super::live_view::LiveVideo>> {
+        self.live_video
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn what_if(&self) -> Option<Arc<dyn super::what_if::WhatIf>> {

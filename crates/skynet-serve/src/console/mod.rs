@@ -13,6 +13,7 @@ pub mod auth;
 mod city;
 mod hosts;
 mod live;
+mod live_view;
 pub mod passwords;
 mod settings;
 pub mod store;
@@ -28,6 +29,7 @@ pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
 };
 pub(crate) use settings::canonical;
-pub use settings::{ApiConfig, ApiSettings};
+pub use live_view::{LiveRefusal, LiveVideo};
+pub use settings::{ApiConfig, ApiSettings, LiveConfig, LiveSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};
 pub use what_if::{WHAT_IF_EXAMPLES, WhatIf, WhatIfError, WhatIfExample, WhatIfReport};

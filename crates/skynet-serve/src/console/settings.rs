@@ -58,6 +58,40 @@ pub struct ApiSettings {
     /// Live streams open at once, all users together (default 2000).
     #[serde(default)]
     pub max_streams: Option<usize>,
+    /// Live view (`/api/v1/cameras/{id}/live.mp4`): `{ enabled = true,
+    /// max_viewers_per_camera = 4, max_viewers = 16 }`. Off by default.
+    #[serde(default)]
+    pub live: Option<LiveSettings>,
+}
+
+/// `[api] live` as written.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub max_viewers_per_camera: Option<usize>,
+    #[serde(default)]
+    pub max_viewers: Option<usize>,
+}
+
+/// `[api] live`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveConfig {
+    pub enabled: bool,
+    pub max_viewers_per_camera: usize,
+    pub max_viewers: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_viewers_per_camera: 4,
+            max_viewers: 16,
+        }
+    }
 }
 
 /// `[api]`, checked.
@@ -79,6 +113,8 @@ pub struct ApiConfig {
     pub max_connections_per_client: usize,
     pub max_streams_per_user: usize,
     pub max_streams: usize,
+    /// Live view of the cameras' own video.
+    pub live: LiveConfig,
 }
 
 /// The PEM files `[api] tls_cert` and `tls_key` name.
@@ -107,6 +143,7 @@ impl ApiConfig {
             max_connections_per_client: 64,
             max_streams_per_user: 10,
             max_streams: 2000,
+            live: LiveConfig::default(),
         }
     }
 
@@ -302,6 +339,23 @@ impl ApiSettings {
             10,
             1..=max_streams,
         )?;
+        let live_settings = self.live.unwrap_or_default();
+        let max_viewers = in_range(
+            "live.max_viewers",
+            live_settings.max_viewers,
+            16,
+            1..=10_000,
+        )?;
+        let live = LiveConfig {
+            enabled: live_settings.enabled,
+            max_viewers,
+            max_viewers_per_camera: in_range(
+                "live.max_viewers_per_camera",
+                live_settings.max_viewers_per_camera,
+                4.min(max_viewers),
+                1..=max_viewers,
+            )?,
+        };
         Ok(ApiConfig {
             listen,
             session_ttl,
@@ -317,6 +371,7 @@ impl ApiSettings {
             max_connections_per_client,
             max_streams_per_user,
             max_streams,
+            live,
         })
     }
 }

@@ -59,6 +59,9 @@ pub(crate) fn start(
             recording: path.clone(),
         }));
     }
+    if let Some(live) = super::live::NodeLive::for_config(config) {
+        console.set_live_video(Arc::new(live));
+    }
     let console = Arc::new(console);
     services.serve_console(api.listen, Arc::clone(&console))?;
     console.spawn_health_watch(&services.runtime());

@@ -35,7 +35,8 @@ use incidents::{
 };
 use session::{login, logout, me};
 use sources::{
-    camera_frame, cameras, grid_history, grids, sensors, set_thresholds, threshold_what_if, tickets,
+    camera_frame, camera_live, cameras, grid_history, grids, sensors, set_thresholds,
+    threshold_what_if, tickets,
 };
 
 /// Request bodies: login, notes, acknowledgements and status changes are a few fields of
@@ -60,6 +61,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/grids/{id}/history", get(grid_history))
         .route("/cameras", get(cameras))
         .route("/cameras/{id}/frame", get(camera_frame))
+        .route("/cameras/{id}/live.mp4", get(camera_live))
         .route(
             "/cameras/{id}/thresholds",
             put(set_thresholds).layer(DefaultBodyLimit::max(LARGER_BODY)),

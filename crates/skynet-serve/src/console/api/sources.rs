@@ -281,6 +281,80 @@ pub(super) async fn camera_frame(
     }
 }
 
+/// A camera's live video as fragmented MP4 (issue 25): `sources.read`, or an inspector whose
+/// owner is the camera's; anyone else learns nothing of the camera (404).
+pub(super) async fn camera_live(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let camera = skynet_core::DeviceId::new(id.as_str());
+    let owner = console
+        .cameras
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&camera)
+        .map(|c| c.owner);
+    let allowed = caller.require(Permission::SourcesRead).is_ok()
+        || owner.is_some_and(|owner| {
+            caller.require(Permission::IncidentsRead).is_ok()
+                && caller.user.scope().owner.as_deref() == Some(owner.as_str())
+        });
+    if owner.is_none() || !allowed {
+        return Err(ApiError::not_found("camera"));
+    }
+    let Some(live) = console.live_video() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "live view is off on this node ([api] live = { enabled = true })",
+        ));
+    };
+    use crate::console::LiveRefusal;
+    let full = |message: &str| {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message);
+        e.retry_after = Some(10);
+        e
+    };
+    let rx = match live.open(&camera) {
+        Ok(rx) => rx,
+        Err(LiveRefusal::NotStreaming) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_streaming",
+                "the camera sends no video to serve yet (or live view is off for it)",
+            ));
+        }
+        Err(LiveRefusal::CameraFull) => {
+            return Err(full(
+                "this camera has its most viewers ([api] live.max_viewers_per_camera)",
+            ));
+        }
+        Err(LiveRefusal::NodeFull) => {
+            return Err(full(
+                "this node has its most viewers ([api] live.max_viewers)",
+            ));
+        }
+        Err(LiveRefusal::Masked) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "masked",
+                "this camera has privacy masks: its live video is not served (no blurred transcode yet)",
+            ));
+        }
+    };
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "video/mp4")
+        .header(axum::http::header::CACHE_CONTROL, "no-store")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
 pub(super) async fn set_thresholds(
     State(console): State<Arc<Console>>,
     caller: Caller,

@@ -1,0 +1,300 @@
+//! Live view (issue 25 part 2) on the `skynet` binary: an RTSP camera (the tests' own
+//! server) served as fragmented MP4 at `/api/v1/cameras/{id}/live.mp4`: `ftyp`, `moov` and
+//! fragments that decode; a reader that stops reading is dropped while another keeps
+//! receiving; an inspector of another owner gets 404.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{RtspCamera, eventually, free_port, http_get, live_config_in, metric, terminate};
+
+const PASSWORD: &str = "a long password for tests";
+
+fn skynet(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(common::skynet_bin())
+        .args(args)
+        .current_dir(common::repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "skynet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A user and an API token for them.
+fn token(config: &Path, user: &str, extra: &[&str]) -> String {
+    let config = config.to_str().unwrap();
+    let mut add = vec!["users", "add", user];
+    add.extend_from_slice(extra);
+    add.extend_from_slice(&["--config", config]);
+    skynet(&add, &format!("{PASSWORD}\n"));
+    skynet(&["users", "token", user, "--config", config], "")
+}
+
+/// A GET of live.mp4: the status line and headers, and the stream after them.
+struct Live {
+    stream: TcpStream,
+    head: String,
+    /// Body bytes read with the head (still chunked).
+    rest: Vec<u8>,
+}
+
+fn open_live(api: SocketAddr, camera: &str, token: &str, small_buffer: bool) -> Live {
+    let stream = TcpStream::connect(api).unwrap();
+    if small_buffer {
+        // A reader that stops reading fills its socket soon.
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 4096;
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut s = stream.try_clone().unwrap();
+    write!(
+        s,
+        "GET /api/v1/cameras/{camera}/live.mp4 HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "closed before the headers: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(chunk[0]);
+    }
+    Live {
+        stream,
+        head: String::from_utf8_lossy(&buf).into_owned(),
+        rest: Vec::new(),
+    }
+}
+
+impl Live {
+    fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Reads raw bytes; `None` at the end.
+    fn fill(&mut self) -> Option<()> {
+        let mut buf = [0u8; 16384];
+        match self.stream.read(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.rest.extend_from_slice(&buf[..n]);
+                Some(())
+            }
+        }
+    }
+
+    /// The next chunk of the chunked body; `None` at its end.
+    fn chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(line) = self.rest.windows(2).position(|w| w == b"\r\n") {
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.rest[..line]).trim(), 16)
+                        .ok()?;
+                if size == 0 {
+                    return None;
+                }
+                let start = line + 2;
+                while self.rest.len() < start + size + 2 {
+                    self.fill()?;
+                }
+                let data = self.rest[start..start + size].to_vec();
+                self.rest.drain(..start + size + 2);
+                return Some(data);
+            }
+            self.fill()?;
+        }
+    }
+}
+
+/// The complete top-level boxes of an MP4 byte stream: their types and the bytes they span.
+fn boxes(bytes: &[u8]) -> (Vec<String>, usize) {
+    let (mut kinds, mut at) = (Vec::new(), 0);
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if size < 8 || at + size > bytes.len() {
+            break;
+        }
+        kinds.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        at += size;
+    }
+    (kinds, at)
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
+#[test]
+fn a_camera_is_served_live_as_fragmented_mp4_and_a_slow_viewer_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().port();
+    let _camera = RtspCamera::start(port);
+    let (listen, api) = (free_port(), free_port());
+    let cameras = format!(
+        r#"
+[api]
+listen = "{api}"
+live = {{ enabled = true, max_viewers_per_camera = 3, max_viewers = 16 }}
+
+[[cameras]]
+id = "cam-live"
+owner = "city_management"
+uri = "rtsp://127.0.0.1:{port}/cam"
+grid = "G-0102"
+fps = 2.0
+"#
+    );
+    let config = live_config_in(dir.path(), listen, &cameras);
+    let operator = token(&config, "op", &["--role", "operator"]);
+    let inspector = token(
+        &config,
+        "insp",
+        &[
+            "--role",
+            "inspector",
+            "--department",
+            "police-dept",
+            "--owner",
+            "police",
+        ],
+    );
+    let (mut child, log) = common::spawn_logged(&config, &[]);
+    let metrics = || http_get(listen, "/metrics").unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            metric(
+                &metrics(),
+                "skynet_frames_decoded_total{camera=\"cam-live\"} ",
+            ) > 0.0
+        }),
+        "the camera never decoded:\n{}",
+        log.lock().unwrap()
+    );
+
+    // An inspector of another owner learns nothing of the camera.
+    let other = open_live(api, "cam-live", &inspector, false);
+    assert_eq!(other.status(), 404, "{}", other.head);
+
+    // A viewer: ftyp, moov, then fragments of at most 1 s that decode.
+    let mut viewer = open_live(api, "cam-live", &operator, false);
+    assert_eq!(viewer.status(), 200, "{}", viewer.head);
+    assert!(
+        viewer
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: video/mp4"),
+        "{}",
+        viewer.head
+    );
+    let mut body = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while count(&boxes(&body).0, "moof") < 5 && Instant::now() < until {
+        body.extend(viewer.chunk().expect("the stream goes on"));
+    }
+    let (kinds, complete) = boxes(&body);
+    assert_eq!(&kinds[..2], ["ftyp", "moov"], "{kinds:?}");
+    assert!(count(&kinds, "moof") >= 4, "{kinds:?}");
+    let file = dir.path().join("live.mp4");
+    std::fs::write(&file, &body[..complete]).unwrap();
+    let decoded = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", file.display()))
+        .args([
+            "!",
+            "qtdemux",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "fakesink",
+        ])
+        .status()
+        .unwrap();
+    assert!(decoded.success(), "the live MP4 does not decode");
+
+    // A reader that never reads after the headers is dropped; the first viewer keeps
+    // receiving fragments meanwhile.
+    let slow = open_live(api, "cam-live", &operator, true);
+    assert_eq!(slow.status(), 200, "{}", slow.head);
+    let fragments = Arc::new(AtomicUsize::new(0));
+    let reading = {
+        let fragments = Arc::clone(&fragments);
+        let done = Arc::new(Mutex::new(false));
+        let stop = Arc::clone(&done);
+        let handle = std::thread::spawn(move || {
+            let mut body = body;
+            while !*stop.lock().unwrap() {
+                let Some(chunk) = viewer.chunk() else { break };
+                body.extend(chunk);
+                fragments.store(count(&boxes(&body).0, "moof"), Ordering::SeqCst);
+            }
+        });
+        (handle, done)
+    };
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            metric(&metrics(), "skynet_live_dropped_viewers_total ") >= 1.0
+        }),
+        "the slow viewer was not dropped:\n{}",
+        log.lock().unwrap()
+    );
+    let at_drop = fragments.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(30), || fragments.load(Ordering::SeqCst)
+            >= at_drop + 2),
+        "the other viewer stopped receiving fragments"
+    );
+    let m = metrics();
+    assert_eq!(
+        metric(&m, "skynet_live_viewers{camera=\"cam-live\"} "),
+        1.0,
+        "{m}"
+    );
+    *reading.1.lock().unwrap() = true;
+    drop(slow);
+    let (status, text) = terminate(&mut child, &log);
+    assert!(status.success(), "{status:?}\n{text}");
+    let _ = reading.0.join();
+}
