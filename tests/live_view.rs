@@ -286,15 +286,64 @@ fps = 2.0
             >= at_drop + 2),
         "the other viewer stopped receiving fragments"
     );
-    let m = metrics();
-    assert_eq!(
-        metric(&m, "skynet_live_viewers{camera=\"cam-live\"} "),
-        1.0,
-        "{m}"
+    // The dropped viewer's slot is free again: one viewer watches.
+    let viewers = || metric(&metrics(), "skynet_live_viewers{camera=\"cam-live\"} ");
+    assert!(
+        eventually(Duration::from_secs(30), || viewers() == 1.0),
+        "viewers: {}",
+        viewers()
+    );
+    // The camera's cap (3): two more are let in, the next is refused with Retry-After.
+    let more: Vec<Live> = (0..2)
+        .map(|_| open_live(api, "cam-live", &operator, false))
+        .collect();
+    assert!(more.iter().all(|l| l.status() == 200));
+    let refused = open_live(api, "cam-live", &operator, false);
+    assert_eq!(refused.status(), 429, "{}", refused.head);
+    assert!(
+        refused
+            .head
+            .to_ascii_lowercase()
+            .contains("retry-after: 10"),
+        "{}",
+        refused.head
+    );
+    drop(more);
+    assert!(
+        eventually(Duration::from_secs(30), || viewers() == 1.0),
+        "closed viewers still counted: {}",
+        viewers()
     );
     *reading.1.lock().unwrap() = true;
     drop(slow);
     let (status, text) = terminate(&mut child, &log);
     assert!(status.success(), "{status:?}\n{text}");
     let _ = reading.0.join();
+}
+
+#[test]
+fn live_view_is_off_by_default_and_bad_caps_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |api: &str| {
+        let path = common::config_in(dir.path(), "", free_port(), &format!("{api}\n"));
+        skynet::PipelineConfig::load(&path)
+    };
+    let config = load("[api]\nlisten = \"127.0.0.1:0\"").unwrap();
+    let live = config.api.unwrap().live;
+    assert!(!live.enabled);
+    assert_eq!((live.max_viewers_per_camera, live.max_viewers), (4, 16));
+    let e = load("[api]\nlisten = \"127.0.0.1:0\"\nlive = { enabled = true, max_viewers = 0 }")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("live.max_viewers"), "{e}");
+    let e = load(
+        "[api]\nlisten = \"127.0.0.1:0\"\nlive = { enabled = true, max_viewers = 2, max_viewers_per_camera = 3 }",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("live.max_viewers_per_camera"), "{e}");
+    let e = load("[api]\nlisten = \"127.0.0.1:0\"\nlive = { enabled = true, viewers = 3 }")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("viewers"), "{e}");
 }
