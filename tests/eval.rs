@@ -442,3 +442,50 @@ fn a_recorded_day_is_evaluated_when_there_are_no_file_cameras() {
     assert_eq!(report.misses.len(), 1, "the fire nobody recorded is a miss");
     assert!(report.overall.incidents >= 2, "{report:#?}");
 }
+
+/// A sweep checks the labels and `--objects` before any point runs: a bad labels line (or
+/// a class outside the model's labels in gt.txt) exits 2, as a single evaluation does,
+/// with no point started.
+#[test]
+fn a_sweep_with_bad_labels_exits_2_before_any_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &dir.path().join("absent.avi"), 0.5);
+    let a = args(dir.path(), config.clone());
+    let sweep = |labels: &Path, extra: &[&str]| {
+        Command::new(common::skynet_bin())
+            .arg("eval")
+            .arg("--config")
+            .arg(&config)
+            .arg("--labels")
+            .arg(labels)
+            .arg("--out")
+            .arg(&a.out)
+            .args(["--sweep", "detect.threshold=0.3:0.5:0.2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"camera\": \"cam-eval\", \"category\": \"x\", \"start_s\": 1, \"end_s\": 2}\n{\"camera\": \"cam-eval\", \"start_s\": 1}\n",
+    )
+    .unwrap();
+    let output = sweep(&bad, &[]);
+    let stderr = common::text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:2"), "{stderr}");
+    assert!(!a.out.join("points").exists());
+
+    let gt = dir.path().join("gt.txt");
+    std::fs::write(&gt, "1,1,0,0,10,10,1,1,1\n1,2,0,0,10,10,1,1000,1\n").unwrap();
+    let objects = format!("cam-eval={}", gt.display());
+    let output = sweep(&a.labels, &["--objects", &objects]);
+    let stderr = common::text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("gt.txt:2") && stderr.contains("class 1000"),
+        "{stderr}"
+    );
+    assert!(!a.out.join("points").exists());
+}

@@ -319,15 +319,15 @@ fn eval_incident(incident: crate::replay::IncidentSummary) -> EvalIncident {
 }
 
 /// `--objects CAMERA=GT.TXT`: a camera's clip (the frames it reads) and its boxes.
-struct ObjectLabels {
+pub(crate) struct ObjectLabels {
     camera: String,
     clip: PathBuf,
     max_frames: Option<u64>,
-    gt: PathBuf,
+    pub(crate) gt: PathBuf,
 }
 
 /// `--objects CAMERA=GT.TXT`, checked against the config's file cameras.
-fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<ObjectLabels>> {
+pub(crate) fn object_labels(args: &EvalArgs, config: &PipelineConfig) -> Result<Vec<ObjectLabels>> {
     let mut out = Vec::new();
     for arg in &args.objects {
         let Some((camera, gt)) = arg.split_once('=') else {

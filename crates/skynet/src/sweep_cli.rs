@@ -9,10 +9,16 @@
 //!   criterion;
 //! - `DIR/pr_curve.svg|png`, `DIR/false_per_hour_<key>.svg|png`.
 //!
+//! Before any point starts, the first point's config, the labels (parsed and checked against
+//! its cameras) and `--objects` (cameras and `gt.txt` files) are checked: an error there
+//! exits 2, as a single evaluation does, with no point run.
+//!
 //! Ctrl-C (or SIGTERM) starts no new point, stops the running ones (SIGTERM, then SIGKILL
 //! after a grace period), marks them and the ones not started `cancelled`, writes what
-//! finished, and exits 130. A point whose process fails is a `failed` row with the first
-//! error line of its log; the sweep goes on, and exits 1.
+//! finished (points that finished as the stop came included), and exits 130. A second
+//! Ctrl-C during the grace period exits 130 at once (the points die with the sweep). A point
+//! whose process fails is a `failed` row with the first error line of its log; the sweep
+//! goes on, and exits 1.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -41,17 +47,38 @@ pub fn run_sweep(args: &EvalArgs) -> Result<ExitCode> {
     // of the wrong type is one error now rather than a failed row per point.
     if let Some(first) = plan.points.first() {
         let text = sweep::apply_overrides(&plan.config_text, &plan.overrides(first))?;
-        crate::PipelineConfig::parse(&args.config, &text)
+        let config = crate::PipelineConfig::parse(&args.config, &text)
             .context("the config with the sweep's first point")?;
+        check_inputs(args, &config)?;
     }
     let exe = std::env::current_exe().context("finding the skynet executable")?;
     let cancel = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal (while the points are stopped) exits at once: registered before
+        // the flag, so the first one only sets it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&cancel))
+            .context("installing signal handlers")?;
         signal_hook::flag::register(signal, Arc::clone(&cancel))
             .context("installing signal handlers")?;
     }
     let outcome = run_points(&exe, &[], args, &plan, &cancel, true)?;
     finish(args, &plan, outcome)
+}
+
+/// The labels and `--objects` against the first point's config, as a single evaluation
+/// checks them: one error now rather than a failed row per point.
+fn check_inputs(args: &EvalArgs, config: &crate::PipelineConfig) -> Result<()> {
+    let labels = skynet_eval::labels::parse_labels(&args.labels)?;
+    let cameras: Vec<(String, String)> = config
+        .cameras
+        .iter()
+        .map(|c| (c.id.to_string(), c.grid.to_string()))
+        .collect();
+    skynet_eval::labels::check_targets(&args.labels, &labels, &cameras)?;
+    for objects in crate::eval_cli::object_labels(args, config)? {
+        skynet_eval::objects::parse_gt(&objects.gt, &config.model.labels)?;
+    }
+    Ok(())
 }
 
 /// The grid, checked against the config.
@@ -186,10 +213,9 @@ fn run_points(
             std::thread::sleep(POLL);
             continue;
         }
-        // A point that ends as a stop is asked for counts as stopped, not finished.
-        if cancel.load(Ordering::SeqCst) {
-            break;
-        }
+        // Points that finished are recorded even when the stop came meanwhile (the points
+        // run in their own process group: a Ctrl-C does not reach them); the loop's head
+        // then stops the rest.
         for (run, status) in finished {
             let row = &mut rows[run.index];
             let dir = args.out.join(&row.dir);
