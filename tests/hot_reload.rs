@@ -250,20 +250,26 @@ fn a_source_and_a_rule_change_restart_that_source_alone_and_are_audited() {
     let listen = free_port();
     // With a console: the reload goes to its audit log.
     let api = format!("[api]\nlisten = \"{}\"\n", free_port());
+    // cam-a keeps people from 0.5: the reload's audit row has that value's old and new.
+    let person = |score: &str| format!("  [cameras.classes.person]\n  min_score = {score}\n");
     let config = live_config_in(
         dir.path(),
         listen,
-        &format!("{api}{}", cameras(&zone_rule(common::WALKWAY))),
+        &format!(
+            "{api}{}",
+            cameras(&format!("{}{}", person("0.5"), zone_rule(common::WALKWAY)))
+        ),
     );
     let (mut child, log) = spawn_logged(&config, &["--watch"]);
     wait_running(listen, &log);
     let before = metrics(listen);
 
-    // cam-b reads another file; cam-a's zone moves. Seen by the watch.
+    // cam-b reads another file; cam-a's zone moves and its person score rises. Seen by the
+    // watch.
     let copy = dir.path().join("vtest-copy.avi");
     std::fs::copy(media("vtest.avi"), &copy).unwrap();
     let video = media("vtest.avi").display().to_string();
-    let changed = cameras(&zone_rule(common::NOBODY));
+    let changed = cameras(&format!("{}{}", person("0.99"), zone_rule(common::NOBODY)));
     let (a, b) = changed.split_at(changed.rfind("[[cameras]]").unwrap());
     let b = b.replace(&video, &copy.display().to_string());
     rewrite(&config, &format!("{a}{b}"));
@@ -298,7 +304,7 @@ fn a_source_and_a_rule_change_restart_that_source_alone_and_are_audited() {
     // Every camera, with its own stop signal, stopped with the process.
     assert!(status.success(), "{status:?}\n{text}");
     assert!(
-        text.contains("camera sources: cam-b; camera rules: cam-a"),
+        text.contains("camera sources: cam-b; camera thresholds: cam-a; camera rules: cam-a"),
         "{text}"
     );
     // Only cam-b's source restarted.
@@ -327,4 +333,79 @@ fn a_source_and_a_rule_change_restart_that_source_alone_and_are_audited() {
         serde_json::json!(["cam-b"])
     );
     assert_eq!(entry["diff"]["camera_rules"], serde_json::json!(["cam-a"]));
+    // The live limits' old and new values; nothing else of the file.
+    assert_eq!(
+        entry["diff"]["values"],
+        serde_json::json!([
+            {"camera": "cam-a", "key": "classes.person.min_score", "old": 0.5, "new": 0.99}
+        ])
+    );
+    assert!(
+        text.contains("values: cam-a classes.person.min_score 0.5 -> 0.99"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_refused_reload_never_logs_or_audits_a_urls_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let api = format!("[api]\nlisten = \"{}\"\n", free_port());
+    let config = live_config_in(dir.path(), listen, &format!("{api}{}", cameras("")));
+    let (mut child, log) = spawn_logged(&config, &["--watch"]);
+    wait_running(listen, &log);
+
+    // A webhook whose URL has no `://`: the config error would repeat it, password and all.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let leaky = text.replacen(
+        "\n[[cameras]]",
+        "\n[[sinks]]\nkind = \"webhook\"\nurl = \"htp//user:hunter2pass@example.com/x\"\n\n[[cameras]]",
+        1,
+    );
+    assert_ne!(text, leaky);
+    std::fs::write(&config, leaky).unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || reloads(
+            &metrics(listen),
+            "error"
+        ) == 1.0),
+        "the webhook change was not refused:\n{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(reloads(&metrics(listen), "ok"), 0.0);
+
+    let (status, text) = terminate(&mut child, &log);
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(text.contains("config reload refused"), "{text}");
+    assert!(text.contains("details on `skynet check`"), "{text}");
+    assert!(
+        !text.contains("hunter2pass"),
+        "the password is in the log:\n{text}"
+    );
+
+    let db = rusqlite::Connection::open(dir.path().join("outbox.sqlite")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT COALESCE(before, '') || COALESCE(after, '') FROM console_audit")
+        .unwrap();
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        rows.iter().all(|r| !r.contains("hunter2pass")),
+        "the password is in the audit log: {rows:?}"
+    );
+    let entry: String = db
+        .query_row(
+            "SELECT after FROM console_audit WHERE action = 'config_reload'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(entry["outcome"], "error");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(reason.contains("skynet.toml:"), "{reason}");
+    assert!(reason.contains("details on `skynet check`"), "{reason}");
 }

@@ -270,6 +270,17 @@ impl Console {
         &self.store
     }
 
+    /// Runs `f` while no console threshold change can be applied, saved or audited (a
+    /// config reload reads the saved changes and applies the file's thresholds with them
+    /// over, as one step: a change saved meanwhile is never lost from the running filter).
+    pub fn with_threshold_writes<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _one_at_a_time = self
+            .threshold_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f()
+    }
+
     /// The grid cells, as GeoJSON features whose properties carry at least `id`.
     pub fn set_grids(&self, features: Vec<Value>) {
         *self.grids.write().unwrap_or_else(PoisonError::into_inner) = features;

@@ -2,13 +2,19 @@
 //! the config again; the old and new files are diffed and only what changed is rebuilt.
 //!
 //! - Live: score thresholds (`[detect] threshold` upwards, `[detect.classes]`, a camera's
-//!   `[cameras.classes]`: each camera's [`DetectionFilter`] in place, then the console's saved
-//!   edits again over them), a camera's rules and zones (rebuilt in the rules stage between
-//!   frames; its tracker and each kept rule's memory go on), and a camera's source (`uri` and
-//!   the other keys of its source kind, `fps`: that camera's source alone is restarted into the
-//!   same queue and clock; the other cameras are not touched).
+//!   `[cameras.classes]`: each camera's [`DetectionFilter`] in place, with the console's saved
+//!   edits merged over them, under the console's threshold-write lock), a camera's rules and
+//!   zones (rebuilt in the rules stage between frames; its tracker and each kept rule's
+//!   memory go on), and a camera's source (`uri` and the other keys of its source kind, `fps`:
+//!   that camera's source alone is restarted into the same queue and clock; the other cameras
+//!   are not touched).
 //! - Everything else needs a restart: such a reload is refused with the reason, counted as
 //!   `outcome="error"`, and the running config goes on, as it does for an invalid file.
+//! - A checked reload is applied thresholds, rules, sources: a later step that fails (a
+//!   source that cannot be restarted included) leaves what was applied, counted as
+//!   `outcome="error"` (`config reload partly applied`).
+//! - A refusal's reason that may repeat a secret (`@`, `://`) is logged and audited as its
+//!   location and key only (`scrub`).
 //!
 //! The file is polled (every second: its content's hash), not watched with inotify: an editor
 //! that replaces the file, or a config map's symlink swap, is seen the same way. A change is
@@ -83,6 +89,62 @@ pub(crate) struct ConfigDiff {
     /// The other top-level sections that changed (`outbox`, `sinks`, `api`, ...):
     /// restart-only.
     pub sections: Vec<String>,
+    /// Old and new values of the changed score and area limits (plain numbers, never a
+    /// string of the file: those may be secrets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<ValueChange>,
+}
+
+/// One changed score or area limit: `[detect] threshold` (`detect.threshold`),
+/// `[detect.classes]` (`detect.classes.LABEL.KEY`) or a camera's `classes`
+/// (`classes.LABEL.KEY` with its `camera`). `None`: not given on that side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct ValueChange {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
+    pub key: String,
+    pub old: Option<f64>,
+    pub new: Option<f64>,
+}
+
+/// The keys of a class's limits whose values go into a diff.
+const LIMIT_KEYS: [&str; 3] = ["min_score", "min_area", "max_area"];
+
+/// A value as a plain number; anything else (a string above all) is never shown.
+fn number(value: Option<&toml::Value>) -> Option<f64> {
+    match value? {
+        toml::Value::Float(f) => Some(*f),
+        toml::Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// The changed limits between two `classes` tables, as `{prefix}LABEL.KEY`.
+fn limit_changes(
+    camera: Option<&str>,
+    prefix: &str,
+    old: Option<&toml::Table>,
+    new: Option<&toml::Table>,
+) -> Vec<ValueChange> {
+    let mut changes = Vec::new();
+    for label in changed_keys(old, new) {
+        let (was, now) = (
+            old.and_then(|t| table(t, &label)),
+            new.and_then(|t| table(t, &label)),
+        );
+        for key in LIMIT_KEYS {
+            let (o, n) = (was.and_then(|t| t.get(key)), now.and_then(|t| t.get(key)));
+            if o != n {
+                changes.push(ValueChange {
+                    camera: camera.map(str::to_string),
+                    key: format!("{prefix}{label}.{key}"),
+                    old: number(o),
+                    new: number(n),
+                });
+            }
+        }
+    }
+    changes
 }
 
 fn table<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Table> {
@@ -124,9 +186,26 @@ impl ConfigDiff {
                 "risk" => diff.risk = true,
                 "detect" => {
                     for key in changed_keys(table(old, "detect"), table(new, "detect")) {
+                        let (old, new) = (table(old, "detect"), table(new, "detect"));
                         match key.as_str() {
-                            "threshold" => diff.detect_threshold = true,
-                            "classes" => diff.detect_classes = true,
+                            "threshold" => {
+                                diff.detect_threshold = true;
+                                diff.values.push(ValueChange {
+                                    camera: None,
+                                    key: "detect.threshold".into(),
+                                    old: number(old.and_then(|t| t.get("threshold"))),
+                                    new: number(new.and_then(|t| t.get("threshold"))),
+                                });
+                            }
+                            "classes" => {
+                                diff.detect_classes = true;
+                                diff.values.extend(limit_changes(
+                                    None,
+                                    "detect.classes.",
+                                    old.and_then(|t| table(t, "classes")),
+                                    new.and_then(|t| table(t, "classes")),
+                                ));
+                            }
                             _ => diff.detect_restart.push(key),
                         }
                     }
@@ -147,6 +226,12 @@ impl ConfigDiff {
             }
             if has(CameraKey::Thresholds) {
                 diff.camera_thresholds.push(id.clone());
+                diff.values.extend(limit_changes(
+                    Some(id),
+                    "classes.",
+                    table(was, "classes"),
+                    table(camera, "classes"),
+                ));
             }
             if has(CameraKey::Rules) {
                 diff.camera_rules.push(id.clone());
@@ -232,6 +317,21 @@ impl ConfigDiff {
             parts.push("[risk]".into());
         }
         parts.extend(list("sections", &self.sections));
+        let values: Vec<String> = self
+            .values
+            .iter()
+            .map(|v| {
+                let shown =
+                    |n: Option<f64>| n.map_or_else(|| "none".to_string(), |n| n.to_string());
+                let camera = v
+                    .camera
+                    .as_ref()
+                    .map(|c| format!("{c} "))
+                    .unwrap_or_default();
+                format!("{camera}{} {} -> {}", v.key, shown(v.old), shown(v.new))
+            })
+            .collect();
+        parts.extend(list("values", &values));
         if parts.is_empty() {
             "nothing changed".into()
         } else {
@@ -362,10 +462,78 @@ fn hash(text: &str) -> u64 {
     h.finish()
 }
 
-/// The outcome of one reload: applied, or refused with the reason.
+/// The outcome of one reload: applied, refused with the reason (nothing applied), or
+/// partly applied (what was applied before the failure stays).
 enum Outcome {
     Applied(ConfigDiff),
     Refused(String, Option<ConfigDiff>),
+    Partial(String, ConfigDiff),
+}
+
+/// Why applying a checked reload failed.
+enum ApplyError {
+    /// Before anything was applied.
+    Nothing(String),
+    /// After some of it was.
+    Partly(String),
+}
+
+/// A refusal's reason as the log and the audit log get it: a config error that may repeat
+/// a value of the file with a secret in it (a URL's `user:password@`) keeps only where it
+/// is and which key, and points at `skynet check` for the rest.
+fn scrub(reason: &str) -> String {
+    if !(reason.contains('@') || reason.contains("://")) {
+        return reason.to_string();
+    }
+    // `file:line:col: message`: the location is kept.
+    let location = reason
+        .match_indices(": ")
+        .map(|(i, _)| &reason[..i])
+        .find(|head| {
+            let mut parts = head.rsplitn(3, ':');
+            let (col, line) = (parts.next(), parts.next());
+            parts.next().is_some()
+                && [col, line].iter().all(|p| {
+                    p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                })
+                && !head.contains('@')
+                && !head.contains("://")
+        });
+    // The first `key` quoted in the message, when it looks like a key and nothing else.
+    let key = reason.split('`').skip(1).step_by(2).find(|k| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b))
+    });
+    let what = match key {
+        Some(key) => format!("invalid value for `{key}`"),
+        None => "invalid value".to_string(),
+    };
+    match location {
+        Some(location) => format!("{location}: {what} (details on `skynet check`)"),
+        None => format!("{what} (details on `skynet check`)"),
+    }
+}
+
+/// A camera's `classes` with the console's saved scores over their `min_score`, as one table
+/// to apply at once. Edits for labels the camera does not keep, or out of `[floor, 1]`, are
+/// left out and returned (the file's value stays for those).
+fn merge_saved(
+    camera_limits: &skynet_detect::filter::ClassLimitsTable,
+    saved: &BTreeMap<String, f32>,
+    known: &BTreeMap<String, f32>,
+    floor: f32,
+) -> (skynet_detect::filter::ClassLimitsTable, Vec<String>) {
+    let mut merged = camera_limits.clone();
+    let mut skipped = Vec::new();
+    for (label, &score) in saved {
+        if !(known.contains_key(label) && score.is_finite() && (floor..=1.0).contains(&score)) {
+            skipped.push(label.clone());
+            continue;
+        }
+        merged.entry(label.clone()).or_default().min_score = Some(f64::from(score));
+    }
+    (merged, skipped)
 }
 
 struct State {
@@ -540,9 +708,11 @@ impl State {
         if !reasons.is_empty() {
             return Outcome::Refused(reasons.join("; "), Some(diff));
         }
-        if let Err(e) = self.apply(&diff, &new) {
+        match self.apply(&diff, &new) {
+            Ok(()) => {}
+            Err(ApplyError::Nothing(e)) => return Outcome::Refused(e, Some(diff)),
             // Only what could not be checked before fails here; what was applied stays.
-            return Outcome::Refused(e, Some(diff));
+            Err(ApplyError::Partly(e)) => return Outcome::Partial(e, diff),
         }
         self.table = table;
         self.reloader.running = new;
@@ -557,35 +727,33 @@ impl State {
         self.reloader.cameras.iter().find(|c| c.id.as_str() == id)
     }
 
-    fn apply(&mut self, diff: &ConfigDiff, new: &PipelineConfig) -> Result<(), String> {
+    fn apply(&mut self, diff: &ConfigDiff, new: &PipelineConfig) -> Result<(), ApplyError> {
         // Thresholds: every camera when [detect] changed, else those whose own changed.
         let all = diff.detect_threshold || diff.detect_classes;
-        let saved = self
-            .reloader
-            .console
-            .as_ref()
-            .and_then(|c| c.store().saved_thresholds().ok())
-            .unwrap_or_default();
-        for camera in &self.reloader.cameras {
-            let id = camera.id.as_str();
-            if !all && !diff.camera_thresholds.iter().any(|c| c == id) {
-                continue;
+        let any = all || !diff.camera_thresholds.is_empty();
+        if any {
+            match &self.reloader.console {
+                // Console threshold edits wait: read, merged and applied as one step, so a
+                // change saved meanwhile is never lost from the running filter.
+                Some(console) => console.with_threshold_writes(|| {
+                    let saved = console.store().saved_thresholds().map_err(|e| {
+                        ApplyError::Nothing(format!(
+                            "the console's saved threshold changes cannot be read ({e}); applying the file's alone would undo them"
+                        ))
+                    })?;
+                    self.apply_thresholds(all, diff, new, &saved)
+                })?,
+                None => self.apply_thresholds(all, diff, new, &[])?,
             }
-            let Some(spec) = new_camera(new, id) else {
-                continue;
-            };
-            let scores = camera
-                .filter
-                .reconfigure(&new.classes, &spec.classes, new.detector.threshold)
-                .map_err(|e| format!("camera `{id}`: {e}"))?;
-            // The console's saved edits stay over the file's (see the README).
-            for (_, edit) in saved.iter().filter(|(c, _)| c == id) {
-                if let Err(e) = camera.filter.thresholds().set(edit) {
-                    tracing::warn!(camera = %id, error = %e, "a saved console threshold no longer applies; the file's stays");
-                }
-            }
-            tracing::info!(camera = %id, file = ?scores, now = ?camera.filter.thresholds().snapshot(), "thresholds reloaded");
         }
+        let mut applied = any;
+        let partly = |applied: bool, e: String| {
+            if applied {
+                ApplyError::Partly(e)
+            } else {
+                ApplyError::Nothing(e)
+            }
+        };
         for id in &diff.camera_rules {
             let Some(spec) = new_camera(new, id) else {
                 continue;
@@ -599,17 +767,86 @@ impl State {
                     },
                     Duration::from_secs(5),
                 )
-                .map_err(|_| "the rules stage has stopped".to_string())?;
+                .map_err(|_| partly(applied, "the rules stage has stopped".to_string()))?;
+            applied = true;
         }
+        let mut failed = Vec::new();
         for id in &diff.camera_sources {
             let (Some(handle), Some(spec)) = (self.handle(id), new_camera(new, id)) else {
                 continue;
             };
-            if let Some(restart) = &handle.restart
-                && let Err(e) = restart.restart(spec.clone())
-            {
-                tracing::warn!(camera = %id, "{e}");
+            if let Some(restart) = &handle.restart {
+                match restart.restart(spec.clone()) {
+                    Ok(()) => applied = true,
+                    Err(e) => {
+                        tracing::warn!(camera = %id, "{e}");
+                        failed.push(format!(
+                            "the source of camera `{id}` was not restarted: {e}"
+                        ));
+                    }
+                }
             }
+        }
+        if !failed.is_empty() {
+            return Err(partly(applied, failed.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Each camera's thresholds from the file with the console's `saved` edits over them,
+    /// applied at once.
+    fn apply_thresholds(
+        &self,
+        all: bool,
+        diff: &ConfigDiff,
+        new: &PipelineConfig,
+        saved: &[(String, BTreeMap<String, f32>)],
+    ) -> Result<(), ApplyError> {
+        let mut applied = false;
+        for camera in &self.reloader.cameras {
+            let id = camera.id.as_str();
+            if !all && !diff.camera_thresholds.iter().any(|c| c == id) {
+                continue;
+            }
+            let Some(spec) = new_camera(new, id) else {
+                continue;
+            };
+            let live = camera.filter.thresholds();
+            let edits: BTreeMap<String, f32> = saved
+                .iter()
+                .filter(|(c, _)| c == id)
+                .flat_map(|(_, e)| e.clone())
+                .collect();
+            let (merged, skipped) =
+                merge_saved(&spec.classes, &edits, &live.snapshot(), live.floor());
+            for label in skipped {
+                tracing::warn!(camera = %id, label = %label, "a saved console threshold no longer applies; the file's stays");
+            }
+            let scores = camera
+                .filter
+                .reconfigure(&new.classes, &merged, new.detector.threshold)
+                .map_err(|e| {
+                    let e = format!("camera `{id}`: {e}");
+                    if applied {
+                        ApplyError::Partly(e)
+                    } else {
+                        ApplyError::Nothing(e)
+                    }
+                })?;
+            applied = true;
+            // A saved edit below the reloaded `[detect] threshold` still wins (the console's
+            // edits stay over the file's, see the README); still under the lock.
+            let lower: BTreeMap<String, f32> = edits
+                .iter()
+                .filter(|(label, score)| scores.get(*label).is_some_and(|s| **score < *s))
+                .map(|(l, s)| (l.clone(), *s))
+                .collect();
+            if !lower.is_empty()
+                && let Err(e) = live.set(&lower)
+            {
+                tracing::warn!(camera = %id, error = %e, "a saved console threshold no longer applies; the file's stays");
+            }
+            tracing::info!(camera = %id, file = ?scores, now = ?live.snapshot(), "thresholds reloaded");
         }
         Ok(())
     }
@@ -622,8 +859,14 @@ impl State {
                 ("ok", Some(diff), None)
             }
             Outcome::Refused(reason, diff) => {
+                let reason = scrub(reason);
                 tracing::error!(config = %path.display(), trigger, reason = %reason, "config reload refused; the running config goes on");
                 ("error", diff.as_ref(), Some(reason))
+            }
+            Outcome::Partial(reason, diff) => {
+                let reason = scrub(reason);
+                tracing::error!(config = %path.display(), trigger, changes = %diff.summary(), reason = %reason, "config reload partly applied: what was applied before the failure stays; the next reload compares with the config last applied in full");
+                ("error", Some(diff), Some(reason))
             }
         };
         metrics::counter!("skynet_config_reloads_total", "outcome" => label).increment(1);
@@ -786,6 +1029,106 @@ uri = "b.avi"
         assert!(restarted.next().is_none(), "the pipeline stops: no new run");
         drop(restarted);
         assert!(restart.restart(spec).is_err(), "the thread has ended");
+    }
+
+    #[test]
+    fn the_diff_has_old_and_new_values_of_the_live_limits_only() {
+        let d = diff(
+            &BASE
+                .replace("min_score = 0.5", "min_score = 0.99\nmax_area = 0.5")
+                .replace("threshold = 0.3", "threshold = 0.35"),
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["values"],
+            serde_json::json!([
+                {"key": "detect.threshold", "old": 0.3, "new": 0.35},
+                {"camera": "a", "key": "classes.person.min_score", "old": 0.5, "new": 0.99},
+                {"camera": "a", "key": "classes.person.max_area", "old": null, "new": 0.5},
+            ])
+        );
+        assert!(
+            d.summary().contains(
+                "values: detect.threshold 0.3 -> 0.35, a classes.person.min_score 0.5 -> 0.99"
+            ),
+            "{}",
+            d.summary()
+        );
+        let d = diff(&BASE.replace("min_score = 0.4", "min_score = 0.45"));
+        assert_eq!(
+            serde_json::to_value(&d).unwrap()["values"],
+            serde_json::json!([{"key": "detect.classes.person.min_score", "old": 0.4, "new": 0.45}])
+        );
+        // A string of the file never goes into the diff: only the changed key names.
+        let d = diff(&BASE.replace(
+            "kind = \"stdout\"",
+            "kind = \"webhook\"\nurl = \"http://u:hunter2@x/\"",
+        ));
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(
+            !json.contains("hunter2") && !json.contains("values"),
+            "{json}"
+        );
+        assert!(!d.summary().contains("hunter2"));
+    }
+
+    #[test]
+    fn saved_console_edits_are_merged_over_the_files_limits() {
+        let mut file = skynet_detect::filter::ClassLimitsTable::new();
+        file.insert(
+            "person".into(),
+            skynet_detect::filter::ClassLimits {
+                min_score: Some(0.5),
+                min_area: Some(0.01),
+                max_area: None,
+            },
+        );
+        let known: BTreeMap<String, f32> = [("person".into(), 0.5), ("car".into(), 0.3)].into();
+        let saved: BTreeMap<String, f32> = [
+            ("person".into(), 0.7),
+            ("car".into(), 0.6),
+            ("dog".into(), 0.6),
+            ("bike".into(), 0.1),
+        ]
+        .into();
+        let (merged, skipped) = merge_saved(&file, &saved, &known, 0.25);
+        assert_eq!(merged["person"].min_score, Some(f64::from(0.7f32)));
+        assert_eq!(
+            merged["person"].min_area,
+            Some(0.01),
+            "the file's area stays"
+        );
+        assert_eq!(merged["car"].min_score, Some(f64::from(0.6f32)));
+        assert_eq!(merged["car"].min_area, None);
+        assert_eq!(
+            skipped,
+            vec!["bike", "dog"],
+            "unknown label or below the floor"
+        );
+        assert!(!merged.contains_key("dog"));
+        let (merged, skipped) = merge_saved(&file, &BTreeMap::new(), &known, 0.25);
+        assert_eq!(merged, file);
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_that_may_repeat_a_secret_keeps_only_where_and_which_key() {
+        let reason = "/etc/skynet.toml:12:7: `url` = `htp//user:hunter2pass@example.com/x` is not an http:// or https:// URL";
+        assert_eq!(
+            scrub(reason),
+            "/etc/skynet.toml:12:7: invalid value for `url` (details on `skynet check`)"
+        );
+        let reason = "/etc/skynet.toml:3:1: bad `sinks[0].url`: htp//u:p@x";
+        assert_eq!(
+            scrub(reason),
+            "/etc/skynet.toml:3:1: invalid value for `sinks[0].url` (details on `skynet check`)"
+        );
+        assert_eq!(
+            scrub("no location: u:p@x"),
+            "invalid value (details on `skynet check`)"
+        );
+        let plain = "/etc/skynet.toml:3:1: `classes.person.min_score` = 1.5 is outside [0, 1]";
+        assert_eq!(scrub(plain), plain);
     }
 
     #[test]
