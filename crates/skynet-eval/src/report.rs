@@ -201,9 +201,9 @@ fn objects_section(md: &mut String, objects: &ObjectReport) {
     }
 }
 
-/// Footage in words: hours from one hour up, else minutes and seconds (a short clip does not
+/// Footage in words (the report and `skynet eval`'s line): hours from one hour up, else minutes and seconds (a short clip does not
 /// read "0.00 hours").
-fn footage(hours: f64) -> String {
+pub fn footage(hours: f64) -> String {
     if !hours.is_finite() || hours <= 0.0 {
         return "0 s".to_string();
     }

@@ -3,9 +3,9 @@
 //!
 //! A run here is `skynet run --until-eof` with what reaches outside taken away: no sinks, no
 //! console, no metrics listener, no MQTT, no case system, no cluster, no evidence files, no
-//! recording, and a scratch outbox in `--out`. Live cameras are left out (there is no
-//! labelled truth for them), and file cameras play unpaced and once (`realtime` and `loop`
-//! off), so the same clip and config always give the same incidents. A config without file
+//! recording, and a scratch outbox in `--out`. Live cameras, and looping files standing in for
+//! them, are left out (there is no labelled truth for them); `realtime` files play unpaced,
+//! so the same clip and config always give the same incidents. A config without file
 //! cameras that records observations (`[risk] record`) is evaluated on its
 //! recording instead, through `skynet replay`'s engine.
 
@@ -65,14 +65,14 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
     let o = &report.overall;
     println!(
-        "precision {:.3}  recall {:.3}  F1 {:.3}  false alarms/h {:.2}  ({} label(s), {} incident(s), {:.2} h of footage)",
+        "precision {:.3}  recall {:.3}  F1 {:.3}  false alarms/h {:.2}  ({} label(s), {} incident(s), {} of footage)",
         o.precision,
         o.recall,
         o.f1,
         o.false_alarms_per_hour,
         o.labels,
         o.incidents,
-        o.footage_hours
+        skynet_eval::report::footage(o.footage_hours)
     );
     eprintln!(
         "report: {} and {}",
@@ -152,11 +152,19 @@ fn for_evaluation(path: &Path, text: &str, out: &Path) -> Result<PipelineConfig>
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("reading {}", path.display()))?;
+    let mut looping = Vec::new();
     if let Some(cameras) = doc
         .get_mut("cameras")
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for camera in cameras.iter_mut() {
+            // A looping file never ends: it stands in for a live camera (the city demo's),
+            // and is left out with them.
+            if camera.get("loop").and_then(toml_edit::Item::as_bool) == Some(true) {
+                if let Some(id) = camera.get("id").and_then(toml_edit::Item::as_str) {
+                    looping.push(id.to_string());
+                }
+            }
             for key in ["realtime", "loop"] {
                 if camera.contains_key(key) {
                     camera[key] = toml_edit::value(false);
@@ -165,16 +173,18 @@ fn for_evaluation(path: &Path, text: &str, out: &Path) -> Result<PipelineConfig>
         }
     }
     let mut config = PipelineConfig::parse(path, &doc.to_string())?;
+    let left_out =
+        |c: &crate::config::CameraSpec| c.is_live() || looping.iter().any(|id| id == c.id.as_str());
     let live: Vec<String> = config
         .cameras
         .iter()
-        .filter(|c| c.is_live())
+        .filter(|c| left_out(c))
         .map(|c| c.id.to_string())
         .collect();
     if !live.is_empty() {
-        tracing::warn!(cameras = %live.join(", "), "live cameras are left out of the evaluation");
+        tracing::warn!(cameras = %live.join(", "), "live cameras and looping files are left out of the evaluation");
     }
-    config.cameras.retain(|c| !c.is_live());
+    config.cameras.retain(|c| !left_out(c));
     config.sinks.clear();
     config.api = None;
     config.metrics_listen = None;
