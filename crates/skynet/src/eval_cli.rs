@@ -160,10 +160,10 @@ fn for_evaluation(path: &Path, text: &str, out: &Path) -> Result<PipelineConfig>
         for camera in cameras.iter_mut() {
             // A looping file never ends: it stands in for a live camera (the city demo's),
             // and is left out with them.
-            if camera.get("loop").and_then(toml_edit::Item::as_bool) == Some(true) {
-                if let Some(id) = camera.get("id").and_then(toml_edit::Item::as_str) {
-                    looping.push(id.to_string());
-                }
+            if camera.get("loop").and_then(toml_edit::Item::as_bool) == Some(true)
+                && let Some(id) = camera.get("id").and_then(toml_edit::Item::as_str)
+            {
+                looping.push(id.to_string());
             }
             for key in ["realtime", "loop"] {
                 if camera.contains_key(key) {
