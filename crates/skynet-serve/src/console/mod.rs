@@ -28,8 +28,8 @@ pub use hosts::{AllowedHosts, check_host};
 pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
 };
-pub(crate) use settings::canonical;
 pub use live_view::{LiveRefusal, LiveVideo};
+pub(crate) use settings::canonical;
 pub use settings::{ApiConfig, ApiSettings, LiveConfig, LiveSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};
 pub use what_if::{WHAT_IF_EXAMPLES, WhatIf, WhatIfError, WhatIfExample, WhatIfReport};

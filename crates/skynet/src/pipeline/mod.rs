@@ -809,8 +809,8 @@ fn start_cameras(
         }
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
         // Event clips: the ring its encoded stream fills, when clips are on for it.
-        let clip_ring = clips::ring_for(&config.evidence, camera)
-            .or_else(|| live::ring_for(config, camera)); // live view (issue 25)
+        let clip_ring =
+            clips::ring_for(&config.evidence, camera).or_else(|| live::ring_for(config, camera)); // live view (issue 25)
         let gate = claims.map(|c| c.gate(camera.id.as_str()));
         // With hot reload, a camera's source may be restarted on its own (a new `uri`), into
         // the same queue and clock; an edge's camera runs under its lease, and is not.
