@@ -429,6 +429,123 @@ async fn inspectors_see_and_change_only_their_departments_incidents() {
     );
 }
 
+/// A GET with an optional `Range` header: status, headers and the raw body.
+async fn get_range(
+    app: &Router,
+    uri: &str,
+    token: &str,
+    range: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut request = Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn a_clip_is_served_by_byte_ranges_to_those_who_may_see_its_incident() {
+    let f = fixture().await;
+    let evidence = f._dir.path().join("evidence");
+    let clip: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(evidence.join("inc-gas").join("2.mp4"), &clip).unwrap();
+    std::fs::create_dir_all(evidence.join("inc-street")).unwrap();
+    std::fs::write(evidence.join("inc-street").join("1.mp4"), &clip).unwrap();
+    let operator = f.token(Role::Operator).to_string();
+    let uri = "/api/v1/evidence/inc-gas/2.mp4";
+    let header = |headers: &axum::http::HeaderMap, name: header::HeaderName| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+
+    // Whole, in more than one chunk.
+    let (status, headers, body) = get_range(&f.app, uri, &operator, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, header::CONTENT_TYPE), "video/mp4");
+    assert_eq!(header(&headers, header::ACCEPT_RANGES), "bytes");
+    assert_eq!(header(&headers, header::CONTENT_LENGTH), "200000");
+    assert!(body == clip);
+
+    // One range, each form.
+    for (range, first, last) in [
+        ("bytes=10-19", 10, 19),
+        ("bytes=199990-", 199_990, 199_999),
+        ("bytes=-7", 199_993, 199_999),
+        ("bytes=100000-300000", 100_000, 199_999),
+        ("bytes=0-", 0, 199_999),
+    ] {
+        let (status, headers, body) = get_range(&f.app, uri, &operator, Some(range)).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(&headers, header::CONTENT_RANGE),
+            format!("bytes {first}-{last}/200000"),
+            "{range}"
+        );
+        assert_eq!(
+            header(&headers, header::CONTENT_LENGTH),
+            (last - first + 1).to_string()
+        );
+        assert!(body == clip[first..=last], "{range}");
+    }
+
+    // Past the end: 416 with the length.
+    let (status, headers, _) = get_range(&f.app, uri, &operator, Some("bytes=200000-")).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&headers, header::CONTENT_RANGE), "bytes */200000");
+
+    // Several ranges: the whole file.
+    let (status, _, body) = get_range(&f.app, uri, &operator, Some("bytes=0-1,5-6")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), clip.len());
+
+    // The inspector sees the clip of their department's incident, never another's, whatever
+    // the range; no file outside the evidence directory, no other kind of file.
+    let inspector = f.token(Role::Inspector).to_string();
+    let (status, _, body) = get_range(&f.app, uri, &inspector, Some("bytes=0-3")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, clip[..4]);
+    for (uri, range) in [
+        ("/api/v1/evidence/inc-street/1.mp4", None),
+        ("/api/v1/evidence/inc-street/1.mp4", Some("bytes=0-3")),
+        ("/api/v1/evidence/inc-street/1.mp4", Some("bytes=900000-")),
+    ] {
+        let (status, _, _) = get_range(&f.app, uri, &inspector, range).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri} {range:?}");
+    }
+    std::fs::write(evidence.join("inc-gas").join("notes.txt"), b"x").unwrap();
+    for uri in [
+        "/api/v1/evidence/inc-gas/..%2F..%2Foutbox.sqlite",
+        "/api/v1/evidence/inc-gas/..%2Finc-street%2F1.mp4",
+        "/api/v1/evidence/..%2Finc-street/1.mp4",
+        "/api/v1/evidence/inc-gas/notes.txt",
+        "/api/v1/evidence/inc-gas/.mp4",
+    ] {
+        let (status, _, _) = get_range(&f.app, uri, &operator, Some("bytes=0-")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    // Each part served is audited.
+    assert!(
+        f.audit_actions()
+            .iter()
+            .filter(|(actor, action, target)| actor == "insp"
+                && action == "evidence.read"
+                && target == "inc-gas/2.mp4")
+            .count()
+            == 1
+    );
+}
+
 #[tokio::test]
 async fn status_changes_follow_the_lifecycle_and_every_change_is_audited() {
     let f = fixture().await;

@@ -570,6 +570,7 @@ impl Console {
             .as_ref()
             .map(|m| CameraCounters::parse(&m.render()))
             .unwrap_or_default();
+        let live = self.live_video().is_some();
         let cameras = self.cameras.read().unwrap_or_else(PoisonError::into_inner);
         cameras
             .iter()
@@ -597,6 +598,7 @@ impl Console {
                         .as_ref()
                         .map(|_| format!("/api/v1/cameras/{id}/frame")),
                     frame_at: entry.frame.as_ref().map(|(_, at)| *at),
+                    live,
                     thresholds: entry
                         .thresholds
                         .snapshot()

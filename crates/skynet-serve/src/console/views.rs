@@ -80,6 +80,9 @@ pub(crate) struct CameraView {
     pub frames_analysed: u64,
     pub frame_url: Option<String>,
     pub frame_at: Option<DateTime<Utc>>,
+    /// Live view is on on this node (`[api] live = { enabled = true }`): the console may ask
+    /// for `/api/v1/cameras/{id}/live.mp4`.
+    pub live: bool,
     pub thresholds: BTreeMap<String, f64>,
     pub threshold_floor: f64,
     /// In a cluster: the edge node running the camera (its lease), `null` while none does.

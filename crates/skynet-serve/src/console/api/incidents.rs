@@ -1,21 +1,23 @@
 //! Incidents: the list and one incident's detail, acknowledgements, notes, status changes
 //! made by people, and the evidence images.
 
+use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skynet_core::{CaseStatus, Contribution, Incident, IncidentChange, IncidentState, RiskLevel};
 use skynet_emit::IncidentQuery;
+use tokio::io::AsyncReadExt;
 
-use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg, query};
+use super::error::{ApiError, ApiResult, Reply, blocking, body, query};
 use super::session::Caller;
 use crate::console::auth::Permission;
 use crate::console::live::{Console, LiveMessage};
@@ -800,40 +802,201 @@ fn safe_segment(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }
 
+/// The part of an evidence file a `Range` header asks for (RFC 9110, one `bytes` range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// The whole file: no header, or one this route answers whole (several ranges, another
+    /// unit, a malformed one: a server may ignore those).
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    /// No byte of the file is in it: 416.
+    Unsatisfiable,
+}
+
+fn byte_range(header: Option<&str>, len: u64) -> ByteRange {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.is_empty(), number(first), number(last)) {
+        // `bytes=-n`: the last n bytes.
+        (true, _, Some(n)) => {
+            if n == 0 || len == 0 {
+                ByteRange::Unsatisfiable
+            } else {
+                ByteRange::Part(len.saturating_sub(n), len - 1)
+            }
+        }
+        // `bytes=a-`: from a to the end.
+        (false, Some(a), None) if last.is_empty() => {
+            if a >= len {
+                ByteRange::Unsatisfiable
+            } else {
+                ByteRange::Part(a, len - 1)
+            }
+        }
+        // `bytes=a-b`.
+        (false, Some(a), Some(b)) if a <= b => {
+            if a >= len {
+                ByteRange::Unsatisfiable
+            } else {
+                ByteRange::Part(a, b.min(len - 1))
+            }
+        }
+        _ => ByteRange::Whole,
+    }
+}
+
+/// Bytes read from an evidence file per chunk of the answer: a clip is never read whole.
+const EVIDENCE_CHUNK: usize = 64 * 1024;
+
+/// `GET /api/v1/evidence/{incident}/{file}`: an annotated JPEG or an MP4 event clip, whole or
+/// one byte range of it (`Range: bytes=a-b`, `bytes=a-`, `bytes=-n`: 206 with
+/// `Content-Range`; a range past the end: 416), so that a `<video>` can seek in a clip.
 pub(super) async fn evidence_file(
     State(console): State<Arc<Console>>,
     caller: Caller,
     Path((incident, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     caller.require(Permission::IncidentsRead)?;
-    if !safe_segment(&incident) || !safe_segment(&file) || !file.ends_with(".jpg") {
+    let content_type = if file.ends_with(".jpg") {
+        "image/jpeg"
+    } else if file.ends_with(".mp4") {
+        "video/mp4"
+    } else {
+        return Err(ApiError::not_found("evidence file"));
+    };
+    if !safe_segment(&incident) || !safe_segment(&file) {
         return Err(ApiError::not_found("evidence file"));
     }
     let dir = console
         .evidence_dir
         .clone()
         .ok_or_else(|| ApiError::not_found("evidence file"))?;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let scope = caller.user.scope();
     let c = Arc::clone(&console);
-    let bytes = blocking(move || {
+    let (opened, len, part) = blocking(move || {
         load_incident(&c, &scope, &incident)?;
-        let bytes = std::fs::read(dir.join(&incident).join(&file))
+        let mut opened = std::fs::File::open(dir.join(&incident).join(&file))
             .map_err(|_| ApiError::not_found("evidence file"))?;
-        // Who looked at which evidence, from where: one row per image served (the console
-        // shows a few per incident opened). No entry, no image.
+        let len = opened
+            .metadata()
+            .map_err(|_| ApiError::not_found("evidence file"))?
+            .len();
+        let part = byte_range(range.as_deref(), len);
+        if part == ByteRange::Unsatisfiable {
+            return Ok((None, len, part));
+        }
+        if let ByteRange::Part(first, _) = part {
+            opened
+                .seek(SeekFrom::Start(first))
+                .map_err(ApiError::internal)?;
+        }
+        // Who looked at which evidence, from where: one row per image or clip part served
+        // (the console shows a few per incident opened; a player asks for a few parts of a
+        // clip). No entry, no bytes.
         let target = format!("{incident}/{file}");
         c.store
             .record(&caller.entry("evidence.read", &target, None, None))
             .map_err(ApiError::internal)?;
-        Ok(bytes)
+        Ok((Some(opened), len, part))
     })
     .await?;
-    Ok(jpeg(bytes))
+    let Some(opened) = opened else {
+        let mut response = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the file has {len} bytes"),
+        )
+        .into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        return Ok(response);
+    };
+    let (status, count, content_range) = match part {
+        ByteRange::Part(first, last) => (
+            StatusCode::PARTIAL_CONTENT,
+            last - first + 1,
+            Some(format!("bytes {first}-{last}/{len}")),
+        ),
+        _ => (StatusCode::OK, len, None),
+    };
+    let reader = tokio::fs::File::from_std(opened).take(count);
+    let stream = futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        let mut chunk = vec![0; EVIDENCE_CHUNK];
+        match reader.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(chunk), Some(reader)))
+            }
+            // The answer ends there (its length falls short of Content-Length).
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-store");
+    if let Some(content_range) = content_range {
+        response = response.header(header::CONTENT_RANGE, content_range);
+    }
+    response
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(ApiError::internal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_header_gives_one_part_the_whole_file_or_none() {
+        use ByteRange::{Part, Unsatisfiable, Whole};
+        let cases = [
+            (None, 100, Whole),
+            (Some("bytes=0-9"), 100, Part(0, 9)),
+            (Some("bytes=10-"), 100, Part(10, 99)),
+            (Some("bytes=-10"), 100, Part(90, 99)),
+            (Some("bytes=-1000"), 100, Part(0, 99)),
+            (Some("bytes=90-1000"), 100, Part(90, 99)),
+            (Some("bytes=100-"), 100, Unsatisfiable),
+            (Some("bytes=200-300"), 100, Unsatisfiable),
+            (Some("bytes=-0"), 100, Unsatisfiable),
+            (Some("bytes=0-"), 0, Unsatisfiable),
+            // Answered whole: several ranges, another unit, malformed or reversed ones.
+            (Some("bytes=0-1,5-6"), 100, Whole),
+            (Some("items=0-1"), 100, Whole),
+            (Some("bytes=a-b"), 100, Whole),
+            (Some("bytes=9-1"), 100, Whole),
+            (Some("bytes=+1-2"), 100, Whole),
+            (Some("bytes=-"), 100, Whole),
+        ];
+        for (header, len, expected) in cases {
+            assert_eq!(byte_range(header, len), expected, "{header:?} of {len}");
+        }
+    }
 
     fn revision(state: &str, change: &str) -> Incident {
         serde_json::from_value(serde_json::json!({
