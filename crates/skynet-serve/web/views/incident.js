@@ -1,4 +1,4 @@
-// Incident detail: what happened and why (evidence snapshots, the contributions the fusion
+// Incident detail: what happened and why (evidence snapshots and clips, the contributions the fusion
 // rests on), where it stands (level, state, deadlines) and what people did (the timeline),
 // with the actions the user may take.
 
@@ -56,6 +56,24 @@ export function mount(container, { params }) {
       h('div', { class: 'button-row' }, ackButton(incident), statusButtons(incident)));
   }
 
+  // A clip's player is kept across reloads of the page (each change of the incident), so
+  // playing it is not interrupted: the same <video> is put back.
+  const players = new Map(); // evidence URL -> <video>
+
+  function clipPlayer(url, item, incident) {
+    let video = players.get(url);
+    if (!video) {
+      // Seekable: the evidence route answers byte ranges.
+      video = h('video', {
+        src: url, controls: true, preload: 'metadata', playsinline: true, muted: true, testid: 'evidence-clip',
+        width: item.width ?? 416, height: item.height ?? 312,
+        'aria-label': t('incident.clipAlt', { camera: item.camera ?? incident.camera ?? '', time: item.start ?? '' }),
+      });
+      players.set(url, video);
+    }
+    return video;
+  }
+
   function evidence(incident) {
     const urls = incident.evidence_urls ?? [];
     if (urls.length === 0) return null;
@@ -63,6 +81,12 @@ export function mount(container, { params }) {
       h('h2', { id: 'evidence-heading' }, t('incident.evidence')),
       h('div', { class: 'evidence' }, urls.map((url, index) => {
         const item = incident.evidence?.[index] ?? {};
+        if (item.kind === 'clip' || url.endsWith('.mp4')) {
+          return h('figure', { class: 'evidence-clip' },
+            clipPlayer(url, item, incident),
+            h('figcaption', {}, t('incident.clip'), ' · ', item.camera ?? '', ' · ', timeElement(item.start ?? item.frame_at),
+              item.duration_s != null ? ` · ${t('incident.clipSeconds', { seconds: formatNumber(item.duration_s, 1) })}` : ''));
+        }
         return h('figure', {},
           h('img', {
             src: url, testid: 'evidence-image', loading: 'lazy', width: item.width ?? null, height: item.height ?? null,

@@ -1,5 +1,8 @@
 // Live view: the alert strip of the newest active incidents above the camera wall. Both
-// update in place from the shared event stream.
+// update in place from the shared event stream. Where the node has live view on (`live` in
+// the cameras list), a tile plays the camera's live video (fragmented MP4 from
+// /api/v1/cameras/{id}/live.mp4, which Chromium plays progressively from a plain <video src>)
+// when clicked or, focused, on Enter or Space; again, and it shows the still frame.
 
 import { api } from '../api.js';
 import { cacheBusted, errorText, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, timeElement, trackBusy } from '../dom.js';
@@ -11,12 +14,17 @@ import { ackButton, newer } from './shared.js';
 const STRIP_SIZE = 20;
 const ACTIVE_STATES = ['open', 'acknowledged', 'dispatched', 'resolved'];
 const FRAME_REFRESH_MS = 2000;
+// At most this many tiles play live video at once (each is one viewer on the node, counted
+// against [api] live.max_viewers): starting one more returns the longest playing to its
+// still frame.
+export const MAX_LIVE_TILES = 4;
 
 export function mount(container) {
   const controller = new AbortController();
   const incidents = new Map();
   const cameras = new Map();
-  const tiles = new Map(); // camera id -> {element, image, placeholder, badge, details, loading, failedFor}
+  const tiles = new Map(); // camera id -> {element, screen, image, video, liveBadge, placeholder, badge, details, loading, failedFor}
+  const playing = []; // camera ids whose tiles play live video, oldest first
   const announced = new Set(); // incident ids seen since mount: a new one is highlighted
 
   const strip = h('ul', { class: 'alert-strip', testid: 'alert-strip', 'aria-live': 'polite' });
@@ -81,13 +89,32 @@ export function mount(container) {
     let tile = tiles.get(camera.id);
     if (tile) return tile;
     const image = h('img', { class: 'camera-frame', alt: '', hidden: true, width: 416, height: 312, decoding: 'async' });
+    const video = h('video', { class: 'camera-frame', hidden: true, muted: true, playsinline: true, width: 416, height: 312, testid: 'camera-live' });
+    video.muted = true;
     const placeholder = h('p', { class: 'camera-placeholder' });
     const badge = h('span', { class: 'badge', testid: 'camera-state' });
+    const liveBadge = h('span', { class: 'badge live-badge', hidden: true }, t('live.liveBadge'));
     const details = h('span', { class: 'camera-details' });
+    const screen = h('div', {
+      class: 'camera-screen',
+      onclick: () => toggleLive(camera.id),
+      onkeydown: (event) => {
+        if (event.key !== 'Enter' && event.key !== ' ') return;
+        event.preventDefault();
+        toggleLive(camera.id);
+      },
+    }, image, video, placeholder);
+    video.addEventListener('error', () => {
+      // Refused (too many viewers, a masked camera, not streaming) or ended: the still again.
+      if (!playing.includes(camera.id)) return;
+      stopLive(camera.id);
+      tile.placeholder.hidden = false;
+      tile.placeholder.textContent = t('live.liveFailed');
+    });
     const element = h('figure', { class: 'camera-tile', testid: 'camera-tile', dataset: { cameraId: camera.id } },
-      h('div', { class: 'camera-screen' }, image, placeholder),
-      h('figcaption', {}, h('strong', {}, camera.id), ' ', badge, h('br'), details));
-    tile = { element, image, placeholder, badge, details, loading: false, failedFor: null };
+      screen,
+      h('figcaption', {}, h('strong', {}, camera.id), ' ', badge, ' ', liveBadge, h('br'), details));
+    tile = { element, screen, image, video, liveBadge, placeholder, badge, details, loading: false, failedFor: null };
     tiles.set(camera.id, tile);
     return tile;
   }
@@ -105,6 +132,15 @@ export function mount(container) {
       camera.reason,
     ].filter(Boolean).join(' · ');
     tile.image.alt = t('live.frameAlt', { camera: camera.id, grid: camera.grid });
+    // Live view on this node: the screen is a toggle between the still frame and live video.
+    if (camera.live) {
+      tile.screen.setAttribute('role', 'button');
+      tile.screen.tabIndex = 0;
+      tile.screen.title = t('live.playLive');
+      tile.screen.setAttribute('aria-label', t('live.playLiveLabel', { camera: camera.id }));
+      tile.screen.setAttribute('aria-pressed', String(playing.includes(camera.id)));
+    }
+    if (playing.includes(camera.id)) return;
     const hasFrame = Boolean(camera.frame_url) && tile.failedFor !== frameStamp(camera);
     tile.placeholder.hidden = hasFrame && !tile.image.hidden;
     tile.placeholder.textContent = hasFrame ? t('common.loading') : t('live.noFrame');
@@ -128,6 +164,7 @@ export function mount(container) {
     next.onload = () => {
       tile.loading = false;
       tile.image.src = next.src;
+      if (playing.includes(camera.id)) return;
       tile.image.hidden = false;
       tile.placeholder.hidden = true;
     };
@@ -142,7 +179,51 @@ export function mount(container) {
 
   function refreshFrames() {
     if (document.hidden) return;
-    for (const camera of cameras.values()) refreshFrame(camera);
+    for (const camera of cameras.values()) if (!playing.includes(camera.id)) refreshFrame(camera);
+  }
+
+  // ---- Live video on a tile ----------------------------------------------------------------
+
+  function startLive(id) {
+    const camera = cameras.get(id);
+    const tile = tiles.get(id);
+    if (!camera?.live || !tile || playing.includes(id)) return;
+    while (playing.length >= MAX_LIVE_TILES) stopLive(playing[0]);
+    playing.push(id);
+    tile.video.src = `/api/v1/cameras/${encodeURIComponent(id)}/live.mp4`;
+    tile.video.hidden = false;
+    tile.image.hidden = true;
+    tile.placeholder.hidden = true;
+    tile.liveBadge.hidden = false;
+    tile.element.classList.add('is-live');
+    tile.screen.setAttribute('aria-pressed', 'true');
+    tile.video.play().catch(() => {});
+  }
+
+  function stopLive(id) {
+    const index = playing.indexOf(id);
+    if (index >= 0) playing.splice(index, 1);
+    const tile = tiles.get(id);
+    if (!tile) return;
+    // Dropping the source closes the stream (the node counts one viewer fewer).
+    tile.video.pause();
+    tile.video.removeAttribute('src');
+    tile.video.load();
+    tile.video.hidden = true;
+    tile.liveBadge.hidden = true;
+    tile.element.classList.remove('is-live');
+    tile.screen.setAttribute('aria-pressed', 'false');
+    tile.image.hidden = !tile.image.src;
+    const camera = cameras.get(id);
+    if (camera) {
+      renderTile(camera);
+      refreshFrame(camera);
+    }
+  }
+
+  function toggleLive(id) {
+    if (playing.includes(id)) stopLive(id);
+    else startLive(id);
   }
 
   async function loadCameras() {
@@ -182,6 +263,7 @@ export function mount(container) {
   return () => {
     controller.abort();
     clearInterval(frameTimer);
+    [...playing].forEach(stopLive);
     unsubscribers.forEach((unsubscribe) => unsubscribe());
   };
 }
