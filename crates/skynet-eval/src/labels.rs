@@ -13,7 +13,7 @@
 //! - Every error names the file and the 1-based line.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -59,22 +59,8 @@ pub struct ResolvedLabel {
     pub end: DateTime<Utc>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LabelError {
-    #[error("reading {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A line that is not a label: names the file, the line and what is wrong.
-    #[error("{}:{line}: {reason}", path.display())]
-    Line {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-}
+/// A labels file or line that cannot be taken (see [`crate::InputError`]).
+pub type LabelError = crate::InputError;
 
 impl Target {
     /// The camera or grid id.

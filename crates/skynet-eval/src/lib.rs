@@ -19,3 +19,24 @@ pub mod plot;
 pub mod report;
 pub mod score;
 pub mod sweep;
+
+use std::path::PathBuf;
+
+/// An input file (labels, `gt.txt`) that cannot be read, or a line of it that is wrong: the
+/// error names the file and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line that is not what the file holds: names the file, the line and what is wrong.
+    #[error("{}:{line}: {reason}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}

@@ -33,7 +33,7 @@
 //!   `other_detections`. `map` is the mean AP over the scored classes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,22 +110,8 @@ pub struct DetectedBox {
     pub h: f32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ObjectError {
-    #[error("reading {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A line that is not a box: names the file, the line and what is wrong.
-    #[error("{}:{line}: {reason}", path.display())]
-    Line {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-}
+/// A `gt.txt` file or line that cannot be taken (see [`crate::InputError`]).
+pub type ObjectError = crate::InputError;
 
 /// Reads a MOTChallenge `gt.txt`; `labels` is the model's label list (class 1 is `labels[0]`).
 pub fn parse_gt(path: &Path, labels: &[String]) -> Result<Vec<GtBox>, ObjectError> {
