@@ -249,6 +249,26 @@ pub struct ClipFile {
     pub height: u32,
 }
 
+/// Decoded, blurred in the masks (by a probe on the identity named `blur`) and encoded again:
+/// a masked camera's clip, and a file camera's (cut from the file, whatever its codec).
+const BLUR_AND_ENCODE: &str = "decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur \
+     ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse";
+
+/// A clip writer's GStreamer pipeline from its description.
+fn launch(description: &str) -> Result<gst::Pipeline, ClipError> {
+    gst::parse::launch(description)
+        .map_err(|e| ClipError::Gst(e.to_string()))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| ClipError::Gst("not a pipeline".into()))
+}
+
+/// One of its named elements.
+fn element(pipeline: &gst::Pipeline, name: &str) -> Result<gst::Element, ClipError> {
+    pipeline
+        .by_name(name)
+        .ok_or_else(|| ClipError::Gst(format!("no element {name}")))
+}
+
 /// Writes `units` as MP4 at `path` (atomically: a temporary file beside it, then renamed).
 /// With `blur`, the frames are decoded, blurred and re-encoded with x264.
 pub fn write_clip(
@@ -268,24 +288,14 @@ pub fn write_clip(
         _ => "h264parse",
     };
     let middle = if blur.is_some() {
-        "decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur ! videoconvert \
-         ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse"
-            .to_string()
+        BLUR_AND_ENCODE
     } else {
-        parser.to_string()
+        parser
     };
-    let description = format!(
+    let pipeline = launch(&format!(
         "appsrc name=src format=time ! {parser} ! {middle} ! mp4mux name=mux faststart=true ! filesink name=sink"
-    );
-    let pipeline = gst::parse::launch(&description)
-        .map_err(|e| gst_err(&e))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| ClipError::Gst("not a pipeline".into()))?;
-    let by_name = |name: &str| {
-        pipeline
-            .by_name(name)
-            .ok_or_else(|| ClipError::Gst(format!("no element {name}")))
-    };
+    ))?;
+    let by_name = |name: &str| element(&pipeline, name);
     by_name("sink")?.set_property("location", tmp.to_string_lossy().as_ref());
     let src = by_name("src")?
         .downcast::<gst_app::AppSrc>()
@@ -397,19 +407,10 @@ pub fn write_file_clip(
         return Err(ClipError::NoData { start, end });
     }
     let tmp = path.with_extension(format!("mp4.{}.tmp", std::process::id()));
-    let pipeline = gst::parse::launch(
-        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur \
-         ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse \
-         ! mp4mux faststart=true ! filesink name=sink",
-    )
-    .map_err(|e| gst_err(&e))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| ClipError::Gst("not a pipeline".into()))?;
-    let by_name = |name: &str| {
-        pipeline
-            .by_name(name)
-            .ok_or_else(|| ClipError::Gst(format!("no element {name}")))
-    };
+    let pipeline = launch(&format!(
+        "filesrc name=file ! {BLUR_AND_ENCODE} ! mp4mux faststart=true ! filesink name=sink"
+    ))?;
+    let by_name = |name: &str| element(&pipeline, name);
     by_name("file")?.set_property("location", file.to_string_lossy().as_ref());
     by_name("sink")?.set_property("location", tmp.to_string_lossy().as_ref());
     let identity = by_name("blur")?;
