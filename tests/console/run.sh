@@ -7,6 +7,8 @@
 #   3. one user per role;
 #   4. node --test tests/console/, which starts the gas-leak simulator itself once the
 #      operator is watching the live view (SKYNET_TRIGGER_INCIDENT).
+#   5. tests/console/video.test.mjs: its own RTSP camera and `skynet run` of a small config
+#      (clips and live view on); an incident clip and a live stream play in Chromium.
 # Screenshots and skynet's log go to $SKYNET_TEST_ARTIFACTS (default target/console-artifacts).
 # Needs Node 20+, chromium (apt-get install chromium fonts-wqy-microhei) and a built skynet
 # (SKYNET_BIN, default target/debug/skynet; built with `cargo build -p skynet` when missing).
@@ -129,7 +131,8 @@ export SKYNET_CONSOLE_URL="http://$SKYNET_API_LISTEN"
 export SKYNET_TRIGGER_INCIDENT="'$SKYNET' simulate sensors --scenario leak --duration 30 --url '$SKYNET_MQTT_URL'"
 
 set +e
-node --test --test-reporter=spec tests/console/console.test.mjs 2>&1 | tee "$WORK/node-test.log"
+# video.test.mjs starts its own RTSP camera and skynet (clips and live view on); one file at a time.
+node --test --test-reporter=spec --test-concurrency=1 tests/console/console.test.mjs tests/console/video.test.mjs 2>&1 | tee "$WORK/node-test.log"
 node_status=${PIPESTATUS[0]}
 set -e
 
