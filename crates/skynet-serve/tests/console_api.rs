@@ -1514,3 +1514,95 @@ async fn a_threshold_what_if_without_a_recording_says_so() {
         &body,
     );
 }
+
+#[tokio::test]
+async fn the_live_stream_brings_a_cameras_boxes_only_to_those_who_may_watch_it() {
+    let f = fixture().await;
+    for (id, owner) in [
+        ("cam-street", OwnerKind::CityManagement),
+        ("cam-gas", OwnerKind::SafetyProduction),
+    ] {
+        f.console.register_camera(CameraRegistration {
+            id: skynet_core::DeviceId::new(id),
+            grid: "G-0201".into(),
+            owner,
+            thresholds: Arc::new(LiveThresholds::new(0.3, BTreeMap::new())),
+        });
+    }
+    let open = |role: Role| {
+        let token = f.token(role).to_string();
+        let app = f.app.clone();
+        async move {
+            app.oneshot(
+                Request::get("/api/v1/events")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .into_body()
+        }
+    };
+    async fn next_event(body: &mut Body) -> String {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(60), body.frame())
+                .await
+                .expect(
+                    "an event within 60 s (a deadline for a loaded machine, not a latency check)",
+                )
+                .unwrap()
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                let text = String::from_utf8_lossy(&data).to_string();
+                if !text.starts_with(':') {
+                    return text;
+                }
+            }
+        }
+    }
+    let mut operator = open(Role::Operator).await;
+    let mut inspector = open(Role::Inspector).await;
+    assert!(next_event(&mut operator).await.starts_with("event: hello"));
+    assert!(next_event(&mut inspector).await.starts_with("event: hello"));
+    let person = skynet_core::Detection {
+        label: "person".into(),
+        score: 0.9,
+        bbox: skynet_core::BBox::new(160.0, 120.0, 480.0, 360.0),
+        track: Some(7),
+    };
+    let at = chrono::Utc::now();
+    for camera in ["cam-street", "cam-gas"] {
+        f.console.publish_detections(
+            &skynet_core::DeviceId::new(camera),
+            at,
+            (640, 480),
+            std::slice::from_ref(&person),
+        );
+    }
+    let data = |event: &str| -> Value {
+        let line = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("no data in {event}"));
+        serde_json::from_str(line).unwrap()
+    };
+    // The operator (sources.read) sees every camera's boxes, as fractions of the frame.
+    let first = next_event(&mut operator).await;
+    assert!(first.starts_with("event: detections"), "{first}");
+    let first = data(&first);
+    assert_eq!(first["camera"], "cam-street");
+    assert_eq!(first["width"], 640);
+    let b = &first["boxes"][0];
+    assert_eq!(b["label"], "person");
+    assert_eq!(b["track"], 7);
+    assert_eq!(
+        [&b["x1"], &b["y1"], &b["x2"], &b["y2"]].map(|v| v.as_f64().unwrap()),
+        [0.25, 0.25, 0.75, 0.75]
+    );
+    assert_eq!(data(&next_event(&mut operator).await)["camera"], "cam-gas");
+    // The inspector's first boxes are of their owner's camera: the other one's never came.
+    let mine = next_event(&mut inspector).await;
+    assert!(mine.starts_with("event: detections"), "{mine}");
+    assert_eq!(data(&mine)["camera"], "cam-gas");
+}

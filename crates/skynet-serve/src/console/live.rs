@@ -31,9 +31,9 @@ type RateSample = (u64, std::time::Instant, Option<f64>);
 /// One message for the browsers: already serialised once for every client.
 #[derive(Debug, Clone)]
 pub struct LiveMessage {
-    /// The SSE event name: `incident`, `grid` or `source`.
+    /// The SSE event name: `incident`, `grid`, `source` or `detections`.
     pub kind: &'static str,
-    /// For incidents: who may see it.
+    /// For incidents: who may see it (for `detections`: the camera's owner).
     pub department: Option<String>,
     pub owner: Option<String>,
     /// For incidents: its id and revision (so a request can wait for its own change).
@@ -90,6 +90,29 @@ pub(crate) fn narrow_grid(
         .categories
         .retain(|category, _| categories.contains(category));
     change
+}
+
+/// SSE `detections`: a camera's boxes at one analysed frame, as fractions of the frame.
+#[derive(serde::Serialize)]
+struct DetectionsMessage<'a> {
+    camera: &'a str,
+    at: DateTime<Utc>,
+    width: u32,
+    height: u32,
+    boxes: Vec<LiveBox<'a>>,
+}
+
+/// One box of [`DetectionsMessage`]: corners as fractions (0..1) of the frame.
+#[derive(serde::Serialize)]
+struct LiveBox<'a> {
+    label: &'a str,
+    score: f32,
+    x1: f32,
+    y1: f32,
+    x2: f32,
+    y2: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    track: Option<u64>,
 }
 
 /// A camera as the console shows it.
@@ -360,6 +383,62 @@ impl Console {
         {
             entry.frame = Some((jpeg.into(), at));
         }
+    }
+
+    /// A camera's boxes at one analysed frame, for the boxes drawn over its live video
+    /// (issue 25): SSE event `detections`, seen by `sources.read` or an inspector whose owner
+    /// is the camera's (as its live video). `size` is the camera's resolution, which the
+    /// boxes are in; they are sent as fractions of it. Never waits: the broadcast is bounded
+    /// and lossy, and nothing is built when no browser is connected.
+    pub fn publish_detections(
+        &self,
+        camera: &DeviceId,
+        at: DateTime<Utc>,
+        size: (u32, u32),
+        detections: &[skynet_core::Detection],
+    ) {
+        if self.events.receiver_count() == 0 || size.0 == 0 || size.1 == 0 {
+            return;
+        }
+        let Some(owner) = self
+            .cameras
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(camera)
+            .map(|c| c.owner)
+        else {
+            return;
+        };
+        let (w, h) = (size.0 as f32, size.1 as f32);
+        let fraction = |v: f32, of: f32| (v / of).clamp(0.0, 1.0);
+        let message = DetectionsMessage {
+            camera: camera.as_str(),
+            at,
+            width: size.0,
+            height: size.1,
+            boxes: detections
+                .iter()
+                .map(|d| LiveBox {
+                    label: &d.label,
+                    score: d.score,
+                    x1: fraction(d.bbox.x1, w),
+                    y1: fraction(d.bbox.y1, h),
+                    x2: fraction(d.bbox.x2, w),
+                    y2: fraction(d.bbox.y2, h),
+                    track: d.track,
+                })
+                .collect(),
+        };
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(LiveMessage {
+            kind: "detections",
+            department: None,
+            owner: Some(owner.as_str().to_string()),
+            incident: None,
+            applied_status: None,
+            data: json_text(&message).into(),
+            grid: None,
+        });
     }
 
     /// A sensor's latest valid reading.

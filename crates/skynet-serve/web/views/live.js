@@ -2,7 +2,10 @@
 // update in place from the shared event stream. Where the node has live view on (`live` in
 // the cameras list), a tile plays the camera's live video (fragmented MP4 from
 // /api/v1/cameras/{id}/live.mp4, which Chromium plays progressively from a plain <video src>)
-// when clicked or, focused, on Enter or Space; again, and it shows the still frame.
+// when clicked or, focused, on Enter or Space; again, and it shows the still frame. While a
+// tile plays, the camera's boxes from the stream's `detections` events (one per analysed
+// frame, corners as fractions of the frame) are drawn over the video; none older than
+// BOXES_MAX_AGE_MS stays drawn.
 
 import { api } from '../api.js';
 import { cacheBusted, errorText, FINAL_STATES, h, label, levelBadge, replaceChildren, stateBadge, timeElement, trackBusy } from '../dom.js';
@@ -18,12 +21,15 @@ const FRAME_REFRESH_MS = 2000;
 // against [api] live.max_viewers): starting one more returns the longest playing to its
 // still frame.
 export const MAX_LIVE_TILES = 4;
+// Boxes not renewed for this long are cleared (the camera stopped or nothing is analysed).
+const BOXES_MAX_AGE_MS = 2000;
+const BOXES_SWEEP_MS = 500;
 
 export function mount(container) {
   const controller = new AbortController();
   const incidents = new Map();
   const cameras = new Map();
-  const tiles = new Map(); // camera id -> {element, screen, image, video, liveBadge, placeholder, badge, details, loading, failedFor}
+  const tiles = new Map(); // camera id -> {element, screen, image, video, boxes, liveBadge, placeholder, badge, details, loading, failedFor, drawnAt}
   const playing = []; // camera ids whose tiles play live video, oldest first
   const announced = new Set(); // incident ids seen since mount: a new one is highlighted
 
@@ -91,6 +97,7 @@ export function mount(container) {
     const image = h('img', { class: 'camera-frame', alt: '', hidden: true, width: 416, height: 312, decoding: 'async' });
     const video = h('video', { class: 'camera-frame', hidden: true, muted: true, playsinline: true, width: 416, height: 312, testid: 'camera-live' });
     video.muted = true;
+    const boxes = h('canvas', { class: 'camera-boxes', hidden: true, 'aria-hidden': 'true', testid: 'camera-boxes' });
     const placeholder = h('p', { class: 'camera-placeholder' });
     const badge = h('span', { class: 'badge', testid: 'camera-state' });
     const liveBadge = h('span', { class: 'badge live-badge', hidden: true }, t('live.liveBadge'));
@@ -103,7 +110,7 @@ export function mount(container) {
         event.preventDefault();
         toggleLive(camera.id);
       },
-    }, image, video, placeholder);
+    }, image, video, boxes, placeholder);
     video.addEventListener('error', () => {
       // Refused (too many viewers, a masked camera, not streaming) or ended: the still again.
       if (!playing.includes(camera.id)) return;
@@ -114,7 +121,7 @@ export function mount(container) {
     const element = h('figure', { class: 'camera-tile', testid: 'camera-tile', dataset: { cameraId: camera.id } },
       screen,
       h('figcaption', {}, h('strong', {}, camera.id), ' ', badge, ' ', liveBadge, h('br'), details));
-    tile = { element, screen, image, video, liveBadge, placeholder, badge, details, loading: false, failedFor: null };
+    tile = { element, screen, image, video, boxes, liveBadge, placeholder, badge, details, loading: false, failedFor: null, drawnAt: null };
     tiles.set(camera.id, tile);
     return tile;
   }
@@ -192,6 +199,8 @@ export function mount(container) {
     playing.push(id);
     tile.video.src = `/api/v1/cameras/${encodeURIComponent(id)}/live.mp4`;
     tile.video.hidden = false;
+    clearBoxes(tile);
+    tile.boxes.hidden = false;
     tile.image.hidden = true;
     tile.placeholder.hidden = true;
     tile.liveBadge.hidden = false;
@@ -210,6 +219,8 @@ export function mount(container) {
     tile.video.removeAttribute('src');
     tile.video.load();
     tile.video.hidden = true;
+    clearBoxes(tile);
+    tile.boxes.hidden = true;
     tile.liveBadge.hidden = true;
     tile.element.classList.remove('is-live');
     tile.screen.setAttribute('aria-pressed', 'false');
@@ -218,6 +229,72 @@ export function mount(container) {
     if (camera) {
       renderTile(camera);
       refreshFrame(camera);
+    }
+  }
+
+  // The video's picture within its element (object-fit: contain), in CSS pixels.
+  function pictureRect(video) {
+    const width = video.clientWidth;
+    const height = video.clientHeight;
+    if (!video.videoWidth || !video.videoHeight) return { x: 0, y: 0, width, height };
+    const scale = Math.min(width / video.videoWidth, height / video.videoHeight);
+    const w = video.videoWidth * scale;
+    const h2 = video.videoHeight * scale;
+    return { x: (width - w) / 2, y: (height - h2) / 2, width: w, height: h2 };
+  }
+
+  function clearBoxes(tile) {
+    tile.drawnAt = null;
+    tile.boxes.getContext('2d')?.clearRect(0, 0, tile.boxes.width, tile.boxes.height);
+    tile.boxes.dataset.count = '0';
+  }
+
+  function drawBoxes(tile, boxes) {
+    const canvas = tile.boxes;
+    const ratio = window.devicePixelRatio || 1;
+    const width = tile.video.clientWidth;
+    const height = tile.video.clientHeight;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    const context = canvas.getContext('2d');
+    if (!context) return;
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    const picture = pictureRect(tile.video);
+    context.lineWidth = 2;
+    context.font = '11px sans-serif';
+    context.textBaseline = 'top';
+    for (const box of boxes) {
+      const x = picture.x + box.x1 * picture.width;
+      const y = picture.y + box.y1 * picture.height;
+      const w = (box.x2 - box.x1) * picture.width;
+      const h2 = (box.y2 - box.y1) * picture.height;
+      context.strokeStyle = '#f7c948';
+      context.strokeRect(x, y, w, h2);
+      const text = `${box.label} ${Number(box.score).toFixed(2)}`;
+      const textWidth = context.measureText(text).width + 4;
+      const top = y >= 14 ? y - 14 : y;
+      context.fillStyle = 'rgba(16, 24, 32, 0.75)';
+      context.fillRect(x, top, textWidth, 14);
+      context.fillStyle = '#fff';
+      context.fillText(text, x + 2, top + 1);
+    }
+    tile.drawnAt = Date.now();
+    canvas.dataset.count = String(boxes.length);
+  }
+
+  function onDetections(message) {
+    if (!message?.camera || !playing.includes(message.camera)) return;
+    const tile = tiles.get(message.camera);
+    if (!tile) return;
+    drawBoxes(tile, Array.isArray(message.boxes) ? message.boxes : []);
+  }
+
+  function sweepBoxes() {
+    const now = Date.now();
+    for (const id of playing) {
+      const tile = tiles.get(id);
+      if (tile?.drawnAt != null && now - tile.drawnAt > BOXES_MAX_AGE_MS) clearBoxes(tile);
     }
   }
 
@@ -251,6 +328,7 @@ export function mount(container) {
   const unsubscribers = [
     onEvent('incident', onIncident),
     onEvent('source', onSource),
+    onEvent('detections', onDetections),
     onEvent('resync', () => { loadIncidents(); if (can('sources.read')) loadCameras(); }),
   ];
   trackBusy(container, loadIncidents());
@@ -259,10 +337,12 @@ export function mount(container) {
     trackBusy(container, loadCameras());
     frameTimer = setInterval(refreshFrames, FRAME_REFRESH_MS);
   }
+  const boxesTimer = setInterval(sweepBoxes, BOXES_SWEEP_MS);
 
   return () => {
     controller.abort();
     clearInterval(frameTimer);
+    clearInterval(boxesTimer);
     [...playing].forEach(stopLive);
     unsubscribers.forEach((unsubscribe) => unsubscribe());
   };

@@ -157,9 +157,12 @@ pub(crate) struct PreviewFrame {
 
 /// The rules stage's side: offers a camera's frame at most once per [`PREVIEW_EVERY`],
 /// without ever waiting (a full queue drops the offer; the next frame comes soon). Frames in
-/// between cost nothing: no copy, no message.
+/// between copy no image: only their boxes go to the browsers (SSE `detections`).
 pub(crate) struct Preview {
     tx: crossbeam_channel::Sender<PreviewFrame>,
+    /// Every analysed frame's boxes go to the browsers at once (SSE `detections`, drawn over
+    /// a camera's live video), at the camera's analysis rate.
+    console: Arc<Console>,
     offered: HashMap<DeviceId, Instant>,
 }
 
@@ -172,14 +175,6 @@ pub(crate) use skynet_detect::scheduler::PREVIEW_EVERY;
 impl Preview {
     pub(crate) fn offer(&mut self, frame: &skynet_core::AnalysedFrame, image: &Arc<FrameImage>) {
         let camera = &frame.info.camera;
-        if self
-            .offered
-            .get(camera)
-            .is_some_and(|at| at.elapsed() < PREVIEW_EVERY)
-        {
-            return;
-        }
-        self.offered.insert(camera.clone(), Instant::now());
         let detections = if frame.tracks.is_empty() {
             frame.detections.clone()
         } else {
@@ -189,6 +184,20 @@ impl Preview {
                 .map(TrackedObject::as_detection)
                 .collect()
         };
+        self.console.publish_detections(
+            camera,
+            frame.info.captured_at,
+            (frame.info.width, frame.info.height),
+            &detections,
+        );
+        if self
+            .offered
+            .get(camera)
+            .is_some_and(|at| at.elapsed() < PREVIEW_EVERY)
+        {
+            return;
+        }
+        self.offered.insert(camera.clone(), Instant::now());
         let _ = self.tx.try_send(PreviewFrame {
             camera: frame.info.camera.clone(),
             at: frame.info.captured_at,
@@ -212,6 +221,7 @@ pub(crate) fn spawn_preview(
         .iter()
         .map(|c| (c.id.clone(), (c.zones.clone(), c.privacy_masks.clone())))
         .collect();
+    let publisher = Arc::clone(&console);
     let handle = std::thread::Builder::new()
         .name("console-preview".into())
         .spawn(move || {
@@ -257,6 +267,7 @@ pub(crate) fn spawn_preview(
     Ok((
         Preview {
             tx,
+            console: publisher,
             offered: HashMap::new(),
         },
         handle,

@@ -150,6 +150,15 @@ fn shown<'m>(user: &User, message: &'m LiveMessage) -> Option<Cow<'m, str>> {
         "source" => user
             .may(Permission::SourcesRead)
             .then(|| Cow::Borrowed(&*message.data)),
+        // As the camera's live video: `sources.read`, or an inspector whose owner is the
+        // camera's.
+        "detections" => {
+            let visible = user.may(Permission::SourcesRead)
+                || (user.may(Permission::IncidentsRead)
+                    && message.owner.is_some()
+                    && user.scope().owner == message.owner);
+            if visible { shared() } else { None }
+        }
         "grid" => {
             let scope = user.scope();
             match &message.grid {
