@@ -246,6 +246,12 @@ test('an incident clip and a live stream play in the browser', async () => {
     const live = page.locator('[data-testid=camera-tile][data-camera-id="cam-live"] [data-testid=camera-live]');
     await live.waitFor({ state: 'visible', timeout: 20_000 });
     const liveTime = await waitForPlayback(live, 'the live stream');
+    // The camera's boxes (SSE `detections`, people walking in vtest.avi) are drawn over it.
+    const boxes = page.locator('[data-testid=camera-tile][data-camera-id="cam-live"] [data-testid=camera-boxes]');
+    await boxes.waitFor({ state: 'visible', timeout: 20_000 });
+    await page.waitForFunction(
+      () => Number(document.querySelector('[data-camera-id="cam-live"] [data-testid=camera-boxes]')?.dataset.count) > 0,
+      null, { timeout: 60_000 });
     await page.screenshot({ path: path.join(ARTIFACTS, 'video-live.png') });
 
     console.log(`clip played to ${clipTime.toFixed(2)} s, live stream to ${liveTime.toFixed(2)} s`);
