@@ -1,7 +1,8 @@
 //! Live view (issue 25 part 2) on the `skynet` binary: an RTSP camera (the tests' own
 //! server) served as fragmented MP4 at `/api/v1/cameras/{id}/live.mp4`: `ftyp`, `moov` and
 //! fragments that decode; a reader that stops reading is dropped while another keeps
-//! receiving; an inspector of another owner gets 404.
+//! receiving; an inspector of another owner gets 404; a camera with privacy masks is
+//! transcoded at `live.masked_width` with its masks blurred.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -321,6 +322,180 @@ fps = 2.0
     let _ = reading.0.join();
 }
 
+/// Reads a viewer until its body holds `moofs` fragments; the complete boxes' bytes.
+fn fragments(viewer: &mut Live, moofs: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let until = Instant::now() + Duration::from_secs(90);
+    while count(&boxes(&body).0, "moof") < moofs && Instant::now() < until {
+        body.extend(viewer.chunk().expect("the stream goes on"));
+    }
+    let (kinds, complete) = boxes(&body);
+    assert_eq!(&kinds[..2], ["ftyp", "moov"], "{kinds:?}");
+    assert!(count(&kinds, "moof") >= moofs, "{kinds:?}");
+    body.truncate(complete);
+    body
+}
+
+/// Decodes an MP4 into grey frames of `w` x `h` (scaled to it).
+fn decode_grey(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
+    let raw = path.with_extension("grey");
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", path.display()))
+        .args([
+            "!",
+            "qtdemux",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "videoconvert",
+            "!",
+            "videoscale",
+            "!",
+            &format!("video/x-raw,format=GRAY8,width={w},height={h}"),
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", raw.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} does not decode", path.display());
+    let bytes = std::fs::read(&raw).unwrap();
+    let frame = (w * h) as usize;
+    assert!(
+        bytes.len() >= frame && bytes.len() % frame == 0,
+        "whole {w}x{h} frames"
+    );
+    bytes.chunks(frame).map(|c| c.to_vec()).collect()
+}
+
+/// The width in the `moov`'s visual sample entry (`avc1`).
+fn avc1_width(body: &[u8]) -> u32 {
+    let stsd = body
+        .windows(4)
+        .position(|w| w == b"stsd")
+        .expect("a sample description");
+    let at = stsd
+        + body[stsd..]
+            .windows(4)
+            .position(|w| w == b"avc1")
+            .expect("an avc1 sample entry");
+    // size(4) type(4) reserved(6) index(2) predefined/reserved(16), then width, height.
+    u32::from(u16::from_be_bytes([body[at + 28], body[at + 29]]))
+}
+
+/// Mean local variance of 8x8 tiles in the region (fractions of the frame), as the clips
+/// test measures blur.
+fn tile_variance(frame: &[u8], w: u32, region: (f64, f64, f64, f64)) -> f64 {
+    let h = frame.len() as u32 / w;
+    let (x0, y0) = ((region.0 * w as f64) as u32, (region.1 * h as f64) as u32);
+    let (x1, y1) = ((region.2 * w as f64) as u32, (region.3 * h as f64) as u32);
+    let (mut variance, mut tiles) = (0.0, 0.0);
+    for ty in (y0..y1 - 7).step_by(8) {
+        for tx in (x0..x1 - 7).step_by(8) {
+            let values: Vec<f64> = (ty..ty + 8)
+                .flat_map(|y| (tx..tx + 8).map(move |x| f64::from(frame[(y * w + x) as usize])))
+                .collect();
+            let mean = values.iter().sum::<f64>() / 64.0;
+            variance += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 64.0;
+            tiles += 1.0;
+        }
+    }
+    variance / tiles
+}
+
+#[test]
+fn a_masked_camera_is_served_transcoded_with_its_masks_blurred() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().port();
+    let _camera = RtspCamera::start(port);
+    let (listen, api) = (free_port(), free_port());
+    // The same stream twice: one camera plain (remuxed), one with a mask over the left half.
+    let cameras = format!(
+        r#"
+[api]
+listen = "{api}"
+live = {{ enabled = true, masked_width = 320 }}
+
+[[cameras]]
+id = "cam-plain"
+owner = "city_management"
+uri = "rtsp://127.0.0.1:{port}/cam"
+grid = "G-0102"
+fps = 2.0
+
+[[cameras]]
+id = "cam-masked"
+owner = "city_management"
+uri = "rtsp://127.0.0.1:{port}/cam"
+grid = "G-0101"
+fps = 2.0
+privacy_masks = [[[0.05, 0.05], [0.45, 0.05], [0.45, 0.95], [0.05, 0.95]]]
+"#
+    );
+    let config = live_config_in(dir.path(), listen, &cameras);
+    let operator = token(&config, "op", &["--role", "operator"]);
+    let (mut child, log) = common::spawn_logged(&config, &[]);
+    let metrics = || http_get(listen, "/metrics").unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            let m = metrics();
+            ["cam-plain", "cam-masked"].iter().all(|c| {
+                metric(
+                    &m,
+                    &format!("skynet_frames_decoded_total{{camera=\"{c}\"}} "),
+                ) > 0.0
+            })
+        }),
+        "the cameras never decoded:\n{}",
+        log.lock().unwrap()
+    );
+    let (w, h) = (320, 240);
+    let mut frames_of = Vec::new();
+    for camera in ["cam-plain", "cam-masked"] {
+        let mut viewer = open_live(api, camera, &operator, false);
+        assert_eq!(viewer.status(), 200, "{camera}: {}", viewer.head);
+        let body = fragments(&mut viewer, 3);
+        drop(viewer);
+        if camera == "cam-masked" {
+            // Transcoded at live.masked_width (vtest.avi is 768 wide), not remuxed.
+            assert_eq!(avc1_width(&body), 320, "{camera}: not transcoded");
+        }
+        let file = dir.path().join(format!("{camera}.mp4"));
+        std::fs::write(&file, &body).unwrap();
+        frames_of.push(decode_grey(&file, w, h));
+    }
+    // The mask's area: its detail blurred away in the masked camera's video, there in the
+    // plain one's; outside the mask both keep it.
+    let inside = (0.1, 0.1, 0.4, 0.9);
+    let outside = (0.55, 0.1, 0.95, 0.9);
+    let mean = |frames: &Vec<Vec<u8>>, region| {
+        frames
+            .iter()
+            .map(|f| tile_variance(f, w, region))
+            .sum::<f64>()
+            / frames.len() as f64
+    };
+    let (plain, masked) = (mean(&frames_of[0], inside), mean(&frames_of[1], inside));
+    assert!(
+        plain > 20.0,
+        "the plain camera's area has detail: {plain:.1}"
+    );
+    assert!(
+        masked < plain * 0.2,
+        "local variance in the mask {plain:.1} -> {masked:.1}: not blurred"
+    );
+    let (plain_out, masked_out) = (mean(&frames_of[0], outside), mean(&frames_of[1], outside));
+    assert!(
+        masked_out > plain_out * 0.5,
+        "outside the mask {plain_out:.1} -> {masked_out:.1}"
+    );
+    let (status, text) = terminate(&mut child, &log);
+    assert!(status.success(), "{status:?}\n{text}");
+}
+
 #[test]
 fn live_view_is_off_by_default_and_bad_caps_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,6 +507,15 @@ fn live_view_is_off_by_default_and_bad_caps_name_their_key() {
     let live = config.api.unwrap().live;
     assert!(!live.enabled);
     assert_eq!((live.max_viewers_per_camera, live.max_viewers), (4, 16));
+    assert_eq!(live.masked_width, 640);
+    for bad in ["159", "3841"] {
+        let e = load(&format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\nlive = {{ enabled = true, masked_width = {bad} }}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("live.masked_width"), "{e}");
+    }
     let e = load("[api]\nlisten = \"127.0.0.1:0\"\nlive = { enabled = true, max_viewers = 0 }")
         .unwrap_err()
         .to_string();

@@ -254,6 +254,20 @@ pub struct ClipFile {
 const BLUR_AND_ENCODE: &str = "decodebin ! videoconvert ! video/x-raw,format=RGB ! identity name=blur \
      ! videoconvert ! x264enc speed-preset=veryfast key-int-max=30 bframes=0 ! h264parse";
 
+/// [`BLUR_AND_ENCODE`] for live view: scaled to `width` (its aspect kept) before the blur, and
+/// encoded for low latency (a keyframe about every second).
+pub(crate) fn blur_and_encode_live(width: u32) -> String {
+    BLUR_AND_ENCODE
+        .replacen(
+            "decodebin !",
+            &format!(
+                "decodebin ! videoconvert ! videoscale ! video/x-raw,width={width},pixel-aspect-ratio=1/1 !"
+            ),
+            1,
+        )
+        .replacen("x264enc", "x264enc tune=zerolatency", 1)
+}
+
 /// A clip writer's GStreamer pipeline from its description.
 fn launch(description: &str) -> Result<gst::Pipeline, ClipError> {
     gst::parse::launch(description)
@@ -452,7 +466,7 @@ pub fn write_file_clip(
 }
 
 /// Records the frames' size at `identity`'s src pad, and blurs them there with `blur`.
-fn frame_probe(
+pub(crate) fn frame_probe(
     identity: &gst::Element,
     blur: Option<MaskBlur>,
 ) -> Result<Arc<Mutex<(u32, u32)>>, ClipError> {

@@ -16,6 +16,12 @@
 //! `skynet_live_dropped_viewers_total`. A new viewer starts at the ring's newest keyframe,
 //! so its video starts at once and decodes. Each viewer has its own muxer (a remux costs
 //! little); the one tee and ring per camera serve them all.
+//!
+//! A camera with privacy masks is never remuxed: its viewer's pipeline decodes, scales to
+//! `[api] live.masked_width`, blurs the masks (the clips' probe) and encodes again with x264
+//! (`appsrc ! h26Xparse ! decodebin ! videoscale ! … ! identity name=blur ! x264enc ! h264parse
+//! ! mp4mux …`), so no masked pixel leaves the node. That costs a decode and an encode per
+//! viewer.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +32,14 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use skynet_core::DeviceId;
 
-use crate::clips::{EncodedRing, Unit};
+use crate::clips::{EncodedRing, MaskBlur, Unit};
+
+/// How a masked camera's viewer is transcoded: scaled to `width` and blurred by `blur`.
+#[derive(Clone)]
+pub struct Transcode {
+    pub width: u32,
+    pub blur: MaskBlur,
+}
 
 /// Units a viewer may fall behind the camera before it is dropped (about 8 s at 30 fps).
 const UNIT_BACKLOG: usize = 256;
@@ -131,6 +144,7 @@ pub fn open_viewer(
     ring: &EncodedRing,
     camera: &DeviceId,
     limits: Limits,
+    transcode: Option<Transcode>,
 ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Refused> {
     let fanout = ring.fanout().clone();
     reserve(&fanout.active, limits)?;
@@ -155,7 +169,7 @@ pub fn open_viewer(
     let spawned = std::thread::Builder::new()
         .name(format!("live-{camera}"))
         .spawn(move || {
-            if let Err(e) = run_viewer(&caps, backlog, &units, &out, &dropped) {
+            if let Err(e) = run_viewer(&caps, backlog, &units, &out, &dropped, transcode) {
                 tracing::warn!(camera = %name, error = %e, "a live viewer's muxer failed");
             }
             dropped.store(true, Ordering::Relaxed);
@@ -198,20 +212,29 @@ fn run_viewer(
     units: &crossbeam_channel::Receiver<(gst::Caps, Unit)>,
     out: &tokio::sync::mpsc::Sender<Vec<u8>>,
     dropped: &Arc<AtomicBool>,
+    transcode: Option<Transcode>,
 ) -> Result<(), String> {
     let parser = match caps.structure(0).map(|s| s.name().as_str()) {
         Some("video/x-h265") => "h265parse",
         _ => "h264parse",
     };
+    // A masked camera: decoded, scaled, blurred and encoded again; never remuxed.
+    let middle = match &transcode {
+        Some(t) => format!("! {} ", crate::clips::blur_and_encode_live(t.width)),
+        None => String::new(),
+    };
     let description = format!(
-        "appsrc name=src format=time ! {parser} ! mp4mux streamable=true fragment-duration=1000 \
-         ! appsink name=sink sync=false"
+        "appsrc name=src format=time ! {parser} {middle}! mp4mux streamable=true \
+         fragment-duration=1000 ! appsink name=sink sync=false"
     );
     let pipeline = gst::parse::launch(&description)
         .map_err(|e| e.to_string())?
         .downcast::<gst::Pipeline>()
         .map_err(|_| "not a pipeline".to_string())?;
     let by_name = |name: &str| pipeline.by_name(name).ok_or(format!("no element {name}"));
+    if let Some(t) = transcode {
+        crate::clips::frame_probe(&by_name("blur")?, Some(t.blur)).map_err(|e| e.to_string())?;
+    }
     let src = by_name("src")?
         .downcast::<gst_app::AppSrc>()
         .map_err(|_| "appsrc".to_string())?;

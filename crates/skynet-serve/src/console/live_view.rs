@@ -2,7 +2,8 @@
 //! `GET /api/v1/cameras/{id}/live.mp4`.
 //!
 //! The pipeline (see the `skynet` binary) fans each camera's encoded stream out to its viewers
-//! and remuxes it to fragmented MP4; the console only streams the bytes it is handed.
+//! and remuxes it to fragmented MP4 (a masked camera's is transcoded with its masks blurred);
+//! the console only streams the bytes it is handed.
 
 use skynet_core::DeviceId;
 
@@ -16,8 +17,9 @@ pub enum LiveRefusal {
     CameraFull,
     /// The node has `[api] live.max_viewers` viewers already.
     NodeFull,
-    /// The camera has privacy masks: its video is not served (the masked pixels would leave
-    /// the node).
+    /// The camera's video may not be served as it is (privacy masks, and no blurred
+    /// transcode for it). The `skynet` binary transcodes masked cameras with the masks
+    /// blurred instead (`[api] live.masked_width`), so it does not answer this.
     Masked,
 }
 

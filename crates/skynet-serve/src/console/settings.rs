@@ -59,7 +59,7 @@ pub struct ApiSettings {
     #[serde(default)]
     pub max_streams: Option<usize>,
     /// Live view (`/api/v1/cameras/{id}/live.mp4`): `{ enabled = true,
-    /// max_viewers_per_camera = 4, max_viewers = 16 }`. Off by default.
+    /// max_viewers_per_camera = 4, max_viewers = 16, masked_width = 640 }`. Off by default.
     #[serde(default)]
     pub live: Option<LiveSettings>,
 }
@@ -74,6 +74,9 @@ pub struct LiveSettings {
     pub max_viewers_per_camera: Option<usize>,
     #[serde(default)]
     pub max_viewers: Option<usize>,
+    /// Width (pixels) a masked camera is transcoded to for live view (default 640).
+    #[serde(default)]
+    pub masked_width: Option<u32>,
 }
 
 /// `[api] live`, checked.
@@ -82,6 +85,8 @@ pub struct LiveConfig {
     pub enabled: bool,
     pub max_viewers_per_camera: usize,
     pub max_viewers: usize,
+    /// Width a masked camera's live view is transcoded (and blurred) at; aspect kept.
+    pub masked_width: u32,
 }
 
 impl Default for LiveConfig {
@@ -90,6 +95,7 @@ impl Default for LiveConfig {
             enabled: false,
             max_viewers_per_camera: 4,
             max_viewers: 16,
+            masked_width: 640,
         }
     }
 }
@@ -354,6 +360,12 @@ impl ApiSettings {
                 live_settings.max_viewers_per_camera,
                 4.min(max_viewers),
                 1..=max_viewers,
+            )?,
+            masked_width: in_range(
+                "live.masked_width",
+                live_settings.masked_width,
+                640,
+                160..=3840,
             )?,
         };
         Ok(ApiConfig {

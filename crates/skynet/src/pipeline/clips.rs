@@ -211,7 +211,7 @@ impl ClipStage {
 }
 
 /// Blurs `masks` in an RGB frame, as the snapshots do.
-fn mask_blur(masks: Vec<Vec<[f64; 2]>>) -> MaskBlur {
+pub(crate) fn mask_blur(masks: Vec<Vec<[f64; 2]>>) -> MaskBlur {
     Arc::new(move |width, height, stride, data: &mut [u8]| {
         let row = width as usize * 3;
         if stride < row || data.len() < stride * (height as usize).saturating_sub(1) + row {
