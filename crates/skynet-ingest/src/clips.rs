@@ -476,21 +476,35 @@ pub(crate) fn frame_probe(
         .ok_or_else(|| ClipError::Gst("identity without a src pad".into()))?;
     let seen = Arc::clone(&size);
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        // With masks, a frame that cannot be blurred is dropped: no masked pixel leaves the
+        // node, whatever went wrong.
+        let unblurred = if blur.is_some() {
+            gst::PadProbeReturn::Drop
+        } else {
+            gst::PadProbeReturn::Ok
+        };
         let Some(caps) = pad.current_caps() else {
-            return gst::PadProbeReturn::Ok;
+            return unblurred;
         };
         let Ok(video) = gstreamer_video::VideoInfo::from_caps(&caps) else {
-            return gst::PadProbeReturn::Ok;
+            return unblurred;
         };
         *seen.lock().unwrap_or_else(PoisonError::into_inner) = (video.width(), video.height());
-        if let (Some(blur), Some(gst::PadProbeData::Buffer(buffer))) = (&blur, &mut info.data) {
-            let stride = video.stride()[0].max(0) as usize;
-            let buffer = buffer.make_mut();
-            if let Ok(mut map) = buffer.map_writable() {
+        let Some(blur) = &blur else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data else {
+            return unblurred;
+        };
+        let stride = video.stride()[0].max(0) as usize;
+        let buffer = buffer.make_mut();
+        match buffer.map_writable() {
+            Ok(mut map) => {
                 blur(video.width(), video.height(), stride, map.as_mut_slice());
+                gst::PadProbeReturn::Ok
             }
+            Err(_) => unblurred,
         }
-        gst::PadProbeReturn::Ok
     });
     Ok(size)
 }
