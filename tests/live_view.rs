@@ -365,7 +365,7 @@ fn decode_grey(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
     let bytes = std::fs::read(&raw).unwrap();
     let frame = (w * h) as usize;
     assert!(
-        bytes.len() >= frame && bytes.len() % frame == 0,
+        bytes.len() >= frame && bytes.len().is_multiple_of(frame),
         "whole {w}x{h} frames"
     );
     bytes.chunks(frame).map(|c| c.to_vec()).collect()
