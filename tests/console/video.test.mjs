@@ -254,6 +254,12 @@ test('an incident clip and a live stream play in the browser', async () => {
       null, { timeout: 60_000 });
     await page.screenshot({ path: path.join(ARTIFACTS, 'video-live.png') });
 
+    // A video wall (`?kiosk=1&live=N`) starts its first N live cameras by itself, no click.
+    await page.goto(`${baseUrl}/?kiosk=1&live=2#/live`);
+    const kioskLive = page.locator('[data-testid=camera-tile][data-camera-id="cam-live"] [data-testid=camera-live]');
+    await kioskLive.waitFor({ state: 'visible', timeout: 20_000 });
+    await waitForPlayback(kioskLive, 'the kiosk wall\'s live stream');
+
     console.log(`clip played to ${clipTime.toFixed(2)} s, live stream to ${liveTime.toFixed(2)} s`);
     assert.deepEqual(problems, [], problems.join('\n'));
   } finally {

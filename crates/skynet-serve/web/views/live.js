@@ -21,12 +21,19 @@ const FRAME_REFRESH_MS = 2000;
 // against [api] live.max_viewers): starting one more returns the longest playing to its
 // still frame.
 export const MAX_LIVE_TILES = 4;
+// A video wall (`?kiosk=1&live=N`) plays its first N live cameras at once on its own, N at
+// most this (the node's [api] live caps still apply).
+export const MAX_KIOSK_LIVE_TILES = 16;
 // Boxes not renewed for this long are cleared (the camera stopped or nothing is analysed).
 const BOXES_MAX_AGE_MS = 2000;
 const BOXES_SWEEP_MS = 500;
 
-export function mount(container) {
+export function mount(container, { kiosk = false } = {}) {
   const controller = new AbortController();
+  const kioskLive = kiosk
+    ? Math.min(MAX_KIOSK_LIVE_TILES, Math.max(0, Number.parseInt(new URLSearchParams(location.search).get('live') ?? '0', 10) || 0))
+    : 0;
+  const liveLimit = Math.max(MAX_LIVE_TILES, kioskLive);
   const incidents = new Map();
   const cameras = new Map();
   const tiles = new Map(); // camera id -> {element, screen, image, video, boxes, liveBadge, placeholder, badge, details, loading, failedFor, drawnAt}
@@ -195,7 +202,7 @@ export function mount(container) {
     const camera = cameras.get(id);
     const tile = tiles.get(id);
     if (!camera?.live || !tile || playing.includes(id)) return;
-    while (playing.length >= MAX_LIVE_TILES) stopLive(playing[0]);
+    while (playing.length >= liveLimit) stopLive(playing[0]);
     playing.push(id);
     tile.video.src = `/api/v1/cameras/${encodeURIComponent(id)}/live.mp4`;
     tile.video.hidden = false;
@@ -310,6 +317,8 @@ export function mount(container) {
       list.forEach((camera) => cameras.set(camera.id, camera));
       renderWall();
       refreshFrames();
+      // A video wall starts its first N live cameras by itself.
+      list.filter((camera) => camera.live).slice(0, kioskLive).forEach((camera) => startLive(camera.id));
     } catch (error) {
       if (error.name !== 'AbortError') wallStatus.textContent = errorText(error);
     }
