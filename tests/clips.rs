@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,55 +190,6 @@ fn mp4_duration(bytes: &[u8]) -> f64 {
     duration as f64 / timescale as f64
 }
 
-/// Decodes the clip with GStreamer into grey frames of `w` x `h`; returns them.
-fn decode_grey(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
-    let raw = path.with_extension("grey");
-    let status = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "filesrc",
-            &format!("location={}", path.display()),
-            "!",
-            "qtdemux",
-            "!",
-            "decodebin",
-            "!",
-            "videoconvert",
-            "!",
-            "video/x-raw,format=GRAY8",
-            "!",
-            "filesink",
-            &format!("location={}", raw.display()),
-        ])
-        .status()
-        .expect("gst-launch-1.0 runs");
-    assert!(status.success(), "the clip decodes with GStreamer");
-    let bytes = std::fs::read(&raw).unwrap();
-    let frame = (w * h) as usize;
-    assert_eq!(bytes.len() % frame, 0, "whole {w}x{h} frames");
-    bytes.chunks(frame).map(|c| c.to_vec()).collect()
-}
-
-/// Mean local variance of 8x8 tiles in the region (fractions of the frame), as the snapshot
-/// test measures blur.
-fn tile_variance(frame: &[u8], w: u32, region: (f64, f64, f64, f64)) -> f64 {
-    let h = frame.len() as u32 / w;
-    let (x0, y0) = ((region.0 * w as f64) as u32, (region.1 * h as f64) as u32);
-    let (x1, y1) = ((region.2 * w as f64) as u32, (region.3 * h as f64) as u32);
-    let (mut variance, mut tiles) = (0.0, 0.0);
-    for ty in (y0..y1 - 7).step_by(8) {
-        for tx in (x0..x1 - 7).step_by(8) {
-            let values: Vec<f64> = (ty..ty + 8)
-                .flat_map(|y| (tx..tx + 8).map(move |x| f64::from(frame[(y * w + x) as usize])))
-                .collect();
-            let mean = values.iter().sum::<f64>() / 64.0;
-            variance += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 64.0;
-            tiles += 1.0;
-        }
-    }
-    variance / tiles
-}
-
 #[test]
 fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked_one_is_blurred() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,7 +246,7 @@ fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked
             "{camera}: MP4 duration {duration:.2} s"
         );
         assert!((duration - clip.duration_s.unwrap()).abs() < 1.0);
-        let frames = decode_grey(&path, clip.width, clip.height);
+        let frames = common::decode_grey(&path, clip.width, clip.height);
         assert!(
             frames.len() as f64 >= (PRE_S + POST_S - 1.0) * 10.0 - 1.0,
             "{camera}: {} frames decoded",
@@ -311,7 +261,7 @@ fn an_incident_on_an_rtsp_camera_gets_a_clip_with_pre_and_post_roll_and_a_masked
     let mean = |(w, frames): &(u32, Vec<Vec<u8>>), region| {
         frames
             .iter()
-            .map(|f| tile_variance(f, *w, region))
+            .map(|f| common::tile_variance(f, *w, region))
             .sum::<f64>()
             / frames.len() as f64
     };
@@ -360,7 +310,7 @@ fn a_file_camera_cuts_its_clip_from_the_file_itself() {
     );
     // Transcoded to H.264 from the file's DivX 3, at the file's own size.
     assert_eq!((clip.width, clip.height), (768, 576));
-    let frames = decode_grey(&path, clip.width, clip.height);
+    let frames = common::decode_grey(&path, clip.width, clip.height);
     assert!(frames.len() as f64 >= (PRE_S + POST_S - 1.0) * 10.0 - 1.0);
 }
 

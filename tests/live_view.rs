@@ -336,41 +336,6 @@ fn fragments(viewer: &mut Live, moofs: usize) -> Vec<u8> {
     body
 }
 
-/// Decodes an MP4 into grey frames of `w` x `h` (scaled to it).
-fn decode_grey(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
-    let raw = path.with_extension("grey");
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "filesrc"])
-        .arg(format!("location={}", path.display()))
-        .args([
-            "!",
-            "qtdemux",
-            "!",
-            "h264parse",
-            "!",
-            "avdec_h264",
-            "!",
-            "videoconvert",
-            "!",
-            "videoscale",
-            "!",
-            &format!("video/x-raw,format=GRAY8,width={w},height={h}"),
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", raw.display()))
-        .status()
-        .unwrap();
-    assert!(status.success(), "{} does not decode", path.display());
-    let bytes = std::fs::read(&raw).unwrap();
-    let frame = (w * h) as usize;
-    assert!(
-        bytes.len() >= frame && bytes.len().is_multiple_of(frame),
-        "whole {w}x{h} frames"
-    );
-    bytes.chunks(frame).map(|c| c.to_vec()).collect()
-}
-
 /// The width in the `moov`'s visual sample entry (`avc1`).
 fn avc1_width(body: &[u8]) -> u32 {
     let stsd = body
@@ -384,26 +349,6 @@ fn avc1_width(body: &[u8]) -> u32 {
             .expect("an avc1 sample entry");
     // size(4) type(4) reserved(6) index(2) predefined/reserved(16), then width, height.
     u32::from(u16::from_be_bytes([body[at + 28], body[at + 29]]))
-}
-
-/// Mean local variance of 8x8 tiles in the region (fractions of the frame), as the clips
-/// test measures blur.
-fn tile_variance(frame: &[u8], w: u32, region: (f64, f64, f64, f64)) -> f64 {
-    let h = frame.len() as u32 / w;
-    let (x0, y0) = ((region.0 * w as f64) as u32, (region.1 * h as f64) as u32);
-    let (x1, y1) = ((region.2 * w as f64) as u32, (region.3 * h as f64) as u32);
-    let (mut variance, mut tiles) = (0.0, 0.0);
-    for ty in (y0..y1 - 7).step_by(8) {
-        for tx in (x0..x1 - 7).step_by(8) {
-            let values: Vec<f64> = (ty..ty + 8)
-                .flat_map(|y| (tx..tx + 8).map(move |x| f64::from(frame[(y * w + x) as usize])))
-                .collect();
-            let mean = values.iter().sum::<f64>() / 64.0;
-            variance += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 64.0;
-            tiles += 1.0;
-        }
-    }
-    variance / tiles
 }
 
 #[test]
@@ -465,7 +410,7 @@ privacy_masks = [[[0.05, 0.05], [0.45, 0.05], [0.45, 0.95], [0.05, 0.95]]]
         }
         let file = dir.path().join(format!("{camera}.mp4"));
         std::fs::write(&file, &body).unwrap();
-        frames_of.push(decode_grey(&file, w, h));
+        frames_of.push(common::decode_grey(&file, w, h));
     }
     // The mask's area: its detail blurred away in the masked camera's video, there in the
     // plain one's; outside the mask both keep it.
@@ -474,7 +419,7 @@ privacy_masks = [[[0.05, 0.05], [0.45, 0.05], [0.45, 0.95], [0.05, 0.95]]]
     let mean = |frames: &Vec<Vec<u8>>, region| {
         frames
             .iter()
-            .map(|f| tile_variance(f, w, region))
+            .map(|f| common::tile_variance(f, w, region))
             .sum::<f64>()
             / frames.len() as f64
     };

@@ -631,3 +631,54 @@ pub fn outbox_ids(committer: &skynet_emit::Committer) -> std::collections::BTree
         .map(|e| e.id)
         .collect()
 }
+
+/// Decodes a video file (an MP4 clip, a live stream saved to a file) with GStreamer into
+/// grey frames of `w` x `h` (scaled to it when its own size differs).
+pub fn decode_grey(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
+    let raw = path.with_extension("grey");
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", path.display()))
+        .args([
+            "!",
+            "decodebin",
+            "!",
+            "videoconvert",
+            "!",
+            "videoscale",
+            "!",
+        ])
+        .arg(format!("video/x-raw,format=GRAY8,width={w},height={h}"))
+        .args(["!", "filesink"])
+        .arg(format!("location={}", raw.display()))
+        .status()
+        .expect("gst-launch-1.0 runs");
+    assert!(status.success(), "{} does not decode", path.display());
+    let bytes = std::fs::read(&raw).unwrap();
+    let frame = (w * h) as usize;
+    assert!(
+        bytes.len() >= frame && bytes.len().is_multiple_of(frame),
+        "whole {w}x{h} frames"
+    );
+    bytes.chunks(frame).map(|c| c.to_vec()).collect()
+}
+
+/// Mean local variance of 8x8 tiles in the region (fractions of the frame): how blurred it
+/// is (the snapshot, clip and live view tests' measure).
+pub fn tile_variance(frame: &[u8], w: u32, region: (f64, f64, f64, f64)) -> f64 {
+    let h = frame.len() as u32 / w;
+    let (x0, y0) = ((region.0 * w as f64) as u32, (region.1 * h as f64) as u32);
+    let (x1, y1) = ((region.2 * w as f64) as u32, (region.3 * h as f64) as u32);
+    let (mut variance, mut tiles) = (0.0, 0.0);
+    for ty in (y0..y1 - 7).step_by(8) {
+        for tx in (x0..x1 - 7).step_by(8) {
+            let values: Vec<f64> = (ty..ty + 8)
+                .flat_map(|y| (tx..tx + 8).map(move |x| f64::from(frame[(y * w + x) as usize])))
+                .collect();
+            let mean = values.iter().sum::<f64>() / 64.0;
+            variance += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 64.0;
+            tiles += 1.0;
+        }
+    }
+    variance / tiles
+}
