@@ -12,6 +12,7 @@ pub mod health;
 pub mod ids;
 pub mod incident;
 pub mod locate;
+pub mod patrol;
 pub mod private_fs;
 pub mod queue;
 pub mod redact;
@@ -32,6 +33,10 @@ pub use incident::{
     CASE_STATUS_EVENT_TYPE, CASE_STATUSES, CaseStatus, Contribution, Deadlines, DeviceFault,
     Evidence, EvidenceRef, FaultEvidence, GridRisk, Incident, IncidentChange, IncidentState,
     IncidentStatus, Observation, RiskEvent, RiskLevel, RuleRef, SourceKind, SourceRef,
+};
+pub use patrol::{
+    LookStatus, PATROL_ROUND_EVENT_TYPE, PatrolLook, PatrolRound,
+    snapshot_path as patrol_snapshot_path,
 };
 pub use queue::{OverloadPolicy, QueueClosed, StageQueue, StageReceiver, stage_queue};
 pub use redact::{Credentials, redact_uri, split_credentials};
