@@ -17,8 +17,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use skynet_core::{Incident, LiveThresholds, OwnerKind, RiskEvent};
 use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, WhatIf, WhatIfError, WhatIfExample,
-    WhatIfReport,
+    ApiConfig, CameraRegistration, Console, ConsoleStore, PatrolRegistration, Role, WhatIf,
+    WhatIfError, WhatIfExample, WhatIfReport,
 };
 use tower::ServiceExt;
 
@@ -41,6 +41,46 @@ struct Fixture {
 
 fn commit(path: &std::path::Path, incident: &Incident) {
     fixture::commit(path, &[RiskEvent::Incident(incident.clone())]);
+}
+
+/// Round `round` of the patrol `p1`: `cam-1` (G-0201, safety production) and `cam-p2`
+/// (G-0202, police) with the given statuses; a checked camera has a snapshot.
+fn patrol_round(round: u64, cam_1: &str, cam_p2: &str) -> skynet_core::PatrolRound {
+    let started = chrono::DateTime::<chrono::Utc>::from_timestamp(60 * round as i64, 0).unwrap();
+    let look = |id: &str, grid: &str, owner: &str, status: &str| {
+        json!({"id": id, "grid": grid, "owner": owner, "status": status,
+            "frames": u64::from(status == "checked") * 3, "observations": 0,
+            "snapshot": (status == "checked").then(|| format!("/evidence/patrol/p1/{round}/{id}.jpg"))})
+    };
+    serde_json::from_value(json!({
+        "patrol": "p1", "round": round, "started": started,
+        "finished": started + chrono::Duration::seconds(12),
+        "cameras": [
+            look("cam-1", "G-0201", "safety_production", cam_1),
+            look("cam-p2", "G-0202", "police", cam_p2),
+        ]
+    }))
+    .unwrap()
+}
+
+/// The patrol `p1` (`cam-1`, `cam-p2`) with round 7 recorded (`cam-1` checked, `cam-p2`
+/// offline) and both cameras' snapshots of round 7 on disk.
+fn seed_patrol(console: &Console, dir: &std::path::Path) {
+    console.register_patrol(PatrolRegistration {
+        name: "p1".into(),
+        every_s: 60.0,
+        dwell_s: 3.0,
+        max_concurrent: 2,
+        cameras: vec![
+            skynet_core::DeviceId::new("cam-1"),
+            skynet_core::DeviceId::new("cam-p2"),
+        ],
+    });
+    console.record_patrol_round(&patrol_round(7, "checked", "offline"));
+    let snapshots = dir.join("evidence/patrol/p1/7");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join("cam-1.jpg"), b"\xff\xd8patrol").unwrap();
+    std::fs::write(snapshots.join("cam-p2.jpg"), b"\xff\xd8police").unwrap();
 }
 
 /// Stands in for the pipeline's what-if: the change of `person` decides the counts, so a
@@ -109,6 +149,7 @@ async fn fixture_without_what_if() -> Fixture {
             camera_owner: OwnerKind::SafetyProduction,
         },
     ));
+    seed_patrol(&console, dir.path());
     fixture::connect_risk_stage(&console, &db, |status| {
         status.note.as_deref() == Some("refused by the risk stage")
     });
@@ -242,6 +283,20 @@ const MATRIX: &[(&str, &str, &str, [bool; 4])] = &[
         "/api/v1/cameras/cam-1/thresholds/what-if",
         r#"{"person":0.5}"#,
         [false, false, true, true],
+    ),
+    ("GET", "/api/v1/patrols", "", [true, true, true, true]),
+    ("GET", "/api/v1/patrols/grids", "", [true, true, true, true]),
+    (
+        "GET",
+        "/api/v1/patrols/p1/rounds",
+        "",
+        [true, true, true, true],
+    ),
+    (
+        "GET",
+        "/api/v1/patrols/p1/rounds/7/cameras/cam-1/snapshot",
+        "",
+        [true, true, true, true],
     ),
     ("GET", "/api/v1/sensors", "", [true, false, true, true]),
     ("GET", "/api/v1/tickets", "", [false, true, false, true]),
@@ -1292,6 +1347,62 @@ async fn every_answer_has_the_shape_the_openapi_document_gives() {
         ),
         (
             "get",
+            "/api/v1/patrols",
+            "/api/v1/patrols",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/patrols",
+            "/api/v1/patrols",
+            Some(&inspector),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/patrols/grids",
+            "/api/v1/patrols/grids",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/patrols/{patrol}/rounds",
+            "/api/v1/patrols/p1/rounds?limit=5",
+            Some(&operator),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
+            "/api/v1/patrols/{patrol}/rounds",
+            "/api/v1/patrols/p1/rounds?limit=many",
+            Some(&operator),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "get",
+            "/api/v1/patrols/{patrol}/rounds",
+            "/api/v1/patrols/p9/rounds",
+            Some(&operator),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "get",
+            "/api/v1/patrols/{patrol}/rounds/{round}/cameras/{camera}/snapshot",
+            "/api/v1/patrols/p1/rounds/7/cameras/cam-p2/snapshot",
+            Some(&inspector),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "get",
             "/api/v1/sensors",
             "/api/v1/sensors",
             Some(&admin),
@@ -1605,4 +1716,183 @@ async fn the_live_stream_brings_a_cameras_boxes_only_to_those_who_may_watch_it()
     let mine = next_event(&mut inspector).await;
     assert!(mine.starts_with("event: detections"), "{mine}");
     assert_eq!(data(&mine)["camera"], "cam-gas");
+}
+
+#[tokio::test]
+async fn patrols_show_rounds_and_last_looks_to_those_who_may_see_their_cameras() {
+    let f = fixture().await;
+    let admin = f.token(Role::Admin).to_string();
+    let inspector = f.token(Role::Inspector).to_string();
+    let mut live = f.console.subscribe_live();
+    // Round 8: cam-1 offline this time, cam-p2 back.
+    f.console
+        .record_patrol_round(&patrol_round(8, "offline", "checked"));
+    let message = live.try_recv().expect("a live message for the round");
+    assert_eq!(message.kind, "patrol");
+    assert!(message.data.contains("\"round\":8"), "{}", message.data);
+
+    let (status, body, _) = call(&f.app, Method::GET, "/api/v1/patrols", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let patrol = &body["patrols"][0];
+    assert_eq!(patrol["name"], "p1");
+    assert_eq!(patrol["max_concurrent"], 2);
+    assert_eq!(patrol["rounds_kept"], 2);
+    assert_eq!(patrol["rounds"][0]["round"], 8, "newest first");
+    assert_eq!(patrol["rounds"][0]["seconds"], 12.0);
+    assert_eq!(
+        (
+            &patrol["rounds"][1]["checked"],
+            &patrol["rounds"][1]["offline"]
+        ),
+        (&json!(1), &json!(1))
+    );
+    let cam_1 = &patrol["cameras"][0];
+    assert_eq!(cam_1["id"], "cam-1");
+    assert_eq!(cam_1["last"]["status"], "offline");
+    assert_eq!(cam_1["last"]["snapshot_url"], Value::Null);
+    assert_eq!(cam_1["rounds_since_checked"], 1);
+    let cam_p2 = &patrol["cameras"][1];
+    assert_eq!(cam_p2["rounds_since_checked"], 0);
+    assert_eq!(cam_p2["grid"], "G-0202");
+    assert_eq!(
+        cam_p2["last"]["snapshot_url"],
+        "/api/v1/patrols/p1/rounds/8/cameras/cam-p2/snapshot"
+    );
+    assert_eq!(
+        patrol["offline"],
+        json!([{"grid": "G-0201", "cameras": [{"id": "cam-1", "status": "offline"}]}])
+    );
+    let (_, grids, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols/grids",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let cells: Vec<(&str, &Value)> = grids["grids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["grid"].as_str().unwrap(), &g["rounds_since_checked"]))
+        .collect();
+    assert_eq!(cells, [("G-0201", &json!(1)), ("G-0202", &json!(0))]);
+
+    // The inspector (safety production) sees cam-1 only: in the list, the rounds, the cells
+    // and the snapshots.
+    let (_, mine, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    let ids: Vec<&str> = mine["patrols"][0]["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cam-1"]);
+    assert_eq!(mine["patrols"][0]["rounds"][0]["cameras"], 1);
+    let (_, rounds, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols/p1/rounds?limit=1",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    assert_eq!(rounds["rounds"].as_array().unwrap().len(), 1);
+    assert_eq!(rounds["rounds"][0]["looks"].as_array().unwrap().len(), 1);
+    assert_eq!(rounds["rounds"][0]["looks"][0]["id"], "cam-1");
+    let (_, cells, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols/grids",
+        Some(&inspector),
+        None,
+    )
+    .await;
+    assert_eq!(cells["grids"].as_array().unwrap().len(), 1);
+    assert_eq!(cells["grids"][0]["grid"], "G-0201");
+    assert_eq!(cells["grids"][0]["cameras"][0]["patrol"], "p1");
+
+    // Snapshots: served as evidence is (not cached), in scope only, and nothing but a
+    // patrol camera's file of a round.
+    let snapshot = "/api/v1/patrols/p1/rounds/7/cameras/cam-1/snapshot";
+    let (status, headers, bytes) = get_range(&f.app, snapshot, &inspector, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(bytes, b"\xff\xd8patrol");
+    let police = "/api/v1/patrols/p1/rounds/7/cameras/cam-p2/snapshot";
+    assert_eq!(
+        get_range(&f.app, police, &admin, None).await.0,
+        StatusCode::OK
+    );
+    for uri in [
+        police,
+        "/api/v1/patrols/p1/rounds/8/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p9/rounds/7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/7/cameras/cam-9/snapshot",
+        "/api/v1/patrols/p1/rounds/7/cameras/..%2F..%2F..%2Foutbox.sqlite/snapshot",
+        "/api/v1/patrols/p1/rounds/7/cameras/..%2Fp1%2F7%2Fcam-1/snapshot",
+        "/api/v1/patrols/..%2Fpatrol%2Fp1/rounds/7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/..%2F..%2Finc-gas/rounds/7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/..%2F7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/-7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/+7/cameras/cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/7/cameras/.cam-1/snapshot",
+        "/api/v1/patrols/p1/rounds/7/cameras/cam-1%00/snapshot",
+    ] {
+        let (status, _, body) = get_range(&f.app, uri, &inspector, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"], "not_found", "{uri}");
+        if uri != police {
+            assert_eq!(
+                get_range(&f.app, uri, &admin, None).await.0,
+                StatusCode::NOT_FOUND,
+                "{uri}"
+            );
+        }
+    }
+    let (status, _, _) = call(&f.app, Method::GET, snapshot, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&f.app, Method::GET, "/api/v1/patrols", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // An inspector of no owner sees no patrol camera: no patrol, and its rounds are not found.
+    let store = ConsoleStore::open(&f.db()).unwrap();
+    fixture::put_users(
+        &store,
+        &[("insp-any", Role::Inspector, Some("emergency"), None)],
+        PASSWORD,
+    );
+    let (_, login, _) = call(
+        &f.app,
+        Method::POST,
+        "/api/v1/login",
+        None,
+        Some(json!({"username": "insp-any", "password": PASSWORD})),
+    )
+    .await;
+    let other = login["token"].as_str().unwrap();
+    let (_, none, _) = call(&f.app, Method::GET, "/api/v1/patrols", Some(other), None).await;
+    assert_eq!(none["patrols"], json!([]));
+    let (status, _, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols/p1/rounds",
+        Some(other),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_range(&f.app, snapshot, other, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

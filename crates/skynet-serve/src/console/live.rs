@@ -211,6 +211,8 @@ pub struct Console {
     pub(crate) what_if_running: Mutex<()>,
     /// Live view of the cameras' video (`None`: off).
     live_video: RwLock<Option<Arc<dyn super::live_view::LiveVideo>>>,
+    /// The patrols and their recent rounds (issue 26).
+    pub(crate) patrols: super::patrol::PatrolBoard,
 }
 
 /// How many live messages a slow browser may fall behind before it is told to reload.
@@ -255,6 +257,7 @@ impl Console {
             what_if: RwLock::new(None),
             what_if_running: Mutex::new(()),
             live_video: RwLock::new(None),
+            patrols: super::patrol::PatrolBoard::default(),
         })
     }
 

@@ -15,6 +15,7 @@ mod hosts;
 mod live;
 mod live_view;
 pub mod passwords;
+mod patrol;
 mod settings;
 pub mod store;
 mod streams;
@@ -29,6 +30,7 @@ pub use live::{
     CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
 };
 pub use live_view::{LiveRefusal, LiveVideo};
+pub use patrol::PatrolRegistration;
 pub(crate) use settings::canonical;
 pub use settings::{ApiConfig, ApiSettings, LiveConfig, LiveSettings};
 pub use store::{ConsoleStore, StoreError, TokenKind};

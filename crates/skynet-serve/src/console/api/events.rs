@@ -159,6 +159,13 @@ fn shown<'m>(user: &User, message: &'m LiveMessage) -> Option<Cow<'m, str>> {
                     && user.scope().owner == message.owner);
             if visible { shared() } else { None }
         }
+        // A patrol round was recorded: for those who see patrol cameras (`sources.read`, or
+        // an inspector with an owner); the page then asks for what is theirs.
+        "patrol" => {
+            let visible = user.may(Permission::SourcesRead)
+                || (user.may(Permission::IncidentsRead) && user.scope().owner.is_some());
+            if visible { shared() } else { None }
+        }
         "grid" => {
             let scope = user.scope();
             match &message.grid {

@@ -794,7 +794,7 @@ pub(super) async fn change_status(
 }
 
 /// Letters, digits, `.`, `_`, `-`: an id or a file name that cannot leave its directory.
-fn safe_segment(s: &str) -> bool {
+pub(super) fn safe_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 256
         && !s.starts_with('.')

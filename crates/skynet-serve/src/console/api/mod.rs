@@ -7,14 +7,15 @@
 //! change is written to the audit log. Errors are JSON: `{"error": code, "message": text}`.
 //!
 //! One job per file: [`session`] (who is calling), [`incidents`], [`sources`] (grid cells,
-//! cameras, sensors, tickets), [`admin`] (users, audit), [`events`] (the live stream), and
-//! [`error`] (the JSON plumbing they share). Every body is a typed struct; `openapi.json`
+//! cameras, sensors, tickets), [`patrols`] (patrol rounds, issue 26), [`admin`] (users,
+//! audit), [`events`] (the live stream), and [`error`] (the JSON plumbing they share). Every body is a typed struct; `openapi.json`
 //! is written by hand, and tests/console_api.rs checks every answer against it.
 
 mod admin;
 mod error;
 mod events;
 mod incidents;
+mod patrols;
 mod session;
 mod sources;
 
@@ -33,6 +34,7 @@ use events::events;
 use incidents::{
     acknowledge, add_note, change_status, evidence_file, incident_detail, list_incidents,
 };
+use patrols::{patrol_grids, patrol_rounds, patrol_snapshot, patrols};
 use session::{login, logout, me};
 use sources::{
     camera_frame, camera_live, cameras, grid_history, grids, sensors, set_thresholds,
@@ -69,6 +71,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route(
             "/cameras/{id}/thresholds/what-if",
             post(threshold_what_if).layer(DefaultBodyLimit::max(LARGER_BODY)),
+        )
+        .route("/patrols", get(patrols))
+        .route("/patrols/grids", get(patrol_grids))
+        .route("/patrols/{patrol}/rounds", get(patrol_rounds))
+        .route(
+            "/patrols/{patrol}/rounds/{round}/cameras/{camera}/snapshot",
+            get(patrol_snapshot),
         )
         .route("/sensors", get(sensors))
         .route("/tickets", get(tickets))
