@@ -13,6 +13,12 @@
 //! run on (`inferred == false`) only moves the tracks along their prediction: nothing is
 //! matched, lost or removed on it.
 //!
+//! Sparse frames (a camera decoding key frames only, one a second or less) are far apart by
+//! design, not a lost object: the time a track is kept without a detection is at least
+//! [`SPARSE_FRAMES_KEPT`] times the recent frame interval (the median of the last few), and
+//! prediction runs over that longer span too. At 10 frames/s that is 0.3 s, below the default
+//! `lost_after_s`, so normal frame rates behave exactly as before.
+//!
 //! The tracker also tells when an object stands still ([`TrackedObject::stationary_since`]), so
 //! rules can say "a car has been parked here for 5 minutes" once instead of "a car is here" at
 //! every frame.
@@ -47,6 +53,8 @@ pub struct TrackerSettings {
     pub min_hits: u32,
     /// A track not detected for this long (event time) is dropped; until then it can be found
     /// again under its id. Must exceed the time between detector runs.
+    /// At sparse frame rates the tracker keeps a track for at least [`SPARSE_FRAMES_KEPT`]
+    /// frame intervals.
     pub lost_after_s: f64,
     /// An object whose box centre stayed within `stationary_max_shift` of its size for this
     /// long is stationary.
@@ -361,8 +369,16 @@ pub struct Tracker {
     tracks: Vec<Track>,
     next_id: u64,
     last_time: Option<DateTime<Utc>>,
+    /// The last few steps between frames, in seconds.
+    intervals: VecDeque<f64>,
     metrics: Option<TrackerMetrics>,
 }
+
+/// A track is kept for at least this many recent frame intervals without a detection.
+pub const SPARSE_FRAMES_KEPT: f64 = 3.0;
+/// The recent frame interval is the median of this many last steps: one stall of the stream
+/// does not stretch it.
+const INTERVALS_KEPT: usize = 5;
 
 struct TrackerMetrics {
     camera: String,
@@ -457,6 +473,7 @@ impl Tracker {
             tracks: Vec::new(),
             next_id: 1,
             last_time: None,
+            intervals: VecDeque::with_capacity(INTERVALS_KEPT),
             metrics: None,
         }
     }
@@ -476,11 +493,18 @@ impl Tracker {
             self.metrics = Some(TrackerMetrics::new(camera));
         }
         // Frames out of order (a clock step back) move nothing: prediction needs dt >= 0.
-        let lost_after = self.lost_after();
-        let dt = self.last_time.map_or(0.0, |last| {
-            ((now - last).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6)
-                .clamp(0.0, self.settings.lost_after_s)
+        let step = self.last_time.map_or(0.0, |last| {
+            (now - last).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
         });
+        if step > 0.0 {
+            if self.intervals.len() == INTERVALS_KEPT {
+                self.intervals.pop_front();
+            }
+            self.intervals.push_back(step);
+        }
+        let lost_after_s = self.lost_after_s();
+        let lost_after = chrono::Duration::milliseconds((lost_after_s * 1000.0).round() as i64);
+        let dt = step.clamp(0.0, lost_after_s);
         if self.last_time.is_none_or(|last| now > last) {
             self.last_time = Some(now);
         }
@@ -515,8 +539,15 @@ impl Tracker {
         }
     }
 
-    fn lost_after(&self) -> chrono::Duration {
-        chrono::Duration::milliseconds((self.settings.lost_after_s * 1000.0).round() as i64)
+    /// How long a track is kept without a detection: `lost_after_s`, or more at sparse frame
+    /// rates ([`SPARSE_FRAMES_KEPT`] recent frame intervals), at most an hour.
+    pub fn lost_after_s(&self) -> f64 {
+        let mut steps: Vec<f64> = self.intervals.iter().copied().collect();
+        steps.sort_by(f64::total_cmp);
+        let interval = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
+        self.settings
+            .lost_after_s
+            .max((SPARSE_FRAMES_KEPT * interval).min(TrackerSettings::MAX_SECONDS))
     }
 
     fn associate_frame(&mut self, frame: &mut AnalysedFrame, now: DateTime<Utc>) {
@@ -896,6 +927,40 @@ mod tests {
         let mut f = frame(3500, here());
         tracker.update(&mut f);
         assert_eq!(ids(&f), vec![Some(2)]);
+    }
+
+    /// Key frames only: one frame a second. A person missed on one frame (2 s without a
+    /// detection, beyond `lost_after_s`) keeps the id; gone for several frames, the track is
+    /// dropped. At 10 frames/s nothing changes.
+    #[test]
+    fn at_one_frame_a_second_a_track_keeps_its_id_across_a_missed_frame() {
+        let mut tracker = Tracker::new(TrackerSettings::default());
+        let walking = |i: i64| Some(vec![det("person", 0.9, 300.0 + 20.0 * i as f32, 300.0)]);
+        for i in 0..4 {
+            tracker.update(&mut frame(i * 1000, walking(i)));
+        }
+        assert_eq!(tracker.lost_after_s(), 3.0);
+        tracker.update(&mut frame(4000, Some(Vec::new())));
+        let mut f = frame(5000, walking(5));
+        tracker.update(&mut f);
+        assert_eq!(ids(&f), vec![Some(1)]);
+        for i in 6..11 {
+            tracker.update(&mut frame(i * 1000, Some(Vec::new())));
+        }
+        let mut f = frame(11_000, walking(11));
+        tracker.update(&mut f);
+        tracker.update(&mut frame(12_000, walking(12)));
+        let mut f = frame(13_000, walking(13));
+        tracker.update(&mut f);
+        assert_eq!(ids(&f), vec![Some(2)]);
+
+        // 10 frames a second: `lost_after_s` as set; one stall does not stretch it.
+        let mut tracker = Tracker::new(TrackerSettings::default());
+        for i in 0..10 {
+            tracker.update(&mut frame(i * 100, walking(0)));
+        }
+        tracker.update(&mut frame(5000, walking(0)));
+        assert_eq!(tracker.lost_after_s(), 1.5);
     }
 
     #[test]
