@@ -1,0 +1,11 @@
+//! GB/T 28181 upper platform, sans-I/O (parsing and state machines without sockets, so
+//! each part is testable and fuzzable alone):
+//! - [`sip`]: SIP messages, parsed with hard limits and built;
+//! - [`digest`] and [`registrar`]: REGISTER with digest authentication, expiry, keepalives;
+//! - [`manscdp`]: the MANSCDP XML bodies (GB2312/GBK/UTF-8), catalogs assembled by SN;
+//! - [`invite`]: the INVITE with the GB SDP, its answer, ACK and BYE;
+//! - [`rtp`]: RTP, reordering, SSRC checks, RFC 4571 framing and MPEG-PS reassembly.
+
+pub mod digest;
+pub mod registrar;
+pub mod sip;
