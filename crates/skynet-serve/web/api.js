@@ -82,6 +82,10 @@ export const api = {
   thresholdsWhatIf: (cameraId, thresholds) =>
     call(`/api/v1/cameras/${id(cameraId)}/thresholds/what-if`, { method: 'POST', body: thresholds }),
 
+  patrols: (signal) => call('/api/v1/patrols', { signal }),
+  patrolGrids: (signal) => call('/api/v1/patrols/grids', { signal }),
+  patrolRounds: (patrol, limit, signal) => call(`/api/v1/patrols/${id(patrol)}/rounds${query({ limit })}`, { signal }),
+
   tickets: (signal) => call('/api/v1/tickets', { signal }),
   audit: (params, signal) => call(`/api/v1/audit${query(params)}`, { signal }),
 };

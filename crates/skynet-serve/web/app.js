@@ -12,6 +12,7 @@ import * as incidentView from './views/incident.js';
 import * as liveView from './views/live.js';
 import * as loginView from './views/login.js';
 import * as mapView from './views/map.js';
+import * as patrolView from './views/patrol.js';
 import * as sourcesView from './views/sources.js';
 import * as ticketsView from './views/tickets.js';
 
@@ -19,6 +20,7 @@ import * as ticketsView from './views/tickets.js';
 const ROUTES = [
   { name: 'live', pattern: /^\/live$/, permission: 'incidents.read', view: liveView, nav: true },
   { name: 'map', pattern: /^\/map$/, permission: 'incidents.read', view: mapView, nav: true },
+  { name: 'patrol', pattern: /^\/patrol$/, permission: 'incidents.read', view: patrolView, nav: true },
   { name: 'tickets', pattern: /^\/tickets$/, permission: 'tickets.read', view: ticketsView, nav: true },
   { name: 'sources', pattern: /^\/sources$/, permission: 'sources.read', view: sourcesView, nav: true },
   { name: 'audit', pattern: /^\/audit$/, permission: 'audit.read', view: auditView, nav: true },

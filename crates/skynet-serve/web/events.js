@@ -2,7 +2,7 @@
 // event types and unsubscribe when they leave. A reconnection counts as a resync, since
 // events may have been missed while the connection was down.
 
-const EVENT_TYPES = ['hello', 'incident', 'grid', 'source', 'detections', 'resync'];
+const EVENT_TYPES = ['hello', 'incident', 'grid', 'source', 'detections', 'patrol', 'resync'];
 const RETRY_AFTER_CLOSE_MS = 5000;
 
 const handlers = new Map(EVENT_TYPES.map((type) => [type, new Set()]));

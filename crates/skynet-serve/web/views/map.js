@@ -1,6 +1,8 @@
 // Grid risk map: the cells of GET /api/v1/grids drawn as inline SVG, filled by level. No
 // tiles and no map library: an equirectangular projection scaled by cos(latitude) is exact
-// enough at a city's size. Selecting a cell lists its incidents and devices.
+// enough at a city's size. Selecting a cell lists its incidents and devices. "Colour by
+// patrol" colours the cells instead by GET /api/v1/patrols/grids: not looked at (no patrol
+// camera of the cell checked) for more than N rounds, looked at within N, or no patrol camera.
 
 import { api } from '../api.js';
 import { errorText, formatNumber, h, label, levelBadge, replaceChildren, s, stateBadge, timeElement, trackBusy } from '../dom.js';
@@ -66,6 +68,27 @@ export function mount(container) {
   let selected = null;
   let cameras = new Map();
   let sensors = new Map();
+  // Patrol colouring: off, or the cells of GET /patrols/grids and the N of the control.
+  let patrolMode = false;
+  let patrolCells = new Map(); // grid id -> {rounds_since_checked, ...}
+  const patrolRounds = h('input', {
+    type: 'number', id: 'patrol-rounds', testid: 'patrol-rounds', min: '0', max: '100', step: '1', value: '3',
+    class: 'patrol-rounds', oninput: () => repaintPatrol(),
+  });
+  const patrolToggle = h('input', {
+    type: 'checkbox', id: 'patrol-mode', testid: 'patrol-mode',
+    onchange: () => {
+      patrolMode = patrolToggle.checked;
+      patrolLegend.hidden = !patrolMode;
+      levelLegend.hidden = patrolMode;
+      if (patrolMode) trackBusy(container, loadPatrol());
+      else cells.forEach(paintCell);
+    },
+  });
+  const levelLegend = legend();
+  const patrolLegend = h('ul', { class: 'legend', 'aria-label': t('map.patrolLegend'), hidden: true },
+    ['stale', 'fresh', 'none'].map((state) => h('li', {}, h('span', { class: `badge patrol-${state}`, dataset: { state } },
+      patrolStateText(state)))));
 
   const svg = s('svg', {
     class: 'grid-map', viewBox: `0 0 ${VIEW_WIDTH} ${VIEW_HEIGHT}`, role: 'group',
@@ -80,8 +103,33 @@ export function mount(container) {
     h('div', { class: 'map-layout' },
       h('section', { class: 'panel map-panel', 'aria-labelledby': 'map-heading' },
         h('h2', { id: 'map-heading', class: 'visually-hidden' }, t('map.title')),
-        status, svg, legend()),
+        status, svg, levelLegend,
+        h('div', { class: 'patrol-control', testid: 'patrol-control' },
+          h('label', { for: 'patrol-mode' }, patrolToggle, ' ', t('map.patrolMode')),
+          h('label', { for: 'patrol-rounds' }, t('map.patrolRounds'), ' ', patrolRounds)),
+        patrolLegend),
       panel));
+
+  /** N of the control: a whole number of rounds, 0 or more. */
+  function threshold() {
+    const value = Math.floor(Number(patrolRounds.value));
+    return Number.isFinite(value) && value >= 0 ? value : 0;
+  }
+
+  function patrolStateText(state) {
+    const rounds = threshold();
+    if (state === 'stale') return t('map.patrolStale', { rounds });
+    if (state === 'fresh') return t('map.patrolFresh', { rounds });
+    return t('map.patrolNone');
+  }
+
+  /** 'stale', 'fresh' or 'none' (no patrol camera the caller sees) for a cell. */
+  function patrolState(gridId) {
+    const cell = patrolCells.get(gridId);
+    if (!cell) return 'none';
+    const since = cell.rounds_since_checked;
+    return since == null || since > threshold() ? 'stale' : 'fresh';
+  }
 
   function legend() {
     return h('ul', { class: 'legend', 'aria-label': t('map.legend') },
@@ -91,8 +139,12 @@ export function mount(container) {
   function paintCell(cell) {
     const { properties } = cell.feature;
     const level = properties.level ?? 'none';
-    cell.group.setAttribute('class', `map-cell level-fill-${level} ${selected === properties.id ? 'is-selected' : ''}`);
-    cell.group.setAttribute('aria-label', cellLabel(properties));
+    const patrol = patrolMode ? patrolState(properties.id) : null;
+    const fill = patrol ? `patrol-fill-${patrol}` : `level-fill-${level}`;
+    cell.group.setAttribute('class', `map-cell ${fill} ${selected === properties.id ? 'is-selected' : ''}`);
+    cell.group.setAttribute('aria-label', patrol ? `${cellLabel(properties)}; ${patrolStateText(patrol)}` : cellLabel(properties));
+    cell.group.dataset.patrol = patrol ?? '';
+    redrawLabels(cell);
     cell.group.setAttribute('aria-pressed', String(selected === properties.id));
     cell.group.dataset.level = properties.level ?? '';
   }
@@ -130,9 +182,31 @@ export function mount(container) {
     }
   }
 
+  async function loadPatrol() {
+    try {
+      const { grids } = await api.patrolGrids(controller.signal);
+      patrolCells = new Map(grids.map((grid) => [grid.grid, grid]));
+    } catch (error) {
+      if (error.name !== 'AbortError') status.textContent = errorText(error);
+    }
+    repaintPatrol();
+  }
+
+  function repaintPatrol() {
+    for (const item of patrolLegend.querySelectorAll('[data-state]')) item.textContent = patrolStateText(item.dataset.state);
+    cells.forEach(paintCell);
+  }
+
   function redrawLabels(cell) {
     const sublabel = cell.group.querySelector('.cell-sublabel');
-    const { level } = cell.feature.properties;
+    if (!sublabel) return;
+    const { level, id } = cell.feature.properties;
+    if (patrolMode) {
+      const since = patrolCells.get(id)?.rounds_since_checked;
+      sublabel.textContent = !patrolCells.has(id) ? '–'
+        : since == null ? t('map.patrolNever') : t('map.patrolSince', { rounds: since });
+      return;
+    }
     sublabel.textContent = level ? t(`level.${level}`) : t('level.none');
   }
 
@@ -258,7 +332,8 @@ export function mount(container) {
     onEvent('grid', onGrid),
     onEvent('incident', onIncident),
     onEvent('source', onSource),
-    onEvent('resync', () => { loadGrids(); loadDevices(); }),
+    onEvent('patrol', () => { if (patrolMode) loadPatrol(); }),
+    onEvent('resync', () => { loadGrids(); loadDevices(); if (patrolMode) loadPatrol(); }),
   ];
   trackBusy(container, loadGrids());
   trackBusy(container, loadDevices());
