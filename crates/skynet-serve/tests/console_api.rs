@@ -1896,3 +1896,68 @@ async fn patrols_show_rounds_and_last_looks_to_those_who_may_see_their_cameras()
         StatusCode::NOT_FOUND
     );
 }
+
+/// After a restart the console reads a patrol's latest rounds back from the outbox's stored
+/// `skynet.patrol_round.v1` events when the pipeline registers the patrol.
+#[tokio::test]
+async fn a_patrol_registered_after_a_restart_shows_its_stored_rounds() {
+    let f = fixture().await;
+    let db = rusqlite::Connection::open(f.db()).unwrap();
+    for round in [3u64, 4, 5] {
+        let mut data = serde_json::to_value(patrol_round(round, "checked", "offline")).unwrap();
+        data["patrol"] = json!("p2");
+        let body = json!({"specversion": "1.0", "id": format!("p2/{round}"), "source": "skynet/test",
+            "type": "skynet.patrol_round.v1", "subject": "p2", "time": data["finished"],
+            "datacontenttype": "application/json", "data": data});
+        db.execute(
+            "INSERT INTO events (id, type, subject, time, body, stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
+            rusqlite::params![format!("p2/{round}"), "skynet.patrol_round.v1", "p2", "2026-12-06T10:00:00Z", body.to_string()],
+        )
+        .unwrap();
+    }
+    // Another patrol's round and another type are not read back.
+    db.execute(
+        "INSERT INTO events (id, type, subject, time, body, stored_at) VALUES ('x/1', 'skynet.grid_risk.v1', 'p2', 't', '{}', 't')",
+        [],
+    )
+    .unwrap();
+    f.console.register_patrol(PatrolRegistration {
+        name: "p2".into(),
+        every_s: 30.0,
+        dwell_s: 2.0,
+        max_concurrent: 1,
+        cameras: vec![skynet_core::DeviceId::new("cam-1")],
+    });
+    // The pipeline records round 5 again and then round 6: not shown twice.
+    let mut again = patrol_round(5, "checked", "offline");
+    again.patrol = "p2".into();
+    f.console.record_patrol_round(&again);
+    let mut next = patrol_round(6, "offline", "offline");
+    next.patrol = "p2".into();
+    f.console.record_patrol_round(&next);
+    let admin = f.token(Role::Admin).to_string();
+    let (status, body, _) = call(
+        &f.app,
+        Method::GET,
+        "/api/v1/patrols/p2/rounds?limit=100",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rounds: Vec<u64> = body["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rounds, [6, 5, 4, 3]);
+    let (_, patrols, _) = call(&f.app, Method::GET, "/api/v1/patrols", Some(&admin), None).await;
+    let p2 = patrols["patrols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p2")
+        .unwrap();
+    assert_eq!(p2["cameras"][0]["rounds_since_checked"], 1);
+}

@@ -1,12 +1,16 @@
 //! The patrol page's data: each patrol as configured, and its recent rounds (issue 26).
 //!
 //! The pipeline registers each `[[patrols]]` entry at start and records every finished
-//! round (`skynet.patrol_round.v1`'s data) once it is stored in the outbox.
+//! round (`skynet.patrol_round.v1`'s data) once it is stored in the outbox. A patrol
+//! registered for the first time (after a restart) reads its latest rounds back from the
+//! outbox's stored events, so the page does not start empty.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{PoisonError, RwLock};
 
-use skynet_core::{DeviceId, LookStatus, OwnerKind, PatrolLook, PatrolRound};
+use skynet_core::{
+    DeviceId, LookStatus, OwnerKind, PATROL_ROUND_EVENT_TYPE, PatrolLook, PatrolRound,
+};
 
 use super::Console;
 
@@ -37,8 +41,20 @@ pub(crate) struct PatrolEntry {
 }
 
 impl Console {
-    /// Adds a patrol (at start, and again after a reload: its rounds are kept).
+    /// Adds a patrol (at start, and again after a reload: its rounds are kept). A new one
+    /// starts with its latest rounds still stored in the outbox.
     pub fn register_patrol(&self, registration: PatrolRegistration) {
+        let known = self
+            .patrols
+            .patrols
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&registration.name);
+        let stored = if known {
+            Vec::new()
+        } else {
+            self.stored_rounds(&registration.name)
+        };
         let mut patrols = self
             .patrols
             .patrols
@@ -51,7 +67,7 @@ impl Console {
                     registration.name.clone(),
                     PatrolEntry {
                         registration,
-                        rounds: VecDeque::new(),
+                        rounds: stored.into(),
                     },
                 );
             }
@@ -146,7 +162,68 @@ struct PatrolMessage<'a> {
     finished: chrono::DateTime<chrono::Utc>,
 }
 
+/// A stored `skynet.patrol_round.v1` event, for its data.
+#[derive(serde::Deserialize)]
+struct StoredRound {
+    data: PatrolRound,
+}
+
 impl Console {
+    /// The latest rounds of `patrol` (at most [`ROUNDS_KEPT`], oldest first) still stored in
+    /// the outbox (events `skynet.patrol_round.v1` whose subject is the patrol; retention
+    /// may have removed older ones). Read once, when the patrol is first registered; a
+    /// failure is logged and the page starts empty.
+    fn stored_rounds(&self, patrol: &str) -> Vec<PatrolRound> {
+        let read = || -> Result<Vec<PatrolRound>, String> {
+            let path = self
+                .outbox
+                .with(|o| Ok(o.path().to_path_buf()))
+                .map_err(|e| e.to_string())?;
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| e.to_string())?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT body FROM events WHERE type = ?1 AND subject = ?2 ORDER BY seq DESC LIMIT ?3",
+                )
+                .map_err(|e| e.to_string())?;
+            let bodies = stmt
+                .query_map(
+                    rusqlite::params![PATROL_ROUND_EVENT_TYPE, patrol, ROUNDS_KEPT as i64],
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(|e| e.to_string())?;
+            let mut rounds: Vec<PatrolRound> = Vec::new();
+            for body in bodies {
+                let body = body.map_err(|e| e.to_string())?;
+                match serde_json::from_str::<StoredRound>(&body) {
+                    Ok(stored) if stored.data.patrol == patrol => {
+                        if !rounds.iter().any(|r| r.round == stored.data.round) {
+                            rounds.push(stored.data);
+                        }
+                    }
+                    Ok(_) => {}
+                    // Another version's round: left out, the rest still shown.
+                    Err(e) => tracing::debug!(error = %e, "a stored patrol round not read back"),
+                }
+            }
+            rounds.sort_by_key(|r| r.round);
+            Ok(rounds)
+        };
+        match read() {
+            Ok(rounds) => rounds,
+            Err(e) => {
+                tracing::warn!(patrol, error = %e, "the patrol's stored rounds could not be read back; the page starts empty");
+                Vec::new()
+            }
+        }
+    }
+
     /// Every patrol, copied for a request (the lock is not held while answering).
     pub(crate) fn patrol_copies(&self) -> Vec<PatrolCopy> {
         let names: Vec<String> = self
