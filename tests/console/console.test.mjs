@@ -30,12 +30,12 @@ const LANGUAGES = ['en', 'zh-CN'];
 const INCIDENT_TIMEOUT_MS = Number(process.env.SKYNET_INCIDENT_TIMEOUT_MS ?? 150_000);
 
 // Every page each role may open, in the order the navigation lists them.
-const NAV_PAGES = ['live', 'map', 'tickets', 'sources', 'audit'];
+const NAV_PAGES = ['live', 'map', 'patrol', 'tickets', 'sources', 'audit'];
 const ROLE_PAGES = {
-  operator: ['live', 'map', 'sources'],
-  inspector: ['live', 'map', 'tickets'],
-  engineer: ['live', 'map', 'sources'],
-  admin: ['live', 'map', 'tickets', 'sources', 'audit'],
+  operator: ['live', 'map', 'patrol', 'sources'],
+  inspector: ['live', 'map', 'patrol', 'tickets'],
+  engineer: ['live', 'map', 'patrol', 'sources'],
+  admin: ['live', 'map', 'patrol', 'tickets', 'sources', 'audit'],
 };
 
 assert.ok(BASE_URL, 'set SKYNET_CONSOLE_URL to the console server, e.g. http://127.0.0.1:8080');
@@ -428,6 +428,68 @@ describe('skynet console', { concurrency: false }, () => {
     await screenshot(page, 'admin-kiosk');
 
     assertNoProblems(session, 'admin');
+    await session.context.close();
+  });
+
+  test('operator: the patrol page shows a recorded round and its offline camera; the map colours cells by rounds', async () => {
+    // configs/city.toml has no patrol: the round comes from the API's answer, as recorded
+    // rounds are given (GET /api/v1/patrols, /patrols/grids in openapi.json), on the real
+    // server, session and Content-Security-Policy. The ids are hostile: shown as text only.
+    const session = await openSession('en');
+    const { page, context } = session;
+    await login(page, 'operator');
+    await waitForView(page, 'live');
+    const { features } = await (await context.request.get(`${BASE_URL}/api/v1/grids`)).json();
+    const [first, second] = features.map((feature) => feature.properties?.id ?? feature.id);
+    assert.ok(first && second, 'the city has two grid cells');
+    const hostile = '<img src=x onerror=window.__patrolXss=1>';
+    const round = (number, checked, offline) => ({
+      round: number, started: '2026-12-06T10:00:00Z', finished: '2026-12-06T10:00:14Z', seconds: 14,
+      cameras: checked + offline, checked, offline, failed: 0,
+    });
+    const look = (status, rounds) => ({
+      last: { round: 42, at: '2026-12-06T10:00:14Z', status, frames: status === 'checked' ? 3 : 0, observations: 0, snapshot_url: null },
+      last_checked: rounds == null ? null : '2026-12-06T10:00:14Z', rounds_since_checked: rounds,
+    });
+    const patrols = { patrols: [{
+      name: 'night-round', every_s: 60, dwell_s: 3, max_concurrent: 2, rounds_kept: 2,
+      rounds: [round(42, 1, 1), round(41, 2, 0)],
+      cameras: [
+        { id: 'cam-patrol-1', grid: first, owner: 'police', ...look('checked', 0) },
+        { id: hostile, grid: second, owner: 'police', ...look('offline', 4) },
+      ],
+      offline: [{ grid: second, cameras: [{ id: hostile, status: 'offline' }] }],
+    }] };
+    const grids = { grids: [
+      { grid: first, rounds_since_checked: 0, last_checked: '2026-12-06T10:00:14Z', cameras: [] },
+      { grid: second, rounds_since_checked: 4, last_checked: '2026-12-06T10:00:14Z', cameras: [] },
+    ] };
+    const fulfil = (body) => (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(body) });
+    await page.route('**/api/v1/patrols', fulfil(patrols));
+    await page.route('**/api/v1/patrols/grids', fulfil(grids));
+
+    await openPage(page, 'patrol');
+    const section = page.locator('[data-testid=patrol][data-patrol="night-round"]');
+    assert.equal(await section.getByTestId('patrol-round').count(), 2);
+    assert.equal(await section.locator('[data-testid=patrol-round]').first().getAttribute('data-round'), '42');
+    const offline = section.getByTestId('patrol-offline-grid');
+    assert.equal(await offline.getAttribute('data-grid'), second);
+    assert.equal(await offline.getByTestId('patrol-offline-camera').textContent(), hostile);
+    assert.equal(await section.getByTestId('patrol-camera').count(), 2);
+    assert.equal(await section.locator('[data-testid=patrol-camera][data-status=offline] [data-testid=patrol-since]').getAttribute('data-rounds'), '4');
+    assert.equal(await page.evaluate(() => window.__patrolXss ?? null), null, 'no markup from an id');
+    await checkAccessibility(page, 'operator patrol with a round');
+    await screenshot(page, 'operator-patrol-round-en');
+
+    await openPage(page, 'map');
+    await page.getByTestId('patrol-mode').check();
+    const state = (grid) => page.locator(`[data-testid=map-cell][data-grid-id="${grid}"]`).getAttribute('data-patrol');
+    await page.locator(`[data-testid=map-cell][data-grid-id="${second}"][data-patrol=stale]`).waitFor();
+    assert.equal(await state(first), 'fresh');
+    await page.getByTestId('patrol-rounds').fill('4');
+    assert.equal(await state(second), 'fresh', 'looked at 4 rounds ago is not more than 4');
+    await checkAccessibility(page, 'operator map by patrol');
+    assertNoProblems(session, 'operator patrol');
     await session.context.close();
   });
 });

@@ -142,7 +142,10 @@ export function mount(container) {
     const patrol = patrolMode ? patrolState(properties.id) : null;
     const fill = patrol ? `patrol-fill-${patrol}` : `level-fill-${level}`;
     cell.group.setAttribute('class', `map-cell ${fill} ${selected === properties.id ? 'is-selected' : ''}`);
-    cell.group.setAttribute('aria-label', patrol ? `${cellLabel(properties)}; ${patrolStateText(patrol)}` : cellLabel(properties));
+    // The visible words first (the id and the sublabel), as the level's label does.
+    cell.group.setAttribute('aria-label', patrol
+      ? `${properties.id} ${patrolSublabel(properties.id)}: ${patrolStateText(patrol)}; ${cellLabel(properties)}`
+      : cellLabel(properties));
     cell.group.dataset.patrol = patrol ?? '';
     redrawLabels(cell);
     cell.group.setAttribute('aria-pressed', String(selected === properties.id));
@@ -197,14 +200,19 @@ export function mount(container) {
     cells.forEach(paintCell);
   }
 
+  /** A cell's second line in patrol colouring: rounds since one of its cameras was checked. */
+  function patrolSublabel(gridId) {
+    if (!patrolCells.has(gridId)) return '–';
+    const since = patrolCells.get(gridId).rounds_since_checked;
+    return since == null ? t('map.patrolNever') : t('map.patrolSince', { rounds: since });
+  }
+
   function redrawLabels(cell) {
     const sublabel = cell.group.querySelector('.cell-sublabel');
     if (!sublabel) return;
     const { level, id } = cell.feature.properties;
     if (patrolMode) {
-      const since = patrolCells.get(id)?.rounds_since_checked;
-      sublabel.textContent = !patrolCells.has(id) ? '–'
-        : since == null ? t('map.patrolNever') : t('map.patrolSince', { rounds: since });
+      sublabel.textContent = patrolSublabel(id);
       return;
     }
     sublabel.textContent = level ? t(`level.${level}`) : t('level.none');
