@@ -7,6 +7,7 @@
 //! - [`rtp`]: RTP, reordering, SSRC checks, RFC 4571 framing and MPEG-PS reassembly.
 
 pub mod digest;
+pub mod invite;
 pub mod manscdp;
 pub mod registrar;
 pub mod sip;
