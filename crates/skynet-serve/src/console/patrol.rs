@@ -5,7 +5,7 @@
 //! registered for the first time (after a restart) reads its latest rounds back from the
 //! outbox's stored events, so the page does not start empty.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{PoisonError, RwLock};
 
 use skynet_core::{
@@ -114,43 +114,40 @@ pub(crate) struct PatrolCopy {
     pub(crate) rounds: Vec<PatrolRound>,
     /// Per camera of the registration or of a kept round, in visiting order.
     pub(crate) cameras: Vec<(DeviceId, PatrolCamera)>,
+    /// Per camera: where its last look and its last check are in `rounds`.
+    history: HashMap<DeviceId, CameraHistory>,
+}
+
+/// Indices into [`PatrolCopy::rounds`] (and the round's `cameras`), found in one pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct CameraHistory {
+    last_look: Option<(usize, usize)>,
+    last_checked: Option<usize>,
 }
 
 impl PatrolCopy {
+    fn history(&self, camera: &DeviceId) -> CameraHistory {
+        self.history.get(camera).copied().unwrap_or_default()
+    }
+
     /// How many of the kept rounds came after the last one that checked `camera`: 0 when
     /// the latest round checked it; `None` when none of the kept rounds did.
     pub(crate) fn rounds_since_checked(&self, camera: &DeviceId) -> Option<u64> {
-        self.rounds
-            .iter()
-            .rev()
-            .position(|round| {
-                round
-                    .cameras
-                    .iter()
-                    .any(|look| look.id == *camera && look.status == LookStatus::Checked)
-            })
-            .map(|n| n as u64)
+        self.history(camera)
+            .last_checked
+            .map(|i| (self.rounds.len() - 1 - i) as u64)
     }
 
     /// The latest round that looked at `camera`, and its look.
     pub(crate) fn last_look(&self, camera: &DeviceId) -> Option<(&PatrolRound, &PatrolLook)> {
-        self.rounds.iter().rev().find_map(|round| {
-            round
-                .cameras
-                .iter()
-                .find(|look| look.id == *camera)
-                .map(|look| (round, look))
-        })
+        let (round, look) = self.history(camera).last_look?;
+        let round = self.rounds.get(round)?;
+        Some((round, round.cameras.get(look)?))
     }
 
     /// The latest round that checked `camera`.
     pub(crate) fn last_checked(&self, camera: &DeviceId) -> Option<&PatrolRound> {
-        self.rounds.iter().rev().find(|round| {
-            round
-                .cameras
-                .iter()
-                .any(|look| look.id == *camera && look.status == LookStatus::Checked)
-        })
+        self.rounds.get(self.history(camera).last_checked?)
     }
 }
 
@@ -251,11 +248,19 @@ impl Console {
                 entry.rounds.iter().cloned().collect::<Vec<_>>(),
             )
         };
+        // One pass over every look, oldest round first: the later ones win.
+        let mut history: HashMap<DeviceId, CameraHistory> = HashMap::new();
         let mut order: Vec<DeviceId> = registration.cameras.clone();
-        for round in &rounds {
-            for look in &round.cameras {
-                if !order.contains(&look.id) {
+        let mut listed: HashSet<DeviceId> = order.iter().cloned().collect();
+        for (r, round) in rounds.iter().enumerate() {
+            for (l, look) in round.cameras.iter().enumerate() {
+                if listed.insert(look.id.clone()) {
                     order.push(look.id.clone());
+                }
+                let entry = history.entry(look.id.clone()).or_default();
+                entry.last_look = Some((r, l));
+                if look.status == LookStatus::Checked {
+                    entry.last_checked = Some(r);
                 }
             }
         }
@@ -263,10 +268,10 @@ impl Console {
         let cameras = order
             .into_iter()
             .map(|id| {
-                let seen = rounds
-                    .iter()
-                    .rev()
-                    .find_map(|round| round.cameras.iter().find(|look| look.id == id));
+                let seen = history
+                    .get(&id)
+                    .and_then(|h| h.last_look)
+                    .and_then(|(r, l)| rounds.get(r)?.cameras.get(l));
                 let camera = match (seen, registered.get(&id)) {
                     (Some(look), _) => PatrolCamera {
                         grid: Some(look.grid.as_str().to_string()),
@@ -286,7 +291,51 @@ impl Console {
             registration,
             rounds,
             cameras,
+            history,
         })
+    }
+
+    /// For a round's snapshot: `None` when `camera` is not of the patrol `name` (or there is
+    /// no such patrol), else the camera's owner in that round when it is kept, else as last
+    /// seen or registered (`Some(None)`: not known). Reads under the lock, copying nothing.
+    pub(crate) fn patrol_camera_owner(
+        &self,
+        name: &str,
+        round: u64,
+        camera: &DeviceId,
+    ) -> Option<Option<OwnerKind>> {
+        let patrols = self
+            .patrols
+            .patrols
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = patrols.get(name)?;
+        let look_in = |r: &PatrolRound| {
+            r.cameras
+                .iter()
+                .find(|look| look.id == *camera)
+                .map(|l| l.owner)
+        };
+        if let Some(owner) = entry
+            .rounds
+            .iter()
+            .find(|r| r.round == round)
+            .and_then(look_in)
+        {
+            return Some(Some(owner));
+        }
+        let seen = entry.rounds.iter().rev().find_map(look_in);
+        let member = seen.is_some() || entry.registration.cameras.contains(camera);
+        if !member {
+            return None;
+        }
+        let registered = self
+            .cameras
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(camera)
+            .map(|c| c.owner);
+        Some(seen.or(registered))
     }
 
     /// Tells the browsers that `round` was recorded.

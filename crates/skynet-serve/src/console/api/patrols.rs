@@ -359,21 +359,11 @@ pub(super) async fn patrol_snapshot(
     if !safe_segment(&name) || !safe_segment(&camera) {
         return Err(missing());
     }
-    let patrol = console.patrol_copy(&name).ok_or_else(missing)?;
     let camera = DeviceId::new(camera.as_str());
-    let known = patrol
-        .cameras
-        .iter()
-        .find(|(id, _)| *id == camera)
-        .ok_or_else(missing)?;
     // The camera's owner in that round when it is kept, else as known now.
-    let owner = patrol
-        .rounds
-        .iter()
-        .find(|r| r.round == round)
-        .and_then(|r| r.cameras.iter().find(|look| look.id == camera))
-        .map(|look| look.owner)
-        .or(known.1.owner);
+    let owner = console
+        .patrol_camera_owner(&name, round, &camera)
+        .ok_or_else(missing)?;
     if !sees(&caller.user, owner) {
         return Err(missing());
     }
