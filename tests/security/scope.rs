@@ -3,7 +3,8 @@
 //! (its id, its category, its evidence). Every answer must be a 403/404 or a body without
 //! it; the same routes as an operator show it, so the fixture really holds it. A route the
 //! document gains without a line in [`how_to_call`] fails the test: a new route cannot
-//! forget scope unnoticed.
+//! forget scope unnoticed. A patrol camera of the incident's owner (police), named as the
+//! incident is, stands for patrol data the inspector (safety production) must not see.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use skynet_core::{GridRisk, Incident, OwnerKind, RiskEvent};
-use skynet_serve::console::{ApiConfig, Console, ConsoleStore, Role};
+use skynet_serve::console::{ApiConfig, Console, ConsoleStore, PatrolRegistration, Role};
 
 use crate::fixture;
 
@@ -90,6 +91,28 @@ pub(crate) async fn world() -> World {
             camera_owner: OwnerKind::Police,
         },
     ));
+    // A patrol whose only camera is the police's, with the out-of-scope id for a name and the
+    // out-of-scope evidence for its round's snapshot: what an inspector of safety production
+    // must not see of patrols.
+    console.register_patrol(PatrolRegistration {
+        name: "p-out".into(),
+        every_s: 60.0,
+        dwell_s: 3.0,
+        max_concurrent: 1,
+        cameras: vec![skynet_core::DeviceId::new(OUT)],
+    });
+    console.record_patrol_round(
+        &serde_json::from_value(json!({
+            "patrol": "p-out", "round": 1,
+            "started": "2026-11-27T10:00:00Z", "finished": "2026-11-27T10:00:05Z",
+            "cameras": [{"id": OUT, "grid": "G-0201", "owner": "police", "status": "checked",
+                "frames": 3, "observations": 1, "snapshot": format!("patrol/p-out/1/{OUT}.jpg")}]
+        }))
+        .expect("a valid round"),
+    );
+    let snapshots = dir.path().join("evidence/patrol/p-out/1");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join(format!("{OUT}.jpg")), OUT_EVIDENCE).unwrap();
     // The stand-in for the risk stage: the next revision committed and published, on its
     // own thread as the pipeline does it.
     fixture::connect_risk_stage(&console, &db, |_| false);
@@ -211,6 +234,13 @@ fn how_to_call(method: &str, path: &str) -> Option<Option<(String, Option<Value>
             Some(json!({"person": 0.5})),
         ),
         ("get", "/api/v1/sensors") => call(path, None),
+        ("get", "/api/v1/patrols") => call(path, None),
+        ("get", "/api/v1/patrols/grids") => call(path, None),
+        ("get", "/api/v1/patrols/{patrol}/rounds") => call("/api/v1/patrols/p-out/rounds", None),
+        ("get", "/api/v1/patrols/{patrol}/rounds/{round}/cameras/{camera}/snapshot") => call(
+            &format!("/api/v1/patrols/p-out/rounds/1/cameras/{OUT}/snapshot"),
+            None,
+        ),
         ("get", "/api/v1/tickets") => call(path, None),
         ("get", "/api/v1/audit") => call(path, None),
         ("get", "/api/v1/users") => call(path, None),
@@ -259,6 +289,10 @@ async fn every_documented_route_keeps_an_out_of_scope_incident_from_an_inspector
         format!("/api/v1/incidents/{OUT}"),
         "/api/v1/grids/G-0201/history".to_string(),
         format!("/api/v1/evidence/{OUT}/1.jpg"),
+        "/api/v1/patrols".to_string(),
+        "/api/v1/patrols/grids".to_string(),
+        "/api/v1/patrols/p-out/rounds".to_string(),
+        format!("/api/v1/patrols/p-out/rounds/1/cameras/{OUT}/snapshot"),
     ] {
         let answer = w.call(Method::GET, &path, Some(&operator), None).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text());
