@@ -10,4 +10,5 @@ pub mod digest;
 pub mod invite;
 pub mod manscdp;
 pub mod registrar;
+pub mod rtp;
 pub mod sip;
