@@ -43,7 +43,12 @@ struct Device {
 
 impl Device {
     fn start(password: &str, rtsp_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, password, rtsp_port)
+    }
+
+    /// On `port` (0: any spare one).
+    fn start_on(port: u16, password: &str, rtsp_port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Seen::default());
         let (password, seen_by_device) = (password.to_string(), Arc::clone(&seen));
@@ -315,4 +320,49 @@ fn a_wrong_password_gets_a_clear_error_that_never_shows_it() {
     assert!(!format!("{config:?}").contains("wr0ng-s3cret"));
     assert!(device.seen.refused.load(Ordering::Relaxed) >= 1);
     assert_eq!(device.seen.accepted.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_device_that_is_down_at_start_is_retried_with_backoff_and_its_camera_comes_up() {
+    let rtsp_port = common::free_port().port();
+    let _rtsp = common::RtspCamera::start(rtsp_port);
+    // Nothing listens there yet.
+    let port = common::free_port().port();
+    let config = camera(&format!(
+        "url = \"http://127.0.0.1:{port}/onvif/device_service\"\nuser = \"admin\"\npassword = \"right-pw\"\nreconnect = {{ initial_backoff_s = 0.1, max_backoff_s = 0.3 }}"
+    ));
+    let id = DeviceId::new("cam-onvif-late");
+    let mut source = config
+        .build(&SourceBuildContext {
+            camera: &id,
+            delivery: &FrameDelivery::default(),
+        })
+        .unwrap();
+    let (queue, rx) = stage_queue("frames", "cam-onvif-late", 64, OverloadPolicy::DropOldest);
+    let out = FrameOutput::new(queue, Watermark::new(true));
+    let stop = Shutdown::new();
+    let health = CameraHealth::detached("cam-onvif-late");
+    let policy = config.retry_policy();
+    let running = {
+        let (stop, health) = (stop.clone(), health.clone());
+        std::thread::spawn(move || run_supervised(source.as_mut(), &out, &stop, &health, &policy))
+    };
+    let status = || health.component().status();
+    let reason = || status().and_then(|s| s.reason).unwrap_or_default();
+    let retrying = common::eventually(Duration::from_secs(30), || {
+        reason().contains("cam-onvif-late: ONVIF device")
+            && status().is_some_and(|s| s.retries >= 2)
+    });
+    assert!(retrying, "{}", reason());
+    let device = Device::start_on(port, "right-pw", rtsp_port);
+    let frame = rx.channel().recv_timeout(Duration::from_secs(60));
+    stop.trigger();
+    let exit = running.join().unwrap();
+    assert!(
+        frame.is_ok(),
+        "no frame once the device answered: {}",
+        reason()
+    );
+    assert!(exit.is_ok(), "{exit:?}");
+    assert!(device.seen.accepted.load(Ordering::Relaxed) >= 3);
 }

@@ -279,8 +279,8 @@ impl OnvifSource {
     }
 
     /// Asks the device for the stream's address; builds a new RTSP source when it changed.
-    fn refresh(&mut self) -> Result<(), IngestError> {
-        let uri = resolve_stream_uri(&self.config).map_err(|error| IngestError::Onvif {
+    fn refresh(&mut self, stop: &Shutdown) -> Result<(), IngestError> {
+        let uri = resolve(&self.config, Some(stop)).map_err(|error| IngestError::Onvif {
             camera: self.camera.clone(),
             url: redact_uri(&self.config.url),
             error,
@@ -328,8 +328,19 @@ impl FrameSource for OnvifSource {
             return Ok(SourceExit::Stopped);
         }
         if self.stale || self.stream.is_none() {
-            self.refresh()?;
-            self.stale = false;
+            match self.refresh(stop) {
+                Ok(()) => self.stale = false,
+                // A device service that does not answer while its stream might: the last
+                // address is tried again, and the device asked again after its next failure.
+                Err(e) if self.stream.is_some() && !stop.is_triggered() => {
+                    tracing::warn!(
+                        camera = %self.camera,
+                        error = %e,
+                        "ONVIF device did not give its stream address; trying the last one"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let Some((_, source)) = self.stream.as_mut() else {
             return Ok(SourceExit::Stopped);
@@ -396,11 +407,18 @@ struct Device<'a> {
     password: Option<&'a Secret>,
     /// The device's clock minus ours.
     offset: chrono::TimeDelta,
+    /// The camera's shutdown: no request is started once it is triggered.
+    stop: Option<&'a Shutdown>,
 }
 
 /// The RTSP address of the configured (or first) profile, through the steps in the module
 /// docs. Blocking: up to five requests, each within the camera's `timeout_s`.
 pub fn resolve_stream_uri(config: &OnvifSourceConfig) -> Result<String, OnvifError> {
+    resolve(config, None)
+}
+
+/// As [`resolve_stream_uri`], giving up between requests once `stop` is triggered.
+fn resolve(config: &OnvifSourceConfig, stop: Option<&Shutdown>) -> Result<String, OnvifError> {
     // One crypto provider for the process (ring), whichever crate asks first; reqwest is
     // built without one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -426,6 +444,7 @@ pub fn resolve_stream_uri(config: &OnvifSourceConfig) -> Result<String, OnvifErr
         user: config.user.as_ref().filter(|u| !u.is_empty()),
         password: config.password.as_ref(),
         offset: chrono::TimeDelta::zero(),
+        stop,
     };
 
     // 1. The device's clock, unauthenticated; a device that will not tell is taken as right.
@@ -547,6 +566,12 @@ impl Device<'_> {
         body: &str,
         signed: bool,
     ) -> Result<Element, OnvifError> {
+        if self.stop.is_some_and(Shutdown::is_triggered) {
+            return Err(OnvifError::Unreachable {
+                action,
+                reason: "the camera is stopping".into(),
+            });
+        }
         let header = match (signed, self.user) {
             (true, Some(user)) => {
                 let created =
