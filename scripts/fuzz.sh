@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Fuzzes, for a bounded total time (default 60 s; FUZZ_SECONDS) shared equally between the
 # targets: the sensor payload parsers (sensor_payloads), the detector's box decoders of
-# every model family (box_decoders) and the case-status intake (case_status).
+# every model family (box_decoders), the case-status intake (case_status), and the GB/T 28181
+# SIP and MANSCDP parsers (gb28181_sip, gb28181_manscdp).
 # cargo-fuzz needs nightly flags: the machine's one stable toolchain accepts them with
 # RUSTC_BOOTSTRAP=1 (no other toolchain can be fetched here). Crashes are saved under
 # fuzz/artifacts/ and fail the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${FUZZ_SECONDS:-60}"
-targets=(sensor_payloads box_decoders case_status)
+targets=(sensor_payloads box_decoders case_status gb28181_sip gb28181_manscdp)
 per_target=$(( seconds / ${#targets[@]} ))
 [ "$per_target" -ge 1 ] || per_target=1
 export RUSTC_BOOTSTRAP=1

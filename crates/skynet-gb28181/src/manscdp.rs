@@ -579,6 +579,17 @@ pub struct Abandoned {
 }
 
 impl CatalogAssembler {
+    /// An assembler holding at most `max_items` per catalog and `max_pending` catalogs,
+    /// each given up on after `timeout`.
+    pub fn new(max_items: u32, max_pending: usize, timeout: Duration) -> Self {
+        Self {
+            pending: HashMap::new(),
+            max_items,
+            max_pending: max_pending.max(1),
+            timeout,
+        }
+    }
+
     /// Adds one part; returns the catalog once every item has come.
     pub fn push(
         &mut self,

@@ -222,8 +222,13 @@ impl Message {
                 let last = headers
                     .last_mut()
                     .ok_or(SipError::Malformed("continuation before any header"))?;
-                last.value.push(' ');
-                last.value.push_str(line.trim());
+                let more = line.trim();
+                if !more.is_empty() {
+                    if !last.value.is_empty() {
+                        last.value.push(' ');
+                    }
+                    last.value.push_str(more);
+                }
                 continue;
             }
             if line.is_empty() {
