@@ -571,7 +571,9 @@ pub fn incident_revision(id: &str, revision: u32, grid: &str) -> skynet_core::Ri
 pub fn incident_body(id: &str, revision: u32, grid: &str) -> skynet_core::Incident {
     match incident_revision(id, revision, grid) {
         skynet_core::RiskEvent::Incident(incident) => incident,
-        skynet_core::RiskEvent::GridRisk(_) => unreachable!("incident_revision makes incidents"),
+        skynet_core::RiskEvent::GridRisk(_) | skynet_core::RiskEvent::PatrolRound(_) => {
+            unreachable!("incident_revision makes incidents")
+        }
     }
 }
 

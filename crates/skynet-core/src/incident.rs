@@ -608,13 +608,16 @@ pub struct GridRisk {
 pub enum RiskEvent {
     Incident(Incident),
     GridRisk(GridRisk),
+    /// A finished patrol round (`skynet.patrol_round.v1`): not the risk engine's, but it
+    /// goes through the commit stage and the outbox like the others.
+    PatrolRound(crate::PatrolRound),
 }
 
 impl RiskEvent {
     pub fn as_incident(&self) -> Option<&Incident> {
         match self {
             Self::Incident(i) => Some(i),
-            Self::GridRisk(_) => None,
+            Self::GridRisk(_) | Self::PatrolRound(_) => None,
         }
     }
 }

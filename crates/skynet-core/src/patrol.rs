@@ -41,6 +41,12 @@ pub struct PatrolLook {
     /// followed by its path; `None` when no frame came or evidence is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// When the visit began (the camera's source was built and started) and ended (it was
+    /// closed, or found offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<DateTime<Utc>>,
 }
 
 /// How a camera's visit went.

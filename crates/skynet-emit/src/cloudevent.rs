@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use skynet_core::{GridRisk, Incident, RiskEvent};
+use skynet_core::{GridRisk, Incident, PatrolRound, RiskEvent};
+
+pub use skynet_core::PATROL_ROUND_EVENT_TYPE;
 
 pub const INCIDENT_EVENT_TYPE: &str = "skynet.incident.v1";
 pub const GRID_RISK_EVENT_TYPE: &str = "skynet.grid_risk.v1";
@@ -80,13 +82,28 @@ impl CloudEvent<GridRisk> {
     }
 }
 
-/// Either kind of event, as the outbox stores it.
+impl CloudEvent<PatrolRound> {
+    /// A finished round: id `<patrol>/<round>`, subject the patrol, time when it finished.
+    pub fn patrol_round(node: &str, round: &PatrolRound) -> Self {
+        envelope(
+            node,
+            round.id(),
+            PATROL_ROUND_EVENT_TYPE,
+            round.patrol.clone(),
+            round.finished,
+            round.clone(),
+        )
+    }
+}
+
+/// Any kind of event, as the outbox stores it.
 // Mostly incident revisions, briefly held: boxing would only add allocations.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboxEvent {
     Incident(CloudEvent<Incident>),
     GridRisk(CloudEvent<GridRisk>),
+    PatrolRound(CloudEvent<PatrolRound>),
 }
 
 impl OutboxEvent {
@@ -94,6 +111,7 @@ impl OutboxEvent {
         match event {
             RiskEvent::Incident(i) => Self::Incident(CloudEvent::incident(node, i)),
             RiskEvent::GridRisk(g) => Self::GridRisk(CloudEvent::grid_risk(node, g)),
+            RiskEvent::PatrolRound(r) => Self::PatrolRound(CloudEvent::patrol_round(node, r)),
         }
     }
 
@@ -101,6 +119,7 @@ impl OutboxEvent {
         match self {
             Self::Incident(e) => &e.id,
             Self::GridRisk(e) => &e.id,
+            Self::PatrolRound(e) => &e.id,
         }
     }
 
@@ -108,6 +127,7 @@ impl OutboxEvent {
         match self {
             Self::Incident(e) => &e.event_type,
             Self::GridRisk(e) => &e.event_type,
+            Self::PatrolRound(e) => &e.event_type,
         }
     }
 
@@ -115,6 +135,7 @@ impl OutboxEvent {
         match self {
             Self::Incident(e) => &e.subject,
             Self::GridRisk(e) => &e.subject,
+            Self::PatrolRound(e) => &e.subject,
         }
     }
 
@@ -122,6 +143,7 @@ impl OutboxEvent {
         match self {
             Self::Incident(e) => e.time,
             Self::GridRisk(e) => e.time,
+            Self::PatrolRound(e) => e.time,
         }
     }
 
@@ -130,6 +152,7 @@ impl OutboxEvent {
         match self {
             Self::Incident(e) => serde_json::to_string(e),
             Self::GridRisk(e) => serde_json::to_string(e),
+            Self::PatrolRound(e) => serde_json::to_string(e),
         }
     }
 }

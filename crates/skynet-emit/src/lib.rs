@@ -27,7 +27,8 @@ pub use cases::{
     CasesSettings, REFUSED_BODY_LIMIT, excerpt, refused_letter, spawn_case_consumer,
 };
 pub use cloudevent::{
-    CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent, district_of_source,
+    CloudEvent, GRID_RISK_EVENT_TYPE, INCIDENT_EVENT_TYPE, OutboxEvent, PATROL_ROUND_EVENT_TYPE,
+    district_of_source,
 };
 pub use delivery::{
     CommitSignal, Committer, Deliveries, DeliveryOptions, spawn_deliveries, spawn_deliveries_with,

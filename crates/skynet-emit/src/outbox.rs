@@ -260,6 +260,7 @@ impl Outbox {
             let data = match event {
                 OutboxEvent::Incident(e) => serde_json::to_string(&e.data)?,
                 OutboxEvent::GridRisk(e) => serde_json::to_string(&e.data)?,
+                OutboxEvent::PatrolRound(e) => serde_json::to_string(&e.data)?,
             };
             rows.push((event, event.to_json()?, data));
         }
@@ -304,6 +305,8 @@ impl Outbox {
             }
             let incident = match event {
                 OutboxEvent::Incident(e) => &e.data,
+                // Stored for the sinks; no history of its own.
+                OutboxEvent::PatrolRound(_) => continue,
                 OutboxEvent::GridRisk(e) => {
                     // The cell's risk history, for charts.
                     let change = &e.data;

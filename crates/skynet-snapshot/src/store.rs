@@ -68,9 +68,30 @@ impl SnapshotStore {
         if !safe {
             return Err(SnapshotError::BadIncidentId(incident.to_string()));
         }
-        let folder = self.dir.join(incident);
-        let name = format!("{revision}.jpg");
-        let path = folder.join(&name);
+        self.write_at(&format!("{incident}/{revision}.jpg"), jpeg)
+    }
+
+    /// Writes `jpeg` at `relative` under the evidence directory, atomically (a patrol's
+    /// `patrol/<patrol>/<round>/<camera>.jpg`). Each part of `relative` must be a plain
+    /// name: no `..`, no leading `.`, no absolute path.
+    pub fn write_at(&self, relative: &str, jpeg: &[u8]) -> Result<Stored, SnapshotError> {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let safe = !relative.is_empty()
+            && relative.len() <= 512
+            && parts.iter().all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('.')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            });
+        let Some((name, folders)) = parts.split_last().filter(|_| safe) else {
+            return Err(SnapshotError::BadIncidentId(relative.to_string()));
+        };
+        let folder = folders
+            .iter()
+            .fold(self.dir.clone(), |dir, part| dir.join(part));
+        let path = folder.join(name);
         let tmp = folder.join(format!(".{name}.{}.tmp", std::process::id()));
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -92,7 +113,7 @@ impl SnapshotStore {
             return Err(io(&path)(e));
         }
         Ok(Stored {
-            url: format!("{}{incident}/{name}", self.url_base),
+            url: format!("{}{relative}", self.url_base),
             sha256: sha256_hex(jpeg),
             path,
         })

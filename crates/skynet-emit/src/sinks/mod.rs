@@ -158,7 +158,8 @@ pub struct Envelope<'a> {
 /// The part of `data` that routes an event.
 #[derive(Debug, serde::Deserialize)]
 pub struct Route<'a> {
-    #[serde(borrow)]
+    /// Empty for a patrol round (its cameras have a grid each).
+    #[serde(default, borrow)]
     pub grid: Cow<'a, str>,
     /// Incidents only.
     #[serde(default, borrow)]
@@ -171,7 +172,7 @@ impl<'a> Envelope<'a> {
     }
 
     /// Where the event goes, as tokens after a prefix: `incidents.<grid>.<category>` or
-    /// `grid_risk.<grid>` (other types: `events.<type>`). Each token is made safe for NATS
+    /// `grid_risk.<grid>`, `patrol_rounds.<patrol>` (other types: `events.<type>`). Each token is made safe for NATS
     /// subjects and MQTT topics alike (no `.`, `/`, `*`, `>`, `+`, `#` or spaces).
     pub fn route(&self) -> [Cow<'_, str>; 3] {
         match self.event_type.as_ref() {
@@ -183,6 +184,11 @@ impl<'a> Envelope<'a> {
             crate::GRID_RISK_EVENT_TYPE => [
                 Cow::Borrowed("grid_risk"),
                 route_token(&self.data.grid),
+                Cow::Borrowed(""),
+            ],
+            crate::PATROL_ROUND_EVENT_TYPE => [
+                Cow::Borrowed("patrol_rounds"),
+                route_token(&self.subject),
                 Cow::Borrowed(""),
             ],
             other => [

@@ -491,6 +491,8 @@ impl Console {
                 RiskEvent::GridRisk(change) => {
                     grid_message(change, self.grid_scope(change, events))
                 }
+                // The patrol page reads rounds from `record_patrol_round`.
+                RiskEvent::PatrolRound(_) => continue,
             };
             // No receiver is not an error: nobody is watching.
             let _ = self.events.send(message);

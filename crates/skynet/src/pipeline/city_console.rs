@@ -235,6 +235,8 @@ impl Projection {
                     live.push(RiskEvent::GridRisk(e.data.clone()));
                     fresh.push(OutboxEvent::GridRisk(e));
                 }
+                // Not on the incidents stream (`read_event` reads incidents and cells only).
+                OutboxEvent::PatrolRound(_) => {}
             }
         }
         if !fresh.is_empty() {

@@ -65,6 +65,11 @@ pub(crate) fn run(
                 // Stored: the browsers may see it now.
                 if let Some(console) = console {
                     console.publish(&commit.incidents);
+                    for event in &commit.incidents {
+                        if let RiskEvent::PatrolRound(round) = event {
+                            console.record_patrol_round(round);
+                        }
+                    }
                 }
                 let revisions = commit
                     .incidents

@@ -61,6 +61,8 @@ fn camera_key(key: &str) -> CameraKey {
         // Event clips: the ring is built with the source's delivery, the writer at start.
         "id" | "owner" | "grid" | "location" | "offline_after_s" | "motion" | "privacy_masks"
         | "inference_interval" | "tracker" | "clips" => CameraKey::Restart,
+        // Patrols are set up at start (`[[patrols]]` itself is a restart-only section).
+        "patrol" => CameraKey::Restart,
         _ => CameraKey::Source,
     }
 }
@@ -701,7 +703,7 @@ impl State {
             }
             if self.handle(id).is_none_or(|h| h.restart.is_none()) {
                 reasons.push(format!(
-                    "changing the source of camera `{id}` needs a restart here (an edge's camera runs under its lease)"
+                    "changing the source of camera `{id}` needs a restart here (an edge's camera runs under its lease, a patrol's is opened by its patrol)"
                 ));
             }
         }

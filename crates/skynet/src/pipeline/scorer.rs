@@ -345,6 +345,8 @@ impl ScorerCells {
             let grid: &GridId = match e {
                 RiskEvent::Incident(i) => &i.grid,
                 RiskEvent::GridRisk(g) => &g.grid,
+                // A node's own, never a cell's.
+                RiskEvent::PatrolRound(_) => return true,
             };
             self.owned.contains(grid.as_str())
         });
@@ -1488,6 +1490,7 @@ mod tests {
         assert!(events.iter().all(|e| match e {
             RiskEvent::Incident(i) => i.grid.as_str() == "G-1",
             RiskEvent::GridRisk(g) => g.grid.as_str() == "G-1",
+            RiskEvent::PatrolRound(_) => false,
         }));
         let id = events
             .iter()
