@@ -79,7 +79,8 @@ pub struct NatsSinkConfig {
     /// crash and again after it is stored once. An existing stream's window is updated to it.
     #[serde(default = "default_duplicate_window_s")]
     pub duplicate_window_s: f64,
-    /// Subjects are `<prefix>.incidents.<grid>.<category>` and `<prefix>.grid_risk.<grid>`.
+    /// Subjects are `<prefix>.incidents.<grid>.<category>`, `<prefix>.grid_risk.<grid>` and
+    /// `<prefix>.patrol_rounds.<patrol>`.
     #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
     /// A `.creds` file (JWT and nkey seed); `${VAR}` expanded. `SKYNET_NATS_CREDS` also works.
@@ -218,6 +219,7 @@ impl NatsSinkConfig {
             subjects: vec![
                 format!("{}.incidents.>", self.subject_prefix),
                 format!("{}.grid_risk.>", self.subject_prefix),
+                format!("{}.patrol_rounds.>", self.subject_prefix),
             ],
             retention: self.retention,
             replicas: self.replicas,
@@ -459,7 +461,30 @@ impl NatsSink {
                     "could not update the stream's duplicate window; events redelivered after it are stored twice"),
             }
         }
-        let subjects = &existing.subjects;
+        let mut subjects = existing.subjects.clone();
+        let missing: Vec<String> = plan
+            .subjects
+            .iter()
+            .filter(|wanted| !subjects.iter().any(|s| s == *wanted || s == ">"))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            // A stream made by an older version (before patrol rounds, say): the new event
+            // types' subjects are added, or their events would find no stream.
+            let mut config = context
+                .get_stream(&plan.name)
+                .await
+                .map(|s| s.cached_info().config.clone())
+                .unwrap_or(existing.clone());
+            config.subjects.extend(missing.iter().cloned());
+            match context.update_stream(config).await {
+                Ok(info) => {
+                    tracing::info!(sink = %self.name, stream = %plan.name, added = ?missing, "added subjects to the stream");
+                    subjects = info.config.subjects.clone();
+                }
+                Err(e) => tracing::warn!(sink = %self.name, stream = %plan.name, error = %e, "could not add subjects to the stream"),
+            }
+        }
         for wanted in &plan.subjects {
             if !subjects.iter().any(|s| s == wanted || s == ">") {
                 tracing::warn!(sink = %self.name, stream = %plan.name, subject = %wanted, existing = ?subjects,
@@ -635,7 +660,14 @@ mod tests {
         let config = parse(r#"url = "nats://127.0.0.1:4222""#).unwrap();
         let plan = config.stream_plan();
         assert_eq!(plan.name, "SKYNET_INCIDENTS");
-        assert_eq!(plan.subjects, ["skynet.incidents.>", "skynet.grid_risk.>"]);
+        assert_eq!(
+            plan.subjects,
+            [
+                "skynet.incidents.>",
+                "skynet.grid_risk.>",
+                "skynet.patrol_rounds.>"
+            ]
+        );
         assert_eq!(plan.retention, Retention::Limits);
         assert_eq!(plan.replicas, 1);
         assert_eq!(plan.duplicate_window, Duration::from_secs(3600));
