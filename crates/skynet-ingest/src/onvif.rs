@@ -986,5 +986,7 @@ fn stream_uri(body: &Element) -> Option<String> {
         .map(str::to_string)
 }
 
+pub mod discovery;
+
 #[cfg(test)]
 mod tests;
