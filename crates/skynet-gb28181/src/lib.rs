@@ -11,4 +11,5 @@ pub mod invite;
 pub mod manscdp;
 pub mod registrar;
 pub mod rtp;
+pub mod server;
 pub mod sip;

@@ -1,0 +1,742 @@
+//! The upper platform's SIP endpoint. [`Core`] is sans-I/O: it takes each received
+//! message and the time, and returns what to send and what happened (registrations,
+//! keepalives, assembled catalogs, refusals). [`Server`] moves bytes for it over UDP and
+//! TCP on tokio.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::manscdp::{self, Body, Catalog, CatalogAssembler};
+use crate::registrar::{Refusal, Registrar, RegistrarConfig, RegistrarEvent};
+use crate::sip::{Limits, Message, Method, StartLine, random_token};
+
+/// Where a message came from, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl Peer {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Udp(a) | Self::Tcp(a) => *a,
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            Self::Udp(_) => "UDP",
+            Self::Tcp(_) => "TCP",
+        }
+    }
+}
+
+/// What the rest of skynet is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    Registrar(RegistrarEvent),
+    /// A complete catalog of a lower platform.
+    Catalog {
+        platform: String,
+        catalog: Catalog,
+    },
+    /// A catalog given up on (parts missing after the timeout).
+    CatalogIncomplete {
+        platform: String,
+        got: usize,
+        sum_num: u32,
+    },
+    /// A request answered: for `skynet_sip_requests_total{method,code}`.
+    Request {
+        method: &'static str,
+        code: u16,
+    },
+    /// A message refused before it could be answered (malformed SIP).
+    Refused {
+        reason: &'static str,
+    },
+}
+
+/// Settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// skynet's 20-digit id and its domain.
+    pub id: String,
+    pub domain: String,
+    pub registrar: RegistrarConfig,
+    pub limits: Limits,
+    pub xml_limits: manscdp::Limits,
+    /// How often the catalog is queried again while a platform is online.
+    pub catalog_interval: Duration,
+}
+
+struct Known {
+    peer: Peer,
+    next_catalog: Instant,
+}
+
+/// The sans-I/O endpoint.
+pub struct Core {
+    cfg: CoreConfig,
+    registrar: Registrar,
+    catalogs: CatalogAssembler,
+    known: HashMap<String, Known>,
+    local: HashMap<&'static str, SocketAddr>,
+    sn: u32,
+    cseq: u32,
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match m {
+        Method::Register => "REGISTER",
+        Method::Message => "MESSAGE",
+        Method::Invite => "INVITE",
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Options => "OPTIONS",
+        Method::Info => "INFO",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Notify => "NOTIFY",
+        Method::Other(_) => "other",
+    }
+}
+
+/// Messages to send and events, from one step of [`Core`].
+pub type Step = (Vec<(Peer, Vec<u8>)>, Vec<ServerEvent>);
+
+impl Core {
+    pub fn new(cfg: CoreConfig) -> Self {
+        let registrar = Registrar::new(cfg.registrar.clone());
+        Self {
+            cfg,
+            registrar,
+            catalogs: CatalogAssembler::default(),
+            known: HashMap::new(),
+            local: HashMap::new(),
+            sn: 0,
+            cseq: 0,
+        }
+    }
+
+    /// The address skynet is reached at over a transport (for Via and Contact).
+    pub fn set_local(&mut self, transport: &'static str, addr: SocketAddr) {
+        self.local.insert(transport, addr);
+    }
+
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    fn catalog_query(&mut self, platform: &str, peer: Peer) -> Vec<u8> {
+        self.sn = self.sn.wrapping_add(1);
+        self.cseq = self.cseq.wrapping_add(1);
+        let local = self
+            .local
+            .get(peer.transport())
+            .copied()
+            .unwrap_or_else(|| peer.addr());
+        Message::request(Method::Message, format!("sip:{platform}@{}", peer.addr()))
+            .with_header(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {local};rport;branch=z9hG4bK{}",
+                    peer.transport(),
+                    random_token(8)
+                ),
+            )
+            .with_header(
+                "From",
+                format!(
+                    "<sip:{}@{}>;tag={}",
+                    self.cfg.id,
+                    self.cfg.domain,
+                    random_token(4)
+                ),
+            )
+            .with_header("To", format!("<sip:{platform}@{}>", peer.addr()))
+            .with_header("Call-ID", random_token(12))
+            .with_header("CSeq", format!("{} MESSAGE", self.cseq))
+            .with_header("Max-Forwards", "70")
+            .with_body(
+                "Application/MANSCDP+xml",
+                manscdp::catalog_query(self.sn, platform),
+            )
+            .to_bytes()
+    }
+
+    /// One received message (a datagram, or one message cut from a TCP stream).
+    pub fn handle(&mut self, bytes: &[u8], peer: Peer, now: Instant) -> Step {
+        let (mut out, mut events) = (Vec::new(), Vec::new());
+        let msg = match Message::parse(bytes, &self.cfg.limits) {
+            Ok(m) => m,
+            Err(_) => {
+                events.push(ServerEvent::Refused {
+                    reason: "malformed SIP",
+                });
+                return (out, events);
+            }
+        };
+        let method = match &msg.start {
+            StartLine::Request { method, .. } => method.clone(),
+            // Answers to our queries: nothing to do yet.
+            StartLine::Response { .. } => return (out, events),
+        };
+        let answer =
+            |res: Message, out: &mut Vec<(Peer, Vec<u8>)>, events: &mut Vec<ServerEvent>| {
+                if let Some(code) = res.status() {
+                    events.push(ServerEvent::Request {
+                        method: method_label(&method),
+                        code,
+                    });
+                }
+                out.push((peer, res.to_bytes()));
+            };
+        match &method {
+            Method::Register => {
+                let (res, outcome) = self.registrar.handle_register(&msg, now);
+                answer(res, &mut out, &mut events);
+                if let Ok(Some(ev)) = outcome {
+                    match &ev {
+                        RegistrarEvent::Online { id } => {
+                            let next_catalog = now + self.cfg.catalog_interval;
+                            self.known.insert(id.clone(), Known { peer, next_catalog });
+                            let q = self.catalog_query(id, peer);
+                            out.push((peer, q));
+                        }
+                        RegistrarEvent::Refreshed { id } => {
+                            if let Some(k) = self.known.get_mut(id) {
+                                k.peer = peer;
+                            }
+                        }
+                        RegistrarEvent::Offline { id, .. } => {
+                            self.known.remove(id);
+                        }
+                    }
+                    events.push(ServerEvent::Registrar(ev));
+                } else if let Err(Refusal::Malformed) = outcome {
+                    events.push(ServerEvent::Refused {
+                        reason: "malformed REGISTER",
+                    });
+                }
+            }
+            Method::Message => {
+                let tag = random_token(4);
+                let body = match manscdp::parse(&msg.body, &self.cfg.xml_limits) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        answer(
+                            Message::response_to(&msg, 400, "Bad Request", Some(&tag)),
+                            &mut out,
+                            &mut events,
+                        );
+                        events.push(ServerEvent::Refused {
+                            reason: "malformed MANSCDP",
+                        });
+                        return (out, events);
+                    }
+                };
+                let platform = msg.from_user().unwrap_or_default().to_owned();
+                let registered = self.known.contains_key(&platform);
+                match body {
+                    Body::Keepalive { .. } => match self.registrar.keepalive(&platform, now) {
+                        Some(ev) => {
+                            answer(
+                                Message::response_to(&msg, 200, "OK", Some(&tag)),
+                                &mut out,
+                                &mut events,
+                            );
+                            events.extend(ev.map(ServerEvent::Registrar));
+                        }
+                        None => answer(
+                            Message::response_to(&msg, 403, "Forbidden", Some(&tag)),
+                            &mut out,
+                            &mut events,
+                        ),
+                    },
+                    _ if !registered => answer(
+                        Message::response_to(&msg, 403, "Forbidden", Some(&tag)),
+                        &mut out,
+                        &mut events,
+                    ),
+                    Body::Catalog(part) => {
+                        answer(
+                            Message::response_to(&msg, 200, "OK", Some(&tag)),
+                            &mut out,
+                            &mut events,
+                        );
+                        match self.catalogs.push(part, now) {
+                            Ok(Some(catalog)) => {
+                                events.push(ServerEvent::Catalog { platform, catalog })
+                            }
+                            Ok(None) => {}
+                            Err(_) => events.push(ServerEvent::Refused {
+                                reason: "catalog too large",
+                            }),
+                        }
+                    }
+                    Body::Other { .. } => answer(
+                        Message::response_to(&msg, 200, "OK", Some(&tag)),
+                        &mut out,
+                        &mut events,
+                    ),
+                }
+            }
+            Method::Ack => {}
+            Method::Options | Method::Bye => answer(
+                Message::response_to(&msg, 200, "OK", Some(&random_token(4))),
+                &mut out,
+                &mut events,
+            ),
+            _ => answer(
+                Message::response_to(&msg, 405, "Method Not Allowed", Some(&random_token(4)))
+                    .with_header("Allow", "REGISTER, MESSAGE, ACK, BYE, OPTIONS"),
+                &mut out,
+                &mut events,
+            ),
+        }
+        (out, events)
+    }
+
+    /// Advances time: offline platforms, abandoned catalogs, periodic catalog queries.
+    pub fn tick(&mut self, now: Instant) -> Step {
+        let mut events: Vec<ServerEvent> = self
+            .registrar
+            .tick(now)
+            .into_iter()
+            .map(ServerEvent::Registrar)
+            .collect();
+        for ev in &events {
+            if let ServerEvent::Registrar(RegistrarEvent::Offline { id, .. }) = ev {
+                self.known.remove(id);
+            }
+        }
+        events.extend(self.catalogs.expire(now).into_iter().map(|a| {
+            ServerEvent::CatalogIncomplete {
+                platform: a.device_id,
+                got: a.got,
+                sum_num: a.sum_num,
+            }
+        }));
+        let due: Vec<(String, Peer)> = self
+            .known
+            .iter()
+            .filter(|(_, k)| now >= k.next_catalog)
+            .map(|(id, k)| (id.clone(), k.peer))
+            .collect();
+        let mut out = Vec::new();
+        for (id, peer) in due {
+            let q = self.catalog_query(&id, peer);
+            out.push((peer, q));
+            if let Some(k) = self.known.get_mut(&id) {
+                k.next_catalog = now + self.cfg.catalog_interval;
+            }
+        }
+        (out, events)
+    }
+}
+
+/// The endpoint on sockets: one UDP socket and one TCP listener on the same address.
+pub struct Server {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    core: Core,
+}
+
+impl Server {
+    /// Binds UDP and TCP on `listen` (port 0: the TCP listener takes the UDP port).
+    pub async fn bind(listen: SocketAddr, core: Core) -> std::io::Result<Self> {
+        let udp = UdpSocket::bind(listen).await?;
+        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        let mut core = core;
+        core.set_local("UDP", udp.local_addr()?);
+        core.set_local("TCP", tcp.local_addr()?);
+        Ok(Self { udp, tcp, core })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Runs until `shutdown` fires or the event receiver is dropped.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<ServerEvent>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let (in_tx, mut in_rx) = mpsc::channel::<(Peer, Vec<u8>)>(256);
+        let mut conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                r = self.udp.recv_from(&mut buf) => {
+                    let (n, from) = r?;
+                    self.core.handle(&buf[..n], Peer::Udp(from), Instant::now())
+                }
+                r = self.tcp.accept() => {
+                    let (stream, from) = r?;
+                    let (tx, rx) = mpsc::channel(64);
+                    conns.insert(from, tx);
+                    tokio::spawn(connection(stream, from, in_tx.clone(), rx, self.core.cfg.limits));
+                    continue;
+                }
+                Some((peer, bytes)) = in_rx.recv() => {
+                    if bytes.is_empty() {
+                        conns.remove(&peer.addr());
+                        continue;
+                    }
+                    self.core.handle(&bytes, peer, Instant::now())
+                }
+                _ = tick.tick() => self.core.tick(Instant::now()),
+            };
+            let (out, evs) = step;
+            for (peer, bytes) in out {
+                match peer {
+                    Peer::Udp(a) => {
+                        let _ = self.udp.send_to(&bytes, a).await;
+                    }
+                    Peer::Tcp(a) => {
+                        if let Some(tx) = conns.get(&a) {
+                            let _ = tx.send(bytes).await;
+                        }
+                    }
+                }
+            }
+            for ev in evs {
+                if events.send(ev).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// One TCP connection: messages cut from the stream go to the loop; what the loop sends
+/// goes out. An empty message tells the loop the connection is gone.
+async fn connection(
+    stream: TcpStream,
+    from: SocketAddr,
+    to_loop: mpsc::Sender<(Peer, Vec<u8>)>,
+    mut from_loop: mpsc::Receiver<Vec<u8>>,
+    limits: Limits,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut acc: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
+                acc.extend_from_slice(&buf[..n]);
+                loop {
+                    match Message::parse_stream(&acc, &limits) {
+                        Ok(Some((_, used))) => {
+                            let one = acc.drain(..used).collect::<Vec<u8>>();
+                            let start = one.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                            if to_loop.send((Peer::Tcp(from), one[start..].to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        // A stream that cannot be framed cannot be resynchronised: close it.
+                        Err(_) => {
+                            let _ = to_loop.send((Peer::Tcp(from), Vec::new())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            Some(bytes) = from_loop.recv() => {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to_loop.send((Peer::Tcp(from), Vec::new())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest;
+    use crate::manscdp::CatalogItem;
+    use crate::sip::param;
+
+    const PLATFORM: &str = "34020000002000000002";
+    const ME: &str = "34020000002000000001";
+
+    fn core_config() -> CoreConfig {
+        CoreConfig {
+            id: ME.into(),
+            domain: "3402000000".into(),
+            registrar: RegistrarConfig::new("3402000000", "secret-pw"),
+            limits: Limits::default(),
+            xml_limits: manscdp::Limits::default(),
+            catalog_interval: Duration::from_secs(600),
+        }
+    }
+
+    fn register(via: &str, cseq: u32, auth: Option<String>) -> Vec<u8> {
+        let mut m = Message::request(Method::Register, format!("sip:{ME}@3402000000"))
+            .with_header("Via", format!("SIP/2.0/{via};rport;branch=z9hG4bK{cseq}"))
+            .with_header("From", format!("<sip:{PLATFORM}@3402000000>;tag=77"))
+            .with_header("To", format!("<sip:{PLATFORM}@3402000000>"))
+            .with_header("Call-ID", "reg-1")
+            .with_header("CSeq", format!("{cseq} REGISTER"))
+            .with_header("Contact", format!("<sip:{PLATFORM}@127.0.0.1>"))
+            .with_header("Expires", "3600");
+        if let Some(a) = auth {
+            m = m.with_header("Authorization", a);
+        }
+        m.to_bytes()
+    }
+
+    fn message(body: Vec<u8>, cseq: u32) -> Vec<u8> {
+        Message::request(Method::Message, format!("sip:{ME}@3402000000"))
+            .with_header(
+                "Via",
+                format!("SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKm{cseq}"),
+            )
+            .with_header("From", format!("<sip:{PLATFORM}@3402000000>;tag=78"))
+            .with_header("To", format!("<sip:{ME}@3402000000>"))
+            .with_header("Call-ID", format!("msg-{cseq}"))
+            .with_header("CSeq", format!("{cseq} MESSAGE"))
+            .with_body("Application/MANSCDP+xml", body)
+            .to_bytes()
+    }
+
+    fn auth_for(challenge: &Message, password: &str) -> String {
+        let h = challenge.header("WWW-Authenticate").unwrap();
+        let nonce = h
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        digest::authorization(
+            PLATFORM,
+            "3402000000",
+            nonce,
+            &format!("sip:{ME}@3402000000"),
+            "REGISTER",
+            password,
+            Some(("00000001", "c0ffee")),
+        )
+    }
+
+    fn catalog_body() -> Vec<u8> {
+        let cam = CatalogItem {
+            device_id: "34020000001320000001".into(),
+            name: "东门".into(),
+            parental: Some(false),
+            longitude: Some(117.2),
+            latitude: Some(31.8),
+            ..Default::default()
+        };
+        manscdp::catalog_response(1, PLATFORM, 1, &[cam])
+    }
+
+    /// A scripted lower platform over a real UDP socket: a wrong password gets 403, the
+    /// right one 200, the catalog query comes, a GB2312 catalog answer is assembled.
+    #[tokio::test]
+    async fn a_lower_platform_registers_over_udp_and_its_catalog_is_assembled() {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Core::new(core_config()))
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, mut events) = mpsc::channel(64);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(server.run(tx, stop));
+
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let mut recv = async |peer: &UdpSocket| {
+            let n = tokio::time::timeout(Duration::from_secs(10), peer.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            Message::parse(&buf[..n], &Limits::default()).unwrap()
+        };
+        let via = format!("UDP {}", peer.local_addr().unwrap());
+        peer.send_to(&register(&via, 1, None), addr).await.unwrap();
+        let challenge = recv(&peer).await;
+        assert_eq!(challenge.status(), Some(401));
+        peer.send_to(
+            &register(&via, 2, Some(auth_for(&challenge, "wrong"))),
+            addr,
+        )
+        .await
+        .unwrap();
+        assert_eq!(recv(&peer).await.status(), Some(403));
+        peer.send_to(&register(&via, 3, None), addr).await.unwrap();
+        let challenge = recv(&peer).await;
+        peer.send_to(
+            &register(&via, 4, Some(auth_for(&challenge, "secret-pw"))),
+            addr,
+        )
+        .await
+        .unwrap();
+        assert_eq!(recv(&peer).await.status(), Some(200));
+        let query = recv(&peer).await;
+        assert_eq!(query.method(), Some(&Method::Message));
+        assert!(matches!(
+            manscdp::parse(&query.body, &manscdp::Limits::default()).unwrap(),
+            Body::Other {
+                cmd_type: manscdp::CmdType::Catalog,
+                ..
+            }
+        ));
+        let ok = Message::response_to(&query, 200, "OK", Some("q"));
+        peer.send_to(&ok.to_bytes(), addr).await.unwrap();
+        peer.send_to(&message(catalog_body(), 5), addr)
+            .await
+            .unwrap();
+        assert_eq!(recv(&peer).await.status(), Some(200));
+        peer.send_to(&message(manscdp::keepalive_notify(2, PLATFORM), 6), addr)
+            .await
+            .unwrap();
+        assert_eq!(recv(&peer).await.status(), Some(200));
+        peer.send_to(b"garbage\r\n\r\n", addr).await.unwrap();
+        peer.send_to(
+            &message(b"<Notify><CmdType>Nope</CmdType></Notify>".to_vec(), 7),
+            addr,
+        )
+        .await
+        .unwrap();
+        assert_eq!(recv(&peer).await.status(), Some(400));
+
+        let mut seen = Vec::new();
+        while !seen.iter().any(|e| {
+            matches!(
+                e,
+                ServerEvent::Refused {
+                    reason: "malformed MANSCDP"
+                }
+            )
+        }) {
+            seen.push(
+                tokio::time::timeout(Duration::from_secs(10), events.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert!(seen.contains(&ServerEvent::Request {
+            method: "REGISTER",
+            code: 403
+        }));
+        assert!(
+            seen.contains(&ServerEvent::Registrar(RegistrarEvent::Online {
+                id: PLATFORM.into()
+            }))
+        );
+        assert!(seen.contains(&ServerEvent::Refused {
+            reason: "malformed SIP"
+        }));
+        let cat = seen.iter().find_map(|e| match e {
+            ServerEvent::Catalog { platform, catalog } if platform == PLATFORM => Some(catalog),
+            _ => None,
+        });
+        let cams: Vec<_> = cat.unwrap().cameras().map(|c| c.name.as_str()).collect();
+        assert_eq!(cams, ["东门"]);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lower_platform_registers_over_tcp() {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Core::new(core_config()))
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, _events) = mpsc::channel(64);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.run(tx, stop));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let via = format!("TCP {}", s.local_addr().unwrap());
+        let mut acc = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        let mut next = async |s: &mut TcpStream, acc: &mut Vec<u8>| loop {
+            if let Some((m, n)) = Message::parse_stream(acc, &Limits::default()).unwrap() {
+                acc.drain(..n);
+                return m;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            acc.extend_from_slice(&buf[..n]);
+        };
+        // Both requests in one write: the stream is cut by Content-Length.
+        let mut two = register(&via, 1, None);
+        two.extend_from_slice(b"\r\n\r\n");
+        s.write_all(&two).await.unwrap();
+        let challenge = next(&mut s, &mut acc).await;
+        assert_eq!(challenge.status(), Some(401));
+        assert!(param(challenge.header("To").unwrap(), "tag").is_some());
+        s.write_all(&register(&via, 2, Some(auth_for(&challenge, "secret-pw"))))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut s, &mut acc).await.status(), Some(200));
+        let query = next(&mut s, &mut acc).await;
+        assert_eq!(query.method(), Some(&Method::Message));
+        assert!(query.header("Via").unwrap().starts_with("SIP/2.0/TCP "));
+    }
+
+    #[test]
+    fn a_silent_platform_goes_offline_and_is_queried_no_more() {
+        let mut core = Core::new(CoreConfig {
+            catalog_interval: Duration::from_secs(30),
+            ..core_config()
+        });
+        let peer = Peer::Udp("127.0.0.1:5060".parse().unwrap());
+        let t0 = Instant::now();
+        let (out, _) = core.handle(&register("UDP 127.0.0.1:5060", 1, None), peer, t0);
+        let challenge = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        let (out, ev) = core.handle(
+            &register(
+                "UDP 127.0.0.1:5060",
+                2,
+                Some(auth_for(&challenge, "secret-pw")),
+            ),
+            peer,
+            t0,
+        );
+        assert_eq!(out.len(), 2, "200 OK and the catalog query");
+        assert!(ev.contains(&ServerEvent::Registrar(RegistrarEvent::Online {
+            id: PLATFORM.into()
+        })));
+        let (out, _) = core.tick(t0 + Duration::from_secs(31));
+        assert_eq!(out.len(), 1, "the periodic catalog query");
+        let (_, ev) = core.tick(t0 + Duration::from_secs(181));
+        assert!(matches!(
+            &ev[..],
+            [ServerEvent::Registrar(RegistrarEvent::Offline { .. })]
+        ));
+        let (out, _) = core.tick(t0 + Duration::from_secs(300));
+        assert!(out.is_empty());
+        // Its catalog is refused while it is not registered.
+        let (out, _) = core.handle(
+            &message(catalog_body(), 9),
+            peer,
+            t0 + Duration::from_secs(301),
+        );
+        assert_eq!(
+            Message::parse(&out[0].1, &Limits::default())
+                .unwrap()
+                .status(),
+            Some(403)
+        );
+    }
+}
