@@ -366,3 +366,21 @@ fn a_device_that_is_down_at_start_is_retried_with_backoff_and_its_camera_comes_u
     assert!(exit.is_ok(), "{exit:?}");
     assert!(device.seen.accepted.load(Ordering::Relaxed) >= 3);
 }
+
+#[test]
+fn a_profile_the_device_does_not_have_is_named_with_those_it_has() {
+    let device = Device::start("right-pw", common::free_port().port());
+    let config = camera(&format!(
+        "url = \"{}\"\nuser = \"admin\"\npassword = \"right-pw\"\nprofile = \"Profile_9\"",
+        device.url()
+    ));
+    let e = skynet_ingest::onvif::resolve_stream_uri(&config).unwrap_err();
+    assert_eq!(
+        e,
+        OnvifError::NoSuchProfile {
+            token: "Profile_9".into(),
+            known: "Profile_1, Profile_2".into()
+        }
+    );
+    assert!(e.to_string().contains("no profile `Profile_9`"), "{e}");
+}

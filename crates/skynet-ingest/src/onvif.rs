@@ -574,8 +574,7 @@ impl Device<'_> {
         }
         let header = match (signed, self.user) {
             (true, Some(user)) => {
-                let created =
-                    (Utc::now() + self.offset).to_rfc3339_opts(SecondsFormat::Millis, true);
+                let created = (Utc::now() + self.offset).to_rfc3339_opts(SecondsFormat::Secs, true);
                 let mut nonce = [0u8; 16];
                 if getrandom::fill(&mut nonce).is_err() {
                     nonce.iter_mut().for_each(|b| *b = fastrand::u8(..));
