@@ -74,6 +74,12 @@ pub struct GstSourceConfig {
     /// 0 for a file (replayed as fast as possible).
     #[serde(default)]
     pub decode_threads: Option<u32>,
+    /// Key-frame-only decoding: `"auto"` (default), `true` or `false`. When on, only key
+    /// frames reach the decoder (the rest of the encoded stream is dropped before it; event
+    /// clips and live view still get every frame). `"auto"` turns it on while the camera's
+    /// `fps` is at or below the key-frame rate measured on the stream.
+    #[serde(default)]
+    pub keyframes_only: KeyframesOnly,
 }
 
 fn default_stall_timeout() -> f64 {
@@ -117,6 +123,51 @@ impl<'de> Deserialize<'de> for DecoderChoice {
             "software" => Self::Software,
             _ => Self::Element(name),
         })
+    }
+}
+
+/// `keyframes_only` of a `[[cameras]]` table: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyframesOnly {
+    /// On while the camera's `fps` is at or below the stream's measured key-frame rate.
+    #[default]
+    Auto,
+    /// Always: only key frames are decoded.
+    On,
+    /// Never: every frame is decoded.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for KeyframesOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Visitor};
+
+        struct Choice;
+        impl Visitor<'_> for Choice {
+            type Value = KeyframesOnly;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(if on {
+                    KeyframesOnly::On
+                } else {
+                    KeyframesOnly::Off
+                })
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match s {
+                    "auto" => Ok(KeyframesOnly::Auto),
+                    _ => Err(E::custom(format!(
+                        "`keyframes_only` must be true, false or \"auto\", got \"{s}\""
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Choice)
     }
 }
 
@@ -226,6 +277,7 @@ impl GstSourceConfig {
             password: None,
             decoder: DecoderChoice::default(),
             decode_threads: None,
+            keyframes_only: KeyframesOnly::default(),
         }
     }
 }
@@ -479,6 +531,7 @@ impl BuildSource for GstSourceConfig {
             fps: delivery.fps,
             max_size: delivery.max_size,
             clip_ring: delivery.clip_ring.clone(),
+            keyframes_only: self.keyframes_only,
             decode_threads: self
                 .decode_threads
                 .unwrap_or(if self.is_live() { 1 } else { 0 }),
@@ -630,6 +683,32 @@ mod tests {
                 .max_attempts,
             Some(3)
         );
+    }
+
+    #[test]
+    fn keyframes_only_takes_true_false_or_auto() {
+        let keyframes =
+            |text: &str| parse(&format!("uri = \"v.avi\"\n{text}")).map(|c| c.keyframes_only);
+        assert_eq!(keyframes("").unwrap(), KeyframesOnly::Auto);
+        assert_eq!(
+            keyframes("keyframes_only = \"auto\"").unwrap(),
+            KeyframesOnly::Auto
+        );
+        assert_eq!(
+            keyframes("keyframes_only = true").unwrap(),
+            KeyframesOnly::On
+        );
+        assert_eq!(
+            keyframes("keyframes_only = false").unwrap(),
+            KeyframesOnly::Off
+        );
+        for bad in ["\"yes\"", "\"true\"", "1", "[]"] {
+            let e = keyframes(&format!("keyframes_only = {bad}")).unwrap_err();
+            assert!(
+                e.to_string().contains("true, false or \"auto\""),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use gstreamer::glib;
 use gstreamer::prelude::*;
 
 use super::GstSource;
+use super::keyframes::{DecodeMode, KeyframeGate};
 use crate::config::DecoderChoice;
 
 /// The decoder a connection is using, as `deep-element-added` saw it.
@@ -102,9 +103,15 @@ pub(super) fn select_decoder(decode: &gst::Element, choice: DecoderChoice) {
     });
 }
 
-/// Records the video decoder the pipeline adds in `decoder_in_use`, and gives a software
-/// decoder at most `threads` threads (0: as many as it likes).
-pub(super) fn watch_decoder(pipeline: &gst::Pipeline, decoder_in_use: &DecoderInUse, threads: u32) {
+/// Records the video decoder the pipeline adds in `decoder_in_use`, gives a software
+/// decoder at most `threads` threads (0: as many as it likes), and puts the key-frame gate
+/// before it (`keyframes.rs`).
+pub(super) fn watch_decoder(
+    pipeline: &gst::Pipeline,
+    decoder_in_use: &DecoderInUse,
+    threads: u32,
+    keyframes: Arc<KeyframeGate>,
+) {
     let decoder_in_use = decoder_in_use.clone();
     pipeline.connect_deep_element_added(move |_, _, element| {
         if let Some(factory) = element.factory()
@@ -115,6 +122,7 @@ pub(super) fn watch_decoder(pipeline: &gst::Pipeline, decoder_in_use: &DecoderIn
             if threads > 0 && element.has_property_with_type("max-threads", i32::static_type()) {
                 element.set_property("max-threads", i32::try_from(threads).unwrap_or(1));
             }
+            keyframes.attach(element);
             decoder_in_use.set(factory.name().to_string(), is_hardware_decoder(&factory));
         }
     });
@@ -147,5 +155,21 @@ impl GstSource {
         tracing::info!(camera = %self.camera, decoder = %name, hardware, "decoder chosen");
         metrics::gauge!("skynet_camera_decoder", "camera" => camera, "decoder" => name, "hardware" => hardware.to_string()).set(1.0);
         self.reported_decoder = Some(current);
+    }
+
+    /// Logs what reaches the decoder, once per change, and sets its gauge
+    /// `skynet_camera_decode_mode{camera,mode}` (1 for the current mode, 0 for the other).
+    pub(super) fn report_decode_mode(&mut self, gate: &KeyframeGate) {
+        let mode = gate.mode();
+        if self.reported_decode_mode == Some(mode) {
+            return;
+        }
+        let camera = self.camera.to_string();
+        for other in [DecodeMode::Full, DecodeMode::Keyframes] {
+            metrics::gauge!("skynet_camera_decode_mode", "camera" => camera.clone(), "mode" => other.as_str())
+                .set(if other == mode { 1.0 } else { 0.0 });
+        }
+        tracing::info!(camera = %self.camera, mode = mode.as_str(), "decode mode");
+        self.reported_decode_mode = Some(mode);
     }
 }

@@ -12,6 +12,7 @@ use gstreamer_app as gst_app;
 use skynet_core::{Credentials, DeviceId};
 
 use super::decoder::{DecoderInUse, select_decoder, watch_decoder};
+use super::keyframes::KeyframeGate;
 use super::{GstSource, GstSourceOptions};
 use crate::IngestError;
 use crate::config::{Transport, is_network_uri};
@@ -47,6 +48,7 @@ impl GstSource {
             });
         }
         select_decoder(&decode, self.decoder_choice());
+        let mut rate_caps = None;
         let rate = match self.options.fps {
             Some(fps) => {
                 let rate = make("videorate")?;
@@ -55,12 +57,11 @@ impl GstSource {
                 let framerate = gst::Fraction::approximate_f64(fps)
                     .filter(|f| f.numer() > 0)
                     .unwrap_or_else(|| gst::Fraction::new(1, 1));
-                filter.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("framerate", framerate)
-                        .build(),
-                );
+                let caps = gst::Caps::builder("video/x-raw")
+                    .field("framerate", framerate)
+                    .build();
+                filter.set_property("caps", &caps);
+                rate_caps = Some(caps);
                 Some((rate, filter))
             }
             None => None,
@@ -122,7 +123,22 @@ impl GstSource {
             uri: skynet_core::redact_uri(uri),
             reason,
         };
-        watch_decoder(&pipeline, decoder_in_use, self.options.decode_threads);
+        // Liveness is judged on the stream's frames, decoded or not (key frames only), before
+        // the analysis rate thins them: a camera analysed once a minute is not stalled between
+        // two analyses.
+        let heartbeat = Arc::new(Heartbeat::new());
+        let keyframes = Arc::new(KeyframeGate::new(
+            self.options.keyframes_only,
+            self.options.fps,
+            rate.as_ref().map(|(_, filter)| filter).zip(rate_caps),
+            Arc::clone(&heartbeat),
+        ));
+        watch_decoder(
+            &pipeline,
+            decoder_in_use,
+            self.options.decode_threads,
+            Arc::clone(&keyframes),
+        );
         pipeline
             .add_many([&decode, &handoff, &convert, &scale, sink.upcast_ref()])
             .map_err(|e| start_err(e.to_string()))?;
@@ -140,9 +156,6 @@ impl GstSource {
             None => handoff.clone(),
         };
 
-        // Liveness is judged on decoded frames, before the analysis rate thins them: a camera
-        // analysed once a minute is not stalled between two analyses.
-        let heartbeat = Arc::new(Heartbeat::new());
         if let Some(pad) = first.static_pad("sink") {
             let beat = Arc::clone(&heartbeat);
             pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
@@ -214,6 +227,7 @@ impl GstSource {
             rate: rate.map(|(rate, _)| rate),
             realtime,
             heartbeat,
+            keyframes,
         })
     }
 }
@@ -335,11 +349,14 @@ pub(super) struct Connection {
     pub(super) rate: Option<gst::Element>,
     /// The pipeline runs on the realtime clock (live streams).
     pub(super) realtime: bool,
-    /// When the decoder last delivered a frame.
+    /// When the decoder last delivered a frame (or, key frames only, the stream one).
     pub(super) heartbeat: Arc<Heartbeat>,
+    /// What reaches the decoder (`keyframes_only`).
+    pub(super) keyframes: Arc<KeyframeGate>,
 }
 
 /// When a connection's decoder last delivered a frame, set from its streaming thread.
+#[derive(Debug)]
 pub(super) struct Heartbeat {
     epoch: Instant,
     /// Milliseconds after `epoch`, plus one; 0 while no frame has come.

@@ -8,6 +8,8 @@
 //!   camera's `decoder` says otherwise; a hardware decoder that fails gives way to software.
 //! - `videorate` passes on at most the camera's analysis `fps`, before any conversion, so frames
 //!   that are not analysed cost no colour conversion.
+//! - With `keyframes_only` on (or `auto` deciding so), only key frames reach the decoder: a
+//!   probe on its sink pad drops delta frames ([`keyframes`]).
 //! - `videoconvertscale` converts and scales in one step to what the detector needs: frames
 //!   larger than that are scaled down keeping their aspect ratio. It runs on its own thread
 //!   (after a two-buffer queue), beside the decoder.
@@ -17,12 +19,13 @@
 //! on the source element, so nothing GStreamer logs or reports can contain them.
 //!
 //! The source is split by job: [`graph`] builds a connection's pipeline, [`decoder`] steers
-//! the choice of decoder and reports it, [`clock`] gives frames their event time, and
+//! the choice of decoder and reports it, [`keyframes`] thins what reaches it, [`clock`] gives frames their event time, and
 //! [`uri`] turns the configured URI into what GStreamer and the source element get.
 
 mod clock;
 mod decoder;
 mod graph;
+mod keyframes;
 #[cfg(test)]
 mod tests;
 mod uri;
@@ -39,7 +42,7 @@ use skynet_core::{
     redact_uri,
 };
 
-use crate::config::{DecoderChoice, Transport, is_network_uri};
+use crate::config::{DecoderChoice, KeyframesOnly, Transport, is_network_uri};
 use crate::{FrameOutput, FrameSource, IngestError, SourceExit, SourceStats};
 use clock::{FileClock, reference_time, running_zero};
 pub(crate) use clock::{live_event_time, running_zero as clock_running_zero};
@@ -82,6 +85,9 @@ pub struct GstSourceOptions {
     /// Event clips: a live H.264/H.265 stream's encoded access units, teed off before the
     /// decoder, fill this ring (`clips.rs`). `None`: the decode path alone, as without clips.
     pub clip_ring: Option<crate::clips::EncodedRing>,
+    /// Only key frames reach the decoder: on, off, or `auto` (on while `fps` is at or below
+    /// the stream's key-frame rate). See `keyframes.rs`.
+    pub keyframes_only: KeyframesOnly,
 }
 
 impl GstSourceOptions {
@@ -105,6 +111,7 @@ impl GstSourceOptions {
             max_size: None,
             decode_threads: 0,
             clip_ring: None,
+            keyframes_only: KeyframesOnly::default(),
         }
     }
 }
@@ -129,6 +136,7 @@ impl std::fmt::Debug for GstSourceOptions {
             .field("max_size", &self.max_size)
             .field("decode_threads", &self.decode_threads)
             .field("clip_ring", &self.clip_ring.is_some())
+            .field("keyframes_only", &self.keyframes_only)
             .finish()
     }
 }
@@ -147,6 +155,8 @@ pub struct GstSource {
     force_software: bool,
     /// The decoder the last connection reported, for its gauge.
     reported_decoder: Option<(String, bool)>,
+    /// What reached the decoder at the last report, for its gauge.
+    reported_decode_mode: Option<keyframes::DecodeMode>,
 }
 
 impl std::fmt::Debug for GstSource {
@@ -177,6 +187,7 @@ impl GstSource {
             file_clock: None,
             force_software: false,
             reported_decoder: None,
+            reported_decode_mode: None,
         }
     }
 
@@ -291,8 +302,10 @@ impl GstSource {
         let decoded = metrics::counter!("skynet_frames_decoded_total", "camera" => camera.clone());
         let invalid = metrics::counter!("skynet_frames_invalid_total", "camera" => camera.clone());
         let dropped_invalid = metrics::counter!("skynet_frames_dropped_total", "camera" => camera.clone(), "reason" => "invalid");
-        let skipped_rate = metrics::counter!("skynet_frames_skipped_total", "camera" => camera, "reason" => "rate");
+        let skipped_rate = metrics::counter!("skynet_frames_skipped_total", "camera" => camera.clone(), "reason" => "rate");
+        let skipped_keyframes = metrics::counter!("skynet_frames_skipped_total", "camera" => camera, "reason" => "keyframes");
         let mut rate_dropped_seen = 0u64;
+        let mut keyframes_dropped_seen = 0u64;
         let mut last_sample = Instant::now();
         let mut got_frame = false;
         let mut reported_stall = false;
@@ -312,12 +325,17 @@ impl GstSource {
             convert,
             rate,
             heartbeat,
+            keyframes,
             ..
         } = connection;
         loop {
             if stop.is_triggered() {
                 return Ok(SourceExit::Stopped);
             }
+            self.report_decode_mode(keyframes);
+            let dropped = keyframes.dropped();
+            skipped_keyframes.increment(dropped.saturating_sub(keyframes_dropped_seen));
+            keyframes_dropped_seen = dropped;
             if let Some(err) = self.bus_error(pipeline) {
                 return Err(err);
             }
