@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::invite::{self, Answer, Dialog, InviteParams, MediaTransport};
 use crate::manscdp::{self, Body, Catalog, CatalogAssembler};
 use crate::registrar::{Refusal, Registrar, RegistrarConfig, RegistrarEvent};
 use crate::sip::{Limits, Message, Method, StartLine, random_token};
@@ -61,6 +62,23 @@ pub enum ServerEvent {
     Refused {
         reason: &'static str,
     },
+    /// A channel's INVITE was answered 2xx and ACKed: the media comes as `answer` says.
+    Playing {
+        channel: String,
+        call_id: String,
+        answer: Answer,
+    },
+    /// A channel's INVITE failed (a final non-2xx, or an unreadable answer: `code` 0).
+    InviteFailed {
+        channel: String,
+        call_id: String,
+        code: u16,
+    },
+    /// The lower platform ended a call (BYE).
+    Stopped {
+        channel: String,
+        call_id: String,
+    },
 }
 
 /// Settings of the endpoint.
@@ -90,6 +108,11 @@ pub struct Core {
     local: HashMap<&'static str, SocketAddr>,
     sn: u32,
     cseq: u32,
+    ssrc_counter: u32,
+    /// INVITEs sent and not answered yet, by Call-ID.
+    inviting: HashMap<String, (String, Message, Peer)>,
+    /// Confirmed calls, by Call-ID.
+    calls: HashMap<String, (String, Dialog, Peer)>,
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -122,6 +145,9 @@ impl Core {
             local: HashMap::new(),
             sn: 0,
             cseq: 0,
+            ssrc_counter: 0,
+            inviting: HashMap::new(),
+            calls: HashMap::new(),
         }
     }
 
@@ -185,8 +211,10 @@ impl Core {
         };
         let method = match &msg.start {
             StartLine::Request { method, .. } => method.clone(),
-            // Answers to our queries: nothing to do yet.
-            StartLine::Response { .. } => return (out, events),
+            StartLine::Response { code, .. } => {
+                self.response(&msg, *code, &mut out, &mut events);
+                return (out, events);
+            }
         };
         let answer =
             |res: Message, out: &mut Vec<(Peer, Vec<u8>)>, events: &mut Vec<ServerEvent>| {
@@ -289,7 +317,22 @@ impl Core {
                 }
             }
             Method::Ack => {}
-            Method::Options | Method::Bye => answer(
+            Method::Bye => {
+                if let Ok(call_id) = msg.call_id()
+                    && let Some((channel, _, _)) = self.calls.remove(call_id)
+                {
+                    events.push(ServerEvent::Stopped {
+                        channel,
+                        call_id: call_id.to_owned(),
+                    });
+                }
+                answer(
+                    Message::response_to(&msg, 200, "OK", Some(&random_token(4))),
+                    &mut out,
+                    &mut events,
+                )
+            }
+            Method::Options => answer(
                 Message::response_to(&msg, 200, "OK", Some(&random_token(4))),
                 &mut out,
                 &mut events,
@@ -302,6 +345,134 @@ impl Core {
             ),
         }
         (out, events)
+    }
+
+    /// An INVITE for `channel` of a registered `platform`: what to send and the Call-ID
+    /// (`None` when the platform is not registered). The SSRC is built per Annex F from
+    /// skynet's domain and a counter.
+    pub fn invite(
+        &mut self,
+        platform: &str,
+        channel: &str,
+        media_ip: &str,
+        media_port: u16,
+        media: MediaTransport,
+    ) -> Option<(Peer, Vec<u8>, String)> {
+        let peer = self.known.get(platform)?.peer;
+        self.ssrc_counter = self.ssrc_counter.wrapping_add(1) % 10_000;
+        let ssrc = invite::ssrc(true, &self.cfg.domain, self.ssrc_counter).ok()?;
+        let our_addr = self
+            .local
+            .get(peer.transport())
+            .copied()
+            .unwrap_or_else(|| peer.addr())
+            .to_string();
+        let target = peer.addr().to_string();
+        self.cseq = self.cseq.wrapping_add(1);
+        let params = InviteParams {
+            our_id: &self.cfg.id,
+            our_domain: &self.cfg.domain,
+            our_addr: &our_addr,
+            sip_transport: peer.transport(),
+            channel_id: channel,
+            target: &target,
+            media_ip,
+            media_port,
+            media,
+            ssrc: &ssrc,
+        };
+        let msg = invite::build_invite(&params, self.cseq);
+        let call_id = msg.call_id().ok()?.to_owned();
+        let bytes = msg.to_bytes();
+        self.inviting
+            .insert(call_id.clone(), (channel.to_owned(), msg, peer));
+        Some((peer, bytes, call_id))
+    }
+
+    /// A BYE for a confirmed call (stopping the channel).
+    pub fn bye(&mut self, call_id: &str) -> Option<(Peer, Vec<u8>)> {
+        let (_, mut dialog, peer) = self.calls.remove(call_id)?;
+        Some((peer, dialog.bye().to_bytes()))
+    }
+
+    fn response(
+        &mut self,
+        res: &Message,
+        code: u16,
+        out: &mut Vec<(Peer, Vec<u8>)>,
+        events: &mut Vec<ServerEvent>,
+    ) {
+        let Ok(call_id) = res.call_id() else { return };
+        if code < 200 || !matches!(res.cseq(), Ok((_, Method::Invite))) {
+            return;
+        }
+        // A retransmitted 2xx: ACK it again.
+        if (200..300).contains(&code)
+            && let Some((_, dialog, peer)) = self.calls.get(call_id)
+        {
+            out.push((*peer, dialog.ack().to_bytes()));
+            return;
+        }
+        let Some((channel, inv, peer)) = self.inviting.remove(call_id) else {
+            return;
+        };
+        let call_id = call_id.to_owned();
+        if (200..300).contains(&code) {
+            match (Dialog::from_ok(&inv, res), invite::parse_answer(&res.body)) {
+                (Ok(dialog), Ok(answer)) => {
+                    out.push((peer, dialog.ack().to_bytes()));
+                    self.calls
+                        .insert(call_id.clone(), (channel.clone(), dialog, peer));
+                    events.push(ServerEvent::Playing {
+                        channel,
+                        call_id,
+                        answer,
+                    });
+                }
+                (Ok(mut dialog), Err(_)) => {
+                    // ACK, then hang up: the answer cannot be played.
+                    out.push((peer, dialog.ack().to_bytes()));
+                    out.push((peer, dialog.bye().to_bytes()));
+                    events.push(ServerEvent::InviteFailed {
+                        channel,
+                        call_id,
+                        code: 0,
+                    });
+                }
+                (Err(_), _) => events.push(ServerEvent::InviteFailed {
+                    channel,
+                    call_id,
+                    code: 0,
+                }),
+            }
+        } else {
+            // RFC 3261 §17.1.1.3: a non-2xx final response is ACKed in the INVITE's transaction.
+            let mut ack = Message::request(
+                Method::Ack,
+                match &inv.start {
+                    StartLine::Request { uri, .. } => uri.clone(),
+                    StartLine::Response { .. } => String::new(),
+                },
+            );
+            for name in ["Via", "From", "Call-ID"] {
+                if let Some(v) = inv.header(name) {
+                    ack = ack.with_header(name, v);
+                }
+            }
+            if let Some(to) = res.header("To") {
+                ack = ack.with_header("To", to);
+            }
+            let n = inv.cseq().map(|(n, _)| n).unwrap_or(1);
+            ack = ack
+                .with_header("CSeq", format!("{n} ACK"))
+                .with_header("Max-Forwards", "70");
+            out.push((peer, ack.to_bytes()));
+            events.push(ServerEvent::InviteFailed {
+                channel,
+                call_id,
+                code,
+            });
+        }
     }
 
     /// Advances time: offline platforms, abandoned catalogs, periodic catalog queries.
@@ -692,6 +863,126 @@ mod tests {
         let query = next(&mut s, &mut acc).await;
         assert_eq!(query.method(), Some(&Method::Message));
         assert!(query.header("Via").unwrap().starts_with("SIP/2.0/TCP "));
+    }
+
+    fn online_core() -> (Core, Peer, Instant) {
+        let mut core = Core::new(core_config());
+        core.set_local("UDP", "10.0.0.5:5060".parse().unwrap());
+        let peer = Peer::Udp("10.0.0.9:5060".parse().unwrap());
+        let t0 = Instant::now();
+        let (out, _) = core.handle(&register("UDP 10.0.0.9:5060", 1, None), peer, t0);
+        let challenge = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        core.handle(
+            &register(
+                "UDP 10.0.0.9:5060",
+                2,
+                Some(auth_for(&challenge, "secret-pw")),
+            ),
+            peer,
+            t0,
+        );
+        (core, peer, t0)
+    }
+
+    #[test]
+    fn an_invite_answered_200_is_acked_and_playing_and_a_bye_ends_it() {
+        let (mut core, peer, t0) = online_core();
+        let cam = "34020000001320000001";
+        assert!(
+            core.invite(
+                "34020000002000000099",
+                cam,
+                "10.0.0.5",
+                30000,
+                MediaTransport::Udp
+            )
+            .is_none()
+        );
+        let (to, bytes, call_id) = core
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp)
+            .unwrap();
+        assert_eq!(to, peer);
+        let inv = Message::parse(&bytes, &Limits::default()).unwrap();
+        assert_eq!(
+            inv.header("Subject"),
+            Some("34020000001320000001:0200000001,34020000002000000001:0")
+        );
+        let trying = Message::response_to(&inv, 100, "Trying", None);
+        assert_eq!(core.handle(&trying.to_bytes(), peer, t0), (vec![], vec![]));
+        let sdp = "v=0\r\nc=IN IP4 10.0.0.9\r\nm=video 15060 RTP/AVP 96\r\ny=0200000001\r\n";
+        let ok = Message::response_to(&inv, 200, "OK", Some("dev"))
+            .with_header("Contact", format!("<sip:{cam}@10.0.0.9:5060>"))
+            .with_body("application/sdp", sdp.as_bytes().to_vec());
+        let (out, ev) = core.handle(&ok.to_bytes(), peer, t0);
+        let ack = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(ack.method(), Some(&Method::Ack));
+        let ServerEvent::Playing {
+            channel, answer, ..
+        } = &ev[0]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (channel.as_str(), answer.port, answer.ssrc),
+            (cam, 15060, Some(200_000_001))
+        );
+        // A retransmitted 200 OK is ACKed again, without a second Playing.
+        let (out, ev) = core.handle(&ok.to_bytes(), peer, t0);
+        assert_eq!((out.len(), ev.len()), (1, 0));
+        let (_, bye) = core.bye(&call_id).unwrap();
+        let bye = Message::parse(&bye, &Limits::default()).unwrap();
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert!(core.bye(&call_id).is_none());
+    }
+
+    #[test]
+    fn a_refused_invite_is_acked_and_reported_and_a_device_bye_stops_the_call() {
+        let (mut core, peer, t0) = online_core();
+        let cam = "34020000001320000001";
+        let (_, bytes, _) = core
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::TcpPassive)
+            .unwrap();
+        let inv = Message::parse(&bytes, &Limits::default()).unwrap();
+        assert!(String::from_utf8_lossy(&inv.body).contains("a=setup:passive"));
+        let busy = Message::response_to(&inv, 486, "Busy Here", Some("x"));
+        let (out, ev) = core.handle(&busy.to_bytes(), peer, t0);
+        let ack = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(ack.cseq().unwrap().1, Method::Ack);
+        assert_eq!(ack.header("Via"), inv.header("Via"), "same transaction");
+        assert!(matches!(
+            &ev[..],
+            [ServerEvent::InviteFailed { code: 486, .. }]
+        ));
+
+        let (_, bytes, call_id) = core
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp)
+            .unwrap();
+        let inv = Message::parse(&bytes, &Limits::default()).unwrap();
+        let ok = Message::response_to(&inv, 200, "OK", Some("dev")).with_body(
+            "application/sdp",
+            b"v=0\r\nc=IN IP4 10.0.0.9\r\nm=video 15060 RTP/AVP 96\r\n".to_vec(),
+        );
+        core.handle(&ok.to_bytes(), peer, t0);
+        let bye = Message::request(Method::Bye, format!("sip:{ME}@10.0.0.5:5060"))
+            .with_header("Via", "SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bKb")
+            .with_header("From", format!("<sip:{cam}@3402000000>;tag=dev"))
+            .with_header("To", format!("<sip:{ME}@3402000000>;tag=1"))
+            .with_header("Call-ID", call_id.clone())
+            .with_header("CSeq", "1 BYE");
+        let (out, ev) = core.handle(&bye.to_bytes(), peer, t0);
+        assert_eq!(
+            Message::parse(&out[0].1, &Limits::default())
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        assert_eq!(
+            ev[0],
+            ServerEvent::Stopped {
+                channel: cam.into(),
+                call_id
+            }
+        );
     }
 
     #[test]
