@@ -513,6 +513,23 @@ impl Core {
     }
 }
 
+/// What the rest of skynet asks of a running [`Server`].
+#[derive(Debug)]
+pub enum Command {
+    /// INVITE a channel; the reply is its Call-ID (`None`: the platform is not registered).
+    /// The outcome comes as [`ServerEvent::Playing`] or [`ServerEvent::InviteFailed`].
+    Invite {
+        platform: String,
+        channel: String,
+        media_ip: String,
+        media_port: u16,
+        media: MediaTransport,
+        reply: tokio::sync::oneshot::Sender<Option<String>>,
+    },
+    /// Hang up a call.
+    Bye { call_id: String },
+}
+
 /// The endpoint on sockets: one UDP socket and one TCP listener on the same address.
 pub struct Server {
     udp: UdpSocket,
@@ -539,6 +556,7 @@ impl Server {
     pub async fn run(
         mut self,
         events: mpsc::Sender<ServerEvent>,
+        mut commands: mpsc::Receiver<Command>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let mut buf = vec![0u8; 65_536];
@@ -567,6 +585,18 @@ impl Server {
                     self.core.handle(&bytes, peer, Instant::now())
                 }
                 _ = tick.tick() => self.core.tick(Instant::now()),
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Invite { platform, channel, media_ip, media_port, media, reply } => {
+                        let sent = self.core.invite(&platform, &channel, &media_ip, media_port, media);
+                        let (out, call_id) = match sent {
+                            Some((peer, bytes, call_id)) => (vec![(peer, bytes)], Some(call_id)),
+                            None => (Vec::new(), None),
+                        };
+                        let _ = reply.send(call_id);
+                        (out, Vec::new())
+                    }
+                    Command::Bye { call_id } => (self.core.bye(&call_id).into_iter().collect(), Vec::new()),
+                },
             };
             let (out, evs) = step;
             for (peer, bytes) in out {
@@ -727,7 +757,8 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let (tx, mut events) = mpsc::channel(64);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(server.run(tx, stop));
+        let (cmd_tx, cmds) = mpsc::channel(8);
+        let task = tokio::spawn(server.run(tx, cmds, stop));
 
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = vec![0u8; 65_536];
@@ -820,6 +851,38 @@ mod tests {
         });
         let cams: Vec<_> = cat.unwrap().cameras().map(|c| c.name.as_str()).collect();
         assert_eq!(cams, ["东门"]);
+
+        // The wiring INVITEs the camera; the scripted platform answers 200 OK and gets its ACK.
+        let (reply, call_id) = tokio::sync::oneshot::channel();
+        let invite = Command::Invite {
+            platform: PLATFORM.into(),
+            channel: "34020000001320000001".into(),
+            media_ip: "127.0.0.1".into(),
+            media_port: 30_000,
+            media: MediaTransport::Udp,
+            reply,
+        };
+        cmd_tx.send(invite).await.unwrap();
+        let call_id = call_id.await.unwrap().unwrap();
+        let inv = recv(&peer).await;
+        assert_eq!(inv.call_id().unwrap(), call_id);
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=video 15060 RTP/AVP 96\r\ny=0200000001\r\n";
+        let ok = Message::response_to(&inv, 200, "OK", Some("dev"))
+            .with_body("application/sdp", sdp.as_bytes().to_vec());
+        peer.send_to(&ok.to_bytes(), addr).await.unwrap();
+        assert_eq!(recv(&peer).await.method(), Some(&Method::Ack));
+        cmd_tx.send(Command::Bye { call_id }).await.unwrap();
+        assert_eq!(recv(&peer).await.method(), Some(&Method::Bye));
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let ServerEvent::Playing { answer, .. } = ev {
+                assert_eq!(answer.ssrc, Some(200_000_001));
+                break;
+            }
+        }
         stop_tx.send(true).unwrap();
         task.await.unwrap().unwrap();
     }
@@ -832,7 +895,8 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let (tx, _events) = mpsc::channel(64);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        tokio::spawn(server.run(tx, stop));
+        let (_cmd_tx, cmds) = mpsc::channel(8);
+        tokio::spawn(server.run(tx, cmds, stop));
         let mut s = TcpStream::connect(addr).await.unwrap();
         let via = format!("TCP {}", s.local_addr().unwrap());
         let mut acc = Vec::new();
