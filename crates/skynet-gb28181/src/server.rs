@@ -94,6 +94,22 @@ pub struct CoreConfig {
     pub catalog_interval: Duration,
 }
 
+/// An INVITE client transaction (RFC 3261 §17.1.1): over UDP it is sent again at 0.5 s,
+/// 1 s, 2 s, … until a provisional or final answer; without a final answer in 32 s (Timer
+/// B, 64·T1) the channel is reported failed with 408.
+struct Inviting {
+    channel: String,
+    msg: Message,
+    peer: Peer,
+    bytes: Vec<u8>,
+    started: Instant,
+    next_retransmit: Option<Instant>,
+    interval: Duration,
+}
+
+const T1: Duration = Duration::from_millis(500);
+const TIMER_B: Duration = Duration::from_secs(32);
+
 struct Known {
     peer: Peer,
     next_catalog: Instant,
@@ -110,7 +126,7 @@ pub struct Core {
     cseq: u32,
     ssrc_counter: u32,
     /// INVITEs sent and not answered yet, by Call-ID.
-    inviting: HashMap<String, (String, Message, Peer)>,
+    inviting: HashMap<String, Inviting>,
     /// Confirmed calls, by Call-ID.
     calls: HashMap<String, (String, Dialog, Peer)>,
 }
@@ -357,6 +373,7 @@ impl Core {
         media_ip: &str,
         media_port: u16,
         media: MediaTransport,
+        now: Instant,
     ) -> Option<(Peer, Vec<u8>, String)> {
         let peer = self.known.get(platform)?.peer;
         self.ssrc_counter = self.ssrc_counter.wrapping_add(1) % 10_000;
@@ -384,8 +401,17 @@ impl Core {
         let msg = invite::build_invite(&params, self.cseq);
         let call_id = msg.call_id().ok()?.to_owned();
         let bytes = msg.to_bytes();
-        self.inviting
-            .insert(call_id.clone(), (channel.to_owned(), msg, peer));
+        let next_retransmit = matches!(peer, Peer::Udp(_)).then(|| now + T1);
+        let inviting = Inviting {
+            channel: channel.to_owned(),
+            msg,
+            peer,
+            bytes: bytes.clone(),
+            started: now,
+            next_retransmit,
+            interval: T1,
+        };
+        self.inviting.insert(call_id.clone(), inviting);
         Some((peer, bytes, call_id))
     }
 
@@ -403,7 +429,14 @@ impl Core {
         events: &mut Vec<ServerEvent>,
     ) {
         let Ok(call_id) = res.call_id() else { return };
-        if code < 200 || !matches!(res.cseq(), Ok((_, Method::Invite))) {
+        if !matches!(res.cseq(), Ok((_, Method::Invite))) {
+            return;
+        }
+        if code < 200 {
+            // Proceeding: the INVITE is no longer sent again.
+            if let Some(t) = self.inviting.get_mut(call_id) {
+                t.next_retransmit = None;
+            }
             return;
         }
         // A retransmitted 2xx: ACK it again.
@@ -413,7 +446,13 @@ impl Core {
             out.push((*peer, dialog.ack().to_bytes()));
             return;
         }
-        let Some((channel, inv, peer)) = self.inviting.remove(call_id) else {
+        let Some(Inviting {
+            channel,
+            msg: inv,
+            peer,
+            ..
+        }) = self.inviting.remove(call_id)
+        else {
             return;
         };
         let call_id = call_id.to_owned();
@@ -502,6 +541,30 @@ impl Core {
             .map(|(id, k)| (id.clone(), k.peer))
             .collect();
         let mut out = Vec::new();
+        let timed_out: Vec<String> = self
+            .inviting
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(t.started) >= TIMER_B)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in timed_out {
+            if let Some(t) = self.inviting.remove(&call_id) {
+                events.push(ServerEvent::InviteFailed {
+                    channel: t.channel,
+                    call_id,
+                    code: 408,
+                });
+            }
+        }
+        for t in self.inviting.values_mut() {
+            if let Some(at) = t.next_retransmit
+                && now >= at
+            {
+                out.push((t.peer, t.bytes.clone()));
+                t.interval *= 2;
+                t.next_retransmit = Some(now + t.interval);
+            }
+        }
         for (id, peer) in due {
             let q = self.catalog_query(&id, peer);
             out.push((peer, q));
@@ -587,7 +650,7 @@ impl Server {
                 _ = tick.tick() => self.core.tick(Instant::now()),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Invite { platform, channel, media_ip, media_port, media, reply } => {
-                        let sent = self.core.invite(&platform, &channel, &media_ip, media_port, media);
+                        let sent = self.core.invite(&platform, &channel, &media_ip, media_port, media, Instant::now());
                         let (out, call_id) = match sent {
                             Some((peer, bytes, call_id)) => (vec![(peer, bytes)], Some(call_id)),
                             None => (Vec::new(), None),
@@ -958,12 +1021,13 @@ mod tests {
                 cam,
                 "10.0.0.5",
                 30000,
-                MediaTransport::Udp
+                MediaTransport::Udp,
+                t0
             )
             .is_none()
         );
         let (to, bytes, call_id) = core
-            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp)
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp, t0)
             .unwrap();
         assert_eq!(to, peer);
         let inv = Message::parse(&bytes, &Limits::default()).unwrap();
@@ -1004,7 +1068,14 @@ mod tests {
         let (mut core, peer, t0) = online_core();
         let cam = "34020000001320000001";
         let (_, bytes, _) = core
-            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::TcpPassive)
+            .invite(
+                PLATFORM,
+                cam,
+                "10.0.0.5",
+                30000,
+                MediaTransport::TcpPassive,
+                t0,
+            )
             .unwrap();
         let inv = Message::parse(&bytes, &Limits::default()).unwrap();
         assert!(String::from_utf8_lossy(&inv.body).contains("a=setup:passive"));
@@ -1019,7 +1090,7 @@ mod tests {
         ));
 
         let (_, bytes, call_id) = core
-            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp)
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp, t0)
             .unwrap();
         let inv = Message::parse(&bytes, &Limits::default()).unwrap();
         let ok = Message::response_to(&inv, 200, "OK", Some("dev")).with_body(
@@ -1046,6 +1117,37 @@ mod tests {
                 channel: cam.into(),
                 call_id
             }
+        );
+    }
+
+    #[test]
+    fn an_unanswered_udp_invite_is_sent_again_until_timer_b_then_fails_408() {
+        let (mut core, peer, t0) = online_core();
+        let cam = "34020000001320000001";
+        let (_, first, call_id) = core
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp, t0)
+            .unwrap();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let (out, _) = core.tick(at(0.6));
+        assert_eq!(out, vec![(peer, first.clone())], "sent again after T1");
+        assert!(core.tick(at(1.0)).0.is_empty());
+        assert_eq!(core.tick(at(1.7)).0.len(), 1, "then after 2·T1");
+        // A provisional answer stops the retransmissions, not the timeout.
+        let inv = Message::parse(&first, &Limits::default()).unwrap();
+        core.handle(
+            &Message::response_to(&inv, 100, "Trying", None).to_bytes(),
+            peer,
+            at(2.0),
+        );
+        assert!(core.tick(at(10.0)).0.is_empty());
+        let (_, ev) = core.tick(at(32.0));
+        assert_eq!(
+            ev,
+            vec![ServerEvent::InviteFailed {
+                channel: cam.into(),
+                call_id,
+                code: 408
+            }]
         );
     }
 
