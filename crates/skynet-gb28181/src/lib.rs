@@ -5,6 +5,8 @@
 //! - [`manscdp`]: the MANSCDP XML bodies (GB2312/GBK/UTF-8), catalogs assembled by SN;
 //! - [`invite`]: the INVITE with the GB SDP, its answer, ACK and BYE;
 //! - [`rtp`]: RTP, reordering, SSRC checks, RFC 4571 framing and MPEG-PS reassembly.
+//! - [`server`]: the SIP endpoint: a sans-I/O `Core` driving all of the above, and a tokio
+//!   UDP+TCP `Server` moving its bytes.
 
 pub mod digest;
 pub mod invite;
