@@ -12,16 +12,22 @@ use skynet::{RunOptions, pipeline};
 use skynet_core::{BBox, Detection, Shutdown};
 use skynet_detect::{DetectError, Detector, ImageView};
 
-/// A person in the walkway in every frame: the zone rule observes on each visit.
-struct PersonInTheWalkway;
+/// A person walking to and fro in the walkway, by the wall clock (one standing still would
+/// be reported once, not on each visit): the zone rule observes on the visits.
+struct PersonInTheWalkway {
+    start: std::time::Instant,
+}
 
 impl Detector for PersonInTheWalkway {
     fn detect(&mut self, image: &ImageView<'_>) -> Result<Vec<Detection>, DetectError> {
         let (w, h) = (image.width as f32, image.height as f32);
+        // Feet between x = 0.44 and 0.56 at y = 0.47: inside common::WALKWAY.
+        let phase = self.start.elapsed().as_secs_f32() * std::f32::consts::TAU / 4.0;
+        let x = 0.5 + 0.06 * phase.sin();
         Ok(vec![Detection {
             label: "person".into(),
             score: 0.9,
-            bbox: BBox::new(0.48 * w, 0.3 * h, 0.52 * w, 0.47 * h),
+            bbox: BBox::new((x - 0.05) * w, 0.3 * h, (x + 0.05) * w, 0.47 * h),
             track: None,
         }])
     }
@@ -33,7 +39,7 @@ fn config(dir: &Path, port: u16, nothing: u16) -> String {
     let base = common::vtest_config(dir, "unused", common::WALKWAY, 1);
     let head = base.split("\n[[cameras]]").next().unwrap();
     let mut text = format!(
-        "{head}\n[[patrols]]\nname = \"north\"\nevery_s = 1\ndwell_s = 1\nmax_concurrent = 2\noffline_after_rounds = 2\n"
+        "{head}\n[[patrols]]\nname = \"north\"\nevery_s = 1\ndwell_s = 2\nmax_concurrent = 2\noffline_after_rounds = 2\n"
     );
     // The unreachable camera comes second: it is visited beside cam0, in the first wave.
     let mut cameras: Vec<(String, String)> = (0..6)
@@ -106,7 +112,7 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
             .warnings()
             .iter()
             .any(|w| w.contains("patrol `north`")),
-        "a round of 7 cameras, two at a time, with a 1 s dwell cannot finish in 1 s: {:?}",
+        "a round of 7 cameras, two at a time, with a 2 s dwell cannot finish in 1 s: {:?}",
         config.warnings()
     );
 
@@ -124,7 +130,9 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
         &config,
         RunOptions {
             shutdown,
-            detectors: Some(vec![Box::new(PersonInTheWalkway) as Box<dyn Detector>]),
+            detectors: Some(vec![Box::new(PersonInTheWalkway {
+                start: std::time::Instant::now(),
+            }) as Box<dyn Detector>]),
             ..RunOptions::default()
         },
     )
@@ -145,6 +153,7 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
     let schema = common::published_schema("patrol_round.schema.json");
     let order = ["cam0", "cam-gone", "cam1", "cam2", "cam3", "cam4", "cam5"];
     let mut numbers = Vec::new();
+    let mut observed: BTreeMap<String, u64> = BTreeMap::new();
     for event in &rounds {
         let errors = common::schema_errors(&schema, event);
         assert!(errors.is_empty(), "{errors:?}\n{event:#}");
@@ -158,6 +167,17 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
         let ids: Vec<&str> = cameras.iter().map(|c| c["id"].as_str().unwrap()).collect();
         assert_eq!(ids, order, "every camera, in visiting order");
         let by_id: BTreeMap<&str, &serde_json::Value> = ids.iter().copied().zip(cameras).collect();
+        eprintln!(
+            "round {round}: {:?}",
+            cameras
+                .iter()
+                .map(|c| (
+                    c["id"].as_str().unwrap(),
+                    c["frames"].as_u64(),
+                    c["observations"].as_u64()
+                ))
+                .collect::<Vec<_>>()
+        );
 
         // The unreachable camera: offline, nothing analysed; all others checked.
         assert_eq!(by_id["cam-gone"]["status"], "offline", "{data:#}");
@@ -167,7 +187,7 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
             let look = by_id[id];
             assert_eq!(look["status"], "checked", "{id}: {data:#}");
             assert!(look["frames"].as_u64().unwrap() > 0, "{id}: {look}");
-            assert!(look["observations"].as_u64().unwrap() > 0, "{id}: {look}");
+            *observed.entry(id.to_string()).or_default() += look["observations"].as_u64().unwrap();
             // The look's snapshot, under [evidence] dir.
             let snapshot = look["snapshot"].as_str().unwrap();
             let path = format!("patrol/north/{round}/{id}.jpg");
@@ -195,6 +215,8 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
             "{data:#}"
         );
     }
+    // The rules ran on the visits: each checked camera's observations are counted.
+    assert!(observed.values().all(|n| *n > 0), "{observed:?}");
     // Numbered by time, consecutively (each round here overruns its 1 s).
     assert_eq!(numbers[1], numbers[0] + 1, "{numbers:?}");
 
@@ -224,16 +246,18 @@ fn error_for(text: &str) -> String {
 fn patrol_config_errors_name_the_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let valid = config(dir.path(), 8554, 8555);
-    let line_of = |text: &str, needle: &str| {
-        text.lines().position(|l| l.starts_with(needle)).unwrap() + 1
-    };
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
 
     // A camera naming no patrol: at its `patrol` value.
     let text = valid.replacen("patrol = \"north\"", "patrol = \"south\"", 1);
     let e = error_for(&text);
     let line = line_of(&text, "patrol = \"south\"");
     assert!(e.starts_with(&format!("bad.toml:{line}:10: ")), "{e}");
-    assert!(e.contains("no `[[patrols]]` is named `south` (patrols: north)"), "{e}");
+    assert!(
+        e.contains("no `[[patrols]]` is named `south` (patrols: north)"),
+        "{e}"
+    );
 
     // Out of range: at the key.
     let text = valid.replace("max_concurrent = 2", "max_concurrent = 0");
@@ -251,7 +275,7 @@ fn patrol_config_errors_name_the_file_line_and_column() {
     assert!(e.contains("two patrols are named `north`"), "{e}");
 
     // An unknown key.
-    let text = valid.replace("dwell_s = 1\n", "dwell_s = 1\nevery = 3\n");
+    let text = valid.replace("dwell_s = 2\n", "dwell_s = 2\nevery = 3\n");
     let e = error_for(&text);
     let line = line_of(&text, "every = 3");
     assert!(e.starts_with(&format!("bad.toml:{line}:1: ")), "{e}");
