@@ -283,8 +283,13 @@ impl PipelineVisitor {
         let connection = run.out.for_connection();
         let close = Shutdown::new();
         let timeout = run.spec.source.open_timeout();
+        // The source's own logs carry the visit's patrol, round and camera too.
+        let span = tracing::Span::current();
         std::thread::scope(|scope| {
-            let runner = scope.spawn(|| source.run(&connection, &close));
+            let runner = scope.spawn(|| {
+                let _entered = span.enter();
+                source.run(&connection, &close)
+            });
             let opened = Instant::now();
             let open = loop {
                 if connection.has_sent() {
