@@ -53,6 +53,10 @@ pub fn describe_metrics() {
         "Sensor messages waiting in the MQTT connection for room in the sensor stage's queue."
     );
     describe_gauge!(
+        "skynet_camera_decode_mode",
+        "What reaches a camera's decoder (keyframes_only): 1 for the current mode, `keyframes` (key frames only) or `full` (every frame), 0 for the other."
+    );
+    describe_gauge!(
         "skynet_live_viewers",
         "Live-view viewers (/api/v1/cameras/{id}/live.mp4) watching, per camera."
     );
