@@ -619,7 +619,7 @@ fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
     let mut options = GstSourceOptions::new(format!("rtsp://127.0.0.1:{port}/cam"));
     options.max_frames = Some(3);
     options.max_size = Some((416, 416));
-    // One frame every 3.3 s, watchdog at 2 s: frames are decoded all along.
+    // One frame every 3.3 s, watchdog at 2 s: frames arrive all along.
     options.fps = Some(0.3);
     options.stall_timeout = Some(Duration::from_secs(2));
     let health = CameraHealth::detached("cam-rare");
@@ -630,8 +630,11 @@ fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
     assert_eq!(exit, SourceExit::FrameLimit);
     let frames: Vec<Frame> = rx.channel().try_iter().collect();
     assert_eq!(frames.len(), 3);
+    // `keyframes_only = "auto"`: 0.3 fps is below the stream's key-frame rate (one a second),
+    // so after the first GOP only key frames are decoded, and the rate is held on them: 3 or
+    // 4 s apart. The watchdog counts the frames received, decoded or not.
     assert!(
-        steps_ms(&frames).iter().all(|s| (3000..=3700).contains(s)),
+        steps_ms(&frames).iter().all(|s| (2900..=4100).contains(s)),
         "{:?}",
         steps_ms(&frames)
     );
