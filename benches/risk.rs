@@ -252,6 +252,8 @@ fn run(config: RiskConfig, context: RiskContext, n: usize, cells: usize, alarms:
                 match e {
                     RiskEvent::Incident(_) => incidents += 1,
                     RiskEvent::GridRisk(_) => grid_changes += 1,
+                    // The engine makes none: rounds come from the patrol scheduler.
+                    RiskEvent::PatrolRound(_) => {}
                 }
             }
         }

@@ -319,6 +319,11 @@ pub trait BuildSource: std::fmt::Debug + Send + Sync {
     fn watermark(&self) -> Watermark;
     /// The running source; called again by the supervisor after each failure.
     fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError>;
+    /// How long a patrol waits for the first frame of a visit before it calls the camera
+    /// offline for the round (the source's connect timeout).
+    fn open_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
     /// The recorded clip this source reads, when it reads one, and how many of its frames
     /// (`skynet eval --objects` decodes the same frames again, one by one).
     fn file_clip(&self) -> Option<(std::path::PathBuf, Option<u64>)> {
@@ -480,6 +485,11 @@ impl BuildSource for GstSourceConfig {
     /// not (a file keeps its own timeline, so its replays stay exact at any speed and load).
     fn watermark(&self) -> Watermark {
         Watermark::new(is_network_uri(&self.uri))
+    }
+
+    /// `timeout_s`.
+    fn open_timeout(&self) -> Duration {
+        seconds_or(self.timeout_s, default_timeout())
     }
 
     fn retry_policy(&self) -> RetryPolicy {

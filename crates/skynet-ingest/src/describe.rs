@@ -61,6 +61,23 @@ pub fn describe_metrics() {
         "Live-view viewers (/api/v1/cameras/{id}/live.mp4) watching, per camera."
     );
     describe_counter!(
+        "skynet_patrol_rounds_total",
+        "Patrol rounds finished, per patrol (each one a skynet.patrol_round.v1 event)."
+    );
+    describe_gauge!(
+        "skynet_patrol_active_cameras",
+        "Cameras a patrol has open now (at most its max_concurrent)."
+    );
+    metrics::describe_histogram!(
+        "skynet_patrol_round_seconds",
+        metrics::Unit::Seconds,
+        "How long each patrol round took, from its first camera opened to its last closed."
+    );
+    describe_counter!(
+        "skynet_patrol_cameras_total",
+        "Camera visits of patrol rounds, per patrol and outcome (status: checked, offline, failed)."
+    );
+    describe_counter!(
         "skynet_live_dropped_viewers_total",
         "Live-view viewers dropped because they fell too far behind (their queue was full); the camera and other viewers never wait on them."
     );

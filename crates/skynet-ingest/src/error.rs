@@ -38,6 +38,14 @@ pub enum IngestError {
     /// No frame for too long while the stream stayed open: restarted like a failure.
     #[error("camera {camera}: no frame for {seconds} s (stalled)")]
     Stalled { camera: DeviceId, seconds: f64 },
+    /// An ONVIF camera's device gave no stream address (`kind = "onvif"`); `url` is the
+    /// device service's, which holds no credentials.
+    #[error("camera {camera}: ONVIF device {url}: {error}")]
+    Onvif {
+        camera: DeviceId,
+        url: String,
+        error: crate::onvif::OnvifError,
+    },
     #[error("the detection stage has stopped")]
     DownstreamClosed,
 }

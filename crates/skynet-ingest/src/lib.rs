@@ -15,6 +15,8 @@ mod gst_source;
 pub mod live;
 pub mod liveness;
 mod motion;
+pub mod onvif;
+pub mod patrol;
 pub mod sensor;
 mod supervise;
 
@@ -32,6 +34,8 @@ pub use supervise::{RetryPolicy, run_supervised};
 /// Every component kind of the ingest stage, for the binary's registry.
 pub fn register(registry: &mut skynet_core::Registry) {
     config::register(registry);
+    // After the default kind (`gstreamer`), which `register` above lists first.
+    registry.register::<CameraSourceFamily, onvif::OnvifSourceConfig>();
     sensor::formats::register(registry);
 }
 
@@ -79,6 +83,8 @@ pub struct FrameOutput {
     skipped: Arc<AtomicU64>,
     counters: Arc<OnceLock<OutputCounters>>,
     sent: AtomicBool,
+    /// Event time of the newest frame queued for detection (not one the gate skipped).
+    queued: Arc<Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
 }
 
 #[derive(Debug)]
@@ -100,6 +106,7 @@ impl FrameOutput {
             skipped: Arc::default(),
             counters: Arc::default(),
             sent: AtomicBool::new(false),
+            queued: Arc::default(),
         }
     }
 
@@ -126,6 +133,7 @@ impl FrameOutput {
             skipped: Arc::clone(&self.skipped),
             counters: Arc::clone(&self.counters),
             sent: AtomicBool::new(false),
+            queued: Arc::clone(&self.queued),
         }
     }
 
@@ -162,7 +170,9 @@ impl FrameOutput {
             }
         }
         frame.info.skipped = self.skipped.load(Ordering::Relaxed);
+        let at = frame.info.captured_at;
         let dropped = self.frames.send(frame)?;
+        *self.queued.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
         if dropped > 0 {
             counters.dropped_overload.increment(dropped as u64);
         }
@@ -182,6 +192,12 @@ impl FrameOutput {
 
     pub fn health(&self) -> Option<&CameraHealth> {
         self.health.as_ref()
+    }
+
+    /// Event time of the newest frame queued for detection through any copy (a patrol waits
+    /// for the rules stage to reach it before it closes a camera's look).
+    pub fn last_queued(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a frame has been sent through this copy.

@@ -63,6 +63,9 @@ struct ConfigFile {
     api: Option<Spanned<toml::Table>>,
     /// `[cluster]`: the NATS a city's nodes share.
     cluster: Option<Spanned<toml::Table>>,
+    /// `[[patrols]]`: video rounds over the cameras that name them.
+    #[serde(default)]
+    patrols: Vec<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,13 +233,16 @@ struct CameraCommon {
     tracker: TrackerSettings,
     /// Event clips for this camera, over `[evidence] clips`.
     clips: Option<skynet_snapshot::ClipSettings>,
+    /// The `[[patrols]] name` that visits this camera in rounds, instead of running it
+    /// all the time.
+    patrol: Option<String>,
 }
 
 fn default_offline_after() -> f64 {
     30.0
 }
 
-const CAMERA_COMMON_KEYS: [&str; 14] = [
+const CAMERA_COMMON_KEYS: [&str; 15] = [
     "id",
     "owner",
     "grid",
@@ -251,6 +257,7 @@ const CAMERA_COMMON_KEYS: [&str; 14] = [
     "inference_interval",
     "tracker",
     "clips",
+    "patrol",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +313,8 @@ pub struct PipelineConfig {
     pub cluster: skynet_cluster::ClusterConfig,
     /// `[evidence]`: where incident snapshots go, and how often they are taken.
     pub evidence: SnapshotConfig,
+    /// `[[patrols]]`: video rounds over the cameras that name them (`patrol = "NAME"`).
+    pub patrols: Vec<skynet_ingest::patrol::PatrolConfig>,
 }
 
 /// A configured sensor: what validation needs, where it is, and its rules.
@@ -349,6 +358,9 @@ pub struct CameraSpec {
     pub tracker: TrackerSettings,
     /// This camera's `clips` override; `None`: `[evidence] clips`.
     pub clips: Option<skynet_snapshot::ClipsConfig>,
+    /// The patrol that visits this camera in rounds (`patrol = "NAME"`); `None`: it runs
+    /// all the time.
+    pub patrol: Option<String>,
 }
 
 impl CameraSpec {
@@ -359,6 +371,49 @@ impl CameraSpec {
 }
 
 impl PipelineConfig {
+    /// Things that work but probably not as meant (`skynet check` prints them; they never
+    /// stop a start): a patrol whose round cannot finish within its `every_s`, estimated as
+    /// ⌈cameras / max_concurrent⌉ × (connect + dwell_s) with a connect of 1 s.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for patrol in &self.patrols {
+            let cameras = self
+                .cameras
+                .iter()
+                .filter(|c| c.patrol.as_deref() == Some(patrol.name.as_str()))
+                .count();
+            if cameras == 0 {
+                warnings.push(format!(
+                    "patrol `{}` has no cameras: none names it in `patrol`",
+                    patrol.name
+                ));
+                continue;
+            }
+            let connect = skynet_ingest::patrol::ESTIMATED_CONNECT;
+            let estimate = skynet_ingest::patrol::round_estimate(
+                cameras,
+                patrol.max_concurrent,
+                connect,
+                patrol.dwell(),
+            );
+            if estimate.as_secs_f64() > patrol.every_s {
+                warnings.push(format!(
+                    "patrol `{}`: a round of {cameras} camera(s) takes about {:.1} s \
+                     (⌈{cameras} / max_concurrent {}⌉ × ({} s connect, estimated, + dwell_s {})), \
+                     longer than every_s = {}: rounds will start late; raise max_concurrent or every_s, \
+                     or lower dwell_s",
+                    patrol.name,
+                    estimate.as_secs_f64(),
+                    patrol.max_concurrent,
+                    connect.as_secs_f64(),
+                    patrol.dwell_s,
+                    patrol.every_s,
+                ));
+            }
+        }
+        warnings
+    }
+
     /// What the risk engine knows of the city: the cells and every configured device.
     pub fn risk_context(&self) -> skynet_risk::RiskContext {
         let cameras = self.cameras.iter().map(|c| skynet_risk::DeviceInfo {
@@ -621,6 +676,7 @@ fn validate(
             "sensors publish over MQTT: add an [mqtt] table with the broker's url and the sensors' topics",
         ));
     }
+    let patrols = validate_patrols(at, &file.patrols)?;
     let mut cameras: Vec<CameraSpec> = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
         let detect_cx = CameraDetectContext {
@@ -630,6 +686,37 @@ fn validate(
             owner_classes: &detect.owner_classes,
         };
         let spec = validate_camera(at, &cx, camera, &grids, &detect_cx, registry)?;
+        if let Some(patrol) = &spec.patrol {
+            let region = at.table_region(&camera.span());
+            if !patrols.iter().any(|p| &p.name == patrol) {
+                return Err(at.error(
+                    at.value(&region, "patrol"),
+                    format!(
+                        "no `[[patrols]]` is named `{patrol}`{}",
+                        match patrols.is_empty() {
+                            true => String::new(),
+                            false => format!(
+                                " (patrols: {})",
+                                patrols
+                                    .iter()
+                                    .map(|p| p.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }
+                    ),
+                ));
+            }
+            if !spec.is_live() {
+                return Err(at.error(
+                    at.value(&region, "patrol"),
+                    format!(
+                        "camera `{}` is a file replayed as fast as possible: a patrol visits live cameras (rtsp/http, or a `realtime` file)",
+                        spec.id
+                    ),
+                ));
+            }
+        }
         if cameras.iter().any(|c| c.id == spec.id) {
             let region = at.table_region(&camera.span());
             return Err(at.error(
@@ -689,7 +776,32 @@ fn validate(
         api,
         cluster,
         evidence,
+        patrols,
     })
+}
+
+/// `[[patrols]]`: each checked, names unique.
+fn validate_patrols(
+    at: &Locator<'_>,
+    tables: &[Spanned<toml::Table>],
+) -> Result<Vec<skynet_ingest::patrol::PatrolConfig>, ConfigError> {
+    let mut patrols: Vec<skynet_ingest::patrol::PatrolConfig> = Vec::with_capacity(tables.len());
+    for table in tables {
+        let region = at.table_region(&table.span());
+        let patrol: skynet_ingest::patrol::PatrolConfig =
+            toml::Value::Table(table.get_ref().clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| at.serde_error(&region, &e))?;
+        patrol.validate().map_err(|e| at.field_error(&region, e))?;
+        if patrols.iter().any(|p| p.name == patrol.name) {
+            return Err(at.error(
+                at.value(&region, "name"),
+                format!("two patrols are named `{}`", patrol.name),
+            ));
+        }
+        patrols.push(patrol);
+    }
+    Ok(patrols)
 }
 
 /// The grid cell of a camera or sensor: named (`grid`), or looked up by `location`.
@@ -1024,5 +1136,6 @@ fn validate_camera(
         inference_interval: common.inference_interval,
         tracker: common.tracker,
         clips,
+        patrol: common.patrol,
     })
 }

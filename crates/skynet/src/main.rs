@@ -132,6 +132,22 @@ enum Command {
         #[command(subcommand)]
         what: AuditCommand,
     },
+    /// ONVIF cameras on the local network.
+    Onvif {
+        #[command(subcommand)]
+        what: OnvifCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OnvifCommand {
+    /// Probe the local network (WS-Discovery) and list the ONVIF cameras that answer: the
+    /// device service to give as a `kind = "onvif"` camera's `url`, its name and hardware.
+    Discover {
+        /// How long to collect answers, in seconds (0.1 to 60).
+        #[arg(long, default_value_t = 3.0)]
+        wait_s: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +404,9 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }),
+        Command::Onvif {
+            what: OnvifCommand::Discover { wait_s },
+        } => onvif_discover(wait_s),
     };
     match result {
         Ok(code) => code,
@@ -424,6 +443,24 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// `skynet onvif discover`: one line per device, `url<TAB>name<TAB>hardware`.
+fn onvif_discover(wait_s: f64) -> Result<ExitCode> {
+    let wait = std::time::Duration::try_from_secs_f64(wait_s.clamp(0.1, 60.0))
+        .context("--wait-s must be a number of seconds")?;
+    let found = skynet_ingest::onvif::discovery::discover(wait)
+        .context("could not send the WS-Discovery probe")?;
+    for device in &found {
+        println!(
+            "{}\t{}\t{}",
+            device.xaddrs.first().map_or("-", String::as_str),
+            device.scope("name").unwrap_or_else(|| "-".into()),
+            device.scope("hardware").unwrap_or_else(|| "-".into()),
+        );
+    }
+    eprintln!("{} ONVIF device(s) answered within {wait_s} s", found.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check(config: &Path) -> Result<ExitCode> {
     let c = PipelineConfig::load(config)?;
     let sensors = if c.sensors.is_empty() {
@@ -443,6 +480,9 @@ fn check(config: &Path) -> Result<ExitCode> {
         },
         c.model.model.name
     );
+    for warning in c.warnings() {
+        eprintln!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

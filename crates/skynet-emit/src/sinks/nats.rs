@@ -482,7 +482,9 @@ impl NatsSink {
                     tracing::info!(sink = %self.name, stream = %plan.name, added = ?missing, "added subjects to the stream");
                     subjects = info.config.subjects.clone();
                 }
-                Err(e) => tracing::warn!(sink = %self.name, stream = %plan.name, error = %e, "could not add subjects to the stream"),
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, stream = %plan.name, error = %e, "could not add subjects to the stream")
+                }
             }
         }
         for wanted in &plan.subjects {

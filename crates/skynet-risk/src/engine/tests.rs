@@ -112,7 +112,7 @@ fn grid_levels(events: &[RiskEvent]) -> Vec<Option<RiskLevel>> {
         .iter()
         .filter_map(|e| match e {
             RiskEvent::GridRisk(g) => Some(g.level),
-            RiskEvent::Incident(_) => None,
+            RiskEvent::Incident(_) | RiskEvent::PatrolRound(_) => None,
         })
         .collect()
 }

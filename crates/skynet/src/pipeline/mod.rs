@@ -24,6 +24,7 @@ mod console;
 mod detect;
 mod edge;
 mod live;
+mod patrol;
 mod readings;
 mod reload;
 mod rules;
@@ -520,6 +521,34 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         rules_and_risk =
             rules_and_risk.with_case_feedback(cases::CaseDesk::new(config, feedback_rx)?);
     }
+    // Patrols: their cameras' visits and rounds reach the rules stage here.
+    let (patrol_events, patrol_events_rx) = crossbeam_channel::unbounded();
+    let patrol_cameras = config.cameras.iter().any(|c| c.patrol.is_some()) && !is_scorer;
+    if patrol_cameras {
+        if is_edge {
+            return Err(PipelineError::Cluster(
+                "patrol cameras (`patrol = \"NAME\"`) run on a single node for now, not at an edge"
+                    .into(),
+            ));
+        }
+        rules_and_risk = rules_and_risk.with_patrols(patrol_events_rx);
+        if let Some(console) = &console {
+            for patrol in &config.patrols {
+                console.register_patrol(skynet_serve::console::PatrolRegistration {
+                    name: patrol.name.clone(),
+                    every_s: patrol.every_s,
+                    dwell_s: patrol.dwell_s,
+                    max_concurrent: patrol.max_concurrent,
+                    cameras: config
+                        .cameras
+                        .iter()
+                        .filter(|c| c.patrol.as_deref() == Some(patrol.name.as_str()))
+                        .map(|c| c.id.clone())
+                        .collect(),
+                });
+            }
+        }
+    }
     let risk_thread = spawn_stage(
         "risk",
         health.register("risk", "stage"),
@@ -532,7 +561,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 
     // Sources: one supervised thread and one queue per camera. Frames come scaled to the
     // model's input size, at each camera's analysis rate.
-    let (inputs, sources, restarts) = start_cameras(
+    let (inputs, mut sources, restarts, patrol_runs) = start_cameras(
         config,
         watermarks,
         console.as_ref(),
@@ -543,6 +572,15 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         camera_claims.as_ref(),
         reload.is_some(),
     )?;
+    // Patrols: one thread each, opening their cameras in rounds.
+    sources.extend(patrol::start(
+        config,
+        patrol_runs,
+        &patrol_events,
+        &shutdown,
+        &counters,
+    )?);
+    drop(patrol_events);
     // Hot reload (`skynet run`): SIGHUP or the watched file; stops with the pipeline, and
     // hands each camera its stop signal (a restartable source has one of its own).
     let reloader = match (reload, rules_control) {
@@ -742,6 +780,7 @@ type Cameras = (
     Vec<detect::CameraInput>,
     SourceThreads,
     Vec<Option<reload::SourceRestart>>,
+    Vec<patrol::PatrolCameraRun>,
 );
 
 /// Sources: one supervised thread and one queue per camera. Frames come scaled to the
@@ -763,6 +802,7 @@ fn start_cameras(
     let mut inputs = Vec::new();
     let mut sources: SourceThreads = Vec::new();
     let mut restarts = Vec::new();
+    let mut patrol_runs = Vec::new();
     for (camera, watermark) in config.cameras.iter().zip(watermarks) {
         let policy = if camera.is_live() {
             OverloadPolicy::DropOldest
@@ -794,7 +834,8 @@ fn start_cameras(
             camera.inference_interval.clone(),
         )
         .keeping_images(config.evidence.enabled);
-        if console.is_some() {
+        // A patrol camera's look keeps a frame a second with its pixels (the snapshot).
+        if console.is_some() || (camera.patrol.is_some() && config.evidence.enabled) {
             input = input.with_preview();
         }
         inputs.push(input);
@@ -806,6 +847,16 @@ fn start_cameras(
         let mut out = FrameOutput::new(queue, watermark).with_health(camera_health.clone());
         if camera.motion.enabled {
             out = out.with_gate(MotionGate::new(camera.motion.clone(), objects));
+        }
+        if camera.patrol.is_some() {
+            // Opened by its patrol for each visit (`patrol.rs`), not run all the time.
+            restarts.push(None);
+            patrol_runs.push(patrol::PatrolCameraRun {
+                spec: camera.clone(),
+                out,
+                health: camera_health,
+            });
+            continue;
         }
         let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
         // Event clips: the ring its encoded stream fills, when clips are on for it.
@@ -865,7 +916,7 @@ fn start_cameras(
             })?;
         sources.push((camera.id.clone(), handle));
     }
-    Ok((inputs, sources, restarts))
+    Ok((inputs, sources, restarts, patrol_runs))
 }
 
 /// Detection: each worker serves every camera queue, fairly.

@@ -76,6 +76,8 @@ struct CameraStage {
     offline: Option<OfflineWatch>,
     /// `offline_after_s`: how a fresh watch is made (an edge's camera claimed again).
     offline_after: chrono::Duration,
+    /// A patrol's camera (`patrol = "NAME"`): its visits and offline rounds.
+    patrol: Option<super::patrol::PatrolLooks>,
 }
 
 /// A config reload's change to the rules stage (`reload.rs`), applied between frames.
@@ -133,6 +135,8 @@ pub(crate) struct RulesAndRisk {
     bus: Option<super::scorer::BusIntake>,
     /// A config reload's changes (`None` without hot reload).
     control: Option<crossbeam_channel::Receiver<RulesControl>>,
+    /// The patrols' visits and finished rounds (`None` without `[[patrols]]`).
+    patrols: Option<crossbeam_channel::Receiver<super::patrol::PatrolToRules>>,
 }
 
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
@@ -204,10 +208,13 @@ impl RulesAndRisk {
                     latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
                     late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
                     gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
-                    offline: watermark.is_live().then(|| {
+                    // A patrol's camera is closed between visits: its offline rounds, not its
+                    // quiet time, tell whether it is offline.
+                    offline: (watermark.is_live() && c.patrol.is_none()).then(|| {
                         OfflineWatch::new(offline_after(c), c.grid.clone(), c.owner)
                     }),
                     offline_after: offline_after(c),
+                    patrol: super::patrol::PatrolLooks::for_camera(config, c),
                 };
                 (c.id.clone(), stage)
             })
@@ -244,6 +251,97 @@ impl RulesAndRisk {
             claims: None,
             bus: None,
             control: None,
+            patrols: None,
+        }
+    }
+
+    /// Takes the patrols' visits and rounds (`patrol.rs`).
+    pub(crate) fn with_patrols(
+        mut self,
+        patrols: crossbeam_channel::Receiver<super::patrol::PatrolToRules>,
+    ) -> Self {
+        self.patrols = Some(patrols);
+        self
+    }
+
+    /// Applies what the patrols sent since the last call: a visit begins or ends, a round
+    /// finished (into the outbox, with the `camera_offline` incidents its offline rounds
+    /// open or close). Then answers the ended visits whose frames are all applied.
+    fn take_patrols(&mut self) -> Result<(), QueueClosed> {
+        use super::patrol::PatrolToRules;
+        let Some(rx) = &self.patrols else {
+            return Ok(());
+        };
+        let messages: Vec<PatrolToRules> = rx.try_iter().collect();
+        for message in messages {
+            match message {
+                PatrolToRules::Begin { camera } => {
+                    if let Some(looks) = self
+                        .cameras
+                        .get_mut(&camera)
+                        .and_then(|c| c.patrol.as_mut())
+                    {
+                        looks.begin();
+                    }
+                }
+                PatrolToRules::End(end) => {
+                    match self
+                        .cameras
+                        .get_mut(&end.camera)
+                        .and_then(|c| c.patrol.as_mut())
+                    {
+                        Some(looks) => looks.end(end),
+                        None => end.answer(Default::default()),
+                    }
+                }
+                PatrolToRules::Round(round) => {
+                    let mut revisions = Vec::new();
+                    for look in &round.cameras {
+                        let change = self
+                            .cameras
+                            .get_mut(&look.id)
+                            .and_then(|c| c.patrol.as_mut())
+                            .and_then(|looks| looks.after_round(look.status, round.started));
+                        match change {
+                            Some(super::patrol::OfflineChange::Declare { since }) => {
+                                tracing::warn!(camera = %look.id, patrol = %round.patrol, round = round.round, "camera offline in several patrol rounds in a row");
+                                let fault = DeviceFault {
+                                    camera: look.id.clone(),
+                                    source: skynet_core::SourceKind::Camera,
+                                    grid: look.grid.clone(),
+                                    owner: look.owner,
+                                    category: CAMERA_OFFLINE.into(),
+                                    since,
+                                    at: round.finished,
+                                };
+                                revisions.extend(self.observe(&fault.observation()));
+                            }
+                            Some(super::patrol::OfflineChange::Recover) => {
+                                revisions.extend(self.recover(
+                                    &look.id,
+                                    CAMERA_OFFLINE,
+                                    round.finished,
+                                ));
+                            }
+                            None => {}
+                        }
+                    }
+                    revisions.push(RiskEvent::PatrolRound(round));
+                    self.commit(revisions)?;
+                }
+            }
+        }
+        self.answer_patrol_visits(false);
+        Ok(())
+    }
+
+    /// Answers each ended visit whose frames have all been applied, or whose wait is over
+    /// (all of them when `all`: the pipeline is draining).
+    fn answer_patrol_visits(&mut self, all: bool) {
+        for camera in self.cameras.values_mut() {
+            if let Some(looks) = camera.patrol.as_mut() {
+                looks.answer_if_done(camera.clock, all);
+            }
         }
     }
 
@@ -662,6 +760,7 @@ impl RulesAndRisk {
                 Err(QueueClosed) => break,
             }
             self.take_control();
+            self.take_patrols()?;
             let mut revisions = self.take_bus(Duration::ZERO)?;
             revisions.extend(self.take_sensor_events(Duration::ZERO));
             revisions.extend(self.take_case_feedback());
@@ -691,6 +790,9 @@ impl RulesAndRisk {
                 self.apply(&id, d)?;
             }
         }
+        // The last rounds of the patrols, and no visit left waiting.
+        self.take_patrols()?;
+        self.answer_patrol_visits(true);
         let mut flushed = self.take_bus(Duration::ZERO)?;
         flushed.extend(self.drain_sensor_events());
         flushed.extend(self.take_case_feedback());
@@ -756,6 +858,9 @@ impl RulesAndRisk {
             preview.offer(&frame, image);
         }
         let observations = camera.rules.apply(&frame);
+        if let Some(looks) = camera.patrol.as_mut() {
+            looks.frame(&frame, detected.image.as_ref(), observations.len());
+        }
         // An incident's detections come from an observation: its frame is the one to keep.
         if !observations.is_empty()
             && let (Some(evidence), Some(image)) = (&mut self.evidence, detected.image)
