@@ -15,7 +15,8 @@
 //!    with `every_s = 60`: the round's measured length against its 60 s.
 //!
 //! `cargo bench --bench patrol`; `SKYNET_BENCH_MAX_CONCURRENT` (default 16),
-//! `SKYNET_BENCH_PART=calibrate|verify`.
+//! `SKYNET_BENCH_PART=calibrate|verify`, `SKYNET_BENCH_KEYFRAMES=false` (the baseline: every
+//! frame decoded).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -200,6 +201,8 @@ max_concurrent = {concurrent}
         model = esc(&common::manifest_path()),
         dir = esc(dir),
     );
+    // SKYNET_BENCH_KEYFRAMES=false: the same patrol decoding every frame (the baseline).
+    let keyframes = std::env::var("SKYNET_BENCH_KEYFRAMES").unwrap_or_else(|_| "true".into());
     for i in 0..n {
         text.push_str(&format!(
             r#"
@@ -210,7 +213,7 @@ uri = "rtsp://127.0.0.1:{port}/cam{i}"
 grid = "G-0102"
 patrol = "bench"
 fps = 1
-keyframes_only = true
+keyframes_only = {keyframes}
 "#
         ));
     }
@@ -233,15 +236,15 @@ fn rounds_stored(outbox: &Path) -> i64 {
 }
 
 /// vtest.avi scaled to 1920x1080, H.264 at 10 frames/s with a key frame every second (10
-/// frames), made once and kept under target/.
+/// frames) and no B-frames, made once and kept under target/.
 fn clip_1080p_gop1() -> PathBuf {
     let dir = common::repo().join("target/bench-media");
-    let path = dir.join("vtest-1080p-gop1.mp4");
+    let path = dir.join("vtest-1080p-gop1-nob.mp4");
     if path.exists() {
         return path;
     }
     std::fs::create_dir_all(&dir).expect("target/bench-media");
-    let partial = dir.join("vtest-1080p-gop1.mp4.part");
+    let partial = dir.join("vtest-1080p-gop1-nob.mp4.part");
     println!("  making the 1080p H.264 clip (1 s GOP) with x264enc (once)...");
     let status = Command::new("gst-launch-1.0")
         .args(["-q", "filesrc"])
@@ -260,6 +263,8 @@ fn clip_1080p_gop1() -> PathBuf {
             "speed-preset=veryfast",
             "bitrate=4000",
             "key-int-max=10",
+            // As IP cameras send it: no B-frames (see the README on keyframes_only and B-frames).
+            "bframes=0",
             "!",
             "h264parse",
             "!",

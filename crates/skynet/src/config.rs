@@ -373,7 +373,8 @@ impl CameraSpec {
 impl PipelineConfig {
     /// Things that work but probably not as meant (`skynet check` prints them; they never
     /// stop a start): a patrol whose round cannot finish within its `every_s`, estimated as
-    /// ⌈cameras / max_concurrent⌉ × (connect + dwell_s) with a connect of 1 s.
+    /// ⌈cameras / max_concurrent⌉ × (connect + dwell_s) with a connect of 0.5 s (measured by
+    /// `benches/patrol.rs`).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for patrol in &self.patrols {
