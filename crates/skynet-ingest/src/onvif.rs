@@ -26,7 +26,7 @@ use sha1::{Digest as _, Sha1};
 use skynet_core::config::check_range;
 use skynet_core::{Component, ConfigContext, DeviceId, FieldError, Secret, Watermark, redact_uri};
 
-use crate::config::{DecoderChoice, FrameDelivery, ReconnectConfig, Transport};
+use crate::config::{DecoderChoice, FrameDelivery, KeyframesOnly, ReconnectConfig, Transport};
 use crate::{
     BuildSource, CameraSourceFamily, FrameOutput, FrameSource, GstSourceConfig, IngestError,
     RetryPolicy, SourceBuildContext, SourceExit, SourceStats,
@@ -73,6 +73,10 @@ pub struct OnvifSourceConfig {
     /// Threads of a software decoder (0: one per core). Default 1.
     #[serde(default)]
     pub decode_threads: Option<u32>,
+    /// As for an RTSP camera: `true`, `false` or `"auto"` (default): only key frames reach
+    /// the decoder.
+    #[serde(default)]
+    pub keyframes_only: KeyframesOnly,
 }
 
 fn default_stall_timeout() -> f64 {
@@ -275,6 +279,7 @@ impl OnvifSource {
         rtsp.password = c.password.clone();
         rtsp.decoder = c.decoder.clone();
         rtsp.decode_threads = c.decode_threads;
+        rtsp.keyframes_only = c.keyframes_only;
         rtsp
     }
 
