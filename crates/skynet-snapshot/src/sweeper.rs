@@ -5,73 +5,97 @@ use std::time::{Duration, SystemTime};
 
 use skynet_core::Shutdown;
 
-/// Deletes files under `dir` (one level of incident folders) last modified more than
-/// `retain` ago, and folders left empty. Returns how many files went.
+/// How deep the sweep looks under the evidence directory: `<incident>/<file>` and
+/// `patrol/<patrol>/<round>/<camera>.jpg` (patrol rounds' snapshots), with room to spare.
+const MAX_DEPTH: usize = 6;
+
+/// Every regular file under `dir` (at most [`MAX_DEPTH`] folders down; links are not
+/// followed), with its metadata, and every folder under it, deepest first.
+fn walk(dir: &Path) -> std::io::Result<(Vec<(PathBuf, std::fs::Metadata)>, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    let mut folders = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), 0usize)];
+    let mut first = true;
+    while let Some((folder, depth)) = pending.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if first => return Err(e),
+            Err(_) => continue,
+        };
+        first = false;
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && depth < MAX_DEPTH {
+                folders.push((entry.path(), depth + 1));
+                pending.push((entry.path(), depth + 1));
+            } else if kind.is_file()
+                && let Ok(meta) = entry.metadata()
+            {
+                files.push((entry.path(), meta));
+            }
+        }
+    }
+    // Deepest first, so a parent is tried after its children are gone.
+    folders.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok((files, folders.into_iter().map(|(path, _)| path).collect()))
+}
+
+/// Removes the folders that are empty (they fail, harmlessly, while they hold files).
+fn remove_empty(folders: &[PathBuf]) {
+    for folder in folders {
+        let _ = std::fs::remove_dir(folder);
+    }
+}
+
+/// Deletes files under `dir` (incident folders, and the patrol rounds' folders) last
+/// modified more than `retain` ago, and folders left empty. Returns how many files went.
 pub fn sweep(dir: &Path, retain: Duration) -> std::io::Result<usize> {
     let Some(cutoff) = SystemTime::now().checked_sub(retain) else {
         return Ok(0);
     };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let (files, folders) = match walk(dir) {
+        Ok(found) => found,
         // Nothing written yet.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
     let mut deleted = 0;
-    for folder in entries.flatten() {
-        if !folder.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Ok(files) = std::fs::read_dir(folder.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let old = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t < cutoff);
-            if !file.file_type().is_ok_and(|t| t.is_file()) {
-                continue;
-            }
-            if old {
-                match std::fs::remove_file(file.path()) {
-                    Ok(()) => deleted += 1,
-                    Err(e) => {
-                        tracing::warn!(path = %file.path().display(), error = %e, "old evidence could not be deleted")
-                    }
+    for (path, meta) in files {
+        if meta.modified().is_ok_and(|t| t < cutoff) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "old evidence could not be deleted")
                 }
-            } else if let Err(e) = skynet_core::private_fs::restrict(&file.path()) {
-                // Evidence written before files were created owner-only (or copied in) is
-                // tightened at the sweep at start; restrict names each one it changes.
-                tracing::warn!(path = %file.path().display(), error = %e, "evidence readable by others could not be tightened");
             }
+        } else if let Err(e) = skynet_core::private_fs::restrict(&path) {
+            // Evidence written before files were created owner-only (or copied in) is
+            // tightened at the sweep at start; restrict names each one it changes.
+            tracing::warn!(path = %path.display(), error = %e, "evidence readable by others could not be tightened");
         }
-        // Fails, harmlessly, while the folder still has files.
-        let _ = std::fs::remove_dir(folder.path());
     }
+    remove_empty(&folders);
     Ok(deleted)
 }
 
-/// Deletes the oldest files under `dir` (one level of incident folders) until what is left
-/// takes at most `max_bytes`. Returns how many went.
+/// Deletes the oldest files under `dir` (incident folders, and the patrol rounds' folders)
+/// until what is left takes at most `max_bytes`. Returns how many went.
 pub fn enforce_budget(dir: &Path, max_bytes: u64) -> usize {
-    let Ok(folders) = std::fs::read_dir(dir) else {
+    let Ok((found, folders)) = walk(dir) else {
         return 0;
     };
-    let mut files = Vec::new();
-    for folder in folders.flatten() {
-        let Ok(entries) = std::fs::read_dir(folder.path()) else {
-            continue;
-        };
-        for file in entries.flatten() {
-            if let Ok(meta) = file.metadata()
-                && meta.is_file()
-            {
-                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                files.push((modified, meta.len(), file.path()));
-            }
-        }
-    }
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = found
+        .into_iter()
+        .map(|(path, meta)| {
+            (
+                meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                meta.len(),
+                path,
+            )
+        })
+        .collect();
     let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
     files.sort();
     let mut deleted = 0;
@@ -82,10 +106,10 @@ pub fn enforce_budget(dir: &Path, max_bytes: u64) -> usize {
         if std::fs::remove_file(&path).is_ok() {
             total = total.saturating_sub(len);
             deleted += 1;
-            if let Some(parent) = path.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
         }
+    }
+    if deleted > 0 {
+        remove_empty(&folders);
     }
     deleted
 }
@@ -152,5 +176,37 @@ mod tests {
         assert_eq!(enforce_budget(dir.path(), 1500), 2);
         assert!(!dir.path().join("a").exists());
         assert!(dir.path().join("b/1.mp4").exists());
+    }
+
+    /// Patrol snapshots lie four folders down: the sweep and the budget reach them, and the
+    /// folders they leave empty go (the evidence directory itself stays).
+    #[test]
+    fn patrol_snapshots_are_swept_and_counted_in_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3 * 86_400);
+        let write = |name: &str, modified: SystemTime| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; 1000]).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(modified).unwrap();
+        };
+        write("patrol/north/100/cam0.jpg", old);
+        write("patrol/north/100/cam1.jpg", old);
+        write("patrol/north/101/cam0.jpg", SystemTime::now());
+        write("inc-1/1.jpg", old);
+        assert_eq!(sweep(dir.path(), Duration::from_secs(86_400)).unwrap(), 3);
+        assert!(!dir.path().join("patrol/north/100").exists());
+        assert!(!dir.path().join("inc-1").exists());
+        assert!(dir.path().join("patrol/north/101/cam0.jpg").exists());
+        assert!(dir.path().exists());
+
+        write(
+            "patrol/north/102/cam0.jpg",
+            SystemTime::now() + Duration::from_secs(60),
+        );
+        assert_eq!(enforce_budget(dir.path(), 1500), 1);
+        assert!(!dir.path().join("patrol/north/101").exists());
+        assert!(dir.path().join("patrol/north/102/cam0.jpg").exists());
     }
 }
