@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::digest::{self, Credentials};
 use crate::sip::{Message, Method, random_token};
 
-/// Settings of the upper platform's registrar.
-#[derive(Debug, Clone)]
+/// Settings of the upper platform's registrar. Its `Debug` hides the password.
+#[derive(Clone)]
 pub struct RegistrarConfig {
     /// The digest realm: by custom the SIP domain (the first 10 digits of our id).
     pub realm: String,
@@ -27,6 +27,21 @@ pub struct RegistrarConfig {
     pub max_expires: u32,
     /// Only these device ids may register (empty: any).
     pub allowed: Vec<String>,
+}
+
+impl std::fmt::Debug for RegistrarConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrarConfig")
+            .field("realm", &self.realm)
+            .field("password", &"…")
+            .field("qop", &self.qop)
+            .field("nonce_ttl", &self.nonce_ttl)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("min_expires", &self.min_expires)
+            .field("max_expires", &self.max_expires)
+            .field("allowed", &self.allowed)
+            .finish()
+    }
 }
 
 impl RegistrarConfig {
@@ -98,11 +113,22 @@ pub enum Refusal {
     Malformed,
 }
 
+/// One nonce issued: when, and how it was used. Without `qop` a nonce is good for one
+/// request; with `qop=auth` each request must carry a higher `nc` than the last one.
+#[derive(Debug, Clone, Copy)]
+struct NonceUse {
+    issued: Instant,
+    /// Used by a request without qop.
+    spent: bool,
+    /// The highest `nc` accepted with this nonce.
+    last_nc: Option<u32>,
+}
+
 /// The registrar of one upper platform.
 #[derive(Debug)]
 pub struct Registrar {
     cfg: RegistrarConfig,
-    nonces: HashMap<String, Instant>,
+    nonces: HashMap<String, NonceUse>,
     nonce_order: VecDeque<String>,
     platforms: HashMap<String, Platform>,
 }
@@ -135,7 +161,14 @@ impl Registrar {
             }
         }
         let n = random_token(16);
-        self.nonces.insert(n.clone(), now);
+        self.nonces.insert(
+            n.clone(),
+            NonceUse {
+                issued: now,
+                spent: false,
+                last_nc: None,
+            },
+        );
         self.nonce_order.push_back(n.clone());
         n
     }
@@ -178,10 +211,20 @@ impl Registrar {
                 );
             }
         };
+        let nc = match creds.nc.as_deref().map(|nc| u32::from_str_radix(nc, 16)) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                return (
+                    Message::response_to(req, 400, "Bad Request", None),
+                    Err(Refusal::Malformed),
+                );
+            }
+        };
         let fresh = self
             .nonces
             .get(&creds.nonce)
-            .is_some_and(|t| now.saturating_duration_since(*t) <= self.cfg.nonce_ttl);
+            .is_some_and(|u| now.saturating_duration_since(u.issued) <= self.cfg.nonce_ttl);
         if !fresh {
             return (
                 self.challenge(req, now, self.nonces.contains_key(&creds.nonce)),
@@ -193,6 +236,26 @@ impl Registrar {
                 Message::response_to(req, 403, "Forbidden", Some(&random_token(4))),
                 Err(Refusal::BadCredentials),
             );
+        }
+        // A replay (a captured REGISTER sent again, `Expires: 0` included) is challenged
+        // afresh: without qop a nonce is spent by its first request; with qop `nc` must
+        // increase (RFC 2617 §3.2.2, §4.5).
+        let replayed = match self.nonces.get_mut(&creds.nonce) {
+            Some(u) => match (creds.qop.is_some(), nc) {
+                (true, Some(nc)) if u.last_nc.is_none_or(|last| nc > last) => {
+                    u.last_nc = Some(nc);
+                    false
+                }
+                (false, _) if !u.spent => {
+                    u.spent = true;
+                    false
+                }
+                _ => true,
+            },
+            None => true,
+        };
+        if replayed {
+            return (self.challenge(req, now, true), Err(Refusal::Challenged));
         }
         let asked = req.register_expires().unwrap_or(3600);
         let to_tag = random_token(4);
@@ -277,7 +340,7 @@ impl Registrar {
     pub fn tick(&mut self, now: Instant) -> Vec<RegistrarEvent> {
         let ttl = self.cfg.nonce_ttl;
         self.nonces
-            .retain(|_, t| now.saturating_duration_since(*t) <= ttl);
+            .retain(|_, u| now.saturating_duration_since(u.issued) <= ttl);
         let nonces = &self.nonces;
         self.nonce_order.retain(|n| nonces.contains_key(n));
         let mut out = Vec::new();
@@ -531,6 +594,78 @@ mod tests {
             r.handle_register(&register(3600, None), t0).0.status(),
             Some(403)
         );
+    }
+
+    #[test]
+    fn a_replayed_register_is_challenged_as_stale_with_qop_and_without() {
+        for qop in [false, true] {
+            let mut r = registrar();
+            let t0 = Instant::now();
+            online(&mut r, t0, 3600);
+            // A captured unregistration, sent again later by someone else.
+            let n = nonce_of(&r.handle_register(&register(0, None), t0).0);
+            let captured = register(0, Some(auth(&n, "12345678", qop)));
+            let (res, out) = r.handle_register(&captured, t0);
+            assert_eq!(res.status(), Some(200));
+            assert!(matches!(out, Ok(Some(RegistrarEvent::Offline { .. }))));
+            online(&mut r, t0 + Duration::from_secs(1), 3600);
+            let (res, out) = r.handle_register(&captured, t0 + Duration::from_secs(2));
+            assert_eq!(res.status(), Some(401), "qop {qop}");
+            assert!(
+                res.header("WWW-Authenticate")
+                    .unwrap()
+                    .contains("stale=TRUE")
+            );
+            assert_eq!(out, Err(Refusal::Challenged));
+            assert_eq!(r.platform(DEV).unwrap().state, PlatformState::Online);
+        }
+    }
+
+    #[test]
+    fn with_qop_a_nonce_is_reused_only_with_an_increasing_nc() {
+        let mut r = registrar();
+        let t0 = Instant::now();
+        let n = nonce_of(&r.handle_register(&register(3600, None), t0).0);
+        let with_nc = |nc: &str| {
+            register(
+                3600,
+                Some(digest::authorization(
+                    DEV,
+                    "3402000000",
+                    &n,
+                    "sip:34020000002000000001@3402000000",
+                    "REGISTER",
+                    "12345678",
+                    Some((nc, "abcdef")),
+                )),
+            )
+        };
+        assert_eq!(
+            r.handle_register(&with_nc("00000001"), t0).0.status(),
+            Some(200)
+        );
+        assert_eq!(
+            r.handle_register(&with_nc("00000002"), t0).0.status(),
+            Some(200)
+        );
+        for replay in ["00000002", "00000001"] {
+            let (res, out) = r.handle_register(&with_nc(replay), t0);
+            assert_eq!(res.status(), Some(401));
+            assert_eq!(out, Err(Refusal::Challenged));
+        }
+        assert_eq!(
+            r.handle_register(&with_nc("0000000a"), t0).0.status(),
+            Some(200)
+        );
+        assert_eq!(r.handle_register(&with_nc("zz"), t0).0.status(), Some(400));
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let cfg = RegistrarConfig::new("3402000000", "s3cr3t-pw");
+        let shown = format!("{cfg:?} {:?}", Registrar::new(cfg.clone()));
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("password: \"…\""), "{shown}");
     }
 
     #[test]
