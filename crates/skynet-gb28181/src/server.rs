@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,8 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::invite::{self, Answer, Dialog, InviteParams, MediaTransport};
 use crate::manscdp::{self, Body, Catalog, CatalogAssembler};
-use crate::registrar::{Refusal, Registrar, RegistrarConfig, RegistrarEvent};
-use crate::sip::{Limits, Message, Method, StartLine, random_token};
+use crate::registrar::{OfflineReason, Refusal, Registrar, RegistrarConfig, RegistrarEvent};
+use crate::sip::{Limits, Message, Method, StartLine, random_token, uri_of};
 
 /// Where a message came from, and so where its answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +131,39 @@ pub struct Core {
     inviting: HashMap<String, Inviting>,
     /// Confirmed calls, by Call-ID.
     calls: HashMap<String, (String, Dialog, Peer)>,
+    /// Where each registered platform REGISTERed from (kept while it is offline by a
+    /// keepalive timeout, so that its keepalive may bring it back): its MESSAGEs must come
+    /// from there or from its Contact.
+    registered: HashMap<String, Peer>,
 }
+
+/// The address of a SIP URI's host part when it is an IP literal (`<sip:id@10.0.0.9:5060>`;
+/// no port: 5060).
+fn contact_addr(v: &str) -> Option<SocketAddr> {
+    let uri = uri_of(v);
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split([';', '?']).next()?;
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 5060))
+}
+
+/// Whether `got` may speak for the party at `expected`: the same transport address, the
+/// party's Contact, or (TCP, which cannot be spoofed) a new connection from the same host.
+fn same_sender(expected: Peer, got: Peer, contact: Option<SocketAddr>) -> bool {
+    got.addr() == expected.addr()
+        || contact == Some(got.addr())
+        || matches!((expected, got), (Peer::Tcp(a), Peer::Tcp(b)) if a.ip() == b.ip())
+}
+
+const WRONG_SENDER: &str = "sender is not the registered platform";
 
 fn method_label(m: &Method) -> &'static str {
     match m {
@@ -164,7 +198,18 @@ impl Core {
             ssrc_counter: 0,
             inviting: HashMap::new(),
             calls: HashMap::new(),
+            registered: HashMap::new(),
         }
+    }
+
+    /// Whether `peer` is where the registered `platform` is (None: it is not registered).
+    fn sender_ok(&self, platform: &str, peer: Peer) -> Option<bool> {
+        let reg = *self.registered.get(platform)?;
+        let contact = self
+            .registrar
+            .platform(platform)
+            .and_then(|p| contact_addr(&p.contact));
+        Some(same_sender(reg, peer, contact))
     }
 
     /// The address skynet is reached at over a transport (for Via and Contact).
@@ -228,7 +273,7 @@ impl Core {
         let method = match &msg.start {
             StartLine::Request { method, .. } => method.clone(),
             StartLine::Response { code, .. } => {
-                self.response(&msg, *code, &mut out, &mut events);
+                self.response(&msg, *code, peer, &mut out, &mut events);
                 return (out, events);
             }
         };
@@ -249,18 +294,21 @@ impl Core {
                 if let Ok(Some(ev)) = outcome {
                     match &ev {
                         RegistrarEvent::Online { id } => {
+                            self.registered.insert(id.clone(), peer);
                             let next_catalog = now + self.cfg.catalog_interval;
                             self.known.insert(id.clone(), Known { peer, next_catalog });
                             let q = self.catalog_query(id, peer);
                             out.push((peer, q));
                         }
                         RegistrarEvent::Refreshed { id } => {
+                            self.registered.insert(id.clone(), peer);
                             if let Some(k) = self.known.get_mut(id) {
                                 k.peer = peer;
                             }
                         }
                         RegistrarEvent::Offline { id, .. } => {
                             self.known.remove(id);
+                            self.registered.remove(id);
                         }
                     }
                     events.push(ServerEvent::Registrar(ev));
@@ -286,9 +334,28 @@ impl Core {
                         return (out, events);
                     }
                 };
+                // The From user alone is anyone's to write: a MESSAGE speaks for a platform
+                // only from where that platform registered.
                 let platform = msg.from_user().unwrap_or_default().to_owned();
-                let registered = self.known.contains_key(&platform);
+                let sender = self.sender_ok(&platform, peer);
+                if sender == Some(false) {
+                    answer(
+                        Message::response_to(&msg, 403, "Forbidden", Some(&tag)),
+                        &mut out,
+                        &mut events,
+                    );
+                    events.push(ServerEvent::Refused {
+                        reason: WRONG_SENDER,
+                    });
+                    return (out, events);
+                }
+                let registered = sender.is_some() && self.known.contains_key(&platform);
                 match body {
+                    Body::Keepalive { .. } if sender.is_none() => answer(
+                        Message::response_to(&msg, 403, "Forbidden", Some(&tag)),
+                        &mut out,
+                        &mut events,
+                    ),
                     Body::Keepalive { .. } => match self.registrar.keepalive(&platform, now) {
                         Some(ev) => {
                             answer(
@@ -296,6 +363,18 @@ impl Core {
                                 &mut out,
                                 &mut events,
                             );
+                            if let Some(RegistrarEvent::Online { id }) = &ev
+                                && !self.known.contains_key(id)
+                            {
+                                // Back from a keepalive timeout: query it again.
+                                self.known.insert(
+                                    id.clone(),
+                                    Known {
+                                        peer,
+                                        next_catalog: now,
+                                    },
+                                );
+                            }
                             events.extend(ev.map(ServerEvent::Registrar));
                         }
                         None => answer(
@@ -334,6 +413,20 @@ impl Core {
             }
             Method::Ack => {}
             Method::Bye => {
+                if let Ok(call_id) = msg.call_id()
+                    && let Some((_, dialog, call_peer)) = self.calls.get(call_id)
+                    && !same_sender(*call_peer, peer, contact_addr(&dialog.remote_target))
+                {
+                    answer(
+                        Message::response_to(&msg, 403, "Forbidden", Some(&random_token(4))),
+                        &mut out,
+                        &mut events,
+                    );
+                    events.push(ServerEvent::Refused {
+                        reason: "BYE from another address",
+                    });
+                    return (out, events);
+                }
                 if let Ok(call_id) = msg.call_id()
                     && let Some((channel, _, _)) = self.calls.remove(call_id)
                 {
@@ -425,11 +518,24 @@ impl Core {
         &mut self,
         res: &Message,
         code: u16,
+        from: Peer,
         out: &mut Vec<(Peer, Vec<u8>)>,
         events: &mut Vec<ServerEvent>,
     ) {
         let Ok(call_id) = res.call_id() else { return };
         if !matches!(res.cseq(), Ok((_, Method::Invite))) {
+            return;
+        }
+        // An answer counts only from where its INVITE went.
+        let expected = match (self.inviting.get(call_id), self.calls.get(call_id)) {
+            (Some(t), _) => t.peer,
+            (None, Some((_, _, peer))) => *peer,
+            (None, None) => return,
+        };
+        if !same_sender(expected, from, None) {
+            events.push(ServerEvent::Refused {
+                reason: "INVITE answer from another address",
+            });
             return;
         }
         if code < 200 {
@@ -523,8 +629,11 @@ impl Core {
             .map(ServerEvent::Registrar)
             .collect();
         for ev in &events {
-            if let ServerEvent::Registrar(RegistrarEvent::Offline { id, .. }) = ev {
+            if let ServerEvent::Registrar(RegistrarEvent::Offline { id, reason }) = ev {
                 self.known.remove(id);
+                if *reason != OfflineReason::KeepaliveTimeout {
+                    self.registered.remove(id);
+                }
             }
         }
         events.extend(self.catalogs.expire(now).into_iter().map(|a| {
@@ -593,11 +702,95 @@ pub enum Command {
     Bye { call_id: String },
 }
 
+/// Settings of a [`Server`]'s sockets ([`Server::with_config`]; [`Server::bind`] takes the
+/// defaults).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TCP connections served at once; one more is accepted and closed at once.
+    pub max_tcp_connections: usize,
+    /// A TCP connection without a complete message this long is closed (CRLF keep-alives
+    /// do not count); a write stalled this long closes it too.
+    pub tcp_idle_timeout: Duration,
+    /// Messages waiting to be written to one TCP connection; a peer that lets more pile
+    /// up (it does not read) is disconnected.
+    pub tcp_send_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_tcp_connections: 256,
+            tcp_idle_timeout: Duration::from_secs(120),
+            tcp_send_queue: 64,
+        }
+    }
+}
+
+/// Counters of what a running [`Server`] refused or survived (also reported one by one as
+/// [`ServerEvent::Refused`]).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// UDP receive errors (the socket is read on).
+    pub udp_recv_errors: AtomicU64,
+    /// TCP accept errors (EMFILE, ENFILE, ...: the listener backs off briefly, then goes on).
+    pub tcp_accept_errors: AtomicU64,
+    /// TCP connections closed at once: [`ServerConfig::max_tcp_connections`] were open.
+    pub tcp_over_limit: AtomicU64,
+    /// TCP connections closed after [`ServerConfig::tcp_idle_timeout`] without a message.
+    pub tcp_idle_closed: AtomicU64,
+    /// TCP connections dropped because their send queue was full.
+    pub tcp_send_queue_full: AtomicU64,
+    /// TCP connections closed for sending more CRLF keep-alives than a header section's
+    /// worth between two messages.
+    pub tcp_keepalive_floods: AtomicU64,
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long to stop accepting after an accept error: out of file descriptors (EMFILE,
+/// ENFILE) or memory, a short pause, as retrying at once only spins; otherwise none.
+fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    match e.raw_os_error() {
+        Some(ENFILE | EMFILE) => Some(Duration::from_millis(100)),
+        _ if e.kind() == std::io::ErrorKind::OutOfMemory => Some(Duration::from_millis(100)),
+        _ => None,
+    }
+}
+
+/// After a UDP receive error the socket is read again after this pause (an error that
+/// repeats must not spin the loop).
+const UDP_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// What a TCP connection's task tells the loop.
+enum FromConn {
+    Message(SocketAddr, Vec<u8>),
+    Closed {
+        from: SocketAddr,
+        id: u64,
+        reason: Option<&'static str>,
+    },
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::AbortHandle,
+}
+
+const IDLE: &str = "TCP connection idle";
+const KEEPALIVE_FLOOD: &str = "TCP keep-alive flood";
+
 /// The endpoint on sockets: one UDP socket and one TCP listener on the same address.
 pub struct Server {
     udp: UdpSocket,
     tcp: TcpListener,
     core: Core,
+    cfg: ServerConfig,
+    stats: Arc<ServerStats>,
 }
 
 impl Server {
@@ -608,14 +801,33 @@ impl Server {
         let mut core = core;
         core.set_local("UDP", udp.local_addr()?);
         core.set_local("TCP", tcp.local_addr()?);
-        Ok(Self { udp, tcp, core })
+        Ok(Self {
+            udp,
+            tcp,
+            core,
+            cfg: ServerConfig::default(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// Other socket settings than the defaults.
+    pub fn with_config(mut self, cfg: ServerConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// The counters of what it refused, shared with the running server.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.udp.local_addr()
     }
 
-    /// Runs until `shutdown` fires or the event receiver is dropped.
+    /// Runs until `shutdown` fires or the event receiver is dropped. Socket errors do not
+    /// end it: they are counted ([`ServerStats`]), reported as [`ServerEvent::Refused`],
+    /// and the socket is used again (after a short pause when out of file descriptors).
     pub async fn run(
         mut self,
         events: mpsc::Sender<ServerEvent>,
@@ -624,29 +836,83 @@ impl Server {
     ) -> std::io::Result<()> {
         let mut buf = vec![0u8; 65_536];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let (in_tx, mut in_rx) = mpsc::channel::<(Peer, Vec<u8>)>(256);
-        let mut conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+        let (in_tx, mut in_rx) = mpsc::channel::<FromConn>(256);
+        let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
+        let mut next_id: u64 = 0;
+        let mut accept_paused: Option<tokio::time::Instant> = None;
+        let mut udp_paused: Option<tokio::time::Instant> = None;
+        let stats = Arc::clone(&self.stats);
+        let refused = |reason| (Vec::new(), vec![ServerEvent::Refused { reason }]);
         loop {
             let step = tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
-                r = self.udp.recv_from(&mut buf) => {
-                    let (n, from) = r?;
-                    self.core.handle(&buf[..n], Peer::Udp(from), Instant::now())
-                }
-                r = self.tcp.accept() => {
-                    let (stream, from) = r?;
-                    let (tx, rx) = mpsc::channel(64);
-                    conns.insert(from, tx);
-                    tokio::spawn(connection(stream, from, in_tx.clone(), rx, self.core.cfg.limits));
+                r = self.udp.recv_from(&mut buf), if udp_paused.is_none() => match r {
+                    Ok((n, from)) => self.core.handle(&buf[..n], Peer::Udp(from), Instant::now()),
+                    Err(_) => {
+                        count(&stats.udp_recv_errors);
+                        udp_paused = Some(tokio::time::Instant::now() + UDP_ERROR_PAUSE);
+                        refused("UDP receive error")
+                    }
+                },
+                _ = sleep_until_some(udp_paused), if udp_paused.is_some() => {
+                    udp_paused = None;
                     continue;
                 }
-                Some((peer, bytes)) = in_rx.recv() => {
-                    if bytes.is_empty() {
-                        conns.remove(&peer.addr());
+                r = self.tcp.accept(), if accept_paused.is_none() => match r {
+                    Err(e) => {
+                        count(&stats.tcp_accept_errors);
+                        if let Some(pause) = accept_backoff(&e) {
+                            accept_paused = Some(tokio::time::Instant::now() + pause);
+                        }
+                        refused("TCP accept error")
+                    }
+                    Ok((stream, _)) if conns.len() >= self.cfg.max_tcp_connections => {
+                        drop(stream);
+                        count(&stats.tcp_over_limit);
+                        refused("TCP connection limit")
+                    }
+                    Ok((stream, from)) => {
+                        next_id += 1;
+                        let (tx, rx) = mpsc::channel(self.cfg.tcp_send_queue.max(1));
+                        let task = tokio::spawn(connection(
+                            stream,
+                            from,
+                            next_id,
+                            in_tx.clone(),
+                            rx,
+                            self.core.cfg.limits,
+                            self.cfg.tcp_idle_timeout,
+                        ));
+                        // A peer reconnecting from the same address replaces its old connection.
+                        if let Some(old) = conns.insert(from, Conn { id: next_id, tx, task: task.abort_handle() }) {
+                            old.task.abort();
+                        }
                         continue;
                     }
-                    self.core.handle(&bytes, peer, Instant::now())
+                },
+                _ = sleep_until_some(accept_paused), if accept_paused.is_some() => {
+                    accept_paused = None;
+                    continue;
                 }
+                Some(m) = in_rx.recv() => match m {
+                    FromConn::Message(from, bytes) => self.core.handle(&bytes, Peer::Tcp(from), Instant::now()),
+                    FromConn::Closed { from, id, reason } => {
+                        if conns.get(&from).is_some_and(|c| c.id == id) {
+                            conns.remove(&from);
+                        }
+                        match reason {
+                            Some(reason) => {
+                                match reason {
+                                    IDLE => count(&stats.tcp_idle_closed),
+                                    KEEPALIVE_FLOOD => count(&stats.tcp_keepalive_floods),
+                                    _ => {}
+                                }
+                                refused(reason)
+                            }
+                            None => continue,
+                        }
+                    }
+                },
                 _ = tick.tick() => self.core.tick(Instant::now()),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Invite { platform, channel, media_ip, media_port, media, reply } => {
@@ -661,15 +927,29 @@ impl Server {
                     Command::Bye { call_id } => (self.core.bye(&call_id).into_iter().collect(), Vec::new()),
                 },
             };
-            let (out, evs) = step;
+            let (out, mut evs) = step;
             for (peer, bytes) in out {
                 match peer {
                     Peer::Udp(a) => {
                         let _ = self.udp.send_to(&bytes, a).await;
                     }
                     Peer::Tcp(a) => {
-                        if let Some(tx) = conns.get(&a) {
-                            let _ = tx.send(bytes).await;
+                        // Never wait on one peer: a connection whose queue is full (it does
+                        // not read) is dropped.
+                        let full = match conns.get(&a).map(|c| c.tx.try_send(bytes)) {
+                            None | Some(Ok(())) => false,
+                            Some(Err(mpsc::error::TrySendError::Closed(_))) => {
+                                conns.remove(&a);
+                                false
+                            }
+                            Some(Err(mpsc::error::TrySendError::Full(_))) => true,
+                        };
+                        if full && let Some(c) = conns.remove(&a) {
+                            c.task.abort();
+                            count(&stats.tcp_send_queue_full);
+                            evs.push(ServerEvent::Refused {
+                                reason: "TCP send queue full",
+                            });
                         }
                     }
                 }
@@ -683,49 +963,101 @@ impl Server {
     }
 }
 
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops the CRLF keep-alives (RFC 5626) at the front of a TCP stream's buffer, so that
+/// they neither pile up nor are scanned again. `blank` counts them since the last complete
+/// message: false when there are more than `limit` (a header section's worth).
+fn drain_keepalives(acc: &mut Vec<u8>, blank: &mut usize, limit: usize) -> bool {
+    let n = acc
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    acc.drain(..n);
+    *blank = blank.saturating_add(n);
+    *blank <= limit
+}
+
 /// One TCP connection: messages cut from the stream go to the loop; what the loop sends
-/// goes out. An empty message tells the loop the connection is gone.
+/// goes out. It tells the loop when it ends, and why when that is worth reporting.
 async fn connection(
     stream: TcpStream,
     from: SocketAddr,
-    to_loop: mpsc::Sender<(Peer, Vec<u8>)>,
-    mut from_loop: mpsc::Receiver<Vec<u8>>,
+    id: u64,
+    to_loop: mpsc::Sender<FromConn>,
+    from_loop: mpsc::Receiver<Vec<u8>>,
     limits: Limits,
+    idle: Duration,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // Reading and writing go on side by side: a peer that does not read stalls only the
+    // writer, whose queue then fills and the loop drops the connection.
+    let reason = tokio::select! {
+        r = read_side(rd, from, &to_loop, limits, idle) => r,
+        r = write_side(wr, from_loop, idle) => r,
+    };
+    let _ = to_loop.send(FromConn::Closed { from, id, reason }).await;
+}
+
+async fn read_side(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    from: SocketAddr,
+    to_loop: &mpsc::Sender<FromConn>,
+    limits: Limits,
+    idle: Duration,
+) -> Option<&'static str> {
     let mut acc: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut blank = 0usize;
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        tokio::select! {
-            r = rd.read(&mut buf) => {
-                let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
-                acc.extend_from_slice(&buf[..n]);
-                loop {
-                    match Message::parse_stream(&acc, &limits) {
-                        Ok(Some((_, used))) => {
-                            let one = acc.drain(..used).collect::<Vec<u8>>();
-                            let start = one.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
-                            if to_loop.send((Peer::Tcp(from), one[start..].to_vec())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        // A stream that cannot be framed cannot be resynchronised: close it.
-                        Err(_) => {
-                            let _ = to_loop.send((Peer::Tcp(from), Vec::new())).await;
-                            return;
-                        }
+        let n = tokio::select! {
+            r = rd.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            },
+            _ = tokio::time::sleep_until(deadline) => return Some(IDLE),
+        };
+        acc.extend_from_slice(&buf[..n]);
+        loop {
+            if !drain_keepalives(&mut acc, &mut blank, limits.max_head) {
+                return Some(KEEPALIVE_FLOOD);
+            }
+            match Message::parse_stream(&acc, &limits) {
+                Ok(Some((_, used))) => {
+                    let one = acc.drain(..used).collect::<Vec<u8>>();
+                    blank = 0;
+                    deadline = tokio::time::Instant::now() + idle;
+                    if to_loop.send(FromConn::Message(from, one)).await.is_err() {
+                        return None;
                     }
                 }
-            }
-            Some(bytes) = from_loop.recv() => {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
+                Ok(None) => break,
+                // A stream that cannot be framed cannot be resynchronised: close it.
+                Err(_) => return Some("malformed SIP"),
             }
         }
     }
-    let _ = to_loop.send((Peer::Tcp(from), Vec::new())).await;
+}
+
+async fn write_side(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut from_loop: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
+) -> Option<&'static str> {
+    while let Some(bytes) = from_loop.recv().await {
+        match tokio::time::timeout(idle, wr.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => return Some("TCP write stalled"),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -1195,5 +1527,162 @@ mod tests {
                 .status(),
             Some(403)
         );
+    }
+
+    #[test]
+    fn messages_from_another_address_than_the_registered_one_get_403() {
+        let (mut core, peer, t0) = online_core();
+        let stranger = Peer::Udp("10.6.6.6:5060".parse().unwrap());
+        for body in [manscdp::keepalive_notify(2, PLATFORM), catalog_body()] {
+            let (out, ev) = core.handle(&message(body, 3), stranger, t0);
+            let res = Message::parse(&out[0].1, &Limits::default()).unwrap();
+            assert_eq!(res.status(), Some(403));
+            assert!(ev.contains(&ServerEvent::Refused {
+                reason: WRONG_SENDER
+            }));
+            assert!(!ev.iter().any(|e| matches!(e, ServerEvent::Catalog { .. })));
+        }
+        // Another port of the same host over UDP is not the platform either.
+        let (out, _) = core.handle(
+            &message(manscdp::keepalive_notify(2, PLATFORM), 4),
+            Peer::Udp("10.0.0.9:5070".parse().unwrap()),
+            t0,
+        );
+        let res = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(res.status(), Some(403));
+        // From where it registered, or from its Contact (127.0.0.1:5060), they are taken.
+        let contact = Peer::Udp("127.0.0.1:5060".parse().unwrap());
+        for from in [peer, contact] {
+            let (out, ev) = core.handle(&message(catalog_body(), 5), from, t0);
+            let res = Message::parse(&out[0].1, &Limits::default()).unwrap();
+            assert_eq!(res.status(), Some(200));
+            assert!(ev.iter().any(|e| matches!(e, ServerEvent::Catalog { .. })));
+        }
+        // A keepalive from a stranger does not keep a silent platform online.
+        let (_, ev) = core.tick(t0 + Duration::from_secs(100));
+        assert!(ev.is_empty());
+        core.handle(
+            &message(manscdp::keepalive_notify(3, PLATFORM), 6),
+            stranger,
+            t0 + Duration::from_secs(150),
+        );
+        let (_, ev) = core.tick(t0 + Duration::from_secs(181));
+        assert!(matches!(
+            &ev[..],
+            [ServerEvent::Registrar(RegistrarEvent::Offline {
+                reason: OfflineReason::KeepaliveTimeout,
+                ..
+            })]
+        ));
+        // Its own keepalive brings it back, and it is queried again.
+        let (out, ev) = core.handle(
+            &message(manscdp::keepalive_notify(4, PLATFORM), 7),
+            peer,
+            t0 + Duration::from_secs(182),
+        );
+        assert_eq!(
+            Message::parse(&out[0].1, &Limits::default())
+                .unwrap()
+                .status(),
+            Some(200)
+        );
+        assert!(ev.contains(&ServerEvent::Registrar(RegistrarEvent::Online {
+            id: PLATFORM.into()
+        })));
+        assert_eq!(core.tick(t0 + Duration::from_secs(183)).0.len(), 1);
+    }
+
+    #[test]
+    fn invite_answers_and_byes_from_another_address_are_refused() {
+        let (mut core, peer, t0) = online_core();
+        let stranger = Peer::Udp("10.6.6.6:5060".parse().unwrap());
+        let cam = "34020000001320000001";
+        let (_, bytes, call_id) = core
+            .invite(PLATFORM, cam, "10.0.0.5", 30000, MediaTransport::Udp, t0)
+            .unwrap();
+        let inv = Message::parse(&bytes, &Limits::default()).unwrap();
+        let sdp = "v=0\r\nc=IN IP4 10.6.6.6\r\nm=video 15060 RTP/AVP 96\r\n";
+        let ok = Message::response_to(&inv, 200, "OK", Some("dev"))
+            .with_body("application/sdp", sdp.as_bytes().to_vec());
+        let (out, ev) = core.handle(&ok.to_bytes(), stranger, t0);
+        assert!(out.is_empty());
+        assert_eq!(
+            ev,
+            vec![ServerEvent::Refused {
+                reason: "INVITE answer from another address"
+            }]
+        );
+        let busy = Message::response_to(&inv, 486, "Busy Here", Some("x"));
+        let (out, _) = core.handle(&busy.to_bytes(), stranger, t0);
+        assert!(out.is_empty(), "the INVITE is still pending");
+        let (_, ev) = core.handle(&ok.to_bytes(), peer, t0);
+        assert!(matches!(&ev[..], [ServerEvent::Playing { .. }]));
+        let bye = Message::request(Method::Bye, format!("sip:{ME}@10.0.0.5:5060"))
+            .with_header("Via", "SIP/2.0/UDP 10.6.6.6:5060;branch=z9hG4bKb")
+            .with_header("From", format!("<sip:{cam}@3402000000>;tag=dev"))
+            .with_header("To", format!("<sip:{ME}@3402000000>;tag=1"))
+            .with_header("Call-ID", call_id.clone())
+            .with_header("CSeq", "1 BYE");
+        let (out, ev) = core.handle(&bye.to_bytes(), stranger, t0);
+        assert_eq!(
+            Message::parse(&out[0].1, &Limits::default())
+                .unwrap()
+                .status(),
+            Some(403)
+        );
+        assert!(ev.contains(&ServerEvent::Refused {
+            reason: "BYE from another address"
+        }));
+        // The call goes on: the platform's own BYE ends it.
+        let (_, ev) = core.handle(&bye.to_bytes(), peer, t0);
+        assert!(ev.contains(&ServerEvent::Stopped {
+            channel: cam.into(),
+            call_id
+        }));
+    }
+
+    #[test]
+    fn contact_addresses_are_read_from_ip_literals() {
+        assert_eq!(
+            contact_addr("<sip:3402@10.0.0.9:5070;transport=tcp>"),
+            Some("10.0.0.9:5070".parse().unwrap())
+        );
+        assert_eq!(
+            contact_addr("sip:3402@10.0.0.9"),
+            Some("10.0.0.9:5060".parse().unwrap())
+        );
+        assert_eq!(
+            contact_addr("<sip:a@[::1]:5062>"),
+            Some("[::1]:5062".parse().unwrap())
+        );
+        assert_eq!(contact_addr("<sip:a@example.com>"), None);
+        assert_eq!(contact_addr(""), None);
+    }
+
+    #[test]
+    fn core_config_debug_hides_the_password() {
+        let shown = format!("{:?}", core_config());
+        assert!(!shown.contains("secret-pw"), "{shown}");
+    }
+
+    #[test]
+    fn crlf_keepalives_are_drained_and_bounded() {
+        let mut acc = b"\r\n\r\nREGISTER".to_vec();
+        let mut blank = 0;
+        assert!(drain_keepalives(&mut acc, &mut blank, 10));
+        assert_eq!((acc.as_slice(), blank), (&b"REGISTER"[..], 4));
+        let mut acc = vec![b'\n'; 7];
+        assert!(!drain_keepalives(&mut acc, &mut blank, 10), "4 + 7 > 10");
+        assert!(acc.is_empty(), "drained, not kept");
+    }
+
+    #[test]
+    fn accept_errors_out_of_descriptors_back_off_others_do_not() {
+        for errno in [23, 24] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(accept_backoff(&e), Some(Duration::from_millis(100)));
+        }
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(accept_backoff(&e), None);
     }
 }
