@@ -482,6 +482,18 @@ impl Tracker {
         &self.settings
     }
 
+    /// Drops every track and the frame-interval history, keeping the id counter: a camera
+    /// seen again after a long gap (a patrol's next visit) starts afresh, and a new object
+    /// never gets an id an earlier one had (rules keep per-track memory by id).
+    pub fn forget(&mut self) {
+        self.tracks.clear();
+        self.last_time = None;
+        self.intervals.clear();
+        if let Some(m) = &self.metrics {
+            m.active.set(0.0);
+        }
+    }
+
     /// Moves the tracks to this frame: predicts them, matches them to its detections when
     /// the detector ran on it, and starts, confirms, loses and drops tracks. Sets
     /// `frame.tracks` to the confirmed tracks in view (predicted ones with `detected == false`)
@@ -961,6 +973,30 @@ mod tests {
         }
         tracker.update(&mut frame(5000, walking(0)));
         assert_eq!(tracker.lost_after_s(), 1.5);
+    }
+
+    /// A patrol's next visit, a minute later: the same box is a new object with a new id,
+    /// and the minute is not taken for the interval between frames.
+    #[test]
+    fn forget_starts_afresh_without_reusing_an_id() {
+        let mut tracker = Tracker::new(TrackerSettings::default());
+        let still = || Some(vec![det("person", 0.9, 300.0, 300.0)]);
+        for i in 0..3 {
+            tracker.update(&mut frame(i * 1000, still()));
+        }
+        tracker.forget();
+        let mut f = frame(60_000, still());
+        tracker.update(&mut f);
+        tracker.update(&mut frame(61_000, still()));
+        let mut f2 = frame(62_000, still());
+        tracker.update(&mut f2);
+        assert_eq!(ids(&f), vec![None], "not confirmed yet: a new object");
+        assert_eq!(ids(&f2), vec![Some(2)]);
+        assert_eq!(
+            tracker.lost_after_s(),
+            3.0,
+            "one frame a second, not a minute"
+        );
     }
 
     #[test]

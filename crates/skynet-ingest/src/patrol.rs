@@ -302,8 +302,9 @@ impl PatrolScheduler {
         })
     }
 
-    /// Runs rounds until `stop`: each at its time (at once after one that overran), each
-    /// finished round handed to `on_round`.
+    /// Runs rounds until `stop`: each at its time, each finished round handed to `on_round`.
+    /// After a round that overran, the next starts at once, numbered by the `every_s` slot it
+    /// starts in: the slots the overrun covered are skipped, not run back to back to catch up.
     pub fn run(
         &self,
         visitor: &dyn Visitor,
@@ -320,7 +321,8 @@ impl PatrolScheduler {
                 Some(done) => on_round(done),
                 None => return,
             }
-            round += 1;
+            // The slot now is first_round(now) - 1: later than round + 1 after an overrun.
+            round = (round + 1).max(self.config.first_round(Utc::now()).saturating_sub(1));
         }
     }
 }
@@ -516,6 +518,35 @@ mod tests {
         assert_eq!(rounds.len(), 2);
         assert_eq!(rounds[0].0, first);
         assert_eq!(rounds[1].0, first + 1);
+    }
+
+    #[test]
+    fn after_a_long_overrun_the_next_round_takes_its_slot_instead_of_catching_up() {
+        // every_s = 1 s, a visit of 2.5 s: the second round starts at once, numbered by the
+        // slot it starts in (two past the first), not first + 1 followed by a burst.
+        let scheduler = PatrolScheduler::new(config(1.0, 1), cameras(1));
+        let fake = Arc::new(Fake {
+            dwell: Duration::from_millis(2500),
+            ..Fake::default()
+        });
+        let stop = Shutdown::new();
+        let first = scheduler.config().first_round(Utc::now());
+        let mut rounds = Vec::new();
+        scheduler.run(fake.as_ref(), &stop, |r| {
+            rounds.push((r.round, r.started, r.finished));
+            if rounds.len() == 2 {
+                stop.trigger();
+            }
+        });
+        assert_eq!(rounds[0].0, first);
+        assert!(rounds[1].0 >= first + 2, "{rounds:?}");
+        // It started at once, in the slot its number names.
+        let config = scheduler.config();
+        assert!(rounds[1].1 >= config.round_start(rounds[1].0), "{rounds:?}");
+        assert!(
+            rounds[1].1 < config.round_start(rounds[1].0 + 1) + chrono::Duration::milliseconds(100),
+            "{rounds:?}"
+        );
         assert!(rounds[0].1 >= scheduler.config().round_start(first));
         assert!(rounds[1].1 >= scheduler.config().round_start(first + 1));
     }

@@ -249,8 +249,10 @@ impl KeyframeGate {
                     }
                     state.intervals.push_back(pts - last);
                 }
-                // Time went back (a new segment): measure again.
-                Some(_) => state.intervals.clear(),
+                // Time went back (a new segment): measure again. The same time again (a
+                // header buffer sharing its key frame's) measures nothing.
+                Some(last) if pts < last => state.intervals.clear(),
+                Some(_) => {}
                 None => {}
             }
             state.last_key = Some(pts);
@@ -265,22 +267,29 @@ impl KeyframeGate {
                 auto_mode(self.fps, interval)
             }
         };
-        if mode != state.mode {
+        let switched = mode != state.mode;
+        if switched {
             state.mode = mode;
             self.mode.store(mode.code(), Ordering::Relaxed);
             if let Some(limit) = &mut state.limit {
                 limit.reset();
             }
-            self.relax_rate(mode);
         }
+        let mut pass = true;
         if mode == DecodeMode::Keyframes
             && let (Some(limit), Some(pts)) = (&mut state.limit, pts)
-            && !limit.admit(pts)
         {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            pass = limit.admit(pts);
         }
-        true
+        // GStreamer is called with the gate's lock released.
+        drop(state);
+        if switched {
+            self.relax_rate(mode);
+        }
+        if !pass {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        pass
     }
 
     /// While key frames only, `videorate` takes the stream's own rate (the probe holds `fps`);

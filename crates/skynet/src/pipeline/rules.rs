@@ -276,12 +276,13 @@ impl RulesAndRisk {
         for message in messages {
             match message {
                 PatrolToRules::Begin { camera } => {
-                    if let Some(looks) = self
-                        .cameras
-                        .get_mut(&camera)
-                        .and_then(|c| c.patrol.as_mut())
+                    if let Some(stage) = self.cameras.get_mut(&camera)
+                        && let Some(looks) = stage.patrol.as_mut()
                     {
                         looks.begin();
+                        // A round later: the objects of the last visit are not this one's
+                        // (nor is the minute between an interval between frames).
+                        stage.tracker.forget();
                     }
                 }
                 PatrolToRules::End(end) => {
