@@ -9,9 +9,12 @@ use skynet_core::Shutdown;
 /// `patrol/<patrol>/<round>/<camera>.jpg` (patrol rounds' snapshots), with room to spare.
 const MAX_DEPTH: usize = 6;
 
+/// A file the walk found, with its metadata.
+type FoundFile = (PathBuf, std::fs::Metadata);
+
 /// Every regular file under `dir` (at most [`MAX_DEPTH`] folders down; links are not
 /// followed), with its metadata, and every folder under it, deepest first.
-fn walk(dir: &Path) -> std::io::Result<(Vec<(PathBuf, std::fs::Metadata)>, Vec<PathBuf>)> {
+fn walk(dir: &Path) -> std::io::Result<(Vec<FoundFile>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     let mut folders = Vec::new();
     let mut pending = vec![(dir.to_path_buf(), 0usize)];
@@ -38,7 +41,7 @@ fn walk(dir: &Path) -> std::io::Result<(Vec<(PathBuf, std::fs::Metadata)>, Vec<P
         }
     }
     // Deepest first, so a parent is tried after its children are gone.
-    folders.sort_by(|a, b| b.1.cmp(&a.1));
+    folders.sort_by_key(|folder| std::cmp::Reverse(folder.1));
     Ok((files, folders.into_iter().map(|(path, _)| path).collect()))
 }
 
