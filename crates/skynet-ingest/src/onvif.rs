@@ -471,7 +471,7 @@ fn resolve(config: &OnvifSourceConfig, stop: Option<&Shutdown>) -> Result<String
     }
 
     // 2. The media service.
-    let media_url = device.media_service(&device_url)?;
+    let media_url = same_host(device.media_service(&device_url)?, &device_url);
 
     // 3. Profiles, and the stream of the chosen one.
     let body = device.call(
@@ -509,7 +509,39 @@ fn resolve(config: &OnvifSourceConfig, stop: Option<&Shutdown>) -> Result<String
         reason: "no MediaUri/Uri in the answer".into(),
     })?;
     check_stream_uri(&uri)?;
-    Ok(uri)
+    Ok(same_stream_host(&uri, &device_url))
+}
+
+/// The address a device named for one of its services, on the configured device's host: the
+/// signed requests (replayable against the device) never go to another host a device (or
+/// whoever answers in its place) names, and a device behind NAT, naming its inside address,
+/// is still reached. The scheme and port follow the configured URL's when the host differs.
+fn same_host(named: url::Url, device: &url::Url) -> url::Url {
+    if named.host_str() == device.host_str() {
+        return named;
+    }
+    tracing::info!(named = %named.host_str().unwrap_or(""), "the device named a service on another host; asking the configured host instead");
+    let mut pinned = device.clone();
+    pinned.set_path(named.path());
+    pinned.set_query(named.query());
+    pinned
+}
+
+/// The stream address on the configured device's host (as [`same_host`]: the credentials
+/// go to the RTSP server as properties, and never to another host a device names). The
+/// RTSP port and path stay the device's.
+fn same_stream_host(uri: &str, device: &url::Url) -> String {
+    let (Ok(mut stream), Some(host)) = (url::Url::parse(uri), device.host_str()) else {
+        return uri.to_string();
+    };
+    if stream.host_str() == Some(host) {
+        return uri.to_string();
+    }
+    tracing::info!(named = %stream.host_str().unwrap_or(""), "the device named its stream on another host; playing it from the configured host instead");
+    if stream.set_host(Some(host)).is_err() {
+        return uri.to_string();
+    }
+    stream.to_string()
 }
 
 impl Device<'_> {

@@ -449,12 +449,15 @@ fn onvif_discover(wait_s: f64) -> Result<ExitCode> {
         .context("--wait-s must be a number of seconds")?;
     let found = skynet_ingest::onvif::discovery::discover(wait)
         .context("could not send the WS-Discovery probe")?;
+    // What devices on the network send is printed with its control characters escaped: a
+    // host on the LAN cannot drive the terminal.
+    let shown = |text: &str| skynet_core::escape_control(text).into_owned();
     for device in &found {
         println!(
             "{}\t{}\t{}",
-            device.xaddrs.first().map_or("-", String::as_str),
-            device.scope("name").unwrap_or_else(|| "-".into()),
-            device.scope("hardware").unwrap_or_else(|| "-".into()),
+            shown(device.xaddrs.first().map_or("-", String::as_str)),
+            shown(&device.scope("name").unwrap_or_else(|| "-".into())),
+            shown(&device.scope("hardware").unwrap_or_else(|| "-".into())),
         );
     }
     eprintln!("{} ONVIF device(s) answered within {wait_s} s", found.len());

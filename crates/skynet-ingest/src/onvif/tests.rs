@@ -215,3 +215,25 @@ fn the_config_is_checked_purely_and_names_the_field() {
     let example: OnvifSourceConfig = toml::from_str(OnvifSourceConfig::EXAMPLE).unwrap();
     assert!(example.validate(&cx()).is_ok());
 }
+
+/// A device (or whoever answers in its place) naming another host gets no signed request
+/// and no credentials there: its services and stream are asked of the configured host.
+#[test]
+fn services_and_streams_named_on_another_host_are_asked_of_the_configured_one() {
+    let device = url::Url::parse("http://192.0.2.10:8080/onvif/device_service").unwrap();
+    let media = url::Url::parse("http://10.0.0.5/onvif/Media?x=1").unwrap();
+    assert_eq!(
+        same_host(media, &device).as_str(),
+        "http://192.0.2.10:8080/onvif/Media?x=1"
+    );
+    let same = url::Url::parse("http://192.0.2.10:80/onvif/Media").unwrap();
+    assert_eq!(same_host(same.clone(), &device), same);
+    assert_eq!(
+        same_stream_host("rtsp://10.0.0.5:554/Streaming/101", &device),
+        "rtsp://192.0.2.10:554/Streaming/101"
+    );
+    assert_eq!(
+        same_stream_host("rtsp://192.0.2.10/live", &device),
+        "rtsp://192.0.2.10/live"
+    );
+}
