@@ -77,6 +77,11 @@ pub struct OnvifSourceConfig {
     /// the decoder.
     #[serde(default)]
     pub keyframes_only: KeyframesOnly,
+    /// The stream address the device gave last, shared by every source built from this
+    /// config: a patrol's next visit (a fresh source each round) plays it at once instead of
+    /// asking the device again, and asks only when it fails.
+    #[serde(skip)]
+    known_stream: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn default_stall_timeout() -> f64 {
@@ -234,14 +239,32 @@ impl BuildSource for OnvifSourceConfig {
     /// No request yet: the stream's address is asked for when the source runs, so a device
     /// that is down is retried like a camera that is.
     fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError> {
-        Ok(Box::new(OnvifSource {
+        let mut source = OnvifSource {
             camera: cx.camera.clone(),
             delivery: cx.delivery.clone(),
             config: self.clone(),
             stream: None,
             stale: true,
             retired: SourceStats::default(),
-        }))
+        };
+        let known = self
+            .known_stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(uri) = known {
+            // Played at once; a failure asks the device again.
+            let rtsp = source.rtsp_config(&uri).build(cx)?;
+            source.stream = Some((uri, rtsp));
+            source.stale = false;
+        }
+        Ok(Box::new(source))
+    }
+
+    /// A visit's first frame may wait for the device's answers (up to five requests, each
+    /// within `timeout_s`, the first visit only) and then the stream's: twice `timeout_s`.
+    fn open_timeout(&self) -> Duration {
+        seconds_or(self.timeout_s * 2.0, 20.0)
     }
 }
 
@@ -290,6 +313,11 @@ impl OnvifSource {
             url: redact_uri(&self.config.url),
             error,
         })?;
+        *self
+            .config
+            .known_stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(uri.clone());
         if self.stream.as_ref().is_some_and(|(known, _)| *known == uri) {
             return Ok(());
         }
