@@ -5,6 +5,22 @@
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
+        "skynet_platform_up",
+        "1 while a GB/T 28181 lower platform is registered and keeping alive, else 0."
+    );
+    describe_gauge!(
+        "skynet_platform_channels",
+        "Camera channels in a GB/T 28181 lower platform's last catalog, per status."
+    );
+    describe_counter!(
+        "skynet_sip_requests_total",
+        "SIP requests answered by the GB/T 28181 endpoint, per method and response code."
+    );
+    describe_counter!(
+        "skynet_rtp_packets_lost_total",
+        "RTP packets of a GB/T 28181 channel that never arrived, per camera."
+    );
+    describe_gauge!(
         "skynet_mqtt_connected",
         "1 while connected to the sensors' MQTT broker, else 0."
     );

@@ -11,6 +11,7 @@ pub mod clips;
 mod config;
 mod describe;
 mod error;
+pub mod gb28181;
 mod gst_source;
 pub mod live;
 pub mod liveness;
@@ -37,6 +38,7 @@ pub fn register(registry: &mut skynet_core::Registry) {
     // After the default kind (`gstreamer`), which `register` above lists first.
     registry.register::<CameraSourceFamily, onvif::OnvifSourceConfig>();
     sensor::formats::register(registry);
+    registry.register::<gb28181::PlatformFamily, gb28181::Gb28181PlatformConfig>();
 }
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -23,6 +23,7 @@ use skynet_detect::{SensorPlacement, SensorRuleSettings, SensorRuleSpec};
 use skynet_emit::{BuildSink, SinkFamily};
 use skynet_emit::{CasesSettings, OutboxSettings};
 use skynet_ingest::MotionConfig;
+use skynet_ingest::gb28181::{BuildPlatform, PlatformFamily};
 use skynet_ingest::sensor::{MqttConfig, MqttSettings, SensorSettings, SensorSpec};
 use skynet_ingest::{BuildSource, CameraSourceFamily};
 use skynet_risk::{GridMap, RiskConfig, RiskSettings};
@@ -66,6 +67,10 @@ struct ConfigFile {
     /// `[[patrols]]`: video rounds over the cameras that name them.
     #[serde(default)]
     patrols: Vec<Spanned<toml::Table>>,
+    /// `[[platforms]]`: video platforms (GB/T 28181) whose channels become cameras; each
+    /// table goes to the platform kind its `kind` names.
+    #[serde(default)]
+    platforms: Vec<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +320,15 @@ pub struct PipelineConfig {
     pub evidence: SnapshotConfig,
     /// `[[patrols]]`: video rounds over the cameras that name them (`patrol = "NAME"`).
     pub patrols: Vec<skynet_ingest::patrol::PatrolConfig>,
+    /// `[[platforms]]`: their analysed channels are in `cameras` (id: the channel's id).
+    pub platforms: Vec<PlatformSpec>,
+}
+
+/// A configured platform: its kind and its validated config.
+#[derive(Debug, Clone)]
+pub struct PlatformSpec {
+    pub kind: &'static str,
+    pub config: Arc<dyn BuildPlatform>,
 }
 
 /// A configured sensor: what validation needs, where it is, and its rules.
@@ -663,7 +677,7 @@ fn validate(
             )
         }
     };
-    if file.cameras.is_empty() && file.sensors.is_empty() {
+    if file.cameras.is_empty() && file.sensors.is_empty() && file.platforms.is_empty() {
         return Err(at.error(
             0..0,
             "no cameras and no sensors: add a [[cameras]] or a [[sensors]] table",
@@ -727,6 +741,55 @@ fn validate(
         }
         cameras.push(spec);
     }
+    let platforms = validate_platforms(at, &cx, &file.platforms, registry)?;
+    for (platform, table) in platforms.iter().zip(&file.platforms) {
+        let region = at.table_region(&table.span());
+        let mut nth_table = 0;
+        for channel in platform.config.channels() {
+            let Some(camera_keys) = &channel.camera else {
+                continue;
+            };
+            // `[[platforms.channels]]` tables are found in the text; inline ones point at
+            // the platform.
+            let header = at
+                .sub_table(&region, "platforms.channels", nth_table)
+                .map(|r| r.start..r.start + at.text[r].find('\n').unwrap_or(0))
+                .unwrap_or(table.span());
+            nth_table += 1;
+            if !channel.is_analysed() {
+                continue;
+            }
+            let mut camera = camera_keys.clone();
+            camera.insert("id".into(), channel.id.clone().into());
+            camera.insert(
+                "owner".into(),
+                toml::Value::try_from(platform.config.owner())
+                    .unwrap_or_else(|_| toml::Value::String(String::new())),
+            );
+            // The common keys are checked as a camera's; the source is the platform's.
+            camera.insert("kind".into(), "gstreamer".into());
+            camera.insert("uri".into(), "fd://0".into());
+            let detect_cx = CameraDetectContext {
+                model: model.as_ref(),
+                classes: &detect.classes,
+                threshold: f64::from(detect.options.threshold),
+                owner_classes: &detect.owner_classes,
+            };
+            let mut spec = validate_camera(
+                at,
+                &cx,
+                &Spanned::new(header.clone(), camera),
+                &grids,
+                &detect_cx,
+                registry,
+            )?;
+            spec.source = platform.config.channel_source(&channel.id);
+            if cameras.iter().any(|c| c.id == spec.id) {
+                return Err(at.error(header, format!("camera id `{}` is used twice", spec.id)));
+            }
+            cameras.push(spec);
+        }
+    }
     let mut sensors: Vec<SensorConfig> = Vec::with_capacity(file.sensors.len());
     for sensor in &file.sensors {
         let region = at.table_region(&sensor.span());
@@ -778,7 +841,56 @@ fn validate(
         cluster,
         evidence,
         patrols,
+        platforms,
     })
+}
+
+/// `[[platforms]]`: each read by its kind; skynet's ids on them unique.
+fn validate_platforms(
+    at: &Locator<'_>,
+    cx: &ConfigContext,
+    tables: &[Spanned<toml::Table>],
+    registry: &Registry,
+) -> Result<Vec<PlatformSpec>, ConfigError> {
+    let mut specs: Vec<PlatformSpec> = Vec::with_capacity(tables.len());
+    for table in tables {
+        let region = at.table_region(&table.span());
+        let mut body = table.get_ref().clone();
+        let Some(kind) = take_string(at, &region, &mut body, "kind")? else {
+            return Err(at.error(
+                region.start..region.start,
+                format!(
+                    "a platform needs a `kind`: one of {}",
+                    registry.names::<PlatformFamily>().join(", ")
+                ),
+            ));
+        };
+        let kind = registry
+            .lookup::<PlatformFamily>(&kind)
+            .map_err(|m| at.error(at.key(&region, "kind"), m))?;
+        let config = (kind.parse)(body, cx).map_err(|e| at.parse_error(&region, e))?;
+        if specs.iter().any(|p| p.config.id() == config.id()) {
+            return Err(at.error(
+                at.value(&region, "id"),
+                format!("two platforms have the id `{}`", config.id()),
+            ));
+        }
+        if let Some(other) = specs.iter().find(|p| p.config.listen() == config.listen()) {
+            return Err(at.error(
+                at.value(&region, "listen"),
+                format!(
+                    "platform `{}` listens on {} too: give each its own `listen`",
+                    other.config.id(),
+                    config.listen()
+                ),
+            ));
+        }
+        specs.push(PlatformSpec {
+            kind: kind.name,
+            config,
+        });
+    }
+    Ok(specs)
 }
 
 /// `[[patrols]]`: each checked, names unique.

@@ -137,6 +137,23 @@ enum Command {
         #[command(subcommand)]
         what: OnvifCommand,
     },
+    /// Video platforms (`[[platforms]]`, GB/T 28181) skynet takes cameras from.
+    Platforms {
+        #[command(subcommand)]
+        what: PlatformsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlatformsCommand {
+    /// The configured platforms and their channels: one line per platform
+    /// (`platform<TAB>kind<TAB>listen<TAB>owner<TAB>channels`), then one per configured channel
+    /// (`  channel<TAB>cell<TAB>analysed yes|no`). From the config only: a running node's
+    /// registrations and catalogs are in its logs and metrics.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -407,6 +424,9 @@ fn main() -> ExitCode {
         Command::Onvif {
             what: OnvifCommand::Discover { wait_s },
         } => onvif_discover(wait_s),
+        Command::Platforms {
+            what: PlatformsCommand::List { config },
+        } => platforms_list(&config),
     };
     match result {
         Ok(code) => code,
@@ -441,6 +461,40 @@ fn init_tracing(format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+}
+
+/// `skynet platforms list`: the config's view of each platform and its channels.
+fn platforms_list(config: &Path) -> Result<ExitCode> {
+    let c = PipelineConfig::load(config)?;
+    for platform in &c.platforms {
+        let p = &platform.config;
+        let channels = match p.all_channels() {
+            true => "all".to_string(),
+            false => format!("{} configured", p.channels().len()),
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            p.id(),
+            platform.kind,
+            p.listen(),
+            p.owner(),
+            channels
+        );
+        for channel in p.channels() {
+            let camera = c.cameras.iter().find(|cam| cam.id.as_str() == channel.id);
+            println!(
+                "  {}\t{}\t{}",
+                channel.id,
+                camera.map_or("-", |cam| cam.grid.as_str()),
+                if camera.is_some() { "yes" } else { "no" }
+            );
+        }
+    }
+    eprintln!(
+        "{} platform(s), from the config; registrations and catalogs of a running node are in its logs and metrics",
+        c.platforms.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `skynet onvif discover`: one line per device, `url<TAB>name<TAB>hardware`.

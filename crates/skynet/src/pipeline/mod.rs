@@ -314,6 +314,14 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         _ => build_detectors(config)?,
     };
     skynet_ingest::init()?;
+    // Each platform's endpoint listens from the start (lower platforms register, catalogs
+    // are listed), whether or not any of its channels is analysed; a failure is logged and
+    // its channels' sources retry it.
+    for platform in config.platforms.iter().filter(|_| !is_scorer) {
+        if let Err(error) = platform.config.start() {
+            tracing::error!(platform = %platform.config.id(), %error, "platform endpoint did not start");
+        }
+    }
     let outbox = Outbox::open(&config.outbox)?;
     // A state this build cannot read (another version, or damaged) stops the start: going on
     // from nothing would leave the incidents it held open downstream for ever.

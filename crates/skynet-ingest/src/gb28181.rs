@@ -1,0 +1,888 @@
+//! `[[platforms]] kind = "gb28181"`: skynet as a GB/T 28181 upper platform.
+//!
+//! One [`Gb28181PlatformConfig`] is one SIP endpoint of skynet (its 20-digit `id`, `domain`,
+//! `listen`): lower platforms (police, city platforms) REGISTER with it using `password`,
+//! keep it informed with keepalives and answer its catalog queries (all in
+//! [`skynet_gb28181::server`]). The endpoint is started once per platform, on the first
+//! channel that needs it, on a thread of its own, and shared by that platform's channels.
+//!
+//! Each configured channel with a placement becomes a camera whose source
+//! ([`ChannelSource`]) INVITEs the channel to a UDP port of `media_ports`, reassembles the
+//! RTP/PS stream ([`MediaReceiver`]) and pipes the PS bytes into the RTSP camera's own
+//! GStreamer path ([`GstSource`](crate::GstSource) reading `fd://N`: `mpegpsdemux`, the
+//! same decoder choice, conversion, scaling, stall watchdog, health and metrics). A stream
+//! that stops or stalls ends the run with an error, so the supervisor restarts it (a new
+//! INVITE); the call is hung up (BYE) whenever a run ends. A platform that goes offline
+//! (keepalive timeout) ends its channels' streams: the cameras then reconnect until it is
+//! back, and go offline (the `camera_offline` incident) after their `offline_after_s`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use skynet_core::config::check_range;
+use skynet_core::{
+    Component, ConfigContext, DeviceId, Erase, Family, FieldError, OwnerKind, Secret, Shutdown,
+    Watermark,
+};
+use skynet_gb28181::invite::MediaTransport;
+use skynet_gb28181::manscdp::{self, ItemStatus};
+use skynet_gb28181::registrar::{RegistrarConfig, RegistrarEvent};
+use skynet_gb28181::rtp::MediaReceiver;
+use skynet_gb28181::server::{Command, Core, CoreConfig, Server, ServerEvent};
+use skynet_gb28181::sip::Limits;
+
+use crate::config::ReconnectConfig;
+use crate::{
+    BuildSource, FrameOutput, FrameSource, GstSourceConfig, IngestError, RetryPolicy,
+    SourceBuildContext, SourceExit, SourceStats,
+};
+
+/// The family of `[[platforms]]` kinds: video platforms skynet takes cameras from.
+pub struct PlatformFamily;
+
+impl Family for PlatformFamily {
+    const NAME: &'static str = "platform";
+    type Context<'a> = ConfigContext;
+    type Validated = dyn BuildPlatform;
+}
+
+impl<V: BuildPlatform + 'static> Erase<V> for PlatformFamily {
+    fn erase(validated: V) -> Arc<dyn BuildPlatform> {
+        Arc::new(validated)
+    }
+}
+
+/// One configured channel of a platform, as the config gives it.
+#[derive(Debug, Clone)]
+pub struct ChannelEntry {
+    /// The 20-digit channel id (the camera's id when it is analysed).
+    pub id: String,
+    /// The camera keys of a `[[platforms.channels]]` table (`grid`, `location`, `fps`,
+    /// `rules`, ...) without `id`; `None` for a channel given by its id alone.
+    pub camera: Option<toml::Table>,
+}
+
+impl ChannelEntry {
+    /// Analysed: placed by a `grid` or a `location`.
+    pub fn is_analysed(&self) -> bool {
+        self.camera
+            .as_ref()
+            .is_some_and(|t| t.contains_key("grid") || t.contains_key("location"))
+    }
+}
+
+/// A validated platform of any kind.
+pub trait BuildPlatform: std::fmt::Debug + Send + Sync {
+    /// skynet's id on the platform (unique among `[[platforms]]`).
+    fn id(&self) -> &str;
+    fn owner(&self) -> OwnerKind;
+    /// Where it listens, for listings.
+    fn listen(&self) -> String;
+    /// `true`: every channel of the catalog is accepted (`channels = "all"`).
+    fn all_channels(&self) -> bool;
+    /// The configured channels.
+    fn channels(&self) -> &[ChannelEntry];
+    /// The source of an analysed channel.
+    fn channel_source(&self, channel: &str) -> Arc<dyn BuildSource>;
+    /// Starts the platform's endpoint (once; later calls return at once). The channels'
+    /// sources start it too, on their first run.
+    fn start(&self) -> Result<(), String>;
+}
+
+/// The camera keys a `[[platforms.channels]]` table may hold besides `id` (the owner is
+/// the platform's; a patrol is not offered).
+pub const CHANNEL_CAMERA_KEYS: [&str; 12] = [
+    "grid",
+    "location",
+    "zones",
+    "rules",
+    "fps",
+    "offline_after_s",
+    "motion",
+    "privacy_masks",
+    "classes",
+    "inference_interval",
+    "tracker",
+    "clips",
+];
+
+/// `channels`: `"all"`, or a list whose entries are channel ids or `{ id, grid, ... }` tables
+/// (`[[platforms.channels]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ChannelsValue {
+    All(String),
+    List(Vec<ChannelValue>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ChannelValue {
+    Id(String),
+    Table(toml::Table),
+}
+
+/// A `[[platforms]]` table with `kind = "gb28181"`. `Debug` never shows the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gb28181PlatformConfig {
+    /// skynet's 20-digit SIP id.
+    id: String,
+    /// The SIP domain (digest realm); by custom the first 10 digits of `id`.
+    domain: String,
+    /// `host:port` of the SIP endpoint, UDP and TCP.
+    listen: String,
+    /// The password lower platforms register with; `${VAR}` expanded.
+    password: Secret,
+    owner: OwnerKind,
+    channels: ChannelsValue,
+    /// A lower platform silent this long goes offline. Default 180.
+    #[serde(default = "default_keepalive_timeout")]
+    keepalive_timeout_s: f64,
+    /// The UDP ports the media is received on, `"FIRST-LAST"`.
+    media_ports: String,
+    /// The address lower platforms send media to; default: the `listen` host (required
+    /// when that is `0.0.0.0` or `::`).
+    #[serde(default)]
+    media_ip: Option<String>,
+    /// No frame for this long restarts a channel (a new INVITE). Default 10.
+    #[serde(default = "default_stall_timeout")]
+    stall_timeout_s: f64,
+    /// As for an RTSP camera: the restart backoff of a channel.
+    #[serde(default)]
+    reconnect: ReconnectConfig,
+}
+
+fn default_keepalive_timeout() -> f64 {
+    180.0
+}
+
+fn default_stall_timeout() -> f64 {
+    10.0
+}
+
+/// What validation found: the parsed keys and the runtime they share.
+#[derive(Debug)]
+struct Validated {
+    listen: SocketAddr,
+    media_ip: IpAddr,
+    media_ports: (u16, u16),
+    all: bool,
+    channels: Vec<ChannelEntry>,
+    keepalive_timeout: Duration,
+    /// The running endpoint, started by the first channel that runs.
+    /// (A failed start is tried again by the next caller.)
+    runtime: Mutex<Option<Arc<Runtime>>>,
+    next_port: AtomicU32,
+}
+
+/// The platform, validated: what `build` and the listings use.
+#[derive(Debug, Clone)]
+pub struct Gb28181Platform {
+    config: Gb28181PlatformConfig,
+    inner: Arc<Validated>,
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let a: u16 = a.trim().parse().ok()?;
+    let b: u16 = b.trim().parse().ok()?;
+    (a > 0 && a <= b).then_some((a, b))
+}
+
+impl Component<PlatformFamily> for Gb28181PlatformConfig {
+    const KIND: &'static str = "gb28181";
+    const EXAMPLE: &'static str = "id = \"34020000002000000001\"\ndomain = \"3402000000\"\nlisten = \"127.0.0.1:5060\"\npassword = \"${SKYNET_GB_PASSWORD:-secret}\"\nowner = \"police\"\nchannels = \"all\"\nmedia_ports = \"30000-30100\"";
+    type Validated = Gb28181Platform;
+
+    /// Pure: parses and checks the keys, expands `${VAR}` in `password`; binds nothing.
+    fn validate(mut self, cx: &ConfigContext) -> Result<Gb28181Platform, FieldError> {
+        if !manscdp::is_gb_id(&self.id) {
+            return Err(FieldError::new(
+                "id",
+                format!("`id` must be a 20-digit GB/T 28181 id, got `{}`", self.id),
+            ));
+        }
+        if self.domain.is_empty()
+            || self.domain.len() > 64
+            || !self
+                .domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
+            return Err(FieldError::new(
+                "domain",
+                "`domain` must be 1 to 64 letters, digits, `.` or `-` (by custom the first 10 digits of `id`)",
+            ));
+        }
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            FieldError::new(
+                "listen",
+                format!(
+                    "`listen` must be `host:port` with an IP address, got `{}`",
+                    self.listen
+                ),
+            )
+        })?;
+        let password = cx.expand("password", self.password.expose()).map_err(|e| {
+            FieldError::new("password", e.message.replace(self.password.expose(), "…"))
+        })?;
+        if password.is_empty() {
+            return Err(FieldError::new("password", "`password` is empty"));
+        }
+        self.password = password.into();
+        check_range(
+            "keepalive_timeout_s",
+            self.keepalive_timeout_s,
+            5.0,
+            86_400.0,
+        )?;
+        check_range("stall_timeout_s", self.stall_timeout_s, 0.5, 3600.0)?;
+        let media_ports = parse_port_range(&self.media_ports).ok_or_else(|| {
+            FieldError::new(
+                "media_ports",
+                format!(
+                    "`media_ports` must be `FIRST-LAST`, two ports 1 to 65535 with FIRST <= LAST (e.g. \"30000-30100\"), got `{}`",
+                    self.media_ports
+                ),
+            )
+        })?;
+        if (media_ports.0..=media_ports.1).contains(&listen.port()) {
+            return Err(FieldError::new(
+                "media_ports",
+                format!("`media_ports` must not hold the SIP port {}", listen.port()),
+            ));
+        }
+        let media_ip = match &self.media_ip {
+            Some(ip) => ip.parse::<IpAddr>().map_err(|_| {
+                FieldError::new(
+                    "media_ip",
+                    format!("`media_ip` must be an IP address, got `{ip}`"),
+                )
+            })?,
+            None if listen.ip().is_unspecified() => {
+                return Err(FieldError::new(
+                    "media_ip",
+                    "`listen` is on every address: give `media_ip`, the address lower platforms send the media to",
+                ));
+            }
+            None => listen.ip(),
+        };
+        let (all, entries) = match &self.channels {
+            ChannelsValue::All(s) if s == "all" => (true, Vec::new()),
+            ChannelsValue::All(s) => {
+                return Err(FieldError::new(
+                    "channels",
+                    format!(
+                        "`channels` must be \"all\" or a list of channel ids or [[platforms.channels]] tables, got `{s}`"
+                    ),
+                ));
+            }
+            ChannelsValue::List(list) => (false, list.clone()),
+        };
+        let mut channels: Vec<ChannelEntry> = Vec::with_capacity(entries.len());
+        for (n, entry) in entries.into_iter().enumerate() {
+            let field = format!("channels[{n}]");
+            let entry = match entry {
+                ChannelValue::Id(id) => ChannelEntry { id, camera: None },
+                ChannelValue::Table(mut table) => {
+                    let id = match table.remove("id") {
+                        Some(toml::Value::String(id)) => id,
+                        _ => {
+                            return Err(FieldError::new(
+                                format!("{field}.id"),
+                                "a channel needs its 20-digit `id`",
+                            ));
+                        }
+                    };
+                    if let Some(key) = table
+                        .keys()
+                        .find(|k| !CHANNEL_CAMERA_KEYS.contains(&k.as_str()))
+                    {
+                        return Err(FieldError::new(
+                            format!("{field}.{key}"),
+                            format!(
+                                "unknown key `{key}` in a channel; a channel takes `id` and the camera keys {}",
+                                CHANNEL_CAMERA_KEYS.join(", ")
+                            ),
+                        ));
+                    }
+                    ChannelEntry {
+                        id,
+                        camera: Some(table),
+                    }
+                }
+            };
+            if !manscdp::is_gb_id(&entry.id) {
+                return Err(FieldError::new(
+                    format!("{field}.id"),
+                    format!("a channel id must have 20 digits, got `{}`", entry.id),
+                ));
+            }
+            if channels.iter().any(|c| c.id == entry.id) {
+                return Err(FieldError::new(
+                    format!("{field}.id"),
+                    format!("channel `{}` is listed twice", entry.id),
+                ));
+            }
+            channels.push(entry);
+        }
+        let inner = Arc::new(Validated {
+            listen,
+            media_ip,
+            media_ports,
+            all,
+            channels,
+            keepalive_timeout: Duration::from_secs_f64(self.keepalive_timeout_s),
+            runtime: Mutex::new(None),
+            next_port: AtomicU32::new(0),
+        });
+        Ok(Gb28181Platform {
+            config: self,
+            inner,
+        })
+    }
+}
+
+impl BuildPlatform for Gb28181Platform {
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    fn owner(&self) -> OwnerKind {
+        self.config.owner
+    }
+
+    fn listen(&self) -> String {
+        self.inner.listen.to_string()
+    }
+
+    fn all_channels(&self) -> bool {
+        self.inner.all
+    }
+
+    fn channels(&self) -> &[ChannelEntry] {
+        &self.inner.channels
+    }
+
+    fn start(&self) -> Result<(), String> {
+        self.runtime().map(|_| ())
+    }
+
+    fn channel_source(&self, channel: &str) -> Arc<dyn BuildSource> {
+        Arc::new(ChannelConfig {
+            platform: self.clone(),
+            channel: channel.to_string(),
+        })
+    }
+}
+
+impl Gb28181Platform {
+    /// The running endpoint, started on the first call.
+    fn runtime(&self) -> Result<Arc<Runtime>, String> {
+        let mut slot = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(rt) = slot.as_ref() {
+            return Ok(Arc::clone(rt));
+        }
+        let rt = Arc::new(Runtime::start(&self.config, &self.inner)?);
+        *slot = Some(Arc::clone(&rt));
+        Ok(rt)
+    }
+
+    /// A UDP socket on a free port of `media_ports`, tried in turn from where the last left.
+    fn media_socket(&self) -> Result<UdpSocket, String> {
+        let (first, last) = self.inner.media_ports;
+        let count = u32::from(last - first) + 1;
+        for _ in 0..count {
+            let k = self.inner.next_port.fetch_add(1, Ordering::Relaxed) % count;
+            let Ok(port) = u16::try_from(u32::from(first) + k) else {
+                continue;
+            };
+            let bind_ip = if self.inner.listen.ip().is_unspecified() {
+                self.inner.listen.ip()
+            } else {
+                self.inner.media_ip
+            };
+            if let Ok(socket) = UdpSocket::bind(SocketAddr::new(bind_ip, port)) {
+                return Ok(socket);
+            }
+        }
+        Err(format!("no free UDP port in media_ports {first}-{last}"))
+    }
+}
+
+/// How an INVITE ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Playing { ssrc: Option<u32> },
+    Failed(u16),
+}
+
+/// What the endpoint knows, shared with the sources.
+#[derive(Default)]
+struct State {
+    /// The lower platforms online.
+    online: HashSet<String>,
+    /// Each catalog channel's lower platform.
+    channel_platform: HashMap<String, String>,
+    /// INVITE outcomes by Call-ID, until the source takes them.
+    outcomes: HashMap<String, Outcome>,
+    /// Calls that ended (the lower platform's BYE, or its platform went offline).
+    ended: HashSet<String>,
+    /// The calls in progress: Call-ID to lower platform.
+    calls: HashMap<String, String>,
+}
+
+/// A running endpoint: commands in, the state its events keep. Dropping it stops the
+/// endpoint's thread.
+struct Runtime {
+    commands: tokio::sync::mpsc::Sender<Command>,
+    sink: Arc<EventSink>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn status_label(status: ItemStatus) -> &'static str {
+    match status {
+        ItemStatus::On => "online",
+        ItemStatus::Off => "offline",
+        ItemStatus::Unknown => "unknown",
+    }
+}
+
+impl Runtime {
+    fn start(config: &Gb28181PlatformConfig, v: &Validated) -> Result<Self, String> {
+        let mut registrar = RegistrarConfig::new(config.domain.clone(), config.password.expose());
+        registrar.keepalive_timeout = v.keepalive_timeout;
+        let core = Core::new(CoreConfig {
+            id: config.id.clone(),
+            domain: config.domain.clone(),
+            registrar,
+            limits: Limits::default(),
+            xml_limits: manscdp::Limits::default(),
+            catalog_interval: Duration::from_secs(600),
+        });
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(256);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("GB/T 28181 platform {}: {e}", config.id))?;
+        let server = runtime
+            .block_on(Server::bind(v.listen, core))
+            .map_err(|e| {
+                format!(
+                    "GB/T 28181 platform {}: cannot listen on {}: {e}",
+                    config.id, v.listen
+                )
+            })?;
+        tracing::info!(platform = %config.id, listen = %v.listen, "GB/T 28181 platform listening");
+        let sink = Arc::new(EventSink::default());
+        let wiring = Wiring {
+            platform: config.id.clone(),
+            all: v.all,
+            configured: v.channels.iter().map(|c| c.id.clone()).collect(),
+        };
+        let events = Arc::clone(&sink);
+        std::thread::Builder::new()
+            .name(format!("gb28181-{}", config.id))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let handler = tokio::spawn(async move {
+                        while let Some(ev) = ev_rx.recv().await {
+                            events.handle(&wiring, ev);
+                        }
+                    });
+                    if let Err(e) = server.run(ev_tx, cmd_rx, shutdown_rx).await {
+                        tracing::error!(error = %e, "GB/T 28181 endpoint stopped");
+                    }
+                    handler.abort();
+                });
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Runtime {
+            commands: cmd_tx,
+            sink,
+            shutdown: shutdown_tx,
+        })
+    }
+}
+
+/// Which channels the platform wants.
+struct Wiring {
+    platform: String,
+    all: bool,
+    configured: HashSet<String>,
+}
+
+/// The endpoint's events turned into state and metrics; the sources read the state.
+#[derive(Default)]
+struct EventSink {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl EventSink {
+    fn handle(&self, w: &Wiring, ev: ServerEvent) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match ev {
+            ServerEvent::Registrar(RegistrarEvent::Online { id }) => {
+                tracing::info!(platform = %w.platform, lower = %id, "GB/T 28181 lower platform online");
+                metrics::gauge!("skynet_platform_up", "platform" => id.clone()).set(1.0);
+                st.online.insert(id);
+            }
+            ServerEvent::Registrar(RegistrarEvent::Refreshed { .. }) => {}
+            ServerEvent::Registrar(RegistrarEvent::Offline { id, reason }) => {
+                tracing::warn!(platform = %w.platform, lower = %id, reason = ?reason, "GB/T 28181 lower platform offline");
+                metrics::gauge!("skynet_platform_up", "platform" => id.clone()).set(0.0);
+                st.online.remove(&id);
+                let gone: Vec<String> = st
+                    .calls
+                    .iter()
+                    .filter(|(_, p)| **p == id)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for call in gone {
+                    st.ended.insert(call);
+                }
+            }
+            ServerEvent::Catalog { platform, catalog } => {
+                let mut counts: HashMap<&'static str, u64> = HashMap::new();
+                for item in catalog.cameras() {
+                    *counts.entry(status_label(item.status)).or_default() += 1;
+                    let wanted = w.all || w.configured.contains(&item.device_id);
+                    let analysed = w.configured.contains(&item.device_id);
+                    tracing::info!(
+                        platform = %w.platform,
+                        lower = %platform,
+                        channel = %item.device_id,
+                        status = status_label(item.status),
+                        wanted,
+                        analysed,
+                        "GB/T 28181 catalog channel"
+                    );
+                    if wanted {
+                        st.channel_platform
+                            .insert(item.device_id.clone(), platform.clone());
+                    }
+                }
+                for status in ["online", "offline", "unknown"] {
+                    metrics::gauge!("skynet_platform_channels", "platform" => platform.clone(), "status" => status)
+                        .set(counts.get(status).copied().unwrap_or(0) as f64);
+                }
+            }
+            ServerEvent::CatalogIncomplete {
+                platform,
+                got,
+                sum_num,
+            } => {
+                tracing::warn!(lower = %platform, got, sum_num, "GB/T 28181 catalog incomplete");
+            }
+            ServerEvent::Request { method, code } => {
+                metrics::counter!("skynet_sip_requests_total", "method" => method, "code" => code.to_string())
+                    .increment(1);
+            }
+            ServerEvent::Refused { reason } => {
+                tracing::debug!(reason, "SIP message refused");
+                metrics::counter!("skynet_sip_requests_total", "method" => "unknown", "code" => "0")
+                    .increment(1);
+            }
+            ServerEvent::Playing {
+                call_id, answer, ..
+            } => {
+                st.outcomes
+                    .insert(call_id, Outcome::Playing { ssrc: answer.ssrc });
+            }
+            ServerEvent::InviteFailed { call_id, code, .. } => {
+                st.outcomes.insert(call_id, Outcome::Failed(code));
+            }
+            ServerEvent::Stopped { call_id, .. } => {
+                st.ended.insert(call_id);
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+}
+
+/// A channel's source config: the platform and the channel.
+#[derive(Debug, Clone)]
+struct ChannelConfig {
+    platform: Gb28181Platform,
+    channel: String,
+}
+
+impl BuildSource for ChannelConfig {
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    fn display_uri(&self) -> String {
+        format!("gb28181://{}/{}", self.platform.config.id, self.channel)
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        let r = &self.platform.config.reconnect;
+        let initial =
+            Duration::try_from_secs_f64(r.initial_backoff_s).unwrap_or(Duration::from_secs(1));
+        RetryPolicy {
+            initial,
+            max: Duration::try_from_secs_f64(r.max_backoff_s)
+                .unwrap_or(Duration::from_secs(30))
+                .max(initial),
+            max_attempts: None,
+            live: true,
+        }
+    }
+
+    fn watermark(&self) -> Watermark {
+        Watermark::new(true)
+    }
+
+    fn build(&self, cx: &SourceBuildContext<'_>) -> Result<Box<dyn FrameSource>, IngestError> {
+        Ok(Box::new(ChannelSource {
+            camera: cx.camera.clone(),
+            delivery: cx.delivery.clone(),
+            config: self.clone(),
+            stats: SourceStats::default(),
+        }))
+    }
+
+    fn open_timeout(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+}
+
+/// A running channel: one INVITE per run.
+struct ChannelSource {
+    camera: DeviceId,
+    delivery: crate::FrameDelivery,
+    config: ChannelConfig,
+    stats: SourceStats,
+}
+
+/// How long an INVITE may take (its transaction gives up after 32 s).
+const INVITE_TIMEOUT: Duration = Duration::from_secs(33);
+
+impl ChannelSource {
+    fn start_error(&self, reason: impl Into<String>) -> IngestError {
+        IngestError::Start {
+            camera: self.camera.clone(),
+            uri: self.config.display_uri(),
+            reason: reason.into(),
+        }
+    }
+
+    /// INVITEs the channel to `port`: its Call-ID and the SSRC the answer names.
+    fn invite(
+        &self,
+        rt: &Runtime,
+        sink: &EventSink,
+        port: u16,
+        stop: &Shutdown,
+    ) -> Result<(String, Option<u32>), IngestError> {
+        let lower = sink
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .channel_platform
+            .get(&self.config.channel)
+            .cloned()
+            .ok_or_else(|| {
+                self.start_error("the channel is in no registered platform's catalog (yet)")
+            })?;
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        rt.commands
+            .blocking_send(Command::Invite {
+                platform: lower.clone(),
+                channel: self.config.channel.clone(),
+                media_ip: self.config.platform.inner.media_ip.to_string(),
+                media_port: port,
+                media: MediaTransport::Udp,
+                reply: reply_tx,
+            })
+            .map_err(|_| self.start_error("the platform's endpoint has stopped"))?;
+        let call_id =
+            reply_rx.blocking_recv().ok().flatten().ok_or_else(|| {
+                self.start_error(format!("lower platform {lower} is not registered"))
+            })?;
+        let deadline = Instant::now() + INVITE_TIMEOUT;
+        let mut st = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = st.outcomes.remove(&call_id) {
+                return match outcome {
+                    Outcome::Playing { ssrc } => {
+                        st.calls.insert(call_id.clone(), lower);
+                        Ok((call_id, ssrc))
+                    }
+                    Outcome::Failed(code) => {
+                        Err(self.start_error(format!("INVITE answered {code}")))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline || stop.is_triggered() {
+                drop(st);
+                let _ = rt.commands.blocking_send(Command::Bye { call_id });
+                return Err(self.start_error("no answer to the INVITE"));
+            }
+            st = sink
+                .changed
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(200)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl FrameSource for ChannelSource {
+    fn camera(&self) -> &DeviceId {
+        &self.camera
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+
+    fn run(&mut self, out: &FrameOutput, stop: &Shutdown) -> Result<SourceExit, IngestError> {
+        if stop.is_triggered() {
+            return Ok(SourceExit::Stopped);
+        }
+        let rt = self
+            .config
+            .platform
+            .runtime()
+            .map_err(|e| self.start_error(e))?;
+        let sink = Arc::clone(&rt.sink);
+        let socket = self
+            .config
+            .platform
+            .media_socket()
+            .map_err(|e| self.start_error(e))?;
+        let port = socket
+            .local_addr()
+            .map_err(|e| self.start_error(e.to_string()))?
+            .port();
+        let (call_id, ssrc) = self.invite(&rt, &sink, port, stop)?;
+        tracing::info!(camera = %self.camera, port, "GB/T 28181 channel playing");
+        let result = self.play(out, stop, socket, ssrc, &call_id, &sink);
+        let _ = rt.commands.blocking_send(Command::Bye {
+            call_id: call_id.clone(),
+        });
+        let mut st = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.calls.remove(&call_id);
+        st.ended.remove(&call_id);
+        drop(st);
+        result
+    }
+}
+
+impl ChannelSource {
+    /// Receives the call's RTP into the PS pipe the GStreamer source reads, until that
+    /// source returns.
+    fn play(
+        &mut self,
+        out: &FrameOutput,
+        stop: &Shutdown,
+        socket: UdpSocket,
+        ssrc: Option<u32>,
+        call_id: &str,
+        sink: &Arc<EventSink>,
+    ) -> Result<SourceExit, IngestError> {
+        let (reader, mut writer) = std::io::pipe().map_err(|e| self.start_error(e.to_string()))?;
+        use std::os::fd::AsRawFd as _;
+        let uri = format!("fd://{}", reader.as_raw_fd());
+        let mut gst = GstSourceConfig::new(uri);
+        gst.stall_timeout_s = self.config.platform.config.stall_timeout_s;
+        gst.reconnect = self.config.platform.config.reconnect.clone();
+        let mut inner = gst.build(&SourceBuildContext {
+            camera: &self.camera,
+            delivery: &self.delivery,
+        })?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| self.start_error(e.to_string()))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let receiver = {
+            let done = Arc::clone(&done);
+            let sink = Arc::clone(sink);
+            let call_id = call_id.to_string();
+            let lost = metrics::counter!("skynet_rtp_packets_lost_total", "camera" => self.camera.to_string());
+            let camera = self.camera.clone();
+            std::thread::Builder::new()
+                .name(format!("rtp-{camera}"))
+                .spawn(move || {
+                    let mut media = MediaReceiver::new(ssrc, 64, 8 * 1024 * 1024);
+                    let mut buf = vec![0u8; 65_536];
+                    let mut lost_seen = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        if sink
+                            .state
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .ended
+                            .contains(&call_id)
+                        {
+                            tracing::warn!(camera = %camera, "GB/T 28181 call ended by the lower platform");
+                            break;
+                        }
+                        let n = match socket.recv(&mut buf) {
+                            Ok(n) => n,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
+                                continue;
+                            }
+                            Err(_) => break,
+                        };
+                        let frames = media.push(&buf[..n]);
+                        let stats = media.stats();
+                        if stats.lost > lost_seen {
+                            lost.increment(stats.lost - lost_seen);
+                            lost_seen = stats.lost;
+                        }
+                        for frame in frames {
+                            if writer.write_all(&frame.data).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Dropping the writer ends the PS stream: the source sees its end.
+                })
+                .map_err(|e| self.start_error(e.to_string()))?
+        };
+        let result = inner.run(out, stop);
+        self.stats.decoded += inner.stats().decoded;
+        self.stats.dropped += inner.stats().dropped;
+        drop(inner);
+        done.store(true, Ordering::Relaxed);
+        // A writer blocked on a full pipe gets EPIPE once the read end is closed.
+        drop(reader);
+        let _ = receiver.join();
+        result
+    }
+}

@@ -1,0 +1,422 @@
+//! `[[platforms]] kind = "gb28181"` (issue 27) against a scripted lower platform in this
+//! test: it REGISTERs (a wrong password gets 403, the right one 401 then 200), answers the
+//! catalog query with a GB2312 body, answers the channel's INVITE and streams
+//! `videotestsrc ! x264enc ! mpegpsmux` as RTP (PT 96, the SSRC of the INVITE's `y=`) over
+//! UDP to the port of the INVITE's SDP; the channel's camera source decodes its frames.
+
+mod common;
+
+use std::io::Read as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use skynet_core::{OverloadPolicy, Shutdown, Watermark, stage_queue};
+use skynet_gb28181::digest;
+use skynet_gb28181::manscdp::{self, CatalogItem};
+use skynet_gb28181::rtp;
+use skynet_gb28181::sip::{Limits, Message, Method};
+use skynet_ingest::{CameraHealth, FrameDelivery, FrameOutput, SourceBuildContext, run_supervised};
+
+const ME: &str = "34020000002000000001";
+const LOWER: &str = "34020000002000000002";
+const CHANNEL: &str = "34020000001320000001";
+const DOMAIN: &str = "3402000000";
+
+/// The scripted lower platform's SIP side.
+struct Lower {
+    socket: UdpSocket,
+    server: SocketAddr,
+    via: String,
+    cseq: u32,
+}
+
+impl Lower {
+    fn recv(&self) -> Message {
+        let mut buf = vec![0u8; 65_536];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a SIP message within 20 s");
+        Message::parse(&buf[..n], &Limits::default()).expect("a SIP message")
+    }
+
+    fn send(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.server).unwrap();
+    }
+
+    fn register(&mut self, auth: Option<String>) -> Message {
+        self.cseq += 1;
+        let mut m = Message::request(Method::Register, format!("sip:{ME}@{DOMAIN}"))
+            .with_header(
+                "Via",
+                format!("SIP/2.0/{};rport;branch=z9hG4bK{}", self.via, self.cseq),
+            )
+            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=77"))
+            .with_header("To", format!("<sip:{LOWER}@{DOMAIN}>"))
+            .with_header("Call-ID", "reg-1")
+            .with_header("CSeq", format!("{} REGISTER", self.cseq))
+            .with_header(
+                "Contact",
+                format!("<sip:{LOWER}@{}>", self.socket.local_addr().unwrap()),
+            )
+            .with_header("Expires", "3600");
+        if let Some(a) = auth {
+            m = m.with_header("Authorization", a);
+        }
+        self.send(&m.to_bytes());
+        self.recv()
+    }
+
+    fn message(&mut self, body: Vec<u8>) {
+        self.cseq += 1;
+        let m = Message::request(Method::Message, format!("sip:{ME}@{DOMAIN}"))
+            .with_header(
+                "Via",
+                format!("SIP/2.0/{};branch=z9hG4bKm{}", self.via, self.cseq),
+            )
+            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=78"))
+            .with_header("To", format!("<sip:{ME}@{DOMAIN}>"))
+            .with_header("Call-ID", format!("msg-{}", self.cseq))
+            .with_header("CSeq", format!("{} MESSAGE", self.cseq))
+            .with_body("Application/MANSCDP+xml", body);
+        self.send(&m.to_bytes());
+    }
+
+    /// Registers with `password`: the challenge, then the answer's status.
+    fn register_with(&mut self, password: &str) -> u16 {
+        let challenge = self.register(None);
+        assert_eq!(challenge.status(), Some(401));
+        let h = challenge.header("WWW-Authenticate").unwrap().to_string();
+        let nonce = h
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let auth = digest::authorization(
+            LOWER,
+            DOMAIN,
+            nonce,
+            &format!("sip:{ME}@{DOMAIN}"),
+            "REGISTER",
+            password,
+            Some(("00000001", "c0ffee")),
+        );
+        self.register(Some(auth)).status().unwrap()
+    }
+
+    /// The next request of `method`, answering (200) any other request on the way.
+    fn next_request(&self, method: Method) -> Message {
+        loop {
+            let m = self.recv();
+            match m.method() {
+                Some(got) if *got == method => return m,
+                Some(Method::Ack) | None => {}
+                Some(_) => self.send(&Message::response_to(&m, 200, "OK", Some("x")).to_bytes()),
+            }
+        }
+    }
+}
+
+fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map(str::trim)
+}
+
+/// Streams H.264 in MPEG-PS as RTP to `to` until `done`: each chunk of the muxer's output is
+/// one RTP packet, the marker on a chunk that ends a read (the end of what the muxer wrote).
+fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
+    let mut gst = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "is-live=true",
+            "pattern=ball",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=15/1",
+            "!",
+            "x264enc",
+            "tune=zerolatency",
+            "key-int-max=15",
+            "!",
+            "mpegpsmux",
+            "!",
+            "fdsink",
+            "fd=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0");
+    let mut out = gst.stdout.take().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut seq, mut ts) = (0u16, 0u32);
+    while !done.load(Ordering::Relaxed) {
+        let n = match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunks: Vec<&[u8]> = buf[..n].chunks(1400).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let pkt = rtp::build_packet(96, seq, ts, ssrc, last, chunk);
+            let _ = socket.send_to(&pkt, to);
+            seq = seq.wrapping_add(1);
+        }
+        ts = ts.wrapping_add(6000);
+    }
+    let _ = gst.kill();
+    let _ = gst.wait();
+}
+
+#[test]
+fn a_lower_platform_registers_and_its_channel_is_decoded() {
+    skynet_ingest::init().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sip = common::free_port();
+    let media = common::free_port().port();
+    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
+    let head = base.split("\n[[cameras]]").next().unwrap();
+    let text = format!(
+        r#"{head}
+[[platforms]]
+kind = "gb28181"
+id = "{ME}"
+domain = "{DOMAIN}"
+listen = "{sip}"
+password = "${{SKYNET_TEST_GB_PASSWORD_UNSET:-secret-pw}}"
+owner = "city_management"
+keepalive_timeout_s = 60
+media_ports = "{media}-{media}"
+stall_timeout_s = 5
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+
+  [[platforms.channels]]
+  id = "{CHANNEL}"
+  grid = "G-0102"
+"#
+    );
+    let config = common::pipeline_config(dir.path(), &text);
+    assert_eq!(config.platforms.len(), 1);
+    let camera = config
+        .cameras
+        .iter()
+        .find(|c| c.id.as_str() == CHANNEL)
+        .expect("the channel is a camera");
+    assert_eq!(camera.owner, skynet_core::OwnerKind::CityManagement);
+    assert_eq!(camera.grid.as_str(), "G-0102");
+    assert!(camera.is_live());
+    config.platforms[0].config.start().unwrap();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut lower = Lower {
+        via: format!("UDP {}", socket.local_addr().unwrap()),
+        socket,
+        server: sip,
+        cseq: 0,
+    };
+    assert_eq!(lower.register_with("wrong"), 403);
+    assert_eq!(lower.register_with("secret-pw"), 200);
+    // The catalog query comes; a GB2312 catalog answers it.
+    let query = lower.next_request(Method::Message);
+    lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
+    let cam = CatalogItem {
+        device_id: CHANNEL.into(),
+        name: "东门".into(),
+        parental: Some(false),
+        ..Default::default()
+    };
+    lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+
+    // The channel's source INVITEs it (retried by the supervisor until the catalog is in).
+    let delivery = FrameDelivery {
+        max_size: Some((320, 240)),
+        ..FrameDelivery::default()
+    };
+    let mut source = camera
+        .source
+        .build(&SourceBuildContext {
+            camera: &camera.id,
+            delivery: &delivery,
+        })
+        .unwrap();
+    let (queue, rx) = stage_queue("frames", CHANNEL, 64, OverloadPolicy::DropOldest);
+    let out = FrameOutput::new(queue, Watermark::new(true));
+    let stop = Shutdown::new();
+    let health = CameraHealth::detached(CHANNEL);
+    let policy = camera.source.retry_policy();
+    let running = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let exit = run_supervised(source.as_mut(), &out, &stop, &health, &policy);
+            (exit, source.stats())
+        })
+    };
+    let invite = lower.next_request(Method::Invite);
+    let sdp = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(sdp.contains("PS/90000"), "{sdp}");
+    let port: u16 = sdp_value(&sdp, "m=video ")
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=video PORT");
+    assert_eq!(port, media);
+    let ssrc_text = sdp_value(&sdp, "y=").expect("y= SSRC").to_string();
+    let ssrc: u32 = ssrc_text.parse().unwrap();
+    let answer = format!(
+        "v=0\r\no={CHANNEL} 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 15060 RTP/AVP 96\r\na=rtpmap:96 PS/90000\r\na=sendonly\r\ny={ssrc_text}\r\n"
+    );
+    let ok = Message::response_to(&invite, 200, "OK", Some("dev"))
+        .with_body("application/sdp", answer.into_bytes());
+    lower.send(&ok.to_bytes());
+    let ack = lower.recv();
+    assert_eq!(ack.method(), Some(&Method::Ack));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream(SocketAddr::from(([127, 0, 0, 1], port)), ssrc, done))
+    };
+    let mut frames = 0;
+    while frames < 10 {
+        match rx.channel().recv_timeout(Duration::from_secs(20)) {
+            Ok(frame) => {
+                assert_eq!(frame.info.camera.as_str(), CHANNEL);
+                assert_eq!((frame.image.width, frame.image.height), (320, 240));
+                frames += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    stop.trigger();
+    let (exit, stats) = running.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    streamer.join().unwrap();
+    assert_eq!(frames, 10, "frames of the GB/T 28181 channel ({exit:?})");
+    assert!(exit.is_ok(), "{exit:?}");
+    assert!(stats.decoded >= 10);
+    // Stopping hangs up the call.
+    let bye = lower.next_request(Method::Bye);
+    assert_eq!(bye.call_id().unwrap(), invite.call_id().unwrap());
+}
+
+fn platform_config(platform: &str) -> String {
+    let base = common::vtest_config(&std::env::temp_dir(), "cam", common::WALKWAY, 10);
+    format!("{base}\n{platform}")
+}
+
+const PLATFORM: &str = r#"[[platforms]]
+kind = "gb28181"
+id = "34020000002000000001"
+domain = "3402000000"
+listen = "127.0.0.1:15060"
+password = "pw"
+owner = "police"
+channels = ["34020000001320000009"]
+keepalive_timeout_s = 60
+media_ports = "30000-30100"
+"#;
+
+fn error_for(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    match skynet::PipelineConfig::load(&path) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e
+            .to_string()
+            .replace(&path.display().to_string(), "bad.toml"),
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn platform_tables_are_checked_where_they_are_written() {
+    // A channel given by its id alone is listed, not analysed: no camera for it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, platform_config(PLATFORM)).unwrap();
+    let config = skynet::PipelineConfig::load(&path).unwrap();
+    assert_eq!(config.platforms.len(), 1);
+    assert_eq!(config.cameras.len(), 1);
+    let channels = config.platforms[0].config.channels();
+    assert_eq!(channels.len(), 1);
+    assert!(!channels[0].is_analysed());
+
+    let text = platform_config(&PLATFORM.replace("id = \"34020000002000000001\"", "id = \"3402\""));
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:6: ", line_of(&text, "id = \"3402\""))),
+        "{e}"
+    );
+    assert!(e.contains("20-digit"), "{e}");
+
+    let text = platform_config(&PLATFORM.replace("30000-30100", "30100-30000"));
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:15: ", line_of(&text, "media_ports"))),
+        "{e}"
+    );
+    assert!(e.contains("FIRST <= LAST"), "{e}");
+
+    let text = platform_config(&PLATFORM.replace("127.0.0.1:15060", "0.0.0.0:15060"));
+    let e = error_for(&text);
+    assert!(e.contains("media_ip"), "{e}");
+
+    let text = platform_config(&PLATFORM.replace(
+        "password = \"pw\"",
+        "password = \"${SKYNET_TEST_UNSET_GB_PW}\"",
+    ));
+    let e = error_for(&text);
+    assert!(e.contains("SKYNET_TEST_UNSET_GB_PW"), "{e}");
+
+    let text = platform_config(&PLATFORM.replace(
+        "channels = [\"34020000001320000009\"]",
+        "channels = [\"34020000001320000009\", \"123\"]",
+    ));
+    let e = error_for(&text);
+    assert!(e.contains("a channel id must have 20 digits"), "{e}");
+
+    // Two platforms with one id.
+    let second = PLATFORM.replace("15060", "15061");
+    let text = platform_config(&format!("{PLATFORM}\n{second}"));
+    let e = error_for(&text);
+    assert!(e.contains("two platforms have the id"), "{e}");
+    let second_id = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("id = \"34020000002000000001\""))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert!(e.starts_with(&format!("bad.toml:{second_id}:6: ")), "{e}");
+
+    // A placed channel whose grid is unknown points at its own table.
+    let placed = format!(
+        "{}\n  [[platforms.channels]]\n  id = \"34020000001320000001\"\n  grid = \"nowhere\"\n",
+        PLATFORM.replace("channels = [\"34020000001320000009\"]\n", "")
+    );
+    let text = platform_config(&placed);
+    let e = error_for(&text);
+    assert!(e.contains("unknown grid `nowhere`"), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "bad.toml:{}:",
+            line_of(&text, "grid = \"nowhere\"")
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("pw\""), "{e}");
+}
