@@ -12,9 +12,8 @@
 //! picks one, `SKYNET_BENCH_MEMORY_S` sets the memory run's length and
 //! `SKYNET_BENCH_CAMERAS=2,4,8` the camera counts tried.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,8 @@ use skynet_ingest::{FrameOutput, FrameSource, GstSource, GstSourceOptions};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support.rs"]
+mod support;
 
 /// The detector's input size: what the pipeline scales frames to.
 const MODEL_SIZE: (u32, u32) = (416, 416);
@@ -60,44 +61,11 @@ fn main() {
 /// vtest.avi scaled to 1920x1080 and encoded as H.264 in MP4 at 10 frames/s (795 frames),
 /// made once and kept under target/.
 fn clip_1080p() -> PathBuf {
-    let dir = common::repo().join("target/bench-media");
-    let path = dir.join("vtest-1080p.mp4");
-    if path.exists() {
-        return path;
-    }
-    std::fs::create_dir_all(&dir).expect("target/bench-media");
-    let partial = dir.join("vtest-1080p.mp4.part");
-    println!("  making the 1080p H.264 clip with x264enc (once)...");
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "filesrc"])
-        .arg(format!("location={}", common::media("vtest.avi").display()))
-        .args([
-            "!",
-            "decodebin",
-            "!",
-            "videoconvert",
-            "!",
-            "videoscale",
-            "!",
-            "video/x-raw,width=1920,height=1080,format=I420",
-            "!",
-            "x264enc",
-            "speed-preset=veryfast",
-            "bitrate=4000",
-            "key-int-max=20",
-            "!",
-            "h264parse",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", partial.display()))
-        .status()
-        .expect("gst-launch-1.0 (gstreamer1.0-tools)");
-    assert!(status.success(), "making the clip failed");
-    std::fs::rename(&partial, &path).expect("rename");
-    path
+    support::clip_1080p(
+        &support::media_dir().join("vtest-1080p.mp4"),
+        &[],
+        &["key-int-max=20".into()],
+    )
 }
 
 /// The shortest of `runs` timed runs of `gst-launch-1.0 -q ARGS`, in seconds.
@@ -197,60 +165,7 @@ impl Detector for NullDetector {
     }
 }
 
-/// GStreamer's RTSP server sending `clip` as it is (no re-encoding) on /cam0 .. /cam{n-1}.
-struct Server {
-    child: Child,
-    _stdout: std::process::ChildStdout,
-}
-
-impl Server {
-    fn start(port: u16, clip: &Path, mounts: usize) -> Self {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(common::repo().join("tests/support/rtsp_camera.py"))
-            .args([&port.to_string(), clip.to_str().expect("path"), "--h264"])
-            .args(["--mounts", &mounts.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tests/support/rtsp_camera.py (python3-gi, gir1.2-gst-rtsp-server-1.0)");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let mut ready = [0u8; 6];
-        stdout.read_exact(&mut ready).expect("ready");
-        Self {
-            child,
-            _stdout: stdout,
-        }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// User + system CPU seconds of a process, from its /proc stat file.
-fn cpu_seconds(stat: &str) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let fields: Vec<&str> = text
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command: state is field 0, utime 11, stime 12; 100 ticks per second.
-    (ticks(11) + ticks(12)) / 100.0
-}
+use support::{H264Server as Server, cpu_seconds};
 
 fn resident_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

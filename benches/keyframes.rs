@@ -15,7 +15,6 @@
 //! `cargo bench -p skynet-tests --bench keyframes`
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use skynet_core::{
@@ -25,6 +24,8 @@ use skynet_ingest::{BuildSource, FrameDelivery, FrameOutput, GstSourceConfig, So
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support.rs"]
+mod support;
 
 /// Seconds of video per clip.
 const SECONDS: u32 = 30;
@@ -74,44 +75,18 @@ fn measure(clip: &Path, fps: u32, runs: usize) {
 
 /// 1080p H.264 in MP4 at `fps`, a key frame every second.
 fn clip_1080p(dir: &Path, fps: u32) -> PathBuf {
-    let path = dir.join(format!("vtest-1080p-{fps}fps-gop1s.mp4"));
-    println!("  making the 1080p H.264 clip at {fps} frames/s with x264enc...");
-    let status = Command::new("timeout")
-        .args(["600", "gst-launch-1.0", "-q", "filesrc"])
-        .arg(format!("location={}", common::media("vtest.avi").display()))
-        .args([
-            "!",
-            "decodebin",
-            "!",
-            "videorate",
-            "!",
-            &format!("video/x-raw,framerate={fps}/1"),
-            "!",
-            "identity",
-            &format!("eos-after={}", SECONDS * fps),
-            "!",
-            "videoconvert",
-            "!",
-            "videoscale",
-            "!",
-            "video/x-raw,width=1920,height=1080,format=I420",
-            "!",
-            "x264enc",
-            "speed-preset=veryfast",
-            "bitrate=4000",
-            &format!("key-int-max={fps}"),
-            "!",
-            "h264parse",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0 (gstreamer1.0-tools)");
-    assert!(status.success(), "making the clip failed");
-    path
+    support::clip_1080p(
+        &dir.join(format!("vtest-1080p-{fps}fps-gop1s.mp4")),
+        &[
+            "videorate".into(),
+            "!".into(),
+            format!("video/x-raw,framerate={fps}/1"),
+            "!".into(),
+            "identity".into(),
+            format!("eos-after={}", SECONDS * fps),
+        ],
+        &[format!("key-int-max={fps}")],
+    )
 }
 
 /// User + system CPU time of the whole process so far, in seconds.

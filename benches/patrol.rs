@@ -18,9 +18,7 @@
 //! `SKYNET_BENCH_PART=calibrate|verify`, `SKYNET_BENCH_KEYFRAMES=false` (the baseline: every
 //! frame decoded).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -29,6 +27,10 @@ use skynet_core::Shutdown;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support.rs"]
+mod support;
+
+use support::{H264Server as Server, cpu_seconds};
 
 const EVERY_S: f64 = 60.0;
 const DWELL_S: f64 = 3.0;
@@ -122,7 +124,9 @@ fn patrol_round(clip: &Path, n: usize, concurrent: usize, every_s: f64) -> Round
     {
         let (stop, outbox) = (shutdown.clone(), outbox.clone());
         std::thread::spawn(move || {
-            common::eventually(Duration::from_secs(3600), || rounds_stored(&outbox) >= 1);
+            common::eventually(Duration::from_secs(3600), || {
+                common::patrol_rounds_stored(&outbox) >= 1
+            });
             stop.trigger();
         });
     }
@@ -220,115 +224,13 @@ keyframes_only = {keyframes}
     text
 }
 
-/// Rounds stored in the outbox so far.
-fn rounds_stored(outbox: &Path) -> i64 {
-    let Ok(db) =
-        rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    db.query_row(
-        "SELECT count(*) FROM events WHERE type = 'skynet.patrol_round.v1'",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
-}
-
 /// vtest.avi scaled to 1920x1080, H.264 at 10 frames/s with a key frame every second (10
-/// frames) and no B-frames, made once and kept under target/.
+/// frames) and no B-frames (as IP cameras send it: see the README on `keyframes_only` and
+/// B-frames), made once and kept under target/.
 fn clip_1080p_gop1() -> PathBuf {
-    let dir = common::repo().join("target/bench-media");
-    let path = dir.join("vtest-1080p-gop1-nob.mp4");
-    if path.exists() {
-        return path;
-    }
-    std::fs::create_dir_all(&dir).expect("target/bench-media");
-    let partial = dir.join("vtest-1080p-gop1-nob.mp4.part");
-    println!("  making the 1080p H.264 clip (1 s GOP) with x264enc (once)...");
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "filesrc"])
-        .arg(format!("location={}", common::media("vtest.avi").display()))
-        .args([
-            "!",
-            "decodebin",
-            "!",
-            "videoconvert",
-            "!",
-            "videoscale",
-            "!",
-            "video/x-raw,width=1920,height=1080,format=I420",
-            "!",
-            "x264enc",
-            "speed-preset=veryfast",
-            "bitrate=4000",
-            "key-int-max=10",
-            // As IP cameras send it: no B-frames (see the README on keyframes_only and B-frames).
-            "bframes=0",
-            "!",
-            "h264parse",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", partial.display()))
-        .status()
-        .expect("gst-launch-1.0 (gstreamer1.0-tools)");
-    assert!(status.success(), "making the clip failed");
-    std::fs::rename(&partial, &path).expect("rename");
-    path
-}
-
-/// The tests' RTSP server with one mount per camera (`/cam0` ..), the clip sent as it is.
-struct Server {
-    child: Child,
-    _stdout: std::process::ChildStdout,
-}
-
-impl Server {
-    fn start(port: u16, clip: &Path, mounts: usize) -> Self {
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(common::repo().join("tests/support/rtsp_camera.py"))
-            .arg(port.to_string())
-            .arg(clip)
-            .args(["--h264", "--mounts", &mounts.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the RTSP server starts");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let mut ready = [0u8; 6];
-        stdout.read_exact(&mut ready).expect("the server is ready");
-        Self {
-            child,
-            _stdout: stdout,
-        }
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// User + system CPU seconds of a process (all its threads), from its /proc stat file.
-fn cpu_seconds(stat: &str) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let fields: Vec<&str> = text
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // After the name: state is field 3, utime 14 and stime 15 (1-based), in clock ticks.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / hz
+    support::clip_1080p(
+        &support::media_dir().join("vtest-1080p-gop1-nob.mp4"),
+        &[],
+        &["key-int-max=10".into(), "bframes=0".into()],
+    )
 }

@@ -81,21 +81,6 @@ privacy_masks = [[[0.0, 0.0], [0.3, 0.0], [0.3, 0.3], [0.0, 0.3]]]
     text
 }
 
-/// Rounds stored in the outbox so far.
-fn rounds_stored(outbox: &Path) -> i64 {
-    let Ok(db) =
-        rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    db.query_row(
-        "SELECT count(*) FROM events WHERE type = 'skynet.patrol_round.v1'",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
-}
-
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
@@ -122,7 +107,9 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
         let stop = shutdown.clone();
         let outbox = outbox.clone();
         std::thread::spawn(move || {
-            common::eventually(Duration::from_secs(90), || rounds_stored(&outbox) >= ROUNDS);
+            common::eventually(Duration::from_secs(90), || {
+                common::patrol_rounds_stored(&outbox) >= ROUNDS
+            });
             stop.trigger();
         });
     }

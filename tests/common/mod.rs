@@ -684,3 +684,19 @@ pub fn tile_variance(frame: &[u8], w: u32, region: (f64, f64, f64, f64)) -> f64 
     }
     variance / tiles
 }
+
+/// `skynet.patrol_round.v1` events stored in the outbox at `outbox` so far (0 before it
+/// exists).
+pub fn patrol_rounds_stored(outbox: &Path) -> i64 {
+    let Ok(db) =
+        rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    db.query_row(
+        "SELECT count(*) FROM events WHERE type = 'skynet.patrol_round.v1'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
