@@ -179,6 +179,10 @@ fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
 #[test]
 fn a_lower_platform_registers_and_its_channel_is_decoded() {
     skynet_ingest::init().unwrap();
+    // The endpoint and the media receiver record from their own threads: a global recorder.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sip = common::free_port();
     let media = common::free_port().port();
@@ -310,6 +314,16 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     let (exit, stats) = running.join().unwrap();
     assert!(exit.is_ok(), "{exit:?}");
     assert!(stats.decoded >= 10);
+    let text = metrics.render();
+    for line in [
+        format!("skynet_platform_up{{platform=\"{LOWER}\"}} 1"),
+        format!("skynet_platform_channels{{platform=\"{LOWER}\",status=\"unknown\"}} 1"),
+        "skynet_sip_requests_total{method=\"REGISTER\",code=\"403\"} 1".to_string(),
+        "skynet_sip_requests_total{method=\"REGISTER\",code=\"200\"} 1".to_string(),
+        format!("skynet_rtp_packets_lost_total{{camera=\"{CHANNEL}\"}}"),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
 }
 
 fn platform_config(platform: &str) -> String {
