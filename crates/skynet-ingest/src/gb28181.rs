@@ -886,3 +886,106 @@ impl ChannelSource {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skynet_gb28181::manscdp::{Catalog, CatalogItem};
+    use skynet_gb28181::registrar::OfflineReason;
+
+    const LOWER: &str = "34020000002000000002";
+    const CAM: &str = "34020000001320000001";
+
+    fn wiring(all: bool) -> Wiring {
+        Wiring {
+            platform: "34020000002000000001".into(),
+            all,
+            configured: [CAM.to_string()].into_iter().collect(),
+        }
+    }
+
+    fn catalog(ids: &[&str]) -> ServerEvent {
+        ServerEvent::Catalog {
+            platform: LOWER.into(),
+            catalog: Catalog {
+                device_id: LOWER.into(),
+                sn: 1,
+                items: ids
+                    .iter()
+                    .map(|id| CatalogItem {
+                        device_id: (*id).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_wanted_catalog_channels_are_routed_and_an_offline_platform_ends_its_calls() {
+        let sink = EventSink::default();
+        let other = "34020000001320000002";
+        sink.handle(&wiring(false), catalog(&[CAM, other]));
+        {
+            let st = sink.state.lock().unwrap();
+            assert_eq!(
+                st.channel_platform.get(CAM).map(String::as_str),
+                Some(LOWER)
+            );
+            // Listed, not configured: not INVITEd.
+            assert!(!st.channel_platform.contains_key(other));
+        }
+        sink.handle(&wiring(true), catalog(&[CAM, other]));
+        assert!(
+            sink.state
+                .lock()
+                .unwrap()
+                .channel_platform
+                .contains_key(other)
+        );
+
+        sink.handle(
+            &wiring(false),
+            ServerEvent::Registrar(RegistrarEvent::Online { id: LOWER.into() }),
+        );
+        sink.state
+            .lock()
+            .unwrap()
+            .calls
+            .insert("call-1".into(), LOWER.into());
+        sink.handle(
+            &wiring(false),
+            ServerEvent::Registrar(RegistrarEvent::Offline {
+                id: LOWER.into(),
+                reason: OfflineReason::KeepaliveTimeout,
+            }),
+        );
+        let st = sink.state.lock().unwrap();
+        assert!(!st.online.contains(LOWER));
+        assert!(st.ended.contains("call-1"));
+    }
+
+    fn config(text: &str) -> Result<Gb28181Platform, FieldError> {
+        let config: Gb28181PlatformConfig = toml::from_str(text).unwrap();
+        config.validate(&ConfigContext::new(std::path::Path::new(
+            "/etc/skynet/site.toml",
+        )))
+    }
+
+    #[test]
+    fn the_example_validates_and_the_password_never_shows() {
+        let p = config(
+            &Gb28181PlatformConfig::EXAMPLE.replace("${SKYNET_GB_PASSWORD:-secret}", "hunter2-pw"),
+        )
+        .unwrap();
+        assert!(p.all_channels());
+        assert_eq!(p.inner.media_ports, (30000, 30100));
+        assert!(!format!("{p:?}").contains("hunter2-pw"));
+        let e = config(&Gb28181PlatformConfig::EXAMPLE.replace("30000-30100", "30000-5060"))
+            .unwrap_err();
+        assert_eq!(e.field, "media_ports");
+        let e = config(&Gb28181PlatformConfig::EXAMPLE.replace("30000-30100", "5000-6000"))
+            .unwrap_err();
+        assert!(e.message.contains("SIP port"), "{}", e.message);
+    }
+}
