@@ -4,6 +4,8 @@
 //! `videotestsrc ! x264enc ! mpegpsmux` as RTP (PT 96, the SSRC of the INVITE's `y=`) over
 //! UDP to the port of the INVITE's SDP; the channel's camera source decodes its frames.
 //! When the stream stops, the stalled call is hung up (BYE) and the channel INVITEd again.
+//! A lower platform whose keepalives stop goes offline (its call hung up, its channel's runs
+//! failing) and comes back when it registers again (a new INVITE, frames again).
 
 mod common;
 
@@ -132,6 +134,19 @@ fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
 /// Streams H.264 in MPEG-PS as RTP to `to` until `done`: each chunk of the muxer's output is
 /// one RTP packet, the marker on a chunk that ends a read (the end of what the muxer wrote).
 fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stream_to(
+        move |pkt: &[u8]| {
+            let _ = socket.send_to(pkt, to);
+            true
+        },
+        ssrc,
+        done,
+    );
+}
+
+/// As [`stream`], each RTP packet handed to `send` (false: the receiver has gone).
+fn stream_to(mut send: impl FnMut(&[u8]) -> bool, ssrc: u32, done: Arc<AtomicBool>) {
     let mut gst = Command::new("gst-launch-1.0")
         .args([
             "-q",
@@ -155,7 +170,6 @@ fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
         .spawn()
         .expect("gst-launch-1.0");
     let mut out = gst.stdout.take().unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let (mut seq, mut ts) = (0u16, 0u32);
     while !done.load(Ordering::Relaxed) {
@@ -167,8 +181,10 @@ fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let pkt = rtp::build_packet(96, seq, ts, ssrc, last, chunk);
-            let _ = socket.send_to(&pkt, to);
             seq = seq.wrapping_add(1);
+            if !send(&pkt) {
+                done.store(true, Ordering::Relaxed);
+            }
         }
         ts = ts.wrapping_add(6000);
     }
@@ -176,13 +192,32 @@ fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
     let _ = gst.wait();
 }
 
+/// The tests of this file one at a time: they share the lower platform's and the channel's
+/// ids, and so their metrics.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The endpoint and the media receiver record from their own threads: a global recorder,
+/// one for the process.
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        skynet_ingest::init().unwrap();
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap()
+    })
+}
+
 #[test]
 fn a_lower_platform_registers_and_its_channel_is_decoded() {
-    skynet_ingest::init().unwrap();
-    // The endpoint and the media receiver record from their own threads: a global recorder.
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .unwrap();
+    let _serial = serial();
+    let metrics = recorder();
     let dir = tempfile::tempdir().unwrap();
     let sip = common::free_port();
     let media = common::free_port().port();
@@ -319,11 +354,253 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         format!("skynet_platform_up{{platform=\"{LOWER}\"}} 1"),
         format!("skynet_platform_channels{{platform=\"{LOWER}\",status=\"unknown\"}} 1"),
         "skynet_sip_requests_total{method=\"REGISTER\",code=\"403\"} 1".to_string(),
-        "skynet_sip_requests_total{method=\"REGISTER\",code=\"200\"} 1".to_string(),
+        "skynet_sip_requests_total{method=\"REGISTER\",code=\"200\"} ".to_string(),
         format!("skynet_rtp_packets_lost_total{{camera=\"{CHANNEL}\"}}"),
     ] {
         assert!(text.contains(&line), "{line} missing from:\n{text}");
     }
+}
+
+/// Answers an INVITE with the channel's SDP (`media` its `m=` line and any `a=` lines) and
+/// takes its ACK: the port and the SSRC the offer named.
+fn answer_invite(lower: &Lower, invite: &Message, media: &str) -> (u16, u32) {
+    let sdp = String::from_utf8_lossy(&invite.body).to_string();
+    let port: u16 = sdp_value(&sdp, "m=video ")
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=video PORT");
+    let ssrc_text = sdp_value(&sdp, "y=").expect("y= SSRC").to_string();
+    let answer = format!(
+        "v=0\r\no={CHANNEL} 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}\r\na=rtpmap:96 PS/90000\r\na=sendonly\r\ny={ssrc_text}\r\n"
+    );
+    let ok = Message::response_to(invite, 200, "OK", Some("dev"))
+        .with_body("application/sdp", answer.into_bytes());
+    lower.send(&ok.to_bytes());
+    lower.next_request(Method::Ack);
+    (port, ssrc_text.parse().unwrap())
+}
+
+/// Polls `cond` until it holds (30 s at most).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The scripted lower platform's keepalives, every 500 ms while `alive`, until `quit`.
+fn keepalives(
+    lower: &Lower,
+    alive: Arc<AtomicBool>,
+    quit: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let socket = lower.socket.try_clone().unwrap();
+    let (server, via) = (lower.server, lower.via.clone());
+    std::thread::spawn(move || {
+        let mut sn = 1000;
+        while !quit.load(Ordering::Relaxed) {
+            if alive.load(Ordering::Relaxed) {
+                sn += 1;
+                let m = Message::request(Method::Message, format!("sip:{ME}@{DOMAIN}"))
+                    .with_header("Via", format!("SIP/2.0/{via};branch=z9hG4bKk{sn}"))
+                    .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=79"))
+                    .with_header("To", format!("<sip:{ME}@{DOMAIN}>"))
+                    .with_header("Call-ID", format!("ka-{sn}"))
+                    .with_header("CSeq", format!("{sn} MESSAGE"))
+                    .with_body(
+                        "Application/MANSCDP+xml",
+                        manscdp::keepalive_notify(sn, LOWER),
+                    );
+                let _ = socket.send_to(&m.to_bytes(), server);
+            }
+            // The device's keepalive period.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
+/// A platform on spare ports with `extra` keys, its channel's camera running supervised, and
+/// the lower platform registered with its catalog answered.
+struct Harness {
+    lower: Lower,
+    rx: skynet_core::StageReceiver<skynet_core::Frame>,
+    stop: Shutdown,
+    health: CameraHealth,
+    running: std::thread::JoinHandle<Result<skynet_ingest::SourceExit, skynet_ingest::IngestError>>,
+    media: u16,
+    _config: skynet::PipelineConfig,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(extra: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let sip = common::free_port();
+    let media = common::free_port().port();
+    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
+    let head = base.split("\n[[cameras]]").next().unwrap();
+    let text = format!(
+        r#"{head}
+[[platforms]]
+kind = "gb28181"
+id = "{ME}"
+domain = "{DOMAIN}"
+listen = "{sip}"
+password = "secret-pw"
+owner = "police"
+media_ports = "{media}-{media}"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+{extra}
+
+  [[platforms.channels]]
+  id = "{CHANNEL}"
+  grid = "G-0102"
+"#
+    );
+    let config = common::pipeline_config(dir.path(), &text);
+    config.platforms[0].config.start().unwrap();
+    let camera = config
+        .cameras
+        .iter()
+        .find(|c| c.id.as_str() == CHANNEL)
+        .expect("the channel is a camera");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut lower = Lower {
+        via: format!("UDP {}", socket.local_addr().unwrap()),
+        socket,
+        server: sip,
+        cseq: 0,
+    };
+    assert_eq!(lower.register_with("secret-pw"), 200);
+    let query = lower.next_request(Method::Message);
+    lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
+    let cam = CatalogItem {
+        device_id: CHANNEL.into(),
+        name: "东门".into(),
+        parental: Some(false),
+        ..Default::default()
+    };
+    lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+    let delivery = FrameDelivery {
+        max_size: Some((320, 240)),
+        ..FrameDelivery::default()
+    };
+    let mut source = camera
+        .source
+        .build(&SourceBuildContext {
+            camera: &camera.id,
+            delivery: &delivery,
+        })
+        .unwrap();
+    let (queue, rx) = stage_queue("frames", CHANNEL, 64, OverloadPolicy::DropOldest);
+    let stop = Shutdown::new();
+    let health = CameraHealth::detached(CHANNEL);
+    let out = FrameOutput::new(queue, Watermark::new(true)).with_health(health.clone());
+    let policy = camera.source.retry_policy();
+    let running = {
+        let (stop, health) = (stop.clone(), health.clone());
+        std::thread::spawn(move || run_supervised(source.as_mut(), &out, &stop, &health, &policy))
+    };
+    Harness {
+        lower,
+        rx,
+        stop,
+        health,
+        running,
+        media,
+        _config: config,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    /// Waits for `n` frames of the channel.
+    fn frames(&self, n: usize) {
+        for _ in 0..n {
+            let frame = self
+                .rx
+                .channel()
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a frame of the GB/T 28181 channel within 20 s");
+            assert_eq!(frame.info.camera.as_str(), CHANNEL);
+        }
+    }
+
+    fn finish(self) {
+        self.stop.trigger();
+        let exit = self.running.join().unwrap();
+        assert!(exit.is_ok(), "{exit:?}");
+    }
+}
+
+#[test]
+fn a_silent_lower_platform_goes_offline_and_its_channel_comes_back_when_it_registers_again() {
+    let _serial = serial();
+    let metrics = recorder();
+    let mut h = harness("keepalive_timeout_s = 5\nstall_timeout_s = 5");
+    let up = |v: u8| format!("skynet_platform_up{{platform=\"{LOWER}\"}} {v}\n");
+    let (alive, quit) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let keeping = keepalives(&h.lower, Arc::clone(&alive), Arc::clone(&quit));
+    let invite = h.lower.next_request(Method::Invite);
+    let (port, ssrc) = answer_invite(&h.lower, &invite, "m=video 15060 RTP/AVP 96");
+    assert_eq!(port, h.media);
+    let done = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream(SocketAddr::from(([127, 0, 0, 1], port)), ssrc, done))
+    };
+    h.frames(3);
+    assert!(metrics.render().contains(&up(1)));
+
+    // The keepalives stop (the media goes on): after keepalive_timeout_s the platform is
+    // offline, its call hung up, and the channel's runs fail until it is back.
+    alive.store(false, Ordering::Relaxed);
+    let bye = h.lower.next_request(Method::Bye);
+    assert_eq!(bye.call_id().unwrap(), invite.call_id().unwrap());
+    h.lower
+        .send(&Message::response_to(&bye, 200, "OK", None).to_bytes());
+    done.store(true, Ordering::Relaxed);
+    streamer.join().unwrap();
+    assert!(metrics.render().contains(&up(0)), "{}", metrics.render());
+    wait_for("the channel's run to fail: not registered", || {
+        h.health
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("not registered"))
+    });
+    assert_ne!(h.health.state(), skynet_ingest::CameraState::Running);
+
+    // It registers again and keeps alive: up, INVITEd again, frames again.
+    assert_eq!(h.lower.register_with("secret-pw"), 200);
+    alive.store(true, Ordering::Relaxed);
+    wait_for("skynet_platform_up 1", || metrics.render().contains(&up(1)));
+    let again = h.lower.next_request(Method::Invite);
+    assert_ne!(again.call_id().unwrap(), invite.call_id().unwrap());
+    let (port, ssrc) = answer_invite(&h.lower, &again, "m=video 15060 RTP/AVP 96");
+    while h.rx.channel().try_recv().is_ok() {}
+    let done = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream(SocketAddr::from(([127, 0, 0, 1], port)), ssrc, done))
+    };
+    h.frames(3);
+    wait_for("the camera running", || {
+        h.health.state() == skynet_ingest::CameraState::Running
+    });
+    done.store(true, Ordering::Relaxed);
+    streamer.join().unwrap();
+    quit.store(true, Ordering::Relaxed);
+    keeping.join().unwrap();
+    h.finish();
 }
 
 fn platform_config(platform: &str) -> String {
