@@ -5,7 +5,8 @@
 //! UDP to the port of the INVITE's SDP; the channel's camera source decodes its frames.
 //! When the stream stops, the stalled call is hung up (BYE) and the channel INVITEd again.
 //! A lower platform whose keepalives stop goes offline (its call hung up, its channel's runs
-//! failing) and comes back when it registers again (a new INVITE, frames again).
+//! failing) and comes back when it registers again (a new INVITE, frames again). With
+//! `media_transport = "tcp-passive"` / `"tcp-active"` the same RTP comes over TCP (RFC 4571).
 
 mod common;
 
@@ -603,6 +604,75 @@ fn a_silent_lower_platform_goes_offline_and_its_channel_comes_back_when_it_regis
     h.finish();
 }
 
+/// Streams the PS as RTP framed by RFC 4571 on `stream` until `done` or it closes.
+fn stream_tcp(mut stream: std::net::TcpStream, ssrc: u32, done: Arc<AtomicBool>) {
+    use std::io::Write as _;
+    stream_to(
+        move |pkt: &[u8]| stream.write_all(&rtp::frame_rfc4571(pkt)).is_ok(),
+        ssrc,
+        done,
+    );
+}
+
+#[test]
+fn media_over_tcp_passive_and_active_is_decoded() {
+    let _serial = serial();
+    recorder();
+    // tcp-passive: skynet listens on the media port; the lower platform connects.
+    let h = harness("media_transport = \"tcp-passive\"\nkeepalive_timeout_s = 60");
+    let invite = h.lower.next_request(Method::Invite);
+    let sdp = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(sdp.contains("TCP/RTP/AVP"), "{sdp}");
+    assert!(sdp.contains("a=setup:passive"), "{sdp}");
+    let (port, ssrc) = answer_invite(
+        &h.lower,
+        &invite,
+        "m=video 15060 TCP/RTP/AVP 96\r\na=setup:active\r\na=connection:new",
+    );
+    assert_eq!(port, h.media);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("skynet listens");
+    let done = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream_tcp(tcp, ssrc, done))
+    };
+    h.frames(5);
+    done.store(true, Ordering::Relaxed);
+    streamer.join().unwrap();
+    h.finish();
+
+    // tcp-active: skynet connects to the address of the answer's SDP.
+    let h = harness("media_transport = \"tcp-active\"\nkeepalive_timeout_s = 60");
+    let invite = h.lower.next_request(Method::Invite);
+    let sdp = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(sdp.contains("TCP/RTP/AVP"), "{sdp}");
+    assert!(sdp.contains("a=setup:active"), "{sdp}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = listener.local_addr().unwrap().port();
+    let (_, ssrc) = answer_invite(
+        &h.lower,
+        &invite,
+        &format!("m=video {ours} TCP/RTP/AVP 96\r\na=setup:passive\r\na=connection:new"),
+    );
+    listener.set_nonblocking(true).unwrap();
+    let mut tcp = None;
+    wait_for("skynet to connect", || {
+        tcp = listener.accept().ok().map(|(s, _)| s);
+        tcp.is_some()
+    });
+    let tcp = tcp.unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || stream_tcp(tcp, ssrc, done))
+    };
+    h.frames(5);
+    done.store(true, Ordering::Relaxed);
+    streamer.join().unwrap();
+    h.finish();
+}
+
 fn platform_config(platform: &str) -> String {
     let base = common::vtest_config(&std::env::temp_dir(), "cam", common::WALKWAY, 10);
     format!("{base}\n{platform}")
@@ -664,6 +734,14 @@ fn platform_tables_are_checked_where_they_are_written() {
         "{e}"
     );
     assert!(e.contains("FIRST <= LAST"), "{e}");
+
+    let text = platform_config(&format!("{PLATFORM}media_transport = \"tcp\"\n"));
+    let e = error_for(&text);
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "media_transport"))),
+        "{e}"
+    );
+    assert!(e.contains("tcp-passive"), "{e}");
 
     let text = platform_config(&PLATFORM.replace("127.0.0.1:15060", "0.0.0.0:15060"));
     let e = error_for(&text);

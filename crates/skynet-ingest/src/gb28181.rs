@@ -17,8 +17,9 @@
 //! back, and go offline (the `camera_offline` incident) after their `offline_after_s`.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Read as _;
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use skynet_core::{
 use skynet_gb28181::invite::MediaTransport;
 use skynet_gb28181::manscdp::{self, ItemStatus};
 use skynet_gb28181::registrar::{RegistrarConfig, RegistrarEvent};
-use skynet_gb28181::rtp::MediaReceiver;
+use skynet_gb28181::rtp::{MediaReceiver, StreamDeframer};
 use skynet_gb28181::server::{Command, Core, CoreConfig, Server, ServerEvent};
 use skynet_gb28181::sip::Limits;
 
@@ -150,12 +151,37 @@ pub struct Gb28181PlatformConfig {
     /// when that is `0.0.0.0` or `::`).
     #[serde(default)]
     media_ip: Option<String>,
+    /// How the media comes: `"udp"` (default), `"tcp-passive"` (skynet listens on the media
+    /// port, the lower platform connects) or `"tcp-active"` (skynet connects to the address
+    /// of the 200 OK's SDP); over TCP the RTP is framed as RFC 4571.
+    #[serde(default)]
+    media_transport: MediaTransportKey,
     /// No frame for this long restarts a channel (a new INVITE). Default 10.
     #[serde(default = "default_stall_timeout")]
     stall_timeout_s: f64,
     /// As for an RTSP camera: the restart backoff of a channel.
     #[serde(default)]
     reconnect: ReconnectConfig,
+}
+
+/// `media_transport`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MediaTransportKey {
+    #[default]
+    Udp,
+    TcpPassive,
+    TcpActive,
+}
+
+impl MediaTransportKey {
+    fn sdp(self) -> MediaTransport {
+        match self {
+            Self::Udp => MediaTransport::Udp,
+            Self::TcpPassive => MediaTransport::TcpPassive,
+            Self::TcpActive => MediaTransport::TcpActive,
+        }
+    }
 }
 
 fn default_keepalive_timeout() -> f64 {
@@ -398,8 +424,9 @@ impl Gb28181Platform {
         Ok(rt)
     }
 
-    /// A UDP socket on a free port of `media_ports`, tried in turn from where the last left.
-    fn media_socket(&self) -> Result<UdpSocket, String> {
+    /// A socket on a free port of `media_ports`, tried in turn from where the last left: UDP,
+    /// or a TCP listener for `tcp-passive` (and, for `tcp-active`, the port the offer names).
+    fn media_socket(&self) -> Result<MediaIn, String> {
         let (first, last) = self.inner.media_ports;
         let count = u32::from(last - first) + 1;
         for _ in 0..count {
@@ -412,18 +439,134 @@ impl Gb28181Platform {
             } else {
                 self.inner.media_ip
             };
-            if let Ok(socket) = UdpSocket::bind(SocketAddr::new(bind_ip, port)) {
+            let at = SocketAddr::new(bind_ip, port);
+            let bound = match self.config.media_transport {
+                MediaTransportKey::Udp => UdpSocket::bind(at).map(MediaIn::Udp),
+                MediaTransportKey::TcpPassive => TcpListener::bind(at).map(MediaIn::Listen),
+                MediaTransportKey::TcpActive => TcpListener::bind(at).map(MediaIn::Active),
+            };
+            if let Ok(socket) = bound {
                 return Ok(socket);
             }
         }
-        Err(format!("no free UDP port in media_ports {first}-{last}"))
+        Err(format!("no free port in media_ports {first}-{last}"))
+    }
+}
+
+/// Where a call's media comes in.
+enum MediaIn {
+    Udp(UdpSocket),
+    /// `tcp-passive`: the lower platform connects here.
+    Listen(TcpListener),
+    /// `tcp-active`: the port the offer names (held so that no other call takes it);
+    /// skynet connects to the answer's address.
+    Active(TcpListener),
+    /// A TCP connection and the RFC 4571 deframer of its bytes.
+    Tcp(TcpStream, StreamDeframer),
+}
+
+impl MediaIn {
+    fn local_port(&self) -> std::io::Result<u16> {
+        match self {
+            Self::Udp(s) => s.local_addr(),
+            Self::Listen(l) | Self::Active(l) => l.local_addr(),
+            Self::Tcp(s, _) => s.local_addr(),
+        }
+        .map(|a| a.port())
+    }
+}
+
+/// How long a media socket blocks before the receiver checks whether its call is over.
+const MEDIA_POLL: Duration = Duration::from_millis(200);
+
+/// What one wait on a call's media gave.
+enum Received {
+    /// RTP packets (one datagram, or those a TCP read completed).
+    Packets(Vec<Vec<u8>>),
+    /// Nothing yet.
+    Nothing,
+    /// The media has ended (the TCP connection closed, or a socket error).
+    Closed,
+}
+
+impl MediaIn {
+    /// Waits up to [`MEDIA_POLL`] for media. `peer` is where `tcp-active` connects.
+    fn receive(&mut self, buf: &mut [u8], peer: Option<SocketAddr>) -> Received {
+        let timeout = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        match self {
+            Self::Udp(socket) => match socket.recv(buf) {
+                Ok(n) => Received::Packets(vec![buf[..n].to_vec()]),
+                Err(e) if timeout(&e) => Received::Nothing,
+                Err(_) => Received::Closed,
+            },
+            Self::Listen(listener) => match listener.accept() {
+                Ok((stream, from)) => {
+                    tracing::debug!(from = %from, "GB/T 28181 media connection accepted");
+                    self.connected(stream)
+                }
+                Err(e) if timeout(&e) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    Received::Nothing
+                }
+                Err(_) => Received::Closed,
+            },
+            Self::Active(_) => {
+                let Some(peer) = peer else {
+                    return Received::Closed;
+                };
+                match TcpStream::connect_timeout(&peer, MEDIA_POLL) {
+                    Ok(stream) => self.connected(stream),
+                    Err(_) => {
+                        std::thread::sleep(MEDIA_POLL);
+                        Received::Nothing
+                    }
+                }
+            }
+            Self::Tcp(stream, deframer) => match stream.read(buf) {
+                Ok(0) => Received::Closed,
+                Ok(n) => {
+                    if deframer.push(&buf[..n]).is_err() {
+                        return Received::Closed;
+                    }
+                    Received::Packets(std::iter::from_fn(|| deframer.next_packet()).collect())
+                }
+                Err(e) if timeout(&e) => Received::Nothing,
+                Err(_) => Received::Closed,
+            },
+        }
+    }
+
+    fn connected(&mut self, stream: TcpStream) -> Received {
+        if stream.set_read_timeout(Some(MEDIA_POLL)).is_err() {
+            return Received::Closed;
+        }
+        *self = Self::Tcp(stream, StreamDeframer::default());
+        Received::Nothing
+    }
+
+    /// Makes the socket wait at most [`MEDIA_POLL`].
+    fn set_poll(&self) -> std::io::Result<()> {
+        match self {
+            Self::Udp(s) => s.set_read_timeout(Some(MEDIA_POLL)),
+            Self::Listen(l) => l.set_nonblocking(true),
+            Self::Active(_) => Ok(()),
+            Self::Tcp(s, _) => s.set_read_timeout(Some(MEDIA_POLL)),
+        }
     }
 }
 
 /// How an INVITE ended.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Playing { ssrc: Option<u32> },
+    Playing {
+        ssrc: Option<u32>,
+        peer: Option<SocketAddr>,
+    },
     Failed(u16),
 }
 
@@ -611,8 +754,18 @@ impl EventSink {
             ServerEvent::Playing {
                 call_id, answer, ..
             } => {
-                st.outcomes
-                    .insert(call_id, Outcome::Playing { ssrc: answer.ssrc });
+                let peer = answer
+                    .ip
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, answer.port));
+                st.outcomes.insert(
+                    call_id,
+                    Outcome::Playing {
+                        ssrc: answer.ssrc,
+                        peer,
+                    },
+                );
             }
             ServerEvent::InviteFailed { call_id, code, .. } => {
                 st.outcomes.insert(call_id, Outcome::Failed(code));
@@ -694,14 +847,15 @@ impl ChannelSource {
         }
     }
 
-    /// INVITEs the channel to `port`: its Call-ID and the SSRC the answer names.
+    /// INVITEs the channel to `port`: its Call-ID, the SSRC the answer names and the
+    /// answer's media address.
     fn invite(
         &self,
         rt: &Runtime,
         sink: &EventSink,
         port: u16,
         stop: &Shutdown,
-    ) -> Result<(String, Option<u32>), IngestError> {
+    ) -> Result<(String, Option<u32>, Option<SocketAddr>), IngestError> {
         let lower = sink
             .state
             .lock()
@@ -719,7 +873,7 @@ impl ChannelSource {
                 channel: self.config.channel.clone(),
                 media_ip: self.config.platform.inner.media_ip.to_string(),
                 media_port: port,
-                media: MediaTransport::Udp,
+                media: self.config.platform.config.media_transport.sdp(),
                 reply: reply_tx,
             })
             .map_err(|_| self.start_error("the platform's endpoint has stopped"))?;
@@ -732,9 +886,9 @@ impl ChannelSource {
         loop {
             if let Some(outcome) = st.outcomes.remove(&call_id) {
                 return match outcome {
-                    Outcome::Playing { ssrc } => {
+                    Outcome::Playing { ssrc, peer } => {
                         st.calls.insert(call_id.clone(), lower);
-                        Ok((call_id, ssrc))
+                        Ok((call_id, ssrc, peer))
                     }
                     Outcome::Failed(code) => {
                         Err(self.start_error(format!("INVITE answered {code}")))
@@ -781,12 +935,11 @@ impl FrameSource for ChannelSource {
             .media_socket()
             .map_err(|e| self.start_error(e))?;
         let port = socket
-            .local_addr()
-            .map_err(|e| self.start_error(e.to_string()))?
-            .port();
-        let (call_id, ssrc) = self.invite(&rt, &sink, port, stop)?;
+            .local_port()
+            .map_err(|e| self.start_error(e.to_string()))?;
+        let (call_id, ssrc, peer) = self.invite(&rt, &sink, port, stop)?;
         tracing::info!(camera = %self.camera, port, "GB/T 28181 channel playing");
-        let result = self.play(out, stop, socket, ssrc, &call_id, &sink);
+        let result = self.play(out, stop, socket, (&call_id, ssrc, peer), &sink);
         let _ = rt.commands.blocking_send(Command::Bye {
             call_id: call_id.clone(),
         });
@@ -805,9 +958,8 @@ impl ChannelSource {
         &mut self,
         out: &FrameOutput,
         stop: &Shutdown,
-        socket: UdpSocket,
-        ssrc: Option<u32>,
-        call_id: &str,
+        mut socket: MediaIn,
+        (call_id, ssrc, peer): (&str, Option<u32>, Option<SocketAddr>),
         sink: &Arc<EventSink>,
     ) -> Result<SourceExit, IngestError> {
         let (reader, mut writer) = std::io::pipe().map_err(|e| self.start_error(e.to_string()))?;
@@ -821,7 +973,7 @@ impl ChannelSource {
             delivery: &self.delivery,
         })?;
         socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_poll()
             .map_err(|e| self.start_error(e.to_string()))?;
         let done = Arc::new(AtomicBool::new(false));
         let receiver = {
@@ -847,19 +999,12 @@ impl ChannelSource {
                             tracing::warn!(camera = %camera, "GB/T 28181 call ended by the lower platform");
                             break;
                         }
-                        let n = match socket.recv(&mut buf) {
-                            Ok(n) => n,
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                ) =>
-                            {
-                                continue;
-                            }
-                            Err(_) => break,
+                        let packets = match socket.receive(&mut buf, peer) {
+                            Received::Packets(p) => p,
+                            Received::Nothing => continue,
+                            Received::Closed => break,
                         };
-                        let frames = media.push(&buf[..n]);
+                        let frames: Vec<_> = packets.iter().flat_map(|p| media.push(p)).collect();
                         let stats = media.stats();
                         if stats.lost > lost_seen {
                             lost.increment(stats.lost - lost_seen);
