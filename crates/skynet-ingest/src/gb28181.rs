@@ -542,7 +542,10 @@ impl MediaIn {
     }
 
     fn connected(&mut self, stream: TcpStream) -> Received {
-        if stream.set_read_timeout(Some(MEDIA_POLL)).is_err() {
+        // (An accepted stream must block, with the timeout, whatever its listener does.)
+        if stream.set_nonblocking(false).is_err()
+            || stream.set_read_timeout(Some(MEDIA_POLL)).is_err()
+        {
             return Received::Closed;
         }
         *self = Self::Tcp(stream, StreamDeframer::default());
