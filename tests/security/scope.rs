@@ -234,6 +234,7 @@ fn how_to_call(method: &str, path: &str) -> Option<Option<(String, Option<Value>
             Some(json!({"person": 0.5})),
         ),
         ("get", "/api/v1/sensors") => call(path, None),
+        ("get", "/api/v1/platforms") => call(path, None),
         ("get", "/api/v1/patrols") => call(path, None),
         ("get", "/api/v1/patrols/grids") => call(path, None),
         ("get", "/api/v1/patrols/{patrol}/rounds") => call("/api/v1/patrols/p-out/rounds", None),

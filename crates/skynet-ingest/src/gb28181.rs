@@ -21,14 +21,14 @@ use std::io::Read as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use skynet_core::config::check_range;
 use skynet_core::{
-    Component, ConfigContext, DeviceId, Erase, Family, FieldError, OwnerKind, Secret, Shutdown,
-    Watermark,
+    Component, ComponentHealth, ComponentState, ConfigContext, DeviceId, Erase, Family, FieldError,
+    OwnerKind, Secret, Shutdown, Watermark,
 };
 use skynet_gb28181::invite::MediaTransport;
 use skynet_gb28181::manscdp::{self, ItemStatus};
@@ -93,6 +93,27 @@ pub trait BuildPlatform: std::fmt::Debug + Send + Sync {
     /// Starts the platform's endpoint (once; later calls return at once). The channels'
     /// sources start it too, on their first run.
     fn start(&self) -> Result<(), String>;
+    /// Where the platform reports its state (`/readyz`, the console): the endpoint's start
+    /// and its lower platforms going online and offline. Call before [`Self::start`].
+    fn attach_health(&self, _health: ComponentHealth) {}
+    /// What the platform knows now, for the console.
+    fn live(&self) -> PlatformLive {
+        PlatformLive::default()
+    }
+}
+
+/// A platform's live figures, for the console's Sources view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformLive {
+    /// The lower platforms registered and online now.
+    pub lower_online: Vec<String>,
+    /// Camera channels in the lower platforms' latest catalogs.
+    pub channels_listed: usize,
+}
+
+/// The health table's name of a platform: `platform <id>` (kind `platform`).
+pub fn health_name(id: &str) -> String {
+    format!("platform {id}")
 }
 
 /// The camera keys a `[[platforms.channels]]` table may hold besides `id` (the owner is
@@ -205,6 +226,8 @@ struct Validated {
     /// (A failed start is tried again by the next caller.)
     runtime: Mutex<Option<Arc<Runtime>>>,
     next_port: AtomicU32,
+    /// Where the platform's state is reported (set by the pipeline).
+    health: Arc<OnceLock<ComponentHealth>>,
 }
 
 /// The platform, validated: what `build` and the listings use.
@@ -367,6 +390,7 @@ impl Component<PlatformFamily> for Gb28181PlatformConfig {
             keepalive_timeout: Duration::from_secs_f64(self.keepalive_timeout_s),
             runtime: Mutex::new(None),
             next_port: AtomicU32::new(0),
+            health: Arc::default(),
         });
         Ok(Gb28181Platform {
             config: self,
@@ -400,6 +424,20 @@ impl BuildPlatform for Gb28181Platform {
         self.runtime().map(|_| ())
     }
 
+    fn attach_health(&self, health: ComponentHealth) {
+        let _ = self.inner.health.set(health);
+    }
+
+    fn live(&self) -> PlatformLive {
+        let runtime = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        runtime.map_or_else(PlatformLive::default, |rt| rt.sink.live())
+    }
+
     fn channel_source(&self, channel: &str) -> Arc<dyn BuildSource> {
         Arc::new(ChannelConfig {
             platform: self.clone(),
@@ -419,7 +457,19 @@ impl Gb28181Platform {
         if let Some(rt) = slot.as_ref() {
             return Ok(Arc::clone(rt));
         }
-        let rt = Arc::new(Runtime::start(&self.config, &self.inner)?);
+        let rt = match Runtime::start(&self.config, &self.inner) {
+            Ok(rt) => Arc::new(rt),
+            Err(e) => {
+                if let Some(health) = self.inner.health.get() {
+                    health.retrying(format!(
+                        "endpoint failed to bind {}: {e}",
+                        self.inner.listen
+                    ));
+                }
+                return Err(e);
+            }
+        };
+        rt.sink.report_health();
         *slot = Some(Arc::clone(&rt));
         Ok(rt)
     }
@@ -586,6 +636,10 @@ struct State {
     ended: HashSet<String>,
     /// The calls in progress: Call-ID to lower platform.
     calls: HashMap<String, String>,
+    /// The lower platforms that went offline and why (until they are back).
+    offline: HashMap<String, String>,
+    /// Camera channels in each lower platform's latest catalog.
+    listed: HashMap<String, usize>,
 }
 
 /// A running endpoint: commands in, the state its events keep. Dropping it stops the
@@ -644,7 +698,12 @@ impl Runtime {
                 )
             })?;
         tracing::info!(platform = %config.id, listen = %v.listen, "GB/T 28181 platform listening");
-        let sink = Arc::new(EventSink::default());
+        let sink = Arc::new(EventSink {
+            health: Arc::clone(&v.health),
+            expects_lower: v.channels.iter().any(ChannelEntry::is_analysed),
+            ..EventSink::default()
+        });
+        let stopped = Arc::clone(&v.health);
         let wiring = Wiring {
             platform: config.id.clone(),
             all: v.all,
@@ -662,6 +721,9 @@ impl Runtime {
                     });
                     if let Err(e) = server.run(ev_tx, cmd_rx, shutdown_rx).await {
                         tracing::error!(error = %e, "GB/T 28181 endpoint stopped");
+                        if let Some(health) = stopped.get() {
+                            health.down(format!("endpoint stopped: {e}"));
+                        }
                     }
                     handler.abort();
                 });
@@ -687,15 +749,78 @@ struct Wiring {
 struct EventSink {
     state: Mutex<State>,
     changed: Condvar,
+    /// The platform's health entry, when the pipeline attached one.
+    health: Arc<OnceLock<ComponentHealth>>,
+    /// An analysed channel is configured: a lower platform is expected to register.
+    expects_lower: bool,
+}
+
+fn offline_reason(reason: &skynet_gb28181::registrar::OfflineReason) -> &'static str {
+    use skynet_gb28181::registrar::OfflineReason;
+    match reason {
+        OfflineReason::Unregistered => "unregistered",
+        OfflineReason::Expired => "registration expired",
+        OfflineReason::KeepaliveTimeout => "keepalive timeout",
+    }
+}
+
+impl EventSink {
+    fn live(&self) -> PlatformLive {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lower_online: Vec<String> = st.online.iter().cloned().collect();
+        lower_online.sort();
+        PlatformLive {
+            lower_online,
+            channels_listed: st.listed.values().sum(),
+        }
+    }
+
+    /// The endpoint runs: the platform's state from its lower platforms. Up while every
+    /// lower platform seen is online; retrying while one is offline; starting (not ready,
+    /// as a camera that has not connected) while none has registered yet and an analysed
+    /// channel waits for one, else up.
+    fn report_health(&self) {
+        let Some(health) = self.health.get() else {
+            return;
+        };
+        let (state, reason, online) = {
+            let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut offline: Vec<(&String, &String)> = st.offline.iter().collect();
+            offline.sort();
+            let (state, reason) = match offline.first() {
+                Some((id, why)) => (
+                    ComponentState::Retrying,
+                    Some(format!("lower platform {id} offline: {why}")),
+                ),
+                None if st.online.is_empty() && self.expects_lower => (
+                    ComponentState::Starting,
+                    Some("no lower platform registered yet".to_string()),
+                ),
+                None => (ComponentState::Up, None),
+            };
+            (state, reason, st.online.len())
+        };
+        let current = health.status();
+        if current.as_ref().map(|c| (c.state, c.reason.as_ref())) != Some((state, reason.as_ref()))
+        {
+            health.set(state, reason);
+        }
+        let detail = format!("{online} lower platform(s) online");
+        if current.and_then(|c| c.detail).as_deref() != Some(detail.as_str()) {
+            health.describe(Some(&detail), None);
+        }
+    }
 }
 
 impl EventSink {
     fn handle(&self, w: &Wiring, ev: ServerEvent) {
+        let registrar = matches!(ev, ServerEvent::Registrar(_));
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match ev {
             ServerEvent::Registrar(RegistrarEvent::Online { id }) => {
                 tracing::info!(platform = %w.platform, lower = %id, "GB/T 28181 lower platform online");
                 metrics::gauge!("skynet_platform_up", "platform" => id.clone()).set(1.0);
+                st.offline.remove(&id);
                 st.online.insert(id);
             }
             ServerEvent::Registrar(RegistrarEvent::Refreshed { .. }) => {}
@@ -703,6 +828,8 @@ impl EventSink {
                 tracing::warn!(platform = %w.platform, lower = %id, reason = ?reason, "GB/T 28181 lower platform offline");
                 metrics::gauge!("skynet_platform_up", "platform" => id.clone()).set(0.0);
                 st.online.remove(&id);
+                st.offline
+                    .insert(id.clone(), offline_reason(&reason).to_string());
                 let gone: Vec<String> = st
                     .calls
                     .iter()
@@ -733,6 +860,8 @@ impl EventSink {
                             .insert(item.device_id.clone(), platform.clone());
                     }
                 }
+                st.listed
+                    .insert(platform.clone(), counts.values().sum::<u64>() as usize);
                 for status in ["online", "offline", "unknown"] {
                     metrics::gauge!("skynet_platform_channels", "platform" => platform.clone(), "status" => status)
                         .set(counts.get(status).copied().unwrap_or(0) as f64);
@@ -779,6 +908,9 @@ impl EventSink {
         }
         drop(st);
         self.changed.notify_all();
+        if registrar {
+            self.report_health();
+        }
     }
 }
 
@@ -1111,6 +1243,76 @@ mod tests {
         let st = sink.state.lock().unwrap();
         assert!(!st.online.contains(LOWER));
         assert!(st.ended.contains("call-1"));
+    }
+
+    #[test]
+    fn the_platform_reports_its_lower_platforms_in_the_health_table() {
+        let table = skynet_core::Health::new();
+        let name = health_name("34020000002000000001");
+        let sink = EventSink {
+            health: Arc::default(),
+            expects_lower: true,
+            ..EventSink::default()
+        };
+        let _ = sink.health.set(table.register(name.as_str(), "platform"));
+        let state = || table.state(&name, "platform").unwrap();
+        sink.report_health();
+        assert_eq!(state().state, ComponentState::Starting);
+        assert_eq!(
+            state().reason.as_deref(),
+            Some("no lower platform registered yet")
+        );
+        assert!(!table.report().ready);
+        let online = ServerEvent::Registrar(RegistrarEvent::Online { id: LOWER.into() });
+        sink.handle(&wiring(false), online.clone());
+        assert_eq!(state().state, ComponentState::Up);
+        assert_eq!(
+            state().detail.as_deref(),
+            Some("1 lower platform(s) online")
+        );
+        assert!(table.report().ready);
+        sink.handle(&wiring(false), catalog(&[CAM]));
+        assert_eq!(sink.live().channels_listed, 1);
+        assert_eq!(sink.live().lower_online, vec![LOWER.to_string()]);
+        sink.handle(
+            &wiring(false),
+            ServerEvent::Registrar(RegistrarEvent::Offline {
+                id: LOWER.into(),
+                reason: OfflineReason::KeepaliveTimeout,
+            }),
+        );
+        assert_eq!(state().state, ComponentState::Retrying);
+        assert_eq!(
+            state().reason,
+            Some(format!("lower platform {LOWER} offline: keepalive timeout"))
+        );
+        assert!(!table.report().ready);
+        sink.handle(&wiring(false), online);
+        assert_eq!(state().state, ComponentState::Up);
+    }
+
+    #[test]
+    fn an_endpoint_that_cannot_bind_is_retrying_with_the_reason() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let p = config(
+            &Gb28181PlatformConfig::EXAMPLE
+                .replace("${SKYNET_GB_PASSWORD:-secret}", "pw")
+                .replace("127.0.0.1:5060", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap();
+        let table = skynet_core::Health::new();
+        p.attach_health(table.register(health_name(p.id()), "platform"));
+        assert!(p.start().is_err());
+        let status = table.state(&health_name(p.id()), "platform").unwrap();
+        assert_eq!(status.state, ComponentState::Retrying);
+        let reason = status.reason.unwrap();
+        assert!(
+            reason.starts_with("endpoint failed to bind 127.0.0.1:"),
+            "{reason}"
+        );
+        assert!(!reason.contains("pw"), "{reason}");
+        assert_eq!(p.live(), PlatformLive::default());
     }
 
     fn config(text: &str) -> Result<Gb28181Platform, FieldError> {

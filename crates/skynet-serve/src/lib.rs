@@ -553,4 +553,30 @@ mod readyz_tests {
             (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
         );
     }
+
+    /// A `[[platforms]]` entry is a component like a camera: waiting for its lower platform
+    /// (or with one offline) is 503 with the reason; online, 200.
+    #[tokio::test]
+    async fn a_platform_is_a_component_with_its_reason() {
+        let health = Health::new();
+        let platform = health.register("platform 34020000002000000001", "platform");
+        platform.set(
+            skynet_core::ComponentState::Starting,
+            Some("no lower platform registered yet".into()),
+        );
+        let (code, body) = readyz_of(&health).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let entry = &body["components"][0];
+        assert_eq!(entry["component"], "platform 34020000002000000001");
+        assert_eq!(entry["kind"], "platform");
+        assert_eq!(entry["state"], "starting");
+        assert_eq!(entry["reason"], "no lower platform registered yet");
+        platform.retrying("lower platform 34020000002000000002 offline: keepalive timeout");
+        let (code, body) = readyz_of(&health).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["components"][0]["state"], "retrying");
+        platform.up();
+        let (code, _) = readyz_of(&health).await;
+        assert_eq!(code, StatusCode::OK);
+    }
 }

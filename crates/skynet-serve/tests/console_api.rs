@@ -299,6 +299,7 @@ const MATRIX: &[(&str, &str, &str, [bool; 4])] = &[
         [true, true, true, true],
     ),
     ("GET", "/api/v1/sensors", "", [true, false, true, true]),
+    ("GET", "/api/v1/platforms", "", [true, false, true, true]),
     ("GET", "/api/v1/tickets", "", [false, true, false, true]),
     ("GET", "/api/v1/audit", "", [false, false, false, true]),
     ("GET", "/api/v1/users", "", [false, false, false, true]),
@@ -1411,6 +1412,14 @@ async fn every_answer_has_the_shape_the_openapi_document_gives() {
         ),
         (
             "get",
+            "/api/v1/platforms",
+            "/api/v1/platforms",
+            Some(&admin),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "get",
             "/api/v1/tickets",
             "/api/v1/tickets",
             Some(&admin),
@@ -1960,4 +1969,27 @@ async fn a_patrol_registered_after_a_restart_shows_its_stored_rounds() {
         .find(|p| p["name"] == "p2")
         .unwrap();
     assert_eq!(p2["cameras"][0]["rounds_since_checked"], 1);
+}
+
+#[tokio::test]
+async fn the_sources_api_lists_the_video_platforms_with_their_state_and_channels() {
+    let f = fixture().await;
+    let admin = f.token(Role::Admin).to_string();
+    let (status, body, _) =
+        call(&f.app, Method::GET, "/api/v1/platforms", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let platform = &body["platforms"][0];
+    assert_eq!(platform["id"], "34020000002000000001");
+    assert_eq!(platform["kind"], "gb28181");
+    assert_eq!(platform["owner"], "police");
+    // No health entry yet (the pipeline registers `platform <id>`): starting.
+    assert_eq!(platform["state"], "starting");
+    assert_eq!(
+        platform["lower_platforms_online"],
+        json!(["34020000002000000002"])
+    );
+    assert_eq!(platform["channels_listed"], 3);
+    assert_eq!(platform["channels_analysed"], 1);
+    let doc: Value = serde_json::from_str(include_str!("../src/console/openapi.json")).unwrap();
+    check_documented(&doc, "/api/v1/platforms", "get", status, &body);
 }

@@ -77,6 +77,7 @@ export const api = {
   grids: (signal) => call('/api/v1/grids', { signal }),
   cameras: (signal) => call('/api/v1/cameras', { signal }),
   sensors: (signal) => call('/api/v1/sensors', { signal }),
+  platforms: (signal) => call('/api/v1/platforms', { signal }),
   setThresholds: (cameraId, thresholds) =>
     call(`/api/v1/cameras/${id(cameraId)}/thresholds`, { method: 'PUT', body: thresholds }),
   thresholdsWhatIf: (cameraId, thresholds) =>

@@ -132,6 +132,31 @@ pub struct SensorRegistration {
     pub unit: Option<String>,
 }
 
+/// A platform's live figures (`[[platforms]]`), read when the console is asked.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformFigures {
+    /// The lower platforms registered and online now.
+    pub lower_online: Vec<String>,
+    /// Camera channels in the lower platforms' latest catalogs.
+    pub channels_listed: usize,
+}
+
+/// A video platform (`[[platforms]]`, GB/T 28181) as the console shows it. Its state is
+/// its health entry `platform <id>` (kind `platform`).
+pub struct PlatformRegistration {
+    pub id: String,
+    /// `gb28181`.
+    pub kind: String,
+    pub listen: String,
+    pub owner: OwnerKind,
+    /// The configured channels that are analysed (placed by `grid` or `location`).
+    pub channels_analysed: usize,
+    /// `channels = "all"`.
+    pub all_channels: bool,
+    /// The figures now.
+    pub live: Box<dyn Fn() -> PlatformFigures + Send + Sync>,
+}
+
 pub(crate) struct CameraEntry {
     pub grid: String,
     pub owner: OwnerKind,
@@ -195,6 +220,7 @@ pub struct Console {
     pub(crate) grids: RwLock<Vec<Value>>,
     pub(crate) cameras: RwLock<BTreeMap<DeviceId, CameraEntry>>,
     pub(crate) sensors: RwLock<BTreeMap<String, SensorEntry>>,
+    pub(crate) platforms: RwLock<BTreeMap<String, PlatformRegistration>>,
     pub(crate) acks: Mutex<HashMap<String, Ack>>,
     submit: RwLock<Option<SubmitStatus>>,
     pub(crate) events: broadcast::Sender<LiveMessage>,
@@ -248,6 +274,7 @@ impl Console {
             grids: RwLock::new(Vec::new()),
             cameras: RwLock::new(BTreeMap::new()),
             sensors: RwLock::new(BTreeMap::new()),
+            platforms: RwLock::new(BTreeMap::new()),
             acks: Mutex::new(acks),
             submit: RwLock::new(None),
             events: broadcast::channel(LIVE_BACKLOG).0,
@@ -352,6 +379,43 @@ impl Console {
                     offline_since: None,
                 },
             );
+    }
+
+    /// Adds a video platform (`[[platforms]]`) to the Sources view.
+    pub fn register_platform(&self, platform: PlatformRegistration) {
+        self.platforms
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(platform.id.clone(), platform);
+    }
+
+    /// Every platform with its health and figures.
+    pub(crate) fn platform_views(&self) -> Vec<super::views::PlatformView> {
+        let platforms = self
+            .platforms
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        platforms
+            .values()
+            .map(|p| {
+                let status = self.health.state(&format!("platform {}", p.id), "platform");
+                let figures = (p.live)();
+                super::views::PlatformView {
+                    id: p.id.clone(),
+                    kind: p.kind.clone(),
+                    listen: p.listen.clone(),
+                    owner: p.owner,
+                    state: status
+                        .as_ref()
+                        .map_or(skynet_core::ComponentState::Starting, |s| s.state),
+                    reason: status.and_then(|s| s.reason),
+                    lower_platforms_online: figures.lower_online,
+                    channels_listed: figures.channels_listed,
+                    channels_analysed: p.channels_analysed,
+                    all_channels: p.all_channels,
+                }
+            })
+            .collect()
     }
 
     /// Connects status changes made in the console to the risk stage.
@@ -984,5 +1048,46 @@ mod tests {
         assert_eq!(counters.get("cam-1", "skynet_frames_dropped_total"), 5);
         assert_eq!(counters.get("cam-1", "skynet_frames_decoded_total"), 100);
         assert_eq!(counters.get("cam-2", "skynet_frames_decoded_total"), 0);
+    }
+}
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+
+    #[test]
+    fn a_platforms_state_is_its_health_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health::new();
+        let console = Console::open(
+            ApiConfig::local("127.0.0.1:0".parse().unwrap()),
+            &dir.path().join("state.sqlite"),
+            None,
+            health.clone(),
+            None,
+        )
+        .unwrap();
+        console.register_platform(PlatformRegistration {
+            id: "34020000002000000001".into(),
+            kind: "gb28181".into(),
+            listen: "127.0.0.1:5060".into(),
+            owner: OwnerKind::Police,
+            channels_analysed: 0,
+            all_channels: true,
+            live: Box::new(PlatformFigures::default),
+        });
+        let entry = health.register("platform 34020000002000000001", "platform");
+        entry.retrying("lower platform 34020000002000000002 offline: keepalive timeout");
+        let views = console.platform_views();
+        assert_eq!(views[0].state, skynet_core::ComponentState::Retrying);
+        assert_eq!(
+            views[0].reason.as_deref(),
+            Some("lower platform 34020000002000000002 offline: keepalive timeout")
+        );
+        entry.up();
+        assert_eq!(
+            console.platform_views()[0].state,
+            skynet_core::ComponentState::Up
+        );
     }
 }

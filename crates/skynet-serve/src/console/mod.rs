@@ -27,7 +27,8 @@ pub use auth::{Permission, Role, Scope, User};
 pub use city::ClusterHealth;
 pub use hosts::{AllowedHosts, check_host};
 pub use live::{
-    CameraRegistration, Console, GridScope, LiveMessage, SensorRegistration, SubmitStatus,
+    CameraRegistration, Console, GridScope, LiveMessage, PlatformFigures, PlatformRegistration,
+    SensorRegistration, SubmitStatus,
 };
 pub use live_view::{LiveRefusal, LiveVideo};
 pub use patrol::PatrolRegistration;

@@ -105,6 +105,22 @@ pub(crate) struct SensorView {
     pub last_reading: Option<Reading>,
 }
 
+/// A video platform with its state and channels (`Platform` in openapi.json).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PlatformView {
+    pub id: String,
+    pub kind: String,
+    pub listen: String,
+    pub owner: OwnerKind,
+    /// Its health state: `starting`, `up`, `retrying`, `down`.
+    pub state: skynet_core::ComponentState,
+    pub reason: Option<String>,
+    pub lower_platforms_online: Vec<String>,
+    pub channels_listed: usize,
+    pub channels_analysed: usize,
+    pub all_channels: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Reading {
     pub value: f64,

@@ -16,7 +16,8 @@ use serde_json::json;
 use skynet_core::{CaseStatus, Health, Incident, LiveThresholds, OwnerKind, RiskEvent};
 use skynet_emit::{Outbox, OutboxEvent};
 use skynet_serve::console::{
-    ApiConfig, CameraRegistration, Console, ConsoleStore, Role, SensorRegistration, User,
+    ApiConfig, CameraRegistration, Console, ConsoleStore, PlatformFigures, PlatformRegistration,
+    Role, SensorRegistration, User,
 };
 
 /// A user: name, role, department, owner kind.
@@ -88,6 +89,18 @@ pub fn console(dir: &Path, db: &Path, seed: Seed<'_>) -> Console {
         owner: OwnerKind::SafetyProduction,
         quantity: "ch4".into(),
         unit: Some("%LEL".into()),
+    });
+    console.register_platform(PlatformRegistration {
+        id: "34020000002000000001".into(),
+        kind: "gb28181".into(),
+        listen: "127.0.0.1:5060".into(),
+        owner: OwnerKind::Police,
+        channels_analysed: 1,
+        all_channels: false,
+        live: Box::new(|| PlatformFigures {
+            lower_online: vec!["34020000002000000002".into()],
+            channels_listed: 3,
+        }),
     });
     console.set_frame(
         &skynet_core::DeviceId::new("cam-1"),

@@ -1,4 +1,4 @@
-// Sources: the health of every camera and sensor, for engineers and operators. Engineers
+// Sources: the health of every camera, sensor and video platform (GB/T 28181), for engineers and operators. Engineers
 // (thresholds.write) tune a camera's per-class detection thresholds here; each change is
 // audited by the server. Before saving, Preview replays the last recorded day with the
 // camera's current and proposed thresholds and says how many incidents would change.
@@ -15,6 +15,7 @@ const REFRESH_MS = 10_000;
 
 const CAMERA_COLUMNS = ['id', 'grid', 'owner', 'state', 'fps', 'decoded', 'dropped', 'skipped', 'analysed', 'lastFrame', 'reason', 'thresholds'];
 const SENSOR_COLUMNS = ['id', 'grid', 'owner', 'quantity', 'state', 'lastReading'];
+const PLATFORM_COLUMNS = ['id', 'listen', 'owner', 'state', 'lowerOnline', 'channels', 'reason'];
 
 // Thresholds are f32 on the server: 0.3 arrives as 0.30000001192092896.
 const tidy = (value) => String(Math.round(Number(value) * 1000) / 1000);
@@ -33,6 +34,8 @@ export function mount(container) {
   // A cluster's console only: the live members of each role.
   const clusterLine = h('p', { class: 'muted', testid: 'cluster-members', hidden: true });
   const sensorStatus = h('p', { class: 'muted' }, t('common.loading'));
+  const platformBody = h('tbody', { testid: 'platform-rows' });
+  const platformStatus = h('p', { class: 'muted' }, t('common.loading'));
 
   container.append(
     h('h1', { tabindex: '-1', class: 'page-title' }, t('sources.title')),
@@ -43,7 +46,11 @@ export function mount(container) {
     h('section', { class: 'panel', 'aria-labelledby': 'sensor-heading' },
       h('h2', { id: 'sensor-heading' }, t('sources.sensors')), sensorStatus,
       h('div', { class: 'table-scroll' }, h('table', { class: 'table sources' },
-        h('caption', { class: 'visually-hidden' }, t('sources.sensors')), headerRow(SENSOR_COLUMNS, 'sources.sensor'), sensorBody))));
+        h('caption', { class: 'visually-hidden' }, t('sources.sensors')), headerRow(SENSOR_COLUMNS, 'sources.sensor'), sensorBody))),
+    h('section', { class: 'panel', 'aria-labelledby': 'platform-heading' },
+      h('h2', { id: 'platform-heading' }, t('sources.platforms')), platformStatus,
+      h('div', { class: 'table-scroll' }, h('table', { class: 'table sources' },
+        h('caption', { class: 'visually-hidden' }, t('sources.platforms')), headerRow(PLATFORM_COLUMNS, 'sources.platform'), platformBody))));
 
   function thresholdsCell(camera) {
     const entries = Object.entries(camera.thresholds ?? {}).sort(([a], [b]) => a.localeCompare(b));
@@ -156,6 +163,26 @@ export function mount(container) {
       h('td', {}, reading ? [`${formatNumber(reading.value)} ${reading.unit ?? sensor.unit ?? ''} · `, timeElement(reading.at)] : '–'));
   }
 
+  function platformRow(platform) {
+    const online = platform.lower_platforms_online ?? [];
+    const listed = formatNumber(platform.channels_listed, 0);
+    return h('tr', { testid: 'platform-row', dataset: { platformId: platform.id, state: platform.state } },
+      h('th', { scope: 'row' }, platform.id),
+      h('td', {}, platform.listen),
+      h('td', {}, label('owner', platform.owner)),
+      h('td', {}, h('span', { class: `badge platform-state state-${platform.state}` }, label('platformState', platform.state))),
+      h('td', {}, online.length ? `${online.length}: ${online.join(', ')}` : '0'),
+      h('td', { class: 'number' }, `${formatNumber(platform.channels_analysed, 0)} / ${listed}${platform.all_channels ? ` (${t('sources.allChannels')})` : ''}`),
+      h('td', { class: 'reason' }, platform.reason ?? '–'));
+  }
+
+  function renderPlatforms(list) {
+    const sorted = [...list].sort((a, b) => a.id.localeCompare(b.id));
+    platformStatus.hidden = sorted.length > 0;
+    platformStatus.textContent = t('sources.noPlatforms');
+    replaceChildren(platformBody, sorted.map(platformRow));
+  }
+
   // A row being edited is not replaced by a live update: the engineer's input (and a
   // preview of it) would be lost. `force`: the row's own change was saved.
   function renderCamera(camera, force = false) {
@@ -189,7 +216,8 @@ export function mount(container) {
   }
 
   async function load() {
-    const [cameraResult, sensorResult] = await Promise.allSettled([api.cameras(controller.signal), api.sensors(controller.signal)]);
+    const [cameraResult, sensorResult, platformResult] = await Promise.allSettled([
+      api.cameras(controller.signal), api.sensors(controller.signal), api.platforms(controller.signal)]);
     if (controller.signal.aborted) return;
     if (cameraResult.status === 'fulfilled') {
       const list = cameraResult.value.cameras;
@@ -230,6 +258,12 @@ export function mount(container) {
     } else {
       sensorStatus.hidden = false;
       sensorStatus.textContent = errorText(sensorResult.reason);
+    }
+    if (platformResult.status === 'fulfilled') {
+      renderPlatforms(platformResult.value.platforms);
+    } else {
+      platformStatus.hidden = false;
+      platformStatus.textContent = errorText(platformResult.reason);
     }
   }
 

@@ -273,3 +273,29 @@ pub(crate) fn spawn_preview(
         handle,
     ))
 }
+
+/// A `[[platforms]]` entry in the console's Sources view: its state is its health entry,
+/// its figures are read from the platform when asked.
+pub(crate) fn register_platform(console: &Console, platform: &crate::config::PlatformSpec) {
+    let live = Arc::clone(&platform.config);
+    console.register_platform(skynet_serve::console::PlatformRegistration {
+        id: platform.config.id().to_string(),
+        kind: platform.kind.to_string(),
+        listen: platform.config.listen(),
+        owner: platform.config.owner(),
+        channels_analysed: platform
+            .config
+            .channels()
+            .iter()
+            .filter(|c| c.is_analysed())
+            .count(),
+        all_channels: platform.config.all_channels(),
+        live: Box::new(move || {
+            let now = live.live();
+            skynet_serve::console::PlatformFigures {
+                lower_online: now.lower_online,
+                channels_listed: now.channels_listed,
+            }
+        }),
+    });
+}

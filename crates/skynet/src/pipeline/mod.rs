@@ -317,7 +317,16 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // Each platform's endpoint listens from the start (lower platforms register, catalogs
     // are listed), whether or not any of its channels is analysed; a failure is logged and
     // its channels' sources retry it.
+    // Each is a component of `/readyz` (`platform <id>`, kind `platform`) and a row of the
+    // console's Sources view.
     for platform in config.platforms.iter().filter(|_| !is_scorer) {
+        let id = platform.config.id().to_string();
+        platform
+            .config
+            .attach_health(health.register(skynet_ingest::gb28181::health_name(&id), "platform"));
+        if let Some(console) = &console {
+            console::register_platform(console, platform);
+        }
         if let Err(error) = platform.config.start() {
             tracing::error!(platform = %platform.config.id(), %error, "platform endpoint did not start");
         }

@@ -37,7 +37,7 @@ use incidents::{
 use patrols::{patrol_grids, patrol_rounds, patrol_snapshot, patrols};
 use session::{login, logout, me};
 use sources::{
-    camera_frame, camera_live, cameras, grid_history, grids, sensors, set_thresholds,
+    camera_frame, camera_live, cameras, grid_history, grids, platforms, sensors, set_thresholds,
     threshold_what_if, tickets,
 };
 
@@ -80,6 +80,7 @@ pub fn router(console: Arc<Console>) -> Router {
             get(patrol_snapshot),
         )
         .route("/sensors", get(sensors))
+        .route("/platforms", get(platforms))
         .route("/tickets", get(tickets))
         .route("/audit", get(audit))
         .route(

@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult, Reply, blocking, body, jpeg};
 use super::session::Caller;
 use crate::console::auth::Permission;
 use crate::console::live::{Console, narrow_grid, round4};
-use crate::console::views::{CameraView, IncidentView, SensorView};
+use crate::console::views::{CameraView, IncidentView, PlatformView, SensorView};
 use crate::console::what_if::{WhatIfError, WhatIfReport};
 
 /// The grid cells as GeoJSON.
@@ -85,6 +85,11 @@ pub(super) struct Cameras {
 #[derive(Serialize)]
 pub(super) struct Sensors {
     sensors: Vec<SensorView>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Platforms {
+    platforms: Vec<PlatformView>,
 }
 
 /// A camera's thresholds after a change, per label.
@@ -489,6 +494,17 @@ pub(super) async fn sensors(
     caller.require(Permission::SourcesRead)?;
     Ok(Reply(Sensors {
         sensors: console.sensor_views(),
+    }))
+}
+
+/// The video platforms (`[[platforms]]`, GB/T 28181) with their state and channels.
+pub(super) async fn platforms(
+    State(console): State<Arc<Console>>,
+    caller: Caller,
+) -> ApiResult<Reply<Platforms>> {
+    caller.require(Permission::SourcesRead)?;
+    Ok(Reply(Platforms {
+        platforms: console.platform_views(),
     }))
 }
 
