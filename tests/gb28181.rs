@@ -7,6 +7,8 @@
 //! A lower platform whose keepalives stop goes offline (its call hung up, its channel's runs
 //! failing) and comes back when it registers again (a new INVITE, frames again). With
 //! `media_transport = "tcp-passive"` / `"tcp-active"` the same RTP comes over TCP (RFC 4571).
+//! The whole pipeline (YOLOX nano, a zone rule, the outbox) over a channel streaming vtest.avi
+//! finds the people on the walkway, as over RTSP.
 
 mod common;
 
@@ -135,8 +137,29 @@ fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
 /// Streams H.264 in MPEG-PS as RTP to `to` until `done`: each chunk of the muxer's output is
 /// one RTP packet, the marker on a chunk that ends a read (the end of what the muxer wrote).
 fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
+    stream_udp(TEST_PATTERN, to, ssrc, done);
+}
+
+/// The lower platform's camera: a live test pattern, H.264 in MPEG-PS.
+const TEST_PATTERN: &[&str] = &[
+    "videotestsrc",
+    "is-live=true",
+    "pattern=ball",
+    "!",
+    "video/x-raw,width=320,height=240,framerate=15/1",
+    "!",
+    "x264enc",
+    "tune=zerolatency",
+    "key-int-max=15",
+    "!",
+    "mpegpsmux",
+];
+
+/// As [`stream`], the MPEG-PS made by the GStreamer pipeline `source`.
+fn stream_udp(source: &[&str], to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     stream_to(
+        source,
         move |pkt: &[u8]| {
             let _ = socket.send_to(pkt, to);
             true
@@ -146,26 +169,17 @@ fn stream(to: SocketAddr, ssrc: u32, done: Arc<AtomicBool>) {
     );
 }
 
-/// As [`stream`], each RTP packet handed to `send` (false: the receiver has gone).
-fn stream_to(mut send: impl FnMut(&[u8]) -> bool, ssrc: u32, done: Arc<AtomicBool>) {
+/// As [`stream_udp`], each RTP packet handed to `send` (false: the receiver has gone).
+fn stream_to(
+    source: &[&str],
+    mut send: impl FnMut(&[u8]) -> bool,
+    ssrc: u32,
+    done: Arc<AtomicBool>,
+) {
     let mut gst = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "is-live=true",
-            "pattern=ball",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=15/1",
-            "!",
-            "x264enc",
-            "tune=zerolatency",
-            "key-int-max=15",
-            "!",
-            "mpegpsmux",
-            "!",
-            "fdsink",
-            "fd=1",
-        ])
+        .arg("-q")
+        .args(source)
+        .args(["!", "fdsink", "fd=1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -203,15 +217,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// The endpoint and the media receiver record from their own threads: a global recorder,
-/// one for the process.
+/// one for the process, the one `skynet::pipeline::run` installs (and finds installed).
 fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
         skynet_ingest::init().unwrap();
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .unwrap()
+        skynet_serve::install_metrics().unwrap()
     })
 }
 
@@ -608,6 +620,7 @@ fn a_silent_lower_platform_goes_offline_and_its_channel_comes_back_when_it_regis
 fn stream_tcp(mut stream: std::net::TcpStream, ssrc: u32, done: Arc<AtomicBool>) {
     use std::io::Write as _;
     stream_to(
+        TEST_PATTERN,
         move |pkt: &[u8]| stream.write_all(&rtp::frame_rfc4571(pkt)).is_ok(),
         ssrc,
         done,
@@ -671,6 +684,147 @@ fn media_over_tcp_passive_and_active_is_decoded() {
     done.store(true, Ordering::Relaxed);
     streamer.join().unwrap();
     h.finish();
+}
+
+/// Issue 27's test: the whole pipeline (the real YOLOX nano detector, the zone rule, the
+/// outbox) over a GB/T 28181 channel whose lower platform streams vtest.avi as PS over RTP
+/// in real time finds the people on the walkway, as over RTSP: the zone rule's incident is
+/// stored for the channel's camera (its 20-digit id).
+#[test]
+fn the_pipeline_finds_people_in_vtest_over_a_gb28181_channel() {
+    let _serial = serial();
+    recorder();
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let sip = common::free_port();
+    let media = common::free_port().port();
+    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
+    let head = base.split("\n[[cameras]]").next().unwrap();
+    let walkway = common::WALKWAY;
+    let text = format!(
+        r#"{head}
+[[platforms]]
+kind = "gb28181"
+id = "{ME}"
+domain = "{DOMAIN}"
+listen = "{sip}"
+password = "secret-pw"
+owner = "city_management"
+keepalive_timeout_s = 60
+media_ports = "{media}-{media}"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+
+  [[platforms.channels]]
+  id = "{CHANNEL}"
+  grid = "G-0102"
+
+    [[platforms.channels.zones]]
+    name = "zone"
+    polygon = {walkway}
+
+    [[platforms.channels.rules]]
+    name = "zone-rule"
+    kind = "zone_intrusion"
+    zone = "zone"
+    labels = ["person"]
+    min_frames = 3
+    cooldown_s = 2.0
+"#
+    );
+    let config = common::pipeline_config(dir.path(), &text);
+    assert_eq!(config.cameras.len(), 1, "the channel is the only camera");
+    // The endpoint listens before the lower platform registers (the pipeline's start of it
+    // finds it running).
+    config.platforms[0].config.start().unwrap();
+    let options = skynet::RunOptions::default();
+    let shutdown = options.shutdown.clone();
+    let vtest = format!("location={}", common::media("vtest.avi").display());
+    let vtest_ps: Vec<&str> = vec![
+        "filesrc",
+        &vtest,
+        "!",
+        "decodebin",
+        "!",
+        "videoconvert",
+        "!",
+        // In real time, as a camera sends it.
+        "clocksync",
+        "!",
+        "x264enc",
+        "tune=zerolatency",
+        "key-int-max=10",
+        "!",
+        "mpegpsmux",
+    ];
+    let outbox = dir.path().join("outbox.sqlite");
+    std::thread::scope(|scope| {
+        let pipeline = scope.spawn(|| skynet::pipeline::run(&config, options));
+
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut lower = Lower {
+            via: format!("UDP {}", socket.local_addr().unwrap()),
+            socket,
+            server: sip,
+            cseq: 0,
+        };
+        assert_eq!(lower.register_with("secret-pw"), 200);
+        let query = lower.next_request(Method::Message);
+        lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
+        let cam = CatalogItem {
+            device_id: CHANNEL.into(),
+            name: "东门".into(),
+            parental: Some(false),
+            ..Default::default()
+        };
+        lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+        let invite = lower.next_request(Method::Invite);
+        let (port, ssrc) = answer_invite(&lower, &invite, "m=video 15060 RTP/AVP 96");
+        assert_eq!(port, media);
+        let done = Arc::new(AtomicBool::new(false));
+        let streamer = {
+            let done = Arc::clone(&done);
+            let to = SocketAddr::from(([127, 0, 0, 1], port));
+            scope.spawn(move || stream_udp(&vtest_ps, to, ssrc, done))
+        };
+
+        // The zone rule's incident for the channel's camera (or the pipeline ended on its
+        // own), then the pipeline stops.
+        let found = common::eventually(Duration::from_secs(60), || {
+            pipeline.is_finished()
+                || common::stored_events(dir.path())
+                    .iter()
+                    .any(|e| e.data.camera.as_str() == CHANNEL)
+        });
+        shutdown.trigger();
+        done.store(true, Ordering::Relaxed);
+        streamer.join().unwrap();
+        let summary = pipeline.join().unwrap().unwrap();
+        assert!(found, "no incident of {CHANNEL} within 60 s: {summary:?}");
+        assert!(summary.frames_analysed > 0, "{summary:?}");
+    });
+
+    let events = skynet_emit::Outbox::open(&outbox)
+        .unwrap()
+        .events()
+        .unwrap();
+    let incident = &events.first().expect("an incident").data;
+    assert_eq!(incident.camera.as_str(), CHANNEL);
+    assert_eq!(incident.category, "restricted_area_intrusion");
+    assert_eq!(incident.grid.as_str(), "G-0102");
+    assert_eq!(incident.owner, skynet_core::OwnerKind::CityManagement);
+    assert_eq!(incident.rule.zone.as_deref(), Some("zone"));
+    assert!(
+        !incident.detections.is_empty()
+            && incident
+                .detections
+                .iter()
+                .all(|d| d.label == "person" && d.score >= 0.5),
+        "{incident:#?}"
+    );
+    assert!(events.iter().all(|e| e.data.camera.as_str() == CHANNEL));
 }
 
 fn platform_config(platform: &str) -> String {
