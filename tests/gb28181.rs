@@ -40,6 +40,36 @@ struct Lower {
 }
 
 impl Lower {
+    /// A lower platform on a UDP socket of its own, talking to skynet's SIP endpoint at
+    /// `server`.
+    fn new(server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Lower {
+            via: format!("UDP {}", socket.local_addr().unwrap()),
+            socket,
+            server,
+            cseq: 0,
+        }
+    }
+
+    /// Registers with `password` (200), then answers skynet's catalog query with a GB2312
+    /// catalog holding the channel.
+    fn join(&mut self, password: &str) {
+        assert_eq!(self.register_with(password), 200);
+        let query = self.next_request(Method::Message);
+        self.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
+        let cam = CatalogItem {
+            device_id: CHANNEL.into(),
+            name: "东门".into(),
+            parental: Some(false),
+            ..Default::default()
+        };
+        self.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+    }
+
     fn recv(&self) -> Message {
         let mut buf = vec![0u8; 65_536];
         let n = self
@@ -267,28 +297,10 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     assert!(camera.is_live());
     config.platforms[0].config.start().unwrap();
 
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut lower = Lower {
-        via: format!("UDP {}", socket.local_addr().unwrap()),
-        socket,
-        server: sip,
-        cseq: 0,
-    };
+    let mut lower = Lower::new(sip);
     assert_eq!(lower.register_with("wrong"), 403);
-    assert_eq!(lower.register_with("secret-pw"), 200);
     // The catalog query comes; a GB2312 catalog answers it.
-    let query = lower.next_request(Method::Message);
-    lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
-    let cam = CatalogItem {
-        device_id: CHANNEL.into(),
-        name: "东门".into(),
-        parental: Some(false),
-        ..Default::default()
-    };
-    lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+    lower.join("secret-pw");
 
     // The channel's source INVITEs it (retried by the supervisor until the catalog is in).
     let delivery = FrameDelivery {
@@ -480,26 +492,8 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         .iter()
         .find(|c| c.id.as_str() == CHANNEL)
         .expect("the channel is a camera");
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut lower = Lower {
-        via: format!("UDP {}", socket.local_addr().unwrap()),
-        socket,
-        server: sip,
-        cseq: 0,
-    };
-    assert_eq!(lower.register_with("secret-pw"), 200);
-    let query = lower.next_request(Method::Message);
-    lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
-    let cam = CatalogItem {
-        device_id: CHANNEL.into(),
-        name: "东门".into(),
-        parental: Some(false),
-        ..Default::default()
-    };
-    lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+    let mut lower = Lower::new(sip);
+    lower.join("secret-pw");
     let delivery = FrameDelivery {
         max_size: Some((320, 240)),
         ..FrameDelivery::default()
@@ -760,26 +754,8 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     std::thread::scope(|scope| {
         let pipeline = scope.spawn(|| skynet::pipeline::run(&config, options));
 
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut lower = Lower {
-            via: format!("UDP {}", socket.local_addr().unwrap()),
-            socket,
-            server: sip,
-            cseq: 0,
-        };
-        assert_eq!(lower.register_with("secret-pw"), 200);
-        let query = lower.next_request(Method::Message);
-        lower.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
-        let cam = CatalogItem {
-            device_id: CHANNEL.into(),
-            name: "东门".into(),
-            parental: Some(false),
-            ..Default::default()
-        };
-        lower.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+        let mut lower = Lower::new(sip);
+        lower.join("secret-pw");
         let invite = lower.next_request(Method::Invite);
         let (port, ssrc) = answer_invite(&lower, &invite, "m=video 15060 RTP/AVP 96");
         assert_eq!(port, media);
