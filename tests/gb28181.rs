@@ -406,15 +406,11 @@ fn answer_invite(lower: &Lower, invite: &Message, media: &str) -> (u16, u32) {
 }
 
 /// Polls `cond` until it holds (30 s at most).
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waited 30 s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        common::eventually(Duration::from_secs(30), cond),
+        "waited 30 s for {what}"
+    );
 }
 
 /// The scripted lower platform's keepalives, every 500 ms while `alive`, until `quit`.

@@ -41,7 +41,10 @@ pub fn register(registry: &mut skynet_core::Registry) {
     registry.register::<gb28181::PlatformFamily, gb28181::Gb28181PlatformConfig>();
 }
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+/// `FrameOutput::queued` before any frame.
+const NONE_QUEUED: i64 = i64::MIN;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use skynet_core::{DeviceId, Frame, QueueClosed, Shutdown, StageQueue, Watermark};
@@ -85,8 +88,9 @@ pub struct FrameOutput {
     skipped: Arc<AtomicU64>,
     counters: Arc<OnceLock<OutputCounters>>,
     sent: AtomicBool,
-    /// Event time of the newest frame queued for detection (not one the gate skipped).
-    queued: Arc<Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
+    /// Event time, in microseconds since the epoch, of the newest frame queued for detection
+    /// (not one the gate skipped); `NONE_QUEUED` before any. An atomic: it is set per frame.
+    queued: Arc<AtomicI64>,
 }
 
 #[derive(Debug)]
@@ -108,7 +112,7 @@ impl FrameOutput {
             skipped: Arc::default(),
             counters: Arc::default(),
             sent: AtomicBool::new(false),
-            queued: Arc::default(),
+            queued: Arc::new(AtomicI64::new(NONE_QUEUED)),
         }
     }
 
@@ -174,7 +178,7 @@ impl FrameOutput {
         frame.info.skipped = self.skipped.load(Ordering::Relaxed);
         let at = frame.info.captured_at;
         let dropped = self.frames.send(frame)?;
-        *self.queued.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
+        self.queued.store(at.timestamp_micros(), Ordering::Relaxed);
         if dropped > 0 {
             counters.dropped_overload.increment(dropped as u64);
         }
@@ -199,7 +203,10 @@ impl FrameOutput {
     /// Event time of the newest frame queued for detection through any copy (a patrol waits
     /// for the rules stage to reach it before it closes a camera's look).
     pub fn last_queued(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        *self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+        match self.queued.load(Ordering::Relaxed) {
+            NONE_QUEUED => None,
+            micros => chrono::DateTime::from_timestamp_micros(micros),
+        }
     }
 
     /// Whether a frame has been sent through this copy.
