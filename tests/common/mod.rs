@@ -12,7 +12,7 @@ pub mod nats_server;
 pub use nats_server::PrivateNats;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -218,9 +218,10 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A loopback address for a server the test starts: see [`nats_server::spare_port`] for why
+/// it is not simply `bind(0)`.
 pub fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], nats_server::spare_port()))
 }
 
 /// The demo config with its outputs in `dir`, `camera` settings added to the demo camera,

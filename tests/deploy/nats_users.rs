@@ -7,7 +7,7 @@
 //! another role. A refusal is the server's permissions violation for that subject, waited
 //! for as a condition.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use skynet_cluster::{ClusterConfig, Leases, Membership, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::common::nats_server::spare_port;
 use crate::common::{eventually, repo};
 
 /// Far above what any step takes; only a failure trips it.
@@ -28,13 +29,6 @@ const EDGE_PASSWORD: &str = "edge-pw-3c1f";
 const SCORER_PASSWORD: &str = "scorer-pw-9a2e";
 const CONSOLE_PASSWORD: &str = "console-pw-41bd";
 const CASE_SYSTEM_PASSWORD: &str = "case-pw-77d0";
-
-fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a spare port")
-        .port()
-}
 
 /// One nats-server running the committed cluster config, unclustered; killed when dropped.
 struct Server {

@@ -8,7 +8,7 @@
 //! the stream takes new publishes and serves every message. Every wait is for a condition
 //! under a guard; the times are printed, not asserted.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,12 +34,10 @@ const SCORER_PASSWORD: &str = "r3-test-scorer-pw";
 const BEFORE: usize = 20;
 const AFTER: usize = 20;
 
-fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a spare port")
-        .port()
-}
+// The tests' one allocator of spare ports (process-unique, below the ephemeral range).
+#[path = "../../../tests/common/nats_server.rs"]
+mod nats_server;
+use nats_server::spare_port;
 
 fn nats_server_bin() -> &'static str {
     // Debian puts it in /usr/sbin, which a non-root user's PATH may lack.
