@@ -58,16 +58,21 @@ impl Lower {
     /// Registers with `password` (200), then answers skynet's catalog query with a GB2312
     /// catalog holding the channel.
     fn join(&mut self, password: &str) {
-        assert_eq!(self.register_with(password), 200);
-        let query = self.next_request(Method::Message);
-        self.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
         let cam = CatalogItem {
             device_id: CHANNEL.into(),
             name: "东门".into(),
             parental: Some(false),
             ..Default::default()
         };
-        self.message(manscdp::catalog_response(1, LOWER, 1, &[cam]));
+        self.join_with(password, &[cam]);
+    }
+
+    /// As [`Self::join`], the catalog holding `items`.
+    fn join_with(&mut self, password: &str, items: &[CatalogItem]) {
+        assert_eq!(self.register_with(password), 200);
+        let query = self.next_request(Method::Message);
+        self.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
+        self.message(manscdp::catalog_response(1, LOWER, 1, items));
     }
 
     fn recv(&self) -> Message {
@@ -682,6 +687,32 @@ fn media_over_tcp_passive_and_active_is_decoded() {
 /// stored for the channel's camera (its 20-digit id).
 #[test]
 fn the_pipeline_finds_people_in_vtest_over_a_gb28181_channel() {
+    finds_people_in_vtest(Placement::Config);
+}
+
+/// A channel the config does not place (its table has zones and rules, no `grid`) is placed
+/// by its catalog position while running, and analysed as one the config places; a channel
+/// with no position is listed, not analysed.
+#[test]
+fn a_channel_placed_by_its_catalog_position_is_analysed_while_running() {
+    finds_people_in_vtest(Placement::Catalog);
+}
+
+/// Where the channel's cell comes from.
+#[derive(PartialEq)]
+enum Placement {
+    /// `grid = "G-0102"` in its `[[platforms.channels]]` table.
+    Config,
+    /// Its catalog `Longitude`/`Latitude`, inside G-0102.
+    Catalog,
+}
+
+/// Inside G-0102 of configs/demo-grids.geojson.
+const G_0102_POSITION: (f64, f64) = (114.052, 22.5425);
+/// A second channel of the catalog, with no position.
+const UNPLACED: &str = "34020000001320000002";
+
+fn finds_people_in_vtest(placement: Placement) {
     let _serial = serial();
     recorder();
     let _ = common::runtime();
@@ -691,6 +722,10 @@ fn the_pipeline_finds_people_in_vtest_over_a_gb28181_channel() {
     let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
     let head = base.split("\n[[cameras]]").next().unwrap();
     let walkway = common::WALKWAY;
+    let grid = match placement {
+        Placement::Config => "grid = \"G-0102\"",
+        Placement::Catalog => "",
+    };
     let text = format!(
         r#"{head}
 [[platforms]]
@@ -706,7 +741,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
 
   [[platforms.channels]]
   id = "{CHANNEL}"
-  grid = "G-0102"
+  {grid}
 
     [[platforms.channels.zones]]
     name = "zone"
@@ -719,10 +754,33 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     labels = ["person"]
     min_frames = 3
     cooldown_s = 2.0
+
+  [[platforms.channels]]
+  id = "{UNPLACED}"
 "#
     );
     let config = common::pipeline_config(dir.path(), &text);
-    assert_eq!(config.cameras.len(), 1, "the channel is the only camera");
+    match placement {
+        Placement::Config => assert_eq!(config.cameras.len(), 1, "the channel is the only camera"),
+        Placement::Catalog => assert!(config.cameras.is_empty(), "placed while running"),
+    }
+    let position = (placement == Placement::Catalog).then_some(G_0102_POSITION);
+    let items = [
+        CatalogItem {
+            device_id: CHANNEL.into(),
+            name: "东门".into(),
+            parental: Some(false),
+            longitude: position.map(|p| p.0),
+            latitude: position.map(|p| p.1),
+            ..Default::default()
+        },
+        CatalogItem {
+            device_id: UNPLACED.into(),
+            name: "西门".into(),
+            parental: Some(false),
+            ..Default::default()
+        },
+    ];
     // The endpoint listens before the lower platform registers (the pipeline's start of it
     // finds it running).
     config.platforms[0].config.start().unwrap();
@@ -751,8 +809,16 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         let pipeline = scope.spawn(|| skynet::pipeline::run(&config, options));
 
         let mut lower = Lower::new(sip);
-        lower.join("secret-pw");
+        lower.join_with("secret-pw", &items);
         let invite = lower.next_request(Method::Invite);
+        // The placed channel's, never the one without a position.
+        assert!(
+            invite
+                .header("Subject")
+                .is_some_and(|s| s.starts_with(CHANNEL)),
+            "{:?}",
+            invite.header("Subject")
+        );
         let (port, ssrc) = answer_invite(&lower, &invite, "m=video 15060 RTP/AVP 96");
         assert_eq!(port, media);
         let done = Arc::new(AtomicBool::new(false));
@@ -797,6 +863,10 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         "{incident:#?}"
     );
     assert!(events.iter().all(|e| e.data.camera.as_str() == CHANNEL));
+    if placement == Placement::Catalog {
+        let placed = format!("skynet_platform_channels_placed_total{{platform=\"{ME}\"}} 1\n");
+        assert!(recorder().render().contains(&placed), "{placed}");
+    }
 }
 
 fn platform_config(platform: &str) -> String {
@@ -918,4 +988,18 @@ fn platform_tables_are_checked_where_they_are_written() {
         "{e}"
     );
     assert!(!e.contains("pw\""), "{e}");
+
+    // A channel left to its catalog position has its keys checked at load all the same,
+    // where they are written.
+    let unplaced = format!(
+        "{}\n  [[platforms.channels]]\n  id = \"34020000001320000001\"\n  fps = 0\n",
+        PLATFORM.replace("channels = [\"34020000001320000009\"]\n", "")
+    );
+    let text = platform_config(&unplaced);
+    let e = error_for(&text);
+    assert!(e.contains("fps"), "{e}");
+    assert!(
+        e.starts_with(&format!("bad.toml:{}:", line_of(&text, "fps = 0"))),
+        "{e}"
+    );
 }

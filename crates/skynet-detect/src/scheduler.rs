@@ -221,6 +221,10 @@ pub struct InferenceWorker<C: FrameCounts> {
     pub counters: Arc<C>,
     /// How long a batch waits to fill once its first frame is taken.
     pub max_wait: Duration,
+    /// Cameras added while running (a platform channel placed by its catalog position):
+    /// taken between batches. While it is open the worker waits for them, even with no
+    /// camera yet; once it is closed the worker ends with its last camera.
+    pub joining: Option<crossbeam_channel::Receiver<CameraInput>>,
 }
 
 /// What became of a detection call for one frame.
@@ -235,7 +239,16 @@ impl<C: FrameCounts> InferenceWorker<C> {
     pub fn run(mut self) {
         // Where the next sweep for a batch starts, so no camera is always first.
         let mut cursor = 0;
-        while !self.inputs.is_empty() {
+        loop {
+            // (Appended: the indices of the cameras already served stay as they are.)
+            let joining = self.take_joining();
+            if self.inputs.is_empty() {
+                if !joining {
+                    break;
+                }
+                std::thread::sleep(POLL);
+                continue;
+            }
             let mut select = Select::new();
             for input in &self.inputs {
                 select.recv(input.frames.channel());
@@ -262,6 +275,23 @@ impl<C: FrameCounts> InferenceWorker<C> {
             }
             if !batch.is_empty() && !self.detect(batch) {
                 return;
+            }
+        }
+    }
+
+    /// Takes the cameras added since the last call; true while more may come.
+    fn take_joining(&mut self) -> bool {
+        let Some(joining) = &self.joining else {
+            return false;
+        };
+        loop {
+            match joining.try_recv() {
+                Ok(input) => self.inputs.push(input),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => {
+                    self.joining = None;
+                    return false;
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,33 @@ pub trait BuildPlatform: std::fmt::Debug + Send + Sync {
     fn live(&self) -> PlatformLive {
         PlatformLive::default()
     }
+    /// The camera channels of the lower platforms' latest catalogs, by channel id.
+    fn catalog(&self) -> Vec<CatalogChannel> {
+        Vec::new()
+    }
+    /// Goes up whenever a catalog brings a change to [`Self::catalog`]: a cheap check of
+    /// whether to read it again.
+    fn catalog_generation(&self) -> u64 {
+        0
+    }
+}
+
+/// One camera channel of a lower platform's latest catalog.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CatalogChannel {
+    /// The 20-digit channel id.
+    pub id: String,
+    /// The catalog's `Name`.
+    pub name: String,
+    /// The lower platform that listed it.
+    pub lower: String,
+    /// `online`, `offline` or `unknown`, as the catalog says.
+    pub status: &'static str,
+    /// The catalog's `Longitude`/`Latitude` (WGS 84 degrees); `None` when absent or 0.
+    pub longitude: Option<f64>,
+    pub latitude: Option<f64>,
+    /// The config wants it: `channels = "all"`, or listed.
+    pub wanted: bool,
 }
 
 /// A platform's live figures, for the console's Sources view.
@@ -438,6 +465,16 @@ impl BuildPlatform for Gb28181Platform {
         runtime.map_or_else(PlatformLive::default, |rt| rt.sink.live())
     }
 
+    fn catalog(&self) -> Vec<CatalogChannel> {
+        self.running_sink()
+            .map_or_else(Vec::new, |sink| sink.catalog())
+    }
+
+    fn catalog_generation(&self) -> u64 {
+        self.running_sink()
+            .map_or(0, |sink| sink.generation.load(Ordering::Acquire))
+    }
+
     fn channel_source(&self, channel: &str) -> Arc<dyn BuildSource> {
         Arc::new(ChannelConfig {
             platform: self.clone(),
@@ -447,6 +484,16 @@ impl BuildPlatform for Gb28181Platform {
 }
 
 impl Gb28181Platform {
+    /// The running endpoint's state, if it has started (never starts it).
+    fn running_sink(&self) -> Option<Arc<EventSink>> {
+        self.inner
+            .runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|rt| Arc::clone(&rt.sink))
+    }
+
     /// The running endpoint, started on the first call.
     fn runtime(&self) -> Result<Arc<Runtime>, String> {
         let mut slot = self
@@ -638,8 +685,9 @@ struct State {
     calls: HashMap<String, String>,
     /// The lower platforms that went offline and why (until they are back).
     offline: HashMap<String, String>,
-    /// Camera channels in each lower platform's latest catalog.
-    listed: HashMap<String, usize>,
+    /// Camera channels in each lower platform's latest catalog, by lower platform (kept
+    /// while it is offline; its next full catalog replaces them).
+    catalogs: HashMap<String, Vec<CatalogChannel>>,
 }
 
 /// A running endpoint: commands in, the state its events keep. Dropping it stops the
@@ -753,6 +801,8 @@ struct EventSink {
     health: Arc<OnceLock<ComponentHealth>>,
     /// An analysed channel is configured: a lower platform is expected to register.
     expects_lower: bool,
+    /// Goes up whenever a catalog changes [`Self::catalog`].
+    generation: AtomicU64,
 }
 
 fn offline_reason(reason: &skynet_gb28181::registrar::OfflineReason) -> &'static str {
@@ -771,8 +821,18 @@ impl EventSink {
         lower_online.sort();
         PlatformLive {
             lower_online,
-            channels_listed: st.listed.values().sum(),
+            channels_listed: st.catalogs.values().map(Vec::len).sum(),
         }
+    }
+
+    /// Every lower platform's latest catalog channels, sorted by channel id (then lower
+    /// platform, for a channel two lower platforms list).
+    fn catalog(&self) -> Vec<CatalogChannel> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<CatalogChannel> = st.catalogs.values().flatten().cloned().collect();
+        drop(st);
+        all.sort_by(|a, b| a.id.cmp(&b.id).then_with(|| a.lower.cmp(&b.lower)));
+        all
     }
 
     /// The endpoint runs: the platform's state from its lower platforms. Up while every
@@ -842,6 +902,7 @@ impl EventSink {
             }
             ServerEvent::Catalog { platform, catalog } => {
                 let mut counts: HashMap<&'static str, u64> = HashMap::new();
+                let mut channels: Vec<CatalogChannel> = Vec::new();
                 for item in catalog.cameras() {
                     *counts.entry(status_label(item.status)).or_default() += 1;
                     let wanted = w.all || w.configured.contains(&item.device_id);
@@ -859,9 +920,14 @@ impl EventSink {
                         st.channel_platform
                             .insert(item.device_id.clone(), platform.clone());
                     }
+                    channels.push(catalog_channel(item, &platform, wanted));
                 }
-                st.listed
-                    .insert(platform.clone(), counts.values().sum::<u64>() as usize);
+                channels.sort_by(|a, b| a.id.cmp(&b.id));
+                channels.dedup_by(|a, b| a.id == b.id);
+                if st.catalogs.get(&platform) != Some(&channels) {
+                    st.catalogs.insert(platform.clone(), channels);
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 for status in ["online", "offline", "unknown"] {
                     metrics::gauge!("skynet_platform_channels", "platform" => platform.clone(), "status" => status)
                         .set(counts.get(status).copied().unwrap_or(0) as f64);
@@ -911,6 +977,21 @@ impl EventSink {
         if registrar {
             self.report_health();
         }
+    }
+}
+
+/// A catalog's camera item as [`BuildPlatform::catalog`] lists it.
+fn catalog_channel(item: &manscdp::CatalogItem, lower: &str, wanted: bool) -> CatalogChannel {
+    // (0 is how many platforms write "no position".)
+    let degrees = |v: Option<f64>| v.filter(|d| d.is_finite() && *d != 0.0);
+    CatalogChannel {
+        id: item.device_id.clone(),
+        name: item.name.clone(),
+        lower: lower.to_string(),
+        status: status_label(item.status),
+        longitude: degrees(item.longitude),
+        latitude: degrees(item.latitude),
+        wanted,
     }
 }
 
@@ -1245,6 +1326,134 @@ mod tests {
         assert!(st.ended.contains("call-1"));
     }
 
+    fn item(id: &str, name: &str, status: ItemStatus, position: Option<(f64, f64)>) -> CatalogItem {
+        CatalogItem {
+            device_id: id.into(),
+            name: name.into(),
+            status,
+            longitude: position.map(|p| p.0),
+            latitude: position.map(|p| p.1),
+            ..Default::default()
+        }
+    }
+
+    fn catalog_of(lower: &str, items: Vec<CatalogItem>) -> ServerEvent {
+        ServerEvent::Catalog {
+            platform: lower.into(),
+            catalog: Catalog {
+                device_id: lower.into(),
+                sn: 1,
+                items,
+            },
+        }
+    }
+
+    #[test]
+    fn the_catalog_snapshot_keeps_each_lower_platforms_latest_channels_and_counts_changes() {
+        let sink = EventSink::default();
+        let w = wiring(false);
+        let other_lower = "34020000002000000003";
+        let cam2 = "34020000001320000002";
+        let cam3 = "34020000001310000003";
+        assert!(sink.catalog().is_empty());
+        assert_eq!(sink.generation.load(Ordering::Acquire), 0);
+
+        let first = vec![
+            item(cam2, "Gate", ItemStatus::Off, Some((0.0, 0.0))),
+            item(CAM, "Walkway", ItemStatus::On, Some((116.397, 39.909))),
+            // A parent (a business group) is no camera.
+            item("34020000002150000001", "Group", ItemStatus::On, None),
+        ];
+        sink.handle(&w, catalog_of(LOWER, first.clone()));
+        assert_eq!(sink.generation.load(Ordering::Acquire), 1);
+        assert_eq!(
+            sink.catalog(),
+            vec![
+                CatalogChannel {
+                    id: CAM.into(),
+                    name: "Walkway".into(),
+                    lower: LOWER.into(),
+                    status: "online",
+                    longitude: Some(116.397),
+                    latitude: Some(39.909),
+                    wanted: true,
+                },
+                CatalogChannel {
+                    id: cam2.into(),
+                    name: "Gate".into(),
+                    lower: LOWER.into(),
+                    status: "offline",
+                    // 0, 0: no position.
+                    longitude: None,
+                    latitude: None,
+                    wanted: false,
+                },
+            ]
+        );
+
+        // The periodic identical catalog changes nothing.
+        sink.handle(&w, catalog_of(LOWER, first.into_iter().rev().collect()));
+        assert_eq!(sink.generation.load(Ordering::Acquire), 1);
+
+        // Another lower platform's catalog adds its channels, sorted in by id.
+        sink.handle(
+            &w,
+            catalog_of(
+                other_lower,
+                vec![item(cam3, "Hall", ItemStatus::Unknown, None)],
+            ),
+        );
+        assert_eq!(sink.generation.load(Ordering::Acquire), 2);
+        let ids: Vec<(String, String)> = sink
+            .catalog()
+            .into_iter()
+            .map(|c| (c.id, c.lower))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                (cam3.to_string(), other_lower.to_string()),
+                (CAM.to_string(), LOWER.to_string()),
+                (cam2.to_string(), LOWER.to_string()),
+            ]
+        );
+        assert_eq!(sink.live().channels_listed, 3);
+
+        // A full catalog replaces that lower platform's list: a status change counts.
+        sink.handle(
+            &w,
+            catalog_of(LOWER, vec![item(CAM, "Walkway", ItemStatus::Off, None)]),
+        );
+        assert_eq!(sink.generation.load(Ordering::Acquire), 3);
+        let mine: Vec<CatalogChannel> = sink
+            .catalog()
+            .into_iter()
+            .filter(|c| c.lower == LOWER)
+            .collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].status, "offline");
+        assert_eq!(mine[0].longitude, None);
+
+        // Going offline keeps the list, as the catalog said.
+        sink.handle(
+            &w,
+            ServerEvent::Registrar(RegistrarEvent::Offline {
+                id: LOWER.into(),
+                reason: OfflineReason::KeepaliveTimeout,
+            }),
+        );
+        assert_eq!(sink.catalog().len(), 2);
+        assert_eq!(sink.generation.load(Ordering::Acquire), 3);
+
+        // `channels = "all"`: every channel is wanted.
+        let all = EventSink::default();
+        all.handle(
+            &wiring(true),
+            catalog_of(LOWER, vec![item(cam2, "Gate", ItemStatus::On, None)]),
+        );
+        assert!(all.catalog()[0].wanted);
+    }
+
     #[test]
     fn the_platform_reports_its_lower_platforms_in_the_health_table() {
         let table = skynet_core::Health::new();
@@ -1313,6 +1522,8 @@ mod tests {
         );
         assert!(!reason.contains("pw"), "{reason}");
         assert_eq!(p.live(), PlatformLive::default());
+        assert!(p.catalog().is_empty());
+        assert_eq!(p.catalog_generation(), 0);
     }
 
     fn config(text: &str) -> Result<Gb28181Platform, FieldError> {

@@ -10,8 +10,12 @@
 //!   intake on every node sharing the volume; the body and `skynet_disk_free_bytes` carry
 //!   the alarm.
 //!
-//! With `[metrics] auth_token`, `/metrics` and `/readyz` need `Authorization: Bearer
-//! <token>` (401 without); `/healthz` stays open for liveness probes.
+//! - `/platforms`: `{"platforms": [...]}`, one JSON report per video platform the pipeline
+//!   registered in [`PlatformReports`] (`skynet platforms list` reads it); this crate does
+//!   not look inside them.
+//!
+//! With `[metrics] auth_token`, `/metrics`, `/readyz` and `/platforms` need `Authorization:
+//! Bearer <token>` (401 without); `/healthz` stays open for liveness probes.
 //!
 //! The people's console (the API under `/api/v1` and the web console at `/`) is served on a
 //! listener of its own, `[api] listen`: see [`console`]. Both listeners run the accept loop
@@ -80,10 +84,55 @@ pub fn install_metrics() -> Result<PrometheusHandle, ServeError> {
     Ok(handle)
 }
 
+/// One platform's report for `/platforms`, made when it is asked for.
+pub type PlatformReport = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What `/platforms` lists: the reports the pipeline registers, one per platform, in the
+/// order registered. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct PlatformReports(Arc<Mutex<Registered>>);
+
+/// The registered reports, by platform id.
+type Registered = Vec<(String, Arc<PlatformReport>)>;
+
+impl std::fmt::Debug for PlatformReports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformReports")
+            .field("registered", &self.lock().len())
+            .finish()
+    }
+}
+
+impl PlatformReports {
+    /// Adds platform `id`'s report to `/platforms`, in place of one registered before under
+    /// that id (a pipeline run again on the same services).
+    pub fn register(&self, id: impl Into<String>, report: PlatformReport) {
+        let id = id.into();
+        let mut reports = self.lock();
+        match reports.iter_mut().find(|(known, _)| *known == id) {
+            Some(slot) => slot.1 = Arc::new(report),
+            None => reports.push((id, Arc::new(report))),
+        }
+    }
+
+    /// Every registered report, made now.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        // (Made outside the lock: a report may take its own locks.)
+        let reports: Vec<Arc<PlatformReport>> =
+            self.lock().iter().map(|(_, r)| Arc::clone(r)).collect();
+        reports.iter().map(|report| report()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
     health: Health,
+    platforms: PlatformReports,
 }
 
 /// The routes, for serving or for tests.
@@ -91,15 +140,27 @@ pub fn router(metrics: PrometheusHandle, health: Health) -> Router {
     router_with_token(metrics, health, None)
 }
 
-/// The routes; with `auth_token`, `/metrics` and `/readyz` need it as a bearer token.
+/// The routes; with `auth_token`, `/metrics`, `/readyz` and `/platforms` need it as a
+/// bearer token.
 pub fn router_with_token(
     metrics: PrometheusHandle,
     health: Health,
     auth_token: Option<skynet_core::Secret>,
 ) -> Router<()> {
+    ops_router(metrics, health, PlatformReports::default(), auth_token)
+}
+
+/// [`router_with_token`], with the platforms `/platforms` lists.
+pub fn ops_router(
+    metrics: PrometheusHandle,
+    health: Health,
+    platforms: PlatformReports,
+    auth_token: Option<skynet_core::Secret>,
+) -> Router<()> {
     let guarded = Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/platforms", get(platforms_route));
     let guarded = match auth_token {
         Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
             Arc::new(digest(token.expose().as_bytes())),
@@ -110,7 +171,11 @@ pub fn router_with_token(
     // Added after the layer: liveness probes need no token.
     guarded
         .route("/healthz", get(healthz))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState {
+            metrics,
+            health,
+            platforms,
+        })
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -189,6 +254,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (code, axum::Json(Readiness { status, report }))
 }
 
+/// `/platforms`: every registered platform's report, made now.
+async fn platforms_route(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "platforms": state.platforms.reports() }))
+}
+
 /// Binds `listen` now, so a taken port fails at start-up with a clear error.
 pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
     let listener = std::net::TcpListener::bind(listen).map_err(|source| ServeError::Bind {
@@ -219,14 +289,34 @@ pub async fn serve(
     auth_token: Option<skynet_core::Secret>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_ops(
+        listener,
+        metrics,
+        health,
+        PlatformReports::default(),
+        auth_token,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the platforms `/platforms` lists.
+pub async fn serve_ops(
+    listener: std::net::TcpListener,
+    metrics: PrometheusHandle,
+    health: Health,
+    platforms: PlatformReports,
+    auth_token: Option<skynet_core::Secret>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
     let bound = listener.local_addr().map_err(ServeError::Serve)?;
-    tracing::info!(addr = %bound, token = auth_token.is_some(), "serving /metrics, /healthz and /readyz");
+    tracing::info!(addr = %bound, token = auth_token.is_some(), "serving /metrics, /healthz, /readyz and /platforms");
     let unspecified = bound.ip().is_unspecified();
     if unspecified && auth_token.is_none() {
         tracing::warn!(addr = %bound, "the metrics listener is on every address with no [metrics] auth_token: any Host is answered, so a DNS-rebinding page can read /metrics and /readyz; set auth_token or listen on one address");
     }
-    let app = router_with_token(metrics, health, auth_token);
+    let app = ops_router(metrics, health, platforms, auth_token);
     let app = if unspecified {
         app
     } else {
@@ -340,7 +430,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "skynet_metrics_unauthorized_total",
-        "Requests to /metrics or /readyz without the [metrics] auth_token."
+        "Requests to /metrics, /readyz or /platforms without the [metrics] auth_token."
     );
     describe_gauge!(
         "skynet_api_live_clients",
@@ -552,6 +642,71 @@ mod readyz_tests {
             (code, body["status"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
         );
+    }
+
+    async fn get(router: Router, path: &str, token: Option<&str>) -> (StatusCode, Vec<u8>) {
+        let mut request = axum::http::Request::get(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = router
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, body.to_vec())
+    }
+
+    #[tokio::test]
+    async fn platforms_lists_the_registered_reports_made_when_asked_and_needs_the_token() {
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let platforms = PlatformReports::default();
+        let app = |token: Option<&str>| {
+            ops_router(
+                metrics.clone(),
+                Health::new(),
+                platforms.clone(),
+                token.map(skynet_core::Secret::from),
+            )
+        };
+        let (code, body) = get(app(None), "/platforms", None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({ "platforms": [] })
+        );
+        let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&asked);
+        // Registered twice under one id (a pipeline run again): listed once, the last.
+        platforms.register(
+            "34020000002000000001",
+            Box::new(|| serde_json::json!({ "id": "34020000002000000001", "asked": 0 })),
+        );
+        platforms.register(
+            "34020000002000000001",
+            Box::new(move || {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                serde_json::json!({ "id": "34020000002000000001", "asked": n })
+            }),
+        );
+        let (code, body) = get(app(Some("s3cret")), "/platforms", None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
+        let (code, _) = get(app(Some("s3cret")), "/platforms", Some("wrong")).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let (code, body) = get(app(Some("s3cret")), "/platforms", Some("s3cret")).await;
+        assert_eq!(code, StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["platforms"][0]["id"], "34020000002000000001");
+        assert_eq!(body["platforms"][0]["asked"], 1);
+        let (_, body) = get(app(None), "/platforms", None).await;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["platforms"][0]["asked"], 2);
+        assert_eq!(body["platforms"].as_array().unwrap().len(), 1);
     }
 
     /// A `[[platforms]]` entry is a component like a camera: waiting for its lower platform

@@ -110,6 +110,21 @@ impl SnapshotStage {
         })
     }
 
+    /// A camera that joined while running (a platform channel placed by its catalog
+    /// position): its zones are drawn and its privacy masks blurred as a configured one's.
+    pub fn add_camera(
+        &mut self,
+        id: DeviceId,
+        zones: Vec<Zone>,
+        privacy_masks: Vec<Vec<[f64; 2]>>,
+    ) {
+        self.cameras.entry(id).or_insert(CameraView {
+            zones,
+            privacy_masks,
+            latest: None,
+        });
+    }
+
     /// Keeps `image` as the camera's latest, replacing the one before. The rules stage
     /// calls it for frames that led to an observation: only those can bring an incident
     /// new detections, also in a revision that comes out later (at a flush).

@@ -322,6 +322,9 @@ pub struct PipelineConfig {
     pub patrols: Vec<skynet_ingest::patrol::PatrolConfig>,
     /// `[[platforms]]`: their analysed channels are in `cameras` (id: the channel's id).
     pub platforms: Vec<PlatformSpec>,
+    /// With `[[platforms]]`: the cameras of channels placed while running, by their
+    /// catalog position.
+    pub catalog_cameras: Option<Arc<CatalogCameras>>,
 }
 
 /// A configured platform: its kind and its validated config.
@@ -742,6 +745,12 @@ fn validate(
         cameras.push(spec);
     }
     let platforms = validate_platforms(at, &cx, &file.platforms, registry)?;
+    let detect_cx = CameraDetectContext {
+        model: model.as_ref(),
+        classes: &detect.classes,
+        threshold: f64::from(detect.options.threshold),
+        owner_classes: &detect.owner_classes,
+    };
     for (platform, table) in platforms.iter().zip(&file.platforms) {
         let region = at.table_region(&table.span());
         let mut nth_table = 0;
@@ -756,40 +765,55 @@ fn validate(
                 .map(|r| r.start..r.start + at.text[r].find('\n').unwrap_or(0))
                 .unwrap_or(table.span());
             nth_table += 1;
-            if !channel.is_analysed() {
-                continue;
-            }
-            let mut camera = camera_keys.clone();
-            camera.insert("id".into(), channel.id.clone().into());
-            camera.insert(
-                "owner".into(),
-                toml::Value::try_from(platform.config.owner())
-                    .unwrap_or_else(|_| toml::Value::String(String::new())),
-            );
-            // The common keys are checked as a camera's; the source is the platform's.
-            camera.insert("kind".into(), "gstreamer".into());
-            camera.insert("uri".into(), "fd://0".into());
-            let detect_cx = CameraDetectContext {
-                model: model.as_ref(),
-                classes: &detect.classes,
-                threshold: f64::from(detect.options.threshold),
-                owner_classes: &detect.owner_classes,
+            let placed = channel.is_analysed();
+            // A table without a cell is placed later, by the catalog's position: its keys
+            // are checked now (in some cell: where it lands changes nothing of theirs).
+            let some_cell = grids
+                .grids()
+                .first()
+                .map(|g| g.id.clone())
+                .or_else(|| grids.locate(0.0, 0.0).map(|c| c.id));
+            let grid = match (placed, &some_cell) {
+                (true, _) => None,
+                (false, Some(cell)) => Some(cell),
+                (false, None) => continue,
             };
-            let mut spec = validate_camera(
-                at,
+            let at_channel = ChannelAt { at, header };
+            let spec = channel_camera(
+                &at_channel,
                 &cx,
-                &Spanned::new(header.clone(), camera),
+                platform,
+                &channel.id,
+                Some(camera_keys),
+                grid,
                 &grids,
                 &detect_cx,
                 registry,
             )?;
-            spec.source = platform.config.channel_source(&channel.id);
+            if !placed {
+                continue;
+            }
             if cameras.iter().any(|c| c.id == spec.id) {
-                return Err(at.error(header, format!("camera id `{}` is used twice", spec.id)));
+                return Err(at.error(
+                    at_channel.header,
+                    format!("camera id `{}` is used twice", spec.id),
+                ));
             }
             cameras.push(spec);
         }
     }
+    let grids = Arc::new(grids);
+    let catalog_cameras = (!platforms.is_empty()).then(|| {
+        Arc::new(CatalogCameras {
+            path: at.path.to_path_buf(),
+            cx: cx.clone(),
+            grids: Arc::clone(&grids),
+            model: Arc::clone(&model),
+            classes: detect.classes.clone(),
+            threshold: f64::from(detect.options.threshold),
+            owner_classes: detect.owner_classes.clone(),
+        })
+    });
     let mut sensors: Vec<SensorConfig> = Vec::with_capacity(file.sensors.len());
     for sensor in &file.sensors {
         let region = at.table_region(&sensor.span());
@@ -824,7 +848,7 @@ fn validate(
         queue: detect.queue,
         classes: detect.classes,
         batch_wait: detect.max_wait,
-        grids: Arc::new(grids),
+        grids,
         risk,
         record_observations,
         outbox: outbox.path,
@@ -842,7 +866,130 @@ fn validate(
         evidence,
         patrols,
         platforms,
+        catalog_cameras,
     })
+}
+
+/// Where a platform channel's camera keys are: the file and the channel's table header.
+struct ChannelAt<'a> {
+    at: &'a Locator<'a>,
+    header: Range<usize>,
+}
+
+/// A platform channel's camera: its `[[platforms.channels]]` keys (if any) checked as a
+/// camera's, with the platform's owner, in `grid` when given (else where its keys place
+/// it), its source the platform's.
+#[allow(clippy::too_many_arguments)]
+fn channel_camera(
+    place: &ChannelAt<'_>,
+    cx: &ConfigContext,
+    platform: &PlatformSpec,
+    channel: &str,
+    keys: Option<&toml::Table>,
+    grid: Option<&GridId>,
+    grids: &GridMap,
+    detect: &CameraDetectContext<'_>,
+    registry: &Registry,
+) -> Result<CameraSpec, ConfigError> {
+    let mut camera = keys.cloned().unwrap_or_default();
+    camera.insert("id".into(), channel.into());
+    camera.insert(
+        "owner".into(),
+        toml::Value::try_from(platform.config.owner())
+            .unwrap_or_else(|_| toml::Value::String(String::new())),
+    );
+    if let Some(grid) = grid {
+        camera.remove("location");
+        camera.insert("grid".into(), grid.as_str().into());
+    }
+    // The common keys are checked as a camera's; the source is the platform's.
+    camera.insert("kind".into(), "gstreamer".into());
+    camera.insert("uri".into(), "fd://0".into());
+    let mut spec = validate_camera(
+        place.at,
+        cx,
+        &Spanned::new(place.header.clone(), camera),
+        grids,
+        detect,
+        registry,
+    )?;
+    spec.source = platform.config.channel_source(channel);
+    Ok(spec)
+}
+
+/// Builds, while running, the camera of a platform channel that the config does not place:
+/// the catalog's `Longitude`/`Latitude` found a cell for it. Its keys are those of its
+/// `[[platforms.channels]]` table (checked at load), else the defaults.
+#[derive(Debug)]
+pub struct CatalogCameras {
+    path: PathBuf,
+    cx: ConfigContext,
+    grids: Arc<GridMap>,
+    model: Arc<ModelManifest>,
+    classes: skynet_detect::ClassLimitsTable,
+    threshold: f64,
+    owner_classes: skynet_detect::OwnerClasses,
+}
+
+impl CatalogCameras {
+    /// The grid cell a catalog position falls in.
+    pub fn cell_at(&self, longitude: f64, latitude: f64) -> Option<GridId> {
+        self.grids.locate(longitude, latitude).map(|c| c.id)
+    }
+
+    /// Channel `channel` of `platform` as a camera in cell `grid`.
+    pub fn camera(
+        &self,
+        platform: &PlatformSpec,
+        channel: &str,
+        grid: &GridId,
+    ) -> Result<CameraSpec, ConfigError> {
+        let keys = platform
+            .config
+            .channels()
+            .iter()
+            .find(|c| c.id == channel)
+            .and_then(|c| c.camera.as_ref());
+        // Errors name the channel (the text is its keys as a table).
+        let path = self.path.with_file_name(format!(
+            "{} (catalog channel {channel})",
+            file_name(&self.path)
+        ));
+        let text = keys
+            .map(|k| toml::to_string(k).unwrap_or_default())
+            .unwrap_or_default();
+        let at = Locator {
+            path: &path,
+            text: &text,
+        };
+        let place = ChannelAt {
+            at: &at,
+            header: 0..0,
+        };
+        let detect = CameraDetectContext {
+            model: &self.model,
+            classes: &self.classes,
+            threshold: self.threshold,
+            owner_classes: &self.owner_classes,
+        };
+        channel_camera(
+            &place,
+            &self.cx,
+            platform,
+            channel,
+            keys,
+            Some(grid),
+            &self.grids,
+            &detect,
+            &crate::components::registry(),
+        )
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `[[platforms]]`: each read by its kind; skynet's ids on them unique.

@@ -146,13 +146,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PlatformsCommand {
-    /// The configured platforms and their channels: one line per platform
-    /// (`platform<TAB>kind<TAB>listen<TAB>owner<TAB>channels`), then one per configured channel
-    /// (`  channel<TAB>cell<TAB>analysed yes|no`). From the config only: a running node's
-    /// registrations and catalogs are in its logs and metrics.
+    /// The platforms and their channels, as the running node sees them (`GET /platforms` on
+    /// `[metrics] listen`, with its `auth_token`): one line per platform
+    /// (`platform<TAB>kind<TAB>listen<TAB>owner<TAB>state<TAB>N lower platform(s) online`),
+    /// then one per channel of the catalogs and the config
+    /// (`  channel<TAB>name<TAB>status<TAB>cell|-<TAB>analysed yes|no<TAB>placed by|-`).
+    /// When the node does not answer: the config's view
+    /// (`platform<TAB>kind<TAB>listen<TAB>owner<TAB>channels`, then
+    /// `  channel<TAB>cell<TAB>analysed yes|no`) and a note on stderr.
     List {
         #[arg(long, short)]
         config: PathBuf,
+        /// Print the node's JSON as it answers (needs the running node).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -425,8 +432,8 @@ fn main() -> ExitCode {
             what: OnvifCommand::Discover { wait_s },
         } => onvif_discover(wait_s),
         Command::Platforms {
-            what: PlatformsCommand::List { config },
-        } => platforms_list(&config),
+            what: PlatformsCommand::List { config, json },
+        } => platforms_list(&config, json),
     };
     match result {
         Ok(code) => code,
@@ -463,9 +470,149 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// `skynet platforms list`: the config's view of each platform and its channels.
-fn platforms_list(config: &Path) -> Result<ExitCode> {
+/// `skynet platforms list`: what the running node reports of each platform and its
+/// channels (`GET /platforms`); the config's view when the node does not answer.
+fn platforms_list(config: &Path, json: bool) -> Result<ExitCode> {
     let c = PipelineConfig::load(config)?;
+    let why_offline = match c.metrics_listen {
+        None => "the config has no [metrics] listen to ask a running node at".to_string(),
+        Some(listen) => match ask_node_platforms(listen, c.metrics_auth_token.as_ref())? {
+            NodeAnswer::Platforms(body) => {
+                if json {
+                    println!("{body}");
+                } else {
+                    print_node_platforms(&body);
+                    eprintln!(
+                        "{} platform(s), from the node at {listen}",
+                        body["platforms"].as_array().map_or(0, Vec::len)
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            NodeAnswer::Silent(why) => format!("the node at {listen} did not answer ({why})"),
+        },
+    };
+    if json {
+        anyhow::bail!("{why_offline}: --json needs the running node");
+    }
+    eprintln!("{why_offline}, so this is the config's view");
+    platforms_config_view(&c);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a node's `/platforms` gave.
+enum NodeAnswer {
+    /// Its JSON (`{"platforms": [...]}`).
+    Platforms(serde_json::Value),
+    /// No answer, or not one to list (why, in words).
+    Silent(String),
+}
+
+/// `GET http://LISTEN/platforms` with `[metrics] auth_token`. A 401 is an error that names
+/// the token; no answer (nothing listening, a timeout, an older node without the route) is
+/// [`NodeAnswer::Silent`].
+fn ask_node_platforms(
+    listen: std::net::SocketAddr,
+    token: Option<&skynet_core::Secret>,
+) -> Result<NodeAnswer> {
+    // A node listening on every address is asked on loopback.
+    let mut at = listen;
+    if at.ip().is_unspecified() {
+        at.set_ip(match at {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    // (reqwest's rustls wants the process's provider, plain HTTP or not.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("could not make an HTTP client")?;
+    let mut request = client.get(format!("http://{at}/platforms"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = match request.send() {
+        Ok(response) => response,
+        Err(e) if e.is_connect() => return Ok(NodeAnswer::Silent("could not connect".into())),
+        Err(e) if e.is_timeout() => return Ok(NodeAnswer::Silent("timed out".into())),
+        Err(e) => return Ok(NodeAnswer::Silent(e.without_url().to_string())),
+    };
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        anyhow::bail!(
+            "the node at {listen} refused /platforms (401): {}",
+            match token {
+                Some(_) => "the config's [metrics] auth_token is not the node's",
+                None => "the node needs [metrics] auth_token, and this config has none",
+            }
+        );
+    }
+    if !status.is_success() {
+        return Ok(NodeAnswer::Silent(format!("HTTP {status} to /platforms")));
+    }
+    let body = response
+        .text()
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    match body {
+        Some(body) if body["platforms"].is_array() => Ok(NodeAnswer::Platforms(body)),
+        _ => Ok(NodeAnswer::Silent(
+            "/platforms gave no platform list".into(),
+        )),
+    }
+}
+
+/// The node's report as lines: one per platform, one indented per channel. What came from
+/// lower platforms (names) is shown with its control characters escaped.
+fn print_node_platforms(body: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v.as_str() {
+        Some(s) if !s.is_empty() => skynet_core::escape_control(s).into_owned(),
+        _ => "-".to_string(),
+    };
+    for platform in body["platforms"].as_array().into_iter().flatten() {
+        let state = match platform["reason"].as_str() {
+            Some(reason) => format!(
+                "{} ({})",
+                text(&platform["state"]),
+                skynet_core::escape_control(reason)
+            ),
+            None => text(&platform["state"]),
+        };
+        let online = platform["lower_platforms_online"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{online} lower platform(s) online",
+            text(&platform["id"]),
+            text(&platform["kind"]),
+            text(&platform["listen"]),
+            text(&platform["owner"]),
+            state,
+        );
+        for channel in platform["channels"].as_array().into_iter().flatten() {
+            println!(
+                "  {}\t{}\t{}\t{}\t{}\t{}",
+                text(&channel["id"]),
+                text(&channel["name"]),
+                text(&channel["status"]),
+                text(&channel["grid"]),
+                if channel["analysed"].as_bool() == Some(true) {
+                    "analysed yes"
+                } else {
+                    "analysed no"
+                },
+                text(&channel["placed_by"]),
+            );
+        }
+    }
+}
+
+/// The config's view of each platform and its configured channels.
+fn platforms_config_view(c: &PipelineConfig) {
     for platform in &c.platforms {
         let p = &platform.config;
         let channels = match p.all_channels() {
@@ -494,7 +641,6 @@ fn platforms_list(config: &Path) -> Result<ExitCode> {
         "{} platform(s), from the config; registrations and catalogs of a running node are in its logs and metrics",
         c.platforms.len()
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `skynet onvif discover`: one line per device, `url<TAB>name<TAB>hardware`.

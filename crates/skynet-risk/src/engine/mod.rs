@@ -109,6 +109,9 @@ pub trait RiskEngine: Send {
     fn take_changes(&mut self) -> EngineChanges;
     /// Restores the rows that [`take_changes`](Self::take_changes) wrote (on a fresh engine).
     fn restore_rows(&mut self, rows: &EngineRows) -> Result<(), RiskError>;
+    /// A device that joined while running (a platform channel placed by its catalog
+    /// position): its cell and owner, as the context gives those of configured devices.
+    fn add_device(&mut self, _device: DeviceInfo) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -415,6 +418,16 @@ impl GridRiskEngine {
 }
 
 impl RiskEngine for GridRiskEngine {
+    fn add_device(&mut self, device: DeviceInfo) {
+        if device.source.kind == SourceKind::Camera {
+            // Its alarms can be verified on video, as a configured camera's cell's.
+            self.camera_cells.insert(device.grid.clone());
+        }
+        self.context
+            .devices
+            .insert(device.source.id.clone(), device);
+    }
+
     fn open_incidents(&self) -> usize {
         self.open_count
     }

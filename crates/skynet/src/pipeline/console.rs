@@ -4,7 +4,7 @@
 //! status changes go back to the risk stage like the case system's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -164,10 +164,25 @@ pub(crate) struct Preview {
     /// a camera's live video), at the camera's analysis rate.
     console: Arc<Console>,
     offered: HashMap<DeviceId, Instant>,
+    /// What the drawing thread draws on each camera's frames (a camera not in it gets no
+    /// tile): the configured cameras, and those that join while running.
+    views: Arc<RwLock<HashMap<DeviceId, CameraDrawing>>>,
+}
+
+impl Preview {
+    /// A camera that joined while running: its tile is drawn with its zones and its privacy
+    /// masks blurred, as a configured camera's.
+    pub(crate) fn add_camera(&self, id: DeviceId, drawing: CameraDrawing) {
+        self.views
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_insert(drawing);
+    }
 }
 
 /// What is drawn on a camera's frames: its zones, and its privacy masks (blurred).
-type CameraDrawing = (Vec<Zone>, Vec<Vec<[f64; 2]>>);
+pub(crate) type CameraDrawing = (Vec<Zone>, Vec<Vec<[f64; 2]>>);
 
 /// How often a camera's tile on the console changes: the scheduler's period, shared.
 pub(crate) use skynet_detect::scheduler::PREVIEW_EVERY;
@@ -221,6 +236,8 @@ pub(crate) fn spawn_preview(
         .iter()
         .map(|c| (c.id.clone(), (c.zones.clone(), c.privacy_masks.clone())))
         .collect();
+    let views = Arc::new(RwLock::new(views));
+    let drawn = Arc::clone(&views);
     let publisher = Arc::clone(&console);
     let handle = std::thread::Builder::new()
         .name("console-preview".into())
@@ -236,14 +253,19 @@ pub(crate) fn spawn_preview(
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                 };
-                let Some((zones, masks)) = views.get(&frame.camera) else {
+                let Some((zones, masks)) = drawn
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&frame.camera)
+                    .cloned()
+                else {
                     continue;
                 };
                 let boxes = boxes_on_image(&frame.detections, frame.camera_size, &frame.image);
                 let annotations = Annotations {
                     detections: &boxes,
-                    zones,
-                    privacy_masks: masks,
+                    zones: &zones,
+                    privacy_masks: &masks,
                 };
                 let jpeg = render(&frame.image, annotations).and_then(|rgb| {
                     let mut jpeg = Vec::new();
@@ -269,6 +291,7 @@ pub(crate) fn spawn_preview(
             tx,
             console: publisher,
             offered: HashMap::new(),
+            views,
         },
         handle,
     ))

@@ -16,6 +16,7 @@
 //! restarts it; the state committed with the last revision lets it go on from there.
 
 mod cases;
+mod catalog;
 mod city_console;
 mod clips;
 mod cluster;
@@ -25,6 +26,7 @@ mod detect;
 mod edge;
 mod live;
 mod patrol;
+mod platforms;
 mod readings;
 mod reload;
 mod rules;
@@ -307,10 +309,16 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         )?),
         _ => None,
     };
+    // Platform channels placed by their catalog position join while running (a single
+    // node: an edge runs the cameras it holds the lease of, and a channel has none).
+    let catalog_cameras = config
+        .catalog_cameras
+        .as_ref()
+        .filter(|_| options.role == skynet_cluster::Role::All && cluster.is_none());
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
-        _ if config.cameras.is_empty() || is_scorer => Vec::new(),
+        _ if (config.cameras.is_empty() && catalog_cameras.is_none()) || is_scorer => Vec::new(),
         _ => build_detectors(config)?,
     };
     skynet_ingest::init()?;
@@ -319,6 +327,8 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     // its channels' sources retry it.
     // Each is a component of `/readyz` (`platform <id>`, kind `platform`) and a row of the
     // console's Sources view.
+    // The channels placed while running by their catalog position (`catalog.rs`).
+    let placed_channels = catalog::Placed::default();
     for platform in config.platforms.iter().filter(|_| !is_scorer) {
         let id = platform.config.id().to_string();
         platform
@@ -327,6 +337,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         if let Some(console) = &console {
             console::register_platform(console, platform);
         }
+        platforms::register_report(&services, platform, &config.cameras, &placed_channels);
         if let Err(error) = platform.config.start() {
             tracing::error!(platform = %platform.config.id(), %error, "platform endpoint did not start");
         }
@@ -408,9 +419,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         wait_for_shutdown.then(|| shutdown.clone()),
     )
     .with_camera_events(camera_events_rx);
-    // Hot reload: rebuilt rules reach the rules stage between frames.
+    // Hot reload's rebuilt rules, and cameras that join while running, reach the rules
+    // stage between frames.
     let mut rules_control = None;
-    if reload.is_some() {
+    if reload.is_some() || catalog_cameras.is_some() {
         let (control, control_rx) = crossbeam_channel::bounded(16);
         rules_and_risk = rules_and_risk.with_control(control_rx);
         rules_control = Some(control);
@@ -578,17 +590,17 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
 
     // Sources: one supervised thread and one queue per camera. Frames come scaled to the
     // model's input size, at each camera's analysis rate.
-    let (inputs, mut sources, restarts, patrol_runs) = start_cameras(
-        config,
-        watermarks,
-        console.as_ref(),
-        &camera_events,
-        &health,
-        &shutdown,
-        &counters,
-        camera_claims.as_ref(),
-        reload.is_some(),
-    )?;
+    let starter = CameraStarter {
+        config: Arc::new(config.clone()),
+        console: console.clone(),
+        camera_events: camera_events.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        counters: Arc::clone(&counters),
+        restartable: reload.is_some(),
+    };
+    let (inputs, mut sources, restarts, patrol_runs) =
+        start_cameras(&starter, config, watermarks, camera_claims.as_ref())?;
     // Patrols: one thread each, opening their cameras in rounds.
     sources.extend(patrol::start(
         config,
@@ -600,6 +612,31 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     drop(patrol_events);
     // Hot reload (`skynet run`): SIGHUP or the watched file; stops with the pipeline, and
     // hands each camera its stop signal (a restartable source has one of its own).
+    // Detection workers take the cameras that join while running from here.
+    let mut joining_inputs = Vec::new();
+    let mut joining = Vec::new();
+    if catalog_cameras.is_some() {
+        for _ in 0..detectors.len() {
+            let (tx, rx) = crossbeam_channel::bounded(64);
+            joining_inputs.push(tx);
+            joining.push(rx);
+        }
+    }
+    // Channels placed by their catalog position: cameras started while running.
+    let catalog = match (catalog_cameras, &rules_control) {
+        (Some(cameras), Some(rules)) => Some(catalog::start(catalog::CatalogPlacement {
+            platforms: config.platforms.clone(),
+            cameras: Arc::clone(cameras),
+            configured: config.cameras.iter().map(|c| c.id.clone()).collect(),
+            starter: starter.clone(),
+            rules: rules.clone(),
+            detectors: joining_inputs,
+            placed: placed_channels.clone(),
+            shutdown: shutdown.clone(),
+        })?),
+        _ => None,
+    };
+    drop(starter);
     let reloader = match (reload, rules_control) {
         (Some(options), Some(rules)) => Some(reload::start(reload::Reloader {
             options,
@@ -627,6 +664,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         config,
         detectors,
         &inputs,
+        joining,
         &analysed_queue,
         &health,
         &fatal,
@@ -642,6 +680,22 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             Err(panic) => {
                 tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
                 failed_cameras.push(camera);
+            }
+        }
+    }
+    if let Some(catalog) = catalog {
+        // A platform is a live source: its channels may join until the node is stopped.
+        while !shutdown.is_triggered() {
+            std::thread::sleep(POLL);
+        }
+        for (camera, handle) in catalog.stop() {
+            match handle.join() {
+                Ok(true) => {}
+                Ok(false) => failed_cameras.push(camera),
+                Err(panic) => {
+                    tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
+                    failed_cameras.push(camera);
+                }
             }
         }
     }
@@ -803,24 +857,59 @@ type Cameras = (
 /// Sources: one supervised thread and one queue per camera. Frames come scaled to the
 /// model's input size, at each camera's analysis rate. Returns the detect stage's inputs and
 /// the source threads.
-#[allow(clippy::too_many_arguments)]
 fn start_cameras(
+    starter: &CameraStarter,
     config: &PipelineConfig,
     watermarks: Vec<skynet_core::Watermark>,
-    console: Option<&Arc<skynet_serve::console::Console>>,
-    camera_events: &crossbeam_channel::Sender<CameraEvent>,
-    health: &skynet_core::Health,
-    shutdown: &Shutdown,
-    counters: &Arc<Counters>,
     claims: Option<&edge::CameraClaims>,
-    restartable: bool,
 ) -> Result<Cameras, PipelineError> {
-    let max_size = Some((config.model.input.width, config.model.input.height));
     let mut inputs = Vec::new();
     let mut sources: SourceThreads = Vec::new();
     let mut restarts = Vec::new();
     let mut patrol_runs = Vec::new();
     for (camera, watermark) in config.cameras.iter().zip(watermarks) {
+        let gate = claims.map(|c| c.gate(camera.id.as_str()));
+        let started = starter.start(camera, watermark, gate)?;
+        inputs.push(started.input);
+        restarts.push(started.restart);
+        sources.extend(started.source);
+        patrol_runs.extend(started.patrol);
+    }
+    Ok((inputs, sources, restarts, patrol_runs))
+}
+
+/// One camera started: the detect stage's input, and its source thread, or its patrol's
+/// run (opened for each visit).
+struct StartedCamera {
+    input: detect::CameraInput,
+    source: Option<(DeviceId, JoinHandle<bool>)>,
+    restart: Option<reload::SourceRestart>,
+    patrol: Option<patrol::PatrolCameraRun>,
+}
+
+/// What starting a camera needs: the configured cameras at the start, and a platform
+/// channel placed while running (`catalog.rs`).
+#[derive(Clone)]
+struct CameraStarter {
+    config: Arc<PipelineConfig>,
+    console: Option<Arc<skynet_serve::console::Console>>,
+    camera_events: crossbeam_channel::Sender<CameraEvent>,
+    health: skynet_core::Health,
+    shutdown: Shutdown,
+    counters: Arc<Counters>,
+    /// With hot reload: a camera's source may be restarted on its own.
+    restartable: bool,
+}
+
+impl CameraStarter {
+    fn start(
+        &self,
+        camera: &crate::config::CameraSpec,
+        watermark: skynet_core::Watermark,
+        gate: Option<edge::CameraGate>,
+    ) -> Result<StartedCamera, PipelineError> {
+        let config = self.config.as_ref();
+        let max_size = Some((config.model.input.width, config.model.input.height));
         let policy = if camera.is_live() {
             OverloadPolicy::DropOldest
         } else {
@@ -835,7 +924,7 @@ fn start_cameras(
             &camera.classes,
             config.detector.threshold,
         );
-        if let Some(console) = console {
+        if let Some(console) = &self.console {
             console.register_camera(skynet_serve::console::CameraRegistration {
                 id: camera.id.clone(),
                 grid: camera.grid.to_string(),
@@ -852,14 +941,13 @@ fn start_cameras(
         )
         .keeping_images(config.evidence.enabled);
         // A patrol camera's look keeps a frame a second with its pixels (the snapshot).
-        if console.is_some() || (camera.patrol.is_some() && config.evidence.enabled) {
+        if self.console.is_some() || (camera.patrol.is_some() && config.evidence.enabled) {
             input = input.with_preview();
         }
-        inputs.push(input);
         let camera_health = CameraHealth::new(
             camera.id.clone(),
-            health.register(camera.id.as_str(), "source"),
-            Some(camera_events.clone()),
+            self.health.register(camera.id.as_str(), "source"),
+            Some(self.camera_events.clone()),
         );
         let mut out = FrameOutput::new(queue, watermark).with_health(camera_health.clone());
         if camera.motion.enabled {
@@ -867,29 +955,44 @@ fn start_cameras(
         }
         if camera.patrol.is_some() {
             // Opened by its patrol for each visit (`patrol.rs`), not run all the time.
-            restarts.push(None);
-            patrol_runs.push(patrol::PatrolCameraRun {
-                spec: camera.clone(),
-                out,
-                health: camera_health,
+            return Ok(StartedCamera {
+                input,
+                source: None,
+                restart: None,
+                patrol: Some(patrol::PatrolCameraRun {
+                    spec: camera.clone(),
+                    out,
+                    health: camera_health,
+                }),
             });
-            continue;
         }
-        let (stop, counters, spec) = (shutdown.clone(), Arc::clone(counters), camera.clone());
+        let (stop, counters, spec) = (
+            self.shutdown.clone(),
+            Arc::clone(&self.counters),
+            camera.clone(),
+        );
         // Event clips: the ring its encoded stream fills, when clips are on for it.
-        let clip_ring =
-            clips::ring_for(&config.evidence, camera).or_else(|| live::ring_for(config, camera)); // live view (issue 25)
-        let gate = claims.map(|c| c.gate(camera.id.as_str()));
+        // A camera that joined while running has no clips (the clip stage knows the
+        // configured cameras), and live view only without privacy masks: the live view's
+        // transcoding, which blurs them, is set up for the configured cameras. (A ring is
+        // what a viewer opens, so none is made where its stream would go out unmasked.)
+        let joined_late = !config.cameras.iter().any(|c| c.id == camera.id);
+        let clip_ring = match joined_late {
+            false => {
+                clips::ring_for(&config.evidence, camera).or_else(|| live::ring_for(config, camera))
+            } // live view (issue 25)
+            true if camera.privacy_masks.is_empty() => live::ring_for(config, camera),
+            true => None,
+        };
         // With hot reload, a camera's source may be restarted on its own (a new `uri`), into
         // the same queue and clock; an edge's camera runs under its lease, and is not.
-        let (restart, restarted) = match restartable && gate.is_none() {
+        let (restart, restarted) = match self.restartable && gate.is_none() {
             true => {
-                let (restart, restarted) = reload::source_restart(shutdown);
+                let (restart, restarted) = reload::source_restart(&self.shutdown);
                 (Some(restart), Some(restarted))
             }
             false => (None, None),
         };
-        restarts.push(restart);
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", camera.id))
             .spawn(move || {
@@ -931,9 +1034,13 @@ fn start_cameras(
                 stage: format!("source {}", camera.id),
                 source,
             })?;
-        sources.push((camera.id.clone(), handle));
+        Ok(StartedCamera {
+            input,
+            source: Some((camera.id.clone(), handle)),
+            restart,
+            patrol: None,
+        })
     }
-    Ok((inputs, sources, restarts, patrol_runs))
 }
 
 /// Detection: each worker serves every camera queue, fairly.
@@ -942,12 +1049,14 @@ fn start_detectors(
     config: &PipelineConfig,
     detectors: Vec<Box<dyn Detector>>,
     inputs: &[detect::CameraInput],
+    joining: Vec<crossbeam_channel::Receiver<detect::CameraInput>>,
     analysed_queue: &skynet_core::StageQueue<detect::Detected>,
     health: &skynet_core::Health,
     fatal: &Fatal,
     counters: &Arc<Counters>,
 ) -> Result<Vec<JoinHandle<()>>, PipelineError> {
     let mut detect_threads = Vec::new();
+    let mut joining = joining.into_iter();
     for (i, detector) in detectors.into_iter().enumerate() {
         let worker = detect::InferenceWorker {
             name: format!("detect-{i}"),
@@ -956,6 +1065,7 @@ fn start_detectors(
             out: analysed_queue.clone(),
             counters: Arc::clone(counters),
             max_wait: config.batch_wait,
+            joining: joining.next(),
         };
         let stage_health = health.register(format!("detect-{i}"), "stage");
         detect_threads.push(spawn_stage(

@@ -88,6 +88,12 @@ pub(crate) enum RulesControl {
         camera: DeviceId,
         rules: Vec<Arc<dyn skynet_detect::BuildRule>>,
     },
+    /// A camera that joined while running (a platform channel placed by its catalog
+    /// position), sent before its source starts.
+    AddCamera {
+        spec: Box<crate::config::CameraSpec>,
+        watermark: Watermark,
+    },
 }
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
@@ -139,6 +145,45 @@ pub(crate) struct RulesAndRisk {
     patrols: Option<crossbeam_channel::Receiver<super::patrol::PatrolToRules>>,
 }
 
+impl CameraStage {
+    /// A camera's state from its spec: `restored`, the clock committed before a restart.
+    fn new(
+        c: &crate::config::CameraSpec,
+        watermark: &Watermark,
+        restored: Option<DateTime<Utc>>,
+        patrol: Option<super::patrol::PatrolLooks>,
+    ) -> Self {
+        let label = c.id.to_string();
+        Self {
+            tracker: Tracker::new(c.tracker.clone()),
+            rules: CameraRules {
+                camera: c.id.clone(),
+                grid: c.grid.clone(),
+                owner: c.owner,
+                rules: c
+                    .rules
+                    .iter()
+                    .map(|r| r.build(&skynet_detect::RuleBuildContext { camera: &c.id }))
+                    .collect(),
+            },
+            order: Reorder::default(),
+            watermark: watermark.clone(),
+            clock: None,
+            restored,
+            last_frame: Instant::now(),
+            latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
+            late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
+            gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
+            // A patrol's camera is closed between visits: its offline rounds, not its quiet
+            // time, tell whether it is offline.
+            offline: (watermark.is_live() && c.patrol.is_none())
+                .then(|| OfflineWatch::new(offline_after(c), c.grid.clone(), c.owner)),
+            offline_after: offline_after(c),
+            patrol,
+        }
+    }
+}
+
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
     chrono::Duration::from_std(camera.offline_after).unwrap_or(chrono::Duration::seconds(30))
 }
@@ -183,39 +228,15 @@ impl RulesAndRisk {
             .iter()
             .zip(watermarks)
             .map(|(c, watermark)| {
-                let label = c.id.to_string();
-                let mut rules = CameraRules {
-                    camera: c.id.clone(),
-                    grid: c.grid.clone(),
-                    owner: c.owner,
-                    rules: c
-                        .rules
-                        .iter()
-                        .map(|r| r.build(&skynet_detect::RuleBuildContext { camera: &c.id }))
-                        .collect(),
-                };
+                let mut stage = CameraStage::new(
+                    c,
+                    watermark,
+                    clocks.get(c.id.as_str()).copied(),
+                    super::patrol::PatrolLooks::for_camera(config, c),
+                );
                 if let Some(saved) = rule_states.remove(c.id.as_str()) {
-                    rules.restore(saved);
+                    stage.rules.restore(saved);
                 }
-                let stage = CameraStage {
-                    tracker: Tracker::new(c.tracker.clone()),
-                    rules,
-                    order: Reorder::default(),
-                    watermark: watermark.clone(),
-                    clock: None,
-                    restored: clocks.get(c.id.as_str()).copied(),
-                    last_frame: Instant::now(),
-                    latency: metrics::histogram!("skynet_frame_latency_seconds", "camera" => label.clone()),
-                    late: metrics::counter!("skynet_frames_late_total", "camera" => label.clone()),
-                    gaps: metrics::counter!("skynet_frame_gaps_total", "camera" => label),
-                    // A patrol's camera is closed between visits: its offline rounds, not its
-                    // quiet time, tell whether it is offline.
-                    offline: (watermark.is_live() && c.patrol.is_none()).then(|| {
-                        OfflineWatch::new(offline_after(c), c.grid.clone(), c.owner)
-                    }),
-                    offline_after: offline_after(c),
-                    patrol: super::patrol::PatrolLooks::for_camera(config, c),
-                };
                 (c.id.clone(), stage)
             })
             .collect();
@@ -374,6 +395,36 @@ impl RulesAndRisk {
                     stage.rules.restore(memory);
                     self.dirty = true;
                     tracing::info!(camera = %camera, rules = stage.rules.rules.len(), "rules rebuilt from the reloaded config");
+                }
+                RulesControl::AddCamera { spec, watermark } => {
+                    if self.cameras.contains_key(&spec.id) {
+                        continue;
+                    }
+                    // A camera of the state before a restart goes on from its clock (its
+                    // open incidents were closing by the wall clock meanwhile).
+                    let restored = self.gone.remove(&spec.id);
+                    self.engine.add_device(skynet_risk::DeviceInfo {
+                        source: skynet_core::SourceRef::camera(&spec.id),
+                        grid: spec.grid.clone(),
+                        owner: spec.owner,
+                    });
+                    if let Some(evidence) = &mut self.evidence {
+                        evidence.add_camera(
+                            spec.id.clone(),
+                            spec.zones.clone(),
+                            spec.privacy_masks.clone(),
+                        );
+                    }
+                    if let Some(preview) = &self.preview {
+                        preview.add_camera(
+                            spec.id.clone(),
+                            (spec.zones.clone(), spec.privacy_masks.clone()),
+                        );
+                    }
+                    let stage = CameraStage::new(&spec, &watermark, restored, None);
+                    tracing::info!(camera = %spec.id, grid = %spec.grid, "camera joined the rules stage");
+                    self.cameras.insert(spec.id.clone(), stage);
+                    self.dirty = true;
                 }
             }
         }
@@ -821,6 +872,11 @@ impl RulesAndRisk {
 
     fn take(&mut self, detected: Detected) -> Result<(), QueueClosed> {
         let id = detected.camera.clone();
+        if !self.cameras.contains_key(&id) {
+            // A camera that joined while running: its stage may still be in the control
+            // queue (it was sent before its source started).
+            self.take_control();
+        }
         let Some(camera) = self.cameras.get_mut(&id) else {
             return Ok(());
         };

@@ -15,8 +15,10 @@ pub struct Services {
     handle: tokio::runtime::Handle,
     pub health: Health,
     pub metrics: PrometheusHandle,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served, when they are.
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/platforms` are served, when they are.
     pub http: Option<SocketAddr>,
+    /// What `/platforms` lists: the pipeline registers one report per platform.
+    pub platforms: skynet_serve::PlatformReports,
     stop_http: watch::Sender<bool>,
     /// Where the console is served, when it is.
     console: Mutex<Option<SocketAddr>>,
@@ -46,18 +48,21 @@ impl Services {
             .map_err(|e| ServeError::Recorder(format!("the I/O runtime could not start: {e}")))?;
         let handle = runtime.handle().clone();
         let health = Health::new();
+        let platforms = skynet_serve::PlatformReports::default();
         let (stop_http, mut stopped) = watch::channel(false);
         let mut http = None;
         if let Some(listen) = listen {
             let listener = skynet_serve::bind(listen)?;
             http = listener.local_addr().ok();
-            let (metrics, health) = (metrics.clone(), health.clone());
+            let (metrics, health, reports) = (metrics.clone(), health.clone(), platforms.clone());
             handle.spawn(async move {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 };
-                if let Err(e) =
-                    skynet_serve::serve(listener, metrics, health, auth_token, shutdown).await
+                if let Err(e) = skynet_serve::serve_ops(
+                    listener, metrics, health, reports, auth_token, shutdown,
+                )
+                .await
                 {
                     tracing::error!(error = %e, "the HTTP endpoint stopped");
                 }
@@ -69,6 +74,7 @@ impl Services {
             health,
             metrics,
             http,
+            platforms,
             stop_http,
             console: Mutex::new(None),
         })
