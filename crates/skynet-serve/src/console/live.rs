@@ -139,6 +139,9 @@ pub struct PlatformFigures {
     pub lower_online: Vec<String>,
     /// Camera channels in the lower platforms' latest catalogs.
     pub channels_listed: usize,
+    /// Channels placed while running by their catalog position (analysed, as those the
+    /// config places).
+    pub channels_placed: usize,
 }
 
 /// A video platform (`[[platforms]]`, GB/T 28181) as the console shows it. Its state is
@@ -411,7 +414,7 @@ impl Console {
                     reason: status.and_then(|s| s.reason),
                     lower_platforms_online: figures.lower_online,
                     channels_listed: figures.channels_listed,
-                    channels_analysed: p.channels_analysed,
+                    channels_analysed: p.channels_analysed + figures.channels_placed,
                     all_channels: p.all_channels,
                 }
             })

@@ -100,6 +100,7 @@ pub fn console(dir: &Path, db: &Path, seed: Seed<'_>) -> Console {
         live: Box::new(|| PlatformFigures {
             lower_online: vec!["34020000002000000002".into()],
             channels_listed: 3,
+            channels_placed: 0,
         }),
     });
     console.set_frame(

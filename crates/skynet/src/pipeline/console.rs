@@ -299,8 +299,13 @@ pub(crate) fn spawn_preview(
 
 /// A `[[platforms]]` entry in the console's Sources view: its state is its health entry,
 /// its figures are read from the platform when asked.
-pub(crate) fn register_platform(console: &Console, platform: &crate::config::PlatformSpec) {
+pub(crate) fn register_platform(
+    console: &Console,
+    platform: &crate::config::PlatformSpec,
+    placed: &super::catalog::Placed,
+) {
     let live = Arc::clone(&platform.config);
+    let placed = placed.clone();
     console.register_platform(skynet_serve::console::PlatformRegistration {
         id: platform.config.id().to_string(),
         kind: platform.kind.to_string(),
@@ -315,9 +320,19 @@ pub(crate) fn register_platform(console: &Console, platform: &crate::config::Pla
         all_channels: platform.config.all_channels(),
         live: Box::new(move || {
             let now = live.live();
+            let placed = placed.lock().unwrap_or_else(PoisonError::into_inner);
+            let channels_placed = match placed.is_empty() {
+                true => 0,
+                false => live
+                    .catalog()
+                    .iter()
+                    .filter(|c| placed.contains_key(&c.id))
+                    .count(),
+            };
             skynet_serve::console::PlatformFigures {
                 lower_online: now.lower_online,
                 channels_listed: now.channels_listed,
+                channels_placed,
             }
         }),
     });

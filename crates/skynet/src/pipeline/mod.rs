@@ -335,7 +335,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             .config
             .attach_health(health.register(skynet_ingest::gb28181::health_name(&id), "platform"));
         if let Some(console) = &console {
-            console::register_platform(console, platform);
+            console::register_platform(console, platform, &placed_channels);
         }
         platforms::register_report(&services, platform, &config.cameras, &placed_channels);
         if let Err(error) = platform.config.start() {
