@@ -1,6 +1,6 @@
-//! `[[platforms]] kind = "gb28181"` (issue 27) against a scripted lower platform in this
-//! test: it REGISTERs (a wrong password gets 403, the right one 401 then 200), answers the
-//! catalog query with a GB2312 body, answers the channel's INVITE and streams
+//! `[[platforms]] kind = "gb28181"` (issue 27) against the scripted lower platform of
+//! tests/common/gb28181.rs: it REGISTERs (a wrong password gets 403, the right one 401 then
+//! 200), answers the catalog query with a GB2312 body, answers the channel's INVITE and streams
 //! `videotestsrc ! x264enc ! mpegpsmux` as RTP (PT 96, the SSRC of the INVITE's `y=`) over
 //! UDP to the port of the INVITE's SDP; the channel's camera source decodes its frames.
 //! When the stream stops, the stalled call is hung up (BYE) and the channel INVITEd again.
@@ -20,148 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use skynet_core::{OverloadPolicy, Shutdown, Watermark, stage_queue};
-use skynet_gb28181::digest;
 use skynet_gb28181::manscdp::{self, CatalogItem};
 use skynet_gb28181::rtp;
-use skynet_gb28181::sip::{Limits, Message, Method};
+use skynet_gb28181::sip::{Message, Method};
 use skynet_ingest::{CameraHealth, FrameDelivery, FrameOutput, SourceBuildContext, run_supervised};
 
-const ME: &str = "34020000002000000001";
-const LOWER: &str = "34020000002000000002";
-const CHANNEL: &str = "34020000001320000001";
-const DOMAIN: &str = "3402000000";
-
-/// The scripted lower platform's SIP side.
-struct Lower {
-    socket: UdpSocket,
-    server: SocketAddr,
-    via: String,
-    cseq: u32,
-}
-
-impl Lower {
-    /// A lower platform on a UDP socket of its own, talking to skynet's SIP endpoint at
-    /// `server`.
-    fn new(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Lower {
-            via: format!("UDP {}", socket.local_addr().unwrap()),
-            socket,
-            server,
-            cseq: 0,
-        }
-    }
-
-    /// Registers with `password` (200), then answers skynet's catalog query with a GB2312
-    /// catalog holding the channel.
-    fn join(&mut self, password: &str) {
-        let cam = CatalogItem {
-            device_id: CHANNEL.into(),
-            name: "东门".into(),
-            parental: Some(false),
-            ..Default::default()
-        };
-        self.join_with(password, &[cam]);
-    }
-
-    /// As [`Self::join`], the catalog holding `items`.
-    fn join_with(&mut self, password: &str, items: &[CatalogItem]) {
-        assert_eq!(self.register_with(password), 200);
-        let query = self.next_request(Method::Message);
-        self.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
-        self.message(manscdp::catalog_response(1, LOWER, 1, items));
-    }
-
-    fn recv(&self) -> Message {
-        let mut buf = vec![0u8; 65_536];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .expect("a SIP message within 20 s");
-        Message::parse(&buf[..n], &Limits::default()).expect("a SIP message")
-    }
-
-    fn send(&self, bytes: &[u8]) {
-        self.socket.send_to(bytes, self.server).unwrap();
-    }
-
-    fn register(&mut self, auth: Option<String>) -> Message {
-        self.cseq += 1;
-        let mut m = Message::request(Method::Register, format!("sip:{ME}@{DOMAIN}"))
-            .with_header(
-                "Via",
-                format!("SIP/2.0/{};rport;branch=z9hG4bK{}", self.via, self.cseq),
-            )
-            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=77"))
-            .with_header("To", format!("<sip:{LOWER}@{DOMAIN}>"))
-            .with_header("Call-ID", "reg-1")
-            .with_header("CSeq", format!("{} REGISTER", self.cseq))
-            .with_header(
-                "Contact",
-                format!("<sip:{LOWER}@{}>", self.socket.local_addr().unwrap()),
-            )
-            .with_header("Expires", "3600");
-        if let Some(a) = auth {
-            m = m.with_header("Authorization", a);
-        }
-        self.send(&m.to_bytes());
-        self.recv()
-    }
-
-    fn message(&mut self, body: Vec<u8>) {
-        self.cseq += 1;
-        let m = Message::request(Method::Message, format!("sip:{ME}@{DOMAIN}"))
-            .with_header(
-                "Via",
-                format!("SIP/2.0/{};branch=z9hG4bKm{}", self.via, self.cseq),
-            )
-            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=78"))
-            .with_header("To", format!("<sip:{ME}@{DOMAIN}>"))
-            .with_header("Call-ID", format!("msg-{}", self.cseq))
-            .with_header("CSeq", format!("{} MESSAGE", self.cseq))
-            .with_body("Application/MANSCDP+xml", body);
-        self.send(&m.to_bytes());
-    }
-
-    /// Registers with `password`: the challenge, then the answer's status.
-    fn register_with(&mut self, password: &str) -> u16 {
-        let challenge = self.register(None);
-        assert_eq!(challenge.status(), Some(401));
-        let h = challenge.header("WWW-Authenticate").unwrap().to_string();
-        let nonce = h
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let auth = digest::authorization(
-            LOWER,
-            DOMAIN,
-            nonce,
-            &format!("sip:{ME}@{DOMAIN}"),
-            "REGISTER",
-            password,
-            Some(("00000001", "c0ffee")),
-        );
-        self.register(Some(auth)).status().unwrap()
-    }
-
-    /// The next request of `method`, answering (200) any other request on the way.
-    fn next_request(&self, method: Method) -> Message {
-        loop {
-            let m = self.recv();
-            match m.method() {
-                Some(got) if *got == method => return m,
-                Some(Method::Ack) | None => {}
-                Some(_) => self.send(&Message::response_to(&m, 200, "OK", Some("x")).to_bytes()),
-            }
-        }
-    }
-}
+use common::gb28181::{CHANNEL, DOMAIN, LOWER, Lower, ME};
 
 fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
     sdp.lines()

@@ -1,162 +1,57 @@
 //! `skynet platforms list` and `GET /platforms` (issue 27). Against a running node (`skynet
 //! run` with a GB/T 28181 platform and `[metrics] auth_token`, a scripted lower platform
 //! registering and answering the catalog): `/platforms` without the token is 401; the list
-//! shows the platform with its state and lower platforms online, and the catalog's channel
-//! with its status and whether it is analysed; `--json` prints the node's JSON; a config
-//! with another token gets an error that names `[metrics] auth_token`. With no node
-//! running: the config's view, and a note on stderr that the node did not answer.
+//! shows the platform with its state and lower platforms online, and the catalog's channels
+//! with their status and whether they are analysed (the configured channel, its catalog
+//! position inside a grid cell, placed there by the catalog and analysed; the other, with no
+//! position, not); `--json` prints the node's JSON; a config with another token gets an
+//! error that names `[metrics] auth_token`. With no node running: the config's view, and a
+//! note on stderr that the node did not answer.
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::gb28181::{CHANNEL, DOMAIN, LOWER, Lower, ME};
 use common::*;
-use skynet_gb28181::digest;
-use skynet_gb28181::manscdp::{self, CatalogItem, ItemStatus};
-use skynet_gb28181::sip::{Limits, Message, Method};
+use skynet_gb28181::manscdp::{CatalogItem, ItemStatus};
 
-const ME: &str = "34020000002000000001";
-const LOWER: &str = "34020000002000000002";
-const CHANNEL: &str = "34020000001320000001";
 /// In the catalog, not configured.
 const OTHER: &str = "34020000001320000002";
-const DOMAIN: &str = "3402000000";
 const TOKEN: &str = "platforms-list-token-5f0c1d7e9a2b4c68";
+/// `CHANNEL`'s catalog position: inside G-0102 of configs/city-grids.geojson (the config's
+/// grids), so the running node places it there.
+const G_0102_POSITION: (f64, f64) = (114.052, 22.5425);
 
-/// A scripted lower platform (as in tests/gb28181.rs): it registers, then answers skynet's
-/// catalog query.
-struct Lower {
-    socket: UdpSocket,
-    server: SocketAddr,
-    via: String,
-    cseq: u32,
-}
-
-impl Lower {
-    fn new(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Lower {
-            via: format!("UDP {}", socket.local_addr().unwrap()),
-            socket,
-            server,
-            cseq: 0,
-        }
-    }
-
-    /// Registers with `password`, then answers the catalog query with two cameras.
-    fn join(&mut self, password: &str) {
-        let challenge = self.register(None);
-        assert_eq!(challenge.status(), Some(401));
-        let h = challenge.header("WWW-Authenticate").unwrap().to_string();
-        let nonce = h
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let auth = digest::authorization(
-            LOWER,
-            DOMAIN,
-            nonce,
-            &format!("sip:{ME}@{DOMAIN}"),
-            "REGISTER",
-            password,
-            Some(("00000001", "c0ffee")),
-        );
-        assert_eq!(self.register(Some(auth)).status(), Some(200));
-        let query = self.next_request(Method::Message);
-        self.send(&Message::response_to(&query, 200, "OK", Some("q")).to_bytes());
-        let camera = |id: &str, name: &str, status| CatalogItem {
-            device_id: id.into(),
-            name: name.into(),
+/// The catalog the scripted lower platform answers with: `CHANNEL` online at
+/// [`G_0102_POSITION`], `OTHER` offline with no position.
+fn catalog() -> [CatalogItem; 2] {
+    [
+        CatalogItem {
+            device_id: CHANNEL.into(),
+            name: "东门".into(),
             parental: Some(false),
-            status,
+            status: ItemStatus::On,
+            longitude: Some(G_0102_POSITION.0),
+            latitude: Some(G_0102_POSITION.1),
             ..Default::default()
-        };
-        self.message(manscdp::catalog_response(
-            1,
-            LOWER,
-            2,
-            &[
-                camera(CHANNEL, "东门", ItemStatus::On),
-                camera(OTHER, "West", ItemStatus::Off),
-            ],
-        ));
-    }
-
-    fn recv(&self) -> Message {
-        let mut buf = vec![0u8; 65_536];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .expect("a SIP message within 20 s");
-        Message::parse(&buf[..n], &Limits::default()).expect("a SIP message")
-    }
-
-    fn send(&self, bytes: &[u8]) {
-        self.socket.send_to(bytes, self.server).unwrap();
-    }
-
-    fn register(&mut self, auth: Option<String>) -> Message {
-        self.cseq += 1;
-        let mut m = Message::request(Method::Register, format!("sip:{ME}@{DOMAIN}"))
-            .with_header(
-                "Via",
-                format!("SIP/2.0/{};rport;branch=z9hG4bK{}", self.via, self.cseq),
-            )
-            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=77"))
-            .with_header("To", format!("<sip:{LOWER}@{DOMAIN}>"))
-            .with_header("Call-ID", "reg-1")
-            .with_header("CSeq", format!("{} REGISTER", self.cseq))
-            .with_header(
-                "Contact",
-                format!("<sip:{LOWER}@{}>", self.socket.local_addr().unwrap()),
-            )
-            .with_header("Expires", "3600");
-        if let Some(a) = auth {
-            m = m.with_header("Authorization", a);
-        }
-        self.send(&m.to_bytes());
-        self.recv()
-    }
-
-    fn message(&mut self, body: Vec<u8>) {
-        self.cseq += 1;
-        let m = Message::request(Method::Message, format!("sip:{ME}@{DOMAIN}"))
-            .with_header(
-                "Via",
-                format!("SIP/2.0/{};branch=z9hG4bKm{}", self.via, self.cseq),
-            )
-            .with_header("From", format!("<sip:{LOWER}@{DOMAIN}>;tag=78"))
-            .with_header("To", format!("<sip:{ME}@{DOMAIN}>"))
-            .with_header("Call-ID", format!("msg-{}", self.cseq))
-            .with_header("CSeq", format!("{} MESSAGE", self.cseq))
-            .with_body("Application/MANSCDP+xml", body);
-        self.send(&m.to_bytes());
-    }
-
-    /// The next request of `method`, answering (200) any other request on the way.
-    fn next_request(&self, method: Method) -> Message {
-        loop {
-            let m = self.recv();
-            match m.method() {
-                Some(got) if *got == method => return m,
-                Some(Method::Ack) | None => {}
-                Some(_) => self.send(&Message::response_to(&m, 200, "OK", Some("x")).to_bytes()),
-            }
-        }
-    }
+        },
+        CatalogItem {
+            device_id: OTHER.into(),
+            name: "West".into(),
+            parental: Some(false),
+            status: ItemStatus::Off,
+            ..Default::default()
+        },
+    ]
 }
 
-/// A config with one GB/T 28181 platform listing `CHANNEL` (by id alone: listed, not
-/// analysed, so no model is loaded) and `[metrics] listen` with `token`.
+/// A config with one GB/T 28181 platform listing `CHANNEL` (by id alone: no cell in the
+/// config, so placed by its catalog position, the model loaded then) and `[metrics] listen`
+/// with `token`.
 fn write_config(
     dir: &Path,
     name: &str,
@@ -246,12 +141,15 @@ fn platforms_list_asks_the_running_node_and_platforms_needs_the_token() {
     // The route needs the token, as /metrics and /readyz do.
     let refused = http_get(listen, "/platforms").unwrap_or_default();
 
+    // The lower platform registers and answers the catalog; it leaves the INVITE of the
+    // placed channel's camera unanswered (the camera retries).
     let mut lower = Lower::new(sip);
-    lower.join("pw");
+    lower.join_with("pw", &catalog());
+    let placed = format!("  {CHANNEL}\t东门\tonline\tG-0102\tanalysed yes\tcatalog\n");
     let mut last = (false, String::new(), String::new());
-    let listed = eventually(Duration::from_secs(60), || {
+    let listed = eventually(Duration::from_secs(120), || {
         last = platforms_list(&config, &[]);
-        last.1.contains(&format!("  {OTHER}\t"))
+        last.1.contains(&format!("  {OTHER}\t")) && last.1.contains(&placed)
     });
     let json = platforms_list(&config, &["--json"]);
     // Another token: refused, and the error says which setting.
@@ -276,8 +174,11 @@ fn platforms_list_asks_the_running_node_and_platforms_needs_the_token() {
         format!("{ME}\tgb28181\t{sip}\tpolice\tup\t1 lower platform(s) online"),
         "{stdout}"
     );
+    // Placed by its catalog position, in the cell holding it.
     assert!(
-        lines.contains(&format!("  {CHANNEL}\t东门\tonline\t-\tanalysed no\t-").as_str()),
+        lines.contains(
+            &format!("  {CHANNEL}\t东门\tonline\tG-0102\tanalysed yes\tcatalog").as_str()
+        ),
         "{stdout}"
     );
     assert!(
@@ -309,8 +210,18 @@ fn platforms_list_asks_the_running_node_and_platforms_needs_the_token() {
         .unwrap_or_else(|| panic!("{body}"));
     assert_eq!(channel["lower"], LOWER);
     assert_eq!(channel["wanted"], true);
-    assert_eq!(channel["analysed"], false);
-    assert_eq!(channel["placed_by"], serde_json::Value::Null);
+    assert_eq!(channel["analysed"], true);
+    assert_eq!(channel["grid"], "G-0102");
+    assert_eq!(channel["placed_by"], "catalog");
+    let other = platform["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == OTHER)
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(other["wanted"], false);
+    assert_eq!(other["analysed"], false);
+    assert_eq!(other["placed_by"], serde_json::Value::Null);
 
     assert!(!wrong_ok);
     assert!(wrong_err.contains("401"), "{wrong_err}");

@@ -4,6 +4,7 @@
 //! outputs moved into a test's directory; and the brokers, servers and clients the tests run.
 #![allow(dead_code)]
 
+pub mod gb28181;
 pub mod mosquitto;
 pub mod nats_server;
 
