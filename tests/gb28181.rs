@@ -648,7 +648,11 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     // The endpoint listens before the lower platform registers (the pipeline's start of it
     // finds it running).
     config.platforms[0].config.start().unwrap();
-    let options = skynet::RunOptions::default();
+    // As `skynet run` serves: channels are placed by their catalog only then.
+    let options = skynet::RunOptions {
+        wait_for_shutdown: true,
+        ..Default::default()
+    };
     let shutdown = options.shutdown.clone();
     let vtest = format!("location={}", common::media("vtest.avi").display());
     let vtest_ps: Vec<&str> = vec![

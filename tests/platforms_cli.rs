@@ -21,14 +21,17 @@ use skynet_gb28181::manscdp::{CatalogItem, ItemStatus};
 
 /// In the catalog, not configured.
 const OTHER: &str = "34020000001320000002";
+/// Configured by its id and in the catalog with a position, beyond the platform's
+/// `max_catalog_cameras = 1` (`CHANNEL`, first by id, is placed): listed, not analysed.
+const THIRD: &str = "34020000001320000003";
 const TOKEN: &str = "platforms-list-token-5f0c1d7e9a2b4c68";
 /// `CHANNEL`'s catalog position: inside G-0102 of configs/city-grids.geojson (the config's
 /// grids), so the running node places it there.
 const G_0102_POSITION: (f64, f64) = (114.052, 22.5425);
 
 /// The catalog the scripted lower platform answers with: `CHANNEL` online at
-/// [`G_0102_POSITION`], `OTHER` offline with no position.
-fn catalog() -> [CatalogItem; 2] {
+/// [`G_0102_POSITION`], `OTHER` offline with no position, `THIRD` online beside `CHANNEL`.
+fn catalog() -> [CatalogItem; 3] {
     [
         CatalogItem {
             device_id: CHANNEL.into(),
@@ -44,6 +47,15 @@ fn catalog() -> [CatalogItem; 2] {
             name: "West".into(),
             parental: Some(false),
             status: ItemStatus::Off,
+            ..Default::default()
+        },
+        CatalogItem {
+            device_id: THIRD.into(),
+            name: "North".into(),
+            parental: Some(false),
+            status: ItemStatus::On,
+            longitude: Some(G_0102_POSITION.0),
+            latitude: Some(G_0102_POSITION.1),
             ..Default::default()
         },
     ]
@@ -81,8 +93,9 @@ domain = "{DOMAIN}"
 listen = "{sip}"
 password = "pw"
 owner = "police"
-channels = ["{CHANNEL}"]
+channels = ["{CHANNEL}", "{THIRD}"]
 media_ports = "31040-31050"
+max_catalog_cameras = 1
 "#,
         grids = repo.join("configs/city-grids.geojson").display(),
         model = repo.join("models/yolox_nano.toml").display(),
@@ -149,7 +162,9 @@ fn platforms_list_asks_the_running_node_and_platforms_needs_the_token() {
     let mut last = (false, String::new(), String::new());
     let listed = eventually(Duration::from_secs(120), || {
         last = platforms_list(&config, &[]);
-        last.1.contains(&format!("  {OTHER}\t")) && last.1.contains(&placed)
+        last.1.contains(&format!("  {OTHER}\t"))
+            && last.1.contains(&format!("  {THIRD}\tNorth"))
+            && last.1.contains(&placed)
     });
     let json = platforms_list(&config, &["--json"]);
     // Another token: refused, and the error says which setting.
@@ -183,6 +198,15 @@ fn platforms_list_asks_the_running_node_and_platforms_needs_the_token() {
     );
     assert!(
         lines.contains(&format!("  {OTHER}\tWest\toffline\t-\tanalysed no\t-").as_str()),
+        "{stdout}"
+    );
+    // Beyond the platform's max_catalog_cameras: listed, not analysed, and said so.
+    assert!(
+        text.contains("max_catalog_cameras are placed") && text.contains(THIRD),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&format!("  {THIRD}\tNorth\tonline\t-\tanalysed no\t-").as_str()),
         "{stdout}"
     );
     assert!(
@@ -240,7 +264,9 @@ fn platforms_list_without_a_running_node_prints_the_configs_view_and_says_so() {
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout,
-        format!("{ME}\tgb28181\t{sip}\tpolice\t1 configured\n  {CHANNEL}\t-\tno\n"),
+        format!(
+            "{ME}\tgb28181\t{sip}\tpolice\t2 configured\n  {CHANNEL}\t-\tno\n  {THIRD}\t-\tno\n"
+        ),
         "{stderr}"
     );
     assert!(

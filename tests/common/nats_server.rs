@@ -55,14 +55,15 @@ pub fn spare_port() -> u16 {
     }
 }
 
-/// Ports from 20000 up to the start of the kernel's ephemeral range (Linux's
-/// `ip_local_port_range`; 32768 when it cannot be read).
+/// Ports from 20000 up to 30000, or to the start of the kernel's ephemeral range (Linux's
+/// `ip_local_port_range`; 32768 when it cannot be read) if that is lower. Ports from 30000
+/// up are left to the tests' fixed ranges (the GB/T 28181 platforms' `media_ports`).
 fn below_ephemeral_range() -> (u16, u16) {
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    (20000, ephemeral_start)
+    (20000, ephemeral_start.min(30000))
 }
 
 fn listening(port: u16, within: Duration) -> bool {

@@ -109,6 +109,15 @@ pub trait BuildPlatform: std::fmt::Debug + Send + Sync {
     fn catalog_generation(&self) -> u64 {
         0
     }
+    /// Whether a channel may be placed by its catalog position: one the config wants and
+    /// does not place (`channels = "all"`, or one listed without `grid` or `location`).
+    fn places_by_catalog(&self) -> bool {
+        self.all_channels() || self.channels().iter().any(|c| !c.is_analysed())
+    }
+    /// At most this many channels are placed by their catalog position.
+    fn max_catalog_cameras(&self) -> usize {
+        0
+    }
 }
 
 /// One camera channel of a lower platform's latest catalog.
@@ -210,6 +219,16 @@ pub struct Gb28181PlatformConfig {
     /// As for an RTSP camera: the restart backoff of a channel.
     #[serde(default)]
     reconnect: ReconnectConfig,
+    /// At most this many channels the config does not place are placed (and analysed) by
+    /// their catalog position; those beyond are listed, not analysed. Default 32: a 2-core
+    /// node analyses about 16 channels at 5 fps, and a city platform's catalog may hold
+    /// thousands.
+    #[serde(default = "default_max_catalog_cameras")]
+    max_catalog_cameras: usize,
+}
+
+fn default_max_catalog_cameras() -> usize {
+    32
 }
 
 /// `media_transport`.
@@ -441,6 +460,10 @@ impl BuildPlatform for Gb28181Platform {
 
     fn all_channels(&self) -> bool {
         self.inner.all
+    }
+
+    fn max_catalog_cameras(&self) -> usize {
+        self.config.max_catalog_cameras
     }
 
     fn channels(&self) -> &[ChannelEntry] {

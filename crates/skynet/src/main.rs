@@ -479,7 +479,9 @@ fn platforms_list(config: &Path, json: bool) -> Result<ExitCode> {
         Some(listen) => match ask_node_platforms(listen, c.metrics_auth_token.as_ref())? {
             NodeAnswer::Platforms(body) => {
                 if json {
-                    println!("{body}");
+                    // Catalog names come from lower platforms: no control or bidi character
+                    // reaches the terminal as it is.
+                    println!("{}", skynet_core::escape_json_controls(&body.to_string()));
                 } else {
                     print_node_platforms(&body);
                     eprintln!(

@@ -55,7 +55,14 @@ impl CatalogThread {
     /// returns the source threads of the cameras placed.
     pub(super) fn stop(self) -> SourceThreads {
         self.stop.trigger();
-        self.handle.join().unwrap_or_default()
+        match self.handle.join() {
+            Ok(sources) => sources,
+            Err(panic) => {
+                // Its cameras' sources end with the pipeline's stop signal all the same.
+                tracing::error!(cause = %super::panic_message(panic.as_ref()), "the catalog placement thread panicked");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -78,6 +85,8 @@ enum Outcome {
     Placed(GridId),
     NoPosition,
     OutsideCells,
+    /// The platform's `max_catalog_cameras` are placed already.
+    OverLimit,
     Refused,
 }
 
@@ -85,19 +94,41 @@ fn run(mut p: CatalogPlacement, stop: &Shutdown) -> SourceThreads {
     let mut sources: SourceThreads = Vec::new();
     let mut seen: Vec<Option<u64>> = vec![None; p.platforms.len()];
     let mut outcomes: HashMap<String, Outcome> = HashMap::new();
-    while !stop.is_triggered() && !p.shutdown.is_triggered() {
+    // Channels placed, per platform (its `max_catalog_cameras`).
+    let mut placed = vec![0usize; p.platforms.len()];
+    let stopping = |p: &CatalogPlacement| stop.is_triggered() || p.shutdown.is_triggered();
+    while !stopping(&p) {
         for (i, platform) in p.platforms.clone().iter().enumerate() {
             let generation = platform.config.catalog_generation();
-            if seen[i] == Some(generation) {
+            if seen[i] == Some(generation) || !platform.config.places_by_catalog() {
                 continue;
             }
             seen[i] = Some(generation);
+            let limit = platform.config.max_catalog_cameras();
             for channel in platform.config.catalog() {
                 let id = DeviceId::new(channel.id.as_str());
                 if !channel.wanted || p.configured.contains(&id) {
                     continue;
                 }
-                let outcome = place(&mut p, platform, &channel, &outcomes, &mut sources);
+                if stopping(&p) {
+                    return sources;
+                }
+                let was_placed = matches!(outcomes.get(&channel.id), Some(Outcome::Placed(_)));
+                let outcome = match outcomes.get(&channel.id) {
+                    Some(Outcome::Placed(_)) => {
+                        place(&mut p, platform, &channel, &outcomes, &mut sources)
+                    }
+                    before if placed[i] >= limit => {
+                        if before != Some(&Outcome::OverLimit) {
+                            tracing::warn!(platform = %platform.config.id(), channel = %channel.id, max_catalog_cameras = limit, "the platform's max_catalog_cameras are placed: channel listed, not analysed");
+                        }
+                        Outcome::OverLimit
+                    }
+                    _ => place(&mut p, platform, &channel, &outcomes, &mut sources),
+                };
+                if !was_placed && matches!(outcome, Outcome::Placed(_)) {
+                    placed[i] += 1;
+                }
                 if outcomes.get(&channel.id) != Some(&outcome) {
                     outcomes.insert(channel.id.clone(), outcome);
                 }

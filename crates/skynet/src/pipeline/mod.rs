@@ -311,10 +311,17 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     };
     // Platform channels placed by their catalog position join while running (a single
     // node: an edge runs the cameras it holds the lease of, and a channel has none).
-    let catalog_cameras = config
-        .catalog_cameras
-        .as_ref()
-        .filter(|_| options.role == skynet_cluster::Role::All && cluster.is_none());
+    // A run that ends with its files (`--until-eof`, `skynet eval`) places none: a platform
+    // is a live source, and placing would keep it running.
+    let catalog_cameras = config.catalog_cameras.as_ref().filter(|_| {
+        options.role == skynet_cluster::Role::All
+            && cluster.is_none()
+            && wait_for_shutdown
+            && config
+                .platforms
+                .iter()
+                .any(|p| p.config.places_by_catalog())
+    });
     let detectors = match options.detectors {
         Some(d) if !d.is_empty() => d,
         // Sensors only: no model to load.
@@ -426,6 +433,9 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         let (control, control_rx) = crossbeam_channel::bounded(16);
         rules_and_risk = rules_and_risk.with_control(control_rx);
         rules_control = Some(control);
+    }
+    if catalog_cameras.is_some() {
+        rules_and_risk = rules_and_risk.with_late_cameras();
     }
     // An edge runs a camera only while it holds the camera's lease among the live edges.
     let mut camera_claims = None;
@@ -628,7 +638,12 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             platforms: config.platforms.clone(),
             cameras: Arc::clone(cameras),
             configured: config.cameras.iter().map(|c| c.id.clone()).collect(),
-            starter: starter.clone(),
+            // Hot reload restarts the configured cameras' sources only: a placed camera's
+            // source stops with the pipeline's stop signal.
+            starter: CameraStarter {
+                restartable: false,
+                ..starter.clone()
+            },
             rules: rules.clone(),
             detectors: joining_inputs,
             placed: placed_channels.clone(),
@@ -672,32 +687,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     )?;
     drop((inputs, analysed_queue, camera_events));
 
-    let mut failed_cameras = Vec::new();
-    for (camera, handle) in sources {
-        match handle.join() {
-            Ok(true) => {}
-            Ok(false) => failed_cameras.push(camera),
-            Err(panic) => {
-                tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
-                failed_cameras.push(camera);
-            }
-        }
-    }
+    let mut failed_cameras = join_sources(sources);
     if let Some(catalog) = catalog {
         // A platform is a live source: its channels may join until the node is stopped.
         while !shutdown.is_triggered() {
             std::thread::sleep(POLL);
         }
-        for (camera, handle) in catalog.stop() {
-            match handle.join() {
-                Ok(true) => {}
-                Ok(false) => failed_cameras.push(camera),
-                Err(panic) => {
-                    tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
-                    failed_cameras.push(camera);
-                }
-            }
-        }
+        failed_cameras.extend(join_sources(catalog.stop()));
     }
     if let Some(claims) = camera_claims {
         // No camera runs here any more: the other edges take them at once, not after the
@@ -844,6 +840,22 @@ fn start_sweeper(
 
 /// Each camera's source thread; `false` from it: the camera failed for good.
 type SourceThreads = Vec<(DeviceId, JoinHandle<bool>)>;
+
+/// Waits for each source thread to end; returns the cameras that failed for good.
+fn join_sources(sources: SourceThreads) -> Vec<DeviceId> {
+    let mut failed = Vec::new();
+    for (camera, handle) in sources {
+        match handle.join() {
+            Ok(true) => {}
+            Ok(false) => failed.push(camera),
+            Err(panic) => {
+                tracing::error!(camera = %camera, cause = %panic_message(panic.as_ref()), "source thread panicked");
+                failed.push(camera);
+            }
+        }
+    }
+    failed
+}
 
 /// The detect stage's inputs, the source threads, and (with hot reload) how to restart each
 /// camera's source on its own.

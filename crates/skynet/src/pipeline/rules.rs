@@ -105,6 +105,12 @@ pub(crate) struct RulesAndRisk {
     /// Cameras in the restored state that the config no longer has: their incidents close
     /// by the wall clock, since no frame of theirs will come.
     gone: BTreeMap<DeviceId, DateTime<Utc>>,
+    /// The rules' memory of the cameras in `gone`, kept (and saved) for a camera that joins
+    /// again while running (a platform channel placed by its catalog position).
+    gone_rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Cameras may join while running: a platform channel of the state before a restart,
+    /// not yet placed again, keeps its offline incident open.
+    late_cameras: bool,
     /// Set when the process keeps running after its sources end (a service): the stop signal.
     keep_running: Option<Shutdown>,
     /// Evidence or clocks changed since the state was last sent.
@@ -184,6 +190,11 @@ impl CameraStage {
     }
 }
 
+/// A GB/T 28181 channel id (20 digits): a camera a platform's catalog may place again.
+fn is_channel_id(id: &str) -> bool {
+    id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
     chrono::Duration::from_std(camera.offline_after).unwrap_or(chrono::Duration::seconds(30))
 }
@@ -246,6 +257,8 @@ impl RulesAndRisk {
             commits,
             counters,
             gone,
+            gone_rules: rule_states,
+            late_cameras: false,
             keep_running,
             dirty: false,
             last_state: Instant::now(),
@@ -367,6 +380,12 @@ impl RulesAndRisk {
         }
     }
 
+    /// Cameras may join while running (platform channels placed by their catalog position).
+    pub(crate) fn with_late_cameras(mut self) -> Self {
+        self.late_cameras = true;
+        self
+    }
+
     /// Takes a config reload's changes (`reload.rs`).
     pub(crate) fn with_control(
         mut self,
@@ -421,7 +440,10 @@ impl RulesAndRisk {
                             (spec.zones.clone(), spec.privacy_masks.clone()),
                         );
                     }
-                    let stage = CameraStage::new(&spec, &watermark, restored, None);
+                    let mut stage = CameraStage::new(&spec, &watermark, restored, None);
+                    if let Some(saved) = self.gone_rules.remove(spec.id.as_str()) {
+                        stage.rules.restore(saved);
+                    }
                     tracing::info!(camera = %spec.id, grid = %spec.grid, "camera joined the rules stage");
                     self.cameras.insert(spec.id.clone(), stage);
                     self.dirty = true;
@@ -774,7 +796,9 @@ impl RulesAndRisk {
             .faulty_devices()
             .into_iter()
             .filter(|(source, _, _)| {
-                !self.cameras.contains_key(&source.id) && !self.sensors.contains(&source.id)
+                !self.cameras.contains_key(&source.id)
+                    && !self.sensors.contains(&source.id)
+                    && (!self.late_cameras || !is_channel_id(source.id.as_str()))
             })
             .collect();
         let mut closed = Vec::new();
@@ -979,6 +1003,7 @@ impl RulesAndRisk {
                 .iter()
                 .map(|(id, c)| (id.to_string(), c.rules.state()))
                 .filter(|(_, rules)| !rules.is_empty())
+                .chain(self.gone_rules.clone())
                 .collect(),
             sensor_rules: self.sensor_rules.clone(),
             // Replaced by the engine's small part: its cells and ids go as changed rows.
