@@ -1,7 +1,8 @@
 //! GB/T 28181 platforms in `/readyz` (issue 27): `skynet run` with two `[[platforms]]`
-//! entries and no camera (no model is loaded), one listening and one whose SIP port is
-//! already taken. Each is a component `platform <id>` of kind `platform`: the first `up`
-//! (it only lists catalogs: no analysed channel waits for a lower platform), the second
+//! entries and no camera yet (`channels = "all"`: the model is loaded for the channels their
+//! catalogs may place), one listening and one whose SIP port is already taken. Each is a
+//! component `platform <id>` of kind `platform`: the first `up` (no channel the config
+//! places waits for a lower platform), the second
 //! `retrying` with why, which makes `/readyz` 503.
 
 mod common;
