@@ -8,7 +8,9 @@
 //! failing) and comes back when it registers again (a new INVITE, frames again). With
 //! `media_transport = "tcp-passive"` / `"tcp-active"` the same RTP comes over TCP (RFC 4571).
 //! The whole pipeline (YOLOX nano, a zone rule, the outbox) over a channel streaming vtest.avi
-//! finds the people on the walkway, as over RTSP.
+//! finds the people on the walkway, as over RTSP, whether the config or the catalog's
+//! position places the channel. A placed channel's `camera_offline` incident stays open
+//! across a restart that places it again, and closes once its catalog no longer places it.
 
 mod common;
 
@@ -624,6 +626,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
 "#
     );
     let config = common::pipeline_config(dir.path(), &text);
+    let placed_before = placed_total();
     match placement {
         Placement::Config => assert_eq!(config.cameras.len(), 1, "the channel is the only camera"),
         Placement::Catalog => assert!(config.cameras.is_empty(), "placed while running"),
@@ -732,9 +735,146 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     );
     assert!(events.iter().all(|e| e.data.camera.as_str() == CHANNEL));
     if placement == Placement::Catalog {
-        let placed = format!("skynet_platform_channels_placed_total{{platform=\"{ME}\"}} 1\n");
-        assert!(recorder().render().contains(&placed), "{placed}");
+        assert!(placed_total() > placed_before, "{}", placed_total());
     }
+}
+
+/// A channel placed by its catalog position that goes offline (its INVITEs refused) opens
+/// `camera_offline`; after a restart the incident stays open (the channel may be placed
+/// again) until the catalog no longer places it (its position gone): then it closes.
+#[test]
+fn a_placed_channels_offline_incident_closes_when_the_catalog_no_longer_places_it() {
+    let _serial = serial();
+    recorder();
+    let _ = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let sip = common::free_port();
+    let media = common::free_port().port();
+    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
+    let head = base.split("\n[[cameras]]").next().unwrap();
+    let text = format!(
+        r#"{head}
+[[platforms]]
+kind = "gb28181"
+id = "{ME}"
+domain = "{DOMAIN}"
+listen = "{sip}"
+password = "secret-pw"
+owner = "city_management"
+keepalive_timeout_s = 600
+media_ports = "{media}-{media}"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
+
+  [[platforms.channels]]
+  id = "{CHANNEL}"
+  offline_after_s = 1
+"#
+    );
+    let config = common::pipeline_config(dir.path(), &text);
+    config.platforms[0].config.start().unwrap();
+    let item = |position: Option<(f64, f64)>| CatalogItem {
+        device_id: CHANNEL.into(),
+        name: "东门".into(),
+        parental: Some(false),
+        longitude: position.map(|p| p.0),
+        latitude: position.map(|p| p.1),
+        ..Default::default()
+    };
+    let offline = |status: &str| {
+        common::stored_events(dir.path()).iter().any(|e| {
+            e.data.camera.as_str() == CHANNEL
+                && e.data.category == "camera_offline"
+                && format!("{:?}", e.data.status) == status
+        })
+    };
+    // One run of the pipeline until `until` holds (or it ends): whether it held.
+    let run_until = |until: &dyn Fn() -> bool| {
+        let options = skynet::RunOptions {
+            wait_for_shutdown: true,
+            ..Default::default()
+        };
+        let stop = options.shutdown.clone();
+        std::thread::scope(|scope| {
+            let pipeline = scope.spawn(|| skynet::pipeline::run(&config, options));
+            let held = common::eventually(Duration::from_secs(60), || {
+                pipeline.is_finished() || until()
+            });
+            stop.trigger();
+            pipeline.join().unwrap().unwrap();
+            held && until()
+        })
+    };
+
+    // The lower platform's catalog places the channel; every INVITE of it is refused.
+    let mut lower = Lower::new(sip);
+    lower.join_with("secret-pw", &[item(Some(G_0102_POSITION))]);
+    let done = Arc::new(AtomicBool::new(false));
+    let refusing = refuse_invites(&lower, Arc::clone(&done));
+    assert!(
+        run_until(&|| offline("Opened")),
+        "no camera_offline for the placed channel"
+    );
+
+    // Restarted (the lower platform stays registered, its catalog as it was): placed again,
+    // and its incident was not closed at the start.
+    let placed_before = placed_total();
+    assert!(
+        run_until(&|| placed_total() > placed_before),
+        "not placed again"
+    );
+    assert!(!offline("Closed"), "closed at the start");
+
+    // Its catalog comes without the channel's position; restarted, it is not placed, and
+    // its incident closes.
+    lower.message(manscdp::catalog_response(2, LOWER, 1, &[item(None)]));
+    assert!(
+        run_until(&|| offline("Closed")),
+        "the camera_offline incident did not close"
+    );
+    done.store(true, Ordering::Relaxed);
+    refusing.join().unwrap();
+    let revisions: Vec<String> = common::stored_events(dir.path())
+        .iter()
+        .filter(|e| e.data.category == "camera_offline")
+        .map(|e| format!("{:?}", e.data.status))
+        .collect();
+    assert_eq!(revisions, ["Opened", "Closed"], "{revisions:?}");
+}
+
+/// `skynet_platform_channels_placed_total` of the platform, in this process.
+fn placed_total() -> f64 {
+    let prefix = format!("skynet_platform_channels_placed_total{{platform=\"{ME}\"}} ");
+    recorder()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Answers each INVITE with 404 and any other request with 200, until `done`.
+fn refuse_invites(lower: &Lower, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let socket = lower.socket.try_clone().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let server = lower.server;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !done.load(Ordering::Relaxed) {
+            let Ok(n) = socket.recv(&mut buf) else {
+                continue;
+            };
+            let Ok(m) = Message::parse(&buf[..n], &skynet_gb28181::sip::Limits::default()) else {
+                continue;
+            };
+            let answer = match m.method() {
+                Some(Method::Invite) => Message::response_to(&m, 404, "Not Found", Some("r")),
+                Some(Method::Ack) | None => continue,
+                Some(_) => Message::response_to(&m, 200, "OK", Some("r")),
+            };
+            let _ = socket.send_to(&answer.to_bytes(), server);
+        }
+    })
 }
 
 fn platform_config(platform: &str) -> String {

@@ -112,7 +112,16 @@ pub trait BuildPlatform: std::fmt::Debug + Send + Sync {
     /// Whether a channel may be placed by its catalog position: one the config wants and
     /// does not place (`channels = "all"`, or one listed without `grid` or `location`).
     fn places_by_catalog(&self) -> bool {
-        self.all_channels() || self.channels().iter().any(|c| !c.is_analysed())
+        self.max_catalog_cameras() > 0
+            && (self.all_channels() || self.channels().iter().any(|c| !c.is_analysed()))
+    }
+    /// Whether `channel` may be placed by its catalog position.
+    fn may_place(&self, channel: &str) -> bool {
+        self.max_catalog_cameras() > 0
+            && match self.channels().iter().find(|c| c.id == channel) {
+                Some(configured) => !configured.is_analysed(),
+                None => self.all_channels() && manscdp::is_gb_id(channel),
+            }
     }
     /// At most this many channels are placed by their catalog position.
     fn max_catalog_cameras(&self) -> usize {
@@ -220,15 +229,15 @@ pub struct Gb28181PlatformConfig {
     #[serde(default)]
     reconnect: ReconnectConfig,
     /// At most this many channels the config does not place are placed (and analysed) by
-    /// their catalog position; those beyond are listed, not analysed. Default 32: a 2-core
-    /// node analyses about 16 channels at 5 fps, and a city platform's catalog may hold
-    /// thousands.
+    /// their catalog position, in the order the catalogs bring them; those beyond are
+    /// listed, not analysed; 0 places none. Default 16: about what a 2-core node analyses
+    /// at 5 fps, where a city platform's catalog may hold thousands.
     #[serde(default = "default_max_catalog_cameras")]
     max_catalog_cameras: usize,
 }
 
 fn default_max_catalog_cameras() -> usize {
-    32
+    16
 }
 
 /// `media_transport`.

@@ -41,6 +41,9 @@ pub(super) struct CatalogPlacement {
     /// One per detection worker: each serves every camera.
     pub(super) detectors: Vec<crossbeam_channel::Sender<detect::CameraInput>>,
     pub(super) placed: Placed,
+    /// The cameras of the state before this start: a channel among them that the catalog
+    /// does not place is gone for good (its offline incident closes).
+    pub(super) restored: BTreeSet<String>,
     pub(super) shutdown: Shutdown,
 }
 
@@ -55,14 +58,8 @@ impl CatalogThread {
     /// returns the source threads of the cameras placed.
     pub(super) fn stop(self) -> SourceThreads {
         self.stop.trigger();
-        match self.handle.join() {
-            Ok(sources) => sources,
-            Err(panic) => {
-                // Its cameras' sources end with the pipeline's stop signal all the same.
-                tracing::error!(cause = %super::panic_message(panic.as_ref()), "the catalog placement thread panicked");
-                Vec::new()
-            }
-        }
+        // (A panic of its own was logged when it happened.)
+        self.handle.join().unwrap_or_default()
     }
 }
 
@@ -71,7 +68,14 @@ pub(super) fn start(placement: CatalogPlacement) -> Result<CatalogThread, Pipeli
     let own = stop.clone();
     let handle = std::thread::Builder::new()
         .name("catalog-cameras".into())
-        .spawn(move || run(placement, &own))
+        .spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(placement, &own)))
+                .unwrap_or_else(|panic| {
+                    // No more channels are placed; those placed stop with the pipeline.
+                    tracing::error!(cause = %super::panic_message(panic.as_ref()), "the catalog placement thread panicked: no more channels are placed");
+                    Vec::new()
+                })
+        })
         .map_err(|source| PipelineError::Spawn {
             stage: "catalog-cameras".into(),
             source,
@@ -128,6 +132,15 @@ fn run(mut p: CatalogPlacement, stop: &Shutdown) -> SourceThreads {
                 };
                 if !was_placed && matches!(outcome, Outcome::Placed(_)) {
                     placed[i] += 1;
+                }
+                if matches!(
+                    outcome,
+                    Outcome::NoPosition | Outcome::OutsideCells | Outcome::OverLimit
+                ) && outcomes.get(&channel.id) != Some(&outcome)
+                    && p.restored.contains(&channel.id)
+                {
+                    // A camera of it before a restart is gone for good.
+                    let _ = p.rules.send(RulesControl::NotPlaced { camera: id });
                 }
                 if outcomes.get(&channel.id) != Some(&outcome) {
                     outcomes.insert(channel.id.clone(), outcome);

@@ -358,6 +358,21 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     } else {
         state::restore(config, &outbox)?
     };
+    // The cameras of the state before this start, and the devices with an open fault
+    // incident (a camera that never gave a frame has no clock): a platform channel placed
+    // then may be placed again, or not (`catalog.rs`).
+    let restored_cameras: std::collections::BTreeSet<String> = restored
+        .as_ref()
+        .map(|r| {
+            let faulty = r.engine.faulty_devices().into_iter();
+            r.state
+                .cameras
+                .keys()
+                .cloned()
+                .chain(faulty.map(|(source, _, _)| source.id.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     // The sensor stage's rules go on from their saved memory too (streaks across a restart).
     let restored_sensor_rules = restored
         .as_ref()
@@ -435,7 +450,10 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         rules_control = Some(control);
     }
     if catalog_cameras.is_some() {
-        rules_and_risk = rules_and_risk.with_late_cameras();
+        let platforms = config.platforms.clone();
+        rules_and_risk = rules_and_risk.with_late_cameras(Box::new(move |id| {
+            platforms.iter().any(|p| p.config.may_place(id))
+        }));
     }
     // An edge runs a camera only while it holds the camera's lease among the live edges.
     let mut camera_claims = None;
@@ -647,6 +665,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             rules: rules.clone(),
             detectors: joining_inputs,
             placed: placed_channels.clone(),
+            restored: restored_cameras,
             shutdown: shutdown.clone(),
         })?),
         _ => None,

@@ -94,6 +94,10 @@ pub(crate) enum RulesControl {
         spec: Box<crate::config::CameraSpec>,
         watermark: Watermark,
     },
+    /// The catalog does not place this channel (no position, outside every cell, over its
+    /// platform's limit): a camera of it before a restart is gone, its offline incident
+    /// closes and its rules' memory is dropped.
+    NotPlaced { camera: DeviceId },
 }
 
 /// Applies each camera's rules in frame order and feeds the evidence to the risk engine.
@@ -108,9 +112,12 @@ pub(crate) struct RulesAndRisk {
     /// The rules' memory of the cameras in `gone`, kept (and saved) for a camera that joins
     /// again while running (a platform channel placed by its catalog position).
     gone_rules: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
-    /// Cameras may join while running: a platform channel of the state before a restart,
-    /// not yet placed again, keeps its offline incident open.
-    late_cameras: bool,
+    /// The cameras that may join while running (platform channels a catalog may place): one
+    /// of the state before a restart, not yet placed again, keeps its offline incident open
+    /// and its rules' memory until the catalog says it is not placed.
+    late_cameras: Option<LateCameras>,
+    /// What the control's changes caused, committed with the loop's next revisions.
+    control_revisions: Vec<RiskEvent>,
     /// Set when the process keeps running after its sources end (a service): the stop signal.
     keep_running: Option<Shutdown>,
     /// Evidence or clocks changed since the state was last sent.
@@ -190,10 +197,8 @@ impl CameraStage {
     }
 }
 
-/// A GB/T 28181 channel id (20 digits): a camera a platform's catalog may place again.
-fn is_channel_id(id: &str) -> bool {
-    id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit())
-}
+/// Whether a camera id may join while running (a platform channel its catalog may place).
+pub(crate) type LateCameras = Box<dyn Fn(&str) -> bool + Send>;
 
 fn offline_after(camera: &crate::config::CameraSpec) -> chrono::Duration {
     chrono::Duration::from_std(camera.offline_after).unwrap_or(chrono::Duration::seconds(30))
@@ -258,7 +263,8 @@ impl RulesAndRisk {
             counters,
             gone,
             gone_rules: rule_states,
-            late_cameras: false,
+            late_cameras: None,
+            control_revisions: Vec::new(),
             keep_running,
             dirty: false,
             last_state: Instant::now(),
@@ -381,9 +387,14 @@ impl RulesAndRisk {
     }
 
     /// Cameras may join while running (platform channels placed by their catalog position).
-    pub(crate) fn with_late_cameras(mut self) -> Self {
-        self.late_cameras = true;
+    pub(crate) fn with_late_cameras(mut self, may_join: LateCameras) -> Self {
+        self.late_cameras = Some(may_join);
         self
+    }
+
+    /// Whether camera `id` may join while running.
+    fn may_join(&self, id: &str) -> bool {
+        self.late_cameras.as_ref().is_some_and(|may| may(id))
     }
 
     /// Takes a config reload's changes (`reload.rs`).
@@ -414,6 +425,25 @@ impl RulesAndRisk {
                     stage.rules.restore(memory);
                     self.dirty = true;
                     tracing::info!(camera = %camera, rules = stage.rules.rules.len(), "rules rebuilt from the reloaded config");
+                }
+                RulesControl::NotPlaced { camera } => {
+                    if self.cameras.contains_key(&camera) {
+                        continue;
+                    }
+                    self.gone_rules.remove(camera.as_str());
+                    let now = Utc::now();
+                    let faults: Vec<_> = self
+                        .engine
+                        .faulty_devices()
+                        .into_iter()
+                        .filter(|(source, _, _)| source.id == camera)
+                        .collect();
+                    for (source, grid, category) in faults {
+                        tracing::info!(device = %source.id, "channel not placed by its catalog; closing its offline incident");
+                        let revisions =
+                            self.observe(&DeviceFault::recovery(source, grid, &category, now));
+                        self.control_revisions.extend(revisions);
+                    }
                 }
                 RulesControl::AddCamera { spec, watermark } => {
                     if self.cameras.contains_key(&spec.id) {
@@ -798,9 +828,17 @@ impl RulesAndRisk {
             .filter(|(source, _, _)| {
                 !self.cameras.contains_key(&source.id)
                     && !self.sensors.contains(&source.id)
-                    && (!self.late_cameras || !is_channel_id(source.id.as_str()))
+                    && !self.may_join(source.id.as_str())
             })
             .collect();
+        // The rules' memory of a camera gone for good is dropped with it.
+        let keep: Vec<String> = self
+            .gone_rules
+            .keys()
+            .filter(|id| self.may_join(id))
+            .cloned()
+            .collect();
+        self.gone_rules.retain(|id, _| keep.contains(id));
         let mut closed = Vec::new();
         for (source, grid, category) in gone {
             tracing::info!(device = %source.id, "device no longer configured; closing its offline incident");
@@ -837,7 +875,9 @@ impl RulesAndRisk {
             }
             self.take_control();
             self.take_patrols()?;
-            let mut revisions = self.take_bus(Duration::ZERO)?;
+            // (The control's own: offline incidents of channels the catalog does not place.)
+            let mut revisions = std::mem::take(&mut self.control_revisions);
+            revisions.extend(self.take_bus(Duration::ZERO)?);
             revisions.extend(self.take_sensor_events(Duration::ZERO));
             revisions.extend(self.take_case_feedback());
             if !revisions.is_empty() || self.cases_pending() || self.sensor_acks_due() {
