@@ -585,26 +585,17 @@ fn finds_people_in_vtest(placement: Placement) {
     let dir = tempfile::tempdir().unwrap();
     let sip = common::free_port();
     let media = common::free_port().port();
-    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
-    let head = base.split("\n[[cameras]]").next().unwrap();
     let walkway = common::WALKWAY;
     let grid = match placement {
         Placement::Config => "grid = \"G-0102\"",
         Placement::Catalog => "",
     };
-    let text = format!(
-        r#"{head}
-[[platforms]]
-kind = "gb28181"
-id = "{ME}"
-domain = "{DOMAIN}"
-listen = "{sip}"
-password = "secret-pw"
-owner = "city_management"
-keepalive_timeout_s = 60
-media_ports = "{media}-{media}"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
-
+    let text = pipeline_with_platform(
+        dir.path(),
+        sip,
+        media,
+        &format!(
+            r#"
   [[platforms.channels]]
   id = "{CHANNEL}"
   {grid}
@@ -624,6 +615,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
   [[platforms.channels]]
   id = "{UNPLACED}"
 "#
+        ),
     );
     let config = common::pipeline_config(dir.path(), &text);
     let placed_before = placed_total();
@@ -750,26 +742,9 @@ fn a_placed_channels_offline_incident_closes_when_the_catalog_no_longer_places_i
     let dir = tempfile::tempdir().unwrap();
     let sip = common::free_port();
     let media = common::free_port().port();
-    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
-    let head = base.split("\n[[cameras]]").next().unwrap();
-    let text = format!(
-        r#"{head}
-[[platforms]]
-kind = "gb28181"
-id = "{ME}"
-domain = "{DOMAIN}"
-listen = "{sip}"
-password = "secret-pw"
-owner = "city_management"
-keepalive_timeout_s = 600
-media_ports = "{media}-{media}"
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
-
-  [[platforms.channels]]
-  id = "{CHANNEL}"
-  offline_after_s = 1
-"#
-    );
+    let channel =
+        format!("\n  [[platforms.channels]]\n  id = \"{CHANNEL}\"\n  offline_after_s = 1\n");
+    let text = pipeline_with_platform(dir.path(), sip, media, &channel);
     let config = common::pipeline_config(dir.path(), &text);
     config.platforms[0].config.start().unwrap();
     let item = |position: Option<(f64, f64)>| CatalogItem {
@@ -839,6 +814,33 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 0.5 }}
         .map(|e| format!("{:?}", e.data.status))
         .collect();
     assert_eq!(revisions, ["Opened", "Closed"], "{revisions:?}");
+}
+
+/// The vtest config's pipeline without its camera, and a platform on `sip` whose media
+/// comes to port `media`, with `channels` (its `[[platforms.channels]]` tables).
+fn pipeline_with_platform(
+    dir: &std::path::Path,
+    sip: SocketAddr,
+    media: u16,
+    channels: &str,
+) -> String {
+    let base = common::vtest_config(dir, "unused", common::WALKWAY, 1);
+    let head = base.split("\n[[cameras]]").next().unwrap();
+    // (No keepalives come from the scripted lower platform in these tests.)
+    format!(
+        r#"{head}
+[[platforms]]
+kind = "gb28181"
+id = "{ME}"
+domain = "{DOMAIN}"
+listen = "{sip}"
+password = "secret-pw"
+owner = "city_management"
+keepalive_timeout_s = 600
+media_ports = "{media}-{media}"
+reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
+{channels}"#
+    )
 }
 
 /// `skynet_platform_channels_placed_total` of the platform, in this process.
