@@ -132,89 +132,30 @@ fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 fn a_lower_platform_registers_and_its_channel_is_decoded() {
     let _serial = serial();
     let metrics = recorder();
-    let dir = tempfile::tempdir().unwrap();
-    let sip = common::free_port();
-    let media = common::free_port().port();
-    let base = common::vtest_config(dir.path(), "unused", common::WALKWAY, 1);
-    let head = base.split("\n[[cameras]]").next().unwrap();
-    let text = format!(
-        r#"{head}
-[[platforms]]
-kind = "gb28181"
-id = "{ME}"
-domain = "{DOMAIN}"
-listen = "{sip}"
-password = "${{SKYNET_TEST_GB_PASSWORD_UNSET:-secret-pw}}"
-owner = "city_management"
-keepalive_timeout_s = 60
-media_ports = "{media}-{media}"
-stall_timeout_s = 1
-reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
-
-  [[platforms.channels]]
-  id = "{CHANNEL}"
-  grid = "G-0102"
-"#
+    // A wrong password first (403), then the right one; the password comes through `${VAR}`.
+    let h = start_harness(
+        "password = \"${SKYNET_TEST_GB_PASSWORD_UNSET:-secret-pw}\"\nowner = \"city_management\"\n\
+         keepalive_timeout_s = 60\nstall_timeout_s = 3",
+        |lower| assert_eq!(lower.register_with("wrong"), 403),
     );
-    let config = common::pipeline_config(dir.path(), &text);
-    assert_eq!(config.platforms.len(), 1);
-    let camera = config
+    let camera = h
+        .config
         .cameras
         .iter()
         .find(|c| c.id.as_str() == CHANNEL)
         .expect("the channel is a camera");
+    assert_eq!(h.config.platforms.len(), 1);
     assert_eq!(camera.owner, skynet_core::OwnerKind::CityManagement);
     assert_eq!(camera.grid.as_str(), "G-0102");
     assert!(camera.is_live());
-    config.platforms[0].config.start().unwrap();
-
-    let mut lower = Lower::new(sip);
-    assert_eq!(lower.register_with("wrong"), 403);
-    // The catalog query comes; a GB2312 catalog answers it.
-    lower.join("secret-pw");
 
     // The channel's source INVITEs it (retried by the supervisor until the catalog is in).
-    let delivery = FrameDelivery {
-        max_size: Some((320, 240)),
-        ..FrameDelivery::default()
-    };
-    let mut source = camera
-        .source
-        .build(&SourceBuildContext {
-            camera: &camera.id,
-            delivery: &delivery,
-        })
-        .unwrap();
-    let (queue, rx) = stage_queue("frames", CHANNEL, 64, OverloadPolicy::DropOldest);
-    let out = FrameOutput::new(queue, Watermark::new(true));
-    let stop = Shutdown::new();
-    let health = CameraHealth::detached(CHANNEL);
-    let policy = camera.source.retry_policy();
-    let running = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let exit = run_supervised(source.as_mut(), &out, &stop, &health, &policy);
-            (exit, source.stats())
-        })
-    };
+    let lower = &h.lower;
     let invite = lower.next_request(Method::Invite);
     let sdp = String::from_utf8_lossy(&invite.body).to_string();
     assert!(sdp.contains("PS/90000"), "{sdp}");
-    let port: u16 = sdp_value(&sdp, "m=video ")
-        .and_then(|m| m.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("m=video PORT");
-    assert_eq!(port, media);
-    let ssrc_text = sdp_value(&sdp, "y=").expect("y= SSRC").to_string();
-    let ssrc: u32 = ssrc_text.parse().unwrap();
-    let answer = format!(
-        "v=0\r\no={CHANNEL} 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 15060 RTP/AVP 96\r\na=rtpmap:96 PS/90000\r\na=sendonly\r\ny={ssrc_text}\r\n"
-    );
-    let ok = Message::response_to(&invite, 200, "OK", Some("dev"))
-        .with_body("application/sdp", answer.into_bytes());
-    lower.send(&ok.to_bytes());
-    let ack = lower.recv();
-    assert_eq!(ack.method(), Some(&Method::Ack));
+    let (port, ssrc) = answer_invite(lower, &invite, "m=video 15060 RTP/AVP 96");
+    assert_eq!(port, h.media);
 
     let done = Arc::new(AtomicBool::new(false));
     let streamer = {
@@ -223,7 +164,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     };
     let mut frames = 0;
     while frames < 10 {
-        match rx.channel().recv_timeout(Duration::from_secs(20)) {
+        match h.rx.channel().recv_timeout(Duration::from_secs(20)) {
             Ok(frame) => {
                 assert_eq!(frame.info.camera.as_str(), CHANNEL);
                 assert_eq!((frame.image.width, frame.image.height), (320, 240));
@@ -241,9 +182,14 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     lower.send(&Message::response_to(&bye, 200, "OK", None).to_bytes());
     let again = lower.next_request(Method::Invite);
     assert_ne!(again.call_id().unwrap(), invite.call_id().unwrap());
-    stop.trigger();
-    let (exit, stats) = running.join().unwrap();
-    assert!(exit.is_ok(), "{exit:?}");
+    // A malformed message is refused and counted by why.
+    lower.send(b"NOT SIP AT ALL\r\n\r\n");
+    wait_for("the refusal counted", || {
+        metrics
+            .render()
+            .contains("skynet_sip_refused_total{reason=\"malformed SIP\"}")
+    });
+    let stats = h.finish();
     assert!(stats.decoded >= 10);
     let text = metrics.render();
     for line in [
@@ -322,13 +268,30 @@ struct Harness {
     rx: skynet_core::StageReceiver<skynet_core::Frame>,
     stop: Shutdown,
     health: CameraHealth,
-    running: std::thread::JoinHandle<Result<skynet_ingest::SourceExit, skynet_ingest::IngestError>>,
+    running: std::thread::JoinHandle<(
+        Result<skynet_ingest::SourceExit, skynet_ingest::IngestError>,
+        skynet_ingest::SourceStats,
+    )>,
     media: u16,
-    _config: skynet::PipelineConfig,
+    config: skynet::PipelineConfig,
     _dir: tempfile::TempDir,
 }
 
 fn harness(extra: &str) -> Harness {
+    start_harness(extra, |_| {})
+}
+
+/// As [`harness`], `before_join` done by the lower platform before it registers and
+/// answers the catalog. A `password` or `owner` in `extra` replaces the default.
+fn start_harness(extra: &str, before_join: impl FnOnce(&mut Lower)) -> Harness {
+    let password = match extra.contains("password") {
+        true => "",
+        false => "password = \"secret-pw\"\n",
+    };
+    let owner = match extra.contains("owner") {
+        true => "",
+        false => "owner = \"police\"\n",
+    };
     let dir = tempfile::tempdir().unwrap();
     let sip = common::free_port();
     let media = common::free_port().port();
@@ -341,9 +304,7 @@ kind = "gb28181"
 id = "{ME}"
 domain = "{DOMAIN}"
 listen = "{sip}"
-password = "secret-pw"
-owner = "police"
-media_ports = "{media}-{media}"
+{password}{owner}media_ports = "{media}-{media}"
 reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
 {extra}
 
@@ -360,6 +321,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         .find(|c| c.id.as_str() == CHANNEL)
         .expect("the channel is a camera");
     let mut lower = Lower::new(sip);
+    before_join(&mut lower);
     lower.join("secret-pw");
     let delivery = FrameDelivery {
         max_size: Some((320, 240)),
@@ -379,7 +341,10 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
     let policy = camera.source.retry_policy();
     let running = {
         let (stop, health) = (stop.clone(), health.clone());
-        std::thread::spawn(move || run_supervised(source.as_mut(), &out, &stop, &health, &policy))
+        std::thread::spawn(move || {
+            let exit = run_supervised(source.as_mut(), &out, &stop, &health, &policy);
+            (exit, source.stats())
+        })
     };
     Harness {
         lower,
@@ -388,7 +353,7 @@ reconnect = {{ initial_backoff_s = 0.2, max_backoff_s = 1 }}
         health,
         running,
         media,
-        _config: config,
+        config,
         _dir: dir,
     }
 }
@@ -406,10 +371,12 @@ impl Harness {
         }
     }
 
-    fn finish(self) {
+    /// Stops the channel's source: what it counted.
+    fn finish(self) -> skynet_ingest::SourceStats {
         self.stop.trigger();
-        let exit = self.running.join().unwrap();
+        let (exit, stats) = self.running.join().unwrap();
         assert!(exit.is_ok(), "{exit:?}");
+        stats
     }
 }
 

@@ -148,10 +148,11 @@ fn a_patrol_checks_every_camera_each_round_two_at_a_time_and_an_unreachable_one_
         let round = data["round"].as_u64().unwrap();
         numbers.push(round);
         // Numbered by the every_s slot (1 s here) it started in: on time, or at once after
-        // an overrun.
+        // an overrun (its time is read just after the number: up to a slot more on a loaded
+        // machine).
         let started = time(&data["started"]).timestamp_millis();
         assert!(
-            (round as i64 * 1000..round as i64 * 1000 + 1100).contains(&started),
+            (round as i64 * 1000..round as i64 * 1000 + 2000).contains(&started),
             "round {round} started at {started} ms"
         );
         assert_eq!(event["id"], format!("north/{round}"));

@@ -243,10 +243,12 @@ impl<C: FrameCounts> InferenceWorker<C> {
             // (Appended: the indices of the cameras already served stay as they are.)
             let joining = self.take_joining();
             if self.inputs.is_empty() {
-                if !joining {
-                    break;
+                // No camera yet: wait for one to join (or for the queue to close).
+                match self.joining.as_ref().map(|j| j.recv()) {
+                    Some(Ok(input)) => self.inputs.push(input),
+                    _ if joining => self.joining = None,
+                    _ => break,
                 }
-                std::thread::sleep(POLL);
                 continue;
             }
             let mut select = Select::new();

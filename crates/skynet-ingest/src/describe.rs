@@ -17,6 +17,10 @@ pub fn describe_metrics() {
         "SIP requests answered by the GB/T 28181 endpoint, per method and response code."
     );
     describe_counter!(
+        "skynet_sip_refused_total",
+        "SIP messages and connections the GB/T 28181 endpoint refused, per reason."
+    );
+    describe_counter!(
         "skynet_platform_channels_placed_total",
         "Platform channels placed in a grid cell by their catalog position while running, each then analysed as a camera."
     );

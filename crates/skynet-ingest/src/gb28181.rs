@@ -558,27 +558,30 @@ impl Gb28181Platform {
     fn media_socket(&self) -> Result<MediaIn, String> {
         let (first, last) = self.inner.media_ports;
         let count = u32::from(last - first) + 1;
+        let mut last_error = None;
         for _ in 0..count {
             let k = self.inner.next_port.fetch_add(1, Ordering::Relaxed) % count;
             let Ok(port) = u16::try_from(u32::from(first) + k) else {
                 continue;
             };
-            let bind_ip = if self.inner.listen.ip().is_unspecified() {
-                self.inner.listen.ip()
-            } else {
-                self.inner.media_ip
-            };
-            let at = SocketAddr::new(bind_ip, port);
+            // On the SIP endpoint's address: `media_ip` is only what the SDP offers (behind
+            // NAT it is no address of this host).
+            let at = SocketAddr::new(self.inner.listen.ip(), port);
             let bound = match self.config.media_transport {
                 MediaTransportKey::Udp => UdpSocket::bind(at).map(MediaIn::Udp),
                 MediaTransportKey::TcpPassive => TcpListener::bind(at).map(MediaIn::Listen),
                 MediaTransportKey::TcpActive => TcpListener::bind(at).map(MediaIn::Active),
             };
-            if let Ok(socket) = bound {
-                return Ok(socket);
+            match bound {
+                Ok(socket) => return Ok(socket),
+                Err(e) => last_error = Some(e),
             }
         }
-        Err(format!("no free port in media_ports {first}-{last}"))
+        Err(format!(
+            "no free port in media_ports {first}-{last} on {}{}",
+            self.inner.listen.ip(),
+            last_error.map_or(String::new(), |e| format!(" (last: {e})"))
+        ))
     }
 }
 
@@ -607,6 +610,9 @@ impl MediaIn {
 
 /// How long a media socket blocks before the receiver checks whether its call is over.
 const MEDIA_POLL: Duration = Duration::from_millis(200);
+/// While media flows, a call's receiver checks whether its call has ended every this many
+/// reads (about a second of a 1080p stream).
+const ENDED_CHECK_EVERY: u32 = 256;
 
 /// What one wait on a call's media gave.
 enum Received {
@@ -614,8 +620,8 @@ enum Received {
     Packets(Vec<Vec<u8>>),
     /// Nothing yet.
     Nothing,
-    /// The media has ended (the TCP connection closed, or a socket error).
-    Closed,
+    /// The media has ended (the TCP connection closed, or a socket error): why.
+    Closed(String),
 }
 
 impl MediaIn {
@@ -631,7 +637,7 @@ impl MediaIn {
             Self::Udp(socket) => match socket.recv(buf) {
                 Ok(n) => Received::Packets(vec![buf[..n].to_vec()]),
                 Err(e) if timeout(&e) => Received::Nothing,
-                Err(_) => Received::Closed,
+                Err(e) => Received::Closed(format!("UDP socket: {e}")),
             },
             Self::Listen(listener) => match listener.accept() {
                 Ok((stream, from)) => {
@@ -642,11 +648,11 @@ impl MediaIn {
                     std::thread::sleep(Duration::from_millis(20));
                     Received::Nothing
                 }
-                Err(_) => Received::Closed,
+                Err(e) => Received::Closed(format!("accepting the media connection: {e}")),
             },
             Self::Active(_) => {
                 let Some(peer) = peer else {
-                    return Received::Closed;
+                    return Received::Closed("the answer named no address to connect to".into());
                 };
                 match TcpStream::connect_timeout(&peer, MEDIA_POLL) {
                     Ok(stream) => self.connected(stream),
@@ -657,15 +663,15 @@ impl MediaIn {
                 }
             }
             Self::Tcp(stream, deframer) => match stream.read(buf) {
-                Ok(0) => Received::Closed,
+                Ok(0) => Received::Closed("the media connection closed".into()),
                 Ok(n) => {
-                    if deframer.push(&buf[..n]).is_err() {
-                        return Received::Closed;
+                    if let Err(e) = deframer.push(&buf[..n]) {
+                        return Received::Closed(format!("bad RFC 4571 framing: {e}"));
                     }
                     Received::Packets(std::iter::from_fn(|| deframer.next_packet()).collect())
                 }
                 Err(e) if timeout(&e) => Received::Nothing,
-                Err(_) => Received::Closed,
+                Err(e) => Received::Closed(format!("media connection: {e}")),
             },
         }
     }
@@ -675,7 +681,7 @@ impl MediaIn {
         if stream.set_nonblocking(false).is_err()
             || stream.set_read_timeout(Some(MEDIA_POLL)).is_err()
         {
-            return Received::Closed;
+            return Received::Closed("could not set the media connection's timeout".into());
         }
         *self = Self::Tcp(stream, StreamDeframer::default());
         Received::Nothing
@@ -939,7 +945,9 @@ impl EventSink {
                     *counts.entry(status_label(item.status)).or_default() += 1;
                     let wanted = w.all || w.configured.contains(&item.device_id);
                     let analysed = w.configured.contains(&item.device_id);
-                    tracing::info!(
+                    // (Under the state's lock, for each of possibly thousands of items: the
+                    // count below is logged at info.)
+                    tracing::debug!(
                         platform = %w.platform,
                         lower = %platform,
                         channel = %item.device_id,
@@ -980,6 +988,9 @@ impl EventSink {
                 tracing::debug!(reason, "SIP message refused");
                 metrics::counter!("skynet_sip_requests_total", "method" => "unknown", "code" => "0")
                     .increment(1);
+                // Why, by a fixed set of reasons (a stranger's message, a malformed one, a
+                // connection over the limit, ...).
+                metrics::counter!("skynet_sip_refused_total", "reason" => reason).increment(1);
             }
             ServerEvent::Playing {
                 call_id, answer, ..
@@ -1236,21 +1247,36 @@ impl ChannelSource {
                     let mut media = MediaReceiver::new(ssrc, 64, 8 * 1024 * 1024);
                     let mut buf = vec![0u8; 65_536];
                     let mut lost_seen = 0;
+                    // Whether the call has ended is asked of the shared state (its lock is
+                    // the SIP handler's) when no media came within a poll, and every
+                    // `ENDED_CHECK_EVERY` reads while media flows: not once per packet.
+                    let mut reads = 0u32;
+                    let mut check_ended = true;
                     while !done.load(Ordering::Relaxed) {
-                        if sink
-                            .state
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .ended
-                            .contains(&call_id)
+                        if check_ended
+                            && sink
+                                .state
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .ended
+                                .contains(&call_id)
                         {
                             tracing::warn!(camera = %camera, "GB/T 28181 call ended by the lower platform");
                             break;
                         }
+                        reads = reads.wrapping_add(1);
+                        check_ended = reads.is_multiple_of(ENDED_CHECK_EVERY);
                         let packets = match socket.receive(&mut buf, peer) {
                             Received::Packets(p) => p,
-                            Received::Nothing => continue,
-                            Received::Closed => break,
+                            Received::Nothing => {
+                                check_ended = true;
+                                continue;
+                            }
+                            Received::Closed(why) => {
+                                // The run ends; the supervisor INVITEs the channel again.
+                                tracing::warn!(camera = %camera, reason = %why, "GB/T 28181 media ended");
+                                break;
+                            }
                         };
                         let frames: Vec<_> = packets.iter().flat_map(|p| media.push(p)).collect();
                         let stats = media.stats();

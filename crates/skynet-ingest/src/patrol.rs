@@ -518,6 +518,8 @@ mod tests {
         assert_eq!(rounds.len(), 2);
         assert_eq!(rounds[0].0, first);
         assert_eq!(rounds[1].0, first + 1);
+        assert!(rounds[0].1 >= scheduler.config().round_start(first));
+        assert!(rounds[1].1 >= scheduler.config().round_start(first + 1));
     }
 
     #[test]
@@ -540,15 +542,15 @@ mod tests {
         });
         assert_eq!(rounds[0].0, first);
         assert!(rounds[1].0 >= first + 2, "{rounds:?}");
-        // It started at once, in the slot its number names.
+        // It started at once, in the slot its number names (its time is read just after
+        // the number: up to a slot more on a loaded machine).
         let config = scheduler.config();
         assert!(rounds[1].1 >= config.round_start(rounds[1].0), "{rounds:?}");
         assert!(
-            rounds[1].1 < config.round_start(rounds[1].0 + 1) + chrono::Duration::milliseconds(100),
+            rounds[1].1 < config.round_start(rounds[1].0 + 2),
             "{rounds:?}"
         );
         assert!(rounds[0].1 >= scheduler.config().round_start(first));
-        assert!(rounds[1].1 >= scheduler.config().round_start(first + 1));
     }
 
     #[test]

@@ -212,6 +212,11 @@ fn place(
         Ok(started) => started,
         Err(error) => {
             tracing::error!(platform = %platform.config.id(), channel = %channel.id, %error, "channel's camera did not start; the others go on");
+            // Its stage in the rules stage goes too: no offline watch for a camera that
+            // never ran here.
+            let _ = p.rules.send(RulesControl::NotPlaced {
+                camera: spec.id.clone(),
+            });
             return Outcome::Refused;
         }
     };

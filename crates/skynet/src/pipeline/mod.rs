@@ -298,6 +298,13 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     }
     // An edge publishes its observations on the bus instead of scoring them itself.
     let is_edge = options.role == skynet_cluster::Role::Edge;
+    // Refused before anything starts (endpoints bound, the outbox opened).
+    if is_edge && config.cameras.iter().any(|c| c.patrol.is_some()) {
+        return Err(PipelineError::Cluster(
+            "patrol cameras (`patrol = \"NAME\"`) run on a single node for now, not at an edge"
+                .into(),
+        ));
+    }
     // A scorer runs no cameras and no MQTT: its evidence comes from the bus, its state from
     // KV (`scorer.rs`).
     let is_scorer = options.role == skynet_cluster::Role::Scorer;
@@ -582,12 +589,6 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
     let (patrol_events, patrol_events_rx) = crossbeam_channel::unbounded();
     let patrol_cameras = config.cameras.iter().any(|c| c.patrol.is_some()) && !is_scorer;
     if patrol_cameras {
-        if is_edge {
-            return Err(PipelineError::Cluster(
-                "patrol cameras (`patrol = \"NAME\"`) run on a single node for now, not at an edge"
-                    .into(),
-            ));
-        }
         rules_and_risk = rules_and_risk.with_patrols(patrol_events_rx);
         if let Some(console) = &console {
             for patrol in &config.patrols {
@@ -626,6 +627,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
         shutdown: shutdown.clone(),
         counters: Arc::clone(&counters),
         restartable: reload.is_some(),
+        late: false,
     };
     let (inputs, mut sources, restarts, patrol_runs) =
         start_cameras(&starter, config, watermarks, camera_claims.as_ref())?;
@@ -660,6 +662,7 @@ pub fn run(config: &PipelineConfig, options: RunOptions) -> Result<RunSummary, P
             // source stops with the pipeline's stop signal.
             starter: CameraStarter {
                 restartable: false,
+                late: true,
                 ..starter.clone()
             },
             rules: rules.clone(),
@@ -930,6 +933,8 @@ struct CameraStarter {
     counters: Arc<Counters>,
     /// With hot reload: a camera's source may be restarted on its own.
     restartable: bool,
+    /// Starts cameras that join while running (`catalog.rs`), not those of the config.
+    late: bool,
 }
 
 impl CameraStarter {
@@ -1007,8 +1012,7 @@ impl CameraStarter {
         // configured cameras), and live view only without privacy masks: the live view's
         // transcoding, which blurs them, is set up for the configured cameras. (A ring is
         // what a viewer opens, so none is made where its stream would go out unmasked.)
-        let joined_late = !config.cameras.iter().any(|c| c.id == camera.id);
-        let clip_ring = match joined_late {
+        let clip_ring = match self.late {
             false => {
                 clips::ring_for(&config.evidence, camera).or_else(|| live::ring_for(config, camera))
             } // live view (issue 25)

@@ -95,8 +95,9 @@ pub(crate) enum RulesControl {
         watermark: Watermark,
     },
     /// The catalog does not place this channel (no position, outside every cell, over its
-    /// platform's limit): a camera of it before a restart is gone, its offline incident
-    /// closes and its rules' memory is dropped.
+    /// platform's limit), or its camera's source did not start: a camera of it (before a
+    /// restart, or just added) is gone, its offline incident closes and its rules' memory is
+    /// dropped.
     NotPlaced { camera: DeviceId },
 }
 
@@ -427,9 +428,8 @@ impl RulesAndRisk {
                     tracing::info!(camera = %camera, rules = stage.rules.rules.len(), "rules rebuilt from the reloaded config");
                 }
                 RulesControl::NotPlaced { camera } => {
-                    if self.cameras.contains_key(&camera) {
-                        continue;
-                    }
+                    // (A stage of it here is one whose source did not start.)
+                    self.cameras.remove(&camera);
                     self.gone_rules.remove(camera.as_str());
                     let now = Utc::now();
                     let faults: Vec<_> = self
