@@ -34,6 +34,8 @@ use skynet_gb28181::manscdp::{self, Body, Catalog, CatalogAssembler, CatalogItem
 use skynet_gb28181::sip::{Limits, Message, Method};
 use skynet_gb28181::{digest, rtp};
 
+use common::gb28181::{DOMAIN, LOWER, ME, sdp_value};
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support.rs"]
@@ -82,7 +84,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const LOWER: &str = "34020000002000000002";
 const ITEMS: usize = 10_000;
 
 fn main() {
@@ -235,8 +236,6 @@ fn catalog() {
 
 // ---- channels ----
 
-const ME: &str = "34020000002000000001";
-const DOMAIN: &str = "3402000000";
 const PASSWORD: &str = "bench-pw";
 
 /// The 1080p clip of the patrol bench: 10 frames/s, a key frame every second, no B-frames.
@@ -319,12 +318,6 @@ fn stream(clip: &Path, to: SocketAddr, ssrc: u32, done: &AtomicBool, cpu_ns: &At
     }
     let _ = gst.kill();
     let _ = gst.wait();
-}
-
-fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .map(str::trim)
 }
 
 /// The scripted lower platform: REGISTERs (again until the endpoint listens), answers the
@@ -538,11 +531,10 @@ fn channels() {
 
     // GB/T 28181: a lower platform of `n` channels.
     let sip = common::free_port();
-    let media = {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        s.local_addr().expect("addr").port().min(65_000)
-    };
-    let lower = "34020000002000000002".to_string();
+    // A range of its own, above the spare ports tests/common hands out and below the
+    // kernel's ephemeral range (where an outgoing connection could hold one).
+    let media: u16 = 31_100;
+    let lower = LOWER.to_string();
     let mut text = base_config(dir.path());
     text.push_str(&format!(
         "\n[[platforms]]\nkind = \"gb28181\"\nid = \"{ME}\"\ndomain = \"{DOMAIN}\"\nlisten = \"{sip}\"\npassword = \"{PASSWORD}\"\nowner = \"police\"\nkeepalive_timeout_s = 600\nmedia_ports = \"{media}-{}\"\n",

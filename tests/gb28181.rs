@@ -27,13 +27,7 @@ use skynet_gb28181::rtp;
 use skynet_gb28181::sip::{Message, Method};
 use skynet_ingest::{CameraHealth, FrameDelivery, FrameOutput, SourceBuildContext, run_supervised};
 
-use common::gb28181::{CHANNEL, DOMAIN, LOWER, Lower, ME};
-
-fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .map(str::trim)
-}
+use common::gb28181::{CHANNEL, DOMAIN, LOWER, Lower, ME, sdp_value};
 
 /// Streams H.264 in MPEG-PS as RTP to `to` until `done`: each chunk of the muxer's output is
 /// one RTP packet, the marker on a chunk that ends a read (the end of what the muxer wrote).

@@ -172,3 +172,10 @@ impl Lower {
         }
     }
 }
+
+/// The value of the first SDP line starting with `prefix` (`m=video `, `y=`), trimmed.
+pub fn sdp_value<'a>(sdp: &'a str, prefix: &str) -> Option<&'a str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .map(str::trim)
+}
