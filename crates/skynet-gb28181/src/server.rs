@@ -1530,6 +1530,43 @@ mod tests {
     }
 
     #[test]
+    fn a_register_replayed_from_another_address_does_not_move_the_platform() {
+        // The platform's own authenticated REGISTER, captured and sent again by a stranger:
+        // its nonce was used, so it is challenged, and the platform stays where it was.
+        let mut core = Core::new(core_config());
+        core.set_local("UDP", "10.0.0.5:5060".parse().unwrap());
+        let peer = Peer::Udp("10.0.0.9:5060".parse().unwrap());
+        let t0 = Instant::now();
+        let (out, _) = core.handle(&register("UDP 10.0.0.9:5060", 1, None), peer, t0);
+        let challenge = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        let signed = register(
+            "UDP 10.0.0.9:5060",
+            2,
+            Some(auth_for(&challenge, "secret-pw")),
+        );
+        let (out, _) = core.handle(&signed, peer, t0);
+        let ok = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(ok.status(), Some(200));
+        let stranger = Peer::Udp("10.6.6.6:5060".parse().unwrap());
+        let (out, ev) = core.handle(&signed, stranger, t0 + Duration::from_secs(1));
+        let replayed = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_ne!(replayed.status(), Some(200), "{replayed:?}");
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ServerEvent::Registrar(RegistrarEvent::Refreshed { .. }))),
+            "{ev:?}"
+        );
+        // The stranger's messages are still refused; the platform's are still taken.
+        let (out, _) = core.handle(&message(catalog_body(), 3), stranger, t0);
+        let res = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(res.status(), Some(403));
+        let (out, ev) = core.handle(&message(catalog_body(), 4), peer, t0);
+        let res = Message::parse(&out[0].1, &Limits::default()).unwrap();
+        assert_eq!(res.status(), Some(200));
+        assert!(ev.iter().any(|e| matches!(e, ServerEvent::Catalog { .. })));
+    }
+
+    #[test]
     fn messages_from_another_address_than_the_registered_one_get_403() {
         let (mut core, peer, t0) = online_core();
         let stranger = Peer::Udp("10.6.6.6:5060".parse().unwrap());
